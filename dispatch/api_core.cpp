@@ -1,0 +1,95 @@
+// C API: status, version, ISA selection, CPU features, bf16 conversion.
+#include <cctype>
+#include <cstring>
+#include <string>
+
+#include "dispatch/cpu_features.h"
+#include "dispatch/dispatch.h"
+#include "dispatch/errors.h"
+#include "kernels/common/bf16.h"
+#include "kvfuse/kvfuse.h"
+
+using kvfuse::detail::fail;
+
+extern "C" {
+
+const char* kvfuse_status_message(kvfuse_status status) {
+    switch (status) {
+        case KVFUSE_OK: return "ok";
+        case KVFUSE_ERROR_INVALID_ARGUMENT: return "invalid argument";
+        case KVFUSE_ERROR_NULL_POINTER: return "null pointer";
+        case KVFUSE_ERROR_UNKNOWN_ISA: return "unknown ISA";
+        case KVFUSE_ERROR_UNSUPPORTED_ISA: return "unsupported ISA";
+        case KVFUSE_ERROR_OUT_OF_MEMORY: return "out of memory";
+        case KVFUSE_ERROR_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+const char* kvfuse_last_error(void) { return kvfuse::detail::last_error(); }
+
+const char* kvfuse_version_string(void) { return KVFUSE_VERSION_STRING; }
+
+int kvfuse_version_number(void) { return KVFUSE_VERSION_NUMBER; }
+
+const char* kvfuse_isa_name(kvfuse_isa isa) {
+    switch (isa) {
+        case KVFUSE_ISA_SCALAR: return "scalar";
+        case KVFUSE_ISA_AVX2: return "avx2";
+        case KVFUSE_ISA_AVX512: return "avx512";
+        case KVFUSE_ISA_NEON: return "neon";
+    }
+    return "unknown";
+}
+
+kvfuse_status kvfuse_isa_from_name(const char* name, kvfuse_isa* isa) {
+    if (name == nullptr || isa == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "name and isa are required");
+    std::string lower(name);
+    for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    for (int i = 0; i < KVFUSE_ISA_COUNT; ++i) {
+        if (lower == kvfuse_isa_name(static_cast<kvfuse_isa>(i))) {
+            *isa = static_cast<kvfuse_isa>(i);
+            return KVFUSE_OK;
+        }
+    }
+    std::string detail = "'";
+    detail += name;
+    detail += "' is not an ISA name (use scalar, avx2, avx512 or neon)";
+    return fail(KVFUSE_ERROR_UNKNOWN_ISA, std::move(detail));
+}
+
+int kvfuse_isa_compiled(kvfuse_isa isa) { return kvfuse::detail::isa_compiled(isa) ? 1 : 0; }
+
+int kvfuse_isa_supported(kvfuse_isa isa) { return kvfuse::detail::kernels_for(isa) != nullptr ? 1 : 0; }
+
+kvfuse_status kvfuse_active_isa(kvfuse_isa* isa) {
+    if (isa == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "isa is required");
+    const kvfuse::detail::KernelTable* table = nullptr;
+    const kvfuse_status status = kvfuse::detail::active_kernels(table);
+    if (status == KVFUSE_OK) *isa = table->isa;
+    return status;
+}
+
+kvfuse_status kvfuse_force_isa(kvfuse_isa isa) { return kvfuse::detail::force_kernels(&isa); }
+
+void kvfuse_reset_isa(void) { (void)kvfuse::detail::force_kernels(nullptr); }
+
+void kvfuse_get_cpu_features(kvfuse_cpu_features* features) {
+    if (features != nullptr) *features = kvfuse::detail::cpu_features();
+}
+
+kvfuse_status kvfuse_f32_to_bf16(const float* src, uint16_t* dst, size_t count) {
+    if (count == 0) return KVFUSE_OK;
+    if (src == nullptr || dst == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "src and dst are required");
+    for (size_t i = 0; i < count; ++i) dst[i] = kvfuse::detail::f32_to_bf16_bits(src[i]);
+    return KVFUSE_OK;
+}
+
+kvfuse_status kvfuse_bf16_to_f32(const uint16_t* src, float* dst, size_t count) {
+    if (count == 0) return KVFUSE_OK;
+    if (src == nullptr || dst == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "src and dst are required");
+    for (size_t i = 0; i < count; ++i) dst[i] = kvfuse::detail::bf16_bits_to_f32(src[i]);
+    return KVFUSE_OK;
+}
+
+}  // extern "C"

@@ -1,0 +1,22 @@
+#include "dispatch/scalar_kernels.h"
+
+#include "kernels/rope/rope_plan.h"
+#include "reference/rope_reference.h"
+
+namespace kvfuse::detail {
+
+namespace {
+
+void rope_rotate_scalar(const RopePlan& plan, kvfuse_dtype dtype, const void* src,
+                        std::size_t src_stride, void* dst, std::size_t dst_stride,
+                        std::size_t tokens, std::size_t heads, const std::int64_t* deltas,
+                        std::int64_t delta) {
+    reference::rope_rotate(plan.config, dtype, src, src_stride, dst, dst_stride, tokens, heads,
+                           deltas, delta);
+}
+
+}  // namespace
+
+void register_scalar_kernels(KernelTable& table) { table.rope_rotate = &rope_rotate_scalar; }
+
+}  // namespace kvfuse::detail

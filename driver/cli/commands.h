@@ -1,0 +1,15 @@
+// Subcommands of the `kvfuse` program. Each adds itself to the app and returns the exit status
+// through the callback it installs.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace kvfuse::cli {
+
+// Set by a subcommand's callback; main() returns it.
+extern int g_exit_status;
+
+void add_info_command(CLI::App& app);
+void add_rope_demo_command(CLI::App& app);
+
+}  // namespace kvfuse::cli

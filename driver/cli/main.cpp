@@ -1,0 +1,26 @@
+// kvfuse: inspect the kernels and run the fusion pipeline from the command line.
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.h"
+#include "kvfuse/kvfuse.hpp"
+
+namespace kvfuse::cli {
+int g_exit_status = 0;
+}
+
+int main(int argc, char** argv) {
+    CLI::App app{"kvfuse " + kvfuse::version() + ": SIMD kernels for LLM KV-cache fusion"};
+    app.require_subcommand(1);
+    kvfuse::cli::add_info_command(app);
+    kvfuse::cli::add_rope_demo_command(app);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "kvfuse: error: %s\n", e.what());
+        return 1;
+    }
+    return kvfuse::cli::g_exit_status;
+}

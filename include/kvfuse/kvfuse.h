@@ -1,0 +1,161 @@
+/*
+ * kvfuse C API: runtime-dispatched SIMD kernels for KV-cache fusion.
+ *
+ * Every function returns a kvfuse_status. KVFUSE_OK is 0; anything else is an error whose
+ * generic text is kvfuse_status_message(status) and whose specific detail for the calling thread
+ * (which argument, which value) is kvfuse_last_error(). No function aborts on bad input.
+ *
+ * Tensors are row-major. A "row" is one token; within a row, heads are contiguous and each head
+ * holds head_dim elements. token_stride is the distance between consecutive tokens in ELEMENTS
+ * (not bytes) and must be at least heads * head_dim.
+ */
+#ifndef KVFUSE_KVFUSE_H
+#define KVFUSE_KVFUSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvfuse/version.h"
+
+#if defined(_WIN32)
+#define KVFUSE_API
+#else
+#define KVFUSE_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status ------------------------------------------------------------------------------ */
+
+typedef enum kvfuse_status {
+    KVFUSE_OK = 0,
+    KVFUSE_ERROR_INVALID_ARGUMENT = 1, /* a size, count or option is out of range */
+    KVFUSE_ERROR_NULL_POINTER = 2,     /* a required pointer is NULL */
+    KVFUSE_ERROR_UNKNOWN_ISA = 3,      /* an ISA name (KVFUSE_ISA or a force call) is not known */
+    KVFUSE_ERROR_UNSUPPORTED_ISA = 4,  /* the ISA is known but not compiled in or not on this CPU */
+    KVFUSE_ERROR_OUT_OF_MEMORY = 5,
+    KVFUSE_ERROR_INTERNAL = 6
+} kvfuse_status;
+
+/* Generic text of a status; never NULL. */
+KVFUSE_API const char* kvfuse_status_message(kvfuse_status status);
+/* Detail of the last error raised on this thread ("" if none); valid until the next call. */
+KVFUSE_API const char* kvfuse_last_error(void);
+
+/* ---- version ----------------------------------------------------------------------------- */
+
+KVFUSE_API const char* kvfuse_version_string(void);
+/* KVFUSE_VERSION_MAJOR * 10000 + MINOR * 100 + PATCH of the library actually linked. */
+KVFUSE_API int kvfuse_version_number(void);
+
+/* ---- ISA dispatch ------------------------------------------------------------------------ */
+
+typedef enum kvfuse_isa {
+    KVFUSE_ISA_SCALAR = 0, /* the plain reference code: always available */
+    KVFUSE_ISA_AVX2 = 1,   /* AVX2 + FMA */
+    KVFUSE_ISA_AVX512 = 2, /* AVX-512 F + BW + DQ + VL */
+    KVFUSE_ISA_NEON = 3    /* AArch64 Advanced SIMD */
+} kvfuse_isa;
+
+#define KVFUSE_ISA_COUNT 4
+
+/* "scalar", "avx2", "avx512", "neon"; "unknown" for other values. */
+KVFUSE_API const char* kvfuse_isa_name(kvfuse_isa isa);
+/* Parses a name as KVFUSE_ISA accepts it (case-insensitive). */
+KVFUSE_API kvfuse_status kvfuse_isa_from_name(const char* name, kvfuse_isa* isa);
+/* 1 if the library was built with kernels for this ISA. */
+KVFUSE_API int kvfuse_isa_compiled(kvfuse_isa isa);
+/* 1 if compiled in AND this CPU and OS can run it. */
+KVFUSE_API int kvfuse_isa_supported(kvfuse_isa isa);
+/* The ISA whose kernels run now. Fails if KVFUSE_ISA named something unknown or unsupported:
+ * the library then refuses to run any kernel rather than fall back silently. */
+KVFUSE_API kvfuse_status kvfuse_active_isa(kvfuse_isa* isa);
+/* Forces an ISA for the whole process (tests, tuning). Fails if not supported. */
+KVFUSE_API kvfuse_status kvfuse_force_isa(kvfuse_isa isa);
+/* Undoes kvfuse_force_isa: back to the start-up choice (KVFUSE_ISA, else the best ISA). */
+KVFUSE_API void kvfuse_reset_isa(void);
+
+typedef struct kvfuse_cpu_features {
+    int avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl;
+    int avx512_vnni, avx512_bf16, avx_vnni; /* x86 extensions the kernels may use */
+    int os_saves_avx, os_saves_avx512;      /* XCR0 says the OS saves the vector state */
+    int neon, arm_dotprod;
+    char brand[64]; /* CPU model string, "" when unknown */
+} kvfuse_cpu_features;
+
+KVFUSE_API void kvfuse_get_cpu_features(kvfuse_cpu_features* features);
+
+/* ---- storage types ----------------------------------------------------------------------- */
+
+typedef enum kvfuse_dtype {
+    KVFUSE_DTYPE_F32 = 0,
+    KVFUSE_DTYPE_BF16 = 1 /* stored as uint16_t: the top half of an IEEE f32 */
+} kvfuse_dtype;
+
+/* ---- RoPE -------------------------------------------------------------------------------- */
+
+typedef enum kvfuse_rope_pairing {
+    KVFUSE_ROPE_NEOX = 0,       /* pairs (i, i + rotary_dims/2): HF Llama/Mistral/Qwen layout */
+    KVFUSE_ROPE_INTERLEAVED = 1 /* pairs (2i, 2i+1): GPT-J, and GGUF `llama` tensors */
+} kvfuse_rope_pairing;
+
+typedef enum kvfuse_rope_scaling {
+    KVFUSE_ROPE_SCALING_NONE = 0,
+    KVFUSE_ROPE_SCALING_LINEAR = 1, /* every frequency divided by scaling_factor */
+    KVFUSE_ROPE_SCALING_LLAMA3 = 2  /* Llama 3.1 wavelength-dependent scaling */
+} kvfuse_rope_scaling;
+
+typedef struct kvfuse_rope_config {
+    int32_t head_dim;    /* D, elements per head */
+    int32_t rotary_dims; /* leading dims of each head that rotate; even, <= head_dim; 0 = D */
+    double base;         /* theta; frequency i is base^(-2i/rotary_dims) */
+    kvfuse_rope_pairing pairing;
+    kvfuse_rope_scaling scaling;
+    double scaling_factor;           /* linear and llama3: > 0 */
+    double llama3_low_freq_factor;   /* llama3 only */
+    double llama3_high_freq_factor;  /* llama3 only, > low */
+    int32_t llama3_original_context; /* llama3 only, > 0 */
+} kvfuse_rope_config;
+
+/* Defaults: rotary_dims = head_dim, base 10000, NeoX pairing, no scaling (llama3 fields set to
+ * Llama 3.1's values so that switching scaling on is enough). */
+KVFUSE_API void kvfuse_rope_config_init(kvfuse_rope_config* config, int32_t head_dim);
+
+/* Rotates token t of keys[tokens x heads x head_dim] in place by deltas[t] positions.
+ * Rotating by the absolute position from 0 is ordinary RoPE; rotating a cached key by
+ * new_pos - old_pos re-positions it. The angle is computed in double, cos/sin rounded to f32,
+ * the rotation done in f32 and rounded once to the storage type. */
+KVFUSE_API kvfuse_status kvfuse_rope_rotate(const kvfuse_rope_config* config, kvfuse_dtype dtype,
+                                            void* keys, size_t tokens, size_t heads,
+                                            size_t token_stride, const int64_t* deltas);
+/* Same with one delta for all tokens (a whole chunk moved to a new offset). */
+KVFUSE_API kvfuse_status kvfuse_rope_rotate_span(const kvfuse_rope_config* config,
+                                                 kvfuse_dtype dtype, void* keys, size_t tokens,
+                                                 size_t heads, size_t token_stride, int64_t delta);
+/* Copying forms: read src, write the rotated keys to dst (the fused load from a stored chunk
+ * into the request's cache). Non-rotary dims are copied. src and dst must not overlap unless
+ * they are the same pointer with the same stride. */
+KVFUSE_API kvfuse_status kvfuse_rope_rotate_copy(const kvfuse_rope_config* config,
+                                                 kvfuse_dtype dtype, const void* src,
+                                                 size_t src_token_stride, void* dst,
+                                                 size_t dst_token_stride, size_t tokens,
+                                                 size_t heads, const int64_t* deltas);
+KVFUSE_API kvfuse_status kvfuse_rope_rotate_span_copy(const kvfuse_rope_config* config,
+                                                      kvfuse_dtype dtype, const void* src,
+                                                      size_t src_token_stride, void* dst,
+                                                      size_t dst_token_stride, size_t tokens,
+                                                      size_t heads, int64_t delta);
+
+/* ---- bf16 helpers ------------------------------------------------------------------------ */
+
+/* Round-to-nearest-even f32 -> bf16 (NaN stays NaN), and the exact widening. */
+KVFUSE_API kvfuse_status kvfuse_f32_to_bf16(const float* src, uint16_t* dst, size_t count);
+KVFUSE_API kvfuse_status kvfuse_bf16_to_f32(const uint16_t* src, float* dst, size_t count);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* KVFUSE_KVFUSE_H */

@@ -1,0 +1,243 @@
+// kvfuse C++ API: typed, overloaded inline wrappers over the C API in kvfuse.h.
+//
+// Only C symbols cross the library boundary, so this header works with any C++17 compiler and
+// standard library and keeps the ABI stable. Functions return kvfuse::Status; Status::ok() tells
+// success and Status::message() the reason. Nothing throws unless you call Status::check().
+#ifndef KVFUSE_KVFUSE_HPP
+#define KVFUSE_KVFUSE_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kvfuse/kvfuse.h"
+
+namespace kvfuse {
+
+enum class StatusCode : int {
+    ok = KVFUSE_OK,
+    invalid_argument = KVFUSE_ERROR_INVALID_ARGUMENT,
+    null_pointer = KVFUSE_ERROR_NULL_POINTER,
+    unknown_isa = KVFUSE_ERROR_UNKNOWN_ISA,
+    unsupported_isa = KVFUSE_ERROR_UNSUPPORTED_ISA,
+    out_of_memory = KVFUSE_ERROR_OUT_OF_MEMORY,
+    internal = KVFUSE_ERROR_INTERNAL,
+};
+
+class Error : public std::runtime_error {
+   public:
+    Error(StatusCode code, const std::string& what) : std::runtime_error(what), code_(code) {}
+    StatusCode code() const noexcept { return code_; }
+
+   private:
+    StatusCode code_;
+};
+
+// The outcome of a call: a code plus the detail the library recorded for this thread.
+class [[nodiscard]] Status {
+   public:
+    Status() = default;
+    explicit Status(kvfuse_status status)
+        : code_(static_cast<StatusCode>(status)),
+          detail_(status == KVFUSE_OK ? "" : kvfuse_last_error()) {}
+    bool ok() const noexcept { return code_ == StatusCode::ok; }
+    explicit operator bool() const noexcept { return ok(); }
+    StatusCode code() const noexcept { return code_; }
+    // "invalid argument: rotary_dims (7) must be even"
+    std::string message() const {
+        std::string text = kvfuse_status_message(static_cast<kvfuse_status>(code_));
+        if (!detail_.empty()) text += ": " + detail_;
+        return text;
+    }
+    // Throws kvfuse::Error unless ok().
+    void check() const {
+        if (!ok()) throw Error(code_, message());
+    }
+
+   private:
+    StatusCode code_ = StatusCode::ok;
+    std::string detail_;
+};
+
+// ---- version ----------------------------------------------------------------------------------
+
+inline std::string version() { return kvfuse_version_string(); }
+
+// ---- ISA dispatch -----------------------------------------------------------------------------
+
+enum class Isa : int {
+    scalar = KVFUSE_ISA_SCALAR,
+    avx2 = KVFUSE_ISA_AVX2,
+    avx512 = KVFUSE_ISA_AVX512,
+    neon = KVFUSE_ISA_NEON,
+};
+
+inline const char* isa_name(Isa isa) { return kvfuse_isa_name(static_cast<kvfuse_isa>(isa)); }
+inline bool isa_compiled(Isa isa) { return kvfuse_isa_compiled(static_cast<kvfuse_isa>(isa)) != 0; }
+inline bool isa_supported(Isa isa) {
+    return kvfuse_isa_supported(static_cast<kvfuse_isa>(isa)) != 0;
+}
+
+inline std::vector<Isa> all_isas() { return {Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon}; }
+
+// ISAs built into this library.
+inline std::vector<Isa> compiled_isas() {
+    std::vector<Isa> out;
+    for (Isa isa : all_isas())
+        if (isa_compiled(isa)) out.push_back(isa);
+    return out;
+}
+
+// ISAs built in that this CPU can run: the ones a test or a tuning run should cover.
+inline std::vector<Isa> supported_isas() {
+    std::vector<Isa> out;
+    for (Isa isa : all_isas())
+        if (isa_supported(isa)) out.push_back(isa);
+    return out;
+}
+
+inline Status isa_from_name(const std::string& name, Isa& isa) {
+    kvfuse_isa raw = KVFUSE_ISA_SCALAR;
+    Status status(kvfuse_isa_from_name(name.c_str(), &raw));
+    if (status) isa = static_cast<Isa>(raw);
+    return status;
+}
+
+inline Status active_isa(Isa& isa) {
+    kvfuse_isa raw = KVFUSE_ISA_SCALAR;
+    Status status(kvfuse_active_isa(&raw));
+    if (status) isa = static_cast<Isa>(raw);
+    return status;
+}
+
+inline Status force_isa(Isa isa) { return Status(kvfuse_force_isa(static_cast<kvfuse_isa>(isa))); }
+inline void reset_isa() { kvfuse_reset_isa(); }
+
+using CpuFeatures = kvfuse_cpu_features;
+inline CpuFeatures cpu_features() {
+    CpuFeatures features;
+    kvfuse_get_cpu_features(&features);
+    return features;
+}
+
+// Forces an ISA for the lifetime of the object, then returns to the automatic choice.
+class ScopedIsa {
+   public:
+    explicit ScopedIsa(Isa isa) : status_(force_isa(isa)) {}
+    ~ScopedIsa() { reset_isa(); }
+    ScopedIsa(const ScopedIsa&) = delete;
+    ScopedIsa& operator=(const ScopedIsa&) = delete;
+    const Status& status() const { return status_; }
+
+   private:
+    Status status_;
+};
+
+// ---- storage types ----------------------------------------------------------------------------
+
+// bfloat16 storage: the top 16 bits of an IEEE-754 binary32.
+struct bf16 {
+    std::uint16_t bits = 0;
+};
+static_assert(sizeof(bf16) == 2, "bf16 must be two bytes");
+
+enum class Dtype : int { f32 = KVFUSE_DTYPE_F32, bf16 = KVFUSE_DTYPE_BF16 };
+
+inline Status to_bf16(const float* src, bf16* dst, std::size_t count) {
+    return Status(kvfuse_f32_to_bf16(src, reinterpret_cast<std::uint16_t*>(dst), count));
+}
+inline Status to_f32(const bf16* src, float* dst, std::size_t count) {
+    return Status(kvfuse_bf16_to_f32(reinterpret_cast<const std::uint16_t*>(src), dst, count));
+}
+
+namespace detail {
+template <class T>
+constexpr kvfuse_dtype dtype_of();
+template <>
+constexpr kvfuse_dtype dtype_of<float>() {
+    return KVFUSE_DTYPE_F32;
+}
+template <>
+constexpr kvfuse_dtype dtype_of<bf16>() {
+    return KVFUSE_DTYPE_BF16;
+}
+}  // namespace detail
+
+// ---- RoPE -------------------------------------------------------------------------------------
+
+enum class RopePairing : int { neox = KVFUSE_ROPE_NEOX, interleaved = KVFUSE_ROPE_INTERLEAVED };
+enum class RopeScaling : int {
+    none = KVFUSE_ROPE_SCALING_NONE,
+    linear = KVFUSE_ROPE_SCALING_LINEAR,
+    llama3 = KVFUSE_ROPE_SCALING_LLAMA3,
+};
+
+struct RopeConfig {
+    int head_dim = 0;
+    int rotary_dims = 0;  // 0 = head_dim
+    double base = 10000.0;
+    RopePairing pairing = RopePairing::neox;
+    RopeScaling scaling = RopeScaling::none;
+    double scaling_factor = 1.0;
+    double llama3_low_freq_factor = 1.0;
+    double llama3_high_freq_factor = 4.0;
+    int llama3_original_context = 8192;
+
+    kvfuse_rope_config to_c() const {
+        kvfuse_rope_config c;
+        kvfuse_rope_config_init(&c, head_dim);
+        c.rotary_dims = rotary_dims;
+        c.base = base;
+        c.pairing = static_cast<kvfuse_rope_pairing>(pairing);
+        c.scaling = static_cast<kvfuse_rope_scaling>(scaling);
+        c.scaling_factor = scaling_factor;
+        c.llama3_low_freq_factor = llama3_low_freq_factor;
+        c.llama3_high_freq_factor = llama3_high_freq_factor;
+        c.llama3_original_context = llama3_original_context;
+        return c;
+    }
+};
+
+// In place, token t rotated by deltas[t] (T = float or bf16).
+template <class T>
+Status rope_rotate(const RopeConfig& config, T* keys, std::size_t tokens, std::size_t heads,
+                   std::size_t token_stride, const std::int64_t* deltas) {
+    const kvfuse_rope_config c = config.to_c();
+    return Status(kvfuse_rope_rotate(&c, detail::dtype_of<T>(), keys, tokens, heads, token_stride,
+                                     deltas));
+}
+
+// In place, every token rotated by delta.
+template <class T>
+Status rope_rotate_span(const RopeConfig& config, T* keys, std::size_t tokens, std::size_t heads,
+                        std::size_t token_stride, std::int64_t delta) {
+    const kvfuse_rope_config c = config.to_c();
+    return Status(kvfuse_rope_rotate_span(&c, detail::dtype_of<T>(), keys, tokens, heads,
+                                          token_stride, delta));
+}
+
+// Copying, token t rotated by deltas[t].
+template <class T>
+Status rope_rotate_copy(const RopeConfig& config, const T* src, std::size_t src_token_stride,
+                        T* dst, std::size_t dst_token_stride, std::size_t tokens,
+                        std::size_t heads, const std::int64_t* deltas) {
+    const kvfuse_rope_config c = config.to_c();
+    return Status(kvfuse_rope_rotate_copy(&c, detail::dtype_of<T>(), src, src_token_stride, dst,
+                                          dst_token_stride, tokens, heads, deltas));
+}
+
+// Copying, every token rotated by delta: the fused load of a stored chunk.
+template <class T>
+Status rope_rotate_span_copy(const RopeConfig& config, const T* src, std::size_t src_token_stride,
+                             T* dst, std::size_t dst_token_stride, std::size_t tokens,
+                             std::size_t heads, std::int64_t delta) {
+    const kvfuse_rope_config c = config.to_c();
+    return Status(kvfuse_rope_rotate_span_copy(&c, detail::dtype_of<T>(), src, src_token_stride,
+                                               dst, dst_token_stride, tokens, heads, delta));
+}
+
+}  // namespace kvfuse
+
+#endif  // KVFUSE_KVFUSE_HPP

@@ -1,0 +1,28 @@
+// The table of kernel entry points that dispatch/ fills once per ISA. Every SIMD kernel's
+// register_<kernel>() (in its -inl.h, instantiated per ISA) writes its slots; dispatch/ fills the
+// scalar table from reference/. Internal: never installed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kvfuse/kvfuse.h"
+
+namespace kvfuse::detail {
+
+struct RopePlan;
+
+// Rotates `tokens` rows of `heads` heads from src to dst (src == dst with equal strides is in
+// place). Token t turns by deltas[t], or by `delta` when deltas is null. Arguments are already
+// validated by the API layer.
+using RopeRotateFn = void (*)(const RopePlan& plan, kvfuse_dtype dtype, const void* src,
+                              std::size_t src_token_stride, void* dst,
+                              std::size_t dst_token_stride, std::size_t tokens, std::size_t heads,
+                              const std::int64_t* deltas, std::int64_t delta);
+
+struct KernelTable {
+    kvfuse_isa isa = KVFUSE_ISA_SCALAR;
+    RopeRotateFn rope_rotate = nullptr;
+};
+
+}  // namespace kvfuse::detail

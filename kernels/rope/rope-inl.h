@@ -1,0 +1,208 @@
+// RoPE rotation written once on the xsimd architecture. Included once per ISA by a translation
+// unit that CMake generates, which defines KVFUSE_ISA_NAMESPACE (avx2, avx512, neon) and
+// KVFUSE_XSIMD_ARCH first and is compiled with that ISA's flags. No include guard on purpose:
+// everything here lives in kvfuse::<isa>, and helpers in an anonymous namespace, so no inline
+// function compiled for one ISA can be picked by the linker for another.
+#include <omp.h>
+
+#include <cstring>
+#include <xsimd/xsimd.hpp>
+
+#include "kernels/common/bf16.h"
+#include "kernels/kernel_table.h"
+#include "kernels/rope/rope_plan.h"
+
+namespace kvfuse::KVFUSE_ISA_NAMESPACE {
+namespace {
+
+using Arch = KVFUSE_XSIMD_ARCH;
+using F32s = xsimd::batch<float, Arch>;
+using U32s = xsimd::batch<std::uint32_t, Arch>;
+using I32s = xsimd::batch<std::int32_t, Arch>;
+using U64s = xsimd::batch<std::uint64_t, Arch>;
+constexpr std::size_t kLanes = F32s::size;
+
+using detail::RopePlan;
+using detail::RopeTable;
+
+// (x1, x2) -> (x1*c - x2*s, x1*s + x2*c), the same f32 FMA sequence as the vector body.
+inline void rotate_pair(float x1, float x2, float c, float s, float& o1, float& o2) {
+    o1 = std::fma(x1, c, -(x2 * s));
+    o2 = std::fma(x1, s, x2 * c);
+}
+
+// Swaps the two floats of every 64-bit lane: a rotate of the lane by 32 bits needs no shuffle.
+inline F32s swap_pairs(F32s v) {
+    const U64s wide = xsimd::bitwise_cast<U64s>(v);
+    return xsimd::bitwise_cast<F32s>((wide << 32) | (wide >> 32));
+}
+
+// bf16 round to nearest even of every lane, left in the top 16 bits; NaN stays quiet NaN.
+inline U32s round_to_bf16_high(F32s v) {
+    const U32s bits = xsimd::bitwise_cast<U32s>(v);
+    const U32s rounded = bits + U32s(0x7fffu) + ((bits >> 16) & U32s(1u));
+    const I32s magnitude = xsimd::bitwise_cast<I32s>(bits & U32s(0x7fffffffu));
+    const auto is_nan = magnitude > I32s(0x7f800000);
+    const U32s quiet = bits | U32s(0x00400000u);
+    return xsimd::bitwise_cast<U32s>(xsimd::select(
+        is_nan, xsimd::bitwise_cast<I32s>(quiet), xsimd::bitwise_cast<I32s>(rounded)));
+}
+
+inline void rotate_bf16_pair(std::uint16_t* a, std::uint16_t* b, const std::uint16_t* sa,
+                             const std::uint16_t* sb, float c, float s) {
+    float o1, o2;
+    rotate_pair(detail::bf16_bits_to_f32(*sa), detail::bf16_bits_to_f32(*sb), c, s, o1, o2);
+    *a = detail::f32_to_bf16_bits(o1);
+    *b = detail::f32_to_bf16_bits(o2);
+}
+
+// --- f32 --------------------------------------------------------------------------------------
+
+void neox_f32(const float* src, float* dst, std::size_t half, const RopeTable& t) {
+    std::size_t i = 0;
+    for (; i + kLanes <= half; i += kLanes) {
+        const F32s x1 = F32s::load_unaligned(src + i);
+        const F32s x2 = F32s::load_unaligned(src + half + i);
+        const F32s c = F32s::load_unaligned(t.cos.data() + i);
+        const F32s s = F32s::load_unaligned(t.sin.data() + i);
+        xsimd::fms(x1, c, x2 * s).store_unaligned(dst + i);
+        xsimd::fma(x1, s, x2 * c).store_unaligned(dst + half + i);
+    }
+    for (; i < half; ++i) rotate_pair(src[i], src[half + i], t.cos[i], t.sin[i], dst[i], dst[half + i]);
+}
+
+// `count` interleaved elements (even) with per-element tables cos2/sin2.
+void interleaved_f32(const float* src, float* dst, std::size_t count, const RopeTable& t) {
+    std::size_t i = 0;
+    for (; i + kLanes <= count; i += kLanes) {
+        const F32s x = F32s::load_unaligned(src + i);
+        const F32s c = F32s::load_unaligned(t.cos2.data() + i);
+        const F32s s = F32s::load_unaligned(t.sin2.data() + i);
+        xsimd::fma(x, c, swap_pairs(x) * s).store_unaligned(dst + i);
+    }
+    for (; i < count; i += 2)
+        rotate_pair(src[i], src[i + 1], t.cos[i / 2], t.sin[i / 2], dst[i], dst[i + 1]);
+}
+
+// --- bf16 -------------------------------------------------------------------------------------
+// A 32-bit lane holds two neighbouring bf16 values; shifting it left by 16 or masking its top
+// half widens each to f32 exactly, so no cross-lane shuffle is needed in either pairing.
+
+void interleaved_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t pairs,
+                      const RopeTable& t) {
+    std::size_t i = 0;
+    for (; i + kLanes <= pairs; i += kLanes) {
+        const U32s v = U32s::load_unaligned(reinterpret_cast<const std::uint32_t*>(src + 2 * i));
+        const F32s even = xsimd::bitwise_cast<F32s>(v << 16);
+        const F32s odd = xsimd::bitwise_cast<F32s>(v & U32s(0xffff0000u));
+        const F32s c = F32s::load_unaligned(t.cos.data() + i);
+        const F32s s = F32s::load_unaligned(t.sin.data() + i);
+        const U32s out_even = round_to_bf16_high(xsimd::fms(even, c, odd * s));
+        const U32s out_odd = round_to_bf16_high(xsimd::fma(even, s, odd * c));
+        ((out_even >> 16) | (out_odd & U32s(0xffff0000u)))
+            .store_unaligned(reinterpret_cast<std::uint32_t*>(dst + 2 * i));
+    }
+    for (; i < pairs; ++i)
+        rotate_bf16_pair(dst + 2 * i, dst + 2 * i + 1, src + 2 * i, src + 2 * i + 1, t.cos[i], t.sin[i]);
+}
+
+void neox_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half,
+               const RopeTable& t) {
+    // Lane j holds elements (2j, 2j+1) of the first half and (half+2j, half+2j+1) of the
+    // second: even with even (pair 2j), odd with odd (pair 2j+1).
+    const std::size_t lanes_total = half / 2;
+    std::size_t j = 0;
+    for (; j + kLanes <= lanes_total; j += kLanes) {
+        const U32s a = U32s::load_unaligned(reinterpret_cast<const std::uint32_t*>(src + 2 * j));
+        const U32s b =
+            U32s::load_unaligned(reinterpret_cast<const std::uint32_t*>(src + half + 2 * j));
+        const F32s a_even = xsimd::bitwise_cast<F32s>(a << 16);
+        const F32s a_odd = xsimd::bitwise_cast<F32s>(a & U32s(0xffff0000u));
+        const F32s b_even = xsimd::bitwise_cast<F32s>(b << 16);
+        const F32s b_odd = xsimd::bitwise_cast<F32s>(b & U32s(0xffff0000u));
+        const F32s ce = F32s::load_unaligned(t.cos_even.data() + j);
+        const F32s se = F32s::load_unaligned(t.sin_even.data() + j);
+        const F32s co = F32s::load_unaligned(t.cos_odd.data() + j);
+        const F32s so = F32s::load_unaligned(t.sin_odd.data() + j);
+        const U32s a_even_out = round_to_bf16_high(xsimd::fms(a_even, ce, b_even * se));
+        const U32s b_even_out = round_to_bf16_high(xsimd::fma(a_even, se, b_even * ce));
+        const U32s a_odd_out = round_to_bf16_high(xsimd::fms(a_odd, co, b_odd * so));
+        const U32s b_odd_out = round_to_bf16_high(xsimd::fma(a_odd, so, b_odd * co));
+        const U32s hi_mask(0xffff0000u);
+        ((a_even_out >> 16) | (a_odd_out & hi_mask))
+            .store_unaligned(reinterpret_cast<std::uint32_t*>(dst + 2 * j));
+        ((b_even_out >> 16) | (b_odd_out & hi_mask))
+            .store_unaligned(reinterpret_cast<std::uint32_t*>(dst + half + 2 * j));
+    }
+    for (std::size_t i = 2 * j; i < half; ++i)
+        rotate_bf16_pair(dst + i, dst + half + i, src + i, src + half + i, t.cos[i], t.sin[i]);
+}
+
+template <class T>
+void rotate_row(const RopePlan& plan, const T* src, T* dst, std::size_t heads,
+                const RopeTable& table) {
+    const std::size_t head_dim = static_cast<std::size_t>(plan.config.head_dim);
+    const std::size_t rotary = static_cast<std::size_t>(plan.rotary_dims);
+    const bool interleaved = plan.config.pairing == KVFUSE_ROPE_INTERLEAVED;
+    if (plan.row_flattened(heads)) {
+        if constexpr (std::is_same_v<T, float>)
+            interleaved_f32(src, dst, heads * head_dim, table);
+        else
+            interleaved_bf16(src, dst, heads * head_dim / 2, table);
+        return;
+    }
+    for (std::size_t h = 0; h < heads; ++h) {
+        const T* s = src + h * head_dim;
+        T* d = dst + h * head_dim;
+        if constexpr (std::is_same_v<T, float>) {
+            if (interleaved)
+                interleaved_f32(s, d, rotary, table);
+            else
+                neox_f32(s, d, rotary / 2, table);
+        } else {
+            if (interleaved)
+                interleaved_bf16(s, d, rotary / 2, table);
+            else
+                neox_bf16(s, d, rotary / 2, table);
+        }
+        if (s != d && rotary < head_dim) std::memcpy(d + rotary, s + rotary, (head_dim - rotary) * sizeof(T));
+    }
+}
+
+template <class T>
+void rotate_rows(const RopePlan& plan, kvfuse_dtype dtype, const T* src, std::size_t src_stride,
+                 T* dst, std::size_t dst_stride, std::size_t tokens, std::size_t heads,
+                 const std::int64_t* deltas, std::int64_t delta) {
+    const std::size_t work = tokens * heads * static_cast<std::size_t>(plan.config.head_dim);
+    // Below a few hundred KiB the fork/join costs more than the second core gives back.
+    const bool parallel = work >= (std::size_t{1} << 17) && omp_get_max_threads() > 1;
+#pragma omp parallel if (parallel)
+    {
+        RopeTable table;  // per thread; rebuilt only when the delta changes
+        const std::ptrdiff_t count = static_cast<std::ptrdiff_t>(tokens);
+#pragma omp for schedule(static)
+        for (std::ptrdiff_t t = 0; t < count; ++t) {
+            const std::int64_t d = deltas ? deltas[t] : delta;
+            if (!table.holds(d)) table.build(plan, dtype, heads, d);
+            const std::size_t row = static_cast<std::size_t>(t);
+            rotate_row(plan, src + row * src_stride, dst + row * dst_stride, heads, table);
+        }
+    }
+}
+
+void rope_rotate(const RopePlan& plan, kvfuse_dtype dtype, const void* src,
+                 std::size_t src_stride, void* dst, std::size_t dst_stride, std::size_t tokens,
+                 std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
+    if (dtype == KVFUSE_DTYPE_F32)
+        rotate_rows(plan, dtype, static_cast<const float*>(src), src_stride,
+                    static_cast<float*>(dst), dst_stride, tokens, heads, deltas, delta);
+    else
+        rotate_rows(plan, dtype, static_cast<const std::uint16_t*>(src), src_stride,
+                    static_cast<std::uint16_t*>(dst), dst_stride, tokens, heads, deltas, delta);
+}
+
+}  // namespace
+
+void register_rope(detail::KernelTable& table) { table.rope_rotate = &rope_rotate; }
+
+}  // namespace kvfuse::KVFUSE_ISA_NAMESPACE

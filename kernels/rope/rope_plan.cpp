@@ -1,0 +1,115 @@
+#include "kernels/rope/rope_plan.h"
+
+#include <cmath>
+#include <numbers>
+
+namespace kvfuse::detail {
+
+bool validate_rope_config(const kvfuse_rope_config& c, std::string& why) {
+    const int rotary = c.rotary_dims == 0 ? c.head_dim : c.rotary_dims;
+    if (c.head_dim <= 0) {
+        why = "head_dim (" + std::to_string(c.head_dim) + ") must be positive";
+    } else if (c.rotary_dims < 0 || rotary > c.head_dim) {
+        why = "rotary_dims (" + std::to_string(c.rotary_dims) + ") must be in [0, head_dim=" +
+              std::to_string(c.head_dim) + "]";
+    } else if (rotary % 2 != 0) {
+        why = "rotary_dims (" + std::to_string(rotary) + ") must be even";
+    } else if (!(c.base > 1.0) || !std::isfinite(c.base)) {
+        why = "base (" + std::to_string(c.base) + ") must be a finite number > 1";
+    } else if (c.pairing != KVFUSE_ROPE_NEOX && c.pairing != KVFUSE_ROPE_INTERLEAVED) {
+        why = "unknown pairing " + std::to_string(static_cast<int>(c.pairing));
+    } else if (c.scaling != KVFUSE_ROPE_SCALING_NONE && c.scaling != KVFUSE_ROPE_SCALING_LINEAR &&
+               c.scaling != KVFUSE_ROPE_SCALING_LLAMA3) {
+        why = "unknown scaling " + std::to_string(static_cast<int>(c.scaling));
+    } else if (c.scaling != KVFUSE_ROPE_SCALING_NONE &&
+               (!(c.scaling_factor > 0.0) || !std::isfinite(c.scaling_factor))) {
+        why = "scaling_factor (" + std::to_string(c.scaling_factor) + ") must be finite and > 0";
+    } else if (c.scaling == KVFUSE_ROPE_SCALING_LLAMA3 &&
+               (!(c.llama3_low_freq_factor > 0.0) ||
+                !(c.llama3_high_freq_factor > c.llama3_low_freq_factor) ||
+                !std::isfinite(c.llama3_high_freq_factor) || c.llama3_original_context <= 0)) {
+        why = "llama3 scaling needs 0 < low_freq_factor < high_freq_factor and "
+              "original_context > 0";
+    } else {
+        return true;
+    }
+    return false;
+}
+
+double rope_inv_freq(const kvfuse_rope_config& c, int rotary_dims, int pair) {
+    const double freq = std::pow(c.base, -2.0 * pair / rotary_dims);
+    switch (c.scaling) {
+        case KVFUSE_ROPE_SCALING_LINEAR:
+            return freq / c.scaling_factor;
+        case KVFUSE_ROPE_SCALING_LLAMA3: {
+            // Llama 3.1: short wavelengths keep their frequency, long ones are divided by the
+            // factor, and the band between is blended linearly in 1/wavelength.
+            const double wavelength = 2.0 * std::numbers::pi / freq;
+            const double low_wavelength = c.llama3_original_context / c.llama3_low_freq_factor;
+            const double high_wavelength = c.llama3_original_context / c.llama3_high_freq_factor;
+            if (wavelength < high_wavelength) return freq;
+            if (wavelength > low_wavelength) return freq / c.scaling_factor;
+            const double smooth = (c.llama3_original_context / wavelength - c.llama3_low_freq_factor) /
+                                  (c.llama3_high_freq_factor - c.llama3_low_freq_factor);
+            return (1.0 - smooth) * freq / c.scaling_factor + smooth * freq;
+        }
+        default:
+            return freq;
+    }
+}
+
+RopePlan make_rope_plan(const kvfuse_rope_config& config) {
+    RopePlan plan;
+    plan.config = config;
+    plan.rotary_dims = config.rotary_dims == 0 ? config.head_dim : config.rotary_dims;
+    plan.inv_freq.resize(static_cast<std::size_t>(plan.rotary_dims / 2));
+    for (int i = 0; i < plan.rotary_dims / 2; ++i)
+        plan.inv_freq[static_cast<std::size_t>(i)] = rope_inv_freq(config, plan.rotary_dims, i);
+    return plan;
+}
+
+void RopeTable::build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads,
+                      std::int64_t delta) {
+    const std::size_t pairs = plan.inv_freq.size();
+    const std::size_t repeats = plan.row_flattened(heads) ? heads : 1;
+    cos.resize(pairs * repeats);
+    sin.resize(pairs * repeats);
+    for (std::size_t i = 0; i < pairs; ++i) {
+        // The angle is formed in double so that large deltas keep all their precision; only
+        // the final cos/sin are rounded to f32.
+        const double angle = static_cast<double>(delta) * plan.inv_freq[i];
+        cos[i] = static_cast<float>(std::cos(angle));
+        sin[i] = static_cast<float>(std::sin(angle));
+    }
+    for (std::size_t r = 1; r < repeats; ++r)
+        for (std::size_t i = 0; i < pairs; ++i) {
+            cos[r * pairs + i] = cos[i];
+            sin[r * pairs + i] = sin[i];
+        }
+    if (plan.config.pairing == KVFUSE_ROPE_INTERLEAVED && dtype == KVFUSE_DTYPE_F32) {
+        cos2.resize(2 * cos.size());
+        sin2.resize(2 * cos.size());
+        for (std::size_t i = 0; i < cos.size(); ++i) {
+            cos2[2 * i] = cos2[2 * i + 1] = cos[i];
+            sin2[2 * i] = -sin[i];
+            sin2[2 * i + 1] = sin[i];
+        }
+    }
+    if (plan.config.pairing == KVFUSE_ROPE_NEOX && dtype == KVFUSE_DTYPE_BF16) {
+        const std::size_t lanes = pairs / 2;
+        cos_even.resize(lanes);
+        sin_even.resize(lanes);
+        cos_odd.resize(lanes);
+        sin_odd.resize(lanes);
+        for (std::size_t j = 0; j < lanes; ++j) {
+            cos_even[j] = cos[2 * j];
+            sin_even[j] = sin[2 * j];
+            cos_odd[j] = cos[2 * j + 1];
+            sin_odd[j] = sin[2 * j + 1];
+        }
+    }
+    built_ = true;
+    delta_ = delta;
+}
+
+}  // namespace kvfuse::detail

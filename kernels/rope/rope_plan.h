@@ -1,0 +1,57 @@
+// ISA-neutral part of the RoPE kernel: the validated configuration, the per-pair frequencies
+// (with scaling applied, in double) and the cos/sin tables for one delta, laid out the way each
+// (pairing, dtype) kernel variant reads them. Compiled once, without ISA flags.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvfuse/kvfuse.h"
+
+namespace kvfuse::detail {
+
+struct RopePlan {
+    kvfuse_rope_config config{};
+    int rotary_dims = 0;           // resolved (never 0)
+    std::vector<double> inv_freq;  // theta_i after scaling, rotary_dims / 2 entries
+    // Interleaved pairing with every dim rotating: a row of `heads` heads is one long run of
+    // pairs, so the kernel can sweep the whole row with a table tiled across heads.
+    bool row_flattened(std::size_t /*heads*/) const {
+        return config.pairing == KVFUSE_ROPE_INTERLEAVED && rotary_dims == config.head_dim;
+    }
+};
+
+// Checks the configuration; on failure returns false and writes the reason to `why`.
+bool validate_rope_config(const kvfuse_rope_config& config, std::string& why);
+
+// Builds the plan from a validated configuration.
+RopePlan make_rope_plan(const kvfuse_rope_config& config);
+
+// The frequency of pair i after scaling; shared by the plan and, independently written, the
+// reference (reference/rope_reference.cpp re-derives it from the formulas).
+double rope_inv_freq(const kvfuse_rope_config& config, int rotary_dims, int pair);
+
+// cos/sin of delta * inv_freq for one delta, angle in double, rounded to f32 once.
+// Layouts (pairs = rotary_dims / 2; a flattened row repeats the head's pairs `heads` times):
+//   cos, sin     per pair (always filled; the scalar tails use them)
+//   cos2, sin2   f32 interleaved: per element, cos2[2i] = cos2[2i+1] = cos_i,
+//                sin2[2i] = -sin_i, sin2[2i+1] = +sin_i, so out = x*cos2 + swap_pairs(x)*sin2
+//   even/odd     bf16 NeoX: cos/sin of the even and odd pair indices, so that a 32-bit lane
+//                holding elements (2j, 2j+1) pairs with the lane holding (h+2j, h+2j+1)
+class RopeTable {
+   public:
+    void build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads, std::int64_t delta);
+    bool holds(std::int64_t delta) const { return built_ && delta_ == delta; }
+
+    std::vector<float> cos, sin;
+    std::vector<float> cos2, sin2;
+    std::vector<float> cos_even, sin_even, cos_odd, sin_odd;
+
+   private:
+    bool built_ = false;
+    std::int64_t delta_ = 0;
+};
+
+}  // namespace kvfuse::detail

@@ -1,0 +1,79 @@
+#include "reference/rope_reference.h"
+
+#include <cmath>
+#include <numbers>
+#include <vector>
+
+#include "kernels/common/bf16.h"
+
+namespace kvfuse::reference {
+
+namespace {
+
+int rotary_dims_of(const kvfuse_rope_config& c) { return c.rotary_dims == 0 ? c.head_dim : c.rotary_dims; }
+
+// Index of the second element of pair i within a head.
+std::size_t partner(const kvfuse_rope_config& c, int pair) {
+    return c.pairing == KVFUSE_ROPE_NEOX ? static_cast<std::size_t>(pair + rotary_dims_of(c) / 2)
+                                         : static_cast<std::size_t>(2 * pair + 1);
+}
+std::size_t first(const kvfuse_rope_config& c, int pair) {
+    return c.pairing == KVFUSE_ROPE_NEOX ? static_cast<std::size_t>(pair) : static_cast<std::size_t>(2 * pair);
+}
+
+void rotate_head(const kvfuse_rope_config& c, const double* in, double* out, std::int64_t delta) {
+    for (int d = 0; d < c.head_dim; ++d) out[d] = in[d];
+    for (int i = 0; i < rotary_dims_of(c) / 2; ++i) {
+        const double angle = static_cast<double>(delta) * rope_frequency(c, i);
+        const double x1 = in[first(c, i)], x2 = in[partner(c, i)];
+        out[first(c, i)] = x1 * std::cos(angle) - x2 * std::sin(angle);
+        out[partner(c, i)] = x1 * std::sin(angle) + x2 * std::cos(angle);
+    }
+}
+
+}  // namespace
+
+double rope_frequency(const kvfuse_rope_config& c, int pair) {
+    const double freq = 1.0 / std::pow(c.base, 2.0 * pair / rotary_dims_of(c));
+    if (c.scaling == KVFUSE_ROPE_SCALING_LINEAR) return freq / c.scaling_factor;
+    if (c.scaling != KVFUSE_ROPE_SCALING_LLAMA3) return freq;
+    const double wavelength = 2.0 * std::numbers::pi / freq;
+    if (wavelength < c.llama3_original_context / c.llama3_high_freq_factor) return freq;
+    if (wavelength > c.llama3_original_context / c.llama3_low_freq_factor) return freq / c.scaling_factor;
+    const double smooth = (c.llama3_original_context / wavelength - c.llama3_low_freq_factor) /
+                          (c.llama3_high_freq_factor - c.llama3_low_freq_factor);
+    return (1.0 - smooth) * freq / c.scaling_factor + smooth * freq;
+}
+
+void rope_rotate(const kvfuse_rope_config& c, kvfuse_dtype dtype, const void* src,
+                 std::size_t src_stride, void* dst, std::size_t dst_stride, std::size_t tokens,
+                 std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
+    const std::size_t head_dim = static_cast<std::size_t>(c.head_dim);
+    std::vector<double> in(head_dim), out(head_dim);
+    for (std::size_t t = 0; t < tokens; ++t) {
+        for (std::size_t h = 0; h < heads; ++h) {
+            const std::size_t offset_src = t * src_stride + h * head_dim;
+            const std::size_t offset_dst = t * dst_stride + h * head_dim;
+            for (std::size_t d = 0; d < head_dim; ++d)
+                in[d] = dtype == KVFUSE_DTYPE_F32
+                            ? static_cast<const float*>(src)[offset_src + d]
+                            : detail::bf16_bits_to_f32(static_cast<const std::uint16_t*>(src)[offset_src + d]);
+            rotate_head(c, in.data(), out.data(), deltas ? deltas[t] : delta);
+            for (std::size_t d = 0; d < head_dim; ++d) {
+                if (dtype == KVFUSE_DTYPE_F32)
+                    static_cast<float*>(dst)[offset_dst + d] = static_cast<float>(out[d]);
+                else
+                    static_cast<std::uint16_t*>(dst)[offset_dst + d] =
+                        detail::f32_to_bf16_bits(static_cast<float>(out[d]));
+            }
+        }
+    }
+}
+
+void rope_rotate_head_exact(const kvfuse_rope_config& c, const float* head, std::int64_t delta,
+                            double* out) {
+    std::vector<double> in(head, head + c.head_dim);
+    rotate_head(c, in.data(), out, delta);
+}
+
+}  // namespace kvfuse::reference

@@ -1,0 +1,320 @@
+// RoPE rotation on every ISA against reference/ (double precision).
+//
+// Bounds. f32: the kernel rounds cos/sin to f32 and rotates with two f32 roundings (product,
+// FMA); each output element is within 8 * 2^-24 * max|x of its head| of the exact rotation.
+// bf16: one rounding to bf16 has a relative L2 floor of about 1.66e-3; we require <= 3e-3.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "isa_test_support.h"
+#include "kernels/common/bf16.h"
+#include "reference/rope_reference.h"
+
+namespace {
+
+using kvfuse::Dtype;
+using kvfuse::RopeConfig;
+using kvfuse::RopePairing;
+using kvfuse::RopeScaling;
+using kvfuse::testing::random_floats;
+
+constexpr double kF32Eps = 1.0 / (1 << 24);
+constexpr double kBf16RelativeL2Bound = 3e-3;
+
+struct Shape {
+    int head_dim;
+    int rotary_dims;
+    std::size_t heads;
+    std::size_t tokens;
+    std::size_t pad;  // extra elements per token beyond heads * head_dim
+};
+
+std::vector<Shape> shapes() {
+    return {
+        {8, 8, 4, 1, 0},     {8, 8, 1, 7, 3},      {8, 4, 2, 5, 0},     {64, 64, 3, 33, 0},
+        {64, 32, 8, 17, 5},  {128, 128, 8, 129, 0}, {128, 64, 2, 31, 7}, {128, 128, 1, 3001, 0},
+        {64, 64, 8, 2049, 1}, {6, 6, 3, 11, 0},    {10, 6, 3, 9, 1},    {130, 130, 2, 5, 0},
+    };
+}
+
+RopeConfig config_for(const Shape& s, RopePairing pairing) {
+    RopeConfig c;
+    c.head_dim = s.head_dim;
+    c.rotary_dims = s.rotary_dims;
+    c.base = 10000.0;
+    c.pairing = pairing;
+    return c;
+}
+
+std::vector<std::int64_t> random_deltas(std::size_t tokens, std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<std::int64_t> dist(-131072, 131072);
+    std::vector<std::int64_t> out(tokens);
+    // Runs of equal deltas (a chunk moved as one) mixed with single tokens.
+    for (std::size_t t = 0; t < tokens;) {
+        const std::int64_t delta = dist(rng);
+        const std::size_t run = 1 + rng() % 5;
+        for (std::size_t k = 0; k < run && t < tokens; ++k) out[t++] = delta;
+    }
+    return out;
+}
+
+// Exact rotation of f32 keys (double, no rounding), row by row with the same stride.
+std::vector<double> exact_rotation(const RopeConfig& config, const std::vector<float>& keys,
+                                   std::size_t stride, std::size_t tokens, std::size_t heads,
+                                   const std::vector<std::int64_t>& deltas) {
+    const kvfuse_rope_config c = config.to_c();
+    std::vector<double> out(keys.size(), 0.0);
+    for (std::size_t t = 0; t < tokens; ++t)
+        for (std::size_t h = 0; h < heads; ++h) {
+            const std::size_t at = t * stride + h * static_cast<std::size_t>(config.head_dim);
+            kvfuse::reference::rope_rotate_head_exact(c, keys.data() + at, deltas[t], out.data() + at);
+        }
+    return out;
+}
+
+class RopeTest : public kvfuse::testing::IsaTest {};
+KVFUSE_INSTANTIATE_ISA_TESTS(RopeTest);
+
+// f32, in place, per-token deltas, against the exact rotation with the stated bound.
+TEST_P(RopeTest, F32MatchesReferenceInPlace) {
+    std::uint32_t seed = 1;
+    for (const Shape& s : shapes())
+        for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved}) {
+            const RopeConfig config = config_for(s, pairing);
+            const std::size_t stride = s.heads * s.head_dim + s.pad;
+            // One leading element so the data is not vector aligned.
+            std::vector<float> storage = random_floats(stride * s.tokens + 1, ++seed, 4.0f);
+            std::vector<float> original(storage.begin() + 1, storage.end());
+            const auto deltas = random_deltas(s.tokens, seed);
+            ASSERT_TRUE(kvfuse::rope_rotate(config, storage.data() + 1, s.tokens, s.heads, stride, deltas.data()).ok());
+            const auto exact = exact_rotation(config, original, stride, s.tokens, s.heads, deltas);
+            for (std::size_t t = 0; t < s.tokens; ++t)
+                for (std::size_t h = 0; h < s.heads; ++h) {
+                    const std::size_t at = t * stride + h * s.head_dim;
+                    float max_abs = 0.0f;
+                    for (int d = 0; d < s.head_dim; ++d) max_abs = std::max(max_abs, std::fabs(original[at + d]));
+                    for (int d = 0; d < s.head_dim; ++d) {
+                        ASSERT_NEAR(storage[1 + at + d], exact[at + d], 8 * kF32Eps * max_abs)
+                            << "D=" << s.head_dim << " rot=" << s.rotary_dims << " t=" << t << " h=" << h
+                            << " d=" << d << " pairing=" << static_cast<int>(pairing);
+                    }
+                }
+            // Padding between tokens is never written.
+            for (std::size_t t = 0; t < s.tokens; ++t)
+                for (std::size_t p = s.heads * s.head_dim; p < stride; ++p)
+                    ASSERT_EQ(storage[1 + t * stride + p], original[t * stride + p]);
+        }
+}
+
+// bf16, copying with different strides, constant delta, against the exact rotation.
+TEST_P(RopeTest, Bf16CopyWithinRelativeL2Bound) {
+    std::uint32_t seed = 100;
+    for (const Shape& s : shapes())
+        for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved})
+            for (std::int64_t delta : {std::int64_t{1}, std::int64_t{-4097}, std::int64_t{131072}}) {
+                const RopeConfig config = config_for(s, pairing);
+                const std::size_t src_stride = s.heads * s.head_dim + s.pad;
+                const std::size_t dst_stride = s.heads * s.head_dim + 2;
+                const auto values = random_floats(src_stride * s.tokens, ++seed, 2.0f);
+                std::vector<kvfuse::bf16> src(values.size() + 1), dst(dst_stride * s.tokens + 1);
+                ASSERT_TRUE(kvfuse::to_bf16(values.data(), src.data() + 1, values.size()).ok());
+                const kvfuse::bf16 sentinel{0x7e7e};
+                std::fill(dst.begin(), dst.end(), sentinel);
+                ASSERT_TRUE(kvfuse::rope_rotate_span_copy(config, src.data() + 1, src_stride, dst.data() + 1,
+                                                          dst_stride, s.tokens, s.heads, delta).ok());
+                std::vector<float> src_f32(values.size());
+                ASSERT_TRUE(kvfuse::to_f32(src.data() + 1, src_f32.data(), src_f32.size()).ok());
+                const std::vector<std::int64_t> deltas(s.tokens, delta);
+                const auto exact = exact_rotation(config, src_f32, src_stride, s.tokens, s.heads, deltas);
+                double err2 = 0.0, ref2 = 0.0;
+                for (std::size_t t = 0; t < s.tokens; ++t)
+                    for (std::size_t e = 0; e < s.heads * s.head_dim; ++e) {
+                        const double got = kvfuse::detail::bf16_bits_to_f32(dst[1 + t * dst_stride + e].bits);
+                        const double want = exact[t * src_stride + e];
+                        err2 += (got - want) * (got - want);
+                        ref2 += want * want;
+                    }
+                EXPECT_LE(std::sqrt(err2 / ref2), kBf16RelativeL2Bound)
+                    << "D=" << s.head_dim << " rot=" << s.rotary_dims << " delta=" << delta;
+                for (std::size_t t = 0; t < s.tokens; ++t)
+                    for (std::size_t p = s.heads * s.head_dim; p < dst_stride; ++p)
+                        ASSERT_EQ(dst[1 + t * dst_stride + p].bits, sentinel.bits);
+            }
+}
+
+// Linear and llama3 scaling through the copying per-token form (absolute positions).
+TEST_P(RopeTest, ScalingMatchesReference) {
+    for (RopeScaling scaling : {RopeScaling::linear, RopeScaling::llama3}) {
+        RopeConfig config;
+        config.head_dim = 128;
+        config.base = 500000.0;
+        config.scaling = scaling;
+        config.scaling_factor = 8.0;
+        const std::size_t tokens = 64, heads = 4, stride = heads * 128;
+        const auto keys = random_floats(stride * tokens, 7);
+        std::vector<float> out(keys.size());
+        std::vector<std::int64_t> positions(tokens);
+        for (std::size_t t = 0; t < tokens; ++t) positions[t] = static_cast<std::int64_t>(t * 997);
+        ASSERT_TRUE(kvfuse::rope_rotate_copy(config, keys.data(), stride, out.data(), stride, tokens, heads,
+                                             positions.data()).ok());
+        const auto exact = exact_rotation(config, keys, stride, tokens, heads, positions);
+        for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], exact[i], 8 * kF32Eps);
+    }
+}
+
+TEST_P(RopeTest, RotatingBackReturnsTheInput) {
+    for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved}) {
+        const Shape s{128, 128, 8, 257, 0};
+        const RopeConfig config = config_for(s, pairing);
+        const std::size_t stride = s.heads * s.head_dim;
+        const auto original = random_floats(stride * s.tokens, 11);
+        auto deltas = random_deltas(s.tokens, 12);
+        std::vector<float> keys = original;
+        ASSERT_TRUE(kvfuse::rope_rotate(config, keys.data(), s.tokens, s.heads, stride, deltas.data()).ok());
+        for (auto& d : deltas) d = -d;
+        ASSERT_TRUE(kvfuse::rope_rotate(config, keys.data(), s.tokens, s.heads, stride, deltas.data()).ok());
+        for (std::size_t i = 0; i < keys.size(); ++i) ASSERT_NEAR(keys[i], original[i], 16 * kF32Eps);
+
+        std::vector<kvfuse::bf16> half(original.size());
+        ASSERT_TRUE(kvfuse::to_bf16(original.data(), half.data(), half.size()).ok());
+        const auto start = half;
+        ASSERT_TRUE(kvfuse::rope_rotate_span(config, half.data(), s.tokens, s.heads, stride, 70000).ok());
+        ASSERT_TRUE(kvfuse::rope_rotate_span(config, half.data(), s.tokens, s.heads, stride, -70000).ok());
+        double err2 = 0, ref2 = 0;
+        for (std::size_t i = 0; i < half.size(); ++i) {
+            const double a = kvfuse::detail::bf16_bits_to_f32(half[i].bits);
+            const double b = kvfuse::detail::bf16_bits_to_f32(start[i].bits);
+            err2 += (a - b) * (a - b);
+            ref2 += b * b;
+        }
+        EXPECT_LE(std::sqrt(err2 / ref2), 2 * kBf16RelativeL2Bound);
+    }
+}
+
+// Rotating by a then by b is rotating by a + b (R(a)R(b) = R(a+b)), up to rounding.
+TEST_P(RopeTest, RotationsCompose) {
+    const Shape s{64, 64, 4, 40, 0};
+    for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved}) {
+        const RopeConfig config = config_for(s, pairing);
+        const std::size_t stride = s.heads * s.head_dim;
+        const auto original = random_floats(stride * s.tokens, 21);
+        std::vector<float> twice = original, once = original;
+        ASSERT_TRUE(kvfuse::rope_rotate_span(config, twice.data(), s.tokens, s.heads, stride, 1234).ok());
+        ASSERT_TRUE(kvfuse::rope_rotate_span(config, twice.data(), s.tokens, s.heads, stride, 4321).ok());
+        ASSERT_TRUE(kvfuse::rope_rotate_span(config, once.data(), s.tokens, s.heads, stride, 5555).ok());
+        for (std::size_t i = 0; i < once.size(); ++i) ASSERT_NEAR(twice[i], once[i], 24 * kF32Eps);
+    }
+}
+
+TEST_P(RopeTest, ZeroDeltaIsIdentityUpToRounding) {
+    const Shape s{128, 128, 2, 9, 0};
+    for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved}) {
+        const RopeConfig config = config_for(s, pairing);
+        const auto original = random_floats(s.heads * s.head_dim * s.tokens, 5);
+        std::vector<float> keys = original;
+        ASSERT_TRUE(kvfuse::rope_rotate_span(config, keys.data(), s.tokens, s.heads, s.heads * s.head_dim, 0).ok());
+        EXPECT_EQ(keys, original);  // cos 0 = 1 and sin 0 = 0 exactly
+    }
+}
+
+// NaN and Inf stay in their pair and never crash; every other pair is unaffected.
+TEST_P(RopeTest, NanAndInfPropagateWithinTheirPair) {
+    for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved})
+        for (Dtype dtype : {Dtype::f32, Dtype::bf16}) {
+            const Shape s{64, 64, 2, 3, 0};
+            const RopeConfig config = config_for(s, pairing);
+            const std::size_t stride = s.heads * s.head_dim;
+            auto keys = random_floats(stride * s.tokens, 9);
+            const float nan = std::numeric_limits<float>::quiet_NaN();
+            const float inf = std::numeric_limits<float>::infinity();
+            keys[5] = nan;
+            keys[stride + 70] = inf;
+            keys[2 * stride + 1] = -inf;
+            auto partner = [&](std::size_t e) {
+                const std::size_t d = e % 64, base = e - d;
+                if (pairing == RopePairing::interleaved) return base + (d ^ 1);
+                return base + (d < 32 ? d + 32 : d - 32);
+            };
+            std::vector<bool> poisoned(keys.size(), false);
+            for (std::size_t e : {std::size_t{5}, stride + 70, 2 * stride + 1}) poisoned[e] = poisoned[partner(e)] = true;
+            std::vector<float> out(keys.size());
+            if (dtype == Dtype::f32) {
+                out = keys;
+                ASSERT_TRUE(kvfuse::rope_rotate_span(config, out.data(), s.tokens, s.heads, stride, 77).ok());
+            } else {
+                std::vector<kvfuse::bf16> half(keys.size());
+                ASSERT_TRUE(kvfuse::to_bf16(keys.data(), half.data(), half.size()).ok());
+                ASSERT_TRUE(kvfuse::rope_rotate_span(config, half.data(), s.tokens, s.heads, stride, 77).ok());
+                ASSERT_TRUE(kvfuse::to_f32(half.data(), out.data(), out.size()).ok());
+            }
+            for (std::size_t e = 0; e < out.size(); ++e) {
+                if (poisoned[e])
+                    EXPECT_FALSE(std::isfinite(out[e])) << "element " << e;
+                else
+                    EXPECT_TRUE(std::isfinite(out[e])) << "element " << e;
+            }
+            EXPECT_TRUE(std::isnan(out[5]));
+            EXPECT_TRUE(std::isnan(out[partner(5)]));
+        }
+}
+
+TEST_P(RopeTest, InvalidArgumentsAreRefused) {
+    RopeConfig config;
+    config.head_dim = 8;
+    std::vector<float> keys(64, 1.0f);
+    const std::vector<float> before = keys;
+    const std::int64_t delta[8] = {};
+    auto code = [](const kvfuse::Status& s) { return s.code(); };
+    using kvfuse::StatusCode;
+
+    RopeConfig odd = config;
+    odd.rotary_dims = 7;
+    EXPECT_EQ(code(kvfuse::rope_rotate(odd, keys.data(), 8, 1, 8, delta)), StatusCode::invalid_argument);
+    RopeConfig too_many = config;
+    too_many.rotary_dims = 10;
+    EXPECT_EQ(code(kvfuse::rope_rotate(too_many, keys.data(), 8, 1, 8, delta)), StatusCode::invalid_argument);
+    RopeConfig negative = config;
+    negative.head_dim = -8;
+    EXPECT_EQ(code(kvfuse::rope_rotate(negative, keys.data(), 8, 1, 8, delta)), StatusCode::invalid_argument);
+    RopeConfig bad_base = config;
+    bad_base.base = 0.5;
+    EXPECT_EQ(code(kvfuse::rope_rotate(bad_base, keys.data(), 8, 1, 8, delta)), StatusCode::invalid_argument);
+    RopeConfig bad_scale = config;
+    bad_scale.scaling = RopeScaling::linear;
+    bad_scale.scaling_factor = 0.0;
+    EXPECT_EQ(code(kvfuse::rope_rotate(bad_scale, keys.data(), 8, 1, 8, delta)), StatusCode::invalid_argument);
+    RopeConfig bad_llama3 = config;
+    bad_llama3.scaling = RopeScaling::llama3;
+    bad_llama3.llama3_high_freq_factor = 0.5;
+    EXPECT_EQ(code(kvfuse::rope_rotate(bad_llama3, keys.data(), 8, 1, 8, delta)), StatusCode::invalid_argument);
+
+    EXPECT_EQ(code(kvfuse::rope_rotate<float>(config, nullptr, 8, 1, 8, delta)), StatusCode::null_pointer);
+    EXPECT_EQ(code(kvfuse::rope_rotate(config, keys.data(), 8, 1, 8, nullptr)), StatusCode::null_pointer);
+    EXPECT_EQ(code(kvfuse::rope_rotate(config, keys.data(), 8, 0, 8, delta)), StatusCode::invalid_argument);
+    EXPECT_EQ(code(kvfuse::rope_rotate(config, keys.data(), 8, 2, 8, delta)), StatusCode::invalid_argument);
+    EXPECT_EQ(code(kvfuse::rope_rotate(config, keys.data(), SIZE_MAX / 2, 1, SIZE_MAX / 4, delta)),
+              StatusCode::invalid_argument);
+    // Overlapping copy, and in place with unequal strides.
+    EXPECT_EQ(code(kvfuse::rope_rotate_span_copy(config, keys.data(), 8, keys.data() + 4, 8, 4, 1, 1)),
+              StatusCode::invalid_argument);
+    EXPECT_EQ(code(kvfuse::rope_rotate_span_copy(config, keys.data(), 8, keys.data(), 16, 4, 1, 1)),
+              StatusCode::invalid_argument);
+    EXPECT_EQ(kvfuse_rope_rotate_span(nullptr, KVFUSE_DTYPE_F32, keys.data(), 1, 1, 8, 1),
+              KVFUSE_ERROR_NULL_POINTER);
+    kvfuse_rope_config c = config.to_c();
+    EXPECT_EQ(code(kvfuse::Status(kvfuse_rope_rotate_span(&c, static_cast<kvfuse_dtype>(9), keys.data(), 1, 1, 8, 1))),
+              StatusCode::invalid_argument);
+    EXPECT_EQ(keys, before);
+    // Zero tokens is a valid no-op, even with null keys.
+    EXPECT_TRUE(kvfuse::rope_rotate<float>(config, nullptr, 0, 1, 8, nullptr).ok());
+    const kvfuse::Status detail = kvfuse::rope_rotate(odd, keys.data(), 8, 1, 8, delta);
+    EXPECT_NE(detail.message().find("rotary_dims"), std::string::npos) << detail.message();
+}
+
+}  // namespace

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Every test lane: install what is missing, then build and test
+#   1. native release build: every test on every ISA this CPU runs (scalar, avx2, avx512),
+#      the C API, the install + find_package/pkg-config consumer, the no-AVX object check;
+#   2. the same under qemu-x86_64 emulating a CPU without AVX (proves the scalar fallback);
+#   3. AddressSanitizer + UndefinedBehaviorSanitizer build;
+#   4. AArch64 cross build, tests run under qemu-aarch64 (NEON).
+# KVFUSE_TEST_LANES="native sanitize" runs a subset.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/tools/setup.sh" --cross
+jobs=$(nproc)
+lanes=${KVFUSE_TEST_LANES:-native nonavx sanitize aarch64}
+summary=()
+
+lane() { echo; echo "=== lane: $1 ==="; }
+
+build_and_test() {  # build_dir, cmake args...
+    local build=$1; shift
+    cmake -S "$root" -B "$build" "$@" >/dev/null
+    cmake --build "$build" -j "$jobs"
+    (cd "$build" && ctest -j "$jobs" --output-on-failure --timeout 900)
+}
+
+for l in $lanes; do
+    case $l in
+        native)
+            lane "native (scalar, avx2, avx512 as this CPU allows)"
+            build_and_test "$root/build/test-native" -DCMAKE_BUILD_TYPE=Release -DKVFUSE_BUILD_BENCH=ON
+            summary+=("native: passed") ;;
+        nonavx)
+            lane "x86-64 without AVX (qemu-x86_64 -cpu Westmere)"
+            build=$root/build/test-native
+            [[ -x $build/tests/test_rope ]] || build_and_test "$build" -DCMAKE_BUILD_TYPE=Release
+            emu=(qemu-x86_64 -cpu Westmere)
+            "${emu[@]}" "$build/driver/kvfuse" info | tee /tmp/kvfuse-nonavx-info.txt
+            grep -q "active isa: scalar" /tmp/kvfuse-nonavx-info.txt
+            "${emu[@]}" "$build/tests/test_dispatch"
+            "${emu[@]}" "$build/tests/test_rope"
+            summary+=("nonavx: passed") ;;
+        sanitize)
+            lane "AddressSanitizer + UndefinedBehaviorSanitizer"
+            ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+                build_and_test "$root/build/test-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+                -DKVFUSE_SANITIZE=address,undefined -DKVFUSE_BUILD_BENCH=OFF
+            summary+=("sanitize: passed") ;;
+        aarch64)
+            lane "AArch64 NEON (cross build, tests under qemu-aarch64)"
+            build_and_test "$root/build/test-aarch64" -DCMAKE_BUILD_TYPE=Release \
+                -DCMAKE_TOOLCHAIN_FILE="$root/cmake/aarch64-linux-gnu.cmake" \
+                -DKVFUSE_BUILD_BENCH=OFF -DKVFUSE_BUILD_DRIVER=OFF -DKVFUSE_WITH_HWLOC=OFF
+            summary+=("aarch64: passed") ;;
+        *) echo "unknown lane $l" >&2; exit 2 ;;
+    esac
+done
+echo
+printf '%s\n' "${summary[@]}"
+echo "all lanes passed: $lanes"

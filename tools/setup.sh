@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages kvfuse needs that this machine lacks.
+#   tools/setup.sh          packages to build, run the demo and run the native tests
+#   tools/setup.sh --cross  also the AArch64 cross compiler and qemu-user (NEON test lane)
+set -euo pipefail
+
+packages=(build-essential cmake pkg-config python3 libxsimd-dev libhwloc-dev libopenblas-openmp-dev
+          libcli11-dev libgtest-dev libbenchmark-dev)
+if [[ "${1:-}" == "--cross" ]]; then
+    packages+=(g++-aarch64-linux-gnu qemu-user binutils)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "setup: all ${#packages[@]} packages present"
+    exit 0
+fi
+
+echo "setup: installing ${missing[*]}"
+if [[ $(id -u) -ne 0 ]]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+        SUDO=sudo
+    else
+        echo "setup: not root. Run this once, then retry:" >&2
+        echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+else
+    SUDO=
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup: done"
