@@ -22,6 +22,7 @@ const char* kvfuse_status_message(kvfuse_status status) {
         case KVFUSE_ERROR_UNSUPPORTED_ISA: return "unsupported ISA";
         case KVFUSE_ERROR_OUT_OF_MEMORY: return "out of memory";
         case KVFUSE_ERROR_INTERNAL: return "internal error";
+        default: break;
     }
     return "unknown status";
 }
@@ -38,6 +39,7 @@ const char* kvfuse_isa_name(kvfuse_isa isa) {
         case KVFUSE_ISA_AVX2: return "avx2";
         case KVFUSE_ISA_AVX512: return "avx512";
         case KVFUSE_ISA_NEON: return "neon";
+        default: break;
     }
     return "unknown";
 }

@@ -111,6 +111,8 @@ bool cpu_runs(kvfuse_isa isa) {
             return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl;
         case KVFUSE_ISA_NEON:
             return f.neon != 0;
+        default:
+            return false;
     }
     return false;
 }

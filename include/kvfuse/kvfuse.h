@@ -5,6 +5,9 @@
  * generic text is kvfuse_status_message(status) and whose specific detail for the calling thread
  * (which argument, which value) is kvfuse_last_error(). No function aborts on bad input.
  *
+ * Every enum ends with a *_MAX_ENUM member only to make it int-sized: an out-of-range value
+ * passed from C is then reported as an error instead of being undefined behaviour in C++.
+ *
  * Tensors are row-major. A "row" is one token; within a row, heads are contiguous and each head
  * holds head_dim elements. token_stride is the distance between consecutive tokens in ELEMENTS
  * (not bytes) and must be at least heads * head_dim.
@@ -36,7 +39,8 @@ typedef enum kvfuse_status {
     KVFUSE_ERROR_UNKNOWN_ISA = 3,      /* an ISA name (KVFUSE_ISA or a force call) is not known */
     KVFUSE_ERROR_UNSUPPORTED_ISA = 4,  /* the ISA is known but not compiled in or not on this CPU */
     KVFUSE_ERROR_OUT_OF_MEMORY = 5,
-    KVFUSE_ERROR_INTERNAL = 6
+    KVFUSE_ERROR_INTERNAL = 6,
+    KVFUSE_STATUS_MAX_ENUM = 0x7fffffff /* keeps the enum int-sized; any int is in range */
 } kvfuse_status;
 
 /* Generic text of a status; never NULL. */
@@ -56,7 +60,8 @@ typedef enum kvfuse_isa {
     KVFUSE_ISA_SCALAR = 0, /* the plain reference code: always available */
     KVFUSE_ISA_AVX2 = 1,   /* AVX2 + FMA */
     KVFUSE_ISA_AVX512 = 2, /* AVX-512 F + BW + DQ + VL */
-    KVFUSE_ISA_NEON = 3    /* AArch64 Advanced SIMD */
+    KVFUSE_ISA_NEON = 3,   /* AArch64 Advanced SIMD */
+    KVFUSE_ISA_MAX_ENUM = 0x7fffffff
 } kvfuse_isa;
 
 #define KVFUSE_ISA_COUNT 4
@@ -91,20 +96,23 @@ KVFUSE_API void kvfuse_get_cpu_features(kvfuse_cpu_features* features);
 
 typedef enum kvfuse_dtype {
     KVFUSE_DTYPE_F32 = 0,
-    KVFUSE_DTYPE_BF16 = 1 /* stored as uint16_t: the top half of an IEEE f32 */
+    KVFUSE_DTYPE_BF16 = 1, /* stored as uint16_t: the top half of an IEEE f32 */
+    KVFUSE_DTYPE_MAX_ENUM = 0x7fffffff
 } kvfuse_dtype;
 
 /* ---- RoPE -------------------------------------------------------------------------------- */
 
 typedef enum kvfuse_rope_pairing {
     KVFUSE_ROPE_NEOX = 0,       /* pairs (i, i + rotary_dims/2): HF Llama/Mistral/Qwen layout */
-    KVFUSE_ROPE_INTERLEAVED = 1 /* pairs (2i, 2i+1): GPT-J, and GGUF `llama` tensors */
+    KVFUSE_ROPE_INTERLEAVED = 1, /* pairs (2i, 2i+1): GPT-J, and GGUF `llama` tensors */
+    KVFUSE_ROPE_PAIRING_MAX_ENUM = 0x7fffffff
 } kvfuse_rope_pairing;
 
 typedef enum kvfuse_rope_scaling {
     KVFUSE_ROPE_SCALING_NONE = 0,
     KVFUSE_ROPE_SCALING_LINEAR = 1, /* every frequency divided by scaling_factor */
-    KVFUSE_ROPE_SCALING_LLAMA3 = 2  /* Llama 3.1 wavelength-dependent scaling */
+    KVFUSE_ROPE_SCALING_LLAMA3 = 2, /* Llama 3.1 wavelength-dependent scaling */
+    KVFUSE_ROPE_SCALING_MAX_ENUM = 0x7fffffff
 } kvfuse_rope_scaling;
 
 typedef struct kvfuse_rope_config {
