@@ -62,7 +62,7 @@ kvfuse_status rotate(const kvfuse_rope_config* config, kvfuse_dtype dtype, const
     if (const kvfuse_status status = kvfuse::detail::active_kernels(kernels); status != KVFUSE_OK)
         return status;
     try {
-        const kvfuse::detail::RopePlan plan = kvfuse::detail::make_rope_plan(*config);
+        const kvfuse::detail::RopePlan& plan = kvfuse::detail::rope_plan_for(*config);
         kernels->rope_rotate(plan, dtype, src, src_stride, dst, dst_stride, tokens, heads,
                              per_token ? deltas : nullptr, delta);
     } catch (const std::bad_alloc&) {

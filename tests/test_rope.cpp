@@ -212,6 +212,26 @@ TEST_P(RopeTest, RotationsCompose) {
     }
 }
 
+// Tables are cached per thread across calls: a call that changes only the base (or only the
+// head count) with the same delta must not reuse the previous call's cos/sin.
+TEST_P(RopeTest, CachedTablesFollowTheConfiguration) {
+    RopeConfig a;
+    a.head_dim = 64;
+    RopeConfig b = a;
+    b.base = 500000.0;
+    for (std::size_t heads : {std::size_t{2}, std::size_t{3}}) {
+        const std::size_t stride = heads * 64, tokens = 4;
+        for (const RopeConfig* config : {&a, &b, &a}) {
+            const auto original = random_floats(stride * tokens, 3);
+            std::vector<float> keys = original;
+            ASSERT_TRUE(kvfuse::rope_rotate_span(*config, keys.data(), tokens, heads, stride, 999).ok());
+            const std::vector<std::int64_t> deltas(tokens, 999);
+            const auto exact = exact_rotation(*config, original, stride, tokens, heads, deltas);
+            for (std::size_t i = 0; i < keys.size(); ++i) ASSERT_NEAR(keys[i], exact[i], 8 * kF32Eps);
+        }
+    }
+}
+
 TEST_P(RopeTest, ZeroDeltaIsIdentityUpToRounding) {
     const Shape s{128, 128, 2, 9, 0};
     for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved}) {

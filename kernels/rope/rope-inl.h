@@ -31,7 +31,8 @@ inline void rotate_pair(float x1, float x2, float c, float s, float& o1, float& 
     o2 = std::fma(x1, s, x2 * c);
 }
 
-// Swaps the two floats of every 64-bit lane: a rotate of the lane by 32 bits needs no shuffle.
+// Swaps the two floats of every 64-bit lane: a rotate of the lane by 32 bits needs no shuffle
+// (and xsimd 8.1's generic swizzle is a full cross-lane permute on every ISA).
 inline F32s swap_pairs(F32s v) {
     const U64s wide = xsimd::bitwise_cast<U64s>(v);
     return xsimd::bitwise_cast<F32s>((wide << 32) | (wide >> 32));
@@ -173,21 +174,24 @@ template <class T>
 void rotate_rows(const RopePlan& plan, kvfuse_dtype dtype, const T* src, std::size_t src_stride,
                  T* dst, std::size_t dst_stride, std::size_t tokens, std::size_t heads,
                  const std::int64_t* deltas, std::int64_t delta) {
+    // Per thread and kept across calls: rebuilt only when the plan, shape or delta changes, so
+    // a chunk moved by one delta, or one decode step after another, costs no sin/cos.
+    auto rotate_token = [&](std::size_t t) {
+        thread_local RopeTable table;
+        const std::int64_t d = deltas ? deltas[t] : delta;
+        if (!table.holds(plan, dtype, heads, d)) table.build(plan, dtype, heads, d);
+        rotate_row(plan, src + t * src_stride, dst + t * dst_stride, heads, table);
+    };
     const std::size_t work = tokens * heads * static_cast<std::size_t>(plan.config.head_dim);
-    // Below a few hundred KiB the fork/join costs more than the second core gives back.
-    const bool parallel = work >= (std::size_t{1} << 17) && omp_get_max_threads() > 1;
-#pragma omp parallel if (parallel)
-    {
-        RopeTable table;  // per thread; rebuilt only when the delta changes
-        const std::ptrdiff_t count = static_cast<std::ptrdiff_t>(tokens);
-#pragma omp for schedule(static)
-        for (std::ptrdiff_t t = 0; t < count; ++t) {
-            const std::int64_t d = deltas ? deltas[t] : delta;
-            if (!table.holds(d)) table.build(plan, dtype, heads, d);
-            const std::size_t row = static_cast<std::size_t>(t);
-            rotate_row(plan, src + row * src_stride, dst + row * dst_stride, heads, table);
-        }
+    // Below a few hundred KiB the fork/join costs more than the second core gives back; and
+    // even an `if(false)` parallel region costs microseconds, so small calls skip OpenMP.
+    if (work < (std::size_t{1} << 17) || omp_get_max_threads() == 1) {
+        for (std::size_t t = 0; t < tokens; ++t) rotate_token(t);
+        return;
     }
+    const std::ptrdiff_t count = static_cast<std::ptrdiff_t>(tokens);
+#pragma omp parallel for schedule(static)
+    for (std::ptrdiff_t t = 0; t < count; ++t) rotate_token(static_cast<std::size_t>(t));
 }
 
 void rope_rotate(const RopePlan& plan, kvfuse_dtype dtype, const void* src,

@@ -1,5 +1,6 @@
 #include "kernels/rope/rope_plan.h"
 
+#include <atomic>
 #include <cmath>
 #include <numbers>
 
@@ -58,14 +59,35 @@ double rope_inv_freq(const kvfuse_rope_config& c, int rotary_dims, int pair) {
     }
 }
 
+namespace {
+
+bool same_config(const kvfuse_rope_config& a, const kvfuse_rope_config& b) {
+    // Field by field: the struct has padding whose bytes a memcmp would read.
+    return a.head_dim == b.head_dim && a.rotary_dims == b.rotary_dims && a.base == b.base &&
+           a.pairing == b.pairing && a.scaling == b.scaling && a.scaling_factor == b.scaling_factor &&
+           a.llama3_low_freq_factor == b.llama3_low_freq_factor &&
+           a.llama3_high_freq_factor == b.llama3_high_freq_factor &&
+           a.llama3_original_context == b.llama3_original_context;
+}
+
 RopePlan make_rope_plan(const kvfuse_rope_config& config) {
+    static std::atomic<std::uint64_t> next_id{1};
     RopePlan plan;
+    plan.id = next_id.fetch_add(1, std::memory_order_relaxed);
     plan.config = config;
     plan.rotary_dims = config.rotary_dims == 0 ? config.head_dim : config.rotary_dims;
     plan.inv_freq.resize(static_cast<std::size_t>(plan.rotary_dims / 2));
     for (int i = 0; i < plan.rotary_dims / 2; ++i)
         plan.inv_freq[static_cast<std::size_t>(i)] = rope_inv_freq(config, plan.rotary_dims, i);
     return plan;
+}
+
+}  // namespace
+
+const RopePlan& rope_plan_for(const kvfuse_rope_config& config) {
+    thread_local RopePlan cached;
+    if (cached.id == 0 || !same_config(cached.config, config)) cached = make_rope_plan(config);
+    return cached;
 }
 
 void RopeTable::build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads,
@@ -109,6 +131,9 @@ void RopeTable::build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t head
         }
     }
     built_ = true;
+    plan_id_ = plan.id;
+    dtype_ = dtype;
+    heads_ = heads;
     delta_ = delta;
 }
 

@@ -13,6 +13,7 @@
 namespace kvfuse::detail {
 
 struct RopePlan {
+    std::uint64_t id = 0;  // unique per distinct plan, so cached tables can tell plans apart
     kvfuse_rope_config config{};
     int rotary_dims = 0;           // resolved (never 0)
     std::vector<double> inv_freq;  // theta_i after scaling, rotary_dims / 2 entries
@@ -26,8 +27,9 @@ struct RopePlan {
 // Checks the configuration; on failure returns false and writes the reason to `why`.
 bool validate_rope_config(const kvfuse_rope_config& config, std::string& why);
 
-// Builds the plan from a validated configuration.
-RopePlan make_rope_plan(const kvfuse_rope_config& config);
+// The plan of a validated configuration. Cached per thread: a caller that rotates layer after
+// layer with one configuration pays for the frequencies once.
+const RopePlan& rope_plan_for(const kvfuse_rope_config& config);
 
 // The frequency of pair i after scaling; shared by the plan and, independently written, the
 // reference (reference/rope_reference.cpp re-derives it from the formulas).
@@ -43,7 +45,9 @@ double rope_inv_freq(const kvfuse_rope_config& config, int rotary_dims, int pair
 class RopeTable {
    public:
     void build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads, std::int64_t delta);
-    bool holds(std::int64_t delta) const { return built_ && delta_ == delta; }
+    bool holds(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads, std::int64_t delta) const {
+        return built_ && plan_id_ == plan.id && dtype_ == dtype && heads_ == heads && delta_ == delta;
+    }
 
     std::vector<float> cos, sin;
     std::vector<float> cos2, sin2;
@@ -51,6 +55,9 @@ class RopeTable {
 
    private:
     bool built_ = false;
+    std::uint64_t plan_id_ = 0;
+    kvfuse_dtype dtype_ = KVFUSE_DTYPE_F32;
+    std::size_t heads_ = 0;
     std::int64_t delta_ = 0;
 };
 
