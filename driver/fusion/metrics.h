@@ -1,0 +1,49 @@
+// How far a fused run is from the full prefill, and how good an answer is. Pure functions,
+// double precision, no model code: the evaluation (`kvfuse eval`) composes them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kvfuse::fusion {
+
+// KL(P || Q) in nats of the next-token distributions softmax(p_logits) and softmax(q_logits),
+// computed with log-sum-exp in double. Sizes must match; non-finite logits give NaN.
+double kl_divergence(std::span<const float> p_logits, std::span<const float> q_logits);
+
+// Index of the largest logit, the lower index on ties (what greedy decoding picks).
+std::size_t argmax(std::span<const float> logits);
+
+// Tokens equal from the start until the first mismatch (or the shorter length).
+std::size_t matching_prefix(std::span<const std::int32_t> a, std::span<const std::int32_t> b);
+
+// ||fused - full|| / ||full|| (L2); 0 when both are zero, +Inf when only `full` is zero.
+double relative_l2(std::span<const float> fused, std::span<const float> full);
+
+// SQuAD-style answer normalisation: lower case, punctuation removed, articles (a, an, the)
+// removed, white space collapsed.
+std::string normalize_answer(std::string_view text);
+
+// Token F1 of a prediction against one answer after normalisation (bag-of-words overlap).
+double token_f1(std::string_view prediction, std::string_view answer);
+
+// Best token F1 over several acceptable answers (0 when there are none).
+double best_token_f1(std::string_view prediction, std::span<const std::string> answers);
+
+// Mean and standard error of the mean (sample standard deviation / sqrt(n)); n < 2 gives se 0.
+struct MeanWithError {
+    double mean = 0.0;
+    double standard_error = 0.0;
+    std::size_t count = 0;
+};
+MeanWithError mean_with_error(std::span<const double> values);
+
+// Mean and standard error of a[i] - b[i]: the paired difference of two methods on the same
+// requests. Sizes must match.
+MeanWithError paired_difference(std::span<const double> a, std::span<const double> b);
+
+}  // namespace kvfuse::fusion
