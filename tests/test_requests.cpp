@@ -5,6 +5,9 @@
 #include <set>
 #include <string>
 
+#include <fstream>
+
+#include "fusion/musique.h"
 #include "fusion/requests.h"
 
 namespace {
@@ -101,6 +104,57 @@ TEST(Requests, ImpossibleSizesAreRefused) {
     o = StoryRequestOptions{};
     o.min_chunks = 0;
     EXPECT_THROW(mixed_requests({"text"}, by_character, o), std::invalid_argument);
+}
+
+}  // namespace
+
+namespace {
+
+class QaFileTest : public ::testing::Test {
+   protected:
+    std::string write(const std::string& name, const std::string& content) {
+        const std::string path = ::testing::TempDir() + name;
+        std::ofstream(path) << content;
+        return path;
+    }
+};
+
+TEST_F(QaFileTest, CacheBlendFormatLoadsWithTheTemplate) {
+    const std::string path = write("qa_ok.json", R"([{"ctxs": [{"title": "T1", "text": "alpha"}, {"title": "", "text": "beta"}],
+        "question": "Who won", "answers": ["Ann", "Anna"]}])");
+    const auto items = load_qa_file(path, PromptTemplate::cacheblend);
+    ASSERT_EQ(items.size(), 1u);
+    EXPECT_EQ(items[0].chunk_texts[0], "T1\n\nalpha\n\n");
+    EXPECT_EQ(items[0].answers.size(), 2u);
+    const auto requests = qa_requests(items, by_character, 1, PromptTemplate::cacheblend);
+    ASSERT_EQ(requests.size(), 1u);
+    EXPECT_EQ(requests[0].chunks.size(), 2u);
+    const std::string question = text_of(requests[0].question);
+    EXPECT_NE(question.find("Question:who won?\nAnswer:"), std::string::npos) << question;
+    EXPECT_EQ(text_of(requests[0].prefix).substr(1, 24), "You will be asked a ques");
+
+    const auto raw = qa_requests(load_qa_file(path, PromptTemplate::raw), by_character, 1, PromptTemplate::raw);
+    EXPECT_EQ(text_of(raw[0].chunks[0]), "alpha");
+    EXPECT_EQ(text_of(raw[0].question), "Who won");
+    EXPECT_EQ(raw[0].prefix, TokenIds{1});
+}
+
+TEST_F(QaFileTest, BadFilesGiveClearErrors) {
+    auto message = [&](const std::string& content) {
+        try {
+            load_qa_file(write("qa_bad.json", content), PromptTemplate::raw);
+        } catch (const std::runtime_error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    EXPECT_NE(message("{not json").find("not valid JSON"), std::string::npos);
+    EXPECT_NE(message("{}").find("JSON list"), std::string::npos);
+    EXPECT_NE(message(R"([{"question": "q"}])").find("item 0"), std::string::npos);
+    EXPECT_NE(message(R"([{"ctxs": [], "question": "q"}])").find("no contexts"), std::string::npos);
+    EXPECT_NE(message(R"([{"ctxs": [{"title": "x"}], "question": "q"}])").find("\"text\""), std::string::npos);
+    EXPECT_THROW(load_qa_file("/nonexistent/qa.json", PromptTemplate::raw), std::runtime_error);
+    EXPECT_THROW(parse_prompt_template("chatml"), std::invalid_argument);
 }
 
 }  // namespace
