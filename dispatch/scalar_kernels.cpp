@@ -1,6 +1,7 @@
 #include "dispatch/scalar_kernels.h"
 
 #include "kernels/rope/rope_plan.h"
+#include "reference/attention_reference.h"
 #include "reference/rope_reference.h"
 
 namespace kvfuse::detail {
@@ -15,8 +16,13 @@ void rope_rotate_scalar(const RopePlan& plan, kvfuse_dtype dtype, const void* sr
                            deltas, delta);
 }
 
+void sparse_attention_scalar(const kvfuse_attention_args& args) { reference::sparse_attention(args); }
+
 }  // namespace
 
-void register_scalar_kernels(KernelTable& table) { table.rope_rotate = &rope_rotate_scalar; }
+void register_scalar_kernels(KernelTable& table) {
+    table.rope_rotate = &rope_rotate_scalar;
+    table.sparse_attention = &sparse_attention_scalar;
+}
 
 }  // namespace kvfuse::detail

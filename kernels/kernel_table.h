@@ -20,9 +20,13 @@ using RopeRotateFn = void (*)(const RopePlan& plan, kvfuse_dtype dtype, const vo
                               std::size_t dst_token_stride, std::size_t tokens, std::size_t heads,
                               const std::int64_t* deltas, std::int64_t delta);
 
+// Softmax attention of selected rows; arguments already validated (positions in range, etc.).
+using SparseAttentionFn = void (*)(const kvfuse_attention_args& args);
+
 struct KernelTable {
     kvfuse_isa isa = KVFUSE_ISA_SCALAR;
     RopeRotateFn rope_rotate = nullptr;
+    SparseAttentionFn sparse_attention = nullptr;
 };
 
 }  // namespace kvfuse::detail

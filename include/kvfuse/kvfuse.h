@@ -156,6 +156,40 @@ KVFUSE_API kvfuse_status kvfuse_rope_rotate_span_copy(const kvfuse_rope_config* 
                                                       size_t dst_token_stride, size_t tokens,
                                                       size_t heads, int64_t delta);
 
+/* ---- sparse-row attention ---------------------------------------------------------------- */
+
+typedef struct kvfuse_attention_args {
+    const float* queries;     /* rows x query_heads x head_dim, row stride query_row_stride (elements) */
+    size_t rows;              /* n selected rows (0 is valid: nothing to do) */
+    size_t query_heads;       /* H, a multiple of kv_heads: query head h reads kv head h / (H / kv_heads) */
+    size_t head_dim;          /* D */
+    size_t query_row_stride;
+    const int64_t* positions; /* per row: row r sees keys j with 0 <= j <= positions[r] (exact causal mask) */
+    const void* keys;         /* kv_tokens x kv_heads x head_dim, row stride kv_token_stride */
+    const void* values;       /* same layout as keys */
+    kvfuse_dtype kv_dtype;    /* KVFUSE_DTYPE_F32 or KVFUSE_DTYPE_BF16 */
+    size_t kv_tokens;         /* T */
+    size_t kv_heads;          /* Hkv */
+    size_t kv_token_stride;
+    float scale;              /* multiplies q.k; usually 1/sqrt(D) */
+    float* out;               /* rows x query_heads x head_dim, row stride out_row_stride */
+    size_t out_row_stride;
+} kvfuse_attention_args;
+
+/* Softmax attention of n selected query rows against all T keys with the exact causal mask.
+ * Rows may come in any order and repeat. With every row selected (positions 0..T-1) it is full
+ * causal attention. Accumulation in f32 with an online softmax; bf16 K/V are widened exactly. */
+KVFUSE_API kvfuse_status kvfuse_sparse_attention(const kvfuse_attention_args* args);
+
+/* Row gather / scatter for the fusion pipeline: dst row i = src row rows[i] (gather), and
+ * dst row rows[i] = src row i (scatter). row_elements elements of dtype per row. */
+KVFUSE_API kvfuse_status kvfuse_gather_rows(kvfuse_dtype dtype, const void* src, size_t src_rows,
+                                            size_t src_row_stride, const int64_t* rows, size_t count,
+                                            void* dst, size_t dst_row_stride, size_t row_elements);
+KVFUSE_API kvfuse_status kvfuse_scatter_rows(kvfuse_dtype dtype, const void* src, size_t src_row_stride,
+                                             const int64_t* rows, size_t count, void* dst, size_t dst_rows,
+                                             size_t dst_row_stride, size_t row_elements);
+
 /* ---- bf16 helpers ------------------------------------------------------------------------ */
 
 /* Round-to-nearest-even f32 -> bf16 (NaN stays NaN), and the exact widening. */

@@ -238,6 +238,26 @@ Status rope_rotate_span_copy(const RopeConfig& config, const T* src, std::size_t
                                                dst, dst_token_stride, tokens, heads, delta));
 }
 
+// ---- sparse-row attention --------------------------------------------------------------------
+
+using AttentionArgs = kvfuse_attention_args;
+
+inline Status sparse_attention(const AttentionArgs& args) { return Status(kvfuse_sparse_attention(&args)); }
+
+template <class T>
+Status gather_rows(const T* src, std::size_t src_rows, std::size_t src_row_stride, const std::int64_t* rows,
+                   std::size_t count, T* dst, std::size_t dst_row_stride, std::size_t row_elements) {
+    return Status(kvfuse_gather_rows(detail::dtype_of<T>(), src, src_rows, src_row_stride, rows, count, dst,
+                                     dst_row_stride, row_elements));
+}
+
+template <class T>
+Status scatter_rows(const T* src, std::size_t src_row_stride, const std::int64_t* rows, std::size_t count, T* dst,
+                    std::size_t dst_rows, std::size_t dst_row_stride, std::size_t row_elements) {
+    return Status(kvfuse_scatter_rows(detail::dtype_of<T>(), src, src_row_stride, rows, count, dst, dst_rows,
+                                      dst_row_stride, row_elements));
+}
+
 }  // namespace kvfuse
 
 #endif  // KVFUSE_KVFUSE_HPP

@@ -1,0 +1,48 @@
+#include "reference/attention_reference.h"
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/common/bf16.h"
+
+namespace kvfuse::reference {
+
+namespace {
+
+double element(const kvfuse_attention_args& a, const void* base, std::size_t token, std::size_t head, std::size_t d) {
+    const std::size_t at = token * a.kv_token_stride + head * a.head_dim + d;
+    if (a.kv_dtype == KVFUSE_DTYPE_F32) return static_cast<const float*>(base)[at];
+    return detail::bf16_bits_to_f32(static_cast<const std::uint16_t*>(base)[at]);
+}
+
+}  // namespace
+
+void sparse_attention(const kvfuse_attention_args& a) {
+    const std::size_t group = a.query_heads / a.kv_heads;
+    std::vector<double> score, acc(a.head_dim);
+    for (std::size_t r = 0; r < a.rows; ++r) {
+        const std::size_t visible = static_cast<std::size_t>(a.positions[r]) + 1;
+        score.assign(visible, 0.0);
+        for (std::size_t h = 0; h < a.query_heads; ++h) {
+            const float* q = a.queries + r * a.query_row_stride + h * a.head_dim;
+            const std::size_t kv = h / group;
+            double max = -INFINITY;
+            for (std::size_t j = 0; j < visible; ++j) {
+                double dot = 0.0;
+                for (std::size_t d = 0; d < a.head_dim; ++d) dot += q[d] * element(a, a.keys, j, kv, d);
+                score[j] = dot * a.scale;
+                max = std::fmax(max, score[j]);
+            }
+            double sum = 0.0;
+            for (std::size_t j = 0; j < visible; ++j) sum += score[j] = std::exp(score[j] - max);
+            acc.assign(a.head_dim, 0.0);
+            for (std::size_t j = 0; j < visible; ++j)
+                for (std::size_t d = 0; d < a.head_dim; ++d) acc[d] += score[j] * element(a, a.values, j, kv, d);
+            float* out = a.out + r * a.out_row_stride + h * a.head_dim;
+            for (std::size_t d = 0; d < a.head_dim; ++d) out[d] = static_cast<float>(acc[d] / sum);
+        }
+    }
+}
+
+}  // namespace kvfuse::reference

@@ -1,0 +1,12 @@
+// Plain softmax attention in double with the exact causal mask: ground truth of the attention
+// tests and the `scalar` ISA.
+#pragma once
+
+#include "kvfuse/kvfuse.h"
+
+namespace kvfuse::reference {
+
+// Same contract as kvfuse_sparse_attention; args must be valid.
+void sparse_attention(const kvfuse_attention_args& args);
+
+}  // namespace kvfuse::reference
