@@ -3,6 +3,7 @@
 #include "kernels/rope/rope_plan.h"
 #include "reference/attention_reference.h"
 #include "reference/rope_reference.h"
+#include "reference/topk_reference.h"
 
 namespace kvfuse::detail {
 
@@ -23,6 +24,7 @@ void sparse_attention_scalar(const kvfuse_attention_args& args) { reference::spa
 void register_scalar_kernels(KernelTable& table) {
     table.rope_rotate = &rope_rotate_scalar;
     table.sparse_attention = &sparse_attention_scalar;
+    table.topk = &reference::topk;
 }
 
 }  // namespace kvfuse::detail

@@ -23,10 +23,15 @@ using RopeRotateFn = void (*)(const RopePlan& plan, kvfuse_dtype dtype, const vo
 // Softmax attention of selected rows; arguments already validated (positions in range, etc.).
 using SparseAttentionFn = void (*)(const kvfuse_attention_args& args);
 
+// Exact top-k of n scores (0 < k < n); writes k indices in the requested order.
+using TopkFn = void (*)(const float* scores, std::size_t n, std::size_t k, kvfuse_topk_order order,
+                        std::int64_t* indices);
+
 struct KernelTable {
     kvfuse_isa isa = KVFUSE_ISA_SCALAR;
     RopeRotateFn rope_rotate = nullptr;
     SparseAttentionFn sparse_attention = nullptr;
+    TopkFn topk = nullptr;
 };
 
 }  // namespace kvfuse::detail

@@ -190,6 +190,26 @@ KVFUSE_API kvfuse_status kvfuse_scatter_rows(kvfuse_dtype dtype, const void* src
                                              const int64_t* rows, size_t count, void* dst, size_t dst_rows,
                                              size_t dst_row_stride, size_t row_elements);
 
+/* ---- top-k selection --------------------------------------------------------------------- */
+
+typedef enum kvfuse_topk_order {
+    KVFUSE_TOPK_BY_POSITION = 0, /* indices ascending: what a pipeline gathers */
+    KVFUSE_TOPK_BY_SCORE = 1,    /* best first */
+    KVFUSE_TOPK_ORDER_MAX_ENUM = 0x7fffffff
+} kvfuse_topk_order;
+
+/* The k largest of n scores, exactly: ranked by score (larger first), ties by lower index; a NaN
+ * ranks below every number (-Inf included), NaNs among themselves by index. Writes
+ * min(k, n) indices to `indices` in the requested order and that count to *count.
+ * k = 0 is valid (nothing written). */
+KVFUSE_API kvfuse_status kvfuse_topk(const float* scores, size_t n, size_t k, kvfuse_topk_order order,
+                                     int64_t* indices, size_t* count);
+/* Row r of an rows x n matrix (row stride row_stride) -> indices[r * indices_stride ...],
+ * min(k, n) per row. For per-layer selection. */
+KVFUSE_API kvfuse_status kvfuse_topk_batched(const float* scores, size_t rows, size_t n, size_t row_stride,
+                                             size_t k, kvfuse_topk_order order, int64_t* indices,
+                                             size_t indices_stride);
+
 /* ---- bf16 helpers ------------------------------------------------------------------------ */
 
 /* Round-to-nearest-even f32 -> bf16 (NaN stays NaN), and the exact widening. */

@@ -258,6 +258,32 @@ Status scatter_rows(const T* src, std::size_t src_row_stride, const std::int64_t
                                       dst_row_stride, row_elements));
 }
 
+// ---- top-k selection -------------------------------------------------------------------------
+
+enum class TopkOrder : int { by_position = KVFUSE_TOPK_BY_POSITION, by_score = KVFUSE_TOPK_BY_SCORE };
+
+inline Status topk(const float* scores, std::size_t n, std::size_t k, TopkOrder order, std::int64_t* indices,
+                   std::size_t& count) {
+    return Status(kvfuse_topk(scores, n, k, static_cast<kvfuse_topk_order>(order), indices, &count));
+}
+
+// Convenience form: the selected indices as a vector (empty on error; see the Status).
+inline std::vector<std::int64_t> topk(const std::vector<float>& scores, std::size_t k,
+                                      TopkOrder order = TopkOrder::by_position, Status* status = nullptr) {
+    std::vector<std::int64_t> out(k < scores.size() ? k : scores.size());
+    std::size_t count = 0;
+    Status s = topk(scores.data(), scores.size(), k, order, out.data(), count);
+    out.resize(s.ok() ? count : 0);
+    if (status) *status = s;
+    return out;
+}
+
+inline Status topk_batched(const float* scores, std::size_t rows, std::size_t n, std::size_t row_stride, std::size_t k,
+                           TopkOrder order, std::int64_t* indices, std::size_t indices_stride) {
+    return Status(kvfuse_topk_batched(scores, rows, n, row_stride, k, static_cast<kvfuse_topk_order>(order), indices,
+                                      indices_stride));
+}
+
 }  // namespace kvfuse
 
 #endif  // KVFUSE_KVFUSE_HPP

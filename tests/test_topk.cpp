@@ -1,0 +1,151 @@
+// Top-k on every ISA against reference/ (a full stable sort): exact equality of the index sets
+// and their order, over sizes, k, ties, infinities, NaNs and adversarial distributions.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "isa_test_support.h"
+#include "reference/topk_reference.h"
+
+namespace {
+
+using kvfuse::TopkOrder;
+
+std::vector<std::int64_t> expected(const std::vector<float>& x, std::size_t k, TopkOrder order) {
+    const std::size_t m = std::min(k, x.size());
+    std::vector<std::int64_t> out(m);
+    if (m > 0) kvfuse::reference::topk(x.data(), x.size(), m, static_cast<kvfuse_topk_order>(order), out.data());
+    return out;
+}
+
+void check(const std::vector<float>& x, std::size_t k, const char* what) {
+    for (TopkOrder order : {TopkOrder::by_position, TopkOrder::by_score}) {
+        kvfuse::Status status;
+        const auto got = kvfuse::topk(x, k, order, &status);
+        ASSERT_TRUE(status.ok()) << status.message();
+        ASSERT_EQ(got, expected(x, k, order)) << what << " n=" << x.size() << " k=" << k
+                                              << " order=" << static_cast<int>(order);
+    }
+}
+
+class TopkTest : public kvfuse::testing::IsaTest {};
+KVFUSE_INSTANTIATE_ISA_TESTS(TopkTest);
+
+TEST_P(TopkTest, RandomScoresOverSizesAndK) {
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal;
+    std::vector<std::size_t> sizes;
+    for (std::size_t n = 1; n < 1024; n += 37) sizes.push_back(n);
+    for (std::size_t n : {4095, 4096, 4097, 20000, 131072}) sizes.push_back(n);
+    for (std::size_t n : sizes) {
+        std::vector<float> x(n);
+        for (float& v : x) v = normal(rng);
+        for (std::size_t k : {std::size_t{0}, std::size_t{1}, n / 100, n * 15 / 100, n / 2, n - 1, n, n + 5})
+            check(x, k, "normal");
+    }
+}
+
+TEST_P(TopkTest, MillionScores) {
+    std::mt19937 rng(2);
+    std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+    std::vector<float> x(1u << 20);
+    for (float& v : x) v = uniform(rng);
+    check(x, x.size() * 15 / 100, "1M uniform");
+    check(x, 1000, "1M uniform small k");
+}
+
+TEST_P(TopkTest, TiesAreBrokenByLowerIndex) {
+    for (std::size_t n : {7, 100, 5000, 70000}) {
+        std::vector<float> same(n, 3.0f);
+        check(same, n / 3, "all equal");
+        std::vector<float> few(n);
+        for (std::size_t i = 0; i < n; ++i) few[i] = static_cast<float>(i % 4);  // many ties at the boundary
+        for (std::size_t k : {n / 4, n / 4 + 1, n / 2 - 1, n * 3 / 4 + 2}) check(few, k, "four values");
+        std::vector<float> zeros(n, 0.0f);
+        for (std::size_t i = 0; i < n; i += 2) zeros[i] = -0.0f;  // -0 and +0 compare equal
+        check(zeros, n / 5, "signed zeros");
+    }
+}
+
+TEST_P(TopkTest, SortedAndAdversarialInputs) {
+    for (std::size_t n : {5000, 65536}) {
+        std::vector<float> up(n), down(n);
+        for (std::size_t i = 0; i < n; ++i) up[i] = down[n - 1 - i] = static_cast<float>(i);
+        check(up, n / 7, "ascending");
+        check(down, n / 7, "descending");
+        // One huge value, the rest tiny: the sample sees only tiny values.
+        std::vector<float> spike(n, 1e-6f);
+        spike[n / 2 + 3] = 1e30f;
+        for (std::size_t i = 0; i < n; i += 3) spike[i] = 2e-6f;
+        check(spike, n / 10, "spike");
+        // Values crowded around the threshold, with a sparse stride the sample never hits.
+        std::vector<float> crowd(n);
+        for (std::size_t i = 0; i < n; ++i) crowd[i] = 1.0f + static_cast<float>(i % 997) * 1e-7f;
+        for (std::size_t i = 1; i < n; i += 64) crowd[i] = 5.0f;
+        check(crowd, n * 15 / 100, "crowd");
+        check(crowd, n / 64, "crowd, exactly the sparse ones");
+    }
+}
+
+TEST_P(TopkTest, InfinitiesAndNaNs) {
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+    for (std::size_t n : {50, 9000}) {
+        std::mt19937 rng(static_cast<std::uint32_t>(n));
+        std::normal_distribution<float> normal;
+        std::vector<float> x(n);
+        for (float& v : x) v = normal(rng);
+        for (std::size_t i = 0; i < n; i += 7) x[i] = nan;
+        x[3] = inf;
+        x[4] = -inf;
+        x[n - 1] = -inf;
+        for (std::size_t k : {std::size_t{1}, n / 10, n * 6 / 7, n - 3, n - 1}) check(x, k, "nan mixed");
+        std::vector<float> all_nan(n, nan);
+        check(all_nan, n / 2, "all nan");
+        std::vector<float> mostly_nan(n, nan);
+        mostly_nan[n / 3] = -inf;
+        mostly_nan[n / 2] = 1.0f;
+        check(mostly_nan, n / 4, "mostly nan");
+    }
+}
+
+TEST_P(TopkTest, Batched) {
+    const std::size_t rows = 5, n = 3000, stride = 3010, k = 450;
+    std::mt19937 rng(9);
+    std::normal_distribution<float> normal;
+    std::vector<float> x(rows * stride);
+    for (float& v : x) v = normal(rng);
+    std::vector<std::int64_t> out(rows * (k + 3), -1);
+    ASSERT_TRUE(kvfuse::topk_batched(x.data(), rows, n, stride, k, TopkOrder::by_position, out.data(), k + 3).ok());
+    for (std::size_t r = 0; r < rows; ++r) {
+        const std::vector<float> row(x.begin() + static_cast<std::ptrdiff_t>(r * stride),
+                                     x.begin() + static_cast<std::ptrdiff_t>(r * stride + n));
+        const auto want = expected(row, k, TopkOrder::by_position);
+        ASSERT_EQ(std::vector<std::int64_t>(out.begin() + static_cast<std::ptrdiff_t>(r * (k + 3)),
+                                            out.begin() + static_cast<std::ptrdiff_t>(r * (k + 3) + k)),
+                  want);
+        EXPECT_EQ(out[r * (k + 3) + k], -1);  // padding untouched
+    }
+}
+
+TEST_P(TopkTest, InvalidArguments) {
+    std::vector<float> x(10, 1.0f);
+    std::vector<std::int64_t> out(10);
+    std::size_t count = 99;
+    EXPECT_EQ(kvfuse_topk(x.data(), 10, 3, KVFUSE_TOPK_BY_POSITION, out.data(), nullptr), KVFUSE_ERROR_NULL_POINTER);
+    EXPECT_EQ(kvfuse_topk(nullptr, 10, 3, KVFUSE_TOPK_BY_POSITION, out.data(), &count), KVFUSE_ERROR_NULL_POINTER);
+    EXPECT_EQ(kvfuse_topk(x.data(), 10, 3, KVFUSE_TOPK_BY_POSITION, nullptr, &count), KVFUSE_ERROR_NULL_POINTER);
+    EXPECT_EQ(kvfuse_topk(x.data(), 10, 3, static_cast<kvfuse_topk_order>(4), out.data(), &count),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_topk(x.data(), 10, 0, KVFUSE_TOPK_BY_POSITION, nullptr, &count), KVFUSE_OK);
+    EXPECT_EQ(count, 0u);
+    EXPECT_EQ(kvfuse::topk_batched(x.data(), 2, 5, 4, 2, TopkOrder::by_position, out.data(), 2).code(),
+              kvfuse::StatusCode::invalid_argument);
+    EXPECT_EQ(kvfuse::topk_batched(x.data(), 2, 5, 5, 3, TopkOrder::by_position, out.data(), 2).code(),
+              kvfuse::StatusCode::invalid_argument);
+}
+
+}  // namespace
