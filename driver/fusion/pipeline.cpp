@@ -1,0 +1,374 @@
+#include "fusion/pipeline.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+
+namespace kvfuse::fusion {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+void check(const kvfuse::Status& status, const char* what) {
+    if (!status.ok()) throw std::runtime_error(std::string(what) + ": " + status.message());
+}
+
+// Q of `rows` (their positions) against every key of the layer's cache, exact causal mask.
+void attend(const ModelShape& s, const float* q, const std::vector<std::int64_t>& rows, KvCache& cache, int layer,
+            float* out) {
+    kvfuse_attention_args args{};
+    args.queries = q;
+    args.rows = rows.size();
+    args.query_heads = static_cast<std::size_t>(s.heads);
+    args.head_dim = static_cast<std::size_t>(s.head_dim);
+    args.query_row_stride = s.q_row();
+    args.positions = rows.data();
+    args.keys = cache.k[static_cast<std::size_t>(layer)].data();
+    args.values = cache.v[static_cast<std::size_t>(layer)].data();
+    args.kv_dtype = KVFUSE_DTYPE_F32;
+    args.kv_tokens = cache.tokens;
+    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
+    args.kv_token_stride = cache.row;
+    args.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    args.out = out;
+    args.out_row_stride = s.q_row();
+    check(kvfuse::Status(kvfuse_sparse_attention(&args)), "sparse attention");
+}
+
+// The k best scores' indices in ascending order; ties go to the lower index, NaN ranks last.
+std::vector<std::int64_t> top_k(const std::vector<float>& scores, std::size_t k) {
+    k = std::min(k, scores.size());
+    if (k == 0) return {};
+    std::vector<std::int64_t> out(k);
+    std::size_t count = 0;
+    check(kvfuse::Status(kvfuse_topk(scores.data(), scores.size(), k, KVFUSE_TOPK_BY_POSITION, out.data(), &count)),
+          "top-k");
+    out.resize(count);
+    return out;
+}
+
+std::vector<std::int64_t> sorted_union(std::vector<std::int64_t> a, const std::vector<std::int64_t>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    std::sort(a.begin(), a.end());
+    a.erase(std::unique(a.begin(), a.end()), a.end());
+    return a;
+}
+
+void gather(const float* src, std::size_t width, const std::vector<std::int64_t>& rows, float* dst) {
+    for (std::size_t i = 0; i < rows.size(); ++i)
+        std::memcpy(dst + i * width, src + static_cast<std::size_t>(rows[i]) * width, width * sizeof(float));
+}
+
+}  // namespace
+
+Method parse_method(std::string_view name) {
+    for (Method m : {Method::full, Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random})
+        if (name == method_name(m)) return m;
+    throw std::invalid_argument("unknown method '" + std::string(name) +
+                                "' (use full, reuse, epic, cacheblend, a3 or random)");
+}
+
+const char* method_name(Method method) {
+    switch (method) {
+        case Method::full: return "full";
+        case Method::reuse: return "reuse";
+        case Method::epic: return "epic";
+        case Method::cacheblend: return "cacheblend";
+        case Method::a3: return "a3";
+        case Method::random: return "random";
+    }
+    return "unknown";
+}
+
+void KvCache::reset(int layers, std::size_t token_count, std::size_t row_width) {
+    tokens = token_count;
+    row = row_width;
+    k.assign(static_cast<std::size_t>(layers), std::vector<float>(token_count * row_width));
+    v.assign(static_cast<std::size_t>(layers), std::vector<float>(token_count * row_width));
+}
+
+ChunkKvView ChunkKv::view() const {
+    ChunkKvView out;
+    out.start_position = start_position;
+    out.tokens = cache.tokens;
+    for (std::size_t l = 0; l < cache.k.size(); ++l) {
+        out.k.push_back(cache.k[l].data());
+        out.v.push_back(cache.v[l].data());
+    }
+    return out;
+}
+
+ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t> chunk_tokens) {
+    if (chunk_tokens.empty()) throw std::invalid_argument("a chunk must hold at least one token");
+    Request alone;
+    alone.prefix = {model.bos()};
+    alone.question.assign(chunk_tokens.begin(), chunk_tokens.end());
+    FusionOptions full;
+    full.method = Method::full;
+    const FusionRun run = run_request(model, alone, {}, full);
+    ChunkKv out;
+    out.start_position = 1;
+    const ModelShape& s = model.shape();
+    out.cache.reset(s.layers, chunk_tokens.size(), s.kv_row());
+    for (int l = 0; l < s.layers; ++l) {
+        const std::size_t bytes = chunk_tokens.size() * s.kv_row() * sizeof(float);
+        std::memcpy(out.cache.k_row(l, 0), run.cache.k[static_cast<std::size_t>(l)].data() + s.kv_row(), bytes);
+        std::memcpy(out.cache.v_row(l, 0), run.cache.v[static_cast<std::size_t>(l)].data() + s.kv_row(), bytes);
+    }
+    return out;
+}
+
+std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, std::size_t m_rows,
+                                const float* keys, std::size_t prefix_rows, std::size_t total_rows,
+                                bool smoothing) {
+    const std::size_t group = static_cast<std::size_t>(s.heads / s.kv_heads);
+    const std::size_t d = static_cast<std::size_t>(s.head_dim);
+    const std::size_t candidates = total_rows - prefix_rows;  // keys [P, T)
+    const std::size_t documents = candidates - m_rows;        // [P, T - M)
+    const float scale = 1.0f / std::sqrt(static_cast<float>(s.heads * s.head_dim));
+    std::vector<float> column_sums(documents, 0.0f);
+    std::vector<std::vector<float>> probabilities(m_rows, std::vector<float>(candidates));
+#pragma omp parallel for schedule(static)
+    for (std::ptrdiff_t mi = 0; mi < static_cast<std::ptrdiff_t>(m_rows); ++mi) {
+        const std::size_t m = static_cast<std::size_t>(mi);
+        const float* q = q_question + m * s.q_row();
+        // Question row m sits at T - M + m and sees keys up to there (causal inside the block).
+        const std::size_t visible = documents + m + 1;
+        std::vector<float>& logit = probabilities[m];
+        float max_logit = -INFINITY;
+        for (std::size_t j = 0; j < visible; ++j) {
+            const float* k = keys + (prefix_rows + j) * s.kv_row();
+            float dot = 0.0f;
+            for (std::size_t h = 0; h < static_cast<std::size_t>(s.heads); ++h) {
+                const float* qh = q + h * d;
+                const float* kh = k + (h / group) * d;
+                for (std::size_t e = 0; e < d; ++e) dot += qh[e] * kh[e];
+            }
+            logit[j] = dot * scale;
+            max_logit = std::max(max_logit, logit[j]);
+        }
+        float sum = 0.0f;
+        for (std::size_t j = 0; j < visible; ++j) sum += (logit[j] = std::exp(logit[j] - max_logit));
+        for (std::size_t j = 0; j < visible; ++j) logit[j] /= sum;
+        for (std::size_t j = visible; j < candidates; ++j) logit[j] = 0.0f;
+    }
+    for (std::size_t m = 0; m < m_rows; ++m)
+        for (std::size_t j = 0; j < documents; ++j) column_sums[j] += probabilities[m][j];
+    if (!smoothing) return column_sums;
+    // Width-5 moving average, zero padded at both ends, always divided by 5.
+    std::vector<float> smoothed(documents, 0.0f);
+    for (std::size_t j = 0; j < documents; ++j) {
+        float acc = 0.0f;
+        for (std::ptrdiff_t o = -2; o <= 2; ++o) {
+            const std::ptrdiff_t at = static_cast<std::ptrdiff_t>(j) + o;
+            if (at >= 0 && at < static_cast<std::ptrdiff_t>(documents)) acc += column_sums[static_cast<std::size_t>(at)];
+        }
+        smoothed[j] = acc / 5.0f;
+    }
+    return smoothed;
+}
+
+FusionRun run_request(const FusionModel& model, const Request& request, std::span<const ChunkKvView> chunks,
+                      const FusionOptions& o) {
+    const ModelShape& s = model.shape();
+    const std::vector<std::int32_t> tokens = request.full_prompt();
+    const std::size_t T = tokens.size(), P = request.prefix.size(), M = request.question.size();
+    const int L = s.layers;
+    if (T == 0) throw std::invalid_argument("empty request");
+    if (M == 0) throw std::invalid_argument("the question must hold at least one token");
+    if (s.context > 0 && T > static_cast<std::size_t>(s.context))
+        throw std::invalid_argument("the prompt has " + std::to_string(T) + " tokens, more than the model's context of " +
+                                    std::to_string(s.context));
+    if (!(o.ratio > 0.0 && o.ratio <= 1.0)) throw std::invalid_argument("ratio must be in (0, 1]");
+    if (o.check_layer < 1 || o.check_layer >= L)
+        throw std::invalid_argument("check layer must be in [1, " + std::to_string(L - 1) + "]");
+    const bool full = o.method == Method::full;
+    if (!full && chunks.size() != request.chunks.size())
+        throw std::invalid_argument("one stored cache is needed per chunk");
+
+    FusionRun run;
+    run.cache.reset(L, T, s.kv_row());
+    const std::size_t kv_bytes = s.kv_row() * sizeof(float);
+
+    // 1. Stored chunks into the request's cache: V copied, K re-rotated to the new offsets.
+    std::vector<std::size_t> chunk_offsets;
+    if (!full) {
+        std::size_t offset = P;
+        for (std::size_t c = 0; c < chunks.size(); ++c) {
+            const ChunkKvView& chunk = chunks[c];
+            if (chunk.tokens != request.chunks[c].size() || chunk.k.size() != static_cast<std::size_t>(L) ||
+                chunk.v.size() != static_cast<std::size_t>(L))
+                throw std::invalid_argument("stored cache " + std::to_string(c) + " does not match its chunk");
+            chunk_offsets.push_back(offset);
+            auto t0 = Clock::now();
+            for (int l = 0; l < L; ++l)
+                std::memcpy(run.cache.v_row(l, offset), chunk.v[static_cast<std::size_t>(l)], chunk.tokens * kv_bytes);
+            run.times.kv_load += ms_since(t0);
+            t0 = Clock::now();
+            const std::int64_t delta = static_cast<std::int64_t>(offset) - chunk.start_position;
+            for (int l = 0; l < L; ++l)
+                check(kvfuse::rope_rotate_span_copy(s.rope, chunk.k[static_cast<std::size_t>(l)], s.kv_row(),
+                                                    run.cache.k_row(l, offset), s.kv_row(), chunk.tokens,
+                                                    static_cast<std::size_t>(s.kv_heads), delta),
+                      "re-rotation");
+            run.times.rerotate += ms_since(t0);
+            offset += chunk.tokens;
+        }
+    }
+
+    // Rows recomputed in every layer: the prefix (only attends to itself, so it is exact) and
+    // the question.
+    std::vector<std::int64_t> always;
+    for (std::size_t r = 0; r < P; ++r) always.push_back(static_cast<std::int64_t>(r));
+    for (std::size_t r = T - M; r < T; ++r) always.push_back(static_cast<std::int64_t>(r));
+    std::vector<std::int64_t> all_rows(T);
+    std::iota(all_rows.begin(), all_rows.end(), 0);
+
+    const bool dynamic = o.method == Method::cacheblend || o.method == Method::a3;
+    // Layers that every row goes through: all for full prefill, up to the check layer for the
+    // methods that select there, layer 0 for the static ones (unless told not to).
+    const int full_layers = full ? L : dynamic ? o.check_layer : (o.recompute_layer0 ? 1 : 0);
+    const std::size_t k_select = static_cast<std::size_t>(std::floor(o.ratio * static_cast<double>(T - M)));
+
+    std::vector<float> hidden(T * static_cast<std::size_t>(s.dim));
+    auto t_start = Clock::now();
+    model.embed(tokens, hidden.data());
+    std::vector<std::int64_t> rows = all_rows;
+    std::vector<float> q, k, v, attention;
+
+    for (int l = 0; l < L; ++l) {
+        auto t_layer = Clock::now();
+        bool projected = false;
+        if (l == full_layers && !full) {
+            std::vector<std::int64_t> chosen;
+            if (dynamic) {
+                // Fresh Q/K/V of every row at the check layer: the selector's signal.
+                q.resize(T * s.q_row());
+                k.resize(T * s.kv_row());
+                v.resize(T * s.kv_row());
+                model.project_qkv(l, hidden.data(), T, all_rows.data(), q.data(), k.data(), v.data());
+                run.times.full_layers += ms_since(t_layer);
+                const auto t_select = Clock::now();
+                std::vector<float> score;
+                if (o.method == Method::cacheblend) {
+                    score.assign(T - M - P, 0.0f);
+                    for (std::size_t j = P; j < T - M; ++j) {
+                        const float* fresh = v.data() + j * s.kv_row();
+                        const float* stored = run.cache.v_row(l, j);
+                        float dev = 0.0f;
+                        for (std::size_t e = 0; e < s.kv_row(); ++e) dev += (fresh[e] - stored[e]) * (fresh[e] - stored[e]);
+                        score[j - P] = dev;
+                    }
+                } else {
+                    score = a3_relevance(s, q.data() + (T - M) * s.q_row(), M, k.data(), P, T, o.a3_smoothing);
+                }
+                for (std::int64_t idx : top_k(score, k_select)) chosen.push_back(idx + static_cast<std::int64_t>(P));
+                run.times.selection += ms_since(t_select);
+            } else if (o.method == Method::epic) {
+                for (std::size_t c = 0; c < chunk_offsets.size(); ++c)
+                    for (std::size_t t = 0; t < std::min(o.epic_tokens, request.chunks[c].size()); ++t)
+                        chosen.push_back(static_cast<std::int64_t>(chunk_offsets[c] + t));
+            } else if (o.method == Method::random) {
+                std::vector<std::int64_t> documents;
+                for (std::size_t j = P; j < T - M; ++j) documents.push_back(static_cast<std::int64_t>(j));
+                std::mt19937 rng(o.seed);
+                std::shuffle(documents.begin(), documents.end(), rng);
+                chosen.assign(documents.begin(), documents.begin() + static_cast<std::ptrdiff_t>(std::min(k_select, documents.size())));
+            }
+            std::sort(chosen.begin(), chosen.end());
+            run.selected = chosen;
+            const std::vector<std::int64_t> next = sorted_union(chosen, always);
+            // Keep only the hidden states (and fresh projections) of the rows that go on.
+            std::vector<float> kept(next.size() * static_cast<std::size_t>(s.dim));
+            std::vector<std::size_t> where(next.size());
+            for (std::size_t i = 0; i < next.size(); ++i)
+                where[i] = static_cast<std::size_t>(std::lower_bound(rows.begin(), rows.end(), next[i]) - rows.begin());
+            for (std::size_t i = 0; i < next.size(); ++i)
+                std::memcpy(kept.data() + i * s.dim, hidden.data() + where[i] * s.dim, s.dim * sizeof(float));
+            hidden.swap(kept);
+            if (dynamic) {
+                std::vector<float> q_kept(next.size() * s.q_row()), k_kept(next.size() * s.kv_row()), v_kept(next.size() * s.kv_row());
+                gather(q.data(), s.q_row(), next, q_kept.data());
+                gather(k.data(), s.kv_row(), next, k_kept.data());
+                gather(v.data(), s.kv_row(), next, v_kept.data());
+                q.swap(q_kept);
+                k.swap(k_kept);
+                v.swap(v_kept);
+                projected = true;
+            }
+            rows = next;
+            t_layer = Clock::now();
+        }
+        const std::size_t n = rows.size();
+        run.rows_per_layer.push_back(n);
+        if (!projected) {
+            q.resize(n * s.q_row());
+            k.resize(n * s.kv_row());
+            v.resize(n * s.kv_row());
+            model.project_qkv(l, hidden.data(), n, rows.data(), q.data(), k.data(), v.data());
+        }
+        // Fresh rows replace the stored ones in this layer's cache.
+        for (std::size_t i = 0; i < n; ++i) {
+            std::memcpy(run.cache.k_row(l, static_cast<std::size_t>(rows[i])), k.data() + i * s.kv_row(), kv_bytes);
+            std::memcpy(run.cache.v_row(l, static_cast<std::size_t>(rows[i])), v.data() + i * s.kv_row(), kv_bytes);
+        }
+        attention.resize(n * s.q_row());
+        attend(s, q.data(), rows, run.cache, l, attention.data());
+        model.finish_layer(l, attention.data(), n, hidden.data());
+        (l < full_layers ? run.times.full_layers : run.times.recompute) += ms_since(t_layer);
+    }
+    (void)t_start;
+
+    // The question rows are the last M rows still flowing.
+    const auto t_logits = Clock::now();
+    run.logits.resize(M * static_cast<std::size_t>(s.vocab));
+    model.logits(hidden.data() + (rows.size() - M) * s.dim, M, run.logits.data());
+    run.times.logits = ms_since(t_logits);
+    std::size_t pushed = 0;
+    for (std::size_t n : run.rows_per_layer) pushed += n;
+    run.recompute_fraction = static_cast<double>(pushed) / (static_cast<double>(L) * T);
+    return run;
+}
+
+std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache, std::int32_t first, std::size_t n) {
+    const ModelShape& s = model.shape();
+    std::vector<std::int32_t> out;
+    if (n == 0) return out;
+    std::int32_t token = first;
+    std::vector<float> hidden(static_cast<std::size_t>(s.dim)), q(s.q_row()), k(s.kv_row()), v(s.kv_row()),
+        attention(s.q_row()), logits(static_cast<std::size_t>(s.vocab));
+    for (std::size_t step = 0; step < n; ++step) {
+        out.push_back(token);
+        if (step + 1 == n) break;
+        if (s.context > 0 && cache.tokens >= static_cast<std::size_t>(s.context)) break;
+        const std::int64_t position = static_cast<std::int64_t>(cache.tokens);
+        for (int l = 0; l < s.layers; ++l) {
+            cache.k[static_cast<std::size_t>(l)].resize((cache.tokens + 1) * cache.row);
+            cache.v[static_cast<std::size_t>(l)].resize((cache.tokens + 1) * cache.row);
+        }
+        ++cache.tokens;
+        model.embed(std::span<const std::int32_t>(&token, 1), hidden.data());
+        const std::vector<std::int64_t> rows = {position};
+        for (int l = 0; l < s.layers; ++l) {
+            model.project_qkv(l, hidden.data(), 1, rows.data(), q.data(), k.data(), v.data());
+            std::memcpy(cache.k_row(l, static_cast<std::size_t>(position)), k.data(), cache.row * sizeof(float));
+            std::memcpy(cache.v_row(l, static_cast<std::size_t>(position)), v.data(), cache.row * sizeof(float));
+            attend(s, q.data(), rows, cache, l, attention.data());
+            model.finish_layer(l, attention.data(), 1, hidden.data());
+        }
+        model.logits(hidden.data(), 1, logits.data());
+        token = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    }
+    return out;
+}
+
+}  // namespace kvfuse::fusion

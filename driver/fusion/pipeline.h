@@ -1,0 +1,94 @@
+// The fusion pipeline: stored chunk caches fused into a request by one of six methods, and
+// greedy decoding on the result. Methods and notation: docs/FUSION.md and ALGORITHMS.md.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fusion/fusion_model.h"
+#include "fusion/requests.h"
+
+namespace kvfuse::fusion {
+
+enum class Method { full, reuse, epic, cacheblend, a3, random };
+
+// "full", "reuse", "epic", "cacheblend", "a3", "random"; throws std::invalid_argument otherwise.
+Method parse_method(std::string_view name);
+const char* method_name(Method method);
+
+struct FusionOptions {
+    Method method = Method::a3;
+    double ratio = 0.15;            // selected rows = floor(ratio * (T - M)) document rows
+    int check_layer = 1;            // cacheblend / a3 select here; layers before it run in full
+    std::size_t epic_tokens = 16;   // epic: first tokens of every chunk
+    bool a3_smoothing = true;       // a3: width-5 moving average of the relevance
+    bool recompute_layer0 = true;   // false: layer 0 too uses the stored rows (reuse identity)
+    std::uint32_t seed = 1;         // random
+};
+
+// Per-layer K (after RoPE) and V of `tokens` rows, each row kv_heads x head_dim f32.
+struct KvCache {
+    std::size_t tokens = 0;
+    std::size_t row = 0;  // kv_heads * head_dim
+    std::vector<std::vector<float>> k, v;
+
+    void reset(int layers, std::size_t tokens, std::size_t row);
+    float* k_row(int layer, std::size_t t) { return k[static_cast<std::size_t>(layer)].data() + t * row; }
+    float* v_row(int layer, std::size_t t) { return v[static_cast<std::size_t>(layer)].data() + t * row; }
+};
+
+// A stored chunk's cache, read-only: rows for the chunk's tokens at positions start_position..,
+// per layer K (after RoPE at those positions) and V with row stride kv_row. Points into memory
+// owned elsewhere (a ChunkKv below, or a store's mapping).
+struct ChunkKvView {
+    std::int64_t start_position = 0;
+    std::size_t tokens = 0;
+    std::vector<const float*> k, v;
+};
+
+// Owning form, as computed by compute_chunk_kv.
+struct ChunkKv {
+    std::int64_t start_position = 0;
+    KvCache cache;
+    ChunkKvView view() const;
+};
+
+// The chunk computed alone, after its own BOS (position 0), then the BOS row dropped: the
+// stored rows sit at positions 1..n.
+ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t> chunk_tokens);
+
+// Wall time of each stage of a request, in milliseconds.
+struct StageTimes {
+    double kv_load = 0, rerotate = 0, full_layers = 0, selection = 0, recompute = 0, logits = 0;
+    double total() const { return kv_load + rerotate + full_layers + selection + recompute + logits; }
+};
+
+struct FusionRun {
+    std::vector<float> logits;             // M x vocab: next-token logits at every question row
+    KvCache cache;                         // the fused cache, T rows, every layer
+    std::vector<std::int64_t> selected;    // document rows recomputed past the first layers
+    std::vector<std::size_t> rows_per_layer;
+    double recompute_fraction = 0;         // rows pushed through layers / (L * T)
+    StageTimes times;
+};
+
+// Runs one request. `chunks` holds one cache per request chunk (same order and token count);
+// Method::full ignores it and is the reference full prefill.
+FusionRun run_request(const FusionModel& model, const Request& request, std::span<const ChunkKvView> chunks,
+                      const FusionOptions& options);
+
+// Greedy decoding on a cache holding `cache.tokens` rows: `first` is appended at the next
+// position, then n-1 more tokens are generated. Returns the n tokens (first included).
+std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache, std::int32_t first,
+                                        std::size_t n);
+
+// A3 relevance of document rows [P, T - M) from the check layer's fresh queries of the
+// question rows and fresh keys of rows [P, T) (both after RoPE), as ALGORITHMS.md defines it.
+std::vector<float> a3_relevance(const ModelShape& shape, const float* q_question, std::size_t question_rows,
+                                const float* keys, std::size_t prefix_rows, std::size_t total_rows,
+                                bool smoothing);
+
+}  // namespace kvfuse::fusion

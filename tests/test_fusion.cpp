@@ -1,0 +1,199 @@
+// The identities of ALGORITHMS.md that every fusion implementation must satisfy, on a small
+// random-weight llama (tiny_llama.h) so they test the pipeline's logic: mask, positions,
+// re-rotation, row bookkeeping.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "fusion/metrics.h"
+#include "fusion/pipeline.h"
+#include "tiny_llama.h"
+
+namespace {
+
+using namespace kvfuse::fusion;
+
+Request make_request(std::vector<std::size_t> chunk_sizes, std::size_t question, std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> token(3, 39);
+    Request r;
+    r.prefix = {1};
+    for (std::size_t n : chunk_sizes) {
+        TokenIds c(n);
+        for (auto& t : c) t = token(rng);
+        r.chunks.push_back(c);
+    }
+    r.question.resize(question);
+    for (auto& t : r.question) t = token(rng);
+    return r;
+}
+
+std::vector<ChunkKvView> views(const std::vector<ChunkKv>& chunks) {
+    std::vector<ChunkKvView> out;
+    for (const auto& c : chunks) out.push_back(c.view());
+    return out;
+}
+
+std::vector<ChunkKv> stored_chunks(const FusionModel& model, const Request& r) {
+    std::vector<ChunkKv> out;
+    for (const auto& c : r.chunks) out.push_back(compute_chunk_kv(model, c));
+    return out;
+}
+
+FusionRun run(const FusionModel& model, const Request& r, const std::vector<ChunkKvView>& chunks, Method m,
+              double ratio = 0.15, int check = 1) {
+    FusionOptions o;
+    o.method = m;
+    o.ratio = ratio;
+    o.check_layer = check;
+    return run_request(model, r, chunks, o);
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    double d = 0.0;
+    for (std::size_t i = 0; i < a.size(); ++i) d = std::max(d, static_cast<double>(std::fabs(a[i] - b[i])));
+    return d;
+}
+
+class FusionIdentity : public ::testing::TestWithParam<kvfuse::Isa> {
+   protected:
+    void SetUp() override { ASSERT_TRUE(kvfuse::force_isa(GetParam()).ok()); }
+    void TearDown() override { kvfuse::reset_isa(); }
+    kvfuse::testing::TinyLlama model{7};
+};
+INSTANTIATE_TEST_SUITE_P(Isa, FusionIdentity, ::testing::ValuesIn(kvfuse::supported_isas()),
+                         [](const auto& info) { return std::string(kvfuse::isa_name(info.param)); });
+
+// Every row selected: each method is a full prefill, bit for bit (same rows, same calls).
+TEST_P(FusionIdentity, EveryRowSelectedEqualsFullPrefill) {
+    const Request r = make_request({9, 14, 7}, 5, 1);
+    const auto stored = stored_chunks(model, r);
+    const FusionRun full = run(model, r, {}, Method::full);
+    for (Method m : {Method::a3, Method::cacheblend, Method::random}) {
+        const FusionRun fused = run(model, r, views(stored), m, 1.0);
+        EXPECT_EQ(fused.logits, full.logits) << method_name(m);
+        EXPECT_DOUBLE_EQ(fused.recompute_fraction, 1.0) << method_name(m);
+    }
+}
+
+// Stored caches replaced by the full prefill's own K/V: any row set gives the full prefill's
+// output, which checks the mask and the positions of sparse-row attention.
+TEST_P(FusionIdentity, FullPrefillKvAsStoredCachesEqualsFullPrefillForAnyRows) {
+    const Request r = make_request({8, 11, 6, 9}, 4, 2);
+    const FusionRun full = run(model, r, {}, Method::full);
+    std::vector<ChunkKvView> exact;
+    std::size_t offset = r.prefix.size();
+    for (const auto& c : r.chunks) {
+        ChunkKvView view;
+        view.start_position = static_cast<std::int64_t>(offset);
+        view.tokens = c.size();
+        for (int l = 0; l < model.shape().layers; ++l) {
+            view.k.push_back(full.cache.k[static_cast<std::size_t>(l)].data() + offset * full.cache.row);
+            view.v.push_back(full.cache.v[static_cast<std::size_t>(l)].data() + offset * full.cache.row);
+        }
+        exact.push_back(view);
+        offset += c.size();
+    }
+    for (Method m : {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random})
+        for (double ratio : {0.1, 0.3}) {
+            const FusionRun fused = run(model, r, exact, m, ratio);
+            EXPECT_LT(max_abs_diff(fused.logits, full.logits), 1e-4) << method_name(m) << " " << ratio;
+        }
+}
+
+// Layer-0 K/V depend only on token and position, so recomputing layer 0 for the document rows
+// changes nothing under full reuse.
+TEST_P(FusionIdentity, ReuseWithOrWithoutLayerZeroRecomputeAgree) {
+    const Request r = make_request({10, 12, 8}, 6, 3);
+    const auto stored = stored_chunks(model, r);
+    FusionOptions with, without;
+    with.method = without.method = Method::reuse;
+    without.recompute_layer0 = false;
+    const FusionRun a = run_request(model, r, views(stored), with);
+    const FusionRun b = run_request(model, r, views(stored), without);
+    EXPECT_LT(max_abs_diff(a.logits, b.logits), 1e-4);
+    for (int l = 0; l < model.shape().layers; ++l)
+        EXPECT_LT(relative_l2(a.cache.k[static_cast<std::size_t>(l)], b.cache.k[static_cast<std::size_t>(l)]), 1e-5);
+}
+
+// One chunk holding the whole document, fused by full reuse, is the full prefill.
+TEST_P(FusionIdentity, OneChunkFusedByReuseEqualsFullPrefill) {
+    const Request r = make_request({25}, 5, 4);
+    const auto stored = stored_chunks(model, r);
+    const FusionRun full = run(model, r, {}, Method::full);
+    const FusionRun fused = run(model, r, views(stored), Method::reuse);
+    EXPECT_LT(max_abs_diff(fused.logits, full.logits), 1e-4);
+}
+
+// Re-rotation is shift invariant: a chunk stored at another offset lands in the same place.
+TEST_P(FusionIdentity, StoredPositionDoesNotMatter) {
+    const Request r = make_request({12, 9}, 4, 5);
+    auto stored = stored_chunks(model, r);
+    const FusionRun a = run(model, r, views(stored), Method::a3, 0.3);
+    // Move the first chunk's stored keys to positions 1000.. and say so.
+    kvfuse::RopeConfig rope = model.shape().rope;
+    for (auto& layer : stored[0].cache.k)
+        ASSERT_TRUE(kvfuse::rope_rotate_span(rope, layer.data(), stored[0].cache.tokens, 2, stored[0].cache.row, 999).ok());
+    stored[0].start_position = 1000;
+    const FusionRun b = run(model, r, views(stored), Method::a3, 0.3);
+    EXPECT_LT(max_abs_diff(a.logits, b.logits), 1e-4);
+}
+
+// A selective method at equal ratio recomputes the same number of rows; reuse recomputes
+// only the question and prefix past layer 0.
+TEST_P(FusionIdentity, RowAccounting) {
+    const Request r = make_request({10, 10, 10}, 5, 6);
+    const auto stored = stored_chunks(model, r);
+    const std::size_t T = r.total_tokens();
+    const FusionRun reuse = run(model, r, views(stored), Method::reuse);
+    EXPECT_EQ(reuse.rows_per_layer, (std::vector<std::size_t>{T, 6, 6}));
+    for (Method m : {Method::cacheblend, Method::a3, Method::random}) {
+        const FusionRun fused = run(model, r, views(stored), m, 0.2);
+        EXPECT_EQ(fused.selected.size(), static_cast<std::size_t>(std::floor(0.2 * (T - 5)))) << method_name(m);
+        EXPECT_TRUE(std::is_sorted(fused.selected.begin(), fused.selected.end()));
+        for (auto row : fused.selected) {
+            EXPECT_GE(row, 1);
+            EXPECT_LT(row, static_cast<std::int64_t>(T - 5));
+        }
+    }
+    const FusionRun epic = run(model, r, views(stored), Method::epic);
+    EXPECT_EQ(epic.selected.size(), 30u);  // 3 chunks of 10 < 16 tokens each: all of them
+}
+
+TEST(Fusion, BadOptionsAreRefused) {
+    kvfuse::testing::TinyLlama model{1};
+    const Request r = make_request({5}, 2, 7);
+    const auto stored = stored_chunks(model, r);
+    FusionOptions o;
+    o.ratio = 0.0;
+    EXPECT_THROW(run_request(model, r, views(stored), o), std::invalid_argument);
+    o.ratio = 0.5;
+    o.check_layer = 3;
+    EXPECT_THROW(run_request(model, r, views(stored), o), std::invalid_argument);
+    o.check_layer = 1;
+    EXPECT_THROW(run_request(model, r, {}, o), std::invalid_argument);
+    EXPECT_THROW(parse_method("blend"), std::invalid_argument);
+    Request too_long = make_request({300}, 2, 8);
+    EXPECT_THROW(run_request(model, too_long, {}, FusionOptions{Method::full}), std::invalid_argument);
+}
+
+TEST(Fusion, GreedyDecodeContinuesTheCache) {
+    kvfuse::testing::TinyLlama model{3};
+    const Request r = make_request({6, 6}, 3, 9);
+    FusionRun full = run(model, r, {}, Method::full);
+    // Decoding from the full cache equals re-running the prompt with the tokens appended.
+    const std::size_t vocab = 40;
+    const auto first = static_cast<std::int32_t>(argmax(std::span<const float>(full.logits).subspan(2 * vocab, vocab)));
+    const auto tokens = greedy_decode(model, full.cache, first, 4);
+    ASSERT_EQ(tokens.size(), 4u);
+    Request longer = r;
+    longer.question.insert(longer.question.end(), tokens.begin(), tokens.end() - 1);
+    const FusionRun again = run(model, longer, {}, Method::full);
+    for (std::size_t i = 1; i < 4; ++i) {
+        const auto row = std::span<const float>(again.logits).subspan((2 + i) * vocab, vocab);
+        EXPECT_EQ(static_cast<std::int32_t>(argmax(row)), tokens[i]);
+    }
+}
+
+}  // namespace
