@@ -493,6 +493,23 @@ TEST_F(ChunkStoreTest, SectionPastTheEndIsAMissEvenWithAValidHeaderChecksum) {
         StatusCode::corrupt, "points past");
 }
 
+TEST_F(ChunkStoreTest, SectionRunningPastTheEndIsAMissEvenWithAValidHeaderChecksum) {
+    // The last section starts inside the file but its (shape-consistent) size runs past it.
+    expect_damage_is_a_miss(
+        [](std::vector<std::byte>& f) {
+            const uint32_t header = load_field<uint32_t>(f, format::field::header_bytes);
+            const uint32_t sections = load_field<uint32_t>(f, format::field::section_count);
+            const size_t entry0 = (format::kFixedHeaderBytes + 20 + 7 + 7) / 8 * 8;
+            const size_t last = entry0 + (sections - 1) * format::kSectionEntryBytes;
+            const uint64_t rows = load_field<uint64_t>(f, last + format::entry::shape);
+            const uint64_t bytes = load_field<uint64_t>(f, last + format::entry::bytes);
+            store_field<uint64_t>(f, last + format::entry::shape, rows * 1000);
+            store_field<uint64_t>(f, last + format::entry::bytes, bytes * 1000);
+            reseal_header(f, header);
+        },
+        StatusCode::corrupt, "points past");
+}
+
 TEST_F(ChunkStoreTest, HugeTokenCountIsAMissEvenWithAValidHeaderChecksum) {
     expect_damage_is_a_miss(
         [](std::vector<std::byte>& f) {
