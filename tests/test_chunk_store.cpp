@@ -261,6 +261,8 @@ TEST_F(ChunkStoreTest, RoundTripF32WithSectionsFromDiskAndMemory) {
         }
     }
 
+    for (uint32_t l = 0; l < 3; ++l) EXPECT_TRUE(view->will_need(l)) << "layer " << l;
+
     std::optional<ChunkView> again = store.get(key);  // from the LRU: the same mapping
     ASSERT_TRUE(again.has_value());
     EXPECT_EQ(again->keys(1).bytes.data(), view->keys(1).bytes.data());
@@ -280,10 +282,13 @@ TEST_F(ChunkStoreTest, RoundTripF32WithSectionsFromDiskAndMemory) {
     EXPECT_TRUE(view_matches(*from_disk, owned, &why)) << why;
 }
 
-TEST_F(ChunkStoreTest, RoundTripBf16WithoutExtraSections) {
+TEST_F(ChunkStoreTest, RoundTripBf16WithoutExtraSectionsOrSync) {
     OwnedChunk owned = make_chunk(kSmallBf16, 17, 2, /*with_sections=*/false);
     const ChunkKey key = make_chunk_key("model-b", owned.tokens);
-    ChunkStore store = open_store();
+    ChunkStoreOptions o = options();
+    o.sync_writes = false;
+    o.verify_payload = false;
+    ChunkStore store = open_store(o);
     ASSERT_TRUE(store.put(key, owned.chunk).ok());
     store.clear_memory_cache();
     std::optional<ChunkView> view = store.get(key);
@@ -293,6 +298,7 @@ TEST_F(ChunkStoreTest, RoundTripBf16WithoutExtraSections) {
     EXPECT_EQ(view->values(1).as_bf16_bits().size(), 17u * 2 * 64);
     EXPECT_TRUE(view->values(1).as_f32().empty());
     EXPECT_EQ(view->sections(0).size(), 2u);
+    EXPECT_TRUE(view->will_need(1));
 }
 
 TEST_F(ChunkStoreTest, ViewOutlivesTheStoreAndEviction) {

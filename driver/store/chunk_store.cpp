@@ -58,6 +58,17 @@ std::span<const SectionView> ChunkView::sections(uint32_t layer) const {
     const uint32_t end = parsed.layer_first.at(layer + 1);
     return std::span<const SectionView>(parsed.sections).subspan(first, end - first);
 }
+bool ChunkView::will_need(uint32_t layer) const {
+    std::span<const SectionView> layer_sections = sections(layer);
+    const auto* base = static_cast<const std::byte*>(chunk_->base);
+    const std::byte* begin = layer_sections.front().bytes.data();
+    const std::byte* end = layer_sections.back().bytes.data() + layer_sections.back().bytes.size();
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    const size_t first = static_cast<size_t>(begin - base) / page * page;
+    return ::madvise(const_cast<std::byte*>(base) + first, static_cast<size_t>(end - base) - first,
+                     MADV_WILLNEED) == 0;
+}
+
 const SectionView* ChunkView::find_section(uint32_t layer, std::string_view name) const {
     for (const SectionView& section : sections(layer)) {
         if (section.name == name) return &section;
@@ -316,7 +327,7 @@ struct ChunkStore::Impl {
         if (!pwrite_all(fd.get(), plan.header.data(), plan.header.size(), 0)) {
             return fail("write", errno);
         }
-        if (::fsync(fd.get()) != 0) return fail("fsync", errno);
+        if (options.sync_writes && ::fsync(fd.get()) != 0) return fail("fsync", errno);
         if (fd.reset() != 0) return fail("close", errno);
         if (::rename(temp.c_str(), final_path.c_str()) != 0) {
             const int error = errno;
@@ -325,6 +336,7 @@ struct ChunkStore::Impl {
                                               " failed: " + errno_text(error)};
         }
         // The rename is durable only once the directory is.
+        if (!options.sync_writes) return Status::success();
         FileDescriptor directory_fd(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
         if (directory_fd.get() < 0 || ::fsync(directory_fd.get()) != 0) {
             return {StatusCode::io_error,

@@ -201,6 +201,11 @@ public:
 
     uint64_t file_bytes() const;
 
+    // Asks the kernel to read a layer's sections ahead (madvise WILLNEED), e.g. layer l+1's
+    // while layer l is fused. Useful with verify_payload off: verifying reads the whole file at
+    // get(). False if the kernel refused the advice (nothing else changes).
+    bool will_need(uint32_t layer) const;
+
 private:
     std::shared_ptr<const MappedChunk> chunk_;
 };
@@ -214,6 +219,10 @@ struct ChunkStoreOptions {
     // Check the payload checksum each time a file is mapped. Off saves one pass over the data
     // and trusts the filesystem; the header is always checked.
     bool verify_payload = true;
+    // fsync each new file and the directory before put() returns, so a stored chunk survives a
+    // power loss. Off: writes stay atomic and reads stay verified (a file torn by a crash is
+    // detected and recomputed); only durability is given up, for speed.
+    bool sync_writes = true;
     // A store that never writes: put() fails, temporary files are left alone.
     bool read_only = false;
     // Temporary files older than this are a crashed writer's leftovers and are removed by open()
