@@ -2,6 +2,7 @@
 // mmap and verified before use, with a byte-bounded LRU of mappings in front.
 #include "store/chunk_store.h"
 
+#include "store/block_writer.h"
 #include "store/chunk_file_format.h"
 
 #include <xxhash.h>
@@ -103,35 +104,6 @@ public:
 private:
     int fd_;
 };
-
-bool write_all(int fd, const void* data, size_t bytes) {
-    const char* at = static_cast<const char*>(data);
-    while (bytes > 0) {
-        ssize_t written = ::write(fd, at, bytes);
-        if (written < 0) {
-            if (errno == EINTR) continue;
-            return false;
-        }
-        at += written;
-        bytes -= static_cast<size_t>(written);
-    }
-    return true;
-}
-
-bool pwrite_all(int fd, const void* data, size_t bytes, off_t offset) {
-    const char* at = static_cast<const char*>(data);
-    while (bytes > 0) {
-        ssize_t written = ::pwrite(fd, at, bytes, offset);
-        if (written < 0) {
-            if (errno == EINTR) continue;
-            return false;
-        }
-        at += written;
-        offset += written;
-        bytes -= static_cast<size_t>(written);
-    }
-    return true;
-}
 
 void default_warning(const Status& status) {
     std::fprintf(stderr, "kvfuse store warning: %s\n", status.to_string().c_str());
@@ -305,8 +277,9 @@ struct ChunkStore::Impl {
         };
 
         // Header (checksums zero for now), then the sections at their aligned offsets; the
-        // payload checksum is accumulated on the way and the header rewritten at the end.
-        if (!write_all(fd.get(), plan.header.data(), plan.header.size())) return fail("write", errno);
+        // payload checksum is accumulated on the way and the header completed at the end.
+        BlockWriter writer(fd.get(), plan.header.size());
+        if (!writer.append(plan.header)) return fail("write", errno);
         std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
                                                                         &XXH3_freeState);
         if (!state || XXH3_64bits_reset(state.get()) != XXH_OK) return fail("XXH3 state", ENOMEM);
@@ -314,19 +287,17 @@ struct ChunkStore::Impl {
         uint64_t at = plan.header.size();
         for (const format::PlannedSection& section : plan.sections) {
             const size_t padding = section.offset - at;
-            const size_t bytes = section.bytes.size();
-            if (!write_all(fd.get(), kZeros, padding) ||
-                !write_all(fd.get(), section.bytes.data(), bytes)) {
+            if (!writer.append_zeros(padding) || !writer.append(section.bytes)) {
                 return fail("write", errno);
             }
             XXH3_64bits_update(state.get(), kZeros, padding);
-            XXH3_64bits_update(state.get(), section.bytes.data(), bytes);
-            at = section.offset + bytes;
+            XXH3_64bits_update(state.get(), section.bytes.data(), section.bytes.size());
+            at = section.offset + section.bytes.size();
         }
         format::seal_header(plan.header, XXH3_64bits_digest(state.get()));
-        if (!pwrite_all(fd.get(), plan.header.data(), plan.header.size(), 0)) {
-            return fail("write", errno);
-        }
+        std::span<std::byte> header = writer.first_block_prefix(plan.header.size());
+        std::memcpy(header.data(), plan.header.data(), header.size());
+        if (!writer.finish()) return fail("write", errno);
         if (options.sync_writes && ::fsync(fd.get()) != 0) return fail("fsync", errno);
         if (fd.reset() != 0) return fail("close", errno);
         if (::rename(temp.c_str(), final_path.c_str()) != 0) {
