@@ -301,6 +301,41 @@ TEST_F(ChunkStoreTest, RoundTripBf16WithoutExtraSectionsOrSync) {
     EXPECT_TRUE(view->will_need(1));
 }
 
+// Larger than several 4 MiB write blocks, and a header larger than one block (tens of
+// thousands of sections): every path of the block writer.
+TEST_F(ChunkStoreTest, RoundTripOfChunksLargerThanAWriteBlock) {
+    OwnedChunk big = make_chunk({4, 8, 128, DType::f32}, 600, 12, /*with_sections=*/false);
+    const ChunkKey big_key = make_chunk_key("m", big.tokens);
+
+    OwnedChunk many = make_chunk({2, 1, 4, DType::bf16}, 3, 13, /*with_sections=*/false);
+    for (uint32_t l = 0; l < 2; ++l) {
+        for (int s = 0; s < 24000; ++s) {
+            many.buffers.push_back(pattern_bytes(5, 100000 * l + s));
+            std::string name = "s";  // not "s" + ...: GCC 12 -Wrestrict false positive
+            name += std::to_string(s);
+            many.chunk.layers[l].extra_sections.push_back(
+                {name, DType::u8, {5}, many.buffers.back()});
+        }
+    }
+    const ChunkKey many_key = make_chunk_key("m", many.tokens);
+
+    ChunkStore store = open_store();
+    ASSERT_TRUE(store.put(big_key, big.chunk).ok());
+    ASSERT_TRUE(store.put(many_key, many.chunk).ok());
+    store.clear_memory_cache();
+    std::string why;
+    std::optional<ChunkView> view = store.get(big_key);
+    ASSERT_TRUE(view.has_value());
+    EXPECT_GT(view->file_bytes(), 4 * (size_t{4} << 20));
+    EXPECT_TRUE(view_matches(*view, big, &why)) << why;
+    view = store.get(many_key);
+    ASSERT_TRUE(view.has_value());
+    EXPECT_GT(load_field<uint32_t>(read_file(store.path_of(many_key)), format::field::header_bytes),
+              uint32_t{4} << 20);
+    EXPECT_TRUE(view_matches(*view, many, &why)) << why;
+    EXPECT_TRUE(warnings_.empty());
+}
+
 TEST_F(ChunkStoreTest, ViewOutlivesTheStoreAndEviction) {
     OwnedChunk owned = make_chunk(kSmallF32, 5, 3);
     const ChunkKey key = make_chunk_key("m", owned.tokens);

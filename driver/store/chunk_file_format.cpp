@@ -6,6 +6,7 @@
 #include <bit>
 #include <cstring>
 #include <string>
+#include <unordered_set>
 
 namespace kvfuse::store::format {
 namespace {
@@ -108,6 +109,7 @@ Result<ChunkFilePlan> plan_chunk_file(const ChunkKey& key, const StoredChunk& ch
     for (uint32_t l = 0; l < layout.layers; ++l) {
         const LayerInput& layer = chunk.layers[l];
         const std::string where = "layer " + std::to_string(l);
+        std::unordered_set<std::string_view> names;
         Status status = check_input_section(where + " K", layer.keys, layout.kv_dtype, kv_shape);
         if (!status.ok()) return status;
         status = check_input_section(where + " V", layer.values, layout.kv_dtype, kv_shape);
@@ -125,10 +127,8 @@ Result<ChunkFilePlan> plan_chunk_file(const ChunkKey& key, const StoredChunk& ch
             if (section.name == kKeysSectionName || section.name == kValuesSectionName) {
                 return invalid(what + ": 'k' and 'v' are reserved for the layer's K and V");
             }
-            for (size_t t = 0; t < s; ++t) {
-                if (layer.extra_sections[t].name == section.name) {
-                    return invalid(what + ": name used twice in one layer");
-                }
+            if (!names.insert(section.name).second) {
+                return invalid(what + ": name used twice in one layer");
             }
             status = check_input_section(what, section.bytes, section.dtype, section.shape);
             if (!status.ok()) return status;
@@ -271,6 +271,7 @@ Result<ParsedChunkFile> parse_chunk_file(std::span<const std::byte> file, bool v
     parsed.keys_index.assign(layout.layers, UINT32_MAX);
     parsed.values_index.assign(layout.layers, UINT32_MAX);
     parsed.sections.reserve(section_count);
+    std::unordered_set<std::string_view> layer_names;
     for (uint32_t s = 0; s < section_count; ++s) {
         const size_t at = table_at + size_t{s} * kSectionEntryBytes;
         const std::string where = "section " + std::to_string(s);
@@ -293,6 +294,7 @@ Result<ParsedChunkFile> parse_chunk_file(std::span<const std::byte> file, bool v
         while (current_layer < layer) {
             parsed.layer_first.push_back(s);
             ++current_layer;
+            layer_names.clear();
         }
         if (!is_known_dtype(dtype)) return corrupt(where + ": unknown dtype");
         if (rank == 0 || rank > kMaxSectionRank) return corrupt(where + ": bad rank");
@@ -315,10 +317,8 @@ Result<ParsedChunkFile> parse_chunk_file(std::span<const std::byte> file, bool v
         }
         payload_end = offset + bytes;
         const std::string_view name_view(name, name_length);
-        for (uint32_t t = parsed.layer_first.back(); t < s; ++t) {
-            if (parsed.sections[t].name == name_view) {
-                return corrupt(where + ": name '" + std::string(name_view) + "' repeated");
-            }
+        if (!layer_names.insert(name_view).second) {
+            return corrupt(where + ": name '" + std::string(name_view) + "' repeated");
         }
         const bool is_keys = name_view == kKeysSectionName;
         if (is_keys || name_view == kValuesSectionName) {
