@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <random>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -158,7 +159,10 @@ protected:
 
     ChunkStoreOptions options() {
         ChunkStoreOptions o;
-        o.warning = [this](const Status& status) { warnings_.push_back(status); };
+        o.warning = [this](const Status& status) {
+            std::lock_guard lock(warnings_mutex_);
+            warnings_.push_back(status);
+        };
         return o;
     }
 
@@ -205,6 +209,7 @@ protected:
 
     fs::path root_;
     fs::path directory_;
+    std::mutex warnings_mutex_;
     std::vector<Status> warnings_;
 };
 

@@ -229,7 +229,8 @@ struct ChunkStoreOptions {
     // and remove_stale_temp_files(). Younger ones may belong to a live writer in another process.
     std::chrono::seconds stale_temp_age{600};
     // Called for every problem that the store handles by itself (a damaged or mismatched file
-    // read as a miss, a leftover it could not remove). Default: one line on stderr.
+    // read as a miss, a leftover it could not remove). Default: one line on stderr. May be
+    // called from several threads at once (those calling get()).
     std::function<void(const Status&)> warning;
 };
 
