@@ -12,6 +12,7 @@
 #include <functional>
 #include <mutex>
 #include <random>
+#include <csignal>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <thread>
@@ -723,6 +724,53 @@ TEST_F(ChunkStoreTest, CrashedWritersTemporaryFilesAreIgnoredAndCleaned) {
     for (const auto& entry : fs::directory_iterator(directory_)) {
         EXPECT_FALSE(entry.path().filename().string().starts_with(".tmp-")) << entry.path();
     }
+}
+
+// A writer process killed at a random point of its puts: readers see the old whole file or
+// nothing, never a part, and its temporary file is cleaned once stale.
+TEST_F(ChunkStoreTest, WriterKilledMidPutLeavesNoBadChunk) {
+    OwnedChunk big = make_chunk({4, 8, 128, DType::f32}, 400, 14, /*with_sections=*/false);
+    const ChunkKey key = make_chunk_key("m", big.tokens);
+    fs::create_directories(directory_);
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        const pid_t child = ::fork();
+        ASSERT_GE(child, 0);
+        if (child == 0) {
+            ChunkStoreOptions o;
+            o.sync_writes = false;
+            Result<ChunkStore> store = ChunkStore::open(directory_, o);
+            if (!store.ok()) ::_exit(1);
+            for (;;) {  // rewrite the chunk until killed
+                if (!store.value().erase(key).ok() || !store.value().put(key, big.chunk).ok()) {
+                    ::_exit(2);
+                }
+            }
+        }
+        ::usleep(30000 + 20000 * attempt);
+        ASSERT_EQ(::kill(child, SIGKILL), 0);
+        int wait_status = 0;
+        ASSERT_EQ(::waitpid(child, &wait_status, 0), child);
+        ASSERT_TRUE(WIFSIGNALED(wait_status)) << "the writer stopped by itself: "
+                                              << WEXITSTATUS(wait_status);
+
+        ChunkStore store = open_store();
+        std::optional<ChunkView> view = store.get(key);
+        if (view) {
+            std::string why;
+            EXPECT_TRUE(view_matches(*view, big, &why)) << why;
+        }
+        EXPECT_TRUE(warnings_.empty()) << warnings_.front().to_string();
+    }
+    ChunkStoreOptions impatient = options();
+    impatient.stale_temp_age = std::chrono::seconds(0);
+    ChunkStore store = open_store(impatient);
+    for (const auto& entry : fs::directory_iterator(directory_)) {
+        EXPECT_FALSE(entry.path().filename().string().starts_with(".tmp-")) << entry.path();
+    }
+    ASSERT_TRUE(store.put(key, big.chunk).ok());
+    std::optional<ChunkView> view = store.get(key);
+    ASSERT_TRUE(view.has_value());
+    EXPECT_TRUE(view_matches(*view, big));
 }
 
 TEST_F(ChunkStoreTest, NonWritableDirectoryGivesAClearError) {
