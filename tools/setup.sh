@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config python3 libxsimd-dev libhwloc-dev libopenblas-openmp-dev
-          libcli11-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev)
+          libcli11-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev libssl-dev libxxhash-dev)
 if [[ "${1:-}" == "--cross" ]]; then
     packages+=(g++-aarch64-linux-gnu qemu-user binutils)
 fi

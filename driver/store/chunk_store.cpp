@@ -1,0 +1,515 @@
+// The directory backend: one file per chunk, written by temp file + fsync + rename, read by
+// mmap and verified before use, with a byte-bounded LRU of mappings in front.
+#include "store/chunk_store.h"
+
+#include "store/block_writer.h"
+#include "store/chunk_file_format.h"
+
+#include <xxhash.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <list>
+#include <map>
+#include <mutex>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace kvfuse::store {
+
+namespace fs = std::filesystem;
+
+// A mapped, verified chunk file. Unmapped when the last ChunkView and the LRU let go of it.
+struct MappedChunk {
+    const void* base = nullptr;
+    size_t length = 0;
+    format::ParsedChunkFile parsed;
+
+    MappedChunk() = default;
+    MappedChunk(const MappedChunk&) = delete;
+    MappedChunk& operator=(const MappedChunk&) = delete;
+    ~MappedChunk() {
+        if (base != nullptr) munmap(const_cast<void*>(base), length);
+    }
+};
+
+// ------------------------------------------------------------------------------- ChunkView --
+
+const ChunkLayout& ChunkView::layout() const { return chunk_->parsed.layout; }
+uint32_t ChunkView::token_count() const {
+    return static_cast<uint32_t>(chunk_->parsed.tokens.size());
+}
+std::span<const int32_t> ChunkView::tokens() const { return chunk_->parsed.tokens; }
+std::string_view ChunkView::model_fingerprint() const { return chunk_->parsed.model_fingerprint; }
+uint64_t ChunkView::file_bytes() const { return chunk_->parsed.file_bytes; }
+
+const SectionView& ChunkView::keys(uint32_t layer) const {
+    return chunk_->parsed.sections.at(chunk_->parsed.keys_index.at(layer));
+}
+const SectionView& ChunkView::values(uint32_t layer) const {
+    return chunk_->parsed.sections.at(chunk_->parsed.values_index.at(layer));
+}
+std::span<const SectionView> ChunkView::sections(uint32_t layer) const {
+    const format::ParsedChunkFile& parsed = chunk_->parsed;
+    const uint32_t first = parsed.layer_first.at(layer);
+    const uint32_t end = parsed.layer_first.at(layer + 1);
+    return std::span<const SectionView>(parsed.sections).subspan(first, end - first);
+}
+bool ChunkView::will_need(uint32_t layer) const {
+    std::span<const SectionView> layer_sections = sections(layer);
+    const auto* base = static_cast<const std::byte*>(chunk_->base);
+    const std::byte* begin = layer_sections.front().bytes.data();
+    const std::byte* end = layer_sections.back().bytes.data() + layer_sections.back().bytes.size();
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    const size_t first = static_cast<size_t>(begin - base) / page * page;
+    return ::madvise(const_cast<std::byte*>(base) + first, static_cast<size_t>(end - base) - first,
+                     MADV_WILLNEED) == 0;
+}
+
+const SectionView* ChunkView::find_section(uint32_t layer, std::string_view name) const {
+    for (const SectionView& section : sections(layer)) {
+        if (section.name == name) return &section;
+    }
+    return nullptr;
+}
+
+// ------------------------------------------------------------------------------- helpers ----
+
+namespace {
+
+constexpr std::string_view kTempPrefix = ".tmp-";
+constexpr std::string_view kChunkSuffix = ".kvchunk";
+
+std::string errno_text(int error) { return std::strerror(error); }
+
+class FileDescriptor {
+public:
+    explicit FileDescriptor(int fd = -1) : fd_(fd) {}
+    FileDescriptor(const FileDescriptor&) = delete;
+    FileDescriptor& operator=(const FileDescriptor&) = delete;
+    ~FileDescriptor() { reset(); }
+    int get() const { return fd_; }
+    // close() reports deferred write errors (NFS), so the writer checks it.
+    int reset() {
+        int result = 0;
+        if (fd_ >= 0) result = ::close(fd_);
+        fd_ = -1;
+        return result;
+    }
+
+private:
+    int fd_;
+};
+
+void default_warning(const Status& status) {
+    std::fprintf(stderr, "kvfuse store warning: %s\n", status.to_string().c_str());
+}
+
+// What reading one chunk file gave.
+struct LoadOutcome {
+    std::shared_ptr<const MappedChunk> chunk;  // set when the file is sound and matches
+    bool absent = false;
+    Status problem;  // corrupt, mismatch or io_error, with the path in the message
+    bool damaged = false;  // corrupt: safe to remove
+    struct stat identity {};
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------------------ the store ---
+
+struct ChunkStore::Impl {
+    fs::path directory;
+    ChunkStoreOptions options;
+
+    mutable std::mutex mutex;  // guards everything below
+    struct CacheEntry {
+        std::shared_ptr<const MappedChunk> chunk;
+        std::list<ChunkDigest>::iterator recency;
+    };
+    std::map<ChunkDigest, CacheEntry> cache;
+    std::list<ChunkDigest> recency;  // front: most recently used
+    ChunkStoreStats stats;
+    uint64_t temp_counter = 0;
+
+    fs::path chunk_path(const ChunkKey& key) const {
+        return directory / (key.hex() + std::string(kChunkSuffix));
+    }
+
+    fs::path temp_path(const ChunkKey* key) {
+        uint64_t serial;
+        {
+            std::lock_guard lock(mutex);
+            serial = ++temp_counter;
+        }
+        std::string name(kTempPrefix);
+        name += key != nullptr ? key->hex() : std::string("probe");
+        // Appended piece by piece: `"-" + std::string` trips a GCC 12 -Wrestrict false positive.
+        name += '-';
+        name += std::to_string(::getpid());
+        name += '-';
+        name += std::to_string(serial);
+        return directory / name;
+    }
+
+    void warn(const Status& status) const {
+        if (options.warning) {
+            options.warning(status);
+        } else {
+            default_warning(status);
+        }
+    }
+
+    LoadOutcome load(const fs::path& path, const ChunkKey& key) const {
+        LoadOutcome outcome;
+        FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        if (fd.get() < 0) {
+            const int error = errno;
+            if (error == ENOENT) {
+                outcome.absent = true;
+            } else {
+                outcome.problem = {StatusCode::io_error,
+                                   path.string() + ": open failed: " + errno_text(error)};
+            }
+            return outcome;
+        }
+        if (::fstat(fd.get(), &outcome.identity) != 0) {
+            outcome.problem = {StatusCode::io_error,
+                               path.string() + ": fstat failed: " + errno_text(errno)};
+            return outcome;
+        }
+        if (!S_ISREG(outcome.identity.st_mode)) {
+            outcome.problem = {StatusCode::corrupt, path.string() + ": not a regular file"};
+            return outcome;
+        }
+        const uint64_t size = static_cast<uint64_t>(outcome.identity.st_size);
+        auto chunk = std::make_shared<MappedChunk>();
+        std::span<const std::byte> file;
+        if (size > 0) {
+            void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
+            if (base == MAP_FAILED) {
+                outcome.problem = {StatusCode::io_error,
+                                   path.string() + ": mmap failed: " + errno_text(errno)};
+                return outcome;
+            }
+            chunk->base = base;
+            chunk->length = size;
+            file = {static_cast<const std::byte*>(base), size};
+        }
+        Result<format::ParsedChunkFile> parsed =
+            format::parse_chunk_file(file, options.verify_payload);
+        if (!parsed.ok()) {
+            const Status& status = parsed.status();
+            outcome.damaged = status.code() == StatusCode::corrupt;
+            outcome.problem = {status.code(), path.string() + ": " + status.message()};
+            return outcome;
+        }
+        Status matches = format::check_key_matches(parsed.value(), key);
+        if (!matches.ok()) {
+            outcome.problem = {matches.code(), path.string() + ": " + matches.message()};
+            return outcome;
+        }
+        chunk->parsed = std::move(parsed).value();
+        outcome.chunk = std::move(chunk);
+        return outcome;
+    }
+
+    // Removes a damaged file unless another writer has already renamed a new one over it. The
+    // check and the unlink are not one atomic step: in the rare race, a sound file is lost and
+    // recomputed, never a damaged one kept.
+    void remove_damaged(const fs::path& path, const struct stat& identity) const {
+        struct stat now {};
+        if (::stat(path.c_str(), &now) == 0 && now.st_dev == identity.st_dev &&
+            now.st_ino == identity.st_ino) {
+            ::unlink(path.c_str());
+        }
+    }
+
+    // Under the lock.
+    std::shared_ptr<const MappedChunk> cached(const ChunkKey& key) {
+        auto it = cache.find(key.digest);
+        if (it == cache.end() || !format::check_key_matches(it->second.chunk->parsed, key).ok()) {
+            return nullptr;
+        }
+        recency.splice(recency.begin(), recency, it->second.recency);
+        return it->second.chunk;
+    }
+
+    // Under the lock.
+    void remember(const ChunkKey& key, std::shared_ptr<const MappedChunk> chunk) {
+        const uint64_t bytes = chunk->length;
+        if (bytes > options.memory_cache_bytes) return;
+        forget(key.digest);
+        while (stats.cache_bytes + bytes > options.memory_cache_bytes && !recency.empty()) {
+            forget(recency.back());
+            ++stats.evictions;
+        }
+        recency.push_front(key.digest);
+        cache.emplace(key.digest, CacheEntry{std::move(chunk), recency.begin()});
+        stats.cache_bytes += bytes;
+        stats.cache_entries = cache.size();
+    }
+
+    // Under the lock.
+    void forget(const ChunkDigest& digest) {
+        auto it = cache.find(digest);
+        if (it == cache.end()) return;
+        stats.cache_bytes -= it->second.chunk->length;
+        recency.erase(it->second.recency);
+        cache.erase(it);
+        stats.cache_entries = cache.size();
+    }
+
+    Status write_file(const ChunkKey& key, format::ChunkFilePlan& plan, const fs::path& final_path) {
+        const fs::path temp = temp_path(&key);
+        FileDescriptor fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+        if (fd.get() < 0) {
+            const int error = errno;
+            return {error == EACCES || error == EROFS || error == EPERM ? StatusCode::not_writable
+                                                                         : StatusCode::io_error,
+                    temp.string() + ": cannot create: " + errno_text(error)};
+        }
+        auto fail = [&](std::string what, int error) {
+            fd.reset();
+            ::unlink(temp.c_str());
+            return Status(StatusCode::io_error,
+                          temp.string() + ": " + what + " failed: " + errno_text(error));
+        };
+
+        // Header (checksums zero for now), then the sections at their aligned offsets; the
+        // payload checksum is accumulated on the way and the header completed at the end.
+        BlockWriter writer(fd.get(), plan.header.size());
+        if (!writer.append(plan.header)) return fail("write", errno);
+        std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
+                                                                        &XXH3_freeState);
+        if (!state || XXH3_64bits_reset(state.get()) != XXH_OK) return fail("XXH3 state", ENOMEM);
+        static constexpr std::byte kZeros[format::kPayloadAlignment] = {};
+        uint64_t at = plan.header.size();
+        for (const format::PlannedSection& section : plan.sections) {
+            const size_t padding = section.offset - at;
+            if (!writer.append_zeros(padding) || !writer.append(section.bytes)) {
+                return fail("write", errno);
+            }
+            XXH3_64bits_update(state.get(), kZeros, padding);
+            XXH3_64bits_update(state.get(), section.bytes.data(), section.bytes.size());
+            at = section.offset + section.bytes.size();
+        }
+        format::seal_header(plan.header, XXH3_64bits_digest(state.get()));
+        std::span<std::byte> header = writer.first_block_prefix(plan.header.size());
+        std::memcpy(header.data(), plan.header.data(), header.size());
+        if (!writer.finish()) return fail("write", errno);
+        if (options.sync_writes && ::fsync(fd.get()) != 0) return fail("fsync", errno);
+        if (fd.reset() != 0) return fail("close", errno);
+        if (::rename(temp.c_str(), final_path.c_str()) != 0) {
+            const int error = errno;
+            ::unlink(temp.c_str());
+            return {StatusCode::io_error, final_path.string() + ": rename from " + temp.string() +
+                                              " failed: " + errno_text(error)};
+        }
+        // The rename is durable only once the directory is.
+        if (!options.sync_writes) return Status::success();
+        FileDescriptor directory_fd(::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        if (directory_fd.get() < 0 || ::fsync(directory_fd.get()) != 0) {
+            return {StatusCode::io_error,
+                    directory.string() + ": fsync of the directory failed: " + errno_text(errno)};
+        }
+        return Status::success();
+    }
+};
+
+ChunkStore::ChunkStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ChunkStore::ChunkStore(ChunkStore&&) noexcept = default;
+ChunkStore& ChunkStore::operator=(ChunkStore&&) noexcept = default;
+ChunkStore::~ChunkStore() = default;
+
+Result<ChunkStore> ChunkStore::open(const fs::path& directory, ChunkStoreOptions options) {
+    auto impl = std::make_unique<Impl>();
+    if (directory.empty()) {
+        Result<fs::path> fallback = default_chunk_directory();
+        if (!fallback.ok()) return fallback.status();
+        impl->directory = fallback.value();
+    } else {
+        impl->directory = directory;
+    }
+    impl->options = std::move(options);
+    const fs::path& path = impl->directory;
+
+    std::error_code error;
+    if (!impl->options.read_only) {
+        fs::create_directories(path, error);
+        if (error) {
+            return Status(StatusCode::not_writable,
+                          "cannot create the store directory " + path.string() + ": " +
+                              error.message());
+        }
+    }
+    if (!fs::is_directory(path, error)) {
+        return Status(StatusCode::io_error, "store directory " + path.string() +
+                                                " does not exist or is not a directory" +
+                                                (error ? ": " + error.message() : std::string()));
+    }
+    if (!impl->options.read_only) {
+        // Permission bits do not tell (root ignores them, a read-only mount ignores them): try.
+        const fs::path probe = impl->temp_path(nullptr);
+        FileDescriptor fd(::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+        if (fd.get() < 0) {
+            return Status(StatusCode::not_writable,
+                          "store directory " + path.string() +
+                              " is not writable (creating a file there failed: " +
+                              errno_text(errno) + "); open it read_only to only read");
+        }
+        fd.reset();
+        ::unlink(probe.c_str());
+    }
+    ChunkStore store(std::move(impl));
+    store.remove_stale_temp_files();
+    return store;
+}
+
+Status ChunkStore::put(const ChunkKey& key, const StoredChunk& chunk) {
+    Impl& impl = *impl_;
+    if (impl.options.read_only) {
+        return {StatusCode::not_writable, impl.directory.string() + ": store opened read_only"};
+    }
+    Result<format::ChunkFilePlan> plan = format::plan_chunk_file(key, chunk);
+    if (!plan.ok()) return plan.status();
+
+    const fs::path path = impl.chunk_path(key);
+    {
+        std::lock_guard lock(impl.mutex);
+        if (impl.cached(key)) {
+            ++impl.stats.puts_skipped;
+            return Status::success();
+        }
+    }
+    // A sound file already there is the same content (same key): keep it. A damaged one is
+    // simply replaced below, so it is not reported here.
+    LoadOutcome existing = impl.load(path, key);
+    if (existing.chunk) {
+        std::lock_guard lock(impl.mutex);
+        ++impl.stats.puts_skipped;
+        impl.stats.bytes_mapped += existing.chunk->length;
+        return Status::success();
+    }
+    Status written = impl.write_file(key, plan.value(), path);
+    if (!written.ok()) return written;
+    std::lock_guard lock(impl.mutex);
+    ++impl.stats.puts;
+    impl.stats.bytes_written += plan.value().file_bytes;
+    return Status::success();
+}
+
+std::optional<ChunkView> ChunkStore::get(const ChunkKey& key) {
+    Impl& impl = *impl_;
+    {
+        std::lock_guard lock(impl.mutex);
+        if (auto chunk = impl.cached(key)) {
+            ++impl.stats.memory_hits;
+            return ChunkView(std::move(chunk));
+        }
+    }
+    // Mapped and verified outside the lock: other threads' hits do not wait for this one.
+    const fs::path path = impl.chunk_path(key);
+    LoadOutcome outcome = impl.load(path, key);
+    if (!outcome.chunk) {
+        if (!outcome.absent) {
+            impl.warn(Status(outcome.problem.code(),
+                             outcome.problem.message() + "; read as a miss"));
+            if (outcome.damaged && !impl.options.read_only) {
+                impl.remove_damaged(path, outcome.identity);
+            }
+        }
+        std::lock_guard lock(impl.mutex);
+        ++impl.stats.misses;
+        switch (outcome.problem.code()) {
+            case StatusCode::corrupt: ++impl.stats.corrupt; break;
+            case StatusCode::mismatch: ++impl.stats.mismatched; break;
+            case StatusCode::io_error: ++impl.stats.io_errors; break;
+            default: break;
+        }
+        return std::nullopt;
+    }
+    std::lock_guard lock(impl.mutex);
+    ++impl.stats.disk_hits;
+    impl.stats.bytes_mapped += outcome.chunk->length;
+    impl.remember(key, outcome.chunk);
+    return ChunkView(std::move(outcome.chunk));
+}
+
+Status ChunkStore::erase(const ChunkKey& key) {
+    Impl& impl = *impl_;
+    if (impl.options.read_only) {
+        return {StatusCode::not_writable, impl.directory.string() + ": store opened read_only"};
+    }
+    {
+        std::lock_guard lock(impl.mutex);
+        impl.forget(key.digest);
+    }
+    const fs::path path = impl.chunk_path(key);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+        return {StatusCode::io_error, path.string() + ": unlink failed: " + errno_text(errno)};
+    }
+    return Status::success();
+}
+
+size_t ChunkStore::remove_stale_temp_files() {
+    Impl& impl = *impl_;
+    if (impl.options.read_only) return 0;
+    const auto now = fs::file_time_type::clock::now();
+    size_t removed = 0;
+    std::error_code error;
+    for (fs::directory_iterator it(impl.directory, error), end; !error && it != end;
+         it.increment(error)) {
+        const std::string name = it->path().filename().string();
+        if (!name.starts_with(kTempPrefix)) continue;
+        std::error_code entry_error;
+        const auto modified = fs::last_write_time(it->path(), entry_error);
+        if (entry_error || now - modified < impl.options.stale_temp_age) continue;
+        if (::unlink(it->path().c_str()) == 0) {
+            ++removed;
+        } else if (errno != ENOENT) {  // ENOENT: another process cleaned it first
+            impl.warn(Status(StatusCode::io_error, it->path().string() +
+                                                       ": cannot remove leftover temporary file: " +
+                                                       errno_text(errno)));
+        }
+    }
+    if (error) {
+        impl.warn(Status(StatusCode::io_error,
+                         impl.directory.string() + ": listing failed: " + error.message()));
+    }
+    return removed;
+}
+
+void ChunkStore::clear_memory_cache() {
+    std::lock_guard lock(impl_->mutex);
+    impl_->cache.clear();
+    impl_->recency.clear();
+    impl_->stats.cache_bytes = 0;
+    impl_->stats.cache_entries = 0;
+}
+
+ChunkStoreStats ChunkStore::stats() const {
+    std::lock_guard lock(impl_->mutex);
+    return impl_->stats;
+}
+
+const fs::path& ChunkStore::directory() const { return impl_->directory; }
+
+fs::path ChunkStore::path_of(const ChunkKey& key) const { return impl_->chunk_path(key); }
+
+Result<fs::path> default_chunk_directory() {
+    // XDG Base Directory spec: a relative XDG_CACHE_HOME is invalid and must be ignored.
+    const char* xdg = std::getenv("XDG_CACHE_HOME");
+    if (xdg != nullptr && xdg[0] == '/') return fs::path(xdg) / "kvfuse" / "chunks";
+    const char* home = std::getenv("HOME");
+    if (home != nullptr && home[0] == '/') return fs::path(home) / ".cache" / "kvfuse" / "chunks";
+    return Status(StatusCode::invalid_argument,
+                  "no store directory given and neither XDG_CACHE_HOME nor HOME is an absolute "
+                  "path");
+}
+
+}  // namespace kvfuse::store
