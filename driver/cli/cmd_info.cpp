@@ -2,10 +2,13 @@
 #include <omp.h>
 
 #include <cstdio>
+#include <map>
+#include <memory>
 #include <string>
 
 #include "cli/commands.h"
 #include "kvfuse/kvfuse.hpp"
+#include "model/llama_model.h"
 
 namespace kvfuse::cli {
 
@@ -13,7 +16,7 @@ namespace {
 
 const char* yes_no(int flag) { return flag ? "yes" : "no"; }
 
-int run_info() {
+int run_info(const std::string& model_path) {
     std::printf("kvfuse %s\n", kvfuse::version().c_str());
     const kvfuse::CpuFeatures f = kvfuse::cpu_features();
     std::printf("cpu: %s\n", f.brand[0] ? f.brand : "(unknown model)");
@@ -35,6 +38,26 @@ int run_info() {
         return 2;
     }
     std::printf("active isa: %s\n", kvfuse::isa_name(active));
+    if (!model_path.empty()) {
+        const auto file = kvfuse::model::GgufFile::open(model_path);
+        const kvfuse::model::LlamaModel model(file);
+        std::printf("\nmodel: %s (GGUF v%u, %llu bytes, %zu tensors)\n", model_path.c_str(), file->version(),
+                    static_cast<unsigned long long>(file->size()), file->tensors().size());
+        std::printf("  %s\n", model.describe().c_str());
+        const auto& rope = model.shape().rope;
+        std::printf("  rope: %s pairs, base %g, rotary dims %d%s\n",
+                    rope.pairing == kvfuse::RopePairing::interleaved ? "interleaved (2i, 2i+1)" : "NeoX (i, i+D/2)", rope.base,
+                    rope.rotary_dims, rope.scaling == kvfuse::RopeScaling::none ? "" : ", scaled");
+        std::printf("  rms epsilon %g, output %s, tokenizer: %zu tokens, BOS %d, EOS %d\n", model.rms_epsilon(),
+                    file->tensor("output.weight") ? "separate" : "tied to the embedding", model.tokenizer().vocab_size(),
+                    model.tokenizer().bos(), model.tokenizer().eos());
+        std::printf("  fingerprint %s\n", model.fingerprint().c_str());
+        std::map<std::string, int> types;
+        for (const auto& t : file->tensors()) ++types[kvfuse::model::ggml_type_name(static_cast<std::uint32_t>(t.type))];
+        std::printf("  tensor types:");
+        for (const auto& [name, count] : types) std::printf(" %s x%d", name.c_str(), count);
+        std::printf("\n");
+    }
     return 0;
 }
 
@@ -42,7 +65,9 @@ int run_info() {
 
 void add_info_command(CLI::App& app) {
     CLI::App* cmd = app.add_subcommand("info", "Print compiled ISAs, CPU features and the active ISA");
-    cmd->callback([] { g_exit_status = run_info(); });
+    auto model = std::make_shared<std::string>();
+    cmd->add_option("--model", *model, "also describe this GGUF model file");
+    cmd->callback([model] { g_exit_status = run_info(*model); });
 }
 
 }  // namespace kvfuse::cli

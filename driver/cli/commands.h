@@ -11,5 +11,9 @@ extern int g_exit_status;
 
 void add_info_command(CLI::App& app);
 void add_rope_demo_command(CLI::App& app);
+void add_run_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_perplexity_command(CLI::App& app);
 
 }  // namespace kvfuse::cli

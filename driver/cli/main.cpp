@@ -14,6 +14,10 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
     kvfuse::cli::add_info_command(app);
     kvfuse::cli::add_rope_demo_command(app);
+    kvfuse::cli::add_run_command(app);
+    kvfuse::cli::add_eval_command(app);
+    kvfuse::cli::add_generate_command(app);
+    kvfuse::cli::add_perplexity_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

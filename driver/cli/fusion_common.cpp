@@ -1,0 +1,39 @@
+#include "cli/fusion_common.h"
+
+#include <stdexcept>
+
+#include "store/chunk_store.h"
+
+namespace kvfuse::cli {
+
+void add_fusion_options(CLI::App& cmd, FusionCliOptions& o) {
+    cmd.add_option("--model", o.model, "GGUF model file (default: the bundled stories260K)");
+    cmd.add_option("--check-layer", o.check_layer, "layer where cacheblend and a3 select rows")->check(CLI::Range(1, 1000));
+    cmd.add_option("--epic-tokens", o.epic_tokens, "epic: leading tokens of each chunk recomputed")->check(CLI::Range(1, 100000));
+    cmd.add_flag("--no-smoothing", o.no_smoothing, "a3: no width-5 moving average of the relevance");
+    cmd.add_option("--store", o.store_dir, "chunk store directory (default $XDG_CACHE_HOME/kvfuse/chunks)");
+    cmd.add_flag("--no-store", o.no_store, "keep chunk caches in memory only");
+    cmd.add_option("--seed", o.seed, "seed of the random method");
+}
+
+kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& o, kvfuse::fusion::Method method) {
+    kvfuse::fusion::FusionOptions f;
+    f.method = method;
+    f.ratio = o.ratio;
+    f.check_layer = o.check_layer;
+    f.epic_tokens = o.epic_tokens;
+    f.a3_smoothing = !o.no_smoothing;
+    f.seed = o.seed;
+    return f;
+}
+
+std::unique_ptr<kvfuse::store::ChunkStore> open_store(const FusionCliOptions& o) {
+    if (o.no_store) return nullptr;
+    kvfuse::store::ChunkStoreOptions options;
+    options.sync_writes = false;  // a lost chunk is only recomputed; atomicity is kept
+    auto store = kvfuse::store::ChunkStore::open(o.store_dir, options);
+    if (!store.ok()) throw std::runtime_error("chunk store: " + store.status().to_string());
+    return std::make_unique<kvfuse::store::ChunkStore>(std::move(store.value()));
+}
+
+}  // namespace kvfuse::cli

@@ -1,0 +1,38 @@
+// Options and helpers shared by `kvfuse run` and `kvfuse eval`.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "fusion/chunk_source.h"
+#include "fusion/pipeline.h"
+
+namespace kvfuse::store {
+class ChunkStore;
+}
+
+namespace kvfuse::cli {
+
+struct FusionCliOptions {
+    std::string model;
+    double ratio = 0.15;
+    int check_layer = 1;
+    std::size_t epic_tokens = 16;
+    bool no_smoothing = false;
+    std::string store_dir;  // empty: the XDG default
+    bool no_store = false;
+    std::uint32_t seed = 1;
+};
+
+// Adds --model, --check-layer, --epic-tokens, --no-smoothing, --store, --no-store, --seed.
+void add_fusion_options(CLI::App& cmd, FusionCliOptions& options);
+
+kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& options, kvfuse::fusion::Method method);
+
+// Opens the chunk store the options name (null with --no-store); throws with a clear message.
+std::unique_ptr<kvfuse::store::ChunkStore> open_store(const FusionCliOptions& options);
+
+}  // namespace kvfuse::cli

@@ -1,0 +1,42 @@
+// Where a request's chunk caches come from: the chunk store when it has them, else computed
+// (and then stored). Hides whether a cache lives in a mapped file or in memory.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "fusion/pipeline.h"
+
+namespace kvfuse::store {
+class ChunkStore;
+}
+
+namespace kvfuse::fusion {
+
+class ChunkSource {
+   public:
+    // `store` may be null: every chunk is then computed for each request.
+    ChunkSource(const FusionModel& model, kvfuse::store::ChunkStore* store);
+
+    struct Held {
+        ChunkKvView view;
+        std::shared_ptr<const void> owner;  // keeps the mapping or the computed cache alive
+        bool from_store = false;
+    };
+
+    // The cache of one chunk. `load_ms` gets the time spent reading it from the store (0 when
+    // computed); a computed chunk is put into the store for next time.
+    Held get(std::span<const std::int32_t> tokens, double* load_ms = nullptr);
+
+    // Computes and stores every chunk of the requests that the store does not hold yet (the
+    // "precompute" step, kept out of TTFT). Returns how many were computed.
+    std::size_t precompute(std::span<const Request> requests);
+
+   private:
+    Held compute_and_store(std::span<const std::int32_t> tokens);
+    const FusionModel& model_;
+    kvfuse::store::ChunkStore* store_;
+};
+
+}  // namespace kvfuse::fusion

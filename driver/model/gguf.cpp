@@ -1,0 +1,345 @@
+#include "model/gguf.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace kvfuse::model {
+
+namespace {
+
+constexpr std::uint32_t kMagic = 0x46554747;  // "GGUF" little endian
+constexpr std::uint64_t kMaxCount = 1u << 24;  // tensors, keys, array elements: far above any real model
+constexpr std::uint64_t kMaxString = 1u << 20;
+
+// Bounds-checked little-endian reader over the file's bytes.
+class Cursor {
+   public:
+    Cursor(const std::uint8_t* base, std::uint64_t size, const std::string& name) : base_(base), size_(size), name_(name) {}
+    template <class T>
+    T read(const char* what) {
+        need(sizeof(T), what);
+        T value;
+        std::memcpy(&value, base_ + at_, sizeof(T));
+        at_ += sizeof(T);
+        return value;
+    }
+    std::string read_string(const char* what) {
+        const auto length = read<std::uint64_t>(what);
+        if (length > kMaxString) fail(std::string(what) + ": string length " + std::to_string(length) + " is implausible");
+        need(length, what);
+        std::string s(reinterpret_cast<const char*>(base_ + at_), length);
+        at_ += length;
+        return s;
+    }
+    void need(std::uint64_t bytes, const char* what) const {
+        if (bytes > size_ - at_)
+            fail(std::string("truncated file: ") + what + " needs " + std::to_string(bytes) + " bytes at offset " +
+                 std::to_string(at_) + ", " + std::to_string(size_ - at_) + " remain");
+    }
+    [[noreturn]] void fail(const std::string& what) const { throw GgufError(name_ + ": " + what); }
+    std::uint64_t position() const { return at_; }
+
+   private:
+    const std::uint8_t* base_;
+    std::uint64_t size_;
+    std::uint64_t at_ = 0;
+    const std::string& name_;
+};
+
+std::uint64_t type_block_elements(std::uint32_t type) { return type == 8 ? 32 : 1; }
+std::uint64_t type_block_bytes(std::uint32_t type) {
+    switch (type) {
+        case 0: return 4;
+        case 1: return 2;
+        case 8: return 34;
+        case 30: return 2;
+        default: return 0;
+    }
+}
+
+GgufValue read_value(Cursor& c, std::uint32_t type, int depth) {
+    switch (type) {
+        case 0: return static_cast<std::uint64_t>(c.read<std::uint8_t>("u8 value"));
+        case 1: return static_cast<std::int64_t>(c.read<std::int8_t>("i8 value"));
+        case 2: return static_cast<std::uint64_t>(c.read<std::uint16_t>("u16 value"));
+        case 3: return static_cast<std::int64_t>(c.read<std::int16_t>("i16 value"));
+        case 4: return static_cast<std::uint64_t>(c.read<std::uint32_t>("u32 value"));
+        case 5: return static_cast<std::int64_t>(c.read<std::int32_t>("i32 value"));
+        case 6: return static_cast<double>(c.read<float>("f32 value"));
+        case 7: return c.read<std::uint8_t>("bool value") != 0;
+        case 8: return c.read_string("string value");
+        case 10: return c.read<std::uint64_t>("u64 value");
+        case 11: return c.read<std::int64_t>("i64 value");
+        case 12: return c.read<double>("f64 value");
+        case 9: {
+            if (depth > 0) c.fail("nested arrays are not supported");
+            const auto element_type = c.read<std::uint32_t>("array type");
+            const auto count = c.read<std::uint64_t>("array count");
+            if (count > kMaxCount) c.fail("array of " + std::to_string(count) + " elements is implausible");
+            if (element_type == 8) {
+                std::vector<std::string> out;
+                out.reserve(count);
+                for (std::uint64_t i = 0; i < count; ++i) out.push_back(c.read_string("array string"));
+                return out;
+            }
+            std::vector<double> floats;
+            std::vector<std::int64_t> ints;
+            const bool is_float = element_type == 6 || element_type == 12;
+            for (std::uint64_t i = 0; i < count; ++i) {
+                GgufValue v = read_value(c, element_type, depth + 1);
+                if (is_float)
+                    floats.push_back(std::get<double>(v));
+                else if (auto* u = std::get_if<std::uint64_t>(&v))
+                    ints.push_back(static_cast<std::int64_t>(*u));
+                else if (auto* s = std::get_if<std::int64_t>(&v))
+                    ints.push_back(*s);
+                else if (auto* b = std::get_if<bool>(&v))
+                    ints.push_back(*b);
+                else
+                    c.fail("unsupported array element type " + std::to_string(element_type));
+            }
+            if (is_float) return floats;
+            return ints;
+        }
+        default:
+            c.fail("unknown metadata value type " + std::to_string(type));
+    }
+}
+
+}  // namespace
+
+const char* ggml_type_name(std::uint32_t type) {
+    switch (type) {
+        case 0: return "F32";
+        case 1: return "F16";
+        case 8: return "Q8_0";
+        case 30: return "BF16";
+        default: return "unsupported";
+    }
+}
+
+float half_to_float(std::uint16_t h) {
+    const std::uint32_t sign = (h >> 15) & 1, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+    float value;
+    if (exponent == 0)
+        value = std::ldexp(static_cast<float>(mantissa), -24);
+    else if (exponent == 31)
+        value = mantissa ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+    else
+        value = std::ldexp(static_cast<float>(mantissa | 0x400), static_cast<int>(exponent) - 25);
+    return sign ? -value : value;
+}
+
+std::uint64_t GgufTensor::elements() const {
+    std::uint64_t n = 1;
+    for (auto d : dims) n *= d;
+    return n;
+}
+
+GgufFile::~GgufFile() {
+    if (mapping_ != nullptr) ::munmap(mapping_, size_);
+}
+
+std::shared_ptr<const GgufFile> GgufFile::open(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw GgufError(path + ": cannot open: " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        throw GgufError(path + ": not a regular file");
+    }
+    if (st.st_size < 24) {
+        ::close(fd);
+        throw GgufError(path + ": truncated file: " + std::to_string(st.st_size) + " bytes is smaller than a GGUF header");
+    }
+    void* map = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+    ::close(fd);
+    if (map == MAP_FAILED) throw GgufError(path + ": mmap failed: " + std::strerror(errno));
+    std::shared_ptr<GgufFile> file(new GgufFile());
+    file->path_ = path;
+    file->mapping_ = map;
+    file->size_ = static_cast<std::uint64_t>(st.st_size);
+    file->parse_all(static_cast<const std::uint8_t*>(map), file->size_);
+    return file;
+}
+
+std::shared_ptr<const GgufFile> GgufFile::parse(std::span<const std::uint8_t> bytes, const std::string& name) {
+    std::shared_ptr<GgufFile> file(new GgufFile());
+    file->path_ = name;
+    file->size_ = bytes.size();
+    file->parse_all(bytes.data(), bytes.size());
+    return file;
+}
+
+void GgufFile::parse_all(const std::uint8_t* base, std::uint64_t size) {
+    Cursor c(base, size, path_);
+    const auto magic = c.read<std::uint32_t>("magic");
+    if (magic != kMagic) c.fail("not a GGUF file (bad magic)");
+    version_ = c.read<std::uint32_t>("version");
+    if (version_ != 3 && version_ != 2) c.fail("unsupported GGUF version " + std::to_string(version_) + " (2 and 3 are read)");
+    const auto tensor_count = c.read<std::uint64_t>("tensor count");
+    const auto kv_count = c.read<std::uint64_t>("metadata count");
+    if (tensor_count > kMaxCount) c.fail("tensor count " + std::to_string(tensor_count) + " is implausible");
+    if (kv_count > kMaxCount) c.fail("metadata count " + std::to_string(kv_count) + " is implausible");
+    for (std::uint64_t i = 0; i < kv_count; ++i) {
+        std::string key = c.read_string("metadata key");
+        const auto type = c.read<std::uint32_t>("metadata type");
+        metadata_[key] = read_value(c, type, 0);
+    }
+    for (std::uint64_t i = 0; i < tensor_count; ++i) {
+        GgufTensor t;
+        t.name = c.read_string("tensor name");
+        const auto dims = c.read<std::uint32_t>("tensor rank");
+        if (dims == 0 || dims > 4) c.fail("tensor " + t.name + " has rank " + std::to_string(dims) + " (1 to 4 supported)");
+        std::uint64_t elements = 1;
+        for (std::uint32_t d = 0; d < dims; ++d) {
+            const auto extent = c.read<std::uint64_t>("tensor dimension");
+            if (extent == 0 || extent > (std::uint64_t{1} << 40) || elements > (std::uint64_t{1} << 40) / extent)
+                c.fail("tensor " + t.name + " has an implausible dimension " + std::to_string(extent));
+            elements *= extent;
+            t.dims.push_back(extent);
+        }
+        const auto type = c.read<std::uint32_t>("tensor type");
+        const std::uint64_t block_bytes = type_block_bytes(type);
+        if (block_bytes == 0)
+            c.fail("tensor " + t.name + " has unknown or unsupported type " + std::to_string(type) +
+                   " (F32, F16, BF16 and Q8_0 are supported)");
+        t.type = static_cast<GgmlType>(type);
+        if (t.dims[0] % type_block_elements(type) != 0)
+            c.fail("tensor " + t.name + ": first dimension is not a multiple of the " + ggml_type_name(type) + " block");
+        t.bytes = elements / type_block_elements(type) * block_bytes;
+        t.offset = c.read<std::uint64_t>("tensor offset");
+        if (by_name_.count(t.name)) c.fail("tensor " + t.name + " appears twice");
+        by_name_[t.name] = tensors_.size();
+        tensors_.push_back(std::move(t));
+    }
+    std::uint64_t alignment = 32;
+    if (const auto* a = find("general.alignment")) {
+        const auto* value = std::get_if<std::uint64_t>(a);
+        if (value == nullptr || *value == 0 || (*value & (*value - 1)) != 0 || *value > 65536)
+            c.fail("general.alignment must be a power of two up to 65536");
+        alignment = *value;
+    }
+    const std::uint64_t data_start = (c.position() + alignment - 1) / alignment * alignment;
+    if (data_start > size) c.fail("truncated file: the tensor data section starts past the end");
+    const std::uint64_t data_size = size - data_start;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+    for (auto& t : tensors_) {
+        if (t.offset % alignment != 0) c.fail("tensor " + t.name + " offset " + std::to_string(t.offset) + " is not aligned");
+        if (t.offset > data_size || t.bytes > data_size - t.offset)
+            c.fail("tensor " + t.name + " (offset " + std::to_string(t.offset) + ", " + std::to_string(t.bytes) +
+                   " bytes) runs past the end of the file (truncated or bad offset)");
+        t.data = base + data_start + t.offset;
+        ranges.emplace_back(t.offset, t.offset + t.bytes);
+    }
+    std::sort(ranges.begin(), ranges.end());
+    for (std::size_t i = 1; i < ranges.size(); ++i)
+        if (ranges[i].first < ranges[i - 1].second) c.fail("tensors overlap in the data section");
+}
+
+const GgufValue* GgufFile::find(const std::string& key) const {
+    auto it = metadata_.find(key);
+    return it == metadata_.end() ? nullptr : &it->second;
+}
+
+std::uint64_t GgufFile::get_uint(const std::string& key) const {
+    const GgufValue* v = find(key);
+    if (v == nullptr) throw GgufError(path_ + ": missing metadata " + key);
+    if (auto* u = std::get_if<std::uint64_t>(v)) return *u;
+    if (auto* s = std::get_if<std::int64_t>(v); s && *s >= 0) return static_cast<std::uint64_t>(*s);
+    throw GgufError(path_ + ": metadata " + key + " is not a non-negative integer");
+}
+
+std::uint64_t GgufFile::get_uint_or(const std::string& key, std::uint64_t fallback) const {
+    return has(key) ? get_uint(key) : fallback;
+}
+
+double GgufFile::get_float(const std::string& key) const {
+    const GgufValue* v = find(key);
+    if (v == nullptr) throw GgufError(path_ + ": missing metadata " + key);
+    if (auto* d = std::get_if<double>(v)) return *d;
+    if (auto* u = std::get_if<std::uint64_t>(v)) return static_cast<double>(*u);
+    if (auto* s = std::get_if<std::int64_t>(v)) return static_cast<double>(*s);
+    throw GgufError(path_ + ": metadata " + key + " is not a number");
+}
+
+double GgufFile::get_float_or(const std::string& key, double fallback) const { return has(key) ? get_float(key) : fallback; }
+
+std::string GgufFile::get_string(const std::string& key) const {
+    const GgufValue* v = find(key);
+    if (v == nullptr) throw GgufError(path_ + ": missing metadata " + key);
+    if (auto* s = std::get_if<std::string>(v)) return *s;
+    throw GgufError(path_ + ": metadata " + key + " is not a string");
+}
+
+const std::vector<std::string>& GgufFile::get_strings(const std::string& key) const {
+    const GgufValue* v = find(key);
+    if (v == nullptr) throw GgufError(path_ + ": missing metadata " + key);
+    if (auto* s = std::get_if<std::vector<std::string>>(v)) return *s;
+    throw GgufError(path_ + ": metadata " + key + " is not a list of strings");
+}
+
+std::vector<double> GgufFile::get_floats(const std::string& key) const {
+    const GgufValue* v = find(key);
+    if (v == nullptr) throw GgufError(path_ + ": missing metadata " + key);
+    if (auto* d = std::get_if<std::vector<double>>(v)) return *d;
+    if (auto* i = std::get_if<std::vector<std::int64_t>>(v)) return std::vector<double>(i->begin(), i->end());
+    throw GgufError(path_ + ": metadata " + key + " is not a list of numbers");
+}
+
+const GgufTensor* GgufFile::tensor(const std::string& name) const {
+    auto it = by_name_.find(name);
+    return it == by_name_.end() ? nullptr : &tensors_[it->second];
+}
+
+const GgufTensor& GgufFile::require_tensor(const std::string& name) const {
+    const GgufTensor* t = tensor(name);
+    if (t == nullptr) throw GgufError(path_ + ": missing tensor " + name);
+    return *t;
+}
+
+std::vector<float> GgufFile::read_f32(const GgufTensor& t) const {
+    const std::uint64_t n = t.elements();
+    std::vector<float> out(n);
+    switch (t.type) {
+        case GgmlType::f32:
+            std::memcpy(out.data(), t.data, n * 4);
+            break;
+        case GgmlType::f16:
+            for (std::uint64_t i = 0; i < n; ++i) {
+                std::uint16_t h;
+                std::memcpy(&h, t.data + 2 * i, 2);
+                out[i] = half_to_float(h);
+            }
+            break;
+        case GgmlType::bf16:
+            for (std::uint64_t i = 0; i < n; ++i) {
+                std::uint16_t b;
+                std::memcpy(&b, t.data + 2 * i, 2);
+                const std::uint32_t bits = static_cast<std::uint32_t>(b) << 16;
+                std::memcpy(&out[i], &bits, 4);
+            }
+            break;
+        case GgmlType::q8_0:
+            // Blocks of 32: an f16 scale then 32 signed bytes; value = scale * q.
+            for (std::uint64_t block = 0; block < n / 32; ++block) {
+                const std::uint8_t* p = t.data + block * 34;
+                std::uint16_t h;
+                std::memcpy(&h, p, 2);
+                const float scale = half_to_float(h);
+                for (int j = 0; j < 32; ++j) out[block * 32 + j] = scale * static_cast<float>(static_cast<std::int8_t>(p[2 + j]));
+            }
+            break;
+    }
+    return out;
+}
+
+}  // namespace kvfuse::model

@@ -1,0 +1,185 @@
+#include "model/llama_model.h"
+
+#include <cblas.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+namespace kvfuse::model {
+
+namespace {
+
+// Y[n x out] = X[n x in] * W^T, W stored as out rows of in (ggml's [in, out]).
+void linear(const float* x, std::size_t n, const std::vector<float>& w, std::size_t in, std::size_t out, float* y,
+            float beta = 0.0f) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(out), static_cast<int>(in),
+                1.0f, x, static_cast<int>(in), w.data(), static_cast<int>(in), beta, y, static_cast<int>(out));
+}
+
+std::vector<float> load_matrix(const GgufFile& f, const std::string& name, std::uint64_t in, std::uint64_t out) {
+    const GgufTensor& t = f.require_tensor(name);
+    if (t.dims.size() != 2 || t.dims[0] != in || t.dims[1] != out)
+        throw GgufError(f.path() + ": tensor " + name + " has shape [" + std::to_string(t.dims[0]) +
+                        (t.dims.size() > 1 ? ", " + std::to_string(t.dims[1]) : "") + "], expected [" + std::to_string(in) +
+                        ", " + std::to_string(out) + "]");
+    return f.read_f32(t);
+}
+
+std::vector<float> load_vector(const GgufFile& f, const std::string& name, std::uint64_t n) {
+    const GgufTensor& t = f.require_tensor(name);
+    if (t.dims.size() != 1 || t.dims[0] != n)
+        throw GgufError(f.path() + ": tensor " + name + " should hold " + std::to_string(n) + " values");
+    return f.read_f32(t);
+}
+
+// FNV-1a over the tensor bytes and shape-defining metadata: cheap, and any change of weights
+// or settings changes it, so stored chunks of another model never match.
+std::string fingerprint_of(const GgufFile& f, const kvfuse::fusion::ModelShape& s) {
+    std::uint64_t h = 1469598103934665603ull;
+    auto mix = [&](const void* data, std::size_t bytes) {
+        const auto* p = static_cast<const unsigned char*>(data);
+        for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 1099511628211ull;
+    };
+    for (const auto& t : f.tensors()) {
+        mix(t.name.data(), t.name.size());
+        mix(t.data, static_cast<std::size_t>(t.bytes));
+    }
+    mix(&s.rope.base, sizeof s.rope.base);
+    mix(&s.rope.pairing, sizeof s.rope.pairing);
+    char text[64];
+    std::snprintf(text, sizeof text, "gguf-%016llx", static_cast<unsigned long long>(h));
+    return text;
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(file)) {
+    const GgufFile& f = *file_;
+    architecture_ = f.get_string("general.architecture");
+    if (architecture_ != "llama" && architecture_ != "mistral" && architecture_ != "qwen2")
+        throw GgufError(f.path() + ": architecture '" + architecture_ + "' is not supported (llama, mistral, qwen2 are)");
+    const std::string a = architecture_ + ".";
+    shape_.layers = static_cast<int>(f.get_uint(a + "block_count"));
+    shape_.dim = static_cast<int>(f.get_uint(a + "embedding_length"));
+    shape_.heads = static_cast<int>(f.get_uint(a + "attention.head_count"));
+    shape_.kv_heads = static_cast<int>(f.get_uint_or(a + "attention.head_count_kv", static_cast<std::uint64_t>(shape_.heads)));
+    shape_.context = static_cast<int>(f.get_uint(a + "context_length"));
+    ffn_ = static_cast<int>(f.get_uint(a + "feed_forward_length"));
+    epsilon_ = static_cast<float>(f.get_float_or(a + "attention.layer_norm_rms_epsilon", 1e-5));
+    if (shape_.layers <= 0 || shape_.dim <= 0 || shape_.heads <= 0 || shape_.kv_heads <= 0 || ffn_ <= 0 ||
+        shape_.dim % shape_.heads != 0 || shape_.heads % shape_.kv_heads != 0 || shape_.layers > 1000 || shape_.dim > 65536)
+        throw GgufError(f.path() + ": inconsistent model sizes (layers, embedding, heads, kv heads, ffn)");
+    shape_.head_dim = shape_.dim / shape_.heads;
+    tokenizer_ = std::make_unique<Tokenizer>(f);
+    shape_.vocab = static_cast<int>(tokenizer_->vocab_size());
+
+    // RoPE: GGUF stores llama/mistral Q and K permuted for interleaved pairs; qwen2 uses NeoX.
+    shape_.rope.head_dim = shape_.head_dim;
+    shape_.rope.rotary_dims = static_cast<int>(f.get_uint_or(a + "rope.dimension_count", static_cast<std::uint64_t>(shape_.head_dim)));
+    shape_.rope.base = f.get_float_or(a + "rope.freq_base", 10000.0);
+    shape_.rope.pairing = architecture_ == "qwen2" ? kvfuse::RopePairing::neox : kvfuse::RopePairing::interleaved;
+    const std::string scaling = f.has(a + "rope.scaling.type") ? f.get_string(a + "rope.scaling.type") : "none";
+    if (scaling == "linear") {
+        shape_.rope.scaling = kvfuse::RopeScaling::linear;
+        shape_.rope.scaling_factor = f.get_float(a + "rope.scaling.factor");
+    } else if (scaling == "llama3") {
+        shape_.rope.scaling = kvfuse::RopeScaling::llama3;
+        shape_.rope.scaling_factor = f.get_float(a + "rope.scaling.factor");
+        shape_.rope.llama3_low_freq_factor = f.get_float_or(a + "rope.scaling.low_freq_factor", 1.0);
+        shape_.rope.llama3_high_freq_factor = f.get_float_or(a + "rope.scaling.high_freq_factor", 4.0);
+        shape_.rope.llama3_original_context =
+            static_cast<int>(f.get_uint_or(a + "rope.scaling.original_context_length", 8192));
+    } else if (scaling != "none") {
+        throw GgufError(f.path() + ": rope scaling '" + scaling + "' is not supported (none, linear, llama3 are)");
+    }
+
+    const std::uint64_t d = static_cast<std::uint64_t>(shape_.dim), kv = shape_.kv_row(), ffn = static_cast<std::uint64_t>(ffn_),
+                        vocab = static_cast<std::uint64_t>(shape_.vocab);
+    embedding_ = load_matrix(f, "token_embd.weight", d, vocab);
+    output_norm_ = load_vector(f, "output_norm.weight", d);
+    tied_output_ = f.tensor("output.weight") == nullptr;
+    if (!tied_output_) output_ = load_matrix(f, "output.weight", d, vocab);
+    for (int l = 0; l < shape_.layers; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        Layer layer;
+        layer.attn_norm = load_vector(f, p + "attn_norm.weight", d);
+        layer.wq = load_matrix(f, p + "attn_q.weight", d, d);
+        layer.wk = load_matrix(f, p + "attn_k.weight", d, kv);
+        layer.wv = load_matrix(f, p + "attn_v.weight", d, kv);
+        layer.wo = load_matrix(f, p + "attn_output.weight", d, d);
+        layer.ffn_norm = load_vector(f, p + "ffn_norm.weight", d);
+        layer.w_gate = load_matrix(f, p + "ffn_gate.weight", d, ffn);
+        layer.w_up = load_matrix(f, p + "ffn_up.weight", d, ffn);
+        layer.w_down = load_matrix(f, p + "ffn_down.weight", ffn, d);
+        if (architecture_ == "qwen2" && f.tensor(p + "attn_q.bias") != nullptr)
+            throw GgufError(f.path() + ": qwen2 attention biases are not supported yet");
+        layers_.push_back(std::move(layer));
+    }
+    fingerprint_ = fingerprint_of(f, shape_);
+}
+
+std::string LlamaModel::describe() const {
+    char text[256];
+    std::snprintf(text, sizeof text, "%s: %d layers, dim %d, %d heads (%d KV, head dim %d), ffn %d, vocab %d, context %d",
+                  architecture_.c_str(), shape_.layers, shape_.dim, shape_.heads, shape_.kv_heads, shape_.head_dim, ffn_,
+                  shape_.vocab, shape_.context);
+    return text;
+}
+
+void LlamaModel::rms_norm(const float* in, const std::vector<float>& weight, std::size_t n, float* out) const {
+    const std::size_t d = static_cast<std::size_t>(shape_.dim);
+    for (std::size_t r = 0; r < n; ++r) {
+        const float* x = in + r * d;
+        float sum = 0.0f;
+        for (std::size_t e = 0; e < d; ++e) sum += x[e] * x[e];
+        const float scale = 1.0f / std::sqrt(sum / static_cast<float>(d) + epsilon_);
+        for (std::size_t e = 0; e < d; ++e) out[r * d + e] = x[e] * scale * weight[e];
+    }
+}
+
+void LlamaModel::embed(std::span<const std::int32_t> tokens, float* hidden) const {
+    const std::size_t d = static_cast<std::size_t>(shape_.dim);
+    for (std::size_t t = 0; t < tokens.size(); ++t) {
+        if (tokens[t] < 0 || tokens[t] >= shape_.vocab)
+            throw std::out_of_range("token id " + std::to_string(tokens[t]) + " is outside the vocabulary");
+        std::memcpy(hidden + t * d, embedding_.data() + static_cast<std::size_t>(tokens[t]) * d, d * sizeof(float));
+    }
+}
+
+void LlamaModel::project_qkv(int layer, const float* hidden, std::size_t n, const std::int64_t* positions, float* q, float* k,
+                             float* v) const {
+    const Layer& w = layers_[static_cast<std::size_t>(layer)];
+    const std::size_t d = static_cast<std::size_t>(shape_.dim);
+    scratch_.resize(n * d);
+    rms_norm(hidden, w.attn_norm, n, scratch_.data());
+    linear(scratch_.data(), n, w.wq, d, shape_.q_row(), q);
+    linear(scratch_.data(), n, w.wk, d, shape_.kv_row(), k);
+    linear(scratch_.data(), n, w.wv, d, shape_.kv_row(), v);
+    kvfuse::Status s = kvfuse::rope_rotate(shape_.rope, q, n, static_cast<std::size_t>(shape_.heads), shape_.q_row(), positions);
+    if (s.ok()) s = kvfuse::rope_rotate(shape_.rope, k, n, static_cast<std::size_t>(shape_.kv_heads), shape_.kv_row(), positions);
+    s.check();
+}
+
+void LlamaModel::finish_layer(int layer, const float* attention, std::size_t n, float* hidden) const {
+    const Layer& w = layers_[static_cast<std::size_t>(layer)];
+    const std::size_t d = static_cast<std::size_t>(shape_.dim), ffn = static_cast<std::size_t>(ffn_);
+    linear(attention, n, w.wo, d, d, hidden, 1.0f);  // residual: hidden += attention * Wo^T
+    scratch_.resize(n * d);
+    rms_norm(hidden, w.ffn_norm, n, scratch_.data());
+    gate_.resize(n * ffn);
+    up_.resize(n * ffn);
+    linear(scratch_.data(), n, w.w_gate, d, ffn, gate_.data());
+    linear(scratch_.data(), n, w.w_up, d, ffn, up_.data());
+    for (std::size_t i = 0; i < n * ffn; ++i) gate_[i] = gate_[i] / (1.0f + std::exp(-gate_[i])) * up_[i];
+    linear(gate_.data(), n, w.w_down, ffn, d, hidden, 1.0f);
+}
+
+void LlamaModel::logits(const float* hidden, std::size_t n, float* out) const {
+    const std::size_t d = static_cast<std::size_t>(shape_.dim);
+    scratch_.resize(n * d);
+    rms_norm(hidden, output_norm_, n, scratch_.data());
+    linear(scratch_.data(), n, tied_output_ ? embedding_ : output_, d, static_cast<std::size_t>(shape_.vocab), out);
+}
+
+}  // namespace kvfuse::model

@@ -1,0 +1,57 @@
+// A llama-architecture model (llama, mistral, qwen2) from a GGUF file: weights dequantized to
+// f32, dense projections through OpenBLAS, RoPE and attention through kvfuse's public API. It
+// implements fusion::FusionModel, so the fusion pipeline and plain generation share one
+// forward pass. Not thread-safe: one request at a time per model (scratch buffers are reused).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fusion/fusion_model.h"
+#include "model/gguf.h"
+#include "model/tokenizer.h"
+
+namespace kvfuse::model {
+
+class LlamaModel : public kvfuse::fusion::FusionModel {
+   public:
+    // Reads metadata and every tensor; throws GgufError naming the problem.
+    explicit LlamaModel(std::shared_ptr<const GgufFile> file);
+
+    const kvfuse::fusion::ModelShape& shape() const override { return shape_; }
+    std::string fingerprint() const override { return fingerprint_; }
+    std::int32_t bos() const override { return tokenizer_->bos(); }
+
+    void embed(std::span<const std::int32_t> tokens, float* hidden) const override;
+    void project_qkv(int layer, const float* hidden, std::size_t n, const std::int64_t* positions, float* q, float* k,
+                     float* v) const override;
+    void finish_layer(int layer, const float* attention, std::size_t n, float* hidden) const override;
+    void logits(const float* hidden, std::size_t n, float* out) const override;
+
+    const Tokenizer& tokenizer() const { return *tokenizer_; }
+    const GgufFile& file() const { return *file_; }
+    std::string architecture() const { return architecture_; }
+    std::string describe() const;
+    int hidden_size_ffn() const { return ffn_; }
+    float rms_epsilon() const { return epsilon_; }
+
+   private:
+    struct Layer {
+        std::vector<float> attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
+    };
+    void rms_norm(const float* in, const std::vector<float>& weight, std::size_t n, float* out) const;
+
+    std::shared_ptr<const GgufFile> file_;
+    std::unique_ptr<Tokenizer> tokenizer_;
+    kvfuse::fusion::ModelShape shape_;
+    std::string architecture_, fingerprint_;
+    int ffn_ = 0;
+    float epsilon_ = 1e-5f;
+    bool tied_output_ = false;
+    std::vector<float> embedding_, output_norm_, output_;
+    std::vector<Layer> layers_;
+    mutable std::vector<float> scratch_, gate_, up_;
+};
+
+}  // namespace kvfuse::model
