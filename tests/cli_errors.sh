@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Bad input to the kvfuse program: a clear message on stderr and a non-zero status, never a
+# crash (a signal gives status >= 128, which fails this test too).
+set -u
+kvfuse=$1
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+failures=0
+expect_error() {  # expected-message-part, command...
+    local want=$1; shift
+    local out status
+    out=$("$@" 2>&1 >/dev/null); status=$?
+    if [[ $status -eq 0 || $status -ge 128 ]]; then
+        echo "FAIL (status $status): $*"; failures=$((failures + 1))
+    elif [[ "$out" != *"$want"* ]]; then
+        echo "FAIL (message '$out' lacks '$want'): $*"; failures=$((failures + 1))
+    else
+        echo "ok: $* -> $out"
+    fi
+}
+: > "$scratch/empty.txt"
+echo "A short chunk." > "$scratch/chunk.txt"
+printf 'GGUF\x03\x00\x00\x00' > "$scratch/bad.gguf"
+head -c 100000 /dev/urandom > "$scratch/random.gguf"
+expect_error "cannot open" "$kvfuse" generate --model "$scratch/missing.gguf" -p hi
+expect_error "truncated" "$kvfuse" generate --model "$scratch/bad.gguf" -p hi
+expect_error "bad magic" "$kvfuse" info --model "$scratch/random.gguf"
+expect_error "non-empty --prompt" "$kvfuse" generate -p ""
+expect_error "tokens" "$kvfuse" generate -p hi -n 0
+expect_error "exceed the context" "$kvfuse" generate -p hi -n 5000
+expect_error "cannot open" "$kvfuse" run --chunk "$scratch/nope.txt" --question "q" --no-store
+expect_error "chunk is empty" "$kvfuse" run --chunk "$scratch/empty.txt" --question "q" --no-store
+expect_error "--question" "$kvfuse" run --chunk "$scratch/chunk.txt" --no-store
+expect_error "ratio" "$kvfuse" run --chunk "$scratch/chunk.txt" --question "q" --ratio 0 --no-store
+expect_error "ratio" "$kvfuse" run --chunk "$scratch/chunk.txt" --question "q" --ratio 1.5 --no-store
+expect_error "unknown method" "$kvfuse" run --chunk "$scratch/chunk.txt" --question "q" --method blend --no-store
+long=$(for i in $(seq 1 800); do printf 'The little dog ran to the big red house. '; done)
+echo "$long" > "$scratch/long.txt"
+expect_error "context" "$kvfuse" run --chunk "$scratch/long.txt" --question "q" --no-store
+expect_error "cannot open" "$kvfuse" eval --data "$scratch/none.txt" --no-store
+expect_error "unknown --kind" "$kvfuse" eval --data "$scratch/chunk.txt" --kind poems --no-store
+expect_error "not valid JSON" "$kvfuse" eval --data "$scratch/chunk.txt" --kind musique --no-store
+expect_error "fewer tokens" "$kvfuse" perplexity --file "$scratch/chunk.txt" --ctx 100
+expect_error "KVFUSE_ISA" env KVFUSE_ISA=sse9 "$kvfuse" info
+echo "$((18 - failures)) passed, $failures failed"
+[[ $failures -eq 0 ]]

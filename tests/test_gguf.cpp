@@ -1,0 +1,159 @@
+// The GGUF loader on hand-made files: well-formed ones parse, every kind of damage gives an
+// error that names the problem, and F16/BF16/Q8_0 dequantize to hand-computed values.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "gguf_writer.h"
+#include "model/gguf.h"
+#include "model/llama_model.h"
+
+namespace {
+
+using kvfuse::model::GgufError;
+using kvfuse::model::GgufFile;
+using kvfuse::testing::f32_bytes;
+using kvfuse::testing::GgufWriter;
+
+GgufWriter small_file() {
+    GgufWriter w;
+    w.add_string("general.architecture", "llama");
+    w.add_u32("llama.block_count", 1);
+    w.add_tensor("a", {4, 2}, 0, f32_bytes({1, 2, 3, 4, 5, 6, 7, 8}));
+    w.add_tensor("b", {4}, 0, f32_bytes({9, 10, 11, 12}));
+    return w;
+}
+
+std::string error_of(const std::vector<std::uint8_t>& bytes) {
+    try {
+        GgufFile::parse(bytes, "test.gguf");
+    } catch (const GgufError& e) {
+        return e.what();
+    }
+    return "no error";
+}
+
+TEST(Gguf, WellFormedFileParses) {
+    const auto bytes = small_file().bytes();
+    const auto file = GgufFile::parse(bytes, "test.gguf");
+    EXPECT_EQ(file->version(), 3u);
+    EXPECT_EQ(file->get_string("general.architecture"), "llama");
+    EXPECT_EQ(file->get_uint("llama.block_count"), 1u);
+    ASSERT_NE(file->tensor("a"), nullptr);
+    EXPECT_EQ(file->read_f32(*file->tensor("b")), (std::vector<float>{9, 10, 11, 12}));
+    EXPECT_NE(std::string(error_of(bytes)), "x");
+    EXPECT_THROW(file->get_uint("missing.key"), GgufError);
+    EXPECT_THROW(file->get_uint("general.architecture"), GgufError);
+    EXPECT_THROW(file->require_tensor("c"), GgufError);
+}
+
+TEST(Gguf, DamagedFilesNameTheProblem) {
+    auto bytes = small_file().bytes();
+    EXPECT_NE(error_of(small_file().bytes(3, 0x12345678)).find("bad magic"), std::string::npos);
+    EXPECT_NE(error_of(small_file().bytes(7)).find("unsupported GGUF version 7"), std::string::npos);
+    for (std::size_t cut : {std::size_t{3}, std::size_t{20}, std::size_t{40}, bytes.size() / 2, bytes.size() - 20}) {
+        const std::vector<std::uint8_t> truncated(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(cut));
+        EXPECT_NE(error_of(truncated).find("truncated"), std::string::npos) << "cut at " << cut << ": " << error_of(truncated);
+    }
+    GgufWriter unknown_type;
+    unknown_type.add_tensor("q4", {32}, 2, std::vector<std::uint8_t>(18));
+    EXPECT_NE(error_of(unknown_type.bytes()).find("unsupported type 2"), std::string::npos);
+    GgufWriter overlap;
+    overlap.add_tensor("x", {8}, 0, f32_bytes(std::vector<float>(8, 1)), 0);
+    overlap.add_tensor("y", {8}, 0, f32_bytes(std::vector<float>(8, 2)), 0);
+    EXPECT_NE(error_of(overlap.bytes()).find("overlap"), std::string::npos);
+    GgufWriter past_end;
+    past_end.add_tensor("x", {8}, 0, f32_bytes(std::vector<float>(8, 1)), 1 << 20);
+    auto short_file = past_end.bytes();
+    short_file.resize(short_file.size() - 4096);  // the offset now points past the end
+    EXPECT_NE(error_of(short_file).find("past the end"), std::string::npos) << error_of(short_file);
+    GgufWriter misaligned;
+    misaligned.add_tensor("x", {2}, 0, f32_bytes({1, 2}), 4);
+    EXPECT_NE(error_of(misaligned.bytes()).find("not aligned"), std::string::npos);
+    GgufWriter duplicate;
+    duplicate.add_tensor("x", {2}, 0, f32_bytes({1, 2}));
+    duplicate.add_tensor("x", {2}, 0, f32_bytes({1, 2}));
+    EXPECT_NE(error_of(duplicate.bytes()).find("twice"), std::string::npos);
+    // Huge counts: the tensor count field says 2^40.
+    auto huge = small_file().bytes();
+    const std::uint64_t big = std::uint64_t{1} << 40;
+    std::memcpy(huge.data() + 8, &big, 8);
+    EXPECT_NE(error_of(huge).find("implausible"), std::string::npos);
+    // A string whose length runs past the end of the file.
+    auto long_string = small_file().bytes();
+    const std::uint64_t length = 1u << 19;
+    std::memcpy(long_string.data() + 24, &length, 8);
+    EXPECT_NE(error_of(long_string).find("truncated"), std::string::npos);
+    GgufWriter zero_dim;
+    zero_dim.add_tensor("z", {0}, 0, {});
+    EXPECT_NE(error_of(zero_dim.bytes()).find("implausible dimension"), std::string::npos);
+}
+
+TEST(Gguf, DequantizationMatchesHandValues) {
+    GgufWriter w;
+    // F16: 1.0 = 0x3c00, -2.0 = 0xc000, 0.5 = 0x3800, 65504 = 0x7bff.
+    w.add_tensor("h", {4}, 1, {0x00, 0x3c, 0x00, 0xc0, 0x00, 0x38, 0xff, 0x7b});
+    // BF16: 1.0 = 0x3f80, -3.5 = 0xc060.
+    w.add_tensor("b", {2}, 30, {0x80, 0x3f, 0x60, 0xc0});
+    // Q8_0: scale 0.5 (f16 0x3800), quants 0..31 with the sign alternating.
+    std::vector<std::uint8_t> q8 = {0x00, 0x38};
+    for (int j = 0; j < 32; ++j) q8.push_back(static_cast<std::uint8_t>(static_cast<std::int8_t>(j % 2 ? -j : j)));
+    w.add_tensor("q", {32}, 8, q8);
+    const auto bytes = w.bytes();
+    const auto file = GgufFile::parse(bytes, "dequant.gguf");
+    EXPECT_EQ(file->read_f32(*file->tensor("h")), (std::vector<float>{1.0f, -2.0f, 0.5f, 65504.0f}));
+    EXPECT_EQ(file->read_f32(*file->tensor("b")), (std::vector<float>{1.0f, -3.5f}));
+    const auto q = file->read_f32(*file->tensor("q"));
+    for (int j = 0; j < 32; ++j) EXPECT_EQ(q[j], 0.5f * (j % 2 ? -j : j));
+    EXPECT_EQ(kvfuse::model::half_to_float(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+    EXPECT_TRUE(std::isinf(kvfuse::model::half_to_float(0x7c00)));
+}
+
+TEST(Gguf, ModelLoaderNamesMissingPieces) {
+    GgufWriter w;
+    w.add_string("general.architecture", "gpt2");
+    const auto bytes = w.bytes();
+    EXPECT_THROW(
+        {
+            try {
+                kvfuse::model::LlamaModel model(GgufFile::parse(bytes, "arch.gguf"));
+            } catch (const GgufError& e) {
+                EXPECT_NE(std::string(e.what()).find("architecture 'gpt2' is not supported"), std::string::npos);
+                throw;
+            }
+        },
+        GgufError);
+    GgufWriter missing;
+    missing.add_string("general.architecture", "llama");
+    missing.add_u32("llama.block_count", 1);
+    missing.add_u32("llama.embedding_length", 4);
+    missing.add_u32("llama.attention.head_count", 2);
+    missing.add_u32("llama.context_length", 16);
+    missing.add_u32("llama.feed_forward_length", 8);
+    missing.add_string("tokenizer.ggml.model", "llama");
+    missing.add_strings("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "a"});
+    missing.add_f32s("tokenizer.ggml.scores", {0, 0, 0, 0});
+    missing.add_i32s("tokenizer.ggml.token_type", {2, 3, 3, 1});
+    const auto b2 = missing.bytes();
+    try {
+        kvfuse::model::LlamaModel model(GgufFile::parse(b2, "missing.gguf"));
+        ADD_FAILURE() << "no error";
+    } catch (const GgufError& e) {
+        EXPECT_NE(std::string(e.what()).find("missing tensor token_embd.weight"), std::string::npos) << e.what();
+    }
+}
+
+TEST(Gguf, OpenReportsFileProblems) {
+    EXPECT_THROW(GgufFile::open("/nonexistent/model.gguf"), GgufError);
+    const std::string path = ::testing::TempDir() + "tiny.gguf";
+    std::ofstream(path) << "GGUF";
+    try {
+        GgufFile::open(path);
+        ADD_FAILURE() << "no error";
+    } catch (const GgufError& e) {
+        EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos);
+    }
+}
+
+}  // namespace

@@ -1,0 +1,96 @@
+// The bundled stories260K model reproduces its known behaviour (driver/models/PROVENANCE.md)
+// on every ISA: the tokenizer's ids, the top next-token logit, the greedy continuation; and
+// the fusion identities hold on this real model too.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "fusion/loaded_model.h"
+#include "fusion/metrics.h"
+#include "fusion/pipeline.h"
+#include "isa_test_support.h"
+#include "model/llama_model.h"
+
+namespace {
+
+using namespace kvfuse::fusion;
+
+const LoadedModel& bundled() {
+    static const LoadedModel loaded = load_model(bundled_model_path());
+    return loaded;
+}
+
+class ModelTest : public kvfuse::testing::IsaTest {};
+KVFUSE_INSTANTIATE_ISA_TESTS(ModelTest);
+
+TEST(Tokenizer, EncodesAndDecodesLikeSentencePiece) {
+    const LoadedModel& m = bundled();
+    EXPECT_EQ(m.tokenize("Once upon a time"), (TokenIds{403, 407, 261, 378}));
+    EXPECT_EQ(m.detokenize(TokenIds{1, 403, 407, 261, 378}), " Once upon a time");
+    // Characters outside the vocabulary fall back to their UTF-8 bytes and decode back.
+    const std::string unusual = "caf\xC3\xA9 \xE2\x9C\x93!";
+    const TokenIds ids = m.tokenize(unusual);
+    EXPECT_EQ(m.detokenize(ids), " " + unusual);
+    EXPECT_TRUE(m.tokenize("").empty());
+}
+
+TEST_P(ModelTest, KnownLogitAndGreedyContinuation) {
+    const LoadedModel& m = bundled();
+    Request r;
+    r.prefix = {m.model->bos()};
+    r.question = m.tokenize("Once upon a time");
+    FusionOptions full;
+    full.method = Method::full;
+    FusionRun run = run_request(*m.model, r, {}, full);
+    const std::size_t vocab = 512;
+    const auto last = std::span<const float>(run.logits).subspan(3 * vocab, vocab);
+    const std::size_t best = argmax(last);
+    EXPECT_EQ(m.detokenize(TokenIds{static_cast<std::int32_t>(best)}), ",");
+    EXPECT_NEAR(last[best], 17.80, 0.01);
+    const auto tokens = greedy_decode(*m.model, run.cache, static_cast<std::int32_t>(best), 40);
+    const std::string text = "Once upon a time" + m.detokenize(tokens);
+    const std::string known =
+        "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw "
+        "a big, red ball.";
+    EXPECT_EQ(text.substr(0, known.size()), known);
+}
+
+// The identities of ALGORITHMS.md on the real model (the tiny random model tests them too).
+TEST_P(ModelTest, FusionIdentitiesHold) {
+    const LoadedModel& m = bundled();
+    const FusionModel& model = *m.model;
+    Request r;
+    r.prefix = {model.bos()};
+    for (const char* text : {"Tom had a red kite.", "The sun was hot and the sky was blue.", "Lily saw a big dog."})
+        r.chunks.push_back(m.tokenize(text));
+    r.question = m.tokenize("Then Tom and Lily went to the park");
+    std::vector<ChunkKv> stored;
+    std::vector<ChunkKvView> views;
+    for (const auto& c : r.chunks) stored.push_back(compute_chunk_kv(model, c));
+    for (const auto& s : stored) views.push_back(s.view());
+    FusionOptions full;
+    full.method = Method::full;
+    const FusionRun reference = run_request(model, r, {}, full);
+    FusionOptions all;
+    all.method = Method::a3;
+    all.ratio = 1.0;
+    EXPECT_EQ(run_request(model, r, views, all).logits, reference.logits);
+    FusionOptions reuse;
+    reuse.method = Method::reuse;
+    FusionOptions reuse_no_layer0 = reuse;
+    reuse_no_layer0.recompute_layer0 = false;
+    const auto a = run_request(model, r, views, reuse).logits;
+    const auto b = run_request(model, r, views, reuse_no_layer0).logits;
+    for (std::size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-3);
+    // One chunk holding the whole document, fused by full reuse, is the full prefill.
+    Request one = r;
+    one.chunks = {r.chunks[0]};
+    for (std::size_t c = 1; c < r.chunks.size(); ++c) one.chunks[0].insert(one.chunks[0].end(), r.chunks[c].begin(), r.chunks[c].end());
+    const ChunkKv whole = compute_chunk_kv(model, one.chunks[0]);
+    const std::vector<ChunkKvView> whole_view = {whole.view()};
+    const auto fused = run_request(model, one, whole_view, reuse).logits;
+    const auto exact = run_request(model, one, {}, full).logits;
+    for (std::size_t i = 0; i < fused.size(); ++i) ASSERT_NEAR(fused[i], exact[i], 1e-3);
+}
+
+}  // namespace
