@@ -89,7 +89,8 @@ class GgufWriter {
         for (std::size_t i = 0; i < tensors_.size(); ++i) {
             const std::size_t end = data_start + offsets[i] + tensors_[i].payload.size();
             if (out.size() < end) out.resize(end, 0);
-            std::memcpy(out.data() + data_start + offsets[i], tensors_[i].payload.data(), tensors_[i].payload.size());
+            if (!tensors_[i].payload.empty())
+                std::memcpy(out.data() + data_start + offsets[i], tensors_[i].payload.data(), tensors_[i].payload.size());
         }
         while (out.size() % 32) out.push_back(0);
         return out;
