@@ -60,18 +60,30 @@ void load_tile(const kvfuse_attention_args& a, std::size_t kv_head, std::size_t 
     }
 }
 
-// scores[0, kKeyTile) = scale * q . K_tile (vectors across keys).
+// scores[0, kKeyTile) = scale * q . K_tile (vectors across keys). Two sets of accumulators
+// (even and odd d) give twice as many independent FMA chains as the tile has vectors, enough to
+// cover the FMA latency on two pipes.
 void tile_scores(const float* q, const float* keys_t, std::size_t head_dim, float scale, float* scores) {
     constexpr std::size_t kVectors = kKeyTile / kLanes;
-    F32s acc[kVectors];
-    for (std::size_t v = 0; v < kVectors; ++v) acc[v] = F32s(0.0f);
-    for (std::size_t d = 0; d < head_dim; ++d) {
+    F32s even[kVectors], odd[kVectors];
+    for (std::size_t v = 0; v < kVectors; ++v) even[v] = odd[v] = F32s(0.0f);
+    std::size_t d = 0;
+    for (; d + 2 <= head_dim; d += 2) {
+        const F32s q0(q[d]), q1(q[d + 1]);
+        const float* row0 = keys_t + d * kKeyTile;
+        const float* row1 = row0 + kKeyTile;
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            even[v] = xsimd::fma(q0, F32s::load_aligned(row0 + v * kLanes), even[v]);
+            odd[v] = xsimd::fma(q1, F32s::load_aligned(row1 + v * kLanes), odd[v]);
+        }
+    }
+    if (d < head_dim) {
         const F32s qd(q[d]);
         const float* row = keys_t + d * kKeyTile;
-        for (std::size_t v = 0; v < kVectors; ++v) acc[v] = xsimd::fma(qd, F32s::load_aligned(row + v * kLanes), acc[v]);
+        for (std::size_t v = 0; v < kVectors; ++v) even[v] = xsimd::fma(qd, F32s::load_aligned(row + v * kLanes), even[v]);
     }
     const F32s s(scale);
-    for (std::size_t v = 0; v < kVectors; ++v) (acc[v] * s).store_aligned(scores + v * kLanes);
+    for (std::size_t v = 0; v < kVectors; ++v) ((even[v] + odd[v]) * s).store_aligned(scores + v * kLanes);
 }
 
 // out += sum_j p[j] * V[j] over `count` keys. Blocks of up to 8 vectors of the head dimension

@@ -1,0 +1,125 @@
+// Sparse-row attention: T = 4096 keys, n = 0.15 T selected rows at random distinct positions,
+// H = 32, Hkv = 8, D = 128, f32 and bf16 K/V, 1 and 2 threads, per ISA.
+//   GFLOP/s: 4 D FLOPs per visible (row, head, key), median over iterations;
+//   pct_peak: against the f32 FMA peak of that ISA and thread count measured in this run;
+//   x_reference: against the scalar reference (double, -O3), timed in the same run on the
+//   first 8 rows (its full call takes tens of seconds) and compared by GFLOP/s.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_support.h"
+#include "kvfuse/kvfuse.hpp"
+#include "roofline.h"
+
+namespace {
+
+constexpr std::size_t kTokens = 4096, kHeads = 32, kKvHeads = 8, kDim = 128;
+
+double peak(int isa, int threads) {
+    static std::map<std::pair<int, int>, double> cache;
+    auto key = std::make_pair(isa, threads);
+    if (!cache.count(key)) cache[key] = kvfuse::bench::measure_f32_fma_peak_gflops(isa, threads);
+    return cache[key];
+}
+
+template <class T>
+void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads) {
+    if (!kvfuse::bench::force_isa_or_skip(state, static_cast<int>(isa))) return;
+    omp_set_num_threads(threads);
+    std::mt19937 rng(3);
+    std::normal_distribution<float> normal;
+    const std::size_t rows = kTokens * 15 / 100;
+    std::vector<std::int64_t> positions(kTokens);
+    std::iota(positions.begin(), positions.end(), 0);
+    std::shuffle(positions.begin(), positions.end(), rng);
+    positions.resize(rows);
+    std::vector<float> q(rows * kHeads * kDim), out(q.size()), k32(kTokens * kKvHeads * kDim), v32(k32.size());
+    for (auto* v : {&q, &k32, &v32})
+        for (float& x : *v) x = normal(rng);
+    std::vector<T> k(k32.size()), v(v32.size());
+    if constexpr (std::is_same_v<T, float>) {
+        k = k32;
+        v = v32;
+    } else {
+        (void)kvfuse::to_bf16(k32.data(), k.data(), k.size());
+        (void)kvfuse::to_bf16(v32.data(), v.data(), v.size());
+    }
+    kvfuse::AttentionArgs args{};
+    args.queries = q.data();
+    args.rows = rows;
+    args.query_heads = kHeads;
+    args.head_dim = kDim;
+    args.query_row_stride = kHeads * kDim;
+    args.positions = positions.data();
+    args.keys = k.data();
+    args.values = v.data();
+    args.kv_dtype = std::is_same_v<T, float> ? KVFUSE_DTYPE_F32 : KVFUSE_DTYPE_BF16;
+    args.kv_tokens = kTokens;
+    args.kv_heads = kKvHeads;
+    args.kv_token_stride = kKvHeads * kDim;
+    args.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
+    args.out = out.data();
+    args.out_row_stride = kHeads * kDim;
+    auto flops_of = [&](std::size_t count) {
+        double visible = 0;
+        for (std::size_t r = 0; r < count; ++r) visible += static_cast<double>(positions[r] + 1);
+        return 4.0 * kDim * kHeads * visible;
+    };
+    std::vector<double> seconds;
+    for (auto _ : state) {
+        const auto start = std::chrono::steady_clock::now();
+        if (!kvfuse::sparse_attention(args).ok()) state.SkipWithError("attention failed");
+        seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        state.SetIterationTime(seconds.back());
+    }
+    const double gflops = flops_of(rows) / kvfuse::bench::median(seconds) / 1e9;
+    // The reference on the first 8 rows, once, in this run.
+    double reference_gflops = 0.0;
+    {
+        kvfuse::ScopedIsa scalar(kvfuse::Isa::scalar);
+        kvfuse::AttentionArgs few = args;
+        few.rows = 8;
+        const auto start = std::chrono::steady_clock::now();
+        (void)kvfuse::sparse_attention(few);
+        reference_gflops = flops_of(8) / std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 1e9;
+    }
+    (void)kvfuse::force_isa(isa);
+    state.counters["GFLOP/s"] = gflops;
+    state.counters["reference_GFLOP/s"] = reference_gflops;
+    state.counters["x_reference"] = gflops / reference_gflops;
+    const double p = peak(static_cast<int>(isa), threads);
+    if (p > 0) {
+        state.counters["peak_GFLOP/s"] = p;
+        state.counters["pct_peak"] = 100.0 * gflops / p;
+    }
+    kvfuse::reset_isa();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    for (kvfuse::Isa isa : kvfuse::supported_isas()) {
+        if (isa == kvfuse::Isa::scalar) continue;  // the reference is the baseline of every row
+        for (int threads : {1, 2})
+            for (bool bf16 : {false, true}) {
+                const std::string name = std::string("attention/") + kvfuse::isa_name(isa) + "/" + (bf16 ? "bf16" : "f32") +
+                                         "/T:4096/n:614/H:32/Hkv:8/D:128/threads:" + std::to_string(threads);
+                auto* b = bf16 ? benchmark::RegisterBenchmark(name.c_str(), attention_bench<kvfuse::bf16>, isa, threads)
+                               : benchmark::RegisterBenchmark(name.c_str(), attention_bench<float>, isa, threads);
+                b->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5);
+            }
+    }
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

@@ -1,0 +1,74 @@
+#include "roofline.h"
+
+#include <omp.h>
+
+#include <chrono>
+
+#include "kvfuse/kvfuse.hpp"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace kvfuse::bench {
+
+namespace {
+
+#if defined(__x86_64__)
+// 12 independent chains hide the FMA latency (4 cycles) on two pipes; `iterations` rounds.
+__attribute__((target("avx2,fma"))) float fma_avx2(long iterations) {
+    __m256 acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i) * 1e-3f);
+    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (long it = 0; it < iterations; ++it)
+        for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+    __m256 sum = acc[0];
+    for (int i = 1; i < 12; ++i) sum = _mm256_add_ps(sum, acc[i]);
+    float out[8];
+    _mm256_storeu_ps(out, sum);
+    return out[0];
+}
+
+__attribute__((target("avx512f"))) float fma_avx512(long iterations) {
+    __m512 acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i) * 1e-3f);
+    const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+    for (long it = 0; it < iterations; ++it)
+        for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+    __m512 sum = acc[0];
+    for (int i = 1; i < 12; ++i) sum = _mm512_add_ps(sum, acc[i]);
+    return _mm512_reduce_add_ps(sum);
+}
+#endif
+
+}  // namespace
+
+double measure_f32_fma_peak_gflops(int isa, int threads) {
+#if defined(__x86_64__)
+    if (!kvfuse::isa_supported(static_cast<kvfuse::Isa>(isa)) || (isa != 1 && isa != 2)) return 0.0;
+    const long iterations = 4'000'000;
+    const int lanes = isa == 2 ? 16 : 8;
+    double best = 0.0;
+    for (int attempt = 0; attempt < 5; ++attempt) {
+        volatile float sink = 0.0f;
+        const auto start = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(threads)
+        {
+            const float r = isa == 2 ? fma_avx512(iterations) : fma_avx2(iterations);
+#pragma omp atomic
+            sink += r;
+        }
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const double flops = 2.0 * lanes * 12.0 * static_cast<double>(iterations) * threads;
+        best = std::max(best, flops / seconds / 1e9);
+        (void)sink;
+    }
+    return best;
+#else
+    (void)isa;
+    (void)threads;
+    return 0.0;
+#endif
+}
+
+}  // namespace kvfuse::bench
