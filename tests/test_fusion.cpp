@@ -70,7 +70,7 @@ TEST_P(FusionIdentity, EveryRowSelectedEqualsFullPrefill) {
     const Request r = make_request({9, 14, 7}, 5, 1);
     const auto stored = stored_chunks(model, r);
     const FusionRun full = run(model, r, {}, Method::full);
-    for (Method m : {Method::a3, Method::cacheblend, Method::random}) {
+    for (Method m : {Method::a3, Method::cacheblend, Method::random, Method::a3_layers}) {
         const FusionRun fused = run(model, r, views(stored), m, 1.0);
         EXPECT_EQ(fused.logits, full.logits) << method_name(m);
         EXPECT_DOUBLE_EQ(fused.recompute_fraction, 1.0) << method_name(m);
@@ -95,7 +95,7 @@ TEST_P(FusionIdentity, FullPrefillKvAsStoredCachesEqualsFullPrefillForAnyRows) {
         exact.push_back(view);
         offset += c.size();
     }
-    for (Method m : {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random})
+    for (Method m : {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random, Method::a3_layers})
         for (double ratio : {0.1, 0.3}) {
             const FusionRun fused = run(model, r, exact, m, ratio);
             EXPECT_LT(max_abs_diff(fused.logits, full.logits), 1e-4) << method_name(m) << " " << ratio;
@@ -157,6 +157,13 @@ TEST_P(FusionIdentity, RowAccounting) {
             EXPECT_LT(row, static_cast<std::int64_t>(T - 5));
         }
     }
+    // a3-layers: the set only grows; late joiners are counted in the layers they ran through.
+    const FusionRun layered = run(model, r, views(stored), Method::a3_layers, 0.2);
+    EXPECT_GE(layered.selected.size(), static_cast<std::size_t>(std::floor(0.2 * (T - 5))));
+    EXPECT_EQ(layered.rows_per_layer[0], T);
+    for (std::size_t l = 2; l < layered.rows_per_layer.size(); ++l)
+        EXPECT_GE(layered.rows_per_layer[l], layered.rows_per_layer[l - 1]);
+    EXPECT_EQ(layered.rows_per_layer.back(), layered.selected.size() + 6);
     const FusionRun epic = run(model, r, views(stored), Method::epic);
     EXPECT_EQ(epic.selected.size(), 30u);  // 3 chunks of 10 < 16 tokens each: all of them
 }

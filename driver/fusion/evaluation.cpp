@@ -15,7 +15,9 @@ namespace kvfuse::fusion {
 
 namespace {
 
-bool uses_ratio(Method m) { return m == Method::cacheblend || m == Method::a3 || m == Method::random; }
+bool uses_ratio(Method m) {
+    return m == Method::cacheblend || m == Method::a3 || m == Method::a3_layers || m == Method::random;
+}
 
 // ||KV_a - KV_b|| / ||KV_b|| of one layer, K and V together.
 double kv_deviation(const KvCache& fused, const KvCache& full, std::size_t layer, std::size_t tokens) {
@@ -151,6 +153,7 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
     }
     // Paired differences on the same requests at equal ratio.
     const std::pair<const char*, const char*> pairs[] = {{"a3", "cacheblend"}, {"a3", "random"}, {"cacheblend", "random"},
+                                                         {"a3-layers", "a3"}, {"a3-layers", "random"},
                                                          {"a3", "reuse"}, {"cacheblend", "reuse"}, {"random", "reuse"},
                                                          {"epic", "reuse"}};
     for (double ratio : options.ratios)

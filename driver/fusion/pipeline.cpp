@@ -71,10 +71,11 @@ void gather(const float* src, std::size_t width, const std::vector<std::int64_t>
 }  // namespace
 
 Method parse_method(std::string_view name) {
-    for (Method m : {Method::full, Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random})
+    for (Method m : {Method::full, Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random,
+                     Method::a3_layers})
         if (name == method_name(m)) return m;
     throw std::invalid_argument("unknown method '" + std::string(name) +
-                                "' (use full, reuse, epic, cacheblend, a3 or random)");
+                                "' (use full, reuse, epic, cacheblend, a3, a3-layers or random)");
 }
 
 const char* method_name(Method method) {
@@ -85,6 +86,7 @@ const char* method_name(Method method) {
         case Method::cacheblend: return "cacheblend";
         case Method::a3: return "a3";
         case Method::random: return "random";
+        case Method::a3_layers: return "a3-layers";
     }
     return "unknown";
 }
@@ -233,7 +235,8 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     std::vector<std::int64_t> all_rows(T);
     std::iota(all_rows.begin(), all_rows.end(), 0);
 
-    const bool dynamic = o.method == Method::cacheblend || o.method == Method::a3;
+    const bool per_layer = o.method == Method::a3_layers;
+    const bool dynamic = o.method == Method::cacheblend || o.method == Method::a3 || per_layer;
     // Layers that every row goes through: all for full prefill, up to the check layer for the
     // methods that select there, layer 0 for the static ones (unless told not to).
     const int full_layers = full ? L : dynamic ? o.check_layer : (o.recompute_layer0 ? 1 : 0);
@@ -244,6 +247,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     model.embed(tokens, hidden.data());
     std::vector<std::int64_t> rows = all_rows;
     std::vector<float> q, k, v, attention;
+    std::vector<float> check_hidden;  // a3-layers: every row's input of the check layer
 
     for (int l = 0; l < L; ++l) {
         auto t_layer = Clock::now();
@@ -271,6 +275,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                 } else {
                     score = a3_relevance(s, q.data() + (T - M) * s.q_row(), M, k.data(), P, T, o.a3_smoothing);
                 }
+                if (per_layer) check_hidden = hidden;  // exact inputs of the check layer, for late joiners
                 for (std::int64_t idx : top_k(score, k_select)) chosen.push_back(idx + static_cast<std::int64_t>(P));
                 run.times.selection += ms_since(t_select);
             } else if (o.method == Method::epic) {
@@ -321,9 +326,57 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
             std::memcpy(run.cache.k_row(l, static_cast<std::size_t>(rows[i])), k.data() + i * s.kv_row(), kv_bytes);
             std::memcpy(run.cache.v_row(l, static_cast<std::size_t>(rows[i])), v.data() + i * s.kv_row(), kv_bytes);
         }
-        attention.resize(n * s.q_row());
+        if (per_layer && l > full_layers) {
+            const auto t_select = Clock::now();
+            // This layer's question queries against this layer's fused keys.
+            const std::vector<float> score = a3_relevance(s, q.data() + (n - M) * s.q_row(), M,
+                                                          run.cache.k[static_cast<std::size_t>(l)].data(), P, T, o.a3_smoothing);
+            std::vector<std::int64_t> joining;
+            for (std::int64_t idx : top_k(score, k_select)) {
+                const std::int64_t row = idx + static_cast<std::int64_t>(P);
+                if (!std::binary_search(rows.begin(), rows.end(), row)) joining.push_back(row);
+            }
+            run.times.selection += ms_since(t_select);
+            if (!joining.empty()) {
+                // Late joiners run from the check layer's exact input through the layers they
+                // missed; their fresh K/V also replace the stored rows of those layers.
+                const std::size_t j = joining.size();
+                std::vector<float> h(j * static_cast<std::size_t>(s.dim)), jq(j * s.q_row()), jk(j * s.kv_row()),
+                    jv(j * s.kv_row()), ja(j * s.q_row());
+                gather(check_hidden.data(), static_cast<std::size_t>(s.dim), joining, h.data());
+                for (int m = full_layers; m <= l; ++m) {
+                    model.project_qkv(m, h.data(), j, joining.data(), jq.data(), jk.data(), jv.data());
+                    for (std::size_t i = 0; i < j; ++i) {
+                        std::memcpy(run.cache.k_row(m, static_cast<std::size_t>(joining[i])), jk.data() + i * s.kv_row(), kv_bytes);
+                        std::memcpy(run.cache.v_row(m, static_cast<std::size_t>(joining[i])), jv.data() + i * s.kv_row(), kv_bytes);
+                    }
+                    if (m == l) break;  // at this layer they join the others below
+                    attend(s, jq.data(), joining, run.cache, m, ja.data());
+                    model.finish_layer(m, ja.data(), j, h.data());
+                    run.rows_per_layer[static_cast<std::size_t>(m)] += j;
+                }
+                // Merge the joiners (hidden, q) into the sorted row set.
+                std::vector<std::int64_t> merged = sorted_union(rows, joining);
+                std::vector<float> mh(merged.size() * static_cast<std::size_t>(s.dim)), mq(merged.size() * s.q_row());
+                for (std::size_t i = 0, a = 0, b = 0; i < merged.size(); ++i) {
+                    const bool from_rows = a < rows.size() && rows[a] == merged[i];
+                    const float* hs = from_rows ? hidden.data() + a * s.dim : h.data() + b * s.dim;
+                    const float* qs = from_rows ? q.data() + a * s.q_row() : jq.data() + b * s.q_row();
+                    std::memcpy(mh.data() + i * s.dim, hs, s.dim * sizeof(float));
+                    std::memcpy(mq.data() + i * s.q_row(), qs, s.q_row() * sizeof(float));
+                    (from_rows ? a : b) += 1;
+                }
+                rows.swap(merged);
+                hidden.swap(mh);
+                q.swap(mq);
+                run.selected = sorted_union(run.selected, joining);
+                run.rows_per_layer.back() = rows.size();
+            }
+        }
+        const std::size_t n_now = rows.size();
+        attention.resize(n_now * s.q_row());
         attend(s, q.data(), rows, run.cache, l, attention.data());
-        model.finish_layer(l, attention.data(), n, hidden.data());
+        model.finish_layer(l, attention.data(), n_now, hidden.data());
         (l < full_layers ? run.times.full_layers : run.times.recompute) += ms_since(t_layer);
     }
     (void)t_start;

@@ -13,9 +13,13 @@
 
 namespace kvfuse::fusion {
 
-enum class Method { full, reuse, epic, cacheblend, a3, random };
+// a3_layers: A3 at the check layer, then at every later layer the question's fresh queries
+// score that layer's fused keys and the top rows join the recomputed set; a joining row is
+// first run through the layers it missed (from the check layer on), and that cost is counted.
+enum class Method { full, reuse, epic, cacheblend, a3, random, a3_layers };
 
-// "full", "reuse", "epic", "cacheblend", "a3", "random"; throws std::invalid_argument otherwise.
+// "full", "reuse", "epic", "cacheblend", "a3", "random", "a3-layers"; throws std::invalid_argument
+// otherwise.
 Method parse_method(std::string_view name);
 const char* method_name(Method method);
 
