@@ -73,3 +73,19 @@ TEST(Metrics, MeanStandardErrorAndPairedDifference) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Metrics, RowAgreementOfLogitMatrices) {
+    using namespace kvfuse::fusion;
+    // Two rows of vocab 2: the first identical, the second with the other argmax.
+    const std::vector<float> reference = {1.0f, 0.0f, 0.0f, 2.0f};
+    const std::vector<float> other = {1.0f, 0.0f, 2.0f, 0.0f};
+    const LogitAgreement a = compare_logit_rows(reference, other, 2);
+    EXPECT_DOUBLE_EQ(a.top1, 0.5);
+    EXPECT_NEAR(a.mean_kl, 0.5 * kl_divergence(std::vector<float>{0.0f, 2.0f}, std::vector<float>{2.0f, 0.0f}), 1e-12);
+    EXPECT_EQ(argmax_row(reference, 1, 2), 1);
+    EXPECT_THROW(compare_logit_rows(reference, std::vector<float>{1.0f}, 2), std::invalid_argument);
+}
+
+}  // namespace

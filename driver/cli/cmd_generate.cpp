@@ -42,7 +42,7 @@ int run(const GenerateOptions& o) {
     FusionRun run = run_request(model, request, {}, full);
     const auto t1 = std::chrono::steady_clock::now();
     const std::size_t vocab = static_cast<std::size_t>(model.shape().vocab), m = request.question.size();
-    const auto first = static_cast<std::int32_t>(argmax(std::span<const float>(run.logits).subspan((m - 1) * vocab, vocab)));
+    const auto first = argmax_row(run.logits, m - 1, vocab);
     const auto generated = greedy_decode(model, run.cache, first, o.tokens);
     const auto t2 = std::chrono::steady_clock::now();
     const double prefill_s = std::chrono::duration<double>(t1 - t0).count();

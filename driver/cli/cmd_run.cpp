@@ -127,7 +127,7 @@ int run(RunOptions& o) {
         full_times.push_back(full.times.total());
     }
     const double full_ms = median(full_times);
-    const auto first_full = static_cast<std::int32_t>(argmax(std::span<const float>(full.logits).subspan((M - 1) * vocab, vocab)));
+    const auto first_full = argmax_row(full.logits, M - 1, vocab);
     KvCache full_decode = full.cache;
     const auto full_tokens = greedy_decode(model, full_decode, first_full, o.tokens);
     std::printf("\nfull prefill answer: %s\n", loaded.detokenize(full_tokens).c_str());
@@ -144,36 +144,22 @@ int run(RunOptions& o) {
         StageTimes stages;
         for (int r = 0; r < o.repeats; ++r) {
             // Reading the stored caches is part of the time to first token.
-            std::vector<ChunkSource::Held> held;
-            std::vector<ChunkKvView> views;
-            double load_ms = 0.0;
-            for (const auto& chunk : request.chunks) {
-                double ms = 0.0;
-                held.push_back(source.get(chunk, &ms));
-                views.push_back(held.back().view);
-                load_ms += ms;
-            }
-            fused = run_request(model, request, views, options);
-            fused.times.kv_load += load_ms;
+            const ChunkSource::Loaded chunks = source.get_all(request);
+            fused = run_request(model, request, chunks.views, options);
+            fused.times.kv_load += chunks.load_ms;
             times.push_back(fused.times.total());
             if (times.back() == median(times)) stages = fused.times;
         }
         const double ms = median(times);
-        double kl = 0.0, agree = 0.0;
-        for (std::size_t r = 0; r < M; ++r) {
-            const auto a = std::span<const float>(full.logits).subspan(r * vocab, vocab);
-            const auto b = std::span<const float>(fused.logits).subspan(r * vocab, vocab);
-            kl += kl_divergence(a, b);
-            agree += argmax(a) == argmax(b);
-        }
-        const auto first = static_cast<std::int32_t>(argmax(std::span<const float>(fused.logits).subspan((M - 1) * vocab, vocab)));
+        const LogitAgreement agreement = compare_logit_rows(full.logits, fused.logits, vocab);
+        const auto first = argmax_row(fused.logits, M - 1, vocab);
         const auto tokens = greedy_decode(model, fused.cache, first, o.tokens);
         const bool ratio_matters = method == Method::cacheblend || method == Method::a3 || method == Method::a3_layers ||
                                    method == Method::random;
         std::printf("%-11s %6s %9.3f %10.3f %8.2fx %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.4f %8.3f %4zu/%-4zu\n",
                     method_name(method), ratio_matters ? std::to_string(o.fusion.ratio).substr(0, 4).c_str() : "-",
                     fused.recompute_fraction, ms, full_ms / ms, stages.kv_load, stages.rerotate, stages.full_layers,
-                    stages.selection, stages.recompute, stages.logits, kl / M, agree / M,
+                    stages.selection, stages.recompute, stages.logits, agreement.mean_kl, agreement.top1,
                     matching_prefix(tokens, full_tokens), full_tokens.size());
         answers.emplace_back(method_name(method), loaded.detokenize(tokens));
     }

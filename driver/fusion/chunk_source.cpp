@@ -83,6 +83,17 @@ ChunkSource::Held ChunkSource::get(std::span<const std::int32_t> tokens, double*
     return compute_and_store(tokens);
 }
 
+ChunkSource::Loaded ChunkSource::get_all(const Request& request) {
+    Loaded out;
+    for (const auto& chunk : request.chunks) {
+        double ms = 0.0;
+        out.held.push_back(get(chunk, &ms));
+        out.views.push_back(out.held.back().view);
+        out.load_ms += ms;
+    }
+    return out;
+}
+
 std::size_t ChunkSource::precompute(std::span<const Request> requests) {
     std::size_t computed = 0;
     for (const Request& r : requests)

@@ -29,6 +29,14 @@ class ChunkSource {
     // computed); a computed chunk is put into the store for next time.
     Held get(std::span<const std::int32_t> tokens, double* load_ms = nullptr);
 
+    // Every chunk of a request, in order, with the total time spent reading them from the store.
+    struct Loaded {
+        std::vector<Held> held;
+        std::vector<ChunkKvView> views;
+        double load_ms = 0.0;
+    };
+    Loaded get_all(const Request& request);
+
     // Computes and stores every chunk of the requests that the store does not hold yet (the
     // "precompute" step, kept out of TTFT). Returns how many were computed.
     std::size_t precompute(std::span<const Request> requests);

@@ -65,21 +65,13 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
         full_options.method = Method::full;
         FusionRun full = run_request(model, request, {}, full_options);
         full_ttft.push_back(full.times.total());
-        const auto full_first = static_cast<std::int32_t>(argmax(std::span<const float>(full.logits).subspan((M - 1) * vocab, vocab)));
+        const auto full_first = argmax_row(full.logits, M - 1, vocab);
         const KvCache full_cache = full.cache;
         KvCache decode_cache = full.cache;
         const auto full_continuation = greedy_decode(model, decode_cache, full_first, options.decode_tokens);
 
         // Caches are precomputed: reading them back is part of TTFT, computing them is not.
-        std::vector<ChunkSource::Held> held;
-        std::vector<ChunkKvView> views;
-        double load_ms = 0.0;
-        for (const auto& chunk : request.chunks) {
-            double ms = 0.0;
-            held.push_back(chunks.get(chunk, &ms));
-            views.push_back(held.back().view);
-            load_ms += ms;
-        }
+        const ChunkSource::Loaded loaded_chunks = chunks.get_all(request);
         for (Method method : options.methods) {
             if (method == Method::full) continue;
             const std::vector<double> ratios = uses_ratio(method) ? options.ratios : std::vector<double>{options.ratios.front()};
@@ -87,28 +79,22 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
                 FusionOptions o = options.base;
                 o.method = method;
                 o.ratio = ratio;
-                FusionRun run = run_request(model, request, views, o);
+                FusionRun run = run_request(model, request, loaded_chunks.views, o);
                 Measurement m;
                 m.request_id = request.id;
                 m.method = method_name(method);
                 m.ratio = uses_ratio(method) ? ratio : 0.0;
                 m.times = run.times;
-                m.times.kv_load += load_ms;
+                m.times.kv_load += loaded_chunks.load_ms;
                 m.ttft_ms = m.times.total();
                 m.recompute = run.recompute_fraction;
-                double kl = 0.0, agree = 0.0;
-                for (std::size_t r = 0; r < M; ++r) {
-                    const auto a = std::span<const float>(full.logits).subspan(r * vocab, vocab);
-                    const auto b = std::span<const float>(run.logits).subspan(r * vocab, vocab);
-                    kl += kl_divergence(a, b);
-                    agree += argmax(a) == argmax(b) ? 1.0 : 0.0;
-                }
-                m.kl = kl / M;
-                m.top1 = agree / M;
+                const LogitAgreement agreement = compare_logit_rows(full.logits, run.logits, vocab);
+                m.kl = agreement.mean_kl;
+                m.top1 = agreement.top1;
                 double deviation = 0.0;
                 for (int l = 0; l < s.layers; ++l) deviation += kv_deviation(run.cache, full_cache, static_cast<std::size_t>(l), full_cache.tokens);
                 m.kv_deviation = deviation / s.layers;
-                const auto first = static_cast<std::int32_t>(argmax(std::span<const float>(run.logits).subspan((M - 1) * vocab, vocab)));
+                const auto first = argmax_row(run.logits, M - 1, vocab);
                 const auto continuation = greedy_decode(model, run.cache, first, options.decode_tokens);
                 m.greedy = static_cast<double>(matching_prefix(continuation, full_continuation));
                 if (!request.answers.empty()) {

@@ -53,6 +53,25 @@ std::size_t argmax(std::span<const float> logits) {
     return best;
 }
 
+std::int32_t argmax_row(std::span<const float> logits, std::size_t row, std::size_t vocab) {
+    return static_cast<std::int32_t>(argmax(logits.subspan(row * vocab, vocab)));
+}
+
+LogitAgreement compare_logit_rows(std::span<const float> reference, std::span<const float> other, std::size_t vocab) {
+    if (vocab == 0 || reference.size() != other.size() || reference.size() % vocab != 0 || reference.empty())
+        throw std::invalid_argument("compare_logit_rows: matrices must be non-empty, equal and whole rows");
+    const std::size_t rows = reference.size() / vocab;
+    LogitAgreement out;
+    for (std::size_t r = 0; r < rows; ++r) {
+        const auto a = reference.subspan(r * vocab, vocab), b = other.subspan(r * vocab, vocab);
+        out.mean_kl += kl_divergence(a, b);
+        out.top1 += argmax(a) == argmax(b) ? 1.0 : 0.0;
+    }
+    out.mean_kl /= static_cast<double>(rows);
+    out.top1 /= static_cast<double>(rows);
+    return out;
+}
+
 std::size_t matching_prefix(std::span<const std::int32_t> a, std::span<const std::int32_t> b) {
     std::size_t n = 0;
     while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;

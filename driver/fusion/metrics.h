@@ -18,6 +18,17 @@ double kl_divergence(std::span<const float> p_logits, std::span<const float> q_l
 // Index of the largest logit, the lower index on ties (what greedy decoding picks).
 std::size_t argmax(std::span<const float> logits);
 
+// Index of the largest logit of row `row` of a [rows x vocab] matrix.
+std::int32_t argmax_row(std::span<const float> logits, std::size_t row, std::size_t vocab);
+
+// Row by row agreement of two [rows x vocab] logit matrices of equal size: mean over rows of
+// KL(reference || other), and the fraction of rows whose argmax agrees.
+struct LogitAgreement {
+    double mean_kl = 0.0;
+    double top1 = 0.0;
+};
+LogitAgreement compare_logit_rows(std::span<const float> reference, std::span<const float> other, std::size_t vocab);
+
 // Tokens equal from the start until the first mismatch (or the shorter length).
 std::size_t matching_prefix(std::span<const std::int32_t> a, std::span<const std::int32_t> b);
 
