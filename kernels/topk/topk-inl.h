@@ -41,7 +41,7 @@ inline bool ranks_before(float a, std::uint32_t ia, float b, std::uint32_t ib) {
 struct Candidates {
     std::vector<float> values;
     std::vector<std::uint32_t> indices;
-    std::vector<std::pair<float, std::uint32_t>> middle;
+    std::vector<std::uint64_t> middle;
     std::vector<std::int64_t> chosen;
     std::vector<float> sample;
     std::size_t count = 0;
@@ -93,6 +93,18 @@ void filter(const float* x, std::size_t n, float lo, float hi, Candidates& c) {
     }
 }
 
+// One 64-bit key per (number, index) that orders exactly like ranks_before: the float's bits
+// made monotonic as unsigned (with -0 folded into +0, which compare equal) above the
+// complemented index (lower index = larger key). Plain integer comparisons then replace the
+// two-level comparator in the exact selection.
+inline std::uint64_t rank_key(float value, std::uint32_t index) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    bits = value == 0.0f ? 0u : bits;
+    const std::uint32_t ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+    return (static_cast<std::uint64_t>(ordered) << 32) | static_cast<std::uint32_t>(~index);
+}
+
 // The value at descending rank `rank` of the non-NaN samples (clamped).
 float sample_rank(std::vector<float>& sample, std::size_t rank) {
     rank = std::min(rank, sample.size() - 1);
@@ -132,38 +144,35 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
     const std::size_t need = k - std::min(k, c.above_hi);
     // Candidates are numbers (the filter drops NaN), so plain comparisons rank them; the passes
     // below are branch-free because which side a candidate falls on is unpredictable.
-    std::vector<std::pair<float, std::uint32_t>>& middle = c.middle;
+    std::vector<std::uint64_t>& middle = c.middle;
     middle.resize(c.count);
     std::size_t middle_count = 0;
     for (std::size_t i = 0; i < c.count; ++i) {
-        middle[middle_count] = {c.values[i], c.indices[i]};
+        middle[middle_count] = rank_key(c.values[i], c.indices[i]);
         middle_count += !(c.values[i] > hi);
     }
     std::size_t taken = 0;
     std::size_t nan_needed = 0;
-    float boundary_value = hi;
-    std::uint32_t boundary_index = std::numeric_limits<std::uint32_t>::max();
+    // Selected: above hi, or a middle key at least the boundary key. need == 0 takes none of
+    // the middle (the boundary stays above every key).
+    std::uint64_t boundary = ~std::uint64_t{0};
+    bool take_all_middle = false;
     if (need > 0 && need <= middle_count) {
         auto nth = middle.begin() + static_cast<std::ptrdiff_t>(need - 1);
-        std::nth_element(middle.begin(), nth, middle.begin() + static_cast<std::ptrdiff_t>(middle_count),
-                         [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-        boundary_value = nth->first;
-        boundary_index = nth->second;
+        std::nth_element(middle.begin(), nth, middle.begin() + static_cast<std::ptrdiff_t>(middle_count), std::greater<>());
+        boundary = *nth;
     } else if (need > middle_count) {
         // Fewer numbers than k (only after the full-range retry): every number, then NaNs.
-        boundary_value = -std::numeric_limits<float>::infinity();
+        take_all_middle = true;
         nan_needed = need - middle_count;
     }
-    // Selected: above hi, or at least as good as the boundary (need == 0 selects none of the
-    // middle: the boundary stays (hi, max index) and nothing in the middle is above hi).
-    const bool take_middle = need > 0;
     c.chosen.resize(c.count + 1);  // written one past the last chosen index, never read there
     std::int64_t* chosen = c.chosen.data();
     for (std::size_t i = 0; i < c.count; ++i) {
         const float v = c.values[i];
         const std::uint32_t index = c.indices[i];
         chosen[taken] = index;
-        taken += v > hi || (take_middle && (v > boundary_value || (v == boundary_value && index <= boundary_index)));
+        taken += v > hi || take_all_middle || rank_key(v, index) >= boundary;
     }
     taken = std::min(taken, k);
     std::copy(chosen, chosen + taken, out);
