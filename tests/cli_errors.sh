@@ -42,5 +42,17 @@ expect_error "unknown --kind" "$kvfuse" eval --data "$scratch/chunk.txt" --kind 
 expect_error "not valid JSON" "$kvfuse" eval --data "$scratch/chunk.txt" --kind musique --no-store
 expect_error "fewer tokens" "$kvfuse" perplexity --file "$scratch/chunk.txt" --ctx 100
 expect_error "KVFUSE_ISA" env KVFUSE_ISA=sse9 "$kvfuse" info
-echo "$((18 - failures)) passed, $failures failed"
+echo "1 2 x 4" > "$scratch/ids_bad.txt"
+echo "403 407 261 378 9999" > "$scratch/ids_range.txt"
+expect_error "is not a token id" "$kvfuse" run --pretokenized --chunk "$scratch/ids_bad.txt" --question "5" --no-store
+expect_error "outside the vocabulary" "$kvfuse" run --pretokenized --chunk "$scratch/ids_range.txt" --question "5" --no-store
+expect_error "outside the vocabulary" "$kvfuse" generate --ids 1,2,600
+# Pre-tokenized input runs a request end to end.
+echo "403,407,261,378" > "$scratch/ids_ok.txt"
+if out=$("$kvfuse" run --pretokenized --chunk "$scratch/ids_ok.txt" --question "261 378" --method a3 --no-store --repeat 1 2>&1); then
+    echo "ok: pre-tokenized run"
+else
+    echo "FAIL: pre-tokenized run: $out"; failures=$((failures + 1))
+fi
+echo "$((22 - failures)) passed, $failures failed"
 [[ $failures -eq 0 ]]

@@ -157,3 +157,51 @@ TEST(Gguf, OpenReportsFileProblems) {
 }
 
 }  // namespace
+
+namespace {
+
+// A two-layer qwen2 model whose weights are all zero but its Q/K/V biases: the projections of
+// any token at position 0 (where RoPE is the identity) are exactly the biases, and RoPE is NeoX.
+TEST(Gguf, Qwen2BiasesAreApplied) {
+    GgufWriter w;
+    w.add_string("general.architecture", "qwen2");
+    w.add_u32("qwen2.block_count", 1);
+    w.add_u32("qwen2.embedding_length", 4);
+    w.add_u32("qwen2.attention.head_count", 2);
+    w.add_u32("qwen2.attention.head_count_kv", 1);
+    w.add_u32("qwen2.context_length", 16);
+    w.add_u32("qwen2.feed_forward_length", 8);
+    w.add_string("tokenizer.ggml.model", "llama");
+    w.add_strings("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "a"});
+    w.add_f32s("tokenizer.ggml.scores", {0, 0, 0, 0});
+    w.add_i32s("tokenizer.ggml.token_type", {2, 3, 3, 1});
+    auto zeros = [](std::size_t n) { return f32_bytes(std::vector<float>(n, 0.0f)); };
+    w.add_tensor("token_embd.weight", {4, 4}, 0, f32_bytes(std::vector<float>(16, 1.0f)));
+    w.add_tensor("output_norm.weight", {4}, 0, f32_bytes(std::vector<float>(4, 1.0f)));
+    w.add_tensor("blk.0.attn_norm.weight", {4}, 0, f32_bytes(std::vector<float>(4, 1.0f)));
+    w.add_tensor("blk.0.attn_q.weight", {4, 4}, 0, zeros(16));
+    w.add_tensor("blk.0.attn_k.weight", {4, 2}, 0, zeros(8));
+    w.add_tensor("blk.0.attn_v.weight", {4, 2}, 0, zeros(8));
+    w.add_tensor("blk.0.attn_q.bias", {4}, 0, f32_bytes({1, 2, 3, 4}));
+    w.add_tensor("blk.0.attn_k.bias", {2}, 0, f32_bytes({5, 6}));
+    w.add_tensor("blk.0.attn_v.bias", {2}, 0, f32_bytes({7, 8}));
+    w.add_tensor("blk.0.attn_output.weight", {4, 4}, 0, zeros(16));
+    w.add_tensor("blk.0.ffn_norm.weight", {4}, 0, f32_bytes(std::vector<float>(4, 1.0f)));
+    w.add_tensor("blk.0.ffn_gate.weight", {4, 8}, 0, zeros(32));
+    w.add_tensor("blk.0.ffn_up.weight", {4, 8}, 0, zeros(32));
+    w.add_tensor("blk.0.ffn_down.weight", {8, 4}, 0, zeros(32));
+    const auto bytes = w.bytes();
+    const kvfuse::model::LlamaModel model(GgufFile::parse(bytes, "qwen2.gguf"));
+    EXPECT_EQ(model.shape().rope.pairing, kvfuse::RopePairing::neox);
+    std::vector<float> hidden(4);
+    const std::int32_t token = 3;
+    model.embed(std::span<const std::int32_t>(&token, 1), hidden.data());
+    std::vector<float> q(4), k(2), v(2);
+    const std::int64_t position = 0;
+    model.project_qkv(0, hidden.data(), 1, &position, q.data(), k.data(), v.data());
+    EXPECT_EQ(q, (std::vector<float>{1, 2, 3, 4}));
+    EXPECT_EQ(k, (std::vector<float>{5, 6}));
+    EXPECT_EQ(v, (std::vector<float>{7, 8}));
+}
+
+}  // namespace

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "cli/commands.h"
+#include "cli/fusion_common.h"
 #include "fusion/loaded_model.h"
 #include "fusion/pipeline.h"
 
@@ -20,6 +21,7 @@ struct PerplexityOptions {
     std::string model, file;
     std::size_t ctx = 256;
     std::size_t max_windows = 0;  // 0 = all
+    bool pretokenized = false;
 };
 
 int run(const PerplexityOptions& o) {
@@ -33,7 +35,7 @@ int run(const PerplexityOptions& o) {
     const FusionModel& model = *loaded.model;
     if (model.shape().context > 0 && o.ctx + 1 > static_cast<std::size_t>(model.shape().context))
         throw std::invalid_argument("--ctx must leave room for BOS within the context of " + std::to_string(model.shape().context));
-    const TokenIds ids = loaded.tokenize(text.str());
+    const TokenIds ids = o.pretokenized ? parse_token_ids(text.str(), model.shape().vocab, o.file) : loaded.tokenize(text.str());
     if (ids.size() < o.ctx) throw std::invalid_argument(o.file + ": fewer tokens (" + std::to_string(ids.size()) + ") than --ctx");
     const std::size_t vocab = static_cast<std::size_t>(model.shape().vocab);
     double nll = 0.0;
@@ -73,6 +75,7 @@ void add_perplexity_command(CLI::App& app) {
     cmd->add_option("--file", o->file, "text file")->required();
     cmd->add_option("--ctx", o->ctx, "tokens per window")->check(CLI::Range(2, 1 << 20));
     cmd->add_option("--max-windows", o->max_windows, "stop after this many windows (0: all)");
+    cmd->add_flag("--pretokenized", o->pretokenized, "the file holds token ids (comma or space separated)");
     cmd->callback([o] { g_exit_status = run(*o); });
 }
 

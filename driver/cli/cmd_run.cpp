@@ -29,6 +29,7 @@ struct RunOptions {
     std::size_t tokens = 24;
     int repeats = 5;
     bool demo = false;
+    bool pretokenized = false;
 };
 
 std::string read_file(const std::string& path) {
@@ -93,13 +94,14 @@ int run(RunOptions& o) {
         request.id = "user";
         request.kind = "user";
         request.prefix = {model.bos()};
+        const int vocab = model.shape().vocab;
         for (const auto& file : o.chunk_files) {
             const std::string text = read_file(file);
-            TokenIds ids = loaded.tokenize(text);
+            TokenIds ids = o.pretokenized ? parse_token_ids(text, vocab, file) : loaded.tokenize(text);
             if (ids.empty()) throw std::invalid_argument(file + ": the chunk is empty");
             request.chunks.push_back(std::move(ids));
         }
-        request.question = loaded.tokenize(o.question);
+        request.question = o.pretokenized ? parse_token_ids(o.question, vocab, "--question") : loaded.tokenize(o.question);
         if (request.question.empty()) throw std::invalid_argument("the question has no tokens");
     }
     const std::size_t T = request.total_tokens(), M = request.question.size();
@@ -184,6 +186,7 @@ void add_run_command(CLI::App& app) {
     cmd->add_option("-n,--tokens", o->tokens, "tokens to generate")->check(CLI::Range(1, 4096));
     cmd->add_option("--repeat", o->repeats, "timed runs per method (median reported)")->check(CLI::Range(1, 1000));
     cmd->add_flag("--demo", o->demo, "built-in example on the bundled model, every method");
+    cmd->add_flag("--pretokenized", o->pretokenized, "chunk files and --question hold token ids (comma or space separated)");
     cmd->callback([o] {
         if (!(o->fusion.ratio > 0.0)) throw std::invalid_argument("--ratio must be in (0, 1]");
         g_exit_status = run(*o);

@@ -1,5 +1,6 @@
 #include "cli/fusion_common.h"
 
+#include <cctype>
 #include <stdexcept>
 
 #include "store/chunk_store.h"
@@ -25,6 +26,34 @@ kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& o, kvfus
     f.a3_smoothing = !o.no_smoothing;
     f.seed = o.seed;
     return f;
+}
+
+std::vector<std::int32_t> parse_token_ids(const std::string& text, int vocab, const std::string& where) {
+    std::vector<std::int32_t> ids;
+    std::string item;
+    auto flush = [&] {
+        if (item.empty()) return;
+        std::size_t used = 0;
+        long long value = -1;
+        try {
+            value = std::stoll(item, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used != item.size()) throw std::invalid_argument(where + ": '" + item + "' is not a token id");
+        if (value < 0 || value >= vocab)
+            throw std::invalid_argument(where + ": token id " + item + " is outside the vocabulary of " + std::to_string(vocab));
+        ids.push_back(static_cast<std::int32_t>(value));
+        item.clear();
+    };
+    for (char ch : text) {
+        if (ch == ',' || std::isspace(static_cast<unsigned char>(ch)))
+            flush();
+        else
+            item.push_back(ch);
+    }
+    flush();
+    return ids;
 }
 
 std::unique_ptr<kvfuse::store::ChunkStore> open_store(const FusionCliOptions& o) {

@@ -32,6 +32,11 @@ void add_fusion_options(CLI::App& cmd, FusionCliOptions& options);
 
 kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& options, kvfuse::fusion::Method method);
 
+// Token ids written as integers separated by commas and/or white space (pre-tokenized input for
+// models whose tokenizer kvfuse does not implement); throws std::invalid_argument naming the bad
+// item or an id outside [0, vocab).
+std::vector<std::int32_t> parse_token_ids(const std::string& text, int vocab, const std::string& where);
+
 // Opens the chunk store the options name (null with --no-store); throws with a clear message.
 std::unique_ptr<kvfuse::store::ChunkStore> open_store(const FusionCliOptions& options);
 

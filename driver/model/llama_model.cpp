@@ -112,8 +112,10 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
         layer.w_gate = load_matrix(f, p + "ffn_gate.weight", d, ffn);
         layer.w_up = load_matrix(f, p + "ffn_up.weight", d, ffn);
         layer.w_down = load_matrix(f, p + "ffn_down.weight", ffn, d);
-        if (architecture_ == "qwen2" && f.tensor(p + "attn_q.bias") != nullptr)
-            throw GgufError(f.path() + ": qwen2 attention biases are not supported yet");
+        // Qwen2 adds biases to the Q, K and V projections.
+        if (f.tensor(p + "attn_q.bias") != nullptr) layer.bq = load_vector(f, p + "attn_q.bias", d);
+        if (f.tensor(p + "attn_k.bias") != nullptr) layer.bk = load_vector(f, p + "attn_k.bias", kv);
+        if (f.tensor(p + "attn_v.bias") != nullptr) layer.bv = load_vector(f, p + "attn_v.bias", kv);
         layers_.push_back(std::move(layer));
     }
     fingerprint_ = fingerprint_of(f, shape_);
@@ -156,6 +158,14 @@ void LlamaModel::project_qkv(int layer, const float* hidden, std::size_t n, cons
     linear(scratch_.data(), n, w.wq, d, shape_.q_row(), q);
     linear(scratch_.data(), n, w.wk, d, shape_.kv_row(), k);
     linear(scratch_.data(), n, w.wv, d, shape_.kv_row(), v);
+    // Biases before RoPE, as the reference implementations apply them.
+    auto add_bias = [n](float* x, const std::vector<float>& bias) {
+        for (std::size_t r = 0; r < n && !bias.empty(); ++r)
+            for (std::size_t e = 0; e < bias.size(); ++e) x[r * bias.size() + e] += bias[e];
+    };
+    add_bias(q, w.bq);
+    add_bias(k, w.bk);
+    add_bias(v, w.bv);
     kvfuse::Status s = kvfuse::rope_rotate(shape_.rope, q, n, static_cast<std::size_t>(shape_.heads), shape_.q_row(), positions);
     if (s.ok()) s = kvfuse::rope_rotate(shape_.rope, k, n, static_cast<std::size_t>(shape_.kv_heads), shape_.kv_row(), positions);
     s.check();

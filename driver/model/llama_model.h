@@ -1,4 +1,4 @@
-// A llama-architecture model (llama, mistral, qwen2) from a GGUF file: weights dequantized to
+// A llama-architecture model (llama, mistral, qwen2 with its Q/K/V biases) from a GGUF file: weights dequantized to
 // f32, dense projections through OpenBLAS, RoPE and attention through kvfuse's public API. It
 // implements fusion::FusionModel, so the fusion pipeline and plain generation share one
 // forward pass. Not thread-safe: one request at a time per model (scratch buffers are reused).
@@ -39,6 +39,7 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
    private:
     struct Layer {
         std::vector<float> attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
+        std::vector<float> bq, bk, bv;  // Qwen2's attention biases (empty when absent)
     };
     void rms_norm(const float* in, const std::vector<float>& weight, std::size_t n, float* out) const;
 
