@@ -243,7 +243,6 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     const std::size_t k_select = static_cast<std::size_t>(std::floor(o.ratio * static_cast<double>(T - M)));
 
     std::vector<float> hidden(T * static_cast<std::size_t>(s.dim));
-    auto t_start = Clock::now();
     model.embed(tokens, hidden.data());
     std::vector<std::int64_t> rows = all_rows;
     std::vector<float> q, k, v, attention;
@@ -379,7 +378,6 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
         model.finish_layer(l, attention.data(), n_now, hidden.data());
         (l < full_layers ? run.times.full_layers : run.times.recompute) += ms_since(t_layer);
     }
-    (void)t_start;
 
     // The question rows are the last M rows still flowing.
     const auto t_logits = Clock::now();
