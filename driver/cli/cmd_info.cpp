@@ -16,7 +16,7 @@ namespace {
 
 const char* yes_no(int flag) { return flag ? "yes" : "no"; }
 
-int run_info(const std::string& model_path) {
+int run_info(const std::string& model_path, bool place) {
     std::printf("kvfuse %s\n", kvfuse::version().c_str());
     const kvfuse::CpuFeatures f = kvfuse::cpu_features();
     std::printf("cpu: %s\n", f.brand[0] ? f.brand : "(unknown model)");
@@ -30,6 +30,22 @@ int run_info(const std::string& model_path) {
     for (kvfuse::Isa isa : kvfuse::all_isas())
         std::printf("%-8s %-9s %s\n", kvfuse::isa_name(isa), yes_no(kvfuse::isa_compiled(isa)),
                     yes_no(kvfuse::isa_supported(isa)));
+    kvfuse::Topology topo{};
+    if (kvfuse::topology(topo).ok()) {
+        auto kib = [](std::int64_t bytes) { return bytes > 0 ? std::to_string(bytes / 1024) + " KiB" : std::string("unknown"); };
+        std::printf("topology%s: %d package(s), %d NUMA node(s), %d core(s), %d PU(s); L1d %s, L2 %s per core, L3 %s\n",
+                    topo.from_hwloc ? " (hwloc)" : " (OS only)", topo.packages, topo.numa_nodes, topo.cores, topo.pus,
+                    kib(topo.l1d_bytes).c_str(), kib(topo.l2_bytes).c_str(), kib(topo.l3_bytes).c_str());
+    }
+    if (place) {
+        std::string placement;
+        const kvfuse::Status placed = kvfuse::place_threads(0, false, &placement);
+        if (!placed.ok()) {
+            std::fprintf(stderr, "kvfuse: error: %s\n", placed.message().c_str());
+            return 2;
+        }
+        std::printf("placement (one OpenMP thread per core):\n%s", placement.c_str());
+    }
     std::printf("openmp threads: %d\n", omp_get_max_threads());
     kvfuse::Isa active;
     const kvfuse::Status status = kvfuse::active_isa(active);
@@ -66,8 +82,10 @@ int run_info(const std::string& model_path) {
 void add_info_command(CLI::App& app) {
     CLI::App* cmd = app.add_subcommand("info", "Print compiled ISAs, CPU features and the active ISA");
     auto model = std::make_shared<std::string>();
+    auto place = std::make_shared<bool>(false);
     cmd->add_option("--model", *model, "also describe this GGUF model file");
-    cmd->callback([model] { g_exit_status = run_info(*model); });
+    cmd->add_flag("--place", *place, "pin OpenMP threads one per core (hwloc) and print the placement");
+    cmd->callback([model, place] { g_exit_status = run_info(*model, *place); });
 }
 
 }  // namespace kvfuse::cli

@@ -17,7 +17,7 @@ namespace {
 
 // The first of the source tree's copy (a build tree) and the installed copy that exists.
 std::string find_bundled(const char* relative_in_source, const char* relative_installed) {
-    for (const std::string candidate : {std::string(KVFUSE_SOURCE_DIR) + "/" + relative_in_source,
+    for (const std::string& candidate : {std::string(KVFUSE_SOURCE_DIR) + "/" + relative_in_source,
                                         std::string(KVFUSE_DATA_DIR) + "/" + relative_installed}) {
         std::error_code error;
         if (candidate.size() > 1 && std::filesystem::is_regular_file(candidate, error)) return candidate;

@@ -210,6 +210,31 @@ KVFUSE_API kvfuse_status kvfuse_topk_batched(const float* scores, size_t rows, s
                                              size_t k, kvfuse_topk_order order, int64_t* indices,
                                              size_t indices_stride);
 
+/* ---- topology and thread placement ------------------------------------------------------ */
+
+typedef struct kvfuse_topology {
+    int packages, numa_nodes, cores, pus; /* pus: hardware threads */
+    int pus_per_core;                      /* 1 = no SMT */
+    int64_t l1d_bytes, l2_bytes;           /* per core; 0 = unknown */
+    int64_t l3_bytes;                      /* per package; 0 = unknown or implausible (a VM can
+                                              report the whole host's) */
+    int from_hwloc;                        /* 0: hwloc unavailable, counts from the OS only */
+} kvfuse_topology;
+
+KVFUSE_API kvfuse_status kvfuse_get_topology(kvfuse_topology* topology);
+
+typedef struct kvfuse_placement_options {
+    int threads;      /* 0: one per physical core (or per PU with use_smt) */
+    int use_smt;      /* also place threads on SMT siblings */
+} kvfuse_placement_options;
+
+/* Sets the OpenMP thread count and pins each OpenMP worker to its own core (the first PU of
+ * each core, or every PU with use_smt), in hwloc's order. The pinning holds for later parallel
+ * regions of the same size (libgomp keeps its threads). Writes one line per thread, "thread i
+ * -> PU p (core c)", to `description` when given. Fails cleanly when hwloc is unavailable. */
+KVFUSE_API kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* options, char* description,
+                                              size_t description_size);
+
 /* ---- bf16 helpers ------------------------------------------------------------------------ */
 
 /* Round-to-nearest-even f32 -> bf16 (NaN stays NaN), and the exact widening. */

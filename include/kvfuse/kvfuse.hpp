@@ -284,6 +284,20 @@ inline Status topk_batched(const float* scores, std::size_t rows, std::size_t n,
                                       indices_stride));
 }
 
+// ---- topology and thread placement -----------------------------------------------------------
+
+using Topology = kvfuse_topology;
+inline Status topology(Topology& out) { return Status(kvfuse_get_topology(&out)); }
+
+// Pins OpenMP workers one per core (0 threads = every core); `description` gets the placement.
+inline Status place_threads(int threads, bool use_smt, std::string* description = nullptr) {
+    kvfuse_placement_options options{threads, use_smt ? 1 : 0};
+    char text[4096] = {};
+    Status status(kvfuse_place_threads(&options, text, sizeof text));
+    if (description) *description = text;
+    return status;
+}
+
 }  // namespace kvfuse
 
 #endif  // KVFUSE_KVFUSE_HPP
