@@ -16,6 +16,22 @@ using kvfuse::model::GgufFile;
 using kvfuse::testing::f32_bytes;
 using kvfuse::testing::GgufWriter;
 
+// Metadata of a 1-layer model (dim 4, 2 heads, `kv_heads` KV heads, ffn 8) with a 4-token
+// vocabulary: enough for LlamaModel to read everything but the tensors.
+void add_tiny_model_metadata(GgufWriter& w, const std::string& architecture, std::uint32_t kv_heads) {
+    w.add_string("general.architecture", architecture);
+    w.add_u32(architecture + ".block_count", 1);
+    w.add_u32(architecture + ".embedding_length", 4);
+    w.add_u32(architecture + ".attention.head_count", 2);
+    w.add_u32(architecture + ".attention.head_count_kv", kv_heads);
+    w.add_u32(architecture + ".context_length", 16);
+    w.add_u32(architecture + ".feed_forward_length", 8);
+    w.add_string("tokenizer.ggml.model", "llama");
+    w.add_strings("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "a"});
+    w.add_f32s("tokenizer.ggml.scores", {0, 0, 0, 0});
+    w.add_i32s("tokenizer.ggml.token_type", {2, 3, 3, 1});
+}
+
 GgufWriter small_file() {
     GgufWriter w;
     w.add_string("general.architecture", "llama");
@@ -125,16 +141,7 @@ TEST(Gguf, ModelLoaderNamesMissingPieces) {
         },
         GgufError);
     GgufWriter missing;
-    missing.add_string("general.architecture", "llama");
-    missing.add_u32("llama.block_count", 1);
-    missing.add_u32("llama.embedding_length", 4);
-    missing.add_u32("llama.attention.head_count", 2);
-    missing.add_u32("llama.context_length", 16);
-    missing.add_u32("llama.feed_forward_length", 8);
-    missing.add_string("tokenizer.ggml.model", "llama");
-    missing.add_strings("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "a"});
-    missing.add_f32s("tokenizer.ggml.scores", {0, 0, 0, 0});
-    missing.add_i32s("tokenizer.ggml.token_type", {2, 3, 3, 1});
+    add_tiny_model_metadata(missing, "llama", 2);
     const auto b2 = missing.bytes();
     try {
         kvfuse::model::LlamaModel model(GgufFile::parse(b2, "missing.gguf"));
@@ -160,21 +167,11 @@ TEST(Gguf, OpenReportsFileProblems) {
 
 namespace {
 
-// A two-layer qwen2 model whose weights are all zero but its Q/K/V biases: the projections of
+// A one-layer qwen2 model whose weights are all zero but its Q/K/V biases: the projections of
 // any token at position 0 (where RoPE is the identity) are exactly the biases, and RoPE is NeoX.
 TEST(Gguf, Qwen2BiasesAreApplied) {
     GgufWriter w;
-    w.add_string("general.architecture", "qwen2");
-    w.add_u32("qwen2.block_count", 1);
-    w.add_u32("qwen2.embedding_length", 4);
-    w.add_u32("qwen2.attention.head_count", 2);
-    w.add_u32("qwen2.attention.head_count_kv", 1);
-    w.add_u32("qwen2.context_length", 16);
-    w.add_u32("qwen2.feed_forward_length", 8);
-    w.add_string("tokenizer.ggml.model", "llama");
-    w.add_strings("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "a"});
-    w.add_f32s("tokenizer.ggml.scores", {0, 0, 0, 0});
-    w.add_i32s("tokenizer.ggml.token_type", {2, 3, 3, 1});
+    add_tiny_model_metadata(w, "qwen2", 1);
     auto zeros = [](std::size_t n) { return f32_bytes(std::vector<float>(n, 0.0f)); };
     w.add_tensor("token_embd.weight", {4, 4}, 0, f32_bytes(std::vector<float>(16, 1.0f)));
     w.add_tensor("output_norm.weight", {4}, 0, f32_bytes(std::vector<float>(4, 1.0f)));
