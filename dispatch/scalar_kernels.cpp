@@ -3,6 +3,7 @@
 #include "kernels/rope/rope_plan.h"
 #include "reference/attention_reference.h"
 #include "reference/rope_reference.h"
+#include "reference/score_reference.h"
 #include "reference/topk_reference.h"
 
 namespace kvfuse::detail {
@@ -25,6 +26,7 @@ void register_scalar_kernels(KernelTable& table) {
     table.rope_rotate = &rope_rotate_scalar;
     table.sparse_attention = &sparse_attention_scalar;
     table.topk = &reference::topk;
+    table.relevance = &reference::a3_relevance;
 }
 
 }  // namespace kvfuse::detail

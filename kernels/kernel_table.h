@@ -27,11 +27,15 @@ using SparseAttentionFn = void (*)(const kvfuse_attention_args& args);
 using TopkFn = void (*)(const float* scores, std::size_t n, std::size_t k, kvfuse_topk_order order,
                         std::int64_t* indices);
 
+// A3 relevance; arguments already validated.
+using RelevanceFn = void (*)(const kvfuse_relevance_args& args);
+
 struct KernelTable {
     kvfuse_isa isa = KVFUSE_ISA_SCALAR;
     RopeRotateFn rope_rotate = nullptr;
     SparseAttentionFn sparse_attention = nullptr;
     TopkFn topk = nullptr;
+    RelevanceFn relevance = nullptr;
 };
 
 }  // namespace kvfuse::detail

@@ -22,6 +22,7 @@ struct FusionCliOptions {
     int check_layer = 1;
     std::size_t epic_tokens = 16;
     bool no_smoothing = false;
+    std::string a3_scoring = "f32";
     std::string store_dir;  // empty: the XDG default
     bool no_store = false;
     std::uint32_t seed = 1;

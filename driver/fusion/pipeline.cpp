@@ -131,52 +131,42 @@ ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t>
 
 std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, std::size_t m_rows,
                                 const float* keys, std::size_t prefix_rows, std::size_t total_rows,
-                                bool smoothing) {
-    const std::size_t group = static_cast<std::size_t>(s.heads / s.kv_heads);
-    const std::size_t d = static_cast<std::size_t>(s.head_dim);
-    const std::size_t candidates = total_rows - prefix_rows;  // keys [P, T)
-    const std::size_t documents = candidates - m_rows;        // [P, T - M)
-    const float scale = 1.0f / std::sqrt(static_cast<float>(s.heads * s.head_dim));
-    std::vector<float> column_sums(documents, 0.0f);
-    std::vector<std::vector<float>> probabilities(m_rows, std::vector<float>(candidates));
-#pragma omp parallel for schedule(static)
-    for (std::ptrdiff_t mi = 0; mi < static_cast<std::ptrdiff_t>(m_rows); ++mi) {
-        const std::size_t m = static_cast<std::size_t>(mi);
-        const float* q = q_question + m * s.q_row();
-        // Question row m sits at T - M + m and sees keys up to there (causal inside the block).
-        const std::size_t visible = documents + m + 1;
-        std::vector<float>& logit = probabilities[m];
-        float max_logit = -INFINITY;
-        for (std::size_t j = 0; j < visible; ++j) {
-            const float* k = keys + (prefix_rows + j) * s.kv_row();
-            float dot = 0.0f;
-            for (std::size_t h = 0; h < static_cast<std::size_t>(s.heads); ++h) {
-                const float* qh = q + h * d;
-                const float* kh = k + (h / group) * d;
-                for (std::size_t e = 0; e < d; ++e) dot += qh[e] * kh[e];
-            }
-            logit[j] = dot * scale;
-            max_logit = std::max(max_logit, logit[j]);
-        }
-        float sum = 0.0f;
-        for (std::size_t j = 0; j < visible; ++j) sum += (logit[j] = std::exp(logit[j] - max_logit));
-        for (std::size_t j = 0; j < visible; ++j) logit[j] /= sum;
-        for (std::size_t j = visible; j < candidates; ++j) logit[j] = 0.0f;
+                                bool smoothing, bool int8) {
+    const std::size_t candidates = total_rows - prefix_rows;
+    std::vector<float> out(candidates - m_rows);
+    kvfuse::RelevanceArgs args{};
+    args.question_rows = m_rows;
+    args.candidates = candidates;
+    args.query_heads = static_cast<std::size_t>(s.heads);
+    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
+    args.head_dim = static_cast<std::size_t>(s.head_dim);
+    args.smoothing = smoothing ? 1 : 0;
+    args.out = out.data();
+    const float* candidate_keys = keys + prefix_rows * s.kv_row();
+    std::vector<std::int8_t> q8, k8;
+    std::vector<float> q_scales, k_scales, means;
+    if (int8) {
+        q8.resize(m_rows * s.q_row());
+        q_scales.resize(m_rows * static_cast<std::size_t>(s.heads));
+        k8.resize(candidates * s.kv_row());
+        k_scales.resize(candidates * static_cast<std::size_t>(s.kv_heads));
+        means.resize(s.kv_row());
+        check(kvfuse::quantize_rows_i8(q_question, m_rows, static_cast<std::size_t>(s.heads), static_cast<std::size_t>(s.head_dim),
+                                       s.q_row(), q8.data(), q_scales.data()),
+              "query quantization");
+        check(kvfuse::quantize_keys_i8(candidate_keys, candidates, static_cast<std::size_t>(s.kv_heads),
+                                       static_cast<std::size_t>(s.head_dim), s.kv_row(), k8.data(), k_scales.data(), means.data()),
+              "key quantization");
+        args.queries_i8 = q8.data();
+        args.query_scales = q_scales.data();
+        args.keys_i8 = k8.data();
+        args.key_scales = k_scales.data();
+    } else {
+        args.queries_f32 = q_question;
+        args.keys_f32 = candidate_keys;
     }
-    for (std::size_t m = 0; m < m_rows; ++m)
-        for (std::size_t j = 0; j < documents; ++j) column_sums[j] += probabilities[m][j];
-    if (!smoothing) return column_sums;
-    // Width-5 moving average, zero padded at both ends, always divided by 5.
-    std::vector<float> smoothed(documents, 0.0f);
-    for (std::size_t j = 0; j < documents; ++j) {
-        float acc = 0.0f;
-        for (std::ptrdiff_t o = -2; o <= 2; ++o) {
-            const std::ptrdiff_t at = static_cast<std::ptrdiff_t>(j) + o;
-            if (at >= 0 && at < static_cast<std::ptrdiff_t>(documents)) acc += column_sums[static_cast<std::size_t>(at)];
-        }
-        smoothed[j] = acc / 5.0f;
-    }
-    return smoothed;
+    check(kvfuse::a3_relevance(args), "A3 relevance");
+    return out;
 }
 
 FusionRun run_request(const FusionModel& model, const Request& request, std::span<const ChunkKvView> chunks,
@@ -272,7 +262,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                         score[j - P] = dev;
                     }
                 } else {
-                    score = a3_relevance(s, q.data() + (T - M) * s.q_row(), M, k.data(), P, T, o.a3_smoothing);
+                    score = a3_relevance(s, q.data() + (T - M) * s.q_row(), M, k.data(), P, T, o.a3_smoothing, o.a3_int8);
                 }
                 if (per_layer) check_hidden = hidden;  // exact inputs of the check layer, for late joiners
                 for (std::int64_t idx : top_k(score, k_select)) chosen.push_back(idx + static_cast<std::int64_t>(P));
@@ -329,7 +319,8 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
             const auto t_select = Clock::now();
             // This layer's question queries against this layer's fused keys.
             const std::vector<float> score = a3_relevance(s, q.data() + (n - M) * s.q_row(), M,
-                                                          run.cache.k[static_cast<std::size_t>(l)].data(), P, T, o.a3_smoothing);
+                                                          run.cache.k[static_cast<std::size_t>(l)].data(), P, T, o.a3_smoothing,
+                                                          o.a3_int8);
             std::vector<std::int64_t> joining;
             for (std::int64_t idx : top_k(score, k_select)) {
                 const std::int64_t row = idx + static_cast<std::int64_t>(P);

@@ -29,6 +29,7 @@ struct FusionOptions {
     int check_layer = 1;            // cacheblend / a3 select here; layers before it run in full
     std::size_t epic_tokens = 16;   // epic: first tokens of every chunk
     bool a3_smoothing = true;       // a3: width-5 moving average of the relevance
+    bool a3_int8 = false;           // a3: score with int8 keys and queries (quantized on the fly)
     bool recompute_layer0 = true;   // false: layer 0 too uses the stored rows (reuse identity)
     std::uint32_t seed = 1;         // random
 };
@@ -89,10 +90,11 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
 std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache, std::int32_t first,
                                         std::size_t n);
 
-// A3 relevance of document rows [P, T - M) from the check layer's fresh queries of the
-// question rows and fresh keys of rows [P, T) (both after RoPE), as ALGORITHMS.md defines it.
+// A3 relevance of document rows [P, T - M) from the question rows' queries and the keys of rows
+// [P, T) (both after RoPE), as ALGORITHMS.md defines it, through kvfuse's scoring kernel: f32,
+// or int8 keys (per-head mean removed) and queries when `int8`.
 std::vector<float> a3_relevance(const ModelShape& shape, const float* q_question, std::size_t question_rows,
                                 const float* keys, std::size_t prefix_rows, std::size_t total_rows,
-                                bool smoothing);
+                                bool smoothing, bool int8 = false);
 
 }  // namespace kvfuse::fusion

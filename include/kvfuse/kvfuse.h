@@ -210,6 +210,44 @@ KVFUSE_API kvfuse_status kvfuse_topk_batched(const float* scores, size_t rows, s
                                              size_t k, kvfuse_topk_order order, int64_t* indices,
                                              size_t indices_stride);
 
+/* ---- quantized question->key scoring (A3 relevance) ------------------------------------- */
+
+/* Keys [tokens x kv_heads x head_dim] (token stride in elements) -> int8 keys (same shape,
+ * contiguous), one scale per (token, KV head) and one mean per (KV head, dim). Each KV head's
+ * mean over tokens is subtracted first: exact for softmax (it shifts every logit of a query
+ * row by the same amount) and it removes the large shared components that would otherwise
+ * dominate the int8 range. Then symmetric int8: scale = max|x| / 127, round to nearest. */
+KVFUSE_API kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t kv_heads,
+                                                 size_t head_dim, size_t token_stride, int8_t* out,
+                                                 float* scales, float* means);
+/* Rows [rows x heads x head_dim] -> int8 per (row, head), no mean (for queries). */
+KVFUSE_API kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads, size_t head_dim,
+                                                 size_t row_stride, int8_t* out, float* scales);
+
+typedef struct kvfuse_relevance_args {
+    size_t question_rows; /* M: the last M candidates are the question's own keys */
+    size_t candidates;    /* keys [P, T): documents first, then the M question rows */
+    size_t query_heads;   /* H, a multiple of kv_heads */
+    size_t kv_heads;
+    size_t head_dim;
+    /* f32 path: queries [M x H x D] and keys [candidates x Hkv x D], contiguous */
+    const float* queries_f32;
+    const float* keys_f32;
+    /* int8 path (used when keys_i8 is set): as quantized above */
+    const int8_t* queries_i8;
+    const float* query_scales; /* M x H */
+    const int8_t* keys_i8;
+    const float* key_scales;   /* candidates x Hkv */
+    int smoothing;             /* width-5 moving average, zero padded, divided by 5 */
+    float* out;                /* candidates - M relevances of the document keys */
+} kvfuse_relevance_args;
+
+/* A3 relevance: heads merged into one logit per (question row m, key j) =
+ * sum_h q_h . k_(h / group) / sqrt(H * D); question row m sees key j only if
+ * j <= candidates - M + m; softmax per row in f32; column sums over the rows for the document
+ * keys; optional smoothing. Integer dot products are exact; scales applied per (row, head). */
+KVFUSE_API kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* args);
+
 /* ---- topology and thread placement ------------------------------------------------------ */
 
 typedef struct kvfuse_topology {

@@ -1,0 +1,70 @@
+// A3 relevance from int8 keys and queries against the same call on f32 inputs, timed side by
+// side: T = 32768 keys, H = 32, Hkv = 8, D = 128, M = 32 question rows, per ISA, 1 and 2
+// threads. GOP/s counts 2 operations per multiply-add of the merged-head logits
+// (M x T x H x D of them, the causal mask aside).
+#include <omp.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_support.h"
+#include "kvfuse/kvfuse.hpp"
+
+namespace {
+
+constexpr std::size_t kTokens = 32768, kHeads = 32, kKvHeads = 8, kDim = 128, kRows = 32;
+
+void score_bench(benchmark::State& state, kvfuse::Isa isa, int threads) {
+    if (!kvfuse::bench::force_isa_or_skip(state, static_cast<int>(isa))) return;
+    omp_set_num_threads(threads);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal;
+    std::vector<float> q(kRows * kHeads * kDim), k(kTokens * kKvHeads * kDim);
+    for (float& v : q) v = normal(rng);
+    for (float& v : k) v = normal(rng);
+    std::vector<std::int8_t> q8(q.size()), k8(k.size());
+    std::vector<float> qs(kRows * kHeads), ks(kTokens * kKvHeads), means(kKvHeads * kDim), out(kTokens - kRows);
+    (void)kvfuse::quantize_rows_i8(q.data(), kRows, kHeads, kDim, kHeads * kDim, q8.data(), qs.data());
+    (void)kvfuse::quantize_keys_i8(k.data(), kTokens, kKvHeads, kDim, kKvHeads * kDim, k8.data(), ks.data(), means.data());
+    kvfuse::RelevanceArgs base{};
+    base.question_rows = kRows;
+    base.candidates = kTokens;
+    base.query_heads = kHeads;
+    base.kv_heads = kKvHeads;
+    base.head_dim = kDim;
+    base.smoothing = 1;
+    base.out = out.data();
+    kvfuse::RelevanceArgs int8 = base, f32 = base;
+    int8.queries_i8 = q8.data();
+    int8.query_scales = qs.data();
+    int8.keys_i8 = k8.data();
+    int8.key_scales = ks.data();
+    f32.queries_f32 = q.data();
+    f32.keys_f32 = k.data();
+    const double ops = 2.0 * kRows * kTokens * kHeads * kDim;
+    kvfuse::bench::run_side_by_side(
+        state, [&] { (void)kvfuse::a3_relevance(int8); }, [&] { (void)kvfuse::a3_relevance(f32); }, ops, "GOP/s", 1e9);
+    kvfuse::reset_isa();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    for (kvfuse::Isa isa : kvfuse::supported_isas()) {
+        if (isa == kvfuse::Isa::scalar) continue;  // the double reference would take minutes per call
+        for (int threads : {1, 2}) {
+            const std::string name = std::string("a3_relevance/") + kvfuse::isa_name(isa) +
+                                     "/int8_vs_f32/T:32768/H:32/Hkv:8/D:128/M:32/threads:" + std::to_string(threads);
+            benchmark::RegisterBenchmark(name.c_str(), score_bench, isa, threads)
+                ->UseManualTime()
+                ->Unit(benchmark::kMillisecond)
+                ->Iterations(3);
+        }
+    }
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

@@ -1,0 +1,97 @@
+// C API of quantized scoring: the int8 quantizers (ISA-neutral: run once per stored chunk) and
+// the A3 relevance through the kernel table.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "dispatch/dispatch.h"
+#include "dispatch/errors.h"
+#include "kvfuse/kvfuse.h"
+#include "reference/score_reference.h"
+
+namespace {
+
+using kvfuse::detail::fail;
+
+bool overflows(std::size_t a, std::size_t b) { return a != 0 && b > std::numeric_limits<std::size_t>::max() / a; }
+
+kvfuse_status check_shape(std::size_t rows, std::size_t heads, std::size_t head_dim, std::size_t stride) {
+    if (heads == 0 || head_dim == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "heads and head_dim must be > 0");
+    if (overflows(heads, head_dim) || stride < heads * head_dim)
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "stride must be >= heads * head_dim");
+    if (overflows(rows, stride)) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "rows * stride overflows");
+    return KVFUSE_OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
+                                      int8_t* out, float* scales, float* means) {
+    if (const kvfuse_status s = check_shape(tokens, kv_heads, head_dim, token_stride); s != KVFUSE_OK) return s;
+    if (tokens == 0) return KVFUSE_OK;
+    if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
+        return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
+    try {
+        std::vector<double> mean(kv_heads * head_dim, 0.0);
+        for (std::size_t t = 0; t < tokens; ++t)
+            for (std::size_t e = 0; e < kv_heads * head_dim; ++e) mean[e] += keys[t * token_stride + e];
+        for (std::size_t e = 0; e < mean.size(); ++e) means[e] = static_cast<float>(mean[e] / static_cast<double>(tokens));
+        std::vector<float> centred(head_dim);
+        for (std::size_t t = 0; t < tokens; ++t)
+            for (std::size_t h = 0; h < kv_heads; ++h) {
+                for (std::size_t d = 0; d < head_dim; ++d)
+                    centred[d] = keys[t * token_stride + h * head_dim + d] - means[h * head_dim + d];
+                scales[t * kv_heads + h] =
+                    kvfuse::reference::quantize_i8(centred.data(), head_dim, out + (t * kv_heads + h) * head_dim);
+            }
+    } catch (const std::bad_alloc&) {
+        return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "key means");
+    }
+    return KVFUSE_OK;
+}
+
+kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads, size_t head_dim, size_t row_stride,
+                                      int8_t* out, float* scales) {
+    if (const kvfuse_status s = check_shape(rows, heads, head_dim, row_stride); s != KVFUSE_OK) return s;
+    if (rows == 0) return KVFUSE_OK;
+    if (x == nullptr || out == nullptr || scales == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "x, out and scales are required");
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t h = 0; h < heads; ++h)
+            scales[r * heads + h] =
+                kvfuse::reference::quantize_i8(x + r * row_stride + h * head_dim, head_dim, out + (r * heads + h) * head_dim);
+    return KVFUSE_OK;
+}
+
+kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* a) {
+    if (a == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "args is required");
+    if (a->question_rows == 0 || a->candidates < a->question_rows)
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "need 0 < question_rows <= candidates");
+    if (a->kv_heads == 0 || a->query_heads == 0 || a->query_heads % a->kv_heads != 0 || a->head_dim == 0)
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "query_heads must be a positive multiple of kv_heads, head_dim > 0");
+    if (overflows(a->candidates, a->kv_heads) || overflows(a->candidates * a->kv_heads, a->head_dim) ||
+        overflows(a->question_rows, a->query_heads) || overflows(a->question_rows * a->query_heads, a->head_dim))
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "tensor sizes overflow");
+    if (a->candidates == a->question_rows) return KVFUSE_OK;  // no document key: nothing to score
+    if (a->out == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "out is required");
+    if (a->keys_i8 != nullptr) {
+        if (a->queries_i8 == nullptr || a->query_scales == nullptr || a->key_scales == nullptr)
+            return fail(KVFUSE_ERROR_NULL_POINTER, "the int8 path needs queries_i8, query_scales and key_scales");
+    } else if (a->keys_f32 == nullptr || a->queries_f32 == nullptr) {
+        return fail(KVFUSE_ERROR_NULL_POINTER, "give keys_i8 (int8 path) or keys_f32 and queries_f32 (f32 path)");
+    }
+    const kvfuse::detail::KernelTable* kernels = nullptr;
+    if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
+    try {
+        kernels->relevance(*a);
+    } catch (const std::bad_alloc&) {
+        return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "relevance scratch");
+    }
+    return KVFUSE_OK;
+}
+
+}  // extern "C"

@@ -1,0 +1,63 @@
+#include "reference/score_reference.h"
+
+#include <cmath>
+#include <vector>
+
+namespace kvfuse::reference {
+
+float quantize_i8(const float* x, std::size_t n, std::int8_t* out) {
+    float max_abs = 0.0f;
+    for (std::size_t i = 0; i < n; ++i) max_abs = std::fmax(max_abs, std::fabs(x[i]));
+    const float scale = max_abs / 127.0f;
+    for (std::size_t i = 0; i < n; ++i)
+        out[i] = scale > 0.0f ? static_cast<std::int8_t>(std::lrint(std::fmax(-127.0f, std::fmin(127.0f, x[i] / scale)))) : 0;
+    return scale;
+}
+
+void a3_relevance(const kvfuse_relevance_args& a) {
+    const std::size_t M = a.question_rows, C = a.candidates, docs = C - M, H = a.query_heads, D = a.head_dim;
+    const std::size_t group = H / a.kv_heads;
+    const bool int8 = a.keys_i8 != nullptr;
+    const double inv = 1.0 / std::sqrt(static_cast<double>(H * D));
+    std::vector<double> sums(docs, 0.0), logits(C);
+    for (std::size_t m = 0; m < M; ++m) {
+        const std::size_t visible = docs + m + 1;
+        double max = -INFINITY;
+        for (std::size_t j = 0; j < visible; ++j) {
+            double logit = 0.0;
+            for (std::size_t h = 0; h < H; ++h) {
+                const std::size_t kv = h / group;
+                double dot = 0.0;
+                if (int8) {
+                    long long exact = 0;
+                    for (std::size_t d = 0; d < D; ++d)
+                        exact += static_cast<long long>(a.queries_i8[(m * H + h) * D + d]) * a.keys_i8[(j * a.kv_heads + kv) * D + d];
+                    dot = static_cast<double>(exact) * a.query_scales[m * H + h] * a.key_scales[j * a.kv_heads + kv];
+                } else {
+                    for (std::size_t d = 0; d < D; ++d)
+                        dot += static_cast<double>(a.queries_f32[(m * H + h) * D + d]) * a.keys_f32[(j * a.kv_heads + kv) * D + d];
+                }
+                logit += dot;
+            }
+            logits[j] = logit * inv;
+            max = std::fmax(max, logits[j]);
+        }
+        double total = 0.0;
+        for (std::size_t j = 0; j < visible; ++j) total += logits[j] = std::exp(logits[j] - max);
+        for (std::size_t j = 0; j < docs; ++j) sums[j] += logits[j] / total;
+    }
+    for (std::size_t j = 0; j < docs; ++j) {
+        if (!a.smoothing) {
+            a.out[j] = static_cast<float>(sums[j]);
+            continue;
+        }
+        double acc = 0.0;
+        for (std::ptrdiff_t o = -2; o <= 2; ++o) {
+            const std::ptrdiff_t at = static_cast<std::ptrdiff_t>(j) + o;
+            if (at >= 0 && at < static_cast<std::ptrdiff_t>(docs)) acc += sums[static_cast<std::size_t>(at)];
+        }
+        a.out[j] = static_cast<float>(acc / 5.0);
+    }
+}
+
+}  // namespace kvfuse::reference

@@ -1,0 +1,180 @@
+// A3 relevance on every ISA against reference/ (double), from f32 and from int8 inputs; the
+// int8 quantizers; and how close int8 relevance stays to f32 relevance.
+//
+// Bound: relevances are sums of softmax probabilities (each in [0, 1]); f32 logits and a f32
+// softmax keep each within 2e-4 * (1 + value) of the double reference for these sizes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "isa_test_support.h"
+#include "reference/score_reference.h"
+
+namespace {
+
+struct Case {
+    std::size_t M, C, H, Hkv, D;
+};
+
+struct Inputs {
+    std::vector<float> q, k;
+    std::vector<std::int8_t> q8, k8;
+    std::vector<float> qs, ks, means;
+};
+
+Inputs make(const Case& c, std::uint32_t seed, float outlier = 1.0f) {
+    Inputs in;
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal;
+    in.q.resize(c.M * c.H * c.D);
+    in.k.resize(c.C * c.Hkv * c.D);
+    for (float& v : in.q) v = normal(rng);
+    for (std::size_t i = 0; i < in.k.size(); ++i) {
+        // A few channels much larger than the rest and a shared offset, as real keys have.
+        const std::size_t d = i % c.D;
+        in.k[i] = normal(rng) * (d % 17 == 3 ? outlier : 1.0f) + 0.5f;
+    }
+    in.q8.resize(in.q.size());
+    in.k8.resize(in.k.size());
+    in.qs.resize(c.M * c.H);
+    in.ks.resize(c.C * c.Hkv);
+    in.means.resize(c.Hkv * c.D);
+    EXPECT_TRUE(kvfuse::quantize_rows_i8(in.q.data(), c.M, c.H, c.D, c.H * c.D, in.q8.data(), in.qs.data()).ok());
+    EXPECT_TRUE(kvfuse::quantize_keys_i8(in.k.data(), c.C, c.Hkv, c.D, c.Hkv * c.D, in.k8.data(), in.ks.data(),
+                                         in.means.data()).ok());
+    return in;
+}
+
+kvfuse_relevance_args args_for(const Case& c, const Inputs& in, bool int8, bool smoothing, std::vector<float>& out) {
+    out.assign(c.C - c.M, -1.0f);
+    kvfuse_relevance_args a{};
+    a.question_rows = c.M;
+    a.candidates = c.C;
+    a.query_heads = c.H;
+    a.kv_heads = c.Hkv;
+    a.head_dim = c.D;
+    if (int8) {
+        a.queries_i8 = in.q8.data();
+        a.query_scales = in.qs.data();
+        a.keys_i8 = in.k8.data();
+        a.key_scales = in.ks.data();
+    } else {
+        a.queries_f32 = in.q.data();
+        a.keys_f32 = in.k.data();
+    }
+    a.smoothing = smoothing ? 1 : 0;
+    a.out = out.data();
+    return a;
+}
+
+class ScoreTest : public kvfuse::testing::IsaTest {};
+KVFUSE_INSTANTIATE_ISA_TESTS(ScoreTest);
+
+TEST_P(ScoreTest, MatchesReferenceFromF32AndInt8) {
+    const Case cases[] = {{1, 1, 1, 1, 8}, {3, 20, 2, 1, 8}, {7, 131, 8, 4, 64}, {32, 300, 8, 8, 128}, {5, 77, 4, 2, 20},
+                          {16, 513, 16, 2, 72}};
+    std::uint32_t seed = 1;
+    for (const Case& c : cases)
+        for (bool int8 : {false, true})
+            for (bool smoothing : {false, true}) {
+                const Inputs in = make(c, ++seed);
+                std::vector<float> got, want;
+                ASSERT_TRUE(kvfuse::a3_relevance(args_for(c, in, int8, smoothing, got)).ok());
+                const kvfuse_relevance_args ref = args_for(c, in, int8, smoothing, want);
+                kvfuse::reference::a3_relevance(ref);
+                for (std::size_t j = 0; j < got.size(); ++j)
+                    ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j]))
+                        << "M=" << c.M << " C=" << c.C << " H=" << c.H << " D=" << c.D << " int8=" << int8 << " j=" << j;
+                // Each question row's probabilities sum to 1, so without smoothing the document
+                // sums can only reach M (and each row sees at least the documents).
+                if (!smoothing) {
+                    const double total = std::accumulate(got.begin(), got.end(), 0.0);
+                    EXPECT_LE(total, static_cast<double>(c.M) + 1e-3);
+                }
+            }
+}
+
+// Quantization is a round trip within half a step per element, after the per-head mean.
+TEST_P(ScoreTest, QuantizersRoundTrip) {
+    const Case c{4, 50, 4, 2, 64};
+    const Inputs in = make(c, 77, 30.0f);
+    for (std::size_t t = 0; t < c.C; ++t)
+        for (std::size_t h = 0; h < c.Hkv; ++h)
+            for (std::size_t d = 0; d < c.D; ++d) {
+                const std::size_t at = (t * c.Hkv + h) * c.D + d;
+                const float back = in.k8[at] * in.ks[t * c.Hkv + h] + in.means[h * c.D + d];
+                ASSERT_NEAR(back, in.k[at], 0.5f * in.ks[t * c.Hkv + h] + 1e-5f);
+            }
+    for (std::size_t i = 0; i < in.q.size(); ++i) ASSERT_NEAR(in.q8[i] * in.qs[i / c.D], in.q[i], 0.5f * in.qs[i / c.D] + 1e-6f);
+    // Mean subtraction is exact for the relevance: f32 relevance of keys minus their per-head
+    // mean equals that of the original keys (each row's logits shift by one constant).
+    std::vector<float> centred = in.k;
+    for (std::size_t t = 0; t < c.C; ++t)
+        for (std::size_t e = 0; e < c.Hkv * c.D; ++e) centred[t * c.Hkv * c.D + e] -= in.means[e];
+    Inputs shifted = in;
+    shifted.k = centred;
+    std::vector<float> a, b;
+    ASSERT_TRUE(kvfuse::a3_relevance(args_for(c, in, false, false, a)).ok());
+    ASSERT_TRUE(kvfuse::a3_relevance(args_for(c, shifted, false, false, b)).ok());
+    for (std::size_t j = 0; j < a.size(); ++j) EXPECT_NEAR(a[j], b[j], 2e-4);
+}
+
+// int8 relevance picks nearly the same top 15 % as f32 relevance, even with outlier channels.
+TEST_P(ScoreTest, Int8SelectionAgreesWithF32) {
+    const Case c{32, 2000, 8, 2, 64};
+    const Inputs in = make(c, 5, 20.0f);
+    std::vector<float> f32, i8;
+    ASSERT_TRUE(kvfuse::a3_relevance(args_for(c, in, false, true, f32)).ok());
+    ASSERT_TRUE(kvfuse::a3_relevance(args_for(c, in, true, true, i8)).ok());
+    const std::size_t k = (c.C - c.M) * 15 / 100;
+    auto top = [&](const std::vector<float>& s) {
+        std::vector<std::size_t> idx(s.size());
+        std::iota(idx.begin(), idx.end(), 0);
+        std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
+                          [&](std::size_t x, std::size_t y) { return s[x] > s[y]; });
+        return std::set<std::size_t>(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k));
+    };
+    const auto a = top(f32), b = top(i8);
+    std::size_t common = 0;
+    for (auto x : a) common += b.count(x);
+    EXPECT_GE(static_cast<double>(common) / k, 0.9) << common << " of " << k;
+}
+
+TEST_P(ScoreTest, NanInAKeyDoesNotCrash) {
+    const Case c{2, 10, 2, 1, 8};
+    Inputs in = make(c, 3);
+    in.k[5] = NAN;
+    std::vector<float> out;
+    EXPECT_TRUE(kvfuse::a3_relevance(args_for(c, in, false, false, out)).ok());
+    for (float v : out) EXPECT_TRUE(std::isnan(v));  // every row sees key 0, so every row is NaN
+}
+
+TEST_P(ScoreTest, InvalidArguments) {
+    const Case c{2, 10, 4, 2, 8};
+    const Inputs in = make(c, 4);
+    std::vector<float> out;
+    auto with = [&](auto change) {
+        kvfuse_relevance_args a = args_for(c, in, true, false, out);
+        change(a);
+        return kvfuse_a3_relevance(&a);
+    };
+    EXPECT_EQ(with([](auto& a) { a.question_rows = 0; }), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(with([](auto& a) { a.candidates = 1; }), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(with([](auto& a) { a.query_heads = 3; }), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(with([](auto& a) { a.head_dim = 0; }), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(with([](auto& a) { a.key_scales = nullptr; }), KVFUSE_ERROR_NULL_POINTER);
+    EXPECT_EQ(with([](auto& a) { a.out = nullptr; }), KVFUSE_ERROR_NULL_POINTER);
+    EXPECT_EQ(with([](auto& a) { a.keys_i8 = nullptr; }), KVFUSE_ERROR_NULL_POINTER);  // and no f32 keys
+    EXPECT_EQ(kvfuse_a3_relevance(nullptr), KVFUSE_ERROR_NULL_POINTER);
+    std::int8_t q8[8];
+    float s[1];
+    EXPECT_EQ(kvfuse_quantize_rows_i8(in.q.data(), 1, 1, 8, 4, q8, s), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_quantize_keys_i8(nullptr, 1, 1, 8, 8, q8, s, s), KVFUSE_ERROR_NULL_POINTER);
+}
+
+}  // namespace
