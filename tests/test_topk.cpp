@@ -91,6 +91,27 @@ TEST_P(TopkTest, SortedAndAdversarialInputs) {
     }
 }
 
+// The bucket histogram inside the sampled bracket: a bracket of subnormals (too narrow for a
+// finite bucket scale), a log-uniform spread (nearly all candidates in one bucket), and a
+// heavy cluster of equal values right at the boundary.
+TEST_P(TopkTest, BracketHistogramEdgeCases) {
+    const std::size_t n = 50000;
+    std::mt19937 rng(11);
+    std::vector<float> subnormal(n);
+    std::uniform_int_distribution<int> small(1, 3000);
+    for (float& v : subnormal) v = static_cast<float>(small(rng)) * std::numeric_limits<float>::denorm_min();
+    for (std::size_t k : {n / 100, n * 15 / 100, n / 2}) check(subnormal, k, "subnormal");
+    std::vector<float> spread(n);
+    std::uniform_real_distribution<float> exponent(-30.0f, 30.0f);
+    for (float& v : spread) v = std::pow(10.0f, exponent(rng));
+    for (std::size_t k : {n / 100, n * 15 / 100, n / 2}) check(spread, k, "log-uniform");
+    std::vector<float> cluster(n);
+    std::normal_distribution<float> normal;
+    for (float& v : cluster) v = normal(rng);
+    for (std::size_t i = 0; i < n; i += 5) cluster[i] = 1.0364f;  // about the 15 % quantile
+    for (std::size_t k : {n * 15 / 100, n * 15 / 100 + 3000, n / 5}) check(cluster, k, "cluster at the boundary");
+}
+
 TEST_P(TopkTest, InfinitiesAndNaNs) {
     const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
     for (std::size_t n : {50, 9000}) {
