@@ -28,14 +28,12 @@ kvfuse_status check_shape(std::size_t rows, std::size_t heads, std::size_t head_
 
 }  // namespace
 
-extern "C" {
+namespace {
 
-kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
-                                      int8_t* out, float* scales, float* means) {
-    if (const kvfuse_status s = check_shape(tokens, kv_heads, head_dim, token_stride); s != KVFUSE_OK) return s;
-    if (tokens == 0) return KVFUSE_OK;
-    if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
-        return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
+// Both key quantizers: per-head mean over tokens removed, then `quantize` per (token, head).
+template <class Quantize>
+kvfuse_status quantize_keys(const float* keys, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim,
+                            std::size_t token_stride, float* scales, float* means, Quantize quantize) {
     try {
         std::vector<double> mean(kv_heads * head_dim, 0.0);
         for (std::size_t t = 0; t < tokens; ++t)
@@ -46,13 +44,39 @@ kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t k
             for (std::size_t h = 0; h < kv_heads; ++h) {
                 for (std::size_t d = 0; d < head_dim; ++d)
                     centred[d] = keys[t * token_stride + h * head_dim + d] - means[h * head_dim + d];
-                scales[t * kv_heads + h] =
-                    kvfuse::reference::quantize_i8(centred.data(), head_dim, out + (t * kv_heads + h) * head_dim);
+                scales[t * kv_heads + h] = quantize(centred.data(), t * kv_heads + h);
             }
     } catch (const std::bad_alloc&) {
         return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "key means");
     }
     return KVFUSE_OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
+                                      int8_t* out, float* scales, float* means) {
+    if (const kvfuse_status s = check_shape(tokens, kv_heads, head_dim, token_stride); s != KVFUSE_OK) return s;
+    if (tokens == 0) return KVFUSE_OK;
+    if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
+        return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
+    return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, scales, means, [&](const float* x, std::size_t at) {
+        return kvfuse::reference::quantize_i8(x, head_dim, out + at * head_dim);
+    });
+}
+
+kvfuse_status kvfuse_quantize_keys_i4(const float* keys, size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
+                                      uint8_t* out, float* scales, float* means) {
+    if (const kvfuse_status s = check_shape(tokens, kv_heads, head_dim, token_stride); s != KVFUSE_OK) return s;
+    if (tokens == 0) return KVFUSE_OK;
+    if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
+        return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
+    const std::size_t packed = (head_dim + 1) / 2;
+    return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, scales, means, [&](const float* x, std::size_t at) {
+        return kvfuse::reference::quantize_i4(x, head_dim, out + at * packed);
+    });
 }
 
 kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads, size_t head_dim, size_t row_stride,
@@ -78,11 +102,13 @@ kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* a) {
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "tensor sizes overflow");
     if (a->candidates == a->question_rows) return KVFUSE_OK;  // no document key: nothing to score
     if (a->out == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "out is required");
-    if (a->keys_i8 != nullptr) {
+    if (a->keys_i8 != nullptr && a->keys_i4 != nullptr)
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "give keys_i8 or keys_i4, not both");
+    if (a->keys_i8 != nullptr || a->keys_i4 != nullptr) {
         if (a->queries_i8 == nullptr || a->query_scales == nullptr || a->key_scales == nullptr)
-            return fail(KVFUSE_ERROR_NULL_POINTER, "the int8 path needs queries_i8, query_scales and key_scales");
+            return fail(KVFUSE_ERROR_NULL_POINTER, "the int8 and int4 paths need queries_i8, query_scales and key_scales");
     } else if (a->keys_f32 == nullptr || a->queries_f32 == nullptr) {
-        return fail(KVFUSE_ERROR_NULL_POINTER, "give keys_i8 (int8 path) or keys_f32 and queries_f32 (f32 path)");
+        return fail(KVFUSE_ERROR_NULL_POINTER, "give keys_i8 (int8 path), keys_i4 (int4 path) or keys_f32 and queries_f32 (f32 path)");
     }
     const kvfuse::detail::KernelTable* kernels = nullptr;
     if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;

@@ -14,10 +14,28 @@ float quantize_i8(const float* x, std::size_t n, std::int8_t* out) {
     return scale;
 }
 
+float quantize_i4(const float* x, std::size_t n, std::uint8_t* out) {
+    float max_abs = 0.0f;
+    for (std::size_t i = 0; i < n; ++i) max_abs = std::fmax(max_abs, std::fabs(x[i]));
+    const float scale = max_abs / 7.0f;
+    for (std::size_t i = 0; i < (n + 1) / 2; ++i) out[i] = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        const long q = scale > 0.0f ? std::lrint(std::fmax(-7.0f, std::fmin(7.0f, x[i] / scale))) : 0;
+        out[i / 2] = static_cast<std::uint8_t>(out[i / 2] | ((static_cast<unsigned>(q) & 15u) << (4 * (i % 2))));
+    }
+    return scale;
+}
+
+std::int32_t unpack_i4(const std::uint8_t* packed, std::size_t i) {
+    const std::int32_t v = (packed[i / 2] >> (4 * (i % 2))) & 15;
+    return v >= 8 ? v - 16 : v;
+}
+
 void a3_relevance(const kvfuse_relevance_args& a) {
     const std::size_t M = a.question_rows, C = a.candidates, docs = C - M, H = a.query_heads, D = a.head_dim;
     const std::size_t group = H / a.kv_heads;
-    const bool int8 = a.keys_i8 != nullptr;
+    const bool int4 = a.keys_i4 != nullptr, int8 = a.keys_i8 != nullptr || int4;
+    const std::size_t packed = (D + 1) / 2;
     const double inv = 1.0 / std::sqrt(static_cast<double>(H * D));
     std::vector<double> sums(docs, 0.0), logits(C);
     for (std::size_t m = 0; m < M; ++m) {
@@ -31,7 +49,9 @@ void a3_relevance(const kvfuse_relevance_args& a) {
                 if (int8) {
                     long long exact = 0;
                     for (std::size_t d = 0; d < D; ++d)
-                        exact += static_cast<long long>(a.queries_i8[(m * H + h) * D + d]) * a.keys_i8[(j * a.kv_heads + kv) * D + d];
+                        exact += static_cast<long long>(a.queries_i8[(m * H + h) * D + d]) *
+                                 (int4 ? unpack_i4(a.keys_i4 + (j * a.kv_heads + kv) * packed, d)
+                                       : a.keys_i8[(j * a.kv_heads + kv) * D + d]);
                     dot = static_cast<double>(exact) * a.query_scales[m * H + h] * a.key_scales[j * a.kv_heads + kv];
                 } else {
                     for (std::size_t d = 0; d < D; ++d)

@@ -36,7 +36,7 @@ for l in $lanes; do
             "${emu[@]}" "$build/driver/kvfuse" info | tee /tmp/kvfuse-nonavx-info.txt
             grep -q "active isa: scalar" /tmp/kvfuse-nonavx-info.txt
             "${emu[@]}" "$build/tests/test_dispatch"
-            for t in test_rope test_attention test_topk; do "${emu[@]}" "$build/tests/$t"; done
+            for t in test_rope test_attention test_topk test_score; do "${emu[@]}" "$build/tests/$t"; done
             summary+=("nonavx: passed") ;;
         sanitize)
             lane "AddressSanitizer + UndefinedBehaviorSanitizer"

@@ -220,6 +220,12 @@ KVFUSE_API kvfuse_status kvfuse_topk_batched(const float* scores, size_t rows, s
 KVFUSE_API kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t kv_heads,
                                                  size_t head_dim, size_t token_stride, int8_t* out,
                                                  float* scales, float* means);
+/* The same with int4 keys, packed two per byte: per (token, KV head) (head_dim + 1) / 2 bytes,
+ * dimension 2i in the low nibble and 2i + 1 in the high one (two's complement; an odd
+ * head_dim leaves the last high nibble 0). Symmetric: scale = max|x| / 7, values in [-7, 7]. */
+KVFUSE_API kvfuse_status kvfuse_quantize_keys_i4(const float* keys, size_t tokens, size_t kv_heads,
+                                                 size_t head_dim, size_t token_stride, uint8_t* out,
+                                                 float* scales, float* means);
 /* Rows [rows x heads x head_dim] -> int8 per (row, head), no mean (for queries). */
 KVFUSE_API kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads, size_t head_dim,
                                                  size_t row_stride, int8_t* out, float* scales);
@@ -240,6 +246,9 @@ typedef struct kvfuse_relevance_args {
     const float* key_scales;   /* candidates x Hkv */
     int smoothing;             /* width-5 moving average, zero padded, divided by 5 */
     float* out;                /* candidates - M relevances of the document keys */
+    /* int4 path (used when keys_i4 is set, instead of keys_i8): packed as quantized above,
+     * with key_scales, queries_i8 and query_scales as for int8 */
+    const uint8_t* keys_i4;
 } kvfuse_relevance_args;
 
 /* A3 relevance: heads merged into one logit per (question row m, key j) =

@@ -292,6 +292,10 @@ inline Status quantize_keys_i8(const float* keys, std::size_t tokens, std::size_
                                std::size_t token_stride, std::int8_t* out, float* scales, float* means) {
     return Status(kvfuse_quantize_keys_i8(keys, tokens, kv_heads, head_dim, token_stride, out, scales, means));
 }
+inline Status quantize_keys_i4(const float* keys, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim,
+                               std::size_t token_stride, std::uint8_t* out, float* scales, float* means) {
+    return Status(kvfuse_quantize_keys_i4(keys, tokens, kv_heads, head_dim, token_stride, out, scales, means));
+}
 inline Status quantize_rows_i8(const float* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
                                std::size_t row_stride, std::int8_t* out, float* scales) {
     return Status(kvfuse_quantize_rows_i8(x, rows, heads, head_dim, row_stride, out, scales));
