@@ -60,59 +60,80 @@ void load_tile(const kvfuse_attention_args& a, std::size_t kv_head, std::size_t 
     }
 }
 
-// scores[0, kKeyTile) = scale * q . K_tile (vectors across keys). Two sets of accumulators
-// (even and odd d) give twice as many independent FMA chains as the tile has vectors, enough to
-// cover the FMA latency on two pipes.
-void tile_scores(const float* q, const float* keys_t, std::size_t head_dim, float scale, float* scores) {
-    constexpr std::size_t kVectors = kKeyTile / kLanes;
-    F32s even[kVectors], odd[kVectors];
-    for (std::size_t v = 0; v < kVectors; ++v) even[v] = odd[v] = F32s(0.0f);
-    std::size_t d = 0;
-    for (; d + 2 <= head_dim; d += 2) {
-        const F32s q0(q[d]), q1(q[d + 1]);
-        const float* row0 = keys_t + d * kKeyTile;
-        const float* row1 = row0 + kKeyTile;
-        for (std::size_t v = 0; v < kVectors; ++v) {
-            even[v] = xsimd::fma(q0, F32s::load_aligned(row0 + v * kLanes), even[v]);
-            odd[v] = xsimd::fma(q1, F32s::load_aligned(row1 + v * kLanes), odd[v]);
-        }
-    }
-    if (d < head_dim) {
-        const F32s qd(q[d]);
-        const float* row = keys_t + d * kKeyTile;
-        for (std::size_t v = 0; v < kVectors; ++v) even[v] = xsimd::fma(qd, F32s::load_aligned(row + v * kLanes), even[v]);
-    }
+// scores_r[0, kKeyTile) = scale * q_r . K_tile for R query heads of one KV group at once:
+// each key vector loaded from the transposed tile serves R heads, and 2R independent FMA
+// chains cover the FMA latency.
+template <std::size_t R>
+void tile_scores(const float* const* q, const float* keys_t, std::size_t head_dim, float scale, float* const* scores) {
+    constexpr std::size_t kChunk = 2;  // key vectors per register block
+    static_assert((kKeyTile / kLanes) % kChunk == 0, "tile must hold whole chunks");
     const F32s s(scale);
-    for (std::size_t v = 0; v < kVectors; ++v) ((even[v] + odd[v]) * s).store_aligned(scores + v * kLanes);
-}
-
-// out += sum_j p[j] * V[j] over `count` keys. Blocks of up to 8 vectors of the head dimension
-// stay in registers while the keys stream past.
-void accumulate_values(const float* p, const float* values, std::size_t count, std::size_t head_dim, float* out) {
-    constexpr std::size_t kBlock = 8;
-    std::size_t d = 0;
-    for (; d + kLanes <= head_dim;) {
-        const std::size_t vectors = std::min(kBlock, (head_dim - d) / kLanes);
-        F32s acc[kBlock];
-        for (std::size_t v = 0; v < vectors; ++v) acc[v] = F32s::load_unaligned(out + d + v * kLanes);
-        for (std::size_t j = 0; j < count; ++j) {
-            const F32s weight(p[j]);
-            const float* row = values + j * head_dim + d;
-            for (std::size_t v = 0; v < vectors; ++v) acc[v] = xsimd::fma(weight, F32s::load_unaligned(row + v * kLanes), acc[v]);
+    for (std::size_t v0 = 0; v0 < kKeyTile / kLanes; v0 += kChunk) {
+        F32s acc[R][kChunk];
+        for (std::size_t r = 0; r < R; ++r) acc[r][0] = acc[r][1] = F32s(0.0f);
+        const float* column = keys_t + v0 * kLanes;
+        for (std::size_t d = 0; d < head_dim; ++d) {
+            const F32s k0 = F32s::load_aligned(column + d * kKeyTile), k1 = F32s::load_aligned(column + d * kKeyTile + kLanes);
+            for (std::size_t r = 0; r < R; ++r) {
+                const F32s qd(q[r][d]);
+                acc[r][0] = xsimd::fma(qd, k0, acc[r][0]);
+                acc[r][1] = xsimd::fma(qd, k1, acc[r][1]);
+            }
         }
-        for (std::size_t v = 0; v < vectors; ++v) acc[v].store_unaligned(out + d + v * kLanes);
-        d += vectors * kLanes;
-    }
-    for (; d < head_dim; ++d) {
-        float acc = out[d];
-        for (std::size_t j = 0; j < count; ++j) acc = std::fma(p[j], values[j * head_dim + d], acc);
-        out[d] = acc;
+        for (std::size_t r = 0; r < R; ++r) {
+            (acc[r][0] * s).store_aligned(scores[r] + v0 * kLanes);
+            (acc[r][1] * s).store_aligned(scores[r] + (v0 + 1) * kLanes);
+        }
     }
 }
 
-// One online-softmax step of one (row, head) over the first `visible` keys of a tile; the
-// scores beyond are masked to -inf so the whole tile runs in vectors (exp(-inf) = 0).
-void update(float* scores, std::size_t visible, const float* values, std::size_t head_dim, RowState& state, float* acc) {
+// out_r += sum_j p_r[j] * V[j] over `count` keys for R heads: each value vector loaded serves R
+// heads; blocks of 2 vectors of the head dimension stay in registers while the keys stream past.
+template <std::size_t R>
+void accumulate_values(const float* const* p, const float* values, std::size_t count, std::size_t head_dim,
+                       float* const* out) {
+    std::size_t d = 0;
+    for (; d + 2 * kLanes <= head_dim; d += 2 * kLanes) {
+        F32s acc[R][2];
+        for (std::size_t r = 0; r < R; ++r) {
+            acc[r][0] = F32s::load_unaligned(out[r] + d);
+            acc[r][1] = F32s::load_unaligned(out[r] + d + kLanes);
+        }
+        for (std::size_t j = 0; j < count; ++j) {
+            const float* row = values + j * head_dim + d;
+            const F32s v0 = F32s::load_unaligned(row), v1 = F32s::load_unaligned(row + kLanes);
+            for (std::size_t r = 0; r < R; ++r) {
+                const F32s weight(p[r][j]);
+                acc[r][0] = xsimd::fma(weight, v0, acc[r][0]);
+                acc[r][1] = xsimd::fma(weight, v1, acc[r][1]);
+            }
+        }
+        for (std::size_t r = 0; r < R; ++r) {
+            acc[r][0].store_unaligned(out[r] + d);
+            acc[r][1].store_unaligned(out[r] + d + kLanes);
+        }
+    }
+    for (; d + kLanes <= head_dim; d += kLanes) {
+        F32s acc[R];
+        for (std::size_t r = 0; r < R; ++r) acc[r] = F32s::load_unaligned(out[r] + d);
+        for (std::size_t j = 0; j < count; ++j) {
+            const F32s v = F32s::load_unaligned(values + j * head_dim + d);
+            for (std::size_t r = 0; r < R; ++r) acc[r] = xsimd::fma(F32s(p[r][j]), v, acc[r]);
+        }
+        for (std::size_t r = 0; r < R; ++r) acc[r].store_unaligned(out[r] + d);
+    }
+    for (; d < head_dim; ++d)
+        for (std::size_t r = 0; r < R; ++r) {
+            float acc = out[r][d];
+            for (std::size_t j = 0; j < count; ++j) acc = std::fma(p[r][j], values[j * head_dim + d], acc);
+            out[r][d] = acc;
+        }
+}
+
+// One online-softmax step of one (row, head) over the first `visible` keys of a tile: the
+// scores become exp(score - running max) (beyond `visible`: -inf, so exp gives 0 and the whole
+// tile runs in vectors), and the accumulator and sum are rescaled to the new max.
+void softmax_step(float* scores, std::size_t visible, std::size_t head_dim, RowState& state, float* acc) {
     constexpr std::size_t kVectors = kKeyTile / kLanes;
     for (std::size_t j = visible; j < kKeyTile; ++j) scores[j] = -INFINITY;
     F32s max_v(-INFINITY);
@@ -139,7 +160,15 @@ void update(float* scores, std::size_t visible, const float* values, std::size_t
         for (std::size_t d = 0; d < head_dim; ++d) acc[d] *= rescale;
     state.sum = state.sum * rescale + xsimd::hadd(sum_v);
     state.max = new_max;
-    accumulate_values(scores, values, visible, head_dim, acc);
+}
+
+// One tile for R heads of a row: scores, softmax steps, values.
+template <std::size_t R>
+void heads_step(const float* const* q, const float* keys_t, const float* values, std::size_t visible, std::size_t head_dim,
+                float scale, float* const* scores, RowState* states, float* const* acc) {
+    tile_scores<R>(q, keys_t, head_dim, scale, scores);
+    for (std::size_t r = 0; r < R; ++r) softmax_step(scores[r], visible, head_dim, states[r], acc[r]);
+    accumulate_values<R>(scores, values, visible, head_dim, acc);
 }
 
 void sparse_attention(const kvfuse_attention_args& a) {
@@ -159,7 +188,7 @@ void sparse_attention(const kvfuse_attention_args& a) {
 #pragma omp parallel if (parallel)
     {
         std::vector<float, xsimd::aligned_allocator<float, 64>> keys_t(d_count * kKeyTile), values(kKeyTile * d_count),
-            scores(kKeyTile);
+            scores(4 * kKeyTile);
         std::vector<float> acc(kRowBlock * group * d_count);
         std::vector<RowState> states(kRowBlock * group);
 #pragma omp for schedule(dynamic)
@@ -178,12 +207,25 @@ void sparse_attention(const kvfuse_attention_args& a) {
                     const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
                     if (position < first) continue;
                     const std::size_t visible = std::min(count, position + 1 - first);
-                    for (std::size_t g = 0; g < group; ++g) {
-                        const std::size_t h = kv_head * group + g;
-                        const float* q = a.queries + order[i] * a.query_row_stride + h * d_count;
-                        tile_scores(q, keys_t.data(), d_count, a.scale, scores.data());
-                        const std::size_t slot = (i - begin) * group + g;
-                        update(scores.data(), visible, values.data(), d_count, states[slot], acc.data() + slot * d_count);
+                    // The group's heads in register blocks of up to 4.
+                    for (std::size_t g0 = 0; g0 < group; g0 += 4) {
+                        const std::size_t heads = std::min<std::size_t>(4, group - g0);
+                        const float* q[4];
+                        float* head_scores[4];
+                        float* head_acc[4];
+                        for (std::size_t r = 0; r < heads; ++r) {
+                            const std::size_t h = kv_head * group + g0 + r;
+                            q[r] = a.queries + order[i] * a.query_row_stride + h * d_count;
+                            head_scores[r] = scores.data() + r * kKeyTile;
+                            head_acc[r] = acc.data() + ((i - begin) * group + g0 + r) * d_count;
+                        }
+                        RowState* head_states = states.data() + (i - begin) * group + g0;
+                        switch (heads) {
+                            case 4: heads_step<4>(q, keys_t.data(), values.data(), visible, d_count, a.scale, head_scores, head_states, head_acc); break;
+                            case 3: heads_step<3>(q, keys_t.data(), values.data(), visible, d_count, a.scale, head_scores, head_states, head_acc); break;
+                            case 2: heads_step<2>(q, keys_t.data(), values.data(), visible, d_count, a.scale, head_scores, head_states, head_acc); break;
+                            default: heads_step<1>(q, keys_t.data(), values.data(), visible, d_count, a.scale, head_scores, head_states, head_acc); break;
+                        }
                     }
                 }
             }

@@ -43,11 +43,13 @@ template <class V>
 inline V madd_pairs(V k, V q) {
 #if defined(__AVX512BW__)
     if constexpr (V::size == 16) return _mm512_madd_epi16(k, q);
+    else
 #endif
 #if defined(__AVX2__)
     if constexpr (V::size == 8) return _mm256_madd_epi16(k, q);
+    else
 #endif
-    return ((k << 16) >> 16) * ((q << 16) >> 16) + (k >> 16) * (q >> 16);
+        return ((k << 16) >> 16) * ((q << 16) >> 16) + (k >> 16) * (q >> 16);
 }
 
 inline std::int32_t pack_pair(std::int32_t lo, std::int32_t hi) {

@@ -189,20 +189,25 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t middle
         std::vector<std::uint32_t>& histogram = c.histogram;
         histogram.assign(bucket_count + 1, 0);  // the last bucket collects the scores above hi
         std::uint32_t* bucket = c.buckets.data();
-        // Bucket numbers computed as floats (exact up to 2^24) and converted once.
-        const F32s vlo(lo), vhi(hi), vscale(scale), top(static_cast<float>(bucket_count - 1)),
-            above(static_cast<float>(bucket_count));
+        // Bucket numbers as floats in [0, bucket_count - 1], made integers by the 2^23 trick
+        // (round to nearest: monotonic like the truncation it replaces, and one instruction
+        // sequence for the vectors and the scalar tail alike).
+        const F32s vlo(lo), vhi(hi), vscale(scale), top(static_cast<float>(bucket_count - 1)), magic(8388608.0f);
+        using I32s = xsimd::batch<std::int32_t, Arch>;
+        const I32s magic_bits(0x4B000000), above(static_cast<std::int32_t>(bucket_count));
         std::size_t i = 0;
         for (; i + kLanes <= c.count; i += kLanes) {
             const F32s v = F32s::load_unaligned(c.values.data() + i);
-            const F32s b = xsimd::select(v > vhi, above, xsimd::min(xsimd::floor((v - vlo) * vscale), top));
-            xsimd::batch_cast<std::int32_t>(b).store_unaligned(reinterpret_cast<std::int32_t*>(bucket + i));
+            const I32s b = xsimd::bitwise_cast<I32s>(xsimd::min((v - vlo) * vscale, top) + magic) - magic_bits;
+            const I32s over = xsimd::bitwise_cast<I32s>(xsimd::select(v > vhi, F32s(-1.0f), F32s(0.0f)));
+            xsimd::select(over != I32s(0), above, b).store_unaligned(reinterpret_cast<std::int32_t*>(bucket + i));
         }
         for (; i < c.count; ++i) {
             const float v = c.values[i];
-            bucket[i] = v > hi ? static_cast<std::uint32_t>(bucket_count)
-                               : std::min(static_cast<std::uint32_t>((v - lo) * scale),
-                                          static_cast<std::uint32_t>(bucket_count - 1));
+            std::int32_t b;
+            const float x = std::min((v - lo) * scale, static_cast<float>(bucket_count - 1)) + 8388608.0f;
+            std::memcpy(&b, &x, sizeof b);
+            bucket[i] = v > hi ? static_cast<std::uint32_t>(bucket_count) : static_cast<std::uint32_t>(b - 0x4B000000);
         }
         for (i = 0; i < c.count; ++i) ++histogram[bucket[i]];
         std::size_t b = bucket_count - 1, better = 0;
