@@ -17,3 +17,12 @@ if(KVFUSE_WITH_HWLOC)
     set(KVFUSE_WITH_HWLOC OFF)
   endif()
 endif()
+
+# Header-only nlohmann-json for the tuning profile (read and written by the library): found by
+# path like xsimd, so the cross build uses the host's architecture-independent headers.
+find_path(KVFUSE_JSON_INCLUDE_DIR nlohmann/json.hpp PATHS /usr/include NO_CMAKE_FIND_ROOT_PATH)
+if(NOT KVFUSE_JSON_INCLUDE_DIR)
+  message(FATAL_ERROR "nlohmann/json.hpp not found: install nlohmann-json3-dev (tools/setup.sh does)")
+endif()
+add_library(kvfuse_json INTERFACE)
+target_include_directories(kvfuse_json SYSTEM INTERFACE $<BUILD_INTERFACE:${KVFUSE_JSON_INCLUDE_DIR}>)

@@ -22,6 +22,8 @@ const char* kvfuse_status_message(kvfuse_status status) {
         case KVFUSE_ERROR_UNSUPPORTED_ISA: return "unsupported ISA";
         case KVFUSE_ERROR_OUT_OF_MEMORY: return "out of memory";
         case KVFUSE_ERROR_INTERNAL: return "internal error";
+        case KVFUSE_ERROR_IO: return "file could not be read or written";
+        case KVFUSE_ERROR_BAD_PROFILE: return "tuning profile is malformed or for another machine";
         default: break;
     }
     return "unknown status";

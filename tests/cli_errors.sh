@@ -54,5 +54,22 @@ if out=$("$kvfuse" run --pretokenized --chunk "$scratch/ids_ok.txt" --question "
 else
     echo "FAIL: pre-tokenized run: $out"; failures=$((failures + 1))
 fi
-echo "$((22 - failures)) passed, $failures failed"
+# Tuning: bad arguments, then a quick tune whose profile the next process loads, and a
+# corrupt profile that is reported and ignored (not an error: the defaults stay).
+expect_error "missing.gguf" "$kvfuse" tune --quick --model "$scratch/missing.gguf"
+echo "a file" > "$scratch/not_a_dir"
+expect_error "cannot create" "$kvfuse" tune --quick --out "$scratch/not_a_dir/profile.json"
+if "$kvfuse" tune --quick --out "$scratch/profile.json" >/dev/null 2>&1 &&
+    KVFUSE_PROFILE="$scratch/profile.json" "$kvfuse" info | grep -q "tuning: profile $scratch/profile.json"; then
+    echo "ok: tune writes a profile that loads"
+else
+    echo "FAIL: tune --quick then info with KVFUSE_PROFILE"; failures=$((failures + 1))
+fi
+echo '{"format": "kvfuse-tuning-profile"' > "$scratch/corrupt.json"
+if KVFUSE_PROFILE="$scratch/corrupt.json" "$kvfuse" info | grep -q "ignored profile"; then
+    echo "ok: a corrupt profile is reported and ignored"
+else
+    echo "FAIL: corrupt profile not reported"; failures=$((failures + 1))
+fi
+echo "$((26 - failures)) passed, $failures failed"
 [[ $failures -eq 0 ]]

@@ -54,6 +54,15 @@ int run_info(const std::string& model_path, bool place) {
         return 2;
     }
     std::printf("active isa: %s\n", kvfuse::isa_name(active));
+    const kvfuse::Tuning t = kvfuse::current_tuning();
+    std::printf("tuning: %s\n", kvfuse::profile_status().c_str());
+    std::printf("  attention key tile %u%s, row block %u; scoring rows %u; top-k sample %u\n", t.attention_key_tile,
+                t.attention_key_tile == 0 ? " (from the L1 size)" : "", t.attention_row_block, t.score_query_rows,
+                t.topk_sample);
+    std::printf("  parallel above: rope %llu elements, attention %llu and scoring %llu multiply-adds\n",
+                static_cast<unsigned long long>(t.rope_parallel_work), static_cast<unsigned long long>(t.attention_parallel_work),
+                static_cast<unsigned long long>(t.score_parallel_work));
+    std::printf("  default profile location: %s\n", kvfuse::default_profile_path().c_str());
     if (!model_path.empty()) {
         const auto file = kvfuse::model::GgufFile::open(model_path);
         const kvfuse::model::LlamaModel model(file);

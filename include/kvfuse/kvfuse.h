@@ -40,6 +40,8 @@ typedef enum kvfuse_status {
     KVFUSE_ERROR_UNSUPPORTED_ISA = 4,  /* the ISA is known but not compiled in or not on this CPU */
     KVFUSE_ERROR_OUT_OF_MEMORY = 5,
     KVFUSE_ERROR_INTERNAL = 6,
+    KVFUSE_ERROR_IO = 7,               /* a file could not be read or written */
+    KVFUSE_ERROR_BAD_PROFILE = 8,      /* a tuning profile is malformed or made for another machine */
     KVFUSE_STATUS_MAX_ENUM = 0x7fffffff /* keeps the enum int-sized; any int is in range */
 } kvfuse_status;
 
@@ -256,6 +258,44 @@ typedef struct kvfuse_relevance_args {
  * j <= candidates - M + m; softmax per row in f32; column sums over the rows for the document
  * keys; optional smoothing. Integer dot products are exact; scales applied per (row, head). */
 KVFUSE_API kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* args);
+
+/* ---- tuning ------------------------------------------------------------------------------
+ * Kernel parameters a per-machine tuning run (`kvfuse tune`) chooses. They change speed only,
+ * never results. At start-up the library loads the tuning profile: the file KVFUSE_PROFILE
+ * names ("none": built-in defaults), else the default profile of this machine (see
+ * kvfuse_default_profile_path). A profile made for another CPU, ISA, core count, cache size or
+ * kvfuse version, or one that does not parse or validate, is ignored and reported by
+ * kvfuse_profile_status; the defaults stay. */
+
+typedef struct kvfuse_tuning {
+    uint32_t attention_key_tile;   /* keys per attention tile: 32, 64 or 128; 0 = from L1 size */
+    uint32_t attention_row_block;  /* selected rows sharing one tile: 1..64 */
+    uint32_t score_query_rows;     /* scoring register block: 2, 4 or 6 query rows */
+    uint32_t topk_sample;          /* top-k bracket sample: a power of two, 256..16384 */
+    uint64_t rope_parallel_work;   /* below this many elements a call runs on one thread */
+    uint64_t attention_parallel_work; /* in multiply-adds */
+    uint64_t score_parallel_work;     /* in multiply-adds */
+} kvfuse_tuning;
+
+/* The built-in defaults (the attention tile seeded from this machine's L1 size). */
+KVFUSE_API void kvfuse_default_tuning(kvfuse_tuning* tuning);
+/* The parameters in force. */
+KVFUSE_API void kvfuse_get_tuning(kvfuse_tuning* tuning);
+/* Validates and applies; NULL restores the defaults. Affects calls that start afterwards. */
+KVFUSE_API kvfuse_status kvfuse_set_tuning(const kvfuse_tuning* tuning);
+/* Reads a profile, checks it was made for this machine, kvfuse version and the ISA in use,
+ * and applies it. On failure nothing changes and the error says why. */
+KVFUSE_API kvfuse_status kvfuse_load_profile(const char* path);
+/* Writes `tuning` as this machine's profile (JSON), with `measurements_json` (a JSON object
+ * or NULL) kept as a record of how it was chosen. Written to a temporary file and renamed;
+ * missing directories are created. */
+KVFUSE_API kvfuse_status kvfuse_save_profile(const char* path, const kvfuse_tuning* tuning,
+                                             const char* measurements_json);
+/* Where this machine's profile lives by default: $XDG_CACHE_HOME/kvfuse/tuning/<key>.json
+ * (else ~/.cache/...), <key> naming the CPU, ISA in use, core count and cache sizes. */
+KVFUSE_API kvfuse_status kvfuse_default_profile_path(char* path, size_t size);
+/* One line: which profile is in force, or why none is. */
+KVFUSE_API const char* kvfuse_profile_status(void);
 
 /* ---- topology and thread placement ------------------------------------------------------ */
 

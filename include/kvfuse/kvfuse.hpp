@@ -24,6 +24,8 @@ enum class StatusCode : int {
     unsupported_isa = KVFUSE_ERROR_UNSUPPORTED_ISA,
     out_of_memory = KVFUSE_ERROR_OUT_OF_MEMORY,
     internal = KVFUSE_ERROR_INTERNAL,
+    io = KVFUSE_ERROR_IO,
+    bad_profile = KVFUSE_ERROR_BAD_PROFILE,
 };
 
 class Error : public std::runtime_error {
@@ -283,6 +285,32 @@ inline Status topk_batched(const float* scores, std::size_t rows, std::size_t n,
     return Status(kvfuse_topk_batched(scores, rows, n, row_stride, k, static_cast<kvfuse_topk_order>(order), indices,
                                       indices_stride));
 }
+
+// ---- tuning -------------------------------------------------------------------------------
+
+using Tuning = kvfuse_tuning;
+inline Tuning default_tuning() {
+    Tuning t{};
+    kvfuse_default_tuning(&t);
+    return t;
+}
+inline Tuning current_tuning() {
+    Tuning t{};
+    kvfuse_get_tuning(&t);
+    return t;
+}
+// nullptr restores the defaults.
+inline Status set_tuning(const Tuning* tuning) { return Status(kvfuse_set_tuning(tuning)); }
+inline Status load_profile(const std::string& path) { return Status(kvfuse_load_profile(path.c_str())); }
+inline Status save_profile(const std::string& path, const Tuning& tuning, const std::string& measurements_json = {}) {
+    return Status(kvfuse_save_profile(path.c_str(), &tuning, measurements_json.empty() ? nullptr : measurements_json.c_str()));
+}
+// Empty when neither XDG_CACHE_HOME nor HOME is set.
+inline std::string default_profile_path() {
+    char path[4096];
+    return kvfuse_default_profile_path(path, sizeof path) == KVFUSE_OK ? std::string(path) : std::string();
+}
+inline std::string profile_status() { return kvfuse_profile_status(); }
 
 // ---- quantized scoring ---------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 // Sparse-row attention written once on the xsimd architecture (see kernels/README.md for how it
 // is compiled per ISA). No include guard on purpose.
 //
-// Loop order: for each (KV head, block of rows sorted by position), keys are taken in tiles of
-// kKeyTile; each tile is transposed (and widened from bf16) ONCE into scratch and then used by
+// Loop order: for each (KV head, block of rows sorted by position), keys are taken in tiles
+// (size and row block from the tuning in force, see kernels/tuning.h); each tile is transposed (and widened from bf16) ONCE into scratch and then used by
 // every row of the block and every query head of the group. Scores are computed with vectors
 // running across keys (no horizontal reductions), the softmax is online (running max and sum
 // per row and head), and P·V accumulates with vectors running across the head dimension.
@@ -17,6 +17,7 @@
 
 #include "kernels/common/bf16.h"
 #include "kernels/kernel_table.h"
+#include "kernels/tuning.h"
 
 namespace kvfuse::KVFUSE_ISA_NAMESPACE {
 namespace {
@@ -24,56 +25,55 @@ namespace {
 using Arch = KVFUSE_XSIMD_ARCH;
 using F32s = xsimd::batch<float, Arch>;
 constexpr std::size_t kLanes = F32s::size;
-constexpr std::size_t kKeyTile = 64;   // keys per tile: a multiple of every ISA's lane count
-constexpr std::size_t kRowBlock = 16;  // rows sharing one transposed tile
-static_assert(kKeyTile % 16 == 0, "key tile must be a multiple of the widest vector");
+// Key tiles (32, 64 or 128 keys) are a multiple of 2 vectors of the widest ISA.
+static_assert(32 % (2 * kLanes) == 0, "the smallest key tile must hold whole pairs of vectors");
 
 struct RowState {
     float max;
     float sum;
 };
 
-// Copies keys [first, first + count) of one KV head into scratch transposed (D x kKeyTile), and
-// values row-major (kKeyTile x D), widening bf16. Missing keys of a partial tile are zero.
+// Copies keys [first, first + count) of one KV head into scratch transposed (D x tile), and
+// values row-major (tile x D), widening bf16. Missing keys of a partial tile are zero.
 void load_tile(const kvfuse_attention_args& a, std::size_t kv_head, std::size_t first, std::size_t count,
-               float* keys_t, float* values) {
+               std::size_t tile, float* keys_t, float* values) {
     const std::size_t d_count = a.head_dim;
     for (std::size_t j = 0; j < count; ++j) {
         const std::size_t at = (first + j) * a.kv_token_stride + kv_head * d_count;
         if (a.kv_dtype == KVFUSE_DTYPE_F32) {
             const float* k = static_cast<const float*>(a.keys) + at;
             const float* v = static_cast<const float*>(a.values) + at;
-            for (std::size_t d = 0; d < d_count; ++d) keys_t[d * kKeyTile + j] = k[d];
+            for (std::size_t d = 0; d < d_count; ++d) keys_t[d * tile + j] = k[d];
             std::memcpy(values + j * d_count, v, d_count * sizeof(float));
         } else {
             const std::uint16_t* k = static_cast<const std::uint16_t*>(a.keys) + at;
             const std::uint16_t* v = static_cast<const std::uint16_t*>(a.values) + at;
             for (std::size_t d = 0; d < d_count; ++d) {
-                keys_t[d * kKeyTile + j] = detail::bf16_bits_to_f32(k[d]);
+                keys_t[d * tile + j] = detail::bf16_bits_to_f32(k[d]);
                 values[j * d_count + d] = detail::bf16_bits_to_f32(v[d]);
             }
         }
     }
-    for (std::size_t j = count; j < kKeyTile; ++j) {
-        for (std::size_t d = 0; d < d_count; ++d) keys_t[d * kKeyTile + j] = 0.0f;
+    for (std::size_t j = count; j < tile; ++j) {
+        for (std::size_t d = 0; d < d_count; ++d) keys_t[d * tile + j] = 0.0f;
         std::memset(values + j * d_count, 0, d_count * sizeof(float));
     }
 }
 
-// scores_r[0, kKeyTile) = scale * q_r . K_tile for R query heads of one KV group at once:
+// scores_r[0, tile) = scale * q_r . K_tile for R query heads of one KV group at once:
 // each key vector loaded from the transposed tile serves R heads, and 2R independent FMA
 // chains cover the FMA latency.
 template <std::size_t R>
-void tile_scores(const float* const* q, const float* keys_t, std::size_t head_dim, float scale, float* const* scores) {
+void tile_scores(const float* const* q, const float* keys_t, std::size_t tile, std::size_t head_dim, float scale,
+                 float* const* scores) {
     constexpr std::size_t kChunk = 2;  // key vectors per register block
-    static_assert((kKeyTile / kLanes) % kChunk == 0, "tile must hold whole chunks");
     const F32s s(scale);
-    for (std::size_t v0 = 0; v0 < kKeyTile / kLanes; v0 += kChunk) {
+    for (std::size_t v0 = 0; v0 < tile / kLanes; v0 += kChunk) {
         F32s acc[R][kChunk];
         for (std::size_t r = 0; r < R; ++r) acc[r][0] = acc[r][1] = F32s(0.0f);
         const float* column = keys_t + v0 * kLanes;
         for (std::size_t d = 0; d < head_dim; ++d) {
-            const F32s k0 = F32s::load_aligned(column + d * kKeyTile), k1 = F32s::load_aligned(column + d * kKeyTile + kLanes);
+            const F32s k0 = F32s::load_aligned(column + d * tile), k1 = F32s::load_aligned(column + d * tile + kLanes);
             for (std::size_t r = 0; r < R; ++r) {
                 const F32s qd(q[r][d]);
                 acc[r][0] = xsimd::fma(qd, k0, acc[r][0]);
@@ -133,9 +133,9 @@ void accumulate_values(const float* const* p, const float* values, std::size_t c
 // One online-softmax step of one (row, head) over the first `visible` keys of a tile: the
 // scores become exp(score - running max) (beyond `visible`: -inf, so exp gives 0 and the whole
 // tile runs in vectors), and the accumulator and sum are rescaled to the new max.
-void softmax_step(float* scores, std::size_t visible, std::size_t head_dim, RowState& state, float* acc) {
-    constexpr std::size_t kVectors = kKeyTile / kLanes;
-    for (std::size_t j = visible; j < kKeyTile; ++j) scores[j] = -INFINITY;
+void softmax_step(float* scores, std::size_t visible, std::size_t tile, std::size_t head_dim, RowState& state, float* acc) {
+    const std::size_t kVectors = tile / kLanes;
+    for (std::size_t j = visible; j < tile; ++j) scores[j] = -INFINITY;
     F32s max_v(-INFINITY);
     auto nan_v = F32s(0.0f) != F32s(0.0f);
     for (std::size_t v = 0; v < kVectors; ++v) {
@@ -164,10 +164,10 @@ void softmax_step(float* scores, std::size_t visible, std::size_t head_dim, RowS
 
 // One tile for R heads of a row: scores, softmax steps, values.
 template <std::size_t R>
-void heads_step(const float* const* q, const float* keys_t, const float* values, std::size_t visible, std::size_t head_dim,
-                float scale, float* const* scores, RowState* states, float* const* acc) {
-    tile_scores<R>(q, keys_t, head_dim, scale, scores);
-    for (std::size_t r = 0; r < R; ++r) softmax_step(scores[r], visible, head_dim, states[r], acc[r]);
+void heads_step(const float* const* q, const float* keys_t, const float* values, std::size_t visible, std::size_t tile,
+                std::size_t head_dim, float scale, float* const* scores, RowState* states, float* const* acc) {
+    tile_scores<R>(q, keys_t, tile, head_dim, scale, scores);
+    for (std::size_t r = 0; r < R; ++r) softmax_step(scores[r], visible, tile, head_dim, states[r], acc[r]);
     accumulate_values<R>(scores, values, visible, head_dim, acc);
 }
 
@@ -178,31 +178,34 @@ void sparse_attention(const kvfuse_attention_args& a) {
     std::vector<std::size_t> order(a.rows);
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return a.positions[x] < a.positions[y]; });
-    const std::size_t blocks = (a.rows + kRowBlock - 1) / kRowBlock;
+    const kvfuse_tuning tuning = detail::current_tuning();
+    const std::size_t tile = detail::attention_key_tile(tuning, d_count), row_block = tuning.attention_row_block;
+    const std::size_t blocks = (a.rows + row_block - 1) / row_block;
     const std::size_t tasks = blocks * a.kv_heads;
     double work = 0.0;
     for (std::size_t r = 0; r < a.rows; ++r) work += static_cast<double>(a.positions[r] + 1);
     work *= static_cast<double>(a.query_heads * d_count);
-    const bool parallel = work > 2e5 && tasks > 1 && omp_get_max_threads() > 1;
+    const bool parallel =
+        work > static_cast<double>(tuning.attention_parallel_work) && tasks > 1 && omp_get_max_threads() > 1;
 
 #pragma omp parallel if (parallel)
     {
-        std::vector<float, xsimd::aligned_allocator<float, 64>> keys_t(d_count * kKeyTile), values(kKeyTile * d_count),
-            scores(4 * kKeyTile);
-        std::vector<float> acc(kRowBlock * group * d_count);
-        std::vector<RowState> states(kRowBlock * group);
+        std::vector<float, xsimd::aligned_allocator<float, 64>> keys_t(d_count * tile), values(tile * d_count),
+            scores(4 * tile);
+        std::vector<float> acc(row_block * group * d_count);
+        std::vector<RowState> states(row_block * group);
 #pragma omp for schedule(dynamic)
         for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(tasks); ++task) {
             // Later (longer) blocks first: better balance under dynamic scheduling.
             const std::size_t block = blocks - 1 - static_cast<std::size_t>(task) / a.kv_heads;
             const std::size_t kv_head = static_cast<std::size_t>(task) % a.kv_heads;
-            const std::size_t begin = block * kRowBlock, end = std::min(a.rows, begin + kRowBlock);
+            const std::size_t begin = block * row_block, end = std::min(a.rows, begin + row_block);
             const std::size_t last_key = static_cast<std::size_t>(a.positions[order[end - 1]]);
             std::fill(acc.begin(), acc.end(), 0.0f);
             std::fill(states.begin(), states.end(), RowState{-INFINITY, 0.0f});
-            for (std::size_t first = 0; first <= last_key; first += kKeyTile) {
-                const std::size_t count = std::min(kKeyTile, last_key + 1 - first);
-                load_tile(a, kv_head, first, count, keys_t.data(), values.data());
+            for (std::size_t first = 0; first <= last_key; first += tile) {
+                const std::size_t count = std::min(tile, last_key + 1 - first);
+                load_tile(a, kv_head, first, count, tile, keys_t.data(), values.data());
                 for (std::size_t i = begin; i < end; ++i) {
                     const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
                     if (position < first) continue;
@@ -216,15 +219,15 @@ void sparse_attention(const kvfuse_attention_args& a) {
                         for (std::size_t r = 0; r < heads; ++r) {
                             const std::size_t h = kv_head * group + g0 + r;
                             q[r] = a.queries + order[i] * a.query_row_stride + h * d_count;
-                            head_scores[r] = scores.data() + r * kKeyTile;
+                            head_scores[r] = scores.data() + r * tile;
                             head_acc[r] = acc.data() + ((i - begin) * group + g0 + r) * d_count;
                         }
                         RowState* head_states = states.data() + (i - begin) * group + g0;
                         switch (heads) {
-                            case 4: heads_step<4>(q, keys_t.data(), values.data(), visible, d_count, a.scale, head_scores, head_states, head_acc); break;
-                            case 3: heads_step<3>(q, keys_t.data(), values.data(), visible, d_count, a.scale, head_scores, head_states, head_acc); break;
-                            case 2: heads_step<2>(q, keys_t.data(), values.data(), visible, d_count, a.scale, head_scores, head_states, head_acc); break;
-                            default: heads_step<1>(q, keys_t.data(), values.data(), visible, d_count, a.scale, head_scores, head_states, head_acc); break;
+                            case 4: heads_step<4>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
+                            case 3: heads_step<3>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
+                            case 2: heads_step<2>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
+                            default: heads_step<1>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
                         }
                     }
                 }

@@ -10,6 +10,7 @@
 
 #include "kernels/common/bf16.h"
 #include "kernels/kernel_table.h"
+#include "kernels/tuning.h"
 #include "kernels/rope/rope_plan.h"
 
 namespace kvfuse::KVFUSE_ISA_NAMESPACE {
@@ -182,7 +183,7 @@ void rotate_rows(const RopePlan& plan, kvfuse_dtype dtype, const T* src, std::si
     const std::size_t work = tokens * heads * static_cast<std::size_t>(plan.config.head_dim);
     // Below a few hundred KiB the fork/join costs more than the second core gives back; and
     // even an `if(false)` parallel region costs microseconds, so small calls skip OpenMP.
-    if (work < (std::size_t{1} << 17) || omp_get_max_threads() == 1) {
+    if (work < detail::current_tuning().rope_parallel_work || omp_get_max_threads() == 1) {
         for (std::size_t t = 0; t < tokens; ++t) rotate_token(t);
         return;
     }

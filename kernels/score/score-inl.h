@@ -4,11 +4,11 @@
 // against every key. Keys go in tiles of kTile; a tile of one KV head is first laid out in an
 // L1 scratch so that one vector holds one dimension of kLanes keys (f32), or one pair of
 // dimensions as two s16 in each 32-bit lane (int8 and int4 keys: x86 `pmaddwd` multiplies
-// and adds such pairs exactly, whatever the int8 values). A register block of kRows query
-// rows x kVectors key vectors then runs down the head dimension with one broadcast per row,
-// so each loaded key vector serves kRows rows and no horizontal reduction is needed. Tiles are
-// independent (OpenMP); the softmax per question row and the column sums follow as two
-// vector passes over the M x T logits.
+// and adds such pairs exactly, whatever the int8 values). A register block of 2, 4 or 6
+// (tuned) query rows x kVectors key vectors then runs down the head dimension with one
+// broadcast per row, so each loaded key vector serves every row of the block and no
+// horizontal reduction is needed. Tiles are independent (OpenMP); the softmax per question
+// row and the column sums follow as two vector passes over the M x T logits.
 #include <omp.h>
 
 #include <algorithm>
@@ -22,6 +22,7 @@
 #endif
 
 #include "kernels/kernel_table.h"
+#include "kernels/tuning.h"
 
 namespace kvfuse::KVFUSE_ISA_NAMESPACE {
 namespace {
@@ -32,7 +33,7 @@ using I32s = xsimd::batch<std::int32_t, Arch>;
 constexpr std::size_t kLanes = F32s::size;
 constexpr std::size_t kVectors = 2;                 // key vectors per tile
 constexpr std::size_t kTile = kVectors * kLanes;   // keys per tile
-constexpr std::size_t kRows = 4;                    // query rows per register block
+constexpr std::size_t kMaxRows = 6;                 // query rows per register block: 2, 4 or 6 (tuned)
 
 template <class T>
 using Aligned = std::vector<T, xsimd::aligned_allocator<T, 64>>;
@@ -96,7 +97,7 @@ void layout_tile(const kvfuse_relevance_args& a, const Shape& s, Path path, std:
 
 // acc[r][v] = sum over d of tile[d][v lanes] * row_r[d], for R rows.
 template <std::size_t R>
-inline void f32_block(const float* const* rows, const float* tile, std::size_t D, F32s (&acc)[kRows][kVectors]) {
+inline void f32_block(const float* const* rows, const float* tile, std::size_t D, F32s (&acc)[kMaxRows][kVectors]) {
     for (std::size_t r = 0; r < R; ++r)
         for (std::size_t v = 0; v < kVectors; ++v) acc[r][v] = F32s(0.0f);
     for (std::size_t d = 0; d < D; ++d) {
@@ -111,7 +112,7 @@ inline void f32_block(const float* const* rows, const float* tile, std::size_t D
 
 template <std::size_t R>
 inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile, std::size_t D2,
-                      I32s (&acc)[kRows][kVectors]) {
+                      I32s (&acc)[kMaxRows][kVectors]) {
     for (std::size_t r = 0; r < R; ++r)
         for (std::size_t v = 0; v < kVectors; ++v) acc[r][v] = I32s(0);
     for (std::size_t d2 = 0; d2 < D2; ++d2) {
@@ -130,9 +131,9 @@ template <std::size_t R>
 void rows_of_group(const kvfuse_relevance_args& a, const Shape& s, Path path, std::size_t kv, std::size_t first_row,
                    const float* f32_tile, const std::int32_t* int_tile, const float* key_scales,
                    const std::int32_t* query_pairs, float* sums) {
-    const float* f32_rows[kRows];
-    const std::int32_t* int_rows[kRows];
-    std::size_t m_of[kRows], h_of[kRows];
+    const float* f32_rows[kMaxRows];
+    const std::int32_t* int_rows[kMaxRows];
+    std::size_t m_of[kMaxRows], h_of[kMaxRows];
     for (std::size_t r = 0; r < R; ++r) {
         const std::size_t flat = first_row + r;
         m_of[r] = flat / s.group;
@@ -143,7 +144,7 @@ void rows_of_group(const kvfuse_relevance_args& a, const Shape& s, Path path, st
             int_rows[r] = query_pairs + (m_of[r] * s.H + h_of[r]) * s.D2;
     }
     if (path == Path::f32) {
-        F32s acc[kRows][kVectors];
+        F32s acc[kMaxRows][kVectors];
         f32_block<R>(f32_rows, f32_tile, s.D, acc);
         for (std::size_t r = 0; r < R; ++r)
             for (std::size_t v = 0; v < kVectors; ++v) {
@@ -151,7 +152,7 @@ void rows_of_group(const kvfuse_relevance_args& a, const Shape& s, Path path, st
                 (F32s::load_aligned(out) + acc[r][v]).store_aligned(out);
             }
     } else {
-        I32s acc[kRows][kVectors];
+        I32s acc[kMaxRows][kVectors];
         int_block<R>(int_rows, int_tile, s.D2, acc);
         for (std::size_t r = 0; r < R; ++r) {
             const F32s row_scale(a.query_scales[m_of[r] * s.H + h_of[r]]);
@@ -178,7 +179,9 @@ void relevance(const kvfuse_relevance_args& a) {
     const float inv = 1.0f / std::sqrt(static_cast<float>(s.H * s.D));
     const std::size_t tiles = (s.C + kTile - 1) / kTile, padded = tiles * kTile;
     const std::size_t rows_per_kv = s.M * s.group;
-    const bool parallel = static_cast<double>(s.M) * s.C * s.H * s.D > 1e6;
+    const kvfuse_tuning tuning = detail::current_tuning();
+    const std::size_t block_rows = tuning.score_query_rows;
+    const bool parallel = static_cast<double>(s.M) * s.C * s.H * s.D > static_cast<double>(tuning.score_parallel_work);
 
     // int paths: every query (row, head) as D2 s16 pairs, built once.
     Aligned<std::int32_t> query_pairs;
@@ -204,9 +207,13 @@ void relevance(const kvfuse_relevance_args& a) {
             for (std::size_t kv = 0; kv < s.Hkv; ++kv) {
                 layout_tile(a, s, path, j0, kv, f32_tile.data(), int_tile.data(), key_scales.data());
                 std::size_t row = 0;
-                for (; row + kRows <= rows_per_kv; row += kRows)
-                    rows_of_group<kRows>(a, s, path, kv, row, f32_tile.data(), int_tile.data(), key_scales.data(),
-                                         query_pairs.data(), sums.data());
+                for (; row + block_rows <= rows_per_kv; row += block_rows) {
+                    const auto block = block_rows == 6   ? &rows_of_group<6>
+                                       : block_rows == 2 ? &rows_of_group<2>
+                                                         : &rows_of_group<4>;
+                    block(a, s, path, kv, row, f32_tile.data(), int_tile.data(), key_scales.data(), query_pairs.data(),
+                          sums.data());
+                }
                 for (; row < rows_per_kv; ++row)
                     rows_of_group<1>(a, s, path, kv, row, f32_tile.data(), int_tile.data(), key_scales.data(),
                                      query_pairs.data(), sums.data());

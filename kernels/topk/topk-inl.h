@@ -1,6 +1,6 @@
 // Exact top-k written once on the xsimd architecture (compiled per ISA; no include guard).
 //
-// 1. A strided sample of 1024 scores brackets the k-th largest value between lo and hi with a
+// 1. A strided sample of scores (1024 by default; tuned) brackets the k-th largest value between lo and hi with a
 //    binomial margin. 2. One vector pass compress-stores, in index order, every score >= lo
 //    (values and indices) and counts the scores > hi. 3. If the bracket holds
 //    (count(> hi) <= k <= count(>= lo)), a histogram of the middle candidates (those in
@@ -23,6 +23,7 @@
 #endif
 
 #include "kernels/kernel_table.h"
+#include "kernels/tuning.h"
 
 namespace kvfuse::KVFUSE_ISA_NAMESPACE {
 namespace {
@@ -31,7 +32,6 @@ using Arch = KVFUSE_XSIMD_ARCH;
 using F32s = xsimd::batch<float, Arch>;
 using U32s = xsimd::batch<std::uint32_t, Arch>;
 constexpr std::size_t kLanes = F32s::size;
-constexpr std::size_t kSample = 1024;
 
 // Larger first, NaN last, ties by lower index (the contract of kvfuse_topk).
 inline bool ranks_before(float a, std::uint32_t ia, float b, std::uint32_t ib) {
@@ -278,8 +278,9 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
     // The bracket [lo, hi] around the k-th largest value, from a strided sample.
     std::vector<float>& sample = c.sample;
     sample.clear();
-    const std::size_t stride = std::max<std::size_t>(1, n / kSample);
-    for (std::size_t i = 0; i < n && sample.size() < kSample; i += stride)
+    const std::size_t sample_size = detail::current_tuning().topk_sample;
+    const std::size_t stride = std::max<std::size_t>(1, n / sample_size);
+    for (std::size_t i = 0; i < n && sample.size() < sample_size; i += stride)
         if (x[i] == x[i]) sample.push_back(x[i]);
     float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
     if (sample.size() >= 64 && n >= 4096) {

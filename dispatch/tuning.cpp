@@ -1,0 +1,331 @@
+// Tuning parameters and the per-machine profile that sets them (see kvfuse.h, "tuning").
+//
+// A profile is only trusted for the machine it was measured on: its "machine" object (CPU
+// model string, ISA in use, core count, L1d and L2 sizes) and kvfuse's major.minor version must
+// match this process exactly, and every parameter must validate; otherwise it is ignored and
+// the reason kept for kvfuse_profile_status.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "dispatch/dispatch.h"
+#include "dispatch/errors.h"
+#include "kernels/tuning.h"
+#include "kvfuse/kvfuse.h"
+
+namespace kvfuse::detail {
+
+namespace {
+
+constexpr const char* kFormat = "kvfuse-tuning-profile";
+constexpr int kFormatVersion = 1;
+
+struct Machine {
+    std::string cpu, isa;
+    long long cores = 0, l1d_bytes = 0, l2_bytes = 0;
+};
+
+// The facts a profile is keyed by, read once (hwloc's topology load is not free).
+const kvfuse_topology& topology() {
+    static const kvfuse_topology t = [] {
+        kvfuse_topology topo{};
+        if (kvfuse_get_topology(&topo) != KVFUSE_OK || topo.cores <= 0)
+            topo.cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+        return topo;
+    }();
+    return t;
+}
+
+Machine this_machine() {
+    Machine m;
+    kvfuse_cpu_features cpu{};
+    kvfuse_get_cpu_features(&cpu);
+    m.cpu = cpu.brand[0] != '\0' ? cpu.brand : "unknown";
+    const KernelTable* table = nullptr;
+    m.isa = active_kernels(table) == KVFUSE_OK ? kvfuse_isa_name(table->isa) : "none";
+    m.cores = topology().cores;
+    m.l1d_bytes = topology().l1d_bytes;
+    m.l2_bytes = topology().l2_bytes;
+    return m;
+}
+
+kvfuse_tuning built_in_defaults() {
+    kvfuse_tuning t{};
+    t.attention_key_tile = 0;  // from the L1 size
+    t.attention_row_block = 16;
+    t.score_query_rows = 4;
+    t.topk_sample = 1024;
+    t.rope_parallel_work = std::uint64_t{1} << 17;
+    t.attention_parallel_work = 200'000;
+    t.score_parallel_work = 1'000'000;
+    return t;
+}
+
+// Empty when valid, else what is wrong.
+std::string invalid(const kvfuse_tuning& t) {
+    const std::uint32_t tile = t.attention_key_tile;
+    if (tile != 0 && tile != 32 && tile != 64 && tile != 128) return "attention_key_tile must be 0, 32, 64 or 128";
+    if (t.attention_row_block < 1 || t.attention_row_block > 64) return "attention_row_block must be in 1..64";
+    if (t.score_query_rows != 2 && t.score_query_rows != 4 && t.score_query_rows != 6)
+        return "score_query_rows must be 2, 4 or 6";
+    const std::uint32_t sample = t.topk_sample;
+    if (sample < 256 || sample > 16384 || (sample & (sample - 1)) != 0)
+        return "topk_sample must be a power of two in 256..16384";
+    return {};
+}
+
+struct State {
+    std::mutex mutex;
+    kvfuse_tuning tuning = built_in_defaults();
+    std::string status = "built-in defaults";
+    bool started = false;
+};
+
+State& state() {
+    static State s;
+    return s;
+}
+
+std::string slug(const std::string& text) {
+    std::string out;
+    for (char c : text) {
+        const unsigned char u = static_cast<unsigned char>(c);
+        if (std::isalnum(u))
+            out += static_cast<char>(std::tolower(u));
+        else if (!out.empty() && out.back() != '-')
+            out += '-';
+    }
+    while (!out.empty() && out.back() == '-') out.pop_back();
+    return out.empty() ? "unknown" : out;
+}
+
+std::string default_path() {
+    const Machine m = this_machine();
+    std::string base;
+    if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && xdg[0] == '/')
+        base = xdg;
+    else if (const char* home = std::getenv("HOME"); home != nullptr && home[0] != '\0')
+        base = std::string(home) + "/.cache";
+    else
+        return {};
+    return base + "/kvfuse/tuning/" + slug(m.cpu) + "_" + m.isa + "_" + std::to_string(m.cores) + "c_l1d" +
+           std::to_string(m.l1d_bytes / 1024) + "k_l2" + std::to_string(m.l2_bytes / 1024) + "k.json";
+}
+
+nlohmann::json machine_json(const Machine& m) {
+    return {{"cpu", m.cpu}, {"isa", m.isa}, {"cores", m.cores}, {"l1d_bytes", m.l1d_bytes}, {"l2_bytes", m.l2_bytes}};
+}
+
+nlohmann::json tuning_json(const kvfuse_tuning& t) {
+    return {{"attention_key_tile", t.attention_key_tile},
+            {"attention_row_block", t.attention_row_block},
+            {"score_query_rows", t.score_query_rows},
+            {"topk_sample", t.topk_sample},
+            {"rope_parallel_work", t.rope_parallel_work},
+            {"attention_parallel_work", t.attention_parallel_work},
+            {"score_parallel_work", t.score_parallel_work}};
+}
+
+std::string version_major_minor(const std::string& version) {
+    const auto first = version.find('.');
+    if (first == std::string::npos) return version;
+    const auto second = version.find('.', first + 1);
+    return version.substr(0, second);
+}
+
+// Parses and checks a profile; on success fills `out`. Otherwise returns why not.
+std::string read_profile(const std::string& path, kvfuse_tuning& out) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return "cannot open " + path;
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        return path + " is not valid JSON (" + e.what() + ")";
+    }
+    try {
+        if (!j.is_object() || j.value("format", "") != kFormat) return path + " is not a kvfuse tuning profile";
+        if (j.at("format_version").get<int>() != kFormatVersion)
+            return path + " has profile format " + j.at("format_version").dump() + ", this kvfuse reads " +
+                   std::to_string(kFormatVersion);
+        const std::string version = j.at("kvfuse_version").get<std::string>();
+        if (version_major_minor(version) != version_major_minor(KVFUSE_VERSION_STRING))
+            return path + " was made by kvfuse " + version + ", this is " + KVFUSE_VERSION_STRING;
+        const nlohmann::json want = machine_json(this_machine());
+        const nlohmann::json& have = j.at("machine");
+        for (const auto& [key, value] : want.items())
+            if (!have.contains(key) || have.at(key) != value)
+                return path + " was made for another machine (" + key + ": " +
+                       (have.contains(key) ? have.at(key).dump() : std::string("missing")) + ", here " + value.dump() + ")";
+        const nlohmann::json& p = j.at("tuning");
+        kvfuse_tuning t{};
+        t.attention_key_tile = p.at("attention_key_tile").get<std::uint32_t>();
+        t.attention_row_block = p.at("attention_row_block").get<std::uint32_t>();
+        t.score_query_rows = p.at("score_query_rows").get<std::uint32_t>();
+        t.topk_sample = p.at("topk_sample").get<std::uint32_t>();
+        t.rope_parallel_work = p.at("rope_parallel_work").get<std::uint64_t>();
+        t.attention_parallel_work = p.at("attention_parallel_work").get<std::uint64_t>();
+        t.score_parallel_work = p.at("score_parallel_work").get<std::uint64_t>();
+        if (std::string why = invalid(t); !why.empty()) return path + ": " + why;
+        out = t;
+    } catch (const nlohmann::json::exception& e) {
+        return path + " is missing a field or has a wrong type (" + e.what() + ")";
+    }
+    return {};
+}
+
+void load_startup_profile_locked(State& s) {
+    s.started = true;
+    const char* env = std::getenv("KVFUSE_PROFILE");
+    std::string path;
+    if (env != nullptr && std::strcmp(env, "none") == 0) {
+        s.status = "built-in defaults (KVFUSE_PROFILE=none)";
+        return;
+    }
+    if (env != nullptr && env[0] != '\0') {
+        path = env;
+    } else {
+        path = default_path();
+        std::error_code ec;
+        if (path.empty() || !std::filesystem::exists(path, ec)) {
+            s.status = "built-in defaults (no profile" + (path.empty() ? std::string() : " at " + path) +
+                       "; `kvfuse tune` makes one)";
+            return;
+        }
+    }
+    kvfuse_tuning t{};
+    if (std::string why = read_profile(path, t); !why.empty()) {
+        s.status = "built-in defaults; ignored profile: " + why;
+        return;
+    }
+    s.tuning = t;
+    s.status = "profile " + path;
+}
+
+}  // namespace
+
+kvfuse_tuning current_tuning() {
+    State& s = state();
+    std::lock_guard<std::mutex> lock(s.mutex);
+    if (!s.started) load_startup_profile_locked(s);
+    return s.tuning;
+}
+
+std::size_t attention_key_tile(const kvfuse_tuning& tuning, std::size_t head_dim) {
+    if (tuning.attention_key_tile != 0) return tuning.attention_key_tile;
+    long long l1d = topology().l1d_bytes;
+    if (l1d < 8 * 1024 || l1d > 1024 * 1024) l1d = 32 * 1024;  // unknown or implausible
+    for (std::size_t tile : {128u, 64u})
+        if (8 * head_dim * tile <= static_cast<std::size_t>(l1d) * 3 / 4) return tile;
+    return 32;
+}
+
+}  // namespace kvfuse::detail
+
+extern "C" {
+
+void kvfuse_default_tuning(kvfuse_tuning* tuning) {
+    if (tuning != nullptr) *tuning = kvfuse::detail::built_in_defaults();
+}
+
+void kvfuse_get_tuning(kvfuse_tuning* tuning) {
+    if (tuning != nullptr) *tuning = kvfuse::detail::current_tuning();
+}
+
+kvfuse_status kvfuse_set_tuning(const kvfuse_tuning* tuning) {
+    const kvfuse_tuning t = tuning != nullptr ? *tuning : kvfuse::detail::built_in_defaults();
+    if (std::string why = kvfuse::detail::invalid(t); !why.empty())
+        return kvfuse::detail::fail(KVFUSE_ERROR_INVALID_ARGUMENT, why);
+    auto& s = kvfuse::detail::state();
+    std::lock_guard<std::mutex> lock(s.mutex);
+    s.started = true;
+    s.tuning = t;
+    s.status = tuning != nullptr ? "set by the program (kvfuse_set_tuning)" : "built-in defaults (restored by the program)";
+    return KVFUSE_OK;
+}
+
+kvfuse_status kvfuse_load_profile(const char* path) {
+    if (path == nullptr) return kvfuse::detail::fail(KVFUSE_ERROR_NULL_POINTER, "path is required");
+    kvfuse_tuning t{};
+    if (std::string why = kvfuse::detail::read_profile(path, t); !why.empty())
+        return kvfuse::detail::fail(why.rfind("cannot open", 0) == 0 ? KVFUSE_ERROR_IO : KVFUSE_ERROR_BAD_PROFILE, why);
+    auto& s = kvfuse::detail::state();
+    std::lock_guard<std::mutex> lock(s.mutex);
+    s.started = true;
+    s.tuning = t;
+    s.status = std::string("profile ") + path;
+    return KVFUSE_OK;
+}
+
+kvfuse_status kvfuse_save_profile(const char* path, const kvfuse_tuning* tuning, const char* measurements_json) {
+    using kvfuse::detail::fail;
+    if (path == nullptr || tuning == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "path and tuning are required");
+    if (std::string why = kvfuse::detail::invalid(*tuning); !why.empty()) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, why);
+    nlohmann::json j;
+    j["format"] = kvfuse::detail::kFormat;
+    j["format_version"] = kvfuse::detail::kFormatVersion;
+    j["kvfuse_version"] = KVFUSE_VERSION_STRING;
+    j["machine"] = kvfuse::detail::machine_json(kvfuse::detail::this_machine());
+    j["tuning"] = kvfuse::detail::tuning_json(*tuning);
+    if (measurements_json != nullptr) {
+        try {
+            j["measurements"] = nlohmann::json::parse(measurements_json);
+        } catch (const nlohmann::json::exception& e) {
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, std::string("measurements_json is not JSON: ") + e.what());
+        }
+    }
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    const fs::path target(path);
+    if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
+    if (ec) return fail(KVFUSE_ERROR_IO, "cannot create " + target.parent_path().string() + ": " + ec.message());
+    // A temporary name in the same directory, then rename: readers see the old file or the
+    // whole new one, never a part.
+    const std::string temporary = std::string(path) + ".tmp." + std::to_string(::getpid());
+    {
+        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+        out << j.dump(2) << '\n';
+        out.flush();
+        if (!out) {
+            std::remove(temporary.c_str());
+            return fail(KVFUSE_ERROR_IO, "cannot write " + temporary);
+        }
+    }
+    if (std::rename(temporary.c_str(), path) != 0) {
+        const std::string why = std::strerror(errno);
+        std::remove(temporary.c_str());
+        return fail(KVFUSE_ERROR_IO, std::string("cannot rename onto ") + path + ": " + why);
+    }
+    return KVFUSE_OK;
+}
+
+kvfuse_status kvfuse_default_profile_path(char* path, size_t size) {
+    if (path == nullptr) return kvfuse::detail::fail(KVFUSE_ERROR_NULL_POINTER, "path is required");
+    const std::string p = kvfuse::detail::default_path();
+    if (p.empty()) return kvfuse::detail::fail(KVFUSE_ERROR_INVALID_ARGUMENT, "neither XDG_CACHE_HOME nor HOME is set");
+    if (p.size() + 1 > size) return kvfuse::detail::fail(KVFUSE_ERROR_INVALID_ARGUMENT, "buffer too small for the path");
+    std::memcpy(path, p.c_str(), p.size() + 1);
+    return KVFUSE_OK;
+}
+
+const char* kvfuse_profile_status(void) {
+    thread_local std::string copy;
+    (void)kvfuse::detail::current_tuning();  // loads the start-up profile if not yet done
+    auto& s = kvfuse::detail::state();
+    std::lock_guard<std::mutex> lock(s.mutex);
+    copy = s.status;
+    return copy.c_str();
+}
+
+}  // extern "C"
