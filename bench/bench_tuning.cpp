@@ -1,0 +1,157 @@
+// Tuned ÷ default: every kernel at its benchmark shape, run with the tuning profile in force at
+// start-up (KVFUSE_PROFILE, else this machine's default profile; `kvfuse tune` makes one) and
+// with the built-in defaults, alternating in the same iterations, on the active ISA.
+//   name: tuning/<kernel>/<shape>; x_baseline = default time / tuned time (> 1: tuning helps).
+// Without a profile every benchmark is skipped with that message.
+#include <omp.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_support.h"
+#include "kvfuse/kvfuse.hpp"
+
+namespace {
+
+kvfuse::Tuning g_tuned{}, g_defaults{};
+bool g_have_profile = false;
+
+std::vector<float> random_floats(std::size_t n, std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal;
+    std::vector<float> v(n);
+    for (float& x : v) x = normal(rng);
+    return v;
+}
+
+// Runs `call` tuned (the kernel side) and default (the baseline side).
+void tuned_vs_default(benchmark::State& state, int threads, const std::function<void()>& call, double work,
+                      const char* unit, double scale) {
+    if (!g_have_profile) {
+        state.SkipWithError(("no tuning profile in force (" + kvfuse::profile_status() + ")").c_str());
+        return;
+    }
+    omp_set_num_threads(threads);
+    kvfuse::bench::run_side_by_side(
+        state,
+        [&] {
+            (void)kvfuse::set_tuning(&g_tuned);
+            call();
+        },
+        [&] {
+            (void)kvfuse::set_tuning(&g_defaults);
+            call();
+        },
+        work, unit, scale);
+    (void)kvfuse::set_tuning(&g_tuned);
+}
+
+void rope(benchmark::State& state) {
+    const std::size_t tokens = 8192, heads = 8, D = 128;
+    auto keys = random_floats(tokens * heads * D, 1);
+    kvfuse::RopeConfig config;
+    config.head_dim = static_cast<int>(D);
+    tuned_vs_default(
+        state, 2, [&] { (void)kvfuse::rope_rotate_span(config, keys.data(), tokens, heads, heads * D, std::int64_t{3}); },
+        static_cast<double>(2 * keys.size() * sizeof(float)), "GB/s", 1e9);
+}
+
+void rope_small(benchmark::State& state) {
+    const std::size_t tokens = 64, heads = 8, D = 128;  // one chunk's worth: the thread threshold matters
+    auto keys = random_floats(tokens * heads * D, 1);
+    kvfuse::RopeConfig config;
+    config.head_dim = static_cast<int>(D);
+    tuned_vs_default(
+        state, 2, [&] { (void)kvfuse::rope_rotate_span(config, keys.data(), tokens, heads, heads * D, std::int64_t{3}); },
+        static_cast<double>(2 * keys.size() * sizeof(float)), "GB/s", 1e9);
+}
+
+void topk(benchmark::State& state) {
+    const std::size_t n = 131072, k = n * 15 / 100;
+    const auto scores = random_floats(n, 2);
+    std::vector<std::int64_t> out(k);
+    tuned_vs_default(
+        state, 1,
+        [&] {
+            std::size_t count = 0;
+            (void)kvfuse::topk(scores.data(), n, k, kvfuse::TopkOrder::by_position, out.data(), count);
+        },
+        static_cast<double>(n), "Mscores/s", 1e6);
+}
+
+void attention(benchmark::State& state) {
+    const std::size_t T = 4096, n = T * 15 / 100, H = 32, Hkv = 8, D = 128;
+    const auto q = random_floats(n * H * D, 3), k = random_floats(T * Hkv * D, 4), v = random_floats(T * Hkv * D, 5);
+    std::vector<float> out(n * H * D);
+    std::vector<std::int64_t> positions(n);
+    std::mt19937 rng(6);
+    std::uniform_int_distribution<std::int64_t> pos(0, T - 1);
+    double flops = 0;
+    for (auto& p : positions) {
+        p = pos(rng);
+        flops += 4.0 * static_cast<double>(p + 1) * H * D;
+    }
+    kvfuse_attention_args a{};
+    a.queries = q.data();
+    a.rows = n;
+    a.query_heads = H;
+    a.head_dim = D;
+    a.query_row_stride = H * D;
+    a.positions = positions.data();
+    a.keys = k.data();
+    a.values = v.data();
+    a.kv_dtype = KVFUSE_DTYPE_F32;
+    a.kv_tokens = T;
+    a.kv_heads = Hkv;
+    a.kv_token_stride = Hkv * D;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    a.out = out.data();
+    a.out_row_stride = H * D;
+    tuned_vs_default(state, 2, [&] { (void)kvfuse_sparse_attention(&a); }, flops, "GFLOP/s", 1e9);
+}
+
+void score(benchmark::State& state) {
+    const std::size_t T = 32768, H = 32, Hkv = 8, D = 128, M = 32;
+    const auto q = random_floats(M * H * D, 7), k = random_floats(T * Hkv * D, 8);
+    std::vector<std::int8_t> q8(q.size()), k8(k.size());
+    std::vector<float> qs(M * H), ks(T * Hkv), means(Hkv * D), out(T);
+    (void)kvfuse::quantize_rows_i8(q.data(), M, H, D, H * D, q8.data(), qs.data());
+    (void)kvfuse::quantize_keys_i8(k.data(), T, Hkv, D, Hkv * D, k8.data(), ks.data(), means.data());
+    kvfuse::RelevanceArgs a{};
+    a.question_rows = M;
+    a.candidates = T;
+    a.query_heads = H;
+    a.kv_heads = Hkv;
+    a.head_dim = D;
+    a.queries_i8 = q8.data();
+    a.query_scales = qs.data();
+    a.keys_i8 = k8.data();
+    a.key_scales = ks.data();
+    a.smoothing = 1;
+    a.out = out.data();
+    tuned_vs_default(state, 2, [&] { (void)kvfuse::a3_relevance(a); }, 2.0 * M * T * H * D, "GOP/s", 1e9);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    g_defaults = kvfuse::default_tuning();
+    g_tuned = kvfuse::current_tuning();  // loads the start-up profile
+    g_have_profile = kvfuse::profile_status().rfind("profile ", 0) == 0;
+    auto add = [&](const char* name, void (*fn)(benchmark::State&), benchmark::TimeUnit unit) {
+        benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(unit);
+    };
+    add("tuning/rope/f32/8192x8x128/threads:2", rope, benchmark::kMicrosecond);
+    add("tuning/rope/f32/64x8x128/threads:2", rope_small, benchmark::kMicrosecond);
+    add("tuning/topk/n:131072/k:19660/threads:1", topk, benchmark::kMicrosecond);
+    add("tuning/attention/f32/T:4096/n:614/H:32/Hkv:8/D:128/threads:2", attention, benchmark::kMillisecond);
+    add("tuning/a3_relevance/int8/T:32768/H:32/Hkv:8/D:128/M:32/threads:2", score, benchmark::kMillisecond);
+    benchmark::AddCustomContext("tuning", kvfuse::profile_status());
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}
