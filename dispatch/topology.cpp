@@ -5,8 +5,11 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "dispatch/errors.h"
 #include "kvfuse/kvfuse.h"
@@ -35,6 +38,22 @@ struct Topology {
     }
     int count(hwloc_obj_type_t type) const { return hwloc_get_nbobjs_by_type(handle, type); }
 };
+
+// The topology that NUMA-local allocations are made and freed with: loaded once, kept.
+const Topology& shared_topology() {
+    static const Topology t;
+    return t;
+}
+
+// PUs of the last placement (for NUMA-local allocation); empty until one succeeds.
+std::mutex g_placement_mutex;
+hwloc_bitmap_t g_placement = nullptr;
+
+void remember_placement(hwloc_const_bitmap_t placed) {
+    std::lock_guard<std::mutex> lock(g_placement_mutex);
+    if (g_placement == nullptr) g_placement = hwloc_bitmap_alloc();
+    hwloc_bitmap_copy(g_placement, placed);
+}
 
 std::int64_t cache_size(const Topology& t, hwloc_obj_type_t type) {
     hwloc_obj_t obj = hwloc_get_obj_by_type(t.handle, type, 0);
@@ -82,18 +101,41 @@ kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* options, char
     const int cores = t.count(HWLOC_OBJ_CORE), pus = t.count(HWLOC_OBJ_PU);
     const int slots = options->use_smt ? pus : (cores > 0 ? cores : pus);
     if (slots <= 0) return fail(KVFUSE_ERROR_INTERNAL, "hwloc reports no cores");
-    const int threads = options->threads == 0 ? slots : options->threads;
-    if (threads > slots)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, std::to_string(threads) + " threads but only " + std::to_string(slots) +
-                                                       (options->use_smt ? " PUs" : " cores (use_smt to add siblings)"));
+    const char* unit = options->use_smt || cores <= 0 ? "PU" : "core";
+    std::vector<int> chosen;
+    if (options->cores != nullptr || options->core_count != 0) {
+        if (options->cores == nullptr || options->core_count <= 0)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "cores and core_count go together");
+        std::vector<bool> seen(static_cast<std::size_t>(slots), false);
+        for (int i = 0; i < options->core_count; ++i) {
+            const int c = options->cores[i];
+            if (c < 0 || c >= slots)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, std::string(unit) + " " + std::to_string(c) + " does not exist (there are " +
+                                                               std::to_string(slots) + ", numbered from 0)");
+            if (seen[static_cast<std::size_t>(c)])
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, std::string(unit) + " " + std::to_string(c) + " is listed twice");
+            seen[static_cast<std::size_t>(c)] = true;
+            chosen.push_back(c);
+        }
+    } else {
+        for (int c = 0; c < slots; ++c) chosen.push_back(c);
+    }
+    const int available = static_cast<int>(chosen.size());
+    const int threads = options->threads == 0 ? available : options->threads;
+    if (threads > available)
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                    std::to_string(threads) + " threads but only " + std::to_string(available) + " " + unit + "s" +
+                        (options->cores != nullptr ? " listed" : options->use_smt ? "" : " (use_smt to add siblings)"));
     omp_set_num_threads(threads);
+    hwloc_bitmap_t placed = hwloc_bitmap_alloc();
     std::string lines;
     int failures = 0;
 #pragma omp parallel num_threads(threads)
     {
         const int id = omp_get_thread_num();
-        hwloc_obj_t target = options->use_smt || cores <= 0 ? hwloc_get_obj_by_type(t.handle, HWLOC_OBJ_PU, static_cast<unsigned>(id))
-                                                            : hwloc_get_obj_by_type(t.handle, HWLOC_OBJ_CORE, static_cast<unsigned>(id));
+        const unsigned slot = static_cast<unsigned>(chosen[static_cast<std::size_t>(id)]);
+        hwloc_obj_t target = options->use_smt || cores <= 0 ? hwloc_get_obj_by_type(t.handle, HWLOC_OBJ_PU, slot)
+                                                            : hwloc_get_obj_by_type(t.handle, HWLOC_OBJ_CORE, slot);
         hwloc_bitmap_t set = hwloc_bitmap_dup(target->cpuset);
         hwloc_bitmap_singlify(set);  // one PU of the core: the thread never migrates between siblings
         const int pu = hwloc_bitmap_first(set);
@@ -107,8 +149,11 @@ kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* options, char
         {
             lines += line;
             failures += ok ? 0 : 1;
+            if (ok) hwloc_bitmap_set(placed, static_cast<unsigned>(pu));
         }
     }
+    remember_placement(placed);
+    hwloc_bitmap_free(placed);
     if (description != nullptr && description_size > 0) {
         std::strncpy(description, lines.c_str(), description_size - 1);
         description[description_size - 1] = '\0';
@@ -120,6 +165,54 @@ kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* options, char
     (void)description_size;
     return fail(KVFUSE_ERROR_INTERNAL, "thread placement needs hwloc, which this build does not use");
 #endif
+}
+
+kvfuse_status kvfuse_alloc_local(size_t bytes, void** memory, int* node) {
+    if (memory == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "memory is required");
+    *memory = nullptr;
+    if (node != nullptr) *node = -1;
+    if (bytes == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "bytes must be > 0");
+#if defined(KVFUSE_HAVE_HWLOC)
+    const Topology& t = shared_topology();
+    if (t.handle != nullptr) {
+        hwloc_bitmap_t cpus = hwloc_bitmap_alloc();
+        {
+            std::lock_guard<std::mutex> lock(g_placement_mutex);
+            if (g_placement != nullptr && !hwloc_bitmap_iszero(g_placement))
+                hwloc_bitmap_copy(cpus, g_placement);
+            else if (hwloc_get_cpubind(t.handle, cpus, HWLOC_CPUBIND_THREAD) != 0)
+                hwloc_bitmap_copy(cpus, hwloc_topology_get_allowed_cpuset(t.handle));
+        }
+        hwloc_bitmap_t nodes = hwloc_bitmap_alloc();
+        hwloc_cpuset_to_nodeset(t.handle, cpus, nodes);
+        void* p = hwloc_alloc_membind(t.handle, bytes, nodes, HWLOC_MEMBIND_BIND, HWLOC_MEMBIND_BYNODESET);
+        if (p == nullptr)  // binding refused (no NUMA support in the kernel or a cgroup): plain pages
+            p = hwloc_alloc(t.handle, bytes);
+        if (p != nullptr && node != nullptr && hwloc_bitmap_weight(nodes) == 1) *node = hwloc_bitmap_first(nodes);
+        hwloc_bitmap_free(nodes);
+        hwloc_bitmap_free(cpus);
+        if (p == nullptr) return fail(KVFUSE_ERROR_OUT_OF_MEMORY, std::to_string(bytes) + " bytes");
+        *memory = p;
+        return KVFUSE_OK;
+    }
+#endif
+    const std::size_t page = 4096, rounded = (bytes + page - 1) / page * page;
+    *memory = std::aligned_alloc(page, rounded);
+    if (*memory == nullptr) return fail(KVFUSE_ERROR_OUT_OF_MEMORY, std::to_string(bytes) + " bytes");
+    return KVFUSE_OK;
+}
+
+void kvfuse_free_local(void* memory, size_t bytes) {
+    if (memory == nullptr) return;
+#if defined(KVFUSE_HAVE_HWLOC)
+    const Topology& t = shared_topology();
+    if (t.handle != nullptr) {
+        hwloc_free(t.handle, memory, bytes);
+        return;
+    }
+#endif
+    (void)bytes;
+    std::free(memory);
 }
 
 }  // extern "C"

@@ -71,5 +71,7 @@ if KVFUSE_PROFILE="$scratch/corrupt.json" "$kvfuse" info | grep -q "ignored prof
 else
     echo "FAIL: corrupt profile not reported"; failures=$((failures + 1))
 fi
-echo "$((26 - failures)) passed, $failures failed"
+expect_error "does not exist" "$kvfuse" info --cores 4096
+expect_error "listed twice" "$kvfuse" info --cores 0,0
+echo "$((28 - failures)) passed, $failures failed"
 [[ $failures -eq 0 ]]

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/fusion_common.h"
 #include "kvfuse/kvfuse.hpp"
 #include "model/llama_model.h"
 
@@ -16,7 +17,7 @@ namespace {
 
 const char* yes_no(int flag) { return flag ? "yes" : "no"; }
 
-int run_info(const std::string& model_path, bool place) {
+int run_info(const std::string& model_path, const PlacementCliOptions& placement_options) {
     std::printf("kvfuse %s\n", kvfuse::version().c_str());
     const kvfuse::CpuFeatures f = kvfuse::cpu_features();
     std::printf("cpu: %s\n", f.brand[0] ? f.brand : "(unknown model)");
@@ -37,14 +38,10 @@ int run_info(const std::string& model_path, bool place) {
                     topo.from_hwloc ? " (hwloc)" : " (OS only)", topo.packages, topo.numa_nodes, topo.cores, topo.pus,
                     kib(topo.l1d_bytes).c_str(), kib(topo.l2_bytes).c_str(), kib(topo.l3_bytes).c_str());
     }
-    if (place) {
+    {
         std::string placement;
-        const kvfuse::Status placed = kvfuse::place_threads(0, false, &placement);
-        if (!placed.ok()) {
-            std::fprintf(stderr, "kvfuse: error: %s\n", placed.message().c_str());
-            return 2;
-        }
-        std::printf("placement (one OpenMP thread per core):\n%s", placement.c_str());
+        if (!apply_placement(placement_options, &placement)) return 2;
+        if (!placement.empty()) std::printf("placement:\n%s", placement.c_str());
     }
     std::printf("openmp threads: %d\n", omp_get_max_threads());
     kvfuse::Isa active;
@@ -91,10 +88,10 @@ int run_info(const std::string& model_path, bool place) {
 void add_info_command(CLI::App& app) {
     CLI::App* cmd = app.add_subcommand("info", "Print compiled ISAs, CPU features and the active ISA");
     auto model = std::make_shared<std::string>();
-    auto place = std::make_shared<bool>(false);
+    auto placement = std::make_shared<PlacementCliOptions>();
     cmd->add_option("--model", *model, "also describe this GGUF model file");
-    cmd->add_flag("--place", *place, "pin OpenMP threads one per core (hwloc) and print the placement");
-    cmd->callback([model, place] { g_exit_status = run_info(*model, *place); });
+    add_placement_options(*cmd, *placement);
+    cmd->callback([model, placement] { g_exit_status = run_info(*model, *placement); });
 }
 
 }  // namespace kvfuse::cli

@@ -1,6 +1,7 @@
 #include "cli/fusion_common.h"
 
 #include <cctype>
+#include <cstdio>
 #include <stdexcept>
 
 #include "store/chunk_store.h"
@@ -17,6 +18,7 @@ void add_fusion_options(CLI::App& cmd, FusionCliOptions& o) {
     cmd.add_option("--store", o.store_dir, "chunk store directory (default $XDG_CACHE_HOME/kvfuse/chunks)");
     cmd.add_flag("--no-store", o.no_store, "keep chunk caches in memory only");
     cmd.add_option("--seed", o.seed, "seed of the random method");
+    add_placement_options(cmd, o.placement);
 }
 
 kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& o, kvfuse::fusion::Method method) {
@@ -66,6 +68,25 @@ std::unique_ptr<kvfuse::store::ChunkStore> open_store(const FusionCliOptions& o)
     auto store = kvfuse::store::ChunkStore::open(o.store_dir, options);
     if (!store.ok()) throw std::runtime_error("chunk store: " + store.status().to_string());
     return std::make_unique<kvfuse::store::ChunkStore>(std::move(store.value()));
+}
+
+void add_placement_options(CLI::App& cmd, PlacementCliOptions& options) {
+    cmd.add_flag("--place", options.place, "pin OpenMP threads one per physical core (hwloc)");
+    cmd.add_flag("--smt", options.smt, "with --place: also use SMT siblings (one thread per PU)");
+    cmd.add_option("--cores", options.cores, "with --place: these cores (hwloc logical indices, comma-separated)")
+        ->delimiter(',');
+    cmd.add_option("--threads", options.threads, "with --place: this many threads (default: one per core used)")
+        ->check(CLI::NonNegativeNumber);
+}
+
+bool apply_placement(const PlacementCliOptions& options, std::string* description) {
+    if (!options.place && !options.smt && options.cores.empty() && options.threads == 0) return true;
+    const kvfuse::Status placed = kvfuse::place_threads(options.threads, options.smt, description, options.cores);
+    if (!placed.ok()) {
+        std::fprintf(stderr, "kvfuse: error: thread placement: %s\n", placed.message().c_str());
+        return false;
+    }
+    return true;
 }
 
 }  // namespace kvfuse::cli

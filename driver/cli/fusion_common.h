@@ -16,6 +16,14 @@ class ChunkStore;
 
 namespace kvfuse::cli {
 
+// Thread placement (hwloc): --place pins one OpenMP thread per core; --smt adds SMT siblings;
+// --cores 0,2,... chooses the cores (implies --place); --threads N uses the first N.
+struct PlacementCliOptions {
+    bool place = false;
+    bool smt = false;
+    std::vector<int> cores;
+    int threads = 0;
+};
 struct FusionCliOptions {
     std::string model;
     double ratio = 0.15;
@@ -26,9 +34,11 @@ struct FusionCliOptions {
     std::string store_dir;  // empty: the XDG default
     bool no_store = false;
     std::uint32_t seed = 1;
+    PlacementCliOptions placement;
 };
 
-// Adds --model, --check-layer, --epic-tokens, --no-smoothing, --store, --no-store, --seed.
+// Adds --model, --check-layer, --epic-tokens, --no-smoothing, --store, --no-store, --seed and the
+// placement options.
 void add_fusion_options(CLI::App& cmd, FusionCliOptions& options);
 
 kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& options, kvfuse::fusion::Method method);
@@ -37,6 +47,11 @@ kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& options,
 // models whose tokenizer kvfuse does not implement); throws std::invalid_argument naming the bad
 // item or an id outside [0, vocab).
 std::vector<std::int32_t> parse_token_ids(const std::string& text, int vocab, const std::string& where);
+
+void add_placement_options(CLI::App& cmd, PlacementCliOptions& options);
+// Applies the options if any asks for placement; writes the placement to `description`.
+// Returns false (after printing the error) when placement fails.
+bool apply_placement(const PlacementCliOptions& options, std::string* description);
 
 // Opens the chunk store the options name (null with --no-store); throws with a clear message.
 std::unique_ptr<kvfuse::store::ChunkStore> open_store(const FusionCliOptions& options);

@@ -14,7 +14,7 @@ namespace {
 // computed (1: after its own BOS), which re-rotation needs.
 constexpr const char* kStartSection = "start_position";
 
-std::span<const std::byte> bytes_of(const std::vector<float>& v) {
+std::span<const std::byte> bytes_of(std::span<const float> v) {
     return std::as_bytes(std::span<const float>(v));
 }
 

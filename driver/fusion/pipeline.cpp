@@ -94,8 +94,8 @@ const char* method_name(Method method) {
 void KvCache::reset(int layers, std::size_t token_count, std::size_t row_width) {
     tokens = token_count;
     row = row_width;
-    k.assign(static_cast<std::size_t>(layers), std::vector<float>(token_count * row_width));
-    v.assign(static_cast<std::size_t>(layers), std::vector<float>(token_count * row_width));
+    k.assign(static_cast<std::size_t>(layers), Rows(token_count * row_width));
+    v.assign(static_cast<std::size_t>(layers), Rows(token_count * row_width));
 }
 
 ChunkKvView ChunkKv::view() const {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "fusion/fusion_model.h"
+#include "kvfuse/kvfuse.hpp"
 #include "fusion/requests.h"
 
 namespace kvfuse::fusion {
@@ -38,7 +39,9 @@ struct FusionOptions {
 struct KvCache {
     std::size_t tokens = 0;
     std::size_t row = 0;  // kv_heads * head_dim
-    std::vector<std::vector<float>> k, v;
+    // Large per-layer buffers on the NUMA node(s) of the placed threads (kvfuse_alloc_local).
+    using Rows = std::vector<float, kvfuse::LocalAllocator<float>>;
+    std::vector<Rows> k, v;
 
     void reset(int layers, std::size_t tokens, std::size_t row);
     float* k_row(int layer, std::size_t t) { return k[static_cast<std::size_t>(layer)].data() + t * row; }

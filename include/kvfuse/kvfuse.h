@@ -311,8 +311,11 @@ typedef struct kvfuse_topology {
 KVFUSE_API kvfuse_status kvfuse_get_topology(kvfuse_topology* topology);
 
 typedef struct kvfuse_placement_options {
-    int threads;      /* 0: one per physical core (or per PU with use_smt) */
+    int threads;      /* 0: one per physical core (or per PU with use_smt), or one per listed core */
     int use_smt;      /* also place threads on SMT siblings */
+    const int* cores; /* optional: the cores (PUs with use_smt) to use, by hwloc logical index, in
+                         thread order; NULL = the first ones */
+    int core_count;   /* entries in cores */
 } kvfuse_placement_options;
 
 /* Sets the OpenMP thread count and pins each OpenMP worker to its own core (the first PU of
@@ -321,6 +324,15 @@ typedef struct kvfuse_placement_options {
  * -> PU p (core c)", to `description` when given. Fails cleanly when hwloc is unavailable. */
 KVFUSE_API kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* options, char* description,
                                               size_t description_size);
+
+/* Large buffers on the NUMA node(s) of the threads that use them: memory bound (hwloc) to the
+ * nodes holding the PUs of the last kvfuse_place_threads call, else those the calling thread
+ * may run on. Page-granular: meant for caches of a MiB or more. Without hwloc, or when binding
+ * is refused, plain page-aligned memory (first touch places it). `node` (optional) gets the
+ * node's OS index when the memory is bound to exactly one, else -1. Free with
+ * kvfuse_free_local and the same size. */
+KVFUSE_API kvfuse_status kvfuse_alloc_local(size_t bytes, void** memory, int* node);
+KVFUSE_API void kvfuse_free_local(void* memory, size_t bytes);
 
 /* ---- bf16 helpers ------------------------------------------------------------------------ */
 

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -335,13 +336,44 @@ using Topology = kvfuse_topology;
 inline Status topology(Topology& out) { return Status(kvfuse_get_topology(&out)); }
 
 // Pins OpenMP workers one per core (0 threads = every core); `description` gets the placement.
-inline Status place_threads(int threads, bool use_smt, std::string* description = nullptr) {
-    kvfuse_placement_options options{threads, use_smt ? 1 : 0};
+inline Status place_threads(int threads, bool use_smt, std::string* description = nullptr,
+                            const std::vector<int>& cores = {}) {
+    kvfuse_placement_options options{threads, use_smt ? 1 : 0, cores.empty() ? nullptr : cores.data(),
+                                     static_cast<int>(cores.size())};
     char text[4096] = {};
     Status status(kvfuse_place_threads(&options, text, sizeof text));
     if (description) *description = text;
     return status;
 }
+
+// std::allocator stand-in that puts buffers of a MiB or more on the NUMA node(s) of the
+// placed threads (kvfuse_alloc_local) and smaller ones on the heap.
+template <class T>
+struct LocalAllocator {
+    using value_type = T;
+    static constexpr std::size_t kLocalBytes = std::size_t{1} << 20;
+    LocalAllocator() = default;
+    template <class U>
+    LocalAllocator(const LocalAllocator<U>&) noexcept {}
+    T* allocate(std::size_t n) {
+        const std::size_t bytes = n * sizeof(T);
+        if (bytes < kLocalBytes) return static_cast<T*>(::operator new(bytes));
+        void* memory = nullptr;
+        if (kvfuse_alloc_local(bytes, &memory, nullptr) != KVFUSE_OK) throw std::bad_alloc();
+        return static_cast<T*>(memory);
+    }
+    void deallocate(T* p, std::size_t n) noexcept {
+        const std::size_t bytes = n * sizeof(T);
+        if (bytes < kLocalBytes)
+            ::operator delete(p);
+        else
+            kvfuse_free_local(p, bytes);
+    }
+    template <class U>
+    bool operator==(const LocalAllocator<U>&) const noexcept { return true; }
+    template <class U>
+    bool operator!=(const LocalAllocator<U>&) const noexcept { return false; }
+};
 
 }  // namespace kvfuse
 
