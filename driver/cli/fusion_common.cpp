@@ -13,8 +13,8 @@ void add_fusion_options(CLI::App& cmd, FusionCliOptions& o) {
     cmd.add_option("--check-layer", o.check_layer, "layer where cacheblend and a3 select rows")->check(CLI::Range(1, 1000));
     cmd.add_option("--epic-tokens", o.epic_tokens, "epic: leading tokens of each chunk recomputed")->check(CLI::Range(1, 100000));
     cmd.add_flag("--no-smoothing", o.no_smoothing, "a3: no width-5 moving average of the relevance");
-    cmd.add_option("--a3-scoring", o.a3_scoring, "a3: score with f32 or int8 keys and queries")
-        ->check(CLI::IsMember({"f32", "int8"}));
+    cmd.add_option("--a3-scoring", o.a3_scoring, "a3: score with f32 keys and queries, or int8 / int4 keys and int8 queries")
+        ->check(CLI::IsMember({"f32", "int8", "int4"}));
     cmd.add_option("--store", o.store_dir, "chunk store directory (default $XDG_CACHE_HOME/kvfuse/chunks)");
     cmd.add_flag("--no-store", o.no_store, "keep chunk caches in memory only");
     cmd.add_option("--seed", o.seed, "seed of the random method");
@@ -28,7 +28,9 @@ kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& o, kvfus
     f.check_layer = o.check_layer;
     f.epic_tokens = o.epic_tokens;
     f.a3_smoothing = !o.no_smoothing;
-    f.a3_int8 = o.a3_scoring == "int8";
+    f.a3_scoring = o.a3_scoring == "int8"   ? kvfuse::fusion::ScoreKeys::int8
+                   : o.a3_scoring == "int4" ? kvfuse::fusion::ScoreKeys::int4
+                                            : kvfuse::fusion::ScoreKeys::f32;
     f.seed = o.seed;
     return f;
 }

@@ -131,7 +131,7 @@ ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t>
 
 std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, std::size_t m_rows,
                                 const float* keys, std::size_t prefix_rows, std::size_t total_rows,
-                                bool smoothing, bool int8) {
+                                bool smoothing, ScoreKeys key_precision) {
     const std::size_t candidates = total_rows - prefix_rows;
     std::vector<float> out(candidates - m_rows);
     kvfuse::RelevanceArgs args{};
@@ -144,22 +144,29 @@ std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, st
     args.out = out.data();
     const float* candidate_keys = keys + prefix_rows * s.kv_row();
     std::vector<std::int8_t> q8, k8;
+    std::vector<std::uint8_t> k4;
     std::vector<float> q_scales, k_scales, means;
-    if (int8) {
+    const std::size_t H = static_cast<std::size_t>(s.heads), Hkv = static_cast<std::size_t>(s.kv_heads),
+                      D = static_cast<std::size_t>(s.head_dim);
+    if (key_precision != ScoreKeys::f32) {
         q8.resize(m_rows * s.q_row());
-        q_scales.resize(m_rows * static_cast<std::size_t>(s.heads));
-        k8.resize(candidates * s.kv_row());
-        k_scales.resize(candidates * static_cast<std::size_t>(s.kv_heads));
+        q_scales.resize(m_rows * H);
+        k_scales.resize(candidates * Hkv);
         means.resize(s.kv_row());
-        check(kvfuse::quantize_rows_i8(q_question, m_rows, static_cast<std::size_t>(s.heads), static_cast<std::size_t>(s.head_dim),
-                                       s.q_row(), q8.data(), q_scales.data()),
-              "query quantization");
-        check(kvfuse::quantize_keys_i8(candidate_keys, candidates, static_cast<std::size_t>(s.kv_heads),
-                                       static_cast<std::size_t>(s.head_dim), s.kv_row(), k8.data(), k_scales.data(), means.data()),
-              "key quantization");
+        check(kvfuse::quantize_rows_i8(q_question, m_rows, H, D, s.q_row(), q8.data(), q_scales.data()), "query quantization");
+        if (key_precision == ScoreKeys::int8) {
+            k8.resize(candidates * s.kv_row());
+            check(kvfuse::quantize_keys_i8(candidate_keys, candidates, Hkv, D, s.kv_row(), k8.data(), k_scales.data(), means.data()),
+                  "key quantization");
+            args.keys_i8 = k8.data();
+        } else {
+            k4.resize(candidates * Hkv * ((D + 1) / 2));
+            check(kvfuse::quantize_keys_i4(candidate_keys, candidates, Hkv, D, s.kv_row(), k4.data(), k_scales.data(), means.data()),
+                  "key quantization");
+            args.keys_i4 = k4.data();
+        }
         args.queries_i8 = q8.data();
         args.query_scales = q_scales.data();
-        args.keys_i8 = k8.data();
         args.key_scales = k_scales.data();
     } else {
         args.queries_f32 = q_question;
@@ -262,7 +269,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                         score[j - P] = dev;
                     }
                 } else {
-                    score = a3_relevance(s, q.data() + (T - M) * s.q_row(), M, k.data(), P, T, o.a3_smoothing, o.a3_int8);
+                    score = a3_relevance(s, q.data() + (T - M) * s.q_row(), M, k.data(), P, T, o.a3_smoothing, o.a3_scoring);
                 }
                 if (per_layer) check_hidden = hidden;  // exact inputs of the check layer, for late joiners
                 for (std::int64_t idx : top_k(score, k_select)) chosen.push_back(idx + static_cast<std::int64_t>(P));
@@ -320,7 +327,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
             // This layer's question queries against this layer's fused keys.
             const std::vector<float> score = a3_relevance(s, q.data() + (n - M) * s.q_row(), M,
                                                           run.cache.k[static_cast<std::size_t>(l)].data(), P, T, o.a3_smoothing,
-                                                          o.a3_int8);
+                                                          o.a3_scoring);
             std::vector<std::int64_t> joining;
             for (std::int64_t idx : top_k(score, k_select)) {
                 const std::int64_t row = idx + static_cast<std::int64_t>(P);

@@ -24,13 +24,16 @@ enum class Method { full, reuse, epic, cacheblend, a3, random, a3_layers };
 Method parse_method(std::string_view name);
 const char* method_name(Method method);
 
+// Precision of the keys the A3 scoring kernel reads.
+enum class ScoreKeys { f32, int8, int4 };
+
 struct FusionOptions {
     Method method = Method::a3;
     double ratio = 0.15;            // selected rows = floor(ratio * (T - M)) document rows
     int check_layer = 1;            // cacheblend / a3 select here; layers before it run in full
     std::size_t epic_tokens = 16;   // epic: first tokens of every chunk
     bool a3_smoothing = true;       // a3: width-5 moving average of the relevance
-    bool a3_int8 = false;           // a3: score with int8 keys and queries (quantized on the fly)
+    ScoreKeys a3_scoring = ScoreKeys::f32;  // a3: f32, or int8 / int4 keys with int8 queries (quantized on the fly)
     bool recompute_layer0 = true;   // false: layer 0 too uses the stored rows (reuse identity)
     std::uint32_t seed = 1;         // random
 };
@@ -95,9 +98,9 @@ std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache
 
 // A3 relevance of document rows [P, T - M) from the question rows' queries and the keys of rows
 // [P, T) (both after RoPE), as ALGORITHMS.md defines it, through kvfuse's scoring kernel: f32,
-// or int8 keys (per-head mean removed) and queries when `int8`.
+// or int8 / int4 keys (per-head mean removed) with int8 queries.
 std::vector<float> a3_relevance(const ModelShape& shape, const float* q_question, std::size_t question_rows,
                                 const float* keys, std::size_t prefix_rows, std::size_t total_rows,
-                                bool smoothing, bool int8 = false);
+                                bool smoothing, ScoreKeys key_precision = ScoreKeys::f32);
 
 }  // namespace kvfuse::fusion
