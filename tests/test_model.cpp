@@ -4,8 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
+#include <iterator>
 
+#include "fusion/chunk_source.h"
+#include "fusion/evaluation.h"
 #include "fusion/loaded_model.h"
+#include "fusion/requests.h"
 #include "fusion/metrics.h"
 #include "fusion/pipeline.h"
 #include "isa_test_support.h"
@@ -94,3 +99,37 @@ TEST_P(ModelTest, FusionIdentitiesHold) {
 }
 
 }  // namespace
+
+// kvfuse eval's per-layer KV deviation on the bundled model: layer 0's K/V depend only on token
+// and position, so every fused cache equals full prefill's there (deviation exactly 0); reuse
+// deviates in every later layer; the per-layer values average to the reported mean.
+TEST(Evaluation, PerLayerKvDeviation) {
+    const LoadedModel& m = bundled();
+    std::ifstream in(kvfuse::fusion::bundled_text_path());
+    ASSERT_TRUE(in) << kvfuse::fusion::bundled_text_path();
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    kvfuse::fusion::StoryRequestOptions ro;
+    ro.count = 2;
+    ro.bos = m.model->bos();
+    const auto requests = kvfuse::fusion::continuous_requests(kvfuse::fusion::split_paragraphs(text), m.tokenize, ro);
+    ASSERT_EQ(requests.size(), 2u);
+    kvfuse::fusion::ChunkSource chunks(*m.model, nullptr);
+    kvfuse::fusion::EvalOptions options;
+    options.methods = {kvfuse::fusion::Method::reuse, kvfuse::fusion::Method::a3};
+    options.ratios = {0.15};
+    options.decode_tokens = 2;
+    const auto result = kvfuse::fusion::evaluate(m, requests, chunks, options, nullptr);
+    const std::size_t layers = static_cast<std::size_t>(m.model->shape().layers);
+    ASSERT_EQ(result.summaries.size(), 2u);
+    for (const auto& measurement : result.measurements) {
+        ASSERT_EQ(measurement.kv_deviation_layers.size(), layers);
+        EXPECT_EQ(measurement.kv_deviation_layers[0], 0.0) << measurement.method;
+        double sum = 0;
+        for (double d : measurement.kv_deviation_layers) sum += d;
+        EXPECT_NEAR(sum / static_cast<double>(layers), measurement.kv_deviation, 1e-12);
+        if (measurement.method == "reuse")
+            for (std::size_t l = 1; l < layers; ++l) EXPECT_GT(measurement.kv_deviation_layers[l], 0.0) << l;
+    }
+    for (const auto& s : result.summaries) ASSERT_EQ(s.kv_deviation_layers.size(), layers);
+    EXPECT_NE(kvfuse::fusion::format_table(result, false).find("KV deviation per layer"), std::string::npos);
+}

@@ -92,7 +92,10 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
                 m.kl = agreement.mean_kl;
                 m.top1 = agreement.top1;
                 double deviation = 0.0;
-                for (int l = 0; l < s.layers; ++l) deviation += kv_deviation(run.cache, full_cache, static_cast<std::size_t>(l), full_cache.tokens);
+                for (int l = 0; l < s.layers; ++l) {
+                    m.kv_deviation_layers.push_back(kv_deviation(run.cache, full_cache, static_cast<std::size_t>(l), full_cache.tokens));
+                    deviation += m.kv_deviation_layers.back();
+                }
                 m.kv_deviation = deviation / s.layers;
                 const auto first = argmax_row(run.logits, M - 1, vocab);
                 const auto continuation = greedy_decode(model, run.cache, first, options.decode_tokens);
@@ -135,6 +138,12 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
         summary.method = groups[g].front()->method;
         summary.ratio = groups[g].front()->ratio;
         for (const auto& [name, field] : fields) summary.metrics[name] = mean_with_error(column(groups[g], field));
+        const std::size_t layers = groups[g].front()->kv_deviation_layers.size();
+        for (std::size_t l = 0; l < layers; ++l) {
+            std::vector<double> values;
+            for (const auto* m : groups[g]) values.push_back(m->kv_deviation_layers[l]);
+            summary.kv_deviation_layers.push_back(mean_with_error(values));
+        }
         result.summaries.push_back(summary);
     }
     // Paired differences on the same requests at equal ratio.
@@ -180,6 +189,25 @@ std::string format_table(const EvalResult& result, bool qa) {
         }
         out << "\n";
     }
+    if (!result.summaries.empty() && !result.summaries.front().kv_deviation_layers.empty()) {
+        out << "\nKV deviation per layer, ||KV_fused - KV_full|| / ||KV_full|| (mean over requests):\n";
+        std::snprintf(line, sizeof line, "%-18s", "method");
+        out << line;
+        for (std::size_t l = 0; l < result.summaries.front().kv_deviation_layers.size(); ++l) {
+            std::snprintf(line, sizeof line, " %8s", ("L" + std::to_string(l)).c_str());
+            out << line;
+        }
+        out << "\n";
+        for (const auto& s : result.summaries) {
+            std::snprintf(line, sizeof line, "%-18s", group_name(s.method, s.ratio).c_str());
+            out << line;
+            for (const auto& d : s.kv_deviation_layers) {
+                std::snprintf(line, sizeof line, " %8.4f", d.mean);
+                out << line;
+            }
+            out << "\n";
+        }
+    }
     if (!result.paired.empty()) {
         out << "\npaired differences (same requests), mean ± standard error:\n";
         for (const auto& [name, d] : result.paired) {
@@ -197,12 +225,14 @@ void write_json(const EvalResult& result, const std::string& path, const std::st
     for (const auto& s : result.summaries) {
         nlohmann::json j{{"method", s.method}, {"ratio", s.ratio}};
         for (const auto& [name, m] : s.metrics) j[name] = {{"mean", m.mean}, {"se", m.standard_error}, {"n", m.count}};
+        for (const auto& d : s.kv_deviation_layers) j["kv_dev_layers"].push_back({{"mean", d.mean}, {"se", d.standard_error}});
         doc["summaries"].push_back(j);
     }
     for (const auto& [name, d] : result.paired) doc["paired"][name] = {{"mean", d.mean}, {"se", d.standard_error}, {"n", d.count}};
     for (const auto& m : result.measurements)
         doc["measurements"].push_back({{"request", m.request_id}, {"method", m.method}, {"ratio", m.ratio}, {"kl", m.kl},
                                        {"top1", m.top1}, {"greedy", m.greedy}, {"kv_dev", m.kv_deviation},
+                                       {"kv_dev_layers", m.kv_deviation_layers},
                                        {"ttft_ms", m.ttft_ms}, {"recompute", m.recompute}, {"f1", m.f1},
                                        {"first_token", m.first_token_match},
                                        {"times_ms", {{"kv_load", m.times.kv_load}, {"rerotate", m.times.rerotate},

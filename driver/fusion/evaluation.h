@@ -30,6 +30,7 @@ struct Measurement {
     double top1 = 0;         // fraction of question rows whose argmax agrees
     double greedy = 0;       // tokens equal to full prefill's continuation before the first mismatch
     double kv_deviation = 0; // mean over layers of ||KV_fused - KV_full|| / ||KV_full||
+    std::vector<double> kv_deviation_layers;  // the same per layer
     double ttft_ms = 0;      // chunk caches already stored: load + fuse + logits
     double recompute = 0;    // recompute fraction
     double f1 = -1;          // QA only: token F1 of the decoded answer (-1 when no answers)
@@ -42,6 +43,7 @@ struct Summary {
     std::string method;
     double ratio = 0;
     std::map<std::string, MeanWithError> metrics;  // "kl", "top1", "greedy", "kv_dev", "ttft_ms", ...
+    std::vector<MeanWithError> kv_deviation_layers;  // per layer, over the requests
 };
 
 struct EvalResult {
