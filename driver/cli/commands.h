@@ -15,5 +15,6 @@ void add_run_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_perplexity_command(CLI::App& app);
+void add_make_model_command(CLI::App& app);
 
 }  // namespace kvfuse::cli
