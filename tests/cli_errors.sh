@@ -47,6 +47,28 @@ echo "403 407 261 378 9999" > "$scratch/ids_range.txt"
 expect_error "is not a token id" "$kvfuse" run --pretokenized --chunk "$scratch/ids_bad.txt" --question "5" --no-store
 expect_error "outside the vocabulary" "$kvfuse" run --pretokenized --chunk "$scratch/ids_range.txt" --question "5" --no-store
 expect_error "outside the vocabulary" "$kvfuse" generate --ids 1,2,600
+# make-model: bad shapes and files are refused before anything is written. Each option is given
+# once (a repeated option is a different error), with valid values for the rest.
+mm() {  # the options to vary, then a valid small shape for the others
+    local -A given=()
+    local args=("$@") i
+    for ((i = 0; i < ${#args[@]}; i++)); do [[ ${args[i]} == --* ]] && given[${args[i]}]=1; done
+    local base=(--dim 64 --layers 2 --heads 4 --kv-heads 2 --hidden 64 --vocab 300 --out "$scratch/m.gguf")
+    for ((i = 0; i < ${#base[@]}; i += 2)); do [[ -z ${given[${base[i]}]:-} ]] && args+=("${base[i]}" "${base[i + 1]}"); done
+    "$kvfuse" make-model "${args[@]}"
+}
+expect_error "--out is required" "$kvfuse" make-model --dim 64
+expect_error "multiple of --heads" mm --heads 3 --kv-heads 1
+expect_error "multiple of --kv-heads" mm --kv-heads 3
+expect_error "must equal --dim" mm --head-dim 32
+expect_error "--dtype must be f32 or bf16" mm --dtype f16
+expect_error "--vocab must be in" mm --vocab 100
+expect_error "--layers must be in" mm --layers 1
+expect_error "--dim must be in" mm --dim 0
+expect_error "exists" mm --out "$scratch/chunk.txt"
+expect_error "cannot create" mm --out "$scratch/no-such-dir/m.gguf"
+expect_error "is a directory" mm --out "$scratch"
+if [[ -e "$scratch/m.gguf" ]]; then echo "FAIL: a refused make-model wrote a file"; failures=$((failures + 1)); fi
 # Pre-tokenized input runs a request end to end.
 echo "403,407,261,378" > "$scratch/ids_ok.txt"
 if out=$("$kvfuse" run --pretokenized --chunk "$scratch/ids_ok.txt" --question "261 378" --method a3 --no-store --repeat 1 2>&1); then
@@ -73,5 +95,5 @@ else
 fi
 expect_error "does not exist" "$kvfuse" info --cores 4096
 expect_error "listed twice" "$kvfuse" info --cores 0,0
-echo "$((28 - failures)) passed, $failures failed"
+echo "$((39 - failures)) passed, $failures failed"
 [[ $failures -eq 0 ]]

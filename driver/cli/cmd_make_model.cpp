@@ -1,0 +1,51 @@
+// `kvfuse make-model`: writes a random-weight GGUF model of llama shape (cli/random_model.h),
+// so benchmarks and end-to-end tests need no download.
+#include <cstdio>
+#include <memory>
+
+#include "cli/commands.h"
+#include "cli/random_model.h"
+
+namespace kvfuse::cli {
+
+namespace {
+
+struct MakeModelOptions {
+    RandomModelSpec spec;
+    std::string out;
+    bool force = false;
+};
+
+int run(const MakeModelOptions& o) {
+    const RandomModelInfo info = write_random_model(o.spec, o.out, o.force);
+    const int head_dim = o.spec.dim / o.spec.heads;
+    std::printf("%s: llama, %d layers, dim %d, %d heads (%d KV, head dim %d), ffn %d, vocab %d, context %d, %s, "
+                "seed %llu: %.1f M parameters, %.1f MiB\n",
+                o.out.c_str(), o.spec.layers, o.spec.dim, o.spec.heads, o.spec.kv_heads, head_dim, o.spec.hidden,
+                o.spec.vocab, o.spec.context, o.spec.dtype.c_str(), static_cast<unsigned long long>(o.spec.seed),
+                static_cast<double>(info.parameters) / 1e6, static_cast<double>(info.bytes) / (1024.0 * 1024.0));
+    return 0;
+}
+
+}  // namespace
+
+void add_make_model_command(CLI::App& app) {
+    auto o = std::make_shared<MakeModelOptions>();
+    CLI::App* cmd = app.add_subcommand("make-model", "Write a random-weight llama GGUF model (for benchmarks and tests)");
+    cmd->add_option("--out", o->out, "file to write (through a temporary file renamed into place)")->required();
+    cmd->add_option("--dim", o->spec.dim, "hidden size")->capture_default_str();
+    cmd->add_option("--layers", o->spec.layers, "transformer blocks")->capture_default_str();
+    cmd->add_option("--heads", o->spec.heads, "query heads")->capture_default_str();
+    cmd->add_option("--kv-heads", o->spec.kv_heads, "key/value heads (grouped-query attention)")->capture_default_str();
+    cmd->add_option("--head-dim", o->spec.head_dim, "head size; must equal dim / heads (default: that)");
+    cmd->add_option("--hidden", o->spec.hidden, "feed-forward size")->capture_default_str();
+    cmd->add_option("--vocab", o->spec.vocab, "vocabulary size (at least 259)")->capture_default_str();
+    cmd->add_option("--context", o->spec.context, "context length")->capture_default_str();
+    cmd->add_option("--rope-base", o->spec.rope_base, "RoPE frequency base")->capture_default_str();
+    cmd->add_option("--dtype", o->spec.dtype, "matrix storage: f32 or bf16 (norms stay f32)")->capture_default_str();
+    cmd->add_option("--seed", o->spec.seed, "seed of the weights (same seed, same file)")->capture_default_str();
+    cmd->add_flag("--force", o->force, "replace an existing file");
+    cmd->callback([o] { g_exit_status = run(*o); });
+}
+
+}  // namespace kvfuse::cli

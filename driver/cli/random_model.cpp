@@ -1,0 +1,403 @@
+#include "cli/random_model.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+namespace kvfuse::cli {
+
+namespace {
+
+constexpr std::uint64_t kAlignment = 32;  // GGUF's default; the loader checks every offset
+constexpr std::uint32_t kTypeF32 = 0, kTypeBf16 = 30;
+constexpr int kSpecialTokens = 3, kByteTokens = 256;
+
+// Weights come from a counter-based generator (splitmix64 at position i of a per-tensor stream,
+// then Box-Muller) rather than <random>: std::normal_distribution differs between standard
+// libraries, and a counter lets threads fill disjoint ranges with a result that does not
+// depend on the thread count. The same seed therefore gives the same file everywhere.
+std::uint64_t mix64(std::uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+std::uint64_t stream_seed(std::uint64_t seed, const std::string& tensor) {
+    std::uint64_t h = 1469598103934665603ull;  // FNV-1a of the name: each tensor its own stream
+    for (unsigned char ch : tensor) h = (h ^ ch) * 1099511628211ull;
+    return mix64(seed ^ mix64(h));
+}
+
+// Values [first, first + count) of the stream (first even), normal with the given deviation.
+void fill_normal(std::uint64_t stream, std::uint64_t first, std::size_t count, float stddev, float* out) {
+    constexpr double kTwoPi = 6.283185307179586;
+    const std::uint64_t first_pair = first / 2;
+    const std::size_t pairs = (count + 1) / 2;
+#pragma omp parallel for schedule(static)
+    for (std::size_t p = 0; p < pairs; ++p) {
+        const std::uint64_t pair = first_pair + p;
+        // u1 in (0, 1] so the logarithm is finite.
+        const double u1 = static_cast<double>((mix64(stream + 2 * pair) >> 11) + 1) * 0x1.0p-53;
+        const double u2 = static_cast<double>(mix64(stream + 2 * pair + 1) >> 11) * 0x1.0p-53;
+        const double r = std::sqrt(-2.0 * std::log(u1)) * stddev;
+        out[2 * p] = static_cast<float>(r * std::cos(kTwoPi * u2));
+        if (2 * p + 1 < count) out[2 * p + 1] = static_cast<float>(r * std::sin(kTwoPi * u2));
+    }
+}
+
+std::uint16_t to_bf16(float value) {  // round to nearest even (the values are finite)
+    std::uint32_t bits;
+    std::memcpy(&bits, &value, 4);
+    bits += 0x7FFFu + ((bits >> 16) & 1u);
+    return static_cast<std::uint16_t>(bits >> 16);
+}
+
+// The synthetic vocabulary, laid out like llama's SentencePiece one: <unk>, <s>, </s>, the 256
+// byte-fallback tokens, then lowercase strings in length order, each with and without the
+// word-start marker U+2581, scored so shorter (earlier) pieces rank higher. Any text therefore
+// tokenizes: letters merge into short pieces and everything else falls back to bytes.
+struct Vocabulary {
+    std::vector<std::string> pieces;
+    std::vector<float> scores;
+    std::vector<std::int32_t> types;
+};
+
+Vocabulary make_vocabulary(int size) {
+    Vocabulary v;
+    auto add = [&](std::string piece, std::int32_t type) {
+        v.scores.push_back(-static_cast<float>(v.pieces.size()));
+        v.pieces.push_back(std::move(piece));
+        v.types.push_back(type);
+    };
+    add("<unk>", 2);
+    add("<s>", 3);
+    add("</s>", 3);
+    for (int b = 0; b < kByteTokens; ++b) {
+        char text[8];
+        std::snprintf(text, sizeof text, "<0x%02X>", b);
+        add(text, 6);
+    }
+    const std::string marker = "\xE2\x96\x81";
+    if (static_cast<int>(v.pieces.size()) < size) add(marker, 1);
+    for (std::size_t length = 1; static_cast<int>(v.pieces.size()) < size; ++length) {
+        std::vector<int> digits(length, 0);  // base-26 odometer over the strings of this length
+        while (static_cast<int>(v.pieces.size()) < size) {
+            std::string word;
+            for (int d : digits) word.push_back(static_cast<char>('a' + d));
+            add(marker + word, 1);
+            if (static_cast<int>(v.pieces.size()) < size) add(word, 1);
+            std::size_t i = length;
+            while (i > 0 && ++digits[i - 1] == 26) digits[--i] = 0;
+            if (i == 0) break;
+        }
+    }
+    return v;
+}
+
+// GGUF metadata and tensor table, serialized in memory (they are small next to the weights).
+class Header {
+   public:
+    void string(const std::string& key, const std::string& value) {
+        begin(key, 8);
+        str(value);
+    }
+    void u32(const std::string& key, std::uint32_t value) {
+        begin(key, 4);
+        raw(&value, 4);
+    }
+    void f32(const std::string& key, float value) {
+        begin(key, 6);
+        raw(&value, 4);
+    }
+    void strings(const std::string& key, const std::vector<std::string>& values) {
+        array(key, 8, values.size());
+        for (const auto& s : values) str(s);
+    }
+    void f32s(const std::string& key, const std::vector<float>& values) {
+        array(key, 6, values.size());
+        raw(values.data(), values.size() * 4);
+    }
+    void i32s(const std::string& key, const std::vector<std::int32_t>& values) {
+        array(key, 5, values.size());
+        raw(values.data(), values.size() * 4);
+    }
+    void tensor(const std::string& name, const std::vector<std::uint64_t>& dims, std::uint32_t type, std::uint64_t offset) {
+        auto put = [this](const void* p, std::size_t n) {
+            tensors_.insert(tensors_.end(), static_cast<const std::uint8_t*>(p), static_cast<const std::uint8_t*>(p) + n);
+        };
+        const std::uint64_t length = name.size();
+        put(&length, 8);
+        put(name.data(), name.size());
+        const std::uint32_t rank = static_cast<std::uint32_t>(dims.size());
+        put(&rank, 4);
+        for (std::uint64_t d : dims) put(&d, 8);
+        put(&type, 4);
+        put(&offset, 8);
+        ++tensor_count_;
+    }
+    // magic, version 3, counts, metadata, tensor table, padding to the data section.
+    std::vector<std::uint8_t> bytes() const {
+        std::vector<std::uint8_t> out;
+        auto put = [&](const void* p, std::size_t n) {
+            out.insert(out.end(), static_cast<const std::uint8_t*>(p), static_cast<const std::uint8_t*>(p) + n);
+        };
+        const std::uint32_t magic = 0x46554747, version = 3;
+        put(&magic, 4);
+        put(&version, 4);
+        put(&tensor_count_, 8);
+        put(&kv_count_, 8);
+        out.insert(out.end(), meta_.begin(), meta_.end());
+        out.insert(out.end(), tensors_.begin(), tensors_.end());
+        out.resize((out.size() + kAlignment - 1) / kAlignment * kAlignment, 0);
+        return out;
+    }
+
+   private:
+    void raw(const void* p, std::size_t n) {
+        meta_.insert(meta_.end(), static_cast<const std::uint8_t*>(p), static_cast<const std::uint8_t*>(p) + n);
+    }
+    void str(const std::string& s) {
+        const std::uint64_t length = s.size();
+        raw(&length, 8);
+        raw(s.data(), s.size());
+    }
+    void begin(const std::string& key, std::uint32_t type) {
+        str(key);
+        raw(&type, 4);
+        ++kv_count_;
+    }
+    void array(const std::string& key, std::uint32_t element_type, std::uint64_t count) {
+        begin(key, 9);
+        raw(&element_type, 4);
+        raw(&count, 8);
+    }
+    std::vector<std::uint8_t> meta_, tensors_;
+    std::uint64_t kv_count_ = 0, tensor_count_ = 0;
+};
+
+struct TensorPlan {
+    std::string name;
+    std::vector<std::uint64_t> dims;  // ggml order: dims[0] is the input (contiguous) side
+    std::uint32_t type;
+    float stddev;  // 0: every value is 1 (norm weights)
+    std::uint64_t offset = 0, bytes = 0;
+};
+
+// The temporary file is removed if the process is interrupted, so an aborted run leaves nothing
+// behind. The handler only calls unlink (async-signal-safe) and then dies of the same signal.
+char g_temp_path[4096] = {};
+extern "C" void remove_temp_and_reraise(int sig) {
+    if (g_temp_path[0] != '\0') ::unlink(g_temp_path);
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+}
+
+class TempFile {
+   public:
+    explicit TempFile(const std::string& final_path) : final_(final_path) {
+        path_ = final_path + ".tmp.XXXXXX";
+        if (path_.size() >= sizeof g_temp_path) throw std::runtime_error(final_path + ": path is too long");
+        fd_ = ::mkstemp(path_.data());
+        if (fd_ < 0) throw std::runtime_error(final_path + ": cannot create a temporary file next to it: " + std::strerror(errno));
+        ::fchmod(fd_, 0644);  // mkstemp creates 0600; a model file is not secret
+        std::memcpy(g_temp_path, path_.c_str(), path_.size() + 1);
+        for (int sig : {SIGINT, SIGTERM, SIGHUP}) previous_[sig] = std::signal(sig, remove_temp_and_reraise);
+    }
+    ~TempFile() {
+        if (fd_ >= 0) ::close(fd_);
+        if (!committed_) ::unlink(path_.c_str());
+        g_temp_path[0] = '\0';
+        for (int sig : {SIGINT, SIGTERM, SIGHUP}) std::signal(sig, previous_[sig]);
+    }
+    void write(const void* data, std::size_t bytes) {
+        const auto* p = static_cast<const std::uint8_t*>(data);
+        while (bytes > 0) {
+            const ssize_t n = ::write(fd_, p, bytes);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) fail("write failed");
+            p += n;
+            bytes -= static_cast<std::size_t>(n);
+        }
+    }
+    // Flushes to disk before the rename: after a crash the name then holds the old file or the
+    // complete new one, never a prefix.
+    void commit() {
+        if (::fsync(fd_) != 0) fail("fsync failed");
+        if (::close(fd_) != 0) {
+            fd_ = -1;
+            fail("close failed");
+        }
+        fd_ = -1;
+        if (::rename(path_.c_str(), final_.c_str()) != 0) fail("cannot rename the temporary file into place");
+        committed_ = true;
+        const std::string dir = std::filesystem::path(final_).parent_path().string();
+        const int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {  // makes the rename itself durable; best effort (some file systems refuse)
+            ::fsync(dfd);
+            ::close(dfd);
+        }
+    }
+
+   private:
+    [[noreturn]] void fail(const std::string& what) const {
+        throw std::runtime_error(final_ + ": " + what + ": " + std::strerror(errno));
+    }
+    std::string final_, path_;
+    int fd_ = -1;
+    bool committed_ = false;
+    void (*previous_[NSIG])(int) = {};
+};
+
+}  // namespace
+
+void validate(const RandomModelSpec& s) {
+    auto need = [](bool ok, const std::string& what) {
+        if (!ok) throw std::invalid_argument(what);
+    };
+    // Upper bounds are the loader's own limits (driver/model), so every file written loads.
+    need(s.dim >= 2 && s.dim <= 65536, "--dim must be in [2, 65536]");
+    need(s.layers >= 2 && s.layers <= 1000, "--layers must be in [2, 1000] (fusion needs a check layer after layer 0)");
+    need(s.heads >= 1 && s.heads <= s.dim, "--heads must be in [1, dim]");
+    need(s.kv_heads >= 1 && s.kv_heads <= s.heads, "--kv-heads must be in [1, heads]");
+    need(s.heads % s.kv_heads == 0, "--heads (" + std::to_string(s.heads) + ") must be a multiple of --kv-heads (" +
+                                        std::to_string(s.kv_heads) + ")");
+    need(s.dim % s.heads == 0, "--dim (" + std::to_string(s.dim) + ") must be a multiple of --heads (" + std::to_string(s.heads) + ")");
+    const int head_dim = s.dim / s.heads;
+    need(s.head_dim == 0 || s.head_dim == head_dim,
+         "--head-dim " + std::to_string(s.head_dim) + " x --heads " + std::to_string(s.heads) + " must equal --dim " +
+             std::to_string(s.dim) + " (the loader derives the head size as dim / heads)");
+    need(head_dim % 2 == 0, "the head size dim / heads = " + std::to_string(head_dim) + " must be even (RoPE rotates pairs)");
+    need(s.hidden >= 1 && s.hidden <= (1 << 20), "--hidden must be in [1, 1048576]");
+    need(s.vocab >= kSpecialTokens + kByteTokens && s.vocab <= (1 << 24),
+         "--vocab must be in [259, 16777216] (3 special and 256 byte tokens come first)");
+    need(s.context >= 16 && s.context <= (1 << 24), "--context must be in [16, 16777216]");
+    need(std::isfinite(s.rope_base) && s.rope_base > 1.0, "--rope-base must be a finite number above 1");
+    need(s.dtype == "f32" || s.dtype == "bf16", "--dtype must be f32 or bf16, not '" + s.dtype + "'");
+}
+
+RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::string& path, bool replace) {
+    validate(spec);
+    if (path.empty()) throw std::invalid_argument("--out must name a file");
+    std::error_code error;
+    const auto status = std::filesystem::status(path, error);
+    if (std::filesystem::is_directory(status)) throw std::invalid_argument(path + ": is a directory");
+    if (std::filesystem::exists(status) && !replace)
+        throw std::invalid_argument(path + ": exists (use --force to replace it)");
+
+    const std::uint64_t dim = static_cast<std::uint64_t>(spec.dim), hidden = static_cast<std::uint64_t>(spec.hidden),
+                        vocab = static_cast<std::uint64_t>(spec.vocab),
+                        kv = dim / static_cast<std::uint64_t>(spec.heads) * static_cast<std::uint64_t>(spec.kv_heads);
+    const std::uint32_t matrix_type = spec.dtype == "bf16" ? kTypeBf16 : kTypeF32;
+    // Matrices: normal with deviation 1/sqrt(fan_in), so a projection of an RMS-normalized row
+    // keeps unit scale and activations stay finite through any depth. Embeddings: deviation 1,
+    // the scale of the normalized states the layers add to the residual stream. Norms: 1.
+    std::vector<TensorPlan> plan;
+    auto matrix = [&](const std::string& name, std::uint64_t in, std::uint64_t out) {
+        plan.push_back({name, {in, out}, matrix_type, static_cast<float>(1.0 / std::sqrt(static_cast<double>(in)))});
+    };
+    auto norm = [&](const std::string& name) { plan.push_back({name, {dim}, kTypeF32, 0.0f}); };
+    plan.push_back({"token_embd.weight", {dim, vocab}, matrix_type, 1.0f});
+    norm("output_norm.weight");
+    matrix("output.weight", dim, vocab);  // untied: tied unit-deviation embeddings would give sharp logits
+    for (int l = 0; l < spec.layers; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        norm(p + "attn_norm.weight");
+        matrix(p + "attn_q.weight", dim, dim);
+        matrix(p + "attn_k.weight", dim, kv);
+        matrix(p + "attn_v.weight", dim, kv);
+        matrix(p + "attn_output.weight", dim, dim);
+        norm(p + "ffn_norm.weight");
+        matrix(p + "ffn_gate.weight", dim, hidden);
+        matrix(p + "ffn_up.weight", dim, hidden);
+        matrix(p + "ffn_down.weight", hidden, dim);
+    }
+
+    Header header;
+    const Vocabulary vocabulary = make_vocabulary(spec.vocab);
+    char name[160];
+    std::snprintf(name, sizeof name, "kvfuse random llama %dx%d (seed %llu)", spec.layers, spec.dim,
+                  static_cast<unsigned long long>(spec.seed));
+    header.string("general.architecture", "llama");
+    header.string("general.name", name);
+    header.string("general.description", "random weights for benchmarks and tests; it generates noise, not text");
+    header.u32("general.alignment", static_cast<std::uint32_t>(kAlignment));
+    header.u32("general.file_type", matrix_type == kTypeBf16 ? 32 : 0);  // llama.cpp: ALL_F32 = 0, MOSTLY_BF16 = 32
+    header.u32("llama.context_length", static_cast<std::uint32_t>(spec.context));
+    header.u32("llama.embedding_length", static_cast<std::uint32_t>(spec.dim));
+    header.u32("llama.block_count", static_cast<std::uint32_t>(spec.layers));
+    header.u32("llama.feed_forward_length", static_cast<std::uint32_t>(spec.hidden));
+    header.u32("llama.attention.head_count", static_cast<std::uint32_t>(spec.heads));
+    header.u32("llama.attention.head_count_kv", static_cast<std::uint32_t>(spec.kv_heads));
+    header.u32("llama.attention.key_length", static_cast<std::uint32_t>(dim / spec.heads));
+    header.u32("llama.attention.value_length", static_cast<std::uint32_t>(dim / spec.heads));
+    header.f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    header.u32("llama.rope.dimension_count", static_cast<std::uint32_t>(dim / spec.heads));
+    header.f32("llama.rope.freq_base", static_cast<float>(spec.rope_base));
+    header.u32("llama.vocab_size", static_cast<std::uint32_t>(spec.vocab));
+    header.string("tokenizer.ggml.model", "llama");
+    header.strings("tokenizer.ggml.tokens", vocabulary.pieces);
+    header.f32s("tokenizer.ggml.scores", vocabulary.scores);
+    header.i32s("tokenizer.ggml.token_type", vocabulary.types);
+    header.u32("tokenizer.ggml.unknown_token_id", 0);
+    header.u32("tokenizer.ggml.bos_token_id", 1);
+    header.u32("tokenizer.ggml.eos_token_id", 2);
+
+    RandomModelInfo info;
+    std::uint64_t offset = 0;
+    for (auto& t : plan) {
+        std::uint64_t elements = 1;
+        for (auto d : t.dims) elements *= d;
+        t.offset = offset;
+        t.bytes = elements * (t.type == kTypeBf16 ? 2 : 4);
+        offset = (offset + t.bytes + kAlignment - 1) / kAlignment * kAlignment;
+        info.parameters += elements;
+        header.tensor(t.name, t.dims, t.type, t.offset);
+    }
+    const std::vector<std::uint8_t> head = header.bytes();
+    info.bytes = head.size() + offset;
+
+    TempFile file(path);
+    file.write(head.data(), head.size());
+    // Streamed in blocks: a realistic model is gigabytes and never needs to be in memory whole.
+    constexpr std::size_t kBlock = std::size_t{1} << 22;  // values, even
+    std::vector<float> values(kBlock);
+    std::vector<std::uint16_t> halves(kBlock);
+    const std::uint8_t zeros[kAlignment] = {};
+    std::uint64_t written = 0;
+    for (const auto& t : plan) {
+        const std::uint64_t elements = t.bytes / (t.type == kTypeBf16 ? 2 : 4);
+        const std::uint64_t stream = stream_seed(spec.seed, t.name);
+        for (std::uint64_t first = 0; first < elements; first += kBlock) {
+            const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, elements - first));
+            if (t.stddev == 0.0f)
+                std::fill(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(n), 1.0f);
+            else
+                fill_normal(stream, first, n, t.stddev, values.data());
+            if (t.type == kTypeBf16) {
+                for (std::size_t i = 0; i < n; ++i) halves[i] = to_bf16(values[i]);
+                file.write(halves.data(), n * 2);
+            } else {
+                file.write(values.data(), n * 4);
+            }
+        }
+        written = t.offset + t.bytes;
+        const std::uint64_t padded = (written + kAlignment - 1) / kAlignment * kAlignment;
+        file.write(zeros, static_cast<std::size_t>(padded - written));
+    }
+    file.commit();
+    return info;
+}
+
+}  // namespace kvfuse::cli

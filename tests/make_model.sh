@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `kvfuse make-model` end to end through the CLI: a small model in f32 and in bf16 is written,
+# described by `info`, and run by `run` (every method, text and pre-tokenized input) and
+# `generate`; an interrupted write leaves neither a partial model nor a temporary file.
+set -u
+kvfuse=$1
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+failures=0
+check() {  # description, command...
+    local what=$1; shift
+    local out
+    if out=$("$@" 2>&1); then
+        echo "ok: $what"
+    else
+        echo "FAIL: $what (status $?): $out"; failures=$((failures + 1))
+    fi
+    last_output=$out
+}
+expect_in_output() {  # description, expected text
+    if [[ "$last_output" == *"$2"* ]]; then echo "ok: $1"; else echo "FAIL: $1: output lacks '$2'"; failures=$((failures + 1)); fi
+}
+shape=(--dim 64 --layers 2 --heads 4 --kv-heads 2 --hidden 160 --vocab 512 --context 2048)
+echo "the cat sat on the mat and the dog ran away from the big red house" > "$scratch/c1.txt"
+echo "a bird flew over the tall green tree in the quiet morning light" > "$scratch/c2.txt"
+echo "3,17,99,250,400,511,42,7" > "$scratch/ids.txt"
+for dtype in f32 bf16; do
+    model="$scratch/$dtype.gguf"
+    check "$dtype: make-model" "$kvfuse" make-model --out "$model" "${shape[@]}" --dtype "$dtype" --seed 3
+    expect_in_output "$dtype: make-model reports the shape" "2 layers, dim 64, 4 heads (2 KV, head dim 16)"
+    check "$dtype: info" "$kvfuse" info --model "$model"
+    expect_in_output "$dtype: info reads the shape" "llama: 2 layers, dim 64, 4 heads (2 KV, head dim 16), ffn 160, vocab 512, context 2048"
+    if [[ $dtype == bf16 ]]; then want="BF16 x"; else want="F32 x"; fi
+    expect_in_output "$dtype: tensor type" "$want"
+    check "$dtype: run, every method" "$kvfuse" run --model "$model" --chunk "$scratch/c1.txt" --chunk "$scratch/c2.txt" \
+        --question "what did the dog do" --method all --repeat 1 -n 4 --no-store
+    expect_in_output "$dtype: run reports every method" "a3-layers   answer:"
+    if [[ "$last_output" == *nan* || "$last_output" == *inf* ]]; then
+        echo "FAIL: $dtype: non-finite figure in the run output"; failures=$((failures + 1))
+    fi
+    check "$dtype: run, pre-tokenized" "$kvfuse" run --model "$model" --pretokenized --chunk "$scratch/ids.txt" \
+        --question "5 6 7" --method a3 --repeat 1 -n 2 --no-store
+    check "$dtype: generate" "$kvfuse" generate --model "$model" -p "once upon a time" -n 4
+done
+
+# Interrupted while writing a 100 MB model: afterwards the name holds either nothing or a
+# complete model, and no temporary file is left either way.
+timeout -s INT 0.3 "$kvfuse" make-model --out "$scratch/big.gguf" --dim 512 --layers 8 --hidden 1536 --vocab 8000 >/dev/null 2>&1
+if ls "$scratch" | grep -q '\.tmp\.'; then
+    echo "FAIL: an interrupted make-model left a temporary file: $(ls "$scratch")"; failures=$((failures + 1))
+elif [[ -e "$scratch/big.gguf" ]] && ! "$kvfuse" info --model "$scratch/big.gguf" >/dev/null 2>&1; then
+    echo "FAIL: an interrupted make-model left an unreadable model"; failures=$((failures + 1))
+else
+    echo "ok: interrupted make-model left no partial file"
+fi
+echo "$failures failed"
+[[ $failures -eq 0 ]]

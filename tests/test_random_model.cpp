@@ -1,0 +1,225 @@
+// `kvfuse make-model`: the files it writes load through the driver's own GGUF loader, hold
+// what they claim (shape, scale, bf16 = rounded f32, deterministic per seed), tokenize text, and
+// run through the fusion pipeline with finite outputs and the every-row identity. The program
+// is run as users run it (its path comes from the build).
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "fusion/pipeline.h"
+#include "kvfuse/kvfuse.hpp"
+#include "model/llama_model.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace kvfuse::fusion;
+using kvfuse::model::GgufFile;
+using kvfuse::model::LlamaModel;
+
+class RandomModel : public ::testing::Test {
+   protected:
+    void SetUp() override {
+        std::string pattern = (fs::temp_directory_path() / "kvfuse-test-make-model-XXXXXX").string();
+        ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+        dir_ = pattern;
+    }
+    void TearDown() override {
+        std::error_code ignored;
+        fs::remove_all(dir_, ignored);
+    }
+    // Runs `kvfuse make-model --out <dir>/<name> <args>`; returns the exit status.
+    int make(const std::string& name, const std::string& args) const {
+        const std::string command = std::string("'") + KVFUSE_CLI + "' make-model --out '" + path(name) + "' " + args + " >/dev/null 2>&1";
+        const int status = std::system(command.c_str());
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+    }
+    std::string path(const std::string& name) const { return (dir_ / name).string(); }
+    static std::string read_bytes(const std::string& file) {
+        std::ifstream in(file, std::ios::binary);
+        return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    }
+    bool has_temporary_files() const {
+        for (const auto& entry : fs::directory_iterator(dir_))
+            if (entry.path().filename().string().find(".tmp.") != std::string::npos) return true;
+        return false;
+    }
+    fs::path dir_;
+};
+
+// Options may be given once each, so tests that vary one build the line from parts.
+const std::string kShape = "--dim 64 --layers 3 --kv-heads 2 --hidden 160 --vocab 400 --context 1024";
+const std::string kSmall = kShape + " --heads 4 --seed 5";
+
+TEST_F(RandomModel, WritesWhatTheLoaderReads) {
+    for (const std::string dtype : {"f32", "bf16"}) {
+        ASSERT_EQ(make(dtype + ".gguf", kSmall + " --dtype " + dtype), 0) << dtype;
+        const auto file = GgufFile::open(path(dtype + ".gguf"));
+        const LlamaModel model(file);
+        const ModelShape& s = model.shape();
+        EXPECT_EQ(model.architecture(), "llama");
+        EXPECT_EQ(s.layers, 3);
+        EXPECT_EQ(s.dim, 64);
+        EXPECT_EQ(s.heads, 4);
+        EXPECT_EQ(s.kv_heads, 2);
+        EXPECT_EQ(s.head_dim, 16);
+        EXPECT_EQ(s.vocab, 400);
+        EXPECT_EQ(s.context, 1024);
+        EXPECT_EQ(model.hidden_size_ffn(), 160);
+        EXPECT_EQ(model.bos(), 1);
+        EXPECT_EQ(model.tokenizer().eos(), 2);
+        const auto& q = file->require_tensor("blk.2.attn_q.weight");
+        EXPECT_EQ(static_cast<int>(q.type), dtype == "bf16" ? 30 : 0);
+        EXPECT_EQ(static_cast<int>(file->require_tensor("blk.2.ffn_norm.weight").type), 0) << "norms stay f32";
+        EXPECT_FALSE(has_temporary_files());
+    }
+}
+
+double mean_of(const std::vector<float>& v) {
+    double sum = 0;
+    for (float x : v) sum += x;
+    return sum / static_cast<double>(v.size());
+}
+
+double std_of(const std::vector<float>& v) {
+    const double m = mean_of(v);
+    double sum = 0;
+    for (float x : v) sum += (x - m) * (x - m);
+    return std::sqrt(sum / static_cast<double>(v.size()));
+}
+
+// Normal with deviation 1/sqrt(fan_in) for matrices, 1 for embeddings, norms exactly 1: the
+// scale that keeps activations finite at any depth (checked in the forward test below).
+TEST_F(RandomModel, WeightsHaveTheAdvertisedScale) {
+    ASSERT_EQ(make("m.gguf", "--dim 128 --layers 2 --heads 4 --kv-heads 4 --hidden 320 --vocab 400"), 0);
+    const auto file = GgufFile::open(path("m.gguf"));
+    auto check = [&](const std::string& name, double expected_std) {
+        const std::vector<float> w = file->read_f32(file->require_tensor(name));
+        const double n = static_cast<double>(w.size());
+        // Standard errors: of the mean sigma/sqrt(n), of the deviation about sigma/sqrt(2n).
+        EXPECT_LT(std::fabs(mean_of(w)), 5.0 * expected_std / std::sqrt(n)) << name;
+        EXPECT_NEAR(std_of(w), expected_std, 5.0 * expected_std / std::sqrt(2.0 * n)) << name;
+    };
+    check("blk.0.attn_q.weight", 1.0 / std::sqrt(128.0));
+    check("blk.1.attn_k.weight", 1.0 / std::sqrt(128.0));
+    check("blk.0.ffn_up.weight", 1.0 / std::sqrt(128.0));
+    check("blk.1.ffn_down.weight", 1.0 / std::sqrt(320.0));
+    check("output.weight", 1.0 / std::sqrt(128.0));
+    check("token_embd.weight", 1.0);
+    for (const std::string name : {"output_norm.weight", "blk.0.attn_norm.weight", "blk.1.ffn_norm.weight"})
+        for (float x : file->read_f32(file->require_tensor(name))) ASSERT_EQ(x, 1.0f) << name;
+    // Different tensors draw from different streams.
+    EXPECT_NE(file->read_f32(file->require_tensor("blk.0.attn_q.weight")),
+              file->read_f32(file->require_tensor("blk.1.attn_q.weight")));
+}
+
+TEST_F(RandomModel, Bf16IsTheF32ModelRoundedToNearest) {
+    ASSERT_EQ(make("f32.gguf", kSmall + " --dtype f32"), 0);
+    ASSERT_EQ(make("bf16.gguf", kSmall + " --dtype bf16"), 0);
+    const auto f32 = GgufFile::open(path("f32.gguf"));
+    const auto bf16 = GgufFile::open(path("bf16.gguf"));
+    ASSERT_EQ(f32->tensors().size(), bf16->tensors().size());
+    for (const auto& t : f32->tensors()) {
+        const std::vector<float> exact = f32->read_f32(t);
+        const std::vector<float> rounded_file = bf16->read_f32(bf16->require_tensor(t.name));
+        // The library's own converter (round to nearest even) is the reference.
+        std::vector<kvfuse::bf16> rounded(exact.size());
+        ASSERT_TRUE(kvfuse::to_bf16(exact.data(), rounded.data(), exact.size()).ok());
+        std::vector<float> expected(exact.size());
+        ASSERT_TRUE(kvfuse::to_f32(rounded.data(), expected.data(), exact.size()).ok());
+        ASSERT_EQ(rounded_file, expected) << t.name;
+    }
+}
+
+TEST_F(RandomModel, SameSeedSameBytesOtherSeedOtherWeights) {
+    ASSERT_EQ(make("a.gguf", kSmall), 0);
+    ASSERT_EQ(make("b.gguf", kSmall), 0);
+    ASSERT_EQ(make("c.gguf", kShape + " --heads 4 --seed 6"), 0);
+    EXPECT_EQ(read_bytes(path("a.gguf")), read_bytes(path("b.gguf")));
+    const LlamaModel a(GgufFile::open(path("a.gguf"))), c(GgufFile::open(path("c.gguf")));
+    EXPECT_NE(a.fingerprint(), c.fingerprint());
+}
+
+// Any text tokenizes (letters merge into vocabulary pieces, the rest falls back to bytes) and
+// decodes back.
+TEST_F(RandomModel, TokenizerRoundTripsText) {
+    ASSERT_EQ(make("m.gguf", "--dim 64 --layers 2 --heads 4 --kv-heads 1 --hidden 64 --vocab 2000"), 0);
+    const LlamaModel model(GgufFile::open(path("m.gguf")));
+    const std::string text = "the quick brown fox, 42 times! caf\xC3\xA9";
+    const auto ids = model.tokenizer().encode(text);
+    EXPECT_EQ(model.tokenizer().decode(ids), " " + text) << "SentencePiece keeps the leading space it added";
+    EXPECT_LT(ids.size(), text.size()) << "pieces longer than one byte are used";
+    for (auto id : ids) EXPECT_GE(id, 3) << "no special token inside text";
+}
+
+// A forward pass of a deeper model stays finite and informative, and the pipeline's identity
+// (every row selected = full prefill) holds on the generated weights, in f32 and bf16.
+TEST_F(RandomModel, ForwardPassIsFiniteAndFusionMatchesFullPrefill) {
+    for (const std::string dtype : {"f32", "bf16"}) {
+        ASSERT_EQ(make(dtype + ".gguf", "--dim 64 --layers 8 --heads 4 --kv-heads 2 --hidden 160 --vocab 400 --dtype " + dtype), 0);
+        const LlamaModel model(GgufFile::open(path(dtype + ".gguf")));
+        std::mt19937 rng(3);
+        std::uniform_int_distribution<int> token(3, 399);
+        Request r;
+        r.prefix = {model.bos()};
+        for (int c = 0; c < 3; ++c) {
+            TokenIds ids(16);
+            for (auto& t : ids) t = token(rng);
+            r.chunks.push_back(ids);
+        }
+        r.question.resize(8);
+        for (auto& t : r.question) t = token(rng);
+        std::vector<ChunkKv> stored;
+        std::vector<ChunkKvView> views;
+        for (const auto& c : r.chunks) stored.push_back(compute_chunk_kv(model, c));
+        for (const auto& c : stored) views.push_back(c.view());
+
+        FusionOptions full;
+        full.method = Method::full;
+        const FusionRun reference = run_request(model, r, {}, full);
+        double sum = 0, sum2 = 0;
+        for (float x : reference.logits) {
+            ASSERT_TRUE(std::isfinite(x)) << dtype;
+            sum += x;
+            sum2 += static_cast<double>(x) * x;
+        }
+        const double n = static_cast<double>(reference.logits.size());
+        const double spread = std::sqrt(sum2 / n - (sum / n) * (sum / n));
+        // Unit-scale logits: neither collapsed to a constant nor blown up.
+        EXPECT_GT(spread, 0.1) << dtype;
+        EXPECT_LT(spread, 10.0) << dtype;
+
+        FusionOptions every_row;
+        every_row.method = Method::a3;
+        every_row.ratio = 1.0;
+        EXPECT_EQ(run_request(model, r, views, every_row).logits, reference.logits) << dtype;
+        FusionOptions a3;
+        a3.method = Method::a3;
+        const FusionRun fused = run_request(model, r, views, a3);
+        for (float x : fused.logits) ASSERT_TRUE(std::isfinite(x)) << dtype;
+    }
+}
+
+TEST_F(RandomModel, ReplacesAFileOnlyWhenForcedAndNeverLeavesTemporaries) {
+    {
+        std::ofstream(path("keep.gguf")) << "precious";
+    }
+    EXPECT_NE(make("keep.gguf", kSmall), 0);
+    EXPECT_EQ(read_bytes(path("keep.gguf")), "precious");
+    EXPECT_EQ(make("keep.gguf", kSmall + " --force"), 0);
+    EXPECT_EQ(LlamaModel(GgufFile::open(path("keep.gguf"))).shape().dim, 64);
+    EXPECT_NE(make("keep.gguf", kShape + " --heads 3 --force"), 0) << "a bad shape is refused before writing";
+    EXPECT_EQ(LlamaModel(GgufFile::open(path("keep.gguf"))).shape().dim, 64);
+    EXPECT_NE(make("no-such-dir/m.gguf", kSmall), 0);
+    EXPECT_FALSE(has_temporary_files());
+}
+
+}  // namespace
