@@ -113,7 +113,9 @@ TEST(Topology, LocalAllocation) {
     EXPECT_EQ(reinterpret_cast<std::uintptr_t>(memory) % 4096, 0u);
     kvfuse::Topology t{};
     ASSERT_TRUE(kvfuse::topology(t).ok());
-    if (t.from_hwloc && t.numa_nodes == 1) EXPECT_EQ(node, 0);
+    if (t.from_hwloc && t.numa_nodes == 1) {
+        EXPECT_EQ(node, 0);
+    }
     auto* bytes_ptr = static_cast<unsigned char*>(memory);
     for (std::size_t i = 0; i < bytes; i += 4096) bytes_ptr[i] = static_cast<unsigned char>(i >> 12);
     for (std::size_t i = 0; i < bytes; i += 4096) ASSERT_EQ(bytes_ptr[i], static_cast<unsigned char>(i >> 12));
