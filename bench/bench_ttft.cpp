@@ -500,6 +500,13 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "bench_ttft: note: --ratio-context=%d is not in --contexts: no ratio sweep\n", c.ratio_context);
         fixture.path = c.model.empty() ? generate_model(c, fixture.temp) : c.model;
         fixture.loaded = load_model(fixture.path);
+        // A generated model is removed as soon as it is loaded (the mapping keeps it readable),
+        // so an interrupted or killed run leaves no gigabyte behind in the temporary directory.
+        if (!fixture.temp.path.empty()) {
+            std::error_code ignored;
+            std::filesystem::remove_all(fixture.temp.path, ignored);
+            fixture.temp.path.clear();
+        }
         fixture.llama = dynamic_cast<const kvfuse::model::LlamaModel*>(fixture.loaded.model.get());
         if (fixture.llama == nullptr) throw std::runtime_error("the loaded model is not a llama model");
         fixture.timed = std::make_unique<TimedModel>(*fixture.llama);
