@@ -52,22 +52,8 @@ void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads) {
         (void)kvfuse::to_bf16(k32.data(), k.data(), k.size());
         (void)kvfuse::to_bf16(v32.data(), v.data(), v.size());
     }
-    kvfuse::AttentionArgs args{};
-    args.queries = q.data();
-    args.rows = rows;
-    args.query_heads = kHeads;
-    args.head_dim = kDim;
-    args.query_row_stride = kHeads * kDim;
-    args.positions = positions.data();
-    args.keys = k.data();
-    args.values = v.data();
-    args.kv_dtype = std::is_same_v<T, float> ? KVFUSE_DTYPE_F32 : KVFUSE_DTYPE_BF16;
-    args.kv_tokens = kTokens;
-    args.kv_heads = kKvHeads;
-    args.kv_token_stride = kKvHeads * kDim;
-    args.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
-    args.out = out.data();
-    args.out_row_stride = kHeads * kDim;
+    kvfuse::AttentionArgs args = kvfuse::contiguous_attention_args(q.data(), rows, positions.data(), kHeads, k.data(),
+                                                                   v.data(), kTokens, kKvHeads, kDim, out.data());
     auto flops_of = [&](std::size_t count) {
         double visible = 0;
         for (std::size_t r = 0; r < count; ++r) visible += static_cast<double>(positions[r] + 1);

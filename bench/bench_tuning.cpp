@@ -93,22 +93,8 @@ void attention(benchmark::State& state) {
         p = pos(rng);
         flops += 4.0 * static_cast<double>(p + 1) * H * D;
     }
-    kvfuse_attention_args a{};
-    a.queries = q.data();
-    a.rows = n;
-    a.query_heads = H;
-    a.head_dim = D;
-    a.query_row_stride = H * D;
-    a.positions = positions.data();
-    a.keys = k.data();
-    a.values = v.data();
-    a.kv_dtype = KVFUSE_DTYPE_F32;
-    a.kv_tokens = T;
-    a.kv_heads = Hkv;
-    a.kv_token_stride = Hkv * D;
-    a.scale = 1.0f / std::sqrt(static_cast<float>(D));
-    a.out = out.data();
-    a.out_row_stride = H * D;
+    const kvfuse::AttentionArgs a =
+        kvfuse::contiguous_attention_args(q.data(), n, positions.data(), H, k.data(), v.data(), T, Hkv, D, out.data());
     tuned_vs_default(state, 2, [&] { (void)kvfuse_sparse_attention(&a); }, flops, "GFLOP/s", 1e9);
 }
 

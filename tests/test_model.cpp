@@ -127,8 +127,9 @@ TEST(Evaluation, PerLayerKvDeviation) {
         double sum = 0;
         for (double d : measurement.kv_deviation_layers) sum += d;
         EXPECT_NEAR(sum / static_cast<double>(layers), measurement.kv_deviation, 1e-12);
-        if (measurement.method == "reuse")
+        if (measurement.method == "reuse") {
             for (std::size_t l = 1; l < layers; ++l) EXPECT_GT(measurement.kv_deviation_layers[l], 0.0) << l;
+        }
     }
     for (const auto& s : result.summaries) ASSERT_EQ(s.kv_deviation_layers.size(), layers);
     EXPECT_NE(kvfuse::fusion::format_table(result, false).find("KV deviation per layer"), std::string::npos);

@@ -102,22 +102,8 @@ TEST_P(TunedKernels, AttentionAtEveryTileAndRowBlock) {
     std::vector<std::int64_t> positions(n);
     std::uniform_int_distribution<std::int64_t> pos(0, T - 1);
     for (auto& p : positions) p = pos(rng);
-    kvfuse_attention_args a{};
-    a.queries = q.data();
-    a.rows = n;
-    a.query_heads = H;
-    a.head_dim = D;
-    a.query_row_stride = H * D;
-    a.positions = positions.data();
-    a.keys = k.data();
-    a.values = v.data();
-    a.kv_dtype = KVFUSE_DTYPE_F32;
-    a.kv_tokens = T;
-    a.kv_heads = Hkv;
-    a.kv_token_stride = Hkv * D;
-    a.scale = 0.125f;
-    a.out_row_stride = H * D;
-    a.out = want.data();
+    kvfuse::AttentionArgs a = kvfuse::contiguous_attention_args(q.data(), n, positions.data(), H, k.data(), v.data(),
+                                                                T, Hkv, D, want.data(), 0.125f);
     kvfuse::reference::sparse_attention(a);
     a.out = got.data();
     for (std::uint32_t tile : {0u, 32u, 64u, 128u})

@@ -190,22 +190,8 @@ int run_tune(const std::string& model_path, std::string out_path, bool quick) {
         std::vector<float> out(n * H * D);
         std::vector<std::int64_t> positions(n);
         for (std::size_t i = 0; i < n; ++i) positions[i] = static_cast<std::int64_t>(T - n + i);
-        kvfuse_attention_args a{};
-        a.queries = q.data();
-        a.rows = n;
-        a.query_heads = H;
-        a.head_dim = D;
-        a.query_row_stride = H * D;
-        a.positions = positions.data();
-        a.keys = k.data();
-        a.values = v.data();
-        a.kv_dtype = KVFUSE_DTYPE_F32;
-        a.kv_tokens = T;
-        a.kv_heads = Hkv;
-        a.kv_token_stride = Hkv * D;
-        a.scale = 1.0f / std::sqrt(static_cast<float>(D));
-        a.out = out.data();
-        a.out_row_stride = H * D;
+        const AttentionArgs a =
+            contiguous_attention_args(q.data(), n, positions.data(), H, k.data(), v.data(), T, Hkv, D, out.data());
         std::vector<Tuning> candidates;
         for (std::uint32_t tile : {0u, 32u, 64u, 128u})
             for (std::uint32_t block : {4u, 8u, 16u, 32u}) {
@@ -332,23 +318,9 @@ int run_tune(const std::string& model_path, std::string out_path, bool quick) {
                                                       const std::size_t n = sizes[i].rows, tokens = sizes[i].tokens;
                                                       for (std::size_t r = 0; r < n; ++r)
                                                           positions[r] = static_cast<std::int64_t>(tokens - n + r);
-                                                      kvfuse_attention_args a{};
-                                                      a.queries = aq.data();
-                                                      a.rows = n;
-                                                      a.query_heads = H;
-                                                      a.head_dim = D;
-                                                      a.query_row_stride = H * D;
-                                                      a.positions = positions.data();
-                                                      a.keys = ak.data();
-                                                      a.values = av.data();
-                                                      a.kv_dtype = KVFUSE_DTYPE_F32;
-                                                      a.kv_tokens = tokens;
-                                                      a.kv_heads = Hkv;
-                                                      a.kv_token_stride = Hkv * D;
-                                                      a.scale = 0.1f;
-                                                      a.out = aout.data();
-                                                      a.out_row_stride = H * D;
-                                                      (void)kvfuse_sparse_attention(&a);
+                                                      (void)sparse_attention(contiguous_attention_args(
+                                                          aq.data(), n, positions.data(), H, ak.data(), av.data(),
+                                                          tokens, Hkv, D, aout.data(), 0.1f));
                                                   },
                                                   attention_record);
         record["attention_parallel"] = attention_record;

@@ -6,6 +6,7 @@
 #ifndef KVFUSE_KVFUSE_HPP
 #define KVFUSE_KVFUSE_HPP
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -246,6 +247,32 @@ Status rope_rotate_span_copy(const RopeConfig& config, const T* src, std::size_t
 using AttentionArgs = kvfuse_attention_args;
 
 inline Status sparse_attention(const AttentionArgs& args) { return Status(kvfuse_sparse_attention(&args)); }
+
+// Arguments for contiguous tensors: queries and out [rows x query_heads x head_dim], keys and
+// values [kv_tokens x kv_heads x head_dim] of T (float or bf16); scale 1/sqrt(head_dim) unless
+// given.
+template <class T>
+AttentionArgs contiguous_attention_args(const float* queries, std::size_t rows, const std::int64_t* positions,
+                                        std::size_t query_heads, const T* keys, const T* values, std::size_t kv_tokens,
+                                        std::size_t kv_heads, std::size_t head_dim, float* out, float scale = 0.0f) {
+    AttentionArgs a{};
+    a.queries = queries;
+    a.rows = rows;
+    a.query_heads = query_heads;
+    a.head_dim = head_dim;
+    a.query_row_stride = query_heads * head_dim;
+    a.positions = positions;
+    a.keys = keys;
+    a.values = values;
+    a.kv_dtype = detail::dtype_of<T>();
+    a.kv_tokens = kv_tokens;
+    a.kv_heads = kv_heads;
+    a.kv_token_stride = kv_heads * head_dim;
+    a.scale = scale != 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
+    a.out = out;
+    a.out_row_stride = query_heads * head_dim;
+    return a;
+}
 
 template <class T>
 Status gather_rows(const T* src, std::size_t src_rows, std::size_t src_row_stride, const std::int64_t* rows,
