@@ -9,6 +9,7 @@
 
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "kernels/common/relevance_segments.h"
 #include "kvfuse/kvfuse.h"
 #include "reference/score_reference.h"
 
@@ -102,13 +103,32 @@ kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* a) {
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "tensor sizes overflow");
     if (a->candidates == a->question_rows) return KVFUSE_OK;  // no document key: nothing to score
     if (a->out == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "out is required");
-    if (a->keys_i8 != nullptr && a->keys_i4 != nullptr)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "give keys_i8 or keys_i4, not both");
-    if (a->keys_i8 != nullptr || a->keys_i4 != nullptr) {
-        if (a->queries_i8 == nullptr || a->query_scales == nullptr || a->key_scales == nullptr)
-            return fail(KVFUSE_ERROR_NULL_POINTER, "the int8 and int4 paths need queries_i8, query_scales and key_scales");
-    } else if (a->keys_f32 == nullptr || a->queries_f32 == nullptr) {
-        return fail(KVFUSE_ERROR_NULL_POINTER, "give keys_i8 (int8 path), keys_i4 (int4 path) or keys_f32 and queries_f32 (f32 path)");
+    if (a->segment_count > 0) {
+        if (a->segments == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "segment_count > 0 needs segments");
+        std::size_t total = 0;
+        for (std::size_t i = 0; i < a->segment_count; ++i) {
+            if (a->segments[i].keys > a->candidates - total)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the segments hold more keys than there are candidates");
+            total += a->segments[i].keys;
+        }
+        if (total != a->candidates) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the segments' keys must add up to candidates");
+    }
+    // Every segment (or the top-level fields) on one path, with what that path reads.
+    const kvfuse::detail::RelevanceSegments segments(*a);
+    const kvfuse_relevance_segment& first = segments.list[0];
+    const bool int4 = first.keys_i4 != nullptr, int8 = first.keys_i8 != nullptr;
+    for (const kvfuse_relevance_segment& g : segments.list) {
+        if (g.keys_i8 != nullptr && g.keys_i4 != nullptr)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "give keys_i8 or keys_i4, not both");
+        if ((g.keys_i4 != nullptr) != int4 || (g.keys_i8 != nullptr) != int8)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "every segment must use the same path (f32, int8 or int4)");
+        if (int4 || int8) {
+            if (g.queries_i8 == nullptr || g.query_scales == nullptr || g.key_scales == nullptr)
+                return fail(KVFUSE_ERROR_NULL_POINTER, "the int8 and int4 paths need queries_i8, query_scales and key_scales");
+        } else if (g.keys_f32 == nullptr || g.queries_f32 == nullptr) {
+            return fail(KVFUSE_ERROR_NULL_POINTER,
+                        "give keys_i8 (int8 path), keys_i4 (int4 path) or keys_f32 and queries_f32 (f32 path)");
+        }
     }
     const kvfuse::detail::KernelTable* kernels = nullptr;
     if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;

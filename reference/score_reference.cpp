@@ -3,6 +3,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/common/relevance_segments.h"
+
 namespace kvfuse::reference {
 
 float quantize_i8(const float* x, std::size_t n, std::int8_t* out) {
@@ -34,7 +36,8 @@ std::int32_t unpack_i4(const std::uint8_t* packed, std::size_t i) {
 void a3_relevance(const kvfuse_relevance_args& a) {
     const std::size_t M = a.question_rows, C = a.candidates, docs = C - M, H = a.query_heads, D = a.head_dim;
     const std::size_t group = H / a.kv_heads;
-    const bool int4 = a.keys_i4 != nullptr, int8 = a.keys_i8 != nullptr || int4;
+    const kvfuse::detail::RelevanceSegments segments(a);
+    const bool int4 = segments.list[0].keys_i4 != nullptr, int8 = segments.list[0].keys_i8 != nullptr || int4;
     const std::size_t packed = (D + 1) / 2;
     const double inv = 1.0 / std::sqrt(static_cast<double>(H * D));
     std::vector<double> sums(docs, 0.0), logits(C);
@@ -42,20 +45,22 @@ void a3_relevance(const kvfuse_relevance_args& a) {
         const std::size_t visible = docs + m + 1;
         double max = -INFINITY;
         for (std::size_t j = 0; j < visible; ++j) {
-            double logit = 0.0;
+            const std::size_t si = segments.of(j), at = j - segments.starts[si];
+            const kvfuse_relevance_segment& g = segments.list[si];
+            double logit = g.bias != nullptr ? g.bias[m] : 0.0;
             for (std::size_t h = 0; h < H; ++h) {
                 const std::size_t kv = h / group;
                 double dot = 0.0;
                 if (int8) {
                     long long exact = 0;
                     for (std::size_t d = 0; d < D; ++d)
-                        exact += static_cast<long long>(a.queries_i8[(m * H + h) * D + d]) *
-                                 (int4 ? unpack_i4(a.keys_i4 + (j * a.kv_heads + kv) * packed, d)
-                                       : a.keys_i8[(j * a.kv_heads + kv) * D + d]);
-                    dot = static_cast<double>(exact) * a.query_scales[m * H + h] * a.key_scales[j * a.kv_heads + kv];
+                        exact += static_cast<long long>(g.queries_i8[(m * H + h) * D + d]) *
+                                 (int4 ? unpack_i4(g.keys_i4 + (at * a.kv_heads + kv) * packed, d)
+                                       : g.keys_i8[(at * a.kv_heads + kv) * D + d]);
+                    dot = static_cast<double>(exact) * g.query_scales[m * H + h] * g.key_scales[at * a.kv_heads + kv];
                 } else {
                     for (std::size_t d = 0; d < D; ++d)
-                        dot += static_cast<double>(a.queries_f32[(m * H + h) * D + d]) * a.keys_f32[(j * a.kv_heads + kv) * D + d];
+                        dot += static_cast<double>(g.queries_f32[(m * H + h) * D + d]) * g.keys_f32[(at * a.kv_heads + kv) * D + d];
                 }
                 logit += dot;
             }

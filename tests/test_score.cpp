@@ -218,6 +218,169 @@ TEST_P(ScoreTest, ExtremeIntegerValuesAreExact) {
     }
 }
 
+// Segments: each range of candidates with its own keys, queries and bias, split at places that
+// are not tile boundaries (one key alone, an empty segment), on every path.
+TEST_P(ScoreTest, SegmentsMatchReference) {
+    const Case c{7, 131, 8, 4, 40};
+    const Inputs in = make(c, 91);
+    const std::size_t sizes[] = {0, 37, 1, 50, 43};  // the last holds the question's keys
+    const std::size_t packed = (c.D + 1) / 2;
+    std::vector<Inputs> own;  // every segment's own queries
+    std::vector<std::vector<float>> bias;
+    std::vector<kvfuse_relevance_segment> segments;
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal;
+    for (std::size_t i = 0; i < std::size(sizes); ++i) {
+        own.push_back(make(c, 200 + static_cast<std::uint32_t>(i)));
+        bias.emplace_back(c.M);
+        for (float& b : bias.back()) b = normal(rng);
+    }
+    for (Keys keys : {Keys::f32, Keys::i8, Keys::i4}) {
+        segments.clear();
+        std::size_t start = 0;
+        for (std::size_t i = 0; i < std::size(sizes); ++i) {
+            kvfuse_relevance_segment g{};
+            g.keys = sizes[i];
+            g.queries_f32 = own[i].q.data();
+            g.queries_i8 = own[i].q8.data();
+            g.query_scales = own[i].qs.data();
+            g.bias = i == 2 ? nullptr : bias[i].data();
+            if (keys == Keys::f32) g.keys_f32 = in.k.data() + start * c.Hkv * c.D;
+            if (keys == Keys::i8) g.keys_i8 = in.k8.data() + start * c.Hkv * c.D;
+            if (keys == Keys::i4) g.keys_i4 = in.k4.data() + start * c.Hkv * packed;
+            g.key_scales = (keys == Keys::i4 ? in.ks4 : in.ks).data() + start * c.Hkv;
+            segments.push_back(g);
+            start += sizes[i];
+        }
+        ASSERT_EQ(start, c.C);
+        for (bool smoothing : {false, true}) {
+            std::vector<float> got, want;
+            kvfuse_relevance_args a = args_for(c, in, keys, smoothing, got);
+            a.segment_count = segments.size();
+            a.segments = segments.data();
+            ASSERT_TRUE(kvfuse::a3_relevance(a).ok());
+            kvfuse_relevance_args r = args_for(c, in, keys, smoothing, want);
+            r.segment_count = segments.size();
+            r.segments = segments.data();
+            kvfuse::reference::a3_relevance(r);
+            for (std::size_t j = 0; j < got.size(); ++j)
+                ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j])) << "keys " << static_cast<int>(keys) << " j " << j;
+        }
+    }
+    // The segments must add up to the candidates, on one path.
+    std::vector<float> out;
+    kvfuse_relevance_args a = args_for(c, in, Keys::i8, false, out);
+    a.segment_count = segments.size();
+    a.segments = segments.data();  // int4 segments from the last loop
+    ASSERT_TRUE(kvfuse::a3_relevance(a).ok());
+    std::vector<kvfuse_relevance_segment> broken = segments;
+    broken[1].keys += 1;
+    a.segments = broken.data();
+    EXPECT_EQ(kvfuse_a3_relevance(&a), KVFUSE_ERROR_INVALID_ARGUMENT);
+    broken = segments;
+    broken[3].keys_i4 = nullptr;
+    broken[3].keys_i8 = in.k8.data();
+    a.segments = broken.data();
+    EXPECT_EQ(kvfuse_a3_relevance(&a), KVFUSE_ERROR_INVALID_ARGUMENT);
+    a.segments = nullptr;
+    EXPECT_EQ(kvfuse_a3_relevance(&a), KVFUSE_ERROR_NULL_POINTER);
+}
+
+// What segments are for: chunks' keys kept in the frame they were computed in (their own
+// positions, their own mean removed), scored with the question's queries rotated into that
+// frame and the mean's logit as bias, give the relevance of the fused, re-rotated keys.
+TEST_P(ScoreTest, StoredChunkFramesGiveFusedRelevance) {
+    const std::size_t H = 8, Hkv = 2, D = 64, M = 5, group = H / Hkv;
+    const std::size_t chunk_tokens[] = {45, 3, 70};
+    const std::int64_t prefix = 2, computed_at = 1;  // each chunk was computed after its own BOS
+    kvfuse::RopeConfig rope;
+    rope.head_dim = static_cast<int>(D);
+    std::mt19937 rng(17);
+    std::normal_distribution<float> normal;
+    auto random = [&](std::size_t n, float offset) {
+        std::vector<float> v(n);
+        for (float& x : v) x = normal(rng) + offset;
+        return v;
+    };
+    std::size_t docs = 0;
+    for (std::size_t n : chunk_tokens) docs += n;
+    const std::size_t C = docs + M, row = Hkv * D;
+    // The fused keys (absolute positions prefix + j) and, per chunk, the stored ones.
+    std::vector<float> fused(C * row);
+    std::vector<std::vector<float>> stored;
+    std::vector<std::int64_t> deltas;
+    std::size_t at = 0;
+    for (std::size_t n : chunk_tokens) {
+        std::vector<float> k = random(n * row, 0.7f);
+        std::vector<std::int64_t> local(n);
+        std::iota(local.begin(), local.end(), computed_at);
+        ASSERT_TRUE(kvfuse::rope_rotate(rope, k.data(), n, Hkv, row, local.data()).ok());
+        const std::int64_t delta = prefix + static_cast<std::int64_t>(at) - computed_at;
+        ASSERT_TRUE(kvfuse::rope_rotate_span_copy(rope, k.data(), row, fused.data() + at * row, row, n, Hkv, delta).ok());
+        stored.push_back(std::move(k));
+        deltas.push_back(delta);
+        at += n;
+    }
+    std::vector<float> q = random(M * H * D, 0.0f), question_keys = random(M * row, 0.7f);
+    std::vector<std::int64_t> question_positions(M);
+    std::iota(question_positions.begin(), question_positions.end(), prefix + static_cast<std::int64_t>(docs));
+    ASSERT_TRUE(kvfuse::rope_rotate(rope, q.data(), M, H, H * D, question_positions.data()).ok());
+    ASSERT_TRUE(kvfuse::rope_rotate(rope, question_keys.data(), M, Hkv, row, question_positions.data()).ok());
+    std::copy(question_keys.begin(), question_keys.end(), fused.begin() + static_cast<std::ptrdiff_t>(docs * row));
+
+    std::vector<float> want(docs), got(docs);
+    kvfuse_relevance_args a{};
+    a.question_rows = M;
+    a.candidates = C;
+    a.query_heads = H;
+    a.kv_heads = Hkv;
+    a.head_dim = D;
+    a.smoothing = 1;
+    a.queries_f32 = q.data();
+    a.keys_f32 = fused.data();
+    a.out = want.data();
+    ASSERT_TRUE(kvfuse::a3_relevance(a).ok());
+
+    // Per chunk: keys minus their mean, queries rotated back by the chunk's delta, bias q . mean.
+    std::vector<std::vector<float>> centred, queries, bias;
+    std::vector<kvfuse_relevance_segment> segments;
+    for (std::size_t c = 0; c < std::size(chunk_tokens); ++c) {
+        const std::size_t n = chunk_tokens[c];
+        std::vector<float> mean(row, 0.0f), keys = stored[c];
+        for (std::size_t t = 0; t < n; ++t)
+            for (std::size_t e = 0; e < row; ++e) mean[e] += keys[t * row + e] / static_cast<float>(n);
+        for (std::size_t t = 0; t < n; ++t)
+            for (std::size_t e = 0; e < row; ++e) keys[t * row + e] -= mean[e];
+        std::vector<float> rotated(q.size());
+        ASSERT_TRUE(kvfuse::rope_rotate_span_copy(rope, q.data(), H * D, rotated.data(), H * D, M, H, -deltas[c]).ok());
+        std::vector<float> b(M, 0.0f);
+        for (std::size_t m = 0; m < M; ++m)
+            for (std::size_t h = 0; h < H; ++h)
+                for (std::size_t d = 0; d < D; ++d) b[m] += rotated[(m * H + h) * D + d] * mean[(h / group) * D + d];
+        centred.push_back(std::move(keys));
+        queries.push_back(std::move(rotated));
+        bias.push_back(std::move(b));
+    }
+    for (std::size_t c = 0; c < std::size(chunk_tokens); ++c) {
+        kvfuse_relevance_segment g{};
+        g.keys = chunk_tokens[c];
+        g.keys_f32 = centred[c].data();
+        g.queries_f32 = queries[c].data();
+        g.bias = bias[c].data();
+        segments.push_back(g);
+    }
+    kvfuse_relevance_segment question{};
+    question.keys = M;
+    question.keys_f32 = question_keys.data();
+    question.queries_f32 = q.data();
+    segments.push_back(question);
+    a.segment_count = segments.size();
+    a.segments = segments.data();
+    a.out = got.data();
+    ASSERT_TRUE(kvfuse::a3_relevance(a).ok());
+    for (std::size_t j = 0; j < docs; ++j) ASSERT_NEAR(got[j], want[j], 1e-4 * (1.0 + want[j])) << j;
+}
+
 TEST_P(ScoreTest, Int4QuantizerRoundTrip) {
     const Case c{2, 30, 2, 2, 9};  // odd head_dim: the last high nibble is padding
     const Inputs in = make(c, 78, 4.0f);

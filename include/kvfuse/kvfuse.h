@@ -232,6 +232,19 @@ KVFUSE_API kvfuse_status kvfuse_quantize_keys_i4(const float* keys, size_t token
 KVFUSE_API kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads, size_t head_dim,
                                                  size_t row_stride, int8_t* out, float* scales);
 
+/* One range of candidates with its own keys and queries (see segment_count below). */
+typedef struct kvfuse_relevance_segment {
+    size_t keys;                /* candidates in this segment; the segments' keys add up to `candidates` */
+    const float* queries_f32;   /* f32 path: M x H x D, in this segment's frame */
+    const float* keys_f32;      /* f32 path: keys x Hkv x D */
+    const int8_t* queries_i8;   /* int paths: M x H x D, with query_scales (M x H) */
+    const float* query_scales;
+    const int8_t* keys_i8;      /* int8 path: keys x Hkv x D */
+    const uint8_t* keys_i4;     /* int4 path: keys x Hkv x (D + 1) / 2 */
+    const float* key_scales;    /* int paths: keys x Hkv */
+    const float* bias;          /* M values added to the merged-head logit before 1 / sqrt(H * D); NULL: 0 */
+} kvfuse_relevance_segment;
+
 typedef struct kvfuse_relevance_args {
     size_t question_rows; /* M: the last M candidates are the question's own keys */
     size_t candidates;    /* keys [P, T): documents first, then the M question rows */
@@ -251,6 +264,15 @@ typedef struct kvfuse_relevance_args {
     /* int4 path (used when keys_i4 is set, instead of keys_i8): packed as quantized above,
      * with key_scales, queries_i8 and query_scales as for int8 */
     const uint8_t* keys_i4;
+    /* Segments (optional): the candidates split into consecutive ranges, each with its own
+     * keys, queries and bias. For keys stored in another frame -- a chunk's keys kept at the
+     * positions it was computed at, its per-head mean removed -- pass the question's queries
+     * rotated into that frame (RoPE is relative: q(p) . k(o + j) = q(p - o + s) . k(s + j)) and
+     * bias[m] = sum_h q_h . mean_(h / group): the logits are then those of the fused keys,
+     * and the stored quantized keys are read as they are. With segment_count > 0 the queries,
+     * keys and scales above are ignored; every segment uses the same path (f32, int8 or int4). */
+    size_t segment_count;
+    const kvfuse_relevance_segment* segments;
 } kvfuse_relevance_args;
 
 /* A3 relevance: heads merged into one logit per (question row m, key j) =

@@ -21,6 +21,7 @@
 #include <immintrin.h>
 #endif
 
+#include "kernels/common/relevance_segments.h"
 #include "kernels/kernel_table.h"
 #include "kernels/tuning.h"
 
@@ -66,34 +67,42 @@ struct Shape {
     std::size_t M, C, docs, H, Hkv, D, D2, group;
 };
 
-// The keys [j0, j0 + kTile) of one KV head as scratch: f32 -> D rows of kTile floats; int ->
-// D2 rows of kTile s16 pairs. Keys past the end are zero.
-void layout_tile(const kvfuse_relevance_args& a, const Shape& s, Path path, std::size_t j0, std::size_t kv,
-                 float* f32_tile, std::int32_t* int_tile, float* key_scales) {
-    const std::size_t count = std::min(kTile, s.C - j0);
+// Lanes [lo, hi) of one KV head's tile as scratch, from the segment's keys first, first + 1, ...:
+// f32 -> D rows of kTile floats; int -> D2 rows of kTile s16 pairs. Every other lane is zero
+// (past the end, or another segment's key: that segment fills it with its own queries).
+void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, std::size_t first, std::size_t lo,
+                 std::size_t hi, std::size_t kv, float* f32_tile, std::int32_t* int_tile, float* key_scales) {
     for (std::size_t jj = 0; jj < kTile; ++jj) {
-        const std::size_t j = j0 + jj;
+        const bool in = jj >= lo && jj < hi;
+        const std::size_t j = first + (jj - lo);  // meaningful only when `in`
         if (path == Path::f32) {
-            const float* key = a.keys_f32 + (j * s.Hkv + kv) * s.D;
-            for (std::size_t d = 0; d < s.D; ++d) f32_tile[d * kTile + jj] = jj < count ? key[d] : 0.0f;
+            const float* key = g.keys_f32 + (j * s.Hkv + kv) * s.D;
+            for (std::size_t d = 0; d < s.D; ++d) f32_tile[d * kTile + jj] = in ? key[d] : 0.0f;
             continue;
         }
-        key_scales[jj] = jj < count ? a.key_scales[j * s.Hkv + kv] : 0.0f;
-        if (jj >= count) {
+        key_scales[jj] = in ? g.key_scales[j * s.Hkv + kv] : 0.0f;
+        if (!in) {
             for (std::size_t d2 = 0; d2 < s.D2; ++d2) int_tile[d2 * kTile + jj] = 0;
         } else if (path == Path::int8) {
-            const std::int8_t* key = a.keys_i8 + (j * s.Hkv + kv) * s.D;
+            const std::int8_t* key = g.keys_i8 + (j * s.Hkv + kv) * s.D;
             for (std::size_t d2 = 0; d2 < s.D2; ++d2) {
                 const std::size_t d = 2 * d2;
                 int_tile[d2 * kTile + jj] = pack_pair(key[d], d + 1 < s.D ? key[d + 1] : 0);
             }
         } else {
-            const std::uint8_t* key = a.keys_i4 + (j * s.Hkv + kv) * s.D2;
+            const std::uint8_t* key = g.keys_i4 + (j * s.Hkv + kv) * s.D2;
             for (std::size_t d2 = 0; d2 < s.D2; ++d2)
                 int_tile[d2 * kTile + jj] = pack_pair(nibble(key[d2]), nibble(key[d2] >> 4u));
         }
     }
 }
+
+// One segment's queries as the register blocks read them.
+struct SegmentQueries {
+    const float* f32;           // M x H x D
+    const std::int32_t* pairs;  // M x H x D2 s16 pairs
+    const float* scales;        // M x H
+};
 
 // acc[r][v] = sum over d of tile[d][v lanes] * row_r[d], for R rows.
 template <std::size_t R>
@@ -128,9 +137,8 @@ inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile,
 // Logits of every question row against the keys [j0, j0 + kTile): `sums` (M x kTile) gets the
 // merged-head sums, unscaled.
 template <std::size_t R>
-void rows_of_group(const kvfuse_relevance_args& a, const Shape& s, Path path, std::size_t kv, std::size_t first_row,
-                   const float* f32_tile, const std::int32_t* int_tile, const float* key_scales,
-                   const std::int32_t* query_pairs, float* sums) {
+void rows_of_group(const SegmentQueries& queries, const Shape& s, Path path, std::size_t kv, std::size_t first_row,
+                   const float* f32_tile, const std::int32_t* int_tile, const float* key_scales, float* sums) {
     const float* f32_rows[kMaxRows];
     const std::int32_t* int_rows[kMaxRows];
     std::size_t m_of[kMaxRows], h_of[kMaxRows];
@@ -139,9 +147,9 @@ void rows_of_group(const kvfuse_relevance_args& a, const Shape& s, Path path, st
         m_of[r] = flat / s.group;
         h_of[r] = kv * s.group + flat % s.group;
         if (path == Path::f32)
-            f32_rows[r] = a.queries_f32 + (m_of[r] * s.H + h_of[r]) * s.D;
+            f32_rows[r] = queries.f32 + (m_of[r] * s.H + h_of[r]) * s.D;
         else
-            int_rows[r] = query_pairs + (m_of[r] * s.H + h_of[r]) * s.D2;
+            int_rows[r] = queries.pairs + (m_of[r] * s.H + h_of[r]) * s.D2;
     }
     if (path == Path::f32) {
         F32s acc[kMaxRows][kVectors];
@@ -155,7 +163,7 @@ void rows_of_group(const kvfuse_relevance_args& a, const Shape& s, Path path, st
         I32s acc[kMaxRows][kVectors];
         int_block<R>(int_rows, int_tile, s.D2, acc);
         for (std::size_t r = 0; r < R; ++r) {
-            const F32s row_scale(a.query_scales[m_of[r] * s.H + h_of[r]]);
+            const F32s row_scale(queries.scales[m_of[r] * s.H + h_of[r]]);
             for (std::size_t v = 0; v < kVectors; ++v) {
                 float* out = sums + m_of[r] * kTile + v * kLanes;
                 const F32s scale = F32s::load_aligned(key_scales + v * kLanes) * row_scale;
@@ -175,7 +183,9 @@ void relevance(const kvfuse_relevance_args& a) {
     s.D = a.head_dim;
     s.D2 = (s.D + 1) / 2;
     s.group = s.H / s.Hkv;
-    const Path path = a.keys_i4 != nullptr ? Path::int4 : a.keys_i8 != nullptr ? Path::int8 : Path::f32;
+    const detail::RelevanceSegments segments(a);
+    const std::size_t segment_count = segments.list.size();
+    const Path path = segments.list[0].keys_i4 != nullptr ? Path::int4 : segments.list[0].keys_i8 != nullptr ? Path::int8 : Path::f32;
     const float inv = 1.0f / std::sqrt(static_cast<float>(s.H * s.D));
     const std::size_t tiles = (s.C + kTile - 1) / kTile, padded = tiles * kTile;
     const std::size_t rows_per_kv = s.M * s.group;
@@ -183,15 +193,21 @@ void relevance(const kvfuse_relevance_args& a) {
     const std::size_t block_rows = tuning.score_query_rows;
     const bool parallel = static_cast<double>(s.M) * s.C * s.H * s.D > static_cast<double>(tuning.score_parallel_work);
 
-    // int paths: every query (row, head) as D2 s16 pairs, built once.
+    // int paths: every segment's query (row, head) as D2 s16 pairs, built once.
+    const std::size_t pairs_per_segment = s.M * s.H * s.D2;
     Aligned<std::int32_t> query_pairs;
-    if (path != Path::f32) {
-        query_pairs.resize(s.M * s.H * s.D2);
+    std::vector<SegmentQueries> queries(segment_count);
+    if (path != Path::f32) query_pairs.resize(segment_count * pairs_per_segment);
+    for (std::size_t si = 0; si < segment_count; ++si) {
+        const kvfuse_relevance_segment& g = segments.list[si];
+        queries[si] = {g.queries_f32, query_pairs.data() + si * pairs_per_segment, g.query_scales};
+        if (path == Path::f32) continue;
+        std::int32_t* pairs = query_pairs.data() + si * pairs_per_segment;
         for (std::size_t rh = 0; rh < s.M * s.H; ++rh)
             for (std::size_t d2 = 0; d2 < s.D2; ++d2) {
                 const std::size_t d = 2 * d2;
-                const std::int8_t* q = a.queries_i8 + rh * s.D;
-                query_pairs[rh * s.D2 + d2] = pack_pair(q[d], d + 1 < s.D ? q[d + 1] : 0);
+                const std::int8_t* q = g.queries_i8 + rh * s.D;
+                pairs[rh * s.D2 + d2] = pack_pair(q[d], d + 1 < s.D ? q[d + 1] : 0);
             }
     }
 
@@ -202,28 +218,39 @@ void relevance(const kvfuse_relevance_args& a) {
         Aligned<std::int32_t> int_tile(path == Path::f32 ? 0 : s.D2 * kTile);
 #pragma omp for schedule(static)
         for (std::ptrdiff_t ti = 0; ti < static_cast<std::ptrdiff_t>(tiles); ++ti) {
-            const std::size_t j0 = static_cast<std::size_t>(ti) * kTile;
+            const std::size_t j0 = static_cast<std::size_t>(ti) * kTile, end = std::min(j0 + kTile, s.C);
+            const std::size_t first_segment = segments.of(j0);
             std::fill(sums.begin(), sums.end(), 0.0f);
             for (std::size_t kv = 0; kv < s.Hkv; ++kv) {
-                layout_tile(a, s, path, j0, kv, f32_tile.data(), int_tile.data(), key_scales.data());
-                std::size_t row = 0;
-                for (; row + block_rows <= rows_per_kv; row += block_rows) {
-                    const auto block = block_rows == 6   ? &rows_of_group<6>
-                                       : block_rows == 2 ? &rows_of_group<2>
-                                                         : &rows_of_group<4>;
-                    block(a, s, path, kv, row, f32_tile.data(), int_tile.data(), key_scales.data(), query_pairs.data(),
-                          sums.data());
+                // Usually one segment covers the tile; at a boundary each fills its own lanes.
+                for (std::size_t si = first_segment; si < segment_count && segments.starts[si] < end; ++si) {
+                    const std::size_t lo = std::max(segments.starts[si], j0) - j0, hi = std::min(segments.starts[si + 1], end) - j0;
+                    layout_tile(segments.list[si], s, path, j0 + lo - segments.starts[si], lo, hi, kv, f32_tile.data(),
+                                int_tile.data(), key_scales.data());
+                    std::size_t row = 0;
+                    for (; row + block_rows <= rows_per_kv; row += block_rows) {
+                        const auto block = block_rows == 6   ? &rows_of_group<6>
+                                           : block_rows == 2 ? &rows_of_group<2>
+                                                             : &rows_of_group<4>;
+                        block(queries[si], s, path, kv, row, f32_tile.data(), int_tile.data(), key_scales.data(), sums.data());
+                    }
+                    for (; row < rows_per_kv; ++row)
+                        rows_of_group<1>(queries[si], s, path, kv, row, f32_tile.data(), int_tile.data(), key_scales.data(),
+                                         sums.data());
                 }
-                for (; row < rows_per_kv; ++row)
-                    rows_of_group<1>(a, s, path, kv, row, f32_tile.data(), int_tile.data(), key_scales.data(),
-                                     query_pairs.data(), sums.data());
             }
-            // Scale, and mask what a row may not see (key j > docs + m) and the padding.
-            for (std::size_t m = 0; m < s.M; ++m)
-                for (std::size_t jj = 0; jj < kTile; ++jj) {
-                    const std::size_t j = j0 + jj;
-                    logits[m * padded + j] = j <= s.docs + m ? sums[m * kTile + jj] * inv : -INFINITY;
+            // Bias, scale, and mask what a row may not see (key j > docs + m) and the padding.
+            for (std::size_t si = first_segment; si < segment_count && segments.starts[si] < end; ++si) {
+                const float* bias = segments.list[si].bias;
+                const std::size_t lo = std::max(segments.starts[si], j0), hi = std::min(segments.starts[si + 1], end);
+                for (std::size_t m = 0; m < s.M; ++m) {
+                    const float row_bias = bias != nullptr ? bias[m] : 0.0f;
+                    for (std::size_t j = lo; j < hi; ++j)
+                        logits[m * padded + j] = j <= s.docs + m ? (sums[m * kTile + (j - j0)] + row_bias) * inv : -INFINITY;
                 }
+            }
+            for (std::size_t m = 0; m < s.M; ++m)
+                for (std::size_t j = end; j < j0 + kTile; ++j) logits[m * padded + j] = -INFINITY;
         }
     }
 
