@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
+#include <numeric>
+#include <random>
 
 #include "fusion/metrics.h"
 #include "fusion/pipeline.h"
@@ -166,6 +169,63 @@ TEST_P(FusionIdentity, RowAccounting) {
     EXPECT_EQ(layered.rows_per_layer.back(), layered.selected.size() + 6);
     const FusionRun epic = run(model, r, views(stored), Method::epic);
     EXPECT_EQ(epic.selected.size(), 30u);  // 3 chunks of 10 < 16 tokens each: all of them
+}
+
+// Per-layer A3 on stored keys: the chunks' keys scored in their own frame (queries rotated back,
+// the mean returned as a bias) give the relevance of the re-rotated keys; in f32 up to
+// rounding, and int8 / int4 stored keys pick nearly the same rows.
+TEST_P(FusionIdentity, StoredKeyRelevanceEqualsReRotatedKeyRelevance) {
+    const Request r = make_request({12, 9, 15}, 4, 11);
+    const auto stored = stored_chunks(model, r);
+    const auto chunk_views = views(stored);
+    const ModelShape& s = model.shape();
+    const std::size_t P = r.prefix.size(), M = r.question.size(), T = r.total_tokens();
+    const int layer = 2;
+    std::mt19937 rng(3);
+    std::normal_distribution<float> normal;
+    std::vector<float> q(M * s.q_row()), keys(T * s.kv_row(), 0.0f);
+    for (float& x : q) x = normal(rng);
+    // The re-rotated stored keys at their places in the prompt, then the question's own keys.
+    std::vector<std::size_t> offsets;
+    std::size_t at = P;
+    for (const ChunkKvView& c : chunk_views) {
+        offsets.push_back(at);
+        ASSERT_TRUE(kvfuse::rope_rotate_span_copy(s.rope, c.k[layer], s.kv_row(), keys.data() + at * s.kv_row(), s.kv_row(),
+                                                  c.tokens, static_cast<std::size_t>(s.kv_heads),
+                                                  static_cast<std::int64_t>(at) - c.start_position)
+                        .ok());
+        at += c.tokens;
+    }
+    for (std::size_t e = (T - M) * s.kv_row(); e < keys.size(); ++e) keys[e] = normal(rng);
+    const float* question_keys = keys.data() + (T - M) * s.kv_row();
+
+    const auto want = a3_relevance(s, q.data(), M, keys.data(), P, T, true, ScoreKeys::f32);
+    const auto got = a3_relevance_stored(s, q.data(), M, question_keys, chunk_views, offsets, layer, true, ScoreKeys::f32);
+    ASSERT_EQ(got.size(), want.size());
+    for (std::size_t j = 0; j < got.size(); ++j) EXPECT_NEAR(got[j], want[j], 1e-4 * (1.0 + want[j])) << j;
+
+    const std::size_t k = want.size() / 4;
+    auto top = [&](const std::vector<float>& v) {
+        std::vector<std::size_t> idx(v.size());
+        std::iota(idx.begin(), idx.end(), 0);
+        std::stable_sort(idx.begin(), idx.end(), [&](std::size_t a, std::size_t b) { return v[a] > v[b]; });
+        idx.resize(k);
+        std::sort(idx.begin(), idx.end());
+        return idx;
+    };
+    for (ScoreKeys precision : {ScoreKeys::int8, ScoreKeys::int4}) {
+        const auto quantized =
+            a3_relevance_stored(s, q.data(), M, question_keys, chunk_views, offsets, layer, true, precision);
+        const auto a = top(want), b = top(quantized);
+        std::vector<std::size_t> both;
+        std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(both));
+        EXPECT_GE(static_cast<double>(both.size()) / k, precision == ScoreKeys::int8 ? 0.8 : 0.6);
+    }
+    // A chunk without quantized keys cannot be scored from them.
+    auto missing = chunk_views;
+    missing[1].quantized.clear();
+    EXPECT_THROW(a3_relevance_stored(s, q.data(), M, question_keys, missing, offsets, layer, true, ScoreKeys::int8),
+                 std::invalid_argument);
 }
 
 TEST(Fusion, BadOptionsAreRefused) {

@@ -3,7 +3,11 @@
 // the fusion identities hold on this real model too.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -15,6 +19,7 @@
 #include "fusion/pipeline.h"
 #include "isa_test_support.h"
 #include "model/llama_model.h"
+#include "store/chunk_store.h"
 
 namespace {
 
@@ -134,3 +139,65 @@ TEST(Evaluation, PerLayerKvDeviation) {
     for (const auto& s : result.summaries) ASSERT_EQ(s.kv_deviation_layers.size(), layers);
     EXPECT_NE(kvfuse::fusion::format_table(result, false).find("KV deviation per layer"), std::string::npos);
 }
+
+namespace {
+
+// Chunks go into the store with their quantized keys and come back with the same bytes; a file
+// stored without them (an older kvfuse) is replaced rather than used.
+TEST(ChunkSourceStore, QuantizedKeysRoundTripAndOldFilesAreReplaced) {
+    const LoadedModel& m = bundled();
+    const auto dir = std::filesystem::temp_directory_path() / ("kvfuse-test-source-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    kvfuse::store::ChunkStoreOptions options;
+    options.sync_writes = false;
+    auto opened = kvfuse::store::ChunkStore::open(dir, options);
+    ASSERT_TRUE(opened.ok()) << opened.status().to_string();
+    kvfuse::store::ChunkStore& store = opened.value();
+    const TokenIds tokens = m.tokenize("Once upon a time there was a little dog who liked to run in the park.");
+    const ModelShape& s = m.model->shape();
+    const std::size_t elements = tokens.size() * s.kv_row();
+
+    ChunkSource source(*m.model, &store);
+    const auto computed = source.get(tokens);
+    ASSERT_FALSE(computed.from_store);
+    ASSERT_EQ(computed.view.quantized.size(), static_cast<std::size_t>(s.layers));
+    const auto loaded = source.get(tokens);
+    ASSERT_TRUE(loaded.from_store);
+    ASSERT_EQ(loaded.view.quantized.size(), static_cast<std::size_t>(s.layers));
+    for (int l = 0; l < s.layers; ++l) {
+        const auto& a = computed.view.quantized[static_cast<std::size_t>(l)];
+        const auto& b = loaded.view.quantized[static_cast<std::size_t>(l)];
+        EXPECT_TRUE(std::equal(a.i8, a.i8 + elements, b.i8)) << l;
+        EXPECT_TRUE(std::equal(a.i4, a.i4 + tokens.size() * s.kv_heads * ((s.head_dim + 1) / 2), b.i4)) << l;
+        EXPECT_TRUE(std::equal(a.i8_scales, a.i8_scales + tokens.size() * s.kv_heads, b.i8_scales)) << l;
+        EXPECT_TRUE(std::equal(a.i4_means, a.i4_means + s.kv_row(), b.i4_means)) << l;
+    }
+
+    // An older file: K, V and the start position only.
+    const auto key = kvfuse::store::make_chunk_key(m.model->fingerprint(), tokens);
+    ASSERT_TRUE(store.erase(key).ok());
+    store.clear_memory_cache();
+    kvfuse::store::StoredChunk old;
+    old.layout = {static_cast<std::uint32_t>(s.layers), static_cast<std::uint32_t>(s.kv_heads),
+                  static_cast<std::uint32_t>(s.head_dim), kvfuse::store::DType::f32};
+    const std::int32_t start = 1;
+    for (int l = 0; l < s.layers; ++l) {
+        kvfuse::store::LayerInput layer;
+        layer.keys = std::as_bytes(std::span<const float>(computed.view.k[static_cast<std::size_t>(l)], elements));
+        layer.values = std::as_bytes(std::span<const float>(computed.view.v[static_cast<std::size_t>(l)], elements));
+        if (l == 0)
+            layer.extra_sections.push_back({"start_position", kvfuse::store::DType::i32, {1},
+                                            std::as_bytes(std::span<const std::int32_t>(&start, 1))});
+        old.layers.push_back(std::move(layer));
+    }
+    ASSERT_TRUE(store.put(key, old).ok());
+    store.clear_memory_cache();
+    EXPECT_FALSE(source.get(tokens).from_store);  // recomputed, and stored again in full
+    store.clear_memory_cache();
+    const auto again = source.get(tokens);
+    EXPECT_TRUE(again.from_store);
+    EXPECT_EQ(again.view.quantized.size(), static_cast<std::size_t>(s.layers));
+    std::filesystem::remove_all(dir);
+}
+
+}  // namespace

@@ -15,6 +15,10 @@ void add_fusion_options(CLI::App& cmd, FusionCliOptions& o) {
     cmd.add_flag("--no-smoothing", o.no_smoothing, "a3: no width-5 moving average of the relevance");
     cmd.add_option("--a3-scoring", o.a3_scoring, "a3: score with f32 keys and queries, or int8 / int4 keys and int8 queries")
         ->check(CLI::IsMember({"f32", "int8", "int4"}));
+    cmd.add_option("--a3-layer-keys", o.a3_layer_keys,
+                   "a3-layers: score the chunks' stored keys in their own frame (stored, the quantized form for int8 / int4) "
+                   "or the fused cache's keys (fused)")
+        ->check(CLI::IsMember({"stored", "fused"}));
     cmd.add_option("--store", o.store_dir, "chunk store directory (default $XDG_CACHE_HOME/kvfuse/chunks)");
     cmd.add_flag("--no-store", o.no_store, "keep chunk caches in memory only");
     cmd.add_option("--seed", o.seed, "seed of the random method");
@@ -31,6 +35,7 @@ kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& o, kvfus
     f.a3_scoring = o.a3_scoring == "int8"   ? kvfuse::fusion::ScoreKeys::int8
                    : o.a3_scoring == "int4" ? kvfuse::fusion::ScoreKeys::int4
                                             : kvfuse::fusion::ScoreKeys::f32;
+    f.a3_stored_keys = o.a3_layer_keys == "stored";
     f.seed = o.seed;
     return f;
 }

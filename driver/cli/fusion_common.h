@@ -31,6 +31,7 @@ struct FusionCliOptions {
     std::size_t epic_tokens = 16;
     bool no_smoothing = false;
     std::string a3_scoring = "f32";
+    std::string a3_layer_keys = "stored";
     std::string store_dir;  // empty: the XDG default
     bool no_store = false;
     std::uint32_t seed = 1;

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 
 #include "store/chunk_store.h"
@@ -16,6 +17,45 @@ constexpr const char* kStartSection = "start_position";
 
 std::span<const std::byte> bytes_of(std::span<const float> v) {
     return std::as_bytes(std::span<const float>(v));
+}
+
+// Per layer, the keys quantized for the scoring kernel (QuantizedKeys in pipeline.h).
+constexpr const char* kKeysI8 = "k_i8";
+constexpr const char* kKeysI8Scales = "k_i8_scale";
+constexpr const char* kKeysI8Means = "k_i8_mean";
+constexpr const char* kKeysI4 = "k_i4";  // two per byte, (head_dim + 1) / 2 bytes per (token, KV head)
+constexpr const char* kKeysI4Scales = "k_i4_scale";
+constexpr const char* kKeysI4Means = "k_i4_mean";
+
+void add_quantized_sections(const ModelShape& s, std::size_t tokens, const QuantizedKeys& q,
+                            kvfuse::store::LayerInput& layer) {
+    using kvfuse::store::DType;
+    const std::uint64_t T = tokens, Hkv = static_cast<std::uint64_t>(s.kv_heads),
+                        D = static_cast<std::uint64_t>(s.head_dim);
+    layer.extra_sections.push_back({kKeysI8, DType::i8, {T, Hkv, D}, std::as_bytes(std::span(q.i8))});
+    layer.extra_sections.push_back({kKeysI8Scales, DType::f32, {T, Hkv}, std::as_bytes(std::span(q.i8_scales))});
+    layer.extra_sections.push_back({kKeysI8Means, DType::f32, {Hkv, D}, std::as_bytes(std::span(q.i8_means))});
+    layer.extra_sections.push_back({kKeysI4, DType::u8, {T, Hkv, (D + 1) / 2}, std::as_bytes(std::span(q.i4))});
+    layer.extra_sections.push_back({kKeysI4Scales, DType::f32, {T, Hkv}, std::as_bytes(std::span(q.i4_scales))});
+    layer.extra_sections.push_back({kKeysI4Means, DType::f32, {Hkv, D}, std::as_bytes(std::span(q.i4_means))});
+}
+
+// The quantized keys of one stored layer, or nullopt when a section is missing or of the wrong
+// size (a file written before they were stored, or by another writer): then the chunk is
+// recomputed rather than trusted.
+std::optional<QuantizedKeysView> quantized_sections(const kvfuse::store::ChunkView& view, std::uint32_t layer,
+                                                    const ModelShape& s) {
+    const std::size_t T = view.token_count(), Hkv = static_cast<std::size_t>(s.kv_heads),
+                      D = static_cast<std::size_t>(s.head_dim);
+    auto section = [&](const char* name) { return view.find_section(layer, name); };
+    const auto *i8 = section(kKeysI8), *i8s = section(kKeysI8Scales), *i8m = section(kKeysI8Means), *i4 = section(kKeysI4),
+               *i4s = section(kKeysI4Scales), *i4m = section(kKeysI4Means);
+    if (!i8 || !i8s || !i8m || !i4 || !i4s || !i4m) return std::nullopt;
+    if (i8->as_i8().size() != T * Hkv * D || i8s->as_f32().size() != T * Hkv || i8m->as_f32().size() != Hkv * D ||
+        i4->as_u8().size() != T * Hkv * ((D + 1) / 2) || i4s->as_f32().size() != T * Hkv || i4m->as_f32().size() != Hkv * D)
+        return std::nullopt;
+    return QuantizedKeysView{i8->as_i8().data(), i8s->as_f32().data(), i8m->as_f32().data(),
+                             i4->as_u8().data(), i4s->as_f32().data(), i4m->as_f32().data()};
 }
 
 }  // namespace
@@ -39,6 +79,7 @@ ChunkSource::Held ChunkSource::compute_and_store(std::span<const std::int32_t> t
             if (l == 0)
                 layer.extra_sections.push_back({kStartSection, kvfuse::store::DType::i32, {1},
                                                 std::as_bytes(std::span<const std::int32_t>(&start, 1))});
+            add_quantized_sections(s, computed->cache.tokens, computed->quantized[static_cast<std::size_t>(l)], layer);
             chunk.layers.push_back(std::move(layer));
         }
         const auto key = kvfuse::store::make_chunk_key(model_.fingerprint(), tokens);
@@ -70,13 +111,20 @@ ChunkSource::Held ChunkSource::get(std::span<const std::int32_t> tokens, double*
                 held.view.start_position = start_section->as_i32()[0];
                 held.view.tokens = view->token_count();
                 for (int l = 0; l < s.layers; ++l) {
-                    held.view.k.push_back(shared->keys(static_cast<std::uint32_t>(l)).as_f32().data());
-                    held.view.v.push_back(shared->values(static_cast<std::uint32_t>(l)).as_f32().data());
+                    const auto layer = static_cast<std::uint32_t>(l);
+                    held.view.k.push_back(shared->keys(layer).as_f32().data());
+                    held.view.v.push_back(shared->values(layer).as_f32().data());
+                    if (auto quantized = quantized_sections(*shared, layer, s)) held.view.quantized.push_back(*quantized);
                 }
-                held.owner = shared;
-                held.from_store = true;
-                if (load_ms) *load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-                return held;
+                if (held.view.quantized.size() == static_cast<std::size_t>(s.layers)) {
+                    held.owner = shared;
+                    held.from_store = true;
+                    if (load_ms) *load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+                    return held;
+                }
+                // Stored without quantized keys (an older file): removed, then recomputed and
+                // stored again below (put() keeps a valid file it already has).
+                (void)store_->erase(key);
             }
         }
     }

@@ -98,6 +98,26 @@ void KvCache::reset(int layers, std::size_t token_count, std::size_t row_width) 
     v.assign(static_cast<std::size_t>(layers), Rows(token_count * row_width));
 }
 
+QuantizedKeysView QuantizedKeys::view() const {
+    return {i8.data(), i8_scales.data(), i8_means.data(), i4.data(), i4_scales.data(), i4_means.data()};
+}
+
+QuantizedKeys quantize_chunk_keys(const ModelShape& s, const float* keys, std::size_t tokens) {
+    const std::size_t Hkv = static_cast<std::size_t>(s.kv_heads), D = static_cast<std::size_t>(s.head_dim);
+    QuantizedKeys out;
+    out.i8.resize(tokens * s.kv_row());
+    out.i8_scales.resize(tokens * Hkv);
+    out.i8_means.resize(s.kv_row());
+    out.i4.resize(tokens * Hkv * ((D + 1) / 2));
+    out.i4_scales.resize(tokens * Hkv);
+    out.i4_means.resize(s.kv_row());
+    check(kvfuse::quantize_keys_i8(keys, tokens, Hkv, D, s.kv_row(), out.i8.data(), out.i8_scales.data(), out.i8_means.data()),
+          "key quantization");
+    check(kvfuse::quantize_keys_i4(keys, tokens, Hkv, D, s.kv_row(), out.i4.data(), out.i4_scales.data(), out.i4_means.data()),
+          "key quantization");
+    return out;
+}
+
 ChunkKvView ChunkKv::view() const {
     ChunkKvView out;
     out.start_position = start_position;
@@ -106,6 +126,7 @@ ChunkKvView ChunkKv::view() const {
         out.k.push_back(cache.k[l].data());
         out.v.push_back(cache.v[l].data());
     }
+    for (const QuantizedKeys& layer : quantized) out.quantized.push_back(layer.view());
     return out;
 }
 
@@ -125,6 +146,7 @@ ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t>
         const std::size_t bytes = chunk_tokens.size() * s.kv_row() * sizeof(float);
         std::memcpy(out.cache.k_row(l, 0), run.cache.k[static_cast<std::size_t>(l)].data() + s.kv_row(), bytes);
         std::memcpy(out.cache.v_row(l, 0), run.cache.v[static_cast<std::size_t>(l)].data() + s.kv_row(), bytes);
+        out.quantized.push_back(quantize_chunk_keys(s, out.cache.k_row(l, 0), chunk_tokens.size()));
     }
     return out;
 }
@@ -172,6 +194,91 @@ std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, st
         args.queries_f32 = q_question;
         args.keys_f32 = candidate_keys;
     }
+    check(kvfuse::a3_relevance(args), "A3 relevance");
+    return out;
+}
+
+std::vector<float> a3_relevance_stored(const ModelShape& s, const float* q_question, std::size_t m_rows,
+                                       const float* question_keys, std::span<const ChunkKvView> chunks,
+                                       std::span<const std::size_t> chunk_offsets, int layer, bool smoothing,
+                                       ScoreKeys key_precision) {
+    const std::size_t H = static_cast<std::size_t>(s.heads), Hkv = static_cast<std::size_t>(s.kv_heads),
+                      D = static_cast<std::size_t>(s.head_dim), group = H / Hkv, L = static_cast<std::size_t>(layer);
+    if (chunk_offsets.size() != chunks.size()) throw std::invalid_argument("one offset is needed per chunk");
+    const bool quantized = key_precision != ScoreKeys::f32, int4 = key_precision == ScoreKeys::int4;
+    std::size_t docs = 0;
+    for (const ChunkKvView& chunk : chunks) {
+        if (chunk.k.size() <= L || (quantized && chunk.quantized.size() <= L))
+            throw std::invalid_argument("a stored chunk lacks the keys of layer " + std::to_string(layer));
+        docs += chunk.tokens;
+    }
+    // One segment per chunk, then the question's own keys: queries (f32 and int8), biases.
+    const std::size_t segments = chunks.size() + 1;
+    std::vector<float> queries(segments * m_rows * s.q_row()), query_scales, bias;
+    std::vector<std::int8_t> queries_i8;
+    for (std::size_t c = 0; c < chunks.size(); ++c) {
+        const std::int64_t delta = static_cast<std::int64_t>(chunk_offsets[c]) - chunks[c].start_position;
+        check(kvfuse::rope_rotate_span_copy(s.rope, q_question, s.q_row(), queries.data() + c * m_rows * s.q_row(), s.q_row(),
+                                            m_rows, H, -delta),
+              "query rotation");
+    }
+    std::copy(q_question, q_question + m_rows * s.q_row(), queries.begin() + static_cast<std::ptrdiff_t>(chunks.size() * m_rows * s.q_row()));
+
+    // The question's keys are fresh: quantized here, with their own mean.
+    QuantizedKeys question;
+    if (quantized) {
+        question = quantize_chunk_keys(s, question_keys, m_rows);
+        queries_i8.resize(queries.size());
+        query_scales.resize(segments * m_rows * H);
+        check(kvfuse::quantize_rows_i8(queries.data(), segments * m_rows, H, D, s.q_row(), queries_i8.data(), query_scales.data()),
+              "query quantization");
+        // The mean each segment's quantized keys lack, as one logit per question row.
+        bias.assign(segments * m_rows, 0.0f);
+        for (std::size_t g = 0; g < segments; ++g) {
+            const QuantizedKeysView keys = g < chunks.size() ? chunks[g].quantized[L] : question.view();
+            const float* mean = int4 ? keys.i4_means : keys.i8_means;
+            for (std::size_t m = 0; m < m_rows; ++m) {
+                const float* q = queries.data() + (g * m_rows + m) * s.q_row();
+                double dot = 0.0;
+                for (std::size_t h = 0; h < H; ++h)
+                    for (std::size_t d = 0; d < D; ++d) dot += static_cast<double>(q[h * D + d]) * mean[(h / group) * D + d];
+                bias[g * m_rows + m] = static_cast<float>(dot);
+            }
+        }
+    }
+    std::vector<kvfuse_relevance_segment> list(segments);
+    for (std::size_t g = 0; g < segments; ++g) {
+        kvfuse_relevance_segment& seg = list[g];
+        const bool is_question = g == chunks.size();
+        seg.keys = is_question ? m_rows : chunks[g].tokens;
+        if (!quantized) {
+            seg.queries_f32 = queries.data() + g * m_rows * s.q_row();
+            seg.keys_f32 = is_question ? question_keys : chunks[g].k[L];
+            continue;
+        }
+        const QuantizedKeysView keys = is_question ? question.view() : chunks[g].quantized[L];
+        seg.queries_i8 = queries_i8.data() + g * m_rows * s.q_row();
+        seg.query_scales = query_scales.data() + g * m_rows * H;
+        seg.bias = bias.data() + g * m_rows;
+        if (int4) {
+            seg.keys_i4 = keys.i4;
+            seg.key_scales = keys.i4_scales;
+        } else {
+            seg.keys_i8 = keys.i8;
+            seg.key_scales = keys.i8_scales;
+        }
+    }
+    std::vector<float> out(docs);
+    kvfuse::RelevanceArgs args{};
+    args.question_rows = m_rows;
+    args.candidates = docs + m_rows;
+    args.query_heads = H;
+    args.kv_heads = Hkv;
+    args.head_dim = D;
+    args.smoothing = smoothing ? 1 : 0;
+    args.out = out.data();
+    args.segment_count = list.size();
+    args.segments = list.data();
     check(kvfuse::a3_relevance(args), "A3 relevance");
     return out;
 }
@@ -324,10 +431,14 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
         }
         if (per_layer && l > full_layers) {
             const auto t_select = Clock::now();
-            // This layer's question queries against this layer's fused keys.
-            const std::vector<float> score = a3_relevance(s, q.data() + (n - M) * s.q_row(), M,
-                                                          run.cache.k[static_cast<std::size_t>(l)].data(), P, T, o.a3_smoothing,
-                                                          o.a3_scoring);
+            // This layer's question queries against this layer's stored (or fused) keys.
+            const float* q_question = q.data() + (n - M) * s.q_row();
+            const std::vector<float> score =
+                o.a3_stored_keys
+                    ? a3_relevance_stored(s, q_question, M, k.data() + (n - M) * s.kv_row(), chunks, chunk_offsets, l,
+                                          o.a3_smoothing, o.a3_scoring)
+                    : a3_relevance(s, q_question, M, run.cache.k[static_cast<std::size_t>(l)].data(), P, T, o.a3_smoothing,
+                                   o.a3_scoring);
             std::vector<std::int64_t> joining;
             for (std::int64_t idx : top_k(score, k_select)) {
                 const std::int64_t row = idx + static_cast<std::int64_t>(P);

@@ -34,6 +34,10 @@ struct FusionOptions {
     std::size_t epic_tokens = 16;   // epic: first tokens of every chunk
     bool a3_smoothing = true;       // a3: width-5 moving average of the relevance
     ScoreKeys a3_scoring = ScoreKeys::f32;  // a3: f32, or int8 / int4 keys with int8 queries (quantized on the fly)
+    // a3-layers, at the layers after the check layer: score the chunks' stored keys (their
+    // quantized form for int8 / int4) in each chunk's own frame, as ALGORITHMS.md defines it;
+    // false: score the fused cache's keys (recomputed rows fresh), quantized per request.
+    bool a3_stored_keys = true;
     bool recompute_layer0 = true;   // false: layer 0 too uses the stored rows (reuse identity)
     std::uint32_t seed = 1;         // random
 };
@@ -51,19 +55,45 @@ struct KvCache {
     float* v_row(int layer, std::size_t t) { return v[static_cast<std::size_t>(layer)].data() + t * row; }
 };
 
+// One layer's keys of a chunk quantized for the scoring kernel, in the chunk's own frame (RoPE
+// at its stored positions, the chunk's per-head mean removed): int8 and int4 (two per byte),
+// one scale per (token, KV head), the means per (KV head, dim). Computed once, when the chunk
+// is, and stored with it, so scoring a stored chunk reads 1 or 1/2 byte per key element.
+struct QuantizedKeysView {
+    const std::int8_t* i8 = nullptr;
+    const float* i8_scales = nullptr;
+    const float* i8_means = nullptr;
+    const std::uint8_t* i4 = nullptr;
+    const float* i4_scales = nullptr;
+    const float* i4_means = nullptr;
+};
+
+struct QuantizedKeys {
+    std::vector<std::int8_t> i8;
+    std::vector<float> i8_scales, i8_means;
+    std::vector<std::uint8_t> i4;
+    std::vector<float> i4_scales, i4_means;
+    QuantizedKeysView view() const;
+};
+
+// Quantizes `tokens` key rows (kv_row floats each) of one layer.
+QuantizedKeys quantize_chunk_keys(const ModelShape& shape, const float* keys, std::size_t tokens);
+
 // A stored chunk's cache, read-only: rows for the chunk's tokens at positions start_position..,
-// per layer K (after RoPE at those positions) and V with row stride kv_row. Points into memory
-// owned elsewhere (a ChunkKv below, or a store's mapping).
+// per layer K (after RoPE at those positions) and V with row stride kv_row, and the quantized
+// keys. Points into memory owned elsewhere (a ChunkKv below, or a store's mapping).
 struct ChunkKvView {
     std::int64_t start_position = 0;
     std::size_t tokens = 0;
     std::vector<const float*> k, v;
+    std::vector<QuantizedKeysView> quantized;  // per layer
 };
 
 // Owning form, as computed by compute_chunk_kv.
 struct ChunkKv {
     std::int64_t start_position = 0;
     KvCache cache;
+    std::vector<QuantizedKeys> quantized;  // per layer
     ChunkKvView view() const;
 };
 
@@ -102,5 +132,15 @@ std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache
 std::vector<float> a3_relevance(const ModelShape& shape, const float* q_question, std::size_t question_rows,
                                 const float* keys, std::size_t prefix_rows, std::size_t total_rows,
                                 bool smoothing, ScoreKeys key_precision = ScoreKeys::f32);
+
+// The same relevance with the document keys read from the stored chunks as they are (f32, or
+// their stored int8 / int4 form), each chunk in its own frame: the question's queries (RoPE at
+// their absolute positions) are rotated back by each chunk's shift, and the chunk's mean comes
+// back as a bias. The question's own keys (question_keys, M rows, fresh) close the candidates.
+// Equals a3_relevance over the re-rotated stored keys (up to rounding; exactly so in f32).
+std::vector<float> a3_relevance_stored(const ModelShape& shape, const float* q_question, std::size_t question_rows,
+                                       const float* question_keys, std::span<const ChunkKvView> chunks,
+                                       std::span<const std::size_t> chunk_offsets, int layer, bool smoothing,
+                                       ScoreKeys key_precision);
 
 }  // namespace kvfuse::fusion

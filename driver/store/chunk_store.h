@@ -175,6 +175,7 @@ struct SectionView {
     std::span<const float> as_f32() const;
     std::span<const uint16_t> as_bf16_bits() const;  // also for f16
     std::span<const int8_t> as_i8() const;
+    std::span<const uint8_t> as_u8() const;
     std::span<const int32_t> as_i32() const;
 };
 

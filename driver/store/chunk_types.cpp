@@ -72,6 +72,9 @@ std::span<const uint16_t> SectionView::as_bf16_bits() const {
 std::span<const int8_t> SectionView::as_i8() const {
     return typed<int8_t>(*this, dtype == DType::i8);
 }
+std::span<const uint8_t> SectionView::as_u8() const {
+    return typed<uint8_t>(*this, dtype == DType::u8);
+}
 std::span<const int32_t> SectionView::as_i32() const {
     return typed<int32_t>(*this, dtype == DType::i32);
 }
