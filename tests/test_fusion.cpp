@@ -228,6 +228,30 @@ TEST_P(FusionIdentity, StoredKeyRelevanceEqualsReRotatedKeyRelevance) {
                  std::invalid_argument);
 }
 
+// Loading layer l+1 on a thread of its own while layer l is computed changes nothing: every
+// method gives the same logits, selection and cache, bit for bit.
+TEST_P(FusionIdentity, PipelinedLoadingChangesNothing) {
+    const Request r = make_request({13, 8, 11}, 4, 12);
+    const auto stored = stored_chunks(model, r);
+    for (Method m : {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random, Method::a3_layers})
+        for (bool layer0 : {true, false}) {
+            FusionOptions o;
+            o.method = m;
+            o.ratio = 0.25;
+            o.recompute_layer0 = layer0;
+            const FusionRun upfront = run_request(model, r, views(stored), o);
+            o.pipelined_loading = true;
+            const FusionRun pipelined = run_request(model, r, views(stored), o);
+            EXPECT_EQ(pipelined.logits, upfront.logits) << method_name(m);
+            EXPECT_EQ(pipelined.selected, upfront.selected) << method_name(m);
+            for (std::size_t l = 0; l < upfront.cache.k.size(); ++l) {
+                EXPECT_TRUE(std::equal(upfront.cache.k[l].begin(), upfront.cache.k[l].end(), pipelined.cache.k[l].begin()));
+                EXPECT_TRUE(std::equal(upfront.cache.v[l].begin(), upfront.cache.v[l].end(), pipelined.cache.v[l].begin()));
+            }
+            EXPECT_EQ(pipelined.times.rerotate, 0.0);
+        }
+}
+
 TEST(Fusion, BadOptionsAreRefused) {
     kvfuse::testing::TinyLlama model{1};
     const Request r = make_request({5}, 2, 7);

@@ -19,6 +19,8 @@ void add_fusion_options(CLI::App& cmd, FusionCliOptions& o) {
                    "a3-layers: score the chunks' stored keys in their own frame (stored, the quantized form for int8 / int4) "
                    "or the fused cache's keys (fused)")
         ->check(CLI::IsMember({"stored", "fused"}));
+    cmd.add_flag("--pipelined-load", o.pipelined_loading,
+                 "load and re-rotate layer l+1's stored rows on a thread of its own while layer l is computed");
     cmd.add_option("--store", o.store_dir, "chunk store directory (default $XDG_CACHE_HOME/kvfuse/chunks)");
     cmd.add_flag("--no-store", o.no_store, "keep chunk caches in memory only");
     cmd.add_option("--seed", o.seed, "seed of the random method");
@@ -36,6 +38,7 @@ kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& o, kvfus
                    : o.a3_scoring == "int4" ? kvfuse::fusion::ScoreKeys::int4
                                             : kvfuse::fusion::ScoreKeys::f32;
     f.a3_stored_keys = o.a3_layer_keys == "stored";
+    f.pipelined_loading = o.pipelined_loading;
     f.seed = o.seed;
     return f;
 }

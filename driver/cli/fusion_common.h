@@ -32,6 +32,7 @@ struct FusionCliOptions {
     bool no_smoothing = false;
     std::string a3_scoring = "f32";
     std::string a3_layer_keys = "stored";
+    bool pipelined_loading = false;
     std::string store_dir;  // empty: the XDG default
     bool no_store = false;
     std::uint32_t seed = 1;

@@ -1,12 +1,18 @@
 #include "fusion/pipeline.h"
 
+#include <omp.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <mutex>
 #include <random>
 #include <stdexcept>
+#include <thread>
 
 namespace kvfuse::fusion {
 
@@ -67,6 +73,93 @@ void gather(const float* src, std::size_t width, const std::vector<std::int64_t>
     for (std::size_t i = 0; i < rows.size(); ++i)
         std::memcpy(dst + i * width, src + static_cast<std::size_t>(rows[i]) * width, width * sizeof(float));
 }
+
+// Stored chunks into the fused cache, layer by layer: V copied, K re-rotated to its new
+// offset. Layers before `first_layer` are skipped: every row is recomputed there, so their
+// stored rows would only be overwritten. Pipelined, a thread of its own loads the layers in
+// order while the caller computes; wait(l) returns once layer l is in (and rethrows a failure).
+class ChunkLoader {
+   public:
+    ChunkLoader(const ModelShape& s, std::span<const ChunkKvView> chunks, std::vector<std::size_t> offsets, KvCache& cache,
+                int first_layer, bool pipelined, StageTimes& times)
+        : s_(s), chunks_(chunks), offsets_(std::move(offsets)), cache_(cache), first_(first_layer), times_(times) {
+        if (!pipelined) {
+            for (int l = first_; l < s_.layers; ++l) load(l, times_.kv_load, times_.rerotate);
+            loaded_ = s_.layers - 1;
+            return;
+        }
+        loaded_ = first_ - 1;
+        worker_ = std::thread([this] { work(); });
+    }
+    ChunkLoader(const ChunkLoader&) = delete;
+    ChunkLoader& operator=(const ChunkLoader&) = delete;
+    ~ChunkLoader() { finish(); }
+    // Stops the loading thread (it has finished if every layer was waited for) and joins it,
+    // so that nothing writes to the cache or the times afterwards.
+    void finish() {
+        if (!worker_.joinable()) return;
+        stop_ = true;
+        worker_.join();
+    }
+
+    void wait(int layer) {
+        if (!worker_.joinable() || layer < first_) return;
+        const auto start = Clock::now();
+        std::unique_lock lock(mutex_);
+        ready_.wait(lock, [&] { return loaded_ >= layer || error_ != nullptr; });
+        if (error_ != nullptr) std::rethrow_exception(error_);
+        times_.kv_load += ms_since(start);
+    }
+
+   private:
+    void load(int l, double& load_ms, double& rotate_ms) {
+        const std::size_t kv_bytes = s_.kv_row() * sizeof(float), L = static_cast<std::size_t>(l);
+        for (std::size_t c = 0; c < chunks_.size(); ++c) {
+            const ChunkKvView& chunk = chunks_[c];
+            auto t0 = Clock::now();
+            std::memcpy(cache_.v_row(l, offsets_[c]), chunk.v[L], chunk.tokens * kv_bytes);
+            load_ms += ms_since(t0);
+            t0 = Clock::now();
+            const std::int64_t delta = static_cast<std::int64_t>(offsets_[c]) - chunk.start_position;
+            check(kvfuse::rope_rotate_span_copy(s_.rope, chunk.k[L], s_.kv_row(), cache_.k_row(l, offsets_[c]), s_.kv_row(),
+                                                chunk.tokens, static_cast<std::size_t>(s_.kv_heads), delta),
+                  "re-rotation");
+            rotate_ms += ms_since(t0);
+        }
+    }
+    void work() {
+        // This thread's kernel calls stay on it: the caller's OpenMP team keeps the cores.
+        omp_set_num_threads(1);
+        double busy = 0.0;
+        try {
+            for (int l = first_; l < s_.layers && !stop_; ++l) {
+                load(l, busy, busy);
+                std::lock_guard lock(mutex_);
+                loaded_ = l;
+                ready_.notify_all();
+            }
+        } catch (...) {
+            std::lock_guard lock(mutex_);
+            error_ = std::current_exception();
+            ready_.notify_all();
+        }
+        std::lock_guard lock(mutex_);
+        times_.background_load = busy;
+    }
+
+    const ModelShape& s_;
+    std::span<const ChunkKvView> chunks_;
+    std::vector<std::size_t> offsets_;
+    KvCache& cache_;
+    const int first_;
+    StageTimes& times_;
+    std::thread worker_;
+    std::mutex mutex_;
+    std::condition_variable ready_;
+    int loaded_ = -1;
+    std::exception_ptr error_;
+    std::atomic<bool> stop_{false};
+};
 
 }  // namespace
 
@@ -305,7 +398,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     run.cache.reset(L, T, s.kv_row());
     const std::size_t kv_bytes = s.kv_row() * sizeof(float);
 
-    // 1. Stored chunks into the request's cache: V copied, K re-rotated to the new offsets.
+    // Where each stored chunk goes.
     std::vector<std::size_t> chunk_offsets;
     if (!full) {
         std::size_t offset = P;
@@ -315,18 +408,6 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                 chunk.v.size() != static_cast<std::size_t>(L))
                 throw std::invalid_argument("stored cache " + std::to_string(c) + " does not match its chunk");
             chunk_offsets.push_back(offset);
-            auto t0 = Clock::now();
-            for (int l = 0; l < L; ++l)
-                std::memcpy(run.cache.v_row(l, offset), chunk.v[static_cast<std::size_t>(l)], chunk.tokens * kv_bytes);
-            run.times.kv_load += ms_since(t0);
-            t0 = Clock::now();
-            const std::int64_t delta = static_cast<std::int64_t>(offset) - chunk.start_position;
-            for (int l = 0; l < L; ++l)
-                check(kvfuse::rope_rotate_span_copy(s.rope, chunk.k[static_cast<std::size_t>(l)], s.kv_row(),
-                                                    run.cache.k_row(l, offset), s.kv_row(), chunk.tokens,
-                                                    static_cast<std::size_t>(s.kv_heads), delta),
-                      "re-rotation");
-            run.times.rerotate += ms_since(t0);
             offset += chunk.tokens;
         }
     }
@@ -345,6 +426,9 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     // methods that select there, layer 0 for the static ones (unless told not to).
     const int full_layers = full ? L : dynamic ? o.check_layer : (o.recompute_layer0 ? 1 : 0);
     const std::size_t k_select = static_cast<std::size_t>(std::floor(o.ratio * static_cast<double>(T - M)));
+    // 1. The stored chunks into the request's cache, from the first layer that keeps stored rows.
+    ChunkLoader loader(s, full ? std::span<const ChunkKvView>() : chunks, chunk_offsets, run.cache, full_layers,
+                       o.pipelined_loading, run.times);
 
     std::vector<float> hidden(T * static_cast<std::size_t>(s.dim));
     model.embed(tokens, hidden.data());
@@ -353,6 +437,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     std::vector<float> check_hidden;  // a3-layers: every row's input of the check layer
 
     for (int l = 0; l < L; ++l) {
+        loader.wait(l);  // before anything reads this layer's stored rows or overwrites them
         auto t_layer = Clock::now();
         bool projected = false;
         if (l == full_layers && !full) {
@@ -488,6 +573,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
         (l < full_layers ? run.times.full_layers : run.times.recompute) += ms_since(t_layer);
     }
 
+    loader.finish();
     // The question rows are the last M rows still flowing.
     const auto t_logits = Clock::now();
     run.logits.resize(M * static_cast<std::size_t>(s.vocab));

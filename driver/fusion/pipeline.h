@@ -38,6 +38,10 @@ struct FusionOptions {
     // quantized form for int8 / int4) in each chunk's own frame, as ALGORITHMS.md defines it;
     // false: score the fused cache's keys (recomputed rows fresh), quantized per request.
     bool a3_stored_keys = true;
+    // Load (copy V, re-rotate K) layer l+1's stored rows on a thread of its own while layer l
+    // is computed, instead of every layer before the first; that thread's kernels run on one
+    // OpenMP thread.
+    bool pipelined_loading = false;
     bool recompute_layer0 = true;   // false: layer 0 too uses the stored rows (reuse identity)
     std::uint32_t seed = 1;         // random
 };
@@ -101,9 +105,12 @@ struct ChunkKv {
 // stored rows sit at positions 1..n.
 ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t> chunk_tokens);
 
-// Wall time of each stage of a request, in milliseconds.
+// Wall time of each stage of a request, in milliseconds. With pipelined loading, kv_load is
+// the time the layers waited for their stored rows and rerotate 0; the loading thread's own
+// busy time is `background_load`, outside the total (it overlaps the other stages).
 struct StageTimes {
     double kv_load = 0, rerotate = 0, full_layers = 0, selection = 0, recompute = 0, logits = 0;
+    double background_load = 0;
     double total() const { return kv_load + rerotate + full_layers + selection + recompute + logits; }
 };
 
