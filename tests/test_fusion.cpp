@@ -73,10 +73,13 @@ TEST_P(FusionIdentity, EveryRowSelectedEqualsFullPrefill) {
     const Request r = make_request({9, 14, 7}, 5, 1);
     const auto stored = stored_chunks(model, r);
     const FusionRun full = run(model, r, {}, Method::full);
-    for (Method m : {Method::a3, Method::cacheblend, Method::random, Method::a3_layers}) {
+    for (Method m : {Method::a3, Method::cacheblend, Method::random, Method::a3_layers, Method::a3_probe}) {
         const FusionRun fused = run(model, r, views(stored), m, 1.0);
         EXPECT_EQ(fused.logits, full.logits) << method_name(m);
-        EXPECT_DOUBLE_EQ(fused.recompute_fraction, 1.0) << method_name(m);
+        if (m == Method::a3_probe)  // its probe ran the prefix and question rows once more
+            EXPECT_GT(fused.recompute_fraction, 1.0);
+        else
+            EXPECT_DOUBLE_EQ(fused.recompute_fraction, 1.0) << method_name(m);
     }
 }
 
@@ -98,7 +101,8 @@ TEST_P(FusionIdentity, FullPrefillKvAsStoredCachesEqualsFullPrefillForAnyRows) {
         exact.push_back(view);
         offset += c.size();
     }
-    for (Method m : {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random, Method::a3_layers})
+    for (Method m : {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random, Method::a3_layers,
+                     Method::a3_probe})
         for (double ratio : {0.1, 0.3}) {
             const FusionRun fused = run(model, r, exact, m, ratio);
             EXPECT_LT(max_abs_diff(fused.logits, full.logits), 1e-4) << method_name(m) << " " << ratio;
@@ -167,6 +171,16 @@ TEST_P(FusionIdentity, RowAccounting) {
     for (std::size_t l = 2; l < layered.rows_per_layer.size(); ++l)
         EXPECT_GE(layered.rows_per_layer[l], layered.rows_per_layer[l - 1]);
     EXPECT_EQ(layered.rows_per_layer.back(), layered.selected.size() + 6);
+    // a3-probe: the union of the per-layer sets holds the check layer's own top-k; the probe
+    // pushed the prefix and question rows through the later layers once more.
+    const FusionRun probed = run(model, r, views(stored), Method::a3_probe, 0.2);
+    const FusionRun one_shot = run(model, r, views(stored), Method::a3, 0.2);
+    EXPECT_TRUE(std::includes(probed.selected.begin(), probed.selected.end(), one_shot.selected.begin(), one_shot.selected.end()));
+    EXPECT_EQ(probed.rows_per_layer[0], T);
+    for (std::size_t l = 1; l < probed.rows_per_layer.size(); ++l) EXPECT_EQ(probed.rows_per_layer[l], probed.selected.size() + 6);
+    std::size_t pushed = 0;
+    for (std::size_t n : probed.rows_per_layer) pushed += n;
+    EXPECT_DOUBLE_EQ(probed.recompute_fraction, static_cast<double>(pushed + 6 * 1) / (3.0 * T));  // layer 1 only: 3 layers
     const FusionRun epic = run(model, r, views(stored), Method::epic);
     EXPECT_EQ(epic.selected.size(), 30u);  // 3 chunks of 10 < 16 tokens each: all of them
 }
@@ -233,7 +247,8 @@ TEST_P(FusionIdentity, StoredKeyRelevanceEqualsReRotatedKeyRelevance) {
 TEST_P(FusionIdentity, PipelinedLoadingChangesNothing) {
     const Request r = make_request({13, 8, 11}, 4, 12);
     const auto stored = stored_chunks(model, r);
-    for (Method m : {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random, Method::a3_layers})
+    for (Method m : {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random, Method::a3_layers,
+                     Method::a3_probe})
         for (bool layer0 : {true, false}) {
             FusionOptions o;
             o.method = m;

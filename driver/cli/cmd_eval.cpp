@@ -23,7 +23,7 @@ struct EvalCliOptions {
     FusionCliOptions fusion;
     std::string data;
     std::string kind = "continuous";
-    std::vector<std::string> methods = {"reuse", "epic", "cacheblend", "a3", "a3-layers", "random"};
+    std::vector<std::string> methods = {"reuse", "epic", "cacheblend", "a3", "a3-layers", "a3-probe", "random"};
     std::vector<double> ratios = {0.05, 0.15, 0.30};
     std::size_t count = 100;
     std::size_t chunk_tokens = 64;

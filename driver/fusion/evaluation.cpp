@@ -16,7 +16,7 @@ namespace kvfuse::fusion {
 namespace {
 
 bool uses_ratio(Method m) {
-    return m == Method::cacheblend || m == Method::a3 || m == Method::a3_layers || m == Method::random;
+    return m == Method::cacheblend || m == Method::a3 || m == Method::a3_layers || m == Method::a3_probe || m == Method::random;
 }
 
 // ||KV_a - KV_b|| / ||KV_b|| of one layer, K and V together.
@@ -149,6 +149,7 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
     // Paired differences on the same requests at equal ratio.
     const std::pair<const char*, const char*> pairs[] = {{"a3", "cacheblend"}, {"a3", "random"}, {"cacheblend", "random"},
                                                          {"a3-layers", "a3"}, {"a3-layers", "random"},
+                                                         {"a3-probe", "a3"}, {"a3-probe", "a3-layers"},
                                                          {"a3", "reuse"}, {"cacheblend", "reuse"}, {"random", "reuse"},
                                                          {"epic", "reuse"}};
     for (double ratio : options.ratios)

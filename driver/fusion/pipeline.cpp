@@ -165,10 +165,10 @@ class ChunkLoader {
 
 Method parse_method(std::string_view name) {
     for (Method m : {Method::full, Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random,
-                     Method::a3_layers})
+                     Method::a3_layers, Method::a3_probe})
         if (name == method_name(m)) return m;
     throw std::invalid_argument("unknown method '" + std::string(name) +
-                                "' (use full, reuse, epic, cacheblend, a3, a3-layers or random)");
+                                "' (use full, reuse, epic, cacheblend, a3, a3-layers, a3-probe or random)");
 }
 
 const char* method_name(Method method) {
@@ -180,6 +180,7 @@ const char* method_name(Method method) {
         case Method::a3: return "a3";
         case Method::random: return "random";
         case Method::a3_layers: return "a3-layers";
+        case Method::a3_probe: return "a3-probe";
     }
     return "unknown";
 }
@@ -420,8 +421,8 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     std::vector<std::int64_t> all_rows(T);
     std::iota(all_rows.begin(), all_rows.end(), 0);
 
-    const bool per_layer = o.method == Method::a3_layers;
-    const bool dynamic = o.method == Method::cacheblend || o.method == Method::a3 || per_layer;
+    const bool per_layer = o.method == Method::a3_layers, probe = o.method == Method::a3_probe;
+    const bool dynamic = o.method == Method::cacheblend || o.method == Method::a3 || per_layer || probe;
     // Layers that every row goes through: all for full prefill, up to the check layer for the
     // methods that select there, layer 0 for the static ones (unless told not to).
     const int full_layers = full ? L : dynamic ? o.check_layer : (o.recompute_layer0 ? 1 : 0);
@@ -435,6 +436,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     std::vector<std::int64_t> rows = all_rows;
     std::vector<float> q, k, v, attention;
     std::vector<float> check_hidden;  // a3-layers: every row's input of the check layer
+    std::size_t probe_rows = 0;       // a3-probe: rows the probe pushed through layers
 
     for (int l = 0; l < L; ++l) {
         loader.wait(l);  // before anything reads this layer's stored rows or overwrites them
@@ -464,7 +466,52 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                     score = a3_relevance(s, q.data() + (T - M) * s.q_row(), M, k.data(), P, T, o.a3_smoothing, o.a3_scoring);
                 }
                 if (per_layer) check_hidden = hidden;  // exact inputs of the check layer, for late joiners
-                for (std::int64_t idx : top_k(score, k_select)) chosen.push_back(idx + static_cast<std::int64_t>(P));
+                if (probe) {
+                    // The prefix and question rows on through the later layers over the stored
+                    // cache; each layer's relevance from the question's queries there.
+                    const std::size_t n_p = always.size(), docs = score.size();
+                    std::vector<float> scores(static_cast<std::size_t>(L - l) * docs), hp(n_p * static_cast<std::size_t>(s.dim)),
+                        qp(n_p * s.q_row()), kp(n_p * s.kv_row()), vp(n_p * s.kv_row()), ap(n_p * s.q_row());
+                    std::copy(score.begin(), score.end(), scores.begin());
+                    gather(hidden.data(), static_cast<std::size_t>(s.dim), always, hp.data());
+                    gather(q.data(), s.q_row(), always, qp.data());
+                    gather(k.data(), s.kv_row(), always, kp.data());
+                    gather(v.data(), s.kv_row(), always, vp.data());
+                    for (int m = l; m < L; ++m) {
+                        loader.wait(m);
+                        if (m > l) {
+                            model.project_qkv(m, hp.data(), n_p, always.data(), qp.data(), kp.data(), vp.data());
+                            const float* q_question = qp.data() + (n_p - M) * s.q_row();
+                            const std::vector<float> layer_score =
+                                o.a3_stored_keys
+                                    ? a3_relevance_stored(s, q_question, M, kp.data() + (n_p - M) * s.kv_row(), chunks,
+                                                          chunk_offsets, m, o.a3_smoothing, o.a3_scoring)
+                                    : a3_relevance(s, q_question, M, run.cache.k[static_cast<std::size_t>(m)].data(), P, T,
+                                                   o.a3_smoothing, o.a3_scoring);
+                            std::copy(layer_score.begin(), layer_score.end(), scores.begin() + static_cast<std::ptrdiff_t>((m - l) * docs));
+                        }
+                        if (m + 1 == L) break;  // the last layer's output is not needed
+                        // Written over by the main pass's fresh rows before it reads them.
+                        for (std::size_t i = 0; i < n_p; ++i) {
+                            std::memcpy(run.cache.k_row(m, static_cast<std::size_t>(always[i])), kp.data() + i * s.kv_row(), kv_bytes);
+                            std::memcpy(run.cache.v_row(m, static_cast<std::size_t>(always[i])), vp.data() + i * s.kv_row(), kv_bytes);
+                        }
+                        attend(s, qp.data(), always, run.cache, m, ap.data());
+                        model.finish_layer(m, ap.data(), n_p, hp.data());
+                        probe_rows += n_p;
+                    }
+                    // One top-k per layer, one call; the union is recomputed.
+                    const std::size_t layers = static_cast<std::size_t>(L - l), per_row = std::min(k_select, docs);
+                    std::vector<std::int64_t> picked(layers * per_row);
+                    check(kvfuse::Status(kvfuse_topk_batched(scores.data(), layers, docs, docs, per_row, KVFUSE_TOPK_BY_POSITION,
+                                                             picked.data(), per_row)),
+                          "batched top-k");
+                    std::sort(picked.begin(), picked.end());
+                    picked.erase(std::unique(picked.begin(), picked.end()), picked.end());
+                    for (std::int64_t idx : picked) chosen.push_back(idx + static_cast<std::int64_t>(P));
+                } else {
+                    for (std::int64_t idx : top_k(score, k_select)) chosen.push_back(idx + static_cast<std::int64_t>(P));
+                }
                 run.times.selection += ms_since(t_select);
             } else if (o.method == Method::epic) {
                 for (std::size_t c = 0; c < chunk_offsets.size(); ++c)
@@ -581,6 +628,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     run.times.logits = ms_since(t_logits);
     std::size_t pushed = 0;
     for (std::size_t n : run.rows_per_layer) pushed += n;
+    pushed += probe_rows;
     run.recompute_fraction = static_cast<double>(pushed) / (static_cast<double>(L) * T);
     return run;
 }

@@ -17,10 +17,14 @@ namespace kvfuse::fusion {
 // a3_layers: A3 at the check layer, then at every later layer the question's fresh queries
 // score that layer's fused keys and the top rows join the recomputed set; a joining row is
 // first run through the layers it missed (from the check layer on), and that cost is counted.
-enum class Method { full, reuse, epic, cacheblend, a3, random, a3_layers };
+// a3_probe: per-layer selection decided once, at the check layer: the prefix and question rows
+// first run on through the later layers over the stored cache (as reuse would), giving the
+// question's queries at every layer; every layer's relevance, one batched top-k, and the union
+// of the per-layer sets is recomputed from the check layer on. The probe's rows are counted.
+enum class Method { full, reuse, epic, cacheblend, a3, random, a3_layers, a3_probe };
 
-// "full", "reuse", "epic", "cacheblend", "a3", "random", "a3-layers"; throws std::invalid_argument
-// otherwise.
+// "full", "reuse", "epic", "cacheblend", "a3", "random", "a3-layers", "a3-probe"; throws
+// std::invalid_argument otherwise.
 Method parse_method(std::string_view name);
 const char* method_name(Method method);
 
@@ -34,7 +38,7 @@ struct FusionOptions {
     std::size_t epic_tokens = 16;   // epic: first tokens of every chunk
     bool a3_smoothing = true;       // a3: width-5 moving average of the relevance
     ScoreKeys a3_scoring = ScoreKeys::f32;  // a3: f32, or int8 / int4 keys with int8 queries (quantized on the fly)
-    // a3-layers, at the layers after the check layer: score the chunks' stored keys (their
+    // a3-layers and a3-probe, at the layers after the check layer: score the chunks' stored keys (their
     // quantized form for int8 / int4) in each chunk's own frame, as ALGORITHMS.md defines it;
     // false: score the fused cache's keys (recomputed rows fresh), quantized per request.
     bool a3_stored_keys = true;
