@@ -7,10 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -90,6 +92,16 @@ struct State {
     kvfuse_tuning tuning = built_in_defaults();
     std::string status = "built-in defaults";
     bool started = false;
+    // Every kernel call reads the tuning: it reads the last published snapshot without a lock.
+    // Snapshots are immutable and kept until exit (a few dozen bytes per kvfuse_set_tuning),
+    // so a reader holding an old one never sees it freed.
+    std::deque<kvfuse_tuning> snapshots;
+    std::atomic<const kvfuse_tuning*> published{nullptr};
+
+    void publish_locked() {
+        snapshots.push_back(tuning);
+        published.store(&snapshots.back(), std::memory_order_release);
+    }
 };
 
 State& state() {
@@ -217,8 +229,12 @@ void load_startup_profile_locked(State& s) {
 
 kvfuse_tuning current_tuning() {
     State& s = state();
+    if (const kvfuse_tuning* snapshot = s.published.load(std::memory_order_acquire)) return *snapshot;
     std::lock_guard<std::mutex> lock(s.mutex);
-    if (!s.started) load_startup_profile_locked(s);
+    if (!s.started) {
+        load_startup_profile_locked(s);
+        s.publish_locked();
+    }
     return s.tuning;
 }
 
@@ -252,6 +268,7 @@ kvfuse_status kvfuse_set_tuning(const kvfuse_tuning* tuning) {
     s.started = true;
     s.tuning = t;
     s.status = tuning != nullptr ? "set by the program (kvfuse_set_tuning)" : "built-in defaults (restored by the program)";
+    s.publish_locked();
     return KVFUSE_OK;
 }
 
@@ -265,6 +282,7 @@ kvfuse_status kvfuse_load_profile(const char* path) {
     s.started = true;
     s.tuning = t;
     s.status = std::string("profile ") + path;
+    s.publish_locked();
     return KVFUSE_OK;
 }
 
