@@ -4,6 +4,8 @@
 //   pct_peak: against the f32 FMA peak of that ISA and thread count measured in this run;
 //   x_reference: against the scalar reference (double, -O3), timed in the same run on the
 //   first 8 rows (its full call takes tens of seconds) and compared by GFLOP/s.
+// --key_tile=N and --row_block=N override the tuning in force (to compare settings by hand;
+// `kvfuse tune` is the way to choose them for a machine).
 #include <omp.h>
 
 #include <algorithm>
@@ -12,6 +14,8 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -89,9 +93,29 @@ void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads) {
     kvfuse::reset_isa();
 }
 
+// Removes --key_tile=N / --row_block=N from argv and applies them to the tuning in force.
+bool apply_tuning_flags(int& argc, char** argv) {
+    kvfuse::Tuning tuning = kvfuse::current_tuning();
+    int kept = 1;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg.rfind("--key_tile=", 0) == 0)
+            tuning.attention_key_tile = static_cast<std::uint32_t>(std::atoi(arg.c_str() + 11));
+        else if (arg.rfind("--row_block=", 0) == 0)
+            tuning.attention_row_block = static_cast<std::uint32_t>(std::atoi(arg.c_str() + 12));
+        else
+            argv[kept++] = argv[i];
+    }
+    argc = kept;
+    const kvfuse::Status status = kvfuse::set_tuning(&tuning);
+    if (!status.ok()) std::fprintf(stderr, "bench_attention: %s\n", status.message().c_str());
+    return status.ok();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (!apply_tuning_flags(argc, argv)) return 1;
     for (kvfuse::Isa isa : kvfuse::supported_isas()) {
         if (isa == kvfuse::Isa::scalar) continue;  // the reference is the baseline of every row
         for (int threads : {1, 2})
