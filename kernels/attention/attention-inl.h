@@ -1,16 +1,20 @@
 // Sparse-row attention written once on the xsimd architecture (see kernels/README.md for how it
 // is compiled per ISA). No include guard on purpose.
 //
-// Loop order: for each (KV head, block of rows sorted by position), keys are taken in tiles
-// (size and row block from the tuning in force, see kernels/tuning.h); each tile is transposed (and widened from bf16) ONCE into scratch and then used by
-// every row of the block and every query head of the group. Scores are computed with vectors
-// running across keys (no horizontal reductions), the softmax is online (running max and sum
-// per row and head), and P·V accumulates with vectors running across the head dimension.
+// Loop order: one KV head at a time; its keys are transposed into tiles (D x tile, widened from
+// bf16) and its values widened ONCE into a packed copy, then blocks of rows sorted by position
+// (tile and row block from the tuning in force, see kernels/tuning.h) walk the tiles in order.
+// Each tile serves every row of the block and every query head of the group. Scores are
+// computed with vectors running across keys (no horizontal reductions), the softmax is online
+// (running max and sum per row and head), and P.V accumulates with vectors running across the
+// head dimension.
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <numeric>
 #include <vector>
 #include <xsimd/xsimd.hpp>
@@ -162,16 +166,95 @@ void softmax_step(float* scores, std::size_t visible, std::size_t tile, std::siz
     state.max = new_max;
 }
 
-// One tile for R heads of a row: scores, softmax steps, values.
-template <std::size_t R>
-void heads_step(const float* const* q, const float* keys_t, const float* values, std::size_t visible, std::size_t tile,
-                std::size_t head_dim, float scale, float* const* scores, RowState* states, float* const* acc) {
-    tile_scores<R>(q, keys_t, tile, head_dim, scale, scores);
-    for (std::size_t r = 0; r < R; ++r) softmax_step(scores[r], visible, tile, head_dim, states[r], acc[r]);
-    accumulate_values<R>(scores, values, visible, head_dim, acc);
+// Scratch that is not zero-filled (the packing threads touch it first) and 64-byte aligned.
+struct AlignedFree {
+    void operator()(float* p) const { xsimd::aligned_free(p); }
+};
+using PackedBuffer = std::unique_ptr<float[], AlignedFree>;
+
+PackedBuffer allocate_packed(std::size_t floats) {
+    void* p = xsimd::aligned_malloc(floats * sizeof(float), 64);
+    if (p == nullptr) throw std::bad_alloc();
+    return PackedBuffer(static_cast<float*>(p));
+}
+
+// Rows of one block (indices into `order`, sorted by position) against the packed tiles of one
+// KV head: every tile serves every row of the block that sees it and every head of the group.
+void attend_block(const kvfuse_attention_args& a, const std::vector<std::size_t>& order, std::size_t begin,
+                  std::size_t end, std::size_t kv_head, const float* packed, std::size_t tile, float* scores,
+                  float* acc, RowState* states) {
+    const std::size_t group = a.query_heads / a.kv_heads;
+    const std::size_t d_count = a.head_dim;
+    const std::size_t tile_floats = 2 * d_count * tile;
+    const std::size_t last_key = static_cast<std::size_t>(a.positions[order[end - 1]]);
+    std::fill(acc, acc + (end - begin) * group * d_count, 0.0f);
+    std::fill(states, states + (end - begin) * group, RowState{-INFINITY, 0.0f});
+    for (std::size_t first = 0; first <= last_key; first += tile) {
+        const float* keys_t = packed + (first / tile) * tile_floats;
+        const float* values = keys_t + d_count * tile;
+        const std::size_t count = std::min(tile, last_key + 1 - first);
+        // Rows that see this tile: the block is sorted by position, so they are a suffix.
+        std::size_t seen = begin;
+        while (static_cast<std::size_t>(a.positions[order[seen]]) < first) ++seen;
+        // Two passes over the rows (scores and softmax steps of every row, then P.V) so that
+        // each pass holds one half of the tile in L1 (K^T, then V: 4 * tile * head_dim bytes)
+        // next to one row's queries or accumulators; one pass with both halves missed L1.
+        for (std::size_t i = seen; i < end; ++i) {
+            const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
+            const std::size_t visible = std::min(count, position + 1 - first);
+            // The group's heads in register blocks of up to 4.
+            for (std::size_t g0 = 0; g0 < group; g0 += 4) {
+                const std::size_t heads = std::min<std::size_t>(4, group - g0);
+                const std::size_t slot = (i - begin) * group + g0;
+                const float* q[4];
+                float* head_scores[4];
+                for (std::size_t r = 0; r < heads; ++r) {
+                    q[r] = a.queries + order[i] * a.query_row_stride + (kv_head * group + g0 + r) * d_count;
+                    head_scores[r] = scores + (slot + r) * tile;
+                }
+                switch (heads) {
+                    case 4: tile_scores<4>(q, keys_t, tile, d_count, a.scale, head_scores); break;
+                    case 3: tile_scores<3>(q, keys_t, tile, d_count, a.scale, head_scores); break;
+                    case 2: tile_scores<2>(q, keys_t, tile, d_count, a.scale, head_scores); break;
+                    default: tile_scores<1>(q, keys_t, tile, d_count, a.scale, head_scores); break;
+                }
+                for (std::size_t r = 0; r < heads; ++r)
+                    softmax_step(head_scores[r], visible, tile, d_count, states[slot + r], acc + (slot + r) * d_count);
+            }
+        }
+        for (std::size_t i = seen; i < end; ++i) {
+            const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
+            const std::size_t visible = std::min(count, position + 1 - first);
+            for (std::size_t g0 = 0; g0 < group; g0 += 4) {
+                const std::size_t heads = std::min<std::size_t>(4, group - g0);
+                const std::size_t slot = (i - begin) * group + g0;
+                const float* p[4];
+                float* head_acc[4];
+                for (std::size_t r = 0; r < heads; ++r) {
+                    p[r] = scores + (slot + r) * tile;
+                    head_acc[r] = acc + (slot + r) * d_count;
+                }
+                switch (heads) {
+                    case 4: accumulate_values<4>(p, values, visible, d_count, head_acc); break;
+                    case 3: accumulate_values<3>(p, values, visible, d_count, head_acc); break;
+                    case 2: accumulate_values<2>(p, values, visible, d_count, head_acc); break;
+                    default: accumulate_values<1>(p, values, visible, d_count, head_acc); break;
+                }
+            }
+        }
+    }
+    for (std::size_t i = begin; i < end; ++i)
+        for (std::size_t g = 0; g < group; ++g) {
+            const std::size_t slot = (i - begin) * group + g;
+            const float inverse = 1.0f / states[slot].sum;
+            float* out = a.out + order[i] * a.out_row_stride + (kv_head * group + g) * d_count;
+            const float* from = acc + slot * d_count;
+            for (std::size_t d = 0; d < d_count; ++d) out[d] = from[d] * inverse;
+        }
 }
 
 void sparse_attention(const kvfuse_attention_args& a) {
+    if (a.rows == 0) return;
     const std::size_t group = a.query_heads / a.kv_heads;
     const std::size_t d_count = a.head_dim;
     // Rows by position, so that a block's rows need about the same key tiles.
@@ -181,65 +264,41 @@ void sparse_attention(const kvfuse_attention_args& a) {
     const kvfuse_tuning tuning = detail::current_tuning();
     const std::size_t tile = detail::attention_key_tile(tuning, d_count), row_block = tuning.attention_row_block;
     const std::size_t blocks = (a.rows + row_block - 1) / row_block;
-    const std::size_t tasks = blocks * a.kv_heads;
+    // One KV head at a time, its keys transposed and its values widened ONCE into a packed copy
+    // (tile after tile, K^T then V) that every row block reads in order. Transposing per block
+    // instead repeated the work for each block and read K/V with a 4 KiB stride (one token of one
+    // head per page) that no hardware prefetcher follows: a third of the time went there.
+    const std::size_t tiles = static_cast<std::size_t>(a.positions[order.back()]) / tile + 1;
+    const std::size_t tile_floats = 2 * d_count * tile;
+    const PackedBuffer packed = allocate_packed(tiles * tile_floats);
     double work = 0.0;
     for (std::size_t r = 0; r < a.rows; ++r) work += static_cast<double>(a.positions[r] + 1);
     work *= static_cast<double>(a.query_heads * d_count);
     const bool parallel =
-        work > static_cast<double>(tuning.attention_parallel_work) && tasks > 1 && omp_get_max_threads() > 1;
+        work > static_cast<double>(tuning.attention_parallel_work) && omp_get_max_threads() > 1;
 
 #pragma omp parallel if (parallel)
     {
-        std::vector<float, xsimd::aligned_allocator<float, 64>> keys_t(d_count * tile), values(tile * d_count),
-            scores(4 * tile);
+        std::vector<float, xsimd::aligned_allocator<float, 64>> scores(row_block * group * tile);
         std::vector<float> acc(row_block * group * d_count);
         std::vector<RowState> states(row_block * group);
-#pragma omp for schedule(dynamic)
-        for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(tasks); ++task) {
-            // Later (longer) blocks first: better balance under dynamic scheduling.
-            const std::size_t block = blocks - 1 - static_cast<std::size_t>(task) / a.kv_heads;
-            const std::size_t kv_head = static_cast<std::size_t>(task) % a.kv_heads;
-            const std::size_t begin = block * row_block, end = std::min(a.rows, begin + row_block);
-            const std::size_t last_key = static_cast<std::size_t>(a.positions[order[end - 1]]);
-            std::fill(acc.begin(), acc.end(), 0.0f);
-            std::fill(states.begin(), states.end(), RowState{-INFINITY, 0.0f});
-            for (std::size_t first = 0; first <= last_key; first += tile) {
-                const std::size_t count = std::min(tile, last_key + 1 - first);
-                load_tile(a, kv_head, first, count, tile, keys_t.data(), values.data());
-                for (std::size_t i = begin; i < end; ++i) {
-                    const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
-                    if (position < first) continue;
-                    const std::size_t visible = std::min(count, position + 1 - first);
-                    // The group's heads in register blocks of up to 4.
-                    for (std::size_t g0 = 0; g0 < group; g0 += 4) {
-                        const std::size_t heads = std::min<std::size_t>(4, group - g0);
-                        const float* q[4];
-                        float* head_scores[4];
-                        float* head_acc[4];
-                        for (std::size_t r = 0; r < heads; ++r) {
-                            const std::size_t h = kv_head * group + g0 + r;
-                            q[r] = a.queries + order[i] * a.query_row_stride + h * d_count;
-                            head_scores[r] = scores.data() + r * tile;
-                            head_acc[r] = acc.data() + ((i - begin) * group + g0 + r) * d_count;
-                        }
-                        RowState* head_states = states.data() + (i - begin) * group + g0;
-                        switch (heads) {
-                            case 4: heads_step<4>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
-                            case 3: heads_step<3>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
-                            case 2: heads_step<2>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
-                            default: heads_step<1>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
-                        }
-                    }
-                }
+        for (std::size_t kv_head = 0; kv_head < a.kv_heads; ++kv_head) {
+#pragma omp for schedule(dynamic, 4)
+            for (std::ptrdiff_t t = 0; t < static_cast<std::ptrdiff_t>(tiles); ++t) {
+                const std::size_t first = static_cast<std::size_t>(t) * tile;
+                const std::size_t count = std::min(tile, static_cast<std::size_t>(a.positions[order.back()]) + 1 - first);
+                float* at = packed.get() + static_cast<std::size_t>(t) * tile_floats;
+                load_tile(a, kv_head, first, count, tile, at, at + d_count * tile);
             }
-            for (std::size_t i = begin; i < end; ++i)
-                for (std::size_t g = 0; g < group; ++g) {
-                    const std::size_t slot = (i - begin) * group + g;
-                    const float inverse = 1.0f / states[slot].sum;
-                    float* out = a.out + order[i] * a.out_row_stride + (kv_head * group + g) * d_count;
-                    const float* from = acc.data() + slot * d_count;
-                    for (std::size_t d = 0; d < d_count; ++d) out[d] = from[d] * inverse;
-                }
+            // (implicit barrier: the head is packed before any block reads it)
+#pragma omp for schedule(dynamic)
+            for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(blocks); ++task) {
+                // Later (longer) blocks first: better balance under dynamic scheduling.
+                const std::size_t block = blocks - 1 - static_cast<std::size_t>(task);
+                const std::size_t begin = block * row_block, end = std::min(a.rows, begin + row_block);
+                attend_block(a, order, begin, end, kv_head, packed.get(), tile, scores.data(), acc.data(), states.data());
+            }
+            // (implicit barrier: the next head's packing overwrites the buffer)
         }
     }
 }
