@@ -31,6 +31,13 @@ using F32s = xsimd::batch<float, Arch>;
 constexpr std::size_t kLanes = F32s::size;
 // Key tiles (32, 64 or 128 keys) are a multiple of 2 vectors of the widest ISA.
 static_assert(32 % (2 * kLanes) == 0, "the smallest key tile must hold whole pairs of vectors");
+// Scores of one (row, head) sit kScoreStride floats apart whatever the tile (the largest tile the
+// tuning allows), so that the R heads of a register block are one pointer plus constant
+// offsets: with R pointers the inner loops ran out of registers and reloaded them from the stack.
+constexpr std::size_t kScoreStride = 128;
+// Queries are packed per row as blocks of kHeadBlock heads interleaved by dimension
+// (q[d][head]): the broadcasts of the inner score loop then come from one pointer as well.
+constexpr std::size_t kHeadBlock = 4;
 
 struct RowState {
     float max;
@@ -64,12 +71,12 @@ void load_tile(const kvfuse_attention_args& a, std::size_t kv_head, std::size_t 
     }
 }
 
-// scores_r[0, tile) = scale * q_r . K_tile for R query heads of one KV group at once:
-// each key vector loaded from the transposed tile serves R heads, and 2R independent FMA
-// chains cover the FMA latency.
+// scores[r * kScoreStride + 0..tile) = scale * q_r . K_tile for R query heads of one KV group
+// at once (q interleaved: q[d * kHeadBlock + r]): each key vector loaded from the transposed
+// tile serves R heads, and 2R independent FMA chains cover the FMA latency.
 template <std::size_t R>
-void tile_scores(const float* const* q, const float* keys_t, std::size_t tile, std::size_t head_dim, float scale,
-                 float* const* scores) {
+void tile_scores(const float* q, const float* keys_t, std::size_t tile, std::size_t head_dim, float scale,
+                 float* scores) {
     constexpr std::size_t kChunk = 2;  // key vectors per register block
     const F32s s(scale);
     for (std::size_t v0 = 0; v0 < tile / kLanes; v0 += kChunk) {
@@ -79,23 +86,30 @@ void tile_scores(const float* const* q, const float* keys_t, std::size_t tile, s
         for (std::size_t d = 0; d < head_dim; ++d) {
             const F32s k0 = F32s::load_aligned(column + d * tile), k1 = F32s::load_aligned(column + d * tile + kLanes);
             for (std::size_t r = 0; r < R; ++r) {
-                const F32s qd(q[r][d]);
+                const F32s qd(q[d * kHeadBlock + r]);
                 acc[r][0] = xsimd::fma(qd, k0, acc[r][0]);
                 acc[r][1] = xsimd::fma(qd, k1, acc[r][1]);
             }
         }
         for (std::size_t r = 0; r < R; ++r) {
-            (acc[r][0] * s).store_aligned(scores[r] + v0 * kLanes);
-            (acc[r][1] * s).store_aligned(scores[r] + (v0 + 1) * kLanes);
+            (acc[r][0] * s).store_aligned(scores + r * kScoreStride + v0 * kLanes);
+            (acc[r][1] * s).store_aligned(scores + r * kScoreStride + (v0 + 1) * kLanes);
         }
     }
 }
 
-// out_r += sum_j p_r[j] * V[j] over `count` keys for R heads: each value vector loaded serves R
-// heads; blocks of 2 vectors of the head dimension stay in registers while the keys stream past.
+// out_r += sum_j p_r[j] * V[j] over `count` keys for R heads (p_r = p + r * kScoreStride,
+// out_r = out + r * head_dim): each value vector loaded serves R heads; blocks of 2 vectors of
+// the head dimension stay in registers while the keys stream past.
 template <std::size_t R>
-void accumulate_values(const float* const* p, const float* values, std::size_t count, std::size_t head_dim,
-                       float* const* out) {
+void accumulate_values(const float* p_base, const float* values, std::size_t count, std::size_t head_dim,
+                       float* out_base) {
+    const float* p[R];
+    float* out[R];
+    for (std::size_t r = 0; r < R; ++r) {
+        p[r] = p_base + r * kScoreStride;
+        out[r] = out_base + r * head_dim;
+    }
     std::size_t d = 0;
     for (; d + 2 * kLanes <= head_dim; d += 2 * kLanes) {
         F32s acc[R][2];
@@ -107,7 +121,7 @@ void accumulate_values(const float* const* p, const float* values, std::size_t c
             const float* row = values + j * head_dim + d;
             const F32s v0 = F32s::load_unaligned(row), v1 = F32s::load_unaligned(row + kLanes);
             for (std::size_t r = 0; r < R; ++r) {
-                const F32s weight(p[r][j]);
+                const F32s weight(p_base[r * kScoreStride + j]);
                 acc[r][0] = xsimd::fma(weight, v0, acc[r][0]);
                 acc[r][1] = xsimd::fma(weight, v1, acc[r][1]);
             }
@@ -178,17 +192,35 @@ PackedBuffer allocate_packed(std::size_t floats) {
     return PackedBuffer(static_cast<float*>(p));
 }
 
+// Floats of one row's packed queries: the group rounded up to whole head blocks.
+std::size_t packed_query_floats(std::size_t group, std::size_t head_dim) {
+    return (group + kHeadBlock - 1) / kHeadBlock * kHeadBlock * head_dim;
+}
+
 // Rows of one block (indices into `order`, sorted by position) against the packed tiles of one
 // KV head: every tile serves every row of the block that sees it and every head of the group.
+// Scratch per (row, head) slot: queries (head_dim floats, interleaved by head blocks), scores
+// (kScoreStride floats), accumulator (head_dim floats), state.
 void attend_block(const kvfuse_attention_args& a, const std::vector<std::size_t>& order, std::size_t begin,
-                  std::size_t end, std::size_t kv_head, const float* packed, std::size_t tile, float* scores,
-                  float* acc, RowState* states) {
+                  std::size_t end, std::size_t kv_head, const float* packed, std::size_t tile, float* queries,
+                  float* scores, float* acc, RowState* states) {
     const std::size_t group = a.query_heads / a.kv_heads;
     const std::size_t d_count = a.head_dim;
     const std::size_t tile_floats = 2 * d_count * tile;
     const std::size_t last_key = static_cast<std::size_t>(a.positions[order[end - 1]]);
     std::fill(acc, acc + (end - begin) * group * d_count, 0.0f);
     std::fill(states, states + (end - begin) * group, RowState{-INFINITY, 0.0f});
+    // The group's heads in blocks of up to kHeadBlock (R below), each block's queries
+    // interleaved by dimension (a partial block padded with zeros), packed once per block of rows.
+    const std::size_t q_row = packed_query_floats(group, d_count);
+    for (std::size_t i = begin; i < end; ++i)
+        for (std::size_t g0 = 0; g0 < group; g0 += kHeadBlock) {
+            const std::size_t heads = std::min(kHeadBlock, group - g0);
+            const float* q = a.queries + order[i] * a.query_row_stride + (kv_head * group + g0) * d_count;
+            float* to = queries + (i - begin) * q_row + g0 * d_count;
+            for (std::size_t d = 0; d < d_count; ++d)
+                for (std::size_t r = 0; r < kHeadBlock; ++r) to[d * kHeadBlock + r] = r < heads ? q[r * d_count + d] : 0.0f;
+        }
     for (std::size_t first = 0; first <= last_key; first += tile) {
         const float* keys_t = packed + (first / tile) * tile_floats;
         const float* values = keys_t + d_count * tile;
@@ -202,16 +234,11 @@ void attend_block(const kvfuse_attention_args& a, const std::vector<std::size_t>
         for (std::size_t i = seen; i < end; ++i) {
             const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
             const std::size_t visible = std::min(count, position + 1 - first);
-            // The group's heads in register blocks of up to 4.
-            for (std::size_t g0 = 0; g0 < group; g0 += 4) {
-                const std::size_t heads = std::min<std::size_t>(4, group - g0);
+            for (std::size_t g0 = 0; g0 < group; g0 += kHeadBlock) {
+                const std::size_t heads = std::min(kHeadBlock, group - g0);
                 const std::size_t slot = (i - begin) * group + g0;
-                const float* q[4];
-                float* head_scores[4];
-                for (std::size_t r = 0; r < heads; ++r) {
-                    q[r] = a.queries + order[i] * a.query_row_stride + (kv_head * group + g0 + r) * d_count;
-                    head_scores[r] = scores + (slot + r) * tile;
-                }
+                const float* q = queries + (i - begin) * q_row + g0 * d_count;
+                float* head_scores = scores + slot * kScoreStride;
                 switch (heads) {
                     case 4: tile_scores<4>(q, keys_t, tile, d_count, a.scale, head_scores); break;
                     case 3: tile_scores<3>(q, keys_t, tile, d_count, a.scale, head_scores); break;
@@ -219,26 +246,23 @@ void attend_block(const kvfuse_attention_args& a, const std::vector<std::size_t>
                     default: tile_scores<1>(q, keys_t, tile, d_count, a.scale, head_scores); break;
                 }
                 for (std::size_t r = 0; r < heads; ++r)
-                    softmax_step(head_scores[r], visible, tile, d_count, states[slot + r], acc + (slot + r) * d_count);
+                    softmax_step(head_scores + r * kScoreStride, visible, tile, d_count, states[slot + r],
+                                 acc + (slot + r) * d_count);
             }
         }
         for (std::size_t i = seen; i < end; ++i) {
             const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
             const std::size_t visible = std::min(count, position + 1 - first);
-            for (std::size_t g0 = 0; g0 < group; g0 += 4) {
-                const std::size_t heads = std::min<std::size_t>(4, group - g0);
+            for (std::size_t g0 = 0; g0 < group; g0 += kHeadBlock) {
+                const std::size_t heads = std::min(kHeadBlock, group - g0);
                 const std::size_t slot = (i - begin) * group + g0;
-                const float* p[4];
-                float* head_acc[4];
-                for (std::size_t r = 0; r < heads; ++r) {
-                    p[r] = scores + (slot + r) * tile;
-                    head_acc[r] = acc + (slot + r) * d_count;
-                }
+                const float* p = scores + slot * kScoreStride;
+                float* out = acc + slot * d_count;
                 switch (heads) {
-                    case 4: accumulate_values<4>(p, values, visible, d_count, head_acc); break;
-                    case 3: accumulate_values<3>(p, values, visible, d_count, head_acc); break;
-                    case 2: accumulate_values<2>(p, values, visible, d_count, head_acc); break;
-                    default: accumulate_values<1>(p, values, visible, d_count, head_acc); break;
+                    case 4: accumulate_values<4>(p, values, visible, d_count, out); break;
+                    case 3: accumulate_values<3>(p, values, visible, d_count, out); break;
+                    case 2: accumulate_values<2>(p, values, visible, d_count, out); break;
+                    default: accumulate_values<1>(p, values, visible, d_count, out); break;
                 }
             }
         }
@@ -279,8 +303,8 @@ void sparse_attention(const kvfuse_attention_args& a) {
 
 #pragma omp parallel if (parallel)
     {
-        std::vector<float, xsimd::aligned_allocator<float, 64>> scores(row_block * group * tile);
-        std::vector<float> acc(row_block * group * d_count);
+        std::vector<float, xsimd::aligned_allocator<float, 64>> scores(row_block * group * kScoreStride);
+        std::vector<float> queries(row_block * packed_query_floats(group, d_count)), acc(row_block * group * d_count);
         std::vector<RowState> states(row_block * group);
         for (std::size_t kv_head = 0; kv_head < a.kv_heads; ++kv_head) {
 #pragma omp for schedule(dynamic, 4)
@@ -296,7 +320,8 @@ void sparse_attention(const kvfuse_attention_args& a) {
                 // Later (longer) blocks first: better balance under dynamic scheduling.
                 const std::size_t block = blocks - 1 - static_cast<std::size_t>(task);
                 const std::size_t begin = block * row_block, end = std::min(a.rows, begin + row_block);
-                attend_block(a, order, begin, end, kv_head, packed.get(), tile, scores.data(), acc.data(), states.data());
+                attend_block(a, order, begin, end, kv_head, packed.get(), tile, queries.data(), scores.data(), acc.data(),
+                             states.data());
             }
             // (implicit barrier: the next head's packing overwrites the buffer)
         }
