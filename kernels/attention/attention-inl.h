@@ -40,8 +40,8 @@ constexpr std::size_t kScoreStride = 128;
 constexpr std::size_t kHeadBlock = 4;
 
 struct RowState {
-    float max;
-    float sum;
+    float max;           // of the scores seen so far
+    float sum[kLanes];   // of exp(score - max), per lane
 };
 
 // Copies keys [first, first + count) of one KV head into scratch transposed (D x tile), and
@@ -150,34 +150,36 @@ void accumulate_values(const float* p_base, const float* values, std::size_t cou
 
 // One online-softmax step of one (row, head) over the first `visible` keys of a tile: the
 // scores become exp(score - running max) (beyond `visible`: -inf, so exp gives 0 and the whole
-// tile runs in vectors), and the accumulator and sum are rescaled to the new max.
+// tile runs in vectors). The accumulator and sum are rescaled only when the max grows, which
+// after the first tiles is rare, and the sum stays a vector until the row is finished.
+// A NaN score needs no test of its own: exp(NaN - max) is NaN whatever the max, so the row's
+// sum (and accumulator) become NaN, as in the reference.
 void softmax_step(float* scores, std::size_t visible, std::size_t tile, std::size_t head_dim, RowState& state, float* acc) {
-    const std::size_t kVectors = tile / kLanes;
+    const std::size_t vectors = tile / kLanes;
     for (std::size_t j = visible; j < tile; ++j) scores[j] = -INFINITY;
-    F32s max_v(-INFINITY);
-    auto nan_v = F32s(0.0f) != F32s(0.0f);
-    for (std::size_t v = 0; v < kVectors; ++v) {
-        const F32s x = F32s::load_aligned(scores + v * kLanes);
-        max_v = xsimd::max(max_v, x);
-        nan_v = nan_v || (x != x);
-    }
-    // A NaN score poisons its row (every later exp and sum is NaN), as in the reference.
+    F32s max_v = F32s::load_aligned(scores);
+    for (std::size_t v = 1; v < vectors; ++v) max_v = xsimd::max(max_v, F32s::load_aligned(scores + v * kLanes));
     alignas(64) float lanes[kLanes];
     max_v.store_aligned(lanes);
-    const float tile_max = xsimd::any(nan_v) ? NAN : *std::max_element(lanes, lanes + kLanes);
-    const float new_max = std::isnan(tile_max) ? tile_max : std::max(state.max, tile_max);
-    const float rescale = std::exp(state.max - new_max);  // 0 on the first tile (max = -inf)
-    F32s sum_v(0.0f);
-    const F32s shift(new_max);
-    for (std::size_t v = 0; v < kVectors; ++v) {
+    float tile_max = lanes[0];
+    for (std::size_t l = 1; l < kLanes; ++l) tile_max = std::max(tile_max, lanes[l]);
+    F32s sum_v = F32s::load_unaligned(state.sum);
+    if (tile_max > state.max) {
+        const float rescale = std::exp(state.max - tile_max);  // 0 on the first tile (max = -inf)
+        const F32s rescale_v(rescale);
+        std::size_t d = 0;
+        for (; d + kLanes <= head_dim; d += kLanes) (F32s::load_unaligned(acc + d) * rescale_v).store_unaligned(acc + d);
+        for (; d < head_dim; ++d) acc[d] *= rescale;
+        sum_v *= rescale_v;
+        state.max = tile_max;
+    }
+    const F32s shift(state.max);
+    for (std::size_t v = 0; v < vectors; ++v) {
         const F32s e = xsimd::exp(F32s::load_aligned(scores + v * kLanes) - shift);
         e.store_aligned(scores + v * kLanes);
         sum_v += e;
     }
-    if (rescale != 1.0f)
-        for (std::size_t d = 0; d < head_dim; ++d) acc[d] *= rescale;
-    state.sum = state.sum * rescale + xsimd::hadd(sum_v);
-    state.max = new_max;
+    sum_v.store_unaligned(state.sum);
 }
 
 // Scratch that is not zero-filled (the packing threads touch it first) and 64-byte aligned.
@@ -209,7 +211,7 @@ void attend_block(const kvfuse_attention_args& a, const std::vector<std::size_t>
     const std::size_t tile_floats = 2 * d_count * tile;
     const std::size_t last_key = static_cast<std::size_t>(a.positions[order[end - 1]]);
     std::fill(acc, acc + (end - begin) * group * d_count, 0.0f);
-    std::fill(states, states + (end - begin) * group, RowState{-INFINITY, 0.0f});
+    std::fill(states, states + (end - begin) * group, RowState{-INFINITY, {}});
     // The group's heads in blocks of up to kHeadBlock (R below), each block's queries
     // interleaved by dimension (a partial block padded with zeros), packed once per block of rows.
     const std::size_t q_row = packed_query_floats(group, d_count);
@@ -270,7 +272,7 @@ void attend_block(const kvfuse_attention_args& a, const std::vector<std::size_t>
     for (std::size_t i = begin; i < end; ++i)
         for (std::size_t g = 0; g < group; ++g) {
             const std::size_t slot = (i - begin) * group + g;
-            const float inverse = 1.0f / states[slot].sum;
+            const float inverse = 1.0f / xsimd::hadd(F32s::load_unaligned(states[slot].sum));
             float* out = a.out + order[i] * a.out_row_stride + (kv_head * group + g) * d_count;
             const float* from = acc + slot * d_count;
             for (std::size_t d = 0; d < d_count; ++d) out[d] = from[d] * inverse;
