@@ -194,6 +194,16 @@ PackedBuffer allocate_packed(std::size_t floats) {
     return PackedBuffer(static_cast<float*>(p));
 }
 
+// Prefetches share `part` of `parts` of the cache lines of [base, base + floats): the rows of a
+// pass over one tile each fetch a slice of the next tile, which comes from L3 (a KV head's
+// packed copy is larger than L2), so that its misses overlap with this tile's FMAs.
+void prefetch_slice(const float* base, std::size_t floats, std::size_t part, std::size_t parts) {
+    constexpr std::size_t kLineFloats = 64 / sizeof(float);
+    const std::size_t lines = (floats + kLineFloats - 1) / kLineFloats;
+    for (std::size_t l = lines * part / parts; l < lines * (part + 1) / parts; ++l)
+        __builtin_prefetch(base + l * kLineFloats, 0, 3);
+}
+
 // Floats of one row's packed queries: the group rounded up to whole head blocks.
 std::size_t packed_query_floats(std::size_t group, std::size_t head_dim) {
     return (group + kHeadBlock - 1) / kHeadBlock * kHeadBlock * head_dim;
@@ -230,12 +240,16 @@ void attend_block(const kvfuse_attention_args& a, const std::vector<std::size_t>
         // Rows that see this tile: the block is sorted by position, so they are a suffix.
         std::size_t seen = begin;
         while (static_cast<std::size_t>(a.positions[order[seen]]) < first) ++seen;
+        const bool more = first + tile <= last_key;
+        const float* next_keys_t = keys_t + tile_floats;
+        const float* next_values = next_keys_t + d_count * tile;
         // Two passes over the rows (scores and softmax steps of every row, then P.V) so that
         // each pass holds one half of the tile in L1 (K^T, then V: 4 * tile * head_dim bytes)
         // next to one row's queries or accumulators; one pass with both halves missed L1.
         for (std::size_t i = seen; i < end; ++i) {
             const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
             const std::size_t visible = std::min(count, position + 1 - first);
+            if (more) prefetch_slice(next_keys_t, d_count * tile, i - seen, end - seen);
             for (std::size_t g0 = 0; g0 < group; g0 += kHeadBlock) {
                 const std::size_t heads = std::min(kHeadBlock, group - g0);
                 const std::size_t slot = (i - begin) * group + g0;
@@ -255,6 +269,7 @@ void attend_block(const kvfuse_attention_args& a, const std::vector<std::size_t>
         for (std::size_t i = seen; i < end; ++i) {
             const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
             const std::size_t visible = std::min(count, position + 1 - first);
+            if (more) prefetch_slice(next_values, d_count * tile, i - seen, end - seen);
             for (std::size_t g0 = 0; g0 < group; g0 += kHeadBlock) {
                 const std::size_t heads = std::min(kHeadBlock, group - g0);
                 const std::size_t slot = (i - begin) * group + g0;
