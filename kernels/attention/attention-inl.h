@@ -98,53 +98,45 @@ void tile_scores(const float* q, const float* keys_t, std::size_t tile, std::siz
     }
 }
 
-// out_r += sum_j p_r[j] * V[j] over `count` keys for R heads (p_r = p + r * kScoreStride,
-// out_r = out + r * head_dim): each value vector loaded serves R heads; blocks of 2 vectors of
-// the head dimension stay in registers while the keys stream past.
+// out_r[d, d + V * lanes) += sum_j p_r[j] * V[j] over `count` keys for R heads (p_r = p +
+// r * kScoreStride, out_r = out + r * head_dim): each value vector loaded serves R heads, and the
+// R x V accumulators stay in registers while the keys stream past.
+template <std::size_t R, std::size_t V>
+void values_block(const float* p, const float* values, std::size_t count, std::size_t head_dim, std::size_t d,
+                  float* out) {
+    F32s acc[R][V];
+    for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t v = 0; v < V; ++v) acc[r][v] = F32s::load_unaligned(out + r * head_dim + d + v * kLanes);
+    const float* row = values + d;
+    for (std::size_t j = 0; j < count; ++j, row += head_dim) {
+        F32s x[V];
+        for (std::size_t v = 0; v < V; ++v) x[v] = F32s::load_unaligned(row + v * kLanes);
+        for (std::size_t r = 0; r < R; ++r) {
+            const F32s weight(p[r * kScoreStride + j]);
+            for (std::size_t v = 0; v < V; ++v) acc[r][v] = xsimd::fma(weight, x[v], acc[r][v]);
+        }
+    }
+    for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t v = 0; v < V; ++v) acc[r][v].store_unaligned(out + r * head_dim + d + v * kLanes);
+}
+
+// out_r += sum_j p_r[j] * V[j] for the whole head dimension. Blocks of 3 vectors where R = 4:
+// 12 independent FMA chains (of 16 registers) leave the scheduler slack that 8 chains, exactly
+// latency x throughput, do not; a remainder of 1 vector is taken as 2 + 2 instead of 3 + 1.
 template <std::size_t R>
-void accumulate_values(const float* p_base, const float* values, std::size_t count, std::size_t head_dim,
-                       float* out_base) {
-    const float* p[R];
-    float* out[R];
-    for (std::size_t r = 0; r < R; ++r) {
-        p[r] = p_base + r * kScoreStride;
-        out[r] = out_base + r * head_dim;
-    }
+void accumulate_values(const float* p, const float* values, std::size_t count, std::size_t head_dim, float* out) {
+    const std::size_t vectors = head_dim / kLanes;
+    std::size_t triples = R == 4 ? vectors / 3 : 0;
+    if (triples > 0 && vectors - 3 * triples == 1) --triples;
     std::size_t d = 0;
-    for (; d + 2 * kLanes <= head_dim; d += 2 * kLanes) {
-        F32s acc[R][2];
-        for (std::size_t r = 0; r < R; ++r) {
-            acc[r][0] = F32s::load_unaligned(out[r] + d);
-            acc[r][1] = F32s::load_unaligned(out[r] + d + kLanes);
-        }
-        for (std::size_t j = 0; j < count; ++j) {
-            const float* row = values + j * head_dim + d;
-            const F32s v0 = F32s::load_unaligned(row), v1 = F32s::load_unaligned(row + kLanes);
-            for (std::size_t r = 0; r < R; ++r) {
-                const F32s weight(p_base[r * kScoreStride + j]);
-                acc[r][0] = xsimd::fma(weight, v0, acc[r][0]);
-                acc[r][1] = xsimd::fma(weight, v1, acc[r][1]);
-            }
-        }
-        for (std::size_t r = 0; r < R; ++r) {
-            acc[r][0].store_unaligned(out[r] + d);
-            acc[r][1].store_unaligned(out[r] + d + kLanes);
-        }
-    }
-    for (; d + kLanes <= head_dim; d += kLanes) {
-        F32s acc[R];
-        for (std::size_t r = 0; r < R; ++r) acc[r] = F32s::load_unaligned(out[r] + d);
-        for (std::size_t j = 0; j < count; ++j) {
-            const F32s v = F32s::load_unaligned(values + j * head_dim + d);
-            for (std::size_t r = 0; r < R; ++r) acc[r] = xsimd::fma(F32s(p[r][j]), v, acc[r]);
-        }
-        for (std::size_t r = 0; r < R; ++r) acc[r].store_unaligned(out[r] + d);
-    }
+    for (std::size_t t = 0; t < triples; ++t, d += 3 * kLanes) values_block<R, 3>(p, values, count, head_dim, d, out);
+    for (; d + 2 * kLanes <= head_dim; d += 2 * kLanes) values_block<R, 2>(p, values, count, head_dim, d, out);
+    for (; d + kLanes <= head_dim; d += kLanes) values_block<R, 1>(p, values, count, head_dim, d, out);
     for (; d < head_dim; ++d)
         for (std::size_t r = 0; r < R; ++r) {
-            float acc = out[r][d];
-            for (std::size_t j = 0; j < count; ++j) acc = std::fma(p[r][j], values[j * head_dim + d], acc);
-            out[r][d] = acc;
+            float acc = out[r * head_dim + d];
+            for (std::size_t j = 0; j < count; ++j) acc = std::fma(p[r * kScoreStride + j], values[j * head_dim + d], acc);
+            out[r * head_dim + d] = acc;
         }
 }
 
