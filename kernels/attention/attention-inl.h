@@ -1,13 +1,14 @@
 // Sparse-row attention written once on the xsimd architecture (see kernels/README.md for how it
 // is compiled per ISA). No include guard on purpose.
 //
-// Loop order: one KV head at a time; its keys are transposed into tiles (D x tile, widened from
-// bf16) and its values widened ONCE into a packed copy, then blocks of rows sorted by position
-// (tile and row block from the tuning in force, see kernels/tuning.h) walk the tiles in order.
-// Each tile serves every row of the block and every query head of the group. Scores are
+// Loop order: KV heads in turn; each head's keys are transposed into tiles (D x tile, widened
+// from bf16) and its values widened ONCE into a packed copy, then blocks of rows sorted by
+// position (tile and row block from the tuning in force, see kernels/tuning.h) walk its tiles in
+// order. Each tile serves every row of the block and every query head of the group. Scores are
 // computed with vectors running across keys (no horizontal reductions), the softmax is online
 // (running max and sum per row and head), and P.V accumulates with vectors running across the
-// head dimension.
+// head dimension. Threads take packing chunks and row blocks from one ordered task list (see
+// sparse_attention), without barriers between heads.
 #include <omp.h>
 
 #include <algorithm>
@@ -46,8 +47,8 @@ struct RowState {
     float sum[kLanes];   // of exp(score - max), per lane
 };
 
-// Copies keys [first, first + count) of one KV head into scratch transposed (D x tile), and
-// values row-major (tile x D), widening bf16. Missing keys of a partial tile are zero.
+// Copies keys [first, first + count) of one KV head into a packed tile, transposed (D x tile),
+// and values row-major (tile x D), widening bf16. Missing keys of a partial tile are zero.
 void load_tile(const kvfuse_attention_args& a, std::size_t kv_head, std::size_t first, std::size_t count,
                std::size_t tile, float* keys_t, float* values) {
     const std::size_t d_count = a.head_dim;
