@@ -303,7 +303,10 @@ void sparse_attention(const kvfuse_attention_args& a) {
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return a.positions[x] < a.positions[y]; });
     const kvfuse_tuning tuning = detail::current_tuning();
-    const std::size_t tile = detail::attention_key_tile(tuning, d_count), row_block = tuning.attention_row_block;
+    // The tuning allows tiles up to kScoreStride keys; the clamp keeps a wider one from running
+    // the scores of one head into the next (a tile changes speed, never results).
+    const std::size_t tile = std::min(detail::attention_key_tile(tuning, d_count), kScoreStride);
+    const std::size_t row_block = tuning.attention_row_block;
     const std::size_t blocks = (a.rows + row_block - 1) / row_block;
     // One KV head at a time, its keys transposed and its values widened ONCE into a packed copy
     // (tile after tile, K^T then V) that every row block reads in order. Transposing per block
