@@ -1,17 +1,22 @@
 // Sparse-row attention: T = 4096 keys, n = 0.15 T selected rows at random distinct positions,
 // H = 32, Hkv = 8, D = 128, f32 and bf16 K/V, 1 and 2 threads, per ISA.
 //   GFLOP/s: 4 D FLOPs per visible (row, head, key), median over iterations;
-//   pct_peak: against the f32 FMA peak of that ISA and thread count measured in this run;
+//   pct_peak: against the f32 FMA peak of that ISA and thread count, measured right after every
+//   iteration (median of the per-iteration ratios): on a shared machine a peak measured once
+//   moves the figure by +-20 % with the load of the moment;
 //   x_reference: against the scalar reference (double, -O3), timed in the same run on the
 //   first 8 rows (its full call takes tens of seconds) and compared by GFLOP/s.
+// --key_tile=N and --row_block=N override the tuning in force (to compare settings by hand;
+// `kvfuse tune` is the way to choose them for a machine).
 #include <omp.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <map>
 #include <numeric>
 #include <random>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -22,13 +27,6 @@
 namespace {
 
 constexpr std::size_t kTokens = 4096, kHeads = 32, kKvHeads = 8, kDim = 128;
-
-double peak(int isa, int threads) {
-    static std::map<std::pair<int, int>, double> cache;
-    auto key = std::make_pair(isa, threads);
-    if (!cache.count(key)) cache[key] = kvfuse::bench::measure_f32_fma_peak_gflops(isa, threads);
-    return cache[key];
-}
 
 template <class T>
 void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads) {
@@ -59,12 +57,17 @@ void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads) {
         for (std::size_t r = 0; r < count; ++r) visible += static_cast<double>(positions[r] + 1);
         return 4.0 * kDim * kHeads * visible;
     };
-    std::vector<double> seconds;
+    std::vector<double> seconds, peaks, fractions;
     for (auto _ : state) {
         const auto start = std::chrono::steady_clock::now();
         if (!kvfuse::sparse_attention(args).ok()) state.SkipWithError("attention failed");
         seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         state.SetIterationTime(seconds.back());
+        const double peak = kvfuse::bench::measure_f32_fma_peak_gflops(static_cast<int>(isa), threads);
+        if (peak > 0) {
+            peaks.push_back(peak);
+            fractions.push_back(flops_of(rows) / seconds.back() / 1e9 / peak);
+        }
     }
     const double gflops = flops_of(rows) / kvfuse::bench::median(seconds) / 1e9;
     // The reference on the first 8 rows, once, in this run.
@@ -81,17 +84,36 @@ void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads) {
     state.counters["GFLOP/s"] = gflops;
     state.counters["reference_GFLOP/s"] = reference_gflops;
     state.counters["x_reference"] = gflops / reference_gflops;
-    const double p = peak(static_cast<int>(isa), threads);
-    if (p > 0) {
-        state.counters["peak_GFLOP/s"] = p;
-        state.counters["pct_peak"] = 100.0 * gflops / p;
+    if (!peaks.empty()) {
+        state.counters["peak_GFLOP/s"] = kvfuse::bench::median(peaks);
+        state.counters["pct_peak"] = 100.0 * kvfuse::bench::median(fractions);
     }
     kvfuse::reset_isa();
+}
+
+// Removes --key_tile=N / --row_block=N from argv and applies them to the tuning in force.
+bool apply_tuning_flags(int& argc, char** argv) {
+    kvfuse::Tuning tuning = kvfuse::current_tuning();
+    int kept = 1;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg.rfind("--key_tile=", 0) == 0)
+            tuning.attention_key_tile = static_cast<std::uint32_t>(std::atoi(arg.c_str() + 11));
+        else if (arg.rfind("--row_block=", 0) == 0)
+            tuning.attention_row_block = static_cast<std::uint32_t>(std::atoi(arg.c_str() + 12));
+        else
+            argv[kept++] = argv[i];
+    }
+    argc = kept;
+    const kvfuse::Status status = kvfuse::set_tuning(&tuning);
+    if (!status.ok()) std::fprintf(stderr, "bench_attention: %s\n", status.message().c_str());
+    return status.ok();
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (!apply_tuning_flags(argc, argv)) return 1;
     for (kvfuse::Isa isa : kvfuse::supported_isas()) {
         if (isa == kvfuse::Isa::scalar) continue;  // the reference is the baseline of every row
         for (int threads : {1, 2})

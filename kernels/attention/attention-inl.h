@@ -1,17 +1,24 @@
 // Sparse-row attention written once on the xsimd architecture (see kernels/README.md for how it
 // is compiled per ISA). No include guard on purpose.
 //
-// Loop order: for each (KV head, block of rows sorted by position), keys are taken in tiles
-// (size and row block from the tuning in force, see kernels/tuning.h); each tile is transposed (and widened from bf16) ONCE into scratch and then used by
-// every row of the block and every query head of the group. Scores are computed with vectors
-// running across keys (no horizontal reductions), the softmax is online (running max and sum
-// per row and head), and P·V accumulates with vectors running across the head dimension.
+// Loop order: KV heads in turn; each head's keys are transposed into tiles (D x tile, widened
+// from bf16) and its values widened ONCE into a packed copy, then blocks of rows sorted by
+// position (tile and row block from the tuning in force, see kernels/tuning.h) walk its tiles in
+// order. Each tile serves every row of the block and every query head of the group. Scores are
+// computed with vectors running across keys (no horizontal reductions), the softmax is online
+// (running max and sum per row and head), and P.V accumulates with vectors running across the
+// head dimension. Threads take packing chunks and row blocks from one ordered task list (see
+// sparse_attention), without barriers between heads.
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <numeric>
+#include <thread>
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
@@ -27,14 +34,21 @@ using F32s = xsimd::batch<float, Arch>;
 constexpr std::size_t kLanes = F32s::size;
 // Key tiles (32, 64 or 128 keys) are a multiple of 2 vectors of the widest ISA.
 static_assert(32 % (2 * kLanes) == 0, "the smallest key tile must hold whole pairs of vectors");
+// Scores of one (row, head) sit kScoreStride floats apart whatever the tile (the largest tile the
+// tuning allows), so that the R heads of a register block are one pointer plus constant
+// offsets: with R pointers the inner loops ran out of registers and reloaded them from the stack.
+constexpr std::size_t kScoreStride = 128;
+// Queries are packed per row as blocks of kHeadBlock heads interleaved by dimension
+// (q[d][head]): the broadcasts of the inner score loop then come from one pointer as well.
+constexpr std::size_t kHeadBlock = 4;
 
 struct RowState {
-    float max;
-    float sum;
+    float max;           // of the scores seen so far
+    float sum[kLanes];   // of exp(score - max), per lane
 };
 
-// Copies keys [first, first + count) of one KV head into scratch transposed (D x tile), and
-// values row-major (tile x D), widening bf16. Missing keys of a partial tile are zero.
+// Copies keys [first, first + count) of one KV head into a packed tile, transposed (D x tile),
+// and values row-major (tile x D), widening bf16. Missing keys of a partial tile are zero.
 void load_tile(const kvfuse_attention_args& a, std::size_t kv_head, std::size_t first, std::size_t count,
                std::size_t tile, float* keys_t, float* values) {
     const std::size_t d_count = a.head_dim;
@@ -60,12 +74,12 @@ void load_tile(const kvfuse_attention_args& a, std::size_t kv_head, std::size_t 
     }
 }
 
-// scores_r[0, tile) = scale * q_r . K_tile for R query heads of one KV group at once:
-// each key vector loaded from the transposed tile serves R heads, and 2R independent FMA
-// chains cover the FMA latency.
+// scores[r * kScoreStride + 0..tile) = scale * q_r . K_tile for R query heads of one KV group
+// at once (q interleaved: q[d * kHeadBlock + r]): each key vector loaded from the transposed
+// tile serves R heads, and 2R independent FMA chains cover the FMA latency.
 template <std::size_t R>
-void tile_scores(const float* const* q, const float* keys_t, std::size_t tile, std::size_t head_dim, float scale,
-                 float* const* scores) {
+void tile_scores(const float* q, const float* keys_t, std::size_t tile, std::size_t head_dim, float scale,
+                 float* scores) {
     constexpr std::size_t kChunk = 2;  // key vectors per register block
     const F32s s(scale);
     for (std::size_t v0 = 0; v0 < tile / kLanes; v0 += kChunk) {
@@ -75,103 +89,213 @@ void tile_scores(const float* const* q, const float* keys_t, std::size_t tile, s
         for (std::size_t d = 0; d < head_dim; ++d) {
             const F32s k0 = F32s::load_aligned(column + d * tile), k1 = F32s::load_aligned(column + d * tile + kLanes);
             for (std::size_t r = 0; r < R; ++r) {
-                const F32s qd(q[r][d]);
+                const F32s qd(q[d * kHeadBlock + r]);
                 acc[r][0] = xsimd::fma(qd, k0, acc[r][0]);
                 acc[r][1] = xsimd::fma(qd, k1, acc[r][1]);
             }
         }
         for (std::size_t r = 0; r < R; ++r) {
-            (acc[r][0] * s).store_aligned(scores[r] + v0 * kLanes);
-            (acc[r][1] * s).store_aligned(scores[r] + (v0 + 1) * kLanes);
+            (acc[r][0] * s).store_aligned(scores + r * kScoreStride + v0 * kLanes);
+            (acc[r][1] * s).store_aligned(scores + r * kScoreStride + (v0 + 1) * kLanes);
         }
     }
 }
 
-// out_r += sum_j p_r[j] * V[j] over `count` keys for R heads: each value vector loaded serves R
-// heads; blocks of 2 vectors of the head dimension stay in registers while the keys stream past.
+// out_r[d, d + V * lanes) += sum_j p_r[j] * V[j] over `count` keys for R heads (p_r = p +
+// r * kScoreStride, out_r = out + r * head_dim): each value vector loaded serves R heads, and the
+// R x V accumulators stay in registers while the keys stream past.
+template <std::size_t R, std::size_t V>
+void values_block(const float* p, const float* values, std::size_t count, std::size_t head_dim, std::size_t d,
+                  float* out) {
+    F32s acc[R][V];
+    for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t v = 0; v < V; ++v) acc[r][v] = F32s::load_unaligned(out + r * head_dim + d + v * kLanes);
+    const float* row = values + d;
+    for (std::size_t j = 0; j < count; ++j, row += head_dim) {
+        F32s x[V];
+        for (std::size_t v = 0; v < V; ++v) x[v] = F32s::load_unaligned(row + v * kLanes);
+        for (std::size_t r = 0; r < R; ++r) {
+            const F32s weight(p[r * kScoreStride + j]);
+            for (std::size_t v = 0; v < V; ++v) acc[r][v] = xsimd::fma(weight, x[v], acc[r][v]);
+        }
+    }
+    for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t v = 0; v < V; ++v) acc[r][v].store_unaligned(out + r * head_dim + d + v * kLanes);
+}
+
+// out_r += sum_j p_r[j] * V[j] for the whole head dimension. Blocks of 3 vectors where R = 4:
+// 12 independent FMA chains (of 16 registers) leave the scheduler slack that 8 chains, exactly
+// latency x throughput, do not; a remainder of 1 vector is taken as 2 + 2 instead of 3 + 1.
 template <std::size_t R>
-void accumulate_values(const float* const* p, const float* values, std::size_t count, std::size_t head_dim,
-                       float* const* out) {
+void accumulate_values(const float* p, const float* values, std::size_t count, std::size_t head_dim, float* out) {
+    const std::size_t vectors = head_dim / kLanes;
+    std::size_t triples = R == 4 ? vectors / 3 : 0;
+    if (triples > 0 && vectors - 3 * triples == 1) --triples;
     std::size_t d = 0;
-    for (; d + 2 * kLanes <= head_dim; d += 2 * kLanes) {
-        F32s acc[R][2];
-        for (std::size_t r = 0; r < R; ++r) {
-            acc[r][0] = F32s::load_unaligned(out[r] + d);
-            acc[r][1] = F32s::load_unaligned(out[r] + d + kLanes);
-        }
-        for (std::size_t j = 0; j < count; ++j) {
-            const float* row = values + j * head_dim + d;
-            const F32s v0 = F32s::load_unaligned(row), v1 = F32s::load_unaligned(row + kLanes);
-            for (std::size_t r = 0; r < R; ++r) {
-                const F32s weight(p[r][j]);
-                acc[r][0] = xsimd::fma(weight, v0, acc[r][0]);
-                acc[r][1] = xsimd::fma(weight, v1, acc[r][1]);
-            }
-        }
-        for (std::size_t r = 0; r < R; ++r) {
-            acc[r][0].store_unaligned(out[r] + d);
-            acc[r][1].store_unaligned(out[r] + d + kLanes);
-        }
-    }
-    for (; d + kLanes <= head_dim; d += kLanes) {
-        F32s acc[R];
-        for (std::size_t r = 0; r < R; ++r) acc[r] = F32s::load_unaligned(out[r] + d);
-        for (std::size_t j = 0; j < count; ++j) {
-            const F32s v = F32s::load_unaligned(values + j * head_dim + d);
-            for (std::size_t r = 0; r < R; ++r) acc[r] = xsimd::fma(F32s(p[r][j]), v, acc[r]);
-        }
-        for (std::size_t r = 0; r < R; ++r) acc[r].store_unaligned(out[r] + d);
-    }
+    for (std::size_t t = 0; t < triples; ++t, d += 3 * kLanes) values_block<R, 3>(p, values, count, head_dim, d, out);
+    for (; d + 2 * kLanes <= head_dim; d += 2 * kLanes) values_block<R, 2>(p, values, count, head_dim, d, out);
+    for (; d + kLanes <= head_dim; d += kLanes) values_block<R, 1>(p, values, count, head_dim, d, out);
     for (; d < head_dim; ++d)
         for (std::size_t r = 0; r < R; ++r) {
-            float acc = out[r][d];
-            for (std::size_t j = 0; j < count; ++j) acc = std::fma(p[r][j], values[j * head_dim + d], acc);
-            out[r][d] = acc;
+            float acc = out[r * head_dim + d];
+            for (std::size_t j = 0; j < count; ++j) acc = std::fma(p[r * kScoreStride + j], values[j * head_dim + d], acc);
+            out[r * head_dim + d] = acc;
         }
 }
 
 // One online-softmax step of one (row, head) over the first `visible` keys of a tile: the
 // scores become exp(score - running max) (beyond `visible`: -inf, so exp gives 0 and the whole
-// tile runs in vectors), and the accumulator and sum are rescaled to the new max.
+// tile runs in vectors). The accumulator and sum are rescaled only when the max grows, which
+// after the first tiles is rare, and the sum stays a vector until the row is finished.
+// A NaN score needs no test of its own: exp(NaN - max) is NaN whatever the max, so the row's
+// sum (and accumulator) become NaN, as in the reference.
 void softmax_step(float* scores, std::size_t visible, std::size_t tile, std::size_t head_dim, RowState& state, float* acc) {
-    const std::size_t kVectors = tile / kLanes;
+    const std::size_t vectors = tile / kLanes;
     for (std::size_t j = visible; j < tile; ++j) scores[j] = -INFINITY;
-    F32s max_v(-INFINITY);
-    auto nan_v = F32s(0.0f) != F32s(0.0f);
-    for (std::size_t v = 0; v < kVectors; ++v) {
-        const F32s x = F32s::load_aligned(scores + v * kLanes);
-        max_v = xsimd::max(max_v, x);
-        nan_v = nan_v || (x != x);
-    }
-    // A NaN score poisons its row (every later exp and sum is NaN), as in the reference.
+    F32s max_v = F32s::load_aligned(scores);
+    for (std::size_t v = 1; v < vectors; ++v) max_v = xsimd::max(max_v, F32s::load_aligned(scores + v * kLanes));
     alignas(64) float lanes[kLanes];
     max_v.store_aligned(lanes);
-    const float tile_max = xsimd::any(nan_v) ? NAN : *std::max_element(lanes, lanes + kLanes);
-    const float new_max = std::isnan(tile_max) ? tile_max : std::max(state.max, tile_max);
-    const float rescale = std::exp(state.max - new_max);  // 0 on the first tile (max = -inf)
-    F32s sum_v(0.0f);
-    const F32s shift(new_max);
-    for (std::size_t v = 0; v < kVectors; ++v) {
+    float tile_max = lanes[0];
+    for (std::size_t l = 1; l < kLanes; ++l) tile_max = std::max(tile_max, lanes[l]);
+    F32s sum_v = F32s::load_unaligned(state.sum);
+    if (tile_max > state.max) {
+        const float rescale = std::exp(state.max - tile_max);  // 0 on the first tile (max = -inf)
+        const F32s rescale_v(rescale);
+        std::size_t d = 0;
+        for (; d + kLanes <= head_dim; d += kLanes) (F32s::load_unaligned(acc + d) * rescale_v).store_unaligned(acc + d);
+        for (; d < head_dim; ++d) acc[d] *= rescale;
+        sum_v *= rescale_v;
+        state.max = tile_max;
+    }
+    const F32s shift(state.max);
+    for (std::size_t v = 0; v < vectors; ++v) {
         const F32s e = xsimd::exp(F32s::load_aligned(scores + v * kLanes) - shift);
         e.store_aligned(scores + v * kLanes);
         sum_v += e;
     }
-    if (rescale != 1.0f)
-        for (std::size_t d = 0; d < head_dim; ++d) acc[d] *= rescale;
-    state.sum = state.sum * rescale + xsimd::hadd(sum_v);
-    state.max = new_max;
+    sum_v.store_unaligned(state.sum);
 }
 
-// One tile for R heads of a row: scores, softmax steps, values.
-template <std::size_t R>
-void heads_step(const float* const* q, const float* keys_t, const float* values, std::size_t visible, std::size_t tile,
-                std::size_t head_dim, float scale, float* const* scores, RowState* states, float* const* acc) {
-    tile_scores<R>(q, keys_t, tile, head_dim, scale, scores);
-    for (std::size_t r = 0; r < R; ++r) softmax_step(scores[r], visible, tile, head_dim, states[r], acc[r]);
-    accumulate_values<R>(scores, values, visible, head_dim, acc);
+// Scratch that is not zero-filled (the packing threads touch it first) and 64-byte aligned.
+struct AlignedFree {
+    void operator()(float* p) const { xsimd::aligned_free(p); }
+};
+using PackedBuffer = std::unique_ptr<float[], AlignedFree>;
+
+PackedBuffer allocate_packed(std::size_t floats) {
+    void* p = xsimd::aligned_malloc(floats * sizeof(float), 64);
+    if (p == nullptr) throw std::bad_alloc();
+    return PackedBuffer(static_cast<float*>(p));
+}
+
+// Prefetches share `part` of `parts` of the cache lines of [base, base + floats): the rows of a
+// pass over one tile each fetch a slice of the next tile, which comes from L3 (a KV head's
+// packed copy is larger than L2), so that its misses overlap with this tile's FMAs.
+void prefetch_slice(const float* base, std::size_t floats, std::size_t part, std::size_t parts) {
+    constexpr std::size_t kLineFloats = 64 / sizeof(float);
+    const std::size_t lines = (floats + kLineFloats - 1) / kLineFloats;
+    for (std::size_t l = lines * part / parts; l < lines * (part + 1) / parts; ++l)
+        __builtin_prefetch(base + l * kLineFloats, 0, 3);
+}
+
+// Floats of one row's packed queries: the group rounded up to whole head blocks.
+std::size_t packed_query_floats(std::size_t group, std::size_t head_dim) {
+    return (group + kHeadBlock - 1) / kHeadBlock * kHeadBlock * head_dim;
+}
+
+// Rows of one block (indices into `order`, sorted by position) against the packed tiles of one
+// KV head: every tile serves every row of the block that sees it and every head of the group.
+// Scratch per (row, head) slot: queries (head_dim floats, interleaved by head blocks), scores
+// (kScoreStride floats), accumulator (head_dim floats), state.
+void attend_block(const kvfuse_attention_args& a, const std::vector<std::size_t>& order, std::size_t begin,
+                  std::size_t end, std::size_t kv_head, const float* packed, std::size_t tile, float* queries,
+                  float* scores, float* acc, RowState* states) {
+    const std::size_t group = a.query_heads / a.kv_heads;
+    const std::size_t d_count = a.head_dim;
+    const std::size_t tile_floats = 2 * d_count * tile;
+    const std::size_t last_key = static_cast<std::size_t>(a.positions[order[end - 1]]);
+    std::fill(acc, acc + (end - begin) * group * d_count, 0.0f);
+    std::fill(states, states + (end - begin) * group, RowState{-INFINITY, {}});
+    // The group's heads in blocks of up to kHeadBlock (R below), each block's queries
+    // interleaved by dimension (a partial block padded with zeros), packed once per block of rows.
+    const std::size_t q_row = packed_query_floats(group, d_count);
+    for (std::size_t i = begin; i < end; ++i)
+        for (std::size_t g0 = 0; g0 < group; g0 += kHeadBlock) {
+            const std::size_t heads = std::min(kHeadBlock, group - g0);
+            const float* q = a.queries + order[i] * a.query_row_stride + (kv_head * group + g0) * d_count;
+            float* to = queries + (i - begin) * q_row + g0 * d_count;
+            for (std::size_t d = 0; d < d_count; ++d)
+                for (std::size_t r = 0; r < kHeadBlock; ++r) to[d * kHeadBlock + r] = r < heads ? q[r * d_count + d] : 0.0f;
+        }
+    for (std::size_t first = 0; first <= last_key; first += tile) {
+        const float* keys_t = packed + (first / tile) * tile_floats;
+        const float* values = keys_t + d_count * tile;
+        const std::size_t count = std::min(tile, last_key + 1 - first);
+        // Rows that see this tile: the block is sorted by position, so they are a suffix.
+        std::size_t seen = begin;
+        while (static_cast<std::size_t>(a.positions[order[seen]]) < first) ++seen;
+        const bool more = first + tile <= last_key;
+        const float* next_keys_t = keys_t + tile_floats;
+        const float* next_values = next_keys_t + d_count * tile;
+        // Two passes over the rows (scores and softmax steps of every row, then P.V) so that
+        // each pass holds one half of the tile in L1 (K^T, then V: 4 * tile * head_dim bytes)
+        // next to one row's queries or accumulators; one pass with both halves missed L1.
+        for (std::size_t i = seen; i < end; ++i) {
+            const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
+            const std::size_t visible = std::min(count, position + 1 - first);
+            if (more) prefetch_slice(next_keys_t, d_count * tile, i - seen, end - seen);
+            for (std::size_t g0 = 0; g0 < group; g0 += kHeadBlock) {
+                const std::size_t heads = std::min(kHeadBlock, group - g0);
+                const std::size_t slot = (i - begin) * group + g0;
+                const float* q = queries + (i - begin) * q_row + g0 * d_count;
+                float* head_scores = scores + slot * kScoreStride;
+                switch (heads) {
+                    case 4: tile_scores<4>(q, keys_t, tile, d_count, a.scale, head_scores); break;
+                    case 3: tile_scores<3>(q, keys_t, tile, d_count, a.scale, head_scores); break;
+                    case 2: tile_scores<2>(q, keys_t, tile, d_count, a.scale, head_scores); break;
+                    default: tile_scores<1>(q, keys_t, tile, d_count, a.scale, head_scores); break;
+                }
+                for (std::size_t r = 0; r < heads; ++r)
+                    softmax_step(head_scores + r * kScoreStride, visible, tile, d_count, states[slot + r],
+                                 acc + (slot + r) * d_count);
+            }
+        }
+        for (std::size_t i = seen; i < end; ++i) {
+            const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
+            const std::size_t visible = std::min(count, position + 1 - first);
+            if (more) prefetch_slice(next_values, d_count * tile, i - seen, end - seen);
+            for (std::size_t g0 = 0; g0 < group; g0 += kHeadBlock) {
+                const std::size_t heads = std::min(kHeadBlock, group - g0);
+                const std::size_t slot = (i - begin) * group + g0;
+                const float* p = scores + slot * kScoreStride;
+                float* out = acc + slot * d_count;
+                switch (heads) {
+                    case 4: accumulate_values<4>(p, values, visible, d_count, out); break;
+                    case 3: accumulate_values<3>(p, values, visible, d_count, out); break;
+                    case 2: accumulate_values<2>(p, values, visible, d_count, out); break;
+                    default: accumulate_values<1>(p, values, visible, d_count, out); break;
+                }
+            }
+        }
+    }
+    for (std::size_t i = begin; i < end; ++i)
+        for (std::size_t g = 0; g < group; ++g) {
+            const std::size_t slot = (i - begin) * group + g;
+            const float inverse = 1.0f / xsimd::hadd(F32s::load_unaligned(states[slot].sum));
+            float* out = a.out + order[i] * a.out_row_stride + (kv_head * group + g) * d_count;
+            const float* from = acc + slot * d_count;
+            for (std::size_t d = 0; d < d_count; ++d) out[d] = from[d] * inverse;
+        }
+}
+
+// Waits (yielding: the machine may have more threads than cores) until `counter` reaches `target`.
+void wait_for(const std::atomic<std::size_t>& counter, std::size_t target) {
+    while (counter.load(std::memory_order_acquire) < target) std::this_thread::yield();
 }
 
 void sparse_attention(const kvfuse_attention_args& a) {
+    if (a.rows == 0) return;
     const std::size_t group = a.query_heads / a.kv_heads;
     const std::size_t d_count = a.head_dim;
     // Rows by position, so that a block's rows need about the same key tiles.
@@ -179,67 +303,63 @@ void sparse_attention(const kvfuse_attention_args& a) {
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return a.positions[x] < a.positions[y]; });
     const kvfuse_tuning tuning = detail::current_tuning();
-    const std::size_t tile = detail::attention_key_tile(tuning, d_count), row_block = tuning.attention_row_block;
+    // The tuning allows tiles up to kScoreStride keys; the clamp keeps a wider one from running
+    // the scores of one head into the next (a tile changes speed, never results).
+    const std::size_t tile = std::min(detail::attention_key_tile(tuning, d_count), kScoreStride);
+    const std::size_t row_block = tuning.attention_row_block;
     const std::size_t blocks = (a.rows + row_block - 1) / row_block;
-    const std::size_t tasks = blocks * a.kv_heads;
+    // One KV head at a time, its keys transposed and its values widened ONCE into a packed copy
+    // (tile after tile, K^T then V) that every row block reads in order. Transposing per block
+    // instead repeated the work for each block and read K/V with a 4 KiB stride (one token of one
+    // head per page) that no hardware prefetcher follows: a third of the time went there.
+    const std::size_t key_count = static_cast<std::size_t>(a.positions[order.back()]) + 1;
+    const std::size_t tiles = (key_count + tile - 1) / tile;
+    const std::size_t tile_floats = 2 * d_count * tile;
     double work = 0.0;
     for (std::size_t r = 0; r < a.rows; ++r) work += static_cast<double>(a.positions[r] + 1);
     work *= static_cast<double>(a.query_heads * d_count);
     const bool parallel =
-        work > static_cast<double>(tuning.attention_parallel_work) && tasks > 1 && omp_get_max_threads() > 1;
+        work > static_cast<double>(tuning.attention_parallel_work) && omp_get_max_threads() > 1;
+    // In parallel two packed heads live at a time, so that packing head h + 1 overlaps the last
+    // blocks of h.
+    const std::size_t buffers = parallel ? 2 : 1;
+    const PackedBuffer packed = allocate_packed(buffers * tiles * tile_floats);
+
+    // One ordered list of tasks, per KV head: its packing in chunks of tiles, then its row blocks
+    // (later, longer blocks first). Threads take tasks in order; a block waits only for its head's
+    // packing, a packing chunk only for the blocks of the head that used its buffer before. Per-head barriers (omp for) cost 13 % of the time on a loaded machine: a thread waited
+    // at every head for the other's last block, or for a descheduled thread.
+    constexpr std::size_t kPackChunk = 8;  // tiles per packing task
+    const std::size_t chunks = (tiles + kPackChunk - 1) / kPackChunk, per_head = chunks + blocks;
+    const std::size_t tasks = a.kv_heads * per_head;
+    std::atomic<std::size_t> next_task{0};
+    const std::unique_ptr<std::atomic<std::size_t>[]> packed_chunks(new std::atomic<std::size_t>[a.kv_heads]());
+    const std::unique_ptr<std::atomic<std::size_t>[]> done_blocks(new std::atomic<std::size_t>[a.kv_heads]());
 
 #pragma omp parallel if (parallel)
     {
-        std::vector<float, xsimd::aligned_allocator<float, 64>> keys_t(d_count * tile), values(tile * d_count),
-            scores(4 * tile);
-        std::vector<float> acc(row_block * group * d_count);
+        std::vector<float, xsimd::aligned_allocator<float, 64>> scores(row_block * group * kScoreStride);
+        std::vector<float> queries(row_block * packed_query_floats(group, d_count)), acc(row_block * group * d_count);
         std::vector<RowState> states(row_block * group);
-#pragma omp for schedule(dynamic)
-        for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(tasks); ++task) {
-            // Later (longer) blocks first: better balance under dynamic scheduling.
-            const std::size_t block = blocks - 1 - static_cast<std::size_t>(task) / a.kv_heads;
-            const std::size_t kv_head = static_cast<std::size_t>(task) % a.kv_heads;
-            const std::size_t begin = block * row_block, end = std::min(a.rows, begin + row_block);
-            const std::size_t last_key = static_cast<std::size_t>(a.positions[order[end - 1]]);
-            std::fill(acc.begin(), acc.end(), 0.0f);
-            std::fill(states.begin(), states.end(), RowState{-INFINITY, 0.0f});
-            for (std::size_t first = 0; first <= last_key; first += tile) {
-                const std::size_t count = std::min(tile, last_key + 1 - first);
-                load_tile(a, kv_head, first, count, tile, keys_t.data(), values.data());
-                for (std::size_t i = begin; i < end; ++i) {
-                    const std::size_t position = static_cast<std::size_t>(a.positions[order[i]]);
-                    if (position < first) continue;
-                    const std::size_t visible = std::min(count, position + 1 - first);
-                    // The group's heads in register blocks of up to 4.
-                    for (std::size_t g0 = 0; g0 < group; g0 += 4) {
-                        const std::size_t heads = std::min<std::size_t>(4, group - g0);
-                        const float* q[4];
-                        float* head_scores[4];
-                        float* head_acc[4];
-                        for (std::size_t r = 0; r < heads; ++r) {
-                            const std::size_t h = kv_head * group + g0 + r;
-                            q[r] = a.queries + order[i] * a.query_row_stride + h * d_count;
-                            head_scores[r] = scores.data() + r * tile;
-                            head_acc[r] = acc.data() + ((i - begin) * group + g0 + r) * d_count;
-                        }
-                        RowState* head_states = states.data() + (i - begin) * group + g0;
-                        switch (heads) {
-                            case 4: heads_step<4>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
-                            case 3: heads_step<3>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
-                            case 2: heads_step<2>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
-                            default: heads_step<1>(q, keys_t.data(), values.data(), visible, tile, d_count, a.scale, head_scores, head_states, head_acc); break;
-                        }
-                    }
+        for (std::size_t task; (task = next_task.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
+            const std::size_t kv_head = task / per_head, step = task % per_head;
+            float* buffer = packed.get() + (kv_head % buffers) * tiles * tile_floats;
+            if (step < chunks) {
+                if (kv_head >= buffers) wait_for(done_blocks[kv_head - buffers], blocks);
+                for (std::size_t t = step * kPackChunk; t < std::min(tiles, (step + 1) * kPackChunk); ++t) {
+                    const std::size_t first = t * tile;
+                    float* at = buffer + t * tile_floats;
+                    load_tile(a, kv_head, first, std::min(tile, key_count - first), tile, at, at + d_count * tile);
                 }
+                packed_chunks[kv_head].fetch_add(1, std::memory_order_release);
+            } else {
+                wait_for(packed_chunks[kv_head], chunks);
+                const std::size_t block = blocks - 1 - (step - chunks);
+                const std::size_t begin = block * row_block, end = std::min(a.rows, begin + row_block);
+                attend_block(a, order, begin, end, kv_head, buffer, tile, queries.data(), scores.data(), acc.data(),
+                             states.data());
+                done_blocks[kv_head].fetch_add(1, std::memory_order_release);
             }
-            for (std::size_t i = begin; i < end; ++i)
-                for (std::size_t g = 0; g < group; ++g) {
-                    const std::size_t slot = (i - begin) * group + g;
-                    const float inverse = 1.0f / states[slot].sum;
-                    float* out = a.out + order[i] * a.out_row_stride + (kv_head * group + g) * d_count;
-                    const float* from = acc.data() + slot * d_count;
-                    for (std::size_t d = 0; d < d_count; ++d) out[d] = from[d] * inverse;
-                }
         }
     }
 }
