@@ -602,9 +602,12 @@ def steps_section(results):
     rows = []
     for line in read_text(os.path.join(results, "steps.tsv")).splitlines():
         parts = line.split("\t")
-        if len(parts) >= 2:
-            rows.append([parts[0], parts[1]] + ([f"`{parts[2]}`"] if len(parts) > 2 else ["-"]))
-    return table(["step", "seconds", "command"], rows) if rows else "Step times were not recorded."
+        # name, wall seconds, CPU seconds, command (older runs: no CPU column).
+        if len(parts) == 4:
+            rows.append([parts[0], parts[1], parts[2], f"`{parts[3]}`"])
+        elif len(parts) == 3:
+            rows.append([parts[0], parts[1], "-", f"`{parts[2]}`"])
+    return table(["step", "wall s", "CPU s", "command"], rows) if rows else "Step times were not recorded."
 
 
 def chart_md(drawn, failed, key, alt, missing):

@@ -4,11 +4,13 @@
 # bench_ttft, and writes docs/PERFORMANCE.md with its charts (docs/perf/*.png) from this run's
 # JSON alone (tools/perf_report.py).
 #
-#   tools/report.sh [--quick] [--out DIR] [--build DIR]
+#   tools/report.sh [--quick] [--out DIR] [--build DIR] [--ttft-rounds N]
 #     --quick      tiny version of everything (small shapes, 1-2 repetitions, the small
 #                  model): a couple of minutes, to test the pipeline; its figures mean nothing
 #     --out DIR    writes DIR/PERFORMANCE.md and DIR/perf/ instead of docs/ (tests use it)
 #     --build DIR  build directory (default build/report)
+#     --ttft-rounds N  every bench_ttft step runs N rounds instead of its budgeted number (1 to
+#                  time the steps, more for a longer and steadier run)
 #
 # Budget of the full run: about 25 minutes on the 2-core development VM (tools/README.md has
 # the measured step times), on top of setup and build (about 4 minutes from scratch): kernel
@@ -27,12 +29,16 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 quick=0
 out=$root/docs
 build=$root/build/report
+ttft_rounds=
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) quick=1; shift ;;
         --out) [[ $# -ge 2 ]] || { echo "report: --out needs a directory" >&2; exit 2; }; out=$2; shift 2 ;;
         --build) [[ $# -ge 2 ]] || { echo "report: --build needs a directory" >&2; exit 2; }; build=$2; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --ttft-rounds)
+            [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || { echo "report: --ttft-rounds needs a positive integer" >&2; exit 2; }
+            ttft_rounds=$2; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "report: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -74,25 +80,38 @@ lscpu_field() { lscpu | sed -n "s/^$1:[[:space:]]*//p" | head -1; }
 
 # --- Steps, each timed; its console output goes to a log next to its JSON ------------------
 : >"$raw/steps.tsv"
+# CPU seconds (user + sys) of every child process so far, from bash's `times`, into REPLY.
+# `times` must run in this shell, not in a pipeline or $(...) subshell that has no children.
+children_cpu() {
+    times >"$raw/.times"
+    REPLY=$(awk 'NR == 2 { gsub(/[ms]/, " "); print $1 * 60 + $2 + $3 * 60 + $4 }' "$raw/.times")
+    rm -f "$raw/.times"
+}
 step() {
     local name=$1 log=$raw/$1.log
     shift
     echo "report: $name ..." >&2
-    local start end
+    local start end cpu_start cpu_end
     start=$(date +%s.%N)
+    children_cpu
+    cpu_start=$REPLY
     if ! "$@" >"$log" 2>&1; then
         echo "report: $name failed; its output is in $log (the previous report is unchanged)" >&2
         tail -5 "$log" >&2
         exit 1
     fi
     end=$(date +%s.%N)
+    children_cpu
+    cpu_end=$REPLY
     # The command as recorded: paths relative to the tree, so the committed file is portable.
     local shown="${*//$root\//}"
     shown="${shown//$out\//}"
     shown="${shown//raw.partial/raw}"
-    local seconds
+    local seconds cpu
     seconds=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", b - a }')
-    printf '%s\t%s\t%s\n' "$name" "$seconds" "$shown" >>"$raw/steps.tsv"
+    # CPU time as well as wall time: on a busy machine the wall time says little about a quiet one.
+    cpu=$(awk -v a="$cpu_start" -v b="$cpu_end" 'BEGIN { printf "%.0f", b - a }')
+    printf '%s\t%s\t%s\t%s\n' "$name" "$seconds" "$cpu" "$shown" >>"$raw/steps.tsv"
     echo "report: $name done in $seconds s" >&2
 }
 
@@ -113,10 +132,10 @@ gbench() {  # gbench NAME REPETITIONS [extra flags...]
     step "$name" "$build/bench/$name" --benchmark_out="$raw/$name.json" --benchmark_out_format=json \
         --benchmark_repetitions="$reps" --benchmark_report_aggregates_only=true "$@"
 }
-ttft() {  # ttft NAME [bench_ttft flags...]
-    local name=$1
-    shift
-    step "$name" env OMP_NUM_THREADS="$threads" "$build/bench/bench_ttft" "$@" \
+ttft() {  # ttft NAME ROUNDS [bench_ttft flags...]
+    local name=$1 rounds=${ttft_rounds:-$2}
+    shift 2
+    step "$name" env OMP_NUM_THREADS="$threads" "$build/bench/bench_ttft" "$@" --rounds="$rounds" \
         --benchmark_out="$raw/$name.json" --benchmark_out_format=json
 }
 
@@ -129,19 +148,21 @@ if [[ $quick -eq 1 ]]; then
     gbench bench_score 1 --benchmark_filter='threads:2'
     gbench bench_tuning 2 "${short[@]}" --benchmark_filter='rope|topk'
     gbench bench_chunk_store 2 "${short[@]}" --benchmark_filter='64tok'
-    ttft ttft_main --size=small --contexts=1024 --ratios=0.05,0.5 --ratio-context=1024 --rounds=1
-    ttft ttft_context_a --size=small --contexts=512,2048 --rounds=1
+    ttft ttft_main 1 --size=small --contexts=1024 --ratios=0.05,0.5 --ratio-context=1024
+    ttft ttft_context_a 1 --size=small --contexts=512,2048
 else
     # The scalar RoPE on the DRAM shapes takes minutes per call for a figure the L2 shapes give.
     gbench bench_rope 5 --benchmark_filter='-scalar/.*/dram'
-    gbench bench_topk 5
+    # Manual time counts only the kernel, but every iteration also runs the baseline (up to 60x
+    # slower): the default 0.5 s of kernel time would cost minutes per benchmark.
+    gbench bench_topk 5 --benchmark_min_time=0.05
     gbench bench_attention 3
     gbench bench_score 5
     gbench bench_tuning 3
     gbench bench_chunk_store 3
-    ttft ttft_main --contexts=4096 --ratios=0.05,0.1,0.25,0.5 --ratio-context=4096 --rounds=3
-    ttft ttft_context_a --contexts=2048,8192 --rounds=3
-    ttft ttft_context_b --contexts=16384 --rounds=1
+    ttft ttft_main 3 --contexts=4096 --ratios=0.05,0.1,0.25,0.5 --ratio-context=4096
+    ttft ttft_context_a 3 --contexts=2048,8192
+    ttft ttft_context_b 1 --contexts=16384
 fi
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$raw/machine.txt"
