@@ -267,7 +267,8 @@ def summary_section(k):
 
     def tuned(pattern):
         names = tune.matching(pattern)
-        return fmt(tune.get(names[0], "x_baseline")) if names else "-"
+        value = tune.get(names[0], "x_baseline") if names else None
+        return f"{value:.2f}" if value is not None else "-"
 
     specs = [
         ("RoPE re-rotation, f32, DRAM", k["bench_rope"], r"^rope/.*/f32/.*/dram/", 2, "GB/s",
@@ -531,7 +532,7 @@ def draw_charts(gnuplot, terminal, charts_dir, k, main, contexts, machine):
             lines = [f"set title {quote('Roofline, 2 threads: ' + title_tail)}",
                      "set logscale xy 2", "set format x '%g'", "set format y '%g'",
                      "set xlabel 'arithmetic intensity (FLOP or int8 OP per byte)'",
-                     "set ylabel 'GFLOP/s (GOP/s for int8 scoring)'", "set key bottom right", "set grid",
+                     "set ylabel 'GFLOP/s (GOP/s for int8 scoring)'", "set key outside right top", "set grid",
                      "set xrange [0.125:2048]", "set samples 400"]
             top = max([v for n, v in ceilings.items() if n != "copy GB/s"] + [max(p[2] for p in points)])
             lines.append(f"set yrange [*:{top * 4}]")
@@ -542,9 +543,12 @@ def draw_charts(gnuplot, terminal, charts_dir, k, main, contexts, machine):
             for (name, peak), color in zip(((n, v) for n, v in ceilings.items() if n != "copy GB/s"), colors):
                 plots.append(f"(({bw} * x) < {peak} ? {bw} * x : {peak}) w l lw 2 dt 2 lc rgb '{color}' "
                              f"t {quote(f'{name} {fmt(peak)}')}")
-            data = "".join(f"{p[1]} {p[2]} {quote(p[0])}\n" for p in points)
-            plots.append("'points.dat' using 1:2 w p pt 7 ps 1.5 lc rgb '#2ca02c' t 'kernels (median)'")
-            plots.append("'points.dat' using 1:2:3 with labels offset 0,1 font ',9' notitle")
+            # One block and one key entry per kernel: text labels collide where kernels sit close.
+            data = "\n\n\n".join(f"{p[1]} {p[2]}" for p in points) + "\n"  # blocks: two blank lines
+            point_types = [7, 5, 9, 11, 13, 15, 4, 6]
+            for i, p in enumerate(points):
+                plots.append(f"'points.dat' index {i} using 1:2 w p pt {point_types[i % len(point_types)]} ps 1.6 "
+                             f"t {quote(f'{p[0]}: {fmt(p[2])}')}")
             script = "\n".join(lines) + "\nplot " + ", \\\n  ".join(plots)
             attempt("roofline", script, {"points.dat": data})
         # TTFT by method: stacked stages.
@@ -567,6 +571,8 @@ def draw_charts(gnuplot, terminal, charts_dir, k, main, contexts, machine):
                 "set logscale xy 2", "set format x '%g'", "set format y '%g'",
                 "set xlabel 'document tokens'", "set ylabel 'TTFT, ms (median)'", "set key top left", "set grid",
                 "set xtics (" + ", ".join(f"'{c.context}' {c.context}" for c in contexts) + ")",
+                # A margin on both sides, or the tic at the range's end can be dropped.
+                f"set xrange [{contexts[0].context / 1.3}:{contexts[-1].context * 1.3}]",
                 "plot " + ", ".join(f"'ctx.dat' using 1:{i + 2} w lp lw 2 pt 7 t {quote(m)}" for i, m in enumerate(methods))])
             attempt("ttft_context", script, {"ctx.dat": data})
         # TTFT by ratio (a3).

@@ -12,11 +12,13 @@
 #     --ttft-rounds N  every bench_ttft step runs N rounds instead of its budgeted number (1 to
 #                  time the steps, more for a longer and steadier run)
 #
-# Budget of the full run: about 25 minutes on the 2-core development VM (tools/README.md has
-# the measured step times), on top of setup and build (about 4 minutes from scratch): kernel
-# benchmarks with 3-5 repetitions about 5, `kvfuse tune` under 1, bench_ttft about 18 (the
-# 8 x 512 + 32 request with the ratio sweep, then 2K and 8K, then 16K with one round: a 16K
-# full prefill alone takes minutes, its attention growing with the square of the length).
+# Budget of the full run: about 25 minutes on a quiet 2-core VM (Zen 3 EPYC, AVX2), on top of
+# setup and build (about 4 minutes from scratch). Estimated from step times measured on a busy
+# machine (load average 5-7, wall time about 2.3x a quiet machine's; tools/README.md): `kvfuse
+# tune` under 1 minute; the kernel benchmarks about 4.5 (3-5 repetitions each); bench_ttft
+# about 19: the 8 x 512 + 32 request with every method and the ratio sweep, 3 rounds (about 5),
+# 2K with 3 rounds (about 1.5), 8K and 16K with 1 round (about 13: one 16K round alone runs
+# about 8 minutes, full prefill's attention growing with the square of the length).
 # Run it on a quiet machine: every other process on it shows up in the figures.
 #
 # Results: DIR/perf/raw/ keeps the run's raw JSON, logs, machine record and step times, next to
@@ -152,7 +154,7 @@ if [[ $quick -eq 1 ]]; then
     ttft ttft_context_a 1 --size=small --contexts=512,2048
 else
     # The scalar RoPE on the DRAM shapes takes minutes per call for a figure the L2 shapes give.
-    gbench bench_rope 5 --benchmark_filter='-scalar/.*/dram'
+    gbench bench_rope 3 --benchmark_filter='-scalar/.*/dram'
     # Manual time counts only the kernel, but every iteration also runs the baseline (up to 60x
     # slower): the default 0.5 s of kernel time would cost minutes per benchmark.
     gbench bench_topk 5 --benchmark_min_time=0.05
@@ -161,8 +163,9 @@ else
     gbench bench_tuning 3
     gbench bench_chunk_store 3
     ttft ttft_main 3 --contexts=4096 --ratios=0.05,0.1,0.25,0.5 --ratio-context=4096
-    ttft ttft_context_a 3 --contexts=2048,8192
-    ttft ttft_context_b 1 --contexts=16384
+    ttft ttft_context_a 3 --contexts=2048
+    # One run for both: 16K's chunk caches extend 8K's instead of being computed again.
+    ttft ttft_context_b 1 --contexts=8192,16384
 fi
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$raw/machine.txt"
