@@ -159,6 +159,14 @@ class PerfReportTest(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn("not a directory", result.stderr)
 
+    def test_report_sh_refuses_bad_arguments_before_doing_anything(self):
+        script = os.path.join(HERE, "..", "tools", "report.sh")
+        for args in (["--bogus"], ["--ttft-rounds", "0"], ["--out"]):
+            result = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=30)
+            self.assertEqual(result.returncode, 2, args)
+            self.assertIn("report:", result.stderr)
+            self.assertNotIn("setup:", result.stdout + result.stderr)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
