@@ -592,12 +592,15 @@ def draw_charts(gnuplot, terminal, charts_dir, k, main, contexts, machine):
 # ---------------------------------------------------------------------------------------------
 # The report
 
-def machine_section(machine, info):
+def machine_section(machine, info, build_type):
     keys = [("date", "date (UTC)"), ("commit", "commit"), ("dirty", "uncommitted changes"), ("cpu", "CPU"),
             ("cores", "cores"), ("caches", "caches"), ("kernel", "kernel"), ("compiler", "compiler"),
             ("openmp threads", "OpenMP threads"), ("tuning profile", "tuning profile"), ("mode", "mode"),
             ("load before", "load average before"), ("load after", "load average after")]
     rows = [[label, machine[key].replace("|", "/")] for key, label in keys if key in machine]
+    if build_type:
+        rows.append(["Google Benchmark library", f"{build_type} build (its own bookkeeping only; the timed code is "
+                     "kvfuse's Release build)"])
     text = table(["", "this run"], rows)
     if info.strip():
         text += "\n\n`kvfuse info`:\n\n```\n" + portable(info.strip()) + "\n```"
@@ -608,12 +611,16 @@ def steps_section(results):
     rows = []
     for line in read_text(os.path.join(results, "steps.tsv")).splitlines():
         parts = line.split("\t")
-        # name, wall seconds, CPU seconds, command (older runs: no CPU column).
-        if len(parts) == 4:
-            rows.append([parts[0], parts[1], parts[2], f"`{parts[3]}`"])
+        # name, wall seconds, CPU seconds, load average at the end, command; older runs lack the
+        # load (4 fields) or the CPU time too (3 fields).
+        if len(parts) == 5:
+            rows.append([parts[0], parts[1], parts[2], parts[3], f"`{parts[4]}`"])
+        elif len(parts) == 4:
+            rows.append([parts[0], parts[1], parts[2], "-", f"`{parts[3]}`"])
         elif len(parts) == 3:
-            rows.append([parts[0], parts[1], "-", f"`{parts[2]}`"])
-    return table(["step", "wall s", "CPU s", "command"], rows) if rows else "Step times were not recorded."
+            rows.append([parts[0], parts[1], "-", "-", f"`{parts[2]}`"])
+    return (table(["step", "wall s", "CPU s", "load average at its end", "command"], rows) if rows
+            else "Step times were not recorded.")
 
 
 def chart_md(drawn, failed, key, alt, missing):
@@ -630,7 +637,8 @@ def build(results, template_path, out_dir, charts):
     main, contexts = read_ttft(results)
 
     values = {
-        "machine": machine_section(machine, read_text(os.path.join(results, "kvfuse_info.txt"))),
+        "machine": machine_section(machine, read_text(os.path.join(results, "kvfuse_info.txt")),
+                                   kernels["bench_rope"].context.get("library_build_type")),
         "steps": steps_section(results),
         "summary": summary_section(kernels),
         "rope": rope_section(kernels["bench_rope"]),

@@ -113,7 +113,8 @@ step() {
     seconds=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", b - a }')
     # CPU time as well as wall time: on a busy machine the wall time says little about a quiet one.
     cpu=$(awk -v a="$cpu_start" -v b="$cpu_end" 'BEGIN { printf "%.0f", b - a }')
-    printf '%s\t%s\t%s\t%s\n' "$name" "$seconds" "$cpu" "$shown" >>"$raw/steps.tsv"
+    # The 1-minute load average at the step's end: how busy the machine was while it ran.
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$seconds" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)" "$shown" >>"$raw/steps.tsv"
     echo "report: $name done in $seconds s" >&2
 }
 
