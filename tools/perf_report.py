@@ -565,11 +565,13 @@ def draw_charts(gnuplot, terminal, charts_dir, k, main, contexts, machine):
         # TTFT by context length.
         if len(contexts) >= 2:
             methods = [m for m in MAIN_METHODS if all(m in c.methods for c in contexts)]
-            data = "".join(f"{c.context} " + " ".join(f"{c.v(m, 'ms'):.6g}" for m in methods) + "\n" for c in contexts)
+            # Seconds on a base-10 axis: spanning seconds to minutes, ms in powers of 2 read badly.
+            data = "".join(f"{c.context} " + " ".join(f"{c.v(m, 'ms') / 1e3:.6g}" for m in methods) + "\n"
+                           for c in contexts)
             script = "\n".join([
                 f"set title {quote('TTFT by context length (+ 32-token question): ' + title_tail)}",
-                "set logscale xy 2", "set format x '%g'", "set format y '%g'",
-                "set xlabel 'document tokens'", "set ylabel 'TTFT, ms (median)'", "set key top left", "set grid",
+                "set logscale x 2", "set logscale y 10", "set format x '%g'", "set format y '%g'",
+                "set xlabel 'document tokens'", "set ylabel 'TTFT, s (median)'", "set key top left", "set grid",
                 "set xtics (" + ", ".join(f"'{c.context}' {c.context}" for c in contexts) + ")",
                 # A margin on both sides, or the tic at the range's end can be dropped.
                 f"set xrange [{contexts[0].context / 1.3}:{contexts[-1].context * 1.3}]",
