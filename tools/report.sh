@@ -14,11 +14,11 @@
 #
 # Budget of the full run: about 25 minutes on a quiet 2-core VM (Zen 3 EPYC, AVX2), on top of
 # setup and build (about 4 minutes from scratch). Estimated from step times measured on a busy
-# machine (load average 5-7, wall time about 2.3x a quiet machine's; tools/README.md): `kvfuse
-# tune` under 1 minute; the kernel benchmarks about 4.5 (3-5 repetitions each); bench_ttft
-# about 19: the 8 x 512 + 32 request with every method and the ratio sweep, 3 rounds (about 5),
-# 2K with 3 rounds (about 1.5), 8K and 16K with 1 round (about 13: one 16K round alone runs
-# about 8 minutes, full prefill's attention growing with the square of the length).
+# machine (load average 5-7, wall times about 2x a quiet machine's; table in tools/README.md):
+# `kvfuse tune` under 1 minute; the kernel benchmarks about 4 (3-5 repetitions each);
+# bench_ttft about 18: the 8 x 512 + 32 request with every method and the ratio sweep, 3 rounds
+# (about 5.5), 2K with 3 rounds (about 1.5), 8K and 16K with 1 round (about 11: one 16K round
+# alone runs about 7 minutes, full prefill's attention growing with the square of the length).
 # Run it on a quiet machine: every other process on it shows up in the figures.
 #
 # Results: DIR/perf/raw/ keeps the run's raw JSON, logs, machine record and step times, next to
