@@ -63,7 +63,9 @@ class PerfReportTest(unittest.TestCase):
                 "| ratio | recompute | TTFT ms | x full |",
                 "| document tokens | T | rounds | full ms (x full) |",
                 "| document tokens | tokens/s | dense GFLOP/s | dense % of peak |",
-                "| kernel (2 threads) | FLOP (OP) per byte | GFLOP/s (GOP/s) |"):
+                "| kernel (2 threads) | FLOP (OP) per byte | GFLOP/s (GOP/s) |",
+                "| step | wall s | CPU s | load average at its end | command |",
+                "| tune | "):
             self.assertIn(header, text)
         for method in ("full", "reuse", "epic", "cacheblend", "a3"):
             self.assertRegex(text, rf"\n\| {method} \| ")
