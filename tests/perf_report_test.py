@@ -65,6 +65,7 @@ class PerfReportTest(unittest.TestCase):
                 "| document tokens | tokens/s | dense GFLOP/s | dense % of peak |",
                 "| kernel (2 threads) | FLOP (OP) per byte | GFLOP/s (GOP/s) |",
                 "| step | wall s | CPU s | load average at its end | command |",
+                "| target (issues 2, 3, 6) | this run |  |",
                 "| tune | "):
             self.assertIn(header, text)
         for method in ("full", "reuse", "epic", "cacheblend", "a3"):

@@ -297,6 +297,44 @@ def summary_section(k):
     return table(["kernel", "benchmark", "figure", "% of roofline", "x baseline", "tuned ÷ default", "threads"], rows)
 
 
+def targets_section(k, main):
+    """The issues' targets (goals, written here) against this run's figures (read from the JSON)."""
+    rows = []
+
+    def add(goal, value, shown, ok):
+        rows.append([goal, shown if value is not None else "not measured",
+                     "-" if value is None else ("met" if ok(value) else "missed")])
+
+    rope, topk, att, score = k["bench_rope"], k["bench_topk"], k["bench_attention"], k["bench_score"]
+    for dtype in ("f32", "bf16"):
+        for threads in (1, 2):
+            n = headline(rope, rf"^rope/.*/{dtype}/.*/dram/", threads)
+            v = 100 * rope.need(n, "x_baseline") if n else None
+            add(f"RoPE {dtype} out of cache, {threads} thread(s): ≥ 80 % of the copy bandwidth", v, pct(v),
+                lambda x: x >= 80)
+    n = headline(topk, r"^topk/.*/k:19660/vs:nth_element", 1)
+    v = topk.need(n, "x_baseline") if n else None
+    add("top-k, k = 15 %: ≥ 20× `std::nth_element`", v, f"{fmt(v)}×" if v else "", lambda x: x >= 20)
+    t_us = None
+    if n:
+        row = topk.rows[n]
+        scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6}.get(row.get("time_unit", "ns"), 1e-3)
+        t_us = float(row["real_time"]) * scale
+    add("top-k, N = 131072, k = 15 %: ≤ 25 µs", t_us, f"{fmt(t_us)} µs" if t_us else "", lambda x: x <= 25)
+    n = headline(att, r"^attention/.*/f32/", 2)
+    v = att.get(n, "pct_peak") if n else None
+    add("sparse attention f32, 2 threads: ≥ 50 % of the FMA peak", v, pct(v), lambda x: x >= 50)
+    n = headline(score, r"^a3_relevance/.*/int8_", 2)
+    v = score.get(n, "pct_int8_peak") if n else None
+    add("scoring int8, 2 threads: ≥ 50 % of the int8 peak", v, pct(v), lambda x: x >= 50)
+    v = score.need(n, "x_baseline") if n else None
+    add("scoring int8, 2 threads: ≥ 3× the f32 path", v, f"{fmt(v)}×" if v else "", lambda x: x >= 3)
+    v = main.x("a3") if "a3" in main.methods else None
+    add(f"TTFT, a3 at r = 0.15, {main.context} document tokens: ≥ {A3_TARGET_X}× full prefill", v,
+        f"{v:.2f}×" if v else "", lambda x: x >= A3_TARGET_X)
+    return table(["target (issues 2, 3, 6)", "this run", ""], rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # Roofline chart: every point from this run's rates; arithmetic intensity from each benchmark's
 # shape (work over the minimum bytes it must move: every input read once, every output written).
@@ -643,6 +681,7 @@ def build(results, template_path, out_dir, charts):
                                    kernels["bench_rope"].context.get("library_build_type")),
         "steps": steps_section(results),
         "summary": summary_section(kernels),
+        "targets": targets_section(kernels, main),
         "rope": rope_section(kernels["bench_rope"]),
         "topk": topk_section(kernels["bench_topk"]),
         "attention": attention_section(kernels["bench_attention"]),
