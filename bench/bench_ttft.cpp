@@ -18,6 +18,7 @@
 //                   recompute, logits; `other` = TTFT - their sum: embedding, allocation)
 //   <m>_dense_ms    of the TTFT, the time inside the model's dense layers (all stages)
 //   <m>_recompute   rows pushed through layers / (layers x T)
+//   <m>_ratio       the selection ratio (cacheblend and a3 variants only)
 //   full_tokens_per_s         T / full prefill TTFT
 //   dense_GFLOP/s, dense_pct_peak   the dense layers (Q/K/V/O projections, MLP, logits, with
 //       their norms, RoPE and SiLU) inside full prefill, timed at the model interface, against
@@ -435,6 +436,8 @@ void ttft_bench(benchmark::State& state, int context) {
         state.counters[m + "_ms"] = r.ttft_ms;
         if (i > 0) state.counters[m + "_x"] = r.x_full;
         state.counters[m + "_recompute"] = r.recompute;
+        // The ratio only where the method selects by it, so the report needs no copy of kMainRatio.
+        if (r.variant.method == Method::cacheblend || r.variant.method == Method::a3) state.counters[m + "_ratio"] = r.variant.ratio;
         state.counters[m + "_load_ms"] = r.stages.kv_load;
         state.counters[m + "_rotate_ms"] = r.stages.rerotate;
         state.counters[m + "_full_layers_ms"] = r.stages.full_layers;

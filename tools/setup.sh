@@ -2,13 +2,20 @@
 # Installs the Debian 12 packages kvfuse needs that this machine lacks.
 #   tools/setup.sh          packages to build, run the demo and run the native tests
 #   tools/setup.sh --cross  also the AArch64 cross compiler and qemu-user (NEON test lane)
+#   tools/setup.sh --report also gnuplot, for the charts of tools/report.sh
+# Flags combine (`--cross --report`); an unknown flag is an error, so a typo installs nothing.
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config python3 libxsimd-dev libhwloc-dev libopenblas-openmp-dev
           libcli11-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev libssl-dev libxxhash-dev)
-if [[ "${1:-}" == "--cross" ]]; then
-    packages+=(g++-aarch64-linux-gnu qemu-user binutils)
-fi
+for flag in "$@"; do
+    case "$flag" in
+        --cross) packages+=(g++-aarch64-linux-gnu qemu-user binutils) ;;
+        # -nox: the report draws PNGs through cairo and needs no X11 or Qt.
+        --report) packages+=(gnuplot-nox) ;;
+        *) echo "setup: unknown flag '$flag' (known: --cross, --report)" >&2; exit 2 ;;
+    esac
+done
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""ctest `perf_report`: tools/perf_report.py on recorded JSON, no benchmark run.
+
+The fixtures in tests/data/perf_report/ are a real `tools/report.sh --quick` run, trimmed (fewer
+benchmarks and aggregates; the `mean` rows of bench_rope.json doubled, so that taking the mean
+instead of the median shows), so their format is exactly what the benchmarks write. Checks that
+the report has every table with figures taken from the JSON, that charts are drawn when gnuplot
+exists (skipped otherwise) and that the tables are still written without it, and that bad input
+fails with one clear line, a non-zero status, and no file replaced.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GENERATOR = os.path.join(HERE, "..", "tools", "perf_report.py")
+FIXTURES = os.path.join(HERE, "data", "perf_report")
+
+
+def run(results, out, *extra, env=None):
+    return subprocess.run([sys.executable, GENERATOR, "--results", results, "--out", out, *extra],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+class PerfReportTest(unittest.TestCase):
+    def setUp(self):
+        self.temp = tempfile.mkdtemp(prefix="perf-report-test-")
+        self.results = os.path.join(self.temp, "raw")
+        shutil.copytree(FIXTURES, self.results)
+        self.out = os.path.join(self.temp, "out")
+
+    def tearDown(self):
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def report(self):
+        with open(os.path.join(self.out, "PERFORMANCE.md"), encoding="utf-8") as handle:
+            return handle.read()
+
+    def counter(self, name, benchmark_prefix, counter):
+        with open(os.path.join(self.results, name), encoding="utf-8") as handle:
+            for row in json.load(handle)["benchmarks"]:
+                if row["name"].startswith(benchmark_prefix):
+                    return row[counter]
+        raise KeyError(benchmark_prefix)
+
+    def test_tables_from_the_json(self):
+        result = run(self.results, self.out, "--no-charts")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        text = self.report()
+        self.assertNotIn("{{", text)
+        for header in (
+                "| kernel | benchmark | figure | % of roofline | x baseline | tuned ÷ default | threads |",
+                "| benchmark | median time | GB/s | copy GB/s | % of copy |",
+                "| benchmark | median time | Mscores/s | baseline Mscores/s | x baseline |",
+                "| benchmark | median time | GFLOP/s | FMA peak GFLOP/s | % of peak | reference GFLOP/s | x reference |",
+                "| benchmark | median time | GOP/s | int8 peak GOP/s | % of int8 peak | f32 GOP/s | x f32 |",
+                "| benchmark | median time (tuned) | tuned | default | tuned ÷ default speed |",
+                "| method | ratio | recompute | TTFT ms | x full | load ms | rotate ms | full layers ms |",
+                "| ratio | recompute | TTFT ms | x full |",
+                "| document tokens | T | rounds | full ms (x full) |",
+                "| document tokens | tokens/s | dense GFLOP/s | dense % of peak |",
+                "| kernel (2 threads) | FLOP (OP) per byte | GFLOP/s (GOP/s) |",
+                "| step | wall s | CPU s | load average at its end | command |",
+                "| target (issues 2, 3, 6) | this run |  |",
+                "| tune | "):
+            self.assertIn(header, text)
+        for method in ("full", "reuse", "epic", "cacheblend", "a3"):
+            self.assertRegex(text, rf"\n\| {method} \| ")
+        # Figures are this run's: the a3 TTFT and the attention rate as the JSON has them.
+        a3_ms = self.counter("ttft_main.json", "ttft/ctx:1024", "a3_ms")
+        self.assertIn(f"| {a3_ms:.0f} |", text)
+        gflops = self.counter("bench_attention.json", "attention/avx2/f32", "GFLOP/s")
+        self.assertIn(f"| {gflops:.1f} |", text)
+        # The median of the repetitions, not the mean listed before it in the file.
+        median = self.counter("bench_rope.json", "rope/avx2/f32/32768x8x128/dram/threads:2/iterations:30/manual_time_median", "GB/s")
+        self.assertIn(f"| {median:.1f} |", text)
+        # Every context length of both files, the quick-mode warning, no absolute result paths.
+        for context in ("512", "1024", "2048"):
+            self.assertRegex(text, rf"\n\| {context} \| \d+ \| 1 \| ")
+        self.assertIn("quick pipeline check", text)
+        self.assertNotIn("raw.partial", text)
+        self.assertIn("charts not requested", text)
+
+    def test_charts(self):
+        if shutil.which("gnuplot") is None:
+            self.skipTest("gnuplot not installed (tools/setup.sh --report)")
+        result = run(self.results, self.out)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        text = self.report()
+        for chart in ("roofline", "ttft_methods", "ttft_context", "ttft_ratio"):
+            self.assertIn(f"(perf/{chart}.png)", text)
+            with open(os.path.join(self.out, "perf", chart + ".png"), "rb") as handle:
+                self.assertEqual(handle.read(8), b"\x89PNG\r\n\x1a\n")
+        self.assertEqual([f for f in os.listdir(os.path.join(self.out, "perf")) if ".tmp" in f], [])
+
+    def test_without_gnuplot_the_tables_are_still_written(self):
+        env = dict(os.environ, PATH=self.temp)  # a PATH where no gnuplot can be found
+        result = run(self.results, self.out, env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("gnuplot not found", result.stderr)
+        text = self.report()
+        self.assertIn("No chart: gnuplot not found", text)
+        self.assertIn("| method | ratio | recompute | TTFT ms |", text)
+
+    def expect_failure(self, message):
+        os.makedirs(self.out, exist_ok=True)
+        previous = os.path.join(self.out, "PERFORMANCE.md")
+        with open(previous, "w", encoding="utf-8") as handle:
+            handle.write("the previous report\n")
+        result = run(self.results, self.out)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn(message, result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertEqual(self.report(), "the previous report\n")
+        self.assertFalse(os.path.exists(os.path.join(self.out, "perf")), "charts drawn from bad input")
+
+    def test_missing_file(self):
+        os.remove(os.path.join(self.results, "bench_topk.json"))
+        self.expect_failure("bench_topk.json: missing")
+
+    def test_truncated_json(self):
+        path = os.path.join(self.results, "bench_score.json")
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text[: len(text) // 2])
+        self.expect_failure("bench_score.json: not readable JSON")
+
+    def test_not_benchmark_json(self):
+        with open(os.path.join(self.results, "ttft_main.json"), "w", encoding="utf-8") as handle:
+            json.dump({"hello": 1}, handle)
+        self.expect_failure("not Google Benchmark JSON")
+
+    def test_missing_counter(self):
+        path = os.path.join(self.results, "bench_attention.json")
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        del data["benchmarks"][0]["x_reference"]
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        self.expect_failure("lacks counter 'x_reference'")
+
+    def test_missing_machine_record(self):
+        os.remove(os.path.join(self.results, "machine.txt"))
+        self.expect_failure("machine.txt")
+
+    def test_unknown_placeholder(self):
+        template = os.path.join(self.temp, "template.md")
+        with open(template, "w", encoding="utf-8") as handle:
+            handle.write("# x\n{{summary}}\n{{no_such_table}}\n")
+        result = run(self.results, self.out, "--template", template)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("no_such_table", result.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.out, "PERFORMANCE.md")))
+
+    def test_results_directory_missing(self):
+        result = run(os.path.join(self.temp, "nowhere"), self.out)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("not a directory", result.stderr)
+
+    def test_report_sh_refuses_bad_arguments_before_doing_anything(self):
+        script = os.path.join(HERE, "..", "tools", "report.sh")
+        for args in (["--bogus"], ["--ttft-rounds", "0"], ["--out"]):
+            result = subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=30)
+            self.assertEqual(result.returncode, 2, args)
+            self.assertIn("report:", result.stderr)
+            self.assertNotIn("setup:", result.stdout + result.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

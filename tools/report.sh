@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# The performance report in one command: installs what is missing (gnuplot included), builds
+# Release with the benchmarks, records the machine, runs every kernel benchmark, bench_tuning and
+# bench_ttft, and writes docs/PERFORMANCE.md with its charts (docs/perf/*.png) from this run's
+# JSON alone (tools/perf_report.py).
+#
+#   tools/report.sh [--quick] [--out DIR] [--build DIR] [--ttft-rounds N]
+#     --quick      tiny version of everything (small shapes, 1-2 repetitions, the small
+#                  model): a couple of minutes, to test the pipeline; its figures mean nothing
+#     --out DIR    writes DIR/PERFORMANCE.md and DIR/perf/ instead of docs/ (tests use it)
+#     --build DIR  build directory (default build/report)
+#     --ttft-rounds N  every bench_ttft step runs N rounds instead of its budgeted number (1 to
+#                  time the steps, more for a longer and steadier run)
+#
+# Budget of the full run: about 25 minutes on a quiet 2-core VM (Zen 3 EPYC, AVX2), on top of
+# setup and build (about 4 minutes from scratch). Estimated from step times measured on a busy
+# machine (load average 5-7, wall times about 2x a quiet machine's; table in tools/README.md):
+# `kvfuse tune` under 1 minute; the kernel benchmarks about 4 (3-5 repetitions each);
+# bench_ttft about 18: the 8 x 512 + 32 request with every method and the ratio sweep, 3 rounds
+# (about 5.5), 2K with 3 rounds (about 1.5), 8K and 16K with 1 round (about 11: one 16K round
+# alone runs about 7 minutes, full prefill's attention growing with the square of the length).
+# Run it on a quiet machine: every other process on it shows up in the figures.
+#
+# Results: DIR/perf/raw/ keeps the run's raw JSON, logs, machine record and step times, next to
+# the report that was made from them (committed with it, so every figure can be traced). The run
+# writes into DIR/perf/raw.partial and replaces raw/ only once the report is written: a failed
+# or interrupted run leaves the previous report and its data as they were.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+quick=0
+out=$root/docs
+build=$root/build/report
+ttft_rounds=
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) quick=1; shift ;;
+        --out) [[ $# -ge 2 ]] || { echo "report: --out needs a directory" >&2; exit 2; }; out=$2; shift 2 ;;
+        --build) [[ $# -ge 2 ]] || { echo "report: --build needs a directory" >&2; exit 2; }; build=$2; shift 2 ;;
+        --ttft-rounds)
+            [[ $# -ge 2 && $2 =~ ^[1-9][0-9]*$ ]] || { echo "report: --ttft-rounds needs a positive integer" >&2; exit 2; }
+            ttft_rounds=$2; shift 2 ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "report: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+"$root/tools/setup.sh" --report
+
+# Tests off: the report needs only the benchmarks and the CLI (for `kvfuse tune` and the model).
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVFUSE_BUILD_BENCH=ON \
+      -DKVFUSE_BUILD_TESTS=OFF -DKVFUSE_BUILD_DRIVER=ON >/dev/null
+benches=(bench_rope bench_topk bench_attention bench_score bench_tuning bench_chunk_store bench_ttft)
+cmake --build "$build" -j "$(nproc)" --target kvfuse_cli "${benches[@]}"
+
+raw=$out/perf/raw.partial
+rm -rf "$raw"
+mkdir -p "$raw"
+kvfuse=$build/driver/kvfuse
+threads=$(nproc)
+
+# --- The machine and the tree, recorded before anything runs -------------------------------
+dirty=$(git -C "$root" status --porcelain 2>/dev/null | wc -l)
+compiler=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$build/CMakeCache.txt")
+lscpu_field() { lscpu | sed -n "s/^$1:[[:space:]]*//p" | head -1; }
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
+    if [[ $dirty -eq 0 ]]; then echo "dirty: no"; else echo "dirty: yes ($dirty files changed or untracked)"; fi
+    echo "cpu: $(lscpu_field 'Model name') (family $(lscpu_field 'CPU family'), model $(lscpu_field 'Model'))"
+    echo "cores: $threads online; $(lscpu_field 'Core(s) per socket') per socket, $(lscpu_field 'Thread(s) per core') thread(s) per core"
+    echo "caches: L1d $(lscpu_field 'L1d cache'), L2 $(lscpu_field 'L2 cache'), L3 $(lscpu_field 'L3 cache')"
+    echo "kernel: $(uname -sr)"
+    echo "compiler: $("${compiler:-c++}" --version | head -1)"
+    echo "openmp threads: $threads (bench_ttft); the kernel benchmarks set 1 or 2 themselves"
+    echo "tuning profile: made by \`kvfuse tune$([[ $quick -eq 1 ]] && echo ' --quick')\` at the start of this run (perf/raw/profile.json)"
+    echo "mode: $([[ $quick -eq 1 ]] && echo quick || echo full)"
+    echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$raw/machine.txt"
+
+# --- Steps, each timed; its console output goes to a log next to its JSON ------------------
+: >"$raw/steps.tsv"
+# CPU seconds (user + sys) of every child process so far, from bash's `times`, into REPLY.
+# `times` must run in this shell, not in a pipeline or $(...) subshell that has no children.
+children_cpu() {
+    times >"$raw/.times"
+    REPLY=$(awk 'NR == 2 { gsub(/[ms]/, " "); print $1 * 60 + $2 + $3 * 60 + $4 }' "$raw/.times")
+    rm -f "$raw/.times"
+}
+step() {
+    local name=$1 log=$raw/$1.log
+    shift
+    echo "report: $name ..." >&2
+    local start end cpu_start cpu_end
+    start=$(date +%s.%N)
+    children_cpu
+    cpu_start=$REPLY
+    if ! "$@" >"$log" 2>&1; then
+        echo "report: $name failed; its output is in $log (the previous report is unchanged)" >&2
+        tail -5 "$log" >&2
+        exit 1
+    fi
+    end=$(date +%s.%N)
+    children_cpu
+    cpu_end=$REPLY
+    # The command as recorded: paths relative to the tree, so the committed file is portable.
+    local shown="${*//$root\//}"
+    shown="${shown//$out\//}"
+    shown="${shown//raw.partial/raw}"
+    local seconds cpu
+    seconds=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.0f", b - a }')
+    # CPU time as well as wall time: on a busy machine the wall time says little about a quiet one.
+    cpu=$(awk -v a="$cpu_start" -v b="$cpu_end" 'BEGIN { printf "%.0f", b - a }')
+    # The 1-minute load average at the step's end: how busy the machine was while it ran.
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$seconds" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)" "$shown" >>"$raw/steps.tsv"
+    echo "report: $name done in $seconds s" >&2
+}
+
+if [[ $quick -eq 1 ]]; then
+    step tune "$kvfuse" tune --quick --out "$raw/profile.json"
+else
+    step tune "$kvfuse" tune --out "$raw/profile.json"
+fi
+# Every benchmark below runs with the profile just made: the figures are this machine's, tuned.
+export KVFUSE_PROFILE=$raw/profile.json
+"$kvfuse" info | sed "s|$root/||g" >"$raw/kvfuse_info.txt"
+
+# Google Benchmark's JSON with the median aggregate of each benchmark (repetitions) or, where a
+# benchmark fixes its iterations and one run is long, the run itself.
+gbench() {  # gbench NAME REPETITIONS [extra flags...]
+    local name=$1 reps=$2
+    shift 2
+    step "$name" "$build/bench/$name" --benchmark_out="$raw/$name.json" --benchmark_out_format=json \
+        --benchmark_repetitions="$reps" --benchmark_report_aggregates_only=true "$@"
+}
+ttft() {  # ttft NAME ROUNDS [bench_ttft flags...]
+    local name=$1 rounds=${ttft_rounds:-$2}
+    shift 2
+    step "$name" env OMP_NUM_THREADS="$threads" "$build/bench/bench_ttft" "$@" --rounds="$rounds" \
+        --benchmark_out="$raw/$name.json" --benchmark_out_format=json
+}
+
+if [[ $quick -eq 1 ]]; then
+    # Enough of every benchmark for the generator to see each table's real format.
+    short=(--benchmark_min_time=0.01)
+    gbench bench_rope 2 "${short[@]}" --benchmark_filter='-scalar|bf16'
+    gbench bench_topk 2 "${short[@]}" --benchmark_filter='-scalar|k:1310/'
+    gbench bench_attention 1 --benchmark_filter='f32/.*threads:2'
+    gbench bench_score 1 --benchmark_filter='threads:2'
+    gbench bench_tuning 2 "${short[@]}" --benchmark_filter='rope|topk'
+    gbench bench_chunk_store 2 "${short[@]}" --benchmark_filter='64tok'
+    ttft ttft_main 1 --size=small --contexts=1024 --ratios=0.05,0.5 --ratio-context=1024
+    ttft ttft_context_a 1 --size=small --contexts=512,2048
+else
+    # The scalar RoPE on the DRAM shapes takes minutes per call for a figure the L2 shapes give.
+    gbench bench_rope 3 --benchmark_filter='-scalar/.*/dram'
+    # Manual time counts only the kernel, but every iteration also runs the baseline (up to 60x
+    # slower): the default 0.5 s of kernel time would cost minutes per benchmark.
+    gbench bench_topk 5 --benchmark_min_time=0.05
+    gbench bench_attention 3
+    gbench bench_score 5
+    gbench bench_tuning 3
+    gbench bench_chunk_store 3
+    ttft ttft_main 3 --contexts=4096 --ratios=0.05,0.1,0.25,0.5 --ratio-context=4096
+    ttft ttft_context_a 3 --contexts=2048
+    # One run for both: 16K's chunk caches extend 8K's instead of being computed again.
+    ttft ttft_context_b 1 --contexts=8192,16384
+fi
+
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$raw/machine.txt"
+
+echo "report: writing $out/PERFORMANCE.md" >&2
+python3 "$root/tools/perf_report.py" --results "$raw" --out "$out"
+rm -rf "$out/perf/raw"
+mv "$raw" "$out/perf/raw"
+echo "report: done: $out/PERFORMANCE.md, charts in $out/perf/, raw data in $out/perf/raw/" >&2
