@@ -8,7 +8,8 @@
 // bench_chunk_store, docs/STORE.md).
 //
 // One benchmark per context length N (`ttft/ctx:N`). Each iteration is one round that runs
-// full prefill, reuse, epic, cacheblend and a3 (ratio 0.15), plus a3 at the --ratios at the
+// full prefill, reuse, epic, cacheblend, a3 (ratio 0.15) and a3-pipelined (the same with
+// pipelined loading: FusionOptions::pipelined_loading), plus a3 at the --ratios at the
 // ratio-sweep context, back to back, starting at a different method each round; the
 // counters are per-method medians over the rounds, so every speed-up is measured under the
 // same noise as its reference. The benchmark's own time is the round's wall time.
@@ -19,6 +20,8 @@
 //   <m>_dense_ms    of the TTFT, the time inside the model's dense layers (all stages)
 //   <m>_recompute   rows pushed through layers / (layers x T)
 //   <m>_ratio       the selection ratio (cacheblend and a3 variants only)
+//   <m>_background_load_ms   a3-pipelined: the loading thread's busy time, overlapped (its
+//                   `load` is the time the layers waited for it)
 //   full_tokens_per_s         T / full prefill TTFT
 //   dense_GFLOP/s, dense_pct_peak   the dense layers (Q/K/V/O projections, MLP, logits, with
 //       their norms, RoPE and SiLU) inside full prefill, timed at the model interface, against
@@ -295,6 +298,7 @@ struct Variant {
     std::string label;
     Method method;
     double ratio;
+    bool pipelined = false;  // FusionOptions::pipelined_loading
 };
 
 struct VariantResult {
@@ -353,7 +357,10 @@ void ttft_bench(benchmark::State& state, int context) {
                                      {"reuse", Method::reuse, kMainRatio},
                                      {"epic", Method::epic, kMainRatio},
                                      {"cacheblend", Method::cacheblend, kMainRatio},
-                                     {"a3", Method::a3, kMainRatio}};
+                                     {"a3", Method::a3, kMainRatio},
+                                     // The same with each layer's stored rows loaded on a thread of
+                                     // its own while the layer before is computed.
+                                     {"a3-pipelined", Method::a3, kMainRatio, true}};
     if (context == f.config.ratio_context)
         for (double r : f.config.ratios) {
             char label[32];
@@ -365,6 +372,7 @@ void ttft_bench(benchmark::State& state, int context) {
         FusionOptions options;
         options.method = v.method;
         options.ratio = v.ratio;
+        options.pipelined_loading = v.pipelined;
         const auto t0 = Clock::now();
         FusionRun run = run_request(*f.timed, request, v.method == Method::full ? std::span<const ChunkKvView>() : views, options);
         const float* last = run.logits.data() + (M - 1) * vocab;
@@ -437,8 +445,11 @@ void ttft_bench(benchmark::State& state, int context) {
         if (i > 0) state.counters[m + "_x"] = r.x_full;
         state.counters[m + "_recompute"] = r.recompute;
         // The ratio only where the method selects by it, so the report needs no copy of kMainRatio.
-        if (r.variant.method == Method::cacheblend || r.variant.method == Method::a3) state.counters[m + "_ratio"] = r.variant.ratio;
+        // (Not for a3-pipelined: the ratio sweep is a3's alone.)
+        if ((r.variant.method == Method::cacheblend || r.variant.method == Method::a3) && !r.variant.pipelined)
+            state.counters[m + "_ratio"] = r.variant.ratio;
         state.counters[m + "_load_ms"] = r.stages.kv_load;
+        if (r.variant.pipelined) state.counters[m + "_background_load_ms"] = r.stages.background_load;
         state.counters[m + "_rotate_ms"] = r.stages.rerotate;
         state.counters[m + "_full_layers_ms"] = r.stages.full_layers;
         state.counters[m + "_select_ms"] = r.stages.selection;
