@@ -24,9 +24,10 @@ set(KVFUSE_ISA_ARCH_neon "xsimd::neon64")
 set(KVFUSE_ISA_FLAGS_neon "")
 
 # Variants: kernels compiled once more for an ISA plus one CPU feature the ISA level does not
-# imply (NEON dotprod). dispatch/ registers a variant over the ISA's own kernel only when
+# imply (NEON dotprod, x86 VNNI). dispatch/ registers a variant over the ISA's own kernel only when
 # cpu_features() reports the feature, so only the dispatch knows the CPU; the kernel source
-# picks the instruction from the compiler's feature macro (__ARM_FEATURE_DOTPROD).
+# picks the instruction from the compiler's feature macro (__ARM_FEATURE_DOTPROD, __AVXVNNI__,
+# __AVX512VNNI__).
 #   KVFUSE_VARIANT_BASE_<v>: the ISA it replaces kernels of; _FEATURE_: the kvfuse_cpu_features
 #   field that must be set; _KERNELS_: which kernels; _FLAGS_: compile flags; _ARCH_: xsimd arch.
 set(KVFUSE_VARIANT_BASE_neon_dotprod neon)
@@ -37,7 +38,19 @@ set(KVFUSE_VARIANT_KERNELS_neon_dotprod score)
 # after the ISAs' in the link, and the linker keeps the first copy, the plain armv8-a one.
 set(KVFUSE_VARIANT_FLAGS_neon_dotprod -march=armv8.2-a+dotprod)
 set(KVFUSE_VARIANT_ARCH_neon_dotprod "xsimd::neon64")
-set(_all_variants neon_dotprod)
+# VNNI: vpdpbusd, four u8 x s8 products summed into each 32-bit lane in one instruction, on
+# ymm (AVX-VNNI, e.g. Alder Lake, Zen 5) or zmm (AVX512-VNNI, Cascade Lake, Zen 4).
+set(KVFUSE_VARIANT_BASE_avx2_vnni avx2)
+set(KVFUSE_VARIANT_FEATURE_avx2_vnni avx_vnni)
+set(KVFUSE_VARIANT_KERNELS_avx2_vnni score)
+set(KVFUSE_VARIANT_FLAGS_avx2_vnni -mavx2 -mfma -mf16c -mavxvnni)
+set(KVFUSE_VARIANT_ARCH_avx2_vnni "xsimd::fma3<xsimd::avx2>")
+set(KVFUSE_VARIANT_BASE_avx512_vnni avx512)
+set(KVFUSE_VARIANT_FEATURE_avx512_vnni avx512_vnni)
+set(KVFUSE_VARIANT_KERNELS_avx512_vnni score)
+set(KVFUSE_VARIANT_FLAGS_avx512_vnni -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mavx2 -mfma -mf16c)
+set(KVFUSE_VARIANT_ARCH_avx512_vnni "xsimd::avx512bw")
+set(_all_variants neon_dotprod avx2_vnni avx512_vnni)
 
 include(CheckCXXCompilerFlag)
 set(_default_variants "")
@@ -50,7 +63,12 @@ foreach(variant IN LISTS _all_variants)
     endif()
   endif()
 endforeach()
-set(KVFUSE_SIMD_VARIANTS "${_default_variants}" CACHE STRING "ISA variants to compile kernels for")
+# "auto" (not the list itself) as the cached default, so that an existing build directory picks
+# up variants added later.
+set(KVFUSE_SIMD_VARIANTS "auto" CACHE STRING "ISA variants to compile kernels for (auto: all the compiler supports)")
+if(KVFUSE_SIMD_VARIANTS STREQUAL "auto")
+  set(KVFUSE_SIMD_VARIANTS "${_default_variants}")
+endif()
 
 # Writes the per-ISA sources into KVFUSE_KERNEL_SOURCES and the registry header.
 function(kvfuse_generate_kernel_sources)

@@ -124,15 +124,17 @@ kvfuse::Status relevance_with(ScoreDot dot, const kvfuse_relevance_args& args) {
     return status;
 }
 
-// The scheme each ISA runs by itself on this CPU: sdot where the CPU has dotprod (the dispatch
-// registers the dotprod build of the kernel); else for int4 the s16 sums of pmaddubsw (x86),
-// else pmaddwd pairs, emulated on NEON.
+// The scheme each ISA runs by itself on this CPU: one instruction per four dimensions where the
+// CPU has it (vpdpbusd with VNNI: AVX-VNNI for avx2, AVX512-VNNI for avx512; sdot with dotprod;
+// the dispatch registers those builds of the kernel only there); else for int4 the s16 sums of
+// pmaddubsw (x86), else pmaddwd pairs, emulated on NEON.
 kvfuse::detail::ScoreDotUsed expected_best_dot(kvfuse::Isa isa, Keys keys) {
     kvfuse_cpu_features cpu{};
     kvfuse_get_cpu_features(&cpu);
     switch (isa) {
         case kvfuse::Isa::avx2:
         case kvfuse::Isa::avx512:
+            if (isa == kvfuse::Isa::avx2 ? cpu.avx_vnni : cpu.avx512_vnni) return {ScoreDot::quads_u8s8, true};
             return {keys == Keys::i4 ? ScoreDot::quads_u8s8_s16 : ScoreDot::pairs_s16, true};
         case kvfuse::Isa::neon:
             if (cpu.arm_dotprod) return {ScoreDot::quads_s8s8, true};
