@@ -74,7 +74,10 @@ constexpr bool kHasSdot =
 
 // The scheme this copy runs unless a test forces another: one instruction per four dimensions
 // where there is one; for int4 without it, `pmaddubsw` with s16 sums still halves the work of
-// `pmaddwd`; for int8 without it, `pmaddwd` (pmaddubsw would saturate on k + 128).
+// `pmaddwd`; for int8 without it, `pmaddwd`. pmaddubsw does not pay for int8: k + 128 as u8
+// saturates a pair sum (2 * 255 * 128 > 32767), and the sign trick (|k| as u8, vpsignb moving
+// k's sign onto q) gets -(-128) wrong for q = -128, which the API accepts, and still needs a
+// pmaddwd to widen after every step: as many multiplies as the pairs.
 constexpr ScoreDot kBestInt8Dot = kHasSdot ? ScoreDot::quads_s8s8 : kHasDpbusd ? ScoreDot::quads_u8s8 : ScoreDot::pairs_s16;
 constexpr ScoreDot kBestInt4Dot = kHasSdot     ? ScoreDot::quads_s8s8
                                   : kHasDpbusd ? ScoreDot::quads_u8s8
