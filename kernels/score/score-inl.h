@@ -129,19 +129,44 @@ template <class V>
 inline V signed_byte(V x, int b) {
     return (x << (24 - 8 * b)) >> 24;
 }
-// Per lane, the sum of the four byte products, u8 x s8 or s8 x s8: the exact result of the
-// byte dot instructions where this ISA lacks them.
+// Per lane, the sum of the four byte products, u8 x s8 or s8 x s8 (x unsigned or not, y
+// signed): the exact result of the byte dot instructions where this ISA lacks them. On x86 the
+// bytes are widened to s16 (even bytes in place, odd bytes shifted down) and summed by two
+// pmaddwd, exact since |255 * 128 * 2| fits s32; 16-bit shifts also keep GCC 12 quiet, whose
+// 32-bit AVX-512 shift intrinsics warn about an uninitialised register. Elsewhere, 32-bit
+// shifts and multiplies.
+template <bool kUnsignedX, class V>
+inline V emulated_dot_bytes(V x, V y) {
+#if defined(__AVX512BW__)
+    if constexpr (V::size == 16) {
+        const __m512i x_even = kUnsignedX ? _mm512_and_si512(x, _mm512_set1_epi16(0x00ff)) : _mm512_srai_epi16(_mm512_slli_epi16(x, 8), 8);
+        const __m512i x_odd = kUnsignedX ? _mm512_srli_epi16(x, 8) : _mm512_srai_epi16(x, 8);
+        const __m512i y_even = _mm512_srai_epi16(_mm512_slli_epi16(y, 8), 8), y_odd = _mm512_srai_epi16(y, 8);
+        return _mm512_add_epi32(_mm512_madd_epi16(x_even, y_even), _mm512_madd_epi16(x_odd, y_odd));
+    } else
+#endif
+#if defined(__AVX2__)
+    if constexpr (V::size == 8) {
+        const __m256i x_even = kUnsignedX ? _mm256_and_si256(x, _mm256_set1_epi16(0x00ff)) : _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8);
+        const __m256i x_odd = kUnsignedX ? _mm256_srli_epi16(x, 8) : _mm256_srai_epi16(x, 8);
+        const __m256i y_even = _mm256_srai_epi16(_mm256_slli_epi16(y, 8), 8), y_odd = _mm256_srai_epi16(y, 8);
+        return _mm256_add_epi32(_mm256_madd_epi16(x_even, y_even), _mm256_madd_epi16(x_odd, y_odd));
+    } else
+#endif
+    {
+        auto x_byte = [&](int b) { return kUnsignedX ? unsigned_byte(x, b) : signed_byte(x, b); };
+        V sum = x_byte(0) * signed_byte(y, 0);
+        for (int b = 1; b < 4; ++b) sum += x_byte(b) * signed_byte(y, b);
+        return sum;
+    }
+}
 template <class V>
 inline V emulated_dot_u8s8(V u, V s) {
-    V sum = unsigned_byte(u, 0) * signed_byte(s, 0);
-    for (int b = 1; b < 4; ++b) sum += unsigned_byte(u, b) * signed_byte(s, b);
-    return sum;
+    return emulated_dot_bytes<true>(u, s);
 }
 template <class V>
 inline V emulated_dot_s8s8(V x, V y) {
-    V sum = signed_byte(x, 0) * signed_byte(y, 0);
-    for (int b = 1; b < 4; ++b) sum += signed_byte(x, b) * signed_byte(y, b);
-    return sum;
+    return emulated_dot_bytes<false>(x, y);
 }
 
 // acc + per lane the four products u8(keys) x s8(queries); `vpdpbusd` never saturates.
