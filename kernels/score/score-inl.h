@@ -294,7 +294,8 @@ inline std::int32_t key_offset(ScoreDot dot, Path path) {
 }
 
 // Key j of KV head kv as s.lanes 32-bit lanes, lane i at out[i * kTile]. Dimensions past the
-// head meet zero query bytes, so what they hold does not matter; they are zero.
+// head (the last pair or quad of an odd head_dim) meet zero query bytes, so what they hold
+// does not matter.
 void encode_key(const kvfuse_relevance_args& a, const Shape& s, Path path, ScoreDot dot, std::size_t j, std::size_t kv,
                 std::int32_t* out) {
     if (path == Path::int8) {
