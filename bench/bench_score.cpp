@@ -2,6 +2,9 @@
 // timed side by side: T = 32768 keys, H = 32, Hkv = 8, D = 128, M = 32 question rows, per
 // ISA, 1 and 2 threads. GOP/s counts 2 operations per multiply-add of the merged-head logits
 // (M x T x H x D of them, the causal mask aside).
+// Each quantized row runs the ISA's own best integer dot scheme; the `[pairs_s16]` rows force
+// the pmaddwd pairs every ISA ran before the byte dot products, for comparison in the same run
+// (the label says which scheme ran and whether through its instruction).
 //   x_baseline: f32 time / quantized time.  pct_int8_peak: against the best int8 dot-product
 //   instruction of that ISA on this CPU, measured in this run (roofline.h; peak_kind says
 //   which).  pct_f32_peak (on the baseline): the f32 path against the FMA peak.
@@ -13,6 +16,7 @@
 #include <vector>
 
 #include "bench_support.h"
+#include "kernels/score/score_dot.h"
 #include "roofline.h"
 #include "kvfuse/kvfuse.hpp"
 
@@ -39,7 +43,7 @@ double fma_peak(int isa, int threads) {
     return cache[key];
 }
 
-void score_bench(benchmark::State& state, kvfuse::Isa isa, int threads, bool int4) {
+void score_bench(benchmark::State& state, kvfuse::Isa isa, int threads, bool int4, kvfuse::detail::ScoreDot dot) {
     if (!kvfuse::bench::force_isa_or_skip(state, static_cast<int>(isa))) return;
     omp_set_num_threads(threads);
     std::mt19937 rng(7);
@@ -73,16 +77,22 @@ void score_bench(benchmark::State& state, kvfuse::Isa isa, int threads, bool int
     f32.queries_f32 = q.data();
     f32.keys_f32 = k.data();
     const double ops = 2.0 * kRows * kTokens * kHeads * kDim;
+    kvfuse::detail::force_score_dot(dot);
     kvfuse::bench::run_side_by_side(
         state, [&] { (void)kvfuse::a3_relevance(int8); }, [&] { (void)kvfuse::a3_relevance(f32); }, ops, "GOP/s", 1e9);
+    kvfuse::detail::force_score_dot(kvfuse::detail::ScoreDot::automatic);
+    const kvfuse::detail::ScoreDotUsed used = kvfuse::detail::last_score_dot();
+    std::string label = std::string("dot: ") + kvfuse::detail::score_dot_name(used.dot) +
+                        (used.hardware ? " (instruction)" : " (emulated)");
     kvfuse::reset_isa();
     const char* kind = "none";
     const double peak = int8_peak(static_cast<int>(isa), threads, &kind);
     if (peak > 0) {
         state.counters["int8_peak_GOP/s"] = peak;
         state.counters["pct_int8_peak"] = 100.0 * state.counters["GOP/s"] / peak;
-        state.SetLabel(std::string("int8 peak: ") + kind);
+        label += std::string("; int8 peak: ") + kind;
     }
+    state.SetLabel(label);
     if (const double f = fma_peak(static_cast<int>(isa), threads); f > 0)
         state.counters["pct_f32_peak"] = 100.0 * state.counters["baseline_GOP/s"] / f;
 }
@@ -93,14 +103,17 @@ int main(int argc, char** argv) {
     for (kvfuse::Isa isa : kvfuse::supported_isas()) {
         if (isa == kvfuse::Isa::scalar) continue;  // the double reference would take minutes per call
         for (int threads : {1, 2})
-            for (bool int4 : {false, true}) {
-                const std::string name = std::string("a3_relevance/") + kvfuse::isa_name(isa) + (int4 ? "/int4" : "/int8") +
-                                         "_vs_f32/T:32768/H:32/Hkv:8/D:128/M:32/threads:" + std::to_string(threads);
-                benchmark::RegisterBenchmark(name.c_str(), score_bench, isa, threads, int4)
-                    ->UseManualTime()
-                    ->Unit(benchmark::kMillisecond)
-                    ->Iterations(3);
-            }
+            for (bool int4 : {false, true})
+                for (auto dot : {kvfuse::detail::ScoreDot::automatic, kvfuse::detail::ScoreDot::pairs_s16}) {
+                    const bool forced = dot != kvfuse::detail::ScoreDot::automatic;
+                    const std::string name = std::string("a3_relevance/") + kvfuse::isa_name(isa) + (int4 ? "/int4" : "/int8") +
+                                             (forced ? "[pairs_s16]" : "") +
+                                             "_vs_f32/T:32768/H:32/Hkv:8/D:128/M:32/threads:" + std::to_string(threads);
+                    benchmark::RegisterBenchmark(name.c_str(), score_bench, isa, threads, int4, dot)
+                        ->UseManualTime()
+                        ->Unit(benchmark::kMillisecond)
+                        ->Iterations(3);
+                }
     }
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -29,6 +29,9 @@ const Tables& tables() {
                 t.compiled[i] = true;
             } else {
                 t.compiled[i] = register_compiled_kernels(isa, t.table[i]);
+                // Kernels built again with a feature beyond the ISA level (dotprod), where
+                // this CPU has it.
+                if (t.compiled[i]) register_compiled_variants(isa, cpu_features(), t.table[i]);
             }
         }
         return t;

@@ -1,5 +1,9 @@
 // A3 relevance on every ISA against reference/ (double), from f32 and from int8 inputs; the
-// int8 quantizers; and how close int8 relevance stays to f32 relevance.
+// int8 quantizers; and how close int8 relevance stays to f32 relevance. Every integer dot
+// scheme (kernels/score/score_dot.h) is forced on every SIMD ISA through the internal hook, so
+// each key layout and offset correction is checked here even where the CPU lacks its
+// instruction (then emulated); which scheme ran, and whether through its instruction, is
+// checked and printed.
 //
 // Bound: relevances are sums of softmax probabilities (each in [0, 1]); f32 logits and a f32
 // softmax keep each within 2e-4 * (1 + value) of the double reference for these sizes.
@@ -11,9 +15,11 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "isa_test_support.h"
+#include "kernels/score/score_dot.h"
 #include "reference/score_reference.h"
 
 namespace {
@@ -91,8 +97,52 @@ kvfuse_relevance_args args_for(const Case& c, const Inputs& in, bool int8, bool 
     return args_for(c, in, int8 ? Keys::i8 : Keys::f32, smoothing, out);
 }
 
-class ScoreTest : public kvfuse::testing::IsaTest {};
+class ScoreTest : public kvfuse::testing::IsaTest {
+   protected:
+    void TearDown() override {
+        kvfuse::detail::force_score_dot(kvfuse::detail::ScoreDot::automatic);
+        IsaTest::TearDown();
+    }
+};
 KVFUSE_INSTANTIATE_ISA_TESTS(ScoreTest);
+
+using kvfuse::detail::ScoreDot;
+
+// The schemes a test can force for these keys (the s16-sum one exists for int4 only).
+std::vector<ScoreDot> dot_schemes(Keys keys) {
+    std::vector<ScoreDot> dots = {ScoreDot::pairs_s16, ScoreDot::quads_u8s8, ScoreDot::quads_s8s8};
+    if (keys == Keys::i4) dots.push_back(ScoreDot::quads_u8s8_s16);
+    return dots;
+}
+
+// Runs the relevance with `dot` forced and checks that it is the scheme that ran.
+kvfuse::Status relevance_with(ScoreDot dot, const kvfuse_relevance_args& args) {
+    kvfuse::detail::force_score_dot(dot);
+    kvfuse::detail::record_score_dot({});
+    const kvfuse::Status status = kvfuse::a3_relevance(args);
+    EXPECT_STREQ(kvfuse::detail::score_dot_name(kvfuse::detail::last_score_dot().dot), kvfuse::detail::score_dot_name(dot));
+    return status;
+}
+
+// The scheme each ISA runs by itself on this CPU: one instruction per four dimensions where the
+// CPU has it (vpdpbusd with VNNI: AVX-VNNI for avx2, AVX512-VNNI for avx512; sdot with dotprod;
+// the dispatch registers those builds of the kernel only there); else for int4 the s16 sums of
+// pmaddubsw (x86), else pmaddwd pairs, emulated on NEON.
+kvfuse::detail::ScoreDotUsed expected_best_dot(kvfuse::Isa isa, Keys keys) {
+    kvfuse_cpu_features cpu{};
+    kvfuse_get_cpu_features(&cpu);
+    switch (isa) {
+        case kvfuse::Isa::avx2:
+        case kvfuse::Isa::avx512:
+            if (isa == kvfuse::Isa::avx2 ? cpu.avx_vnni : cpu.avx512_vnni) return {ScoreDot::quads_u8s8, true};
+            return {keys == Keys::i4 ? ScoreDot::quads_u8s8_s16 : ScoreDot::pairs_s16, true};
+        case kvfuse::Isa::neon:
+            if (cpu.arm_dotprod) return {ScoreDot::quads_s8s8, true};
+            return {ScoreDot::pairs_s16, false};
+        default:
+            return {};  // scalar: the reference, no scheme
+    }
+}
 
 TEST_P(ScoreTest, MatchesReferenceFromF32AndInt8) {
     const Case cases[] = {{1, 1, 1, 1, 8},     {3, 20, 2, 1, 8},    {7, 131, 8, 4, 64}, {32, 300, 8, 8, 128},
@@ -118,6 +168,85 @@ TEST_P(ScoreTest, MatchesReferenceFromF32AndInt8) {
                     EXPECT_LE(total, static_cast<double>(c.M) + 1e-3);
                 }
             }
+}
+
+TEST_P(ScoreTest, RunsTheBestDotOfThisCpu) {
+    const Case c{5, 77, 4, 2, 20};
+    const Inputs in = make(c, 11);
+    for (Keys keys : {Keys::i8, Keys::i4}) {
+        std::vector<float> got;
+        kvfuse::detail::record_score_dot({});
+        ASSERT_TRUE(kvfuse::a3_relevance(args_for(c, in, keys, false, got)).ok());
+        const auto used = kvfuse::detail::last_score_dot(), want = expected_best_dot(GetParam(), keys);
+        std::printf("%s %s keys: %s\n", kvfuse::isa_name(GetParam()), keys == Keys::i4 ? "int4" : "int8",
+                    used.dot == ScoreDot::automatic ? "the reference (no scheme)"
+                                                    : (std::string(kvfuse::detail::score_dot_name(used.dot)) +
+                                                       (used.hardware ? " (instruction)" : " (emulated)")).c_str());
+        EXPECT_STREQ(kvfuse::detail::score_dot_name(used.dot), kvfuse::detail::score_dot_name(want.dot));
+        EXPECT_EQ(used.hardware, want.hardware);
+    }
+}
+
+// Every scheme forced on every SIMD ISA: odd head dims (partial pairs and quads), several s16
+// chunks of pmaddubsw (D = 128: 32 quads), GQA groups, row-block remainders.
+TEST_P(ScoreTest, EveryDotSchemeMatchesReference) {
+    if (GetParam() == kvfuse::Isa::scalar) GTEST_SKIP() << "the scalar ISA is the reference";
+    const Case cases[] = {{1, 2, 1, 1, 8}, {3, 20, 2, 1, 8},    {7, 131, 8, 4, 64}, {5, 77, 4, 2, 20},
+                          {4, 40, 2, 1, 9}, {6, 33, 6, 3, 3},    {9, 70, 12, 4, 128}, {3, 45, 4, 2, 5},
+                          {2, 38, 2, 2, 7}, {16, 100, 16, 2, 72}, {4, 50, 4, 1, 130}};
+    std::uint32_t seed = 100;
+    for (const Case& c : cases)
+        for (Keys keys : {Keys::i8, Keys::i4})
+            for (ScoreDot dot : dot_schemes(keys)) {
+                const Inputs in = make(c, ++seed);
+                std::vector<float> got, want;
+                ASSERT_TRUE(relevance_with(dot, args_for(c, in, keys, true, got)).ok());
+                kvfuse::reference::a3_relevance(args_for(c, in, keys, true, want));
+                for (std::size_t j = 0; j < got.size(); ++j)
+                    ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j]))
+                        << kvfuse::detail::score_dot_name(dot) << " M=" << c.M << " C=" << c.C << " H=" << c.H
+                        << " D=" << c.D << " keys=" << static_cast<int>(keys) << " j=" << j;
+            }
+}
+
+// The largest sums each scheme must hold exactly: queries all -128, all 127 or mixed, against
+// keys at both ends (int8 -128/127, int4 -8/7) that differ from token to token (identical keys
+// would give a uniform softmax, blind to any error), including the worst case of the s16 sums
+// (k + 8 = 15 against q = -128 in every dimension of a chunk of pmaddubsw steps).
+TEST_P(ScoreTest, EveryDotSchemeIsExactAtTheExtremes) {
+    if (GetParam() == kvfuse::Isa::scalar) GTEST_SKIP() << "the scalar ISA is the reference";
+    const Case c{3, 50, 4, 2, 128};
+    const std::size_t per_token8 = c.Hkv * c.D, per_token4 = c.Hkv * ((c.D + 1) / 2);
+    for (int pattern = 0; pattern < 3; ++pattern) {
+        Inputs in = make(c, 31 + static_cast<std::uint32_t>(pattern));
+        for (std::size_t i = 0; i < in.q8.size(); ++i)
+            in.q8[i] = pattern == 0 ? (i % 3 == 0 ? -128 : (i % 3 == 1 ? 127 : -127)) : pattern == 1 ? -128 : 127;
+        const std::int8_t ends8[] = {127, -128, 127, 0};
+        for (std::size_t i = 0; i < in.k8.size(); ++i) {
+            const std::size_t t = i / per_token8;
+            in.k8[i] = t % 5 == 4 ? (i % 2 == 0 ? -128 : 127) : ends8[t % 4];
+        }
+        const std::uint8_t ends4[] = {0x77, 0x88, 0x77, 0x00};
+        for (std::size_t i = 0; i < in.k4.size(); ++i) {
+            const std::size_t t = i / per_token4;
+            in.k4[i] = t % 5 == 4 ? static_cast<std::uint8_t>(i % 2 == 0 ? 0x88 : 0x7F) : ends4[t % 4];
+        }
+        // Scales that keep the logits a few units apart: large enough to see an error of one
+        // s16 wrap-around, small enough that the softmax does not saturate.
+        for (float& v : in.qs) v = 1e-3f;
+        for (float& v : in.ks) v = 2e-4f;
+        for (float& v : in.ks4) v = 4e-3f;
+        for (Keys keys : {Keys::i8, Keys::i4})
+            for (ScoreDot dot : dot_schemes(keys)) {
+                std::vector<float> got, want;
+                ASSERT_TRUE(relevance_with(dot, args_for(c, in, keys, false, got)).ok());
+                kvfuse::reference::a3_relevance(args_for(c, in, keys, false, want));
+                for (std::size_t j = 0; j < got.size(); ++j)
+                    ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j]))
+                        << kvfuse::detail::score_dot_name(dot) << " pattern " << pattern << " keys=" << static_cast<int>(keys)
+                        << " j=" << j;
+            }
+    }
 }
 
 // Quantization is a round trip within half a step per element, after the per-head mean.
@@ -253,19 +382,24 @@ TEST_P(ScoreTest, SegmentsMatchReference) {
             start += sizes[i];
         }
         ASSERT_EQ(start, c.C);
-        for (bool smoothing : {false, true}) {
-            std::vector<float> got, want;
-            kvfuse_relevance_args a = args_for(c, in, keys, smoothing, got);
-            a.segment_count = segments.size();
-            a.segments = segments.data();
-            ASSERT_TRUE(kvfuse::a3_relevance(a).ok());
-            kvfuse_relevance_args r = args_for(c, in, keys, smoothing, want);
-            r.segment_count = segments.size();
-            r.segments = segments.data();
-            kvfuse::reference::a3_relevance(r);
-            for (std::size_t j = 0; j < got.size(); ++j)
-                ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j])) << "keys " << static_cast<int>(keys) << " j " << j;
-        }
+        // Every integer scheme too (each segment has its own query corrections).
+        std::vector<ScoreDot> dots = {ScoreDot::automatic};
+        if (keys != Keys::f32 && GetParam() != kvfuse::Isa::scalar) dots = dot_schemes(keys);
+        for (ScoreDot dot : dots)
+            for (bool smoothing : {false, true}) {
+                std::vector<float> got, want;
+                kvfuse_relevance_args a = args_for(c, in, keys, smoothing, got);
+                a.segment_count = segments.size();
+                a.segments = segments.data();
+                ASSERT_TRUE((dot == ScoreDot::automatic ? kvfuse::a3_relevance(a) : relevance_with(dot, a)).ok());
+                kvfuse_relevance_args r = args_for(c, in, keys, smoothing, want);
+                r.segment_count = segments.size();
+                r.segments = segments.data();
+                kvfuse::reference::a3_relevance(r);
+                for (std::size_t j = 0; j < got.size(); ++j)
+                    ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j]))
+                        << "keys " << static_cast<int>(keys) << " dot " << kvfuse::detail::score_dot_name(dot) << " j " << j;
+            }
     }
     // The segments must add up to the candidates, on one path.
     std::vector<float> out;

@@ -2,13 +2,22 @@
 //
 // The merged-head logits are, per KV head, a small matrix product: its M * g query rows
 // against every key. Keys go in tiles of kTile; a tile of one KV head is first laid out in an
-// L1 scratch so that one vector holds one dimension of kLanes keys (f32), or one pair of
-// dimensions as two s16 in each 32-bit lane (int8 and int4 keys: x86 `pmaddwd` multiplies
-// and adds such pairs exactly, whatever the int8 values). A register block of 2, 4 or 6
-// (tuned) query rows x kVectors key vectors then runs down the head dimension with one
-// broadcast per row, so each loaded key vector serves every row of the block and no
-// horizontal reduction is needed. Tiles are independent (OpenMP); the softmax per question
-// row and the column sums follow as two vector passes over the M x T logits.
+// L1 scratch so that one vector holds one slice of the head dimension for kLanes keys: one
+// dimension (f32), or for int8 and int4 keys one 32-bit lane per key holding either a pair of
+// dimensions as two s16 (`pmaddwd`: exact for any int8) or four dimensions as four bytes (the
+// byte dot products `pmaddubsw`, `vpdpbusd`, `sdot`: half the instructions per dimension). A
+// register block of 2, 4 or 6 (tuned) query rows x kVectors key vectors then runs down the
+// head dimension with one broadcast per row, so each loaded key vector serves every row of the
+// block and no horizontal reduction is needed. Tiles are independent (OpenMP); the softmax per
+// question row and the column sums follow as two vector passes over the M x T logits. Keys may
+// come in segments (stored chunks in their own frame), each with its own queries and bias: a
+// tile that straddles two segments is laid out and multiplied once per segment, each filling
+// only its own lanes.
+//
+// Which integer scheme runs (score_dot.h): each copy of this file picks the best its compile
+// flags allow (the dispatch registers a copy built with VNNI or dotprod only on CPUs that have
+// it); a test may force any other, which then runs as an exact emulation where this ISA has no
+// instruction for it.
 #include <omp.h>
 
 #include <algorithm>
@@ -20,14 +29,19 @@
 #if defined(__AVX2__) || defined(__AVX512BW__)
 #include <immintrin.h>
 #endif
+#if defined(__ARM_FEATURE_DOTPROD)
+#include <arm_neon.h>
+#endif
 
 #include "kernels/common/relevance_segments.h"
 #include "kernels/kernel_table.h"
+#include "kernels/score/score_dot.h"
 #include "kernels/tuning.h"
 
 namespace kvfuse::KVFUSE_ISA_NAMESPACE {
 namespace {
 
+using detail::ScoreDot;
 using Arch = KVFUSE_XSIMD_ARCH;
 using F32s = xsimd::batch<float, Arch>;
 using I32s = xsimd::batch<std::int32_t, Arch>;
@@ -38,6 +52,57 @@ constexpr std::size_t kMaxRows = 6;                 // query rows per register b
 
 template <class T>
 using Aligned = std::vector<T, xsimd::aligned_allocator<T, 64>>;
+
+// The byte and word multiply-adds this copy has as instructions (the rest is emulated).
+constexpr bool kHasMadd =  // pmaddwd, pmaddubsw
+#if defined(__AVX512BW__)
+    I32s::size == 16 ||
+#endif
+#if defined(__AVX2__)
+    I32s::size == 8 ||
+#endif
+    false;
+constexpr bool kHasDpbusd =
+#if defined(__AVX512VNNI__)
+    I32s::size == 16 ||
+#endif
+#if defined(__AVXVNNI__)
+    I32s::size == 8 ||
+#endif
+    false;
+constexpr bool kHasSdot =
+#if defined(__ARM_FEATURE_DOTPROD)
+    true ||
+#endif
+    false;
+
+// The scheme this copy runs unless a test forces another: one instruction per four dimensions
+// where there is one; for int4 without it, `pmaddubsw` with s16 sums still halves the work of
+// `pmaddwd`; for int8 without it, `pmaddwd`. pmaddubsw does not pay for int8: k + 128 as u8
+// saturates a pair sum (2 * 255 * 128 > 32767), and the sign trick (|k| as u8, vpsignb moving
+// k's sign onto q) gets -(-128) wrong for q = -128, which the API accepts, and still needs a
+// pmaddwd to widen after every step: as many multiplies as the pairs.
+constexpr ScoreDot kBestInt8Dot = kHasSdot ? ScoreDot::quads_s8s8 : kHasDpbusd ? ScoreDot::quads_u8s8 : ScoreDot::pairs_s16;
+constexpr ScoreDot kBestInt4Dot = kHasSdot     ? ScoreDot::quads_s8s8
+                                  : kHasDpbusd ? ScoreDot::quads_u8s8
+                                  : kHasMadd   ? ScoreDot::quads_u8s8_s16
+                                               : ScoreDot::pairs_s16;
+
+constexpr bool has_instruction(ScoreDot dot) {
+    switch (dot) {
+        case ScoreDot::pairs_s16:
+        case ScoreDot::quads_u8s8_s16:
+            return kHasMadd;
+        case ScoreDot::quads_u8s8:
+            return kHasDpbusd;
+        case ScoreDot::quads_s8s8:
+            return kHasSdot;
+        default:
+            return false;
+    }
+}
+
+// ---- pairs: two s16 per 32-bit lane ----
 
 // Per 32-bit lane: lo(k) * lo(q) + hi(k) * hi(q) with lo/hi the signed 16-bit halves. A
 // template so that only this ISA's branch is instantiated.
@@ -58,19 +123,216 @@ inline std::int32_t pack_pair(std::int32_t lo, std::int32_t hi) {
     return static_cast<std::int32_t>(static_cast<std::uint16_t>(lo) | (static_cast<std::uint32_t>(static_cast<std::uint16_t>(hi)) << 16));
 }
 
+// ---- quads: four bytes per 32-bit lane ----
+
+template <class V>
+inline V unsigned_byte(V x, int b) {
+    return (x >> (8 * b)) & V(0xFF);
+}
+template <class V>
+inline V signed_byte(V x, int b) {
+    return (x << (24 - 8 * b)) >> 24;
+}
+// Per lane, the sum of the four byte products, u8 x s8 or s8 x s8 (x unsigned or not, y
+// signed): the exact result of the byte dot instructions where this ISA lacks them. On x86 the
+// bytes are widened to s16 (even bytes in place, odd bytes shifted down) and summed by two
+// pmaddwd, exact since |255 * 128 * 2| fits s32; 16-bit shifts also keep GCC 12 quiet, whose
+// 32-bit AVX-512 shift intrinsics warn about an uninitialised register. Elsewhere, 32-bit
+// shifts and multiplies.
+template <bool kUnsignedX, class V>
+inline V emulated_dot_bytes(V x, V y) {
+#if defined(__AVX512BW__)
+    if constexpr (V::size == 16) {
+        const __m512i x_even = kUnsignedX ? _mm512_and_si512(x, _mm512_set1_epi16(0x00ff)) : _mm512_srai_epi16(_mm512_slli_epi16(x, 8), 8);
+        const __m512i x_odd = kUnsignedX ? _mm512_srli_epi16(x, 8) : _mm512_srai_epi16(x, 8);
+        const __m512i y_even = _mm512_srai_epi16(_mm512_slli_epi16(y, 8), 8), y_odd = _mm512_srai_epi16(y, 8);
+        return _mm512_add_epi32(_mm512_madd_epi16(x_even, y_even), _mm512_madd_epi16(x_odd, y_odd));
+    } else
+#endif
+#if defined(__AVX2__)
+    if constexpr (V::size == 8) {
+        const __m256i x_even = kUnsignedX ? _mm256_and_si256(x, _mm256_set1_epi16(0x00ff)) : _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8);
+        const __m256i x_odd = kUnsignedX ? _mm256_srli_epi16(x, 8) : _mm256_srai_epi16(x, 8);
+        const __m256i y_even = _mm256_srai_epi16(_mm256_slli_epi16(y, 8), 8), y_odd = _mm256_srai_epi16(y, 8);
+        return _mm256_add_epi32(_mm256_madd_epi16(x_even, y_even), _mm256_madd_epi16(x_odd, y_odd));
+    } else
+#endif
+    {
+        auto x_byte = [&](int b) { return kUnsignedX ? unsigned_byte(x, b) : signed_byte(x, b); };
+        V sum = x_byte(0) * signed_byte(y, 0);
+        for (int b = 1; b < 4; ++b) sum += x_byte(b) * signed_byte(y, b);
+        return sum;
+    }
+}
+template <class V>
+inline V emulated_dot_u8s8(V u, V s) {
+    return emulated_dot_bytes<true>(u, s);
+}
+template <class V>
+inline V emulated_dot_s8s8(V x, V y) {
+    return emulated_dot_bytes<false>(x, y);
+}
+
+// acc + per lane the four products u8(keys) x s8(queries); `vpdpbusd` never saturates.
+template <class V>
+inline V dot_quads_u8s8(V acc, V keys, V queries) {
+#if defined(__AVX512VNNI__)
+    if constexpr (V::size == 16) return _mm512_dpbusd_epi32(acc, keys, queries);
+    else
+#endif
+#if defined(__AVXVNNI__)
+    if constexpr (V::size == 8) return _mm256_dpbusd_avx_epi32(acc, keys, queries);
+    else
+#endif
+        return acc + emulated_dot_u8s8(keys, queries);
+}
+
+// acc + per lane the four products s8 x s8 (`sdot`).
+template <class V>
+inline V dot_quads_s8s8(V acc, V keys, V queries) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    if constexpr (V::size == 4) return vdotq_s32(acc, vreinterpretq_s8_s32(keys), vreinterpretq_s8_s32(queries));
+    else
+#endif
+        return acc + emulated_dot_s8s8(keys, queries);
+}
+
+// `pmaddubsw`: per lane two s16, k0 q0 + k1 q1 and k2 q2 + k3 q3 (u8 keys, s8 queries), which
+// the caller keeps within s16 so that nothing saturates. The emulation keeps the lane's whole
+// sum instead of two halves; add_s16 and widen_s16_pairs follow it, so the totals agree.
+template <class V>
+inline V madd_quads_s16(V keys, V queries) {
+#if defined(__AVX512BW__)
+    if constexpr (V::size == 16) return _mm512_maddubs_epi16(keys, queries);
+    else
+#endif
+#if defined(__AVX2__)
+    if constexpr (V::size == 8) return _mm256_maddubs_epi16(keys, queries);
+    else
+#endif
+        return emulated_dot_u8s8(keys, queries);
+}
+template <class V>
+inline V add_s16(V x, V y) {
+#if defined(__AVX512BW__)
+    if constexpr (V::size == 16) return _mm512_add_epi16(x, y);
+    else
+#endif
+#if defined(__AVX2__)
+    if constexpr (V::size == 8) return _mm256_add_epi16(x, y);
+    else
+#endif
+        return x + y;
+}
+// The two s16 of each lane summed into one s32.
+template <class V>
+inline V widen_s16_pairs(V x) {
+#if defined(__AVX512BW__)
+    if constexpr (V::size == 16) return _mm512_madd_epi16(x, _mm512_set1_epi16(1));
+    else
+#endif
+#if defined(__AVX2__)
+    if constexpr (V::size == 8) return _mm256_madd_epi16(x, _mm256_set1_epi16(1));
+    else
+#endif
+        return x;
+}
+
+// pmaddubsw adds at most 2 * 15 * 128 = 3840 to a lane half per step (int4 keys k + 8 <= 15 as
+// u8, int8 queries |q| <= 128), so 8 steps stay within s16 before one widening.
+constexpr std::size_t kStepsPerWidening = 8;
+static_assert(kStepsPerWidening * 2 * 15 * 128 <= 32767, "s16 sums of pmaddubsw must not saturate");
+
+// pmaddubsw has no accumulating form, so each row of a block holds two s16 sums and two s32
+// sums per key vector: with the two key vectors, the broadcast and a product, a block of R
+// rows needs 4R + 4 vector registers. x86 without AVX-512 has 16, so at most 2 rows (more
+// spills a sum to the stack: measured 10-20 % slower at 4 rows); AVX-512 and NEON have 32.
+constexpr std::size_t kVectorRegisters =
+#if defined(__x86_64__)
+    I32s::size == 16 ? 32 : 16;
+#else
+    32;
+#endif
+constexpr std::size_t kMaxS16SumRows = (kVectorRegisters - 4) / 4 >= 6 ? 6 : 2;
+
+constexpr bool is_quads(ScoreDot dot) { return dot != ScoreDot::pairs_s16; }
+constexpr bool is_unsigned_quads(ScoreDot dot) { return dot == ScoreDot::quads_u8s8_s16 || dot == ScoreDot::quads_u8s8; }
+
 // Two's-complement nibble -> int.
 inline std::int32_t nibble(unsigned v) { return static_cast<std::int32_t>(v & 15u) - static_cast<std::int32_t>((v & 8u) << 1); }
+
+inline std::uint32_t bytes_to_lane(std::uint32_t b0, std::uint32_t b1, std::uint32_t b2, std::uint32_t b3) {
+    return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
+}
+
+// A packed int4 byte (two two's-complement nibbles) as two bytes of a quad lane: k + 8 for the
+// u8 schemes, k sign-extended for s8. One table load per byte instead of a dozen bit operations
+// per lane: the tile layout is a quarter of the int4 work otherwise.
+struct NibbleSpread {
+    std::uint16_t as_u8[256], as_s8[256];
+};
+constexpr NibbleSpread make_nibble_spread() {
+    NibbleSpread t{};
+    for (unsigned b = 0; b < 256; ++b) {
+        const unsigned lo = b & 15u, hi = b >> 4;
+        t.as_u8[b] = static_cast<std::uint16_t>((lo ^ 8u) | ((hi ^ 8u) << 8));
+        const unsigned lo_s8 = lo | ((lo & 8u) != 0 ? 0xf0u : 0u), hi_s8 = hi | ((hi & 8u) != 0 ? 0xf0u : 0u);
+        t.as_s8[b] = static_cast<std::uint16_t>(lo_s8 | (hi_s8 << 8));
+    }
+    return t;
+}
+constexpr NibbleSpread kNibbleSpread = make_nibble_spread();
 
 enum class Path { f32, int8, int4 };
 
 struct Shape {
     std::size_t M, C, docs, H, Hkv, D, D2, group;
+    std::size_t lanes;  // int paths: 32-bit lanes per key and per query row (D2 pairs or D4 quads)
 };
 
+// What the u8 schemes add to each key so that it is non-negative: the dot then carries
+// offset * sum(q), which the query's correction takes back.
+inline std::int32_t key_offset(ScoreDot dot, Path path) {
+    if (!is_unsigned_quads(dot)) return 0;
+    return path == Path::int8 ? 128 : 8;
+}
+
+// Key j (of the segment) of KV head kv as s.lanes 32-bit lanes, lane i at out[i * kTile]. Dimensions past the
+// head (the last pair or quad of an odd head_dim) meet zero query bytes, so what they hold
+// does not matter.
+void encode_key(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t j, std::size_t kv,
+                std::int32_t* out) {
+    if (path == Path::int8) {
+        const std::int8_t* key = g.keys_i8 + (j * s.Hkv + kv) * s.D;
+        if (!is_quads(dot)) {
+            for (std::size_t i = 0; i < s.lanes; ++i)
+                out[i * kTile] = pack_pair(key[2 * i], 2 * i + 1 < s.D ? key[2 * i + 1] : 0);
+            return;
+        }
+        // k + 128 is k with its top bit flipped.
+        const std::uint32_t flip = key_offset(dot, path) == 128 ? 0x80808080u : 0u;
+        auto byte = [&](std::size_t d) { return d < s.D ? static_cast<std::uint32_t>(static_cast<std::uint8_t>(key[d])) : 0u; };
+        for (std::size_t i = 0; i < s.lanes; ++i)
+            out[i * kTile] = static_cast<std::int32_t>(bytes_to_lane(byte(4 * i), byte(4 * i + 1), byte(4 * i + 2), byte(4 * i + 3)) ^ flip);
+        return;
+    }
+    const std::uint8_t* key = g.keys_i4 + (j * s.Hkv + kv) * s.D2;
+    if (!is_quads(dot)) {
+        for (std::size_t i = 0; i < s.lanes; ++i) out[i * kTile] = pack_pair(nibble(key[i]), nibble(key[i] >> 4u));
+        return;
+    }
+    // Two packed bytes hold the four nibbles of one lane.
+    const std::uint16_t* spread = is_unsigned_quads(dot) ? kNibbleSpread.as_u8 : kNibbleSpread.as_s8;
+    const std::size_t full = s.D2 / 2;
+    for (std::size_t i = 0; i < full; ++i)
+        out[i * kTile] = static_cast<std::int32_t>(spread[key[2 * i]] | (static_cast<std::uint32_t>(spread[key[2 * i + 1]]) << 16));
+    if (full < s.lanes) out[full * kTile] = spread[key[2 * full]];
+}
+
 // Lanes [lo, hi) of one KV head's tile as scratch, from the segment's keys first, first + 1, ...:
-// f32 -> D rows of kTile floats; int -> D2 rows of kTile s16 pairs. Every other lane is zero
+// f32 -> D rows of kTile floats; int -> s.lanes rows of kTile lanes. Every other lane is zero
 // (past the end, or another segment's key: that segment fills it with its own queries).
-void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, std::size_t first, std::size_t lo,
+void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t first, std::size_t lo,
                  std::size_t hi, std::size_t kv, float* f32_tile, std::int32_t* int_tile, float* key_scales) {
     for (std::size_t jj = 0; jj < kTile; ++jj) {
         const bool in = jj >= lo && jj < hi;
@@ -81,28 +343,31 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, s
             continue;
         }
         key_scales[jj] = in ? g.key_scales[j * s.Hkv + kv] : 0.0f;
-        if (!in) {
-            for (std::size_t d2 = 0; d2 < s.D2; ++d2) int_tile[d2 * kTile + jj] = 0;
-        } else if (path == Path::int8) {
-            const std::int8_t* key = g.keys_i8 + (j * s.Hkv + kv) * s.D;
-            for (std::size_t d2 = 0; d2 < s.D2; ++d2) {
-                const std::size_t d = 2 * d2;
-                int_tile[d2 * kTile + jj] = pack_pair(key[d], d + 1 < s.D ? key[d + 1] : 0);
-            }
-        } else {
-            const std::uint8_t* key = g.keys_i4 + (j * s.Hkv + kv) * s.D2;
-            for (std::size_t d2 = 0; d2 < s.D2; ++d2)
-                int_tile[d2 * kTile + jj] = pack_pair(nibble(key[d2]), nibble(key[d2] >> 4u));
-        }
+        if (in)
+            encode_key(g, s, path, dot, j, kv, int_tile + jj);
+        else
+            for (std::size_t i = 0; i < s.lanes; ++i) int_tile[i * kTile + jj] = 0;
     }
 }
 
-// One segment's queries as the register blocks read them.
-struct SegmentQueries {
-    const float* f32;           // M x H x D
-    const std::int32_t* pairs;  // M x H x D2 s16 pairs
-    const float* scales;        // M x H
-};
+// Every query (row, head) as s.lanes lanes (pairs or quads, zero past the head), and for the
+// u8 schemes its correction offset * sum(q).
+void encode_queries(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::int32_t* lanes,
+                    std::int32_t* corrections) {
+    const std::int32_t offset = key_offset(dot, path);
+    for (std::size_t rh = 0; rh < s.M * s.H; ++rh) {
+        const std::int8_t* q = g.queries_i8 + rh * s.D;
+        auto at = [&](std::size_t d) { return d < s.D ? q[d] : std::int8_t{0}; };
+        std::int32_t sum = 0;
+        for (std::size_t d = 0; d < s.D; ++d) sum += q[d];
+        corrections[rh] = offset * sum;
+        for (std::size_t i = 0; i < s.lanes; ++i)
+            lanes[rh * s.lanes + i] =
+                is_quads(dot) ? static_cast<std::int32_t>(bytes_to_lane(static_cast<std::uint8_t>(at(4 * i)), static_cast<std::uint8_t>(at(4 * i + 1)),
+                                                                        static_cast<std::uint8_t>(at(4 * i + 2)), static_cast<std::uint8_t>(at(4 * i + 3))))
+                              : pack_pair(at(2 * i), at(2 * i + 1));
+    }
+}
 
 // acc[r][v] = sum over d of tile[d][v lanes] * row_r[d], for R rows.
 template <std::size_t R>
@@ -119,58 +384,149 @@ inline void f32_block(const float* const* rows, const float* tile, std::size_t D
     }
 }
 
-template <std::size_t R>
-inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile, std::size_t D2,
+// The same over `lanes` integer lanes with scheme kDot (no correction yet).
+template <std::size_t R, ScoreDot kDot>
+inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile, std::size_t lanes,
                       I32s (&acc)[kMaxRows][kVectors]) {
     for (std::size_t r = 0; r < R; ++r)
         for (std::size_t v = 0; v < kVectors; ++v) acc[r][v] = I32s(0);
-    for (std::size_t d2 = 0; d2 < D2; ++d2) {
-        const I32s k0 = I32s::load_aligned(tile + d2 * kTile), k1 = I32s::load_aligned(tile + d2 * kTile + kLanes);
+    if constexpr (kDot == ScoreDot::quads_u8s8_s16) {
+        for (std::size_t first = 0; first < lanes; first += kStepsPerWidening) {
+            const std::size_t last = std::min(lanes, first + kStepsPerWidening);
+            I32s partial[kMaxRows][kVectors];
+            for (std::size_t r = 0; r < R; ++r)
+                for (std::size_t v = 0; v < kVectors; ++v) partial[r][v] = I32s(0);
+            for (std::size_t i = first; i < last; ++i) {
+                const I32s k0 = I32s::load_aligned(tile + i * kTile), k1 = I32s::load_aligned(tile + i * kTile + kLanes);
+                for (std::size_t r = 0; r < R; ++r) {
+                    const I32s q(rows[r][i]);
+                    partial[r][0] = add_s16(partial[r][0], madd_quads_s16(k0, q));
+                    partial[r][1] = add_s16(partial[r][1], madd_quads_s16(k1, q));
+                }
+            }
+            for (std::size_t r = 0; r < R; ++r)
+                for (std::size_t v = 0; v < kVectors; ++v) acc[r][v] += widen_s16_pairs(partial[r][v]);
+        }
+        return;
+    }
+    for (std::size_t i = 0; i < lanes; ++i) {
+        const I32s k0 = I32s::load_aligned(tile + i * kTile), k1 = I32s::load_aligned(tile + i * kTile + kLanes);
         for (std::size_t r = 0; r < R; ++r) {
-            const I32s q(rows[r][d2]);
-            acc[r][0] += madd_pairs(k0, q);
-            acc[r][1] += madd_pairs(k1, q);
+            const I32s q(rows[r][i]);
+            if constexpr (kDot == ScoreDot::pairs_s16) {
+                acc[r][0] += madd_pairs(k0, q);
+                acc[r][1] += madd_pairs(k1, q);
+            } else if constexpr (kDot == ScoreDot::quads_u8s8) {
+                acc[r][0] = dot_quads_u8s8(acc[r][0], k0, q);
+                acc[r][1] = dot_quads_u8s8(acc[r][1], k1, q);
+            } else {
+                acc[r][0] = dot_quads_s8s8(acc[r][0], k0, q);
+                acc[r][1] = dot_quads_s8s8(acc[r][1], k1, q);
+            }
         }
     }
 }
 
-// Logits of every question row against the keys [j0, j0 + kTile): `sums` (M x kTile) gets the
+// int32 -> f32. The AVX-512 form is the zero-masked conversion: GCC 12 warns that the plain
+// one (xsimd's batch_cast) reads an uninitialised register, which it never does.
+inline F32s to_float(I32s x) {
+#if defined(__AVX512F__)
+    if constexpr (I32s::size == 16) return _mm512_maskz_cvtepi32_ps(static_cast<__mmask16>(0xffff), x);
+    else
+#endif
+        return xsimd::batch_cast<float>(x);
+}
+
+// What one block of query rows needs besides the arguments: the tile and the encoded queries.
+struct Scratch {
+    const float* f32_tile;
+    const std::int32_t* int_tile;
+    const float* key_scales;
+    // The segment's queries: f32, or encoded with their scales and corrections.
+    const float* queries_f32;
+    const float* query_scales;
+    const std::int32_t* query_lanes;
+    const std::int32_t* corrections;
+    // Row r of a KV head's M * group rows is question row_question[r], head row_head[r] of the
+    // group: kept as tables because dividing by the group size in every block costs more than
+    // the block's bookkeeping.
+    const std::uint32_t* row_question;
+    const std::uint32_t* row_head;
+};
+
+// The rows first_row .. first_row + R - 1 of KV head kv: question row m and (row, head) index.
+struct BlockRows {
+    std::size_t m[kMaxRows], rh[kMaxRows];
+};
+
+template <std::size_t R>
+BlockRows block_rows(const Shape& s, const Scratch& scratch, std::size_t kv, std::size_t first_row) {
+    BlockRows b{};
+    for (std::size_t r = 0; r < R; ++r) {
+        b.m[r] = scratch.row_question[first_row + r];
+        b.rh[r] = b.m[r] * s.H + kv * s.group + scratch.row_head[first_row + r];
+    }
+    return b;
+}
+
+// Logits of R question rows against the keys [j0, j0 + kTile): `sums` (M x kTile) gets the
 // merged-head sums, unscaled.
 template <std::size_t R>
-void rows_of_group(const SegmentQueries& queries, const Shape& s, Path path, std::size_t kv, std::size_t first_row,
-                   const float* f32_tile, const std::int32_t* int_tile, const float* key_scales, float* sums) {
-    const float* f32_rows[kMaxRows];
-    const std::int32_t* int_rows[kMaxRows];
-    std::size_t m_of[kMaxRows], h_of[kMaxRows];
+void f32_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
+    const BlockRows b = block_rows<R>(s, scratch, kv, first_row);
+    const float* rows[kMaxRows];
+    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.queries_f32 + b.rh[r] * s.D;
+    F32s acc[kMaxRows][kVectors];
+    f32_block<R>(rows, scratch.f32_tile, s.D, acc);
+    for (std::size_t r = 0; r < R; ++r)
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            float* out = sums + b.m[r] * kTile + v * kLanes;
+            (F32s::load_aligned(out) + acc[r][v]).store_aligned(out);
+        }
+}
+
+template <std::size_t R, ScoreDot kDot>
+void int_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
+    const BlockRows b = block_rows<R>(s, scratch, kv, first_row);
+    const std::int32_t* rows[kMaxRows];
+    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.query_lanes + b.rh[r] * s.lanes;
+    I32s acc[kMaxRows][kVectors];
+    int_block<R, kDot>(rows, scratch.int_tile, s.lanes, acc);
     for (std::size_t r = 0; r < R; ++r) {
-        const std::size_t flat = first_row + r;
-        m_of[r] = flat / s.group;
-        h_of[r] = kv * s.group + flat % s.group;
-        if (path == Path::f32)
-            f32_rows[r] = queries.f32 + (m_of[r] * s.H + h_of[r]) * s.D;
-        else
-            int_rows[r] = queries.pairs + (m_of[r] * s.H + h_of[r]) * s.D2;
-    }
-    if (path == Path::f32) {
-        F32s acc[kMaxRows][kVectors];
-        f32_block<R>(f32_rows, f32_tile, s.D, acc);
-        for (std::size_t r = 0; r < R; ++r)
-            for (std::size_t v = 0; v < kVectors; ++v) {
-                float* out = sums + m_of[r] * kTile + v * kLanes;
-                (F32s::load_aligned(out) + acc[r][v]).store_aligned(out);
-            }
-    } else {
-        I32s acc[kMaxRows][kVectors];
-        int_block<R>(int_rows, int_tile, s.D2, acc);
-        for (std::size_t r = 0; r < R; ++r) {
-            const F32s row_scale(queries.scales[m_of[r] * s.H + h_of[r]]);
-            for (std::size_t v = 0; v < kVectors; ++v) {
-                float* out = sums + m_of[r] * kTile + v * kLanes;
-                const F32s scale = F32s::load_aligned(key_scales + v * kLanes) * row_scale;
-                xsimd::fma(xsimd::batch_cast<float>(acc[r][v]), scale, F32s::load_aligned(out)).store_aligned(out);
-            }
+        const F32s row_scale(scratch.query_scales[b.rh[r]]);
+        const I32s correction(scratch.corrections[b.rh[r]]);
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            float* out = sums + b.m[r] * kTile + v * kLanes;
+            const F32s scale = F32s::load_aligned(scratch.key_scales + v * kLanes) * row_scale;
+            const I32s dot = is_unsigned_quads(kDot) ? acc[r][v] - correction : acc[r][v];
+            xsimd::fma(to_float(dot), scale, F32s::load_aligned(out)).store_aligned(out);
         }
     }
+}
+
+using RowsFn = void (*)(const Shape&, std::size_t, std::size_t, const Scratch&, float*);
+
+template <std::size_t R>
+RowsFn rows_function(Path path, ScoreDot dot) {
+    if (path == Path::f32) return &f32_rows<R>;
+    switch (dot) {
+        case ScoreDot::quads_u8s8_s16:
+            return &int_rows<R, ScoreDot::quads_u8s8_s16>;
+        case ScoreDot::quads_u8s8:
+            return &int_rows<R, ScoreDot::quads_u8s8>;
+        case ScoreDot::quads_s8s8:
+            return &int_rows<R, ScoreDot::quads_s8s8>;
+        default:
+            return &int_rows<R, ScoreDot::pairs_s16>;
+    }
+}
+
+// The scheme for this call: a forced one where it applies to these keys, else this copy's best.
+ScoreDot choose_dot(Path path) {
+    const ScoreDot forced = detail::forced_score_dot();
+    if (forced == ScoreDot::automatic || (forced == ScoreDot::quads_u8s8_s16 && path != Path::int4))
+        return path == Path::int4 ? kBestInt4Dot : kBestInt8Dot;
+    return forced;
 }
 
 void relevance(const kvfuse_relevance_args& a) {
@@ -185,37 +541,47 @@ void relevance(const kvfuse_relevance_args& a) {
     s.group = s.H / s.Hkv;
     const detail::RelevanceSegments segments(a);
     const std::size_t segment_count = segments.list.size();
-    const Path path = segments.list[0].keys_i4 != nullptr ? Path::int4 : segments.list[0].keys_i8 != nullptr ? Path::int8 : Path::f32;
+    const kvfuse_relevance_segment& first = segments.list[0];
+    const Path path = first.keys_i4 != nullptr ? Path::int4 : first.keys_i8 != nullptr ? Path::int8 : Path::f32;
+    const ScoreDot dot = path == Path::f32 ? ScoreDot::automatic : choose_dot(path);
+    if (path != Path::f32) detail::record_score_dot({dot, has_instruction(dot)});
+    s.lanes = is_quads(dot) ? (s.D + 3) / 4 : s.D2;
     const float inv = 1.0f / std::sqrt(static_cast<float>(s.H * s.D));
     const std::size_t tiles = (s.C + kTile - 1) / kTile, padded = tiles * kTile;
     const std::size_t rows_per_kv = s.M * s.group;
     const kvfuse_tuning tuning = detail::current_tuning();
-    const std::size_t block_rows = tuning.score_query_rows;
+    const std::size_t block_rows =
+        dot == ScoreDot::quads_u8s8_s16 ? std::min<std::size_t>(tuning.score_query_rows, kMaxS16SumRows) : tuning.score_query_rows;
     const bool parallel = static_cast<double>(s.M) * s.C * s.H * s.D > static_cast<double>(tuning.score_parallel_work);
+    const RowsFn block = block_rows == 6   ? rows_function<6>(path, dot)
+                         : block_rows == 2 ? rows_function<2>(path, dot)
+                                           : rows_function<4>(path, dot);
+    const RowsFn single = rows_function<1>(path, dot);
 
-    // int paths: every segment's query (row, head) as D2 s16 pairs, built once.
-    const std::size_t pairs_per_segment = s.M * s.H * s.D2;
-    Aligned<std::int32_t> query_pairs;
-    std::vector<SegmentQueries> queries(segment_count);
-    if (path != Path::f32) query_pairs.resize(segment_count * pairs_per_segment);
-    for (std::size_t si = 0; si < segment_count; ++si) {
-        const kvfuse_relevance_segment& g = segments.list[si];
-        queries[si] = {g.queries_f32, query_pairs.data() + si * pairs_per_segment, g.query_scales};
-        if (path == Path::f32) continue;
-        std::int32_t* pairs = query_pairs.data() + si * pairs_per_segment;
-        for (std::size_t rh = 0; rh < s.M * s.H; ++rh)
-            for (std::size_t d2 = 0; d2 < s.D2; ++d2) {
-                const std::size_t d = 2 * d2;
-                const std::int8_t* q = g.queries_i8 + rh * s.D;
-                pairs[rh * s.D2 + d2] = pack_pair(q[d], d + 1 < s.D ? q[d + 1] : 0);
-            }
+    // int paths: every segment's query (row, head) encoded once.
+    const std::size_t lanes_per_segment = s.M * s.H * s.lanes, rows_heads = s.M * s.H;
+    Aligned<std::int32_t> query_lanes, corrections;
+    if (path != Path::f32) {
+        query_lanes.resize(segment_count * lanes_per_segment);
+        corrections.resize(segment_count * rows_heads);
+        for (std::size_t si = 0; si < segment_count; ++si)
+            encode_queries(segments.list[si], s, path, dot, query_lanes.data() + si * lanes_per_segment,
+                           corrections.data() + si * rows_heads);
+    }
+
+    std::vector<std::uint32_t> row_question(rows_per_kv), row_head(rows_per_kv);
+    for (std::size_t r = 0; r < rows_per_kv; ++r) {
+        row_question[r] = static_cast<std::uint32_t>(r / s.group);
+        row_head[r] = static_cast<std::uint32_t>(r % s.group);
     }
 
     Aligned<float> logits(s.M * padded);
 #pragma omp parallel if (parallel)
     {
         Aligned<float> f32_tile(path == Path::f32 ? s.D * kTile : 0), key_scales(kTile), sums(s.M * kTile);
-        Aligned<std::int32_t> int_tile(path == Path::f32 ? 0 : s.D2 * kTile);
+        Aligned<std::int32_t> int_tile(path == Path::f32 ? 0 : s.lanes * kTile);
+        Scratch scratch{f32_tile.data(), int_tile.data(), key_scales.data(), nullptr, nullptr, nullptr, nullptr,
+                        row_question.data(), row_head.data()};
 #pragma omp for schedule(static)
         for (std::ptrdiff_t ti = 0; ti < static_cast<std::ptrdiff_t>(tiles); ++ti) {
             const std::size_t j0 = static_cast<std::size_t>(ti) * kTile, end = std::min(j0 + kTile, s.C);
@@ -224,19 +590,19 @@ void relevance(const kvfuse_relevance_args& a) {
             for (std::size_t kv = 0; kv < s.Hkv; ++kv) {
                 // Usually one segment covers the tile; at a boundary each fills its own lanes.
                 for (std::size_t si = first_segment; si < segment_count && segments.starts[si] < end; ++si) {
+                    const kvfuse_relevance_segment& g = segments.list[si];
                     const std::size_t lo = std::max(segments.starts[si], j0) - j0, hi = std::min(segments.starts[si + 1], end) - j0;
-                    layout_tile(segments.list[si], s, path, j0 + lo - segments.starts[si], lo, hi, kv, f32_tile.data(),
-                                int_tile.data(), key_scales.data());
-                    std::size_t row = 0;
-                    for (; row + block_rows <= rows_per_kv; row += block_rows) {
-                        const auto block = block_rows == 6   ? &rows_of_group<6>
-                                           : block_rows == 2 ? &rows_of_group<2>
-                                                             : &rows_of_group<4>;
-                        block(queries[si], s, path, kv, row, f32_tile.data(), int_tile.data(), key_scales.data(), sums.data());
+                    layout_tile(g, s, path, dot, j0 + lo - segments.starts[si], lo, hi, kv, f32_tile.data(), int_tile.data(),
+                                key_scales.data());
+                    scratch.queries_f32 = g.queries_f32;
+                    scratch.query_scales = g.query_scales;
+                    if (path != Path::f32) {
+                        scratch.query_lanes = query_lanes.data() + si * lanes_per_segment;
+                        scratch.corrections = corrections.data() + si * rows_heads;
                     }
-                    for (; row < rows_per_kv; ++row)
-                        rows_of_group<1>(queries[si], s, path, kv, row, f32_tile.data(), int_tile.data(), key_scales.data(),
-                                         sums.data());
+                    std::size_t row = 0;
+                    for (; row + block_rows <= rows_per_kv; row += block_rows) block(s, kv, row, scratch, sums.data());
+                    for (; row < rows_per_kv; ++row) single(s, kv, row, scratch, sums.data());
                 }
             }
             // Bias, scale, and mask what a row may not see (key j > docs + m) and the padding.
