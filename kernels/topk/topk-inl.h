@@ -1,14 +1,18 @@
 // Exact top-k written once on the xsimd architecture (compiled per ISA; no include guard).
 //
-// 1. A strided sample of scores (1024 by default; tuned) brackets the k-th largest value between lo and hi with a
-//    binomial margin. 2. One vector pass compress-stores, in index order, every score >= lo
-//    (values and indices) and counts the scores > hi. 3. If the bracket holds
-//    (count(> hi) <= k <= count(>= lo)), a histogram of the middle candidates (those in
-//    [lo, hi]) over a few thousand equal-width buckets finds the bucket holding the boundary,
-//    and an exact selection among that bucket's handful of scores finds the boundary element;
-//    otherwise every score becomes a candidate and the selection is exact on all of them.
-// 4. A last compress pass over the candidates keeps those ranked at or above the boundary.
-// Candidates stay in index order, so the position-ordered result needs no sort.
+// 1. A strided sample of scores (1024 by default; tuned) brackets the k-th largest value
+//    between lo and hi with a binomial margin (hi stays open when k is too small for one).
+// 2. One vector pass compress-stores, in index order, every score >= lo (values and indices)
+//    and counts the scores > hi. 3. If the bracket holds (count(> hi) <= k <= count(>= lo)), a
+//    histogram of the middle candidates only (those in [lo, hi]; an open hi is closed by the
+//    largest candidate) over about one bucket per 16 of them finds the bucket holding the
+//    boundary, and an exact selection among that bucket's handful of scores finds the
+//    boundary element; otherwise every score becomes a candidate and the selection is exact on
+//    all of them. 4. A last compress pass over the candidates writes the int64 indices of
+//    those ranked at or above the boundary straight into the result.
+// Candidates stay in index order, so the position-ordered result needs no sort. Where the time
+// goes (AVX2, N = 131072, k = 15 %, warm caches): the filter pass about half, the histogram
+// a quarter, the sample and the output pass the rest.
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -190,12 +194,23 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t middle
     std::vector<std::uint64_t>& keys = c.keys;
     const float* values = c.values.data();
     const std::uint32_t* indices = c.indices.data();
+    if (std::isfinite(lo) && hi == std::numeric_limits<float>::infinity() && middle_count > 512) {
+        // A small k leaves the bracket open above (no sample is safely above the boundary):
+        // the largest candidate closes it for the histogram, all candidates being middle ones.
+        F32s most(lo);
+        std::size_t i = 0;
+        for (; i + kLanes <= c.count; i += kLanes) most = xsimd::max(most, F32s::load_unaligned(values + i));
+        alignas(64) std::array<float, kLanes> lanes;
+        most.store_aligned(lanes.data());
+        hi = *std::max_element(lanes.begin(), lanes.end());
+        for (; i < c.count; ++i) hi = std::max(hi, values[i]);
+    }
     const float width = hi - lo;
     // A histogram over buckets of [lo, hi] narrows the search to one bucket. Unusable when the
-    // bracket is unbounded or too narrow for a finite scale.
-    const std::size_t bucket_count = std::clamp<std::size_t>(std::bit_ceil(middle_count / 4 + 1), 64, 16384);
+    // bracket is unbounded or too wide or narrow for a finite, nonzero scale.
+    const std::size_t bucket_count = std::clamp<std::size_t>(std::bit_ceil(middle_count / 16 + 1), 64, 16384);
     const float scale = static_cast<float>(bucket_count) / width;
-    if (middle_count > 512 && std::isfinite(lo) && std::isfinite(hi) && width > 0.0f && std::isfinite(scale)) {
+    if (middle_count > 512 && std::isfinite(lo) && std::isfinite(hi) && width > 0.0f && scale > 0.0f && std::isfinite(scale)) {
         const Buckets buckets{lo, scale, static_cast<float>(bucket_count - 1)};
         const F32s vhi(hi);
         // The buckets of the middle candidates only, packed: those above hi are counted already,
@@ -287,26 +302,31 @@ inline std::size_t compress_store_wide(U32s index, unsigned bits, std::int64_t* 
 // Writes, in index order, the candidates ranked at or above the boundary element (value bv,
 // index bi): those greater than bv, and (take_equal) those equal to it at a lower or equal
 // index; at most `room` of them (exactly that many when the boundary is right). Returns how
-// many.
+// many. Candidates are in index order, so ties need no per-lane test: up to the boundary's
+// own position a candidate is kept when >= bv, after it when > bv.
 std::size_t take_selected(const Candidates& c, float bv, std::uint32_t bi, bool take_equal, std::int64_t* out,
                           std::size_t room) {
+    const float* values = c.values.data();
+    const std::uint32_t* indices = c.indices.data();
+    const std::size_t ties_end =
+        take_equal ? static_cast<std::size_t>(std::upper_bound(indices, indices + c.count, bi) - indices) : 0;
     const F32s vb(bv);
     std::size_t taken = 0, i = 0;
-    for (; i + kLanes <= c.count && taken < room; i += kLanes) {
-        const F32s v = F32s::load_unaligned(c.values.data() + i);
-        const U32s index = U32s::load_unaligned(c.indices.data() + i);
-        unsigned keep = lane_bits(v > vb);
-        if (unsigned equal = take_equal ? lane_bits(v == vb) : 0u; equal != 0) {
-            // Ties with the boundary value are rare: settle them lane by lane.
-            for (std::size_t j = 0; j < kLanes; ++j)
-                keep |= (((equal >> j) & 1u) & static_cast<unsigned>(c.indices[i + j] <= bi)) << j;
-        }
-        taken += compress_store_wide(index, keep, out + taken, room - taken);
+    for (; i + kLanes <= ties_end && taken < room; i += kLanes)
+        taken += compress_store_wide(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) >= vb),
+                                     out + taken, room - taken);
+    if (i < ties_end && i + kLanes <= c.count && taken < room) {  // the vector holding the boundary
+        const F32s v = F32s::load_unaligned(values + i);
+        const unsigned up_to_boundary = (1u << (ties_end - i)) - 1u;
+        const unsigned keep = (lane_bits(v >= vb) & up_to_boundary) | (lane_bits(v > vb) & ~up_to_boundary);
+        taken += compress_store_wide(U32s::load_unaligned(indices + i), keep, out + taken, room - taken);
+        i += kLanes;
     }
-    for (; i < c.count && taken < room; ++i) {
-        const float v = c.values[i];
-        if (v > bv || (take_equal && v == bv && c.indices[i] <= bi)) out[taken++] = c.indices[i];
-    }
+    for (; i + kLanes <= c.count && taken < room; i += kLanes)
+        taken += compress_store_wide(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) > vb),
+                                     out + taken, room - taken);
+    for (; i < c.count && taken < room; ++i)
+        if (values[i] > bv || (i < ties_end && values[i] == bv)) out[taken++] = indices[i];
     return std::min(taken, room);
 }
 
