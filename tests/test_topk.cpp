@@ -110,6 +110,20 @@ TEST_P(TopkTest, BracketHistogramEdgeCases) {
     for (float& v : cluster) v = normal(rng);
     for (std::size_t i = 0; i < n; i += 5) cluster[i] = 1.0364f;  // about the 15 % quantile
     for (std::size_t k : {n * 15 / 100, n * 15 / 100 + 3000, n / 5}) check(cluster, k, "cluster at the boundary");
+    // A small k leaves the bracket open above, and the histogram then spans up to the largest
+    // candidate: an infinite one, or a range whose width overflows.
+    std::vector<float> with_inf(n);
+    for (float& v : with_inf) v = normal(rng);
+    for (std::size_t i = 17; i < n; i += 9000) with_inf[i] = std::numeric_limits<float>::infinity();
+    for (std::size_t k : {n / 200, n / 100}) check(with_inf, k, "open top, infinities");
+    std::vector<float> huge(n);
+    std::uniform_real_distribution<float> wide(-3e38f, 3e38f);
+    for (float& v : huge) v = wide(rng);
+    for (std::size_t k : {n / 200, n / 100, n * 15 / 100}) check(huge, k, "open top, overflowing width");
+    // Equal scores spread over every lane position around the boundary element.
+    std::vector<float> steps(n);
+    for (std::size_t i = 0; i < n; ++i) steps[i] = static_cast<float>((i * 7919) % 613);
+    for (std::size_t k : {n / 100, n / 100 + 1, n / 7, n / 7 + 5}) check(steps, k, "many ties at the boundary");
 }
 
 TEST_P(TopkTest, InfinitiesAndNaNs) {
