@@ -74,6 +74,29 @@ void gather(const float* src, std::size_t width, const std::vector<std::int64_t>
         std::memcpy(dst + i * width, src + static_cast<std::size_t>(rows[i]) * width, width * sizeof(float));
 }
 
+// Fresh K/V of `rows` (k, v: one row each, in order) replace those rows in a layer's cache.
+void scatter_fresh(KvCache& cache, int layer, const std::vector<std::int64_t>& rows, const float* k, const float* v) {
+    const std::size_t L = static_cast<std::size_t>(layer);
+    check(kvfuse::scatter_rows(k, cache.row, rows.data(), rows.size(), cache.k[L].data(), cache.tokens, cache.row, cache.row),
+          "scatter of fresh keys");
+    check(kvfuse::scatter_rows(v, cache.row, rows.data(), rows.size(), cache.v[L].data(), cache.tokens, cache.row, cache.row),
+          "scatter of fresh values");
+}
+
+// The shape fields of an A3 relevance call on this model.
+kvfuse::RelevanceArgs relevance_args(const ModelShape& s, std::size_t question_rows, std::size_t candidates, bool smoothing,
+                                     float* out) {
+    kvfuse::RelevanceArgs args{};
+    args.question_rows = question_rows;
+    args.candidates = candidates;
+    args.query_heads = static_cast<std::size_t>(s.heads);
+    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
+    args.head_dim = static_cast<std::size_t>(s.head_dim);
+    args.smoothing = smoothing ? 1 : 0;
+    args.out = out;
+    return args;
+}
+
 // Stored chunks into the fused cache, layer by layer: V copied, K re-rotated to its new
 // offset. Layers before `first_layer` are skipped: every row is recomputed there, so their
 // stored rows would only be overwritten. Pipelined, a thread of its own loads the layers in
@@ -250,14 +273,7 @@ std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, st
                                 bool smoothing, ScoreKeys key_precision) {
     const std::size_t candidates = total_rows - prefix_rows;
     std::vector<float> out(candidates - m_rows);
-    kvfuse::RelevanceArgs args{};
-    args.question_rows = m_rows;
-    args.candidates = candidates;
-    args.query_heads = static_cast<std::size_t>(s.heads);
-    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
-    args.head_dim = static_cast<std::size_t>(s.head_dim);
-    args.smoothing = smoothing ? 1 : 0;
-    args.out = out.data();
+    kvfuse::RelevanceArgs args = relevance_args(s, m_rows, candidates, smoothing, out.data());
     const float* candidate_keys = keys + prefix_rows * s.kv_row();
     std::vector<std::int8_t> q8, k8;
     std::vector<std::uint8_t> k4;
@@ -363,14 +379,7 @@ std::vector<float> a3_relevance_stored(const ModelShape& s, const float* q_quest
         }
     }
     std::vector<float> out(docs);
-    kvfuse::RelevanceArgs args{};
-    args.question_rows = m_rows;
-    args.candidates = docs + m_rows;
-    args.query_heads = H;
-    args.kv_heads = Hkv;
-    args.head_dim = D;
-    args.smoothing = smoothing ? 1 : 0;
-    args.out = out.data();
+    kvfuse::RelevanceArgs args = relevance_args(s, m_rows, docs + m_rows, smoothing, out.data());
     args.segment_count = list.size();
     args.segments = list.data();
     check(kvfuse::a3_relevance(args), "A3 relevance");
@@ -397,7 +406,6 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
 
     FusionRun run;
     run.cache.reset(L, T, s.kv_row());
-    const std::size_t kv_bytes = s.kv_row() * sizeof(float);
 
     // Where each stored chunk goes.
     std::vector<std::size_t> chunk_offsets;
@@ -437,6 +445,16 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     std::vector<float> q, k, v, attention;
     std::vector<float> check_hidden;  // a3-layers: every row's input of the check layer
     std::size_t probe_rows = 0;       // a3-probe: rows the probe pushed through layers
+    // a3-layers and a3-probe past the check layer: the question's queries at `layer` (the last M
+    // of n fresh rows q, k) against that layer's stored keys, or the fused cache's.
+    auto later_layer_relevance = [&](int layer, const float* q_rows, const float* k_rows, std::size_t n) {
+        const float* q_question = q_rows + (n - M) * s.q_row();
+        return o.a3_stored_keys
+                   ? a3_relevance_stored(s, q_question, M, k_rows + (n - M) * s.kv_row(), chunks, chunk_offsets, layer,
+                                         o.a3_smoothing, o.a3_scoring)
+                   : a3_relevance(s, q_question, M, run.cache.k[static_cast<std::size_t>(layer)].data(), P, T,
+                                  o.a3_smoothing, o.a3_scoring);
+    };
 
     for (int l = 0; l < L; ++l) {
         loader.wait(l);  // before anything reads this layer's stored rows or overwrites them
@@ -481,21 +499,12 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                         loader.wait(m);
                         if (m > l) {
                             model.project_qkv(m, hp.data(), n_p, always.data(), qp.data(), kp.data(), vp.data());
-                            const float* q_question = qp.data() + (n_p - M) * s.q_row();
-                            const std::vector<float> layer_score =
-                                o.a3_stored_keys
-                                    ? a3_relevance_stored(s, q_question, M, kp.data() + (n_p - M) * s.kv_row(), chunks,
-                                                          chunk_offsets, m, o.a3_smoothing, o.a3_scoring)
-                                    : a3_relevance(s, q_question, M, run.cache.k[static_cast<std::size_t>(m)].data(), P, T,
-                                                   o.a3_smoothing, o.a3_scoring);
+                            const std::vector<float> layer_score = later_layer_relevance(m, qp.data(), kp.data(), n_p);
                             std::copy(layer_score.begin(), layer_score.end(), scores.begin() + static_cast<std::ptrdiff_t>((m - l) * docs));
                         }
                         if (m + 1 == L) break;  // the last layer's output is not needed
                         // Written over by the main pass's fresh rows before it reads them.
-                        for (std::size_t i = 0; i < n_p; ++i) {
-                            std::memcpy(run.cache.k_row(m, static_cast<std::size_t>(always[i])), kp.data() + i * s.kv_row(), kv_bytes);
-                            std::memcpy(run.cache.v_row(m, static_cast<std::size_t>(always[i])), vp.data() + i * s.kv_row(), kv_bytes);
-                        }
+                        scatter_fresh(run.cache, m, always, kp.data(), vp.data());
                         attend(s, qp.data(), always, run.cache, m, ap.data());
                         model.finish_layer(m, ap.data(), n_p, hp.data());
                         probe_rows += n_p;
@@ -557,20 +566,10 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
             model.project_qkv(l, hidden.data(), n, rows.data(), q.data(), k.data(), v.data());
         }
         // Fresh rows replace the stored ones in this layer's cache.
-        for (std::size_t i = 0; i < n; ++i) {
-            std::memcpy(run.cache.k_row(l, static_cast<std::size_t>(rows[i])), k.data() + i * s.kv_row(), kv_bytes);
-            std::memcpy(run.cache.v_row(l, static_cast<std::size_t>(rows[i])), v.data() + i * s.kv_row(), kv_bytes);
-        }
+        scatter_fresh(run.cache, l, rows, k.data(), v.data());
         if (per_layer && l > full_layers) {
             const auto t_select = Clock::now();
-            // This layer's question queries against this layer's stored (or fused) keys.
-            const float* q_question = q.data() + (n - M) * s.q_row();
-            const std::vector<float> score =
-                o.a3_stored_keys
-                    ? a3_relevance_stored(s, q_question, M, k.data() + (n - M) * s.kv_row(), chunks, chunk_offsets, l,
-                                          o.a3_smoothing, o.a3_scoring)
-                    : a3_relevance(s, q_question, M, run.cache.k[static_cast<std::size_t>(l)].data(), P, T, o.a3_smoothing,
-                                   o.a3_scoring);
+            const std::vector<float> score = later_layer_relevance(l, q.data(), k.data(), n);
             std::vector<std::int64_t> joining;
             for (std::int64_t idx : top_k(score, k_select)) {
                 const std::int64_t row = idx + static_cast<std::int64_t>(P);
@@ -586,10 +585,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                 gather(check_hidden.data(), static_cast<std::size_t>(s.dim), joining, h.data());
                 for (int m = full_layers; m <= l; ++m) {
                     model.project_qkv(m, h.data(), j, joining.data(), jq.data(), jk.data(), jv.data());
-                    for (std::size_t i = 0; i < j; ++i) {
-                        std::memcpy(run.cache.k_row(m, static_cast<std::size_t>(joining[i])), jk.data() + i * s.kv_row(), kv_bytes);
-                        std::memcpy(run.cache.v_row(m, static_cast<std::size_t>(joining[i])), jv.data() + i * s.kv_row(), kv_bytes);
-                    }
+                    scatter_fresh(run.cache, m, joining, jk.data(), jv.data());
                     if (m == l) break;  // at this layer they join the others below
                     attend(s, jq.data(), joining, run.cache, m, ja.data());
                     model.finish_layer(m, ja.data(), j, h.data());
