@@ -420,6 +420,45 @@ TEST_P(ScoreTest, SegmentsMatchReference) {
     EXPECT_EQ(kvfuse_a3_relevance(&a), KVFUSE_ERROR_NULL_POINTER);
 }
 
+// NaN and Inf reaching a segment (its bias, its keys) give what the reference gives: NaN where
+// it is NaN, the same values elsewhere, and no crash.
+TEST_P(ScoreTest, SegmentsWithNanAndInfFollowTheReference) {
+    const Case c{3, 40, 4, 2, 16};
+    Inputs in = make(c, 92);
+    const Inputs other = make(c, 93);
+    std::vector<float> bias = {0.5f, -0.25f, 1.0f};
+    for (int which : {0, 1, 2}) {
+        std::vector<float> keys = in.k, segment_bias = bias;
+        if (which == 0) segment_bias[1] = NAN;                // question row 1's logits in segment 0
+        if (which == 1) keys[5 * c.Hkv * c.D + 3] = INFINITY;  // one key value of segment 0
+        if (which == 2) keys[30 * c.Hkv * c.D] = NAN;          // a key of segment 1
+        kvfuse_relevance_segment segments[2]{};
+        segments[0].keys = 17;  // not a tile boundary
+        segments[0].queries_f32 = other.q.data();
+        segments[0].keys_f32 = keys.data();
+        segments[0].bias = segment_bias.data();
+        segments[1].keys = c.C - 17;
+        segments[1].queries_f32 = in.q.data();
+        segments[1].keys_f32 = keys.data() + 17 * c.Hkv * c.D;
+        std::vector<float> got, want;
+        kvfuse_relevance_args a = args_for(c, in, Keys::f32, true, got);
+        a.segment_count = 2;
+        a.segments = segments;
+        ASSERT_TRUE(kvfuse::a3_relevance(a).ok());
+        kvfuse_relevance_args r = args_for(c, in, Keys::f32, true, want);
+        r.segment_count = 2;
+        r.segments = segments;
+        kvfuse::reference::a3_relevance(r);
+        bool any_nan = false;
+        for (std::size_t j = 0; j < got.size(); ++j) {
+            ASSERT_EQ(std::isnan(got[j]), std::isnan(want[j])) << "case " << which << " j " << j;
+            any_nan = any_nan || std::isnan(want[j]);
+            if (!std::isnan(want[j])) ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j])) << "case " << which << " j " << j;
+        }
+        EXPECT_TRUE(any_nan) << "case " << which << ": the bad value must reach the output";
+    }
+}
+
 // What segments are for: chunks' keys kept in the frame they were computed in (their own
 // positions, their own mean removed), scored with the question's queries rotated into that
 // frame and the mean's logit as bias, give the relevance of the fused, re-rotated keys.
