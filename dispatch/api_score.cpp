@@ -92,6 +92,14 @@ kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads,
     return KVFUSE_OK;
 }
 
+kvfuse_status kvfuse_relevance_dot_schemes(const char** int8_keys, const char** int4_keys) {
+    const kvfuse::detail::KernelTable* kernels = nullptr;
+    if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
+    if (int8_keys != nullptr) *int8_keys = kernels->int8_dot;
+    if (int4_keys != nullptr) *int4_keys = kernels->int4_dot;
+    return KVFUSE_OK;
+}
+
 kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* a) {
     if (a == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "args is required");
     if (a->question_rows == 0 || a->candidates < a->question_rows)

@@ -36,6 +36,11 @@ struct KernelTable {
     SparseAttentionFn sparse_attention = nullptr;
     TopkFn topk = nullptr;
     RelevanceFn relevance = nullptr;
+    // The integer dot schemes `relevance` runs for int8 and int4 keys (score_dot.h's names), so
+    // that a user can see which instruction this CPU's copy uses. The scalar table runs the
+    // reference.
+    const char* int8_dot = "reference";
+    const char* int4_dot = "reference";
 };
 
 }  // namespace kvfuse::detail

@@ -46,6 +46,14 @@ int main(int argc, char** argv) {
     CHECK(strstr(kvfuse_last_error(), "rotary_dims") != NULL);
     CHECK(kvfuse_rope_rotate_span(NULL, KVFUSE_DTYPE_F32, key, 1, 1, 4, 1) == KVFUSE_ERROR_NULL_POINTER);
 
+    {
+        const char* int8_keys = NULL;
+        const char* int4_keys = NULL;
+        CHECK(kvfuse_relevance_dot_schemes(&int8_keys, &int4_keys) == KVFUSE_OK);
+        CHECK(int8_keys != NULL && int4_keys != NULL && int8_keys[0] != '\0' && int4_keys[0] != '\0');
+        CHECK(kvfuse_relevance_dot_schemes(NULL, NULL) == KVFUSE_OK);
+    }
+
     if (failures == 0) printf("C API checks passed\n");
     return failures == 0 ? 0 : 1;
 }

@@ -184,6 +184,11 @@ TEST_P(ScoreTest, RunsTheBestDotOfThisCpu) {
                                                        (used.hardware ? " (instruction)" : " (emulated)")).c_str());
         EXPECT_STREQ(kvfuse::detail::score_dot_name(used.dot), kvfuse::detail::score_dot_name(want.dot));
         EXPECT_EQ(used.hardware, want.hardware);
+        // What the public API reports is what the call ran.
+        kvfuse::RelevanceDotSchemes reported;
+        ASSERT_TRUE(kvfuse::relevance_dot_schemes(reported).ok());
+        EXPECT_EQ(keys == Keys::i4 ? reported.int4_keys : reported.int8_keys,
+                  used.dot == ScoreDot::automatic ? std::string("reference") : kvfuse::detail::score_dot_name(used.dot));
     }
 }
 
@@ -453,7 +458,9 @@ TEST_P(ScoreTest, SegmentsWithNanAndInfFollowTheReference) {
         for (std::size_t j = 0; j < got.size(); ++j) {
             ASSERT_EQ(std::isnan(got[j]), std::isnan(want[j])) << "case " << which << " j " << j;
             any_nan = any_nan || std::isnan(want[j]);
-            if (!std::isnan(want[j])) ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j])) << "case " << which << " j " << j;
+            if (!std::isnan(want[j])) {
+                ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j])) << "case " << which << " j " << j;
+            }
         }
         EXPECT_TRUE(any_nan) << "case " << which << ": the bad value must reach the output";
     }

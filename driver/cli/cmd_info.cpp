@@ -51,6 +51,9 @@ int run_info(const std::string& model_path, const PlacementCliOptions& placement
         return 2;
     }
     std::printf("active isa: %s\n", kvfuse::isa_name(active));
+    kvfuse::RelevanceDotSchemes dots;
+    if (kvfuse::relevance_dot_schemes(dots).ok())
+        std::printf("scoring dot products: int8 keys %s, int4 keys %s\n", dots.int8_keys.c_str(), dots.int4_keys.c_str());
     const kvfuse::Tuning t = kvfuse::current_tuning();
     std::printf("tuning: %s\n", kvfuse::profile_status().c_str());
     std::printf("  attention key tile %u%s, row block %u; scoring rows %u; top-k sample %u\n", t.attention_key_tile,

@@ -281,6 +281,12 @@ typedef struct kvfuse_relevance_args {
  * keys; optional smoothing. Integer dot products are exact; scales applied per (row, head). */
 KVFUSE_API kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* args);
 
+/* The integer dot-product schemes kvfuse_a3_relevance runs on the active ISA, for int8 and for
+ * int4 keys: "pairs_s16" (two s16 products per 32-bit lane: pmaddwd), "quads_u8s8_s16" (int4:
+ * four u8 x s8 per lane, pmaddubsw with s16 sums), "quads_u8s8" (VNNI vpdpbusd), "quads_s8s8"
+ * (NEON sdot), or "reference" on the scalar ISA. Static strings; either pointer may be null. */
+KVFUSE_API kvfuse_status kvfuse_relevance_dot_schemes(const char** int8_keys, const char** int4_keys);
+
 /* ---- tuning ------------------------------------------------------------------------------
  * Kernel parameters a per-machine tuning run (`kvfuse tune`) chooses. They change speed only,
  * never results. At start-up the library loads the tuning profile: the file KVFUSE_PROFILE

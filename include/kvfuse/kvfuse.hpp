@@ -344,6 +344,17 @@ inline std::string profile_status() { return kvfuse_profile_status(); }
 
 using RelevanceArgs = kvfuse_relevance_args;
 inline Status a3_relevance(const RelevanceArgs& args) { return Status(kvfuse_a3_relevance(&args)); }
+// The dot schemes of the active ISA's relevance kernel (see kvfuse_relevance_dot_schemes).
+struct RelevanceDotSchemes {
+    std::string int8_keys, int4_keys;
+};
+inline Status relevance_dot_schemes(RelevanceDotSchemes& out) {
+    const char* int8_keys = nullptr;
+    const char* int4_keys = nullptr;
+    const Status s(kvfuse_relevance_dot_schemes(&int8_keys, &int4_keys));
+    if (s.ok()) out = {int8_keys, int4_keys};
+    return s;
+}
 inline Status quantize_keys_i8(const float* keys, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim,
                                std::size_t token_stride, std::int8_t* out, float* scales, float* means) {
     return Status(kvfuse_quantize_keys_i8(keys, tokens, kv_heads, head_dim, token_stride, out, scales, means));

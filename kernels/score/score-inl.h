@@ -665,6 +665,10 @@ void relevance(const kvfuse_relevance_args& a) {
 
 }  // namespace
 
-void register_score(detail::KernelTable& table) { table.relevance = &relevance; }
+void register_score(detail::KernelTable& table) {
+    table.relevance = &relevance;
+    table.int8_dot = detail::score_dot_name(kBestInt8Dot);
+    table.int4_dot = detail::score_dot_name(kBestInt4Dot);
+}
 
 }  // namespace kvfuse::KVFUSE_ISA_NAMESPACE
