@@ -31,9 +31,20 @@ void parallel_copy(void* dst, const void* src, std::size_t bytes) {
 void run_side_by_side(benchmark::State& state, const std::function<void()>& kernel,
                       const std::function<void()>& baseline, double work_per_call,
                       const std::string& unit, double unit_scale) {
+    run_side_by_side_with_floor(state, kernel, baseline, nullptr, work_per_call, unit, unit_scale);
+}
+
+void run_side_by_side_with_floor(benchmark::State& state, const std::function<void()>& kernel,
+                                 const std::function<void()>& baseline, const std::function<void()>& floor,
+                                 double work_per_call, const std::string& unit, double unit_scale) {
     using clock = std::chrono::steady_clock;
-    std::vector<double> kernel_s, baseline_s;
+    std::vector<double> kernel_s, baseline_s, floor_s;
     for (auto _ : state) {
+        if (floor) {
+            const auto f0 = clock::now();
+            floor();
+            floor_s.push_back(std::chrono::duration<double>(clock::now() - f0).count());
+        }
         const auto t0 = clock::now();
         baseline();
         const auto t1 = clock::now();
@@ -47,6 +58,27 @@ void run_side_by_side(benchmark::State& state, const std::function<void()>& kern
     state.counters[unit] = work_per_call / k / unit_scale;
     state.counters["baseline_" + unit] = work_per_call / b / unit_scale;
     state.counters["x_baseline"] = b / k;
+    if (floor) {
+        const double f = median(floor_s);
+        state.counters["floor_" + unit] = work_per_call / f / unit_scale;
+        state.counters["pct_floor"] = 100.0 * f / k;
+    }
+}
+
+#if defined(__x86_64__)
+#define KVFUSE_BENCH_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define KVFUSE_BENCH_CLONES
+#endif
+
+KVFUSE_BENCH_CLONES std::uint32_t read_words_once(const std::uint32_t* words, std::size_t count) {
+    std::uint32_t seen = 0;
+    for (std::size_t i = 0; i < count; ++i) seen |= words[i];
+    return seen;
+}
+
+KVFUSE_BENCH_CLONES void write_indices_once(std::int64_t* dst, std::size_t count, std::int64_t add) {
+    for (std::size_t i = 0; i < count; ++i) dst[i] = static_cast<std::int64_t>(i) + add;
 }
 
 bool force_isa_or_skip(benchmark::State& state, int isa) {

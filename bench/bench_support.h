@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -23,6 +24,20 @@ void parallel_copy(void* dst, const void* src, std::size_t bytes);
 void run_side_by_side(benchmark::State& state, const std::function<void()>& kernel,
                       const std::function<void()>& baseline, double work_per_call,
                       const std::string& unit, double unit_scale);
+
+// The same, also timing `floor` (the least work any kernel must do, e.g. one pass over the
+// input and the output written once) in every iteration, before the baseline so that the
+// kernel still runs right after the baseline: adds floor_<unit> and `pct_floor` = median
+// floor time / median kernel time, in percent.
+void run_side_by_side_with_floor(benchmark::State& state, const std::function<void()>& kernel,
+                                 const std::function<void()>& baseline, const std::function<void()>& floor,
+                                 double work_per_call, const std::string& unit, double unit_scale);
+
+// The two halves of a data-movement floor, at the best vector width of this CPU (cloned per
+// target: the benchmarks are built for the baseline ISA): every 32-bit word of `words` read
+// once (their OR, so nothing is skipped), and dst[i] = i + add written for i < count.
+std::uint32_t read_words_once(const std::uint32_t* words, std::size_t count);
+void write_indices_once(std::int64_t* dst, std::size_t count, std::int64_t add);
 
 // Marks the ISA for a benchmark; returns false (and skips) when it cannot run here.
 bool force_isa_or_skip(benchmark::State& state, int isa);

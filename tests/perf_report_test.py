@@ -55,7 +55,7 @@ class PerfReportTest(unittest.TestCase):
         for header in (
                 "| kernel | benchmark | figure | % of roofline | x baseline | tuned ÷ default | threads |",
                 "| benchmark | median time | GB/s | copy GB/s | % of copy |",
-                "| benchmark | median time | Mscores/s | baseline Mscores/s | x baseline |",
+                "| benchmark | median time | Mscores/s | floor Mscores/s | % of floor | baseline Mscores/s | x baseline |",
                 "| benchmark | median time | GFLOP/s | FMA peak GFLOP/s | % of peak | reference GFLOP/s | x reference |",
                 "| benchmark | median time | GOP/s | int8 peak GOP/s | % of int8 peak | f32 GOP/s | x f32 |",
                 "| benchmark | median time (tuned) | tuned | default | tuned ÷ default speed |",
