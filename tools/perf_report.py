@@ -293,8 +293,9 @@ def summary_section(k):
         if n is None:
             rows.append([title, "not measured", "-", "-", "-", "-", "-"])
             continue
+        roof_pct = roof(bench, n) if roof else None
         rows.append([title, f"`{n}`", f"{fmt(bench.need(n, unit))} {unit}",
-                     f"{pct(roof(bench, n))} of {roof_name}" if roof and roof(bench, n) is not None else "-",
+                     f"{pct(roof_pct)} of {roof_name}" if roof_pct is not None else "-",
                      f"{fmt(bench.need(n, xname))} ({base_name})",
                      tuned(tune_pattern) if tune_pattern else "-", f"{threads}"])
     return table(["kernel", "benchmark", "figure", "% of roofline", "x baseline", "tuned ÷ default", "threads"], rows)
