@@ -29,7 +29,7 @@
 #if defined(__AVX2__) || defined(__AVX512BW__)
 #include <immintrin.h>
 #endif
-#if defined(__ARM_FEATURE_DOTPROD)
+#if defined(__aarch64__)
 #include <arm_neon.h>
 #endif
 
@@ -119,6 +119,25 @@ inline V madd_pairs(V k, V q) {
         return ((k << 16) >> 16) * ((q << 16) >> 16) + (k >> 16) * (q >> 16);
 }
 
+// acc += x for 32-bit (add_to) or 16-bit (add_to_s16) lanes, accumulating in acc's register.
+// In the register blocks below (8 sums, 2 keys, the broadcasts and the products in 16 ymm
+// registers) GCC 12 writes each sum into the product's register and copies it back: a vmovdqa
+// per multiply-add, which made the AVX2 pairs loop about a quarter slower on Zen 3 than the
+// same loop without them. The asm pins the destination; elsewhere (32 registers, or NEON) the
+// plain add.
+template <class V>
+inline void add_to(V& acc, V x) {
+#if defined(__AVX2__)
+    if constexpr (V::size == 8 && sizeof(typename V::value_type) == 4) {
+        __m256i a = acc;
+        asm("vpaddd %1, %0, %0" : "+x"(a) : "x"(static_cast<__m256i>(x)));
+        acc = a;
+        return;
+    }
+#endif
+    acc += x;
+}
+
 inline std::int32_t pack_pair(std::int32_t lo, std::int32_t hi) {
     return static_cast<std::int32_t>(static_cast<std::uint16_t>(lo) | (static_cast<std::uint32_t>(static_cast<std::uint16_t>(hi)) << 16));
 }
@@ -199,7 +218,7 @@ inline V dot_quads_s8s8(V acc, V keys, V queries) {
 
 // `pmaddubsw`: per lane two s16, k0 q0 + k1 q1 and k2 q2 + k3 q3 (u8 keys, s8 queries), which
 // the caller keeps within s16 so that nothing saturates. The emulation keeps the lane's whole
-// sum instead of two halves; add_s16 and widen_s16_pairs follow it, so the totals agree.
+// sum instead of two halves; add_to_s16 and widen_s16_pairs follow it, so the totals agree.
 template <class V>
 inline V madd_quads_s16(V keys, V queries) {
 #if defined(__AVX512BW__)
@@ -212,17 +231,22 @@ inline V madd_quads_s16(V keys, V queries) {
 #endif
         return emulated_dot_u8s8(keys, queries);
 }
+// acc += y per 16-bit half (the emulation keeps whole lanes: see madd_quads_s16); on AVX2 in
+// acc's register, as add_to.
 template <class V>
-inline V add_s16(V x, V y) {
+inline void add_to_s16(V& acc, V y) {
 #if defined(__AVX512BW__)
-    if constexpr (V::size == 16) return _mm512_add_epi16(x, y);
+    if constexpr (V::size == 16) acc = _mm512_add_epi16(acc, y);
     else
 #endif
 #if defined(__AVX2__)
-    if constexpr (V::size == 8) return _mm256_add_epi16(x, y);
-    else
+    if constexpr (V::size == 8) {
+        __m256i a = acc;
+        asm("vpaddw %1, %0, %0" : "+x"(a) : "x"(static_cast<__m256i>(y)));
+        acc = a;
+    } else
 #endif
-        return x + y;
+        acc += y;
 }
 // The two s16 of each lane summed into one s32.
 template <class V>
@@ -297,72 +321,221 @@ inline std::int32_t key_offset(ScoreDot dot, Path path) {
     return path == Path::int8 ? 128 : 8;
 }
 
-// Key j (of the segment) of KV head kv as s.lanes 32-bit lanes, lane i at out[i * kTile]. Dimensions past the
-// head (the last pair or quad of an odd head_dim) meet zero query bytes, so what they hold
-// does not matter.
+// Lanes [from, s.lanes) of key j (of the segment) of KV head kv, lane i at out[i * kTile]: the
+// scalar encoding, for lanes past the last whole block (below) and for ISAs without block code.
+// Dimensions past the head (the last pair or quad of an odd head_dim) meet zero query bytes, so
+// what they hold does not matter.
 void encode_key(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t j, std::size_t kv,
-                std::int32_t* out) {
+                std::size_t from, std::int32_t* out) {
     if (path == Path::int8) {
         const std::int8_t* key = g.keys_i8 + (j * s.Hkv + kv) * s.D;
         if (!is_quads(dot)) {
-            for (std::size_t i = 0; i < s.lanes; ++i)
+            for (std::size_t i = from; i < s.lanes; ++i)
                 out[i * kTile] = pack_pair(key[2 * i], 2 * i + 1 < s.D ? key[2 * i + 1] : 0);
             return;
         }
         // k + 128 is k with its top bit flipped.
         const std::uint32_t flip = key_offset(dot, path) == 128 ? 0x80808080u : 0u;
         auto byte = [&](std::size_t d) { return d < s.D ? static_cast<std::uint32_t>(static_cast<std::uint8_t>(key[d])) : 0u; };
-        for (std::size_t i = 0; i < s.lanes; ++i)
+        for (std::size_t i = from; i < s.lanes; ++i)
             out[i * kTile] = static_cast<std::int32_t>(bytes_to_lane(byte(4 * i), byte(4 * i + 1), byte(4 * i + 2), byte(4 * i + 3)) ^ flip);
         return;
     }
     const std::uint8_t* key = g.keys_i4 + (j * s.Hkv + kv) * s.D2;
     if (!is_quads(dot)) {
-        for (std::size_t i = 0; i < s.lanes; ++i) out[i * kTile] = pack_pair(nibble(key[i]), nibble(key[i] >> 4u));
+        for (std::size_t i = from; i < s.lanes; ++i) out[i * kTile] = pack_pair(nibble(key[i]), nibble(key[i] >> 4u));
         return;
     }
     // Two packed bytes hold the four nibbles of one lane.
     const std::uint16_t* spread = is_unsigned_quads(dot) ? kNibbleSpread.as_u8 : kNibbleSpread.as_s8;
     const std::size_t full = s.D2 / 2;
-    for (std::size_t i = 0; i < full; ++i)
+    for (std::size_t i = from; i < full; ++i)
         out[i * kTile] = static_cast<std::int32_t>(spread[key[2 * i]] | (static_cast<std::uint32_t>(spread[key[2 * i + 1]]) << 16));
-    if (full < s.lanes) out[full * kTile] = spread[key[2 * full]];
+    if (from <= full && full < s.lanes) out[full * kTile] = spread[key[2 * full]];
 }
+
+// ---- tile layout by blocks ----
+//
+// The tile is the keys transposed (lane i of key jj at tile[i * kTile + jj]), so laying it out
+// one element at a time costs a scalar load, shifts and a store per lane: measured a quarter
+// of the int8 call on AVX2 (the dot products themselves run a lane per broadcast). Instead,
+// square blocks of kBlock keys x kBlock lanes: each key's lanes encoded by one vector load
+// (and a widening or a few bit operations), the block transposed in registers and stored as
+// kBlock tile rows. x86 uses 8 x 8 blocks on ymm, in the AVX-512 copy too (kTile is a multiple
+// of 8 there); NEON 4 x 4. Lanes past the last whole block go the scalar way (encode_key).
+#if defined(__AVX2__)
+#define KVFUSE_SCORE_BLOCKS 1
+using BlockArch = xsimd::avx2;
+#elif defined(__aarch64__)
+#define KVFUSE_SCORE_BLOCKS 1
+using BlockArch = xsimd::neon64;
+#else
+#define KVFUSE_SCORE_BLOCKS 0
+#endif
+
+#if KVFUSE_SCORE_BLOCKS
+using Block = xsimd::batch<std::int32_t, BlockArch>;
+constexpr std::size_t kBlock = Block::size;
+static_assert(kTile % kBlock == 0, "a tile is a whole number of blocks");
+
+// kBlock consecutive 32-bit lanes from memory of any type (f32 keys, int8 quads).
+inline Block load_lanes(const void* p) {
+#if defined(__AVX2__)
+    return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+#else
+    return vreinterpretq_s32_u8(vld1q_u8(static_cast<const std::uint8_t*>(p)));
+#endif
+}
+// 2 * kBlock int8 sign-extended to s16: the pairs lanes of an int8 key.
+inline Block load_s8_as_pairs(const std::int8_t* p) {
+#if defined(__AVX2__)
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else
+    return vreinterpretq_s32_s16(vmovl_s8(vld1_s8(p)));
+#endif
+}
+// kBlock bytes, each zero-extended into its own lane.
+inline Block load_u8_as_lanes(const std::uint8_t* p) {
+#if defined(__AVX2__)
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+#else
+    std::uint32_t word;
+    std::memcpy(&word, p, sizeof word);
+    return vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vcreate_u8(word)))));
+#endif
+}
+// kBlock little-endian 16-bit words, each zero-extended into its own lane.
+inline Block load_u16_as_lanes(const std::uint8_t* p) {
+#if defined(__AVX2__)
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else
+    return vreinterpretq_s32_u32(vmovl_u16(vreinterpret_u16_u8(vld1_u8(p))));
+#endif
+}
+// rows[r] lane c -> out[c * stride + r]: the block transposed into kBlock tile rows (32-byte
+// aligned on x86: stride and the block's first key are multiples of 8 lanes).
+inline void store_transposed(const Block (&rows)[kBlock], void* out, std::size_t stride) {
+    auto* base = static_cast<std::int32_t*>(out);
+#if defined(__AVX2__)
+    __m256i t[8], u[8];
+    for (int r = 0; r < 8; r += 2) {
+        t[r] = _mm256_unpacklo_epi32(rows[r], rows[r + 1]);      // r0c0 r1c0 r0c1 r1c1 | c4 c5
+        t[r + 1] = _mm256_unpackhi_epi32(rows[r], rows[r + 1]);  // r0c2 r1c2 r0c3 r1c3 | c6 c7
+    }
+    for (int h = 0; h < 8; h += 4) {
+        u[h] = _mm256_unpacklo_epi64(t[h], t[h + 2]);          // rows h..h+3 of c0 | c4
+        u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);      // c1 | c5
+        u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);  // c2 | c6
+        u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);  // c3 | c7
+    }
+    for (int c = 0; c < 4; ++c) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(base + c * stride), _mm256_permute2x128_si256(u[c], u[c + 4], 0x20));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(base + (c + 4) * stride), _mm256_permute2x128_si256(u[c], u[c + 4], 0x31));
+    }
+#else
+    const int32x4x2_t a = vtrnq_s32(rows[0], rows[1]), b = vtrnq_s32(rows[2], rows[3]);  // r0c0 r1c0 r0c2 r1c2, ...
+    vst1q_u8(reinterpret_cast<std::uint8_t*>(base), vreinterpretq_u8_s32(vcombine_s32(vget_low_s32(a.val[0]), vget_low_s32(b.val[0]))));
+    vst1q_u8(reinterpret_cast<std::uint8_t*>(base + stride),
+             vreinterpretq_u8_s32(vcombine_s32(vget_low_s32(a.val[1]), vget_low_s32(b.val[1]))));
+    vst1q_u8(reinterpret_cast<std::uint8_t*>(base + 2 * stride),
+             vreinterpretq_u8_s32(vcombine_s32(vget_high_s32(a.val[0]), vget_high_s32(b.val[0]))));
+    vst1q_u8(reinterpret_cast<std::uint8_t*>(base + 3 * stride),
+             vreinterpretq_u8_s32(vcombine_s32(vget_high_s32(a.val[1]), vget_high_s32(b.val[1]))));
+#endif
+}
+
+// Lanes [i0, i0 + kBlock) of key j of KV head kv, encoded as encode_key does. The caller keeps
+// every byte read inside the key (block_lanes).
+inline Block encode_block(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t j,
+                          std::size_t kv, std::size_t i0) {
+    if (path == Path::f32) return load_lanes(g.keys_f32 + (j * s.Hkv + kv) * s.D + i0);
+    if (path == Path::int8) {
+        const std::int8_t* key = g.keys_i8 + (j * s.Hkv + kv) * s.D;
+        if (!is_quads(dot)) return load_s8_as_pairs(key + 2 * i0);
+        const Block bytes = load_lanes(key + 4 * i0);
+        return key_offset(dot, path) == 128 ? bytes ^ Block(static_cast<std::int32_t>(0x80808080u)) : bytes;
+    }
+    const std::uint8_t* key = g.keys_i4 + (j * s.Hkv + kv) * s.D2;
+    if (!is_quads(dot)) {
+        // One packed byte per lane: its low and high nibbles sign-extended into the two s16.
+        const Block b = load_u8_as_lanes(key + i0);
+        return (((b << 28) >> 28) & Block(0xFFFF)) | (((b << 24) >> 28) << 16);
+    }
+    // Two packed bytes per lane, nibble n moved to byte n: k + 8 (u8) is the nibble with its top
+    // bit flipped; k as s8 is then (k + 8) + 0x78, top bit flipped (no carry between bytes).
+    const Block v = load_u16_as_lanes(key + 2 * i0);
+    Block w = (v | (v << 8)) & Block(0x00FF00FF);
+    w = (w | (w << 4)) & Block(0x0F0F0F0F);
+    const Block biased = w ^ Block(0x08080808);
+    return is_unsigned_quads(dot) ? biased : (biased + Block(0x78787878)) ^ Block(static_cast<std::int32_t>(0x80808080u));
+}
+
+// How many leading lanes of every key encode_block may cover: whole blocks whose source bytes
+// all lie inside the key (f32: one lane per dimension).
+std::size_t block_lanes(const Shape& s, Path path, ScoreDot dot) {
+    const std::size_t inside = path == Path::f32    ? s.D
+                               : path == Path::int8 ? (is_quads(dot) ? s.D / 4 : s.D / 2)
+                                                    : (is_quads(dot) ? s.D2 / 2 : s.D2);
+    return inside / kBlock * kBlock;
+}
+#endif
 
 // Lanes [lo, hi) of one KV head's tile as scratch, from the segment's keys first, first + 1, ...:
 // f32 -> D rows of kTile floats; int -> s.lanes rows of kTile lanes. Every other lane is zero
 // (past the end, or another segment's key: that segment fills it with its own queries).
 void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t first, std::size_t lo,
                  std::size_t hi, std::size_t kv, float* f32_tile, std::int32_t* int_tile, float* key_scales) {
+    const std::size_t lanes = path == Path::f32 ? s.D : s.lanes;
+    std::size_t blocked = 0;
+#if KVFUSE_SCORE_BLOCKS
+    blocked = block_lanes(s, path, dot);
+    for (std::size_t jj0 = 0; jj0 < kTile; jj0 += kBlock)
+        for (std::size_t i0 = 0; i0 < blocked; i0 += kBlock) {
+            Block rows[kBlock];
+            for (std::size_t r = 0; r < kBlock; ++r) {
+                const std::size_t jj = jj0 + r;
+                rows[r] = jj >= lo && jj < hi ? encode_block(g, s, path, dot, first + (jj - lo), kv, i0) : Block(0);
+            }
+            store_transposed(rows, path == Path::f32 ? static_cast<void*>(f32_tile + i0 * kTile + jj0)
+                                                     : static_cast<void*>(int_tile + i0 * kTile + jj0),
+                             kTile);
+        }
+#endif
     for (std::size_t jj = 0; jj < kTile; ++jj) {
         const bool in = jj >= lo && jj < hi;
         const std::size_t j = first + (jj - lo);  // meaningful only when `in`
         if (path == Path::f32) {
             const float* key = g.keys_f32 + (j * s.Hkv + kv) * s.D;
-            for (std::size_t d = 0; d < s.D; ++d) f32_tile[d * kTile + jj] = in ? key[d] : 0.0f;
+            for (std::size_t d = blocked; d < s.D; ++d) f32_tile[d * kTile + jj] = in ? key[d] : 0.0f;
             continue;
         }
         key_scales[jj] = in ? g.key_scales[j * s.Hkv + kv] : 0.0f;
         if (in)
-            encode_key(g, s, path, dot, j, kv, int_tile + jj);
+            encode_key(g, s, path, dot, j, kv, blocked, int_tile + jj);
         else
-            for (std::size_t i = 0; i < s.lanes; ++i) int_tile[i * kTile + jj] = 0;
+            for (std::size_t i = blocked; i < lanes; ++i) int_tile[i * kTile + jj] = 0;
     }
 }
 
 // Every query (row, head) as s.lanes lanes (pairs or quads, zero past the head), and for the
-// u8 schemes its correction offset * sum(q).
-void encode_queries(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::int32_t* lanes,
+// u8 schemes its correction offset * sum(q). The lanes go KV head by KV head (row r of KV head
+// kv, r = m * group + h, at (kv * M * group + r) * lanes), so that the rows a tile multiplies
+// are contiguous: in (row, head) order one KV head's rows lie H * lanes * 4 bytes apart, 8 KiB
+// at the benchmark shape, all in the same few L1 sets, and they evicted the tile (the int8
+// call ran at half the speed of the same loop on contiguous rows).
+void encode_queries(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::int32_t* all_lanes,
                     std::int32_t* corrections) {
     const std::int32_t offset = key_offset(dot, path);
     for (std::size_t rh = 0; rh < s.M * s.H; ++rh) {
+        const std::size_t m = rh / s.H, kv = (rh % s.H) / s.group, h = rh % s.group;
+        std::int32_t* lanes = all_lanes + ((kv * s.M + m) * s.group + h) * s.lanes;
         const std::int8_t* q = g.queries_i8 + rh * s.D;
         auto at = [&](std::size_t d) { return d < s.D ? q[d] : std::int8_t{0}; };
         std::int32_t sum = 0;
         for (std::size_t d = 0; d < s.D; ++d) sum += q[d];
         corrections[rh] = offset * sum;
         for (std::size_t i = 0; i < s.lanes; ++i)
-            lanes[rh * s.lanes + i] =
+            lanes[i] =
                 is_quads(dot) ? static_cast<std::int32_t>(bytes_to_lane(static_cast<std::uint8_t>(at(4 * i)), static_cast<std::uint8_t>(at(4 * i + 1)),
                                                                         static_cast<std::uint8_t>(at(4 * i + 2)), static_cast<std::uint8_t>(at(4 * i + 3))))
                               : pack_pair(at(2 * i), at(2 * i + 1));
@@ -400,8 +573,8 @@ inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile,
                 const I32s k0 = I32s::load_aligned(tile + i * kTile), k1 = I32s::load_aligned(tile + i * kTile + kLanes);
                 for (std::size_t r = 0; r < R; ++r) {
                     const I32s q(rows[r][i]);
-                    partial[r][0] = add_s16(partial[r][0], madd_quads_s16(k0, q));
-                    partial[r][1] = add_s16(partial[r][1], madd_quads_s16(k1, q));
+                    add_to_s16(partial[r][0], madd_quads_s16(k0, q));
+                    add_to_s16(partial[r][1], madd_quads_s16(k1, q));
                 }
             }
             for (std::size_t r = 0; r < R; ++r)
@@ -414,8 +587,8 @@ inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile,
         for (std::size_t r = 0; r < R; ++r) {
             const I32s q(rows[r][i]);
             if constexpr (kDot == ScoreDot::pairs_s16) {
-                acc[r][0] += madd_pairs(k0, q);
-                acc[r][1] += madd_pairs(k1, q);
+                add_to(acc[r][0], madd_pairs(k0, q));
+                add_to(acc[r][1], madd_pairs(k1, q));
             } else if constexpr (kDot == ScoreDot::quads_u8s8) {
                 acc[r][0] = dot_quads_u8s8(acc[r][0], k0, q);
                 acc[r][1] = dot_quads_u8s8(acc[r][1], k1, q);
@@ -475,7 +648,7 @@ template <std::size_t R>
 void f32_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
     const BlockRows b = block_rows<R>(s, scratch, kv, first_row);
     const float* rows[kMaxRows];
-    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.queries_f32 + b.rh[r] * s.D;
+    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.queries_f32 + (kv * s.M * s.group + first_row + r) * s.D;
     F32s acc[kMaxRows][kVectors];
     f32_block<R>(rows, scratch.f32_tile, s.D, acc);
     for (std::size_t r = 0; r < R; ++r)
@@ -489,7 +662,7 @@ template <std::size_t R, ScoreDot kDot>
 void int_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
     const BlockRows b = block_rows<R>(s, scratch, kv, first_row);
     const std::int32_t* rows[kMaxRows];
-    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.query_lanes + b.rh[r] * s.lanes;
+    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.query_lanes + (kv * s.M * s.group + first_row + r) * s.lanes;
     I32s acc[kMaxRows][kVectors];
     int_block<R, kDot>(rows, scratch.int_tile, s.lanes, acc);
     for (std::size_t r = 0; r < R; ++r) {
@@ -558,10 +731,20 @@ void relevance(const kvfuse_relevance_args& a) {
                                            : rows_function<4>(path, dot);
     const RowsFn single = rows_function<1>(path, dot);
 
-    // int paths: every segment's query (row, head) encoded once.
+    // int paths: every segment's query (row, head) encoded once; f32: copied KV head by KV head
+    // as the int lanes are (encode_queries says why).
     const std::size_t lanes_per_segment = s.M * s.H * s.lanes, rows_heads = s.M * s.H;
     Aligned<std::int32_t> query_lanes, corrections;
-    if (path != Path::f32) {
+    Aligned<float> queries_f32;
+    if (path == Path::f32) {
+        queries_f32.resize(segment_count * rows_heads * s.D);
+        for (std::size_t si = 0; si < segment_count; ++si)
+            for (std::size_t rh = 0; rh < rows_heads; ++rh) {
+                const std::size_t m = rh / s.H, kv = (rh % s.H) / s.group, h = rh % s.group;
+                std::memcpy(queries_f32.data() + (si * rows_heads + (kv * s.M + m) * s.group + h) * s.D,
+                            segments.list[si].queries_f32 + rh * s.D, s.D * sizeof(float));
+            }
+    } else {
         query_lanes.resize(segment_count * lanes_per_segment);
         corrections.resize(segment_count * rows_heads);
         for (std::size_t si = 0; si < segment_count; ++si)
@@ -594,7 +777,7 @@ void relevance(const kvfuse_relevance_args& a) {
                     const std::size_t lo = std::max(segments.starts[si], j0) - j0, hi = std::min(segments.starts[si + 1], end) - j0;
                     layout_tile(g, s, path, dot, j0 + lo - segments.starts[si], lo, hi, kv, f32_tile.data(), int_tile.data(),
                                 key_scales.data());
-                    scratch.queries_f32 = g.queries_f32;
+                    scratch.queries_f32 = path == Path::f32 ? queries_f32.data() + si * rows_heads * s.D : nullptr;
                     scratch.query_scales = g.query_scales;
                     if (path != Path::f32) {
                         scratch.query_lanes = query_lanes.data() + si * lanes_per_segment;
