@@ -470,6 +470,16 @@ inline Block encode_block(const kvfuse_relevance_segment& g, const Shape& s, Pat
     return is_unsigned_quads(dot) ? biased : (biased + Block(0x78787878)) ^ Block(static_cast<std::int32_t>(0x80808080u));
 }
 
+// Asks for the cache lines of key j of KV head kv.
+inline void prefetch_key(const kvfuse_relevance_segment& g, const Shape& s, Path path, std::size_t j, std::size_t kv) {
+    const std::size_t row = j * s.Hkv + kv;
+    const char* key = path == Path::f32    ? reinterpret_cast<const char*>(g.keys_f32 + row * s.D)
+                      : path == Path::int8 ? reinterpret_cast<const char*>(g.keys_i8 + row * s.D)
+                                           : reinterpret_cast<const char*>(g.keys_i4 + row * s.D2);
+    const std::size_t bytes = path == Path::f32 ? s.D * sizeof(float) : path == Path::int8 ? s.D : s.D2;
+    for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(key + b);
+}
+
 // How many leading lanes of every key encode_block may cover: whole blocks whose source bytes
 // all lie inside the key (f32: one lane per dimension).
 std::size_t block_lanes(const Shape& s, Path path, ScoreDot dot) {
@@ -494,7 +504,16 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
             Block rows[kBlock];
             for (std::size_t r = 0; r < kBlock; ++r) {
                 const std::size_t jj = jj0 + r;
-                rows[r] = jj >= lo && jj < hi ? encode_block(g, s, path, dot, first + (jj - lo), kv, i0) : Block(0);
+                if (jj < lo || jj >= hi) {
+                    rows[r] = Block(0);
+                    continue;
+                }
+                const std::size_t j = first + (jj - lo);
+                rows[r] = encode_block(g, s, path, dot, j, kv, i0);
+                // This key's row of the next tile, a tile ahead: the keys stream from memory
+                // with a stride of Hkv rows, which the hardware prefetcher did not hide (half
+                // the layout time was waiting on these loads).
+                if (i0 == 0 && j + kTile < g.keys) prefetch_key(g, s, path, j + kTile, kv);
             }
             store_transposed(rows, path == Path::f32 ? static_cast<void*>(f32_tile + i0 * kTile + jj0)
                                                      : static_cast<void*>(int_tile + i0 * kTile + jj0),
@@ -642,55 +661,84 @@ BlockRows block_rows(const Shape& s, const Scratch& scratch, std::size_t kv, std
     return b;
 }
 
+// sums[m] += the R rows' products, rows of one question row (the heads of a group: rows are
+// m * group + h) added in registers first, so that the block does not wait on its own stores.
+template <std::size_t R, class Product>
+inline void add_to_sums(const BlockRows& b, float* sums, Product product) {
+    F32s total[kVectors];
+    for (std::size_t v = 0; v < kVectors; ++v) total[v] = F32s::load_aligned(sums + b.m[0] * kTile + v * kLanes);
+    for (std::size_t r = 0; r < R; ++r) {
+        if (r > 0 && b.m[r] != b.m[r - 1])
+            for (std::size_t v = 0; v < kVectors; ++v) {
+                total[v].store_aligned(sums + b.m[r - 1] * kTile + v * kLanes);
+                total[v] = F32s::load_aligned(sums + b.m[r] * kTile + v * kLanes);
+            }
+        for (std::size_t v = 0; v < kVectors; ++v) total[v] = product(r, v, total[v]);
+    }
+    for (std::size_t v = 0; v < kVectors; ++v) total[v].store_aligned(sums + b.m[R - 1] * kTile + v * kLanes);
+}
+
 // Logits of R question rows against the keys [j0, j0 + kTile): `sums` (M x kTile) gets the
 // merged-head sums, unscaled.
 template <std::size_t R>
-void f32_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
+inline void f32_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
     const BlockRows b = block_rows<R>(s, scratch, kv, first_row);
     const float* rows[kMaxRows];
     for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.queries_f32 + (kv * s.M * s.group + first_row + r) * s.D;
     F32s acc[kMaxRows][kVectors];
     f32_block<R>(rows, scratch.f32_tile, s.D, acc);
-    for (std::size_t r = 0; r < R; ++r)
-        for (std::size_t v = 0; v < kVectors; ++v) {
-            float* out = sums + b.m[r] * kTile + v * kLanes;
-            (F32s::load_aligned(out) + acc[r][v]).store_aligned(out);
-        }
+    add_to_sums<R>(b, sums, [&](std::size_t r, std::size_t v, F32s total) { return total + acc[r][v]; });
 }
 
 template <std::size_t R, ScoreDot kDot>
-void int_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
+inline void int_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
     const BlockRows b = block_rows<R>(s, scratch, kv, first_row);
     const std::int32_t* rows[kMaxRows];
     for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.query_lanes + (kv * s.M * s.group + first_row + r) * s.lanes;
     I32s acc[kMaxRows][kVectors];
     int_block<R, kDot>(rows, scratch.int_tile, s.lanes, acc);
-    for (std::size_t r = 0; r < R; ++r) {
-        const F32s row_scale(scratch.query_scales[b.rh[r]]);
-        const I32s correction(scratch.corrections[b.rh[r]]);
-        for (std::size_t v = 0; v < kVectors; ++v) {
-            float* out = sums + b.m[r] * kTile + v * kLanes;
-            const F32s scale = F32s::load_aligned(scratch.key_scales + v * kLanes) * row_scale;
-            const I32s dot = is_unsigned_quads(kDot) ? acc[r][v] - correction : acc[r][v];
-            xsimd::fma(to_float(dot), scale, F32s::load_aligned(out)).store_aligned(out);
-        }
+    F32s key_scales[kVectors];
+    for (std::size_t v = 0; v < kVectors; ++v) key_scales[v] = F32s::load_aligned(scratch.key_scales + v * kLanes);
+    add_to_sums<R>(b, sums, [&](std::size_t r, std::size_t v, F32s total) {
+        const I32s dot = is_unsigned_quads(kDot) ? acc[r][v] - I32s(scratch.corrections[b.rh[r]]) : acc[r][v];
+        return xsimd::fma(to_float(dot), key_scales[v] * F32s(scratch.query_scales[b.rh[r]]), total);
+    });
+}
+
+// Every row of KV head kv against the tile: blocks of R rows, then one at a time. One call per
+// KV head and tile, so that the per-block bookkeeping stays in registers.
+template <std::size_t R, bool kF32, ScoreDot kDot>
+void kv_head_rows(const Shape& s, std::size_t kv, const Scratch& scratch, float* sums) {
+    const std::size_t rows = s.M * s.group;
+    std::size_t row = 0;
+    for (; row + R <= rows; row += R) {
+        if constexpr (kF32)
+            f32_rows<R>(s, kv, row, scratch, sums);
+        else
+            int_rows<R, kDot>(s, kv, row, scratch, sums);
+    }
+    for (; row < rows; ++row) {
+        if constexpr (kF32)
+            f32_rows<1>(s, kv, row, scratch, sums);
+        else
+            int_rows<1, kDot>(s, kv, row, scratch, sums);
     }
 }
 
-using RowsFn = void (*)(const Shape&, std::size_t, std::size_t, const Scratch&, float*);
+using RowsFn = void (*)(const Shape&, std::size_t, const Scratch&, float*);
 
 template <std::size_t R>
 RowsFn rows_function(Path path, ScoreDot dot) {
-    if (path == Path::f32) return &f32_rows<R>;
+    if (path == Path::f32) return &kv_head_rows<R, true, ScoreDot::automatic>;
     switch (dot) {
         case ScoreDot::quads_u8s8_s16:
-            return &int_rows<R, ScoreDot::quads_u8s8_s16>;
+            return &kv_head_rows<R, false, ScoreDot::quads_u8s8_s16>;
         case ScoreDot::quads_u8s8:
-            return &int_rows<R, ScoreDot::quads_u8s8>;
+            return &kv_head_rows<R, false, ScoreDot::quads_u8s8>;
         case ScoreDot::quads_s8s8:
-            return &int_rows<R, ScoreDot::quads_s8s8>;
+            return &kv_head_rows<R, false, ScoreDot::quads_s8s8>;
         default:
-            return &int_rows<R, ScoreDot::pairs_s16>;
+            return &kv_head_rows<R, false, ScoreDot::pairs_s16>;
     }
 }
 
@@ -726,10 +774,9 @@ void relevance(const kvfuse_relevance_args& a) {
     const std::size_t block_rows =
         dot == ScoreDot::quads_u8s8_s16 ? std::min<std::size_t>(tuning.score_query_rows, kMaxS16SumRows) : tuning.score_query_rows;
     const bool parallel = static_cast<double>(s.M) * s.C * s.H * s.D > static_cast<double>(tuning.score_parallel_work);
-    const RowsFn block = block_rows == 6   ? rows_function<6>(path, dot)
-                         : block_rows == 2 ? rows_function<2>(path, dot)
-                                           : rows_function<4>(path, dot);
-    const RowsFn single = rows_function<1>(path, dot);
+    const RowsFn kv_head = block_rows == 6   ? rows_function<6>(path, dot)
+                           : block_rows == 2 ? rows_function<2>(path, dot)
+                                             : rows_function<4>(path, dot);
 
     // int paths: every segment's query (row, head) encoded once; f32: copied KV head by KV head
     // as the int lanes are (encode_queries says why).
@@ -783,9 +830,7 @@ void relevance(const kvfuse_relevance_args& a) {
                         scratch.query_lanes = query_lanes.data() + si * lanes_per_segment;
                         scratch.corrections = corrections.data() + si * rows_heads;
                     }
-                    std::size_t row = 0;
-                    for (; row + block_rows <= rows_per_kv; row += block_rows) block(s, kv, row, scratch, sums.data());
-                    for (; row < rows_per_kv; ++row) single(s, kv, row, scratch, sums.data());
+                    kv_head(s, kv, scratch, sums.data());
                 }
             }
             // Bias, scale, and mask what a row may not see (key j > docs + m) and the padding.
@@ -794,6 +839,12 @@ void relevance(const kvfuse_relevance_args& a) {
                 const std::size_t lo = std::max(segments.starts[si], j0), hi = std::min(segments.starts[si + 1], end);
                 for (std::size_t m = 0; m < s.M; ++m) {
                     const float row_bias = bias != nullptr ? bias[m] : 0.0f;
+                    if (lo == j0 && hi == j0 + kTile && j0 + kTile <= s.docs + m + 1) {  // the whole tile, all visible
+                        for (std::size_t v = 0; v < kTile; v += kLanes)
+                            ((F32s::load_aligned(sums.data() + m * kTile + v) + F32s(row_bias)) * F32s(inv))
+                                .store_aligned(logits.data() + m * padded + j0 + v);
+                        continue;
+                    }
                     for (std::size_t j = lo; j < hi; ++j)
                         logits[m * padded + j] = j <= s.docs + m ? (sums[m * kTile + (j - j0)] + row_bias) * inv : -INFINITY;
                 }
