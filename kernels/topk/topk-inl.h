@@ -3,8 +3,7 @@
 // 1. A strided sample of scores (1024 by default; tuned) brackets the k-th largest value
 //    between lo and hi with a binomial margin (hi stays open when k is too small for one).
 // 2. One vector pass compress-stores, in index order, every score >= lo (values and indices)
-//    and counts the scores > hi (for a small k, skipping the stores of steps with no
-//    candidate). 3. If the bracket holds (count(> hi) <= k <= count(>= lo)), a
+//    and counts the scores > hi. 3. If the bracket holds (count(> hi) <= k <= count(>= lo)), a
 //    histogram of the middle candidates only (those in [lo, hi]; an open hi is closed by the
 //    largest candidate) over about one bucket per 16 of them finds the bucket holding the
 //    boundary, and an exact selection among that bucket's handful of scores finds the
@@ -125,15 +124,6 @@ inline U32s first_indices() {
 }
 
 // Keeps scores >= lo (in index order) and counts scores > hi. NaN passes neither.
-//
-// kSparse: for brackets that keep few scores. Two vectors a step, and their compress stores
-// skipped when neither holds a candidate. On this Zen 3 VM the stores are half the pass (the
-// pass without them runs 2.4 cycles per 8 scores against 4.5), and with 2 % candidates three
-// steps in four skip them: 15 us against 25 us for N = 131072, warm. The branch pays until
-// about 10 % of the scores are candidates (measured 8 %: 21 against 25 us; 17 %: 31 against
-// 27 us), so topk picks the form from the sampled bracket. Both keep the same candidates in
-// the same order.
-template <bool kSparse>
 void filter(const float* x, std::size_t n, float lo, float hi, Candidates& c) {
     std::size_t count = 0, above = 0;
     float* values = c.values.data();
@@ -147,22 +137,6 @@ void filter(const float* x, std::size_t n, float lo, float hi, Candidates& c) {
     const F32s one_bit(std::bit_cast<float>(1u));
     U32s above_per_lane(0u);
     std::size_t i = 0;
-    if constexpr (kSparse) {
-        const U32s two_steps(static_cast<std::uint32_t>(2 * kLanes));
-        for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-            const F32s v0 = F32s::load_unaligned(x + i), v1 = F32s::load_unaligned(x + i + kLanes);
-            const unsigned keep0 = lane_bits(v0 >= vlo), keep1 = lane_bits(v1 >= vlo);
-            above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(v0 > vhi, one_bit, F32s(0.0f)));
-            above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(v1 > vhi, one_bit, F32s(0.0f)));
-            if ((keep0 | keep1) != 0) {
-                compress_store(v0, keep0, values + count);
-                count += compress_store(index, keep0, indices + count);
-                compress_store(v1, keep1, values + count);
-                count += compress_store(index + step, keep1, indices + count);
-            }
-            index += two_steps;
-        }
-    }
     for (; i + kLanes <= n; i += kLanes) {
         const F32s v = F32s::load_unaligned(x + i);
         const unsigned keep = lane_bits(v >= vlo);
@@ -422,27 +396,20 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
         sampled += x[i] == x[i];
     }
     float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
-    double candidate_share = 1.0;  // of the scores, expected >= lo
     if (sampled >= 64 && n >= 4096) {
         const double expected = static_cast<double>(k) * sampled / n;
         const double margin = 4.0 * std::sqrt(expected + 1.0) + 4.0;
         const double lo_rank = expected + margin, hi_rank = expected - margin;
         const std::array<float*, 3> scratch{sample + sample_room, sample + 2 * sample_room, sample + 3 * sample_room};
-        if (lo_rank < static_cast<double>(sampled)) {
-            lo = sample_rank(sample, sampled, static_cast<std::size_t>(lo_rank), scratch);
-            candidate_share = lo_rank / static_cast<double>(sampled);
-        }
+        if (lo_rank < static_cast<double>(sampled)) lo = sample_rank(sample, sampled, static_cast<std::size_t>(lo_rank), scratch);
         if (hi_rank >= 0.0) hi = sample_rank(sample, sampled, static_cast<std::size_t>(hi_rank), scratch);
     }
-    if (candidate_share < 0.1)
-        filter<true>(x, n, lo, hi, c);
-    else
-        filter<false>(x, n, lo, hi, c);
+    filter(x, n, lo, hi, c);
     if (c.count < k || c.above_hi > k) {
         // The sample misled us (rare): take every number as a candidate and select exactly.
         lo = -std::numeric_limits<float>::infinity();
         hi = std::numeric_limits<float>::infinity();
-        filter<false>(x, n, lo, hi, c);
+        filter(x, n, lo, hi, c);
     }
     // Candidates are numbers (the filter drops NaN). Of the middle ones, in [lo, hi], the best
     // `need` complete the scores above hi.
