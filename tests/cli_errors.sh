@@ -93,7 +93,16 @@ if KVFUSE_PROFILE="$scratch/corrupt.json" "$kvfuse" info | grep -q "ignored prof
 else
     echo "FAIL: corrupt profile not reported"; failures=$((failures + 1))
 fi
+expect_error "cannot open" "$kvfuse" score-accuracy --data "$scratch/none.txt"
+expect_error "no request" "$kvfuse" score-accuracy --data "$scratch/empty.txt"
+expect_error "--fraction" "$kvfuse" score-accuracy --fraction 0 --count 1 --no-synthetic
+if "$kvfuse" score-accuracy --count 2 --synthetic-tokens 300 --synthetic-draws 1 --json "$scratch/accuracy.json" >/dev/null 2>&1 &&
+    grep -q '"model_keys"' "$scratch/accuracy.json" && grep -q 'outlier channels x20' "$scratch/accuracy.json"; then
+    echo "ok: score-accuracy writes its rows"
+else
+    echo "FAIL: score-accuracy --count 2 --json"; failures=$((failures + 1))
+fi
 expect_error "does not exist" "$kvfuse" info --cores 4096
 expect_error "listed twice" "$kvfuse" info --cores 0,0
-echo "$((39 - failures)) passed, $failures failed"
+echo "$((43 - failures)) passed, $failures failed"
 [[ $failures -eq 0 ]]

@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <iterator>
 #include <numeric>
 #include <random>
 
 #include "fusion/metrics.h"
 #include "fusion/pipeline.h"
+#include "fusion/score_accuracy.h"
 #include "tiny_llama.h"
 
 namespace {
@@ -300,6 +302,54 @@ TEST(Fusion, GreedyDecodeContinuesTheCache) {
         const auto row = std::span<const float>(again.logits).subspan((2 + i) * vocab, vocab);
         EXPECT_EQ(static_cast<std::int32_t>(argmax(row)), tokens[i]);
     }
+}
+
+// Quantized relevance against f32 on every layer of the (random-weight) model: one row per layer
+// and precision plus the all-layer rows, every request counted, values in range, and int8 close
+// to f32 (the bounds leave room below what it measures; a relevance unrelated to f32's would
+// give an overlap near 0.15 and a correlation near 0).
+TEST(Fusion, ScoreAccuracyComparesEveryLayer) {
+    kvfuse::testing::TinyLlama model{5};
+    const std::vector<Request> requests = {make_request({20, 30, 25}, 6, 21), make_request({40, 18}, 8, 22)};
+    ScoreAccuracyOptions options;
+    const auto rows = model_score_accuracy(model, requests, options);
+    const std::size_t L = static_cast<std::size_t>(model.shape().layers);
+    ASSERT_EQ(rows.size(), 2 * L + 2);
+    for (const ScoreAgreement& a : rows) {
+        EXPECT_EQ(a.samples, (a.inputs == "all layers" ? L : 1) * requests.size()) << a.inputs;
+        EXPECT_GE(a.overlap_min, 0.0);
+        EXPECT_LE(a.overlap_mean, 1.0);
+        EXPECT_LE(a.overlap_min, a.overlap_mean);
+        EXPECT_LE(a.spearman_min, a.spearman_mean);
+        EXPECT_LE(a.spearman_mean, 1.0);
+    }
+    std::printf("tiny model, all layers: int8 overlap %.3f Spearman %.4f; int4 overlap %.3f Spearman %.4f\n",
+                rows[2 * L].overlap_mean, rows[2 * L].spearman_mean, rows[2 * L + 1].overlap_mean, rows[2 * L + 1].spearman_mean);
+    EXPECT_EQ(rows[2 * L].inputs, "all layers");
+    EXPECT_EQ(rows[2 * L].keys, ScoreKeys::int8);
+    EXPECT_GE(rows[2 * L].overlap_mean, 0.8);
+    EXPECT_GE(rows[2 * L].spearman_mean, 0.9);
+    EXPECT_THROW(model_score_accuracy(model, std::vector<Request>{}, options), std::invalid_argument);
+}
+
+TEST(Fusion, SyntheticScoreAccuracy) {
+    SyntheticShape shape;
+    shape.tokens = 600;
+    shape.question_rows = 8;
+    shape.heads = 8;
+    shape.kv_heads = 2;
+    shape.head_dim = 64;
+    shape.draws = 2;
+    shape.outlier = 1.0f;
+    const auto rows = synthetic_score_accuracy(shape, ScoreAccuracyOptions{});
+    ASSERT_EQ(rows.size(), 2u);
+    EXPECT_EQ(rows[0].keys, ScoreKeys::int8);
+    EXPECT_EQ(rows[0].samples, 2u);
+    EXPECT_GE(rows[0].overlap_min, 0.85);
+    EXPECT_GE(rows[0].spearman_min, 0.95);
+    EXPECT_GE(rows[1].spearman_min, 0.8);  // int4
+    shape.kv_heads = 3;
+    EXPECT_THROW(synthetic_score_accuracy(shape, ScoreAccuracyOptions{}), std::invalid_argument);
 }
 
 }  // namespace

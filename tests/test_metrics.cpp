@@ -88,4 +88,33 @@ TEST(Metrics, RowAgreementOfLogitMatrices) {
     EXPECT_THROW(compare_logit_rows(reference, std::vector<float>{1.0f}, 2), std::invalid_argument);
 }
 
+TEST(Metrics, SpearmanCorrelationWithTies) {
+    const std::vector<float> a = {1, 2, 3, 4, 5};
+    EXPECT_DOUBLE_EQ(spearman_correlation(a, a), 1.0);
+    EXPECT_DOUBLE_EQ(spearman_correlation(a, std::vector<float>{50, 40, 30, 20, 10}), -1.0);
+    // b's two 7s share rank 2.5: ranks (0, 1, 2.5, 4, 2.5) against (0, 1, 2, 3, 4) -> 8 / sqrt(10 * 9.5).
+    EXPECT_NEAR(spearman_correlation(a, std::vector<float>{5, 6, 7, 8, 7}), 8.0 / std::sqrt(95.0), 1e-12);
+    // Only the order matters.
+    EXPECT_DOUBLE_EQ(spearman_correlation(a, std::vector<float>{-3, 0.5f, 0.6f, 100, 1e9f}), 1.0);
+    EXPECT_TRUE(std::isnan(spearman_correlation(a, std::vector<float>{2, 2, 2, 2, 2})));
+    EXPECT_TRUE(std::isnan(spearman_correlation(std::vector<float>{1}, std::vector<float>{1})));
+    EXPECT_TRUE(std::isnan(spearman_correlation(a, std::vector<float>{1, 2, std::nanf(""), 4, 5})));
+    EXPECT_THROW(spearman_correlation(a, std::vector<float>{1, 2}), std::invalid_argument);
+}
+
+TEST(Metrics, TopSetOverlap) {
+    const std::vector<float> reference = {0.9f, 0.1f, 0.8f, 0.3f, 0.7f};
+    EXPECT_DOUBLE_EQ(top_set_overlap(reference, reference, 0.4), 1.0);
+    // Top 2: {0, 2} against {0, 1}.
+    EXPECT_DOUBLE_EQ(top_set_overlap(reference, std::vector<float>{0.9f, 0.85f, 0.1f, 0.2f, 0.3f}, 0.4), 0.5);
+    // At least one score is compared; ties go to the lower index in both.
+    EXPECT_DOUBLE_EQ(top_set_overlap(reference, std::vector<float>{0.1f, 0.2f, 0.3f, 0.4f, 0.5f}, 0.01), 0.0);
+    EXPECT_DOUBLE_EQ(top_set_overlap(std::vector<float>(4, 1.0f), std::vector<float>(4, 2.0f), 0.5), 1.0);
+    EXPECT_DOUBLE_EQ(top_set_overlap(reference, std::vector<float>{5, 4, 3, 2, 1}, 1.0), 1.0);
+    EXPECT_THROW(top_set_overlap(reference, reference, 0.0), std::invalid_argument);
+    EXPECT_THROW(top_set_overlap(reference, reference, 1.5), std::invalid_argument);
+    EXPECT_THROW(top_set_overlap(reference, std::vector<float>{1}, 0.5), std::invalid_argument);
+    EXPECT_THROW(top_set_overlap(std::vector<float>{}, std::vector<float>{}, 0.5), std::invalid_argument);
+}
+
 }  // namespace

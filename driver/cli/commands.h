@@ -13,6 +13,7 @@ void add_info_command(CLI::App& app);
 void add_rope_demo_command(CLI::App& app);
 void add_run_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+void add_score_accuracy_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_perplexity_command(CLI::App& app);
 void add_tune_command(CLI::App& app);

@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
     kvfuse::cli::add_rope_demo_command(app);
     kvfuse::cli::add_run_command(app);
     kvfuse::cli::add_eval_command(app);
+    kvfuse::cli::add_score_accuracy_command(app);
     kvfuse::cli::add_generate_command(app);
     kvfuse::cli::add_perplexity_command(app);
     kvfuse::cli::add_tune_command(app);

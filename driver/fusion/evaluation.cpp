@@ -239,12 +239,16 @@ void write_json(const EvalResult& result, const std::string& path, const std::st
                                        {"times_ms", {{"kv_load", m.times.kv_load}, {"rerotate", m.times.rerotate},
                                                      {"full_layers", m.times.full_layers}, {"selection", m.times.selection},
                                                      {"recompute", m.times.recompute}, {"logits", m.times.logits}}}});
+    write_text_atomically(path, doc.dump(1) + "\n");
+}
+
+void write_text_atomically(const std::string& path, const std::string& text) {
     // Written beside the target and renamed over it: a reader never sees half a file.
     const std::string temp = path + ".tmp." + std::to_string(::getpid());
     {
         std::ofstream out(temp);
         if (!out) throw std::runtime_error(path + ": cannot write");
-        out << doc.dump(1) << "\n";
+        out << text;
         out.flush();
         if (!out) {
             std::filesystem::remove(temp);

@@ -64,4 +64,8 @@ std::string format_table(const EvalResult& result, bool qa);
 // Everything as JSON (per-request measurements and summaries), written atomically.
 void write_json(const EvalResult& result, const std::string& path, const std::string& command_line);
 
+// Writes `text` to a file beside `path` and renames it over `path`: a reader sees the old file or
+// the whole new one. Throws std::runtime_error naming the path.
+void write_text_atomically(const std::string& path, const std::string& text);
+
 }  // namespace kvfuse::fusion

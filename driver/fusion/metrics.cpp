@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <sstream>
@@ -28,7 +29,64 @@ std::vector<std::string> words(std::string_view text) {
     return out;
 }
 
+// 0-based ranks of x ascending, tied values sharing their average rank.
+std::vector<double> average_ranks(std::span<const float> x) {
+    std::vector<std::size_t> order(x.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t p, std::size_t q) { return x[p] < x[q]; });
+    std::vector<double> ranks(x.size());
+    for (std::size_t first = 0; first < order.size();) {
+        std::size_t last = first + 1;
+        while (last < order.size() && x[order[last]] == x[order[first]]) ++last;
+        const double rank = 0.5 * static_cast<double>(first + last - 1);
+        for (std::size_t i = first; i < last; ++i) ranks[order[i]] = rank;
+        first = last;
+    }
+    return ranks;
+}
+
+// Indices of the k best scores: larger first, ties by lower index.
+std::vector<std::size_t> best_indices(std::span<const float> x, std::size_t k) {
+    std::vector<std::size_t> order(x.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
+                      [&](std::size_t p, std::size_t q) { return x[p] > x[q] || (x[p] == x[q] && p < q); });
+    order.resize(k);
+    return order;
+}
+
 }  // namespace
+
+double spearman_correlation(std::span<const float> a, std::span<const float> b) {
+    if (a.size() != b.size()) throw std::invalid_argument("spearman_correlation: sizes differ");
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    if (a.size() < 2) return nan;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        if (std::isnan(a[i]) || std::isnan(b[i])) return nan;
+    const std::vector<double> ra = average_ranks(a), rb = average_ranks(b);
+    const double mean = 0.5 * static_cast<double>(a.size() - 1);  // of 0 .. n-1, ties included
+    double sab = 0.0, saa = 0.0, sbb = 0.0;
+    for (std::size_t i = 0; i < ra.size(); ++i) {
+        sab += (ra[i] - mean) * (rb[i] - mean);
+        saa += (ra[i] - mean) * (ra[i] - mean);
+        sbb += (rb[i] - mean) * (rb[i] - mean);
+    }
+    if (saa == 0.0 || sbb == 0.0) return nan;
+    return sab / std::sqrt(saa * sbb);
+}
+
+double top_set_overlap(std::span<const float> reference, std::span<const float> other, double fraction) {
+    if (reference.size() != other.size() || reference.empty())
+        throw std::invalid_argument("top_set_overlap: scores must be non-empty and of equal size");
+    if (!(fraction > 0.0 && fraction <= 1.0)) throw std::invalid_argument("top_set_overlap: fraction must be in (0, 1]");
+    const std::size_t k = std::max<std::size_t>(1, static_cast<std::size_t>(fraction * static_cast<double>(reference.size())));
+    std::vector<std::size_t> a = best_indices(reference, k), b = best_indices(other, k);
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    std::vector<std::size_t> common;
+    std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(common));
+    return static_cast<double>(common.size()) / static_cast<double>(k);
+}
 
 double kl_divergence(std::span<const float> p_logits, std::span<const float> q_logits) {
     if (p_logits.size() != q_logits.size() || p_logits.empty())

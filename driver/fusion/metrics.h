@@ -57,4 +57,14 @@ MeanWithError mean_with_error(std::span<const double> values);
 // requests. Sizes must match.
 MeanWithError paired_difference(std::span<const double> a, std::span<const double> b);
 
+// Spearman's rank correlation of two equally long score vectors: Pearson's correlation of their
+// ranks, tied scores sharing their average rank. NaN when fewer than two scores, when either
+// vector is constant, or when a score is NaN. Sizes must match.
+double spearman_correlation(std::span<const float> a, std::span<const float> b);
+
+// The share of `reference`'s top max(1, floor(fraction * n)) scores that `other` also puts in
+// its top as many (ranked by score, ties by lower index, as the selection is). fraction in
+// (0, 1]; sizes must match and be non-zero.
+double top_set_overlap(std::span<const float> reference, std::span<const float> other, double fraction);
+
 }  // namespace kvfuse::fusion
