@@ -48,29 +48,12 @@ std::vector<Request> build_requests(const EvalCliOptions& o, const LoadedModel& 
                                             " (this data needs a model with a longer context)");
         return requests;
     }
-    std::ifstream in(o.data, std::ios::binary);
-    if (!in) throw std::runtime_error(o.data + ": cannot open");
-    std::ostringstream text;
-    text << in.rdbuf();
     StoryRequestOptions s;
     s.count = o.count;
     s.chunk_tokens = o.chunk_tokens;
     s.question_tokens = o.question_tokens;
-    s.max_total_tokens = shape.context > 0 ? static_cast<std::size_t>(shape.context) : 1u << 20;
-    s.bos = loaded.model->bos();
     s.seed = o.fusion.seed;
-    const auto paragraphs = split_paragraphs(text.str());
-    std::vector<Request> requests;
-    if (o.kind == "continuous")
-        requests = continuous_requests(paragraphs, loaded.tokenize, s);
-    else if (o.kind == "mixed")
-        requests = mixed_requests(paragraphs, loaded.tokenize, s);
-    else
-        throw std::invalid_argument("unknown --kind '" + o.kind + "' (use continuous, mixed or musique)");
-    if (requests.size() < o.count)
-        std::fprintf(stderr, "kvfuse eval: the text gave only %zu of %zu requests\n", requests.size(), o.count);
-    if (requests.empty()) throw std::runtime_error(o.data + ": no request could be built from this text");
-    return requests;
+    return story_requests(o.data, o.kind, loaded, s);
 }
 
 int run(const EvalCliOptions& o) {

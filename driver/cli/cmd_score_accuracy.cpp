@@ -2,12 +2,12 @@
 // relevance, on the model's own keys (a full prefill of story requests, every layer) and on
 // synthetic keys with outlier channels; top-set overlap and Spearman rank correlation.
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
 
 #include "cli/commands.h"
+#include "cli/fusion_common.h"
 #include "fusion/evaluation.h"
 #include "fusion/loaded_model.h"
 #include "fusion/requests.h"
@@ -67,20 +67,12 @@ int run(const ScoreAccuracyCliOptions& o) {
     const std::string data_path = o.data.empty() ? bundled_text_path() : o.data;
     if (data_path.empty()) throw std::runtime_error("no --data given and the bundled text is missing");
     const LoadedModel loaded = load_model(model_path);
-    std::ifstream in(data_path, std::ios::binary);
-    if (!in) throw std::runtime_error(data_path + ": cannot open");
-    std::ostringstream text;
-    text << in.rdbuf();
     StoryRequestOptions s;
     s.count = o.count;
     s.chunk_tokens = o.chunk_tokens;
     s.question_tokens = o.question_tokens;
-    const auto& shape = loaded.model->shape();
-    s.max_total_tokens = shape.context > 0 ? static_cast<std::size_t>(shape.context) : 1u << 20;
-    s.bos = loaded.model->bos();
     s.seed = o.seed;
-    const std::vector<Request> requests = continuous_requests(split_paragraphs(text.str()), loaded.tokenize, s);
-    if (requests.empty()) throw std::runtime_error(data_path + ": no request could be built from this text");
+    const std::vector<Request> requests = story_requests(data_path, "continuous", loaded, s);
     std::fprintf(stderr, "kvfuse score-accuracy: %zu requests on %s, every layer...\n", requests.size(), loaded.description.c_str());
     const std::vector<ScoreAgreement> model_rows = model_score_accuracy(*loaded.model, requests, options);
     std::printf("A3 relevance from quantized keys against f32 keys, %s, %zu requests (%zu x %zu-token chunks at most, %zu-token "

@@ -2,6 +2,8 @@
 
 #include <cctype>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 #include "store/chunk_store.h"
@@ -97,6 +99,31 @@ bool apply_placement(const PlacementCliOptions& options, std::string* descriptio
         return false;
     }
     return true;
+}
+
+std::vector<kvfuse::fusion::Request> story_requests(const std::string& path, const std::string& kind,
+                                                    const kvfuse::fusion::LoadedModel& loaded,
+                                                    kvfuse::fusion::StoryRequestOptions options) {
+    using namespace kvfuse::fusion;
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw std::runtime_error(path + ": cannot open");
+    std::ostringstream text;
+    text << in.rdbuf();
+    const auto& shape = loaded.model->shape();
+    options.max_total_tokens = shape.context > 0 ? static_cast<std::size_t>(shape.context) : 1u << 20;
+    options.bos = loaded.model->bos();
+    const auto paragraphs = split_paragraphs(text.str());
+    std::vector<Request> requests;
+    if (kind == "continuous")
+        requests = continuous_requests(paragraphs, loaded.tokenize, options);
+    else if (kind == "mixed")
+        requests = mixed_requests(paragraphs, loaded.tokenize, options);
+    else
+        throw std::invalid_argument("unknown --kind '" + kind + "' (use continuous, mixed or musique)");
+    if (requests.size() < options.count)
+        std::fprintf(stderr, "kvfuse: the text gave only %zu of %zu requests\n", requests.size(), options.count);
+    if (requests.empty()) throw std::runtime_error(path + ": no request could be built from this text");
+    return requests;
 }
 
 }  // namespace kvfuse::cli

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include "fusion/chunk_source.h"
+#include "fusion/loaded_model.h"
 #include "fusion/pipeline.h"
 
 namespace kvfuse::store {
@@ -57,5 +58,12 @@ bool apply_placement(const PlacementCliOptions& options, std::string* descriptio
 
 // Opens the chunk store the options name (null with --no-store); throws with a clear message.
 std::unique_ptr<kvfuse::store::ChunkStore> open_store(const FusionCliOptions& options);
+
+// TinyStories-style requests (kind "continuous" or "mixed") from the text file at `path`, within
+// the model's context, BOS from the model. Throws naming the file when it cannot be read, the kind
+// is unknown or no request fits; warns on stderr when it gives fewer than `count`.
+std::vector<kvfuse::fusion::Request> story_requests(const std::string& path, const std::string& kind,
+                                                    const kvfuse::fusion::LoadedModel& loaded,
+                                                    kvfuse::fusion::StoryRequestOptions options);
 
 }  // namespace kvfuse::cli

@@ -31,23 +31,8 @@ void check(const kvfuse::Status& status, const char* what) {
 // Q of `rows` (their positions) against every key of the layer's cache, exact causal mask.
 void attend(const ModelShape& s, const float* q, const std::vector<std::int64_t>& rows, KvCache& cache, int layer,
             float* out) {
-    kvfuse_attention_args args{};
-    args.queries = q;
-    args.rows = rows.size();
-    args.query_heads = static_cast<std::size_t>(s.heads);
-    args.head_dim = static_cast<std::size_t>(s.head_dim);
-    args.query_row_stride = s.q_row();
-    args.positions = rows.data();
-    args.keys = cache.k[static_cast<std::size_t>(layer)].data();
-    args.values = cache.v[static_cast<std::size_t>(layer)].data();
-    args.kv_dtype = KVFUSE_DTYPE_F32;
-    args.kv_tokens = cache.tokens;
-    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
-    args.kv_token_stride = cache.row;
-    args.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-    args.out = out;
-    args.out_row_stride = s.q_row();
-    check(kvfuse::Status(kvfuse_sparse_attention(&args)), "sparse attention");
+    attend_rows(s, q, rows, cache.k[static_cast<std::size_t>(layer)].data(), cache.v[static_cast<std::size_t>(layer)].data(),
+                cache.tokens, cache.row, out);
 }
 
 // The k best scores' indices in ascending order; ties go to the lower index, NaN ranks last.
@@ -185,6 +170,27 @@ class ChunkLoader {
 };
 
 }  // namespace
+
+void attend_rows(const ModelShape& s, const float* q, std::span<const std::int64_t> positions, const float* keys,
+                 const float* values, std::size_t kv_tokens, std::size_t kv_stride, float* out) {
+    kvfuse_attention_args args{};
+    args.queries = q;
+    args.rows = positions.size();
+    args.query_heads = static_cast<std::size_t>(s.heads);
+    args.head_dim = static_cast<std::size_t>(s.head_dim);
+    args.query_row_stride = s.q_row();
+    args.positions = positions.data();
+    args.keys = keys;
+    args.values = values;
+    args.kv_dtype = KVFUSE_DTYPE_F32;
+    args.kv_tokens = kv_tokens;
+    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
+    args.kv_token_stride = kv_stride;
+    args.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    args.out = out;
+    args.out_row_stride = s.q_row();
+    check(kvfuse::Status(kvfuse_sparse_attention(&args)), "sparse attention");
+}
 
 Method parse_method(std::string_view name) {
     for (Method m : {Method::full, Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random,

@@ -137,6 +137,12 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
 std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache, std::int32_t first,
                                         std::size_t n);
 
+// Attention of the query rows at `positions` (q: one row per position, H x D) against the first
+// kv_tokens keys and values (f32, Hkv x D per row, row stride kv_stride), exact causal mask
+// (row r sees keys j <= positions[r]), through kvfuse's sparse attention: what every method runs.
+void attend_rows(const ModelShape& shape, const float* q, std::span<const std::int64_t> positions, const float* keys,
+                 const float* values, std::size_t kv_tokens, std::size_t kv_stride, float* out);
+
 // A3 relevance of document rows [P, T - M) from the question rows' queries and the keys of rows
 // [P, T) (both after RoPE), as ALGORITHMS.md defines it, through kvfuse's scoring kernel: f32,
 // or int8 / int4 keys (per-head mean removed) with int8 queries.

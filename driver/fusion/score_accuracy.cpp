@@ -15,10 +15,6 @@ namespace kvfuse::fusion {
 
 namespace {
 
-void check(const kvfuse::Status& status, const char* what) {
-    if (!status.ok()) throw std::runtime_error(std::string(what) + ": " + status.message());
-}
-
 constexpr ScoreKeys kQuantized[] = {ScoreKeys::int8, ScoreKeys::int4};
 
 // Agreements of one set of inputs, accumulated sample by sample.
@@ -47,28 +43,6 @@ struct Tally {
         return a;
     }
 };
-
-// Q of every row against the keys of rows 0 .. row: a causal prefill attention.
-void attend_all(const ModelShape& s, const float* q, const float* k, const float* v, const std::vector<std::int64_t>& rows,
-                float* out) {
-    kvfuse_attention_args args{};
-    args.queries = q;
-    args.rows = rows.size();
-    args.query_heads = static_cast<std::size_t>(s.heads);
-    args.head_dim = static_cast<std::size_t>(s.head_dim);
-    args.query_row_stride = s.q_row();
-    args.positions = rows.data();
-    args.keys = k;
-    args.values = v;
-    args.kv_dtype = KVFUSE_DTYPE_F32;
-    args.kv_tokens = rows.size();
-    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
-    args.kv_token_stride = s.kv_row();
-    args.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
-    args.out = out;
-    args.out_row_stride = s.q_row();
-    check(kvfuse::Status(kvfuse_sparse_attention(&args)), "attention");
-}
 
 }  // namespace
 
@@ -110,7 +84,7 @@ std::vector<ScoreAgreement> model_score_accuracy(const FusionModel& model, std::
                 per_layer[l][p].add(reference, quantized, options.fraction);
                 all_layers[p].add(reference, quantized, options.fraction);
             }
-            attend_all(s, q.data(), k.data(), v.data(), rows, attention.data());
+            attend_rows(s, q.data(), rows, k.data(), v.data(), T, s.kv_row(), attention.data());
             model.finish_layer(static_cast<int>(l), attention.data(), T, hidden.data());
         }
     }
