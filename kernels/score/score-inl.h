@@ -495,7 +495,6 @@ std::size_t block_lanes(const Shape& s, Path path, ScoreDot dot) {
 // (past the end, or another segment's key: that segment fills it with its own queries).
 void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t first, std::size_t lo,
                  std::size_t hi, std::size_t kv, float* f32_tile, std::int32_t* int_tile, float* key_scales) {
-    const std::size_t lanes = path == Path::f32 ? s.D : s.lanes;
     std::size_t blocked = 0;
 #if KVFUSE_SCORE_BLOCKS
     blocked = block_lanes(s, path, dot);
@@ -532,22 +531,28 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
         if (in)
             encode_key(g, s, path, dot, j, kv, blocked, int_tile + jj);
         else
-            for (std::size_t i = blocked; i < lanes; ++i) int_tile[i * kTile + jj] = 0;
+            for (std::size_t i = blocked; i < s.lanes; ++i) int_tile[i * kTile + jj] = 0;
     }
 }
 
+// Where query (row, head) rh = m * H + kv * group + h goes when queries are stored KV head by KV
+// head: row kv * M * group + r of KV head kv's rows r = m * group + h (see encode_queries).
+inline std::size_t kv_major_row(const Shape& s, std::size_t rh) {
+    const std::size_t m = rh / s.H, kv = (rh % s.H) / s.group, h = rh % s.group;
+    return (kv * s.M + m) * s.group + h;
+}
+inline std::size_t kv_head_first_row(const Shape& s, std::size_t kv) { return kv * s.M * s.group; }
+
 // Every query (row, head) as s.lanes lanes (pairs or quads, zero past the head), and for the
-// u8 schemes its correction offset * sum(q). The lanes go KV head by KV head (row r of KV head
-// kv, r = m * group + h, at (kv * M * group + r) * lanes), so that the rows a tile multiplies
-// are contiguous: in (row, head) order one KV head's rows lie H * lanes * 4 bytes apart, 8 KiB
+// u8 schemes its correction offset * sum(q). The lanes go KV head by KV head (kv_major_row),
+// so that the rows a tile multiplies are contiguous: in (row, head) order one KV head's rows lie H * lanes * 4 bytes apart, 8 KiB
 // at the benchmark shape, all in the same few L1 sets, and they evicted the tile (the int8
 // call ran at half the speed of the same loop on contiguous rows).
 void encode_queries(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::int32_t* all_lanes,
                     std::int32_t* corrections) {
     const std::int32_t offset = key_offset(dot, path);
     for (std::size_t rh = 0; rh < s.M * s.H; ++rh) {
-        const std::size_t m = rh / s.H, kv = (rh % s.H) / s.group, h = rh % s.group;
-        std::int32_t* lanes = all_lanes + ((kv * s.M + m) * s.group + h) * s.lanes;
+        std::int32_t* lanes = all_lanes + kv_major_row(s, rh) * s.lanes;
         const std::int8_t* q = g.queries_i8 + rh * s.D;
         auto at = [&](std::size_t d) { return d < s.D ? q[d] : std::int8_t{0}; };
         std::int32_t sum = 0;
@@ -684,7 +689,7 @@ template <std::size_t R>
 inline void f32_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
     const BlockRows b = block_rows<R>(s, scratch, kv, first_row);
     const float* rows[kMaxRows];
-    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.queries_f32 + (kv * s.M * s.group + first_row + r) * s.D;
+    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.queries_f32 + (kv_head_first_row(s, kv) + first_row + r) * s.D;
     F32s acc[kMaxRows][kVectors];
     f32_block<R>(rows, scratch.f32_tile, s.D, acc);
     add_to_sums<R>(b, sums, [&](std::size_t r, std::size_t v, F32s total) { return total + acc[r][v]; });
@@ -694,7 +699,7 @@ template <std::size_t R, ScoreDot kDot>
 inline void int_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
     const BlockRows b = block_rows<R>(s, scratch, kv, first_row);
     const std::int32_t* rows[kMaxRows];
-    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.query_lanes + (kv * s.M * s.group + first_row + r) * s.lanes;
+    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.query_lanes + (kv_head_first_row(s, kv) + first_row + r) * s.lanes;
     I32s acc[kMaxRows][kVectors];
     int_block<R, kDot>(rows, scratch.int_tile, s.lanes, acc);
     F32s key_scales[kVectors];
@@ -786,11 +791,9 @@ void relevance(const kvfuse_relevance_args& a) {
     if (path == Path::f32) {
         queries_f32.resize(segment_count * rows_heads * s.D);
         for (std::size_t si = 0; si < segment_count; ++si)
-            for (std::size_t rh = 0; rh < rows_heads; ++rh) {
-                const std::size_t m = rh / s.H, kv = (rh % s.H) / s.group, h = rh % s.group;
-                std::memcpy(queries_f32.data() + (si * rows_heads + (kv * s.M + m) * s.group + h) * s.D,
+            for (std::size_t rh = 0; rh < rows_heads; ++rh)
+                std::memcpy(queries_f32.data() + (si * rows_heads + kv_major_row(s, rh)) * s.D,
                             segments.list[si].queries_f32 + rh * s.D, s.D * sizeof(float));
-            }
     } else {
         query_lanes.resize(segment_count * lanes_per_segment);
         corrections.resize(segment_count * rows_heads);
