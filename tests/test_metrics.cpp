@@ -111,6 +111,9 @@ TEST(Metrics, TopSetOverlap) {
     EXPECT_DOUBLE_EQ(top_set_overlap(reference, std::vector<float>{0.1f, 0.2f, 0.3f, 0.4f, 0.5f}, 0.01), 0.0);
     EXPECT_DOUBLE_EQ(top_set_overlap(std::vector<float>(4, 1.0f), std::vector<float>(4, 2.0f), 0.5), 1.0);
     EXPECT_DOUBLE_EQ(top_set_overlap(reference, std::vector<float>{5, 4, 3, 2, 1}, 1.0), 1.0);
+    // NaN ranks below every number: the top 2 of {NaN, 0.5, NaN, 0.9, 0.1} are {1, 3}.
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_DOUBLE_EQ(top_set_overlap(std::vector<float>{nan, 0.5f, nan, 0.9f, 0.1f}, std::vector<float>{0, 1, 0, 1, 0}, 0.4), 1.0);
     EXPECT_THROW(top_set_overlap(reference, reference, 0.0), std::invalid_argument);
     EXPECT_THROW(top_set_overlap(reference, reference, 1.5), std::invalid_argument);
     EXPECT_THROW(top_set_overlap(reference, std::vector<float>{1}, 0.5), std::invalid_argument);

@@ -9,6 +9,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "kvfuse/kvfuse.hpp"
+
 namespace kvfuse::fusion {
 
 namespace {
@@ -45,14 +47,15 @@ std::vector<double> average_ranks(std::span<const float> x) {
     return ranks;
 }
 
-// Indices of the k best scores: larger first, ties by lower index.
-std::vector<std::size_t> best_indices(std::span<const float> x, std::size_t k) {
-    std::vector<std::size_t> order(x.size());
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(k), order.end(),
-                      [&](std::size_t p, std::size_t q) { return x[p] > x[q] || (x[p] == x[q] && p < q); });
-    order.resize(k);
-    return order;
+// Positions of the k best scores, ascending: the library's exact top-k, so ties go to the lower
+// index and NaN ranks last, as in the selection itself.
+std::vector<std::int64_t> best_positions(std::span<const float> x, std::size_t k) {
+    std::vector<std::int64_t> out(k);
+    std::size_t count = 0;
+    const kvfuse::Status status = kvfuse::topk(x.data(), x.size(), k, kvfuse::TopkOrder::by_position, out.data(), count);
+    if (!status.ok()) throw std::runtime_error(std::string("top-k: ") + status.message());
+    out.resize(count);
+    return out;
 }
 
 }  // namespace
@@ -80,10 +83,8 @@ double top_set_overlap(std::span<const float> reference, std::span<const float> 
         throw std::invalid_argument("top_set_overlap: scores must be non-empty and of equal size");
     if (!(fraction > 0.0 && fraction <= 1.0)) throw std::invalid_argument("top_set_overlap: fraction must be in (0, 1]");
     const std::size_t k = std::max<std::size_t>(1, static_cast<std::size_t>(fraction * static_cast<double>(reference.size())));
-    std::vector<std::size_t> a = best_indices(reference, k), b = best_indices(other, k);
-    std::sort(a.begin(), a.end());
-    std::sort(b.begin(), b.end());
-    std::vector<std::size_t> common;
+    const std::vector<std::int64_t> a = best_positions(reference, k), b = best_positions(other, k);
+    std::vector<std::int64_t> common;
     std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(common));
     return static_cast<double>(common.size()) / static_cast<double>(k);
 }

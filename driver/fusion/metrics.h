@@ -63,8 +63,8 @@ MeanWithError paired_difference(std::span<const double> a, std::span<const doubl
 double spearman_correlation(std::span<const float> a, std::span<const float> b);
 
 // The share of `reference`'s top max(1, floor(fraction * n)) scores that `other` also puts in
-// its top as many (ranked by score, ties by lower index, as the selection is). fraction in
-// (0, 1]; sizes must match and be non-zero.
+// its top as many (ranked by score, ties by lower index, NaN last: kvfuse's top-k, as the
+// selection is). fraction in (0, 1]; sizes must match and be non-zero.
 double top_set_overlap(std::span<const float> reference, std::span<const float> other, double fraction);
 
 }  // namespace kvfuse::fusion

@@ -30,16 +30,12 @@ struct Tally {
         a.keys = keys;
         a.samples = overlap.size();
         if (overlap.empty()) return a;
-        auto mean = [](const std::vector<double>& v) {
-            double sum = 0.0;
-            for (double x : v) sum += x;
-            return sum / static_cast<double>(v.size());
-        };
-        a.overlap_mean = mean(overlap);
+        a.overlap_mean = mean_with_error(overlap).mean;
         a.overlap_min = *std::min_element(overlap.begin(), overlap.end());
-        a.spearman_mean = mean(spearman);  // NaN if any sample's is (a constant relevance)
-        a.spearman_min = std::numeric_limits<double>::infinity();
-        for (double x : spearman) a.spearman_min = std::isnan(x) || std::isnan(a.spearman_min) ? x : std::min(a.spearman_min, x);
+        // NaN, in the mean and the minimum, if any sample's is (a constant relevance).
+        a.spearman_mean = mean_with_error(spearman).mean;
+        const bool undefined = std::any_of(spearman.begin(), spearman.end(), [](double x) { return std::isnan(x); });
+        a.spearman_min = undefined ? std::numeric_limits<double>::quiet_NaN() : *std::min_element(spearman.begin(), spearman.end());
         return a;
     }
 };
