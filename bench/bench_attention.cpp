@@ -1,5 +1,7 @@
 // Sparse-row attention: T = 4096 keys, n = 0.15 T selected rows at random distinct positions,
-// H = 32, Hkv = 8, D = 128, f32 and bf16 K/V, 1 and 2 threads, per ISA.
+// H = 32, Hkv = 8, D = 128 with f32 and bf16 K/V, and D = 8, 64, 80 with f32 K/V (head
+// dimensions below or not a multiple of the AVX-512 vector: no ISA may be slower than a narrower
+// one at any of them), 1 and 2 threads, per ISA.
 //   GFLOP/s: 4 D FLOPs per visible (row, head, key), median over iterations;
 //   pct_peak: against the f32 FMA peak of that ISA and thread count, measured right after every
 //   iteration (median of the per-iteration ratios): on a shared machine a peak measured once
@@ -26,10 +28,10 @@
 
 namespace {
 
-constexpr std::size_t kTokens = 4096, kHeads = 32, kKvHeads = 8, kDim = 128;
+constexpr std::size_t kTokens = 4096, kHeads = 32, kKvHeads = 8;
 
 template <class T>
-void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads) {
+void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads, std::size_t kDim) {
     if (!kvfuse::bench::force_isa_or_skip(state, static_cast<int>(isa))) return;
     omp_set_num_threads(threads);
     std::mt19937 rng(3);
@@ -116,14 +118,17 @@ int main(int argc, char** argv) {
     if (!apply_tuning_flags(argc, argv)) return 1;
     for (kvfuse::Isa isa : kvfuse::supported_isas()) {
         if (isa == kvfuse::Isa::scalar) continue;  // the reference is the baseline of every row
-        for (int threads : {1, 2})
-            for (bool bf16 : {false, true}) {
-                const std::string name = std::string("attention/") + kvfuse::isa_name(isa) + "/" + (bf16 ? "bf16" : "f32") +
-                                         "/T:4096/n:614/H:32/Hkv:8/D:128/threads:" + std::to_string(threads);
-                auto* b = bf16 ? benchmark::RegisterBenchmark(name.c_str(), attention_bench<kvfuse::bf16>, isa, threads)
-                               : benchmark::RegisterBenchmark(name.c_str(), attention_bench<float>, isa, threads);
-                b->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5);
-            }
+        for (std::size_t dim : {std::size_t{128}, std::size_t{8}, std::size_t{64}, std::size_t{80}})
+            for (int threads : {1, 2})
+                for (bool bf16 : {false, true}) {
+                    if (bf16 && dim != 128) continue;
+                    const std::string name = std::string("attention/") + kvfuse::isa_name(isa) + "/" + (bf16 ? "bf16" : "f32") +
+                                             "/T:4096/n:614/H:32/Hkv:8/D:" + std::to_string(dim) +
+                                             "/threads:" + std::to_string(threads);
+                    auto* b = bf16 ? benchmark::RegisterBenchmark(name.c_str(), attention_bench<kvfuse::bf16>, isa, threads, dim)
+                                   : benchmark::RegisterBenchmark(name.c_str(), attention_bench<float>, isa, threads, dim);
+                    b->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5);
+                }
     }
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

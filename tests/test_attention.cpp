@@ -101,6 +101,11 @@ TEST_P(AttentionTest, MatchesReferenceOverShapes) {
         {1, 1, 1, 8, 1, false},     {3, 8, 4, 8, 5, false},    {7, 8, 2, 64, 70, false},  {5, 4, 1, 128, 130, true},
         {17, 16, 4, 72, 200, false}, {9, 6, 3, 20, 65, true},  {33, 8, 8, 64, 129, false, 3}, {4, 2, 1, 128, 1000, true},
         {40, 32, 8, 128, 300, false}, {2, 4, 2, 130, 64, false}, {3, 4, 4, 9, 17, true, 1},
+        // Head dims whose tail is less than one vector of the widest ISA (16 lanes): 8, 24 and 40
+        // end in a half vector, 12 and 20 in a quarter, 6 in a scalar pair; 80 and 96 are whole
+        // AVX-512 vectors but not whole triples.
+        {5, 8, 2, 40, 90, false},    {6, 12, 4, 80, 150, true}, {4, 4, 2, 96, 60, false},   {3, 6, 2, 12, 33, false},
+        {3, 3, 1, 6, 20, false},     {2, 5, 5, 24, 40, true},   {2, 4, 4, 4, 10, false},    {9, 16, 4, 8, 300, false},
     };
     for (const Problem& p : problems) {
         Data d = make(p, seed += 10);

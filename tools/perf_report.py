@@ -216,8 +216,35 @@ def attention_section(b):
     rows = [[f"`{n}`", time_of(r), fmt(b.need(n, "GFLOP/s")), fmt(b.get(n, "peak_GFLOP/s")),
              pct(b.get(n, "pct_peak")), fmt(b.need(n, "reference_GFLOP/s")), fmt(b.need(n, "x_reference"))]
             for n, r in b.rows.items()]
-    return table(["benchmark", "median time", "GFLOP/s", "FMA peak GFLOP/s", "% of peak", "reference GFLOP/s",
+    text = table(["benchmark", "median time", "GFLOP/s", "FMA peak GFLOP/s", "% of peak", "reference GFLOP/s",
                   "x reference"], rows) + skipped_note(b)
+    return text + attention_head_dim_table(b)
+
+
+def attention_head_dim_table(b):
+    """f32 GFLOP/s per head dimension and ISA, and each ISA against the narrowest SIMD ISA of the
+    run at the same shape: no ISA may be slower than a narrower one (issue 16)."""
+    figures = {}  # (D, threads) -> {isa: GFLOP/s}
+    order = []
+    for n in b.matching(r"^attention/.*/f32/"):
+        s = shape_of(n)
+        key = (s.get("D"), threads_of(n))
+        if key[0] is None:
+            continue
+        figures.setdefault(key, {})[isa_of(n)] = b.need(n, "GFLOP/s")
+        if isa_of(n) not in order:
+            order.append(isa_of(n))
+    if len(order) < 2 or not figures:
+        return ""
+    narrowest = order[0]
+    rows = []
+    for (dim, threads), by_isa in sorted(figures.items()):
+        cells = [fmt(by_isa.get(isa)) if isa in by_isa else "-" for isa in order]
+        ratios = [f"{by_isa[isa] / by_isa[narrowest]:.2f}×" if isa in by_isa and narrowest in by_isa else "-"
+                  for isa in order[1:]]
+        rows.append([str(dim), str(threads)] + cells + ratios)
+    header = ["D", "threads"] + [f"{isa} GFLOP/s" for isa in order] + [f"{isa} ÷ {narrowest}" for isa in order[1:]]
+    return "\n\nf32 K/V by head dimension (the same T, n, H and Hkv):\n\n" + table(header, rows)
 
 
 def score_section(b):
@@ -280,7 +307,7 @@ def summary_section(k):
          lambda b, n: 100 * b.need(n, "x_baseline"), "copy bandwidth", "x_baseline", "copy", r"^tuning/rope/f32/64x"),
         ("top-k, k = 15 %", k["bench_topk"], r"^topk/.*/k:19660/vs:nth_element", 1, "Mscores/s",
          lambda b, n: b.get(n, "pct_floor"), "read + write floor", "x_baseline", "nth_element", r"^tuning/topk/"),
-        ("sparse attention, f32", k["bench_attention"], r"^attention/.*/f32/", 2, "GFLOP/s",
+        ("sparse attention, f32", k["bench_attention"], r"^attention/.*/f32/.*/D:128/", 2, "GFLOP/s",
          lambda b, n: b.get(n, "pct_peak"), "f32 FMA peak", "x_reference", "reference", r"^tuning/attention/"),
         ("A³ scoring, int8 keys", k["bench_score"], r"^a3_relevance/.*/int8_", 2, "GOP/s",
          lambda b, n: b.get(n, "pct_int8_peak"), "int8 peak", "x_baseline", "f32", r"^tuning/a3_relevance/int8"),
@@ -331,7 +358,7 @@ def targets_section(k, main):
         f_us = t_us * floor / 100
         add("(reachable?) its read + write floor in the same iterations: ≤ 25 µs", f_us, f"{fmt(f_us)} µs",
             lambda x: x <= 25)
-    n = headline(att, r"^attention/.*/f32/", 2)
+    n = headline(att, r"^attention/.*/f32/.*/D:128/", 2)
     v = att.get(n, "pct_peak") if n else None
     add("sparse attention f32, 2 threads: ≥ 50 % of the FMA peak", v, pct(v), lambda x: x >= 50)
     n = headline(score, r"^a3_relevance/.*/int8_", 2)
@@ -364,7 +391,7 @@ def roofline_points(k):
             points.append((f"RoPE {dtype}", intensity, rope.need(n, "GB/s") * intensity))
     att = k["bench_attention"]
     for dtype, size in (("f32", 4), ("bf16", 2)):
-        n = headline(att, rf"^attention/.*/{dtype}/", 2)
+        n = headline(att, rf"^attention/.*/{dtype}/.*/D:128/", 2)
         if n:
             s = shape_of(n)
             T, rows, H, Hkv, D = s["T"], s["n"], s["H"], s["Hkv"], s["D"]
@@ -390,7 +417,7 @@ def roofline_ceilings(k):
     n = headline(k["bench_rope"], r"^rope/.*/f32/.*/dram/", 2)
     if n:
         ceilings["copy GB/s"] = k["bench_rope"].need(n, "baseline_GB/s")
-    n = headline(k["bench_attention"], r"^attention/.*/f32/", 2)
+    n = headline(k["bench_attention"], r"^attention/.*/f32/.*/D:128/", 2)
     if n and k["bench_attention"].get(n, "peak_GFLOP/s"):
         ceilings["f32 FMA peak"] = k["bench_attention"].get(n, "peak_GFLOP/s")
     n = headline(k["bench_score"], r"^a3_relevance/.*/int8_", 2)

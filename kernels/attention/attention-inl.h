@@ -19,10 +19,12 @@
 #include <new>
 #include <numeric>
 #include <thread>
+#include <type_traits>
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
 #include "kernels/common/bf16.h"
+#include "kernels/common/narrower_batch.h"
 #include "kernels/kernel_table.h"
 #include "kernels/tuning.h"
 
@@ -103,24 +105,40 @@ void tile_scores(const float* q, const float* keys_t, std::size_t tile, std::siz
 
 // out_r[d, d + V * lanes) += sum_j p_r[j] * V[j] over `count` keys for R heads (p_r = p +
 // r * kScoreStride, out_r = out + r * head_dim): each value vector loaded serves R heads, and the
-// R x V accumulators stay in registers while the keys stream past.
-template <std::size_t R, std::size_t V>
+// R x V accumulators stay in registers while the keys stream past. B is the full-width batch or,
+// for the tail of the head dimension, a narrower one.
+template <class B, std::size_t R, std::size_t V>
 void values_block(const float* p, const float* values, std::size_t count, std::size_t head_dim, std::size_t d,
                   float* out) {
-    F32s acc[R][V];
+    constexpr std::size_t lanes = B::size;
+    B acc[R][V];
     for (std::size_t r = 0; r < R; ++r)
-        for (std::size_t v = 0; v < V; ++v) acc[r][v] = F32s::load_unaligned(out + r * head_dim + d + v * kLanes);
+        for (std::size_t v = 0; v < V; ++v) acc[r][v] = B::load_unaligned(out + r * head_dim + d + v * lanes);
     const float* row = values + d;
     for (std::size_t j = 0; j < count; ++j, row += head_dim) {
-        F32s x[V];
-        for (std::size_t v = 0; v < V; ++v) x[v] = F32s::load_unaligned(row + v * kLanes);
+        B x[V];
+        for (std::size_t v = 0; v < V; ++v) x[v] = B::load_unaligned(row + v * lanes);
         for (std::size_t r = 0; r < R; ++r) {
-            const F32s weight(p[r * kScoreStride + j]);
+            const B weight(p[r * kScoreStride + j]);
             for (std::size_t v = 0; v < V; ++v) acc[r][v] = xsimd::fma(weight, x[v], acc[r][v]);
         }
     }
     for (std::size_t r = 0; r < R; ++r)
-        for (std::size_t v = 0; v < V; ++v) acc[r][v].store_unaligned(out + r * head_dim + d + v * kLanes);
+        for (std::size_t v = 0; v < V; ++v) acc[r][v].store_unaligned(out + r * head_dim + d + v * lanes);
+}
+
+// The tail [d, head_dim) that holds less than one full vector: narrower vectors of the same ISA
+// (an AVX-512 head of 8 or 40 dimensions ends in one 256-bit vector), so that no head dimension
+// runs slower on a wider ISA. Returns where the vectors stopped (only a tail of < 4 is left).
+template <class NarrowArch, std::size_t R>
+std::size_t values_tail(const float* p, const float* values, std::size_t count, std::size_t head_dim, std::size_t d,
+                        float* out) {
+    if constexpr (!std::is_void_v<NarrowArch>) {
+        using B = xsimd::batch<float, NarrowArch>;
+        for (; d + B::size <= head_dim; d += B::size) values_block<B, R, 1>(p, values, count, head_dim, d, out);
+        return values_tail<detail::narrower_arch_t<NarrowArch>, R>(p, values, count, head_dim, d, out);
+    }
+    return d;
 }
 
 // out_r += sum_j p_r[j] * V[j] for the whole head dimension. Blocks of 3 vectors where R = 4:
@@ -132,9 +150,10 @@ void accumulate_values(const float* p, const float* values, std::size_t count, s
     std::size_t triples = R == 4 ? vectors / 3 : 0;
     if (triples > 0 && vectors - 3 * triples == 1) --triples;
     std::size_t d = 0;
-    for (std::size_t t = 0; t < triples; ++t, d += 3 * kLanes) values_block<R, 3>(p, values, count, head_dim, d, out);
-    for (; d + 2 * kLanes <= head_dim; d += 2 * kLanes) values_block<R, 2>(p, values, count, head_dim, d, out);
-    for (; d + kLanes <= head_dim; d += kLanes) values_block<R, 1>(p, values, count, head_dim, d, out);
+    for (std::size_t t = 0; t < triples; ++t, d += 3 * kLanes) values_block<F32s, R, 3>(p, values, count, head_dim, d, out);
+    for (; d + 2 * kLanes <= head_dim; d += 2 * kLanes) values_block<F32s, R, 2>(p, values, count, head_dim, d, out);
+    for (; d + kLanes <= head_dim; d += kLanes) values_block<F32s, R, 1>(p, values, count, head_dim, d, out);
+    d = values_tail<detail::narrower_arch_t<Arch>, R>(p, values, count, head_dim, d, out);
     for (; d < head_dim; ++d)
         for (std::size_t r = 0; r < R; ++r) {
             float acc = out[r * head_dim + d];

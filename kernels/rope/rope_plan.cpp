@@ -90,6 +90,9 @@ const RopePlan& rope_plan_for(const kvfuse_rope_config& config) {
     return cached;
 }
 
+RopeTable::RopeTable() = default;
+RopeTable::~RopeTable() = default;
+
 void RopeTable::build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads,
                       std::int64_t delta) {
     const std::size_t pairs = plan.inv_freq.size();

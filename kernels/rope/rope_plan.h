@@ -42,8 +42,15 @@ double rope_inv_freq(const kvfuse_rope_config& config, int rotary_dims, int pair
 //                sin2[2i] = -sin_i, sin2[2i+1] = +sin_i, so out = x*cos2 + swap_pairs(x)*sin2
 //   even/odd     bf16 NeoX: cos/sin of the even and odd pair indices, so that a 32-bit lane
 //                holding elements (2j, 2j+1) pairs with the lane holding (h+2j, h+2j+1)
+// Its special members are defined out of line in rope_plan.cpp (ISA-neutral): an implicit
+// destructor would be an inline function emitted, as a weak symbol, in every ISA's rope object,
+// and the linker would keep whichever copy came first (tests/check_isa_objects.sh).
 class RopeTable {
    public:
+    RopeTable();
+    ~RopeTable();
+    RopeTable(const RopeTable&) = delete;
+    RopeTable& operator=(const RopeTable&) = delete;
     void build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads, std::int64_t delta);
     bool holds(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads, std::int64_t delta) const {
         return built_ && plan_id_ == plan.id && dtype_ == dtype && heads_ == heads && delta_ == delta;

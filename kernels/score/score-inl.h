@@ -46,7 +46,10 @@ using Arch = KVFUSE_XSIMD_ARCH;
 using F32s = xsimd::batch<float, Arch>;
 using I32s = xsimd::batch<std::int32_t, Arch>;
 constexpr std::size_t kLanes = F32s::size;
-constexpr std::size_t kVectors = 2;                 // key vectors per tile
+// Key vectors per tile: 4 with AVX-512 (32 registers: a 4-row block's 16 vpdpbusd chains cover
+// the instruction's latency at two a cycle, and each broadcast query lane serves 4 multiply-adds
+// instead of 2), else 2 (AVX2's 16 registers; NEON's 4-lane vectors keep tiles short).
+constexpr std::size_t kVectors = kLanes == 16 ? 4 : 2;
 constexpr std::size_t kTile = kVectors * kLanes;   // keys per tile
 constexpr std::size_t kMaxRows = 6;                 // query rows per register block: 2, 4 or 6 (tuned)
 
@@ -193,11 +196,17 @@ inline V emulated_dot_s8s8(V x, V y) {
 }
 
 // acc + per lane the four products u8(keys) x s8(queries); `vpdpbusd` never saturates.
+// The zmm form is written as asm with the accumulator tied to its register: with the intrinsic,
+// GCC 12 copied each of the 12 accumulators of a 6-row block into a fresh register before its
+// vpdpbusd and back after it (24 vmovdqa per 12 multiply-adds in the inner loop).
 template <class V>
 inline V dot_quads_u8s8(V acc, V keys, V queries) {
 #if defined(__AVX512VNNI__)
-    if constexpr (V::size == 16) return _mm512_dpbusd_epi32(acc, keys, queries);
-    else
+    if constexpr (V::size == 16) {
+        __m512i a = acc;
+        asm("vpdpbusd %2, %1, %0" : "+v"(a) : "v"(static_cast<__m512i>(keys)), "v"(static_cast<__m512i>(queries)));
+        return a;
+    } else
 #endif
 #if defined(__AVXVNNI__)
     if constexpr (V::size == 8) return _mm256_dpbusd_avx_epi32(acc, keys, queries);
@@ -267,17 +276,19 @@ inline V widen_s16_pairs(V x) {
 constexpr std::size_t kStepsPerWidening = 8;
 static_assert(kStepsPerWidening * 2 * 15 * 128 <= 32767, "s16 sums of pmaddubsw must not saturate");
 
-// pmaddubsw has no accumulating form, so each row of a block holds two s16 sums and two s32
-// sums per key vector: with the two key vectors, the broadcast and a product, a block of R
-// rows needs 4R + 4 vector registers. x86 without AVX-512 has 16, so at most 2 rows (more
-// spills a sum to the stack: measured 10-20 % slower at 4 rows); AVX-512 and NEON have 32.
+// pmaddubsw has no accumulating form, so each row of a block holds an s16 and an s32 sum per
+// key vector: with the key vectors, the broadcast and a product, a block of R rows needs
+// 2 * kVectors * R + kVectors + 2 vector registers. x86 without AVX-512 has 16, so at most 2
+// rows (more spills a sum to the stack: measured 10-20 % slower at 4 rows); NEON (2 vectors)
+// has 32 and takes 6; AVX-512's 32 with 4 vectors, 2.
 constexpr std::size_t kVectorRegisters =
 #if defined(__x86_64__)
     I32s::size == 16 ? 32 : 16;
 #else
     32;
 #endif
-constexpr std::size_t kMaxS16SumRows = (kVectorRegisters - 4) / 4 >= 6 ? 6 : 2;
+// Each row needs 2 * kVectors sums; the key vectors, the broadcast and a product need the rest.
+constexpr std::size_t kMaxS16SumRows = (kVectorRegisters - kVectors - 2) / (2 * kVectors) >= 6 ? 6 : 2;
 
 constexpr bool is_quads(ScoreDot dot) { return dot != ScoreDot::pairs_s16; }
 constexpr bool is_unsigned_quads(ScoreDot dot) { return dot == ScoreDot::quads_u8s8_s16 || dot == ScoreDot::quads_u8s8; }
@@ -470,14 +481,14 @@ inline Block encode_block(const kvfuse_relevance_segment& g, const Shape& s, Pat
     return is_unsigned_quads(dot) ? biased : (biased + Block(0x78787878)) ^ Block(static_cast<std::int32_t>(0x80808080u));
 }
 
-// Asks for the cache lines of key j of KV head kv.
-inline void prefetch_key(const kvfuse_relevance_segment& g, const Shape& s, Path path, std::size_t j, std::size_t kv) {
-    const std::size_t row = j * s.Hkv + kv;
+// Asks for key j's rows of every KV head (contiguous: one token's keys) into L2.
+inline void prefetch_token_keys(const kvfuse_relevance_segment& g, const Shape& s, Path path, std::size_t j) {
+    const std::size_t row = j * s.Hkv;
     const char* key = path == Path::f32    ? reinterpret_cast<const char*>(g.keys_f32 + row * s.D)
                       : path == Path::int8 ? reinterpret_cast<const char*>(g.keys_i8 + row * s.D)
                                            : reinterpret_cast<const char*>(g.keys_i4 + row * s.D2);
-    const std::size_t bytes = path == Path::f32 ? s.D * sizeof(float) : path == Path::int8 ? s.D : s.D2;
-    for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(key + b);
+    const std::size_t bytes = s.Hkv * (path == Path::f32 ? s.D * sizeof(float) : path == Path::int8 ? s.D : s.D2);
+    for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(key + b, 0, 2);
 }
 
 // How many leading lanes of every key encode_block may cover: whole blocks whose source bytes
@@ -512,7 +523,7 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
                 // This key's row of the next tile, a tile ahead: the keys stream from memory
                 // with a stride of Hkv rows, which the hardware prefetcher did not hide (half
                 // the layout time was waiting on these loads).
-                if (i0 == 0 && j + kTile < g.keys) prefetch_key(g, s, path, j + kTile, kv);
+                if (i0 == 0 && kv == 0 && j + kTile < g.keys) prefetch_token_keys(g, s, path, j + kTile);
             }
             store_transposed(rows, path == Path::f32 ? static_cast<void*>(f32_tile + i0 * kTile + jj0)
                                                      : static_cast<void*>(int_tile + i0 * kTile + jj0),
@@ -572,11 +583,11 @@ inline void f32_block(const float* const* rows, const float* tile, std::size_t D
     for (std::size_t r = 0; r < R; ++r)
         for (std::size_t v = 0; v < kVectors; ++v) acc[r][v] = F32s(0.0f);
     for (std::size_t d = 0; d < D; ++d) {
-        const F32s k0 = F32s::load_aligned(tile + d * kTile), k1 = F32s::load_aligned(tile + d * kTile + kLanes);
+        F32s k[kVectors];
+        for (std::size_t v = 0; v < kVectors; ++v) k[v] = F32s::load_aligned(tile + d * kTile + v * kLanes);
         for (std::size_t r = 0; r < R; ++r) {
             const F32s q(rows[r][d]);
-            acc[r][0] = xsimd::fma(k0, q, acc[r][0]);
-            acc[r][1] = xsimd::fma(k1, q, acc[r][1]);
+            for (std::size_t v = 0; v < kVectors; ++v) acc[r][v] = xsimd::fma(k[v], q, acc[r][v]);
         }
     }
 }
@@ -594,11 +605,11 @@ inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile,
             for (std::size_t r = 0; r < R; ++r)
                 for (std::size_t v = 0; v < kVectors; ++v) partial[r][v] = I32s(0);
             for (std::size_t i = first; i < last; ++i) {
-                const I32s k0 = I32s::load_aligned(tile + i * kTile), k1 = I32s::load_aligned(tile + i * kTile + kLanes);
+                I32s k[kVectors];
+                for (std::size_t v = 0; v < kVectors; ++v) k[v] = I32s::load_aligned(tile + i * kTile + v * kLanes);
                 for (std::size_t r = 0; r < R; ++r) {
                     const I32s q(rows[r][i]);
-                    add_to_s16(partial[r][0], madd_quads_s16(k0, q));
-                    add_to_s16(partial[r][1], madd_quads_s16(k1, q));
+                    for (std::size_t v = 0; v < kVectors; ++v) add_to_s16(partial[r][v], madd_quads_s16(k[v], q));
                 }
             }
             for (std::size_t r = 0; r < R; ++r)
@@ -607,18 +618,17 @@ inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile,
         return;
     }
     for (std::size_t i = 0; i < lanes; ++i) {
-        const I32s k0 = I32s::load_aligned(tile + i * kTile), k1 = I32s::load_aligned(tile + i * kTile + kLanes);
+        I32s k[kVectors];
+        for (std::size_t v = 0; v < kVectors; ++v) k[v] = I32s::load_aligned(tile + i * kTile + v * kLanes);
         for (std::size_t r = 0; r < R; ++r) {
             const I32s q(rows[r][i]);
-            if constexpr (kDot == ScoreDot::pairs_s16) {
-                add_to(acc[r][0], madd_pairs(k0, q));
-                add_to(acc[r][1], madd_pairs(k1, q));
-            } else if constexpr (kDot == ScoreDot::quads_u8s8) {
-                acc[r][0] = dot_quads_u8s8(acc[r][0], k0, q);
-                acc[r][1] = dot_quads_u8s8(acc[r][1], k1, q);
-            } else {
-                acc[r][0] = dot_quads_s8s8(acc[r][0], k0, q);
-                acc[r][1] = dot_quads_s8s8(acc[r][1], k1, q);
+            for (std::size_t v = 0; v < kVectors; ++v) {
+                if constexpr (kDot == ScoreDot::pairs_s16)
+                    add_to(acc[r][v], madd_pairs(k[v], q));
+                else if constexpr (kDot == ScoreDot::quads_u8s8)
+                    acc[r][v] = dot_quads_u8s8(acc[r][v], k[v], q);
+                else
+                    acc[r][v] = dot_quads_s8s8(acc[r][v], k[v], q);
             }
         }
     }
