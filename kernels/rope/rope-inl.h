@@ -172,13 +172,13 @@ template <class T>
 void rotate_rows(const RopePlan& plan, kvfuse_dtype dtype, const T* src, std::size_t src_stride,
                  T* dst, std::size_t dst_stride, std::size_t tokens, std::size_t heads,
                  const std::int64_t* deltas, std::int64_t delta) {
-    // Per thread and kept across calls: rebuilt only when the plan, shape or delta changes, so
-    // a chunk moved by one delta, or one decode step after another, costs no sin/cos.
+    // Per thread and kept across calls: a table is built only for a plan, shape and delta none
+    // of the recent ones had (RopeTableCache), so chunks moved by their deltas layer after
+    // layer, or one decode step after another, cost no sin/cos.
     auto rotate_token = [&](std::size_t t) {
-        thread_local RopeTable table;
+        thread_local detail::RopeTableCache tables;
         const std::int64_t d = deltas ? deltas[t] : delta;
-        if (!table.holds(plan, dtype, heads, d)) table.build(plan, dtype, heads, d);
-        rotate_row(plan, src + t * src_stride, dst + t * dst_stride, heads, table);
+        rotate_row(plan, src + t * src_stride, dst + t * dst_stride, heads, tables.get(plan, dtype, heads, d));
     };
     const std::size_t work = tokens * heads * static_cast<std::size_t>(plan.config.head_dim);
     // Below a few hundred KiB the fork/join costs more than the second core gives back; and

@@ -140,4 +140,23 @@ void RopeTable::build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t head
     delta_ = delta;
 }
 
+RopeTableCache::RopeTableCache() = default;
+RopeTableCache::~RopeTableCache() = default;
+
+const RopeTable& RopeTableCache::get(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads,
+                                     std::int64_t delta) {
+    ++clock_;
+    std::size_t oldest = 0;
+    for (std::size_t e = 0; e < kEntries; ++e) {
+        if (tables_[e].holds(plan, dtype, heads, delta)) {
+            last_use_[e] = clock_;
+            return tables_[e];
+        }
+        if (last_use_[e] < last_use_[oldest]) oldest = e;
+    }
+    tables_[oldest].build(plan, dtype, heads, delta);
+    last_use_[oldest] = clock_;
+    return tables_[oldest];
+}
+
 }  // namespace kvfuse::detail
