@@ -22,7 +22,7 @@
 
 namespace {
 
-constexpr std::size_t kTokens = 32768, kHeads = 32, kKvHeads = 8, kDim = 128, kRows = 32;
+constexpr std::size_t kTokens = 32768, kHeads = 32, kKvHeads = 8, kRows = 32;
 
 double int8_peak(int isa, int threads, const char** kind) {
     static std::map<std::pair<int, int>, std::pair<double, const char*>> cache;
@@ -43,7 +43,8 @@ double fma_peak(int isa, int threads) {
     return cache[key];
 }
 
-void score_bench(benchmark::State& state, kvfuse::Isa isa, int threads, bool int4, kvfuse::detail::ScoreDot dot) {
+void score_bench(benchmark::State& state, kvfuse::Isa isa, int threads, bool int4, kvfuse::detail::ScoreDot dot,
+                 std::size_t kDim) {
     if (!kvfuse::bench::force_isa_or_skip(state, static_cast<int>(isa))) return;
     omp_set_num_threads(threads);
     std::mt19937 rng(7);
@@ -52,7 +53,7 @@ void score_bench(benchmark::State& state, kvfuse::Isa isa, int threads, bool int
     for (float& v : q) v = normal(rng);
     for (float& v : k) v = normal(rng);
     std::vector<std::int8_t> q8(q.size()), k8(k.size());
-    std::vector<std::uint8_t> k4(kTokens * kKvHeads * kDim / 2);
+    std::vector<std::uint8_t> k4(kTokens * kKvHeads * ((kDim + 1) / 2));
     std::vector<float> qs(kRows * kHeads), ks(kTokens * kKvHeads), means(kKvHeads * kDim), out(kTokens - kRows);
     (void)kvfuse::quantize_rows_i8(q.data(), kRows, kHeads, kDim, kHeads * kDim, q8.data(), qs.data());
     if (int4)
@@ -109,11 +110,21 @@ int main(int argc, char** argv) {
                     const std::string name = std::string("a3_relevance/") + kvfuse::isa_name(isa) + (int4 ? "/int4" : "/int8") +
                                              (forced ? "[pairs_s16]" : "") +
                                              "_vs_f32/T:32768/H:32/Hkv:8/D:128/M:32/threads:" + std::to_string(threads);
-                    benchmark::RegisterBenchmark(name.c_str(), score_bench, isa, threads, int4, dot)
+                    benchmark::RegisterBenchmark(name.c_str(), score_bench, isa, threads, int4, dot, std::size_t{128})
                         ->UseManualTime()
                         ->Unit(benchmark::kMillisecond)
                         ->Iterations(3);
                 }
+        // Other head dimensions (int8 keys, each ISA's own scheme, 2 threads): 8 and 80 are not
+        // a whole number of AVX-512 vectors' worth of quads.
+        for (std::size_t dim : {std::size_t{8}, std::size_t{64}, std::size_t{80}}) {
+            const std::string name = std::string("a3_relevance/") + kvfuse::isa_name(isa) +
+                                     "/int8_vs_f32/T:32768/H:32/Hkv:8/D:" + std::to_string(dim) + "/M:32/threads:2";
+            benchmark::RegisterBenchmark(name.c_str(), score_bench, isa, 2, false, kvfuse::detail::ScoreDot::automatic, dim)
+                ->UseManualTime()
+                ->Unit(benchmark::kMillisecond)
+                ->Iterations(3);
+        }
     }
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -309,9 +309,9 @@ def summary_section(k):
          lambda b, n: b.get(n, "pct_floor"), "read + write floor", "x_baseline", "nth_element", r"^tuning/topk/"),
         ("sparse attention, f32", k["bench_attention"], r"^attention/.*/f32/.*/D:128/", 2, "GFLOP/s",
          lambda b, n: b.get(n, "pct_peak"), "f32 FMA peak", "x_reference", "reference", r"^tuning/attention/"),
-        ("A³ scoring, int8 keys", k["bench_score"], r"^a3_relevance/.*/int8_", 2, "GOP/s",
+        ("A³ scoring, int8 keys", k["bench_score"], r"^a3_relevance/.*/int8_.*/D:128/", 2, "GOP/s",
          lambda b, n: b.get(n, "pct_int8_peak"), "int8 peak", "x_baseline", "f32", r"^tuning/a3_relevance/int8"),
-        ("A³ scoring, int4 keys", k["bench_score"], r"^a3_relevance/.*/int4_", 2, "GOP/s",
+        ("A³ scoring, int4 keys", k["bench_score"], r"^a3_relevance/.*/int4_.*/D:128/", 2, "GOP/s",
          lambda b, n: b.get(n, "pct_int8_peak"), "int8 peak", "x_baseline", "f32", None),
     ]
     rows = []
@@ -361,7 +361,7 @@ def targets_section(k, main):
     n = headline(att, r"^attention/.*/f32/.*/D:128/", 2)
     v = att.get(n, "pct_peak") if n else None
     add("sparse attention f32, 2 threads: ≥ 50 % of the FMA peak", v, pct(v), lambda x: x >= 50)
-    n = headline(score, r"^a3_relevance/.*/int8_", 2)
+    n = headline(score, r"^a3_relevance/.*/int8_.*/D:128/", 2)
     v = score.get(n, "pct_int8_peak") if n else None
     add("scoring int8, 2 threads: ≥ 50 % of the int8 peak", v, pct(v), lambda x: x >= 50)
     v = score.need(n, "x_baseline") if n else None
@@ -401,7 +401,7 @@ def roofline_points(k):
             points.append((f"attention {dtype}", flops / bytes_moved, att.need(n, "GFLOP/s")))
     score = k["bench_score"]
     for keys, size in (("int8", 1.0), ("int4", 0.5)):
-        n = headline(score, rf"^a3_relevance/.*/{keys}_", 2)
+        n = headline(score, rf"^a3_relevance/.*/{keys}_.*/D:128/", 2)
         if n:
             s = shape_of(n)
             T, H, Hkv, D, M = s["T"], s["H"], s["Hkv"], s["D"], s["M"]
@@ -420,7 +420,7 @@ def roofline_ceilings(k):
     n = headline(k["bench_attention"], r"^attention/.*/f32/.*/D:128/", 2)
     if n and k["bench_attention"].get(n, "peak_GFLOP/s"):
         ceilings["f32 FMA peak"] = k["bench_attention"].get(n, "peak_GFLOP/s")
-    n = headline(k["bench_score"], r"^a3_relevance/.*/int8_", 2)
+    n = headline(k["bench_score"], r"^a3_relevance/.*/int8_.*/D:128/", 2)
     if n and k["bench_score"].get(n, "int8_peak_GOP/s"):
         ceilings["int8 peak"] = k["bench_score"].get(n, "int8_peak_GOP/s")
     return ceilings
