@@ -76,11 +76,14 @@ constexpr CompressTable kCompress8{};
 template <class T>
 inline std::size_t compress_store(xsimd::batch<T, Arch> v, unsigned bits, T* dst) {
 #if defined(__AVX512F__)
+    // Compressed in a register, then one plain store of the whole vector (the caller leaves
+    // kLanes of room): the memory form of vpcompress is microcoded on Zen 4 and, on Zen 5, still
+    // slower than the two instructions.
     if constexpr (kLanes == 16) {
         if constexpr (std::is_same_v<T, float>)
-            _mm512_mask_compressstoreu_ps(dst, static_cast<__mmask16>(bits), v);
+            _mm512_storeu_ps(dst, _mm512_maskz_compress_ps(static_cast<__mmask16>(bits), v));
         else
-            _mm512_mask_compressstoreu_epi32(dst, static_cast<__mmask16>(bits), v);
+            _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), v));
         return static_cast<std::size_t>(std::popcount(bits));
     }
 #endif
@@ -275,10 +278,16 @@ inline std::size_t compress_store_wide(U32s index, unsigned bits, std::int64_t* 
     if constexpr (kLanes == 16) {
         const __m512i packed = _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), index);
         const unsigned count = static_cast<unsigned>(std::popcount(bits));
-        const unsigned written = (1u << count) - 1u;  // masked stores: never beyond the count
-        _mm512_mask_storeu_epi64(dst, static_cast<__mmask8>(written), _mm512_cvtepu32_epi64(_mm512_castsi512_si256(packed)));
-        _mm512_mask_storeu_epi64(dst + 8, static_cast<__mmask8>(written >> 8),
-                                 _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(packed, 1)));
+        const __m512i low = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(packed));
+        const __m512i high = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(packed, 1));
+        if (room >= 16) {  // plain stores where the result has room: masked ones cost more
+            _mm512_storeu_si512(dst, low);
+            _mm512_storeu_si512(dst + 8, high);
+        } else {  // near the end of the result: never beyond the count
+            const unsigned written = (1u << count) - 1u;
+            _mm512_mask_storeu_epi64(dst, static_cast<__mmask8>(written), low);
+            _mm512_mask_storeu_epi64(dst + 8, static_cast<__mmask8>(written >> 8), high);
+        }
         return count;
     }
 #elif defined(__AVX2__)  // not both: this function is no template, each branch is compiled
