@@ -15,6 +15,11 @@
 #include "dispatch/errors.h"
 #include "kvfuse/kvfuse.h"
 
+// Exported for the in-tree tests although not in the public header.
+#ifndef KVFUSE_TEST_HOOK
+#define KVFUSE_TEST_HOOK __attribute__((visibility("default")))
+#endif
+
 namespace kvfuse::detail {
 
 // Overflow-checked size arithmetic for API arguments. A tensor's extent must also fit in
@@ -78,7 +83,7 @@ kvfuse_status check_aligned(const char* what, const void* pointer, std::size_t a
 // Runs `body` (returning kvfuse_status) and turns whatever it throws into a status, so that no
 // C++ exception ever crosses the C boundary: std::bad_alloc -> KVFUSE_ERROR_OUT_OF_MEMORY,
 // anything else -> KVFUSE_ERROR_INTERNAL with the exception's text.
-kvfuse_status status_of_exception(const char* function, std::exception_ptr error) noexcept;
+KVFUSE_TEST_HOOK kvfuse_status status_of_exception(const char* function, std::exception_ptr error) noexcept;
 
 template <class Body>
 kvfuse_status guarded(const char* function, Body&& body) noexcept {

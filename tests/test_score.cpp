@@ -415,6 +415,33 @@ TEST_P(ScoreTest, ExtremeIntegerValuesAreExact) {
     }
 }
 
+// The scoring kernel's parallel tiles, softmax rows and column sums at 1, 3 and 7 threads and
+// the machine's count, on every path: the reference's answer, bit-identical across counts.
+TEST_P(ScoreTest, SameAnswerAtEveryThreadCount) {
+    kvfuse_tuning saved{};
+    kvfuse_get_tuning(&saved);
+    kvfuse_tuning parallel = saved;
+    parallel.score_parallel_work = 0;
+    ASSERT_EQ(kvfuse_set_tuning(&parallel), KVFUSE_OK);
+    const Case c{13, 700, 8, 2, 40};
+    const Inputs in = make(c, 123);
+    for (Keys keys : {Keys::f32, Keys::i8, Keys::i4}) {
+        std::vector<float> want, single_thread;
+        kvfuse::reference::a3_relevance(args_for(c, in, keys, true, want));
+        kvfuse::testing::at_thread_counts([&](int threads) {
+            std::vector<float> got;
+            ASSERT_TRUE(kvfuse::a3_relevance(args_for(c, in, keys, true, got)).ok());
+            for (std::size_t j = 0; j < got.size(); ++j)
+                ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j])) << "keys=" << static_cast<int>(keys) << " j=" << j;
+            if (threads == 1)
+                single_thread = got;
+            else
+                EXPECT_EQ(got, single_thread) << "keys=" << static_cast<int>(keys) << " differs from 1 thread";
+        });
+    }
+    kvfuse_set_tuning(&saved);
+}
+
 // Segments: each range of candidates with its own keys, queries and bias, split at places that
 // are not tile boundaries (one key alone, an empty segment), on every path.
 TEST_P(ScoreTest, SegmentsMatchReference) {
