@@ -176,6 +176,8 @@ static kvfuse_status alloc_local_unguarded(size_t bytes, void** memory, int* nod
     *memory = nullptr;
     if (node != nullptr) *node = -1;
     if (bytes == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "bytes must be > 0");
+    // Rounded up to whole pages below: that sum must not wrap to a tiny allocation.
+    if (auto s = kvfuse::detail::check_size("bytes", kvfuse::detail::CheckedSize(bytes) + 4095); s != KVFUSE_OK) return s;
 #if defined(KVFUSE_HAVE_HWLOC)
     const Topology& t = shared_topology();
     if (t.handle != nullptr) {

@@ -237,6 +237,12 @@ static void check_null_pointers(void) {
     CHECK(kvfuse_default_profile_path(NULL, 0) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_get_topology(NULL) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_place_threads(NULL, NULL, 0) == KVFUSE_ERROR_NULL_POINTER);
+    {
+        void* memory = &count;
+        CHECK(kvfuse_alloc_local(4096, NULL, NULL) == KVFUSE_ERROR_NULL_POINTER);
+        CHECK_REFUSED(kvfuse_alloc_local(SIZE_MAX - 10, &memory, NULL), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+        CHECK(memory == NULL);
+    }
     kvfuse_get_tuning(NULL); /* no status to return: must simply not crash */
     kvfuse_default_tuning(NULL);
     kvfuse_get_cpu_features(NULL);
