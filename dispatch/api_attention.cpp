@@ -40,7 +40,8 @@ kvfuse_status check_attention(const kvfuse_attention_args* a) {
     if (a->queries == nullptr || a->positions == nullptr || a->keys == nullptr || a->values == nullptr || a->out == nullptr)
         return fail(KVFUSE_ERROR_NULL_POINTER, "queries, positions, keys, values and out are required");
     if (a->kv_tokens == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "kv_tokens must be > 0 when rows > 0");
-    if (auto s = check_span("queries (rows x query_row_stride)", a->rows, a->query_row_stride, q_row, sizeof(float)); s != KVFUSE_OK)
+    if (auto s = check_span("queries (rows x query_row_stride)", a->rows, a->query_row_stride, q_row, sizeof(float));
+        s != KVFUSE_OK)
         return s;
     if (auto s = check_span("out (rows x out_row_stride)", a->rows, a->out_row_stride, q_row, sizeof(float)); s != KVFUSE_OK)
         return s;

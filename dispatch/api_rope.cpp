@@ -36,10 +36,10 @@ kvfuse_status rotate(const kvfuse_rope_config* config, int dtype, const void* sr
     const std::size_t elem = dtype == KVFUSE_DTYPE_F32 ? 4 : 2;
     // One row's bytes must fit before the row size is used at all (heads = 2^61 + 1 once wrapped
     // to a small row here and passed every later check).
-    if (auto s = kvfuse::detail::check_size("heads * head_dim", CheckedSize(heads) * static_cast<std::size_t>(config->head_dim) * elem);
-        s != KVFUSE_OK)
+    const std::size_t head_dim = static_cast<std::size_t>(config->head_dim);
+    if (auto s = kvfuse::detail::check_size("heads * head_dim", CheckedSize(heads) * head_dim * elem); s != KVFUSE_OK)
         return s;
-    const std::size_t row = heads * static_cast<std::size_t>(config->head_dim);
+    const std::size_t row = heads * head_dim;
     if (src_stride < row || dst_stride < row)
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
                     "token_stride (" + std::to_string(src_stride < row ? src_stride : dst_stride) +

@@ -104,7 +104,8 @@ kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads,
     return kvfuse::detail::guarded("kvfuse_quantize_rows_i8", [&] {
         if (const kvfuse_status s = check_shape(rows, heads, head_dim, row_stride, head_dim); s != KVFUSE_OK) return s;
         if (rows == 0) return KVFUSE_OK;
-        if (x == nullptr || out == nullptr || scales == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "x, out and scales are required");
+        if (x == nullptr || out == nullptr || scales == nullptr)
+            return fail(KVFUSE_ERROR_NULL_POINTER, "x, out and scales are required");
         if (auto s = check_float_pointers({{"x", x}, {"scales", scales}}); s != KVFUSE_OK) return s;
         for (std::size_t r = 0; r < rows; ++r)
             for (std::size_t h = 0; h < heads; ++h)

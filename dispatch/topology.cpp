@@ -95,7 +95,8 @@ static kvfuse_status get_topology_unguarded(kvfuse_topology* out) {
 }
 
 // Unguarded body of kvfuse_place_threads (below).
-static kvfuse_status place_threads_unguarded(const kvfuse_placement_options* options, char* description, size_t description_size) {
+static kvfuse_status place_threads_unguarded(const kvfuse_placement_options* options, char* description,
+                                             size_t description_size) {
     if (options == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "options are required");
     if (options->threads < 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "threads must be >= 0");
 #if defined(KVFUSE_HAVE_HWLOC)
@@ -226,7 +227,8 @@ kvfuse_status kvfuse_get_topology(kvfuse_topology* out) {
 }
 
 kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* options, char* description, size_t description_size) {
-    return kvfuse::detail::guarded("kvfuse_place_threads", [&] { return place_threads_unguarded(options, description, description_size); });
+    return kvfuse::detail::guarded("kvfuse_place_threads",
+                                   [&] { return place_threads_unguarded(options, description, description_size); });
 }
 
 kvfuse_status kvfuse_alloc_local(size_t bytes, void** memory, int* node) {
