@@ -113,6 +113,7 @@ function(kvfuse_generate_kernel_sources)
       string(APPEND calls "                ${variant}::register_${kernel}(table);\n")
     endforeach()
     string(APPEND declarations "namespace kvfuse::${variant} {\n${decls}}\n")
+    string(APPEND calls "                table.build = \"${variant}\";\n")
     string(APPEND variant_cases "        case ${KVFUSE_ISA_ENUM_${base}}:\n            if (features.${KVFUSE_VARIANT_FEATURE_${variant}}) {\n${calls}            }\n            break;\n")
   endforeach()
   file(CONFIGURE OUTPUT ${gen_dir}/kernel_registry.inc CONTENT

@@ -3,18 +3,21 @@
 #include <cstring>
 #include <string>
 
+#include "dispatch/api_checks.h"
 #include "dispatch/cpu_features.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "kernels/common/bf16.h"
 #include "kvfuse/kvfuse.h"
 
+using kvfuse::detail::enum_value;
 using kvfuse::detail::fail;
+using kvfuse::detail::guarded;
 
 extern "C" {
 
 const char* kvfuse_status_message(kvfuse_status status) {
-    switch (status) {
+    switch (enum_value(status)) {  // any int a C caller passes: not loaded as the enum
         case KVFUSE_OK: return "ok";
         case KVFUSE_ERROR_INVALID_ARGUMENT: return "invalid argument";
         case KVFUSE_ERROR_NULL_POINTER: return "null pointer";
@@ -36,7 +39,7 @@ const char* kvfuse_version_string(void) { return KVFUSE_VERSION_STRING; }
 int kvfuse_version_number(void) { return KVFUSE_VERSION_NUMBER; }
 
 const char* kvfuse_isa_name(kvfuse_isa isa) {
-    switch (isa) {
+    switch (enum_value(isa)) {
         case KVFUSE_ISA_SCALAR: return "scalar";
         case KVFUSE_ISA_AVX2: return "avx2";
         case KVFUSE_ISA_AVX512: return "avx512";
@@ -47,6 +50,7 @@ const char* kvfuse_isa_name(kvfuse_isa isa) {
 }
 
 kvfuse_status kvfuse_isa_from_name(const char* name, kvfuse_isa* isa) {
+    return guarded("kvfuse_isa_from_name", [&] {
     if (name == nullptr || isa == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "name and isa are required");
     std::string lower(name);
     for (char& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
@@ -60,21 +64,27 @@ kvfuse_status kvfuse_isa_from_name(const char* name, kvfuse_isa* isa) {
     detail += name;
     detail += "' is not an ISA name (use scalar, avx2, avx512 or neon)";
     return fail(KVFUSE_ERROR_UNKNOWN_ISA, std::move(detail));
+    });
 }
 
-int kvfuse_isa_compiled(kvfuse_isa isa) { return kvfuse::detail::isa_compiled(isa) ? 1 : 0; }
+int kvfuse_isa_compiled(kvfuse_isa isa) { return kvfuse::detail::isa_compiled(enum_value(isa)) ? 1 : 0; }
 
-int kvfuse_isa_supported(kvfuse_isa isa) { return kvfuse::detail::kernels_for(isa) != nullptr ? 1 : 0; }
+int kvfuse_isa_supported(kvfuse_isa isa) { return kvfuse::detail::kernels_for(enum_value(isa)) != nullptr ? 1 : 0; }
 
 kvfuse_status kvfuse_active_isa(kvfuse_isa* isa) {
-    if (isa == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "isa is required");
-    const kvfuse::detail::KernelTable* table = nullptr;
-    const kvfuse_status status = kvfuse::detail::active_kernels(table);
-    if (status == KVFUSE_OK) *isa = table->isa;
-    return status;
+    return guarded("kvfuse_active_isa", [&] {
+        if (isa == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "isa is required");
+        const kvfuse::detail::KernelTable* table = nullptr;
+        const kvfuse_status status = kvfuse::detail::active_kernels(table);
+        if (status == KVFUSE_OK) *isa = table->isa;
+        return status;
+    });
 }
 
-kvfuse_status kvfuse_force_isa(kvfuse_isa isa) { return kvfuse::detail::force_kernels(&isa); }
+kvfuse_status kvfuse_force_isa(kvfuse_isa isa) {
+    const int value = enum_value(isa);
+    return guarded("kvfuse_force_isa", [&] { return kvfuse::detail::force_kernels(&value); });
+}
 
 void kvfuse_reset_isa(void) { (void)kvfuse::detail::force_kernels(nullptr); }
 
@@ -82,16 +92,33 @@ void kvfuse_get_cpu_features(kvfuse_cpu_features* features) {
     if (features != nullptr) *features = kvfuse::detail::cpu_features();
 }
 
+}  // extern "C"
+
+namespace {
+
+// Both bf16 conversions: `count` f32 and `count` bf16 values, each pointer aligned to its type.
+kvfuse_status check_conversion(const void* src, std::size_t src_bytes, const void* dst, std::size_t dst_bytes,
+                               std::size_t count) {
+    if (src == nullptr || dst == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "src and dst are required");
+    if (auto s = kvfuse::detail::check_span("the f32 values (count)", count, 1, 1, sizeof(float)); s != KVFUSE_OK) return s;
+    if (auto s = kvfuse::detail::check_aligned("src", src, src_bytes); s != KVFUSE_OK) return s;
+    return kvfuse::detail::check_aligned("dst", dst, dst_bytes);
+}
+
+}  // namespace
+
+extern "C" {
+
 kvfuse_status kvfuse_f32_to_bf16(const float* src, uint16_t* dst, size_t count) {
     if (count == 0) return KVFUSE_OK;
-    if (src == nullptr || dst == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "src and dst are required");
+    if (auto s = check_conversion(src, sizeof(float), dst, sizeof(uint16_t), count); s != KVFUSE_OK) return s;
     for (size_t i = 0; i < count; ++i) dst[i] = kvfuse::detail::f32_to_bf16_bits(src[i]);
     return KVFUSE_OK;
 }
 
 kvfuse_status kvfuse_bf16_to_f32(const uint16_t* src, float* dst, size_t count) {
     if (count == 0) return KVFUSE_OK;
-    if (src == nullptr || dst == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "src and dst are required");
+    if (auto s = check_conversion(src, sizeof(uint16_t), dst, sizeof(float), count); s != KVFUSE_OK) return s;
     for (size_t i = 0; i < count; ++i) dst[i] = kvfuse::detail::bf16_bits_to_f32(src[i]);
     return KVFUSE_OK;
 }

@@ -1,9 +1,8 @@
 // C API of the RoPE kernel: argument checks, then one call through the kernel table.
 #include <cstdint>
-#include <limits>
-#include <new>
 #include <string>
 
+#include "dispatch/api_checks.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "kernels/rope/rope_plan.h"
@@ -11,31 +10,36 @@
 
 namespace {
 
+using kvfuse::detail::check_aligned;
+using kvfuse::detail::check_span;
+using kvfuse::detail::CheckedSize;
+using kvfuse::detail::enum_value;
 using kvfuse::detail::fail;
 
-std::size_t element_size(kvfuse_dtype dtype) { return dtype == KVFUSE_DTYPE_F32 ? 4 : 2; }
-
-// Bytes spanned by `tokens` rows, or 0 on overflow.
-std::size_t span_bytes(std::size_t tokens, std::size_t stride, std::size_t row, std::size_t elem) {
-    const std::size_t max = std::numeric_limits<std::size_t>::max();
-    if (tokens > 1 && stride > (max / elem - row) / (tokens - 1)) return 0;
-    return ((tokens - 1) * stride + row) * elem;
-}
-
-kvfuse_status rotate(const kvfuse_rope_config* config, kvfuse_dtype dtype, const void* src,
-                     std::size_t src_stride, void* dst, std::size_t dst_stride, std::size_t tokens,
-                     std::size_t heads, const std::int64_t* deltas, std::int64_t delta,
-                     bool per_token) {
+kvfuse_status rotate(const kvfuse_rope_config* config, int dtype, const void* src, std::size_t src_stride, void* dst,
+                     std::size_t dst_stride, std::size_t tokens, std::size_t heads, const std::int64_t* deltas,
+                     std::int64_t delta, bool per_token) {
     if (config == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "config is required");
+    // The enums first, as ints: validate_rope_config compares them as enums.
+    if (auto s = kvfuse::detail::check_enum("config->pairing", enum_value(config->pairing), 2,
+                                            "KVFUSE_ROPE_NEOX (0) or KVFUSE_ROPE_INTERLEAVED (1)");
+        s != KVFUSE_OK)
+        return s;
+    if (auto s = kvfuse::detail::check_enum("config->scaling", enum_value(config->scaling), 3,
+                                            "KVFUSE_ROPE_SCALING_NONE (0), _LINEAR (1) or _LLAMA3 (2)");
+        s != KVFUSE_OK)
+        return s;
     std::string why;
-    if (!kvfuse::detail::validate_rope_config(*config, why))
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, why);
-    if (dtype != KVFUSE_DTYPE_F32 && dtype != KVFUSE_DTYPE_BF16)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "dtype " + std::to_string(static_cast<int>(dtype)) + " is not f32 or bf16");
+    if (!kvfuse::detail::validate_rope_config(*config, why)) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, why);
+    if (auto s = kvfuse::detail::check_dtype("dtype", dtype); s != KVFUSE_OK) return s;
     if (heads == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "heads must be > 0");
-    const std::size_t row = heads * static_cast<std::size_t>(config->head_dim);
-    if (row / heads != static_cast<std::size_t>(config->head_dim))
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "heads * head_dim overflows");
+    const std::size_t elem = dtype == KVFUSE_DTYPE_F32 ? 4 : 2;
+    // One row's bytes must fit before the row size is used at all (heads = 2^61 + 1 once wrapped
+    // to a small row here and passed every later check).
+    const std::size_t head_dim = static_cast<std::size_t>(config->head_dim);
+    if (auto s = kvfuse::detail::check_size("heads * head_dim", CheckedSize(heads) * head_dim * elem); s != KVFUSE_OK)
+        return s;
+    const std::size_t row = heads * head_dim;
     if (src_stride < row || dst_stride < row)
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
                     "token_stride (" + std::to_string(src_stride < row ? src_stride : dst_stride) +
@@ -43,13 +47,16 @@ kvfuse_status rotate(const kvfuse_rope_config* config, kvfuse_dtype dtype, const
     if (tokens == 0) return KVFUSE_OK;
     if (src == nullptr || dst == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "keys are required");
     if (per_token && deltas == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "deltas are required");
-    const std::size_t elem = element_size(dtype);
-    const std::size_t src_bytes = span_bytes(tokens, src_stride, row, elem);
-    const std::size_t dst_bytes = span_bytes(tokens, dst_stride, row, elem);
-    if (src_bytes == 0 || dst_bytes == 0)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "tokens * token_stride overflows");
-    if (reinterpret_cast<std::uintptr_t>(src) % elem != 0 || reinterpret_cast<std::uintptr_t>(dst) % elem != 0)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "keys must be aligned to their element size");
+    if (auto s = check_span("src keys (tokens x token_stride)", tokens, src_stride, row, elem); s != KVFUSE_OK) return s;
+    if (auto s = check_span("dst keys (tokens x token_stride)", tokens, dst_stride, row, elem); s != KVFUSE_OK) return s;
+    if (per_token)
+        if (auto s = check_span("deltas (tokens)", tokens, 1, 1, sizeof(std::int64_t)); s != KVFUSE_OK) return s;
+    const std::size_t src_bytes = kvfuse::detail::span_bytes(tokens, src_stride, row, elem).value();
+    const std::size_t dst_bytes = kvfuse::detail::span_bytes(tokens, dst_stride, row, elem).value();
+    if (auto s = check_aligned("keys", src, elem); s != KVFUSE_OK) return s;
+    if (auto s = check_aligned("keys", dst, elem); s != KVFUSE_OK) return s;
+    if (per_token)
+        if (auto s = check_aligned("deltas", deltas, sizeof(std::int64_t)); s != KVFUSE_OK) return s;
     const auto* s = static_cast<const char*>(src);
     const auto* d = static_cast<const char*>(dst);
     if (s == d) {
@@ -61,13 +68,9 @@ kvfuse_status rotate(const kvfuse_rope_config* config, kvfuse_dtype dtype, const
     const kvfuse::detail::KernelTable* kernels = nullptr;
     if (const kvfuse_status status = kvfuse::detail::active_kernels(kernels); status != KVFUSE_OK)
         return status;
-    try {
-        const kvfuse::detail::RopePlan& plan = kvfuse::detail::rope_plan_for(*config);
-        kernels->rope_rotate(plan, dtype, src, src_stride, dst, dst_stride, tokens, heads,
-                             per_token ? deltas : nullptr, delta);
-    } catch (const std::bad_alloc&) {
-        return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "rope tables");
-    }
+    const kvfuse::detail::RopePlan& plan = kvfuse::detail::rope_plan_for(*config);
+    kernels->rope_rotate(plan, static_cast<kvfuse_dtype>(dtype), src, src_stride, dst, dst_stride, tokens, heads,
+                         per_token ? deltas : nullptr, delta);
     return KVFUSE_OK;
 }
 
@@ -91,27 +94,39 @@ void kvfuse_rope_config_init(kvfuse_rope_config* config, int32_t head_dim) {
 kvfuse_status kvfuse_rope_rotate(const kvfuse_rope_config* config, kvfuse_dtype dtype, void* keys,
                                  size_t tokens, size_t heads, size_t token_stride,
                                  const int64_t* deltas) {
-    return rotate(config, dtype, keys, token_stride, keys, token_stride, tokens, heads, deltas, 0, true);
+    const int dtype_value = enum_value(dtype);
+    return kvfuse::detail::guarded("kvfuse_rope_rotate", [&] {
+        return rotate(config, dtype_value, keys, token_stride, keys, token_stride, tokens, heads, deltas, 0, true);
+    });
 }
 
 kvfuse_status kvfuse_rope_rotate_span(const kvfuse_rope_config* config, kvfuse_dtype dtype,
                                       void* keys, size_t tokens, size_t heads,
                                       size_t token_stride, int64_t delta) {
-    return rotate(config, dtype, keys, token_stride, keys, token_stride, tokens, heads, nullptr, delta, false);
+    const int dtype_value = enum_value(dtype);
+    return kvfuse::detail::guarded("kvfuse_rope_rotate_span", [&] {
+        return rotate(config, dtype_value, keys, token_stride, keys, token_stride, tokens, heads, nullptr, delta, false);
+    });
 }
 
 kvfuse_status kvfuse_rope_rotate_copy(const kvfuse_rope_config* config, kvfuse_dtype dtype,
                                       const void* src, size_t src_token_stride, void* dst,
                                       size_t dst_token_stride, size_t tokens, size_t heads,
                                       const int64_t* deltas) {
-    return rotate(config, dtype, src, src_token_stride, dst, dst_token_stride, tokens, heads, deltas, 0, true);
+    const int dtype_value = enum_value(dtype);
+    return kvfuse::detail::guarded("kvfuse_rope_rotate_copy", [&] {
+        return rotate(config, dtype_value, src, src_token_stride, dst, dst_token_stride, tokens, heads, deltas, 0, true);
+    });
 }
 
 kvfuse_status kvfuse_rope_rotate_span_copy(const kvfuse_rope_config* config, kvfuse_dtype dtype,
                                            const void* src, size_t src_token_stride, void* dst,
                                            size_t dst_token_stride, size_t tokens, size_t heads,
                                            int64_t delta) {
-    return rotate(config, dtype, src, src_token_stride, dst, dst_token_stride, tokens, heads, nullptr, delta, false);
+    const int dtype_value = enum_value(dtype);
+    return kvfuse::detail::guarded("kvfuse_rope_rotate_span_copy", [&] {
+        return rotate(config, dtype_value, src, src_token_stride, dst, dst_token_stride, tokens, heads, nullptr, delta, false);
+    });
 }
 
 }  // extern "C"

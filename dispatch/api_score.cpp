@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "dispatch/api_checks.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "kernels/common/relevance_segments.h"
@@ -17,13 +18,27 @@ namespace {
 
 using kvfuse::detail::fail;
 
-bool overflows(std::size_t a, std::size_t b) { return a != 0 && b > std::numeric_limits<std::size_t>::max() / a; }
+using kvfuse::detail::check_aligned;
+using kvfuse::detail::check_size;
+using kvfuse::detail::check_span;
+using kvfuse::detail::CheckedSize;
 
-kvfuse_status check_shape(std::size_t rows, std::size_t heads, std::size_t head_dim, std::size_t stride) {
+// Input rows x stride f32 with heads x head_dim used per row, `out_row_bytes` bytes of output
+// and `heads` scales per row.
+kvfuse_status check_shape(std::size_t rows, std::size_t heads, std::size_t head_dim, std::size_t stride,
+                          std::size_t out_head_bytes) {
     if (heads == 0 || head_dim == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "heads and head_dim must be > 0");
-    if (overflows(heads, head_dim) || stride < heads * head_dim)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "stride must be >= heads * head_dim");
-    if (overflows(rows, stride)) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "rows * stride overflows");
+    if (auto s = check_size("heads * head_dim", CheckedSize(heads) * head_dim * sizeof(float)); s != KVFUSE_OK) return s;
+    if (stride < heads * head_dim) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "stride must be >= heads * head_dim");
+    if (auto s = check_span("the input (rows x stride)", rows, stride, heads * head_dim, sizeof(float)); s != KVFUSE_OK) return s;
+    if (auto s = check_size("the output (rows x heads x head_dim)", CheckedSize(rows) * heads * out_head_bytes); s != KVFUSE_OK)
+        return s;
+    return check_size("the scales (rows x heads)", CheckedSize(rows) * heads * sizeof(float));
+}
+
+kvfuse_status check_float_pointers(std::initializer_list<std::pair<const char*, const void*>> pointers) {
+    for (const auto& [what, pointer] : pointers)
+        if (auto s = check_aligned(what, pointer, sizeof(float)); s != KVFUSE_OK) return s;
     return KVFUSE_OK;
 }
 
@@ -35,7 +50,8 @@ namespace {
 template <class Quantize>
 kvfuse_status quantize_keys(const float* keys, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim,
                             std::size_t token_stride, float* scales, float* means, Quantize quantize) {
-    try {
+    if (auto s = check_float_pointers({{"keys", keys}, {"scales", scales}, {"means", means}}); s != KVFUSE_OK) return s;
+    {
         std::vector<double> mean(kv_heads * head_dim, 0.0);
         for (std::size_t t = 0; t < tokens; ++t)
             for (std::size_t e = 0; e < kv_heads * head_dim; ++e) mean[e] += keys[t * token_stride + e];
@@ -47,8 +63,6 @@ kvfuse_status quantize_keys(const float* keys, std::size_t tokens, std::size_t k
                     centred[d] = keys[t * token_stride + h * head_dim + d] - means[h * head_dim + d];
                 scales[t * kv_heads + h] = quantize(centred.data(), t * kv_heads + h);
             }
-    } catch (const std::bad_alloc&) {
-        return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "key means");
     }
     return KVFUSE_OK;
 }
@@ -59,60 +73,89 @@ extern "C" {
 
 kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
                                       int8_t* out, float* scales, float* means) {
-    if (const kvfuse_status s = check_shape(tokens, kv_heads, head_dim, token_stride); s != KVFUSE_OK) return s;
-    if (tokens == 0) return KVFUSE_OK;
-    if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
-        return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
-    return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, scales, means, [&](const float* x, std::size_t at) {
-        return kvfuse::reference::quantize_i8(x, head_dim, out + at * head_dim);
+    return kvfuse::detail::guarded("kvfuse_quantize_keys_i8", [&] {
+        if (const kvfuse_status s = check_shape(tokens, kv_heads, head_dim, token_stride, head_dim); s != KVFUSE_OK) return s;
+        if (tokens == 0) return KVFUSE_OK;
+        if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
+            return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
+        return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, scales, means, [&](const float* x, std::size_t at) {
+            return kvfuse::reference::quantize_i8(x, head_dim, out + at * head_dim);
+    });
     });
 }
 
 kvfuse_status kvfuse_quantize_keys_i4(const float* keys, size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
                                       uint8_t* out, float* scales, float* means) {
-    if (const kvfuse_status s = check_shape(tokens, kv_heads, head_dim, token_stride); s != KVFUSE_OK) return s;
-    if (tokens == 0) return KVFUSE_OK;
-    if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
-        return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
-    const std::size_t packed = (head_dim + 1) / 2;
-    return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, scales, means, [&](const float* x, std::size_t at) {
-        return kvfuse::reference::quantize_i4(x, head_dim, out + at * packed);
+    return kvfuse::detail::guarded("kvfuse_quantize_keys_i4", [&] {
+        if (const kvfuse_status s = check_shape(tokens, kv_heads, head_dim, token_stride, (head_dim + 1) / 2); s != KVFUSE_OK)
+            return s;
+        if (tokens == 0) return KVFUSE_OK;
+        if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
+            return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
+        const std::size_t packed = (head_dim + 1) / 2;
+        return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, scales, means, [&](const float* x, std::size_t at) {
+            return kvfuse::reference::quantize_i4(x, head_dim, out + at * packed);
+    });
     });
 }
 
 kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads, size_t head_dim, size_t row_stride,
                                       int8_t* out, float* scales) {
-    if (const kvfuse_status s = check_shape(rows, heads, head_dim, row_stride); s != KVFUSE_OK) return s;
-    if (rows == 0) return KVFUSE_OK;
-    if (x == nullptr || out == nullptr || scales == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "x, out and scales are required");
-    for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t h = 0; h < heads; ++h)
-            scales[r * heads + h] =
-                kvfuse::reference::quantize_i8(x + r * row_stride + h * head_dim, head_dim, out + (r * heads + h) * head_dim);
-    return KVFUSE_OK;
+    return kvfuse::detail::guarded("kvfuse_quantize_rows_i8", [&] {
+        if (const kvfuse_status s = check_shape(rows, heads, head_dim, row_stride, head_dim); s != KVFUSE_OK) return s;
+        if (rows == 0) return KVFUSE_OK;
+        if (x == nullptr || out == nullptr || scales == nullptr)
+            return fail(KVFUSE_ERROR_NULL_POINTER, "x, out and scales are required");
+        if (auto s = check_float_pointers({{"x", x}, {"scales", scales}}); s != KVFUSE_OK) return s;
+        for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t h = 0; h < heads; ++h)
+                scales[r * heads + h] =
+                    kvfuse::reference::quantize_i8(x + r * row_stride + h * head_dim, head_dim, out + (r * heads + h) * head_dim);
+        return KVFUSE_OK;
+    });
 }
 
 kvfuse_status kvfuse_relevance_dot_schemes(const char** int8_keys, const char** int4_keys) {
-    const kvfuse::detail::KernelTable* kernels = nullptr;
-    if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
-    if (int8_keys != nullptr) *int8_keys = kernels->int8_dot;
-    if (int4_keys != nullptr) *int4_keys = kernels->int4_dot;
-    return KVFUSE_OK;
+    return kvfuse::detail::guarded("kvfuse_relevance_dot_schemes", [&] {
+        const kvfuse::detail::KernelTable* kernels = nullptr;
+        if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
+        if (int8_keys != nullptr) *int8_keys = kernels->int8_dot;
+        if (int4_keys != nullptr) *int4_keys = kernels->int4_dot;
+        return KVFUSE_OK;
+    });
 }
 
-kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* a) {
+}  // extern "C"
+
+namespace {
+
+kvfuse_status check_relevance(const kvfuse_relevance_args* a) {
     if (a == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "args is required");
     if (a->question_rows == 0 || a->candidates < a->question_rows)
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "need 0 < question_rows <= candidates");
     if (a->kv_heads == 0 || a->query_heads == 0 || a->query_heads % a->kv_heads != 0 || a->head_dim == 0)
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "query_heads must be a positive multiple of kv_heads, head_dim > 0");
-    if (overflows(a->candidates, a->kv_heads) || overflows(a->candidates * a->kv_heads, a->head_dim) ||
-        overflows(a->question_rows, a->query_heads) || overflows(a->question_rows * a->query_heads, a->head_dim))
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "tensor sizes overflow");
+    if (auto s = check_size("the keys (candidates x kv_heads x head_dim)",
+                            CheckedSize(a->candidates) * a->kv_heads * a->head_dim * sizeof(float));
+        s != KVFUSE_OK)
+        return s;
+    if (auto s = check_size("the queries (question_rows x query_heads x head_dim)",
+                            CheckedSize(a->question_rows) * a->query_heads * a->head_dim * sizeof(float));
+        s != KVFUSE_OK)
+        return s;
+    // The kernels keep one logit per (question row, candidate), the candidates padded to a tile.
+    if (auto s = check_size("the logits (question_rows x candidates)",
+                            CheckedSize(a->question_rows) * (CheckedSize(a->candidates) + 256) * sizeof(float));
+        s != KVFUSE_OK)
+        return s;
     if (a->candidates == a->question_rows) return KVFUSE_OK;  // no document key: nothing to score
     if (a->out == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "out is required");
     if (a->segment_count > 0) {
         if (a->segments == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "segment_count > 0 needs segments");
+        if (auto s = check_span("segments (segment_count)", a->segment_count, 1, 1, sizeof(kvfuse_relevance_segment));
+            s != KVFUSE_OK)
+            return s;
+        if (auto s = check_aligned("segments", a->segments, alignof(kvfuse_relevance_segment)); s != KVFUSE_OK) return s;
         std::size_t total = 0;
         for (std::size_t i = 0; i < a->segment_count; ++i) {
             if (a->segments[i].keys > a->candidates - total)
@@ -137,15 +180,29 @@ kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* a) {
             return fail(KVFUSE_ERROR_NULL_POINTER,
                         "give keys_i8 (int8 path), keys_i4 (int4 path) or keys_f32 and queries_f32 (f32 path)");
         }
+        if (auto s = check_float_pointers({{"queries_f32", g.queries_f32},
+                                           {"keys_f32", g.keys_f32},
+                                           {"query_scales", g.query_scales},
+                                           {"key_scales", g.key_scales},
+                                           {"bias", g.bias}});
+            s != KVFUSE_OK)
+            return s;
     }
-    const kvfuse::detail::KernelTable* kernels = nullptr;
-    if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
-    try {
+    return check_float_pointers({{"out", a->out}});
+}
+
+}  // namespace
+
+extern "C" {
+
+kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* a) {
+    return kvfuse::detail::guarded("kvfuse_a3_relevance", [&] {
+        if (const kvfuse_status s = check_relevance(a); s != KVFUSE_OK || a->candidates == a->question_rows) return s;
+        const kvfuse::detail::KernelTable* kernels = nullptr;
+        if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
         kernels->relevance(*a);
-    } catch (const std::bad_alloc&) {
-        return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "relevance scratch");
-    }
-    return KVFUSE_OK;
+        return KVFUSE_OK;
+    });
 }
 
 }  // extern "C"

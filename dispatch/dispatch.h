@@ -11,12 +11,13 @@ namespace kvfuse::detail {
 // the detail with fail().
 kvfuse_status active_kernels(const KernelTable*& table);
 
-// Forces one ISA (null = back to the start-up choice).
-kvfuse_status force_kernels(const kvfuse_isa* isa);
+// Forces one ISA (null = back to the start-up choice). ISA values are the ints a C caller
+// passed, checked before they become a kvfuse_isa.
+kvfuse_status force_kernels(const int* isa);
 
 // Table of one ISA if compiled and supported, else null.
-const KernelTable* kernels_for(kvfuse_isa isa);
+const KernelTable* kernels_for(int isa);
 
-bool isa_compiled(kvfuse_isa isa);
+bool isa_compiled(int isa);
 
 }  // namespace kvfuse::detail

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "dispatch/api_checks.h"
 #include "dispatch/errors.h"
 #include "kvfuse/kvfuse.h"
 
@@ -65,7 +66,8 @@ std::int64_t cache_size(const Topology& t, hwloc_obj_type_t type) {
 
 extern "C" {
 
-kvfuse_status kvfuse_get_topology(kvfuse_topology* out) {
+// Unguarded body of kvfuse_get_topology (below).
+static kvfuse_status get_topology_unguarded(kvfuse_topology* out) {
     if (out == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "topology is required");
     std::memset(out, 0, sizeof *out);
     const long online = sysconf(_SC_NPROCESSORS_ONLN);
@@ -92,7 +94,9 @@ kvfuse_status kvfuse_get_topology(kvfuse_topology* out) {
     return KVFUSE_OK;
 }
 
-kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* options, char* description, size_t description_size) {
+// Unguarded body of kvfuse_place_threads (below).
+static kvfuse_status place_threads_unguarded(const kvfuse_placement_options* options, char* description,
+                                             size_t description_size) {
     if (options == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "options are required");
     if (options->threads < 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "threads must be >= 0");
 #if defined(KVFUSE_HAVE_HWLOC)
@@ -167,11 +171,14 @@ kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* options, char
 #endif
 }
 
-kvfuse_status kvfuse_alloc_local(size_t bytes, void** memory, int* node) {
+// Unguarded body of kvfuse_alloc_local (below).
+static kvfuse_status alloc_local_unguarded(size_t bytes, void** memory, int* node) {
     if (memory == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "memory is required");
     *memory = nullptr;
     if (node != nullptr) *node = -1;
     if (bytes == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "bytes must be > 0");
+    // Rounded up to whole pages below: that sum must not wrap to a tiny allocation.
+    if (auto s = kvfuse::detail::check_size("bytes", kvfuse::detail::CheckedSize(bytes) + 4095); s != KVFUSE_OK) return s;
 #if defined(KVFUSE_HAVE_HWLOC)
     const Topology& t = shared_topology();
     if (t.handle != nullptr) {
@@ -213,6 +220,19 @@ void kvfuse_free_local(void* memory, size_t bytes) {
 #endif
     (void)bytes;
     std::free(memory);
+}
+
+kvfuse_status kvfuse_get_topology(kvfuse_topology* out) {
+    return kvfuse::detail::guarded("kvfuse_get_topology", [&] { return get_topology_unguarded(out); });
+}
+
+kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* options, char* description, size_t description_size) {
+    return kvfuse::detail::guarded("kvfuse_place_threads",
+                                   [&] { return place_threads_unguarded(options, description, description_size); });
+}
+
+kvfuse_status kvfuse_alloc_local(size_t bytes, void** memory, int* node) {
+    return kvfuse::detail::guarded("kvfuse_alloc_local", [&] { return alloc_local_unguarded(bytes, memory, node); });
 }
 
 }  // extern "C"

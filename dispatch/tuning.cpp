@@ -4,6 +4,8 @@
 // model string, ISA in use, core count, L1d and L2 sizes) and kvfuse's major.minor version must
 // match this process exactly, and every parameter must validate; otherwise it is ignored and
 // the reason kept for kvfuse_profile_status.
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +23,7 @@
 #include <string>
 #include <thread>
 
+#include "dispatch/api_checks.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "kernels/tuning.h"
@@ -156,13 +159,54 @@ std::string version_major_minor(const std::string& version) {
     return version.substr(0, second);
 }
 
+// A profile is a few hundred bytes; anything far larger is not one (and must not be read whole).
+constexpr off_t kMaxProfileBytes = 1 << 20;
+
+// Reads a whole regular file into `text`; otherwise returns why not, starting "cannot open"
+// (kvfuse_load_profile maps that to KVFUSE_ERROR_IO). Opened with O_NONBLOCK: a FIFO at the
+// path would otherwise block open() until a writer came, hanging the process at start-up; the
+// fstat then refuses anything that is not a regular file (FIFO, directory, device).
+std::string read_regular_file(const std::string& path, std::string& text) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return "cannot open " + path + ": " + std::strerror(errno);
+    struct stat st {};
+    std::string why;
+    if (::fstat(fd, &st) != 0) {
+        why = "cannot open " + path + ": " + std::strerror(errno);
+    } else if (!S_ISREG(st.st_mode)) {
+        why = "cannot open " + path + ": not a regular file";
+    } else if (st.st_size > kMaxProfileBytes) {
+        why = path + " is " + std::to_string(st.st_size) + " bytes, too large for a tuning profile";
+    } else {
+        text.clear();
+        char buffer[4096];
+        for (;;) {
+            const ssize_t got = ::read(fd, buffer, sizeof buffer);
+            if (got > 0) {
+                text.append(buffer, static_cast<std::size_t>(got));
+                if (text.size() > static_cast<std::size_t>(kMaxProfileBytes)) {
+                    why = path + " grew past " + std::to_string(kMaxProfileBytes) + " bytes while being read";
+                    break;
+                }
+            } else if (got == 0) {
+                break;
+            } else if (errno != EINTR) {
+                why = "cannot open " + path + ": read failed: " + std::strerror(errno);
+                break;
+            }
+        }
+    }
+    ::close(fd);
+    return why;
+}
+
 // Parses and checks a profile; on success fills `out`. Otherwise returns why not.
 std::string read_profile(const std::string& path, kvfuse_tuning& out) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return "cannot open " + path;
+    std::string text;
+    if (std::string why = read_regular_file(path, text); !why.empty()) return why;
     nlohmann::json j;
     try {
-        j = nlohmann::json::parse(in);
+        j = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
         return path + " is not valid JSON (" + e.what() + ")";
     }
@@ -217,7 +261,16 @@ void load_startup_profile_locked(State& s) {
         }
     }
     kvfuse_tuning t{};
-    if (std::string why = read_profile(path, t); !why.empty()) {
+    // Called from inside kernels and from functions that return no status: nothing may escape.
+    std::string why;
+    try {
+        why = read_profile(path, t);
+    } catch (const std::exception& e) {
+        why = path + ": unexpected error (" + e.what() + ")";
+    } catch (...) {
+        why = path + ": unexpected error";
+    }
+    if (!why.empty()) {
         s.status = "built-in defaults; ignored profile: " + why;
         return;
     }
@@ -256,94 +309,111 @@ void kvfuse_default_tuning(kvfuse_tuning* tuning) {
 }
 
 void kvfuse_get_tuning(kvfuse_tuning* tuning) {
-    if (tuning != nullptr) *tuning = kvfuse::detail::current_tuning();
+    if (tuning == nullptr) return;
+    try {
+        *tuning = kvfuse::detail::current_tuning();
+    } catch (...) {  // no status to report it with: the defaults, which every call can run
+        *tuning = kvfuse::detail::built_in_defaults();
+    }
 }
 
 kvfuse_status kvfuse_set_tuning(const kvfuse_tuning* tuning) {
-    const kvfuse_tuning t = tuning != nullptr ? *tuning : kvfuse::detail::built_in_defaults();
-    if (std::string why = kvfuse::detail::invalid(t); !why.empty())
-        return kvfuse::detail::fail(KVFUSE_ERROR_INVALID_ARGUMENT, why);
-    auto& s = kvfuse::detail::state();
-    std::lock_guard<std::mutex> lock(s.mutex);
-    s.started = true;
-    s.tuning = t;
-    s.status = tuning != nullptr ? "set by the program (kvfuse_set_tuning)" : "built-in defaults (restored by the program)";
-    s.publish_locked();
-    return KVFUSE_OK;
+    return kvfuse::detail::guarded("kvfuse_set_tuning", [&] {
+        const kvfuse_tuning t = tuning != nullptr ? *tuning : kvfuse::detail::built_in_defaults();
+        if (std::string why = kvfuse::detail::invalid(t); !why.empty())
+            return kvfuse::detail::fail(KVFUSE_ERROR_INVALID_ARGUMENT, why);
+        auto& s = kvfuse::detail::state();
+        std::lock_guard<std::mutex> lock(s.mutex);
+        s.started = true;
+        s.tuning = t;
+        s.status = tuning != nullptr ? "set by the program (kvfuse_set_tuning)" : "built-in defaults (restored by the program)";
+        s.publish_locked();
+        return KVFUSE_OK;
+    });
 }
 
 kvfuse_status kvfuse_load_profile(const char* path) {
-    if (path == nullptr) return kvfuse::detail::fail(KVFUSE_ERROR_NULL_POINTER, "path is required");
-    kvfuse_tuning t{};
-    if (std::string why = kvfuse::detail::read_profile(path, t); !why.empty())
-        return kvfuse::detail::fail(why.rfind("cannot open", 0) == 0 ? KVFUSE_ERROR_IO : KVFUSE_ERROR_BAD_PROFILE, why);
-    auto& s = kvfuse::detail::state();
-    std::lock_guard<std::mutex> lock(s.mutex);
-    s.started = true;
-    s.tuning = t;
-    s.status = std::string("profile ") + path;
-    s.publish_locked();
-    return KVFUSE_OK;
+    return kvfuse::detail::guarded("kvfuse_load_profile", [&] {
+        if (path == nullptr) return kvfuse::detail::fail(KVFUSE_ERROR_NULL_POINTER, "path is required");
+        kvfuse_tuning t{};
+        if (std::string why = kvfuse::detail::read_profile(path, t); !why.empty())
+            return kvfuse::detail::fail(why.rfind("cannot open", 0) == 0 ? KVFUSE_ERROR_IO : KVFUSE_ERROR_BAD_PROFILE, why);
+        auto& s = kvfuse::detail::state();
+        std::lock_guard<std::mutex> lock(s.mutex);
+        s.started = true;
+        s.tuning = t;
+        s.status = std::string("profile ") + path;
+        s.publish_locked();
+        return KVFUSE_OK;
+    });
 }
 
 kvfuse_status kvfuse_save_profile(const char* path, const kvfuse_tuning* tuning, const char* measurements_json) {
-    using kvfuse::detail::fail;
-    if (path == nullptr || tuning == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "path and tuning are required");
-    if (std::string why = kvfuse::detail::invalid(*tuning); !why.empty()) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, why);
-    nlohmann::json j;
-    j["format"] = kvfuse::detail::kFormat;
-    j["format_version"] = kvfuse::detail::kFormatVersion;
-    j["kvfuse_version"] = KVFUSE_VERSION_STRING;
-    j["machine"] = kvfuse::detail::machine_json(kvfuse::detail::this_machine());
-    j["tuning"] = kvfuse::detail::tuning_json(*tuning);
-    if (measurements_json != nullptr) {
-        try {
-            j["measurements"] = nlohmann::json::parse(measurements_json);
-        } catch (const nlohmann::json::exception& e) {
-            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, std::string("measurements_json is not JSON: ") + e.what());
+    return kvfuse::detail::guarded("kvfuse_save_profile", [&] {
+        using kvfuse::detail::fail;
+        if (path == nullptr || tuning == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "path and tuning are required");
+        if (std::string why = kvfuse::detail::invalid(*tuning); !why.empty()) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, why);
+        nlohmann::json j;
+        j["format"] = kvfuse::detail::kFormat;
+        j["format_version"] = kvfuse::detail::kFormatVersion;
+        j["kvfuse_version"] = KVFUSE_VERSION_STRING;
+        j["machine"] = kvfuse::detail::machine_json(kvfuse::detail::this_machine());
+        j["tuning"] = kvfuse::detail::tuning_json(*tuning);
+        if (measurements_json != nullptr) {
+            try {
+                j["measurements"] = nlohmann::json::parse(measurements_json);
+            } catch (const nlohmann::json::exception& e) {
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, std::string("measurements_json is not JSON: ") + e.what());
+            }
         }
-    }
-    namespace fs = std::filesystem;
-    std::error_code ec;
-    const fs::path target(path);
-    if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
-    if (ec) return fail(KVFUSE_ERROR_IO, "cannot create " + target.parent_path().string() + ": " + ec.message());
-    // A temporary name in the same directory, then rename: readers see the old file or the
-    // whole new one, never a part.
-    const std::string temporary = std::string(path) + ".tmp." + std::to_string(::getpid());
-    {
-        std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-        out << j.dump(2) << '\n';
-        out.flush();
-        if (!out) {
+        namespace fs = std::filesystem;
+        std::error_code ec;
+        const fs::path target(path);
+        if (target.has_parent_path()) fs::create_directories(target.parent_path(), ec);
+        if (ec) return fail(KVFUSE_ERROR_IO, "cannot create " + target.parent_path().string() + ": " + ec.message());
+        // A temporary name in the same directory, then rename: readers see the old file or the
+        // whole new one, never a part.
+        const std::string temporary = std::string(path) + ".tmp." + std::to_string(::getpid());
+        {
+            std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+            out << j.dump(2) << '\n';
+            out.flush();
+            if (!out) {
+                std::remove(temporary.c_str());
+                return fail(KVFUSE_ERROR_IO, "cannot write " + temporary);
+            }
+        }
+        if (std::rename(temporary.c_str(), path) != 0) {
+            const std::string why = std::strerror(errno);
             std::remove(temporary.c_str());
-            return fail(KVFUSE_ERROR_IO, "cannot write " + temporary);
+            return fail(KVFUSE_ERROR_IO, std::string("cannot rename onto ") + path + ": " + why);
         }
-    }
-    if (std::rename(temporary.c_str(), path) != 0) {
-        const std::string why = std::strerror(errno);
-        std::remove(temporary.c_str());
-        return fail(KVFUSE_ERROR_IO, std::string("cannot rename onto ") + path + ": " + why);
-    }
-    return KVFUSE_OK;
+        return KVFUSE_OK;
+    });
 }
 
 kvfuse_status kvfuse_default_profile_path(char* path, size_t size) {
-    if (path == nullptr) return kvfuse::detail::fail(KVFUSE_ERROR_NULL_POINTER, "path is required");
-    const std::string p = kvfuse::detail::default_path();
-    if (p.empty()) return kvfuse::detail::fail(KVFUSE_ERROR_INVALID_ARGUMENT, "neither XDG_CACHE_HOME nor HOME is set");
-    if (p.size() + 1 > size) return kvfuse::detail::fail(KVFUSE_ERROR_INVALID_ARGUMENT, "buffer too small for the path");
-    std::memcpy(path, p.c_str(), p.size() + 1);
-    return KVFUSE_OK;
+    return kvfuse::detail::guarded("kvfuse_default_profile_path", [&] {
+        if (path == nullptr) return kvfuse::detail::fail(KVFUSE_ERROR_NULL_POINTER, "path is required");
+        const std::string p = kvfuse::detail::default_path();
+        if (p.empty()) return kvfuse::detail::fail(KVFUSE_ERROR_INVALID_ARGUMENT, "neither XDG_CACHE_HOME nor HOME is set");
+        if (p.size() + 1 > size) return kvfuse::detail::fail(KVFUSE_ERROR_INVALID_ARGUMENT, "buffer too small for the path");
+        std::memcpy(path, p.c_str(), p.size() + 1);
+        return KVFUSE_OK;
+    });
 }
 
 const char* kvfuse_profile_status(void) {
     thread_local std::string copy;
-    (void)kvfuse::detail::current_tuning();  // loads the start-up profile if not yet done
-    auto& s = kvfuse::detail::state();
-    std::lock_guard<std::mutex> lock(s.mutex);
-    copy = s.status;
-    return copy.c_str();
+    try {
+        (void)kvfuse::detail::current_tuning();  // loads the start-up profile if not yet done
+        auto& s = kvfuse::detail::state();
+        std::lock_guard<std::mutex> lock(s.mutex);
+        copy = s.status;
+        return copy.c_str();
+    } catch (...) {
+        return "unknown (out of memory while reading the profile status)";
+    }
 }
 
 }  // extern "C"

@@ -32,6 +32,8 @@ using RelevanceFn = void (*)(const kvfuse_relevance_args& args);
 
 struct KernelTable {
     kvfuse_isa isa = KVFUSE_ISA_SCALAR;
+    // Which objects fill it: the ISA's name, or a variant's ("avx2_vnni") once one registered.
+    const char* build = "scalar";
     RopeRotateFn rope_rotate = nullptr;
     SparseAttentionFn sparse_attention = nullptr;
     TopkFn topk = nullptr;

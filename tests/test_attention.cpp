@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -247,6 +248,70 @@ TEST(RowCopies, GatherAndScatterRoundTrip) {
     half[1 * 4 + 2].bits = 0x1234;
     ASSERT_TRUE(kvfuse::gather_rows(half.data(), 5, 4, two.data(), 2, half_out.data(), 4, 4).ok());
     EXPECT_EQ(half_out[2].bits, 0x1234);
+}
+
+}  // namespace
+
+namespace {
+
+// Tuning that sends even these small calls down the parallel path, restored afterwards.
+class ParallelTuning {
+   public:
+    explicit ParallelTuning(void (*adjust)(kvfuse_tuning&)) {
+        kvfuse_get_tuning(&saved_);
+        kvfuse_tuning t = saved_;
+        adjust(t);
+        EXPECT_EQ(kvfuse_set_tuning(&t), KVFUSE_OK) << kvfuse_last_error();
+    }
+    ~ParallelTuning() { kvfuse_set_tuning(&saved_); }
+
+   private:
+    kvfuse_tuning saved_{};
+};
+
+// The attention task list (packing chunks and row blocks, taken in order by whichever thread is
+// free) at 1, 3 and 7 threads and the machine's count: always the reference's answer, and
+// bit-identical across thread counts (each row is one thread's work).
+TEST_P(AttentionTest, SameAnswerAtEveryThreadCount) {
+    const ParallelTuning tuning([](kvfuse_tuning& t) {
+        t.attention_parallel_work = 0;
+        t.attention_row_block = 2;
+    });
+    const Problem problems[] = {{37, 8, 2, 64, 400, false}, {19, 6, 3, 20, 150, true}, {5, 4, 4, 32, 1100, false, 1}};
+    std::uint32_t seed = 900;
+    for (const Problem& p : problems) {
+        Data d = make(p, seed += 10);
+        std::vector<float> single_thread;
+        kvfuse::testing::at_thread_counts([&](int threads) {
+            std::fill(d.out.begin(), d.out.end(), -7.0f);
+            ASSERT_TRUE(kvfuse::sparse_attention(d.args).ok());
+            expect_matches(d, p);
+            if (threads == 1)
+                single_thread = d.out;
+            else
+                EXPECT_EQ(std::memcmp(d.out.data(), single_thread.data(), d.out.size() * sizeof(float)), 0)
+                    << "differs from the 1-thread answer at " << threads << " threads";
+        });
+    }
+}
+
+// A pointer not aligned to its element type is refused on every ISA, before any kernel runs.
+TEST_P(AttentionTest, MisalignedPointersAreRefused) {
+    const Problem p{3, 4, 2, 16, 20, false};
+    Data d = make(p, 77);
+    const std::vector<float> before = d.out;
+    for (int field = 0; field < 5; ++field) {
+        kvfuse_attention_args a = d.args;
+        auto shift = [](const void* x) { return static_cast<const char*>(x) + 1; };
+        if (field == 0) a.queries = reinterpret_cast<const float*>(shift(a.queries));
+        if (field == 1) a.keys = shift(a.keys);
+        if (field == 2) a.values = shift(a.values);
+        if (field == 3) a.positions = reinterpret_cast<const std::int64_t*>(shift(a.positions));
+        if (field == 4) a.out = reinterpret_cast<float*>(const_cast<char*>(shift(a.out)));
+        EXPECT_EQ(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT) << "field " << field;
+        EXPECT_NE(std::string(kvfuse_last_error()).find("aligned"), std::string::npos) << kvfuse_last_error();
+    }
+    EXPECT_EQ(d.out, before);
 }
 
 }  // namespace

@@ -1,7 +1,12 @@
-/* The C API from C: compiles as C11, links, rotates a key, reports errors.
+/* The C API from C: compiles as C11, links, rotates a key, reports errors, and refuses bad
+ * input the way a C caller can pass it: enum arguments holding any int (negative, past the
+ * last enumerator), sizes whose products wrap around size_t, NULL and misaligned pointers.
+ * Every such call must return an error status with a detail naming the argument, and must not
+ * touch the buffers it was given (the ASan+UBSan lane runs this too).
  * With --expect-dispatch-error (run under KVFUSE_ISA=<bad name>) it checks that the library
  * refuses to run kernels with a clear error instead of falling back silently. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -15,6 +20,296 @@ static int failures = 0;
             ++failures;                                                    \
         }                                                                  \
     } while (0)
+
+/* An error status with a detail that mentions `word`. */
+#define CHECK_REFUSED(call, status, word)                                                          \
+    do {                                                                                           \
+        kvfuse_status got_ = (call);                                                               \
+        CHECK(got_ == (status));                                                                   \
+        if (got_ != KVFUSE_OK && strstr(kvfuse_last_error(), (word)) == NULL) {                    \
+            fprintf(stderr, "%s:%d: detail '%s' does not name '%s'\n", __FILE__, __LINE__,         \
+                    kvfuse_last_error(), (word));                                                  \
+            ++failures;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+/* A C caller can put any int in an enum argument or field: negative and past-the-end values
+ * must be reported, not used (converting them to the C++ enum would be undefined behaviour). */
+static void check_out_of_range_enums(void) {
+    const int bad_values[] = {-1, -2147483647 - 1, 2, 17, 0x7fffffff};
+    size_t i;
+    for (i = 0; i < sizeof bad_values / sizeof bad_values[0]; ++i) {
+        const int bad = bad_values[i];
+        kvfuse_rope_config config;
+        float key[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+        float scores[4] = {3, 1, 2, 0};
+        int64_t indices[4] = {-7, -7, -7, -7};
+        size_t count = 99;
+        int64_t rows[1] = {0};
+        float dst[8] = {0};
+        kvfuse_isa isa = KVFUSE_ISA_SCALAR;
+
+        kvfuse_rope_config_init(&config, 8);
+        CHECK_REFUSED(kvfuse_rope_rotate_span(&config, (kvfuse_dtype)bad, key, 1, 1, 8, 1), KVFUSE_ERROR_INVALID_ARGUMENT,
+                      "dtype");
+        if (bad != 2) { /* 2 is KVFUSE_ROPE_SCALING_LLAMA3, a valid scaling */
+            config.scaling = (kvfuse_rope_scaling)bad;
+            CHECK_REFUSED(kvfuse_rope_rotate_span(&config, KVFUSE_DTYPE_F32, key, 1, 1, 8, 1),
+                          KVFUSE_ERROR_INVALID_ARGUMENT, "scaling");
+            config.scaling = KVFUSE_ROPE_SCALING_NONE;
+        }
+        config.pairing = (kvfuse_rope_pairing)bad;
+        CHECK_REFUSED(kvfuse_rope_rotate_span(&config, KVFUSE_DTYPE_F32, key, 1, 1, 8, 1), KVFUSE_ERROR_INVALID_ARGUMENT,
+                      "pairing");
+        CHECK(key[0] == 1.0f && key[7] == 8.0f); /* untouched */
+
+        CHECK_REFUSED(kvfuse_topk(scores, 4, 2, (kvfuse_topk_order)bad, indices, &count), KVFUSE_ERROR_INVALID_ARGUMENT,
+                      "order");
+        CHECK(count == 0 && indices[0] == -7);
+        CHECK_REFUSED(kvfuse_topk_batched(scores, 1, 4, 4, 2, (kvfuse_topk_order)bad, indices, 2),
+                      KVFUSE_ERROR_INVALID_ARGUMENT, "order");
+        CHECK(indices[0] == -7);
+
+        CHECK_REFUSED(kvfuse_gather_rows((kvfuse_dtype)bad, key, 1, 8, rows, 1, dst, 8, 8), KVFUSE_ERROR_INVALID_ARGUMENT,
+                      "dtype");
+        CHECK_REFUSED(kvfuse_scatter_rows((kvfuse_dtype)bad, key, 8, rows, 1, dst, 1, 8, 8), KVFUSE_ERROR_INVALID_ARGUMENT,
+                      "dtype");
+        CHECK(dst[0] == 0.0f);
+        {
+            kvfuse_attention_args a;
+            float q[8] = {0}, out[8] = {0};
+            int64_t pos[1] = {0};
+            memset(&a, 0, sizeof a);
+            a.queries = q;
+            a.rows = 1;
+            a.query_heads = a.kv_heads = 1;
+            a.head_dim = a.query_row_stride = a.out_row_stride = a.kv_token_stride = 8;
+            a.positions = pos;
+            a.keys = a.values = key;
+            a.kv_tokens = 1;
+            a.scale = 1.0f;
+            a.out = out;
+            a.kv_dtype = (kvfuse_dtype)bad;
+            CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "kv_dtype");
+        }
+
+        if (bad < 0 || bad >= KVFUSE_ISA_COUNT) CHECK(strcmp(kvfuse_isa_name((kvfuse_isa)bad), "unknown") == 0);
+        if (bad < 0 || bad >= KVFUSE_ISA_COUNT) {
+            CHECK(kvfuse_isa_compiled((kvfuse_isa)bad) == 0);
+            CHECK(kvfuse_isa_supported((kvfuse_isa)bad) == 0);
+            CHECK_REFUSED(kvfuse_force_isa((kvfuse_isa)bad), KVFUSE_ERROR_UNKNOWN_ISA, "not known");
+            CHECK(kvfuse_active_isa(&isa) == KVFUSE_OK); /* nothing changed */
+        }
+        if (bad < 0 || bad > KVFUSE_ERROR_BAD_PROFILE) CHECK(strcmp(kvfuse_status_message((kvfuse_status)bad), "unknown status") == 0);
+    }
+}
+
+/* Sizes whose products or sums wrap around size_t: each once passed its check and touched the
+ * wrong memory (heads = 2^61 + 1 made one key row 4 elements: ASan global-buffer-overflow). */
+static void check_wrapping_sizes(void) {
+    const size_t huge = (size_t)1 << 62, max = SIZE_MAX;
+    kvfuse_rope_config config;
+    static float key[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    float dst[8] = {0};
+    int64_t rows[2] = {0, 1};
+    int64_t indices[8] = {-7, -7, -7, -7, -7, -7, -7, -7};
+    float scores[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    uint16_t half[8] = {0};
+    int8_t q8[8] = {0};
+    float scales[8] = {0}, means[8] = {0};
+
+    kvfuse_rope_config_init(&config, 4);
+    /* heads * head_dim = 2^63 + 4 elements, 2^65 + 16 bytes: wraps to 16. */
+    CHECK_REFUSED(kvfuse_rope_rotate_span(&config, KVFUSE_DTYPE_F32, key, 1, ((size_t)1 << 61) + 1, max, 1),
+                  KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK_REFUSED(kvfuse_rope_rotate_span(&config, KVFUSE_DTYPE_BF16, key, 1, ((size_t)1 << 62) + 1, max, 1),
+                  KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK_REFUSED(kvfuse_rope_rotate_span(&config, KVFUSE_DTYPE_F32, key, 3, 1, huge, 1), KVFUSE_ERROR_INVALID_ARGUMENT,
+                  "overflows");
+    CHECK_REFUSED(kvfuse_rope_rotate_copy(&config, KVFUSE_DTYPE_F32, key, 4, dst, huge, 2, 1, rows),
+                  KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK(key[0] == 1.0f && key[4] == 5.0f && dst[0] == 0.0f);
+
+    /* Gather: row 1 of a table whose stride * 4 bytes wraps; scatter: likewise on the dst side. */
+    CHECK_REFUSED(kvfuse_gather_rows(KVFUSE_DTYPE_F32, key, 2, huge, rows, 2, dst, 4, 4), KVFUSE_ERROR_INVALID_ARGUMENT,
+                  "overflows");
+    CHECK_REFUSED(kvfuse_gather_rows(KVFUSE_DTYPE_F32, key, 2, 4, rows, 2, dst, huge, 4), KVFUSE_ERROR_INVALID_ARGUMENT,
+                  "overflows");
+    CHECK_REFUSED(kvfuse_scatter_rows(KVFUSE_DTYPE_BF16, key, 4, rows, 2, dst, 2, huge * 2, 4),
+                  KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK_REFUSED(kvfuse_scatter_rows(KVFUSE_DTYPE_F32, key, huge, rows, 2, dst, 2, 4, 4), KVFUSE_ERROR_INVALID_ARGUMENT,
+                  "overflows");
+    CHECK(dst[0] == 0.0f);
+
+    /* Top-k: rows * indices_stride * 8 bytes wraps (2 rows of stride 2^61). */
+    CHECK_REFUSED(kvfuse_topk_batched(scores, 2, 4, 4, 2, KVFUSE_TOPK_BY_SCORE, indices, (size_t)1 << 61),
+                  KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK_REFUSED(kvfuse_topk_batched(scores, 3, 4, huge, 2, KVFUSE_TOPK_BY_SCORE, indices, 2),
+                  KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK(indices[0] == -7);
+    {
+        size_t count = 0;
+        CHECK_REFUSED(kvfuse_topk(scores, max / 2, 2, KVFUSE_TOPK_BY_SCORE, indices, &count), KVFUSE_ERROR_INVALID_ARGUMENT,
+                      "overflows");
+    }
+
+    /* Attention: the key rows, the query rows, heads * head_dim. */
+    {
+        kvfuse_attention_args a;
+        float q[8] = {0}, out[8] = {0};
+        int64_t pos[2] = {0, 1};
+        memset(&a, 0, sizeof a);
+        a.queries = q;
+        a.rows = 1;
+        a.query_heads = a.kv_heads = 1;
+        a.head_dim = a.query_row_stride = a.out_row_stride = a.kv_token_stride = 4;
+        a.positions = pos;
+        a.keys = a.values = key;
+        a.kv_tokens = 2;
+        a.kv_dtype = KVFUSE_DTYPE_F32;
+        a.scale = 1.0f;
+        a.out = out;
+        CHECK(kvfuse_sparse_attention(&a) == KVFUSE_OK); /* the baseline is valid */
+        a.kv_token_stride = huge;
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+        a.kv_token_stride = 4;
+        a.rows = 2;
+        a.query_row_stride = huge;
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+        a.query_row_stride = 4;
+        a.query_heads = a.kv_heads = (size_t)1 << 61;
+        a.head_dim = 8;
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    }
+
+    /* Quantizers and bf16 conversion. */
+    CHECK_REFUSED(kvfuse_quantize_keys_i8(key, 3, 1, 4, huge, q8, scales, means), KVFUSE_ERROR_INVALID_ARGUMENT,
+                  "overflows");
+    CHECK_REFUSED(kvfuse_quantize_keys_i4(key, 2, (size_t)1 << 61, 4, max, (uint8_t*)q8, scales, means),
+                  KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK_REFUSED(kvfuse_quantize_rows_i8(key, huge, 1, 4, 4, q8, scales), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK(q8[0] == 0 && scales[0] == 0.0f);
+    CHECK_REFUSED(kvfuse_f32_to_bf16(key, half, max / 2), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK_REFUSED(kvfuse_bf16_to_f32(half, dst, max / 4 + 1), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK(half[0] == 0 && dst[0] == 0.0f);
+
+    /* Relevance: keys, queries, and the question_rows x candidates logits. */
+    {
+        kvfuse_relevance_args r;
+        float out[4] = {0};
+        memset(&r, 0, sizeof r);
+        r.question_rows = 1;
+        r.candidates = huge;
+        r.query_heads = r.kv_heads = 1;
+        r.head_dim = 8;
+        r.queries_f32 = key;
+        r.keys_f32 = key;
+        r.out = out;
+        CHECK_REFUSED(kvfuse_a3_relevance(&r), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+        r.head_dim = 1;
+        r.candidates = (size_t)1 << 40;
+        r.question_rows = (size_t)1 << 30;
+        CHECK_REFUSED(kvfuse_a3_relevance(&r), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+        CHECK(out[0] == 0.0f);
+    }
+}
+
+static void check_null_pointers(void) {
+    float x[8] = {0};
+    int64_t rows[1] = {0};
+    size_t count = 0;
+    kvfuse_tuning tuning;
+    CHECK(kvfuse_sparse_attention(NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_a3_relevance(NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_topk(x, 8, 2, KVFUSE_TOPK_BY_SCORE, NULL, &count) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_topk(x, 8, 2, KVFUSE_TOPK_BY_SCORE, (int64_t*)x, NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_topk_batched(NULL, 1, 8, 8, 2, KVFUSE_TOPK_BY_SCORE, (int64_t*)x, 2) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_gather_rows(KVFUSE_DTYPE_F32, x, 1, 8, NULL, 1, x, 8, 8) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_scatter_rows(KVFUSE_DTYPE_F32, NULL, 8, rows, 1, x, 1, 8, 8) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_quantize_keys_i8(x, 1, 1, 8, 8, NULL, x, x) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_quantize_rows_i8(NULL, 1, 1, 8, 8, (int8_t*)x, x) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_f32_to_bf16(NULL, (uint16_t*)x, 1) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_bf16_to_f32((const uint16_t*)x, NULL, 1) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_isa_from_name(NULL, NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_active_isa(NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_load_profile(NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_save_profile(NULL, NULL, NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_default_profile_path(NULL, 0) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_get_topology(NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_place_threads(NULL, NULL, 0) == KVFUSE_ERROR_NULL_POINTER);
+    {
+        void* memory = &count;
+        CHECK(kvfuse_alloc_local(4096, NULL, NULL) == KVFUSE_ERROR_NULL_POINTER);
+        CHECK_REFUSED(kvfuse_alloc_local(SIZE_MAX - 10, &memory, NULL), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+        CHECK(memory == NULL);
+    }
+    kvfuse_get_tuning(NULL); /* no status to return: must simply not crash */
+    kvfuse_default_tuning(NULL);
+    kvfuse_get_cpu_features(NULL);
+    kvfuse_get_tuning(&tuning);
+}
+
+/* Every kernel reads its element type through typed loads: a pointer that is not a multiple of
+ * the element size is refused, with the argument named (kvfuse.h, "Pointers"). */
+static void check_misaligned_pointers(void) {
+    union {
+        int64_t align;
+        unsigned char bytes[256];
+    } storage;
+    unsigned char* odd = storage.bytes + 1;
+    unsigned char* four = storage.bytes + 4; /* float-aligned, not int64_t-aligned */
+    float scores[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    int64_t indices[8];
+    size_t count = 0;
+    memset(storage.bytes, 0, sizeof storage.bytes);
+
+    CHECK_REFUSED(kvfuse_topk((const float*)odd, 8, 2, KVFUSE_TOPK_BY_SCORE, indices, &count), KVFUSE_ERROR_INVALID_ARGUMENT,
+                  "scores");
+    CHECK_REFUSED(kvfuse_topk(scores, 8, 2, KVFUSE_TOPK_BY_SCORE, (int64_t*)four, &count), KVFUSE_ERROR_INVALID_ARGUMENT,
+                  "indices");
+    CHECK_REFUSED(kvfuse_topk_batched(scores, 1, 8, 8, 2, KVFUSE_TOPK_BY_POSITION, (int64_t*)four, 2),
+                  KVFUSE_ERROR_INVALID_ARGUMENT, "indices");
+    CHECK_REFUSED(kvfuse_f32_to_bf16((const float*)odd, (uint16_t*)indices, 4), KVFUSE_ERROR_INVALID_ARGUMENT, "src");
+    CHECK_REFUSED(kvfuse_f32_to_bf16(scores, (uint16_t*)odd, 4), KVFUSE_ERROR_INVALID_ARGUMENT, "dst");
+    CHECK_REFUSED(kvfuse_bf16_to_f32((const uint16_t*)odd, scores, 4), KVFUSE_ERROR_INVALID_ARGUMENT, "src");
+    CHECK_REFUSED(kvfuse_bf16_to_f32((const uint16_t*)indices, (float*)(storage.bytes + 2), 4),
+                  KVFUSE_ERROR_INVALID_ARGUMENT, "dst");
+    CHECK(scores[0] == 1.0f);
+    {
+        kvfuse_attention_args a;
+        float q[4] = {1, 0, 0, 0}, out[4] = {0}, kv[8] = {1, 0, 0, 0, 0, 1, 0, 0};
+        int64_t pos[1] = {1};
+        memset(&a, 0, sizeof a);
+        a.queries = q;
+        a.rows = 1;
+        a.query_heads = a.kv_heads = 1;
+        a.head_dim = a.query_row_stride = a.out_row_stride = a.kv_token_stride = 4;
+        a.positions = pos;
+        a.keys = a.values = kv;
+        a.kv_tokens = 2;
+        a.kv_dtype = KVFUSE_DTYPE_F32;
+        a.scale = 1.0f;
+        a.out = out;
+        CHECK(kvfuse_sparse_attention(&a) == KVFUSE_OK);
+        a.queries = (const float*)odd;
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "queries");
+        a.queries = q;
+        a.keys = storage.bytes + 2;
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "keys");
+        a.kv_dtype = KVFUSE_DTYPE_BF16; /* 2-byte alignment is enough for bf16 keys */
+        a.values = storage.bytes + 2;
+        CHECK(kvfuse_sparse_attention(&a) == KVFUSE_OK);
+        a.values = odd;
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "values");
+        a.kv_dtype = KVFUSE_DTYPE_F32;
+        a.keys = a.values = kv;
+        a.positions = (const int64_t*)four;
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "positions");
+        a.positions = pos;
+        a.out = (float*)odd;
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "out");
+    }
+}
 
 int main(int argc, char** argv) {
     kvfuse_rope_config config;
@@ -53,6 +348,11 @@ int main(int argc, char** argv) {
         CHECK(int8_keys != NULL && int4_keys != NULL && int8_keys[0] != '\0' && int4_keys[0] != '\0');
         CHECK(kvfuse_relevance_dot_schemes(NULL, NULL) == KVFUSE_OK);
     }
+
+    check_out_of_range_enums();
+    check_wrapping_sizes();
+    check_null_pointers();
+    check_misaligned_pointers();
 
     if (failures == 0) printf("C API checks passed\n");
     return failures == 0 ? 0 : 1;

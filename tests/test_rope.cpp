@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "isa_test_support.h"
@@ -110,6 +111,49 @@ TEST_P(RopeTest, F32MatchesReferenceInPlace) {
                 for (std::size_t p = s.heads * s.head_dim; p < stride; ++p)
                     ASSERT_EQ(storage[1 + t * stride + p], original[t * stride + p]);
         }
+}
+
+// The parallel token loop at 1, 3 and 7 threads and the machine's count: bit-identical to the
+// single-thread rotation (each token is rotated alone) and to the reference's bound.
+TEST_P(RopeTest, SameAnswerAtEveryThreadCount) {
+    kvfuse_tuning saved{};
+    kvfuse_get_tuning(&saved);
+    kvfuse_tuning parallel = saved;
+    parallel.rope_parallel_work = 0;
+    ASSERT_EQ(kvfuse_set_tuning(&parallel), KVFUSE_OK);
+    RopeConfig config;
+    config.head_dim = 64;
+    const std::size_t tokens = 301, heads = 4, stride = heads * 64;
+    const std::vector<float> original = random_floats(tokens * stride, 5, 4.0f);
+    const auto deltas = random_deltas(tokens, 5);
+    const auto exact = exact_rotation(config, original, stride, tokens, heads, deltas);
+    std::vector<float> single_thread;
+    kvfuse::testing::at_thread_counts([&](int threads) {
+        std::vector<float> keys = original;
+        ASSERT_TRUE(kvfuse::rope_rotate(config, keys.data(), tokens, heads, stride, deltas.data()).ok());
+        for (std::size_t i = 0; i < keys.size(); ++i) ASSERT_NEAR(keys[i], exact[i], 8 * kF32Eps * 8.0f) << i;
+        if (threads == 1)
+            single_thread = keys;
+        else
+            EXPECT_EQ(keys, single_thread) << threads << " threads";
+    });
+    kvfuse_set_tuning(&saved);
+}
+
+// Sizes whose products wrap are refused on every ISA: heads = 2^61 + 1 once made one key row
+// 2^65 + 16 bytes, wrapped to 16, and the kernel read past the buffer.
+TEST_P(RopeTest, WrappingSizesAreRefused) {
+    kvfuse_rope_config c;
+    kvfuse_rope_config_init(&c, 4);
+    std::vector<float> keys(16, 1.0f);
+    const std::vector<float> before = keys;
+    const std::size_t heads = (std::size_t{1} << 61) + 1;
+    EXPECT_EQ(kvfuse_rope_rotate_span(&c, KVFUSE_DTYPE_F32, keys.data(), 1, heads, SIZE_MAX, 1), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(kvfuse_last_error()).find("overflows"), std::string::npos) << kvfuse_last_error();
+    EXPECT_EQ(kvfuse_rope_rotate_span(&c, KVFUSE_DTYPE_F32, keys.data(), 2, 1, SIZE_MAX / 4, 1), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_rope_rotate_span(&c, KVFUSE_DTYPE_F32, reinterpret_cast<char*>(keys.data()) + 2, 1, 1, 4, 1),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(keys, before);
 }
 
 // bf16, copying with different strides, constant delta, against the exact rotation.

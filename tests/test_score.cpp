@@ -124,24 +124,45 @@ kvfuse::Status relevance_with(ScoreDot dot, const kvfuse_relevance_args& args) {
     return status;
 }
 
-// The scheme each ISA runs by itself on this CPU: one instruction per four dimensions where the
-// CPU has it (vpdpbusd with VNNI: AVX-VNNI for avx2, AVX512-VNNI for avx512; sdot with dotprod;
-// the dispatch registers those builds of the kernel only there); else for int4 the s16 sums of
-// pmaddubsw (x86), else pmaddwd pairs, emulated on NEON.
-kvfuse::detail::ScoreDotUsed expected_best_dot(kvfuse::Isa isa, Keys keys) {
-    kvfuse_cpu_features cpu{};
-    kvfuse_get_cpu_features(&cpu);
-    switch (isa) {
+// The scheme each kernel build runs by itself: one instruction per four dimensions in the
+// variant builds (vpdpbusd: avx2_vnni with AVX-VNNI, avx512_vnni with AVX512-VNNI; sdot:
+// neon_dotprod), which the dispatch registers only where the CPU has the instruction; in the
+// plain x86 builds, for int4 the s16 sums of pmaddubsw, else pmaddwd pairs; on plain NEON pairs,
+// emulated.
+kvfuse::detail::ScoreDotUsed expected_best_dot(const kvfuse::testing::KernelBuild& build, Keys keys) {
+    switch (build.isa) {
         case kvfuse::Isa::avx2:
         case kvfuse::Isa::avx512:
-            if (isa == kvfuse::Isa::avx2 ? cpu.avx_vnni : cpu.avx512_vnni) return {ScoreDot::quads_u8s8, true};
+            if (build.variant) return {ScoreDot::quads_u8s8, true};
             return {keys == Keys::i4 ? ScoreDot::quads_u8s8_s16 : ScoreDot::pairs_s16, true};
         case kvfuse::Isa::neon:
-            if (cpu.arm_dotprod) return {ScoreDot::quads_s8s8, true};
+            if (build.variant) return {ScoreDot::quads_s8s8, true};
             return {ScoreDot::pairs_s16, false};
         default:
             return {};  // scalar: the reference, no scheme
     }
+}
+
+// The variant build is the one the dispatch picks exactly where the CPU has its instruction.
+TEST_P(ScoreTest, VariantBuildIsChosenWhereTheCpuHasItsInstruction) {
+    kvfuse_cpu_features cpu{};
+    kvfuse_get_cpu_features(&cpu);
+    const kvfuse::testing::KernelBuild& build = GetParam();
+    const bool cpu_has = build.isa == kvfuse::Isa::avx2     ? cpu.avx_vnni != 0
+                         : build.isa == kvfuse::Isa::avx512 ? cpu.avx512_vnni != 0
+                         : build.isa == kvfuse::Isa::neon   ? cpu.arm_dotprod != 0
+                                                            : false;
+    if (build.variant) {
+        EXPECT_TRUE(cpu_has) << build.name << " listed on a CPU without its instruction";
+    }
+    bool has_variant = false;
+    for (const auto& other : kvfuse::testing::runnable_kernel_builds())
+        has_variant = has_variant || (other.isa == build.isa && other.variant);
+    // Forcing the ISA by its public name runs the variant wherever there is one.
+    kvfuse::reset_isa();
+    kvfuse::ScopedIsa scoped(build.isa);
+    ASSERT_TRUE(scoped.status().ok());
+    EXPECT_EQ(std::string(kvfuse::detail::active_kernel_build()).find('_') != std::string::npos, has_variant);
 }
 
 TEST_P(ScoreTest, MatchesReferenceFromF32AndInt8) {
@@ -214,6 +235,20 @@ TEST_P(ScoreTest, EveryDotSchemeMatchesReference) {
             }
 }
 
+// Scales around `base` (0.5x to 1.5x) that differ from one (row or token, head) to the next.
+void distinct_scales(std::vector<float>& scales, float base) {
+    for (std::size_t i = 0; i < scales.size(); ++i) scales[i] = base * (0.5f + static_cast<float>((i * 7) % 11) / 10.0f);
+}
+
+// One bit per (token, element), well mixed, so that every token's key is its own.
+bool key_bit(std::size_t token, std::size_t element) {
+    std::uint64_t x = (static_cast<std::uint64_t>(token) << 32) ^ element ^ 0x9e3779b97f4a7c15ull;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (x & 1) != 0;
+}
+
 // The largest sums each scheme must hold exactly: queries all -128, all 127 or mixed, against
 // keys at both ends (int8 -128/127, int4 -8/7) that differ from token to token (identical keys
 // would give a uniform softmax, blind to any error), including the worst case of the s16 sums
@@ -237,10 +272,13 @@ TEST_P(ScoreTest, EveryDotSchemeIsExactAtTheExtremes) {
             in.k4[i] = t % 5 == 4 ? static_cast<std::uint8_t>(i % 2 == 0 ? 0x88 : 0x7F) : ends4[t % 4];
         }
         // Scales that keep the logits a few units apart: large enough to see an error of one
-        // s16 wrap-around, small enough that the softmax does not saturate.
-        for (float& v : in.qs) v = 1e-3f;
-        for (float& v : in.ks) v = 2e-4f;
-        for (float& v : in.ks4) v = 4e-3f;
+        // s16 wrap-around, small enough that the softmax does not saturate. They differ from
+        // token to token and head to head: with uniform key scales a wrong offset correction
+        // (k + 128 or k + 8 times the query sum) shifts every logit of a row by the same amount
+        // and the softmax cancels it.
+        distinct_scales(in.qs, 1e-3f);
+        distinct_scales(in.ks, 5e-3f);
+        distinct_scales(in.ks4, 8e-2f);
         for (Keys keys : {Keys::i8, Keys::i4})
             for (ScoreDot dot : dot_schemes(keys)) {
                 std::vector<float> got, want;
@@ -333,24 +371,75 @@ TEST_P(ScoreTest, QuantizedSelectionAgreesWithF32) {
     }
 }
 
-// Integer dots are exact for every int8 value, -128 included (no s16 saturation), and for
-// every int4 nibble: all-extreme inputs against the double reference.
+// Integer dots are exact for every int8 value, -128 included (no s16 saturation or wrap), and
+// for every int4 nibble, through the scheme each build runs by itself: queries at the extremes
+// against keys made only of -128 and 127 (int4: -8 and 7), each token's its own mix of the two
+// (all -128 and all 127 among them), with scales that differ per token and head, so that
+// every logit of a row differs and a dot that wrapped or saturated changes the relevance.
 TEST_P(ScoreTest, ExtremeIntegerValuesAreExact) {
     const Case c{3, 50, 4, 2, 128};
     Inputs in = make(c, 21);
-    for (std::size_t i = 0; i < in.q8.size(); ++i) in.q8[i] = i % 3 == 0 ? -128 : (i % 3 == 1 ? 127 : -127);
-    for (std::size_t i = 0; i < in.k8.size(); ++i) in.k8[i] = i % 2 == 0 ? -128 : 127;
-    for (std::size_t i = 0; i < in.k4.size(); ++i) in.k4[i] = static_cast<std::uint8_t>(i % 2 == 0 ? 0x88 : 0x7F);
-    // Small scales keep the logits moderate so the softmax does not saturate.
-    for (float& v : in.qs) v = 1e-3f;
-    for (float& v : in.ks) v = 1e-3f;
-    for (float& v : in.ks4) v = 2e-2f;
+    // Question rows all -128 (two -128 x -128 products fill a pmaddwd pair: 32768, one past
+    // s16), all 127, and mixed.
+    const std::size_t per_row = c.H * c.D;
+    for (std::size_t i = 0; i < in.q8.size(); ++i) {
+        const std::size_t m = i / per_row;
+        in.q8[i] = m == 0 ? -128 : m == 1 ? 127 : (i % 3 == 0 ? -128 : (i % 3 == 1 ? 127 : -127));
+    }
+    const std::size_t per_token8 = c.Hkv * c.D, per_token4 = c.Hkv * ((c.D + 1) / 2);
+    for (std::size_t i = 0; i < in.k8.size(); ++i) {
+        const std::size_t t = i / per_token8, e = i % per_token8;
+        const bool high = t == 0 ? false : t == 1 ? true : key_bit(t, e);
+        in.k8[i] = high ? 127 : -128;
+    }
+    for (std::size_t i = 0; i < in.k4.size(); ++i) {
+        const std::size_t t = i / per_token4, e = i % per_token4;
+        const bool low_high = t == 0 ? false : t == 1 ? true : key_bit(t, 2 * e);
+        const bool high_high = t == 0 ? false : t == 1 ? true : key_bit(t, 2 * e + 1);
+        in.k4[i] = static_cast<std::uint8_t>((low_high ? 0x7 : 0x8) | (high_high ? 0x70 : 0x80));
+    }
+    // An error of 2^16 in one head's dot moves its logit by 1e-3 * 1e-2 * 65536 / sqrt(H * D),
+    // about 0.03 (int4: 0.29), and the relevances by far more than the tolerance.
+    distinct_scales(in.qs, 1e-3f);
+    distinct_scales(in.ks, 1e-2f);
+    distinct_scales(in.ks4, 1e-1f);
     for (Keys keys : {Keys::i8, Keys::i4}) {
         std::vector<float> got, want;
         ASSERT_TRUE(kvfuse::a3_relevance(args_for(c, in, keys, false, got)).ok());
         kvfuse::reference::a3_relevance(args_for(c, in, keys, false, want));
-        for (std::size_t j = 0; j < got.size(); ++j) ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j])) << j;
+        // The inputs must make the property observable: relevances far from uniform.
+        const auto [lowest, highest] = std::minmax_element(want.begin(), want.end());
+        ASSERT_GT(*highest, 4.0f * *lowest) << "keys=" << static_cast<int>(keys);
+        for (std::size_t j = 0; j < got.size(); ++j)
+            ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j])) << "keys=" << static_cast<int>(keys) << " j=" << j;
     }
+}
+
+// The scoring kernel's parallel tiles, softmax rows and column sums at 1, 3 and 7 threads and
+// the machine's count, on every path: the reference's answer, bit-identical across counts.
+TEST_P(ScoreTest, SameAnswerAtEveryThreadCount) {
+    kvfuse_tuning saved{};
+    kvfuse_get_tuning(&saved);
+    kvfuse_tuning parallel = saved;
+    parallel.score_parallel_work = 0;
+    ASSERT_EQ(kvfuse_set_tuning(&parallel), KVFUSE_OK);
+    const Case c{13, 700, 8, 2, 40};
+    const Inputs in = make(c, 123);
+    for (Keys keys : {Keys::f32, Keys::i8, Keys::i4}) {
+        std::vector<float> want, single_thread;
+        kvfuse::reference::a3_relevance(args_for(c, in, keys, true, want));
+        kvfuse::testing::at_thread_counts([&](int threads) {
+            std::vector<float> got;
+            ASSERT_TRUE(kvfuse::a3_relevance(args_for(c, in, keys, true, got)).ok());
+            for (std::size_t j = 0; j < got.size(); ++j)
+                ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j])) << "keys=" << static_cast<int>(keys) << " j=" << j;
+            if (threads == 1)
+                single_thread = got;
+            else
+                EXPECT_EQ(got, single_thread) << "keys=" << static_cast<int>(keys) << " differs from 1 thread";
+        });
+    }
+    kvfuse_set_tuning(&saved);
 }
 
 // Segments: each range of candidates with its own keys, queries and bias, split at places that

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <string>
 #include <limits>
 #include <random>
 #include <vector>
@@ -181,6 +183,52 @@ TEST_P(TopkTest, InvalidArguments) {
               kvfuse::StatusCode::invalid_argument);
     EXPECT_EQ(kvfuse::topk_batched(x.data(), 2, 5, 5, 3, TopkOrder::by_position, out.data(), 2).code(),
               kvfuse::StatusCode::invalid_argument);
+}
+
+// Batched rows in parallel (n >= 4096 takes the parallel loop) at 1, 3 and 7 threads and the
+// machine's count: every row the reference's exact answer.
+TEST_P(TopkTest, BatchedAtEveryThreadCount) {
+    const std::size_t rows = 11, n = 5000, k = 333;
+    std::mt19937 rng(12);
+    std::normal_distribution<float> normal;
+    std::vector<float> x(rows * n);
+    for (float& v : x) v = normal(rng);
+    kvfuse::testing::at_thread_counts([&](int) {
+        std::vector<std::int64_t> out(rows * k, -1);
+        ASSERT_TRUE(kvfuse::topk_batched(x.data(), rows, n, n, k, TopkOrder::by_score, out.data(), k).ok());
+        for (std::size_t r = 0; r < rows; ++r) {
+            const std::vector<float> row(x.begin() + static_cast<std::ptrdiff_t>(r * n),
+                                         x.begin() + static_cast<std::ptrdiff_t>((r + 1) * n));
+            ASSERT_EQ(std::vector<std::int64_t>(out.begin() + static_cast<std::ptrdiff_t>(r * k),
+                                                out.begin() + static_cast<std::ptrdiff_t>((r + 1) * k)),
+                      expected(row, k, TopkOrder::by_score))
+                << "row " << r;
+        }
+    });
+}
+
+// Bad input from C on every ISA: an order outside the enum (negative included), an
+// indices_stride whose rows wrap size_t, and misaligned scores or indices are refused before
+// anything is written.
+TEST_P(TopkTest, OutOfRangeOrderWrappingStrideAndMisalignmentAreRefused) {
+    std::vector<float> x(64, 1.0f);
+    std::vector<std::int64_t> out(64, -1);
+    std::size_t count = 99;
+    int negative = -1;
+    kvfuse_topk_order bad_order;
+    std::memcpy(&bad_order, &negative, sizeof bad_order);  // as a C caller passes it
+    EXPECT_EQ(kvfuse_topk(x.data(), 10, 3, bad_order, out.data(), &count), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(kvfuse_last_error()).find("order (-1)"), std::string::npos) << kvfuse_last_error();
+    EXPECT_EQ(kvfuse_topk_batched(x.data(), 2, 8, 8, 2, bad_order, out.data(), 2), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_topk_batched(x.data(), 2, 8, 8, 2, KVFUSE_TOPK_BY_SCORE, out.data(), std::size_t{1} << 61),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(kvfuse_last_error()).find("overflows"), std::string::npos) << kvfuse_last_error();
+    const auto* odd_scores = reinterpret_cast<const float*>(reinterpret_cast<const char*>(x.data()) + 1);
+    auto* odd_indices = reinterpret_cast<std::int64_t*>(reinterpret_cast<char*>(out.data()) + 4);
+    EXPECT_EQ(kvfuse_topk(odd_scores, 10, 3, KVFUSE_TOPK_BY_SCORE, out.data(), &count), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_topk(x.data(), 10, 3, KVFUSE_TOPK_BY_SCORE, odd_indices, &count), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_topk_batched(x.data(), 2, 8, 8, 2, KVFUSE_TOPK_BY_SCORE, odd_indices, 2), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(out, std::vector<std::int64_t>(64, -1));
 }
 
 }  // namespace

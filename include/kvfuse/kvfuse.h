@@ -5,12 +5,25 @@
  * generic text is kvfuse_status_message(status) and whose specific detail for the calling thread
  * (which argument, which value) is kvfuse_last_error(). No function aborts on bad input.
  *
- * Every enum ends with a *_MAX_ENUM member only to make it int-sized: an out-of-range value
- * passed from C is then reported as an error instead of being undefined behaviour in C++.
+ * Every enum ends with a *_MAX_ENUM member only to make it int-sized: any int a C caller puts
+ * in an enum argument or field (negative ones included) is read as that int and range-checked;
+ * one outside the enumerators gets KVFUSE_ERROR_INVALID_ARGUMENT (KVFUSE_ERROR_UNKNOWN_ISA for
+ * an ISA), "unknown" from the name functions, 0 from kvfuse_isa_compiled/_supported.
  *
  * Tensors are row-major. A "row" is one token; within a row, heads are contiguous and each head
  * holds head_dim elements. token_stride is the distance between consecutive tokens in ELEMENTS
  * (not bytes) and must be at least heads * head_dim.
+ *
+ * Sizes: every product and sum of size arguments is computed with overflow checks. A tensor whose
+ * extent, ((rows - 1) * stride + row elements) * element size in bytes, wraps size_t or exceeds
+ * PTRDIFF_MAX is refused with KVFUSE_ERROR_INVALID_ARGUMENT before anything is read or written.
+ *
+ * Pointers: each must be aligned to its element type (float, int32_t: 4 bytes; int64_t, size_t:
+ * 8; bf16 as uint16_t: 2; int8_t, uint8_t: 1). A misaligned pointer is refused with
+ * KVFUSE_ERROR_INVALID_ARGUMENT naming the argument. No wider (vector) alignment is ever needed.
+ *
+ * No C++ exception leaves the library: running out of memory is KVFUSE_ERROR_OUT_OF_MEMORY,
+ * anything else unexpected KVFUSE_ERROR_INTERNAL with the detail in kvfuse_last_error().
  */
 #ifndef KVFUSE_KVFUSE_H
 #define KVFUSE_KVFUSE_H
@@ -292,7 +305,8 @@ KVFUSE_API kvfuse_status kvfuse_relevance_dot_schemes(const char** int8_keys, co
  * never results. At start-up the library loads the tuning profile: the file KVFUSE_PROFILE
  * names ("none": built-in defaults), else the default profile of this machine (see
  * kvfuse_default_profile_path). A profile made for another CPU, ISA, core count, cache size or
- * kvfuse version, or one that does not parse or validate, is ignored and reported by
+ * kvfuse version, one that does not parse or validate, or a path that is not a regular file (a
+ * directory, a FIFO -- never waited on --, a device) is ignored and reported by
  * kvfuse_profile_status; the defaults stay. */
 
 typedef struct kvfuse_tuning {
@@ -312,7 +326,8 @@ KVFUSE_API void kvfuse_get_tuning(kvfuse_tuning* tuning);
 /* Validates and applies; NULL restores the defaults. Affects calls that start afterwards. */
 KVFUSE_API kvfuse_status kvfuse_set_tuning(const kvfuse_tuning* tuning);
 /* Reads a profile, checks it was made for this machine, kvfuse version and the ISA in use,
- * and applies it. On failure nothing changes and the error says why. */
+ * and applies it. On failure nothing changes and the error says why: KVFUSE_ERROR_IO when the
+ * path cannot be opened or is not a regular file, KVFUSE_ERROR_BAD_PROFILE otherwise. */
 KVFUSE_API kvfuse_status kvfuse_load_profile(const char* path);
 /* Writes `tuning` as this machine's profile (JSON), with `measurements_json` (a JSON object
  * or NULL) kept as a record of how it was chosen. Written to a temporary file and renamed;
