@@ -14,8 +14,10 @@ for obj in "$@"; do
     base=${base%.cpp.o}
     base=${base%.o}
     isa=${base#*_}  # attention_avx512_vnni -> avx512_vnni
+    [[ -f $obj ]] || { echo "check_isa_objects: no object $obj" >&2; exit 2; }
+    symbols=$(nm -C --defined-only "$obj") || { echo "check_isa_objects: nm cannot read $obj" >&2; exit 2; }
     # Weak (W), unique (u) and indirect (i) functions; V is weak data.
-    offenders=$(nm -C --defined-only "$obj" | awk '$2 == "W" || $2 == "u" || $2 == "i" { $1 = ""; $2 = ""; print substr($0, 3) }' |
+    offenders=$(echo "$symbols" | awk '$2 == "W" || $2 == "u" || $2 == "i" { $1 = ""; $2 = ""; print substr($0, 3) }' |
                 grep -v "^kvfuse::${isa}::" || true)
     if [[ -n $offenders ]]; then
         echo "code another object may also define, in $obj (isa $isa):" >&2
