@@ -3,13 +3,14 @@
 // of 32 output columns, k-major); A is packed per call, one block at a time.
 //
 // The classic three-level blocking (Goto / BLIS), with W in the role of BLIS's B:
-//   for each depth block of kDepth k's              (W's slice of one column tile, kDepth x kCols,
-//     for each block of kRowBlock rows of A          stays in L1 while every row tile of the
-//       pack the block: kRows rows interleaved per k  A block, in L2, streams past it)
+//   for each depth block of kDepth k's              (the packed A block stays in L2 while the
+//     for each block of kRowBlock rows of A          column tiles of W stream past it; W's
+//       pack the block: kRows rows interleaved per k  slice of a column tile is reused by every
+//                                                     row tile of the block)
 //       for each column tile of kCols columns
 //         for each row tile of kRows rows: the microkernel, kRows x kCols accumulators in
 //         registers, one broadcast of A and kVectors loads of W per k.
-// Register blocks: AVX-512 12 x 32 (24 zmm accumulators), AVX2 6 x 16 (12 ymm), NEON 6 x 16
+// Register blocks: AVX-512 14 x 32 (28 zmm accumulators), AVX2 6 x 16 (12 ymm), NEON 6 x 16
 // (24 q). Threads take whole row ranges when there are enough rows (each packs only its own
 // rows of A; W is read by all), else whole column ranges (decode: W's bandwidth is the cost,
 // and each thread then reads only its part of it).
@@ -48,17 +49,20 @@ constexpr std::size_t kLanes = F32s::size;
 constexpr std::size_t kPanel = detail::kGemmPanel;
 
 // Register block: kRows rows of A by kVectors vectors of columns. Sized to the register file:
-// 32 zmm on AVX-512 (24 accumulators, 2 of W, broadcasts folded into the FMAs), 16 ymm on AVX2
-// (12 + 2 + 1), 32 q on NEON (24 + 4 + 1).
+// 32 zmm on AVX-512 (28 accumulators, 2 of W, 1 broadcast: 14 broadcasts and 2 loads per 28
+// FMAs), 16 ymm on AVX2 (12 + 2 + 1), 32 q on NEON (24 + 4 + 1).
 constexpr std::size_t kVectors = kLanes == 4 ? 4 : 2;
 constexpr std::size_t kCols = kVectors * kLanes;
-constexpr std::size_t kRows = kLanes >= 16 ? 12 : 6;
+constexpr std::size_t kRows = kLanes >= 16 ? 14 : 6;
 static_assert(kPanel % kCols == 0, "a column tile must not straddle two packed panels");
 
-// Cache blocks: kDepth x kCols of W (32 KiB on AVX-512) in L1 beside one row tile of A;
-// kRowBlock x kDepth of packed A (192 KiB on AVX-512) in L2. kDepth is even so that only the
-// last depth block of a bf16 product can hold an odd k.
-constexpr std::size_t kDepth = 256;
+// Cache blocks: one row tile of A, kRows x kDepth (28 KiB on AVX-512), stays in L1 while the
+// column tile's slice of W, kDepth x kCols (64 KiB f32, 32 KiB bf16), streams from L2; the
+// packed A block, kRowBlock x kDepth (448 KiB), stays in L2. Every depth block reads and
+// writes C once more, so a deep block pays: on the Zen 5 VM (loaded machine, single runs)
+// kDepth 128 ran at ~0.7x OpenBLAS, 256 ~0.85x, 384-512 ~0.9-1.0x. kDepth is even so that only
+// the last depth block of a bf16 product can hold an odd k.
+constexpr std::size_t kDepth = 512;
 constexpr std::size_t kRowBlock = kRows * 16;
 
 // How a tile reaches C: overwritten (first depth block, beta = 0: C is not read, so a NaN
