@@ -199,47 +199,47 @@ struct Bf16DotTile {
 #endif
 
 // Packs rows [0, rows) x k in [k0, k0 + depth) of A into row tiles of kRows rows, k-major
-// (padding rows are zero): f32 as it is, or rounded to bf16 and widened back.
+// (padding rows and k's are zero): f32 as it is, or rounded to bf16 and widened back. k outer,
+// rows inner: the stores run sequentially and the kRows row reads are each sequential, which
+// matters when `out` is small (K/V projections: 256 columns share each packed element).
 void pack_rows_f32(const float* a, std::size_t lda, std::size_t rows, std::size_t k0, std::size_t depth,
                    std::size_t padded_depth, bool round_to_bf16, float* dst) {
+    static const float zeros[kDepth + 1] = {};
     for (std::size_t r0 = 0; r0 < rows; r0 += kRows) {
         float* tile = dst + (r0 / kRows) * padded_depth * kRows;
         const std::size_t m = std::min(kRows, rows - r0);
-        for (std::size_t i = 0; i < kRows; ++i) {
-            if (i >= m) {
-                for (std::size_t k = 0; k < padded_depth; ++k) tile[k * kRows + i] = 0.0f;
-                continue;
-            }
-            const float* src = a + (r0 + i) * lda + k0;
-            if (round_to_bf16)
-                for (std::size_t k = 0; k < depth; ++k)
-                    tile[k * kRows + i] = detail::bf16_bits_to_f32(detail::f32_to_bf16_bits(src[k]));
-            else
-                for (std::size_t k = 0; k < depth; ++k) tile[k * kRows + i] = src[k];
-            for (std::size_t k = depth; k < padded_depth; ++k) tile[k * kRows + i] = 0.0f;
+        const float* src[kRows];
+        for (std::size_t i = 0; i < kRows; ++i) src[i] = i < m ? a + (r0 + i) * lda + k0 : zeros;
+        if (round_to_bf16) {
+            for (std::size_t k = 0; k < depth; ++k)
+                for (std::size_t i = 0; i < kRows; ++i)
+                    tile[k * kRows + i] = detail::bf16_bits_to_f32(detail::f32_to_bf16_bits(src[i][k]));
+        } else {
+            for (std::size_t k = 0; k < depth; ++k)
+                for (std::size_t i = 0; i < kRows; ++i) tile[k * kRows + i] = src[i][k];
         }
+        for (std::size_t k = depth; k < padded_depth; ++k)
+            for (std::size_t i = 0; i < kRows; ++i) tile[k * kRows + i] = 0.0f;
     }
 }
 
 // The same as bf16 pairs (even k in the low half), for vdpbf16ps.
 void pack_rows_bf16_pairs(const float* a, std::size_t lda, std::size_t rows, std::size_t k0, std::size_t depth,
                           std::uint32_t* dst) {
-    const std::size_t pairs = (depth + 1) / 2;
+    static const float zeros[kDepth + 1] = {};
+    const std::size_t pairs = (depth + 1) / 2, full_pairs = depth / 2;
     for (std::size_t r0 = 0; r0 < rows; r0 += kRows) {
         std::uint32_t* tile = dst + (r0 / kRows) * pairs * kRows;
         const std::size_t m = std::min(kRows, rows - r0);
-        for (std::size_t i = 0; i < kRows; ++i) {
-            if (i >= m) {
-                for (std::size_t kp = 0; kp < pairs; ++kp) tile[kp * kRows + i] = 0;
-                continue;
-            }
-            const float* src = a + (r0 + i) * lda + k0;
-            for (std::size_t kp = 0; kp < pairs; ++kp) {
-                std::uint32_t pair = detail::f32_to_bf16_bits(src[2 * kp]);
-                if (2 * kp + 1 < depth) pair |= static_cast<std::uint32_t>(detail::f32_to_bf16_bits(src[2 * kp + 1])) << 16;
-                tile[kp * kRows + i] = pair;
-            }
-        }
+        const float* src[kRows];
+        for (std::size_t i = 0; i < kRows; ++i) src[i] = i < m ? a + (r0 + i) * lda + k0 : zeros;
+        for (std::size_t kp = 0; kp < full_pairs; ++kp)
+            for (std::size_t i = 0; i < kRows; ++i)
+                tile[kp * kRows + i] = detail::f32_to_bf16_bits(src[i][2 * kp]) |
+                                       static_cast<std::uint32_t>(detail::f32_to_bf16_bits(src[i][2 * kp + 1])) << 16;
+        if (pairs > full_pairs)  // an odd depth: the last pair's high half is zero
+            for (std::size_t i = 0; i < kRows; ++i)
+                tile[full_pairs * kRows + i] = detail::f32_to_bf16_bits(src[i][2 * full_pairs]);
     }
 }
 
