@@ -316,7 +316,10 @@ void gemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, st
     std::size_t t = threads > 0 ? static_cast<std::size_t>(threads) : static_cast<std::size_t>(omp_get_max_threads());
     if (threads <= 0 && static_cast<double>(n) * static_cast<double>(w.out) * static_cast<double>(w.in) < kParallelWork)
         t = 1;
-    t = std::max<std::size_t>(1, std::min(t, col_tiles * row_tiles));
+    // Each task owns a packed-A buffer (~0.5 MiB): a runaway thread count must not become a
+    // runaway allocation.
+    constexpr std::size_t kMaxTasks = 256;
+    t = std::max<std::size_t>(1, std::min({t, col_tiles * row_tiles, kMaxTasks}));
     // Split rows when every thread gets a few row tiles (each then packs only its own rows),
     // else columns first, then rows among the threads a column range still has.
     std::size_t row_groups, col_groups;
