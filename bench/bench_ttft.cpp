@@ -36,7 +36,7 @@
 //   --size=realistic|small   the generated shape: realistic = dim 1024, 16 layers, 16 heads,
 //                      4 KV heads, head dim 64, ffn 2816, vocab 32000 (default); small = dim
 //                      256, 16 layers, 4 heads, 1 KV head, ffn 704, vocab 8000 (quick runs)
-//   --dtype=f32|bf16   storage of the generated model's matrices (compute is f32 either way)
+//   --dtype=f32|bf16   storage of the generated model's matrices (bf16: the dense layers run kvfuse_gemm's bf16 path)
 //   --contexts=LIST    document tokens per request, multiples of 512 (default 4096)
 //   --ratios=LIST      extra a3 ratios at the ratio-sweep context (default none, to keep the
 //                      default run to a few minutes; the sweep: --ratios=0.05,0.1,0.25,0.5)

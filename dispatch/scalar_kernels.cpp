@@ -1,7 +1,12 @@
 #include "dispatch/scalar_kernels.h"
 
+#include <vector>
+
+#include "kernels/common/bf16.h"
+#include "kernels/gemm/gemm_packed.h"
 #include "kernels/rope/rope_plan.h"
 #include "reference/attention_reference.h"
+#include "reference/gemm_reference.h"
 #include "reference/rope_reference.h"
 #include "reference/score_reference.h"
 #include "reference/topk_reference.h"
@@ -20,6 +25,24 @@ void rope_rotate_scalar(const RopePlan& plan, kvfuse_dtype dtype, const void* sr
 
 void sparse_attention_scalar(const kvfuse_attention_args& args) { reference::sparse_attention(args); }
 
+// The reference reads plain rows: each row of W is unpacked in turn (exactly) and gives one
+// column of C.
+void gemm_scalar(const kvfuse_packed_weights& packed, const float* a, std::size_t n, std::size_t lda, float beta,
+                 float* c, std::size_t ldc, int /*threads*/) {
+    const PackedWeightsData& w = packed.weights;
+    std::vector<float> row(w.in);
+    std::vector<std::uint16_t> row_bf16(w.in);
+    for (std::size_t j = 0; j < w.out; ++j) {
+        unpack_weight_row(w, j, row.data());
+        if (w.dtype == KVFUSE_DTYPE_F32) {
+            reference::gemm(a, n, lda, row.data(), 1, w.in, w.in, beta, c + j, ldc);
+        } else {
+            for (std::size_t k = 0; k < w.in; ++k) row_bf16[k] = f32_to_bf16_bits(row[k]);  // exact: row is bf16
+            reference::gemm_bf16(a, n, lda, row_bf16.data(), 1, w.in, w.in, beta, c + j, ldc);
+        }
+    }
+}
+
 }  // namespace
 
 void register_scalar_kernels(KernelTable& table) {
@@ -27,6 +50,7 @@ void register_scalar_kernels(KernelTable& table) {
     table.sparse_attention = &sparse_attention_scalar;
     table.topk = &reference::topk;
     table.relevance = &reference::a3_relevance;
+    table.gemm = &gemm_scalar;
 }
 
 }  // namespace kvfuse::detail

@@ -30,6 +30,12 @@ using TopkFn = void (*)(const float* scores, std::size_t n, std::size_t k, kvfus
 // A3 relevance; arguments already validated.
 using RelevanceFn = void (*)(const kvfuse_relevance_args& args);
 
+// C[n x out] = A[n x in] W^T, plus beta C (beta = 0: C is not read), with W packed
+// (kernels/gemm/gemm_packed.h). lda >= in, ldc >= out, n > 0, validated by the API layer.
+// threads > 0: that many threads (at most); 0: the OpenMP default, one thread for small products.
+using GemmFn = void (*)(const kvfuse_packed_weights& w, const float* a, std::size_t n, std::size_t lda, float beta,
+                        float* c, std::size_t ldc, int threads);
+
 struct KernelTable {
     kvfuse_isa isa = KVFUSE_ISA_SCALAR;
     // Which objects fill it: the ISA's name, or a variant's ("avx2_vnni") once one registered.
@@ -43,6 +49,10 @@ struct KernelTable {
     // reference.
     const char* int8_dot = "reference";
     const char* int4_dot = "reference";
+    GemmFn gemm = nullptr;
+    // How `gemm` multiplies bf16 weights: "dpbf16ps" (AVX512-BF16), "widened_fma" (pairs widened
+    // to f32 in registers) or "reference".
+    const char* gemm_bf16_scheme = "reference";
 };
 
 }  // namespace kvfuse::detail

@@ -3,7 +3,8 @@
 
 The fixtures in tests/data/perf_report/ are a real `tools/report.sh --quick` run, trimmed (fewer
 benchmarks and aggregates; the `mean` rows of bench_rope.json doubled, so that taking the mean
-instead of the median shows), so their format is exactly what the benchmarks write. Checks that
+instead of the median shows), so their format is exactly what the benchmarks write;
+bench_gemm.json is two rows of a real bench_gemm run (Zen 5 VM, loaded machine). Checks that
 the report has every table with figures taken from the JSON, that charts are drawn when gnuplot
 exists (skipped otherwise) and that the tables are still written without it, and that bad input
 fails with one clear line, a non-zero status, and no file replaced.
@@ -75,6 +76,10 @@ class PerfReportTest(unittest.TestCase):
         self.assertIn(f"| {a3_ms:.0f} |", text)
         gflops = self.counter("bench_attention.json", "attention/avx2/f32", "GFLOP/s")
         self.assertIn(f"| {gflops:.1f} |", text)
+        # The dense-layer rows of the summary, f32 and bf16 weights, against OpenBLAS.
+        for dtype in ("f32", "bf16"):
+            gemm = self.counter("bench_gemm.json", f"gemm/avx512/{dtype}/gate_up", "GFLOP/s")
+            self.assertRegex(text, rf"\| dense layer \(GEMM\), {dtype} weights \| `gemm/avx512/{dtype}/gate_up/[^`]*` \| {gemm:.1f} GFLOP/s \|")
         # The median of the repetitions, not the mean listed before it in the file.
         median = self.counter("bench_rope.json", "rope/avx2/f32/32768x8x128/dram/threads:2/iterations:30/manual_time_median", "GB/s")
         self.assertIn(f"| {median:.1f} |", text)

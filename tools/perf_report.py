@@ -5,7 +5,7 @@ Usage: perf_report.py --results DIR --out DIR [--template FILE] [--no-charts]
 
 --results holds what tools/report.sh recorded: machine.txt, kvfuse_info.txt, steps.tsv and the
 Google Benchmark JSON of bench_rope, bench_topk, bench_attention, bench_score, bench_tuning,
-bench_chunk_store, bench_ttft (ttft_main.json: the realistic request with the ratio sweep;
+bench_chunk_store, bench_gemm, bench_ttft (ttft_main.json: the realistic request with the ratio sweep;
 ttft_context_*.json: the other context lengths). Writes OUT/PERFORMANCE.md and OUT/perf/*.png.
 
 Every figure in the output comes from those files; the template (tools/PERFORMANCE.template.md)
@@ -24,7 +24,7 @@ import sys
 import tempfile
 
 KERNEL_FILES = ["bench_rope", "bench_topk", "bench_attention", "bench_score", "bench_tuning",
-                "bench_chunk_store"]
+                "bench_chunk_store", "bench_gemm"]
 # Stages of bench_ttft in pipeline order, with the counter suffix each one has.
 STAGES = [("load", "load_ms"), ("rotate", "rotate_ms"), ("full layers", "full_layers_ms"),
           ("select", "select_ms"), ("recompute", "recompute_ms"), ("logits", "logits_ms"),
@@ -313,6 +313,10 @@ def summary_section(k):
          lambda b, n: b.get(n, "pct_int8_peak"), "int8 peak", "x_baseline", "f32", r"^tuning/a3_relevance/int8"),
         ("A³ scoring, int4 keys", k["bench_score"], r"^a3_relevance/.*/int4_.*/D:128/", 2, "GOP/s",
          lambda b, n: b.get(n, "pct_int8_peak"), "int8 peak", "x_baseline", "f32", None),
+        ("dense layer (GEMM), f32 weights", k["bench_gemm"], r"^gemm/.*/f32/gate_up/", 2, "GFLOP/s",
+         lambda b, n: b.get(n, "pct_peak"), "f32 FMA peak", "x_baseline", "OpenBLAS", None),
+        ("dense layer (GEMM), bf16 weights", k["bench_gemm"], r"^gemm/.*/bf16/gate_up/", 2, "GFLOP/s",
+         lambda b, n: b.get(n, "pct_peak"), "f32 FMA peak", "x_baseline", "OpenBLAS f32", None),
     ]
     rows = []
     for title, bench, pattern, threads, unit, roof, roof_name, xname, base_name, tune_pattern in specs:
@@ -499,7 +503,7 @@ def prefill_sentence(c):
     b, n = c.bench, c.name
     peak = b.get(n, "peak_GFLOP/s")
     return (f"Full prefill of the {c.total} tokens: {fmt(b.need(n, 'full_tokens_per_s'))} tokens/s. Its dense layers "
-            f"(OpenBLAS sgemm and their norms, RoPE, SiLU) run at {fmt(b.need(n, 'dense_GFLOP/s'))} GFLOP/s, "
+            f"(kvfuse_gemm and their norms, RoPE, SiLU) run at {fmt(b.need(n, 'dense_GFLOP/s'))} GFLOP/s, "
             f"{pct(b.get(n, 'dense_pct_peak'))} of the f32 FMA peak measured in the same run ({fmt(peak)} GFLOP/s); "
             f"the whole prefill (dense + causal attention FLOPs over its TTFT) {fmt(b.need(n, 'prefill_GFLOP/s'))} "
             f"GFLOP/s, {pct(b.get(n, 'prefill_pct_peak'))}.")

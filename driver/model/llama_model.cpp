@@ -1,7 +1,5 @@
 #include "model/llama_model.h"
 
-#include <cblas.h>
-
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -10,11 +8,10 @@ namespace kvfuse::model {
 
 namespace {
 
-// Y[n x out] = X[n x in] * W^T, W stored as out rows of in (ggml's [in, out]).
-void linear(const float* x, std::size_t n, const std::vector<float>& w, std::size_t in, std::size_t out, float* y,
-            float beta = 0.0f) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(out), static_cast<int>(in),
-                1.0f, x, static_cast<int>(in), w.data(), static_cast<int>(in), beta, y, static_cast<int>(out));
+// Y[n x out] = X[n x in] * W^T (+ Y when beta = 1) through kvfuse's GEMM on the weights packed
+// at load; threads: the OpenMP default. Fails only on a programming error or out of memory.
+void linear(const float* x, std::size_t n, const kvfuse::PackedWeights& w, float* y, float beta = 0.0f) {
+    kvfuse::gemm(w, x, n, y, beta).check();
 }
 
 std::vector<float> load_matrix(const GgufFile& f, const std::string& name, std::uint64_t in, std::uint64_t out) {
@@ -24,6 +21,25 @@ std::vector<float> load_matrix(const GgufFile& f, const std::string& name, std::
                         (t.dims.size() > 1 ? ", " + std::to_string(t.dims[1]) : "") + "], expected [" + std::to_string(in) +
                         ", " + std::to_string(out) + "]");
     return f.read_f32(t);
+}
+
+// A dense layer's weights packed for kvfuse_gemm: bf16 tensors stay bf16 (half the memory and
+// traffic; the products then use bf16-rounded activations), every other type is dequantized to
+// f32 first.
+kvfuse::PackedWeights load_packed(const GgufFile& f, const std::string& name, std::uint64_t in, std::uint64_t out) {
+    const GgufTensor& t = f.require_tensor(name);
+    kvfuse::PackedWeights packed;
+    kvfuse::Status status;
+    if (t.type == GgmlType::bf16 && t.dims.size() == 2 && t.dims[0] == in && t.dims[1] == out &&
+        reinterpret_cast<std::uintptr_t>(t.data) % alignof(kvfuse::bf16) == 0) {
+        status = kvfuse::PackedWeights::pack(reinterpret_cast<const kvfuse::bf16*>(t.data), out, in, in,
+                                             kvfuse::Dtype::bf16, packed);
+    } else {
+        const std::vector<float> w = load_matrix(f, name, in, out);
+        status = kvfuse::PackedWeights::pack(w.data(), out, in, in, kvfuse::Dtype::f32, packed);
+    }
+    if (!status.ok()) throw GgufError(f.path() + ": tensor " + name + " could not be packed: " + status.message());
+    return packed;
 }
 
 std::vector<float> load_vector(const GgufFile& f, const std::string& name, std::uint64_t n) {
@@ -99,19 +115,19 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
     embedding_ = load_matrix(f, "token_embd.weight", d, vocab);
     output_norm_ = load_vector(f, "output_norm.weight", d);
     tied_output_ = f.tensor("output.weight") == nullptr;
-    if (!tied_output_) output_ = load_matrix(f, "output.weight", d, vocab);
+    output_ = tied_output_ ? load_packed(f, "token_embd.weight", d, vocab) : load_packed(f, "output.weight", d, vocab);
     for (int l = 0; l < shape_.layers; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";
         Layer layer;
         layer.attn_norm = load_vector(f, p + "attn_norm.weight", d);
-        layer.wq = load_matrix(f, p + "attn_q.weight", d, d);
-        layer.wk = load_matrix(f, p + "attn_k.weight", d, kv);
-        layer.wv = load_matrix(f, p + "attn_v.weight", d, kv);
-        layer.wo = load_matrix(f, p + "attn_output.weight", d, d);
+        layer.wq = load_packed(f, p + "attn_q.weight", d, d);
+        layer.wk = load_packed(f, p + "attn_k.weight", d, kv);
+        layer.wv = load_packed(f, p + "attn_v.weight", d, kv);
+        layer.wo = load_packed(f, p + "attn_output.weight", d, d);
         layer.ffn_norm = load_vector(f, p + "ffn_norm.weight", d);
-        layer.w_gate = load_matrix(f, p + "ffn_gate.weight", d, ffn);
-        layer.w_up = load_matrix(f, p + "ffn_up.weight", d, ffn);
-        layer.w_down = load_matrix(f, p + "ffn_down.weight", ffn, d);
+        layer.w_gate = load_packed(f, p + "ffn_gate.weight", d, ffn);
+        layer.w_up = load_packed(f, p + "ffn_up.weight", d, ffn);
+        layer.w_down = load_packed(f, p + "ffn_down.weight", ffn, d);
         // Qwen2 adds biases to the Q, K and V projections.
         if (f.tensor(p + "attn_q.bias") != nullptr) layer.bq = load_vector(f, p + "attn_q.bias", d);
         if (f.tensor(p + "attn_k.bias") != nullptr) layer.bk = load_vector(f, p + "attn_k.bias", kv);
@@ -155,9 +171,9 @@ void LlamaModel::project_qkv(int layer, const float* hidden, std::size_t n, cons
     const std::size_t d = static_cast<std::size_t>(shape_.dim);
     scratch_.resize(n * d);
     rms_norm(hidden, w.attn_norm, n, scratch_.data());
-    linear(scratch_.data(), n, w.wq, d, shape_.q_row(), q);
-    linear(scratch_.data(), n, w.wk, d, shape_.kv_row(), k);
-    linear(scratch_.data(), n, w.wv, d, shape_.kv_row(), v);
+    linear(scratch_.data(), n, w.wq, q);
+    linear(scratch_.data(), n, w.wk, k);
+    linear(scratch_.data(), n, w.wv, v);
     // Biases before RoPE, as the reference implementations apply them.
     auto add_bias = [n](float* x, const std::vector<float>& bias) {
         for (std::size_t r = 0; r < n && !bias.empty(); ++r)
@@ -174,22 +190,22 @@ void LlamaModel::project_qkv(int layer, const float* hidden, std::size_t n, cons
 void LlamaModel::finish_layer(int layer, const float* attention, std::size_t n, float* hidden) const {
     const Layer& w = layers_[static_cast<std::size_t>(layer)];
     const std::size_t d = static_cast<std::size_t>(shape_.dim), ffn = static_cast<std::size_t>(ffn_);
-    linear(attention, n, w.wo, d, d, hidden, 1.0f);  // residual: hidden += attention * Wo^T
+    linear(attention, n, w.wo, hidden, 1.0f);  // residual: hidden += attention * Wo^T
     scratch_.resize(n * d);
     rms_norm(hidden, w.ffn_norm, n, scratch_.data());
     gate_.resize(n * ffn);
     up_.resize(n * ffn);
-    linear(scratch_.data(), n, w.w_gate, d, ffn, gate_.data());
-    linear(scratch_.data(), n, w.w_up, d, ffn, up_.data());
+    linear(scratch_.data(), n, w.w_gate, gate_.data());
+    linear(scratch_.data(), n, w.w_up, up_.data());
     for (std::size_t i = 0; i < n * ffn; ++i) gate_[i] = gate_[i] / (1.0f + std::exp(-gate_[i])) * up_[i];
-    linear(gate_.data(), n, w.w_down, ffn, d, hidden, 1.0f);
+    linear(gate_.data(), n, w.w_down, hidden, 1.0f);
 }
 
 void LlamaModel::logits(const float* hidden, std::size_t n, float* out) const {
     const std::size_t d = static_cast<std::size_t>(shape_.dim);
     scratch_.resize(n * d);
     rms_norm(hidden, output_norm_, n, scratch_.data());
-    linear(scratch_.data(), n, tied_output_ ? embedding_ : output_, d, static_cast<std::size_t>(shape_.vocab), out);
+    linear(scratch_.data(), n, output_, out);
 }
 
 }  // namespace kvfuse::model

@@ -1,5 +1,5 @@
 // A llama-architecture model (llama, mistral, qwen2 with its Q/K/V biases) from a GGUF file: weights dequantized to
-// f32, dense projections through OpenBLAS, RoPE and attention through kvfuse's public API. It
+// f32 (bf16 dense weights kept bf16), dense projections through kvfuse_gemm, RoPE and attention through kvfuse's public API. It
 // implements fusion::FusionModel, so the fusion pipeline and plain generation share one
 // forward pass. Not thread-safe: one request at a time per model (scratch buffers are reused).
 #pragma once
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "fusion/fusion_model.h"
+#include "kvfuse/kvfuse.hpp"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 
@@ -38,7 +39,8 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
 
    private:
     struct Layer {
-        std::vector<float> attn_norm, wq, wk, wv, wo, ffn_norm, w_gate, w_up, w_down;
+        std::vector<float> attn_norm, ffn_norm;
+        kvfuse::PackedWeights wq, wk, wv, wo, w_gate, w_up, w_down;  // packed for kvfuse_gemm
         std::vector<float> bq, bk, bv;  // Qwen2's attention biases (empty when absent)
     };
     void rms_norm(const float* in, const std::vector<float>& weight, std::size_t n, float* out) const;
@@ -50,7 +52,8 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
     int ffn_ = 0;
     float epsilon_ = 1e-5f;
     bool tied_output_ = false;
-    std::vector<float> embedding_, output_norm_, output_;
+    std::vector<float> embedding_, output_norm_;  // embedding_: rows looked up by token
+    kvfuse::PackedWeights output_;                 // the output layer (token_embd when tied)
     std::vector<Layer> layers_;
     mutable std::vector<float> scratch_, gate_, up_;
 };

@@ -300,6 +300,42 @@ KVFUSE_API kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* args);
  * (NEON sdot), or "reference" on the scalar ISA. Static strings; either pointer may be null. */
 KVFUSE_API kvfuse_status kvfuse_relevance_dot_schemes(const char** int8_keys, const char** int4_keys);
 
+/* ---- dense layers (GEMM) ----------------------------------------------------------------
+ * C[n x out] = A[n x in] W^T (+ beta C): a linear layer over n tokens, W its [out x in] weight
+ * matrix (out rows of in, like a BLAS call with W transposed). W is packed once into an opaque
+ * handle (weights are constant; pack them at model load) and the handle is then read-only:
+ * several threads may run kvfuse_gemm on one handle at once. The packed layout is the same for
+ * every ISA, so a handle stays valid when the ISA is forced afterwards. */
+
+typedef struct kvfuse_packed_weights kvfuse_packed_weights;
+
+/* Packs W [out x in] of src_dtype (row stride row_stride >= in, in elements) as packed_dtype:
+ * KVFUSE_DTYPE_F32, or KVFUSE_DTYPE_BF16 (half the memory; f32 weights rounded to nearest even;
+ * faster where the CPU has AVX512-BF16). out and in must be > 0. On success *packed owns the
+ * copy (free it with kvfuse_packed_weights_free); on failure *packed is NULL. */
+KVFUSE_API kvfuse_status kvfuse_pack_weights(kvfuse_dtype src_dtype, const void* weights, size_t out, size_t in,
+                                             size_t row_stride, kvfuse_dtype packed_dtype,
+                                             kvfuse_packed_weights** packed);
+/* Frees a handle (NULL is ignored). */
+KVFUSE_API void kvfuse_packed_weights_free(kvfuse_packed_weights* packed);
+/* The handle's sizes and packed type; any output pointer may be NULL. */
+KVFUSE_API kvfuse_status kvfuse_packed_weights_info(const kvfuse_packed_weights* packed, size_t* out, size_t* in,
+                                                    kvfuse_dtype* packed_dtype);
+
+/* C[i][j] = beta * C[i][j] + sum_k A[i][k] W[j][k] for i < n, j < out; row strides (elements)
+ * lda >= in and ldc >= out. beta = 0 overwrites C without reading it (a NaN there does not
+ * leak in). Sums are f32 (with FMA); NaN and Inf propagate as in plain f32 arithmetic. With
+ * bf16 weights the activations are rounded to bf16 (nearest even) before the products, on
+ * every ISA, and sums are f32. C must not overlap A. threads > 0 uses at most that many OpenMP
+ * threads (and at most 256); 0 the OpenMP default (one thread for products too small to gain
+ * from more). Results do not depend on the thread count. n = 0 is valid (nothing to do). */
+KVFUSE_API kvfuse_status kvfuse_gemm(const kvfuse_packed_weights* weights, const float* a, size_t n, size_t lda,
+                                     float beta, float* c, size_t ldc, int threads);
+
+/* How kvfuse_gemm multiplies bf16 weights on the active ISA: "dpbf16ps" (AVX512-BF16),
+ * "widened_fma" (bf16 pairs widened to f32 in registers, then FMAs) or "reference". Static. */
+KVFUSE_API kvfuse_status kvfuse_gemm_bf16_scheme(const char** scheme);
+
 /* ---- tuning ------------------------------------------------------------------------------
  * Kernel parameters a per-machine tuning run (`kvfuse tune`) chooses. They change speed only,
  * never results. At start-up the library loads the tuning profile: the file KVFUSE_PROFILE

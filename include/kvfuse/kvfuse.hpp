@@ -344,6 +344,72 @@ inline std::string profile_status() { return kvfuse_profile_status(); }
 
 using RelevanceArgs = kvfuse_relevance_args;
 inline Status a3_relevance(const RelevanceArgs& args) { return Status(kvfuse_a3_relevance(&args)); }
+// ---- dense layers (GEMM) ------------------------------------------------------------------------
+
+// Owns packed weights (kvfuse_pack_weights); move-only. An empty object (default, moved from,
+// or a failed pack) holds no handle.
+class PackedWeights {
+   public:
+    PackedWeights() = default;
+    PackedWeights(PackedWeights&& other) noexcept : handle_(other.handle_) { other.handle_ = nullptr; }
+    PackedWeights& operator=(PackedWeights&& other) noexcept {
+        if (this != &other) {
+            kvfuse_packed_weights_free(handle_);
+            handle_ = other.handle_;
+            other.handle_ = nullptr;
+        }
+        return *this;
+    }
+    PackedWeights(const PackedWeights&) = delete;
+    PackedWeights& operator=(const PackedWeights&) = delete;
+    ~PackedWeights() { kvfuse_packed_weights_free(handle_); }
+
+    // W [out x in] of T (float or bf16), row stride row_stride (0: in), packed as `packed`.
+    template <class T>
+    static Status pack(const T* weights, std::size_t out, std::size_t in, std::size_t row_stride, Dtype packed,
+                       PackedWeights& result) {
+        kvfuse_packed_weights* handle = nullptr;
+        const Status s(kvfuse_pack_weights(detail::dtype_of<T>(), weights, out, in, row_stride == 0 ? in : row_stride,
+                                           static_cast<kvfuse_dtype>(packed), &handle));
+        if (s.ok()) result = PackedWeights(handle);
+        return s;
+    }
+
+    bool empty() const noexcept { return handle_ == nullptr; }
+    const kvfuse_packed_weights* handle() const noexcept { return handle_; }
+    std::size_t out() const { return info().out; }
+    std::size_t in() const { return info().in; }
+    Dtype dtype() const { return info().dtype; }
+
+   private:
+    explicit PackedWeights(kvfuse_packed_weights* handle) : handle_(handle) {}
+    struct Info {
+        std::size_t out = 0, in = 0;
+        Dtype dtype = Dtype::f32;
+    };
+    Info info() const {
+        Info i;
+        kvfuse_dtype d = KVFUSE_DTYPE_F32;
+        if (handle_ != nullptr && kvfuse_packed_weights_info(handle_, &i.out, &i.in, &d) == KVFUSE_OK)
+            i.dtype = static_cast<Dtype>(d);
+        return i;
+    }
+    kvfuse_packed_weights* handle_ = nullptr;
+};
+
+// C[n x out] = A[n x in] W^T + beta C (see kvfuse_gemm); lda/ldc 0 mean in/out.
+inline Status gemm(const PackedWeights& weights, const float* a, std::size_t n, float* c, float beta = 0.0f,
+                   int threads = 0, std::size_t lda = 0, std::size_t ldc = 0) {
+    return Status(kvfuse_gemm(weights.handle(), a, n, lda == 0 ? weights.in() : lda, beta, c,
+                              ldc == 0 ? weights.out() : ldc, threads));
+}
+
+inline std::string gemm_bf16_scheme() {
+    const char* scheme = "";
+    if (kvfuse_gemm_bf16_scheme(&scheme) != KVFUSE_OK) return "";
+    return scheme;
+}
+
 // The dot schemes of the active ISA's relevance kernel (see kvfuse_relevance_dot_schemes).
 struct RelevanceDotSchemes {
     std::string int8_keys, int4_keys;

@@ -1,0 +1,112 @@
+// Dense-layer products C[n x out] = A[n x in] W^T, the shapes of bench_ttft's generated model
+// (dim 1024, 4 KV heads of 64, ffn 2816): Q/O (1024 -> 1024), K/V (1024 -> 256), gate/up
+// (1024 -> 2816) and down (2816 -> 1024), for n = 512 and 4096 tokens, per ISA, f32 and bf16
+// weights, 1 and 2 threads.
+//   GFLOP/s: 2 n out in per call, from the median time;
+//   baseline_GFLOP/s, x_baseline: OpenBLAS cblas_sgemm(RowMajor, NoTrans, Trans) on the same
+//   f32 operands (what the driver called before), timed alternately with kvfuse in every
+//   iteration; the label names the kernel OpenBLAS chose (openblas_get_corename: it follows
+//   OPENBLAS_CORETYPE when set);
+//   pct_peak: against the f32 FMA peak of that ISA and thread count (bench/roofline.cpp),
+//   measured after every iteration (median of the per-iteration ratios);
+//   bf16 rows: packed bf16 weights (activations rounded to bf16 by the kernel), against the same
+//   f32 peak and the same f32 OpenBLAS baseline.
+#include <cblas.h>
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_support.h"
+#include "kvfuse/kvfuse.hpp"
+#include "roofline.h"
+
+namespace {
+
+struct Shape {
+    const char* layer;
+    std::size_t out, in;
+};
+
+std::vector<float> random_values(std::size_t count, unsigned seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    std::vector<float> out(count);
+    for (float& v : out) v = dist(rng);
+    return out;
+}
+
+constexpr Shape kShapes[] = {{"qo", 1024, 1024}, {"kv", 256, 1024}, {"gate_up", 2816, 1024}, {"down", 1024, 2816}};
+
+void gemm_bench(benchmark::State& state, kvfuse::Isa isa, kvfuse::Dtype dtype, Shape shape, std::size_t n, int threads) {
+    if (!kvfuse::bench::force_isa_or_skip(state, static_cast<int>(isa))) return;
+    omp_set_num_threads(threads);  // OpenBLAS's OpenMP build follows it
+    const std::vector<float> a = random_values(n * shape.in, 1);
+    const std::vector<float> w = random_values(shape.out * shape.in, 2);
+    std::vector<float> c(n * shape.out), c_blas(c.size());
+    kvfuse::PackedWeights packed;
+    if (const kvfuse::Status s = kvfuse::PackedWeights::pack(w.data(), shape.out, shape.in, 0, dtype, packed); !s.ok()) {
+        state.SkipWithError(s.message().c_str());
+        return;
+    }
+    const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(shape.out) * static_cast<double>(shape.in);
+    auto kernel = [&] {
+        if (!kvfuse::gemm(packed, a.data(), n, c.data(), 0.0f, threads).ok()) state.SkipWithError("kvfuse_gemm failed");
+    };
+    auto baseline = [&] {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(shape.out),
+                    static_cast<int>(shape.in), 1.0f, a.data(), static_cast<int>(shape.in), w.data(),
+                    static_cast<int>(shape.in), 0.0f, c_blas.data(), static_cast<int>(shape.out));
+    };
+    kernel();  // warm: thread pool, packed-activation buffers, pages of C
+    baseline();
+    std::vector<double> kernel_seconds, baseline_seconds, fractions;
+    for (auto _ : state) {
+        auto start = std::chrono::steady_clock::now();
+        kernel();
+        kernel_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        state.SetIterationTime(kernel_seconds.back());
+        start = std::chrono::steady_clock::now();
+        baseline();
+        baseline_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+        const double peak = kvfuse::bench::measure_f32_fma_peak_gflops(static_cast<int>(isa), threads);
+        if (peak > 0) fractions.push_back(flops / kernel_seconds.back() / 1e9 / peak);
+    }
+    const double kernel_median = kvfuse::bench::median(kernel_seconds);
+    const double baseline_median = kvfuse::bench::median(baseline_seconds);
+    state.counters["GFLOP/s"] = flops / kernel_median / 1e9;
+    state.counters["baseline_GFLOP/s"] = flops / baseline_median / 1e9;
+    state.counters["x_baseline"] = baseline_median / kernel_median;
+    if (!fractions.empty()) state.counters["pct_peak"] = 100.0 * kvfuse::bench::median(fractions);
+    state.SetLabel(std::string("openblas:") + openblas_get_corename() + " bf16:" + kvfuse::gemm_bf16_scheme());
+    kvfuse::reset_isa();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    for (kvfuse::Isa isa : kvfuse::supported_isas()) {
+        if (isa == kvfuse::Isa::scalar) continue;  // OpenBLAS is the baseline of every row
+        for (std::size_t n : {512, 4096})
+            for (const Shape& shape : kShapes)
+                for (kvfuse::Dtype dtype : {kvfuse::Dtype::f32, kvfuse::Dtype::bf16})
+                    for (int threads : {1, 2}) {
+                        const std::string name = std::string("gemm/") + kvfuse::isa_name(isa) + "/" +
+                                                 (dtype == kvfuse::Dtype::f32 ? "f32" : "bf16") + "/" + shape.layer +
+                                                 "/n:" + std::to_string(n) + "/out:" + std::to_string(shape.out) +
+                                                 "/in:" + std::to_string(shape.in) + "/threads:" + std::to_string(threads);
+                        benchmark::RegisterBenchmark(name.c_str(), gemm_bench, isa, dtype, shape, n, threads)
+                            ->UseManualTime()
+                            ->Unit(benchmark::kMillisecond)
+                            ->Iterations(n >= 4096 ? 3 : 7);
+                    }
+    }
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}
