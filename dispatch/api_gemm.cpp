@@ -4,6 +4,7 @@
 #include <new>
 #include <string>
 
+#include "dispatch/api_checks.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "kernels/gemm/gemm_packed.h"
@@ -11,9 +12,11 @@
 
 namespace {
 
+using kvfuse::detail::check_aligned;
+using kvfuse::detail::check_dtype;
+using kvfuse::detail::enum_value;
 using kvfuse::detail::fail;
-
-bool valid_dtype(kvfuse_dtype dtype) { return dtype == KVFUSE_DTYPE_F32 || dtype == KVFUSE_DTYPE_BF16; }
+using kvfuse::detail::guarded;
 
 // The kernels index with size_t and OpenMP loops with ptrdiff_t: keep every extent well inside.
 constexpr std::size_t kMaxExtent = std::size_t{1} << 40;
@@ -24,26 +27,28 @@ extern "C" {
 
 kvfuse_status kvfuse_pack_weights(kvfuse_dtype src_dtype, const void* weights, size_t out, size_t in,
                                   size_t row_stride, kvfuse_dtype packed_dtype, kvfuse_packed_weights** packed) {
-    if (packed == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "packed (the handle's destination) is required");
-    *packed = nullptr;
-    if (!valid_dtype(src_dtype)) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "src_dtype must be KVFUSE_DTYPE_F32 or KVFUSE_DTYPE_BF16");
-    if (!valid_dtype(packed_dtype))
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "packed_dtype must be KVFUSE_DTYPE_F32 or KVFUSE_DTYPE_BF16");
-    if (out == 0 || in == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out and in must be > 0");
-    if (row_stride < in)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
-                    "row_stride (" + std::to_string(row_stride) + ") must be >= in (" + std::to_string(in) + ")");
-    if (out > kMaxExtent || row_stride > kMaxExtent || out - 1 > kMaxExtent / row_stride)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out * row_stride is too large");
-    if (weights == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "weights is required");
-    try {
-        auto* handle = new kvfuse_packed_weights{kvfuse::detail::pack_weights(src_dtype, weights, out, in, row_stride,
-                                                                            packed_dtype)};
-        *packed = handle;
-    } catch (const std::bad_alloc&) {
-        return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "packed weights of " + std::to_string(out) + " x " + std::to_string(in));
-    }
-    return KVFUSE_OK;
+    return guarded("kvfuse_pack_weights", [&]() -> kvfuse_status {
+        if (packed == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "packed (the handle's destination) is required");
+        *packed = nullptr;
+        if (auto s = check_dtype("src_dtype", enum_value(src_dtype)); s != KVFUSE_OK) return s;
+        if (auto s = check_dtype("packed_dtype", enum_value(packed_dtype)); s != KVFUSE_OK) return s;
+        if (out == 0 || in == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out and in must be > 0");
+        if (row_stride < in)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                        "row_stride (" + std::to_string(row_stride) + ") must be >= in (" + std::to_string(in) + ")");
+        if (out > kMaxExtent || row_stride > kMaxExtent || out - 1 > kMaxExtent / row_stride)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out * row_stride is too large");
+        if (weights == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "weights is required");
+        if (auto s = check_aligned("weights", weights, src_dtype == KVFUSE_DTYPE_F32 ? 4 : 2); s != KVFUSE_OK) return s;
+        try {
+            auto* handle = new kvfuse_packed_weights{kvfuse::detail::pack_weights(src_dtype, weights, out, in, row_stride,
+                                                                                packed_dtype)};
+            *packed = handle;
+        } catch (const std::bad_alloc&) {
+            return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "packed weights of " + std::to_string(out) + " x " + std::to_string(in));
+        }
+        return KVFUSE_OK;
+    });
 }
 
 void kvfuse_packed_weights_free(kvfuse_packed_weights* packed) { delete packed; }
@@ -59,32 +64,36 @@ kvfuse_status kvfuse_packed_weights_info(const kvfuse_packed_weights* packed, si
 
 kvfuse_status kvfuse_gemm(const kvfuse_packed_weights* weights, const float* a, size_t n, size_t lda, float beta,
                           float* c, size_t ldc, int threads) {
-    if (weights == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "weights (a packed handle) is required");
-    const kvfuse::detail::PackedWeightsData& w = weights->weights;
-    if (threads < 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "threads must be >= 0 (0: the OpenMP default)");
-    if (lda < w.in)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
-                    "lda (" + std::to_string(lda) + ") must be >= in (" + std::to_string(w.in) + ")");
-    if (ldc < w.out)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
-                    "ldc (" + std::to_string(ldc) + ") must be >= out (" + std::to_string(w.out) + ")");
-    if (n == 0) return KVFUSE_OK;
-    if (a == nullptr || c == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "a and c are required");
-    if (n > kMaxExtent || lda > kMaxExtent || ldc > kMaxExtent || n - 1 > kMaxExtent / lda || n - 1 > kMaxExtent / ldc)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "n * lda or n * ldc is too large");
-    // Overlap would make the result depend on the blocking order.
-    const auto a_begin = reinterpret_cast<std::uintptr_t>(a), c_begin = reinterpret_cast<std::uintptr_t>(c);
-    const std::uintptr_t a_end = a_begin + ((n - 1) * lda + w.in) * sizeof(float);
-    const std::uintptr_t c_end = c_begin + ((n - 1) * ldc + w.out) * sizeof(float);
-    if (a_begin < c_end && c_begin < a_end) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "c must not overlap a");
-    const kvfuse::detail::KernelTable* kernels = nullptr;
-    if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
-    try {
-        kernels->gemm(*weights, a, n, lda, beta, c, ldc, threads);
-    } catch (const std::bad_alloc&) {
-        return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "gemm's packed activations");
-    }
-    return KVFUSE_OK;
+    return guarded("kvfuse_gemm", [&]() -> kvfuse_status {
+        if (weights == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "weights (a packed handle) is required");
+        const kvfuse::detail::PackedWeightsData& w = weights->weights;
+        if (threads < 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "threads must be >= 0 (0: the OpenMP default)");
+        if (lda < w.in)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                        "lda (" + std::to_string(lda) + ") must be >= in (" + std::to_string(w.in) + ")");
+        if (ldc < w.out)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                        "ldc (" + std::to_string(ldc) + ") must be >= out (" + std::to_string(w.out) + ")");
+        if (n == 0) return KVFUSE_OK;
+        if (a == nullptr || c == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "a and c are required");
+        if (auto s = check_aligned("a", a, alignof(float)); s != KVFUSE_OK) return s;
+        if (auto s = check_aligned("c", c, alignof(float)); s != KVFUSE_OK) return s;
+        if (n > kMaxExtent || lda > kMaxExtent || ldc > kMaxExtent || n - 1 > kMaxExtent / lda || n - 1 > kMaxExtent / ldc)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "n * lda or n * ldc is too large");
+        // Overlap would make the result depend on the blocking order.
+        const auto a_begin = reinterpret_cast<std::uintptr_t>(a), c_begin = reinterpret_cast<std::uintptr_t>(c);
+        const std::uintptr_t a_end = a_begin + ((n - 1) * lda + w.in) * sizeof(float);
+        const std::uintptr_t c_end = c_begin + ((n - 1) * ldc + w.out) * sizeof(float);
+        if (a_begin < c_end && c_begin < a_end) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "c must not overlap a");
+        const kvfuse::detail::KernelTable* kernels = nullptr;
+        if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
+        try {
+            kernels->gemm(*weights, a, n, lda, beta, c, ldc, threads);
+        } catch (const std::bad_alloc&) {
+            return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "gemm's packed activations");
+        }
+        return KVFUSE_OK;
+    });
 }
 
 kvfuse_status kvfuse_gemm_bf16_scheme(const char** scheme) {
