@@ -1,5 +1,6 @@
-// The directory backend: one file per chunk, written by temp file + fsync + rename, read by
-// mmap and verified before use, with a byte-bounded LRU of mappings in front.
+// The directory backend: one file per chunk, written by temp file + fsync + rename, read into
+// memory with pread (or mapped, with ChunkStoreOptions::map_files) and verified before use,
+// with a byte-bounded LRU of loaded chunks in front.
 #include "store/chunk_store.h"
 
 #include "store/block_writer.h"
@@ -7,6 +8,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -23,10 +25,13 @@ namespace kvfuse::store {
 
 namespace fs = std::filesystem;
 
-// A mapped, verified chunk file. Unmapped when the last ChunkView and the LRU let go of it.
+// A verified chunk file's bytes: a private copy read with pread (`mapped` false: anonymous
+// memory, so no later change to the file can reach it), or the file's own pages (`mapped`
+// true). Released when the last ChunkView and the LRU let go of it.
 struct MappedChunk {
     const void* base = nullptr;
     size_t length = 0;
+    bool mapped = false;
     format::ParsedChunkFile parsed;
 
     MappedChunk() = default;
@@ -61,6 +66,7 @@ std::span<const SectionView> ChunkView::sections(uint32_t layer) const {
 }
 bool ChunkView::will_need(uint32_t layer) const {
     std::span<const SectionView> layer_sections = sections(layer);
+    if (!chunk_->mapped) return true;  // read into memory: nothing left to read ahead
     const auto* base = static_cast<const std::byte*>(chunk_->base);
     const std::byte* begin = layer_sections.front().bytes.data();
     const std::byte* end = layer_sections.back().bytes.data() + layer_sections.back().bytes.size();
@@ -85,6 +91,15 @@ constexpr std::string_view kTempPrefix = ".tmp-";
 constexpr std::string_view kChunkSuffix = ".kvchunk";
 
 std::string errno_text(int error) { return std::strerror(error); }
+
+std::string file_kind(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    return "mode " + std::to_string(mode);
+}
 
 class FileDescriptor {
 public:
@@ -114,7 +129,7 @@ struct LoadOutcome {
     std::shared_ptr<const MappedChunk> chunk;  // set when the file is sound and matches
     bool absent = false;
     Status problem;  // corrupt, mismatch or io_error, with the path in the message
-    bool damaged = false;  // corrupt: safe to remove
+    bool damaged = false;  // corrupt or no regular file: safe to remove
     struct stat identity {};
 };
 
@@ -166,7 +181,9 @@ struct ChunkStore::Impl {
 
     LoadOutcome load(const fs::path& path, const ChunkKey& key) const {
         LoadOutcome outcome;
-        FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        // O_NONBLOCK: a FIFO at the chunk's path must not block open() before fstat shows it
+        // is no regular file. On a regular file the flag changes nothing, so it is kept.
+        FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
         if (fd.get() < 0) {
             const int error = errno;
             if (error == ENOENT) {
@@ -183,22 +200,24 @@ struct ChunkStore::Impl {
             return outcome;
         }
         if (!S_ISREG(outcome.identity.st_mode)) {
-            outcome.problem = {StatusCode::corrupt, path.string() + ": not a regular file"};
+            outcome.problem = {StatusCode::corrupt,
+                               path.string() + ": not a regular file (" +
+                                   file_kind(outcome.identity.st_mode) + ")"};
+            outcome.damaged = true;
             return outcome;
         }
         const uint64_t size = static_cast<uint64_t>(outcome.identity.st_size);
         auto chunk = std::make_shared<MappedChunk>();
         std::span<const std::byte> file;
         if (size > 0) {
-            void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
-            if (base == MAP_FAILED) {
-                outcome.problem = {StatusCode::io_error,
-                                   path.string() + ": mmap failed: " + errno_text(errno)};
+            Status loaded = options.map_files ? map_file(fd.get(), size, *chunk)
+                                              : read_file(fd.get(), size, *chunk);
+            if (!loaded.ok()) {
+                outcome.damaged = loaded.code() == StatusCode::corrupt;
+                outcome.problem = {loaded.code(), path.string() + ": " + loaded.message()};
                 return outcome;
             }
-            chunk->base = base;
-            chunk->length = size;
-            file = {static_cast<const std::byte*>(base), size};
+            file = {static_cast<const std::byte*>(chunk->base), size};
         }
         Result<format::ParsedChunkFile> parsed =
             format::parse_chunk_file(file, options.verify_payload);
@@ -218,15 +237,72 @@ struct ChunkStore::Impl {
         return outcome;
     }
 
-    // Removes a damaged file unless another writer has already renamed a new one over it. The
-    // check and the unlink are not one atomic step: in the rare race, a sound file is lost and
-    // recomputed, never a damaged one kept.
-    void remove_damaged(const fs::path& path, const struct stat& identity) const {
-        struct stat now {};
-        if (::stat(path.c_str(), &now) == 0 && now.st_dev == identity.st_dev &&
-            now.st_ino == identity.st_ino) {
-            ::unlink(path.c_str());
+    static Status map_file(int fd, uint64_t size, MappedChunk& chunk) {
+        void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED) return {StatusCode::io_error, "mmap failed: " + errno_text(errno)};
+        chunk.base = base;
+        chunk.length = size;
+        chunk.mapped = true;
+        return Status::success();
+    }
+
+    // The whole file into anonymous memory (page-aligned, so every section keeps its 64-byte
+    // alignment). A file that ends early -- truncated since fstat -- is damaged; one replaced
+    // by rename meanwhile is not seen at all (this descriptor keeps the old inode).
+    static Status read_file(int fd, uint64_t size, MappedChunk& chunk) {
+        void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                            -1, 0);
+        if (base == MAP_FAILED) {
+            return {StatusCode::io_error,
+                    "cannot allocate " + std::to_string(size) + " bytes: " + errno_text(errno)};
         }
+        chunk.base = base;
+        chunk.length = size;
+        auto* bytes = static_cast<std::byte*>(base);
+        uint64_t done = 0;
+        while (done < size) {
+            const size_t step = static_cast<size_t>(std::min<uint64_t>(size - done, 1u << 30));
+            const ssize_t got = ::pread(fd, bytes + done, step, static_cast<off_t>(done));
+            if (got < 0) {
+                if (errno == EINTR) continue;
+                return {StatusCode::io_error, "read failed: " + errno_text(errno)};
+            }
+            if (got == 0) {
+                return {StatusCode::corrupt, "truncated while being read: " +
+                                                 std::to_string(done) + " of " +
+                                                 std::to_string(size) + " bytes"};
+            }
+            done += static_cast<uint64_t>(got);
+        }
+        // Read-only from here on, as a mapping would be: a stray write through a view faults.
+        ::mprotect(base, size, PROT_READ);
+        return Status::success();
+    }
+
+    // Removes what made a chunk path unusable -- a damaged file, a FIFO, a socket, an empty
+    // directory -- unless another writer has already renamed a new file over it. The check and
+    // the removal are not one atomic step: in the rare race, a sound file is lost and
+    // recomputed, never a damaged one kept. A non-empty directory is left (it may hold someone's
+    // data) and reported: every put() of that chunk will fail until it is removed by hand.
+    void remove_unusable(const fs::path& path, const struct stat& identity) {
+        struct stat now {};
+        if (::lstat(path.c_str(), &now) != 0 || now.st_dev != identity.st_dev ||
+            now.st_ino != identity.st_ino) {
+            return;
+        }
+        const bool directory = S_ISDIR(now.st_mode);
+        if ((directory ? ::rmdir(path.c_str()) : ::unlink(path.c_str())) == 0) {
+            std::lock_guard lock(mutex);
+            ++stats.repaired;
+            return;
+        }
+        const int error = errno;
+        if (error == ENOENT) return;  // another process removed it first
+        warn(Status(StatusCode::io_error,
+                    path.string() + ": cannot remove the unusable " +
+                        (directory ? "directory" : "file") + " in the way of this chunk (" +
+                        errno_text(error) + "); remove it by hand, the chunk is recomputed " +
+                        "until then"));
     }
 
     // Under the lock.
@@ -387,13 +463,25 @@ Status ChunkStore::put(const ChunkKey& key, const StoredChunk& chunk) {
         }
     }
     // A sound file already there is the same content (same key): keep it. A damaged one is
-    // simply replaced below, so it is not reported here.
+    // simply replaced below, so it is not reported here. A rename cannot replace a directory:
+    // an empty one is removed first, a non-empty one makes the rename fail and is named in the
+    // error.
     LoadOutcome existing = impl.load(path, key);
     if (existing.chunk) {
         std::lock_guard lock(impl.mutex);
         ++impl.stats.puts_skipped;
         impl.stats.bytes_mapped += existing.chunk->length;
         return Status::success();
+    }
+    if (existing.damaged && S_ISDIR(existing.identity.st_mode)) {
+        if (::rmdir(path.c_str()) == 0) {
+            std::lock_guard lock(impl.mutex);
+            ++impl.stats.repaired;
+        } else if (errno != ENOENT) {
+            return {StatusCode::io_error,
+                    path.string() + ": a directory is in the way of this chunk and cannot be " +
+                        "removed (" + errno_text(errno) + "); remove it by hand"};
+        }
     }
     Status written = impl.write_file(key, plan.value(), path);
     if (!written.ok()) return written;
@@ -420,7 +508,7 @@ std::optional<ChunkView> ChunkStore::get(const ChunkKey& key) {
             impl.warn(Status(outcome.problem.code(),
                              outcome.problem.message() + "; read as a miss"));
             if (outcome.damaged && !impl.options.read_only) {
-                impl.remove_damaged(path, outcome.identity);
+                impl.remove_unusable(path, outcome.identity);
             }
         }
         std::lock_guard lock(impl.mutex);
@@ -483,6 +571,8 @@ size_t ChunkStore::remove_stale_temp_files() {
     }
     return removed;
 }
+
+void ChunkStore::warn(const Status& status) const { impl_->warn(status); }
 
 void ChunkStore::clear_memory_cache() {
     std::lock_guard lock(impl_->mutex);
