@@ -627,12 +627,31 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     const auto t_logits = Clock::now();
     run.logits.resize(M * static_cast<std::size_t>(s.vocab));
     model.logits(hidden.data() + (rows.size() - M) * s.dim, M, run.logits.data());
+    require_finite_logits(run.logits.data(), M, static_cast<std::size_t>(s.vocab));
     run.times.logits = ms_since(t_logits);
     std::size_t pushed = 0;
     for (std::size_t n : run.rows_per_layer) pushed += n;
     pushed += probe_rows;
     run.recompute_fraction = static_cast<double>(pushed) / (static_cast<double>(L) * T);
     return run;
+}
+
+void require_finite_logits(const float* logits, std::size_t rows, std::size_t vocab) {
+    // One vectorisable pass without a branch per element: x * 0 is 0 for every finite x and NaN
+    // for NaN and infinities, so the sum is NaN exactly when some logit is not finite. Only then
+    // is the culprit looked for.
+    for (std::size_t r = 0; r < rows; ++r) {
+        const float* row = logits + r * vocab;
+        float sum = 0.0f;
+        for (std::size_t v = 0; v < vocab; ++v) sum += row[v] * 0.0f;
+        if (std::isfinite(sum)) continue;
+        std::size_t bad = 0;
+        while (std::isfinite(row[bad])) ++bad;
+        throw std::runtime_error("the model produced non-finite logits (" +
+                                 std::string(std::isnan(row[bad]) ? "NaN" : "infinity") + " for token " + std::to_string(bad) +
+                                 " in row " + std::to_string(r) +
+                                 "): its weights or metadata are broken (NaN or huge values), no answer can be given");
+    }
 }
 
 std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache, std::int32_t first, std::size_t n) {
@@ -662,6 +681,7 @@ std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache
             model.finish_layer(l, attention.data(), 1, hidden.data());
         }
         model.logits(hidden.data(), 1, logits.data());
+        require_finite_logits(logits.data(), 1, logits.size());
         token = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     }
     return out;
