@@ -17,6 +17,7 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -210,9 +211,16 @@ struct ChunkStore::Impl {
         const uint64_t size = static_cast<uint64_t>(outcome.identity.st_size);
         auto chunk = std::make_shared<MappedChunk>();
         std::span<const std::byte> file;
+        // A read file's payload is hashed block by block as it arrives (while in cache), and
+        // compared below, after the parse has checked the header that holds the checksum.
+        std::optional<uint64_t> read_payload_checksum;
+        bool verify_in_parse = options.verify_payload;
         if (size > 0) {
-            Status loaded = options.map_files ? map_file(fd.get(), size, *chunk)
-                                              : read_file(fd.get(), size, *chunk);
+            Status loaded = options.map_files
+                                ? map_file(fd.get(), size, *chunk)
+                                : read_file(fd.get(), size, *chunk,
+                                            options.verify_payload ? &read_payload_checksum : nullptr);
+            if (read_payload_checksum) verify_in_parse = false;
             if (!loaded.ok()) {
                 outcome.damaged = loaded.code() == StatusCode::corrupt;
                 outcome.problem = {loaded.code(), path.string() + ": " + loaded.message()};
@@ -220,13 +228,21 @@ struct ChunkStore::Impl {
             }
             file = {static_cast<const std::byte*>(chunk->base), size};
         }
-        Result<format::ParsedChunkFile> parsed =
-            format::parse_chunk_file(file, options.verify_payload);
+        Result<format::ParsedChunkFile> parsed = format::parse_chunk_file(file, verify_in_parse);
         if (!parsed.ok()) {
             const Status& status = parsed.status();
             outcome.damaged = status.code() == StatusCode::corrupt;
             outcome.problem = {status.code(), path.string() + ": " + status.message()};
             return outcome;
+        }
+        if (read_payload_checksum) {
+            uint64_t stored;
+            std::memcpy(&stored, file.data() + format::field::payload_checksum, sizeof stored);
+            if (stored != *read_payload_checksum) {  // the same words as the parser's check
+                outcome.damaged = true;
+                outcome.problem = {StatusCode::corrupt, path.string() + ": payload checksum mismatch"};
+                return outcome;
+            }
         }
         Status matches = format::check_key_matches(parsed.value(), key);
         if (!matches.ok()) {
@@ -281,8 +297,11 @@ struct ChunkStore::Impl {
 
     // The whole file into anonymous memory (page-aligned, so every section keeps its 64-byte
     // alignment). A file that ends early -- truncated since fstat -- is damaged; one replaced
-    // by rename meanwhile is not seen at all (this descriptor keeps the old inode).
-    static Status read_file(int fd, uint64_t size, MappedChunk& chunk) {
+    // by rename meanwhile is not seen at all (this descriptor keeps the old inode). With
+    // `payload_checksum`, the bytes from the header's header_bytes on are hashed as each block
+    // arrives; left empty when the header size is unusable (the parse then reports it).
+    static Status read_file(int fd, uint64_t size, MappedChunk& chunk,
+                            std::optional<uint64_t>* payload_checksum) {
         size_t mapping_length = 0;
         void* base = allocate_for_read(size, mapping_length);
         if (base == nullptr) {
@@ -293,9 +312,13 @@ struct ChunkStore::Impl {
         chunk.length = size;
         chunk.mapping_length = mapping_length;
         auto* bytes = static_cast<std::byte*>(base);
+        // 256 KiB blocks: hashed while still in L2.
+        constexpr uint64_t kBlock = uint64_t{256} << 10;
+        std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(nullptr, &XXH3_freeState);
+        uint64_t payload_from = 0;
         uint64_t done = 0;
         while (done < size) {
-            const size_t step = static_cast<size_t>(std::min<uint64_t>(size - done, 1u << 30));
+            const size_t step = static_cast<size_t>(std::min(size - done, kBlock));
             const ssize_t got = ::pread(fd, bytes + done, step, static_cast<off_t>(done));
             if (got < 0) {
                 if (errno == EINTR) continue;
@@ -306,8 +329,28 @@ struct ChunkStore::Impl {
                                                  std::to_string(done) + " of " +
                                                  std::to_string(size) + " bytes"};
             }
-            done += static_cast<uint64_t>(got);
+            const uint64_t end = done + static_cast<uint64_t>(got);
+            if (payload_checksum != nullptr && !state && end >= format::kFixedHeaderBytes) {
+                uint32_t header_bytes;
+                std::memcpy(&header_bytes, bytes + format::field::header_bytes, sizeof header_bytes);
+                if (header_bytes >= format::kFixedHeaderBytes && header_bytes <= size) {
+                    state.reset(XXH3_createState());
+                    if (!state || XXH3_64bits_reset(state.get()) != XXH_OK) state.reset();
+                    payload_from = header_bytes;
+                    // What arrived before the hash could start.
+                    if (state && end > payload_from) {
+                        XXH3_64bits_update(state.get(), bytes + payload_from, end - payload_from);
+                    }
+                } else {
+                    payload_checksum = nullptr;  // the parse reports the bad header size
+                }
+            } else if (state && end > payload_from) {
+                const uint64_t from = std::max(done, payload_from);
+                XXH3_64bits_update(state.get(), bytes + from, end - from);
+            }
+            done = end;
         }
+        if (state) *payload_checksum = XXH3_64bits_digest(state.get());
         // Read-only from here on, as a mapping would be: a stray write through a view faults.
         ::mprotect(base, mapping_length, PROT_READ);
         return Status::success();
