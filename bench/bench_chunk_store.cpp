@@ -1,9 +1,10 @@
 // The chunk store's cost of fetching and of storing one chunk, against the same bytes handled
 // without the store, timed in the same iterations.
-//   store/get_disk/<verify|noverify>: LRU miss: open + mmap + (checksum) + copying every K/V
-//     section out (what the fusion code does with it); baseline: copying the same bytes from
-//     an in-memory buffer. The file is in the page cache: this is the store's overhead, not
-//     the disk's.
+//   store/get_disk/<verify|noverify>[_mapped]: LRU miss: open + read into memory (the default;
+//     _mapped: mmap, ChunkStoreOptions::map_files) + (checksum) + copying every K/V section out
+//     (what the fusion code does with it); baseline: copying the same bytes from an in-memory
+//     buffer. The file is in the page cache: this is the store's overhead, not the disk's.
+//     Read against mapped, in one run, is what surviving a truncation under a reader costs.
 //   store/get_memory: LRU hit + the same copy; baseline: the copy.
 //   store/put/<sync|nosync>: erase + put (temp file, write, checksum, [fsync file+dir],
 //     rename); baseline: write() of the same bytes to a file, no checksum, no fsync.
@@ -93,10 +94,11 @@ void copy_baseline(const BenchChunk& c, std::byte* destination) {
     }
 }
 
-void get_from_disk(benchmark::State& state, uint32_t tokens, bool verify) {
+void get_from_disk(benchmark::State& state, uint32_t tokens, bool verify, bool mapped) {
     BenchChunk c = make_bench_chunk(tokens);
     ChunkStoreOptions options;
     options.verify_payload = verify;
+    options.map_files = mapped;
     ChunkStore store = open_or_die(options);
     const ChunkKey key = make_chunk_key("bench-model", c.tokens);
     if (!store.put(key, c.chunk).ok()) std::abort();
@@ -169,12 +171,15 @@ void xxh3(benchmark::State& state, uint32_t tokens) {
 void register_all() {
     for (uint32_t tokens : {512u, 64u}) {
         const std::string shape = "/llama1b_bf16_" + std::to_string(tokens) + "tok";
-        benchmark::RegisterBenchmark(("store/get_disk/verify" + shape).c_str(),
-                                     [=](benchmark::State& s) { get_from_disk(s, tokens, true); })
-            ->UseManualTime();
-        benchmark::RegisterBenchmark(("store/get_disk/noverify" + shape).c_str(),
-                                     [=](benchmark::State& s) { get_from_disk(s, tokens, false); })
-            ->UseManualTime();
+        for (const bool mapped : {false, true}) {
+            const std::string how = mapped ? "_mapped" : "";
+            benchmark::RegisterBenchmark(("store/get_disk/verify" + how + shape).c_str(),
+                                         [=](benchmark::State& s) { get_from_disk(s, tokens, true, mapped); })
+                ->UseManualTime();
+            benchmark::RegisterBenchmark(("store/get_disk/noverify" + how + shape).c_str(),
+                                         [=](benchmark::State& s) { get_from_disk(s, tokens, false, mapped); })
+                ->UseManualTime();
+        }
         benchmark::RegisterBenchmark(("store/get_memory" + shape).c_str(),
                                      [=](benchmark::State& s) { get_from_memory(s, tokens); })
             ->UseManualTime();

@@ -6,6 +6,7 @@ kvfuse=$1
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 failures=0
+passed=0
 expect_error() {  # expected-message-part, command...
     local want=$1; shift
     local out status
@@ -15,7 +16,7 @@ expect_error() {  # expected-message-part, command...
     elif [[ "$out" != *"$want"* ]]; then
         echo "FAIL (message '$out' lacks '$want'): $*"; failures=$((failures + 1))
     else
-        echo "ok: $* -> $out"
+        echo "ok: $* -> $out"; passed=$((passed + 1))
     fi
 }
 : > "$scratch/empty.txt"
@@ -72,7 +73,7 @@ if [[ -e "$scratch/m.gguf" ]]; then echo "FAIL: a refused make-model wrote a fil
 # Pre-tokenized input runs a request end to end.
 echo "403,407,261,378" > "$scratch/ids_ok.txt"
 if out=$("$kvfuse" run --pretokenized --chunk "$scratch/ids_ok.txt" --question "261 378" --method a3 --no-store --repeat 1 2>&1); then
-    echo "ok: pre-tokenized run"
+    echo "ok: pre-tokenized run"; passed=$((passed + 1))
 else
     echo "FAIL: pre-tokenized run: $out"; failures=$((failures + 1))
 fi
@@ -83,13 +84,13 @@ echo "a file" > "$scratch/not_a_dir"
 expect_error "cannot create" "$kvfuse" tune --quick --out "$scratch/not_a_dir/profile.json"
 if "$kvfuse" tune --quick --out "$scratch/profile.json" >/dev/null 2>&1 &&
     KVFUSE_PROFILE="$scratch/profile.json" "$kvfuse" info | grep -q "tuning: profile $scratch/profile.json"; then
-    echo "ok: tune writes a profile that loads"
+    echo "ok: tune writes a profile that loads"; passed=$((passed + 1))
 else
     echo "FAIL: tune --quick then info with KVFUSE_PROFILE"; failures=$((failures + 1))
 fi
 echo '{"format": "kvfuse-tuning-profile"' > "$scratch/corrupt.json"
 if KVFUSE_PROFILE="$scratch/corrupt.json" "$kvfuse" info | grep -q "ignored profile"; then
-    echo "ok: a corrupt profile is reported and ignored"
+    echo "ok: a corrupt profile is reported and ignored"; passed=$((passed + 1))
 else
     echo "FAIL: corrupt profile not reported"; failures=$((failures + 1))
 fi
@@ -98,11 +99,58 @@ expect_error "no request" "$kvfuse" score-accuracy --data "$scratch/empty.txt"
 expect_error "--fraction" "$kvfuse" score-accuracy --fraction 0 --count 1 --no-synthetic
 if "$kvfuse" score-accuracy --count 2 --synthetic-tokens 300 --synthetic-draws 1 --json "$scratch/accuracy.json" >/dev/null 2>&1 &&
     grep -q '"model_keys"' "$scratch/accuracy.json" && grep -q 'outlier channels x20' "$scratch/accuracy.json"; then
-    echo "ok: score-accuracy writes its rows"
+    echo "ok: score-accuracy writes its rows"; passed=$((passed + 1))
 else
     echo "FAIL: score-accuracy --count 2 --json"; failures=$((failures + 1))
 fi
 expect_error "does not exist" "$kvfuse" info --cores 4096
 expect_error "listed twice" "$kvfuse" info --cores 0,0
-echo "$((43 - failures)) passed, $failures failed"
+# Files that are not regular files: refused at once (a FIFO would block open() forever, so each
+# command runs under `timeout`, whose status 124 with no message fails the check).
+mkfifo "$scratch/fifo"
+mkdir "$scratch/dir"
+expect_error "not a regular file" timeout 60 "$kvfuse" info --model "$scratch/fifo"
+expect_error "not a regular file" timeout 60 "$kvfuse" generate --model "$scratch/fifo" -p hi
+expect_error "not a regular file" timeout 60 "$kvfuse" run --chunk "$scratch/fifo" --question q --no-store
+expect_error "not a regular file" timeout 60 "$kvfuse" eval --data "$scratch/fifo" --no-store
+expect_error "not a regular file" timeout 60 "$kvfuse" eval --data "$scratch/fifo" --kind musique --no-store
+expect_error "not a regular file" timeout 60 "$kvfuse" perplexity --file "$scratch/fifo"
+expect_error "not a regular file" timeout 60 "$kvfuse" score-accuracy --data "$scratch/fifo"
+expect_error "is a directory" "$kvfuse" perplexity --file "$scratch/dir"
+expect_error "not a regular file" "$kvfuse" info --model "$scratch/dir"
+# Small acceptances: each of these used to run (and print something) instead of failing.
+expect_error "--ids holds no token id" "$kvfuse" generate --ids ''
+expect_error "--ids holds no token id" "$kvfuse" generate --ids ' , '
+expect_error "is not a token id" "$kvfuse" generate --ids 1,,x
+expect_error "excludes" "$kvfuse" generate --ids 1,2 -p hi
+expect_error "not in range" "$kvfuse" perplexity --file "$scratch/chunk.txt" --max-windows -1
+expect_error "not in range" "$kvfuse" run --chunk "$scratch/chunk.txt" --question q --no-store --seed -1
+echo '[]' > "$scratch/empty.json"
+expect_error "the list of items is empty" "$kvfuse" eval --data "$scratch/empty.json" --kind musique --no-store
+echo '[{"question": "who?", "ctxs": [{"title": "t", "text": "x"}]}]' > "$scratch/qa.json"
+expect_error "looks like JSON" "$kvfuse" eval --data "$scratch/qa.json" --no-store
+expect_error "looks like JSON" "$kvfuse" eval --data "$scratch/qa.json" --kind mixed --no-store
+expect_error "looks like JSON" "$kvfuse" score-accuracy --data "$scratch/qa.json"
+echo '[{"question": " ", "ctxs": [{"text": "x"}]}]' > "$scratch/qa_noq.json"
+expect_error "empty \"question\"" "$kvfuse" eval --data "$scratch/qa_noq.json" --kind musique --no-store
+echo '[{"question": "who?", "ctxs": [{"text": ""}]}]' > "$scratch/qa_notext.json"
+expect_error "empty \"text\"" "$kvfuse" eval --data "$scratch/qa_notext.json" --kind musique --no-store
+echo '[{"question": "who?", "ctxs": [{"text": "x"}], "answers": ["a", 3]}]' > "$scratch/qa_answer.json"
+expect_error "every answer must be a string" "$kvfuse" eval --data "$scratch/qa_answer.json" --kind musique --no-store
+# NaN weights: every command that answers fails instead of printing an empty answer (greedy
+# decoding of NaN logits picks token 0). The last 4 KiB of the file are the last layer's weights.
+nan_model="$scratch/nan.gguf"
+if "$kvfuse" make-model --out "$nan_model" --dim 64 --layers 2 --heads 4 --kv-heads 2 --hidden 64 --vocab 300 \
+    --context 512 >/dev/null 2>&1; then
+    size=$(stat -c %s "$nan_model")
+    head -c 4096 /dev/zero | tr '\0' '\377' | dd of="$nan_model" bs=4096 seek=$((size / 4096 - 1)) conv=notrunc status=none
+    data="$(dirname "$0")/../driver/data/tinystories_val.txt"
+    expect_error "non-finite logits" "$kvfuse" generate --model "$nan_model" -p "the cat sat"
+    expect_error "non-finite logits" "$kvfuse" run --model "$nan_model" --chunk "$scratch/chunk.txt" --question q --no-store --repeat 1
+    expect_error "non-finite logits" "$kvfuse" perplexity --model "$nan_model" --file "$data" --ctx 16 --max-windows 1
+    expect_error "non-finite logits" "$kvfuse" eval --model "$nan_model" --data "$data" --count 1 --no-store
+else
+    echo "FAIL: make-model for the NaN model"; failures=$((failures + 1))
+fi
+echo "$passed passed, $failures failed"
 [[ $failures -eq 0 ]]

@@ -22,6 +22,18 @@ class GgufWriter {
         u32(value);
         ++kv_;
     }
+    void add_u64(const std::string& key, std::uint64_t value) {
+        key_(key);
+        u32(10);
+        u64(value);
+        ++kv_;
+    }
+    void add_i32(const std::string& key, std::int32_t value) {
+        key_(key);
+        u32(5);
+        raw(&value, 4);
+        ++kv_;
+    }
     void add_f32(const std::string& key, float value) {
         key_(key);
         u32(6);

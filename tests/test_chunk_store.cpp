@@ -973,4 +973,149 @@ TEST_F(ChunkStoreTest, ThreadsSharingOneStoreSeeWholeChunks) {
     EXPECT_LE(store.stats().cache_bytes, o.memory_cache_bytes);
 }
 
+// ------------------------------------------------------------- what is in a chunk's way ---
+
+// A FIFO at a chunk's path would block open() forever: it is a miss at once, reported, removed.
+TEST_F(ChunkStoreTest, FifoAtAChunkPathIsAMissNotAHang) {
+    OwnedChunk owned = make_chunk(kSmallF32, 5, 7);
+    const ChunkKey key = make_chunk_key("model-a", owned.tokens);
+    ChunkStore store = open_store();
+    ASSERT_EQ(::mkfifo(store.path_of(key).c_str(), 0600), 0);
+    ::alarm(30);  // a hang kills the test binary instead of waiting for the ctest timeout
+    EXPECT_FALSE(store.get(key).has_value());
+    ::alarm(0);
+    ASSERT_EQ(warnings_.size(), 1u);
+    EXPECT_NE(warnings_[0].message().find("not a regular file (a FIFO)"), std::string::npos)
+        << warnings_[0].to_string();
+    EXPECT_FALSE(fs::exists(fs::symlink_status(store.path_of(key))));
+    EXPECT_EQ(store.stats().repaired, 1u);
+    // put() over a FIFO does not block either, and replaces it.
+    ASSERT_EQ(::mkfifo(store.path_of(key).c_str(), 0600), 0);
+    ::alarm(30);
+    Status put = store.put(key, owned.chunk);
+    ::alarm(0);
+    ASSERT_TRUE(put.ok()) << put.to_string();
+    std::optional<ChunkView> view = store.get(key);
+    ASSERT_TRUE(view.has_value());
+    EXPECT_TRUE(view_matches(*view, owned));
+}
+
+// A directory at a chunk's path: an empty one is removed (by get or put), a non-empty one is
+// left and every attempt says so, instead of a silent recompute each run.
+TEST_F(ChunkStoreTest, DirectoryAtAChunkPathIsRemovedOrReported) {
+    OwnedChunk owned = make_chunk(kSmallF32, 5, 8);
+    const ChunkKey key = make_chunk_key("model-a", owned.tokens);
+    ChunkStore store = open_store();
+    const fs::path path = store.path_of(key);
+    fs::create_directory(path);
+    EXPECT_FALSE(store.get(key).has_value());
+    EXPECT_FALSE(fs::exists(path)) << "an empty directory in the way is removed";
+    EXPECT_EQ(store.stats().repaired, 1u);
+
+    fs::create_directory(path);
+    write_file(path / "someone's file", std::as_bytes(std::span("data")));
+    warnings_.clear();
+    EXPECT_FALSE(store.get(key).has_value());
+    ASSERT_EQ(warnings_.size(), 2u);
+    EXPECT_NE(warnings_[0].message().find("not a regular file (a directory)"), std::string::npos)
+        << warnings_[0].to_string();
+    EXPECT_NE(warnings_[1].message().find("cannot remove the unusable directory"), std::string::npos)
+        << warnings_[1].to_string();
+    const Status put = store.put(key, owned.chunk);
+    EXPECT_EQ(put.code(), StatusCode::io_error);
+    EXPECT_NE(put.message().find(path.string() + ": a directory is in the way"), std::string::npos)
+        << put.to_string();
+    EXPECT_TRUE(fs::exists(path / "someone's file")) << "a non-empty directory is never deleted";
+    EXPECT_EQ(std::distance(fs::directory_iterator(directory_), fs::directory_iterator()), 1)
+        << "a failed put leaves nothing behind";
+
+    // An empty directory is removed by put() itself.
+    fs::remove(path / "someone's file");
+    ASSERT_TRUE(store.put(key, owned.chunk).ok());
+    std::optional<ChunkView> view = store.get(key);
+    ASSERT_TRUE(view.has_value());
+    EXPECT_TRUE(view_matches(*view, owned));
+}
+
+// A chunk file truncated in place while another process holds a view of it. Read into memory
+// (the default), the view keeps its bytes and the process lives; the truncated file is a miss
+// for the next reader, removed, and rewritten by the next put. Mapped (map_files), the same
+// process dies of SIGBUS: the case the default exists for.
+class TruncationUnderAReader : public ChunkStoreTest, public ::testing::WithParamInterface<bool> {};
+
+TEST_P(TruncationUnderAReader, ReaderSurvivesUnlessMapped) {
+    const bool mapped = GetParam();
+    OwnedChunk owned = make_chunk(kSmallBf16, 200, 9);  // ~200 KiB: many pages past the cut
+    const ChunkKey key = make_chunk_key("model-a", owned.tokens);
+    {
+        ChunkStore writer = open_store();
+        ASSERT_TRUE(writer.put(key, owned.chunk).ok());
+    }
+    int ready[2], go[2];
+    ASSERT_EQ(::pipe(ready), 0);
+    ASSERT_EQ(::pipe(go), 0);
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        ChunkStoreOptions o;
+        o.map_files = mapped;
+        Result<ChunkStore> store = ChunkStore::open(directory_, o);
+        if (!store.ok()) ::_exit(4);
+        std::optional<ChunkView> view = store.value().get(key);
+        if (!view || !view_matches(*view, owned)) ::_exit(3);
+        char byte = 'r';
+        if (::write(ready[1], &byte, 1) != 1 || ::read(go[0], &byte, 1) != 1) ::_exit(5);
+        ::_exit(view_matches(*view, owned) ? 0 : 2);
+    }
+    char byte = 0;
+    ASSERT_EQ(::read(ready[0], &byte, 1), 1);
+    const fs::path path = directory_ / (key.hex() + ".kvchunk");
+    ASSERT_EQ(::truncate(path.c_str(), 64), 0);
+    ASSERT_EQ(::write(go[1], &byte, 1), 1);
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
+    if (mapped) {
+        EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            << "a mapped view read a truncated file without a fault: this test cannot see SIGBUS";
+        EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 3) << "the first read already failed";
+    } else {
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            << (WIFSIGNALED(status) ? "killed by signal " + std::to_string(WTERMSIG(status))
+                                    : "exit status " + std::to_string(WEXITSTATUS(status)));
+    }
+
+    ChunkStore store = open_store();
+    EXPECT_FALSE(store.get(key).has_value());
+    ASSERT_EQ(warnings_.size(), 1u);
+    EXPECT_NE(warnings_[0].message().find("truncated"), std::string::npos) << warnings_[0].to_string();
+    EXPECT_FALSE(fs::exists(path)) << "the truncated file is removed";
+    ASSERT_TRUE(store.put(key, owned.chunk).ok());
+    std::optional<ChunkView> view = store.get(key);
+    ASSERT_TRUE(view.has_value());
+    EXPECT_TRUE(view_matches(*view, owned));
+}
+
+INSTANTIATE_TEST_SUITE_P(ReadOrMapped, TruncationUnderAReader, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                             return info.param ? std::string("Mapped") : std::string("Read");
+                         });
+
+// The mapped mode reads what the default reads.
+TEST_F(ChunkStoreTest, MappedFilesRoundTrip) {
+    OwnedChunk owned = make_chunk(kSmallF32, 9, 10);
+    const ChunkKey key = make_chunk_key("model-a", owned.tokens);
+    ChunkStoreOptions o = options();
+    o.map_files = true;
+    ChunkStore store = open_store(o);
+    ASSERT_TRUE(store.put(key, owned.chunk).ok());
+    store.clear_memory_cache();
+    std::optional<ChunkView> view = store.get(key);
+    ASSERT_TRUE(view.has_value());
+    std::string why;
+    EXPECT_TRUE(view_matches(*view, owned, &why)) << why;
+    EXPECT_TRUE(view->will_need(2));
+    EXPECT_TRUE(warnings_.empty());
+}
+
 }  // namespace

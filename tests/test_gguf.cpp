@@ -4,9 +4,15 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
+#include <limits>
+
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "gguf_writer.h"
 #include "model/gguf.h"
+#include "fusion/pipeline.h"
 #include "model/llama_model.h"
 
 namespace {
@@ -17,19 +23,59 @@ using kvfuse::testing::f32_bytes;
 using kvfuse::testing::GgufWriter;
 
 // Metadata of a 1-layer model (dim 4, 2 heads, `kv_heads` KV heads, ffn 8) with a 4-token
-// vocabulary: enough for LlamaModel to read everything but the tensors.
-void add_tiny_model_metadata(GgufWriter& w, const std::string& architecture, std::uint32_t kv_heads) {
+// vocabulary: enough for LlamaModel to read everything but the tensors. The key named `except`
+// (without the architecture prefix) is left out, for a test to write its own value.
+void add_tiny_model_metadata(GgufWriter& w, const std::string& architecture, std::uint32_t kv_heads,
+                             const std::string& except = "", std::uint32_t layers = 1) {
+    auto u32 = [&](const std::string& key, std::uint32_t value) {
+        if (key != except) w.add_u32(architecture + "." + key, value);
+    };
     w.add_string("general.architecture", architecture);
-    w.add_u32(architecture + ".block_count", 1);
-    w.add_u32(architecture + ".embedding_length", 4);
-    w.add_u32(architecture + ".attention.head_count", 2);
-    w.add_u32(architecture + ".attention.head_count_kv", kv_heads);
-    w.add_u32(architecture + ".context_length", 16);
-    w.add_u32(architecture + ".feed_forward_length", 8);
+    u32("block_count", layers);
+    u32("embedding_length", 4);
+    u32("attention.head_count", 2);
+    u32("attention.head_count_kv", kv_heads);
+    u32("context_length", 16);
+    u32("feed_forward_length", 8);
     w.add_string("tokenizer.ggml.model", "llama");
     w.add_strings("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "a"});
-    w.add_f32s("tokenizer.ggml.scores", {0, 0, 0, 0});
-    w.add_i32s("tokenizer.ggml.token_type", {2, 3, 3, 1});
+    if (except != "tokenizer.ggml.scores") w.add_f32s("tokenizer.ggml.scores", {0, 0, 0, 0});
+    if (except != "tokenizer.ggml.token_type") w.add_i32s("tokenizer.ggml.token_type", {2, 3, 3, 1});
+}
+
+// What LlamaModel says about a file ("no error" when it loads).
+std::string model_error(const std::vector<std::uint8_t>& bytes) {
+    try {
+        kvfuse::model::LlamaModel model(GgufFile::parse(bytes, "model.gguf"));
+    } catch (const GgufError& e) {
+        return e.what();
+    }
+    return "no error";
+}
+
+// The tiny model (two layers: the pipeline needs a layer after the check layer) with one
+// setting of a test's choosing, then its tensors (0.5 and norms of 1, or `weight` everywhere in
+// blk.0.attn_q.weight).
+GgufWriter tiny_model(const std::string& except, const std::function<void(GgufWriter&)>& add, float weight = 0.5f) {
+    GgufWriter w;
+    add_tiny_model_metadata(w, "llama", 1, except, 2);
+    add(w);
+    auto filled = [](std::size_t n, float value) { return f32_bytes(std::vector<float>(n, value)); };
+    w.add_tensor("token_embd.weight", {4, 4}, 0, filled(16, 0.5f));
+    w.add_tensor("output_norm.weight", {4}, 0, filled(4, 1.0f));
+    for (int l = 0; l < 2; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        w.add_tensor(p + "attn_norm.weight", {4}, 0, filled(4, 1.0f));
+        w.add_tensor(p + "attn_q.weight", {4, 4}, 0, filled(16, l == 0 ? weight : 0.5f));
+        w.add_tensor(p + "attn_k.weight", {4, 2}, 0, filled(8, 0.5f));
+        w.add_tensor(p + "attn_v.weight", {4, 2}, 0, filled(8, 0.5f));
+        w.add_tensor(p + "attn_output.weight", {4, 4}, 0, filled(16, 0.5f));
+        w.add_tensor(p + "ffn_norm.weight", {4}, 0, filled(4, 1.0f));
+        w.add_tensor(p + "ffn_gate.weight", {4, 8}, 0, filled(32, 0.5f));
+        w.add_tensor(p + "ffn_up.weight", {4, 8}, 0, filled(32, 0.5f));
+        w.add_tensor(p + "ffn_down.weight", {8, 4}, 0, filled(32, 0.5f));
+    }
+    return w;
 }
 
 GgufWriter small_file() {
@@ -58,7 +104,7 @@ TEST(Gguf, WellFormedFileParses) {
     EXPECT_EQ(file->get_uint("llama.block_count"), 1u);
     ASSERT_NE(file->tensor("a"), nullptr);
     EXPECT_EQ(file->read_f32(*file->tensor("b")), (std::vector<float>{9, 10, 11, 12}));
-    EXPECT_NE(std::string(error_of(bytes)), "x");
+    EXPECT_EQ(error_of(bytes), "no error");
     EXPECT_THROW(file->get_uint("missing.key"), GgufError);
     EXPECT_THROW(file->get_uint("general.architecture"), GgufError);
     EXPECT_THROW(file->require_tensor("c"), GgufError);
@@ -199,6 +245,139 @@ TEST(Gguf, Qwen2BiasesAreApplied) {
     EXPECT_EQ(q, (std::vector<float>{1, 2, 3, 4}));
     EXPECT_EQ(k, (std::vector<float>{5, 6}));
     EXPECT_EQ(v, (std::vector<float>{7, 8}));
+}
+
+}  // namespace
+
+namespace {
+
+// The tiny model itself loads: every test below changes one thing and must get its own error.
+TEST(GgufValidation, TinyModelLoads) {
+    EXPECT_EQ(model_error(tiny_model("", [](GgufWriter&) {}).bytes()), "no error");
+}
+
+TEST(GgufValidation, DuplicateMetadataKeysAreRefused) {
+    GgufWriter w = small_file();
+    w.add_u32("llama.block_count", 2);  // small_file() already says 1
+    EXPECT_NE(error_of(w.bytes()).find("metadata key llama.block_count appears twice"), std::string::npos) << error_of(w.bytes());
+}
+
+// 64-bit values are range-checked before they become ints: 2^32 + 5 layers is not 5, a context
+// of 2^32 is not 0 ("no limit"), and the message names the key and the value.
+TEST(GgufValidation, SixtyFourBitSizesAreRangeChecked) {
+    const std::uint64_t big = (std::uint64_t{1} << 32) + 5;
+    std::string e = model_error(tiny_model("block_count", [&](GgufWriter& w) { w.add_u64("llama.block_count", big); }).bytes());
+    EXPECT_NE(e.find("llama.block_count = 4294967301 is outside [1, 1000]"), std::string::npos) << e;
+    e = model_error(tiny_model("block_count", [&](GgufWriter& w) { w.add_u64("llama.block_count", 5); }).bytes());
+    EXPECT_NE(e.find("missing tensor blk.2.attn_norm.weight"), std::string::npos) << e;  // read as 5, not cut
+    e = model_error(tiny_model("context_length", [](GgufWriter& w) { w.add_u64("llama.context_length", std::uint64_t{1} << 32); }).bytes());
+    EXPECT_NE(e.find("llama.context_length = 4294967296 is outside"), std::string::npos) << e;
+    e = model_error(tiny_model("context_length", [](GgufWriter& w) { w.add_u32("llama.context_length", 0); }).bytes());
+    EXPECT_NE(e.find("llama.context_length = 0 is outside"), std::string::npos) << e;
+    e = model_error(tiny_model("attention.head_count_kv", [](GgufWriter& w) { w.add_i32("llama.attention.head_count_kv", -2); }).bytes());
+    EXPECT_NE(e.find("llama.attention.head_count_kv = -2 is outside [1, 2]"), std::string::npos) << e;
+    e = model_error(tiny_model("", [](GgufWriter& w) { w.add_u64("tokenizer.ggml.bos_token_id", (std::uint64_t{1} << 32) + 1); }).bytes());
+    EXPECT_NE(e.find("tokenizer.ggml.bos_token_id = 4294967297 is outside [0, 3]"), std::string::npos) << e;
+    e = model_error(tiny_model("", [](GgufWriter& w) { w.add_u32("tokenizer.ggml.unknown_token_id", 4); }).bytes());
+    EXPECT_NE(e.find("tokenizer.ggml.unknown_token_id = 4 is outside [0, 3]"), std::string::npos) << e;
+}
+
+TEST(GgufValidation, RmsEpsilonMustBeFiniteAndPositive) {
+    for (float epsilon : {std::numeric_limits<float>::quiet_NaN(), -1e-5f, 0.0f, std::numeric_limits<float>::infinity()}) {
+        const std::string e = model_error(
+            tiny_model("", [&](GgufWriter& w) { w.add_f32("llama.attention.layer_norm_rms_epsilon", epsilon); }).bytes());
+        EXPECT_NE(e.find("llama.attention.layer_norm_rms_epsilon = "), std::string::npos) << epsilon << ": " << e;
+        EXPECT_NE(e.find("is not a finite number in"), std::string::npos) << epsilon << ": " << e;
+    }
+}
+
+// What a command would refuse when it first rotates is refused at load, so `info` cannot
+// describe a model that `generate` rejects.
+TEST(GgufValidation, RopeConfigurationIsCheckedAtLoad) {
+    std::string e = model_error(tiny_model("", [](GgufWriter& w) { w.add_f32("llama.rope.freq_base", 0.5f); }).bytes());
+    EXPECT_NE(e.find("RoPE metadata (llama.rope.*) rejected"), std::string::npos) << e;
+    EXPECT_NE(e.find("base"), std::string::npos) << e;
+    e = model_error(tiny_model("", [](GgufWriter& w) { w.add_u32("llama.rope.dimension_count", 1); }).bytes());
+    EXPECT_NE(e.find("must be even"), std::string::npos) << e;
+    e = model_error(tiny_model("", [](GgufWriter& w) { w.add_u32("llama.rope.dimension_count", 3); }).bytes());
+    EXPECT_NE(e.find("llama.rope.dimension_count = 3 is outside [1, 2]"), std::string::npos) << e;
+    e = model_error(tiny_model("", [](GgufWriter& w) {
+                        w.add_string("llama.rope.scaling.type", "linear");
+                        w.add_f32("llama.rope.scaling.factor", -2.0f);
+                    }).bytes());
+    EXPECT_NE(e.find("scaling_factor"), std::string::npos) << e;
+    e = model_error(tiny_model("", [](GgufWriter& w) {
+                        w.add_string("llama.rope.scaling.type", "llama3");
+                        w.add_f32("llama.rope.scaling.factor", 8.0f);
+                        w.add_f32("llama.rope.scaling.low_freq_factor", 4.0f);
+                        w.add_f32("llama.rope.scaling.high_freq_factor", 1.0f);
+                    }).bytes());
+    EXPECT_NE(e.find("low_freq_factor < high_freq_factor"), std::string::npos) << e;
+}
+
+// Float data that becomes an int or a float is checked first (an out-of-range cast is UB).
+TEST(GgufValidation, TokenizerArraysAreChecked) {
+    std::string e = model_error(
+        tiny_model("tokenizer.ggml.token_type", [](GgufWriter& w) { w.add_f32s("tokenizer.ggml.token_type", {2, 3, 1e30f, 1}); }).bytes());
+    EXPECT_NE(e.find("tokenizer.ggml.token_type[2] is not a token type"), std::string::npos) << e;
+    e = model_error(
+        tiny_model("tokenizer.ggml.token_type", [](GgufWriter& w) { w.add_f32s("tokenizer.ggml.token_type", {2, 3, 3, 1.5f}); }).bytes());
+    EXPECT_NE(e.find("tokenizer.ggml.token_type[3] is not a token type"), std::string::npos) << e;
+    e = model_error(tiny_model("tokenizer.ggml.scores", [](GgufWriter& w) {
+                        w.add_f32s("tokenizer.ggml.scores", {0, std::numeric_limits<float>::quiet_NaN(), 0, 0});
+                    }).bytes());
+    EXPECT_NE(e.find("tokenizer.ggml.scores[1] is not a finite f32"), std::string::npos) << e;
+}
+
+// NaN weights load (they are data), but no command may answer from the NaN logits they give:
+// greedy decoding would pick token 0 and print nothing, successfully.
+TEST(GgufValidation, NonFiniteLogitsAreAnError) {
+    const auto bytes = tiny_model("", [](GgufWriter&) {}, std::numeric_limits<float>::quiet_NaN()).bytes();
+    const kvfuse::model::LlamaModel model(GgufFile::parse(bytes, "nan.gguf"));
+    kvfuse::fusion::Request request;
+    request.prefix = {1};
+    request.question = {3, 3};
+    kvfuse::fusion::FusionOptions full;
+    full.method = kvfuse::fusion::Method::full;
+    try {
+        (void)kvfuse::fusion::run_request(model, request, {}, full);
+        ADD_FAILURE() << "NaN weights gave an answer";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("non-finite logits (NaN for token 0 in row 0)"), std::string::npos) << e.what();
+    }
+    // The same model with finite weights answers.
+    const auto good = tiny_model("", [](GgufWriter&) {}).bytes();
+    const kvfuse::model::LlamaModel finite(GgufFile::parse(good, "good.gguf"));
+    EXPECT_NO_THROW((void)kvfuse::fusion::run_request(finite, request, {}, full));
+    std::vector<float> logits = {1.0f, std::numeric_limits<float>::infinity(), 2.0f};
+    try {
+        kvfuse::fusion::require_finite_logits(logits.data(), 1, 3);
+        ADD_FAILURE() << "an infinite logit passed";
+    } catch (const std::runtime_error& e) {
+        EXPECT_NE(std::string(e.what()).find("infinity for token 1"), std::string::npos) << e.what();
+    }
+}
+
+// A FIFO (or any non-regular file) given as the model is refused at once, not waited on.
+TEST(GgufValidation, FifoAsModelDoesNotHang) {
+    const std::string path = ::testing::TempDir() + "model-fifo-" + std::to_string(::getpid());
+    ::unlink(path.c_str());
+    ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+    ::alarm(30);  // a hang kills the test binary rather than the CI job's patience
+    try {
+        GgufFile::open(path);
+        ADD_FAILURE() << "no error";
+    } catch (const GgufError& e) {
+        EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+    }
+    ::alarm(0);
+    ::unlink(path.c_str());
+    try {
+        GgufFile::open(::testing::TempDir());
+        ADD_FAILURE() << "a directory opened as a model";
+    } catch (const GgufError& e) {
+        EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+    }
 }
 
 }  // namespace

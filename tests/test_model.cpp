@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <optional>
 
 #include "fusion/chunk_source.h"
 #include "fusion/evaluation.h"
@@ -197,6 +198,100 @@ TEST(ChunkSourceStore, QuantizedKeysRoundTripAndOldFilesAreReplaced) {
     const auto again = source.get(tokens);
     EXPECT_TRUE(again.from_store);
     EXPECT_EQ(again.view.quantized.size(), static_cast<std::size_t>(s.layers));
+    std::filesystem::remove_all(dir);
+}
+
+// A stored file that is sound (checksums, key) but that this model cannot use -- no start
+// position, a start position outside the context, another layout -- is reported, erased and
+// replaced by the recomputed chunk, and precompute() does not count it as stored.
+TEST(ChunkSourceStore, FilesTheModelCannotUseAreReplacedAndNotCountedAsStored) {
+    const LoadedModel& m = bundled();
+    const auto dir = std::filesystem::temp_directory_path() / ("kvfuse-test-reject-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::vector<std::string> warnings;
+    kvfuse::store::ChunkStoreOptions options;
+    options.sync_writes = false;
+    options.warning = [&](const kvfuse::store::Status& s) { warnings.push_back(s.to_string()); };
+    auto opened = kvfuse::store::ChunkStore::open(dir, options);
+    ASSERT_TRUE(opened.ok()) << opened.status().to_string();
+    kvfuse::store::ChunkStore& store = opened.value();
+    const TokenIds tokens = m.tokenize("The cat sat on the warm mat and looked at the bird.");
+    const ModelShape& s = m.model->shape();
+    const auto key = kvfuse::store::make_chunk_key(m.model->fingerprint(), tokens);
+    Request request;
+    request.prefix = {m.model->bos()};
+    request.chunks = {tokens};
+    request.question = m.tokenize("Where?");
+
+    struct Case {
+        const char* name;
+        std::uint32_t layers;
+        std::optional<std::int32_t> start;
+        const char* expected;
+    };
+    const Case cases[] = {
+        {"no start position", static_cast<std::uint32_t>(s.layers), std::nullopt, "no start_position section"},
+        {"negative start", static_cast<std::uint32_t>(s.layers), -7, "start_position -7 is outside"},
+        {"start past the context", static_cast<std::uint32_t>(s.layers), s.context, "is outside the model's context"},
+        {"other layer count", static_cast<std::uint32_t>(s.layers) + 1, 1, "is not this model's"},
+    };
+    const std::size_t elements = tokens.size() * s.kv_row();
+    const std::vector<float> zeros(elements, 0.0f);
+    for (const Case& c : cases) {
+        SCOPED_TRACE(c.name);
+        ASSERT_TRUE(store.erase(key).ok());
+        kvfuse::store::StoredChunk bad;
+        bad.layout = {c.layers, static_cast<std::uint32_t>(s.kv_heads), static_cast<std::uint32_t>(s.head_dim),
+                      kvfuse::store::DType::f32};
+        const std::int32_t start = c.start.value_or(0);
+        for (std::uint32_t l = 0; l < c.layers; ++l) {
+            kvfuse::store::LayerInput layer;
+            layer.keys = std::as_bytes(std::span<const float>(zeros));
+            layer.values = std::as_bytes(std::span<const float>(zeros));
+            if (l == 0 && c.start)
+                layer.extra_sections.push_back({"start_position", kvfuse::store::DType::i32, {1},
+                                                std::as_bytes(std::span<const std::int32_t>(&start, 1))});
+            bad.layers.push_back(std::move(layer));
+        }
+        ASSERT_TRUE(store.put(key, bad).ok());
+        store.clear_memory_cache();
+        warnings.clear();
+        ChunkSource source(*m.model, &store);
+        EXPECT_EQ(source.precompute(std::span<const Request>(&request, 1)), 1u) << "an unusable file counted as stored";
+        ASSERT_EQ(warnings.size(), 1u);
+        EXPECT_NE(warnings[0].find(c.expected), std::string::npos) << warnings[0];
+        EXPECT_NE(warnings[0].find("erased and recomputed"), std::string::npos) << warnings[0];
+        store.clear_memory_cache();
+        EXPECT_TRUE(source.get(tokens).from_store) << "the recomputed chunk replaced the file";
+        EXPECT_EQ(source.precompute(std::span<const Request>(&request, 1)), 0u);
+    }
+    std::filesystem::remove_all(dir);
+}
+
+// A put that fails (a non-empty directory in the chunk's way) costs a recompute, and is
+// reported through the store's warning hook rather than dropped.
+TEST(ChunkSourceStore, FailedPutIsReported) {
+    const LoadedModel& m = bundled();
+    const auto dir = std::filesystem::temp_directory_path() / ("kvfuse-test-putfail-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::vector<std::string> warnings;
+    kvfuse::store::ChunkStoreOptions options;
+    options.sync_writes = false;
+    options.warning = [&](const kvfuse::store::Status& s) { warnings.push_back(s.to_string()); };
+    auto opened = kvfuse::store::ChunkStore::open(dir, options);
+    ASSERT_TRUE(opened.ok()) << opened.status().to_string();
+    kvfuse::store::ChunkStore& store = opened.value();
+    const TokenIds tokens = m.tokenize("A small bird sang in the tall green tree.");
+    const auto path = store.path_of(kvfuse::store::make_chunk_key(m.model->fingerprint(), tokens));
+    std::filesystem::create_directories(path / "in the way");
+    ChunkSource source(*m.model, &store);
+    EXPECT_FALSE(source.get(tokens).from_store);
+    bool reported = false;
+    for (const auto& w : warnings) reported = reported || w.find("a directory is in the way") != std::string::npos;
+    EXPECT_TRUE(reported) << "warnings: " << ::testing::PrintToString(warnings);
+    std::filesystem::remove_all(path);
+    EXPECT_FALSE(source.get(tokens).from_store);  // the empty place is written now
+    EXPECT_TRUE(source.get(tokens).from_store);
     std::filesystem::remove_all(dir);
 }
 

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "cli/commands.h"
+#include "model/regular_file.h"
 #include "cli/fusion_common.h"
 #include "fusion/loaded_model.h"
 #include "fusion/pipeline.h"
@@ -27,15 +28,12 @@ struct PerplexityOptions {
 int run(const PerplexityOptions& o) {
     const std::string path = o.model.empty() ? bundled_model_path() : o.model;
     if (path.empty()) throw std::runtime_error("no --model given and the bundled model is missing");
-    std::ifstream in(o.file, std::ios::binary);
-    if (!in) throw std::runtime_error(o.file + ": cannot open");
-    std::ostringstream text;
-    text << in.rdbuf();
+    const std::string text = kvfuse::model::read_regular_file(o.file);
     const LoadedModel loaded = load_model(path);
     const FusionModel& model = *loaded.model;
     if (model.shape().context > 0 && o.ctx + 1 > static_cast<std::size_t>(model.shape().context))
         throw std::invalid_argument("--ctx must leave room for BOS within the context of " + std::to_string(model.shape().context));
-    const TokenIds ids = o.pretokenized ? parse_token_ids(text.str(), model.shape().vocab, o.file) : loaded.tokenize(text.str());
+    const TokenIds ids = o.pretokenized ? parse_token_ids(text, model.shape().vocab, o.file) : loaded.tokenize(text);
     if (ids.size() < o.ctx) throw std::invalid_argument(o.file + ": fewer tokens (" + std::to_string(ids.size()) + ") than --ctx");
     const std::size_t vocab = static_cast<std::size_t>(model.shape().vocab);
     double nll = 0.0;
@@ -74,7 +72,7 @@ void add_perplexity_command(CLI::App& app) {
     cmd->add_option("--model", o->model, "GGUF model file (default: the bundled stories260K)");
     cmd->add_option("--file", o->file, "text file")->required();
     cmd->add_option("--ctx", o->ctx, "tokens per window")->check(CLI::Range(2, 1 << 20));
-    cmd->add_option("--max-windows", o->max_windows, "stop after this many windows (0: all)");
+    cmd->add_option("--max-windows", o->max_windows, "stop after this many windows (0: all)")->check(CLI::Range(0, 1 << 30));
     cmd->add_flag("--pretokenized", o->pretokenized, "the file holds token ids (comma or space separated)");
     cmd->callback([o] { g_exit_status = run(*o); });
 }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "model/regular_file.h"
 #include "cli/fusion_common.h"
 #include "fusion/loaded_model.h"
 #include "fusion/metrics.h"
@@ -32,13 +33,7 @@ struct RunOptions {
     bool pretokenized = false;
 };
 
-std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw std::runtime_error(path + ": cannot open");
-    std::ostringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
+std::string read_file(const std::string& path) { return kvfuse::model::read_regular_file(path); }
 
 std::vector<Method> parse_methods(const std::string& list) {
     std::vector<Method> out;

@@ -120,7 +120,7 @@ void add_score_accuracy_command(CLI::App& app) {
     cmd->add_option("--question-tokens", o->question_tokens, "tokens of the question")->check(CLI::Range(1, 100000));
     cmd->add_option("--fraction", o->fraction, "share of the document rows in the compared top set (default 0.15)");
     cmd->add_flag("--no-smoothing", o->no_smoothing, "relevance without the width-5 moving average");
-    cmd->add_option("--seed", o->seed, "request sampling seed");
+    cmd->add_option("--seed", o->seed, "request sampling seed")->check(CLI::NonNegativeNumber);
     cmd->add_flag("--no-synthetic", o->no_synthetic, "skip the synthetic keys");
     cmd->add_option("--synthetic-tokens", o->synthetic.tokens, "keys per synthetic draw")->check(CLI::Range(33, 1 << 20));
     cmd->add_option("--synthetic-draws", o->synthetic.draws, "synthetic draws")->check(CLI::Range(1, 1000));

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "model/regular_file.h"
 #include "store/chunk_store.h"
 
 namespace kvfuse::cli {
@@ -25,7 +26,7 @@ void add_fusion_options(CLI::App& cmd, FusionCliOptions& o) {
                  "load and re-rotate layer l+1's stored rows on a thread of its own while layer l is computed");
     cmd.add_option("--store", o.store_dir, "chunk store directory (default $XDG_CACHE_HOME/kvfuse/chunks)");
     cmd.add_flag("--no-store", o.no_store, "keep chunk caches in memory only");
-    cmd.add_option("--seed", o.seed, "seed of the random method");
+    cmd.add_option("--seed", o.seed, "seed of the random method")->check(CLI::NonNegativeNumber);
     add_placement_options(cmd, o.placement);
 }
 
@@ -105,14 +106,16 @@ std::vector<kvfuse::fusion::Request> story_requests(const std::string& path, con
                                                     const kvfuse::fusion::LoadedModel& loaded,
                                                     kvfuse::fusion::StoryRequestOptions options) {
     using namespace kvfuse::fusion;
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw std::runtime_error(path + ": cannot open");
-    std::ostringstream text;
-    text << in.rdbuf();
+    const std::string text = kvfuse::model::read_regular_file(path);
+    // JSON read as story text would still build requests (of braces and quotes) and print a
+    // table: refuse it, the user meant --kind musique.
+    const auto first = text.find_first_not_of(" \t\r\n");
+    if (first != std::string::npos && (text[first] == '[' || text[first] == '{'))
+        throw std::invalid_argument(path + " looks like JSON, not story text: CacheBlend-format QA data needs --kind musique");
     const auto& shape = loaded.model->shape();
     options.max_total_tokens = shape.context > 0 ? static_cast<std::size_t>(shape.context) : 1u << 20;
     options.bos = loaded.model->bos();
-    const auto paragraphs = split_paragraphs(text.str());
+    const auto paragraphs = split_paragraphs(text);
     std::vector<Request> requests;
     if (kind == "continuous")
         requests = continuous_requests(paragraphs, loaded.tokenize, options);

@@ -83,8 +83,11 @@ ChunkSource::Held ChunkSource::compute_and_store(std::span<const std::int32_t> t
             chunk.layers.push_back(std::move(layer));
         }
         const auto key = kvfuse::store::make_chunk_key(model_.fingerprint(), tokens);
-        // A failed put only costs a recompute next time; the store reports it through its hook.
-        (void)store_->put(key, chunk);
+        // A failed put only costs a recompute next time: reported through the store's warning
+        // hook, not thrown (the request itself has what it needs).
+        const kvfuse::store::Status stored = store_->put(key, chunk);
+        if (!stored.ok())
+            store_->warn(kvfuse::store::Status(stored.code(), stored.message() + "; the chunk is recomputed next time"));
     }
     Held held;
     held.view = computed->view();
@@ -92,40 +95,62 @@ ChunkSource::Held ChunkSource::compute_and_store(std::span<const std::int32_t> t
     return held;
 }
 
+std::optional<ChunkSource::Held> ChunkSource::from_store(std::span<const std::int32_t> tokens) {
+    const auto key = kvfuse::store::make_chunk_key(model_.fingerprint(), tokens);
+    auto view = store_->get(key);
+    if (!view) return std::nullopt;
+    const ModelShape& s = model_.shape();
+    const auto& layout = view->layout();
+    // The store checked the file against itself (checksums, sizes, key); this checks it against
+    // what this model needs. A file that fails is erased, so that the recomputed chunk can take
+    // its place (put() keeps a sound file it already has), and reported.
+    std::string problem;
+    const auto* start_section = view->find_section(0, kStartSection);
+    if (layout.layers != static_cast<std::uint32_t>(s.layers) || layout.kv_heads != static_cast<std::uint32_t>(s.kv_heads) ||
+        layout.head_dim != static_cast<std::uint32_t>(s.head_dim) || layout.kv_dtype != kvfuse::store::DType::f32) {
+        problem = "layout (" + std::to_string(layout.layers) + " layers, " + std::to_string(layout.kv_heads) + " KV heads, head dim " +
+                  std::to_string(layout.head_dim) + ", " + std::string(kvfuse::store::dtype_name(layout.kv_dtype)) +
+                  ") is not this model's";
+    } else if (start_section == nullptr || start_section->as_i32().size() != 1) {
+        problem = "no start_position section";
+    } else {
+        const std::int64_t start = start_section->as_i32()[0];
+        const std::int64_t end = start + static_cast<std::int64_t>(view->token_count());
+        if (start < 0 || (s.context > 0 && end > s.context))
+            problem = "start_position " + std::to_string(start) + " is outside the model's context";
+    }
+    Held held;
+    if (problem.empty()) {
+        auto shared = std::make_shared<kvfuse::store::ChunkView>(*view);
+        held.view.start_position = start_section->as_i32()[0];
+        held.view.tokens = view->token_count();
+        for (int l = 0; l < s.layers; ++l) {
+            const auto layer = static_cast<std::uint32_t>(l);
+            held.view.k.push_back(shared->keys(layer).as_f32().data());
+            held.view.v.push_back(shared->values(layer).as_f32().data());
+            if (auto quantized = quantized_sections(*shared, layer, s)) held.view.quantized.push_back(*quantized);
+        }
+        // Without quantized keys: a file written by an older kvfuse, or damaged by a writer.
+        if (held.view.quantized.size() != static_cast<std::size_t>(s.layers))
+            problem = "quantized keys missing or of the wrong size";
+        held.owner = shared;
+        held.from_store = true;
+    }
+    if (problem.empty()) return held;
+    store_->warn(kvfuse::store::Status(kvfuse::store::StatusCode::mismatch,
+                                       store_->path_of(key).string() + ": " + problem + "; erased and recomputed"));
+    const kvfuse::store::Status erased = store_->erase(key);
+    if (!erased.ok()) store_->warn(erased);
+    return std::nullopt;
+}
+
 ChunkSource::Held ChunkSource::get(std::span<const std::int32_t> tokens, double* load_ms) {
     if (load_ms) *load_ms = 0.0;
     if (store_ != nullptr) {
         const auto start = std::chrono::steady_clock::now();
-        const auto key = kvfuse::store::make_chunk_key(model_.fingerprint(), tokens);
-        if (auto view = store_->get(key)) {
-            const ModelShape& s = model_.shape();
-            const auto& layout = view->layout();
-            const auto* start_section = view->find_section(0, kStartSection);
-            if (layout.layers == static_cast<std::uint32_t>(s.layers) &&
-                layout.kv_heads == static_cast<std::uint32_t>(s.kv_heads) &&
-                layout.head_dim == static_cast<std::uint32_t>(s.head_dim) &&
-                layout.kv_dtype == kvfuse::store::DType::f32 && start_section != nullptr &&
-                start_section->as_i32().size() == 1) {
-                auto shared = std::make_shared<kvfuse::store::ChunkView>(*view);
-                Held held;
-                held.view.start_position = start_section->as_i32()[0];
-                held.view.tokens = view->token_count();
-                for (int l = 0; l < s.layers; ++l) {
-                    const auto layer = static_cast<std::uint32_t>(l);
-                    held.view.k.push_back(shared->keys(layer).as_f32().data());
-                    held.view.v.push_back(shared->values(layer).as_f32().data());
-                    if (auto quantized = quantized_sections(*shared, layer, s)) held.view.quantized.push_back(*quantized);
-                }
-                if (held.view.quantized.size() == static_cast<std::size_t>(s.layers)) {
-                    held.owner = shared;
-                    held.from_store = true;
-                    if (load_ms) *load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-                    return held;
-                }
-                // Stored without quantized keys (an older file): removed, then recomputed and
-                // stored again below (put() keeps a valid file it already has).
-                (void)store_->erase(key);
-            }
+        if (auto held = from_store(tokens)) {
+            if (load_ms) *load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+            return std::move(*held);
         }
     }
     return compute_and_store(tokens);
@@ -146,7 +171,8 @@ std::size_t ChunkSource::precompute(std::span<const Request> requests) {
     std::size_t computed = 0;
     for (const Request& r : requests)
         for (const auto& chunk : r.chunks) {
-            if (store_ != nullptr && store_->get(kvfuse::store::make_chunk_key(model_.fingerprint(), chunk))) continue;
+            // Stored means usable by this model: a file from_store() rejects is computed again.
+            if (store_ != nullptr && from_store(chunk)) continue;
             compute_and_store(chunk);
             ++computed;
         }

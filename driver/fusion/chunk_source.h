@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -42,6 +43,10 @@ class ChunkSource {
     std::size_t precompute(std::span<const Request> requests);
 
    private:
+    // The stored chunk when the store has one this model can use; otherwise nullopt, and a
+    // stored file this model cannot use (other layout, no start position, no quantized keys) is
+    // reported and erased so that the recomputed chunk replaces it.
+    std::optional<Held> from_store(std::span<const std::int32_t> tokens);
     Held compute_and_store(std::span<const std::int32_t> tokens);
     const FusionModel& model_;
     kvfuse::store::ChunkStore* store_;

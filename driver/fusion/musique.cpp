@@ -1,10 +1,11 @@
 #include "fusion/musique.h"
 
 #include <cctype>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
+
+#include "model/regular_file.h"
 
 namespace kvfuse::fusion {
 
@@ -36,15 +37,16 @@ PromptTemplate parse_prompt_template(std::string_view name) {
 }
 
 std::vector<QaItem> load_qa_file(const std::string& path, PromptTemplate prompt_template, std::size_t max_chunks) {
-    std::ifstream file(path);
-    if (!file) throw std::runtime_error(path + ": cannot open");
+    const std::string text = kvfuse::model::read_regular_file(path);
     nlohmann::json doc;
     try {
-        file >> doc;
+        doc = nlohmann::json::parse(text);
     } catch (const nlohmann::json::exception& e) {
         throw std::runtime_error(path + ": not valid JSON (" + e.what() + ")");
     }
     if (!doc.is_array()) throw std::runtime_error(path + ": expected a JSON list of items");
+    // An empty list would evaluate nothing and print a table of zeros as if it had.
+    if (doc.empty()) throw std::runtime_error(path + ": the list of items is empty");
     std::vector<QaItem> items;
     for (std::size_t i = 0; i < doc.size(); ++i) {
         const auto& entry = doc[i];
@@ -59,14 +61,21 @@ std::vector<QaItem> load_qa_file(const std::string& path, PromptTemplate prompt_
                 throw std::runtime_error(where + ": every context needs a \"text\" string");
             const std::string title = ctx.contains("title") && ctx["title"].is_string() ? ctx["title"].get<std::string>() : "";
             const std::string text = ctx["text"].get<std::string>();
+            if (text.find_first_not_of(" \t\r\n") == std::string::npos)
+                throw std::runtime_error(where + ": context " + std::to_string(item.chunk_texts.size()) + " has an empty \"text\"");
             item.chunk_texts.push_back(prompt_template == PromptTemplate::cacheblend ? title + "\n\n" + text + "\n\n" : text);
         }
         if (item.chunk_texts.empty()) throw std::runtime_error(where + " has no contexts");
         item.question = entry["question"].get<std::string>();
+        if (item.question.find_first_not_of(" \t\r\n") == std::string::npos)
+            throw std::runtime_error(where + " has an empty \"question\"");
         if (entry.contains("answers")) {
             if (!entry["answers"].is_array()) throw std::runtime_error(where + ": \"answers\" must be a list");
-            for (const auto& a : entry["answers"])
-                if (a.is_string()) item.answers.push_back(a.get<std::string>());
+            for (const auto& a : entry["answers"]) {
+                // Skipping a non-string answer would score the item against fewer answers.
+                if (!a.is_string()) throw std::runtime_error(where + ": every answer must be a string");
+                item.answers.push_back(a.get<std::string>());
+            }
         }
         items.push_back(std::move(item));
     }

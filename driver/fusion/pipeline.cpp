@@ -627,12 +627,35 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     const auto t_logits = Clock::now();
     run.logits.resize(M * static_cast<std::size_t>(s.vocab));
     model.logits(hidden.data() + (rows.size() - M) * s.dim, M, run.logits.data());
+    require_finite_logits(run.logits.data(), M, static_cast<std::size_t>(s.vocab));
     run.times.logits = ms_since(t_logits);
     std::size_t pushed = 0;
     for (std::size_t n : run.rows_per_layer) pushed += n;
     pushed += probe_rows;
     run.recompute_fraction = static_cast<double>(pushed) / (static_cast<double>(L) * T);
     return run;
+}
+
+void require_finite_logits(const float* logits, std::size_t rows, std::size_t vocab) {
+    // A float is NaN or infinite exactly when its bits without the sign are >= those of +inf.
+    // The largest of them over a row is an integer max: associative, so the compiler vectorises
+    // it (a float sum would stay one add at a time). Only a bad row is searched for the culprit.
+    for (std::size_t r = 0; r < rows; ++r) {
+        const float* row = logits + r * vocab;
+        std::uint32_t largest = 0;
+        for (std::size_t v = 0; v < vocab; ++v) {
+            std::uint32_t bits;
+            std::memcpy(&bits, row + v, sizeof bits);
+            largest = std::max(largest, bits & 0x7fffffffu);
+        }
+        if (largest < 0x7f800000u) continue;
+        std::size_t bad = 0;
+        while (std::isfinite(row[bad])) ++bad;
+        throw std::runtime_error("the model produced non-finite logits (" +
+                                 std::string(std::isnan(row[bad]) ? "NaN" : "infinity") + " for token " + std::to_string(bad) +
+                                 " in row " + std::to_string(r) +
+                                 "): its weights or metadata are broken (NaN or huge values), no answer can be given");
+    }
 }
 
 std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache, std::int32_t first, std::size_t n) {
@@ -662,6 +685,7 @@ std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache
             model.finish_layer(l, attention.data(), 1, hidden.data());
         }
         model.logits(hidden.data(), 1, logits.data());
+        require_finite_logits(logits.data(), 1, logits.size());
         token = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     }
     return out;

@@ -134,6 +134,10 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
 
 // Greedy decoding on a cache holding `cache.tokens` rows: `first` is appended at the next
 // position, then n-1 more tokens are generated. Returns the n tokens (first included).
+// Throws std::runtime_error naming the first non-finite logit: NaN weights or a broken norm
+// would otherwise make greedy decoding pick token 0 and answer nothing, successfully.
+void require_finite_logits(const float* logits, std::size_t rows, std::size_t vocab);
+
 std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache, std::int32_t first,
                                         std::size_t n);
 

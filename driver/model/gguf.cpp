@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -149,7 +150,9 @@ GgufFile::~GgufFile() {
 }
 
 std::shared_ptr<const GgufFile> GgufFile::open(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: open() of a FIFO would otherwise wait for a writer before fstat could reject
+    // it. On a regular file the flag changes nothing, so it is kept.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
     if (fd < 0) throw GgufError(path + ": cannot open: " + std::strerror(errno));
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -192,7 +195,9 @@ void GgufFile::parse_all(const std::uint8_t* base, std::uint64_t size) {
     for (std::uint64_t i = 0; i < kv_count; ++i) {
         std::string key = c.read_string("metadata key");
         const auto type = c.read<std::uint32_t>("metadata type");
-        metadata_[key] = read_value(c, type, 0);
+        GgufValue value = read_value(c, type, 0);
+        // Two values for one key: which one a reader means is anyone's guess, so neither is used.
+        if (!metadata_.emplace(key, std::move(value)).second) c.fail("metadata key " + key + " appears twice");
     }
     for (std::uint64_t i = 0; i < tensor_count; ++i) {
         GgufTensor t;
@@ -260,6 +265,43 @@ std::uint64_t GgufFile::get_uint(const std::string& key) const {
 
 std::uint64_t GgufFile::get_uint_or(const std::string& key, std::uint64_t fallback) const {
     return has(key) ? get_uint(key) : fallback;
+}
+
+std::uint64_t GgufFile::get_uint_in(const std::string& key, std::uint64_t min, std::uint64_t max) const {
+    const GgufValue* v = find(key);
+    if (v == nullptr) throw GgufError(path_ + ": missing metadata " + key);
+    std::string shown;
+    if (auto* u = std::get_if<std::uint64_t>(v)) {
+        if (*u >= min && *u <= max) return *u;
+        shown = std::to_string(*u);
+    } else if (auto* s = std::get_if<std::int64_t>(v)) {
+        if (*s >= 0 && static_cast<std::uint64_t>(*s) >= min && static_cast<std::uint64_t>(*s) <= max)
+            return static_cast<std::uint64_t>(*s);
+        shown = std::to_string(*s);
+    } else {
+        throw GgufError(path_ + ": metadata " + key + " is not an integer");
+    }
+    throw GgufError(path_ + ": metadata " + key + " = " + shown + " is outside [" + std::to_string(min) + ", " +
+                    std::to_string(max) + "]");
+}
+
+std::uint64_t GgufFile::get_uint_in_or(const std::string& key, std::uint64_t fallback, std::uint64_t min,
+                                       std::uint64_t max) const {
+    return has(key) ? get_uint_in(key, min, max) : fallback;
+}
+
+double GgufFile::get_float_in(const std::string& key, double min, double max) const {
+    const double value = get_float(key);
+    if (!(std::isfinite(value) && value >= min && value <= max)) {
+        char text[160];
+        std::snprintf(text, sizeof text, " = %g is not a finite number in [%g, %g]", value, min, max);
+        throw GgufError(path_ + ": metadata " + key + text);
+    }
+    return value;
+}
+
+double GgufFile::get_float_in_or(const std::string& key, double fallback, double min, double max) const {
+    return has(key) ? get_float_in(key, min, max) : fallback;
 }
 
 double GgufFile::get_float(const std::string& key) const {

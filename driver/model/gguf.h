@@ -62,6 +62,12 @@ class GgufFile {
     std::vector<double> get_floats(const std::string& key) const;  // also from integer arrays
     std::uint64_t get_uint_or(const std::string& key, std::uint64_t fallback) const;
     double get_float_or(const std::string& key, double fallback) const;
+    // Range-checked: the value read as 64 bits, then checked against [min, max] before any
+    // narrowing; an error names the key and the value. A finite float in [min, max].
+    std::uint64_t get_uint_in(const std::string& key, std::uint64_t min, std::uint64_t max) const;
+    std::uint64_t get_uint_in_or(const std::string& key, std::uint64_t fallback, std::uint64_t min, std::uint64_t max) const;
+    double get_float_in(const std::string& key, double min, double max) const;
+    double get_float_in_or(const std::string& key, double fallback, double min, double max) const;
 
     const std::vector<GgufTensor>& tensors() const { return tensors_; }
     const GgufTensor* tensor(const std::string& name) const;

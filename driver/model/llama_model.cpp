@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 
 namespace kvfuse::model {
 
@@ -76,23 +77,31 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
     if (architecture_ != "llama" && architecture_ != "mistral" && architecture_ != "qwen2")
         throw GgufError(f.path() + ": architecture '" + architecture_ + "' is not supported (llama, mistral, qwen2 are)");
     const std::string a = architecture_ + ".";
-    shape_.layers = static_cast<int>(f.get_uint(a + "block_count"));
-    shape_.dim = static_cast<int>(f.get_uint(a + "embedding_length"));
-    shape_.heads = static_cast<int>(f.get_uint(a + "attention.head_count"));
-    shape_.kv_heads = static_cast<int>(f.get_uint_or(a + "attention.head_count_kv", static_cast<std::uint64_t>(shape_.heads)));
-    shape_.context = static_cast<int>(f.get_uint(a + "context_length"));
-    ffn_ = static_cast<int>(f.get_uint(a + "feed_forward_length"));
-    epsilon_ = static_cast<float>(f.get_float_or(a + "attention.layer_norm_rms_epsilon", 1e-5));
-    if (shape_.layers <= 0 || shape_.dim <= 0 || shape_.heads <= 0 || shape_.kv_heads <= 0 || ffn_ <= 0 ||
-        shape_.dim % shape_.heads != 0 || shape_.heads % shape_.kv_heads != 0 || shape_.layers > 1000 || shape_.dim > 65536)
-        throw GgufError(f.path() + ": inconsistent model sizes (layers, embedding, heads, kv heads, ffn)");
+    // Every size is read as 64 bits and range-checked before it becomes an int, so that 2^32 + 5
+    // layers cannot load as 5 nor a context of 2^32 as 0 ("no limit").
+    constexpr std::uint64_t kIntMax = std::numeric_limits<std::int32_t>::max();
+    shape_.layers = static_cast<int>(f.get_uint_in(a + "block_count", 1, 1000));
+    shape_.dim = static_cast<int>(f.get_uint_in(a + "embedding_length", 1, 65536));
+    shape_.heads = static_cast<int>(f.get_uint_in(a + "attention.head_count", 1, static_cast<std::uint64_t>(shape_.dim)));
+    shape_.kv_heads = static_cast<int>(f.get_uint_in_or(a + "attention.head_count_kv", static_cast<std::uint64_t>(shape_.heads), 1,
+                                                        static_cast<std::uint64_t>(shape_.heads)));
+    shape_.context = static_cast<int>(f.get_uint_in(a + "context_length", 1, kIntMax));
+    ffn_ = static_cast<int>(f.get_uint_in(a + "feed_forward_length", 1, 1u << 20));
+    // rms_norm divides by sqrt(mean + epsilon): a NaN, infinite, negative or zero epsilon gives
+    // NaN for some rows, and every logit after them.
+    epsilon_ = static_cast<float>(f.get_float_in_or(a + "attention.layer_norm_rms_epsilon", 1e-5, 1e-30, 1.0));
+    if (shape_.dim % shape_.heads != 0 || shape_.heads % shape_.kv_heads != 0)
+        throw GgufError(f.path() + ": inconsistent model sizes: embedding " + std::to_string(shape_.dim) + ", " +
+                        std::to_string(shape_.heads) + " heads, " + std::to_string(shape_.kv_heads) +
+                        " KV heads (heads must divide the embedding, KV heads the heads)");
     shape_.head_dim = shape_.dim / shape_.heads;
     tokenizer_ = std::make_unique<Tokenizer>(f);
     shape_.vocab = static_cast<int>(tokenizer_->vocab_size());
 
     // RoPE: GGUF stores llama/mistral Q and K permuted for interleaved pairs; qwen2 uses NeoX.
     shape_.rope.head_dim = shape_.head_dim;
-    shape_.rope.rotary_dims = static_cast<int>(f.get_uint_or(a + "rope.dimension_count", static_cast<std::uint64_t>(shape_.head_dim)));
+    shape_.rope.rotary_dims = static_cast<int>(f.get_uint_in_or(a + "rope.dimension_count", static_cast<std::uint64_t>(shape_.head_dim),
+                                                                1, static_cast<std::uint64_t>(shape_.head_dim)));
     shape_.rope.base = f.get_float_or(a + "rope.freq_base", 10000.0);
     shape_.rope.pairing = architecture_ == "qwen2" ? kvfuse::RopePairing::neox : kvfuse::RopePairing::interleaved;
     const std::string scaling = f.has(a + "rope.scaling.type") ? f.get_string(a + "rope.scaling.type") : "none";
@@ -105,9 +114,18 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
         shape_.rope.llama3_low_freq_factor = f.get_float_or(a + "rope.scaling.low_freq_factor", 1.0);
         shape_.rope.llama3_high_freq_factor = f.get_float_or(a + "rope.scaling.high_freq_factor", 4.0);
         shape_.rope.llama3_original_context =
-            static_cast<int>(f.get_uint_or(a + "rope.scaling.original_context_length", 8192));
+            static_cast<int>(f.get_uint_in_or(a + "rope.scaling.original_context_length", 8192, 1, kIntMax));
     } else if (scaling != "none") {
         throw GgufError(f.path() + ": rope scaling '" + scaling + "' is not supported (none, linear, llama3 are)");
+    }
+    // The library is the one judge of a RoPE configuration (even rotary dims, base > 1, finite
+    // positive factors, ...): one zero row rotated now, so that a model every command would
+    // reject later is rejected at load, by `info` too.
+    {
+        std::vector<float> row(static_cast<std::size_t>(shape_.head_dim), 0.0f);
+        const std::int64_t position = 0;
+        const kvfuse::Status rope = kvfuse::rope_rotate(shape_.rope, row.data(), 1, 1, row.size(), &position);
+        if (!rope.ok()) throw GgufError(f.path() + ": RoPE metadata (" + a + "rope.*) rejected: " + rope.message());
     }
 
     const std::uint64_t d = static_cast<std::uint64_t>(shape_.dim), kv = shape_.kv_row(), ffn = static_cast<std::uint64_t>(ffn_),

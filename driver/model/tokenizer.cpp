@@ -1,6 +1,8 @@
 #include "model/tokenizer.h"
 
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <queue>
 #include <stdexcept>
 
@@ -25,17 +27,31 @@ Tokenizer::Tokenizer(const GgufFile& file) {
     if (model != "llama")
         throw GgufError(file.path() + ": tokenizer '" + model + "' is not supported (SentencePiece 'llama' is)");
     pieces_ = file.get_strings("tokenizer.ggml.tokens");
+    if (pieces_.empty() || pieces_.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()))
+        throw GgufError(file.path() + ": tokenizer.ggml.tokens holds " + std::to_string(pieces_.size()) + " tokens");
     const std::vector<double> scores = file.has("tokenizer.ggml.scores") ? file.get_floats("tokenizer.ggml.scores")
                                                                          : std::vector<double>(pieces_.size(), 0.0);
     const std::vector<double> types = file.has("tokenizer.ggml.token_type") ? file.get_floats("tokenizer.ggml.token_type")
                                                                             : std::vector<double>(pieces_.size(), 1.0);
     if (scores.size() != pieces_.size() || types.size() != pieces_.size())
         throw GgufError(file.path() + ": tokenizer scores/types do not match the number of tokens");
-    scores_.assign(scores.begin(), scores.end());
-    for (double t : types) types_.push_back(static_cast<int>(t));
-    bos_ = static_cast<std::int32_t>(file.get_uint_or("tokenizer.ggml.bos_token_id", 1));
-    eos_ = static_cast<std::int32_t>(file.get_uint_or("tokenizer.ggml.eos_token_id", 2));
-    unknown_ = static_cast<std::int32_t>(file.get_uint_or("tokenizer.ggml.unknown_token_id", 0));
+    // Checked before narrowing: a double out of float's (or int's) range cast is undefined, and
+    // a NaN score would make the merge order depend on the comparison's accident.
+    for (std::size_t i = 0; i < scores.size(); ++i) {
+        if (!std::isfinite(scores[i]) || std::fabs(scores[i]) > std::numeric_limits<float>::max())
+            throw GgufError(file.path() + ": tokenizer.ggml.scores[" + std::to_string(i) + "] is not a finite f32");
+        scores_.push_back(static_cast<float>(scores[i]));
+    }
+    for (std::size_t i = 0; i < types.size(); ++i) {
+        // GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte.
+        if (!(types[i] >= 0.0 && types[i] <= 6.0) || types[i] != std::floor(types[i]))
+            throw GgufError(file.path() + ": tokenizer.ggml.token_type[" + std::to_string(i) + "] is not a token type (0 to 6)");
+        types_.push_back(static_cast<int>(types[i]));
+    }
+    const std::uint64_t last = pieces_.size() - 1;
+    bos_ = static_cast<std::int32_t>(file.get_uint_in_or("tokenizer.ggml.bos_token_id", 1, 0, last));
+    eos_ = static_cast<std::int32_t>(file.get_uint_in_or("tokenizer.ggml.eos_token_id", 2, 0, last));
+    unknown_ = static_cast<std::int32_t>(file.get_uint_in_or("tokenizer.ggml.unknown_token_id", 0, 0, last));
     if (static_cast<std::size_t>(bos_) >= pieces_.size() || static_cast<std::size_t>(eos_) >= pieces_.size())
         throw GgufError(file.path() + ": BOS/EOS ids are outside the vocabulary");
     index();

@@ -1,5 +1,6 @@
-// The directory backend: one file per chunk, written by temp file + fsync + rename, read by
-// mmap and verified before use, with a byte-bounded LRU of mappings in front.
+// The directory backend: one file per chunk, written by temp file + fsync + rename, read into
+// memory with pread (or mapped, with ChunkStoreOptions::map_files) and verified before use,
+// with a byte-bounded LRU of loaded chunks in front.
 #include "store/chunk_store.h"
 
 #include "store/block_writer.h"
@@ -7,6 +8,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -15,6 +17,7 @@
 #include <list>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -23,17 +26,21 @@ namespace kvfuse::store {
 
 namespace fs = std::filesystem;
 
-// A mapped, verified chunk file. Unmapped when the last ChunkView and the LRU let go of it.
+// A verified chunk file's bytes: a private copy read with pread (`mapped` false: anonymous
+// memory, so no later change to the file can reach it), or the file's own pages (`mapped`
+// true). Released when the last ChunkView and the LRU let go of it.
 struct MappedChunk {
     const void* base = nullptr;
-    size_t length = 0;
+    size_t length = 0;          // the file's bytes
+    size_t mapping_length = 0;  // what munmap releases (a read file's memory is rounded up)
+    bool mapped = false;
     format::ParsedChunkFile parsed;
 
     MappedChunk() = default;
     MappedChunk(const MappedChunk&) = delete;
     MappedChunk& operator=(const MappedChunk&) = delete;
     ~MappedChunk() {
-        if (base != nullptr) munmap(const_cast<void*>(base), length);
+        if (base != nullptr) munmap(const_cast<void*>(base), mapping_length);
     }
 };
 
@@ -61,6 +68,7 @@ std::span<const SectionView> ChunkView::sections(uint32_t layer) const {
 }
 bool ChunkView::will_need(uint32_t layer) const {
     std::span<const SectionView> layer_sections = sections(layer);
+    if (!chunk_->mapped) return true;  // read into memory: nothing left to read ahead
     const auto* base = static_cast<const std::byte*>(chunk_->base);
     const std::byte* begin = layer_sections.front().bytes.data();
     const std::byte* end = layer_sections.back().bytes.data() + layer_sections.back().bytes.size();
@@ -85,6 +93,15 @@ constexpr std::string_view kTempPrefix = ".tmp-";
 constexpr std::string_view kChunkSuffix = ".kvchunk";
 
 std::string errno_text(int error) { return std::strerror(error); }
+
+std::string file_kind(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    return "mode " + std::to_string(mode);
+}
 
 class FileDescriptor {
 public:
@@ -114,7 +131,7 @@ struct LoadOutcome {
     std::shared_ptr<const MappedChunk> chunk;  // set when the file is sound and matches
     bool absent = false;
     Status problem;  // corrupt, mismatch or io_error, with the path in the message
-    bool damaged = false;  // corrupt: safe to remove
+    bool damaged = false;  // corrupt or no regular file: safe to remove
     struct stat identity {};
 };
 
@@ -166,7 +183,9 @@ struct ChunkStore::Impl {
 
     LoadOutcome load(const fs::path& path, const ChunkKey& key) const {
         LoadOutcome outcome;
-        FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+        // O_NONBLOCK: a FIFO at the chunk's path must not block open() before fstat shows it
+        // is no regular file. On a regular file the flag changes nothing, so it is kept.
+        FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
         if (fd.get() < 0) {
             const int error = errno;
             if (error == ENOENT) {
@@ -183,30 +202,47 @@ struct ChunkStore::Impl {
             return outcome;
         }
         if (!S_ISREG(outcome.identity.st_mode)) {
-            outcome.problem = {StatusCode::corrupt, path.string() + ": not a regular file"};
+            outcome.problem = {StatusCode::corrupt,
+                               path.string() + ": not a regular file (" +
+                                   file_kind(outcome.identity.st_mode) + ")"};
+            outcome.damaged = true;
             return outcome;
         }
         const uint64_t size = static_cast<uint64_t>(outcome.identity.st_size);
         auto chunk = std::make_shared<MappedChunk>();
         std::span<const std::byte> file;
+        // A read file's payload is hashed block by block as it arrives (while in cache), and
+        // compared below, after the parse has checked the header that holds the checksum.
+        std::optional<uint64_t> read_payload_checksum;
+        bool verify_in_parse = options.verify_payload;
         if (size > 0) {
-            void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
-            if (base == MAP_FAILED) {
-                outcome.problem = {StatusCode::io_error,
-                                   path.string() + ": mmap failed: " + errno_text(errno)};
+            Status loaded = options.map_files
+                                ? map_file(fd.get(), size, *chunk)
+                                : read_file(fd.get(), size, *chunk,
+                                            options.verify_payload ? &read_payload_checksum : nullptr);
+            if (read_payload_checksum) verify_in_parse = false;
+            if (!loaded.ok()) {
+                outcome.damaged = loaded.code() == StatusCode::corrupt;
+                outcome.problem = {loaded.code(), path.string() + ": " + loaded.message()};
                 return outcome;
             }
-            chunk->base = base;
-            chunk->length = size;
-            file = {static_cast<const std::byte*>(base), size};
+            file = {static_cast<const std::byte*>(chunk->base), size};
         }
-        Result<format::ParsedChunkFile> parsed =
-            format::parse_chunk_file(file, options.verify_payload);
+        Result<format::ParsedChunkFile> parsed = format::parse_chunk_file(file, verify_in_parse);
         if (!parsed.ok()) {
             const Status& status = parsed.status();
             outcome.damaged = status.code() == StatusCode::corrupt;
             outcome.problem = {status.code(), path.string() + ": " + status.message()};
             return outcome;
+        }
+        if (read_payload_checksum) {
+            uint64_t stored;
+            std::memcpy(&stored, file.data() + format::field::payload_checksum, sizeof stored);
+            if (stored != *read_payload_checksum) {  // the same words as the parser's check
+                outcome.damaged = true;
+                outcome.problem = {StatusCode::corrupt, path.string() + ": payload checksum mismatch"};
+                return outcome;
+            }
         }
         Status matches = format::check_key_matches(parsed.value(), key);
         if (!matches.ok()) {
@@ -218,15 +254,132 @@ struct ChunkStore::Impl {
         return outcome;
     }
 
-    // Removes a damaged file unless another writer has already renamed a new one over it. The
-    // check and the unlink are not one atomic step: in the rare race, a sound file is lost and
-    // recomputed, never a damaged one kept.
-    void remove_damaged(const fs::path& path, const struct stat& identity) const {
-        struct stat now {};
-        if (::stat(path.c_str(), &now) == 0 && now.st_dev == identity.st_dev &&
-            now.st_ino == identity.st_ino) {
-            ::unlink(path.c_str());
+    static Status map_file(int fd, uint64_t size, MappedChunk& chunk) {
+        void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+        if (base == MAP_FAILED) return {StatusCode::io_error, "mmap failed: " + errno_text(errno)};
+        chunk.base = base;
+        chunk.length = size;
+        chunk.mapping_length = size;
+        chunk.mapped = true;
+        return Status::success();
+    }
+
+    // Anonymous memory for `size` bytes of file. From 2 MiB up it is 2 MiB-aligned and asked
+    // for transparent huge pages, then prefaulted in one call: a 4 KiB page fault per page made
+    // reading a 16 MiB chunk about 20x slower than mapping it on this VM (docs/STORE.md).
+    // Either advice may be refused (THP off, an older kernel): the memory works the same.
+    static void* allocate_for_read(size_t size, size_t& mapping_length) {
+        constexpr size_t kHugePage = size_t{2} << 20;
+        const int protection = PROT_READ | PROT_WRITE, flags = MAP_PRIVATE | MAP_ANONYMOUS;
+        if (size < kHugePage) {
+            mapping_length = size;
+            void* base = ::mmap(nullptr, size, protection, flags, -1, 0);
+            return base == MAP_FAILED ? nullptr : base;
         }
+        // Whole 2 MiB extents get huge pages, the tail small ones: no zeroing of a mostly
+        // unused last huge page.
+        const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+        mapping_length = (size + page - 1) / page * page;
+        void* raw = ::mmap(nullptr, mapping_length + kHugePage, protection, flags, -1, 0);
+        if (raw == MAP_FAILED) return nullptr;
+        const auto start = reinterpret_cast<uintptr_t>(raw);
+        const uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
+        if (aligned > start) ::munmap(raw, aligned - start);
+        const uintptr_t end = aligned + mapping_length, raw_end = start + mapping_length + kHugePage;
+        if (raw_end > end) ::munmap(reinterpret_cast<void*>(end), raw_end - end);
+        void* base = reinterpret_cast<void*>(aligned);
+        ::madvise(base, mapping_length, MADV_HUGEPAGE);
+#ifdef MADV_POPULATE_WRITE
+        ::madvise(base, mapping_length, MADV_POPULATE_WRITE);
+#endif
+        return base;
+    }
+
+    // The whole file into anonymous memory (page-aligned, so every section keeps its 64-byte
+    // alignment). A file that ends early -- truncated since fstat -- is damaged; one replaced
+    // by rename meanwhile is not seen at all (this descriptor keeps the old inode). With
+    // `payload_checksum`, the bytes from the header's header_bytes on are hashed as each block
+    // arrives; left empty when the header size is unusable (the parse then reports it).
+    static Status read_file(int fd, uint64_t size, MappedChunk& chunk,
+                            std::optional<uint64_t>* payload_checksum) {
+        size_t mapping_length = 0;
+        void* base = allocate_for_read(size, mapping_length);
+        if (base == nullptr) {
+            return {StatusCode::io_error,
+                    "cannot allocate " + std::to_string(size) + " bytes: " + errno_text(errno)};
+        }
+        chunk.base = base;
+        chunk.length = size;
+        chunk.mapping_length = mapping_length;
+        auto* bytes = static_cast<std::byte*>(base);
+        // 256 KiB blocks: hashed while still in L2.
+        constexpr uint64_t kBlock = uint64_t{256} << 10;
+        std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(nullptr, &XXH3_freeState);
+        uint64_t payload_from = 0;
+        uint64_t done = 0;
+        while (done < size) {
+            const size_t step = static_cast<size_t>(std::min(size - done, kBlock));
+            const ssize_t got = ::pread(fd, bytes + done, step, static_cast<off_t>(done));
+            if (got < 0) {
+                if (errno == EINTR) continue;
+                return {StatusCode::io_error, "read failed: " + errno_text(errno)};
+            }
+            if (got == 0) {
+                return {StatusCode::corrupt, "truncated while being read: " +
+                                                 std::to_string(done) + " of " +
+                                                 std::to_string(size) + " bytes"};
+            }
+            const uint64_t end = done + static_cast<uint64_t>(got);
+            if (payload_checksum != nullptr && !state && end >= format::kFixedHeaderBytes) {
+                uint32_t header_bytes;
+                std::memcpy(&header_bytes, bytes + format::field::header_bytes, sizeof header_bytes);
+                if (header_bytes >= format::kFixedHeaderBytes && header_bytes <= size) {
+                    state.reset(XXH3_createState());
+                    if (!state || XXH3_64bits_reset(state.get()) != XXH_OK) state.reset();
+                    payload_from = header_bytes;
+                    // What arrived before the hash could start.
+                    if (state && end > payload_from) {
+                        XXH3_64bits_update(state.get(), bytes + payload_from, end - payload_from);
+                    }
+                } else {
+                    payload_checksum = nullptr;  // the parse reports the bad header size
+                }
+            } else if (state && end > payload_from) {
+                const uint64_t from = std::max(done, payload_from);
+                XXH3_64bits_update(state.get(), bytes + from, end - from);
+            }
+            done = end;
+        }
+        if (state) *payload_checksum = XXH3_64bits_digest(state.get());
+        // Read-only from here on, as a mapping would be: a stray write through a view faults.
+        ::mprotect(base, mapping_length, PROT_READ);
+        return Status::success();
+    }
+
+    // Removes what made a chunk path unusable -- a damaged file, a FIFO, a socket, an empty
+    // directory -- unless another writer has already renamed a new file over it. The check and
+    // the removal are not one atomic step: in the rare race, a sound file is lost and
+    // recomputed, never a damaged one kept. A non-empty directory is left (it may hold someone's
+    // data) and reported: every put() of that chunk will fail until it is removed by hand.
+    void remove_unusable(const fs::path& path, const struct stat& identity) {
+        struct stat now {};
+        if (::lstat(path.c_str(), &now) != 0 || now.st_dev != identity.st_dev ||
+            now.st_ino != identity.st_ino) {
+            return;
+        }
+        const bool directory = S_ISDIR(now.st_mode);
+        if ((directory ? ::rmdir(path.c_str()) : ::unlink(path.c_str())) == 0) {
+            std::lock_guard lock(mutex);
+            ++stats.repaired;
+            return;
+        }
+        const int error = errno;
+        if (error == ENOENT) return;  // another process removed it first
+        warn(Status(StatusCode::io_error,
+                    path.string() + ": cannot remove the unusable " +
+                        (directory ? "directory" : "file") + " in the way of this chunk (" +
+                        errno_text(error) + "); remove it by hand, the chunk is recomputed " +
+                        "until then"));
     }
 
     // Under the lock.
@@ -387,13 +540,25 @@ Status ChunkStore::put(const ChunkKey& key, const StoredChunk& chunk) {
         }
     }
     // A sound file already there is the same content (same key): keep it. A damaged one is
-    // simply replaced below, so it is not reported here.
+    // simply replaced below, so it is not reported here. A rename cannot replace a directory:
+    // an empty one is removed first, a non-empty one makes the rename fail and is named in the
+    // error.
     LoadOutcome existing = impl.load(path, key);
     if (existing.chunk) {
         std::lock_guard lock(impl.mutex);
         ++impl.stats.puts_skipped;
         impl.stats.bytes_mapped += existing.chunk->length;
         return Status::success();
+    }
+    if (existing.damaged && S_ISDIR(existing.identity.st_mode)) {
+        if (::rmdir(path.c_str()) == 0) {
+            std::lock_guard lock(impl.mutex);
+            ++impl.stats.repaired;
+        } else if (errno != ENOENT) {
+            return {StatusCode::io_error,
+                    path.string() + ": a directory is in the way of this chunk and cannot be " +
+                        "removed (" + errno_text(errno) + "); remove it by hand"};
+        }
     }
     Status written = impl.write_file(key, plan.value(), path);
     if (!written.ok()) return written;
@@ -420,7 +585,7 @@ std::optional<ChunkView> ChunkStore::get(const ChunkKey& key) {
             impl.warn(Status(outcome.problem.code(),
                              outcome.problem.message() + "; read as a miss"));
             if (outcome.damaged && !impl.options.read_only) {
-                impl.remove_damaged(path, outcome.identity);
+                impl.remove_unusable(path, outcome.identity);
             }
         }
         std::lock_guard lock(impl.mutex);
@@ -483,6 +648,8 @@ size_t ChunkStore::remove_stale_temp_files() {
     }
     return removed;
 }
+
+void ChunkStore::warn(const Status& status) const { impl_->warn(status); }
 
 void ChunkStore::clear_memory_cache() {
     std::lock_guard lock(impl_->mutex);

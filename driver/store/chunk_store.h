@@ -1,7 +1,7 @@
 // The chunk KV store: the precomputed KV cache of each RAG chunk, keyed by content (model
 // fingerprint + token ids), kept as one checksummed file per chunk in a directory and read back
-// by mmap, with an in-memory LRU of mapped chunks in front. File format and guarantees:
-// docs/STORE.md.
+// into memory (or, on request, mapped), with an in-memory LRU of loaded chunks in front. File
+// format and guarantees: docs/STORE.md.
 //
 // What a chunk holds: the KV cache of the chunk computed ALONE at positions 0..N-1. Per layer,
 // K (already rotated by RoPE at those chunk-local positions: the fusion code re-rotates it by
@@ -163,7 +163,7 @@ struct StoredChunk {
 
 // ------------------------------------------------------------------------- reading a chunk --
 
-// One section inside a mapped chunk file. Its bytes start 64-byte aligned.
+// One section inside a loaded chunk file. Its bytes start 64-byte aligned.
 struct SectionView {
     std::string_view name;
     DType dtype = DType::u8;
@@ -179,11 +179,12 @@ struct SectionView {
     std::span<const int32_t> as_i32() const;
 };
 
-struct MappedChunk;  // the mapping and its parsed section table (chunk_store.cpp)
+struct MappedChunk;  // the file's bytes (read or mapped) and its parsed section table
 
-// A verified chunk, read in place from the mapped file: no copy. Copies are cheap and share the
-// mapping, which stays valid as long as any view of it exists (even after LRU eviction, and
-// even if another process replaces or removes the file).
+// A verified chunk: its file's bytes, read into memory (or mapped, with
+// ChunkStoreOptions::map_files). Copies are cheap and share the bytes, which stay valid as long
+// as any view of them exists (even after LRU eviction, and even if another process replaces,
+// removes or -- when read, not mapped -- truncates the file).
 class ChunkView {
 public:
     explicit ChunkView(std::shared_ptr<const MappedChunk> chunk) : chunk_(std::move(chunk)) {}
@@ -203,8 +204,9 @@ public:
     uint64_t file_bytes() const;
 
     // Asks the kernel to read a layer's sections ahead (madvise WILLNEED), e.g. layer l+1's
-    // while layer l is fused. Useful with verify_payload off: verifying reads the whole file at
-    // get(). False if the kernel refused the advice (nothing else changes).
+    // while layer l is fused. Useful only for a mapped file with verify_payload off: verifying
+    // reads the whole file at get(), and a file read into memory is all there already (true).
+    // False if the kernel refused the advice (nothing else changes).
     bool will_need(uint32_t layer) const;
 
 private:
@@ -214,12 +216,18 @@ private:
 // -------------------------------------------------------------------------------- the store --
 
 struct ChunkStoreOptions {
-    // Bytes of mapped chunk files the in-memory LRU keeps (0 disables it). A chunk larger than
+    // Bytes of loaded chunk files the in-memory LRU keeps (0 disables it). A chunk larger than
     // this is served but not kept.
     uint64_t memory_cache_bytes = uint64_t{1} << 30;
-    // Check the payload checksum each time a file is mapped. Off saves one pass over the data
+    // Check the payload checksum each time a file is loaded. Off saves one pass over the data
     // and trusts the filesystem; the header is always checked.
     bool verify_payload = true;
+    // Map chunk files (mmap) instead of reading them into memory. Saves the copy (figures in
+    // docs/STORE.md), but a file truncated in place while a view maps it kills the process with
+    // SIGBUS on the next access: only for a directory that nothing else writes or truncates.
+    // Off (the default): get() reads the file with pread, so no change to the file can reach a
+    // view once it is returned.
+    bool map_files = false;
     // fsync each new file and the directory before put() returns, so a stored chunk survives a
     // power loss. Off: writes stay atomic and reads stay verified (a file torn by a crash is
     // detected and recomputed); only durability is given up, for speed.
@@ -230,22 +238,24 @@ struct ChunkStoreOptions {
     // and remove_stale_temp_files(). Younger ones may belong to a live writer in another process.
     std::chrono::seconds stale_temp_age{600};
     // Called for every problem that the store handles by itself (a damaged or mismatched file
-    // read as a miss, a leftover it could not remove). Default: one line on stderr. May be
-    // called from several threads at once (those calling get()).
+    // read as a miss, something in the way of a chunk file that it removed or could not
+    // remove, a leftover it could not remove), and by callers through ChunkStore::warn().
+    // Default: one line on stderr. May be called from several threads at once.
     std::function<void(const Status&)> warning;
 };
 
 struct ChunkStoreStats {
     uint64_t memory_hits = 0;  // get() served from the LRU
-    uint64_t disk_hits = 0;    // get() served by mapping and verifying a file
+    uint64_t disk_hits = 0;    // get() served by reading (or mapping) and verifying a file
     uint64_t misses = 0;       // get() found nothing usable (absent, damaged or mismatched)
     uint64_t corrupt = 0;      // files found damaged (also counted in misses when read by get)
+    uint64_t repaired = 0;     // unusable files (or empty directories) removed from chunk paths
     uint64_t mismatched = 0;   // sound files holding another chunk or another format version
     uint64_t io_errors = 0;    // reads that failed for a reason other than absence
     uint64_t puts = 0;         // files written
     uint64_t puts_skipped = 0; // put() of a chunk already stored and valid
     uint64_t bytes_written = 0;
-    uint64_t bytes_mapped = 0;  // bytes of files mapped from disk by get()/put()
+    uint64_t bytes_mapped = 0;  // bytes of files read (or mapped) from disk by get()/put()
     uint64_t evictions = 0;
     uint64_t cache_bytes = 0;   // now in the LRU
     uint64_t cache_entries = 0;
@@ -265,11 +275,15 @@ public:
 
     // Stores a chunk under the key: validated, written to a temporary file in the same
     // directory, fsync'd, renamed over the final name, directory fsync'd. A chunk already stored
-    // and valid is not rewritten. On failure nothing is left behind.
+    // and valid is not rewritten. Whatever else is at the chunk's path (a damaged file, a FIFO,
+    // an empty directory) is removed first; what cannot be removed (a non-empty directory) is
+    // the error. On failure nothing is left behind.
     Status put(const ChunkKey& key, const StoredChunk& chunk);
 
     // The chunk, or nullopt when there is none usable: a damaged or mismatched file is reported
-    // through the warning hook and read as a miss, never returned.
+    // through the warning hook and read as a miss, never returned. A damaged file or anything
+    // that is not a regular file at the chunk's path is removed (an empty directory too; a
+    // warning says what could not be).
     std::optional<ChunkView> get(const ChunkKey& key);
 
     // Removes the key's file (and LRU entry). Absent is not an error.
@@ -277,6 +291,10 @@ public:
 
     // Number of leftover temporary files removed.
     size_t remove_stale_temp_files();
+
+    // Passes a problem to the warning hook: for callers that handle one the way the store
+    // handles its own (e.g. a failed put() that only costs a recompute next time).
+    void warn(const Status& status) const;
     void clear_memory_cache();
 
     ChunkStoreStats stats() const;
