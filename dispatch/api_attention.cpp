@@ -44,7 +44,12 @@ kvfuse_status check_attention(const kvfuse_attention_args* a) {
         return fail(KVFUSE_ERROR_NULL_POINTER, "queries, positions, keys, values and out are required");
     if (a->kv_tokens == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "kv_tokens must be > 0 when rows > 0");
     if (!multiplies_without_overflow(a->kv_tokens, a->kv_token_stride) ||
-        !multiplies_without_overflow(a->rows, a->query_row_stride) || !multiplies_without_overflow(a->rows, a->out_row_stride))
+        !multiplies_without_overflow(a->rows, a->query_row_stride) || !multiplies_without_overflow(a->rows, a->out_row_stride) ||
+        // and in bytes (found by fuzz_c_api: element counts that fit, byte offsets that wrapped)
+        !multiplies_without_overflow(a->kv_tokens * a->kv_token_stride, element_size(a->kv_dtype)) ||
+        !multiplies_without_overflow(a->rows * a->query_row_stride, sizeof(float)) ||
+        !multiplies_without_overflow(a->rows * a->out_row_stride, sizeof(float)) ||
+        !multiplies_without_overflow(a->rows, sizeof(std::int64_t)))
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "a tensor's size overflows");
     for (std::size_t r = 0; r < a->rows; ++r)
         if (a->positions[r] < 0 || static_cast<std::uint64_t>(a->positions[r]) >= a->kv_tokens)
@@ -54,13 +59,29 @@ kvfuse_status check_attention(const kvfuse_attention_args* a) {
     return KVFUSE_OK;
 }
 
+// True when n rows of `row` elements of `elem` bytes, `stride` elements apart, span a byte count
+// that fits in size_t: a wrapped product would address the wrong memory.
+bool span_fits(std::size_t n, std::size_t stride, std::size_t row, std::size_t elem) {
+    const std::size_t max_elements = std::numeric_limits<std::size_t>::max() / elem;
+    if (n == 0) return true;
+    if (row > max_elements) return false;
+    return n == 1 || stride <= (max_elements - row) / (n - 1);
+}
+
+// table_is_src: gather (src has table_rows rows, dst count rows); else scatter.
 kvfuse_status check_rows(kvfuse_dtype dtype, const void* src, const void* dst, const int64_t* rows, std::size_t count,
-                         std::size_t table_rows, std::size_t src_stride, std::size_t dst_stride, std::size_t row_elements) {
+                         std::size_t table_rows, std::size_t src_stride, std::size_t dst_stride, std::size_t row_elements,
+                         bool table_is_src) {
     if (!valid_dtype(dtype)) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "dtype must be f32 or bf16");
     if (src_stride < row_elements || dst_stride < row_elements)
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "row strides must be >= row_elements");
     if (count == 0 || row_elements == 0) return KVFUSE_OK;
     if (src == nullptr || dst == nullptr || rows == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "src, dst and rows are required");
+    const std::size_t elem = element_size(dtype);
+    if (count > std::numeric_limits<std::size_t>::max() / sizeof(std::int64_t) ||
+        !span_fits(table_is_src ? table_rows : count, src_stride, row_elements, elem) ||
+        !span_fits(table_is_src ? count : table_rows, dst_stride, row_elements, elem))
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "a row span overflows (rows * stride * element size too large)");
     for (std::size_t i = 0; i < count; ++i)
         if (rows[i] < 0 || static_cast<std::uint64_t>(rows[i]) >= table_rows)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
@@ -86,7 +107,7 @@ kvfuse_status kvfuse_sparse_attention(const kvfuse_attention_args* args) {
 
 kvfuse_status kvfuse_gather_rows(kvfuse_dtype dtype, const void* src, size_t src_rows, size_t src_row_stride,
                                  const int64_t* rows, size_t count, void* dst, size_t dst_row_stride, size_t row_elements) {
-    if (const kvfuse_status s = check_rows(dtype, src, dst, rows, count, src_rows, src_row_stride, dst_row_stride, row_elements);
+    if (const kvfuse_status s = check_rows(dtype, src, dst, rows, count, src_rows, src_row_stride, dst_row_stride, row_elements, true);
         s != KVFUSE_OK)
         return s;
     const std::size_t elem = element_size(dtype);
@@ -98,7 +119,7 @@ kvfuse_status kvfuse_gather_rows(kvfuse_dtype dtype, const void* src, size_t src
 
 kvfuse_status kvfuse_scatter_rows(kvfuse_dtype dtype, const void* src, size_t src_row_stride, const int64_t* rows,
                                   size_t count, void* dst, size_t dst_rows, size_t dst_row_stride, size_t row_elements) {
-    if (const kvfuse_status s = check_rows(dtype, src, dst, rows, count, dst_rows, src_row_stride, dst_row_stride, row_elements);
+    if (const kvfuse_status s = check_rows(dtype, src, dst, rows, count, dst_rows, src_row_stride, dst_row_stride, row_elements, false);
         s != KVFUSE_OK)
         return s;
     const std::size_t elem = element_size(dtype);

@@ -85,6 +85,7 @@ void kvfuse_get_cpu_features(kvfuse_cpu_features* features) {
 kvfuse_status kvfuse_f32_to_bf16(const float* src, uint16_t* dst, size_t count) {
     if (count == 0) return KVFUSE_OK;
     if (src == nullptr || dst == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "src and dst are required");
+    if (count > SIZE_MAX / sizeof(float)) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "count * 4 bytes overflows");
     for (size_t i = 0; i < count; ++i) dst[i] = kvfuse::detail::f32_to_bf16_bits(src[i]);
     return KVFUSE_OK;
 }
@@ -92,6 +93,7 @@ kvfuse_status kvfuse_f32_to_bf16(const float* src, uint16_t* dst, size_t count) 
 kvfuse_status kvfuse_bf16_to_f32(const uint16_t* src, float* dst, size_t count) {
     if (count == 0) return KVFUSE_OK;
     if (src == nullptr || dst == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "src and dst are required");
+    if (count > SIZE_MAX / sizeof(float)) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "count * 4 bytes overflows");
     for (size_t i = 0; i < count; ++i) dst[i] = kvfuse::detail::bf16_bits_to_f32(src[i]);
     return KVFUSE_OK;
 }

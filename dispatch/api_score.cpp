@@ -24,6 +24,13 @@ kvfuse_status check_shape(std::size_t rows, std::size_t heads, std::size_t head_
     if (overflows(heads, head_dim) || stride < heads * head_dim)
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "stride must be >= heads * head_dim");
     if (overflows(rows, stride)) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "rows * stride overflows");
+    // In bytes too: the f32 input spans ((rows - 1) * stride + heads * head_dim) * 4 bytes, the
+    // scales rows * heads * 4 (found by fuzz_c_api: an element count that fits but whose bytes
+    // do not read past the caller's buffer).
+    const std::size_t max_floats = std::numeric_limits<std::size_t>::max() / sizeof(float);
+    if (heads * head_dim > max_floats || (rows > 1 && stride > (max_floats - heads * head_dim) / (rows - 1)) ||
+        overflows(rows, heads) || rows * heads > max_floats)
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the rows span more bytes than a buffer can hold");
     return KVFUSE_OK;
 }
 
@@ -107,7 +114,9 @@ kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* a) {
     if (a->kv_heads == 0 || a->query_heads == 0 || a->query_heads % a->kv_heads != 0 || a->head_dim == 0)
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "query_heads must be a positive multiple of kv_heads, head_dim > 0");
     if (overflows(a->candidates, a->kv_heads) || overflows(a->candidates * a->kv_heads, a->head_dim) ||
-        overflows(a->question_rows, a->query_heads) || overflows(a->question_rows * a->query_heads, a->head_dim))
+        overflows(a->question_rows, a->query_heads) || overflows(a->question_rows * a->query_heads, a->head_dim) ||
+        overflows(a->candidates * a->kv_heads * a->head_dim, sizeof(float)) ||
+        overflows(a->question_rows * a->query_heads * a->head_dim, sizeof(float)))
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "tensor sizes overflow");
     if (a->candidates == a->question_rows) return KVFUSE_OK;  // no document key: nothing to score
     if (a->out == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "out is required");

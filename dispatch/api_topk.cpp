@@ -30,6 +30,16 @@ void select(const kvfuse::detail::KernelTable& kernels, const float* scores, std
     }
 }
 
+// True when `rows` rows of `row` elements of `element_bytes`, `stride` elements apart, span a
+// byte count that fits in size_t (a caller's buffer can exist); a wrapped product would make
+// the call read or write the wrong memory.
+bool span_fits(std::size_t rows, std::size_t stride, std::size_t row, std::size_t element_bytes) {
+    const std::size_t max_elements = std::numeric_limits<std::size_t>::max() / element_bytes;
+    if (rows == 0) return true;
+    if (row > max_elements) return false;
+    return rows == 1 || stride <= (max_elements - row) / (rows - 1);
+}
+
 kvfuse_status check_order(kvfuse_topk_order order) {
     if (order != KVFUSE_TOPK_BY_POSITION && order != KVFUSE_TOPK_BY_SCORE)
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "order must be KVFUSE_TOPK_BY_POSITION or KVFUSE_TOPK_BY_SCORE");
@@ -47,6 +57,8 @@ kvfuse_status kvfuse_topk(const float* scores, size_t n, size_t k, kvfuse_topk_o
     if (const kvfuse_status s = check_order(order); s != KVFUSE_OK) return s;
     if (k == 0 || n == 0) return KVFUSE_OK;
     if (scores == nullptr || indices == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "scores and indices are required");
+    if (!span_fits(1, n, n, sizeof(float)) || !span_fits(1, k, k < n ? k : n, sizeof(std::int64_t)))
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "n or k is larger than any buffer (n * 4 or k * 8 bytes overflow)");
     const kvfuse::detail::KernelTable* kernels = nullptr;
     if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
     try {
@@ -66,8 +78,8 @@ kvfuse_status kvfuse_topk_batched(const float* scores, size_t rows, size_t n, si
     if (indices_stride < per_row) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "indices_stride must be >= min(k, n)");
     if (rows == 0 || per_row == 0) return KVFUSE_OK;
     if (scores == nullptr || indices == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "scores and indices are required");
-    if (rows > std::numeric_limits<std::size_t>::max() / row_stride)
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "rows * row_stride overflows");
+    if (!span_fits(rows, row_stride, n, sizeof(float)) || !span_fits(rows, indices_stride, per_row, sizeof(std::int64_t)))
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the scores or indices span overflows (rows * stride too large)");
     const kvfuse::detail::KernelTable* kernels = nullptr;
     if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
     bool out_of_memory = false;
