@@ -7,7 +7,9 @@
 #                                      the long run: each target until 10^6 executions (or the
 #                                      time limit), a Markdown table of its final stats in F.md
 # Options: --build DIR (default build/fuzz), --targets "gguf chunk_file ...", --jobs N (targets
-# fuzzed at once, default 1). Every build and fuzz process runs under `nice -n 19`.
+# fuzzed at once, default 1), --timeout S (one input running longer is a hang: default 25 s; on
+# a machine shared with other work a stalled process can exceed that, so the long run uses
+# more). Every build and fuzz process runs under `nice -n 19`.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=$root/build/fuzz
@@ -15,6 +17,7 @@ seconds=20
 runs=-1
 report=
 jobs=1
+timeout=25
 targets="gguf chunk_file tokenizer musique profile c_api"
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -24,6 +27,7 @@ while [[ $# -gt 0 ]]; do
         --report) report=$2; shift 2 ;;
         --targets) targets=$2; shift 2 ;;
         --jobs) jobs=$2; shift 2 ;;
+        --timeout) timeout=$2; shift 2 ;;
         *) echo "fuzz.sh: unknown option '$1'" >&2; exit 2 ;;
     esac
 done
@@ -56,7 +60,7 @@ fuzz_one() {  # target
     local t=$1
     local corpus=$build/corpus/$t crashes=$build/crashes/$t/ log=$build/fuzz_$t.log
     mkdir -p "$corpus" "$crashes"
-    local args=(-max_total_time="$seconds" -runs="$runs" -timeout=25 -rss_limit_mb=2560
+    local args=(-max_total_time="$seconds" -runs="$runs" -timeout="$timeout" -rss_limit_mb=2560
                 -max_len="${max_len[$t]}" -print_final_stats=1 -artifact_prefix="$crashes")
     [[ -n ${dict[$t]:-} ]] && args+=(-dict="$fuzz_dir/dictionaries/${dict[$t]}")
     local start=$SECONDS status=0
@@ -96,7 +100,7 @@ printf "%b" "$table"
 if [[ -n $report ]]; then
     {
         echo "Run of $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -m), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-        echo "commit $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- . ':!docs' || echo ' (tree modified)'), limits: ${seconds} s and ${runs} runs per target, $jobs at once"
+        echo "commit $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- . ':!docs' || echo ' (tree modified)'), limits: ${seconds} s and ${runs} runs per target, $jobs at once, timeout ${timeout} s"
         echo
         printf "%b" "$table"
     } >"$report"
