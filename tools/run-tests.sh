@@ -6,7 +6,7 @@
 #   3. AddressSanitizer + UndefinedBehaviorSanitizer build;
 #   4. AArch64 cross build, tests run under qemu-aarch64 (NEON);
 #   5. fuzz: the libFuzzer targets (clang, ASan + UBSan) replay their seeds and regression
-#      inputs, then fuzz 20 s each (tools/fuzz.sh).
+#      inputs, then fuzz 20 s each, one per core at a time (tools/fuzz.sh).
 # KVFUSE_TEST_LANES="native sanitize" runs a subset.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,8 +57,8 @@ for l in $lanes; do
                 -DKVFUSE_BUILD_BENCH=OFF -DKVFUSE_BUILD_DRIVER=OFF -DKVFUSE_WITH_HWLOC=OFF
             passed aarch64 ;;
         fuzz)
-            lane "fuzz (libFuzzer targets, clang ASan + UBSan, 20 s each)"
-            "$root/tools/fuzz.sh" --build "$root/build/test-fuzz" --seconds 20
+            lane "fuzz (libFuzzer targets, clang ASan + UBSan, 20 s each, two at a time)"
+            "$root/tools/fuzz.sh" --build "$root/build/test-fuzz" --seconds 20 --jobs "$jobs"
             passed fuzz ;;
         *) echo "unknown lane $l" >&2; exit 2 ;;
     esac
