@@ -3,7 +3,7 @@
 # and regression input, then fuzzes each target for a bounded time. Any crash, sanitizer report,
 # timeout or out-of-memory fails the run, and the input is kept under the build directory.
 #   tools/fuzz.sh                      the CI lane: 20 s per target
-#   tools/fuzz.sh --seconds 1800 --runs 1000000 --report F.md
+#   tools/fuzz.sh --seconds 3600 --runs 1000000 --jobs 2 --timeout 600 --report F.md
 #                                      the long run: each target until 10^6 executions (or the
 #                                      time limit), a Markdown table of its final stats in F.md
 # Options: --build DIR (default build/fuzz), --targets "gguf chunk_file ...", --jobs N (targets
