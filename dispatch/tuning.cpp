@@ -212,7 +212,7 @@ std::string read_profile(const std::string& path, kvfuse_tuning& out) {
     }
     try {
         if (!j.is_object() || j.value("format", "") != kFormat) return path + " is not a kvfuse tuning profile";
-        if (j.at("format_version").get<int>() != kFormatVersion)
+        if (!j.at("format_version").is_number_integer() || j.at("format_version") != kFormatVersion)
             return path + " has profile format " + j.at("format_version").dump() + ", this kvfuse reads " +
                    std::to_string(kFormatVersion);
         const std::string version = j.at("kvfuse_version").get<std::string>();
@@ -225,14 +225,27 @@ std::string read_profile(const std::string& path, kvfuse_tuning& out) {
                 return path + " was made for another machine (" + key + ": " +
                        (have.contains(key) ? have.at(key).dump() : std::string("missing")) + ", here " + value.dump() + ")";
         const nlohmann::json& p = j.at("tuning");
+        // Integers only, range-checked before narrowing: nlohmann's get<uint32_t>() casts a
+        // float (1e30: undefined behaviour) and truncates a 64-bit value (2^32 + 64 -> 64).
+        std::string bad_field;
+        auto field = [&](const char* name, std::uint64_t max) -> std::uint64_t {
+            const nlohmann::json& v = p.at(name);
+            if (v.is_number_unsigned() && v.get<std::uint64_t>() <= max) return v.get<std::uint64_t>();
+            if (bad_field.empty())
+                bad_field = std::string(name) + " has a wrong type or is out of range (an integer in 0.." +
+                            std::to_string(max) + " is needed)";
+            return 0;
+        };
+        constexpr std::uint64_t u32_max = 0xffffffffu, u64_max = ~std::uint64_t{0};
         kvfuse_tuning t{};
-        t.attention_key_tile = p.at("attention_key_tile").get<std::uint32_t>();
-        t.attention_row_block = p.at("attention_row_block").get<std::uint32_t>();
-        t.score_query_rows = p.at("score_query_rows").get<std::uint32_t>();
-        t.topk_sample = p.at("topk_sample").get<std::uint32_t>();
-        t.rope_parallel_work = p.at("rope_parallel_work").get<std::uint64_t>();
-        t.attention_parallel_work = p.at("attention_parallel_work").get<std::uint64_t>();
-        t.score_parallel_work = p.at("score_parallel_work").get<std::uint64_t>();
+        t.attention_key_tile = static_cast<std::uint32_t>(field("attention_key_tile", u32_max));
+        t.attention_row_block = static_cast<std::uint32_t>(field("attention_row_block", u32_max));
+        t.score_query_rows = static_cast<std::uint32_t>(field("score_query_rows", u32_max));
+        t.topk_sample = static_cast<std::uint32_t>(field("topk_sample", u32_max));
+        t.rope_parallel_work = field("rope_parallel_work", u64_max);
+        t.attention_parallel_work = field("attention_parallel_work", u64_max);
+        t.score_parallel_work = field("score_parallel_work", u64_max);
+        if (!bad_field.empty()) return path + ": " + bad_field;
         if (std::string why = invalid(t); !why.empty()) return path + ": " + why;
         out = t;
     } catch (const nlohmann::json::exception& e) {

@@ -220,6 +220,12 @@ TEST_P(AttentionTest, InvalidArgumentsAreRefused) {
     EXPECT_EQ(kvfuse_sparse_attention(nullptr), KVFUSE_ERROR_NULL_POINTER);
     std::vector<std::int64_t> negative = {-1, 2};
     EXPECT_EQ(with([&](auto& a) { a.positions = negative.data(); }), StatusCode::invalid_argument);
+    // A row stride whose element span fits in size_t but whose bytes do not (found by fuzz_c_api:
+    // the kernel's output pointer arithmetic wrapped).
+    EXPECT_EQ(with([&](auto& a) { a.out_row_stride = std::numeric_limits<std::size_t>::max() / 3; }),
+              StatusCode::invalid_argument);
+    EXPECT_EQ(with([&](auto& a) { a.kv_token_stride = std::numeric_limits<std::size_t>::max() / 8; }),
+              StatusCode::invalid_argument);
     const kvfuse::Status s = kvfuse::Status(kvfuse_sparse_attention(&d.args));
     EXPECT_TRUE(s.ok());
 }
@@ -248,6 +254,17 @@ TEST(RowCopies, GatherAndScatterRoundTrip) {
     half[1 * 4 + 2].bits = 0x1234;
     ASSERT_TRUE(kvfuse::gather_rows(half.data(), 5, 4, two.data(), 2, half_out.data(), 4, 4).ok());
     EXPECT_EQ(half_out[2].bits, 0x1234);
+    // Strides whose row span wraps past SIZE_MAX (found by fuzz_c_api: scatter wrote through
+    // rows[i] * stride * 4 wrapped to an address far outside dst) are refused before any copy.
+    const std::size_t huge = std::numeric_limits<std::size_t>::max() / 8;
+    const std::vector<std::int64_t> one = {1};
+    EXPECT_EQ(kvfuse_scatter_rows(KVFUSE_DTYPE_F32, gathered.data(), 5, one.data(), 1, target.data(), 10, huge, 5),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_gather_rows(KVFUSE_DTYPE_F32, table.data(), 10, huge, one.data(), 1, gathered.data(), 5, 5),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_gather_rows(KVFUSE_DTYPE_F32, table.data(), 10, 6, rows.data(), 3, gathered.data(), huge, 5),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(target[6 + 0], 0.0f);
 }
 
 }  // namespace

@@ -214,4 +214,22 @@ TEST(Status, EveryCodeHasAMessage) {
     EXPECT_STREQ(kvfuse_status_message(from_c), "unknown status");
 }
 
+// The bf16 converters: exact on representable values, round to nearest even, and a count no
+// buffer can have refused (found by fuzz_c_api: count * 4 past SIZE_MAX read past the buffers).
+TEST(Bf16Conversion, RoundsAndRefusesImpossibleCounts) {
+    const float src[3] = {1.0f, -2.5f, 1.0f + 0x1.8p-7f};  // the last is halfway (1.5 ulp): to even
+    std::uint16_t bits[3] = {};
+    ASSERT_EQ(kvfuse_f32_to_bf16(src, bits, 3), KVFUSE_OK);
+    EXPECT_EQ(bits[0], 0x3f80);
+    EXPECT_EQ(bits[1], 0xc020);
+    EXPECT_EQ(bits[2], 0x3f82);
+    float back[3] = {};
+    ASSERT_EQ(kvfuse_bf16_to_f32(bits, back, 3), KVFUSE_OK);
+    EXPECT_EQ(back[0], 1.0f);
+    EXPECT_EQ(back[1], -2.5f);
+    const std::size_t impossible = SIZE_MAX / 4 + 1;
+    EXPECT_EQ(kvfuse_f32_to_bf16(src, bits, impossible), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_bf16_to_f32(bits, back, impossible), KVFUSE_ERROR_INVALID_ARGUMENT);
+}
+
 }  // namespace

@@ -147,6 +147,19 @@ TEST(Gguf, DamagedFilesNameTheProblem) {
     const std::uint64_t length = 1u << 19;
     std::memcpy(long_string.data() + 24, &length, 8);
     EXPECT_NE(error_of(long_string).find("truncated"), std::string::npos);
+    // An array whose count the rest of the file cannot hold (found by fuzz_gguf: 2^24 strings
+    // made the loader reserve 512 MiB before reading the first one) is refused up front.
+    for (std::uint32_t element_type : {8u, 4u, 12u}) {
+        GgufWriter big_array;
+        big_array.add_strings("k", {"a"});
+        auto bytes = big_array.bytes();
+        const std::uint64_t count = 1u << 24;
+        std::memcpy(bytes.data() + 24 + 8 + 1 + 4, &element_type, 4);  // after the key "k" and type 9
+        std::memcpy(bytes.data() + 24 + 8 + 1 + 4 + 4, &count, 8);
+        EXPECT_NE(error_of(bytes).find("array of 16777216 elements of type " + std::to_string(element_type) + " needs"),
+                  std::string::npos)
+            << error_of(bytes);
+    }
     GgufWriter zero_dim;
     zero_dim.add_tensor("z", {0}, 0, {});
     EXPECT_NE(error_of(zero_dim.bytes()).find("implausible dimension"), std::string::npos);

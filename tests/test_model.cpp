@@ -42,6 +42,10 @@ TEST(Tokenizer, EncodesAndDecodesLikeSentencePiece) {
     const std::string unusual = "caf\xC3\xA9 \xE2\x9C\x93!";
     const TokenIds ids = m.tokenize(unusual);
     EXPECT_EQ(m.detokenize(ids), " " + unusual);
+    // Invalid UTF-8 (found by fuzz_tokenizer): a lead byte without its continuation bytes used
+    // to take the space after it into one byte-fallback symbol, which decoded as U+2581.
+    for (const std::string bad : {"stray \xF5 bytes", "\xE6 x", "\xF0\x9F a", "\xC3 \xFF\xFE end", "\xE2\x96"})
+        EXPECT_EQ(m.detokenize(m.tokenize(bad)), " " + bad);
     EXPECT_TRUE(m.tokenize("").empty());
 }
 

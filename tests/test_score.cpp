@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <numeric>
 #include <random>
@@ -703,6 +704,20 @@ TEST_P(ScoreTest, InvalidArguments) {
     EXPECT_EQ(kvfuse_quantize_keys_i4(nullptr, 1, 1, 8, 8, k4, s, s), KVFUSE_ERROR_NULL_POINTER);
     EXPECT_EQ(kvfuse_quantize_keys_i4(in.k.data(), 1, 1, 8, 4, k4, s, s), KVFUSE_ERROR_INVALID_ARGUMENT);
     EXPECT_EQ(with([&](auto& a) { a.keys_i4 = in.k4.data(); }), KVFUSE_ERROR_INVALID_ARGUMENT);  // both int8 and int4
+    // Element counts that fit in size_t but whose f32 bytes do not (found by fuzz_c_api: the
+    // quantizer read past the caller's keys).
+    const std::size_t quarter = std::numeric_limits<std::size_t>::max() / 4;
+    EXPECT_EQ(kvfuse_quantize_keys_i8(in.k.data(), 2, 1, 8, quarter, q8, s, s), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_quantize_keys_i4(in.k.data(), 2, 1, 8, quarter, k4, s, s), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_quantize_rows_i8(in.q.data(), 2, 1, 8, quarter, q8, s), KVFUSE_ERROR_INVALID_ARGUMENT);
+    // The same for the relevance's key tensor: candidates x kv_heads x head_dim fits, its bytes not.
+    EXPECT_EQ(with([&](auto& a) {
+                  a.candidates = quarter + 1;
+                  a.kv_heads = 1;
+                  a.query_heads = 1;
+                  a.head_dim = 1;
+              }),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
 }
 
 }  // namespace

@@ -183,6 +183,18 @@ TEST_P(TopkTest, InvalidArguments) {
               kvfuse::StatusCode::invalid_argument);
     EXPECT_EQ(kvfuse::topk_batched(x.data(), 2, 5, 5, 3, TopkOrder::by_position, out.data(), 2).code(),
               kvfuse::StatusCode::invalid_argument);
+    // Sizes no buffer can have (found by fuzz_c_api): n * 4 bytes past SIZE_MAX used to reach the
+    // reference's std::vector(n), whose std::length_error escaped through the C API; a wrapped
+    // rows * stride span reached the kernel.
+    const std::size_t huge = std::numeric_limits<std::size_t>::max() / 2;
+    EXPECT_EQ(kvfuse_topk(x.data(), huge, 3, KVFUSE_TOPK_BY_SCORE, out.data(), &count), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(count, 0u);
+    EXPECT_EQ(kvfuse_topk(x.data(), huge / 2, huge / 2, KVFUSE_TOPK_BY_SCORE, out.data(), &count),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_topk_batched(x.data(), 2, 5, huge, 2, KVFUSE_TOPK_BY_POSITION, out.data(), 2),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_EQ(kvfuse_topk_batched(x.data(), 2, 5, 5, 2, KVFUSE_TOPK_BY_POSITION, out.data(), huge),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
 }
 
 // Batched rows in parallel (n >= 4096 takes the parallel loop) at 1, 3 and 7 threads and the

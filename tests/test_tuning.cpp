@@ -253,6 +253,13 @@ TEST(Profile, BadProfilesAreRejectedAndChangeNothing) {
         {"bad value", replaced("\"score_query_rows\": 6", "\"score_query_rows\": 5"), "score_query_rows"},
         {"wrong type", replaced("\"topk_sample\": 2048", "\"topk_sample\": \"big\""), "wrong type"},
         {"missing field", replaced("\"attention_row_block\": 8,", ""), "missing a field"},
+        // Found by fuzz_profile: a float was cast to an integer (undefined behaviour) and a value
+        // past 32 bits was truncated (2^32 + 8 read as 8, a valid row block).
+        {"float value", replaced("\"topk_sample\": 2048", "\"topk_sample\": 1e30"), "topk_sample has a wrong type"},
+        {"value past 32 bits", replaced("\"attention_row_block\": 8", "\"attention_row_block\": 4294967304"),
+         "attention_row_block has a wrong type or is out of range"},
+        {"negative value", replaced("\"attention_row_block\": 8", "\"attention_row_block\": -8"), "attention_row_block"},
+        {"float format version", replaced("\"format_version\": 1", "\"format_version\": 1e30"), "profile format"},
     };
     for (const Case& c : cases) {
         const fs::path p = dir / "bad.json";

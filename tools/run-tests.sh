@@ -4,13 +4,15 @@
 #      the C API, the install + find_package/pkg-config consumer, the no-AVX object check;
 #   2. the same under qemu-x86_64 emulating a CPU without AVX (proves the scalar fallback);
 #   3. AddressSanitizer + UndefinedBehaviorSanitizer build;
-#   4. AArch64 cross build, tests run under qemu-aarch64 (NEON).
+#   4. AArch64 cross build, tests run under qemu-aarch64 (NEON);
+#   5. fuzz: the libFuzzer targets (clang, ASan + UBSan) replay their seeds and regression
+#      inputs, then fuzz 20 s each, one per core at a time (tools/fuzz.sh).
 # KVFUSE_TEST_LANES="native sanitize" runs a subset.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-"$root/tools/setup.sh" --cross
+"$root/tools/setup.sh" --cross --fuzz
 jobs=$(nproc)
-lanes=${KVFUSE_TEST_LANES:-native nonavx sanitize aarch64}
+lanes=${KVFUSE_TEST_LANES:-native nonavx sanitize aarch64 fuzz}
 summary=()
 
 lane() { echo; echo "=== lane: $1 ==="; lane_start=$SECONDS; }
@@ -54,6 +56,10 @@ for l in $lanes; do
                 -DCMAKE_TOOLCHAIN_FILE="$root/cmake/aarch64-linux-gnu.cmake" \
                 -DKVFUSE_BUILD_BENCH=OFF -DKVFUSE_BUILD_DRIVER=OFF -DKVFUSE_WITH_HWLOC=OFF
             passed aarch64 ;;
+        fuzz)
+            lane "fuzz (libFuzzer targets, clang ASan + UBSan, 20 s each, two at a time)"
+            "$root/tools/fuzz.sh" --build "$root/build/test-fuzz" --seconds 20 --jobs "$jobs"
+            passed fuzz ;;
         *) echo "unknown lane $l" >&2; exit 2 ;;
     esac
 done

@@ -3,6 +3,7 @@
 #   tools/setup.sh          packages to build, run the demo and run the native tests
 #   tools/setup.sh --cross  also the AArch64 cross compiler and qemu-user (NEON test lane)
 #   tools/setup.sh --report also gnuplot, for the charts of tools/report.sh
+#   tools/setup.sh --fuzz   also clang with its libFuzzer, sanitizer and OpenMP runtimes (fuzz lane)
 # Flags combine (`--cross --report`); an unknown flag is an error, so a typo installs nothing.
 set -euo pipefail
 
@@ -13,7 +14,10 @@ for flag in "$@"; do
         --cross) packages+=(g++-aarch64-linux-gnu qemu-user binutils) ;;
         # -nox: the report draws PNGs through cairo and needs no X11 or Qt.
         --report) packages+=(gnuplot-nox) ;;
-        *) echo "setup: unknown flag '$flag' (known: --cross, --report)" >&2; exit 2 ;;
+        # clang 14: libFuzzer and the sanitizer runtimes are in libclang-rt-14-dev, clang's
+        # OpenMP (libomp) in libomp-14-dev.
+        --fuzz) packages+=(clang libclang-rt-14-dev libomp-14-dev) ;;
+        *) echo "setup: unknown flag '$flag' (known: --cross, --report, --fuzz)" >&2; exit 2 ;;
     esac
 done
 

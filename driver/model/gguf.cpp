@@ -47,6 +47,7 @@ class Cursor {
     }
     [[noreturn]] void fail(const std::string& what) const { throw GgufError(name_ + ": " + what); }
     std::uint64_t position() const { return at_; }
+    std::uint64_t remaining() const { return size_ - at_; }
 
    private:
     const std::uint8_t* base_;
@@ -85,6 +86,14 @@ GgufValue read_value(Cursor& c, std::uint32_t type, int depth) {
             const auto element_type = c.read<std::uint32_t>("array type");
             const auto count = c.read<std::uint64_t>("array count");
             if (count > kMaxCount) c.fail("array of " + std::to_string(count) + " elements is implausible");
+            // Every element takes at least this many bytes of the file (a string its 8-byte
+            // length): a count the rest of the file cannot hold is refused before anything is
+            // reserved for it (a 40-byte file could otherwise make the loader reserve 512 MiB).
+            static constexpr std::uint8_t kMinBytes[13] = {1, 1, 2, 2, 4, 4, 4, 1, 8, 0, 8, 8, 8};
+            if (element_type < 13 && element_type != 9 && count * kMinBytes[element_type] > c.remaining())
+                c.fail("truncated file: array of " + std::to_string(count) + " elements of type " +
+                       std::to_string(element_type) + " needs at least " + std::to_string(count * kMinBytes[element_type]) +
+                       " bytes, " + std::to_string(c.remaining()) + " remain");
             if (element_type == 8) {
                 std::vector<std::string> out;
                 out.reserve(count);

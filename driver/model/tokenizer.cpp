@@ -96,7 +96,11 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text) const {
     };
     std::vector<Symbol> symbols;
     for (std::size_t at = 0; at < normalized.size();) {
-        const std::size_t n = std::min(utf8_length(static_cast<unsigned char>(normalized[at])), normalized.size() - at);
+        std::size_t n = std::min(utf8_length(static_cast<unsigned char>(normalized[at])), normalized.size() - at);
+        // A lead byte takes only the continuation bytes (10xxxxxx) that follow it: invalid UTF-8
+        // must not swallow the next character (a space's U+2581 would decode as that symbol).
+        for (std::size_t k = 1; k < n; ++k)
+            if ((static_cast<unsigned char>(normalized[at + k]) & 0xC0) != 0x80) n = k;
         symbols.push_back({at, n, static_cast<int>(symbols.size()) - 1, static_cast<int>(symbols.size()) + 1});
         at += n;
     }

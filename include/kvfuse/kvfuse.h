@@ -5,10 +5,11 @@
  * generic text is kvfuse_status_message(status) and whose specific detail for the calling thread
  * (which argument, which value) is kvfuse_last_error(). No function aborts on bad input.
  *
- * Every enum ends with a *_MAX_ENUM member only to make it int-sized: any int a C caller puts
- * in an enum argument or field (negative ones included) is read as that int and range-checked;
- * one outside the enumerators gets KVFUSE_ERROR_INVALID_ARGUMENT (KVFUSE_ERROR_UNKNOWN_ISA for
- * an ISA), "unknown" from the name functions, 0 from kvfuse_isa_compiled/_supported.
+ * Every enum has *_MIN_ENUM and *_MAX_ENUM members only to make it int-sized with every int in
+ * its range: any int a C caller puts in an enum argument or field (negative ones included) is
+ * read as that int and range-checked; one outside the enumerators gets
+ * KVFUSE_ERROR_INVALID_ARGUMENT (KVFUSE_ERROR_UNKNOWN_ISA for an ISA), "unknown" from the name
+ * functions, 0 from kvfuse_isa_compiled/_supported.
  *
  * Tensors are row-major. A "row" is one token; within a row, heads are contiguous and each head
  * holds head_dim elements. token_stride is the distance between consecutive tokens in ELEMENTS
@@ -55,6 +56,7 @@ typedef enum kvfuse_status {
     KVFUSE_ERROR_INTERNAL = 6,
     KVFUSE_ERROR_IO = 7,               /* a file could not be read or written */
     KVFUSE_ERROR_BAD_PROFILE = 8,      /* a tuning profile is malformed or made for another machine */
+    KVFUSE_STATUS_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_STATUS_MAX_ENUM = 0x7fffffff /* keeps the enum int-sized; any int is in range */
 } kvfuse_status;
 
@@ -76,6 +78,7 @@ typedef enum kvfuse_isa {
     KVFUSE_ISA_AVX2 = 1,   /* AVX2 + FMA */
     KVFUSE_ISA_AVX512 = 2, /* AVX-512 F + BW + DQ + VL */
     KVFUSE_ISA_NEON = 3,   /* AArch64 Advanced SIMD */
+    KVFUSE_ISA_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_ISA_MAX_ENUM = 0x7fffffff
 } kvfuse_isa;
 
@@ -112,6 +115,7 @@ KVFUSE_API void kvfuse_get_cpu_features(kvfuse_cpu_features* features);
 typedef enum kvfuse_dtype {
     KVFUSE_DTYPE_F32 = 0,
     KVFUSE_DTYPE_BF16 = 1, /* stored as uint16_t: the top half of an IEEE f32 */
+    KVFUSE_DTYPE_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_DTYPE_MAX_ENUM = 0x7fffffff
 } kvfuse_dtype;
 
@@ -120,6 +124,7 @@ typedef enum kvfuse_dtype {
 typedef enum kvfuse_rope_pairing {
     KVFUSE_ROPE_NEOX = 0,       /* pairs (i, i + rotary_dims/2): HF Llama/Mistral/Qwen layout */
     KVFUSE_ROPE_INTERLEAVED = 1, /* pairs (2i, 2i+1): GPT-J, and GGUF `llama` tensors */
+    KVFUSE_ROPE_PAIRING_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_ROPE_PAIRING_MAX_ENUM = 0x7fffffff
 } kvfuse_rope_pairing;
 
@@ -127,6 +132,7 @@ typedef enum kvfuse_rope_scaling {
     KVFUSE_ROPE_SCALING_NONE = 0,
     KVFUSE_ROPE_SCALING_LINEAR = 1, /* every frequency divided by scaling_factor */
     KVFUSE_ROPE_SCALING_LLAMA3 = 2, /* Llama 3.1 wavelength-dependent scaling */
+    KVFUSE_ROPE_SCALING_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_ROPE_SCALING_MAX_ENUM = 0x7fffffff
 } kvfuse_rope_scaling;
 
@@ -210,6 +216,7 @@ KVFUSE_API kvfuse_status kvfuse_scatter_rows(kvfuse_dtype dtype, const void* src
 typedef enum kvfuse_topk_order {
     KVFUSE_TOPK_BY_POSITION = 0, /* indices ascending: what a pipeline gathers */
     KVFUSE_TOPK_BY_SCORE = 1,    /* best first */
+    KVFUSE_TOPK_ORDER_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_TOPK_ORDER_MAX_ENUM = 0x7fffffff
 } kvfuse_topk_order;
 

@@ -534,7 +534,9 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
         const bool in = jj >= lo && jj < hi;
         const std::size_t j = first + (jj - lo);  // meaningful only when `in`
         if (path == Path::f32) {
-            const float* key = g.keys_f32 + (j * s.Hkv + kv) * s.D;
+            // The key's address only when `in`: outside, j is meaningless and forming a pointer
+            // that far outside the keys is undefined behaviour (UBSan, found by fuzz_c_api).
+            const float* key = in ? g.keys_f32 + (j * s.Hkv + kv) * s.D : nullptr;
             for (std::size_t d = blocked; d < s.D; ++d) f32_tile[d * kTile + jj] = in ? key[d] : 0.0f;
             continue;
         }
