@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <cctype>
 #include <string>
 #include <vector>
 
@@ -52,7 +53,14 @@ class IsaTest : public ::testing::TestWithParam<KernelBuild> {
     void TearDown() override { reset_isa(); }
 };
 
-inline std::string isa_param_name(const ::testing::TestParamInfo<KernelBuild>& info) { return info.param.name; }
+// GoogleTest names allow letters, digits and '_': a build of several variants
+// ("avx512_vnni+avx512_bf16") shows as "avx512_vnni_avx512_bf16".
+inline std::string isa_param_name(const ::testing::TestParamInfo<KernelBuild>& info) {
+    std::string name = info.param.name;
+    for (char& c : name)
+        if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+    return name;
+}
 
 #define KVFUSE_INSTANTIATE_ISA_TESTS(fixture)                                                                   \
     INSTANTIATE_TEST_SUITE_P(Isa, fixture, ::testing::ValuesIn(::kvfuse::testing::runnable_kernel_builds()), \

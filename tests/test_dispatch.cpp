@@ -90,7 +90,11 @@ TEST(Dispatch, DefaultIsTheWidestIsaTheOperatingSystemReports) {
 #if defined(__x86_64__)
     if (has({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl"})) {
         expected = kvfuse::Isa::avx512;
-        expected_build = has({"avx512_vnni"}) ? "avx512_vnni" : "avx512";
+        // The variants registered over avx512, in registration order, joined by '+'.
+        std::string variants;
+        for (const char* v : {"avx512_vnni", "avx512_bf16"})
+            if (has({v})) variants += (variants.empty() ? "" : "+") + std::string(v);
+        expected_build = variants.empty() ? "avx512" : variants;
     } else if (has({"avx2", "fma", "f16c"})) {
         expected = kvfuse::Isa::avx2;
         expected_build = has({"avx_vnni"}) ? "avx2_vnni" : "avx2";
