@@ -54,6 +54,7 @@ struct Choice {
     double default_seconds = 0, tuned_seconds = 0;
     bool changed = false;
     std::vector<double> candidate_seconds;  // the screening round, one per candidate
+    double best_candidate_seconds = 0;      // the fastest candidate in the side-by-side round
 };
 
 class Search {
@@ -76,23 +77,26 @@ class Search {
             if (t < best_time) best_time = t, best = i;
         }
         c.settings = base;
-        std::vector<double> base_times, best_times;
-        for (int r = 0; r < std::max(3, repeats); ++r) {
+        // Pairs run back to back see the same machine load; the median of their ratios is what
+        // a pause of another process cannot tip (it spoils one pair, not the median).
+        std::vector<double> base_times, best_times, ratios;
+        for (int r = 0; r < std::max(5, repeats); ++r) {
             base_times.push_back(time_with(base, 1, run));
             best_times.push_back(time_with(candidates[best], 1, run));
+            ratios.push_back(best_times.back() / std::max(base_times.back(), 1e-12));
         }
         c.default_seconds = median(base_times);
-        c.tuned_seconds = median(best_times);
-        if (c.tuned_seconds < kNoiseMargin * c.default_seconds) {
+        c.tuned_seconds = c.best_candidate_seconds = median(best_times);
+        if (c.tuned_seconds < kNoiseMargin * c.default_seconds && median(ratios) < kNoiseMargin) {
             c.settings = candidates[best];
             c.changed = true;
         } else {
             c.tuned_seconds = c.default_seconds;
         }
         char line[256];
-        std::snprintf(line, sizeof line, "%s: %zu candidates, default %.3f ms, tuned %.3f ms%s", what.c_str(),
-                      candidates.size(), 1e3 * c.default_seconds, 1e3 * c.tuned_seconds,
-                      c.changed ? "" : " (default kept)");
+        std::snprintf(line, sizeof line, "%s: %zu candidates, side by side: default %.3f ms, best candidate %.3f ms%s",
+                      what.c_str(), candidates.size(), 1e3 * c.default_seconds, 1e3 * c.best_candidate_seconds,
+                      c.changed ? ": taken" : ": default kept");
         say(line);
         check(apply(base), "restoring the settings");
         return c;
@@ -211,12 +215,13 @@ struct RopeWork {
     }
 };
 
-// Every SIMD ISA this build and CPU run. The scalar reference is the ground truth of the tests,
-// orders of magnitude slower: a candidate only where it is all there is (then nothing to choose).
-std::vector<Isa> isa_candidates() {
+// Every SIMD ISA this build and CPU run other than the active one (the default each is timed
+// against). The scalar reference is the ground truth of the tests, orders of magnitude slower:
+// no candidate.
+std::vector<Isa> isa_candidates(Isa active) {
     std::vector<Isa> out;
     for (Isa isa : supported_isas())
-        if (isa != Isa::scalar) out.push_back(isa);
+        if (isa != Isa::scalar && isa != active) out.push_back(isa);
     return out;
 }
 
@@ -283,7 +288,8 @@ Result tune(const Shapes& shapes, const Options& options) {
     record["noise_margin"] = kNoiseMargin;
     auto note = [&](nlohmann::json& where, const Choice& c, nlohmann::json settings) {
         where = {{"default_ms", 1e3 * c.default_seconds}, {"tuned_ms", 1e3 * c.tuned_seconds},
-                 {"changed", c.changed}, {"settings", std::move(settings)}};
+                 {"best_candidate_ms", 1e3 * c.best_candidate_seconds}, {"changed", c.changed},
+                 {"settings", std::move(settings)}};
     };
 
     const AttentionWork attention(shapes, quick);
@@ -303,7 +309,17 @@ Result tune(const Shapes& shapes, const Options& options) {
     };
 
     // Per-kernel ISA, at the default parameters: every other SIMD ISA against the active one.
-    const std::vector<Isa> isas = isa_candidates();
+    std::vector<Isa> isas = isa_candidates(active);
+    {
+        // Under KVFUSE_ISA (or kvfuse_force_isa) every kernel runs the one ISA: nothing to choose.
+        Isa running = Isa::scalar;
+        std::string source;
+        check(kernel_isa(Kernel::rope, running, &source), "the ISA of rope");
+        if (source == "KVFUSE_ISA" || source == "kvfuse_force_isa") {
+            search.say("one ISA for everything (" + source + "): no per-kernel ISA chosen");
+            isas.clear();
+        }
+    }
     nlohmann::json& isa_record = record["kernel_isa"];
     isa_record = nlohmann::json::object();
     for (const KernelRun& k : kernels) {
@@ -313,18 +329,18 @@ Result tune(const Shapes& shapes, const Options& options) {
             s.kernel_isa[static_cast<int>(k.kernel)] = isa;
             candidates.push_back(s);
         }
-        if (candidates.size() < 2) {
-            search.say(std::string(kernel_name(k.kernel)) + " ISA: only " + isa_name(active) + " runs here");
+        if (candidates.empty()) {
+            if (isa_record.empty()) search.say(std::string("per-kernel ISA: only ") + isa_name(active) + " runs here");
+            isa_record[kernel_name(k.kernel)] = {{"isa", "auto"}, {"candidates", 0}};
             continue;
         }
-        const Choice c = search.best_of(std::string(kernel_name(k.kernel)) + " ISA", tuned, candidates, k.repeats, k.run);
+        const Choice c = search.best_of(std::string(kernel_name(k.kernel)) + " ISA (" + isa_name(active) + " is the default)",
+                                        tuned, candidates, k.repeats, k.run);
         nlohmann::json per_isa = nlohmann::json::object();
         for (std::size_t i = 0; i < candidates.size(); ++i) per_isa[isa_name(isas[i])] = 1e3 * c.candidate_seconds[i];
-        const auto& chosen = c.settings.kernel_isa[static_cast<int>(k.kernel)];
-        // Choosing the active ISA by name is the default: keep "auto" so the profile follows it.
-        if (c.changed && chosen && *chosen != active) tuned = c.settings;
+        tuned = c.settings;
         const auto& kept = tuned.kernel_isa[static_cast<int>(k.kernel)];
-        note(isa_record[kernel_name(k.kernel)], c, {{"isa", kept ? isa_name(*kept) : "auto"}, {"each_isa_ms", per_isa}});
+        note(isa_record[kernel_name(k.kernel)], c, {{"isa", kept ? isa_name(*kept) : "auto"}, {"candidates_ms", per_isa}});
     }
 
     // Attention: key tile x row block, at ratio 0.15 of a context-long cache.

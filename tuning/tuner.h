@@ -3,8 +3,9 @@
 // It measures, on this machine, which compiled ISA each kernel should run on and the kernels'
 // parameters (kvfuse_tuning), at shapes the caller gives. Every choice starts from the
 // default (the active ISA, the built-in parameters) and keeps a candidate only if a final
-// side-by-side round (default and candidate alternating, medians) shows it faster by more than
-// kNoiseMargin, so a tuned setting never loses to the default by more than noise.
+// side-by-side round (default and candidate alternating, at least 5 pairs) shows it faster by
+// more than kNoiseMargin in the median times and in the median of the pairs' ratios, so a tuned
+// setting never loses to the default by more than noise.
 //
 // Uses the public API only (kvfuse.hpp); the caller finds the shapes (from a model or not).
 #pragma once

@@ -4,7 +4,6 @@
 #include <omp.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -55,9 +54,6 @@ int run_tune(const std::string& model_path, std::string out_path, bool quick) {
     std::fprintf(stderr, "tune: isa %s, %d threads, shapes from %s: H %zu, Hkv %zu, D %zu, context %zu%s\n",
                  isa_name(isa), omp_get_max_threads(), shapes.source.c_str(), shapes.heads, shapes.kv_heads,
                  shapes.head_dim, shapes.context, quick ? " (quick)" : "");
-    if (std::getenv("KVFUSE_ISA") != nullptr && std::getenv("KVFUSE_ISA")[0] != '\0')
-        std::fprintf(stderr, "tune: KVFUSE_ISA is set: every kernel runs %s, so no per-kernel ISA is chosen\n",
-                     isa_name(isa));
     tuner::Options options;
     options.quick = quick;
     options.progress = [](const std::string& line) { std::fprintf(stderr, "tune: %s\n", line.c_str()); };
