@@ -80,8 +80,9 @@ const StartupChoice& startup_choice() {
 std::atomic<const KernelTable*> g_forced{nullptr};
 
 // The per-kernel ISA choices (profile or program) and the table composed from them over the
-// start-up ISA. Composed tables are immutable and kept until exit (a few dozen bytes each), so
-// a caller holding an old one never sees it freed; later calls are one atomic load.
+// start-up ISA. Composed tables are immutable and kept until exit, so a caller holding an old
+// one never sees it freed; each distinct composition is kept once (at most ISAs^kernels of
+// them, however often a tuner or benchmark switches), and later calls are one atomic load.
 struct KernelChoices {
     std::mutex mutex;
     int isa[KVFUSE_KERNEL_COUNT] = {-1, -1, -1, -1};  // -1: the active ISA
@@ -112,6 +113,15 @@ void compose_locked(KernelChoices& c, const KernelTable& base) {
     t.relevance = relevance.relevance;
     t.int8_dot = relevance.int8_dot;
     t.int4_dot = relevance.int4_dot;
+    auto same = [&t](const KernelTable& o) {
+        return o.isa == t.isa && o.rope_rotate == t.rope_rotate && o.sparse_attention == t.sparse_attention &&
+               o.topk == t.topk && o.relevance == t.relevance && o.int8_dot == t.int8_dot && o.int4_dot == t.int4_dot;
+    };
+    for (const KernelTable& known : c.composed)
+        if (same(known)) {
+            c.published.store(&known, std::memory_order_release);
+            return;
+        }
     c.composed.push_back(t);
     c.published.store(&c.composed.back(), std::memory_order_release);
 }
