@@ -46,6 +46,7 @@ struct StartupChoice {
     const KernelTable* table = nullptr;
     kvfuse_status status = KVFUSE_OK;
     std::string error;
+    bool from_environment = false;  // KVFUSE_ISA named it: one ISA for every kernel
 };
 
 const KernelTable* best_table() {
@@ -62,6 +63,7 @@ const StartupChoice& startup_choice() {
             c.table = best_table();
             return c;
         }
+        c.from_environment = true;
         kvfuse_isa isa;
         if (kvfuse_isa_from_name(forced, &isa) != KVFUSE_OK) {
             c.status = KVFUSE_ERROR_UNKNOWN_ISA;
@@ -126,10 +128,8 @@ void compose_locked(KernelChoices& c, const KernelTable& base) {
     c.published.store(&c.composed.back(), std::memory_order_release);
 }
 
-bool isa_forced_by_environment() {
-    const char* forced = std::getenv("KVFUSE_ISA");
-    return forced != nullptr && *forced != '\0';
-}
+// Read once with the start-up choice: every kernel call asks.
+bool isa_forced_by_environment() { return startup_choice().from_environment; }
 
 }  // namespace
 
