@@ -310,6 +310,7 @@ Result tune(const Shapes& shapes, const Options& options) {
 
     // Per-kernel ISA, at the default parameters: every other SIMD ISA against the active one.
     std::vector<Isa> isas = isa_candidates(active);
+    bool one_isa_forced = false;
     {
         // Under KVFUSE_ISA (or kvfuse_force_isa) every kernel runs the one ISA: nothing to choose.
         Isa running = Isa::scalar;
@@ -318,6 +319,7 @@ Result tune(const Shapes& shapes, const Options& options) {
         if (source == "KVFUSE_ISA" || source == "kvfuse_force_isa") {
             search.say("one ISA for everything (" + source + "): no per-kernel ISA chosen");
             isas.clear();
+            one_isa_forced = true;
         }
     }
     nlohmann::json& isa_record = record["kernel_isa"];
@@ -330,7 +332,7 @@ Result tune(const Shapes& shapes, const Options& options) {
             candidates.push_back(s);
         }
         if (candidates.empty()) {
-            if (isa_record.empty()) search.say(std::string("per-kernel ISA: only ") + isa_name(active) + " runs here");
+            if (isa_record.empty() && !one_isa_forced) search.say(std::string("per-kernel ISA: only ") + isa_name(active) + " runs here");
             isa_record[kernel_name(k.kernel)] = {{"isa", "auto"}, {"candidates", 0}};
             continue;
         }
