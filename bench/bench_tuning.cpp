@@ -1,21 +1,25 @@
 // Tuned ÷ default: every kernel at its benchmark shape, run with the tuning profile in force at
 // start-up (KVFUSE_PROFILE, else this machine's default profile; `kvfuse tune` makes one) and
-// with the built-in defaults, alternating in the same iterations, on the active ISA.
-//   name: tuning/<kernel>/<shape>; x_baseline = default time / tuned time (> 1: tuning helps).
+// with the built-in defaults, alternating in the same iterations. Tuned means the profile's
+// parameters and per-kernel ISA; default means the built-in parameters on the active ISA.
+//   name: tuning/<kernel>/<shape>/isa:<tuned>_vs_<default>; x_baseline = default time / tuned
+//   time (> 1: tuning helps).
 // Without a profile every benchmark is skipped with that message.
 #include <omp.h>
 
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "bench_support.h"
 #include "kvfuse/kvfuse.hpp"
+#include "tuning/tuner.h"
 
 namespace {
 
-kvfuse::Tuning g_tuned{}, g_defaults{};
+kvfuse::tuner::Settings g_tuned{}, g_defaults{};
 bool g_have_profile = false;
 
 std::vector<float> random_floats(std::size_t n, std::uint32_t seed) {
@@ -37,15 +41,15 @@ void tuned_vs_default(benchmark::State& state, int threads, const std::function<
     kvfuse::bench::run_side_by_side(
         state,
         [&] {
-            (void)kvfuse::set_tuning(&g_tuned);
+            (void)kvfuse::tuner::apply(g_tuned);
             call();
         },
         [&] {
-            (void)kvfuse::set_tuning(&g_defaults);
+            (void)kvfuse::tuner::apply(g_defaults);
             call();
         },
         work, unit, scale);
-    (void)kvfuse::set_tuning(&g_tuned);
+    (void)kvfuse::tuner::apply(g_tuned);
 }
 
 void rope(benchmark::State& state) {
@@ -123,18 +127,29 @@ void score(benchmark::State& state) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    g_defaults = kvfuse::default_tuning();
-    g_tuned = kvfuse::current_tuning();  // loads the start-up profile
+    g_defaults = kvfuse::tuner::default_settings();
+    g_tuned = kvfuse::tuner::settings_in_force();  // loads the start-up profile
     g_have_profile = kvfuse::profile_status().rfind("profile ", 0) == 0;
-    auto add = [&](const char* name, void (*fn)(benchmark::State&), benchmark::TimeUnit unit) {
-        benchmark::RegisterBenchmark(name, fn)->UseManualTime()->Unit(unit);
+    kvfuse::Isa active = kvfuse::Isa::scalar;
+    if (!kvfuse::active_isa(active).ok()) {
+        std::fprintf(stderr, "bench_tuning: no ISA runs: %s\n", kvfuse::profile_status().c_str());
+        return 1;
+    }
+    // The name says which ISA each side ran, so a per-kernel ISA choice shows in the report.
+    auto add = [&](std::string name, kvfuse::Kernel kernel, void (*fn)(benchmark::State&), benchmark::TimeUnit unit) {
+        const auto& tuned_isa = g_tuned.kernel_isa[static_cast<int>(kernel)];
+        name += std::string("/isa:") + kvfuse::isa_name(tuned_isa ? *tuned_isa : active) + "_vs_" + kvfuse::isa_name(active);
+        benchmark::RegisterBenchmark(name.c_str(), fn)->UseManualTime()->Unit(unit);
     };
-    add("tuning/rope/f32/8192x8x128/threads:2", rope, benchmark::kMicrosecond);
-    add("tuning/rope/f32/64x8x128/threads:2", rope_small, benchmark::kMicrosecond);
-    add("tuning/topk/n:131072/k:19660/threads:1", topk, benchmark::kMicrosecond);
-    add("tuning/attention/f32/T:4096/n:614/H:32/Hkv:8/D:128/threads:2", attention, benchmark::kMillisecond);
-    add("tuning/a3_relevance/int8/T:32768/H:32/Hkv:8/D:128/M:32/threads:2", score, benchmark::kMillisecond);
+    add("tuning/rope/f32/8192x8x128/threads:2", kvfuse::Kernel::rope, rope, benchmark::kMicrosecond);
+    add("tuning/rope/f32/64x8x128/threads:2", kvfuse::Kernel::rope, rope_small, benchmark::kMicrosecond);
+    add("tuning/topk/n:131072/k:19660/threads:1", kvfuse::Kernel::topk, topk, benchmark::kMicrosecond);
+    add("tuning/attention/f32/T:4096/n:614/H:32/Hkv:8/D:128/threads:2", kvfuse::Kernel::attention, attention,
+        benchmark::kMillisecond);
+    add("tuning/a3_relevance/int8/T:32768/H:32/Hkv:8/D:128/M:32/threads:2", kvfuse::Kernel::relevance, score,
+        benchmark::kMillisecond);
     benchmark::AddCustomContext("tuning", kvfuse::profile_status());
+    benchmark::AddCustomContext("kernel_isa", kvfuse::tuner::describe_kernel_isas());
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     benchmark::RunSpecifiedBenchmarks();

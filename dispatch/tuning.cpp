@@ -58,7 +58,8 @@ Machine this_machine() {
     kvfuse_get_cpu_features(&cpu);
     m.cpu = cpu.brand[0] != '\0' ? cpu.brand : "unknown";
     const KernelTable* table = nullptr;
-    m.isa = active_kernels(table) == KVFUSE_OK ? kvfuse_isa_name(table->isa) : "none";
+    // The ISA-wide choice: per-kernel ISAs are what a profile sets, not what it is keyed by.
+    m.isa = isa_wide_kernels(table) == KVFUSE_OK ? kvfuse_isa_name(table->isa) : "none";
     m.cores = topology().cores;
     m.l1d_bytes = topology().l1d_bytes;
     m.l2_bytes = topology().l2_bytes;
@@ -200,8 +201,42 @@ std::string read_regular_file(const std::string& path, std::string& text) {
     return why;
 }
 
-// Parses and checks a profile; on success fills `out`. Otherwise returns why not.
-std::string read_profile(const std::string& path, kvfuse_tuning& out) {
+// Per-kernel ISA choices as a profile holds them: {"rope": "auto" | ISA name, ...}.
+using KernelIsas = int[KVFUSE_KERNEL_COUNT];  // -1: the active ISA
+
+// Empty when every name is known and this build and CPU run every chosen ISA, else why not.
+std::string read_kernel_isas(const nlohmann::json& j, KernelIsas& out) {
+    if (!j.is_object()) return "kernel_isa must be an object";
+    for (int& isa : out) isa = -1;
+    for (const auto& [name, value] : j.items()) {
+        kvfuse_kernel kernel;
+        if (kvfuse_kernel_from_name(name.c_str(), &kernel) != KVFUSE_OK) return "kernel_isa: '" + name + "' is not a kernel";
+        if (!value.is_string()) return "kernel_isa." + name + " must be an ISA name or \"auto\"";
+        const std::string isa_name = value.get<std::string>();
+        if (isa_name == "auto") continue;
+        kvfuse_isa isa;
+        if (kvfuse_isa_from_name(isa_name.c_str(), &isa) != KVFUSE_OK)
+            return "kernel_isa." + name + ": '" + isa_name + "' is not an ISA";
+        if (kernels_for(isa) == nullptr)
+            return "kernel_isa." + name + " is " + isa_name + ", which " +
+                   (isa_compiled(isa) ? "this CPU cannot run" : "this build does not include");
+        out[kernel] = static_cast<int>(isa);
+    }
+    return {};
+}
+
+nlohmann::json kernel_isas_json() {
+    int isa[KVFUSE_KERNEL_COUNT];
+    KernelIsaSource source[KVFUSE_KERNEL_COUNT];
+    chosen_kernel_isas(isa, source);
+    nlohmann::json j = nlohmann::json::object();
+    for (int k = 0; k < KVFUSE_KERNEL_COUNT; ++k)
+        j[kvfuse_kernel_name(static_cast<kvfuse_kernel>(k))] = isa[k] < 0 ? "auto" : kvfuse_isa_name(static_cast<kvfuse_isa>(isa[k]));
+    return j;
+}
+
+// Parses and checks a profile; on success fills `out` and `kernel_isas`. Otherwise returns why not.
+std::string read_profile(const std::string& path, kvfuse_tuning& out, KernelIsas& kernel_isas) {
     std::string text;
     if (std::string why = read_regular_file(path, text); !why.empty()) return why;
     nlohmann::json j;
@@ -247,7 +282,11 @@ std::string read_profile(const std::string& path, kvfuse_tuning& out) {
         t.score_parallel_work = field("score_parallel_work", u64_max);
         if (!bad_field.empty()) return path + ": " + bad_field;
         if (std::string why = invalid(t); !why.empty()) return path + ": " + why;
+        KernelIsas isas = {-1, -1, -1, -1};  // profiles from before per-kernel ISAs: all auto
+        if (j.contains("kernel_isa"))
+            if (std::string why = read_kernel_isas(j.at("kernel_isa"), isas); !why.empty()) return path + ": " + why;
         out = t;
+        std::copy(std::begin(isas), std::end(isas), std::begin(kernel_isas));
     } catch (const nlohmann::json::exception& e) {
         return path + " is missing a field or has a wrong type (" + e.what() + ")";
     }
@@ -274,10 +313,11 @@ void load_startup_profile_locked(State& s) {
         }
     }
     kvfuse_tuning t{};
+    KernelIsas isas;
     // Called from inside kernels and from functions that return no status: nothing may escape.
     std::string why;
     try {
-        why = read_profile(path, t);
+        why = read_profile(path, t, isas);
     } catch (const std::exception& e) {
         why = path + ": unexpected error (" + e.what() + ")";
     } catch (...) {
@@ -285,6 +325,10 @@ void load_startup_profile_locked(State& s) {
     }
     if (!why.empty()) {
         s.status = "built-in defaults; ignored profile: " + why;
+        return;
+    }
+    if (set_kernel_isas(isas, KernelIsaSource::profile) != KVFUSE_OK) {
+        s.status = std::string("built-in defaults; ignored profile: ") + path + ": " + last_error();
         return;
     }
     s.tuning = t;
@@ -349,8 +393,12 @@ kvfuse_status kvfuse_load_profile(const char* path) {
     return kvfuse::detail::guarded("kvfuse_load_profile", [&] {
         if (path == nullptr) return kvfuse::detail::fail(KVFUSE_ERROR_NULL_POINTER, "path is required");
         kvfuse_tuning t{};
-        if (std::string why = kvfuse::detail::read_profile(path, t); !why.empty())
+        kvfuse::detail::KernelIsas isas;
+        if (std::string why = kvfuse::detail::read_profile(path, t, isas); !why.empty())
             return kvfuse::detail::fail(why.rfind("cannot open", 0) == 0 ? KVFUSE_ERROR_IO : KVFUSE_ERROR_BAD_PROFILE, why);
+        if (const kvfuse_status st = kvfuse::detail::set_kernel_isas(isas, kvfuse::detail::KernelIsaSource::profile);
+            st != KVFUSE_OK)
+            return st;
         auto& s = kvfuse::detail::state();
         std::lock_guard<std::mutex> lock(s.mutex);
         s.started = true;
@@ -372,6 +420,7 @@ kvfuse_status kvfuse_save_profile(const char* path, const kvfuse_tuning* tuning,
         j["kvfuse_version"] = KVFUSE_VERSION_STRING;
         j["machine"] = kvfuse::detail::machine_json(kvfuse::detail::this_machine());
         j["tuning"] = kvfuse::detail::tuning_json(*tuning);
+        j["kernel_isa"] = kvfuse::detail::kernel_isas_json();
         if (measurements_json != nullptr) {
             try {
                 j["measurements"] = nlohmann::json::parse(measurements_json);

@@ -353,6 +353,21 @@ int main(int argc, char** argv) {
     check_wrapping_sizes();
     check_null_pointers();
     check_misaligned_pointers();
+    {
+        /* Per-kernel ISA from C: scalar for top-k, read back, then back to the active ISA. */
+        const kvfuse_isa scalar = KVFUSE_ISA_SCALAR;
+        kvfuse_isa active = KVFUSE_ISA_SCALAR, isa = KVFUSE_ISA_AVX2;
+        const char* source = NULL;
+        kvfuse_kernel kernel = KVFUSE_KERNEL_ROPE;
+        CHECK(kvfuse_active_isa(&active) == KVFUSE_OK);
+        CHECK(kvfuse_kernel_from_name("topk", &kernel) == KVFUSE_OK && kernel == KVFUSE_KERNEL_TOPK);
+        CHECK(kvfuse_set_kernel_isa(KVFUSE_KERNEL_TOPK, &scalar) == KVFUSE_OK);
+        CHECK(kvfuse_kernel_isa(KVFUSE_KERNEL_TOPK, &isa, &source) == KVFUSE_OK);
+        CHECK(isa == KVFUSE_ISA_SCALAR && source != NULL && strcmp(source, "program") == 0);
+        CHECK(kvfuse_set_kernel_isa(KVFUSE_KERNEL_TOPK, NULL) == KVFUSE_OK);
+        CHECK(kvfuse_kernel_isa(KVFUSE_KERNEL_TOPK, &isa, NULL) == KVFUSE_OK && isa == active);
+        CHECK(strcmp(kvfuse_kernel_name(KVFUSE_KERNEL_RELEVANCE), "relevance") == 0);
+    }
 
     if (failures == 0) printf("C API checks passed\n");
     return failures == 0 ? 0 : 1;

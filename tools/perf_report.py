@@ -278,7 +278,9 @@ def tuning_section(b):
         rows.append([f"`{n}`", time_of(r), f"{fmt(b.need(n, unit))} {unit}", f"{fmt(b.need(n, 'baseline_' + unit))} {unit}",
                      fmt(b.need(n, "x_baseline"))])
     profile = portable(str(b.context.get("tuning", "not recorded")))
-    return (f"Profile in force: {profile}.\n\n" +
+    kernel_isa = str(b.context.get("kernel_isa", "not recorded"))
+    return (f"Profile in force: {profile}.\n\nISA per kernel (tuned; the default runs each on the active ISA): "
+            f"{kernel_isa}.\n\n" +
             table(["benchmark", "median time (tuned)", "tuned", "default", "tuned ÷ default speed"], rows) +
             skipped_note(b))
 

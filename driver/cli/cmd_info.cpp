@@ -10,6 +10,7 @@
 #include "cli/fusion_common.h"
 #include "kvfuse/kvfuse.hpp"
 #include "model/llama_model.h"
+#include "tuning/tuner.h"
 
 namespace kvfuse::cli {
 
@@ -51,6 +52,9 @@ int run_info(const std::string& model_path, const PlacementCliOptions& placement
         return 2;
     }
     std::printf("active isa: %s\n", kvfuse::isa_name(active));
+    // Where each kernel runs: "default" is the active ISA, "profile" the tuning profile's choice,
+    // "KVFUSE_ISA" one ISA forced for everything.
+    std::printf("kernel isa: %s\n", kvfuse::tuner::describe_kernel_isas().c_str());
     kvfuse::RelevanceDotSchemes dots;
     if (kvfuse::relevance_dot_schemes(dots).ok())
         std::printf("scoring dot products: int8 keys %s, int4 keys %s\n", dots.int8_keys.c_str(), dots.int4_keys.c_str());

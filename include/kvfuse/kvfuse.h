@@ -100,6 +100,31 @@ KVFUSE_API kvfuse_status kvfuse_force_isa(kvfuse_isa isa);
 /* Undoes kvfuse_force_isa: back to the start-up choice (KVFUSE_ISA, else the best ISA). */
 KVFUSE_API void kvfuse_reset_isa(void);
 
+/* Per-kernel ISA choice. Each kernel may run on another compiled ISA than the active one where
+ * that is faster on this CPU (a tuning profile's "kernel_isa", or the program). KVFUSE_ISA and
+ * kvfuse_force_isa override every per-kernel choice: one ISA for everything. A kernel runs its
+ * ISA's variants (VNNI, dotprod) wherever this CPU has them. */
+typedef enum kvfuse_kernel {
+    KVFUSE_KERNEL_ROPE = 0,      /* kvfuse_rope_rotate* */
+    KVFUSE_KERNEL_ATTENTION = 1, /* kvfuse_sparse_attention */
+    KVFUSE_KERNEL_TOPK = 2,      /* kvfuse_topk* */
+    KVFUSE_KERNEL_RELEVANCE = 3, /* kvfuse_a3_relevance */
+    KVFUSE_KERNEL_MAX_ENUM = 0x7fffffff
+} kvfuse_kernel;
+
+#define KVFUSE_KERNEL_COUNT 4
+
+/* "rope", "attention", "topk", "relevance"; "unknown" for other values. */
+KVFUSE_API const char* kvfuse_kernel_name(kvfuse_kernel kernel);
+KVFUSE_API kvfuse_status kvfuse_kernel_from_name(const char* name, kvfuse_kernel* kernel);
+/* Runs `kernel` on *isa from now on (NULL: back to the active ISA). Fails if the ISA is not
+ * compiled in or not supported by this CPU; nothing changes then. */
+KVFUSE_API kvfuse_status kvfuse_set_kernel_isa(kvfuse_kernel kernel, const kvfuse_isa* isa);
+/* The ISA `kernel` runs on now, and (optional) where that came from: "KVFUSE_ISA",
+ * "kvfuse_force_isa", "profile", "program" (kvfuse_set_kernel_isa) or "default" (the active
+ * ISA). A static string. Fails like kvfuse_active_isa. */
+KVFUSE_API kvfuse_status kvfuse_kernel_isa(kvfuse_kernel kernel, kvfuse_isa* isa, const char** source);
+
 typedef struct kvfuse_cpu_features {
     int avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl;
     int avx512_vnni, avx512_bf16, avx_vnni; /* x86 extensions the kernels may use */
@@ -350,7 +375,9 @@ KVFUSE_API kvfuse_status kvfuse_gemm_bf16_scheme(const char** scheme);
  * kvfuse_default_profile_path). A profile made for another CPU, ISA, core count, cache size or
  * kvfuse version, one that does not parse or validate, or a path that is not a regular file (a
  * directory, a FIFO -- never waited on --, a device) is ignored and reported by
- * kvfuse_profile_status; the defaults stay. */
+ * kvfuse_profile_status; the defaults stay. A profile also records the ISA each kernel runs on
+ * ("kernel_isa": kernel name -> ISA name or "auto"); an unknown name, or an ISA this build or
+ * CPU cannot run, makes the whole profile ignored. */
 
 typedef struct kvfuse_tuning {
     uint32_t attention_key_tile;   /* keys per attention tile: 32, 64 or 128; 0 = from L1 size */
@@ -369,11 +396,13 @@ KVFUSE_API void kvfuse_get_tuning(kvfuse_tuning* tuning);
 /* Validates and applies; NULL restores the defaults. Affects calls that start afterwards. */
 KVFUSE_API kvfuse_status kvfuse_set_tuning(const kvfuse_tuning* tuning);
 /* Reads a profile, checks it was made for this machine, kvfuse version and the ISA in use,
- * and applies it. On failure nothing changes and the error says why: KVFUSE_ERROR_IO when the
- * path cannot be opened or is not a regular file, KVFUSE_ERROR_BAD_PROFILE otherwise. */
+ * and applies it (parameters and per-kernel ISAs). On failure nothing changes and the error
+ * says why: KVFUSE_ERROR_IO when the path cannot be opened or is not a regular file,
+ * KVFUSE_ERROR_BAD_PROFILE otherwise. */
 KVFUSE_API kvfuse_status kvfuse_load_profile(const char* path);
-/* Writes `tuning` as this machine's profile (JSON), with `measurements_json` (a JSON object
- * or NULL) kept as a record of how it was chosen. Written to a temporary file and renamed;
+/* Writes `tuning` as this machine's profile (JSON), with the per-kernel ISA choices now in
+ * force from a profile or kvfuse_set_kernel_isa (not those of KVFUSE_ISA or kvfuse_force_isa),
+ * and `measurements_json` (a JSON object or NULL) kept as a record of how it was chosen. Written to a temporary file and renamed;
  * missing directories are created. */
 KVFUSE_API kvfuse_status kvfuse_save_profile(const char* path, const kvfuse_tuning* tuning,
                                              const char* measurements_json);

@@ -119,6 +119,39 @@ inline Status active_isa(Isa& isa) {
 inline Status force_isa(Isa isa) { return Status(kvfuse_force_isa(static_cast<kvfuse_isa>(isa))); }
 inline void reset_isa() { kvfuse_reset_isa(); }
 
+enum class Kernel : int {
+    rope = KVFUSE_KERNEL_ROPE,
+    attention = KVFUSE_KERNEL_ATTENTION,
+    topk = KVFUSE_KERNEL_TOPK,
+    relevance = KVFUSE_KERNEL_RELEVANCE,
+};
+
+inline const char* kernel_name(Kernel kernel) { return kvfuse_kernel_name(static_cast<kvfuse_kernel>(kernel)); }
+inline std::vector<Kernel> all_kernels() { return {Kernel::rope, Kernel::attention, Kernel::topk, Kernel::relevance}; }
+inline Status kernel_from_name(const std::string& name, Kernel& kernel) {
+    kvfuse_kernel raw = KVFUSE_KERNEL_ROPE;
+    Status status(kvfuse_kernel_from_name(name.c_str(), &raw));
+    if (status) kernel = static_cast<Kernel>(raw);
+    return status;
+}
+// Runs `kernel` on `isa` (see kvfuse_set_kernel_isa); reset_kernel_isa goes back to the active ISA.
+inline Status set_kernel_isa(Kernel kernel, Isa isa) {
+    const kvfuse_isa raw = static_cast<kvfuse_isa>(isa);
+    return Status(kvfuse_set_kernel_isa(static_cast<kvfuse_kernel>(kernel), &raw));
+}
+inline Status reset_kernel_isa(Kernel kernel) { return Status(kvfuse_set_kernel_isa(static_cast<kvfuse_kernel>(kernel), nullptr)); }
+// The ISA `kernel` runs on and where that choice came from ("profile", "default", ...).
+inline Status kernel_isa(Kernel kernel, Isa& isa, std::string* source = nullptr) {
+    kvfuse_isa raw = KVFUSE_ISA_SCALAR;
+    const char* from = nullptr;
+    Status status(kvfuse_kernel_isa(static_cast<kvfuse_kernel>(kernel), &raw, &from));
+    if (status) {
+        isa = static_cast<Isa>(raw);
+        if (source != nullptr) *source = from;
+    }
+    return status;
+}
+
 using CpuFeatures = kvfuse_cpu_features;
 inline CpuFeatures cpu_features() {
     CpuFeatures features;
