@@ -89,7 +89,7 @@ kvfuse_status kvfuse_force_isa(kvfuse_isa isa) {
 void kvfuse_reset_isa(void) { (void)kvfuse::detail::force_kernels(nullptr); }
 
 const char* kvfuse_kernel_name(kvfuse_kernel kernel) {
-    switch (kernel) {
+    switch (kvfuse::detail::enum_value(kernel)) {
         case KVFUSE_KERNEL_ROPE: return "rope";
         case KVFUSE_KERNEL_ATTENTION: return "attention";
         case KVFUSE_KERNEL_TOPK: return "topk";
@@ -111,38 +111,46 @@ kvfuse_status kvfuse_kernel_from_name(const char* name, kvfuse_kernel* kernel) {
                 std::string("'") + name + "' is not a kernel name (use rope, attention, topk or relevance)");
 }
 
-static bool valid_kernel(kvfuse_kernel kernel) {
-    return static_cast<int>(kernel) >= 0 && static_cast<int>(kernel) < KVFUSE_KERNEL_COUNT;
+// The kernel argument read as the int the C caller passed (api_checks.h: enum_value).
+static kvfuse_status check_kernel(kvfuse_kernel kernel) {
+    return kvfuse::detail::check_enum("kernel", kvfuse::detail::enum_value(kernel), KVFUSE_KERNEL_COUNT,
+                                      "KVFUSE_KERNEL_ROPE, _ATTENTION, _TOPK or _RELEVANCE (0..3)");
 }
 
 kvfuse_status kvfuse_set_kernel_isa(kvfuse_kernel kernel, const kvfuse_isa* isa) {
-    if (!valid_kernel(kernel))
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "kernel value " + std::to_string(static_cast<int>(kernel)) + " is not known");
-    return kvfuse::detail::set_kernel_isa(kernel, isa == nullptr ? -1 : static_cast<int>(*isa));
+    return kvfuse::detail::guarded("kvfuse_set_kernel_isa", [&]() -> kvfuse_status {
+        if (auto s = check_kernel(kernel); s != KVFUSE_OK) return s;
+        if (auto s = kvfuse::detail::check_aligned("isa", isa, alignof(kvfuse_isa)); s != KVFUSE_OK) return s;
+        const int value = isa == nullptr ? -1 : kvfuse::detail::enum_value(*isa);
+        if (isa != nullptr && (value < 0 || value >= KVFUSE_ISA_COUNT))
+            return fail(KVFUSE_ERROR_UNKNOWN_ISA, "ISA value " + std::to_string(value) + " is not known");
+        return kvfuse::detail::set_kernel_isa(kernel, value);
+    });
 }
 
 kvfuse_status kvfuse_kernel_isa(kvfuse_kernel kernel, kvfuse_isa* isa, const char** source) {
-    if (isa == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "isa is required");
-    if (!valid_kernel(kernel))
-        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "kernel value " + std::to_string(static_cast<int>(kernel)) + " is not known");
-    const kvfuse::detail::KernelTable* table = nullptr;
-    if (const kvfuse_status s = kvfuse::detail::active_kernels(table); s != KVFUSE_OK) return s;
-    *isa = kvfuse::detail::slot_isa(*table, kernel);
-    if (source == nullptr) return KVFUSE_OK;
-    const char* by = nullptr;
-    if (kvfuse::detail::isa_forced_for_every_kernel(&by)) {
-        *source = by;
+    return kvfuse::detail::guarded("kvfuse_kernel_isa", [&]() -> kvfuse_status {
+        if (isa == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "isa is required");
+        if (auto s = check_kernel(kernel); s != KVFUSE_OK) return s;
+        const kvfuse::detail::KernelTable* table = nullptr;
+        if (const kvfuse_status s = kvfuse::detail::active_kernels(table); s != KVFUSE_OK) return s;
+        *isa = kvfuse::detail::slot_isa(*table, kernel);
+        if (source == nullptr) return KVFUSE_OK;
+        const char* by = nullptr;
+        if (kvfuse::detail::isa_forced_for_every_kernel(&by)) {
+            *source = by;
+            return KVFUSE_OK;
+        }
+        int chosen[KVFUSE_KERNEL_COUNT];
+        kvfuse::detail::KernelIsaSource from[KVFUSE_KERNEL_COUNT];
+        kvfuse::detail::chosen_kernel_isas(chosen, from);
+        switch (from[kernel]) {
+            case kvfuse::detail::KernelIsaSource::profile: *source = "profile"; break;
+            case kvfuse::detail::KernelIsaSource::program: *source = "program"; break;
+            default: *source = "default"; break;
+        }
         return KVFUSE_OK;
-    }
-    int chosen[KVFUSE_KERNEL_COUNT];
-    kvfuse::detail::KernelIsaSource from[KVFUSE_KERNEL_COUNT];
-    kvfuse::detail::chosen_kernel_isas(chosen, from);
-    switch (from[kernel]) {
-        case kvfuse::detail::KernelIsaSource::profile: *source = "profile"; break;
-        case kvfuse::detail::KernelIsaSource::program: *source = "program"; break;
-        default: *source = "default"; break;
-    }
-    return KVFUSE_OK;
+    });
 }
 
 void kvfuse_get_cpu_features(kvfuse_cpu_features* features) {

@@ -109,6 +109,7 @@ typedef enum kvfuse_kernel {
     KVFUSE_KERNEL_ATTENTION = 1, /* kvfuse_sparse_attention */
     KVFUSE_KERNEL_TOPK = 2,      /* kvfuse_topk* */
     KVFUSE_KERNEL_RELEVANCE = 3, /* kvfuse_a3_relevance */
+    KVFUSE_KERNEL_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_KERNEL_MAX_ENUM = 0x7fffffff
 } kvfuse_kernel;
 
