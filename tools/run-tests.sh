@@ -38,8 +38,11 @@ for l in $lanes; do
             emu=(qemu-x86_64 -cpu Westmere)
             "${emu[@]}" "$build/driver/kvfuse" info | tee /tmp/kvfuse-nonavx-info.txt
             grep -q "active isa: scalar" /tmp/kvfuse-nonavx-info.txt
-            "${emu[@]}" "$build/tests/test_dispatch"
-            for t in test_rope test_attention test_topk test_score; do "${emu[@]}" "$build/tests/$t"; done
+            # Under qemu-user /proc/cpuinfo still describes the host, not the emulated CPU: the
+            # two tests that compare the detected features with it run in the native lane.
+            "${emu[@]}" "$build/tests/test_dispatch" \
+                --gtest_filter=-Dispatch.CpuFeaturesAgreeWithTheOperatingSystem:Dispatch.DefaultIsTheWidestIsaTheOperatingSystemReports
+            for t in test_rope test_attention test_topk test_score test_gemm; do "${emu[@]}" "$build/tests/$t"; done
             passed nonavx ;;
         sanitize)
             lane "AddressSanitizer + UndefinedBehaviorSanitizer"
