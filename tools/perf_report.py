@@ -331,7 +331,12 @@ def summary_section(k):
                      f"{pct(roof_pct)} of {roof_name}" if roof_pct is not None else "-",
                      f"{fmt(bench.need(n, xname))} ({base_name})",
                      tuned(tune_pattern) if tune_pattern else "-", f"{threads}"])
-    return table(["kernel", "benchmark", "figure", "% of roofline", "x baseline", "tuned ÷ default", "threads"], rows)
+    text = table(["kernel", "benchmark", "figure", "% of roofline", "x baseline", "tuned ÷ default", "threads"], rows)
+    kernel_isa = tune.context.get("kernel_isa")
+    if kernel_isa:
+        text += (f"\n\nISA each kernel runs on after `kvfuse tune` (profile of this run; the tuner keeps a "
+                 f"narrower ISA only where it measured it faster by more than its margin): {kernel_isa}.")
+    return text
 
 
 def targets_section(k, main):
