@@ -31,4 +31,21 @@ struct narrower_arch<xsimd::fma3<xsimd::avx2>> {
 template <class Arch>
 using narrower_arch_t = typename narrower_arch<Arch>::type;
 
+// The same, but only where the narrower vector still has a fused multiply-add: for kernels whose
+// tails must round exactly like their full-width body (RoPE: every element rotated by the same
+// FMA sequence, whatever its position).
+template <class Arch>
+struct narrower_fused_arch {
+    using type = void;
+};
+#if defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+template <>
+struct narrower_fused_arch<xsimd::avx512bw> {
+    using type = xsimd::fma3<xsimd::avx2>;
+};
+#endif
+
+template <class Arch>
+using narrower_fused_arch_t = typename narrower_fused_arch<Arch>::type;
+
 }  // namespace kvfuse::detail

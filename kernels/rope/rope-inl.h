@@ -6,9 +6,11 @@
 #include <omp.h>
 
 #include <cstring>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 #include "kernels/common/bf16.h"
+#include "kernels/common/narrower_batch.h"
 #include "kernels/kernel_table.h"
 #include "kernels/tuning.h"
 #include "kernels/rope/rope_plan.h"
@@ -57,16 +59,33 @@ inline void rotate_bf16_pair(std::uint16_t* a, std::uint16_t* b, const std::uint
 
 // --- f32 --------------------------------------------------------------------------------------
 
+// Pairs [i, i + B::size) of a NeoX head with B the full or a narrower batch.
+template <class B>
+inline void neox_f32_step(const float* src, float* dst, std::size_t half, const RopeTable& t, std::size_t i) {
+    const B x1 = B::load_unaligned(src + i);
+    const B x2 = B::load_unaligned(src + half + i);
+    const B c = B::load_unaligned(t.cos.data() + i);
+    const B s = B::load_unaligned(t.sin.data() + i);
+    xsimd::fms(x1, c, x2 * s).store_unaligned(dst + i);
+    xsimd::fma(x1, s, x2 * c).store_unaligned(dst + half + i);
+}
+
+// A half head that is not a whole number of vectors (D = 80 on AVX-512: 40 pairs) ends on a
+// narrower vector with the same fused operations, not on the scalar loop. Returns where it
+// stopped.
+template <class Narrow>
+std::size_t neox_f32_tail(const float* src, float* dst, std::size_t half, const RopeTable& t, std::size_t i) {
+    if constexpr (!std::is_void_v<Narrow>) {
+        using B = xsimd::batch<float, Narrow>;
+        for (; i + B::size <= half; i += B::size) neox_f32_step<B>(src, dst, half, t, i);
+    }
+    return i;
+}
+
 void neox_f32(const float* src, float* dst, std::size_t half, const RopeTable& t) {
     std::size_t i = 0;
-    for (; i + kLanes <= half; i += kLanes) {
-        const F32s x1 = F32s::load_unaligned(src + i);
-        const F32s x2 = F32s::load_unaligned(src + half + i);
-        const F32s c = F32s::load_unaligned(t.cos.data() + i);
-        const F32s s = F32s::load_unaligned(t.sin.data() + i);
-        xsimd::fms(x1, c, x2 * s).store_unaligned(dst + i);
-        xsimd::fma(x1, s, x2 * c).store_unaligned(dst + half + i);
-    }
+    for (; i + kLanes <= half; i += kLanes) neox_f32_step<F32s>(src, dst, half, t, i);
+    i = neox_f32_tail<detail::narrower_fused_arch_t<Arch>>(src, dst, half, t, i);
     for (; i < half; ++i) rotate_pair(src[i], src[half + i], t.cos[i], t.sin[i], dst[i], dst[half + i]);
 }
 
