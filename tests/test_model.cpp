@@ -16,6 +16,7 @@
 #include "fusion/evaluation.h"
 #include "fusion/loaded_model.h"
 #include "fusion/requests.h"
+#include "model/tokenizer.h"
 #include "fusion/metrics.h"
 #include "fusion/pipeline.h"
 #include "isa_test_support.h"
@@ -47,6 +48,15 @@ TEST(Tokenizer, EncodesAndDecodesLikeSentencePiece) {
     for (const std::string bad : {"stray \xF5 bytes", "\xE6 x", "\xF0\x9F a", "\xC3 \xFF\xFE end", "\xE2\x96"})
         EXPECT_EQ(m.detokenize(m.tokenize(bad)), " " + bad);
     EXPECT_TRUE(m.tokenize("").empty());
+}
+
+// A byte piece must be "<0x" two hex digits ">": "<0x-1>" (sscanf's %X takes a sign) indexed
+// the byte table at 2^32 - 1 (found by fuzz_gguf); now it is an ordinary, unused piece.
+TEST(Tokenizer, BytePiecesNeedTwoHexDigits) {
+    const kvfuse::model::Tokenizer t({"<unk>", "<0x-1>", "<0x+4>", "<0x41>", "\xE2\x96\x81b"}, {0, 0, 0, 0, 0},
+                                     {2, 6, 6, 6, 1}, 0, 0);
+    // " A": the three bytes of U+2581 have no byte piece (unknown each), then A is <0x41>.
+    EXPECT_EQ(t.encode("A"), (std::vector<std::int32_t>{0, 0, 0, 3}));
 }
 
 TEST_P(ModelTest, KnownLogitAndGreedyContinuation) {

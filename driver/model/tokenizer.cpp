@@ -1,5 +1,7 @@
 #include "model/tokenizer.h"
 
+#include <cctype>
+
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -70,8 +72,11 @@ void Tokenizer::index() {
     for (std::size_t i = 0; i < pieces_.size(); ++i) {
         const std::string& p = pieces_[i];
         if (types_[i] == 6 && p.size() == 6 && p.rfind("<0x", 0) == 0) {
-            unsigned value = 0;
-            if (std::sscanf(p.c_str() + 3, "%2X", &value) == 1) byte_token_[value] = static_cast<std::int32_t>(i);
+            // Exactly two hex digits: sscanf's %X also takes a sign ("<0x-1>" read as 2^32 - 1,
+            // an index far past the table; found by fuzz_gguf).
+            auto hex = [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; };
+            if (hex(p[3]) && hex(p[4]) && p[5] == '>')
+                byte_token_[static_cast<std::size_t>(std::stoi(p.substr(3, 2), nullptr, 16))] = static_cast<std::int32_t>(i);
             continue;
         }
         if (types_[i] == 1 || types_[i] == 4) ids_.emplace(p, static_cast<std::int32_t>(i));  // normal, user-defined
