@@ -106,6 +106,24 @@ static void check_out_of_range_enums(void) {
 
 /* Sizes whose products or sums wrap around size_t: each once passed its check and touched the
  * wrong memory (heads = 2^61 + 1 made one key row 4 elements: ASan global-buffer-overflow). */
+/* One query row of one head (head_dim 4) against two f32 key/value rows: the valid call each
+ * refusal test below starts from. */
+static kvfuse_attention_args one_row_attention(const float* q, const int64_t* positions, const float* kv, float* out) {
+    kvfuse_attention_args a;
+    memset(&a, 0, sizeof a);
+    a.queries = q;
+    a.rows = 1;
+    a.query_heads = a.kv_heads = 1;
+    a.head_dim = a.query_row_stride = a.out_row_stride = a.kv_token_stride = 4;
+    a.positions = positions;
+    a.keys = a.values = kv;
+    a.kv_tokens = 2;
+    a.kv_dtype = KVFUSE_DTYPE_F32;
+    a.scale = 1.0f;
+    a.out = out;
+    return a;
+}
+
 static void check_wrapping_sizes(void) {
     const size_t huge = (size_t)1 << 62, max = SIZE_MAX;
     kvfuse_rope_config config;
@@ -155,20 +173,9 @@ static void check_wrapping_sizes(void) {
 
     /* Attention: the key rows, the query rows, heads * head_dim. */
     {
-        kvfuse_attention_args a;
         float q[8] = {0}, out[8] = {0};
         int64_t pos[2] = {0, 1};
-        memset(&a, 0, sizeof a);
-        a.queries = q;
-        a.rows = 1;
-        a.query_heads = a.kv_heads = 1;
-        a.head_dim = a.query_row_stride = a.out_row_stride = a.kv_token_stride = 4;
-        a.positions = pos;
-        a.keys = a.values = key;
-        a.kv_tokens = 2;
-        a.kv_dtype = KVFUSE_DTYPE_F32;
-        a.scale = 1.0f;
-        a.out = out;
+        kvfuse_attention_args a = one_row_attention(q, pos, key, out);
         CHECK(kvfuse_sparse_attention(&a) == KVFUSE_OK); /* the baseline is valid */
         a.kv_token_stride = huge;
         CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
@@ -276,20 +283,9 @@ static void check_misaligned_pointers(void) {
                   KVFUSE_ERROR_INVALID_ARGUMENT, "dst");
     CHECK(scores[0] == 1.0f);
     {
-        kvfuse_attention_args a;
         float q[4] = {1, 0, 0, 0}, out[4] = {0}, kv[8] = {1, 0, 0, 0, 0, 1, 0, 0};
         int64_t pos[1] = {1};
-        memset(&a, 0, sizeof a);
-        a.queries = q;
-        a.rows = 1;
-        a.query_heads = a.kv_heads = 1;
-        a.head_dim = a.query_row_stride = a.out_row_stride = a.kv_token_stride = 4;
-        a.positions = pos;
-        a.keys = a.values = kv;
-        a.kv_tokens = 2;
-        a.kv_dtype = KVFUSE_DTYPE_F32;
-        a.scale = 1.0f;
-        a.out = out;
+        kvfuse_attention_args a = one_row_attention(q, pos, kv, out);
         CHECK(kvfuse_sparse_attention(&a) == KVFUSE_OK);
         a.queries = (const float*)odd;
         CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "queries");
