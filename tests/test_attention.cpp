@@ -162,6 +162,37 @@ TEST_P(AttentionTest, NanInAKeyPoisonsOnlyRowsThatSeeIt) {
     }
 }
 
+// NaN and Inf in a value's last dimensions, which a head of 8, 12, 20 or 40 dimensions runs on a
+// narrower vector (AVX-512: 256 or 128 bits): they reach exactly the rows that see the key, in
+// exactly those dimensions, as in the reference.
+TEST_P(AttentionTest, NanAndInfInTheHeadDimTail) {
+    for (std::size_t dim : {std::size_t{8}, std::size_t{12}, std::size_t{20}, std::size_t{40}}) {
+        const Problem p{4, 4, 2, dim, 50, false};
+        Data d = make(p, 11, {3, 10, 30, 49});
+        const std::size_t kv_stride = p.kv_heads * dim;
+        d.v32[1 + 20 * kv_stride + dim - 1] = std::numeric_limits<float>::quiet_NaN();  // key 20, kv head 0
+        d.v32[1 + 20 * kv_stride + dim - 2] = std::numeric_limits<float>::infinity();
+        kvfuse_attention_args expected = d.args;
+        expected.out = d.expected.data() + 1;
+        kvfuse::reference::sparse_attention(expected);
+        ASSERT_TRUE(kvfuse::sparse_attention(d.args).ok());
+        std::size_t non_finite = 0;
+        for (std::size_t i = 0; i < d.out.size(); ++i) {
+            const float got = d.out[i], want = d.expected[i];
+            if (std::isnan(want)) {
+                EXPECT_TRUE(std::isnan(got)) << "D " << dim << " element " << i;
+            } else if (std::isinf(want)) {
+                EXPECT_EQ(got, want) << "D " << dim << " element " << i;
+            } else {
+                ASSERT_NEAR(got, want, 2e-5 * 3.0) << "D " << dim << " element " << i;
+            }
+            non_finite += !std::isfinite(want);
+        }
+        // Rows at 30 and 49 see key 20 with the two heads of kv head 0: NaN and Inf in each.
+        EXPECT_EQ(non_finite, 2u * 2u * 2u) << "D " << dim;
+    }
+}
+
 // Tile, row block and the parallel threshold change how rows and keys are split into tasks
 // (packing chunks, row blocks, heads in flight) and whether threads share them, never the
 // result. (Run with OMP_NUM_THREADS=1, 3, 8 to vary the thread count as well.)

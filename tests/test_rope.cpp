@@ -289,45 +289,48 @@ TEST_P(RopeTest, ZeroDeltaIsIdentityUpToRounding) {
     }
 }
 
-// NaN and Inf stay in their pair and never crash; every other pair is unaffected.
+// NaN and Inf stay in their pair and never crash; every other pair is unaffected. D = 80: the
+// NeoX half head (40 pairs) ends on a narrower vector on AVX-512, and element 36 lies there.
 TEST_P(RopeTest, NanAndInfPropagateWithinTheirPair) {
-    for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved})
-        for (Dtype dtype : {Dtype::f32, Dtype::bf16}) {
-            const Shape s{64, 64, 2, 3, 0};
-            const RopeConfig config = config_for(s, pairing);
-            const std::size_t stride = s.heads * s.head_dim;
-            auto keys = random_floats(stride * s.tokens, 9);
-            const float nan = std::numeric_limits<float>::quiet_NaN();
-            const float inf = std::numeric_limits<float>::infinity();
-            keys[5] = nan;
-            keys[stride + 70] = inf;
-            keys[2 * stride + 1] = -inf;
-            auto partner = [&](std::size_t e) {
-                const std::size_t d = e % 64, base = e - d;
-                if (pairing == RopePairing::interleaved) return base + (d ^ 1);
-                return base + (d < 32 ? d + 32 : d - 32);
-            };
-            std::vector<bool> poisoned(keys.size(), false);
-            for (std::size_t e : {std::size_t{5}, stride + 70, 2 * stride + 1}) poisoned[e] = poisoned[partner(e)] = true;
-            std::vector<float> out(keys.size());
-            if (dtype == Dtype::f32) {
-                out = keys;
-                ASSERT_TRUE(kvfuse::rope_rotate_span(config, out.data(), s.tokens, s.heads, stride, 77).ok());
-            } else {
-                std::vector<kvfuse::bf16> half(keys.size());
-                ASSERT_TRUE(kvfuse::to_bf16(keys.data(), half.data(), half.size()).ok());
-                ASSERT_TRUE(kvfuse::rope_rotate_span(config, half.data(), s.tokens, s.heads, stride, 77).ok());
-                ASSERT_TRUE(kvfuse::to_f32(half.data(), out.data(), out.size()).ok());
+    for (int head_dim : {64, 80})
+        for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved})
+            for (Dtype dtype : {Dtype::f32, Dtype::bf16}) {
+                const Shape s{head_dim, head_dim, 2, 3, 0};
+                const RopeConfig config = config_for(s, pairing);
+                const std::size_t stride = s.heads * s.head_dim, dims = static_cast<std::size_t>(head_dim);
+                auto keys = random_floats(stride * s.tokens, 9);
+                const float nan = std::numeric_limits<float>::quiet_NaN();
+                const float inf = std::numeric_limits<float>::infinity();
+                const std::size_t poisoned_at[] = {5, stride + 36, 2 * stride + 1};
+                keys[poisoned_at[0]] = nan;
+                keys[poisoned_at[1]] = inf;
+                keys[poisoned_at[2]] = -inf;
+                auto partner = [&](std::size_t e) {
+                    const std::size_t d = e % dims, base = e - d, half = dims / 2;
+                    if (pairing == RopePairing::interleaved) return base + (d ^ 1);
+                    return base + (d < half ? d + half : d - half);
+                };
+                std::vector<bool> poisoned(keys.size(), false);
+                for (std::size_t e : poisoned_at) poisoned[e] = poisoned[partner(e)] = true;
+                std::vector<float> out(keys.size());
+                if (dtype == Dtype::f32) {
+                    out = keys;
+                    ASSERT_TRUE(kvfuse::rope_rotate_span(config, out.data(), s.tokens, s.heads, stride, 77).ok());
+                } else {
+                    std::vector<kvfuse::bf16> half(keys.size());
+                    ASSERT_TRUE(kvfuse::to_bf16(keys.data(), half.data(), half.size()).ok());
+                    ASSERT_TRUE(kvfuse::rope_rotate_span(config, half.data(), s.tokens, s.heads, stride, 77).ok());
+                    ASSERT_TRUE(kvfuse::to_f32(half.data(), out.data(), out.size()).ok());
+                }
+                for (std::size_t e = 0; e < out.size(); ++e) {
+                    if (poisoned[e])
+                        EXPECT_FALSE(std::isfinite(out[e])) << "D " << head_dim << " element " << e;
+                    else
+                        EXPECT_TRUE(std::isfinite(out[e])) << "D " << head_dim << " element " << e;
+                }
+                EXPECT_TRUE(std::isnan(out[5]));
+                EXPECT_TRUE(std::isnan(out[partner(5)]));
             }
-            for (std::size_t e = 0; e < out.size(); ++e) {
-                if (poisoned[e])
-                    EXPECT_FALSE(std::isfinite(out[e])) << "element " << e;
-                else
-                    EXPECT_TRUE(std::isfinite(out[e])) << "element " << e;
-            }
-            EXPECT_TRUE(std::isnan(out[5]));
-            EXPECT_TRUE(std::isnan(out[partner(5)]));
-        }
 }
 
 TEST_P(RopeTest, InvalidArgumentsAreRefused) {
