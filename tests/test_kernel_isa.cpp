@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "isa_test_support.h"
+#include "scratch_files.h"
 #include "reference/attention_reference.h"
 #include "reference/rope_reference.h"
 #include "reference/score_reference.h"
@@ -212,20 +213,9 @@ TEST_F(KernelIsaTest, ForcingOneIsaOverridesEveryChoice) {
     EXPECT_EQ(source, "program");
 }
 
-fs::path scratch(const std::string& name) {
-    const fs::path dir = fs::temp_directory_path() / ("kvfuse-test-kernel-isa-" + std::to_string(::getpid()) + "-" + name);
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    return dir;
-}
-
-std::string read(const fs::path& p) {
-    std::ifstream in(p);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 TEST_F(KernelIsaTest, ChoicesRoundTripThroughAProfile) {
-    const fs::path dir = scratch("roundtrip");
+    const fs::path dir = kvfuse::testing::fresh_scratch_dir("kernel-isa", "roundtrip");
     const fs::path path = dir / "profile.json";
     const Isa base = active();
     // A SIMD ISA other than the active one where this CPU has one, else scalar (always runs).
@@ -237,7 +227,7 @@ TEST_F(KernelIsaTest, ChoicesRoundTripThroughAProfile) {
     kvfuse_tuning t{};
     kvfuse_default_tuning(&t);
     ASSERT_EQ(kvfuse_save_profile(path.c_str(), &t, nullptr), KVFUSE_OK) << kvfuse_last_error();
-    const std::string text = read(path);
+    const std::string text = kvfuse::testing::read_whole_file(path);
     EXPECT_NE(text.find(std::string("\"topk\": \"") + kvfuse::isa_name(other_simd) + "\""), std::string::npos) << text;
     EXPECT_NE(text.find("\"attention\": \"scalar\""), std::string::npos) << text;
     EXPECT_NE(text.find("\"rope\": \"auto\""), std::string::npos) << text;
@@ -258,12 +248,12 @@ TEST_F(KernelIsaTest, ChoicesRoundTripThroughAProfile) {
 }
 
 TEST_F(KernelIsaTest, BadChoicesInAProfileRejectItAndChangeNothing) {
-    const fs::path dir = scratch("bad");
+    const fs::path dir = kvfuse::testing::fresh_scratch_dir("kernel-isa", "bad");
     const fs::path good = dir / "good.json";
     kvfuse_tuning t{};
     kvfuse_default_tuning(&t);
     ASSERT_EQ(kvfuse_save_profile(good.c_str(), &t, nullptr), KVFUSE_OK);
-    const std::string text = read(good);
+    const std::string text = kvfuse::testing::read_whole_file(good);
     ASSERT_NE(text.find("\"topk\": \"auto\""), std::string::npos) << text;
     auto with_topk = [&](const std::string& value) {
         std::string s = text;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "isa_test_support.h"
+#include "scratch_files.h"
 #include "reference/attention_reference.h"
 #include "reference/score_reference.h"
 #include "reference/topk_reference.h"
@@ -35,17 +36,6 @@ class Restore {
     ~Restore() { (void)kvfuse_set_tuning(nullptr); }
 };
 
-fs::path scratch_dir(const std::string& name) {
-    const fs::path dir = fs::temp_directory_path() / ("kvfuse-test-tuning-" + std::to_string(::getpid()) + "-" + name);
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    return dir;
-}
-
-std::string read(const fs::path& p) {
-    std::ifstream in(p);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-}
 
 void write(const fs::path& p, const std::string& text) {
     std::ofstream out(p, std::ios::trunc);
@@ -203,7 +193,7 @@ kvfuse_tuning custom() {
 
 TEST(Profile, SaveThenLoadRoundTrips) {
     Restore restore;
-    const fs::path dir = scratch_dir("roundtrip");
+    const fs::path dir = kvfuse::testing::fresh_scratch_dir("tuning", "roundtrip");
     const fs::path path = dir / "nested" / "profile.json";  // missing directories are created
     const kvfuse_tuning t = custom();
     ASSERT_EQ(kvfuse_save_profile(path.c_str(), &t, R"({"note": "test"})"), KVFUSE_OK) << kvfuse_last_error();
@@ -214,7 +204,7 @@ TEST(Profile, SaveThenLoadRoundTrips) {
     kvfuse_get_tuning(&now);
     EXPECT_TRUE(same(now, t));
     EXPECT_NE(std::string(kvfuse_profile_status()).find(path.string()), std::string::npos) << kvfuse_profile_status();
-    EXPECT_NE(read(path).find("\"note\""), std::string::npos);
+    EXPECT_NE(kvfuse::testing::read_whole_file(path).find("\"note\""), std::string::npos);
     EXPECT_EQ(kvfuse_save_profile(path.c_str(), &t, "{not json"), KVFUSE_ERROR_INVALID_ARGUMENT);
     kvfuse_tuning bad = t;
     bad.score_query_rows = 5;
@@ -224,11 +214,11 @@ TEST(Profile, SaveThenLoadRoundTrips) {
 
 TEST(Profile, BadProfilesAreRejectedAndChangeNothing) {
     Restore restore;
-    const fs::path dir = scratch_dir("bad");
+    const fs::path dir = kvfuse::testing::fresh_scratch_dir("tuning", "bad");
     const fs::path good = dir / "good.json";
     const kvfuse_tuning t = custom();
     ASSERT_EQ(kvfuse_save_profile(good.c_str(), &t, nullptr), KVFUSE_OK);
-    const std::string text = read(good);
+    const std::string text = kvfuse::testing::read_whole_file(good);
     auto replaced = [&](const std::string& from, const std::string& to) {
         std::string s = text;
         const auto at = s.find(from);
