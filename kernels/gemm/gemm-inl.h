@@ -26,7 +26,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <utility>
-#include <memory>
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
@@ -45,24 +44,6 @@ namespace {
 
 using Arch = KVFUSE_XSIMD_ARCH;
 using F32s = xsimd::batch<float, Arch>;
-
-// std::allocator under a name of this ISA's anonymous namespace: a std::vector of it is a type
-// of this object alone, so its out-of-line members (a destructor the compiler chose not to
-// inline) are local symbols instead of weak ones that every ISA's object would define and the
-// linker would share (tests/check_isa_objects.sh).
-template <class T>
-struct LocalAllocator : std::allocator<T> {
-    using value_type = T;
-    template <class U>
-    struct rebind {
-        using other = LocalAllocator<U>;
-    };
-    LocalAllocator() = default;
-    template <class U>
-    LocalAllocator(const LocalAllocator<U>&) {}
-};
-template <class T>
-using LocalVector = std::vector<T, LocalAllocator<T>>;
 using U32s = xsimd::batch<std::uint32_t, Arch>;
 constexpr std::size_t kLanes = F32s::size;
 constexpr std::size_t kPanel = detail::kGemmPanel;
@@ -353,8 +334,8 @@ void gemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, st
 
     const bool pairs = w.dtype == KVFUSE_DTYPE_BF16 && kBf16Dot;
     const std::size_t a_elements = kRowBlock * (kDepth + 1);
-    thread_local LocalVector<float> a_f32;
-    thread_local LocalVector<std::uint32_t> a_pairs;
+    thread_local std::vector<float> a_f32;
+    thread_local std::vector<std::uint32_t> a_pairs;
     if (pairs) {
         if (a_pairs.size() < tasks * a_elements) a_pairs.resize(tasks * a_elements);
     } else if (a_f32.size() < tasks * a_elements) {
