@@ -28,6 +28,7 @@ enum class StatusCode : int {
     internal = KVFUSE_ERROR_INTERNAL,
     io = KVFUSE_ERROR_IO,
     bad_profile = KVFUSE_ERROR_BAD_PROFILE,
+    struct_size = KVFUSE_ERROR_STRUCT_SIZE,
 };
 
 class Error : public std::runtime_error {
@@ -152,10 +153,13 @@ inline Status kernel_isa(Kernel kernel, Isa& isa, std::string* source = nullptr)
     return status;
 }
 
-using CpuFeatures = kvfuse_cpu_features;
+// The versioned C structs (see kvfuse.h) with struct_size set on construction.
+struct CpuFeatures : kvfuse_cpu_features {
+    CpuFeatures() { kvfuse_cpu_features_init(this); }
+};
 inline CpuFeatures cpu_features() {
     CpuFeatures features;
-    kvfuse_get_cpu_features(&features);
+    (void)kvfuse_get_cpu_features(&features);  // cannot fail: the size is this header's
     return features;
 }
 
@@ -277,9 +281,11 @@ Status rope_rotate_span_copy(const RopeConfig& config, const T* src, std::size_t
 
 // ---- sparse-row attention --------------------------------------------------------------------
 
-using AttentionArgs = kvfuse_attention_args;
+struct AttentionArgs : kvfuse_attention_args {
+    AttentionArgs() { kvfuse_attention_args_init(this); }
+};
 
-inline Status sparse_attention(const AttentionArgs& args) { return Status(kvfuse_sparse_attention(&args)); }
+inline Status sparse_attention(const kvfuse_attention_args& args) { return Status(kvfuse_sparse_attention(&args)); }
 
 // Arguments for contiguous tensors: queries and out [rows x query_heads x head_dim], keys and
 // values [kv_tokens x kv_heads x head_dim] of T (float or bf16); scale 1/sqrt(head_dim) unless
@@ -349,21 +355,23 @@ inline Status topk_batched(const float* scores, std::size_t rows, std::size_t n,
 
 // ---- tuning -------------------------------------------------------------------------------
 
-using Tuning = kvfuse_tuning;
+struct Tuning : kvfuse_tuning {
+    Tuning() { kvfuse_tuning_init(this); }
+};
 inline Tuning default_tuning() {
-    Tuning t{};
-    kvfuse_default_tuning(&t);
+    Tuning t;
+    (void)kvfuse_default_tuning(&t);  // cannot fail: the size is this header's
     return t;
 }
 inline Tuning current_tuning() {
-    Tuning t{};
-    kvfuse_get_tuning(&t);
+    Tuning t;
+    (void)kvfuse_get_tuning(&t);
     return t;
 }
 // nullptr restores the defaults.
-inline Status set_tuning(const Tuning* tuning) { return Status(kvfuse_set_tuning(tuning)); }
+inline Status set_tuning(const kvfuse_tuning* tuning) { return Status(kvfuse_set_tuning(tuning)); }
 inline Status load_profile(const std::string& path) { return Status(kvfuse_load_profile(path.c_str())); }
-inline Status save_profile(const std::string& path, const Tuning& tuning, const std::string& measurements_json = {}) {
+inline Status save_profile(const std::string& path, const kvfuse_tuning& tuning, const std::string& measurements_json = {}) {
     return Status(kvfuse_save_profile(path.c_str(), &tuning, measurements_json.empty() ? nullptr : measurements_json.c_str()));
 }
 // Empty when neither XDG_CACHE_HOME nor HOME is set.
@@ -375,8 +383,14 @@ inline std::string profile_status() { return kvfuse_profile_status(); }
 
 // ---- quantized scoring ---------------------------------------------------------------------
 
-using RelevanceArgs = kvfuse_relevance_args;
-inline Status a3_relevance(const RelevanceArgs& args) { return Status(kvfuse_a3_relevance(&args)); }
+struct RelevanceArgs : kvfuse_relevance_args {
+    RelevanceArgs() { kvfuse_relevance_args_init(this); }
+};
+struct RelevanceSegment : kvfuse_relevance_segment {
+    RelevanceSegment() { kvfuse_relevance_segment_init(this); }
+};
+static_assert(sizeof(RelevanceSegment) == sizeof(kvfuse_relevance_segment), "an array of them is one of the C struct");
+inline Status a3_relevance(const kvfuse_relevance_args& args) { return Status(kvfuse_a3_relevance(&args)); }
 // ---- dense layers (GEMM) ------------------------------------------------------------------------
 
 // Owns packed weights (kvfuse_pack_weights); move-only. An empty object (default, moved from,
@@ -469,14 +483,20 @@ inline Status quantize_rows_i8(const float* x, std::size_t rows, std::size_t hea
 
 // ---- topology and thread placement -----------------------------------------------------------
 
-using Topology = kvfuse_topology;
-inline Status topology(Topology& out) { return Status(kvfuse_get_topology(&out)); }
+struct Topology : kvfuse_topology {
+    Topology() { kvfuse_topology_init(this); }
+};
+inline Status topology(kvfuse_topology& out) { return Status(kvfuse_get_topology(&out)); }
 
 // Pins OpenMP workers one per core (0 threads = every core); `description` gets the placement.
 inline Status place_threads(int threads, bool use_smt, std::string* description = nullptr,
                             const std::vector<int>& cores = {}) {
-    kvfuse_placement_options options{threads, use_smt ? 1 : 0, cores.empty() ? nullptr : cores.data(),
-                                     static_cast<int>(cores.size())};
+    kvfuse_placement_options options;
+    kvfuse_placement_options_init(&options);
+    options.threads = threads;
+    options.use_smt = use_smt ? 1 : 0;
+    options.cores = cores.empty() ? nullptr : cores.data();
+    options.core_count = static_cast<int>(cores.size());
     char text[4096] = {};
     Status status(kvfuse_place_threads(&options, text, sizeof text));
     if (description) *description = text;
