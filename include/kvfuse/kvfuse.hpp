@@ -3,15 +3,19 @@
 // Only C symbols cross the library boundary, so this header works with any C++17 compiler and
 // standard library and keeps the ABI stable. Functions return kvfuse::Status; Status::ok() tells
 // success and Status::message() the reason. Nothing throws unless you call Status::check().
+// Usable with -fno-exceptions: Status is the only error path then (check() is not declared),
+// and LocalAllocator terminates on a failed allocation as operator new does then.
 #ifndef KVFUSE_KVFUSE_HPP
 #define KVFUSE_KVFUSE_HPP
 
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kvfuse/kvfuse.h"
@@ -56,10 +60,12 @@ class [[nodiscard]] Status {
         if (!detail_.empty()) text += ": " + detail_;
         return text;
     }
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
     // Throws kvfuse::Error unless ok().
     void check() const {
         if (!ok()) throw Error(code_, message());
     }
+#endif
 
    private:
     StatusCode code_ = StatusCode::ok;
@@ -195,14 +201,19 @@ inline Status to_f32(const bf16* src, float* dst, std::size_t count) {
 
 namespace detail {
 template <class T>
-constexpr kvfuse_dtype dtype_of();
-template <>
-constexpr kvfuse_dtype dtype_of<float>() {
-    return KVFUSE_DTYPE_F32;
-}
-template <>
-constexpr kvfuse_dtype dtype_of<bf16>() {
-    return KVFUSE_DTYPE_BF16;
+inline constexpr bool unsupported_element = false;
+// The storage type of a tensor of T: a compile error for anything but float and bf16.
+template <class T>
+constexpr kvfuse_dtype dtype_of() {
+    using E = std::remove_cv_t<T>;
+    if constexpr (std::is_same_v<E, float>) {
+        return KVFUSE_DTYPE_F32;
+    } else if constexpr (std::is_same_v<E, bf16>) {
+        return KVFUSE_DTYPE_BF16;
+    } else {
+        static_assert(unsupported_element<T>, "kvfuse: tensor elements must be float or kvfuse::bf16");
+        return KVFUSE_DTYPE_F32;
+    }
 }
 }  // namespace detail
 
@@ -516,7 +527,13 @@ struct LocalAllocator {
         const std::size_t bytes = n * sizeof(T);
         if (bytes < kLocalBytes) return static_cast<T*>(::operator new(bytes));
         void* memory = nullptr;
-        if (kvfuse_alloc_local(bytes, &memory, nullptr) != KVFUSE_OK) throw std::bad_alloc();
+        if (kvfuse_alloc_local(bytes, &memory, nullptr) != KVFUSE_OK) {
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+            throw std::bad_alloc();
+#else
+            std::abort();  // what operator new does without exceptions
+#endif
+        }
         return static_cast<T*>(memory);
     }
     void deallocate(T* p, std::size_t n) noexcept {
