@@ -104,7 +104,8 @@ double measure_int8_peak_gops(int isa, int threads, const char** name) {
     *name = "none";
 #if defined(__x86_64__)
     if (!kvfuse::isa_supported(static_cast<kvfuse::Isa>(isa)) || (isa != 1 && isa != 2)) return 0.0;
-    kvfuse_cpu_features cpu{};
+    kvfuse_cpu_features cpu;
+    kvfuse_cpu_features_init(&cpu);
     kvfuse_get_cpu_features(&cpu);
     const bool vnni = isa == 2 ? cpu.avx512_vnni != 0 : cpu.avx_vnni != 0;
     *name = vnni ? (isa == 2 ? "vpdpbusd zmm" : "vpdpbusd ymm (AVX-VNNI)")

@@ -1,5 +1,20 @@
 include(CMakePackageConfigHelpers)
 
+# A static libkvfuse brings its private dependencies to the consumer's link: the config file
+# finds them (find_dependency) and the .pc file lists them for `pkg-config --static`.
+get_target_property(_kvfuse_type kvfuse TYPE)
+if(_kvfuse_type STREQUAL "STATIC_LIBRARY")
+  set(KVFUSE_STATIC_PACKAGE ON)
+else()
+  set(KVFUSE_STATIC_PACKAGE OFF)
+endif()
+set(KVFUSE_PC_LIBS_PRIVATE "-fopenmp")
+if(KVFUSE_WITH_HWLOC)
+  string(APPEND KVFUSE_PC_LIBS_PRIVATE " -lhwloc")
+endif()
+string(APPEND KVFUSE_PC_LIBS_PRIVATE " -lstdc++ -lm")
+
+
 install(TARGETS kvfuse EXPORT kvfuseTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
@@ -12,8 +27,15 @@ set(_cmake_dir ${CMAKE_INSTALL_LIBDIR}/cmake/kvfuse)
 install(EXPORT kvfuseTargets NAMESPACE kvfuse:: DESTINATION ${_cmake_dir})
 configure_package_config_file(cmake/kvfuseConfig.cmake.in
     ${PROJECT_BINARY_DIR}/kvfuseConfig.cmake INSTALL_DESTINATION ${_cmake_dir})
+# While the major version is 0 every minor version may break the API and ABI: find_package(kvfuse
+# 0.1) must not accept 0.2 (the soname carries the minor version too, dispatch/CMakeLists.txt).
+if(PROJECT_VERSION_MAJOR EQUAL 0)
+  set(_kvfuse_compatibility SameMinorVersion)
+else()
+  set(_kvfuse_compatibility SameMajorVersion)
+endif()
 write_basic_package_version_file(${PROJECT_BINARY_DIR}/kvfuseConfigVersion.cmake
-    COMPATIBILITY SameMajorVersion)
+    COMPATIBILITY ${_kvfuse_compatibility})
 install(FILES ${PROJECT_BINARY_DIR}/kvfuseConfig.cmake ${PROJECT_BINARY_DIR}/kvfuseConfigVersion.cmake
         DESTINATION ${_cmake_dir})
 

@@ -7,6 +7,7 @@
 #include "dispatch/api_checks.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/struct_versions.h"
 #include "kvfuse/kvfuse.h"
 
 namespace {
@@ -93,12 +94,15 @@ kvfuse_status check_rows(int dtype, const void* src, const void* dst, const int6
 
 extern "C" {
 
-kvfuse_status kvfuse_sparse_attention(const kvfuse_attention_args* args) {
+kvfuse_status kvfuse_sparse_attention(const kvfuse_attention_args* caller_args) {
     return kvfuse::detail::guarded("kvfuse_sparse_attention", [&] {
-        if (const kvfuse_status status = check_attention(args); status != KVFUSE_OK || args->rows == 0) return status;
+        kvfuse_attention_args args;  // the defaults, then as many fields as the caller's version has
+        kvfuse_attention_args_init(&args);
+        if (auto s = kvfuse::detail::read_struct("args", caller_args, args); s != KVFUSE_OK) return s;
+        if (const kvfuse_status status = check_attention(&args); status != KVFUSE_OK || args.rows == 0) return status;
         const kvfuse::detail::KernelTable* kernels = nullptr;
         if (const kvfuse_status status = kvfuse::detail::active_kernels(kernels); status != KVFUSE_OK) return status;
-        kernels->sparse_attention(*args);
+        kernels->sparse_attention(args);
         return KVFUSE_OK;
     });
 }

@@ -7,6 +7,7 @@
 #include "dispatch/cpu_features.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/struct_versions.h"
 #include "kernels/common/bf16.h"
 #include "kvfuse/kvfuse.h"
 
@@ -27,6 +28,7 @@ const char* kvfuse_status_message(kvfuse_status status) {
         case KVFUSE_ERROR_INTERNAL: return "internal error";
         case KVFUSE_ERROR_IO: return "file could not be read or written";
         case KVFUSE_ERROR_BAD_PROFILE: return "tuning profile is malformed or for another machine";
+        case KVFUSE_ERROR_STRUCT_SIZE: return "struct_size is not a size this library knows";
         default: break;
     }
     return "unknown status";
@@ -153,8 +155,10 @@ kvfuse_status kvfuse_kernel_isa(kvfuse_kernel kernel, kvfuse_isa* isa, const cha
     });
 }
 
-void kvfuse_get_cpu_features(kvfuse_cpu_features* features) {
-    if (features != nullptr) *features = kvfuse::detail::cpu_features();
+kvfuse_status kvfuse_get_cpu_features(kvfuse_cpu_features* features) {
+    return kvfuse::detail::guarded("kvfuse_get_cpu_features", [&] {
+        return kvfuse::detail::write_struct("features", kvfuse::detail::cpu_features(), features);
+    });
 }
 
 }  // extern "C"

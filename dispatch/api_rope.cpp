@@ -5,6 +5,7 @@
 #include "dispatch/api_checks.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/struct_versions.h"
 #include "kernels/rope/rope_plan.h"
 #include "kvfuse/kvfuse.h"
 
@@ -16,10 +17,13 @@ using kvfuse::detail::CheckedSize;
 using kvfuse::detail::enum_value;
 using kvfuse::detail::fail;
 
-kvfuse_status rotate(const kvfuse_rope_config* config, int dtype, const void* src, std::size_t src_stride, void* dst,
+kvfuse_status rotate(const kvfuse_rope_config* caller_config, int dtype, const void* src, std::size_t src_stride, void* dst,
                      std::size_t dst_stride, std::size_t tokens, std::size_t heads, const std::int64_t* deltas,
                      std::int64_t delta, bool per_token) {
-    if (config == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "config is required");
+    kvfuse_rope_config defaults_then_caller;
+    kvfuse_rope_config_init(&defaults_then_caller, 0);
+    if (auto s = kvfuse::detail::read_struct("config", caller_config, defaults_then_caller); s != KVFUSE_OK) return s;
+    const kvfuse_rope_config* config = &defaults_then_caller;
     // The enums first, as ints: validate_rope_config compares them as enums.
     if (auto s = kvfuse::detail::check_enum("config->pairing", enum_value(config->pairing), 2,
                                             "KVFUSE_ROPE_NEOX (0) or KVFUSE_ROPE_INTERLEAVED (1)");
@@ -77,19 +81,6 @@ kvfuse_status rotate(const kvfuse_rope_config* config, int dtype, const void* sr
 }  // namespace
 
 extern "C" {
-
-void kvfuse_rope_config_init(kvfuse_rope_config* config, int32_t head_dim) {
-    if (config == nullptr) return;
-    config->head_dim = head_dim;
-    config->rotary_dims = 0;
-    config->base = 10000.0;
-    config->pairing = KVFUSE_ROPE_NEOX;
-    config->scaling = KVFUSE_ROPE_SCALING_NONE;
-    config->scaling_factor = 1.0;
-    config->llama3_low_freq_factor = 1.0;
-    config->llama3_high_freq_factor = 4.0;
-    config->llama3_original_context = 8192;
-}
 
 kvfuse_status kvfuse_rope_rotate(const kvfuse_rope_config* config, kvfuse_dtype dtype, void* keys,
                                  size_t tokens, size_t heads, size_t token_stride,

@@ -10,6 +10,7 @@
 #include "dispatch/api_checks.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/struct_versions.h"
 #include "kernels/common/relevance_segments.h"
 #include "kvfuse/kvfuse.h"
 #include "reference/score_reference.h"
@@ -158,6 +159,10 @@ kvfuse_status check_relevance(const kvfuse_relevance_args* a) {
         if (auto s = check_aligned("segments", a->segments, alignof(kvfuse_relevance_segment)); s != KVFUSE_OK) return s;
         std::size_t total = 0;
         for (std::size_t i = 0; i < a->segment_count; ++i) {
+            // One version so far: its size is the array's stride too.
+            if (auto s = kvfuse::detail::check_struct_size(("segments[" + std::to_string(i) + "]").c_str(), &a->segments[i]);
+                s != KVFUSE_OK)
+                return s;
             if (a->segments[i].keys > a->candidates - total)
                 return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the segments hold more keys than there are candidates");
             total += a->segments[i].keys;
@@ -195,8 +200,12 @@ kvfuse_status check_relevance(const kvfuse_relevance_args* a) {
 
 extern "C" {
 
-kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* a) {
+kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* caller_args) {
     return kvfuse::detail::guarded("kvfuse_a3_relevance", [&] {
+        kvfuse_relevance_args args;  // the defaults, then as many fields as the caller's version has
+        kvfuse_relevance_args_init(&args);
+        if (auto s = kvfuse::detail::read_struct("args", caller_args, args); s != KVFUSE_OK) return s;
+        const kvfuse_relevance_args* a = &args;
         if (const kvfuse_status s = check_relevance(a); s != KVFUSE_OK || a->candidates == a->question_rows) return s;
         const kvfuse::detail::KernelTable* kernels = nullptr;
         if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;

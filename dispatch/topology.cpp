@@ -13,6 +13,7 @@
 
 #include "dispatch/api_checks.h"
 #include "dispatch/errors.h"
+#include "dispatch/struct_versions.h"
 #include "kvfuse/kvfuse.h"
 
 #if defined(KVFUSE_HAVE_HWLOC)
@@ -223,12 +224,24 @@ void kvfuse_free_local(void* memory, size_t bytes) {
 }
 
 kvfuse_status kvfuse_get_topology(kvfuse_topology* out) {
-    return kvfuse::detail::guarded("kvfuse_get_topology", [&] { return get_topology_unguarded(out); });
+    return kvfuse::detail::guarded("kvfuse_get_topology", [&] {
+        if (out == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "topology is required");
+        if (auto s = kvfuse::detail::check_struct_size("topology", out); s != KVFUSE_OK) return s;
+        kvfuse_topology full;
+        kvfuse_topology_init(&full);
+        if (auto s = get_topology_unguarded(&full); s != KVFUSE_OK) return s;
+        return kvfuse::detail::write_struct("topology", full, out);
+    });
 }
 
-kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* options, char* description, size_t description_size) {
-    return kvfuse::detail::guarded("kvfuse_place_threads",
-                                   [&] { return place_threads_unguarded(options, description, description_size); });
+kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* caller_options, char* description,
+                                   size_t description_size) {
+    return kvfuse::detail::guarded("kvfuse_place_threads", [&] {
+        kvfuse_placement_options options;  // the defaults, then as many fields as the caller's version has
+        kvfuse_placement_options_init(&options);
+        if (auto s = kvfuse::detail::read_struct("options", caller_options, options); s != KVFUSE_OK) return s;
+        return place_threads_unguarded(&options, description, description_size);
+    });
 }
 
 kvfuse_status kvfuse_alloc_local(size_t bytes, void** memory, int* node) {

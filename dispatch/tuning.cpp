@@ -24,8 +24,10 @@
 #include <thread>
 
 #include "dispatch/api_checks.h"
+#include "dispatch/cpu_features.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/struct_versions.h"
 #include "kernels/tuning.h"
 #include "kvfuse/kvfuse.h"
 
@@ -44,7 +46,8 @@ struct Machine {
 // The facts a profile is keyed by, read once (hwloc's topology load is not free).
 const kvfuse_topology& topology() {
     static const kvfuse_topology t = [] {
-        kvfuse_topology topo{};
+        kvfuse_topology topo;
+        kvfuse_topology_init(&topo);
         if (kvfuse_get_topology(&topo) != KVFUSE_OK || topo.cores <= 0)
             topo.cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
         return topo;
@@ -54,8 +57,7 @@ const kvfuse_topology& topology() {
 
 Machine this_machine() {
     Machine m;
-    kvfuse_cpu_features cpu{};
-    kvfuse_get_cpu_features(&cpu);
+    const kvfuse_cpu_features cpu = kvfuse::detail::cpu_features();
     m.cpu = cpu.brand[0] != '\0' ? cpu.brand : "unknown";
     const KernelTable* table = nullptr;
     // The ISA-wide choice: per-kernel ISAs are what a profile sets, not what it is keyed by.
@@ -361,22 +363,23 @@ std::size_t attention_key_tile(const kvfuse_tuning& tuning, std::size_t head_dim
 
 extern "C" {
 
-void kvfuse_default_tuning(kvfuse_tuning* tuning) {
-    if (tuning != nullptr) *tuning = kvfuse::detail::built_in_defaults();
+kvfuse_status kvfuse_default_tuning(kvfuse_tuning* tuning) {
+    return kvfuse::detail::guarded("kvfuse_default_tuning", [&] {
+        return kvfuse::detail::write_struct("tuning", kvfuse::detail::built_in_defaults(), tuning);
+    });
 }
 
-void kvfuse_get_tuning(kvfuse_tuning* tuning) {
-    if (tuning == nullptr) return;
-    try {
-        *tuning = kvfuse::detail::current_tuning();
-    } catch (...) {  // no status to report it with: the defaults, which every call can run
-        *tuning = kvfuse::detail::built_in_defaults();
-    }
+kvfuse_status kvfuse_get_tuning(kvfuse_tuning* tuning) {
+    return kvfuse::detail::guarded("kvfuse_get_tuning", [&] {
+        return kvfuse::detail::write_struct("tuning", kvfuse::detail::current_tuning(), tuning);
+    });
 }
 
 kvfuse_status kvfuse_set_tuning(const kvfuse_tuning* tuning) {
     return kvfuse::detail::guarded("kvfuse_set_tuning", [&] {
-        const kvfuse_tuning t = tuning != nullptr ? *tuning : kvfuse::detail::built_in_defaults();
+        kvfuse_tuning t = kvfuse::detail::built_in_defaults();  // the fields an older caller's struct lacks
+        if (tuning != nullptr)
+            if (auto st = kvfuse::detail::read_struct("tuning", tuning, t); st != KVFUSE_OK) return st;
         if (std::string why = kvfuse::detail::invalid(t); !why.empty())
             return kvfuse::detail::fail(KVFUSE_ERROR_INVALID_ARGUMENT, why);
         auto& s = kvfuse::detail::state();
@@ -413,6 +416,9 @@ kvfuse_status kvfuse_save_profile(const char* path, const kvfuse_tuning* tuning,
     return kvfuse::detail::guarded("kvfuse_save_profile", [&] {
         using kvfuse::detail::fail;
         if (path == nullptr || tuning == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "path and tuning are required");
+        kvfuse_tuning given = kvfuse::detail::built_in_defaults();  // the fields an older caller's struct lacks
+        if (auto st = kvfuse::detail::read_struct("tuning", tuning, given); st != KVFUSE_OK) return st;
+        tuning = &given;
         if (std::string why = kvfuse::detail::invalid(*tuning); !why.empty()) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, why);
         nlohmann::json j;
         j["format"] = kvfuse::detail::kFormat;

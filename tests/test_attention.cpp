@@ -33,7 +33,7 @@ struct Data {
     std::vector<float> k32, v32;
     std::vector<kvfuse::bf16> k16, v16;
     std::vector<std::int64_t> positions;
-    kvfuse_attention_args args{};
+    kvfuse::AttentionArgs args;
 };
 
 Data make(const Problem& p, std::uint32_t seed, std::vector<std::int64_t> positions = {}) {
@@ -206,6 +206,7 @@ TEST_P(AttentionTest, TilingDoesNotChangeResults) {
         for (std::uint32_t row_block : {1u, 5u, 64u})
             for (std::uint64_t parallel_work : {std::uint64_t{0}, ~std::uint64_t{0}}) {
                 kvfuse_tuning tuning;
+                kvfuse_tuning_init(&tuning);
                 kvfuse_default_tuning(&tuning);
                 tuning.attention_key_tile = tile;
                 tuning.attention_row_block = row_block;
@@ -220,7 +221,8 @@ TEST_P(AttentionTest, TilingDoesNotChangeResults) {
 }
 
 TEST_P(AttentionTest, NoRowsIsANoOp) {
-    kvfuse_attention_args a{};
+    kvfuse_attention_args a;
+    kvfuse_attention_args_init(&a);
     a.rows = 0;
     a.query_heads = a.kv_heads = 1;
     a.head_dim = 4;
@@ -314,7 +316,7 @@ class ParallelTuning {
     ~ParallelTuning() { kvfuse_set_tuning(&saved_); }
 
    private:
-    kvfuse_tuning saved_{};
+    kvfuse::Tuning saved_;
 };
 
 // The attention task list (packing chunks and row blocks, taken in order by whichever thread is

@@ -79,7 +79,7 @@ static void check_out_of_range_enums(void) {
             kvfuse_attention_args a;
             float q[8] = {0}, out[8] = {0};
             int64_t pos[1] = {0};
-            memset(&a, 0, sizeof a);
+            kvfuse_attention_args_init(&a);
             a.queries = q;
             a.rows = 1;
             a.query_heads = a.kv_heads = 1;
@@ -100,7 +100,7 @@ static void check_out_of_range_enums(void) {
             CHECK_REFUSED(kvfuse_force_isa((kvfuse_isa)bad), KVFUSE_ERROR_UNKNOWN_ISA, "not known");
             CHECK(kvfuse_active_isa(&isa) == KVFUSE_OK); /* nothing changed */
         }
-        if (bad < 0 || bad > KVFUSE_ERROR_BAD_PROFILE) CHECK(strcmp(kvfuse_status_message((kvfuse_status)bad), "unknown status") == 0);
+        if (bad < 0 || bad > KVFUSE_ERROR_STRUCT_SIZE) CHECK(strcmp(kvfuse_status_message((kvfuse_status)bad), "unknown status") == 0);
     }
 }
 
@@ -110,7 +110,7 @@ static void check_out_of_range_enums(void) {
  * refusal test below starts from. */
 static kvfuse_attention_args one_row_attention(const float* q, const int64_t* positions, const float* kv, float* out) {
     kvfuse_attention_args a;
-    memset(&a, 0, sizeof a);
+    kvfuse_attention_args_init(&a);
     a.queries = q;
     a.rows = 1;
     a.query_heads = a.kv_heads = 1;
@@ -204,7 +204,7 @@ static void check_wrapping_sizes(void) {
     {
         kvfuse_relevance_args r;
         float out[4] = {0};
-        memset(&r, 0, sizeof r);
+        kvfuse_relevance_args_init(&r);
         r.question_rows = 1;
         r.candidates = huge;
         r.query_heads = r.kv_heads = 1;
@@ -250,10 +250,103 @@ static void check_null_pointers(void) {
         CHECK_REFUSED(kvfuse_alloc_local(SIZE_MAX - 10, &memory, NULL), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
         CHECK(memory == NULL);
     }
-    kvfuse_get_tuning(NULL); /* no status to return: must simply not crash */
-    kvfuse_default_tuning(NULL);
-    kvfuse_get_cpu_features(NULL);
-    kvfuse_get_tuning(&tuning);
+    CHECK(kvfuse_get_tuning(NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_default_tuning(NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_get_cpu_features(NULL) == KVFUSE_ERROR_NULL_POINTER);
+    kvfuse_tuning_init(&tuning);
+    CHECK(kvfuse_get_tuning(&tuning) == KVFUSE_OK);
+}
+
+/* A3 relevance of one question row (f32) against two document keys and itself, head_dim 4;
+ * the struct as `size` bytes (struct_size = size) followed by garbage, as an older caller's
+ * shorter struct would be followed by whatever its memory holds. */
+static kvfuse_status relevance_with_size(size_t size, float* out) {
+    static const float queries[4] = {1, 0, 0.5f, 0}, keys[12] = {1, 0, 0, 0, 0, 1, 0, 0, 0.5f, 0.5f, 0.5f, 0.5f};
+    union {
+        kvfuse_relevance_args args;
+        unsigned char bytes[sizeof(kvfuse_relevance_args) + 64];
+    } storage;
+    kvfuse_relevance_args full;
+    kvfuse_relevance_args_init(&full);
+    full.question_rows = 1;
+    full.candidates = 3;
+    full.query_heads = full.kv_heads = 1;
+    full.head_dim = 4;
+    full.queries_f32 = queries;
+    full.keys_f32 = keys;
+    full.out = out;
+    memset(storage.bytes, 0xa5, sizeof storage.bytes); /* keys_i4, segments... read as garbage if read */
+    memcpy(storage.bytes, &full, size < sizeof full ? size : sizeof full);
+    storage.args.struct_size = size;
+    return kvfuse_a3_relevance(&storage.args);
+}
+
+/* Versioned structs (kvfuse.h): an older version's size is read with the newer fields at their
+ * defaults; a size never set, from a newer header, or between versions is refused and nothing is
+ * read or written. */
+static void check_struct_sizes(void) {
+    float newest[2] = {0, 0}, oldest[2] = {-1, -1};
+    CHECK(KVFUSE_RELEVANCE_ARGS_SIZE_V1 < KVFUSE_RELEVANCE_ARGS_SIZE_V2);
+    CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V2, newest) == KVFUSE_OK);
+    CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V1, oldest) == KVFUSE_OK);
+    CHECK(newest[0] > 0.0f && newest[0] == oldest[0] && newest[1] == oldest[1]);
+    {
+        const size_t bad[] = {0, 4, KVFUSE_RELEVANCE_ARGS_SIZE_V1 + 8, KVFUSE_RELEVANCE_ARGS_SIZE_V2 + 8};
+        const char* why[] = {"is not set", "not the size of any version", "not the size of any version", "newer"};
+        for (int i = 0; i < 4; ++i) {
+            float out[2] = {-1, -1};
+            CHECK_REFUSED(relevance_with_size(bad[i], out), KVFUSE_ERROR_STRUCT_SIZE, why[i]);
+            CHECK(strstr(kvfuse_last_error(), "args->struct_size") != NULL);
+            CHECK(out[0] == -1.0f && out[1] == -1.0f);
+        }
+    }
+    {
+        float q[4] = {1, 0, 0, 0}, kv[8] = {1, 0, 0, 0, 0, 1, 0, 0}, out[4] = {0};
+        int64_t pos[1] = {1};
+        kvfuse_attention_args a = one_row_attention(q, pos, kv, out);
+        a.struct_size = 0; /* a struct filled field by field, never initialised */
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_STRUCT_SIZE, "kvfuse_attention_args_init");
+        a.struct_size = sizeof a + sizeof(void*);
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_STRUCT_SIZE, "newer kvfuse.h");
+        CHECK(out[0] == 0.0f);
+    }
+    {
+        kvfuse_rope_config config;
+        float key[4] = {1, 0, 0, 0};
+        kvfuse_rope_config_init(&config, 4);
+        config.struct_size = sizeof config - 8;
+        CHECK_REFUSED(kvfuse_rope_rotate_span(&config, KVFUSE_DTYPE_F32, key, 1, 1, 4, 1), KVFUSE_ERROR_STRUCT_SIZE,
+                      "config->struct_size");
+        CHECK(key[0] == 1.0f);
+    }
+    {
+        /* Output structs are written only up to a size the library knows. */
+        kvfuse_tuning tuning;
+        kvfuse_topology topology;
+        kvfuse_cpu_features features;
+        memset(&tuning, 0x5a, sizeof tuning);
+        tuning.struct_size = sizeof tuning * 2;
+        CHECK_REFUSED(kvfuse_get_tuning(&tuning), KVFUSE_ERROR_STRUCT_SIZE, "newer");
+        CHECK(tuning.attention_key_tile == 0x5a5a5a5au);
+        memset(&topology, 0x5a, sizeof topology);
+        topology.struct_size = 0;
+        CHECK_REFUSED(kvfuse_get_topology(&topology), KVFUSE_ERROR_STRUCT_SIZE, "kvfuse_topology_init");
+        CHECK(topology.cores == 0x5a5a5a5a);
+        kvfuse_cpu_features_init(&features);
+        CHECK(kvfuse_get_cpu_features(&features) == KVFUSE_OK);
+        features.struct_size = 1;
+        CHECK_REFUSED(kvfuse_get_cpu_features(&features), KVFUSE_ERROR_STRUCT_SIZE, "features->struct_size");
+        kvfuse_tuning_init(&tuning);
+        CHECK(kvfuse_get_tuning(&tuning) == KVFUSE_OK && tuning.attention_row_block > 0);
+        tuning.struct_size = 0;
+        CHECK_REFUSED(kvfuse_set_tuning(&tuning), KVFUSE_ERROR_STRUCT_SIZE, "tuning->struct_size");
+    }
+    {
+        kvfuse_placement_options options;
+        kvfuse_placement_options_init(&options);
+        options.struct_size = 3;
+        CHECK_REFUSED(kvfuse_place_threads(&options, NULL, 0), KVFUSE_ERROR_STRUCT_SIZE, "options->struct_size");
+    }
 }
 
 /* Every kernel reads its element type through typed loads: a pointer that is not a multiple of
@@ -349,6 +442,7 @@ int main(int argc, char** argv) {
     check_wrapping_sizes();
     check_null_pointers();
     check_misaligned_pointers();
+    check_struct_sizes();
     {
         /* Per-kernel ISA from C: scalar for top-k, read back, then back to the active ISA. */
         const kvfuse_isa scalar = KVFUSE_ISA_SCALAR;

@@ -104,7 +104,8 @@ void expect_relevance_matches_reference(const std::string& where) {
     std::vector<float> qs(M * H), ks(T * Hkv), means(Hkv * D), got(T - M), want(T - M);
     ASSERT_EQ(kvfuse_quantize_rows_i8(q.data(), M, H, D, H * D, q8.data(), qs.data()), KVFUSE_OK);
     ASSERT_EQ(kvfuse_quantize_keys_i8(k.data(), T, Hkv, D, Hkv * D, k8.data(), ks.data(), means.data()), KVFUSE_OK);
-    kvfuse_relevance_args a{};
+    kvfuse_relevance_args a;
+    kvfuse_relevance_args_init(&a);
     a.question_rows = M;
     a.candidates = T;
     a.query_heads = H;
@@ -224,7 +225,8 @@ TEST_F(KernelIsaTest, ChoicesRoundTripThroughAProfile) {
         if (isa != base && isa != Isa::scalar) other_simd = isa;
     ASSERT_TRUE(kvfuse::set_kernel_isa(Kernel::topk, other_simd).ok());
     ASSERT_TRUE(kvfuse::set_kernel_isa(Kernel::attention, Isa::scalar).ok());
-    kvfuse_tuning t{};
+    kvfuse_tuning t;
+    kvfuse_tuning_init(&t);
     kvfuse_default_tuning(&t);
     ASSERT_EQ(kvfuse_save_profile(path.c_str(), &t, nullptr), KVFUSE_OK) << kvfuse_last_error();
     const std::string text = kvfuse::testing::read_whole_file(path);
@@ -250,7 +252,8 @@ TEST_F(KernelIsaTest, ChoicesRoundTripThroughAProfile) {
 TEST_F(KernelIsaTest, BadChoicesInAProfileRejectItAndChangeNothing) {
     const fs::path dir = kvfuse::testing::fresh_scratch_dir("kernel-isa", "bad");
     const fs::path good = dir / "good.json";
-    kvfuse_tuning t{};
+    kvfuse_tuning t;
+    kvfuse_tuning_init(&t);
     kvfuse_default_tuning(&t);
     ASSERT_EQ(kvfuse_save_profile(good.c_str(), &t, nullptr), KVFUSE_OK);
     const std::string text = kvfuse::testing::read_whole_file(good);

@@ -118,7 +118,8 @@ TEST_P(RopeTest, F32MatchesReferenceInPlace) {
 // The parallel token loop at 1, 3 and 7 threads and the machine's count: bit-identical to the
 // single-thread rotation (each token is rotated alone) and to the reference's bound.
 TEST_P(RopeTest, SameAnswerAtEveryThreadCount) {
-    kvfuse_tuning saved{};
+    kvfuse_tuning saved;
+    kvfuse_tuning_init(&saved);
     kvfuse_get_tuning(&saved);
     kvfuse_tuning parallel = saved;
     parallel.rope_parallel_work = 0;

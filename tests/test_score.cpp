@@ -69,7 +69,8 @@ enum class Keys { f32, i8, i4 };
 
 kvfuse_relevance_args args_for(const Case& c, const Inputs& in, Keys keys, bool smoothing, std::vector<float>& out) {
     out.assign(c.C - c.M, -1.0f);
-    kvfuse_relevance_args a{};
+    kvfuse_relevance_args a;
+    kvfuse_relevance_args_init(&a);
     a.question_rows = c.M;
     a.candidates = c.C;
     a.query_heads = c.H;
@@ -146,7 +147,8 @@ kvfuse::detail::ScoreDotUsed expected_best_dot(const kvfuse::testing::KernelBuil
 
 // The variant build is the one the dispatch picks exactly where the CPU has its instruction.
 TEST_P(ScoreTest, VariantBuildIsChosenWhereTheCpuHasItsInstruction) {
-    kvfuse_cpu_features cpu{};
+    kvfuse_cpu_features cpu;
+    kvfuse_cpu_features_init(&cpu);
     kvfuse_get_cpu_features(&cpu);
     const kvfuse::testing::KernelBuild& build = GetParam();
     const bool cpu_has = build.isa == kvfuse::Isa::avx2     ? cpu.avx_vnni != 0
@@ -419,7 +421,8 @@ TEST_P(ScoreTest, ExtremeIntegerValuesAreExact) {
 // The scoring kernel's parallel tiles, softmax rows and column sums at 1, 3 and 7 threads and
 // the machine's count, on every path: the reference's answer, bit-identical across counts.
 TEST_P(ScoreTest, SameAnswerAtEveryThreadCount) {
-    kvfuse_tuning saved{};
+    kvfuse_tuning saved;
+    kvfuse_tuning_init(&saved);
     kvfuse_get_tuning(&saved);
     kvfuse_tuning parallel = saved;
     parallel.score_parallel_work = 0;
@@ -464,7 +467,8 @@ TEST_P(ScoreTest, SegmentsMatchReference) {
         segments.clear();
         std::size_t start = 0;
         for (std::size_t i = 0; i < std::size(sizes); ++i) {
-            kvfuse_relevance_segment g{};
+            kvfuse_relevance_segment g;
+            kvfuse_relevance_segment_init(&g);
             g.keys = sizes[i];
             g.queries_f32 = own[i].q.data();
             g.queries_i8 = own[i].q8.data();
@@ -528,7 +532,7 @@ TEST_P(ScoreTest, SegmentsWithNanAndInfFollowTheReference) {
         if (which == 0) segment_bias[1] = NAN;                // question row 1's logits in segment 0
         if (which == 1) keys[5 * c.Hkv * c.D + 3] = INFINITY;  // one key value of segment 0
         if (which == 2) keys[30 * c.Hkv * c.D] = NAN;          // a key of segment 1
-        kvfuse_relevance_segment segments[2]{};
+        kvfuse::RelevanceSegment segments[2];
         segments[0].keys = 17;  // not a tile boundary
         segments[0].queries_f32 = other.q.data();
         segments[0].keys_f32 = keys.data();
@@ -600,7 +604,8 @@ TEST_P(ScoreTest, StoredChunkFramesGiveFusedRelevance) {
     std::copy(question_keys.begin(), question_keys.end(), fused.begin() + static_cast<std::ptrdiff_t>(docs * row));
 
     std::vector<float> want(docs), got(docs);
-    kvfuse_relevance_args a{};
+    kvfuse_relevance_args a;
+    kvfuse_relevance_args_init(&a);
     a.question_rows = M;
     a.candidates = C;
     a.query_heads = H;
@@ -633,14 +638,16 @@ TEST_P(ScoreTest, StoredChunkFramesGiveFusedRelevance) {
         bias.push_back(std::move(b));
     }
     for (std::size_t c = 0; c < std::size(chunk_tokens); ++c) {
-        kvfuse_relevance_segment g{};
+        kvfuse_relevance_segment g;
+        kvfuse_relevance_segment_init(&g);
         g.keys = chunk_tokens[c];
         g.keys_f32 = centred[c].data();
         g.queries_f32 = queries[c].data();
         g.bias = bias[c].data();
         segments.push_back(g);
     }
-    kvfuse_relevance_segment question{};
+    kvfuse_relevance_segment question;
+    kvfuse_relevance_segment_init(&question);
     question.keys = M;
     question.keys_f32 = question_keys.data();
     question.queries_f32 = q.data();

@@ -56,26 +56,37 @@ TEST(Topology, PlacementPinsOneThreadPerCore) {
     EXPECT_EQ(__builtin_popcountll(seen), t.cores);
 }
 
+// Placement options (struct_size set) from their four fields.
+kvfuse_placement_options options(int threads, int use_smt, const int* cores, int core_count) {
+    kvfuse_placement_options o;
+    kvfuse_placement_options_init(&o);
+    o.threads = threads;
+    o.use_smt = use_smt;
+    o.cores = cores;
+    o.core_count = core_count;
+    return o;
+}
+
 TEST(Topology, BadPlacementRequestsAreRefused) {
     kvfuse::Topology t{};
     ASSERT_TRUE(kvfuse::topology(t).ok());
     EXPECT_EQ(kvfuse_place_threads(nullptr, nullptr, 0), KVFUSE_ERROR_NULL_POINTER);
-    kvfuse_placement_options negative{-1, 0, nullptr, 0};
+    const kvfuse_placement_options negative = options(-1, 0, nullptr, 0);
     EXPECT_EQ(kvfuse_place_threads(&negative, nullptr, 0), KVFUSE_ERROR_INVALID_ARGUMENT);
     if (t.from_hwloc) {
-        kvfuse_placement_options too_many{t.pus + 1, 1, nullptr, 0};
+        const kvfuse_placement_options too_many = options(t.pus + 1, 1, nullptr, 0);
         EXPECT_EQ(kvfuse_place_threads(&too_many, nullptr, 0), KVFUSE_ERROR_INVALID_ARGUMENT);
         const int out_of_range[] = {t.cores};
-        kvfuse_placement_options missing{0, 0, out_of_range, 1};
+        const kvfuse_placement_options missing = options(0, 0, out_of_range, 1);
         EXPECT_EQ(kvfuse_place_threads(&missing, nullptr, 0), KVFUSE_ERROR_INVALID_ARGUMENT);
         EXPECT_NE(std::string(kvfuse_last_error()).find("does not exist"), std::string::npos);
         const int twice[] = {0, 0};
-        kvfuse_placement_options repeated{0, 0, twice, 2};
+        const kvfuse_placement_options repeated = options(0, 0, twice, 2);
         EXPECT_EQ(kvfuse_place_threads(&repeated, nullptr, 0), KVFUSE_ERROR_INVALID_ARGUMENT);
         const int one[] = {0};
-        kvfuse_placement_options more_threads{2, 0, one, 1};
+        const kvfuse_placement_options more_threads = options(2, 0, one, 1);
         EXPECT_EQ(kvfuse_place_threads(&more_threads, nullptr, 0), KVFUSE_ERROR_INVALID_ARGUMENT);
-        kvfuse_placement_options count_only{0, 0, nullptr, 3};
+        const kvfuse_placement_options count_only = options(0, 0, nullptr, 3);
         EXPECT_EQ(kvfuse_place_threads(&count_only, nullptr, 0), KVFUSE_ERROR_INVALID_ARGUMENT);
     }
 }

@@ -44,14 +44,16 @@ void write(const fs::path& p, const std::string& text) {
 
 TEST(Tuning, SetValidatesEveryField) {
     Restore restore;
-    kvfuse_tuning defaults{};
+    kvfuse_tuning defaults;
+    kvfuse_tuning_init(&defaults);
     kvfuse_default_tuning(&defaults);
     ASSERT_EQ(kvfuse_set_tuning(&defaults), KVFUSE_OK);
     auto rejected = [&](auto change) {
         kvfuse_tuning t = defaults;
         change(t);
         const kvfuse_status s = kvfuse_set_tuning(&t);
-        kvfuse_tuning now{};
+        kvfuse_tuning now;
+        kvfuse_tuning_init(&now);
         kvfuse_get_tuning(&now);
         return s == KVFUSE_ERROR_INVALID_ARGUMENT && same(now, defaults);
     };
@@ -68,7 +70,8 @@ TEST(Tuning, SetValidatesEveryField) {
     t.score_query_rows = 6;
     t.topk_sample = 4096;
     ASSERT_EQ(kvfuse_set_tuning(&t), KVFUSE_OK);
-    kvfuse_tuning now{};
+    kvfuse_tuning now;
+    kvfuse_tuning_init(&now);
     kvfuse_get_tuning(&now);
     EXPECT_TRUE(same(now, t));
     ASSERT_EQ(kvfuse_set_tuning(nullptr), KVFUSE_OK);
@@ -99,7 +102,8 @@ TEST_P(TunedKernels, AttentionAtEveryTileAndRowBlock) {
     for (std::uint32_t tile : {0u, 32u, 64u, 128u})
         for (std::uint32_t block : {1u, 5u, 16u, 64u})
             for (std::uint64_t parallel : {std::uint64_t{0}, ~std::uint64_t{0}}) {
-                kvfuse_tuning t{};
+                kvfuse_tuning t;
+                kvfuse_tuning_init(&t);
                 kvfuse_default_tuning(&t);
                 t.attention_key_tile = tile;
                 t.attention_row_block = block;
@@ -124,7 +128,8 @@ TEST_P(TunedKernels, ScoringAtEveryRowBlock) {
     ASSERT_EQ(kvfuse_quantize_rows_i8(q.data(), M, H, D, H * D, q8.data(), qs.data()), KVFUSE_OK);
     ASSERT_EQ(kvfuse_quantize_keys_i8(k.data(), C, Hkv, D, Hkv * D, k8.data(), ks.data(), means.data()), KVFUSE_OK);
     for (bool int8 : {false, true}) {
-        kvfuse_relevance_args a{};
+        kvfuse_relevance_args a;
+        kvfuse_relevance_args_init(&a);
         a.question_rows = M;
         a.candidates = C;
         a.query_heads = H;
@@ -145,7 +150,8 @@ TEST_P(TunedKernels, ScoringAtEveryRowBlock) {
         a.out = got.data();
         for (std::uint32_t rows : {2u, 4u, 6u})
             for (std::uint64_t parallel : {std::uint64_t{0}, ~std::uint64_t{0}}) {
-                kvfuse_tuning t{};
+                kvfuse_tuning t;
+                kvfuse_tuning_init(&t);
                 kvfuse_default_tuning(&t);
                 t.score_query_rows = rows;
                 t.score_parallel_work = parallel;
@@ -168,7 +174,8 @@ TEST_P(TunedKernels, TopkAtEverySampleSize) {
         std::vector<std::int64_t> want(k), got(k);
         kvfuse::reference::topk(x.data(), n, k, KVFUSE_TOPK_BY_POSITION, want.data());
         for (std::uint32_t sample = 256; sample <= 16384; sample *= 2) {
-            kvfuse_tuning t{};
+            kvfuse_tuning t;
+            kvfuse_tuning_init(&t);
             kvfuse_default_tuning(&t);
             t.topk_sample = sample;
             ASSERT_EQ(kvfuse_set_tuning(&t), KVFUSE_OK);
@@ -181,7 +188,8 @@ TEST_P(TunedKernels, TopkAtEverySampleSize) {
 }
 
 kvfuse_tuning custom() {
-    kvfuse_tuning t{};
+    kvfuse_tuning t;
+    kvfuse_tuning_init(&t);
     kvfuse_default_tuning(&t);
     t.attention_key_tile = 32;
     t.attention_row_block = 8;
@@ -200,7 +208,8 @@ TEST(Profile, SaveThenLoadRoundTrips) {
     for (const auto& entry : fs::directory_iterator(path.parent_path()))
         EXPECT_EQ(entry.path().filename(), "profile.json") << "temporary file left behind";
     ASSERT_EQ(kvfuse_load_profile(path.c_str()), KVFUSE_OK) << kvfuse_last_error();
-    kvfuse_tuning now{};
+    kvfuse_tuning now;
+    kvfuse_tuning_init(&now);
     kvfuse_get_tuning(&now);
     EXPECT_TRUE(same(now, t));
     EXPECT_NE(std::string(kvfuse_profile_status()).find(path.string()), std::string::npos) << kvfuse_profile_status();
@@ -226,7 +235,8 @@ TEST(Profile, BadProfilesAreRejectedAndChangeNothing) {
         if (at != std::string::npos) s.replace(at, from.size(), to);
         return s;
     };
-    kvfuse_tuning before{};
+    kvfuse_tuning before;
+    kvfuse_tuning_init(&before);
     kvfuse_get_tuning(&before);
     struct Case {
         std::string name, content, why;
@@ -256,7 +266,8 @@ TEST(Profile, BadProfilesAreRejectedAndChangeNothing) {
         write(p, c.content);
         EXPECT_EQ(kvfuse_load_profile(p.c_str()), KVFUSE_ERROR_BAD_PROFILE) << c.name;
         EXPECT_NE(std::string(kvfuse_last_error()).find(c.why), std::string::npos) << c.name << ": " << kvfuse_last_error();
-        kvfuse_tuning now{};
+        kvfuse_tuning now;
+        kvfuse_tuning_init(&now);
         kvfuse_get_tuning(&now);
         EXPECT_TRUE(same(now, before)) << c.name;
     }

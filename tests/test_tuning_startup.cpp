@@ -51,7 +51,8 @@ int main(int argc, char** argv) {
     const std::string mode = argv[1];
     const std::filesystem::path path =
         std::filesystem::temp_directory_path() / ("kvfuse-startup-" + std::to_string(::getpid()) + ".json");
-    kvfuse_tuning defaults{}, tuned{};
+    kvfuse_tuning defaults, tuned;
+    kvfuse_tuning_init(&defaults);
     kvfuse_default_tuning(&defaults);
     tuned = defaults;
     tuned.topk_sample = 4096;
@@ -85,7 +86,8 @@ int main(int argc, char** argv) {
     if (kvfuse_kernel_isa(KVFUSE_KERNEL_TOPK, &topk_isa, &topk_source) != KVFUSE_OK ||
         kvfuse_kernel_isa(KVFUSE_KERNEL_ROPE, &rope_isa, &rope_source) != KVFUSE_OK)
         return 5;
-    kvfuse_tuning now{};
+    kvfuse_tuning now;
+    kvfuse_tuning_init(&now);
     kvfuse_get_tuning(&now);
     const std::string status = kvfuse_profile_status();
     const kvfuse_status load = kvfuse_load_profile(path.c_str());

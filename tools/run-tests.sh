@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test lane: install what is missing, then build and test
 #   1. native release build: every test on every ISA this CPU runs (scalar, avx2, avx512),
-#      the C API, the install + find_package/pkg-config consumer, the no-AVX object check;
+#      the C API, the install + find_package/pkg-config consumer (shared, then a static build
+#      of the library), the no-AVX object check;
 #   2. the same under qemu-x86_64 emulating a CPU without AVX (proves the scalar fallback);
 #   3. AddressSanitizer + UndefinedBehaviorSanitizer build;
 #   4. AArch64 cross build, tests run under qemu-aarch64 (NEON);
@@ -30,6 +31,13 @@ for l in $lanes; do
         native)
             lane "native (scalar, avx2, avx512 as this CPU allows)"
             build_and_test "$root/build/test-native" -DCMAKE_BUILD_TYPE=Release -DKVFUSE_BUILD_BENCH=ON
+            # The static package: the library alone, static, installed and consumed from C and
+            # C++ with find_package and pkg-config --static (ctest did the shared one).
+            cmake -S "$root" -B "$root/build/test-static" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+                -DKVFUSE_BUILD_TESTS=OFF -DKVFUSE_BUILD_DRIVER=OFF -DKVFUSE_BUILD_BENCH=OFF >/dev/null
+            cmake --build "$root/build/test-static" -j "$jobs"
+            "$root/tests/install_consumer/run.sh" "$root/build/test-native" "$root/tests/install_consumer" \
+                "$root/build/test-static"
             passed native ;;
         nonavx)
             lane "x86-64 without AVX (qemu-x86_64 -cpu Westmere)"

@@ -173,7 +173,8 @@ class ChunkLoader {
 
 void attend_rows(const ModelShape& s, const float* q, std::span<const std::int64_t> positions, const float* keys,
                  const float* values, std::size_t kv_tokens, std::size_t kv_stride, float* out) {
-    kvfuse_attention_args args{};
+    kvfuse_attention_args args;
+    kvfuse_attention_args_init(&args);
     args.queries = q;
     args.rows = positions.size();
     args.query_heads = static_cast<std::size_t>(s.heads);
@@ -362,7 +363,7 @@ std::vector<float> a3_relevance_stored(const ModelShape& s, const float* q_quest
             }
         }
     }
-    std::vector<kvfuse_relevance_segment> list(segments);
+    std::vector<kvfuse::RelevanceSegment> list(segments);  // struct_size set
     for (std::size_t g = 0; g < segments; ++g) {
         kvfuse_relevance_segment& seg = list[g];
         const bool is_question = g == chunks.size();

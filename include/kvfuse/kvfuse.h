@@ -25,12 +25,23 @@
  *
  * No C++ exception leaves the library: running out of memory is KVFUSE_ERROR_OUT_OF_MEMORY,
  * anything else unexpected KVFUSE_ERROR_INTERNAL with the detail in kvfuse_last_error().
+ *
+ * Versioned structs: every struct the caller allocates and passes in or has filled (args,
+ * configs, options, tuning, CPU features, topology) starts with `size_t struct_size`, the
+ * sizeof() the caller was compiled with. Set it with the struct's *_init function (static
+ * inline here: the size is that of the header the caller compiled against) before filling the
+ * fields. Fields are only ever appended, so the library reads a struct of an older version (a
+ * size it lists in KVFUSE_*_SIZE_V<n> below) and gives the fields after it their defaults, and
+ * writes an output struct only up to its struct_size. Any other struct_size -- 0 (never set),
+ * a size from a newer header than the library, one between versions -- is refused with
+ * KVFUSE_ERROR_STRUCT_SIZE and nothing is read or written.
  */
 #ifndef KVFUSE_KVFUSE_H
 #define KVFUSE_KVFUSE_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kvfuse/version.h"
 
@@ -39,6 +50,8 @@
 #else
 #define KVFUSE_API __attribute__((visibility("default")))
 #endif
+/* The *_init helpers: compiled into the caller, so struct_size is the caller's sizeof. */
+#define KVFUSE_INLINE static inline
 
 #ifdef __cplusplus
 extern "C" {
@@ -56,6 +69,7 @@ typedef enum kvfuse_status {
     KVFUSE_ERROR_INTERNAL = 6,
     KVFUSE_ERROR_IO = 7,               /* a file could not be read or written */
     KVFUSE_ERROR_BAD_PROFILE = 8,      /* a tuning profile is malformed or made for another machine */
+    KVFUSE_ERROR_STRUCT_SIZE = 9,      /* a struct's struct_size is not one this library knows */
     KVFUSE_STATUS_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_STATUS_MAX_ENUM = 0x7fffffff /* keeps the enum int-sized; any int is in range */
 } kvfuse_status;
@@ -127,6 +141,7 @@ KVFUSE_API kvfuse_status kvfuse_set_kernel_isa(kvfuse_kernel kernel, const kvfus
 KVFUSE_API kvfuse_status kvfuse_kernel_isa(kvfuse_kernel kernel, kvfuse_isa* isa, const char** source);
 
 typedef struct kvfuse_cpu_features {
+    size_t struct_size; /* kvfuse_cpu_features_init sets it */
     int avx2, fma, f16c, avx512f, avx512bw, avx512dq, avx512vl;
     int avx512_vnni, avx512_bf16, avx_vnni; /* x86 extensions the kernels may use */
     int os_saves_avx, os_saves_avx512;      /* XCR0 says the OS saves the vector state */
@@ -134,7 +149,14 @@ typedef struct kvfuse_cpu_features {
     char brand[64]; /* CPU model string, "" when unknown */
 } kvfuse_cpu_features;
 
-KVFUSE_API void kvfuse_get_cpu_features(kvfuse_cpu_features* features);
+#define KVFUSE_CPU_FEATURES_SIZE_V1 sizeof(kvfuse_cpu_features)
+
+KVFUSE_INLINE void kvfuse_cpu_features_init(kvfuse_cpu_features* features) {
+    memset(features, 0, sizeof *features);
+    features->struct_size = sizeof *features;
+}
+/* Fills *features up to its struct_size (kvfuse_cpu_features_init first). */
+KVFUSE_API kvfuse_status kvfuse_get_cpu_features(kvfuse_cpu_features* features);
 
 /* ---- storage types ----------------------------------------------------------------------- */
 
@@ -163,6 +185,7 @@ typedef enum kvfuse_rope_scaling {
 } kvfuse_rope_scaling;
 
 typedef struct kvfuse_rope_config {
+    size_t struct_size;  /* kvfuse_rope_config_init sets it */
     int32_t head_dim;    /* D, elements per head */
     int32_t rotary_dims; /* leading dims of each head that rotate; even, <= head_dim; 0 = D */
     double base;         /* theta; frequency i is base^(-2i/rotary_dims) */
@@ -174,9 +197,23 @@ typedef struct kvfuse_rope_config {
     int32_t llama3_original_context; /* llama3 only, > 0 */
 } kvfuse_rope_config;
 
+#define KVFUSE_ROPE_CONFIG_SIZE_V1 sizeof(kvfuse_rope_config)
+
 /* Defaults: rotary_dims = head_dim, base 10000, NeoX pairing, no scaling (llama3 fields set to
  * Llama 3.1's values so that switching scaling on is enough). */
-KVFUSE_API void kvfuse_rope_config_init(kvfuse_rope_config* config, int32_t head_dim);
+KVFUSE_INLINE void kvfuse_rope_config_init(kvfuse_rope_config* config, int32_t head_dim) {
+    memset(config, 0, sizeof *config);
+    config->struct_size = sizeof *config;
+    config->head_dim = head_dim;
+    config->rotary_dims = 0;
+    config->base = 10000.0;
+    config->pairing = KVFUSE_ROPE_NEOX;
+    config->scaling = KVFUSE_ROPE_SCALING_NONE;
+    config->scaling_factor = 1.0;
+    config->llama3_low_freq_factor = 1.0;
+    config->llama3_high_freq_factor = 4.0;
+    config->llama3_original_context = 8192;
+}
 
 /* Rotates token t of keys[tokens x heads x head_dim] in place by deltas[t] positions.
  * Rotating by the absolute position from 0 is ordinary RoPE; rotating a cached key by
@@ -206,6 +243,7 @@ KVFUSE_API kvfuse_status kvfuse_rope_rotate_span_copy(const kvfuse_rope_config* 
 /* ---- sparse-row attention ---------------------------------------------------------------- */
 
 typedef struct kvfuse_attention_args {
+    size_t struct_size;       /* kvfuse_attention_args_init sets it */
     const float* queries;     /* rows x query_heads x head_dim, row stride query_row_stride (elements) */
     size_t rows;              /* n selected rows (0 is valid: nothing to do) */
     size_t query_heads;       /* H, a multiple of kv_heads: query head h reads kv head h / (H / kv_heads) */
@@ -222,6 +260,15 @@ typedef struct kvfuse_attention_args {
     float* out;               /* rows x query_heads x head_dim, row stride out_row_stride */
     size_t out_row_stride;
 } kvfuse_attention_args;
+
+#define KVFUSE_ATTENTION_ARGS_SIZE_V1 sizeof(kvfuse_attention_args)
+
+/* Every field 0 / NULL (kv_dtype f32), struct_size set. */
+KVFUSE_INLINE void kvfuse_attention_args_init(kvfuse_attention_args* args) {
+    memset(args, 0, sizeof *args);
+    args->struct_size = sizeof *args;
+    args->kv_dtype = KVFUSE_DTYPE_F32;
+}
 
 /* Softmax attention of n selected query rows against all T keys with the exact causal mask.
  * Rows may come in any order and repeat. With every row selected (positions 0..T-1) it is full
@@ -280,6 +327,7 @@ KVFUSE_API kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, si
 
 /* One range of candidates with its own keys and queries (see segment_count below). */
 typedef struct kvfuse_relevance_segment {
+    size_t struct_size;         /* kvfuse_relevance_segment_init sets it; the same in every element */
     size_t keys;                /* candidates in this segment; the segments' keys add up to `candidates` */
     const float* queries_f32;   /* f32 path: M x H x D, in this segment's frame */
     const float* keys_f32;      /* f32 path: keys x Hkv x D */
@@ -291,7 +339,15 @@ typedef struct kvfuse_relevance_segment {
     const float* bias;          /* M values added to the merged-head logit before 1 / sqrt(H * D); NULL: 0 */
 } kvfuse_relevance_segment;
 
+#define KVFUSE_RELEVANCE_SEGMENT_SIZE_V1 sizeof(kvfuse_relevance_segment)
+
+KVFUSE_INLINE void kvfuse_relevance_segment_init(kvfuse_relevance_segment* segment) {
+    memset(segment, 0, sizeof *segment);
+    segment->struct_size = sizeof *segment;
+}
+
 typedef struct kvfuse_relevance_args {
+    size_t struct_size;   /* kvfuse_relevance_args_init sets it */
     size_t question_rows; /* M: the last M candidates are the question's own keys */
     size_t candidates;    /* keys [P, T): documents first, then the M question rows */
     size_t query_heads;   /* H, a multiple of kv_heads */
@@ -316,10 +372,21 @@ typedef struct kvfuse_relevance_args {
      * rotated into that frame (RoPE is relative: q(p) . k(o + j) = q(p - o + s) . k(s + j)) and
      * bias[m] = sum_h q_h . mean_(h / group): the logits are then those of the fused keys,
      * and the stored quantized keys are read as they are. With segment_count > 0 the queries,
-     * keys and scales above are ignored; every segment uses the same path (f32, int8 or int4). */
+     * keys and scales above are ignored; every segment uses the same path (f32, int8 or int4).
+     * The library steps through the array by the elements' struct_size. */
     size_t segment_count;
     const kvfuse_relevance_segment* segments;
 } kvfuse_relevance_args;
+
+/* V1: the f32 and int8 paths, fields up to `out`; keys_i4 and the segments read as NULL / 0.
+ * V2: this header's struct. */
+#define KVFUSE_RELEVANCE_ARGS_SIZE_V1 offsetof(kvfuse_relevance_args, keys_i4)
+#define KVFUSE_RELEVANCE_ARGS_SIZE_V2 sizeof(kvfuse_relevance_args)
+
+KVFUSE_INLINE void kvfuse_relevance_args_init(kvfuse_relevance_args* args) {
+    memset(args, 0, sizeof *args);
+    args->struct_size = sizeof *args;
+}
 
 /* A3 relevance: heads merged into one logit per (question row m, key j) =
  * sum_h q_h . k_(h / group) / sqrt(H * D); question row m sees key j only if
@@ -381,6 +448,7 @@ KVFUSE_API kvfuse_status kvfuse_gemm_bf16_scheme(const char** scheme);
  * CPU cannot run, makes the whole profile ignored. */
 
 typedef struct kvfuse_tuning {
+    size_t struct_size;            /* kvfuse_tuning_init sets it */
     uint32_t attention_key_tile;   /* keys per attention tile: 32, 64 or 128; 0 = from L1 size */
     uint32_t attention_row_block;  /* selected rows sharing one tile: 1..64 */
     uint32_t score_query_rows;     /* scoring register block: 2, 4 or 6 query rows */
@@ -390,10 +458,18 @@ typedef struct kvfuse_tuning {
     uint64_t score_parallel_work;     /* in multiply-adds */
 } kvfuse_tuning;
 
-/* The built-in defaults (the attention tile seeded from this machine's L1 size). */
-KVFUSE_API void kvfuse_default_tuning(kvfuse_tuning* tuning);
-/* The parameters in force. */
-KVFUSE_API void kvfuse_get_tuning(kvfuse_tuning* tuning);
+#define KVFUSE_TUNING_SIZE_V1 sizeof(kvfuse_tuning)
+
+/* Every field 0, struct_size set: fill it with kvfuse_default_tuning or kvfuse_get_tuning. */
+KVFUSE_INLINE void kvfuse_tuning_init(kvfuse_tuning* tuning) {
+    memset(tuning, 0, sizeof *tuning);
+    tuning->struct_size = sizeof *tuning;
+}
+/* The built-in defaults (the attention tile seeded from this machine's L1 size), written up to
+ * tuning->struct_size. */
+KVFUSE_API kvfuse_status kvfuse_default_tuning(kvfuse_tuning* tuning);
+/* The parameters in force, written up to tuning->struct_size. */
+KVFUSE_API kvfuse_status kvfuse_get_tuning(kvfuse_tuning* tuning);
 /* Validates and applies; NULL restores the defaults. Affects calls that start afterwards. */
 KVFUSE_API kvfuse_status kvfuse_set_tuning(const kvfuse_tuning* tuning);
 /* Reads a profile, checks it was made for this machine, kvfuse version and the ISA in use,
@@ -416,6 +492,7 @@ KVFUSE_API const char* kvfuse_profile_status(void);
 /* ---- topology and thread placement ------------------------------------------------------ */
 
 typedef struct kvfuse_topology {
+    size_t struct_size;                    /* kvfuse_topology_init sets it */
     int packages, numa_nodes, cores, pus; /* pus: hardware threads */
     int pus_per_core;                      /* 1 = no SMT */
     int64_t l1d_bytes, l2_bytes;           /* per core; 0 = unknown */
@@ -424,15 +501,31 @@ typedef struct kvfuse_topology {
     int from_hwloc;                        /* 0: hwloc unavailable, counts from the OS only */
 } kvfuse_topology;
 
+#define KVFUSE_TOPOLOGY_SIZE_V1 sizeof(kvfuse_topology)
+
+KVFUSE_INLINE void kvfuse_topology_init(kvfuse_topology* topology) {
+    memset(topology, 0, sizeof *topology);
+    topology->struct_size = sizeof *topology;
+}
+/* Fills *topology up to its struct_size. */
 KVFUSE_API kvfuse_status kvfuse_get_topology(kvfuse_topology* topology);
 
 typedef struct kvfuse_placement_options {
+    size_t struct_size; /* kvfuse_placement_options_init sets it */
     int threads;      /* 0: one per physical core (or per PU with use_smt), or one per listed core */
     int use_smt;      /* also place threads on SMT siblings */
     const int* cores; /* optional: the cores (PUs with use_smt) to use, by hwloc logical index, in
                          thread order; NULL = the first ones */
     int core_count;   /* entries in cores */
 } kvfuse_placement_options;
+
+#define KVFUSE_PLACEMENT_OPTIONS_SIZE_V1 sizeof(kvfuse_placement_options)
+
+/* threads 0, no SMT, no core list. */
+KVFUSE_INLINE void kvfuse_placement_options_init(kvfuse_placement_options* options) {
+    memset(options, 0, sizeof *options);
+    options->struct_size = sizeof *options;
+}
 
 /* Sets the OpenMP thread count and pins each OpenMP worker to its own core (the first PU of
  * each core, or every PU with use_smt), in hwloc's order. The pinning holds for later parallel

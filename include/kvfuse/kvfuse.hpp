@@ -3,15 +3,19 @@
 // Only C symbols cross the library boundary, so this header works with any C++17 compiler and
 // standard library and keeps the ABI stable. Functions return kvfuse::Status; Status::ok() tells
 // success and Status::message() the reason. Nothing throws unless you call Status::check().
+// Usable with -fno-exceptions: Status is the only error path then (check() is not declared),
+// and LocalAllocator terminates on a failed allocation as operator new does then.
 #ifndef KVFUSE_KVFUSE_HPP
 #define KVFUSE_KVFUSE_HPP
 
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kvfuse/kvfuse.h"
@@ -28,6 +32,7 @@ enum class StatusCode : int {
     internal = KVFUSE_ERROR_INTERNAL,
     io = KVFUSE_ERROR_IO,
     bad_profile = KVFUSE_ERROR_BAD_PROFILE,
+    struct_size = KVFUSE_ERROR_STRUCT_SIZE,
 };
 
 class Error : public std::runtime_error {
@@ -55,10 +60,12 @@ class [[nodiscard]] Status {
         if (!detail_.empty()) text += ": " + detail_;
         return text;
     }
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
     // Throws kvfuse::Error unless ok().
     void check() const {
         if (!ok()) throw Error(code_, message());
     }
+#endif
 
    private:
     StatusCode code_ = StatusCode::ok;
@@ -152,10 +159,13 @@ inline Status kernel_isa(Kernel kernel, Isa& isa, std::string* source = nullptr)
     return status;
 }
 
-using CpuFeatures = kvfuse_cpu_features;
+// The versioned C structs (see kvfuse.h) with struct_size set on construction.
+struct CpuFeatures : kvfuse_cpu_features {
+    CpuFeatures() { kvfuse_cpu_features_init(this); }
+};
 inline CpuFeatures cpu_features() {
     CpuFeatures features;
-    kvfuse_get_cpu_features(&features);
+    (void)kvfuse_get_cpu_features(&features);  // cannot fail: the size is this header's
     return features;
 }
 
@@ -191,14 +201,19 @@ inline Status to_f32(const bf16* src, float* dst, std::size_t count) {
 
 namespace detail {
 template <class T>
-constexpr kvfuse_dtype dtype_of();
-template <>
-constexpr kvfuse_dtype dtype_of<float>() {
-    return KVFUSE_DTYPE_F32;
-}
-template <>
-constexpr kvfuse_dtype dtype_of<bf16>() {
-    return KVFUSE_DTYPE_BF16;
+inline constexpr bool unsupported_element = false;
+// The storage type of a tensor of T: a compile error for anything but float and bf16.
+template <class T>
+constexpr kvfuse_dtype dtype_of() {
+    using E = std::remove_cv_t<T>;
+    if constexpr (std::is_same_v<E, float>) {
+        return KVFUSE_DTYPE_F32;
+    } else if constexpr (std::is_same_v<E, bf16>) {
+        return KVFUSE_DTYPE_BF16;
+    } else {
+        static_assert(unsupported_element<T>, "kvfuse: tensor elements must be float or kvfuse::bf16");
+        return KVFUSE_DTYPE_F32;
+    }
 }
 }  // namespace detail
 
@@ -277,9 +292,11 @@ Status rope_rotate_span_copy(const RopeConfig& config, const T* src, std::size_t
 
 // ---- sparse-row attention --------------------------------------------------------------------
 
-using AttentionArgs = kvfuse_attention_args;
+struct AttentionArgs : kvfuse_attention_args {
+    AttentionArgs() { kvfuse_attention_args_init(this); }
+};
 
-inline Status sparse_attention(const AttentionArgs& args) { return Status(kvfuse_sparse_attention(&args)); }
+inline Status sparse_attention(const kvfuse_attention_args& args) { return Status(kvfuse_sparse_attention(&args)); }
 
 // Arguments for contiguous tensors: queries and out [rows x query_heads x head_dim], keys and
 // values [kv_tokens x kv_heads x head_dim] of T (float or bf16); scale 1/sqrt(head_dim) unless
@@ -349,21 +366,23 @@ inline Status topk_batched(const float* scores, std::size_t rows, std::size_t n,
 
 // ---- tuning -------------------------------------------------------------------------------
 
-using Tuning = kvfuse_tuning;
+struct Tuning : kvfuse_tuning {
+    Tuning() { kvfuse_tuning_init(this); }
+};
 inline Tuning default_tuning() {
-    Tuning t{};
-    kvfuse_default_tuning(&t);
+    Tuning t;
+    (void)kvfuse_default_tuning(&t);  // cannot fail: the size is this header's
     return t;
 }
 inline Tuning current_tuning() {
-    Tuning t{};
-    kvfuse_get_tuning(&t);
+    Tuning t;
+    (void)kvfuse_get_tuning(&t);
     return t;
 }
 // nullptr restores the defaults.
-inline Status set_tuning(const Tuning* tuning) { return Status(kvfuse_set_tuning(tuning)); }
+inline Status set_tuning(const kvfuse_tuning* tuning) { return Status(kvfuse_set_tuning(tuning)); }
 inline Status load_profile(const std::string& path) { return Status(kvfuse_load_profile(path.c_str())); }
-inline Status save_profile(const std::string& path, const Tuning& tuning, const std::string& measurements_json = {}) {
+inline Status save_profile(const std::string& path, const kvfuse_tuning& tuning, const std::string& measurements_json = {}) {
     return Status(kvfuse_save_profile(path.c_str(), &tuning, measurements_json.empty() ? nullptr : measurements_json.c_str()));
 }
 // Empty when neither XDG_CACHE_HOME nor HOME is set.
@@ -375,8 +394,14 @@ inline std::string profile_status() { return kvfuse_profile_status(); }
 
 // ---- quantized scoring ---------------------------------------------------------------------
 
-using RelevanceArgs = kvfuse_relevance_args;
-inline Status a3_relevance(const RelevanceArgs& args) { return Status(kvfuse_a3_relevance(&args)); }
+struct RelevanceArgs : kvfuse_relevance_args {
+    RelevanceArgs() { kvfuse_relevance_args_init(this); }
+};
+struct RelevanceSegment : kvfuse_relevance_segment {
+    RelevanceSegment() { kvfuse_relevance_segment_init(this); }
+};
+static_assert(sizeof(RelevanceSegment) == sizeof(kvfuse_relevance_segment), "an array of them is one of the C struct");
+inline Status a3_relevance(const kvfuse_relevance_args& args) { return Status(kvfuse_a3_relevance(&args)); }
 // ---- dense layers (GEMM) ------------------------------------------------------------------------
 
 // Owns packed weights (kvfuse_pack_weights); move-only. An empty object (default, moved from,
@@ -469,14 +494,20 @@ inline Status quantize_rows_i8(const float* x, std::size_t rows, std::size_t hea
 
 // ---- topology and thread placement -----------------------------------------------------------
 
-using Topology = kvfuse_topology;
-inline Status topology(Topology& out) { return Status(kvfuse_get_topology(&out)); }
+struct Topology : kvfuse_topology {
+    Topology() { kvfuse_topology_init(this); }
+};
+inline Status topology(kvfuse_topology& out) { return Status(kvfuse_get_topology(&out)); }
 
 // Pins OpenMP workers one per core (0 threads = every core); `description` gets the placement.
 inline Status place_threads(int threads, bool use_smt, std::string* description = nullptr,
                             const std::vector<int>& cores = {}) {
-    kvfuse_placement_options options{threads, use_smt ? 1 : 0, cores.empty() ? nullptr : cores.data(),
-                                     static_cast<int>(cores.size())};
+    kvfuse_placement_options options;
+    kvfuse_placement_options_init(&options);
+    options.threads = threads;
+    options.use_smt = use_smt ? 1 : 0;
+    options.cores = cores.empty() ? nullptr : cores.data();
+    options.core_count = static_cast<int>(cores.size());
     char text[4096] = {};
     Status status(kvfuse_place_threads(&options, text, sizeof text));
     if (description) *description = text;
@@ -496,7 +527,13 @@ struct LocalAllocator {
         const std::size_t bytes = n * sizeof(T);
         if (bytes < kLocalBytes) return static_cast<T*>(::operator new(bytes));
         void* memory = nullptr;
-        if (kvfuse_alloc_local(bytes, &memory, nullptr) != KVFUSE_OK) throw std::bad_alloc();
+        if (kvfuse_alloc_local(bytes, &memory, nullptr) != KVFUSE_OK) {
+#if defined(__cpp_exceptions) || defined(__EXCEPTIONS)
+            throw std::bad_alloc();
+#else
+            std::abort();  // what operator new does without exceptions
+#endif
+        }
         return static_cast<T*>(memory);
     }
     void deallocate(T* p, std::size_t n) noexcept {

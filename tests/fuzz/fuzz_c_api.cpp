@@ -209,7 +209,8 @@ void fuzz_rope(FuzzedDataProvider& in) {
 }
 
 void fuzz_attention(FuzzedDataProvider& in) {
-    kvfuse_attention_args a{};
+    kvfuse_attention_args a;
+    kvfuse_attention_args_init(&a);
     a.rows = draw_size(in, 8);
     a.query_heads = draw_size(in, 8);
     a.kv_heads = draw_size(in, 4);
@@ -311,7 +312,8 @@ void fuzz_quantize(FuzzedDataProvider& in) {
 }
 
 void fuzz_relevance(FuzzedDataProvider& in) {
-    kvfuse_relevance_args a{};
+    kvfuse_relevance_args a;
+    kvfuse_relevance_args_init(&a);
     a.question_rows = draw_size(in, 6);
     a.candidates = draw_size(in, 60);
     a.query_heads = draw_size(in, 8);
@@ -345,7 +347,8 @@ void fuzz_relevance(FuzzedDataProvider& in) {
     if (verdict == Verdict::skip) return;
     std::vector<kvfuse_relevance_segment> segments;
     for (const Set& set : sets) {
-        kvfuse_relevance_segment seg{};
+        kvfuse_relevance_segment seg;
+        kvfuse_relevance_segment_init(&seg);
         seg.keys = set.keys_count;
         if (path == 0) {
             seg.queries_f32 = b.at<float>(set.q);

@@ -34,6 +34,7 @@ const MachineRecord& machine_record() {
         if (fd < 0) std::abort();
         ::close(fd);
         kvfuse_tuning tuning;
+        kvfuse_tuning_init(&tuning);
         kvfuse_default_tuning(&tuning);
         if (kvfuse_save_profile(path, &tuning, nullptr) != KVFUSE_OK) {
             std::fprintf(stderr, "cannot write a reference profile: %s\n", kvfuse_last_error());
@@ -76,6 +77,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const kvfuse_status status = kvfuse_load_profile(path.c_str());
     if (status == KVFUSE_OK) {
         kvfuse_tuning loaded;
+        kvfuse_tuning_init(&loaded);
         kvfuse_get_tuning(&loaded);
         if (kvfuse_set_tuning(&loaded) != KVFUSE_OK)
             kvfuse::fuzz::property_failed("a loaded profile holds invalid parameters", kvfuse_last_error());
