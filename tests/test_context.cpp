@@ -397,3 +397,28 @@ TEST(Context, HasItsOwnTuning) {
 
 }  // namespace
 }  // namespace kvfuse::testing
+
+namespace kvfuse::testing {
+namespace {
+
+// The C++ wrapper: a move-only Context and the context overloads.
+TEST(Context, CppWrapper) {
+    Context context;
+    ASSERT_TRUE(Context::create(context).ok());
+    ASSERT_NE(context.get(), nullptr);
+    Context moved = std::move(context);
+    EXPECT_EQ(context.get(), nullptr);
+    AttentionCase tiny(1, 16);
+    ASSERT_TRUE(sparse_attention(moved, tiny.args).ok());
+    tiny.expect_matches_reference();
+    kvfuse_context_options bad;
+    kvfuse_context_options_init(&bad);
+    bad.threads = -3;
+    Context refused;
+    const Status s = Context::create(refused, &bad);
+    EXPECT_EQ(s.code(), StatusCode::invalid_argument);
+    EXPECT_EQ(refused.get(), nullptr);
+}
+
+}  // namespace
+}  // namespace kvfuse::testing
