@@ -470,7 +470,8 @@ KVFUSE_API void kvfuse_context_destroy(kvfuse_context* context);
 KVFUSE_API kvfuse_status kvfuse_context_set_tuning(kvfuse_context* context, const kvfuse_tuning* tuning);
 /* The tuning the context's next call runs with. */
 KVFUSE_API kvfuse_status kvfuse_context_get_tuning(const kvfuse_context* context, kvfuse_tuning* tuning);
-/* Bytes of scratch the context holds now (what its largest call so far needed). */
+/* Bytes of the context's scratch block now (grown to its largest call so far; the per-worker
+ * RoPE tables and top-k buffers come on top). */
 KVFUSE_API kvfuse_status kvfuse_context_scratch_bytes(const kvfuse_context* context, size_t* bytes);
 
 /* The kernel calls with a context; each is the call of the same name without _ctx_. */
