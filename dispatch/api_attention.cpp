@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "dispatch/api_checks.h"
+#include "dispatch/context.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "dispatch/struct_versions.h"
@@ -94,17 +95,23 @@ kvfuse_status check_rows(int dtype, const void* src, const void* dst, const int6
 
 extern "C" {
 
-kvfuse_status kvfuse_sparse_attention(const kvfuse_attention_args* caller_args) {
+kvfuse_status kvfuse_ctx_sparse_attention(kvfuse_context* context, const kvfuse_attention_args* caller_args) {
     return kvfuse::detail::guarded("kvfuse_sparse_attention", [&] {
         kvfuse_attention_args args;  // the defaults, then as many fields as the caller's version has
         kvfuse_attention_args_init(&args);
         if (auto s = kvfuse::detail::read_struct("args", caller_args, args); s != KVFUSE_OK) return s;
         if (const kvfuse_status status = check_attention(&args); status != KVFUSE_OK || args.rows == 0) return status;
+        kvfuse::detail::ContextCall call(context);
+        if (call.status() != KVFUSE_OK) return call.status();
         const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status status = kvfuse::detail::active_kernels(kernels); status != KVFUSE_OK) return status;
-        kernels->sparse_attention(args);
+        if (const kvfuse_status status = call.kernels(kernels); status != KVFUSE_OK) return status;
+        kernels->sparse_attention(call.context(), args);
         return KVFUSE_OK;
     });
+}
+
+kvfuse_status kvfuse_sparse_attention(const kvfuse_attention_args* args) {
+    return kvfuse_ctx_sparse_attention(nullptr, args);
 }
 
 kvfuse_status kvfuse_gather_rows(kvfuse_dtype dtype, const void* src, size_t src_rows, size_t src_row_stride,

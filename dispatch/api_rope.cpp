@@ -3,6 +3,7 @@
 #include <string>
 
 #include "dispatch/api_checks.h"
+#include "dispatch/context.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "dispatch/struct_versions.h"
@@ -17,7 +18,7 @@ using kvfuse::detail::CheckedSize;
 using kvfuse::detail::enum_value;
 using kvfuse::detail::fail;
 
-kvfuse_status rotate(const kvfuse_rope_config* caller_config, int dtype, const void* src, std::size_t src_stride, void* dst,
+kvfuse_status rotate(kvfuse_context* context, const kvfuse_rope_config* caller_config, int dtype, const void* src, std::size_t src_stride, void* dst,
                      std::size_t dst_stride, std::size_t tokens, std::size_t heads, const std::int64_t* deltas,
                      std::int64_t delta, bool per_token) {
     kvfuse_rope_config defaults_then_caller;
@@ -69,11 +70,12 @@ kvfuse_status rotate(const kvfuse_rope_config* caller_config, int dtype, const v
     } else if (s < d + dst_bytes && d < s + src_bytes) {
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "src and dst overlap");
     }
+    kvfuse::detail::ContextCall call(context);
+    if (call.status() != KVFUSE_OK) return call.status();
     const kvfuse::detail::KernelTable* kernels = nullptr;
-    if (const kvfuse_status status = kvfuse::detail::active_kernels(kernels); status != KVFUSE_OK)
-        return status;
+    if (const kvfuse_status status = call.kernels(kernels); status != KVFUSE_OK) return status;
     const kvfuse::detail::RopePlan& plan = kvfuse::detail::rope_plan_for(*config);
-    kernels->rope_rotate(plan, static_cast<kvfuse_dtype>(dtype), src, src_stride, dst, dst_stride, tokens, heads,
+    kernels->rope_rotate(call.context(), plan, static_cast<kvfuse_dtype>(dtype), src, src_stride, dst, dst_stride, tokens, heads,
                          per_token ? deltas : nullptr, delta);
     return KVFUSE_OK;
 }
@@ -82,42 +84,74 @@ kvfuse_status rotate(const kvfuse_rope_config* caller_config, int dtype, const v
 
 extern "C" {
 
+kvfuse_status kvfuse_ctx_rope_rotate(kvfuse_context* context, const kvfuse_rope_config* config, kvfuse_dtype dtype,
+                                     void* keys, size_t tokens, size_t heads, size_t token_stride,
+                                     const int64_t* deltas) {
+    const int dtype_value = enum_value(dtype);
+    return kvfuse::detail::guarded("kvfuse_rope_rotate", [&] {
+        return rotate(context, config, dtype_value, keys, token_stride, keys, token_stride, tokens, heads, deltas, 0,
+                      true);
+    });
+}
+
+kvfuse_status kvfuse_ctx_rope_rotate_span(kvfuse_context* context, const kvfuse_rope_config* config,
+                                          kvfuse_dtype dtype, void* keys, size_t tokens, size_t heads,
+                                          size_t token_stride, int64_t delta) {
+    const int dtype_value = enum_value(dtype);
+    return kvfuse::detail::guarded("kvfuse_rope_rotate_span", [&] {
+        return rotate(context, config, dtype_value, keys, token_stride, keys, token_stride, tokens, heads, nullptr,
+                      delta, false);
+    });
+}
+
+kvfuse_status kvfuse_ctx_rope_rotate_copy(kvfuse_context* context, const kvfuse_rope_config* config,
+                                          kvfuse_dtype dtype, const void* src, size_t src_token_stride, void* dst,
+                                          size_t dst_token_stride, size_t tokens, size_t heads,
+                                          const int64_t* deltas) {
+    const int dtype_value = enum_value(dtype);
+    return kvfuse::detail::guarded("kvfuse_rope_rotate_copy", [&] {
+        return rotate(context, config, dtype_value, src, src_token_stride, dst, dst_token_stride, tokens, heads,
+                      deltas, 0, true);
+    });
+}
+
+kvfuse_status kvfuse_ctx_rope_rotate_span_copy(kvfuse_context* context, const kvfuse_rope_config* config,
+                                               kvfuse_dtype dtype, const void* src, size_t src_token_stride,
+                                               void* dst, size_t dst_token_stride, size_t tokens, size_t heads,
+                                               int64_t delta) {
+    const int dtype_value = enum_value(dtype);
+    return kvfuse::detail::guarded("kvfuse_rope_rotate_span_copy", [&] {
+        return rotate(context, config, dtype_value, src, src_token_stride, dst, dst_token_stride, tokens, heads,
+                      nullptr, delta, false);
+    });
+}
+
 kvfuse_status kvfuse_rope_rotate(const kvfuse_rope_config* config, kvfuse_dtype dtype, void* keys,
                                  size_t tokens, size_t heads, size_t token_stride,
                                  const int64_t* deltas) {
-    const int dtype_value = enum_value(dtype);
-    return kvfuse::detail::guarded("kvfuse_rope_rotate", [&] {
-        return rotate(config, dtype_value, keys, token_stride, keys, token_stride, tokens, heads, deltas, 0, true);
-    });
+    return kvfuse_ctx_rope_rotate(nullptr, config, dtype, keys, tokens, heads, token_stride, deltas);
 }
 
 kvfuse_status kvfuse_rope_rotate_span(const kvfuse_rope_config* config, kvfuse_dtype dtype,
                                       void* keys, size_t tokens, size_t heads,
                                       size_t token_stride, int64_t delta) {
-    const int dtype_value = enum_value(dtype);
-    return kvfuse::detail::guarded("kvfuse_rope_rotate_span", [&] {
-        return rotate(config, dtype_value, keys, token_stride, keys, token_stride, tokens, heads, nullptr, delta, false);
-    });
+    return kvfuse_ctx_rope_rotate_span(nullptr, config, dtype, keys, tokens, heads, token_stride, delta);
 }
 
 kvfuse_status kvfuse_rope_rotate_copy(const kvfuse_rope_config* config, kvfuse_dtype dtype,
                                       const void* src, size_t src_token_stride, void* dst,
                                       size_t dst_token_stride, size_t tokens, size_t heads,
                                       const int64_t* deltas) {
-    const int dtype_value = enum_value(dtype);
-    return kvfuse::detail::guarded("kvfuse_rope_rotate_copy", [&] {
-        return rotate(config, dtype_value, src, src_token_stride, dst, dst_token_stride, tokens, heads, deltas, 0, true);
-    });
+    return kvfuse_ctx_rope_rotate_copy(nullptr, config, dtype, src, src_token_stride, dst, dst_token_stride, tokens,
+                                       heads, deltas);
 }
 
 kvfuse_status kvfuse_rope_rotate_span_copy(const kvfuse_rope_config* config, kvfuse_dtype dtype,
                                            const void* src, size_t src_token_stride, void* dst,
                                            size_t dst_token_stride, size_t tokens, size_t heads,
                                            int64_t delta) {
-    const int dtype_value = enum_value(dtype);
-    return kvfuse::detail::guarded("kvfuse_rope_rotate_span_copy", [&] {
-        return rotate(config, dtype_value, src, src_token_stride, dst, dst_token_stride, tokens, heads, nullptr, delta, false);
-    });
+    return kvfuse_ctx_rope_rotate_span_copy(nullptr, config, dtype, src, src_token_stride, dst, dst_token_stride,
+                                            tokens, heads, delta);
 }
 
 }  // extern "C"

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "dispatch/api_checks.h"
+#include "dispatch/context.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "dispatch/struct_versions.h"
@@ -170,10 +171,20 @@ kvfuse_status check_relevance(const kvfuse_relevance_args* a) {
         if (total != a->candidates) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the segments' keys must add up to candidates");
     }
     // Every segment (or the top-level fields) on one path, with what that path reads.
-    const kvfuse::detail::RelevanceSegments segments(*a);
-    const kvfuse_relevance_segment& first = segments.list[0];
+    // Read in place (no copy: a call with a context allocates nothing); empty segments are
+    // skipped as the kernels skip them.
+    kvfuse_relevance_segment top{};
+    std::size_t top_start[2];
+    if (a->segment_count == 0) kvfuse::detail::split_relevance_segments(*a, &top, top_start);
+    const kvfuse_relevance_segment* list = a->segment_count == 0 ? &top : a->segments;
+    const std::size_t listed = a->segment_count == 0 ? 1 : a->segment_count;
+    std::size_t first_index = 0;
+    while (list[first_index].keys == 0) ++first_index;  // the keys add up to candidates > 0
+    const kvfuse_relevance_segment& first = list[first_index];
     const bool int4 = first.keys_i4 != nullptr, int8 = first.keys_i8 != nullptr;
-    for (const kvfuse_relevance_segment& g : segments.list) {
+    for (std::size_t i = first_index; i < listed; ++i) {
+        const kvfuse_relevance_segment& g = list[i];
+        if (g.keys == 0) continue;
         if (g.keys_i8 != nullptr && g.keys_i4 != nullptr)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "give keys_i8 or keys_i4, not both");
         if ((g.keys_i4 != nullptr) != int4 || (g.keys_i8 != nullptr) != int8)
@@ -200,18 +211,22 @@ kvfuse_status check_relevance(const kvfuse_relevance_args* a) {
 
 extern "C" {
 
-kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* caller_args) {
+kvfuse_status kvfuse_ctx_a3_relevance(kvfuse_context* context, const kvfuse_relevance_args* caller_args) {
     return kvfuse::detail::guarded("kvfuse_a3_relevance", [&] {
         kvfuse_relevance_args args;  // the defaults, then as many fields as the caller's version has
         kvfuse_relevance_args_init(&args);
         if (auto s = kvfuse::detail::read_struct("args", caller_args, args); s != KVFUSE_OK) return s;
         const kvfuse_relevance_args* a = &args;
         if (const kvfuse_status s = check_relevance(a); s != KVFUSE_OK || a->candidates == a->question_rows) return s;
+        kvfuse::detail::ContextCall call(context);
+        if (call.status() != KVFUSE_OK) return call.status();
         const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
-        kernels->relevance(*a);
+        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
+        kernels->relevance(call.context(), *a);
         return KVFUSE_OK;
     });
 }
+
+kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* a) { return kvfuse_ctx_a3_relevance(nullptr, a); }
 
 }  // extern "C"

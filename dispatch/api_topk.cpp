@@ -1,11 +1,17 @@
 // C API of top-k selection.
 #include <cstdint>
 #include <limits>
+#include <atomic>
 #include <exception>
+#include <mutex>
 #include <numeric>
 #include <string>
 
 #include "dispatch/api_checks.h"
+#include "dispatch/context.h"
+#include "kernels/call_context.h"
+#include "kernels/common/workers.h"
+#include "kernels/topk/topk_scratch.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "kvfuse/kvfuse.h"
@@ -20,7 +26,7 @@ using kvfuse::detail::fail;
 // Selects into `indices`; the kernels handle 0 < k < n with n < 2^32, the rest is trivial or
 // (n >= 2^32) left to the reference.
 void select(const kvfuse::detail::KernelTable& kernels, const float* scores, std::size_t n, std::size_t k,
-            kvfuse_topk_order order, std::int64_t* indices) {
+            kvfuse_topk_order order, std::int64_t* indices, kvfuse::detail::TopkScratch& scratch, std::size_t sample) {
     if (k >= n) {
         if (order == KVFUSE_TOPK_BY_POSITION)
             std::iota(indices, indices + n, std::int64_t{0});
@@ -29,8 +35,42 @@ void select(const kvfuse::detail::KernelTable& kernels, const float* scores, std
     } else if (n > std::numeric_limits<std::uint32_t>::max()) {
         kvfuse::reference::topk(scores, n, k, order, indices);
     } else {
-        kernels.topk(scores, n, k, order, indices);
+        kernels.topk(scores, n, k, order, indices, scratch, sample);
     }
+}
+
+// Rows [0, rows) of a batch on the context's workers: each worker's top-k buffers are reserved
+// before any starts. Rows of fewer than tuning.topk_parallel_work scores run on one worker.
+kvfuse_status select_rows(kvfuse::detail::ContextCall& call, const kvfuse::detail::KernelTable& kernels,
+                          const float* scores, std::size_t rows, std::size_t n, std::size_t row_stride, std::size_t k,
+                          kvfuse_topk_order order, std::int64_t* indices, std::size_t indices_stride) {
+    kvfuse_context& context = call.context();
+    const kvfuse_tuning& tuning = kvfuse::detail::context_tuning(context);
+    const std::size_t workers =
+        rows > 1 && n >= tuning.topk_parallel_work ? std::min(kvfuse::detail::context_workers(context), rows) : 1;
+    const std::size_t sample = tuning.topk_sample;
+    kvfuse::detail::reserve_topk_scratch(context, workers, n, k < n ? k : n, sample);
+    // The reference (k >= n by score, n >= 2^32) allocates: what it throws is kept and reported
+    // after the workers, never left to escape a worker.
+    std::atomic<bool> failed{false};
+    std::exception_ptr row_error;
+    std::mutex error_mutex;
+    auto worker = [&](std::size_t w) {
+        kvfuse::detail::TopkScratch& scratch = kvfuse::detail::context_topk_scratch(context, w);
+        for (std::size_t r = rows * w / workers; r < rows * (w + 1) / workers && !failed.load(std::memory_order_relaxed);
+             ++r) {
+            try {
+                select(kernels, scores + r * row_stride, n, k, order, indices + r * indices_stride, scratch, sample);
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(error_mutex);
+                if (!row_error) row_error = std::current_exception();
+                failed.store(true, std::memory_order_relaxed);
+            }
+        }
+    };
+    kvfuse::detail::run_workers(context, workers, worker);
+    if (row_error) std::rethrow_exception(row_error);
+    return KVFUSE_OK;
 }
 
 kvfuse_status check_order(int order) {
@@ -41,8 +81,8 @@ kvfuse_status check_order(int order) {
 
 extern "C" {
 
-kvfuse_status kvfuse_topk(const float* scores, size_t n, size_t k, kvfuse_topk_order order, int64_t* indices,
-                          size_t* count) {
+kvfuse_status kvfuse_ctx_topk(kvfuse_context* context, const float* scores, size_t n, size_t k,
+                              kvfuse_topk_order order, int64_t* indices, size_t* count) {
     const int order_value = kvfuse::detail::enum_value(order);
     return kvfuse::detail::guarded("kvfuse_topk", [&] {
         if (count == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "count is required");
@@ -56,16 +96,22 @@ kvfuse_status kvfuse_topk(const float* scores, size_t n, size_t k, kvfuse_topk_o
         if (auto s = check_span("indices (min(k, n))", written, 1, 1, sizeof(std::int64_t)); s != KVFUSE_OK) return s;
         if (auto s = check_aligned("scores", scores, sizeof(float)); s != KVFUSE_OK) return s;
         if (auto s = check_aligned("indices", indices, sizeof(std::int64_t)); s != KVFUSE_OK) return s;
+        kvfuse::detail::ContextCall call(context);
+        if (call.status() != KVFUSE_OK) return call.status();
         const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
-        select(*kernels, scores, n, k, static_cast<kvfuse_topk_order>(order_value), indices);
+        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
+        if (const kvfuse_status s = select_rows(call, *kernels, scores, 1, n, n, k,
+                                                static_cast<kvfuse_topk_order>(order_value), indices, written);
+            s != KVFUSE_OK)
+            return s;
         *count = written;
         return KVFUSE_OK;
     });
 }
 
-kvfuse_status kvfuse_topk_batched(const float* scores, size_t rows, size_t n, size_t row_stride, size_t k,
-                                  kvfuse_topk_order order, int64_t* indices, size_t indices_stride) {
+kvfuse_status kvfuse_ctx_topk_batched(kvfuse_context* context, const float* scores, size_t rows, size_t n,
+                                      size_t row_stride, size_t k, kvfuse_topk_order order, int64_t* indices,
+                                      size_t indices_stride) {
     const int order_value = kvfuse::detail::enum_value(order);
     return kvfuse::detail::guarded("kvfuse_topk_batched", [&] {
         if (const kvfuse_status s = check_order(order_value); s != KVFUSE_OK) return s;
@@ -80,24 +126,23 @@ kvfuse_status kvfuse_topk_batched(const float* scores, size_t rows, size_t n, si
             return s;
         if (auto s = check_aligned("scores", scores, sizeof(float)); s != KVFUSE_OK) return s;
         if (auto s = check_aligned("indices", indices, sizeof(std::int64_t)); s != KVFUSE_OK) return s;
+        kvfuse::detail::ContextCall call(context);
+        if (call.status() != KVFUSE_OK) return call.status();
         const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
-        const auto checked_order = static_cast<kvfuse_topk_order>(order_value);
-        // An exception must not leave an OpenMP region: each row's is kept and reported after it.
-        std::exception_ptr row_error;
-#pragma omp parallel for schedule(dynamic) if (rows > 1 && n >= 4096)
-        for (std::ptrdiff_t r = 0; r < static_cast<std::ptrdiff_t>(rows); ++r) {
-            try {
-                select(*kernels, scores + static_cast<std::size_t>(r) * row_stride, n, k, checked_order,
-                       indices + static_cast<std::size_t>(r) * indices_stride);
-            } catch (...) {
-#pragma omp critical(kvfuse_topk_batched_error)
-                row_error = std::current_exception();
-            }
-        }
-        if (row_error) std::rethrow_exception(row_error);
-        return KVFUSE_OK;
+        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
+        return select_rows(call, *kernels, scores, rows, n, row_stride, k, static_cast<kvfuse_topk_order>(order_value),
+                           indices, indices_stride);
     });
+}
+
+kvfuse_status kvfuse_topk(const float* scores, size_t n, size_t k, kvfuse_topk_order order, int64_t* indices,
+                          size_t* count) {
+    return kvfuse_ctx_topk(nullptr, scores, n, k, order, indices, count);
+}
+
+kvfuse_status kvfuse_topk_batched(const float* scores, size_t rows, size_t n, size_t row_stride, size_t k,
+                                  kvfuse_topk_order order, int64_t* indices, size_t indices_stride) {
+    return kvfuse_ctx_topk_batched(nullptr, scores, rows, n, row_stride, k, order, indices, indices_stride);
 }
 
 }  // extern "C"

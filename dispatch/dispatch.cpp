@@ -173,6 +173,13 @@ kvfuse_status active_kernels(const KernelTable*& table) {
     return KVFUSE_OK;
 }
 
+kvfuse_status active_kernels_without_profile(const KernelTable*& table) {
+    if (const kvfuse_status s = isa_wide_kernels(table); s != KVFUSE_OK) return s;
+    if (g_forced.load(std::memory_order_acquire) != nullptr || isa_forced_by_environment()) return KVFUSE_OK;
+    if (const KernelTable* composed = kernel_choices().published.load(std::memory_order_acquire)) table = composed;
+    return KVFUSE_OK;
+}
+
 kvfuse_status set_kernel_isas(const int (&isa)[KVFUSE_KERNEL_COUNT], KernelIsaSource source) {
     for (int k = 0; k < KVFUSE_KERNEL_COUNT; ++k) {
         if (isa[k] < 0) continue;

@@ -12,6 +12,10 @@ namespace kvfuse::detail {
 // the detail with fail().
 kvfuse_status active_kernels(const KernelTable*& table);
 
+// The same, for a context with its own tuning: never loads the start-up profile (its per-kernel
+// ISA choices apply only once something else loaded it); choices made by the program apply.
+kvfuse_status active_kernels_without_profile(const KernelTable*& table);
+
 // The ISA-wide table: forced (kvfuse_force_isa), else the start-up choice, without the
 // per-kernel choices. What a tuning profile is keyed by.
 kvfuse_status isa_wide_kernels(const KernelTable*& table);

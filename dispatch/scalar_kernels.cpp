@@ -15,7 +15,8 @@ namespace kvfuse::detail {
 
 namespace {
 
-void rope_rotate_scalar(const RopePlan& plan, kvfuse_dtype dtype, const void* src,
+// The scalar ISA is the reference: one thread, its own allocations; the context is not used.
+void rope_rotate_scalar(kvfuse_context& /*context*/, const RopePlan& plan, kvfuse_dtype dtype, const void* src,
                         std::size_t src_stride, void* dst, std::size_t dst_stride,
                         std::size_t tokens, std::size_t heads, const std::int64_t* deltas,
                         std::int64_t delta) {
@@ -23,7 +24,16 @@ void rope_rotate_scalar(const RopePlan& plan, kvfuse_dtype dtype, const void* sr
                            deltas, delta);
 }
 
-void sparse_attention_scalar(const kvfuse_attention_args& args) { reference::sparse_attention(args); }
+void sparse_attention_scalar(kvfuse_context& /*context*/, const kvfuse_attention_args& args) {
+    reference::sparse_attention(args);
+}
+
+void topk_scalar(const float* scores, std::size_t n, std::size_t k, kvfuse_topk_order order, std::int64_t* indices,
+                 TopkScratch& /*scratch*/, std::size_t /*sample*/) {
+    reference::topk(scores, n, k, order, indices);
+}
+
+void relevance_scalar(kvfuse_context& /*context*/, const kvfuse_relevance_args& args) { reference::a3_relevance(args); }
 
 // The reference reads plain rows: each row of W is unpacked in turn (exactly) and gives one
 // column of C.
@@ -48,8 +58,8 @@ void gemm_scalar(const kvfuse_packed_weights& packed, const float* a, std::size_
 void register_scalar_kernels(KernelTable& table) {
     table.rope_rotate = &rope_rotate_scalar;
     table.sparse_attention = &sparse_attention_scalar;
-    table.topk = &reference::topk;
-    table.relevance = &reference::a3_relevance;
+    table.topk = &topk_scalar;
+    table.relevance = &relevance_scalar;
     table.gemm = &gemm_scalar;
 }
 

@@ -77,6 +77,7 @@ kvfuse_tuning built_in_defaults() {
     t.rope_parallel_work = std::uint64_t{1} << 17;
     t.attention_parallel_work = 200'000;
     t.score_parallel_work = 1'000'000;
+    t.topk_parallel_work = 4096;
     return t;
 }
 
@@ -152,7 +153,8 @@ nlohmann::json tuning_json(const kvfuse_tuning& t) {
             {"topk_sample", t.topk_sample},
             {"rope_parallel_work", t.rope_parallel_work},
             {"attention_parallel_work", t.attention_parallel_work},
-            {"score_parallel_work", t.score_parallel_work}};
+            {"score_parallel_work", t.score_parallel_work},
+            {"topk_parallel_work", t.topk_parallel_work}};
 }
 
 std::string version_major_minor(const std::string& version) {
@@ -282,6 +284,9 @@ std::string read_profile(const std::string& path, kvfuse_tuning& out, KernelIsas
         t.rope_parallel_work = field("rope_parallel_work", u64_max);
         t.attention_parallel_work = field("attention_parallel_work", u64_max);
         t.score_parallel_work = field("score_parallel_work", u64_max);
+        // Added after the first profiles: absent means the built-in default.
+        t.topk_parallel_work =
+            p.contains("topk_parallel_work") ? field("topk_parallel_work", u64_max) : built_in_defaults().topk_parallel_work;
         if (!bad_field.empty()) return path + ": " + bad_field;
         if (std::string why = invalid(t); !why.empty()) return path + ": " + why;
         KernelIsas isas = {-1, -1, -1, -1};  // profiles from before per-kernel ISAs: all auto
@@ -338,6 +343,8 @@ void load_startup_profile_locked(State& s) {
 }
 
 }  // namespace
+
+std::string invalid_tuning(const kvfuse_tuning& tuning) { return invalid(tuning); }
 
 kvfuse_tuning current_tuning() {
     State& s = state();

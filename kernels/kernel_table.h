@@ -11,24 +11,30 @@
 namespace kvfuse::detail {
 
 struct RopePlan;
+struct TopkScratch;
+
+// Every kernel but gemm runs in an execution context (kernels/call_context.h): its tuning, its
+// workers and its scratch. One call per context at a time (the API layer makes sure).
 
 // Rotates `tokens` rows of `heads` heads from src to dst (src == dst with equal strides is in
 // place). Token t turns by deltas[t], or by `delta` when deltas is null. Arguments are already
 // validated by the API layer.
-using RopeRotateFn = void (*)(const RopePlan& plan, kvfuse_dtype dtype, const void* src,
+using RopeRotateFn = void (*)(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, const void* src,
                               std::size_t src_token_stride, void* dst,
                               std::size_t dst_token_stride, std::size_t tokens, std::size_t heads,
                               const std::int64_t* deltas, std::int64_t delta);
 
 // Softmax attention of selected rows; arguments already validated (positions in range, etc.).
-using SparseAttentionFn = void (*)(const kvfuse_attention_args& args);
+using SparseAttentionFn = void (*)(kvfuse_context& context, const kvfuse_attention_args& args);
 
-// Exact top-k of n scores (0 < k < n); writes k indices in the requested order.
+// Exact top-k of n scores (0 < k < n); writes k indices in the requested order. Single-threaded
+// (kvfuse_topk_batched runs rows on workers), with `scratch` already reserved for
+// (n, k, sample) (TopkScratch::reserve), so that it allocates nothing.
 using TopkFn = void (*)(const float* scores, std::size_t n, std::size_t k, kvfuse_topk_order order,
-                        std::int64_t* indices);
+                        std::int64_t* indices, TopkScratch& scratch, std::size_t sample);
 
 // A3 relevance; arguments already validated.
-using RelevanceFn = void (*)(const kvfuse_relevance_args& args);
+using RelevanceFn = void (*)(kvfuse_context& context, const kvfuse_relevance_args& args);
 
 // C[n x out] = A[n x in] W^T, plus beta C (beta = 0: C is not read), with W packed
 // (kernels/gemm/gemm_packed.h). lda >= in, ldc >= out, n > 0, validated by the API layer.

@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 bool same(const kvfuse_tuning& a, const kvfuse_tuning& b) {
     return a.attention_key_tile == b.attention_key_tile && a.attention_row_block == b.attention_row_block &&
            a.score_query_rows == b.score_query_rows && a.topk_sample == b.topk_sample &&
-           a.rope_parallel_work == b.rope_parallel_work && a.attention_parallel_work == b.attention_parallel_work &&
+           a.rope_parallel_work == b.rope_parallel_work && a.topk_parallel_work == b.topk_parallel_work && a.attention_parallel_work == b.attention_parallel_work &&
            a.score_parallel_work == b.score_parallel_work;
 }
 

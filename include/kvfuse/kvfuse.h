@@ -456,6 +456,7 @@ typedef struct kvfuse_tuning {
     uint64_t rope_parallel_work;   /* below this many elements a call runs on one thread */
     uint64_t attention_parallel_work; /* in multiply-adds */
     uint64_t score_parallel_work;     /* in multiply-adds */
+    uint64_t topk_parallel_work;      /* kvfuse_topk_batched: rows of fewer scores run on one thread */
 } kvfuse_tuning;
 
 #define KVFUSE_TUNING_SIZE_V1 sizeof(kvfuse_tuning)
@@ -488,6 +489,95 @@ KVFUSE_API kvfuse_status kvfuse_save_profile(const char* path, const kvfuse_tuni
 KVFUSE_API kvfuse_status kvfuse_default_profile_path(char* path, size_t size);
 /* One line: which profile is in force, or why none is. */
 KVFUSE_API const char* kvfuse_profile_status(void);
+
+/* ---- execution context -------------------------------------------------------------------
+ * An engine creates a context once (per engine thread, or per stream of requests) and passes it
+ * to the kvfuse_ctx_* forms of the kernel calls. A context carries:
+ *   - how many workers a call may use: threads = 1 runs every call on the calling thread alone
+ *     and never starts an OpenMP team; threads = N at most N; threads = 0 OpenMP's default
+ *     (omp_get_max_threads() at the time of the call). Small calls use one worker whatever the
+ *     count (the *_parallel_work thresholds of the tuning);
+ *   - optionally the engine's own parallel-for: a call's workers then run as the engine's tasks,
+ *     never on OpenMP threads (OpenMP stays the default when none is given);
+ *   - its own scratch memory, kept and reused: once a call has run at a shape (warm-up), later
+ *     calls at that shape or a smaller one make no heap allocation (on the SIMD ISAs; the scalar
+ *     ISA runs the plain reference code, which does). What a call needs is allocated before any
+ *     worker starts, so running out of memory is KVFUSE_ERROR_OUT_OF_MEMORY, never an abort;
+ *   - its own tuning: the values given, else the built-in defaults. No profile file is read
+ *     unless use_process_tuning asks for the process-wide tuning (kvfuse_set_tuning, and the
+ *     start-up profile, which is then loaded as for the calls without a context).
+ * A context serves one call at a time: a call on a context another call is using fails with
+ * KVFUSE_ERROR_INVALID_ARGUMENT (never a data race). Give each engine thread its own; any number
+ * of contexts may run at once. A NULL context is the calling thread's default context (threads
+ * 0, the process-wide tuning): what the calls without _ctx_ use. The ISA the kernels run on
+ * stays process-wide (KVFUSE_ISA, kvfuse_force_isa, kvfuse_set_kernel_isa). */
+
+typedef struct kvfuse_context kvfuse_context;
+
+/* One task of a parallel-for, called with index in [0, n_tasks). */
+typedef void (*kvfuse_task_fn)(void* task_arg, size_t index);
+/* The engine's parallel-for: runs task(task_arg, i) once for every i in [0, n_tasks) and returns
+ * when every one has returned. The tasks may run at once or one after another, in any order, on
+ * any threads (the calling one included): kvfuse never has a task wait for one that has not
+ * started. kvfuse's tasks do not throw, do not allocate and do not call back into the engine. */
+typedef void (*kvfuse_parallel_for_fn)(void* user, size_t n_tasks, kvfuse_task_fn task, void* task_arg);
+
+typedef struct kvfuse_context_options {
+    size_t struct_size;                  /* kvfuse_context_options_init sets it */
+    int threads;                         /* workers per call: 0 = OpenMP default, 1 = the calling
+                                            thread only, N = at most N; >= 1 with parallel_for */
+    kvfuse_parallel_for_fn parallel_for; /* optional: run the workers on the engine's pool */
+    void* parallel_for_user;             /* passed to parallel_for as `user` */
+    const kvfuse_tuning* tuning;         /* optional, copied: NULL = the built-in defaults */
+    int use_process_tuning;              /* 1: follow the process-wide tuning instead (loads the
+                                            start-up profile); tuning must then be NULL */
+} kvfuse_context_options;
+
+#define KVFUSE_CONTEXT_OPTIONS_SIZE_V1 sizeof(kvfuse_context_options)
+
+/* threads 1, no parallel_for, built-in tuning: a context that never starts a thread. */
+KVFUSE_INLINE void kvfuse_context_options_init(kvfuse_context_options* options) {
+    memset(options, 0, sizeof *options);
+    options->struct_size = sizeof *options;
+    options->threads = 1;
+}
+/* Validates the options (and options->tuning, a versioned struct too) and creates a context;
+ * *context is NULL on failure. */
+KVFUSE_API kvfuse_status kvfuse_context_create(const kvfuse_context_options* options, kvfuse_context** context);
+/* Frees the context and its scratch (NULL is ignored). Not while a call is using it. */
+KVFUSE_API void kvfuse_context_destroy(kvfuse_context* context);
+/* The context's tuning: validated and applied to its later calls (NULL: built-in defaults). A
+ * context that follows the process-wide tuning stops following it. */
+KVFUSE_API kvfuse_status kvfuse_context_set_tuning(kvfuse_context* context, const kvfuse_tuning* tuning);
+/* The tuning the context's next call runs with. */
+KVFUSE_API kvfuse_status kvfuse_context_get_tuning(const kvfuse_context* context, kvfuse_tuning* tuning);
+/* Bytes of the context's scratch block now (grown to its largest call so far; the per-worker
+ * RoPE tables and top-k buffers come on top). */
+KVFUSE_API kvfuse_status kvfuse_context_scratch_bytes(const kvfuse_context* context, size_t* bytes);
+
+/* The kernel calls with a context; each is the call of the same name without _ctx_. */
+KVFUSE_API kvfuse_status kvfuse_ctx_rope_rotate(kvfuse_context* context, const kvfuse_rope_config* config,
+                                                kvfuse_dtype dtype, void* keys, size_t tokens, size_t heads,
+                                                size_t token_stride, const int64_t* deltas);
+KVFUSE_API kvfuse_status kvfuse_ctx_rope_rotate_span(kvfuse_context* context, const kvfuse_rope_config* config,
+                                                     kvfuse_dtype dtype, void* keys, size_t tokens, size_t heads,
+                                                     size_t token_stride, int64_t delta);
+KVFUSE_API kvfuse_status kvfuse_ctx_rope_rotate_copy(kvfuse_context* context, const kvfuse_rope_config* config,
+                                                     kvfuse_dtype dtype, const void* src, size_t src_token_stride,
+                                                     void* dst, size_t dst_token_stride, size_t tokens, size_t heads,
+                                                     const int64_t* deltas);
+KVFUSE_API kvfuse_status kvfuse_ctx_rope_rotate_span_copy(kvfuse_context* context, const kvfuse_rope_config* config,
+                                                          kvfuse_dtype dtype, const void* src,
+                                                          size_t src_token_stride, void* dst,
+                                                          size_t dst_token_stride, size_t tokens, size_t heads,
+                                                          int64_t delta);
+KVFUSE_API kvfuse_status kvfuse_ctx_sparse_attention(kvfuse_context* context, const kvfuse_attention_args* args);
+KVFUSE_API kvfuse_status kvfuse_ctx_topk(kvfuse_context* context, const float* scores, size_t n, size_t k,
+                                         kvfuse_topk_order order, int64_t* indices, size_t* count);
+KVFUSE_API kvfuse_status kvfuse_ctx_topk_batched(kvfuse_context* context, const float* scores, size_t rows,
+                                                 size_t n, size_t row_stride, size_t k, kvfuse_topk_order order,
+                                                 int64_t* indices, size_t indices_stride);
+KVFUSE_API kvfuse_status kvfuse_ctx_a3_relevance(kvfuse_context* context, const kvfuse_relevance_args* args);
 
 /* ---- topology and thread placement ------------------------------------------------------ */
 

@@ -364,6 +364,71 @@ inline Status topk_batched(const float* scores, std::size_t rows, std::size_t n,
                                       indices_stride));
 }
 
+// ---- execution context ------------------------------------------------------------------------
+// A kvfuse_context (see kvfuse.h): its thread count, the engine's parallel-for, its scratch and
+// its tuning. Move-only; create() reports failure through the Status (no exception).
+class Context {
+   public:
+    Context() = default;
+    ~Context() { kvfuse_context_destroy(context_); }
+    Context(Context&& other) noexcept : context_(other.context_) { other.context_ = nullptr; }
+    Context& operator=(Context&& other) noexcept {
+        if (this != &other) {
+            kvfuse_context_destroy(context_);
+            context_ = other.context_;
+            other.context_ = nullptr;
+        }
+        return *this;
+    }
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
+
+    // options: kvfuse_context_options_init's defaults (threads 1) unless given.
+    static Status create(Context& out, const kvfuse_context_options* options = nullptr) {
+        kvfuse_context_options defaults;
+        kvfuse_context_options_init(&defaults);
+        kvfuse_context* created = nullptr;
+        Status s(kvfuse_context_create(options != nullptr ? options : &defaults, &created));
+        if (s.ok()) out = Context(created);
+        return s;
+    }
+    kvfuse_context* get() const noexcept { return context_; }
+    Status set_tuning(const kvfuse_tuning* tuning) { return Status(kvfuse_context_set_tuning(context_, tuning)); }
+
+   private:
+    explicit Context(kvfuse_context* context) : context_(context) {}
+    kvfuse_context* context_ = nullptr;
+};
+
+inline Status sparse_attention(Context& context, const kvfuse_attention_args& args) {
+    return Status(kvfuse_ctx_sparse_attention(context.get(), &args));
+}
+inline Status topk(Context& context, const float* scores, std::size_t n, std::size_t k, TopkOrder order,
+                   std::int64_t* indices, std::size_t& count) {
+    return Status(kvfuse_ctx_topk(context.get(), scores, n, k, static_cast<kvfuse_topk_order>(order), indices, &count));
+}
+inline Status topk_batched(Context& context, const float* scores, std::size_t rows, std::size_t n,
+                           std::size_t row_stride, std::size_t k, TopkOrder order, std::int64_t* indices,
+                           std::size_t indices_stride) {
+    return Status(kvfuse_ctx_topk_batched(context.get(), scores, rows, n, row_stride, k,
+                                          static_cast<kvfuse_topk_order>(order), indices, indices_stride));
+}
+template <class T>
+Status rope_rotate_span_copy(Context& context, const RopeConfig& config, const T* src, std::size_t src_token_stride,
+                             T* dst, std::size_t dst_token_stride, std::size_t tokens, std::size_t heads,
+                             std::int64_t delta) {
+    const kvfuse_rope_config c = config.to_c();
+    return Status(kvfuse_ctx_rope_rotate_span_copy(context.get(), &c, detail::dtype_of<T>(), src, src_token_stride,
+                                                   dst, dst_token_stride, tokens, heads, delta));
+}
+template <class T>
+Status rope_rotate(Context& context, const RopeConfig& config, T* keys, std::size_t tokens, std::size_t heads,
+                   std::size_t token_stride, const std::int64_t* deltas) {
+    const kvfuse_rope_config c = config.to_c();
+    return Status(
+        kvfuse_ctx_rope_rotate(context.get(), &c, detail::dtype_of<T>(), keys, tokens, heads, token_stride, deltas));
+}
+
 // ---- tuning -------------------------------------------------------------------------------
 
 struct Tuning : kvfuse_tuning {
@@ -402,6 +467,9 @@ struct RelevanceSegment : kvfuse_relevance_segment {
 };
 static_assert(sizeof(RelevanceSegment) == sizeof(kvfuse_relevance_segment), "an array of them is one of the C struct");
 inline Status a3_relevance(const kvfuse_relevance_args& args) { return Status(kvfuse_a3_relevance(&args)); }
+inline Status a3_relevance(Context& context, const kvfuse_relevance_args& args) {
+    return Status(kvfuse_ctx_a3_relevance(context.get(), &args));
+}
 // ---- dense layers (GEMM) ------------------------------------------------------------------------
 
 // Owns packed weights (kvfuse_pack_weights); move-only. An empty object (default, moved from,

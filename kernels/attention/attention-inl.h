@@ -9,8 +9,6 @@
 // (running max and sum per row and head), and P.V accumulates with vectors running across the
 // head dimension. Threads take packing chunks and row blocks from one ordered task list (see
 // sparse_attention), without barriers between heads.
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -26,6 +24,8 @@
 #include "kernels/common/bf16.h"
 #include "kernels/common/narrower_batch.h"
 #include "kernels/kernel_table.h"
+#include "kernels/call_context.h"
+#include "kernels/common/workers.h"
 #include "kernels/tuning.h"
 
 namespace kvfuse::KVFUSE_ISA_NAMESPACE {
@@ -196,18 +196,6 @@ void softmax_step(float* scores, std::size_t visible, std::size_t tile, std::siz
     sum_v.store_unaligned(state.sum);
 }
 
-// Scratch that is not zero-filled (the packing threads touch it first) and 64-byte aligned.
-struct AlignedFree {
-    void operator()(float* p) const { xsimd::aligned_free(p); }
-};
-using PackedBuffer = std::unique_ptr<float[], AlignedFree>;
-
-PackedBuffer allocate_packed(std::size_t floats) {
-    void* p = xsimd::aligned_malloc(floats * sizeof(float), 64);
-    if (p == nullptr) throw std::bad_alloc();
-    return PackedBuffer(static_cast<float*>(p));
-}
-
 // Prefetches share `part` of `parts` of the cache lines of [base, base + floats): the rows of a
 // pass over one tile each fetch a slice of the next tile, which comes from L3 (a KV head's
 // packed copy is larger than L2), so that its misses overlap with this tile's FMAs.
@@ -227,7 +215,7 @@ std::size_t packed_query_floats(std::size_t group, std::size_t head_dim) {
 // KV head: every tile serves every row of the block that sees it and every head of the group.
 // Scratch per (row, head) slot: queries (head_dim floats, interleaved by head blocks), scores
 // (kScoreStride floats), accumulator (head_dim floats), state.
-void attend_block(const kvfuse_attention_args& a, const std::vector<std::size_t>& order, std::size_t begin,
+void attend_block(const kvfuse_attention_args& a, const std::size_t* order, std::size_t begin,
                   std::size_t end, std::size_t kv_head, const float* packed, std::size_t tile, float* queries,
                   float* scores, float* acc, RowState* states) {
     const std::size_t group = a.query_heads / a.kv_heads;
@@ -313,56 +301,100 @@ void wait_for(const std::atomic<std::size_t>& counter, std::size_t target) {
     while (counter.load(std::memory_order_acquire) < target) std::this_thread::yield();
 }
 
-void sparse_attention(const kvfuse_attention_args& a) {
+// A block of scratch for `count` objects of T, taken from the call's scratch layout.
+template <class T>
+struct ScratchBlock {
+    std::size_t offset = 0, count = 0;
+    void add(detail::ScratchLayout& layout, std::size_t n) { count = n, offset = layout.add(n * sizeof(T)); }
+    T* at(void* base) const { return reinterpret_cast<T*>(static_cast<char*>(base) + offset); }
+};
+
+void sparse_attention(kvfuse_context& context, const kvfuse_attention_args& a) {
     if (a.rows == 0) return;
     const std::size_t group = a.query_heads / a.kv_heads;
     const std::size_t d_count = a.head_dim;
-    // Rows by position, so that a block's rows need about the same key tiles.
-    std::vector<std::size_t> order(a.rows);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) { return a.positions[x] < a.positions[y]; });
-    const kvfuse_tuning tuning = detail::current_tuning();
+    const kvfuse_tuning& tuning = detail::context_tuning(context);
     // The tuning allows tiles up to kScoreStride keys; the clamp keeps a wider one from running
     // the scores of one head into the next (a tile changes speed, never results).
     const std::size_t tile = std::min(detail::attention_key_tile(tuning, d_count), kScoreStride);
     const std::size_t row_block = tuning.attention_row_block;
     const std::size_t blocks = (a.rows + row_block - 1) / row_block;
+    std::size_t last_position = 0;
+    double work = 0.0;
+    for (std::size_t r = 0; r < a.rows; ++r) {
+        last_position = std::max(last_position, static_cast<std::size_t>(a.positions[r]));
+        work += static_cast<double>(a.positions[r] + 1);
+    }
+    work *= static_cast<double>(a.query_heads * d_count);
     // One KV head at a time, its keys transposed and its values widened ONCE into a packed copy
     // (tile after tile, K^T then V) that every row block reads in order. Transposing per block
     // instead repeated the work for each block and read K/V with a 4 KiB stride (one token of one
     // head per page) that no hardware prefetcher follows: a third of the time went there.
-    const std::size_t key_count = static_cast<std::size_t>(a.positions[order.back()]) + 1;
+    const std::size_t key_count = last_position + 1;
     const std::size_t tiles = (key_count + tile - 1) / tile;
     const std::size_t tile_floats = 2 * d_count * tile;
-    double work = 0.0;
-    for (std::size_t r = 0; r < a.rows; ++r) work += static_cast<double>(a.positions[r] + 1);
-    work *= static_cast<double>(a.query_heads * d_count);
-    const bool parallel =
-        work > static_cast<double>(tuning.attention_parallel_work) && omp_get_max_threads() > 1;
-    // In parallel two packed heads live at a time, so that packing head h + 1 overlaps the last
-    // blocks of h.
-    const std::size_t buffers = parallel ? 2 : 1;
-    const PackedBuffer packed = allocate_packed(buffers * tiles * tile_floats);
-
-    // One ordered list of tasks, per KV head: its packing in chunks of tiles, then its row blocks
-    // (later, longer blocks first). Threads take tasks in order; a block waits only for its head's
-    // packing, a packing chunk only for the blocks of the head that used its buffer before. Per-head barriers (omp for) cost 13 % of the time on a loaded machine: a thread waited
-    // at every head for the other's last block, or for a descheduled thread.
     constexpr std::size_t kPackChunk = 8;  // tiles per packing task
     const std::size_t chunks = (tiles + kPackChunk - 1) / kPackChunk, per_head = chunks + blocks;
     const std::size_t tasks = a.kv_heads * per_head;
-    std::atomic<std::size_t> next_task{0};
-    const std::unique_ptr<std::atomic<std::size_t>[]> packed_chunks(new std::atomic<std::size_t>[a.kv_heads]());
-    const std::unique_ptr<std::atomic<std::size_t>[]> done_blocks(new std::atomic<std::size_t>[a.kv_heads]());
+    const std::size_t workers = work > static_cast<double>(tuning.attention_parallel_work)
+                                    ? std::min(detail::context_workers(context), tasks)
+                                    : 1;
+    // With several workers two packed heads live at a time, so that packing head h + 1 overlaps
+    // the last blocks of h.
+    const std::size_t buffers = workers > 1 ? 2 : 1;
 
-#pragma omp parallel if (parallel)
-    {
-        std::vector<float, xsimd::aligned_allocator<float, 64>> scores(row_block * group * kScoreStride);
-        std::vector<float> queries(row_block * packed_query_floats(group, d_count)), acc(row_block * group * d_count);
-        std::vector<RowState> states(row_block * group);
+    // Everything the call needs, from the context's scratch (reserved before any worker runs:
+    // workers never allocate). Per worker: one row block's packed queries, scores, accumulators
+    // and softmax states.
+    detail::ScratchLayout layout;
+    ScratchBlock<std::size_t> order_block;
+    ScratchBlock<float> packed_block, scores_block, queries_block, acc_block;
+    ScratchBlock<RowState> states_block;
+    ScratchBlock<std::atomic<std::size_t>> packed_chunks_block, done_blocks_block;
+    order_block.add(layout, a.rows);
+    packed_block.add(layout, buffers * tiles * tile_floats);
+    packed_chunks_block.add(layout, a.kv_heads);
+    done_blocks_block.add(layout, a.kv_heads);
+    const std::size_t scores_floats = row_block * group * kScoreStride;
+    const std::size_t queries_floats = (row_block * packed_query_floats(group, d_count) + 15) / 16 * 16;
+    const std::size_t acc_floats = (row_block * group * d_count + 15) / 16 * 16;
+    scores_block.add(layout, workers * scores_floats);
+    queries_block.add(layout, workers * queries_floats);
+    acc_block.add(layout, workers * acc_floats);
+    states_block.add(layout, workers * row_block * group);
+    void* base = detail::context_scratch(context, layout.bytes);
+
+    // Rows by position (ties by index, as a stable sort would leave them), so that a block's
+    // rows need about the same key tiles.
+    std::size_t* order = order_block.at(base);
+    std::iota(order, order + a.rows, std::size_t{0});
+    std::sort(order, order + a.rows, [&](std::size_t x, std::size_t y) {
+        return a.positions[x] < a.positions[y] || (a.positions[x] == a.positions[y] && x < y);
+    });
+    float* packed = packed_block.at(base);
+    std::atomic<std::size_t>* packed_chunks = packed_chunks_block.at(base);
+    std::atomic<std::size_t>* done_blocks = done_blocks_block.at(base);
+    for (std::size_t h = 0; h < a.kv_heads; ++h) {
+        new (packed_chunks + h) std::atomic<std::size_t>(0);
+        new (done_blocks + h) std::atomic<std::size_t>(0);
+    }
+
+    // One ordered list of tasks, per KV head: its packing in chunks of tiles, then its row blocks
+    // (later, longer blocks first). Workers take tasks in order; a block waits only for its head's
+    // packing, a packing chunk only for the blocks of the head that used its buffer before, all
+    // tasks earlier in the list and so already taken by a running worker: the wait ends however
+    // the workers are scheduled (even one after another). Per-head barriers (omp for) cost 13 %
+    // of the time on a loaded machine: a thread waited at every head for the other's last block,
+    // or for a descheduled thread.
+    std::atomic<std::size_t> next_task{0};
+    auto worker = [&](std::size_t w) {
+        float* scores = scores_block.at(base) + w * scores_floats;
+        float* queries = queries_block.at(base) + w * queries_floats;
+        float* acc = acc_block.at(base) + w * acc_floats;
+        RowState* states = states_block.at(base) + w * row_block * group;
         for (std::size_t task; (task = next_task.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
             const std::size_t kv_head = task / per_head, step = task % per_head;
-            float* buffer = packed.get() + (kv_head % buffers) * tiles * tile_floats;
+            float* buffer = packed + (kv_head % buffers) * tiles * tile_floats;
             if (step < chunks) {
                 if (kv_head >= buffers) wait_for(done_blocks[kv_head - buffers], blocks);
                 for (std::size_t t = step * kPackChunk; t < std::min(tiles, (step + 1) * kPackChunk); ++t) {
@@ -375,12 +407,12 @@ void sparse_attention(const kvfuse_attention_args& a) {
                 wait_for(packed_chunks[kv_head], chunks);
                 const std::size_t block = blocks - 1 - (step - chunks);
                 const std::size_t begin = block * row_block, end = std::min(a.rows, begin + row_block);
-                attend_block(a, order, begin, end, kv_head, buffer, tile, queries.data(), scores.data(), acc.data(),
-                             states.data());
+                attend_block(a, order, begin, end, kv_head, buffer, tile, queries, scores, acc, states);
                 done_blocks[kv_head].fetch_add(1, std::memory_order_release);
             }
         }
-    }
+    };
+    detail::run_workers(context, workers, worker);
 }
 
 }  // namespace

@@ -3,8 +3,7 @@
 // KVFUSE_XSIMD_ARCH first and is compiled with that ISA's flags. No include guard on purpose:
 // everything here lives in kvfuse::<isa>, and helpers in an anonymous namespace, so no inline
 // function compiled for one ISA can be picked by the linker for another.
-#include <omp.h>
-
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
@@ -12,7 +11,8 @@
 #include "kernels/common/bf16.h"
 #include "kernels/common/narrower_batch.h"
 #include "kernels/kernel_table.h"
-#include "kernels/tuning.h"
+#include "kernels/call_context.h"
+#include "kernels/common/workers.h"
 #include "kernels/rope/rope_plan.h"
 
 namespace kvfuse::KVFUSE_ISA_NAMESPACE {
@@ -188,37 +188,38 @@ void rotate_row(const RopePlan& plan, const T* src, T* dst, std::size_t heads,
 }
 
 template <class T>
-void rotate_rows(const RopePlan& plan, kvfuse_dtype dtype, const T* src, std::size_t src_stride,
-                 T* dst, std::size_t dst_stride, std::size_t tokens, std::size_t heads,
+void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, const T* src,
+                 std::size_t src_stride, T* dst, std::size_t dst_stride, std::size_t tokens, std::size_t heads,
                  const std::int64_t* deltas, std::int64_t delta) {
-    // Per thread and kept across calls: a table is built only for a plan, shape and delta none
-    // of the recent ones had (RopeTableCache), so chunks moved by their deltas layer after
-    // layer, or one decode step after another, cost no sin/cos.
-    auto rotate_token = [&](std::size_t t) {
-        thread_local detail::RopeTableCache tables;
-        const std::int64_t d = deltas ? deltas[t] : delta;
-        rotate_row(plan, src + t * src_stride, dst + t * dst_stride, heads, tables.get(plan, dtype, heads, d));
-    };
     const std::size_t work = tokens * heads * static_cast<std::size_t>(plan.config.head_dim);
     // Below a few hundred KiB the fork/join costs more than the second core gives back; and
-    // even an `if(false)` parallel region costs microseconds, so small calls skip OpenMP.
-    if (work < detail::current_tuning().rope_parallel_work || omp_get_max_threads() == 1) {
-        for (std::size_t t = 0; t < tokens; ++t) rotate_token(t);
-        return;
-    }
-    const std::ptrdiff_t count = static_cast<std::ptrdiff_t>(tokens);
-#pragma omp parallel for schedule(static)
-    for (std::ptrdiff_t t = 0; t < count; ++t) rotate_token(static_cast<std::size_t>(t));
+    // even an `if(false)` parallel region costs microseconds, so small calls run on one worker.
+    const std::size_t workers = work < detail::context_tuning(context).rope_parallel_work
+                                    ? 1
+                                    : std::min(detail::context_workers(context), tokens);
+    // Per worker and kept across calls by the context: a table is built only for a plan, shape
+    // and delta none of the recent ones had (RopeTableCache), so chunks moved by their deltas
+    // layer after layer, or one decode step after another, cost no sin/cos. Reserved here, so
+    // that a worker building one never allocates.
+    detail::reserve_rope_tables(context, workers, plan, dtype, heads);
+    auto rotate_range = [&](std::size_t worker) {
+        detail::RopeTableCache& tables = detail::context_rope_tables(context, worker);
+        for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t) {
+            const std::int64_t d = deltas ? deltas[t] : delta;
+            rotate_row(plan, src + t * src_stride, dst + t * dst_stride, heads, tables.get(plan, dtype, heads, d));
+        }
+    };
+    detail::run_workers(context, workers, rotate_range);
 }
 
-void rope_rotate(const RopePlan& plan, kvfuse_dtype dtype, const void* src,
+void rope_rotate(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, const void* src,
                  std::size_t src_stride, void* dst, std::size_t dst_stride, std::size_t tokens,
                  std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
     if (dtype == KVFUSE_DTYPE_F32)
-        rotate_rows(plan, dtype, static_cast<const float*>(src), src_stride,
+        rotate_rows(context, plan, dtype, static_cast<const float*>(src), src_stride,
                     static_cast<float*>(dst), dst_stride, tokens, heads, deltas, delta);
     else
-        rotate_rows(plan, dtype, static_cast<const std::uint16_t*>(src), src_stride,
+        rotate_rows(context, plan, dtype, static_cast<const std::uint16_t*>(src), src_stride,
                     static_cast<std::uint16_t*>(dst), dst_stride, tokens, heads, deltas, delta);
 }
 

@@ -140,6 +140,23 @@ void RopeTable::build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t head
     delta_ = delta;
 }
 
+void RopeTable::reserve(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads) {
+    const std::size_t pairs = plan.inv_freq.size();
+    const std::size_t entries = pairs * (plan.row_flattened(heads) ? heads : 1);
+    cos.reserve(entries);
+    sin.reserve(entries);
+    if (plan.config.pairing == KVFUSE_ROPE_INTERLEAVED && dtype == KVFUSE_DTYPE_F32) {
+        cos2.reserve(2 * entries);
+        sin2.reserve(2 * entries);
+    }
+    if (plan.config.pairing == KVFUSE_ROPE_NEOX && dtype == KVFUSE_DTYPE_BF16)
+        for (std::vector<float>* half : {&cos_even, &sin_even, &cos_odd, &sin_odd}) half->reserve(pairs / 2);
+}
+
+void RopeTableCache::reserve(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads) {
+    for (RopeTable& table : tables_) table.reserve(plan, dtype, heads);
+}
+
 RopeTableCache::RopeTableCache() = default;
 RopeTableCache::~RopeTableCache() = default;
 

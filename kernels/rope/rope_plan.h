@@ -52,6 +52,8 @@ class RopeTable {
     RopeTable(const RopeTable&) = delete;
     RopeTable& operator=(const RopeTable&) = delete;
     void build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads, std::int64_t delta);
+    // Room for build(plan, dtype, heads, any delta), so that building then never allocates.
+    void reserve(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads);
     bool holds(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads, std::int64_t delta) const {
         return built_ && plan_id_ == plan.id && dtype_ == dtype && heads_ == heads && delta_ == delta;
     }
@@ -83,6 +85,8 @@ class RopeTableCache {
     // The table for these arguments, built if none of the entries holds it (replacing the one
     // used least recently).
     const RopeTable& get(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads, std::int64_t delta);
+    // Every entry's RopeTable::reserve: get() then never allocates for these arguments.
+    void reserve(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads);
 
    private:
     RopeTable tables_[kEntries];

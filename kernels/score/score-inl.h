@@ -18,8 +18,6 @@
 // flags allow (the dispatch registers a copy built with VNNI or dotprod only on CPUs that have
 // it); a test may force any other, which then runs as an exact emulation where this ISA has no
 // instruction for it.
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -36,6 +34,8 @@
 #include "kernels/common/relevance_segments.h"
 #include "kernels/kernel_table.h"
 #include "kernels/score/score_dot.h"
+#include "kernels/call_context.h"
+#include "kernels/common/workers.h"
 #include "kernels/tuning.h"
 
 namespace kvfuse::KVFUSE_ISA_NAMESPACE {
@@ -767,7 +767,23 @@ ScoreDot choose_dot(Path path) {
     return forced;
 }
 
-void relevance(const kvfuse_relevance_args& a) {
+// The call's segments, in its scratch (relevance_segments.h).
+struct SegmentView {
+    const kvfuse_relevance_segment* list;
+    const std::size_t* starts;
+    std::size_t count;
+    std::size_t of(std::size_t j) const { return detail::relevance_segment_of(starts, count, j); }
+};
+
+// A block of scratch for `count` objects of T, taken from the call's scratch layout.
+template <class T>
+struct ScratchBlock {
+    std::size_t offset = 0;
+    void add(detail::ScratchLayout& layout, std::size_t count) { offset = layout.add(count * sizeof(T)); }
+    T* at(void* base) const { return reinterpret_cast<T*>(static_cast<char*>(base) + offset); }
+};
+
+void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     Shape s{};
     s.M = a.question_rows;
     s.C = a.candidates;
@@ -777,75 +793,120 @@ void relevance(const kvfuse_relevance_args& a) {
     s.D = a.head_dim;
     s.D2 = (s.D + 1) / 2;
     s.group = s.H / s.Hkv;
-    const detail::RelevanceSegments segments(a);
-    const std::size_t segment_count = segments.list.size();
-    const kvfuse_relevance_segment& first = segments.list[0];
-    const Path path = first.keys_i4 != nullptr ? Path::int4 : first.keys_i8 != nullptr ? Path::int8 : Path::f32;
+    const std::size_t segment_count = detail::count_relevance_segments(a);
+    const kvfuse_tuning& tuning = detail::context_tuning(context);
+    const std::size_t tiles = (s.C + kTile - 1) / kTile, padded = tiles * kTile;
+    const std::size_t rows_per_kv = s.M * s.group;
+    const bool parallel = static_cast<double>(s.M) * s.C * s.H * s.D > static_cast<double>(tuning.score_parallel_work);
+    const std::size_t workers = parallel ? std::min(detail::context_workers(context), tiles) : 1;
+
+    // Path and scheme from the top-level fields or the first non-empty segment (every segment
+    // uses the same path, checked by the API layer).
+    const kvfuse_relevance_segment* path_source = nullptr;
+    kvfuse_relevance_segment top{};
+    if (a.segment_count == 0) {
+        top.keys_i4 = a.keys_i4;
+        top.keys_i8 = a.keys_i8;
+        path_source = &top;
+    } else {
+        for (std::size_t i = 0; i < a.segment_count && path_source == nullptr; ++i)
+            if (a.segments[i].keys > 0) path_source = &a.segments[i];
+    }
+    const Path path = path_source->keys_i4 != nullptr ? Path::int4 : path_source->keys_i8 != nullptr ? Path::int8 : Path::f32;
     const ScoreDot dot = path == Path::f32 ? ScoreDot::automatic : choose_dot(path);
     if (path != Path::f32) detail::record_score_dot({dot, has_instruction(dot)});
     s.lanes = is_quads(dot) ? (s.D + 3) / 4 : s.D2;
     const float inv = 1.0f / std::sqrt(static_cast<float>(s.H * s.D));
-    const std::size_t tiles = (s.C + kTile - 1) / kTile, padded = tiles * kTile;
-    const std::size_t rows_per_kv = s.M * s.group;
-    const kvfuse_tuning tuning = detail::current_tuning();
     const std::size_t block_rows =
         dot == ScoreDot::quads_u8s8_s16 ? std::min<std::size_t>(tuning.score_query_rows, kMaxS16SumRows) : tuning.score_query_rows;
-    const bool parallel = static_cast<double>(s.M) * s.C * s.H * s.D > static_cast<double>(tuning.score_parallel_work);
     const RowsFn kv_head = block_rows == 6   ? rows_function<6>(path, dot)
                            : block_rows == 2 ? rows_function<2>(path, dot)
                                              : rows_function<4>(path, dot);
 
+    // Everything the call needs, from the context's scratch, reserved before any worker runs.
+    const std::size_t lanes_per_segment = s.M * s.H * s.lanes, rows_heads = s.M * s.H;
+    const std::size_t f32_tile_floats = path == Path::f32 ? s.D * kTile : 0;
+    const std::size_t int_tile_lanes = path == Path::f32 ? 0 : s.lanes * kTile;
+    detail::ScratchLayout layout;
+    ScratchBlock<kvfuse_relevance_segment> list_block;
+    ScratchBlock<std::size_t> starts_block;
+    ScratchBlock<float> queries_f32_block, logits_block, inverse_total_block, column_block;
+    ScratchBlock<std::int32_t> query_lanes_block, corrections_block;
+    ScratchBlock<std::uint32_t> row_question_block, row_head_block;
+    list_block.add(layout, segment_count);
+    starts_block.add(layout, segment_count + 1);
+    if (path == Path::f32) {
+        queries_f32_block.add(layout, segment_count * rows_heads * s.D);
+    } else {
+        query_lanes_block.add(layout, segment_count * lanes_per_segment);
+        corrections_block.add(layout, segment_count * rows_heads);
+    }
+    row_question_block.add(layout, rows_per_kv);
+    row_head_block.add(layout, rows_per_kv);
+    logits_block.add(layout, s.M * padded);
+    inverse_total_block.add(layout, s.M);
+    column_block.add(layout, padded);
+    // Per worker, each block a whole number of 64-byte lines (aligned loads).
+    const std::size_t worker_floats = (f32_tile_floats + 15) / 16 * 16 + kTile + (s.M * kTile + 15) / 16 * 16;
+    const std::size_t worker_lanes = (int_tile_lanes + 15) / 16 * 16;
+    ScratchBlock<float> worker_floats_block;
+    ScratchBlock<std::int32_t> worker_lanes_block;
+    worker_floats_block.add(layout, workers * worker_floats);
+    worker_lanes_block.add(layout, workers * worker_lanes);
+    void* base = detail::context_scratch(context, layout.bytes);
+
+    kvfuse_relevance_segment* segment_list = list_block.at(base);
+    std::size_t* segment_starts = starts_block.at(base);
+    detail::split_relevance_segments(a, segment_list, segment_starts);
+    const SegmentView segments{segment_list, segment_starts, segment_count};
+
     // int paths: every segment's query (row, head) encoded once; f32: copied KV head by KV head
     // as the int lanes are (encode_queries says why).
-    const std::size_t lanes_per_segment = s.M * s.H * s.lanes, rows_heads = s.M * s.H;
-    Aligned<std::int32_t> query_lanes, corrections;
-    Aligned<float> queries_f32;
+    float* queries_f32 = queries_f32_block.at(base);
+    std::int32_t* query_lanes = query_lanes_block.at(base);
+    std::int32_t* corrections = corrections_block.at(base);
     if (path == Path::f32) {
-        queries_f32.resize(segment_count * rows_heads * s.D);
         for (std::size_t si = 0; si < segment_count; ++si)
             for (std::size_t rh = 0; rh < rows_heads; ++rh)
-                std::memcpy(queries_f32.data() + (si * rows_heads + kv_major_row(s, rh)) * s.D,
+                std::memcpy(queries_f32 + (si * rows_heads + kv_major_row(s, rh)) * s.D,
                             segments.list[si].queries_f32 + rh * s.D, s.D * sizeof(float));
     } else {
-        query_lanes.resize(segment_count * lanes_per_segment);
-        corrections.resize(segment_count * rows_heads);
         for (std::size_t si = 0; si < segment_count; ++si)
-            encode_queries(segments.list[si], s, path, dot, query_lanes.data() + si * lanes_per_segment,
-                           corrections.data() + si * rows_heads);
+            encode_queries(segments.list[si], s, path, dot, query_lanes + si * lanes_per_segment,
+                           corrections + si * rows_heads);
     }
 
-    std::vector<std::uint32_t> row_question(rows_per_kv), row_head(rows_per_kv);
+    std::uint32_t* row_question = row_question_block.at(base);
+    std::uint32_t* row_head = row_head_block.at(base);
     for (std::size_t r = 0; r < rows_per_kv; ++r) {
         row_question[r] = static_cast<std::uint32_t>(r / s.group);
         row_head[r] = static_cast<std::uint32_t>(r % s.group);
     }
 
-    Aligned<float> logits(s.M * padded);
-#pragma omp parallel if (parallel)
-    {
-        Aligned<float> f32_tile(path == Path::f32 ? s.D * kTile : 0), key_scales(kTile), sums(s.M * kTile);
-        Aligned<std::int32_t> int_tile(path == Path::f32 ? 0 : s.lanes * kTile);
-        Scratch scratch{f32_tile.data(), int_tile.data(), key_scales.data(), nullptr, nullptr, nullptr, nullptr,
-                        row_question.data(), row_head.data()};
-#pragma omp for schedule(static)
-        for (std::ptrdiff_t ti = 0; ti < static_cast<std::ptrdiff_t>(tiles); ++ti) {
-            const std::size_t j0 = static_cast<std::size_t>(ti) * kTile, end = std::min(j0 + kTile, s.C);
+    float* logits = logits_block.at(base);
+    auto score_tiles = [&](std::size_t w) {
+        float* f32_tile = worker_floats_block.at(base) + w * worker_floats;
+        float* key_scales = f32_tile + (f32_tile_floats + 15) / 16 * 16;
+        float* sums = key_scales + kTile;
+        std::int32_t* int_tile = worker_lanes_block.at(base) + w * worker_lanes;
+        Scratch scratch{f32_tile, int_tile, key_scales, nullptr, nullptr, nullptr, nullptr, row_question, row_head};
+        for (std::size_t ti = tiles * w / workers; ti < tiles * (w + 1) / workers; ++ti) {
+            const std::size_t j0 = ti * kTile, end = std::min(j0 + kTile, s.C);
             const std::size_t first_segment = segments.of(j0);
-            std::fill(sums.begin(), sums.end(), 0.0f);
+            std::fill(sums, sums + s.M * kTile, 0.0f);
             for (std::size_t kv = 0; kv < s.Hkv; ++kv) {
                 // Usually one segment covers the tile; at a boundary each fills its own lanes.
                 for (std::size_t si = first_segment; si < segment_count && segments.starts[si] < end; ++si) {
                     const kvfuse_relevance_segment& g = segments.list[si];
                     const std::size_t lo = std::max(segments.starts[si], j0) - j0, hi = std::min(segments.starts[si + 1], end) - j0;
-                    layout_tile(g, s, path, dot, j0 + lo - segments.starts[si], lo, hi, kv, f32_tile.data(), int_tile.data(),
-                                key_scales.data());
-                    scratch.queries_f32 = path == Path::f32 ? queries_f32.data() + si * rows_heads * s.D : nullptr;
+                    layout_tile(g, s, path, dot, j0 + lo - segments.starts[si], lo, hi, kv, f32_tile, int_tile, key_scales);
+                    scratch.queries_f32 = path == Path::f32 ? queries_f32 + si * rows_heads * s.D : nullptr;
                     scratch.query_scales = g.query_scales;
                     if (path != Path::f32) {
-                        scratch.query_lanes = query_lanes.data() + si * lanes_per_segment;
-                        scratch.corrections = corrections.data() + si * rows_heads;
+                        scratch.query_lanes = query_lanes + si * lanes_per_segment;
+                        scratch.corrections = corrections + si * rows_heads;
                     }
-                    kv_head(s, kv, scratch, sums.data());
+                    kv_head(s, kv, scratch, sums);
                 }
             }
             // Bias, scale, and mask what a row may not see (key j > docs + m) and the padding.
@@ -856,8 +917,8 @@ void relevance(const kvfuse_relevance_args& a) {
                     const float row_bias = bias != nullptr ? bias[m] : 0.0f;
                     if (lo == j0 && hi == j0 + kTile && j0 + kTile <= s.docs + m + 1) {  // the whole tile, all visible
                         for (std::size_t v = 0; v < kTile; v += kLanes)
-                            ((F32s::load_aligned(sums.data() + m * kTile + v) + F32s(row_bias)) * F32s(inv))
-                                .store_aligned(logits.data() + m * padded + j0 + v);
+                            ((F32s::load_aligned(sums + m * kTile + v) + F32s(row_bias)) * F32s(inv))
+                                .store_aligned(logits + m * padded + j0 + v);
                         continue;
                     }
                     for (std::size_t j = lo; j < hi; ++j)
@@ -867,40 +928,46 @@ void relevance(const kvfuse_relevance_args& a) {
             for (std::size_t m = 0; m < s.M; ++m)
                 for (std::size_t j = end; j < j0 + kTile; ++j) logits[m * padded + j] = -INFINITY;
         }
-    }
+    };
+    detail::run_workers(context, workers, score_tiles);
 
     // Softmax per question row, in place; the row's 1 / total kept for the column sums.
-    std::vector<float> inverse_total(s.M);
-#pragma omp parallel for schedule(static) if (parallel)
-    for (std::ptrdiff_t mi = 0; mi < static_cast<std::ptrdiff_t>(s.M); ++mi) {
-        float* row = logits.data() + static_cast<std::size_t>(mi) * padded;
-        F32s max_v(-INFINITY);
-        for (std::size_t j = 0; j < padded; j += kLanes) max_v = xsimd::max(max_v, F32s::load_aligned(row + j));
-        alignas(64) float lanes[kLanes];
-        max_v.store_aligned(lanes);
-        float max = lanes[0];
-        for (std::size_t l = 1; l < kLanes; ++l) max = std::fmax(max, lanes[l]);
-        F32s total_v(0.0f);
-        const F32s shift(max);
-        for (std::size_t j = 0; j < padded; j += kLanes) {
-            const F32s e = xsimd::exp(F32s::load_aligned(row + j) - shift);
-            e.store_aligned(row + j);
-            total_v += e;
+    float* inverse_total = inverse_total_block.at(base);
+    const std::size_t row_workers = std::max<std::size_t>(1, std::min(workers, s.M));
+    auto softmax_rows = [&](std::size_t w) {
+        for (std::size_t mi = s.M * w / row_workers; mi < s.M * (w + 1) / row_workers; ++mi) {
+            float* row = logits + mi * padded;
+            F32s max_v(-INFINITY);
+            for (std::size_t j = 0; j < padded; j += kLanes) max_v = xsimd::max(max_v, F32s::load_aligned(row + j));
+            alignas(64) float lanes[kLanes];
+            max_v.store_aligned(lanes);
+            float max = lanes[0];
+            for (std::size_t l = 1; l < kLanes; ++l) max = std::fmax(max, lanes[l]);
+            F32s total_v(0.0f);
+            const F32s shift(max);
+            for (std::size_t j = 0; j < padded; j += kLanes) {
+                const F32s e = xsimd::exp(F32s::load_aligned(row + j) - shift);
+                e.store_aligned(row + j);
+                total_v += e;
+            }
+            inverse_total[mi] = 1.0f / xsimd::hadd(total_v);
         }
-        inverse_total[static_cast<std::size_t>(mi)] = 1.0f / xsimd::hadd(total_v);
-    }
+    };
+    detail::run_workers(context, row_workers, softmax_rows);
     // Column sums over the question rows, document keys only.
-    Aligned<float> column(padded, 0.0f);
-#pragma omp parallel for schedule(static) if (parallel)
-    for (std::ptrdiff_t ti = 0; ti < static_cast<std::ptrdiff_t>(tiles); ++ti) {
-        const std::size_t j0 = static_cast<std::size_t>(ti) * kTile;
-        for (std::size_t v = 0; v < kVectors; ++v) {
-            F32s acc(0.0f);
-            for (std::size_t m = 0; m < s.M; ++m)
-                acc = xsimd::fma(F32s::load_aligned(logits.data() + m * padded + j0 + v * kLanes), F32s(inverse_total[m]), acc);
-            acc.store_aligned(column.data() + j0 + v * kLanes);
+    float* column = column_block.at(base);
+    auto column_sums = [&](std::size_t w) {
+        for (std::size_t ti = tiles * w / workers; ti < tiles * (w + 1) / workers; ++ti) {
+            const std::size_t j0 = ti * kTile;
+            for (std::size_t v = 0; v < kVectors; ++v) {
+                F32s acc(0.0f);
+                for (std::size_t m = 0; m < s.M; ++m)
+                    acc = xsimd::fma(F32s::load_aligned(logits + m * padded + j0 + v * kLanes), F32s(inverse_total[m]), acc);
+                acc.store_aligned(column + j0 + v * kLanes);
+            }
         }
-    }
+    };
+    detail::run_workers(context, workers, column_sums);
     for (std::size_t j = 0; j < s.docs; ++j) {
         if (!a.smoothing) {
             a.out[j] = column[j];

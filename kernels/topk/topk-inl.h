@@ -27,7 +27,7 @@
 #endif
 
 #include "kernels/kernel_table.h"
-#include "kernels/tuning.h"
+#include "kernels/topk/topk_scratch.h"
 
 namespace kvfuse::KVFUSE_ISA_NAMESPACE {
 namespace {
@@ -107,18 +107,8 @@ inline std::size_t compress_store(xsimd::batch<T, Arch> v, unsigned bits, T* dst
     return count;
 }
 
-// Per-thread buffers kept across calls: on this VM a fresh 200 KiB allocation costs more in
-// page faults than the whole selection.
-struct Candidates {
-    std::vector<float> values;           // scores >= lo, in index order
-    std::vector<std::uint32_t> indices;  // their indices
-    std::vector<float> middle_buckets;   // bucket numbers of the candidates <= hi (see Buckets)
-    std::vector<std::uint32_t> histogram;
-    std::vector<std::uint64_t> keys;
-    std::vector<float> sample;
-    std::size_t count = 0;
-    std::size_t above_hi = 0;  // scores > hi
-};
+// The buffers of one worker, kept across calls by the execution context (topk_scratch.h).
+using Candidates = detail::TopkScratch;
 
 inline U32s first_indices() {
     alignas(64) std::array<std::uint32_t, kLanes> lanes;
@@ -339,13 +329,6 @@ std::size_t take_selected(const Candidates& c, float bv, std::uint32_t bi, bool 
     return std::min(taken, room);
 }
 
-// Out of line: once the thread-local object is inlined into the loops, GCC re-derives its
-// address (__tls_get_addr in a shared library) on every element.
-[[gnu::noinline]] Candidates& thread_candidates() {
-    thread_local Candidates per_thread;
-    return per_thread;
-}
-
 // The value at descending rank `rank` (clamped) of sample[0, size): a quickselect whose
 // partition is branch-free, compress-storing the scores above and below the pivot into two of
 // the three scratch buffers that are not its input. std::nth_element's data-dependent
@@ -386,15 +369,16 @@ float sample_rank(const float* sample, std::size_t size, std::size_t rank, std::
     return last[rank];
 }
 
-void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order, std::int64_t* out) {
-    Candidates& c = thread_candidates();
+// `c` was reserved for (n, k, sample_size) before the call (TopkScratch::reserve): no
+// resize below allocates, so the kernel may run inside a worker.
+void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order, std::int64_t* out,
+          detail::TopkScratch& c, std::size_t sample_size) {
     if (c.values.size() < n + kLanes) {
         c.values.resize(n + kLanes);
         c.indices.resize(n + kLanes);
         c.middle_buckets.resize(n + kLanes);
     }
     // The bracket [lo, hi] around the k-th largest value, from a strided sample of the numbers.
-    const std::size_t sample_size = detail::current_tuning().topk_sample;
     const std::size_t sample_room = sample_size + kLanes;  // the sample, then three selection buffers
     if (c.sample.size() < 4 * sample_room) c.sample.resize(4 * sample_room);
     float* sample = c.sample.data();
@@ -437,7 +421,8 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
         taken = c.count;
     }
     // NaNs rank last, among themselves by index: the lowest-index ones fill what is left.
-    std::vector<std::int64_t> nans;
+    std::vector<std::int64_t>& nans = c.nans;
+    nans.clear();
     for (std::size_t i = 0; i < n && taken + nans.size() < k; ++i)
         if (x[i] != x[i]) nans.push_back(static_cast<std::int64_t>(i));
     if (order == KVFUSE_TOPK_BY_SCORE) {
@@ -450,7 +435,8 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
         for (std::size_t i = 0; i < taken; ++i) out[i] = static_cast<std::uint32_t>(~keys[i]);
         std::copy(nans.begin(), nans.end(), out + taken);
     } else if (!nans.empty()) {
-        std::vector<std::int64_t> merged(taken + nans.size());
+        std::vector<std::int64_t>& merged = c.merged;
+        merged.resize(taken + nans.size());
         std::merge(out, out + taken, nans.begin(), nans.end(), merged.begin());
         std::copy(merged.begin(), merged.end(), out);
     }

@@ -1,0 +1,27 @@
+#include "kernels/topk/topk_scratch.h"
+
+namespace kvfuse::detail {
+
+namespace {
+// The widest vector of any ISA (AVX-512: 16 floats): the kernel keeps one vector of room past
+// its candidates, and a sample's three selection buffers each one vector past the sample.
+constexpr std::size_t kMaxLanes = 16;
+// The histogram's most buckets (topk-inl.h's boundary_key), two counters each.
+constexpr std::size_t kMaxBuckets = 16384;
+}  // namespace
+
+TopkScratch::TopkScratch() = default;
+TopkScratch::~TopkScratch() = default;
+
+void TopkScratch::reserve(std::size_t n, std::size_t k, std::size_t sample_size) {
+    values.reserve(n + kMaxLanes);
+    indices.reserve(n + kMaxLanes);
+    middle_buckets.reserve(n + kMaxLanes);
+    histogram.reserve(2 * kMaxBuckets);
+    keys.reserve(n + 1);
+    sample.reserve(4 * (sample_size + kMaxLanes));
+    nans.reserve(k);
+    merged.reserve(k);
+}
+
+}  // namespace kvfuse::detail

@@ -1,0 +1,430 @@
+// The execution context (kvfuse_context): zero heap allocations after warm-up, the caller's
+// parallel-for, per-call thread counts that never start threads, out of memory reported as a
+// status, one call per context at a time, options checked.
+//
+// This binary replaces malloc and its relatives (forwarding to glibc's __libc_* functions) so
+// that it can count every allocation of the process, operator new's included, and make large
+// ones fail.
+#include <dirent.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "isa_test_support.h"
+#include "kvfuse/kvfuse.h"
+#include "reference/attention_reference.h"
+#include "reference/score_reference.h"
+
+// Sanitizers replace malloc themselves: there, nothing is counted and the tests that count or
+// fail allocations skip.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define KVFUSE_TEST_OWNS_MALLOC 0
+#else
+#define KVFUSE_TEST_OWNS_MALLOC 1
+#endif
+
+#if KVFUSE_TEST_OWNS_MALLOC
+extern "C" {
+void* __libc_malloc(size_t);
+void* __libc_calloc(size_t, size_t);
+void* __libc_realloc(void*, size_t);
+void* __libc_memalign(size_t, size_t);
+void __libc_free(void*);
+}
+#endif
+
+namespace {
+std::atomic<bool> g_counting{false};
+std::atomic<long> g_allocations{0};
+// Allocations of at least this many bytes fail (0: none fail).
+std::atomic<size_t> g_fail_from{0};
+
+bool refuse(size_t bytes) {
+    if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
+    const size_t limit = g_fail_from.load(std::memory_order_relaxed);
+    return limit != 0 && bytes >= limit;
+}
+}  // namespace
+
+#if KVFUSE_TEST_OWNS_MALLOC
+extern "C" {
+void* malloc(size_t bytes) { return refuse(bytes) ? nullptr : __libc_malloc(bytes); }
+void* calloc(size_t count, size_t bytes) { return refuse(count * bytes) ? nullptr : __libc_calloc(count, bytes); }
+void* realloc(void* p, size_t bytes) { return refuse(bytes) ? nullptr : __libc_realloc(p, bytes); }
+void* memalign(size_t alignment, size_t bytes) { return refuse(bytes) ? nullptr : __libc_memalign(alignment, bytes); }
+void* aligned_alloc(size_t alignment, size_t bytes) { return memalign(alignment, bytes); }
+int posix_memalign(void** out, size_t alignment, size_t bytes) {
+    void* p = memalign(alignment, bytes);
+    if (p == nullptr) return 12;  // ENOMEM
+    *out = p;
+    return 0;
+}
+void free(void* p) { __libc_free(p); }
+}
+#endif
+
+namespace kvfuse::testing {
+namespace {
+
+struct ContextHandle {
+    kvfuse_context* context = nullptr;
+    explicit ContextHandle(int threads, kvfuse_parallel_for_fn parallel_for = nullptr, void* user = nullptr) {
+        kvfuse_context_options options;
+        kvfuse_context_options_init(&options);
+        options.threads = threads;
+        options.parallel_for = parallel_for;
+        options.parallel_for_user = user;
+        EXPECT_EQ(kvfuse_context_create(&options, &context), KVFUSE_OK) << kvfuse_last_error();
+    }
+    ~ContextHandle() { kvfuse_context_destroy(context); }
+};
+
+// Attention of `rows` rows at positions spread over `keys` keys (GQA 4:2, D 64).
+struct AttentionCase {
+    std::size_t rows, keys, H = 4, Hkv = 2, D = 64;
+    std::vector<float> q, k, v, out, expected;
+    std::vector<std::int64_t> positions;
+    kvfuse_attention_args args{};
+    AttentionCase(std::size_t rows_, std::size_t keys_) : rows(rows_), keys(keys_) {
+        kvfuse_attention_args_init(&args);
+        std::mt19937 rng(7);
+        std::normal_distribution<float> normal;
+        q.resize(rows * H * D);
+        k.resize(keys * Hkv * D);
+        v.resize(keys * Hkv * D);
+        for (auto* x : {&q, &k, &v})
+            for (float& f : *x) f = normal(rng);
+        for (std::size_t r = 0; r < rows; ++r) positions.push_back(static_cast<std::int64_t>(keys - 1 - (r * 7) % keys));
+        out.assign(rows * H * D, 0.0f);
+        expected.assign(rows * H * D, 0.0f);
+        args.queries = q.data();
+        args.rows = rows;
+        args.query_heads = H;
+        args.head_dim = D;
+        args.query_row_stride = H * D;
+        args.positions = positions.data();
+        args.keys = k.data();
+        args.values = v.data();
+        args.kv_dtype = KVFUSE_DTYPE_F32;
+        args.kv_tokens = keys;
+        args.kv_heads = Hkv;
+        args.kv_token_stride = Hkv * D;
+        args.scale = 0.125f;
+        args.out = out.data();
+        args.out_row_stride = H * D;
+        kvfuse_attention_args reference_args = args;
+        reference_args.out = expected.data();
+        reference::sparse_attention(reference_args);
+    }
+    void expect_matches_reference() const {
+        for (std::size_t i = 0; i < out.size(); ++i)
+            ASSERT_NEAR(out[i], expected[i], 1e-4f * std::max(1.0f, std::fabs(expected[i]))) << "element " << i;
+    }
+};
+
+// Tiny f32 relevance: 4 question rows, 60 candidates.
+struct RelevanceCase {
+    std::size_t M = 4, C = 60, H = 4, Hkv = 2, D = 32;
+    std::vector<float> q, k, out, expected;
+    kvfuse_relevance_args args{};
+    RelevanceCase() {
+        kvfuse_relevance_args_init(&args);
+        std::mt19937 rng(11);
+        std::normal_distribution<float> normal;
+        q.resize(M * H * D);
+        k.resize(C * Hkv * D);
+        for (float& f : q) f = normal(rng);
+        for (float& f : k) f = normal(rng);
+        out.assign(C - M, 0.0f);
+        expected.assign(C - M, 0.0f);
+        args.question_rows = M;
+        args.candidates = C;
+        args.query_heads = H;
+        args.kv_heads = Hkv;
+        args.head_dim = D;
+        args.queries_f32 = q.data();
+        args.keys_f32 = k.data();
+        args.smoothing = 1;
+        args.out = out.data();
+        kvfuse_relevance_args reference_args = args;
+        reference_args.out = expected.data();
+        reference::a3_relevance(reference_args);
+    }
+};
+
+long count_allocations(const std::function<void()>& body) {
+    g_allocations.store(0);
+    g_counting.store(true);
+    body();
+    g_counting.store(false);
+    return g_allocations.load();
+}
+
+using ContextIsaTest = IsaTest;
+
+// After one warm-up call at each shape, calls through a context allocate nothing (on the SIMD
+// ISAs; the scalar ISA is the reference, which allocates).
+TEST_P(ContextIsaTest, CallsAllocateNothingAfterWarmUp) {
+    if (!KVFUSE_TEST_OWNS_MALLOC) GTEST_SKIP() << "a sanitizer owns malloc";
+    if (GetParam().isa == Isa::scalar) GTEST_SKIP() << "the scalar ISA runs the reference, which allocates";
+    ContextHandle ctx(1);
+    AttentionCase tiny(1, 16), larger(40, 700);
+    RelevanceCase relevance;
+    std::vector<float> scores(5000);
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> uniform;
+    for (float& s : scores) s = uniform(rng);
+    std::vector<std::int64_t> picked(3 * 50);
+    kvfuse_rope_config rope;
+    kvfuse_rope_config_init(&rope, 64);
+    std::vector<float> keys(32 * 2 * 64, 0.5f);
+    auto calls = [&] {
+        std::size_t count = 0;
+        ASSERT_EQ(kvfuse_ctx_sparse_attention(ctx.context, &tiny.args), KVFUSE_OK);
+        ASSERT_EQ(kvfuse_ctx_sparse_attention(ctx.context, &larger.args), KVFUSE_OK);
+        ASSERT_EQ(kvfuse_ctx_a3_relevance(ctx.context, &relevance.args), KVFUSE_OK);
+        ASSERT_EQ(kvfuse_ctx_topk(ctx.context, scores.data(), scores.size(), 50, KVFUSE_TOPK_BY_SCORE, picked.data(), &count),
+                  KVFUSE_OK);
+        ASSERT_EQ(kvfuse_ctx_topk_batched(ctx.context, scores.data(), 3, 1600, 1600, 50, KVFUSE_TOPK_BY_POSITION,
+                                          picked.data(), 50),
+                  KVFUSE_OK);
+        for (std::int64_t delta : {3, -5, 1000})
+            ASSERT_EQ(kvfuse_ctx_rope_rotate_span(ctx.context, &rope, KVFUSE_DTYPE_F32, keys.data(), 32, 2, 128, delta),
+                      KVFUSE_OK);
+    };
+    calls();  // warm-up
+    EXPECT_EQ(count_allocations(calls), 0);
+    tiny.expect_matches_reference();
+    larger.expect_matches_reference();
+    for (std::size_t j = 0; j < relevance.out.size(); ++j)
+        EXPECT_NEAR(relevance.out[j], relevance.expected[j], 1e-4f * std::max(1.0f, std::fabs(relevance.expected[j])));
+    // The counter does see allocations: the same calls on a fresh context allocate.
+    ContextHandle fresh(1);
+    EXPECT_GT(count_allocations([&] { ASSERT_EQ(kvfuse_ctx_sparse_attention(fresh.context, &larger.args), KVFUSE_OK); }),
+              0);
+}
+
+// The engine's parallel-for: tasks run here one after another in reverse order, or on fresh
+// std::threads at once. Either way the result is the reference's and OpenMP starts nothing.
+struct Pool {
+    bool threaded = false;
+    std::atomic<std::size_t> calls{0}, tasks{0};
+};
+void pool_parallel_for(void* user, std::size_t n_tasks, kvfuse_task_fn task, void* arg) {
+    auto* pool = static_cast<Pool*>(user);
+    pool->calls.fetch_add(1);
+    pool->tasks.fetch_add(n_tasks);
+    if (!pool->threaded) {
+        for (std::size_t i = n_tasks; i-- > 0;) task(arg, i);
+        return;
+    }
+    std::vector<std::thread> threads;
+    for (std::size_t i = 0; i < n_tasks; ++i) threads.emplace_back([=] { task(arg, i); });
+    for (std::thread& t : threads) t.join();
+}
+
+TEST_P(ContextIsaTest, CallerParallelForGivesTheReferenceResult) {
+    for (bool threaded : {false, true}) {
+        SCOPED_TRACE(threaded ? "threaded pool" : "sequential pool");
+        Pool pool;
+        pool.threaded = threaded;
+        ContextHandle ctx(3, &pool_parallel_for, &pool);
+        AttentionCase big(96, 1500);
+        ASSERT_EQ(kvfuse_ctx_sparse_attention(ctx.context, &big.args), KVFUSE_OK) << kvfuse_last_error();
+        big.expect_matches_reference();
+        if (GetParam().isa != Isa::scalar) {
+            EXPECT_GE(pool.calls.load(), 1u);
+            EXPECT_EQ(pool.tasks.load(), 3u * pool.calls.load());
+        }
+        std::vector<float> scores(3 * 20000);
+        std::mt19937 rng(5);
+        std::uniform_real_distribution<float> uniform;
+        for (float& s : scores) s = uniform(rng);
+        std::vector<std::int64_t> picked(3 * 100), expected(3 * 100);
+        ASSERT_EQ(kvfuse_ctx_topk_batched(ctx.context, scores.data(), 3, 20000, 20000, 100, KVFUSE_TOPK_BY_SCORE,
+                                          picked.data(), 100),
+                  KVFUSE_OK);
+        ContextHandle serial(1);
+        ASSERT_EQ(kvfuse_ctx_topk_batched(serial.context, scores.data(), 3, 20000, 20000, 100, KVFUSE_TOPK_BY_SCORE,
+                                          expected.data(), 100),
+                  KVFUSE_OK);
+        EXPECT_EQ(picked, expected);
+    }
+}
+
+KVFUSE_INSTANTIATE_ISA_TESTS(ContextIsaTest);
+
+std::size_t process_threads() {
+    std::size_t count = 0;
+    if (DIR* dir = opendir("/proc/self/task")) {
+        while (dirent* entry = readdir(dir))
+            if (entry->d_name[0] != '.') ++count;
+        closedir(dir);
+    }
+    return count;
+}
+
+// Eight engine threads, each with its own one-thread context, calling work large enough to
+// run in parallel on a default context: no kvfuse thread appears, and every result is right.
+TEST(Context, ManyEngineThreadsStartNoThreadOfTheirOwn) {
+    const std::size_t before = process_threads();
+    std::atomic<std::size_t> most{0};
+    std::atomic<bool> running{true}, wrong{false};
+    std::thread watcher([&] {
+        while (running.load()) {
+            const std::size_t now = process_threads();
+            std::size_t seen = most.load();
+            while (now > seen && !most.compare_exchange_weak(seen, now)) {}
+            std::this_thread::yield();
+        }
+    });
+    std::vector<std::thread> engine;
+    for (int t = 0; t < 8; ++t)
+        engine.emplace_back([&] {
+            ContextHandle ctx(1);
+            AttentionCase big(64, 1200);
+            for (int i = 0; i < 3; ++i) {
+                if (kvfuse_ctx_sparse_attention(ctx.context, &big.args) != KVFUSE_OK) wrong = true;
+                for (std::size_t e = 0; e < big.out.size(); ++e)
+                    if (!(std::fabs(big.out[e] - big.expected[e]) <= 1e-4f * std::max(1.0f, std::fabs(big.expected[e]))))
+                        wrong = true;
+            }
+        });
+    for (std::thread& t : engine) t.join();
+    running = false;
+    watcher.join();
+    EXPECT_FALSE(wrong.load());
+    // The eight engine threads and the watcher, nothing else.
+    EXPECT_LE(most.load(), before + 9) << "threads before " << before;
+}
+
+TEST(Context, OutOfMemoryIsAStatus) {
+    if (!KVFUSE_TEST_OWNS_MALLOC) GTEST_SKIP() << "a sanitizer owns malloc";
+    ContextHandle ctx(2);
+    AttentionCase big(64, 4000);  // several MiB of packed keys and values
+    g_fail_from.store(1 << 20);
+    const kvfuse_status failed = kvfuse_ctx_sparse_attention(ctx.context, &big.args);
+    g_fail_from.store(0);
+    EXPECT_EQ(failed, KVFUSE_ERROR_OUT_OF_MEMORY) << kvfuse_last_error();
+    ASSERT_EQ(kvfuse_ctx_sparse_attention(ctx.context, &big.args), KVFUSE_OK);
+    big.expect_matches_reference();
+}
+
+// A call into a context from inside its own call (here: from its parallel-for) is refused.
+struct Reentry {
+    kvfuse_context* context = nullptr;
+    const kvfuse_attention_args* args = nullptr;
+    std::atomic<int> refused{0};
+};
+void reentering_parallel_for(void* user, std::size_t n_tasks, kvfuse_task_fn task, void* arg) {
+    auto* r = static_cast<Reentry*>(user);
+    if (kvfuse_ctx_sparse_attention(r->context, r->args) == KVFUSE_ERROR_INVALID_ARGUMENT) r->refused.fetch_add(1);
+    for (std::size_t i = 0; i < n_tasks; ++i) task(arg, i);
+}
+
+TEST(Context, OneCallAtATime) {
+    Reentry reentry;
+    ContextHandle ctx(2, &reentering_parallel_for, &reentry);
+    AttentionCase big(64, 1500);
+    reentry.context = ctx.context;
+    reentry.args = &big.args;
+    ASSERT_EQ(kvfuse_ctx_sparse_attention(ctx.context, &big.args), KVFUSE_OK);
+    EXPECT_GE(reentry.refused.load(), 1);
+    big.expect_matches_reference();
+}
+
+TEST(Context, OptionsAreChecked) {
+    kvfuse_context_options options;
+    kvfuse_context* context = nullptr;
+    kvfuse_context_options_init(&options);
+    EXPECT_EQ(options.threads, 1);
+    EXPECT_EQ(kvfuse_context_create(nullptr, &context), KVFUSE_ERROR_NULL_POINTER);
+    EXPECT_EQ(kvfuse_context_create(&options, nullptr), KVFUSE_ERROR_NULL_POINTER);
+    options.struct_size = 8;
+    EXPECT_EQ(kvfuse_context_create(&options, &context), KVFUSE_ERROR_STRUCT_SIZE);
+    EXPECT_EQ(context, nullptr);
+    kvfuse_context_options_init(&options);
+    options.threads = -1;
+    EXPECT_EQ(kvfuse_context_create(&options, &context), KVFUSE_ERROR_INVALID_ARGUMENT);
+    options.threads = 0;
+    options.parallel_for = &pool_parallel_for;
+    EXPECT_EQ(kvfuse_context_create(&options, &context), KVFUSE_ERROR_INVALID_ARGUMENT);
+    kvfuse_context_options_init(&options);
+    kvfuse_tuning bad;
+    kvfuse_tuning_init(&bad);
+    kvfuse_default_tuning(&bad);
+    bad.topk_sample = 1000;
+    options.tuning = &bad;
+    EXPECT_EQ(kvfuse_context_create(&options, &context), KVFUSE_ERROR_INVALID_ARGUMENT);
+    options.tuning = nullptr;
+    options.use_process_tuning = 2;
+    EXPECT_EQ(kvfuse_context_create(&options, &context), KVFUSE_ERROR_INVALID_ARGUMENT);
+    // A newer caller's struct (a size this library does not know) is refused, as every versioned struct.
+    struct Newer {
+        kvfuse_context_options known;
+        std::uint64_t later_field;
+    } newer{};
+    kvfuse_context_options_init(&newer.known);
+    newer.known.struct_size = sizeof newer;
+    EXPECT_EQ(kvfuse_context_create(&newer.known, &context), KVFUSE_ERROR_STRUCT_SIZE);
+    EXPECT_EQ(context, nullptr);
+    kvfuse_context_options_init(&options);
+    ASSERT_EQ(kvfuse_context_create(&options, &context), KVFUSE_OK);
+    kvfuse_context_destroy(context);
+}
+
+// A context's tuning is its own: the process-wide tuning does not reach it.
+TEST(Context, HasItsOwnTuning) {
+    ContextHandle ctx(1);
+    kvfuse_tuning defaults, process, mine;
+    kvfuse_tuning_init(&defaults);
+    kvfuse_tuning_init(&mine);
+    kvfuse_default_tuning(&defaults);
+    process = defaults;
+    process.topk_sample = 4096;
+    ASSERT_EQ(kvfuse_set_tuning(&process), KVFUSE_OK);
+    ASSERT_EQ(kvfuse_context_get_tuning(ctx.context, &mine), KVFUSE_OK);
+    EXPECT_EQ(mine.topk_sample, defaults.topk_sample);
+    mine.topk_parallel_work = 123;
+    ASSERT_EQ(kvfuse_context_set_tuning(ctx.context, &mine), KVFUSE_OK);
+    kvfuse_tuning now;
+    kvfuse_tuning_init(&now);
+    ASSERT_EQ(kvfuse_context_get_tuning(ctx.context, &now), KVFUSE_OK);
+    EXPECT_EQ(now.topk_parallel_work, 123u);
+    mine.attention_row_block = 0;
+    EXPECT_EQ(kvfuse_context_set_tuning(ctx.context, &mine), KVFUSE_ERROR_INVALID_ARGUMENT);
+    ASSERT_EQ(kvfuse_set_tuning(nullptr), KVFUSE_OK);
+}
+
+}  // namespace
+}  // namespace kvfuse::testing
+
+namespace kvfuse::testing {
+namespace {
+
+// The C++ wrapper: a move-only Context and the context overloads.
+TEST(Context, CppWrapper) {
+    Context context;
+    ASSERT_TRUE(Context::create(context).ok());
+    ASSERT_NE(context.get(), nullptr);
+    Context moved = std::move(context);
+    EXPECT_EQ(context.get(), nullptr);
+    AttentionCase tiny(1, 16);
+    ASSERT_TRUE(sparse_attention(moved, tiny.args).ok());
+    tiny.expect_matches_reference();
+    kvfuse_context_options bad;
+    kvfuse_context_options_init(&bad);
+    bad.threads = -3;
+    Context refused;
+    const Status s = Context::create(refused, &bad);
+    EXPECT_EQ(s.code(), StatusCode::invalid_argument);
+    EXPECT_EQ(refused.get(), nullptr);
+}
+
+}  // namespace
+}  // namespace kvfuse::testing
