@@ -214,11 +214,35 @@ const char* method_name(Method method) {
     return "unknown";
 }
 
+namespace {
+
+// Sizes a buffer for `n` elements without writing them; one too small is replaced, not grown,
+// so its stale contents are not copied.
+void resize_uninitialized(Floats& buffer, std::size_t n) {
+    if (buffer.capacity() < n) {
+        Floats().swap(buffer);
+        buffer.reserve(n);
+    }
+    buffer.resize(n);
+}
+
+// Keeps rows from[0], from[1], ... (ascending, from[i] >= i) of a buffer of `width`-float rows
+// as its first rows, in place: row from[i] moves down to i, never over a row still to be read.
+void compact_rows(Floats& buffer, std::size_t width, const std::vector<std::size_t>& from) {
+    for (std::size_t i = 0; i < from.size(); ++i)
+        if (from[i] != i) std::memmove(buffer.data() + i * width, buffer.data() + from[i] * width, width * sizeof(float));
+    buffer.resize(from.size() * width);
+}
+
+}  // namespace
+
 void KvCache::reset(int layers, std::size_t token_count, std::size_t row_width) {
     tokens = token_count;
     row = row_width;
-    k.assign(static_cast<std::size_t>(layers), Rows(token_count * row_width));
-    v.assign(static_cast<std::size_t>(layers), Rows(token_count * row_width));
+    k.resize(static_cast<std::size_t>(layers));
+    v.resize(static_cast<std::size_t>(layers));
+    for (auto* side : {&k, &v})
+        for (Rows& rows : *side) resize_uninitialized(rows, token_count * row_width);
 }
 
 QuantizedKeysView QuantizedKeys::view() const {
@@ -393,7 +417,14 @@ std::vector<float> a3_relevance_stored(const ModelShape& s, const float* q_quest
 }
 
 FusionRun run_request(const FusionModel& model, const Request& request, std::span<const ChunkKvView> chunks,
-                      const FusionOptions& o) {
+                      const FusionOptions& options) {
+    FusionRun run;
+    run_request(model, request, chunks, options, run);
+    return run;
+}
+
+void run_request(const FusionModel& model, const Request& request, std::span<const ChunkKvView> chunks,
+                 const FusionOptions& o, FusionRun& run) {
     const ModelShape& s = model.shape();
     const std::vector<std::int32_t> tokens = request.full_prompt();
     const std::size_t T = tokens.size(), P = request.prefix.size(), M = request.question.size();
@@ -410,8 +441,11 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     if (!full && chunks.size() != request.chunks.size())
         throw std::invalid_argument("one stored cache is needed per chunk");
 
-    FusionRun run;
     run.cache.reset(L, T, s.kv_row());
+    run.selected.clear();
+    run.rows_per_layer.clear();
+    run.recompute_fraction = 0;
+    run.times = StageTimes{};
 
     // Where each stored chunk goes.
     std::vector<std::size_t> chunk_offsets;
@@ -445,11 +479,12 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     ChunkLoader loader(s, full ? std::span<const ChunkKvView>() : chunks, chunk_offsets, run.cache, full_layers,
                        o.pipelined_loading, run.times);
 
-    std::vector<float> hidden(T * static_cast<std::size_t>(s.dim));
+    Floats& hidden = run.buffers.hidden;
+    resize_uninitialized(hidden, T * static_cast<std::size_t>(s.dim));
     model.embed(tokens, hidden.data());
     std::vector<std::int64_t> rows = all_rows;
-    std::vector<float> q, k, v, attention;
-    std::vector<float> check_hidden;  // a3-layers: every row's input of the check layer
+    Floats &q = run.buffers.q, &k = run.buffers.k, &v = run.buffers.v, &attention = run.buffers.attention;
+    Floats check_hidden;  // a3-layers: every row's input of the check layer
     std::size_t probe_rows = 0;       // a3-probe: rows the probe pushed through layers
     // a3-layers and a3-probe past the check layer: the question's queries at `layer` (the last M
     // of n fresh rows q, k) against that layer's stored keys, or the fused cache's.
@@ -470,9 +505,9 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
             std::vector<std::int64_t> chosen;
             if (dynamic) {
                 // Fresh Q/K/V of every row at the check layer: the selector's signal.
-                q.resize(T * s.q_row());
-                k.resize(T * s.kv_row());
-                v.resize(T * s.kv_row());
+                resize_uninitialized(q, T * s.q_row());
+                resize_uninitialized(k, T * s.kv_row());
+                resize_uninitialized(v, T * s.kv_row());
                 model.project_qkv(l, hidden.data(), T, all_rows.data(), q.data(), k.data(), v.data());
                 run.times.full_layers += ms_since(t_layer);
                 const auto t_select = Clock::now();
@@ -503,14 +538,15 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                     gather(v.data(), s.kv_row(), always, vp.data());
                     for (int m = l; m < L; ++m) {
                         loader.wait(m);
+                        // Written over by the main pass's fresh rows before it reads them;
+                        // first, so that scoring the fused cache reads the question's fresh keys.
+                        if (m > l) model.project_qkv(m, hp.data(), n_p, always.data(), qp.data(), kp.data(), vp.data());
+                        scatter_fresh(run.cache, m, always, kp.data(), vp.data());
                         if (m > l) {
-                            model.project_qkv(m, hp.data(), n_p, always.data(), qp.data(), kp.data(), vp.data());
                             const std::vector<float> layer_score = later_layer_relevance(m, qp.data(), kp.data(), n_p);
                             std::copy(layer_score.begin(), layer_score.end(), scores.begin() + static_cast<std::ptrdiff_t>((m - l) * docs));
                         }
                         if (m + 1 == L) break;  // the last layer's output is not needed
-                        // Written over by the main pass's fresh rows before it reads them.
-                        scatter_fresh(run.cache, m, always, kp.data(), vp.data());
                         attend(s, qp.data(), always, run.cache, m, ap.data());
                         model.finish_layer(m, ap.data(), n_p, hp.data());
                         probe_rows += n_p;
@@ -543,21 +579,14 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
             run.selected = chosen;
             const std::vector<std::int64_t> next = sorted_union(chosen, always);
             // Keep only the hidden states (and fresh projections) of the rows that go on.
-            std::vector<float> kept(next.size() * static_cast<std::size_t>(s.dim));
             std::vector<std::size_t> where(next.size());
             for (std::size_t i = 0; i < next.size(); ++i)
                 where[i] = static_cast<std::size_t>(std::lower_bound(rows.begin(), rows.end(), next[i]) - rows.begin());
-            for (std::size_t i = 0; i < next.size(); ++i)
-                std::memcpy(kept.data() + i * s.dim, hidden.data() + where[i] * s.dim, s.dim * sizeof(float));
-            hidden.swap(kept);
+            compact_rows(hidden, static_cast<std::size_t>(s.dim), where);
             if (dynamic) {
-                std::vector<float> q_kept(next.size() * s.q_row()), k_kept(next.size() * s.kv_row()), v_kept(next.size() * s.kv_row());
-                gather(q.data(), s.q_row(), next, q_kept.data());
-                gather(k.data(), s.kv_row(), next, k_kept.data());
-                gather(v.data(), s.kv_row(), next, v_kept.data());
-                q.swap(q_kept);
-                k.swap(k_kept);
-                v.swap(v_kept);
+                compact_rows(q, s.q_row(), where);
+                compact_rows(k, s.kv_row(), where);
+                compact_rows(v, s.kv_row(), where);
                 projected = true;
             }
             rows = next;
@@ -566,9 +595,9 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
         const std::size_t n = rows.size();
         run.rows_per_layer.push_back(n);
         if (!projected) {
-            q.resize(n * s.q_row());
-            k.resize(n * s.kv_row());
-            v.resize(n * s.kv_row());
+            resize_uninitialized(q, n * s.q_row());
+            resize_uninitialized(k, n * s.kv_row());
+            resize_uninitialized(v, n * s.kv_row());
             model.project_qkv(l, hidden.data(), n, rows.data(), q.data(), k.data(), v.data());
         }
         // Fresh rows replace the stored ones in this layer's cache.
@@ -599,7 +628,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                 }
                 // Merge the joiners (hidden, q) into the sorted row set.
                 std::vector<std::int64_t> merged = sorted_union(rows, joining);
-                std::vector<float> mh(merged.size() * static_cast<std::size_t>(s.dim)), mq(merged.size() * s.q_row());
+                Floats mh(merged.size() * static_cast<std::size_t>(s.dim)), mq(merged.size() * s.q_row());
                 for (std::size_t i = 0, a = 0, b = 0; i < merged.size(); ++i) {
                     const bool from_rows = a < rows.size() && rows[a] == merged[i];
                     const float* hs = from_rows ? hidden.data() + a * s.dim : h.data() + b * s.dim;
@@ -609,14 +638,14 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                     (from_rows ? a : b) += 1;
                 }
                 rows.swap(merged);
-                hidden.swap(mh);
-                q.swap(mq);
+                hidden.assign(mh.begin(), mh.end());  // into the kept buffers, not swapped with them
+                q.assign(mq.begin(), mq.end());
                 run.selected = sorted_union(run.selected, joining);
                 run.rows_per_layer.back() = rows.size();
             }
         }
         const std::size_t n_now = rows.size();
-        attention.resize(n_now * s.q_row());
+        resize_uninitialized(attention, n_now * s.q_row());
         attend(s, q.data(), rows, run.cache, l, attention.data());
         model.finish_layer(l, attention.data(), n_now, hidden.data());
         (l < full_layers ? run.times.full_layers : run.times.recompute) += ms_since(t_layer);
@@ -633,7 +662,6 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     for (std::size_t n : run.rows_per_layer) pushed += n;
     pushed += probe_rows;
     run.recompute_fraction = static_cast<double>(pushed) / (static_cast<double>(L) * T);
-    return run;
 }
 
 void require_finite_logits(const float* logits, std::size_t rows, std::size_t vocab) {
