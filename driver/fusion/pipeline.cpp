@@ -68,20 +68,6 @@ void scatter_fresh(KvCache& cache, int layer, const std::vector<std::int64_t>& r
           "scatter of fresh values");
 }
 
-// The shape fields of an A3 relevance call on this model.
-kvfuse::RelevanceArgs relevance_args(const ModelShape& s, std::size_t question_rows, std::size_t candidates, bool smoothing,
-                                     float* out) {
-    kvfuse::RelevanceArgs args{};
-    args.question_rows = question_rows;
-    args.candidates = candidates;
-    args.query_heads = static_cast<std::size_t>(s.heads);
-    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
-    args.head_dim = static_cast<std::size_t>(s.head_dim);
-    args.smoothing = smoothing ? 1 : 0;
-    args.out = out;
-    return args;
-}
-
 // Stored chunks into the fused cache, layer by layer: V copied, K re-rotated to its new
 // offset. Layers before `first_layer` are skipped: every row is recomputed there, so their
 // stored rows would only be overwritten. Pipelined, a thread of its own loads the layers in
@@ -298,43 +284,45 @@ ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t>
     return out;
 }
 
+namespace {
+
+// The shape and question fields of a scores-only selection call (k = 0 at ratio 0: no rows,
+// the relevance in `out`), A3 at this model's shape.
+kvfuse::SelectArgs a3_select_args(const ModelShape& s, const float* q_question, std::size_t m_rows, std::size_t documents,
+                                  bool smoothing, ScoreKeys key_precision, const kvfuse_rope_config* rope, float* out) {
+    kvfuse::SelectArgs args{};
+    args.method = KVFUSE_SELECT_A3;
+    args.documents = documents;
+    args.question_rows = m_rows;
+    args.query_heads = static_cast<std::size_t>(s.heads);
+    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
+    args.head_dim = static_cast<std::size_t>(s.head_dim);
+    args.queries = q_question;
+    args.key_precision = key_precision == ScoreKeys::int8   ? KVFUSE_KEYS_INT8
+                         : key_precision == ScoreKeys::int4 ? KVFUSE_KEYS_INT4
+                                                            : KVFUSE_KEYS_F32;
+    args.smoothing = smoothing ? 1 : 0;
+    args.rope = rope;
+    args.scores = out;
+    return args;
+}
+
+}  // namespace
+
 std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, std::size_t m_rows,
                                 const float* keys, std::size_t prefix_rows, std::size_t total_rows,
                                 bool smoothing, ScoreKeys key_precision) {
     const std::size_t candidates = total_rows - prefix_rows;
     std::vector<float> out(candidates - m_rows);
-    kvfuse::RelevanceArgs args = relevance_args(s, m_rows, candidates, smoothing, out.data());
-    const float* candidate_keys = keys + prefix_rows * s.kv_row();
-    std::vector<std::int8_t> q8, k8;
-    std::vector<std::uint8_t> k4;
-    std::vector<float> q_scales, k_scales, means;
-    const std::size_t H = static_cast<std::size_t>(s.heads), Hkv = static_cast<std::size_t>(s.kv_heads),
-                      D = static_cast<std::size_t>(s.head_dim);
-    if (key_precision != ScoreKeys::f32) {
-        q8.resize(m_rows * s.q_row());
-        q_scales.resize(m_rows * H);
-        k_scales.resize(candidates * Hkv);
-        means.resize(s.kv_row());
-        check(kvfuse::quantize_rows_i8(q_question, m_rows, H, D, s.q_row(), q8.data(), q_scales.data()), "query quantization");
-        if (key_precision == ScoreKeys::int8) {
-            k8.resize(candidates * s.kv_row());
-            check(kvfuse::quantize_keys_i8(candidate_keys, candidates, Hkv, D, s.kv_row(), k8.data(), k_scales.data(), means.data()),
-                  "key quantization");
-            args.keys_i8 = k8.data();
-        } else {
-            k4.resize(candidates * Hkv * ((D + 1) / 2));
-            check(kvfuse::quantize_keys_i4(candidate_keys, candidates, Hkv, D, s.kv_row(), k4.data(), k_scales.data(), means.data()),
-                  "key quantization");
-            args.keys_i4 = k4.data();
-        }
-        args.queries_i8 = q8.data();
-        args.query_scales = q_scales.data();
-        args.key_scales = k_scales.data();
-    } else {
-        args.queries_f32 = q_question;
-        args.keys_f32 = candidate_keys;
-    }
-    check(kvfuse::a3_relevance(args), "A3 relevance");
+    kvfuse_select_segment fused{};
+    fused.tokens = candidates;
+    fused.keys_f32 = keys + prefix_rows * s.kv_row();
+    kvfuse::SelectArgs args = a3_select_args(s, q_question, m_rows, out.size(), smoothing, key_precision, nullptr, out.data());
+    args.segment_count = 1;
+    args.segments = &fused;
+    std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
+    args.row_count = &no_rows;
+    check(kvfuse::select_rows(args), "A3 relevance");
     return out;
 }
 
@@ -342,77 +330,40 @@ std::vector<float> a3_relevance_stored(const ModelShape& s, const float* q_quest
                                        const float* question_keys, std::span<const ChunkKvView> chunks,
                                        std::span<const std::size_t> chunk_offsets, int layer, bool smoothing,
                                        ScoreKeys key_precision) {
-    const std::size_t H = static_cast<std::size_t>(s.heads), Hkv = static_cast<std::size_t>(s.kv_heads),
-                      D = static_cast<std::size_t>(s.head_dim), group = H / Hkv, L = static_cast<std::size_t>(layer);
+    const std::size_t L = static_cast<std::size_t>(layer);
     if (chunk_offsets.size() != chunks.size()) throw std::invalid_argument("one offset is needed per chunk");
-    const bool quantized = key_precision != ScoreKeys::f32, int4 = key_precision == ScoreKeys::int4;
+    const bool quantized = key_precision != ScoreKeys::f32;
+    // One segment per chunk, in its own frame, then the question's own keys (fresh).
+    std::vector<kvfuse_select_segment> segments(chunks.size() + 1);
     std::size_t docs = 0;
-    for (const ChunkKvView& chunk : chunks) {
+    for (std::size_t c = 0; c < chunks.size(); ++c) {
+        const ChunkKvView& chunk = chunks[c];
         if (chunk.k.size() <= L || (quantized && chunk.quantized.size() <= L))
             throw std::invalid_argument("a stored chunk lacks the keys of layer " + std::to_string(layer));
+        kvfuse_select_segment& seg = segments[c];
+        seg.tokens = chunk.tokens;
+        seg.position_shift = static_cast<std::int64_t>(chunk_offsets[c]) - chunk.start_position;
+        seg.keys_f32 = chunk.k[L];
+        if (quantized) {
+            const QuantizedKeysView& q = chunk.quantized[L];
+            const bool int4 = key_precision == ScoreKeys::int4;
+            seg.keys_i8 = int4 ? nullptr : q.i8;
+            seg.keys_i4 = int4 ? q.i4 : nullptr;
+            seg.key_scales = int4 ? q.i4_scales : q.i8_scales;
+            seg.key_means = int4 ? q.i4_means : q.i8_means;
+        }
         docs += chunk.tokens;
     }
-    // One segment per chunk, then the question's own keys: queries (f32 and int8), biases.
-    const std::size_t segments = chunks.size() + 1;
-    std::vector<float> queries(segments * m_rows * s.q_row()), query_scales, bias;
-    std::vector<std::int8_t> queries_i8;
-    for (std::size_t c = 0; c < chunks.size(); ++c) {
-        const std::int64_t delta = static_cast<std::int64_t>(chunk_offsets[c]) - chunks[c].start_position;
-        check(kvfuse::rope_rotate_span_copy(s.rope, q_question, s.q_row(), queries.data() + c * m_rows * s.q_row(), s.q_row(),
-                                            m_rows, H, -delta),
-              "query rotation");
-    }
-    std::copy(q_question, q_question + m_rows * s.q_row(), queries.begin() + static_cast<std::ptrdiff_t>(chunks.size() * m_rows * s.q_row()));
-
-    // The question's keys are fresh: quantized here, with their own mean.
-    QuantizedKeys question;
-    if (quantized) {
-        question = quantize_chunk_keys(s, question_keys, m_rows);
-        queries_i8.resize(queries.size());
-        query_scales.resize(segments * m_rows * H);
-        check(kvfuse::quantize_rows_i8(queries.data(), segments * m_rows, H, D, s.q_row(), queries_i8.data(), query_scales.data()),
-              "query quantization");
-        // The mean each segment's quantized keys lack, as one logit per question row.
-        bias.assign(segments * m_rows, 0.0f);
-        for (std::size_t g = 0; g < segments; ++g) {
-            const QuantizedKeysView keys = g < chunks.size() ? chunks[g].quantized[L] : question.view();
-            const float* mean = int4 ? keys.i4_means : keys.i8_means;
-            for (std::size_t m = 0; m < m_rows; ++m) {
-                const float* q = queries.data() + (g * m_rows + m) * s.q_row();
-                double dot = 0.0;
-                for (std::size_t h = 0; h < H; ++h)
-                    for (std::size_t d = 0; d < D; ++d) dot += static_cast<double>(q[h * D + d]) * mean[(h / group) * D + d];
-                bias[g * m_rows + m] = static_cast<float>(dot);
-            }
-        }
-    }
-    std::vector<kvfuse_relevance_segment> list(segments);
-    for (std::size_t g = 0; g < segments; ++g) {
-        kvfuse_relevance_segment& seg = list[g];
-        const bool is_question = g == chunks.size();
-        seg.keys = is_question ? m_rows : chunks[g].tokens;
-        if (!quantized) {
-            seg.queries_f32 = queries.data() + g * m_rows * s.q_row();
-            seg.keys_f32 = is_question ? question_keys : chunks[g].k[L];
-            continue;
-        }
-        const QuantizedKeysView keys = is_question ? question.view() : chunks[g].quantized[L];
-        seg.queries_i8 = queries_i8.data() + g * m_rows * s.q_row();
-        seg.query_scales = query_scales.data() + g * m_rows * H;
-        seg.bias = bias.data() + g * m_rows;
-        if (int4) {
-            seg.keys_i4 = keys.i4;
-            seg.key_scales = keys.i4_scales;
-        } else {
-            seg.keys_i8 = keys.i8;
-            seg.key_scales = keys.i8_scales;
-        }
-    }
+    segments.back().tokens = m_rows;
+    segments.back().keys_f32 = question_keys;
     std::vector<float> out(docs);
-    kvfuse::RelevanceArgs args = relevance_args(s, m_rows, docs + m_rows, smoothing, out.data());
-    args.segment_count = list.size();
-    args.segments = list.data();
-    check(kvfuse::a3_relevance(args), "A3 relevance");
+    const kvfuse_rope_config rope = s.rope.to_c();
+    kvfuse::SelectArgs args = a3_select_args(s, q_question, m_rows, docs, smoothing, key_precision, &rope, out.data());
+    args.segment_count = segments.size();
+    args.segments = segments.data();
+    std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
+    args.row_count = &no_rows;
+    check(kvfuse::select_rows(args), "A3 relevance");
     return out;
 }
 
@@ -513,14 +464,19 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
                 const auto t_select = Clock::now();
                 std::vector<float> score;
                 if (o.method == Method::cacheblend) {
-                    score.assign(T - M - P, 0.0f);
-                    for (std::size_t j = P; j < T - M; ++j) {
-                        const float* fresh = v.data() + j * s.kv_row();
-                        const float* stored = run.cache.v_row(l, j);
-                        float dev = 0.0f;
-                        for (std::size_t e = 0; e < s.kv_row(); ++e) dev += (fresh[e] - stored[e]) * (fresh[e] - stored[e]);
-                        score[j - P] = dev;
-                    }
+                    score.resize(T - M - P);
+                    kvfuse::SelectArgs args{};
+                    args.method = KVFUSE_SELECT_CACHEBLEND;
+                    args.prefix_rows = P;
+                    args.documents = score.size();
+                    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
+                    args.head_dim = static_cast<std::size_t>(s.head_dim);
+                    args.fresh = v.data() + P * s.kv_row();
+                    args.reused = run.cache.v_row(l, P);
+                    args.scores = score.data();
+                    std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
+    args.row_count = &no_rows;
+                    check(kvfuse::select_rows(args), "CacheBlend deviation");
                 } else {
                     score = a3_relevance(s, q.data() + (T - M) * s.q_row(), M, k.data(), P, T, o.a3_smoothing, o.a3_scoring);
                 }

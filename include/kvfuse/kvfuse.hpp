@@ -377,6 +377,11 @@ inline std::string profile_status() { return kvfuse_profile_status(); }
 
 using RelevanceArgs = kvfuse_relevance_args;
 inline Status a3_relevance(const RelevanceArgs& args) { return Status(kvfuse_a3_relevance(&args)); }
+
+// Row selection in one call (kvfuse_select_rows): A3 or CacheBlend scores, top-k, sorted row ids.
+using SelectArgs = kvfuse_select_args;
+using SelectSegment = kvfuse_select_segment;
+inline Status select_rows(const SelectArgs& args) { return Status(kvfuse_select_rows(&args)); }
 // ---- dense layers (GEMM) ------------------------------------------------------------------------
 
 // Owns packed weights (kvfuse_pack_weights); move-only. An empty object (default, moved from,
