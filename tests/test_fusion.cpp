@@ -11,6 +11,8 @@
 #include <iterator>
 #include <numeric>
 #include <random>
+#include <set>
+#include <stdexcept>
 
 #include "fusion/metrics.h"
 #include "fusion/pipeline.h"
@@ -318,6 +320,28 @@ TEST_P(FusionIdentity, ReusedNanFilledBuffersGiveTheFreshAnswer) {
                         << what << " values of layer " << l;
                 }
             }
+}
+
+// The method table is what parsing, --help, run and eval read: every method once, names
+// round-trip, full prefill alone selects nowhere, an unknown name is refused with the list.
+TEST(Fusion, MethodTableNamesEveryMethodOnce) {
+    std::vector<std::string> names;
+    for (const MethodInfo& info : method_table()) {
+        EXPECT_EQ(parse_method(info.name), info.method) << info.name;
+        EXPECT_STREQ(method_name(info.method), info.name);
+        EXPECT_EQ(&method_info(info.method), &info);
+        EXPECT_EQ(info.where == SelectAt::nowhere, info.method == Method::full) << info.name;
+        names.push_back(info.name);
+    }
+    EXPECT_EQ(names.size(), 8u);
+    EXPECT_EQ(std::set<std::string>(names.begin(), names.end()).size(), names.size());
+    EXPECT_EQ(fused_methods().size(), names.size() - 1);
+    try {
+        parse_method("bogus");
+        ADD_FAILURE() << "an unknown method was accepted";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find(method_names()), std::string::npos) << e.what();
+    }
 }
 
 TEST(Fusion, BadOptionsAreRefused) {

@@ -15,9 +15,7 @@ namespace kvfuse::fusion {
 
 namespace {
 
-bool uses_ratio(Method m) {
-    return m == Method::cacheblend || m == Method::a3 || m == Method::a3_layers || m == Method::a3_probe || m == Method::random;
-}
+bool uses_ratio(Method m) { return method_info(m).takes_ratio; }
 
 // ||KV_a - KV_b|| / ||KV_b|| of one layer, K and V together.
 double kv_deviation(const KvCache& fused, const KvCache& full, std::size_t layer, std::size_t tokens) {

@@ -178,27 +178,54 @@ void attend_rows(const ModelShape& s, const float* q, std::span<const std::int64
     check(kvfuse::Status(kvfuse_sparse_attention(&args)), "sparse attention");
 }
 
-Method parse_method(std::string_view name) {
-    for (Method m : {Method::full, Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random,
-                     Method::a3_layers, Method::a3_probe})
-        if (name == method_name(m)) return m;
-    throw std::invalid_argument("unknown method '" + std::string(name) +
-                                "' (use full, reuse, epic, cacheblend, a3, a3-layers, a3-probe or random)");
+namespace {
+
+constexpr MethodInfo kMethods[] = {
+    {Method::full, "full", "full prefill: the reference", false, SelectAt::nowhere},
+    {Method::reuse, "reuse", "full reuse: only the prefix and question rows recomputed", false, SelectAt::request},
+    {Method::epic, "epic", "EPIC: the first --epic-tokens of every chunk recomputed", false, SelectAt::request},
+    {Method::cacheblend, "cacheblend", "CacheBlend: the rows of largest V deviation at the check layer", true, SelectAt::check_layer},
+    {Method::a3, "a3", "A3: the rows the question attends to most at the check layer", true, SelectAt::check_layer},
+    {Method::a3_layers, "a3-layers", "A3 at the check layer, then rows joining at every later layer", true,
+     SelectAt::every_later_layer},
+    {Method::a3_probe, "a3-probe", "per-layer A3 decided up front by a probe of the prefix and question rows", true,
+     SelectAt::check_layer},
+    {Method::random, "random", "random rows: the control", true, SelectAt::request},
+};
+
+}  // namespace
+
+std::span<const MethodInfo> method_table() { return kMethods; }
+
+const MethodInfo& method_info(Method method) {
+    for (const MethodInfo& info : kMethods)
+        if (info.method == method) return info;
+    throw std::invalid_argument("a method missing from the method table");
 }
 
-const char* method_name(Method method) {
-    switch (method) {
-        case Method::full: return "full";
-        case Method::reuse: return "reuse";
-        case Method::epic: return "epic";
-        case Method::cacheblend: return "cacheblend";
-        case Method::a3: return "a3";
-        case Method::random: return "random";
-        case Method::a3_layers: return "a3-layers";
-        case Method::a3_probe: return "a3-probe";
-    }
-    return "unknown";
+std::vector<Method> fused_methods() {
+    std::vector<Method> out;
+    for (const MethodInfo& info : kMethods)
+        if (info.where != SelectAt::nowhere) out.push_back(info.method);
+    return out;
 }
+
+std::string method_names(const char* separator, bool with_full) {
+    std::string out;
+    for (const MethodInfo& info : kMethods) {
+        if (!with_full && info.where == SelectAt::nowhere) continue;
+        out += (out.empty() ? "" : separator) + std::string(info.name);
+    }
+    return out;
+}
+
+Method parse_method(std::string_view name) {
+    for (const MethodInfo& info : kMethods)
+        if (name == info.name) return info.method;
+    throw std::invalid_argument("unknown method '" + std::string(name) + "' (use " + method_names() + ")");
+}
+
+const char* method_name(Method method) { return method_info(method).name; }
 
 namespace {
 
@@ -388,7 +415,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     if (!(o.ratio > 0.0 && o.ratio <= 1.0)) throw std::invalid_argument("ratio must be in (0, 1]");
     if (o.check_layer < 1 || o.check_layer >= L)
         throw std::invalid_argument("check layer must be in [1, " + std::to_string(L - 1) + "]");
-    const bool full = o.method == Method::full;
+    const bool full = method_info(o.method).where == SelectAt::nowhere;
     if (!full && chunks.size() != request.chunks.size())
         throw std::invalid_argument("one stored cache is needed per chunk");
 
@@ -420,8 +447,9 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     std::vector<std::int64_t> all_rows(T);
     std::iota(all_rows.begin(), all_rows.end(), 0);
 
-    const bool per_layer = o.method == Method::a3_layers, probe = o.method == Method::a3_probe;
-    const bool dynamic = o.method == Method::cacheblend || o.method == Method::a3 || per_layer || probe;
+    const SelectAt where = method_info(o.method).where;
+    const bool per_layer = where == SelectAt::every_later_layer, probe = o.method == Method::a3_probe;
+    const bool dynamic = where == SelectAt::check_layer || where == SelectAt::every_later_layer;
     // Layers that every row goes through: all for full prefill, up to the check layer for the
     // methods that select there, layer 0 for the static ones (unless told not to).
     const int full_layers = full ? L : dynamic ? o.check_layer : (o.recompute_layer0 ? 1 : 0);

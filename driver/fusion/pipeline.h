@@ -1,4 +1,5 @@
-// The fusion pipeline: stored chunk caches fused into a request by one of six methods, and
+// The fusion pipeline: stored chunk caches fused into a request by one of the methods of the
+// method table below, and
 // greedy decoding on the result. Methods and notation: docs/FUSION.md and ALGORITHMS.md.
 #pragma once
 
@@ -24,8 +25,31 @@ namespace kvfuse::fusion {
 // of the per-layer sets is recomputed from the check layer on. The probe's rows are counted.
 enum class Method { full, reuse, epic, cacheblend, a3, random, a3_layers, a3_probe };
 
-// "full", "reuse", "epic", "cacheblend", "a3", "random", "a3-layers", "a3-probe"; throws
-// std::invalid_argument otherwise.
+// Where a method chooses its recomputed rows.
+enum class SelectAt {
+    nowhere,           // full prefill: every row through every layer
+    request,           // from the request alone (static), before the first layer that keeps stored rows
+    check_layer,       // from the fresh Q/K/V of every row at the check layer
+    every_later_layer  // at the check layer, and rows join at each later layer
+};
+
+// One row per method: the table that parsing, --help, `run` and `eval` read (so a method is
+// listed in one place), in the order the commands show them.
+struct MethodInfo {
+    Method method;
+    const char* name;     // on the command line and in results
+    const char* summary;  // --help
+    bool takes_ratio;     // the selection size follows --ratio / --ratios
+    SelectAt where;
+};
+std::span<const MethodInfo> method_table();
+const MethodInfo& method_info(Method method);
+// Every method but full prefill, in table order (`--method all`, eval's default).
+std::vector<Method> fused_methods();
+// "full, reuse, ..." (with `separator` between the names), for help and error texts.
+std::string method_names(const char* separator = ", ", bool with_full = true);
+
+// A name from the table; throws std::invalid_argument naming the methods otherwise.
 Method parse_method(std::string_view name);
 const char* method_name(Method method);
 
