@@ -1,6 +1,5 @@
 // The fusion pipeline: stored chunk caches fused into a request by one of the methods of the
-// method table below, and
-// greedy decoding on the result. Methods and notation: docs/FUSION.md and ALGORITHMS.md.
+// method table below, and greedy decoding on the result. Methods and notation: docs/FUSION.md and ALGORITHMS.md.
 #pragma once
 
 #include <cstdint>
