@@ -6,9 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <limits>
 #include <iterator>
 #include <numeric>
 #include <random>
+#include <set>
+#include <stdexcept>
 
 #include "fusion/metrics.h"
 #include "fusion/pipeline.h"
@@ -267,6 +271,77 @@ TEST_P(FusionIdentity, PipelinedLoadingChangesNothing) {
             }
             EXPECT_EQ(pipelined.times.rerotate, 0.0);
         }
+}
+
+// A serving process keeps a run's cache and buffers across requests and never clears them:
+// every row must be written before it is read. Buffers left holding NaN (from a larger request
+// first, so that every buffer is reused, not reallocated) must give the fresh run's answer bit
+// for bit, for every method, with and without the layer-0 recompute and pipelined loading.
+TEST_P(FusionIdentity, ReusedNanFilledBuffersGiveTheFreshAnswer) {
+    const Request large = make_request({15, 12, 14}, 6, 21), r = make_request({13, 8, 11}, 4, 12);
+    const auto stored_large = stored_chunks(model, large), stored = stored_chunks(model, r);
+    auto fill_nan = [](Floats& buffer) {
+        buffer.resize(buffer.capacity());
+        std::fill(buffer.begin(), buffer.end(), std::numeric_limits<float>::quiet_NaN());
+    };
+    for (Method m : {Method::full, Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random,
+                     Method::a3_layers, Method::a3_probe})
+        for (bool layer0 : {true, false})
+            for (bool pipelined : {false, true}) {
+                FusionOptions o;
+                o.method = m;
+                o.ratio = 0.25;
+                o.recompute_layer0 = layer0;
+                o.pipelined_loading = pipelined;
+                o.a3_stored_keys = layer0;  // the per-layer A3 methods score the fused cache in half the runs
+                const bool full = m == Method::full;
+                const FusionRun fresh = run_request(model, r, full ? std::vector<ChunkKvView>() : views(stored), o);
+                FusionRun reused;
+                run_request(model, large, full ? std::vector<ChunkKvView>() : views(stored_large), o, reused);
+                const float* cache_before = reused.cache.k[0].data();
+                for (auto* side : {&reused.cache.k, &reused.cache.v})
+                    for (Floats& rows : *side) fill_nan(rows);
+                for (Floats* b : {&reused.buffers.hidden, &reused.buffers.q, &reused.buffers.k, &reused.buffers.v,
+                                  &reused.buffers.attention})
+                    fill_nan(*b);
+                run_request(model, r, full ? std::vector<ChunkKvView>() : views(stored), o, reused);
+                const std::string what = std::string(method_name(m)) + (layer0 ? "" : " no-layer0 fused-keys") + (pipelined ? " pipelined" : "");
+                EXPECT_EQ(reused.cache.k[0].data(), cache_before) << what << ": the cache was reallocated, not reused";
+                EXPECT_EQ(reused.logits, fresh.logits) << what;
+                EXPECT_EQ(reused.selected, fresh.selected) << what;
+                EXPECT_EQ(reused.rows_per_layer, fresh.rows_per_layer) << what;
+                ASSERT_EQ(reused.cache.tokens, fresh.cache.tokens);
+                for (std::size_t l = 0; l < fresh.cache.k.size(); ++l) {
+                    ASSERT_EQ(reused.cache.k[l].size(), fresh.cache.k[l].size());
+                    // Bytes, so that a NaN left anywhere fails.
+                    EXPECT_EQ(std::memcmp(reused.cache.k[l].data(), fresh.cache.k[l].data(), fresh.cache.k[l].size() * sizeof(float)), 0)
+                        << what << " keys of layer " << l;
+                    EXPECT_EQ(std::memcmp(reused.cache.v[l].data(), fresh.cache.v[l].data(), fresh.cache.v[l].size() * sizeof(float)), 0)
+                        << what << " values of layer " << l;
+                }
+            }
+}
+
+// The method table is what parsing, --help, run and eval read: every method once, names
+// round-trip, full prefill alone selects nowhere, an unknown name is refused with the list.
+TEST(Fusion, MethodTableNamesEveryMethodOnce) {
+    std::vector<std::string> names;
+    for (const MethodInfo& info : method_table()) {
+        EXPECT_EQ(parse_method(info.name), info.method) << info.name;
+        EXPECT_STREQ(method_name(info.method), info.name);
+        EXPECT_EQ(&method_info(info.method), &info);
+        EXPECT_EQ(info.where == SelectAt::nowhere, info.method == Method::full) << info.name;
+        names.push_back(info.name);
+    }
+    EXPECT_EQ(names.size(), 8u);
+    EXPECT_EQ(std::set<std::string>(names.begin(), names.end()).size(), names.size());
+    EXPECT_EQ(fused_methods().size(), names.size() - 1);
+    try {
+        parse_method("bogus");
+        ADD_FAILURE() << "an unknown method was accepted";
+    } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find(method_names()), std::string::npos) << e.what();
+    }
 }
 
 TEST(Fusion, BadOptionsAreRefused) {

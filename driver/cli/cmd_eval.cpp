@@ -21,7 +21,7 @@ struct EvalCliOptions {
     FusionCliOptions fusion;
     std::string data;
     std::string kind = "continuous";
-    std::vector<std::string> methods = {"reuse", "epic", "cacheblend", "a3", "a3-layers", "a3-probe", "random"};
+    std::vector<std::string> methods;  // empty: every fused method of the table
     std::vector<double> ratios = {0.05, 0.15, 0.30};
     std::size_t count = 100;
     std::size_t chunk_tokens = 64;
@@ -58,6 +58,7 @@ int run(const EvalCliOptions& o) {
     EvalOptions options;
     options.methods.clear();
     for (const auto& m : o.methods) options.methods.push_back(parse_method(m));
+    if (o.methods.empty()) options.methods = fused_methods();
     options.ratios = o.ratios;
     for (double r : options.ratios)
         if (!(r > 0.0 && r <= 1.0)) throw std::invalid_argument("every ratio must be in (0, 1]");
@@ -100,8 +101,12 @@ void add_eval_command(CLI::App& app) {
     add_fusion_options(*cmd, o->fusion);
     cmd->add_option("--data", o->data, "TinyStories text (continuous, mixed) or a CacheBlend-format JSON (musique)")->required();
     cmd->add_option("--kind", o->kind, "continuous, mixed or musique");
-    cmd->add_option("--methods", o->methods, "methods to compare with full prefill")->delimiter(',');
-    cmd->add_option("--ratios", o->ratios, "recompute ratios of cacheblend, a3 and random")->delimiter(',');
+    std::string ratio_methods;
+    for (const MethodInfo& info : method_table())
+        if (info.takes_ratio) ratio_methods += (ratio_methods.empty() ? "" : ", ") + std::string(info.name);
+    cmd->add_option("--methods", o->methods, "methods to compare with full prefill (default: " + method_names(", ", false) + ")")
+        ->delimiter(',');
+    cmd->add_option("--ratios", o->ratios, "recompute ratios of " + ratio_methods)->delimiter(',');
     cmd->add_option("--count", o->count, "requests")->check(CLI::Range(1, 100000));
     cmd->add_option("--chunk-tokens", o->chunk_tokens, "tokens per chunk (story data)")->check(CLI::Range(1, 100000));
     cmd->add_option("--question-tokens", o->question_tokens, "tokens of the question (story data)")->check(CLI::Range(1, 100000));

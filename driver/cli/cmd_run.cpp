@@ -37,7 +37,7 @@ std::string read_file(const std::string& path) { return kvfuse::model::read_regu
 
 std::vector<Method> parse_methods(const std::string& list) {
     std::vector<Method> out;
-    if (list == "all") return {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::a3_layers, Method::a3_probe, Method::random};
+    if (list == "all") return fused_methods();
     std::stringstream in(list);
     for (std::string name; std::getline(in, name, ',');)
         if (!name.empty()) out.push_back(parse_method(name));
@@ -134,7 +134,7 @@ int run(RunOptions& o) {
     std::printf("%-11s %6s %9.3f %10.3f %9s\n", "full", "-", 1.0, full_ms, "1.00x");
     std::vector<std::pair<std::string, std::string>> answers;
     for (Method method : methods) {
-        if (method == Method::full) continue;
+        if (method_info(method).where == SelectAt::nowhere) continue;
         FusionOptions options = to_fusion_options(o.fusion, method);
         std::vector<double> times;
         FusionRun fused;
@@ -151,8 +151,7 @@ int run(RunOptions& o) {
         const LogitAgreement agreement = compare_logit_rows(full.logits, fused.logits, vocab);
         const auto first = argmax_row(fused.logits, M - 1, vocab);
         const auto tokens = greedy_decode(model, fused.cache, first, o.tokens);
-        const bool ratio_matters = method == Method::cacheblend || method == Method::a3 || method == Method::a3_layers ||
-                                   method == Method::a3_probe || method == Method::random;
+        const bool ratio_matters = method_info(method).takes_ratio;
         std::printf("%-11s %6s %9.3f %10.3f %8.2fx %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.4f %8.3f %4zu/%-4zu\n",
                     method_name(method), ratio_matters ? std::to_string(o.fusion.ratio).substr(0, 4).c_str() : "-",
                     fused.recompute_fraction, ms, full_ms / ms, stages.kv_load, stages.rerotate, stages.full_layers,
@@ -175,7 +174,10 @@ void add_run_command(CLI::App& app) {
     add_fusion_options(*cmd, o->fusion);
     cmd->add_option("--chunk", o->chunk_files, "text file of one chunk (repeat, in prompt order)");
     cmd->add_option("--question", o->question, "the question (text after the chunks)");
-    cmd->add_option("--method", o->methods, "reuse, epic, cacheblend, a3, a3-layers, a3-probe, random, a comma list, or all");
+    std::string help = "a method, a comma list, or all:";
+    for (const MethodInfo& info : method_table())
+        if (info.where != SelectAt::nowhere) help += std::string("\n  ") + info.name + ": " + info.summary;
+    cmd->add_option("--method", o->methods, help);
     cmd->add_option("--ratio", o->fusion.ratio, "fraction of document rows recomputed, in (0, 1]")
         ->check(CLI::Range(0.0, 1.0));
     cmd->add_option("-n,--tokens", o->tokens, "tokens to generate")->check(CLI::Range(1, 4096));

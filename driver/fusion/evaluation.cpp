@@ -15,9 +15,7 @@ namespace kvfuse::fusion {
 
 namespace {
 
-bool uses_ratio(Method m) {
-    return m == Method::cacheblend || m == Method::a3 || m == Method::a3_layers || m == Method::a3_probe || m == Method::random;
-}
+bool uses_ratio(Method m) { return method_info(m).takes_ratio; }
 
 // ||KV_a - KV_b|| / ||KV_b|| of one layer, K and V together.
 double kv_deviation(const KvCache& fused, const KvCache& full, std::size_t layer, std::size_t tokens) {
@@ -58,12 +56,13 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
     const std::size_t vocab = static_cast<std::size_t>(s.vocab);
     EvalResult result;
     std::vector<double> full_ttft;
+    FusionRun full, run;  // their caches and buffers kept across requests, as a server would
     for (std::size_t index = 0; index < requests.size(); ++index) {
         const Request& request = requests[index];
         const std::size_t M = request.question.size();
         FusionOptions full_options = options.base;
         full_options.method = Method::full;
-        FusionRun full = run_request(model, request, {}, full_options);
+        run_request(model, request, {}, full_options, full);
         full_ttft.push_back(full.times.total());
         const auto full_first = argmax_row(full.logits, M - 1, vocab);
         const KvCache full_cache = full.cache;
@@ -79,7 +78,7 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
                 FusionOptions o = options.base;
                 o.method = method;
                 o.ratio = ratio;
-                FusionRun run = run_request(model, request, loaded_chunks.views, o);
+                run_request(model, request, loaded_chunks.views, o, run);
                 Measurement m;
                 m.request_id = request.id;
                 m.method = method_name(method);

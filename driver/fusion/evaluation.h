@@ -15,7 +15,7 @@
 namespace kvfuse::fusion {
 
 struct EvalOptions {
-    std::vector<Method> methods = {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::a3_layers, Method::a3_probe, Method::random};
+    std::vector<Method> methods = fused_methods();
     std::vector<double> ratios = {0.05, 0.15, 0.30};
     FusionOptions base;              // check layer, EPIC tokens, smoothing, seed
     std::size_t decode_tokens = 16;  // greedy continuation compared with full prefill's

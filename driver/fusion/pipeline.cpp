@@ -68,20 +68,6 @@ void scatter_fresh(KvCache& cache, int layer, const std::vector<std::int64_t>& r
           "scatter of fresh values");
 }
 
-// The shape fields of an A3 relevance call on this model.
-kvfuse::RelevanceArgs relevance_args(const ModelShape& s, std::size_t question_rows, std::size_t candidates, bool smoothing,
-                                     float* out) {
-    kvfuse::RelevanceArgs args{};
-    args.question_rows = question_rows;
-    args.candidates = candidates;
-    args.query_heads = static_cast<std::size_t>(s.heads);
-    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
-    args.head_dim = static_cast<std::size_t>(s.head_dim);
-    args.smoothing = smoothing ? 1 : 0;
-    args.out = out;
-    return args;
-}
-
 // Stored chunks into the fused cache, layer by layer: V copied, K re-rotated to its new
 // offset. Layers before `first_layer` are skipped: every row is recomputed there, so their
 // stored rows would only be overwritten. Pipelined, a thread of its own loads the layers in
@@ -193,33 +179,84 @@ void attend_rows(const ModelShape& s, const float* q, std::span<const std::int64
     check(kvfuse::Status(kvfuse_sparse_attention(&args)), "sparse attention");
 }
 
-Method parse_method(std::string_view name) {
-    for (Method m : {Method::full, Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random,
-                     Method::a3_layers, Method::a3_probe})
-        if (name == method_name(m)) return m;
-    throw std::invalid_argument("unknown method '" + std::string(name) +
-                                "' (use full, reuse, epic, cacheblend, a3, a3-layers, a3-probe or random)");
+namespace {
+
+constexpr MethodInfo kMethods[] = {
+    {Method::full, "full", "full prefill: the reference", false, SelectAt::nowhere},
+    {Method::reuse, "reuse", "full reuse: only the prefix and question rows recomputed", false, SelectAt::request},
+    {Method::epic, "epic", "EPIC: the first --epic-tokens of every chunk recomputed", false, SelectAt::request},
+    {Method::cacheblend, "cacheblend", "CacheBlend: the rows of largest V deviation at the check layer", true, SelectAt::check_layer},
+    {Method::a3, "a3", "A3: the rows the question attends to most at the check layer", true, SelectAt::check_layer},
+    {Method::a3_layers, "a3-layers", "A3 at the check layer, then rows joining at every later layer", true,
+     SelectAt::every_later_layer},
+    {Method::a3_probe, "a3-probe", "per-layer A3 decided up front by a probe of the prefix and question rows", true,
+     SelectAt::check_layer},
+    {Method::random, "random", "random rows: the control", true, SelectAt::request},
+};
+
+}  // namespace
+
+std::span<const MethodInfo> method_table() { return kMethods; }
+
+const MethodInfo& method_info(Method method) {
+    for (const MethodInfo& info : kMethods)
+        if (info.method == method) return info;
+    throw std::invalid_argument("a method missing from the method table");
 }
 
-const char* method_name(Method method) {
-    switch (method) {
-        case Method::full: return "full";
-        case Method::reuse: return "reuse";
-        case Method::epic: return "epic";
-        case Method::cacheblend: return "cacheblend";
-        case Method::a3: return "a3";
-        case Method::random: return "random";
-        case Method::a3_layers: return "a3-layers";
-        case Method::a3_probe: return "a3-probe";
-    }
-    return "unknown";
+std::vector<Method> fused_methods() {
+    std::vector<Method> out;
+    for (const MethodInfo& info : kMethods)
+        if (info.where != SelectAt::nowhere) out.push_back(info.method);
+    return out;
 }
+
+std::string method_names(const char* separator, bool with_full) {
+    std::string out;
+    for (const MethodInfo& info : kMethods) {
+        if (!with_full && info.where == SelectAt::nowhere) continue;
+        out += (out.empty() ? "" : separator) + std::string(info.name);
+    }
+    return out;
+}
+
+Method parse_method(std::string_view name) {
+    for (const MethodInfo& info : kMethods)
+        if (name == info.name) return info.method;
+    throw std::invalid_argument("unknown method '" + std::string(name) + "' (use " + method_names() + ")");
+}
+
+const char* method_name(Method method) { return method_info(method).name; }
+
+namespace {
+
+// Sizes a buffer for `n` elements without writing them; one too small is replaced, not grown,
+// so its stale contents are not copied.
+void resize_uninitialized(Floats& buffer, std::size_t n) {
+    if (buffer.capacity() < n) {
+        Floats().swap(buffer);
+        buffer.reserve(n);
+    }
+    buffer.resize(n);
+}
+
+// Keeps rows from[0], from[1], ... (ascending, from[i] >= i) of a buffer of `width`-float rows
+// as its first rows, in place: row from[i] moves down to i, never over a row still to be read.
+void compact_rows(Floats& buffer, std::size_t width, const std::vector<std::size_t>& from) {
+    for (std::size_t i = 0; i < from.size(); ++i)
+        if (from[i] != i) std::memmove(buffer.data() + i * width, buffer.data() + from[i] * width, width * sizeof(float));
+    buffer.resize(from.size() * width);
+}
+
+}  // namespace
 
 void KvCache::reset(int layers, std::size_t token_count, std::size_t row_width) {
     tokens = token_count;
     row = row_width;
-    k.assign(static_cast<std::size_t>(layers), Rows(token_count * row_width));
-    v.assign(static_cast<std::size_t>(layers), Rows(token_count * row_width));
+    k.resize(static_cast<std::size_t>(layers));
+    v.resize(static_cast<std::size_t>(layers));
+    for (auto* side : {&k, &v})
+        for (Rows& rows : *side) resize_uninitialized(rows, token_count * row_width);
 }
 
 QuantizedKeysView QuantizedKeys::view() const {
@@ -275,43 +312,45 @@ ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t>
     return out;
 }
 
+namespace {
+
+// The shape and question fields of a scores-only selection call (k = 0 at ratio 0: no rows,
+// the relevance in `out`), A3 at this model's shape.
+kvfuse::SelectArgs a3_select_args(const ModelShape& s, const float* q_question, std::size_t m_rows, std::size_t documents,
+                                  bool smoothing, ScoreKeys key_precision, const kvfuse_rope_config* rope, float* out) {
+    kvfuse::SelectArgs args{};
+    args.method = KVFUSE_SELECT_A3;
+    args.documents = documents;
+    args.question_rows = m_rows;
+    args.query_heads = static_cast<std::size_t>(s.heads);
+    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
+    args.head_dim = static_cast<std::size_t>(s.head_dim);
+    args.queries = q_question;
+    args.key_precision = key_precision == ScoreKeys::int8   ? KVFUSE_KEYS_INT8
+                         : key_precision == ScoreKeys::int4 ? KVFUSE_KEYS_INT4
+                                                            : KVFUSE_KEYS_F32;
+    args.smoothing = smoothing ? 1 : 0;
+    args.rope = rope;
+    args.scores = out;
+    return args;
+}
+
+}  // namespace
+
 std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, std::size_t m_rows,
                                 const float* keys, std::size_t prefix_rows, std::size_t total_rows,
                                 bool smoothing, ScoreKeys key_precision) {
     const std::size_t candidates = total_rows - prefix_rows;
     std::vector<float> out(candidates - m_rows);
-    kvfuse::RelevanceArgs args = relevance_args(s, m_rows, candidates, smoothing, out.data());
-    const float* candidate_keys = keys + prefix_rows * s.kv_row();
-    std::vector<std::int8_t> q8, k8;
-    std::vector<std::uint8_t> k4;
-    std::vector<float> q_scales, k_scales, means;
-    const std::size_t H = static_cast<std::size_t>(s.heads), Hkv = static_cast<std::size_t>(s.kv_heads),
-                      D = static_cast<std::size_t>(s.head_dim);
-    if (key_precision != ScoreKeys::f32) {
-        q8.resize(m_rows * s.q_row());
-        q_scales.resize(m_rows * H);
-        k_scales.resize(candidates * Hkv);
-        means.resize(s.kv_row());
-        check(kvfuse::quantize_rows_i8(q_question, m_rows, H, D, s.q_row(), q8.data(), q_scales.data()), "query quantization");
-        if (key_precision == ScoreKeys::int8) {
-            k8.resize(candidates * s.kv_row());
-            check(kvfuse::quantize_keys_i8(candidate_keys, candidates, Hkv, D, s.kv_row(), k8.data(), k_scales.data(), means.data()),
-                  "key quantization");
-            args.keys_i8 = k8.data();
-        } else {
-            k4.resize(candidates * Hkv * ((D + 1) / 2));
-            check(kvfuse::quantize_keys_i4(candidate_keys, candidates, Hkv, D, s.kv_row(), k4.data(), k_scales.data(), means.data()),
-                  "key quantization");
-            args.keys_i4 = k4.data();
-        }
-        args.queries_i8 = q8.data();
-        args.query_scales = q_scales.data();
-        args.key_scales = k_scales.data();
-    } else {
-        args.queries_f32 = q_question;
-        args.keys_f32 = candidate_keys;
-    }
-    check(kvfuse::a3_relevance(args), "A3 relevance");
+    kvfuse::SelectSegment fused;  // struct_size set
+    fused.tokens = candidates;
+    fused.keys_f32 = keys + prefix_rows * s.kv_row();
+    kvfuse::SelectArgs args = a3_select_args(s, q_question, m_rows, out.size(), smoothing, key_precision, nullptr, out.data());
+    args.segment_count = 1;
+    args.segments = &fused;
+    std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
+    args.row_count = &no_rows;
+    check(kvfuse::select_rows(args), "A3 relevance");
     return out;
 }
 
@@ -319,82 +358,52 @@ std::vector<float> a3_relevance_stored(const ModelShape& s, const float* q_quest
                                        const float* question_keys, std::span<const ChunkKvView> chunks,
                                        std::span<const std::size_t> chunk_offsets, int layer, bool smoothing,
                                        ScoreKeys key_precision) {
-    const std::size_t H = static_cast<std::size_t>(s.heads), Hkv = static_cast<std::size_t>(s.kv_heads),
-                      D = static_cast<std::size_t>(s.head_dim), group = H / Hkv, L = static_cast<std::size_t>(layer);
+    const std::size_t L = static_cast<std::size_t>(layer);
     if (chunk_offsets.size() != chunks.size()) throw std::invalid_argument("one offset is needed per chunk");
-    const bool quantized = key_precision != ScoreKeys::f32, int4 = key_precision == ScoreKeys::int4;
+    const bool quantized = key_precision != ScoreKeys::f32;
+    // One segment per chunk, in its own frame, then the question's own keys (fresh).
+    std::vector<kvfuse::SelectSegment> segments(chunks.size() + 1);  // struct_size set
     std::size_t docs = 0;
-    for (const ChunkKvView& chunk : chunks) {
+    for (std::size_t c = 0; c < chunks.size(); ++c) {
+        const ChunkKvView& chunk = chunks[c];
         if (chunk.k.size() <= L || (quantized && chunk.quantized.size() <= L))
             throw std::invalid_argument("a stored chunk lacks the keys of layer " + std::to_string(layer));
+        kvfuse_select_segment& seg = segments[c];
+        seg.tokens = chunk.tokens;
+        seg.position_shift = static_cast<std::int64_t>(chunk_offsets[c]) - chunk.start_position;
+        seg.keys_f32 = chunk.k[L];
+        if (quantized) {
+            const QuantizedKeysView& q = chunk.quantized[L];
+            const bool int4 = key_precision == ScoreKeys::int4;
+            seg.keys_i8 = int4 ? nullptr : q.i8;
+            seg.keys_i4 = int4 ? q.i4 : nullptr;
+            seg.key_scales = int4 ? q.i4_scales : q.i8_scales;
+            seg.key_means = int4 ? q.i4_means : q.i8_means;
+        }
         docs += chunk.tokens;
     }
-    // One segment per chunk, then the question's own keys: queries (f32 and int8), biases.
-    const std::size_t segments = chunks.size() + 1;
-    std::vector<float> queries(segments * m_rows * s.q_row()), query_scales, bias;
-    std::vector<std::int8_t> queries_i8;
-    for (std::size_t c = 0; c < chunks.size(); ++c) {
-        const std::int64_t delta = static_cast<std::int64_t>(chunk_offsets[c]) - chunks[c].start_position;
-        check(kvfuse::rope_rotate_span_copy(s.rope, q_question, s.q_row(), queries.data() + c * m_rows * s.q_row(), s.q_row(),
-                                            m_rows, H, -delta),
-              "query rotation");
-    }
-    std::copy(q_question, q_question + m_rows * s.q_row(), queries.begin() + static_cast<std::ptrdiff_t>(chunks.size() * m_rows * s.q_row()));
-
-    // The question's keys are fresh: quantized here, with their own mean.
-    QuantizedKeys question;
-    if (quantized) {
-        question = quantize_chunk_keys(s, question_keys, m_rows);
-        queries_i8.resize(queries.size());
-        query_scales.resize(segments * m_rows * H);
-        check(kvfuse::quantize_rows_i8(queries.data(), segments * m_rows, H, D, s.q_row(), queries_i8.data(), query_scales.data()),
-              "query quantization");
-        // The mean each segment's quantized keys lack, as one logit per question row.
-        bias.assign(segments * m_rows, 0.0f);
-        for (std::size_t g = 0; g < segments; ++g) {
-            const QuantizedKeysView keys = g < chunks.size() ? chunks[g].quantized[L] : question.view();
-            const float* mean = int4 ? keys.i4_means : keys.i8_means;
-            for (std::size_t m = 0; m < m_rows; ++m) {
-                const float* q = queries.data() + (g * m_rows + m) * s.q_row();
-                double dot = 0.0;
-                for (std::size_t h = 0; h < H; ++h)
-                    for (std::size_t d = 0; d < D; ++d) dot += static_cast<double>(q[h * D + d]) * mean[(h / group) * D + d];
-                bias[g * m_rows + m] = static_cast<float>(dot);
-            }
-        }
-    }
-    std::vector<kvfuse::RelevanceSegment> list(segments);  // struct_size set
-    for (std::size_t g = 0; g < segments; ++g) {
-        kvfuse_relevance_segment& seg = list[g];
-        const bool is_question = g == chunks.size();
-        seg.keys = is_question ? m_rows : chunks[g].tokens;
-        if (!quantized) {
-            seg.queries_f32 = queries.data() + g * m_rows * s.q_row();
-            seg.keys_f32 = is_question ? question_keys : chunks[g].k[L];
-            continue;
-        }
-        const QuantizedKeysView keys = is_question ? question.view() : chunks[g].quantized[L];
-        seg.queries_i8 = queries_i8.data() + g * m_rows * s.q_row();
-        seg.query_scales = query_scales.data() + g * m_rows * H;
-        seg.bias = bias.data() + g * m_rows;
-        if (int4) {
-            seg.keys_i4 = keys.i4;
-            seg.key_scales = keys.i4_scales;
-        } else {
-            seg.keys_i8 = keys.i8;
-            seg.key_scales = keys.i8_scales;
-        }
-    }
+    segments.back().tokens = m_rows;
+    segments.back().keys_f32 = question_keys;
     std::vector<float> out(docs);
-    kvfuse::RelevanceArgs args = relevance_args(s, m_rows, docs + m_rows, smoothing, out.data());
-    args.segment_count = list.size();
-    args.segments = list.data();
-    check(kvfuse::a3_relevance(args), "A3 relevance");
+    const kvfuse_rope_config rope = s.rope.to_c();
+    kvfuse::SelectArgs args = a3_select_args(s, q_question, m_rows, docs, smoothing, key_precision, &rope, out.data());
+    args.segment_count = segments.size();
+    args.segments = segments.data();
+    std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
+    args.row_count = &no_rows;
+    check(kvfuse::select_rows(args), "A3 relevance");
     return out;
 }
 
 FusionRun run_request(const FusionModel& model, const Request& request, std::span<const ChunkKvView> chunks,
-                      const FusionOptions& o) {
+                      const FusionOptions& options) {
+    FusionRun run;
+    run_request(model, request, chunks, options, run);
+    return run;
+}
+
+void run_request(const FusionModel& model, const Request& request, std::span<const ChunkKvView> chunks,
+                 const FusionOptions& o, FusionRun& run) {
     const ModelShape& s = model.shape();
     const std::vector<std::int32_t> tokens = request.full_prompt();
     const std::size_t T = tokens.size(), P = request.prefix.size(), M = request.question.size();
@@ -407,12 +416,15 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     if (!(o.ratio > 0.0 && o.ratio <= 1.0)) throw std::invalid_argument("ratio must be in (0, 1]");
     if (o.check_layer < 1 || o.check_layer >= L)
         throw std::invalid_argument("check layer must be in [1, " + std::to_string(L - 1) + "]");
-    const bool full = o.method == Method::full;
+    const bool full = method_info(o.method).where == SelectAt::nowhere;
     if (!full && chunks.size() != request.chunks.size())
         throw std::invalid_argument("one stored cache is needed per chunk");
 
-    FusionRun run;
     run.cache.reset(L, T, s.kv_row());
+    run.selected.clear();
+    run.rows_per_layer.clear();
+    run.recompute_fraction = 0;
+    run.times = StageTimes{};
 
     // Where each stored chunk goes.
     std::vector<std::size_t> chunk_offsets;
@@ -436,8 +448,9 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     std::vector<std::int64_t> all_rows(T);
     std::iota(all_rows.begin(), all_rows.end(), 0);
 
-    const bool per_layer = o.method == Method::a3_layers, probe = o.method == Method::a3_probe;
-    const bool dynamic = o.method == Method::cacheblend || o.method == Method::a3 || per_layer || probe;
+    const SelectAt where = method_info(o.method).where;
+    const bool per_layer = where == SelectAt::every_later_layer, probe = o.method == Method::a3_probe;
+    const bool dynamic = where == SelectAt::check_layer || where == SelectAt::every_later_layer;
     // Layers that every row goes through: all for full prefill, up to the check layer for the
     // methods that select there, layer 0 for the static ones (unless told not to).
     const int full_layers = full ? L : dynamic ? o.check_layer : (o.recompute_layer0 ? 1 : 0);
@@ -446,11 +459,12 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     ChunkLoader loader(s, full ? std::span<const ChunkKvView>() : chunks, chunk_offsets, run.cache, full_layers,
                        o.pipelined_loading, run.times);
 
-    std::vector<float> hidden(T * static_cast<std::size_t>(s.dim));
+    Floats& hidden = run.buffers.hidden;
+    resize_uninitialized(hidden, T * static_cast<std::size_t>(s.dim));
     model.embed(tokens, hidden.data());
     std::vector<std::int64_t> rows = all_rows;
-    std::vector<float> q, k, v, attention;
-    std::vector<float> check_hidden;  // a3-layers: every row's input of the check layer
+    Floats &q = run.buffers.q, &k = run.buffers.k, &v = run.buffers.v, &attention = run.buffers.attention;
+    Floats check_hidden;  // a3-layers: every row's input of the check layer
     std::size_t probe_rows = 0;       // a3-probe: rows the probe pushed through layers
     // a3-layers and a3-probe past the check layer: the question's queries at `layer` (the last M
     // of n fresh rows q, k) against that layer's stored keys, or the fused cache's.
@@ -471,22 +485,27 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
             std::vector<std::int64_t> chosen;
             if (dynamic) {
                 // Fresh Q/K/V of every row at the check layer: the selector's signal.
-                q.resize(T * s.q_row());
-                k.resize(T * s.kv_row());
-                v.resize(T * s.kv_row());
+                resize_uninitialized(q, T * s.q_row());
+                resize_uninitialized(k, T * s.kv_row());
+                resize_uninitialized(v, T * s.kv_row());
                 model.project_qkv(l, hidden.data(), T, all_rows.data(), q.data(), k.data(), v.data());
                 run.times.full_layers += ms_since(t_layer);
                 const auto t_select = Clock::now();
                 std::vector<float> score;
                 if (o.method == Method::cacheblend) {
-                    score.assign(T - M - P, 0.0f);
-                    for (std::size_t j = P; j < T - M; ++j) {
-                        const float* fresh = v.data() + j * s.kv_row();
-                        const float* stored = run.cache.v_row(l, j);
-                        float dev = 0.0f;
-                        for (std::size_t e = 0; e < s.kv_row(); ++e) dev += (fresh[e] - stored[e]) * (fresh[e] - stored[e]);
-                        score[j - P] = dev;
-                    }
+                    score.resize(T - M - P);
+                    kvfuse::SelectArgs args{};
+                    args.method = KVFUSE_SELECT_CACHEBLEND;
+                    args.prefix_rows = P;
+                    args.documents = score.size();
+                    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
+                    args.head_dim = static_cast<std::size_t>(s.head_dim);
+                    args.fresh = v.data() + P * s.kv_row();
+                    args.reused = run.cache.v_row(l, P);
+                    args.scores = score.data();
+                    std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
+    args.row_count = &no_rows;
+                    check(kvfuse::select_rows(args), "CacheBlend deviation");
                 } else {
                     score = a3_relevance(s, q.data() + (T - M) * s.q_row(), M, k.data(), P, T, o.a3_smoothing, o.a3_scoring);
                 }
@@ -504,14 +523,15 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                     gather(v.data(), s.kv_row(), always, vp.data());
                     for (int m = l; m < L; ++m) {
                         loader.wait(m);
+                        // Written over by the main pass's fresh rows before it reads them;
+                        // first, so that scoring the fused cache reads the question's fresh keys.
+                        if (m > l) model.project_qkv(m, hp.data(), n_p, always.data(), qp.data(), kp.data(), vp.data());
+                        scatter_fresh(run.cache, m, always, kp.data(), vp.data());
                         if (m > l) {
-                            model.project_qkv(m, hp.data(), n_p, always.data(), qp.data(), kp.data(), vp.data());
                             const std::vector<float> layer_score = later_layer_relevance(m, qp.data(), kp.data(), n_p);
                             std::copy(layer_score.begin(), layer_score.end(), scores.begin() + static_cast<std::ptrdiff_t>((m - l) * docs));
                         }
                         if (m + 1 == L) break;  // the last layer's output is not needed
-                        // Written over by the main pass's fresh rows before it reads them.
-                        scatter_fresh(run.cache, m, always, kp.data(), vp.data());
                         attend(s, qp.data(), always, run.cache, m, ap.data());
                         model.finish_layer(m, ap.data(), n_p, hp.data());
                         probe_rows += n_p;
@@ -544,21 +564,14 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
             run.selected = chosen;
             const std::vector<std::int64_t> next = sorted_union(chosen, always);
             // Keep only the hidden states (and fresh projections) of the rows that go on.
-            std::vector<float> kept(next.size() * static_cast<std::size_t>(s.dim));
             std::vector<std::size_t> where(next.size());
             for (std::size_t i = 0; i < next.size(); ++i)
                 where[i] = static_cast<std::size_t>(std::lower_bound(rows.begin(), rows.end(), next[i]) - rows.begin());
-            for (std::size_t i = 0; i < next.size(); ++i)
-                std::memcpy(kept.data() + i * s.dim, hidden.data() + where[i] * s.dim, s.dim * sizeof(float));
-            hidden.swap(kept);
+            compact_rows(hidden, static_cast<std::size_t>(s.dim), where);
             if (dynamic) {
-                std::vector<float> q_kept(next.size() * s.q_row()), k_kept(next.size() * s.kv_row()), v_kept(next.size() * s.kv_row());
-                gather(q.data(), s.q_row(), next, q_kept.data());
-                gather(k.data(), s.kv_row(), next, k_kept.data());
-                gather(v.data(), s.kv_row(), next, v_kept.data());
-                q.swap(q_kept);
-                k.swap(k_kept);
-                v.swap(v_kept);
+                compact_rows(q, s.q_row(), where);
+                compact_rows(k, s.kv_row(), where);
+                compact_rows(v, s.kv_row(), where);
                 projected = true;
             }
             rows = next;
@@ -567,9 +580,9 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
         const std::size_t n = rows.size();
         run.rows_per_layer.push_back(n);
         if (!projected) {
-            q.resize(n * s.q_row());
-            k.resize(n * s.kv_row());
-            v.resize(n * s.kv_row());
+            resize_uninitialized(q, n * s.q_row());
+            resize_uninitialized(k, n * s.kv_row());
+            resize_uninitialized(v, n * s.kv_row());
             model.project_qkv(l, hidden.data(), n, rows.data(), q.data(), k.data(), v.data());
         }
         // Fresh rows replace the stored ones in this layer's cache.
@@ -600,7 +613,7 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                 }
                 // Merge the joiners (hidden, q) into the sorted row set.
                 std::vector<std::int64_t> merged = sorted_union(rows, joining);
-                std::vector<float> mh(merged.size() * static_cast<std::size_t>(s.dim)), mq(merged.size() * s.q_row());
+                Floats mh(merged.size() * static_cast<std::size_t>(s.dim)), mq(merged.size() * s.q_row());
                 for (std::size_t i = 0, a = 0, b = 0; i < merged.size(); ++i) {
                     const bool from_rows = a < rows.size() && rows[a] == merged[i];
                     const float* hs = from_rows ? hidden.data() + a * s.dim : h.data() + b * s.dim;
@@ -610,14 +623,14 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
                     (from_rows ? a : b) += 1;
                 }
                 rows.swap(merged);
-                hidden.swap(mh);
-                q.swap(mq);
+                hidden.assign(mh.begin(), mh.end());  // into the kept buffers, not swapped with them
+                q.assign(mq.begin(), mq.end());
                 run.selected = sorted_union(run.selected, joining);
                 run.rows_per_layer.back() = rows.size();
             }
         }
         const std::size_t n_now = rows.size();
-        attention.resize(n_now * s.q_row());
+        resize_uninitialized(attention, n_now * s.q_row());
         attend(s, q.data(), rows, run.cache, l, attention.data());
         model.finish_layer(l, attention.data(), n_now, hidden.data());
         (l < full_layers ? run.times.full_layers : run.times.recompute) += ms_since(t_layer);
@@ -634,7 +647,6 @@ FusionRun run_request(const FusionModel& model, const Request& request, std::spa
     for (std::size_t n : run.rows_per_layer) pushed += n;
     pushed += probe_rows;
     run.recompute_fraction = static_cast<double>(pushed) / (static_cast<double>(L) * T);
-    return run;
 }
 
 void require_finite_logits(const float* logits, std::size_t rows, std::size_t vocab) {

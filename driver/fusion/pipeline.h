@@ -1,11 +1,12 @@
-// The fusion pipeline: stored chunk caches fused into a request by one of six methods, and
-// greedy decoding on the result. Methods and notation: docs/FUSION.md and ALGORITHMS.md.
+// The fusion pipeline: stored chunk caches fused into a request by one of the methods of the
+// method table below, and greedy decoding on the result. Methods and notation: docs/FUSION.md and ALGORITHMS.md.
 #pragma once
 
 #include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "fusion/fusion_model.h"
@@ -23,8 +24,31 @@ namespace kvfuse::fusion {
 // of the per-layer sets is recomputed from the check layer on. The probe's rows are counted.
 enum class Method { full, reuse, epic, cacheblend, a3, random, a3_layers, a3_probe };
 
-// "full", "reuse", "epic", "cacheblend", "a3", "random", "a3-layers", "a3-probe"; throws
-// std::invalid_argument otherwise.
+// Where a method chooses its recomputed rows.
+enum class SelectAt {
+    nowhere,           // full prefill: every row through every layer
+    request,           // from the request alone (static), before the first layer that keeps stored rows
+    check_layer,       // from the fresh Q/K/V of every row at the check layer
+    every_later_layer  // at the check layer, and rows join at each later layer
+};
+
+// One row per method: the table that parsing, --help, `run` and `eval` read (so a method is
+// listed in one place), in the order the commands show them.
+struct MethodInfo {
+    Method method;
+    const char* name;     // on the command line and in results
+    const char* summary;  // --help
+    bool takes_ratio;     // the selection size follows --ratio / --ratios
+    SelectAt where;
+};
+std::span<const MethodInfo> method_table();
+const MethodInfo& method_info(Method method);
+// Every method but full prefill, in table order (`--method all`, eval's default).
+std::vector<Method> fused_methods();
+// "full, reuse, ..." (with `separator` between the names), for help and error texts.
+std::string method_names(const char* separator = ", ", bool with_full = true);
+
+// A name from the table; throws std::invalid_argument naming the methods otherwise.
 Method parse_method(std::string_view name);
 const char* method_name(Method method);
 
@@ -50,14 +74,37 @@ struct FusionOptions {
     std::uint32_t seed = 1;         // random
 };
 
+// kvfuse::LocalAllocator (large blocks on the NUMA node(s) of the placed threads) whose
+// vectors leave new elements uninitialized: a request's buffers are written in full before
+// they are read, so zero-filling them (and, in a fresh block, faulting in every page for it)
+// would be pure cost. Only for trivial element types.
+template <class T>
+struct UninitializedLocalAllocator : kvfuse::LocalAllocator<T> {
+    UninitializedLocalAllocator() = default;
+    template <class U>
+    UninitializedLocalAllocator(const UninitializedLocalAllocator<U>&) noexcept {}
+    template <class U>
+    void construct(U* p) noexcept {
+        ::new (static_cast<void*>(p)) U;  // default-initialization: no value written
+    }
+    template <class U, class... Args>
+    void construct(U* p, Args&&... args) {
+        ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+    }
+};
+// A request's working rows (hidden states, projections), kept across requests in a FusionRun.
+using Floats = std::vector<float, UninitializedLocalAllocator<float>>;
+
 // Per-layer K (after RoPE) and V of `tokens` rows, each row kv_heads x head_dim f32.
 struct KvCache {
     std::size_t tokens = 0;
     std::size_t row = 0;  // kv_heads * head_dim
-    // Large per-layer buffers on the NUMA node(s) of the placed threads (kvfuse_alloc_local).
-    using Rows = std::vector<float, kvfuse::LocalAllocator<float>>;
+    using Rows = Floats;
     std::vector<Rows> k, v;
 
+    // Shapes the cache for `tokens` rows per layer, keeping the buffers it has: their contents
+    // are left as they are (stale or uninitialized), so the caller writes every row before
+    // reading it. A buffer too small is replaced without copying its old rows.
     void reset(int layers, std::size_t tokens, std::size_t row);
     float* k_row(int layer, std::size_t t) { return k[static_cast<std::size_t>(layer)].data() + t * row; }
     float* v_row(int layer, std::size_t t) { return v[static_cast<std::size_t>(layer)].data() + t * row; }
@@ -125,12 +172,22 @@ struct FusionRun {
     std::vector<std::size_t> rows_per_layer;
     double recompute_fraction = 0;         // rows pushed through layers / (L * T)
     StageTimes times;
+    // Working memory of the run (hidden states, Q/K/V and attention of the rows flowing), kept
+    // so that a FusionRun given to run_request again reuses it.
+    struct Buffers {
+        Floats hidden, q, k, v, attention;
+    } buffers;
 };
 
 // Runs one request. `chunks` holds one cache per request chunk (same order and token count);
 // Method::full ignores it and is the reference full prefill.
 FusionRun run_request(const FusionModel& model, const Request& request, std::span<const ChunkKvView> chunks,
                       const FusionOptions& options);
+// The same into `run`, reusing its cache and buffers as a serving process keeps them across
+// requests: no allocation, zero-fill or page fault when they are large enough (whatever they
+// hold is overwritten before it is read; tests/test_fusion.cpp fills them with NaN to check).
+void run_request(const FusionModel& model, const Request& request, std::span<const ChunkKvView> chunks,
+                 const FusionOptions& options, FusionRun& run);
 
 // Greedy decoding on a cache holding `cache.tokens` rows: `first` is appended at the next
 // position, then n-1 more tokens are generated. Returns the n tokens (first included).

@@ -400,6 +400,95 @@ KVFUSE_API kvfuse_status kvfuse_a3_relevance(const kvfuse_relevance_args* args);
  * (NEON sdot), or "reference" on the scalar ISA. Static strings; either pointer may be null. */
 KVFUSE_API kvfuse_status kvfuse_relevance_dot_schemes(const char** int8_keys, const char** int4_keys);
 
+/* ---- row selection: A3 or CacheBlend in one call ----------------------------------------
+ * Candidates are the document rows [P, P + documents) of a request laid out as prefix (P rows,
+ * never candidates) | documents | question (M rows). The call scores them and returns the ids
+ * of the k best, ascending (P + index): the rows a fusion pipeline recomputes besides its
+ * prefix and question rows. */
+typedef enum kvfuse_select_method {
+    KVFUSE_SELECT_A3 = 0,         /* the question's queries against the candidates' keys (A3 relevance) */
+    KVFUSE_SELECT_CACHEBLEND = 1, /* KV deviation: sum over the row of (fresh - reused)^2 */
+    KVFUSE_SELECT_METHOD_MIN_ENUM = -0x7fffffff - 1,
+    KVFUSE_SELECT_METHOD_MAX_ENUM = 0x7fffffff
+} kvfuse_select_method;
+
+typedef enum kvfuse_key_precision {
+    KVFUSE_KEYS_F32 = 0,  /* f32 queries and keys */
+    KVFUSE_KEYS_INT8 = 1, /* int8 keys (stored, or quantized by the call) and int8 queries */
+    KVFUSE_KEYS_INT4 = 2, /* int4 keys (stored, or quantized by the call) and int8 queries */
+    KVFUSE_KEY_PRECISION_MIN_ENUM = -0x7fffffff - 1,
+    KVFUSE_KEY_PRECISION_MAX_ENUM = 0x7fffffff
+} kvfuse_key_precision;
+
+/* A3: consecutive candidate keys kept in one frame: a stored chunk's keys at the positions it
+ * was computed at (position_shift = its fused position - its stored position), or keys already
+ * in the request's frame (shift 0). The question's queries are rotated back by the shift, so the
+ * keys are read as they are. */
+typedef struct kvfuse_select_segment {
+    size_t struct_size;       /* kvfuse_select_segment_init sets it; the same in every element */
+    size_t tokens;
+    int64_t position_shift;
+    const float* keys_f32;    /* tokens x kv_heads x head_dim, row stride key_row_stride (0: packed) */
+    size_t key_row_stride;
+    /* The segment's stored quantized form (kvfuse_quantize_keys_i8/_i4 over these keys), read
+     * when the precision asks for it; NULL: the call quantizes keys_f32 itself. */
+    const int8_t* keys_i8;
+    const uint8_t* keys_i4;
+    const float* key_scales;  /* tokens x kv_heads */
+    const float* key_means;   /* kv_heads x head_dim: its mean, returned to the logits as the bias
+                               * sum_h q_h . mean_(h / group) when there are several segments */
+} kvfuse_select_segment;
+
+#define KVFUSE_SELECT_SEGMENT_SIZE_V1 sizeof(kvfuse_select_segment)
+
+/* Every field 0 / NULL, struct_size set. */
+KVFUSE_INLINE void kvfuse_select_segment_init(kvfuse_select_segment* segment) {
+    memset(segment, 0, sizeof *segment);
+    segment->struct_size = sizeof *segment;
+}
+
+typedef struct kvfuse_select_args {
+    size_t struct_size;   /* kvfuse_select_args_init sets it */
+    kvfuse_select_method method;
+    size_t prefix_rows;   /* P */
+    size_t documents;     /* candidate rows */
+    size_t question_rows; /* M (A3: > 0) */
+    size_t k;             /* rows to select; 0: floor(ratio * (P + documents)) (ALGORITHMS.md's r (T - M)) */
+    double ratio;         /* in [0, 1], used when k = 0 */
+    /* A3 */
+    size_t query_heads;   /* H, a multiple of kv_heads */
+    size_t kv_heads;
+    size_t head_dim;
+    const float* queries; /* M x H x head_dim, the question rows' queries at their fused positions */
+    size_t query_row_stride;          /* elements; 0: packed */
+    kvfuse_key_precision key_precision;
+    int smoothing;                    /* width-5 moving average of the relevance */
+    const kvfuse_rope_config* rope;   /* the model's RoPE; needed when a shift is not 0 */
+    size_t segment_count;             /* the keys of the documents, then of the question, in order: */
+    const kvfuse_select_segment* segments; /* tokens add up to documents + M */
+    /* CacheBlend: the documents' rows (kv_heads x head_dim each, e.g. V at the check layer)
+     * freshly computed and as reused from the stored caches */
+    const float* fresh;
+    size_t fresh_row_stride;          /* elements; 0: packed */
+    const float* reused;
+    size_t reused_row_stride;
+    /* outputs */
+    int64_t* rows;        /* room for min(k, documents) ids */
+    size_t rows_capacity;
+    size_t* row_count;    /* ids written */
+    float* scores;        /* optional (NULL): the documents' scores */
+} kvfuse_select_args;
+
+#define KVFUSE_SELECT_ARGS_SIZE_V1 sizeof(kvfuse_select_args)
+
+/* Every field 0 / NULL (method A3, f32 keys), struct_size set. */
+KVFUSE_INLINE void kvfuse_select_args_init(kvfuse_select_args* args) {
+    memset(args, 0, sizeof *args);
+    args->struct_size = sizeof *args;
+}
+
+KVFUSE_API kvfuse_status kvfuse_select_rows(const kvfuse_select_args* args);
+
 /* ---- dense layers (GEMM) ----------------------------------------------------------------
  * C[n x out] = A[n x in] W^T (+ beta C): a linear layer over n tokens, W its [out x in] weight
  * matrix (out rows of in, like a BLAS call with W transposed). W is packed once into an opaque

@@ -470,6 +470,16 @@ inline Status a3_relevance(const kvfuse_relevance_args& args) { return Status(kv
 inline Status a3_relevance(Context& context, const kvfuse_relevance_args& args) {
     return Status(kvfuse_ctx_a3_relevance(context.get(), &args));
 }
+
+// Row selection in one call (kvfuse_select_rows): A3 or CacheBlend scores, top-k, sorted row ids.
+struct SelectArgs : kvfuse_select_args {
+    SelectArgs() { kvfuse_select_args_init(this); }
+};
+struct SelectSegment : kvfuse_select_segment {
+    SelectSegment() { kvfuse_select_segment_init(this); }
+};
+static_assert(sizeof(SelectSegment) == sizeof(kvfuse_select_segment), "an array of them is one of the C struct");
+inline Status select_rows(const kvfuse_select_args& args) { return Status(kvfuse_select_rows(&args)); }
 // ---- dense layers (GEMM) ------------------------------------------------------------------------
 
 // Owns packed weights (kvfuse_pack_weights); move-only. An empty object (default, moved from,

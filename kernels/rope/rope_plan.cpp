@@ -163,6 +163,25 @@ RopeTableCache::~RopeTableCache() = default;
 const RopeTable& RopeTableCache::get(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads,
                                      std::int64_t delta) {
     ++clock_;
+    if (delta >= 0 && delta < kPositions) {
+        PositionTables* store = nullptr;
+        for (PositionTables& p : positions_)
+            if (p.plan == plan.id && p.dtype == dtype && p.heads == heads) store = &p;
+        if (store == nullptr) {
+            store = positions_[0].last_use <= positions_[1].last_use ? &positions_[0] : &positions_[1];
+            store->tables.clear();
+            store->plan = plan.id, store->dtype = dtype, store->heads = heads;
+        }
+        store->last_use = clock_;
+        const std::size_t at = static_cast<std::size_t>(delta);
+        if (store->tables.size() <= at) store->tables.resize(at + 1);
+        std::unique_ptr<RopeTable>& table = store->tables[at];
+        if (!table) {
+            table = std::make_unique<RopeTable>();
+            table->build(plan, dtype, heads, delta);
+        }
+        return *table;
+    }
     std::size_t oldest = 0;
     for (std::size_t e = 0; e < kEntries; ++e) {
         if (tables_[e].holds(plan, dtype, heads, delta)) {

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -92,6 +93,19 @@ class RopeTableCache {
     RopeTable tables_[kEntries];
     std::uint64_t last_use_[kEntries] = {};
     std::uint64_t clock_ = 0;
+    // Per-token deltas (ordinary RoPE of fresh Q/K at their absolute positions: a different
+    // delta for every token, every layer) would rebuild a table per token and call: sin/cos
+    // was 4.6 % of a 4K-token request's profile. Tables of deltas 0..kPositions-1 are kept by
+    // delta, for the two (plan, dtype, heads) used last (a layer rotates Q and K, whose head
+    // counts differ), built on first use (a 4K context: ~2 MB a thread).
+    static constexpr std::int64_t kPositions = 32768;
+    struct PositionTables {
+        std::uint64_t plan = 0, last_use = 0;
+        kvfuse_dtype dtype = KVFUSE_DTYPE_F32;
+        std::size_t heads = 0;
+        std::vector<std::unique_ptr<RopeTable>> tables;
+    };
+    PositionTables positions_[2];
 };
 
 }  // namespace kvfuse::detail
