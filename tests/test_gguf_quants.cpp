@@ -252,3 +252,45 @@ TEST(GgufQuants, HalfConversionsRound) {
 }
 
 }  // namespace
+
+namespace {
+
+// A quantized matrix multiplied from the mapped file, a tile of rows at a time, equals the
+// product with its dequantized values (reference in double), with several tiles and a partial
+// last one, with beta 0 and 1.
+TEST(GgufQuants, TiledProductsMatchTheDequantizedMatrix) {
+    const kvfuse::model::LlamaModel model(GgufFile::open(kData + "/stories260K-Q4_0.gguf"));
+    const std::uint64_t in = 2048, out = 1100;  // 4 MiB tiles of f32: 512 rows, three tiles
+    GgufWriter w;
+    const TypeTraits& q4k = kvfuse::model::type_traits(GgmlType::q4_k);
+    const std::vector<float> values = weight_like(in * out, 11);
+    std::vector<std::uint8_t> blocks(*q4k.row_bytes(in) * out);
+    q4k.quantize_row(values.data(), blocks.data(), values.size());
+    w.add_tensor("w", {in, out}, static_cast<std::uint32_t>(GgmlType::q4_k), blocks);
+    const auto bytes = w.bytes();
+    const auto file = GgufFile::parse(bytes, "tiles.gguf");
+    kvfuse::model::LlamaModel::Dense dense;
+    dense.tensor = &file->require_tensor("w");
+    dense.in = in;
+    dense.out = out;
+    const std::vector<float> weights = file->read_f32(*dense.tensor);
+    const std::size_t n = 5;
+    const std::vector<float> x = weight_like(n * in, 12);
+    std::vector<float> y(n * out, 0.0f), y_accumulated(n * out, 1.0f);
+    model.linear(x.data(), n, dense, y.data());
+    model.linear(x.data(), n, dense, y_accumulated.data(), 1.0f);
+    for (std::size_t r = 0; r < n; ++r)
+        for (std::size_t o = 0; o < out; ++o) {
+            double expected = 0.0, magnitude = 0.0;
+            for (std::size_t i = 0; i < in; ++i) {
+                expected += static_cast<double>(x[r * in + i]) * weights[o * in + i];
+                magnitude += std::fabs(static_cast<double>(x[r * in + i]) * weights[o * in + i]);
+            }
+            ASSERT_NEAR(y[r * out + o], expected, 1e-5 * magnitude + 1e-7) << r << ", " << o;
+            ASSERT_NEAR(y_accumulated[r * out + o], expected + 1.0, 1e-5 * magnitude + 1e-6) << r << ", " << o;
+        }
+    // Every matrix of this file is quantized: none is held as a packed copy.
+    EXPECT_EQ(model.resident_weight_bytes(), 0u);
+}
+
+}  // namespace
