@@ -15,12 +15,15 @@
 #include <stdexcept>
 #include <vector>
 
+#include "model/gguf_types.h"
+
 namespace kvfuse::cli {
 
 namespace {
 
 constexpr std::uint64_t kAlignment = 32;  // GGUF's default; the loader checks every offset
-constexpr std::uint32_t kTypeF32 = 0, kTypeBf16 = 30;
+using kvfuse::model::GgmlType;
+using kvfuse::model::TypeTraits;
 constexpr int kSpecialTokens = 3, kByteTokens = 256;
 
 // Weights come from a counter-based generator (splitmix64 at position i of a per-tensor stream,
@@ -55,13 +58,6 @@ void fill_normal(std::uint64_t stream, std::uint64_t first, std::size_t count, f
         out[2 * p] = static_cast<float>(r * std::cos(kTwoPi * u2));
         if (2 * p + 1 < count) out[2 * p + 1] = static_cast<float>(r * std::sin(kTwoPi * u2));
     }
-}
-
-std::uint16_t to_bf16(float value) {  // round to nearest even (the values are finite)
-    std::uint32_t bits;
-    std::memcpy(&bits, &value, 4);
-    bits += 0x7FFFu + ((bits >> 16) & 1u);
-    return static_cast<std::uint16_t>(bits >> 16);
 }
 
 // The synthetic vocabulary, laid out like llama's SentencePiece one: <unk>, <s>, </s>, the 256
@@ -133,7 +129,8 @@ class Header {
         array(key, 5, values.size());
         raw(values.data(), values.size() * 4);
     }
-    void tensor(const std::string& name, const std::vector<std::uint64_t>& dims, std::uint32_t type, std::uint64_t offset) {
+    void tensor(const std::string& name, const std::vector<std::uint64_t>& dims, GgmlType ggml_type, std::uint64_t offset) {
+        const auto type = static_cast<std::uint32_t>(ggml_type);
         auto put = [this](const void* p, std::size_t n) {
             tensors_.insert(tensors_.end(), static_cast<const std::uint8_t*>(p), static_cast<const std::uint8_t*>(p) + n);
         };
@@ -187,10 +184,35 @@ class Header {
     std::uint64_t kv_count_ = 0, tensor_count_ = 0;
 };
 
+using kvfuse::model::QuantizeRow;
+
+// llama.cpp's general.file_type for a file whose matrices are all of one type (its LLAMA_FTYPE_*;
+// the K types as their _S variants, which are the closest "pure" ones).
+std::uint32_t llama_file_type(GgmlType type) {
+    switch (type) {
+        case GgmlType::f32: return 0;
+        case GgmlType::f16: return 1;
+        case GgmlType::q4_0: return 2;
+        case GgmlType::q4_1: return 3;
+        case GgmlType::q8_0: return 7;
+        case GgmlType::q5_0: return 8;
+        case GgmlType::q5_1: return 9;
+        case GgmlType::q2_k: return 10;
+        case GgmlType::q3_k: return 11;
+        case GgmlType::q4_k: return 14;
+        case GgmlType::q5_k: return 16;
+        case GgmlType::q6_k: return 18;
+        case GgmlType::iq4_nl: return 25;
+        case GgmlType::iq4_xs: return 30;
+        case GgmlType::bf16: return 32;
+        default: return 0;
+    }
+}
+
 struct TensorPlan {
     std::string name;
     std::vector<std::uint64_t> dims;  // ggml order: dims[0] is the input (contiguous) side
-    std::uint32_t type;
+    const TypeTraits* type;
     float stddev;  // 0: every value is 1 (norm weights)
     std::uint64_t offset = 0, bytes = 0;
 };
@@ -284,7 +306,14 @@ void validate(const RandomModelSpec& s) {
          "--vocab must be in [259, 16777216] (3 special and 256 byte tokens come first)");
     need(s.context >= 16 && s.context <= (1 << 24), "--context must be in [16, 16777216]");
     need(std::isfinite(s.rope_base) && s.rope_base > 1.0, "--rope-base must be a finite number above 1");
-    need(s.dtype == "f32" || s.dtype == "bf16", "--dtype must be f32 or bf16, not '" + s.dtype + "'");
+    const TypeTraits* type = kvfuse::model::find_type_traits(s.dtype);
+    need(type != nullptr && type->supported(),
+         "--dtype must be one of " + kvfuse::model::supported_type_names() + ", not '" + s.dtype + "'");
+    // Every matrix row (dim or hidden values) must be whole blocks of the type.
+    need(s.dim % static_cast<int>(type->block_elements) == 0 && s.hidden % static_cast<int>(type->block_elements) == 0,
+         std::string("--dtype ") + type->name + " stores rows in blocks of " + std::to_string(type->block_elements) +
+             " values: --dim (" + std::to_string(s.dim) + ") and --hidden (" + std::to_string(s.hidden) +
+             ") must be multiples of it");
 }
 
 RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::string& path, bool replace) {
@@ -299,7 +328,8 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     const std::uint64_t dim = static_cast<std::uint64_t>(spec.dim), hidden = static_cast<std::uint64_t>(spec.hidden),
                         vocab = static_cast<std::uint64_t>(spec.vocab),
                         kv = dim / static_cast<std::uint64_t>(spec.heads) * static_cast<std::uint64_t>(spec.kv_heads);
-    const std::uint32_t matrix_type = spec.dtype == "bf16" ? kTypeBf16 : kTypeF32;
+    const TypeTraits* matrix_type = kvfuse::model::find_type_traits(spec.dtype);
+    const TypeTraits* f32 = &kvfuse::model::type_traits(GgmlType::f32);
     // Matrices: normal with deviation 1/sqrt(fan_in), so a projection of an RMS-normalized row
     // keeps unit scale and activations stay finite through any depth. Embeddings: deviation 1,
     // the scale of the normalized states the layers add to the residual stream. Norms: 1.
@@ -307,7 +337,7 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     auto matrix = [&](const std::string& name, std::uint64_t in, std::uint64_t out) {
         plan.push_back({name, {in, out}, matrix_type, static_cast<float>(1.0 / std::sqrt(static_cast<double>(in)))});
     };
-    auto norm = [&](const std::string& name) { plan.push_back({name, {dim}, kTypeF32, 0.0f}); };
+    auto norm = [&](const std::string& name) { plan.push_back({name, {dim}, f32, 0.0f}); };
     plan.push_back({"token_embd.weight", {dim, vocab}, matrix_type, 1.0f});
     norm("output_norm.weight");
     matrix("output.weight", dim, vocab);  // untied: tied unit-deviation embeddings would give sharp logits
@@ -333,7 +363,7 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     header.string("general.name", name);
     header.string("general.description", "random weights for benchmarks and tests; it generates noise, not text");
     header.u32("general.alignment", static_cast<std::uint32_t>(kAlignment));
-    header.u32("general.file_type", matrix_type == kTypeBf16 ? 32 : 0);  // llama.cpp: ALL_F32 = 0, MOSTLY_BF16 = 32
+    header.u32("general.file_type", llama_file_type(matrix_type->type));
     header.u32("llama.context_length", static_cast<std::uint32_t>(spec.context));
     header.u32("llama.embedding_length", static_cast<std::uint32_t>(spec.dim));
     header.u32("llama.block_count", static_cast<std::uint32_t>(spec.layers));
@@ -360,10 +390,10 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
         std::uint64_t elements = 1;
         for (auto d : t.dims) elements *= d;
         t.offset = offset;
-        t.bytes = elements * (t.type == kTypeBf16 ? 2 : 4);
+        t.bytes = *t.type->row_bytes(t.dims[0]) * (elements / t.dims[0]);
         offset = (offset + t.bytes + kAlignment - 1) / kAlignment * kAlignment;
         info.parameters += elements;
-        header.tensor(t.name, t.dims, t.type, t.offset);
+        header.tensor(t.name, t.dims, t.type->type, t.offset);
     }
     const std::vector<std::uint8_t> head = header.bytes();
     info.bytes = head.size() + offset;
@@ -371,26 +401,29 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     TempFile file(path);
     file.write(head.data(), head.size());
     // Streamed in blocks: a realistic model is gigabytes and never needs to be in memory whole.
-    constexpr std::size_t kBlock = std::size_t{1} << 22;  // values, even
+    // Values in chunks of 2^22 (even, and whole blocks of every type), stored in the tensor's type
+    // through the type table's quantizer, in parallel pieces of 64 blocks.
+    constexpr std::size_t kBlock = std::size_t{1} << 22;
     std::vector<float> values(kBlock);
-    std::vector<std::uint16_t> halves(kBlock);
+    std::vector<std::uint8_t> stored;
     const std::uint8_t zeros[kAlignment] = {};
     std::uint64_t written = 0;
     for (const auto& t : plan) {
-        const std::uint64_t elements = t.bytes / (t.type == kTypeBf16 ? 2 : 4);
+        const std::uint64_t elements = t.bytes / t.type->block_bytes * t.type->block_elements;
         const std::uint64_t stream = stream_seed(spec.seed, t.name);
+        const std::size_t piece = 64 * t.type->block_elements, piece_bytes = 64 * t.type->block_bytes;
         for (std::uint64_t first = 0; first < elements; first += kBlock) {
             const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, elements - first));
             if (t.stddev == 0.0f)
                 std::fill(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(n), 1.0f);
             else
                 fill_normal(stream, first, n, t.stddev, values.data());
-            if (t.type == kTypeBf16) {
-                for (std::size_t i = 0; i < n; ++i) halves[i] = to_bf16(values[i]);
-                file.write(halves.data(), n * 2);
-            } else {
-                file.write(values.data(), n * 4);
-            }
+            stored.resize(n / t.type->block_elements * t.type->block_bytes);
+            const QuantizeRow quantize = t.type->quantize_row;
+#pragma omp parallel for schedule(dynamic)
+            for (std::size_t p = 0; p < (n + piece - 1) / piece; ++p)
+                quantize(values.data() + p * piece, stored.data() + p * piece_bytes, std::min(piece, n - p * piece));
+            file.write(stored.data(), stored.size());
         }
         written = t.offset + t.bytes;
         const std::uint64_t padded = (written + kAlignment - 1) / kAlignment * kAlignment;
