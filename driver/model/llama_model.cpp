@@ -178,7 +178,6 @@ void LlamaModel::linear(const float* x, std::size_t n, const Dense& w, float* y,
         const std::uint8_t* base = w.tensor->data + first * row_bytes;
         float* tile = tile_.data();
         const std::size_t in = w.in;
-#pragma omp parallel for schedule(static)
         for (std::size_t r = 0; r < rows; ++r) dequantize(base + r * row_bytes, tile + r * in, in);
         kvfuse::PackedWeights::pack(tile, rows, in, in, kvfuse::Dtype::f32, packed).check();
         kvfuse::gemm(packed, x, n, y + first, beta, 0, in, w.out).check();
