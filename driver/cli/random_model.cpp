@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "model/gguf_types.h"
+#include "model/gguf_writer.h"
 
 namespace kvfuse::cli {
 
@@ -101,88 +102,6 @@ Vocabulary make_vocabulary(int size) {
     }
     return v;
 }
-
-// GGUF metadata and tensor table, serialized in memory (they are small next to the weights).
-class Header {
-   public:
-    void string(const std::string& key, const std::string& value) {
-        begin(key, 8);
-        str(value);
-    }
-    void u32(const std::string& key, std::uint32_t value) {
-        begin(key, 4);
-        raw(&value, 4);
-    }
-    void f32(const std::string& key, float value) {
-        begin(key, 6);
-        raw(&value, 4);
-    }
-    void strings(const std::string& key, const std::vector<std::string>& values) {
-        array(key, 8, values.size());
-        for (const auto& s : values) str(s);
-    }
-    void f32s(const std::string& key, const std::vector<float>& values) {
-        array(key, 6, values.size());
-        raw(values.data(), values.size() * 4);
-    }
-    void i32s(const std::string& key, const std::vector<std::int32_t>& values) {
-        array(key, 5, values.size());
-        raw(values.data(), values.size() * 4);
-    }
-    void tensor(const std::string& name, const std::vector<std::uint64_t>& dims, GgmlType ggml_type, std::uint64_t offset) {
-        const auto type = static_cast<std::uint32_t>(ggml_type);
-        auto put = [this](const void* p, std::size_t n) {
-            tensors_.insert(tensors_.end(), static_cast<const std::uint8_t*>(p), static_cast<const std::uint8_t*>(p) + n);
-        };
-        const std::uint64_t length = name.size();
-        put(&length, 8);
-        put(name.data(), name.size());
-        const std::uint32_t rank = static_cast<std::uint32_t>(dims.size());
-        put(&rank, 4);
-        for (std::uint64_t d : dims) put(&d, 8);
-        put(&type, 4);
-        put(&offset, 8);
-        ++tensor_count_;
-    }
-    // magic, version 3, counts, metadata, tensor table, padding to the data section.
-    std::vector<std::uint8_t> bytes() const {
-        std::vector<std::uint8_t> out;
-        auto put = [&](const void* p, std::size_t n) {
-            out.insert(out.end(), static_cast<const std::uint8_t*>(p), static_cast<const std::uint8_t*>(p) + n);
-        };
-        const std::uint32_t magic = 0x46554747, version = 3;
-        put(&magic, 4);
-        put(&version, 4);
-        put(&tensor_count_, 8);
-        put(&kv_count_, 8);
-        out.insert(out.end(), meta_.begin(), meta_.end());
-        out.insert(out.end(), tensors_.begin(), tensors_.end());
-        out.resize((out.size() + kAlignment - 1) / kAlignment * kAlignment, 0);
-        return out;
-    }
-
-   private:
-    void raw(const void* p, std::size_t n) {
-        meta_.insert(meta_.end(), static_cast<const std::uint8_t*>(p), static_cast<const std::uint8_t*>(p) + n);
-    }
-    void str(const std::string& s) {
-        const std::uint64_t length = s.size();
-        raw(&length, 8);
-        raw(s.data(), s.size());
-    }
-    void begin(const std::string& key, std::uint32_t type) {
-        str(key);
-        raw(&type, 4);
-        ++kv_count_;
-    }
-    void array(const std::string& key, std::uint32_t element_type, std::uint64_t count) {
-        begin(key, 9);
-        raw(&element_type, 4);
-        raw(&count, 8);
-    }
-    std::vector<std::uint8_t> meta_, tensors_;
-    std::uint64_t kv_count_ = 0, tensor_count_ = 0;
-};
 
 using kvfuse::model::QuantizeRow;
 
@@ -354,35 +273,35 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
         matrix(p + "ffn_down.weight", hidden, dim);
     }
 
-    Header header;
+    kvfuse::model::GgufHeaderWriter header;
     const Vocabulary vocabulary = make_vocabulary(spec.vocab);
     char name[160];
     std::snprintf(name, sizeof name, "kvfuse random llama %dx%d (seed %llu)", spec.layers, spec.dim,
                   static_cast<unsigned long long>(spec.seed));
-    header.string("general.architecture", "llama");
-    header.string("general.name", name);
-    header.string("general.description", "random weights for benchmarks and tests; it generates noise, not text");
-    header.u32("general.alignment", static_cast<std::uint32_t>(kAlignment));
-    header.u32("general.file_type", llama_file_type(matrix_type->type));
-    header.u32("llama.context_length", static_cast<std::uint32_t>(spec.context));
-    header.u32("llama.embedding_length", static_cast<std::uint32_t>(spec.dim));
-    header.u32("llama.block_count", static_cast<std::uint32_t>(spec.layers));
-    header.u32("llama.feed_forward_length", static_cast<std::uint32_t>(spec.hidden));
-    header.u32("llama.attention.head_count", static_cast<std::uint32_t>(spec.heads));
-    header.u32("llama.attention.head_count_kv", static_cast<std::uint32_t>(spec.kv_heads));
-    header.u32("llama.attention.key_length", static_cast<std::uint32_t>(dim / spec.heads));
-    header.u32("llama.attention.value_length", static_cast<std::uint32_t>(dim / spec.heads));
-    header.f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    header.u32("llama.rope.dimension_count", static_cast<std::uint32_t>(dim / spec.heads));
-    header.f32("llama.rope.freq_base", static_cast<float>(spec.rope_base));
-    header.u32("llama.vocab_size", static_cast<std::uint32_t>(spec.vocab));
-    header.string("tokenizer.ggml.model", "llama");
-    header.strings("tokenizer.ggml.tokens", vocabulary.pieces);
-    header.f32s("tokenizer.ggml.scores", vocabulary.scores);
-    header.i32s("tokenizer.ggml.token_type", vocabulary.types);
-    header.u32("tokenizer.ggml.unknown_token_id", 0);
-    header.u32("tokenizer.ggml.bos_token_id", 1);
-    header.u32("tokenizer.ggml.eos_token_id", 2);
+    header.add_string("general.architecture", "llama");
+    header.add_string("general.name", name);
+    header.add_string("general.description", "random weights for benchmarks and tests; it generates noise, not text");
+    header.add_u32("general.alignment", static_cast<std::uint32_t>(kAlignment));
+    header.add_u32("general.file_type", llama_file_type(matrix_type->type));
+    header.add_u32("llama.context_length", static_cast<std::uint32_t>(spec.context));
+    header.add_u32("llama.embedding_length", static_cast<std::uint32_t>(spec.dim));
+    header.add_u32("llama.block_count", static_cast<std::uint32_t>(spec.layers));
+    header.add_u32("llama.feed_forward_length", static_cast<std::uint32_t>(spec.hidden));
+    header.add_u32("llama.attention.head_count", static_cast<std::uint32_t>(spec.heads));
+    header.add_u32("llama.attention.head_count_kv", static_cast<std::uint32_t>(spec.kv_heads));
+    header.add_u32("llama.attention.key_length", static_cast<std::uint32_t>(dim / spec.heads));
+    header.add_u32("llama.attention.value_length", static_cast<std::uint32_t>(dim / spec.heads));
+    header.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    header.add_u32("llama.rope.dimension_count", static_cast<std::uint32_t>(dim / spec.heads));
+    header.add_f32("llama.rope.freq_base", static_cast<float>(spec.rope_base));
+    header.add_u32("llama.vocab_size", static_cast<std::uint32_t>(spec.vocab));
+    header.add_string("tokenizer.ggml.model", "llama");
+    header.add_strings("tokenizer.ggml.tokens", vocabulary.pieces);
+    header.add_f32s("tokenizer.ggml.scores", vocabulary.scores);
+    header.add_i32s("tokenizer.ggml.token_type", vocabulary.types);
+    header.add_u32("tokenizer.ggml.unknown_token_id", 0);
+    header.add_u32("tokenizer.ggml.bos_token_id", 1);
+    header.add_u32("tokenizer.ggml.eos_token_id", 2);
 
     RandomModelInfo info;
     std::uint64_t offset = 0;
@@ -393,9 +312,9 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
         t.bytes = *t.type->row_bytes(t.dims[0]) * (elements / t.dims[0]);
         offset = (offset + t.bytes + kAlignment - 1) / kAlignment * kAlignment;
         info.parameters += elements;
-        header.tensor(t.name, t.dims, t.type->type, t.offset);
+        header.add_tensor_info(t.name, t.dims, t.type->type, t.offset);
     }
-    const std::vector<std::uint8_t> head = header.bytes();
+    const std::vector<std::uint8_t> head = header.bytes(kAlignment);
     info.bytes = head.size() + offset;
 
     TempFile file(path);
