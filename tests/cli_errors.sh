@@ -62,7 +62,8 @@ expect_error "--out is required" "$kvfuse" make-model --dim 64
 expect_error "multiple of --heads" mm --heads 3 --kv-heads 1
 expect_error "multiple of --kv-heads" mm --kv-heads 3
 expect_error "must equal --dim" mm --head-dim 32
-expect_error "--dtype must be f32 or bf16" mm --dtype f16
+expect_error "--dtype must be one of F32, F16" mm --dtype f8
+expect_error "--dtype Q4_K stores rows in blocks of 256 values" mm --dtype q4_k
 expect_error "--vocab must be in" mm --vocab 100
 expect_error "--layers must be in" mm --layers 1
 expect_error "--dim must be in" mm --dim 0

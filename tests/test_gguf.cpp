@@ -118,9 +118,18 @@ TEST(Gguf, DamagedFilesNameTheProblem) {
         const std::vector<std::uint8_t> truncated(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(cut));
         EXPECT_NE(error_of(truncated).find("truncated"), std::string::npos) << "cut at " << cut << ": " << error_of(truncated);
     }
-    GgufWriter unknown_type;
-    unknown_type.add_tensor("q4", {32}, 2, std::vector<std::uint8_t>(18));
-    EXPECT_NE(error_of(unknown_type.bytes()).find("unsupported type 2"), std::string::npos);
+    // A type kvfuse does not read is no error in a tensor the model never reads, and an error
+    // naming tensor and type in one it does.
+    EXPECT_EQ(model_error(tiny_model("", [](GgufWriter& w) {
+                  w.add_tensor("unused.weight", {256, 1}, 16, std::vector<std::uint8_t>(66));  // IQ2_XXS
+              }).bytes()),
+              "no error");
+    GgufWriter used_unread_type;
+    add_tiny_model_metadata(used_unread_type, "llama", 1, "", 1);
+    used_unread_type.add_tensor("token_embd.weight", {4, 4}, 24, std::vector<std::uint8_t>(16));  // I8
+    EXPECT_NE(model_error(used_unread_type.bytes()).find("tensor token_embd.weight has type I8, which kvfuse does not read"),
+              std::string::npos)
+        << model_error(used_unread_type.bytes());
     GgufWriter overlap;
     overlap.add_tensor("x", {8}, 0, f32_bytes(std::vector<float>(8, 1)), 0);
     overlap.add_tensor("y", {8}, 0, f32_bytes(std::vector<float>(8, 2)), 0);

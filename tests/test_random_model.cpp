@@ -77,7 +77,7 @@ TEST_F(RandomModel, WritesWhatTheLoaderReads) {
         EXPECT_EQ(model.bos(), 1);
         EXPECT_EQ(model.tokenizer().eos(), 2);
         const auto& q = file->require_tensor("blk.2.attn_q.weight");
-        EXPECT_EQ(static_cast<int>(q.type), dtype == "bf16" ? 30 : 0);
+        EXPECT_EQ(q.type, dtype == "bf16" ? kvfuse::model::GgmlType::bf16 : kvfuse::model::GgmlType::f32);
         EXPECT_EQ(static_cast<int>(file->require_tensor("blk.2.ffn_norm.weight").type), 0) << "norms stay f32";
         EXPECT_FALSE(has_temporary_files());
     }
@@ -137,6 +137,38 @@ TEST_F(RandomModel, Bf16IsTheF32ModelRoundedToNearest) {
         ASSERT_TRUE(kvfuse::to_f32(rounded.data(), expected.data(), exact.size()).ok());
         ASSERT_EQ(rounded_file, expected) << t.name;
     }
+}
+
+// Every type the loader reads: the file holds the seed's f32 weights quantized by the type
+// table's quantizer (so its values are exactly that quantizer's round trip), the model loads and
+// its logits stay finite; a shape whose rows are not whole blocks is refused with the reason.
+TEST_F(RandomModel, EveryTypeIsTheF32ModelQuantized) {
+    const std::string shape = "--dim 256 --layers 2 --heads 4 --kv-heads 2 --hidden 512 --vocab 300 --context 256 --seed 9";
+    ASSERT_EQ(make("f32.gguf", shape + " --dtype f32"), 0);
+    const auto f32 = GgufFile::open(path("f32.gguf"));
+    for (const auto& type : kvfuse::model::all_type_traits()) {
+        if (!type.supported()) continue;
+        SCOPED_TRACE(type.name);
+        const std::string name = std::string(type.name) + ".gguf";
+        ASSERT_EQ(make(name, shape + " --dtype " + type.name), 0);
+        const auto file = GgufFile::open(path(name));
+        const auto& q = file->require_tensor("blk.1.ffn_down.weight");
+        EXPECT_EQ(q.type, type.type);
+        const std::vector<float> exact = f32->read_f32(f32->require_tensor("blk.1.ffn_down.weight"));
+        std::vector<std::uint8_t> blocks(*type.row_bytes(exact.size()));
+        type.quantize_row(exact.data(), blocks.data(), exact.size());
+        std::vector<float> expected(exact.size());
+        type.dequantize_row(blocks.data(), expected.data(), expected.size());
+        ASSERT_EQ(file->read_f32(q), expected);
+        const LlamaModel model(file);
+        std::vector<float> hidden(256), logits(300);
+        const std::int32_t token = 7;
+        model.embed({&token, 1}, hidden.data());
+        model.logits(hidden.data(), 1, logits.data());
+        for (float x : logits) ASSERT_TRUE(std::isfinite(x));
+    }
+    EXPECT_NE(make("partial.gguf", "--dim 64 --heads 4 --kv-heads 2 --hidden 160 --dtype q4_k"), 0);
+    EXPECT_NE(make("unknown.gguf", "--dim 64 --heads 4 --kv-heads 2 --hidden 160 --dtype q7_x"), 0);
 }
 
 TEST_F(RandomModel, SameSeedSameBytesOtherSeedOtherWeights) {

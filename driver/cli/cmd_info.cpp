@@ -82,7 +82,7 @@ int run_info(const std::string& model_path, const PlacementCliOptions& placement
                     model.tokenizer().bos(), model.tokenizer().eos());
         std::printf("  fingerprint %s\n", model.fingerprint().c_str());
         std::map<std::string, int> types;
-        for (const auto& t : file->tensors()) ++types[kvfuse::model::ggml_type_name(static_cast<std::uint32_t>(t.type))];
+        for (const auto& t : file->tensors()) ++types[t.type_name()];
         std::printf("  tensor types:");
         for (const auto& [name, count] : types) std::printf(" %s x%d", name.c_str(), count);
         std::printf("\n");

@@ -15,12 +15,16 @@
 #include <stdexcept>
 #include <vector>
 
+#include "model/gguf_types.h"
+#include "model/gguf_writer.h"
+
 namespace kvfuse::cli {
 
 namespace {
 
 constexpr std::uint64_t kAlignment = 32;  // GGUF's default; the loader checks every offset
-constexpr std::uint32_t kTypeF32 = 0, kTypeBf16 = 30;
+using kvfuse::model::GgmlType;
+using kvfuse::model::TypeTraits;
 constexpr int kSpecialTokens = 3, kByteTokens = 256;
 
 // Weights come from a counter-based generator (splitmix64 at position i of a per-tensor stream,
@@ -55,13 +59,6 @@ void fill_normal(std::uint64_t stream, std::uint64_t first, std::size_t count, f
         out[2 * p] = static_cast<float>(r * std::cos(kTwoPi * u2));
         if (2 * p + 1 < count) out[2 * p + 1] = static_cast<float>(r * std::sin(kTwoPi * u2));
     }
-}
-
-std::uint16_t to_bf16(float value) {  // round to nearest even (the values are finite)
-    std::uint32_t bits;
-    std::memcpy(&bits, &value, 4);
-    bits += 0x7FFFu + ((bits >> 16) & 1u);
-    return static_cast<std::uint16_t>(bits >> 16);
 }
 
 // The synthetic vocabulary, laid out like llama's SentencePiece one: <unk>, <s>, </s>, the 256
@@ -106,91 +103,35 @@ Vocabulary make_vocabulary(int size) {
     return v;
 }
 
-// GGUF metadata and tensor table, serialized in memory (they are small next to the weights).
-class Header {
-   public:
-    void string(const std::string& key, const std::string& value) {
-        begin(key, 8);
-        str(value);
-    }
-    void u32(const std::string& key, std::uint32_t value) {
-        begin(key, 4);
-        raw(&value, 4);
-    }
-    void f32(const std::string& key, float value) {
-        begin(key, 6);
-        raw(&value, 4);
-    }
-    void strings(const std::string& key, const std::vector<std::string>& values) {
-        array(key, 8, values.size());
-        for (const auto& s : values) str(s);
-    }
-    void f32s(const std::string& key, const std::vector<float>& values) {
-        array(key, 6, values.size());
-        raw(values.data(), values.size() * 4);
-    }
-    void i32s(const std::string& key, const std::vector<std::int32_t>& values) {
-        array(key, 5, values.size());
-        raw(values.data(), values.size() * 4);
-    }
-    void tensor(const std::string& name, const std::vector<std::uint64_t>& dims, std::uint32_t type, std::uint64_t offset) {
-        auto put = [this](const void* p, std::size_t n) {
-            tensors_.insert(tensors_.end(), static_cast<const std::uint8_t*>(p), static_cast<const std::uint8_t*>(p) + n);
-        };
-        const std::uint64_t length = name.size();
-        put(&length, 8);
-        put(name.data(), name.size());
-        const std::uint32_t rank = static_cast<std::uint32_t>(dims.size());
-        put(&rank, 4);
-        for (std::uint64_t d : dims) put(&d, 8);
-        put(&type, 4);
-        put(&offset, 8);
-        ++tensor_count_;
-    }
-    // magic, version 3, counts, metadata, tensor table, padding to the data section.
-    std::vector<std::uint8_t> bytes() const {
-        std::vector<std::uint8_t> out;
-        auto put = [&](const void* p, std::size_t n) {
-            out.insert(out.end(), static_cast<const std::uint8_t*>(p), static_cast<const std::uint8_t*>(p) + n);
-        };
-        const std::uint32_t magic = 0x46554747, version = 3;
-        put(&magic, 4);
-        put(&version, 4);
-        put(&tensor_count_, 8);
-        put(&kv_count_, 8);
-        out.insert(out.end(), meta_.begin(), meta_.end());
-        out.insert(out.end(), tensors_.begin(), tensors_.end());
-        out.resize((out.size() + kAlignment - 1) / kAlignment * kAlignment, 0);
-        return out;
-    }
+using kvfuse::model::QuantizeRow;
 
-   private:
-    void raw(const void* p, std::size_t n) {
-        meta_.insert(meta_.end(), static_cast<const std::uint8_t*>(p), static_cast<const std::uint8_t*>(p) + n);
+// llama.cpp's general.file_type for a file whose matrices are all of one type (its LLAMA_FTYPE_*;
+// the K types as their _S variants, which are the closest "pure" ones).
+std::uint32_t llama_file_type(GgmlType type) {
+    switch (type) {
+        case GgmlType::f32: return 0;
+        case GgmlType::f16: return 1;
+        case GgmlType::q4_0: return 2;
+        case GgmlType::q4_1: return 3;
+        case GgmlType::q8_0: return 7;
+        case GgmlType::q5_0: return 8;
+        case GgmlType::q5_1: return 9;
+        case GgmlType::q2_k: return 10;
+        case GgmlType::q3_k: return 11;
+        case GgmlType::q4_k: return 14;
+        case GgmlType::q5_k: return 16;
+        case GgmlType::q6_k: return 18;
+        case GgmlType::iq4_nl: return 25;
+        case GgmlType::iq4_xs: return 30;
+        case GgmlType::bf16: return 32;
+        default: return 0;
     }
-    void str(const std::string& s) {
-        const std::uint64_t length = s.size();
-        raw(&length, 8);
-        raw(s.data(), s.size());
-    }
-    void begin(const std::string& key, std::uint32_t type) {
-        str(key);
-        raw(&type, 4);
-        ++kv_count_;
-    }
-    void array(const std::string& key, std::uint32_t element_type, std::uint64_t count) {
-        begin(key, 9);
-        raw(&element_type, 4);
-        raw(&count, 8);
-    }
-    std::vector<std::uint8_t> meta_, tensors_;
-    std::uint64_t kv_count_ = 0, tensor_count_ = 0;
-};
+}
 
 struct TensorPlan {
     std::string name;
     std::vector<std::uint64_t> dims;  // ggml order: dims[0] is the input (contiguous) side
-    std::uint32_t type;
+    const TypeTraits* type;
     float stddev;  // 0: every value is 1 (norm weights)
     std::uint64_t offset = 0, bytes = 0;
 };
@@ -284,7 +225,14 @@ void validate(const RandomModelSpec& s) {
          "--vocab must be in [259, 16777216] (3 special and 256 byte tokens come first)");
     need(s.context >= 16 && s.context <= (1 << 24), "--context must be in [16, 16777216]");
     need(std::isfinite(s.rope_base) && s.rope_base > 1.0, "--rope-base must be a finite number above 1");
-    need(s.dtype == "f32" || s.dtype == "bf16", "--dtype must be f32 or bf16, not '" + s.dtype + "'");
+    const TypeTraits* type = kvfuse::model::find_type_traits(s.dtype);
+    need(type != nullptr && type->supported(),
+         "--dtype must be one of " + kvfuse::model::supported_type_names() + ", not '" + s.dtype + "'");
+    // Every matrix row (dim or hidden values) must be whole blocks of the type.
+    need(s.dim % static_cast<int>(type->block_elements) == 0 && s.hidden % static_cast<int>(type->block_elements) == 0,
+         std::string("--dtype ") + type->name + " stores rows in blocks of " + std::to_string(type->block_elements) +
+             " values: --dim (" + std::to_string(s.dim) + ") and --hidden (" + std::to_string(s.hidden) +
+             ") must be multiples of it");
 }
 
 RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::string& path, bool replace) {
@@ -299,7 +247,8 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     const std::uint64_t dim = static_cast<std::uint64_t>(spec.dim), hidden = static_cast<std::uint64_t>(spec.hidden),
                         vocab = static_cast<std::uint64_t>(spec.vocab),
                         kv = dim / static_cast<std::uint64_t>(spec.heads) * static_cast<std::uint64_t>(spec.kv_heads);
-    const std::uint32_t matrix_type = spec.dtype == "bf16" ? kTypeBf16 : kTypeF32;
+    const TypeTraits* matrix_type = kvfuse::model::find_type_traits(spec.dtype);
+    const TypeTraits* f32 = &kvfuse::model::type_traits(GgmlType::f32);
     // Matrices: normal with deviation 1/sqrt(fan_in), so a projection of an RMS-normalized row
     // keeps unit scale and activations stay finite through any depth. Embeddings: deviation 1,
     // the scale of the normalized states the layers add to the residual stream. Norms: 1.
@@ -307,7 +256,7 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     auto matrix = [&](const std::string& name, std::uint64_t in, std::uint64_t out) {
         plan.push_back({name, {in, out}, matrix_type, static_cast<float>(1.0 / std::sqrt(static_cast<double>(in)))});
     };
-    auto norm = [&](const std::string& name) { plan.push_back({name, {dim}, kTypeF32, 0.0f}); };
+    auto norm = [&](const std::string& name) { plan.push_back({name, {dim}, f32, 0.0f}); };
     plan.push_back({"token_embd.weight", {dim, vocab}, matrix_type, 1.0f});
     norm("output_norm.weight");
     matrix("output.weight", dim, vocab);  // untied: tied unit-deviation embeddings would give sharp logits
@@ -324,35 +273,35 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
         matrix(p + "ffn_down.weight", hidden, dim);
     }
 
-    Header header;
+    kvfuse::model::GgufHeaderWriter header;
     const Vocabulary vocabulary = make_vocabulary(spec.vocab);
     char name[160];
     std::snprintf(name, sizeof name, "kvfuse random llama %dx%d (seed %llu)", spec.layers, spec.dim,
                   static_cast<unsigned long long>(spec.seed));
-    header.string("general.architecture", "llama");
-    header.string("general.name", name);
-    header.string("general.description", "random weights for benchmarks and tests; it generates noise, not text");
-    header.u32("general.alignment", static_cast<std::uint32_t>(kAlignment));
-    header.u32("general.file_type", matrix_type == kTypeBf16 ? 32 : 0);  // llama.cpp: ALL_F32 = 0, MOSTLY_BF16 = 32
-    header.u32("llama.context_length", static_cast<std::uint32_t>(spec.context));
-    header.u32("llama.embedding_length", static_cast<std::uint32_t>(spec.dim));
-    header.u32("llama.block_count", static_cast<std::uint32_t>(spec.layers));
-    header.u32("llama.feed_forward_length", static_cast<std::uint32_t>(spec.hidden));
-    header.u32("llama.attention.head_count", static_cast<std::uint32_t>(spec.heads));
-    header.u32("llama.attention.head_count_kv", static_cast<std::uint32_t>(spec.kv_heads));
-    header.u32("llama.attention.key_length", static_cast<std::uint32_t>(dim / spec.heads));
-    header.u32("llama.attention.value_length", static_cast<std::uint32_t>(dim / spec.heads));
-    header.f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    header.u32("llama.rope.dimension_count", static_cast<std::uint32_t>(dim / spec.heads));
-    header.f32("llama.rope.freq_base", static_cast<float>(spec.rope_base));
-    header.u32("llama.vocab_size", static_cast<std::uint32_t>(spec.vocab));
-    header.string("tokenizer.ggml.model", "llama");
-    header.strings("tokenizer.ggml.tokens", vocabulary.pieces);
-    header.f32s("tokenizer.ggml.scores", vocabulary.scores);
-    header.i32s("tokenizer.ggml.token_type", vocabulary.types);
-    header.u32("tokenizer.ggml.unknown_token_id", 0);
-    header.u32("tokenizer.ggml.bos_token_id", 1);
-    header.u32("tokenizer.ggml.eos_token_id", 2);
+    header.add_string("general.architecture", "llama");
+    header.add_string("general.name", name);
+    header.add_string("general.description", "random weights for benchmarks and tests; it generates noise, not text");
+    header.add_u32("general.alignment", static_cast<std::uint32_t>(kAlignment));
+    header.add_u32("general.file_type", llama_file_type(matrix_type->type));
+    header.add_u32("llama.context_length", static_cast<std::uint32_t>(spec.context));
+    header.add_u32("llama.embedding_length", static_cast<std::uint32_t>(spec.dim));
+    header.add_u32("llama.block_count", static_cast<std::uint32_t>(spec.layers));
+    header.add_u32("llama.feed_forward_length", static_cast<std::uint32_t>(spec.hidden));
+    header.add_u32("llama.attention.head_count", static_cast<std::uint32_t>(spec.heads));
+    header.add_u32("llama.attention.head_count_kv", static_cast<std::uint32_t>(spec.kv_heads));
+    header.add_u32("llama.attention.key_length", static_cast<std::uint32_t>(dim / spec.heads));
+    header.add_u32("llama.attention.value_length", static_cast<std::uint32_t>(dim / spec.heads));
+    header.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    header.add_u32("llama.rope.dimension_count", static_cast<std::uint32_t>(dim / spec.heads));
+    header.add_f32("llama.rope.freq_base", static_cast<float>(spec.rope_base));
+    header.add_u32("llama.vocab_size", static_cast<std::uint32_t>(spec.vocab));
+    header.add_string("tokenizer.ggml.model", "llama");
+    header.add_strings("tokenizer.ggml.tokens", vocabulary.pieces);
+    header.add_f32s("tokenizer.ggml.scores", vocabulary.scores);
+    header.add_i32s("tokenizer.ggml.token_type", vocabulary.types);
+    header.add_u32("tokenizer.ggml.unknown_token_id", 0);
+    header.add_u32("tokenizer.ggml.bos_token_id", 1);
+    header.add_u32("tokenizer.ggml.eos_token_id", 2);
 
     RandomModelInfo info;
     std::uint64_t offset = 0;
@@ -360,37 +309,40 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
         std::uint64_t elements = 1;
         for (auto d : t.dims) elements *= d;
         t.offset = offset;
-        t.bytes = elements * (t.type == kTypeBf16 ? 2 : 4);
+        t.bytes = *t.type->row_bytes(t.dims[0]) * (elements / t.dims[0]);
         offset = (offset + t.bytes + kAlignment - 1) / kAlignment * kAlignment;
         info.parameters += elements;
-        header.tensor(t.name, t.dims, t.type, t.offset);
+        header.add_tensor_info(t.name, t.dims, t.type->type, t.offset);
     }
-    const std::vector<std::uint8_t> head = header.bytes();
+    const std::vector<std::uint8_t> head = header.bytes(kAlignment);
     info.bytes = head.size() + offset;
 
     TempFile file(path);
     file.write(head.data(), head.size());
     // Streamed in blocks: a realistic model is gigabytes and never needs to be in memory whole.
-    constexpr std::size_t kBlock = std::size_t{1} << 22;  // values, even
+    // Values in chunks of 2^22 (even, and whole blocks of every type), stored in the tensor's type
+    // through the type table's quantizer, in parallel pieces of 64 blocks.
+    constexpr std::size_t kBlock = std::size_t{1} << 22;
     std::vector<float> values(kBlock);
-    std::vector<std::uint16_t> halves(kBlock);
+    std::vector<std::uint8_t> stored;
     const std::uint8_t zeros[kAlignment] = {};
     std::uint64_t written = 0;
     for (const auto& t : plan) {
-        const std::uint64_t elements = t.bytes / (t.type == kTypeBf16 ? 2 : 4);
+        const std::uint64_t elements = t.bytes / t.type->block_bytes * t.type->block_elements;
         const std::uint64_t stream = stream_seed(spec.seed, t.name);
+        const std::size_t piece = 64 * t.type->block_elements, piece_bytes = 64 * t.type->block_bytes;
         for (std::uint64_t first = 0; first < elements; first += kBlock) {
             const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, elements - first));
             if (t.stddev == 0.0f)
                 std::fill(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(n), 1.0f);
             else
                 fill_normal(stream, first, n, t.stddev, values.data());
-            if (t.type == kTypeBf16) {
-                for (std::size_t i = 0; i < n; ++i) halves[i] = to_bf16(values[i]);
-                file.write(halves.data(), n * 2);
-            } else {
-                file.write(values.data(), n * 4);
-            }
+            stored.resize(n / t.type->block_elements * t.type->block_bytes);
+            const QuantizeRow quantize = t.type->quantize_row;
+#pragma omp parallel for schedule(dynamic)
+            for (std::size_t p = 0; p < (n + piece - 1) / piece; ++p)
+                quantize(values.data() + p * piece, stored.data() + p * piece_bytes, std::min(piece, n - p * piece));
+            file.write(stored.data(), stored.size());
         }
         written = t.offset + t.bytes;
         const std::uint64_t padded = (written + kAlignment - 1) / kAlignment * kAlignment;

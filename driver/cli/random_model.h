@@ -18,7 +18,7 @@ struct RandomModelSpec {
     int vocab = 32000;
     int context = 32768;  // above 16K, so an end-to-end sweep to 16K tokens plus a question fits
     double rope_base = 10000.0;
-    std::string dtype = "f32";  // matrices in "f32" or "bf16"; norms are always f32
+    std::string dtype = "f32";  // matrices in any type kvfuse reads ("f32", "bf16", "q4_k", ...); norms are always f32
     std::uint64_t seed = 1;
 };
 

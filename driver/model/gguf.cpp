@@ -56,17 +56,6 @@ class Cursor {
     const std::string& name_;
 };
 
-std::uint64_t type_block_elements(std::uint32_t type) { return type == 8 ? 32 : 1; }
-std::uint64_t type_block_bytes(std::uint32_t type) {
-    switch (type) {
-        case 0: return 4;
-        case 1: return 2;
-        case 8: return 34;
-        case 30: return 2;
-        default: return 0;
-    }
-}
-
 GgufValue read_value(Cursor& c, std::uint32_t type, int depth) {
     switch (type) {
         case 0: return static_cast<std::uint64_t>(c.read<std::uint8_t>("u8 value"));
@@ -125,28 +114,6 @@ GgufValue read_value(Cursor& c, std::uint32_t type, int depth) {
 }
 
 }  // namespace
-
-const char* ggml_type_name(std::uint32_t type) {
-    switch (type) {
-        case 0: return "F32";
-        case 1: return "F16";
-        case 8: return "Q8_0";
-        case 30: return "BF16";
-        default: return "unsupported";
-    }
-}
-
-float half_to_float(std::uint16_t h) {
-    const std::uint32_t sign = (h >> 15) & 1, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
-    float value;
-    if (exponent == 0)
-        value = std::ldexp(static_cast<float>(mantissa), -24);
-    else if (exponent == 31)
-        value = mantissa ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
-    else
-        value = std::ldexp(static_cast<float>(mantissa | 0x400), static_cast<int>(exponent) - 25);
-    return sign ? -value : value;
-}
 
 std::uint64_t GgufTensor::elements() const {
     std::uint64_t n = 1;
@@ -222,14 +189,18 @@ void GgufFile::parse_all(const std::uint8_t* base, std::uint64_t size) {
             t.dims.push_back(extent);
         }
         const auto type = c.read<std::uint32_t>("tensor type");
-        const std::uint64_t block_bytes = type_block_bytes(type);
-        if (block_bytes == 0)
-            c.fail("tensor " + t.name + " has unknown or unsupported type " + std::to_string(type) +
-                   " (F32, F16, BF16 and Q8_0 are supported)");
         t.type = static_cast<GgmlType>(type);
-        if (t.dims[0] % type_block_elements(type) != 0)
-            c.fail("tensor " + t.name + ": first dimension is not a multiple of the " + ggml_type_name(type) + " block");
-        t.bytes = elements / type_block_elements(type) * block_bytes;
+        // Any type ggml defines parses, read by kvfuse or not: whether a tensor's type matters
+        // is the model's question (a file may carry tensors it never reads). A known type's
+        // extent is checked like any other; an id ggml does not define has no known extent.
+        t.traits = find_type_traits(type);
+        if (t.traits != nullptr) {
+            const auto row = t.traits->row_bytes(t.dims[0]);
+            if (!row)
+                c.fail("tensor " + t.name + " of type " + t.traits->name + ": its rows of " + std::to_string(t.dims[0]) +
+                       " values are not whole blocks of " + std::to_string(t.traits->block_elements));
+            t.bytes = *row * (elements / t.dims[0]);
+        }
         t.offset = c.read<std::uint64_t>("tensor offset");
         if (by_name_.count(t.name)) c.fail("tensor " + t.name + " appears twice");
         by_name_[t.name] = tensors_.size();
@@ -247,6 +218,7 @@ void GgufFile::parse_all(const std::uint8_t* base, std::uint64_t size) {
     const std::uint64_t data_size = size - data_start;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
     for (auto& t : tensors_) {
+        if (t.traits == nullptr) continue;
         if (t.offset % alignment != 0) c.fail("tensor " + t.name + " offset " + std::to_string(t.offset) + " is not aligned");
         if (t.offset > data_size || t.bytes > data_size - t.offset)
             c.fail("tensor " + t.name + " (offset " + std::to_string(t.offset) + ", " + std::to_string(t.bytes) +
@@ -357,39 +329,25 @@ const GgufTensor& GgufFile::require_tensor(const std::string& name) const {
     return *t;
 }
 
+void GgufFile::require_readable(const GgufTensor& t) const {
+    if (!t.readable())
+        throw GgufError(path_ + ": tensor " + t.name + " has type " + t.type_name() + ", which kvfuse does not read (" +
+                        supported_type_names() + " are read)");
+}
+
+void GgufFile::dequantize_rows(const GgufTensor& t, std::uint64_t first, std::uint64_t count, float* out) const {
+    require_readable(t);
+    if (first > t.rows() || count > t.rows() - first)
+        throw GgufError(path_ + ": tensor " + t.name + ": rows " + std::to_string(first) + " + " + std::to_string(count) +
+                        " are past its " + std::to_string(t.rows()) + " rows");
+    const std::uint64_t row_bytes = t.bytes / t.rows();
+    t.traits->dequantize_row(t.data + first * row_bytes, out, static_cast<std::size_t>(count * t.row_length()));
+}
+
 std::vector<float> GgufFile::read_f32(const GgufTensor& t) const {
-    const std::uint64_t n = t.elements();
-    std::vector<float> out(n);
-    switch (t.type) {
-        case GgmlType::f32:
-            std::memcpy(out.data(), t.data, n * 4);
-            break;
-        case GgmlType::f16:
-            for (std::uint64_t i = 0; i < n; ++i) {
-                std::uint16_t h;
-                std::memcpy(&h, t.data + 2 * i, 2);
-                out[i] = half_to_float(h);
-            }
-            break;
-        case GgmlType::bf16:
-            for (std::uint64_t i = 0; i < n; ++i) {
-                std::uint16_t b;
-                std::memcpy(&b, t.data + 2 * i, 2);
-                const std::uint32_t bits = static_cast<std::uint32_t>(b) << 16;
-                std::memcpy(&out[i], &bits, 4);
-            }
-            break;
-        case GgmlType::q8_0:
-            // Blocks of 32: an f16 scale then 32 signed bytes; value = scale * q.
-            for (std::uint64_t block = 0; block < n / 32; ++block) {
-                const std::uint8_t* p = t.data + block * 34;
-                std::uint16_t h;
-                std::memcpy(&h, p, 2);
-                const float scale = half_to_float(h);
-                for (int j = 0; j < 32; ++j) out[block * 32 + j] = scale * static_cast<float>(static_cast<std::int8_t>(p[2 + j]));
-            }
-            break;
-    }
+    require_readable(t);
+    std::vector<float> out(t.elements());
+    dequantize_rows(t, 0, t.rows(), out.data());
     return out;
 }
 

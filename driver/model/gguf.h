@@ -13,6 +13,8 @@
 #include <variant>
 #include <vector>
 
+#include "model/gguf_types.h"
+
 namespace kvfuse::model {
 
 class GgufError : public std::runtime_error {
@@ -20,20 +22,23 @@ class GgufError : public std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-// ggml tensor types this loader reads (values are GGUF's).
-enum class GgmlType : std::uint32_t { f32 = 0, f16 = 1, q8_0 = 8, bf16 = 30 };
-
-const char* ggml_type_name(std::uint32_t type);
-
 struct GgufTensor {
     std::string name;
     std::vector<std::uint64_t> dims;  // ggml order: dims[0] is the contiguous one
-    GgmlType type = GgmlType::f32;
+    GgmlType type = GgmlType::f32;    // as stored: may be an id ggml does not define
+    // The type's traits; nullptr for an id ggml does not define (such a tensor's extent is
+    // unknown: bytes 0, data nullptr, and reading it is an error).
+    const TypeTraits* traits = nullptr;
     std::uint64_t offset = 0;  // from the start of the data section
     std::uint64_t bytes = 0;
     const std::uint8_t* data = nullptr;
 
     std::uint64_t elements() const;
+    std::uint64_t row_length() const { return dims[0]; }
+    std::uint64_t rows() const { return elements() / dims[0]; }
+    std::string type_name() const { return model::type_name(static_cast<std::uint32_t>(type)); }
+    // Whether kvfuse can read this tensor's values.
+    bool readable() const { return traits != nullptr && traits->supported(); }
 };
 
 // A metadata value: scalars widened, strings, arrays of scalars or strings.
@@ -73,8 +78,14 @@ class GgufFile {
     const GgufTensor* tensor(const std::string& name) const;
     const GgufTensor& require_tensor(const std::string& name) const;  // throws if missing
 
-    // The tensor as f32 (F32 copied, F16/BF16/Q8_0 dequantized); `expected` dims checked.
+    // The tensor as f32, dequantized through its type's traits. A type kvfuse does not read is
+    // a GgufError naming the tensor and the type (a file may hold such tensors as long as the
+    // model never reads them).
     std::vector<float> read_f32(const GgufTensor& tensor) const;
+    // Rows [first, first + count) of a tensor (rows of dims[0] values) into `out`, same errors.
+    void dequantize_rows(const GgufTensor& tensor, std::uint64_t first, std::uint64_t count, float* out) const;
+    // Throws the error read_f32 would when the tensor's type is not read by kvfuse.
+    void require_readable(const GgufTensor& tensor) const;
 
    private:
     GgufFile() = default;
@@ -88,8 +99,5 @@ class GgufFile {
     std::vector<GgufTensor> tensors_;
     std::map<std::string, std::size_t> by_name_;
 };
-
-// IEEE half -> float, exactly.
-float half_to_float(std::uint16_t h);
 
 }  // namespace kvfuse::model

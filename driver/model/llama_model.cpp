@@ -9,38 +9,15 @@ namespace kvfuse::model {
 
 namespace {
 
-// Y[n x out] = X[n x in] * W^T (+ Y when beta = 1) through kvfuse's GEMM on the weights packed
-// at load; threads: the OpenMP default. Fails only on a programming error or out of memory.
-void linear(const float* x, std::size_t n, const kvfuse::PackedWeights& w, float* y, float beta = 0.0f) {
-    kvfuse::gemm(w, x, n, y, beta).check();
-}
+// Rows of a quantized matrix dequantized per product: about this many bytes of f32 at a time,
+// so the scratch stays bounded (and cache-sized) whatever the matrix.
+constexpr std::size_t kTileBytes = std::size_t{4} << 20;
 
-std::vector<float> load_matrix(const GgufFile& f, const std::string& name, std::uint64_t in, std::uint64_t out) {
-    const GgufTensor& t = f.require_tensor(name);
+void check_matrix_shape(const GgufFile& f, const GgufTensor& t, std::uint64_t in, std::uint64_t out) {
     if (t.dims.size() != 2 || t.dims[0] != in || t.dims[1] != out)
-        throw GgufError(f.path() + ": tensor " + name + " has shape [" + std::to_string(t.dims[0]) +
+        throw GgufError(f.path() + ": tensor " + t.name + " has shape [" + std::to_string(t.dims[0]) +
                         (t.dims.size() > 1 ? ", " + std::to_string(t.dims[1]) : "") + "], expected [" + std::to_string(in) +
                         ", " + std::to_string(out) + "]");
-    return f.read_f32(t);
-}
-
-// A dense layer's weights packed for kvfuse_gemm: bf16 tensors stay bf16 (half the memory and
-// traffic; the products then use bf16-rounded activations), every other type is dequantized to
-// f32 first.
-kvfuse::PackedWeights load_packed(const GgufFile& f, const std::string& name, std::uint64_t in, std::uint64_t out) {
-    const GgufTensor& t = f.require_tensor(name);
-    kvfuse::PackedWeights packed;
-    kvfuse::Status status;
-    if (t.type == GgmlType::bf16 && t.dims.size() == 2 && t.dims[0] == in && t.dims[1] == out &&
-        reinterpret_cast<std::uintptr_t>(t.data) % alignof(kvfuse::bf16) == 0) {
-        status = kvfuse::PackedWeights::pack(reinterpret_cast<const kvfuse::bf16*>(t.data), out, in, in,
-                                             kvfuse::Dtype::bf16, packed);
-    } else {
-        const std::vector<float> w = load_matrix(f, name, in, out);
-        status = kvfuse::PackedWeights::pack(w.data(), out, in, in, kvfuse::Dtype::f32, packed);
-    }
-    if (!status.ok()) throw GgufError(f.path() + ": tensor " + name + " could not be packed: " + status.message());
-    return packed;
 }
 
 std::vector<float> load_vector(const GgufFile& f, const std::string& name, std::uint64_t n) {
@@ -130,22 +107,24 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
 
     const std::uint64_t d = static_cast<std::uint64_t>(shape_.dim), kv = shape_.kv_row(), ffn = static_cast<std::uint64_t>(ffn_),
                         vocab = static_cast<std::uint64_t>(shape_.vocab);
-    embedding_ = load_matrix(f, "token_embd.weight", d, vocab);
+    embedding_ = &f.require_tensor("token_embd.weight");
+    check_matrix_shape(f, *embedding_, d, vocab);
+    f.require_readable(*embedding_);
     output_norm_ = load_vector(f, "output_norm.weight", d);
     tied_output_ = f.tensor("output.weight") == nullptr;
-    output_ = tied_output_ ? load_packed(f, "token_embd.weight", d, vocab) : load_packed(f, "output.weight", d, vocab);
+    output_ = load_dense(tied_output_ ? "token_embd.weight" : "output.weight", d, vocab);
     for (int l = 0; l < shape_.layers; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";
         Layer layer;
         layer.attn_norm = load_vector(f, p + "attn_norm.weight", d);
-        layer.wq = load_packed(f, p + "attn_q.weight", d, d);
-        layer.wk = load_packed(f, p + "attn_k.weight", d, kv);
-        layer.wv = load_packed(f, p + "attn_v.weight", d, kv);
-        layer.wo = load_packed(f, p + "attn_output.weight", d, d);
+        layer.wq = load_dense(p + "attn_q.weight", d, d);
+        layer.wk = load_dense(p + "attn_k.weight", d, kv);
+        layer.wv = load_dense(p + "attn_v.weight", d, kv);
+        layer.wo = load_dense(p + "attn_output.weight", d, d);
         layer.ffn_norm = load_vector(f, p + "ffn_norm.weight", d);
-        layer.w_gate = load_packed(f, p + "ffn_gate.weight", d, ffn);
-        layer.w_up = load_packed(f, p + "ffn_up.weight", d, ffn);
-        layer.w_down = load_packed(f, p + "ffn_down.weight", ffn, d);
+        layer.w_gate = load_dense(p + "ffn_gate.weight", d, ffn);
+        layer.w_up = load_dense(p + "ffn_up.weight", d, ffn);
+        layer.w_down = load_dense(p + "ffn_down.weight", ffn, d);
         // Qwen2 adds biases to the Q, K and V projections.
         if (f.tensor(p + "attn_q.bias") != nullptr) layer.bq = load_vector(f, p + "attn_q.bias", d);
         if (f.tensor(p + "attn_k.bias") != nullptr) layer.bk = load_vector(f, p + "attn_k.bias", kv);
@@ -153,6 +132,56 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
         layers_.push_back(std::move(layer));
     }
     fingerprint_ = fingerprint_of(f, shape_);
+}
+
+// F32 and BF16 matrices are packed once (the packed copy is the size of the file's; bf16 stays
+// bf16); every other type stays in the mapped file in its stored form.
+LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t in, std::uint64_t out) {
+    const GgufFile& f = *file_;
+    const GgufTensor& t = f.require_tensor(name);
+    check_matrix_shape(f, t, in, out);
+    f.require_readable(t);
+    Dense dense;
+    dense.in = static_cast<std::size_t>(in);
+    dense.out = static_cast<std::size_t>(out);
+    kvfuse::Status status;
+    if (t.type == GgmlType::bf16 && reinterpret_cast<std::uintptr_t>(t.data) % alignof(kvfuse::bf16) == 0) {
+        status = kvfuse::PackedWeights::pack(reinterpret_cast<const kvfuse::bf16*>(t.data), dense.out, dense.in, dense.in,
+                                             kvfuse::Dtype::bf16, dense.packed);
+        resident_bytes_ += t.bytes;
+    } else if (t.type == GgmlType::f32 || t.type == GgmlType::bf16) {
+        const std::vector<float> w = f.read_f32(t);
+        status = kvfuse::PackedWeights::pack(w.data(), dense.out, dense.in, dense.in, kvfuse::Dtype::f32, dense.packed);
+        resident_bytes_ += w.size() * sizeof(float);
+    } else {
+        dense.tensor = &t;
+    }
+    if (!status.ok()) throw GgufError(f.path() + ": tensor " + name + " could not be packed: " + status.message());
+    return dense;
+}
+
+void LlamaModel::linear(const float* x, std::size_t n, const Dense& w, float* y, float beta) const {
+    if (w.tensor == nullptr) {
+        kvfuse::gemm(w.packed, x, n, y, beta).check();
+        return;
+    }
+    // Dequantize a tile of rows (output features), pack it, multiply into the tile's columns of
+    // Y. The packing costs about as much as the dequantization, both linear in the weights,
+    // against the product's n times as much work.
+    const std::size_t tile_rows = std::min(w.out, std::max<std::size_t>(16, kTileBytes / (w.in * sizeof(float))) / 16 * 16);
+    tile_.resize(tile_rows * w.in);
+    kvfuse::PackedWeights packed;
+    for (std::size_t first = 0; first < w.out; first += tile_rows) {
+        const std::size_t rows = std::min(tile_rows, w.out - first);
+        const std::size_t row_bytes = static_cast<std::size_t>(w.tensor->bytes / w.tensor->rows());
+        const DequantizeRow dequantize = w.tensor->traits->dequantize_row;
+        const std::uint8_t* base = w.tensor->data + first * row_bytes;
+        float* tile = tile_.data();
+        const std::size_t in = w.in;
+        for (std::size_t r = 0; r < rows; ++r) dequantize(base + r * row_bytes, tile + r * in, in);
+        kvfuse::PackedWeights::pack(tile, rows, in, in, kvfuse::Dtype::f32, packed).check();
+        kvfuse::gemm(packed, x, n, y + first, beta, 0, in, w.out).check();
+    }
 }
 
 std::string LlamaModel::describe() const {
@@ -179,7 +208,7 @@ void LlamaModel::embed(std::span<const std::int32_t> tokens, float* hidden) cons
     for (std::size_t t = 0; t < tokens.size(); ++t) {
         if (tokens[t] < 0 || tokens[t] >= shape_.vocab)
             throw std::out_of_range("token id " + std::to_string(tokens[t]) + " is outside the vocabulary");
-        std::memcpy(hidden + t * d, embedding_.data() + static_cast<std::size_t>(tokens[t]) * d, d * sizeof(float));
+        file_->dequantize_rows(*embedding_, static_cast<std::uint64_t>(tokens[t]), 1, hidden + t * d);
     }
 }
 

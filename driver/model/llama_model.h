@@ -1,5 +1,8 @@
-// A llama-architecture model (llama, mistral, qwen2 with its Q/K/V biases) from a GGUF file: weights dequantized to
-// f32 (bf16 dense weights kept bf16), dense projections through kvfuse_gemm, RoPE and attention through kvfuse's public API. It
+// A llama-architecture model (llama, mistral, qwen2 with its Q/K/V biases) from a GGUF file. Dense
+// weights: F32 and BF16 packed once for kvfuse_gemm (bf16 kept bf16); every other type stays in
+// the mapped file in its stored form, and each product dequantizes a bounded tile of rows into
+// scratch and runs kvfuse_gemm on it. Embedding rows are dequantized per token from the file.
+// RoPE and attention through kvfuse's public API. It
 // implements fusion::FusionModel, so the fusion pipeline and plain generation share one
 // forward pass. Not thread-safe: one request at a time per model (scratch buffers are reused).
 #pragma once
@@ -37,10 +40,23 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
     int hidden_size_ffn() const { return ffn_; }
     float rms_epsilon() const { return epsilon_; }
 
+    // A dense layer's weights: packed for kvfuse_gemm, or (`tensor` set) read from the mapped file
+    // a tile of rows at a time. Public for the tests.
+    struct Dense {
+        kvfuse::PackedWeights packed;
+        const GgufTensor* tensor = nullptr;
+        std::size_t in = 0, out = 0;
+    };
+    // Y[n x out] = X[n x in] * W^T (+ Y when beta = 1).
+    void linear(const float* x, std::size_t n, const Dense& w, float* y, float beta = 0.0f) const;
+    // Bytes of dense weights held in memory outside the mapped file (packed copies).
+    std::size_t resident_weight_bytes() const { return resident_bytes_; }
+
    private:
+    Dense load_dense(const std::string& name, std::uint64_t in, std::uint64_t out);
     struct Layer {
         std::vector<float> attn_norm, ffn_norm;
-        kvfuse::PackedWeights wq, wk, wv, wo, w_gate, w_up, w_down;  // packed for kvfuse_gemm
+        Dense wq, wk, wv, wo, w_gate, w_up, w_down;
         std::vector<float> bq, bk, bv;  // Qwen2's attention biases (empty when absent)
     };
     void rms_norm(const float* in, const std::vector<float>& weight, std::size_t n, float* out) const;
@@ -52,10 +68,12 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
     int ffn_ = 0;
     float epsilon_ = 1e-5f;
     bool tied_output_ = false;
-    std::vector<float> embedding_, output_norm_;  // embedding_: rows looked up by token
-    kvfuse::PackedWeights output_;                 // the output layer (token_embd when tied)
+    const GgufTensor* embedding_ = nullptr;  // rows looked up by token, dequantized on use
+    std::vector<float> output_norm_;
+    Dense output_;  // the output layer (token_embd when tied)
     std::vector<Layer> layers_;
-    mutable std::vector<float> scratch_, gate_, up_;
+    std::size_t resident_bytes_ = 0;
+    mutable std::vector<float> scratch_, gate_, up_, tile_;
 };
 
 }  // namespace kvfuse::model

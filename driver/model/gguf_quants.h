@@ -1,0 +1,29 @@
+// Dequantizers and quantizers of ggml's block formats, one pair per type, plain scalar code.
+// Reached through the type table (gguf_types.h); declared here for the table alone.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvfuse::model::quants {
+
+#define KVFUSE_QUANT_PAIR(type)                                                       \
+    void dequantize_##type(const std::uint8_t* blocks, float* out, std::size_t elements); \
+    void quantize_##type(const float* in, std::uint8_t* blocks, std::size_t elements);
+
+KVFUSE_QUANT_PAIR(q4_0)
+KVFUSE_QUANT_PAIR(q4_1)
+KVFUSE_QUANT_PAIR(q5_0)
+KVFUSE_QUANT_PAIR(q5_1)
+KVFUSE_QUANT_PAIR(q8_0)
+KVFUSE_QUANT_PAIR(q2_k)
+KVFUSE_QUANT_PAIR(q3_k)
+KVFUSE_QUANT_PAIR(q4_k)
+KVFUSE_QUANT_PAIR(q5_k)
+KVFUSE_QUANT_PAIR(q6_k)
+KVFUSE_QUANT_PAIR(iq4_nl)
+KVFUSE_QUANT_PAIR(iq4_xs)
+
+#undef KVFUSE_QUANT_PAIR
+
+}  // namespace kvfuse::model::quants
