@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "model/chat_template.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 
@@ -90,5 +91,87 @@ void check_cached(const std::string& name) {
 
 TEST(TokenizerVectors, Llama3ByteLevelBpe) { check_cached("llama-bpe"); }
 TEST(TokenizerVectors, Qwen2ByteLevelBpe) { check_cached("qwen2"); }
+
+}  // namespace
+
+namespace {
+
+using kvfuse::model::ChatFormat;
+
+std::vector<std::int32_t> joined(const std::vector<std::vector<std::int32_t>>& parts) {
+    std::vector<std::int32_t> out;
+    for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+    return out;
+}
+
+// The seam rule: chunks cut anywhere (mid-word, mid-space-run, mid-UTF-8 character) still give
+// the whole prompt's tokens when joined, on SentencePiece and byte-level BPE vocabularies.
+void check_seams(const Tokenizer& tokenizer) {
+    const std::string text = "Once upon a time,  there was a caf\xC3\xA9 \xE2\x9C\x93 in 2024.\n\nThe end.";
+    const auto whole = tokenizer.encode(text);
+    for (std::size_t cut = 0; cut <= text.size(); ++cut) {
+        const std::vector<std::string> parts{text.substr(0, cut), text.substr(cut)};
+        const auto split = tokenizer.encode_parts(parts, false);
+        ASSERT_EQ(split.size(), 2u);
+        EXPECT_EQ(joined(split), whole) << "cut at " << cut;
+    }
+    // Three chunks cut at word ends: each chunk's tokens are those of its own words.
+    const std::vector<std::string> chunks{"Once upon", " a time,", " there was"};
+    const auto split = tokenizer.encode_parts(chunks, false);
+    EXPECT_EQ(joined(split), tokenizer.encode("Once upon a time, there was"));
+    EXPECT_FALSE(split[1].empty());
+}
+
+TEST(TokenizerSeams, SentencePieceChunksJoinToTheWholePrompt) {
+    auto file = GgufFile::open(data("llama-spm"));
+    check_seams(Tokenizer(*file));
+}
+
+TEST(TokenizerSeams, ByteLevelChunksJoinToTheWholePrompt) {
+    auto file = GgufFile::open(data("gpt-2"));
+    check_seams(Tokenizer(*file));
+}
+
+TEST(TokenizerSpecial, ControlTokensOnlyWhenParsed) {
+    auto file = GgufFile::open(data("llama-spm"));
+    const Tokenizer t(*file);
+    EXPECT_EQ(t.encode("<s>", true), (std::vector<std::int32_t>{1}));
+    EXPECT_NE(t.encode("<s>", false), (std::vector<std::int32_t>{1}));
+    // A space prefix again after a special token, as llama.cpp: "<s>Hi" == <s> + " Hi".
+    const auto after = t.encode("<s>Hello", true);
+    ASSERT_EQ(after.size(), 2u);
+    EXPECT_EQ(after[1], t.encode("Hello")[0]);
+    EXPECT_TRUE(t.add_bos());
+    EXPECT_TRUE(t.add_space_prefix());
+}
+
+TEST(ChatTemplates, FamiliesRecognisedByTheirMarkers) {
+    using kvfuse::model::detect_chat_format;
+    EXPECT_EQ(detect_chat_format("{{ '<|start_header_id|>' + message['role'] }}"), ChatFormat::llama3);
+    EXPECT_EQ(detect_chat_format("{{'<|im_start|>' + message['role'] + '\\n'}}"), ChatFormat::chatml);
+    EXPECT_EQ(detect_chat_format("{{ '[INST] ' + message['content'] + ' [/INST]' }}"), ChatFormat::mistral);
+    EXPECT_EQ(detect_chat_format("{{'<|user|>' + '\\n'}}{{'<|end|>'}}{{'<|assistant|>'}}"), ChatFormat::phi3);
+    EXPECT_EQ(detect_chat_format("{{'<start_of_turn>' + role}}"), ChatFormat::gemma);
+    EXPECT_EQ(detect_chat_format(""), ChatFormat::none);
+    EXPECT_EQ(detect_chat_format("{{ message.content }}"), ChatFormat::none);
+    EXPECT_THROW(kvfuse::model::user_turn(ChatFormat::none), std::invalid_argument);
+    EXPECT_EQ(kvfuse::model::user_turn(ChatFormat::chatml).before, "<|im_start|>user\n");
+}
+
+// The npm vocabularies carry their templates: recognised, and the markers are single tokens.
+TEST(ChatTemplates, Llama3AndQwenTemplatesTokenizeToTheirMarkers) {
+    const std::string cache = std::getenv("KVFUSE_TOKENIZER_CACHE") ? std::getenv("KVFUSE_TOKENIZER_CACHE") : KVFUSE_TOKENIZER_CACHE;
+    for (const auto& [name, format] : {std::pair{std::string("llama-bpe"), ChatFormat::llama3}, std::pair{std::string("qwen2"), ChatFormat::chatml}}) {
+        const std::string path = cache + "/" + name + ".gguf";
+        if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is missing: run tools/fetch-tokenizers.sh";
+        auto file = GgufFile::open(path);
+        const Tokenizer t(*file);
+        ASSERT_EQ(kvfuse::model::detect_chat_format(t.chat_template()), format) << name;
+        const auto turn = kvfuse::model::user_turn(format);
+        const auto before = t.encode(turn.before, true);
+        ASSERT_FALSE(before.empty());
+        EXPECT_TRUE(t.is_end_of_generation(t.encode(turn.after, true).front())) << name;  // <|eot_id|> / <|im_end|>
+    }
+}
 
 }  // namespace

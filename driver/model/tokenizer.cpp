@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <limits>
 #include <queue>
@@ -255,6 +256,11 @@ std::vector<Tokenizer::Fragment> Tokenizer::partition(std::string_view text, boo
 }
 
 std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool parse_special) const {
+    return encode_impl(text, parse_special, add_space_prefix_, nullptr);
+}
+
+std::vector<std::int32_t> Tokenizer::encode_impl(std::string_view text, bool parse_special, bool space_prefix,
+                                                 std::vector<std::size_t>* starts) const {
     std::vector<std::int32_t> out;
     if (text.empty()) return out;
     // SentencePiece prefixes a space at the start and after each special token (llama.cpp).
@@ -262,15 +268,18 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool parse_sp
     for (const Fragment& f : partition(text, parse_special)) {
         if (f.is_token) {
             out.push_back(f.token);
+            if (starts) starts->push_back(f.begin);
             after_special = true;
             continue;
         }
+        const std::size_t first = out.size();
         const std::string_view part = text.substr(f.begin, f.end - f.begin);
+        const bool prefixed = kind_ == Kind::sentencepiece && space_prefix && after_special;
         if (kind_ == Kind::byte_bpe) {
             encode_bpe(part, out);
         } else {
             std::string normalized;
-            if (add_space_prefix_ && after_special) normalized = kSpace;
+            if (prefixed) normalized = kSpace;
             for (char ch : part) {
                 if (ch == ' ')
                     normalized += kSpace;
@@ -279,8 +288,55 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool parse_sp
             }
             encode_sentencepiece(normalized, out);
         }
+        if (starts) {
+            // Each token starts where the bytes of those before it end; the prefixed space is
+            // not in the text. A token that spells no bytes (unknown) gets SIZE_MAX: the caller
+            // cannot place it.
+            std::size_t at = f.begin;
+            bool skip_prefix = prefixed;
+            for (std::size_t k = first; k < out.size(); ++k) {
+                const std::int32_t id = out[k];
+                std::size_t length = decode(std::span<const std::int32_t>(&id, 1)).size();
+                if (length == 0) {
+                    starts->push_back(SIZE_MAX);
+                    continue;
+                }
+                starts->push_back(at);
+                if (skip_prefix) {
+                    --length;
+                    skip_prefix = false;
+                }
+                at += length;
+            }
+            if (at != f.end) starts->push_back(SIZE_MAX);  // bytes and text disagree
+        }
         after_special = false;
     }
+    return out;
+}
+
+std::vector<std::vector<std::int32_t>> Tokenizer::encode_parts(std::span<const std::string> parts, bool parse_special) const {
+    std::string whole;
+    std::vector<std::size_t> ends;
+    for (const std::string& part : parts) {
+        whole += part;
+        ends.push_back(whole.size());
+    }
+    std::vector<std::vector<std::int32_t>> out(parts.size());
+    std::vector<std::size_t> starts;
+    const std::vector<std::int32_t> ids = encode_impl(whole, parse_special, add_space_prefix_, &starts);
+    const bool placed = starts.size() == ids.size() &&
+                        std::none_of(starts.begin(), starts.end(), [](std::size_t s) { return s == SIZE_MAX; });
+    if (placed) {
+        std::size_t part = 0;
+        for (std::size_t k = 0; k < ids.size(); ++k) {
+            while (part + 1 < parts.size() && starts[k] >= ends[part]) ++part;
+            out[part].push_back(ids[k]);
+        }
+        return out;
+    }
+    for (std::size_t p = 0; p < parts.size(); ++p)
+        out[p] = encode_impl(parts[p], parse_special, add_space_prefix_ && p == 0, nullptr);
     return out;
 }
 

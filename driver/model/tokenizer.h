@@ -45,6 +45,13 @@ class Tokenizer {
     std::vector<std::int32_t> encode(std::string_view text) const { return encode(text, false); }
     // With `parse_special`, control tokens written in the text (<|im_start|>, ...) become their ids.
     std::vector<std::int32_t> encode(std::string_view text, bool parse_special) const;
+    // The seam rule (docs/MODEL.md): the parts of one prompt tokenized as they sit in the whole,
+    // not each alone. The concatenation is tokenized once and each part gets the tokens that
+    // start inside it (a token across a seam belongs to the part it starts in), so the parts'
+    // tokens joined are exactly the whole prompt's tokens. Where the tokens' bytes do not spell
+    // the text (an unknown-token fallback), each part is tokenized alone instead, parts after
+    // the first without SentencePiece's leading space.
+    std::vector<std::vector<std::int32_t>> encode_parts(std::span<const std::string> parts, bool parse_special) const;
     // Ids to text: byte tokens -> bytes, control and unknown tokens dropped.
     std::string decode(std::span<const std::int32_t> ids) const;
     std::string piece(std::int32_t id) const;
@@ -72,6 +79,8 @@ class Tokenizer {
     };
     void index();
     std::vector<Fragment> partition(std::string_view text, bool parse_special) const;
+    std::vector<std::int32_t> encode_impl(std::string_view text, bool parse_special, bool space_prefix,
+                                          std::vector<std::size_t>* starts) const;
     void encode_sentencepiece(std::string_view text, std::vector<std::int32_t>& out) const;
     void encode_bpe(std::string_view text, std::vector<std::int32_t>& out) const;
     void encode_bpe_word(const std::string& word, std::vector<std::int32_t>& out) const;
