@@ -14,4 +14,13 @@ void wrap_in_chat_turn(kvfuse::fusion::Request& request, const kvfuse::model::To
     for (std::int32_t id : tokenizer.encode(turn.after, true)) request.question.push_back(id);
 }
 
+kvfuse::fusion::TokenIds until_end_of_turn(const kvfuse::fusion::TokenIds& tokens, const kvfuse::model::Tokenizer& tokenizer) {
+    kvfuse::fusion::TokenIds out;
+    for (std::int32_t id : tokens) {
+        if (tokenizer.is_end_of_generation(id)) break;
+        out.push_back(id);
+    }
+    return out;
+}
+
 }  // namespace kvfuse::cli

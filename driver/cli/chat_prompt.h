@@ -11,4 +11,9 @@ namespace kvfuse::cli {
 // Throws std::invalid_argument when the model has no chat template of a known family.
 void wrap_in_chat_turn(kvfuse::fusion::Request& request, const kvfuse::model::Tokenizer& tokenizer);
 
+// The answer up to (not including) its first end-of-generation token (<|eot_id|>, EOS, ...):
+// decoding runs a fixed number of tokens so that methods compare token by token, but what a
+// chat model says after its turn ended is not its answer.
+kvfuse::fusion::TokenIds until_end_of_turn(const kvfuse::fusion::TokenIds& tokens, const kvfuse::model::Tokenizer& tokenizer);
+
 }  // namespace kvfuse::cli

@@ -138,7 +138,9 @@ int run(RunOptions& o) {
     const auto first_full = argmax_row(full.logits, M - 1, vocab);
     KvCache full_decode = full.cache;
     const auto full_tokens = greedy_decode(model, full_decode, first_full, o.tokens);
-    std::printf("\nfull prefill answer: %s\n", loaded.detokenize(full_tokens).c_str());
+    // A chat answer is shown up to the end of its turn.
+    auto shown = [&](const TokenIds& tokens) { return loaded.detokenize(o.chat ? until_end_of_turn(tokens, *loaded.tokenizer) : tokens); };
+    std::printf("\nfull prefill answer: %s\n", shown(full_tokens).c_str());
 
     std::printf("\n%-11s %6s %9s %10s %9s %8s %8s %8s %8s %8s %8s %8s %8s %9s\n", "method", "ratio", "recompute",
                 "TTFT ms", "speed-up", "load", "rotate", "full L", "select", "recomp", "logits", "KL", "top-1", "greedy");
@@ -169,7 +171,7 @@ int run(RunOptions& o) {
                     fused.recompute_fraction, ms, full_ms / ms, stages.kv_load, stages.rerotate, stages.full_layers,
                     stages.selection, stages.recompute, stages.logits, agreement.mean_kl, agreement.top1,
                     matching_prefix(tokens, full_tokens), full_tokens.size());
-        answers.emplace_back(method_name(method), loaded.detokenize(tokens));
+        answers.emplace_back(method_name(method), shown(tokens));
     }
     std::printf("\n(times: median of %d runs in ms; KL and top-1 over the %zu question rows; greedy = tokens equal to\n"
                 " full prefill's continuation before the first difference)\n\n",
