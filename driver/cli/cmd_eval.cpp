@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "cli/chat_prompt.h"
 #include "cli/commands.h"
 #include "cli/fusion_common.h"
 #include "fusion/evaluation.h"
@@ -30,6 +31,7 @@ struct EvalCliOptions {
     std::string prompt_template = "cacheblend";
     std::string json;
     std::string command_line;
+    bool chat = false;
 };
 
 std::vector<Request> build_requests(const EvalCliOptions& o, const LoadedModel& loaded) {
@@ -70,7 +72,9 @@ int run(const EvalCliOptions& o) {
     const LoadedModel loaded = load_model(model_path);
     if (o.fusion.check_layer >= loaded.model->shape().layers)
         throw std::invalid_argument("--check-layer must be below the model's " + std::to_string(loaded.model->shape().layers) + " layers");
-    const std::vector<Request> requests = build_requests(o, loaded);
+    std::vector<Request> requests = build_requests(o, loaded);
+    if (o.chat)
+        for (Request& r : requests) wrap_in_chat_turn(r, *loaded.tokenizer);
     auto store = open_store(o.fusion);
     ChunkSource source(*loaded.model, store.get());
     std::fprintf(stderr, "kvfuse eval: %zu %s requests on %s; precomputing chunk caches...\n", requests.size(),
@@ -101,6 +105,7 @@ void add_eval_command(CLI::App& app) {
     add_fusion_options(*cmd, o->fusion);
     cmd->add_option("--data", o->data, "TinyStories text (continuous, mixed) or a CacheBlend-format JSON (musique)")->required();
     cmd->add_option("--kind", o->kind, "continuous, mixed or musique");
+    cmd->add_flag("--chat", o->chat, "put each request in the model's chat format (tokenizer.chat_template)");
     std::string ratio_methods;
     for (const MethodInfo& info : method_table())
         if (info.takes_ratio) ratio_methods += (ratio_methods.empty() ? "" : ", ") + std::string(info.name);

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "cli/chat_prompt.h"
 #include "cli/commands.h"
 #include "model/regular_file.h"
 #include "cli/fusion_common.h"
@@ -31,6 +32,7 @@ struct RunOptions {
     int repeats = 5;
     bool demo = false;
     bool pretokenized = false;
+    bool chat = false;
 };
 
 std::string read_file(const std::string& path) { return kvfuse::model::read_regular_file(path); }
@@ -90,15 +92,24 @@ int run(RunOptions& o) {
         request.kind = "user";
         request.prefix = {model.bos()};
         const int vocab = model.shape().vocab;
-        for (const auto& file : o.chunk_files) {
-            const std::string text = read_file(file);
-            TokenIds ids = o.pretokenized ? parse_token_ids(text, vocab, file) : loaded.tokenize(text);
-            if (ids.empty()) throw std::invalid_argument(file + ": the chunk is empty");
-            request.chunks.push_back(std::move(ids));
+        if (o.pretokenized) {
+            for (const auto& file : o.chunk_files) request.chunks.push_back(parse_token_ids(read_file(file), vocab, file));
+            request.question = parse_token_ids(o.question, vocab, "--question");
+        } else {
+            // The seam rule: chunks and question tokenized as they sit in the whole prompt.
+            std::vector<std::string> parts;
+            for (const auto& file : o.chunk_files) parts.push_back(read_file(file));
+            parts.push_back(o.question);
+            std::vector<TokenIds> ids = loaded.tokenizer->encode_parts(parts, false);
+            request.question = std::move(ids.back());
+            ids.pop_back();
+            request.chunks = std::move(ids);
         }
-        request.question = o.pretokenized ? parse_token_ids(o.question, vocab, "--question") : loaded.tokenize(o.question);
+        for (std::size_t c = 0; c < request.chunks.size(); ++c)
+            if (request.chunks[c].empty()) throw std::invalid_argument(o.chunk_files[c] + ": the chunk is empty");
         if (request.question.empty()) throw std::invalid_argument("the question has no tokens");
     }
+    if (o.chat) wrap_in_chat_turn(request, *loaded.tokenizer);
     const std::size_t T = request.total_tokens(), M = request.question.size();
     const auto& shape = model.shape();
     if (shape.context > 0 && T > static_cast<std::size_t>(shape.context))
@@ -127,7 +138,9 @@ int run(RunOptions& o) {
     const auto first_full = argmax_row(full.logits, M - 1, vocab);
     KvCache full_decode = full.cache;
     const auto full_tokens = greedy_decode(model, full_decode, first_full, o.tokens);
-    std::printf("\nfull prefill answer: %s\n", loaded.detokenize(full_tokens).c_str());
+    // A chat answer is shown up to the end of its turn.
+    auto shown = [&](const TokenIds& tokens) { return loaded.detokenize(o.chat ? until_end_of_turn(tokens, *loaded.tokenizer) : tokens); };
+    std::printf("\nfull prefill answer: %s\n", shown(full_tokens).c_str());
 
     std::printf("\n%-11s %6s %9s %10s %9s %8s %8s %8s %8s %8s %8s %8s %8s %9s\n", "method", "ratio", "recompute",
                 "TTFT ms", "speed-up", "load", "rotate", "full L", "select", "recomp", "logits", "KL", "top-1", "greedy");
@@ -157,7 +170,7 @@ int run(RunOptions& o) {
                     fused.recompute_fraction, ms, full_ms / ms, stages.kv_load, stages.rerotate, stages.full_layers,
                     stages.selection, stages.recompute, stages.logits, agreement.mean_kl, agreement.top1,
                     matching_prefix(tokens, full_tokens), full_tokens.size());
-        answers.emplace_back(method_name(method), loaded.detokenize(tokens));
+        answers.emplace_back(method_name(method), shown(tokens));
     }
     std::printf("\n(times: median of %d runs in ms; KL and top-1 over the %zu question rows; greedy = tokens equal to\n"
                 " full prefill's continuation before the first difference)\n\n",
@@ -183,6 +196,7 @@ void add_run_command(CLI::App& app) {
     cmd->add_option("-n,--tokens", o->tokens, "tokens to generate")->check(CLI::Range(1, 4096));
     cmd->add_option("--repeat", o->repeats, "timed runs per method (median reported)")->check(CLI::Range(1, 1000));
     cmd->add_flag("--demo", o->demo, "built-in example on the bundled model, every method");
+    cmd->add_flag("--chat", o->chat, "put the request in the model's chat format (tokenizer.chat_template)");
     cmd->add_flag("--pretokenized", o->pretokenized, "chunk files and --question hold token ids (comma or space separated)");
     cmd->callback([o] {
         if (!(o->fusion.ratio > 0.0)) throw std::invalid_argument("--ratio must be in (0, 1]");

@@ -34,6 +34,7 @@ LoadedModel load_model(const std::string& path) {
     loaded.description = model->describe();
     loaded.tokenize = [model](std::string_view text) { return model->tokenizer().encode(text); };
     loaded.detokenize = [model](std::span<const std::int32_t> ids) { return model->tokenizer().decode(ids); };
+    loaded.tokenizer = std::shared_ptr<const kvfuse::model::Tokenizer>(model, &model->tokenizer());
     loaded.model = model;
     return loaded;
 }

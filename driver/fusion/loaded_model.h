@@ -9,6 +9,7 @@
 
 #include "fusion/fusion_model.h"
 #include "fusion/requests.h"
+#include "model/tokenizer.h"
 
 namespace kvfuse::fusion {
 
@@ -17,6 +18,9 @@ struct LoadedModel {
     Tokenize tokenize;  // text -> ids, no BOS
     std::function<std::string(std::span<const std::int32_t>)> detokenize;
     std::string description;  // one line: architecture, sizes
+    // The model's tokenizer (shares the model's lifetime): special tokens, chat template, the
+    // seam rule's encode_parts.
+    std::shared_ptr<const kvfuse::model::Tokenizer> tokenizer;
 };
 
 // Opens a GGUF model; throws std::runtime_error naming the file and the problem.

@@ -214,8 +214,10 @@ void GgufFile::parse_all(const std::uint8_t* base, std::uint64_t size) {
         alignment = *value;
     }
     const std::uint64_t data_start = (c.position() + alignment - 1) / alignment * alignment;
-    if (data_start > size) c.fail("truncated file: the tensor data section starts past the end");
-    const std::uint64_t data_size = size - data_start;
+    // A vocabulary-only file (no tensors, as llama.cpp's ggml-vocab-*.gguf) may end before the
+    // padding of its empty data section.
+    if (data_start > size && !tensors_.empty()) c.fail("truncated file: the tensor data section starts past the end");
+    const std::uint64_t data_size = data_start > size ? 0 : size - data_start;
     std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
     for (auto& t : tensors_) {
         if (t.traits == nullptr) continue;
