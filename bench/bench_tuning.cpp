@@ -128,7 +128,9 @@ void score(benchmark::State& state) {
 
 int main(int argc, char** argv) {
     g_defaults = kvfuse::tuner::default_settings();
-    g_tuned = kvfuse::tuner::settings_in_force();  // loads the start-up profile
+    if (const std::string why = kvfuse::tuner::load_machine_profile(); !why.empty())
+        std::fprintf(stderr, "bench_tuning: %s\n", why.c_str());
+    g_tuned = kvfuse::tuner::settings_in_force();  // KVFUSE_PROFILE's or this machine's profile
     g_have_profile = kvfuse::profile_status().rfind("profile ", 0) == 0;
     kvfuse::Isa active = kvfuse::Isa::scalar;
     if (!kvfuse::active_isa(active).ok()) {

@@ -308,17 +308,13 @@ void load_startup_profile_locked(State& s) {
         s.status = "built-in defaults (KVFUSE_PROFILE=none)";
         return;
     }
-    if (env != nullptr && env[0] != '\0') {
-        path = env;
-    } else {
-        path = default_path();
-        std::error_code ec;
-        if (path.empty() || !std::filesystem::exists(path, ec)) {
-            s.status = "built-in defaults (no profile" + (path.empty() ? std::string() : " at " + path) +
-                       "; `kvfuse tune` makes one)";
-            return;
-        }
+    // Only the file the environment names: a library linked into an engine reads no file of
+    // its own accord (the program loads this machine's profile explicitly if it wants it).
+    if (env == nullptr || env[0] == '\0') {
+        s.status = "built-in defaults (KVFUSE_PROFILE not set; no profile loaded by the program)";
+        return;
     }
+    path = env;
     kvfuse_tuning t{};
     KernelIsas isas;
     // Called from inside kernels and from functions that return no status: nothing may escape.

@@ -5,8 +5,9 @@
 // aborted the host, and a hang in open()), and kvfuse_load_profile returns KVFUSE_ERROR_IO for
 // them. ctest's timeout catches a hang. A profile's per-kernel ISA is applied, overridden by
 // KVFUSE_ISA, and refused (the whole profile ignored, with the reason) when this build or CPU
-// cannot run it.
-//   test_tuning_startup good|corrupt|none|directory|fifo|kernel_isa|kernel_isa_forced|kernel_isa_unsupported
+// cannot run it. With KVFUSE_PROFILE unset the library reads no file, not even a good profile
+// at this machine's default path (a program loads that one with kvfuse_load_profile).
+//   test_tuning_startup good|corrupt|none|directory|fifo|kernel_isa|kernel_isa_forced|kernel_isa_unsupported|unset
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -65,6 +66,26 @@ int main(int argc, char** argv) {
         for (int i = 0; i < KVFUSE_ISA_COUNT; ++i)
             if (!kvfuse_isa_supported(static_cast<kvfuse_isa>(i))) topk_choice = kvfuse_isa_name(static_cast<kvfuse_isa>(i));
         if (topk_choice.empty()) return 77;
+    }
+    if (mode == "unset") {
+        const std::filesystem::path cache =
+            std::filesystem::temp_directory_path() / ("kvfuse-startup-cache-" + std::to_string(::getpid()));
+        setenv("XDG_CACHE_HOME", cache.c_str(), 1);
+        unsetenv("KVFUSE_PROFILE");
+        char default_path[4096];
+        if (kvfuse_default_profile_path(default_path, sizeof default_path) != KVFUSE_OK) return 3;
+        if (kvfuse_save_profile(default_path, &tuned, nullptr) != KVFUSE_OK) return 3;
+        kvfuse_tuning now;
+        kvfuse_tuning_init(&now);
+        kvfuse_get_tuning(&now);  // the first call: start-up
+        const std::string status = kvfuse_profile_status();
+        const bool untouched = now.topk_sample == defaults.topk_sample && now.score_query_rows == defaults.score_query_rows;
+        const kvfuse_status load = kvfuse_load_profile(default_path);
+        kvfuse_get_tuning(&now);
+        const bool applied = now.topk_sample == 4096 && now.score_query_rows == 2;
+        std::filesystem::remove_all(cache);
+        std::printf("unset: %s; then kvfuse_load_profile: %s\n", status.c_str(), kvfuse_status_message(load));
+        return untouched && status.find("KVFUSE_PROFILE not set") != std::string::npos && load == KVFUSE_OK && applied ? 0 : 1;
     }
     // The profile is keyed by the ISA in use: set KVFUSE_ISA before making it.
     if (mode == "kernel_isa_forced") setenv("KVFUSE_ISA", kvfuse_isa_name(best), 1);

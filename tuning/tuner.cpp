@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <stdexcept>
@@ -252,6 +254,16 @@ Status apply(const Settings& settings) {
         if (Status s = isa ? set_kernel_isa(kernel, *isa) : reset_kernel_isa(kernel); !s.ok()) return s;
     }
     return Status();
+}
+
+std::string load_machine_profile() {
+    const char* env = std::getenv("KVFUSE_PROFILE");
+    if (env != nullptr && env[0] != '\0') return {};
+    const std::string path = default_profile_path();
+    std::error_code ec;
+    if (path.empty() || !std::filesystem::exists(path, ec)) return {};
+    if (Status s = load_profile(path); !s.ok()) return "ignored the tuning profile " + path + ": " + s.message();
+    return {};
 }
 
 std::string describe_kernel_isas() {

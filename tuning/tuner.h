@@ -39,6 +39,10 @@ struct Settings {
 Settings default_settings();
 // What is in force now (the start-up profile, kvfuse_load_profile, or the program's choices).
 Settings settings_in_force();
+// For programs (the `kvfuse` CLI, bench_tuning): loads this machine's profile from
+// kvfuse_default_profile_path unless KVFUSE_PROFILE is set (the library has read that one).
+// Returns why a profile there was not used; empty when it was loaded or there is none.
+std::string load_machine_profile();
 // Applies parameters and per-kernel ISAs; on failure the reason (nothing is half-applied for
 // the parameters; the ISA choices are all-or-nothing per kernel).
 Status apply(const Settings& settings);

@@ -527,9 +527,11 @@ KVFUSE_API kvfuse_status kvfuse_gemm_bf16_scheme(const char** scheme);
 
 /* ---- tuning ------------------------------------------------------------------------------
  * Kernel parameters a per-machine tuning run (`kvfuse tune`) chooses. They change speed only,
- * never results. At start-up the library loads the tuning profile: the file KVFUSE_PROFILE
- * names ("none": built-in defaults), else the default profile of this machine (see
- * kvfuse_default_profile_path). A profile made for another CPU, ISA, core count, cache size or
+ * never results. At start-up the library loads the tuning profile the environment variable
+ * KVFUSE_PROFILE names ("none" or unset: built-in defaults); it reads no other file on its own.
+ * A program that wants this machine's profile loads it with kvfuse_load_profile
+ * (kvfuse_default_profile_path says where `kvfuse tune` writes it; the `kvfuse` program does
+ * this when KVFUSE_PROFILE is unset). A profile made for another CPU, ISA, core count, cache size or
  * kvfuse version, one that does not parse or validate, or a path that is not a regular file (a
  * directory, a FIFO -- never waited on --, a device) is ignored and reported by
  * kvfuse_profile_status; the defaults stay. A profile also records the ISA each kernel runs on
