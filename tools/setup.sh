@@ -8,7 +8,8 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config python3 libxsimd-dev libhwloc-dev libopenblas-openmp-dev
-          libcli11-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev libssl-dev libxxhash-dev)
+          libcli11-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev libssl-dev libxxhash-dev
+          libhiredis-dev libcpp-httplib-dev redis-server)  # the last three: kvfuse serve, its tests
 for flag in "$@"; do
     case "$flag" in
         --cross) packages+=(g++-aarch64-linux-gnu qemu-user binutils) ;;
