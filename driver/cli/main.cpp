@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
     kvfuse::cli::add_perplexity_command(app);
     kvfuse::cli::add_tune_command(app);
     kvfuse::cli::add_make_model_command(app);
+    kvfuse::cli::add_serve_command(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
