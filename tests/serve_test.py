@@ -263,7 +263,7 @@ def scenario_corrupt(workdir, redis, reference):
         first = server.complete(body)
         check(all(c["hit"] for c in first["chunks"]), "before damage: hits")
         ids = [c["id"] for c in first["chunks"]]
-        prefix = {p.split(":")[-1]: p for p in chunk_prefixes}
+        prefix = {p.split(":")[-1].strip("{}"): p for p in chunk_prefixes}
         target = prefix[ids[0]]
         other = prefix[ids[1]]
 

@@ -28,10 +28,13 @@ std::string chunk_prefix(const ChunkKey& key) {
     std::snprintf(model, sizeof model, "%016llx",
                   static_cast<unsigned long long>(
                       XXH3_64bits(key.model_fingerprint.data(), key.model_fingerprint.size())));
+    // The digest in braces is the key's Redis Cluster hash tag: every key of one chunk lands on
+    // one slot, so a cluster proxy can pipeline a chunk's layers to one node.
     std::string prefix(kKeyPrefix);
     prefix += model;
-    prefix += ':';
+    prefix += ":{";
     prefix += key.hex();
+    prefix += '}';
     return prefix;
 }
 
@@ -520,8 +523,8 @@ Result<std::vector<ChunkDigest>> RedisChunkBackend::list() {
         cursor.assign(r->element[0]->str, r->element[0]->len);
         for (size_t i = 0; i < r->element[1]->elements; ++i) {
             std::string_view name(r->element[1]->element[i]->str, r->element[1]->element[i]->len);
-            // <prefix><16 hex>:<64 hex>:manifest
-            const size_t digest_at = kKeyPrefix.size() + 17;
+            // <prefix><16 hex>:{<64 hex>}:manifest
+            const size_t digest_at = kKeyPrefix.size() + 18;
             if (name.size() < digest_at + 64) continue;
             if (auto digest = parse_digest_hex(name.substr(digest_at, 64))) digests.push_back(*digest);
         }

@@ -3,9 +3,10 @@
 // ("Redis").
 //
 // Keys carry the model (XXH3 of its fingerprint) and the chunk's content key (its SHA-256):
-//   kvfuse:chunk:v1:<model 16 hex>:<digest 64 hex>:layer:<l>   layer l's bytes of the image
-//   kvfuse:chunk:v1:<model 16 hex>:<digest 64 hex>:manifest   the image's header, each layer's
-//                                                             offset, size and XXH3, a checksum
+//   kvfuse:chunk:v1:<model 16 hex>:{<digest 64 hex>}:layer:<l>  layer l's bytes of the image
+//   kvfuse:chunk:v1:<model 16 hex>:{<digest 64 hex>}:manifest  the image's header, each layer's
+//                                                              offset, size and XXH3, a checksum
+// ({...}: the Redis Cluster hash tag, so one chunk's keys share a slot.)
 // A put writes every layer, then the manifest: a reader that finds the manifest finds a chunk
 // whose layers were all written. A get verifies the manifest, every layer against it, then the
 // whole image as ChunkStore verifies a file; a missing layer (evicted by maxmemory), a value of
