@@ -245,6 +245,17 @@ def scenario_fleet(workdir, redis, reference):
         by_id = b.complete({"chunks": [{"id": ids[0]}, {"id": ids[1]}, CHUNKS[2]], "question": QUESTION, "method": "a3",
                             "ratio": 0.2, "max_tokens": 12})
         check(by_id["tokens"] == reference[0], "a request naming chunks by id answers as by text")
+        # ... and on another server of the fleet, which resolves the ids through Redis.
+        c = Server("fleet-c", workdir, "--store", url)
+        try:
+            by_id = c.complete({"chunks": [{"id": ids[0]}, {"id": ids[1]}, CHUNKS[2]], "question": QUESTION,
+                                "method": "a3", "ratio": 0.2, "max_tokens": 12})
+            check(by_id["tokens"] == reference[0], "another server resolving ids through Redis answers as by text")
+            check(all(ch["hit"] for ch in by_id["chunks"]), "ids resolved through Redis are hits")
+            status, text, _ = c.request("/v1/completions", {"chunks": [{"id": "cd" * 32}], "question": QUESTION})
+            check(status == 404 and "unknown chunk id" in text, "an id nobody stored: %d %s" % (status, text))
+        finally:
+            check(c.stop() == 0, "fleet-c exit status")
     finally:
         check(a.stop() == 0 and b.stop() == 0, "fleet servers exit 0 on SIGTERM")
 

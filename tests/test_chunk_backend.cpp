@@ -1,6 +1,6 @@
 // The store's backend layer (driver/store): the chunk image codec is the chunk-file format byte
 // for byte, its layer ranges tile the payload, a decoded image is verified like a file; the
-// directory lists its chunks; a directory in front of another backend copies hits into itself;
+// directory lists its chunks and resolves a digest to its tokens; a directory in front of another backend copies hits into itself;
 // Redis URLs are parsed or refused with the reason; a Redis that cannot be reached is a quick
 // miss and a clear put error, never a hang. (Redis itself: tests/serve_test.py.)
 #include <gtest/gtest.h>
@@ -165,6 +165,21 @@ TEST(ChunkBackendDirectory, ListsItsChunksAndNothingElse) {
     std::sort(expected.begin(), expected.end());
     std::sort(listed.value().begin(), listed.value().end());
     EXPECT_EQ(listed.value(), expected);
+}
+
+TEST(ChunkBackendDirectory, ResolvesADigestToItsTokensOnlyWhenTheyHashToIt) {
+    Scratch scratch("tokens-of");
+    ChunkStore store = open_directory(scratch.path());
+    const OwnedChunk a = make_chunk(9), b = make_chunk(10);
+    ASSERT_TRUE(store.put(a.key, a.chunk).ok());
+    std::optional<std::vector<int32_t>> tokens = store.tokens_of(a.key.digest, "test-model");
+    ASSERT_TRUE(tokens.has_value());
+    EXPECT_EQ(*tokens, a.key.tokens);
+    EXPECT_FALSE(store.tokens_of(a.key.digest, "another-model").has_value());
+    EXPECT_FALSE(store.tokens_of(b.key.digest, "test-model").has_value()) << "absent";
+    // A sound file of chunk a under b's name: its tokens do not hash to b's digest.
+    fs::copy_file(store.path_of(a.key), store.path_of(b.key));
+    EXPECT_FALSE(store.tokens_of(b.key.digest, "test-model").has_value());
 }
 
 TEST(ChunkBackendTiered, RemoteHitsAreCopiedIntoTheLocalTier) {

@@ -171,10 +171,17 @@ private:
             case ChunkRef::Kind::tokens: return checked_ids(ref.tokens, where);
             case ChunkRef::Kind::id: {
                 auto known = known_chunks_.find(ref.id);
-                if (known == known_chunks_.end())
-                    throw ApiError(404, where + ": unknown chunk id " + ref.id +
-                                            " on this server (send the chunk's text or tokens, or POST it to /v1/chunks here first)");
-                return known->second;
+                if (known != known_chunks_.end()) return known->second;
+                // Handed out by another server of the fleet: the store knows its tokens.
+                if (store_ != nullptr) {
+                    const auto digest = kvfuse::store::parse_digest_hex(ref.id);
+                    if (auto tokens = store_->tokens_of(*digest, loaded_.model->fingerprint())) {
+                        remember(*tokens);
+                        return *tokens;
+                    }
+                }
+                throw ApiError(404, where + ": unknown chunk id " + ref.id +
+                                        " (not seen by this server and not in its store: send the chunk's text or tokens)");
             }
             case ChunkRef::Kind::text: break;
         }

@@ -168,7 +168,9 @@ struct ChunkStore::Impl {
         }
     }
 
-    LoadOutcome load(const fs::path& path, const ChunkKey& key) const {
+    // With `key` null, the file's own tokens and fingerprint are taken as its key (the caller
+    // checks them).
+    LoadOutcome load(const fs::path& path, const ChunkKey* key) const {
         LoadOutcome outcome;
         // O_NONBLOCK: a FIFO at the chunk's path must not block open() before fstat shows it
         // is no regular file. On a regular file the flag changes nothing, so it is kept.
@@ -231,7 +233,8 @@ struct ChunkStore::Impl {
                 return outcome;
             }
         }
-        Status matches = format::check_key_matches(parsed.value(), key);
+        Status matches = key != nullptr ? format::check_key_matches(parsed.value(), *key)
+                                        : Status::success();
         if (!matches.ok()) {
             outcome.problem = {matches.code(), path.string() + ": " + matches.message()};
             return outcome;
@@ -499,7 +502,7 @@ Status ChunkStore::put(const ChunkKey& key, const StoredChunk& chunk) {
     // simply replaced below, so it is not reported here. A rename cannot replace a directory:
     // an empty one is removed first, a non-empty one makes the rename fail and is named in the
     // error.
-    LoadOutcome existing = impl.load(path, key);
+    LoadOutcome existing = impl.load(path, &key);
     if (existing.chunk) {
         std::lock_guard lock(impl.mutex);
         ++impl.stats.puts_skipped;
@@ -535,7 +538,7 @@ std::optional<ChunkView> ChunkStore::get(const ChunkKey& key) {
     }
     // Mapped and verified outside the lock: other threads' hits do not wait for this one.
     const fs::path path = impl.chunk_path(key);
-    LoadOutcome outcome = impl.load(path, key);
+    LoadOutcome outcome = impl.load(path, &key);
     if (!outcome.chunk) {
         if (!outcome.absent) {
             impl.warn(Status(outcome.problem.code(),
@@ -623,6 +626,20 @@ Result<std::vector<ChunkDigest>> ChunkStore::list() {
                       impl_->directory.string() + ": listing failed: " + error.message());
     }
     return digests;
+}
+
+std::optional<std::vector<int32_t>> ChunkStore::tokens_of(const ChunkDigest& digest,
+                                                          std::string_view model_fingerprint) {
+    ChunkKey probe;
+    probe.digest = digest;
+    const fs::path path = impl_->chunk_path(probe);
+    LoadOutcome outcome = impl_->load(path, nullptr);
+    if (!outcome.chunk) return std::nullopt;  // a damaged file is reported by the get() that follows
+    const format::ParsedChunkFile& parsed = outcome.chunk->parsed;
+    if (parsed.model_fingerprint != model_fingerprint) return std::nullopt;
+    std::vector<int32_t> tokens(parsed.tokens.begin(), parsed.tokens.end());
+    if (make_chunk_key(model_fingerprint, tokens).digest != digest) return std::nullopt;
+    return tokens;
 }
 
 std::vector<BackendStats> ChunkStore::backend_stats() const {

@@ -253,6 +253,13 @@ public:
     // as a miss).
     virtual Result<std::vector<ChunkDigest>> list() = 0;
 
+    // The token ids of the chunk stored under `digest` for this model fingerprint, read from
+    // the stored chunk and verified (checksums, the fingerprint, and SHA-256 of fingerprint +
+    // tokens equal to the digest); nullopt when there is none usable. Lets a server resolve a
+    // chunk id that another server of its fleet handed out.
+    virtual std::optional<std::vector<int32_t>> tokens_of(const ChunkDigest& digest,
+                                                          std::string_view model_fingerprint) = 0;
+
     // Passes a problem to the backend's warning hook (callers handling one the way the backend
     // handles its own, e.g. a failed put() that only costs a recompute next time).
     virtual void warn(const Status& status) const = 0;
@@ -341,6 +348,8 @@ public:
     Status erase(const ChunkKey& key) override;
     // Every `<digest>.kvchunk` name in the directory.
     Result<std::vector<ChunkDigest>> list() override;
+    std::optional<std::vector<int32_t>> tokens_of(const ChunkDigest& digest,
+                                                  std::string_view model_fingerprint) override;
 
     // Number of leftover temporary files removed.
     size_t remove_stale_temp_files();

@@ -1,6 +1,7 @@
 #include "store/redis_backend.h"
 
 #include "store/chunk_codec.h"
+#include "store/chunk_file_format.h"
 
 #include <hiredis/hiredis.h>
 #include <xxhash.h>
@@ -530,6 +531,36 @@ Result<std::vector<ChunkDigest>> RedisChunkBackend::list() {
         }
     } while (cursor != "0");
     return digests;
+}
+
+std::optional<std::vector<int32_t>> RedisChunkBackend::tokens_of(const ChunkDigest& digest,
+                                                                  std::string_view model_fingerprint) {
+    ChunkKey probe;
+    probe.digest = digest;
+    probe.model_fingerprint = std::string(model_fingerprint);
+    std::vector<int32_t> tokens;
+    {
+        std::lock_guard lock(impl_->mutex);
+        Result<Reply> fetched = impl_->command({"GET", manifest_key(probe)}, "GET");
+        if (!fetched.ok() || fetched.value()->type != REDIS_REPLY_STRING) return std::nullopt;
+        Result<Manifest> manifest = decode_manifest(
+            std::string_view(fetched.value()->str, fetched.value()->len), impl_->options.max_image_bytes);
+        if (!manifest.ok()) return std::nullopt;  // reported by the get() that follows
+        // The token ids sit in the header right after its fixed part (docs/STORE.md); the
+        // manifest's checksum covers them, the digest check below and get() the rest.
+        const std::string_view header = manifest.value().header;
+        constexpr size_t kTokenCountAt = format::field::token_count, kTokensAt = format::kFixedHeaderBytes;
+        if (header.size() < kTokensAt) return std::nullopt;
+        const uint32_t count = load<uint32_t>(header, kTokenCountAt);
+        if (count == 0 || (header.size() - kTokensAt) / 4 < count) return std::nullopt;
+        tokens.resize(count);
+        std::memcpy(tokens.data(), header.data() + kTokensAt, size_t{count} * 4);
+    }
+    ChunkKey key = make_chunk_key(model_fingerprint, tokens);
+    if (key.digest != digest) return std::nullopt;
+    // The whole chunk verified, so that an id resolves only to a chunk that can be used.
+    if (!get(key)) return std::nullopt;
+    return tokens;
 }
 
 void RedisChunkBackend::warn(const Status& status) const { impl_->warn(status); }

@@ -59,6 +59,8 @@ public:
     Status erase(const ChunkKey& key) override;
     // SCAN over every model's manifests.
     Result<std::vector<ChunkDigest>> list() override;
+    std::optional<std::vector<int32_t>> tokens_of(const ChunkDigest& digest,
+                                                  std::string_view model_fingerprint) override;
     void warn(const Status& status) const override;
     std::string location() const override;
     std::string location_of(const ChunkKey& key) const override;

@@ -39,6 +39,12 @@ Status TieredChunkBackend::erase(const ChunkKey& key) {
 
 Result<std::vector<ChunkDigest>> TieredChunkBackend::list() { return remote_->list(); }
 
+std::optional<std::vector<int32_t>> TieredChunkBackend::tokens_of(const ChunkDigest& digest,
+                                                                   std::string_view model_fingerprint) {
+    if (auto tokens = local_->tokens_of(digest, model_fingerprint)) return tokens;
+    return remote_->tokens_of(digest, model_fingerprint);
+}
+
 void TieredChunkBackend::warn(const Status& status) const { remote_->warn(status); }
 
 std::string TieredChunkBackend::location() const {

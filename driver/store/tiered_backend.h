@@ -20,6 +20,8 @@ public:
     Status put(const ChunkKey& key, const StoredChunk& chunk) override;
     Status erase(const ChunkKey& key) override;
     Result<std::vector<ChunkDigest>> list() override;  // the remote tier's
+    std::optional<std::vector<int32_t>> tokens_of(const ChunkDigest& digest,
+                                                  std::string_view model_fingerprint) override;
     void warn(const Status& status) const override;
     std::string location() const override;
     std::string location_of(const ChunkKey& key) const override;
