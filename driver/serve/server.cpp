@@ -380,7 +380,10 @@ int serve(const ServeOptions& options) {
         if (res.status == 413) message += " (over " + std::to_string(options.max_body_bytes) + " bytes, --max-body)";
         if (res.status == 404) message += ": " + req.method + " " + req.path;
         res.set_content(error_answer(res.status, message).body, "application/json");
-        metrics.count_request(res.status == 404 ? std::string("other") : req.path, res.status);
+        // Only the API's paths as labels: a client's arbitrary paths must not grow the metrics.
+        const bool known = req.path == "/v1/completions" || req.path == "/v1/chunks" || req.path == "/health" ||
+                           req.path == "/metrics";
+        metrics.count_request(known ? req.path : std::string("other"), res.status);
     });
     auto queued = [&](httplib::Response& res, const std::string& endpoint, std::function<Answer()> work) {
         std::optional<std::future<Answer>> answer = queue.submit(std::move(work));
@@ -457,7 +460,11 @@ int serve(const ServeOptions& options) {
                 std::fprintf(stderr, "kvfuse serve: %s: finishing %zu queued request(s), then exiting\n",
                              signal == SIGTERM ? "SIGTERM" : "SIGINT", queue.depth());
                 queue.close();  // new requests: 503; queued ones are still answered
-                server.stop();
+                // stop() does nothing before the listening loop runs: repeat until it returns.
+                while (!listening_done.load()) {
+                    server.stop();
+                    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                }
                 return;
             }
         }
