@@ -13,7 +13,9 @@ setup.sh installs it), then `kvfuse serve` processes on free ports, and checks:
   bad        malformed JSON, unknown method, ratio out of range, empty question, oversized body,
              over the context, unknown chunk id, wrong endpoint: 4xx with a message, serving on;
   queue      a full queue answers 503 with Retry-After, the rest are served;
-  shutdown   SIGTERM during requests: each answered or refused, exit 0, the store readable.
+  shutdown   SIGTERM during requests: each answered or refused, exit 0, the store readable;
+  startup    a bad Redis URL, a local cache without Redis, a missing model, a busy port: exit 1
+             with the reason.
 Usage: serve_test.py KVFUSE_BINARY [scenario ...]
 """
 import json
@@ -31,7 +33,7 @@ import urllib.error
 import urllib.request
 
 KVFUSE = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
-SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "outage", "bad", "queue", "shutdown"]
+SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "outage", "bad", "queue", "shutdown", "startup"]
 TIMEOUT = 120  # seconds for any one HTTP answer (sanitizer builds are slow)
 
 CHUNKS = [
@@ -455,6 +457,34 @@ def scenario_shutdown(workdir, redis, reference):
         check(again.metric("kvfuse_store_corrupt_total", '{tier="fs"}') == 0, "after SIGTERM: a damaged chunk file")
     finally:
         check(again.stop() == 0, "after-shutdown server exit status")
+
+
+def scenario_startup(workdir, redis, reference):
+    """What cannot be served is refused at start, with the reason and status 1, never a hang."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    busy = str(holder.getsockname()[1])
+    cases = [
+        (["--store", "redis://127.0.0.1:notaport"], "port"),
+        (["--store", "redis://user:pw@127.0.0.1:6379"], "credentials"),
+        (["--store", os.path.join(workdir, "s"), "--local-cache", os.path.join(workdir, "c")], "redis://"),
+        (["--no-store", "--local-cache", os.path.join(workdir, "c")], "redis://"),
+        (["--model", os.path.join(workdir, "missing.gguf"), "--no-store"], "cannot open"),
+        (["--no-store", "--port", busy], "cannot listen"),
+    ]
+    try:
+        for args, words in cases:
+            port = [] if "--port" in args else ["--port", "0"]
+            try:
+                done = subprocess.run([KVFUSE, "serve", "--host", "127.0.0.1", *port, *args], capture_output=True,
+                                      text=True, timeout=60)
+            except subprocess.TimeoutExpired:
+                fail("serve %s did not exit" % " ".join(args))
+            check(done.returncode == 1 and words in done.stderr,
+                  "serve %s: status %d, stderr %r (wanted %r)" % (" ".join(args), done.returncode, done.stderr, words))
+    finally:
+        holder.close()
 
 
 def main():
