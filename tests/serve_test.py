@@ -8,6 +8,7 @@ setup.sh installs it), then `kvfuse serve` processes on free ports, and checks:
   corrupt    a flipped byte, a truncated layer, another chunk's layer, an evicted layer and a
              foreign manifest in Redis: each detected (metrics), read as a miss, the answer
              unchanged, the chunk stored again;
+  evict      Redis under maxmemory + allkeys-lru evicting chunk values: every answer correct;
   outage     Redis killed and restarted during a run of requests: every answer correct (or,
              store_only, refused with a clear 503), hits again once Redis is back;
   bad        malformed JSON, unknown method, ratio out of range, empty question, oversized body,
@@ -33,7 +34,7 @@ import urllib.error
 import urllib.request
 
 KVFUSE = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
-SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "outage", "bad", "queue", "shutdown", "startup"]
+SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "evict", "outage", "bad", "queue", "shutdown", "startup"]
 TIMEOUT = 120  # seconds for any one HTTP answer (sanitizer builds are slow)
 
 CHUNKS = [
@@ -353,6 +354,44 @@ def scenario_outage(workdir, redis, reference):
         check("connected again" in server.stderr() or "reconnect" in server.stderr(), "reconnection not reported")
     finally:
         check(server.stop() == 0, "outage server exit status")
+
+
+def scenario_evict(workdir, redis, reference):
+    """Redis under maxmemory with allkeys-lru evicting chunk values as requests run."""
+    # Twelve chunks of about 60 tokens (about 100 KiB of values each) against room for a few:
+    # Redis must evict to take new ones. (Much smaller values against a much smaller room do not
+    # work: the connection's buffers then take most of the room and Redis refuses writes, OOM.)
+    pool = ["Part %d. " % i + " ".join(CHUNKS[(i + j) % len(CHUNKS)] for j in range(3)) for i in range(12)]
+    # Two hot chunks in every request, one cold one each: LRU keeps the hot ones.
+    bodies = [{"chunks": [pool[0], pool[1], pool[2 + r]], "question": QUESTION, "method": "a3",
+               "ratio": 0.2, "max_tokens": 8} for r in range(10)]
+    cold = Server("evict-cold", workdir, "--no-store")
+    try:
+        expected = [cold.complete(b)["tokens"] for b in bodies]
+    finally:
+        check(cold.stop() == 0, "evict-cold exit status")
+    url = "redis://127.0.0.1:%d/0" % redis.port
+    server = Server("evict", workdir, "--store", url)
+    try:
+        redis.command("FLUSHALL")
+        used = int([line for line in redis.command("INFO", "memory").decode().splitlines()
+                    if line.startswith("used_memory:")][0].split(":")[1])
+        redis.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        redis.command("CONFIG", "SET", "maxmemory", str(used + 768 * 1024))
+        for round_ in range(3):
+            for i, body in enumerate(bodies):
+                check(server.complete(body)["tokens"] == expected[i], "evict: round %d request %d answered wrongly" % (round_, i))
+        evicted = int([line for line in redis.command("INFO", "stats").decode().splitlines()
+                       if line.startswith("evicted_keys:")][0].split(":")[1])
+        check(evicted > 0, "evict: Redis evicted nothing (maxmemory too large for the test)")
+        check(server.metric("kvfuse_store_hits_total", '{tier="redis"}') > 0, "evict: no hit at all")
+        print("  evict: %d keys evicted; %d hits, %d misses, of which %d chunks with a layer evicted" % (
+            evicted, server.metric("kvfuse_store_hits_total", '{tier="redis"}'),
+            server.metric("kvfuse_store_misses_total", '{tier="redis"}'),
+            server.metric("kvfuse_store_corrupt_total", '{tier="redis"}')), flush=True)
+    finally:
+        redis.command("CONFIG", "SET", "maxmemory", "0")
+        check(server.stop() == 0, "evict server exit status")
 
 
 def scenario_bad(workdir, redis, reference):
