@@ -401,6 +401,7 @@ def scenario_bad(workdir, redis, reference):
         cases = [
             ("malformed JSON", b'{"chunks": ["a", "question": }', 400, "malformed JSON"),
             ("not an object", b'[1, 2]', 400, "JSON object"),
+            ("invalid UTF-8", b'{"prompt": "\xff\xfe"}', 400, "malformed JSON"),
             ("unknown method", {"chunks": CHUNKS[:2], "question": QUESTION, "method": "magic"}, 400, "unknown method"),
             ("ratio above 1", {"chunks": CHUNKS[:2], "question": QUESTION, "ratio": 1.5}, 400, "ratio"),
             ("ratio zero", {"chunks": CHUNKS[:2], "question": QUESTION, "ratio": 0}, 400, "ratio"),

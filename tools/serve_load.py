@@ -94,6 +94,8 @@ def run_one(args, workdir, redis, store, method, requests):
     import json
     ok = [(json.loads(text), latency) for status, text, latency in results if status == 200]
     errors = len(results) - len(ok)
+    for status, text, _ in [r for r in results if r[0] != 200][:3]:
+        print("serve_load: %s %s: status %d: %s" % (store, method, status, text[:300]), file=sys.stderr, flush=True)
     hits = sum(c["hit"] for answer, _ in ok for c in answer["chunks"])
     looked_up = sum(len(answer["chunks"]) for answer, _ in ok)
     ttft = [answer["ttft_ms"] for answer, _ in ok]

@@ -33,6 +33,10 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using namespace kvfuse::fusion;
 
+// Generated text may end inside a UTF-8 sequence (a byte token): replaced by U+FFFD in the
+// JSON rather than making dump() throw.
+std::string to_text(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 double ms_since(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
@@ -43,7 +47,7 @@ struct Answer {
 };
 
 Answer error_answer(int status, const std::string& message) {
-    return {status, json{{"error", {{"code", status}, {"message", message}}}}.dump()};
+    return {status, to_text(json{{"error", {{"code", status}, {"message", message}}}})};
 }
 
 // The bounded queue in front of the model: one engine thread takes jobs in arrival order.
@@ -138,7 +142,7 @@ public:
                 chunks.push_back({{"id", remember(tokens)}, {"tokens", tokens.size()}, {"stored", held.from_store}});
             }
             metrics_.count_chunks(hits, computed);
-            return Answer{200, json{{"object", "kvfuse.chunks"}, {"chunks", chunks}}.dump()};
+            return Answer{200, to_text(json{{"object", "kvfuse.chunks"}, {"chunks", chunks}})};
         });
     }
 
@@ -272,14 +276,13 @@ private:
         if (in.plain) {
             ++plain_serial_;
             json choice = {{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", "length"}};
-            return {200, json{{"id", "cmpl-" + std::to_string(plain_serial_)},
+            return {200, to_text(json{{"id", "cmpl-" + std::to_string(plain_serial_)},
                               {"object", "text_completion"},
                               {"created", static_cast<long long>(std::time(nullptr))},
                               {"model", options_.model.empty() ? std::string("stories260K") : options_.model},
                               {"choices", json::array({choice})},
                               {"usage", {{"prompt_tokens", T}, {"completion_tokens", tokens.size()}, {"total_tokens", T + tokens.size()}}},
-                              {"kvfuse", {{"ttft_ms", ttft_ms}, {"stages", stages}, {"decode_ms", decode_ms}, {"queue_ms", queue_ms}}}}
-                             .dump()};
+                              {"kvfuse", {{"ttft_ms", ttft_ms}, {"stages", stages}, {"decode_ms", decode_ms}, {"queue_ms", queue_ms}}}})};
         }
         json answer = {{"object", "kvfuse.completion"},
                        {"method", method_name(in.method)},
@@ -293,7 +296,7 @@ private:
                        {"queue_ms", queue_ms},
                        {"chunks", chunks}};
         if (method_info(in.method).takes_ratio) answer["ratio"] = in.ratio;
-        return {200, answer.dump()};
+        return {200, to_text(answer)};
     }
 
     static constexpr std::size_t kRememberedIds = 1 << 16;
@@ -404,7 +407,6 @@ int serve(const ServeOptions& options) {
         } catch (const ApiError& e) {
             return reply(res, endpoint, error_answer(e.status, e.what()));
         }
-        if (request.plain) request.max_tokens = std::max<std::size_t>(request.max_tokens, 1);
         const auto arrived = Clock::now();
         queued(res, endpoint, [&engine, request = std::move(request), arrived] { return engine.complete(request, arrived); });
     });
@@ -426,7 +428,7 @@ int serve(const ServeOptions& options) {
                                           {"store", store_location},
                                           {"queue_depth", queue.depth()},
                                           {"queue_capacity", queue.capacity()}}
-                                         .dump()});
+                                         .dump(-1, ' ', false, json::error_handler_t::replace)});
     });
     server.Get("/metrics", [&](const httplib::Request&, httplib::Response& res) {
         std::vector<kvfuse::store::BackendStats> tiers;
