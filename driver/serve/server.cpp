@@ -388,6 +388,20 @@ int serve(const ServeOptions& options) {
                            req.path == "/metrics";
         metrics.count_request(known ? req.path : std::string("other"), res.status);
     });
+    // A handler that throws (it should not: every path answers its own errors) still answers
+    // with the reason.
+    server.set_exception_handler([&](const httplib::Request& req, httplib::Response& res, std::exception_ptr error) {
+        std::string what = "unknown exception";
+        try {
+            std::rethrow_exception(error);
+        } catch (const std::exception& e) {
+            what = e.what();
+        } catch (...) {
+        }
+        res.status = 500;
+        res.set_content(error_answer(500, "internal error: " + what).body, "application/json");
+        metrics.count_request(req.path == "/v1/completions" || req.path == "/v1/chunks" ? req.path : "other", 500);
+    });
     auto queued = [&](httplib::Response& res, const std::string& endpoint, std::function<Answer()> work) {
         std::optional<std::future<Answer>> answer = queue.submit(std::move(work));
         if (!answer) {
