@@ -301,6 +301,8 @@ def scenario_corrupt(workdir, redis, reference):
         damage_and_check("evicted layer", lambda: redis.command("DEL", target + ":layer:3"))
         damage_and_check("foreign manifest", lambda: redis.command("SET", target + ":manifest", redis.command("GET", other + ":manifest")))
         damage_and_check("garbage manifest", lambda: redis.command("SET", target + ":manifest", b"not a manifest"))
+        damage_and_check("manifest of another type", lambda: (redis.command("DEL", target + ":manifest"),
+                                                               redis.command("RPUSH", target + ":manifest", b"x")))
         check("checksum mismatch" in server.stderr(), "the warning names the checksum mismatch")
     finally:
         check(server.stop() == 0, "corrupt server exit status")

@@ -394,13 +394,18 @@ std::optional<ChunkView> RedisChunkBackend::get(const ChunkKey& key) {
     const redisReply* reply = fetched.value().get();
     if (reply->type == REDIS_REPLY_NIL) return miss();
     if (reply->type != REDIS_REPLY_STRING) {
-        if (reply->type == REDIS_REPLY_ERROR) {
+        const std::string_view error = reply->type == REDIS_REPLY_ERROR ? std::string_view(reply->str, reply->len)
+                                                                          : std::string_view();
+        // WRONGTYPE: something else (a list, a hash) holds the key: foreign, replaced like damage.
+        if (reply->type == REDIS_REPLY_ERROR && !error.starts_with("WRONGTYPE")) {
             ++impl.stats.unavailable;
             impl.warn(Status(StatusCode::io_error, manifest_name + ": GET refused: " +
                                                        std::string(reply->str, reply->len)));
             return miss();
         }
-        return damaged(Status(StatusCode::corrupt, "not a string value"), 0);
+        return damaged(Status(StatusCode::corrupt, "not a string value" +
+                                                       (error.empty() ? std::string() : " (" + std::string(error) + ")")),
+                       0);
     }
     const std::string_view manifest_value(reply->str, reply->len);
     Result<Manifest> decoded = decode_manifest(manifest_value, impl.options.max_image_bytes);
