@@ -6,7 +6,7 @@ p50/p99, request latency p50/p99 (client-side, queueing and decoding included) a
 rate. Bounded in requests and in time; starts its own redis-server on a free loopback port for
 the redis runs (the helpers of tests/serve_test.py). Prints a Markdown table.
 
-  tools/serve_load.py --kvfuse build/release/driver/kvfuse [--model M.gguf] [--stores fs,redis]
+  tools/serve_load.py --kvfuse build/release/driver/kvfuse [--model M.gguf] [--stores fs,redis,redis+fs]
                       [--methods full,a3] [--clients 4] [--requests 200] [--pool 32] [--zipf 1.1]
 """
 import argparse
@@ -57,9 +57,11 @@ def workload(args):
 
 
 def run_one(args, workdir, redis, store, method, requests):
-    if store == "redis":
+    if store in ("redis", "redis+fs"):
         redis.command("FLUSHALL")
         server_args = ["--store", "redis://127.0.0.1:%d/0" % redis.port]
+        if store == "redis+fs":  # a local directory in front of Redis, as a fleet runs
+            server_args += ["--local-cache", tempfile.mkdtemp(prefix="cache-", dir=workdir)]
     else:
         server_args = ["--store", tempfile.mkdtemp(prefix="store-", dir=workdir)]
     if args.model:
@@ -112,7 +114,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kvfuse", required=True, help="the kvfuse binary")
     parser.add_argument("--model", default="", help="GGUF model (default: the bundled stories260K)")
-    parser.add_argument("--stores", default="fs,redis")
+    parser.add_argument("--stores", default="fs,redis,redis+fs", help="fs, redis, redis+fs (a directory in front of Redis)")
     parser.add_argument("--methods", default="full,a3")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=200)
@@ -128,11 +130,11 @@ def main():
     serve_test.KVFUSE = os.path.abspath(args.kvfuse)
     stores, methods = args.stores.split(","), args.methods.split(",")
     for store in stores:
-        if store not in ("fs", "redis"):
-            sys.exit("serve_load: unknown store '%s' (fs, redis)" % store)
+        if store not in ("fs", "redis", "redis+fs"):
+            sys.exit("serve_load: unknown store '%s' (fs, redis, redis+fs)" % store)
     requests = workload(args)
     workdir = tempfile.mkdtemp(prefix="kvfuse-serve-load-")
-    redis = serve_test.Redis(workdir) if "redis" in stores else None
+    redis = serve_test.Redis(workdir) if any(s.startswith("redis") for s in stores) else None
     rows = []
     try:
         for store in stores:
