@@ -13,6 +13,7 @@ setup.sh installs it), then `kvfuse serve` processes on free ports, and checks:
              store_only, refused with a clear 503), hits again once Redis is back;
   bad        malformed JSON, unknown method, ratio out of range, empty question, oversized body,
              over the context, unknown chunk id, wrong endpoint: 4xx with a message, serving on;
+  storeonly  --store-only: a missing chunk is a 503, never computed; a request may override;
   queue      a full queue answers 503 with Retry-After, the rest are served;
   shutdown   SIGTERM during requests: each answered or refused, exit 0, the store readable;
   startup    a bad Redis URL, a local cache without Redis, a missing model, a busy port: exit 1
@@ -34,7 +35,7 @@ import urllib.error
 import urllib.request
 
 KVFUSE = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
-SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "evict", "outage", "bad", "queue", "shutdown", "startup"]
+SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "evict", "outage", "bad", "storeonly", "queue", "shutdown", "startup"]
 TIMEOUT = 120  # seconds for any one HTTP answer (sanitizer builds are slow)
 
 CHUNKS = [
@@ -437,6 +438,27 @@ def scenario_bad(workdir, redis, reference):
         check(server.metric("kvfuse_requests_total", '{endpoint="/v1/completions",code="400"}') >= 12, "400s counted")
     finally:
         check(server.stop() == 0, "bad server exit status")
+
+
+def scenario_storeonly(workdir, redis, reference):
+    """--store-only: a chunk the store lacks is a 503, never computed, unless the request says so."""
+    server = Server("storeonly", workdir, "--store", os.path.join(workdir, "storeonly"), "--store-only")
+    try:
+        body = requests_set()[0]
+        refused = server.complete(body, expect=503)
+        check("store_only" in refused["error"]["message"], "store-only refusal message: %s" % refused)
+        check(server.metric("kvfuse_chunks_computed_total") == 0, "store-only computed a chunk")
+        check(server.complete(dict(body, store_only=False))["tokens"] == reference[0], "store_only false computes")
+        answer = server.complete(body)
+        check(answer["tokens"] == reference[0] and all(c["hit"] for c in answer["chunks"]), "store-only after storing")
+    finally:
+        check(server.stop() == 0, "storeonly server exit status")
+    plain = Server("nostore-storeonly", workdir, "--no-store")
+    try:
+        refused = plain.complete(dict(requests_set()[0], store_only=True), expect=400)
+        check("needs a store" in refused["error"]["message"], "store_only without a store: %s" % refused)
+    finally:
+        check(plain.stop() == 0, "nostore-storeonly server exit status")
 
 
 def scenario_queue(workdir, redis, reference):

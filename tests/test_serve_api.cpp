@@ -29,7 +29,7 @@ TEST(ServeApi, FusedRequestWithDefaults) {
     EXPECT_EQ(r.method, Method::a3);
     EXPECT_DOUBLE_EQ(r.ratio, 0.15);
     EXPECT_EQ(r.max_tokens, 16u);
-    EXPECT_FALSE(r.store_only);
+    EXPECT_FALSE(r.store_only.has_value()) << "unset: the server's default";
 }
 
 TEST(ServeApi, FusedRequestWithEveryField) {
@@ -47,7 +47,7 @@ TEST(ServeApi, FusedRequestWithEveryField) {
     EXPECT_EQ(r.method, Method::cacheblend);
     EXPECT_DOUBLE_EQ(r.ratio, 1.0);
     EXPECT_EQ(r.max_tokens, 3u);
-    EXPECT_TRUE(r.store_only);
+    EXPECT_EQ(r.store_only, std::optional<bool>(true));
 }
 
 TEST(ServeApi, PlainPromptIsFullPrefill) {

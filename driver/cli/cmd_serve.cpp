@@ -19,6 +19,8 @@ void add_serve_command(CLI::App& app) {
                     "chunk store: a directory (default $XDG_CACHE_HOME/kvfuse/chunks) or redis://host[:port][/db]");
     cmd->add_option("--local-cache", o->local_cache, "with a redis:// store: a directory kept in front of it");
     cmd->add_flag("--no-store", o->no_store, "keep chunk caches in memory only, per request");
+    cmd->add_flag("--store-only", o->store_only,
+                  "never compute a chunk: one the store lacks is a 503 (a request may say \"store_only\": false)");
     cmd->add_option("--queue", o->queue_capacity, "requests waiting or running before new ones get 503")
         ->check(CLI::Range(1, 4096));
     cmd->add_option("--max-body", o->max_body_bytes, "largest request body in bytes (larger: 413)")

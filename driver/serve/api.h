@@ -47,7 +47,9 @@ struct CompletionRequest {
     kvfuse::fusion::Method method = kvfuse::fusion::Method::a3;
     double ratio = 0.15;
     std::size_t max_tokens = 16;
-    bool store_only = false;  // a chunk the store lacks is an error (503), not computed
+    // true: a chunk the store lacks is an error (503), not computed; unset: the server's
+    // default (`kvfuse serve --store-only`).
+    std::optional<bool> store_only;
 };
 
 // POST /v1/chunks: {"chunks": [...]} (chunk forms as above, ids excluded) or {"texts": [...]}.

@@ -241,10 +241,12 @@ private:
         json chunks = json::array();
         double load_ms = 0;
         std::uint64_t hits = 0, computed = 0;
+        const bool store_only = in.store_only.value_or(options_.store_only);
+        if (store_only && store_ == nullptr) throw ApiError(400, "store_only needs a store (this server runs with --no-store)");
         if (fused) {
             for (std::size_t i = 0; i < request.chunks.size(); ++i) {
                 double ms = 0;
-                std::optional<ChunkSource::Held> found = in.store_only ? source_.find(request.chunks[i], &ms)
+                std::optional<ChunkSource::Held> found = store_only ? source_.find(request.chunks[i], &ms)
                                                                        : std::optional(source_.get(request.chunks[i], &ms));
                 if (!found)
                     throw ApiError(503, "chunks[" + std::to_string(i) + "] (" + ids[i] +

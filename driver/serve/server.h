@@ -27,6 +27,7 @@ struct ServeOptions {
     std::string store;          // directory or redis://host:port/db; empty: the default directory
     std::string local_cache;    // with a redis:// store: a directory in front of it
     bool no_store = false;      // chunks in memory only, per request
+    bool store_only = false;    // requests that do not say store_only get this
     std::size_t queue_capacity = 16;
     std::size_t max_body_bytes = std::size_t{1} << 20;
     std::size_t http_threads = 0;  // 0: queue_capacity + 4
