@@ -9,7 +9,9 @@ set -euo pipefail
 
 packages=(build-essential cmake pkg-config python3 libxsimd-dev libhwloc-dev libopenblas-openmp-dev
           libcli11-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev libssl-dev libxxhash-dev
-          libhiredis-dev libcpp-httplib-dev redis-server)  # the last three: kvfuse serve, its tests
+          libhiredis-dev libcpp-httplib-dev redis-server)
+# The last three: kvfuse serve and its tests. Under systemd the redis-server package also starts a
+# service on 127.0.0.1:6379; the tests never use it, they start their own on free loopback ports.
 for flag in "$@"; do
     case "$flag" in
         --cross) packages+=(g++-aarch64-linux-gnu qemu-user binutils) ;;
