@@ -42,19 +42,24 @@ int free_port() {
 // A redis-server of the test's own, no persistence, loopback only.
 class RedisProcess {
 public:
-    RedisProcess() : port_(free_port()) {}
+    explicit RedisProcess(std::string password = {}) : port_(free_port()), password_(std::move(password)) {}
     ~RedisProcess() { stop(); }
 
     // False (with the reason in `why`) when redis-server cannot be started.
     bool start(std::string* why) {
         const std::string port = std::to_string(port_);
-        const char* argv[] = {"redis-server", "--port", port.c_str(), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning", nullptr};
+        std::vector<const char*> argv = {"redis-server", "--port", port.c_str(), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"};
+        if (!password_.empty()) {
+            argv.push_back("--requirepass");
+            argv.push_back(password_.c_str());
+        }
+        argv.push_back(nullptr);
         posix_spawn_file_actions_t quiet;  // its start-up banner and warnings to /dev/null
         posix_spawn_file_actions_init(&quiet);
         posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
         posix_spawn_file_actions_addopen(&quiet, 2, "/dev/null", O_WRONLY, 0);
-        const int spawned = ::posix_spawnp(&pid_, "redis-server", &quiet, nullptr, const_cast<char**>(argv), environ);
+        const int spawned = ::posix_spawnp(&pid_, "redis-server", &quiet, nullptr, const_cast<char**>(argv.data()), environ);
         posix_spawn_file_actions_destroy(&quiet);
         if (spawned != 0) {
             pid_ = -1;
@@ -69,7 +74,7 @@ public:
                 *why = "redis-server exited at start (port " + port + " taken?)";
                 return false;
             }
-            if (redisReply* pong = command("PING")) {
+            if (redisReply* pong = command("PING")) {  // NOAUTH when a password is set: still up
                 freeReplyObject(pong);
                 return true;
             }
@@ -99,6 +104,10 @@ public:
         }
         va_list args;
         va_start(args, format);
+        if (!password_.empty()) {
+            if (auto* auth = static_cast<redisReply*>(redisCommand(c, "AUTH %s", password_.c_str())))
+                freeReplyObject(auth);
+        }
         auto* reply = static_cast<redisReply*>(redisvCommand(c, format, args));
         va_end(args);
         redisFree(c);
@@ -114,6 +123,7 @@ public:
 
 private:
     int port_;
+    std::string password_;
     pid_t pid_ = -1;
 };
 
@@ -249,6 +259,40 @@ TEST_F(RedisBackendLive, ReconnectsAfterARestart) {
     EXPECT_TRUE(backend.get(chunk.key).has_value());
     ASSERT_GE(warnings_.size(), 2u);
     EXPECT_NE(warnings_.back().find("connected again"), std::string::npos) << warnings_.back();
+}
+
+TEST(RedisBackendAuth, APasswordOpensARedisThatRequiresOneAndItsAbsenceIsAClearRefusal) {
+    RedisProcess redis("kvfuse-test-secret");
+    std::string why;
+    ASSERT_TRUE(redis.start(&why)) << why;
+    const OwnedChunk chunk = make_chunk(7);
+    std::vector<std::string> warnings;
+    RedisOptions options;
+    options.port = redis.port();
+    options.warning = [&](const Status& status) { warnings.push_back(status.to_string()); };
+    {
+        RedisChunkBackend without(options);
+        EXPECT_FALSE(without.get(chunk.key).has_value());
+        const Status put = without.put(chunk.key, chunk.chunk);
+        EXPECT_FALSE(put.ok());
+    }
+    ASSERT_FALSE(warnings.empty());
+    EXPECT_NE(warnings.front().find("NOAUTH"), std::string::npos) << warnings.front();
+    options.password = "wrong";
+    warnings.clear();
+    {
+        RedisChunkBackend wrong(options);
+        EXPECT_FALSE(wrong.get(chunk.key).has_value());
+    }
+    ASSERT_FALSE(warnings.empty());
+    EXPECT_NE(warnings.front().find("AUTH refused"), std::string::npos) << warnings.front();
+    EXPECT_EQ(warnings.front().find("wrong"), std::string::npos) << "the password never appears in a message";
+    options.password = "kvfuse-test-secret";
+    warnings.clear();
+    RedisChunkBackend with(options);
+    ASSERT_TRUE(with.put(chunk.key, chunk.chunk).ok());
+    EXPECT_TRUE(with.get(chunk.key).has_value());
+    EXPECT_TRUE(warnings.empty());
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include "store/tiered_backend.h"
 
+#include <cstdlib>
+
 namespace kvfuse::store {
 
 bool is_redis_url(std::string_view store) { return store.starts_with("redis://"); }
@@ -28,6 +30,10 @@ Result<std::unique_ptr<ChunkBackend>> open_backend(std::string_view store, Backe
     redis.port = url.value().port;
     redis.db = url.value().db;
     if (!redis.warning) redis.warning = options.directory.warning;
+    if (redis.password.empty()) {
+        if (const char* password = std::getenv("KVFUSE_REDIS_PASSWORD")) redis.password = password;
+        if (const char* user = std::getenv("KVFUSE_REDIS_USER")) redis.user = user;
+    }
     auto remote = std::make_unique<RedisChunkBackend>(std::move(redis));
     if (options.local_cache.empty()) return std::unique_ptr<ChunkBackend>(std::move(remote));
     Result<std::unique_ptr<ChunkBackend>> local = open_directory(options.local_cache);

@@ -21,7 +21,8 @@ struct BackendOptions {
 
 bool is_redis_url(std::string_view store);
 
-// An empty `store` is the default directory. Errors: a bad URL, a directory that cannot be
+// An empty `store` is the default directory. A Redis password (and ACL user) comes from
+// options.redis or else from the environment: KVFUSE_REDIS_PASSWORD, KVFUSE_REDIS_USER. Errors: a bad URL, a directory that cannot be
 // opened, a local cache given without a Redis URL.
 Result<std::unique_ptr<ChunkBackend>> open_backend(std::string_view store, BackendOptions options);
 

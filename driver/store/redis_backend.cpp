@@ -157,7 +157,8 @@ Result<RedisOptions> parse_redis_url(std::string_view url) {
         if (db.empty()) return invalid("no database number after '/'");
     }
     if (url.find('@') != std::string_view::npos) {
-        return invalid("credentials in the URL are not supported");
+        return invalid("credentials in the URL are not supported (set KVFUSE_REDIS_PASSWORD and, for an "
+                       "ACL user, KVFUSE_REDIS_USER)");
     }
     std::string_view port;
     if (const size_t colon = url.rfind(':'); colon != std::string_view::npos) {
@@ -226,7 +227,25 @@ struct RedisChunkBackend::Impl {
             problem = "cannot set the command timeout";
         } else {
             redisEnableKeepAlive(c);
-            if (options.db != 0) {
+            if (!options.password.empty()) {
+                // AUTH [user] password, as arguments: nothing of the password reaches a message.
+                std::vector<const char*> argv = {"AUTH"};
+                std::vector<size_t> lengths = {4};
+                if (!options.user.empty()) {
+                    argv.push_back(options.user.c_str());
+                    lengths.push_back(options.user.size());
+                }
+                argv.push_back(options.password.c_str());
+                lengths.push_back(options.password.size());
+                Reply reply(static_cast<redisReply*>(
+                    redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lengths.data())));
+                if (!reply) {
+                    problem = std::string("AUTH failed: ") + c->errstr;
+                } else if (reply->type == REDIS_REPLY_ERROR) {
+                    problem = "AUTH refused: " + std::string(reply->str, reply->len);
+                }
+            }
+            if (problem.empty() && options.db != 0) {
                 Reply reply(static_cast<redisReply*>(
                     redisCommand(c, "SELECT %d", options.db)));
                 if (!reply) {

@@ -30,6 +30,11 @@ struct RedisOptions {
     std::string host = "127.0.0.1";
     int port = 6379;
     int db = 0;
+    // AUTH after connecting when the password is not empty (user: Redis 6 ACL user, empty for
+    // the default user). open_backend reads them from KVFUSE_REDIS_USER and
+    // KVFUSE_REDIS_PASSWORD: never from the URL, which ends up in logs and process lists.
+    std::string user;
+    std::string password;
     std::chrono::milliseconds connect_timeout{500};
     std::chrono::milliseconds command_timeout{2000};  // per command (send or receive)
     std::chrono::milliseconds retry_interval{1000};   // after a failed connect
