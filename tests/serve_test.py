@@ -361,13 +361,13 @@ def scenario_outage(workdir, redis, reference):
 
 def scenario_evict(workdir, redis, reference):
     """Redis under maxmemory with allkeys-lru evicting chunk values as requests run."""
-    # Twelve chunks of about 60 tokens (about 100 KiB of values each) against room for a few:
+    # Ten chunks of about 60 tokens (about 100 KiB of values each) against room for a few:
     # Redis must evict to take new ones. (Much smaller values against a much smaller room do not
     # work: the connection's buffers then take most of the room and Redis refuses writes, OOM.)
-    pool = ["Part %d. " % i + " ".join(CHUNKS[(i + j) % len(CHUNKS)] for j in range(3)) for i in range(12)]
+    pool = ["Part %d. " % i + " ".join(CHUNKS[(i + j) % len(CHUNKS)] for j in range(3)) for i in range(10)]
     # Two hot chunks in every request, one cold one each: LRU keeps the hot ones.
     bodies = [{"chunks": [pool[0], pool[1], pool[2 + r]], "question": QUESTION, "method": "a3",
-               "ratio": 0.2, "max_tokens": 8} for r in range(10)]
+               "ratio": 0.2, "max_tokens": 4} for r in range(8)]
     cold = Server("evict-cold", workdir, "--no-store")
     try:
         expected = [cold.complete(b)["tokens"] for b in bodies]
@@ -381,13 +381,20 @@ def scenario_evict(workdir, redis, reference):
                     if line.startswith("used_memory:")][0].split(":")[1])
         redis.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
         redis.command("CONFIG", "SET", "maxmemory", str(used + 768 * 1024))
-        for round_ in range(3):
+        for round_ in range(2):
             for i, body in enumerate(bodies):
                 check(server.complete(body)["tokens"] == expected[i], "evict: round %d request %d answered wrongly" % (round_, i))
         evicted = int([line for line in redis.command("INFO", "stats").decode().splitlines()
                        if line.startswith("evicted_keys:")][0].split(":")[1])
         check(evicted > 0, "evict: Redis evicted nothing (maxmemory too large for the test)")
-        check(server.metric("kvfuse_store_hits_total", '{tier="redis"}') > 0, "evict: no hit at all")
+        # Redis's LRU clock ticks once a second, so within this short run it evicts almost at
+        # random: hits are not required under pressure, only right answers. Once the pressure
+        # ends, the chunks are stored whole again and read back.
+        redis.command("CONFIG", "SET", "maxmemory", "0")
+        server.complete(bodies[0])
+        again = server.complete(bodies[0])
+        check(again["tokens"] == expected[0] and all(c["hit"] for c in again["chunks"]),
+              "evict: no hits once the pressure ended")
         print("  evict: %d keys evicted; %d hits, %d misses, of which %d chunks with a layer evicted" % (
             evicted, server.metric("kvfuse_store_hits_total", '{tier="redis"}'),
             server.metric("kvfuse_store_misses_total", '{tier="redis"}'),
