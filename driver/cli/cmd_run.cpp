@@ -123,7 +123,7 @@ int run(RunOptions& o) {
     ChunkSource source(model, store.get());
     const std::size_t computed = source.precompute(std::span<const Request>(&request, 1));
     std::printf("chunk caches: %zu computed now, %zu already stored%s\n", computed, request.chunks.size() - computed,
-                store ? (" (" + store->directory().string() + ")").c_str() : " (in memory, --no-store)");
+                store ? (" (" + store->location() + ")").c_str() : " (in memory, --no-store)");
 
     const std::size_t vocab = static_cast<std::size_t>(shape.vocab);
     // Full prefill: the reference answer and time.

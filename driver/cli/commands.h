@@ -19,5 +19,6 @@ void add_perplexity_command(CLI::App& app);
 void add_tune_command(CLI::App& app);
 void add_make_model_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 
 }  // namespace kvfuse::cli

@@ -7,7 +7,7 @@
 #include <stdexcept>
 
 #include "model/regular_file.h"
-#include "store/chunk_store.h"
+#include "store/open_backend.h"
 
 namespace kvfuse::cli {
 
@@ -24,7 +24,7 @@ void add_fusion_options(CLI::App& cmd, FusionCliOptions& o) {
         ->check(CLI::IsMember({"stored", "fused"}));
     cmd.add_flag("--pipelined-load", o.pipelined_loading,
                  "load and re-rotate layer l+1's stored rows on a thread of its own while layer l is computed");
-    cmd.add_option("--store", o.store_dir, "chunk store directory (default $XDG_CACHE_HOME/kvfuse/chunks)");
+    cmd.add_option("--store", o.store_dir, "chunk store: a directory (default $XDG_CACHE_HOME/kvfuse/chunks) or redis://host[:port][/db]");
     cmd.add_flag("--no-store", o.no_store, "keep chunk caches in memory only");
     cmd.add_option("--seed", o.seed, "seed of the random method")->check(CLI::NonNegativeNumber);
     add_placement_options(cmd, o.placement);
@@ -74,13 +74,13 @@ std::vector<std::int32_t> parse_token_ids(const std::string& text, int vocab, co
     return ids;
 }
 
-std::unique_ptr<kvfuse::store::ChunkStore> open_store(const FusionCliOptions& o) {
+std::unique_ptr<kvfuse::store::ChunkBackend> open_store(const FusionCliOptions& o) {
     if (o.no_store) return nullptr;
-    kvfuse::store::ChunkStoreOptions options;
-    options.sync_writes = false;  // a lost chunk is only recomputed; atomicity is kept
-    auto store = kvfuse::store::ChunkStore::open(o.store_dir, options);
+    kvfuse::store::BackendOptions options;
+    options.directory.sync_writes = false;  // a lost chunk is only recomputed; atomicity is kept
+    auto store = kvfuse::store::open_backend(o.store_dir, std::move(options));
     if (!store.ok()) throw std::runtime_error("chunk store: " + store.status().to_string());
-    return std::make_unique<kvfuse::store::ChunkStore>(std::move(store.value()));
+    return std::move(store).value();
 }
 
 void add_placement_options(CLI::App& cmd, PlacementCliOptions& options) {

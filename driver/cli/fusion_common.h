@@ -12,7 +12,7 @@
 #include "fusion/pipeline.h"
 
 namespace kvfuse::store {
-class ChunkStore;
+class ChunkBackend;
 }
 
 namespace kvfuse::cli {
@@ -56,8 +56,9 @@ void add_placement_options(CLI::App& cmd, PlacementCliOptions& options);
 // Returns false (after printing the error) when placement fails.
 bool apply_placement(const PlacementCliOptions& options, std::string* description);
 
-// Opens the chunk store the options name (null with --no-store); throws with a clear message.
-std::unique_ptr<kvfuse::store::ChunkStore> open_store(const FusionCliOptions& options);
+// Opens the chunk store the options name (a directory or redis://host:port/db; null with
+// --no-store); throws with a clear message.
+std::unique_ptr<kvfuse::store::ChunkBackend> open_store(const FusionCliOptions& options);
 
 // TinyStories-style requests (kind "continuous" or "mixed") from the text file at `path`, within
 // the model's context, BOS from the model. Throws naming the file when it cannot be read, the kind

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
     kvfuse::cli::add_tune_command(app);
     kvfuse::cli::add_make_model_command(app);
     kvfuse::cli::add_tokenize_command(app);
+    kvfuse::cli::add_serve_command(app);
     // This machine's tuning profile (`kvfuse tune` writes it), unless KVFUSE_PROFILE names one.
     if (const std::string why = kvfuse::tuner::load_machine_profile(); !why.empty())
         std::fprintf(stderr, "kvfuse: warning: %s\n", why.c_str());

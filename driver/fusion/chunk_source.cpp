@@ -60,7 +60,7 @@ std::optional<QuantizedKeysView> quantized_sections(const kvfuse::store::ChunkVi
 
 }  // namespace
 
-ChunkSource::ChunkSource(const FusionModel& model, kvfuse::store::ChunkStore* store) : model_(model), store_(store) {}
+ChunkSource::ChunkSource(const FusionModel& model, kvfuse::store::ChunkBackend* store) : model_(model), store_(store) {}
 
 ChunkSource::Held ChunkSource::compute_and_store(std::span<const std::int32_t> tokens) {
     auto computed = std::make_shared<ChunkKv>(compute_chunk_kv(model_, tokens));
@@ -138,21 +138,23 @@ std::optional<ChunkSource::Held> ChunkSource::from_store(std::span<const std::in
     }
     if (problem.empty()) return held;
     store_->warn(kvfuse::store::Status(kvfuse::store::StatusCode::mismatch,
-                                       store_->path_of(key).string() + ": " + problem + "; erased and recomputed"));
+                                       store_->location_of(key) + ": " + problem + "; erased and recomputed"));
     const kvfuse::store::Status erased = store_->erase(key);
     if (!erased.ok()) store_->warn(erased);
     return std::nullopt;
 }
 
-ChunkSource::Held ChunkSource::get(std::span<const std::int32_t> tokens, double* load_ms) {
+std::optional<ChunkSource::Held> ChunkSource::find(std::span<const std::int32_t> tokens, double* load_ms) {
     if (load_ms) *load_ms = 0.0;
-    if (store_ != nullptr) {
-        const auto start = std::chrono::steady_clock::now();
-        if (auto held = from_store(tokens)) {
-            if (load_ms) *load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-            return std::move(*held);
-        }
-    }
+    if (store_ == nullptr) return std::nullopt;
+    const auto start = std::chrono::steady_clock::now();
+    std::optional<Held> held = from_store(tokens);
+    if (held && load_ms) *load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    return held;
+}
+
+ChunkSource::Held ChunkSource::get(std::span<const std::int32_t> tokens, double* load_ms) {
+    if (auto held = find(tokens, load_ms)) return std::move(*held);
     return compute_and_store(tokens);
 }
 

@@ -10,15 +10,16 @@
 #include "fusion/pipeline.h"
 
 namespace kvfuse::store {
-class ChunkStore;
+class ChunkBackend;
 }
 
 namespace kvfuse::fusion {
 
 class ChunkSource {
    public:
-    // `store` may be null: every chunk is then computed for each request.
-    ChunkSource(const FusionModel& model, kvfuse::store::ChunkStore* store);
+    // `store` may be null: every chunk is then computed for each request. Any backend (the
+    // filesystem ChunkStore, Redis, a tiered pair) is read and written the same way.
+    ChunkSource(const FusionModel& model, kvfuse::store::ChunkBackend* store);
 
     struct Held {
         ChunkKvView view;
@@ -29,6 +30,11 @@ class ChunkSource {
     // The cache of one chunk. `load_ms` gets the time spent reading it from the store (0 when
     // computed); a computed chunk is put into the store for next time.
     Held get(std::span<const std::int32_t> tokens, double* load_ms = nullptr);
+
+    // The stored cache of one chunk, or nullopt when the store has none this model can use
+    // (absent, damaged, unreachable): never computed. For callers that must not compute
+    // (a store-only request).
+    std::optional<Held> find(std::span<const std::int32_t> tokens, double* load_ms = nullptr);
 
     // Every chunk of a request, in order, with the total time spent reading them from the store.
     struct Loaded {
@@ -49,7 +55,7 @@ class ChunkSource {
     std::optional<Held> from_store(std::span<const std::int32_t> tokens);
     Held compute_and_store(std::span<const std::int32_t> tokens);
     const FusionModel& model_;
-    kvfuse::store::ChunkStore* store_;
+    kvfuse::store::ChunkBackend* store_;
 };
 
 }  // namespace kvfuse::fusion

@@ -225,6 +225,7 @@ Result<ParsedChunkFile> parse_chunk_file(std::span<const std::byte> file, bool v
     // writer bug or a crafted file cannot make the reader step outside the mapping.
     ParsedChunkFile parsed;
     parsed.file_bytes = size;
+    parsed.header_bytes = header_bytes;
     std::memcpy(parsed.digest.data(), file.data() + field::digest, kChunkDigestBytes);
     const uint32_t fingerprint_bytes = load<uint32_t>(file, field::fingerprint_bytes);
     const uint32_t token_count = load<uint32_t>(file, field::token_count);

@@ -88,6 +88,7 @@ struct ParsedChunkFile {
     std::vector<uint32_t> layer_first;  // sections of layer l: [layer_first[l], layer_first[l+1])
     std::vector<uint32_t> keys_index;   // index in sections of layer l's K
     std::vector<uint32_t> values_index;
+    uint64_t header_bytes = 0;
     uint64_t file_bytes = 0;
 };
 

@@ -51,6 +51,23 @@ std::string ChunkKey::hex() const {
     return text;
 }
 
+std::optional<ChunkDigest> parse_digest_hex(std::string_view hex) {
+    if (hex.size() != 2 * kChunkDigestBytes) return std::nullopt;
+    auto nibble = [](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        return -1;
+    };
+    ChunkDigest digest{};
+    for (size_t i = 0; i < digest.size(); ++i) {
+        const int high = nibble(hex[2 * i]), low = nibble(hex[2 * i + 1]);
+        if (high < 0 || low < 0) return std::nullopt;
+        digest[i] = static_cast<uint8_t>(high << 4 | low);
+    }
+    return digest;
+}
+
 ChunkKey make_chunk_key(std::string_view model_fingerprint, std::span<const int32_t> tokens) {
     return make_chunk_key_with_digest_for_testing(model_fingerprint, tokens,
                                                   sha256_of_key(model_fingerprint, tokens));

@@ -5,6 +5,7 @@
 
 #include "store/block_writer.h"
 #include "store/chunk_file_format.h"
+#include "store/mapped_chunk.h"
 
 #include <xxhash.h>
 
@@ -26,24 +27,6 @@ namespace kvfuse::store {
 
 namespace fs = std::filesystem;
 
-// A verified chunk file's bytes: a private copy read with pread (`mapped` false: anonymous
-// memory, so no later change to the file can reach it), or the file's own pages (`mapped`
-// true). Released when the last ChunkView and the LRU let go of it.
-struct MappedChunk {
-    const void* base = nullptr;
-    size_t length = 0;          // the file's bytes
-    size_t mapping_length = 0;  // what munmap releases (a read file's memory is rounded up)
-    bool mapped = false;
-    format::ParsedChunkFile parsed;
-
-    MappedChunk() = default;
-    MappedChunk(const MappedChunk&) = delete;
-    MappedChunk& operator=(const MappedChunk&) = delete;
-    ~MappedChunk() {
-        if (base != nullptr) munmap(const_cast<void*>(base), mapping_length);
-    }
-};
-
 // ------------------------------------------------------------------------------- ChunkView --
 
 const ChunkLayout& ChunkView::layout() const { return chunk_->parsed.layout; }
@@ -53,6 +36,10 @@ uint32_t ChunkView::token_count() const {
 std::span<const int32_t> ChunkView::tokens() const { return chunk_->parsed.tokens; }
 std::string_view ChunkView::model_fingerprint() const { return chunk_->parsed.model_fingerprint; }
 uint64_t ChunkView::file_bytes() const { return chunk_->parsed.file_bytes; }
+std::span<const std::byte> ChunkView::image() const {
+    return {static_cast<const std::byte*>(chunk_->base), chunk_->length};
+}
+uint64_t ChunkView::header_bytes() const { return chunk_->parsed.header_bytes; }
 
 const SectionView& ChunkView::keys(uint32_t layer) const {
     return chunk_->parsed.sections.at(chunk_->parsed.keys_index.at(layer));
@@ -181,7 +168,9 @@ struct ChunkStore::Impl {
         }
     }
 
-    LoadOutcome load(const fs::path& path, const ChunkKey& key) const {
+    // With `key` null, the file's own tokens and fingerprint are taken as its key (the caller
+    // checks them).
+    LoadOutcome load(const fs::path& path, const ChunkKey* key) const {
         LoadOutcome outcome;
         // O_NONBLOCK: a FIFO at the chunk's path must not block open() before fstat shows it
         // is no regular file. On a regular file the flag changes nothing, so it is kept.
@@ -244,7 +233,8 @@ struct ChunkStore::Impl {
                 return outcome;
             }
         }
-        Status matches = format::check_key_matches(parsed.value(), key);
+        Status matches = key != nullptr ? format::check_key_matches(parsed.value(), *key)
+                                        : Status::success();
         if (!matches.ok()) {
             outcome.problem = {matches.code(), path.string() + ": " + matches.message()};
             return outcome;
@@ -264,37 +254,6 @@ struct ChunkStore::Impl {
         return Status::success();
     }
 
-    // Anonymous memory for `size` bytes of file. From 2 MiB up it is 2 MiB-aligned and asked
-    // for transparent huge pages, then prefaulted in one call: a 4 KiB page fault per page made
-    // reading a 16 MiB chunk about 20x slower than mapping it on this VM (docs/STORE.md).
-    // Either advice may be refused (THP off, an older kernel): the memory works the same.
-    static void* allocate_for_read(size_t size, size_t& mapping_length) {
-        constexpr size_t kHugePage = size_t{2} << 20;
-        const int protection = PROT_READ | PROT_WRITE, flags = MAP_PRIVATE | MAP_ANONYMOUS;
-        if (size < kHugePage) {
-            mapping_length = size;
-            void* base = ::mmap(nullptr, size, protection, flags, -1, 0);
-            return base == MAP_FAILED ? nullptr : base;
-        }
-        // Whole 2 MiB extents get huge pages, the tail small ones: no zeroing of a mostly
-        // unused last huge page.
-        const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-        mapping_length = (size + page - 1) / page * page;
-        void* raw = ::mmap(nullptr, mapping_length + kHugePage, protection, flags, -1, 0);
-        if (raw == MAP_FAILED) return nullptr;
-        const auto start = reinterpret_cast<uintptr_t>(raw);
-        const uintptr_t aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
-        if (aligned > start) ::munmap(raw, aligned - start);
-        const uintptr_t end = aligned + mapping_length, raw_end = start + mapping_length + kHugePage;
-        if (raw_end > end) ::munmap(reinterpret_cast<void*>(end), raw_end - end);
-        void* base = reinterpret_cast<void*>(aligned);
-        ::madvise(base, mapping_length, MADV_HUGEPAGE);
-#ifdef MADV_POPULATE_WRITE
-        ::madvise(base, mapping_length, MADV_POPULATE_WRITE);
-#endif
-        return base;
-    }
-
     // The whole file into anonymous memory (page-aligned, so every section keeps its 64-byte
     // alignment). A file that ends early -- truncated since fstat -- is damaged; one replaced
     // by rename meanwhile is not seen at all (this descriptor keeps the old inode). With
@@ -303,7 +262,7 @@ struct ChunkStore::Impl {
     static Status read_file(int fd, uint64_t size, MappedChunk& chunk,
                             std::optional<uint64_t>* payload_checksum) {
         size_t mapping_length = 0;
-        void* base = allocate_for_read(size, mapping_length);
+        void* base = allocate_image_memory(size, mapping_length);
         if (base == nullptr) {
             return {StatusCode::io_error,
                     "cannot allocate " + std::to_string(size) + " bytes: " + errno_text(errno)};
@@ -543,7 +502,7 @@ Status ChunkStore::put(const ChunkKey& key, const StoredChunk& chunk) {
     // simply replaced below, so it is not reported here. A rename cannot replace a directory:
     // an empty one is removed first, a non-empty one makes the rename fail and is named in the
     // error.
-    LoadOutcome existing = impl.load(path, key);
+    LoadOutcome existing = impl.load(path, &key);
     if (existing.chunk) {
         std::lock_guard lock(impl.mutex);
         ++impl.stats.puts_skipped;
@@ -579,7 +538,7 @@ std::optional<ChunkView> ChunkStore::get(const ChunkKey& key) {
     }
     // Mapped and verified outside the lock: other threads' hits do not wait for this one.
     const fs::path path = impl.chunk_path(key);
-    LoadOutcome outcome = impl.load(path, key);
+    LoadOutcome outcome = impl.load(path, &key);
     if (!outcome.chunk) {
         if (!outcome.absent) {
             impl.warn(Status(outcome.problem.code(),
@@ -647,6 +606,54 @@ size_t ChunkStore::remove_stale_temp_files() {
                          impl.directory.string() + ": listing failed: " + error.message()));
     }
     return removed;
+}
+
+Result<std::vector<ChunkDigest>> ChunkStore::list() {
+    std::vector<ChunkDigest> digests;
+    std::error_code error;
+    for (fs::directory_iterator it(impl_->directory, error), end; !error && it != end;
+         it.increment(error)) {
+        const std::string name = it->path().filename().string();
+        if (name.size() != 2 * kChunkDigestBytes + kChunkSuffix.size() ||
+            !name.ends_with(kChunkSuffix)) {
+            continue;
+        }
+        std::optional<ChunkDigest> digest = parse_digest_hex(name.substr(0, 2 * kChunkDigestBytes));
+        if (digest) digests.push_back(*digest);
+    }
+    if (error) {
+        return Status(StatusCode::io_error,
+                      impl_->directory.string() + ": listing failed: " + error.message());
+    }
+    return digests;
+}
+
+std::optional<std::vector<int32_t>> ChunkStore::tokens_of(const ChunkDigest& digest,
+                                                          std::string_view model_fingerprint) {
+    ChunkKey probe;
+    probe.digest = digest;
+    const fs::path path = impl_->chunk_path(probe);
+    LoadOutcome outcome = impl_->load(path, nullptr);
+    if (!outcome.chunk) return std::nullopt;  // a damaged file is reported by the get() that follows
+    const format::ParsedChunkFile& parsed = outcome.chunk->parsed;
+    if (parsed.model_fingerprint != model_fingerprint) return std::nullopt;
+    std::vector<int32_t> tokens(parsed.tokens.begin(), parsed.tokens.end());
+    if (make_chunk_key(model_fingerprint, tokens).digest != digest) return std::nullopt;
+    return tokens;
+}
+
+std::vector<BackendStats> ChunkStore::backend_stats() const {
+    const ChunkStoreStats s = stats();
+    BackendStats out;
+    out.tier = "fs";
+    out.hits = s.memory_hits + s.disk_hits;
+    out.misses = s.misses;
+    out.corrupt = s.corrupt + s.mismatched;
+    out.unavailable = s.io_errors;
+    out.puts = s.puts;
+    out.bytes_read = s.bytes_mapped;
+    out.bytes_written = s.bytes_written;
+    return {out};
 }
 
 void ChunkStore::warn(const Status& status) const { impl_->warn(status); }

@@ -11,6 +11,9 @@
 //
 // Thread safety: one ChunkStore may be used from several threads at once; several processes may
 // share one directory (writes are atomic renames, readers see a whole file or none).
+//
+// ChunkStore is the filesystem ChunkBackend; the same chunk image (the file format, encoded and
+// decoded by store/chunk_codec.h) is what the other backends keep.
 #pragma once
 
 #include <array>
@@ -130,6 +133,9 @@ struct ChunkKey {
     std::string hex() const;  // the digest as 64 lowercase hex digits: the file's name
 };
 
+// 64 hex digits (either case) back to a digest; nullopt for anything else.
+std::optional<ChunkDigest> parse_digest_hex(std::string_view hex);
+
 // The model fingerprint is opaque to the store (e.g. the GGUF file's hash + rope settings +
 // KV dtype): chunks of different fingerprints never match.
 ChunkKey make_chunk_key(std::string_view model_fingerprint, std::span<const int32_t> tokens);
@@ -202,6 +208,9 @@ public:
     const SectionView* find_section(uint32_t layer, std::string_view name) const;
 
     uint64_t file_bytes() const;
+    // The whole chunk image (a chunk file's bytes) and the length of its header.
+    std::span<const std::byte> image() const;
+    uint64_t header_bytes() const;
 
     // Asks the kernel to read a layer's sections ahead (madvise WILLNEED), e.g. layer l+1's
     // while layer l is fused. Useful only for a mapped file with verify_payload off: verifying
@@ -211,6 +220,55 @@ public:
 
 private:
     std::shared_ptr<const MappedChunk> chunk_;
+};
+
+// ------------------------------------------------------------------- the backend interface --
+
+// What one tier of a backend counted since it was opened.
+struct BackendStats {
+    std::string tier;            // "fs", "redis", ...
+    uint64_t hits = 0;           // get() answered with a verified chunk
+    uint64_t misses = 0;         // get() found nothing usable (absent, damaged, unreachable)
+    uint64_t corrupt = 0;        // values found damaged or foreign (also counted as misses)
+    uint64_t unavailable = 0;    // operations refused because the backend could not be reached
+    uint64_t puts = 0;           // chunks written
+    uint64_t bytes_read = 0;     // chunk bytes read by get()
+    uint64_t bytes_written = 0;  // chunk bytes written by put()
+};
+
+// A place chunks live: a directory (ChunkStore below), Redis (store/redis_backend.h), or a local
+// tier in front of a remote one (store/tiered_backend.h). Every backend gives the same
+// guarantees: get() returns a chunk only after verifying its checksums and that it is exactly
+// this key's chunk; anything else (absent, damaged, foreign, unreachable) is a miss, reported
+// through warn(); a put() is visible to readers whole or not at all. Thread-safe.
+class ChunkBackend {
+public:
+    virtual ~ChunkBackend() = default;
+
+    virtual std::optional<ChunkView> get(const ChunkKey& key) = 0;
+    virtual Status put(const ChunkKey& key, const StoredChunk& chunk) = 0;
+    // Absent is not an error.
+    virtual Status erase(const ChunkKey& key) = 0;
+    // The digests of every chunk the backend holds (unverified: a listed chunk may still read
+    // as a miss).
+    virtual Result<std::vector<ChunkDigest>> list() = 0;
+
+    // The token ids of the chunk stored under `digest` for this model fingerprint, read from
+    // the stored chunk and verified (checksums, the fingerprint, and SHA-256 of fingerprint +
+    // tokens equal to the digest); nullopt when there is none usable. Lets a server resolve a
+    // chunk id that another server of its fleet handed out.
+    virtual std::optional<std::vector<int32_t>> tokens_of(const ChunkDigest& digest,
+                                                          std::string_view model_fingerprint) = 0;
+
+    // Passes a problem to the backend's warning hook (callers handling one the way the backend
+    // handles its own, e.g. a failed put() that only costs a recompute next time).
+    virtual void warn(const Status& status) const = 0;
+    // Where the backend keeps its chunks ("/dir", "redis://host:port/0"), and a key's place in
+    // it, for messages.
+    virtual std::string location() const = 0;
+    virtual std::string location_of(const ChunkKey& key) const = 0;
+    // One entry per tier, the nearest first.
+    virtual std::vector<BackendStats> backend_stats() const = 0;
 };
 
 // -------------------------------------------------------------------------------- the store --
@@ -261,7 +319,7 @@ struct ChunkStoreStats {
     uint64_t cache_entries = 0;
 };
 
-class ChunkStore {
+class ChunkStore final : public ChunkBackend {
 public:
     // Opens (creating if needed) the store directory; an empty path means
     // default_chunk_directory(). Fails with not_writable when a writable store cannot write
@@ -278,28 +336,35 @@ public:
     // and valid is not rewritten. Whatever else is at the chunk's path (a damaged file, a FIFO,
     // an empty directory) is removed first; what cannot be removed (a non-empty directory) is
     // the error. On failure nothing is left behind.
-    Status put(const ChunkKey& key, const StoredChunk& chunk);
+    Status put(const ChunkKey& key, const StoredChunk& chunk) override;
 
     // The chunk, or nullopt when there is none usable: a damaged or mismatched file is reported
     // through the warning hook and read as a miss, never returned. A damaged file or anything
     // that is not a regular file at the chunk's path is removed (an empty directory too; a
     // warning says what could not be).
-    std::optional<ChunkView> get(const ChunkKey& key);
+    std::optional<ChunkView> get(const ChunkKey& key) override;
 
     // Removes the key's file (and LRU entry). Absent is not an error.
-    Status erase(const ChunkKey& key);
+    Status erase(const ChunkKey& key) override;
+    // Every `<digest>.kvchunk` name in the directory.
+    Result<std::vector<ChunkDigest>> list() override;
+    std::optional<std::vector<int32_t>> tokens_of(const ChunkDigest& digest,
+                                                  std::string_view model_fingerprint) override;
 
     // Number of leftover temporary files removed.
     size_t remove_stale_temp_files();
 
     // Passes a problem to the warning hook: for callers that handle one the way the store
     // handles its own (e.g. a failed put() that only costs a recompute next time).
-    void warn(const Status& status) const;
+    void warn(const Status& status) const override;
     void clear_memory_cache();
 
     ChunkStoreStats stats() const;
     const std::filesystem::path& directory() const;
     std::filesystem::path path_of(const ChunkKey& key) const;
+    std::string location() const override { return directory().string(); }
+    std::string location_of(const ChunkKey& key) const override { return path_of(key).string(); }
+    std::vector<BackendStats> backend_stats() const override;
 
     struct Impl;
 

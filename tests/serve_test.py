@@ -1,0 +1,586 @@
+#!/usr/bin/env python3
+"""kvfuse serve end to end, on loopback only (ctest serve_*).
+
+Starts its own redis-server on a free loopback port (missing redis-server is a failure: tools/
+setup.sh installs it), then `kvfuse serve` processes on free ports, and checks:
+  fleet      two servers with separate local caches on one Redis: a chunk computed by one is a
+             hit on the other, with the answers of a cold server (no store) token for token;
+  corrupt    a flipped byte, a truncated layer, another chunk's layer, an evicted layer and a
+             foreign manifest in Redis: each detected (metrics), read as a miss, the answer
+             unchanged, the chunk stored again;
+  evict      Redis under maxmemory + allkeys-lru evicting chunk values: every answer correct;
+  outage     Redis killed and restarted during a run of requests: every answer correct (or,
+             store_only, refused with a clear 503), hits again once Redis is back;
+  bad        malformed JSON, unknown method, ratio out of range, empty question, oversized body,
+             over the context, unknown chunk id, wrong endpoint: 4xx with a message, serving on;
+  storeonly  --store-only: a missing chunk is a 503, never computed; a request may override;
+  queue      a full queue answers 503 with Retry-After, the rest are served;
+  shutdown   SIGTERM during requests: each answered or refused, exit 0, the store readable;
+  startup    a bad Redis URL, a local cache without Redis, a missing model, a busy port: exit 1
+             with the reason.
+Usage: serve_test.py KVFUSE_BINARY [scenario ...]
+"""
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+KVFUSE = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
+SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "evict", "outage", "bad", "storeonly", "queue", "shutdown", "startup"]
+TIMEOUT = 120  # seconds for any one HTTP answer (sanitizer builds are slow)
+
+CHUNKS = [
+    "Once upon a time there was a little girl named Lily. She loved to play in the garden.",
+    "One day, a big dog came to the park. The dog was very friendly and wanted to play.",
+    "Tom had a red ball. He threw the ball high in the sky and laughed with his mom.",
+    "The sun was warm and the birds sang. Everyone was happy in the little town.",
+    "Sue found a shiny stone near the river. She showed it to her best friend Max.",
+]
+QUESTION = "Then Lily said"
+
+
+def fail(message):
+    print("FAIL: " + message, flush=True)
+    sys.exit(1)
+
+
+def check(condition, message):
+    if not condition:
+        fail(message)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """A redis-server of our own on loopback, and a minimal RESP client (binary-safe)."""
+
+    def __init__(self, workdir):
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            fail("redis-server is not installed (tools/setup.sh installs it: apt-get install redis-server)")
+        self.workdir = workdir
+        self.port = free_port()
+        self.process = None
+        self.start()
+
+    def start(self):
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.workdir, "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if self.command("PING") == "PONG":
+                    return
+            except OSError:
+                time.sleep(0.05)
+        fail("redis-server did not start on port %d" % self.port)
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def command(self, *args):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+            s.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+            reader = s.makefile("rb")
+            return self._read(reader)
+
+    def _read(self, reader):
+        line = reader.readline()
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError("redis: " + rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = reader.read(n + 2)
+            return data[:-2]
+        if kind == b"*":
+            return [self._read(reader) for _ in range(int(rest))]
+        raise RuntimeError("redis: unexpected reply %r" % line)
+
+    def keys(self, pattern="kvfuse:*"):
+        return sorted(k.decode() for k in self.command("KEYS", pattern))
+
+
+class Server:
+    """One `kvfuse serve` on a free loopback port."""
+
+    def __init__(self, name, workdir, *args):
+        self.name = name
+        self.log = open(os.path.join(workdir, name + ".log"), "w+")
+        self.process = subprocess.Popen([KVFUSE, "serve", "--host", "127.0.0.1", "--port", "0", *args],
+                                        stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.url = None
+        lines = queue.Queue()
+
+        def read_stdout():  # also keeps draining it, so the server never blocks on a full pipe
+            for line in self.process.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read_stdout, daemon=True).start()
+        deadline = time.time() + 120
+        out = ""
+        while time.time() < deadline and self.url is None:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            out += line
+            if "listening on " in line:
+                self.url = line.strip().split("listening on ")[1]
+        if self.url is None:
+            self.process.kill()
+            fail("%s did not start: %s %s" % (name, out, self.stderr()))
+
+    def stderr(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def request(self, path, body=None, raw=None, method=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method or ("POST" if data is not None else "GET"))
+        req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
+                return response.status, response.read().decode(), dict(response.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(), dict(e.headers)
+
+    def complete(self, body, expect=200):
+        status, text, _ = self.request("/v1/completions", body)
+        check(status == expect, "%s: %s answered %d, expected %d: %s" % (self.name, json.dumps(body)[:200], status, expect, text))
+        return json.loads(text)
+
+    def metric(self, name, labels=""):
+        status, text, _ = self.request("/metrics")
+        check(status == 200, "%s: /metrics answered %d" % (self.name, status))
+        for line in text.splitlines():
+            if line.startswith(name + labels + " ") or (not labels and line.startswith(name + " ")):
+                return float(line.split()[-1])
+        return 0.0
+
+    def healthy(self):
+        status, text, _ = self.request("/health")
+        return status == 200 and json.loads(text)["status"] == "ok"
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                return self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                fail("%s did not exit within 60 s of %s" % (self.name, sig.name))
+        return self.process.returncode
+
+
+def requests_set():
+    """Fused requests over the chunk pool: several methods, chunk orders and ratios."""
+    out = []
+    for i, method in enumerate(["a3", "cacheblend", "reuse", "epic", "a3", "full"]):
+        chunks = [CHUNKS[(i + j) % len(CHUNKS)] for j in range(3)]
+        out.append({"chunks": chunks, "question": QUESTION, "method": method, "ratio": 0.2 + 0.1 * (i % 3),
+                    "max_tokens": 12})
+    return out
+
+
+def cold_answers(workdir):
+    cold = Server("cold", workdir, "--no-store")
+    try:
+        return [cold.complete(r)["tokens"] for r in requests_set()]
+    finally:
+        check(cold.stop() == 0, "cold server exit status")
+
+
+def scenario_fleet(workdir, redis, reference):
+    url = "redis://127.0.0.1:%d/0" % redis.port
+    a = Server("fleet-a", workdir, "--store", url, "--local-cache", os.path.join(workdir, "cache-a"))
+    b = Server("fleet-b", workdir, "--store", url, "--local-cache", os.path.join(workdir, "cache-b"))
+    try:
+        for i, body in enumerate(requests_set()):
+            answer = a.complete(body)
+            check(answer["tokens"] == reference[i], "fleet-a request %d differs from the cold answer" % i)
+        check(a.metric("kvfuse_store_puts_total", '{tier="redis"}') == len(CHUNKS), "fleet-a stored every chunk in Redis")
+        check(len([k for k in redis.keys() if k.endswith(":manifest")]) == len(CHUNKS), "one manifest per chunk in Redis")
+        for i, body in enumerate(requests_set()):
+            answer = b.complete(body)
+            check(answer["tokens"] == reference[i], "fleet-b request %d differs from the cold answer" % i)
+            if body["method"] != "full":
+                check(all(c["hit"] for c in answer["chunks"]), "fleet-b request %d: every chunk a hit" % i)
+        check(b.metric("kvfuse_store_hits_total", '{tier="redis"}') == len(CHUNKS), "fleet-b read each chunk from Redis once")
+        check(b.metric("kvfuse_chunks_computed_total") == 0, "fleet-b computed no chunk")
+        check(b.metric("kvfuse_store_hits_total", '{tier="fs"}') > 0, "fleet-b's later requests hit its local cache")
+        # Chunk ids: /v1/chunks on b names a chunk that a later request refers to by id alone.
+        status, text, _ = b.request("/v1/chunks", {"texts": CHUNKS[:2]})
+        check(status == 200, "/v1/chunks answered %d: %s" % (status, text))
+        ids = [c["id"] for c in json.loads(text)["chunks"]]
+        check(all(c["stored"] for c in json.loads(text)["chunks"]), "/v1/chunks: already stored")
+        by_id = b.complete({"chunks": [{"id": ids[0]}, {"id": ids[1]}, CHUNKS[2]], "question": QUESTION, "method": "a3",
+                            "ratio": 0.2, "max_tokens": 12})
+        check(by_id["tokens"] == reference[0], "a request naming chunks by id answers as by text")
+        # ... and on another server of the fleet, which resolves the ids through Redis.
+        c = Server("fleet-c", workdir, "--store", url)
+        try:
+            by_id = c.complete({"chunks": [{"id": ids[0]}, {"id": ids[1]}, CHUNKS[2]], "question": QUESTION,
+                                "method": "a3", "ratio": 0.2, "max_tokens": 12})
+            check(by_id["tokens"] == reference[0], "another server resolving ids through Redis answers as by text")
+            check(all(ch["hit"] for ch in by_id["chunks"]), "ids resolved through Redis are hits")
+            status, text, _ = c.request("/v1/completions", {"chunks": [{"id": "cd" * 32}], "question": QUESTION})
+            check(status == 404 and "unknown chunk id" in text, "an id nobody stored: %d %s" % (status, text))
+        finally:
+            check(c.stop() == 0, "fleet-c exit status")
+    finally:
+        check(a.stop() == 0 and b.stop() == 0, "fleet servers exit 0 on SIGTERM")
+
+
+def manifest_keys(redis):
+    return [k for k in redis.keys() if k.endswith(":manifest")]
+
+
+def scenario_corrupt(workdir, redis, reference):
+    url = "redis://127.0.0.1:%d/0" % redis.port
+    server = Server("corrupt", workdir, "--store", url)  # Redis alone: every request reads it
+    try:
+        body = requests_set()[0]
+        server.complete(body)  # stored (or already there from the fleet)
+        chunk_prefixes = sorted({k.rsplit(":", 1)[0] for k in redis.keys() if k.endswith(":manifest")})
+        first = server.complete(body)
+        check(all(c["hit"] for c in first["chunks"]), "before damage: hits")
+        ids = [c["id"] for c in first["chunks"]]
+        prefix = {p.split(":")[-1].strip("{}"): p for p in chunk_prefixes}
+        target = prefix[ids[0]]
+        other = prefix[ids[1]]
+
+        def damage_and_check(what, damage):
+            corrupt_before = server.metric("kvfuse_store_corrupt_total", '{tier="redis"}')
+            damage()
+            answer = server.complete(body)
+            check(answer["tokens"] == reference[0], "%s: the answer changed" % what)
+            check(not answer["chunks"][0]["hit"], "%s: the damaged chunk was used (hit)" % what)
+            check(server.metric("kvfuse_store_corrupt_total", '{tier="redis"}') == corrupt_before + 1,
+                  "%s: not counted as corrupt" % what)
+            again = server.complete(body)
+            check(all(c["hit"] for c in again["chunks"]), "%s: the chunk was not stored again" % what)
+            check(again["tokens"] == reference[0], "%s: the answer after repair changed" % what)
+
+        layer1 = target + ":layer:1"
+        damage_and_check("flipped byte", lambda: redis.command(
+            "SETRANGE", layer1, 100, bytes([redis.command("GET", layer1)[100] ^ 0x40])))
+        damage_and_check("truncated layer", lambda: redis.command("SET", layer1, redis.command("GET", layer1)[:-64]))
+        damage_and_check("another chunk's layer", lambda: redis.command("SET", layer1, redis.command("GET", other + ":layer:1")))
+        damage_and_check("evicted layer", lambda: redis.command("DEL", target + ":layer:3"))
+        damage_and_check("foreign manifest", lambda: redis.command("SET", target + ":manifest", redis.command("GET", other + ":manifest")))
+        damage_and_check("garbage manifest", lambda: redis.command("SET", target + ":manifest", b"not a manifest"))
+        damage_and_check("manifest of another type", lambda: (redis.command("DEL", target + ":manifest"),
+                                                               redis.command("RPUSH", target + ":manifest", b"x")))
+        check("checksum mismatch" in server.stderr(), "the warning names the checksum mismatch")
+    finally:
+        check(server.stop() == 0, "corrupt server exit status")
+
+
+def scenario_outage(workdir, redis, reference):
+    url = "redis://127.0.0.1:%d/0" % redis.port
+    server = Server("outage", workdir, "--store", url, "--redis-timeout-ms", "400")
+    try:
+        redis.command("FLUSHALL")
+        bodies = requests_set()
+        results, refused = [], []
+        stop = threading.Event()
+
+        def client():
+            i = 0
+            while not stop.is_set():
+                body = dict(bodies[i % len(bodies)])
+                store_only = i % 4 == 3
+                if store_only:
+                    body["store_only"] = True
+                status, text, _ = server.request("/v1/completions", body)
+                results.append((i % len(bodies), store_only, status, text))
+                i += 1
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        time.sleep(1.0)
+        redis.kill()
+        time.sleep(1.5)
+        redis.start()
+        time.sleep(2.0)  # the backend retries within its 1 s interval
+        stop.set()
+        thread.join(TIMEOUT)
+        check(len(results) >= 8, "only %d requests ran during the outage test" % len(results))
+        for index, store_only, status, text in results:
+            if status == 200:
+                check(json.loads(text)["tokens"] == reference[index], "request %d answered wrongly during the outage" % index)
+            else:
+                check(store_only and status == 503 and "store_only" in json.loads(text)["error"]["message"],
+                      "request %d: status %d: %s" % (index, status, text))
+        check(server.metric("kvfuse_store_unavailable_total", '{tier="redis"}') > 0, "the outage was not noticed")
+        print("  outage: %d requests, %d answered, %d store_only refused" %
+              (len(results), sum(r[2] == 200 for r in results), sum(r[2] == 503 for r in results)), flush=True)
+        # Back: chunks are stored in the restarted Redis and read from it.
+        body = bodies[1]
+        server.complete(body)
+        answer = server.complete(body)
+        check(all(c["hit"] for c in answer["chunks"]), "no hits after Redis came back")
+        check(answer["tokens"] == reference[1], "answer after the outage")
+        check("connected again" in server.stderr() or "reconnect" in server.stderr(), "reconnection not reported")
+    finally:
+        check(server.stop() == 0, "outage server exit status")
+
+
+def scenario_evict(workdir, redis, reference):
+    """Redis under maxmemory with allkeys-lru evicting chunk values as requests run."""
+    # Ten chunks of about 60 tokens (about 100 KiB of values each) against room for a few:
+    # Redis must evict to take new ones. (Much smaller values against a much smaller room do not
+    # work: the connection's buffers then take most of the room and Redis refuses writes, OOM.)
+    pool = ["Part %d. " % i + " ".join(CHUNKS[(i + j) % len(CHUNKS)] for j in range(3)) for i in range(10)]
+    # Two hot chunks in every request, one cold one each: LRU keeps the hot ones.
+    bodies = [{"chunks": [pool[0], pool[1], pool[2 + r]], "question": QUESTION, "method": "a3",
+               "ratio": 0.2, "max_tokens": 4} for r in range(8)]
+    cold = Server("evict-cold", workdir, "--no-store")
+    try:
+        expected = [cold.complete(b)["tokens"] for b in bodies]
+    finally:
+        check(cold.stop() == 0, "evict-cold exit status")
+    url = "redis://127.0.0.1:%d/0" % redis.port
+    server = Server("evict", workdir, "--store", url)
+    try:
+        redis.command("FLUSHALL")
+        used = int([line for line in redis.command("INFO", "memory").decode().splitlines()
+                    if line.startswith("used_memory:")][0].split(":")[1])
+        redis.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        redis.command("CONFIG", "SET", "maxmemory", str(used + 768 * 1024))
+        for round_ in range(2):
+            for i, body in enumerate(bodies):
+                check(server.complete(body)["tokens"] == expected[i], "evict: round %d request %d answered wrongly" % (round_, i))
+        evicted = int([line for line in redis.command("INFO", "stats").decode().splitlines()
+                       if line.startswith("evicted_keys:")][0].split(":")[1])
+        check(evicted > 0, "evict: Redis evicted nothing (maxmemory too large for the test)")
+        # Redis's LRU clock ticks once a second, so within this short run it evicts almost at
+        # random: hits are not required under pressure, only right answers. Once the pressure
+        # ends, the chunks are stored whole again and read back.
+        redis.command("CONFIG", "SET", "maxmemory", "0")
+        server.complete(bodies[0])
+        again = server.complete(bodies[0])
+        check(again["tokens"] == expected[0] and all(c["hit"] for c in again["chunks"]),
+              "evict: no hits once the pressure ended")
+        print("  evict: %d keys evicted; %d hits, %d misses, of which %d chunks with a layer evicted" % (
+            evicted, server.metric("kvfuse_store_hits_total", '{tier="redis"}'),
+            server.metric("kvfuse_store_misses_total", '{tier="redis"}'),
+            server.metric("kvfuse_store_corrupt_total", '{tier="redis"}')), flush=True)
+    finally:
+        redis.command("CONFIG", "SET", "maxmemory", "0")
+        check(server.stop() == 0, "evict server exit status")
+
+
+def scenario_bad(workdir, redis, reference):
+    server = Server("bad", workdir, "--store", os.path.join(workdir, "bad-store"), "--max-body", "65536")
+    try:
+        good = requests_set()[0]
+        cases = [
+            ("malformed JSON", b'{"chunks": ["a", "question": }', 400, "malformed JSON"),
+            ("not an object", b'[1, 2]', 400, "JSON object"),
+            ("invalid UTF-8", b'{"prompt": "\xff\xfe"}', 400, "malformed JSON"),
+            ("unknown method", {"chunks": CHUNKS[:2], "question": QUESTION, "method": "magic"}, 400, "unknown method"),
+            ("ratio above 1", {"chunks": CHUNKS[:2], "question": QUESTION, "ratio": 1.5}, 400, "ratio"),
+            ("ratio zero", {"chunks": CHUNKS[:2], "question": QUESTION, "ratio": 0}, 400, "ratio"),
+            ("ratio a string", {"chunks": CHUNKS[:2], "question": QUESTION, "ratio": "high"}, 400, "ratio"),
+            ("empty question", {"chunks": CHUNKS[:2], "question": ""}, 400, "question"),
+            ("no question", {"chunks": CHUNKS[:2]}, 400, "question"),
+            ("no chunks", {"chunks": [], "question": QUESTION}, 400, "chunks"),
+            ("chunk of wrong type", {"chunks": [7], "question": QUESTION}, 400, "chunks[0]"),
+            ("token id outside the vocabulary", {"chunks": [{"tokens": [1, 99999]}], "question": QUESTION}, 400, "vocabulary"),
+            ("max_tokens 0", {"prompt": "Once", "max_tokens": 0}, 400, "max_tokens"),
+            ("sampling", {"prompt": "Once", "temperature": 0.8}, 400, "greedily"),
+            ("unknown chunk id", {"chunks": [{"id": "ab" * 32}], "question": QUESTION}, 404, "unknown chunk id"),
+            ("over the context", {"prompt": "Once upon a time " * 800, "max_tokens": 1}, 400, "context"),
+            ("oversized body", b'{"prompt": "' + b"a" * 70000 + b'"}', 413, "too large"),
+        ]
+        for what, body, status_expected, words in cases:
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            status, text, _ = server.request("/v1/completions", raw=raw)
+            check(status == status_expected, "%s: status %d, expected %d: %s" % (what, status, status_expected, text))
+            message = json.loads(text)["error"]["message"]
+            check(words in message, "%s: the message %r does not say %r" % (what, message, words))
+            check(server.healthy(), "%s: the server stopped serving" % what)
+        status, text, _ = server.request("/v1/nothing")
+        check(status == 404 and "error" in json.loads(text), "unknown endpoint: %d %s" % (status, text))
+        status, text, _ = server.request("/v1/chunks", {"texts": [""]})
+        check(status == 400, "/v1/chunks with an empty text: %d" % status)
+        check(server.complete(good)["tokens"] == reference[0], "a good request after the bad ones")
+        plain = server.complete({"prompt": "Once upon a time", "max_tokens": 8})
+        check(plain["object"] == "text_completion" and isinstance(plain["choices"][0]["text"], str)
+              and plain["usage"]["completion_tokens"] == 8, "plain completion shape: %s" % plain)
+        check(server.metric("kvfuse_requests_total", '{endpoint="/v1/completions",code="400"}') >= 12, "400s counted")
+    finally:
+        check(server.stop() == 0, "bad server exit status")
+
+
+def scenario_storeonly(workdir, redis, reference):
+    """--store-only: a chunk the store lacks is a 503, never computed, unless the request says so."""
+    server = Server("storeonly", workdir, "--store", os.path.join(workdir, "storeonly"), "--store-only")
+    try:
+        body = requests_set()[0]
+        refused = server.complete(body, expect=503)
+        check("store_only" in refused["error"]["message"], "store-only refusal message: %s" % refused)
+        check(server.metric("kvfuse_chunks_computed_total") == 0, "store-only computed a chunk")
+        check(server.complete(dict(body, store_only=False))["tokens"] == reference[0], "store_only false computes")
+        answer = server.complete(body)
+        check(answer["tokens"] == reference[0] and all(c["hit"] for c in answer["chunks"]), "store-only after storing")
+    finally:
+        check(server.stop() == 0, "storeonly server exit status")
+    plain = Server("nostore-storeonly", workdir, "--no-store")
+    try:
+        refused = plain.complete(dict(requests_set()[0], store_only=True), expect=400)
+        check("needs a store" in refused["error"]["message"], "store_only without a store: %s" % refused)
+    finally:
+        check(plain.stop() == 0, "nostore-storeonly server exit status")
+
+
+def scenario_queue(workdir, redis, reference):
+    server = Server("queue", workdir, "--no-store", "--queue", "1", "--max-tokens-limit", "512")
+    try:
+        body = {"chunks": CHUNKS, "question": QUESTION, "method": "full", "max_tokens": 400}
+        results = []
+
+        def client():
+            results.append(server.request("/v1/completions", body))
+
+        threads = [threading.Thread(target=client) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        statuses = sorted(r[0] for r in results)
+        check(len(results) == 12 and set(statuses) <= {200, 503}, "queue: statuses %s" % statuses)
+        check(200 in statuses and 503 in statuses, "queue of 1 under 12 clients: statuses %s" % statuses)
+        print("  queue: %d answered, %d refused" % (statuses.count(200), statuses.count(503)), flush=True)
+        for status, text, headers in results:
+            if status == 503:
+                check("queue is full" in json.loads(text)["error"]["message"] and headers.get("Retry-After") == "1",
+                      "503 without its message or Retry-After: %s %s" % (text, headers))
+        check(server.healthy(), "queue: the server stopped serving")
+    finally:
+        check(server.stop() == 0, "queue server exit status")
+
+
+def scenario_shutdown(workdir, redis, reference):
+    store = os.path.join(workdir, "shutdown-store")
+    server = Server("shutdown", workdir, "--store", store)
+    results = []
+
+    def client(body):
+        try:
+            results.append(server.request("/v1/completions", body))
+        except (urllib.error.URLError, ConnectionError) as e:  # refused once the listener closed
+            results.append((None, str(e), {}))
+
+    threads = [threading.Thread(target=client, args=(b,)) for b in requests_set()]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    status = server.stop(signal.SIGTERM)
+    for t in threads:
+        t.join(TIMEOUT)
+    check(status == 0, "SIGTERM: exit status %s: %s" % (status, server.stderr()))
+    for i, (code, text, _) in enumerate(results):
+        check(code in (None, 200, 503), "shutdown: a request got %s: %s" % (code, text))
+    check(not [f for f in os.listdir(store) if f.startswith(".tmp-")], "SIGTERM left a temporary file")
+    print("  shutdown: %d answered, %d refused or not connected, %d chunk files" %
+          (sum(r[0] == 200 for r in results), sum(r[0] != 200 for r in results),
+           len([f for f in os.listdir(store) if f.endswith(".kvchunk")])), flush=True)
+    # Whatever was stored is whole: a new server reads it and answers as the cold server.
+    again = Server("after-shutdown", workdir, "--store", store)
+    try:
+        for i, body in enumerate(requests_set()):
+            check(again.complete(body)["tokens"] == reference[i], "after SIGTERM: request %d" % i)
+        check(again.metric("kvfuse_store_corrupt_total", '{tier="fs"}') == 0, "after SIGTERM: a damaged chunk file")
+    finally:
+        check(again.stop() == 0, "after-shutdown server exit status")
+
+
+def scenario_startup(workdir, redis, reference):
+    """What cannot be served is refused at start, with the reason and status 1, never a hang."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    busy = str(holder.getsockname()[1])
+    cases = [
+        (["--store", "redis://127.0.0.1:notaport"], "port"),
+        (["--store", "redis://user:pw@127.0.0.1:6379"], "credentials"),
+        (["--store", os.path.join(workdir, "s"), "--local-cache", os.path.join(workdir, "c")], "redis://"),
+        (["--no-store", "--local-cache", os.path.join(workdir, "c")], "redis://"),
+        (["--model", os.path.join(workdir, "missing.gguf"), "--no-store"], "cannot open"),
+        (["--no-store", "--port", busy], "cannot listen"),
+    ]
+    try:
+        for args, words in cases:
+            port = [] if "--port" in args else ["--port", "0"]
+            try:
+                done = subprocess.run([KVFUSE, "serve", "--host", "127.0.0.1", *port, *args], capture_output=True,
+                                      text=True, timeout=60)
+            except subprocess.TimeoutExpired:
+                fail("serve %s did not exit" % " ".join(args))
+            check(done.returncode == 1 and words in done.stderr,
+                  "serve %s: status %d, stderr %r (wanted %r)" % (" ".join(args), done.returncode, done.stderr, words))
+    finally:
+        holder.close()
+
+
+def main():
+    if KVFUSE is None or not os.access(KVFUSE, os.X_OK):
+        fail("usage: serve_test.py KVFUSE_BINARY [scenario ...]")
+    workdir = tempfile.mkdtemp(prefix="kvfuse-serve-test-")
+    redis = None
+    ok = False
+    try:
+        redis = Redis(workdir)
+        reference = cold_answers(workdir)
+        for name in SCENARIOS:
+            started = time.time()
+            globals()["scenario_" + name](workdir, redis, reference)
+            print("ok: %s (%.1f s)" % (name, time.time() - started), flush=True)
+        ok = True
+    finally:
+        if redis:
+            redis.stop()
+        if ok:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print("logs kept in " + workdir, flush=True)
+    print("serve tests passed: " + " ".join(SCENARIOS))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,292 @@
+// The store's backend layer (driver/store): the chunk image codec is the chunk-file format byte
+// for byte, its layer ranges tile the payload, a decoded image is verified like a file; the
+// directory lists its chunks and resolves a digest to its tokens; a directory in front of another backend copies hits into itself;
+// Redis URLs are parsed or refused with the reason; a Redis that cannot be reached is a quick
+// miss and a clear put error, never a hang. (Redis itself: tests/serve_test.py.)
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <cstring>
+#include <random>
+#include <unistd.h>
+
+#include "store/chunk_codec.h"
+#include "store/open_backend.h"
+#include "store/redis_backend.h"
+#include "store/tiered_backend.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "scratch_files.h"
+
+namespace {
+
+// A fresh directory for one test, removed after it.
+class Scratch {
+public:
+    explicit Scratch(const std::string& name) : path_(kvfuse::testing::fresh_scratch_dir("backend", name)) {}
+    ~Scratch() { std::filesystem::remove_all(path_); }
+    const std::filesystem::path& path() const { return path_; }
+
+private:
+    std::filesystem::path path_;
+};
+
+void write_text(const std::filesystem::path& path, const std::string& text) { std::ofstream(path) << text; }
+
+using namespace kvfuse::store;
+namespace fs = std::filesystem;
+
+struct OwnedChunk {
+    ChunkKey key;
+    std::vector<std::vector<std::byte>> buffers;
+    StoredChunk chunk;
+};
+
+OwnedChunk make_chunk(uint64_t seed, uint32_t layers = 3, uint32_t tokens = 7) {
+    OwnedChunk owned;
+    std::vector<int32_t> ids;
+    for (uint32_t t = 0; t < tokens; ++t) ids.push_back(static_cast<int32_t>(seed * 131 + t));
+    owned.key = make_chunk_key("test-model", ids);
+    owned.chunk.layout = {layers, 2, 8, DType::f32};
+    owned.buffers.reserve(4 * layers);
+    std::mt19937_64 random(seed);
+    auto buffer = [&](size_t bytes) -> std::span<const std::byte> {
+        owned.buffers.emplace_back(bytes);
+        for (std::byte& b : owned.buffers.back()) b = static_cast<std::byte>(random());
+        return owned.buffers.back();
+    };
+    for (uint32_t l = 0; l < layers; ++l) {
+        LayerInput layer;
+        layer.keys = buffer(tokens * 2 * 8 * 4);
+        layer.values = buffer(tokens * 2 * 8 * 4);
+        // An odd-sized extra section, so that layers are padded to the next 64-byte boundary.
+        layer.extra_sections.push_back({"extra", DType::u8, {5 + l}, buffer(5 + l)});
+        owned.chunk.layers.push_back(std::move(layer));
+    }
+    return owned;
+}
+
+ChunkStore open_directory(const fs::path& directory) {
+    ChunkStoreOptions options;
+    options.sync_writes = false;
+    options.warning = [](const Status&) {};
+    Result<ChunkStore> store = ChunkStore::open(directory, options);
+    EXPECT_TRUE(store.ok()) << store.status().to_string();
+    return std::move(store).value();
+}
+
+std::vector<std::byte> read_whole(const fs::path& path) {
+    const std::string text = kvfuse::testing::read_whole_file(path);
+    std::vector<std::byte> bytes(text.size());
+    std::memcpy(bytes.data(), text.data(), text.size());
+    return bytes;
+}
+
+TEST(ChunkCodec, ImageIsTheChunkFileByteForByte) {
+    Scratch scratch("codec");
+    ChunkStore store = open_directory(scratch.path());
+    const OwnedChunk chunk = make_chunk(1);
+    ASSERT_TRUE(store.put(chunk.key, chunk.chunk).ok());
+    Result<EncodedChunk> encoded = encode_chunk(chunk.key, chunk.chunk);
+    ASSERT_TRUE(encoded.ok()) << encoded.status().to_string();
+    EXPECT_EQ(encoded.value().image, read_whole(store.path_of(chunk.key)));
+}
+
+TEST(ChunkCodec, LayerRangesTileThePayloadAndMatchADecodedView) {
+    const OwnedChunk chunk = make_chunk(2, 4);
+    Result<EncodedChunk> encoded = encode_chunk(chunk.key, chunk.chunk);
+    ASSERT_TRUE(encoded.ok());
+    const EncodedChunk& image = encoded.value();
+    ASSERT_EQ(image.layers.size(), 4u);
+    uint64_t at = image.header_bytes;
+    for (const ByteRange& range : image.layers) {
+        EXPECT_EQ(range.offset, at);
+        EXPECT_GT(range.bytes, 0u);
+        at += range.bytes;
+    }
+    EXPECT_EQ(at, image.image.size());
+
+    Result<ChunkImageBuffer> buffer = ChunkImageBuffer::allocate(image.image.size());
+    ASSERT_TRUE(buffer.ok());
+    std::memcpy(buffer.value().bytes().data(), image.image.data(), image.image.size());
+    Result<ChunkView> view = std::move(buffer).value().finish(chunk.key, true);
+    ASSERT_TRUE(view.ok()) << view.status().to_string();
+    const std::vector<ByteRange> ranges = layer_ranges(view.value());
+    ASSERT_EQ(ranges.size(), image.layers.size());
+    for (size_t l = 0; l < ranges.size(); ++l) {
+        EXPECT_EQ(ranges[l].offset, image.layers[l].offset) << "layer " << l;
+        EXPECT_EQ(ranges[l].bytes, image.layers[l].bytes) << "layer " << l;
+    }
+    for (uint32_t l = 0; l < 4; ++l) {
+        const auto keys = view.value().keys(l).bytes;
+        ASSERT_EQ(keys.size(), chunk.chunk.layers[l].keys.size());
+        EXPECT_EQ(std::memcmp(keys.data(), chunk.chunk.layers[l].keys.data(), keys.size()), 0);
+    }
+    // stored_chunk_of gives back what was put: encoding it again is the same image.
+    Result<EncodedChunk> again = encode_chunk(chunk.key, stored_chunk_of(view.value()));
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(again.value().image, image.image);
+}
+
+TEST(ChunkCodec, DecodingRefusesADamagedOrForeignImage) {
+    const OwnedChunk chunk = make_chunk(3), other = make_chunk(4);
+    std::vector<std::byte> image = encode_chunk(chunk.key, chunk.chunk).value().image;
+    auto decode = [&](const std::vector<std::byte>& bytes, const ChunkKey& key) {
+        Result<ChunkImageBuffer> buffer = ChunkImageBuffer::allocate(bytes.size());
+        EXPECT_TRUE(buffer.ok());
+        std::memcpy(buffer.value().bytes().data(), bytes.data(), bytes.size());
+        return std::move(buffer).value().finish(key, true).status();
+    };
+    EXPECT_TRUE(decode(image, chunk.key).ok());
+    EXPECT_EQ(decode(image, other.key).code(), StatusCode::mismatch);
+    std::vector<std::byte> flipped = image;
+    flipped[flipped.size() - 3] ^= std::byte{1};
+    EXPECT_EQ(decode(flipped, chunk.key).code(), StatusCode::corrupt);
+    std::vector<std::byte> truncated(image.begin(), image.end() - 64);
+    EXPECT_EQ(decode(truncated, chunk.key).code(), StatusCode::corrupt);
+}
+
+TEST(ChunkBackendDirectory, ListsItsChunksAndNothingElse) {
+    Scratch scratch("list");
+    ChunkStore store = open_directory(scratch.path());
+    const OwnedChunk a = make_chunk(5), b = make_chunk(6);
+    ASSERT_TRUE(store.put(a.key, a.chunk).ok());
+    ASSERT_TRUE(store.put(b.key, b.chunk).ok());
+    write_text(scratch.path() / "notes.txt", "not a chunk");
+    write_text(scratch.path() / (std::string(64, 'z') + ".kvchunk"), "not hex");
+    Result<std::vector<ChunkDigest>> listed = store.list();
+    ASSERT_TRUE(listed.ok());
+    std::vector<ChunkDigest> expected = {a.key.digest, b.key.digest};
+    std::sort(expected.begin(), expected.end());
+    std::sort(listed.value().begin(), listed.value().end());
+    EXPECT_EQ(listed.value(), expected);
+}
+
+TEST(ChunkBackendDirectory, ResolvesADigestToItsTokensOnlyWhenTheyHashToIt) {
+    Scratch scratch("tokens-of");
+    ChunkStore store = open_directory(scratch.path());
+    const OwnedChunk a = make_chunk(9), b = make_chunk(10);
+    ASSERT_TRUE(store.put(a.key, a.chunk).ok());
+    std::optional<std::vector<int32_t>> tokens = store.tokens_of(a.key.digest, "test-model");
+    ASSERT_TRUE(tokens.has_value());
+    EXPECT_EQ(*tokens, a.key.tokens);
+    EXPECT_FALSE(store.tokens_of(a.key.digest, "another-model").has_value());
+    EXPECT_FALSE(store.tokens_of(b.key.digest, "test-model").has_value()) << "absent";
+    // A sound file of chunk a under b's name: its tokens do not hash to b's digest.
+    fs::copy_file(store.path_of(a.key), store.path_of(b.key));
+    EXPECT_FALSE(store.tokens_of(b.key.digest, "test-model").has_value());
+}
+
+TEST(ChunkBackendTiered, RemoteHitsAreCopiedIntoTheLocalTier) {
+    Scratch local_dir("tier-local"), remote_dir("tier-remote");
+    auto remote = std::make_unique<ChunkStore>(open_directory(remote_dir.path()));
+    const OwnedChunk chunk = make_chunk(7);
+    ASSERT_TRUE(remote->put(chunk.key, chunk.chunk).ok());
+    auto local = std::make_unique<ChunkStore>(open_directory(local_dir.path()));
+    ChunkStore* local_view = local.get();
+    TieredChunkBackend tiered(std::move(local), std::move(remote));
+    ASSERT_FALSE(fs::exists(local_view->path_of(chunk.key)));
+    std::optional<ChunkView> first = tiered.get(chunk.key);
+    ASSERT_TRUE(first.has_value());
+    EXPECT_TRUE(fs::exists(local_view->path_of(chunk.key)));
+    const std::vector<BackendStats> stats = tiered.backend_stats();
+    ASSERT_EQ(stats.size(), 2u);
+    EXPECT_EQ(stats[0].misses, 1u);
+    EXPECT_EQ(stats[1].hits, 1u);
+    ASSERT_TRUE(tiered.get(chunk.key).has_value());
+    EXPECT_EQ(tiered.backend_stats()[0].hits, 1u);
+    EXPECT_EQ(tiered.backend_stats()[1].hits, 1u);  // the second read never left this machine
+    ASSERT_TRUE(tiered.erase(chunk.key).ok());
+    EXPECT_FALSE(tiered.get(chunk.key).has_value());
+}
+
+TEST(RedisUrl, ParsesHostPortAndDatabase) {
+    Result<RedisOptions> full = parse_redis_url("redis://cache.example:6380/3");
+    ASSERT_TRUE(full.ok()) << full.status().to_string();
+    EXPECT_EQ(full.value().host, "cache.example");
+    EXPECT_EQ(full.value().port, 6380);
+    EXPECT_EQ(full.value().db, 3);
+    Result<RedisOptions> bare = parse_redis_url("redis://10.0.0.2");
+    ASSERT_TRUE(bare.ok());
+    EXPECT_EQ(bare.value().port, 6379);
+    EXPECT_EQ(bare.value().db, 0);
+}
+
+TEST(RedisUrl, RefusesWhatItCannotUseSayingWhy) {
+    const std::pair<const char*, const char*> cases[] = {
+        {"http://host:1", "redis://"},     {"redis://", "no host"},
+        {"redis://h:0", "port"},           {"redis://h:70000", "port"},
+        {"redis://h:12x", "port"},         {"redis://h:", "no port"},
+        {"redis://h:1/", "database"},      {"redis://h:1/x", "database"},
+        {"redis://u:p@h:1", "credentials"},
+    };
+    for (const auto& [url, words] : cases) {
+        Result<RedisOptions> parsed = parse_redis_url(url);
+        ASSERT_FALSE(parsed.ok()) << url;
+        EXPECT_EQ(parsed.status().code(), StatusCode::invalid_argument) << url;
+        EXPECT_NE(parsed.status().message().find(words), std::string::npos)
+            << url << ": " << parsed.status().message();
+    }
+}
+
+// A loopback port nothing listens on: connections are refused at once.
+int closed_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    socklen_t length = sizeof address;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    ::close(fd);
+    return ntohs(address.sin_port);
+}
+
+TEST(RedisBackend, UnreachableIsAQuickMissAndAClearPutError) {
+    RedisOptions options;
+    options.port = closed_port();
+    options.retry_interval = std::chrono::milliseconds(50);
+    std::vector<Status> warnings;
+    options.warning = [&](const Status& status) { warnings.push_back(status); };
+    const auto start = std::chrono::steady_clock::now();
+    RedisChunkBackend backend(options);
+    const OwnedChunk chunk = make_chunk(8);
+    for (int i = 0; i < 5; ++i) EXPECT_FALSE(backend.get(chunk.key).has_value());
+    const Status put = backend.put(chunk.key, chunk.chunk);
+    EXPECT_EQ(put.code(), StatusCode::io_error);
+    EXPECT_NE(put.message().find("redis://127.0.0.1:"), std::string::npos) << put.message();
+    EXPECT_FALSE(backend.list().ok());
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+    ASSERT_FALSE(warnings.empty());
+    EXPECT_EQ(warnings.size(), 1u) << "one warning per outage, not one per call";
+    const std::vector<BackendStats> stats = backend.backend_stats();
+    EXPECT_EQ(stats[0].tier, "redis");
+    EXPECT_EQ(stats[0].misses, 5u);
+    EXPECT_GE(stats[0].unavailable, 1u);
+}
+
+TEST(OpenBackend, ChoosesByTheStoreValue) {
+    Scratch scratch("open"), cache("open-cache");
+    BackendOptions quiet;
+    quiet.directory.warning = [](const Status&) {};
+    quiet.redis.warning = [](const Status&) {};
+    Result<std::unique_ptr<ChunkBackend>> directory = open_backend(scratch.path().string(), quiet);
+    ASSERT_TRUE(directory.ok());
+    EXPECT_EQ(directory.value()->backend_stats()[0].tier, "fs");
+    BackendOptions tiered = quiet;
+    tiered.local_cache = cache.path();
+    Result<std::unique_ptr<ChunkBackend>> both =
+        open_backend("redis://127.0.0.1:" + std::to_string(closed_port()), tiered);
+    ASSERT_TRUE(both.ok());
+    ASSERT_EQ(both.value()->backend_stats().size(), 2u);
+    EXPECT_EQ(both.value()->backend_stats()[1].tier, "redis");
+    EXPECT_FALSE(open_backend("redis://h:bad", quiet).ok());
+    EXPECT_FALSE(open_backend(scratch.path().string(), tiered).ok()) << "a local cache in front of a directory";
+}
+
+}  // namespace

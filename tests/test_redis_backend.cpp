@@ -1,0 +1,298 @@
+// The Redis backend against a live redis-server that the test starts on a free loopback port
+// (absent: the test fails; tools/setup.sh installs it): round trip bit for bit, list, erase of
+// every key, TTL on every key, a second put skipped, tokens_of, reconnection after a restart.
+// Damage, eviction and outages under a running server: tests/serve_test.py.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <csignal>
+#include <cstdarg>
+#include <fcntl.h>
+#include <cstring>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <random>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+#include "store/chunk_codec.h"
+#include "store/redis_backend.h"
+
+extern char** environ;
+
+namespace {
+
+using namespace kvfuse::store;
+
+int free_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    socklen_t length = sizeof address;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    ::close(fd);
+    return ntohs(address.sin_port);
+}
+
+// A redis-server of the test's own, no persistence, loopback only.
+class RedisProcess {
+public:
+    explicit RedisProcess(std::string password = {}) : port_(free_port()), password_(std::move(password)) {}
+    ~RedisProcess() { stop(); }
+
+    // False (with the reason in `why`) when redis-server cannot be started.
+    bool start(std::string* why) {
+        const std::string port = std::to_string(port_);
+        std::vector<const char*> argv = {"redis-server", "--port", port.c_str(), "--bind", "127.0.0.1", "--save", "",
+                                         "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"};
+        if (!password_.empty()) {
+            argv.push_back("--requirepass");
+            argv.push_back(password_.c_str());
+        }
+        argv.push_back(nullptr);
+        posix_spawn_file_actions_t quiet;  // its start-up banner and warnings to /dev/null
+        posix_spawn_file_actions_init(&quiet);
+        posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
+        posix_spawn_file_actions_addopen(&quiet, 2, "/dev/null", O_WRONLY, 0);
+        const int spawned = ::posix_spawnp(&pid_, "redis-server", &quiet, nullptr, const_cast<char**>(argv.data()), environ);
+        posix_spawn_file_actions_destroy(&quiet);
+        if (spawned != 0) {
+            pid_ = -1;
+            *why = "redis-server not found on PATH (tools/setup.sh installs it)";
+            return false;
+        }
+        for (int i = 0; i < 200; ++i) {
+            // Ours must still run: a port taken meanwhile by another test's Redis makes it exit,
+            // and that other Redis must not be mistaken for it.
+            if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+                pid_ = -1;
+                *why = "redis-server exited at start (port " + port + " taken?)";
+                return false;
+            }
+            if (redisReply* pong = command("PING")) {  // NOAUTH when a password is set: still up
+                freeReplyObject(pong);
+                return true;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(25));
+        }
+        *why = "redis-server did not answer on port " + port;
+        return false;
+    }
+
+    void stop() {
+        if (pid_ > 0) {
+            ::kill(pid_, SIGKILL);
+            ::waitpid(pid_, nullptr, 0);
+            pid_ = -1;
+        }
+    }
+
+    int port() const { return port_; }
+
+    // One command on a fresh connection; nullptr when Redis does not answer. Caller frees.
+    redisReply* command(const char* format, ...) {
+        timeval timeout{1, 0};
+        redisContext* c = redisConnectWithTimeout("127.0.0.1", port_, timeout);
+        if (c == nullptr || c->err != 0) {
+            if (c != nullptr) redisFree(c);
+            return nullptr;
+        }
+        va_list args;
+        va_start(args, format);
+        if (!password_.empty()) {
+            if (auto* auth = static_cast<redisReply*>(redisCommand(c, "AUTH %s", password_.c_str())))
+                freeReplyObject(auth);
+        }
+        auto* reply = static_cast<redisReply*>(redisvCommand(c, format, args));
+        va_end(args);
+        redisFree(c);
+        return reply;
+    }
+
+    long long integer(const char* format, const std::string& key) {
+        redisReply* reply = command(format, key.c_str());
+        const long long value = reply != nullptr && reply->type == REDIS_REPLY_INTEGER ? reply->integer : -100;
+        if (reply != nullptr) freeReplyObject(reply);
+        return value;
+    }
+
+private:
+    int port_;
+    std::string password_;
+    pid_t pid_ = -1;
+};
+
+struct OwnedChunk {
+    ChunkKey key;
+    std::vector<std::vector<std::byte>> buffers;
+    StoredChunk chunk;
+};
+
+OwnedChunk make_chunk(uint64_t seed, uint32_t layers = 4) {
+    OwnedChunk owned;
+    std::vector<int32_t> ids;
+    for (uint32_t t = 0; t < 9; ++t) ids.push_back(static_cast<int32_t>(seed * 1000 + t));
+    owned.key = make_chunk_key("redis-test-model", ids);
+    owned.chunk.layout = {layers, 2, 16, DType::f32};
+    owned.buffers.reserve(3 * layers);
+    std::mt19937_64 random(seed);
+    auto buffer = [&](size_t bytes) -> std::span<const std::byte> {
+        owned.buffers.emplace_back(bytes);
+        for (std::byte& b : owned.buffers.back()) b = static_cast<std::byte>(random());
+        return owned.buffers.back();
+    };
+    for (uint32_t l = 0; l < layers; ++l) {
+        LayerInput layer;
+        layer.keys = buffer(9 * 2 * 16 * 4);
+        layer.values = buffer(9 * 2 * 16 * 4);
+        layer.extra_sections.push_back({"extra", DType::u8, {3}, buffer(3)});
+        owned.chunk.layers.push_back(std::move(layer));
+    }
+    return owned;
+}
+
+class RedisBackendLive : public ::testing::Test {
+protected:
+    void SetUp() override {
+        std::string why;
+        ASSERT_TRUE(redis_.start(&why)) << why;
+    }
+    RedisOptions options(uint64_t ttl = 0) {
+        RedisOptions o;
+        o.port = redis_.port();
+        o.ttl_seconds = ttl;
+        o.retry_interval = std::chrono::milliseconds(50);
+        o.warning = [this](const Status& status) { warnings_.push_back(status.to_string()); };
+        return o;
+    }
+    RedisProcess redis_;
+    std::vector<std::string> warnings_;
+};
+
+TEST_F(RedisBackendLive, RoundTripIsTheEncodedImageBitForBit) {
+    RedisChunkBackend backend(options());
+    const OwnedChunk chunk = make_chunk(1);
+    EXPECT_FALSE(backend.get(chunk.key).has_value());
+    ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+    std::optional<ChunkView> view = backend.get(chunk.key);
+    ASSERT_TRUE(view.has_value());
+    const std::vector<std::byte> image = encode_chunk(chunk.key, chunk.chunk).value().image;
+    ASSERT_EQ(view->image().size(), image.size());
+    EXPECT_EQ(std::memcmp(view->image().data(), image.data(), image.size()), 0);
+    EXPECT_EQ(redis_.integer("EXISTS %s", RedisChunkBackend::manifest_key(chunk.key)), 1);
+    for (uint32_t l = 0; l < 4; ++l)
+        EXPECT_EQ(redis_.integer("EXISTS %s", RedisChunkBackend::layer_key(chunk.key, l)), 1) << l;
+    const BackendStats stats = backend.backend_stats()[0];
+    EXPECT_EQ(stats.hits, 1u);
+    EXPECT_EQ(stats.misses, 1u);
+    EXPECT_EQ(stats.puts, 1u);
+    EXPECT_EQ(stats.bytes_written, image.size());
+    EXPECT_EQ(stats.bytes_read, image.size());
+    EXPECT_TRUE(warnings_.empty());
+}
+
+TEST_F(RedisBackendLive, SecondPutIsSkippedAndOtherModelsNeverMatch) {
+    RedisChunkBackend backend(options());
+    const OwnedChunk chunk = make_chunk(2);
+    ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+    ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+    EXPECT_EQ(backend.backend_stats()[0].puts, 1u);
+    const ChunkKey other_model = make_chunk_key("another-model", chunk.key.tokens);
+    EXPECT_FALSE(backend.get(other_model).has_value());
+}
+
+TEST_F(RedisBackendLive, ListEraseAndTokensOf) {
+    RedisChunkBackend backend(options());
+    const OwnedChunk a = make_chunk(3), b = make_chunk(4);
+    ASSERT_TRUE(backend.put(a.key, a.chunk).ok());
+    ASSERT_TRUE(backend.put(b.key, b.chunk).ok());
+    Result<std::vector<ChunkDigest>> listed = backend.list();
+    ASSERT_TRUE(listed.ok());
+    std::vector<ChunkDigest> expected = {a.key.digest, b.key.digest};
+    std::sort(expected.begin(), expected.end());
+    std::sort(listed.value().begin(), listed.value().end());
+    EXPECT_EQ(listed.value(), expected);
+
+    std::optional<std::vector<int32_t>> tokens = backend.tokens_of(a.key.digest, "redis-test-model");
+    ASSERT_TRUE(tokens.has_value());
+    EXPECT_EQ(*tokens, a.key.tokens);
+    EXPECT_FALSE(backend.tokens_of(a.key.digest, "another-model").has_value());
+
+    ASSERT_TRUE(backend.erase(a.key).ok());
+    EXPECT_FALSE(backend.get(a.key).has_value());
+    EXPECT_EQ(redis_.integer("EXISTS %s", RedisChunkBackend::manifest_key(a.key)), 0);
+    for (uint32_t l = 0; l < 4; ++l)
+        EXPECT_EQ(redis_.integer("EXISTS %s", RedisChunkBackend::layer_key(a.key, l)), 0) << l;
+    EXPECT_TRUE(backend.get(b.key).has_value());
+    EXPECT_TRUE(backend.erase(a.key).ok()) << "absent is not an error";
+}
+
+TEST_F(RedisBackendLive, TtlIsSetOnEveryKey) {
+    RedisChunkBackend backend(options(/*ttl=*/600));
+    const OwnedChunk chunk = make_chunk(5);
+    ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+    const long long manifest_ttl = redis_.integer("TTL %s", RedisChunkBackend::manifest_key(chunk.key));
+    EXPECT_GT(manifest_ttl, 590);
+    EXPECT_LE(manifest_ttl, 600);
+    for (uint32_t l = 0; l < 4; ++l)
+        EXPECT_GT(redis_.integer("TTL %s", RedisChunkBackend::layer_key(chunk.key, l)), 590) << l;
+}
+
+TEST_F(RedisBackendLive, ReconnectsAfterARestart) {
+    RedisChunkBackend backend(options());
+    const OwnedChunk chunk = make_chunk(6);
+    ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+    ASSERT_TRUE(backend.get(chunk.key).has_value());
+    redis_.stop();
+    EXPECT_FALSE(backend.get(chunk.key).has_value());
+    EXPECT_FALSE(backend.put(chunk.key, chunk.chunk).ok());
+    std::string why;
+    ASSERT_TRUE(redis_.start(&why)) << why;  // same port, empty
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // past the retry interval
+    EXPECT_FALSE(backend.get(chunk.key).has_value()) << "the restarted Redis is empty";
+    ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+    EXPECT_TRUE(backend.get(chunk.key).has_value());
+    ASSERT_GE(warnings_.size(), 2u);
+    EXPECT_NE(warnings_.back().find("connected again"), std::string::npos) << warnings_.back();
+}
+
+TEST(RedisBackendAuth, APasswordOpensARedisThatRequiresOneAndItsAbsenceIsAClearRefusal) {
+    RedisProcess redis("kvfuse-test-secret");
+    std::string why;
+    ASSERT_TRUE(redis.start(&why)) << why;
+    const OwnedChunk chunk = make_chunk(7);
+    std::vector<std::string> warnings;
+    RedisOptions options;
+    options.port = redis.port();
+    options.warning = [&](const Status& status) { warnings.push_back(status.to_string()); };
+    {
+        RedisChunkBackend without(options);
+        EXPECT_FALSE(without.get(chunk.key).has_value());
+        const Status put = without.put(chunk.key, chunk.chunk);
+        EXPECT_FALSE(put.ok());
+    }
+    ASSERT_FALSE(warnings.empty());
+    EXPECT_NE(warnings.front().find("NOAUTH"), std::string::npos) << warnings.front();
+    options.password = "wrong";
+    warnings.clear();
+    {
+        RedisChunkBackend wrong(options);
+        EXPECT_FALSE(wrong.get(chunk.key).has_value());
+    }
+    ASSERT_FALSE(warnings.empty());
+    EXPECT_NE(warnings.front().find("AUTH refused"), std::string::npos) << warnings.front();
+    EXPECT_EQ(warnings.front().find("wrong"), std::string::npos) << "the password never appears in a message";
+    options.password = "kvfuse-test-secret";
+    warnings.clear();
+    RedisChunkBackend with(options);
+    ASSERT_TRUE(with.put(chunk.key, chunk.chunk).ok());
+    EXPECT_TRUE(with.get(chunk.key).has_value());
+    EXPECT_TRUE(warnings.empty());
+}
+
+}  // namespace
