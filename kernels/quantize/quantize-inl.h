@@ -8,7 +8,8 @@
 //   each lane adds its column's values in the reference's order) and divided in double, then
 //   rounded to f32 once; workers split the columns, never the tokens, so the order holds;
 // * max|x| ignores NaN (as std::fmax does) and a max is exact in any order;
-// * x / scale is a true IEEE division (never a multiply by the reciprocal); NaN quotients
+// * x / scale is a true IEEE division (never a multiply by the reciprocal, nor xsimd's NEON
+//   `/`, which is one: `divide` below); NaN quotients
 //   become +limit (std::fmin(limit, NaN) is limit), the clamp is exact, and the rounding is
 //   cvtps2dq / fcvtns: round half to even, as std::lrint in the default rounding mode;
 // * tails shorter than 16 values run the reference's scalar expression.
@@ -60,6 +61,10 @@ inline void store_nibbles(void* dst, Bytes16 b) {
     const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi16(0x00f0));
     _mm_storel_epi64(static_cast<__m128i*>(dst), _mm_packus_epi16(_mm_or_si128(low, high), _mm_setzero_si128()));
 }
+// IEEE division, rounded once (divps).
+inline F32s divide(F32s a, F32s b) { return a / b; }
+// The largest lane of non-negative, non-NaN lanes.
+inline float reduce_max(F32s v) { return _mm512_reduce_max_ps(v); }
 inline void widen(F32s v, F64s& low, F64s& high) {
     low = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
     high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
@@ -76,6 +81,12 @@ inline void store_nibbles(void* dst, Bytes16 b) {
     const __m128i low = _mm_and_si128(b, _mm_set1_epi16(0x000f));
     const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi16(0x00f0));
     _mm_storel_epi64(static_cast<__m128i*>(dst), _mm_packus_epi16(_mm_or_si128(low, high), _mm_setzero_si128()));
+}
+inline F32s divide(F32s a, F32s b) { return a / b; }
+inline float reduce_max(F32s v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
 }
 inline void widen(F32s v, F64s& low, F64s& high) {
     low = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
@@ -94,6 +105,11 @@ inline void store_nibbles(void* dst, Bytes16 b) {
     const uint16x8_t packed = vorrq_u16(vandq_u16(w, vdupq_n_u16(0x000f)), vandq_u16(vshrq_n_u16(w, 4), vdupq_n_u16(0x00f0)));
     vst1_u8(static_cast<std::uint8_t*>(dst), vmovn_u16(packed));
 }
+// fdiv: xsimd 8.1's float `/` on NEON is a reciprocal estimate and two Newton steps (not
+// correctly rounded, and a subnormal divisor's estimate overflows), so it is not the
+// reference's x / scale.
+inline F32s divide(F32s a, F32s b) { return vdivq_f32(a, b); }
+inline float reduce_max(F32s v) { return vmaxvq_f32(v); }
 inline void widen(F32s v, F64s& low, F64s& high) {
     low = vcvt_f64_f32(vget_low_f32(v));
     high = vcvt_high_f64_f32(v);
@@ -122,16 +138,22 @@ inline float centred_one(const float* x, const float* mean, std::size_t i) {
 
 template <bool kCentred>
 float max_abs(const float* x, const float* mean, std::size_t n) {
-    F32s best(0.0f);
+    // Two chains, so that compare + blend latency does not bound a head of 8 vectors.
+    F32s best0(0.0f), best1(0.0f);
     std::size_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-        const F32s a = xsimd::abs(centred<kCentred>(x, mean, i));
-        best = xsimd::select(a > best, a, best);  // a NaN compares false: skipped, as by std::fmax
+    // A NaN compares false: skipped, as std::fmax skips it.
+    for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+        const F32s a0 = xsimd::abs(centred<kCentred>(x, mean, i));
+        const F32s a1 = xsimd::abs(centred<kCentred>(x, mean, i + kLanes));
+        best0 = xsimd::select(a0 > best0, a0, best0);
+        best1 = xsimd::select(a1 > best1, a1, best1);
     }
-    alignas(64) float lanes[kLanes];
-    best.store_aligned(lanes);
-    float m = 0.0f;
-    for (float lane : lanes) m = std::fmax(m, lane);
+    if (i + kLanes <= n) {
+        const F32s a = xsimd::abs(centred<kCentred>(x, mean, i));
+        best0 = xsimd::select(a > best0, a, best0);
+        i += kLanes;
+    }
+    float m = reduce_max(xsimd::select(best1 > best0, best1, best0));
     for (; i < n; ++i) m = std::fmax(m, std::fabs(centred_one<kCentred>(x, mean, i)));
     return m;
 }
@@ -145,7 +167,7 @@ template <bool kCentred>
 inline Bytes16 rounded_chunk(const float* x, const float* mean, std::size_t i, F32s scale, F32s limit) {
     I32s q[kPerChunk];
     for (std::size_t k = 0; k < kPerChunk; ++k) {
-        F32s v = centred<kCentred>(x, mean, i + k * kLanes) / scale;
+        F32s v = divide(centred<kCentred>(x, mean, i + k * kLanes), scale);
         v = xsimd::select(xsimd::isnan(v), limit, v);
         q[k] = xsimd::nearbyint_as_int(xsimd::min(xsimd::max(v, -limit), limit));
     }
@@ -193,20 +215,30 @@ std::size_t workers_for(const kvfuse_context& context, std::size_t values, std::
 }
 
 // Columns [begin, end) of the per-column means: f64 sums in token order, then one division.
+// Tokens go in tiles of kTokenTile rows read side by side, so that each vector of sums is
+// loaded and stored once per tile, not once per token.
+constexpr std::size_t kTokenTile = 8;
 void column_means(const float* keys, std::size_t tokens, std::size_t token_stride, std::size_t begin, std::size_t end,
                   double* sums, float* means) {
     for (std::size_t c = begin; c < end; ++c) sums[c] = 0.0;
     constexpr std::size_t kHalf = F64s::size;
-    for (std::size_t t = 0; t < tokens; ++t) {
-        const float* row = keys + t * token_stride;
+    for (std::size_t t0 = 0; t0 < tokens; t0 += kTokenTile) {
+        const std::size_t t1 = std::min(tokens, t0 + kTokenTile);
+        const float* tile = keys + t0 * token_stride;
         std::size_t c = begin;
         for (; c + kLanes <= end; c += kLanes) {
-            F64s low, high;
-            widen(F32s::load_unaligned(row + c), low, high);
-            (F64s::load_unaligned(sums + c) + low).store_unaligned(sums + c);
-            (F64s::load_unaligned(sums + c + kHalf) + high).store_unaligned(sums + c + kHalf);
+            F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
+            for (std::size_t t = 0; t < t1 - t0; ++t) {
+                F64s low, high;
+                widen(F32s::load_unaligned(tile + t * token_stride + c), low, high);
+                low_sum += low;
+                high_sum += high;
+            }
+            low_sum.store_unaligned(sums + c);
+            high_sum.store_unaligned(sums + c + kHalf);
         }
-        for (; c < end; ++c) sums[c] += row[c];
+        for (; c < end; ++c)
+            for (std::size_t t = 0; t < t1 - t0; ++t) sums[c] += tile[t * token_stride + c];
     }
     for (std::size_t c = begin; c < end; ++c) means[c] = static_cast<float>(sums[c] / static_cast<double>(tokens));
 }
