@@ -63,6 +63,12 @@ inline void store_nibbles(void* dst, Bytes16 b) {
 }
 // IEEE division, rounded once (divps).
 inline F32s divide(F32s a, F32s b) { return a / b; }
+// max(best, a) lane by lane, keeping best where a is NaN (best is never NaN), as std::fmax:
+// maxps returns its second operand when either is NaN.
+inline F32s max_skipping_nan(F32s best, F32s a) { return _mm512_max_ps(a, best); }
+// v clamped to [-limit, limit], NaN to +limit, as std::fmax(-limit, std::fmin(limit, v)):
+// minps returns its second operand, limit, for a NaN v.
+inline F32s clamp_nan_high(F32s v, F32s limit) { return _mm512_max_ps(_mm512_min_ps(v, limit), -limit); }
 // The largest lane of non-negative, non-NaN lanes.
 inline float reduce_max(F32s v) { return _mm512_reduce_max_ps(v); }
 inline void widen(F32s v, F64s& low, F64s& high) {
@@ -83,6 +89,8 @@ inline void store_nibbles(void* dst, Bytes16 b) {
     _mm_storel_epi64(static_cast<__m128i*>(dst), _mm_packus_epi16(_mm_or_si128(low, high), _mm_setzero_si128()));
 }
 inline F32s divide(F32s a, F32s b) { return a / b; }
+inline F32s max_skipping_nan(F32s best, F32s a) { return _mm256_max_ps(a, best); }
+inline F32s clamp_nan_high(F32s v, F32s limit) { return _mm256_max_ps(_mm256_min_ps(v, limit), -limit); }
 inline float reduce_max(F32s v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
@@ -109,6 +117,9 @@ inline void store_nibbles(void* dst, Bytes16 b) {
 // correctly rounded, and a subnormal divisor's estimate overflows), so it is not the
 // reference's x / scale.
 inline F32s divide(F32s a, F32s b) { return vdivq_f32(a, b); }
+// fmaxnm / fminnm are IEEE maxNum / minNum: a NaN operand gives the other, as std::fmax/fmin.
+inline F32s max_skipping_nan(F32s best, F32s a) { return vmaxnmq_f32(best, a); }
+inline F32s clamp_nan_high(F32s v, F32s limit) { return vmaxnmq_f32(vminnmq_f32(v, limit), -limit); }
 inline float reduce_max(F32s v) { return vmaxvq_f32(v); }
 inline void widen(F32s v, F64s& low, F64s& high) {
     low = vcvt_f64_f32(vget_low_f32(v));
@@ -141,19 +152,18 @@ float max_abs(const float* x, const float* mean, std::size_t n) {
     // Two chains, so that compare + blend latency does not bound a head of 8 vectors.
     F32s best0(0.0f), best1(0.0f);
     std::size_t i = 0;
-    // A NaN compares false: skipped, as std::fmax skips it.
     for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
         const F32s a0 = xsimd::abs(centred<kCentred>(x, mean, i));
         const F32s a1 = xsimd::abs(centred<kCentred>(x, mean, i + kLanes));
-        best0 = xsimd::select(a0 > best0, a0, best0);
-        best1 = xsimd::select(a1 > best1, a1, best1);
+        best0 = max_skipping_nan(best0, a0);
+        best1 = max_skipping_nan(best1, a1);
     }
     if (i + kLanes <= n) {
         const F32s a = xsimd::abs(centred<kCentred>(x, mean, i));
-        best0 = xsimd::select(a > best0, a, best0);
+        best0 = max_skipping_nan(best0, a);
         i += kLanes;
     }
-    float m = reduce_max(xsimd::select(best1 > best0, best1, best0));
+    float m = reduce_max(max_skipping_nan(best0, best1));
     for (; i < n; ++i) m = std::fmax(m, std::fabs(centred_one<kCentred>(x, mean, i)));
     return m;
 }
@@ -167,9 +177,8 @@ template <bool kCentred>
 inline Bytes16 rounded_chunk(const float* x, const float* mean, std::size_t i, F32s scale, F32s limit) {
     I32s q[kPerChunk];
     for (std::size_t k = 0; k < kPerChunk; ++k) {
-        F32s v = divide(centred<kCentred>(x, mean, i + k * kLanes), scale);
-        v = xsimd::select(xsimd::isnan(v), limit, v);
-        q[k] = xsimd::nearbyint_as_int(xsimd::min(xsimd::max(v, -limit), limit));
+        const F32s v = divide(centred<kCentred>(x, mean, i + k * kLanes), scale);
+        q[k] = xsimd::nearbyint_as_int(clamp_nan_high(v, limit));
     }
     return narrow_to_bytes(q);
 }
