@@ -1,6 +1,7 @@
 // The int8 / int4 quantizers (kvfuse_quantize_keys_i8, _i4, kvfuse_quantize_rows_i8) written
-// once on the xsimd architecture, with intrinsics only to narrow int32 lanes to bytes and to
-// widen f32 to f64 (xsimd 8.1 has neither). Included once per ISA by a CMake-generated unit that
+// once on the xsimd architecture, with intrinsics where xsimd 8.1 has no operation or not the
+// right one: int32 lanes narrowed to bytes, f32 widened to f64, a max / min whose NaN rule is
+// std::fmax's, a horizontal max, and on NEON a correctly rounded division. Included once per ISA by a CMake-generated unit that
 // defines KVFUSE_ISA_NAMESPACE and KVFUSE_XSIMD_ARCH; no include guard on purpose (see rope-inl.h).
 //
 // Bit for bit the reference (reference::quantize_keys / quantize_rows_i8):
@@ -9,8 +10,8 @@
 //   rounded to f32 once; workers split the columns, never the tokens, so the order holds;
 // * max|x| ignores NaN (as std::fmax does) and a max is exact in any order;
 // * x / scale is a true IEEE division (never a multiply by the reciprocal, nor xsimd's NEON
-//   `/`, which is one: `divide` below); NaN quotients
-//   become +limit (std::fmin(limit, NaN) is limit), the clamp is exact, and the rounding is
+//   `/`, which is one: `divide` below); NaN quotients become +limit (std::fmin(limit, NaN) is
+//   limit), the clamp is exact, and the rounding is
 //   cvtps2dq / fcvtns: round half to even, as std::lrint in the default rounding mode;
 // * tails shorter than 16 values run the reference's scalar expression.
 #include <algorithm>
@@ -42,7 +43,8 @@ constexpr std::size_t kPerChunk = kChunk / kLanes;
 static_assert(kChunk % kLanes == 0, "a chunk is a whole number of vectors");
 
 // Below this many input values a call runs on the caller's thread: starting workers costs
-// microseconds, about what a core quantizes in 64 K values (256 KiB).
+// microseconds, and 64 K values (256 KiB) take one core about 20 us through the key quantizers
+// (bench_quantize's one-thread rate on the Zen 5 VM, ~12 GB/s), so a second worker pays off.
 constexpr std::size_t kParallelValues = std::size_t{1} << 16;
 // Columns of the mean are given to workers in blocks of 64 floats (a 256-byte stretch of every
 // row, whole cache lines of the double sums).
