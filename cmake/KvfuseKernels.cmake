@@ -2,7 +2,7 @@
 # a generated translation unit that sets the ISA namespace, the xsimd architecture and the
 # compiler flags. dispatch/ then calls <isa>::register_<name>() through a generated registry.
 
-set(KVFUSE_KERNELS rope attention topk score gemm)
+set(KVFUSE_KERNELS rope attention topk score quantize gemm)
 
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   set(_default_isas avx2 avx512)

@@ -1,11 +1,9 @@
-// C API of quantized scoring: the int8 quantizers (ISA-neutral: run once per stored chunk) and
-// the A3 relevance through the kernel table.
-#include <cmath>
+// C API of quantized scoring: the int8/int4 quantizers and the A3 relevance, each through the
+// kernel table.
 #include <cstring>
 #include <limits>
 #include <new>
 #include <string>
-#include <vector>
 
 #include "dispatch/api_checks.h"
 #include "dispatch/context.h"
@@ -14,7 +12,6 @@
 #include "dispatch/struct_versions.h"
 #include "kernels/common/relevance_segments.h"
 #include "kvfuse/kvfuse.h"
-#include "reference/score_reference.h"
 
 namespace {
 
@@ -48,24 +45,15 @@ kvfuse_status check_float_pointers(std::initializer_list<std::pair<const char*, 
 
 namespace {
 
-// Both key quantizers: per-head mean over tokens removed, then `quantize` per (token, head).
-template <class Quantize>
+// Both key quantizers through the kernel table, on the calling thread's default context.
 kvfuse_status quantize_keys(const float* keys, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim,
-                            std::size_t token_stride, float* scales, float* means, Quantize quantize) {
+                            std::size_t token_stride, int bits, void* out, float* scales, float* means) {
     if (auto s = check_float_pointers({{"keys", keys}, {"scales", scales}, {"means", means}}); s != KVFUSE_OK) return s;
-    {
-        std::vector<double> mean(kv_heads * head_dim, 0.0);
-        for (std::size_t t = 0; t < tokens; ++t)
-            for (std::size_t e = 0; e < kv_heads * head_dim; ++e) mean[e] += keys[t * token_stride + e];
-        for (std::size_t e = 0; e < mean.size(); ++e) means[e] = static_cast<float>(mean[e] / static_cast<double>(tokens));
-        std::vector<float> centred(head_dim);
-        for (std::size_t t = 0; t < tokens; ++t)
-            for (std::size_t h = 0; h < kv_heads; ++h) {
-                for (std::size_t d = 0; d < head_dim; ++d)
-                    centred[d] = keys[t * token_stride + h * head_dim + d] - means[h * head_dim + d];
-                scales[t * kv_heads + h] = quantize(centred.data(), t * kv_heads + h);
-            }
-    }
+    kvfuse::detail::ContextCall call(nullptr);
+    if (call.status() != KVFUSE_OK) return call.status();
+    const kvfuse::detail::KernelTable* kernels = nullptr;
+    if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
+    kernels->quantize_keys(call.context(), keys, tokens, kv_heads, head_dim, token_stride, bits, out, scales, means);
     return KVFUSE_OK;
 }
 
@@ -80,9 +68,7 @@ kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t k
         if (tokens == 0) return KVFUSE_OK;
         if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
             return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
-        return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, scales, means, [&](const float* x, std::size_t at) {
-            return kvfuse::reference::quantize_i8(x, head_dim, out + at * head_dim);
-    });
+        return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, 8, out, scales, means);
     });
 }
 
@@ -94,10 +80,7 @@ kvfuse_status kvfuse_quantize_keys_i4(const float* keys, size_t tokens, size_t k
         if (tokens == 0) return KVFUSE_OK;
         if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
             return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
-        const std::size_t packed = (head_dim + 1) / 2;
-        return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, scales, means, [&](const float* x, std::size_t at) {
-            return kvfuse::reference::quantize_i4(x, head_dim, out + at * packed);
-    });
+        return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, 4, out, scales, means);
     });
 }
 
@@ -109,10 +92,11 @@ kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads,
         if (x == nullptr || out == nullptr || scales == nullptr)
             return fail(KVFUSE_ERROR_NULL_POINTER, "x, out and scales are required");
         if (auto s = check_float_pointers({{"x", x}, {"scales", scales}}); s != KVFUSE_OK) return s;
-        for (std::size_t r = 0; r < rows; ++r)
-            for (std::size_t h = 0; h < heads; ++h)
-                scales[r * heads + h] =
-                    kvfuse::reference::quantize_i8(x + r * row_stride + h * head_dim, head_dim, out + (r * heads + h) * head_dim);
+        kvfuse::detail::ContextCall call(nullptr);
+        if (call.status() != KVFUSE_OK) return call.status();
+        const kvfuse::detail::KernelTable* kernels = nullptr;
+        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
+        kernels->quantize_rows(call.context(), x, rows, heads, head_dim, row_stride, out, scales);
         return KVFUSE_OK;
     });
 }

@@ -122,9 +122,12 @@ void compose_locked(KernelChoices& c, const KernelTable& base) {
     t.relevance = relevance.relevance;
     t.int8_dot = relevance.int8_dot;
     t.int4_dot = relevance.int4_dot;
+    t.quantize_keys = relevance.quantize_keys;
+    t.quantize_rows = relevance.quantize_rows;
     auto same = [&t](const KernelTable& o) {
         return o.isa == t.isa && o.rope_rotate == t.rope_rotate && o.sparse_attention == t.sparse_attention &&
-               o.topk == t.topk && o.relevance == t.relevance && o.int8_dot == t.int8_dot && o.int4_dot == t.int4_dot;
+               o.topk == t.topk && o.relevance == t.relevance && o.int8_dot == t.int8_dot && o.int4_dot == t.int4_dot &&
+               o.quantize_keys == t.quantize_keys && o.quantize_rows == t.quantize_rows;
     };
     for (const KernelTable& known : c.composed)
         if (same(known)) {

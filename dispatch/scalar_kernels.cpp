@@ -35,6 +35,17 @@ void topk_scalar(const float* scores, std::size_t n, std::size_t k, kvfuse_topk_
 
 void relevance_scalar(kvfuse_context& /*context*/, const kvfuse_relevance_args& args) { reference::a3_relevance(args); }
 
+void quantize_keys_scalar(kvfuse_context& /*context*/, const float* keys, std::size_t tokens, std::size_t heads,
+                          std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales,
+                          float* means) {
+    reference::quantize_keys(keys, tokens, heads, head_dim, token_stride, bits, out, scales, means);
+}
+
+void quantize_rows_scalar(kvfuse_context& /*context*/, const float* x, std::size_t rows, std::size_t heads,
+                          std::size_t head_dim, std::size_t row_stride, std::int8_t* out, float* scales) {
+    reference::quantize_rows_i8(x, rows, heads, head_dim, row_stride, out, scales);
+}
+
 // The reference reads plain rows: each row of W is unpacked in turn (exactly) and gives one
 // column of C.
 void gemm_scalar(const kvfuse_packed_weights& packed, const float* a, std::size_t n, std::size_t lda, float beta,
@@ -60,6 +71,8 @@ void register_scalar_kernels(KernelTable& table) {
     table.sparse_attention = &sparse_attention_scalar;
     table.topk = &topk_scalar;
     table.relevance = &relevance_scalar;
+    table.quantize_keys = &quantize_keys_scalar;
+    table.quantize_rows = &quantize_rows_scalar;
     table.gemm = &gemm_scalar;
 }
 

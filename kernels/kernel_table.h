@@ -36,6 +36,16 @@ using TopkFn = void (*)(const float* scores, std::size_t n, std::size_t k, kvfus
 // A3 relevance; arguments already validated.
 using RelevanceFn = void (*)(kvfuse_context& context, const kvfuse_relevance_args& args);
 
+// kvfuse_quantize_keys_i8 (bits 8) / _i4 (bits 4): per-(head, dim) mean over tokens removed,
+// then symmetric int8 / packed int4 per (token, head), bit for bit as reference::quantize_keys.
+// tokens > 0, arguments validated by the API layer.
+using QuantizeKeysFn = void (*)(kvfuse_context& context, const float* keys, std::size_t tokens, std::size_t heads,
+                                std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales,
+                                float* means);
+// kvfuse_quantize_rows_i8 (no mean), bit for bit as reference::quantize_rows_i8; rows > 0.
+using QuantizeRowsFn = void (*)(kvfuse_context& context, const float* x, std::size_t rows, std::size_t heads,
+                                std::size_t head_dim, std::size_t row_stride, std::int8_t* out, float* scales);
+
 // C[n x out] = A[n x in] W^T, plus beta C (beta = 0: C is not read), with W packed
 // (kernels/gemm/gemm_packed.h). lda >= in, ldc >= out, n > 0, validated by the API layer.
 // threads > 0: that many threads (at most); 0: the OpenMP default, one thread for small products.
@@ -55,6 +65,9 @@ struct KernelTable {
     // reference.
     const char* int8_dot = "reference";
     const char* int4_dot = "reference";
+    // The quantizers that feed `relevance` (chosen with it by kvfuse_set_kernel_isa).
+    QuantizeKeysFn quantize_keys = nullptr;
+    QuantizeRowsFn quantize_rows = nullptr;
     GemmFn gemm = nullptr;
     // How `gemm` multiplies bf16 weights: "dpbf16ps" (AVX512-BF16), "widened_fma" (pairs widened
     // to f32 in registers) or "reference".

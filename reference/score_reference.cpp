@@ -28,6 +28,31 @@ float quantize_i4(const float* x, std::size_t n, std::uint8_t* out) {
     return scale;
 }
 
+void quantize_keys(const float* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,
+                   std::size_t token_stride, int bits, void* out, float* scales, float* means) {
+    const std::size_t row = heads * head_dim, packed = (head_dim + 1) / 2;
+    std::vector<double> sum(row, 0.0);
+    for (std::size_t t = 0; t < tokens; ++t)
+        for (std::size_t e = 0; e < row; ++e) sum[e] += keys[t * token_stride + e];
+    for (std::size_t e = 0; e < row; ++e) means[e] = static_cast<float>(sum[e] / static_cast<double>(tokens));
+    std::vector<float> centred(head_dim);
+    for (std::size_t t = 0; t < tokens; ++t)
+        for (std::size_t h = 0; h < heads; ++h) {
+            for (std::size_t d = 0; d < head_dim; ++d)
+                centred[d] = keys[t * token_stride + h * head_dim + d] - means[h * head_dim + d];
+            const std::size_t at = t * heads + h;
+            scales[at] = bits == 8 ? quantize_i8(centred.data(), head_dim, static_cast<std::int8_t*>(out) + at * head_dim)
+                                   : quantize_i4(centred.data(), head_dim, static_cast<std::uint8_t*>(out) + at * packed);
+        }
+}
+
+void quantize_rows_i8(const float* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
+                      std::size_t row_stride, std::int8_t* out, float* scales) {
+    for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t h = 0; h < heads; ++h)
+            scales[r * heads + h] = quantize_i8(x + r * row_stride + h * head_dim, head_dim, out + (r * heads + h) * head_dim);
+}
+
 std::int32_t unpack_i4(const std::uint8_t* packed, std::size_t i) {
     const std::int32_t v = (packed[i / 2] >> (4 * (i % 2))) & 15;
     return v >= 8 ? v - 16 : v;

@@ -15,6 +15,15 @@ void a3_relevance(const kvfuse_relevance_args& args);
 float quantize_i8(const float* x, std::size_t n, std::int8_t* out);
 // Symmetric int4 of n values packed two per byte (low nibble first): scale = max|x| / 7.
 float quantize_i4(const float* x, std::size_t n, std::uint8_t* out);
+// kvfuse_quantize_keys_i8 (bits 8: int8 out, head_dim bytes per (token, head)) and _i4 (bits 4:
+// (head_dim + 1) / 2 packed bytes per (token, head)): each (head, dim)'s mean over tokens,
+// summed in double in token order, removed in f32, then quantize_i8 / quantize_i4 per
+// (token, head). The SIMD kernels (kernels/quantize/) match this bit for bit.
+void quantize_keys(const float* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,
+                   std::size_t token_stride, int bits, void* out, float* scales, float* means);
+// kvfuse_quantize_rows_i8: quantize_i8 per (row, head), no mean.
+void quantize_rows_i8(const float* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
+                      std::size_t row_stride, std::int8_t* out, float* scales);
 // Element i of int4 values packed as above.
 std::int32_t unpack_i4(const std::uint8_t* packed, std::size_t i);
 

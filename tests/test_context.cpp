@@ -209,6 +209,36 @@ TEST_P(ContextIsaTest, CallsAllocateNothingAfterWarmUp) {
               0);
 }
 
+// The quantizers (no context argument: the thread's default context) allocate nothing after a
+// warm-up call, on one worker and on several (a call above the kernel's 64 K-value threshold).
+TEST_P(ContextIsaTest, QuantizersAllocateNothingAfterWarmUp) {
+    if (!KVFUSE_TEST_OWNS_MALLOC) GTEST_SKIP() << "a sanitizer owns malloc";
+    if (GetParam().isa == Isa::scalar) GTEST_SKIP() << "the scalar ISA runs the reference, which allocates";
+    const std::size_t heads = 8, dim = 128;
+    std::vector<float> keys(300 * heads * dim), scales(300 * heads), means(heads * dim);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal;
+    for (float& k : keys) k = normal(rng);
+    std::vector<std::int8_t> out8(keys.size());
+    std::vector<std::uint8_t> out4(keys.size() / 2);
+    auto calls = [&] {
+        for (std::size_t tokens : {3, 300}) {
+            ASSERT_EQ(kvfuse_quantize_keys_i8(keys.data(), tokens, heads, dim, heads * dim, out8.data(), scales.data(),
+                                              means.data()),
+                      KVFUSE_OK);
+            ASSERT_EQ(kvfuse_quantize_keys_i4(keys.data(), tokens, heads, dim, heads * dim, out4.data(), scales.data(),
+                                              means.data()),
+                      KVFUSE_OK);
+            ASSERT_EQ(kvfuse_quantize_rows_i8(keys.data(), tokens, heads, dim, heads * dim, out8.data(), scales.data()),
+                      KVFUSE_OK);
+        }
+    };
+    kvfuse::testing::at_thread_counts([&](int) {
+        calls();  // warm-up (the default context's scratch, an OpenMP team of this size)
+        EXPECT_EQ(count_allocations(calls), 0);
+    });
+}
+
 // The engine's parallel-for: tasks run here one after another in reverse order, or on fresh
 // std::threads at once. Either way the result is the reference's and OpenMP starts nothing.
 struct Pool {

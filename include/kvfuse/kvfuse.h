@@ -311,7 +311,13 @@ KVFUSE_API kvfuse_status kvfuse_topk_batched(const float* scores, size_t rows, s
  * contiguous), one scale per (token, KV head) and one mean per (KV head, dim). Each KV head's
  * mean over tokens is subtracted first: exact for softmax (it shifts every logit of a query
  * row by the same amount) and it removes the large shared components that would otherwise
- * dominate the int8 range. Then symmetric int8: scale = max|x| / 127, round to nearest. */
+ * dominate the int8 range. Then symmetric int8: scale = max|x| / 127, q = x / scale clamped to
+ * [-127, 127] and rounded half to even (as lrint in the default rounding mode). A head of
+ * zeros has scale 0 and quantizes to 0. Non-finite input never fails: max|x| ignores NaN; a
+ * value whose quotient is NaN (a NaN, or an infinity over an infinite scale) quantizes to +127;
+ * an infinity gives its head an infinite scale (its finite values quantize to 0). Here a
+ * non-finite key also makes its column's mean non-finite, so it reaches that column in every
+ * token. */
 KVFUSE_API kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t kv_heads,
                                                  size_t head_dim, size_t token_stride, int8_t* out,
                                                  float* scales, float* means);

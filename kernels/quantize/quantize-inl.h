@@ -1,0 +1,305 @@
+// The int8 / int4 quantizers (kvfuse_quantize_keys_i8, _i4, kvfuse_quantize_rows_i8) written
+// once on the xsimd architecture, with intrinsics where xsimd 8.1 has no operation or not the
+// right one: int32 lanes narrowed to bytes, f32 widened to f64, a max / min whose NaN rule is
+// std::fmax's, a horizontal max, and on NEON a correctly rounded division. Included once per ISA by a CMake-generated unit that
+// defines KVFUSE_ISA_NAMESPACE and KVFUSE_XSIMD_ARCH; no include guard on purpose (see rope-inl.h).
+//
+// Bit for bit the reference (reference::quantize_keys / quantize_rows_i8):
+// * the mean of each (head, dim) column is summed in double in token order (f32 -> f64 is exact,
+//   each lane adds its column's values in the reference's order) and divided in double, then
+//   rounded to f32 once; workers split the columns, never the tokens, so the order holds;
+// * max|x| ignores NaN (as std::fmax does) and a max is exact in any order;
+// * x / scale is a true IEEE division (never a multiply by the reciprocal, nor xsimd's NEON
+//   `/`, which is one: `divide` below); NaN quotients become +limit (std::fmin(limit, NaN) is
+//   limit), the clamp is exact, and the rounding is
+//   cvtps2dq / fcvtns: round half to even, as std::lrint in the default rounding mode;
+// * tails shorter than 16 values run the reference's scalar expression.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <xsimd/xsimd.hpp>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
+#include "kernels/call_context.h"
+#include "kernels/common/workers.h"
+#include "kernels/kernel_table.h"
+
+namespace kvfuse::KVFUSE_ISA_NAMESPACE {
+namespace {
+
+using Arch = KVFUSE_XSIMD_ARCH;
+using F32s = xsimd::batch<float, Arch>;
+using F64s = xsimd::batch<double, Arch>;
+using I32s = xsimd::batch<std::int32_t, Arch>;
+constexpr std::size_t kLanes = F32s::size;
+// Values quantized together: 16 bytes of int8 (one 128-bit store), 8 bytes of packed int4.
+constexpr std::size_t kChunk = 16;
+constexpr std::size_t kPerChunk = kChunk / kLanes;
+static_assert(kChunk % kLanes == 0, "a chunk is a whole number of vectors");
+
+// Below this many input values a call runs on the caller's thread: starting workers costs
+// microseconds, and 64 K values (256 KiB) take one core about 20 us through the key quantizers
+// (bench_quantize's one-thread rate on the Zen 5 VM, ~12 GB/s), so a second worker pays off.
+constexpr std::size_t kParallelValues = std::size_t{1} << 16;
+// Columns of the mean are given to workers in blocks of 64 floats (a 256-byte stretch of every
+// row, whole cache lines of the double sums).
+constexpr std::size_t kColumnBlock = 64;
+
+// --- the ISA-specific pieces ----------------------------------------------------------------
+
+#if defined(__AVX512F__)
+using Bytes16 = __m128i;
+// kPerChunk int32 vectors of values in [-127, 127] -> their 16 int8 values in order.
+inline Bytes16 narrow_to_bytes(const I32s* q) { return _mm512_cvtepi32_epi8(q[0]); }
+inline void store_bytes(void* dst, Bytes16 b) { _mm_storeu_si128(static_cast<__m128i*>(dst), b); }
+// 16 int8 values in [-7, 7] -> 8 bytes, value 2i in the low nibble of byte i, 2i + 1 in the high.
+inline void store_nibbles(void* dst, Bytes16 b) {
+    const __m128i low = _mm_and_si128(b, _mm_set1_epi16(0x000f));
+    const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi16(0x00f0));
+    _mm_storel_epi64(static_cast<__m128i*>(dst), _mm_packus_epi16(_mm_or_si128(low, high), _mm_setzero_si128()));
+}
+// IEEE division, rounded once (divps).
+inline F32s divide(F32s a, F32s b) { return a / b; }
+// max(best, a) lane by lane, keeping best where a is NaN (best is never NaN), as std::fmax:
+// maxps returns its second operand when either is NaN.
+inline F32s max_skipping_nan(F32s best, F32s a) { return _mm512_max_ps(a, best); }
+// v clamped to [-limit, limit], NaN to +limit, as std::fmax(-limit, std::fmin(limit, v)):
+// minps returns its second operand, limit, for a NaN v.
+inline F32s clamp_nan_high(F32s v, F32s limit) { return _mm512_max_ps(_mm512_min_ps(v, limit), -limit); }
+// The largest lane of non-negative, non-NaN lanes.
+inline float reduce_max(F32s v) { return _mm512_reduce_max_ps(v); }
+inline void widen(F32s v, F64s& low, F64s& high) {
+    low = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+#elif defined(__AVX2__)
+using Bytes16 = __m128i;
+inline Bytes16 narrow_to_bytes(const I32s* q) {
+    // packs works within 128-bit lanes: [a0-3 b0-3 | a4-7 b4-7] -> 64-bit quarters 0, 2, 1, 3.
+    const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xd8);
+    return _mm_packs_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+}
+inline void store_bytes(void* dst, Bytes16 b) { _mm_storeu_si128(static_cast<__m128i*>(dst), b); }
+inline void store_nibbles(void* dst, Bytes16 b) {
+    const __m128i low = _mm_and_si128(b, _mm_set1_epi16(0x000f));
+    const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi16(0x00f0));
+    _mm_storel_epi64(static_cast<__m128i*>(dst), _mm_packus_epi16(_mm_or_si128(low, high), _mm_setzero_si128()));
+}
+inline F32s divide(F32s a, F32s b) { return a / b; }
+inline F32s max_skipping_nan(F32s best, F32s a) { return _mm256_max_ps(a, best); }
+inline F32s clamp_nan_high(F32s v, F32s limit) { return _mm256_max_ps(_mm256_min_ps(v, limit), -limit); }
+inline float reduce_max(F32s v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+inline void widen(F32s v, F64s& low, F64s& high) {
+    low = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    high = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+}
+#elif defined(__ARM_NEON)
+using Bytes16 = int8x16_t;
+inline Bytes16 narrow_to_bytes(const I32s* q) {
+    const int16x8_t a = vcombine_s16(vmovn_s32(q[0]), vmovn_s32(q[1]));
+    const int16x8_t b = vcombine_s16(vmovn_s32(q[2]), vmovn_s32(q[3]));
+    return vcombine_s8(vmovn_s16(a), vmovn_s16(b));
+}
+inline void store_bytes(void* dst, Bytes16 b) { vst1q_s8(static_cast<std::int8_t*>(dst), b); }
+inline void store_nibbles(void* dst, Bytes16 b) {
+    const uint16x8_t w = vreinterpretq_u16_s8(b);
+    const uint16x8_t packed = vorrq_u16(vandq_u16(w, vdupq_n_u16(0x000f)), vandq_u16(vshrq_n_u16(w, 4), vdupq_n_u16(0x00f0)));
+    vst1_u8(static_cast<std::uint8_t*>(dst), vmovn_u16(packed));
+}
+// fdiv: xsimd 8.1's float `/` on NEON is a reciprocal estimate and two Newton steps (not
+// correctly rounded, and a subnormal divisor's estimate overflows), so it is not the
+// reference's x / scale.
+inline F32s divide(F32s a, F32s b) { return vdivq_f32(a, b); }
+// fmaxnm / fminnm are IEEE maxNum / minNum: a NaN operand gives the other, as std::fmax/fmin.
+inline F32s max_skipping_nan(F32s best, F32s a) { return vmaxnmq_f32(best, a); }
+inline F32s clamp_nan_high(F32s v, F32s limit) { return vmaxnmq_f32(vminnmq_f32(v, limit), -limit); }
+inline float reduce_max(F32s v) { return vmaxvq_f32(v); }
+inline void widen(F32s v, F64s& low, F64s& high) {
+    low = vcvt_f64_f32(vget_low_f32(v));
+    high = vcvt_high_f64_f32(v);
+}
+#else
+#error "quantize-inl.h: no byte narrowing for this ISA"
+#endif
+
+// --- one (token, head) ----------------------------------------------------------------------
+
+// x[i] - mean[i] in f32 (the reference's `centred`), or x[i] when there is no mean.
+template <bool kCentred>
+inline F32s centred(const float* x, const float* mean, std::size_t i) {
+    if constexpr (kCentred)
+        return F32s::load_unaligned(x + i) - F32s::load_unaligned(mean + i);
+    else
+        return F32s::load_unaligned(x + i);
+}
+template <bool kCentred>
+inline float centred_one(const float* x, const float* mean, std::size_t i) {
+    if constexpr (kCentred)
+        return x[i] - mean[i];
+    else
+        return x[i];
+}
+
+template <bool kCentred>
+float max_abs(const float* x, const float* mean, std::size_t n) {
+    // Two chains, so that compare + blend latency does not bound a head of 8 vectors.
+    F32s best0(0.0f), best1(0.0f);
+    std::size_t i = 0;
+    for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+        const F32s a0 = xsimd::abs(centred<kCentred>(x, mean, i));
+        const F32s a1 = xsimd::abs(centred<kCentred>(x, mean, i + kLanes));
+        best0 = max_skipping_nan(best0, a0);
+        best1 = max_skipping_nan(best1, a1);
+    }
+    if (i + kLanes <= n) {
+        const F32s a = xsimd::abs(centred<kCentred>(x, mean, i));
+        best0 = max_skipping_nan(best0, a);
+        i += kLanes;
+    }
+    float m = reduce_max(max_skipping_nan(best0, best1));
+    for (; i < n; ++i) m = std::fmax(m, std::fabs(centred_one<kCentred>(x, mean, i)));
+    return m;
+}
+
+// The reference's expression for one value.
+inline long rounded_one(float c, float scale, float limit) {
+    return std::lrint(std::fmax(-limit, std::fmin(limit, c / scale)));
+}
+
+template <bool kCentred>
+inline Bytes16 rounded_chunk(const float* x, const float* mean, std::size_t i, F32s scale, F32s limit) {
+    I32s q[kPerChunk];
+    for (std::size_t k = 0; k < kPerChunk; ++k) {
+        const F32s v = divide(centred<kCentred>(x, mean, i + k * kLanes), scale);
+        q[k] = xsimd::nearbyint_as_int(clamp_nan_high(v, limit));
+    }
+    return narrow_to_bytes(q);
+}
+
+// Returns the scale; writes n int8 values (bits 8) or (n + 1) / 2 packed bytes (bits 4).
+template <int kBits, bool kCentred>
+float quantize_head(const float* x, const float* mean, std::size_t n, void* out) {
+    constexpr float kLimit = kBits == 8 ? 127.0f : 7.0f;
+    const float scale = max_abs<kCentred>(x, mean, n) / kLimit;
+    auto* bytes = static_cast<std::uint8_t*>(out);
+    if (!(scale > 0.0f)) {
+        std::memset(bytes, 0, kBits == 8 ? n : (n + 1) / 2);
+        return scale;
+    }
+    const F32s vscale(scale), vlimit(kLimit);
+    std::size_t i = 0;
+    for (; i + kChunk <= n; i += kChunk) {
+        const Bytes16 b = rounded_chunk<kCentred>(x, mean, i, vscale, vlimit);
+        if constexpr (kBits == 8)
+            store_bytes(bytes + i, b);
+        else
+            store_nibbles(bytes + i / 2, b);
+    }
+    if constexpr (kBits == 8) {
+        for (; i < n; ++i)
+            bytes[i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(rounded_one(centred_one<kCentred>(x, mean, i), scale, kLimit)));
+    } else {
+        for (; i < n; i += 2) {
+            const long low = rounded_one(centred_one<kCentred>(x, mean, i), scale, kLimit);
+            const long high = i + 1 < n ? rounded_one(centred_one<kCentred>(x, mean, i + 1), scale, kLimit) : 0;
+            bytes[i / 2] = static_cast<std::uint8_t>((static_cast<unsigned>(low) & 15u) | ((static_cast<unsigned>(high) & 15u) << 4));
+        }
+    }
+    return scale;
+}
+
+// --- whole calls ----------------------------------------------------------------------------
+
+std::size_t workers_for(const kvfuse_context& context, std::size_t values, std::size_t parts) {
+    if (values < kParallelValues) return 1;
+    const std::size_t workers = detail::context_workers(context);
+    return workers < parts ? workers : parts;
+}
+
+// Columns [begin, end) of the per-column means: f64 sums in token order, then one division.
+// Tokens go in tiles of kTokenTile rows read side by side, so that each vector of sums is
+// loaded and stored once per tile, not once per token.
+constexpr std::size_t kTokenTile = 8;
+void column_means(const float* keys, std::size_t tokens, std::size_t token_stride, std::size_t begin, std::size_t end,
+                  double* sums, float* means) {
+    for (std::size_t c = begin; c < end; ++c) sums[c] = 0.0;
+    constexpr std::size_t kHalf = F64s::size;
+    for (std::size_t t0 = 0; t0 < tokens; t0 += kTokenTile) {
+        const std::size_t t1 = std::min(tokens, t0 + kTokenTile);
+        const float* tile = keys + t0 * token_stride;
+        std::size_t c = begin;
+        for (; c + kLanes <= end; c += kLanes) {
+            F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
+            for (std::size_t t = 0; t < t1 - t0; ++t) {
+                F64s low, high;
+                widen(F32s::load_unaligned(tile + t * token_stride + c), low, high);
+                low_sum += low;
+                high_sum += high;
+            }
+            low_sum.store_unaligned(sums + c);
+            high_sum.store_unaligned(sums + c + kHalf);
+        }
+        for (; c < end; ++c)
+            for (std::size_t t = 0; t < t1 - t0; ++t) sums[c] += tile[t * token_stride + c];
+    }
+    for (std::size_t c = begin; c < end; ++c) means[c] = static_cast<float>(sums[c] / static_cast<double>(tokens));
+}
+
+template <int kBits, bool kCentred>
+void quantize_tokens(const kvfuse_context& context, const float* x, std::size_t tokens, std::size_t heads,
+                     std::size_t head_dim, std::size_t stride, void* out, float* scales, const float* means) {
+    const std::size_t head_bytes = kBits == 8 ? head_dim : (head_dim + 1) / 2;
+    const std::size_t workers = workers_for(context, tokens * heads * head_dim, tokens);
+    auto quantize_range = [&](std::size_t worker) {
+        for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t)
+            for (std::size_t h = 0; h < heads; ++h) {
+                const std::size_t at = t * heads + h;
+                scales[at] = quantize_head<kBits, kCentred>(x + t * stride + h * head_dim,
+                                                            kCentred ? means + h * head_dim : nullptr, head_dim,
+                                                            static_cast<std::uint8_t*>(out) + at * head_bytes);
+            }
+    };
+    detail::run_workers(context, workers, quantize_range);
+}
+
+void quantize_keys(kvfuse_context& context, const float* keys, std::size_t tokens, std::size_t heads,
+                   std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales, float* means) {
+    const std::size_t columns = heads * head_dim;
+    // The only memory: the f64 column sums, in the context's scratch (kept across calls).
+    auto* sums = static_cast<double*>(detail::context_scratch(context, columns * sizeof(double)));
+    const std::size_t blocks = (columns + kColumnBlock - 1) / kColumnBlock;
+    const std::size_t mean_workers = workers_for(context, tokens * columns, blocks);
+    auto mean_range = [&](std::size_t worker) {
+        const std::size_t begin = blocks * worker / mean_workers * kColumnBlock;
+        const std::size_t end = std::min(columns, blocks * (worker + 1) / mean_workers * kColumnBlock);
+        column_means(keys, tokens, token_stride, begin, end, sums, means);
+    };
+    detail::run_workers(context, mean_workers, mean_range);
+    if (bits == 8)
+        quantize_tokens<8, true>(context, keys, tokens, heads, head_dim, token_stride, out, scales, means);
+    else
+        quantize_tokens<4, true>(context, keys, tokens, heads, head_dim, token_stride, out, scales, means);
+}
+
+void quantize_rows(kvfuse_context& context, const float* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
+                   std::size_t row_stride, std::int8_t* out, float* scales) {
+    quantize_tokens<8, false>(context, x, rows, heads, head_dim, row_stride, out, scales, nullptr);
+}
+
+}  // namespace
+
+void register_quantize(detail::KernelTable& table) {
+    table.quantize_keys = &quantize_keys;
+    table.quantize_rows = &quantize_rows;
+}
+
+}  // namespace kvfuse::KVFUSE_ISA_NAMESPACE
