@@ -52,6 +52,12 @@ using QuantizeRowsFn = void (*)(kvfuse_context& context, const float* x, std::si
 using GemmFn = void (*)(const kvfuse_packed_weights& w, const float* a, std::size_t n, std::size_t lda, float beta,
                         float* c, std::size_t ldc, int threads);
 
+// Between two stores of a register_* function. Those functions run on every CPU (start-up
+// builds the table of every ISA compiled in, supported or not), so they must hold no instruction
+// of their ISA; without a barrier the compiler may merge adjacent pointer stores into one vector
+// store (GCC did, with vmovq/vpinsrq, in avx2's register_quantize: SIGILL on a CPU without AVX).
+#define KVFUSE_REGISTER_STORE_BARRIER() asm volatile("" ::: "memory")
+
 struct KernelTable {
     kvfuse_isa isa = KVFUSE_ISA_SCALAR;
     // Which objects fill it: the ISA's name, or a variant's ("avx2_vnni") once one registered.

@@ -371,6 +371,7 @@ void gemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, st
 
 void register_gemm(detail::KernelTable& table) {
     table.gemm = &gemm;
+    KVFUSE_REGISTER_STORE_BARRIER();
     table.gemm_bf16_scheme = kBf16Dot ? "dpbf16ps" : "widened_fma";
 }
 

@@ -299,6 +299,7 @@ void quantize_rows(kvfuse_context& context, const float* x, std::size_t rows, st
 
 void register_quantize(detail::KernelTable& table) {
     table.quantize_keys = &quantize_keys;
+    KVFUSE_REGISTER_STORE_BARRIER();
     table.quantize_rows = &quantize_rows;
 }
 

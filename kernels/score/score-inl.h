@@ -983,7 +983,9 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
 
 void register_score(detail::KernelTable& table) {
     table.relevance = &relevance;
+    KVFUSE_REGISTER_STORE_BARRIER();
     table.int8_dot = detail::score_dot_name(kBestInt8Dot);
+    KVFUSE_REGISTER_STORE_BARRIER();
     table.int4_dot = detail::score_dot_name(kBestInt4Dot);
 }
 
