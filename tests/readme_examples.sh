@@ -3,6 +3,8 @@
 # ```c and ```cpp block of README.md is a whole program, built against the public headers and
 # the shared library.
 # Usage: readme_examples.sh README.md libkvfuse.so include_dir...
+# EXAMPLE_FLAGS (environment) is added to every compile and link: a sanitizer build passes its
+# -fsanitize flags, since a sanitized library needs the sanitizer runtime first in the program.
 set -euo pipefail
 readme=$1
 library=$2
@@ -26,9 +28,9 @@ libdir=$(dirname "$library")
 for source in "$work"/*.c "$work"/*.cpp; do
     case $source in
         *.c) cc -std=c99 -Wall -Wextra -pedantic -Werror "${includes[@]}" "$source" -o "$source.bin" \
-                 -L "$libdir" -lkvfuse "-Wl,-rpath,$libdir" ;;
+                 -L "$libdir" -lkvfuse "-Wl,-rpath,$libdir" ${EXAMPLE_FLAGS:-} ;;
         *.cpp) c++ -std=c++17 -Wall -Wextra -Werror "${includes[@]}" "$source" -o "$source.bin" \
-                   -L "$libdir" -lkvfuse "-Wl,-rpath,$libdir" ;;
+                   -L "$libdir" -lkvfuse "-Wl,-rpath,$libdir" ${EXAMPLE_FLAGS:-} ;;
     esac
     "$source.bin"
 done
