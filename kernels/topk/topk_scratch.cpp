@@ -16,7 +16,10 @@ TopkScratch::~TopkScratch() = default;
 void TopkScratch::reserve(std::size_t n, std::size_t k, std::size_t sample_size) {
     values.reserve(n + kMaxLanes);
     indices.reserve(n + kMaxLanes);
-    middle_buckets.reserve(n + kMaxLanes);
+    for (int set = 0; set < 2; ++set) {
+        middle_values[set].reserve(n + kMaxLanes);
+        middle_positions[set].reserve(n + kMaxLanes);
+    }
     histogram.reserve(2 * kMaxBuckets);
     keys.reserve(n + 1);
     sample.reserve(4 * (sample_size + kMaxLanes));

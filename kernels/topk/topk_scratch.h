@@ -24,7 +24,10 @@ struct TopkScratch {
 
     std::vector<float> values;           // scores >= lo, in index order
     std::vector<std::uint32_t> indices;  // their indices
-    std::vector<float> middle_buckets;   // bucket numbers of the candidates <= hi
+    // The candidates in [lo, hi] as the bracket narrows (values, their positions among the
+    // candidates): two sets, one narrowed into the other.
+    std::vector<float> middle_values[2];
+    std::vector<std::uint32_t> middle_positions[2];
     std::vector<std::uint32_t> histogram;
     std::vector<std::uint64_t> keys;
     std::vector<float> sample;
