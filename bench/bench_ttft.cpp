@@ -354,9 +354,9 @@ void ttft_bench(benchmark::State& state, int context) {
     for (std::size_t c = 0; c < chunks; ++c) views.push_back(f.chunk_caches[c].view());
 
     std::vector<Variant> variants = {{"full", Method::full, 1.0},
-                                     {"reuse", Method::reuse, kMainRatio},
-                                     {"epic", Method::epic, kMainRatio},
-                                     {"cacheblend", Method::cacheblend, kMainRatio},
+                                     {"reuse", parse_method("reuse"), kMainRatio},
+                                     {"epic", parse_method("epic"), kMainRatio},
+                                     {"cacheblend", parse_method("cacheblend"), kMainRatio},
                                      {"a3", Method::a3, kMainRatio},
                                      // The same with each layer's stored rows loaded on a thread of
                                      // its own while the layer before is computed.
@@ -451,7 +451,7 @@ void ttft_bench(benchmark::State& state, int context) {
         state.counters[m + "_recompute"] = r.recompute;
         // The ratio only where the method selects by it, so the report needs no copy of kMainRatio.
         // (Not for a3-pipelined: the ratio sweep is a3's alone.)
-        if ((r.variant.method == Method::cacheblend || r.variant.method == Method::a3) && !r.variant.pipelined)
+        if (method_info(r.variant.method).takes_ratio && !r.variant.pipelined)
             state.counters[m + "_ratio"] = r.variant.ratio;
         state.counters[m + "_load_ms"] = r.stages.kv_load;
         if (r.variant.pipelined) state.counters[m + "_background_load_ms"] = r.stages.background_load;
@@ -493,7 +493,7 @@ void print_tables(const Fixture& f) {
         std::fprintf(stderr, "| method | ratio | recompute | TTFT ms | x full | load | rotate | full layers | select | recompute ms | logits | other | dense |\n");
         std::fprintf(stderr, "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (const VariantResult& r : c.variants) {
-            const bool has_ratio = r.variant.method == Method::cacheblend || r.variant.method == Method::a3;
+            const bool has_ratio = method_info(r.variant.method).takes_ratio;
             std::fprintf(stderr, "| %s | %s | %.3f | %.1f | %.2f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |\n",
                          r.variant.label.c_str(), has_ratio ? std::to_string(r.variant.ratio).substr(0, 4).c_str() : "-",
                          r.recompute, r.ttft_ms, r.x_full, r.stages.kv_load, r.stages.rerotate, r.stages.full_layers,

@@ -79,10 +79,12 @@ TEST_P(FusionIdentity, EveryRowSelectedEqualsFullPrefill) {
     const Request r = make_request({9, 14, 7}, 5, 1);
     const auto stored = stored_chunks(model, r);
     const FusionRun full = run(model, r, {}, Method::full);
-    for (Method m : {Method::a3, Method::cacheblend, Method::random, Method::a3_layers, Method::a3_probe}) {
+    for (const MethodInfo& info : method_table()) {
+        if (!info.takes_ratio) continue;  // every method whose selection follows the ratio
+        const Method m = info.method();
         const FusionRun fused = run(model, r, views(stored), m, 1.0);
         EXPECT_EQ(fused.logits, full.logits) << method_name(m);
-        if (m == Method::a3_probe)  // its probe ran the prefix and question rows once more
+        if (m == parse_method("a3-probe"))  // its probe ran the prefix and question rows once more
             EXPECT_GT(fused.recompute_fraction, 1.0);
         else
             EXPECT_DOUBLE_EQ(fused.recompute_fraction, 1.0) << method_name(m);
@@ -107,8 +109,7 @@ TEST_P(FusionIdentity, FullPrefillKvAsStoredCachesEqualsFullPrefillForAnyRows) {
         exact.push_back(view);
         offset += c.size();
     }
-    for (Method m : {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random, Method::a3_layers,
-                     Method::a3_probe})
+    for (Method m : fused_methods())
         for (double ratio : {0.1, 0.3}) {
             const FusionRun fused = run(model, r, exact, m, ratio);
             EXPECT_LT(max_abs_diff(fused.logits, full.logits), 1e-4) << method_name(m) << " " << ratio;
@@ -121,7 +122,7 @@ TEST_P(FusionIdentity, ReuseWithOrWithoutLayerZeroRecomputeAgree) {
     const Request r = make_request({10, 12, 8}, 6, 3);
     const auto stored = stored_chunks(model, r);
     FusionOptions with, without;
-    with.method = without.method = Method::reuse;
+    with.method = without.method = parse_method("reuse");
     without.recompute_layer0 = false;
     const FusionRun a = run_request(model, r, views(stored), with);
     const FusionRun b = run_request(model, r, views(stored), without);
@@ -135,7 +136,7 @@ TEST_P(FusionIdentity, OneChunkFusedByReuseEqualsFullPrefill) {
     const Request r = make_request({25}, 5, 4);
     const auto stored = stored_chunks(model, r);
     const FusionRun full = run(model, r, {}, Method::full);
-    const FusionRun fused = run(model, r, views(stored), Method::reuse);
+    const FusionRun fused = run(model, r, views(stored), parse_method("reuse"));
     EXPECT_LT(max_abs_diff(fused.logits, full.logits), 1e-4);
 }
 
@@ -159,9 +160,9 @@ TEST_P(FusionIdentity, RowAccounting) {
     const Request r = make_request({10, 10, 10}, 5, 6);
     const auto stored = stored_chunks(model, r);
     const std::size_t T = r.total_tokens();
-    const FusionRun reuse = run(model, r, views(stored), Method::reuse);
+    const FusionRun reuse = run(model, r, views(stored), parse_method("reuse"));
     EXPECT_EQ(reuse.rows_per_layer, (std::vector<std::size_t>{T, 6, 6}));
-    for (Method m : {Method::cacheblend, Method::a3, Method::random}) {
+    for (Method m : {parse_method("cacheblend"), Method::a3, parse_method("random")}) {
         const FusionRun fused = run(model, r, views(stored), m, 0.2);
         EXPECT_EQ(fused.selected.size(), static_cast<std::size_t>(std::floor(0.2 * (T - 5)))) << method_name(m);
         EXPECT_TRUE(std::is_sorted(fused.selected.begin(), fused.selected.end()));
@@ -171,7 +172,7 @@ TEST_P(FusionIdentity, RowAccounting) {
         }
     }
     // a3-layers: the set only grows; late joiners are counted in the layers they ran through.
-    const FusionRun layered = run(model, r, views(stored), Method::a3_layers, 0.2);
+    const FusionRun layered = run(model, r, views(stored), parse_method("a3-layers"), 0.2);
     EXPECT_GE(layered.selected.size(), static_cast<std::size_t>(std::floor(0.2 * (T - 5))));
     EXPECT_EQ(layered.rows_per_layer[0], T);
     for (std::size_t l = 2; l < layered.rows_per_layer.size(); ++l)
@@ -179,7 +180,7 @@ TEST_P(FusionIdentity, RowAccounting) {
     EXPECT_EQ(layered.rows_per_layer.back(), layered.selected.size() + 6);
     // a3-probe: the union of the per-layer sets holds the check layer's own top-k; the probe
     // pushed the prefix and question rows through the later layers once more.
-    const FusionRun probed = run(model, r, views(stored), Method::a3_probe, 0.2);
+    const FusionRun probed = run(model, r, views(stored), parse_method("a3-probe"), 0.2);
     const FusionRun one_shot = run(model, r, views(stored), Method::a3, 0.2);
     EXPECT_TRUE(std::includes(probed.selected.begin(), probed.selected.end(), one_shot.selected.begin(), one_shot.selected.end()));
     EXPECT_EQ(probed.rows_per_layer[0], T);
@@ -187,7 +188,7 @@ TEST_P(FusionIdentity, RowAccounting) {
     std::size_t pushed = 0;
     for (std::size_t n : probed.rows_per_layer) pushed += n;
     EXPECT_DOUBLE_EQ(probed.recompute_fraction, static_cast<double>(pushed + 6 * 1) / (3.0 * T));  // layer 1 only: 3 layers
-    const FusionRun epic = run(model, r, views(stored), Method::epic);
+    const FusionRun epic = run(model, r, views(stored), parse_method("epic"));
     EXPECT_EQ(epic.selected.size(), 30u);  // 3 chunks of 10 < 16 tokens each: all of them
 }
 
@@ -253,8 +254,7 @@ TEST_P(FusionIdentity, StoredKeyRelevanceEqualsReRotatedKeyRelevance) {
 TEST_P(FusionIdentity, PipelinedLoadingChangesNothing) {
     const Request r = make_request({13, 8, 11}, 4, 12);
     const auto stored = stored_chunks(model, r);
-    for (Method m : {Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random, Method::a3_layers,
-                     Method::a3_probe})
+    for (Method m : fused_methods())
         for (bool layer0 : {true, false}) {
             FusionOptions o;
             o.method = m;
@@ -284,11 +284,11 @@ TEST_P(FusionIdentity, ReusedNanFilledBuffersGiveTheFreshAnswer) {
         buffer.resize(buffer.capacity());
         std::fill(buffer.begin(), buffer.end(), std::numeric_limits<float>::quiet_NaN());
     };
-    for (Method m : {Method::full, Method::reuse, Method::epic, Method::cacheblend, Method::a3, Method::random,
-                     Method::a3_layers, Method::a3_probe})
+    for (const MethodInfo& info : method_table())
         for (bool layer0 : {true, false})
             for (bool pipelined : {false, true}) {
                 FusionOptions o;
+                const Method m = info.method();
                 o.method = m;
                 o.ratio = 0.25;
                 o.recompute_layer0 = layer0;
@@ -322,17 +322,21 @@ TEST_P(FusionIdentity, ReusedNanFilledBuffersGiveTheFreshAnswer) {
             }
 }
 
-// The method table is what parsing, --help, run and eval read: every method once, names
-// round-trip, full prefill alone selects nowhere, an unknown name is refused with the list.
+// The method table is what parsing, --help, run, eval and the pipeline read: every method once,
+// names round-trip, full prefill alone selects nowhere and has no selector, a join function
+// exactly where rows join at later layers, an unknown name is refused with the list.
 TEST(Fusion, MethodTableNamesEveryMethodOnce) {
     std::vector<std::string> names;
     for (const MethodInfo& info : method_table()) {
-        EXPECT_EQ(parse_method(info.name), info.method) << info.name;
-        EXPECT_STREQ(method_name(info.method), info.name);
-        EXPECT_EQ(&method_info(info.method), &info);
-        EXPECT_EQ(info.where == SelectAt::nowhere, info.method == Method::full) << info.name;
+        EXPECT_EQ(parse_method(info.name), info.method()) << info.name;
+        EXPECT_STREQ(method_name(info.method()), info.name);
+        EXPECT_EQ(&method_info(info.method()), &info);
+        EXPECT_EQ(info.where == SelectAt::nowhere, info.method() == Method::full) << info.name;
+        EXPECT_EQ(info.select == nullptr, info.method() == Method::full) << info.name;
+        EXPECT_EQ(info.join != nullptr, info.where == SelectAt::every_later_layer) << info.name;
         names.push_back(info.name);
     }
+    // The count driver/README.md and fusion/pipeline.h state: change them with it.
     EXPECT_EQ(names.size(), 8u);
     EXPECT_EQ(std::set<std::string>(names.begin(), names.end()).size(), names.size());
     EXPECT_EQ(fused_methods().size(), names.size() - 1);

@@ -101,7 +101,7 @@ TEST_P(ModelTest, FusionIdentitiesHold) {
     all.ratio = 1.0;
     EXPECT_EQ(run_request(model, r, views, all).logits, reference.logits);
     FusionOptions reuse;
-    reuse.method = Method::reuse;
+    reuse.method = parse_method("reuse");
     FusionOptions reuse_no_layer0 = reuse;
     reuse_no_layer0.recompute_layer0 = false;
     const auto a = run_request(model, r, views, reuse).logits;
@@ -135,7 +135,7 @@ TEST(Evaluation, PerLayerKvDeviation) {
     ASSERT_EQ(requests.size(), 2u);
     kvfuse::fusion::ChunkSource chunks(*m.model, nullptr);
     kvfuse::fusion::EvalOptions options;
-    options.methods = {kvfuse::fusion::Method::reuse, kvfuse::fusion::Method::a3};
+    options.methods = {kvfuse::fusion::parse_method("reuse"), kvfuse::fusion::Method::a3};
     options.ratios = {0.15};
     options.decode_tokens = 2;
     const auto result = kvfuse::fusion::evaluate(m, requests, chunks, options, nullptr);

@@ -44,7 +44,7 @@ TEST(ServeApi, FusedRequestWithEveryField) {
     EXPECT_EQ(r.chunks[1].kind, ChunkRef::Kind::id);
     EXPECT_EQ(r.chunks[1].id, id);
     EXPECT_EQ(r.question_tokens, (std::vector<std::int32_t>{5}));
-    EXPECT_EQ(r.method, Method::cacheblend);
+    EXPECT_EQ(r.method, kvfuse::fusion::parse_method("cacheblend"));
     EXPECT_DOUBLE_EQ(r.ratio, 1.0);
     EXPECT_EQ(r.max_tokens, 3u);
     EXPECT_EQ(r.store_only, std::optional<bool>(true));

@@ -13,13 +13,17 @@ namespace kvfuse::cli {
 
 void add_fusion_options(CLI::App& cmd, FusionCliOptions& o) {
     cmd.add_option("--model", o.model, "GGUF model file (default: the bundled stories260K)");
-    cmd.add_option("--check-layer", o.check_layer, "layer where cacheblend and a3 select rows")->check(CLI::Range(1, 1000));
+    std::string at_check_layer;  // the methods that select there, from the method table
+    for (const kvfuse::fusion::MethodInfo& info : kvfuse::fusion::method_table())
+        if (info.where == kvfuse::fusion::SelectAt::check_layer || info.where == kvfuse::fusion::SelectAt::every_later_layer)
+            at_check_layer += (at_check_layer.empty() ? "" : ", ") + std::string(info.name);
+    cmd.add_option("--check-layer", o.check_layer, "layer where " + at_check_layer + " select rows")->check(CLI::Range(1, 1000));
     cmd.add_option("--epic-tokens", o.epic_tokens, "epic: leading tokens of each chunk recomputed")->check(CLI::Range(1, 100000));
     cmd.add_flag("--no-smoothing", o.no_smoothing, "a3: no width-5 moving average of the relevance");
     cmd.add_option("--a3-scoring", o.a3_scoring, "a3: score with f32 keys and queries, or int8 / int4 keys and int8 queries")
         ->check(CLI::IsMember({"f32", "int8", "int4"}));
     cmd.add_option("--a3-layer-keys", o.a3_layer_keys,
-                   "a3-layers: score the chunks' stored keys in their own frame (stored, the quantized form for int8 / int4) "
+                   "a3-layers, a3-probe: at the later layers, score the chunks' stored keys in their own frame (stored, the quantized form for int8 / int4) "
                    "or the fused cache's keys (fused)")
         ->check(CLI::IsMember({"stored", "fused"}));
     cmd.add_flag("--pipelined-load", o.pipelined_loading,

@@ -145,7 +145,8 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
         }
         result.summaries.push_back(summary);
     }
-    // Paired differences on the same requests at equal ratio.
+    // Paired differences on the same requests at equal ratio: the comparisons docs/RESULTS.md
+    // reports (a pair whose methods were not run is skipped).
     const std::pair<const char*, const char*> pairs[] = {{"a3", "cacheblend"}, {"a3", "random"}, {"cacheblend", "random"},
                                                          {"a3-layers", "a3"}, {"a3-layers", "random"},
                                                          {"a3-probe", "a3"}, {"a3-probe", "a3-layers"},
@@ -153,8 +154,8 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
                                                          {"epic", "reuse"}};
     for (double ratio : options.ratios)
         for (const auto& [a, b] : pairs) {
-            const std::string ga = group_name(a, std::string(a) == "epic" ? 0.0 : ratio);
-            const std::string gb = group_name(b, std::string(b) == "reuse" ? 0.0 : ratio);
+            const std::string ga = group_name(a, method_info(parse_method(a)).takes_ratio ? ratio : 0.0);
+            const std::string gb = group_name(b, method_info(parse_method(b)).takes_ratio ? ratio : 0.0);
             if (!groups.count(ga) || !groups.count(gb) || groups[ga].size() != groups[gb].size()) continue;
             for (const auto& [name, field] : fields) {
                 if (std::string(name) != "kl" && std::string(name) != "top1" && std::string(name) != "greedy") continue;

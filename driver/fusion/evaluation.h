@@ -25,7 +25,7 @@ struct EvalOptions {
 struct Measurement {
     std::string request_id;
     std::string method;
-    double ratio = 0;        // 0 for methods that ignore it (full, reuse, epic)
+    double ratio = 0;        // 0 for methods that ignore it (MethodInfo::takes_ratio false)
     double kl = 0;           // mean KL(full || fused) over the question rows
     double top1 = 0;         // fraction of question rows whose argmax agrees
     double greedy = 0;       // tokens equal to full prefill's continuation before the first mismatch

@@ -1,5 +1,7 @@
 #include "fusion/pipeline.h"
 
+#include "fusion/selector.h"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -10,7 +12,6 @@
 #include <cstring>
 #include <numeric>
 #include <mutex>
-#include <random>
 #include <stdexcept>
 #include <thread>
 
@@ -24,48 +25,11 @@ double ms_since(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-void check(const kvfuse::Status& status, const char* what) {
-    if (!status.ok()) throw std::runtime_error(std::string(what) + ": " + status.message());
-}
-
-// Q of `rows` (their positions) against every key of the layer's cache, exact causal mask.
-void attend(const ModelShape& s, const float* q, const std::vector<std::int64_t>& rows, KvCache& cache, int layer,
-            float* out) {
-    attend_rows(s, q, rows, cache.k[static_cast<std::size_t>(layer)].data(), cache.v[static_cast<std::size_t>(layer)].data(),
-                cache.tokens, cache.row, out);
-}
-
-// The k best scores' indices in ascending order; ties go to the lower index, NaN ranks last.
-std::vector<std::int64_t> top_k(const std::vector<float>& scores, std::size_t k) {
-    k = std::min(k, scores.size());
-    if (k == 0) return {};
-    std::vector<std::int64_t> out(k);
-    std::size_t count = 0;
-    check(kvfuse::Status(kvfuse_topk(scores.data(), scores.size(), k, KVFUSE_TOPK_BY_POSITION, out.data(), &count)),
-          "top-k");
-    out.resize(count);
-    return out;
-}
-
 std::vector<std::int64_t> sorted_union(std::vector<std::int64_t> a, const std::vector<std::int64_t>& b) {
     a.insert(a.end(), b.begin(), b.end());
     std::sort(a.begin(), a.end());
     a.erase(std::unique(a.begin(), a.end()), a.end());
     return a;
-}
-
-void gather(const float* src, std::size_t width, const std::vector<std::int64_t>& rows, float* dst) {
-    for (std::size_t i = 0; i < rows.size(); ++i)
-        std::memcpy(dst + i * width, src + static_cast<std::size_t>(rows[i]) * width, width * sizeof(float));
-}
-
-// Fresh K/V of `rows` (k, v: one row each, in order) replace those rows in a layer's cache.
-void scatter_fresh(KvCache& cache, int layer, const std::vector<std::int64_t>& rows, const float* k, const float* v) {
-    const std::size_t L = static_cast<std::size_t>(layer);
-    check(kvfuse::scatter_rows(k, cache.row, rows.data(), rows.size(), cache.k[L].data(), cache.tokens, cache.row, cache.row),
-          "scatter of fresh keys");
-    check(kvfuse::scatter_rows(v, cache.row, rows.data(), rows.size(), cache.v[L].data(), cache.tokens, cache.row, cache.row),
-          "scatter of fresh values");
 }
 
 // Stored chunks into the fused cache, layer by layer: V copied, K re-rotated to its new
@@ -115,7 +79,7 @@ class ChunkLoader {
             load_ms += ms_since(t0);
             t0 = Clock::now();
             const std::int64_t delta = static_cast<std::int64_t>(offsets_[c]) - chunk.start_position;
-            check(kvfuse::rope_rotate_span_copy(s_.rope, chunk.k[L], s_.kv_row(), cache_.k_row(l, offsets_[c]), s_.kv_row(),
+            throw_if_failed(kvfuse::rope_rotate_span_copy(s_.rope, chunk.k[L], s_.kv_row(), cache_.k_row(l, offsets_[c]), s_.kv_row(),
                                                 chunk.tokens, static_cast<std::size_t>(s_.kv_heads), delta),
                   "re-rotation");
             rotate_ms += ms_since(t0);
@@ -157,6 +121,43 @@ class ChunkLoader {
 
 }  // namespace
 
+void throw_if_failed(const kvfuse::Status& status, const char* what) {
+    if (!status.ok()) throw std::runtime_error(std::string(what) + ": " + status.message());
+}
+
+std::vector<std::int64_t> top_rows(std::span<const float> scores, std::size_t k, std::size_t prefix_rows) {
+    k = std::min(k, scores.size());
+    if (k == 0) return {};
+    std::vector<std::int64_t> out(k);
+    std::size_t count = 0;
+    throw_if_failed(kvfuse::Status(kvfuse_topk(scores.data(), scores.size(), k, KVFUSE_TOPK_BY_POSITION, out.data(), &count)),
+                    "top-k");
+    out.resize(count);
+    for (std::int64_t& row : out) row += static_cast<std::int64_t>(prefix_rows);
+    return out;
+}
+
+void gather_rows(const float* src, std::size_t width, std::span<const std::int64_t> rows, float* dst) {
+    for (std::size_t i = 0; i < rows.size(); ++i)
+        std::memcpy(dst + i * width, src + static_cast<std::size_t>(rows[i]) * width, width * sizeof(float));
+}
+
+void scatter_fresh_rows(KvCache& cache, int layer, std::span<const std::int64_t> rows, const float* k, const float* v) {
+    const std::size_t L = static_cast<std::size_t>(layer);
+    throw_if_failed(
+        kvfuse::scatter_rows(k, cache.row, rows.data(), rows.size(), cache.k[L].data(), cache.tokens, cache.row, cache.row),
+        "scatter of fresh keys");
+    throw_if_failed(
+        kvfuse::scatter_rows(v, cache.row, rows.data(), rows.size(), cache.v[L].data(), cache.tokens, cache.row, cache.row),
+        "scatter of fresh values");
+}
+
+void attend_cache(const ModelShape& s, const float* q, std::span<const std::int64_t> rows, KvCache& cache, int layer,
+                  float* out) {
+    attend_rows(s, q, rows, cache.k[static_cast<std::size_t>(layer)].data(), cache.v[static_cast<std::size_t>(layer)].data(),
+                cache.tokens, cache.row, out);
+}
+
 void attend_rows(const ModelShape& s, const float* q, std::span<const std::int64_t> positions, const float* keys,
                  const float* values, std::size_t kv_tokens, std::size_t kv_stride, float* out) {
     kvfuse_attention_args args;
@@ -176,57 +177,8 @@ void attend_rows(const ModelShape& s, const float* q, std::span<const std::int64
     args.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
     args.out = out;
     args.out_row_stride = s.q_row();
-    check(kvfuse::Status(kvfuse_sparse_attention(&args)), "sparse attention");
+    throw_if_failed(kvfuse::Status(kvfuse_sparse_attention(&args)), "sparse attention");
 }
-
-namespace {
-
-constexpr MethodInfo kMethods[] = {
-    {Method::full, "full", "full prefill: the reference", false, SelectAt::nowhere},
-    {Method::reuse, "reuse", "full reuse: only the prefix and question rows recomputed", false, SelectAt::request},
-    {Method::epic, "epic", "EPIC: the first --epic-tokens of every chunk recomputed", false, SelectAt::request},
-    {Method::cacheblend, "cacheblend", "CacheBlend: the rows of largest V deviation at the check layer", true, SelectAt::check_layer},
-    {Method::a3, "a3", "A3: the rows the question attends to most at the check layer", true, SelectAt::check_layer},
-    {Method::a3_layers, "a3-layers", "A3 at the check layer, then rows joining at every later layer", true,
-     SelectAt::every_later_layer},
-    {Method::a3_probe, "a3-probe", "per-layer A3 decided up front by a probe of the prefix and question rows", true,
-     SelectAt::check_layer},
-    {Method::random, "random", "random rows: the control", true, SelectAt::request},
-};
-
-}  // namespace
-
-std::span<const MethodInfo> method_table() { return kMethods; }
-
-const MethodInfo& method_info(Method method) {
-    for (const MethodInfo& info : kMethods)
-        if (info.method == method) return info;
-    throw std::invalid_argument("a method missing from the method table");
-}
-
-std::vector<Method> fused_methods() {
-    std::vector<Method> out;
-    for (const MethodInfo& info : kMethods)
-        if (info.where != SelectAt::nowhere) out.push_back(info.method);
-    return out;
-}
-
-std::string method_names(const char* separator, bool with_full) {
-    std::string out;
-    for (const MethodInfo& info : kMethods) {
-        if (!with_full && info.where == SelectAt::nowhere) continue;
-        out += (out.empty() ? "" : separator) + std::string(info.name);
-    }
-    return out;
-}
-
-Method parse_method(std::string_view name) {
-    for (const MethodInfo& info : kMethods)
-        if (name == info.name) return info.method;
-    throw std::invalid_argument("unknown method '" + std::string(name) + "' (use " + method_names() + ")");
-}
-
-const char* method_name(Method method) { return method_info(method).name; }
 
 namespace {
 
@@ -272,9 +224,9 @@ QuantizedKeys quantize_chunk_keys(const ModelShape& s, const float* keys, std::s
     out.i4.resize(tokens * Hkv * ((D + 1) / 2));
     out.i4_scales.resize(tokens * Hkv);
     out.i4_means.resize(s.kv_row());
-    check(kvfuse::quantize_keys_i8(keys, tokens, Hkv, D, s.kv_row(), out.i8.data(), out.i8_scales.data(), out.i8_means.data()),
+    throw_if_failed(kvfuse::quantize_keys_i8(keys, tokens, Hkv, D, s.kv_row(), out.i8.data(), out.i8_scales.data(), out.i8_means.data()),
           "key quantization");
-    check(kvfuse::quantize_keys_i4(keys, tokens, Hkv, D, s.kv_row(), out.i4.data(), out.i4_scales.data(), out.i4_means.data()),
+    throw_if_failed(kvfuse::quantize_keys_i4(keys, tokens, Hkv, D, s.kv_row(), out.i4.data(), out.i4_scales.data(), out.i4_means.data()),
           "key quantization");
     return out;
 }
@@ -350,7 +302,7 @@ std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, st
     args.segments = &fused;
     std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
     args.row_count = &no_rows;
-    check(kvfuse::select_rows(args), "A3 relevance");
+    throw_if_failed(kvfuse::select_rows(args), "A3 relevance");
     return out;
 }
 
@@ -391,7 +343,7 @@ std::vector<float> a3_relevance_stored(const ModelShape& s, const float* q_quest
     args.segments = segments.data();
     std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
     args.row_count = &no_rows;
-    check(kvfuse::select_rows(args), "A3 relevance");
+    throw_if_failed(kvfuse::select_rows(args), "A3 relevance");
     return out;
 }
 
@@ -416,7 +368,8 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     if (!(o.ratio > 0.0 && o.ratio <= 1.0)) throw std::invalid_argument("ratio must be in (0, 1]");
     if (o.check_layer < 1 || o.check_layer >= L)
         throw std::invalid_argument("check layer must be in [1, " + std::to_string(L - 1) + "]");
-    const bool full = method_info(o.method).where == SelectAt::nowhere;
+    const MethodInfo& method = method_info(o.method);
+    const bool full = method.where == SelectAt::nowhere;
     if (!full && chunks.size() != request.chunks.size())
         throw std::invalid_argument("one stored cache is needed per chunk");
 
@@ -448,9 +401,8 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     std::vector<std::int64_t> all_rows(T);
     std::iota(all_rows.begin(), all_rows.end(), 0);
 
-    const SelectAt where = method_info(o.method).where;
-    const bool per_layer = where == SelectAt::every_later_layer, probe = o.method == Method::a3_probe;
-    const bool dynamic = where == SelectAt::check_layer || where == SelectAt::every_later_layer;
+    const bool per_layer = method.where == SelectAt::every_later_layer;
+    const bool dynamic = method.where == SelectAt::check_layer || per_layer;
     // Layers that every row goes through: all for full prefill, up to the check layer for the
     // methods that select there, layer 0 for the static ones (unless told not to).
     const int full_layers = full ? L : dynamic ? o.check_layer : (o.recompute_layer0 ? 1 : 0);
@@ -464,25 +416,26 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     model.embed(tokens, hidden.data());
     std::vector<std::int64_t> rows = all_rows;
     Floats &q = run.buffers.q, &k = run.buffers.k, &v = run.buffers.v, &attention = run.buffers.attention;
-    Floats check_hidden;  // a3-layers: every row's input of the check layer
-    std::size_t probe_rows = 0;       // a3-probe: rows the probe pushed through layers
-    // a3-layers and a3-probe past the check layer: the question's queries at `layer` (the last M
-    // of n fresh rows q, k) against that layer's stored keys, or the fused cache's.
-    auto later_layer_relevance = [&](int layer, const float* q_rows, const float* k_rows, std::size_t n) {
-        const float* q_question = q_rows + (n - M) * s.q_row();
-        return o.a3_stored_keys
-                   ? a3_relevance_stored(s, q_question, M, k_rows + (n - M) * s.kv_row(), chunks, chunk_offsets, layer,
-                                         o.a3_smoothing, o.a3_scoring)
-                   : a3_relevance(s, q_question, M, run.cache.k[static_cast<std::size_t>(layer)].data(), P, T,
-                                  o.a3_smoothing, o.a3_scoring);
-    };
+    Floats check_hidden;        // SelectAt::every_later_layer: every row's input of the check layer
+    std::size_t selector_rows = 0;  // rows the selector itself pushed through layers (a probe's)
+    SelectionContext context{.model = model,
+                             .request = request,
+                             .options = o,
+                             .chunks = chunks,
+                             .chunk_offsets = chunk_offsets,
+                             .prefix_rows = P,
+                             .question_rows = M,
+                             .total_rows = T,
+                             .budget = k_select,
+                             .always = always,
+                             .cache = run.cache,
+                             .wait_for_layer = [&loader](int layer) { loader.wait(layer); }};
 
     for (int l = 0; l < L; ++l) {
         loader.wait(l);  // before anything reads this layer's stored rows or overwrites them
         auto t_layer = Clock::now();
         bool projected = false;
         if (l == full_layers && !full) {
-            std::vector<std::int64_t> chosen;
             if (dynamic) {
                 // Fresh Q/K/V of every row at the check layer: the selector's signal.
                 resize_uninitialized(q, T * s.q_row());
@@ -490,76 +443,20 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
                 resize_uninitialized(v, T * s.kv_row());
                 model.project_qkv(l, hidden.data(), T, all_rows.data(), q.data(), k.data(), v.data());
                 run.times.full_layers += ms_since(t_layer);
-                const auto t_select = Clock::now();
-                std::vector<float> score;
-                if (o.method == Method::cacheblend) {
-                    score.resize(T - M - P);
-                    kvfuse::SelectArgs args{};
-                    args.method = KVFUSE_SELECT_CACHEBLEND;
-                    args.prefix_rows = P;
-                    args.documents = score.size();
-                    args.kv_heads = static_cast<std::size_t>(s.kv_heads);
-                    args.head_dim = static_cast<std::size_t>(s.head_dim);
-                    args.fresh = v.data() + P * s.kv_row();
-                    args.reused = run.cache.v_row(l, P);
-                    args.scores = score.data();
-                    std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
-    args.row_count = &no_rows;
-                    check(kvfuse::select_rows(args), "CacheBlend deviation");
-                } else {
-                    score = a3_relevance(s, q.data() + (T - M) * s.q_row(), M, k.data(), P, T, o.a3_smoothing, o.a3_scoring);
-                }
-                if (per_layer) check_hidden = hidden;  // exact inputs of the check layer, for late joiners
-                if (probe) {
-                    // The prefix and question rows on through the later layers over the stored
-                    // cache; each layer's relevance from the question's queries there.
-                    const std::size_t n_p = always.size(), docs = score.size();
-                    std::vector<float> scores(static_cast<std::size_t>(L - l) * docs), hp(n_p * static_cast<std::size_t>(s.dim)),
-                        qp(n_p * s.q_row()), kp(n_p * s.kv_row()), vp(n_p * s.kv_row()), ap(n_p * s.q_row());
-                    std::copy(score.begin(), score.end(), scores.begin());
-                    gather(hidden.data(), static_cast<std::size_t>(s.dim), always, hp.data());
-                    gather(q.data(), s.q_row(), always, qp.data());
-                    gather(k.data(), s.kv_row(), always, kp.data());
-                    gather(v.data(), s.kv_row(), always, vp.data());
-                    for (int m = l; m < L; ++m) {
-                        loader.wait(m);
-                        // Written over by the main pass's fresh rows before it reads them;
-                        // first, so that scoring the fused cache reads the question's fresh keys.
-                        if (m > l) model.project_qkv(m, hp.data(), n_p, always.data(), qp.data(), kp.data(), vp.data());
-                        scatter_fresh(run.cache, m, always, kp.data(), vp.data());
-                        if (m > l) {
-                            const std::vector<float> layer_score = later_layer_relevance(m, qp.data(), kp.data(), n_p);
-                            std::copy(layer_score.begin(), layer_score.end(), scores.begin() + static_cast<std::ptrdiff_t>((m - l) * docs));
-                        }
-                        if (m + 1 == L) break;  // the last layer's output is not needed
-                        attend(s, qp.data(), always, run.cache, m, ap.data());
-                        model.finish_layer(m, ap.data(), n_p, hp.data());
-                        probe_rows += n_p;
-                    }
-                    // One top-k per layer, one call; the union is recomputed.
-                    const std::size_t layers = static_cast<std::size_t>(L - l), per_row = std::min(k_select, docs);
-                    std::vector<std::int64_t> picked(layers * per_row);
-                    check(kvfuse::Status(kvfuse_topk_batched(scores.data(), layers, docs, docs, per_row, KVFUSE_TOPK_BY_POSITION,
-                                                             picked.data(), per_row)),
-                          "batched top-k");
-                    std::sort(picked.begin(), picked.end());
-                    picked.erase(std::unique(picked.begin(), picked.end()), picked.end());
-                    for (std::int64_t idx : picked) chosen.push_back(idx + static_cast<std::int64_t>(P));
-                } else {
-                    for (std::int64_t idx : top_k(score, k_select)) chosen.push_back(idx + static_cast<std::int64_t>(P));
-                }
-                run.times.selection += ms_since(t_select);
-            } else if (o.method == Method::epic) {
-                for (std::size_t c = 0; c < chunk_offsets.size(); ++c)
-                    for (std::size_t t = 0; t < std::min(o.epic_tokens, request.chunks[c].size()); ++t)
-                        chosen.push_back(static_cast<std::int64_t>(chunk_offsets[c] + t));
-            } else if (o.method == Method::random) {
-                std::vector<std::int64_t> documents;
-                for (std::size_t j = P; j < T - M; ++j) documents.push_back(static_cast<std::int64_t>(j));
-                std::mt19937 rng(o.seed);
-                std::shuffle(documents.begin(), documents.end(), rng);
-                chosen.assign(documents.begin(), documents.begin() + static_cast<std::ptrdiff_t>(std::min(k_select, documents.size())));
+                context.layer = l;
+                context.hidden = hidden.data();
+                context.q = q.data();
+                context.k = k.data();
+                context.v = v.data();
             }
+            const auto t_select = Clock::now();
+            if (per_layer) check_hidden = hidden;  // exact inputs of the check layer, for late joiners
+            Selection selection = method.select(context);
+            run.times.selection += ms_since(t_select);
+            // The buffers behind them are compacted below.
+            context.hidden = context.q = context.k = context.v = nullptr;
+            selector_rows = selection.extra_rows;
+            std::vector<std::int64_t>& chosen = selection.rows;
             std::sort(chosen.begin(), chosen.end());
             run.selected = chosen;
             const std::vector<std::int64_t> next = sorted_union(chosen, always);
@@ -586,15 +483,12 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
             model.project_qkv(l, hidden.data(), n, rows.data(), q.data(), k.data(), v.data());
         }
         // Fresh rows replace the stored ones in this layer's cache.
-        scatter_fresh(run.cache, l, rows, k.data(), v.data());
+        scatter_fresh_rows(run.cache, l, rows, k.data(), v.data());
         if (per_layer && l > full_layers) {
             const auto t_select = Clock::now();
-            const std::vector<float> score = later_layer_relevance(l, q.data(), k.data(), n);
             std::vector<std::int64_t> joining;
-            for (std::int64_t idx : top_k(score, k_select)) {
-                const std::int64_t row = idx + static_cast<std::int64_t>(P);
+            for (std::int64_t row : method.join(context, l, q.data(), k.data(), n))
                 if (!std::binary_search(rows.begin(), rows.end(), row)) joining.push_back(row);
-            }
             run.times.selection += ms_since(t_select);
             if (!joining.empty()) {
                 // Late joiners run from the check layer's exact input through the layers they
@@ -602,12 +496,12 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
                 const std::size_t j = joining.size();
                 std::vector<float> h(j * static_cast<std::size_t>(s.dim)), jq(j * s.q_row()), jk(j * s.kv_row()),
                     jv(j * s.kv_row()), ja(j * s.q_row());
-                gather(check_hidden.data(), static_cast<std::size_t>(s.dim), joining, h.data());
+                gather_rows(check_hidden.data(), static_cast<std::size_t>(s.dim), joining, h.data());
                 for (int m = full_layers; m <= l; ++m) {
                     model.project_qkv(m, h.data(), j, joining.data(), jq.data(), jk.data(), jv.data());
-                    scatter_fresh(run.cache, m, joining, jk.data(), jv.data());
+                    scatter_fresh_rows(run.cache, m, joining, jk.data(), jv.data());
                     if (m == l) break;  // at this layer they join the others below
-                    attend(s, jq.data(), joining, run.cache, m, ja.data());
+                    attend_cache(s, jq.data(), joining, run.cache, m, ja.data());
                     model.finish_layer(m, ja.data(), j, h.data());
                     run.rows_per_layer[static_cast<std::size_t>(m)] += j;
                 }
@@ -631,7 +525,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
         }
         const std::size_t n_now = rows.size();
         resize_uninitialized(attention, n_now * s.q_row());
-        attend(s, q.data(), rows, run.cache, l, attention.data());
+        attend_cache(s, q.data(), rows, run.cache, l, attention.data());
         model.finish_layer(l, attention.data(), n_now, hidden.data());
         (l < full_layers ? run.times.full_layers : run.times.recompute) += ms_since(t_layer);
     }
@@ -645,7 +539,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     run.times.logits = ms_since(t_logits);
     std::size_t pushed = 0;
     for (std::size_t n : run.rows_per_layer) pushed += n;
-    pushed += probe_rows;
+    pushed += selector_rows;
     run.recompute_fraction = static_cast<double>(pushed) / (static_cast<double>(L) * T);
 }
 
@@ -694,7 +588,7 @@ std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache
             model.project_qkv(l, hidden.data(), 1, rows.data(), q.data(), k.data(), v.data());
             std::memcpy(cache.k_row(l, static_cast<std::size_t>(position)), k.data(), cache.row * sizeof(float));
             std::memcpy(cache.v_row(l, static_cast<std::size_t>(position)), v.data(), cache.row * sizeof(float));
-            attend(s, q.data(), rows, cache, l, attention.data());
+            attend_cache(s, q.data(), rows, cache, l, attention.data());
             model.finish_layer(l, attention.data(), 1, hidden.data());
         }
         model.logits(hidden.data(), 1, logits.data());

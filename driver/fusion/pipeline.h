@@ -1,8 +1,11 @@
 // The fusion pipeline: stored chunk caches fused into a request by one of the methods of the
-// method table below, and greedy decoding on the result. Methods and notation: docs/FUSION.md and ALGORITHMS.md.
+// method table (method_table(); the built-in ones in method_table.cpp, each method's selector in
+// a file of its own under selectors/), and greedy decoding on the result. Methods and notation:
+// docs/FUSION.md and docs/ALGORITHMS.md.
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <span>
 #include <string>
 #include <string_view>
@@ -15,14 +18,23 @@
 
 namespace kvfuse::fusion {
 
-// a3_layers: A3 at the check layer, then at every later layer the question's fresh queries
-// score that layer's fused keys and the top rows join the recomputed set; a joining row is
-// first run through the layers it missed (from the check layer on), and that cost is counted.
-// a3_probe: per-layer selection decided once, at the check layer: the prefix and question rows
-// first run on through the later layers over the stored cache (as reuse would), giving the
-// question's queries at every layer; every layer's relevance, one batched top-k, and the union
-// of the per-layer sets is recomputed from the check layer on. The probe's rows are counted.
-enum class Method { full, reuse, epic, cacheblend, a3, random, a3_layers, a3_probe };
+// A fusion method: a row of the method table (method_table.cpp), named as there. Full
+// prefill (the reference) and A3 (the default) are named here; any other is reached through
+// the table or parse_method. What each method does: docs/FUSION.md, docs/ALGORITHMS.md.
+class Method {
+   public:
+    static const Method full, a3;
+    constexpr Method() = default;  // full prefill
+    constexpr std::string_view name() const { return name_; }
+    friend constexpr bool operator==(const Method&, const Method&) = default;
+
+   private:
+    friend struct MethodInfo;
+    constexpr explicit Method(std::string_view name) : name_(name) {}
+    std::string_view name_ = "full";  // the table's (or a literal's) storage
+};
+inline constexpr Method Method::full{"full"};
+inline constexpr Method Method::a3{"a3"};
 
 // Where a method chooses its recomputed rows.
 enum class SelectAt {
@@ -32,16 +44,34 @@ enum class SelectAt {
     every_later_layer  // at the check layer, and rows join at each later layer
 };
 
-// One row per method: the table that parsing, --help, `run` and `eval` read (so a method is
-// listed in one place), in the order the commands show them.
+// The selector interface (selector.h).
+struct SelectionContext;
+struct Selection;
+using SelectRows = Selection (*)(const SelectionContext& context);
+using JoinRows = std::vector<std::int64_t> (*)(const SelectionContext& context, int layer, const float* q,
+                                               const float* k, std::size_t n);
+
+// One row per method: the table that parsing, --help, `run`, `eval` and the pipeline read (so
+// a method is listed in one place), in the order the commands show them.
 struct MethodInfo {
-    Method method;
     const char* name;     // on the command line and in results
     const char* summary;  // --help
     bool takes_ratio;     // the selection size follows --ratio / --ratios
     SelectAt where;
+    SelectRows select;         // null only for full prefill (SelectAt::nowhere)
+    JoinRows join = nullptr;   // SelectAt::every_later_layer only
+    Method method() const { return Method(name); }
 };
-std::span<const MethodInfo> method_table();
+// The built-in methods (method_table.cpp: eight, full prefill and seven that fuse; the test
+// MethodTableNamesEveryMethodOnce checks the count), then those registered, in table order.
+// References into it stay valid when a method is registered.
+const std::deque<MethodInfo>& method_table();
+// Adds a method (an engine's own, a test's) at the end of the table. Call it before requests
+// run, from one thread; name and summary must outlive the program (string literals). Throws
+// std::invalid_argument when the name is taken or the row does not fit its SelectAt (a
+// selector for every method but full prefill's, a join exactly for every_later_layer).
+void register_method(const MethodInfo& info);
+// Throws std::invalid_argument when the table lacks the method.
 const MethodInfo& method_info(Method method);
 // Every method but full prefill, in table order (`--method all`, eval's default).
 std::vector<Method> fused_methods();
@@ -58,7 +88,7 @@ enum class ScoreKeys { f32, int8, int4 };
 struct FusionOptions {
     Method method = Method::a3;
     double ratio = 0.15;            // selected rows = floor(ratio * (T - M)) document rows
-    int check_layer = 1;            // cacheblend / a3 select here; layers before it run in full
+    int check_layer = 1;            // methods selecting at the check layer do so here; layers before it run in full
     std::size_t epic_tokens = 16;   // epic: first tokens of every chunk
     bool a3_smoothing = true;       // a3: width-5 moving average of the relevance
     ScoreKeys a3_scoring = ScoreKeys::f32;  // a3: f32, or int8 / int4 keys with int8 queries (quantized on the fly)
