@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/common/bf16.h"
+#include "reference/f16_reference.h"
 
 namespace kvfuse::reference {
 
@@ -12,8 +12,7 @@ namespace {
 
 double element(const kvfuse_attention_args& a, const void* base, std::size_t token, std::size_t head, std::size_t d) {
     const std::size_t at = token * a.kv_token_stride + head * a.head_dim + d;
-    if (a.kv_dtype == KVFUSE_DTYPE_F32) return static_cast<const float*>(base)[at];
-    return detail::bf16_bits_to_f32(static_cast<const std::uint16_t*>(base)[at]);
+    return element_as_f32(a.kv_dtype, base, at);
 }
 
 }  // namespace
