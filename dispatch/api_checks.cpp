@@ -20,7 +20,15 @@ kvfuse_status check_enum(const char* what, int value, int count, const char* all
 }
 
 kvfuse_status check_dtype(const char* what, int value) {
-    return check_enum(what, value, 2, "KVFUSE_DTYPE_F32 (0) or KVFUSE_DTYPE_BF16 (1)");
+    return check_enum(what, value, 3, "KVFUSE_DTYPE_F32 (0), KVFUSE_DTYPE_BF16 (1) or KVFUSE_DTYPE_F16 (2)");
+}
+
+kvfuse_status check_weight_dtype(const char* what, int value) {
+    if (value == KVFUSE_DTYPE_F16)
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                    std::string(what) + " (2, KVFUSE_DTYPE_F16) must be KVFUSE_DTYPE_F32 (0) or KVFUSE_DTYPE_BF16 (1): "
+                                        "f16 is a KV-cache type, not a weight type");
+    return check_dtype(what, value);
 }
 
 kvfuse_status check_aligned(const char* what, const void* pointer, std::size_t alignment) {

@@ -72,8 +72,10 @@ int enum_value(const Enum& e) {
 
 // Fails with "<what> (<value>) must be ..." unless the enum holds one of [0, count).
 kvfuse_status check_enum(const char* what, int value, int count, const char* allowed);
-// KVFUSE_DTYPE_F32 or KVFUSE_DTYPE_BF16.
+// KVFUSE_DTYPE_F32, KVFUSE_DTYPE_BF16 or KVFUSE_DTYPE_F16 (K/V tensors, quantizer input).
 kvfuse_status check_dtype(const char* what, int value);
+// KVFUSE_DTYPE_F32 or KVFUSE_DTYPE_BF16 (dense-layer weights: no f16).
+kvfuse_status check_weight_dtype(const char* what, int value);
 inline std::size_t dtype_bytes(kvfuse_dtype dtype) { return dtype == KVFUSE_DTYPE_F32 ? 4 : 2; }
 
 // Fails unless `pointer` (when not null) is a multiple of `alignment` bytes: every kernel reads

@@ -1,4 +1,4 @@
-// C API: status, version, ISA selection, CPU features, bf16 conversion.
+// C API: status, version, ISA selection, CPU features, bf16 and f16 conversion.
 #include <cctype>
 #include <cstring>
 #include <string>
@@ -165,7 +165,7 @@ kvfuse_status kvfuse_get_cpu_features(kvfuse_cpu_features* features) {
 
 namespace {
 
-// Both bf16 conversions: `count` f32 and `count` bf16 values, each pointer aligned to its type.
+// Every conversion: `count` f32 and `count` bf16 / f16 values, each pointer aligned to its type.
 kvfuse_status check_conversion(const void* src, std::size_t src_bytes, const void* dst, std::size_t dst_bytes,
                                std::size_t count) {
     if (src == nullptr || dst == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "src and dst are required");
@@ -190,6 +190,29 @@ kvfuse_status kvfuse_bf16_to_f32(const uint16_t* src, float* dst, size_t count) 
     if (auto s = check_conversion(src, sizeof(uint16_t), dst, sizeof(float), count); s != KVFUSE_OK) return s;
     for (size_t i = 0; i < count; ++i) dst[i] = kvfuse::detail::bf16_bits_to_f32(src[i]);
     return KVFUSE_OK;
+}
+
+// f16 on the active ISA's instructions (the RoPE kernel's ISA: the table's conversion slots).
+kvfuse_status kvfuse_f32_to_f16(const float* src, uint16_t* dst, size_t count) {
+    return kvfuse::detail::guarded("kvfuse_f32_to_f16", [&] {
+        if (count == 0) return KVFUSE_OK;
+        if (auto s = check_conversion(src, sizeof(float), dst, sizeof(uint16_t), count); s != KVFUSE_OK) return s;
+        const kvfuse::detail::KernelTable* table = nullptr;
+        if (const kvfuse_status s = kvfuse::detail::active_kernels(table); s != KVFUSE_OK) return s;
+        table->f32_to_f16(src, dst, count);
+        return KVFUSE_OK;
+    });
+}
+
+kvfuse_status kvfuse_f16_to_f32(const uint16_t* src, float* dst, size_t count) {
+    return kvfuse::detail::guarded("kvfuse_f16_to_f32", [&] {
+        if (count == 0) return KVFUSE_OK;
+        if (auto s = check_conversion(src, sizeof(uint16_t), dst, sizeof(float), count); s != KVFUSE_OK) return s;
+        const kvfuse::detail::KernelTable* table = nullptr;
+        if (const kvfuse_status s = kvfuse::detail::active_kernels(table); s != KVFUSE_OK) return s;
+        table->f16_to_f32(src, dst, count);
+        return KVFUSE_OK;
+    });
 }
 
 }  // extern "C"

@@ -13,7 +13,7 @@
 namespace {
 
 using kvfuse::detail::check_aligned;
-using kvfuse::detail::check_dtype;
+using kvfuse::detail::check_weight_dtype;
 using kvfuse::detail::enum_value;
 using kvfuse::detail::fail;
 using kvfuse::detail::guarded;
@@ -30,8 +30,8 @@ kvfuse_status kvfuse_pack_weights(kvfuse_dtype src_dtype, const void* weights, s
     return guarded("kvfuse_pack_weights", [&]() -> kvfuse_status {
         if (packed == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "packed (the handle's destination) is required");
         *packed = nullptr;
-        if (auto s = check_dtype("src_dtype", enum_value(src_dtype)); s != KVFUSE_OK) return s;
-        if (auto s = check_dtype("packed_dtype", enum_value(packed_dtype)); s != KVFUSE_OK) return s;
+        if (auto s = check_weight_dtype("src_dtype", enum_value(src_dtype)); s != KVFUSE_OK) return s;
+        if (auto s = check_weight_dtype("packed_dtype", enum_value(packed_dtype)); s != KVFUSE_OK) return s;
         if (out == 0 || in == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out and in must be > 0");
         if (row_stride < in)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT,

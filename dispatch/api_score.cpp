@@ -22,14 +22,14 @@ using kvfuse::detail::check_size;
 using kvfuse::detail::check_span;
 using kvfuse::detail::CheckedSize;
 
-// Input rows x stride f32 with heads x head_dim used per row, `out_row_bytes` bytes of output
-// and `heads` scales per row.
+// Input rows x stride elements of elem_bytes with heads x head_dim used per row, `out_head_bytes`
+// bytes of output per head and `heads` scales per row.
 kvfuse_status check_shape(std::size_t rows, std::size_t heads, std::size_t head_dim, std::size_t stride,
-                          std::size_t out_head_bytes) {
+                          std::size_t out_head_bytes, std::size_t elem_bytes = sizeof(float)) {
     if (heads == 0 || head_dim == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "heads and head_dim must be > 0");
     if (auto s = check_size("heads * head_dim", CheckedSize(heads) * head_dim * sizeof(float)); s != KVFUSE_OK) return s;
     if (stride < heads * head_dim) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "stride must be >= heads * head_dim");
-    if (auto s = check_span("the input (rows x stride)", rows, stride, heads * head_dim, sizeof(float)); s != KVFUSE_OK) return s;
+    if (auto s = check_span("the input (rows x stride)", rows, stride, heads * head_dim, elem_bytes); s != KVFUSE_OK) return s;
     if (auto s = check_size("the output (rows x heads x head_dim)", CheckedSize(rows) * heads * out_head_bytes); s != KVFUSE_OK)
         return s;
     return check_size("the scales (rows x heads)", CheckedSize(rows) * heads * sizeof(float));
@@ -41,20 +41,52 @@ kvfuse_status check_float_pointers(std::initializer_list<std::pair<const char*, 
     return KVFUSE_OK;
 }
 
-}  // namespace
+// Both key quantizers, any input type, through the kernel table on the calling thread's default
+// context. `name` is the entry point's, for errors.
+kvfuse_status quantize_keys(const char* name, int dtype, const void* keys, std::size_t tokens, std::size_t kv_heads,
+                            std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales,
+                            float* means) {
+    return kvfuse::detail::guarded(name, [&] {
+        if (auto s = kvfuse::detail::check_dtype("dtype", dtype); s != KVFUSE_OK) return s;
+        const std::size_t elem = kvfuse::detail::dtype_bytes(static_cast<kvfuse_dtype>(dtype));
+        if (const kvfuse_status s =
+                check_shape(tokens, kv_heads, head_dim, token_stride, bits == 8 ? head_dim : (head_dim + 1) / 2, elem);
+            s != KVFUSE_OK)
+            return s;
+        if (tokens == 0) return KVFUSE_OK;
+        if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
+            return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
+        if (auto s = check_aligned("keys", keys, elem); s != KVFUSE_OK) return s;
+        if (auto s = check_float_pointers({{"scales", scales}, {"means", means}}); s != KVFUSE_OK) return s;
+        kvfuse::detail::ContextCall call(nullptr);
+        if (call.status() != KVFUSE_OK) return call.status();
+        const kvfuse::detail::KernelTable* kernels = nullptr;
+        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
+        kernels->quantize_keys(call.context(), static_cast<kvfuse_dtype>(dtype), keys, tokens, kv_heads, head_dim,
+                               token_stride, bits, out, scales, means);
+        return KVFUSE_OK;
+    });
+}
 
-namespace {
-
-// Both key quantizers through the kernel table, on the calling thread's default context.
-kvfuse_status quantize_keys(const float* keys, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim,
-                            std::size_t token_stride, int bits, void* out, float* scales, float* means) {
-    if (auto s = check_float_pointers({{"keys", keys}, {"scales", scales}, {"means", means}}); s != KVFUSE_OK) return s;
-    kvfuse::detail::ContextCall call(nullptr);
-    if (call.status() != KVFUSE_OK) return call.status();
-    const kvfuse::detail::KernelTable* kernels = nullptr;
-    if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
-    kernels->quantize_keys(call.context(), keys, tokens, kv_heads, head_dim, token_stride, bits, out, scales, means);
-    return KVFUSE_OK;
+kvfuse_status quantize_rows(const char* name, int dtype, const void* x, std::size_t rows, std::size_t heads,
+                            std::size_t head_dim, std::size_t row_stride, std::int8_t* out, float* scales) {
+    return kvfuse::detail::guarded(name, [&] {
+        if (auto s = kvfuse::detail::check_dtype("dtype", dtype); s != KVFUSE_OK) return s;
+        const std::size_t elem = kvfuse::detail::dtype_bytes(static_cast<kvfuse_dtype>(dtype));
+        if (const kvfuse_status s = check_shape(rows, heads, head_dim, row_stride, head_dim, elem); s != KVFUSE_OK) return s;
+        if (rows == 0) return KVFUSE_OK;
+        if (x == nullptr || out == nullptr || scales == nullptr)
+            return fail(KVFUSE_ERROR_NULL_POINTER, "x, out and scales are required");
+        if (auto s = check_aligned("x", x, elem); s != KVFUSE_OK) return s;
+        if (auto s = check_float_pointers({{"scales", scales}}); s != KVFUSE_OK) return s;
+        kvfuse::detail::ContextCall call(nullptr);
+        if (call.status() != KVFUSE_OK) return call.status();
+        const kvfuse::detail::KernelTable* kernels = nullptr;
+        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
+        kernels->quantize_rows(call.context(), static_cast<kvfuse_dtype>(dtype), x, rows, heads, head_dim, row_stride,
+                               out, scales);
+        return KVFUSE_OK;
+    });
 }
 
 }  // namespace
@@ -63,42 +95,39 @@ extern "C" {
 
 kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
                                       int8_t* out, float* scales, float* means) {
-    return kvfuse::detail::guarded("kvfuse_quantize_keys_i8", [&] {
-        if (const kvfuse_status s = check_shape(tokens, kv_heads, head_dim, token_stride, head_dim); s != KVFUSE_OK) return s;
-        if (tokens == 0) return KVFUSE_OK;
-        if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
-            return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
-        return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, 8, out, scales, means);
-    });
+    return quantize_keys("kvfuse_quantize_keys_i8", KVFUSE_DTYPE_F32, keys, tokens, kv_heads, head_dim, token_stride, 8,
+                         out, scales, means);
 }
 
 kvfuse_status kvfuse_quantize_keys_i4(const float* keys, size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
                                       uint8_t* out, float* scales, float* means) {
-    return kvfuse::detail::guarded("kvfuse_quantize_keys_i4", [&] {
-        if (const kvfuse_status s = check_shape(tokens, kv_heads, head_dim, token_stride, (head_dim + 1) / 2); s != KVFUSE_OK)
-            return s;
-        if (tokens == 0) return KVFUSE_OK;
-        if (keys == nullptr || out == nullptr || scales == nullptr || means == nullptr)
-            return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
-        return quantize_keys(keys, tokens, kv_heads, head_dim, token_stride, 4, out, scales, means);
-    });
+    return quantize_keys("kvfuse_quantize_keys_i4", KVFUSE_DTYPE_F32, keys, tokens, kv_heads, head_dim, token_stride, 4,
+                         out, scales, means);
 }
 
 kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads, size_t head_dim, size_t row_stride,
                                       int8_t* out, float* scales) {
-    return kvfuse::detail::guarded("kvfuse_quantize_rows_i8", [&] {
-        if (const kvfuse_status s = check_shape(rows, heads, head_dim, row_stride, head_dim); s != KVFUSE_OK) return s;
-        if (rows == 0) return KVFUSE_OK;
-        if (x == nullptr || out == nullptr || scales == nullptr)
-            return fail(KVFUSE_ERROR_NULL_POINTER, "x, out and scales are required");
-        if (auto s = check_float_pointers({{"x", x}, {"scales", scales}}); s != KVFUSE_OK) return s;
-        kvfuse::detail::ContextCall call(nullptr);
-        if (call.status() != KVFUSE_OK) return call.status();
-        const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
-        kernels->quantize_rows(call.context(), x, rows, heads, head_dim, row_stride, out, scales);
-        return KVFUSE_OK;
-    });
+    return quantize_rows("kvfuse_quantize_rows_i8", KVFUSE_DTYPE_F32, x, rows, heads, head_dim, row_stride, out, scales);
+}
+
+kvfuse_status kvfuse_quantize_keys_i8_typed(kvfuse_dtype dtype, const void* keys, size_t tokens, size_t kv_heads,
+                                            size_t head_dim, size_t token_stride, int8_t* out, float* scales,
+                                            float* means) {
+    return quantize_keys("kvfuse_quantize_keys_i8_typed", kvfuse::detail::enum_value(dtype), keys, tokens, kv_heads,
+                         head_dim, token_stride, 8, out, scales, means);
+}
+
+kvfuse_status kvfuse_quantize_keys_i4_typed(kvfuse_dtype dtype, const void* keys, size_t tokens, size_t kv_heads,
+                                            size_t head_dim, size_t token_stride, uint8_t* out, float* scales,
+                                            float* means) {
+    return quantize_keys("kvfuse_quantize_keys_i4_typed", kvfuse::detail::enum_value(dtype), keys, tokens, kv_heads,
+                         head_dim, token_stride, 4, out, scales, means);
+}
+
+kvfuse_status kvfuse_quantize_rows_i8_typed(kvfuse_dtype dtype, const void* x, size_t rows, size_t heads, size_t head_dim,
+                                            size_t row_stride, int8_t* out, float* scales) {
+    return quantize_rows("kvfuse_quantize_rows_i8_typed", kvfuse::detail::enum_value(dtype), x, rows, heads, head_dim,
+                         row_stride, out, scales);
 }
 
 kvfuse_status kvfuse_relevance_dot_schemes(const char** int8_keys, const char** int4_keys) {
@@ -136,6 +165,17 @@ kvfuse_status check_relevance(const kvfuse_relevance_args* a) {
         return s;
     if (a->candidates == a->question_rows) return KVFUSE_OK;  // no document key: nothing to score
     if (a->out == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "out is required");
+    if (a->keys != nullptr) {  // keys of keys_dtype, the f32 path, no segments
+        if (auto s = kvfuse::detail::check_dtype("keys_dtype", kvfuse::detail::enum_value(a->keys_dtype)); s != KVFUSE_OK)
+            return s;
+        if (a->segment_count > 0)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "keys (with keys_dtype) cannot be combined with segments");
+        if (a->keys_f32 != nullptr || a->keys_i8 != nullptr || a->keys_i4 != nullptr)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "give keys (with keys_dtype) or keys_f32, keys_i8, keys_i4: one of them");
+        if (a->queries_f32 == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "keys (with keys_dtype) need queries_f32");
+        if (auto s = check_aligned("keys", a->keys, kvfuse::detail::dtype_bytes(a->keys_dtype)); s != KVFUSE_OK) return s;
+        return check_float_pointers({{"queries_f32", a->queries_f32}, {"out", a->out}});
+    }
     if (a->segment_count > 0) {
         if (a->segments == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "segment_count > 0 needs segments");
         if (auto s = check_span("segments (segment_count)", a->segment_count, 1, 1, sizeof(kvfuse_relevance_segment));

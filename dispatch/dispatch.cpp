@@ -116,6 +116,8 @@ void compose_locked(KernelChoices& c, const KernelTable& base) {
         return chosen != nullptr ? *chosen : base;
     };
     t.rope_rotate = from(KVFUSE_KERNEL_ROPE).rope_rotate;
+    t.f32_to_f16 = from(KVFUSE_KERNEL_ROPE).f32_to_f16;
+    t.f16_to_f32 = from(KVFUSE_KERNEL_ROPE).f16_to_f32;
     t.sparse_attention = from(KVFUSE_KERNEL_ATTENTION).sparse_attention;
     t.topk = from(KVFUSE_KERNEL_TOPK).topk;
     const KernelTable& relevance = from(KVFUSE_KERNEL_RELEVANCE);
@@ -125,7 +127,8 @@ void compose_locked(KernelChoices& c, const KernelTable& base) {
     t.quantize_keys = relevance.quantize_keys;
     t.quantize_rows = relevance.quantize_rows;
     auto same = [&t](const KernelTable& o) {
-        return o.isa == t.isa && o.rope_rotate == t.rope_rotate && o.sparse_attention == t.sparse_attention &&
+        return o.isa == t.isa && o.rope_rotate == t.rope_rotate && o.f32_to_f16 == t.f32_to_f16 &&
+               o.f16_to_f32 == t.f16_to_f32 && o.sparse_attention == t.sparse_attention &&
                o.topk == t.topk && o.relevance == t.relevance && o.int8_dot == t.int8_dot && o.int4_dot == t.int4_dot &&
                o.quantize_keys == t.quantize_keys && o.quantize_rows == t.quantize_rows;
     };

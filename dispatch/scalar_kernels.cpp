@@ -6,6 +6,7 @@
 #include "kernels/gemm/gemm_packed.h"
 #include "kernels/rope/rope_plan.h"
 #include "reference/attention_reference.h"
+#include "reference/f16_reference.h"
 #include "reference/gemm_reference.h"
 #include "reference/rope_reference.h"
 #include "reference/score_reference.h"
@@ -35,15 +36,24 @@ void topk_scalar(const float* scores, std::size_t n, std::size_t k, kvfuse_topk_
 
 void relevance_scalar(kvfuse_context& /*context*/, const kvfuse_relevance_args& args) { reference::a3_relevance(args); }
 
-void quantize_keys_scalar(kvfuse_context& /*context*/, const float* keys, std::size_t tokens, std::size_t heads,
-                          std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales,
-                          float* means) {
-    reference::quantize_keys(keys, tokens, heads, head_dim, token_stride, bits, out, scales, means);
+void quantize_keys_scalar(kvfuse_context& /*context*/, kvfuse_dtype dtype, const void* keys, std::size_t tokens,
+                          std::size_t heads, std::size_t head_dim, std::size_t token_stride, int bits, void* out,
+                          float* scales, float* means) {
+    reference::quantize_keys(dtype, keys, tokens, heads, head_dim, token_stride, bits, out, scales, means);
 }
 
-void quantize_rows_scalar(kvfuse_context& /*context*/, const float* x, std::size_t rows, std::size_t heads,
-                          std::size_t head_dim, std::size_t row_stride, std::int8_t* out, float* scales) {
-    reference::quantize_rows_i8(x, rows, heads, head_dim, row_stride, out, scales);
+void quantize_rows_scalar(kvfuse_context& /*context*/, kvfuse_dtype dtype, const void* x, std::size_t rows,
+                          std::size_t heads, std::size_t head_dim, std::size_t row_stride, std::int8_t* out,
+                          float* scales) {
+    reference::quantize_rows_i8(dtype, x, rows, heads, head_dim, row_stride, out, scales);
+}
+
+void f32_to_f16_scalar(const float* src, std::uint16_t* dst, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) dst[i] = reference::f32_to_f16(src[i]);
+}
+
+void f16_to_f32_scalar(const std::uint16_t* src, float* dst, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) dst[i] = reference::f16_to_f32(src[i]);
 }
 
 // The reference reads plain rows: each row of W is unpacked in turn (exactly) and gives one
@@ -68,6 +78,8 @@ void gemm_scalar(const kvfuse_packed_weights& packed, const float* a, std::size_
 
 void register_scalar_kernels(KernelTable& table) {
     table.rope_rotate = &rope_rotate_scalar;
+    table.f32_to_f16 = &f32_to_f16_scalar;
+    table.f16_to_f32 = &f16_to_f32_scalar;
     table.sparse_attention = &sparse_attention_scalar;
     table.topk = &topk_scalar;
     table.relevance = &relevance_scalar;

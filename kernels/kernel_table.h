@@ -36,15 +36,22 @@ using TopkFn = void (*)(const float* scores, std::size_t n, std::size_t k, kvfus
 // A3 relevance; arguments already validated.
 using RelevanceFn = void (*)(kvfuse_context& context, const kvfuse_relevance_args& args);
 
+// kvfuse_f32_to_f16 / kvfuse_f16_to_f32 of `count` values on the ISA's conversion instructions
+// (registered with RoPE, whose ISA choice they follow), bit for bit reference/f16_reference.
+using F32ToF16Fn = void (*)(const float* src, std::uint16_t* dst, std::size_t count);
+using F16ToF32Fn = void (*)(const std::uint16_t* src, float* dst, std::size_t count);
+
 // kvfuse_quantize_keys_i8 (bits 8) / _i4 (bits 4): per-(head, dim) mean over tokens removed,
 // then symmetric int8 / packed int4 per (token, head), bit for bit as reference::quantize_keys.
-// tokens > 0, arguments validated by the API layer.
-using QuantizeKeysFn = void (*)(kvfuse_context& context, const float* keys, std::size_t tokens, std::size_t heads,
-                                std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales,
-                                float* means);
+// Keys of `dtype` (f32, bf16, f16; stride in its elements). tokens > 0, arguments validated by
+// the API layer.
+using QuantizeKeysFn = void (*)(kvfuse_context& context, kvfuse_dtype dtype, const void* keys, std::size_t tokens,
+                                std::size_t heads, std::size_t head_dim, std::size_t token_stride, int bits, void* out,
+                                float* scales, float* means);
 // kvfuse_quantize_rows_i8 (no mean), bit for bit as reference::quantize_rows_i8; rows > 0.
-using QuantizeRowsFn = void (*)(kvfuse_context& context, const float* x, std::size_t rows, std::size_t heads,
-                                std::size_t head_dim, std::size_t row_stride, std::int8_t* out, float* scales);
+using QuantizeRowsFn = void (*)(kvfuse_context& context, kvfuse_dtype dtype, const void* x, std::size_t rows,
+                                std::size_t heads, std::size_t head_dim, std::size_t row_stride, std::int8_t* out,
+                                float* scales);
 
 // C[n x out] = A[n x in] W^T, plus beta C (beta = 0: C is not read), with W packed
 // (kernels/gemm/gemm_packed.h). lda >= in, ldc >= out, n > 0, validated by the API layer.
@@ -63,6 +70,8 @@ struct KernelTable {
     // Which objects fill it: the ISA's name, or a variant's ("avx2_vnni") once one registered.
     const char* build = "scalar";
     RopeRotateFn rope_rotate = nullptr;
+    F32ToF16Fn f32_to_f16 = nullptr;
+    F16ToF32Fn f16_to_f32 = nullptr;
     SparseAttentionFn sparse_attention = nullptr;
     TopkFn topk = nullptr;
     RelevanceFn relevance = nullptr;

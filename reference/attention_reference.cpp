@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/common/bf16.h"
+#include "reference/f16_reference.h"
 
 namespace kvfuse::reference {
 
@@ -12,13 +12,21 @@ namespace {
 
 double element(const kvfuse_attention_args& a, const void* base, std::size_t token, std::size_t head, std::size_t d) {
     const std::size_t at = token * a.kv_token_stride + head * a.head_dim + d;
-    if (a.kv_dtype == KVFUSE_DTYPE_F32) return static_cast<const float*>(base)[at];
-    return detail::bf16_bits_to_f32(static_cast<const std::uint16_t*>(base)[at]);
+    return element_as_f32(a.kv_dtype, base, at);
 }
 
 }  // namespace
 
-void sparse_attention(const kvfuse_attention_args& a) {
+// GCC 12 for AArch64 stops with an internal compiler error (vect_transform_reduction,
+// tree-vect-loop.cc:7457) when it auto-vectorizes a reduction of this function: loop
+// vectorization is switched off for it there (GCC 12 on AArch64 only; nothing else changes).
+#if defined(__aarch64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#define KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE __attribute__((optimize("no-tree-loop-vectorize")))
+#else
+#define KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE
+#endif
+
+KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE void sparse_attention(const kvfuse_attention_args& a) {
     const std::size_t group = a.query_heads / a.kv_heads;
     std::vector<double> score, acc(a.head_dim);
     for (std::size_t r = 0; r < a.rows; ++r) {

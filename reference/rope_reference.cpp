@@ -4,7 +4,7 @@
 #include <numbers>
 #include <vector>
 
-#include "kernels/common/bf16.h"
+#include "reference/f16_reference.h"
 
 namespace kvfuse::reference {
 
@@ -54,18 +54,9 @@ void rope_rotate(const kvfuse_rope_config& c, kvfuse_dtype dtype, const void* sr
         for (std::size_t h = 0; h < heads; ++h) {
             const std::size_t offset_src = t * src_stride + h * head_dim;
             const std::size_t offset_dst = t * dst_stride + h * head_dim;
-            for (std::size_t d = 0; d < head_dim; ++d)
-                in[d] = dtype == KVFUSE_DTYPE_F32
-                            ? static_cast<const float*>(src)[offset_src + d]
-                            : detail::bf16_bits_to_f32(static_cast<const std::uint16_t*>(src)[offset_src + d]);
+            for (std::size_t d = 0; d < head_dim; ++d) in[d] = element_as_f32(dtype, src, offset_src + d);
             rotate_head(c, in.data(), out.data(), deltas ? deltas[t] : delta);
-            for (std::size_t d = 0; d < head_dim; ++d) {
-                if (dtype == KVFUSE_DTYPE_F32)
-                    static_cast<float*>(dst)[offset_dst + d] = static_cast<float>(out[d]);
-                else
-                    static_cast<std::uint16_t*>(dst)[offset_dst + d] =
-                        detail::f32_to_bf16_bits(static_cast<float>(out[d]));
-            }
+            for (std::size_t d = 0; d < head_dim; ++d) store_from_f32(dtype, dst, offset_dst + d, static_cast<float>(out[d]));
         }
     }
 }

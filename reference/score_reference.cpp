@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "kernels/common/relevance_segments.h"
+#include "reference/f16_reference.h"
 
 namespace kvfuse::reference {
 
@@ -28,29 +29,32 @@ float quantize_i4(const float* x, std::size_t n, std::uint8_t* out) {
     return scale;
 }
 
-void quantize_keys(const float* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,
+void quantize_keys(kvfuse_dtype dtype, const void* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,
                    std::size_t token_stride, int bits, void* out, float* scales, float* means) {
     const std::size_t row = heads * head_dim, packed = (head_dim + 1) / 2;
+    auto key = [&](std::size_t t, std::size_t e) { return element_as_f32(dtype, keys, t * token_stride + e); };
     std::vector<double> sum(row, 0.0);
     for (std::size_t t = 0; t < tokens; ++t)
-        for (std::size_t e = 0; e < row; ++e) sum[e] += keys[t * token_stride + e];
+        for (std::size_t e = 0; e < row; ++e) sum[e] += key(t, e);
     for (std::size_t e = 0; e < row; ++e) means[e] = static_cast<float>(sum[e] / static_cast<double>(tokens));
     std::vector<float> centred(head_dim);
     for (std::size_t t = 0; t < tokens; ++t)
         for (std::size_t h = 0; h < heads; ++h) {
-            for (std::size_t d = 0; d < head_dim; ++d)
-                centred[d] = keys[t * token_stride + h * head_dim + d] - means[h * head_dim + d];
+            for (std::size_t d = 0; d < head_dim; ++d) centred[d] = key(t, h * head_dim + d) - means[h * head_dim + d];
             const std::size_t at = t * heads + h;
             scales[at] = bits == 8 ? quantize_i8(centred.data(), head_dim, static_cast<std::int8_t*>(out) + at * head_dim)
                                    : quantize_i4(centred.data(), head_dim, static_cast<std::uint8_t*>(out) + at * packed);
         }
 }
 
-void quantize_rows_i8(const float* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
+void quantize_rows_i8(kvfuse_dtype dtype, const void* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
                       std::size_t row_stride, std::int8_t* out, float* scales) {
+    std::vector<float> head(head_dim);
     for (std::size_t r = 0; r < rows; ++r)
-        for (std::size_t h = 0; h < heads; ++h)
-            scales[r * heads + h] = quantize_i8(x + r * row_stride + h * head_dim, head_dim, out + (r * heads + h) * head_dim);
+        for (std::size_t h = 0; h < heads; ++h) {
+            for (std::size_t d = 0; d < head_dim; ++d) head[d] = element_as_f32(dtype, x, r * row_stride + h * head_dim + d);
+            scales[r * heads + h] = quantize_i8(head.data(), head_dim, out + (r * heads + h) * head_dim);
+        }
 }
 
 std::int32_t unpack_i4(const std::uint8_t* packed, std::size_t i) {
@@ -83,6 +87,10 @@ void a3_relevance(const kvfuse_relevance_args& a) {
                                  (int4 ? unpack_i4(g.keys_i4 + (at * a.kv_heads + kv) * packed, d)
                                        : g.keys_i8[(at * a.kv_heads + kv) * D + d]);
                     dot = static_cast<double>(exact) * g.query_scales[m * H + h] * g.key_scales[at * a.kv_heads + kv];
+                } else if (a.keys != nullptr) {  // f32 / bf16 / f16 keys, no segments
+                    for (std::size_t d = 0; d < D; ++d)
+                        dot += static_cast<double>(g.queries_f32[(m * H + h) * D + d]) *
+                               element_as_f32(a.keys_dtype, a.keys, (at * a.kv_heads + kv) * D + d);
                 } else {
                     for (std::size_t d = 0; d < D; ++d)
                         dot += static_cast<double>(g.queries_f32[(m * H + h) * D + d]) * g.keys_f32[(at * a.kv_heads + kv) * D + d];

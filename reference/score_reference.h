@@ -1,4 +1,4 @@
-// Plain A3 relevance in double (from int8 or f32 inputs) and the int8 quantizers: ground truth
+// Plain A3 relevance in double (from int8, int4 or f32 / bf16 / f16 keys) and the int8 quantizers: ground truth
 // of the scoring tests and the `scalar` ISA.
 #pragma once
 
@@ -19,10 +19,11 @@ float quantize_i4(const float* x, std::size_t n, std::uint8_t* out);
 // (head_dim + 1) / 2 packed bytes per (token, head)): each (head, dim)'s mean over tokens,
 // summed in double in token order, removed in f32, then quantize_i8 / quantize_i4 per
 // (token, head). The SIMD kernels (kernels/quantize/) match this bit for bit.
-void quantize_keys(const float* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,
+// Keys of `dtype` (f32, bf16 or f16, token_stride in its elements) are widened exactly first.
+void quantize_keys(kvfuse_dtype dtype, const void* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,
                    std::size_t token_stride, int bits, void* out, float* scales, float* means);
 // kvfuse_quantize_rows_i8: quantize_i8 per (row, head), no mean.
-void quantize_rows_i8(const float* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
+void quantize_rows_i8(kvfuse_dtype dtype, const void* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
                       std::size_t row_stride, std::int8_t* out, float* scales);
 // Element i of int4 values packed as above.
 std::int32_t unpack_i4(const std::uint8_t* packed, std::size_t i);

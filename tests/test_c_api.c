@@ -36,7 +36,7 @@ static int failures = 0;
 /* A C caller can put any int in an enum argument or field: negative and past-the-end values
  * must be reported, not used (converting them to the C++ enum would be undefined behaviour). */
 static void check_out_of_range_enums(void) {
-    const int bad_values[] = {-1, -2147483647 - 1, 2, 17, 0x7fffffff};
+    const int bad_values[] = {-1, -2147483647 - 1, 2, 3, 17, 0x7fffffff};
     size_t i;
     for (i = 0; i < sizeof bad_values / sizeof bad_values[0]; ++i) {
         const int bad = bad_values[i];
@@ -50,8 +50,10 @@ static void check_out_of_range_enums(void) {
         kvfuse_isa isa = KVFUSE_ISA_SCALAR;
 
         kvfuse_rope_config_init(&config, 8);
-        CHECK_REFUSED(kvfuse_rope_rotate_span(&config, (kvfuse_dtype)bad, key, 1, 1, 8, 1), KVFUSE_ERROR_INVALID_ARGUMENT,
-                      "dtype");
+        /* 2 is KVFUSE_DTYPE_F16, a valid dtype: 3 is the first one past the enumerators. */
+        if (bad != KVFUSE_DTYPE_F16)
+            CHECK_REFUSED(kvfuse_rope_rotate_span(&config, (kvfuse_dtype)bad, key, 1, 1, 8, 1),
+                          KVFUSE_ERROR_INVALID_ARGUMENT, "dtype");
         if (bad != 2) { /* 2 is KVFUSE_ROPE_SCALING_LLAMA3, a valid scaling */
             config.scaling = (kvfuse_rope_scaling)bad;
             CHECK_REFUSED(kvfuse_rope_rotate_span(&config, KVFUSE_DTYPE_F32, key, 1, 1, 8, 1),
@@ -70,10 +72,12 @@ static void check_out_of_range_enums(void) {
                       KVFUSE_ERROR_INVALID_ARGUMENT, "order");
         CHECK(indices[0] == -7);
 
-        CHECK_REFUSED(kvfuse_gather_rows((kvfuse_dtype)bad, key, 1, 8, rows, 1, dst, 8, 8), KVFUSE_ERROR_INVALID_ARGUMENT,
-                      "dtype");
-        CHECK_REFUSED(kvfuse_scatter_rows((kvfuse_dtype)bad, key, 8, rows, 1, dst, 1, 8, 8), KVFUSE_ERROR_INVALID_ARGUMENT,
-                      "dtype");
+        if (bad != KVFUSE_DTYPE_F16) {
+            CHECK_REFUSED(kvfuse_gather_rows((kvfuse_dtype)bad, key, 1, 8, rows, 1, dst, 8, 8),
+                          KVFUSE_ERROR_INVALID_ARGUMENT, "dtype");
+            CHECK_REFUSED(kvfuse_scatter_rows((kvfuse_dtype)bad, key, 8, rows, 1, dst, 1, 8, 8),
+                          KVFUSE_ERROR_INVALID_ARGUMENT, "dtype");
+        }
         CHECK(dst[0] == 0.0f);
         {
             kvfuse_attention_args a;
@@ -90,7 +94,7 @@ static void check_out_of_range_enums(void) {
             a.scale = 1.0f;
             a.out = out;
             a.kv_dtype = (kvfuse_dtype)bad;
-            CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "kv_dtype");
+            if (bad != KVFUSE_DTYPE_F16) CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "kv_dtype");
         }
 
         if (bad < 0 || bad >= KVFUSE_ISA_COUNT) CHECK(strcmp(kvfuse_isa_name((kvfuse_isa)bad), "unknown") == 0);
@@ -198,6 +202,10 @@ static void check_wrapping_sizes(void) {
     CHECK(q8[0] == 0 && scales[0] == 0.0f);
     CHECK_REFUSED(kvfuse_f32_to_bf16(key, half, max / 2), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
     CHECK_REFUSED(kvfuse_bf16_to_f32(half, dst, max / 4 + 1), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK_REFUSED(kvfuse_f32_to_f16(key, half, max / 2), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK_REFUSED(kvfuse_f16_to_f32(half, dst, max / 4 + 1), KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
+    CHECK_REFUSED(kvfuse_quantize_keys_i8_typed(KVFUSE_DTYPE_F16, half, 3, 1, 4, huge, q8, scales, means),
+                  KVFUSE_ERROR_INVALID_ARGUMENT, "overflows");
     CHECK(half[0] == 0 && dst[0] == 0.0f);
 
     /* Relevance: keys, queries, and the question_rows x candidates logits. */
@@ -237,6 +245,9 @@ static void check_null_pointers(void) {
     CHECK(kvfuse_quantize_rows_i8(NULL, 1, 1, 8, 8, (int8_t*)x, x) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_f32_to_bf16(NULL, (uint16_t*)x, 1) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_bf16_to_f32((const uint16_t*)x, NULL, 1) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_f32_to_f16(NULL, (uint16_t*)x, 1) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_f16_to_f32((const uint16_t*)x, NULL, 1) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_quantize_rows_i8_typed(KVFUSE_DTYPE_F16, NULL, 1, 1, 8, 8, (int8_t*)x, x) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_isa_from_name(NULL, NULL) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_active_isa(NULL) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_load_profile(NULL) == KVFUSE_ERROR_NULL_POINTER);
@@ -287,11 +298,14 @@ static kvfuse_status relevance_with_size(size_t size, float* out) {
 static void check_struct_sizes(void) {
     float newest[2] = {0, 0}, oldest[2] = {-1, -1};
     CHECK(KVFUSE_RELEVANCE_ARGS_SIZE_V1 < KVFUSE_RELEVANCE_ARGS_SIZE_V2);
-    CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V2, newest) == KVFUSE_OK);
+    CHECK(KVFUSE_RELEVANCE_ARGS_SIZE_V2 < KVFUSE_RELEVANCE_ARGS_SIZE_V3);
+    CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V3, newest) == KVFUSE_OK);
+    CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V2, oldest) == KVFUSE_OK);
+    CHECK(newest[0] > 0.0f && newest[0] == oldest[0] && newest[1] == oldest[1]);
     CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V1, oldest) == KVFUSE_OK);
     CHECK(newest[0] > 0.0f && newest[0] == oldest[0] && newest[1] == oldest[1]);
     {
-        const size_t bad[] = {0, 4, KVFUSE_RELEVANCE_ARGS_SIZE_V1 + 8, KVFUSE_RELEVANCE_ARGS_SIZE_V2 + 8};
+        const size_t bad[] = {0, 4, KVFUSE_RELEVANCE_ARGS_SIZE_V1 + 8, KVFUSE_RELEVANCE_ARGS_SIZE_V3 + 8};
         const char* why[] = {"is not set", "not the size of any version", "not the size of any version", "newer"};
         for (int i = 0; i < 4; ++i) {
             float out[2] = {-1, -1};
@@ -386,6 +400,11 @@ static void check_misaligned_pointers(void) {
         a.keys = storage.bytes + 2;
         CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "keys");
         a.kv_dtype = KVFUSE_DTYPE_BF16; /* 2-byte alignment is enough for bf16 keys */
+        a.values = storage.bytes + 2;
+        CHECK(kvfuse_sparse_attention(&a) == KVFUSE_OK);
+        a.values = odd;
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_INVALID_ARGUMENT, "values");
+        a.kv_dtype = KVFUSE_DTYPE_F16; /* and for f16 */
         a.values = storage.bytes + 2;
         CHECK(kvfuse_sparse_attention(&a) == KVFUSE_OK);
         a.values = odd;

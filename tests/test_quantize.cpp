@@ -65,7 +65,7 @@ void expect_keys_match(const std::vector<float>& keys, const Shape& s) {
         std::vector<std::uint8_t> out(out_bytes, 0xa5), want(out_bytes, 0x5a);
         std::vector<float> scales(heads, -1.0f), want_scales(heads, -2.0f);
         std::vector<float> means(s.heads * s.head_dim, -1.0f), want_means(s.heads * s.head_dim, -2.0f);
-        kvfuse::reference::quantize_keys(keys.data(), s.tokens, s.heads, s.head_dim, s.stride(), bits, want.data(),
+        kvfuse::reference::quantize_keys(KVFUSE_DTYPE_F32, keys.data(), s.tokens, s.heads, s.head_dim, s.stride(), bits, want.data(),
                                          want_scales.data(), want_means.data());
         const kvfuse_status status =
             bits == 8 ? kvfuse_quantize_keys_i8(keys.data(), s.tokens, s.heads, s.head_dim, s.stride(),
@@ -85,7 +85,7 @@ void expect_rows_match(const std::vector<float>& x, const Shape& s) {
     const std::size_t heads = s.tokens * s.heads;
     std::vector<std::int8_t> out(heads * s.head_dim, 0x55), want(heads * s.head_dim, 0x2a);
     std::vector<float> scales(heads, -1.0f), want_scales(heads, -2.0f);
-    kvfuse::reference::quantize_rows_i8(x.data(), s.tokens, s.heads, s.head_dim, s.stride(), want.data(),
+    kvfuse::reference::quantize_rows_i8(KVFUSE_DTYPE_F32, x.data(), s.tokens, s.heads, s.head_dim, s.stride(), want.data(),
                                         want_scales.data());
     ASSERT_EQ(kvfuse_quantize_rows_i8(x.data(), s.tokens, s.heads, s.head_dim, s.stride(), out.data(), scales.data()),
               KVFUSE_OK)

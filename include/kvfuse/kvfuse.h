@@ -20,7 +20,7 @@
  * PTRDIFF_MAX is refused with KVFUSE_ERROR_INVALID_ARGUMENT before anything is read or written.
  *
  * Pointers: each must be aligned to its element type (float, int32_t: 4 bytes; int64_t, size_t:
- * 8; bf16 as uint16_t: 2; int8_t, uint8_t: 1). A misaligned pointer is refused with
+ * 8; bf16 and f16 as uint16_t: 2; int8_t, uint8_t: 1). A misaligned pointer is refused with
  * KVFUSE_ERROR_INVALID_ARGUMENT naming the argument. No wider (vector) alignment is ever needed.
  *
  * No C++ exception leaves the library: running out of memory is KVFUSE_ERROR_OUT_OF_MEMORY,
@@ -163,6 +163,9 @@ KVFUSE_API kvfuse_status kvfuse_get_cpu_features(kvfuse_cpu_features* features);
 typedef enum kvfuse_dtype {
     KVFUSE_DTYPE_F32 = 0,
     KVFUSE_DTYPE_BF16 = 1, /* stored as uint16_t: the top half of an IEEE f32 */
+    KVFUSE_DTYPE_F16 = 2,  /* stored as uint16_t: IEEE binary16 (llama.cpp's default KV type); K/V
+                              only: RoPE, attention, relevance keys, quantizer input, gather /
+                              scatter; not gemm weights */
     KVFUSE_DTYPE_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_DTYPE_MAX_ENUM = 0x7fffffff
 } kvfuse_dtype;
@@ -218,7 +221,8 @@ KVFUSE_INLINE void kvfuse_rope_config_init(kvfuse_rope_config* config, int32_t h
 /* Rotates token t of keys[tokens x heads x head_dim] in place by deltas[t] positions.
  * Rotating by the absolute position from 0 is ordinary RoPE; rotating a cached key by
  * new_pos - old_pos re-positions it. The angle is computed in double, cos/sin rounded to f32,
- * the rotation done in f32 and rounded once to the storage type. */
+ * the rotation done in f32 and rounded once to the storage type (bf16 and f16: to nearest even;
+ * f16 results beyond its range become +-Inf, NaN stays NaN). */
 KVFUSE_API kvfuse_status kvfuse_rope_rotate(const kvfuse_rope_config* config, kvfuse_dtype dtype,
                                             void* keys, size_t tokens, size_t heads,
                                             size_t token_stride, const int64_t* deltas);
@@ -252,7 +256,7 @@ typedef struct kvfuse_attention_args {
     const int64_t* positions; /* per row: row r sees keys j with 0 <= j <= positions[r] (exact causal mask) */
     const void* keys;         /* kv_tokens x kv_heads x head_dim, row stride kv_token_stride */
     const void* values;       /* same layout as keys */
-    kvfuse_dtype kv_dtype;    /* KVFUSE_DTYPE_F32 or KVFUSE_DTYPE_BF16 */
+    kvfuse_dtype kv_dtype;    /* KVFUSE_DTYPE_F32, KVFUSE_DTYPE_BF16 or KVFUSE_DTYPE_F16 */
     size_t kv_tokens;         /* T */
     size_t kv_heads;          /* Hkv */
     size_t kv_token_stride;
@@ -272,7 +276,8 @@ KVFUSE_INLINE void kvfuse_attention_args_init(kvfuse_attention_args* args) {
 
 /* Softmax attention of n selected query rows against all T keys with the exact causal mask.
  * Rows may come in any order and repeat. With every row selected (positions 0..T-1) it is full
- * causal attention. Accumulation in f32 with an online softmax; bf16 K/V are widened exactly. */
+ * causal attention. Accumulation in f32 with an online softmax; bf16 and f16 K/V are widened
+ * exactly (f16: F16C on x86, fcvtl on AArch64). */
 KVFUSE_API kvfuse_status kvfuse_sparse_attention(const kvfuse_attention_args* args);
 
 /* Row gather / scatter for the fusion pipeline: dst row i = src row rows[i] (gather), and
@@ -331,6 +336,19 @@ KVFUSE_API kvfuse_status kvfuse_quantize_keys_i4(const float* keys, size_t token
 KVFUSE_API kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads, size_t head_dim,
                                                  size_t row_stride, int8_t* out, float* scales);
 
+/* The three quantizers above from keys or rows of any KV type (dtype: KVFUSE_DTYPE_F32, _BF16 or
+ * _F16; token_stride / row_stride in elements of it; keys / x aligned to it). Each value is
+ * widened exactly to f32 as it is read, so the result is bit for bit that of the f32 call on the
+ * widened tensor (never copied: the kernels convert in registers). */
+KVFUSE_API kvfuse_status kvfuse_quantize_keys_i8_typed(kvfuse_dtype dtype, const void* keys, size_t tokens,
+                                                       size_t kv_heads, size_t head_dim, size_t token_stride,
+                                                       int8_t* out, float* scales, float* means);
+KVFUSE_API kvfuse_status kvfuse_quantize_keys_i4_typed(kvfuse_dtype dtype, const void* keys, size_t tokens,
+                                                       size_t kv_heads, size_t head_dim, size_t token_stride,
+                                                       uint8_t* out, float* scales, float* means);
+KVFUSE_API kvfuse_status kvfuse_quantize_rows_i8_typed(kvfuse_dtype dtype, const void* x, size_t rows, size_t heads,
+                                                       size_t head_dim, size_t row_stride, int8_t* out, float* scales);
+
 /* One range of candidates with its own keys and queries (see segment_count below). */
 typedef struct kvfuse_relevance_segment {
     size_t struct_size;         /* kvfuse_relevance_segment_init sets it; the same in every element */
@@ -382,12 +400,19 @@ typedef struct kvfuse_relevance_args {
      * The library steps through the array by the elements' struct_size. */
     size_t segment_count;
     const kvfuse_relevance_segment* segments;
+    /* f16 / bf16 keys (V3; the f32 path, used when `keys` is set instead of keys_f32): keys
+     * [candidates x Hkv x D] of keys_dtype (KVFUSE_DTYPE_F32, _BF16 or _F16), scored directly:
+     * widened exactly in registers as each tile is laid out, never copied whole. With
+     * queries_f32; not with segments (segment_count must be 0). */
+    kvfuse_dtype keys_dtype;
+    const void* keys;
 } kvfuse_relevance_args;
 
 /* V1: the f32 and int8 paths, fields up to `out`; keys_i4 and the segments read as NULL / 0.
- * V2: this header's struct. */
+ * V2: up to `segments`; keys_dtype and keys read as f32 / NULL. V3: this header's struct. */
 #define KVFUSE_RELEVANCE_ARGS_SIZE_V1 offsetof(kvfuse_relevance_args, keys_i4)
-#define KVFUSE_RELEVANCE_ARGS_SIZE_V2 sizeof(kvfuse_relevance_args)
+#define KVFUSE_RELEVANCE_ARGS_SIZE_V2 offsetof(kvfuse_relevance_args, keys_dtype)
+#define KVFUSE_RELEVANCE_ARGS_SIZE_V3 sizeof(kvfuse_relevance_args)
 
 KVFUSE_INLINE void kvfuse_relevance_args_init(kvfuse_relevance_args* args) {
     memset(args, 0, sizeof *args);
@@ -730,11 +755,18 @@ KVFUSE_API kvfuse_status kvfuse_place_threads(const kvfuse_placement_options* op
 KVFUSE_API kvfuse_status kvfuse_alloc_local(size_t bytes, void** memory, int* node);
 KVFUSE_API void kvfuse_free_local(void* memory, size_t bytes);
 
-/* ---- bf16 helpers ------------------------------------------------------------------------ */
+/* ---- bf16 and f16 helpers ---------------------------------------------------------------- */
 
 /* Round-to-nearest-even f32 -> bf16 (NaN stays NaN), and the exact widening. */
 KVFUSE_API kvfuse_status kvfuse_f32_to_bf16(const float* src, uint16_t* dst, size_t count);
 KVFUSE_API kvfuse_status kvfuse_bf16_to_f32(const uint16_t* src, float* dst, size_t count);
+/* f32 -> IEEE binary16, round to nearest even (as F16C's vcvtps2ph with imm 0 and AArch64's
+ * fcvt): results below the smallest subnormal round to +-0, beyond 65504 to +-Inf; a NaN stays
+ * a NaN with its sign and the top 10 bits of its payload, quieted. The widening is exact
+ * (subnormals included); a signalling NaN comes back quieted. On the active ISA's instructions,
+ * bit for bit the same on every ISA. */
+KVFUSE_API kvfuse_status kvfuse_f32_to_f16(const float* src, uint16_t* dst, size_t count);
+KVFUSE_API kvfuse_status kvfuse_f16_to_f32(const uint16_t* src, float* dst, size_t count);
 
 #ifdef __cplusplus
 } /* extern "C" */

@@ -189,8 +189,13 @@ struct bf16 {
     std::uint16_t bits = 0;
 };
 static_assert(sizeof(bf16) == 2, "bf16 must be two bytes");
+// IEEE-754 binary16 storage (llama.cpp's f16 KV cache): K/V, quantizer input; not gemm weights.
+struct f16 {
+    std::uint16_t bits = 0;
+};
+static_assert(sizeof(f16) == 2, "f16 must be two bytes");
 
-enum class Dtype : int { f32 = KVFUSE_DTYPE_F32, bf16 = KVFUSE_DTYPE_BF16 };
+enum class Dtype : int { f32 = KVFUSE_DTYPE_F32, bf16 = KVFUSE_DTYPE_BF16, f16 = KVFUSE_DTYPE_F16 };
 
 inline Status to_bf16(const float* src, bf16* dst, std::size_t count) {
     return Status(kvfuse_f32_to_bf16(src, reinterpret_cast<std::uint16_t*>(dst), count));
@@ -198,11 +203,17 @@ inline Status to_bf16(const float* src, bf16* dst, std::size_t count) {
 inline Status to_f32(const bf16* src, float* dst, std::size_t count) {
     return Status(kvfuse_bf16_to_f32(reinterpret_cast<const std::uint16_t*>(src), dst, count));
 }
+inline Status to_f16(const float* src, f16* dst, std::size_t count) {
+    return Status(kvfuse_f32_to_f16(src, reinterpret_cast<std::uint16_t*>(dst), count));
+}
+inline Status to_f32(const f16* src, float* dst, std::size_t count) {
+    return Status(kvfuse_f16_to_f32(reinterpret_cast<const std::uint16_t*>(src), dst, count));
+}
 
 namespace detail {
 template <class T>
 inline constexpr bool unsupported_element = false;
-// The storage type of a tensor of T: a compile error for anything but float and bf16.
+// The storage type of a tensor of T: a compile error for anything but float, bf16 and f16.
 template <class T>
 constexpr kvfuse_dtype dtype_of() {
     using E = std::remove_cv_t<T>;
@@ -210,10 +221,20 @@ constexpr kvfuse_dtype dtype_of() {
         return KVFUSE_DTYPE_F32;
     } else if constexpr (std::is_same_v<E, bf16>) {
         return KVFUSE_DTYPE_BF16;
+    } else if constexpr (std::is_same_v<E, f16>) {
+        return KVFUSE_DTYPE_F16;
     } else {
-        static_assert(unsupported_element<T>, "kvfuse: tensor elements must be float or kvfuse::bf16");
+        static_assert(unsupported_element<T>, "kvfuse: tensor elements must be float, kvfuse::bf16 or kvfuse::f16");
         return KVFUSE_DTYPE_F32;
     }
+}
+// Dense-layer weights: float or bf16 only (f16 is a KV type).
+template <class T>
+constexpr kvfuse_dtype weight_dtype_of() {
+    using E = std::remove_cv_t<T>;
+    static_assert(std::is_same_v<E, float> || std::is_same_v<E, bf16>,
+                  "kvfuse: gemm weights must be float or kvfuse::bf16");
+    return dtype_of<T>();
 }
 }  // namespace detail
 
@@ -252,7 +273,7 @@ struct RopeConfig {
     }
 };
 
-// In place, token t rotated by deltas[t] (T = float or bf16).
+// In place, token t rotated by deltas[t] (T = float, bf16 or f16).
 template <class T>
 Status rope_rotate(const RopeConfig& config, T* keys, std::size_t tokens, std::size_t heads,
                    std::size_t token_stride, const std::int64_t* deltas) {
@@ -299,7 +320,7 @@ struct AttentionArgs : kvfuse_attention_args {
 inline Status sparse_attention(const kvfuse_attention_args& args) { return Status(kvfuse_sparse_attention(&args)); }
 
 // Arguments for contiguous tensors: queries and out [rows x query_heads x head_dim], keys and
-// values [kv_tokens x kv_heads x head_dim] of T (float or bf16); scale 1/sqrt(head_dim) unless
+// values [kv_tokens x kv_heads x head_dim] of T (float, bf16 or f16); scale 1/sqrt(head_dim) unless
 // given.
 template <class T>
 AttentionArgs contiguous_attention_args(const float* queries, std::size_t rows, const std::int64_t* positions,
@@ -466,6 +487,12 @@ struct RelevanceSegment : kvfuse_relevance_segment {
     RelevanceSegment() { kvfuse_relevance_segment_init(this); }
 };
 static_assert(sizeof(RelevanceSegment) == sizeof(kvfuse_relevance_segment), "an array of them is one of the C struct");
+// Keys of T (float, bf16 or f16) for the f32 path, scored in place (kvfuse_relevance_args::keys).
+template <class T>
+void set_relevance_keys(kvfuse_relevance_args& args, const T* keys) {
+    args.keys_dtype = detail::dtype_of<T>();
+    args.keys = keys;
+}
 inline Status a3_relevance(const kvfuse_relevance_args& args) { return Status(kvfuse_a3_relevance(&args)); }
 inline Status a3_relevance(Context& context, const kvfuse_relevance_args& args) {
     return Status(kvfuse_ctx_a3_relevance(context.get(), &args));
@@ -505,7 +532,7 @@ class PackedWeights {
     static Status pack(const T* weights, std::size_t out, std::size_t in, std::size_t row_stride, Dtype packed,
                        PackedWeights& result) {
         kvfuse_packed_weights* handle = nullptr;
-        const Status s(kvfuse_pack_weights(detail::dtype_of<T>(), weights, out, in, row_stride == 0 ? in : row_stride,
+        const Status s(kvfuse_pack_weights(detail::weight_dtype_of<T>(), weights, out, in, row_stride == 0 ? in : row_stride,
                                            static_cast<kvfuse_dtype>(packed), &handle));
         if (s.ok()) result = PackedWeights(handle);
         return s;
@@ -568,6 +595,24 @@ inline Status quantize_keys_i4(const float* keys, std::size_t tokens, std::size_
 inline Status quantize_rows_i8(const float* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
                                std::size_t row_stride, std::int8_t* out, float* scales) {
     return Status(kvfuse_quantize_rows_i8(x, rows, heads, head_dim, row_stride, out, scales));
+}
+// The same from bf16 or f16 keys / rows (T = float, bf16 or f16; strides in elements of T).
+template <class T>
+Status quantize_keys_i8(const T* keys, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim,
+                        std::size_t token_stride, std::int8_t* out, float* scales, float* means) {
+    return Status(kvfuse_quantize_keys_i8_typed(detail::dtype_of<T>(), keys, tokens, kv_heads, head_dim, token_stride,
+                                                out, scales, means));
+}
+template <class T>
+Status quantize_keys_i4(const T* keys, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim,
+                        std::size_t token_stride, std::uint8_t* out, float* scales, float* means) {
+    return Status(kvfuse_quantize_keys_i4_typed(detail::dtype_of<T>(), keys, tokens, kv_heads, head_dim, token_stride,
+                                                out, scales, means));
+}
+template <class T>
+Status quantize_rows_i8(const T* x, std::size_t rows, std::size_t heads, std::size_t head_dim, std::size_t row_stride,
+                        std::int8_t* out, float* scales) {
+    return Status(kvfuse_quantize_rows_i8_typed(detail::dtype_of<T>(), x, rows, heads, head_dim, row_stride, out, scales));
 }
 
 // ---- topology and thread placement -----------------------------------------------------------

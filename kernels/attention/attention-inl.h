@@ -2,7 +2,7 @@
 // is compiled per ISA). No include guard on purpose.
 //
 // Loop order: KV heads in turn; each head's keys are transposed into tiles (D x tile, widened
-// from bf16) and its values widened ONCE into a packed copy, then blocks of rows sorted by
+// from bf16 or f16) and its values widened ONCE into a packed copy, then blocks of rows sorted by
 // position (tile and row block from the tuning in force, see kernels/tuning.h) walk its tiles in
 // order. Each tile serves every row of the block and every query head of the group. Scores are
 // computed with vectors running across keys (no horizontal reductions), the softmax is online
@@ -22,6 +22,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "kernels/common/bf16.h"
+#include "kernels/common/half-inl.h"
 #include "kernels/common/narrower_batch.h"
 #include "kernels/kernel_table.h"
 #include "kernels/call_context.h"
@@ -50,7 +51,7 @@ struct RowState {
 };
 
 // Copies keys [first, first + count) of one KV head into a packed tile, transposed (D x tile),
-// and values row-major (tile x D), widening bf16. Missing keys of a partial tile are zero.
+// and values row-major (tile x D), widening bf16 and f16. Missing keys of a partial tile are zero.
 void load_tile(const kvfuse_attention_args& a, std::size_t kv_head, std::size_t first, std::size_t count,
                std::size_t tile, float* keys_t, float* values) {
     const std::size_t d_count = a.head_dim;
@@ -61,6 +62,21 @@ void load_tile(const kvfuse_attention_args& a, std::size_t kv_head, std::size_t 
             const float* v = static_cast<const float*>(a.values) + at;
             for (std::size_t d = 0; d < d_count; ++d) keys_t[d * tile + j] = k[d];
             std::memcpy(values + j * d_count, v, d_count * sizeof(float));
+        } else if (a.kv_dtype == KVFUSE_DTYPE_F16) {
+            // Widened a vector at a time (vcvtph2ps / fcvtl); the keys then go to their columns.
+            const std::uint16_t* k = static_cast<const std::uint16_t*>(a.keys) + at;
+            const std::uint16_t* v = static_cast<const std::uint16_t*>(a.values) + at;
+            alignas(64) float lanes[kLanes];
+            std::size_t d = 0;
+            for (; d + kLanes <= d_count; d += kLanes) {
+                load_f16<F32s>(v + d).store_unaligned(values + j * d_count + d);
+                load_f16<F32s>(k + d).store_aligned(lanes);
+                for (std::size_t l = 0; l < kLanes; ++l) keys_t[(d + l) * tile + j] = lanes[l];
+            }
+            for (; d < d_count; ++d) {
+                keys_t[d * tile + j] = f16_one(k[d]);
+                values[j * d_count + d] = f16_one(v[d]);
+            }
         } else {
             const std::uint16_t* k = static_cast<const std::uint16_t*>(a.keys) + at;
             const std::uint16_t* v = static_cast<const std::uint16_t*>(a.values) + at;

@@ -13,10 +13,13 @@
 //   `/`, which is one: `divide` below); NaN quotients become +limit (std::fmin(limit, NaN) is
 //   limit), the clamp is exact, and the rounding is
 //   cvtps2dq / fcvtns: round half to even, as std::lrint in the default rounding mode;
-// * tails shorter than 16 values run the reference's scalar expression.
+// * tails shorter than 16 values run the reference's scalar expression;
+// * bf16 and f16 input is widened exactly as it is loaded (half-inl.h: shift, vcvtph2ps, fcvtl),
+//   so every value is the f32 the reference widens it to.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -26,6 +29,7 @@
 #endif
 
 #include "kernels/call_context.h"
+#include "kernels/common/half-inl.h"
 #include "kernels/common/workers.h"
 #include "kernels/kernel_table.h"
 
@@ -133,40 +137,53 @@ inline void widen(F32s v, F64s& low, F64s& high) {
 
 // --- one (token, head) ----------------------------------------------------------------------
 
+template <kvfuse_dtype kType>
+using Element = std::conditional_t<kType == KVFUSE_DTYPE_F32, float, std::uint16_t>;
+
 // x[i] - mean[i] in f32 (the reference's `centred`), or x[i] when there is no mean.
-template <bool kCentred>
-inline F32s centred(const float* x, const float* mean, std::size_t i) {
+template <kvfuse_dtype kType, bool kCentred>
+inline F32s centred(const Element<kType>* x, const float* mean, std::size_t i) {
     if constexpr (kCentred)
-        return F32s::load_unaligned(x + i) - F32s::load_unaligned(mean + i);
+        return load_as_f32<kType, F32s>(x, i) - F32s::load_unaligned(mean + i);
     else
-        return F32s::load_unaligned(x + i);
+        return load_as_f32<kType, F32s>(x, i);
 }
-template <bool kCentred>
-inline float centred_one(const float* x, const float* mean, std::size_t i) {
+template <kvfuse_dtype kType, bool kCentred>
+inline float centred_one(const Element<kType>* x, const float* mean, std::size_t i) {
     if constexpr (kCentred)
-        return x[i] - mean[i];
+        return one_as_f32<kType>(x, i) - mean[i];
     else
-        return x[i];
+        return one_as_f32<kType>(x, i);
 }
 
-template <bool kCentred>
-float max_abs(const float* x, const float* mean, std::size_t n) {
+// GCC 12 for AArch64 stops with an internal compiler error (vect_transform_reduction,
+// tree-vect-loop.cc:7457) when it auto-vectorizes this function's scalar tail (the fmax reduction over
+// widened bf16 / f16; the body is intrinsics): loop
+// vectorization is switched off for it there (GCC 12 on AArch64 only; nothing else changes).
+#if defined(__aarch64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
+#define KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE __attribute__((optimize("no-tree-loop-vectorize")))
+#else
+#define KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE
+#endif
+
+template <kvfuse_dtype kType, bool kCentred>
+KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE float max_abs(const Element<kType>* x, const float* mean, std::size_t n) {
     // Two chains, so that compare + blend latency does not bound a head of 8 vectors.
     F32s best0(0.0f), best1(0.0f);
     std::size_t i = 0;
     for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-        const F32s a0 = xsimd::abs(centred<kCentred>(x, mean, i));
-        const F32s a1 = xsimd::abs(centred<kCentred>(x, mean, i + kLanes));
+        const F32s a0 = xsimd::abs(centred<kType, kCentred>(x, mean, i));
+        const F32s a1 = xsimd::abs(centred<kType, kCentred>(x, mean, i + kLanes));
         best0 = max_skipping_nan(best0, a0);
         best1 = max_skipping_nan(best1, a1);
     }
     if (i + kLanes <= n) {
-        const F32s a = xsimd::abs(centred<kCentred>(x, mean, i));
+        const F32s a = xsimd::abs(centred<kType, kCentred>(x, mean, i));
         best0 = max_skipping_nan(best0, a);
         i += kLanes;
     }
     float m = reduce_max(max_skipping_nan(best0, best1));
-    for (; i < n; ++i) m = std::fmax(m, std::fabs(centred_one<kCentred>(x, mean, i)));
+    for (; i < n; ++i) m = std::fmax(m, std::fabs(centred_one<kType, kCentred>(x, mean, i)));
     return m;
 }
 
@@ -175,21 +192,21 @@ inline long rounded_one(float c, float scale, float limit) {
     return std::lrint(std::fmax(-limit, std::fmin(limit, c / scale)));
 }
 
-template <bool kCentred>
-inline Bytes16 rounded_chunk(const float* x, const float* mean, std::size_t i, F32s scale, F32s limit) {
+template <kvfuse_dtype kType, bool kCentred>
+inline Bytes16 rounded_chunk(const Element<kType>* x, const float* mean, std::size_t i, F32s scale, F32s limit) {
     I32s q[kPerChunk];
     for (std::size_t k = 0; k < kPerChunk; ++k) {
-        const F32s v = divide(centred<kCentred>(x, mean, i + k * kLanes), scale);
+        const F32s v = divide(centred<kType, kCentred>(x, mean, i + k * kLanes), scale);
         q[k] = xsimd::nearbyint_as_int(clamp_nan_high(v, limit));
     }
     return narrow_to_bytes(q);
 }
 
 // Returns the scale; writes n int8 values (bits 8) or (n + 1) / 2 packed bytes (bits 4).
-template <int kBits, bool kCentred>
-float quantize_head(const float* x, const float* mean, std::size_t n, void* out) {
+template <int kBits, kvfuse_dtype kType, bool kCentred>
+float quantize_head(const Element<kType>* x, const float* mean, std::size_t n, void* out) {
     constexpr float kLimit = kBits == 8 ? 127.0f : 7.0f;
-    const float scale = max_abs<kCentred>(x, mean, n) / kLimit;
+    const float scale = max_abs<kType, kCentred>(x, mean, n) / kLimit;
     auto* bytes = static_cast<std::uint8_t*>(out);
     if (!(scale > 0.0f)) {
         std::memset(bytes, 0, kBits == 8 ? n : (n + 1) / 2);
@@ -198,7 +215,7 @@ float quantize_head(const float* x, const float* mean, std::size_t n, void* out)
     const F32s vscale(scale), vlimit(kLimit);
     std::size_t i = 0;
     for (; i + kChunk <= n; i += kChunk) {
-        const Bytes16 b = rounded_chunk<kCentred>(x, mean, i, vscale, vlimit);
+        const Bytes16 b = rounded_chunk<kType, kCentred>(x, mean, i, vscale, vlimit);
         if constexpr (kBits == 8)
             store_bytes(bytes + i, b);
         else
@@ -206,11 +223,11 @@ float quantize_head(const float* x, const float* mean, std::size_t n, void* out)
     }
     if constexpr (kBits == 8) {
         for (; i < n; ++i)
-            bytes[i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(rounded_one(centred_one<kCentred>(x, mean, i), scale, kLimit)));
+            bytes[i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(rounded_one(centred_one<kType, kCentred>(x, mean, i), scale, kLimit)));
     } else {
         for (; i < n; i += 2) {
-            const long low = rounded_one(centred_one<kCentred>(x, mean, i), scale, kLimit);
-            const long high = i + 1 < n ? rounded_one(centred_one<kCentred>(x, mean, i + 1), scale, kLimit) : 0;
+            const long low = rounded_one(centred_one<kType, kCentred>(x, mean, i), scale, kLimit);
+            const long high = i + 1 < n ? rounded_one(centred_one<kType, kCentred>(x, mean, i + 1), scale, kLimit) : 0;
             bytes[i / 2] = static_cast<std::uint8_t>((static_cast<unsigned>(low) & 15u) | ((static_cast<unsigned>(high) & 15u) << 4));
         }
     }
@@ -229,19 +246,20 @@ std::size_t workers_for(const kvfuse_context& context, std::size_t values, std::
 // Tokens go in tiles of kTokenTile rows read side by side, so that each vector of sums is
 // loaded and stored once per tile, not once per token.
 constexpr std::size_t kTokenTile = 8;
-void column_means(const float* keys, std::size_t tokens, std::size_t token_stride, std::size_t begin, std::size_t end,
+template <kvfuse_dtype kType>
+void column_means(const Element<kType>* keys, std::size_t tokens, std::size_t token_stride, std::size_t begin, std::size_t end,
                   double* sums, float* means) {
     for (std::size_t c = begin; c < end; ++c) sums[c] = 0.0;
     constexpr std::size_t kHalf = F64s::size;
     for (std::size_t t0 = 0; t0 < tokens; t0 += kTokenTile) {
         const std::size_t t1 = std::min(tokens, t0 + kTokenTile);
-        const float* tile = keys + t0 * token_stride;
+        const Element<kType>* tile = keys + t0 * token_stride;
         std::size_t c = begin;
         for (; c + kLanes <= end; c += kLanes) {
             F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
             for (std::size_t t = 0; t < t1 - t0; ++t) {
                 F64s low, high;
-                widen(F32s::load_unaligned(tile + t * token_stride + c), low, high);
+                widen(load_as_f32<kType, F32s>(tile, t * token_stride + c), low, high);
                 low_sum += low;
                 high_sum += high;
             }
@@ -249,13 +267,13 @@ void column_means(const float* keys, std::size_t tokens, std::size_t token_strid
             high_sum.store_unaligned(sums + c + kHalf);
         }
         for (; c < end; ++c)
-            for (std::size_t t = 0; t < t1 - t0; ++t) sums[c] += tile[t * token_stride + c];
+            for (std::size_t t = 0; t < t1 - t0; ++t) sums[c] += one_as_f32<kType>(tile, t * token_stride + c);
     }
     for (std::size_t c = begin; c < end; ++c) means[c] = static_cast<float>(sums[c] / static_cast<double>(tokens));
 }
 
-template <int kBits, bool kCentred>
-void quantize_tokens(const kvfuse_context& context, const float* x, std::size_t tokens, std::size_t heads,
+template <int kBits, kvfuse_dtype kType, bool kCentred>
+void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, std::size_t tokens, std::size_t heads,
                      std::size_t head_dim, std::size_t stride, void* out, float* scales, const float* means) {
     const std::size_t head_bytes = kBits == 8 ? head_dim : (head_dim + 1) / 2;
     const std::size_t workers = workers_for(context, tokens * heads * head_dim, tokens);
@@ -263,7 +281,7 @@ void quantize_tokens(const kvfuse_context& context, const float* x, std::size_t 
         for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t)
             for (std::size_t h = 0; h < heads; ++h) {
                 const std::size_t at = t * heads + h;
-                scales[at] = quantize_head<kBits, kCentred>(x + t * stride + h * head_dim,
+                scales[at] = quantize_head<kBits, kType, kCentred>(x + t * stride + h * head_dim,
                                                             kCentred ? means + h * head_dim : nullptr, head_dim,
                                                             static_cast<std::uint8_t*>(out) + at * head_bytes);
             }
@@ -271,8 +289,9 @@ void quantize_tokens(const kvfuse_context& context, const float* x, std::size_t 
     detail::run_workers(context, workers, quantize_range);
 }
 
-void quantize_keys(kvfuse_context& context, const float* keys, std::size_t tokens, std::size_t heads,
-                   std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales, float* means) {
+template <kvfuse_dtype kType>
+void quantize_keys_of(kvfuse_context& context, const Element<kType>* keys, std::size_t tokens, std::size_t heads,
+                      std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales, float* means) {
     const std::size_t columns = heads * head_dim;
     // The only memory: the f64 column sums, in the context's scratch (kept across calls).
     auto* sums = static_cast<double*>(detail::context_scratch(context, columns * sizeof(double)));
@@ -281,18 +300,39 @@ void quantize_keys(kvfuse_context& context, const float* keys, std::size_t token
     auto mean_range = [&](std::size_t worker) {
         const std::size_t begin = blocks * worker / mean_workers * kColumnBlock;
         const std::size_t end = std::min(columns, blocks * (worker + 1) / mean_workers * kColumnBlock);
-        column_means(keys, tokens, token_stride, begin, end, sums, means);
+        column_means<kType>(keys, tokens, token_stride, begin, end, sums, means);
     };
     detail::run_workers(context, mean_workers, mean_range);
     if (bits == 8)
-        quantize_tokens<8, true>(context, keys, tokens, heads, head_dim, token_stride, out, scales, means);
+        quantize_tokens<8, kType, true>(context, keys, tokens, heads, head_dim, token_stride, out, scales, means);
     else
-        quantize_tokens<4, true>(context, keys, tokens, heads, head_dim, token_stride, out, scales, means);
+        quantize_tokens<4, kType, true>(context, keys, tokens, heads, head_dim, token_stride, out, scales, means);
 }
 
-void quantize_rows(kvfuse_context& context, const float* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
-                   std::size_t row_stride, std::int8_t* out, float* scales) {
-    quantize_tokens<8, false>(context, x, rows, heads, head_dim, row_stride, out, scales, nullptr);
+void quantize_keys(kvfuse_context& context, kvfuse_dtype dtype, const void* keys, std::size_t tokens, std::size_t heads,
+                   std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales, float* means) {
+    if (dtype == KVFUSE_DTYPE_F32)
+        quantize_keys_of<KVFUSE_DTYPE_F32>(context, static_cast<const float*>(keys), tokens, heads, head_dim,
+                                           token_stride, bits, out, scales, means);
+    else if (dtype == KVFUSE_DTYPE_F16)
+        quantize_keys_of<KVFUSE_DTYPE_F16>(context, static_cast<const std::uint16_t*>(keys), tokens, heads, head_dim,
+                                           token_stride, bits, out, scales, means);
+    else
+        quantize_keys_of<KVFUSE_DTYPE_BF16>(context, static_cast<const std::uint16_t*>(keys), tokens, heads, head_dim,
+                                            token_stride, bits, out, scales, means);
+}
+
+void quantize_rows(kvfuse_context& context, kvfuse_dtype dtype, const void* x, std::size_t rows, std::size_t heads,
+                   std::size_t head_dim, std::size_t row_stride, std::int8_t* out, float* scales) {
+    if (dtype == KVFUSE_DTYPE_F32)
+        quantize_tokens<8, KVFUSE_DTYPE_F32, false>(context, static_cast<const float*>(x), rows, heads, head_dim,
+                                                    row_stride, out, scales, nullptr);
+    else if (dtype == KVFUSE_DTYPE_F16)
+        quantize_tokens<8, KVFUSE_DTYPE_F16, false>(context, static_cast<const std::uint16_t*>(x), rows, heads, head_dim,
+                                                    row_stride, out, scales, nullptr);
+    else
+        quantize_tokens<8, KVFUSE_DTYPE_BF16, false>(context, static_cast<const std::uint16_t*>(x), rows, heads,
+                                                     head_dim, row_stride, out, scales, nullptr);
 }
 
 }  // namespace

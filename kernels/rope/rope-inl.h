@@ -9,6 +9,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "kernels/common/bf16.h"
+#include "kernels/common/half-inl.h"
 #include "kernels/common/narrower_batch.h"
 #include "kernels/kernel_table.h"
 #include "kernels/call_context.h"
@@ -156,15 +157,75 @@ void neox_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half,
         rotate_bf16_pair(dst + i, dst + half + i, src + i, src + half + i, t.cos[i], t.sin[i]);
 }
 
-template <class T>
-void rotate_row(const RopePlan& plan, const T* src, T* dst, std::size_t heads,
+// --- f16 -------------------------------------------------------------------------------------
+// Widened to f32 vectors (F16C's vcvtph2ps, NEON's fcvtl), rotated by exactly the f32 sequence
+// with the f32 tables (cos/sin per pair for NeoX, cos2/sin2 for interleaved pairs), and rounded
+// back once to nearest even (vcvtps2ph / fcvtn). The scalar tails convert through the same
+// instructions one value at a time.
+
+inline void rotate_f16_pair(std::uint16_t* a, std::uint16_t* b, const std::uint16_t* sa, const std::uint16_t* sb,
+                            float c, float s) {
+    float o1, o2;
+    rotate_pair(f16_one(*sa), f16_one(*sb), c, s, o1, o2);
+    *a = f16_from_one(o1);
+    *b = f16_from_one(o2);
+}
+
+template <class B>
+inline void neox_f16_step(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const RopeTable& t,
+                          std::size_t i) {
+    const B x1 = load_f16<B>(src + i);
+    const B x2 = load_f16<B>(src + half + i);
+    const B c = B::load_unaligned(t.cos.data() + i);
+    const B s = B::load_unaligned(t.sin.data() + i);
+    store_f16(dst + i, xsimd::fms(x1, c, x2 * s));
+    store_f16(dst + half + i, xsimd::fma(x1, s, x2 * c));
+}
+
+template <class Narrow>
+std::size_t neox_f16_tail(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const RopeTable& t,
+                          std::size_t i) {
+    if constexpr (!std::is_void_v<Narrow>) {
+        using B = xsimd::batch<float, Narrow>;
+        for (; i + B::size <= half; i += B::size) neox_f16_step<B>(src, dst, half, t, i);
+    }
+    return i;
+}
+
+void neox_f16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const RopeTable& t) {
+    std::size_t i = 0;
+    for (; i + kLanes <= half; i += kLanes) neox_f16_step<F32s>(src, dst, half, t, i);
+    i = neox_f16_tail<detail::narrower_fused_arch_t<Arch>>(src, dst, half, t, i);
+    for (; i < half; ++i) rotate_f16_pair(dst + i, dst + half + i, src + i, src + half + i, t.cos[i], t.sin[i]);
+}
+
+void interleaved_f16(const std::uint16_t* src, std::uint16_t* dst, std::size_t count, const RopeTable& t) {
+    std::size_t i = 0;
+    for (; i + kLanes <= count; i += kLanes) {
+        const F32s x = load_f16<F32s>(src + i);
+        const F32s c = F32s::load_unaligned(t.cos2.data() + i);
+        const F32s s = F32s::load_unaligned(t.sin2.data() + i);
+        store_f16(dst + i, xsimd::fma(x, c, swap_pairs(x) * s));
+    }
+    for (; i < count; i += 2)
+        rotate_f16_pair(dst + i, dst + i + 1, src + i, src + i + 1, t.cos[i / 2], t.sin[i / 2]);
+}
+
+template <kvfuse_dtype kType>
+using Element = std::conditional_t<kType == KVFUSE_DTYPE_F32, float, std::uint16_t>;
+
+template <kvfuse_dtype kType>
+void rotate_row(const RopePlan& plan, const Element<kType>* src, Element<kType>* dst, std::size_t heads,
                 const RopeTable& table) {
+    using T = Element<kType>;
     const std::size_t head_dim = static_cast<std::size_t>(plan.config.head_dim);
     const std::size_t rotary = static_cast<std::size_t>(plan.rotary_dims);
     const bool interleaved = plan.config.pairing == KVFUSE_ROPE_INTERLEAVED;
     if (plan.row_flattened(heads)) {
-        if constexpr (std::is_same_v<T, float>)
+        if constexpr (kType == KVFUSE_DTYPE_F32)
             interleaved_f32(src, dst, heads * head_dim, table);
+        else if constexpr (kType == KVFUSE_DTYPE_F16)
+            interleaved_f16(src, dst, heads * head_dim, table);
         else
             interleaved_bf16(src, dst, heads * head_dim / 2, table);
         return;
@@ -172,11 +233,16 @@ void rotate_row(const RopePlan& plan, const T* src, T* dst, std::size_t heads,
     for (std::size_t h = 0; h < heads; ++h) {
         const T* s = src + h * head_dim;
         T* d = dst + h * head_dim;
-        if constexpr (std::is_same_v<T, float>) {
+        if constexpr (kType == KVFUSE_DTYPE_F32) {
             if (interleaved)
                 interleaved_f32(s, d, rotary, table);
             else
                 neox_f32(s, d, rotary / 2, table);
+        } else if constexpr (kType == KVFUSE_DTYPE_F16) {
+            if (interleaved)
+                interleaved_f16(s, d, rotary, table);
+            else
+                neox_f16(s, d, rotary / 2, table);
         } else {
             if (interleaved)
                 interleaved_bf16(s, d, rotary / 2, table);
@@ -187,10 +253,10 @@ void rotate_row(const RopePlan& plan, const T* src, T* dst, std::size_t heads,
     }
 }
 
-template <class T>
-void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, const T* src,
-                 std::size_t src_stride, T* dst, std::size_t dst_stride, std::size_t tokens, std::size_t heads,
-                 const std::int64_t* deltas, std::int64_t delta) {
+template <kvfuse_dtype kType>
+void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, const Element<kType>* src,
+                 std::size_t src_stride, Element<kType>* dst, std::size_t dst_stride, std::size_t tokens,
+                 std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
     const std::size_t work = tokens * heads * static_cast<std::size_t>(plan.config.head_dim);
     // Below a few hundred KiB the fork/join costs more than the second core gives back; and
     // even an `if(false)` parallel region costs microseconds, so small calls run on one worker.
@@ -206,7 +272,7 @@ void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dty
         detail::RopeTableCache& tables = detail::context_rope_tables(context, worker);
         for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t) {
             const std::int64_t d = deltas ? deltas[t] : delta;
-            rotate_row(plan, src + t * src_stride, dst + t * dst_stride, heads, tables.get(plan, dtype, heads, d));
+            rotate_row<kType>(plan, src + t * src_stride, dst + t * dst_stride, heads, tables.get(plan, dtype, heads, d));
         }
     };
     detail::run_workers(context, workers, rotate_range);
@@ -216,15 +282,36 @@ void rope_rotate(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dty
                  std::size_t src_stride, void* dst, std::size_t dst_stride, std::size_t tokens,
                  std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
     if (dtype == KVFUSE_DTYPE_F32)
-        rotate_rows(context, plan, dtype, static_cast<const float*>(src), src_stride,
-                    static_cast<float*>(dst), dst_stride, tokens, heads, deltas, delta);
+        rotate_rows<KVFUSE_DTYPE_F32>(context, plan, dtype, static_cast<const float*>(src), src_stride,
+                                      static_cast<float*>(dst), dst_stride, tokens, heads, deltas, delta);
+    else if (dtype == KVFUSE_DTYPE_F16)
+        rotate_rows<KVFUSE_DTYPE_F16>(context, plan, dtype, static_cast<const std::uint16_t*>(src), src_stride,
+                                      static_cast<std::uint16_t*>(dst), dst_stride, tokens, heads, deltas, delta);
     else
-        rotate_rows(context, plan, dtype, static_cast<const std::uint16_t*>(src), src_stride,
-                    static_cast<std::uint16_t*>(dst), dst_stride, tokens, heads, deltas, delta);
+        rotate_rows<KVFUSE_DTYPE_BF16>(context, plan, dtype, static_cast<const std::uint16_t*>(src), src_stride,
+                                       static_cast<std::uint16_t*>(dst), dst_stride, tokens, heads, deltas, delta);
+}
+
+void f32_to_f16(const float* src, std::uint16_t* dst, std::size_t count) {
+    std::size_t i = 0;
+    for (; i + kLanes <= count; i += kLanes) store_f16(dst + i, F32s::load_unaligned(src + i));
+    for (; i < count; ++i) dst[i] = f16_from_one(src[i]);
+}
+
+void f16_to_f32(const std::uint16_t* src, float* dst, std::size_t count) {
+    std::size_t i = 0;
+    for (; i + kLanes <= count; i += kLanes) load_f16<F32s>(src + i).store_unaligned(dst + i);
+    for (; i < count; ++i) dst[i] = f16_one(src[i]);
 }
 
 }  // namespace
 
-void register_rope(detail::KernelTable& table) { table.rope_rotate = &rope_rotate; }
+void register_rope(detail::KernelTable& table) {
+    table.rope_rotate = &rope_rotate;
+    KVFUSE_REGISTER_STORE_BARRIER();
+    table.f32_to_f16 = &f32_to_f16;
+    KVFUSE_REGISTER_STORE_BARRIER();
+    table.f16_to_f32 = &f16_to_f32;
+}
 
 }  // namespace kvfuse::KVFUSE_ISA_NAMESPACE

@@ -111,7 +111,7 @@ void RopeTable::build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t head
             cos[r * pairs + i] = cos[i];
             sin[r * pairs + i] = sin[i];
         }
-    if (plan.config.pairing == KVFUSE_ROPE_INTERLEAVED && dtype == KVFUSE_DTYPE_F32) {
+    if (plan.config.pairing == KVFUSE_ROPE_INTERLEAVED && dtype != KVFUSE_DTYPE_BF16) {
         cos2.resize(2 * cos.size());
         sin2.resize(2 * cos.size());
         for (std::size_t i = 0; i < cos.size(); ++i) {
@@ -145,7 +145,7 @@ void RopeTable::reserve(const RopePlan& plan, kvfuse_dtype dtype, std::size_t he
     const std::size_t entries = pairs * (plan.row_flattened(heads) ? heads : 1);
     cos.reserve(entries);
     sin.reserve(entries);
-    if (plan.config.pairing == KVFUSE_ROPE_INTERLEAVED && dtype == KVFUSE_DTYPE_F32) {
+    if (plan.config.pairing == KVFUSE_ROPE_INTERLEAVED && dtype != KVFUSE_DTYPE_BF16) {
         cos2.reserve(2 * entries);
         sin2.reserve(2 * entries);
     }

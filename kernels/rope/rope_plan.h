@@ -39,7 +39,7 @@ double rope_inv_freq(const kvfuse_rope_config& config, int rotary_dims, int pair
 // cos/sin of delta * inv_freq for one delta, angle in double, rounded to f32 once.
 // Layouts (pairs = rotary_dims / 2; a flattened row repeats the head's pairs `heads` times):
 //   cos, sin     per pair (always filled; the scalar tails use them)
-//   cos2, sin2   f32 interleaved: per element, cos2[2i] = cos2[2i+1] = cos_i,
+//   cos2, sin2   f32 and f16 interleaved: per element, cos2[2i] = cos2[2i+1] = cos_i,
 //                sin2[2i] = -sin_i, sin2[2i+1] = +sin_i, so out = x*cos2 + swap_pairs(x)*sin2
 //   even/odd     bf16 NeoX: cos/sin of the even and odd pair indices, so that a 32-bit lane
 //                holding elements (2j, 2j+1) pairs with the lane holding (h+2j, h+2j+1)

@@ -31,6 +31,7 @@
 #include <arm_neon.h>
 #endif
 
+#include "kernels/common/half-inl.h"
 #include "kernels/common/relevance_segments.h"
 #include "kernels/kernel_table.h"
 #include "kernels/score/score_dot.h"
@@ -323,7 +324,19 @@ enum class Path { f32, int8, int4 };
 struct Shape {
     std::size_t M, C, docs, H, Hkv, D, D2, group;
     std::size_t lanes;  // int paths: 32-bit lanes per key and per query row (D2 pairs or D4 quads)
+    // f32 path with keys of another type (kvfuse_relevance_args::keys): read in place, widened
+    // as each tile is laid out. Null: the segments' keys_f32.
+    const void* typed_keys;
+    kvfuse_dtype key_type;
 };
+
+// Element `at` of the f32 path's keys, whatever their type.
+inline float f32_key(const kvfuse_relevance_segment& g, const Shape& s, std::size_t at) {
+    if (s.typed_keys == nullptr) return g.keys_f32[at];
+    if (s.key_type == KVFUSE_DTYPE_F16) return one_as_f32<KVFUSE_DTYPE_F16>(s.typed_keys, at);
+    if (s.key_type == KVFUSE_DTYPE_BF16) return one_as_f32<KVFUSE_DTYPE_BF16>(s.typed_keys, at);
+    return one_as_f32<KVFUSE_DTYPE_F32>(s.typed_keys, at);
+}
 
 // What the u8 schemes add to each key so that it is non-negative: the dot then carries
 // offset * sum(q), which the query's correction takes back.
@@ -423,6 +436,21 @@ inline Block load_u16_as_lanes(const std::uint8_t* p) {
     return vreinterpretq_s32_u32(vmovl_u16(vreinterpret_u16_u8(vld1_u8(p))));
 #endif
 }
+// kBlock f16 / bf16 values widened exactly, as the bits of f32 lanes.
+inline Block load_f16_as_lanes(const std::uint16_t* p) {
+#if defined(__AVX2__)
+    return _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+    return vreinterpretq_s32_f32(vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))));
+#endif
+}
+inline Block load_bf16_as_lanes(const std::uint16_t* p) {
+#if defined(__AVX2__)
+    return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+#else
+    return vreinterpretq_s32_u32(vshll_n_u16(vld1_u16(p), 16));
+#endif
+}
 // rows[r] lane c -> out[c * stride + r]: the block transposed into kBlock tile rows (32-byte
 // aligned on x86: stride and the block's first key are multiples of 8 lanes).
 inline void store_transposed(const Block (&rows)[kBlock], void* out, std::size_t stride) {
@@ -459,7 +487,13 @@ inline void store_transposed(const Block (&rows)[kBlock], void* out, std::size_t
 // every byte read inside the key (block_lanes).
 inline Block encode_block(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t j,
                           std::size_t kv, std::size_t i0) {
-    if (path == Path::f32) return load_lanes(g.keys_f32 + (j * s.Hkv + kv) * s.D + i0);
+    if (path == Path::f32) {
+        const std::size_t at = (j * s.Hkv + kv) * s.D + i0;
+        if (s.typed_keys == nullptr) return load_lanes(g.keys_f32 + at);
+        if (s.key_type == KVFUSE_DTYPE_F16) return load_f16_as_lanes(static_cast<const std::uint16_t*>(s.typed_keys) + at);
+        if (s.key_type == KVFUSE_DTYPE_BF16) return load_bf16_as_lanes(static_cast<const std::uint16_t*>(s.typed_keys) + at);
+        return load_lanes(static_cast<const float*>(s.typed_keys) + at);
+    }
     if (path == Path::int8) {
         const std::int8_t* key = g.keys_i8 + (j * s.Hkv + kv) * s.D;
         if (!is_quads(dot)) return load_s8_as_pairs(key + 2 * i0);
@@ -484,10 +518,13 @@ inline Block encode_block(const kvfuse_relevance_segment& g, const Shape& s, Pat
 // Asks for key j's rows of every KV head (contiguous: one token's keys) into L2.
 inline void prefetch_token_keys(const kvfuse_relevance_segment& g, const Shape& s, Path path, std::size_t j) {
     const std::size_t row = j * s.Hkv;
-    const char* key = path == Path::f32    ? reinterpret_cast<const char*>(g.keys_f32 + row * s.D)
+    const std::size_t f32_element = s.typed_keys == nullptr ? sizeof(float) : element_bytes(s.key_type);
+    const char* key = path == Path::f32
+                          ? (s.typed_keys == nullptr ? reinterpret_cast<const char*>(g.keys_f32 + row * s.D)
+                                                     : static_cast<const char*>(s.typed_keys) + row * s.D * f32_element)
                       : path == Path::int8 ? reinterpret_cast<const char*>(g.keys_i8 + row * s.D)
                                            : reinterpret_cast<const char*>(g.keys_i4 + row * s.D2);
-    const std::size_t bytes = s.Hkv * (path == Path::f32 ? s.D * sizeof(float) : path == Path::int8 ? s.D : s.D2);
+    const std::size_t bytes = s.Hkv * (path == Path::f32 ? s.D * f32_element : path == Path::int8 ? s.D : s.D2);
     for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(key + b, 0, 2);
 }
 
@@ -536,8 +573,8 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
         if (path == Path::f32) {
             // The key's address only when `in`: outside, j is meaningless and forming a pointer
             // that far outside the keys is undefined behaviour (UBSan, found by fuzz_c_api).
-            const float* key = in ? g.keys_f32 + (j * s.Hkv + kv) * s.D : nullptr;
-            for (std::size_t d = blocked; d < s.D; ++d) f32_tile[d * kTile + jj] = in ? key[d] : 0.0f;
+            const std::size_t at = in ? (j * s.Hkv + kv) * s.D : 0;
+            for (std::size_t d = blocked; d < s.D; ++d) f32_tile[d * kTile + jj] = in ? f32_key(g, s, at + d) : 0.0f;
             continue;
         }
         key_scales[jj] = in ? g.key_scales[j * s.Hkv + kv] : 0.0f;
@@ -793,6 +830,8 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     s.D = a.head_dim;
     s.D2 = (s.D + 1) / 2;
     s.group = s.H / s.Hkv;
+    s.typed_keys = a.keys;  // set only without segments (checked by the API layer)
+    s.key_type = a.keys_dtype;
     const std::size_t segment_count = detail::count_relevance_segments(a);
     const kvfuse_tuning& tuning = detail::context_tuning(context);
     const std::size_t tiles = (s.C + kTile - 1) / kTile, padded = tiles * kTile;
