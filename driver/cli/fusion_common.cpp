@@ -6,6 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "driver_errors.h"
 #include "model/regular_file.h"
 #include "store/open_backend.h"
 
@@ -83,8 +84,7 @@ std::unique_ptr<kvfuse::store::ChunkBackend> open_store(const FusionCliOptions& 
     kvfuse::store::BackendOptions options;
     options.directory.sync_writes = false;  // a lost chunk is only recomputed; atomicity is kept
     auto store = kvfuse::store::open_backend(o.store_dir, std::move(options));
-    if (!store.ok()) throw std::runtime_error("chunk store: " + store.status().to_string());
-    return std::move(store).value();
+    return kvfuse::driver::value_or_throw(std::move(store), "chunk store");
 }
 
 void add_placement_options(CLI::App& cmd, PlacementCliOptions& options) {

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "driver_errors.h"
 #include "kvfuse/kvfuse.hpp"
 
 namespace kvfuse::fusion {
@@ -52,8 +53,7 @@ std::vector<double> average_ranks(std::span<const float> x) {
 std::vector<std::int64_t> best_positions(std::span<const float> x, std::size_t k) {
     std::vector<std::int64_t> out(k);
     std::size_t count = 0;
-    const kvfuse::Status status = kvfuse::topk(x.data(), x.size(), k, kvfuse::TopkOrder::by_position, out.data(), count);
-    if (!status.ok()) throw std::runtime_error(std::string("top-k: ") + status.message());
+    driver::throw_if_failed(kvfuse::topk(x.data(), x.size(), k, kvfuse::TopkOrder::by_position, out.data(), count), "top-k");
     out.resize(count);
     return out;
 }

@@ -121,10 +121,6 @@ class ChunkLoader {
 
 }  // namespace
 
-void throw_if_failed(const kvfuse::Status& status, const char* what) {
-    if (!status.ok()) throw std::runtime_error(std::string(what) + ": " + status.message());
-}
-
 std::vector<std::int64_t> top_rows(std::span<const float> scores, std::size_t k, std::size_t prefix_rows) {
     k = std::min(k, scores.size());
     if (k == 0) return {};

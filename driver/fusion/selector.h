@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "driver_errors.h"
 #include "fusion/pipeline.h"
 
 namespace kvfuse::fusion {
@@ -68,8 +69,9 @@ using JoinRows = std::vector<std::int64_t> (*)(const SelectionContext& context, 
 
 // Helpers for selectors (the pipeline uses them too).
 
-// kvfuse::Status to an exception (std::runtime_error "what: message") when it is an error.
-void throw_if_failed(const kvfuse::Status& status, const char* what);
+// kvfuse::Status to an exception (std::runtime_error "what: message") when it is an error: the
+// driver's one error style (driver_errors.h).
+using driver::throw_if_failed;
 // The k best of `document_scores` (one per document row, from row P on) as rows, ascending;
 // ties go to the lower row, NaN ranks last.
 std::vector<std::int64_t> top_rows(std::span<const float> document_scores, std::size_t k, std::size_t prefix_rows);

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <limits>
 
+#include "driver_errors.h"
+
 namespace kvfuse::model {
 
 namespace {
@@ -162,7 +164,7 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
 
 void LlamaModel::linear(const float* x, std::size_t n, const Dense& w, float* y, float beta) const {
     if (w.tensor == nullptr) {
-        kvfuse::gemm(w.packed, x, n, y, beta).check();
+        driver::throw_if_failed(kvfuse::gemm(w.packed, x, n, y, beta), "matrix product");
         return;
     }
     // Dequantize a tile of rows (output features), pack it, multiply into the tile's columns of
@@ -179,8 +181,8 @@ void LlamaModel::linear(const float* x, std::size_t n, const Dense& w, float* y,
         float* tile = tile_.data();
         const std::size_t in = w.in;
         for (std::size_t r = 0; r < rows; ++r) dequantize(base + r * row_bytes, tile + r * in, in);
-        kvfuse::PackedWeights::pack(tile, rows, in, in, kvfuse::Dtype::f32, packed).check();
-        kvfuse::gemm(packed, x, n, y + first, beta, 0, in, w.out).check();
+        driver::throw_if_failed(kvfuse::PackedWeights::pack(tile, rows, in, in, kvfuse::Dtype::f32, packed), "packing a weight tile");
+        driver::throw_if_failed(kvfuse::gemm(packed, x, n, y + first, beta, 0, in, w.out), "matrix product (weight tile)");
     }
 }
 
@@ -231,7 +233,7 @@ void LlamaModel::project_qkv(int layer, const float* hidden, std::size_t n, cons
     add_bias(v, w.bv);
     kvfuse::Status s = kvfuse::rope_rotate(shape_.rope, q, n, static_cast<std::size_t>(shape_.heads), shape_.q_row(), positions);
     if (s.ok()) s = kvfuse::rope_rotate(shape_.rope, k, n, static_cast<std::size_t>(shape_.kv_heads), shape_.kv_row(), positions);
-    s.check();
+    driver::throw_if_failed(s, "RoPE of the queries and keys");
 }
 
 void LlamaModel::finish_layer(int layer, const float* attention, std::size_t n, float* hidden) const {

@@ -19,6 +19,7 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include "driver_errors.h"
 #include "fusion/chunk_source.h"
 #include "fusion/loaded_model.h"
 #include "fusion/metrics.h"
@@ -352,8 +353,7 @@ int serve(const ServeOptions& options) {
             backend.redis.ttl_seconds = options.redis_ttl_seconds;
             backend.local_cache = options.local_cache;
             auto opened = kvfuse::store::open_backend(options.store, std::move(backend));
-            if (!opened.ok()) throw std::runtime_error("chunk store: " + opened.status().to_string());
-            store = std::move(opened).value();
+            store = kvfuse::driver::value_or_throw(std::move(opened), "chunk store");
         } else if (!options.local_cache.empty()) {
             throw std::invalid_argument("--local-cache needs a redis:// store, not --no-store");
         }
