@@ -1,5 +1,6 @@
 #include "reference/f16_reference.h"
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 
@@ -7,34 +8,18 @@
 
 namespace kvfuse::reference {
 
-namespace {
-
-std::uint32_t bits_of(float value) {
-    std::uint32_t bits;
-    std::memcpy(&bits, &value, sizeof bits);
-    return bits;
-}
-
-float float_of(std::uint32_t bits) {
-    float value;
-    std::memcpy(&value, &bits, sizeof value);
-    return value;
-}
-
-}  // namespace
-
 float f16_to_f32(std::uint16_t h) {
     const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
     const std::uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
     if (exponent == 0x1f)  // Inf, or NaN with its payload and the quiet bit set
-        return float_of(sign | 0x7f800000u | (mantissa << 13) | (mantissa != 0 ? 0x00400000u : 0u));
+        return std::bit_cast<float>(sign | 0x7f800000u | (mantissa << 13) | (mantissa != 0 ? 0x00400000u : 0u));
     if (exponent == 0)  // zero or subnormal: mantissa * 2^-24, exact in f32
-        return std::copysign(std::ldexp(static_cast<float>(mantissa), -24), float_of(sign | 0x3f800000u));
-    return float_of(sign | ((exponent - 15 + 127) << 23) | (mantissa << 13));
+        return std::copysign(std::ldexp(static_cast<float>(mantissa), -24), std::bit_cast<float>(sign | 0x3f800000u));
+    return std::bit_cast<float>(sign | ((exponent - 15 + 127) << 23) | (mantissa << 13));
 }
 
 std::uint16_t f32_to_f16(float value) {
-    const std::uint32_t bits = bits_of(value);
+    const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
     const std::uint16_t sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
     if (std::isnan(value)) return static_cast<std::uint16_t>(sign | 0x7e00u | ((bits >> 13) & 0x3ffu));
     const double x = std::fabs(static_cast<double>(value));

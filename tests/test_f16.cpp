@@ -8,6 +8,7 @@
 // Attention, quantizers, relevance: f16 input is widened exactly, so each is bit for bit the
 // same kernel's answer on the widened f32 tensor, and within the f32 tests' bounds of the
 // reference (which reads the same f16 values).
+#include <bit>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -29,16 +30,6 @@ namespace {
 
 using kvfuse::testing::random_floats;
 
-std::uint32_t bits_of(float f) {
-    std::uint32_t b;
-    std::memcpy(&b, &f, sizeof b);
-    return b;
-}
-float float_of(std::uint32_t b) {
-    float f;
-    std::memcpy(&f, &b, sizeof f);
-    return f;
-}
 
 // f32 values to f16 through the reference, as the tests' inputs.
 std::vector<kvfuse::f16> to_f16_reference(const std::vector<float>& values) {
@@ -80,15 +71,15 @@ TEST(F16Reference, KnownValues) {
     EXPECT_EQ(f32_to_f16(-0.0f), 0x8000);
     EXPECT_EQ(f32_to_f16(1.0f + 0x1p-11f), 0x3c00);  // tie between 1 and 1 + 2^-10: even
     EXPECT_EQ(f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);
-    EXPECT_EQ(f32_to_f16(float_of(0x7fc00000u)), 0x7e00);  // the default quiet NaN
-    EXPECT_EQ(f32_to_f16(float_of(0xff800001u)), 0xfe00);  // signalling, payload below 10 bits: quieted
-    EXPECT_EQ(f32_to_f16(float_of(0x7fa02000u)), 0x7f01);  // payload's top bits kept, quieted
+    EXPECT_EQ(f32_to_f16(std::bit_cast<float>(0x7fc00000u)), 0x7e00);  // the default quiet NaN
+    EXPECT_EQ(f32_to_f16(std::bit_cast<float>(0xff800001u)), 0xfe00);  // signalling, payload below 10 bits: quieted
+    EXPECT_EQ(f32_to_f16(std::bit_cast<float>(0x7fa02000u)), 0x7f01);  // payload's top bits kept, quieted
     EXPECT_EQ(f16_to_f32(0x3c00), 1.0f);
     EXPECT_EQ(f16_to_f32(0x0001), 0x1p-24f);
     EXPECT_EQ(f16_to_f32(0x83ff), -0x1.ff8p-15f);
-    EXPECT_EQ(bits_of(f16_to_f32(0x7c00)), 0x7f800000u);
-    EXPECT_EQ(bits_of(f16_to_f32(0x7d01)), 0x7fe02000u);  // signalling: quieted, payload kept
-    EXPECT_EQ(bits_of(f16_to_f32(0xfe00)), 0xffc00000u);
+    EXPECT_EQ(std::bit_cast<std::uint32_t>(f16_to_f32(0x7c00)), 0x7f800000u);
+    EXPECT_EQ(std::bit_cast<std::uint32_t>(f16_to_f32(0x7d01)), 0x7fe02000u);  // signalling: quieted, payload kept
+    EXPECT_EQ(std::bit_cast<std::uint32_t>(f16_to_f32(0xfe00)), 0xffc00000u);
     // Every non-NaN f16 survives the round trip; so does every quiet NaN.
     for (std::uint32_t h = 0; h < 65536; ++h) {
         const bool nan = (h & 0x7fff) > 0x7c00, quiet = (h & 0x200) != 0;
@@ -117,9 +108,9 @@ std::vector<float> conversion_probes() {
     }
     for (std::uint32_t b : {0x7f800000u, 0xff800000u, 0x7f800001u, 0x7fc00000u, 0xffffffffu, 0x7fbfffffu, 0x7fa02000u,
                             0x00000001u, 0x80000001u, 0x33000000u, 0x33000001u, 0x477fe000u, 0x477ff000u, 0x477fefffu})
-        out.push_back(float_of(b));
+        out.push_back(std::bit_cast<float>(b));
     std::mt19937 rng(7);
-    for (int i = 0; i < 200000; ++i) out.push_back(float_of(rng()));
+    for (int i = 0; i < 200000; ++i) out.push_back(std::bit_cast<float>(static_cast<std::uint32_t>(rng())));
     return out;
 }
 
@@ -132,7 +123,7 @@ TEST_P(F16Test, ConversionsAreTheReferenceBitForBit) {
         ASSERT_EQ(kvfuse_f32_to_f16(probes.data() + offset, got.data() + 1, count), KVFUSE_OK);
         for (std::size_t i = 0; i < count; ++i)
             ASSERT_EQ(got[1 + i], kvfuse::reference::f32_to_f16(probes[offset + i]))
-                << "f32 bits 0x" << std::hex << bits_of(probes[offset + i]);
+                << "f32 bits 0x" << std::hex << std::bit_cast<std::uint32_t>(probes[offset + i]);
         EXPECT_EQ(got[0], 0x5555);
     }
     std::vector<std::uint16_t> all(65536 + 5);
@@ -141,7 +132,7 @@ TEST_P(F16Test, ConversionsAreTheReferenceBitForBit) {
         std::vector<float> got(count);
         ASSERT_EQ(kvfuse_f16_to_f32(all.data(), got.data(), count), KVFUSE_OK);
         for (std::size_t i = 0; i < count; ++i)
-            ASSERT_EQ(bits_of(got[i]), bits_of(kvfuse::reference::f16_to_f32(all[i]))) << "f16 0x" << std::hex << all[i];
+            ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(kvfuse::reference::f16_to_f32(all[i]))) << "f16 0x" << std::hex << all[i];
     }
     // The C++ wrappers are the same calls.
     const float one = 1.5f;
@@ -311,7 +302,7 @@ void check_attention(const AttentionProblem& p, std::uint32_t seed, std::vector<
     for (float x : v32)
         if (std::isfinite(x)) max_v = std::max(max_v, std::fabs(x));
     for (std::size_t i = 0; i < got.size(); ++i) {
-        ASSERT_EQ(bits_of(got[i]), bits_of(same[i])) << "f16 and widened f32 differ at " << i;
+        ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(same[i])) << "f16 and widened f32 differ at " << i;
         if (std::isnan(want[i])) {
             ASSERT_TRUE(std::isnan(got[i])) << i;
         } else if (std::isinf(want[i])) {
@@ -393,16 +384,16 @@ void check_quantizers(kvfuse::Dtype dtype, const QuantizeShape& s, const std::ve
         ASSERT_EQ(got, want) << "bits " << bits << " D " << s.head_dim;
         ASSERT_EQ(got, same);
         for (std::size_t i = 0; i < n; ++i) {
-            ASSERT_EQ(bits_of(scales[i]), bits_of(want_scales[i])) << i;
-            ASSERT_EQ(bits_of(scales[i]), bits_of(same_scales[i])) << i;
+            ASSERT_EQ(std::bit_cast<std::uint32_t>(scales[i]), std::bit_cast<std::uint32_t>(want_scales[i])) << i;
+            ASSERT_EQ(std::bit_cast<std::uint32_t>(scales[i]), std::bit_cast<std::uint32_t>(same_scales[i])) << i;
         }
         for (std::size_t i = 0; i < means.size(); ++i) {
             if (std::isnan(want_means[i])) {
                 ASSERT_TRUE(std::isnan(means[i]) && std::isnan(same_means[i])) << i;
                 continue;
             }
-            ASSERT_EQ(bits_of(means[i]), bits_of(want_means[i])) << i;
-            ASSERT_EQ(bits_of(means[i]), bits_of(same_means[i])) << i;
+            ASSERT_EQ(std::bit_cast<std::uint32_t>(means[i]), std::bit_cast<std::uint32_t>(want_means[i])) << i;
+            ASSERT_EQ(std::bit_cast<std::uint32_t>(means[i]), std::bit_cast<std::uint32_t>(same_means[i])) << i;
         }
     }
     std::vector<std::int8_t> rows(n * s.head_dim), want_rows(rows.size()), same_rows(rows.size());
@@ -415,7 +406,7 @@ void check_quantizers(kvfuse::Dtype dtype, const QuantizeShape& s, const std::ve
                     .ok());
     ASSERT_EQ(rows, want_rows);
     ASSERT_EQ(rows, same_rows);
-    for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(bits_of(scales[i]), bits_of(want_scales[i])) << i;
+    for (std::size_t i = 0; i < n; ++i) ASSERT_EQ(std::bit_cast<std::uint32_t>(scales[i]), std::bit_cast<std::uint32_t>(want_scales[i])) << i;
 }
 
 std::vector<QuantizeShape> quantize_shapes() {
@@ -516,7 +507,7 @@ TEST_P(F16Test, RelevanceFromF16AndBf16KeysScoresThemDirectly) {
                 ref.out = want.data();
                 kvfuse::reference::a3_relevance(ref);
                 for (std::size_t j = 0; j < docs; ++j) {
-                    ASSERT_EQ(bits_of(got[j]), bits_of(same[j])) << "typed and widened f32 keys differ at " << j;
+                    ASSERT_EQ(std::bit_cast<std::uint32_t>(got[j]), std::bit_cast<std::uint32_t>(same[j])) << "typed and widened f32 keys differ at " << j;
                     ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + want[j]))
                         << "M=" << c.M << " C=" << c.C << " D=" << c.D << " j=" << j;
                 }
