@@ -65,13 +65,23 @@ threads=$(nproc)
 dirty=$(git -C "$root" status --porcelain 2>/dev/null | wc -l)
 compiler=$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' "$build/CMakeCache.txt")
 lscpu_field() { lscpu | sed -n "s/^$1:[[:space:]]*//p" | head -1; }
+# A cache size from lscpu, else from getconf (CPUID): some VMs expose no cache topology to lscpu.
+cache_size() {  # cache_size LSCPU_NAME GETCONF_NAME
+    local size
+    size=$(lscpu_field "$1")
+    if [[ -z $size ]]; then
+        size=$(getconf "$2" 2>/dev/null || true)
+        if [[ $size =~ ^[0-9]+$ && $size -gt 0 ]]; then size="$((size / 1024)) KiB (getconf: what CPUID reports, on a VM not always the host's)"; else size=unknown; fi
+    fi
+    echo "$size"
+}
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "commit: $(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)"
     if [[ $dirty -eq 0 ]]; then echo "dirty: no"; else echo "dirty: yes ($dirty files changed or untracked)"; fi
     echo "cpu: $(lscpu_field 'Model name') (family $(lscpu_field 'CPU family'), model $(lscpu_field 'Model'))"
     echo "cores: $threads online; $(lscpu_field 'Core(s) per socket') per socket, $(lscpu_field 'Thread(s) per core') thread(s) per core"
-    echo "caches: L1d $(lscpu_field 'L1d cache'), L2 $(lscpu_field 'L2 cache'), L3 $(lscpu_field 'L3 cache')"
+    echo "caches: L1d $(cache_size 'L1d cache' LEVEL1_DCACHE_SIZE), L2 $(cache_size 'L2 cache' LEVEL2_CACHE_SIZE), L3 $(cache_size 'L3 cache' LEVEL3_CACHE_SIZE)"
     echo "kernel: $(uname -sr)"
     echo "compiler: $("${compiler:-c++}" --version | head -1)"
     echo "openmp threads: $threads (bench_ttft); the kernel benchmarks set 1 or 2 themselves"
