@@ -17,38 +17,16 @@
 #include "fusion/metrics.h"
 #include "fusion/pipeline.h"
 #include "fusion/score_accuracy.h"
+#include "fusion_test_support.h"
 #include "tiny_llama.h"
 
 namespace {
 
 using namespace kvfuse::fusion;
 
-Request make_request(std::vector<std::size_t> chunk_sizes, std::size_t question, std::uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::uniform_int_distribution<int> token(3, 39);
-    Request r;
-    r.prefix = {1};
-    for (std::size_t n : chunk_sizes) {
-        TokenIds c(n);
-        for (auto& t : c) t = token(rng);
-        r.chunks.push_back(c);
-    }
-    r.question.resize(question);
-    for (auto& t : r.question) t = token(rng);
-    return r;
-}
-
-std::vector<ChunkKvView> views(const std::vector<ChunkKv>& chunks) {
-    std::vector<ChunkKvView> out;
-    for (const auto& c : chunks) out.push_back(c.view());
-    return out;
-}
-
-std::vector<ChunkKv> stored_chunks(const FusionModel& model, const Request& r) {
-    std::vector<ChunkKv> out;
-    for (const auto& c : r.chunks) out.push_back(compute_chunk_kv(model, c));
-    return out;
-}
+using kvfuse::testing::make_request;
+using kvfuse::testing::stored_chunks;
+using kvfuse::testing::views;
 
 FusionRun run(const FusionModel& model, const Request& r, const std::vector<ChunkKvView>& chunks, Method m,
               double ratio = 0.15, int check = 1) {

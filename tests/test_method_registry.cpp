@@ -14,6 +14,7 @@
 #include "fusion/evaluation.h"
 #include "fusion/pipeline.h"
 #include "fusion/selector.h"
+#include "fusion_test_support.h"
 #include "tiny_llama.h"
 
 namespace {
@@ -64,32 +65,9 @@ void register_test_methods() {
     (void)done;
 }
 
-Request make_request(std::vector<std::size_t> chunk_sizes, std::size_t question, std::uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::uniform_int_distribution<int> token(3, 39);
-    Request r;
-    r.prefix = {1};
-    for (std::size_t n : chunk_sizes) {
-        TokenIds c(n);
-        for (auto& t : c) t = token(rng);
-        r.chunks.push_back(c);
-    }
-    r.question.resize(question);
-    for (auto& t : r.question) t = token(rng);
-    return r;
-}
-
-struct Stored {
-    std::vector<ChunkKv> chunks;
-    std::vector<ChunkKvView> views;
-};
-
-Stored store(const FusionModel& model, const Request& r) {
-    Stored s;
-    for (const auto& c : r.chunks) s.chunks.push_back(compute_chunk_kv(model, c));
-    for (const auto& c : s.chunks) s.views.push_back(c.view());
-    return s;
-}
+using kvfuse::testing::make_request;
+using kvfuse::testing::stored_chunks;
+using kvfuse::testing::views;
 
 TEST(MethodRegistry, ARegisteredMethodIsEverywhereTheTableIsRead) {
     const MethodInfo& a3_row = method_info(Method::a3);
@@ -141,14 +119,14 @@ TEST(MethodRegistry, ThePipelineRunsARegisteredSelector) {
     register_test_methods();
     kvfuse::testing::TinyLlama model{5};
     const Request r = make_request({9, 12, 8}, 4, 3);
-    const Stored stored = store(model, r);
+    const auto stored = stored_chunks(model, r);
     const std::size_t P = r.prefix.size(), M = r.question.size(), T = r.total_tokens();
     FusionOptions o;
     o.method = Method::full;
     const FusionRun full = run_request(model, r, {}, o);
 
     o.method = parse_method("test-every-other");
-    const FusionRun every_other = run_request(model, r, stored.views, o);
+    const FusionRun every_other = run_request(model, r, views(stored), o);
     std::vector<std::int64_t> want;
     for (std::size_t row = P; row < T - M; row += 2) want.push_back(static_cast<std::int64_t>(row));
     EXPECT_EQ(every_other.selected, want);
@@ -160,7 +138,7 @@ TEST(MethodRegistry, ThePipelineRunsARegisteredSelector) {
     // At the check layer, within the budget the ratio gives.
     o.method = parse_method("test-positive-v");
     o.ratio = 0.5;
-    const FusionRun positive = run_request(model, r, stored.views, o);
+    const FusionRun positive = run_request(model, r, views(stored), o);
     EXPECT_LE(positive.selected.size(), static_cast<std::size_t>(0.5 * static_cast<double>(T - M)));
     EXPECT_FALSE(positive.selected.empty());
 
