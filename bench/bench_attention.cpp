@@ -2,7 +2,10 @@
 // H = 32, Hkv = 8, D = 128 with f32, bf16 and f16 K/V (f16 side by side with bf16: the
 // issue's bound is f16 within 10 % of bf16), and D = 8, 64, 80 with f32 K/V (head
 // dimensions below or not a multiple of the AVX-512 vector: no ISA may be slower than a narrower
-// one at any of them), 1 and 2 threads, per ISA.
+// one at any of them), 1 and 2 threads, per ISA. At D = 128 each type also runs paged
+// ("paged:16": the same K/V in 16-token blocks of a pool, the blocks shuffled, read through a
+// block table as vLLM keeps them), beside the contiguous call (the bound: paged within
+// 10 % of contiguous).
 //   GFLOP/s: 4 D FLOPs per visible (row, head, key), median over iterations;
 //   pct_peak: against the f32 FMA peak of that ISA and thread count, measured right after every
 //   iteration (median of the per-iteration ratios): on a shared machine a peak measured once
@@ -31,8 +34,10 @@ namespace {
 
 constexpr std::size_t kTokens = 4096, kHeads = 32, kKvHeads = 8;
 
+constexpr std::size_t kBlock = 16;
+
 template <class T>
-void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads, std::size_t kDim) {
+void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads, std::size_t kDim, bool paged) {
     if (!kvfuse::bench::force_isa_or_skip(state, static_cast<int>(isa))) return;
     omp_set_num_threads(threads);
     std::mt19937 rng(3);
@@ -58,6 +63,23 @@ void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads, std:
     }
     kvfuse::AttentionArgs args = kvfuse::contiguous_attention_args(q.data(), rows, positions.data(), kHeads, k.data(),
                                                                    v.data(), kTokens, kKvHeads, kDim, out.data());
+    // Paged: logical block b of the sequence in physical block table[b], the blocks shuffled.
+    std::vector<T> k_pool, v_pool;
+    std::vector<std::int32_t> table(kTokens / kBlock);
+    if (paged) {
+        const std::size_t block_elements = kBlock * kKvHeads * kDim;
+        std::iota(table.begin(), table.end(), 0);
+        std::shuffle(table.begin(), table.end(), rng);
+        k_pool.resize(k.size());
+        v_pool.resize(v.size());
+        for (std::size_t b = 0; b < table.size(); ++b) {
+            std::copy_n(k.begin() + b * block_elements, block_elements, k_pool.begin() + table[b] * block_elements);
+            std::copy_n(v.begin() + b * block_elements, block_elements, v_pool.begin() + table[b] * block_elements);
+        }
+        args.keys = k_pool.data();
+        args.values = v_pool.data();
+        args.with_paged_kv(table.data(), kBlock, table.size());
+    }
     auto flops_of = [&](std::size_t count) {
         double visible = 0;
         for (std::size_t r = 0; r < count; ++r) visible += static_cast<double>(positions[r] + 1);
@@ -124,19 +146,23 @@ int main(int argc, char** argv) {
         if (isa == kvfuse::Isa::scalar) continue;  // the reference is the baseline of every row
         for (std::size_t dim : {std::size_t{128}, std::size_t{8}, std::size_t{64}, std::size_t{80}})
             for (int threads : {1, 2})
-                for (kvfuse::Dtype dtype : {kvfuse::Dtype::f32, kvfuse::Dtype::bf16, kvfuse::Dtype::f16}) {
-                    if (dtype != kvfuse::Dtype::f32 && dim != 128) continue;
-                    const char* type = dtype == kvfuse::Dtype::f32 ? "f32" : dtype == kvfuse::Dtype::bf16 ? "bf16" : "f16";
-                    const std::string name = std::string("attention/") + kvfuse::isa_name(isa) + "/" + type +
-                                             "/T:4096/n:614/H:32/Hkv:8/D:" + std::to_string(dim) +
-                                             "/threads:" + std::to_string(threads);
-                    auto* b = dtype == kvfuse::Dtype::bf16
-                                  ? benchmark::RegisterBenchmark(name.c_str(), attention_bench<kvfuse::bf16>, isa, threads, dim)
-                              : dtype == kvfuse::Dtype::f16
-                                  ? benchmark::RegisterBenchmark(name.c_str(), attention_bench<kvfuse::f16>, isa, threads, dim)
-                                  : benchmark::RegisterBenchmark(name.c_str(), attention_bench<float>, isa, threads, dim);
-                    b->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5);
-                }
+                for (kvfuse::Dtype dtype : {kvfuse::Dtype::f32, kvfuse::Dtype::bf16, kvfuse::Dtype::f16})
+                    for (bool paged : {false, true}) {
+                        if ((dtype != kvfuse::Dtype::f32 || paged) && dim != 128) continue;
+                        const char* type = dtype == kvfuse::Dtype::f32 ? "f32" : dtype == kvfuse::Dtype::bf16 ? "bf16" : "f16";
+                        const std::string name = std::string("attention/") + kvfuse::isa_name(isa) + "/" + type +
+                                                 (paged ? "/paged:16" : "") + "/T:4096/n:614/H:32/Hkv:8/D:" +
+                                                 std::to_string(dim) + "/threads:" + std::to_string(threads);
+                        auto* b = dtype == kvfuse::Dtype::bf16
+                                      ? benchmark::RegisterBenchmark(name.c_str(), attention_bench<kvfuse::bf16>, isa, threads,
+                                                                     dim, paged)
+                                  : dtype == kvfuse::Dtype::f16
+                                      ? benchmark::RegisterBenchmark(name.c_str(), attention_bench<kvfuse::f16>, isa, threads,
+                                                                     dim, paged)
+                                      : benchmark::RegisterBenchmark(name.c_str(), attention_bench<float>, isa, threads, dim,
+                                                                     paged);
+                        b->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5);
+                    }
     }
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

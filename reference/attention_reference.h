@@ -6,7 +6,8 @@
 
 namespace kvfuse::reference {
 
-// Same contract as kvfuse_sparse_attention; args must be valid.
+// Same contract as kvfuse_sparse_attention (V2 fields at 0 / NULL read as their defaults); args
+// must be valid. lse, like out, is computed in double and rounded to float.
 void sparse_attention(const kvfuse_attention_args& args);
 
 }  // namespace kvfuse::reference

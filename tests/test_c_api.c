@@ -322,7 +322,26 @@ static void check_struct_sizes(void) {
         CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_STRUCT_SIZE, "kvfuse_attention_args_init");
         a.struct_size = sizeof a + sizeof(void*);
         CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_STRUCT_SIZE, "newer kvfuse.h");
+        a.struct_size = KVFUSE_ATTENTION_ARGS_SIZE_V1 + sizeof(size_t); /* between V1 and V2 */
+        CHECK_REFUSED(kvfuse_sparse_attention(&a), KVFUSE_ERROR_STRUCT_SIZE, "not the size of any version");
         CHECK(out[0] == 0.0f);
+    }
+    {
+        /* A V1 caller: the V2 fields after its struct_size are never read (garbage there). */
+        float q[4] = {1, 0, 0, 0}, kv[8] = {1, 0, 0, 0, 0, 1, 0, 0}, out[4] = {0}, out_v2[4] = {0}, lse[1] = {0};
+        int64_t pos[1] = {1};
+        kvfuse_attention_args a = one_row_attention(q, pos, kv, out);
+        CHECK(KVFUSE_ATTENTION_ARGS_SIZE_V1 < KVFUSE_ATTENTION_ARGS_SIZE_V2);
+        CHECK(KVFUSE_ATTENTION_ARGS_SIZE_V2 == sizeof a);
+        memset((char*)&a + KVFUSE_ATTENTION_ARGS_SIZE_V1, 0x5a, sizeof a - KVFUSE_ATTENTION_ARGS_SIZE_V1);
+        a.struct_size = KVFUSE_ATTENTION_ARGS_SIZE_V1;
+        CHECK(kvfuse_sparse_attention(&a) == KVFUSE_OK);
+        /* V2 with its log-sum-exp: the same out, and lse = log(e^(1*1) + e^0). */
+        a = one_row_attention(q, pos, kv, out_v2);
+        a.lse = lse;
+        CHECK(kvfuse_sparse_attention(&a) == KVFUSE_OK);
+        CHECK(memcmp(out, out_v2, sizeof out) == 0 && out[0] > 0.5f);
+        CHECK(lse[0] > 1.3132f && lse[0] < 1.3133f);
     }
     {
         kvfuse_rope_config config;

@@ -7,6 +7,7 @@
 // ones fail.
 #include <dirent.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -127,6 +128,50 @@ struct AttentionCase {
     }
 };
 
+// The same attention through the V2 layouts: keys and values in a pool of 16-token blocks in
+// reverse order, read through a block table, as two sequences of the same keys (rows split in
+// half), with the log-sum-exp: the answer is the contiguous case's.
+struct PagedAttentionCase {
+    static constexpr std::size_t kBlock = 16;
+    std::vector<float> k, v, out, lse;
+    std::vector<std::int32_t> tables;
+    std::vector<std::int64_t> cu_rows, cu_kv;
+    kvfuse_attention_args args{};
+    explicit PagedAttentionCase(const AttentionCase& c) {
+        const std::size_t row = c.Hkv * c.D, blocks = (c.keys + kBlock - 1) / kBlock;
+        k.assign(blocks * kBlock * row, 0.0f);
+        v.assign(k.size(), 0.0f);
+        for (std::size_t t = 0; t < c.keys; ++t) {
+            const std::size_t at = ((blocks - 1 - t / kBlock) * kBlock + t % kBlock) * row;
+            std::copy(c.k.begin() + t * row, c.k.begin() + (t + 1) * row, k.begin() + at);
+            std::copy(c.v.begin() + t * row, c.v.begin() + (t + 1) * row, v.begin() + at);
+        }
+        for (int copy = 0; copy < 2; ++copy)
+            for (std::size_t b = 0; b < blocks; ++b) tables.push_back(static_cast<std::int32_t>(blocks - 1 - b));
+        cu_rows = {0, static_cast<std::int64_t>(c.rows / 2), static_cast<std::int64_t>(c.rows)};
+        cu_kv = {0, static_cast<std::int64_t>(c.keys), static_cast<std::int64_t>(2 * c.keys)};
+        out.assign(c.out.size(), 0.0f);
+        lse.assign(c.rows * c.H, 0.0f);
+        args = c.args;
+        args.keys = k.data();
+        args.values = v.data();
+        args.kv_tokens = 2 * c.keys;
+        args.out = out.data();
+        args.kv_block_table = tables.data();
+        args.kv_block_size = kBlock;
+        args.kv_blocks_total = blocks;
+        args.kv_block_table_stride = blocks;
+        args.sequences = 2;
+        args.cu_rows = cu_rows.data();
+        args.cu_kv_tokens = cu_kv.data();
+        args.lse = lse.data();
+    }
+    void expect_matches(const AttentionCase& c) const {
+        for (std::size_t i = 0; i < out.size(); ++i)
+            ASSERT_NEAR(out[i], c.expected[i], 1e-4f * std::max(1.0f, std::fabs(c.expected[i]))) << "element " << i;
+    }
+};
+
 // Tiny f32 relevance: 4 question rows, 60 candidates.
 struct RelevanceCase {
     std::size_t M = 4, C = 60, H = 4, Hkv = 2, D = 32;
@@ -174,6 +219,7 @@ TEST_P(ContextIsaTest, CallsAllocateNothingAfterWarmUp) {
     if (GetParam().isa == Isa::scalar) GTEST_SKIP() << "the scalar ISA runs the reference, which allocates";
     ContextHandle ctx(1);
     AttentionCase tiny(1, 16), larger(40, 700);
+    PagedAttentionCase paged(larger);
     RelevanceCase relevance;
     std::vector<float> scores(5000);
     std::mt19937 rng(3);
@@ -187,6 +233,7 @@ TEST_P(ContextIsaTest, CallsAllocateNothingAfterWarmUp) {
         std::size_t count = 0;
         ASSERT_EQ(kvfuse_ctx_sparse_attention(ctx.context, &tiny.args), KVFUSE_OK);
         ASSERT_EQ(kvfuse_ctx_sparse_attention(ctx.context, &larger.args), KVFUSE_OK);
+        ASSERT_EQ(kvfuse_ctx_sparse_attention(ctx.context, &paged.args), KVFUSE_OK) << kvfuse_last_error();
         ASSERT_EQ(kvfuse_ctx_a3_relevance(ctx.context, &relevance.args), KVFUSE_OK);
         ASSERT_EQ(kvfuse_ctx_topk(ctx.context, scores.data(), scores.size(), 50, KVFUSE_TOPK_BY_SCORE, picked.data(), &count),
                   KVFUSE_OK);
@@ -201,6 +248,7 @@ TEST_P(ContextIsaTest, CallsAllocateNothingAfterWarmUp) {
     EXPECT_EQ(count_allocations(calls), 0);
     tiny.expect_matches_reference();
     larger.expect_matches_reference();
+    paged.expect_matches(larger);
     for (std::size_t j = 0; j < relevance.out.size(); ++j)
         EXPECT_NEAR(relevance.out[j], relevance.expected[j], 1e-4f * std::max(1.0f, std::fabs(relevance.expected[j])));
     // The counter does see allocations: the same calls on a fresh context allocate.

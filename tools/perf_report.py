@@ -218,7 +218,22 @@ def attention_section(b):
             for n, r in b.rows.items()]
     text = table(["benchmark", "median time", "GFLOP/s", "FMA peak GFLOP/s", "% of peak", "reference GFLOP/s",
                   "x reference"], rows) + skipped_note(b)
-    return text + attention_head_dim_table(b)
+    return text + attention_head_dim_table(b) + attention_paged_table(b)
+
+
+def attention_paged_table(b):
+    """Paged K/V (16-token blocks, shuffled) against the contiguous call of the same shape, ISA
+    and threads in the same run (issue 14: paged within 10 % of contiguous)."""
+    rows = []
+    for n in b.matching(r"/paged:"):
+        contiguous = re.sub(r"/paged:[0-9]+", "", n)
+        if contiguous in b.rows:
+            paged_rate, contiguous_rate = b.need(n, "GFLOP/s"), b.need(contiguous, "GFLOP/s")
+            rows.append([f"`{n}`", fmt(paged_rate), fmt(contiguous_rate), f"{paged_rate / contiguous_rate:.2f}"])
+    if not rows:
+        return ""
+    return ("\n\nPaged K/V (the same K/V in shuffled 16-token blocks read through a block table) against the "
+            "contiguous call:\n\n" + table(["benchmark", "paged GFLOP/s", "contiguous GFLOP/s", "paged ÷ contiguous"], rows))
 
 
 def attention_head_dim_table(b):
@@ -226,7 +241,7 @@ def attention_head_dim_table(b):
     run at the same shape: no ISA may be slower than a narrower one (issue 16)."""
     figures = {}  # (D, threads) -> {isa: GFLOP/s}
     order = []
-    for n in b.matching(r"^attention/.*/f32/"):
+    for n in b.matching(r"^attention/[^/]+/f32/T:"):
         s = shape_of(n)
         key = (s.get("D"), threads_of(n))
         if key[0] is None:
@@ -309,7 +324,7 @@ def summary_section(k):
          lambda b, n: 100 * b.need(n, "x_baseline"), "copy bandwidth", "x_baseline", "copy", r"^tuning/rope/f32/64x"),
         ("top-k, k = 15 %", k["bench_topk"], r"^topk/.*/k:19660/vs:nth_element", 1, "Mscores/s",
          lambda b, n: b.get(n, "pct_floor"), "read + write floor", "x_baseline", "nth_element", r"^tuning/topk/"),
-        ("sparse attention, f32", k["bench_attention"], r"^attention/.*/f32/.*/D:128/", 2, "GFLOP/s",
+        ("sparse attention, f32", k["bench_attention"], r"^attention/[^/]+/f32/T:.*/D:128/", 2, "GFLOP/s",
          lambda b, n: b.get(n, "pct_peak"), "f32 FMA peak", "x_reference", "reference", r"^tuning/attention/"),
         ("A³ scoring, int8 keys", k["bench_score"], r"^a3_relevance/.*/int8_.*/D:128/", 2, "GOP/s",
          lambda b, n: b.get(n, "pct_int8_peak"), "int8 peak", "x_baseline", "f32", r"^tuning/a3_relevance/int8"),
@@ -369,7 +384,7 @@ def targets_section(k, main):
         f_us = t_us * floor / 100
         add("(reachable?) its read + write floor in the same iterations: ≤ 25 µs", f_us, f"{fmt(f_us)} µs",
             lambda x: x <= 25)
-    n = headline(att, r"^attention/.*/f32/.*/D:128/", 2)
+    n = headline(att, r"^attention/[^/]+/f32/T:.*/D:128/", 2)
     v = att.get(n, "pct_peak") if n else None
     add("sparse attention f32, 2 threads: ≥ 50 % of the FMA peak", v, pct(v), lambda x: x >= 50)
     n = headline(score, r"^a3_relevance/.*/int8_.*/D:128/", 2)
@@ -402,7 +417,7 @@ def roofline_points(k):
             points.append((f"RoPE {dtype}", intensity, rope.need(n, "GB/s") * intensity))
     att = k["bench_attention"]
     for dtype, size in (("f32", 4), ("bf16", 2)):
-        n = headline(att, rf"^attention/.*/{dtype}/.*/D:128/", 2)
+        n = headline(att, rf"^attention/[^/]+/{dtype}/T:.*/D:128/", 2)
         if n:
             s = shape_of(n)
             T, rows, H, Hkv, D = s["T"], s["n"], s["H"], s["Hkv"], s["D"]
@@ -428,7 +443,7 @@ def roofline_ceilings(k):
     n = headline(k["bench_rope"], r"^rope/.*/f32/.*/dram/", 2)
     if n:
         ceilings["copy GB/s"] = k["bench_rope"].need(n, "baseline_GB/s")
-    n = headline(k["bench_attention"], r"^attention/.*/f32/.*/D:128/", 2)
+    n = headline(k["bench_attention"], r"^attention/[^/]+/f32/T:.*/D:128/", 2)
     if n and k["bench_attention"].get(n, "peak_GFLOP/s"):
         ceilings["f32 FMA peak"] = k["bench_attention"].get(n, "peak_GFLOP/s")
     n = headline(k["bench_score"], r"^a3_relevance/.*/int8_.*/D:128/", 2)

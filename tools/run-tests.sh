@@ -52,7 +52,7 @@ for l in $lanes; do
             # two tests that compare the detected features with it run in the native lane.
             "${emu[@]}" "$build/tests/test_dispatch" \
                 --gtest_filter=-Dispatch.CpuFeaturesAgreeWithTheOperatingSystem:Dispatch.DefaultIsTheWidestIsaTheOperatingSystemReports
-            for t in test_rope test_attention test_topk test_score test_gemm test_quantize; do "${emu[@]}" "$build/tests/$t"; done
+            for t in test_rope test_attention test_attention_layouts test_topk test_score test_gemm test_quantize; do "${emu[@]}" "$build/tests/$t"; done
             passed nonavx ;;
         sanitize)
             lane "AddressSanitizer + UndefinedBehaviorSanitizer"

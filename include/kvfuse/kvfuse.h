@@ -263,9 +263,74 @@ typedef struct kvfuse_attention_args {
     float scale;              /* multiplies q.k; usually 1/sqrt(D) */
     float* out;               /* rows x query_heads x head_dim, row stride out_row_stride */
     size_t out_row_stride;
+    /* ---- V2: the layouts engines keep. Every field 0 / NULL is V1's behaviour. ----
+     *
+     * Per-head strides (elements; 0 = head_dim): head h of query row r starts at
+     * queries[r * query_row_stride + h * query_head_stride], and so on for out and for K/V
+     * (kv_head_stride with kv_token_stride). Each head's head_dim elements are contiguous. A
+     * tensor must not overlap itself: with the head stride <= the row (token) stride, the head
+     * stride is >= head_dim and the row stride >= (heads - 1) * head stride + head_dim (token
+     * major, e.g. a fused QKV row); with the head stride larger (head major, [heads, rows, D]),
+     * the row stride is >= head_dim and the head stride >= (rows - 1) * row stride + head_dim,
+     * rows being the rows of out / queries, the tokens of one K/V block (paged) or kv_tokens. */
+    size_t query_head_stride;
+    size_t kv_head_stride;
+    size_t out_head_stride;
+    /* Paged K/V (used when kv_block_table is set): keys and values point at the base of the
+     * block pools; logical token t of a sequence lives in physical block
+     * p = table[t / kv_block_size], token slot t % kv_block_size, at element
+     *   p * kv_block_stride + (t % kv_block_size) * kv_token_stride + head * kv_head_stride,
+     * table being the sequence's row of kv_block_table (below). kv_block_stride 0 =
+     * kv_block_size * kv_token_stride. kv_blocks_total is the number of physical blocks in the
+     * pool (> 0): the extent checked is kv_blocks_total blocks, and every table entry the call
+     * may read -- the first ceil(L / kv_block_size) of each sequence of L keys -- must lie in
+     * [0, kv_blocks_total), else KVFUSE_ERROR_INVALID_ARGUMENT names the entry. Entries after
+     * those and token slots after a sequence's last key are never read (they may hold anything).
+     * With several sequences (below) sequence s's table is
+     * kv_block_table + s * kv_block_table_stride (>= the entries of the longest sequence);
+     * with one, kv_block_table_stride is not read.
+     *   vLLM (flash layout: key_cache[num_blocks, block_size, num_kv_heads, head_size]): keys =
+     *     key_cache, kv_block_size = block_size, kv_token_stride = num_kv_heads * head_size,
+     *     kv_head_stride 0, kv_block_stride 0, kv_blocks_total = num_blocks, kv_block_table =
+     *     block_tables[num_seqs, max_blocks] (int32), kv_block_table_stride = max_blocks.
+     *     [num_blocks, num_kv_heads, block_size, head_size] (head major in a block): kv_token_stride
+     *     = head_size, kv_head_stride = block_size * head_size, kv_block_stride = num_kv_heads *
+     *     block_size * head_size. (vLLM's older split layout [.., head_size / x, block_size, x]
+     *     and a value cache transposed to [.., head_size, block_size] are not expressible.)
+     *   llama.cpp (K cache [cells, n_embd_k_gqa], V not transposed, as with flash attention):
+     *     keys = the cache tensor, kv_block_size = 1, kv_token_stride = n_embd_k_gqa (its row
+     *     stride in elements), kv_blocks_total = cells, kv_block_table = the sequence's cell
+     *     indices in key order (or no table: the cells of one sequence at consecutive indices
+     *     are a contiguous tensor, keys = its first cell). */
+    const int32_t* kv_block_table;
+    size_t kv_block_size;
+    size_t kv_block_stride;
+    size_t kv_blocks_total;
+    size_t kv_block_table_stride;
+    /* Several sequences in one call (varlen, as FlashAttention's cu_seqlens; sequences 0 = one
+     * sequence: the call above). cu_rows and cu_kv_tokens each hold sequences + 1 non-decreasing
+     * entries from 0: rows cu_rows[s] .. cu_rows[s + 1] - 1 belong to sequence s
+     * (cu_rows[sequences] == rows), and sequence s has L_s = cu_kv_tokens[s + 1] - cu_kv_tokens[s]
+     * keys (cu_kv_tokens[sequences] == kv_tokens). Its keys are tokens cu_kv_tokens[s] ..
+     * cu_kv_tokens[s + 1] - 1 of keys / values, or, paged, tokens 0 .. L_s - 1 of its own block
+     * table. positions[r] counts from the start of the row's sequence (0 <= positions[r] < L_s):
+     * each sequence has its own causal frame. Both arrays must be NULL when sequences is 0. */
+    size_t sequences;
+    const int64_t* cu_rows;
+    const int64_t* cu_kv_tokens;
+    /* Log-sum-exp (optional, when lse is set): lse[r * lse_row_stride + h] = the natural log of
+     * sum_j exp(scale * q_(r,h) . k_j) over the keys j row r sees (lse_row_stride 0 =
+     * query_heads). Outputs of the same rows over disjoint key sets (split-K, paged shards) merge
+     * exactly: lse = log(sum_i exp(lse_i)), out = sum_i exp(lse_i - lse) * out_i. A row whose
+     * scores hold NaN gets NaN. */
+    float* lse;
+    size_t lse_row_stride;
 } kvfuse_attention_args;
 
-#define KVFUSE_ATTENTION_ARGS_SIZE_V1 sizeof(kvfuse_attention_args)
+/* V1: the fields up to out_row_stride (contiguous heads, one sequence, no table, no lse).
+ * V2: this header's struct. */
+#define KVFUSE_ATTENTION_ARGS_SIZE_V1 offsetof(kvfuse_attention_args, query_head_stride)
+#define KVFUSE_ATTENTION_ARGS_SIZE_V2 sizeof(kvfuse_attention_args)
 
 /* Every field 0 / NULL (kv_dtype f32), struct_size set. */
 KVFUSE_INLINE void kvfuse_attention_args_init(kvfuse_attention_args* args) {
@@ -277,7 +342,9 @@ KVFUSE_INLINE void kvfuse_attention_args_init(kvfuse_attention_args* args) {
 /* Softmax attention of n selected query rows against all T keys with the exact causal mask.
  * Rows may come in any order and repeat. With every row selected (positions 0..T-1) it is full
  * causal attention. Accumulation in f32 with an online softmax; bf16 and f16 K/V are widened
- * exactly (f16: F16C on x86, fcvtl on AArch64). */
+ * exactly (f16: F16C on x86, fcvtl on AArch64). On an ISA and tuning, a row's result depends
+ * on its query and the keys it sees only: strided, paged and multi-sequence calls give bit for
+ * bit the results of the same rows called on contiguous tensors one sequence at a time. */
 KVFUSE_API kvfuse_status kvfuse_sparse_attention(const kvfuse_attention_args* args);
 
 /* Row gather / scatter for the fusion pipeline: dst row i = src row rows[i] (gather), and

@@ -313,8 +313,42 @@ Status rope_rotate_span_copy(const RopeConfig& config, const T* src, std::size_t
 
 // ---- sparse-row attention --------------------------------------------------------------------
 
+// The C struct (V2: head strides, paged K/V, several sequences, log-sum-exp; see kvfuse.h) with
+// setters for the V2 groups, each returning *this to chain.
 struct AttentionArgs : kvfuse_attention_args {
     AttentionArgs() { kvfuse_attention_args_init(this); }
+    // Elements between the heads of a query row, a K/V token and an out row (0 = head_dim).
+    AttentionArgs& with_head_strides(std::size_t query, std::size_t kv, std::size_t out) {
+        query_head_stride = query;
+        kv_head_stride = kv;
+        out_head_stride = out;
+        return *this;
+    }
+    // Paged K/V: keys and values are the bases of pools of blocks_total blocks of block_size
+    // tokens, block_stride elements apart (0 = block_size * kv_token_stride); table_stride is the
+    // distance between the sequences' tables (several sequences only).
+    AttentionArgs& with_paged_kv(const std::int32_t* block_table, std::size_t block_size, std::size_t blocks_total,
+                                 std::size_t block_stride = 0, std::size_t table_stride = 0) {
+        kv_block_table = block_table;
+        kv_block_size = block_size;
+        kv_blocks_total = blocks_total;
+        kv_block_stride = block_stride;
+        kv_block_table_stride = table_stride;
+        return *this;
+    }
+    // Several sequences: cu_rows and cu_kv_tokens of count + 1 entries each (cumulative, from 0).
+    AttentionArgs& with_sequences(std::size_t count, const std::int64_t* cu_row_starts, const std::int64_t* cu_key_starts) {
+        sequences = count;
+        cu_rows = cu_row_starts;
+        cu_kv_tokens = cu_key_starts;
+        return *this;
+    }
+    // The per-row, per-head log-sum-exp of the scores (row_stride 0 = query_heads).
+    AttentionArgs& with_lse(float* out_lse, std::size_t row_stride = 0) {
+        lse = out_lse;
+        lse_row_stride = row_stride;
+        return *this;
+    }
 };
 
 inline Status sparse_attention(const kvfuse_attention_args& args) { return Status(kvfuse_sparse_attention(&args)); }

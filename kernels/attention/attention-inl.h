@@ -1,14 +1,15 @@
 // Sparse-row attention written once on the xsimd architecture (see kernels/README.md for how it
 // is compiled per ISA). No include guard on purpose.
 //
-// Loop order: KV heads in turn; each head's keys are transposed into tiles (D x tile, widened
-// from bf16 or f16) and its values widened ONCE into a packed copy, then blocks of rows sorted by
-// position (tile and row block from the tuning in force, see kernels/tuning.h) walk its tiles in
-// order. Each tile serves every row of the block and every query head of the group. Scores are
-// computed with vectors running across keys (no horizontal reductions), the softmax is online
-// (running max and sum per row and head), and P.V accumulates with vectors running across the
-// head dimension. Threads take packing chunks and row blocks from one ordered task list (see
-// sparse_attention), without barriers between heads.
+// Loop order: (sequence, KV head) units in turn (one sequence unless args.sequences > 1); each
+// unit's keys -- read from contiguous, strided or paged K/V (Layout, KeyWalk) -- are transposed
+// into tiles (D x tile, widened from bf16 or f16) and its values widened ONCE into a packed copy,
+// then blocks of the sequence's rows sorted by position (tile and row block from the tuning in
+// force, see kernels/tuning.h) walk its tiles in order. Each tile serves every row of the block
+// and every query head of the group. Scores are computed with vectors running across keys (no
+// horizontal reductions), the softmax is online (running max and sum per row and head), and P.V
+// accumulates with vectors running across the head dimension. Threads take packing chunks and row blocks from one ordered task list (see
+// sparse_attention), without barriers between units.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -50,13 +51,71 @@ struct RowState {
     float sum[kLanes];   // of exp(score - max), per lane
 };
 
-// Copies keys [first, first + count) of one KV head into a packed tile, transposed (D x tile),
-// and values row-major (tile x D), widening bf16 and f16. Missing keys of a partial tile are zero.
-void load_tile(const kvfuse_attention_args& a, std::size_t kv_head, std::size_t first, std::size_t count,
+// The call's tensors as the kernel reads them: the V2 strides with their defaults resolved, and
+// where each sequence's rows and keys are (one sequence when args.sequences is 0).
+struct Layout {
+    const kvfuse_attention_args* a;
+    std::size_t query_head, kv_head, out_head, lse_row, block_stride, sequences;
+    explicit Layout(const kvfuse_attention_args& args)
+        : a(&args),
+          query_head(args.query_head_stride != 0 ? args.query_head_stride : args.head_dim),
+          kv_head(args.kv_head_stride != 0 ? args.kv_head_stride : args.head_dim),
+          out_head(args.out_head_stride != 0 ? args.out_head_stride : args.head_dim),
+          lse_row(args.lse_row_stride != 0 ? args.lse_row_stride : args.query_heads),
+          block_stride(args.kv_block_stride != 0 ? args.kv_block_stride : args.kv_block_size * args.kv_token_stride),
+          sequences(args.sequences != 0 ? args.sequences : 1) {}
+    std::size_t first_row(std::size_t seq) const { return a->sequences != 0 ? static_cast<std::size_t>(a->cu_rows[seq]) : 0; }
+    std::size_t end_row(std::size_t seq) const {
+        return a->sequences != 0 ? static_cast<std::size_t>(a->cu_rows[seq + 1]) : a->rows;
+    }
+    std::size_t first_key(std::size_t seq) const {
+        return a->sequences != 0 ? static_cast<std::size_t>(a->cu_kv_tokens[seq]) : 0;
+    }
+};
+
+// Element offsets of consecutive keys of one sequence and KV head: one running offset when the
+// keys are contiguous, block by block through the sequence's table when paged (the table is read
+// only for blocks that hold a key the call reads: next() is called only before such a key).
+class KeyWalk {
+   public:
+    KeyWalk(const Layout& l, std::size_t seq, std::size_t kv_head, std::size_t token)
+        : token_stride_(l.a->kv_token_stride), head_at_(kv_head * l.kv_head) {
+        if (l.a->kv_block_table == nullptr) {
+            base_ = (l.first_key(seq) + token) * token_stride_ + head_at_;
+            return;
+        }
+        table_ = l.a->kv_block_table + seq * l.a->kv_block_table_stride;
+        block_size_ = l.a->kv_block_size;
+        block_stride_ = l.block_stride;
+        block_ = token / block_size_;
+        slot_ = token % block_size_;
+        base_ = static_cast<std::size_t>(table_[block_]) * block_stride_ + head_at_;
+    }
+    std::size_t offset() const { return base_ + slot_ * token_stride_; }
+    void next() {
+        if (++slot_ == block_size_) {
+            slot_ = 0;
+            base_ = static_cast<std::size_t>(table_[++block_]) * block_stride_ + head_at_;
+        }
+    }
+
+   private:
+    std::size_t token_stride_, head_at_, base_ = 0, slot_ = 0;
+    const std::int32_t* table_ = nullptr;
+    std::size_t block_size_ = ~std::size_t{0}, block_stride_ = 0, block_ = 0;
+};
+
+// Copies keys [first, first + count) of one sequence and KV head into a packed tile, transposed
+// (D x tile), and values row-major (tile x D), widening bf16 and f16. Missing keys of a partial
+// tile are zero.
+void load_tile(const Layout& layout, std::size_t seq, std::size_t kv_head, std::size_t first, std::size_t count,
                std::size_t tile, float* keys_t, float* values) {
+    const kvfuse_attention_args& a = *layout.a;
     const std::size_t d_count = a.head_dim;
+    KeyWalk walk(layout, seq, kv_head, first);
     for (std::size_t j = 0; j < count; ++j) {
-        const std::size_t at = (first + j) * a.kv_token_stride + kv_head * d_count;
+        if (j > 0) walk.next();
+        const std::size_t at = walk.offset();
         if (a.kv_dtype == KVFUSE_DTYPE_F32) {
             const float* k = static_cast<const float*>(a.keys) + at;
             const float* v = static_cast<const float*>(a.values) + at;
@@ -231,9 +290,10 @@ std::size_t packed_query_floats(std::size_t group, std::size_t head_dim) {
 // KV head: every tile serves every row of the block that sees it and every head of the group.
 // Scratch per (row, head) slot: queries (head_dim floats, interleaved by head blocks), scores
 // (kScoreStride floats), accumulator (head_dim floats), state.
-void attend_block(const kvfuse_attention_args& a, const std::size_t* order, std::size_t begin,
-                  std::size_t end, std::size_t kv_head, const float* packed, std::size_t tile, float* queries,
-                  float* scores, float* acc, RowState* states) {
+void attend_block(const Layout& layout, const std::size_t* order, std::size_t begin, std::size_t end,
+                  std::size_t kv_head, const float* packed, std::size_t tile, float* queries, float* scores, float* acc,
+                  RowState* states) {
+    const kvfuse_attention_args& a = *layout.a;
     const std::size_t group = a.query_heads / a.kv_heads;
     const std::size_t d_count = a.head_dim;
     const std::size_t tile_floats = 2 * d_count * tile;
@@ -246,10 +306,11 @@ void attend_block(const kvfuse_attention_args& a, const std::size_t* order, std:
     for (std::size_t i = begin; i < end; ++i)
         for (std::size_t g0 = 0; g0 < group; g0 += kHeadBlock) {
             const std::size_t heads = std::min(kHeadBlock, group - g0);
-            const float* q = a.queries + order[i] * a.query_row_stride + (kv_head * group + g0) * d_count;
+            const float* q = a.queries + order[i] * a.query_row_stride + (kv_head * group + g0) * layout.query_head;
             float* to = queries + (i - begin) * q_row + g0 * d_count;
             for (std::size_t d = 0; d < d_count; ++d)
-                for (std::size_t r = 0; r < kHeadBlock; ++r) to[d * kHeadBlock + r] = r < heads ? q[r * d_count + d] : 0.0f;
+                for (std::size_t r = 0; r < kHeadBlock; ++r)
+                    to[d * kHeadBlock + r] = r < heads ? q[r * layout.query_head + d] : 0.0f;
         }
     for (std::size_t first = 0; first <= last_key; first += tile) {
         const float* keys_t = packed + (first / tile) * tile_floats;
@@ -305,10 +366,13 @@ void attend_block(const kvfuse_attention_args& a, const std::size_t* order, std:
     for (std::size_t i = begin; i < end; ++i)
         for (std::size_t g = 0; g < group; ++g) {
             const std::size_t slot = (i - begin) * group + g;
-            const float inverse = 1.0f / xsimd::hadd(F32s::load_unaligned(states[slot].sum));
-            float* out = a.out + order[i] * a.out_row_stride + (kv_head * group + g) * d_count;
+            const float sum = xsimd::hadd(F32s::load_unaligned(states[slot].sum));
+            const float inverse = 1.0f / sum;
+            float* out = a.out + order[i] * a.out_row_stride + (kv_head * group + g) * layout.out_head;
             const float* from = acc + slot * d_count;
             for (std::size_t d = 0; d < d_count; ++d) out[d] = from[d] * inverse;
+            // log sum_j exp(s_j) = max + log sum_j exp(s_j - max)
+            if (a.lse != nullptr) a.lse[order[i] * layout.lse_row + kv_head * group + g] = states[slot].max + std::log(sum);
         }
 }
 
@@ -325,8 +389,15 @@ struct ScratchBlock {
     T* at(void* base) const { return reinterpret_cast<T*>(static_cast<char*>(base) + offset); }
 };
 
+// One sequence's share of the task list: its rows (a range of `order`, sorted by position), the
+// keys they see, and where its tasks start. Sequences without rows have none.
+struct SequenceWork {
+    std::size_t seq, first_row, rows, keys, tiles, chunks, blocks, first_task;
+};
+
 void sparse_attention(kvfuse_context& context, const kvfuse_attention_args& a) {
     if (a.rows == 0) return;
+    const Layout layout(a);
     const std::size_t group = a.query_heads / a.kv_heads;
     const std::size_t d_count = a.head_dim;
     const kvfuse_tuning& tuning = detail::context_tuning(context);
@@ -334,74 +405,103 @@ void sparse_attention(kvfuse_context& context, const kvfuse_attention_args& a) {
     // the scores of one head into the next (a tile changes speed, never results).
     const std::size_t tile = std::min(detail::attention_key_tile(tuning, d_count), kScoreStride);
     const std::size_t row_block = tuning.attention_row_block;
-    const std::size_t blocks = (a.rows + row_block - 1) / row_block;
-    std::size_t last_position = 0;
-    double work = 0.0;
-    for (std::size_t r = 0; r < a.rows; ++r) {
-        last_position = std::max(last_position, static_cast<std::size_t>(a.positions[r]));
-        work += static_cast<double>(a.positions[r] + 1);
-    }
-    work *= static_cast<double>(a.query_heads * d_count);
-    // One KV head at a time, its keys transposed and its values widened ONCE into a packed copy
-    // (tile after tile, K^T then V) that every row block reads in order. Transposing per block
-    // instead repeated the work for each block and read K/V with a 4 KiB stride (one token of one
-    // head per page) that no hardware prefetcher follows: a third of the time went there.
-    const std::size_t key_count = last_position + 1;
-    const std::size_t tiles = (key_count + tile - 1) / tile;
-    const std::size_t tile_floats = 2 * d_count * tile;
     constexpr std::size_t kPackChunk = 8;  // tiles per packing task
-    const std::size_t chunks = (tiles + kPackChunk - 1) / kPackChunk, per_head = chunks + blocks;
-    const std::size_t tasks = a.kv_heads * per_head;
+    // Each sequence (one unless args.sequences > 1) on its own: its keys up to the last position
+    // of its rows, its rows in blocks. First the sizes, to reserve the scratch.
+    auto work_of = [&](std::size_t seq, SequenceWork& w) {
+        w.seq = seq;
+        w.first_row = layout.first_row(seq);
+        w.rows = layout.end_row(seq) - w.first_row;
+        std::size_t last_position = 0;
+        for (std::size_t r = w.first_row; r < w.first_row + w.rows; ++r)
+            last_position = std::max(last_position, static_cast<std::size_t>(a.positions[r]));
+        w.keys = last_position + 1;
+        w.tiles = (w.keys + tile - 1) / tile;
+        w.chunks = (w.tiles + kPackChunk - 1) / kPackChunk;
+        w.blocks = (w.rows + row_block - 1) / row_block;
+    };
+    std::size_t active = 0, most_tiles = 0, tasks = 0;
+    for (std::size_t seq = 0; seq < layout.sequences; ++seq) {
+        SequenceWork w;
+        work_of(seq, w);
+        if (w.rows == 0) continue;
+        ++active;
+        most_tiles = std::max(most_tiles, w.tiles);
+        tasks += a.kv_heads * (w.chunks + w.blocks);
+    }
+    double work = 0.0;
+    for (std::size_t r = 0; r < a.rows; ++r) work += static_cast<double>(a.positions[r] + 1);
+    work *= static_cast<double>(a.query_heads * d_count);
+    // One (sequence, KV head) unit at a time, its keys transposed and its values widened ONCE
+    // into a packed copy (tile after tile, K^T then V) that every row block reads in order.
+    // Transposing per block instead repeated the work for each block and read K/V with a 4 KiB
+    // stride (one token of one head per page) that no hardware prefetcher follows: a third of the
+    // time went there.
+    const std::size_t tile_floats = 2 * d_count * tile;
+    const std::size_t units = active * a.kv_heads;
     const std::size_t workers = work > static_cast<double>(tuning.attention_parallel_work)
                                     ? std::min(detail::context_workers(context), tasks)
                                     : 1;
-    // With several workers two packed heads live at a time, so that packing head h + 1 overlaps
-    // the last blocks of h.
+    // With several workers two packed units live at a time, so that packing unit u + 1 overlaps
+    // the last blocks of u.
     const std::size_t buffers = workers > 1 ? 2 : 1;
 
     // Everything the call needs, from the context's scratch (reserved before any worker runs:
     // workers never allocate). Per worker: one row block's packed queries, scores, accumulators
     // and softmax states.
-    detail::ScratchLayout layout;
+    detail::ScratchLayout scratch;
     ScratchBlock<std::size_t> order_block;
+    ScratchBlock<SequenceWork> work_block;
     ScratchBlock<float> packed_block, scores_block, queries_block, acc_block;
     ScratchBlock<RowState> states_block;
     ScratchBlock<std::atomic<std::size_t>> packed_chunks_block, done_blocks_block;
-    order_block.add(layout, a.rows);
-    packed_block.add(layout, buffers * tiles * tile_floats);
-    packed_chunks_block.add(layout, a.kv_heads);
-    done_blocks_block.add(layout, a.kv_heads);
+    order_block.add(scratch, a.rows);
+    work_block.add(scratch, active);
+    packed_block.add(scratch, buffers * most_tiles * tile_floats);
+    packed_chunks_block.add(scratch, units);
+    done_blocks_block.add(scratch, units);
     const std::size_t scores_floats = row_block * group * kScoreStride;
     const std::size_t queries_floats = (row_block * packed_query_floats(group, d_count) + 15) / 16 * 16;
     const std::size_t acc_floats = (row_block * group * d_count + 15) / 16 * 16;
-    scores_block.add(layout, workers * scores_floats);
-    queries_block.add(layout, workers * queries_floats);
-    acc_block.add(layout, workers * acc_floats);
-    states_block.add(layout, workers * row_block * group);
-    void* base = detail::context_scratch(context, layout.bytes);
+    scores_block.add(scratch, workers * scores_floats);
+    queries_block.add(scratch, workers * queries_floats);
+    acc_block.add(scratch, workers * acc_floats);
+    states_block.add(scratch, workers * row_block * group);
+    void* base = detail::context_scratch(context, scratch.bytes);
 
-    // Rows by position (ties by index, as a stable sort would leave them), so that a block's
-    // rows need about the same key tiles.
+    SequenceWork* sequences = work_block.at(base);
+    for (std::size_t seq = 0, i = 0, first_task = 0; seq < layout.sequences; ++seq) {
+        SequenceWork w;
+        work_of(seq, w);
+        if (w.rows == 0) continue;
+        w.first_task = first_task;
+        first_task += a.kv_heads * (w.chunks + w.blocks);
+        new (sequences + i++) SequenceWork(w);
+    }
+    // Each sequence's rows by position (ties by index, as a stable sort would leave them), so
+    // that a block's rows need about the same key tiles.
     std::size_t* order = order_block.at(base);
     std::iota(order, order + a.rows, std::size_t{0});
-    std::sort(order, order + a.rows, [&](std::size_t x, std::size_t y) {
-        return a.positions[x] < a.positions[y] || (a.positions[x] == a.positions[y] && x < y);
-    });
+    for (std::size_t i = 0; i < active; ++i)
+        std::sort(order + sequences[i].first_row, order + sequences[i].first_row + sequences[i].rows,
+                  [&](std::size_t x, std::size_t y) {
+                      return a.positions[x] < a.positions[y] || (a.positions[x] == a.positions[y] && x < y);
+                  });
     float* packed = packed_block.at(base);
     std::atomic<std::size_t>* packed_chunks = packed_chunks_block.at(base);
     std::atomic<std::size_t>* done_blocks = done_blocks_block.at(base);
-    for (std::size_t h = 0; h < a.kv_heads; ++h) {
-        new (packed_chunks + h) std::atomic<std::size_t>(0);
-        new (done_blocks + h) std::atomic<std::size_t>(0);
+    for (std::size_t u = 0; u < units; ++u) {
+        new (packed_chunks + u) std::atomic<std::size_t>(0);
+        new (done_blocks + u) std::atomic<std::size_t>(0);
     }
 
-    // One ordered list of tasks, per KV head: its packing in chunks of tiles, then its row blocks
-    // (later, longer blocks first). Workers take tasks in order; a block waits only for its head's
-    // packing, a packing chunk only for the blocks of the head that used its buffer before, all
-    // tasks earlier in the list and so already taken by a running worker: the wait ends however
-    // the workers are scheduled (even one after another). Per-head barriers (omp for) cost 13 %
-    // of the time on a loaded machine: a thread waited at every head for the other's last block,
-    // or for a descheduled thread.
+    // One ordered list of tasks, per unit (sequence by sequence, KV head by KV head): its packing
+    // in chunks of tiles, then its row blocks (later, longer blocks first). Workers take tasks in
+    // order; a block waits only for its unit's packing, a packing chunk only for the blocks of
+    // the unit that used its buffer before, all tasks earlier in the list and so already taken by
+    // a running worker: the wait ends however the workers are scheduled (even one after another).
+    // Per-head barriers (omp for) cost 13 % of the time on a loaded machine: a thread waited at
+    // every head for the other's last block, or for a descheduled thread.
     std::atomic<std::size_t> next_task{0};
     auto worker = [&](std::size_t w) {
         float* scores = scores_block.at(base) + w * scores_floats;
@@ -409,22 +509,30 @@ void sparse_attention(kvfuse_context& context, const kvfuse_attention_args& a) {
         float* acc = acc_block.at(base) + w * acc_floats;
         RowState* states = states_block.at(base) + w * row_block * group;
         for (std::size_t task; (task = next_task.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
-            const std::size_t kv_head = task / per_head, step = task % per_head;
-            float* buffer = packed + (kv_head % buffers) * tiles * tile_floats;
-            if (step < chunks) {
-                if (kv_head >= buffers) wait_for(done_blocks[kv_head - buffers], blocks);
-                for (std::size_t t = step * kPackChunk; t < std::min(tiles, (step + 1) * kPackChunk); ++t) {
+            // The sequence whose tasks hold this one: the last that starts at or before it.
+            const SequenceWork* sw = std::upper_bound(sequences, sequences + active, task,
+                                                      [](std::size_t t, const SequenceWork& x) { return t < x.first_task; }) -
+                                     1;
+            const std::size_t per_head = sw->chunks + sw->blocks, within = task - sw->first_task;
+            const std::size_t kv_head = within / per_head, step = within % per_head;
+            const std::size_t unit = static_cast<std::size_t>(sw - sequences) * a.kv_heads + kv_head;
+            float* buffer = packed + (unit % buffers) * most_tiles * tile_floats;
+            if (step < sw->chunks) {
+                if (unit >= buffers) wait_for(done_blocks[unit - buffers], sequences[(unit - buffers) / a.kv_heads].blocks);
+                for (std::size_t t = step * kPackChunk; t < std::min(sw->tiles, (step + 1) * kPackChunk); ++t) {
                     const std::size_t first = t * tile;
                     float* at = buffer + t * tile_floats;
-                    load_tile(a, kv_head, first, std::min(tile, key_count - first), tile, at, at + d_count * tile);
+                    load_tile(layout, sw->seq, kv_head, first, std::min(tile, sw->keys - first), tile, at,
+                              at + d_count * tile);
                 }
-                packed_chunks[kv_head].fetch_add(1, std::memory_order_release);
+                packed_chunks[unit].fetch_add(1, std::memory_order_release);
             } else {
-                wait_for(packed_chunks[kv_head], chunks);
-                const std::size_t block = blocks - 1 - (step - chunks);
-                const std::size_t begin = block * row_block, end = std::min(a.rows, begin + row_block);
-                attend_block(a, order, begin, end, kv_head, buffer, tile, queries, scores, acc, states);
-                done_blocks[kv_head].fetch_add(1, std::memory_order_release);
+                wait_for(packed_chunks[unit], sw->chunks);
+                const std::size_t block = sw->blocks - 1 - (step - sw->chunks);
+                const std::size_t begin = sw->first_row + block * row_block;
+                const std::size_t end = std::min(sw->first_row + sw->rows, begin + row_block);
+                attend_block(layout, order, begin, end, kv_head, buffer, tile, queries, scores, acc, states);
+                done_blocks[unit].fetch_add(1, std::memory_order_release);
             }
         }
     };

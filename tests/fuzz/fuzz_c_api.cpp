@@ -19,6 +19,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "c_api_calls.h"
@@ -208,6 +209,15 @@ void fuzz_rope(FuzzedDataProvider& in) {
     check(verdict, status, "rope");
 }
 
+// Elements spanned by `n` items `item_stride` apart of `heads` heads `head_stride` apart of `dim`
+// elements each (kvfuse_attention_args' tensors): 0 for no items.
+u128 heads_extent(std::size_t n, std::size_t item_stride, std::size_t heads, std::size_t head_stride, std::size_t dim) {
+    if (n == 0 || heads == 0) return 0;
+    return (u128{n} - 1) * item_stride + (u128{heads} - 1) * head_stride + dim;
+}
+
+// V1 fields, then (one call in two) the V2 layouts: head strides, a block table over a pool of
+// blocks, several sequences with mostly valid cumulative rows and keys, the log-sum-exp.
 void fuzz_attention(FuzzedDataProvider& in) {
     kvfuse_attention_args a;
     kvfuse_attention_args_init(&a);
@@ -222,22 +232,76 @@ void fuzz_attention(FuzzedDataProvider& in) {
     a.scale = in.ConsumeBool() ? 0.125f : in.ConsumeFloatingPoint<float>();
     const int dtype = draw_enum(in, 2);
     set_attention_dtype(&a, dtype);
-    const u128 q_row = u128{a.query_heads} * a.head_dim, kv_row = u128{a.kv_heads} * a.head_dim;
+    const bool v2 = in.ConsumeBool(), paged = v2 && in.ConsumeBool(), lse = v2 && in.ConsumeBool();
+    if (v2) {
+        for (std::size_t* stride : {&a.query_head_stride, &a.kv_head_stride, &a.out_head_stride})
+            *stride = in.ConsumeBool() ? 0 : draw_size(in, 600);
+        a.sequences = in.ConsumeBool() ? 0 : draw_size(in, 4);
+        a.lse_row_stride = in.ConsumeBool() ? 0 : draw_size(in, 12);
+    }
+    if (paged) {
+        a.kv_block_size = draw_size(in, 20);
+        a.kv_blocks_total = draw_size(in, 12);
+        a.kv_block_stride = in.ConsumeBool() ? 0 : draw_size(in, 3000);
+        a.kv_block_table_stride = draw_size(in, 8);
+    }
+    auto or_default = [](std::size_t value, std::size_t fallback) { return value != 0 ? value : fallback; };
+    const std::size_t q_head = or_default(a.query_head_stride, a.head_dim), kv_head = or_default(a.kv_head_stride, a.head_dim);
+    const std::size_t out_head = or_default(a.out_head_stride, a.head_dim);
     const std::size_t elem = element_bytes_of(dtype);
     Buffers b(in);
-    const std::size_t queries = b.need(rows_bytes(a.rows, a.query_row_stride, q_row, 4));
+    const std::size_t queries = b.need(heads_extent(a.rows, a.query_row_stride, a.query_heads, q_head, a.head_dim) * 4);
     const std::size_t positions = b.need(u128{a.rows} * 8);
-    const std::size_t keys = b.need(rows_bytes(a.kv_tokens, a.kv_token_stride, kv_row, elem));
-    const std::size_t values = b.need(rows_bytes(a.kv_tokens, a.kv_token_stride, kv_row, elem));
-    const std::size_t out = b.need(rows_bytes(a.rows, a.out_row_stride, q_row, 4));
-    const Verdict verdict = prepare(b, u128{a.rows} * a.kv_tokens * q_row * 2);
+    // Paged: the pool of blocks; the tables of every sequence (no sequence holds more keys than
+    // kv_tokens, and the library reads no entry past a table's stride).
+    u128 kv_elements = heads_extent(a.kv_tokens, a.kv_token_stride, a.kv_heads, kv_head, a.head_dim);
+    std::size_t table = 0, table_entries = 0;
+    if (paged && a.kv_block_size > 0) {
+        const u128 block = heads_extent(a.kv_block_size, a.kv_token_stride, a.kv_heads, kv_head, a.head_dim);
+        const u128 block_stride = a.kv_block_stride != 0 ? u128{a.kv_block_stride} : u128{a.kv_block_size} * a.kv_token_stride;
+        kv_elements = a.kv_blocks_total == 0 ? 0 : (u128{a.kv_blocks_total} - 1) * block_stride + block;
+        const u128 entries = (u128{std::max<std::size_t>(a.sequences, 1)} - 1) * a.kv_block_table_stride +
+                             (u128{a.kv_tokens} + a.kv_block_size - 1) / a.kv_block_size;
+        table = b.need(entries * 4);
+        table_entries = entries > kSizeMax ? 0 : static_cast<std::size_t>(entries);
+    }
+    const std::size_t keys = b.need(kv_elements * elem);
+    const std::size_t values = b.need(kv_elements * elem);
+    const std::size_t out = b.need(heads_extent(a.rows, a.out_row_stride, a.query_heads, out_head, a.head_dim) * 4);
+    const std::size_t cu_rows = a.sequences > 0 ? b.need((u128{a.sequences} + 1) * 8) : 0;
+    const std::size_t cu_kv = a.sequences > 0 ? b.need((u128{a.sequences} + 1) * 8) : 0;
+    const std::size_t lse_out = lse ? b.need(rows_bytes(a.rows, or_default(a.lse_row_stride, a.query_heads), a.query_heads, 4)) : 0;
+    const Verdict verdict = prepare(b, u128{a.rows} * a.kv_tokens * (u128{a.query_heads} * a.head_dim) * 2);
     if (verdict == Verdict::skip) return;
+    // Sequences: cumulative rows and keys, each a sorted draw (a few left as the fill made them).
+    const std::size_t sequences = a.sequences > 0 ? std::min(a.sequences, b.capacity<std::int64_t>(cu_rows) - 1) : 0;
+    for (const auto& [index, total] : {std::pair{cu_rows, a.rows}, std::pair{cu_kv, a.kv_tokens}}) {
+        if (a.sequences == 0 || in.ConsumeIntegralInRange<int>(0, 7) == 0) continue;
+        std::vector<std::int64_t> cu{0};
+        for (std::size_t s = 1; s < sequences; ++s)
+            cu.push_back(static_cast<std::int64_t>(in.ConsumeIntegralInRange<std::size_t>(0, total)));
+        std::sort(cu.begin(), cu.end());
+        cu.push_back(static_cast<std::int64_t>(total));
+        std::memcpy(b.at<std::int64_t>(index), cu.data(), cu.size() * 8);
+    }
     fill_indices(in, b.at<std::int64_t>(positions), std::min(a.rows, b.capacity<std::int64_t>(positions)), a.kv_tokens);
+    if (paged && a.kv_block_size > 0)
+        for (std::size_t i = 0; i < std::min(table_entries, b.capacity<std::int32_t>(table)); ++i) {
+            const std::int32_t block = a.kv_blocks_total > 0 && in.ConsumeIntegralInRange<int>(0, 15) != 0
+                                           ? static_cast<std::int32_t>(in.ConsumeIntegralInRange<std::size_t>(
+                                                 0, std::min<std::size_t>(a.kv_blocks_total - 1, INT32_MAX)))
+                                           : in.ConsumeIntegral<std::int32_t>();
+            std::memcpy(b.at<std::int32_t>(table) + i, &block, 4);
+        }
     a.queries = b.at<float>(queries);
     a.positions = b.at<std::int64_t>(positions);
     a.keys = b.at<void>(keys);
     a.values = b.at<void>(values);
     a.out = b.at<float>(out);
+    // (A table of blocks of 0 tokens is refused before it is read: any readable pointer does.)
+    if (paged) a.kv_block_table = a.kv_block_size > 0 ? b.at<std::int32_t>(table) : b.at<std::int32_t>(queries);
+    if (a.sequences > 0) a.cu_rows = b.at<std::int64_t>(cu_rows), a.cu_kv_tokens = b.at<std::int64_t>(cu_kv);
+    if (lse) a.lse = b.at<float>(lse_out);
     check(verdict, kvfuse_sparse_attention(&a), "attention");
 }
 
