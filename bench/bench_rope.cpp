@@ -2,8 +2,12 @@
 // the same iterations. In place: the kernel reads and writes every key once, like the copy.
 //   name: rope/<isa>/<dtype>/<tokens>x<heads>x<dim>/threads:<n>
 //   GB/s: bytes read + written per second (median); x_baseline = copy time / rope time.
+// The fused load (a stored chunk, packed, copied rotated into the request's cache), into a
+// packed cache and into a paged one (16-token blocks in shuffled order, kvfuse_rope_rotate_layout):
+//   name: rope_copy/<isa>/f32/<tokens>x<heads>x<dim>/<where>/<contiguous|paged16>/threads:<n>
 #include <omp.h>
 
+#include <algorithm>
 #include <random>
 #include <string>
 #include <vector>
@@ -57,6 +61,45 @@ void rope_in_place(benchmark::State& state, kvfuse::Isa isa, Shape shape, int th
     kvfuse::reset_isa();
 }
 
+void rope_copy(benchmark::State& state, kvfuse::Isa isa, Shape shape, int threads, bool paged) {
+    if (!kvfuse::bench::force_isa_or_skip(state, static_cast<int>(isa))) return;
+    omp_set_num_threads(threads);
+    kvfuse::RopeConfig config;
+    config.head_dim = shape.head_dim;
+    const std::size_t row = shape.heads * static_cast<std::size_t>(shape.head_dim), count = shape.tokens * row;
+    const std::size_t block = 16, blocks = (shape.tokens + block - 1) / block;
+    std::vector<float> stored(count), cache(blocks * block * row), copy_dst(count);
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal;
+    for (float& v : stored) v = normal(rng);
+    std::vector<std::int32_t> table(blocks);
+    for (std::size_t b = 0; b < blocks; ++b) table[b] = static_cast<std::int32_t>(b);
+    std::shuffle(table.begin(), table.end(), rng);
+    kvfuse::RopeArgs args;
+    args.tokens = shape.tokens;
+    args.heads = shape.heads;
+    args.delta = 4097;
+    kvfuse::set_rope_keys(args, cache.data(), stored.data());
+    args.dst_block_table = table.data();
+    args.dst_block_size = block;
+    args.dst_blocks_total = blocks;
+    kvfuse::bench::run_side_by_side(
+        state,
+        [&] {
+            const kvfuse::Status s = paged ? kvfuse::rope_rotate_layout(config, args)
+                                           : kvfuse::rope_rotate_span_copy(config, stored.data(), row, cache.data(), row,
+                                                                           shape.tokens, shape.heads, 4097);
+            if (!s.ok()) state.SkipWithError("rope copy failed");
+            benchmark::ClobberMemory();
+        },
+        [&] {
+            kvfuse::bench::parallel_copy(copy_dst.data(), stored.data(), count * sizeof(float));
+            benchmark::ClobberMemory();
+        },
+        2.0 * count * sizeof(float), "GB/s", 1e9);
+    kvfuse::reset_isa();
+}
+
 void register_all() {
     const Shape shapes[] = {
         {32768, 8, 128, "dram"},  // 128 MiB f32: out of every cache
@@ -79,6 +122,19 @@ void register_all() {
                     auto* b = std::string(dtype) == "f32"
                                   ? benchmark::RegisterBenchmark(name.c_str(), rope_in_place<float>, isa, s, threads)
                                   : benchmark::RegisterBenchmark(name.c_str(), rope_in_place<kvfuse::bf16>, isa, s, threads);
+                    b->UseManualTime()->Unit(benchmark::kMicrosecond);
+                    if (std::string(s.where) == "dram") b->Iterations(isa == kvfuse::Isa::scalar ? 3 : 30);
+                }
+    // The fused load at the main shapes, packed and paged side by side.
+    for (kvfuse::Isa isa : kvfuse::supported_isas())
+        for (const Shape& s : {shapes[0], shapes[1]})
+            for (int threads : {1, 2})
+                for (bool paged : {false, true}) {
+                    const std::string name = std::string("rope_copy/") + kvfuse::isa_name(isa) + "/f32/" +
+                                             std::to_string(s.tokens) + "x" + std::to_string(s.heads) + "x" +
+                                             std::to_string(s.head_dim) + "/" + s.where + (paged ? "/paged16" : "/contiguous") +
+                                             "/threads:" + std::to_string(threads);
+                    auto* b = benchmark::RegisterBenchmark(name.c_str(), rope_copy, isa, s, threads, paged);
                     b->UseManualTime()->Unit(benchmark::kMicrosecond);
                     if (std::string(s.where) == "dram") b->Iterations(isa == kvfuse::Isa::scalar ? 3 : 30);
                 }

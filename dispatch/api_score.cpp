@@ -9,6 +9,7 @@
 #include "dispatch/context.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/layout_checks.h"
 #include "dispatch/struct_versions.h"
 #include "kernels/common/relevance_segments.h"
 #include "kvfuse/kvfuse.h"
@@ -165,66 +166,103 @@ kvfuse_status check_relevance(const kvfuse_relevance_args* a) {
         return s;
     if (a->candidates == a->question_rows) return KVFUSE_OK;  // no document key: nothing to score
     if (a->out == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "out is required");
-    if (a->keys != nullptr) {  // keys of keys_dtype, the f32 path, no segments
-        if (auto s = kvfuse::detail::check_dtype("keys_dtype", kvfuse::detail::enum_value(a->keys_dtype)); s != KVFUSE_OK)
-            return s;
-        if (a->segment_count > 0)
-            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "keys (with keys_dtype) cannot be combined with segments");
+    const bool top_layout = a->key_token_stride != 0 || a->key_head_stride != 0 || a->key_block_table != nullptr ||
+                            a->key_block_size != 0 || a->key_block_stride != 0 || a->key_blocks_total != 0 ||
+                            a->key_token_offset != 0;
+    if (a->segment_count > 0) {
+        if (a->keys != nullptr)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                        "keys (with keys_dtype) cannot be combined with segments: give each segment its typed_keys");
+        if (top_layout)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                        "the key_* layout fields describe the top-level keys: with segments, set each segment's own");
+        if (a->segments == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "segment_count > 0 needs segments");
+        if (auto s = check_aligned("segments", a->segments, alignof(kvfuse_relevance_segment)); s != KVFUSE_OK) return s;
+        // The array is stepped through by its elements' struct_size: the first's, a known version,
+        // and every other the same.
+        if (auto s = kvfuse::detail::check_struct_size("segments[0]", &a->segments[0]); s != KVFUSE_OK) return s;
+        const std::size_t element = kvfuse::detail::struct_size_of(&a->segments[0]);
+        if (auto s = check_span("segments (segment_count)", a->segment_count, element, element, 1); s != KVFUSE_OK) return s;
+        std::size_t total = 0;
+        for (std::size_t i = 0; i < a->segment_count; ++i) {
+            std::size_t size;
+            std::memcpy(&size, reinterpret_cast<const char*>(a->segments) + i * element, sizeof size);
+            if (size != element)
+                return fail(KVFUSE_ERROR_STRUCT_SIZE, "segments[" + std::to_string(i) + "]->struct_size (" + std::to_string(size) +
+                                                          ") differs from segments[0]'s (" + std::to_string(element) +
+                                                          "): every element of the array must be the same version");
+            const std::size_t keys = kvfuse::detail::relevance_segment_at(a->segments, i).keys;
+            if (keys > a->candidates - total)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the segments hold more keys than there are candidates");
+            total += keys;
+        }
+        if (total != a->candidates) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the segments' keys must add up to candidates");
+    } else if (a->keys != nullptr) {  // keys of keys_dtype, the f32 path
         if (a->keys_f32 != nullptr || a->keys_i8 != nullptr || a->keys_i4 != nullptr)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "give keys (with keys_dtype) or keys_f32, keys_i8, keys_i4: one of them");
         if (a->queries_f32 == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "keys (with keys_dtype) need queries_f32");
-        if (auto s = check_aligned("keys", a->keys, kvfuse::detail::dtype_bytes(a->keys_dtype)); s != KVFUSE_OK) return s;
-        return check_float_pointers({{"queries_f32", a->queries_f32}, {"out", a->out}});
     }
-    if (a->segment_count > 0) {
-        if (a->segments == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "segment_count > 0 needs segments");
-        if (auto s = check_span("segments (segment_count)", a->segment_count, 1, 1, sizeof(kvfuse_relevance_segment));
-            s != KVFUSE_OK)
-            return s;
-        if (auto s = check_aligned("segments", a->segments, alignof(kvfuse_relevance_segment)); s != KVFUSE_OK) return s;
-        std::size_t total = 0;
-        for (std::size_t i = 0; i < a->segment_count; ++i) {
-            // One version so far: its size is the array's stride too.
-            if (auto s = kvfuse::detail::check_struct_size(("segments[" + std::to_string(i) + "]").c_str(), &a->segments[i]);
-                s != KVFUSE_OK)
-                return s;
-            if (a->segments[i].keys > a->candidates - total)
-                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the segments hold more keys than there are candidates");
-            total += a->segments[i].keys;
-        }
-        if (total != a->candidates) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the segments' keys must add up to candidates");
-    }
-    // Every segment (or the top-level fields) on one path, with what that path reads.
-    // Read in place (no copy: a call with a context allocates nothing); empty segments are
-    // skipped as the kernels skip them.
-    kvfuse_relevance_segment top{};
-    std::size_t top_start[2];
-    if (a->segment_count == 0) kvfuse::detail::split_relevance_segments(*a, &top, top_start);
-    const kvfuse_relevance_segment* list = a->segment_count == 0 ? &top : a->segments;
+    // Every segment (or the top-level fields as one) on one path, with what that path reads, in
+    // its layout. Read in place (no copy: a call with a context allocates nothing); empty
+    // segments are skipped as the kernels skip them.
     const std::size_t listed = a->segment_count == 0 ? 1 : a->segment_count;
+    auto segment = [&](std::size_t i) {
+        return a->segment_count == 0 ? kvfuse::detail::top_level_segment(*a) : kvfuse::detail::relevance_segment_at(a->segments, i);
+    };
     std::size_t first_index = 0;
-    while (list[first_index].keys == 0) ++first_index;  // the keys add up to candidates > 0
-    const kvfuse_relevance_segment& first = list[first_index];
+    while (segment(first_index).keys == 0) ++first_index;  // the keys add up to candidates > 0
+    const kvfuse_relevance_segment first = segment(first_index);
     const bool int4 = first.keys_i4 != nullptr, int8 = first.keys_i8 != nullptr;
+    const std::size_t index_in_errors = a->segment_count == 0 ? SIZE_MAX : 0;
     for (std::size_t i = first_index; i < listed; ++i) {
-        const kvfuse_relevance_segment& g = list[i];
+        const kvfuse_relevance_segment g = segment(i);
         if (g.keys == 0) continue;
         if (g.keys_i8 != nullptr && g.keys_i4 != nullptr)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "give keys_i8 or keys_i4, not both");
         if ((g.keys_i4 != nullptr) != int4 || (g.keys_i8 != nullptr) != int8)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "every segment must use the same path (f32, int8 or int4)");
+        std::size_t element = 1;
+        const void* keys = int4 ? static_cast<const void*>(g.keys_i4) : static_cast<const void*>(g.keys_i8);
         if (int4 || int8) {
             if (g.queries_i8 == nullptr || g.query_scales == nullptr || g.key_scales == nullptr)
                 return fail(KVFUSE_ERROR_NULL_POINTER, "the int8 and int4 paths need queries_i8, query_scales and key_scales");
-        } else if (g.keys_f32 == nullptr || g.queries_f32 == nullptr) {
-            return fail(KVFUSE_ERROR_NULL_POINTER,
-                        "give keys_i8 (int8 path), keys_i4 (int4 path) or keys_f32 and queries_f32 (f32 path)");
+        } else {
+            if (g.keys_f32 != nullptr && g.typed_keys != nullptr)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "segments[" + std::to_string(i) + "]: give keys_f32 or typed_keys, not both");
+            if ((g.keys_f32 == nullptr && g.typed_keys == nullptr) || g.queries_f32 == nullptr)
+                return fail(KVFUSE_ERROR_NULL_POINTER,
+                            "give keys_i8 (int8 path), keys_i4 (int4 path) or keys_f32 / keys (typed) and queries_f32 (f32 path)");
+            if (g.typed_keys != nullptr) {
+                if (auto s = kvfuse::detail::check_dtype(a->segment_count == 0 ? "keys_dtype" : "segments[].keys_dtype",
+                                                         kvfuse::detail::enum_value(g.keys_dtype));
+                    s != KVFUSE_OK)
+                    return s;
+                element = kvfuse::detail::dtype_bytes(g.keys_dtype);
+                keys = g.typed_keys;
+            } else {
+                element = sizeof(float);
+                keys = g.keys_f32;
+            }
         }
         if (auto s = check_float_pointers({{"queries_f32", g.queries_f32},
-                                           {"keys_f32", g.keys_f32},
                                            {"query_scales", g.query_scales},
                                            {"key_scales", g.key_scales},
                                            {"bias", g.bias}});
+            s != KVFUSE_OK)
+            return s;
+        const kvfuse::detail::LayoutFields fields{keys,
+                                                  g.key_token_stride,
+                                                  g.key_head_stride,
+                                                  g.key_block_table,
+                                                  g.key_block_size,
+                                                  g.key_block_stride,
+                                                  g.key_blocks_total,
+                                                  g.key_token_offset};
+        kvfuse::detail::KeyLayout layout;
+        kvfuse::detail::LayoutExtent extent;
+        if (auto s = kvfuse::detail::resolve_layout("key_", index_in_errors == SIZE_MAX ? SIZE_MAX : i, fields, g.keys,
+                                                    a->kv_heads, int4 ? (a->head_dim + 1) / 2 : a->head_dim, element,
+                                                    layout, extent);
             s != KVFUSE_OK)
             return s;
     }

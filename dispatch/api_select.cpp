@@ -22,23 +22,28 @@ using kvfuse::detail::check_size;
 using kvfuse::detail::enum_value;
 using kvfuse::detail::fail;
 
-// Rows of `width` floats at `stride` as one packed block (the scoring kernel reads packed keys).
-const float* packed_rows(const float* rows, std::size_t count, std::size_t width, std::size_t stride,
-                         std::vector<float>& storage) {
-    if (stride == width) return rows;
-    storage.resize(count * width);
-    for (std::size_t r = 0; r < count; ++r) std::memcpy(storage.data() + r * width, rows + r * stride, width * sizeof(float));
-    return storage.data();
+// Element i of the caller's segment array, stepping by the elements' struct_size (checked: a
+// known version, the same in every element), the fields past that version at their defaults.
+kvfuse_select_segment select_segment_at(const kvfuse_select_segment* segments, std::size_t i) {
+    const std::size_t size = kvfuse::detail::struct_size_of(segments);
+    kvfuse_select_segment g;
+    kvfuse_select_segment_init(&g);
+    std::memcpy(static_cast<void*>(&g), reinterpret_cast<const char*>(segments) + i * size, size);
+    g.struct_size = sizeof g;
+    return g;
 }
 
-// One segment's keys in the form the precision reads: stored, or quantized here.
+// One segment's keys in the form the precision reads: f32 / bf16 / f16 in place (the f32 path
+// widens them in registers), stored quantized, or quantized here straight from them.
 struct SegmentKeys {
-    const float* f32 = nullptr;
+    const void* typed = nullptr;  // f32 path: keys of `dtype`, rows `stride` elements apart
+    kvfuse_dtype dtype = KVFUSE_DTYPE_F32;
+    std::size_t stride = 0;
     const std::int8_t* i8 = nullptr;
     const std::uint8_t* i4 = nullptr;
     const float* scales = nullptr;
     const float* means = nullptr;
-    std::vector<float> packed, own_scales, own_means;
+    std::vector<float> own_scales, own_means;
     std::vector<std::int8_t> own_i8;
     std::vector<std::uint8_t> own_i4;
 };
@@ -54,10 +59,18 @@ kvfuse_status segment_keys(const kvfuse_select_segment& seg, std::size_t index, 
         out.i8 = seg.keys_i8, out.i4 = seg.keys_i4, out.scales = seg.key_scales, out.means = seg.key_means;
         return KVFUSE_OK;
     }
-    if (seg.keys_f32 == nullptr) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, which + ": no keys (keys_f32 is null)");
+    if (seg.keys_f32 != nullptr && seg.keys != nullptr)
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, which + ": give keys_f32 or keys (with keys_dtype), not both");
+    if (seg.keys_f32 == nullptr && seg.keys == nullptr)
+        return fail(KVFUSE_ERROR_INVALID_ARGUMENT, which + ": no keys (keys_f32 and keys are null)");
+    if (seg.keys != nullptr)
+        if (auto s = kvfuse::detail::check_dtype((which + ": keys_dtype").c_str(), enum_value(seg.keys_dtype)); s != KVFUSE_OK)
+            return s;
+    const kvfuse_dtype dtype = seg.keys_f32 != nullptr ? KVFUSE_DTYPE_F32 : seg.keys_dtype;
+    const void* keys = seg.keys_f32 != nullptr ? static_cast<const void*>(seg.keys_f32) : seg.keys;
     if (stride < kv_row) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, which + ": key_row_stride < kv_heads * head_dim");
     if (precision == KVFUSE_KEYS_F32) {
-        out.f32 = packed_rows(seg.keys_f32, seg.tokens, kv_row, stride, out.packed);
+        out.typed = keys, out.dtype = dtype, out.stride = stride;
         return KVFUSE_OK;
     }
     out.own_scales.resize(seg.tokens * kv_heads);
@@ -65,13 +78,13 @@ kvfuse_status segment_keys(const kvfuse_select_segment& seg, std::size_t index, 
     kvfuse_status s;
     if (precision == KVFUSE_KEYS_INT8) {
         out.own_i8.resize(seg.tokens * kv_row);
-        s = kvfuse_quantize_keys_i8(seg.keys_f32, seg.tokens, kv_heads, head_dim, stride, out.own_i8.data(),
-                                    out.own_scales.data(), out.own_means.data());
+        s = kvfuse_quantize_keys_i8_typed(dtype, keys, seg.tokens, kv_heads, head_dim, stride, out.own_i8.data(),
+                                          out.own_scales.data(), out.own_means.data());
         out.i8 = out.own_i8.data();
     } else {
         out.own_i4.resize(seg.tokens * kv_heads * ((head_dim + 1) / 2));
-        s = kvfuse_quantize_keys_i4(seg.keys_f32, seg.tokens, kv_heads, head_dim, stride, out.own_i4.data(),
-                                    out.own_scales.data(), out.own_means.data());
+        s = kvfuse_quantize_keys_i4_typed(dtype, keys, seg.tokens, kv_heads, head_dim, stride, out.own_i4.data(),
+                                          out.own_scales.data(), out.own_means.data());
         out.i4 = out.own_i4.data();
     }
     out.scales = out.own_scales.data();
@@ -89,18 +102,29 @@ kvfuse_status a3_scores(const kvfuse_select_args& a, float* scores) {
     if (a.queries == nullptr) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "queries is null");
     if (a.segment_count == 0 || a.segments == nullptr) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "A3 needs at least one key segment");
     if (auto s = kvfuse::detail::check_aligned("segments", a.segments, alignof(kvfuse_select_segment)); s != KVFUSE_OK) return s;
-    for (std::size_t g = 0; g < a.segment_count; ++g)  // one version so far: its size is the array's stride too
-        if (auto s = kvfuse::detail::check_struct_size(("segments[" + std::to_string(g) + "]").c_str(), &a.segments[g]);
-            s != KVFUSE_OK)
-            return s;
+    // The array is stepped through by its elements' struct_size: a known version, the same in each.
+    if (auto s = kvfuse::detail::check_struct_size("segments[0]", &a.segments[0]); s != KVFUSE_OK) return s;
+    const std::size_t element = kvfuse::detail::struct_size_of(&a.segments[0]);
+    if (auto s = kvfuse::detail::check_span("segments (segment_count)", a.segment_count, element, element, 1); s != KVFUSE_OK)
+        return s;
+    std::vector<kvfuse_select_segment> segment_list(a.segment_count);
+    for (std::size_t g = 0; g < a.segment_count; ++g) {
+        if (kvfuse::detail::struct_size_of(reinterpret_cast<const kvfuse_select_segment*>(
+                reinterpret_cast<const char*>(a.segments) + g * element)) != element)
+            return fail(KVFUSE_ERROR_STRUCT_SIZE, "segments[" + std::to_string(g) +
+                                                      "]->struct_size differs from segments[0]'s: every element of the "
+                                                      "array must be the same version");
+        segment_list[g] = select_segment_at(a.segments, g);
+    }
+    const kvfuse_select_segment* seg_of = segment_list.data();
     if (auto s = check_enum("key_precision", enum_value(a.key_precision), 3, "KVFUSE_KEYS_F32, _INT8 or _INT4"); s != KVFUSE_OK)
         return s;
     const std::size_t q_row = H * D, q_stride = a.query_row_stride ? a.query_row_stride : q_row, segments = a.segment_count;
     if (q_stride < q_row) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "query_row_stride < query_heads * head_dim");
     CheckedSize keys = 0;
     for (std::size_t g = 0; g < segments; ++g) {
-        keys = keys + a.segments[g].tokens;
-        if (a.segments[g].position_shift != 0 && a.rope == nullptr)
+        keys = keys + seg_of[g].tokens;
+        if (seg_of[g].position_shift != 0 && a.rope == nullptr)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "a segment is shifted: the RoPE configuration (rope) is needed");
     }
     if (auto s = check_size("the segments' tokens", keys * Hkv * D * sizeof(float)); s != KVFUSE_OK) return s;
@@ -112,7 +136,7 @@ kvfuse_status a3_scores(const kvfuse_select_args& a, float* scores) {
     std::vector<float> queries(segments * M * q_row);
     for (std::size_t g = 0; g < segments; ++g) {
         float* dst = queries.data() + g * M * q_row;
-        const std::int64_t shift = a.segments[g].position_shift;
+        const std::int64_t shift = seg_of[g].position_shift;
         if (shift == 0) {
             for (std::size_t m = 0; m < M; ++m) std::memcpy(dst + m * q_row, a.queries + m * q_stride, q_row * sizeof(float));
         } else if (auto s = kvfuse_rope_rotate_span_copy(a.rope, KVFUSE_DTYPE_F32, a.queries, q_stride, dst, q_row, M, H, -shift);
@@ -122,7 +146,7 @@ kvfuse_status a3_scores(const kvfuse_select_args& a, float* scores) {
     }
     std::vector<SegmentKeys> keys_of(segments);
     for (std::size_t g = 0; g < segments; ++g)
-        if (auto s = segment_keys(a.segments[g], g, a.key_precision, Hkv, D, keys_of[g]); s != KVFUSE_OK) return s;
+        if (auto s = segment_keys(seg_of[g], g, a.key_precision, Hkv, D, keys_of[g]); s != KVFUSE_OK) return s;
 
     const bool quantized = a.key_precision != KVFUSE_KEYS_F32;
     std::vector<std::int8_t> queries_i8;
@@ -149,7 +173,9 @@ kvfuse_status a3_scores(const kvfuse_select_args& a, float* scores) {
         // ignores, so no bias (and no segment) is needed.
         const SegmentKeys& k = keys_of[0];
         r.queries_f32 = queries.data();
-        r.keys_f32 = k.f32;
+        r.keys = k.typed;
+        r.keys_dtype = k.dtype;
+        r.key_token_stride = k.typed != nullptr ? k.stride : 0;
         r.queries_i8 = quantized ? queries_i8.data() : nullptr;
         r.query_scales = quantized ? query_scales.data() : nullptr;
         r.keys_i8 = k.i8;
@@ -177,10 +203,12 @@ kvfuse_status a3_scores(const kvfuse_select_args& a, float* scores) {
     for (std::size_t g = 0; g < segments; ++g) {
         kvfuse_relevance_segment& seg = list[g];
         kvfuse_relevance_segment_init(&seg);
-        seg.keys = a.segments[g].tokens;
+        seg.keys = seg_of[g].tokens;
         if (!quantized) {
             seg.queries_f32 = queries.data() + g * M * q_row;
-            seg.keys_f32 = keys_of[g].f32;
+            seg.typed_keys = keys_of[g].typed;
+            seg.keys_dtype = keys_of[g].dtype;
+            seg.key_token_stride = keys_of[g].stride;
             continue;
         }
         seg.queries_i8 = queries_i8.data() + g * M * q_row;

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/common/key_layout.h"
 #include "kvfuse/kvfuse.h"
 
 namespace kvfuse::detail {
@@ -16,13 +17,13 @@ struct TopkScratch;
 // Every kernel but gemm runs in an execution context (kernels/call_context.h): its tuning, its
 // workers and its scratch. One call per context at a time (the API layer makes sure).
 
-// Rotates `tokens` rows of `heads` heads from src to dst (src == dst with equal strides is in
-// place). Token t turns by deltas[t], or by `delta` when deltas is null. Arguments are already
-// validated by the API layer.
+// Rotates `tokens` tokens of `heads` heads from src to dst, each side addressed by its layout
+// (kernels/common/key_layout.h; src == dst with the same layout is in place). Token t turns by
+// deltas[t], or by `delta` when deltas is null. Arguments are already validated by the API layer
+// (every block table entry read included).
 using RopeRotateFn = void (*)(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, const void* src,
-                              std::size_t src_token_stride, void* dst,
-                              std::size_t dst_token_stride, std::size_t tokens, std::size_t heads,
-                              const std::int64_t* deltas, std::int64_t delta);
+                              const KeyLayout& src_layout, void* dst, const KeyLayout& dst_layout, std::size_t tokens,
+                              std::size_t heads, const std::int64_t* deltas, std::int64_t delta);
 
 // Softmax attention of selected rows; arguments already validated (positions in range, etc.).
 using SparseAttentionFn = void (*)(kvfuse_context& context, const kvfuse_attention_args& args);

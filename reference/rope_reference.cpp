@@ -45,20 +45,28 @@ double rope_frequency(const kvfuse_rope_config& c, int pair) {
     return (1.0 - smooth) * freq / c.scaling_factor + smooth * freq;
 }
 
-void rope_rotate(const kvfuse_rope_config& c, kvfuse_dtype dtype, const void* src,
-                 std::size_t src_stride, void* dst, std::size_t dst_stride, std::size_t tokens,
-                 std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
+void rope_rotate(const kvfuse_rope_config& c, kvfuse_dtype dtype, const void* src, const kvfuse::detail::KeyLayout& src_layout,
+                 void* dst, const kvfuse::detail::KeyLayout& dst_layout, std::size_t tokens, std::size_t heads,
+                 const std::int64_t* deltas, std::int64_t delta) {
     const std::size_t head_dim = static_cast<std::size_t>(c.head_dim);
     std::vector<double> in(head_dim), out(head_dim);
     for (std::size_t t = 0; t < tokens; ++t) {
         for (std::size_t h = 0; h < heads; ++h) {
-            const std::size_t offset_src = t * src_stride + h * head_dim;
-            const std::size_t offset_dst = t * dst_stride + h * head_dim;
+            const std::size_t offset_src = src_layout.at(t, h);
+            const std::size_t offset_dst = dst_layout.at(t, h);
             for (std::size_t d = 0; d < head_dim; ++d) in[d] = element_as_f32(dtype, src, offset_src + d);
             rotate_head(c, in.data(), out.data(), deltas ? deltas[t] : delta);
             for (std::size_t d = 0; d < head_dim; ++d) store_from_f32(dtype, dst, offset_dst + d, static_cast<float>(out[d]));
         }
     }
+}
+
+void rope_rotate(const kvfuse_rope_config& c, kvfuse_dtype dtype, const void* src, std::size_t src_stride, void* dst,
+                 std::size_t dst_stride, std::size_t tokens, std::size_t heads, const std::int64_t* deltas,
+                 std::int64_t delta) {
+    const std::size_t head_dim = static_cast<std::size_t>(c.head_dim);
+    rope_rotate(c, dtype, src, kvfuse::detail::KeyLayout::packed(src_stride, head_dim), dst,
+                kvfuse::detail::KeyLayout::packed(dst_stride, head_dim), tokens, heads, deltas, delta);
 }
 
 void rope_rotate_head_exact(const kvfuse_rope_config& c, const float* head, std::int64_t delta,

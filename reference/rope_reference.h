@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/common/key_layout.h"
 #include "kvfuse/kvfuse.h"
 
 namespace kvfuse::reference {
@@ -17,6 +18,10 @@ void rope_rotate(const kvfuse_rope_config& config, kvfuse_dtype dtype, const voi
                  std::size_t src_token_stride, void* dst, std::size_t dst_token_stride,
                  std::size_t tokens, std::size_t heads, const std::int64_t* deltas,
                  std::int64_t delta);
+// The same with each side in any layout (kvfuse_rope_rotate_layout, defaults resolved).
+void rope_rotate(const kvfuse_rope_config& config, kvfuse_dtype dtype, const void* src,
+                 const kvfuse::detail::KeyLayout& src_layout, void* dst, const kvfuse::detail::KeyLayout& dst_layout,
+                 std::size_t tokens, std::size_t heads, const std::int64_t* deltas, std::int64_t delta);
 
 // The exact rotation of one f32 head into doubles (no output rounding), for error bounds.
 void rope_rotate_head_exact(const kvfuse_rope_config& config, const float* head,

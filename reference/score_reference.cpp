@@ -67,7 +67,6 @@ void a3_relevance(const kvfuse_relevance_args& a) {
     const std::size_t group = H / a.kv_heads;
     const kvfuse::detail::RelevanceSegments segments(a);
     const bool int4 = segments.list[0].keys_i4 != nullptr, int8 = segments.list[0].keys_i8 != nullptr || int4;
-    const std::size_t packed = (D + 1) / 2;
     const double inv = 1.0 / std::sqrt(static_cast<double>(H * D));
     std::vector<double> sums(docs, 0.0), logits(C);
     for (std::size_t m = 0; m < M; ++m) {
@@ -80,20 +79,17 @@ void a3_relevance(const kvfuse_relevance_args& a) {
             for (std::size_t h = 0; h < H; ++h) {
                 const std::size_t kv = h / group;
                 double dot = 0.0;
+                const std::size_t key = kvfuse::detail::relevance_key_at(g, at, kv);  // the key's (token, head) in its layout
                 if (int8) {
                     long long exact = 0;
                     for (std::size_t d = 0; d < D; ++d)
                         exact += static_cast<long long>(g.queries_i8[(m * H + h) * D + d]) *
-                                 (int4 ? unpack_i4(g.keys_i4 + (at * a.kv_heads + kv) * packed, d)
-                                       : g.keys_i8[(at * a.kv_heads + kv) * D + d]);
+                                 (int4 ? unpack_i4(g.keys_i4 + key, d) : g.keys_i8[key + d]);
                     dot = static_cast<double>(exact) * g.query_scales[m * H + h] * g.key_scales[at * a.kv_heads + kv];
-                } else if (a.keys != nullptr) {  // f32 / bf16 / f16 keys, no segments
+                } else {  // f32 / bf16 / f16 keys
                     for (std::size_t d = 0; d < D; ++d)
                         dot += static_cast<double>(g.queries_f32[(m * H + h) * D + d]) *
-                               element_as_f32(a.keys_dtype, a.keys, (at * a.kv_heads + kv) * D + d);
-                } else {
-                    for (std::size_t d = 0; d < D; ++d)
-                        dot += static_cast<double>(g.queries_f32[(m * H + h) * D + d]) * g.keys_f32[(at * a.kv_heads + kv) * D + d];
+                               element_as_f32(g.keys_dtype, g.typed_keys, key + d);
                 }
                 logit += dot;
             }

@@ -299,13 +299,16 @@ static void check_struct_sizes(void) {
     float newest[2] = {0, 0}, oldest[2] = {-1, -1};
     CHECK(KVFUSE_RELEVANCE_ARGS_SIZE_V1 < KVFUSE_RELEVANCE_ARGS_SIZE_V2);
     CHECK(KVFUSE_RELEVANCE_ARGS_SIZE_V2 < KVFUSE_RELEVANCE_ARGS_SIZE_V3);
-    CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V3, newest) == KVFUSE_OK);
+    CHECK(KVFUSE_RELEVANCE_ARGS_SIZE_V3 < KVFUSE_RELEVANCE_ARGS_SIZE_V4);
+    CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V4, newest) == KVFUSE_OK);
+    CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V3, oldest) == KVFUSE_OK);
+    CHECK(newest[0] > 0.0f && newest[0] == oldest[0] && newest[1] == oldest[1]);
     CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V2, oldest) == KVFUSE_OK);
     CHECK(newest[0] > 0.0f && newest[0] == oldest[0] && newest[1] == oldest[1]);
     CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V1, oldest) == KVFUSE_OK);
     CHECK(newest[0] > 0.0f && newest[0] == oldest[0] && newest[1] == oldest[1]);
     {
-        const size_t bad[] = {0, 4, KVFUSE_RELEVANCE_ARGS_SIZE_V1 + 8, KVFUSE_RELEVANCE_ARGS_SIZE_V3 + 8};
+        const size_t bad[] = {0, 4, KVFUSE_RELEVANCE_ARGS_SIZE_V1 + 8, KVFUSE_RELEVANCE_ARGS_SIZE_V4 + 8};
         const char* why[] = {"is not set", "not the size of any version", "not the size of any version", "newer"};
         for (int i = 0; i < 4; ++i) {
             float out[2] = {-1, -1};

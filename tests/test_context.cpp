@@ -19,6 +19,7 @@
 #include "isa_test_support.h"
 #include "kvfuse/kvfuse.h"
 #include "reference/attention_reference.h"
+#include "reference/f16_reference.h"
 #include "reference/score_reference.h"
 
 // Sanitizers replace malloc themselves: there, nothing is counted and the tests that count or
@@ -255,6 +256,74 @@ TEST_P(ContextIsaTest, CallsAllocateNothingAfterWarmUp) {
     ContextHandle fresh(1);
     EXPECT_GT(count_allocations([&] { ASSERT_EQ(kvfuse_ctx_sparse_attention(fresh.context, &larger.args), KVFUSE_OK); }),
               0);
+}
+
+// The layout forms too: RoPE from a packed chunk into a paged f16 cache and in place there, and
+// relevance over paged keys and over segments of f16 keys, allocate nothing after warm-up.
+TEST_P(ContextIsaTest, LayoutCallsAllocateNothingAfterWarmUp) {
+    if (!KVFUSE_TEST_OWNS_MALLOC) GTEST_SKIP() << "a sanitizer owns malloc";
+    if (GetParam().isa == Isa::scalar) GTEST_SKIP() << "the scalar ISA runs the reference, which allocates";
+    ContextHandle ctx(1);
+    const std::size_t tokens = 40, heads = 2, D = 64, row = heads * D, block = 16, blocks = 5;
+    kvfuse_rope_config rope;
+    kvfuse_rope_config_init(&rope, static_cast<std::int32_t>(D));
+    std::vector<std::uint16_t> stored(tokens * row, 0x3c00), cache(blocks * block * row, 0);
+    const std::int32_t table[] = {3, 0, 4, 1};  // offset 8: tokens 8..47 of the sequence
+    kvfuse_rope_args copy;
+    kvfuse_rope_args_init(&copy);
+    copy.config = &rope;
+    copy.dtype = KVFUSE_DTYPE_F16;
+    copy.tokens = tokens;
+    copy.heads = heads;
+    copy.delta = 1000;
+    copy.src = stored.data();
+    copy.dst = cache.data();
+    copy.dst_block_table = table;
+    copy.dst_block_size = block;
+    copy.dst_blocks_total = blocks;
+    copy.dst_token_offset = 8;
+    kvfuse_rope_args in_place = copy;
+    in_place.src = nullptr;
+    in_place.delta = -3;
+    RelevanceCase paged_relevance;
+    // The case's keys as 4-token pages in reverse order.
+    const std::size_t C = paged_relevance.C, kv_row = paged_relevance.Hkv * paged_relevance.D;
+    std::vector<float> pages(C * kv_row);
+    std::vector<std::int32_t> key_table(C / 4);
+    for (std::size_t b = 0; b < C / 4; ++b) {
+        key_table[b] = static_cast<std::int32_t>(C / 4 - 1 - b);
+        std::memcpy(pages.data() + key_table[b] * 4 * kv_row, paged_relevance.k.data() + b * 4 * kv_row,
+                    4 * kv_row * sizeof(float));
+    }
+    paged_relevance.args.keys_f32 = pages.data();
+    paged_relevance.args.key_block_table = key_table.data();
+    paged_relevance.args.key_block_size = 4;
+    paged_relevance.args.key_blocks_total = C / 4;
+    RelevanceCase segmented;
+    std::vector<std::uint16_t> halves(segmented.k.size());
+    for (std::size_t i = 0; i < halves.size(); ++i) halves[i] = reference::f32_to_f16(segmented.k[i]);
+    kvfuse_relevance_segment segments[2];
+    for (std::size_t g = 0; g < 2; ++g) {
+        kvfuse_relevance_segment_init(&segments[g]);
+        segments[g].keys = g == 0 ? 25 : segmented.C - 25;
+        segments[g].queries_f32 = segmented.q.data();
+        segments[g].keys_dtype = KVFUSE_DTYPE_F16;
+        segments[g].typed_keys = halves.data() + (g == 0 ? 0 : 25 * segmented.Hkv * segmented.D);
+    }
+    segmented.args.keys_f32 = nullptr;
+    segmented.args.segment_count = 2;
+    segmented.args.segments = segments;
+    auto calls = [&] {
+        ASSERT_EQ(kvfuse_ctx_rope_rotate_layout(ctx.context, &copy), KVFUSE_OK) << kvfuse_last_error();
+        ASSERT_EQ(kvfuse_ctx_rope_rotate_layout(ctx.context, &in_place), KVFUSE_OK) << kvfuse_last_error();
+        ASSERT_EQ(kvfuse_ctx_a3_relevance(ctx.context, &paged_relevance.args), KVFUSE_OK) << kvfuse_last_error();
+        ASSERT_EQ(kvfuse_ctx_a3_relevance(ctx.context, &segmented.args), KVFUSE_OK) << kvfuse_last_error();
+    };
+    calls();  // warm-up
+    EXPECT_EQ(count_allocations(calls), 0);
+    for (std::size_t j = 0; j < paged_relevance.out.size(); ++j)
+        EXPECT_NEAR(paged_relevance.out[j], paged_relevance.expected[j],
+                    1e-4f * std::max(1.0f, std::fabs(paged_relevance.expected[j])));
 }
 
 // The quantizers (no context argument: the thread's default context) allocate nothing after a

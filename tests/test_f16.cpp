@@ -465,6 +465,22 @@ struct RelevanceCase {
     std::size_t M, C, H, Hkv, D;
 };
 
+// The f32-path arguments of a case: its shape, the queries, keys of T (float, bf16 or f16, read
+// in place) and the output.
+template <class T>
+kvfuse::RelevanceArgs relevance_args(const RelevanceCase& c, const float* queries, const T* keys, float* out) {
+    kvfuse::RelevanceArgs a;
+    a.question_rows = c.M;
+    a.candidates = c.C;
+    a.query_heads = c.H;
+    a.kv_heads = c.Hkv;
+    a.head_dim = c.D;
+    a.queries_f32 = queries;
+    kvfuse::set_relevance_keys(a, keys);
+    a.out = out;
+    return a;
+}
+
 TEST_P(F16Test, RelevanceFromF16AndBf16KeysScoresThemDirectly) {
     const RelevanceCase cases[] = {{1, 1, 1, 1, 8},  {3, 20, 2, 1, 8},   {7, 131, 8, 4, 64}, {5, 77, 4, 2, 20},
                                    {4, 40, 2, 1, 9}, {6, 33, 6, 3, 3},   {16, 513, 16, 2, 72}, {9, 70, 12, 4, 128}};
@@ -486,17 +502,11 @@ TEST_P(F16Test, RelevanceFromF16AndBf16KeysScoresThemDirectly) {
                     k32[i] = kvfuse::reference::element_as_f32(static_cast<kvfuse_dtype>(dtype), k16.data(), i);
                 const std::size_t docs = c.C - c.M;
                 std::vector<float> got(docs + 1, -1.0f), same(docs + 1, -1.0f), want(docs + 1, -1.0f);
-                kvfuse::RelevanceArgs a;
-                a.question_rows = c.M;
-                a.candidates = c.C;
-                a.query_heads = c.H;
-                a.kv_heads = c.Hkv;
-                a.head_dim = c.D;
-                a.queries_f32 = q.data();
+                // 2-byte aligned only
+                kvfuse::RelevanceArgs a = dtype == kvfuse::Dtype::bf16
+                                              ? relevance_args(c, q.data(), reinterpret_cast<const kvfuse::bf16*>(k16.data() + 1), got.data())
+                                              : relevance_args(c, q.data(), reinterpret_cast<const kvfuse::f16*>(k16.data() + 1), got.data());
                 a.smoothing = smoothing;
-                a.keys_dtype = static_cast<kvfuse_dtype>(dtype);
-                a.keys = k16.data() + 1;  // 2-byte aligned only
-                a.out = got.data();
                 ASSERT_TRUE(kvfuse::a3_relevance(a).ok()) << kvfuse_last_error();
                 kvfuse::RelevanceArgs f32 = a;
                 f32.keys = nullptr;
@@ -522,15 +532,7 @@ TEST_P(F16Test, RelevanceNanAndInfKeysFollowTheReference) {
         std::vector<kvfuse::f16> k = to_f16_reference(random_floats(c.C * c.Hkv * c.D, 6, 1.5f));
         k[17 * c.Hkv * c.D + 3].bits = poison;
         std::vector<float> got(c.C - c.M), want(c.C - c.M);
-        kvfuse::RelevanceArgs a;
-        a.question_rows = c.M;
-        a.candidates = c.C;
-        a.query_heads = c.H;
-        a.kv_heads = c.Hkv;
-        a.head_dim = c.D;
-        a.queries_f32 = q.data();
-        kvfuse::set_relevance_keys(a, k.data());
-        a.out = got.data();
+        kvfuse::RelevanceArgs a = relevance_args(c, q.data(), k.data(), got.data());
         ASSERT_TRUE(kvfuse::a3_relevance(a).ok());
         kvfuse::RelevanceArgs ref = a;
         ref.out = want.data();
@@ -548,16 +550,7 @@ TEST_P(F16Test, RelevanceKeyArgumentsAreChecked) {
     const RelevanceCase c{2, 10, 2, 1, 8};
     std::vector<float> q(c.M * c.H * c.D, 0.5f), k32(c.C * c.Hkv * c.D, 0.25f), out(c.C);
     std::vector<std::uint16_t> k(c.C * c.Hkv * c.D + 1, 0x3c00);
-    kvfuse::RelevanceArgs a;
-    a.question_rows = c.M;
-    a.candidates = c.C;
-    a.query_heads = c.H;
-    a.kv_heads = c.Hkv;
-    a.head_dim = c.D;
-    a.queries_f32 = q.data();
-    a.keys_dtype = KVFUSE_DTYPE_F16;
-    a.keys = k.data();
-    a.out = out.data();
+    kvfuse::RelevanceArgs a = relevance_args(c, q.data(), reinterpret_cast<const kvfuse::f16*>(k.data()), out.data());
     ASSERT_EQ(kvfuse_a3_relevance(&a), KVFUSE_OK);
     kvfuse::RelevanceArgs both = a;
     both.keys_f32 = k32.data();

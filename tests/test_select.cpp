@@ -195,6 +195,7 @@ TEST_P(SelectTest, A3OverStoredQuantizedKeysMatchesTheReferenceWithItsMeanBias) 
         ASSERT_EQ(kvfuse_quantize_rows_i8(queries.data(), S * M, H, D, qRow, q8.data(), scales.data()), KVFUSE_OK);
         std::vector<kvfuse_relevance_segment> list(S);
         for (std::size_t g = 0; g < S; ++g) {
+            kvfuse_relevance_segment_init(&list[g]);  // the reference steps through the array by struct_size
             const float* mean = g + 1 < S ? (int4 ? r.i4_means[g] : r.i8_means[g]).data() : question_means.data();
             for (std::size_t m = 0; m < M; ++m) {
                 double dot = 0.0;

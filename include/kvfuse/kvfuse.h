@@ -244,6 +244,84 @@ KVFUSE_API kvfuse_status kvfuse_rope_rotate_span_copy(const kvfuse_rope_config* 
                                                       size_t dst_token_stride, size_t tokens,
                                                       size_t heads, int64_t delta);
 
+/* ---- RoPE on strided and paged caches -----------------------------------------------------
+ * kvfuse_rope_rotate_layout reads and writes keys wherever an engine keeps them. Each side (dst,
+ * and src for the copying form) is described by the same fields, in ELEMENTS of dtype:
+ *   token_stride  between consecutive tokens (0: heads * head_stride)
+ *   head_stride   between the heads of one token (0: head_dim)
+ *   block_table   paged form (NULL: not paged): logical block b of the sequence lives in physical
+ *                 block block_table[b] (int32, vLLM's block tables); token t of the sequence is
+ *                 row t % block_size of block block_table[t / block_size], at
+ *                 base + block_table[b] * block_stride + (t % block_size) * token_stride
+ *   block_size    tokens per block (> 0 when paged; 1 is a per-token table)
+ *   block_stride  between physical blocks (0: block_size * token_stride)
+ *   blocks_total  physical blocks in the pool at base: every entry the call reads is checked to
+ *                 lie in [0, blocks_total) (KVFUSE_ERROR_INVALID_ARGUMENT naming the entry), and
+ *                 the pool's extent, (blocks_total - 1) * block_stride + one block, must fit
+ *   token_offset  the sequence's token the call's first token is (paged or not)
+ * Head h of token t starts at row(t) + h * head_stride. Heads must not overlap, nor tokens, nor
+ * blocks where the call writes (dst): token_stride >= (heads - 1) * head_stride + head_dim
+ * (token-major), or head_stride >= (tokens per block - 1) * token_stride + head_dim with
+ * token_stride >= head_dim (head-major: FlashInfer's HND pages); a paged block_stride must hold
+ * a whole block. That each physical block appears once in the part of the table a call writes is
+ * the caller's to keep (not checked: a block listed twice is written twice).
+ *
+ * How engines' caches map on these fields, for one layer's keys:
+ *   llama.cpp: k_l is [kv_size cells x n_embd_k_gqa] f16 (cells are rows). A sequence's tokens
+ *     sit in cells: block_table = the cell of each token, block_size 1, token_stride =
+ *     n_embd_k_gqa (= heads * head_dim), head_stride 0, block_stride 0, blocks_total = kv_size.
+ *   vLLM: key_cache[num_blocks, block_size, num_kv_heads, head_size] (the flash layout): the
+ *     sequence's row of block_tables, block_size, token_stride = num_kv_heads * head_size,
+ *     head_stride 0, block_stride 0, blocks_total = num_blocks; with K and V in one tensor
+ *     [num_blocks, 2, block_size, ...], block_stride = 2 * block_size * num_kv_heads *
+ *     head_size. FlashInfer's HND pages [num_blocks, num_kv_heads, block_size, head_size]:
+ *     token_stride = head_size, head_stride = block_size * head_size. vLLM's older paged-attention
+ *     key layout [num_blocks, num_kv_heads, head_size / x, block_size, x] splits a head's
+ *     elements across tokens and cannot be described (copy it out first).
+ * The rotation of each row is that of kvfuse_rope_rotate_copy, bit for bit: the same keys in any
+ * layout come out with the same bits. */
+typedef struct kvfuse_rope_args {
+    size_t struct_size;               /* kvfuse_rope_args_init sets it */
+    const kvfuse_rope_config* config; /* required */
+    kvfuse_dtype dtype;               /* of src and dst: f32, bf16 or f16 */
+    size_t tokens;                    /* 0 is valid: nothing to do */
+    size_t heads;
+    const int64_t* deltas;            /* token t (of the call) turns by deltas[t]; NULL: by delta */
+    int64_t delta;
+    /* destination: rotated in place when src is NULL */
+    void* dst;
+    size_t dst_token_stride;
+    size_t dst_head_stride;
+    const int32_t* dst_block_table;
+    size_t dst_block_size;
+    size_t dst_block_stride;
+    size_t dst_blocks_total;
+    size_t dst_token_offset;
+    /* source of the copying form (NULL: in place). It must not overlap dst's extent, unless it
+     * is dst with the same layout (then in place) */
+    const void* src;
+    size_t src_token_stride;
+    size_t src_head_stride;
+    const int32_t* src_block_table;
+    size_t src_block_size;
+    size_t src_block_stride;
+    size_t src_blocks_total;
+    size_t src_token_offset;
+} kvfuse_rope_args;
+
+#define KVFUSE_ROPE_ARGS_SIZE_V1 sizeof(kvfuse_rope_args)
+
+/* Every field 0 / NULL (dtype f32: in place, packed, not paged), struct_size set. */
+KVFUSE_INLINE void kvfuse_rope_args_init(kvfuse_rope_args* args) {
+    memset(args, 0, sizeof *args);
+    args->struct_size = sizeof *args;
+    args->dtype = KVFUSE_DTYPE_F32;
+}
+
+/* RoPE re-rotation of keys in any layout above: in place, or copied from src to dst (a stored
+ * contiguous chunk into a paged cache at dst_token_offset: the fused load). */
+KVFUSE_API kvfuse_status kvfuse_rope_rotate_layout(const kvfuse_rope_args* args);
+
 /* ---- sparse-row attention ---------------------------------------------------------------- */
 
 typedef struct kvfuse_attention_args {
@@ -428,9 +506,25 @@ typedef struct kvfuse_relevance_segment {
     const uint8_t* keys_i4;     /* int4 path: keys x Hkv x (D + 1) / 2 */
     const float* key_scales;    /* int paths: keys x Hkv */
     const float* bias;          /* M values added to the merged-head logit before 1 / sqrt(H * D); NULL: 0 */
+    /* V2: f32 path with keys of another type, read in place (widened in registers as each tile
+     * is laid out, never copied whole): typed_keys of keys_dtype (f32, bf16 or f16) instead of
+     * keys_f32 */
+    kvfuse_dtype keys_dtype;
+    const void* typed_keys;
+    /* V2: the segment's keys (keys_f32, typed_keys, keys_i8 or keys_i4) in any layout, as the
+     * key_* fields of kvfuse_relevance_args below; its key_scales stay [keys x Hkv], packed */
+    size_t key_token_stride;
+    size_t key_head_stride;
+    const int32_t* key_block_table;
+    size_t key_block_size;
+    size_t key_block_stride;
+    size_t key_blocks_total;
+    size_t key_token_offset;
 } kvfuse_relevance_segment;
 
-#define KVFUSE_RELEVANCE_SEGMENT_SIZE_V1 sizeof(kvfuse_relevance_segment)
+/* V1: up to `bias` (keys packed, f32 / int8 / int4). V2: this header's struct. */
+#define KVFUSE_RELEVANCE_SEGMENT_SIZE_V1 offsetof(kvfuse_relevance_segment, keys_dtype)
+#define KVFUSE_RELEVANCE_SEGMENT_SIZE_V2 sizeof(kvfuse_relevance_segment)
 
 KVFUSE_INLINE void kvfuse_relevance_segment_init(kvfuse_relevance_segment* segment) {
     memset(segment, 0, sizeof *segment);
@@ -464,22 +558,45 @@ typedef struct kvfuse_relevance_args {
      * bias[m] = sum_h q_h . mean_(h / group): the logits are then those of the fused keys,
      * and the stored quantized keys are read as they are. With segment_count > 0 the queries,
      * keys and scales above are ignored; every segment uses the same path (f32, int8 or int4).
-     * The library steps through the array by the elements' struct_size. */
+     * The library steps through the array by the elements' struct_size (every element the
+     * same: KVFUSE_RELEVANCE_SEGMENT_SIZE_V1 or _V2). */
     size_t segment_count;
     const kvfuse_relevance_segment* segments;
     /* f16 / bf16 keys (V3; the f32 path, used when `keys` is set instead of keys_f32): keys
      * [candidates x Hkv x D] of keys_dtype (KVFUSE_DTYPE_F32, _BF16 or _F16), scored directly:
      * widened exactly in registers as each tile is laid out, never copied whole. With
-     * queries_f32; not with segments (segment_count must be 0). */
+     * queries_f32. With segments, each segment carries its own (typed_keys, keys_dtype) and
+     * this must be NULL. */
     kvfuse_dtype keys_dtype;
     const void* keys;
+    /* V4: where the keys are (keys_f32, keys, keys_i8 or keys_i4; with segments each segment
+     * has these fields instead, and these must be 0), as kvfuse_rope_args describes a side
+     * ("RoPE on strided and paged caches": strides, the block table, how llama.cpp's and vLLM's
+     * caches map on them), in elements of the key array: bytes for int8, packed bytes for int4
+     * (key_head_stride 0: (head_dim + 1) / 2). Candidate j is token key_token_offset + j of the
+     * table's sequence. All 0 / NULL: packed [candidates x Hkv x D], as before. The result is bit
+     * for bit that of the same keys packed.
+     * int8 / int4 keys take the layout too, but their key_scales stay [candidates x Hkv], packed:
+     * those keys are kvfuse's own quantizer output (a scale per (token, head), each chunk's mean
+     * removed), which the quantizer writes packed per chunk; an engine's quantized KV cache (per
+     * tensor or per head scales, no mean removed) is another format that these paths cannot
+     * read. From such a cache, score its f32 / bf16 / f16 keys, or quantize them per request. */
+    size_t key_token_stride;
+    size_t key_head_stride;
+    const int32_t* key_block_table;
+    size_t key_block_size;
+    size_t key_block_stride;
+    size_t key_blocks_total;
+    size_t key_token_offset;
 } kvfuse_relevance_args;
 
 /* V1: the f32 and int8 paths, fields up to `out`; keys_i4 and the segments read as NULL / 0.
- * V2: up to `segments`; keys_dtype and keys read as f32 / NULL. V3: this header's struct. */
+ * V2: up to `segments`; keys_dtype and keys read as f32 / NULL. V3: up to `keys`; the key
+ * layout reads as packed. V4: this header's struct. */
 #define KVFUSE_RELEVANCE_ARGS_SIZE_V1 offsetof(kvfuse_relevance_args, keys_i4)
 #define KVFUSE_RELEVANCE_ARGS_SIZE_V2 offsetof(kvfuse_relevance_args, keys_dtype)
-#define KVFUSE_RELEVANCE_ARGS_SIZE_V3 sizeof(kvfuse_relevance_args)
+#define KVFUSE_RELEVANCE_ARGS_SIZE_V3 offsetof(kvfuse_relevance_args, key_token_stride)
+#define KVFUSE_RELEVANCE_ARGS_SIZE_V4 sizeof(kvfuse_relevance_args)
 
 KVFUSE_INLINE void kvfuse_relevance_args_init(kvfuse_relevance_args* args) {
     memset(args, 0, sizeof *args);
@@ -535,9 +652,17 @@ typedef struct kvfuse_select_segment {
     const float* key_scales;  /* tokens x kv_heads */
     const float* key_means;   /* kv_heads x head_dim: its mean, returned to the logits as the bias
                                * sum_h q_h . mean_(h / group) when there are several segments */
+    /* V2: keys of keys_dtype (f32, bf16 or f16; llama.cpp's f16 cache), instead of keys_f32,
+     * row stride key_row_stride in its elements: read in place (scored by the f32 path without
+     * a copy, or quantized straight from them by kvfuse_quantize_keys_*_typed) */
+    kvfuse_dtype keys_dtype;
+    const void* keys;
 } kvfuse_select_segment;
 
-#define KVFUSE_SELECT_SEGMENT_SIZE_V1 sizeof(kvfuse_select_segment)
+/* V1: up to key_means (f32 keys). V2: this header's struct. The library steps through the array
+ * by the elements' struct_size (every element the same). */
+#define KVFUSE_SELECT_SEGMENT_SIZE_V1 offsetof(kvfuse_select_segment, keys_dtype)
+#define KVFUSE_SELECT_SEGMENT_SIZE_V2 sizeof(kvfuse_select_segment)
 
 /* Every field 0 / NULL, struct_size set. */
 KVFUSE_INLINE void kvfuse_select_segment_init(kvfuse_select_segment* segment) {
@@ -760,6 +885,7 @@ KVFUSE_API kvfuse_status kvfuse_ctx_rope_rotate_span_copy(kvfuse_context* contex
                                                           size_t src_token_stride, void* dst,
                                                           size_t dst_token_stride, size_t tokens, size_t heads,
                                                           int64_t delta);
+KVFUSE_API kvfuse_status kvfuse_ctx_rope_rotate_layout(kvfuse_context* context, const kvfuse_rope_args* args);
 KVFUSE_API kvfuse_status kvfuse_ctx_sparse_attention(kvfuse_context* context, const kvfuse_attention_args* args);
 KVFUSE_API kvfuse_status kvfuse_ctx_topk(kvfuse_context* context, const float* scores, size_t n, size_t k,
                                          kvfuse_topk_order order, int64_t* indices, size_t* count);

@@ -311,6 +311,25 @@ Status rope_rotate_span_copy(const RopeConfig& config, const T* src, std::size_t
                                                dst, dst_token_stride, tokens, heads, delta));
 }
 
+// Keys in any layout: strided, head-major, paged (kvfuse_rope_rotate_layout; kvfuse.h says how
+// llama.cpp's and vLLM's caches map on the fields). The C struct with struct_size set.
+struct RopeArgs : kvfuse_rope_args {
+    RopeArgs() { kvfuse_rope_args_init(this); }
+};
+// dtype from T and the two tensors (src null: in place on dst).
+template <class T>
+void set_rope_keys(kvfuse_rope_args& args, T* dst, const T* src = nullptr) {
+    args.dtype = detail::dtype_of<T>();
+    args.dst = dst;
+    args.src = src;
+}
+// args.config is set from `config` for the call.
+inline Status rope_rotate_layout(const RopeConfig& config, kvfuse_rope_args args) {
+    const kvfuse_rope_config c = config.to_c();
+    args.config = &c;
+    return Status(kvfuse_rope_rotate_layout(&args));
+}
+
 // ---- sparse-row attention --------------------------------------------------------------------
 
 // The C struct (V2: head strides, paged K/V, several sequences, log-sum-exp; see kvfuse.h) with
@@ -484,6 +503,12 @@ Status rope_rotate(Context& context, const RopeConfig& config, T* keys, std::siz
         kvfuse_ctx_rope_rotate(context.get(), &c, detail::dtype_of<T>(), keys, tokens, heads, token_stride, deltas));
 }
 
+inline Status rope_rotate_layout(Context& context, const RopeConfig& config, kvfuse_rope_args args) {
+    const kvfuse_rope_config c = config.to_c();
+    args.config = &c;
+    return Status(kvfuse_ctx_rope_rotate_layout(context.get(), &args));
+}
+
 // ---- tuning -------------------------------------------------------------------------------
 
 struct Tuning : kvfuse_tuning {
@@ -527,6 +552,12 @@ void set_relevance_keys(kvfuse_relevance_args& args, const T* keys) {
     args.keys_dtype = detail::dtype_of<T>();
     args.keys = keys;
 }
+// The same for a segment (its typed_keys).
+template <class T>
+void set_segment_keys(kvfuse_relevance_segment& segment, const T* keys) {
+    segment.keys_dtype = detail::dtype_of<T>();
+    segment.typed_keys = keys;
+}
 inline Status a3_relevance(const kvfuse_relevance_args& args) { return Status(kvfuse_a3_relevance(&args)); }
 inline Status a3_relevance(Context& context, const kvfuse_relevance_args& args) {
     return Status(kvfuse_ctx_a3_relevance(context.get(), &args));
@@ -540,6 +571,12 @@ struct SelectSegment : kvfuse_select_segment {
     SelectSegment() { kvfuse_select_segment_init(this); }
 };
 static_assert(sizeof(SelectSegment) == sizeof(kvfuse_select_segment), "an array of them is one of the C struct");
+// Keys of T (float, bf16 or f16) for a selection segment, read in place (instead of keys_f32).
+template <class T>
+void set_select_keys(kvfuse_select_segment& segment, const T* keys) {
+    segment.keys_dtype = detail::dtype_of<T>();
+    segment.keys = keys;
+}
 inline Status select_rows(const kvfuse_select_args& args) { return Status(kvfuse_select_rows(&args)); }
 // ---- dense layers (GEMM) ------------------------------------------------------------------------
 

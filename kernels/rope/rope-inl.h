@@ -10,6 +10,7 @@
 
 #include "kernels/common/bf16.h"
 #include "kernels/common/half-inl.h"
+#include "kernels/common/key_layout.h"
 #include "kernels/common/narrower_batch.h"
 #include "kernels/kernel_table.h"
 #include "kernels/call_context.h"
@@ -90,17 +91,18 @@ void neox_f32(const float* src, float* dst, std::size_t half, const RopeTable& t
     for (; i < half; ++i) rotate_pair(src[i], src[half + i], t.cos[i], t.sin[i], dst[i], dst[half + i]);
 }
 
-// `count` interleaved elements (even) with per-element tables cos2/sin2.
-void interleaved_f32(const float* src, float* dst, std::size_t count, const RopeTable& t) {
+// `count` interleaved elements (even) with per-element tables cos2/sin2, from element `first` of
+// the tables (a chunk of a flattened row).
+void interleaved_f32(const float* src, float* dst, std::size_t count, const RopeTable& t, std::size_t first = 0) {
     std::size_t i = 0;
     for (; i + kLanes <= count; i += kLanes) {
         const F32s x = F32s::load_unaligned(src + i);
-        const F32s c = F32s::load_unaligned(t.cos2.data() + i);
-        const F32s s = F32s::load_unaligned(t.sin2.data() + i);
+        const F32s c = F32s::load_unaligned(t.cos2.data() + first + i);
+        const F32s s = F32s::load_unaligned(t.sin2.data() + first + i);
         xsimd::fma(x, c, swap_pairs(x) * s).store_unaligned(dst + i);
     }
     for (; i < count; i += 2)
-        rotate_pair(src[i], src[i + 1], t.cos[i / 2], t.sin[i / 2], dst[i], dst[i + 1]);
+        rotate_pair(src[i], src[i + 1], t.cos[(first + i) / 2], t.sin[(first + i) / 2], dst[i], dst[i + 1]);
 }
 
 // --- bf16 -------------------------------------------------------------------------------------
@@ -108,21 +110,22 @@ void interleaved_f32(const float* src, float* dst, std::size_t count, const Rope
 // half widens each to f32 exactly, so no cross-lane shuffle is needed in either pairing.
 
 void interleaved_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t pairs,
-                      const RopeTable& t) {
+                      const RopeTable& t, std::size_t first_pair = 0) {
     std::size_t i = 0;
     for (; i + kLanes <= pairs; i += kLanes) {
         const U32s v = U32s::load_unaligned(reinterpret_cast<const std::uint32_t*>(src + 2 * i));
         const F32s even = xsimd::bitwise_cast<F32s>(v << 16);
         const F32s odd = xsimd::bitwise_cast<F32s>(v & U32s(0xffff0000u));
-        const F32s c = F32s::load_unaligned(t.cos.data() + i);
-        const F32s s = F32s::load_unaligned(t.sin.data() + i);
+        const F32s c = F32s::load_unaligned(t.cos.data() + first_pair + i);
+        const F32s s = F32s::load_unaligned(t.sin.data() + first_pair + i);
         const U32s out_even = round_to_bf16_high(xsimd::fms(even, c, odd * s));
         const U32s out_odd = round_to_bf16_high(xsimd::fma(even, s, odd * c));
         ((out_even >> 16) | (out_odd & U32s(0xffff0000u)))
             .store_unaligned(reinterpret_cast<std::uint32_t*>(dst + 2 * i));
     }
     for (; i < pairs; ++i)
-        rotate_bf16_pair(dst + 2 * i, dst + 2 * i + 1, src + 2 * i, src + 2 * i + 1, t.cos[i], t.sin[i]);
+        rotate_bf16_pair(dst + 2 * i, dst + 2 * i + 1, src + 2 * i, src + 2 * i + 1, t.cos[first_pair + i],
+                         t.sin[first_pair + i]);
 }
 
 void neox_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half,
@@ -199,40 +202,76 @@ void neox_f16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, co
     for (; i < half; ++i) rotate_f16_pair(dst + i, dst + half + i, src + i, src + half + i, t.cos[i], t.sin[i]);
 }
 
-void interleaved_f16(const std::uint16_t* src, std::uint16_t* dst, std::size_t count, const RopeTable& t) {
+void interleaved_f16(const std::uint16_t* src, std::uint16_t* dst, std::size_t count, const RopeTable& t,
+                     std::size_t first = 0) {
     std::size_t i = 0;
     for (; i + kLanes <= count; i += kLanes) {
         const F32s x = load_f16<F32s>(src + i);
-        const F32s c = F32s::load_unaligned(t.cos2.data() + i);
-        const F32s s = F32s::load_unaligned(t.sin2.data() + i);
+        const F32s c = F32s::load_unaligned(t.cos2.data() + first + i);
+        const F32s s = F32s::load_unaligned(t.sin2.data() + first + i);
         store_f16(dst + i, xsimd::fma(x, c, swap_pairs(x) * s));
     }
     for (; i < count; i += 2)
-        rotate_f16_pair(dst + i, dst + i + 1, src + i, src + i + 1, t.cos[i / 2], t.sin[i / 2]);
+        rotate_f16_pair(dst + i, dst + i + 1, src + i, src + i + 1, t.cos[(first + i) / 2], t.sin[(first + i) / 2]);
 }
 
 template <kvfuse_dtype kType>
 using Element = std::conditional_t<kType == KVFUSE_DTYPE_F32, float, std::uint16_t>;
 
+// Elements [first, first + count) of a flattened row (interleaved pairs, every dim rotating).
 template <kvfuse_dtype kType>
-void rotate_row(const RopePlan& plan, const Element<kType>* src, Element<kType>* dst, std::size_t heads,
-                const RopeTable& table) {
+void sweep_flattened(const Element<kType>* src, Element<kType>* dst, std::size_t count, const RopeTable& table,
+                     std::size_t first) {
+    if constexpr (kType == KVFUSE_DTYPE_F32)
+        interleaved_f32(src, dst, count, table, first);
+    else if constexpr (kType == KVFUSE_DTYPE_F16)
+        interleaved_f16(src, dst, count, table, first);
+    else
+        interleaved_bf16(src, dst, count / 2, table, first / 2);
+}
+
+// Elements of a flattened row gathered per chunk when its heads are apart: a multiple of every
+// ISA's vector (in pairs for bf16), small enough for the stack.
+constexpr std::size_t kRowChunk = 2048;
+
+// One token: its heads at src + h * src_head_stride, written to dst + h * dst_head_stride.
+template <kvfuse_dtype kType>
+void rotate_row(const RopePlan& plan, const Element<kType>* src, std::size_t src_head_stride, Element<kType>* dst,
+                std::size_t dst_head_stride, std::size_t heads, const RopeTable& table) {
     using T = Element<kType>;
     const std::size_t head_dim = static_cast<std::size_t>(plan.config.head_dim);
     const std::size_t rotary = static_cast<std::size_t>(plan.rotary_dims);
     const bool interleaved = plan.config.pairing == KVFUSE_ROPE_INTERLEAVED;
     if (plan.row_flattened(heads)) {
-        if constexpr (kType == KVFUSE_DTYPE_F32)
-            interleaved_f32(src, dst, heads * head_dim, table);
-        else if constexpr (kType == KVFUSE_DTYPE_F16)
-            interleaved_f16(src, dst, heads * head_dim, table);
-        else
-            interleaved_bf16(src, dst, heads * head_dim / 2, table);
+        const std::size_t n = heads * head_dim;
+        if (src_head_stride == head_dim && dst_head_stride == head_dim) {
+            sweep_flattened<kType>(src, dst, n, table, 0);
+            return;
+        }
+        // Heads apart: the row is gathered into a buffer and swept there as the packed row is,
+        // chunk by chunk (whole vectors: the same vector / tail split at the same elements), so
+        // that the bits are the packed call's. Rotating head by head would split it elsewhere,
+        // and a tail's result can differ from a vector lane's in the last bit.
+        alignas(64) T buffer[kRowChunk];
+        for (std::size_t first = 0; first < n; first += kRowChunk) {
+            const std::size_t count = std::min(kRowChunk, n - first);
+            for (std::size_t e = first; e < first + count;) {
+                const std::size_t h = e / head_dim, d = e % head_dim, run = std::min(head_dim - d, first + count - e);
+                std::memcpy(buffer + (e - first), src + h * src_head_stride + d, run * sizeof(T));
+                e += run;
+            }
+            sweep_flattened<kType>(buffer, buffer, count, table, first);
+            for (std::size_t e = first; e < first + count;) {
+                const std::size_t h = e / head_dim, d = e % head_dim, run = std::min(head_dim - d, first + count - e);
+                std::memcpy(dst + h * dst_head_stride + d, buffer + (e - first), run * sizeof(T));
+                e += run;
+            }
+        }
         return;
     }
     for (std::size_t h = 0; h < heads; ++h) {
-        const T* s = src + h * head_dim;
-        T* d = dst + h * head_dim;
+        const T* s = src + h * src_head_stride;
+        T* d = dst + h * dst_head_stride;
         if constexpr (kType == KVFUSE_DTYPE_F32) {
             if (interleaved)
                 interleaved_f32(s, d, rotary, table);
@@ -253,10 +292,12 @@ void rotate_row(const RopePlan& plan, const Element<kType>* src, Element<kType>*
     }
 }
 
+// Every token of the call through the two layouts (packed, strided or paged: the same row
+// rotation, so any layout gives the packed call's bits).
 template <kvfuse_dtype kType>
 void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, const Element<kType>* src,
-                 std::size_t src_stride, Element<kType>* dst, std::size_t dst_stride, std::size_t tokens,
-                 std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
+                 const detail::KeyLayout& src_layout, Element<kType>* dst, const detail::KeyLayout& dst_layout,
+                 std::size_t tokens, std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
     const std::size_t work = tokens * heads * static_cast<std::size_t>(plan.config.head_dim);
     // Below a few hundred KiB the fork/join costs more than the second core gives back; and
     // even an `if(false)` parallel region costs microseconds, so small calls run on one worker.
@@ -272,24 +313,25 @@ void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dty
         detail::RopeTableCache& tables = detail::context_rope_tables(context, worker);
         for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t) {
             const std::int64_t d = deltas ? deltas[t] : delta;
-            rotate_row<kType>(plan, src + t * src_stride, dst + t * dst_stride, heads, tables.get(plan, dtype, heads, d));
+            rotate_row<kType>(plan, src + src_layout.row(t), src_layout.head_stride, dst + dst_layout.row(t),
+                              dst_layout.head_stride, heads, tables.get(plan, dtype, heads, d));
         }
     };
     detail::run_workers(context, workers, rotate_range);
 }
 
 void rope_rotate(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, const void* src,
-                 std::size_t src_stride, void* dst, std::size_t dst_stride, std::size_t tokens,
+                 const detail::KeyLayout& src_layout, void* dst, const detail::KeyLayout& dst_layout, std::size_t tokens,
                  std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
     if (dtype == KVFUSE_DTYPE_F32)
-        rotate_rows<KVFUSE_DTYPE_F32>(context, plan, dtype, static_cast<const float*>(src), src_stride,
-                                      static_cast<float*>(dst), dst_stride, tokens, heads, deltas, delta);
+        rotate_rows<KVFUSE_DTYPE_F32>(context, plan, dtype, static_cast<const float*>(src), src_layout,
+                                      static_cast<float*>(dst), dst_layout, tokens, heads, deltas, delta);
     else if (dtype == KVFUSE_DTYPE_F16)
-        rotate_rows<KVFUSE_DTYPE_F16>(context, plan, dtype, static_cast<const std::uint16_t*>(src), src_stride,
-                                      static_cast<std::uint16_t*>(dst), dst_stride, tokens, heads, deltas, delta);
+        rotate_rows<KVFUSE_DTYPE_F16>(context, plan, dtype, static_cast<const std::uint16_t*>(src), src_layout,
+                                      static_cast<std::uint16_t*>(dst), dst_layout, tokens, heads, deltas, delta);
     else
-        rotate_rows<KVFUSE_DTYPE_BF16>(context, plan, dtype, static_cast<const std::uint16_t*>(src), src_stride,
-                                       static_cast<std::uint16_t*>(dst), dst_stride, tokens, heads, deltas, delta);
+        rotate_rows<KVFUSE_DTYPE_BF16>(context, plan, dtype, static_cast<const std::uint16_t*>(src), src_layout,
+                                       static_cast<std::uint16_t*>(dst), dst_layout, tokens, heads, deltas, delta);
 }
 
 void f32_to_f16(const float* src, std::uint16_t* dst, std::size_t count) {

@@ -324,18 +324,14 @@ enum class Path { f32, int8, int4 };
 struct Shape {
     std::size_t M, C, docs, H, Hkv, D, D2, group;
     std::size_t lanes;  // int paths: 32-bit lanes per key and per query row (D2 pairs or D4 quads)
-    // f32 path with keys of another type (kvfuse_relevance_args::keys): read in place, widened
-    // as each tile is laid out. Null: the segments' keys_f32.
-    const void* typed_keys;
-    kvfuse_dtype key_type;
 };
 
-// Element `at` of the f32 path's keys, whatever their type.
-inline float f32_key(const kvfuse_relevance_segment& g, const Shape& s, std::size_t at) {
-    if (s.typed_keys == nullptr) return g.keys_f32[at];
-    if (s.key_type == KVFUSE_DTYPE_F16) return one_as_f32<KVFUSE_DTYPE_F16>(s.typed_keys, at);
-    if (s.key_type == KVFUSE_DTYPE_BF16) return one_as_f32<KVFUSE_DTYPE_BF16>(s.typed_keys, at);
-    return one_as_f32<KVFUSE_DTYPE_F32>(s.typed_keys, at);
+// Element `at` of the f32 path's keys (resolved segment: typed_keys of keys_dtype, f32 included),
+// widened in place.
+inline float f32_key(const kvfuse_relevance_segment& g, std::size_t at) {
+    if (g.keys_dtype == KVFUSE_DTYPE_F16) return one_as_f32<KVFUSE_DTYPE_F16>(g.typed_keys, at);
+    if (g.keys_dtype == KVFUSE_DTYPE_BF16) return one_as_f32<KVFUSE_DTYPE_BF16>(g.typed_keys, at);
+    return one_as_f32<KVFUSE_DTYPE_F32>(g.typed_keys, at);
 }
 
 // What the u8 schemes add to each key so that it is non-negative: the dot then carries
@@ -345,14 +341,15 @@ inline std::int32_t key_offset(ScoreDot dot, Path path) {
     return path == Path::int8 ? 128 : 8;
 }
 
-// Lanes [from, s.lanes) of key j (of the segment) of KV head kv, lane i at out[i * kTile]: the
-// scalar encoding, for lanes past the last whole block (below) and for ISAs without block code.
+// Lanes [from, s.lanes) of the int key at element offset `key` of the segment's keys (one
+// (token, KV head), relevance_key_at), lane i at out[i * kTile]: the scalar encoding, for lanes
+// past the last whole block (below) and for ISAs without block code.
 // Dimensions past the head (the last pair or quad of an odd head_dim) meet zero query bytes, so
 // what they hold does not matter.
-void encode_key(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t j, std::size_t kv,
+void encode_key(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t key_offset_elements,
                 std::size_t from, std::int32_t* out) {
     if (path == Path::int8) {
-        const std::int8_t* key = g.keys_i8 + (j * s.Hkv + kv) * s.D;
+        const std::int8_t* key = g.keys_i8 + key_offset_elements;
         if (!is_quads(dot)) {
             for (std::size_t i = from; i < s.lanes; ++i)
                 out[i * kTile] = pack_pair(key[2 * i], 2 * i + 1 < s.D ? key[2 * i + 1] : 0);
@@ -365,7 +362,7 @@ void encode_key(const kvfuse_relevance_segment& g, const Shape& s, Path path, Sc
             out[i * kTile] = static_cast<std::int32_t>(bytes_to_lane(byte(4 * i), byte(4 * i + 1), byte(4 * i + 2), byte(4 * i + 3)) ^ flip);
         return;
     }
-    const std::uint8_t* key = g.keys_i4 + (j * s.Hkv + kv) * s.D2;
+    const std::uint8_t* key = g.keys_i4 + key_offset_elements;
     if (!is_quads(dot)) {
         for (std::size_t i = from; i < s.lanes; ++i) out[i * kTile] = pack_pair(nibble(key[i]), nibble(key[i] >> 4u));
         return;
@@ -483,24 +480,22 @@ inline void store_transposed(const Block (&rows)[kBlock], void* out, std::size_t
 #endif
 }
 
-// Lanes [i0, i0 + kBlock) of key j of KV head kv, encoded as encode_key does. The caller keeps
-// every byte read inside the key (block_lanes).
-inline Block encode_block(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t j,
-                          std::size_t kv, std::size_t i0) {
+// Lanes [i0, i0 + kBlock) of the key at element offset `key_at` (one (token, KV head)), encoded
+// as encode_key does. The caller keeps every byte read inside the key (block_lanes).
+inline Block encode_block(const kvfuse_relevance_segment& g, Path path, ScoreDot dot, std::size_t key_at, std::size_t i0) {
     if (path == Path::f32) {
-        const std::size_t at = (j * s.Hkv + kv) * s.D + i0;
-        if (s.typed_keys == nullptr) return load_lanes(g.keys_f32 + at);
-        if (s.key_type == KVFUSE_DTYPE_F16) return load_f16_as_lanes(static_cast<const std::uint16_t*>(s.typed_keys) + at);
-        if (s.key_type == KVFUSE_DTYPE_BF16) return load_bf16_as_lanes(static_cast<const std::uint16_t*>(s.typed_keys) + at);
-        return load_lanes(static_cast<const float*>(s.typed_keys) + at);
+        const std::size_t at = key_at + i0;
+        if (g.keys_dtype == KVFUSE_DTYPE_F16) return load_f16_as_lanes(static_cast<const std::uint16_t*>(g.typed_keys) + at);
+        if (g.keys_dtype == KVFUSE_DTYPE_BF16) return load_bf16_as_lanes(static_cast<const std::uint16_t*>(g.typed_keys) + at);
+        return load_lanes(static_cast<const float*>(g.typed_keys) + at);
     }
     if (path == Path::int8) {
-        const std::int8_t* key = g.keys_i8 + (j * s.Hkv + kv) * s.D;
+        const std::int8_t* key = g.keys_i8 + key_at;
         if (!is_quads(dot)) return load_s8_as_pairs(key + 2 * i0);
         const Block bytes = load_lanes(key + 4 * i0);
         return key_offset(dot, path) == 128 ? bytes ^ Block(static_cast<std::int32_t>(0x80808080u)) : bytes;
     }
-    const std::uint8_t* key = g.keys_i4 + (j * s.Hkv + kv) * s.D2;
+    const std::uint8_t* key = g.keys_i4 + key_at;
     if (!is_quads(dot)) {
         // One packed byte per lane: its low and high nibbles sign-extended into the two s16.
         const Block b = load_u8_as_lanes(key + i0);
@@ -515,17 +510,19 @@ inline Block encode_block(const kvfuse_relevance_segment& g, const Shape& s, Pat
     return is_unsigned_quads(dot) ? biased : (biased + Block(0x78787878)) ^ Block(static_cast<std::int32_t>(0x80808080u));
 }
 
-// Asks for key j's rows of every KV head (contiguous: one token's keys) into L2.
+// Asks for key j's rows of every KV head into L2 (one run when the heads are contiguous).
 inline void prefetch_token_keys(const kvfuse_relevance_segment& g, const Shape& s, Path path, std::size_t j) {
-    const std::size_t row = j * s.Hkv;
-    const std::size_t f32_element = s.typed_keys == nullptr ? sizeof(float) : element_bytes(s.key_type);
-    const char* key = path == Path::f32
-                          ? (s.typed_keys == nullptr ? reinterpret_cast<const char*>(g.keys_f32 + row * s.D)
-                                                     : static_cast<const char*>(s.typed_keys) + row * s.D * f32_element)
-                      : path == Path::int8 ? reinterpret_cast<const char*>(g.keys_i8 + row * s.D)
-                                           : reinterpret_cast<const char*>(g.keys_i4 + row * s.D2);
-    const std::size_t bytes = s.Hkv * (path == Path::f32 ? s.D * f32_element : path == Path::int8 ? s.D : s.D2);
-    for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(key + b, 0, 2);
+    const std::size_t element = path == Path::f32 ? element_bytes(g.keys_dtype) : 1;
+    const char* keys = path == Path::f32    ? static_cast<const char*>(g.typed_keys)
+                       : path == Path::int8 ? reinterpret_cast<const char*>(g.keys_i8)
+                                            : reinterpret_cast<const char*>(g.keys_i4);
+    const std::size_t head_bytes = (path == Path::int4 ? s.D2 : s.D) * element;
+    const bool contiguous = g.key_head_stride * element == head_bytes;
+    for (std::size_t kv = 0; kv < (contiguous ? 1 : s.Hkv); ++kv) {
+        const char* key = keys + detail::relevance_key_at(g, j, kv) * element;
+        const std::size_t bytes = contiguous ? s.Hkv * head_bytes : head_bytes;
+        for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(key + b, 0, 2);
+    }
 }
 
 // How many leading lanes of every key encode_block may cover: whole blocks whose source bytes
@@ -543,6 +540,9 @@ std::size_t block_lanes(const Shape& s, Path path, ScoreDot dot) {
 // (past the end, or another segment's key: that segment fills it with its own queries).
 void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t first, std::size_t lo,
                  std::size_t hi, std::size_t kv, float* f32_tile, std::int32_t* int_tile, float* key_scales) {
+    // Where each of the tile's keys starts in the segment's keys (its layout: strides, pages).
+    std::size_t key_at[kTile];
+    for (std::size_t jj = lo; jj < hi; ++jj) key_at[jj] = detail::relevance_key_at(g, first + (jj - lo), kv);
     std::size_t blocked = 0;
 #if KVFUSE_SCORE_BLOCKS
     blocked = block_lanes(s, path, dot);
@@ -556,7 +556,7 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
                     continue;
                 }
                 const std::size_t j = first + (jj - lo);
-                rows[r] = encode_block(g, s, path, dot, j, kv, i0);
+                rows[r] = encode_block(g, path, dot, key_at[jj], i0);
                 // This key's row of the next tile, a tile ahead: the keys stream from memory
                 // with a stride of Hkv rows, which the hardware prefetcher did not hide (half
                 // the layout time was waiting on these loads).
@@ -573,13 +573,13 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
         if (path == Path::f32) {
             // The key's address only when `in`: outside, j is meaningless and forming a pointer
             // that far outside the keys is undefined behaviour (UBSan, found by fuzz_c_api).
-            const std::size_t at = in ? (j * s.Hkv + kv) * s.D : 0;
-            for (std::size_t d = blocked; d < s.D; ++d) f32_tile[d * kTile + jj] = in ? f32_key(g, s, at + d) : 0.0f;
+            const std::size_t at = in ? key_at[jj] : 0;
+            for (std::size_t d = blocked; d < s.D; ++d) f32_tile[d * kTile + jj] = in ? f32_key(g, at + d) : 0.0f;
             continue;
         }
         key_scales[jj] = in ? g.key_scales[j * s.Hkv + kv] : 0.0f;
         if (in)
-            encode_key(g, s, path, dot, j, kv, blocked, int_tile + jj);
+            encode_key(g, s, path, dot, key_at[jj], blocked, int_tile + jj);
         else
             for (std::size_t i = blocked; i < s.lanes; ++i) int_tile[i * kTile + jj] = 0;
     }
@@ -830,8 +830,6 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     s.D = a.head_dim;
     s.D2 = (s.D + 1) / 2;
     s.group = s.H / s.Hkv;
-    s.typed_keys = a.keys;  // set only without segments (checked by the API layer)
-    s.key_type = a.keys_dtype;
     const std::size_t segment_count = detail::count_relevance_segments(a);
     const kvfuse_tuning& tuning = detail::context_tuning(context);
     const std::size_t tiles = (s.C + kTile - 1) / kTile, padded = tiles * kTile;
@@ -846,11 +844,14 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     if (a.segment_count == 0) {
         top.keys_i4 = a.keys_i4;
         top.keys_i8 = a.keys_i8;
-        path_source = &top;
     } else {
-        for (std::size_t i = 0; i < a.segment_count && path_source == nullptr; ++i)
-            if (a.segments[i].keys > 0) path_source = &a.segments[i];
+        for (std::size_t i = 0; i < a.segment_count; ++i)
+            if (detail::relevance_segment_at(a.segments, i).keys > 0) {
+                top = detail::relevance_segment_at(a.segments, i);
+                break;
+            }
     }
+    path_source = &top;
     const Path path = path_source->keys_i4 != nullptr ? Path::int4 : path_source->keys_i8 != nullptr ? Path::int8 : Path::f32;
     const ScoreDot dot = path == Path::f32 ? ScoreDot::automatic : choose_dot(path);
     if (path != Path::f32) detail::record_score_dot({dot, has_instruction(dot)});

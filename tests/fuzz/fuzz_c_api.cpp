@@ -209,6 +209,102 @@ void fuzz_rope(FuzzedDataProvider& in) {
     check(verdict, status, "rope");
 }
 
+// One side of kvfuse_rope_rotate_layout: strides, and a block table or none.
+struct LayoutSide {
+    std::size_t token_stride, head_stride, block_size = 0, block_stride = 0, blocks_total = 0, offset;
+    bool paged;
+    std::size_t base = 0, table = 0;  // buffer indices
+    std::size_t table_entries = 0;
+    u128 table_bytes = 4;
+
+    LayoutSide(FuzzedDataProvider& in)
+        : token_stride(draw_size(in, 300)), head_stride(draw_size(in, 80)), offset(draw_size(in, 40)), paged(in.ConsumeBool()) {
+        if (paged) block_size = draw_size(in, 20), block_stride = draw_size(in, 3000), blocks_total = draw_size(in, 16);
+    }
+    // The buffers the contract implies (kvfuse.h: defaults resolved as the library resolves them).
+    void need(Buffers& b, std::size_t tokens, std::size_t heads, std::size_t head_dim, std::size_t elem) {
+        u128 bytes = 0;
+        if (tokens > 0 && heads > 0) {
+            const u128 hs = head_stride != 0 ? u128{head_stride} : u128{head_dim};
+            const u128 row = (u128{heads} - 1) * hs + head_dim;
+            const u128 ts = token_stride != 0 ? u128{token_stride} : u128{heads} * hs;
+            if (!paged) {
+                bytes = ((u128{offset} + tokens - 1) * ts + row) * elem;
+            } else if (block_size > 0 && blocks_total > 0) {
+                const u128 stride = block_stride != 0 ? u128{block_stride} : u128{block_size} * ts;
+                bytes = ((u128{blocks_total} - 1) * stride + (u128{block_size} - 1) * ts + row) * elem;
+                table_bytes = ((u128{offset} + tokens - 1) / block_size + 1) * 4;
+                table_entries = table_bytes > kAllocationCap ? 0 : static_cast<std::size_t>(table_bytes / 4);
+            }
+        }
+        // A paged side always has a table (one entry when the call must be refused first).
+        if (paged) table = b.need(table_bytes);
+        base = b.need(bytes);
+    }
+    // Mostly entries inside the pool, sometimes any int32.
+    void fill(FuzzedDataProvider& in, Buffers& b) {
+        if (!paged) return;
+        auto* t = b.at<std::int32_t>(table);
+        for (std::size_t i = 0; i < std::min(table_entries, b.capacity<std::int32_t>(table)); ++i) {
+            const std::int32_t entry = blocks_total > 0 && in.ConsumeIntegralInRange<int>(0, 15) != 0
+                                           ? static_cast<std::int32_t>(in.ConsumeIntegralInRange<std::size_t>(
+                                                 0, std::min<std::size_t>(blocks_total - 1, INT32_MAX)))
+                                           : in.ConsumeIntegral<std::int32_t>();
+            std::memcpy(t + i, &entry, 4);  // the buffer may be misaligned on purpose
+        }
+    }
+};
+
+void fuzz_rope_layout(FuzzedDataProvider& in) {
+    kvfuse_rope_config config;
+    kvfuse_rope_config_init(&config, in.ConsumeIntegralInRange<std::int32_t>(-2, 64));
+    if (in.ConsumeBool()) config.rotary_dims = in.ConsumeIntegralInRange<std::int32_t>(-2, 66);
+    set_rope_enums(&config, draw_enum(in, 2), 0);
+    kvfuse_rope_args a;
+    kvfuse_rope_args_init(&a);
+    const int dtype = draw_enum(in, 3);
+    set_rope_args_dtype(&a, dtype);
+    a.config = &config;
+    a.tokens = draw_size(in);
+    a.heads = draw_size(in, 6);
+    a.delta = in.ConsumeIntegral<std::int32_t>();
+    const bool copying = in.ConsumeBool(), per_token = in.ConsumeBool();
+    const std::size_t head_dim = static_cast<std::size_t>(std::max(config.head_dim, 0));
+    const std::size_t elem = dtype == KVFUSE_DTYPE_F32 ? 4 : 2;
+    LayoutSide dst(in), src(in);
+    Buffers b(in);
+    dst.need(b, a.tokens, a.heads, head_dim, elem);
+    if (copying) src.need(b, a.tokens, a.heads, head_dim, elem);
+    const std::size_t deltas = per_token ? b.need(u128{a.tokens} * 8) : 0;
+    const Verdict verdict = prepare(b, u128{a.tokens} * a.heads * head_dim);
+    if (verdict == Verdict::skip) return;
+    dst.fill(in, b);
+    if (copying) src.fill(in, b);
+    auto side = [&](const LayoutSide& s, const void*& base, std::size_t& ts, std::size_t& hs, const std::int32_t*& table,
+                    std::size_t& bs, std::size_t& bstride, std::size_t& blocks, std::size_t& offset) {
+        base = b.at<void>(s.base);
+        ts = s.token_stride, hs = s.head_stride, offset = s.offset;
+        table = s.paged ? b.at<std::int32_t>(s.table) : nullptr;
+        bs = s.block_size, bstride = s.block_stride, blocks = s.blocks_total;
+    };
+    const void* dst_base = nullptr;
+    side(dst, dst_base, a.dst_token_stride, a.dst_head_stride, a.dst_block_table, a.dst_block_size, a.dst_block_stride,
+         a.dst_blocks_total, a.dst_token_offset);
+    a.dst = const_cast<void*>(dst_base);
+    if (copying)
+        side(src, a.src, a.src_token_stride, a.src_head_stride, a.src_block_table, a.src_block_size, a.src_block_stride,
+             a.src_blocks_total, a.src_token_offset);
+    if (per_token) {
+        auto* d = b.at<std::int64_t>(deltas);
+        for (std::size_t t = 0; t < std::min<std::size_t>({a.tokens, b.capacity<std::int64_t>(deltas), 1024}); ++t) {
+            const std::int64_t delta = in.ConsumeIntegral<std::int32_t>();
+            std::memcpy(d + t, &delta, 8);
+        }
+        a.deltas = d;
+    }
+    check(verdict, kvfuse_rope_rotate_layout(&a), "rope_rotate_layout");
+}
+
 // Elements spanned by `n` items `item_stride` apart of `heads` heads `head_stride` apart of `dim`
 // elements each (kvfuse_attention_args' tensors): 0 for no items.
 u128 heads_extent(std::size_t n, std::size_t item_stride, std::size_t heads, std::size_t head_stride, std::size_t dim) {
@@ -463,8 +559,9 @@ void fuzz_bf16(FuzzedDataProvider& in) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     FuzzedDataProvider in(data, size);
     for (int call = 0; call < 4 && in.remaining_bytes() > 0; ++call) {
-        switch (in.ConsumeIntegralInRange<int>(0, 7)) {
+        switch (in.ConsumeIntegralInRange<int>(0, 8)) {
             case 0: fuzz_rope(in); break;
+            case 7: fuzz_rope_layout(in); break;
             case 1: fuzz_attention(in); break;
             case 2: fuzz_gather_scatter(in); break;
             case 3: fuzz_topk(in); break;
