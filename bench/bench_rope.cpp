@@ -2,6 +2,8 @@
 // the same iterations. In place: the kernel reads and writes every key once, like the copy.
 //   name: rope/<isa>/<dtype>/<tokens>x<heads>x<dim>/threads:<n>
 //   GB/s: bytes read + written per second (median); x_baseline = copy time / rope time.
+// Buffers are 64-byte aligned, as engines allocate caches; `/offset16` rows start the same keys
+// 16 bytes past a cache line (a plain std::vector's alignment), where every AVX-512 access splits.
 // The fused load (a stored chunk, packed, copied rotated into the request's cache), into a
 // packed cache and into a paged one (16-token blocks in shuffled order, kvfuse_rope_rotate_layout):
 //   name: rope_copy/<isa>/f32/<tokens>x<heads>x<dim>/<where>/<contiguous|paged16>/threads:<n>
@@ -24,14 +26,16 @@ struct Shape {
 };
 
 template <class T>
-void rope_in_place(benchmark::State& state, kvfuse::Isa isa, Shape shape, int threads) {
+void rope_in_place(benchmark::State& state, kvfuse::Isa isa, Shape shape, int threads, std::size_t offset_bytes) {
     if (!kvfuse::bench::force_isa_or_skip(state, static_cast<int>(isa))) return;
     omp_set_num_threads(threads);
     kvfuse::RopeConfig config;
     config.head_dim = shape.head_dim;
     const std::size_t stride = shape.heads * static_cast<std::size_t>(shape.head_dim);
     const std::size_t count = shape.tokens * stride;
-    std::vector<T> keys(count), copy_src(count), copy_dst(count);
+    const std::size_t offset = offset_bytes / sizeof(T);
+    kvfuse::bench::AlignedVector<T> storage(count + offset), copy_src(count + offset), copy_dst(count + offset);
+    T* keys = storage.data() + offset;
     std::mt19937 rng(1);
     std::normal_distribution<float> normal;
     for (std::size_t i = 0; i < count; ++i) {
@@ -41,7 +45,7 @@ void rope_in_place(benchmark::State& state, kvfuse::Isa isa, Shape shape, int th
         else
             (void)kvfuse::to_bf16(&v, &keys[i], 1);
     }
-    copy_src = keys;
+    copy_src = storage;
     std::int64_t delta = 4097;
     const double bytes = 2.0 * count * sizeof(T);
     kvfuse::bench::run_side_by_side(
@@ -49,12 +53,12 @@ void rope_in_place(benchmark::State& state, kvfuse::Isa isa, Shape shape, int th
         [&] {
             // Alternate the sign so the keys stay bounded over many iterations.
             delta = -delta;
-            if (!kvfuse::rope_rotate_span(config, keys.data(), shape.tokens, shape.heads, stride, delta).ok())
+            if (!kvfuse::rope_rotate_span(config, keys, shape.tokens, shape.heads, stride, delta).ok())
                 state.SkipWithError("rope_rotate_span failed");
             benchmark::ClobberMemory();
         },
         [&] {
-            kvfuse::bench::parallel_copy(copy_dst.data(), copy_src.data(), count * sizeof(T));
+            kvfuse::bench::parallel_copy(copy_dst.data() + offset, copy_src.data() + offset, count * sizeof(T));
             benchmark::ClobberMemory();
         },
         bytes, "GB/s", 1e9);
@@ -68,7 +72,7 @@ void rope_copy(benchmark::State& state, kvfuse::Isa isa, Shape shape, int thread
     config.head_dim = shape.head_dim;
     const std::size_t row = shape.heads * static_cast<std::size_t>(shape.head_dim), count = shape.tokens * row;
     const std::size_t block = 16, blocks = (shape.tokens + block - 1) / block;
-    std::vector<float> stored(count), cache(blocks * block * row), copy_dst(count);
+    kvfuse::bench::AlignedVector<float> stored(count), cache(blocks * block * row), copy_dst(count);
     std::mt19937 rng(1);
     std::normal_distribution<float> normal;
     for (float& v : stored) v = normal(rng);
@@ -120,11 +124,23 @@ void register_all() {
                                              std::to_string(s.head_dim) + "/" + s.where +
                                              "/threads:" + std::to_string(threads);
                     auto* b = std::string(dtype) == "f32"
-                                  ? benchmark::RegisterBenchmark(name.c_str(), rope_in_place<float>, isa, s, threads)
-                                  : benchmark::RegisterBenchmark(name.c_str(), rope_in_place<kvfuse::bf16>, isa, s, threads);
+                                  ? benchmark::RegisterBenchmark(name.c_str(), rope_in_place<float>, isa, s, threads, 0)
+                                  : benchmark::RegisterBenchmark(name.c_str(), rope_in_place<kvfuse::bf16>, isa, s, threads, 0);
                     b->UseManualTime()->Unit(benchmark::kMicrosecond);
                     if (std::string(s.where) == "dram") b->Iterations(isa == kvfuse::Isa::scalar ? 3 : 30);
                 }
+    // The L2 shapes again 16 bytes past a cache line (f32; after the aligned rows, which the
+    // report's summary reads first).
+    for (kvfuse::Isa isa : kvfuse::supported_isas())
+        for (const Shape& s : {shapes[1], shapes[2]})
+            for (int threads : {1, 2}) {
+                const std::string name = std::string("rope/") + kvfuse::isa_name(isa) + "/f32/" + std::to_string(s.tokens) +
+                                         "x" + std::to_string(s.heads) + "x" + std::to_string(s.head_dim) + "/" + s.where +
+                                         "/offset16/threads:" + std::to_string(threads);
+                benchmark::RegisterBenchmark(name.c_str(), rope_in_place<float>, isa, s, threads, 16)
+                    ->UseManualTime()
+                    ->Unit(benchmark::kMicrosecond);
+            }
     // The fused load at the main shapes, packed and paged side by side.
     for (kvfuse::Isa isa : kvfuse::supported_isas())
         for (const Shape& s : {shapes[0], shapes[1]})

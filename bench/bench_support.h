@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,25 @@ void run_side_by_side_with_floor(benchmark::State& state, const std::function<vo
 // once (their OR, so nothing is skipped), and dst[i] = i + add written for i < count.
 std::uint32_t read_words_once(const std::uint32_t* words, std::size_t count);
 void write_indices_once(std::int64_t* dst, std::size_t count, std::int64_t add);
+
+// Allocates on 64-byte (cache line) boundaries, as engines allocate KV caches (page- or
+// 64-byte-aligned tensors); a std::vector's default allocation is only 16-byte aligned, which
+// splits every AVX-512 load and store across two cache lines.
+template <class T>
+struct CacheLineAllocator {
+    using value_type = T;
+    CacheLineAllocator() = default;
+    template <class U>
+    CacheLineAllocator(const CacheLineAllocator<U>&) {}
+    T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})); }
+    void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t{64}); }
+    template <class U>
+    bool operator==(const CacheLineAllocator<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const CacheLineAllocator<U>&) const { return false; }
+};
+template <class T>
+using AlignedVector = std::vector<T, CacheLineAllocator<T>>;
 
 // Marks the ISA for a benchmark; returns false (and skips) when it cannot run here.
 bool force_isa_or_skip(benchmark::State& state, int isa);

@@ -270,7 +270,10 @@ void check_rope_layouts(kvfuse_dtype dtype, const RopeShape& shape, kvfuse_rope_
 
 TEST_P(RopeLayoutTest, StridedAndPagedAreThePackedCallBitForBit) {
     const RopeShape shapes[] = {{8, 8, 2, 37}, {6, 6, 3, 20}, {10, 6, 3, 19}, {64, 64, 4, 50},
-                                {128, 128, 2, 33}, {80, 80, 1, 17}, {16, 16, 1, 5}, {130, 128, 2, 9}};
+                                {128, 128, 2, 33}, {80, 80, 1, 17}, {16, 16, 1, 5}, {130, 128, 2, 9},
+                                // NeoX heads of 4, 8, 16 dims: the in-vector path (packed) against
+                                // the per-head path (heads apart), plus heads left over.
+                                {8, 8, 3, 21}, {4, 4, 5, 11}, {16, 16, 3, 7}, {8, 8, 8, 9}};
     std::uint32_t seed = 100;
     for (const RopeShape& shape : shapes)
         for (kvfuse_rope_pairing pairing : {KVFUSE_ROPE_NEOX, KVFUSE_ROPE_INTERLEAVED})

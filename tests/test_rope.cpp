@@ -42,6 +42,10 @@ std::vector<Shape> shapes() {
         {64, 64, 8, 2049, 1}, {6, 6, 3, 11, 0},    {10, 6, 3, 9, 1},    {130, 130, 2, 5, 0},
         // Half heads that end on a narrower vector of AVX-512 (40 and 24 pairs: 16 + 8 lanes).
         {80, 80, 8, 37, 0},   {48, 48, 3, 19, 2},  {96, 80, 2, 13, 0},
+        // Heads of 4, 8 and 16 dims that fill vectors (the in-vector NeoX path) and end on
+        // heads left over (the per-head path), heads packed and apart.
+        {8, 8, 3, 9, 0},      {8, 8, 5, 6, 2},     {4, 4, 7, 5, 0},     {16, 16, 3, 7, 0},
+        {16, 16, 5, 4, 1},    {4, 4, 12, 3, 0},
     };
 }
 

@@ -9,6 +9,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "kernels/common/bf16.h"
+#include "kernels/common/fused-inl.h"
 #include "kernels/common/half-inl.h"
 #include "kernels/common/key_layout.h"
 #include "kernels/common/narrower_batch.h"
@@ -68,8 +69,8 @@ inline void neox_f32_step(const float* src, float* dst, std::size_t half, const 
     const B x2 = B::load_unaligned(src + half + i);
     const B c = B::load_unaligned(t.cos.data() + i);
     const B s = B::load_unaligned(t.sin.data() + i);
-    xsimd::fms(x1, c, x2 * s).store_unaligned(dst + i);
-    xsimd::fma(x1, s, x2 * c).store_unaligned(dst + half + i);
+    fused_multiply_sub(x1, c, x2 * s).store_unaligned(dst + i);
+    fused_multiply_add(x1, s, x2 * c).store_unaligned(dst + half + i);
 }
 
 // A half head that is not a whole number of vectors (D = 80 on AVX-512: 40 pairs) ends on a
@@ -99,7 +100,7 @@ void interleaved_f32(const float* src, float* dst, std::size_t count, const Rope
         const F32s x = F32s::load_unaligned(src + i);
         const F32s c = F32s::load_unaligned(t.cos2.data() + first + i);
         const F32s s = F32s::load_unaligned(t.sin2.data() + first + i);
-        xsimd::fma(x, c, swap_pairs(x) * s).store_unaligned(dst + i);
+        fused_multiply_add(x, c, swap_pairs(x) * s).store_unaligned(dst + i);
     }
     for (; i < count; i += 2)
         rotate_pair(src[i], src[i + 1], t.cos[(first + i) / 2], t.sin[(first + i) / 2], dst[i], dst[i + 1]);
@@ -118,8 +119,8 @@ void interleaved_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t 
         const F32s odd = xsimd::bitwise_cast<F32s>(v & U32s(0xffff0000u));
         const F32s c = F32s::load_unaligned(t.cos.data() + first_pair + i);
         const F32s s = F32s::load_unaligned(t.sin.data() + first_pair + i);
-        const U32s out_even = round_to_bf16_high(xsimd::fms(even, c, odd * s));
-        const U32s out_odd = round_to_bf16_high(xsimd::fma(even, s, odd * c));
+        const U32s out_even = round_to_bf16_high(fused_multiply_sub(even, c, odd * s));
+        const U32s out_odd = round_to_bf16_high(fused_multiply_add(even, s, odd * c));
         ((out_even >> 16) | (out_odd & U32s(0xffff0000u)))
             .store_unaligned(reinterpret_cast<std::uint32_t*>(dst + 2 * i));
     }
@@ -146,10 +147,10 @@ void neox_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half,
         const F32s se = F32s::load_unaligned(t.sin_even.data() + j);
         const F32s co = F32s::load_unaligned(t.cos_odd.data() + j);
         const F32s so = F32s::load_unaligned(t.sin_odd.data() + j);
-        const U32s a_even_out = round_to_bf16_high(xsimd::fms(a_even, ce, b_even * se));
-        const U32s b_even_out = round_to_bf16_high(xsimd::fma(a_even, se, b_even * ce));
-        const U32s a_odd_out = round_to_bf16_high(xsimd::fms(a_odd, co, b_odd * so));
-        const U32s b_odd_out = round_to_bf16_high(xsimd::fma(a_odd, so, b_odd * co));
+        const U32s a_even_out = round_to_bf16_high(fused_multiply_sub(a_even, ce, b_even * se));
+        const U32s b_even_out = round_to_bf16_high(fused_multiply_add(a_even, se, b_even * ce));
+        const U32s a_odd_out = round_to_bf16_high(fused_multiply_sub(a_odd, co, b_odd * so));
+        const U32s b_odd_out = round_to_bf16_high(fused_multiply_add(a_odd, so, b_odd * co));
         const U32s hi_mask(0xffff0000u);
         ((a_even_out >> 16) | (a_odd_out & hi_mask))
             .store_unaligned(reinterpret_cast<std::uint32_t*>(dst + 2 * j));
@@ -181,8 +182,8 @@ inline void neox_f16_step(const std::uint16_t* src, std::uint16_t* dst, std::siz
     const B x2 = load_f16<B>(src + half + i);
     const B c = B::load_unaligned(t.cos.data() + i);
     const B s = B::load_unaligned(t.sin.data() + i);
-    store_f16(dst + i, xsimd::fms(x1, c, x2 * s));
-    store_f16(dst + half + i, xsimd::fma(x1, s, x2 * c));
+    store_f16(dst + i, fused_multiply_sub(x1, c, x2 * s));
+    store_f16(dst + half + i, fused_multiply_add(x1, s, x2 * c));
 }
 
 template <class Narrow>
@@ -209,10 +210,109 @@ void interleaved_f16(const std::uint16_t* src, std::uint16_t* dst, std::size_t c
         const F32s x = load_f16<F32s>(src + i);
         const F32s c = F32s::load_unaligned(t.cos2.data() + first + i);
         const F32s s = F32s::load_unaligned(t.sin2.data() + first + i);
-        store_f16(dst + i, xsimd::fma(x, c, swap_pairs(x) * s));
+        store_f16(dst + i, fused_multiply_add(x, c, swap_pairs(x) * s));
     }
     for (; i < count; i += 2)
         rotate_f16_pair(dst + i, dst + i + 1, src + i, src + i + 1, t.cos[(first + i) / 2], t.sin[(first + i) / 2]);
+}
+
+// --- NeoX heads narrower than a vector (RopePlan::neox_small_heads) --------------------------
+// A vector holds whole heads of D = 4, 8 or 16 dims. Two constant in-vector permutes give every
+// lane the first and the second element of its pair (each head's first half repeated, then its
+// second half repeated), and one table pair per row (period D) finishes the rotation:
+// out = fma(firsts, small_first, seconds * small_second), the FMA sequence of the per-head
+// paths, so both give the same bits (tests/test_layouts.cpp compares them). The heads left
+// over after the last whole vector take the per-head path. x86 only: NEON's 4 lanes hold at
+// most one such head, which its per-head path already handles in one vector.
+
+// Lane i of a permute over runs of kUnits lanes per head: the lane of the same offset in the
+// head's first (kSecond = false) or second half.
+template <std::size_t kUnits, bool kSecond>
+struct HalfRepeat {
+    static constexpr std::uint32_t get(std::size_t i, std::size_t) {
+        return static_cast<std::uint32_t>((i & ~(kUnits - 1)) | (kSecond ? kUnits / 2 : 0) | (i & (kUnits / 2 - 1)));
+    }
+};
+
+template <std::size_t kHeadDim>
+constexpr bool kSmallHeadsInVector = kLanes >= 8 && kHeadDim <= kLanes;
+
+// f32 and f16 (widened to f32 lanes): `count` elements of packed heads of kHeadDim dims.
+template <std::size_t kHeadDim, class T>
+void neox_small_heads(const T* src, T* dst, std::size_t count, const RopeTable& t) {
+    constexpr auto firsts = xsimd::make_batch_constant<U32s, HalfRepeat<kHeadDim, false>>();
+    constexpr auto seconds = xsimd::make_batch_constant<U32s, HalfRepeat<kHeadDim, true>>();
+    const F32s first_table = F32s::load_unaligned(t.small_first), second_table = F32s::load_unaligned(t.small_second);
+    std::size_t i = 0;
+    for (; i + kLanes <= count; i += kLanes) {
+        F32s x;
+        if constexpr (std::is_same_v<T, float>)
+            x = F32s::load_unaligned(src + i);
+        else
+            x = load_f16<F32s>(src + i);
+        const F32s out =
+            fused_multiply_add(xsimd::swizzle(x, firsts), first_table, xsimd::swizzle(x, seconds) * second_table);
+        if constexpr (std::is_same_v<T, float>)
+            out.store_unaligned(dst + i);
+        else
+            store_f16(dst + i, out);
+    }
+    for (; i < count; i += kHeadDim) {
+        if constexpr (std::is_same_v<T, float>)
+            neox_f32(src + i, dst + i, kHeadDim / 2, t);
+        else
+            neox_f16(src + i, dst + i, kHeadDim / 2, t);
+    }
+}
+
+// bf16: a 32-bit lane holds elements (2l, 2l + 1), a head kHeadDim / 2 lanes; the even and odd
+// elements are widened and rotated apart, as in neox_bf16.
+template <std::size_t kHeadDim>
+void neox_small_heads_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t count, const RopeTable& t) {
+    constexpr auto firsts = xsimd::make_batch_constant<U32s, HalfRepeat<kHeadDim / 2, false>>();
+    constexpr auto seconds = xsimd::make_batch_constant<U32s, HalfRepeat<kHeadDim / 2, true>>();
+    const F32s first_even = F32s::load_unaligned(t.small_first_even), second_even = F32s::load_unaligned(t.small_second_even);
+    const F32s first_odd = F32s::load_unaligned(t.small_first_odd), second_odd = F32s::load_unaligned(t.small_second_odd);
+    const U32s high(0xffff0000u);
+    std::size_t i = 0;
+    for (; i + 2 * kLanes <= count; i += 2 * kLanes) {
+        const U32s v = U32s::load_unaligned(reinterpret_cast<const std::uint32_t*>(src + i));
+        const U32s a = xsimd::swizzle(v, firsts), b = xsimd::swizzle(v, seconds);
+        const U32s even = round_to_bf16_high(fused_multiply_add(xsimd::bitwise_cast<F32s>(a << 16), first_even,
+                                                                xsimd::bitwise_cast<F32s>(b << 16) * second_even));
+        const U32s odd = round_to_bf16_high(fused_multiply_add(xsimd::bitwise_cast<F32s>(a & high), first_odd,
+                                                               xsimd::bitwise_cast<F32s>(b & high) * second_odd));
+        ((even >> 16) | (odd & high)).store_unaligned(reinterpret_cast<std::uint32_t*>(dst + i));
+    }
+    for (; i < count; i += kHeadDim) neox_bf16(src + i, dst + i, kHeadDim / 2, t);
+}
+
+template <std::size_t kHeadDim, class T>
+bool neox_small_heads_sized(const T* src, T* dst, std::size_t count, const RopeTable& t, bool bf16) {
+    if constexpr (!kSmallHeadsInVector<kHeadDim>) {
+        return false;
+    } else {
+        if constexpr (std::is_same_v<T, std::uint16_t>)
+            if (bf16) {
+                neox_small_heads_bf16<kHeadDim>(src, dst, count, t);
+                return true;
+            }
+        neox_small_heads<kHeadDim>(src, dst, count, t);
+        return true;
+    }
+}
+
+// The row of `heads` packed NeoX heads through the in-vector path; false where it does not
+// apply (head dim wider than this ISA's vector), and the caller goes head by head.
+template <class T>
+bool neox_small_heads_row(const RopePlan& plan, const T* src, T* dst, std::size_t heads, const RopeTable& t, bool bf16) {
+    const std::size_t head_dim = static_cast<std::size_t>(plan.config.head_dim), count = heads * head_dim;
+    switch (head_dim) {
+        case 4: return neox_small_heads_sized<4>(src, dst, count, t, bf16);
+        case 8: return neox_small_heads_sized<8>(src, dst, count, t, bf16);
+        case 16: return neox_small_heads_sized<16>(src, dst, count, t, bf16);
+        default: return false;
+    }
 }
 
 template <kvfuse_dtype kType>
@@ -269,6 +369,9 @@ void rotate_row(const RopePlan& plan, const Element<kType>* src, std::size_t src
         }
         return;
     }
+    if (plan.neox_small_heads() && src_head_stride == head_dim && dst_head_stride == head_dim &&
+        neox_small_heads_row(plan, src, dst, heads, table, kType == KVFUSE_DTYPE_BF16))
+        return;
     for (std::size_t h = 0; h < heads; ++h) {
         const T* s = src + h * src_head_stride;
         T* d = dst + h * dst_head_stride;
@@ -309,9 +412,32 @@ void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dty
     // layer after layer, or one decode step after another, cost no sin/cos. Reserved here, so
     // that a worker building one never allocates.
     detail::reserve_rope_tables(context, workers, plan, dtype, heads);
+    const std::size_t row_elements = heads * static_cast<std::size_t>(plan.config.head_dim);
+    const std::size_t head_dim = static_cast<std::size_t>(plan.config.head_dim);
+    const bool small_heads =
+        plan.neox_small_heads() && src_layout.head_stride == head_dim && dst_layout.head_stride == head_dim;
     auto rotate_range = [&](std::size_t worker) {
         detail::RopeTableCache& tables = detail::context_rope_tables(context, worker);
-        for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t) {
+        const std::size_t end = tokens * (worker + 1) / workers;
+        if (small_heads) {
+            // Heads this small make a row a few vectors: per-row work (finding the table, the
+            // addresses) cost more than the rotation. Runs of tokens with one delta whose rows
+            // follow each other on both sides are swept as one row of heads.
+            for (std::size_t t = tokens * worker / workers; t < end;) {
+                const std::int64_t d = deltas ? deltas[t] : delta;
+                const std::size_t src_row = src_layout.row(t), dst_row = dst_layout.row(t);
+                std::size_t run = 1;
+                while (t + run < end && (deltas == nullptr || deltas[t + run] == d) &&
+                       src_layout.row(t + run) == src_row + run * row_elements &&
+                       dst_layout.row(t + run) == dst_row + run * row_elements)
+                    ++run;
+                rotate_row<kType>(plan, src + src_row, src_layout.head_stride, dst + dst_row, dst_layout.head_stride,
+                                  heads * run, tables.get(plan, dtype, heads, d));
+                t += run;
+            }
+            return;
+        }
+        for (std::size_t t = tokens * worker / workers; t < end; ++t) {
             const std::int64_t d = deltas ? deltas[t] : delta;
             rotate_row<kType>(plan, src + src_layout.row(t), src_layout.head_stride, dst + dst_layout.row(t),
                               dst_layout.head_stride, heads, tables.get(plan, dtype, heads, d));

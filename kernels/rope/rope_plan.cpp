@@ -133,6 +133,20 @@ void RopeTable::build(const RopePlan& plan, kvfuse_dtype dtype, std::size_t head
             sin_odd[j] = sin[2 * j + 1];
         }
     }
+    if (plan.neox_small_heads()) {
+        const std::size_t head_dim = static_cast<std::size_t>(plan.config.head_dim), half = head_dim / 2;
+        for (std::size_t e = 0; e < kSmallHeadRun; ++e) {
+            const std::size_t k = e % head_dim;
+            small_first[e] = k < half ? cos[k] : sin[k - half];
+            small_second[e] = k < half ? -sin[k] : cos[k - half];
+        }
+        for (std::size_t l = 0; l < kSmallHeadRun / 2; ++l) {
+            small_first_even[l] = small_first[2 * l];
+            small_second_even[l] = small_second[2 * l];
+            small_first_odd[l] = small_first[2 * l + 1];
+            small_second_odd[l] = small_second[2 * l + 1];
+        }
+    }
     built_ = true;
     plan_id_ = plan.id;
     dtype_ = dtype;
