@@ -90,6 +90,23 @@ class PerfReportTest(unittest.TestCase):
         self.assertNotIn("raw.partial", text)
         self.assertIn("charts not requested", text)
 
+    def test_engine_section(self):
+        """Tiny calls, quantizers and per-request selection from their JSON; a run without
+        them (an older raw directory) says so instead of failing."""
+        result = run(self.results, self.out, "--no-charts")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        text = self.report()
+        for header in ("| benchmark | how | µs per call | target |",
+                       "| benchmark | median time | Mrows/s | f32 Mrows/s | x f32 |"):
+            self.assertIn(header, text)
+        x = self.counter("bench_select.json", "select/avx512/int8_vs_f32", "x_baseline")
+        self.assertIn(f"| {x:.2f} |", text)
+        for name in ("bench_context", "bench_quantize", "bench_select"):
+            os.remove(os.path.join(self.results, name + ".json"))
+        result = run(self.results, self.out, "--no-charts")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("Not in this run", self.report())
+
     def test_charts(self):
         if shutil.which("gnuplot") is None:
             self.skipTest("gnuplot not installed (tools/setup.sh --report)")

@@ -52,7 +52,8 @@ out=$(cd "$out" && pwd)
 # Tests off: the report needs only the benchmarks and the CLI (for `kvfuse tune` and the model).
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVFUSE_BUILD_BENCH=ON \
       -DKVFUSE_BUILD_TESTS=OFF -DKVFUSE_BUILD_DRIVER=ON >/dev/null
-benches=(bench_rope bench_topk bench_attention bench_score bench_tuning bench_chunk_store bench_gemm bench_ttft)
+benches=(bench_rope bench_topk bench_attention bench_score bench_tuning bench_chunk_store bench_gemm bench_ttft
+         bench_context bench_quantize bench_select)
 cmake --build "$build" -j "$(nproc)" --target kvfuse_cli "${benches[@]}"
 
 raw=$out/perf/raw.partial
@@ -162,6 +163,9 @@ if [[ $quick -eq 1 ]]; then
     gbench bench_tuning 2 "${short[@]}" --benchmark_filter='rope|topk'
     gbench bench_chunk_store 2 "${short[@]}" --benchmark_filter='64tok'
     gbench bench_gemm 1 --benchmark_filter='gate_up/n:512/.*threads:2'
+    gbench bench_context 1 "${short[@]}"
+    gbench bench_quantize 1 "${short[@]}" --benchmark_filter='keys_i8/.*/l3/threads:1'
+    gbench bench_select 1 --benchmark_filter='(avx2|avx512|neon)/int8.*threads:1'
     ttft ttft_main 1 --size=small --contexts=1024 --ratios=0.05,0.5 --ratio-context=1024
     ttft ttft_context_a 1 --size=small --contexts=512,2048
 else
@@ -177,6 +181,10 @@ else
     # The dense layers: bench_ttft's two largest shapes (the scalar ISA has no row: OpenBLAS is
     # the baseline of every row).
     gbench bench_gemm 3 --benchmark_filter='gate_up|down'
+    # The engine-facing figures (issue 14): tiny calls, quantizers, per-request selection.
+    gbench bench_context 5
+    gbench bench_quantize 3
+    gbench bench_select 5 --benchmark_filter=-scalar
     ttft ttft_main 3 --contexts=4096 --ratios=0.05,0.1,0.25,0.5 --ratio-context=4096
     ttft ttft_context_a 3 --contexts=2048
     # One run for both: 16K's chunk caches extend 8K's instead of being computed again.
