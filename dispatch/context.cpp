@@ -132,6 +132,11 @@ RopeTableCache& context_rope_tables(kvfuse_context& context, std::size_t worker)
     return *context.rope_tables[worker];
 }
 
+RopePositionTables& context_rope_positions(kvfuse_context& context) {
+    if (!context.rope_positions) context.rope_positions = std::make_unique<RopePositionTables>();
+    return *context.rope_positions;
+}
+
 std::size_t ScratchLayout::add(std::size_t size) {
     const std::size_t offset = bytes;
     bytes += (size + 63) / 64 * 64;

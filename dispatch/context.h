@@ -14,6 +14,7 @@
 
 namespace kvfuse::detail {
 class RopeTableCache;
+class RopePositionTables;
 struct TopkScratch;
 }  // namespace kvfuse::detail
 
@@ -36,6 +37,7 @@ struct kvfuse_context {
     std::size_t scratch_bytes = 0;
     // Per-worker state that outlives calls: RoPE tables (built per delta, kept) and top-k buffers.
     std::vector<std::unique_ptr<kvfuse::detail::RopeTableCache>> rope_tables;
+    std::unique_ptr<kvfuse::detail::RopePositionTables> rope_positions;  // shared by the workers of a call
     std::vector<std::unique_ptr<kvfuse::detail::TopkScratch>> topk;
 };
 

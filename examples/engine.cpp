@@ -10,8 +10,8 @@
 
 namespace {
 
-// RoPE calls count their allocations apart: the library builds its per-position RoPE tables
-// lazily inside its workers (README.md, "Known gaps").
+// RoPE calls count their allocations apart: the library builds a per-position RoPE table on a
+// position's first use (on the calling thread), so a request at new positions allocates there.
 constexpr int kRopeSlot = 2;
 
 class PagedTarget : public CacheTarget {

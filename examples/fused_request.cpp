@@ -354,7 +354,9 @@ int main(int argc, char** argv) {
 
     for (std::size_t r = 0; r < requests; ++r) {
         std::vector<std::size_t> order(store.size());
-        for (std::size_t c = 0; c < order.size(); ++c) order[c] = (c * 3 + r) % order.size();
+        // Two chunk orders in turn: a request in an order seen before places its chunks at positions
+        // (RoPE deltas) seen before, so its RoPE calls must allocate nothing.
+        for (std::size_t c = 0; c < order.size(); ++c) order[c] = (c * 3 + r % 2) % order.size();
         const RequestPlan plan = make_plan(r, store, order, kPrefixRows, kQuestionRows);
         allocation_counter::reset();
         engine.run(plan, threads);
@@ -365,6 +367,9 @@ int main(int argc, char** argv) {
                     r, plan.tokens(), engine.selected_count(), engine_allocations, rope_allocations, select_allocations);
         verify(engine, plan);
         engine.end_request(plan);
+        if (r >= 2 && allocation_counter::available() && rope_allocations != 0)
+            fail("request " + std::to_string(r) + " made " + std::to_string(rope_allocations) +
+                 " heap allocations in RoPE calls at positions seen before (expected 0)");
         if (r > 0 && allocation_counter::available() && engine_allocations != 0)
             fail("request " + std::to_string(r) + " made " + std::to_string(engine_allocations) +
                  " heap allocations in attention, conversions or the engine's own code after warm-up (expected 0)");

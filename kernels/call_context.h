@@ -17,6 +17,7 @@
 namespace kvfuse::detail {
 
 class RopeTableCache;
+class RopePositionTables;
 struct RopePlan;
 
 // The tuning of this call (validated; the context's own or the process-wide snapshot).
@@ -43,6 +44,9 @@ void context_run(const kvfuse_context& context, std::size_t workers, void (*task
 void reserve_rope_tables(kvfuse_context& context, std::size_t workers, const RopePlan& plan, kvfuse_dtype dtype,
                          std::size_t heads);
 RopeTableCache& context_rope_tables(kvfuse_context& context, std::size_t worker);
+// The context's tables of positions 0..RopePositionTables::kPositions - 1, shared by a call's
+// workers: prepared on the calling thread, read-only inside workers.
+RopePositionTables& context_rope_positions(kvfuse_context& context);
 
 // Carves consecutive 64-byte aligned blocks out of one scratch allocation: a kernel adds every
 // block it needs (add returns the offset), asks context_scratch for total() bytes, then takes

@@ -404,6 +404,60 @@ TEST_P(ContextIsaTest, CallerParallelForGivesTheReferenceResult) {
     }
 }
 
+// Counts the allocations made while its tasks run (sequentially, on the calling thread).
+struct TaskAllocations {
+    long allocations = 0, calls = 0;
+};
+void counting_parallel_for(void* user, std::size_t n_tasks, kvfuse_task_fn task, void* arg) {
+    auto* counted = static_cast<TaskAllocations*>(user);
+    const long before = g_allocations.load();
+    const bool was_counting = g_counting.exchange(true);
+    for (std::size_t i = 0; i < n_tasks; ++i) task(arg, i);
+    g_counting.store(was_counting);
+    counted->allocations += g_allocations.load() - before;
+    ++counted->calls;
+}
+
+// An engine's RoPE at absolute positions: fresh f32 keys (8 KV heads), f32 queries (32 heads)
+// and an f16 cache, per-token positions, NeoX and interleaved, several workers. No task ever
+// allocates (the position tables are built before the workers start), and once the positions
+// have been seen nothing allocates at all: the three uses share the context's tables instead
+// of evicting each other's.
+TEST_P(ContextIsaTest, RopeAtPositionsAllocatesNothingInTasksNorAfterWarmUp) {
+    if (!KVFUSE_TEST_OWNS_MALLOC) GTEST_SKIP() << "a sanitizer owns malloc";
+    if (GetParam().isa == Isa::scalar) GTEST_SKIP() << "the scalar ISA runs the reference, which allocates";
+    TaskAllocations in_tasks;
+    ContextHandle ctx(2, &counting_parallel_for, &in_tasks);
+    const std::size_t tokens = 600, D = 64;
+    std::vector<std::int64_t> positions(tokens);
+    for (std::size_t t = 0; t < tokens; ++t) positions[t] = static_cast<std::int64_t>(t);
+    std::vector<float> keys(tokens * 8 * D, 0.25f), queries(tokens * 32 * D, 0.5f);
+    std::vector<std::uint16_t> cache(tokens * 8 * D, 0x3400);
+    kvfuse_rope_config neox, interleaved;
+    kvfuse_rope_config_init(&neox, static_cast<std::int32_t>(D));
+    kvfuse_rope_config_init(&interleaved, static_cast<std::int32_t>(D));
+    interleaved.pairing = KVFUSE_ROPE_INTERLEAVED;
+    auto request = [&] {
+        for (const kvfuse_rope_config* config : {&neox, &interleaved}) {
+            ASSERT_EQ(kvfuse_ctx_rope_rotate(ctx.context, config, KVFUSE_DTYPE_F32, keys.data(), tokens, 8, 8 * D,
+                                             positions.data()),
+                      KVFUSE_OK)
+                << kvfuse_last_error();
+            ASSERT_EQ(kvfuse_ctx_rope_rotate(ctx.context, config, KVFUSE_DTYPE_F32, queries.data(), tokens, 32, 32 * D,
+                                             positions.data()),
+                      KVFUSE_OK);
+            ASSERT_EQ(kvfuse_ctx_rope_rotate(ctx.context, config, KVFUSE_DTYPE_F16, cache.data(), tokens, 8, 8 * D,
+                                             positions.data()),
+                      KVFUSE_OK);
+        }
+    };
+    request();  // cold: the tables are built, on the calling thread
+    EXPECT_EQ(in_tasks.calls, 6) << "every call should have run on the workers";
+    EXPECT_EQ(in_tasks.allocations, 0) << "a RoPE task allocated";
+    EXPECT_EQ(count_allocations(request), 0);
+    EXPECT_EQ(in_tasks.allocations, 0);
+}
+
 KVFUSE_INSTANTIATE_ISA_TESTS(ContextIsaTest);
 
 std::size_t process_threads() {

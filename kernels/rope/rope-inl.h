@@ -412,6 +412,13 @@ void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dty
     // layer after layer, or one decode step after another, cost no sin/cos. Reserved here, so
     // that a worker building one never allocates.
     detail::reserve_rope_tables(context, workers, plan, dtype, heads);
+    const detail::RopePositionSlot* positions =
+        detail::context_rope_positions(context).prepare(plan, dtype, heads, deltas, tokens, delta);
+    const auto table_for = [&](detail::RopeTableCache& tables, std::int64_t d) -> const RopeTable& {
+        if (positions != nullptr)
+            if (const RopeTable* table = positions->find(d)) return *table;
+        return tables.get(plan, dtype, heads, d);
+    };
     const std::size_t row_elements = heads * static_cast<std::size_t>(plan.config.head_dim);
     const std::size_t head_dim = static_cast<std::size_t>(plan.config.head_dim);
     const bool small_heads =
@@ -432,7 +439,7 @@ void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dty
                        dst_layout.row(t + run) == dst_row + run * row_elements)
                     ++run;
                 rotate_row<kType>(plan, src + src_row, src_layout.head_stride, dst + dst_row, dst_layout.head_stride,
-                                  heads * run, tables.get(plan, dtype, heads, d));
+                                  heads * run, table_for(tables, d));
                 t += run;
             }
             return;
@@ -440,7 +447,7 @@ void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dty
         for (std::size_t t = tokens * worker / workers; t < end; ++t) {
             const std::int64_t d = deltas ? deltas[t] : delta;
             rotate_row<kType>(plan, src + src_layout.row(t), src_layout.head_stride, dst + dst_layout.row(t),
-                              dst_layout.head_stride, heads, tables.get(plan, dtype, heads, d));
+                              dst_layout.head_stride, heads, table_for(tables, d));
         }
     };
     detail::run_workers(context, workers, rotate_range);

@@ -1,6 +1,7 @@
 #include "kernels/rope/rope_plan.h"
 
 #include <atomic>
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -85,9 +86,24 @@ RopePlan make_rope_plan(const kvfuse_rope_config& config) {
 }  // namespace
 
 const RopePlan& rope_plan_for(const kvfuse_rope_config& config) {
-    thread_local RopePlan cached;
-    if (cached.id == 0 || !same_config(cached.config, config)) cached = make_rope_plan(config);
-    return cached;
+    // A few plans, so that an engine alternating configurations (a model with local and global
+    // RoPE layers, or queries and keys of two models) neither rebuilds nor allocates per call.
+    constexpr std::size_t kPlans = 4;
+    thread_local RopePlan cached[kPlans];
+    thread_local std::uint64_t last_use[kPlans] = {};
+    thread_local std::uint64_t clock = 0;
+    ++clock;
+    std::size_t oldest = 0;
+    for (std::size_t i = 0; i < kPlans; ++i) {
+        if (cached[i].id != 0 && same_config(cached[i].config, config)) {
+            last_use[i] = clock;
+            return cached[i];
+        }
+        if (last_use[i] < last_use[oldest]) oldest = i;
+    }
+    cached[oldest] = make_rope_plan(config);
+    last_use[oldest] = clock;
+    return cached[oldest];
 }
 
 RopeTable::RopeTable() = default;
@@ -177,25 +193,6 @@ RopeTableCache::~RopeTableCache() = default;
 const RopeTable& RopeTableCache::get(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads,
                                      std::int64_t delta) {
     ++clock_;
-    if (delta >= 0 && delta < kPositions) {
-        PositionTables* store = nullptr;
-        for (PositionTables& p : positions_)
-            if (p.plan == plan.id && p.dtype == dtype && p.heads == heads) store = &p;
-        if (store == nullptr) {
-            store = positions_[0].last_use <= positions_[1].last_use ? &positions_[0] : &positions_[1];
-            store->tables.clear();
-            store->plan = plan.id, store->dtype = dtype, store->heads = heads;
-        }
-        store->last_use = clock_;
-        const std::size_t at = static_cast<std::size_t>(delta);
-        if (store->tables.size() <= at) store->tables.resize(at + 1);
-        std::unique_ptr<RopeTable>& table = store->tables[at];
-        if (!table) {
-            table = std::make_unique<RopeTable>();
-            table->build(plan, dtype, heads, delta);
-        }
-        return *table;
-    }
     std::size_t oldest = 0;
     for (std::size_t e = 0; e < kEntries; ++e) {
         if (tables_[e].holds(plan, dtype, heads, delta)) {
@@ -207,6 +204,47 @@ const RopeTable& RopeTableCache::get(const RopePlan& plan, kvfuse_dtype dtype, s
     tables_[oldest].build(plan, dtype, heads, delta);
     last_use_[oldest] = clock_;
     return tables_[oldest];
+}
+
+RopePositionTables::RopePositionTables() = default;
+RopePositionTables::~RopePositionTables() = default;
+
+const RopePositionSlot* RopePositionTables::prepare(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads,
+                                                     const std::int64_t* deltas, std::size_t tokens, std::int64_t delta) {
+    const auto in_range = [](std::int64_t d) { return d >= 0 && d < kPositions; };
+    bool any = false;
+    std::int64_t highest = -1;
+    for (std::size_t t = 0; t < (deltas ? tokens : std::size_t{1}); ++t) {
+        const std::int64_t d = deltas ? deltas[t] : delta;
+        if (in_range(d)) any = true, highest = std::max(highest, d);
+    }
+    if (!any || tokens == 0) return nullptr;
+    const bool bf16 = dtype == KVFUSE_DTYPE_BF16;
+    const std::size_t heads_key = plan.row_flattened(heads) ? heads : 0;
+    // f32 and f16 tables are the same: build them as f32's.
+    const kvfuse_dtype build_dtype = bf16 ? KVFUSE_DTYPE_BF16 : KVFUSE_DTYPE_F32;
+    RopePositionSlot* slot = nullptr;
+    for (RopePositionSlot& s : slots_)
+        if (!s.tables.empty() && same_config(s.config, plan.config) && s.bf16 == bf16 && s.heads == heads_key) slot = &s;
+    if (slot == nullptr) {
+        slot = &slots_[0];
+        for (RopePositionSlot& s : slots_)
+            if (s.last_use < slot->last_use) slot = &s;
+        slot->tables.clear();
+        slot->config = plan.config, slot->bf16 = bf16, slot->heads = heads_key;
+    }
+    slot->last_use = ++clock_;
+    if (slot->tables.size() <= static_cast<std::size_t>(highest)) slot->tables.resize(static_cast<std::size_t>(highest) + 1);
+    for (std::size_t t = 0; t < (deltas ? tokens : std::size_t{1}); ++t) {
+        const std::int64_t d = deltas ? deltas[t] : delta;
+        if (!in_range(d)) continue;
+        std::unique_ptr<RopeTable>& table = slot->tables[static_cast<std::size_t>(d)];
+        if (!table) {
+            table = std::make_unique<RopeTable>();
+            table->build(plan, build_dtype, heads, d);
+        }
+    }
+    return slot;
 }
 
 }  // namespace kvfuse::detail

@@ -90,11 +90,13 @@ class RopeTable {
     std::int64_t delta_ = 0;
 };
 
-// The tables of the last kEntries distinct deltas a thread used. A request re-rotates each of
-// its chunks by the chunk's own delta, layer after layer: with one table, chunk after chunk
-// rebuilt it (64 double sin/cos for D = 128, 2-3 us: a fifth of re-rotating one L2-resident
-// layer of a chunk); with a table per recent delta, each request pays once per chunk.
-// Out of line (rope_plan.cpp), for the reason RopeTable's members are.
+// The tables of the last kEntries distinct deltas a worker used outside the position range of
+// RopePositionTables (negative deltas: rotating back). A request re-rotates each of its chunks by
+// the chunk's own delta, layer after layer: with one table, chunk after chunk rebuilt it (64
+// double sin/cos for D = 128, 2-3 us: a fifth of re-rotating one L2-resident layer of a chunk);
+// with a table per recent delta, each request pays once per chunk. Its tables are reserved before
+// the workers run, so building one never allocates. Out of line (rope_plan.cpp), for the reason
+// RopeTable's members are.
 class RopeTableCache {
    public:
     static constexpr std::size_t kEntries = 16;
@@ -112,19 +114,46 @@ class RopeTableCache {
     RopeTable tables_[kEntries];
     std::uint64_t last_use_[kEntries] = {};
     std::uint64_t clock_ = 0;
-    // Per-token deltas (ordinary RoPE of fresh Q/K at their absolute positions: a different
-    // delta for every token, every layer) would rebuild a table per token and call: sin/cos
-    // was 4.6 % of a 4K-token request's profile. Tables of deltas 0..kPositions-1 are kept by
-    // delta, for the two (plan, dtype, heads) used last (a layer rotates Q and K, whose head
-    // counts differ), built on first use (a 4K context: ~2 MB a thread).
+};
+
+// Tables of deltas 0..kPositions-1, kept by delta per execution context and shared by a call's
+// workers. Ordinary RoPE of fresh Q/K at their absolute positions uses a different delta for
+// every token, every layer: per-call tables were sin/cos 4.6 % of a 4K-token request's profile.
+// prepare() builds, on the calling thread before any worker starts, the tables of every delta the
+// call uses that are not there yet (workers only read them: a task never allocates); a call at
+// positions seen before allocates nothing. Kept for the kSlots table kinds used last: the kind is
+// the configuration, bf16 or not (f32 and f16 read the same tables) and, only where an interleaved row is
+// swept whole, the head count, so an engine's queries, f32 keys and f16 cache share one kind.
+// Memory: about 0.5-1 KiB a position and kind for D = 128 (a 4K context: a few MiB a kind).
+struct RopePositionSlot {
+    kvfuse_rope_config config{};  // by value: plans of the same configuration on other threads have other ids
+    std::uint64_t last_use = 0;
+    bool bf16 = false;
+    std::size_t heads = 0;  // 0 unless the row is flattened
+    std::vector<std::unique_ptr<RopeTable>> tables;
+    const RopeTable* find(std::int64_t delta) const {
+        return delta >= 0 && static_cast<std::uint64_t>(delta) < tables.size() ? tables[static_cast<std::size_t>(delta)].get()
+                                                                             : nullptr;
+    }
+};
+
+class RopePositionTables {
+   public:
     static constexpr std::int64_t kPositions = 32768;
-    struct PositionTables {
-        std::uint64_t plan = 0, last_use = 0;
-        kvfuse_dtype dtype = KVFUSE_DTYPE_F32;
-        std::size_t heads = 0;
-        std::vector<std::unique_ptr<RopeTable>> tables;
-    };
-    PositionTables positions_[2];
+    static constexpr std::size_t kSlots = 4;
+    RopePositionTables();
+    ~RopePositionTables();
+    RopePositionTables(const RopePositionTables&) = delete;
+    RopePositionTables& operator=(const RopePositionTables&) = delete;
+    // The slot holding the tables of every delta in [0, kPositions) among `deltas` (per token) or
+    // `delta` (every token, when deltas is null), built here; null when the call uses none.
+    // May throw std::bad_alloc (before any worker runs).
+    const RopePositionSlot* prepare(const RopePlan& plan, kvfuse_dtype dtype, std::size_t heads,
+                                    const std::int64_t* deltas, std::size_t tokens, std::int64_t delta);
+
+   private:
+    RopePositionSlot slots_[kSlots];
+    std::uint64_t clock_ = 0;
 };
 
 }  // namespace kvfuse::detail
