@@ -39,15 +39,17 @@ kvfuse_status read_config(const char* what, const kvfuse_rope_config* caller_con
 }
 
 // The kernel call, once everything is checked.
-kvfuse_status run_rotation(kvfuse_context* context, const kvfuse_rope_config& config, kvfuse_dtype dtype, const void* src,
-                           const KeyLayout& src_layout, void* dst, const KeyLayout& dst_layout, std::size_t tokens,
-                           std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
+kvfuse_status run_rotation(kvfuse_context* context, const kvfuse_rope_config& config, kvfuse_dtype dtype,
+                           kvfuse_dtype src_dtype, const void* src, const KeyLayout& src_layout, void* dst,
+                           const KeyLayout& dst_layout, std::size_t tokens, std::size_t heads,
+                           const std::int64_t* deltas, std::int64_t delta) {
     kvfuse::detail::ContextCall call(context);
     if (call.status() != KVFUSE_OK) return call.status();
     const kvfuse::detail::KernelTable* kernels = nullptr;
     if (const kvfuse_status status = call.kernels(kernels); status != KVFUSE_OK) return status;
     const kvfuse::detail::RopePlan& plan = kvfuse::detail::rope_plan_for(config);
-    kernels->rope_rotate(call.context(), plan, dtype, src, src_layout, dst, dst_layout, tokens, heads, deltas, delta);
+    kernels->rope_rotate(call.context(), plan, dtype, src_dtype, src, src_layout, dst, dst_layout, tokens, heads, deltas,
+                         delta);
     return KVFUSE_OK;
 }
 
@@ -91,7 +93,7 @@ kvfuse_status rotate(kvfuse_context* context, const kvfuse_rope_config* caller_c
     } else if (s < d + dst_bytes && d < s + src_bytes) {
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "src and dst overlap");
     }
-    return run_rotation(context, *config, static_cast<kvfuse_dtype>(dtype), src, KeyLayout::packed(src_stride, head_dim),
+    return run_rotation(context, *config, static_cast<kvfuse_dtype>(dtype), static_cast<kvfuse_dtype>(dtype), src, KeyLayout::packed(src_stride, head_dim),
                         dst, KeyLayout::packed(dst_stride, head_dim), tokens, heads, per_token ? deltas : nullptr, delta);
 }
 
@@ -116,6 +118,15 @@ kvfuse_status rotate_layout(kvfuse_context* context, const kvfuse_rope_args* cal
     if (auto s = kvfuse::detail::check_dtype("args->dtype", dtype); s != KVFUSE_OK) return s;
     if (a.heads == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "args->heads must be > 0");
     const std::size_t elem = kvfuse::detail::dtype_bytes(static_cast<kvfuse_dtype>(dtype));
+    int src_dtype = dtype;
+    if (a.convert != 0) {
+        src_dtype = enum_value(a.src_dtype);
+        if (auto s = kvfuse::detail::check_dtype("args->src_dtype", src_dtype); s != KVFUSE_OK) return s;
+        if (a.src == nullptr && a.tokens != 0)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                        "args->convert needs the copying form (src set): a rotation in place keeps its type");
+    }
+    const std::size_t src_elem = kvfuse::detail::dtype_bytes(static_cast<kvfuse_dtype>(src_dtype));
     const std::size_t head_dim = static_cast<std::size_t>(config.head_dim);
     if (a.tokens == 0) return KVFUSE_OK;
     if (a.dst == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "args->dst is required");
@@ -129,13 +140,13 @@ kvfuse_status rotate_layout(kvfuse_context* context, const kvfuse_rope_args* cal
     if (a.src == nullptr) {
         src_layout = dst_layout;
     } else {
-        if (auto s = kvfuse::detail::resolve_layout("src_", SIZE_MAX, src_fields(a), a.tokens, a.heads, head_dim, elem,
+        if (auto s = kvfuse::detail::resolve_layout("src_", SIZE_MAX, src_fields(a), a.tokens, a.heads, head_dim, src_elem,
                                                     src_layout, src_extent);
             s != KVFUSE_OK)
             return s;
         const auto* s = static_cast<const char*>(a.src);
         const auto* d = static_cast<const char*>(a.dst);
-        const bool in_place = s == d && kvfuse::detail::same_layout(src_layout, dst_layout);
+        const bool in_place = s == d && kvfuse::detail::same_layout(src_layout, dst_layout) && src_dtype == dtype;
         if (!in_place && s + src_extent.begin < d + dst_extent.end && d + dst_extent.begin < s + src_extent.end)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
                         "src and dst overlap (and are not the same keys in the same layout): copy between separate "
@@ -145,8 +156,8 @@ kvfuse_status rotate_layout(kvfuse_context* context, const kvfuse_rope_args* cal
         if (auto s = check_span("args->deltas (tokens)", a.tokens, 1, 1, sizeof(std::int64_t)); s != KVFUSE_OK) return s;
         if (auto s = check_aligned("args->deltas", a.deltas, sizeof(std::int64_t)); s != KVFUSE_OK) return s;
     }
-    return run_rotation(context, config, static_cast<kvfuse_dtype>(dtype), src, src_layout, a.dst, dst_layout, a.tokens,
-                        a.heads, a.deltas, a.delta);
+    return run_rotation(context, config, static_cast<kvfuse_dtype>(dtype), static_cast<kvfuse_dtype>(src_dtype), src,
+                        src_layout, a.dst, dst_layout, a.tokens, a.heads, a.deltas, a.delta);
 }
 
 }  // namespace

@@ -17,10 +17,10 @@ namespace kvfuse::detail {
 namespace {
 
 // The scalar ISA is the reference: one thread, its own allocations; the context is not used.
-void rope_rotate_scalar(kvfuse_context& /*context*/, const RopePlan& plan, kvfuse_dtype dtype, const void* src,
-                        const KeyLayout& src_layout, void* dst, const KeyLayout& dst_layout, std::size_t tokens,
-                        std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
-    reference::rope_rotate(plan.config, dtype, src, src_layout, dst, dst_layout, tokens, heads, deltas, delta);
+void rope_rotate_scalar(kvfuse_context& /*context*/, const RopePlan& plan, kvfuse_dtype dtype, kvfuse_dtype src_dtype,
+                        const void* src, const KeyLayout& src_layout, void* dst, const KeyLayout& dst_layout,
+                        std::size_t tokens, std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
+    reference::rope_rotate(plan.config, dtype, src_dtype, src, src_layout, dst, dst_layout, tokens, heads, deltas, delta);
 }
 
 void sparse_attention_scalar(kvfuse_context& /*context*/, const kvfuse_attention_args& args) {

@@ -21,7 +21,8 @@ struct TopkScratch;
 // (kernels/common/key_layout.h; src == dst with the same layout is in place). Token t turns by
 // deltas[t], or by `delta` when deltas is null. Arguments are already validated by the API layer
 // (every block table entry read included).
-using RopeRotateFn = void (*)(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, const void* src,
+// src holds src_dtype, dst dtype (the converting copy of kvfuse_rope_args V2; equal otherwise).
+using RopeRotateFn = void (*)(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, kvfuse_dtype src_dtype, const void* src,
                               const KeyLayout& src_layout, void* dst, const KeyLayout& dst_layout, std::size_t tokens,
                               std::size_t heads, const std::int64_t* deltas, std::int64_t delta);
 

@@ -45,7 +45,8 @@ double rope_frequency(const kvfuse_rope_config& c, int pair) {
     return (1.0 - smooth) * freq / c.scaling_factor + smooth * freq;
 }
 
-void rope_rotate(const kvfuse_rope_config& c, kvfuse_dtype dtype, const void* src, const kvfuse::detail::KeyLayout& src_layout,
+void rope_rotate(const kvfuse_rope_config& c, kvfuse_dtype dtype, kvfuse_dtype src_dtype, const void* src,
+                 const kvfuse::detail::KeyLayout& src_layout,
                  void* dst, const kvfuse::detail::KeyLayout& dst_layout, std::size_t tokens, std::size_t heads,
                  const std::int64_t* deltas, std::int64_t delta) {
     const std::size_t head_dim = static_cast<std::size_t>(c.head_dim);
@@ -54,7 +55,7 @@ void rope_rotate(const kvfuse_rope_config& c, kvfuse_dtype dtype, const void* sr
         for (std::size_t h = 0; h < heads; ++h) {
             const std::size_t offset_src = src_layout.at(t, h);
             const std::size_t offset_dst = dst_layout.at(t, h);
-            for (std::size_t d = 0; d < head_dim; ++d) in[d] = element_as_f32(dtype, src, offset_src + d);
+            for (std::size_t d = 0; d < head_dim; ++d) in[d] = element_as_f32(src_dtype, src, offset_src + d);
             rotate_head(c, in.data(), out.data(), deltas ? deltas[t] : delta);
             for (std::size_t d = 0; d < head_dim; ++d) store_from_f32(dtype, dst, offset_dst + d, static_cast<float>(out[d]));
         }
@@ -65,7 +66,7 @@ void rope_rotate(const kvfuse_rope_config& c, kvfuse_dtype dtype, const void* sr
                  std::size_t dst_stride, std::size_t tokens, std::size_t heads, const std::int64_t* deltas,
                  std::int64_t delta) {
     const std::size_t head_dim = static_cast<std::size_t>(c.head_dim);
-    rope_rotate(c, dtype, src, kvfuse::detail::KeyLayout::packed(src_stride, head_dim), dst,
+    rope_rotate(c, dtype, dtype, src, kvfuse::detail::KeyLayout::packed(src_stride, head_dim), dst,
                 kvfuse::detail::KeyLayout::packed(dst_stride, head_dim), tokens, heads, deltas, delta);
 }
 

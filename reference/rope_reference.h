@@ -18,8 +18,9 @@ void rope_rotate(const kvfuse_rope_config& config, kvfuse_dtype dtype, const voi
                  std::size_t src_token_stride, void* dst, std::size_t dst_token_stride,
                  std::size_t tokens, std::size_t heads, const std::int64_t* deltas,
                  std::int64_t delta);
-// The same with each side in any layout (kvfuse_rope_rotate_layout, defaults resolved).
-void rope_rotate(const kvfuse_rope_config& config, kvfuse_dtype dtype, const void* src,
+// The same with each side in any layout (kvfuse_rope_rotate_layout, defaults resolved); src
+// holds src_dtype and dst dtype (the converting copy).
+void rope_rotate(const kvfuse_rope_config& config, kvfuse_dtype dtype, kvfuse_dtype src_dtype, const void* src,
                  const kvfuse::detail::KeyLayout& src_layout, void* dst, const kvfuse::detail::KeyLayout& dst_layout,
                  std::size_t tokens, std::size_t heads, const std::int64_t* deltas, std::int64_t delta);
 

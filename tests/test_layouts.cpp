@@ -251,7 +251,7 @@ void check_rope_layouts(kvfuse_dtype dtype, const RopeShape& shape, kvfuse_rope_
     if constexpr (sizeof(S) == 4) {
         // And against the reference, through its own layout form: within the f32 bound of test_rope.
         std::vector<S> ref = pool_storage<S>(paged);
-        kvfuse::reference::rope_rotate(config, dtype, stored.data(), kvfuse::detail::KeyLayout::packed(row, D), ref.data(),
+        kvfuse::reference::rope_rotate(config, dtype, dtype, stored.data(), kvfuse::detail::KeyLayout::packed(row, D), ref.data(),
                                        paged.layout(), T, H, deltas.data(), 0);
         std::vector<S> got = pool_storage<S>(paged);
         a.dst = got.data();
@@ -295,6 +295,125 @@ TEST_P(RopeLayoutTest, StridedAndPagedAreThePackedCallBitForBit) {
                 }
                 if (HasFatalFailure()) return;
             }
+}
+
+// The converting copy (V2): keys of one type rotated into a paged cache of another. On the SIMD
+// ISAs bit for bit the three steps it replaces (widen to f32, rotate in f32, round to the cache's
+// type); on the scalar ISA (the reference: a double rotation rounded once) within one step of
+// the cache's type.
+void widen(kvfuse_dtype type, const std::vector<std::uint16_t>& in16, const std::vector<float>& in32, std::vector<float>& out) {
+    if (type == KVFUSE_DTYPE_F32) out = in32;
+    else if (type == KVFUSE_DTYPE_F16) ASSERT_EQ(kvfuse_f16_to_f32(in16.data(), out.data(), out.size()), KVFUSE_OK);
+    else ASSERT_EQ(kvfuse_bf16_to_f32(in16.data(), out.data(), out.size()), KVFUSE_OK);
+}
+void narrow(kvfuse_dtype type, const std::vector<float>& in, std::vector<std::uint16_t>& out16, std::vector<float>& out32) {
+    if (type == KVFUSE_DTYPE_F32) out32 = in;
+    else if (type == KVFUSE_DTYPE_F16) ASSERT_EQ(kvfuse_f32_to_f16(in.data(), out16.data(), in.size()), KVFUSE_OK);
+    else ASSERT_EQ(kvfuse_f32_to_bf16(in.data(), out16.data(), in.size()), KVFUSE_OK);
+}
+double as_double(kvfuse_dtype type, const void* base, std::size_t i) {
+    if (type == KVFUSE_DTYPE_F32) return static_cast<const float*>(base)[i];
+    const std::uint16_t bits = static_cast<const std::uint16_t*>(base)[i];
+    return type == KVFUSE_DTYPE_F16 ? kvfuse::reference::f16_to_f32(bits) : kvfuse::detail::bf16_bits_to_f32(bits);
+}
+
+TEST_P(RopeLayoutTest, ConvertingCopyIsTheRotationThenTheConversion) {
+    const bool exact = GetParam().isa != kvfuse::Isa::scalar;
+    const RopeShape shapes[] = {{8, 8, 3, 21}, {64, 64, 4, 37}, {128, 128, 2, 19}, {80, 80, 2, 9}, {128, 64, 2, 7}};
+    const std::pair<kvfuse_dtype, kvfuse_dtype> conversions[] = {
+        {KVFUSE_DTYPE_F32, KVFUSE_DTYPE_F16}, {KVFUSE_DTYPE_F32, KVFUSE_DTYPE_BF16}, {KVFUSE_DTYPE_F16, KVFUSE_DTYPE_F32},
+        {KVFUSE_DTYPE_BF16, KVFUSE_DTYPE_F32}, {KVFUSE_DTYPE_F16, KVFUSE_DTYPE_BF16}};
+    std::uint32_t seed = 300;
+    for (const RopeShape& shape : shapes)
+        for (kvfuse_rope_pairing pairing : {KVFUSE_ROPE_NEOX, KVFUSE_ROPE_INTERLEAVED})
+            for (const auto& [from, to] : conversions) {
+                SCOPED_TRACE("D " + std::to_string(shape.head_dim) + " rotary " + std::to_string(shape.rotary) +
+                             " pairing " + std::to_string(pairing) + " from " + std::to_string(from) + " to " +
+                             std::to_string(to));
+                ++seed;
+                kvfuse_rope_config config;
+                kvfuse_rope_config_init(&config, shape.head_dim);
+                config.rotary_dims = shape.rotary;
+                config.pairing = pairing;
+                const std::size_t T = shape.tokens, H = shape.heads, D = static_cast<std::size_t>(shape.head_dim), row = H * D;
+                const std::vector<float> src32 = random_keys<float>(T * row, KVFUSE_DTYPE_F32, seed);
+                const std::vector<std::uint16_t> src16 = random_keys<std::uint16_t>(T * row, from, seed);
+                const std::vector<std::int64_t> deltas = random_deltas(T, seed + 1);
+                // The three steps, packed.
+                std::vector<float> wide(T * row), rotated(T * row), want32(T * row);
+                std::vector<std::uint16_t> want16(T * row);
+                widen(from, src16, src32, wide);
+                ASSERT_EQ(kvfuse_rope_rotate_copy(&config, KVFUSE_DTYPE_F32, wide.data(), row, rotated.data(), row, T, H,
+                                                  deltas.data()),
+                          KVFUSE_OK);
+                narrow(to, rotated, want16, want32);
+                // The one call, into a paged cache.
+                const Pool paged = make_pool(T, H, D, 4, Kind::token_major, 3, seed + 2);
+                std::vector<float> cache32 = pool_storage<float>(paged), expect32 = pool_storage<float>(paged);
+                std::vector<std::uint16_t> cache16 = pool_storage<std::uint16_t>(paged), expect16 = pool_storage<std::uint16_t>(paged);
+                kvfuse_rope_args a;
+                kvfuse_rope_args_init(&a);
+                a.config = &config;
+                a.dtype = to;
+                a.convert = 1;
+                a.src_dtype = from;
+                a.tokens = T;
+                a.heads = H;
+                a.deltas = deltas.data();
+                set_dst(a, to == KVFUSE_DTYPE_F32 ? static_cast<void*>(cache32.data()) : cache16.data(), paged);
+                a.src = from == KVFUSE_DTYPE_F32 ? static_cast<const void*>(src32.data()) : src16.data();
+                ASSERT_EQ(kvfuse_rope_rotate_layout(&a), KVFUSE_OK) << kvfuse_last_error();
+                if (to == KVFUSE_DTYPE_F32) scatter(paged, want32.data(), expect32);
+                else scatter(paged, want16.data(), expect16);
+                if (exact) {
+                    if (to == KVFUSE_DTYPE_F32) ASSERT_TRUE(same_bits(cache32, expect32));
+                    else ASSERT_TRUE(same_bits(cache16, expect16));
+                } else {
+                    const void* got = to == KVFUSE_DTYPE_F32 ? static_cast<const void*>(cache32.data()) : cache16.data();
+                    const void* want = to == KVFUSE_DTYPE_F32 ? static_cast<const void*>(expect32.data()) : expect16.data();
+                    const double step = to == KVFUSE_DTYPE_F32 ? 8.0 / (1 << 24) : to == KVFUSE_DTYPE_F16 ? 1.0 / 1024 : 1.0 / 128;
+                    for (std::size_t t = 0; t < T; ++t)
+                        for (std::size_t h = 0; h < H; ++h)
+                            for (std::size_t d = 0; d < D; ++d) {
+                                const std::size_t at = paged.at(t, h) + d;
+                                const double w = as_double(to, want, at);
+                                ASSERT_NEAR(as_double(to, got, at), w, step * std::max(1.0, std::fabs(w)) * 2.5)
+                                    << "t " << t << " h " << h << " d " << d;
+                            }
+                }
+                if (HasFatalFailure()) return;
+            }
+}
+
+// A converting call is checked: a bad src_dtype, and convert in place, are refused.
+TEST_P(RopeLayoutTest, ConvertingCopyIsChecked) {
+    kvfuse_rope_config config;
+    kvfuse_rope_config_init(&config, 8);
+    std::vector<float> src(8, 1.0f);
+    std::vector<std::uint16_t> dst(8);
+    kvfuse_rope_args a;
+    kvfuse_rope_args_init(&a);
+    a.config = &config;
+    a.dtype = KVFUSE_DTYPE_F16;
+    a.convert = 1;
+    a.src_dtype = static_cast<kvfuse_dtype>(7);
+    a.tokens = 1;
+    a.heads = 1;
+    a.dst = dst.data();
+    a.src = src.data();
+    EXPECT_EQ(kvfuse_rope_rotate_layout(&a), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(kvfuse_last_error()).find("src_dtype"), std::string::npos) << kvfuse_last_error();
+    a.src_dtype = KVFUSE_DTYPE_F32;
+    a.src = nullptr;
+    EXPECT_EQ(kvfuse_rope_rotate_layout(&a), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(kvfuse_last_error()).find("convert"), std::string::npos) << kvfuse_last_error();
+    // A V1 struct (without the two fields) is still accepted, and the types stay one.
+    a.src = src.data();
+    a.dtype = KVFUSE_DTYPE_F32;
+    a.struct_size = KVFUSE_ROPE_ARGS_SIZE_V1;
+    std::vector<float> out(8);
+    a.dst = out.data();
+    EXPECT_EQ(kvfuse_rope_rotate_layout(&a), KVFUSE_OK) << kvfuse_last_error();
 }
 
 // Large enough to run on several workers: bit for bit the one-thread packed call at every count.
@@ -435,7 +554,8 @@ TEST(RopeLayoutChecks, BadLayoutsAreRefusedNamingTheField) {
     a = good;
     a.heads = 0;
     refused(a, KVFUSE_ERROR_INVALID_ARGUMENT, "args->heads");
-    for (std::size_t size : {std::size_t{0}, sizeof(kvfuse_rope_args) + 8, sizeof(kvfuse_rope_args) - 8}) {
+    for (std::size_t size : {std::size_t{0}, sizeof(kvfuse_rope_args) + 8, sizeof(kvfuse_rope_args) - 4,
+                              KVFUSE_ROPE_ARGS_SIZE_V1 - 8}) {
         a = good;
         a.struct_size = size;
         refused(a, KVFUSE_ERROR_STRUCT_SIZE, "args->struct_size");

@@ -307,9 +307,19 @@ typedef struct kvfuse_rope_args {
     size_t src_block_stride;
     size_t src_blocks_total;
     size_t src_token_offset;
+    /* V2: the copying form may also change the element type on the way (an engine's fresh f32
+     * keys from the K projection rotated straight into its f16 or bf16 cache): with convert
+     * nonzero, src holds src_dtype and dst holds dtype. The rotation runs in f32 on src widened
+     * exactly and is rounded once to dst's type (nearest even): on the SIMD ISAs bit for bit the
+     * f32 rotation followed by kvfuse_f32_to_f16 / kvfuse_f32_to_bf16. Needs src (not in place).
+     * convert = 0: both hold dtype (src_dtype is not read). */
+    int convert;
+    kvfuse_dtype src_dtype;
 } kvfuse_rope_args;
 
-#define KVFUSE_ROPE_ARGS_SIZE_V1 sizeof(kvfuse_rope_args)
+/* V1: up to src_token_offset. V2: this header's struct. */
+#define KVFUSE_ROPE_ARGS_SIZE_V1 offsetof(kvfuse_rope_args, convert)
+#define KVFUSE_ROPE_ARGS_SIZE_V2 sizeof(kvfuse_rope_args)
 
 /* Every field 0 / NULL (dtype f32: in place, packed, not paged), struct_size set. */
 KVFUSE_INLINE void kvfuse_rope_args_init(kvfuse_rope_args* args) {

@@ -323,6 +323,15 @@ void set_rope_keys(kvfuse_rope_args& args, T* dst, const T* src = nullptr) {
     args.dst = dst;
     args.src = src;
 }
+// The converting copy (V2): src of S rotated into dst of D (e.g. fresh f32 keys into an f16 cache).
+template <class D, class S>
+void set_rope_keys_converting(kvfuse_rope_args& args, D* dst, const S* src) {
+    args.dtype = detail::dtype_of<D>();
+    args.dst = dst;
+    args.src = src;
+    args.convert = 1;
+    args.src_dtype = detail::dtype_of<S>();
+}
 // args.config is set from `config` for the call.
 inline Status rope_rotate_layout(const RopeConfig& config, kvfuse_rope_args args) {
     const kvfuse_rope_config c = config.to_c();

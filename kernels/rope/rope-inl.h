@@ -453,10 +453,75 @@ void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dty
     detail::run_workers(context, workers, rotate_range);
 }
 
-void rope_rotate(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, const void* src,
-                 const detail::KeyLayout& src_layout, void* dst, const detail::KeyLayout& dst_layout, std::size_t tokens,
-                 std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
-    if (dtype == KVFUSE_DTYPE_F32)
+void f32_to_f16(const float* src, std::uint16_t* dst, std::size_t count);
+void f16_to_f32(const std::uint16_t* src, float* dst, std::size_t count);
+
+// One head of `type` widened exactly to f32, and an f32 head rounded to `type` (nearest even).
+void widen_head(kvfuse_dtype type, const void* base, std::size_t offset, float* out, std::size_t n) {
+    if (type == KVFUSE_DTYPE_F32) {
+        std::memcpy(out, static_cast<const float*>(base) + offset, n * sizeof(float));
+    } else if (type == KVFUSE_DTYPE_F16) {
+        f16_to_f32(static_cast<const std::uint16_t*>(base) + offset, out, n);
+    } else {
+        const auto* in = static_cast<const std::uint16_t*>(base) + offset;
+        for (std::size_t i = 0; i < n; ++i) out[i] = detail::bf16_bits_to_f32(in[i]);
+    }
+}
+void narrow_head(kvfuse_dtype type, const float* in, void* base, std::size_t offset, std::size_t n) {
+    if (type == KVFUSE_DTYPE_F32) {
+        std::memcpy(static_cast<float*>(base) + offset, in, n * sizeof(float));
+    } else if (type == KVFUSE_DTYPE_F16) {
+        f32_to_f16(in, static_cast<std::uint16_t*>(base) + offset, n);
+    } else {
+        auto* out = static_cast<std::uint16_t*>(base) + offset;
+        for (std::size_t i = 0; i < n; ++i) out[i] = detail::f32_to_bf16_bits(in[i]);
+    }
+}
+
+// The converting copy (kvfuse_rope_args V2): each token's row widened into the worker's f32
+// scratch (its heads packed), rotated there by the f32 row rotation (the same vector / tail split
+// as the f32 call: an interleaved tail element can differ from a vector lane in the last bit) and
+// rounded once into dst's type, so the result is the f32 rotation converted, bit for bit.
+void rotate_rows_converting(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, kvfuse_dtype src_dtype,
+                            const void* src, const detail::KeyLayout& src_layout, void* dst,
+                            const detail::KeyLayout& dst_layout, std::size_t tokens, std::size_t heads,
+                            const std::int64_t* deltas, std::int64_t delta) {
+    const std::size_t head_dim = static_cast<std::size_t>(plan.config.head_dim);
+    const std::size_t work = tokens * heads * head_dim;
+    const std::size_t workers = work < detail::context_tuning(context).rope_parallel_work
+                                    ? 1
+                                    : std::min(detail::context_workers(context), tokens);
+    // The tables are f32's (the rotation runs in f32 whatever the two types are).
+    detail::reserve_rope_tables(context, workers, plan, KVFUSE_DTYPE_F32, heads);
+    const detail::RopePositionSlot* positions =
+        detail::context_rope_positions(context).prepare(plan, KVFUSE_DTYPE_F32, heads, deltas, tokens, delta);
+    // Two rows of f32 a worker (in and out), each worker's on its own cache lines.
+    const std::size_t row = heads * head_dim;
+    const std::size_t worker_stride = (2 * row * sizeof(float) + 63) / 64 * 64;
+    auto* base = static_cast<char*>(detail::context_scratch(context, workers * worker_stride));
+    auto rotate_range = [&](std::size_t worker) {
+        detail::RopeTableCache& tables = detail::context_rope_tables(context, worker);
+        float* in = reinterpret_cast<float*>(base + worker * worker_stride);
+        float* out = in + row;
+        for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t) {
+            const std::int64_t d = deltas ? deltas[t] : delta;
+            const RopeTable* table = positions != nullptr ? positions->find(d) : nullptr;
+            if (table == nullptr) table = &tables.get(plan, KVFUSE_DTYPE_F32, heads, d);
+            for (std::size_t h = 0; h < heads; ++h) widen_head(src_dtype, src, src_layout.at(t, h), in + h * head_dim, head_dim);
+            rotate_row<KVFUSE_DTYPE_F32>(plan, in, head_dim, out, head_dim, heads, *table);
+            for (std::size_t h = 0; h < heads; ++h) narrow_head(dtype, out + h * head_dim, dst, dst_layout.at(t, h), head_dim);
+        }
+    };
+    detail::run_workers(context, workers, rotate_range);
+}
+
+void rope_rotate(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dtype, kvfuse_dtype src_dtype,
+                 const void* src, const detail::KeyLayout& src_layout, void* dst, const detail::KeyLayout& dst_layout,
+                 std::size_t tokens, std::size_t heads, const std::int64_t* deltas, std::int64_t delta) {
+    if (src_dtype != dtype)
+        rotate_rows_converting(context, plan, dtype, src_dtype, src, src_layout, dst, dst_layout, tokens, heads, deltas,
+                               delta);
+    else if (dtype == KVFUSE_DTYPE_F32)
         rotate_rows<KVFUSE_DTYPE_F32>(context, plan, dtype, static_cast<const float*>(src), src_layout,
                                       static_cast<float*>(dst), dst_layout, tokens, heads, deltas, delta);
     else if (dtype == KVFUSE_DTYPE_F16)

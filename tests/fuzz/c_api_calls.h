@@ -15,6 +15,7 @@ kvfuse_status call_rope(int variant, const kvfuse_rope_config* config, int dtype
 void set_rope_enums(kvfuse_rope_config* config, int pairing, int scaling);
 void set_attention_dtype(kvfuse_attention_args* args, int dtype);
 void set_rope_args_dtype(kvfuse_rope_args* args, int dtype);
+void set_rope_args_src_dtype(kvfuse_rope_args* args, int dtype);
 kvfuse_status call_gather(int dtype, const void* src, size_t src_rows, size_t src_stride, const int64_t* rows,
                           size_t count, void* dst, size_t dst_stride, size_t row_elements);
 kvfuse_status call_scatter(int dtype, const void* src, size_t src_stride, const int64_t* rows, size_t count,

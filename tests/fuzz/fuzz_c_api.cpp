@@ -269,12 +269,19 @@ void fuzz_rope_layout(FuzzedDataProvider& in) {
     a.heads = draw_size(in, 6);
     a.delta = in.ConsumeIntegral<std::int32_t>();
     const bool copying = in.ConsumeBool(), per_token = in.ConsumeBool();
+    // The converting copy (V2) a third of the time: src of another type (or an invalid one).
+    int src_dtype = dtype;
+    if (in.ConsumeIntegralInRange<int>(0, 2) == 0) {
+        a.convert = 1;
+        src_dtype = draw_enum(in, 3);
+        set_rope_args_src_dtype(&a, src_dtype);
+    }
     const std::size_t head_dim = static_cast<std::size_t>(std::max(config.head_dim, 0));
-    const std::size_t elem = dtype == KVFUSE_DTYPE_F32 ? 4 : 2;
+    const std::size_t elem = dtype == KVFUSE_DTYPE_F32 ? 4 : 2, src_elem = src_dtype == KVFUSE_DTYPE_F32 ? 4 : 2;
     LayoutSide dst(in), src(in);
     Buffers b(in);
     dst.need(b, a.tokens, a.heads, head_dim, elem);
-    if (copying) src.need(b, a.tokens, a.heads, head_dim, elem);
+    if (copying) src.need(b, a.tokens, a.heads, head_dim, src_elem);
     const std::size_t deltas = per_token ? b.need(u128{a.tokens} * 8) : 0;
     const Verdict verdict = prepare(b, u128{a.tokens} * a.heads * head_dim);
     if (verdict == Verdict::skip) return;
