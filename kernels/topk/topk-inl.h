@@ -23,10 +23,7 @@
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
+#include "kernels/common/isa_ops-inl.h"
 #include "kernels/kernel_table.h"
 #include "kernels/topk/topk_scratch.h"
 
@@ -38,78 +35,31 @@ using F32s = xsimd::batch<float, Arch>;
 using U32s = xsimd::batch<std::uint32_t, Arch>;
 constexpr std::size_t kLanes = F32s::size;
 
-// One bit per lane of a float comparison result (a template so that only the branch of this
-// ISA is instantiated).
-template <class Bools>
-inline unsigned lane_bits(Bools b) {
-#if defined(__AVX512F__)
-    if constexpr (kLanes == 16) return static_cast<unsigned>(static_cast<__mmask16>(b));
-#endif
-#if defined(__AVX2__)
-    if constexpr (kLanes == 8) return static_cast<unsigned>(_mm256_movemask_ps(static_cast<__m256>(b)));
-#endif
-    alignas(64) std::array<float, kLanes> lanes;
-    xsimd::select(b, F32s(1.0f), F32s(0.0f)).store_aligned(lanes.data());
-    unsigned bits = 0;
-    for (std::size_t j = 0; j < kLanes; ++j) bits |= static_cast<unsigned>(lanes[j] != 0.0f) << j;
-    return bits;
-}
-
-#if defined(__AVX2__)
-// For each 8-bit mask, the lane order that moves the kept lanes to the front: AVX2 has no
-// compress instruction, a permute through this 8 KiB table (L1-resident) stands in for it.
-struct CompressTable {
-    alignas(32) std::array<std::array<std::uint32_t, 8>, 256> order{};
-    constexpr CompressTable() {
-        for (unsigned mask = 0; mask < 256; ++mask) {
-            unsigned out = 0;
-            for (unsigned lane = 0; lane < 8; ++lane)
-                if (mask & (1u << lane)) order[mask][out++] = lane;
-            for (; out < 8; ++out) order[mask][out] = 0;
-        }
-    }
-};
-constexpr CompressTable kCompress8{};
-#endif
-
-// Writes the lanes selected by `bits` to dst[0..popcount) in lane order and returns the count.
-// May write up to kLanes elements: callers leave that much room.
-template <class T>
-inline std::size_t compress_store(xsimd::batch<T, Arch> v, unsigned bits, T* dst) {
-#if defined(__AVX512F__)
-    // Compressed in a register, then one plain store of the whole vector (the caller leaves
-    // kLanes of room): the memory form of vpcompress is microcoded on Zen 4 and, on Zen 5, still
-    // slower than the two instructions.
-    if constexpr (kLanes == 16) {
-        if constexpr (std::is_same_v<T, float>)
-            _mm512_storeu_ps(dst, _mm512_maskz_compress_ps(static_cast<__mmask16>(bits), v));
-        else
-            _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), v));
-        return static_cast<std::size_t>(std::popcount(bits));
-    }
-#endif
-#if defined(__AVX2__)
-    if constexpr (kLanes == 8) {
-        const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress8.order[bits].data()));
-        if constexpr (std::is_same_v<T, float>)
-            _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, order));
-        else
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(v, order));
-        return static_cast<std::size_t>(std::popcount(bits));
-    }
-#endif
-    alignas(64) std::array<T, kLanes> lanes;
-    v.store_aligned(lanes.data());
-    std::size_t count = 0;
-    for (std::size_t j = 0; j < kLanes; ++j) {  // branch-free: kept lanes are unpredictable
-        dst[count] = lanes[j];
-        count += (bits >> j) & 1u;
-    }
-    return count;
-}
-
 // The buffers of one worker, kept across calls by the execution context (topk_scratch.h).
 using Candidates = detail::TopkScratch;
+
+// The first bracket is sampled only from kMinBracketedScores scores up (below, filtering every
+// score costs less than the sample), and only when kMinBracketSample numbers were sampled
+// (fewer give a margin wider than the bracket saves).
+constexpr std::size_t kMinBracketedScores = 4096;
+constexpr std::size_t kMinBracketSample = 64;
+// A bracket around the expected rank r of the boundary in a sample: r +- (4 sqrt(r + 1) + 4),
+// four standard deviations of a binomial count (sqrt(r + 1) keeps a margin when r is small)
+// plus four samples, so that a miss (a full retry, or an undone round) stays rare; a miss
+// costs time, never a wrong result.
+inline double bracket_margin(double expected_rank) { return 4.0 * std::sqrt(expected_rank + 1.0) + 4.0; }
+// A narrowing round samples at most kRoundSample middle candidates (its quickselect stays in L1,
+// about 1 us; a larger one narrows little more) and runs only while the set holds more than
+// kRoundMinSetPerSample times that (below, one more pass costs more than the histogram saves).
+constexpr std::size_t kRoundSample = 512;
+constexpr std::size_t kRoundMinSetPerSample = 8;
+// The histogram pays from kHistogramMinSet candidates up; fewer are selected among exactly.
+constexpr std::size_t kHistogramMinSet = 512;
+// About one bucket per kCandidatesPerBucket candidates: the boundary's bucket then holds a
+// handful for the exact selection, and the histogram stays far smaller than the set. At least
+// kMinBuckets (a narrow set), at most kTopkMaxBuckets (what the scratch reserves).
+constexpr std::size_t kCandidatesPerBucket = 16;
+constexpr std::size_t kMinBuckets = 64;
 
 inline U32s first_indices() {
     alignas(64) std::array<std::uint32_t, kLanes> lanes;
@@ -232,16 +182,16 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, 
     std::size_t m = pack_between(c.values.data(), nullptr, c.count, lo, hi, set_values[0], set_positions[0], above);
     int current = 0;
     // Rounds of narrowing while the set is large enough to pay for a sample.
-    const std::size_t round_sample = std::min<std::size_t>(sample_size, 512);
+    const std::size_t round_sample = std::min(sample_size, kRoundSample);
     float* sample = c.sample.data();
     const std::size_t sample_room = sample_size + kLanes;
     const std::array<float*, 3> scratch{sample + sample_room, sample + 2 * sample_room, sample + 3 * sample_room};
-    while (m > 8 * round_sample) {
+    while (m > kRoundMinSetPerSample * round_sample) {
         const float* values = set_values[current];
         const std::size_t stride = m / round_sample;
         for (std::size_t j = 0; j < round_sample; ++j) sample[j] = values[j * stride];
         const double expected = static_cast<double>(need) * round_sample / m;
-        const double margin = 4.0 * std::sqrt(expected + 1.0) + 4.0;
+        const double margin = bracket_margin(expected);
         const double lo_rank = expected + margin, hi_rank = expected - margin;
         const float new_lo = lo_rank < round_sample ? sample_rank(sample, round_sample, static_cast<std::size_t>(lo_rank), scratch) : lo;
         const float new_hi = hi_rank >= 0.0 ? sample_rank(sample, round_sample, static_cast<std::size_t>(hi_rank), scratch) : hi;
@@ -256,7 +206,7 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, 
     }
     const float* values = set_values[current];
     const std::uint32_t* positions = set_positions[current];
-    if (std::isfinite(lo) && hi == std::numeric_limits<float>::infinity() && m > 512) {
+    if (std::isfinite(lo) && hi == std::numeric_limits<float>::infinity() && m > kHistogramMinSet) {
         // A small k leaves the bracket open above (no sample is safely above the boundary):
         // the largest candidate closes it for the histogram.
         F32s most(lo);
@@ -271,10 +221,10 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, 
     const float width = hi - lo;
     // A histogram over buckets of [lo, hi] narrows the search to one bucket. Unusable when the
     // bracket is unbounded or too wide or narrow for a finite, nonzero scale.
-    const std::size_t bucket_count = std::clamp<std::size_t>(std::bit_ceil(m / 16 + 1), 64, 16384);
+    const std::size_t bucket_count = std::clamp<std::size_t>(std::bit_ceil(m / kCandidatesPerBucket + 1), kMinBuckets, detail::kTopkMaxBuckets);
     const float scale = static_cast<float>(bucket_count) / width;
     std::size_t kept = 0;
-    if (m > 512 && std::isfinite(lo) && std::isfinite(hi) && width > 0.0f && scale > 0.0f && std::isfinite(scale)) {
+    if (m > kHistogramMinSet && std::isfinite(lo) && std::isfinite(hi) && width > 0.0f && scale > 0.0f && std::isfinite(scale)) {
         const Buckets buckets{lo, scale, static_cast<float>(bucket_count - 1)};
         float* bucket_of = set_values[1 - current];  // the other set's room, free now
         std::size_t i = 0;
@@ -315,43 +265,6 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, 
     return *nth;
 }
 
-// Writes the indices selected by `bits` to dst[0..popcount) as int64 (what the caller gets,
-// so no separate widening pass) and returns the count. Writes at most `room` elements.
-inline std::size_t compress_store_wide(U32s index, unsigned bits, std::int64_t* dst, std::size_t room) {
-#if defined(__AVX512F__)
-    if constexpr (kLanes == 16) {
-        const __m512i packed = _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), index);
-        const unsigned count = static_cast<unsigned>(std::popcount(bits));
-        const __m512i low = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(packed));
-        const __m512i high = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(packed, 1));
-        if (room >= 16) {  // plain stores where the result has room: masked ones cost more
-            _mm512_storeu_si512(dst, low);
-            _mm512_storeu_si512(dst + 8, high);
-        } else {  // near the end of the result: never beyond the count
-            const unsigned written = (1u << count) - 1u;
-            _mm512_mask_storeu_epi64(dst, static_cast<__mmask8>(written), low);
-            _mm512_mask_storeu_epi64(dst + 8, static_cast<__mmask8>(written >> 8), high);
-        }
-        return count;
-    }
-#elif defined(__AVX2__)  // not both: this function is no template, each branch is compiled
-    if constexpr (kLanes == 8) {
-        if (room >= 8) {
-            const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress8.order[bits].data()));
-            const __m256i packed = _mm256_permutevar8x32_epi32(index, order);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_cvtepu32_epi64(_mm256_castsi256_si128(packed)));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 4),
-                                _mm256_cvtepu32_epi64(_mm256_extracti128_si256(packed, 1)));
-            return static_cast<std::size_t>(std::popcount(bits));
-        }
-    }
-#endif
-    alignas(64) std::array<std::uint32_t, kLanes> lanes;
-    const std::size_t count = compress_store(index, bits, lanes.data());
-    for (std::size_t j = 0; j < count && j < room; ++j) dst[j] = lanes[j];
-    return count;
-}
-
 // Writes, in index order, the candidates ranked at or above the boundary element (value bv,
 // index bi): those greater than bv, and (take_equal) those equal to it at a lower or equal
 // index; at most `room` of them (exactly that many when the boundary is right). Returns how
@@ -366,17 +279,17 @@ std::size_t take_selected(const Candidates& c, float bv, std::uint32_t bi, bool 
     const F32s vb(bv);
     std::size_t taken = 0, i = 0;
     for (; i + kLanes <= ties_end && taken < room; i += kLanes)
-        taken += compress_store_wide(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) >= vb),
+        taken += compress_store_widened(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) >= vb),
                                      out + taken, room - taken);
     if (i < ties_end && i + kLanes <= c.count && taken < room) {  // the vector holding the boundary
         const F32s v = F32s::load_unaligned(values + i);
         const unsigned up_to_boundary = (1u << (ties_end - i)) - 1u;
         const unsigned keep = (lane_bits(v >= vb) & up_to_boundary) | (lane_bits(v > vb) & ~up_to_boundary);
-        taken += compress_store_wide(U32s::load_unaligned(indices + i), keep, out + taken, room - taken);
+        taken += compress_store_widened(U32s::load_unaligned(indices + i), keep, out + taken, room - taken);
         i += kLanes;
     }
     for (; i + kLanes <= c.count && taken < room; i += kLanes)
-        taken += compress_store_wide(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) > vb),
+        taken += compress_store_widened(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) > vb),
                                      out + taken, room - taken);
     for (; i < c.count && taken < room; ++i)
         if (values[i] > bv || (i < ties_end && values[i] == bv)) out[taken++] = indices[i];
@@ -446,9 +359,9 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
         sampled += x[i] == x[i];
     }
     float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
-    if (sampled >= 64 && n >= 4096) {
+    if (sampled >= kMinBracketSample && n >= kMinBracketedScores) {
         const double expected = static_cast<double>(k) * sampled / n;
-        const double margin = 4.0 * std::sqrt(expected + 1.0) + 4.0;
+        const double margin = bracket_margin(expected);
         const double lo_rank = expected + margin, hi_rank = expected - margin;
         const std::array<float*, 3> scratch{sample + sample_room, sample + 2 * sample_room, sample + 3 * sample_room};
         if (lo_rank < static_cast<double>(sampled)) lo = sample_rank(sample, sampled, static_cast<std::size_t>(lo_rank), scratch);

@@ -11,6 +11,11 @@
 
 namespace kvfuse::detail {
 
+// The most buckets of the kernel's histogram (topk-inl.h's boundary_key), which reserve() gives
+// room for: 16384 buckets, two 4-byte counters each, are 128 KiB, about what stays in L2 beside
+// the candidates; a larger set is narrowed by a sampled round first.
+inline constexpr std::size_t kTopkMaxBuckets = 16384;
+
 struct TopkScratch {
     TopkScratch();
     ~TopkScratch();
