@@ -8,9 +8,11 @@
 //    sample of their own; a histogram of what is left (an open hi is closed by the largest
 //    candidate) over about one bucket per 16 of them finds the bucket holding the
 //    boundary, and an exact selection among that bucket's handful of scores finds the
-//    boundary element; otherwise every score becomes a candidate and the selection is exact on
-//    all of them. 4. A last compress pass over the candidates writes the int64 indices of
-//    those ranked at or above the boundary straight into the result.
+//    boundary value (the middle sets carry values only: one compress per vector, not two) and
+//    how many of its equals are taken; the index of the last of those, in index order, is
+//    looked up among the candidates. Otherwise every score becomes a candidate and the
+//    selection is exact on all of them. 4. A last compress pass over the candidates writes the
+//    int64 indices of those ranked at or above the boundary straight into the result.
 // Candidates stay in index order, so the position-ordered result needs no sort. Where the time
 // goes (AVX-512, N = 131072, k = 15 %, scores not in L2): the filter pass about half, packing
 // the middle candidates a quarter, the output pass a fifth, the samples and histogram the rest.
@@ -134,37 +136,40 @@ struct Buckets {
 
 float sample_rank(const float* sample, std::size_t size, std::size_t rank, std::array<float*, 3> scratch);
 
-// Packs the numbers of v[0, n) in [lo, hi] (values, and where they sit among the candidates:
-// `from[i]`, or i itself when from is null) and counts those above hi.
-std::size_t pack_between(const float* v, const std::uint32_t* from, std::size_t n, float lo, float hi, float* out_values,
-                         std::uint32_t* out_positions, std::size_t& above) {
+// Packs the numbers of v[0, n) in [lo, hi] (values only: the boundary is found by value, and
+// its index among the candidates afterwards) and counts those above hi.
+std::size_t pack_between(const float* v, std::size_t n, float lo, float hi, float* out, std::size_t& above) {
     const F32s vlo(lo), vhi(hi);
     const F32s one_bit(std::bit_cast<float>(1u));
-    U32s above_per_lane(0u), position = first_indices();
-    const U32s step(static_cast<std::uint32_t>(kLanes));
+    U32s above_per_lane(0u);
     std::size_t m = 0, i = 0;
     for (; i + kLanes <= n; i += kLanes) {
         const F32s x = F32s::load_unaligned(v + i);
-        const unsigned keep = lane_bits((x >= vlo) & (x <= vhi));
         above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(x > vhi, one_bit, F32s(0.0f)));
-        compress_store(x, keep, out_values + m);
-        m += compress_store(from ? U32s::load_unaligned(from + i) : position, keep, out_positions + m);
-        position += step;
+        m += compress_store(x, lane_bits((x >= vlo) & (x <= vhi)), out + m);
     }
     alignas(64) std::array<std::uint32_t, kLanes> lane_counts;
     above_per_lane.store_aligned(lane_counts.data());
     for (const std::uint32_t lane : lane_counts) above += lane;
     for (; i < n; ++i) {
         above += v[i] > hi;
-        out_values[m] = v[i];
-        out_positions[m] = from ? from[i] : static_cast<std::uint32_t>(i);
+        out[m] = v[i];
         m += v[i] >= lo && v[i] <= hi;
     }
     return m;
 }
 
+// The boundary of the selection by value: the `need`-th largest value of a set, and how many
+// of the set's values equal to it are selected (the rest of the set's selection is greater).
+// Equal values rank by index, so the selected ones among them are the first `ties` in index
+// order (index_of_tie).
+struct Boundary {
+    float value;
+    std::size_t ties;
+};
+
 // The boundary: the `need`-th best (1-based, 1 <= need <= middle count) of the candidates in
-// [lo, hi], as a rank key. Candidates above hi are skipped.
+// [lo, hi]. Candidates above hi are skipped.
 //
 // The middle candidates are packed, then narrowed like the first bracket (Floyd and Rivest's
 // selection): a strided sample of them brackets the boundary again, and one vector pass keeps
@@ -174,12 +179,10 @@ std::size_t pack_between(const float* v, const std::uint32_t* from, std::size_t 
 // boundary; an exact selection among that bucket's handful of scores finds the boundary.
 // (A histogram of the whole middle cost a dependent memory increment per candidate: a third
 // of the kernel's time at k = 15 %.)
-std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, std::size_t sample_size) {
-    const std::uint32_t* indices = c.indices.data();
+Boundary boundary_of(Candidates& c, float lo, float hi, std::size_t need, std::size_t sample_size) {
     std::array<float*, 2> set_values{c.middle_values[0].data(), c.middle_values[1].data()};
-    std::array<std::uint32_t*, 2> set_positions{c.middle_positions[0].data(), c.middle_positions[1].data()};
     std::size_t above = 0;
-    std::size_t m = pack_between(c.values.data(), nullptr, c.count, lo, hi, set_values[0], set_positions[0], above);
+    std::size_t m = pack_between(c.values.data(), c.count, lo, hi, set_values[0], above);
     int current = 0;
     // Rounds of narrowing while the set is large enough to pay for a sample.
     const std::size_t round_sample = std::min(sample_size, kRoundSample);
@@ -196,16 +199,14 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, 
         const float new_lo = lo_rank < round_sample ? sample_rank(sample, round_sample, static_cast<std::size_t>(lo_rank), scratch) : lo;
         const float new_hi = hi_rank >= 0.0 ? sample_rank(sample, round_sample, static_cast<std::size_t>(hi_rank), scratch) : hi;
         std::size_t new_above = 0;
-        const std::size_t new_m = pack_between(values, set_positions[current], m, new_lo, new_hi, set_values[1 - current],
-                                               set_positions[1 - current], new_above);
+        const std::size_t new_m = pack_between(values, m, new_lo, new_hi, set_values[1 - current], new_above);
         // Undone when the boundary is not inside (the sample misled us) or the set barely
         // shrank (a run of equal scores): the histogram below takes the set as it is.
         if (new_above >= need || new_above + new_m < need || 2 * new_m > m) break;
         need -= new_above;
         lo = new_lo, hi = new_hi, m = new_m, current = 1 - current;
     }
-    const float* values = set_values[current];
-    const std::uint32_t* positions = set_positions[current];
+    float* values = set_values[current];  // a packed copy: reordered below
     if (std::isfinite(lo) && hi == std::numeric_limits<float>::infinity() && m > kHistogramMinSet) {
         // A small k leaves the bracket open above (no sample is safely above the boundary):
         // the largest candidate closes it for the histogram.
@@ -217,7 +218,6 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, 
         hi = *std::max_element(lanes.begin(), lanes.end());
         for (; i < m; ++i) hi = std::max(hi, values[i]);
     }
-    std::vector<std::uint64_t>& keys = c.keys;
     const float width = hi - lo;
     // A histogram over buckets of [lo, hi] narrows the search to one bucket. Unusable when the
     // bracket is unbounded or too wide or narrow for a finite, nonzero scale.
@@ -244,25 +244,44 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, 
         std::size_t b = bucket_count - 1, better = 0;
         while (better + even[b] + odd[b] < need) better += even[b] + odd[b], --b;
         need -= better;
-        // The boundary bucket's members, found a vector at a time (few lanes ever match).
-        keys.resize(even[b] + odd[b]);
+        // The boundary bucket's members, found a vector at a time (few lanes ever match) and
+        // moved to the front of the set (never past a value still to be read).
         const float target = static_cast<float>(b) + Buckets::kOffset;
         const F32s vtarget(target);
         for (i = 0; i + kLanes <= m; i += kLanes) {
-            for (unsigned hit = lane_bits(F32s::load_unaligned(bucket_of + i) == vtarget); hit != 0; hit &= hit - 1) {
-                const std::size_t j = i + static_cast<std::size_t>(std::countr_zero(hit));
-                keys[kept++] = rank_key(values[j], indices[positions[j]]);
-            }
+            for (unsigned hit = lane_bits(F32s::load_unaligned(bucket_of + i) == vtarget); hit != 0; hit &= hit - 1)
+                values[kept++] = values[i + static_cast<std::size_t>(std::countr_zero(hit))];
         }
         for (; i < m; ++i)
-            if (bucket_of[i] == target) keys[kept++] = rank_key(values[i], indices[positions[i]]);
+            if (bucket_of[i] == target) values[kept++] = values[i];
     } else {
-        keys.resize(m);
-        for (; kept < m; ++kept) keys[kept] = rank_key(values[kept], indices[positions[kept]]);
+        kept = m;
     }
-    auto nth = keys.begin() + static_cast<std::ptrdiff_t>(need - 1);
-    std::nth_element(keys.begin(), nth, keys.begin() + static_cast<std::ptrdiff_t>(kept), std::greater<>());
-    return *nth;
+    float* const nth = values + (need - 1);
+    std::nth_element(values, nth, values + kept, std::greater<float>());
+    // Those before nth are >= it; the ones equal to it are taken too.
+    const float value = *nth;
+    std::size_t greater = 0;
+    for (const float* v = values; v != nth; ++v) greater += *v > value;
+    return {value, need - greater};
+}
+
+// The index of the `tie`-th (1-based) candidate equal to `value`, in index order.
+std::uint32_t index_of_tie(const Candidates& c, float value, std::size_t tie) {
+    const float* values = c.values.data();
+    const F32s vv(value);
+    std::size_t i = 0;
+    for (; i + kLanes <= c.count; i += kLanes) {
+        unsigned equal = lane_bits(F32s::load_unaligned(values + i) == vv);
+        const auto here = static_cast<std::size_t>(std::popcount(equal));
+        if (here >= tie) {
+            for (; tie > 1; --tie) equal &= equal - 1;
+            return c.indices[i + static_cast<std::size_t>(std::countr_zero(equal))];
+        }
+        tie -= here;
+    }
+    for (;; ++i)
+        if (values[i] == value && --tie == 0) return c.indices[i];
 }
 
 // Writes, in index order, the candidates ranked at or above the boundary element (value bv,
@@ -345,7 +364,6 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
         c.indices.resize(n + kLanes);
         for (int set = 0; set < 2; ++set) {
             c.middle_values[set].resize(n + kLanes);
-            c.middle_positions[set].resize(n + kLanes);
         }
     }
     // The bracket [lo, hi] around the k-th largest value, from a strided sample of the numbers.
@@ -382,9 +400,8 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
     if (need == 0) {
         taken = take_selected(c, hi, 0, false, out, k);  // exactly the scores above hi
     } else if (need <= middle_count) {
-        const std::uint64_t key = boundary_key(c, lo, hi, need, sample_size);
-        const std::uint32_t bi = ~static_cast<std::uint32_t>(key);
-        taken = take_selected(c, x[bi], bi, true, out, k);
+        const Boundary boundary = boundary_of(c, lo, hi, need, sample_size);
+        taken = take_selected(c, boundary.value, index_of_tie(c, boundary.value, boundary.ties), true, out, k);
     } else {
         // Fewer numbers than k (only after the full-range retry): every number, then NaNs.
         std::copy(c.indices.begin(), c.indices.begin() + static_cast<std::ptrdiff_t>(c.count), out);

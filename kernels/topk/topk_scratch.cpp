@@ -16,10 +16,9 @@ void TopkScratch::reserve(std::size_t n, std::size_t k, std::size_t sample_size)
     indices.reserve(n + kMaxLanes);
     for (int set = 0; set < 2; ++set) {
         middle_values[set].reserve(n + kMaxLanes);
-        middle_positions[set].reserve(n + kMaxLanes);
     }
     histogram.reserve(2 * kTopkMaxBuckets);
-    keys.reserve(n + 1);
+    keys.reserve(k);
     sample.reserve(4 * (sample_size + kMaxLanes));
     nans.reserve(k);
     merged.reserve(k);

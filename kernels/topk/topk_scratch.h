@@ -29,12 +29,11 @@ struct TopkScratch {
 
     std::vector<float> values;           // scores >= lo, in index order
     std::vector<std::uint32_t> indices;  // their indices
-    // The candidates in [lo, hi] as the bracket narrows (values, their positions among the
-    // candidates): two sets, one narrowed into the other.
+    // The values of the candidates in [lo, hi] as the bracket narrows: two sets, one narrowed
+    // into the other.
     std::vector<float> middle_values[2];
-    std::vector<std::uint32_t> middle_positions[2];
     std::vector<std::uint32_t> histogram;
-    std::vector<std::uint64_t> keys;
+    std::vector<std::uint64_t> keys;     // rank keys of the result, sorted by score
     std::vector<float> sample;
     std::vector<std::int64_t> nans;      // indices of NaN scores that are selected
     std::vector<std::int64_t> merged;    // by-position result with NaNs merged in
