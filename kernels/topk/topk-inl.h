@@ -8,9 +8,11 @@
 //    sample of their own; a histogram of what is left (an open hi is closed by the largest
 //    candidate) over about one bucket per 16 of them finds the bucket holding the
 //    boundary, and an exact selection among that bucket's handful of scores finds the
-//    boundary element; otherwise every score becomes a candidate and the selection is exact on
-//    all of them. 4. A last compress pass over the candidates writes the int64 indices of
-//    those ranked at or above the boundary straight into the result.
+//    boundary value (the middle sets carry values only: one compress per vector, not two) and
+//    how many of its equals are taken; the index of the last of those, in index order, is
+//    looked up among the candidates. Otherwise every score becomes a candidate and the
+//    selection is exact on all of them. 4. A last compress pass over the candidates writes the
+//    int64 indices of those ranked at or above the boundary straight into the result.
 // Candidates stay in index order, so the position-ordered result needs no sort. Where the time
 // goes (AVX-512, N = 131072, k = 15 %, scores not in L2): the filter pass about half, packing
 // the middle candidates a quarter, the output pass a fifth, the samples and histogram the rest.
@@ -23,10 +25,7 @@
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
-#if defined(__AVX2__) || defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
+#include "kernels/common/isa_ops-inl.h"
 #include "kernels/kernel_table.h"
 #include "kernels/topk/topk_scratch.h"
 
@@ -38,78 +37,31 @@ using F32s = xsimd::batch<float, Arch>;
 using U32s = xsimd::batch<std::uint32_t, Arch>;
 constexpr std::size_t kLanes = F32s::size;
 
-// One bit per lane of a float comparison result (a template so that only the branch of this
-// ISA is instantiated).
-template <class Bools>
-inline unsigned lane_bits(Bools b) {
-#if defined(__AVX512F__)
-    if constexpr (kLanes == 16) return static_cast<unsigned>(static_cast<__mmask16>(b));
-#endif
-#if defined(__AVX2__)
-    if constexpr (kLanes == 8) return static_cast<unsigned>(_mm256_movemask_ps(static_cast<__m256>(b)));
-#endif
-    alignas(64) std::array<float, kLanes> lanes;
-    xsimd::select(b, F32s(1.0f), F32s(0.0f)).store_aligned(lanes.data());
-    unsigned bits = 0;
-    for (std::size_t j = 0; j < kLanes; ++j) bits |= static_cast<unsigned>(lanes[j] != 0.0f) << j;
-    return bits;
-}
-
-#if defined(__AVX2__)
-// For each 8-bit mask, the lane order that moves the kept lanes to the front: AVX2 has no
-// compress instruction, a permute through this 8 KiB table (L1-resident) stands in for it.
-struct CompressTable {
-    alignas(32) std::array<std::array<std::uint32_t, 8>, 256> order{};
-    constexpr CompressTable() {
-        for (unsigned mask = 0; mask < 256; ++mask) {
-            unsigned out = 0;
-            for (unsigned lane = 0; lane < 8; ++lane)
-                if (mask & (1u << lane)) order[mask][out++] = lane;
-            for (; out < 8; ++out) order[mask][out] = 0;
-        }
-    }
-};
-constexpr CompressTable kCompress8{};
-#endif
-
-// Writes the lanes selected by `bits` to dst[0..popcount) in lane order and returns the count.
-// May write up to kLanes elements: callers leave that much room.
-template <class T>
-inline std::size_t compress_store(xsimd::batch<T, Arch> v, unsigned bits, T* dst) {
-#if defined(__AVX512F__)
-    // Compressed in a register, then one plain store of the whole vector (the caller leaves
-    // kLanes of room): the memory form of vpcompress is microcoded on Zen 4 and, on Zen 5, still
-    // slower than the two instructions.
-    if constexpr (kLanes == 16) {
-        if constexpr (std::is_same_v<T, float>)
-            _mm512_storeu_ps(dst, _mm512_maskz_compress_ps(static_cast<__mmask16>(bits), v));
-        else
-            _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), v));
-        return static_cast<std::size_t>(std::popcount(bits));
-    }
-#endif
-#if defined(__AVX2__)
-    if constexpr (kLanes == 8) {
-        const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress8.order[bits].data()));
-        if constexpr (std::is_same_v<T, float>)
-            _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, order));
-        else
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(v, order));
-        return static_cast<std::size_t>(std::popcount(bits));
-    }
-#endif
-    alignas(64) std::array<T, kLanes> lanes;
-    v.store_aligned(lanes.data());
-    std::size_t count = 0;
-    for (std::size_t j = 0; j < kLanes; ++j) {  // branch-free: kept lanes are unpredictable
-        dst[count] = lanes[j];
-        count += (bits >> j) & 1u;
-    }
-    return count;
-}
-
 // The buffers of one worker, kept across calls by the execution context (topk_scratch.h).
 using Candidates = detail::TopkScratch;
+
+// The first bracket is sampled only from kMinBracketedScores scores up (below, filtering every
+// score costs less than the sample), and only when kMinBracketSample numbers were sampled
+// (fewer give a margin wider than the bracket saves).
+constexpr std::size_t kMinBracketedScores = 4096;
+constexpr std::size_t kMinBracketSample = 64;
+// A bracket around the expected rank r of the boundary in a sample: r +- (4 sqrt(r + 1) + 4),
+// four standard deviations of a binomial count (sqrt(r + 1) keeps a margin when r is small)
+// plus four samples, so that a miss (a full retry, or an undone round) stays rare; a miss
+// costs time, never a wrong result.
+inline double bracket_margin(double expected_rank) { return 4.0 * std::sqrt(expected_rank + 1.0) + 4.0; }
+// A narrowing round samples at most kRoundSample middle candidates (its quickselect stays in L1,
+// about 1 us; a larger one narrows little more) and runs only while the set holds more than
+// kRoundMinSetPerSample times that (below, one more pass costs more than the histogram saves).
+constexpr std::size_t kRoundSample = 512;
+constexpr std::size_t kRoundMinSetPerSample = 8;
+// The histogram pays from kHistogramMinSet candidates up; fewer are selected among exactly.
+constexpr std::size_t kHistogramMinSet = 512;
+// About one bucket per kCandidatesPerBucket candidates: the boundary's bucket then holds a
+// handful for the exact selection, and the histogram stays far smaller than the set. At least
+// kMinBuckets (a narrow set), at most kTopkMaxBuckets (what the scratch reserves).
+constexpr std::size_t kCandidatesPerBucket = 16;
+constexpr std::size_t kMinBuckets = 64;
 
 inline U32s first_indices() {
     alignas(64) std::array<std::uint32_t, kLanes> lanes;
@@ -184,37 +136,40 @@ struct Buckets {
 
 float sample_rank(const float* sample, std::size_t size, std::size_t rank, std::array<float*, 3> scratch);
 
-// Packs the numbers of v[0, n) in [lo, hi] (values, and where they sit among the candidates:
-// `from[i]`, or i itself when from is null) and counts those above hi.
-std::size_t pack_between(const float* v, const std::uint32_t* from, std::size_t n, float lo, float hi, float* out_values,
-                         std::uint32_t* out_positions, std::size_t& above) {
+// Packs the numbers of v[0, n) in [lo, hi] (values only: the boundary is found by value, and
+// its index among the candidates afterwards) and counts those above hi.
+std::size_t pack_between(const float* v, std::size_t n, float lo, float hi, float* out, std::size_t& above) {
     const F32s vlo(lo), vhi(hi);
     const F32s one_bit(std::bit_cast<float>(1u));
-    U32s above_per_lane(0u), position = first_indices();
-    const U32s step(static_cast<std::uint32_t>(kLanes));
+    U32s above_per_lane(0u);
     std::size_t m = 0, i = 0;
     for (; i + kLanes <= n; i += kLanes) {
         const F32s x = F32s::load_unaligned(v + i);
-        const unsigned keep = lane_bits((x >= vlo) & (x <= vhi));
         above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(x > vhi, one_bit, F32s(0.0f)));
-        compress_store(x, keep, out_values + m);
-        m += compress_store(from ? U32s::load_unaligned(from + i) : position, keep, out_positions + m);
-        position += step;
+        m += compress_store(x, lane_bits((x >= vlo) & (x <= vhi)), out + m);
     }
     alignas(64) std::array<std::uint32_t, kLanes> lane_counts;
     above_per_lane.store_aligned(lane_counts.data());
     for (const std::uint32_t lane : lane_counts) above += lane;
     for (; i < n; ++i) {
         above += v[i] > hi;
-        out_values[m] = v[i];
-        out_positions[m] = from ? from[i] : static_cast<std::uint32_t>(i);
+        out[m] = v[i];
         m += v[i] >= lo && v[i] <= hi;
     }
     return m;
 }
 
+// The boundary of the selection by value: the `need`-th largest value of a set, and how many
+// of the set's values equal to it are selected (the rest of the set's selection is greater).
+// Equal values rank by index, so the selected ones among them are the first `ties` in index
+// order (index_of_tie).
+struct Boundary {
+    float value;
+    std::size_t ties;
+};
+
 // The boundary: the `need`-th best (1-based, 1 <= need <= middle count) of the candidates in
-// [lo, hi], as a rank key. Candidates above hi are skipped.
+// [lo, hi]. Candidates above hi are skipped.
 //
 // The middle candidates are packed, then narrowed like the first bracket (Floyd and Rivest's
 // selection): a strided sample of them brackets the boundary again, and one vector pass keeps
@@ -224,39 +179,35 @@ std::size_t pack_between(const float* v, const std::uint32_t* from, std::size_t 
 // boundary; an exact selection among that bucket's handful of scores finds the boundary.
 // (A histogram of the whole middle cost a dependent memory increment per candidate: a third
 // of the kernel's time at k = 15 %.)
-std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, std::size_t sample_size) {
-    const std::uint32_t* indices = c.indices.data();
+Boundary boundary_of(Candidates& c, float lo, float hi, std::size_t need, std::size_t sample_size) {
     std::array<float*, 2> set_values{c.middle_values[0].data(), c.middle_values[1].data()};
-    std::array<std::uint32_t*, 2> set_positions{c.middle_positions[0].data(), c.middle_positions[1].data()};
     std::size_t above = 0;
-    std::size_t m = pack_between(c.values.data(), nullptr, c.count, lo, hi, set_values[0], set_positions[0], above);
+    std::size_t m = pack_between(c.values.data(), c.count, lo, hi, set_values[0], above);
     int current = 0;
     // Rounds of narrowing while the set is large enough to pay for a sample.
-    const std::size_t round_sample = std::min<std::size_t>(sample_size, 512);
+    const std::size_t round_sample = std::min(sample_size, kRoundSample);
     float* sample = c.sample.data();
     const std::size_t sample_room = sample_size + kLanes;
     const std::array<float*, 3> scratch{sample + sample_room, sample + 2 * sample_room, sample + 3 * sample_room};
-    while (m > 8 * round_sample) {
+    while (m > kRoundMinSetPerSample * round_sample) {
         const float* values = set_values[current];
         const std::size_t stride = m / round_sample;
         for (std::size_t j = 0; j < round_sample; ++j) sample[j] = values[j * stride];
         const double expected = static_cast<double>(need) * round_sample / m;
-        const double margin = 4.0 * std::sqrt(expected + 1.0) + 4.0;
+        const double margin = bracket_margin(expected);
         const double lo_rank = expected + margin, hi_rank = expected - margin;
         const float new_lo = lo_rank < round_sample ? sample_rank(sample, round_sample, static_cast<std::size_t>(lo_rank), scratch) : lo;
         const float new_hi = hi_rank >= 0.0 ? sample_rank(sample, round_sample, static_cast<std::size_t>(hi_rank), scratch) : hi;
         std::size_t new_above = 0;
-        const std::size_t new_m = pack_between(values, set_positions[current], m, new_lo, new_hi, set_values[1 - current],
-                                               set_positions[1 - current], new_above);
+        const std::size_t new_m = pack_between(values, m, new_lo, new_hi, set_values[1 - current], new_above);
         // Undone when the boundary is not inside (the sample misled us) or the set barely
         // shrank (a run of equal scores): the histogram below takes the set as it is.
         if (new_above >= need || new_above + new_m < need || 2 * new_m > m) break;
         need -= new_above;
         lo = new_lo, hi = new_hi, m = new_m, current = 1 - current;
     }
-    const float* values = set_values[current];
-    const std::uint32_t* positions = set_positions[current];
-    if (std::isfinite(lo) && hi == std::numeric_limits<float>::infinity() && m > 512) {
+    float* values = set_values[current];  // a packed copy: reordered below
+    if (std::isfinite(lo) && hi == std::numeric_limits<float>::infinity() && m > kHistogramMinSet) {
         // A small k leaves the bracket open above (no sample is safely above the boundary):
         // the largest candidate closes it for the histogram.
         F32s most(lo);
@@ -267,14 +218,13 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, 
         hi = *std::max_element(lanes.begin(), lanes.end());
         for (; i < m; ++i) hi = std::max(hi, values[i]);
     }
-    std::vector<std::uint64_t>& keys = c.keys;
     const float width = hi - lo;
     // A histogram over buckets of [lo, hi] narrows the search to one bucket. Unusable when the
     // bracket is unbounded or too wide or narrow for a finite, nonzero scale.
-    const std::size_t bucket_count = std::clamp<std::size_t>(std::bit_ceil(m / 16 + 1), 64, 16384);
+    const std::size_t bucket_count = std::clamp<std::size_t>(std::bit_ceil(m / kCandidatesPerBucket + 1), kMinBuckets, detail::kTopkMaxBuckets);
     const float scale = static_cast<float>(bucket_count) / width;
     std::size_t kept = 0;
-    if (m > 512 && std::isfinite(lo) && std::isfinite(hi) && width > 0.0f && scale > 0.0f && std::isfinite(scale)) {
+    if (m > kHistogramMinSet && std::isfinite(lo) && std::isfinite(hi) && width > 0.0f && scale > 0.0f && std::isfinite(scale)) {
         const Buckets buckets{lo, scale, static_cast<float>(bucket_count - 1)};
         float* bucket_of = set_values[1 - current];  // the other set's room, free now
         std::size_t i = 0;
@@ -294,62 +244,44 @@ std::uint64_t boundary_key(Candidates& c, float lo, float hi, std::size_t need, 
         std::size_t b = bucket_count - 1, better = 0;
         while (better + even[b] + odd[b] < need) better += even[b] + odd[b], --b;
         need -= better;
-        // The boundary bucket's members, found a vector at a time (few lanes ever match).
-        keys.resize(even[b] + odd[b]);
+        // The boundary bucket's members, found a vector at a time (few lanes ever match) and
+        // moved to the front of the set (never past a value still to be read).
         const float target = static_cast<float>(b) + Buckets::kOffset;
         const F32s vtarget(target);
         for (i = 0; i + kLanes <= m; i += kLanes) {
-            for (unsigned hit = lane_bits(F32s::load_unaligned(bucket_of + i) == vtarget); hit != 0; hit &= hit - 1) {
-                const std::size_t j = i + static_cast<std::size_t>(std::countr_zero(hit));
-                keys[kept++] = rank_key(values[j], indices[positions[j]]);
-            }
+            for (unsigned hit = lane_bits(F32s::load_unaligned(bucket_of + i) == vtarget); hit != 0; hit &= hit - 1)
+                values[kept++] = values[i + static_cast<std::size_t>(std::countr_zero(hit))];
         }
         for (; i < m; ++i)
-            if (bucket_of[i] == target) keys[kept++] = rank_key(values[i], indices[positions[i]]);
+            if (bucket_of[i] == target) values[kept++] = values[i];
     } else {
-        keys.resize(m);
-        for (; kept < m; ++kept) keys[kept] = rank_key(values[kept], indices[positions[kept]]);
+        kept = m;
     }
-    auto nth = keys.begin() + static_cast<std::ptrdiff_t>(need - 1);
-    std::nth_element(keys.begin(), nth, keys.begin() + static_cast<std::ptrdiff_t>(kept), std::greater<>());
-    return *nth;
+    float* const nth = values + (need - 1);
+    std::nth_element(values, nth, values + kept, std::greater<float>());
+    // Those before nth are >= it; the ones equal to it are taken too.
+    const float value = *nth;
+    std::size_t greater = 0;
+    for (const float* v = values; v != nth; ++v) greater += *v > value;
+    return {value, need - greater};
 }
 
-// Writes the indices selected by `bits` to dst[0..popcount) as int64 (what the caller gets,
-// so no separate widening pass) and returns the count. Writes at most `room` elements.
-inline std::size_t compress_store_wide(U32s index, unsigned bits, std::int64_t* dst, std::size_t room) {
-#if defined(__AVX512F__)
-    if constexpr (kLanes == 16) {
-        const __m512i packed = _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), index);
-        const unsigned count = static_cast<unsigned>(std::popcount(bits));
-        const __m512i low = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(packed));
-        const __m512i high = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(packed, 1));
-        if (room >= 16) {  // plain stores where the result has room: masked ones cost more
-            _mm512_storeu_si512(dst, low);
-            _mm512_storeu_si512(dst + 8, high);
-        } else {  // near the end of the result: never beyond the count
-            const unsigned written = (1u << count) - 1u;
-            _mm512_mask_storeu_epi64(dst, static_cast<__mmask8>(written), low);
-            _mm512_mask_storeu_epi64(dst + 8, static_cast<__mmask8>(written >> 8), high);
+// The index of the `tie`-th (1-based) candidate equal to `value`, in index order.
+std::uint32_t index_of_tie(const Candidates& c, float value, std::size_t tie) {
+    const float* values = c.values.data();
+    const F32s vv(value);
+    std::size_t i = 0;
+    for (; i + kLanes <= c.count; i += kLanes) {
+        unsigned equal = lane_bits(F32s::load_unaligned(values + i) == vv);
+        const auto here = static_cast<std::size_t>(std::popcount(equal));
+        if (here >= tie) {
+            for (; tie > 1; --tie) equal &= equal - 1;
+            return c.indices[i + static_cast<std::size_t>(std::countr_zero(equal))];
         }
-        return count;
+        tie -= here;
     }
-#elif defined(__AVX2__)  // not both: this function is no template, each branch is compiled
-    if constexpr (kLanes == 8) {
-        if (room >= 8) {
-            const __m256i order = _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress8.order[bits].data()));
-            const __m256i packed = _mm256_permutevar8x32_epi32(index, order);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_cvtepu32_epi64(_mm256_castsi256_si128(packed)));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 4),
-                                _mm256_cvtepu32_epi64(_mm256_extracti128_si256(packed, 1)));
-            return static_cast<std::size_t>(std::popcount(bits));
-        }
-    }
-#endif
-    alignas(64) std::array<std::uint32_t, kLanes> lanes;
-    const std::size_t count = compress_store(index, bits, lanes.data());
-    for (std::size_t j = 0; j < count && j < room; ++j) dst[j] = lanes[j];
-    return count;
+    for (;; ++i)
+        if (values[i] == value && --tie == 0) return c.indices[i];
 }
 
 // Writes, in index order, the candidates ranked at or above the boundary element (value bv,
@@ -366,17 +298,17 @@ std::size_t take_selected(const Candidates& c, float bv, std::uint32_t bi, bool 
     const F32s vb(bv);
     std::size_t taken = 0, i = 0;
     for (; i + kLanes <= ties_end && taken < room; i += kLanes)
-        taken += compress_store_wide(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) >= vb),
+        taken += compress_store_widened(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) >= vb),
                                      out + taken, room - taken);
     if (i < ties_end && i + kLanes <= c.count && taken < room) {  // the vector holding the boundary
         const F32s v = F32s::load_unaligned(values + i);
         const unsigned up_to_boundary = (1u << (ties_end - i)) - 1u;
         const unsigned keep = (lane_bits(v >= vb) & up_to_boundary) | (lane_bits(v > vb) & ~up_to_boundary);
-        taken += compress_store_wide(U32s::load_unaligned(indices + i), keep, out + taken, room - taken);
+        taken += compress_store_widened(U32s::load_unaligned(indices + i), keep, out + taken, room - taken);
         i += kLanes;
     }
     for (; i + kLanes <= c.count && taken < room; i += kLanes)
-        taken += compress_store_wide(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) > vb),
+        taken += compress_store_widened(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) > vb),
                                      out + taken, room - taken);
     for (; i < c.count && taken < room; ++i)
         if (values[i] > bv || (i < ties_end && values[i] == bv)) out[taken++] = indices[i];
@@ -432,7 +364,6 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
         c.indices.resize(n + kLanes);
         for (int set = 0; set < 2; ++set) {
             c.middle_values[set].resize(n + kLanes);
-            c.middle_positions[set].resize(n + kLanes);
         }
     }
     // The bracket [lo, hi] around the k-th largest value, from a strided sample of the numbers.
@@ -446,9 +377,9 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
         sampled += x[i] == x[i];
     }
     float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
-    if (sampled >= 64 && n >= 4096) {
+    if (sampled >= kMinBracketSample && n >= kMinBracketedScores) {
         const double expected = static_cast<double>(k) * sampled / n;
-        const double margin = 4.0 * std::sqrt(expected + 1.0) + 4.0;
+        const double margin = bracket_margin(expected);
         const double lo_rank = expected + margin, hi_rank = expected - margin;
         const std::array<float*, 3> scratch{sample + sample_room, sample + 2 * sample_room, sample + 3 * sample_room};
         if (lo_rank < static_cast<double>(sampled)) lo = sample_rank(sample, sampled, static_cast<std::size_t>(lo_rank), scratch);
@@ -469,9 +400,8 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
     if (need == 0) {
         taken = take_selected(c, hi, 0, false, out, k);  // exactly the scores above hi
     } else if (need <= middle_count) {
-        const std::uint64_t key = boundary_key(c, lo, hi, need, sample_size);
-        const std::uint32_t bi = ~static_cast<std::uint32_t>(key);
-        taken = take_selected(c, x[bi], bi, true, out, k);
+        const Boundary boundary = boundary_of(c, lo, hi, need, sample_size);
+        taken = take_selected(c, boundary.value, index_of_tie(c, boundary.value, boundary.ties), true, out, k);
     } else {
         // Fewer numbers than k (only after the full-range retry): every number, then NaNs.
         std::copy(c.indices.begin(), c.indices.begin() + static_cast<std::ptrdiff_t>(c.count), out);

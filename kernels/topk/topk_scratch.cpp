@@ -6,8 +6,6 @@ namespace {
 // The widest vector of any ISA (AVX-512: 16 floats): the kernel keeps one vector of room past
 // its candidates, and a sample's three selection buffers each one vector past the sample.
 constexpr std::size_t kMaxLanes = 16;
-// The histogram's most buckets (topk-inl.h's boundary_key), two counters each.
-constexpr std::size_t kMaxBuckets = 16384;
 }  // namespace
 
 TopkScratch::TopkScratch() = default;
@@ -18,10 +16,9 @@ void TopkScratch::reserve(std::size_t n, std::size_t k, std::size_t sample_size)
     indices.reserve(n + kMaxLanes);
     for (int set = 0; set < 2; ++set) {
         middle_values[set].reserve(n + kMaxLanes);
-        middle_positions[set].reserve(n + kMaxLanes);
     }
-    histogram.reserve(2 * kMaxBuckets);
-    keys.reserve(n + 1);
+    histogram.reserve(2 * kTopkMaxBuckets);
+    keys.reserve(k);
     sample.reserve(4 * (sample_size + kMaxLanes));
     nans.reserve(k);
     merged.reserve(k);

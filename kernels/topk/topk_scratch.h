@@ -11,6 +11,11 @@
 
 namespace kvfuse::detail {
 
+// The most buckets of the kernel's histogram (topk-inl.h's boundary_key), which reserve() gives
+// room for: 16384 buckets, two 4-byte counters each, are 128 KiB, about what stays in L2 beside
+// the candidates; a larger set is narrowed by a sampled round first.
+inline constexpr std::size_t kTopkMaxBuckets = 16384;
+
 struct TopkScratch {
     TopkScratch();
     ~TopkScratch();
@@ -24,12 +29,11 @@ struct TopkScratch {
 
     std::vector<float> values;           // scores >= lo, in index order
     std::vector<std::uint32_t> indices;  // their indices
-    // The candidates in [lo, hi] as the bracket narrows (values, their positions among the
-    // candidates): two sets, one narrowed into the other.
+    // The values of the candidates in [lo, hi] as the bracket narrows: two sets, one narrowed
+    // into the other.
     std::vector<float> middle_values[2];
-    std::vector<std::uint32_t> middle_positions[2];
     std::vector<std::uint32_t> histogram;
-    std::vector<std::uint64_t> keys;
+    std::vector<std::uint64_t> keys;     // rank keys of the result, sorted by score
     std::vector<float> sample;
     std::vector<std::int64_t> nans;      // indices of NaN scores that are selected
     std::vector<std::int64_t> merged;    // by-position result with NaNs merged in

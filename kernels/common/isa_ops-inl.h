@@ -1,0 +1,144 @@
+// Vector operations xsimd 8.1 lacks, for the ISA being compiled: a comparison's lanes as bits,
+// compress (the selected lanes moved to the front, in lane order) into memory, the same widened
+// to int64. Included by a kernel's -inl.h inside its ISA translation unit; everything lands in
+// that unit's kvfuse::<isa> anonymous namespace (see kernels/README.md), so no copy leaks into
+// another ISA. Each operation is a template on the batch, dispatched on its lane count: 16 is
+// AVX-512, 8 is AVX2; any other width (NEON, or a batch wider than the ISA) takes the portable
+// lane loop, so a kernel reads the same on every ISA.
+#pragma once
+
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <xsimd/xsimd.hpp>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace kvfuse::KVFUSE_ISA_NAMESPACE {
+namespace {
+
+// One bit per lane of a comparison of float batches (lane j -> bit j).
+template <class A>
+inline unsigned lane_bits(xsimd::batch_bool<float, A> b) {
+    constexpr std::size_t lanes = xsimd::batch<float, A>::size;
+#if defined(__AVX512F__)
+    if constexpr (lanes == 16) return static_cast<unsigned>(static_cast<__mmask16>(b));
+#endif
+#if defined(__AVX2__)
+    if constexpr (lanes == 8) return static_cast<unsigned>(_mm256_movemask_ps(static_cast<__m256>(b)));
+#endif
+    using F = xsimd::batch<float, A>;
+    alignas(64) std::array<float, lanes> values;
+    xsimd::select(b, F(1.0f), F(0.0f)).store_aligned(values.data());
+    unsigned bits = 0;
+    for (std::size_t j = 0; j < lanes; ++j) bits |= static_cast<unsigned>(values[j] != 0.0f) << j;
+    return bits;
+}
+
+#if defined(__AVX2__)
+// For each 8-bit mask, the lane order that moves the kept lanes to the front: AVX2 has no
+// compress instruction, a permute through this 8 KiB table (L1-resident) stands in for it.
+struct CompressTable {
+    alignas(32) std::array<std::array<std::uint32_t, 8>, 256> order{};
+    constexpr CompressTable() {
+        for (unsigned mask = 0; mask < 256; ++mask) {
+            unsigned out = 0;
+            for (unsigned lane = 0; lane < 8; ++lane)
+                if (mask & (1u << lane)) order[mask][out++] = lane;
+            for (; out < 8; ++out) order[mask][out] = 0;
+        }
+    }
+};
+constexpr CompressTable kCompress8{};
+
+inline __m256i compress_order8(unsigned bits) {
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress8.order[bits].data()));
+}
+#endif
+
+// The lanes of v selected by `bits`, moved to the front in lane order (the rest unspecified),
+// stored as a whole vector at dst; returns how many were selected. Callers leave a whole
+// vector of room at dst.
+template <class T, class A>
+inline std::size_t compress_store(xsimd::batch<T, A> v, unsigned bits, T* dst) {
+    static_assert(sizeof(T) == 4, "32-bit lanes");
+    constexpr std::size_t lanes = xsimd::batch<T, A>::size;
+#if defined(__AVX512F__)
+    // Compressed in a register, then one plain store of the whole vector: the memory form of
+    // vpcompress is microcoded on Zen 4 and, on Zen 5, still slower than the two instructions.
+    if constexpr (lanes == 16) {
+        if constexpr (std::is_same_v<T, float>)
+            _mm512_storeu_ps(dst, _mm512_maskz_compress_ps(static_cast<__mmask16>(bits), v));
+        else
+            _mm512_storeu_si512(dst, _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), v));
+        return static_cast<std::size_t>(std::popcount(bits));
+    }
+#endif
+#if defined(__AVX2__)
+    if constexpr (lanes == 8) {
+        const __m256i order = compress_order8(bits);
+        if constexpr (std::is_same_v<T, float>)
+            _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, order));
+        else
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permutevar8x32_epi32(v, order));
+        return static_cast<std::size_t>(std::popcount(bits));
+    }
+#endif
+    alignas(64) std::array<T, lanes> values;
+    v.store_aligned(values.data());
+    std::size_t count = 0;
+    for (std::size_t j = 0; j < lanes; ++j) {  // branch-free: selected lanes are unpredictable
+        dst[count] = values[j];
+        count += (bits >> j) & 1u;
+    }
+    return count;
+}
+
+// compress_store of unsigned 32-bit lanes widened to int64 on the way (no separate widening
+// pass for a caller that wants int64), writing at most `room` elements: whole vectors while
+// there is room for them, masked stores or single values near the end. Returns the count
+// selected (which may exceed room).
+template <class A>
+inline std::size_t compress_store_widened(xsimd::batch<std::uint32_t, A> v, unsigned bits, std::int64_t* dst,
+                                          std::size_t room) {
+    constexpr std::size_t lanes = xsimd::batch<std::uint32_t, A>::size;
+#if defined(__AVX512F__)
+    if constexpr (lanes == 16) {
+        const __m512i packed = _mm512_maskz_compress_epi32(static_cast<__mmask16>(bits), v);
+        const unsigned count = static_cast<unsigned>(std::popcount(bits));
+        const __m512i low = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(packed));
+        const __m512i high = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(packed, 1));
+        if (room >= 16) {  // plain stores where there is room: masked ones cost more
+            _mm512_storeu_si512(dst, low);
+            _mm512_storeu_si512(dst + 8, high);
+        } else {  // never beyond the count
+            const unsigned written = (1u << count) - 1u;
+            _mm512_mask_storeu_epi64(dst, static_cast<__mmask8>(written), low);
+            _mm512_mask_storeu_epi64(dst + 8, static_cast<__mmask8>(written >> 8), high);
+        }
+        return count;
+    }
+#endif
+#if defined(__AVX2__)
+    if constexpr (lanes == 8) {
+        if (room >= 8) {
+            const __m256i packed = _mm256_permutevar8x32_epi32(v, compress_order8(bits));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_cvtepu32_epi64(_mm256_castsi256_si128(packed)));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 4),
+                                _mm256_cvtepu32_epi64(_mm256_extracti128_si256(packed, 1)));
+            return static_cast<std::size_t>(std::popcount(bits));
+        }
+    }
+#endif
+    alignas(64) std::array<std::uint32_t, lanes> values;
+    const std::size_t count = compress_store(v, bits, values.data());
+    for (std::size_t j = 0; j < count && j < room; ++j) dst[j] = values[j];
+    return count;
+}
+
+}  // namespace
+}  // namespace kvfuse::KVFUSE_ISA_NAMESPACE
