@@ -20,6 +20,7 @@
 // instruction for it. The instructions themselves (intrinsics, asm, the emulations, the register
 // transposes) live in kernels/common/isa_dot-inl.h: this file has no `#if`.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -647,6 +648,12 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     }
 
     float* logits = logits_block.at(base);
+    // Tiles are taken in chunks from a shared counter rather than split evenly up front: with
+    // an even split a worker whose core is shared with another process (a compile beside a
+    // benchmark) held the whole call back, 2 threads then slower than 1.
+    const std::size_t tiles_per_chunk = std::max<std::size_t>(1, std::min<std::size_t>(8, tiles / (4 * workers)));
+    const std::size_t chunks = (tiles + tiles_per_chunk - 1) / tiles_per_chunk;
+    std::atomic<std::size_t> next_chunk{0};
     auto score_tiles = [&](std::size_t w) {
         float* f32_tile = worker_floats_block.at(base) + w * worker_floats;
         float* key_scales = f32_tile + (f32_tile_floats + 15) / 16 * 16;
@@ -658,7 +665,7 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
         scratch.next_keys = next_keys;
         scratch.next_scales = next_scales;
         scratch.next_key_bytes = path == Path::int8 ? s.D : s.D2;
-        const std::size_t last_tile = tiles * (w + 1) / workers;
+        std::size_t last_tile = 0;  // past the current chunk
         // Where the keys of KV head kv of tile ti start (its first segment's part; f32 tiles are
         // too large to prefetch beside the current one in L1).
         auto find_next_keys = [&](std::size_t ti, std::size_t kv) {
@@ -673,47 +680,51 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
                 next_keys[scratch.next_key_count++] = keys + detail::relevance_key_at(g, j - segments.starts[si], kv);
             }
         };
-        for (std::size_t ti = tiles * w / workers; ti < last_tile; ++ti) {
-            const std::size_t j0 = ti * kTile, end = std::min(j0 + kTile, s.C);
-            const std::size_t first_segment = segments.of(j0);
-            std::fill(sums, sums + s.M * kTile, 0.0f);
-            for (std::size_t kv = 0; kv < s.Hkv; ++kv) {
-                // Usually one segment covers the tile; at a boundary each fills its own lanes.
+        for (std::size_t chunk = next_chunk.fetch_add(1, std::memory_order_relaxed); chunk < chunks;
+             chunk = next_chunk.fetch_add(1, std::memory_order_relaxed)) {
+            last_tile = std::min(tiles, (chunk + 1) * tiles_per_chunk);
+            for (std::size_t ti = chunk * tiles_per_chunk; ti < last_tile; ++ti) {
+                const std::size_t j0 = ti * kTile, end = std::min(j0 + kTile, s.C);
+                const std::size_t first_segment = segments.of(j0);
+                std::fill(sums, sums + s.M * kTile, 0.0f);
+                for (std::size_t kv = 0; kv < s.Hkv; ++kv) {
+                    // Usually one segment covers the tile; at a boundary each fills its own lanes.
+                    for (std::size_t si = first_segment; si < segment_count && segments.starts[si] < end; ++si) {
+                        const kvfuse_relevance_segment& g = segments.list[si];
+                        const std::size_t lo = std::max(segments.starts[si], j0) - j0, hi = std::min(segments.starts[si + 1], end) - j0;
+                        layout_tile(g, s, path, dot, j0 + lo - segments.starts[si], lo, hi, kv, f32_tile, int_tile, key_scales);
+                        if (kv + 1 < s.Hkv)
+                            find_next_keys(ti, kv + 1);
+                        else
+                            find_next_keys(ti + 1, 0);
+                        scratch.queries_f32 = path == Path::f32 ? queries_f32 + si * rows_heads * s.D : nullptr;
+                        scratch.query_scales = g.query_scales;
+                        if (path != Path::f32) {
+                            scratch.query_lanes = query_lanes + si * lanes_per_segment;
+                            scratch.corrections = corrections + si * rows_heads;
+                        }
+                        kv_head(s, kv, scratch, sums);
+                    }
+                }
+                // Bias, scale, and mask what a row may not see (key j > docs + m) and the padding.
                 for (std::size_t si = first_segment; si < segment_count && segments.starts[si] < end; ++si) {
-                    const kvfuse_relevance_segment& g = segments.list[si];
-                    const std::size_t lo = std::max(segments.starts[si], j0) - j0, hi = std::min(segments.starts[si + 1], end) - j0;
-                    layout_tile(g, s, path, dot, j0 + lo - segments.starts[si], lo, hi, kv, f32_tile, int_tile, key_scales);
-                    if (kv + 1 < s.Hkv)
-                        find_next_keys(ti, kv + 1);
-                    else
-                        find_next_keys(ti + 1, 0);
-                    scratch.queries_f32 = path == Path::f32 ? queries_f32 + si * rows_heads * s.D : nullptr;
-                    scratch.query_scales = g.query_scales;
-                    if (path != Path::f32) {
-                        scratch.query_lanes = query_lanes + si * lanes_per_segment;
-                        scratch.corrections = corrections + si * rows_heads;
+                    const float* bias = segments.list[si].bias;
+                    const std::size_t lo = std::max(segments.starts[si], j0), hi = std::min(segments.starts[si + 1], end);
+                    for (std::size_t m = 0; m < s.M; ++m) {
+                        const float row_bias = bias != nullptr ? bias[m] : 0.0f;
+                        if (lo == j0 && hi == j0 + kTile && j0 + kTile <= s.docs + m + 1) {  // the whole tile, all visible
+                            for (std::size_t v = 0; v < kTile; v += kLanes)
+                                ((F32s::load_aligned(sums + m * kTile + v) + F32s(row_bias)) * F32s(inv))
+                                    .store_aligned(logits + m * padded + j0 + v);
+                            continue;
+                        }
+                        for (std::size_t j = lo; j < hi; ++j)
+                            logits[m * padded + j] = j <= s.docs + m ? (sums[m * kTile + (j - j0)] + row_bias) * inv : -INFINITY;
                     }
-                    kv_head(s, kv, scratch, sums);
                 }
+                for (std::size_t m = 0; m < s.M; ++m)
+                    for (std::size_t j = end; j < j0 + kTile; ++j) logits[m * padded + j] = -INFINITY;
             }
-            // Bias, scale, and mask what a row may not see (key j > docs + m) and the padding.
-            for (std::size_t si = first_segment; si < segment_count && segments.starts[si] < end; ++si) {
-                const float* bias = segments.list[si].bias;
-                const std::size_t lo = std::max(segments.starts[si], j0), hi = std::min(segments.starts[si + 1], end);
-                for (std::size_t m = 0; m < s.M; ++m) {
-                    const float row_bias = bias != nullptr ? bias[m] : 0.0f;
-                    if (lo == j0 && hi == j0 + kTile && j0 + kTile <= s.docs + m + 1) {  // the whole tile, all visible
-                        for (std::size_t v = 0; v < kTile; v += kLanes)
-                            ((F32s::load_aligned(sums + m * kTile + v) + F32s(row_bias)) * F32s(inv))
-                                .store_aligned(logits + m * padded + j0 + v);
-                        continue;
-                    }
-                    for (std::size_t j = lo; j < hi; ++j)
-                        logits[m * padded + j] = j <= s.docs + m ? (sums[m * kTile + (j - j0)] + row_bias) * inv : -INFINITY;
-                }
-            }
-            for (std::size_t m = 0; m < s.M; ++m)
-                for (std::size_t j = end; j < j0 + kTile; ++j) logits[m * padded + j] = -INFINITY;
         }
     };
     detail::run_workers(context, workers, score_tiles);
