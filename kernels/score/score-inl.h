@@ -17,21 +17,17 @@
 // Which integer scheme runs (score_dot.h): each copy of this file picks the best its compile
 // flags allow (the dispatch registers a copy built with VNNI or dotprod only on CPUs that have
 // it); a test may force any other, which then runs as an exact emulation where this ISA has no
-// instruction for it.
+// instruction for it. The instructions themselves (intrinsics, asm, the emulations, the register
+// transposes) live in kernels/common/isa_dot-inl.h: this file has no `#if`.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
 #include <xsimd/xsimd.hpp>
 
-#if defined(__AVX2__) || defined(__AVX512BW__)
-#include <immintrin.h>
-#endif
-#if defined(__aarch64__)
-#include <arm_neon.h>
-#endif
-
 #include "kernels/common/half-inl.h"
+#include "kernels/common/isa_dot-inl.h"
 #include "kernels/common/relevance_segments.h"
 #include "kernels/kernel_table.h"
 #include "kernels/score/score_dot.h"
@@ -56,29 +52,6 @@ constexpr std::size_t kMaxRows = 6;                 // query rows per register b
 
 template <class T>
 using Aligned = std::vector<T, xsimd::aligned_allocator<T, 64>>;
-
-// The byte and word multiply-adds this copy has as instructions (the rest is emulated).
-constexpr bool kHasMadd =  // pmaddwd, pmaddubsw
-#if defined(__AVX512BW__)
-    I32s::size == 16 ||
-#endif
-#if defined(__AVX2__)
-    I32s::size == 8 ||
-#endif
-    false;
-constexpr bool kHasDpbusd =
-#if defined(__AVX512VNNI__)
-    I32s::size == 16 ||
-#endif
-#if defined(__AVXVNNI__)
-    I32s::size == 8 ||
-#endif
-    false;
-constexpr bool kHasSdot =
-#if defined(__ARM_FEATURE_DOTPROD)
-    true ||
-#endif
-    false;
 
 // The scheme this copy runs unless a test forces another: one instruction per four dimensions
 // where there is one; for int4 without it, `pmaddubsw` with s16 sums still halves the work of
@@ -108,39 +81,6 @@ constexpr bool has_instruction(ScoreDot dot) {
 
 // ---- pairs: two s16 per 32-bit lane ----
 
-// Per 32-bit lane: lo(k) * lo(q) + hi(k) * hi(q) with lo/hi the signed 16-bit halves. A
-// template so that only this ISA's branch is instantiated.
-template <class V>
-inline V madd_pairs(V k, V q) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) return _mm512_madd_epi16(k, q);
-    else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) return _mm256_madd_epi16(k, q);
-    else
-#endif
-        return ((k << 16) >> 16) * ((q << 16) >> 16) + (k >> 16) * (q >> 16);
-}
-
-// acc += x for 32-bit (add_to) or 16-bit (add_to_s16) lanes, accumulating in acc's register.
-// In the register blocks below (8 sums, 2 keys, the broadcasts and the products in 16 ymm
-// registers) GCC 12 writes each sum into the product's register and copies it back: a vmovdqa
-// per multiply-add, which made the AVX2 pairs loop about a quarter slower on Zen 3 than the
-// same loop without them. The asm pins the destination; elsewhere (32 registers, or NEON) the
-// plain add.
-template <class V>
-inline void add_to(V& acc, V x) {
-#if defined(__AVX2__)
-    if constexpr (V::size == 8 && sizeof(typename V::value_type) == 4) {
-        __m256i a = acc;
-        asm("vpaddd %1, %0, %0" : "+x"(a) : "x"(static_cast<__m256i>(x)));
-        acc = a;
-        return;
-    }
-#endif
-    acc += x;
-}
 
 inline std::int32_t pack_pair(std::int32_t lo, std::int32_t hi) {
     return static_cast<std::int32_t>(static_cast<std::uint16_t>(lo) | (static_cast<std::uint32_t>(static_cast<std::uint16_t>(hi)) << 16));
@@ -148,129 +88,6 @@ inline std::int32_t pack_pair(std::int32_t lo, std::int32_t hi) {
 
 // ---- quads: four bytes per 32-bit lane ----
 
-template <class V>
-inline V unsigned_byte(V x, int b) {
-    return (x >> (8 * b)) & V(0xFF);
-}
-template <class V>
-inline V signed_byte(V x, int b) {
-    return (x << (24 - 8 * b)) >> 24;
-}
-// Per lane, the sum of the four byte products, u8 x s8 or s8 x s8 (x unsigned or not, y
-// signed): the exact result of the byte dot instructions where this ISA lacks them. On x86 the
-// bytes are widened to s16 (even bytes in place, odd bytes shifted down) and summed by two
-// pmaddwd, exact since |255 * 128 * 2| fits s32; 16-bit shifts also keep GCC 12 quiet, whose
-// 32-bit AVX-512 shift intrinsics warn about an uninitialised register. Elsewhere, 32-bit
-// shifts and multiplies.
-template <bool kUnsignedX, class V>
-inline V emulated_dot_bytes(V x, V y) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) {
-        const __m512i x_even = kUnsignedX ? _mm512_and_si512(x, _mm512_set1_epi16(0x00ff)) : _mm512_srai_epi16(_mm512_slli_epi16(x, 8), 8);
-        const __m512i x_odd = kUnsignedX ? _mm512_srli_epi16(x, 8) : _mm512_srai_epi16(x, 8);
-        const __m512i y_even = _mm512_srai_epi16(_mm512_slli_epi16(y, 8), 8), y_odd = _mm512_srai_epi16(y, 8);
-        return _mm512_add_epi32(_mm512_madd_epi16(x_even, y_even), _mm512_madd_epi16(x_odd, y_odd));
-    } else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) {
-        const __m256i x_even = kUnsignedX ? _mm256_and_si256(x, _mm256_set1_epi16(0x00ff)) : _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8);
-        const __m256i x_odd = kUnsignedX ? _mm256_srli_epi16(x, 8) : _mm256_srai_epi16(x, 8);
-        const __m256i y_even = _mm256_srai_epi16(_mm256_slli_epi16(y, 8), 8), y_odd = _mm256_srai_epi16(y, 8);
-        return _mm256_add_epi32(_mm256_madd_epi16(x_even, y_even), _mm256_madd_epi16(x_odd, y_odd));
-    } else
-#endif
-    {
-        auto x_byte = [&](int b) { return kUnsignedX ? unsigned_byte(x, b) : signed_byte(x, b); };
-        V sum = x_byte(0) * signed_byte(y, 0);
-        for (int b = 1; b < 4; ++b) sum += x_byte(b) * signed_byte(y, b);
-        return sum;
-    }
-}
-template <class V>
-inline V emulated_dot_u8s8(V u, V s) {
-    return emulated_dot_bytes<true>(u, s);
-}
-template <class V>
-inline V emulated_dot_s8s8(V x, V y) {
-    return emulated_dot_bytes<false>(x, y);
-}
-
-// acc + per lane the four products u8(keys) x s8(queries); `vpdpbusd` never saturates.
-// The zmm form is written as asm with the accumulator tied to its register: with the intrinsic,
-// GCC 12 copied each of the 12 accumulators of a 6-row block into a fresh register before its
-// vpdpbusd and back after it (24 vmovdqa per 12 multiply-adds in the inner loop).
-template <class V>
-inline V dot_quads_u8s8(V acc, V keys, V queries) {
-#if defined(__AVX512VNNI__)
-    if constexpr (V::size == 16) {
-        __m512i a = acc;
-        asm("vpdpbusd %2, %1, %0" : "+v"(a) : "v"(static_cast<__m512i>(keys)), "v"(static_cast<__m512i>(queries)));
-        return a;
-    } else
-#endif
-#if defined(__AVXVNNI__)
-    if constexpr (V::size == 8) return _mm256_dpbusd_avx_epi32(acc, keys, queries);
-    else
-#endif
-        return acc + emulated_dot_u8s8(keys, queries);
-}
-
-// acc + per lane the four products s8 x s8 (`sdot`).
-template <class V>
-inline V dot_quads_s8s8(V acc, V keys, V queries) {
-#if defined(__ARM_FEATURE_DOTPROD)
-    if constexpr (V::size == 4) return vdotq_s32(acc, vreinterpretq_s8_s32(keys), vreinterpretq_s8_s32(queries));
-    else
-#endif
-        return acc + emulated_dot_s8s8(keys, queries);
-}
-
-// `pmaddubsw`: per lane two s16, k0 q0 + k1 q1 and k2 q2 + k3 q3 (u8 keys, s8 queries), which
-// the caller keeps within s16 so that nothing saturates. The emulation keeps the lane's whole
-// sum instead of two halves; add_to_s16 and widen_s16_pairs follow it, so the totals agree.
-template <class V>
-inline V madd_quads_s16(V keys, V queries) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) return _mm512_maddubs_epi16(keys, queries);
-    else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) return _mm256_maddubs_epi16(keys, queries);
-    else
-#endif
-        return emulated_dot_u8s8(keys, queries);
-}
-// acc += y per 16-bit half (the emulation keeps whole lanes: see madd_quads_s16); on AVX2 in
-// acc's register, as add_to.
-template <class V>
-inline void add_to_s16(V& acc, V y) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) acc = _mm512_add_epi16(acc, y);
-    else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) {
-        __m256i a = acc;
-        asm("vpaddw %1, %0, %0" : "+x"(a) : "x"(static_cast<__m256i>(y)));
-        acc = a;
-    } else
-#endif
-        acc += y;
-}
-// The two s16 of each lane summed into one s32.
-template <class V>
-inline V widen_s16_pairs(V x) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) return _mm512_madd_epi16(x, _mm512_set1_epi16(1));
-    else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) return _mm256_madd_epi16(x, _mm256_set1_epi16(1));
-    else
-#endif
-        return x;
-}
 
 // pmaddubsw adds at most 2 * 15 * 128 = 3840 to a lane half per step (int4 keys k + 8 <= 15 as
 // u8, int8 queries |q| <= 128), so 8 steps stay within s16 before one widening.
@@ -282,12 +99,6 @@ static_assert(kStepsPerWidening * 2 * 15 * 128 <= 32767, "s16 sums of pmaddubsw 
 // 2 * kVectors * R + kVectors + 2 vector registers. x86 without AVX-512 has 16, so at most 2
 // rows (more spills a sum to the stack: measured 10-20 % slower at 4 rows); NEON (2 vectors)
 // has 32 and takes 6; AVX-512's 32 with 4 vectors, 2.
-constexpr std::size_t kVectorRegisters =
-#if defined(__x86_64__)
-    I32s::size == 16 ? 32 : 16;
-#else
-    32;
-#endif
 // Each row needs 2 * kVectors sums; the key vectors, the broadcast and a product need the rest.
 constexpr std::size_t kMaxS16SumRows = (kVectorRegisters - kVectors - 2) / (2 * kVectors) >= 6 ? 6 : 2;
 
@@ -380,105 +191,10 @@ void encode_key(const kvfuse_relevance_segment& g, const Shape& s, Path path, Sc
 // The tile is the keys transposed (lane i of key jj at tile[i * kTile + jj]), so laying it out
 // one element at a time costs a scalar load, shifts and a store per lane: measured a quarter
 // of the int8 call on AVX2 (the dot products themselves run a lane per broadcast). Instead,
-// square blocks of kBlock keys x kBlock lanes: each key's lanes encoded by one vector load
-// (and a widening or a few bit operations), the block transposed in registers and stored as
-// kBlock tile rows. x86 uses 8 x 8 blocks on ymm, in the AVX-512 copy too (kTile is a multiple
-// of 8 there); NEON 4 x 4. Lanes past the last whole block go the scalar way (encode_key).
-#if defined(__AVX2__)
-#define KVFUSE_SCORE_BLOCKS 1
-using BlockArch = xsimd::avx2;
-#elif defined(__aarch64__)
-#define KVFUSE_SCORE_BLOCKS 1
-using BlockArch = xsimd::neon64;
-#else
-#define KVFUSE_SCORE_BLOCKS 0
-#endif
-
-#if KVFUSE_SCORE_BLOCKS
-using Block = xsimd::batch<std::int32_t, BlockArch>;
-constexpr std::size_t kBlock = Block::size;
+// square blocks of kBlock keys x kBlock lanes (isa_dot-inl.h): each key's lanes encoded by one
+// vector load (and a widening or a few bit operations), the block transposed in registers and
+// stored as kBlock tile rows. Lanes past the last whole block go the scalar way (encode_key).
 static_assert(kTile % kBlock == 0, "a tile is a whole number of blocks");
-
-// kBlock consecutive 32-bit lanes from memory of any type (f32 keys, int8 quads).
-inline Block load_lanes(const void* p) {
-#if defined(__AVX2__)
-    return _mm256_loadu_si256(static_cast<const __m256i*>(p));
-#else
-    return vreinterpretq_s32_u8(vld1q_u8(static_cast<const std::uint8_t*>(p)));
-#endif
-}
-// 2 * kBlock int8 sign-extended to s16: the pairs lanes of an int8 key.
-inline Block load_s8_as_pairs(const std::int8_t* p) {
-#if defined(__AVX2__)
-    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-#else
-    return vreinterpretq_s32_s16(vmovl_s8(vld1_s8(p)));
-#endif
-}
-// kBlock bytes, each zero-extended into its own lane.
-inline Block load_u8_as_lanes(const std::uint8_t* p) {
-#if defined(__AVX2__)
-    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-#else
-    std::uint32_t word;
-    std::memcpy(&word, p, sizeof word);
-    return vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vcreate_u8(word)))));
-#endif
-}
-// kBlock little-endian 16-bit words, each zero-extended into its own lane.
-inline Block load_u16_as_lanes(const std::uint8_t* p) {
-#if defined(__AVX2__)
-    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-#else
-    return vreinterpretq_s32_u32(vmovl_u16(vreinterpret_u16_u8(vld1_u8(p))));
-#endif
-}
-// kBlock f16 / bf16 values widened exactly, as the bits of f32 lanes.
-inline Block load_f16_as_lanes(const std::uint16_t* p) {
-#if defined(__AVX2__)
-    return _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-#else
-    return vreinterpretq_s32_f32(vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))));
-#endif
-}
-inline Block load_bf16_as_lanes(const std::uint16_t* p) {
-#if defined(__AVX2__)
-    return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
-#else
-    return vreinterpretq_s32_u32(vshll_n_u16(vld1_u16(p), 16));
-#endif
-}
-// rows[r] lane c -> out[c * stride + r]: the block transposed into kBlock tile rows (32-byte
-// aligned on x86: stride and the block's first key are multiples of 8 lanes).
-inline void store_transposed(const Block (&rows)[kBlock], void* out, std::size_t stride) {
-    auto* base = static_cast<std::int32_t*>(out);
-#if defined(__AVX2__)
-    __m256i t[8], u[8];
-    for (int r = 0; r < 8; r += 2) {
-        t[r] = _mm256_unpacklo_epi32(rows[r], rows[r + 1]);      // r0c0 r1c0 r0c1 r1c1 | c4 c5
-        t[r + 1] = _mm256_unpackhi_epi32(rows[r], rows[r + 1]);  // r0c2 r1c2 r0c3 r1c3 | c6 c7
-    }
-    for (int h = 0; h < 8; h += 4) {
-        u[h] = _mm256_unpacklo_epi64(t[h], t[h + 2]);          // rows h..h+3 of c0 | c4
-        u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]);      // c1 | c5
-        u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);  // c2 | c6
-        u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);  // c3 | c7
-    }
-    for (int c = 0; c < 4; ++c) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(base + c * stride), _mm256_permute2x128_si256(u[c], u[c + 4], 0x20));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(base + (c + 4) * stride), _mm256_permute2x128_si256(u[c], u[c + 4], 0x31));
-    }
-#else
-    const int32x4x2_t a = vtrnq_s32(rows[0], rows[1]), b = vtrnq_s32(rows[2], rows[3]);  // r0c0 r1c0 r0c2 r1c2, ...
-    vst1q_u8(reinterpret_cast<std::uint8_t*>(base), vreinterpretq_u8_s32(vcombine_s32(vget_low_s32(a.val[0]), vget_low_s32(b.val[0]))));
-    vst1q_u8(reinterpret_cast<std::uint8_t*>(base + stride),
-             vreinterpretq_u8_s32(vcombine_s32(vget_low_s32(a.val[1]), vget_low_s32(b.val[1]))));
-    vst1q_u8(reinterpret_cast<std::uint8_t*>(base + 2 * stride),
-             vreinterpretq_u8_s32(vcombine_s32(vget_high_s32(a.val[0]), vget_high_s32(b.val[0]))));
-    vst1q_u8(reinterpret_cast<std::uint8_t*>(base + 3 * stride),
-             vreinterpretq_u8_s32(vcombine_s32(vget_high_s32(a.val[1]), vget_high_s32(b.val[1]))));
-#endif
-}
 
 // Lanes [i0, i0 + kBlock) of the key at element offset `key_at` (one (token, KV head)), encoded
 // as encode_key does. The caller keeps every byte read inside the key (block_lanes).
@@ -533,7 +249,6 @@ std::size_t block_lanes(const Shape& s, Path path, ScoreDot dot) {
                                                     : (is_quads(dot) ? s.D2 / 2 : s.D2);
     return inside / kBlock * kBlock;
 }
-#endif
 
 // Lanes [lo, hi) of one KV head's tile as scratch, from the segment's keys first, first + 1, ...:
 // f32 -> D rows of kTile floats; int -> s.lanes rows of kTile lanes. Every other lane is zero
@@ -543,9 +258,7 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
     // Where each of the tile's keys starts in the segment's keys (its layout: strides, pages).
     std::size_t key_at[kTile];
     for (std::size_t jj = lo; jj < hi; ++jj) key_at[jj] = detail::relevance_key_at(g, first + (jj - lo), kv);
-    std::size_t blocked = 0;
-#if KVFUSE_SCORE_BLOCKS
-    blocked = block_lanes(s, path, dot);
+    const std::size_t blocked = block_lanes(s, path, dot);
     for (std::size_t jj0 = 0; jj0 < kTile; jj0 += kBlock)
         for (std::size_t i0 = 0; i0 < blocked; i0 += kBlock) {
             Block rows[kBlock];
@@ -566,7 +279,6 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
                                                      : static_cast<void*>(int_tile + i0 * kTile + jj0),
                              kTile);
         }
-#endif
     for (std::size_t jj = 0; jj < kTile; ++jj) {
         const bool in = jj >= lo && jj < hi;
         const std::size_t j = first + (jj - lo);  // meaningful only when `in`
@@ -673,15 +385,6 @@ inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile,
     }
 }
 
-// int32 -> f32. The AVX-512 form is the zero-masked conversion: GCC 12 warns that the plain
-// one (xsimd's batch_cast) reads an uninitialised register, which it never does.
-inline F32s to_float(I32s x) {
-#if defined(__AVX512F__)
-    if constexpr (I32s::size == 16) return _mm512_maskz_cvtepi32_ps(static_cast<__mmask16>(0xffff), x);
-    else
-#endif
-        return xsimd::batch_cast<float>(x);
-}
 
 // What one block of query rows needs besides the arguments: the tile and the encoded queries.
 struct Scratch {
@@ -698,6 +401,11 @@ struct Scratch {
     // the block's bookkeeping.
     const std::uint32_t* row_question;
     const std::uint32_t* row_head;
+    // The keys the next layout_tile will read (next KV head, or the next tile's first), asked
+    // into L1 a few at a time between the row blocks (see prefetch_next_keys).
+    const char* const* next_keys;
+    const float* const* next_scales;
+    std::size_t next_key_count, next_key_bytes;
 };
 
 // The rows first_row .. first_row + R - 1 of KV head kv: question row m and (row, head) index.
@@ -755,8 +463,23 @@ inline void int_rows(const Shape& s, std::size_t kv, std::size_t first_row, cons
     for (std::size_t v = 0; v < kVectors; ++v) key_scales[v] = F32s::load_aligned(scratch.key_scales + v * kLanes);
     add_to_sums<R>(b, sums, [&](std::size_t r, std::size_t v, F32s total) {
         const I32s dot = is_unsigned_quads(kDot) ? acc[r][v] - I32s(scratch.corrections[b.rh[r]]) : acc[r][v];
-        return xsimd::fma(to_float(dot), key_scales[v] * F32s(scratch.query_scales[b.rh[r]]), total);
+        return xsimd::fma(int32_to_f32(dot), key_scales[v] * F32s(scratch.query_scales[b.rh[r]]), total);
     });
+}
+
+// The next tile's keys [from, to) of scratch.next_keys asked into L1; returns `to`. The int
+// keys stream from memory at a stride of Hkv * D bytes, so each tile's layout used to wait on
+// them: at the benchmark's shape (1 thread, int8, avx512_vnni) the key loads in layout_tile took
+// a third of the call although the layout is a few percent of its instructions. Spread over the
+// row blocks of the KV head before, the lines arrive while the dot products run.
+inline std::size_t prefetch_next_keys(const Scratch& scratch, std::size_t from, std::size_t to) {
+    for (std::size_t k = from; k < to; ++k) {
+        const char* key = scratch.next_keys[k];
+        for (std::size_t b = 0; b < scratch.next_key_bytes; b += 64) __builtin_prefetch(key + b, 0, 3);
+        __builtin_prefetch(key + scratch.next_key_bytes - 1, 0, 3);
+        __builtin_prefetch(scratch.next_scales[k], 0, 3);
+    }
+    return to;
 }
 
 // Every row of KV head kv against the tile: blocks of R rows, then one at a time. One call per
@@ -764,12 +487,13 @@ inline void int_rows(const Shape& s, std::size_t kv, std::size_t first_row, cons
 template <std::size_t R, bool kF32, ScoreDot kDot>
 void kv_head_rows(const Shape& s, std::size_t kv, const Scratch& scratch, float* sums) {
     const std::size_t rows = s.M * s.group;
-    std::size_t row = 0;
+    std::size_t row = 0, prefetched = 0;
     for (; row + R <= rows; row += R) {
         if constexpr (kF32)
             f32_rows<R>(s, kv, row, scratch, sums);
         else
             int_rows<R, kDot>(s, kv, row, scratch, sums);
+        prefetched = prefetch_next_keys(scratch, prefetched, (row + R) * scratch.next_key_count / rows);
     }
     for (; row < rows; ++row) {
         if constexpr (kF32)
@@ -924,49 +648,83 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     }
 
     float* logits = logits_block.at(base);
+    // Tiles are taken in chunks from a shared counter rather than split evenly up front: with
+    // an even split a worker whose core is shared with another process (a compile beside a
+    // benchmark) held the whole call back, 2 threads then slower than 1.
+    const std::size_t tiles_per_chunk = std::max<std::size_t>(1, std::min<std::size_t>(8, tiles / (4 * workers)));
+    const std::size_t chunks = (tiles + tiles_per_chunk - 1) / tiles_per_chunk;
+    std::atomic<std::size_t> next_chunk{0};
     auto score_tiles = [&](std::size_t w) {
         float* f32_tile = worker_floats_block.at(base) + w * worker_floats;
         float* key_scales = f32_tile + (f32_tile_floats + 15) / 16 * 16;
         float* sums = key_scales + kTile;
         std::int32_t* int_tile = worker_lanes_block.at(base) + w * worker_lanes;
-        Scratch scratch{f32_tile, int_tile, key_scales, nullptr, nullptr, nullptr, nullptr, row_question, row_head};
-        for (std::size_t ti = tiles * w / workers; ti < tiles * (w + 1) / workers; ++ti) {
-            const std::size_t j0 = ti * kTile, end = std::min(j0 + kTile, s.C);
-            const std::size_t first_segment = segments.of(j0);
-            std::fill(sums, sums + s.M * kTile, 0.0f);
-            for (std::size_t kv = 0; kv < s.Hkv; ++kv) {
-                // Usually one segment covers the tile; at a boundary each fills its own lanes.
+        Scratch scratch{f32_tile, int_tile, key_scales, nullptr, nullptr, nullptr, nullptr, row_question, row_head, nullptr, nullptr, 0, 0};
+        const char* next_keys[kTile];
+        const float* next_scales[kTile];
+        scratch.next_keys = next_keys;
+        scratch.next_scales = next_scales;
+        scratch.next_key_bytes = path == Path::int8 ? s.D : s.D2;
+        std::size_t last_tile = 0;  // past the current chunk
+        // Where the keys of KV head kv of tile ti start (its first segment's part; f32 tiles are
+        // too large to prefetch beside the current one in L1).
+        auto find_next_keys = [&](std::size_t ti, std::size_t kv) {
+            scratch.next_key_count = 0;
+            if (path == Path::f32 || ti >= last_tile) return;
+            const std::size_t j0 = ti * kTile, end = std::min(j0 + kTile, s.C), si = segments.of(j0);
+            const kvfuse_relevance_segment& g = segments.list[si];
+            const char* keys = path == Path::int8 ? reinterpret_cast<const char*>(g.keys_i8) : reinterpret_cast<const char*>(g.keys_i4);
+            const std::size_t hi = std::min(segments.starts[si + 1], end);
+            for (std::size_t j = j0; j < hi; ++j) {
+                next_scales[scratch.next_key_count] = g.key_scales + (j - segments.starts[si]) * s.Hkv + kv;
+                next_keys[scratch.next_key_count++] = keys + detail::relevance_key_at(g, j - segments.starts[si], kv);
+            }
+        };
+        for (std::size_t chunk = next_chunk.fetch_add(1, std::memory_order_relaxed); chunk < chunks;
+             chunk = next_chunk.fetch_add(1, std::memory_order_relaxed)) {
+            last_tile = std::min(tiles, (chunk + 1) * tiles_per_chunk);
+            for (std::size_t ti = chunk * tiles_per_chunk; ti < last_tile; ++ti) {
+                const std::size_t j0 = ti * kTile, end = std::min(j0 + kTile, s.C);
+                const std::size_t first_segment = segments.of(j0);
+                std::fill(sums, sums + s.M * kTile, 0.0f);
+                for (std::size_t kv = 0; kv < s.Hkv; ++kv) {
+                    // Usually one segment covers the tile; at a boundary each fills its own lanes.
+                    for (std::size_t si = first_segment; si < segment_count && segments.starts[si] < end; ++si) {
+                        const kvfuse_relevance_segment& g = segments.list[si];
+                        const std::size_t lo = std::max(segments.starts[si], j0) - j0, hi = std::min(segments.starts[si + 1], end) - j0;
+                        layout_tile(g, s, path, dot, j0 + lo - segments.starts[si], lo, hi, kv, f32_tile, int_tile, key_scales);
+                        if (kv + 1 < s.Hkv)
+                            find_next_keys(ti, kv + 1);
+                        else
+                            find_next_keys(ti + 1, 0);
+                        scratch.queries_f32 = path == Path::f32 ? queries_f32 + si * rows_heads * s.D : nullptr;
+                        scratch.query_scales = g.query_scales;
+                        if (path != Path::f32) {
+                            scratch.query_lanes = query_lanes + si * lanes_per_segment;
+                            scratch.corrections = corrections + si * rows_heads;
+                        }
+                        kv_head(s, kv, scratch, sums);
+                    }
+                }
+                // Bias, scale, and mask what a row may not see (key j > docs + m) and the padding.
                 for (std::size_t si = first_segment; si < segment_count && segments.starts[si] < end; ++si) {
-                    const kvfuse_relevance_segment& g = segments.list[si];
-                    const std::size_t lo = std::max(segments.starts[si], j0) - j0, hi = std::min(segments.starts[si + 1], end) - j0;
-                    layout_tile(g, s, path, dot, j0 + lo - segments.starts[si], lo, hi, kv, f32_tile, int_tile, key_scales);
-                    scratch.queries_f32 = path == Path::f32 ? queries_f32 + si * rows_heads * s.D : nullptr;
-                    scratch.query_scales = g.query_scales;
-                    if (path != Path::f32) {
-                        scratch.query_lanes = query_lanes + si * lanes_per_segment;
-                        scratch.corrections = corrections + si * rows_heads;
+                    const float* bias = segments.list[si].bias;
+                    const std::size_t lo = std::max(segments.starts[si], j0), hi = std::min(segments.starts[si + 1], end);
+                    for (std::size_t m = 0; m < s.M; ++m) {
+                        const float row_bias = bias != nullptr ? bias[m] : 0.0f;
+                        if (lo == j0 && hi == j0 + kTile && j0 + kTile <= s.docs + m + 1) {  // the whole tile, all visible
+                            for (std::size_t v = 0; v < kTile; v += kLanes)
+                                ((F32s::load_aligned(sums + m * kTile + v) + F32s(row_bias)) * F32s(inv))
+                                    .store_aligned(logits + m * padded + j0 + v);
+                            continue;
+                        }
+                        for (std::size_t j = lo; j < hi; ++j)
+                            logits[m * padded + j] = j <= s.docs + m ? (sums[m * kTile + (j - j0)] + row_bias) * inv : -INFINITY;
                     }
-                    kv_head(s, kv, scratch, sums);
                 }
+                for (std::size_t m = 0; m < s.M; ++m)
+                    for (std::size_t j = end; j < j0 + kTile; ++j) logits[m * padded + j] = -INFINITY;
             }
-            // Bias, scale, and mask what a row may not see (key j > docs + m) and the padding.
-            for (std::size_t si = first_segment; si < segment_count && segments.starts[si] < end; ++si) {
-                const float* bias = segments.list[si].bias;
-                const std::size_t lo = std::max(segments.starts[si], j0), hi = std::min(segments.starts[si + 1], end);
-                for (std::size_t m = 0; m < s.M; ++m) {
-                    const float row_bias = bias != nullptr ? bias[m] : 0.0f;
-                    if (lo == j0 && hi == j0 + kTile && j0 + kTile <= s.docs + m + 1) {  // the whole tile, all visible
-                        for (std::size_t v = 0; v < kTile; v += kLanes)
-                            ((F32s::load_aligned(sums + m * kTile + v) + F32s(row_bias)) * F32s(inv))
-                                .store_aligned(logits + m * padded + j0 + v);
-                        continue;
-                    }
-                    for (std::size_t j = lo; j < hi; ++j)
-                        logits[m * padded + j] = j <= s.docs + m ? (sums[m * kTile + (j - j0)] + row_bias) * inv : -INFINITY;
-                }
-            }
-            for (std::size_t m = 0; m < s.M; ++m)
-                for (std::size_t j = end; j < j0 + kTile; ++j) logits[m * padded + j] = -INFINITY;
         }
     };
     detail::run_workers(context, workers, score_tiles);
