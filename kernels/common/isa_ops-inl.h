@@ -1,6 +1,6 @@
 // Vector operations xsimd 8.1 lacks, for the ISA being compiled: a comparison's lanes as bits,
 // compress (the selected lanes moved to the front, in lane order) into memory, the same widened
-// to int64. Included by a kernel's -inl.h inside its ISA translation unit; everything lands in
+// to int64, and a multiply-add rounded once on every ISA. Included by a kernel's -inl.h inside its ISA translation unit; everything lands in
 // that unit's kvfuse::<isa> anonymous namespace (see kernels/README.md), so no copy leaks into
 // another ISA. Each operation is a template on the batch, dispatched on its lane count: 16 is
 // AVX-512, 8 is AVX2; any other width (NEON, or a batch wider than the ISA) takes the portable
@@ -138,6 +138,26 @@ inline std::size_t compress_store_widened(xsimd::batch<std::uint32_t, A> v, unsi
     const std::size_t count = compress_store(v, bits, values.data());
     for (std::size_t j = 0; j < count && j < room; ++j) dst[j] = values[j];
     return count;
+}
+
+// x * y + z and x * y - z of f32 batches, rounded once. xsimd 8.1 has no AVX-512 fma: its
+// xsimd::fma there is `x * y + z`, which GCC contracts into an FMA of its own choosing, and for
+// `a * b + (c * d)` it may fuse either product (it fused c * d in RoPE's in-vector path: 1 ulp
+// from the per-head path's fma(a, b, c * d)). Kernels whose vector lanes must round exactly like
+// their scalar or narrower tails (RoPE) call these.
+template <class B>
+inline B fused_multiply_add(const B& x, const B& y, const B& z) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, typename B::arch_type>) return B(_mm512_fmadd_ps(x, y, z));
+#endif
+    return xsimd::fma(x, y, z);  // vfmadd on fma3 (avx2), fmla on NEON
+}
+template <class B>
+inline B fused_multiply_sub(const B& x, const B& y, const B& z) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_base_of_v<xsimd::avx512f, typename B::arch_type>) return B(_mm512_fmsub_ps(x, y, z));
+#endif
+    return xsimd::fms(x, y, z);
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include "kernels/common/bf16.h"
-#include "kernels/common/fused-inl.h"
+#include "kernels/common/isa_ops-inl.h"
 #include "kernels/common/half-inl.h"
 #include "kernels/common/key_layout.h"
 #include "kernels/common/narrower_batch.h"
