@@ -64,11 +64,10 @@ kvfuse_status key_source(const kvfuse_select_segment& seg, std::size_t index, st
                     "segments[" + std::to_string(index) + "]: give keys_f32 or keys (with keys_dtype), not both");
     if (seg.keys_f32 == nullptr && seg.keys == nullptr)
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "segments[" + std::to_string(index) + "]: no keys (keys_f32 and keys are null)");
-    if (seg.keys != nullptr)
-        if (auto s = kvfuse::detail::check_dtype(("segments[" + std::to_string(index) + "].keys_dtype").c_str(),
-                                                 enum_value(seg.keys_dtype));
-            s != KVFUSE_OK)
-            return s;
+    // The name is built only for an error: a call with a context allocates nothing once warm.
+    if (seg.keys != nullptr && kvfuse::detail::check_dtype("keys_dtype", enum_value(seg.keys_dtype)) != KVFUSE_OK)
+        return kvfuse::detail::check_dtype(("segments[" + std::to_string(index) + "].keys_dtype").c_str(),
+                                           enum_value(seg.keys_dtype));
     out.dtype = seg.keys_f32 != nullptr ? KVFUSE_DTYPE_F32 : seg.keys_dtype;
     out.base = seg.keys_f32 != nullptr ? static_cast<const void*>(seg.keys_f32) : seg.keys;
     if (seg.tokens == 0) return KVFUSE_OK;  // nothing is read

@@ -1,8 +1,9 @@
 // Keys where engines keep them (kvfuse.h, "RoPE on strided and paged caches"): RoPE and A3
 // relevance over strided, head-major and paged (block table) layouts on every kernel build,
 // bit for bit the same call on the same keys packed; f16 / bf16 keys in relevance segments and
-// in kvfuse_select_rows, bit for bit the f32 call on the widened keys; every bad layout refused
-// with an error naming the field.
+// in kvfuse_select_rows, bit for bit the f32 call on the widened keys; select segments (V3) in
+// those layouts, bit for bit the packed ones at every precision; every bad layout refused with an
+// error naming the field.
 //
 // Each layout is addressed here by the test's own arithmetic (Pool::at), not the library's.
 #include <gtest/gtest.h>
@@ -861,6 +862,194 @@ TEST(SelectTypedKeysChecks, KeysAreChecked) {
     EXPECT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
     v1.struct_size = 8;
     EXPECT_EQ(kvfuse_select_rows(&a), KVFUSE_ERROR_STRUCT_SIZE);
+}
+
+// ---- kvfuse_select_rows over paged and strided keys (segment V3) -------------------------------
+
+using SelectLayoutTest = IsaTest;
+KVFUSE_INSTANTIATE_ISA_TESTS(SelectLayoutTest);
+
+struct SelectLayoutCase {
+    std::size_t block_size;  // 0: strided, not paged
+    Kind kind;
+    const char* name;
+};
+
+void set_segment_layout(kvfuse_select_segment& seg, const Pool& p) {
+    seg.key_row_stride = p.token_stride;
+    seg.key_head_stride = p.head_stride;
+    seg.key_block_table = p.table.empty() ? nullptr : p.table.data();
+    seg.key_block_size = p.table.empty() ? 0 : p.block_size;
+    seg.key_block_stride = p.table.empty() ? 0 : p.block_stride;
+    seg.key_blocks_total = p.table.empty() ? 0 : p.blocks_total;
+    seg.key_token_offset = p.offset;
+}
+
+// Keys of S (float: f32 through keys_f32; uint16_t: f16 or bf16 through keys) in two chunks
+// shifted into their own frames (or one segment), packed and in a layout (paged token-major or
+// head-major, one token per block as llama.cpp's cells, strided head-major with an offset):
+// the same scores and rows bit for bit, at every precision (int8 / int4 quantized by the call
+// from the paged keys).
+template <class S>
+void check_select_layouts(kvfuse_dtype dtype, std::uint32_t seed) {
+    const std::size_t M = 3, Hkv = 2, H = 4, D = 20, kv_row = Hkv * D;
+    const std::size_t chunk[2] = {37, 30}, docs = chunk[0] + chunk[1] - M;
+    kvfuse_rope_config rope;
+    kvfuse_rope_config_init(&rope, D);
+    const std::vector<float> queries = random_floats(M * H * D, seed, 1.0f);
+    const SelectLayoutCase layouts[] = {{16, Kind::token_major, "paged token-major"},
+                                        {8, Kind::head_major, "paged head-major"},
+                                        {1, Kind::token_major, "one token per block"},
+                                        {0, Kind::head_major, "strided head-major"},
+                                        {0, Kind::token_major, "strided token-major"}};
+    for (const SelectLayoutCase& layout : layouts)
+        for (kvfuse_key_precision precision : {KVFUSE_KEYS_F32, KVFUSE_KEYS_INT8, KVFUSE_KEYS_INT4})
+            for (std::size_t segment_count : {1u, 2u}) {
+                SCOPED_TRACE(std::string(layout.name) + ", dtype " + std::to_string(dtype) + ", precision " +
+                             std::to_string(precision) + ", segments " + std::to_string(segment_count));
+                std::vector<S> packed[2], stored[2];
+                Pool pools[2];
+                kvfuse::SelectSegment p_seg[2], l_seg[2];
+                for (std::size_t g = 0; g < 2; ++g) {
+                    const std::size_t tokens = segment_count == 1 ? chunk[0] + chunk[1] : chunk[g];
+                    packed[g] = random_keys<S>(tokens * kv_row, dtype, seed + 1 + static_cast<std::uint32_t>(g));
+                    pools[g] = make_pool(tokens, Hkv, D, layout.block_size, layout.kind, 3 + g, seed + 5 + static_cast<std::uint32_t>(g));
+                    stored[g] = pool_storage<S>(pools[g]);
+                    scatter(pools[g], packed[g].data(), stored[g]);
+                    p_seg[g].tokens = l_seg[g].tokens = tokens;
+                    p_seg[g].position_shift = l_seg[g].position_shift = g == 0 || segment_count == 1 ? 0 : 250;
+                    if constexpr (sizeof(S) == 4) {
+                        p_seg[g].keys_f32 = packed[g].data();
+                        l_seg[g].keys_f32 = stored[g].data();
+                    } else {
+                        p_seg[g].keys = packed[g].data(), p_seg[g].keys_dtype = dtype;
+                        l_seg[g].keys = stored[g].data(), l_seg[g].keys_dtype = dtype;
+                    }
+                    set_segment_layout(l_seg[g], pools[g]);
+                }
+                kvfuse::SelectArgs a;
+                a.method = KVFUSE_SELECT_A3;
+                a.prefix_rows = 2;
+                a.documents = docs;
+                a.question_rows = M;
+                a.k = 13;
+                a.query_heads = H;
+                a.kv_heads = Hkv;
+                a.head_dim = D;
+                a.queries = queries.data();
+                a.key_precision = precision;
+                a.smoothing = 1;
+                a.rope = &rope;
+                a.segment_count = segment_count;
+                std::vector<std::int64_t> rows_p(13), rows_l(13);
+                std::vector<float> scores_p(docs), scores_l(docs);
+                std::size_t count_p = 0, count_l = 0;
+                a.segments = p_seg, a.rows = rows_p.data(), a.rows_capacity = 13, a.row_count = &count_p;
+                a.scores = scores_p.data();
+                ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
+                a.segments = l_seg, a.rows = rows_l.data(), a.row_count = &count_l, a.scores = scores_l.data();
+                ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
+                EXPECT_TRUE(same_bits(scores_p, scores_l));
+                EXPECT_EQ(rows_p, rows_l);
+                EXPECT_EQ(count_l, 13u);
+            }
+}
+
+TEST_P(SelectLayoutTest, PagedAndStridedSegmentsAreThePackedOnesF32) { check_select_layouts<float>(KVFUSE_DTYPE_F32, 70); }
+TEST_P(SelectLayoutTest, PagedAndStridedSegmentsAreThePackedOnesF16) {
+    check_select_layouts<std::uint16_t>(KVFUSE_DTYPE_F16, 80);
+}
+TEST_P(SelectLayoutTest, PagedAndStridedSegmentsAreThePackedOnesBf16) {
+    check_select_layouts<std::uint16_t>(KVFUSE_DTYPE_BF16, 90);
+}
+
+// A segment's layout is checked before anything runs, errors naming segments[i].key_*; V1 and V2
+// segments (no layout fields: whatever follows them in memory is not read) still work.
+TEST(SelectLayoutChecks, LayoutsAreCheckedAndOldSegmentsStillRead) {
+    const std::size_t M = 2, Hkv = 2, H = 2, D = 8, kv_row = Hkv * D, tokens = 20;
+    const std::vector<float> queries = random_floats(M * H * D, 100, 1.0f), keys = random_floats(tokens * kv_row, 101, 1.0f);
+    const Pool pool = make_pool(tokens, Hkv, D, 4, Kind::token_major, 1, 102);
+    std::vector<float> paged = pool_storage<float>(pool);
+    scatter(pool, keys.data(), paged);
+    kvfuse::SelectSegment segments[2];
+    segments[0].tokens = 1;
+    segments[0].keys_f32 = keys.data();
+    segments[1].tokens = tokens;
+    segments[1].keys_f32 = paged.data();
+    set_segment_layout(segments[1], pool);
+    kvfuse::SelectArgs a;
+    a.documents = 1 + tokens - M;
+    a.question_rows = M;
+    a.k = 3;
+    a.query_heads = H;
+    a.kv_heads = Hkv;
+    a.head_dim = D;
+    a.queries = queries.data();
+    a.segment_count = 2;
+    a.segments = segments;
+    a.key_precision = KVFUSE_KEYS_INT8;
+    std::vector<std::int64_t> rows(3);
+    std::size_t count = 0;
+    a.rows = rows.data();
+    a.rows_capacity = 3;
+    a.row_count = &count;
+    ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
+    auto refused = [&](const char* what, const std::string& needle) {
+        EXPECT_EQ(kvfuse_select_rows(&a), KVFUSE_ERROR_INVALID_ARGUMENT) << what;
+        EXPECT_NE(last_error().find(needle), std::string::npos) << what << ": " << last_error();
+        set_segment_layout(segments[1], pool);
+    };
+    std::vector<std::int32_t> bad_table = pool.table;
+    bad_table.back() = static_cast<std::int32_t>(pool.blocks_total);  // the last block the call reads
+    segments[1].key_block_table = bad_table.data();
+    refused("an entry past the pool", "segments[1].key_block_table[" + std::to_string(bad_table.size() - 1) + "]");
+    bad_table.back() = -1;
+    segments[1].key_block_table = bad_table.data();
+    refused("a negative entry", "segments[1].key_block_table[");
+    segments[1].key_block_size = 0;
+    refused("no block size", "segments[1].key_block_size");
+    segments[1].key_block_table = nullptr;
+    refused("block fields without a table", "segments[1].key_block_table");
+    segments[1].key_block_stride = pool.token_stride;  // smaller than a block
+    refused("overlapping blocks", "segments[1].key_block_stride");
+    segments[1].key_row_stride = D;  // token-major rows over each other
+    refused("overlapping rows", "segments[1].key_row_stride");
+    segments[0].key_head_stride = D - 1;
+    EXPECT_EQ(kvfuse_select_rows(&a), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(last_error().find("segments[0].key_head_stride"), std::string::npos) << last_error();
+    segments[0].key_head_stride = 0;
+    ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
+
+    // One segment of each older version, with garbage where the V3 fields would be: read as packed.
+    std::vector<std::int64_t> rows_new(3), rows_old(3);
+    std::vector<float> scores_new(tokens - M), scores_old(tokens - M);
+    kvfuse::SelectSegment packed;
+    packed.tokens = tokens;
+    packed.keys_f32 = keys.data();
+    a.segment_count = 1;
+    a.documents = tokens - M;
+    a.segments = &packed;
+    a.rows = rows_new.data();
+    a.scores = scores_new.data();
+    ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
+    for (std::size_t size : {std::size_t{KVFUSE_SELECT_SEGMENT_SIZE_V1}, std::size_t{KVFUSE_SELECT_SEGMENT_SIZE_V2}}) {
+        kvfuse::SelectSegment old = packed;
+        old.struct_size = size;
+        old.key_head_stride = 1;
+        old.key_block_table = bad_table.data();
+        old.key_block_size = 3;
+        old.key_token_offset = 1000;
+        a.segments = &old;
+        a.rows = rows_old.data();
+        a.scores = scores_old.data();
+        ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << size << ": " << kvfuse_last_error();
+        EXPECT_TRUE(same_bits(scores_new, scores_old)) << size;
+        EXPECT_EQ(rows_new, rows_old) << size;
+    }
+    static_assert(KVFUSE_SELECT_SEGMENT_SIZE_V1 < KVFUSE_SELECT_SEGMENT_SIZE_V2 &&
+                      KVFUSE_SELECT_SEGMENT_SIZE_V2 < KVFUSE_SELECT_SEGMENT_SIZE_V3 &&
+                      KVFUSE_SELECT_SEGMENT_SIZE_V3 == sizeof(kvfuse_select_segment),
+                  "segment versions only append");
 }
 
 }  // namespace
