@@ -364,6 +364,9 @@ int main(int argc, char** argv) {
         if (r > 0 && allocation_counter::available() && engine_allocations != 0)
             fail("request " + std::to_string(r) + " made " + std::to_string(engine_allocations) +
                  " heap allocations in attention, conversions or the engine's own code after warm-up (expected 0)");
+        if (r > 0 && allocation_counter::available() && select_allocations != 0)
+            fail("request " + std::to_string(r) + " made " + std::to_string(select_allocations) +
+                 " heap allocations in kvfuse_ctx_select_rows after warm-up (expected 0)");
     }
     if (!allocation_counter::available()) std::printf("allocations not counted: a sanitizer owns malloc\n");
     if (pool.tasks_on_workers() == 0) fail("no kvfuse task ran on the engine's pool: parallel_for was never used");
