@@ -421,7 +421,7 @@ TEST_P(ContextIsaTest, LayoutCallsAllocateNothingAfterWarmUp) {
 }
 
 // The quantizers (no context argument: the thread's default context) allocate nothing after a
-// warm-up call, on one worker and on several (a call above the kernel's 64 K-value threshold).
+// warm-up call, on one worker and on several (a call above the default quantize_parallel_work).
 TEST_P(ContextIsaTest, QuantizersAllocateNothingAfterWarmUp) {
     if (!KVFUSE_TEST_OWNS_MALLOC) GTEST_SKIP() << "a sanitizer owns malloc";
     if (GetParam().isa == Isa::scalar) GTEST_SKIP() << "the scalar ISA runs the reference, which allocates";
@@ -595,20 +595,37 @@ std::size_t process_threads() {
     return count;
 }
 
+// The most threads the process had while it ran (a thread of its own, counted with them).
+class ThreadWatcher {
+   public:
+    ThreadWatcher()
+        : thread_([this] {
+              while (running_.load()) {
+                  const std::size_t now = process_threads();
+                  std::size_t seen = most_.load();
+                  while (now > seen && !most_.compare_exchange_weak(seen, now)) {}
+                  std::this_thread::yield();
+              }
+          }) {}
+    ~ThreadWatcher() { stop(); }
+    std::size_t stop() {
+        running_ = false;
+        if (thread_.joinable()) thread_.join();
+        return most_.load();
+    }
+
+   private:
+    std::atomic<std::size_t> most_{0};
+    std::atomic<bool> running_{true};
+    std::thread thread_;
+};
+
 // Eight engine threads, each with its own one-thread context, calling work large enough to
 // run in parallel on a default context: no kvfuse thread appears, and every result is right.
 TEST(Context, ManyEngineThreadsStartNoThreadOfTheirOwn) {
     const std::size_t before = process_threads();
-    std::atomic<std::size_t> most{0};
-    std::atomic<bool> running{true}, wrong{false};
-    std::thread watcher([&] {
-        while (running.load()) {
-            const std::size_t now = process_threads();
-            std::size_t seen = most.load();
-            while (now > seen && !most.compare_exchange_weak(seen, now)) {}
-            std::this_thread::yield();
-        }
-    });
+    std::atomic<bool> wrong{false};
+    ThreadWatcher watcher;
     std::vector<std::thread> engine;
     for (int t = 0; t < 8; ++t)
         engine.emplace_back([&] {
@@ -622,11 +639,10 @@ TEST(Context, ManyEngineThreadsStartNoThreadOfTheirOwn) {
             }
         });
     for (std::thread& t : engine) t.join();
-    running = false;
-    watcher.join();
+    const std::size_t most = watcher.stop();
     EXPECT_FALSE(wrong.load());
     // The eight engine threads and the watcher, nothing else.
-    EXPECT_LE(most.load(), before + 9) << "threads before " << before;
+    EXPECT_LE(most, before + 9) << "threads before " << before;
 }
 
 // kvfuse_ctx_select_rows starts no thread of its own: engine threads calling it on contexts of one
@@ -640,16 +656,9 @@ TEST(Context, SelectStartsNoThreadOfItsOwn) {
     const std::vector<std::int64_t> expected(reference_case.rows.begin(),
                                              reference_case.rows.begin() + static_cast<std::ptrdiff_t>(reference_case.count));
     const std::size_t before = process_threads();
-    std::atomic<std::size_t> most{0}, pool_calls{0};
-    std::atomic<bool> running{true}, wrong{false};
-    std::thread watcher([&] {
-        while (running.load()) {
-            const std::size_t now = process_threads();
-            std::size_t seen = most.load();
-            while (now > seen && !most.compare_exchange_weak(seen, now)) {}
-            std::this_thread::yield();
-        }
-    });
+    std::atomic<std::size_t> pool_calls{0};
+    std::atomic<bool> wrong{false};
+    ThreadWatcher watcher;
     std::vector<std::thread> engine;
     for (int t = 0; t < 4; ++t)
         engine.emplace_back([&, t] {
@@ -664,11 +673,10 @@ TEST(Context, SelectStartsNoThreadOfItsOwn) {
             pool_calls.fetch_add(pool.calls.load());
         });
     for (std::thread& t : engine) t.join();
-    running = false;
-    watcher.join();
+    const std::size_t most = watcher.stop();
     EXPECT_FALSE(wrong.load());
     // The four engine threads and the watcher, nothing else.
-    EXPECT_LE(most.load(), before + 5) << "threads before " << before;
+    EXPECT_LE(most, before + 5) << "threads before " << before;
     kvfuse_isa isa;
     ASSERT_EQ(kvfuse_active_isa(&isa), KVFUSE_OK);
     if (isa != KVFUSE_ISA_SCALAR) EXPECT_GT(pool_calls.load(), 0u) << "the steps' workers ran on the parallel-for";
@@ -788,6 +796,16 @@ TEST(Context, CppWrapper) {
     AttentionCase tiny(1, 16);
     ASSERT_TRUE(sparse_attention(moved, tiny.args).ok());
     tiny.expect_matches_reference();
+    SelectCase selection({40, 30}, KVFUSE_KEYS_INT4);
+    ASSERT_TRUE(select_rows(moved, selection.args).ok()) << kvfuse_last_error();
+    const std::vector<std::int64_t> picked(selection.rows.begin(), selection.rows.begin() + static_cast<std::ptrdiff_t>(selection.count));
+    ASSERT_TRUE(select_rows(selection.args).ok());
+    EXPECT_EQ(picked, std::vector<std::int64_t>(selection.rows.begin(), selection.rows.begin() + static_cast<std::ptrdiff_t>(selection.count)));
+    std::vector<std::int8_t> q(selection.keys[0].size());
+    std::vector<float> scales(40 * 2), means(2 * 64);
+    ASSERT_TRUE(quantize_keys_i8(moved, reinterpret_cast<const f16*>(selection.keys[0].data()), 40, 2, 64, 128, q.data(),
+                                 scales.data(), means.data())
+                    .ok());
     kvfuse_context_options bad;
     kvfuse_context_options_init(&bad);
     bad.threads = -3;

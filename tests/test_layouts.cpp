@@ -754,6 +754,46 @@ TEST(RelevanceLayoutChecks, BadLayoutsAreRefusedNamingTheField) {
 
 // ---- kvfuse_select_rows with f16 / bf16 keys ---------------------------------------------------
 
+// An A3 selection of k rows (prefix 2, smoothing) over `segments`, twice with two segment lists:
+// both must succeed and give the same scores bit for bit and the same k rows.
+struct SelectShape {
+    std::size_t M, H, Hkv, D, documents, k;
+    const float* queries;
+    const kvfuse_rope_config* rope;
+};
+void expect_same_selection(const SelectShape& s, kvfuse_key_precision precision, std::size_t segment_count,
+                           const kvfuse_select_segment* first, const kvfuse_select_segment* second) {
+    kvfuse::SelectArgs a;
+    a.method = KVFUSE_SELECT_A3;
+    a.prefix_rows = 2;
+    a.documents = s.documents;
+    a.question_rows = s.M;
+    a.k = s.k;
+    a.query_heads = s.H;
+    a.kv_heads = s.Hkv;
+    a.head_dim = s.D;
+    a.queries = s.queries;
+    a.key_precision = precision;
+    a.smoothing = 1;
+    a.rope = s.rope;
+    a.segment_count = segment_count;
+    std::vector<std::int64_t> rows[2] = {std::vector<std::int64_t>(s.k), std::vector<std::int64_t>(s.k)};
+    std::vector<float> scores[2] = {std::vector<float>(s.documents), std::vector<float>(s.documents)};
+    std::size_t count[2] = {0, 0};
+    for (int run = 0; run < 2; ++run) {
+        a.segments = run == 0 ? first : second;
+        a.rows = rows[run].data();
+        a.rows_capacity = s.k;
+        a.row_count = &count[run];
+        a.scores = scores[run].data();
+        ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << "run " << run << ": " << kvfuse_last_error();
+    }
+    EXPECT_TRUE(same_bits(scores[0], scores[1]));
+    EXPECT_EQ(rows[0], rows[1]);
+    EXPECT_EQ(count[0], s.k);
+    EXPECT_EQ(count[1], s.k);
+}
+
 using SelectTypedKeysTest = IsaTest;
 KVFUSE_INSTANTIATE_ISA_TESTS(SelectTypedKeysTest);
 
@@ -787,37 +827,7 @@ TEST_P(SelectTypedKeysTest, TypedKeysAreTheWidenedF32Keys) {
                     t_seg[g].keys_dtype = dtype;
                     w_seg[g].keys_f32 = wide[g].data();
                 }
-                kvfuse::SelectArgs a;
-                a.method = KVFUSE_SELECT_A3;
-                a.prefix_rows = 2;
-                a.documents = docs;
-                a.question_rows = M;
-                a.k = 11;
-                a.query_heads = H;
-                a.kv_heads = Hkv;
-                a.head_dim = D;
-                a.queries = queries.data();
-                a.key_precision = precision;
-                a.smoothing = 1;
-                a.rope = &rope;
-                a.segment_count = segment_count;
-                std::vector<std::int64_t> rows_t(11), rows_w(11);
-                std::vector<float> scores_t(docs), scores_w(docs);
-                std::size_t count_t = 0, count_w = 0;
-                a.segments = t_seg;
-                a.rows = rows_t.data();
-                a.rows_capacity = 11;
-                a.row_count = &count_t;
-                a.scores = scores_t.data();
-                ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
-                a.segments = w_seg;
-                a.rows = rows_w.data();
-                a.row_count = &count_w;
-                a.scores = scores_w.data();
-                ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
-                EXPECT_TRUE(same_bits(scores_t, scores_w));
-                EXPECT_EQ(rows_t, rows_w);
-                EXPECT_EQ(count_t, 11u);
+                expect_same_selection({M, H, Hkv, D, docs, 11, queries.data(), &rope}, precision, segment_count, t_seg, w_seg);
             }
 }
 
@@ -927,31 +937,7 @@ void check_select_layouts(kvfuse_dtype dtype, std::uint32_t seed) {
                     }
                     set_segment_layout(l_seg[g], pools[g]);
                 }
-                kvfuse::SelectArgs a;
-                a.method = KVFUSE_SELECT_A3;
-                a.prefix_rows = 2;
-                a.documents = docs;
-                a.question_rows = M;
-                a.k = 13;
-                a.query_heads = H;
-                a.kv_heads = Hkv;
-                a.head_dim = D;
-                a.queries = queries.data();
-                a.key_precision = precision;
-                a.smoothing = 1;
-                a.rope = &rope;
-                a.segment_count = segment_count;
-                std::vector<std::int64_t> rows_p(13), rows_l(13);
-                std::vector<float> scores_p(docs), scores_l(docs);
-                std::size_t count_p = 0, count_l = 0;
-                a.segments = p_seg, a.rows = rows_p.data(), a.rows_capacity = 13, a.row_count = &count_p;
-                a.scores = scores_p.data();
-                ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
-                a.segments = l_seg, a.rows = rows_l.data(), a.row_count = &count_l, a.scores = scores_l.data();
-                ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
-                EXPECT_TRUE(same_bits(scores_p, scores_l));
-                EXPECT_EQ(rows_p, rows_l);
-                EXPECT_EQ(count_l, 13u);
+                expect_same_selection({M, H, Hkv, D, docs, 13, queries.data(), &rope}, precision, segment_count, p_seg, l_seg);
             }
 }
 

@@ -898,7 +898,7 @@ KVFUSE_API kvfuse_status kvfuse_context_set_tuning(kvfuse_context* context, cons
 /* The tuning the context's next call runs with. */
 KVFUSE_API kvfuse_status kvfuse_context_get_tuning(const kvfuse_context* context, kvfuse_tuning* tuning);
 /* Bytes of the context's scratch block now (grown to its largest call so far; the per-worker
- * RoPE tables and top-k buffers come on top). */
+ * RoPE tables and top-k buffers, and kvfuse_ctx_select_rows's buffers, come on top). */
 KVFUSE_API kvfuse_status kvfuse_context_scratch_bytes(const kvfuse_context* context, size_t* bytes);
 
 /* The kernel calls with a context; each is the call of the same name without _ctx_. */
