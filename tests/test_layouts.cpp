@@ -15,6 +15,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "isa_test_support.h"
@@ -466,24 +467,20 @@ struct RelevanceShape {
 using RelevanceLayoutTest = IsaTest;
 KVFUSE_INSTANTIATE_ISA_TESTS(RelevanceLayoutTest);
 
-// The call's top-level key layout from a pool.
-void set_key_layout(kvfuse_relevance_args& a, const Pool& p) {
-    a.key_token_stride = p.token_stride;
+// A pool's layout in the key_* fields of the relevance call, a relevance segment or a select
+// segment (whose token stride is key_row_stride).
+template <class Keys>
+void set_key_layout(Keys& a, const Pool& p) {
+    if constexpr (std::is_base_of_v<kvfuse_select_segment, Keys>)
+        a.key_row_stride = p.token_stride;
+    else
+        a.key_token_stride = p.token_stride;
     a.key_head_stride = p.head_stride;
     a.key_block_table = p.table.empty() ? nullptr : p.table.data();
     a.key_block_size = p.table.empty() ? 0 : p.block_size;
     a.key_block_stride = p.table.empty() ? 0 : p.block_stride;
     a.key_blocks_total = p.table.empty() ? 0 : p.blocks_total;
     a.key_token_offset = p.offset;
-}
-void set_key_layout(kvfuse_relevance_segment& g, const Pool& p) {
-    g.key_token_stride = p.token_stride;
-    g.key_head_stride = p.head_stride;
-    g.key_block_table = p.table.empty() ? nullptr : p.table.data();
-    g.key_block_size = p.table.empty() ? 0 : p.block_size;
-    g.key_block_stride = p.table.empty() ? 0 : p.block_stride;
-    g.key_blocks_total = p.table.empty() ? 0 : p.blocks_total;
-    g.key_token_offset = p.offset;
 }
 
 std::vector<Pool> key_pools(const RelevanceShape& c, std::size_t width, std::uint32_t seed) {
@@ -885,16 +882,6 @@ struct SelectLayoutCase {
     const char* name;
 };
 
-void set_segment_layout(kvfuse_select_segment& seg, const Pool& p) {
-    seg.key_row_stride = p.token_stride;
-    seg.key_head_stride = p.head_stride;
-    seg.key_block_table = p.table.empty() ? nullptr : p.table.data();
-    seg.key_block_size = p.table.empty() ? 0 : p.block_size;
-    seg.key_block_stride = p.table.empty() ? 0 : p.block_stride;
-    seg.key_blocks_total = p.table.empty() ? 0 : p.blocks_total;
-    seg.key_token_offset = p.offset;
-}
-
 // Keys of S (float: f32 through keys_f32; uint16_t: f16 or bf16 through keys) in two chunks
 // shifted into their own frames (or one segment), packed and in a layout (paged token-major or
 // head-major, one token per block as llama.cpp's cells, strided head-major with an offset):
@@ -935,7 +922,7 @@ void check_select_layouts(kvfuse_dtype dtype, std::uint32_t seed) {
                         p_seg[g].keys = packed[g].data(), p_seg[g].keys_dtype = dtype;
                         l_seg[g].keys = stored[g].data(), l_seg[g].keys_dtype = dtype;
                     }
-                    set_segment_layout(l_seg[g], pools[g]);
+                    set_key_layout(l_seg[g], pools[g]);
                 }
                 expect_same_selection({M, H, Hkv, D, docs, 13, queries.data(), &rope}, precision, segment_count, p_seg, l_seg);
             }
@@ -962,7 +949,7 @@ TEST(SelectLayoutChecks, LayoutsAreCheckedAndOldSegmentsStillRead) {
     segments[0].keys_f32 = keys.data();
     segments[1].tokens = tokens;
     segments[1].keys_f32 = paged.data();
-    set_segment_layout(segments[1], pool);
+    set_key_layout(segments[1], pool);
     kvfuse::SelectArgs a;
     a.documents = 1 + tokens - M;
     a.question_rows = M;
@@ -983,7 +970,7 @@ TEST(SelectLayoutChecks, LayoutsAreCheckedAndOldSegmentsStillRead) {
     auto refused = [&](const char* what, const std::string& needle) {
         EXPECT_EQ(kvfuse_select_rows(&a), KVFUSE_ERROR_INVALID_ARGUMENT) << what;
         EXPECT_NE(last_error().find(needle), std::string::npos) << what << ": " << last_error();
-        set_segment_layout(segments[1], pool);
+        set_key_layout(segments[1], pool);
     };
     std::vector<std::int32_t> bad_table = pool.table;
     bad_table.back() = static_cast<std::int32_t>(pool.blocks_total);  // the last block the call reads
