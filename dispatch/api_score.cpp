@@ -42,9 +42,9 @@ kvfuse_status check_float_pointers(std::initializer_list<std::pair<const char*, 
     return KVFUSE_OK;
 }
 
-// Both key quantizers, any input type, through the kernel table on the calling thread's default
-// context. `name` is the entry point's, for errors.
-kvfuse_status quantize_keys(const char* name, int dtype, const void* keys, std::size_t tokens, std::size_t kv_heads,
+// Both key quantizers, any input type, through the kernel table on `context` (NULL: the calling
+// thread's default context). `name` is the entry point's, for errors.
+kvfuse_status quantize_keys(const char* name, kvfuse_context* context, int dtype, const void* keys, std::size_t tokens, std::size_t kv_heads,
                             std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales,
                             float* means) {
     return kvfuse::detail::guarded(name, [&] {
@@ -59,7 +59,7 @@ kvfuse_status quantize_keys(const char* name, int dtype, const void* keys, std::
             return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
         if (auto s = check_aligned("keys", keys, elem); s != KVFUSE_OK) return s;
         if (auto s = check_float_pointers({{"scales", scales}, {"means", means}}); s != KVFUSE_OK) return s;
-        kvfuse::detail::ContextCall call(nullptr);
+        kvfuse::detail::ContextCall call(context);
         if (call.status() != KVFUSE_OK) return call.status();
         const kvfuse::detail::KernelTable* kernels = nullptr;
         if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
@@ -69,7 +69,7 @@ kvfuse_status quantize_keys(const char* name, int dtype, const void* keys, std::
     });
 }
 
-kvfuse_status quantize_rows(const char* name, int dtype, const void* x, std::size_t rows, std::size_t heads,
+kvfuse_status quantize_rows(const char* name, kvfuse_context* context, int dtype, const void* x, std::size_t rows, std::size_t heads,
                             std::size_t head_dim, std::size_t row_stride, std::int8_t* out, float* scales) {
     return kvfuse::detail::guarded(name, [&] {
         if (auto s = kvfuse::detail::check_dtype("dtype", dtype); s != KVFUSE_OK) return s;
@@ -80,7 +80,7 @@ kvfuse_status quantize_rows(const char* name, int dtype, const void* x, std::siz
             return fail(KVFUSE_ERROR_NULL_POINTER, "x, out and scales are required");
         if (auto s = check_aligned("x", x, elem); s != KVFUSE_OK) return s;
         if (auto s = check_float_pointers({{"scales", scales}}); s != KVFUSE_OK) return s;
-        kvfuse::detail::ContextCall call(nullptr);
+        kvfuse::detail::ContextCall call(context);
         if (call.status() != KVFUSE_OK) return call.status();
         const kvfuse::detail::KernelTable* kernels = nullptr;
         if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
@@ -94,41 +94,77 @@ kvfuse_status quantize_rows(const char* name, int dtype, const void* x, std::siz
 
 extern "C" {
 
+kvfuse_status kvfuse_ctx_quantize_keys_i8(kvfuse_context* context, const float* keys, size_t tokens, size_t kv_heads,
+                                          size_t head_dim, size_t token_stride, int8_t* out, float* scales, float* means) {
+    return quantize_keys("kvfuse_quantize_keys_i8", context, KVFUSE_DTYPE_F32, keys, tokens, kv_heads, head_dim,
+                         token_stride, 8, out, scales, means);
+}
+
+kvfuse_status kvfuse_ctx_quantize_keys_i4(kvfuse_context* context, const float* keys, size_t tokens, size_t kv_heads,
+                                          size_t head_dim, size_t token_stride, uint8_t* out, float* scales, float* means) {
+    return quantize_keys("kvfuse_quantize_keys_i4", context, KVFUSE_DTYPE_F32, keys, tokens, kv_heads, head_dim,
+                         token_stride, 4, out, scales, means);
+}
+
+kvfuse_status kvfuse_ctx_quantize_rows_i8(kvfuse_context* context, const float* x, size_t rows, size_t heads,
+                                          size_t head_dim, size_t row_stride, int8_t* out, float* scales) {
+    return quantize_rows("kvfuse_quantize_rows_i8", context, KVFUSE_DTYPE_F32, x, rows, heads, head_dim, row_stride, out,
+                         scales);
+}
+
+kvfuse_status kvfuse_ctx_quantize_keys_i8_typed(kvfuse_context* context, kvfuse_dtype dtype, const void* keys,
+                                                size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
+                                                int8_t* out, float* scales, float* means) {
+    return quantize_keys("kvfuse_quantize_keys_i8_typed", context, kvfuse::detail::enum_value(dtype), keys, tokens,
+                         kv_heads, head_dim, token_stride, 8, out, scales, means);
+}
+
+kvfuse_status kvfuse_ctx_quantize_keys_i4_typed(kvfuse_context* context, kvfuse_dtype dtype, const void* keys,
+                                                size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
+                                                uint8_t* out, float* scales, float* means) {
+    return quantize_keys("kvfuse_quantize_keys_i4_typed", context, kvfuse::detail::enum_value(dtype), keys, tokens,
+                         kv_heads, head_dim, token_stride, 4, out, scales, means);
+}
+
+kvfuse_status kvfuse_ctx_quantize_rows_i8_typed(kvfuse_context* context, kvfuse_dtype dtype, const void* x, size_t rows,
+                                                size_t heads, size_t head_dim, size_t row_stride, int8_t* out,
+                                                float* scales) {
+    return quantize_rows("kvfuse_quantize_rows_i8_typed", context, kvfuse::detail::enum_value(dtype), x, rows, heads,
+                         head_dim, row_stride, out, scales);
+}
+
 kvfuse_status kvfuse_quantize_keys_i8(const float* keys, size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
                                       int8_t* out, float* scales, float* means) {
-    return quantize_keys("kvfuse_quantize_keys_i8", KVFUSE_DTYPE_F32, keys, tokens, kv_heads, head_dim, token_stride, 8,
-                         out, scales, means);
+    return kvfuse_ctx_quantize_keys_i8(nullptr, keys, tokens, kv_heads, head_dim, token_stride, out, scales, means);
 }
 
 kvfuse_status kvfuse_quantize_keys_i4(const float* keys, size_t tokens, size_t kv_heads, size_t head_dim, size_t token_stride,
                                       uint8_t* out, float* scales, float* means) {
-    return quantize_keys("kvfuse_quantize_keys_i4", KVFUSE_DTYPE_F32, keys, tokens, kv_heads, head_dim, token_stride, 4,
-                         out, scales, means);
+    return kvfuse_ctx_quantize_keys_i4(nullptr, keys, tokens, kv_heads, head_dim, token_stride, out, scales, means);
 }
 
 kvfuse_status kvfuse_quantize_rows_i8(const float* x, size_t rows, size_t heads, size_t head_dim, size_t row_stride,
                                       int8_t* out, float* scales) {
-    return quantize_rows("kvfuse_quantize_rows_i8", KVFUSE_DTYPE_F32, x, rows, heads, head_dim, row_stride, out, scales);
+    return kvfuse_ctx_quantize_rows_i8(nullptr, x, rows, heads, head_dim, row_stride, out, scales);
 }
 
 kvfuse_status kvfuse_quantize_keys_i8_typed(kvfuse_dtype dtype, const void* keys, size_t tokens, size_t kv_heads,
                                             size_t head_dim, size_t token_stride, int8_t* out, float* scales,
                                             float* means) {
-    return quantize_keys("kvfuse_quantize_keys_i8_typed", kvfuse::detail::enum_value(dtype), keys, tokens, kv_heads,
-                         head_dim, token_stride, 8, out, scales, means);
+    return kvfuse_ctx_quantize_keys_i8_typed(nullptr, dtype, keys, tokens, kv_heads, head_dim, token_stride, out, scales,
+                                             means);
 }
 
 kvfuse_status kvfuse_quantize_keys_i4_typed(kvfuse_dtype dtype, const void* keys, size_t tokens, size_t kv_heads,
                                             size_t head_dim, size_t token_stride, uint8_t* out, float* scales,
                                             float* means) {
-    return quantize_keys("kvfuse_quantize_keys_i4_typed", kvfuse::detail::enum_value(dtype), keys, tokens, kv_heads,
-                         head_dim, token_stride, 4, out, scales, means);
+    return kvfuse_ctx_quantize_keys_i4_typed(nullptr, dtype, keys, tokens, kv_heads, head_dim, token_stride, out, scales,
+                                             means);
 }
 
 kvfuse_status kvfuse_quantize_rows_i8_typed(kvfuse_dtype dtype, const void* x, size_t rows, size_t heads, size_t head_dim,
                                             size_t row_stride, int8_t* out, float* scales) {
-    return quantize_rows("kvfuse_quantize_rows_i8_typed", kvfuse::detail::enum_value(dtype), x, rows, heads, head_dim,
-                         row_stride, out, scales);
+    return kvfuse_ctx_quantize_rows_i8_typed(nullptr, dtype, x, rows, heads, head_dim, row_stride, out, scales);
 }
 
 kvfuse_status kvfuse_relevance_dot_schemes(const char** int8_keys, const char** int4_keys) {

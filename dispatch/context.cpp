@@ -9,6 +9,7 @@
 #include <string>
 
 #include "dispatch/api_checks.h"
+#include "dispatch/select_scratch.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "dispatch/struct_versions.h"
@@ -56,7 +57,20 @@ kvfuse_context& default_context() {
     return *holder.context;
 }
 
+namespace {
+// The context this thread's next ContextCall may enter without a claim (LendContext).
+thread_local kvfuse_context* t_lent = nullptr;
+}  // namespace
+
+LendContext::LendContext(kvfuse_context& context) { t_lent = &context; }
+LendContext::~LendContext() { t_lent = nullptr; }
+
 ContextCall::ContextCall(kvfuse_context* context) : context_(context != nullptr ? context : &default_context()) {
+    if (context_ == t_lent) {
+        t_lent = nullptr;  // for this call only
+        lent_ = true;
+        return;
+    }
     if (context_->busy.exchange(true, std::memory_order_acquire)) {
         status_ = fail(KVFUSE_ERROR_INVALID_ARGUMENT,
                        "the context is in use by another call (a context serves one call at a time: give each "
@@ -68,7 +82,7 @@ ContextCall::ContextCall(kvfuse_context* context) : context_(context != nullptr 
 }
 
 ContextCall::~ContextCall() {
-    if (context_ != nullptr) context_->busy.store(false, std::memory_order_release);
+    if (context_ != nullptr && !lent_) context_->busy.store(false, std::memory_order_release);
 }
 
 kvfuse_status ContextCall::kernels(const KernelTable*& table) const {

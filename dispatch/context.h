@@ -16,6 +16,7 @@ namespace kvfuse::detail {
 class RopeTableCache;
 class RopePositionTables;
 struct TopkScratch;
+struct SelectScratch;
 }  // namespace kvfuse::detail
 
 struct kvfuse_context {
@@ -39,6 +40,9 @@ struct kvfuse_context {
     std::vector<std::unique_ptr<kvfuse::detail::RopeTableCache>> rope_tables;
     std::unique_ptr<kvfuse::detail::RopePositionTables> rope_positions;  // shared by the workers of a call
     std::vector<std::unique_ptr<kvfuse::detail::TopkScratch>> topk;
+    // kvfuse_ctx_select_rows's working buffers (dispatch/api_select.cpp), apart from `scratch`,
+    // which the steps it calls carve for themselves.
+    std::unique_ptr<kvfuse::detail::SelectScratch> select;
 };
 
 namespace kvfuse::detail {
@@ -67,6 +71,20 @@ class ContextCall {
    private:
     kvfuse_context* context_;
     kvfuse_status status_ = KVFUSE_OK;
+    bool lent_ = false;  // runs inside the claim of the call that lent the context (LendContext)
+};
+
+// A call that holds a context (ContextCall) and runs other entry points as its steps
+// (kvfuse_ctx_select_rows) lends it to them: while a LendContext lives, the next ContextCall
+// this thread makes on that context runs inside the holder's claim (its tuning snapshot, no
+// second claim) instead of being refused. Only that one: any other call -- from the engine's
+// parallel-for, or a second step without a new LendContext -- is refused as usual.
+class LendContext {
+   public:
+    explicit LendContext(kvfuse_context& context);
+    ~LendContext();
+    LendContext(const LendContext&) = delete;
+    LendContext& operator=(const LendContext&) = delete;
 };
 
 // Worker w's top-k buffers; reserve_topk_scratch makes them exist for every worker below

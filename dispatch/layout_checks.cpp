@@ -20,7 +20,7 @@ kvfuse_status invalid(const std::string& why) { return fail(KVFUSE_ERROR_INVALID
 
 kvfuse_status resolve_layout(const char* prefix, std::size_t index, const LayoutFields& f, std::size_t tokens,
                              std::size_t heads, std::size_t head_width, std::size_t element_bytes, KeyLayout& out,
-                             LayoutExtent& extent) {
+                             LayoutExtent& extent, const char* token_stride_name) {
     auto name = [&](const char* what) { return field(prefix, index, what); };
     if (f.base == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, name("") + " keys are required (the base pointer is NULL)");
     if (reinterpret_cast<std::uintptr_t>(f.base) % element_bytes != 0)
@@ -52,7 +52,7 @@ kvfuse_status resolve_layout(const char* prefix, std::size_t index, const Layout
     const bool head_major = token_stride >= head_width &&
                             (heads == 1 || (head_major_need.fits() && head_stride >= head_major_need.value()));
     if (!token_major && !head_major)
-        return invalid(name("token_stride") + " (" + std::to_string(token_stride) + ") and " + name("head_stride") + " (" +
+        return invalid(name(token_stride_name) + " (" + std::to_string(token_stride) + ") and " + name("head_stride") + " (" +
                        std::to_string(head_stride) + ") make rows overlap: token_stride must be >= (heads - 1) * "
                        "head_stride + head_dim (" + std::to_string(row_extent.value()) +
                        "), or head_stride >= (tokens per block - 1) * token_stride + head_dim");
@@ -72,7 +72,7 @@ kvfuse_status resolve_layout(const char* prefix, std::size_t index, const Layout
         extent.end = end.value();
         return KVFUSE_OK;
     }
-    if (!run_extent.fits()) return invalid(name("block_size") + " times " + name("token_stride") + " overflows");
+    if (!run_extent.fits()) return invalid(name("block_size") + " times " + name(token_stride_name) + " overflows");
     const std::size_t block_stride = f.block_stride != 0 ? f.block_stride : (CheckedSize(f.block_size) * token_stride).value();
     if (block_stride < run_extent.value())
         return invalid(name("block_stride") + " (" + std::to_string(block_stride) + ") must hold a whole block (" +

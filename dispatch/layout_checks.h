@@ -27,10 +27,12 @@ struct LayoutExtent {
 
 // Resolves `f` for `tokens` tokens of `heads` heads of `head_width` elements of `element_bytes`
 // into `out`, checking it. Errors name the fields `<prefix><field>` (prefix "dst_", "key_"...),
-// for segments `segments[<index>].<prefix><field>` (index SIZE_MAX: none). tokens > 0, heads > 0.
+// for segments `segments[<index>].<prefix><field>` (index SIZE_MAX: none); the token stride is
+// `<prefix><token_stride_name>` (kvfuse_select_segment calls it key_row_stride). tokens > 0,
+// heads > 0.
 kvfuse_status resolve_layout(const char* prefix, std::size_t index, const LayoutFields& f, std::size_t tokens,
                              std::size_t heads, std::size_t head_width, std::size_t element_bytes, KeyLayout& out,
-                             LayoutExtent& extent);
+                             LayoutExtent& extent, const char* token_stride_name = "token_stride");
 
 // True when the two resolved layouts address every token's heads at the same places.
 bool same_layout(const KeyLayout& a, const KeyLayout& b);

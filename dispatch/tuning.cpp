@@ -78,6 +78,9 @@ kvfuse_tuning built_in_defaults() {
     t.attention_parallel_work = 200'000;
     t.score_parallel_work = 1'000'000;
     t.topk_parallel_work = 4096;
+    // 64 K values (256 KiB of f32) take one core about 20 us through the key quantizers
+    // (bench_quantize's one-thread rate on the Zen 5 VM, ~12 GB/s): above that a second worker pays off.
+    t.quantize_parallel_work = std::uint64_t{1} << 16;
     return t;
 }
 
@@ -154,7 +157,8 @@ nlohmann::json tuning_json(const kvfuse_tuning& t) {
             {"rope_parallel_work", t.rope_parallel_work},
             {"attention_parallel_work", t.attention_parallel_work},
             {"score_parallel_work", t.score_parallel_work},
-            {"topk_parallel_work", t.topk_parallel_work}};
+            {"topk_parallel_work", t.topk_parallel_work},
+            {"quantize_parallel_work", t.quantize_parallel_work}};
 }
 
 std::string version_major_minor(const std::string& version) {
@@ -287,6 +291,8 @@ std::string read_profile(const std::string& path, kvfuse_tuning& out, KernelIsas
         // Added after the first profiles: absent means the built-in default.
         t.topk_parallel_work =
             p.contains("topk_parallel_work") ? field("topk_parallel_work", u64_max) : built_in_defaults().topk_parallel_work;
+        t.quantize_parallel_work = p.contains("quantize_parallel_work") ? field("quantize_parallel_work", u64_max)
+                                                                         : built_in_defaults().quantize_parallel_work;
         if (!bad_field.empty()) return path + ": " + bad_field;
         if (std::string why = invalid(t); !why.empty()) return path + ": " + why;
         KernelIsas isas = {-1, -1, -1, -1};  // profiles from before per-kernel ISAs: all auto

@@ -204,7 +204,7 @@ std::size_t Engine::select(const RequestPlan& plan, kvfuse_key_precision precisi
     args.rows_capacity = plan.documents;
     args.row_count = &count;
     args.scores = scores;
-    require(kvfuse_select_rows(&args), "kvfuse_select_rows");
+    require(kvfuse_ctx_select_rows(context_, &args), "kvfuse_ctx_select_rows");
     return count;
 }
 

@@ -6,7 +6,7 @@
 //      frame into the paged cache in one call (kvfuse_ctx_rope_rotate_layout), values copied;
 //   3. prefix and question rows computed fresh ("the model": deterministic numbers, RoPE at
 //      their positions) and written into the cache;
-//   4. A3 row selection at the check layer (kvfuse_select_rows: the question's queries against
+//   4. A3 row selection at the check layer (kvfuse_ctx_select_rows: the question's queries against
 //      the stored chunks' int8 keys in their own frame, 15 %);
 //   5. per layer, the selected rows recomputed (fresh K/V written into the cache) and sparse-row
 //      attention for them, then attention for the question rows, on the paged cache
@@ -57,7 +57,7 @@ public:
            std::size_t max_tokens, std::size_t max_question_rows, double ratio);
 
     // The whole request on the paged cache, its blocks kept until end_request. Allocations are
-    // counted (allocation_counter.h) in slot 1 during kvfuse_select_rows, in slot 2 during the
+    // counted (allocation_counter.h) in slot 1 during kvfuse_ctx_select_rows, in slot 2 during the
     // RoPE calls, in slot 0 otherwise (the engine's own code, attention, conversions).
     void run(const RequestPlan& plan, StepObserver& observer);
     void end_request(const RequestPlan& plan);

@@ -5,7 +5,7 @@
 //   * attention on a contiguous f32 copy of the cache agrees within 1e-5;
 //   * the re-rotated keys match a straightforward RoPE in double (within half an f16 step), the
 //     values are the stored ones, and attention matches a straightforward softmax in double;
-//   * the A3 scores of kvfuse_select_rows (f32 and int8) match a straightforward A3 in double,
+//   * the A3 scores of kvfuse_ctx_select_rows (f32 and int8) match a straightforward A3 in double,
 //     and the rows picked are the best ones up to that precision;
 //   * after the first request, the engine's kvfuse calls allocate nothing, and no thread exists
 //     beyond the main one and the engine's pool (kvfuse ran its workers on the pool).
@@ -49,24 +49,20 @@ std::size_t process_threads() {
     return count;
 }
 
-// No thread beyond the main one and the pool after any step, except those kvfuse_select_rows
-// starts: it has no context form and runs on the thread's default context (OpenMP). Those are
-// counted and reported, not failed (see examples/README.md).
+// No thread beyond the main one and the pool after any step: every kvfuse call, row selection
+// included (kvfuse_ctx_select_rows), runs on the engine's context and its pool.
 class ThreadCheck : public StepObserver {
 public:
     explicit ThreadCheck(std::size_t expected) : expected_(expected) {}
     void after(const char* step) override {
         const std::size_t now = process_threads();
-        if (std::strcmp(step, "selection") == 0 && now > expected_ + added_by_select_) added_by_select_ = now - expected_;
-        if (now != expected_ + added_by_select_)
+        if (now != expected_)
             fail(std::string("after the ") + step + " step the process has " + std::to_string(now) +
-                 " threads, expected " + std::to_string(expected_ + added_by_select_) +
-                 " (the main thread, the pool, and what kvfuse_select_rows started)");
+                 " threads, expected " + std::to_string(expected_) + " (the main thread and the pool)");
     }
-    std::size_t added_by_select() const { return added_by_select_; }
 
 private:
-    std::size_t expected_, added_by_select_ = 0;
+    std::size_t expected_;
 };
 
 // A request's K/V in plain contiguous f16 arrays [tokens][kv_heads][head_dim] per layer.
@@ -232,7 +228,7 @@ void check_independently(Engine& engine, const RequestPlan& plan) {
     std::printf("  straightforward: RoPE within %.2f of an f16 step, attention within %.1e\n", worst_rope, worst_attention);
 }
 
-// A3 scores from kvfuse_select_rows (f32 and int8) against A3 in double over the fused keys.
+// A3 scores from kvfuse_ctx_select_rows (f32 and int8) against A3 in double over the fused keys.
 void check_selection(Engine& engine, const RequestPlan& plan) {
     const ModelShape& m = engine.model();
     const std::size_t docs = plan.documents, M = plan.question_rows, row = m.token_elements(), D = m.head_dim;
@@ -260,7 +256,7 @@ void check_selection(Engine& engine, const RequestPlan& plan) {
     const std::size_t count = engine.select(plan, KVFUSE_KEYS_F32, rows.data(), f32_scores.data());
     const std::size_t k = static_cast<std::size_t>(std::floor(engine.ratio() * static_cast<double>(plan.prefix_rows + docs)));
     if (count != k || engine.selected_count() != k)
-        fail("kvfuse_select_rows picked " + std::to_string(count) + " (f32) and " + std::to_string(engine.selected_count()) +
+        fail("kvfuse_ctx_select_rows picked " + std::to_string(count) + " (f32) and " + std::to_string(engine.selected_count()) +
              " (int8) rows, expected floor(ratio * (P + documents)) = " + std::to_string(k));
     const double kth = sorted[k - 1];
     // Scores: f32 within rounding; int8 within its quantization. Rows: each one picked scores at
@@ -363,7 +359,7 @@ int main(int argc, char** argv) {
         const long engine_allocations = allocation_counter::count(0), select_allocations = allocation_counter::count(1),
                    rope_allocations = allocation_counter::count(2);
         std::printf("request %zu: %zu tokens, %zu rows selected; heap allocations: %ld in attention, conversions and "
-                    "the engine's code, %ld in RoPE calls, %ld in kvfuse_select_rows\n",
+                    "the engine's code, %ld in RoPE calls, %ld in kvfuse_ctx_select_rows\n",
                     r, plan.tokens(), engine.selected_count(), engine_allocations, rope_allocations, select_allocations);
         verify(engine, plan);
         engine.end_request(plan);
@@ -373,12 +369,13 @@ int main(int argc, char** argv) {
         if (r > 0 && allocation_counter::available() && engine_allocations != 0)
             fail("request " + std::to_string(r) + " made " + std::to_string(engine_allocations) +
                  " heap allocations in attention, conversions or the engine's own code after warm-up (expected 0)");
+        if (r > 0 && allocation_counter::available() && select_allocations != 0)
+            fail("request " + std::to_string(r) + " made " + std::to_string(select_allocations) +
+                 " heap allocations in kvfuse_ctx_select_rows after warm-up (expected 0)");
     }
     if (!allocation_counter::available()) std::printf("allocations not counted: a sanitizer owns malloc\n");
     if (pool.tasks_on_workers() == 0) fail("no kvfuse task ran on the engine's pool: parallel_for was never used");
-    std::printf("%zu kvfuse tasks ran on the pool's threads; %zu threads besides the pool came from kvfuse_select_rows "
-                "(no context form)\n",
-                pool.tasks_on_workers(), threads.added_by_select());
+    std::printf("%zu kvfuse tasks ran on the pool's threads; no other thread was started\n", pool.tasks_on_workers());
     kvfuse_context_destroy(context);
     std::printf("fused_request: OK\n");
     return 0;

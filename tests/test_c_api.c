@@ -248,6 +248,15 @@ static void check_null_pointers(void) {
     CHECK(kvfuse_f32_to_f16(NULL, (uint16_t*)x, 1) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_f16_to_f32((const uint16_t*)x, NULL, 1) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_quantize_rows_i8_typed(KVFUSE_DTYPE_F16, NULL, 1, 1, 8, 8, (int8_t*)x, x) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_ctx_quantize_keys_i8(NULL, x, 1, 1, 8, 8, NULL, x, x) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_ctx_quantize_keys_i4(NULL, x, 1, 1, 8, 8, NULL, x, x) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_ctx_quantize_rows_i8(NULL, NULL, 1, 1, 8, 8, (int8_t*)x, x) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_ctx_quantize_keys_i8_typed(NULL, KVFUSE_DTYPE_F16, NULL, 1, 1, 8, 8, (int8_t*)x, x, x) ==
+          KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_ctx_quantize_keys_i4_typed(NULL, KVFUSE_DTYPE_BF16, x, 1, 1, 8, 8, NULL, x, x) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_ctx_quantize_rows_i8_typed(NULL, KVFUSE_DTYPE_F32, x, 1, 1, 8, 8, NULL, x) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_select_rows(NULL) == KVFUSE_ERROR_NULL_POINTER);
+    CHECK(kvfuse_ctx_select_rows(NULL, NULL) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_isa_from_name(NULL, NULL) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_active_isa(NULL) == KVFUSE_ERROR_NULL_POINTER);
     CHECK(kvfuse_load_profile(NULL) == KVFUSE_ERROR_NULL_POINTER);
@@ -300,6 +309,10 @@ static void check_struct_sizes(void) {
     CHECK(KVFUSE_RELEVANCE_ARGS_SIZE_V1 < KVFUSE_RELEVANCE_ARGS_SIZE_V2);
     CHECK(KVFUSE_RELEVANCE_ARGS_SIZE_V2 < KVFUSE_RELEVANCE_ARGS_SIZE_V3);
     CHECK(KVFUSE_RELEVANCE_ARGS_SIZE_V3 < KVFUSE_RELEVANCE_ARGS_SIZE_V4);
+    CHECK(KVFUSE_SELECT_SEGMENT_SIZE_V1 < KVFUSE_SELECT_SEGMENT_SIZE_V2);
+    CHECK(KVFUSE_SELECT_SEGMENT_SIZE_V2 < KVFUSE_SELECT_SEGMENT_SIZE_V3);
+    CHECK(KVFUSE_SELECT_SEGMENT_SIZE_V3 == sizeof(kvfuse_select_segment));
+    CHECK(KVFUSE_TUNING_SIZE_V1 < KVFUSE_TUNING_SIZE_V2 && KVFUSE_TUNING_SIZE_V2 == sizeof(kvfuse_tuning));
     CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V4, newest) == KVFUSE_OK);
     CHECK(relevance_with_size(KVFUSE_RELEVANCE_ARGS_SIZE_V3, oldest) == KVFUSE_OK);
     CHECK(newest[0] > 0.0f && newest[0] == oldest[0] && newest[1] == oldest[1]);

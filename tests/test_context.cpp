@@ -1,6 +1,7 @@
-// The execution context (kvfuse_context): zero heap allocations after warm-up, the caller's
-// parallel-for, per-call thread counts that never start threads, out of memory reported as a
-// status, one call per context at a time, options checked.
+// The execution context (kvfuse_context): zero heap allocations after warm-up (row selection and
+// the quantizers' context forms included), the caller's parallel-for, per-call thread counts that
+// never start threads, out of memory reported as a status, one call per context at a time,
+// options checked.
 //
 // This binary replaces malloc and its relatives (forwarding to glibc's __libc_* functions) so
 // that it can count every allocation of the process, operator new's included, and make large
@@ -203,6 +204,99 @@ struct RelevanceCase {
     }
 };
 
+// A request for kvfuse_ctx_select_rows: stored chunks of f16 keys in their own frames (shifted;
+// chunk 1 read from a paged pool of 16-token blocks in reverse order), then the question's keys
+// (M rows, the request's frame); queries 8 heads over 2 KV heads of 64.
+struct SelectCase {
+    std::size_t M = 8, H = 8, Hkv = 2, D = 64, documents = 0;
+    kvfuse_rope_config rope{};
+    std::vector<std::vector<std::uint16_t>> keys;
+    std::vector<std::int32_t> table;
+    std::vector<float> queries, scores, fresh, reused;
+    std::vector<kvfuse_select_segment> segments;
+    std::vector<std::int64_t> rows, cacheblend_rows;
+    std::size_t count = 0, cacheblend_count = 0;
+    kvfuse_select_args args{};
+    SelectCase(const std::vector<std::size_t>& chunk_tokens, kvfuse_key_precision precision) {
+        kvfuse_rope_config_init(&rope, static_cast<std::int32_t>(D));
+        std::mt19937 rng(13);
+        std::normal_distribution<float> normal;
+        const std::size_t kv_row = Hkv * D;
+        std::size_t position = 16;
+        for (std::size_t c = 0; c <= chunk_tokens.size(); ++c) {
+            const bool question = c == chunk_tokens.size();
+            const std::size_t n = question ? M : chunk_tokens[c];
+            keys.emplace_back(n * kv_row);
+            for (std::uint16_t& k : keys.back()) k = reference::f32_to_f16(normal(rng));
+            kvfuse_select_segment seg;
+            kvfuse_select_segment_init(&seg);
+            seg.tokens = n;
+            seg.position_shift = question ? 0 : static_cast<std::int64_t>(position);
+            seg.keys_dtype = KVFUSE_DTYPE_F16;
+            seg.keys = keys.back().data();
+            segments.push_back(seg);
+            position += n;
+            documents += question ? 0 : n;
+        }
+        if (chunk_tokens.size() > 1) {  // chunk 1 as 16-token pages in reverse order
+            const std::size_t n = chunk_tokens[1], blocks = (n + 15) / 16;
+            std::vector<std::uint16_t> pages(blocks * 16 * kv_row, 0);
+            for (std::size_t b = 0; b < blocks; ++b) {
+                table.push_back(static_cast<std::int32_t>(blocks - 1 - b));
+                const std::size_t take = std::min<std::size_t>(16, n - b * 16);
+                std::memcpy(pages.data() + table.back() * 16 * kv_row, keys[1].data() + b * 16 * kv_row,
+                            take * kv_row * sizeof(std::uint16_t));
+            }
+            keys[1] = std::move(pages);
+            segments[1].keys = keys[1].data();
+            segments[1].key_block_table = table.data();
+            segments[1].key_block_size = 16;
+            segments[1].key_blocks_total = blocks;
+        }
+        queries.resize(M * H * D);
+        for (float& q : queries) q = normal(rng);
+        scores.assign(documents, 0.0f);
+        rows.assign(documents, -1);
+        kvfuse_select_args_init(&args);
+        args.method = KVFUSE_SELECT_A3;
+        args.prefix_rows = 16;
+        args.documents = documents;
+        args.question_rows = M;
+        args.ratio = 0.15;
+        args.query_heads = H;
+        args.kv_heads = Hkv;
+        args.head_dim = D;
+        args.queries = queries.data();
+        args.key_precision = precision;
+        args.smoothing = 1;
+        args.rope = &rope;
+        args.segment_count = segments.size();
+        args.segments = segments.data();
+        args.rows = rows.data();
+        args.rows_capacity = rows.size();
+        args.row_count = &count;
+        args.scores = scores.data();
+    }
+    // The same documents' CacheBlend selection (fresh and reused rows of the check layer).
+    kvfuse_select_args cacheblend() {
+        fresh.resize(documents * Hkv * D);
+        reused.resize(fresh.size());
+        std::mt19937 rng(17);
+        std::normal_distribution<float> normal;
+        for (float& f : fresh) f = normal(rng);
+        for (float& f : reused) f = normal(rng);
+        kvfuse_select_args c = args;
+        c.method = KVFUSE_SELECT_CACHEBLEND;
+        c.fresh = fresh.data();
+        c.reused = reused.data();
+        c.scores = nullptr;  // the context's own
+        cacheblend_rows.assign(documents, -1);
+        c.rows = cacheblend_rows.data();
+        c.row_count = &cacheblend_count;
+        return c;
+    }
+};
+
 long count_allocations(const std::function<void()>& body) {
     g_allocations.store(0);
     g_counting.store(true);
@@ -327,7 +421,7 @@ TEST_P(ContextIsaTest, LayoutCallsAllocateNothingAfterWarmUp) {
 }
 
 // The quantizers (no context argument: the thread's default context) allocate nothing after a
-// warm-up call, on one worker and on several (a call above the kernel's 64 K-value threshold).
+// warm-up call, on one worker and on several (a call above the default quantize_parallel_work).
 TEST_P(ContextIsaTest, QuantizersAllocateNothingAfterWarmUp) {
     if (!KVFUSE_TEST_OWNS_MALLOC) GTEST_SKIP() << "a sanitizer owns malloc";
     if (GetParam().isa == Isa::scalar) GTEST_SKIP() << "the scalar ISA runs the reference, which allocates";
@@ -354,6 +448,47 @@ TEST_P(ContextIsaTest, QuantizersAllocateNothingAfterWarmUp) {
         calls();  // warm-up (the default context's scratch, an OpenMP team of this size)
         EXPECT_EQ(count_allocations(calls), 0);
     });
+}
+
+// kvfuse_ctx_select_rows allocates nothing after a warm-up call at each shape: A3 over shifted f16
+// chunks (one paged) at f32, int8 and int4 (quantized by the call), its scores in the context
+// or the caller's, and CacheBlend, on one thread and on several (the quantizers and the relevance
+// split over workers), with the same rows as the default context's kvfuse_select_rows.
+TEST_P(ContextIsaTest, SelectAllocatesNothingAfterWarmUp) {
+    if (!KVFUSE_TEST_OWNS_MALLOC) GTEST_SKIP() << "a sanitizer owns malloc";
+    if (GetParam().isa == Isa::scalar) GTEST_SKIP() << "the scalar ISA runs the reference, which allocates";
+    SelectCase f32({300, 200, 250}, KVFUSE_KEYS_F32), int8({300, 200, 250}, KVFUSE_KEYS_INT8),
+        int4({300, 200, 250}, KVFUSE_KEYS_INT4);
+    kvfuse_select_args own_scores = int8.args;
+    own_scores.scores = nullptr;
+    const kvfuse_select_args cacheblend = f32.cacheblend();
+    for (int threads : {1, 2}) {
+        SCOPED_TRACE(std::to_string(threads) + " threads");
+        kvfuse_tuning tuning;
+        kvfuse_tuning_init(&tuning);
+        kvfuse_default_tuning(&tuning);
+        tuning.quantize_parallel_work = 4096;  // several workers for these quantizers too
+        tuning.score_parallel_work = 0;
+        kvfuse_context_options options;
+        kvfuse_context_options_init(&options);
+        options.threads = threads;
+        options.tuning = &tuning;
+        kvfuse_context* context = nullptr;
+        ASSERT_EQ(kvfuse_context_create(&options, &context), KVFUSE_OK) << kvfuse_last_error();
+        auto calls = [&] {
+            for (SelectCase* c : {&f32, &int8, &int4}) ASSERT_EQ(kvfuse_ctx_select_rows(context, &c->args), KVFUSE_OK) << kvfuse_last_error();
+            ASSERT_EQ(kvfuse_ctx_select_rows(context, &own_scores), KVFUSE_OK) << kvfuse_last_error();
+            ASSERT_EQ(kvfuse_ctx_select_rows(context, &cacheblend), KVFUSE_OK) << kvfuse_last_error();
+        };
+        calls();  // warm-up
+        EXPECT_EQ(count_allocations(calls), 0);
+        kvfuse_context_destroy(context);
+        for (SelectCase* c : {&f32, &int8, &int4}) {
+            const std::vector<std::int64_t> got(c->rows.begin(), c->rows.begin() + static_cast<std::ptrdiff_t>(c->count));
+            ASSERT_EQ(kvfuse_select_rows(&c->args), KVFUSE_OK) << kvfuse_last_error();
+            EXPECT_EQ(got, std::vector<std::int64_t>(c->rows.begin(), c->rows.begin() + static_cast<std::ptrdiff_t>(c->count)));
+        }
+    }
 }
 
 // The engine's parallel-for: tasks run here one after another in reverse order, or on fresh
@@ -458,6 +593,50 @@ TEST_P(ContextIsaTest, RopeAtPositionsAllocatesNothingInTasksNorAfterWarmUp) {
     EXPECT_EQ(in_tasks.allocations, 0);
 }
 
+// The quantizers' context forms allocate nothing after warm-up either, and follow the context's
+// quantize_parallel_work: above it a call hands its workers to the parallel-for, below it not.
+TEST_P(ContextIsaTest, ContextQuantizersFollowTheirTuning) {
+    if (GetParam().isa == Isa::scalar) GTEST_SKIP() << "the scalar ISA runs the reference on the calling thread";
+    const std::size_t tokens = 64, heads = 2, dim = 64;  // 8 K values
+    std::vector<float> keys(tokens * heads * dim), scales(tokens * heads), means(heads * dim), expected_scales(scales);
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal;
+    for (float& k : keys) k = normal(rng);
+    std::vector<std::int8_t> out(keys.size()), expected(keys.size());
+    ASSERT_EQ(kvfuse_quantize_keys_i8(keys.data(), tokens, heads, dim, heads * dim, expected.data(),
+                                      expected_scales.data(), means.data()),
+              KVFUSE_OK);
+    for (std::uint64_t threshold : {std::uint64_t{1} << 16, std::uint64_t{1024}}) {
+        Pool pool;
+        ContextHandle ctx(2, &pool_parallel_for, &pool);
+        kvfuse_tuning tuning;
+        kvfuse_tuning_init(&tuning);
+        ASSERT_EQ(kvfuse_context_get_tuning(ctx.context, &tuning), KVFUSE_OK);
+        EXPECT_EQ(tuning.quantize_parallel_work, std::uint64_t{1} << 16);  // the built-in default
+        tuning.quantize_parallel_work = threshold;
+        ASSERT_EQ(kvfuse_context_set_tuning(ctx.context, &tuning), KVFUSE_OK);
+        auto calls = [&] {
+            ASSERT_EQ(kvfuse_ctx_quantize_keys_i8(ctx.context, keys.data(), tokens, heads, dim, heads * dim, out.data(),
+                                                  scales.data(), means.data()),
+                      KVFUSE_OK);
+            ASSERT_EQ(kvfuse_ctx_quantize_rows_i8_typed(ctx.context, KVFUSE_DTYPE_F32, keys.data(), tokens, heads, dim,
+                                                        heads * dim, out.data() + 0, scales.data()),
+                      KVFUSE_OK);
+            ASSERT_EQ(kvfuse_ctx_quantize_keys_i8(ctx.context, keys.data(), tokens, heads, dim, heads * dim, out.data(),
+                                                  scales.data(), means.data()),
+                      KVFUSE_OK);
+        };
+        calls();
+        if (threshold > keys.size())
+            EXPECT_EQ(pool.calls.load(), 0u) << "below the threshold: one worker, no parallel-for";
+        else
+            EXPECT_GT(pool.calls.load(), 0u) << "above the threshold: workers on the parallel-for";
+        if (KVFUSE_TEST_OWNS_MALLOC) EXPECT_EQ(count_allocations(calls), 0);
+        EXPECT_EQ(out, expected);
+        EXPECT_EQ(scales, expected_scales);
+    }
+}
+
 KVFUSE_INSTANTIATE_ISA_TESTS(ContextIsaTest);
 
 std::size_t process_threads() {
@@ -470,20 +649,37 @@ std::size_t process_threads() {
     return count;
 }
 
+// The most threads the process had while it ran (a thread of its own, counted with them).
+class ThreadWatcher {
+   public:
+    ThreadWatcher()
+        : thread_([this] {
+              while (running_.load()) {
+                  const std::size_t now = process_threads();
+                  std::size_t seen = most_.load();
+                  while (now > seen && !most_.compare_exchange_weak(seen, now)) {}
+                  std::this_thread::yield();
+              }
+          }) {}
+    ~ThreadWatcher() { stop(); }
+    std::size_t stop() {
+        running_ = false;
+        if (thread_.joinable()) thread_.join();
+        return most_.load();
+    }
+
+   private:
+    std::atomic<std::size_t> most_{0};
+    std::atomic<bool> running_{true};
+    std::thread thread_;
+};
+
 // Eight engine threads, each with its own one-thread context, calling work large enough to
 // run in parallel on a default context: no kvfuse thread appears, and every result is right.
 TEST(Context, ManyEngineThreadsStartNoThreadOfTheirOwn) {
     const std::size_t before = process_threads();
-    std::atomic<std::size_t> most{0};
-    std::atomic<bool> running{true}, wrong{false};
-    std::thread watcher([&] {
-        while (running.load()) {
-            const std::size_t now = process_threads();
-            std::size_t seen = most.load();
-            while (now > seen && !most.compare_exchange_weak(seen, now)) {}
-            std::this_thread::yield();
-        }
-    });
+    std::atomic<bool> wrong{false};
+    ThreadWatcher watcher;
     std::vector<std::thread> engine;
     for (int t = 0; t < 8; ++t)
         engine.emplace_back([&] {
@@ -497,11 +693,47 @@ TEST(Context, ManyEngineThreadsStartNoThreadOfTheirOwn) {
             }
         });
     for (std::thread& t : engine) t.join();
-    running = false;
-    watcher.join();
+    const std::size_t most = watcher.stop();
     EXPECT_FALSE(wrong.load());
     // The eight engine threads and the watcher, nothing else.
-    EXPECT_LE(most.load(), before + 9) << "threads before " << before;
+    EXPECT_LE(most, before + 9) << "threads before " << before;
+}
+
+// kvfuse_ctx_select_rows starts no thread of its own: engine threads calling it on contexts of one
+// thread, or of four workers run by a parallel-for (here sequential, on the calling thread), at
+// sizes where a default context would start an OpenMP team (int8: the quantizers and the
+// relevance both over their thresholds), leave the process with the engine's threads and the
+// watcher only, and give the default context's rows.
+TEST(Context, SelectStartsNoThreadOfItsOwn) {
+    SelectCase reference_case({700, 600, 700}, KVFUSE_KEYS_INT8);
+    ASSERT_EQ(kvfuse_select_rows(&reference_case.args), KVFUSE_OK) << kvfuse_last_error();
+    const std::vector<std::int64_t> expected(reference_case.rows.begin(),
+                                             reference_case.rows.begin() + static_cast<std::ptrdiff_t>(reference_case.count));
+    const std::size_t before = process_threads();
+    std::atomic<std::size_t> pool_calls{0};
+    std::atomic<bool> wrong{false};
+    ThreadWatcher watcher;
+    std::vector<std::thread> engine;
+    for (int t = 0; t < 4; ++t)
+        engine.emplace_back([&, t] {
+            Pool pool;
+            ContextHandle ctx(t % 2 == 0 ? 1 : 4, t % 2 == 0 ? nullptr : &pool_parallel_for, &pool);
+            SelectCase c({700, 600, 700}, KVFUSE_KEYS_INT8);
+            for (int i = 0; i < 2; ++i) {
+                if (kvfuse_ctx_select_rows(ctx.context, &c.args) != KVFUSE_OK) wrong = true;
+                if (std::vector<std::int64_t>(c.rows.begin(), c.rows.begin() + static_cast<std::ptrdiff_t>(c.count)) != expected)
+                    wrong = true;
+            }
+            pool_calls.fetch_add(pool.calls.load());
+        });
+    for (std::thread& t : engine) t.join();
+    const std::size_t most = watcher.stop();
+    EXPECT_FALSE(wrong.load());
+    // The four engine threads and the watcher, nothing else.
+    EXPECT_LE(most, before + 5) << "threads before " << before;
+    kvfuse_isa isa;
+    ASSERT_EQ(kvfuse_active_isa(&isa), KVFUSE_OK);
+    if (isa != KVFUSE_ISA_SCALAR) EXPECT_GT(pool_calls.load(), 0u) << "the steps' workers ran on the parallel-for";
 }
 
 TEST(Context, OutOfMemoryIsAStatus) {
@@ -618,6 +850,16 @@ TEST(Context, CppWrapper) {
     AttentionCase tiny(1, 16);
     ASSERT_TRUE(sparse_attention(moved, tiny.args).ok());
     tiny.expect_matches_reference();
+    SelectCase selection({40, 30}, KVFUSE_KEYS_INT4);
+    ASSERT_TRUE(select_rows(moved, selection.args).ok()) << kvfuse_last_error();
+    const std::vector<std::int64_t> picked(selection.rows.begin(), selection.rows.begin() + static_cast<std::ptrdiff_t>(selection.count));
+    ASSERT_TRUE(select_rows(selection.args).ok());
+    EXPECT_EQ(picked, std::vector<std::int64_t>(selection.rows.begin(), selection.rows.begin() + static_cast<std::ptrdiff_t>(selection.count)));
+    std::vector<std::int8_t> q(selection.keys[0].size());
+    std::vector<float> scales(40 * 2), means(2 * 64);
+    ASSERT_TRUE(quantize_keys_i8(moved, reinterpret_cast<const f16*>(selection.keys[0].data()), 40, 2, 64, 128, q.data(),
+                                 scales.data(), means.data())
+                    .ok());
     kvfuse_context_options bad;
     kvfuse_context_options_init(&bad);
     bad.threads = -3;

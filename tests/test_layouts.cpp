@@ -1,8 +1,9 @@
 // Keys where engines keep them (kvfuse.h, "RoPE on strided and paged caches"): RoPE and A3
 // relevance over strided, head-major and paged (block table) layouts on every kernel build,
 // bit for bit the same call on the same keys packed; f16 / bf16 keys in relevance segments and
-// in kvfuse_select_rows, bit for bit the f32 call on the widened keys; every bad layout refused
-// with an error naming the field.
+// in kvfuse_select_rows, bit for bit the f32 call on the widened keys; select segments (V3) in
+// those layouts, bit for bit the packed ones at every precision; every bad layout refused with an
+// error naming the field.
 //
 // Each layout is addressed here by the test's own arithmetic (Pool::at), not the library's.
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "isa_test_support.h"
@@ -585,24 +587,20 @@ struct RelevanceShape {
 using RelevanceLayoutTest = IsaTest;
 KVFUSE_INSTANTIATE_ISA_TESTS(RelevanceLayoutTest);
 
-// The call's top-level key layout from a pool.
-void set_key_layout(kvfuse_relevance_args& a, const Pool& p) {
-    a.key_token_stride = p.token_stride;
+// A pool's layout in the key_* fields of the relevance call, a relevance segment or a select
+// segment (whose token stride is key_row_stride).
+template <class Keys>
+void set_key_layout(Keys& a, const Pool& p) {
+    if constexpr (std::is_base_of_v<kvfuse_select_segment, Keys>)
+        a.key_row_stride = p.token_stride;
+    else
+        a.key_token_stride = p.token_stride;
     a.key_head_stride = p.head_stride;
     a.key_block_table = p.table.empty() ? nullptr : p.table.data();
     a.key_block_size = p.table.empty() ? 0 : p.block_size;
     a.key_block_stride = p.table.empty() ? 0 : p.block_stride;
     a.key_blocks_total = p.table.empty() ? 0 : p.blocks_total;
     a.key_token_offset = p.offset;
-}
-void set_key_layout(kvfuse_relevance_segment& g, const Pool& p) {
-    g.key_token_stride = p.token_stride;
-    g.key_head_stride = p.head_stride;
-    g.key_block_table = p.table.empty() ? nullptr : p.table.data();
-    g.key_block_size = p.table.empty() ? 0 : p.block_size;
-    g.key_block_stride = p.table.empty() ? 0 : p.block_stride;
-    g.key_blocks_total = p.table.empty() ? 0 : p.blocks_total;
-    g.key_token_offset = p.offset;
 }
 
 std::vector<Pool> key_pools(const RelevanceShape& c, std::size_t width, std::uint32_t seed) {
@@ -873,6 +871,46 @@ TEST(RelevanceLayoutChecks, BadLayoutsAreRefusedNamingTheField) {
 
 // ---- kvfuse_select_rows with f16 / bf16 keys ---------------------------------------------------
 
+// An A3 selection of k rows (prefix 2, smoothing) over `segments`, twice with two segment lists:
+// both must succeed and give the same scores bit for bit and the same k rows.
+struct SelectShape {
+    std::size_t M, H, Hkv, D, documents, k;
+    const float* queries;
+    const kvfuse_rope_config* rope;
+};
+void expect_same_selection(const SelectShape& s, kvfuse_key_precision precision, std::size_t segment_count,
+                           const kvfuse_select_segment* first, const kvfuse_select_segment* second) {
+    kvfuse::SelectArgs a;
+    a.method = KVFUSE_SELECT_A3;
+    a.prefix_rows = 2;
+    a.documents = s.documents;
+    a.question_rows = s.M;
+    a.k = s.k;
+    a.query_heads = s.H;
+    a.kv_heads = s.Hkv;
+    a.head_dim = s.D;
+    a.queries = s.queries;
+    a.key_precision = precision;
+    a.smoothing = 1;
+    a.rope = s.rope;
+    a.segment_count = segment_count;
+    std::vector<std::int64_t> rows[2] = {std::vector<std::int64_t>(s.k), std::vector<std::int64_t>(s.k)};
+    std::vector<float> scores[2] = {std::vector<float>(s.documents), std::vector<float>(s.documents)};
+    std::size_t count[2] = {0, 0};
+    for (int run = 0; run < 2; ++run) {
+        a.segments = run == 0 ? first : second;
+        a.rows = rows[run].data();
+        a.rows_capacity = s.k;
+        a.row_count = &count[run];
+        a.scores = scores[run].data();
+        ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << "run " << run << ": " << kvfuse_last_error();
+    }
+    EXPECT_TRUE(same_bits(scores[0], scores[1]));
+    EXPECT_EQ(rows[0], rows[1]);
+    EXPECT_EQ(count[0], s.k);
+    EXPECT_EQ(count[1], s.k);
+}
+
 using SelectTypedKeysTest = IsaTest;
 KVFUSE_INSTANTIATE_ISA_TESTS(SelectTypedKeysTest);
 
@@ -906,37 +944,7 @@ TEST_P(SelectTypedKeysTest, TypedKeysAreTheWidenedF32Keys) {
                     t_seg[g].keys_dtype = dtype;
                     w_seg[g].keys_f32 = wide[g].data();
                 }
-                kvfuse::SelectArgs a;
-                a.method = KVFUSE_SELECT_A3;
-                a.prefix_rows = 2;
-                a.documents = docs;
-                a.question_rows = M;
-                a.k = 11;
-                a.query_heads = H;
-                a.kv_heads = Hkv;
-                a.head_dim = D;
-                a.queries = queries.data();
-                a.key_precision = precision;
-                a.smoothing = 1;
-                a.rope = &rope;
-                a.segment_count = segment_count;
-                std::vector<std::int64_t> rows_t(11), rows_w(11);
-                std::vector<float> scores_t(docs), scores_w(docs);
-                std::size_t count_t = 0, count_w = 0;
-                a.segments = t_seg;
-                a.rows = rows_t.data();
-                a.rows_capacity = 11;
-                a.row_count = &count_t;
-                a.scores = scores_t.data();
-                ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
-                a.segments = w_seg;
-                a.rows = rows_w.data();
-                a.row_count = &count_w;
-                a.scores = scores_w.data();
-                ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
-                EXPECT_TRUE(same_bits(scores_t, scores_w));
-                EXPECT_EQ(rows_t, rows_w);
-                EXPECT_EQ(count_t, 11u);
+                expect_same_selection({M, H, Hkv, D, docs, 11, queries.data(), &rope}, precision, segment_count, t_seg, w_seg);
             }
 }
 
@@ -981,6 +989,160 @@ TEST(SelectTypedKeysChecks, KeysAreChecked) {
     EXPECT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
     v1.struct_size = 8;
     EXPECT_EQ(kvfuse_select_rows(&a), KVFUSE_ERROR_STRUCT_SIZE);
+}
+
+// ---- kvfuse_select_rows over paged and strided keys (segment V3) -------------------------------
+
+using SelectLayoutTest = IsaTest;
+KVFUSE_INSTANTIATE_ISA_TESTS(SelectLayoutTest);
+
+struct SelectLayoutCase {
+    std::size_t block_size;  // 0: strided, not paged
+    Kind kind;
+    const char* name;
+};
+
+// Keys of S (float: f32 through keys_f32; uint16_t: f16 or bf16 through keys) in two chunks
+// shifted into their own frames (or one segment), packed and in a layout (paged token-major or
+// head-major, one token per block as llama.cpp's cells, strided head-major with an offset):
+// the same scores and rows bit for bit, at every precision (int8 / int4 quantized by the call
+// from the paged keys).
+template <class S>
+void check_select_layouts(kvfuse_dtype dtype, std::uint32_t seed) {
+    const std::size_t M = 3, Hkv = 2, H = 4, D = 20, kv_row = Hkv * D;
+    const std::size_t chunk[2] = {37, 30}, docs = chunk[0] + chunk[1] - M;
+    kvfuse_rope_config rope;
+    kvfuse_rope_config_init(&rope, D);
+    const std::vector<float> queries = random_floats(M * H * D, seed, 1.0f);
+    const SelectLayoutCase layouts[] = {{16, Kind::token_major, "paged token-major"},
+                                        {8, Kind::head_major, "paged head-major"},
+                                        {1, Kind::token_major, "one token per block"},
+                                        {0, Kind::head_major, "strided head-major"},
+                                        {0, Kind::token_major, "strided token-major"}};
+    for (const SelectLayoutCase& layout : layouts)
+        for (kvfuse_key_precision precision : {KVFUSE_KEYS_F32, KVFUSE_KEYS_INT8, KVFUSE_KEYS_INT4})
+            for (std::size_t segment_count : {1u, 2u}) {
+                SCOPED_TRACE(std::string(layout.name) + ", dtype " + std::to_string(dtype) + ", precision " +
+                             std::to_string(precision) + ", segments " + std::to_string(segment_count));
+                std::vector<S> packed[2], stored[2];
+                Pool pools[2];
+                kvfuse::SelectSegment p_seg[2], l_seg[2];
+                for (std::size_t g = 0; g < 2; ++g) {
+                    const std::size_t tokens = segment_count == 1 ? chunk[0] + chunk[1] : chunk[g];
+                    packed[g] = random_keys<S>(tokens * kv_row, dtype, seed + 1 + static_cast<std::uint32_t>(g));
+                    pools[g] = make_pool(tokens, Hkv, D, layout.block_size, layout.kind, 3 + g, seed + 5 + static_cast<std::uint32_t>(g));
+                    stored[g] = pool_storage<S>(pools[g]);
+                    scatter(pools[g], packed[g].data(), stored[g]);
+                    p_seg[g].tokens = l_seg[g].tokens = tokens;
+                    p_seg[g].position_shift = l_seg[g].position_shift = g == 0 || segment_count == 1 ? 0 : 250;
+                    if constexpr (sizeof(S) == 4) {
+                        p_seg[g].keys_f32 = packed[g].data();
+                        l_seg[g].keys_f32 = stored[g].data();
+                    } else {
+                        p_seg[g].keys = packed[g].data(), p_seg[g].keys_dtype = dtype;
+                        l_seg[g].keys = stored[g].data(), l_seg[g].keys_dtype = dtype;
+                    }
+                    set_key_layout(l_seg[g], pools[g]);
+                }
+                expect_same_selection({M, H, Hkv, D, docs, 13, queries.data(), &rope}, precision, segment_count, p_seg, l_seg);
+            }
+}
+
+TEST_P(SelectLayoutTest, PagedAndStridedSegmentsAreThePackedOnesF32) { check_select_layouts<float>(KVFUSE_DTYPE_F32, 70); }
+TEST_P(SelectLayoutTest, PagedAndStridedSegmentsAreThePackedOnesF16) {
+    check_select_layouts<std::uint16_t>(KVFUSE_DTYPE_F16, 80);
+}
+TEST_P(SelectLayoutTest, PagedAndStridedSegmentsAreThePackedOnesBf16) {
+    check_select_layouts<std::uint16_t>(KVFUSE_DTYPE_BF16, 90);
+}
+
+// A segment's layout is checked before anything runs, errors naming segments[i].key_*; V1 and V2
+// segments (no layout fields: whatever follows them in memory is not read) still work.
+TEST(SelectLayoutChecks, LayoutsAreCheckedAndOldSegmentsStillRead) {
+    const std::size_t M = 2, Hkv = 2, H = 2, D = 8, kv_row = Hkv * D, tokens = 20;
+    const std::vector<float> queries = random_floats(M * H * D, 100, 1.0f), keys = random_floats(tokens * kv_row, 101, 1.0f);
+    const Pool pool = make_pool(tokens, Hkv, D, 4, Kind::token_major, 1, 102);
+    std::vector<float> paged = pool_storage<float>(pool);
+    scatter(pool, keys.data(), paged);
+    kvfuse::SelectSegment segments[2];
+    segments[0].tokens = 1;
+    segments[0].keys_f32 = keys.data();
+    segments[1].tokens = tokens;
+    segments[1].keys_f32 = paged.data();
+    set_key_layout(segments[1], pool);
+    kvfuse::SelectArgs a;
+    a.documents = 1 + tokens - M;
+    a.question_rows = M;
+    a.k = 3;
+    a.query_heads = H;
+    a.kv_heads = Hkv;
+    a.head_dim = D;
+    a.queries = queries.data();
+    a.segment_count = 2;
+    a.segments = segments;
+    a.key_precision = KVFUSE_KEYS_INT8;
+    std::vector<std::int64_t> rows(3);
+    std::size_t count = 0;
+    a.rows = rows.data();
+    a.rows_capacity = 3;
+    a.row_count = &count;
+    ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
+    auto refused = [&](const char* what, const std::string& needle) {
+        EXPECT_EQ(kvfuse_select_rows(&a), KVFUSE_ERROR_INVALID_ARGUMENT) << what;
+        EXPECT_NE(last_error().find(needle), std::string::npos) << what << ": " << last_error();
+        set_key_layout(segments[1], pool);
+    };
+    std::vector<std::int32_t> bad_table = pool.table;
+    bad_table.back() = static_cast<std::int32_t>(pool.blocks_total);  // the last block the call reads
+    segments[1].key_block_table = bad_table.data();
+    refused("an entry past the pool", "segments[1].key_block_table[" + std::to_string(bad_table.size() - 1) + "]");
+    bad_table.back() = -1;
+    segments[1].key_block_table = bad_table.data();
+    refused("a negative entry", "segments[1].key_block_table[");
+    segments[1].key_block_size = 0;
+    refused("no block size", "segments[1].key_block_size");
+    segments[1].key_block_table = nullptr;
+    refused("block fields without a table", "segments[1].key_block_table");
+    segments[1].key_block_stride = pool.token_stride;  // smaller than a block
+    refused("overlapping blocks", "segments[1].key_block_stride");
+    segments[1].key_row_stride = D;  // token-major rows over each other
+    refused("overlapping rows", "segments[1].key_row_stride");
+    segments[0].key_head_stride = D - 1;
+    EXPECT_EQ(kvfuse_select_rows(&a), KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(last_error().find("segments[0].key_head_stride"), std::string::npos) << last_error();
+    segments[0].key_head_stride = 0;
+    ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
+
+    // One segment of each older version, with garbage where the V3 fields would be: read as packed.
+    std::vector<std::int64_t> rows_new(3), rows_old(3);
+    std::vector<float> scores_new(tokens - M), scores_old(tokens - M);
+    kvfuse::SelectSegment packed;
+    packed.tokens = tokens;
+    packed.keys_f32 = keys.data();
+    a.segment_count = 1;
+    a.documents = tokens - M;
+    a.segments = &packed;
+    a.rows = rows_new.data();
+    a.scores = scores_new.data();
+    ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
+    for (std::size_t size : {std::size_t{KVFUSE_SELECT_SEGMENT_SIZE_V1}, std::size_t{KVFUSE_SELECT_SEGMENT_SIZE_V2}}) {
+        kvfuse::SelectSegment old = packed;
+        old.struct_size = size;
+        old.key_head_stride = 1;
+        old.key_block_table = bad_table.data();
+        old.key_block_size = 3;
+        old.key_token_offset = 1000;
+        a.segments = &old;
+        a.rows = rows_old.data();
+        a.scores = scores_old.data();
+        ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << size << ": " << kvfuse_last_error();
+        EXPECT_TRUE(same_bits(scores_new, scores_old)) << size;
+        EXPECT_EQ(rows_new, rows_old) << size;
+    }
+    static_assert(KVFUSE_SELECT_SEGMENT_SIZE_V1 < KVFUSE_SELECT_SEGMENT_SIZE_V2 &&
+                      KVFUSE_SELECT_SEGMENT_SIZE_V2 < KVFUSE_SELECT_SEGMENT_SIZE_V3 &&
+                      KVFUSE_SELECT_SEGMENT_SIZE_V3 == sizeof(kvfuse_select_segment),
+                  "segment versions only append");
 }
 
 }  // namespace

@@ -27,7 +27,7 @@ bool same(const kvfuse_tuning& a, const kvfuse_tuning& b) {
     return a.attention_key_tile == b.attention_key_tile && a.attention_row_block == b.attention_row_block &&
            a.score_query_rows == b.score_query_rows && a.topk_sample == b.topk_sample &&
            a.rope_parallel_work == b.rope_parallel_work && a.topk_parallel_work == b.topk_parallel_work && a.attention_parallel_work == b.attention_parallel_work &&
-           a.score_parallel_work == b.score_parallel_work;
+           a.score_parallel_work == b.score_parallel_work && a.quantize_parallel_work == b.quantize_parallel_work;
 }
 
 // Restores the defaults after each test: the tuning is process-wide.
@@ -40,6 +40,34 @@ class Restore {
 void write(const fs::path& p, const std::string& text) {
     std::ofstream out(p, std::ios::trunc);
     out << text;
+}
+
+// kvfuse_tuning V1 (before quantize_parallel_work): accepted, the field at its default, and
+// written back only up to V1's size.
+TEST(Tuning, V1StructsStillWork) {
+    Restore restore;
+    kvfuse_tuning defaults;
+    kvfuse_tuning_init(&defaults);
+    ASSERT_EQ(kvfuse_default_tuning(&defaults), KVFUSE_OK);
+    EXPECT_EQ(defaults.quantize_parallel_work, std::uint64_t{1} << 16);
+    kvfuse_tuning v1 = defaults;
+    v1.struct_size = KVFUSE_TUNING_SIZE_V1;
+    v1.topk_parallel_work = 777;
+    v1.quantize_parallel_work = 5;  // past V1: not read
+    ASSERT_EQ(kvfuse_set_tuning(&v1), KVFUSE_OK) << kvfuse_last_error();
+    kvfuse_tuning now;
+    kvfuse_tuning_init(&now);
+    ASSERT_EQ(kvfuse_get_tuning(&now), KVFUSE_OK);
+    EXPECT_EQ(now.topk_parallel_work, 777u);
+    EXPECT_EQ(now.quantize_parallel_work, defaults.quantize_parallel_work);
+    now.quantize_parallel_work = 9;
+    ASSERT_EQ(kvfuse_set_tuning(&now), KVFUSE_OK);
+    kvfuse_tuning read_v1 = defaults;
+    read_v1.struct_size = KVFUSE_TUNING_SIZE_V1;
+    read_v1.quantize_parallel_work = 123;
+    ASSERT_EQ(kvfuse_get_tuning(&read_v1), KVFUSE_OK);
+    EXPECT_EQ(read_v1.quantize_parallel_work, 123u) << "written past the caller's struct_size";
+    static_assert(KVFUSE_TUNING_SIZE_V1 < KVFUSE_TUNING_SIZE_V2 && KVFUSE_TUNING_SIZE_V2 == sizeof(kvfuse_tuning));
 }
 
 TEST(Tuning, SetValidatesEveryField) {

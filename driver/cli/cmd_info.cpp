@@ -66,6 +66,8 @@ int run_info(const std::string& model_path, const PlacementCliOptions& placement
     std::printf("  parallel above: rope %llu elements, attention %llu and scoring %llu multiply-adds\n",
                 static_cast<unsigned long long>(t.rope_parallel_work), static_cast<unsigned long long>(t.attention_parallel_work),
                 static_cast<unsigned long long>(t.score_parallel_work));
+    std::printf("  parallel above: top-k rows of %llu scores, quantizers %llu values\n",
+                static_cast<unsigned long long>(t.topk_parallel_work), static_cast<unsigned long long>(t.quantize_parallel_work));
     std::printf("  default profile location: %s\n", kvfuse::default_profile_path().c_str());
     if (!model_path.empty()) {
         const auto file = kvfuse::model::GgufFile::open(model_path);

@@ -503,6 +503,10 @@ KVFUSE_API kvfuse_status kvfuse_quantize_keys_i4_typed(kvfuse_dtype dtype, const
                                                        uint8_t* out, float* scales, float* means);
 KVFUSE_API kvfuse_status kvfuse_quantize_rows_i8_typed(kvfuse_dtype dtype, const void* x, size_t rows, size_t heads,
                                                        size_t head_dim, size_t row_stride, int8_t* out, float* scales);
+/* Threads: the six quantizers run on the calling thread's default context (OpenMP); their
+ * kvfuse_ctx_quantize_* forms ("execution context" below) on a context's workers, with its
+ * scratch and its tuning. A call of fewer than the tuning's quantize_parallel_work input values
+ * runs on one thread. */
 
 /* One range of candidates with its own keys and queries (see segment_count below). */
 typedef struct kvfuse_relevance_segment {
@@ -667,12 +671,33 @@ typedef struct kvfuse_select_segment {
      * a copy, or quantized straight from them by kvfuse_quantize_keys_*_typed) */
     kvfuse_dtype keys_dtype;
     const void* keys;
+    /* V3: where the keys (keys_f32 or keys) are, as the key_* fields of kvfuse_relevance_args
+     * (V4) and a side of kvfuse_rope_args describe it ("RoPE on strided and paged caches": the
+     * block table, how llama.cpp's and vLLM's caches map on it), in elements of the keys' type;
+     * key_row_stride above is the token stride (key_token_stride there). The segment's token j is
+     * token key_token_offset + j of the table's sequence: a chunk placed in an engine's paged
+     * cache, or the question's keys read where the engine wrote them. Every table entry the call
+     * reads is checked before any kernel runs (KVFUSE_ERROR_INVALID_ARGUMENT naming
+     * segments[i].key_block_table[b]). All 0 / NULL: token-major rows key_row_stride apart, as
+     * in V1 / V2. Scores and rows are bit for bit those of the same keys packed, at every
+     * precision: the f32 path reads the layout in place; int8 / int4 keys quantized by the call
+     * from a layout other than token-major rows are first gathered (packed) into the context's
+     * scratch, then quantized. Stored quantized keys (keys_i8 / keys_i4) stay packed: the layout
+     * applies to keys_f32 / keys only. */
+    size_t key_head_stride;
+    const int32_t* key_block_table;
+    size_t key_block_size;
+    size_t key_block_stride;
+    size_t key_blocks_total;
+    size_t key_token_offset;
 } kvfuse_select_segment;
 
-/* V1: up to key_means (f32 keys). V2: this header's struct. The library steps through the array
- * by the elements' struct_size (every element the same). */
+/* V1: up to key_means (f32 keys). V2: up to keys (f32 / bf16 / f16 keys, token-major rows). V3:
+ * this header's struct. The library steps through the array by the elements' struct_size (every
+ * element the same). */
 #define KVFUSE_SELECT_SEGMENT_SIZE_V1 offsetof(kvfuse_select_segment, keys_dtype)
-#define KVFUSE_SELECT_SEGMENT_SIZE_V2 sizeof(kvfuse_select_segment)
+#define KVFUSE_SELECT_SEGMENT_SIZE_V2 offsetof(kvfuse_select_segment, key_head_stride)
+#define KVFUSE_SELECT_SEGMENT_SIZE_V3 sizeof(kvfuse_select_segment)
 
 /* Every field 0 / NULL, struct_size set. */
 KVFUSE_INLINE void kvfuse_select_segment_init(kvfuse_select_segment* segment) {
@@ -720,6 +745,7 @@ KVFUSE_INLINE void kvfuse_select_args_init(kvfuse_select_args* args) {
     args->struct_size = sizeof *args;
 }
 
+/* Row selection on the calling thread's default context: kvfuse_ctx_select_rows(NULL, args). */
 KVFUSE_API kvfuse_status kvfuse_select_rows(const kvfuse_select_args* args);
 
 /* ---- dense layers (GEMM) ----------------------------------------------------------------
@@ -781,9 +807,15 @@ typedef struct kvfuse_tuning {
     uint64_t attention_parallel_work; /* in multiply-adds */
     uint64_t score_parallel_work;     /* in multiply-adds */
     uint64_t topk_parallel_work;      /* kvfuse_topk_batched: rows of fewer scores run on one thread */
+    /* V2: the quantizers (kvfuse_quantize_*, and those kvfuse_select_rows runs): a call of fewer
+     * input values (tokens x heads x head_dim) runs on one thread; default 65536 (64 K values,
+     * ~20 us on one core: below that, starting workers costs more than it saves) */
+    uint64_t quantize_parallel_work;
 } kvfuse_tuning;
 
-#define KVFUSE_TUNING_SIZE_V1 sizeof(kvfuse_tuning)
+/* V1: up to topk_parallel_work (quantize_parallel_work reads as its default). V2: this header's. */
+#define KVFUSE_TUNING_SIZE_V1 offsetof(kvfuse_tuning, quantize_parallel_work)
+#define KVFUSE_TUNING_SIZE_V2 sizeof(kvfuse_tuning)
 
 /* Every field 0, struct_size set: fill it with kvfuse_default_tuning or kvfuse_get_tuning. */
 KVFUSE_INLINE void kvfuse_tuning_init(kvfuse_tuning* tuning) {
@@ -876,7 +908,7 @@ KVFUSE_API kvfuse_status kvfuse_context_set_tuning(kvfuse_context* context, cons
 /* The tuning the context's next call runs with. */
 KVFUSE_API kvfuse_status kvfuse_context_get_tuning(const kvfuse_context* context, kvfuse_tuning* tuning);
 /* Bytes of the context's scratch block now (grown to its largest call so far; the per-worker
- * RoPE tables and top-k buffers come on top). */
+ * RoPE tables and top-k buffers, and kvfuse_ctx_select_rows's buffers, come on top). */
 KVFUSE_API kvfuse_status kvfuse_context_scratch_bytes(const kvfuse_context* context, size_t* bytes);
 
 /* The kernel calls with a context; each is the call of the same name without _ctx_. */
@@ -903,6 +935,31 @@ KVFUSE_API kvfuse_status kvfuse_ctx_topk_batched(kvfuse_context* context, const 
                                                  size_t n, size_t row_stride, size_t k, kvfuse_topk_order order,
                                                  int64_t* indices, size_t indices_stride);
 KVFUSE_API kvfuse_status kvfuse_ctx_a3_relevance(kvfuse_context* context, const kvfuse_relevance_args* args);
+KVFUSE_API kvfuse_status kvfuse_ctx_quantize_keys_i8(kvfuse_context* context, const float* keys, size_t tokens,
+                                                     size_t kv_heads, size_t head_dim, size_t token_stride, int8_t* out,
+                                                     float* scales, float* means);
+KVFUSE_API kvfuse_status kvfuse_ctx_quantize_keys_i4(kvfuse_context* context, const float* keys, size_t tokens,
+                                                     size_t kv_heads, size_t head_dim, size_t token_stride, uint8_t* out,
+                                                     float* scales, float* means);
+KVFUSE_API kvfuse_status kvfuse_ctx_quantize_rows_i8(kvfuse_context* context, const float* x, size_t rows, size_t heads,
+                                                     size_t head_dim, size_t row_stride, int8_t* out, float* scales);
+KVFUSE_API kvfuse_status kvfuse_ctx_quantize_keys_i8_typed(kvfuse_context* context, kvfuse_dtype dtype, const void* keys,
+                                                           size_t tokens, size_t kv_heads, size_t head_dim,
+                                                           size_t token_stride, int8_t* out, float* scales, float* means);
+KVFUSE_API kvfuse_status kvfuse_ctx_quantize_keys_i4_typed(kvfuse_context* context, kvfuse_dtype dtype, const void* keys,
+                                                           size_t tokens, size_t kv_heads, size_t head_dim,
+                                                           size_t token_stride, uint8_t* out, float* scales, float* means);
+KVFUSE_API kvfuse_status kvfuse_ctx_quantize_rows_i8_typed(kvfuse_context* context, kvfuse_dtype dtype, const void* x,
+                                                           size_t rows, size_t heads, size_t head_dim, size_t row_stride,
+                                                           int8_t* out, float* scales);
+/* Row selection (kvfuse_select_rows) with every step on the context: the RoPE of the queries into
+ * each segment's frame, the quantizers, the relevance and the top-k run on the context's workers
+ * (its thread count or its parallel_for: no OpenMP team with a parallel_for or threads = 1), and
+ * the call's working memory (rotated and quantized queries, keys quantized by the call, the
+ * scores) is the context's, kept: after a call at a shape, calls at that shape or a smaller one
+ * make no heap allocation (SIMD ISAs, as above). The steps run one after another within this one
+ * call's hold on the context. */
+KVFUSE_API kvfuse_status kvfuse_ctx_select_rows(kvfuse_context* context, const kvfuse_select_args* args);
 
 /* ---- topology and thread placement ------------------------------------------------------ */
 

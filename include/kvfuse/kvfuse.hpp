@@ -587,6 +587,9 @@ void set_select_keys(kvfuse_select_segment& segment, const T* keys) {
     segment.keys = keys;
 }
 inline Status select_rows(const kvfuse_select_args& args) { return Status(kvfuse_select_rows(&args)); }
+inline Status select_rows(Context& context, const kvfuse_select_args& args) {
+    return Status(kvfuse_ctx_select_rows(context.get(), &args));
+}
 // ---- dense layers (GEMM) ------------------------------------------------------------------------
 
 // Owns packed weights (kvfuse_pack_weights); move-only. An empty object (default, moved from,
@@ -693,6 +696,25 @@ template <class T>
 Status quantize_rows_i8(const T* x, std::size_t rows, std::size_t heads, std::size_t head_dim, std::size_t row_stride,
                         std::int8_t* out, float* scales) {
     return Status(kvfuse_quantize_rows_i8_typed(detail::dtype_of<T>(), x, rows, heads, head_dim, row_stride, out, scales));
+}
+// The quantizers on a context's workers, scratch and tuning (T = float, bf16 or f16).
+template <class T>
+Status quantize_keys_i8(Context& context, const T* keys, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim,
+                        std::size_t token_stride, std::int8_t* out, float* scales, float* means) {
+    return Status(kvfuse_ctx_quantize_keys_i8_typed(context.get(), detail::dtype_of<T>(), keys, tokens, kv_heads,
+                                                    head_dim, token_stride, out, scales, means));
+}
+template <class T>
+Status quantize_keys_i4(Context& context, const T* keys, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim,
+                        std::size_t token_stride, std::uint8_t* out, float* scales, float* means) {
+    return Status(kvfuse_ctx_quantize_keys_i4_typed(context.get(), detail::dtype_of<T>(), keys, tokens, kv_heads,
+                                                    head_dim, token_stride, out, scales, means));
+}
+template <class T>
+Status quantize_rows_i8(Context& context, const T* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
+                        std::size_t row_stride, std::int8_t* out, float* scales) {
+    return Status(kvfuse_ctx_quantize_rows_i8_typed(context.get(), detail::dtype_of<T>(), x, rows, heads, head_dim,
+                                                    row_stride, out, scales));
 }
 
 // ---- topology and thread placement -----------------------------------------------------------

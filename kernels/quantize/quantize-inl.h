@@ -46,10 +46,6 @@ constexpr std::size_t kChunk = 16;
 constexpr std::size_t kPerChunk = kChunk / kLanes;
 static_assert(kChunk % kLanes == 0, "a chunk is a whole number of vectors");
 
-// Below this many input values a call runs on the caller's thread: starting workers costs
-// microseconds, and 64 K values (256 KiB) take one core about 20 us through the key quantizers
-// (bench_quantize's one-thread rate on the Zen 5 VM, ~12 GB/s), so a second worker pays off.
-constexpr std::size_t kParallelValues = std::size_t{1} << 16;
 // Columns of the mean are given to workers in blocks of 64 floats (a 256-byte stretch of every
 // row, whole cache lines of the double sums).
 constexpr std::size_t kColumnBlock = 64;
@@ -236,8 +232,10 @@ float quantize_head(const Element<kType>* x, const float* mean, std::size_t n, v
 
 // --- whole calls ----------------------------------------------------------------------------
 
+// Below the tuning's quantize_parallel_work input values a call runs on the caller's thread
+// (starting workers costs microseconds; dispatch/tuning.cpp says why the default is 64 K).
 std::size_t workers_for(const kvfuse_context& context, std::size_t values, std::size_t parts) {
-    if (values < kParallelValues) return 1;
+    if (values < detail::context_tuning(context).quantize_parallel_work) return 1;
     const std::size_t workers = detail::context_workers(context);
     return workers < parts ? workers : parts;
 }
