@@ -21,7 +21,8 @@
 
 namespace kvfuse::detail {
 
-inline constexpr std::size_t kGemmPanel = 32;
+// Internal linkage, not `inline`: see kTopkMaxBuckets (topk_scratch.h) on AddressSanitizer.
+constexpr std::size_t kGemmPanel = 32;
 
 struct AlignedFree {
     void operator()(void* p) const noexcept { ::operator delete(p, std::align_val_t{64}); }

@@ -13,8 +13,11 @@ namespace kvfuse::detail {
 
 // The most buckets of the kernel's histogram (topk-inl.h's boundary_key), which reserve() gives
 // room for: 16384 buckets, two 4-byte counters each, are 128 KiB, about what stays in L2 beside
-// the candidates; a larger set is narrowed by a sampled round first.
-inline constexpr std::size_t kTopkMaxBuckets = 16384;
+// the candidates; a larger set is narrowed by a sampled round first. Internal linkage, not
+// `inline`: every ISA's object ODR-uses it (std::clamp binds a reference), and GCC's AddressSanitizer
+// emits an instrumented inline variable outside its COMDAT group, so two ISA objects then
+// define the same symbol and the link fails.
+constexpr std::size_t kTopkMaxBuckets = 16384;
 
 struct TopkScratch {
     TopkScratch();
