@@ -47,13 +47,15 @@ void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads, std:
     std::iota(positions.begin(), positions.end(), 0);
     std::shuffle(positions.begin(), positions.end(), rng);
     positions.resize(rows);
-    std::vector<float> q(rows * kHeads * kDim), out(q.size()), k32(kTokens * kKvHeads * kDim), v32(k32.size());
+    // 64-byte aligned, as an engine's cache is (bench_support.h: a std::vector is only 16-byte
+    // aligned, which splits every AVX-512 load across two cache lines).
+    kvfuse::bench::AlignedVector<float> q(rows * kHeads * kDim), out(q.size()), k32(kTokens * kKvHeads * kDim), v32(k32.size());
     for (auto* v : {&q, &k32, &v32})
         for (float& x : *v) x = normal(rng);
-    std::vector<T> k(k32.size()), v(v32.size());
+    kvfuse::bench::AlignedVector<T> k(k32.size()), v(v32.size());
     if constexpr (std::is_same_v<T, float>) {
-        k = k32;
-        v = v32;
+        k.assign(k32.begin(), k32.end());
+        v.assign(v32.begin(), v32.end());
     } else if constexpr (std::is_same_v<T, kvfuse::f16>) {
         (void)kvfuse::to_f16(k32.data(), k.data(), k.size());
         (void)kvfuse::to_f16(v32.data(), v.data(), v.size());
@@ -64,7 +66,7 @@ void attention_bench(benchmark::State& state, kvfuse::Isa isa, int threads, std:
     kvfuse::AttentionArgs args = kvfuse::contiguous_attention_args(q.data(), rows, positions.data(), kHeads, k.data(),
                                                                    v.data(), kTokens, kKvHeads, kDim, out.data());
     // Paged: logical block b of the sequence in physical block table[b], the blocks shuffled.
-    std::vector<T> k_pool, v_pool;
+    kvfuse::bench::AlignedVector<T> k_pool, v_pool;
     std::vector<std::int32_t> table(kTokens / kBlock);
     if (paged) {
         const std::size_t block_elements = kBlock * kKvHeads * kDim;

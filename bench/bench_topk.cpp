@@ -24,9 +24,10 @@ void topk_bench(benchmark::State& state, kvfuse::Isa isa, std::size_t n, std::si
     omp_set_num_threads(1);
     std::mt19937 rng(5);
     std::normal_distribution<float> normal;
-    std::vector<float> scores(n);
+    // 64-byte aligned (bench_support.h: a large std::vector splits every AVX-512 load).
+    kvfuse::bench::AlignedVector<float> scores(n);
     for (float& v : scores) v = normal(rng);
-    std::vector<std::int64_t> out(k);
+    kvfuse::bench::AlignedVector<std::int64_t> out(k);
     std::vector<std::uint32_t> work(n);
     std::vector<std::int64_t> floor_out(k);
     const auto floor = [&] {

@@ -4,7 +4,9 @@
 The fixtures in tests/data/perf_report/ are a real `tools/report.sh --quick` run, trimmed (fewer
 benchmarks and aggregates; the `mean` rows of bench_rope.json doubled, so that taking the mean
 instead of the median shows), so their format is exactly what the benchmarks write;
-bench_gemm.json is two rows of a real bench_gemm run (Zen 5 VM, loaded machine). Checks that
+bench_gemm.json is two rows of a real bench_gemm run (Zen 5 VM, loaded machine);
+serve_bundled.json is a real `tools/serve_load.py --stores fs,redis --clients 2 --requests 8
+--pool 8 --json-out` run (loaded machine). Checks that
 the report has every table with figures taken from the JSON, that charts are drawn when gnuplot
 exists (skipped otherwise) and that the tables are still written without it, and that bad input
 fails with one clear line, a non-zero status, and no file replaced.
@@ -106,6 +108,29 @@ class PerfReportTest(unittest.TestCase):
         result = run(self.results, self.out, "--no-charts")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("Not in this run", self.report())
+
+    def test_serving_section(self):
+        """The load test's table from serve_load.py's JSON; a run without it says so, and a
+        file that is not serve_load output fails clearly."""
+        result = run(self.results, self.out, "--no-charts")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        text = self.report()
+        self.assertIn("| store | method | requests | errors | req/s | TTFT p50 ms |", text)
+        with open(os.path.join(self.results, "serve_bundled.json"), encoding="utf-8") as handle:
+            rows = json.load(handle)["rows"]
+        for row in rows:
+            self.assertIn(f"| {row['store']} | {row['method']} | {row['requests']} | {row['errors']} | "
+                          f"{row['throughput']:.1f} | {row['ttft_p50']:.2f} |", text)
+        self.assertIn("TTFT p50, full ÷ a3: fs ", text)
+        with open(os.path.join(self.results, "serve_bundled.json"), "w", encoding="utf-8") as handle:
+            json.dump({"rows": rows}, handle)
+        result = run(self.results, self.out, "--no-charts")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("not a serve_load result", result.stderr)
+        os.remove(os.path.join(self.results, "serve_bundled.json"))
+        result = run(self.results, self.out, "--no-charts")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("no serve_model.json or serve_bundled.json", self.report())
 
     def test_charts(self):
         if shutil.which("gnuplot") is None:

@@ -53,7 +53,7 @@ TEST(Tokenizer, EncodesAndDecodesLikeSentencePiece) {
 // A byte piece must be "<0x" two hex digits ">": "<0x-1>" (sscanf's %X takes a sign) indexed
 // the byte table at 2^32 - 1 (found by fuzz_gguf); now it is an ordinary, unused piece.
 TEST(Tokenizer, BytePiecesNeedTwoHexDigits) {
-    const kvfuse::model::Tokenizer t({"<unk>", "<0x-1>", "<0x+4>", "<0x41>", "\xE2\x96\x81b"}, {0, 0, 0, 0, 0},
+    const kvfuse::model::Tokenizer t({"<unk>", "<0x-1>", "<0x+4>", "<0x41>", "\xE2\x96\x81" "b"}, {0, 0, 0, 0, 0},
                                      {2, 6, 6, 6, 1}, 0, 0);
     // " A": the three bytes of U+2581 have no byte piece (unknown each), then A is <0x41>.
     EXPECT_EQ(t.encode("A"), (std::vector<std::int32_t>{0, 0, 0, 3}));

@@ -41,14 +41,18 @@ class InputError(Exception):
 # ---------------------------------------------------------------------------------------------
 # Reading
 
-def read_json(path):
+def read_any_json(path):
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+            return json.load(handle)
     except FileNotFoundError:
         raise InputError(f"{path}: missing (did its benchmark run? tools/report.sh writes it)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path}: not readable JSON: {error}") from None
+
+
+def read_json(path):
+    data = read_any_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) \
             or not isinstance(data.get("context"), dict):
         raise InputError(f"{path}: not Google Benchmark JSON (no 'context' and 'benchmarks')")
@@ -318,6 +322,51 @@ def engine_section(results):
                      "frame + a 32-token question; int8/int4 keys quantized inside the call) against the f32 call in "
                      "the same iterations (target: x f32 > 1):\n\n"
                      + table(["benchmark", "median time", "Mrows/s", "f32 Mrows/s", "x f32"], rows) + skipped_note(b))
+    return "\n\n".join(parts)
+
+
+# The serving load test (issue 17), optional: tools/serve_load.py --json-out, one file a model.
+SERVING_FILES = [("serve_model", "a `make-model` model"), ("serve_bundled", "the bundled stories260K")]
+
+
+def serving_section(results):
+    """`kvfuse serve` under concurrent clients: throughput, TTFT and hit rate for full prefill
+    and a3 with each chunk store, one table a model."""
+    parts = []
+    for name, what in SERVING_FILES:
+        path = os.path.join(results, name + ".json")
+        if not os.path.exists(path):
+            continue
+        data = read_any_json(path)
+        try:
+            settings, rows = data["settings"], data["rows"]
+            body = []
+            ttft = {}
+            for r in rows:
+                figure = lambda value, digits: "-" if value is None else f"{value:.{digits}f}"
+                hit = "-" if r["method"] == "full" or r["hit_rate"] is None else f"{100 * r['hit_rate']:.1f} %"
+                body.append([r["store"], r["method"], str(r["requests"]), str(r["errors"]), figure(r["throughput"], 1),
+                             figure(r["ttft_p50"], 2), figure(r["ttft_p99"], 2), figure(r["load_p50"], 2),
+                             figure(r["lat_p50"], 1), figure(r["lat_p99"], 1), hit])
+                if r["ttft_p50"] is not None:
+                    ttft[(r["store"], r["method"])] = r["ttft_p50"]
+            how = (f"{settings['clients']} clients, {settings['requests']} requests of {settings['chunks_per_request']} "
+                   f"chunks drawn from a pool of {settings['pool']} (Zipf {settings['zipf']:.2f}), max_tokens "
+                   f"{settings['max_tokens']}, ratio {settings['ratio']:.2f}, at most {settings['time_limit']:g} s a run")
+            model = settings["model"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"{path}: not a serve_load result ({error})") from None
+        speedups = [f"{store} {ttft[(store, 'full')] / ttft[(store, 'a3')]:.2f}×"
+                    for store in dict.fromkeys(s for s, _ in ttft)
+                    if (store, "full") in ttft and (store, "a3") in ttft and ttft[(store, "a3")] > 0]
+        text = (f"{what.capitalize()} (`{model}`); {how}:\n\n"
+                + table(["store", "method", "requests", "errors", "req/s", "TTFT p50 ms", "TTFT p99 ms",
+                         "of which KV load p50 ms", "latency p50 ms", "latency p99 ms", "chunk hit rate"], body))
+        if speedups:
+            text += "\n\nTTFT p50, full ÷ a3: " + ", ".join(speedups) + "."
+        parts.append(text)
+    if not parts:
+        return "*(Not in this run: its raw data has no serve_model.json or serve_bundled.json.)*"
     return "\n\n".join(parts)
 
 
@@ -794,6 +843,7 @@ def build(results, template_path, out_dir, charts):
         "tuning": tuning_section(kernels["bench_tuning"]),
         "store": store_section(kernels["bench_chunk_store"]),
         "engine": engine_section(results),
+        "serving": serving_section(results),
         "roofline_table": roofline_table(roofline_points(kernels), roofline_ceilings(kernels)),
         "ttft_model": main.row.get("label", "(not recorded)"),
         "ttft_request": f"BOS + {main.context // 512} chunks × 512 tokens + a 32-token question (T = {main.total}), "

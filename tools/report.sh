@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The performance report in one command: installs what is missing (gnuplot included), builds
-# Release with the benchmarks, records the machine, runs every kernel benchmark, bench_tuning and
-# bench_ttft, and writes docs/PERFORMANCE.md with its charts (docs/perf/*.png) from this run's
-# JSON alone (tools/perf_report.py).
+# Release with the benchmarks, records the machine, runs every kernel benchmark, bench_tuning,
+# bench_ttft and the serving load test (tools/serve_load.py), and writes docs/PERFORMANCE.md with
+# its charts (docs/perf/*.png) from this run's JSON alone (tools/perf_report.py).
 #
 #   tools/report.sh [--quick] [--out DIR] [--build DIR] [--ttft-rounds N]
 #     --quick      tiny version of everything (small shapes, 1-2 repetitions, the small
@@ -189,6 +189,25 @@ else
     ttft ttft_context_a 3 --contexts=2048
     # One run for both: 16K's chunk caches extend 8K's instead of being computed again.
     ttft ttft_context_b 1 --contexts=8192,16384
+fi
+
+# Serving (issue 17): the loopback load test against `kvfuse serve`, every store, full and a3.
+# The make-model model (31.8 M parameters, f32) is long enough per request to carry signal; on
+# the bundled model a request is a few milliseconds. The model file stays in the build directory
+# (perf/raw/ is committed).
+serve_load() {  # serve_load NAME [serve_load.py flags...]
+    local name=$1
+    shift
+    step "$name" python3 "$root/tools/serve_load.py" --kvfuse "$kvfuse" --json-out "$raw/$name.json" "$@"
+}
+if [[ $quick -eq 1 ]]; then
+    serve_load serve_bundled --stores fs,redis --clients 2 --requests 8 --pool 8
+else
+    serve_model=$build/serve-load-model.gguf
+    step serve_model_file "$kvfuse" make-model --out "$serve_model" --dim 512 --layers 8 --heads 8 --kv-heads 4 \
+        --hidden 1408 --vocab 8000 --context 4096
+    serve_load serve_model --model "$serve_model" --clients 2 --requests 48 --pool 16
+    serve_load serve_bundled --clients 4 --requests 100 --pool 32
 fi
 
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$raw/machine.txt"

@@ -8,6 +8,10 @@ the redis runs (the helpers of tests/serve_test.py). Prints a Markdown table.
 
   tools/serve_load.py --kvfuse build/release/driver/kvfuse [--model M.gguf] [--stores fs,redis,redis+fs]
                       [--methods full,a3] [--clients 4] [--requests 200] [--pool 32] [--zipf 1.1]
+                      [--json-out FILE]
+
+--json-out also writes the rows and the settings as JSON (what tools/report.sh records and
+tools/perf_report.py turns into the report's serving table).
 """
 import argparse
 import os
@@ -126,6 +130,7 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--time-limit", type=float, default=120, help="seconds per run at most")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json-out", default="", help="also write the rows and settings to this JSON file")
     args = parser.parse_args()
     serve_test.KVFUSE = os.path.abspath(args.kvfuse)
     stores, methods = args.stores.split(","), args.methods.split(",")
@@ -155,6 +160,19 @@ def main():
             r["load_p50"], r["lat_p50"], r["lat_p99"], hit))
     print("\n%d clients, %d requests of %d chunks drawn from a pool of %d (Zipf %.2f), max_tokens %d, ratio %.2f" % (
         args.clients, args.requests, args.chunks_per_request, args.pool, args.zipf, args.max_tokens, args.ratio))
+    if args.json_out:
+        import json
+        settings = {name: getattr(args, name) for name in ("clients", "requests", "chunks_per_request", "pool",
+                                                           "chunk_chars", "zipf", "ratio", "max_tokens", "time_limit")}
+        settings["model"] = os.path.basename(args.model) if args.model else "stories260K (bundled)"
+        # Written whole or not at all: a reader never sees half a file.
+        partial = args.json_out + ".partial"
+        with open(partial, "w") as handle:
+            # Plain JSON: an undefined figure (no chunk looked up, no request answered) is null.
+            plain = [{key: (None if isinstance(value, float) and value != value else value) for key, value in r.items()}
+                     for r in rows]
+            json.dump({"settings": settings, "rows": plain}, handle, indent=1, allow_nan=False)
+        os.replace(partial, args.json_out)
 
 
 if __name__ == "__main__":
