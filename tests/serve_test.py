@@ -35,7 +35,8 @@ import urllib.error
 import urllib.request
 
 KVFUSE = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
-SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "evict", "outage", "bad", "storeonly", "queue", "shutdown", "startup"]
+SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "evict", "outage", "bad", "storeonly", "storelimit", "queue", "shutdown",
+                             "startup"]
 TIMEOUT = 120  # seconds for any one HTTP answer (sanitizer builds are slow)
 
 CHUNKS = [
@@ -535,6 +536,47 @@ def scenario_shutdown(workdir, redis, reference):
         check(again.stop() == 0, "after-shutdown server exit status")
 
 
+def scenario_storelimit(workdir, redis, reference):
+    """--store-limit: the directory never keeps more chunk files than the limit (the least
+    recently used go), answers stay the cold ones (an evicted chunk is recomputed), and a local
+    cache tier in front of Redis is bounded the same way while Redis keeps everything."""
+    directory = os.path.join(workdir, "limited")
+    probe = Server("storelimit-probe", workdir, "--store", os.path.join(workdir, "probe"))
+    try:
+        probe.complete(requests_set()[0])
+    finally:
+        check(probe.stop() == 0, "storelimit probe exit status")
+    sizes = [os.path.getsize(os.path.join(workdir, "probe", f)) for f in os.listdir(os.path.join(workdir, "probe"))
+             if f.endswith(".kvchunk")]
+    check(len(sizes) == 3, "probe stored its three chunks: %s" % sizes)
+    limit = max(sizes) * 2 + max(sizes) // 2  # room for two chunk files
+
+    def chunk_files(path):
+        return [os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".kvchunk")]
+
+    server = Server("storelimit", workdir, "--store", directory, "--store-limit", str(limit))
+    try:
+        for i, body in enumerate(requests_set()):
+            check(server.complete(body)["tokens"] == reference[i], "storelimit request %d differs from the cold answer" % i)
+            files = chunk_files(directory)
+            check(sum(files) <= limit and len(files) <= 2, "request %d left %s bytes of chunk files (limit %d)" % (i, files, limit))
+        check(server.metric("kvfuse_chunks_computed_total") > len(CHUNKS), "evicted chunks were computed again")
+    finally:
+        check(server.stop() == 0, "storelimit server exit status")
+    redis.command("FLUSHALL")
+    cache = os.path.join(workdir, "limited-cache")
+    tiered = Server("storelimit-tiered", workdir, "--store", "redis://127.0.0.1:%d/0" % redis.port, "--local-cache", cache,
+                    "--store-limit", str(limit))
+    try:
+        for i, body in enumerate(requests_set()):
+            check(tiered.complete(body)["tokens"] == reference[i], "tiered storelimit request %d differs" % i)
+            check(len(chunk_files(cache)) <= 2, "the local tier kept %d chunk files" % len(chunk_files(cache)))
+        check(len(manifest_keys(redis)) == len(CHUNKS), "Redis keeps every chunk")
+        check(tiered.metric("kvfuse_chunks_computed_total") == len(CHUNKS), "chunks evicted locally come back from Redis")
+    finally:
+        check(tiered.stop() == 0, "storelimit tiered server exit status")
+
+
 def scenario_startup(workdir, redis, reference):
     """What cannot be served is refused at start, with the reason and status 1, never a hang."""
     holder = socket.socket()
@@ -546,6 +588,7 @@ def scenario_startup(workdir, redis, reference):
         (["--store", "redis://user:pw@127.0.0.1:6379"], "credentials"),
         (["--store", os.path.join(workdir, "s"), "--local-cache", os.path.join(workdir, "c")], "redis://"),
         (["--no-store", "--local-cache", os.path.join(workdir, "c")], "redis://"),
+        (["--store", "redis://127.0.0.1:%d/0" % redis.port, "--store-limit", "1G"], "local cache tier"),
         (["--model", os.path.join(workdir, "missing.gguf"), "--no-store"], "cannot open"),
         (["--no-store", "--port", busy], "cannot listen"),
     ]

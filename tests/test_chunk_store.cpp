@@ -463,6 +463,68 @@ TEST_F(ChunkStoreTest, LruIsBoundedByBytesAndEvictsTheLeastRecentlyUsed) {
     EXPECT_EQ(small.stats().cache_entries, 0u);
 }
 
+// The disk limit (a local cache tier's bound): past it, put() removes the chunk files used
+// least recently -- by modification time, which every hit refreshes, from memory or from disk.
+TEST_F(ChunkStoreTest, DiskLimitRemovesTheLeastRecentlyUsedFiles) {
+    std::vector<OwnedChunk> chunks;
+    std::vector<ChunkKey> keys;
+    for (uint64_t i = 0; i < 5; ++i) {
+        chunks.push_back(make_chunk(kSmallF32, 5, 20 + i));
+        keys.push_back(make_chunk_key("m", chunks.back().tokens));
+    }
+    ChunkStoreOptions o = options();
+    ChunkStore store = open_store(o);
+    for (size_t i = 0; i < 3; ++i) ASSERT_TRUE(store.put(keys[i], chunks[i].chunk).ok());
+    const uint64_t file_bytes = fs::file_size(store.path_of(keys[0]));  // every chunk here has the same size
+    // Distinct ages, 0 the oldest, whatever the clock's resolution.
+    const auto long_ago = fs::file_time_type::clock::now() - std::chrono::hours(3);
+    for (size_t i = 0; i < 3; ++i) fs::last_write_time(store.path_of(keys[i]), long_ago + std::chrono::minutes(i));
+
+    o.disk_limit_bytes = 3 * file_bytes + file_bytes / 2;  // room for three
+    ChunkStore limited = open_store(o);
+    ASSERT_TRUE(limited.get(keys[0]).has_value());  // from disk: 0 is now the most recent
+    ASSERT_TRUE(limited.get(keys[0]).has_value());  // and from memory
+    EXPECT_EQ(limited.stats().memory_hits, 1u);
+    ASSERT_TRUE(limited.put(keys[3], chunks[3].chunk).ok());  // four files: 1, the oldest, goes
+    EXPECT_TRUE(fs::exists(limited.path_of(keys[0])));
+    EXPECT_FALSE(fs::exists(limited.path_of(keys[1])));
+    EXPECT_TRUE(fs::exists(limited.path_of(keys[2])));
+    EXPECT_TRUE(fs::exists(limited.path_of(keys[3])));
+    EXPECT_EQ(limited.stats().disk_evictions, 1u);
+    EXPECT_EQ(limited.stats().disk_bytes, 3 * file_bytes);
+    EXPECT_FALSE(limited.get(keys[1]).has_value());  // a miss, not an error
+    EXPECT_TRUE(warnings_.empty());
+
+    // A memory hit refreshes the file too.
+    ASSERT_TRUE(limited.get(keys[2]).has_value());           // from disk, now in memory
+    std::optional<ChunkView> held = limited.get(keys[0]);  // 0's bytes, kept past its removal
+    ASSERT_TRUE(held.has_value());
+    fs::last_write_time(limited.path_of(keys[0]), long_ago + std::chrono::minutes(10));
+    fs::last_write_time(limited.path_of(keys[3]), long_ago + std::chrono::minutes(11));
+    fs::last_write_time(limited.path_of(keys[2]), long_ago + std::chrono::minutes(1));  // the oldest...
+    ASSERT_TRUE(limited.get(keys[2]).has_value());  // ...until this memory hit
+    EXPECT_EQ(limited.stats().memory_hits, 3u);
+    ASSERT_TRUE(limited.put(keys[4], chunks[4].chunk).ok());  // 0 is the oldest now: it goes
+    EXPECT_FALSE(fs::exists(limited.path_of(keys[0])));
+    EXPECT_TRUE(fs::exists(limited.path_of(keys[2])));
+    EXPECT_TRUE(fs::exists(limited.path_of(keys[3])));
+    EXPECT_TRUE(fs::exists(limited.path_of(keys[4])));
+    EXPECT_EQ(limited.stats().disk_evictions, 2u);
+    EXPECT_TRUE(view_matches(*held, chunks[0]));  // a view outlives its file's removal
+
+    // A chunk larger than the limit is kept alone: it is the one just written.
+    ChunkStoreOptions tiny = options();
+    tiny.disk_limit_bytes = file_bytes / 2;
+    ChunkStore small = open_store(tiny);
+    ASSERT_TRUE(small.put(keys[1], chunks[1].chunk).ok());
+    EXPECT_TRUE(fs::exists(small.path_of(keys[1])));
+    EXPECT_FALSE(fs::exists(small.path_of(keys[2])));
+    EXPECT_FALSE(fs::exists(small.path_of(keys[3])));
+    EXPECT_FALSE(fs::exists(small.path_of(keys[4])));
+    EXPECT_EQ(small.stats().disk_bytes, file_bytes);
+    ASSERT_TRUE(small.get(keys[1]).has_value());
+}
+
 // --------------------------------------------------------------------- damaged files ---------
 
 TEST_F(ChunkStoreTest, FlippedPayloadByteIsAMiss) {

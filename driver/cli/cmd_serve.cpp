@@ -19,6 +19,10 @@ void add_serve_command(CLI::App& app) {
                     "chunk store: a directory (default $XDG_CACHE_HOME/kvfuse/chunks) or redis://host[:port][/db] "
                     "(a password: KVFUSE_REDIS_PASSWORD in the environment)");
     cmd->add_option("--local-cache", o->local_cache, "with a redis:// store: a directory kept in front of it");
+    cmd->add_option("--store-limit", o->store_limit,
+                    "most bytes of chunk files the store directory (or the --local-cache tier) keeps, e.g. 20G; "
+                    "the least recently used go first (default: no limit)")
+        ->transform(CLI::AsSizeValue(false));
     cmd->add_flag("--no-store", o->no_store, "keep chunk caches in memory only, per request");
     cmd->add_flag("--store-only", o->store_only,
                   "never compute a chunk: one the store lacks is a 503 (a request may say \"store_only\": false)");

@@ -30,6 +30,10 @@ void add_fusion_options(CLI::App& cmd, FusionCliOptions& o) {
     cmd.add_flag("--pipelined-load", o.pipelined_loading,
                  "load and re-rotate layer l+1's stored rows on a thread of its own while layer l is computed");
     cmd.add_option("--store", o.store_dir, "chunk store: a directory (default $XDG_CACHE_HOME/kvfuse/chunks) or redis://host[:port][/db]");
+    cmd.add_option("--store-limit", o.store_limit,
+                   "most bytes of chunk files the store directory keeps (e.g. 20G); the least recently used go first "
+                   "(default: no limit)")
+        ->transform(CLI::AsSizeValue(false));
     cmd.add_flag("--no-store", o.no_store, "keep chunk caches in memory only");
     cmd.add_option("--seed", o.seed, "seed of the random method")->check(CLI::NonNegativeNumber);
     add_placement_options(cmd, o.placement);
@@ -83,6 +87,7 @@ std::unique_ptr<kvfuse::store::ChunkBackend> open_store(const FusionCliOptions& 
     if (o.no_store) return nullptr;
     kvfuse::store::BackendOptions options;
     options.directory.sync_writes = false;  // a lost chunk is only recomputed; atomicity is kept
+    options.directory.disk_limit_bytes = o.store_limit;
     auto store = kvfuse::store::open_backend(o.store_dir, std::move(options));
     return kvfuse::driver::value_or_throw(std::move(store), "chunk store");
 }

@@ -35,6 +35,7 @@ struct FusionCliOptions {
     std::string a3_layer_keys = "stored";
     bool pipelined_loading = false;
     std::string store_dir;  // empty: the XDG default
+    std::uint64_t store_limit = 0;  // bytes of chunk files the directory keeps; 0: no limit
     bool no_store = false;
     std::uint32_t seed = 1;
     PlacementCliOptions placement;

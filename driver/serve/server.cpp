@@ -348,6 +348,7 @@ int serve(const ServeOptions& options) {
         if (!options.no_store) {
             kvfuse::store::BackendOptions backend;
             backend.directory.sync_writes = false;  // atomic renames; a crash costs a recompute
+            backend.directory.disk_limit_bytes = options.store_limit;
             backend.redis.connect_timeout = options.redis_connect_timeout;
             backend.redis.command_timeout = options.redis_command_timeout;
             backend.redis.ttl_seconds = options.redis_ttl_seconds;

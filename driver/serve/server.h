@@ -26,6 +26,7 @@ struct ServeOptions {
     int port = 8080;            // 0: any free port (the one chosen is printed)
     std::string store;          // directory or redis://host:port/db; empty: the default directory
     std::string local_cache;    // with a redis:// store: a directory in front of it
+    std::uint64_t store_limit = 0;  // bytes of chunk files the directory (store or local tier) keeps; 0: no limit
     bool no_store = false;      // chunks in memory only, per request
     bool store_only = false;    // requests that do not say store_only get this
     std::size_t queue_capacity = 16;

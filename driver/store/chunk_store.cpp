@@ -21,7 +21,9 @@
 #include <optional>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
+#include <vector>
 
 namespace kvfuse::store {
 
@@ -376,6 +378,72 @@ struct ChunkStore::Impl {
         stats.cache_entries = cache.size();
     }
 
+    // Marks a chunk file as just used (its modification time: the recency the disk limit
+    // evicts by). Best effort: a file removed meanwhile, or a read-only mount, changes nothing.
+    void touch(const fs::path& path) const {
+        if (options.disk_limit_bytes == 0 || options.read_only) return;
+        (void)::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);
+    }
+
+    std::mutex eviction_mutex;  // one limit check at a time (they list the whole directory)
+
+    // Removes the least recently used chunk files until they total at most the limit, never
+    // `keep` (the file just written).
+    void enforce_disk_limit(const fs::path& keep) {
+        if (options.disk_limit_bytes == 0) return;
+        std::lock_guard eviction(eviction_mutex);
+        struct ChunkFile {
+            fs::path path;
+            ChunkDigest digest;
+            uint64_t bytes;
+            struct timespec used;
+        };
+        std::vector<ChunkFile> files;
+        uint64_t total = 0;
+        std::error_code error;
+        for (fs::directory_iterator it(directory, error), end; !error && it != end; it.increment(error)) {
+            const std::string name = it->path().filename().string();
+            if (name.size() != 2 * kChunkDigestBytes + kChunkSuffix.size() || !name.ends_with(kChunkSuffix)) continue;
+            std::optional<ChunkDigest> digest = parse_digest_hex(name.substr(0, 2 * kChunkDigestBytes));
+            struct stat info;
+            if (!digest || ::lstat(it->path().c_str(), &info) != 0 || !S_ISREG(info.st_mode)) continue;
+            files.push_back({it->path(), *digest, static_cast<uint64_t>(info.st_size), info.st_mtim});
+            total += static_cast<uint64_t>(info.st_size);
+        }
+        if (error) {
+            warn(Status(StatusCode::io_error, directory.string() + ": listing for the disk limit failed: " +
+                                                  error.message()));
+            return;
+        }
+        uint64_t evicted = 0;
+        if (total > options.disk_limit_bytes) {
+            std::sort(files.begin(), files.end(), [](const ChunkFile& a, const ChunkFile& b) {
+                return a.used.tv_sec != b.used.tv_sec ? a.used.tv_sec < b.used.tv_sec : a.used.tv_nsec < b.used.tv_nsec;
+            });
+            for (const ChunkFile& file : files) {
+                if (total <= options.disk_limit_bytes) break;
+                if (file.path == keep) continue;
+                if (::unlink(file.path.c_str()) != 0) {
+                    if (errno == ENOENT) {  // another process evicted it first
+                        total -= file.bytes;
+                        continue;
+                    }
+                    warn(Status(StatusCode::io_error, file.path.string() +
+                                                          ": cannot remove it to keep the store under its disk limit: " +
+                                                          errno_text(errno)));
+                    continue;
+                }
+                total -= file.bytes;
+                ++evicted;
+                std::lock_guard lock(mutex);
+                forget(file.digest);
+            }
+        }
+        std::lock_guard lock(mutex);
+        stats.disk_evictions += evicted;
+        stats.disk_bytes = total;
+    }
+
     Status write_file(const ChunkKey& key, format::ChunkFilePlan& plan, const fs::path& final_path) {
         const fs::path temp = temp_path(&key);
         FileDescriptor fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
@@ -495,6 +563,7 @@ Status ChunkStore::put(const ChunkKey& key, const StoredChunk& chunk) {
         std::lock_guard lock(impl.mutex);
         if (impl.cached(key)) {
             ++impl.stats.puts_skipped;
+            impl.touch(path);
             return Status::success();
         }
     }
@@ -504,6 +573,7 @@ Status ChunkStore::put(const ChunkKey& key, const StoredChunk& chunk) {
     // error.
     LoadOutcome existing = impl.load(path, &key);
     if (existing.chunk) {
+        impl.touch(path);
         std::lock_guard lock(impl.mutex);
         ++impl.stats.puts_skipped;
         impl.stats.bytes_mapped += existing.chunk->length;
@@ -521,20 +591,26 @@ Status ChunkStore::put(const ChunkKey& key, const StoredChunk& chunk) {
     }
     Status written = impl.write_file(key, plan.value(), path);
     if (!written.ok()) return written;
-    std::lock_guard lock(impl.mutex);
-    ++impl.stats.puts;
-    impl.stats.bytes_written += plan.value().file_bytes;
+    {
+        std::lock_guard lock(impl.mutex);
+        ++impl.stats.puts;
+        impl.stats.bytes_written += plan.value().file_bytes;
+    }
+    impl.enforce_disk_limit(path);
     return Status::success();
 }
 
 std::optional<ChunkView> ChunkStore::get(const ChunkKey& key) {
     Impl& impl = *impl_;
+    std::shared_ptr<const MappedChunk> in_memory;
     {
         std::lock_guard lock(impl.mutex);
-        if (auto chunk = impl.cached(key)) {
-            ++impl.stats.memory_hits;
-            return ChunkView(std::move(chunk));
-        }
+        in_memory = impl.cached(key);
+        if (in_memory) ++impl.stats.memory_hits;
+    }
+    if (in_memory) {
+        impl.touch(impl.chunk_path(key));
+        return ChunkView(std::move(in_memory));
     }
     // Mapped and verified outside the lock: other threads' hits do not wait for this one.
     const fs::path path = impl.chunk_path(key);
@@ -557,6 +633,7 @@ std::optional<ChunkView> ChunkStore::get(const ChunkKey& key) {
         }
         return std::nullopt;
     }
+    impl.touch(path);
     std::lock_guard lock(impl.mutex);
     ++impl.stats.disk_hits;
     impl.stats.bytes_mapped += outcome.chunk->length;

@@ -292,6 +292,14 @@ struct ChunkStoreOptions {
     bool sync_writes = true;
     // A store that never writes: put() fails, temporary files are left alone.
     bool read_only = false;
+    // Most bytes of chunk files the directory keeps (0: no limit), e.g. for a machine's local
+    // cache tier in front of Redis. After each put() that writes a file, the least recently
+    // used chunk files are removed until the directory's chunk files total at most this; the
+    // file just written is never removed (a chunk larger than the limit is kept alone). Recency
+    // is the file's modification time, which put() sets and every get() hit refreshes, so
+    // several processes sharing the directory evict by the same order. A removed file that a
+    // view still holds stays readable through the view (read into memory, or mapped).
+    uint64_t disk_limit_bytes = 0;
     // Temporary files older than this are a crashed writer's leftovers and are removed by open()
     // and remove_stale_temp_files(). Younger ones may belong to a live writer in another process.
     std::chrono::seconds stale_temp_age{600};
@@ -315,6 +323,8 @@ struct ChunkStoreStats {
     uint64_t bytes_written = 0;
     uint64_t bytes_mapped = 0;  // bytes of files read (or mapped) from disk by get()/put()
     uint64_t evictions = 0;
+    uint64_t disk_evictions = 0;  // chunk files removed to keep under disk_limit_bytes
+    uint64_t disk_bytes = 0;      // chunk files' bytes in the directory at the last limit check
     uint64_t cache_bytes = 0;   // now in the LRU
     uint64_t cache_entries = 0;
 };

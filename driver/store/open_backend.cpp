@@ -34,6 +34,10 @@ Result<std::unique_ptr<ChunkBackend>> open_backend(std::string_view store, Backe
         if (const char* password = std::getenv("KVFUSE_REDIS_PASSWORD")) redis.password = password;
         if (const char* user = std::getenv("KVFUSE_REDIS_USER")) redis.user = user;
     }
+    if (options.local_cache.empty() && options.directory.disk_limit_bytes > 0) {
+        return Status(StatusCode::invalid_argument,
+                      "a disk limit bounds a directory: a redis:// store has one only with a local cache tier");
+    }
     auto remote = std::make_unique<RedisChunkBackend>(std::move(redis));
     if (options.local_cache.empty()) return std::unique_ptr<ChunkBackend>(std::move(remote));
     Result<std::unique_ptr<ChunkBackend>> local = open_directory(options.local_cache);
