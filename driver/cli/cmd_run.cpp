@@ -137,7 +137,7 @@ int run(RunOptions& o) {
     const double full_ms = median(full_times);
     const auto first_full = argmax_row(full.logits, M - 1, vocab);
     KvCache full_decode = full.cache;
-    const auto full_tokens = greedy_decode(model, full_decode, first_full, o.tokens);
+    const auto full_tokens = greedy_decode(model, full_decode, first_full, o.tokens, full.kernels.request());
     // A chat answer is shown up to the end of its turn.
     auto shown = [&](const TokenIds& tokens) { return loaded.detokenize(o.chat ? until_end_of_turn(tokens, *loaded.tokenizer) : tokens); };
     std::printf("\nfull prefill answer: %s\n", shown(full_tokens).c_str());
@@ -163,7 +163,7 @@ int run(RunOptions& o) {
         const double ms = median(times);
         const LogitAgreement agreement = compare_logit_rows(full.logits, fused.logits, vocab);
         const auto first = argmax_row(fused.logits, M - 1, vocab);
-        const auto tokens = greedy_decode(model, fused.cache, first, o.tokens);
+        const auto tokens = greedy_decode(model, fused.cache, first, o.tokens, fused.kernels.request());
         const bool ratio_matters = method_info(method).takes_ratio;
         std::printf("%-11s %6s %9.3f %10.3f %8.2fx %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.4f %8.3f %4zu/%-4zu\n",
                     method_name(method), ratio_matters ? std::to_string(o.fusion.ratio).substr(0, 4).c_str() : "-",
