@@ -115,6 +115,15 @@ struct FusionOptions {
 // tune` writes), as the calls without a context do, so results do not depend on which is used.
 class KernelContexts {
    public:
+    KernelContexts() = default;
+    // Moved from, a KernelContexts holds none (the next prepare() makes them).
+    KernelContexts(KernelContexts&& other) noexcept { *this = std::move(other); }
+    KernelContexts& operator=(KernelContexts&& other) noexcept {
+        threads_ = std::exchange(other.threads_, -1);
+        request_ = std::move(other.request_);
+        loader_ = std::move(other.loader_);
+        return *this;
+    }
     // (Re)creates the contexts when there are none yet or `threads` (FusionOptions::threads)
     // differs from theirs. Throws std::runtime_error when a context cannot be created.
     void prepare(int threads);
