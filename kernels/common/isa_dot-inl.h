@@ -55,18 +55,47 @@ constexpr bool kHasSdot =
 
 // ---- pairs: two s16 per 32-bit lane ----
 
+// The x86 word multiply-adds of one register width (zmm with AVX512BW, ymm with AVX2), for
+// the functions below where V is such a register: each instruction named once per width here,
+// the choice between it and the emulation made once per function (has_word_madd<V>).
+template <std::size_t kLanes>
+struct WordMadd;
+#if defined(__AVX512BW__)
+template <>
+struct WordMadd<16> {
+    static __m512i pairs(__m512i a, __m512i b) { return _mm512_madd_epi16(a, b); }        // pmaddwd
+    static __m512i quads(__m512i u8, __m512i s8) { return _mm512_maddubs_epi16(u8, s8); }  // pmaddubsw
+    static __m512i ones() { return _mm512_set1_epi16(1); }
+};
+#endif
+#if defined(__AVX2__)
+template <>
+struct WordMadd<8> {
+    static __m256i pairs(__m256i a, __m256i b) { return _mm256_madd_epi16(a, b); }
+    static __m256i quads(__m256i u8, __m256i s8) { return _mm256_maddubs_epi16(u8, s8); }
+    static __m256i ones() { return _mm256_set1_epi16(1); }
+};
+#endif
+
+// Whether WordMadd has V's width on this ISA (else the functions below emulate it).
+template <class V>
+constexpr bool has_word_madd() {
+#if defined(__AVX512BW__)
+    if (V::size == 16) return true;
+#endif
+#if defined(__AVX2__)
+    if (V::size == 8) return true;
+#endif
+    return false;
+}
+
 // Per 32-bit lane: lo(k) * lo(q) + hi(k) * hi(q) with lo/hi the signed 16-bit halves. A
 // template so that only this ISA's branch is instantiated.
 template <class V>
 inline V madd_pairs(V k, V q) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) return _mm512_madd_epi16(k, q);
+    if constexpr (has_word_madd<V>())
+        return WordMadd<V::size>::pairs(k, q);
     else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) return _mm256_madd_epi16(k, q);
-    else
-#endif
         return ((k << 16) >> 16) * ((q << 16) >> 16) + (k >> 16) * (q >> 16);
 }
 
@@ -106,18 +135,6 @@ typedef std::int16_t S16x32 __attribute__((vector_size(64)));
 typedef std::uint16_t U16x16 __attribute__((vector_size(32)));
 typedef std::uint16_t U16x32 __attribute__((vector_size(64)));
 
-// Whether madd_pairs is one instruction (pmaddwd) for V.
-template <class V>
-constexpr bool has_madd_pairs_instruction() {
-#if defined(__AVX512BW__)
-    if (V::size == 16) return true;
-#endif
-#if defined(__AVX2__)
-    if (V::size == 8) return true;
-#endif
-    return false;
-}
-
 // Per lane, the sum of the four byte products, u8 x s8 or s8 x s8 (x unsigned or not, y
 // signed): the exact result of the byte dot instructions where this ISA lacks them. With
 // pmaddwd (x86) the bytes are widened to s16 (even bytes in place, odd bytes shifted down) and
@@ -127,7 +144,7 @@ constexpr bool has_madd_pairs_instruction() {
 // Elsewhere, 32-bit shifts and multiplies.
 template <bool kUnsignedX, class V>
 inline V emulated_dot_bytes(V x, V y) {
-    if constexpr (has_madd_pairs_instruction<V>()) {
+    if constexpr (has_word_madd<V>()) {
         using Register = typename V::register_type;
         using S16 = std::conditional_t<sizeof(Register) == 64, S16x32, S16x16>;
         using U16 = std::conditional_t<sizeof(Register) == 64, U16x32, U16x16>;
@@ -194,14 +211,9 @@ inline V dot_quads_s8s8(V acc, V keys, V queries) {
 // sum instead of two halves; add_to_s16 and widen_s16_pairs follow it, so the totals agree.
 template <class V>
 inline V madd_quads_s16(V keys, V queries) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) return _mm512_maddubs_epi16(keys, queries);
+    if constexpr (has_word_madd<V>())
+        return WordMadd<V::size>::quads(keys, queries);
     else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) return _mm256_maddubs_epi16(keys, queries);
-    else
-#endif
         return emulated_dot_u8s8(keys, queries);
 }
 // acc += y per 16-bit half (the emulation keeps whole lanes: see madd_quads_s16); on AVX2 in
@@ -224,14 +236,9 @@ inline void add_to_s16(V& acc, V y) {
 // The two s16 of each lane summed into one s32.
 template <class V>
 inline V widen_s16_pairs(V x) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) return _mm512_madd_epi16(x, _mm512_set1_epi16(1));
+    if constexpr (has_word_madd<V>())
+        return WordMadd<V::size>::pairs(x, WordMadd<V::size>::ones());
     else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) return _mm256_madd_epi16(x, _mm256_set1_epi16(1));
-    else
-#endif
         return x;
 }
 
