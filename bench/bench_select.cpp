@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench_support.h"
+#include "select_args.h"
 #include "kvfuse/kvfuse.hpp"
 
 namespace {
@@ -58,22 +59,8 @@ struct Request {
     }
 
     kvfuse_select_args args(kvfuse_key_precision precision, const std::vector<kvfuse_select_segment>& segs) {
-        kvfuse_select_args a;
-        kvfuse_select_args_init(&a);
-        a.method = KVFUSE_SELECT_A3;
-        a.prefix_rows = P;
-        a.documents = kChunks * kChunkTokens;
-        a.question_rows = M;
-        a.ratio = 0.15;
-        a.query_heads = H;
-        a.kv_heads = Hkv;
-        a.head_dim = D;
-        a.queries = queries.data();
-        a.key_precision = precision;
-        a.smoothing = 1;
-        a.rope = &rope;
-        a.segment_count = segs.size();
-        a.segments = segs.data();
+        kvfuse_select_args a = kvfuse::testing::a3_select_args({P, kChunks * kChunkTokens, M, H, Hkv, D, 0.15},
+                                                               queries.data(), precision, &rope, segs);
         a.rows = rows.data();
         a.rows_capacity = rows.size();
         a.row_count = &row_count;

@@ -52,8 +52,7 @@ Engine::Engine(const ModelShape& model, const kvfuse_rope_config& rope, const st
       table_(cache_.blocks_for(max_tokens)), prompt_positions_(max_tokens), selected_(max_tokens),
       fresh_keys_(max_tokens * model.token_elements()), fresh_values_(fresh_keys_.size()),
       queries_(max_tokens * model.query_elements()), scores_(max_tokens),
-      question_queries_(max_question_rows * model.query_elements()),
-      question_keys_(max_question_rows * model.token_elements()),
+      fresh_cells_(max_tokens), question_queries_(max_question_rows * model.query_elements()),
       out_selected_(model.layers * selected_stride()), out_question_(model.layers * question_stride()),
       segments_(store.size() + 1) {}
 
@@ -113,26 +112,37 @@ void Engine::place_chunks(const RequestPlan& plan, CacheTarget& target) {
 void Engine::write_fresh_rows(const RequestPlan& plan, CacheTarget& target, std::size_t layer,
                               const std::int64_t* positions, std::size_t count) {
     const std::size_t row = model_.token_elements();
+    const KvView keys = target.keys(layer), values = target.values(layer);
     for (std::size_t i = 0; i < count; ++i) {
         Random random(seed_of(2, plan.id, layer, static_cast<std::uint64_t>(positions[i])));
         for (std::size_t e = 0; e < row; ++e) {
             fresh_keys_[i * row + e] = 0.5f * topic_[(e * 7) % row] + 0.5f * random.uniform();
             fresh_values_[i * row + e] = random.uniform();
         }
+        fresh_cells_[i] = static_cast<std::int32_t>(keys.cell(static_cast<std::size_t>(positions[i])));
     }
     {
+        // The f32 keys rotated to their positions and rounded to f16 in one pass, straight into
+        // their rows of the cache (the converting copy; a per-token table names the rows).
+        kvfuse_rope_args args;
+        kvfuse_rope_args_init(&args);
+        args.config = &rope_;
+        args.dtype = KVFUSE_DTYPE_F16;
+        args.convert = 1;
+        args.src_dtype = KVFUSE_DTYPE_F32;
+        args.tokens = count;
+        args.heads = model_.kv_heads;
+        args.deltas = positions;
+        args.src = fresh_keys_.data();
+        args.src_token_stride = row;
+        keys.describe_rope_dst_cells(args, fresh_cells_.data());
         allocation_counter::CountApart rope_calls(kRopeSlot);
-        require(kvfuse_ctx_rope_rotate(context_, &rope_, KVFUSE_DTYPE_F32, fresh_keys_.data(), count, model_.kv_heads,
-                                       row, positions),
-                "kvfuse_ctx_rope_rotate");
+        require(kvfuse_ctx_rope_rotate_layout(context_, &args), "kvfuse_ctx_rope_rotate_layout (f32 to f16)");
     }
-    // f32 activations into the f16 cache (the RoPE call keeps its dtype: it cannot narrow).
-    const KvView keys = target.keys(layer), values = target.values(layer);
-    for (std::size_t i = 0; i < count; ++i) {
-        const std::size_t token = static_cast<std::size_t>(positions[i]);
-        require(kvfuse_f32_to_f16(fresh_keys_.data() + i * row, keys.row(token), row), "kvfuse_f32_to_f16");
-        require(kvfuse_f32_to_f16(fresh_values_.data() + i * row, values.row(token), row), "kvfuse_f32_to_f16");
-    }
+    // Values take no RoPE: f32 activations into the f16 cache.
+    for (std::size_t i = 0; i < count; ++i)
+        require(kvfuse_f32_to_f16(fresh_values_.data() + i * row, values.row(static_cast<std::size_t>(positions[i])), row),
+                "kvfuse_f32_to_f16");
 }
 
 void Engine::make_queries(const RequestPlan& plan, std::size_t layer, const std::int64_t* positions, std::size_t count,
@@ -152,15 +162,14 @@ void Engine::make_queries(const RequestPlan& plan, std::size_t layer, const std:
 }
 
 void Engine::write_prompt_rows(const RequestPlan& plan, CacheTarget& target) {
-    const std::size_t prefix = plan.prefix_rows, question = plan.question_rows, row = model_.token_elements();
+    const std::size_t prefix = plan.prefix_rows, question = plan.question_rows;
     for (std::size_t i = 0; i < prefix; ++i) prompt_positions_[i] = static_cast<std::int64_t>(i);
     for (std::size_t m = 0; m < question; ++m)
         prompt_positions_[prefix + m] = static_cast<std::int64_t>(prefix + plan.documents + m);
     for (std::size_t layer = 0; layer < model_.layers; ++layer) {
         write_fresh_rows(plan, target, layer, prompt_positions_.data(), prefix + question);
-        if (layer != model_.check_layer) continue;
-        std::memcpy(question_keys_.data(), fresh_keys_.data() + prefix * row, question * row * sizeof(float));
-        make_queries(plan, layer, prompt_positions_.data() + prefix, question, question_queries_.data());
+        if (layer == model_.check_layer)
+            make_queries(plan, layer, prompt_positions_.data() + prefix, question, question_queries_.data());
     }
 }
 
@@ -178,10 +187,12 @@ std::size_t Engine::select(const RequestPlan& plan, kvfuse_key_precision precisi
         segment.key_scales = chunk.check_key_scales.data();
         segment.key_means = chunk.check_key_means.data();
     }
-    kvfuse_select_segment& question = segments_[chunks];  // in the request's frame already
+    // The question's keys where write_prompt_rows put them: f16 in the paged cache, in the
+    // request's frame already (scored in place; quantized by the call on the int8 path).
+    kvfuse_select_segment& question = segments_[chunks];
     kvfuse_select_segment_init(&question);
     question.tokens = plan.question_rows;
-    question.keys_f32 = question_keys_.data();  // quantized by the call on the int8 path
+    cache_.keys(model_.check_layer, table_.data()).describe_select_keys(question, plan.prefix_rows + plan.documents);
 
     std::size_t count = 0;
     kvfuse_select_args args;

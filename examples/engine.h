@@ -4,10 +4,12 @@
 //   1. the request's blocks taken from the pool (shuffled, 16 tokens each);
 //   2. each stored chunk placed at its offset in the request: keys re-rotated from the chunk's
 //      frame into the paged cache in one call (kvfuse_ctx_rope_rotate_layout), values copied;
-//   3. prefix and question rows computed fresh ("the model": deterministic numbers, RoPE at
-//      their positions) and written into the cache;
+//   3. prefix and question rows computed fresh ("the model": deterministic f32 numbers) and
+//      written into the cache, the keys rotated to their positions and rounded to f16 in one
+//      call (kvfuse_ctx_rope_rotate_layout's converting copy, a per-token table of cells);
 //   4. A3 row selection at the check layer (kvfuse_ctx_select_rows: the question's queries against
-//      the stored chunks' int8 keys in their own frame, 15 %);
+//      the stored chunks' int8 keys in their own frame and the question's own f16 keys read from
+//      the paged cache, 15 %);
 //   5. per layer, the selected rows recomputed (fresh K/V written into the cache) and sparse-row
 //      attention for them, then attention for the question rows, on the paged cache
 //      (kvfuse_ctx_sparse_attention with the block table).
@@ -80,9 +82,9 @@ public:
     const float* scores() const { return scores_.data(); }  // the documents' A3 scores (int8)
     const float* out_selected(std::size_t layer) const { return out_selected_.data() + layer * selected_stride(); }
     const float* out_question(std::size_t layer) const { return out_question_.data() + layer * question_stride(); }
-    // The question's queries and keys at the check layer (after RoPE, f32), from write_prompt_rows.
+    // The question's queries at the check layer (after RoPE, f32), from write_prompt_rows; its
+    // keys are in the cache.
     const float* question_queries() const { return question_queries_.data(); }
-    const float* question_keys() const { return question_keys_.data(); }
     const std::int32_t* block_table() const { return table_.data(); }
     PagedKvCache& cache() { return cache_; }
     kvfuse_context* context() const { return context_; }
@@ -96,8 +98,8 @@ public:
     std::size_t question_stride() const { return max_question_rows_ * model_.query_elements(); }
 
 private:
-    // Fresh K/V of `count` rows at `positions` of `layer` written into the target; their keys
-    // (after RoPE, f32) stay in fresh_keys_.
+    // Fresh K/V of `count` rows at `positions` of `layer` written into the target (keys rotated
+    // on the way); fresh_keys_ keeps their f32 keys before RoPE.
     void write_fresh_rows(const RequestPlan& plan, CacheTarget& target, std::size_t layer,
                           const std::int64_t* positions, std::size_t count);
 
@@ -113,7 +115,8 @@ private:
     std::vector<std::int64_t> prompt_positions_, selected_;
     std::size_t selected_count_ = 0;
     std::vector<float> fresh_keys_, fresh_values_, queries_, scores_;
-    std::vector<float> question_queries_, question_keys_;
+    std::vector<std::int32_t> fresh_cells_;  // the cache row of each fresh row
+    std::vector<float> question_queries_;
     std::vector<float> out_selected_, out_question_;
     std::vector<kvfuse_select_segment> segments_;
 };

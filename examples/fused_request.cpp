@@ -78,6 +78,7 @@ private:
         KvView v;
         v.base = a.data() + layer * tokens_ * row_;
         v.token_elements = row_;
+        v.cells_total = tokens_;
         return v;
     }
     std::size_t tokens_, row_;
@@ -242,8 +243,11 @@ void check_selection(Engine& engine, const RequestPlan& plan) {
             for (std::size_t h = 0; h < m.kv_heads; ++h) rotate_head(key.data() + h * D, D, engine.rope().base, static_cast<double>(plan.offsets[c]));
         }
     }
+    // The question's keys as the selection reads them: from the paged f16 cache.
+    const KvView cached = engine.cache().keys(m.check_layer, engine.block_table());
     for (std::size_t i = 0; i < M; ++i) {
-        for (std::size_t e = 0; e < row; ++e) keys[docs + i][e] = engine.question_keys()[i * row + e];
+        const std::uint16_t* key = cached.row(plan.prefix_rows + docs + i);
+        for (std::size_t e = 0; e < row; ++e) keys[docs + i][e] = half_to_double(key[e]);
         for (std::size_t e = 0; e < m.query_elements(); ++e) queries[i][e] = engine.question_queries()[i * m.query_elements() + e];
     }
     const std::vector<double> expected = a3_relevance(keys, queries, docs, m.query_heads, m.kv_heads, D, true);

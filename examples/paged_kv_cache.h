@@ -21,11 +21,35 @@ struct KvView {
     const std::int32_t* table = nullptr; // NULL: contiguous
     std::size_t block_size = 0, blocks_total = 0;
     std::size_t token_elements = 0;      // kv_heads * head_dim: the token stride
+    std::size_t cells_total = 0;         // token rows at base: the pool's (paged) or the array's
 
-    std::uint16_t* row(std::size_t token) const {
-        if (table == nullptr) return base + token * token_elements;
-        const std::size_t block = static_cast<std::size_t>(table[token / block_size]);
-        return base + (block * block_size + token % block_size) * token_elements;
+    // The row `token` is, counted in rows from base (llama.cpp's cell of the token).
+    std::size_t cell(std::size_t token) const {
+        if (table == nullptr) return token;
+        return static_cast<std::size_t>(table[token / block_size]) * block_size + token % block_size;
+    }
+    std::uint16_t* row(std::size_t token) const { return base + cell(token) * token_elements; }
+
+    // Where kvfuse_rope_rotate_layout writes rows that are not consecutive tokens (fresh rows at
+    // scattered positions): the call's token t goes to row cells[t], a per-token table of block
+    // size 1 over every row at base, as llama.cpp's cells are described.
+    void describe_rope_dst_cells(kvfuse_rope_args& args, const std::int32_t* cells) const {
+        args.dst = base;
+        args.dst_token_stride = token_elements;
+        args.dst_block_table = cells;
+        args.dst_block_size = 1;
+        args.dst_blocks_total = cells_total;
+    }
+
+    // Where kvfuse_select_rows reads a segment's keys: f16 in place, from token `first` on.
+    void describe_select_keys(kvfuse_select_segment& segment, std::size_t first) const {
+        segment.keys_dtype = KVFUSE_DTYPE_F16;
+        segment.keys = base;
+        segment.key_row_stride = token_elements;
+        segment.key_block_table = table;
+        segment.key_block_size = table != nullptr ? block_size : 0;
+        segment.key_blocks_total = table != nullptr ? blocks_total : 0;
+        segment.key_token_offset = first;
     }
 
     // Where kvfuse_rope_rotate_layout writes (its dst side).
@@ -91,6 +115,7 @@ private:
         v.block_size = block_size_;
         v.blocks_total = blocks_;
         v.token_elements = token_elements_;
+        v.cells_total = blocks_ * block_size_;
         return v;
     }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "isa_test_support.h"
+#include "select_args.h"
 #include "kvfuse/kvfuse.h"
 #include "reference/attention_reference.h"
 #include "reference/f16_reference.h"
@@ -257,21 +258,7 @@ struct SelectCase {
         for (float& q : queries) q = normal(rng);
         scores.assign(documents, 0.0f);
         rows.assign(documents, -1);
-        kvfuse_select_args_init(&args);
-        args.method = KVFUSE_SELECT_A3;
-        args.prefix_rows = 16;
-        args.documents = documents;
-        args.question_rows = M;
-        args.ratio = 0.15;
-        args.query_heads = H;
-        args.kv_heads = Hkv;
-        args.head_dim = D;
-        args.queries = queries.data();
-        args.key_precision = precision;
-        args.smoothing = 1;
-        args.rope = &rope;
-        args.segment_count = segments.size();
-        args.segments = segments.data();
+        args = kvfuse::testing::a3_select_args({16, documents, M, H, Hkv, D, 0.15}, queries.data(), precision, &rope, segments);
         args.rows = rows.data();
         args.rows_capacity = rows.size();
         args.row_count = &count;

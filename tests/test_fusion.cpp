@@ -198,8 +198,11 @@ TEST_P(FusionIdentity, StoredKeyRelevanceEqualsReRotatedKeyRelevance) {
     for (std::size_t e = (T - M) * s.kv_row(); e < keys.size(); ++e) keys[e] = normal(rng);
     const float* question_keys = keys.data() + (T - M) * s.kv_row();
 
-    const auto want = a3_relevance(s, q.data(), M, keys.data(), P, T, true, ScoreKeys::f32);
-    const auto got = a3_relevance_stored(s, q.data(), M, question_keys, chunk_views, offsets, layer, true, ScoreKeys::f32);
+    KernelContexts kernels;
+    kernels.prepare(0);
+    kvfuse::Context& context = kernels.request();
+    const auto want = a3_relevance(context, s, q.data(), M, keys.data(), P, T, true, ScoreKeys::f32);
+    const auto got = a3_relevance_stored(context, s, q.data(), M, question_keys, chunk_views, offsets, layer, true, ScoreKeys::f32);
     ASSERT_EQ(got.size(), want.size());
     for (std::size_t j = 0; j < got.size(); ++j) EXPECT_NEAR(got[j], want[j], 1e-4 * (1.0 + want[j])) << j;
 
@@ -214,7 +217,7 @@ TEST_P(FusionIdentity, StoredKeyRelevanceEqualsReRotatedKeyRelevance) {
     };
     for (ScoreKeys precision : {ScoreKeys::int8, ScoreKeys::int4}) {
         const auto quantized =
-            a3_relevance_stored(s, q.data(), M, question_keys, chunk_views, offsets, layer, true, precision);
+            a3_relevance_stored(context, s, q.data(), M, question_keys, chunk_views, offsets, layer, true, precision);
         const auto a = top(want), b = top(quantized);
         std::vector<std::size_t> both;
         std::set_intersection(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(both));
@@ -223,7 +226,7 @@ TEST_P(FusionIdentity, StoredKeyRelevanceEqualsReRotatedKeyRelevance) {
     // A chunk without quantized keys cannot be scored from them.
     auto missing = chunk_views;
     missing[1].quantized.clear();
-    EXPECT_THROW(a3_relevance_stored(s, q.data(), M, question_keys, missing, offsets, layer, true, ScoreKeys::int8),
+    EXPECT_THROW(a3_relevance_stored(context, s, q.data(), M, question_keys, missing, offsets, layer, true, ScoreKeys::int8),
                  std::invalid_argument);
 }
 
@@ -249,6 +252,30 @@ TEST_P(FusionIdentity, PipelinedLoadingChangesNothing) {
             }
             EXPECT_EQ(pipelined.times.rerotate, 0.0);
         }
+}
+
+// The kernels' thread count (--threads) changes where they run, not what they compute: one
+// worker and two give the OpenMP default's answer bit for bit, every method; a run given another
+// count makes its contexts again.
+TEST_P(FusionIdentity, KernelThreadCountChangesNothing) {
+    const Request r = make_request({13, 8, 11}, 4, 12);
+    const auto stored = stored_chunks(model, r);
+    for (const MethodInfo& info : method_table()) {
+        FusionOptions o;
+        o.method = info.method();
+        o.ratio = 0.25;
+        const auto chunks = o.method == Method::full ? std::vector<ChunkKvView>() : views(stored);
+        const FusionRun reference = run_request(model, r, chunks, o);
+        FusionRun run;
+        for (int threads : {1, 2}) {
+            o.threads = threads;
+            const kvfuse_context* before = run.kernels.request().get();
+            run_request(model, r, chunks, o, run);
+            EXPECT_NE(run.kernels.request().get(), before) << info.name << " threads " << threads;
+            EXPECT_EQ(run.logits, reference.logits) << info.name << " threads " << threads;
+            EXPECT_EQ(run.selected, reference.selected) << info.name << " threads " << threads;
+        }
+    }
 }
 
 // A serving process keeps a run's cache and buffers across requests and never clears them:
@@ -277,6 +304,8 @@ TEST_P(FusionIdentity, ReusedNanFilledBuffersGiveTheFreshAnswer) {
                 FusionRun reused;
                 run_request(model, large, full ? std::vector<ChunkKvView>() : views(stored_large), o, reused);
                 const float* cache_before = reused.cache.k[0].data();
+                const kvfuse_context* context_before = reused.kernels.request().get();
+                const kvfuse_context* loader_before = reused.kernels.loader().get();
                 for (auto* side : {&reused.cache.k, &reused.cache.v})
                     for (Floats& rows : *side) fill_nan(rows);
                 for (Floats* b : {&reused.buffers.hidden, &reused.buffers.q, &reused.buffers.k, &reused.buffers.v,
@@ -285,6 +314,8 @@ TEST_P(FusionIdentity, ReusedNanFilledBuffersGiveTheFreshAnswer) {
                 run_request(model, r, full ? std::vector<ChunkKvView>() : views(stored), o, reused);
                 const std::string what = std::string(method_name(m)) + (layer0 ? "" : " no-layer0 fused-keys") + (pipelined ? " pipelined" : "");
                 EXPECT_EQ(reused.cache.k[0].data(), cache_before) << what << ": the cache was reallocated, not reused";
+                EXPECT_EQ(reused.kernels.request().get(), context_before) << what << ": the kernel context was made again";
+                EXPECT_EQ(reused.kernels.loader().get(), loader_before) << what << ": the loading context was made again";
                 EXPECT_EQ(reused.logits, fresh.logits) << what;
                 EXPECT_EQ(reused.selected, fresh.selected) << what;
                 EXPECT_EQ(reused.rows_per_layer, fresh.rows_per_layer) << what;
@@ -350,7 +381,7 @@ TEST(Fusion, GreedyDecodeContinuesTheCache) {
     // Decoding from the full cache equals re-running the prompt with the tokens appended.
     const std::size_t vocab = 40;
     const auto first = static_cast<std::int32_t>(argmax(std::span<const float>(full.logits).subspan(2 * vocab, vocab)));
-    const auto tokens = greedy_decode(model, full.cache, first, 4);
+    const auto tokens = greedy_decode(model, full.cache, first, 4, full.kernels.request());
     ASSERT_EQ(tokens.size(), 4u);
     Request longer = r;
     longer.question.insert(longer.question.end(), tokens.begin(), tokens.end() - 1);

@@ -948,6 +948,31 @@ TEST_P(SelectTypedKeysTest, TypedKeysAreTheWidenedF32Keys) {
             }
 }
 
+// The argument checks' base call: A3 (no smoothing, no RoPE) picking k = 3 of `documents` rows
+// from `segments` with M question rows of `queries`, into rows (3 of them) and count.
+struct ThreeRowSelection {
+    std::vector<std::int64_t> rows = std::vector<std::int64_t>(3);
+    std::size_t count = 0;
+    kvfuse::SelectArgs args;
+    ThreeRowSelection(std::size_t documents, std::size_t M, std::size_t H, std::size_t Hkv, std::size_t D,
+                      const float* queries, const kvfuse_select_segment* segments, std::size_t segment_count) {
+        args.documents = documents;
+        args.question_rows = M;
+        args.k = 3;
+        args.query_heads = H;
+        args.kv_heads = Hkv;
+        args.head_dim = D;
+        args.queries = queries;
+        args.segment_count = segment_count;
+        args.segments = segments;
+        args.rows = rows.data();
+        args.rows_capacity = rows.size();
+        args.row_count = &count;
+    }
+    ThreeRowSelection(const ThreeRowSelection&) = delete;  // args points into it
+    ThreeRowSelection& operator=(const ThreeRowSelection&) = delete;
+};
+
 TEST(SelectTypedKeysChecks, KeysAreChecked) {
     const std::size_t M = 2, Hkv = 1, H = 2, D = 8;
     const std::vector<float> queries(M * H * D, 0.5f), keys(20 * D, 0.25f);
@@ -955,21 +980,8 @@ TEST(SelectTypedKeysChecks, KeysAreChecked) {
     kvfuse::SelectSegment segment;
     segment.tokens = 20;
     segment.keys_f32 = keys.data();
-    kvfuse::SelectArgs a;
-    a.documents = 18;
-    a.question_rows = M;
-    a.k = 3;
-    a.query_heads = H;
-    a.kv_heads = Hkv;
-    a.head_dim = D;
-    a.queries = queries.data();
-    a.segment_count = 1;
-    a.segments = &segment;
-    std::vector<std::int64_t> rows(3);
-    std::size_t count = 0;
-    a.rows = rows.data();
-    a.rows_capacity = 3;
-    a.row_count = &count;
+    ThreeRowSelection selection(18, M, H, Hkv, D, queries.data(), &segment, 1);
+    kvfuse::SelectArgs& a = selection.args;
     ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
     segment.keys = halves.data();
     segment.keys_dtype = KVFUSE_DTYPE_F16;
@@ -1070,22 +1082,9 @@ TEST(SelectLayoutChecks, LayoutsAreCheckedAndOldSegmentsStillRead) {
     segments[1].tokens = tokens;
     segments[1].keys_f32 = paged.data();
     set_key_layout(segments[1], pool);
-    kvfuse::SelectArgs a;
-    a.documents = 1 + tokens - M;
-    a.question_rows = M;
-    a.k = 3;
-    a.query_heads = H;
-    a.kv_heads = Hkv;
-    a.head_dim = D;
-    a.queries = queries.data();
-    a.segment_count = 2;
-    a.segments = segments;
+    ThreeRowSelection selection(1 + tokens - M, M, H, Hkv, D, queries.data(), segments, 2);
+    kvfuse::SelectArgs& a = selection.args;
     a.key_precision = KVFUSE_KEYS_INT8;
-    std::vector<std::int64_t> rows(3);
-    std::size_t count = 0;
-    a.rows = rows.data();
-    a.rows_capacity = 3;
-    a.row_count = &count;
     ASSERT_EQ(kvfuse_select_rows(&a), KVFUSE_OK) << kvfuse_last_error();
     auto refused = [&](const char* what, const std::string& needle) {
         EXPECT_EQ(kvfuse_select_rows(&a), KVFUSE_ERROR_INVALID_ARGUMENT) << what;

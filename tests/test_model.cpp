@@ -72,7 +72,7 @@ TEST_P(ModelTest, KnownLogitAndGreedyContinuation) {
     const std::size_t best = argmax(last);
     EXPECT_EQ(m.detokenize(TokenIds{static_cast<std::int32_t>(best)}), ",");
     EXPECT_NEAR(last[best], 17.80, 0.01);
-    const auto tokens = greedy_decode(*m.model, run.cache, static_cast<std::int32_t>(best), 40);
+    const auto tokens = greedy_decode(*m.model, run.cache, static_cast<std::int32_t>(best), 40, run.kernels.request());
     const std::string text = "Once upon a time" + m.detokenize(tokens);
     const std::string known =
         "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw "

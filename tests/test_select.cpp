@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "isa_test_support.h"
+#include "select_args.h"
 #include "kvfuse/kvfuse.h"
 #include "reference/rope_reference.h"
 #include "reference/score_reference.h"
@@ -82,23 +83,8 @@ struct Request {
     }
 
     kvfuse_select_args a3_args(kvfuse_key_precision precision, const std::vector<kvfuse_select_segment>& segments) const {
-        kvfuse_select_args a;
-        kvfuse_select_args_init(&a);
-        a.method = KVFUSE_SELECT_A3;
-        a.prefix_rows = P;
-        a.documents = documents;
-        a.question_rows = M;
-        a.ratio = 0.3;
-        a.query_heads = H;
-        a.kv_heads = Hkv;
-        a.head_dim = D;
-        a.queries = queries.data();
-        a.key_precision = precision;
-        a.smoothing = 1;
-        a.rope = &rope;
-        a.segment_count = segments.size();
-        a.segments = segments.data();
-        return a;
+        const kvfuse::testing::A3SelectShape shape{P, documents, M, H, Hkv, D, 0.3};
+        return kvfuse::testing::a3_select_args(shape, queries.data(), precision, &rope, segments);
     }
 };
 

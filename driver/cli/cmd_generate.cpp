@@ -47,7 +47,7 @@ int run(const GenerateOptions& o) {
     const auto t1 = std::chrono::steady_clock::now();
     const std::size_t vocab = static_cast<std::size_t>(model.shape().vocab), m = request.question.size();
     const auto first = argmax_row(run.logits, m - 1, vocab);
-    const auto generated = greedy_decode(model, run.cache, first, o.tokens);
+    const auto generated = greedy_decode(model, run.cache, first, o.tokens, run.kernels.request());
     const auto t2 = std::chrono::steady_clock::now();
     const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
     const double decode_s = std::chrono::duration<double>(t2 - t1).count();

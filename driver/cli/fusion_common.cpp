@@ -52,6 +52,7 @@ kvfuse::fusion::FusionOptions to_fusion_options(const FusionCliOptions& o, kvfus
     f.a3_stored_keys = o.a3_layer_keys == "stored";
     f.pipelined_loading = o.pipelined_loading;
     f.seed = o.seed;
+    f.threads = o.placement.threads;
     return f;
 }
 
@@ -97,7 +98,8 @@ void add_placement_options(CLI::App& cmd, PlacementCliOptions& options) {
     cmd.add_flag("--smt", options.smt, "with --place: also use SMT siblings (one thread per PU)");
     cmd.add_option("--cores", options.cores, "with --place: these cores (hwloc logical indices, comma-separated)")
         ->delimiter(',');
-    cmd.add_option("--threads", options.threads, "with --place: this many threads (default: one per core used)")
+    cmd.add_option("--threads", options.threads,
+                   "this many threads: placed (with --place; default one per core used), and each kernel call's workers")
         ->check(CLI::NonNegativeNumber);
 }
 

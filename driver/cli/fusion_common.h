@@ -18,7 +18,8 @@ class ChunkBackend;
 namespace kvfuse::cli {
 
 // Thread placement (hwloc): --place pins one OpenMP thread per core; --smt adds SMT siblings;
-// --cores 0,2,... chooses the cores (implies --place); --threads N uses the first N.
+// --cores 0,2,... chooses the cores (implies --place); --threads N uses the first N, and is the
+// pipeline's kernel threads per call (FusionOptions::threads; 0: OpenMP's default).
 struct PlacementCliOptions {
     bool place = false;
     bool smt = false;

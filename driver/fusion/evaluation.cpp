@@ -67,7 +67,7 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
         const auto full_first = argmax_row(full.logits, M - 1, vocab);
         const KvCache full_cache = full.cache;
         KvCache decode_cache = full.cache;
-        const auto full_continuation = greedy_decode(model, decode_cache, full_first, options.decode_tokens);
+        const auto full_continuation = greedy_decode(model, decode_cache, full_first, options.decode_tokens, full.kernels.request());
 
         // Caches are precomputed: reading them back is part of TTFT, computing them is not.
         const ChunkSource::Loaded loaded_chunks = chunks.get_all(request);
@@ -97,7 +97,7 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
                 }
                 m.kv_deviation = deviation / s.layers;
                 const auto first = argmax_row(run.logits, M - 1, vocab);
-                const auto continuation = greedy_decode(model, run.cache, first, options.decode_tokens);
+                const auto continuation = greedy_decode(model, run.cache, first, options.decode_tokens, run.kernels.request());
                 m.greedy = static_cast<double>(matching_prefix(continuation, full_continuation));
                 if (!request.answers.empty()) {
                     const std::string answer = first_line(loaded.detokenize(continuation));

@@ -2,8 +2,6 @@
 
 #include "fusion/selector.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -35,12 +33,15 @@ std::vector<std::int64_t> sorted_union(std::vector<std::int64_t> a, const std::v
 // Stored chunks into the fused cache, layer by layer: V copied, K re-rotated to its new
 // offset. Layers before `first_layer` are skipped: every row is recomputed there, so their
 // stored rows would only be overwritten. Pipelined, a thread of its own loads the layers in
-// order while the caller computes; wait(l) returns once layer l is in (and rethrows a failure).
+// order while the caller computes (on the loading context: one worker, so the caller's keep
+// the cores); wait(l) returns once layer l is in (and rethrows a failure). Otherwise every
+// layer is loaded up front on the request's context.
 class ChunkLoader {
    public:
     ChunkLoader(const ModelShape& s, std::span<const ChunkKvView> chunks, std::vector<std::size_t> offsets, KvCache& cache,
-                int first_layer, bool pipelined, StageTimes& times)
-        : s_(s), chunks_(chunks), offsets_(std::move(offsets)), cache_(cache), first_(first_layer), times_(times) {
+                int first_layer, bool pipelined, KernelContexts& kernels, StageTimes& times)
+        : s_(s), chunks_(chunks), offsets_(std::move(offsets)), cache_(cache), first_(first_layer),
+          context_(pipelined ? kernels.loader() : kernels.request()), times_(times) {
         if (!pipelined) {
             for (int l = first_; l < s_.layers; ++l) load(l, times_.kv_load, times_.rerotate);
             loaded_ = s_.layers - 1;
@@ -79,15 +80,13 @@ class ChunkLoader {
             load_ms += ms_since(t0);
             t0 = Clock::now();
             const std::int64_t delta = static_cast<std::int64_t>(offsets_[c]) - chunk.start_position;
-            throw_if_failed(kvfuse::rope_rotate_span_copy(s_.rope, chunk.k[L], s_.kv_row(), cache_.k_row(l, offsets_[c]), s_.kv_row(),
+            throw_if_failed(kvfuse::rope_rotate_span_copy(context_, s_.rope, chunk.k[L], s_.kv_row(), cache_.k_row(l, offsets_[c]), s_.kv_row(),
                                                 chunk.tokens, static_cast<std::size_t>(s_.kv_heads), delta),
                   "re-rotation");
             rotate_ms += ms_since(t0);
         }
     }
     void work() {
-        // This thread's kernel calls stay on it: the caller's OpenMP team keeps the cores.
-        omp_set_num_threads(1);
         double busy = 0.0;
         try {
             for (int l = first_; l < s_.layers && !stop_; ++l) {
@@ -110,6 +109,7 @@ class ChunkLoader {
     std::vector<std::size_t> offsets_;
     KvCache& cache_;
     const int first_;
+    kvfuse::Context& context_;
     StageTimes& times_;
     std::thread worker_;
     std::mutex mutex_;
@@ -121,12 +121,25 @@ class ChunkLoader {
 
 }  // namespace
 
-std::vector<std::int64_t> top_rows(std::span<const float> scores, std::size_t k, std::size_t prefix_rows) {
+void KernelContexts::prepare(int threads) {
+    if (threads == threads_) return;
+    kvfuse_context_options options;
+    kvfuse_context_options_init(&options);
+    options.threads = threads;
+    options.use_process_tuning = 1;
+    throw_if_failed(kvfuse::Context::create(request_, &options), "kernel context");
+    options.threads = 1;
+    throw_if_failed(kvfuse::Context::create(loader_, &options), "loading thread's kernel context");
+    threads_ = threads;
+}
+
+std::vector<std::int64_t> top_rows(kvfuse::Context& context, std::span<const float> scores, std::size_t k,
+                                   std::size_t prefix_rows) {
     k = std::min(k, scores.size());
     if (k == 0) return {};
     std::vector<std::int64_t> out(k);
     std::size_t count = 0;
-    throw_if_failed(kvfuse::Status(kvfuse_topk(scores.data(), scores.size(), k, KVFUSE_TOPK_BY_POSITION, out.data(), &count)),
+    throw_if_failed(kvfuse::topk(context, scores.data(), scores.size(), k, kvfuse::TopkOrder::by_position, out.data(), count),
                     "top-k");
     out.resize(count);
     for (std::int64_t& row : out) row += static_cast<std::int64_t>(prefix_rows);
@@ -148,14 +161,14 @@ void scatter_fresh_rows(KvCache& cache, int layer, std::span<const std::int64_t>
         "scatter of fresh values");
 }
 
-void attend_cache(const ModelShape& s, const float* q, std::span<const std::int64_t> rows, KvCache& cache, int layer,
-                  float* out) {
-    attend_rows(s, q, rows, cache.k[static_cast<std::size_t>(layer)].data(), cache.v[static_cast<std::size_t>(layer)].data(),
+void attend_cache(kvfuse::Context& context, const ModelShape& s, const float* q, std::span<const std::int64_t> rows,
+                  KvCache& cache, int layer, float* out) {
+    attend_rows(context, s, q, rows, cache.k[static_cast<std::size_t>(layer)].data(), cache.v[static_cast<std::size_t>(layer)].data(),
                 cache.tokens, cache.row, out);
 }
 
-void attend_rows(const ModelShape& s, const float* q, std::span<const std::int64_t> positions, const float* keys,
-                 const float* values, std::size_t kv_tokens, std::size_t kv_stride, float* out) {
+void attend_rows(kvfuse::Context& context, const ModelShape& s, const float* q, std::span<const std::int64_t> positions,
+                 const float* keys, const float* values, std::size_t kv_tokens, std::size_t kv_stride, float* out) {
     kvfuse_attention_args args;
     kvfuse_attention_args_init(&args);
     args.queries = q;
@@ -173,7 +186,7 @@ void attend_rows(const ModelShape& s, const float* q, std::span<const std::int64
     args.scale = 1.0f / std::sqrt(static_cast<float>(s.head_dim));
     args.out = out;
     args.out_row_stride = s.q_row();
-    throw_if_failed(kvfuse::Status(kvfuse_sparse_attention(&args)), "sparse attention");
+    throw_if_failed(kvfuse::sparse_attention(context, args), "sparse attention");
 }
 
 namespace {
@@ -211,7 +224,7 @@ QuantizedKeysView QuantizedKeys::view() const {
     return {i8.data(), i8_scales.data(), i8_means.data(), i4.data(), i4_scales.data(), i4_means.data()};
 }
 
-QuantizedKeys quantize_chunk_keys(const ModelShape& s, const float* keys, std::size_t tokens) {
+QuantizedKeys quantize_chunk_keys(kvfuse::Context& context, const ModelShape& s, const float* keys, std::size_t tokens) {
     const std::size_t Hkv = static_cast<std::size_t>(s.kv_heads), D = static_cast<std::size_t>(s.head_dim);
     QuantizedKeys out;
     out.i8.resize(tokens * s.kv_row());
@@ -220,9 +233,9 @@ QuantizedKeys quantize_chunk_keys(const ModelShape& s, const float* keys, std::s
     out.i4.resize(tokens * Hkv * ((D + 1) / 2));
     out.i4_scales.resize(tokens * Hkv);
     out.i4_means.resize(s.kv_row());
-    throw_if_failed(kvfuse::quantize_keys_i8(keys, tokens, Hkv, D, s.kv_row(), out.i8.data(), out.i8_scales.data(), out.i8_means.data()),
+    throw_if_failed(kvfuse::quantize_keys_i8(context, keys, tokens, Hkv, D, s.kv_row(), out.i8.data(), out.i8_scales.data(), out.i8_means.data()),
           "key quantization");
-    throw_if_failed(kvfuse::quantize_keys_i4(keys, tokens, Hkv, D, s.kv_row(), out.i4.data(), out.i4_scales.data(), out.i4_means.data()),
+    throw_if_failed(kvfuse::quantize_keys_i4(context, keys, tokens, Hkv, D, s.kv_row(), out.i4.data(), out.i4_scales.data(), out.i4_means.data()),
           "key quantization");
     return out;
 }
@@ -246,7 +259,7 @@ ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t>
     alone.question.assign(chunk_tokens.begin(), chunk_tokens.end());
     FusionOptions full;
     full.method = Method::full;
-    const FusionRun run = run_request(model, alone, {}, full);
+    FusionRun run = run_request(model, alone, {}, full);
     ChunkKv out;
     out.start_position = 1;
     const ModelShape& s = model.shape();
@@ -255,7 +268,7 @@ ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t>
         const std::size_t bytes = chunk_tokens.size() * s.kv_row() * sizeof(float);
         std::memcpy(out.cache.k_row(l, 0), run.cache.k[static_cast<std::size_t>(l)].data() + s.kv_row(), bytes);
         std::memcpy(out.cache.v_row(l, 0), run.cache.v[static_cast<std::size_t>(l)].data() + s.kv_row(), bytes);
-        out.quantized.push_back(quantize_chunk_keys(s, out.cache.k_row(l, 0), chunk_tokens.size()));
+        out.quantized.push_back(quantize_chunk_keys(run.kernels.request(), s, out.cache.k_row(l, 0), chunk_tokens.size()));
     }
     return out;
 }
@@ -285,7 +298,7 @@ kvfuse::SelectArgs a3_select_args(const ModelShape& s, const float* q_question, 
 
 }  // namespace
 
-std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, std::size_t m_rows,
+std::vector<float> a3_relevance(kvfuse::Context& context, const ModelShape& s, const float* q_question, std::size_t m_rows,
                                 const float* keys, std::size_t prefix_rows, std::size_t total_rows,
                                 bool smoothing, ScoreKeys key_precision) {
     const std::size_t candidates = total_rows - prefix_rows;
@@ -298,11 +311,11 @@ std::vector<float> a3_relevance(const ModelShape& s, const float* q_question, st
     args.segments = &fused;
     std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
     args.row_count = &no_rows;
-    throw_if_failed(kvfuse::select_rows(args), "A3 relevance");
+    throw_if_failed(kvfuse::select_rows(context, args), "A3 relevance");
     return out;
 }
 
-std::vector<float> a3_relevance_stored(const ModelShape& s, const float* q_question, std::size_t m_rows,
+std::vector<float> a3_relevance_stored(kvfuse::Context& context, const ModelShape& s, const float* q_question, std::size_t m_rows,
                                        const float* question_keys, std::span<const ChunkKvView> chunks,
                                        std::span<const std::size_t> chunk_offsets, int layer, bool smoothing,
                                        ScoreKeys key_precision) {
@@ -339,7 +352,7 @@ std::vector<float> a3_relevance_stored(const ModelShape& s, const float* q_quest
     args.segments = segments.data();
     std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
     args.row_count = &no_rows;
-    throw_if_failed(kvfuse::select_rows(args), "A3 relevance");
+    throw_if_failed(kvfuse::select_rows(context, args), "A3 relevance");
     return out;
 }
 
@@ -369,6 +382,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     if (!full && chunks.size() != request.chunks.size())
         throw std::invalid_argument("one stored cache is needed per chunk");
 
+    run.kernels.prepare(o.threads);
     run.cache.reset(L, T, s.kv_row());
     run.selected.clear();
     run.rows_per_layer.clear();
@@ -405,7 +419,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     const std::size_t k_select = static_cast<std::size_t>(std::floor(o.ratio * static_cast<double>(T - M)));
     // 1. The stored chunks into the request's cache, from the first layer that keeps stored rows.
     ChunkLoader loader(s, full ? std::span<const ChunkKvView>() : chunks, chunk_offsets, run.cache, full_layers,
-                       o.pipelined_loading, run.times);
+                       o.pipelined_loading, run.kernels, run.times);
 
     Floats& hidden = run.buffers.hidden;
     resize_uninitialized(hidden, T * static_cast<std::size_t>(s.dim));
@@ -425,6 +439,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
                              .budget = k_select,
                              .always = always,
                              .cache = run.cache,
+                             .kernels = run.kernels.request(),
                              .wait_for_layer = [&loader](int layer) { loader.wait(layer); }};
 
     for (int l = 0; l < L; ++l) {
@@ -497,7 +512,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
                     model.project_qkv(m, h.data(), j, joining.data(), jq.data(), jk.data(), jv.data());
                     scatter_fresh_rows(run.cache, m, joining, jk.data(), jv.data());
                     if (m == l) break;  // at this layer they join the others below
-                    attend_cache(s, jq.data(), joining, run.cache, m, ja.data());
+                    attend_cache(run.kernels.request(), s, jq.data(), joining, run.cache, m, ja.data());
                     model.finish_layer(m, ja.data(), j, h.data());
                     run.rows_per_layer[static_cast<std::size_t>(m)] += j;
                 }
@@ -521,7 +536,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
         }
         const std::size_t n_now = rows.size();
         resize_uninitialized(attention, n_now * s.q_row());
-        attend_cache(s, q.data(), rows, run.cache, l, attention.data());
+        attend_cache(run.kernels.request(), s, q.data(), rows, run.cache, l, attention.data());
         model.finish_layer(l, attention.data(), n_now, hidden.data());
         (l < full_layers ? run.times.full_layers : run.times.recompute) += ms_since(t_layer);
     }
@@ -561,7 +576,8 @@ void require_finite_logits(const float* logits, std::size_t rows, std::size_t vo
     }
 }
 
-std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache, std::int32_t first, std::size_t n) {
+std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache, std::int32_t first, std::size_t n,
+                                        kvfuse::Context& context) {
     const ModelShape& s = model.shape();
     std::vector<std::int32_t> out;
     if (n == 0) return out;
@@ -584,7 +600,7 @@ std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache
             model.project_qkv(l, hidden.data(), 1, rows.data(), q.data(), k.data(), v.data());
             std::memcpy(cache.k_row(l, static_cast<std::size_t>(position)), k.data(), cache.row * sizeof(float));
             std::memcpy(cache.v_row(l, static_cast<std::size_t>(position)), v.data(), cache.row * sizeof(float));
-            attend_cache(s, q.data(), rows, cache, l, attention.data());
+            attend_cache(context, s, q.data(), rows, cache, l, attention.data());
             model.finish_layer(l, attention.data(), 1, hidden.data());
         }
         model.logits(hidden.data(), 1, logits.data());

@@ -97,11 +97,44 @@ struct FusionOptions {
     // false: score the fused cache's keys (recomputed rows fresh), quantized per request.
     bool a3_stored_keys = true;
     // Load (copy V, re-rotate K) layer l+1's stored rows on a thread of its own while layer l
-    // is computed, instead of every layer before the first; that thread's kernels run on one
-    // OpenMP thread.
+    // is computed, instead of every layer before the first; that thread's kernels run on a
+    // context of their own with one worker (KernelContexts::loader).
     bool pipelined_loading = false;
     bool recompute_layer0 = true;   // false: layer 0 too uses the stored rows (reuse identity)
     std::uint32_t seed = 1;         // random
+    // Workers per kernel call (the driver's --threads): 0 = OpenMP's default at the time of the
+    // call, as the calls without a context run. See KernelContexts.
+    int threads = 0;
+};
+
+// The kvfuse execution contexts (kvfuse.h) the pipeline's kernel calls run on, held as an engine
+// holds them: created by a stream's first request and reused by every later one, so that the
+// kernels' scratch and RoPE tables stay warm. Two, since a context serves one call at a time:
+// one for the request's own thread, one (threads 1) for the pipelined loading thread, whose
+// calls overlap the request's. Both follow the process-wide tuning (the start-up profile `kvfuse
+// tune` writes), as the calls without a context do, so results do not depend on which is used.
+class KernelContexts {
+   public:
+    KernelContexts() = default;
+    // Moved from, a KernelContexts holds none (the next prepare() makes them).
+    KernelContexts(KernelContexts&& other) noexcept { *this = std::move(other); }
+    KernelContexts& operator=(KernelContexts&& other) noexcept {
+        threads_ = std::exchange(other.threads_, -1);
+        request_ = std::move(other.request_);
+        loader_ = std::move(other.loader_);
+        return *this;
+    }
+    // (Re)creates the contexts when there are none yet or `threads` (FusionOptions::threads)
+    // differs from theirs. Throws std::runtime_error when a context cannot be created.
+    void prepare(int threads);
+    // Before prepare(): empty, which the kvfuse_ctx_* calls take as the calling thread's default
+    // context.
+    kvfuse::Context& request() { return request_; }
+    kvfuse::Context& loader() { return loader_; }
+
+   private:
+    int threads_ = -1;  // none created yet
+    kvfuse::Context request_, loader_;
 };
 
 // kvfuse::LocalAllocator (large blocks on the NUMA node(s) of the placed threads) whose
@@ -162,7 +195,8 @@ struct QuantizedKeys {
 };
 
 // Quantizes `tokens` key rows (kv_row floats each) of one layer.
-QuantizedKeys quantize_chunk_keys(const ModelShape& shape, const float* keys, std::size_t tokens);
+QuantizedKeys quantize_chunk_keys(kvfuse::Context& context, const ModelShape& shape, const float* keys,
+                                  std::size_t tokens);
 
 // A stored chunk's cache, read-only: rows for the chunk's tokens at positions start_position..,
 // per layer K (after RoPE at those positions) and V with row stride kv_row, and the quantized
@@ -207,6 +241,9 @@ struct FusionRun {
     struct Buffers {
         Floats hidden, q, k, v, attention;
     } buffers;
+    // The kernel calls' contexts, kept with the buffers (prepared by run_request); decoding on
+    // this run's cache uses kernels.request() too.
+    KernelContexts kernels;
 };
 
 // Runs one request. `chunks` holds one cache per request chunk (same order and token count);
@@ -226,18 +263,18 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
 void require_finite_logits(const float* logits, std::size_t rows, std::size_t vocab);
 
 std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache, std::int32_t first,
-                                        std::size_t n);
+                                        std::size_t n, kvfuse::Context& context);
 
 // Attention of the query rows at `positions` (q: one row per position, H x D) against the first
 // kv_tokens keys and values (f32, Hkv x D per row, row stride kv_stride), exact causal mask
 // (row r sees keys j <= positions[r]), through kvfuse's sparse attention: what every method runs.
-void attend_rows(const ModelShape& shape, const float* q, std::span<const std::int64_t> positions, const float* keys,
-                 const float* values, std::size_t kv_tokens, std::size_t kv_stride, float* out);
+void attend_rows(kvfuse::Context& context, const ModelShape& shape, const float* q, std::span<const std::int64_t> positions,
+                 const float* keys, const float* values, std::size_t kv_tokens, std::size_t kv_stride, float* out);
 
 // A3 relevance of document rows [P, T - M) from the question rows' queries and the keys of rows
 // [P, T) (both after RoPE), as ALGORITHMS.md defines it, through kvfuse's scoring kernel: f32,
 // or int8 / int4 keys (per-head mean removed) with int8 queries.
-std::vector<float> a3_relevance(const ModelShape& shape, const float* q_question, std::size_t question_rows,
+std::vector<float> a3_relevance(kvfuse::Context& context, const ModelShape& shape, const float* q_question, std::size_t question_rows,
                                 const float* keys, std::size_t prefix_rows, std::size_t total_rows,
                                 bool smoothing, ScoreKeys key_precision = ScoreKeys::f32);
 
@@ -246,7 +283,7 @@ std::vector<float> a3_relevance(const ModelShape& shape, const float* q_question
 // their absolute positions) are rotated back by each chunk's shift, and the chunk's mean comes
 // back as a bias. The question's own keys (question_keys, M rows, fresh) close the candidates.
 // Equals a3_relevance over the re-rotated stored keys (up to rounding; exactly so in f32).
-std::vector<float> a3_relevance_stored(const ModelShape& shape, const float* q_question, std::size_t question_rows,
+std::vector<float> a3_relevance_stored(kvfuse::Context& context, const ModelShape& shape, const float* q_question, std::size_t question_rows,
                                        const float* question_keys, std::span<const ChunkKvView> chunks,
                                        std::span<const std::size_t> chunk_offsets, int layer, bool smoothing,
                                        ScoreKeys key_precision);

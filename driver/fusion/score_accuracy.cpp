@@ -62,6 +62,9 @@ std::vector<ScoreAgreement> model_score_accuracy(const FusionModel& model, std::
     // [layer][precision], and all layers together.
     std::vector<std::array<Tally, 2>> per_layer(L);
     std::array<Tally, 2> all_layers;
+    KernelContexts kernels;  // OpenMP's default thread count, like the model's own calls
+    kernels.prepare(0);
+    kvfuse::Context& context = kernels.request();
     for (const Request& r : requests) {
         const TokenIds tokens = r.full_prompt();
         const std::size_t T = tokens.size(), P = r.prefix.size(), M = r.question.size();
@@ -74,13 +77,13 @@ std::vector<ScoreAgreement> model_score_accuracy(const FusionModel& model, std::
         for (std::size_t l = 0; l < L; ++l) {
             model.project_qkv(static_cast<int>(l), hidden.data(), T, rows.data(), q.data(), k.data(), v.data());
             const float* q_question = q.data() + (T - M) * s.q_row();
-            const std::vector<float> reference = a3_relevance(s, q_question, M, k.data(), P, T, options.smoothing, ScoreKeys::f32);
+            const std::vector<float> reference = a3_relevance(context, s, q_question, M, k.data(), P, T, options.smoothing, ScoreKeys::f32);
             for (std::size_t p = 0; p < 2; ++p) {
-                const std::vector<float> quantized = a3_relevance(s, q_question, M, k.data(), P, T, options.smoothing, kQuantized[p]);
+                const std::vector<float> quantized = a3_relevance(context, s, q_question, M, k.data(), P, T, options.smoothing, kQuantized[p]);
                 per_layer[l][p].add(reference, quantized, options.fraction);
                 all_layers[p].add(reference, quantized, options.fraction);
             }
-            attend_rows(s, q.data(), rows, k.data(), v.data(), T, s.kv_row(), attention.data());
+            attend_rows(context, s, q.data(), rows, k.data(), v.data(), T, s.kv_row(), attention.data());
             model.finish_layer(static_cast<int>(l), attention.data(), T, hidden.data());
         }
     }
@@ -101,6 +104,9 @@ std::vector<ScoreAgreement> synthetic_score_accuracy(const SyntheticShape& g, co
     s.kv_heads = static_cast<int>(g.kv_heads);
     s.head_dim = static_cast<int>(g.head_dim);
     std::array<Tally, 2> tally;
+    KernelContexts kernels;
+    kernels.prepare(0);
+    kvfuse::Context& context = kernels.request();
     std::mt19937 rng(g.seed);
     std::normal_distribution<float> normal;
     std::vector<float> q(g.question_rows * s.q_row()), k(g.tokens * s.kv_row());
@@ -110,11 +116,11 @@ std::vector<ScoreAgreement> synthetic_score_accuracy(const SyntheticShape& g, co
         // per-head mean removal must take out.
         for (std::size_t i = 0; i < k.size(); ++i) k[i] = normal(rng) * ((i % g.head_dim) % 17 == 3 ? g.outlier : 1.0f) + 0.5f;
         const float* q_question = q.data();
-        const std::vector<float> reference = a3_relevance(s, q_question, g.question_rows, k.data(), 0, g.tokens, options.smoothing,
+        const std::vector<float> reference = a3_relevance(context, s, q_question, g.question_rows, k.data(), 0, g.tokens, options.smoothing,
                                                           ScoreKeys::f32);
         for (std::size_t p = 0; p < 2; ++p)
             tally[p].add(reference,
-                         a3_relevance(s, q_question, g.question_rows, k.data(), 0, g.tokens, options.smoothing, kQuantized[p]),
+                         a3_relevance(context, s, q_question, g.question_rows, k.data(), 0, g.tokens, options.smoothing, kQuantized[p]),
                          options.fraction);
     }
     char name[96];

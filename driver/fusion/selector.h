@@ -34,6 +34,9 @@ struct SelectionContext {
     // wait_for_layer has returned for that layer; a selector may overwrite the `always` rows
     // there (the pipeline writes them again before it reads them), nothing else.
     KvCache& cache;
+    // The request's kernel context (KernelContexts::request): a selector's kvfuse calls run on
+    // it, with the request's thread count and warm scratch.
+    kvfuse::Context& kernels;
     std::function<void(int layer)> wait_for_layer;
 
     // Selectors that select at the check layer (SelectAt::check_layer, every_later_layer):
@@ -74,13 +77,14 @@ using JoinRows = std::vector<std::int64_t> (*)(const SelectionContext& context, 
 using driver::throw_if_failed;
 // The k best of `document_scores` (one per document row, from row P on) as rows, ascending;
 // ties go to the lower row, NaN ranks last.
-std::vector<std::int64_t> top_rows(std::span<const float> document_scores, std::size_t k, std::size_t prefix_rows);
+std::vector<std::int64_t> top_rows(kvfuse::Context& context, std::span<const float> document_scores, std::size_t k,
+                                   std::size_t prefix_rows);
 // dst row i = src row rows[i] (rows of `width` floats).
 void gather_rows(const float* src, std::size_t width, std::span<const std::int64_t> rows, float* dst);
 // Fresh K/V of `rows` (k, v: one row each, in order) replace those rows in a layer's cache.
 void scatter_fresh_rows(KvCache& cache, int layer, std::span<const std::int64_t> rows, const float* k, const float* v);
 // Q of `rows` (at their positions) against every key of a layer's cache, exact causal mask.
-void attend_cache(const ModelShape& shape, const float* q, std::span<const std::int64_t> rows, KvCache& cache, int layer,
-                  float* out);
+void attend_cache(kvfuse::Context& context, const ModelShape& shape, const float* q, std::span<const std::int64_t> rows,
+                  KvCache& cache, int layer, float* out);
 
 }  // namespace kvfuse::fusion

@@ -266,7 +266,7 @@ private:
         const double ttft_ms = run_.times.total();
         const auto decode_start = Clock::now();
         const std::int32_t first = argmax_row(run_.logits, M - 1, vocab);
-        const std::vector<std::int32_t> tokens = greedy_decode(model, run_.cache, first, in.max_tokens);
+        const std::vector<std::int32_t> tokens = greedy_decode(model, run_.cache, first, in.max_tokens, run_.kernels.request());
         const double decode_ms = ms_since(decode_start);
         const std::string text = loaded_.detokenize(tokens);
         metrics_.observe_ttft(ttft_ms / 1000.0);

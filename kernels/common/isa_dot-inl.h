@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <xsimd/xsimd.hpp>
 
 #if defined(__AVX2__)
@@ -54,18 +55,47 @@ constexpr bool kHasSdot =
 
 // ---- pairs: two s16 per 32-bit lane ----
 
+// The x86 word multiply-adds of one register width (zmm with AVX512BW, ymm with AVX2), for
+// the functions below where V is such a register: each instruction named once per width here,
+// the choice between it and the emulation made once per function (has_word_madd<V>).
+template <std::size_t kLanes>
+struct WordMadd;
+#if defined(__AVX512BW__)
+template <>
+struct WordMadd<16> {
+    static __m512i pairs(__m512i a, __m512i b) { return _mm512_madd_epi16(a, b); }        // pmaddwd
+    static __m512i quads(__m512i u8, __m512i s8) { return _mm512_maddubs_epi16(u8, s8); }  // pmaddubsw
+    static __m512i ones() { return _mm512_set1_epi16(1); }
+};
+#endif
+#if defined(__AVX2__)
+template <>
+struct WordMadd<8> {
+    static __m256i pairs(__m256i a, __m256i b) { return _mm256_madd_epi16(a, b); }
+    static __m256i quads(__m256i u8, __m256i s8) { return _mm256_maddubs_epi16(u8, s8); }
+    static __m256i ones() { return _mm256_set1_epi16(1); }
+};
+#endif
+
+// Whether WordMadd has V's width on this ISA (else the functions below emulate it).
+template <class V>
+constexpr bool has_word_madd() {
+#if defined(__AVX512BW__)
+    if (V::size == 16) return true;
+#endif
+#if defined(__AVX2__)
+    if (V::size == 8) return true;
+#endif
+    return false;
+}
+
 // Per 32-bit lane: lo(k) * lo(q) + hi(k) * hi(q) with lo/hi the signed 16-bit halves. A
 // template so that only this ISA's branch is instantiated.
 template <class V>
 inline V madd_pairs(V k, V q) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) return _mm512_madd_epi16(k, q);
+    if constexpr (has_word_madd<V>())
+        return WordMadd<V::size>::pairs(k, q);
     else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) return _mm256_madd_epi16(k, q);
-    else
-#endif
         return ((k << 16) >> 16) * ((q << 16) >> 16) + (k >> 16) * (q >> 16);
 }
 
@@ -98,31 +128,39 @@ template <class V>
 inline V signed_byte(V x, int b) {
     return (x << (24 - 8 * b)) >> 24;
 }
+// 16-bit lanes of a ymm / zmm register in GCC's vector extension (a vector_size that depends on a
+// template parameter is not one: hence both, chosen by size).
+typedef std::int16_t S16x16 __attribute__((vector_size(32)));
+typedef std::int16_t S16x32 __attribute__((vector_size(64)));
+typedef std::uint16_t U16x16 __attribute__((vector_size(32)));
+typedef std::uint16_t U16x32 __attribute__((vector_size(64)));
+
 // Per lane, the sum of the four byte products, u8 x s8 or s8 x s8 (x unsigned or not, y
-// signed): the exact result of the byte dot instructions where this ISA lacks them. On x86 the
-// bytes are widened to s16 (even bytes in place, odd bytes shifted down) and summed by two
-// pmaddwd, exact since |255 * 128 * 2| fits s32; 16-bit shifts also keep GCC 12 quiet, whose
-// 32-bit AVX-512 shift intrinsics warn about an uninitialised register. Elsewhere, 32-bit
-// shifts and multiplies.
+// signed): the exact result of the byte dot instructions where this ISA lacks them. With
+// pmaddwd (x86) the bytes are widened to s16 (even bytes in place, odd bytes shifted down) and
+// summed by two madd_pairs, exact since |255 * 128 * 2| fits s32. The 16-bit shifts are written
+// once for ymm and zmm in GCC's vector extension (vpsllw / vpsraw / vpsrlw); 16-bit shifts also
+// keep GCC 12 quiet, whose 32-bit AVX-512 shift intrinsics warn about an uninitialised register.
+// Elsewhere, 32-bit shifts and multiplies.
 template <bool kUnsignedX, class V>
 inline V emulated_dot_bytes(V x, V y) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) {
-        const __m512i x_even = kUnsignedX ? _mm512_and_si512(x, _mm512_set1_epi16(0x00ff)) : _mm512_srai_epi16(_mm512_slli_epi16(x, 8), 8);
-        const __m512i x_odd = kUnsignedX ? _mm512_srli_epi16(x, 8) : _mm512_srai_epi16(x, 8);
-        const __m512i y_even = _mm512_srai_epi16(_mm512_slli_epi16(y, 8), 8), y_odd = _mm512_srai_epi16(y, 8);
-        return _mm512_add_epi32(_mm512_madd_epi16(x_even, y_even), _mm512_madd_epi16(x_odd, y_odd));
-    } else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) {
-        const __m256i x_even = kUnsignedX ? _mm256_and_si256(x, _mm256_set1_epi16(0x00ff)) : _mm256_srai_epi16(_mm256_slli_epi16(x, 8), 8);
-        const __m256i x_odd = kUnsignedX ? _mm256_srli_epi16(x, 8) : _mm256_srai_epi16(x, 8);
-        const __m256i y_even = _mm256_srai_epi16(_mm256_slli_epi16(y, 8), 8), y_odd = _mm256_srai_epi16(y, 8);
-        return _mm256_add_epi32(_mm256_madd_epi16(x_even, y_even), _mm256_madd_epi16(x_odd, y_odd));
-    } else
-#endif
-    {
+    if constexpr (has_word_madd<V>()) {
+        using Register = typename V::register_type;
+        using S16 = std::conditional_t<sizeof(Register) == 64, S16x32, S16x16>;
+        using U16 = std::conditional_t<sizeof(Register) == 64, U16x32, U16x16>;
+        const U16 xu = (U16)(Register)x, yu = (U16)(Register)y;
+        // Even bytes: the low byte of each 16-bit half, sign- or zero-extended; odd: the high byte.
+        S16 x_even, x_odd;
+        if constexpr (kUnsignedX) {
+            x_even = (S16)(xu & 0xff);
+            x_odd = (S16)(xu >> 8);
+        } else {
+            x_even = (S16)(xu << 8) >> 8;
+            x_odd = (S16)xu >> 8;
+        }
+        const S16 y_even = (S16)(yu << 8) >> 8, y_odd = (S16)yu >> 8;
+        return madd_pairs(V((Register)x_even), V((Register)y_even)) + madd_pairs(V((Register)x_odd), V((Register)y_odd));
+    } else {
         auto x_byte = [&](int b) { return kUnsignedX ? unsigned_byte(x, b) : signed_byte(x, b); };
         V sum = x_byte(0) * signed_byte(y, 0);
         for (int b = 1; b < 4; ++b) sum += x_byte(b) * signed_byte(y, b);
@@ -173,14 +211,9 @@ inline V dot_quads_s8s8(V acc, V keys, V queries) {
 // sum instead of two halves; add_to_s16 and widen_s16_pairs follow it, so the totals agree.
 template <class V>
 inline V madd_quads_s16(V keys, V queries) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) return _mm512_maddubs_epi16(keys, queries);
+    if constexpr (has_word_madd<V>())
+        return WordMadd<V::size>::quads(keys, queries);
     else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) return _mm256_maddubs_epi16(keys, queries);
-    else
-#endif
         return emulated_dot_u8s8(keys, queries);
 }
 // acc += y per 16-bit half (the emulation keeps whole lanes: see madd_quads_s16); on AVX2 in
@@ -203,14 +236,9 @@ inline void add_to_s16(V& acc, V y) {
 // The two s16 of each lane summed into one s32.
 template <class V>
 inline V widen_s16_pairs(V x) {
-#if defined(__AVX512BW__)
-    if constexpr (V::size == 16) return _mm512_madd_epi16(x, _mm512_set1_epi16(1));
+    if constexpr (has_word_madd<V>())
+        return WordMadd<V::size>::pairs(x, WordMadd<V::size>::ones());
     else
-#endif
-#if defined(__AVX2__)
-    if constexpr (V::size == 8) return _mm256_madd_epi16(x, _mm256_set1_epi16(1));
-    else
-#endif
         return x;
 }
 

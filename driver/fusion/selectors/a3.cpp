@@ -8,7 +8,7 @@ namespace kvfuse::fusion::selectors {
 std::vector<float> a3_check_layer_relevance(const SelectionContext& c) {
     const ModelShape& s = c.model.shape();
     const std::size_t M = c.question_rows, T = c.total_rows;
-    return a3_relevance(s, c.q + (T - M) * s.q_row(), M, c.k, c.prefix_rows, T, c.options.a3_smoothing,
+    return a3_relevance(c.kernels, s, c.q + (T - M) * s.q_row(), M, c.k, c.prefix_rows, T, c.options.a3_smoothing,
                         c.options.a3_scoring);
 }
 
@@ -18,14 +18,14 @@ std::vector<float> a3_later_layer_relevance(const SelectionContext& c, int layer
     const std::size_t M = c.question_rows;
     const float* q_question = q + (n - M) * s.q_row();
     return c.options.a3_stored_keys
-               ? a3_relevance_stored(s, q_question, M, k + (n - M) * s.kv_row(), c.chunks, c.chunk_offsets, layer,
+               ? a3_relevance_stored(c.kernels, s, q_question, M, k + (n - M) * s.kv_row(), c.chunks, c.chunk_offsets, layer,
                                      c.options.a3_smoothing, c.options.a3_scoring)
-               : a3_relevance(s, q_question, M, c.cache.k[static_cast<std::size_t>(layer)].data(), c.prefix_rows,
+               : a3_relevance(c.kernels, s, q_question, M, c.cache.k[static_cast<std::size_t>(layer)].data(), c.prefix_rows,
                               c.total_rows, c.options.a3_smoothing, c.options.a3_scoring);
 }
 
 Selection a3(const SelectionContext& context) {
-    return {top_rows(a3_check_layer_relevance(context), context.budget, context.prefix_rows)};
+    return {top_rows(context.kernels, a3_check_layer_relevance(context), context.budget, context.prefix_rows)};
 }
 
 }  // namespace kvfuse::fusion::selectors

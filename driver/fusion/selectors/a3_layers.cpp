@@ -7,12 +7,12 @@
 namespace kvfuse::fusion::selectors {
 
 Selection a3_layers(const SelectionContext& context) {
-    return {top_rows(a3_check_layer_relevance(context), context.budget, context.prefix_rows)};
+    return {top_rows(context.kernels, a3_check_layer_relevance(context), context.budget, context.prefix_rows)};
 }
 
 std::vector<std::int64_t> a3_layers_join(const SelectionContext& context, int layer, const float* q, const float* k,
                                          std::size_t n) {
-    return top_rows(a3_later_layer_relevance(context, layer, q, k, n), context.budget, context.prefix_rows);
+    return top_rows(context.kernels, a3_later_layer_relevance(context, layer, q, k, n), context.budget, context.prefix_rows);
 }
 
 }  // namespace kvfuse::fusion::selectors

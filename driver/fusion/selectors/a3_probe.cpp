@@ -34,15 +34,15 @@ Selection a3_probe(const SelectionContext& c) {
             std::copy(layer_score.begin(), layer_score.end(), scores.begin() + static_cast<std::ptrdiff_t>((m - l) * docs));
         }
         if (m + 1 == L) break;  // the last layer's output is not needed
-        attend_cache(s, qp.data(), always, c.cache, m, ap.data());
+        attend_cache(c.kernels, s, qp.data(), always, c.cache, m, ap.data());
         c.model.finish_layer(m, ap.data(), n_p, hp.data());
         out.extra_rows += n_p;
     }
     // One top-k per layer, one call; the union is recomputed.
     const std::size_t layers = static_cast<std::size_t>(L - l), per_row = std::min(c.budget, docs);
     std::vector<std::int64_t> picked(layers * per_row);
-    throw_if_failed(kvfuse::Status(kvfuse_topk_batched(scores.data(), layers, docs, docs, per_row, KVFUSE_TOPK_BY_POSITION,
-                                                       picked.data(), per_row)),
+    throw_if_failed(kvfuse::topk_batched(c.kernels, scores.data(), layers, docs, docs, per_row, kvfuse::TopkOrder::by_position,
+                                         picked.data(), per_row),
                     "batched top-k");
     std::sort(picked.begin(), picked.end());
     picked.erase(std::unique(picked.begin(), picked.end()), picked.end());

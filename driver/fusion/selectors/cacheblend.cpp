@@ -19,8 +19,8 @@ Selection cacheblend(const SelectionContext& context) {
     args.scores = deviation.data();
     std::size_t no_rows = 0;  // k = 0 at ratio 0: the scores only
     args.row_count = &no_rows;
-    throw_if_failed(kvfuse::select_rows(args), "CacheBlend deviation");
-    return {top_rows(deviation, context.budget, P)};
+    throw_if_failed(kvfuse::select_rows(context.kernels, args), "CacheBlend deviation");
+    return {top_rows(context.kernels, deviation, context.budget, P)};
 }
 
 }  // namespace kvfuse::fusion::selectors
