@@ -614,11 +614,14 @@ TEST_P(ContextIsaTest, ContextQuantizersFollowTheirTuning) {
                       KVFUSE_OK);
         };
         calls();
-        if (threshold > keys.size())
+        if (threshold > keys.size()) {
             EXPECT_EQ(pool.calls.load(), 0u) << "below the threshold: one worker, no parallel-for";
-        else
+        } else {
             EXPECT_GT(pool.calls.load(), 0u) << "above the threshold: workers on the parallel-for";
-        if (KVFUSE_TEST_OWNS_MALLOC) EXPECT_EQ(count_allocations(calls), 0);
+        }
+        if (KVFUSE_TEST_OWNS_MALLOC) {
+            EXPECT_EQ(count_allocations(calls), 0);
+        }
         EXPECT_EQ(out, expected);
         EXPECT_EQ(scales, expected_scales);
     }
@@ -720,7 +723,9 @@ TEST(Context, SelectStartsNoThreadOfItsOwn) {
     EXPECT_LE(most, before + 5) << "threads before " << before;
     kvfuse_isa isa;
     ASSERT_EQ(kvfuse_active_isa(&isa), KVFUSE_OK);
-    if (isa != KVFUSE_ISA_SCALAR) EXPECT_GT(pool_calls.load(), 0u) << "the steps' workers ran on the parallel-for";
+    if (isa != KVFUSE_ISA_SCALAR) {
+        EXPECT_GT(pool_calls.load(), 0u) << "the steps' workers ran on the parallel-for";
+    }
 }
 
 TEST(Context, OutOfMemoryIsAStatus) {
