@@ -245,21 +245,32 @@ std::size_t workers_for(const kvfuse_context& context, std::size_t values, std::
 // in tiles of kTokenTile rows read side by side, so that each vector of sums is loaded and
 // stored once per tile, not once per token.
 constexpr std::size_t kTokenTile = 8;
-template <kvfuse_dtype kType>
+// kPaged: the rows of a tile may sit in different blocks, addressed one by one; otherwise they
+// are token_stride apart from the tile's first (the addressing the compiler keeps in registers).
+template <kvfuse_dtype kType, bool kPaged>
 void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, std::size_t tokens, std::size_t run,
                   std::size_t begin, std::size_t end, double* sums, float* means) {
     for (std::size_t c = begin; c < end; ++c) sums[c] = 0.0;
     constexpr std::size_t kHalf = F64s::size;
+    const std::size_t stride = layout.token_stride;
     for (std::size_t t0 = 0; t0 < tokens; t0 += kTokenTile) {
         const std::size_t rows = std::min(tokens - t0, kTokenTile);
+        const Element<kType>* tile = keys + layout.row(t0) + run;
         const Element<kType>* row[kTokenTile];
-        for (std::size_t t = 0; t < rows; ++t) row[t] = keys + layout.row(t0 + t) + run;
+        if constexpr (kPaged)
+            for (std::size_t t = 0; t < rows; ++t) row[t] = keys + layout.row(t0 + t) + run;
+        auto at = [&](std::size_t t, std::size_t c) {
+            if constexpr (kPaged)
+                return row[t] + c;
+            else
+                return tile + t * stride + c;
+        };
         std::size_t c = begin;
         for (; c + kLanes <= end; c += kLanes) {
             F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
             for (std::size_t t = 0; t < rows; ++t) {
                 F64s low, high;
-                widen(load_as_f32<kType, F32s>(row[t], c), low, high);
+                widen(load_as_f32<kType, F32s>(at(t, c), 0), low, high);
                 low_sum += low;
                 high_sum += high;
             }
@@ -267,7 +278,7 @@ void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, s
             high_sum.store_unaligned(sums + c + kHalf);
         }
         for (; c < end; ++c)
-            for (std::size_t t = 0; t < rows; ++t) sums[c] += one_as_f32<kType>(row[t], c);
+            for (std::size_t t = 0; t < rows; ++t) sums[c] += one_as_f32<kType>(at(t, c), 0);
     }
     for (std::size_t c = begin; c < end; ++c) means[c] = static_cast<float>(sums[c] / static_cast<double>(tokens));
 }
@@ -309,8 +320,12 @@ void quantize_keys_of(kvfuse_context& context, const Element<kType>* keys, std::
         for (std::size_t r = first / blocks_per_run; r * blocks_per_run < last; ++r) {
             const std::size_t begin = (std::max(first, r * blocks_per_run) - r * blocks_per_run) * kColumnBlock;
             const std::size_t end = std::min(run_length, (std::min(last, (r + 1) * blocks_per_run) - r * blocks_per_run) * kColumnBlock);
-            column_means<kType>(keys, layout, tokens, r * layout.head_stride, begin, end, sums + r * run_length,
-                                means + r * run_length);
+            if (layout.block_table != nullptr)
+                column_means<kType, true>(keys, layout, tokens, r * layout.head_stride, begin, end, sums + r * run_length,
+                                          means + r * run_length);
+            else
+                column_means<kType, false>(keys, layout, tokens, r * layout.head_stride, begin, end, sums + r * run_length,
+                                           means + r * run_length);
         }
     };
     detail::run_workers(context, mean_workers, mean_range);
