@@ -6,6 +6,7 @@
 #include <string>
 
 #include "dispatch/api_checks.h"
+#include "dispatch/api_internal.h"
 #include "dispatch/context.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
@@ -42,6 +43,18 @@ kvfuse_status check_float_pointers(std::initializer_list<std::pair<const char*, 
     return KVFUSE_OK;
 }
 
+// The kernel of both key quantizers on keys where `layout` puts them, arguments checked.
+kvfuse_status run_quantize_keys(kvfuse_context* context, kvfuse_dtype dtype, const void* keys, std::size_t tokens,
+                                std::size_t kv_heads, std::size_t head_dim, const kvfuse::detail::KeyLayout& layout,
+                                int bits, void* out, float* scales, float* means) {
+    kvfuse::detail::ContextCall call(context);
+    if (call.status() != KVFUSE_OK) return call.status();
+    const kvfuse::detail::KernelTable* kernels = nullptr;
+    if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
+    kernels->quantize_keys(call.context(), dtype, keys, tokens, kv_heads, head_dim, layout, bits, out, scales, means);
+    return KVFUSE_OK;
+}
+
 // Both key quantizers, any input type, through the kernel table on `context` (NULL: the calling
 // thread's default context). `name` is the entry point's, for errors.
 kvfuse_status quantize_keys(const char* name, kvfuse_context* context, int dtype, const void* keys, std::size_t tokens, std::size_t kv_heads,
@@ -59,13 +72,8 @@ kvfuse_status quantize_keys(const char* name, kvfuse_context* context, int dtype
             return fail(KVFUSE_ERROR_NULL_POINTER, "keys, out, scales and means are required");
         if (auto s = check_aligned("keys", keys, elem); s != KVFUSE_OK) return s;
         if (auto s = check_float_pointers({{"scales", scales}, {"means", means}}); s != KVFUSE_OK) return s;
-        kvfuse::detail::ContextCall call(context);
-        if (call.status() != KVFUSE_OK) return call.status();
-        const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
-        kernels->quantize_keys(call.context(), static_cast<kvfuse_dtype>(dtype), keys, tokens, kv_heads, head_dim,
-                               token_stride, bits, out, scales, means);
-        return KVFUSE_OK;
+        return run_quantize_keys(context, static_cast<kvfuse_dtype>(dtype), keys, tokens, kv_heads, head_dim,
+                                 kvfuse::detail::KeyLayout::packed(token_stride, head_dim), bits, out, scales, means);
     });
 }
 
@@ -91,6 +99,19 @@ kvfuse_status quantize_rows(const char* name, kvfuse_context* context, int dtype
 }
 
 }  // namespace
+
+namespace kvfuse::detail {
+
+kvfuse_status quantize_keys_in_layout(kvfuse_context& context, kvfuse_dtype dtype, const void* keys, std::size_t tokens,
+                                      std::size_t kv_heads, std::size_t head_dim, const KeyLayout& layout, int bits,
+                                      void* out, float* scales, float* means) {
+    return guarded(bits == 8 ? "kvfuse_quantize_keys_i8" : "kvfuse_quantize_keys_i4", [&] {
+        if (tokens == 0) return KVFUSE_OK;
+        return run_quantize_keys(&context, dtype, keys, tokens, kv_heads, head_dim, layout, bits, out, scales, means);
+    });
+}
+
+}  // namespace kvfuse::detail
 
 extern "C" {
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "dispatch/api_checks.h"
+#include "dispatch/api_internal.h"
 #include "dispatch/context.h"
 #include "dispatch/errors.h"
 #include "dispatch/layout_checks.h"
@@ -51,10 +52,6 @@ struct KeySource {
     kvfuse_dtype dtype = KVFUSE_DTYPE_F32;
     const void* base = nullptr;
     KeyLayout layout;
-    // Token-major rows of packed heads: the quantizers read them in place from `rows`, `stride`
-    // elements apart; otherwise they are gathered first.
-    const void* rows = nullptr;
-    std::size_t stride = 0;
 };
 
 kvfuse_status key_source(const kvfuse_select_segment& seg, std::size_t index, std::size_t kv_heads, std::size_t head_dim,
@@ -80,21 +77,7 @@ kvfuse_status key_source(const kvfuse_select_segment& seg, std::size_t index, st
                                                 extent, "row_stride");
         s != KVFUSE_OK)
         return s;
-    const KeyLayout& l = out.layout;
-    if (l.block_table == nullptr && (kv_heads == 1 || l.head_stride == head_dim)) {
-        out.rows = static_cast<const unsigned char*>(out.base) + l.token_offset * l.token_stride * element;
-        out.stride = l.token_stride;
-    }
     return KVFUSE_OK;
-}
-
-// Copies the keys of `source` (tokens x kv_heads x head_dim) packed into `to`.
-void gather_keys(const KeySource& source, std::size_t tokens, std::size_t kv_heads, std::size_t head_dim, unsigned char* to) {
-    const std::size_t element = kvfuse::detail::dtype_bytes(source.dtype), head_bytes = head_dim * element;
-    const auto* base = static_cast<const unsigned char*>(source.base);
-    for (std::size_t t = 0; t < tokens; ++t)
-        for (std::size_t h = 0; h < kv_heads; ++h)
-            std::memcpy(to + (t * kv_heads + h) * head_bytes, base + source.layout.at(t, h) * element, head_bytes);
 }
 
 // A3 relevance of the documents into `scores`, every step on the held context `ctx`.
@@ -140,7 +123,7 @@ kvfuse_status a3_scores(kvfuse_context& ctx, SelectScratch& sc, const kvfuse_sel
     const std::size_t head_bytes = precision == KVFUSE_KEYS_INT4 ? (D + 1) / 2 : D;
     sc.segments.resize(segments);
     sc.keys.resize(segments);
-    std::size_t own_tokens = 0, gathered_bytes = 0;  // keys the call quantizes; of those, bytes gathered
+    std::size_t own_tokens = 0;  // keys the call quantizes
     for (std::size_t g = 0; g < segments; ++g) {
         kvfuse_select_segment& seg = sc.segments[g];
         seg = select_segment_at(a.segments, g);
@@ -159,8 +142,6 @@ kvfuse_status a3_scores(kvfuse_context& ctx, SelectScratch& sc, const kvfuse_sel
         k.typed = source.base, k.dtype = source.dtype;
         if (!quantized) continue;
         own_tokens += seg.tokens;
-        if (source.rows == nullptr)
-            gathered_bytes = std::max(gathered_bytes, seg.tokens * Hkv * D * kvfuse::detail::dtype_bytes(source.dtype));
     }
     sc.queries.resize(segments * M * q_row);
     if (quantized) {
@@ -173,7 +154,6 @@ kvfuse_status a3_scores(kvfuse_context& ctx, SelectScratch& sc, const kvfuse_sel
             sc.keys_i4.resize(own_tokens * Hkv * head_bytes);
         sc.key_scales.resize(own_tokens * Hkv);
         sc.key_means.resize(segments * Hkv * D);
-        sc.gathered.resize(gathered_bytes);
     }
     sc.relevance.resize(segments);
 
@@ -223,7 +203,7 @@ kvfuse_status a3_scores(kvfuse_context& ctx, SelectScratch& sc, const kvfuse_sel
             r.key_token_offset = seg.key_token_offset;
         }
     } else {
-        // Keys not stored quantized: quantized here, straight from their rows or from a packed gather.
+        // Keys not stored quantized: quantized here, read where their layout puts them.
         std::size_t own = 0;
         for (std::size_t g = 0; g < segments; ++g) {
             SelectSegmentKeys& k = sc.keys[g];
@@ -231,26 +211,20 @@ kvfuse_status a3_scores(kvfuse_context& ctx, SelectScratch& sc, const kvfuse_sel
             if (k.typed == nullptr) continue;  // stored
             KeySource source;
             if (auto s = key_source(seg, g, Hkv, D, source); s != KVFUSE_OK) return s;
-            const void* rows = source.rows;
-            std::size_t stride = source.stride;
-            if (rows == nullptr && seg.tokens > 0) {
-                gather_keys(source, seg.tokens, Hkv, D, sc.gathered.data());
-                rows = sc.gathered.data(), stride = Hkv * D;
-            }
-            if (rows == nullptr) rows = source.base, stride = Hkv * D;  // no token: nothing is read
             float* scales = sc.key_scales.data() + own * Hkv;
             float* means = sc.key_means.data() + g * Hkv * D;
             LendContext lend(ctx);
-            kvfuse_status s;
+            void* out;
             if (precision == KVFUSE_KEYS_INT8) {
-                std::int8_t* out = sc.keys_i8.data() + own * Hkv * head_bytes;
-                s = kvfuse_ctx_quantize_keys_i8_typed(&ctx, source.dtype, rows, seg.tokens, Hkv, D, stride, out, scales, means);
-                k.i8 = out;
+                std::int8_t* i8 = sc.keys_i8.data() + own * Hkv * head_bytes;
+                k.i8 = i8, out = i8;
             } else {
-                std::uint8_t* out = sc.keys_i4.data() + own * Hkv * head_bytes;
-                s = kvfuse_ctx_quantize_keys_i4_typed(&ctx, source.dtype, rows, seg.tokens, Hkv, D, stride, out, scales, means);
-                k.i4 = out;
+                std::uint8_t* i4 = sc.keys_i4.data() + own * Hkv * head_bytes;
+                k.i4 = i4, out = i4;
             }
+            const kvfuse_status s = kvfuse::detail::quantize_keys_in_layout(
+                ctx, source.dtype, source.base, seg.tokens, Hkv, D, source.layout, precision == KVFUSE_KEYS_INT8 ? 8 : 4, out,
+                scales, means);
             if (s != KVFUSE_OK) return s;
             k.scales = scales, k.means = means;
             own += seg.tokens;

@@ -35,9 +35,9 @@ void topk_scalar(const float* scores, std::size_t n, std::size_t k, kvfuse_topk_
 void relevance_scalar(kvfuse_context& /*context*/, const kvfuse_relevance_args& args) { reference::a3_relevance(args); }
 
 void quantize_keys_scalar(kvfuse_context& /*context*/, kvfuse_dtype dtype, const void* keys, std::size_t tokens,
-                          std::size_t heads, std::size_t head_dim, std::size_t token_stride, int bits, void* out,
+                          std::size_t heads, std::size_t head_dim, const KeyLayout& layout, int bits, void* out,
                           float* scales, float* means) {
-    reference::quantize_keys(dtype, keys, tokens, heads, head_dim, token_stride, bits, out, scales, means);
+    reference::quantize_keys(dtype, keys, tokens, heads, head_dim, layout, bits, out, scales, means);
 }
 
 void quantize_rows_scalar(kvfuse_context& /*context*/, kvfuse_dtype dtype, const void* x, std::size_t rows,

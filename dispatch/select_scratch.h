@@ -34,8 +34,6 @@ struct SelectScratch {
     std::vector<std::int8_t> keys_i8;
     std::vector<std::uint8_t> keys_i4;
     std::vector<float> key_scales, key_means;
-    // Keys in a layout the quantizers cannot read (paged, head strides), gathered packed.
-    std::vector<unsigned char> gathered;
 };
 
 }  // namespace kvfuse::detail

@@ -45,10 +45,11 @@ using F16ToF32Fn = void (*)(const std::uint16_t* src, float* dst, std::size_t co
 
 // kvfuse_quantize_keys_i8 (bits 8) / _i4 (bits 4): per-(head, dim) mean over tokens removed,
 // then symmetric int8 / packed int4 per (token, head), bit for bit as reference::quantize_keys.
-// Keys of `dtype` (f32, bf16, f16; stride in its elements). tokens > 0, arguments validated by
-// the API layer.
+// Keys of `dtype` (f32, bf16, f16) where `layout` puts them (kernels/common/key_layout.h: token
+// and head strides in elements, or a paged block table), read in place. tokens > 0, arguments
+// validated by the API layer (every block table entry read included).
 using QuantizeKeysFn = void (*)(kvfuse_context& context, kvfuse_dtype dtype, const void* keys, std::size_t tokens,
-                                std::size_t heads, std::size_t head_dim, std::size_t token_stride, int bits, void* out,
+                                std::size_t heads, std::size_t head_dim, const KeyLayout& layout, int bits, void* out,
                                 float* scales, float* means);
 // kvfuse_quantize_rows_i8 (no mean), bit for bit as reference::quantize_rows_i8; rows > 0.
 using QuantizeRowsFn = void (*)(kvfuse_context& context, kvfuse_dtype dtype, const void* x, std::size_t rows,

@@ -31,8 +31,17 @@ float quantize_i4(const float* x, std::size_t n, std::uint8_t* out) {
 
 void quantize_keys(kvfuse_dtype dtype, const void* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,
                    std::size_t token_stride, int bits, void* out, float* scales, float* means) {
+    quantize_keys(dtype, keys, tokens, heads, head_dim, kvfuse::detail::KeyLayout::packed(token_stride, head_dim), bits,
+                  out, scales, means);
+}
+
+void quantize_keys(kvfuse_dtype dtype, const void* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,
+                   const kvfuse::detail::KeyLayout& layout, int bits, void* out, float* scales, float* means) {
     const std::size_t row = heads * head_dim, packed = (head_dim + 1) / 2;
-    auto key = [&](std::size_t t, std::size_t e) { return element_as_f32(dtype, keys, t * token_stride + e); };
+    // Element e of the row of token t: dim e % head_dim of head e / head_dim.
+    auto key = [&](std::size_t t, std::size_t e) {
+        return element_as_f32(dtype, keys, layout.at(t, e / head_dim) + e % head_dim);
+    };
     std::vector<double> sum(row, 0.0);
     for (std::size_t t = 0; t < tokens; ++t)
         for (std::size_t e = 0; e < row; ++e) sum[e] += key(t, e);

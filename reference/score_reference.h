@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/common/key_layout.h"
 #include "kvfuse/kvfuse.h"
 
 namespace kvfuse::reference {
@@ -22,6 +23,9 @@ float quantize_i4(const float* x, std::size_t n, std::uint8_t* out);
 // Keys of `dtype` (f32, bf16 or f16, token_stride in its elements) are widened exactly first.
 void quantize_keys(kvfuse_dtype dtype, const void* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,
                    std::size_t token_stride, int bits, void* out, float* scales, float* means);
+// The same with keys anywhere a layout puts them (strided heads, a paged block table).
+void quantize_keys(kvfuse_dtype dtype, const void* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,
+                   const kvfuse::detail::KeyLayout& layout, int bits, void* out, float* scales, float* means);
 // kvfuse_quantize_rows_i8: quantize_i8 per (row, head), no mean.
 void quantize_rows_i8(kvfuse_dtype dtype, const void* x, std::size_t rows, std::size_t heads, std::size_t head_dim,
                       std::size_t row_stride, std::int8_t* out, float* scales);

@@ -2,8 +2,9 @@
 // relevance over strided, head-major and paged (block table) layouts on every kernel build,
 // bit for bit the same call on the same keys packed; f16 / bf16 keys in relevance segments and
 // in kvfuse_select_rows, bit for bit the f32 call on the widened keys; select segments (V3) in
-// those layouts, bit for bit the packed ones at every precision; every bad layout refused with an
-// error naming the field.
+// those layouts, bit for bit the packed ones at every precision; the key quantizers reading those
+// layouts in place, bit for bit the packed quantization; every bad layout refused with an error
+// naming the field.
 //
 // Each layout is addressed here by the test's own arithmetic (Pool::at), not the library's.
 #include <gtest/gtest.h>
@@ -18,6 +19,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "dispatch/api_internal.h"
 #include "isa_test_support.h"
 #include "kernels/common/bf16.h"
 #include "reference/f16_reference.h"
@@ -867,6 +869,85 @@ TEST(RelevanceLayoutChecks, BadLayoutsAreRefusedNamingTheField) {
     a.out = v4_out.data();
     EXPECT_EQ(kvfuse_a3_relevance(&a), KVFUSE_OK);
     EXPECT_TRUE(same_bits(v3_out, v4_out));
+}
+
+// ---- the key quantizers over paged and strided keys -------------------------------------------
+
+using QuantizeLayoutTest = IsaTest;
+KVFUSE_INSTANTIATE_ISA_TESTS(QuantizeLayoutTest);
+
+// kvfuse_ctx_select_rows quantizes a segment's keys where its layout puts them (no packed copy,
+// dispatch/api_internal.h): int8 / int4 bytes, scales and means bit for bit reference::quantize_keys
+// of the same keys packed, for paged (shuffled blocks, a sequence starting mid-block), head-major
+// and padded token-major layouts, on one worker and on three (the means split by 64-column
+// blocks inside a head: 130 = 64 + 64 + 2), f32 / f16 / bf16. The pools' sentinels are huge
+// values: a wrong token, head or block address changes a mean or a scale.
+template <class S>
+void check_quantize_layouts(kvfuse_dtype dtype, std::uint32_t seed) {
+    struct Case {
+        std::size_t block_size;
+        Kind kind;
+        const char* name;
+    };
+    const Case layouts[] = {{16, Kind::token_major, "paged token-major"},
+                            {8, Kind::head_major, "paged head-major"},
+                            {1, Kind::token_major, "one token per block"},
+                            {0, Kind::head_major, "strided head-major"},
+                            {0, Kind::token_major, "strided token-major"}};
+    struct Shape {
+        std::size_t tokens, heads, head_dim;
+    };
+    for (const Shape& shape : {Shape{67, 3, 130}, Shape{41, 8, 20}, Shape{9, 1, 17}})
+        for (const Case& layout : layouts)
+            for (int threads : {1, 3}) {
+                const std::size_t T = shape.tokens, Hkv = shape.heads, D = shape.head_dim;
+                SCOPED_TRACE(std::string(layout.name) + ", dtype " + std::to_string(dtype) + ", " + std::to_string(T) + " x " +
+                             std::to_string(Hkv) + " x " + std::to_string(D) + ", threads " + std::to_string(threads));
+                const std::vector<S> packed = random_keys<S>(T * Hkv * D, dtype, seed++);
+                const Pool pool = make_pool(T, Hkv, D, layout.block_size, layout.kind, 5, seed++);
+                std::vector<S> stored = pool_storage<S>(pool);
+                scatter(pool, packed.data(), stored);
+                kvfuse::detail::KeyLayout l;
+                l.token_stride = pool.token_stride, l.head_stride = pool.head_stride, l.token_offset = pool.offset;
+                if (!pool.table.empty())
+                    l.block_table = pool.table.data(), l.block_size = pool.block_size, l.block_stride = pool.block_stride;
+                // Workers for any size (quantize_parallel_work 1), so three really split the work.
+                kvfuse_tuning tuning;
+                kvfuse_tuning_init(&tuning);
+                ASSERT_EQ(kvfuse_default_tuning(&tuning), KVFUSE_OK);
+                tuning.quantize_parallel_work = 1;
+                kvfuse_context_options options;
+                kvfuse_context_options_init(&options);
+                options.threads = threads;
+                options.tuning = &tuning;
+                kvfuse_context* ctx = nullptr;
+                ASSERT_EQ(kvfuse_context_create(&options, &ctx), KVFUSE_OK) << kvfuse_last_error();
+                for (int bits : {8, 4}) {
+                    const std::size_t out_bytes = T * Hkv * (bits == 8 ? D : (D + 1) / 2);
+                    std::vector<std::uint8_t> out(out_bytes, 0xa5), want(out_bytes, 0x5a);
+                    std::vector<float> scales(T * Hkv, -1.0f), want_scales(T * Hkv, -2.0f);
+                    std::vector<float> means(Hkv * D, -1.0f), want_means(Hkv * D, -2.0f);
+                    kvfuse::reference::quantize_keys(dtype, packed.data(), T, Hkv, D, Hkv * D, bits, want.data(),
+                                                     want_scales.data(), want_means.data());
+                    ASSERT_EQ(kvfuse::detail::quantize_keys_in_layout(*ctx, dtype, stored.data(), T, Hkv, D, l, bits, out.data(),
+                                                                      scales.data(), means.data()),
+                              KVFUSE_OK)
+                        << kvfuse_last_error();
+                    EXPECT_EQ(0, std::memcmp(means.data(), want_means.data(), means.size() * sizeof(float))) << "means, int" << bits;
+                    EXPECT_EQ(0, std::memcmp(scales.data(), want_scales.data(), scales.size() * sizeof(float)))
+                        << "scales, int" << bits;
+                    EXPECT_EQ(out, want) << "quantized keys, int" << bits;
+                }
+                kvfuse_context_destroy(ctx);
+            }
+}
+
+TEST_P(QuantizeLayoutTest, PagedAndStridedKeysAreThePackedQuantizationF32) { check_quantize_layouts<float>(KVFUSE_DTYPE_F32, 300); }
+TEST_P(QuantizeLayoutTest, PagedAndStridedKeysAreThePackedQuantizationF16) {
+    check_quantize_layouts<std::uint16_t>(KVFUSE_DTYPE_F16, 400);
+}
+TEST_P(QuantizeLayoutTest, PagedAndStridedKeysAreThePackedQuantizationBf16) {
+    check_quantize_layouts<std::uint16_t>(KVFUSE_DTYPE_BF16, 500);
 }
 
 // ---- kvfuse_select_rows with f16 / bf16 keys ---------------------------------------------------

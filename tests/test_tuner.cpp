@@ -3,8 +3,12 @@
 // as they were; apply/settings_in_force round-trip the per-kernel ISAs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "kvfuse/kvfuse.hpp"
 #include "tuning/tuner.h"
@@ -68,6 +72,30 @@ TEST_F(TunerTest, QuickRunChoosesValidSettingsAndRestoresTheOldOnes) {
             EXPECT_EQ(r.at("tuned_ms").get<double>(), r.at("default_ms").get<double>()) << search;
     }
     EXPECT_EQ(record.at("shapes").at("head_dim").get<int>(), 40);
+    // The parallel thresholds, the quantizers' among them: measured on a ladder of sizes and
+    // chosen from it (half the first size, the geometric mean of two neighbours, or twice the
+    // last when all threads never won).
+    if (record.at("threads").get<int>() > 1) {
+        for (const char* search : {"rope_parallel", "score_parallel", "attention_parallel", "quantize_parallel"})
+            EXPECT_FALSE(record.at(search).empty()) << search;
+        const auto& ladder = record.at("quantize_parallel");
+        std::vector<std::uint64_t> allowed = {ladder.front().at("work").get<std::uint64_t>() / 2,
+                                              ladder.back().at("work").get<std::uint64_t>() * 2};
+        for (std::size_t i = 1; i < ladder.size(); ++i)
+            allowed.push_back(static_cast<std::uint64_t>(std::sqrt(static_cast<double>(ladder[i - 1].at("work").get<std::uint64_t>()) *
+                                                                   static_cast<double>(ladder[i].at("work").get<std::uint64_t>()))));
+        const std::uint64_t chosen = result.settings.tuning.quantize_parallel_work;
+        EXPECT_NE(std::find(allowed.begin(), allowed.end(), chosen), allowed.end()) << chosen << " is not from the ladder";
+        // The ladder stops at the first size where all threads won: every size before it lost.
+        for (std::size_t i = 0; i + 1 < ladder.size(); ++i)
+            EXPECT_GE(ladder[i].at("all_threads_ms").get<double>(),
+                      kvfuse::tuner::kNoiseMargin * ladder[i].at("one_thread_ms").get<double>())
+                << "size " << i << " won but the search went on";
+        EXPECT_EQ(chosen == allowed[1], ladder.back().at("all_threads_ms").get<double>() >=
+                                            kvfuse::tuner::kNoiseMargin * ladder.back().at("one_thread_ms").get<double>());
+    } else {
+        EXPECT_EQ(result.settings.tuning.quantize_parallel_work, kvfuse::tuner::default_settings().tuning.quantize_parallel_work);
+    }
 }
 
 }  // namespace

@@ -481,6 +481,25 @@ Result tune(const Shapes& shapes, const Options& options) {
                              },
                              attention_record);
         record["attention_parallel"] = attention_record;
+
+        // The key quantizers (the heavier of the two: a mean pass, then the quantization) over
+        // growing token counts of the model's KV heads: what kvfuse_select_rows quantizes per chunk.
+        nlohmann::json quantize_record = nlohmann::json::array();
+        const std::vector<std::size_t> quantize_tokens = {16, 64, 256, 1024, 4096};
+        const auto qk = random_floats(quantize_tokens.back() * Hkv * D, 13);
+        std::vector<std::int8_t> qout(qk.size());
+        std::vector<float> qscales(quantize_tokens.back() * Hkv), qmeans(Hkv * D);
+        work.clear();
+        for (std::size_t t : quantize_tokens) work.push_back(t * Hkv * D);
+        tuned.tuning.quantize_parallel_work =
+            search.crossover("quantizer parallel threshold", tuned, &Tuning::quantize_parallel_work, work, repeats,
+                             [&](std::size_t i) {
+                                 check(quantize_keys_i8(qk.data(), quantize_tokens[i], Hkv, D, Hkv * D, qout.data(),
+                                                        qscales.data(), qmeans.data()),
+                                       "quantizing keys");
+                             },
+                             quantize_record);
+        record["quantize_parallel"] = quantize_record;
     } else {
         search.say("one thread: parallel thresholds left at their defaults");
     }

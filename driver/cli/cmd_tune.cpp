@@ -82,11 +82,12 @@ int run_tune(const std::string& model_path, std::string out_path, bool quick) {
     std::printf("profile written: %s\n", out_path.c_str());
     std::printf("kernel isa: %s\n", tuner::describe_kernel_isas().c_str());
     std::printf("attention key tile %u%s, row block %u; scoring rows %u; top-k sample %u;\n"
-                "parallel above: rope %llu, attention %llu, scoring %llu\n",
+                "parallel above: rope %llu, attention %llu, scoring %llu, quantizers %llu\n",
                 tuned.attention_key_tile, tuned.attention_key_tile == 0 ? " (from L1 size)" : "", tuned.attention_row_block,
                 tuned.score_query_rows, tuned.topk_sample, static_cast<unsigned long long>(tuned.rope_parallel_work),
                 static_cast<unsigned long long>(tuned.attention_parallel_work),
-                static_cast<unsigned long long>(tuned.score_parallel_work));
+                static_cast<unsigned long long>(tuned.score_parallel_work),
+                static_cast<unsigned long long>(tuned.quantize_parallel_work));
     return 0;
 }
 

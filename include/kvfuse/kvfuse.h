@@ -680,10 +680,9 @@ typedef struct kvfuse_select_segment {
      * reads is checked before any kernel runs (KVFUSE_ERROR_INVALID_ARGUMENT naming
      * segments[i].key_block_table[b]). All 0 / NULL: token-major rows key_row_stride apart, as
      * in V1 / V2. Scores and rows are bit for bit those of the same keys packed, at every
-     * precision: the f32 path reads the layout in place; int8 / int4 keys quantized by the call
-     * from a layout other than token-major rows are first gathered (packed) into the context's
-     * scratch, then quantized. Stored quantized keys (keys_i8 / keys_i4) stay packed: the layout
-     * applies to keys_f32 / keys only. */
+     * precision: the f32 path reads the layout in place, and so does the quantizer of int8 /
+     * int4 keys quantized by the call (no packed copy). Stored quantized keys (keys_i8 /
+     * keys_i4) stay packed: the layout applies to keys_f32 / keys only. */
     size_t key_head_stride;
     const int32_t* key_block_table;
     size_t key_block_size;

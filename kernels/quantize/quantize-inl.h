@@ -240,24 +240,37 @@ std::size_t workers_for(const kvfuse_context& context, std::size_t values, std::
     return workers < parts ? workers : parts;
 }
 
-// Columns [begin, end) of the per-column means: f64 sums in token order, then one division.
-// Tokens go in tiles of kTokenTile rows read side by side, so that each vector of sums is
-// loaded and stored once per tile, not once per token.
+// Columns [begin, end) of the run of columns starting at element `run` of every token's row (a
+// packed row: all heads; else one head): f64 sums in token order, then one division. Tokens go
+// in tiles of kTokenTile rows read side by side, so that each vector of sums is loaded and
+// stored once per tile, not once per token.
 constexpr std::size_t kTokenTile = 8;
-template <kvfuse_dtype kType>
-void column_means(const Element<kType>* keys, std::size_t tokens, std::size_t token_stride, std::size_t begin, std::size_t end,
-                  double* sums, float* means) {
+// kPaged: the rows of a tile may sit in different blocks, addressed one by one; otherwise they
+// are token_stride apart from the tile's first (the addressing the compiler keeps in registers).
+template <kvfuse_dtype kType, bool kPaged>
+void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, std::size_t tokens, std::size_t run,
+                  std::size_t begin, std::size_t end, double* sums, float* means) {
     for (std::size_t c = begin; c < end; ++c) sums[c] = 0.0;
     constexpr std::size_t kHalf = F64s::size;
+    const std::size_t stride = layout.token_stride;
     for (std::size_t t0 = 0; t0 < tokens; t0 += kTokenTile) {
-        const std::size_t t1 = std::min(tokens, t0 + kTokenTile);
-        const Element<kType>* tile = keys + t0 * token_stride;
+        const std::size_t rows = std::min(tokens - t0, kTokenTile);
+        const Element<kType>* tile = keys + layout.row(t0) + run;
+        const Element<kType>* row[kTokenTile];
+        if constexpr (kPaged)
+            for (std::size_t t = 0; t < rows; ++t) row[t] = keys + layout.row(t0 + t) + run;
+        auto at = [&](std::size_t t, std::size_t c) {
+            if constexpr (kPaged)
+                return row[t] + c;
+            else
+                return tile + t * stride + c;
+        };
         std::size_t c = begin;
         for (; c + kLanes <= end; c += kLanes) {
             F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
-            for (std::size_t t = 0; t < t1 - t0; ++t) {
+            for (std::size_t t = 0; t < rows; ++t) {
                 F64s low, high;
-                widen(load_as_f32<kType, F32s>(tile, t * token_stride + c), low, high);
+                widen(load_as_f32<kType, F32s>(at(t, c), 0), low, high);
                 low_sum += low;
                 high_sum += high;
             }
@@ -265,72 +278,94 @@ void column_means(const Element<kType>* keys, std::size_t tokens, std::size_t to
             high_sum.store_unaligned(sums + c + kHalf);
         }
         for (; c < end; ++c)
-            for (std::size_t t = 0; t < t1 - t0; ++t) sums[c] += one_as_f32<kType>(tile, t * token_stride + c);
+            for (std::size_t t = 0; t < rows; ++t) sums[c] += one_as_f32<kType>(at(t, c), 0);
     }
     for (std::size_t c = begin; c < end; ++c) means[c] = static_cast<float>(sums[c] / static_cast<double>(tokens));
 }
 
+// Every token of `heads` heads at `layout`, workers splitting the tokens (rows: no mean; keys:
+// the means already known).
 template <int kBits, kvfuse_dtype kType, bool kCentred>
-void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, std::size_t tokens, std::size_t heads,
-                     std::size_t head_dim, std::size_t stride, void* out, float* scales, const float* means) {
-    const std::size_t head_bytes = kBits == 8 ? head_dim : (head_dim + 1) / 2;
+void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, const detail::KeyLayout& layout,
+                     std::size_t tokens, std::size_t heads, std::size_t head_dim, void* out, float* scales,
+                     const float* means) {
     const std::size_t workers = workers_for(context, tokens * heads * head_dim, tokens);
+    const std::size_t head_bytes = kBits == 8 ? head_dim : (head_dim + 1) / 2;
     auto quantize_range = [&](std::size_t worker) {
         for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t)
             for (std::size_t h = 0; h < heads; ++h) {
                 const std::size_t at = t * heads + h;
-                scales[at] = quantize_head<kBits, kType, kCentred>(x + t * stride + h * head_dim,
-                                                            kCentred ? means + h * head_dim : nullptr, head_dim,
-                                                            static_cast<std::uint8_t*>(out) + at * head_bytes);
+                scales[at] = quantize_head<kBits, kType, kCentred>(x + layout.at(t, h),
+                                                                   kCentred ? means + h * head_dim : nullptr, head_dim,
+                                                                   static_cast<std::uint8_t*>(out) + at * head_bytes);
             }
     };
     detail::run_workers(context, workers, quantize_range);
 }
 
-template <kvfuse_dtype kType>
+template <int kBits, kvfuse_dtype kType>
 void quantize_keys_of(kvfuse_context& context, const Element<kType>* keys, std::size_t tokens, std::size_t heads,
-                      std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales, float* means) {
+                      std::size_t head_dim, const detail::KeyLayout& layout, void* out, float* scales, float* means) {
     const std::size_t columns = heads * head_dim;
     // The only memory: the f64 column sums, in the context's scratch (kept across calls).
     auto* sums = static_cast<double*>(detail::context_scratch(context, columns * sizeof(double)));
-    const std::size_t blocks = (columns + kColumnBlock - 1) / kColumnBlock;
+    // The columns are read in runs contiguous in every token's row: the whole row when the heads
+    // are packed in it (one sweep over each row), else one run per head (head strides, paged).
+    const bool packed = heads == 1 || layout.head_stride == head_dim;
+    const std::size_t runs = packed ? 1 : heads, run_length = packed ? columns : head_dim;
+    const std::size_t blocks_per_run = (run_length + kColumnBlock - 1) / kColumnBlock, blocks = runs * blocks_per_run;
     const std::size_t mean_workers = workers_for(context, tokens * columns, blocks);
     auto mean_range = [&](std::size_t worker) {
-        const std::size_t begin = blocks * worker / mean_workers * kColumnBlock;
-        const std::size_t end = std::min(columns, blocks * (worker + 1) / mean_workers * kColumnBlock);
-        column_means<kType>(keys, tokens, token_stride, begin, end, sums, means);
+        const std::size_t first = blocks * worker / mean_workers, last = blocks * (worker + 1) / mean_workers;
+        for (std::size_t r = first / blocks_per_run; r * blocks_per_run < last; ++r) {
+            const std::size_t begin = (std::max(first, r * blocks_per_run) - r * blocks_per_run) * kColumnBlock;
+            const std::size_t end = std::min(run_length, (std::min(last, (r + 1) * blocks_per_run) - r * blocks_per_run) * kColumnBlock);
+            if (layout.block_table != nullptr)
+                column_means<kType, true>(keys, layout, tokens, r * layout.head_stride, begin, end, sums + r * run_length,
+                                          means + r * run_length);
+            else
+                column_means<kType, false>(keys, layout, tokens, r * layout.head_stride, begin, end, sums + r * run_length,
+                                           means + r * run_length);
+        }
     };
     detail::run_workers(context, mean_workers, mean_range);
+    quantize_tokens<kBits, kType, true>(context, keys, layout, tokens, heads, head_dim, out, scales, means);
+}
+
+template <kvfuse_dtype kType>
+void quantize_keys_typed(kvfuse_context& context, const void* keys, std::size_t tokens, std::size_t heads,
+                         std::size_t head_dim, const detail::KeyLayout& layout, int bits, void* out, float* scales,
+                         float* means) {
+    const auto* typed = static_cast<const Element<kType>*>(keys);
     if (bits == 8)
-        quantize_tokens<8, kType, true>(context, keys, tokens, heads, head_dim, token_stride, out, scales, means);
+        quantize_keys_of<8, kType>(context, typed, tokens, heads, head_dim, layout, out, scales, means);
     else
-        quantize_tokens<4, kType, true>(context, keys, tokens, heads, head_dim, token_stride, out, scales, means);
+        quantize_keys_of<4, kType>(context, typed, tokens, heads, head_dim, layout, out, scales, means);
 }
 
 void quantize_keys(kvfuse_context& context, kvfuse_dtype dtype, const void* keys, std::size_t tokens, std::size_t heads,
-                   std::size_t head_dim, std::size_t token_stride, int bits, void* out, float* scales, float* means) {
+                   std::size_t head_dim, const detail::KeyLayout& layout, int bits, void* out, float* scales,
+                   float* means) {
     if (dtype == KVFUSE_DTYPE_F32)
-        quantize_keys_of<KVFUSE_DTYPE_F32>(context, static_cast<const float*>(keys), tokens, heads, head_dim,
-                                           token_stride, bits, out, scales, means);
+        quantize_keys_typed<KVFUSE_DTYPE_F32>(context, keys, tokens, heads, head_dim, layout, bits, out, scales, means);
     else if (dtype == KVFUSE_DTYPE_F16)
-        quantize_keys_of<KVFUSE_DTYPE_F16>(context, static_cast<const std::uint16_t*>(keys), tokens, heads, head_dim,
-                                           token_stride, bits, out, scales, means);
+        quantize_keys_typed<KVFUSE_DTYPE_F16>(context, keys, tokens, heads, head_dim, layout, bits, out, scales, means);
     else
-        quantize_keys_of<KVFUSE_DTYPE_BF16>(context, static_cast<const std::uint16_t*>(keys), tokens, heads, head_dim,
-                                            token_stride, bits, out, scales, means);
+        quantize_keys_typed<KVFUSE_DTYPE_BF16>(context, keys, tokens, heads, head_dim, layout, bits, out, scales, means);
 }
 
 void quantize_rows(kvfuse_context& context, kvfuse_dtype dtype, const void* x, std::size_t rows, std::size_t heads,
                    std::size_t head_dim, std::size_t row_stride, std::int8_t* out, float* scales) {
+    const detail::KeyLayout layout = detail::KeyLayout::packed(row_stride, head_dim);
     if (dtype == KVFUSE_DTYPE_F32)
-        quantize_tokens<8, KVFUSE_DTYPE_F32, false>(context, static_cast<const float*>(x), rows, heads, head_dim,
-                                                    row_stride, out, scales, nullptr);
+        quantize_tokens<8, KVFUSE_DTYPE_F32, false>(context, static_cast<const float*>(x), layout, rows, heads, head_dim,
+                                                    out, scales, nullptr);
     else if (dtype == KVFUSE_DTYPE_F16)
-        quantize_tokens<8, KVFUSE_DTYPE_F16, false>(context, static_cast<const std::uint16_t*>(x), rows, heads, head_dim,
-                                                    row_stride, out, scales, nullptr);
+        quantize_tokens<8, KVFUSE_DTYPE_F16, false>(context, static_cast<const std::uint16_t*>(x), layout, rows, heads,
+                                                    head_dim, out, scales, nullptr);
     else
-        quantize_tokens<8, KVFUSE_DTYPE_BF16, false>(context, static_cast<const std::uint16_t*>(x), rows, heads,
-                                                     head_dim, row_stride, out, scales, nullptr);
+        quantize_tokens<8, KVFUSE_DTYPE_BF16, false>(context, static_cast<const std::uint16_t*>(x), layout, rows, heads,
+                                                     head_dim, out, scales, nullptr);
 }
 
 }  // namespace
