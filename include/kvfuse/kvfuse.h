@@ -778,7 +778,8 @@ KVFUSE_API kvfuse_status kvfuse_packed_weights_info(const kvfuse_packed_weights*
  * lda >= in and ldc >= out. beta = 0 overwrites C without reading it (a NaN there does not
  * leak in). Sums are f32 (with FMA); NaN and Inf propagate as in plain f32 arithmetic. With
  * bf16 weights the activations are rounded to bf16 (nearest even) before the products, on
- * every ISA, and sums are f32. C must not overlap A. threads > 0 uses at most that many OpenMP
+ * every ISA, and sums are f32. With block-quantized weights (kvfuse_pack_quantized_weights) A
+ * is quantized to int8 per block of 32 as described there. C must not overlap A. threads > 0 uses at most that many OpenMP
  * threads (and at most 256); 0 the OpenMP default (one thread for products too small to gain
  * from more). Results do not depend on the thread count. n = 0 is valid (nothing to do). */
 KVFUSE_API kvfuse_status kvfuse_gemm(const kvfuse_packed_weights* weights, const float* a, size_t n, size_t lda,
