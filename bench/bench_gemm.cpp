@@ -11,10 +11,16 @@
 //   measured after every iteration (median of the per-iteration ratios);
 //   bf16 rows: packed bf16 weights (activations rounded to bf16 by the kernel), against the same
 //   f32 peak and the same f32 OpenBLAS baseline.
+//   q4 / q8 rows: block-quantized weights (kvfuse_pack_quantized_weights, random 4- or 8-bit
+//   codes, the form Q4_K / Q8_0 GGUF tensors are packed in), activations quantized to int8 by
+//   the kernel: GOP/s (2 per multiply-add, as GFLOP/s), pct_peak against the f32 FMA peak like
+//   the other rows, pct_int8_peak against the int8 dot peak of the ISA (bench/roofline.cpp:
+//   vpdpbusd where the CPU has VNNI, else pmaddubsw + pmaddwd), measured after every iteration.
 #include <cblas.h>
 #include <omp.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -48,8 +54,30 @@ void gemm_bench(benchmark::State& state, kvfuse::Isa isa, kvfuse::Dtype dtype, S
     const std::vector<float> w = random_values(shape.out * shape.in, 2);
     std::vector<float> c(n * shape.out), c_blas(c.size());
     kvfuse::PackedWeights packed;
-    if (const kvfuse::Status s = kvfuse::PackedWeights::pack(w.data(), shape.out, shape.in, 0, dtype, packed); !s.ok()) {
-        state.SkipWithError(s.message().c_str());
+    const bool quantized = dtype == kvfuse::Dtype::q4_block32 || dtype == kvfuse::Dtype::q8_block32;
+    kvfuse::Status packing;
+    if (quantized) {
+        const int bits = dtype == kvfuse::Dtype::q8_block32 ? 8 : 4;
+        std::vector<std::uint8_t> codes(shape.out * shape.in);
+        std::mt19937 rng(3);
+        for (auto& u : codes) u = static_cast<std::uint8_t>(rng() & ((1u << bits) - 1));
+        const std::vector<float> scales = random_values(shape.out * shape.in / 32, 4), offsets = random_values(scales.size(), 5);
+        kvfuse_quantized_weights q;
+        kvfuse_quantized_weights_init(&q);
+        q.out = shape.out;
+        q.in = shape.in;
+        q.code_bits = bits;
+        q.codes = codes.data();
+        q.codes_stride = shape.in;
+        q.scales = scales.data();
+        q.offsets = offsets.data();
+        q.block_stride = shape.in / 32;
+        packing = kvfuse::PackedWeights::pack_quantized(q, packed);
+    } else {
+        packing = kvfuse::PackedWeights::pack(w.data(), shape.out, shape.in, 0, dtype, packed);
+    }
+    if (!packing.ok()) {
+        state.SkipWithError(packing.message().c_str());
         return;
     }
     const double flops = 2.0 * static_cast<double>(n) * static_cast<double>(shape.out) * static_cast<double>(shape.in);
@@ -63,7 +91,8 @@ void gemm_bench(benchmark::State& state, kvfuse::Isa isa, kvfuse::Dtype dtype, S
     };
     kernel();  // warm: thread pool, packed-activation buffers, pages of C
     baseline();
-    std::vector<double> kernel_seconds, baseline_seconds, fractions;
+    std::vector<double> kernel_seconds, baseline_seconds, fractions, int8_fractions;
+    const char* int8_peak_name = "";
     for (auto _ : state) {
         auto start = std::chrono::steady_clock::now();
         kernel();
@@ -74,6 +103,10 @@ void gemm_bench(benchmark::State& state, kvfuse::Isa isa, kvfuse::Dtype dtype, S
         baseline_seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
         const double peak = kvfuse::bench::measure_f32_fma_peak_gflops(static_cast<int>(isa), threads);
         if (peak > 0) fractions.push_back(flops / kernel_seconds.back() / 1e9 / peak);
+        if (quantized) {
+            const double int8_peak = kvfuse::bench::measure_int8_peak_gops(static_cast<int>(isa), threads, &int8_peak_name);
+            if (int8_peak > 0) int8_fractions.push_back(flops / kernel_seconds.back() / 1e9 / int8_peak);
+        }
     }
     const double kernel_median = kvfuse::bench::median(kernel_seconds);
     const double baseline_median = kvfuse::bench::median(baseline_seconds);
@@ -81,7 +114,10 @@ void gemm_bench(benchmark::State& state, kvfuse::Isa isa, kvfuse::Dtype dtype, S
     state.counters["baseline_GFLOP/s"] = flops / baseline_median / 1e9;
     state.counters["x_baseline"] = baseline_median / kernel_median;
     if (!fractions.empty()) state.counters["pct_peak"] = 100.0 * kvfuse::bench::median(fractions);
-    state.SetLabel(std::string("openblas:") + openblas_get_corename() + " bf16:" + kvfuse::gemm_bf16_scheme());
+    if (!int8_fractions.empty()) state.counters["pct_int8_peak"] = 100.0 * kvfuse::bench::median(int8_fractions);
+    state.SetLabel(std::string("openblas:") + openblas_get_corename() +
+                   (quantized ? std::string(" int8:") + kvfuse::gemm_int8_scheme() + " int8_peak:" + int8_peak_name
+                              : std::string(" bf16:") + kvfuse::gemm_bf16_scheme()));
     kvfuse::reset_isa();
 }
 
@@ -92,10 +128,14 @@ int main(int argc, char** argv) {
         if (isa == kvfuse::Isa::scalar) continue;  // OpenBLAS is the baseline of every row
         for (std::size_t n : {512, 4096})
             for (const Shape& shape : kShapes)
-                for (kvfuse::Dtype dtype : {kvfuse::Dtype::f32, kvfuse::Dtype::bf16})
+                for (kvfuse::Dtype dtype : {kvfuse::Dtype::f32, kvfuse::Dtype::bf16, kvfuse::Dtype::q8_block32,
+                                            kvfuse::Dtype::q4_block32})
                     for (int threads : {1, 2}) {
-                        const std::string name = std::string("gemm/") + kvfuse::isa_name(isa) + "/" +
-                                                 (dtype == kvfuse::Dtype::f32 ? "f32" : "bf16") + "/" + shape.layer +
+                        const char* type = dtype == kvfuse::Dtype::f32    ? "f32"
+                                           : dtype == kvfuse::Dtype::bf16 ? "bf16"
+                                           : dtype == kvfuse::Dtype::q8_block32 ? "q8"
+                                                                                : "q4";
+                        const std::string name = std::string("gemm/") + kvfuse::isa_name(isa) + "/" + type + "/" + shape.layer +
                                                  "/n:" + std::to_string(n) + "/out:" + std::to_string(shape.out) +
                                                  "/in:" + std::to_string(shape.in) + "/threads:" + std::to_string(threads);
                         benchmark::RegisterBenchmark(name.c_str(), gemm_bench, isa, dtype, shape, n, threads)

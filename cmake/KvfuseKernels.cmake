@@ -2,7 +2,7 @@
 # a generated translation unit that sets the ISA namespace, the xsimd architecture and the
 # compiler flags. dispatch/ then calls <isa>::register_<name>() through a generated registry.
 
-set(KVFUSE_KERNELS rope attention topk score quantize gemm)
+set(KVFUSE_KERNELS rope attention topk score quantize gemm qgemm)
 
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
   set(_default_isas avx2 avx512)
@@ -32,7 +32,7 @@ set(KVFUSE_ISA_FLAGS_neon "")
 #   field that must be set; _KERNELS_: which kernels; _FLAGS_: compile flags; _ARCH_: xsimd arch.
 set(KVFUSE_VARIANT_BASE_neon_dotprod neon)
 set(KVFUSE_VARIANT_FEATURE_neon_dotprod arm_dotprod)
-set(KVFUSE_VARIANT_KERNELS_neon_dotprod score)
+set(KVFUSE_VARIANT_KERNELS_neon_dotprod score qgemm)
 # GCC's vdotq_s32 needs armv8.2-a (every dotprod CPU is one). Inline template code shared with
 # the plain neon objects (xsimd, std::vector) is emitted in both; the variants' objects come
 # after the ISAs' in the link, and the linker keeps the first copy, the plain armv8-a one.
@@ -42,12 +42,12 @@ set(KVFUSE_VARIANT_ARCH_neon_dotprod "xsimd::neon64")
 # ymm (AVX-VNNI, e.g. Alder Lake, Zen 5) or zmm (AVX512-VNNI, Cascade Lake, Zen 4).
 set(KVFUSE_VARIANT_BASE_avx2_vnni avx2)
 set(KVFUSE_VARIANT_FEATURE_avx2_vnni avx_vnni)
-set(KVFUSE_VARIANT_KERNELS_avx2_vnni score)
+set(KVFUSE_VARIANT_KERNELS_avx2_vnni score qgemm)
 set(KVFUSE_VARIANT_FLAGS_avx2_vnni -mavx2 -mfma -mf16c -mavxvnni)
 set(KVFUSE_VARIANT_ARCH_avx2_vnni "xsimd::fma3<xsimd::avx2>")
 set(KVFUSE_VARIANT_BASE_avx512_vnni avx512)
 set(KVFUSE_VARIANT_FEATURE_avx512_vnni avx512_vnni)
-set(KVFUSE_VARIANT_KERNELS_avx512_vnni score)
+set(KVFUSE_VARIANT_KERNELS_avx512_vnni score qgemm)
 set(KVFUSE_VARIANT_FLAGS_avx512_vnni -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mavx2 -mfma -mf16c)
 set(KVFUSE_VARIANT_ARCH_avx512_vnni "xsimd::avx512bw")
 # AVX512-BF16: vdpbf16ps, a pair of bf16 products summed into each f32 lane (Cooper Lake,

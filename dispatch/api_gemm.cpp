@@ -7,6 +7,7 @@
 #include "dispatch/api_checks.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/struct_versions.h"
 #include "kernels/gemm/gemm_packed.h"
 #include "kvfuse/kvfuse.h"
 
@@ -51,6 +52,50 @@ kvfuse_status kvfuse_pack_weights(kvfuse_dtype src_dtype, const void* weights, s
     });
 }
 
+kvfuse_status kvfuse_pack_quantized_weights(const kvfuse_quantized_weights* weights, kvfuse_packed_weights** packed) {
+    return guarded("kvfuse_pack_quantized_weights", [&]() -> kvfuse_status {
+        if (packed == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "packed (the handle's destination) is required");
+        *packed = nullptr;
+        kvfuse_quantized_weights q;
+        kvfuse_quantized_weights_init(&q);
+        if (auto s = kvfuse::detail::read_struct("weights", weights, q); s != KVFUSE_OK) return s;
+        if (q.code_bits != 4 && q.code_bits != 8)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "code_bits (" + std::to_string(q.code_bits) + ") must be 4 or 8");
+        if (q.out == 0 || q.in == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out and in must be > 0");
+        if (q.in % kvfuse::detail::kQuantBlock != 0)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                        "in (" + std::to_string(q.in) + ") must be a multiple of 32 (the quantization block)");
+        const std::size_t blocks = q.in / kvfuse::detail::kQuantBlock;
+        if (q.codes_stride < q.in)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "codes_stride (" + std::to_string(q.codes_stride) +
+                                                           ") must be >= in (" + std::to_string(q.in) + ")");
+        if (q.block_stride < blocks)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "block_stride (" + std::to_string(q.block_stride) +
+                                                           ") must be >= in / 32 (" + std::to_string(blocks) + ")");
+        if (q.out > kMaxExtent || q.codes_stride > kMaxExtent || q.block_stride > kMaxExtent ||
+            q.out - 1 > kMaxExtent / q.codes_stride || q.out - 1 > kMaxExtent / q.block_stride)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out * codes_stride is too large");
+        if (q.codes == nullptr || q.scales == nullptr || q.offsets == nullptr)
+            return fail(KVFUSE_ERROR_NULL_POINTER, "codes, scales and offsets are required");
+        if (auto s = check_aligned("scales", q.scales, alignof(float)); s != KVFUSE_OK) return s;
+        if (auto s = check_aligned("offsets", q.offsets, alignof(float)); s != KVFUSE_OK) return s;
+        const unsigned limit = 1u << q.code_bits;
+        for (std::size_t j = 0; j < q.out; ++j)
+            for (std::size_t k = 0; k < q.in; ++k)
+                if (q.codes[j * q.codes_stride + k] >= limit)
+                    return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "codes[" + std::to_string(j) + "][" + std::to_string(k) +
+                                                                   "] = " + std::to_string(q.codes[j * q.codes_stride + k]) +
+                                                                   " does not fit code_bits = " + std::to_string(q.code_bits));
+        try {
+            *packed = new kvfuse_packed_weights{kvfuse::detail::pack_quantized_weights(q)};
+        } catch (const std::bad_alloc&) {
+            return fail(KVFUSE_ERROR_OUT_OF_MEMORY,
+                        "packed quantized weights of " + std::to_string(q.out) + " x " + std::to_string(q.in));
+        }
+        return KVFUSE_OK;
+    });
+}
+
 void kvfuse_packed_weights_free(kvfuse_packed_weights* packed) { delete packed; }
 
 kvfuse_status kvfuse_packed_weights_info(const kvfuse_packed_weights* packed, size_t* out, size_t* in,
@@ -88,7 +133,7 @@ kvfuse_status kvfuse_gemm(const kvfuse_packed_weights* weights, const float* a, 
         const kvfuse::detail::KernelTable* kernels = nullptr;
         if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
         try {
-            kernels->gemm(*weights, a, n, lda, beta, c, ldc, threads);
+            (w.quantized() ? kernels->qgemm : kernels->gemm)(*weights, a, n, lda, beta, c, ldc, threads);
         } catch (const std::bad_alloc&) {
             return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "gemm's packed activations");
         }
@@ -101,6 +146,14 @@ kvfuse_status kvfuse_gemm_bf16_scheme(const char** scheme) {
     const kvfuse::detail::KernelTable* kernels = nullptr;
     if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
     *scheme = kernels->gemm_bf16_scheme;
+    return KVFUSE_OK;
+}
+
+kvfuse_status kvfuse_gemm_int8_scheme(const char** scheme) {
+    if (scheme == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "scheme is required");
+    const kvfuse::detail::KernelTable* kernels = nullptr;
+    if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
+    *scheme = kernels->gemm_int8_scheme;
     return KVFUSE_OK;
 }
 

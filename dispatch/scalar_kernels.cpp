@@ -72,6 +72,18 @@ void gemm_scalar(const kvfuse_packed_weights& packed, const float* a, std::size_
     }
 }
 
+void qgemm_scalar(const kvfuse_packed_weights& packed, const float* a, std::size_t n, std::size_t lda, float beta,
+                  float* c, std::size_t ldc, int /*threads*/) {
+    const PackedWeightsData& w = packed.weights;
+    std::vector<std::uint8_t> codes(w.in);
+    std::vector<float> scales(w.blocks()), offsets(w.blocks());
+    for (std::size_t j = 0; j < w.out; ++j) {
+        unpack_quantized_row(w, j, codes.data(), scales.data(), offsets.data());
+        reference::gemm_quantized(a, n, lda, codes.data(), w.in, scales.data(), offsets.data(), w.blocks(), 1, w.in,
+                                  beta, c + j, ldc);
+    }
+}
+
 }  // namespace
 
 void register_scalar_kernels(KernelTable& table) {
@@ -84,6 +96,7 @@ void register_scalar_kernels(KernelTable& table) {
     table.quantize_keys = &quantize_keys_scalar;
     table.quantize_rows = &quantize_rows_scalar;
     table.gemm = &gemm_scalar;
+    table.qgemm = &qgemm_scalar;
 }
 
 }  // namespace kvfuse::detail

@@ -90,6 +90,10 @@ struct KernelTable {
     // How `gemm` multiplies bf16 weights: "dpbf16ps" (AVX512-BF16), "widened_fma" (pairs widened
     // to f32 in registers) or "reference".
     const char* gemm_bf16_scheme = "reference";
+    // The same product with block-quantized weights (w.quantized()): activations quantized to
+    // int8 per block of 32 (kernels/qgemm), and the integer dot it runs on.
+    GemmFn qgemm = nullptr;
+    const char* gemm_int8_scheme = "reference";
 };
 
 }  // namespace kvfuse::detail

@@ -1,5 +1,10 @@
 #include "reference/gemm_reference.h"
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
 #include "kernels/common/bf16.h"
 
 namespace kvfuse::reference {
@@ -35,6 +40,49 @@ void gemm(const float* a, std::size_t n, std::size_t lda, const float* w, std::s
 void gemm_bf16(const float* a, std::size_t n, std::size_t lda, const std::uint16_t* w, std::size_t out,
                std::size_t in, std::size_t ldw, float beta, float* c, std::size_t ldc) {
     gemm_of(a, n, lda, w, out, in, ldw, beta, c, ldc, true);
+}
+
+float quantize_activation_block(const float* x, std::int8_t* q) {
+    float amax = 0.0f;
+    bool finite = true;
+    for (int k = 0; k < 32; ++k) {
+        finite = finite && std::isfinite(x[k]);
+        amax = std::max(amax, std::fabs(x[k]));
+    }
+    if (!finite) {
+        for (int k = 0; k < 32; ++k) q[k] = 0;
+        return std::numeric_limits<float>::quiet_NaN();
+    }
+    const float d = amax / 127.0f;
+    const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int k = 0; k < 32; ++k)
+        q[k] = static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(x[k] * inverse))));
+    return d;
+}
+
+void gemm_quantized(const float* a, std::size_t n, std::size_t lda, const std::uint8_t* codes, std::size_t ldcodes,
+                    const float* scales, const float* offsets, std::size_t ldblocks, std::size_t out, std::size_t in,
+                    float beta, float* c, std::size_t ldc) {
+    const std::size_t blocks = in / 32;
+    std::vector<double> activations(in);
+    std::vector<std::int8_t> q(32);
+    for (std::size_t i = 0; i < n; ++i) {
+        for (std::size_t b = 0; b < blocks; ++b) {
+            const float d = quantize_activation_block(a + i * lda + 32 * b, q.data());
+            for (std::size_t k = 0; k < 32; ++k) activations[32 * b + k] = static_cast<double>(d) * q[k];
+        }
+        for (std::size_t j = 0; j < out; ++j) {
+            double sum = 0.0;
+            for (std::size_t k = 0; k < in; ++k) {
+                const double w = static_cast<double>(scales[j * ldblocks + k / 32]) * codes[j * ldcodes + k] -
+                                 static_cast<double>(offsets[j * ldblocks + k / 32]);
+                sum += w * activations[k];
+            }
+            float& result = c[i * ldc + j];
+            result = beta == 0.0f ? static_cast<float>(sum)
+                                  : static_cast<float>(static_cast<double>(beta) * static_cast<double>(result) + sum);
+        }
+    }
 }
 
 }  // namespace kvfuse::reference

@@ -289,8 +289,6 @@ TEST(GgufQuants, TiledProductsMatchTheDequantizedMatrix) {
             ASSERT_NEAR(y[r * out + o], expected, 1e-5 * magnitude + 1e-7) << r << ", " << o;
             ASSERT_NEAR(y_accumulated[r * out + o], expected + 1.0, 1e-5 * magnitude + 1e-6) << r << ", " << o;
         }
-    // Every matrix of this file is quantized: none is held as a packed copy.
-    EXPECT_EQ(model.resident_weight_bytes(), 0u);
 }
 
 }  // namespace

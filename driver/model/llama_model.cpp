@@ -1,11 +1,16 @@
 #include "model/llama_model.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
 #include "driver_errors.h"
+#include "model/block_codes.h"
 
 namespace kvfuse::model {
 
@@ -46,6 +51,24 @@ std::string fingerprint_of(const GgufFile& f, const kvfuse::fusion::ModelShape& 
     char text[64];
     std::snprintf(text, sizeof text, "gguf-%016llx", static_cast<unsigned long long>(h));
     return text;
+}
+
+// KVFUSE_DEQUANTIZED_GEMM=1 keeps every quantized matrix on the dequantize-a-tile path (f32
+// activations), for comparing the two.
+bool quantized_gemm_enabled() {
+    const char* value = std::getenv("KVFUSE_DEQUANTIZED_GEMM");
+    return value == nullptr || std::strcmp(value, "1") != 0;
+}
+
+// The mapped file's pages under [data, data + bytes) (whole pages only) dropped from this
+// process's resident set once the tensor has been packed: they are clean file pages that are
+// read again from the page cache if anything touches them later.
+void release_pages(const std::uint8_t* data, std::uint64_t bytes) {
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    if (page == 0 || page > (1u << 30)) return;
+    const auto begin = (reinterpret_cast<std::uintptr_t>(data) + page - 1) / page * page;
+    const auto end = (reinterpret_cast<std::uintptr_t>(data) + static_cast<std::uintptr_t>(bytes)) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 }  // namespace
@@ -107,6 +130,8 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
         if (!rope.ok()) throw GgufError(f.path() + ": RoPE metadata (" + a + "rope.*) rejected: " + rope.message());
     }
 
+    // Before the weights are packed: packing releases the file pages of the tensors it copies.
+    fingerprint_ = fingerprint_of(f, shape_);
     const std::uint64_t d = static_cast<std::uint64_t>(shape_.dim), kv = shape_.kv_row(), ffn = static_cast<std::uint64_t>(ffn_),
                         vocab = static_cast<std::uint64_t>(shape_.vocab);
     embedding_ = &f.require_tensor("token_embd.weight");
@@ -133,11 +158,12 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
         if (f.tensor(p + "attn_v.bias") != nullptr) layer.bv = load_vector(f, p + "attn_v.bias", kv);
         layers_.push_back(std::move(layer));
     }
-    fingerprint_ = fingerprint_of(f, shape_);
 }
 
 // F32 and BF16 matrices are packed once (the packed copy is the size of the file's; bf16 stays
-// bf16); every other type stays in the mapped file in its stored form.
+// bf16); the block types of block_codes.h are packed from their codes (no f32 copy, no
+// requantization: 6 bits a weight for 4-bit codes, 10 for 8-bit) for the int8 product, and their
+// file pages released; every other type stays in the mapped file in its stored form.
 LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t in, std::uint64_t out) {
     const GgufFile& f = *file_;
     const GgufTensor& t = f.require_tensor(name);
@@ -155,6 +181,27 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
         const std::vector<float> w = f.read_f32(t);
         status = kvfuse::PackedWeights::pack(w.data(), dense.out, dense.in, dense.in, kvfuse::Dtype::f32, dense.packed);
         resident_bytes_ += w.size() * sizeof(float);
+    } else if (const int bits = block32_code_bits(t.type); bits != 0 && quantized_gemm_enabled()) {
+        const std::size_t blocks = dense.in / 32;
+        std::vector<std::uint8_t> codes(dense.out * dense.in);
+        std::vector<float> scales(dense.out * blocks), offsets(dense.out * blocks);
+        const std::size_t row_bytes = static_cast<std::size_t>(t.bytes / t.rows());
+        for (std::size_t r = 0; r < dense.out; ++r)
+            block32_codes(t.type, t.data + r * row_bytes, dense.in, codes.data() + r * dense.in, scales.data() + r * blocks,
+                          offsets.data() + r * blocks);
+        kvfuse_quantized_weights q;
+        kvfuse_quantized_weights_init(&q);
+        q.out = dense.out;
+        q.in = dense.in;
+        q.code_bits = bits;
+        q.codes = codes.data();
+        q.codes_stride = dense.in;
+        q.scales = scales.data();
+        q.offsets = offsets.data();
+        q.block_stride = blocks;
+        status = kvfuse::PackedWeights::pack_quantized(q, dense.packed);
+        resident_bytes_ += (dense.out + 31) / 32 * 32 * (dense.in * static_cast<std::size_t>(bits) / 8 + blocks * 8);
+        if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
     } else {
         dense.tensor = &t;
     }

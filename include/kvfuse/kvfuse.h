@@ -166,6 +166,10 @@ typedef enum kvfuse_dtype {
     KVFUSE_DTYPE_F16 = 2,  /* stored as uint16_t: IEEE binary16 (llama.cpp's default KV type); K/V
                               only: RoPE, attention, relevance keys, quantizer input, gather /
                               scatter; not gemm weights */
+    KVFUSE_DTYPE_Q8_BLOCK32 = 3, /* packed gemm weights only (kvfuse_pack_quantized_weights): per 32
+                                    consecutive k of a row, 8-bit codes u, a scale s and an offset
+                                    m, w = s u - m; every other call rejects it */
+    KVFUSE_DTYPE_Q4_BLOCK32 = 4, /* the same with 4-bit codes */
     KVFUSE_DTYPE_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_DTYPE_MAX_ENUM = 0x7fffffff
 } kvfuse_dtype;
@@ -773,11 +777,51 @@ KVFUSE_API kvfuse_status kvfuse_packed_weights_info(const kvfuse_packed_weights*
  * lda >= in and ldc >= out. beta = 0 overwrites C without reading it (a NaN there does not
  * leak in). Sums are f32 (with FMA); NaN and Inf propagate as in plain f32 arithmetic. With
  * bf16 weights the activations are rounded to bf16 (nearest even) before the products, on
- * every ISA, and sums are f32. C must not overlap A. threads > 0 uses at most that many OpenMP
+ * every ISA, and sums are f32. With block-quantized weights (kvfuse_pack_quantized_weights) A
+ * is quantized to int8 per block of 32 as described there. C must not overlap A. threads > 0 uses at most that many OpenMP
  * threads (and at most 256); 0 the OpenMP default (one thread for products too small to gain
  * from more). Results do not depend on the thread count. n = 0 is valid (nothing to do). */
 KVFUSE_API kvfuse_status kvfuse_gemm(const kvfuse_packed_weights* weights, const float* a, size_t n, size_t lda,
                                      float beta, float* c, size_t ldc, int threads);
+
+/* Block-quantized weights (the block types of GGUF files: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
+ * Q5_K all have this form exactly): W[j][k] = scales[j][b] * codes[j][k] - offsets[j][b] with
+ * b = k / 32, integer codes in [0, 2^code_bits). kvfuse_gemm multiplies such weights with the
+ * activations quantized to int8 (below) on the CPU's integer dot (VNNI vpdpbusd, pmaddubsw,
+ * NEON sdot). */
+typedef struct kvfuse_quantized_weights {
+    size_t struct_size;    /* kvfuse_quantized_weights_init sets it */
+    size_t out, in;        /* W is [out x in]; in must be a multiple of 32 */
+    int code_bits;         /* 8 (packed as KVFUSE_DTYPE_Q8_BLOCK32) or 4 (KVFUSE_DTYPE_Q4_BLOCK32) */
+    const uint8_t* codes;  /* out rows of in codes, one byte each, row stride codes_stride bytes */
+    size_t codes_stride;   /* >= in */
+    const float* scales;   /* out rows of in / 32, row stride block_stride floats */
+    const float* offsets;  /* the same shape as scales */
+    size_t block_stride;   /* >= in / 32 */
+} kvfuse_quantized_weights;
+
+#define KVFUSE_QUANTIZED_WEIGHTS_SIZE_V1 sizeof(kvfuse_quantized_weights)
+
+KVFUSE_INLINE void kvfuse_quantized_weights_init(kvfuse_quantized_weights* w) {
+    memset(w, 0, sizeof *w);
+    w->struct_size = sizeof *w;
+}
+
+/* Packs block-quantized W into a handle for kvfuse_gemm (exactly: no value is requantized). A
+ * code >= 2^code_bits is an error. 4-bit codes take 6 bits a weight packed (4 + a float scale
+ * and offset per 32), 8-bit 10. kvfuse_gemm then quantizes each row of A per block of 32 k to
+ * int8: d = max|a| / 127, q = round-to-nearest-even(a * (1 / d)) (d = 0: q = 0), and returns
+ * C[i][j] = beta C[i][j] + sum over blocks of (s d (sum_k u q) - m d (sum_k q)), that is the
+ * product of W with the dequantized activations d q, in f32 (the integer sums are exact). A
+ * block of A holding a NaN or an infinity makes that row's outputs NaN. Results do not depend
+ * on the thread count. */
+KVFUSE_API kvfuse_status kvfuse_pack_quantized_weights(const kvfuse_quantized_weights* weights,
+                                                       kvfuse_packed_weights** packed);
+
+/* The integer dot kvfuse_gemm uses for block-quantized weights on the active ISA: "vpdpbusd"
+ * (AVX512-VNNI, AVX-VNNI), "pmaddubsw" (AVX2, AVX-512 without VNNI; 8-bit codes as widened
+ * pmaddwd pairs), "sdot" (NEON dotprod), "emulated" (plain NEON) or "reference". Static. */
+KVFUSE_API kvfuse_status kvfuse_gemm_int8_scheme(const char** scheme);
 
 /* How kvfuse_gemm multiplies bf16 weights on the active ISA: "dpbf16ps" (AVX512-BF16),
  * "widened_fma" (bf16 pairs widened to f32 in registers, then FMAs) or "reference". Static. */

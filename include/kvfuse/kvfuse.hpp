@@ -195,7 +195,13 @@ struct f16 {
 };
 static_assert(sizeof(f16) == 2, "f16 must be two bytes");
 
-enum class Dtype : int { f32 = KVFUSE_DTYPE_F32, bf16 = KVFUSE_DTYPE_BF16, f16 = KVFUSE_DTYPE_F16 };
+enum class Dtype : int {
+    f32 = KVFUSE_DTYPE_F32,
+    bf16 = KVFUSE_DTYPE_BF16,
+    f16 = KVFUSE_DTYPE_F16,
+    q8_block32 = KVFUSE_DTYPE_Q8_BLOCK32,  // packed gemm weights only
+    q4_block32 = KVFUSE_DTYPE_Q4_BLOCK32,
+};
 
 inline Status to_bf16(const float* src, bf16* dst, std::size_t count) {
     return Status(kvfuse_f32_to_bf16(src, reinterpret_cast<std::uint16_t*>(dst), count));
@@ -621,6 +627,14 @@ class PackedWeights {
         return s;
     }
 
+    // Block-quantized W (kvfuse_pack_quantized_weights).
+    static Status pack_quantized(const kvfuse_quantized_weights& weights, PackedWeights& result) {
+        kvfuse_packed_weights* handle = nullptr;
+        const Status s(kvfuse_pack_quantized_weights(&weights, &handle));
+        if (s.ok()) result = PackedWeights(handle);
+        return s;
+    }
+
     bool empty() const noexcept { return handle_ == nullptr; }
     const kvfuse_packed_weights* handle() const noexcept { return handle_; }
     std::size_t out() const { return info().out; }
@@ -653,6 +667,11 @@ inline Status gemm(const PackedWeights& weights, const float* a, std::size_t n, 
 inline std::string gemm_bf16_scheme() {
     const char* scheme = "";
     if (kvfuse_gemm_bf16_scheme(&scheme) != KVFUSE_OK) return "";
+    return scheme;
+}
+inline std::string gemm_int8_scheme() {
+    const char* scheme = "";
+    if (kvfuse_gemm_int8_scheme(&scheme) != KVFUSE_OK) return "";
     return scheme;
 }
 

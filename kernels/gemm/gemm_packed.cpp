@@ -73,4 +73,67 @@ void unpack_weight_row(const PackedWeightsData& w, std::size_t j, float* row) {
     }
 }
 
+PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q) {
+    PackedWeightsData w;
+    w.out = q.out;
+    w.in = q.in;
+    w.dtype = q.code_bits == 8 ? KVFUSE_DTYPE_Q8_BLOCK32 : KVFUSE_DTYPE_Q4_BLOCK32;
+    w.panels = (q.out + kGemmPanel - 1) / kGemmPanel;
+    const std::size_t blocks = w.blocks(), record_bytes = w.record_bytes(), code_bytes = w.code_bytes();
+    w.data.reset(::operator new(w.panels * blocks * record_bytes, std::align_val_t{64}));
+    const auto panels = static_cast<std::ptrdiff_t>(w.panels);
+    const bool eight = q.code_bits == 8;
+#pragma omp parallel for schedule(static) if (q.out * q.in >= (std::size_t{1} << 20))
+    for (std::ptrdiff_t p = 0; p < panels; ++p) {
+        const std::size_t first = static_cast<std::size_t>(p) * kGemmPanel;
+        for (std::size_t b = 0; b < blocks; ++b) {
+            std::uint8_t* record = static_cast<std::uint8_t*>(w.data.get()) + (static_cast<std::size_t>(p) * blocks + b) * record_bytes;
+            float scales[kGemmPanel], offsets[kGemmPanel];
+            std::uint8_t codes[kGemmPanel][kQuantBlock];  // padding columns: zero codes, scale, offset
+            for (std::size_t j = 0; j < kGemmPanel; ++j) {
+                const bool real = first + j < q.out;
+                scales[j] = real ? q.scales[(first + j) * q.block_stride + b] : 0.0f;
+                offsets[j] = real ? q.offsets[(first + j) * q.block_stride + b] : 0.0f;
+                for (std::size_t k = 0; k < kQuantBlock; ++k)
+                    codes[j][k] = real ? q.codes[(first + j) * q.codes_stride + b * kQuantBlock + k] : 0;
+            }
+            for (std::size_t g = 0; g < kQuantBlock / 4; ++g)
+                for (std::size_t t = 0; t < 4; ++t) {
+                    if (eight) {
+                        for (std::size_t j = 0; j < kGemmPanel; ++j) record[g * 128 + 4 * j + t] = codes[j][4 * g + t];
+                    } else {
+                        for (std::size_t j = 0; j < kGemmPanel / 2; ++j)
+                            record[g * 64 + 4 * j + t] =
+                                static_cast<std::uint8_t>(codes[j][4 * g + t] | (codes[j + 16][4 * g + t] << 4));
+                    }
+                }
+            std::memcpy(record + code_bytes, scales, sizeof scales);
+            std::memcpy(record + code_bytes + sizeof scales, offsets, sizeof offsets);
+        }
+    }
+    return w;
+}
+
+void unpack_quantized_row(const PackedWeightsData& w, std::size_t j, std::uint8_t* codes, float* scales,
+                          float* offsets) {
+    const std::size_t p = j / kGemmPanel, col = j % kGemmPanel;
+    const bool eight = w.dtype == KVFUSE_DTYPE_Q8_BLOCK32;
+    for (std::size_t b = 0; b < w.blocks(); ++b) {
+        const std::uint8_t* record = w.record(p, b);
+        for (std::size_t k = 0; k < kQuantBlock; ++k) {
+            const std::size_t g = k / 4, t = k % 4;
+            std::uint8_t code;
+            if (eight) {
+                code = record[g * 128 + 4 * col + t];
+            } else {
+                const std::uint8_t pair = record[g * 64 + 4 * (col % 16) + t];
+                code = static_cast<std::uint8_t>(col < 16 ? pair & 0xF : pair >> 4);
+            }
+            codes[b * kQuantBlock + k] = code;
+        }
+        std::memcpy(scales + b, record + w.code_bytes() + col * sizeof(float), sizeof(float));
+        std::memcpy(offsets + b, record + w.code_bytes() + (kGemmPanel + col) * sizeof(float), sizeof(float));
+    }
+}
+
 }  // namespace kvfuse::detail

@@ -10,6 +10,16 @@
 //   bf16: panel p holds ceil(in / 2) x 32 pairs of bf16: pair (kp, j) = (W[j][2kp], W[j][2kp+1])
 //         as one uint32, the even k in the low half (what vdpbf16ps multiplies lane-wise, and what
 //         a shift/mask widens to two f32 vectors); an odd `in` ends with a zero high half.
+//   block-quantized (KVFUSE_DTYPE_Q8_BLOCK32 / Q4_BLOCK32, kvfuse_pack_quantized_weights): panel
+//         p holds in / 32 records, one per block b of 32 k, each its codes then 32 f32 scales
+//         then 32 f32 offsets (column j of the panel: w = scale[j] * code - offset[j]). Codes of
+//         a record in 8 groups g of 4 consecutive k (k = 32 b + 4 g + t):
+//           8-bit: byte g * 128 + 4 j + t is the code of column j (a 32-bit lane per column,
+//                  what vpdpbusd / sdot multiply: four k's of one column);
+//           4-bit: byte g * 64 + 4 j + t, j < 16, holds column j in its low nibble and column
+//                  j + 16 in its high one, so that one load, a mask and a shift give two vectors
+//                  of columns (j.. and j + 16..) on every vector width (16, 8 or 4 lanes).
+//         Records are 1280 (8-bit) or 768 bytes (4-bit): 64-byte aligned.
 #pragma once
 
 #include <cstddef>
@@ -28,11 +38,24 @@ struct AlignedFree {
     void operator()(void* p) const noexcept { ::operator delete(p, std::align_val_t{64}); }
 };
 
+// Consecutive k's sharing a scale and an offset in block-quantized weights.
+constexpr std::size_t kQuantBlock = 32;
+
 // A packed matrix: sizes, the packed type and the 64-byte aligned panels.
 struct PackedWeightsData {
     std::size_t out = 0, in = 0, panels = 0;
     kvfuse_dtype dtype = KVFUSE_DTYPE_F32;
     std::unique_ptr<void, AlignedFree> data;
+
+    bool quantized() const { return dtype == KVFUSE_DTYPE_Q8_BLOCK32 || dtype == KVFUSE_DTYPE_Q4_BLOCK32; }
+    int code_bits() const { return dtype == KVFUSE_DTYPE_Q8_BLOCK32 ? 8 : 4; }
+    std::size_t blocks() const { return in / kQuantBlock; }
+    // Bytes of one block record of a quantized panel: the codes, then the scales and offsets.
+    std::size_t code_bytes() const { return static_cast<std::size_t>(code_bits()) * kGemmPanel * kQuantBlock / 8; }
+    std::size_t record_bytes() const { return code_bytes() + 2 * kGemmPanel * sizeof(float); }
+    const std::uint8_t* record(std::size_t panel, std::size_t block) const {
+        return static_cast<const std::uint8_t*>(data.get()) + (panel * blocks() + block) * record_bytes();
+    }
 
     // Elements of one packed panel: floats (f32) or uint32 pairs (bf16).
     std::size_t panel_elements() const { return (dtype == KVFUSE_DTYPE_F32 ? in : (in + 1) / 2) * kGemmPanel; }
@@ -49,6 +72,14 @@ PackedWeightsData pack_weights(kvfuse_dtype src_dtype, const void* weights, std:
 
 // Row j of W back from the packed copy, widened to f32 (exact for both dtypes).
 void unpack_weight_row(const PackedWeightsData& w, std::size_t j, float* row);
+
+// Block-quantized W (kvfuse_quantized_weights, checked by the caller: in a multiple of 32,
+// codes below 2^code_bits) packed as above. Throws std::bad_alloc.
+PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q);
+
+// Row j of quantized W: its `in` codes and its in / 32 scales and offsets.
+void unpack_quantized_row(const PackedWeightsData& w, std::size_t j, std::uint8_t* codes, float* scales,
+                          float* offsets);
 
 }  // namespace kvfuse::detail
 

@@ -1,0 +1,115 @@
+#include "model/block_codes.h"
+
+#include <cstring>
+#include <stdexcept>
+
+namespace kvfuse::model {
+
+namespace {
+
+float load_half(const std::uint8_t* p) {
+    std::uint16_t h;
+    std::memcpy(&h, p, 2);
+    return half_to_float(h);
+}
+
+// The K formats' eight 6-bit (scale, min) pairs in 12 bytes (gguf_quants.cpp has the writer).
+void scale_min_k4(int j, const std::uint8_t* q, int& scale, int& min) {
+    if (j < 4) {
+        scale = q[j] & 63;
+        min = q[j + 4] & 63;
+    } else {
+        scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Q4_0 / Q4_1 / Q5_0 / Q5_1: 16 bytes of nibbles, value j low, value j + 16 high; `high_bits`
+// (Q5) the fifth bits, bit j of a little-endian u32 for value j.
+void nibbles(const std::uint8_t* q, const std::uint8_t* high_bits, std::uint8_t* codes) {
+    std::uint32_t qh = 0;
+    if (high_bits != nullptr) std::memcpy(&qh, high_bits, 4);
+    for (int j = 0; j < 16; ++j) {
+        codes[j] = static_cast<std::uint8_t>((q[j] & 0xF) | (((qh >> j) & 1u) << 4));
+        codes[j + 16] = static_cast<std::uint8_t>((q[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
+    }
+}
+
+// Q4_K / Q5_K super-blocks of 256: sub-block 2c from the low nibbles of q[32c..], 2c + 1 from
+// the high ones; Q5_K's fifth bits in qh[l], bit 2c / 2c + 1.
+void k_quant(const std::uint8_t* block, const std::uint8_t* qh, const std::uint8_t* q, std::uint8_t* codes, float* scales,
+             float* offsets) {
+    const float d = load_half(block), dmin = load_half(block + 2);
+    for (int c = 0; c < 4; ++c, q += 32)
+        for (int half = 0; half < 2; ++half) {
+            const int sub = 2 * c + half;
+            int sc, mn;
+            scale_min_k4(sub, block + 4, sc, mn);
+            scales[sub] = d * static_cast<float>(sc);
+            offsets[sub] = dmin * static_cast<float>(mn);
+            for (int l = 0; l < 32; ++l) {
+                int u = half == 0 ? q[l] & 0xF : q[l] >> 4;
+                if (qh != nullptr) u |= ((qh[l] >> sub) & 1) << 4;
+                codes[32 * sub + l] = static_cast<std::uint8_t>(u);
+            }
+        }
+}
+
+}  // namespace
+
+int block32_code_bits(GgmlType type) {
+    switch (type) {
+        case GgmlType::q4_0:
+        case GgmlType::q4_1:
+        case GgmlType::q4_k: return 4;
+        case GgmlType::q8_0:
+        case GgmlType::q5_0:
+        case GgmlType::q5_1:
+        case GgmlType::q5_k: return 8;
+        default: return 0;
+    }
+}
+
+void block32_codes(GgmlType type, const std::uint8_t* blocks, std::size_t elements, std::uint8_t* codes, float* scales,
+                   float* offsets) {
+    const TypeTraits& traits = type_traits(type);
+    const std::size_t count = elements / traits.block_elements;
+    for (std::size_t b = 0; b < count; ++b, blocks += traits.block_bytes) {
+        const std::size_t first = b * traits.block_elements, sub = first / 32;
+        std::uint8_t* u = codes + first;
+        switch (type) {
+            case GgmlType::q8_0: {
+                const float d = load_half(blocks);
+                for (int k = 0; k < 32; ++k) u[k] = static_cast<std::uint8_t>(static_cast<std::int8_t>(blocks[2 + k]) + 128);
+                scales[sub] = d;
+                offsets[sub] = 128.0f * d;
+                break;
+            }
+            case GgmlType::q4_0:
+                nibbles(blocks + 2, nullptr, u);
+                scales[sub] = load_half(blocks);
+                offsets[sub] = 8.0f * scales[sub];
+                break;
+            case GgmlType::q4_1:
+                nibbles(blocks + 4, nullptr, u);
+                scales[sub] = load_half(blocks);
+                offsets[sub] = -load_half(blocks + 2);
+                break;
+            case GgmlType::q5_0:
+                nibbles(blocks + 6, blocks + 2, u);
+                scales[sub] = load_half(blocks);
+                offsets[sub] = 16.0f * scales[sub];
+                break;
+            case GgmlType::q5_1:
+                nibbles(blocks + 8, blocks + 4, u);
+                scales[sub] = load_half(blocks);
+                offsets[sub] = -load_half(blocks + 2);
+                break;
+            case GgmlType::q4_k: k_quant(blocks, nullptr, blocks + 16, u, scales + sub, offsets + sub); break;
+            case GgmlType::q5_k: k_quant(blocks, blocks + 16, blocks + 48, u, scales + sub, offsets + sub); break;
+            default: throw std::logic_error("block32_codes: type " + std::string(traits.name) + " has no block-32 form");
+        }
+    }
+}
+
+}  // namespace kvfuse::model

@@ -1,0 +1,27 @@
+// The GGUF block types whose values are exactly w = s u - m per 32 consecutive values of a row
+// (integer codes u of 4 or 8 bits, one scale s and one offset m per 32), so that kvfuse_gemm
+// multiplies them from their codes with int8 activations (kvfuse_pack_quantized_weights):
+//   Q8_0  u = q + 128 (8 bits), s = d, m = 128 d      Q4_0  u = q (4), s = d, m = 8 d
+//   Q5_0  u = q (5 bits in 8), s = d, m = 16 d         Q4_1 / Q5_1  s = d, m = -min
+//   Q4_K  u (4), s = d sc, m = dmin mn per sub-block   Q5_K  the same with 5-bit u in 8 bits
+// Every s and m is exact in f32 (a half times an integer of at most 8 bits), so the codes hold
+// exactly the dequantizer's values. Types with 16-value sub-blocks (Q2_K, Q3_K, Q6_K) and the
+// IQ4 grids have no such form: they stay on the dequantize-a-tile path.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "model/gguf_types.h"
+
+namespace kvfuse::model {
+
+// 4 or 8: the code width `type` packs with; 0 when it has no block-32 form.
+int block32_code_bits(GgmlType type);
+
+// One row of `elements` values (whole blocks of `type`) as codes (one byte per value), scales
+// and offsets (one per 32 values). `type` must have a block-32 form.
+void block32_codes(GgmlType type, const std::uint8_t* blocks, std::size_t elements, std::uint8_t* codes, float* scales,
+                   float* offsets);
+
+}  // namespace kvfuse::model

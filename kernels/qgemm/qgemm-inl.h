@@ -1,0 +1,372 @@
+// Dense-layer product with block-quantized weights (gemm_packed.h: per 32 k of a row, 8- or
+// 4-bit codes u, a scale s and an offset m, w = s u - m) on the CPU's integer dot, written once
+// on the xsimd architecture (compiled per ISA; no include guard).
+//
+// Each row of A is quantized per block of 32 k to int8 with one scale d (q = round(a / d),
+// d = max|a| / 127; reference::quantize_activation_block is the definition), so that a block of
+// the product is exact integer arithmetic:
+//   sum_k w_k d q_k = s d (sum_k u_k q_k) - m d (sum_k q_k).
+// The integer dot (four k's per 32-bit lane, one column per lane) runs on vpdpbusd (u8 x s8,
+// AVX512-VNNI zmm / AVX-VNNI ymm), NEON sdot (s8 x s8: 8-bit codes enter as u - 128, and
+// 128 sum q is added back), pmaddubsw (4-bit codes: s16 sums over the whole block, which fit)
+// or the exact emulations of common/isa_dot-inl.h (8-bit codes without VNNI: pmaddwd pairs);
+// then per block, in f32: acc += float(dot) * (s d) - m * (d sum q).
+//
+// Blocking: a block of kRowBlock rows of A is quantized and packed (k-major groups of four k
+// per row, kRows rows interleaved, so one 32-bit broadcast feeds a row's lane products); for
+// each column tile (2 vectors: columns c0.. and c0 + 16.. of a packed panel, which is what one
+// load of 4-bit codes gives) and each depth chunk of kDepthBlocks blocks, every row tile of the
+// block runs the microkernel (kRows x 2 integer sums for the current block and kRows x 2 f32
+// accumulators in registers, parked in a scratch between chunks), so the tile's slice of W for
+// the chunk stays in L1 while the block's row tiles pass, and C is written once, after the last
+// chunk.
+// Threads: whole row ranges when each gets four row tiles or more, else column ranges, as the
+// f32 GEMM. The summation order of an element of C depends on neither n, the thread count nor
+// the tile it falls in.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
+#include <xsimd/xsimd.hpp>
+
+#include <omp.h>
+
+#include "kernels/common/isa_dot-inl.h"
+#include "kernels/gemm/gemm_packed.h"
+#include "kernels/kernel_table.h"
+
+namespace kvfuse::KVFUSE_ISA_NAMESPACE {
+namespace {
+
+using Arch = KVFUSE_XSIMD_ARCH;
+using F32s = xsimd::batch<float, Arch>;
+using I32s = xsimd::batch<std::int32_t, Arch>;
+constexpr std::size_t kLanes = I32s::size;
+constexpr std::size_t kPanel = detail::kGemmPanel;
+constexpr std::size_t kCodeBlock = detail::kQuantBlock;
+constexpr std::size_t kGroups = kCodeBlock / 4;  // groups of four k: one 32-bit lane of bytes
+static_assert(kPanel == 32 && kCodeBlock == 32, "the packed record layout is written for 32 x 32");
+// A column tile: vectors of columns [c0, c0 + kLanes) and [c0 + 16, c0 + 16 + kLanes) of a panel.
+constexpr std::size_t kTilesPerPanel = (kPanel / 2) / kLanes;
+
+// Rows of the register block: 2 kRows integer sums + 2 kRows f32 accumulators + the weights and
+// a broadcast within the register file: 32 zmm / 32 q (6 rows), 16 ymm (2 rows).
+constexpr std::size_t kRows = kVectorRegisters == 16 ? 2 : 6;
+constexpr std::size_t kRowTiles = 8;  // row tiles per packed block of A
+constexpr std::size_t kRowBlock = kRows * kRowTiles;
+// Blocks of 32 k per depth chunk: a column tile's slice of W for one chunk (12 KiB of 4-bit,
+// 20 KiB of 8-bit records) stays in L1 while the row tiles of the block pass over it; between
+// chunks the f32 accumulators wait in a small scratch (stored and reloaded exactly, so the
+// summation order is the one of a single pass). Without chunks a 2816-deep layer ran at ~40 %
+// of the int8 peak against ~60 % for a 1024-deep one (W's slice no longer fitting L1).
+constexpr std::size_t kDepthBlocks = 16;
+
+// Which integer dot this copy runs.
+constexpr bool kSdot = kHasSdot && !kHasDpbusd;
+constexpr bool kMaddS16 = kHasMadd && !kHasDpbusd;  // 4-bit codes: pmaddubsw with s16 block sums
+constexpr const char* kScheme = kHasDpbusd ? "vpdpbusd" : kSdot ? "sdot" : kHasMadd ? "pmaddubsw" : "emulated";
+
+// One row tile of A, quantized: for block b, group g, row i the int8 quad (four k's) at
+// codes[(b * kGroups + g) * kRows + i]; per (b, i) the scale d, d * sum q and sum q.
+struct ATile {
+    const std::int32_t* codes;
+    const float* scales;
+    const float* sums;
+    const std::int32_t* qsums;
+};
+
+std::size_t tile_words(std::size_t blocks) { return blocks * kRows * (kGroups + 3); }
+
+ATile tile_view(const std::int32_t* base, std::size_t blocks) {
+    const std::size_t codes = blocks * kGroups * kRows, per = blocks * kRows;
+    return {base, reinterpret_cast<const float*>(base + codes), reinterpret_cast<const float*>(base + codes + per),
+            base + codes + 2 * per};
+}
+
+// One block of 32 activations quantized exactly as reference::quantize_activation_block.
+float quantize_block(const float* x, std::int8_t* q) {
+    float amax = 0.0f;
+    bool finite = true;
+    for (std::size_t k = 0; k < kCodeBlock; ++k) {
+        finite = finite && std::isfinite(x[k]);
+        amax = std::max(amax, std::fabs(x[k]));
+    }
+    if (!finite) {
+        for (std::size_t k = 0; k < kCodeBlock; ++k) q[k] = 0;
+        return std::numeric_limits<float>::quiet_NaN();
+    }
+    const float d = amax / 127.0f;
+    const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
+    for (std::size_t k = 0; k < kCodeBlock; ++k)
+        q[k] = static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(x[k] * inverse))));
+    return d;
+}
+
+// Rows [0, rows) of A (rows <= kRows) quantized into the tile at `base` (padding rows zero).
+void pack_tile(const float* a, std::size_t lda, std::size_t rows, std::size_t blocks, std::int32_t* base) {
+    const std::size_t codes = blocks * kGroups * kRows, per = blocks * kRows;
+    float* scales = reinterpret_cast<float*>(base + codes);
+    float* sums = reinterpret_cast<float*>(base + codes + per);
+    std::int32_t* qsums = base + codes + 2 * per;
+    for (std::size_t i = 0; i < kRows; ++i)
+        for (std::size_t b = 0; b < blocks; ++b) {
+            std::int8_t q[kCodeBlock] = {};
+            float d = 0.0f;
+            if (i < rows) d = quantize_block(a + i * lda + b * kCodeBlock, q);
+            std::int32_t sum = 0;
+            for (std::size_t k = 0; k < kCodeBlock; ++k) sum += q[k];
+            for (std::size_t g = 0; g < kGroups; ++g)
+                std::memcpy(base + (b * kGroups + g) * kRows + i, q + 4 * g, 4);
+            scales[b * kRows + i] = d;
+            sums[b * kRows + i] = d * static_cast<float>(sum);
+            qsums[b * kRows + i] = sum;
+        }
+}
+
+// acc + the four u x q products of each lane (u the weights' codes as this copy holds them).
+inline I32s dot_quads(I32s acc, I32s w, I32s x) {
+    if constexpr (kHasDpbusd)
+        return dot_quads_u8s8(acc, w, x);
+    else if constexpr (kSdot)
+        return dot_quads_s8s8(acc, w, x);
+    else
+        return acc + emulated_dot_u8s8(w, x);
+}
+
+// How a tile reaches C: columns c0.. and c0 + 16.. of the panel starting at column `col0`.
+struct TileStore {
+    float* c;  // row 0, column col0 + c0
+    std::size_t ldc;
+    std::size_t cols[2];  // valid columns of each vector, <= kLanes
+    float beta;
+};
+
+template <std::size_t M>
+void store_tile(F32s (&acc)[M][2], const TileStore& s) {
+    for (std::size_t v = 0; v < 2; ++v) {
+        const std::size_t offset = v * (kPanel / 2);
+        if (s.cols[v] == kLanes) {
+            for (std::size_t i = 0; i < M; ++i) {
+                float* p = s.c + i * s.ldc + offset;
+                const F32s result = s.beta == 0.0f ? acc[i][v] : xsimd::fma(F32s(s.beta), F32s::load_unaligned(p), acc[i][v]);
+                result.store_unaligned(p);
+            }
+        } else if (s.cols[v] > 0) {
+            alignas(64) float row[kLanes];
+            for (std::size_t i = 0; i < M; ++i) {
+                acc[i][v].store_aligned(row);
+                float* p = s.c + i * s.ldc + offset;
+                for (std::size_t j = 0; j < s.cols[v]; ++j) p[j] = s.beta == 0.0f ? row[j] : std::fma(s.beta, p[j], row[j]);
+            }
+        }
+    }
+}
+
+// Where a tile's f32 accumulators come from and go: zero or `partial` (a previous depth chunk's),
+// then `partial` again or C (the last chunk).
+struct Depth {
+    std::size_t first_block, blocks;
+    bool first, last;
+    float* partial;  // kRows x 2 vectors
+};
+
+// M rows of the tile `a` times the column tile at lane offset c0 of a panel's records, over the
+// depth chunk `depth`.
+template <int Bits, std::size_t M>
+void tile_q(const ATile& a, const std::uint8_t* records, const Depth& depth, std::size_t c0, const TileStore& s) {
+    constexpr std::size_t code_bytes = static_cast<std::size_t>(Bits) * kPanel * kCodeBlock / 8;
+    constexpr std::size_t record_bytes = code_bytes + 2 * kPanel * sizeof(float);
+    const I32s low_nibbles(0x0F0F0F0F), sign_bits(static_cast<std::int32_t>(0x80808080u));
+    F32s acc[M][2];
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t v = 0; v < 2; ++v)
+            acc[i][v] = depth.first ? F32s(0.0f) : F32s::load_aligned(depth.partial + (2 * i + v) * kLanes);
+    for (std::size_t b = depth.first_block; b < depth.first_block + depth.blocks; ++b) {
+        const std::uint8_t* record = records + b * record_bytes;
+        const std::int32_t* x = a.codes + b * kGroups * kRows;
+        I32s dot[M][2];
+        for (std::size_t i = 0; i < M; ++i) dot[i][0] = dot[i][1] = I32s(0);
+        if constexpr (Bits == 4 && kMaddS16) {
+            // u <= 15: a pmaddubsw half is at most 2 * 15 * 127, eight groups 30480: s16 holds the block.
+            I32s half[M][2];
+            for (std::size_t i = 0; i < M; ++i) half[i][0] = half[i][1] = I32s(0);
+            for (std::size_t g = 0; g < kGroups; ++g) {
+                const I32s raw = I32s::load_aligned(reinterpret_cast<const std::int32_t*>(record + g * 64 + 4 * c0));
+                const I32s w[2] = {raw & low_nibbles, (raw >> 4) & low_nibbles};
+                for (std::size_t i = 0; i < M; ++i) {
+                    const I32s xi(x[g * kRows + i]);
+                    add_to_s16(half[i][0], madd_quads_s16(w[0], xi));
+                    add_to_s16(half[i][1], madd_quads_s16(w[1], xi));
+                }
+            }
+            for (std::size_t i = 0; i < M; ++i) {
+                dot[i][0] = widen_s16_pairs(half[i][0]);
+                dot[i][1] = widen_s16_pairs(half[i][1]);
+            }
+        } else {
+            for (std::size_t g = 0; g < kGroups; ++g) {
+                I32s w[2];
+                if constexpr (Bits == 4) {
+                    const I32s raw = I32s::load_aligned(reinterpret_cast<const std::int32_t*>(record + g * 64 + 4 * c0));
+                    w[0] = raw & low_nibbles;
+                    w[1] = (raw >> 4) & low_nibbles;
+                } else {
+                    const auto* row = reinterpret_cast<const std::int32_t*>(record + g * 128);
+                    w[0] = I32s::load_aligned(row + c0);
+                    w[1] = I32s::load_aligned(row + c0 + kPanel / 2);
+                    if constexpr (kSdot) {  // u - 128 as s8
+                        w[0] ^= sign_bits;
+                        w[1] ^= sign_bits;
+                    }
+                }
+                for (std::size_t i = 0; i < M; ++i) {
+                    const I32s xi(x[g * kRows + i]);
+                    dot[i][0] = dot_quads(dot[i][0], w[0], xi);
+                    dot[i][1] = dot_quads(dot[i][1], w[1], xi);
+                }
+            }
+            if constexpr (Bits == 8 && kSdot)
+                for (std::size_t i = 0; i < M; ++i) {
+                    const I32s back(128 * a.qsums[b * kRows + i]);
+                    dot[i][0] += back;
+                    dot[i][1] += back;
+                }
+        }
+        const auto* scales = reinterpret_cast<const float*>(record + code_bytes);
+        const F32s sw[2] = {F32s::load_aligned(scales + c0), F32s::load_aligned(scales + c0 + kPanel / 2)};
+        const F32s mw[2] = {F32s::load_aligned(scales + kPanel + c0), F32s::load_aligned(scales + kPanel + c0 + kPanel / 2)};
+        for (std::size_t i = 0; i < M; ++i) {
+            const F32s d(a.scales[b * kRows + i]), dsum(a.sums[b * kRows + i]);
+            for (std::size_t v = 0; v < 2; ++v) {
+                acc[i][v] = xsimd::fma(int32_to_f32(dot[i][v]), sw[v] * d, acc[i][v]);
+                acc[i][v] = xsimd::fnma(mw[v], dsum, acc[i][v]);
+            }
+        }
+    }
+    if (depth.last) {
+        store_tile<M>(acc, s);
+    } else {
+        for (std::size_t i = 0; i < M; ++i)
+            for (std::size_t v = 0; v < 2; ++v) acc[i][v].store_aligned(depth.partial + (2 * i + v) * kLanes);
+    }
+}
+
+template <int Bits, std::size_t M>
+struct QTile {
+    static void run(const ATile& a, const std::uint8_t* records, const Depth& depth, std::size_t c0, const TileStore& s) {
+        tile_q<Bits, M>(a, records, depth, c0, s);
+    }
+};
+template <int Bits, std::size_t... M>
+constexpr auto make_tiles(std::index_sequence<M...>) {
+    return std::array{&QTile<Bits, M + 1>::run...};
+}
+
+struct Share {
+    std::size_t row_begin, row_end, tile_begin, tile_end;
+};
+
+struct Problem {
+    const detail::PackedWeightsData& w;
+    const float* a;
+    std::size_t lda;
+    float beta;
+    float* c;
+    std::size_t ldc;
+};
+
+template <int Bits>
+void run_share(const Problem& p, const Share& share, std::int32_t* buffer) {
+    static constexpr auto tiles = make_tiles<Bits>(std::make_index_sequence<kRows>{});
+    const detail::PackedWeightsData& w = p.w;
+    const std::size_t blocks = w.blocks(), words = tile_words(blocks);
+    alignas(64) float partial[kRowTiles * kRows * 2 * kLanes];  // 6 KiB on AVX-512
+    for (std::size_t r0 = share.row_begin; r0 < share.row_end; r0 += kRowBlock) {
+        const std::size_t rows = std::min(kRowBlock, share.row_end - r0);
+        for (std::size_t ri = 0; ri < rows; ri += kRows)
+            pack_tile(p.a + (r0 + ri) * p.lda, p.lda, std::min(kRows, rows - ri), blocks, buffer + (ri / kRows) * words);
+        for (std::size_t t = share.tile_begin; t < share.tile_end; ++t) {
+            const std::size_t panel = t / kTilesPerPanel, c0 = (t % kTilesPerPanel) * kLanes;
+            const std::size_t col = panel * kPanel + c0;
+            TileStore store{nullptr, p.ldc, {}, p.beta};
+            for (std::size_t v = 0; v < 2; ++v) {
+                const std::size_t first = col + v * (kPanel / 2);
+                store.cols[v] = first >= w.out ? 0 : std::min(kLanes, w.out - first);
+            }
+            const std::uint8_t* records = w.record(panel, 0);
+            for (std::size_t b0 = 0; b0 < blocks; b0 += kDepthBlocks) {
+                const std::size_t chunk = std::min(kDepthBlocks, blocks - b0);
+                for (std::size_t ri = 0; ri < rows; ri += kRows) {
+                    store.c = p.c + (r0 + ri) * p.ldc + col;
+                    const Depth depth{b0, chunk, b0 == 0, b0 + chunk == blocks, partial + (ri / kRows) * kRows * 2 * kLanes};
+                    tiles[std::min(kRows, rows - ri) - 1](tile_view(buffer + (ri / kRows) * words, blocks), records, depth,
+                                                          c0, store);
+                }
+            }
+        }
+    }
+}
+
+constexpr double kParallelWork = 1 << 20;
+
+void qgemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, std::size_t lda, float beta, float* c,
+           std::size_t ldc, int threads) {
+    const detail::PackedWeightsData& w = packed.weights;
+    const std::size_t col_tiles = w.panels * kTilesPerPanel;
+    const std::size_t row_tiles = (n + kRows - 1) / kRows;
+    std::size_t t = threads > 0 ? static_cast<std::size_t>(threads) : static_cast<std::size_t>(omp_get_max_threads());
+    if (threads <= 0 && static_cast<double>(n) * static_cast<double>(w.out) * static_cast<double>(w.in) < kParallelWork)
+        t = 1;
+    constexpr std::size_t kMaxTasks = 256;
+    t = std::max<std::size_t>(1, std::min({t, col_tiles * row_tiles, kMaxTasks}));
+    std::size_t row_groups, col_groups;
+    if (row_tiles >= 4 * t) {
+        row_groups = t;
+        col_groups = 1;
+    } else {
+        col_groups = std::min(t, col_tiles);
+        row_groups = std::max<std::size_t>(1, std::min(t / col_groups, row_tiles));
+    }
+    const std::size_t tasks = row_groups * col_groups;
+    const std::size_t task_words = kRowTiles * tile_words(w.blocks());
+    thread_local std::vector<std::int32_t> buffers;
+    if (buffers.size() < tasks * task_words) buffers.resize(tasks * task_words);
+    std::int32_t* const base = buffers.data();
+    const Problem problem{w, a, lda, beta, c, ldc};
+    const bool eight = w.dtype == KVFUSE_DTYPE_Q8_BLOCK32;
+    auto run_task = [&](std::size_t task) {
+        const std::size_t rg = task / col_groups, cg = task % col_groups;
+        const Share share{std::min(n, rg * row_tiles / row_groups * kRows),
+                          std::min(n, (rg + 1) * row_tiles / row_groups * kRows), cg * col_tiles / col_groups,
+                          (cg + 1) * col_tiles / col_groups};
+        if (share.row_begin >= share.row_end || share.tile_begin >= share.tile_end) return;
+        if (eight)
+            run_share<8>(problem, share, base + task * task_words);
+        else
+            run_share<4>(problem, share, base + task * task_words);
+    };
+    if (tasks == 1) {
+        run_task(0);
+        return;
+    }
+#pragma omp parallel num_threads(static_cast<int>(tasks))
+    {
+        const auto id = static_cast<std::size_t>(omp_get_thread_num());
+        for (std::size_t task = id; task < tasks; task += static_cast<std::size_t>(omp_get_num_threads())) run_task(task);
+    }
+}
+
+}  // namespace
+
+void register_qgemm(detail::KernelTable& table) {
+    table.qgemm = &qgemm;
+    KVFUSE_REGISTER_STORE_BARRIER();
+    table.gemm_int8_scheme = kScheme;
+}
+
+}  // namespace kvfuse::KVFUSE_ISA_NAMESPACE
