@@ -1,5 +1,7 @@
 #include "model/block_codes.h"
 
+#include "model/gguf_quants.h"
+
 #include <cstring>
 #include <stdexcept>
 
@@ -11,17 +13,6 @@ float load_half(const std::uint8_t* p) {
     std::uint16_t h;
     std::memcpy(&h, p, 2);
     return half_to_float(h);
-}
-
-// The K formats' eight 6-bit (scale, min) pairs in 12 bytes (gguf_quants.cpp has the writer).
-void scale_min_k4(int j, const std::uint8_t* q, int& scale, int& min) {
-    if (j < 4) {
-        scale = q[j] & 63;
-        min = q[j + 4] & 63;
-    } else {
-        scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
 }
 
 // Q4_0 / Q4_1 / Q5_0 / Q5_1: 16 bytes of nibbles, value j low, value j + 16 high; `high_bits`
@@ -44,7 +35,7 @@ void k_quant(const std::uint8_t* block, const std::uint8_t* qh, const std::uint8
         for (int half = 0; half < 2; ++half) {
             const int sub = 2 * c + half;
             int sc, mn;
-            scale_min_k4(sub, block + 4, sc, mn);
+            quants::unpack_scale_min_k4(sub, block + 4, sc, mn);
             scales[sub] = d * static_cast<float>(sc);
             offsets[sub] = dmin * static_cast<float>(mn);
             for (int l = 0; l < 32; ++l) {

@@ -183,19 +183,6 @@ float fit_iq4(const float* x, int n) {
     return best_scale;
 }
 
-// The K formats pack eight (scale, min) pairs of 6 bits into 12 bytes: pairs 0-3 in the low six
-// bits of bytes 0-3 (scales) and 4-7 (mins); pairs 4-7 as nibbles of bytes 8-11 with their top
-// two bits in the spare top bits of bytes 0-7.
-void unpack_scale_min_k4(int j, const std::uint8_t* q, int& scale, int& min) {
-    if (j < 4) {
-        scale = q[j] & 63;
-        min = q[j + 4] & 63;
-    } else {
-        scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-}
-
 void pack_scale_min_k4(const int* scales, const int* mins, std::uint8_t* q) {
     std::memset(q, 0, 12);
     for (int j = 0; j < 8; ++j) {
@@ -244,6 +231,19 @@ void quantize_affine_values(const float* x, int n, float scale, float min, int q
 }
 
 }  // namespace
+
+// The K formats pack eight (scale, min) pairs of 6 bits into 12 bytes: pairs 0-3 in the low six
+// bits of bytes 0-3 (scales) and 4-7 (mins); pairs 4-7 as nibbles of bytes 8-11 with their top
+// two bits in the spare top bits of bytes 0-7.
+void unpack_scale_min_k4(int j, const std::uint8_t* q, int& scale, int& min) {
+    if (j < 4) {
+        scale = q[j] & 63;
+        min = q[j + 4] & 63;
+    } else {
+        scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
 
 // ---- 32-element formats ------------------------------------------------------------------------
 

@@ -26,4 +26,8 @@ KVFUSE_QUANT_PAIR(iq4_xs)
 
 #undef KVFUSE_QUANT_PAIR
 
+// The K formats' eight 6-bit (scale, min) pairs in 12 bytes `q`: pair j (0-7). Also read by
+// model/block_codes.cpp, which repacks Q4_K / Q5_K for the quantized GEMM.
+void unpack_scale_min_k4(int j, const std::uint8_t* q, int& scale, int& min);
+
 }  // namespace kvfuse::model::quants

@@ -1,5 +1,8 @@
 #include "kernels/gemm/gemm_packed.h"
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/common/bf16.h"
@@ -134,6 +137,18 @@ void unpack_quantized_row(const PackedWeightsData& w, std::size_t j, std::uint8_
         std::memcpy(scales + b, record + w.code_bytes() + col * sizeof(float), sizeof(float));
         std::memcpy(offsets + b, record + w.code_bytes() + (kGemmPanel + col) * sizeof(float), sizeof(float));
     }
+}
+
+GemmSplit split_gemm(std::size_t n, std::size_t out, std::size_t in, std::size_t row_tiles, std::size_t col_tiles,
+                     int threads) {
+    constexpr double kParallelWork = 1 << 20;
+    constexpr std::size_t kMaxTasks = 256;
+    std::size_t t = threads > 0 ? static_cast<std::size_t>(threads) : static_cast<std::size_t>(omp_get_max_threads());
+    if (threads <= 0 && static_cast<double>(n) * static_cast<double>(out) * static_cast<double>(in) < kParallelWork) t = 1;
+    t = std::max<std::size_t>(1, std::min({t, col_tiles * row_tiles, kMaxTasks}));
+    if (row_tiles >= 4 * t) return {t, 1};
+    const std::size_t col_groups = std::min(t, col_tiles);
+    return {std::max<std::size_t>(1, std::min(t / col_groups, row_tiles)), col_groups};
 }
 
 }  // namespace kvfuse::detail

@@ -34,6 +34,18 @@ namespace kvfuse::detail {
 // Internal linkage, not `inline`: see kTopkMaxBuckets (topk_scratch.h) on AddressSanitizer.
 constexpr std::size_t kGemmPanel = 32;
 
+// How kvfuse_gemm splits a product among tasks, shared by the f32/bf16 and the quantized
+// kernels (out of line in gemm_packed.cpp: no ISA object carries a copy). `threads` <= 0: the
+// OpenMP default, one thread below 2^20 multiply-adds (a parallel region's start costs more);
+// at most 256 tasks (each owns a buffer: a runaway thread count must not become a runaway
+// allocation). Whole row ranges when every task gets at least four row tiles (each then packs
+// only its own rows), else column ranges first, then rows among the tasks a column range has.
+struct GemmSplit {
+    std::size_t row_groups, col_groups;
+};
+GemmSplit split_gemm(std::size_t n, std::size_t out, std::size_t in, std::size_t row_tiles, std::size_t col_tiles,
+                     int threads);
+
 struct AlignedFree {
     void operator()(void* p) const noexcept { ::operator delete(p, std::align_val_t{64}); }
 };

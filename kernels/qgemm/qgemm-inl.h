@@ -312,26 +312,13 @@ void run_share(const Problem& p, const Share& share, std::int32_t* buffer) {
     }
 }
 
-constexpr double kParallelWork = 1 << 20;
-
 void qgemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, std::size_t lda, float beta, float* c,
            std::size_t ldc, int threads) {
     const detail::PackedWeightsData& w = packed.weights;
     const std::size_t col_tiles = w.panels * kTilesPerPanel;
     const std::size_t row_tiles = (n + kRows - 1) / kRows;
-    std::size_t t = threads > 0 ? static_cast<std::size_t>(threads) : static_cast<std::size_t>(omp_get_max_threads());
-    if (threads <= 0 && static_cast<double>(n) * static_cast<double>(w.out) * static_cast<double>(w.in) < kParallelWork)
-        t = 1;
-    constexpr std::size_t kMaxTasks = 256;
-    t = std::max<std::size_t>(1, std::min({t, col_tiles * row_tiles, kMaxTasks}));
-    std::size_t row_groups, col_groups;
-    if (row_tiles >= 4 * t) {
-        row_groups = t;
-        col_groups = 1;
-    } else {
-        col_groups = std::min(t, col_tiles);
-        row_groups = std::max<std::size_t>(1, std::min(t / col_groups, row_tiles));
-    }
+    const detail::GemmSplit split = detail::split_gemm(n, w.out, w.in, row_tiles, col_tiles, threads);
+    const std::size_t row_groups = split.row_groups, col_groups = split.col_groups;
     const std::size_t tasks = row_groups * col_groups;
     const std::size_t task_words = kRowTiles * tile_words(w.blocks());
     thread_local std::vector<std::int32_t> buffers;
