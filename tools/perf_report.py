@@ -425,6 +425,11 @@ def summary_section(k):
          lambda b, n: b.get(n, "pct_peak"), "f32 FMA peak", "x_baseline", "OpenBLAS", None),
         ("dense layer (GEMM), bf16 weights", k["bench_gemm"], r"^gemm/.*/bf16/gate_up/", 2, "GFLOP/s",
          lambda b, n: b.get(n, "pct_peak"), "f32 FMA peak", "x_baseline", "OpenBLAS f32", None),
+        # Quantized weights (int8 activations): their roofline is the int8 dot's peak.
+        ("dense layer (GEMM), q8 weights", k["bench_gemm"], r"^gemm/.*/q8/gate_up/", 2, "GFLOP/s",
+         lambda b, n: b.get(n, "pct_int8_peak"), "int8 peak", "x_baseline", "OpenBLAS f32", None),
+        ("dense layer (GEMM), q4 weights", k["bench_gemm"], r"^gemm/.*/q4/gate_up/", 2, "GFLOP/s",
+         lambda b, n: b.get(n, "pct_int8_peak"), "int8 peak", "x_baseline", "OpenBLAS f32", None),
     ]
     rows = []
     for title, bench, pattern, threads, unit, roof, roof_name, xname, base_name, tune_pattern in specs:
