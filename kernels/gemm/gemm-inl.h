@@ -243,19 +243,9 @@ void pack_rows_bf16_pairs(const float* a, std::size_t lda, std::size_t rows, std
     }
 }
 
-// One thread's share: rows [row_begin, row_end) x column tiles [tile_begin, tile_end).
-struct Share {
-    std::size_t row_begin, row_end, tile_begin, tile_end;
-};
-
-struct Problem {
-    const detail::PackedWeightsData& w;
-    const float* a;
-    std::size_t lda;
-    float beta;
-    float* c;
-    std::size_t ldc;
-};
+// One task's share of the product and what it reads and writes (gemm_packed.h).
+using Share = detail::GemmShare;
+using Problem = detail::GemmProblem;
 
 void run_share(const Problem& p, const Share& share, float* a_f32, std::uint32_t* a_pairs) {
     const detail::PackedWeightsData& w = p.w;
@@ -310,8 +300,7 @@ void gemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, st
     const std::size_t col_tiles = (w.out + kCols - 1) / kCols;
     const std::size_t row_tiles = (n + kRows - 1) / kRows;
     const detail::GemmSplit split = detail::split_gemm(n, w.out, w.in, row_tiles, col_tiles, threads);
-    const std::size_t row_groups = split.row_groups, col_groups = split.col_groups;
-    const std::size_t tasks = row_groups * col_groups;
+    const std::size_t tasks = split.row_groups * split.col_groups;
 
     const bool pairs = w.dtype == KVFUSE_DTYPE_BF16 && kBf16Dot;
     const std::size_t a_elements = kRowBlock * (kDepth + 1);
@@ -326,11 +315,7 @@ void gemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, st
     std::uint32_t* const pair_buffers = a_pairs.data();
     const Problem problem{w, a, lda, beta, c, ldc};
     auto run_task = [&](std::size_t task) {
-        const std::size_t rg = task / col_groups, cg = task % col_groups;
-        // Even shares of whole row tiles and column tiles.
-        const Share share{std::min(n, rg * row_tiles / row_groups * kRows),
-                          std::min(n, (rg + 1) * row_tiles / row_groups * kRows), cg * col_tiles / col_groups,
-                          (cg + 1) * col_tiles / col_groups};
+        const Share share = detail::share_of(split, task, n, kRows, row_tiles, col_tiles);
         if (share.row_begin < share.row_end && share.tile_begin < share.tile_end)
             run_share(problem, share, pairs ? nullptr : f32_buffers + task * a_elements,
                       pairs ? pair_buffers + task * a_elements : nullptr);

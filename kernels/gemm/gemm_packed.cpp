@@ -151,4 +151,12 @@ GemmSplit split_gemm(std::size_t n, std::size_t out, std::size_t in, std::size_t
     return {std::max<std::size_t>(1, std::min(t / col_groups, row_tiles)), col_groups};
 }
 
+GemmShare share_of(const GemmSplit& split, std::size_t task, std::size_t n, std::size_t tile_rows,
+                   std::size_t row_tiles, std::size_t col_tiles) {
+    const std::size_t rg = task / split.col_groups, cg = task % split.col_groups;
+    return {std::min(n, rg * row_tiles / split.row_groups * tile_rows),
+            std::min(n, (rg + 1) * row_tiles / split.row_groups * tile_rows), cg * col_tiles / split.col_groups,
+            (cg + 1) * col_tiles / split.col_groups};
+}
+
 }  // namespace kvfuse::detail

@@ -46,6 +46,15 @@ struct GemmSplit {
 GemmSplit split_gemm(std::size_t n, std::size_t out, std::size_t in, std::size_t row_tiles, std::size_t col_tiles,
                      int threads);
 
+// One task's share: rows [row_begin, row_end) x column tiles [tile_begin, tile_end), even shares
+// of whole row tiles (of `tile_rows` rows, the last cut at n) and column tiles. Empty (begin ==
+// end on either side) when the task has nothing.
+struct GemmShare {
+    std::size_t row_begin, row_end, tile_begin, tile_end;
+};
+GemmShare share_of(const GemmSplit& split, std::size_t task, std::size_t n, std::size_t tile_rows,
+                   std::size_t row_tiles, std::size_t col_tiles);
+
 struct AlignedFree {
     void operator()(void* p) const noexcept { ::operator delete(p, std::align_val_t{64}); }
 };
@@ -75,6 +84,16 @@ struct PackedWeightsData {
     const std::uint32_t* bf16_panel(std::size_t p) const {
         return static_cast<const std::uint32_t*>(data.get()) + p * panel_elements();
     }
+};
+
+// What every task of one product reads (A, its leading dimension) and writes (C = A W^T + beta C).
+struct GemmProblem {
+    const PackedWeightsData& w;
+    const float* a;
+    std::size_t lda;
+    float beta;
+    float* c;
+    std::size_t ldc;
 };
 
 // Allocates the packed copy of a [out x in] matrix of `src_dtype` (row stride in elements) as

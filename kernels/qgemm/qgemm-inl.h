@@ -267,18 +267,9 @@ constexpr auto make_tiles(std::index_sequence<M...>) {
     return std::array{&QTile<Bits, M + 1>::run...};
 }
 
-struct Share {
-    std::size_t row_begin, row_end, tile_begin, tile_end;
-};
-
-struct Problem {
-    const detail::PackedWeightsData& w;
-    const float* a;
-    std::size_t lda;
-    float beta;
-    float* c;
-    std::size_t ldc;
-};
+// One task's share of the product and what it reads and writes (gemm_packed.h).
+using Share = detail::GemmShare;
+using Problem = detail::GemmProblem;
 
 template <int Bits>
 void run_share(const Problem& p, const Share& share, std::int32_t* buffer) {
@@ -318,8 +309,7 @@ void qgemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, s
     const std::size_t col_tiles = w.panels * kTilesPerPanel;
     const std::size_t row_tiles = (n + kRows - 1) / kRows;
     const detail::GemmSplit split = detail::split_gemm(n, w.out, w.in, row_tiles, col_tiles, threads);
-    const std::size_t row_groups = split.row_groups, col_groups = split.col_groups;
-    const std::size_t tasks = row_groups * col_groups;
+    const std::size_t tasks = split.row_groups * split.col_groups;
     const std::size_t task_words = kRowTiles * tile_words(w.blocks());
     thread_local std::vector<std::int32_t> buffers;
     if (buffers.size() < tasks * task_words) buffers.resize(tasks * task_words);
@@ -327,10 +317,7 @@ void qgemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, s
     const Problem problem{w, a, lda, beta, c, ldc};
     const bool eight = w.dtype == KVFUSE_DTYPE_Q8_BLOCK32;
     auto run_task = [&](std::size_t task) {
-        const std::size_t rg = task / col_groups, cg = task % col_groups;
-        const Share share{std::min(n, rg * row_tiles / row_groups * kRows),
-                          std::min(n, (rg + 1) * row_tiles / row_groups * kRows), cg * col_tiles / col_groups,
-                          (cg + 1) * col_tiles / col_groups};
+        const Share share = detail::share_of(split, task, n, kRows, row_tiles, col_tiles);
         if (share.row_begin >= share.row_end || share.tile_begin >= share.tile_end) return;
         if (eight)
             run_share<8>(problem, share, base + task * task_words);
