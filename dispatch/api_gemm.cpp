@@ -5,9 +5,11 @@
 #include <string>
 
 #include "dispatch/api_checks.h"
+#include "dispatch/context.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "dispatch/struct_versions.h"
+#include "kernels/call_context.h"
 #include "kernels/gemm/gemm_packed.h"
 #include "kvfuse/kvfuse.h"
 
@@ -21,6 +23,46 @@ using kvfuse::detail::guarded;
 
 // The kernels index with size_t and OpenMP loops with ptrdiff_t: keep every extent well inside.
 constexpr std::size_t kMaxExtent = std::size_t{1} << 40;
+
+// kvfuse_gemm and kvfuse_ctx_gemm: `threads` > 0 asks for that many workers (kvfuse_gemm's
+// argument), 0 takes the context's count.
+kvfuse_status gemm_on_context(const char* name, kvfuse_context* context, const kvfuse_packed_weights* weights,
+                              const float* a, size_t n, size_t lda, float beta, float* c, size_t ldc, int threads) {
+    return guarded(name, [&]() -> kvfuse_status {
+        if (weights == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "weights (a packed handle) is required");
+        const kvfuse::detail::PackedWeightsData& w = weights->weights;
+        if (threads < 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "threads must be >= 0 (0: the OpenMP default)");
+        if (lda < w.in)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                        "lda (" + std::to_string(lda) + ") must be >= in (" + std::to_string(w.in) + ")");
+        if (ldc < w.out)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                        "ldc (" + std::to_string(ldc) + ") must be >= out (" + std::to_string(w.out) + ")");
+        if (n == 0) return KVFUSE_OK;
+        if (a == nullptr || c == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "a and c are required");
+        if (auto s = check_aligned("a", a, alignof(float)); s != KVFUSE_OK) return s;
+        if (auto s = check_aligned("c", c, alignof(float)); s != KVFUSE_OK) return s;
+        if (n > kMaxExtent || lda > kMaxExtent || ldc > kMaxExtent || n - 1 > kMaxExtent / lda || n - 1 > kMaxExtent / ldc)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "n * lda or n * ldc is too large");
+        // Overlap would make the result depend on the blocking order.
+        const auto a_begin = reinterpret_cast<std::uintptr_t>(a), c_begin = reinterpret_cast<std::uintptr_t>(c);
+        const std::uintptr_t a_end = a_begin + ((n - 1) * lda + w.in) * sizeof(float);
+        const std::uintptr_t c_end = c_begin + ((n - 1) * ldc + w.out) * sizeof(float);
+        if (a_begin < c_end && c_begin < a_end) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "c must not overlap a");
+        kvfuse::detail::ContextCall call(context);
+        if (call.status() != KVFUSE_OK) return call.status();
+        const kvfuse::detail::KernelTable* kernels = nullptr;
+        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
+        const std::size_t workers =
+            kvfuse::detail::gemm_workers(n, w.out, w.in, threads, kvfuse::detail::context_workers(call.context()));
+        try {
+            (w.quantized() ? kernels->qgemm : kernels->gemm)(call.context(), *weights, a, n, lda, beta, c, ldc, workers);
+        } catch (const std::bad_alloc&) {
+            return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "gemm's packed activations");
+        }
+        return KVFUSE_OK;
+    });
+}
 
 }  // namespace
 
@@ -109,36 +151,12 @@ kvfuse_status kvfuse_packed_weights_info(const kvfuse_packed_weights* packed, si
 
 kvfuse_status kvfuse_gemm(const kvfuse_packed_weights* weights, const float* a, size_t n, size_t lda, float beta,
                           float* c, size_t ldc, int threads) {
-    return guarded("kvfuse_gemm", [&]() -> kvfuse_status {
-        if (weights == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "weights (a packed handle) is required");
-        const kvfuse::detail::PackedWeightsData& w = weights->weights;
-        if (threads < 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "threads must be >= 0 (0: the OpenMP default)");
-        if (lda < w.in)
-            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
-                        "lda (" + std::to_string(lda) + ") must be >= in (" + std::to_string(w.in) + ")");
-        if (ldc < w.out)
-            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
-                        "ldc (" + std::to_string(ldc) + ") must be >= out (" + std::to_string(w.out) + ")");
-        if (n == 0) return KVFUSE_OK;
-        if (a == nullptr || c == nullptr) return fail(KVFUSE_ERROR_NULL_POINTER, "a and c are required");
-        if (auto s = check_aligned("a", a, alignof(float)); s != KVFUSE_OK) return s;
-        if (auto s = check_aligned("c", c, alignof(float)); s != KVFUSE_OK) return s;
-        if (n > kMaxExtent || lda > kMaxExtent || ldc > kMaxExtent || n - 1 > kMaxExtent / lda || n - 1 > kMaxExtent / ldc)
-            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "n * lda or n * ldc is too large");
-        // Overlap would make the result depend on the blocking order.
-        const auto a_begin = reinterpret_cast<std::uintptr_t>(a), c_begin = reinterpret_cast<std::uintptr_t>(c);
-        const std::uintptr_t a_end = a_begin + ((n - 1) * lda + w.in) * sizeof(float);
-        const std::uintptr_t c_end = c_begin + ((n - 1) * ldc + w.out) * sizeof(float);
-        if (a_begin < c_end && c_begin < a_end) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "c must not overlap a");
-        const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = kvfuse::detail::active_kernels(kernels); s != KVFUSE_OK) return s;
-        try {
-            (w.quantized() ? kernels->qgemm : kernels->gemm)(*weights, a, n, lda, beta, c, ldc, threads);
-        } catch (const std::bad_alloc&) {
-            return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "gemm's packed activations");
-        }
-        return KVFUSE_OK;
-    });
+    return gemm_on_context("kvfuse_gemm", nullptr, weights, a, n, lda, beta, c, ldc, threads);
+}
+
+kvfuse_status kvfuse_ctx_gemm(kvfuse_context* context, const kvfuse_packed_weights* weights, const float* a, size_t n,
+                              size_t lda, float beta, float* c, size_t ldc) {
+    return gemm_on_context("kvfuse_ctx_gemm", context, weights, a, n, lda, beta, c, ldc, 0);
 }
 
 kvfuse_status kvfuse_gemm_bf16_scheme(const char** scheme) {

@@ -56,8 +56,8 @@ void f16_to_f32_scalar(const std::uint16_t* src, float* dst, std::size_t count) 
 
 // The reference reads plain rows: each row of W is unpacked in turn (exactly) and gives one
 // column of C.
-void gemm_scalar(const kvfuse_packed_weights& packed, const float* a, std::size_t n, std::size_t lda, float beta,
-                 float* c, std::size_t ldc, int /*threads*/) {
+void gemm_scalar(kvfuse_context& /*context*/, const kvfuse_packed_weights& packed, const float* a, std::size_t n,
+                 std::size_t lda, float beta, float* c, std::size_t ldc, std::size_t /*workers*/) {
     const PackedWeightsData& w = packed.weights;
     std::vector<float> row(w.in);
     std::vector<std::uint16_t> row_bf16(w.in);
@@ -72,8 +72,8 @@ void gemm_scalar(const kvfuse_packed_weights& packed, const float* a, std::size_
     }
 }
 
-void qgemm_scalar(const kvfuse_packed_weights& packed, const float* a, std::size_t n, std::size_t lda, float beta,
-                  float* c, std::size_t ldc, int /*threads*/) {
+void qgemm_scalar(kvfuse_context& /*context*/, const kvfuse_packed_weights& packed, const float* a, std::size_t n,
+                  std::size_t lda, float beta, float* c, std::size_t ldc, std::size_t /*workers*/) {
     const PackedWeightsData& w = packed.weights;
     std::vector<std::uint8_t> codes(w.in);
     std::vector<float> scales(w.blocks()), offsets(w.blocks());

@@ -58,9 +58,10 @@ using QuantizeRowsFn = void (*)(kvfuse_context& context, kvfuse_dtype dtype, con
 
 // C[n x out] = A[n x in] W^T, plus beta C (beta = 0: C is not read), with W packed
 // (kernels/gemm/gemm_packed.h). lda >= in, ldc >= out, n > 0, validated by the API layer.
-// threads > 0: that many threads (at most); 0: the OpenMP default, one thread for small products.
-using GemmFn = void (*)(const kvfuse_packed_weights& w, const float* a, std::size_t n, std::size_t lda, float beta,
-                        float* c, std::size_t ldc, int threads);
+// Runs at most `workers` (>= 1, chosen by the API layer: gemm_workers) tasks on the context's
+// workers, with its scratch for the packed activations.
+using GemmFn = void (*)(kvfuse_context& context, const kvfuse_packed_weights& w, const float* a, std::size_t n,
+                        std::size_t lda, float beta, float* c, std::size_t ldc, std::size_t workers);
 
 // Between two stores of a register_* function. Those functions run on every CPU (start-up
 // builds the table of every ISA compiled in, supported or not), so they must hold no instruction

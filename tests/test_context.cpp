@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -627,6 +628,129 @@ TEST_P(ContextIsaTest, ContextQuantizersFollowTheirTuning) {
     }
 }
 
+// Dense layers of every packed type (f32, bf16, 8- and 4-bit blocks), big enough to split.
+struct GemmCase {
+    std::size_t n, out, in;
+    std::vector<kvfuse_packed_weights*> weights;
+    std::vector<float> a;
+    GemmCase(std::size_t n_, std::size_t out_, std::size_t in_) : n(n_), out(out_), in(in_) {
+        std::mt19937 rng(11);
+        std::normal_distribution<float> normal;
+        std::vector<float> w(out * in);
+        for (float& x : w) x = normal(rng);
+        a.resize(n * in);
+        for (float& x : a) x = normal(rng);
+        for (kvfuse_dtype dtype : {KVFUSE_DTYPE_F32, KVFUSE_DTYPE_BF16}) {
+            kvfuse_packed_weights* packed = nullptr;
+            EXPECT_EQ(kvfuse_pack_weights(KVFUSE_DTYPE_F32, w.data(), out, in, in, dtype, &packed), KVFUSE_OK);
+            weights.push_back(packed);
+        }
+        std::vector<std::uint8_t> codes(out * in);
+        std::vector<float> scales(out * in / 32), offsets(scales.size());
+        for (float& x : scales) x = 0.01f + 0.001f * static_cast<float>(rng() % 100);
+        for (float& x : offsets) x = 0.1f * normal(rng);
+        for (int bits : {8, 4}) {
+            for (auto& c : codes) c = static_cast<std::uint8_t>(rng() % (1u << bits));
+            kvfuse_quantized_weights q;
+            kvfuse_quantized_weights_init(&q);
+            q.out = out;
+            q.in = in;
+            q.code_bits = bits;
+            q.codes = codes.data();
+            q.codes_stride = in;
+            q.scales = scales.data();
+            q.offsets = offsets.data();
+            q.block_stride = in / 32;
+            kvfuse_packed_weights* packed = nullptr;
+            EXPECT_EQ(kvfuse_pack_quantized_weights(&q, &packed), KVFUSE_OK);
+            weights.push_back(packed);
+        }
+    }
+    ~GemmCase() {
+        for (auto* w : weights) kvfuse_packed_weights_free(w);
+    }
+    // kvfuse_gemm on one thread: the result every context must give bit for bit.
+    std::vector<float> expected(std::size_t which, float beta) const {
+        std::vector<float> c(n * out, 0.5f);
+        EXPECT_EQ(kvfuse_gemm(weights[which], a.data(), n, in, beta, c.data(), out, 1), KVFUSE_OK);
+        return c;
+    }
+};
+
+// kvfuse_ctx_gemm on one worker, on a parallel-for run in turn or on threads of its own, and on
+// an OpenMP context: kvfuse_gemm's bits for every packed type, and the workers ran where the
+// context says.
+TEST_P(ContextIsaTest, GemmOnAContextGivesKvfuseGemmsBits) {
+    GemmCase gemm(100, 200, 256);  // 5 M multiply-adds: above the one-worker limit
+    for (int threaded = 0; threaded < 2; ++threaded) {
+        Pool pool;
+        pool.threaded = threaded == 1;
+        ContextHandle one(1), pooled(3, &pool_parallel_for, &pool), openmp(2);
+        for (std::size_t which = 0; which < gemm.weights.size(); ++which) {
+            SCOPED_TRACE("weights " + std::to_string(which) + (threaded ? ", threaded pool" : ", sequential pool"));
+            for (float beta : {0.0f, 0.75f}) {
+                const std::vector<float> expected = gemm.expected(which, beta);
+                for (kvfuse_context* ctx : {one.context, pooled.context, openmp.context}) {
+                    std::vector<float> c(gemm.n * gemm.out, 0.5f);
+                    ASSERT_EQ(kvfuse_ctx_gemm(ctx, gemm.weights[which], gemm.a.data(), gemm.n, gemm.in, beta, c.data(),
+                                              gemm.out),
+                              KVFUSE_OK)
+                        << kvfuse_last_error();
+                    EXPECT_EQ(std::memcmp(c.data(), expected.data(), c.size() * sizeof(float)), 0);
+                }
+            }
+        }
+        if (GetParam().isa != Isa::scalar) {
+            EXPECT_EQ(pool.calls.load(), 2 * gemm.weights.size());
+            EXPECT_EQ(pool.tasks.load(), 3 * pool.calls.load()) << "three workers a product";
+        }
+    }
+    // Small products run on the calling thread whatever the context's count.
+    Pool pool;
+    ContextHandle pooled(3, &pool_parallel_for, &pool);
+    GemmCase small(4, 64, 64);
+    std::vector<float> c(small.n * small.out);
+    ASSERT_EQ(kvfuse_ctx_gemm(pooled.context, small.weights[0], small.a.data(), small.n, small.in, 0.0f, c.data(),
+                              small.out),
+              KVFUSE_OK);
+    EXPECT_EQ(c, small.expected(0, 0.0f));
+    EXPECT_EQ(pool.calls.load(), 0u);
+    // And the checks of kvfuse_gemm hold.
+    EXPECT_EQ(kvfuse_ctx_gemm(pooled.context, nullptr, small.a.data(), 1, small.in, 0.0f, c.data(), small.out),
+              KVFUSE_ERROR_NULL_POINTER);
+    EXPECT_EQ(kvfuse_ctx_gemm(pooled.context, small.weights[0], small.a.data(), 1, small.in - 1, 0.0f, c.data(),
+                              small.out),
+              KVFUSE_ERROR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(kvfuse_last_error()).find("lda"), std::string::npos) << kvfuse_last_error();
+}
+
+// After one product at a shape, products of that shape or smaller allocate nothing: the packed
+// activations live in the context's scratch.
+TEST_P(ContextIsaTest, GemmAllocatesNothingAfterWarmUp) {
+    if (!KVFUSE_TEST_OWNS_MALLOC) GTEST_SKIP() << "a sanitizer owns malloc";
+    if (GetParam().isa == Isa::scalar) GTEST_SKIP() << "the scalar ISA runs the reference, which allocates";
+    GemmCase gemm(100, 200, 256);
+    Pool pool;
+    ContextHandle ctx(2, &pool_parallel_for, &pool);
+    std::vector<float> c(gemm.n * gemm.out);
+    auto calls = [&] {
+        for (auto* w : gemm.weights) {
+            ASSERT_EQ(kvfuse_ctx_gemm(ctx.context, w, gemm.a.data(), gemm.n, gemm.in, 0.0f, c.data(), gemm.out), KVFUSE_OK);
+            ASSERT_EQ(kvfuse_ctx_gemm(ctx.context, w, gemm.a.data(), 7, gemm.in, 1.0f, c.data(), gemm.out), KVFUSE_OK);
+        }
+    };
+    calls();  // warm-up
+    EXPECT_EQ(count_allocations(calls), 0);
+    ContextHandle fresh(1);
+    EXPECT_GT(count_allocations([&] {
+                  ASSERT_EQ(kvfuse_ctx_gemm(fresh.context, gemm.weights[0], gemm.a.data(), gemm.n, gemm.in, 0.0f,
+                                            c.data(), gemm.out),
+                            KVFUSE_OK);
+              }),
+              0)
+        << "the counter sees a fresh context's scratch";
+}
+
 KVFUSE_INSTANTIATE_ISA_TESTS(ContextIsaTest);
 
 std::size_t process_threads() {
@@ -726,6 +850,32 @@ TEST(Context, SelectStartsNoThreadOfItsOwn) {
     if (isa != KVFUSE_ISA_SCALAR) {
         EXPECT_GT(pool_calls.load(), 0u) << "the steps' workers ran on the parallel-for";
     }
+}
+
+// Engine threads running products on one-thread contexts, at sizes where kvfuse_gemm would
+// start an OpenMP team: no kvfuse thread appears, and every result is kvfuse_gemm's.
+TEST(Context, GemmStartsNoThreadOfItsOwn) {
+    GemmCase gemm(100, 200, 256);
+    const std::vector<float> expected = gemm.expected(0, 0.0f);
+    const std::size_t before = process_threads();
+    std::atomic<bool> wrong{false};
+    ThreadWatcher watcher;
+    std::vector<std::thread> engine;
+    for (int t = 0; t < 4; ++t)
+        engine.emplace_back([&] {
+            ContextHandle ctx(1);
+            std::vector<float> c(gemm.n * gemm.out);
+            for (int i = 0; i < 3; ++i) {
+                if (kvfuse_ctx_gemm(ctx.context, gemm.weights[0], gemm.a.data(), gemm.n, gemm.in, 0.0f, c.data(),
+                                    gemm.out) != KVFUSE_OK ||
+                    c != expected)
+                    wrong = true;
+            }
+        });
+    for (std::thread& t : engine) t.join();
+    const std::size_t most = watcher.stop();
+    EXPECT_FALSE(wrong.load());
+    EXPECT_LE(most, before + 5) << "threads before " << before;  // four engine threads, the watcher
 }
 
 TEST(Context, OutOfMemoryIsAStatus) {
@@ -852,6 +1002,16 @@ TEST(Context, CppWrapper) {
     ASSERT_TRUE(quantize_keys_i8(moved, reinterpret_cast<const f16*>(selection.keys[0].data()), 40, 2, 64, 128, q.data(),
                                  scales.data(), means.data())
                     .ok());
+    // The C++ form of kvfuse_ctx_gemm: kvfuse_gemm's result; an empty handle is its error.
+    std::vector<float> w(64 * 48), a(20 * 48), c(20 * 64), expected(c.size());
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i % 7) - 3.0f;
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = 0.25f * static_cast<float>(i % 5);
+    PackedWeights weights, none;
+    ASSERT_TRUE(PackedWeights::pack(w.data(), 64, 48, 0, Dtype::f32, weights).ok());
+    ASSERT_TRUE(gemm(moved, weights, a.data(), 20, c.data()).ok()) << kvfuse_last_error();
+    ASSERT_TRUE(gemm(weights, a.data(), 20, expected.data()).ok());
+    EXPECT_EQ(c, expected);
+    EXPECT_EQ(gemm(moved, none, a.data(), 20, c.data()).code(), StatusCode::null_pointer);
     kvfuse_context_options bad;
     kvfuse_context_options_init(&bad);
     bad.threads = -3;

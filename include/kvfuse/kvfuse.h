@@ -778,9 +778,10 @@ KVFUSE_API kvfuse_status kvfuse_packed_weights_info(const kvfuse_packed_weights*
  * leak in). Sums are f32 (with FMA); NaN and Inf propagate as in plain f32 arithmetic. With
  * bf16 weights the activations are rounded to bf16 (nearest even) before the products, on
  * every ISA, and sums are f32. With block-quantized weights (kvfuse_pack_quantized_weights) A
- * is quantized to int8 per block of 32 as described there. C must not overlap A. threads > 0 uses at most that many OpenMP
- * threads (and at most 256); 0 the OpenMP default (one thread for products too small to gain
- * from more). Results do not depend on the thread count. n = 0 is valid (nothing to do). */
+ * is quantized to int8 per block of 32 as described there. C must not overlap A. Runs on the calling thread's default context
+ * (kvfuse_ctx_gemm for another): threads > 0 uses at most that many OpenMP threads (and at most
+ * 256); 0 the OpenMP default (one thread for products too small to gain from more). Results do
+ * not depend on the thread count. n = 0 is valid (nothing to do). */
 KVFUSE_API kvfuse_status kvfuse_gemm(const kvfuse_packed_weights* weights, const float* a, size_t n, size_t lda,
                                      float beta, float* c, size_t ldc, int threads);
 
@@ -1003,6 +1004,12 @@ KVFUSE_API kvfuse_status kvfuse_ctx_quantize_rows_i8_typed(kvfuse_context* conte
  * make no heap allocation (SIMD ISAs, as above). The steps run one after another within this one
  * call's hold on the context. */
 KVFUSE_API kvfuse_status kvfuse_ctx_select_rows(kvfuse_context* context, const kvfuse_select_args* args);
+/* kvfuse_gemm on the context: at most its thread count of workers (one for products below 2^20
+ * multiply-adds), its parallel-for if it has one, and the packed activations in its scratch
+ * (no heap allocation after a call at that shape or a larger one). Bit for bit kvfuse_gemm's
+ * result, whatever the worker count. */
+KVFUSE_API kvfuse_status kvfuse_ctx_gemm(kvfuse_context* context, const kvfuse_packed_weights* weights, const float* a,
+                                         size_t n, size_t lda, float beta, float* c, size_t ldc);
 
 /* ---- topology and thread placement ------------------------------------------------------ */
 

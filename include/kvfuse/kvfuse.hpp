@@ -663,6 +663,12 @@ inline Status gemm(const PackedWeights& weights, const float* a, std::size_t n, 
     return Status(kvfuse_gemm(weights.handle(), a, n, lda == 0 ? weights.in() : lda, beta, c,
                               ldc == 0 ? weights.out() : ldc, threads));
 }
+// The same on a context's workers and scratch (kvfuse_ctx_gemm).
+inline Status gemm(Context& context, const PackedWeights& weights, const float* a, std::size_t n, float* c,
+                   float beta = 0.0f, std::size_t lda = 0, std::size_t ldc = 0) {
+    return Status(kvfuse_ctx_gemm(context.get(), weights.handle(), a, n, lda == 0 ? weights.in() : lda, beta, c,
+                                  ldc == 0 ? weights.out() : ldc));
+}
 
 inline std::string gemm_bf16_scheme() {
     const char* scheme = "";

@@ -11,9 +11,10 @@
 //         for each row tile of kRows rows: the microkernel, kRows x kCols accumulators in
 //         registers, one broadcast of A and kVectors loads of W per k.
 // Register blocks: AVX-512 14 x 32 (28 zmm accumulators), AVX2 6 x 16 (12 ymm), NEON 6 x 16
-// (24 q). Threads take whole row ranges when there are enough rows (each packs only its own
-// rows of A; W is read by all), else whole column ranges (decode: W's bandwidth is the cost,
-// and each thread then reads only its part of it).
+// (24 q). Tasks -- the execution context's workers (an OpenMP team, the engine's parallel-for or
+// the calling thread), each with a buffer in the context's scratch -- take whole row ranges
+// when there are enough rows (each packs only its own rows of A; W is read by all), else whole
+// column ranges (decode: W's bandwidth is the cost, and each task reads only its part of it).
 //
 // bf16 weights: the activations are rounded to bf16 (nearest even) as A is packed, so that every
 // ISA computes the same products; sums are f32. With AVX512-BF16 (the avx512_bf16 variant, built
@@ -26,15 +27,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <utility>
-#include <vector>
 #include <xsimd/xsimd.hpp>
-
-#include <omp.h>
 
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
 #endif
 
+#include "kernels/call_context.h"
 #include "kernels/common/bf16.h"
 #include "kernels/gemm/gemm_packed.h"
 #include "kernels/kernel_table.h"
@@ -294,43 +293,46 @@ void run_share(const Problem& p, const Share& share, float* a_f32, std::uint32_t
     (void)a_pairs;
 }
 
-void gemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, std::size_t lda, float beta, float* c,
-          std::size_t ldc, int threads) {
+// One product's tasks, as context_run hands them to the workers: task t computes its share of
+// C into its own packed-activation buffer (a slice of the context's scratch).
+struct GemmTasks {
+    Problem problem;
+    detail::GemmSplit split;
+    std::size_t n, row_tiles, col_tiles, buffer_elements;
+    float* f32_buffers;              // the f32 activations (f32 weights, and bf16 widened in registers)
+    std::uint32_t* pair_buffers;     // or bf16 pairs of activations (vdpbf16ps)
+
+    static void run(void* arg, std::size_t task) {
+        const GemmTasks& t = *static_cast<const GemmTasks*>(arg);
+        const Share share = detail::share_of(t.split, task, t.n, kRows, t.row_tiles, t.col_tiles);
+        if (share.row_begin < share.row_end && share.tile_begin < share.tile_end)
+            run_share(t.problem, share, t.f32_buffers ? t.f32_buffers + task * t.buffer_elements : nullptr,
+                      t.pair_buffers ? t.pair_buffers + task * t.buffer_elements : nullptr);
+    }
+};
+
+void gemm(kvfuse_context& context, const kvfuse_packed_weights& packed, const float* a, std::size_t n,
+          std::size_t lda, float beta, float* c, std::size_t ldc, std::size_t workers) {
     const detail::PackedWeightsData& w = packed.weights;
     const std::size_t col_tiles = (w.out + kCols - 1) / kCols;
     const std::size_t row_tiles = (n + kRows - 1) / kRows;
-    const detail::GemmSplit split = detail::split_gemm(n, w.out, w.in, row_tiles, col_tiles, threads);
+    const detail::GemmSplit split = detail::split_gemm(row_tiles, col_tiles, workers);
     const std::size_t tasks = split.row_groups * split.col_groups;
 
     const bool pairs = w.dtype == KVFUSE_DTYPE_BF16 && kBf16Dot;
-    const std::size_t a_elements = kRowBlock * (kDepth + 1);
-    thread_local std::vector<float> a_f32;
-    thread_local std::vector<std::uint32_t> a_pairs;
-    if (pairs) {
-        if (a_pairs.size() < tasks * a_elements) a_pairs.resize(tasks * a_elements);
-    } else if (a_f32.size() < tasks * a_elements) {
-        a_f32.resize(tasks * a_elements);
-    }
-    float* const f32_buffers = a_f32.data();
-    std::uint32_t* const pair_buffers = a_pairs.data();
-    const Problem problem{w, a, lda, beta, c, ldc};
-    auto run_task = [&](std::size_t task) {
-        const Share share = detail::share_of(split, task, n, kRows, row_tiles, col_tiles);
-        if (share.row_begin < share.row_end && share.tile_begin < share.tile_end)
-            run_share(problem, share, pairs ? nullptr : f32_buffers + task * a_elements,
-                      pairs ? pair_buffers + task * a_elements : nullptr);
-    };
-    if (tasks == 1) {
-        run_task(0);
-        return;
-    }
-#pragma omp parallel num_threads(static_cast<int>(tasks))
-    {
-        const auto id = static_cast<std::size_t>(omp_get_thread_num());
-        // A runtime may give fewer threads than asked: the others' shares are taken in turn.
-        for (std::size_t task = id; task < tasks; task += static_cast<std::size_t>(omp_get_num_threads()))
-            run_task(task);
-    }
+    const std::size_t buffer_elements = kRowBlock * (kDepth + 1);
+    static_assert(sizeof(float) == sizeof(std::uint32_t), "one buffer size serves both element types");
+    // Every buffer before any worker starts (std::bad_alloc -> KVFUSE_ERROR_OUT_OF_MEMORY).
+    void* scratch = detail::context_scratch(context, tasks * buffer_elements * sizeof(float));
+    GemmTasks work{Problem{w, a, lda, beta, c, ldc},
+                   split,
+                   n,
+                   row_tiles,
+                   col_tiles,
+                   buffer_elements,
+                   pairs ? nullptr : static_cast<float*>(scratch),
+                   pairs ? static_cast<std::uint32_t*>(scratch) : nullptr};
+    detail::context_run(context, tasks, &GemmTasks::run, &work);
 }
 
 }  // namespace

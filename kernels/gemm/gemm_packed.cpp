@@ -1,6 +1,5 @@
 #include "kernels/gemm/gemm_packed.h"
 
-#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -139,13 +138,17 @@ void unpack_quantized_row(const PackedWeightsData& w, std::size_t j, std::uint8_
     }
 }
 
-GemmSplit split_gemm(std::size_t n, std::size_t out, std::size_t in, std::size_t row_tiles, std::size_t col_tiles,
-                     int threads) {
+std::size_t gemm_workers(std::size_t n, std::size_t out, std::size_t in, int threads, std::size_t default_workers) {
     constexpr double kParallelWork = 1 << 20;
-    constexpr std::size_t kMaxTasks = 256;
-    std::size_t t = threads > 0 ? static_cast<std::size_t>(threads) : static_cast<std::size_t>(omp_get_max_threads());
-    if (threads <= 0 && static_cast<double>(n) * static_cast<double>(out) * static_cast<double>(in) < kParallelWork) t = 1;
-    t = std::max<std::size_t>(1, std::min({t, col_tiles * row_tiles, kMaxTasks}));
+    constexpr std::size_t kMaxWorkers = 256;
+    std::size_t workers = threads > 0 ? static_cast<std::size_t>(threads) : default_workers;
+    if (threads <= 0 && static_cast<double>(n) * static_cast<double>(out) * static_cast<double>(in) < kParallelWork)
+        workers = 1;
+    return std::clamp<std::size_t>(workers, 1, kMaxWorkers);
+}
+
+GemmSplit split_gemm(std::size_t row_tiles, std::size_t col_tiles, std::size_t workers) {
+    const std::size_t t = std::max<std::size_t>(1, std::min(workers, col_tiles * row_tiles));
     if (row_tiles >= 4 * t) return {t, 1};
     const std::size_t col_groups = std::min(t, col_tiles);
     return {std::max<std::size_t>(1, std::min(t / col_groups, row_tiles)), col_groups};

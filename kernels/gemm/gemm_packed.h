@@ -34,17 +34,20 @@ namespace kvfuse::detail {
 // Internal linkage, not `inline`: see kTopkMaxBuckets (topk_scratch.h) on AddressSanitizer.
 constexpr std::size_t kGemmPanel = 32;
 
-// How kvfuse_gemm splits a product among tasks, shared by the f32/bf16 and the quantized
-// kernels (out of line in gemm_packed.cpp: no ISA object carries a copy). `threads` <= 0: the
-// OpenMP default, one thread below 2^20 multiply-adds (a parallel region's start costs more);
-// at most 256 tasks (each owns a buffer: a runaway thread count must not become a runaway
-// allocation). Whole row ranges when every task gets at least four row tiles (each then packs
-// only its own rows), else column ranges first, then rows among the tasks a column range has.
+// How many workers a product gets: `threads` > 0 asks for that many (kvfuse_gemm's argument),
+// else `default_workers` (the context's count) -- but one below 2^20 multiply-adds, where
+// starting workers costs more than it gains. At most 256 (each task owns a buffer: a runaway
+// thread count must not become a runaway allocation). Out of line in gemm_packed.cpp, shared by
+// the f32/bf16 and the quantized kernels: no ISA object carries a copy.
+std::size_t gemm_workers(std::size_t n, std::size_t out, std::size_t in, int threads, std::size_t default_workers);
+
+// How kvfuse_gemm splits a product among at most `workers` tasks: whole row ranges when every
+// task gets at least four row tiles (each then packs only its own rows), else column ranges
+// first, then rows among the tasks a column range has.
 struct GemmSplit {
     std::size_t row_groups, col_groups;
 };
-GemmSplit split_gemm(std::size_t n, std::size_t out, std::size_t in, std::size_t row_tiles, std::size_t col_tiles,
-                     int threads);
+GemmSplit split_gemm(std::size_t row_tiles, std::size_t col_tiles, std::size_t workers);
 
 // One task's share: rows [row_begin, row_end) x column tiles [tile_begin, tile_end), even shares
 // of whole row tiles (of `tile_rows` rows, the last cut at n) and column tiles. Empty (begin ==

@@ -20,8 +20,8 @@
 // accumulators in registers, parked in a scratch between chunks), so the tile's slice of W for
 // the chunk stays in L1 while the block's row tiles pass, and C is written once, after the last
 // chunk.
-// Threads: whole row ranges when each gets four row tiles or more, else column ranges, as the
-// f32 GEMM. The summation order of an element of C depends on neither n, the thread count nor
+// Tasks (the context's workers): whole row ranges when each gets four row tiles or more, else column ranges, as the
+// f32 GEMM. The summation order of an element of C depends on neither n, the worker count nor
 // the tile it falls in.
 #include <algorithm>
 #include <array>
@@ -31,11 +31,9 @@
 #include <cstring>
 #include <limits>
 #include <utility>
-#include <vector>
 #include <xsimd/xsimd.hpp>
 
-#include <omp.h>
-
+#include "kernels/call_context.h"
 #include "kernels/common/isa_dot-inl.h"
 #include "kernels/gemm/gemm_packed.h"
 #include "kernels/kernel_table.h"
@@ -303,36 +301,38 @@ void run_share(const Problem& p, const Share& share, std::int32_t* buffer) {
     }
 }
 
-void qgemm(const kvfuse_packed_weights& packed, const float* a, std::size_t n, std::size_t lda, float beta, float* c,
-           std::size_t ldc, int threads) {
+// One product's tasks, as context_run hands them to the workers: task t computes its share of
+// C with its own quantized-activation buffer (a slice of the context's scratch).
+struct QgemmTasks {
+    Problem problem;
+    detail::GemmSplit split;
+    std::size_t n, row_tiles, col_tiles, task_words;
+    std::int32_t* buffers;
+
+    static void run(void* arg, std::size_t task) {
+        const QgemmTasks& t = *static_cast<const QgemmTasks*>(arg);
+        const Share share = detail::share_of(t.split, task, t.n, kRows, t.row_tiles, t.col_tiles);
+        if (share.row_begin >= share.row_end || share.tile_begin >= share.tile_end) return;
+        std::int32_t* buffer = t.buffers + task * t.task_words;
+        if (t.problem.w.dtype == KVFUSE_DTYPE_Q8_BLOCK32)
+            run_share<8>(t.problem, share, buffer);
+        else
+            run_share<4>(t.problem, share, buffer);
+    }
+};
+
+void qgemm(kvfuse_context& context, const kvfuse_packed_weights& packed, const float* a, std::size_t n,
+           std::size_t lda, float beta, float* c, std::size_t ldc, std::size_t workers) {
     const detail::PackedWeightsData& w = packed.weights;
     const std::size_t col_tiles = w.panels * kTilesPerPanel;
     const std::size_t row_tiles = (n + kRows - 1) / kRows;
-    const detail::GemmSplit split = detail::split_gemm(n, w.out, w.in, row_tiles, col_tiles, threads);
+    const detail::GemmSplit split = detail::split_gemm(row_tiles, col_tiles, workers);
     const std::size_t tasks = split.row_groups * split.col_groups;
     const std::size_t task_words = kRowTiles * tile_words(w.blocks());
-    thread_local std::vector<std::int32_t> buffers;
-    if (buffers.size() < tasks * task_words) buffers.resize(tasks * task_words);
-    std::int32_t* const base = buffers.data();
-    const Problem problem{w, a, lda, beta, c, ldc};
-    const bool eight = w.dtype == KVFUSE_DTYPE_Q8_BLOCK32;
-    auto run_task = [&](std::size_t task) {
-        const Share share = detail::share_of(split, task, n, kRows, row_tiles, col_tiles);
-        if (share.row_begin >= share.row_end || share.tile_begin >= share.tile_end) return;
-        if (eight)
-            run_share<8>(problem, share, base + task * task_words);
-        else
-            run_share<4>(problem, share, base + task * task_words);
-    };
-    if (tasks == 1) {
-        run_task(0);
-        return;
-    }
-#pragma omp parallel num_threads(static_cast<int>(tasks))
-    {
-        const auto id = static_cast<std::size_t>(omp_get_thread_num());
-        for (std::size_t task = id; task < tasks; task += static_cast<std::size_t>(omp_get_num_threads())) run_task(task);
-    }
+    // Every buffer before any worker starts (std::bad_alloc -> KVFUSE_ERROR_OUT_OF_MEMORY).
+    auto* buffers = static_cast<std::int32_t*>(detail::context_scratch(context, tasks * task_words * sizeof(std::int32_t)));
+    QgemmTasks work{Problem{w, a, lda, beta, c, ldc}, split, n, row_tiles, col_tiles, task_words, buffers};
+    detail::context_run(context, tasks, &QgemmTasks::run, &work);
 }
 
 }  // namespace
