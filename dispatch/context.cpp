@@ -2,17 +2,21 @@
 // options, the call claim, how workers run, and the scratch that calls reuse.
 #include "dispatch/context.h"
 
+#if defined(KVFUSE_HAVE_OPENMP)
 #include <omp.h>
+#endif
 
 #include <cstring>
 #include <new>
 #include <string>
+#include <thread>
 
 #include "dispatch/api_checks.h"
 #include "dispatch/select_scratch.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
 #include "dispatch/struct_versions.h"
+#include "dispatch/worker_pool.h"
 #include "kernels/call_context.h"
 #include "kernels/rope/rope_plan.h"
 #include "kernels/topk/topk_scratch.h"
@@ -103,8 +107,13 @@ const kvfuse_tuning& context_tuning(const kvfuse_context& context) { return cont
 
 std::size_t context_workers(const kvfuse_context& context) {
     if (context.threads > 0) return static_cast<std::size_t>(context.threads);
+#if defined(KVFUSE_HAVE_OPENMP)
     const int openmp = omp_get_max_threads();
     return openmp > 0 ? static_cast<std::size_t>(openmp) : 1;
+#else
+    const unsigned hardware = std::thread::hardware_concurrency();  // 0: unknown
+    return hardware > 0 ? hardware : 1;
+#endif
 }
 
 void* context_scratch(kvfuse_context& context, std::size_t bytes) {
@@ -127,6 +136,7 @@ void context_run(const kvfuse_context& context, std::size_t workers, void (*task
         context.parallel_for(context.parallel_for_user, workers, task, arg);
         return;
     }
+#if defined(KVFUSE_HAVE_OPENMP)
 #pragma omp parallel num_threads(static_cast<int>(workers))
     {
         // OpenMP may give fewer threads than asked (a thread limit, a nested region): each
@@ -134,6 +144,20 @@ void context_run(const kvfuse_context& context, std::size_t workers, void (*task
         const auto team = static_cast<std::size_t>(omp_get_num_threads());
         for (auto w = static_cast<std::size_t>(omp_get_thread_num()); w < workers; w += team) task(arg, w);
     }
+#else
+    // No OpenMP in this build (KVFUSE_OPENMP=OFF): the context's own threads, kept across
+    // calls. If even the pool cannot be made, the calling thread runs every index: tasks need
+    // not run at once, and a call must not fail after its memory was reserved.
+    if (!context.pool) {
+        try {
+            context.pool = std::make_unique<WorkerPool>();
+        } catch (const std::bad_alloc&) {
+            for (std::size_t w = 0; w < workers; ++w) task(arg, w);
+            return;
+        }
+    }
+    context.pool->run(workers, task, arg);
+#endif
 }
 
 void reserve_rope_tables(kvfuse_context& context, std::size_t workers, const RopePlan& plan, kvfuse_dtype dtype,

@@ -17,6 +17,7 @@ class RopeTableCache;
 class RopePositionTables;
 struct TopkScratch;
 struct SelectScratch;
+class WorkerPool;
 }  // namespace kvfuse::detail
 
 struct kvfuse_context {
@@ -43,6 +44,9 @@ struct kvfuse_context {
     // kvfuse_ctx_select_rows's working buffers (dispatch/api_select.cpp), apart from `scratch`,
     // which the steps it calls carve for themselves.
     std::unique_ptr<kvfuse::detail::SelectScratch> select;
+    // Without OpenMP (KVFUSE_OPENMP=OFF) and without a parallel_for: the context's own threads,
+    // started by the first call that needs them (context_run), kept until it is destroyed.
+    mutable std::unique_ptr<kvfuse::detail::WorkerPool> pool;
 };
 
 namespace kvfuse::detail {

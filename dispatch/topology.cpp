@@ -1,7 +1,10 @@
 // Topology and thread placement. With hwloc (KVFUSE_WITH_HWLOC) the machine's packages,
 // NUMA nodes, cores, PUs and caches come from it and OpenMP workers are pinned one per core;
-// without it the counts come from the OS and placement is refused with a clear error.
+// without it the counts come from the OS and placement is refused with a clear error, as it is
+// in a build without OpenMP (KVFUSE_OPENMP=OFF: there are no OpenMP workers to pin).
+#if defined(KVFUSE_HAVE_OPENMP)
 #include <omp.h>
+#endif
 #include <unistd.h>
 
 #include <cstdio>
@@ -131,6 +134,11 @@ static kvfuse_status place_threads_unguarded(const kvfuse_placement_options* opt
         return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
                     std::to_string(threads) + " threads but only " + std::to_string(available) + " " + unit + "s" +
                         (options->cores != nullptr ? " listed" : options->use_smt ? "" : " (use_smt to add siblings)"));
+#if !defined(KVFUSE_HAVE_OPENMP)
+    return fail(KVFUSE_ERROR_INTERNAL,
+                "thread placement pins OpenMP's workers, and this build has no OpenMP (KVFUSE_OPENMP=OFF): pin "
+                "the threads of the pool your contexts' parallel_for runs on");
+#else
     omp_set_num_threads(threads);
     hwloc_bitmap_t placed = hwloc_bitmap_alloc();
     std::string lines;
@@ -165,6 +173,7 @@ static kvfuse_status place_threads_unguarded(const kvfuse_placement_options* opt
     }
     if (failures > 0) return fail(KVFUSE_ERROR_INTERNAL, std::to_string(failures) + " threads could not be bound");
     return KVFUSE_OK;
+#endif  // KVFUSE_HAVE_OPENMP
 #else
     (void)description;
     (void)description_size;

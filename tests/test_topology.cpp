@@ -32,6 +32,11 @@ TEST(Topology, PlacementPinsOneThreadPerCore) {
         EXPECT_NE(status.message().find("hwloc"), std::string::npos);
         return;
     }
+    if (!KVFUSE_TEST_LIBRARY_OPENMP) {
+        EXPECT_FALSE(status.ok());
+        EXPECT_NE(status.message().find("OpenMP"), std::string::npos) << status.message();
+        return;
+    }
     ASSERT_TRUE(status.ok()) << status.message();
     EXPECT_NE(description.find("thread 0 -> PU"), std::string::npos) << description;
     EXPECT_EQ(omp_get_max_threads(), t.cores);
@@ -96,6 +101,7 @@ TEST(Topology, PlacementOnChosenCores) {
     kvfuse::Topology t{};
     ASSERT_TRUE(kvfuse::topology(t).ok());
     if (!t.from_hwloc) GTEST_SKIP() << "no hwloc in this build";
+    if (!KVFUSE_TEST_LIBRARY_OPENMP) GTEST_SKIP() << "no OpenMP workers to place in this build";
     const int last = t.cores - 1;
     std::string description;
     const kvfuse::Status status = kvfuse::place_threads(0, false, &description, {last});

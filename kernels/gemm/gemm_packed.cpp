@@ -33,7 +33,9 @@ PackedWeightsData pack_weights(kvfuse_dtype src_dtype, const void* weights, std:
     w.data.reset(::operator new(bytes, std::align_val_t{64}));
     const auto panels = static_cast<std::ptrdiff_t>(w.panels);
     // Model load packs hundreds of MiB: spread the panels over the threads.
+#if defined(KVFUSE_HAVE_OPENMP)
 #pragma omp parallel for schedule(static) if (out * in >= (std::size_t{1} << 20))
+#endif
     for (std::ptrdiff_t p = 0; p < panels; ++p) {
         const std::size_t first = static_cast<std::size_t>(p) * kGemmPanel;
         if (packed_dtype == KVFUSE_DTYPE_F32) {
@@ -85,7 +87,9 @@ PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q) {
     w.data.reset(::operator new(w.panels * blocks * record_bytes, std::align_val_t{64}));
     const auto panels = static_cast<std::ptrdiff_t>(w.panels);
     const bool eight = q.code_bits == 8;
+#if defined(KVFUSE_HAVE_OPENMP)
 #pragma omp parallel for schedule(static) if (q.out * q.in >= (std::size_t{1} << 20))
+#endif
     for (std::ptrdiff_t p = 0; p < panels; ++p) {
         const std::size_t first = static_cast<std::size_t>(p) * kGemmPanel;
         for (std::size_t b = 0; b < blocks; ++b) {
