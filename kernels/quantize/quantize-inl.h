@@ -360,6 +360,22 @@ void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, s
                 return tile + t * stride + c;
         };
         std::size_t c = begin;
+        // A whole tile: a fixed count of rows, fully unrolled (no per-row count checks).
+        if (rows == kTokenTile)
+            for (; c + kLanes <= end; c += kLanes) {
+                F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
+                for (std::size_t t = 0; t < kTokenTile; ++t) {
+                    F64s low, high;
+                    if constexpr (kType == KVFUSE_DTYPE_F32)
+                        widen_loaded(at(t, c), low, high);
+                    else
+                        widen(load_as_f32<kType, F32s>(at(t, c), 0), low, high);
+                    low_sum += low;
+                    high_sum += high;
+                }
+                low_sum.store_unaligned(sums + c);
+                high_sum.store_unaligned(sums + c + kHalf);
+            }
         for (; c + kLanes <= end; c += kLanes) {
             F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
             for (std::size_t t = 0; t < rows; ++t) {
@@ -393,21 +409,22 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
     constexpr std::size_t kHeadGroup = 16;
     auto quantize_range = [&](std::size_t worker) {
         std::uint32_t bits_of_max[kHeadGroup];
-        for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t)
+        const std::size_t head_stride = layout.head_stride;
+        for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t) {
+            const Element<kType>* row = x + layout.row(t);
+            auto* row_out = static_cast<std::uint8_t*>(out) + t * heads * head_bytes;
+            float* row_scales = scales + t * heads;
             for (std::size_t h0 = 0; h0 < heads; h0 += kHeadGroup) {
                 const std::size_t group = std::min(kHeadGroup, heads - h0);
-                for (std::size_t g = 0; g < group; ++g) {
-                    const std::size_t h = h0 + g;
-                    bits_of_max[g] = max_abs_bits<kType, kCentred>(x + layout.at(t, h),
-                                                                   kCentred ? means + h * head_dim : nullptr, head_dim);
-                }
-                for (std::size_t g = 0; g < group; ++g) {
-                    const std::size_t h = h0 + g, at = t * heads + h;
-                    scales[at] = quantize_head<kBits, kType, kCentred>(
-                        x + layout.at(t, h), kCentred ? means + h * head_dim : nullptr, head_dim,
-                        static_cast<std::uint8_t*>(out) + at * head_bytes, bits_of_max[g]);
-                }
+                for (std::size_t h = h0; h < h0 + group; ++h)
+                    bits_of_max[h - h0] = max_abs_bits<kType, kCentred>(row + h * head_stride,
+                                                                        kCentred ? means + h * head_dim : nullptr, head_dim);
+                for (std::size_t h = h0; h < h0 + group; ++h)
+                    row_scales[h] = quantize_head<kBits, kType, kCentred>(row + h * head_stride,
+                                                                          kCentred ? means + h * head_dim : nullptr,
+                                                                          head_dim, row_out + h * head_bytes, bits_of_max[h - h0]);
             }
+        }
     };
     detail::run_workers(context, workers, quantize_range);
 }
