@@ -4,7 +4,8 @@
 // wider than the row, calls large enough to run on several workers (at 1, 3, 7 and the
 // machine's thread count), values exactly halfway between integers (round half to even), NaN
 // and infinities (NaN quantizes to +limit, an infinity makes its head's scale infinite: see
-// kvfuse.h), all-zero heads and subnormal heads.
+// kvfuse.h), all-zero heads and subnormal heads, quotients a few ulps from half integers (the
+// kernels' multiply-by-reciprocal path and its fallback) and scales above 2^126.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -204,6 +205,51 @@ TEST_P(QuantizeIsaTest, ZeroAndSubnormalHeadsMatchTheReference) {
         expect_keys_match(zeros, s);
         expect_rows_match(zeros, s);
     }
+}
+
+// The kernels multiply by 1 / scale and redo a head by division when a product lies within
+// 2^-15 of a half integer (kernels/quantize/quantize-inl.h): quotients a few ulps either side of
+// k + 1/2 at scales whose reciprocal is inexact, where x * (1 / scale) and x / scale round to
+// different integers unless the kernel falls back; and scales above 2^126 (reciprocal
+// subnormal), which must divide.
+TEST_P(QuantizeIsaTest, QuotientsNextToHalfIntegersMatchTheReference) {
+    std::mt19937 rng(23);
+    std::uniform_real_distribution<float> unit(0.5f, 1.0f);
+    std::uniform_int_distribution<int> ulps(-4, 4), step(-127, 126);
+    for (std::size_t head_dim : {16, 64, 128, 131}) {
+        const Shape s{4, 6, head_dim, 0};
+        std::vector<float> x(s.tokens * s.stride());
+        for (std::size_t t = 0; t < s.tokens; ++t)
+            for (std::size_t h = 0; h < s.heads; ++h) {
+                float* head = x.data() + t * s.stride() + h * head_dim;
+                // 127 * scale is the head's max, so scale is exactly max / 127 for most draws.
+                const float max = unit(rng) * (h == 5 ? 0x1p127f : 3.0f);
+                const float scale = max / 127.0f;
+                head[0] = max;
+                for (std::size_t d = 1; d < head_dim; ++d) {
+                    float v = (static_cast<float>(step(rng)) + 0.5f) * scale;
+                    for (int u = ulps(rng); u != 0; u += u > 0 ? -1 : 1)
+                        v = std::nextafter(v, u > 0 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity());
+                    head[d] = std::fabs(v) < max ? v : max;
+                }
+            }
+        expect_rows_match(x, s);
+    }
+    // Keys: the same quotients once each column's mean (zero here: mirrored tokens) is removed.
+    const Shape s{2, 3, 128, 0};
+    std::vector<float> keys(s.tokens * s.stride());
+    for (std::size_t h = 0; h < s.heads; ++h) {
+        const float max = unit(rng) * 5.0f, scale = max / 127.0f;
+        for (std::size_t d = 0; d < s.head_dim; ++d) {
+            float v = d == 0 ? max : (static_cast<float>(step(rng)) + 0.5f) * scale;
+            if (d != 0)
+                for (int u = ulps(rng); u != 0; u += u > 0 ? -1 : 1)
+                    v = std::nextafter(v, u > 0 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity());
+            keys[h * s.head_dim + d] = std::fabs(v) < max ? v : max;
+            keys[s.stride() + h * s.head_dim + d] = -keys[h * s.head_dim + d];
+        }
+    }
+    expect_keys_match(keys, s);
 }
 
 KVFUSE_INSTANTIATE_ISA_TESTS(QuantizeIsaTest);

@@ -9,16 +9,18 @@
 //   each lane adds its column's values in the reference's order) and divided in double, then
 //   rounded to f32 once; workers split the columns, never the tokens, so the order holds;
 // * max|x| ignores NaN (as std::fmax does) and a max is exact in any order;
-// * x / scale is a true IEEE division (never a multiply by the reciprocal, nor xsimd's NEON
-//   `/`, which is one: `divide` below); NaN quotients become +limit (std::fmin(limit, NaN) is
-//   limit), the clamp is exact, and the rounding is
-//   cvtps2dq / fcvtns: round half to even, as std::lrint in the default rounding mode;
+// * the integer is lrint(clamp(x / scale)) of a true IEEE division (`divide` below: never xsimd's
+//   NEON `/`, a reciprocal estimate); NaN quotients become +limit (std::fmin(limit, NaN) is limit),
+//   the clamp is exact, and the rounding is cvtps2dq / fcvtns: round half to even, as std::lrint
+//   in the default rounding mode. The fast path gets the same integers from x * (1 / scale)
+//   without a division; `quantize_head` proves when that holds and falls back when it may not;
 // * tails shorter than 16 values run the reference's scalar expression;
 // * bf16 and f16 input is widened exactly as it is loaded (half-inl.h: shift, vcvtph2ps, fcvtl),
 //   so every value is the f32 the reference widens it to.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <xsimd/xsimd.hpp>
 
@@ -77,6 +79,11 @@ inline void widen(F32s v, F64s& low, F64s& high) {
     low = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
     high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
 }
+// kLanes floats at p widened by halves straight from memory (no shuffle of a loaded vector).
+inline void widen_loaded(const float* p, F64s& low, F64s& high) {
+    low = _mm512_cvtps_pd(_mm256_loadu_ps(p));
+    high = _mm512_cvtps_pd(_mm256_loadu_ps(p + 8));
+}
 #elif defined(__AVX2__)
 using Bytes16 = __m128i;
 inline Bytes16 narrow_to_bytes(const I32s* q) {
@@ -90,6 +97,20 @@ inline void store_nibbles(void* dst, Bytes16 b) {
     const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi16(0x00f0));
     _mm_storel_epi64(static_cast<__m128i*>(dst), _mm_packus_epi16(_mm_or_si128(low, high), _mm_setzero_si128()));
 }
+// 32 values at once (multiplied_chunks on AVX2): two packs and one permute per 32, not per 16.
+using Bytes32 = __m256i;
+// 4 int32 vectors -> 32 int8 in order: the packs leave 4-byte groups q0a q1a q2a q3a | q0b ...
+inline Bytes32 narrow_wide(const I32s* q) {
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+inline void store_wide_bytes(void* dst, Bytes32 b) { _mm256_storeu_si256(static_cast<__m256i*>(dst), b); }
+inline void store_wide_nibbles(void* dst, Bytes32 b) {
+    const __m256i low = _mm256_and_si256(b, _mm256_set1_epi16(0x000f));
+    const __m256i high = _mm256_and_si256(_mm256_srli_epi16(b, 4), _mm256_set1_epi16(0x00f0));
+    const __m256i packed = _mm256_packus_epi16(_mm256_or_si256(low, high), _mm256_setzero_si256());
+    _mm_storeu_si128(static_cast<__m128i*>(dst), _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0xd8)));
+}
 inline F32s divide(F32s a, F32s b) { return a / b; }
 inline F32s max_skipping_nan(F32s best, F32s a) { return _mm256_max_ps(a, best); }
 inline F32s clamp_nan_high(F32s v, F32s limit) { return _mm256_max_ps(_mm256_min_ps(v, limit), -limit); }
@@ -101,6 +122,10 @@ inline float reduce_max(F32s v) {
 inline void widen(F32s v, F64s& low, F64s& high) {
     low = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
     high = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+}
+inline void widen_loaded(const float* p, F64s& low, F64s& high) {
+    low = _mm256_cvtps_pd(_mm_loadu_ps(p));
+    high = _mm256_cvtps_pd(_mm_loadu_ps(p + 4));
 }
 #elif defined(__ARM_NEON)
 using Bytes16 = int8x16_t;
@@ -127,6 +152,7 @@ inline void widen(F32s v, F64s& low, F64s& high) {
     low = vcvt_f64_f32(vget_low_f32(v));
     high = vcvt_high_f64_f32(v);
 }
+inline void widen_loaded(const float* p, F64s& low, F64s& high) { widen(vld1q_f32(p), low, high); }
 #else
 #error "quantize-inl.h: no byte narrowing for this ISA"
 #endif
@@ -198,25 +224,122 @@ inline Bytes16 rounded_chunk(const Element<kType>* x, const float* mean, std::si
     return narrow_to_bytes(q);
 }
 
-// Returns the scale; writes n int8 values (bits 8) or (n + 1) / 2 packed bytes (bits 4).
+// Writes the chunks [0, n - n % kChunk) of one head by the reference's division.
 template <int kBits, kvfuse_dtype kType, bool kCentred>
-float quantize_head(const Element<kType>* x, const float* mean, std::size_t n, void* out) {
+void divided_chunks(const Element<kType>* x, const float* mean, std::size_t n, float scale, std::uint8_t* bytes) {
     constexpr float kLimit = kBits == 8 ? 127.0f : 7.0f;
-    const float scale = max_abs<kType, kCentred>(x, mean, n) / kLimit;
-    auto* bytes = static_cast<std::uint8_t*>(out);
-    if (!(scale > 0.0f)) {
-        std::memset(bytes, 0, kBits == 8 ? n : (n + 1) / 2);
-        return scale;
-    }
     const F32s vscale(scale), vlimit(kLimit);
-    std::size_t i = 0;
-    for (; i + kChunk <= n; i += kChunk) {
+    for (std::size_t i = 0; i + kChunk <= n; i += kChunk) {
         const Bytes16 b = rounded_chunk<kType, kCentred>(x, mean, i, vscale, vlimit);
         if constexpr (kBits == 8)
             store_bytes(bytes + i, b);
         else
             store_nibbles(bytes + i / 2, b);
     }
+}
+
+// The same chunks from q = c * recip, recip = RN(1 / scale), no clamp; returns the largest
+// |q - round(q)| seen, which decides whether these integers are the reference's (below).
+template <int kBits, kvfuse_dtype kType, bool kCentred>
+float multiplied_chunks(const Element<kType>* x, const float* mean, std::size_t n, float recip, std::uint8_t* bytes) {
+    const F32s vrecip(recip);
+    F32s worst(0.0f);
+    std::size_t i = 0;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    for (; i + 2 * kChunk <= n; i += 2 * kChunk) {
+        I32s q[2 * kPerChunk];
+        for (std::size_t k = 0; k < 2 * kPerChunk; ++k) {
+            const F32s v = centred<kType, kCentred>(x, mean, i + k * kLanes) * vrecip;
+            q[k] = xsimd::nearbyint_as_int(v);
+            worst = xsimd::max(worst, xsimd::abs(v - xsimd::to_float(q[k])));
+        }
+        if constexpr (kBits == 8)
+            store_wide_bytes(bytes + i, narrow_wide(q));
+        else
+            store_wide_nibbles(bytes + i / 2, narrow_wide(q));
+    }
+#endif
+    for (; i + kChunk <= n; i += kChunk) {
+        I32s q[kPerChunk];
+        for (std::size_t k = 0; k < kPerChunk; ++k) {
+            const F32s v = centred<kType, kCentred>(x, mean, i + k * kLanes) * vrecip;
+            q[k] = xsimd::nearbyint_as_int(v);
+            worst = xsimd::max(worst, xsimd::abs(v - xsimd::to_float(q[k])));
+        }
+        const Bytes16 b = narrow_to_bytes(q);
+        if constexpr (kBits == 8)
+            store_bytes(bytes + i, b);
+        else
+            store_nibbles(bytes + i / 2, b);
+    }
+    return reduce_max(worst);
+}
+
+// max|c| of a head as the bits of |c| (ordered as integers; a NaN's bits exceed +inf's), so
+// that one integer max finds both the scale and whether the head holds a NaN.
+template <kvfuse_dtype kType, bool kCentred>
+KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE std::uint32_t max_abs_bits(const Element<kType>* x, const float* mean, std::size_t n) {
+    const I32s magnitude(0x7fffffff);
+    I32s best0(0), best1(0);
+    std::size_t i = 0;
+    for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+        best0 = xsimd::max(best0, xsimd::bitwise_cast<I32s>(centred<kType, kCentred>(x, mean, i)) & magnitude);
+        best1 = xsimd::max(best1, xsimd::bitwise_cast<I32s>(centred<kType, kCentred>(x, mean, i + kLanes)) & magnitude);
+    }
+    if (i + kLanes <= n) {
+        best0 = xsimd::max(best0, xsimd::bitwise_cast<I32s>(centred<kType, kCentred>(x, mean, i)) & magnitude);
+        i += kLanes;
+    }
+    alignas(64) std::int32_t lanes[kLanes];
+    xsimd::max(best0, best1).store_aligned(lanes);
+    std::uint32_t m = 0;
+    for (std::size_t k = 0; k < kLanes; ++k) m = std::max(m, static_cast<std::uint32_t>(lanes[k]));
+    for (; i < n; ++i) {
+        float c = centred_one<kType, kCentred>(x, mean, i);
+        std::uint32_t bits;
+        std::memcpy(&bits, &c, sizeof bits);
+        m = std::max(m, bits & 0x7fffffffu);
+    }
+    return m;
+}
+
+// Quantizes one head whose max_abs_bits is `bits_of_max`; returns the scale; writes n int8
+// values (bits 8) or (n + 1) / 2 packed bytes (bits 4).
+//
+// Why x * recip gives the reference's integers (recip = RN(1 / scale), no NaN in the head,
+// scale in [FLT_MIN, 2^126] so that recip is a normal number): with q = c / scale exactly,
+// |c| <= max and scale = RN(max / limit), so |q| <= limit (1 + 2^-24) < 128. recip and the
+// product are each rounded once (relative error <= 2^-24 each; an underflowing product errs by
+// <= 2^-150), so |c * recip - q| < 2^-16 (1 + 2^-23) + 2^-150, and the reference's quotient
+// RN(q) is within 2^-17 of q. v -> lrint(clamp(v)) is constant between consecutive half
+// integers; so when c * recip is farther than 2^-15 from every half integer, q and RN(q) lie
+// strictly on the same side of each, and both round to the same integer, unclamped (|q| <
+// limit + 1/2, and the product is <= limit (1 + 2^-23) < limit + 1/2). If some value of the head
+// is within 2^-15 of a half integer (about 1 head in 120 on random data), the head is written
+// again by division.
+template <int kBits, kvfuse_dtype kType, bool kCentred>
+float quantize_head(const Element<kType>* x, const float* mean, std::size_t n, void* out, std::uint32_t bits_of_max) {
+    constexpr float kLimit = kBits == 8 ? 127.0f : 7.0f;
+    constexpr std::uint32_t kInfBits = 0x7f800000u;
+    const bool has_nan = bits_of_max > kInfBits;
+    float max_abs_value;
+    if (has_nan) {
+        max_abs_value = max_abs<kType, kCentred>(x, mean, n);  // std::fmax's max, NaN skipped
+    } else {
+        std::memcpy(&max_abs_value, &bits_of_max, sizeof max_abs_value);
+    }
+    const float scale = max_abs_value / kLimit;
+    auto* bytes = static_cast<std::uint8_t*>(out);
+    if (!(scale > 0.0f)) {
+        std::memset(bytes, 0, kBits == 8 ? n : (n + 1) / 2);
+        return scale;
+    }
+    // 2^-15 below one half, in the check's terms: |v - round(v)| > 0.5 - 2^-15 may be a tie.
+    constexpr float kNearHalf = 0.5f - 1.0f / 32768.0f;
+    const bool multiply = !has_nan && scale >= std::numeric_limits<float>::min() && scale <= 0x1p126f;
+    if (!multiply || !(multiplied_chunks<kBits, kType, kCentred>(x, mean, n, 1.0f / scale, bytes) <= kNearHalf))
+        divided_chunks<kBits, kType, kCentred>(x, mean, n, scale, bytes);
+    std::size_t i = n - n % kChunk;
     if constexpr (kBits == 8) {
         for (; i < n; ++i)
             bytes[i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(rounded_one(centred_one<kType, kCentred>(x, mean, i), scale, kLimit)));
@@ -266,11 +389,30 @@ void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, s
                 return tile + t * stride + c;
         };
         std::size_t c = begin;
+        // A whole tile: a fixed count of rows, fully unrolled (no per-row count checks).
+        if (rows == kTokenTile)
+            for (; c + kLanes <= end; c += kLanes) {
+                F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
+                for (std::size_t t = 0; t < kTokenTile; ++t) {
+                    F64s low, high;
+                    if constexpr (kType == KVFUSE_DTYPE_F32)
+                        widen_loaded(at(t, c), low, high);
+                    else
+                        widen(load_as_f32<kType, F32s>(at(t, c), 0), low, high);
+                    low_sum += low;
+                    high_sum += high;
+                }
+                low_sum.store_unaligned(sums + c);
+                high_sum.store_unaligned(sums + c + kHalf);
+            }
         for (; c + kLanes <= end; c += kLanes) {
             F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
             for (std::size_t t = 0; t < rows; ++t) {
                 F64s low, high;
-                widen(load_as_f32<kType, F32s>(at(t, c), 0), low, high);
+                if constexpr (kType == KVFUSE_DTYPE_F32)
+                    widen_loaded(at(t, c), low, high);
+                else
+                    widen(load_as_f32<kType, F32s>(at(t, c), 0), low, high);
                 low_sum += low;
                 high_sum += high;
             }
@@ -291,14 +433,27 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
                      const float* means) {
     const std::size_t workers = workers_for(context, tokens * heads * head_dim, tokens);
     const std::size_t head_bytes = kBits == 8 ? head_dim : (head_dim + 1) / 2;
+    // The maxima of up to kHeadGroup heads first, then their rounding: the scale of a head is a
+    // chain of max, reduce and divide, which the rounding of the same head would wait for.
+    constexpr std::size_t kHeadGroup = 16;
     auto quantize_range = [&](std::size_t worker) {
-        for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t)
-            for (std::size_t h = 0; h < heads; ++h) {
-                const std::size_t at = t * heads + h;
-                scales[at] = quantize_head<kBits, kType, kCentred>(x + layout.at(t, h),
-                                                                   kCentred ? means + h * head_dim : nullptr, head_dim,
-                                                                   static_cast<std::uint8_t*>(out) + at * head_bytes);
+        std::uint32_t bits_of_max[kHeadGroup];
+        const std::size_t head_stride = layout.head_stride;
+        for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t) {
+            const Element<kType>* row = x + layout.row(t);
+            auto* row_out = static_cast<std::uint8_t*>(out) + t * heads * head_bytes;
+            float* row_scales = scales + t * heads;
+            for (std::size_t h0 = 0; h0 < heads; h0 += kHeadGroup) {
+                const std::size_t group = std::min(kHeadGroup, heads - h0);
+                for (std::size_t h = h0; h < h0 + group; ++h)
+                    bits_of_max[h - h0] = max_abs_bits<kType, kCentred>(row + h * head_stride,
+                                                                        kCentred ? means + h * head_dim : nullptr, head_dim);
+                for (std::size_t h = h0; h < h0 + group; ++h)
+                    row_scales[h] = quantize_head<kBits, kType, kCentred>(row + h * head_stride,
+                                                                          kCentred ? means + h * head_dim : nullptr,
+                                                                          head_dim, row_out + h * head_bytes, bits_of_max[h - h0]);
             }
+        }
     };
     detail::run_workers(context, workers, quantize_range);
 }
