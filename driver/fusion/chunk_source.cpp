@@ -205,7 +205,10 @@ std::size_t ChunkSource::run(const Request& request, Loaded& loaded, const Fusio
             return restarts;
         } catch (const ChunkLayerUnavailable& gone) {
             if (store_only || gone.chunk >= loaded.held.size() || restarts > loaded.held.size()) throw;
-            // Reported by the store already (which deleted a damaged chunk's keys).
+            // The cause was reported by the store already (which deleted a damaged chunk's keys).
+            if (store_ != nullptr)
+                store_->warn(kvfuse::store::Status(kvfuse::store::StatusCode::ok,
+                                                   std::string(gone.what()) + "; recomputed, the request run again"));
             loaded.held[gone.chunk] = compute_and_store(request.chunks[gone.chunk]);
             loaded.views[gone.chunk] = loaded.held[gone.chunk].view;
         }
