@@ -39,7 +39,8 @@ public:
     bool wait_layer(uint32_t layer);
     // Waits for every layer: the whole chunk, or nullopt.
     std::optional<ChunkView> wait_all();
-    // Why the stream ended early (ok while it has not).
+    // Why the stream ended early (a plain miss, the chunk absent, has code ok); ok with no
+    // message while it has not.
     Status failure() const;
     // Layers verified so far (no wait).
     uint32_t layers_ready() const;
