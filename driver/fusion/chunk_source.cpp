@@ -165,6 +165,8 @@ std::optional<ChunkSource::Held> ChunkSource::from_store(std::span<const std::in
         held.from_store = true;
     }
     if (problem.empty()) return held;
+    held = Held();
+    stream.reset();  // its reader stops before the chunk's keys go
     store_->warn(kvfuse::store::Status(kvfuse::store::StatusCode::mismatch,
                                        store_->location_of(key) + ": " + problem + "; erased and recomputed"));
     const kvfuse::store::Status erased = store_->erase(key);
@@ -195,6 +197,12 @@ ChunkSource::Loaded ChunkSource::get_all(const Request& request) {
         out.load_ms += ms;
     }
     return out;
+}
+
+ChunkSource::Held ChunkSource::get_whole(std::span<const std::int32_t> tokens) {
+    if (store_ != nullptr)
+        if (auto held = from_store(tokens, /*streamed=*/false)) return std::move(*held);
+    return compute_and_store(tokens);
 }
 
 std::size_t ChunkSource::run(const Request& request, Loaded& loaded, const FusionOptions& options, FusionRun& run,

@@ -58,6 +58,10 @@ class ChunkSource {
     std::size_t run(const Request& request, Loaded& loaded, const FusionOptions& options, FusionRun& run,
                     bool store_only = false);
 
+    // As get(), but a stored chunk is read whole (never streamed), so from_store means every
+    // layer was there and verified: for a caller reporting whether a chunk is stored.
+    Held get_whole(std::span<const std::int32_t> tokens);
+
     // The cache of one chunk computed now (and put into the store).
     Held compute(std::span<const std::int32_t> tokens) { return compute_and_store(tokens); }
 

@@ -140,7 +140,7 @@ public:
             std::uint64_t hits = 0, computed = 0;
             for (std::size_t i = 0; i < request.chunks.size(); ++i) {
                 const TokenIds tokens = tokens_of(request.chunks[i], i);
-                const ChunkSource::Held held = source_.get(tokens);
+                const ChunkSource::Held held = source_.get_whole(tokens);  // "stored": every layer verified
                 (held.from_store ? hits : computed) += 1;
                 chunks.push_back({{"id", remember(tokens)}, {"tokens", tokens.size()}, {"stored", held.from_store}});
             }
