@@ -8,6 +8,10 @@ setup.sh installs it), then `kvfuse serve` processes on free ports, and checks:
   corrupt    a flipped byte, a truncated layer, another chunk's layer, an evicted layer and a
              foreign manifest in Redis: each detected (metrics), read as a miss, the answer
              unchanged, the chunk stored again;
+  stream     streamed reads (the default) and --no-stream, two servers on one Redis: answers
+             of a cold run either way; a layer deleted or damaged after the manifest (so the
+             stream breaks off mid-request) is a recompute with the same answer, or with
+             store_only a 503;
   evict      Redis under maxmemory + allkeys-lru evicting chunk values: every answer correct;
   outage     Redis killed and restarted during a run of requests: every answer correct (or,
              store_only, refused with a clear 503), hits again once Redis is back;
@@ -35,7 +39,7 @@ import urllib.error
 import urllib.request
 
 KVFUSE = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
-SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "evict", "outage", "bad", "storeonly", "storelimit", "queue", "shutdown",
+SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "stream", "evict", "outage", "bad", "storeonly", "storelimit", "queue", "shutdown",
                              "startup"]
 TIMEOUT = 120  # seconds for any one HTTP answer (sanitizer builds are slow)
 
@@ -308,6 +312,57 @@ def scenario_corrupt(workdir, redis, reference):
         check("checksum mismatch" in server.stderr(), "the warning names the checksum mismatch")
     finally:
         check(server.stop() == 0, "corrupt server exit status")
+
+
+def scenario_stream(workdir, redis, reference):
+    url = "redis://127.0.0.1:%d/0" % redis.port
+    for key in redis.keys():  # a Redis of this scenario's own making
+        redis.command("DEL", key)
+    # Redis alone (no local tier), so that every request reads its chunks from Redis.
+    on = Server("stream-on", workdir, "--store", url)
+    off = Server("stream-off", workdir, "--store", url, "--no-stream")
+    try:
+        for rounds in range(2):  # the first computes (on one server or the other), the second reads
+            for i, body in enumerate(requests_set()):
+                for server in (on, off) if i % 2 == 0 else (off, on):
+                    answer = server.complete(body)
+                    check(answer["tokens"] == reference[i], "%s request %d (round %d) differs from the cold answer" %
+                          (server.name, i, rounds))
+                    if rounds == 1 and body["method"] != "full":
+                        check(all(c["hit"] for c in answer["chunks"]), "%s request %d: every chunk a hit" % (server.name, i))
+        check(on.metric("kvfuse_store_hits_total", '{tier="redis"}') > 0, "the streaming server read chunks from Redis")
+        body = requests_set()[0]
+        first = on.complete(body)
+        target = [k for k in redis.keys() if k.endswith(":manifest") and first["chunks"][1]["id"] in k][0].rsplit(":", 1)[0]
+        layers = sorted(int(k.rsplit(":", 1)[1]) for k in redis.keys() if k.startswith(target + ":layer:"))
+        check(len(layers) >= 3, "a chunk has its layers in Redis: %s" % layers)
+        last = target + ":layer:%d" % layers[-1]
+
+        def damage_and_check(what, damage):
+            corrupt_before = on.metric("kvfuse_store_corrupt_total", '{tier="redis"}')
+            damage()
+            answer = on.complete(body)
+            check(answer["tokens"] == reference[0], "stream, %s: the answer changed" % what)
+            check(not answer["chunks"][1]["hit"] and answer["chunks"][0]["hit"],
+                  "stream, %s: the broken chunk (alone) is a miss: %s" % (what, answer["chunks"]))
+            check(on.metric("kvfuse_store_corrupt_total", '{tier="redis"}') == corrupt_before + 1,
+                  "stream, %s: not counted as corrupt" % what)
+            again = off.complete(body)
+            check(again["tokens"] == reference[0] and all(c["hit"] for c in again["chunks"]),
+                  "stream, %s: stored again, read whole by the other server" % what)
+
+        damage_and_check("last layer evicted", lambda: redis.command("DEL", last))
+        check("recomputed, the request run again" in on.stderr(), "the break came mid-request (after layer 0 was handed out)")
+        damage_and_check("last layer flipped", lambda: redis.command(
+            "SETRANGE", last, 10, bytes([redis.command("GET", last)[10] ^ 0x01])))
+        # Store-only: the broken chunk is refused, never answered from or recomputed.
+        redis.command("DEL", last)
+        refused = on.complete(dict(body, store_only=True), expect=503)
+        check("did not arrive" in refused["error"]["message"] or "not in the store" in refused["error"]["message"],
+              "store-only stream break message: %s" % refused)
+        check(on.complete(body)["tokens"] == reference[0], "after the store-only refusal")
+    finally:
+        check(on.stop() == 0 and off.stop() == 0, "stream servers exit 0 on SIGTERM")
 
 
 def scenario_outage(workdir, redis, reference):

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "store/chunk_codec.h"
+#include "store/chunk_stream.h"
 #include "store/open_backend.h"
 #include "store/redis_backend.h"
 #include "store/tiered_backend.h"
@@ -203,6 +204,54 @@ TEST(ChunkBackendTiered, RemoteHitsAreCopiedIntoTheLocalTier) {
     EXPECT_EQ(tiered.backend_stats()[1].hits, 1u);  // the second read never left this machine
     ASSERT_TRUE(tiered.erase(chunk.key).ok());
     EXPECT_FALSE(tiered.get(chunk.key).has_value());
+}
+
+TEST(ChunkStreamDefault, TheDirectoryStreamIsItsWholeGetEveryLayerReadyAtOnce) {
+    Scratch dir("stream-default");
+    ChunkStore store = open_directory(dir.path());
+    const OwnedChunk chunk = make_chunk(11, 4);
+    std::shared_ptr<ChunkStream> absent = store.get_streamed(chunk.key);
+    EXPECT_FALSE(absent->header().has_value());
+    EXPECT_FALSE(absent->wait_layer(0));
+    EXPECT_FALSE(absent->wait_all().has_value());
+    ASSERT_TRUE(store.put(chunk.key, chunk.chunk).ok());
+    std::shared_ptr<ChunkStream> stream = store.get_streamed(chunk.key);
+    ASSERT_TRUE(stream->header().has_value());
+    EXPECT_EQ(stream->layers_ready(), 4u);
+    for (uint32_t l = 0; l < 4; ++l) EXPECT_TRUE(stream->wait_layer(l)) << l;
+    EXPECT_FALSE(stream->wait_layer(4)) << "a layer the chunk does not have never arrives";
+    std::optional<ChunkView> whole = stream->wait_all();
+    ASSERT_TRUE(whole.has_value());
+    const std::vector<std::byte> image = encode_chunk(chunk.key, chunk.chunk).value().image;
+    ASSERT_EQ(whole->image().size(), image.size());
+    EXPECT_EQ(std::memcmp(whole->image().data(), image.data(), image.size()), 0);
+    bool completed = false;
+    stream->on_complete([&](const ChunkView& view) { completed = view.image().size() == image.size(); });
+    EXPECT_TRUE(completed) << "a callback given after completion runs at once";
+}
+
+TEST(ChunkStreamDefault, LayersPublishedInOrderAndAFailureEndsTheRest) {
+    Scratch dir("stream-publish");
+    ChunkStore store = open_directory(dir.path());
+    const OwnedChunk chunk = make_chunk(12, 3);
+    ASSERT_TRUE(store.put(chunk.key, chunk.chunk).ok());
+    auto stream = std::make_shared<ChunkStream>();
+    int completions = 0;
+    stream->on_complete([&](const ChunkView&) { ++completions; });
+    stream->start_reader([&](ChunkStream& s) {
+        s.publish_header(*store.get(chunk.key));
+        s.publish_layers(1);
+        s.fail(Status(StatusCode::corrupt, "layer 1 damaged"));
+        s.publish_layers(3);  // after the end: ignored
+    });
+    ASSERT_TRUE(stream->header().has_value());
+    EXPECT_TRUE(stream->wait_layer(0));
+    EXPECT_FALSE(stream->wait_layer(1));
+    EXPECT_FALSE(stream->wait_layer(2));
+    EXPECT_FALSE(stream->wait_all().has_value());
+    EXPECT_EQ(stream->failure().code(), StatusCode::corrupt);
+    stream.reset();  // joins the reader
+    EXPECT_EQ(completions, 0) << "nothing is done with a chunk that never arrived whole";
 }
 
 TEST(RedisUrl, ParsesHostPortAndDatabase) {

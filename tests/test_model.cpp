@@ -22,6 +22,10 @@
 #include "isa_test_support.h"
 #include "model/llama_model.h"
 #include "store/chunk_store.h"
+#include "store/chunk_stream.h"
+
+#include <chrono>
+#include <thread>
 
 namespace {
 
@@ -212,6 +216,119 @@ TEST(ChunkSourceStore, QuantizedKeysRoundTripAndOldFilesAreReplaced) {
     const auto again = source.get(tokens);
     EXPECT_TRUE(again.from_store);
     EXPECT_EQ(again.view.quantized.size(), static_cast<std::size_t>(s.layers));
+    std::filesystem::remove_all(dir);
+}
+
+// A directory store whose streamed reads hand out layers one at a time, a little apart, as a
+// remote store's do; with `break_at` set, the stream of the chunk `broken` ends at that layer
+// (and the chunk is erased, as Redis deletes a damaged chunk's keys).
+class SlowStreamStore final : public kvfuse::store::ChunkBackend {
+   public:
+    explicit SlowStreamStore(kvfuse::store::ChunkStore& inner) : inner_(inner) {}
+    std::optional<kvfuse::store::ChunkView> get(const kvfuse::store::ChunkKey& key) override { return inner_.get(key); }
+    std::shared_ptr<kvfuse::store::ChunkStream> get_streamed(const kvfuse::store::ChunkKey& key) override {
+        auto stream = std::make_shared<kvfuse::store::ChunkStream>();
+        const bool breaks = broken.has_value() && key.digest == broken->digest;
+        stream->start_reader([this, key, breaks](kvfuse::store::ChunkStream& s) {
+            std::optional<kvfuse::store::ChunkView> view = inner_.get(key);
+            if (!view) return s.fail(kvfuse::store::Status(kvfuse::store::StatusCode::ok, "absent"));
+            s.publish_header(*view);
+            for (std::uint32_t l = 0; l < view->layout().layers; ++l) {
+                if (s.cancelled()) return s.fail(kvfuse::store::Status(kvfuse::store::StatusCode::ok, "cancelled"));
+                std::this_thread::sleep_for(std::chrono::milliseconds(2));
+                if (breaks && l == break_at) {
+                    (void)inner_.erase(key);
+                    return s.fail(kvfuse::store::Status(kvfuse::store::StatusCode::corrupt, "layer gone"));
+                }
+                s.publish_layers(l + 1);
+            }
+        });
+        ++streams;
+        return stream;
+    }
+    kvfuse::store::Status put(const kvfuse::store::ChunkKey& key, const kvfuse::store::StoredChunk& chunk) override {
+        return inner_.put(key, chunk);
+    }
+    kvfuse::store::Status erase(const kvfuse::store::ChunkKey& key) override { return inner_.erase(key); }
+    kvfuse::store::Result<std::vector<kvfuse::store::ChunkDigest>> list() override { return inner_.list(); }
+    std::optional<std::vector<std::int32_t>> tokens_of(const kvfuse::store::ChunkDigest& d, std::string_view f) override {
+        return inner_.tokens_of(d, f);
+    }
+    void warn(const kvfuse::store::Status& status) const override { inner_.warn(status); }
+    std::string location() const override { return inner_.location(); }
+    std::string location_of(const kvfuse::store::ChunkKey& key) const override { return inner_.location_of(key); }
+    std::vector<kvfuse::store::BackendStats> backend_stats() const override { return inner_.backend_stats(); }
+
+    std::optional<kvfuse::store::ChunkKey> broken;
+    std::uint32_t break_at = 0;
+    int streams = 0;
+
+   private:
+    kvfuse::store::ChunkStore& inner_;
+};
+
+// Streamed chunks (layers arriving while earlier layers are computed) give the answer of
+// chunks read whole, bit for bit, for every method; a stream that breaks off mid-request makes
+// that chunk a miss: recomputed and the request run again, same answer, or (store-only) an error.
+TEST(ChunkSourceStore, StreamedChunksGiveTheWholeChunksAnswerAndABrokenStreamIsRecomputed) {
+    const LoadedModel& m = bundled();
+    const auto dir = std::filesystem::temp_directory_path() / ("kvfuse-test-stream-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    kvfuse::store::ChunkStoreOptions options;
+    options.sync_writes = false;
+    options.memory_cache_bytes = 0;
+    options.warning = [](const kvfuse::store::Status&) {};
+    auto opened = kvfuse::store::ChunkStore::open(dir, options);
+    ASSERT_TRUE(opened.ok()) << opened.status().to_string();
+    kvfuse::store::ChunkStore& directory = opened.value();
+    SlowStreamStore store(directory);
+    Request r;
+    r.prefix = {m.model->bos()};
+    r.chunks = {m.tokenize("Once upon a time there was a little dog who liked to run in the park."),
+                m.tokenize("Lily had a red ball. She threw it high and her cat ran after it."),
+                m.tokenize("The sun was warm and the birds sang in the big green tree.")};
+    r.question = m.tokenize("What did the dog like?");
+    const int L = m.model->shape().layers;
+    ASSERT_GE(L, 3);
+
+    ChunkSource cold(*m.model, nullptr);  // every chunk computed for the request
+    ChunkSource whole(*m.model, &store), streamed(*m.model, &store);
+    whole.set_streaming(false);
+    ASSERT_EQ(whole.precompute(std::span<const Request>(&r, 1)), r.chunks.size());
+    for (Method method : fused_methods()) {
+        FusionOptions o;
+        o.method = method;
+        o.ratio = 0.3;
+        FusionRun expected, got_whole, got_streamed, got_broken;
+        ChunkSource::Loaded computed = cold.get_all(r);
+        cold.run(r, computed, o, expected);
+        ChunkSource::Loaded read = whole.get_all(r);
+        for (const auto& held : read.held) ASSERT_TRUE(held.from_store && held.view.arrival == nullptr);
+        EXPECT_EQ(whole.run(r, read, o, got_whole), 0u);
+        ChunkSource::Loaded streaming = streamed.get_all(r);
+        for (const auto& held : streaming.held) ASSERT_TRUE(held.from_store && held.view.arrival != nullptr);
+        EXPECT_EQ(streamed.run(r, streaming, o, got_streamed), 0u);
+        EXPECT_EQ(got_whole.logits, expected.logits) << method_name(method);
+        EXPECT_EQ(got_streamed.logits, expected.logits) << method_name(method);
+        EXPECT_EQ(got_streamed.selected, expected.selected) << method_name(method);
+
+        // Chunk 1's stream breaks off at its last layer: recomputed, the request run again.
+        store.broken = kvfuse::store::make_chunk_key(m.model->fingerprint(), r.chunks[1]);
+        store.break_at = static_cast<std::uint32_t>(L - 1);
+        ChunkSource::Loaded breaking = streamed.get_all(r);
+        ASSERT_TRUE(breaking.held[1].from_store);
+        EXPECT_EQ(streamed.run(r, breaking, o, got_broken), 1u) << method_name(method);
+        EXPECT_FALSE(breaking.held[1].from_store);
+        EXPECT_TRUE(breaking.held[0].from_store && breaking.held[2].from_store);
+        EXPECT_EQ(got_broken.logits, expected.logits) << method_name(method);
+
+        // Store-only: the same break is an error, never an answer.
+        ChunkSource::Loaded refused = streamed.get_all(r);  // chunk 1 was stored again above
+        FusionRun unused;
+        EXPECT_THROW(streamed.run(r, refused, o, unused, /*store_only=*/true), ChunkLayerUnavailable) << method_name(method);
+        store.broken.reset();
+        ASSERT_EQ(whole.precompute(std::span<const Request>(&r, 1)), 1u) << "the broken chunk was erased";
+    }
     std::filesystem::remove_all(dir);
 }
 

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
+#include <filesystem>
+#include <functional>
 #include <random>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -19,6 +21,8 @@
 #include <unistd.h>
 
 #include "store/chunk_codec.h"
+#include "store/chunk_stream.h"
+#include "store/tiered_backend.h"
 #include "store/redis_backend.h"
 
 extern char** environ;
@@ -259,6 +263,138 @@ TEST_F(RedisBackendLive, ReconnectsAfterARestart) {
     EXPECT_TRUE(backend.get(chunk.key).has_value());
     ASSERT_GE(warnings_.size(), 2u);
     EXPECT_NE(warnings_.back().find("connected again"), std::string::npos) << warnings_.back();
+}
+
+// Streamed reads: layers verified one by one, never a damaged layer's bytes.
+TEST_F(RedisBackendLive, AStreamedReadIsTheWholeGetBitForBit) {
+    for (uint32_t in_flight : {1u, 4u, 64u}) {
+        RedisOptions o = options();
+        o.stream_in_flight = in_flight;
+        RedisChunkBackend backend(o);
+        const OwnedChunk chunk = make_chunk(20 + in_flight, 6);
+        EXPECT_FALSE(backend.get_streamed(chunk.key)->header().has_value());
+        ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+        std::shared_ptr<ChunkStream> stream = backend.get_streamed(chunk.key);
+        ASSERT_TRUE(stream->header().has_value());
+        for (uint32_t l = 0; l < 6; ++l) EXPECT_TRUE(stream->wait_layer(l)) << l;
+        std::optional<ChunkView> streamed = stream->wait_all();
+        std::optional<ChunkView> whole = backend.get(chunk.key);
+        ASSERT_TRUE(streamed.has_value());
+        ASSERT_TRUE(whole.has_value());
+        ASSERT_EQ(streamed->image().size(), whole->image().size());
+        EXPECT_EQ(std::memcmp(streamed->image().data(), whole->image().data(), whole->image().size()), 0);
+        EXPECT_TRUE(stream->failure().ok());
+        // Dropped before it is read: the reader stops, nothing breaks, the next read still works.
+        for (int i = 0; i < 5; ++i) (void)backend.get_streamed(chunk.key);
+        EXPECT_TRUE(backend.get_streamed(chunk.key)->wait_all().has_value());
+        const BackendStats stats = backend.backend_stats()[0];
+        EXPECT_EQ(stats.corrupt, 0u);
+        EXPECT_GE(stats.hits, 3u);
+    }
+    EXPECT_TRUE(warnings_.empty()) << warnings_.front();
+}
+
+TEST_F(RedisBackendLive, ALayerDeletedOrDamagedMidStreamIsAMissNeverItsBytes) {
+    struct Case {
+        const char* what;
+        std::function<void(RedisProcess&, const ChunkKey&)> damage;
+    };
+    const std::vector<Case> cases = {
+        {"deleted (evicted)", [](RedisProcess& r, const ChunkKey& key) { freeReplyObject(r.command("DEL %s", RedisChunkBackend::layer_key(key, 2).c_str())); }},
+        {"overwritten, same size", [](RedisProcess& r, const ChunkKey& key) {
+             const std::string name = RedisChunkBackend::layer_key(key, 2);
+             redisReply* old = r.command("GET %s", name.c_str());
+             std::string bytes(old->str, old->len);
+             freeReplyObject(old);
+             bytes[bytes.size() / 2] ^= 1;
+             freeReplyObject(r.command("SET %s %b", name.c_str(), bytes.data(), bytes.size()));
+         }},
+        {"truncated", [](RedisProcess& r, const ChunkKey& key) {
+             freeReplyObject(r.command("SET %s %s", RedisChunkBackend::layer_key(key, 2).c_str(), "short"));
+         }},
+    };
+    uint64_t seed = 30;
+    for (const Case& c : cases) {
+        const OwnedChunk chunk = make_chunk(seed++, 5);
+        RedisOptions o = options();
+        o.stream_hook_for_testing = [&](const ChunkKey& key) { c.damage(redis_, key); };
+        RedisChunkBackend backend(o);
+        ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+        std::shared_ptr<ChunkStream> stream = backend.get_streamed(chunk.key);
+        ASSERT_TRUE(stream->header().has_value()) << c.what;
+        EXPECT_TRUE(stream->wait_layer(0)) << c.what;
+        EXPECT_TRUE(stream->wait_layer(1)) << c.what;
+        EXPECT_FALSE(stream->wait_layer(2)) << c.what;
+        EXPECT_FALSE(stream->wait_layer(4)) << c.what;
+        EXPECT_EQ(stream->layers_ready(), 2u) << c.what;
+        EXPECT_FALSE(stream->wait_all().has_value()) << c.what;
+        EXPECT_EQ(stream->failure().code(), StatusCode::corrupt) << c.what << ": " << stream->failure().to_string();
+        EXPECT_EQ(backend.backend_stats()[0].corrupt, 1u) << c.what;
+        // Deleted so that the recomputed chunk is stored again.
+        EXPECT_EQ(redis_.integer("EXISTS %s", RedisChunkBackend::manifest_key(chunk.key)), 0) << c.what;
+        EXPECT_EQ(redis_.integer("EXISTS %s", RedisChunkBackend::layer_key(chunk.key, 0)), 0) << c.what;
+    }
+    ASSERT_EQ(warnings_.size(), cases.size());
+}
+
+TEST_F(RedisBackendLive, RedisDownMidStreamIsAMissAndStreamsReconnect) {
+    const OwnedChunk chunk = make_chunk(40, 4);
+    bool kill = false;
+    RedisOptions o = options();
+    o.stream_hook_for_testing = [&](const ChunkKey&) {
+        if (kill) redis_.stop();
+    };
+    RedisChunkBackend backend(o);
+    ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+    ASSERT_TRUE(backend.get_streamed(chunk.key)->wait_all().has_value());  // a pooled connection now
+    kill = true;
+    std::shared_ptr<ChunkStream> stream = backend.get_streamed(chunk.key);
+    ASSERT_TRUE(stream->header().has_value());
+    EXPECT_FALSE(stream->wait_layer(0));
+    EXPECT_EQ(stream->failure().code(), StatusCode::io_error) << stream->failure().to_string();
+    kill = false;
+    EXPECT_FALSE(backend.get_streamed(chunk.key)->header().has_value()) << "Redis is down";
+    std::string why;
+    ASSERT_TRUE(redis_.start(&why)) << why;  // same port, empty
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // past the retry interval
+    EXPECT_FALSE(backend.get_streamed(chunk.key)->header().has_value()) << "the restarted Redis is empty";
+    EXPECT_FALSE(backend.get(chunk.key).has_value());  // the command connection finds out it was cut
+    ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+    EXPECT_TRUE(backend.get_streamed(chunk.key)->wait_all().has_value());
+}
+
+TEST_F(RedisBackendLive, TheTieredStreamWritesItsLocalCopyOnlyWhenComplete) {
+    const OwnedChunk good = make_chunk(50, 4), bad = make_chunk(51, 4);
+    const std::string dir = ::testing::TempDir() + "kvfuse-stream-tier-" + std::to_string(::getpid());
+    std::filesystem::remove_all(dir);
+    RedisOptions o = options();
+    o.stream_hook_for_testing = [&](const ChunkKey& key) {
+        if (key.digest == bad.key.digest) freeReplyObject(redis_.command("DEL %s", RedisChunkBackend::layer_key(key, 3).c_str()));
+    };
+    auto remote = std::make_unique<RedisChunkBackend>(o);
+    ASSERT_TRUE(remote->put(good.key, good.chunk).ok());
+    ASSERT_TRUE(remote->put(bad.key, bad.chunk).ok());
+    ChunkStoreOptions local_options;
+    local_options.sync_writes = false;
+    auto local = ChunkStore::open(dir, local_options);
+    ASSERT_TRUE(local.ok()) << local.status().to_string();
+    auto local_store = std::make_unique<ChunkStore>(std::move(local).value());
+    ChunkStore* local_view = local_store.get();
+    {
+        TieredChunkBackend tiered(std::move(local_store), std::move(remote));
+        std::shared_ptr<ChunkStream> stream = tiered.get_streamed(bad.key);
+        EXPECT_TRUE(stream->wait_layer(2));
+        EXPECT_FALSE(stream->wait_layer(3));
+        stream.reset();
+        EXPECT_FALSE(std::filesystem::exists(local_view->path_of(bad.key))) << "a broken stream leaves no local copy";
+        stream = tiered.get_streamed(good.key);
+        ASSERT_TRUE(stream->wait_all().has_value());
+        stream.reset();  // the local put ran on the reader's thread, joined here
+        EXPECT_TRUE(std::filesystem::exists(local_view->path_of(good.key)));
+        EXPECT_EQ(tiered.get_streamed(good.key)->layers_ready(), 4u) << "a local hit is complete at once";
+        EXPECT_EQ(tiered.backend_stats()[0].hits, 1u);
+    }
+    std::filesystem::remove_all(dir);
 }
 
 TEST(RedisBackendAuth, APasswordOpensARedisThatRequiresOneAndItsAbsenceIsAClearRefusal) {

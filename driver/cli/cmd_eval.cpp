@@ -77,6 +77,7 @@ int run(const EvalCliOptions& o) {
         for (Request& r : requests) wrap_in_chat_turn(r, *loaded.tokenizer);
     auto store = open_store(o.fusion);
     ChunkSource source(*loaded.model, store.get());
+    source.set_streaming(!o.fusion.no_stream);
     std::fprintf(stderr, "kvfuse eval: %zu %s requests on %s; precomputing chunk caches...\n", requests.size(),
                  o.kind.c_str(), loaded.description.c_str());
     source.precompute(requests);

@@ -24,6 +24,9 @@ void add_serve_command(CLI::App& app) {
                     "the least recently used go first (default: no limit)")
         ->transform(CLI::AsSizeValue(false));
     cmd->add_flag("--no-store", o->no_store, "keep chunk caches in memory only, per request");
+    cmd->add_flag("--no-stream", o->no_stream,
+                  "read each stored chunk whole before the request starts (default: streamed, layer l+1 arriving while "
+                  "layer l is computed)");
     cmd->add_flag("--store-only", o->store_only,
                   "never compute a chunk: one the store lacks is a 503 (a request may say \"store_only\": false)");
     cmd->add_option("--queue", o->queue_capacity, "requests waiting or running before new ones get 503")

@@ -35,6 +35,9 @@ void add_fusion_options(CLI::App& cmd, FusionCliOptions& o) {
                    "(default: no limit)")
         ->transform(CLI::AsSizeValue(false));
     cmd.add_flag("--no-store", o.no_store, "keep chunk caches in memory only");
+    cmd.add_flag("--no-stream", o.no_stream,
+                 "read each stored chunk whole before a request starts (default: streamed, its later layers arriving "
+                 "while the earlier ones are computed)");
     cmd.add_option("--seed", o.seed, "seed of the random method")->check(CLI::NonNegativeNumber);
     add_placement_options(cmd, o.placement);
 }

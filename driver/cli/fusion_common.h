@@ -38,6 +38,7 @@ struct FusionCliOptions {
     std::string store_dir;  // empty: the XDG default
     std::uint64_t store_limit = 0;  // bytes of chunk files the directory keeps; 0: no limit
     bool no_store = false;
+    bool no_stream = false;  // read stored chunks whole (ChunkSource::set_streaming(false))
     std::uint32_t seed = 1;
     PlacementCliOptions placement;
 };

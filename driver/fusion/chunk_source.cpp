@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "store/chunk_store.h"
+#include "store/chunk_stream.h"
 
 namespace kvfuse::fusion {
 
@@ -58,6 +59,16 @@ std::optional<QuantizedKeysView> quantized_sections(const kvfuse::store::ChunkVi
                              i4->as_u8().data(), i4s->as_f32().data(), i4m->as_f32().data()};
 }
 
+// A streamed chunk's layers, for the pipeline: the stream and the view it handed out, kept
+// alive together with the request's Held.
+struct StreamedChunk final : LayerArrival {
+    std::shared_ptr<kvfuse::store::ChunkStream> stream;
+    kvfuse::store::ChunkView view;
+    StreamedChunk(std::shared_ptr<kvfuse::store::ChunkStream> s, kvfuse::store::ChunkView v)
+        : stream(std::move(s)), view(std::move(v)) {}
+    bool wait(int layer) const override { return stream->wait_layer(static_cast<std::uint32_t>(layer)); }
+};
+
 }  // namespace
 
 ChunkSource::ChunkSource(const FusionModel& model, kvfuse::store::ChunkBackend* store) : model_(model), store_(store) {}
@@ -95,9 +106,18 @@ ChunkSource::Held ChunkSource::compute_and_store(std::span<const std::int32_t> t
     return held;
 }
 
-std::optional<ChunkSource::Held> ChunkSource::from_store(std::span<const std::int32_t> tokens) {
+std::optional<ChunkSource::Held> ChunkSource::from_store(std::span<const std::int32_t> tokens, bool streamed) {
     const auto key = kvfuse::store::make_chunk_key(model_.fingerprint(), tokens);
-    auto view = store_->get(key);
+    std::optional<kvfuse::store::ChunkView> view;
+    std::shared_ptr<kvfuse::store::ChunkStream> stream;
+    if (streamed) {
+        stream = store_->get_streamed(key);
+        view = stream->header();
+        // Layer 0 holds the start position, which the checks below read.
+        if (view && !stream->wait_layer(0)) view.reset();
+    } else {
+        view = store_->get(key);
+    }
     if (!view) return std::nullopt;
     const ModelShape& s = model_.shape();
     const auto& layout = view->layout();
@@ -121,7 +141,15 @@ std::optional<ChunkSource::Held> ChunkSource::from_store(std::span<const std::in
     }
     Held held;
     if (problem.empty()) {
-        auto shared = std::make_shared<kvfuse::store::ChunkView>(*view);
+        std::shared_ptr<const kvfuse::store::ChunkView> shared;
+        if (stream && stream->layers_ready() < layout.layers) {
+            // Still arriving: the pipeline waits for each layer through the arrival.
+            auto streamed_chunk = std::make_shared<StreamedChunk>(stream, *view);
+            held.view.arrival = streamed_chunk.get();
+            shared = std::shared_ptr<const kvfuse::store::ChunkView>(streamed_chunk, &streamed_chunk->view);
+        } else {
+            shared = std::make_shared<kvfuse::store::ChunkView>(*view);
+        }
         held.view.start_position = start_section->as_i32()[0];
         held.view.tokens = view->token_count();
         for (int l = 0; l < s.layers; ++l) {
@@ -137,6 +165,8 @@ std::optional<ChunkSource::Held> ChunkSource::from_store(std::span<const std::in
         held.from_store = true;
     }
     if (problem.empty()) return held;
+    held = Held();
+    stream.reset();  // its reader stops before the chunk's keys go
     store_->warn(kvfuse::store::Status(kvfuse::store::StatusCode::mismatch,
                                        store_->location_of(key) + ": " + problem + "; erased and recomputed"));
     const kvfuse::store::Status erased = store_->erase(key);
@@ -148,7 +178,7 @@ std::optional<ChunkSource::Held> ChunkSource::find(std::span<const std::int32_t>
     if (load_ms) *load_ms = 0.0;
     if (store_ == nullptr) return std::nullopt;
     const auto start = std::chrono::steady_clock::now();
-    std::optional<Held> held = from_store(tokens);
+    std::optional<Held> held = from_store(tokens, streaming_);
     if (held && load_ms) *load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     return held;
 }
@@ -169,12 +199,36 @@ ChunkSource::Loaded ChunkSource::get_all(const Request& request) {
     return out;
 }
 
+ChunkSource::Held ChunkSource::get_whole(std::span<const std::int32_t> tokens) {
+    if (store_ != nullptr)
+        if (auto held = from_store(tokens, /*streamed=*/false)) return std::move(*held);
+    return compute_and_store(tokens);
+}
+
+std::size_t ChunkSource::run(const Request& request, Loaded& loaded, const FusionOptions& options, FusionRun& run,
+                             bool store_only) {
+    for (std::size_t restarts = 0;; ++restarts) {
+        try {
+            run_request(model_, request, loaded.views, options, run);
+            return restarts;
+        } catch (const ChunkLayerUnavailable& gone) {
+            if (store_only || gone.chunk >= loaded.held.size() || restarts > loaded.held.size()) throw;
+            // The cause was reported by the store already (which deleted a damaged chunk's keys).
+            if (store_ != nullptr)
+                store_->warn(kvfuse::store::Status(kvfuse::store::StatusCode::ok,
+                                                   std::string(gone.what()) + "; recomputed, the request run again"));
+            loaded.held[gone.chunk] = compute_and_store(request.chunks[gone.chunk]);
+            loaded.views[gone.chunk] = loaded.held[gone.chunk].view;
+        }
+    }
+}
+
 std::size_t ChunkSource::precompute(std::span<const Request> requests) {
     std::size_t computed = 0;
     for (const Request& r : requests)
         for (const auto& chunk : r.chunks) {
             // Stored means usable by this model: a file from_store() rejects is computed again.
-            if (store_ != nullptr && from_store(chunk)) continue;
+            if (store_ != nullptr && from_store(chunk, /*streamed=*/false)) continue;
             compute_and_store(chunk);
             ++computed;
         }

@@ -70,7 +70,7 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
         const auto full_continuation = greedy_decode(model, decode_cache, full_first, options.decode_tokens, full.kernels.request());
 
         // Caches are precomputed: reading them back is part of TTFT, computing them is not.
-        const ChunkSource::Loaded loaded_chunks = chunks.get_all(request);
+        ChunkSource::Loaded loaded_chunks = chunks.get_all(request);
         for (Method method : options.methods) {
             if (method == Method::full) continue;
             const std::vector<double> ratios = uses_ratio(method) ? options.ratios : std::vector<double>{options.ratios.front()};
@@ -78,7 +78,7 @@ EvalResult evaluate(const LoadedModel& loaded, const std::vector<Request>& reque
                 FusionOptions o = options.base;
                 o.method = method;
                 o.ratio = ratio;
-                run_request(model, request, loaded_chunks.views, o, run);
+                chunks.run(request, loaded_chunks, o, run);  // a chunk whose stream breaks off is recomputed
                 Measurement m;
                 m.request_id = request.id;
                 m.method = method_name(method);

@@ -76,6 +76,7 @@ class ChunkLoader {
         for (std::size_t c = 0; c < chunks_.size(); ++c) {
             const ChunkKvView& chunk = chunks_[c];
             auto t0 = Clock::now();
+            if (chunk.arrival != nullptr && !chunk.arrival->wait(l)) throw ChunkLayerUnavailable(c, l);
             std::memcpy(cache_.v_row(l, offsets_[c]), chunk.v[L], chunk.tokens * kv_bytes);
             load_ms += ms_since(t0);
             t0 = Clock::now();
@@ -418,8 +419,9 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     const int full_layers = full ? L : dynamic ? o.check_layer : (o.recompute_layer0 ? 1 : 0);
     const std::size_t k_select = static_cast<std::size_t>(std::floor(o.ratio * static_cast<double>(T - M)));
     // 1. The stored chunks into the request's cache, from the first layer that keeps stored rows.
+    const bool streamed = !full && std::any_of(chunks.begin(), chunks.end(), [](const ChunkKvView& c) { return c.arrival != nullptr; });
     ChunkLoader loader(s, full ? std::span<const ChunkKvView>() : chunks, chunk_offsets, run.cache, full_layers,
-                       o.pipelined_loading, run.kernels, run.times);
+                       o.pipelined_loading || streamed, run.kernels, run.times);
 
     Floats& hidden = run.buffers.hidden;
     resize_uninitialized(hidden, T * static_cast<std::size_t>(s.dim));

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <stdexcept>
 #include <span>
 #include <string>
 #include <string_view>
@@ -98,7 +99,8 @@ struct FusionOptions {
     bool a3_stored_keys = true;
     // Load (copy V, re-rotate K) layer l+1's stored rows on a thread of its own while layer l
     // is computed, instead of every layer before the first; that thread's kernels run on a
-    // context of their own with one worker (KernelContexts::loader).
+    // context of their own with one worker (KernelContexts::loader). Always so when a chunk
+    // is still arriving (ChunkKvView::arrival), so that its load overlaps the earlier layers.
     bool pipelined_loading = false;
     bool recompute_layer0 = true;   // false: layer 0 too uses the stored rows (reuse identity)
     std::uint32_t seed = 1;         // random
@@ -198,6 +200,29 @@ struct QuantizedKeys {
 QuantizedKeys quantize_chunk_keys(kvfuse::Context& context, const ModelShape& shape, const float* keys,
                                   std::size_t tokens);
 
+// A stored chunk whose layers are still arriving (streamed from a remote store): wait(l) blocks
+// until layer l's rows are readable and returns true, or returns false when they never will be
+// (the chunk turned out missing or damaged mid-stream).
+class LayerArrival {
+   public:
+    virtual ~LayerArrival() = default;
+    virtual bool wait(int layer) const = 0;
+};
+
+// Thrown by run_request when a streamed chunk's layer never arrived. Nothing of that layer was
+// read; the caller treats the chunk as a miss (recomputes it, or refuses a store-only request)
+// and runs the request again.
+class ChunkLayerUnavailable : public std::runtime_error {
+   public:
+    ChunkLayerUnavailable(std::size_t chunk, int layer)
+        : std::runtime_error("stored chunk " + std::to_string(chunk) + ": layer " + std::to_string(layer) +
+                             " did not arrive (missing, damaged or unreachable)"),
+          chunk(chunk),
+          layer(layer) {}
+    std::size_t chunk;
+    int layer;
+};
+
 // A stored chunk's cache, read-only: rows for the chunk's tokens at positions start_position..,
 // per layer K (after RoPE at those positions) and V with row stride kv_row, and the quantized
 // keys. Points into memory owned elsewhere (a ChunkKv below, or a store's mapping).
@@ -206,6 +231,10 @@ struct ChunkKvView {
     std::size_t tokens = 0;
     std::vector<const float*> k, v;
     std::vector<QuantizedKeysView> quantized;  // per layer
+    // Null: every layer readable now. Otherwise layer l's rows (k, v, quantized) may be read
+    // only after arrival->wait(l) returned true; run_request waits layer by layer (loading on
+    // its pipelined thread, so later layers arrive while earlier ones are computed).
+    const LayerArrival* arrival = nullptr;
 };
 
 // Owning form, as computed by compute_chunk_kv.

@@ -123,7 +123,9 @@ public:
           store_(std::move(store)),
           source_(*loaded_.model, store_.get()),
           options_(options),
-          metrics_(metrics) {}
+          metrics_(metrics) {
+        source_.set_streaming(!options.no_stream);
+    }
 
     const LoadedModel& loaded() const { return loaded_; }
     const kvfuse::store::ChunkBackend* store() const { return store_.get(); }
@@ -138,7 +140,7 @@ public:
             std::uint64_t hits = 0, computed = 0;
             for (std::size_t i = 0; i < request.chunks.size(); ++i) {
                 const TokenIds tokens = tokens_of(request.chunks[i], i);
-                const ChunkSource::Held held = source_.get(tokens);
+                const ChunkSource::Held held = source_.get_whole(tokens);  // "stored": every layer verified
                 (held.from_store ? hits : computed) += 1;
                 chunks.push_back({{"id", remember(tokens)}, {"tokens", tokens.size()}, {"stored", held.from_store}});
             }
@@ -237,8 +239,7 @@ private:
         options.method = in.method;
         options.ratio = in.ratio;
         const bool fused = method_info(in.method).where != SelectAt::nowhere;
-        std::vector<ChunkSource::Held> held;
-        std::vector<ChunkKvView> views;
+        ChunkSource::Loaded loaded;
         json chunks = json::array();
         double load_ms = 0;
         std::uint64_t hits = 0, computed = 0;
@@ -252,14 +253,24 @@ private:
                 if (!found)
                     throw ApiError(503, "chunks[" + std::to_string(i) + "] (" + ids[i] +
                                             ") is not in the store and store_only is set (absent, evicted, damaged, or the store is unreachable)");
-                (found->from_store ? hits : computed) += 1;
                 load_ms += ms;
-                chunks.push_back({{"id", ids[i]}, {"tokens", request.chunks[i].size()}, {"hit", found->from_store}});
-                views.push_back(found->view);
-                held.push_back(std::move(*found));
+                loaded.views.push_back(found->view);
+                loaded.held.push_back(std::move(*found));
             }
         }
-        run_request(model, request, views, options, run_);
+        try {
+            // A streamed chunk whose later layers do not arrive is recomputed and the request
+            // run again (ChunkSource::run); store-only, it is a 503 like a chunk not found.
+            source_.run(request, loaded, options, run_, store_only);
+        } catch (const ChunkLayerUnavailable& gone) {
+            throw ApiError(503, "chunks[" + std::to_string(gone.chunk) + "] (" + ids[gone.chunk] + "): layer " +
+                                    std::to_string(gone.layer) +
+                                    " did not arrive from the store (evicted, damaged, or the store is unreachable) and store_only is set");
+        }
+        for (std::size_t i = 0; i < loaded.held.size(); ++i) {
+            (loaded.held[i].from_store ? hits : computed) += 1;
+            chunks.push_back({{"id", ids[i]}, {"tokens", request.chunks[i].size()}, {"hit", loaded.held[i].from_store}});
+        }
         run_.times.kv_load += load_ms;  // reading the stored caches is part of the time to first token
         const std::size_t vocab = static_cast<std::size_t>(shape.vocab);
         require_finite_logits(run_.logits.data() + (M - 1) * vocab, 1, vocab);

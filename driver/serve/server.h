@@ -29,6 +29,7 @@ struct ServeOptions {
     std::uint64_t store_limit = 0;  // bytes of chunk files the directory (store or local tier) keeps; 0: no limit
     bool no_store = false;      // chunks in memory only, per request
     bool store_only = false;    // requests that do not say store_only get this
+    bool no_stream = false;     // read stored chunks whole before a request starts (default: per layer)
     std::size_t queue_capacity = 16;
     std::size_t max_body_bytes = std::size_t{1} << 20;
     std::size_t http_threads = 0;  // 0: queue_capacity + 4

@@ -139,6 +139,26 @@ Result<ChunkView> ChunkImageBuffer::finish(const ChunkKey& key, bool verify_payl
     return ChunkView(std::move(chunk));
 }
 
+Result<ChunkImageBuffer::Streaming> ChunkImageBuffer::start_streaming(const ChunkKey& key) && {
+    auto chunk = std::make_shared<MappedChunk>();
+    chunk->base = base_;
+    chunk->length = length_;
+    chunk->mapping_length = mapping_length_;
+    base_ = nullptr;  // the MappedChunk releases it from here on
+    const std::span<std::byte> memory(static_cast<std::byte*>(const_cast<void*>(chunk->base)), chunk->length);
+    Result<format::ParsedChunkFile> parsed = format::parse_chunk_file(memory, /*verify_payload=*/false);
+    if (!parsed.ok()) return parsed.status();
+    Status matches = format::check_key_matches(parsed.value(), key);
+    if (!matches.ok()) return matches;
+    chunk->parsed = std::move(parsed).value();
+    return Streaming{ChunkView(std::move(chunk)), memory};
+}
+
+void seal_streamed_image(std::span<std::byte> memory) {
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    ::mprotect(memory.data(), (memory.size() + page - 1) / page * page, PROT_READ);
+}
+
 StoredChunk stored_chunk_of(const ChunkView& view) {
     StoredChunk chunk;
     chunk.layout = view.layout();

@@ -47,11 +47,25 @@ public:
     // mismatch otherwise. The buffer becomes the view's memory.
     Result<ChunkView> finish(const ChunkKey& key, bool verify_payload) &&;
 
+    // For an image whose layers arrive one by one (a streamed get): with the header already in
+    // bytes(), parses and checks it (header checksum, every size, exactly `key`'s chunk) but
+    // not the payload, which is not there yet. The view is handed out at once; `memory` is
+    // where the writer puts each layer, which nothing may read before the writer has verified
+    // it (ChunkStream::wait_layer). seal_streamed_image() makes it read-only once complete.
+    struct Streaming {
+        ChunkView view;
+        std::span<std::byte> memory;
+    };
+    Result<Streaming> start_streaming(const ChunkKey& key) &&;
+
 private:
     ChunkImageBuffer() = default;
     void* base_ = nullptr;
     size_t length_ = 0, mapping_length_ = 0;
 };
+
+// Makes a streamed image's memory read-only once every layer is in.
+void seal_streamed_image(std::span<std::byte> memory);
 
 // A stored chunk pointing into `view`'s sections: what put() needs to copy a chunk read from one
 // backend into another. Valid as long as `view` is.

@@ -224,6 +224,8 @@ private:
 
 // ------------------------------------------------------------------- the backend interface --
 
+class ChunkStream;  // store/chunk_stream.h
+
 // What one tier of a backend counted since it was opened.
 struct BackendStats {
     std::string tier;            // "fs", "redis", ...
@@ -246,6 +248,12 @@ public:
     virtual ~ChunkBackend() = default;
 
     virtual std::optional<ChunkView> get(const ChunkKey& key) = 0;
+    // The same chunk, handed out before it has all arrived: its layers become readable one by
+    // one, each verified (store/chunk_stream.h), so a caller can start on layer 0 while later
+    // layers are read. A layer that turns out missing or damaged ends the stream (the chunk is
+    // then a miss), never hands out its bytes. Default: get(), every layer ready at once. The
+    // backend must outlive the streams it hands out.
+    virtual std::shared_ptr<ChunkStream> get_streamed(const ChunkKey& key);
     virtual Status put(const ChunkKey& key, const StoredChunk& chunk) = 0;
     // Absent is not an error.
     virtual Status erase(const ChunkKey& key) = 0;

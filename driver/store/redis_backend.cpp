@@ -2,6 +2,7 @@
 
 #include "store/chunk_codec.h"
 #include "store/chunk_file_format.h"
+#include "store/chunk_stream.h"
 
 #include <hiredis/hiredis.h>
 #include <xxhash.h>
@@ -10,6 +11,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <algorithm>
 #include <mutex>
 
 namespace kvfuse::store {
@@ -37,6 +39,12 @@ std::string chunk_prefix(const ChunkKey& key) {
     prefix += key.hex();
     prefix += '}';
     return prefix;
+}
+
+std::string manifest_key_of(const ChunkKey& key) { return chunk_prefix(key) + ":manifest"; }
+
+std::string layer_key_of(const ChunkKey& key, uint32_t layer) {
+    return chunk_prefix(key) + ":layer:" + std::to_string(layer);
 }
 
 template <class T>
@@ -186,12 +194,17 @@ struct RedisChunkBackend::Impl {
     RedisOptions options;
     mutable std::mutex mutex;  // one connection, one command stream at a time
     redisContext* context = nullptr;
+    // Idle connections of the streaming readers (each stream reads on one of its own, so that
+    // its layers do not wait behind other commands); at most kStreamPool kept.
+    static constexpr size_t kStreamPool = 4;
+    std::vector<redisContext*> stream_pool;
     std::chrono::steady_clock::time_point next_connect{};
     bool reported_down = false;
     BackendStats stats;
 
     ~Impl() {
         if (context != nullptr) redisFree(context);
+        for (redisContext* c : stream_pool) redisFree(c);
     }
 
     std::string location() const {
@@ -207,16 +220,10 @@ struct RedisChunkBackend::Impl {
         }
     }
 
-    // Under the lock. A connection, or an unavailable Status (reported once per outage).
-    Status connect() {
-        if (context != nullptr) return Status::success();
-        const auto now = std::chrono::steady_clock::now();
-        if (now < next_connect) {
-            return {StatusCode::io_error, location() + ": unreachable (next retry within " +
-                                              std::to_string(options.retry_interval.count()) +
-                                              " ms)"};
-        }
-        redisContext* c = redisConnectWithTimeout(options.host.c_str(), options.port,
+    // A new connection, set up (timeouts, AUTH, SELECT): "" and `c`, or the problem (and `c`
+    // whatever it got, for redisFree). Needs no lock: it reads only the options.
+    std::string open_context(redisContext*& c) const {
+        c = redisConnectWithTimeout(options.host.c_str(), options.port,
                                                   to_timeval(options.connect_timeout));
         std::string problem;
         if (c == nullptr) {
@@ -256,6 +263,20 @@ struct RedisChunkBackend::Impl {
                 }
             }
         }
+        return problem;
+    }
+
+    // Under the lock. A connection, or an unavailable Status (reported once per outage).
+    Status connect() {
+        if (context != nullptr) return Status::success();
+        const auto now = std::chrono::steady_clock::now();
+        if (now < next_connect) {
+            return {StatusCode::io_error, location() + ": unreachable (next retry within " +
+                                              std::to_string(options.retry_interval.count()) +
+                                              " ms)"};
+        }
+        redisContext* c = nullptr;
+        std::string problem = open_context(c);
         if (!problem.empty()) {
             if (c != nullptr) redisFree(c);
             next_connect = now + options.retry_interval;
@@ -368,14 +389,199 @@ struct RedisChunkBackend::Impl {
         Result<std::vector<Reply>> deleted = pipeline({args}, "DEL");
         return deleted.ok() ? Status::success() : deleted.status();
     }
+
+    // A streaming reader's connection: an idle one, or a new one (nullptr and the problem, as
+    // connect() reports it, when Redis cannot be reached now). `fresh` skips the pool.
+    redisContext* stream_connection(bool fresh, Status& problem) {
+        {
+            std::lock_guard lock(mutex);
+            if (!fresh && !stream_pool.empty()) {
+                redisContext* c = stream_pool.back();
+                stream_pool.pop_back();
+                return c;
+            }
+            if (std::chrono::steady_clock::now() < next_connect) {
+                ++stats.unavailable;
+                problem = Status(StatusCode::io_error, location() + ": unreachable (next retry within " +
+                                                           std::to_string(options.retry_interval.count()) + " ms)");
+                return nullptr;
+            }
+        }
+        redisContext* c = nullptr;
+        const std::string why = open_context(c);
+        if (why.empty()) return c;
+        if (c != nullptr) redisFree(c);
+        std::lock_guard lock(mutex);
+        next_connect = std::chrono::steady_clock::now() + options.retry_interval;
+        ++stats.unavailable;
+        problem = Status(StatusCode::io_error, location() + ": cannot connect: " + why);
+        if (!reported_down) {
+            warn(Status(problem.code(), problem.message() + "; chunks are computed until it is back"));
+            reported_down = true;
+        }
+        return nullptr;
+    }
+
+    void return_stream_connection(redisContext* c) {
+        std::lock_guard lock(mutex);
+        if (stream_pool.size() < kStreamPool) {
+            stream_pool.push_back(c);
+        } else {
+            redisFree(c);
+        }
+    }
+
+    // The streaming reader of one chunk (on the stream's thread): the manifest, then the layers
+    // with a few GETs in flight on the reader's own connection, each checked against the
+    // manifest's size and XXH3 and published as it arrives. Whatever goes wrong ends the stream
+    // as a miss: reported, and (damage) the chunk's keys deleted as get() does.
+    void stream_chunk(const ChunkKey& key, ChunkStream& stream) {
+        const std::string manifest_name = manifest_key_of(key);
+        redisContext* c = nullptr;
+        auto miss = [&](Status why) {
+            if (c != nullptr) redisFree(c);  // replies may be in flight: never back to the pool
+            c = nullptr;
+            {
+                std::lock_guard lock(mutex);
+                ++stats.misses;
+            }
+            stream.fail(std::move(why));
+        };
+        auto unreachable = [&](const std::string& during) {
+            const std::string why = c != nullptr && c->err != 0 ? c->errstr : "no reply";
+            Status status(StatusCode::io_error, location() + ": " + during + " failed: " + why);
+            {
+                std::lock_guard lock(mutex);
+                ++stats.unavailable;
+                if (!reported_down) {
+                    warn(Status(status.code(), status.message() + "; read as a miss, reconnecting"));
+                    reported_down = true;
+                }
+            }
+            miss(status);
+        };
+        auto damaged = [&](const Status& problem, uint32_t layers) {
+            Status status(problem.code(), manifest_name + ": " + problem.message() + "; read as a miss and deleted");
+            {
+                std::lock_guard lock(mutex);
+                ++stats.corrupt;
+                warn(status);
+                Status erased = erase_keys(key, layers);
+                if (!erased.ok()) warn(erased);
+            }
+            miss(status);
+        };
+        auto get = [&](std::string_view name) {
+            const char* argv[2] = {"GET", name.data()};
+            const size_t lengths[2] = {3, name.size()};
+            return Reply(static_cast<redisReply*>(redisCommandArgv(c, 2, argv, lengths)));
+        };
+
+        Status problem;
+        Reply reply;
+        // A pooled connection may have died with a Redis restart: one more try on a new one.
+        for (bool fresh : {false, true}) {
+            c = stream_connection(fresh, problem);
+            if (c == nullptr) return miss(problem);
+            reply = get(manifest_name);
+            if (reply) break;
+            redisFree(c);
+            c = nullptr;
+        }
+        if (!reply) return unreachable("GET of the manifest");
+        if (reply->type == REDIS_REPLY_NIL) {
+            return_stream_connection(c);
+            c = nullptr;
+            return miss(Status(StatusCode::ok, manifest_name + ": absent"));
+        }
+        if (reply->type != REDIS_REPLY_STRING) {
+            const std::string error = reply->type == REDIS_REPLY_ERROR ? std::string(reply->str, reply->len) : std::string();
+            if (reply->type == REDIS_REPLY_ERROR && !error.starts_with("WRONGTYPE")) {
+                Status status(StatusCode::io_error, manifest_name + ": GET refused: " + error);
+                {
+                    std::lock_guard lock(mutex);
+                    ++stats.unavailable;
+                    warn(status);
+                }
+                return miss(status);
+            }
+            return damaged(Status(StatusCode::corrupt, "not a string value" + (error.empty() ? std::string() : " (" + error + ")")), 0);
+        }
+        Result<Manifest> decoded = decode_manifest(std::string_view(reply->str, reply->len), options.max_image_bytes);
+        if (!decoded.ok()) return damaged(decoded.status(), 0);
+        const Manifest& manifest = decoded.value();
+        const auto layers = static_cast<uint32_t>(manifest.layers.size());
+        Result<ChunkImageBuffer> buffer = ChunkImageBuffer::allocate(manifest.image_bytes);
+        if (!buffer.ok()) {
+            warn(Status(buffer.status().code(), manifest_name + ": " + buffer.status().message()));
+            return miss(buffer.status());
+        }
+        std::memcpy(buffer.value().bytes().data(), manifest.header.data(), manifest.header.size());
+        Result<ChunkImageBuffer::Streaming> started = std::move(buffer).value().start_streaming(key);
+        if (!started.ok()) return damaged(started.status(), layers);
+        if (started.value().view.layout().layers != layers)
+            return damaged(Status(StatusCode::corrupt, "the manifest's layer count is not the header's"), layers);
+        const std::span<std::byte> memory = started.value().memory;
+        stream.publish_header(started.value().view);
+        if (options.stream_hook_for_testing) options.stream_hook_for_testing(key);
+
+        std::vector<std::string> names;
+        for (uint32_t l = 0; l < layers; ++l) names.push_back(layer_key_of(key, l));
+        uint32_t sent = 0;
+        auto send_up_to = [&](uint32_t end) {
+            for (; sent < std::min(end, layers); ++sent) {
+                const char* argv[2] = {"GET", names[sent].data()};
+                const size_t lengths[2] = {3, names[sent].size()};
+                if (redisAppendCommandArgv(c, 2, argv, lengths) != REDIS_OK) return false;
+            }
+            return true;
+        };
+        const uint32_t in_flight = std::max<uint32_t>(1, options.stream_in_flight);
+        if (!send_up_to(in_flight)) return unreachable("GET of the layers");
+        for (uint32_t l = 0; l < layers; ++l) {
+            if (stream.cancelled()) return miss(Status(StatusCode::ok, manifest_name + ": stream cancelled"));
+            void* raw = nullptr;
+            if (redisGetReply(c, &raw) != REDIS_OK || raw == nullptr) return unreachable("GET of layer " + std::to_string(l));
+            const Reply value(static_cast<redisReply*>(raw));
+            // The next GET goes out before this layer is checked and copied.
+            if (!send_up_to(l + 1 + in_flight)) return unreachable("GET of the layers");
+            const Manifest::Layer& expected = manifest.layers[l];
+            const std::string where = "layer " + std::to_string(l) + " (" + names[l] + ")";
+            if (value->type == REDIS_REPLY_NIL)
+                return damaged(Status(StatusCode::corrupt, where + " is missing (evicted?)"), layers);
+            if (value->type != REDIS_REPLY_STRING || value->len != expected.bytes)
+                return damaged(Status(StatusCode::corrupt,
+                                      where + " is " +
+                                          (value->type == REDIS_REPLY_STRING
+                                               ? std::to_string(value->len) + " bytes, the manifest says " + std::to_string(expected.bytes)
+                                               : std::string("not a string"))),
+                               layers);
+            if (XXH3_64bits(value->str, value->len) != expected.checksum)
+                return damaged(Status(StatusCode::corrupt, where + ": checksum mismatch"), layers);
+            std::memcpy(memory.data() + expected.offset, value->str, value->len);
+            if (l + 1 < layers) stream.publish_layers(l + 1);
+        }
+        seal_streamed_image(memory);
+        return_stream_connection(c);
+        c = nullptr;
+        {
+            std::lock_guard lock(mutex);
+            ++stats.hits;
+            stats.bytes_read += manifest.image_bytes;
+        }
+        stream.publish_layers(layers);  // complete: on_complete callbacks run here
+    }
 };
 
-std::string RedisChunkBackend::manifest_key(const ChunkKey& key) {
-    return chunk_prefix(key) + ":manifest";
-}
+std::string RedisChunkBackend::manifest_key(const ChunkKey& key) { return manifest_key_of(key); }
 
-std::string RedisChunkBackend::layer_key(const ChunkKey& key, uint32_t layer) {
-    return chunk_prefix(key) + ":layer:" + std::to_string(layer);
+std::string RedisChunkBackend::layer_key(const ChunkKey& key, uint32_t layer) { return layer_key_of(key, layer); }
+
+std::shared_ptr<ChunkStream> RedisChunkBackend::get_streamed(const ChunkKey& key) {
+    auto stream = std::make_shared<ChunkStream>();
+    Impl* impl = impl_.get();
+    stream->start_reader([impl, key](ChunkStream& s) { impl->stream_chunk(key, s); });
+    return stream;
 }
 
 RedisChunkBackend::RedisChunkBackend(RedisOptions options) : impl_(std::make_unique<Impl>()) {

@@ -42,6 +42,11 @@ struct RedisOptions {
     uint64_t ttl_seconds = 0;
     // Largest chunk image accepted from a manifest: a bound on what one get() allocates.
     uint64_t max_image_bytes = uint64_t{16} << 30;
+    // Streamed reads (get_streamed): layer GETs kept in flight on the reader's connection.
+    uint32_t stream_in_flight = 4;
+    // Test hook: called by a streamed read once it has published the chunk's header and before
+    // it asks for any layer (e.g. to delete or damage a layer "mid-stream").
+    std::function<void(const ChunkKey&)> stream_hook_for_testing;
     // As ChunkStoreOptions::warning (default: one line on stderr).
     std::function<void(const Status&)> warning;
 };
@@ -60,6 +65,10 @@ public:
     RedisChunkBackend& operator=(const RedisChunkBackend&) = delete;
 
     std::optional<ChunkView> get(const ChunkKey& key) override;
+    // A reader thread per stream on a connection of its own (idle ones are kept for the next),
+    // the manifest first, then the layers with stream_in_flight GETs pipelined, each verified
+    // against the manifest (size, XXH3) as it arrives.
+    std::shared_ptr<ChunkStream> get_streamed(const ChunkKey& key) override;
     Status put(const ChunkKey& key, const StoredChunk& chunk) override;
     Status erase(const ChunkKey& key) override;
     // SCAN over every model's manifests.

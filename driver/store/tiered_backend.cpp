@@ -1,6 +1,7 @@
 #include "store/tiered_backend.h"
 
 #include "store/chunk_codec.h"
+#include "store/chunk_stream.h"
 
 namespace kvfuse::store {
 
@@ -17,6 +18,20 @@ std::optional<ChunkView> TieredChunkBackend::get(const ChunkKey& key) {
         if (!copied.ok()) local_->warn(copied);
     }
     return view;
+}
+
+std::shared_ptr<ChunkStream> TieredChunkBackend::get_streamed(const ChunkKey& key) {
+    if (auto view = local_->get(key)) return ChunkStream::complete(std::move(view));
+    std::shared_ptr<ChunkStream> stream = remote_->get_streamed(key);
+    // Kept locally only once every layer has arrived and been verified (on the remote reader's
+    // thread, after the request could use the last layer): a stream that ends early leaves
+    // nothing behind.
+    ChunkBackend* local = local_.get();
+    stream->on_complete([local, key](const ChunkView& view) {
+        Status copied = local->put(key, stored_chunk_of(view));
+        if (!copied.ok()) local->warn(copied);
+    });
+    return stream;
 }
 
 Status TieredChunkBackend::put(const ChunkKey& key, const StoredChunk& chunk) {

@@ -15,6 +15,9 @@ public:
     TieredChunkBackend(std::unique_ptr<ChunkBackend> local, std::unique_ptr<ChunkBackend> remote);
 
     std::optional<ChunkView> get(const ChunkKey& key) override;
+    // A local hit is complete at once; a local miss streams from the remote tier, and the local
+    // copy is written once that stream is complete (never from a stream that ends early).
+    std::shared_ptr<ChunkStream> get_streamed(const ChunkKey& key) override;
     // Written to both. Fails only when neither tier took it; a failure of one tier is passed
     // to the warning hook.
     Status put(const ChunkKey& key, const StoredChunk& chunk) override;
