@@ -162,8 +162,9 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
 
 // F32 and BF16 matrices are packed once (the packed copy is the size of the file's; bf16 stays
 // bf16); the block types of block_codes.h are packed from their codes (no f32 copy, no
-// requantization: 6 bits a weight for 4-bit codes, 10 for 8-bit) for the int8 product, and their
-// file pages released; every other type stays in the mapped file in its stored form.
+// requantization: Q4_K in its two-level form, 4.75 bits a weight; other 4-bit codes 6, 8-bit 10)
+// for the int8 product, and their file pages released; every other type stays in the mapped
+// file in its stored form.
 LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t in, std::uint64_t out) {
     const GgufFile& f = *file_;
     const GgufTensor& t = f.require_tensor(name);
@@ -181,6 +182,32 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
         const std::vector<float> w = f.read_f32(t);
         status = kvfuse::PackedWeights::pack(w.data(), dense.out, dense.in, dense.in, kvfuse::Dtype::f32, dense.packed);
         resident_bytes_ += w.size() * sizeof(float);
+    } else if (t.type == GgmlType::q4_k && quantized_gemm_enabled()) {
+        // Q4_K's own two-level form (4.75 bits a weight), not the one-level 6.
+        const std::size_t blocks = dense.in / 32, supers = dense.in / 256;
+        std::vector<std::uint8_t> codes(dense.out * dense.in), sub_scales(dense.out * blocks), sub_offsets(dense.out * blocks);
+        std::vector<float> super_scales(dense.out * supers), super_offsets(dense.out * supers);
+        const std::size_t row_bytes = static_cast<std::size_t>(t.bytes / t.rows());
+        for (std::size_t r = 0; r < dense.out; ++r)
+            q4_k_two_level_codes(t.data + r * row_bytes, dense.in, codes.data() + r * dense.in, sub_scales.data() + r * blocks,
+                                 sub_offsets.data() + r * blocks, super_scales.data() + r * supers,
+                                 super_offsets.data() + r * supers);
+        kvfuse_quantized_weights q;
+        kvfuse_quantized_weights_init(&q);
+        q.out = dense.out;
+        q.in = dense.in;
+        q.code_bits = 4;
+        q.codes = codes.data();
+        q.codes_stride = dense.in;
+        q.block_stride = blocks;
+        q.sub_scales = sub_scales.data();
+        q.sub_offsets = sub_offsets.data();
+        q.super_scales = super_scales.data();
+        q.super_offsets = super_offsets.data();
+        q.super_stride = supers;
+        status = kvfuse::PackedWeights::pack_quantized(q, dense.packed);
+        resident_bytes_ += (dense.out + 31) / 32 * 32 * (dense.in / 2 + blocks * 2 + supers * 8);
+        if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
     } else if (const int bits = block32_code_bits(t.type); bits != 0 && quantized_gemm_enabled()) {
         const std::size_t blocks = dense.in / 32;
         std::vector<std::uint8_t> codes(dense.out * dense.in);
