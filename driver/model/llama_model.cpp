@@ -34,8 +34,22 @@ std::vector<float> load_vector(const GgufFile& f, const std::string& name, std::
     return f.read_f32(t);
 }
 
+// The mapped file's pages under [data, data + bytes) (whole pages only) dropped from this
+// process's resident set once the tensor has been packed: they are clean file pages that are
+// read again from the page cache if anything touches them later.
+void release_pages(const std::uint8_t* data, std::uint64_t bytes) {
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    if (page == 0 || page > (1u << 30)) return;
+    const auto begin = (reinterpret_cast<std::uintptr_t>(data) + page - 1) / page * page;
+    const auto end = (reinterpret_cast<std::uintptr_t>(data) + static_cast<std::uintptr_t>(bytes)) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 // FNV-1a over the tensor bytes and shape-defining metadata: cheap, and any change of weights
-// or settings changes it, so stored chunks of another model never match.
+// or settings changes it, so stored chunks of another model never match. Each tensor's pages
+// are released once hashed: otherwise the whole file stays resident through the load, beside
+// the packed copies (peak RSS file + packed, not about the larger of the two); the tensors the
+// forward pass reads from the file fault back in from the page cache.
 std::string fingerprint_of(const GgufFile& f, const kvfuse::fusion::ModelShape& s) {
     std::uint64_t h = 1469598103934665603ull;
     auto mix = [&](const void* data, std::size_t bytes) {
@@ -45,6 +59,7 @@ std::string fingerprint_of(const GgufFile& f, const kvfuse::fusion::ModelShape& 
     for (const auto& t : f.tensors()) {
         mix(t.name.data(), t.name.size());
         mix(t.data, static_cast<std::size_t>(t.bytes));
+        release_pages(t.data, t.bytes);
     }
     mix(&s.rope.base, sizeof s.rope.base);
     mix(&s.rope.pairing, sizeof s.rope.pairing);
@@ -60,16 +75,6 @@ bool quantized_gemm_enabled() {
     return value == nullptr || std::strcmp(value, "1") != 0;
 }
 
-// The mapped file's pages under [data, data + bytes) (whole pages only) dropped from this
-// process's resident set once the tensor has been packed: they are clean file pages that are
-// read again from the page cache if anything touches them later.
-void release_pages(const std::uint8_t* data, std::uint64_t bytes) {
-    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-    if (page == 0 || page > (1u << 30)) return;
-    const auto begin = (reinterpret_cast<std::uintptr_t>(data) + page - 1) / page * page;
-    const auto end = (reinterpret_cast<std::uintptr_t>(data) + static_cast<std::uintptr_t>(bytes)) / page * page;
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
 
 }  // namespace
 

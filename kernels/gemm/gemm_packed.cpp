@@ -112,8 +112,9 @@ PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q) {
             if (two_level) {
                 for (std::size_t j = 0; j < kGemmPanel; ++j) {
                     const bool real = first + j < q.out;
-                    record[code_bytes + j] = real ? q.sub_scales[(first + j) * q.block_stride + b] : 0;
-                    record[code_bytes + kGemmPanel + j] = real ? q.sub_offsets[(first + j) * q.block_stride + b] : 0;
+                    const std::size_t at = code_bytes + 4 * (j % 16) + 2 * (j / 16);
+                    record[at] = real ? q.sub_scales[(first + j) * q.block_stride + b] : 0;
+                    record[at + 1] = real ? q.sub_offsets[(first + j) * q.block_stride + b] : 0;
                 }
                 if (b % kSuperBlocks == 0) {
                     float header[2 * kGemmPanel];
@@ -158,8 +159,9 @@ void unpack_quantized_row(const PackedWeightsData& w, std::size_t j, std::uint8_
         }
         if (w.two_level()) {
             const float* header = w.super_header(p, b);
-            scales[b] = header[col] * static_cast<float>(record[w.code_bytes() + col]);
-            offsets[b] = header[kGemmPanel + col] * static_cast<float>(record[w.code_bytes() + kGemmPanel + col]);
+            const std::size_t at = w.code_bytes() + 4 * (col % 16) + 2 * (col / 16);
+            scales[b] = header[col] * static_cast<float>(record[at]);
+            offsets[b] = header[kGemmPanel + col] * static_cast<float>(record[at + 1]);
         } else {
             std::memcpy(scales + b, record + w.code_bytes() + col * sizeof(float), sizeof(float));
             std::memcpy(offsets + b, record + w.code_bytes() + (kGemmPanel + col) * sizeof(float), sizeof(float));

@@ -22,10 +22,11 @@
 //         Records are 1280 (8-bit) or 768 bytes (4-bit): 64-byte aligned.
 //   two-level 4-bit (KVFUSE_DTYPE_Q4_SUPER256, Q4_K's form): panel p holds, per super-block s
 //         of 8 blocks (256 k; the last may have fewer), a header of 32 f32 super-scales then 32
-//         f32 super-offsets, then the super-block's records: 4-bit codes as above, then 32 u8
-//         sub-scales, then 32 u8 sub-offsets (column j: scale = super_scale[j] * sub_scale[j],
-//         offset = super_offset[j] * sub_offset[j], one f32 product each). Header 256 bytes,
-//         records 576: 4.75 bits a weight, 64-byte aligned.
+//         f32 super-offsets, then the super-block's records: 4-bit codes as above, then 16
+//         32-bit words, word j < 16 holding bytes (sub-scale, sub-offset) of column j and then of
+//         column j + 16 (as the nibbles: one load, masks and shifts give both vectors), column j:
+//         scale = super_scale[j] * sub_scale[j], offset = super_offset[j] * sub_offset[j], one f32
+//         product each. Header 256 bytes, records 576: 4.75 bits a weight, 64-byte aligned.
 #pragma once
 
 #include <cstddef>

@@ -175,13 +175,6 @@ struct Depth {
     float* partial;  // kRows x 2 vectors
 };
 
-// kLanes u8 values widened to f32.
-inline F32s widen_u8(const std::uint8_t* p) {
-    alignas(64) std::int32_t v[kLanes];
-    for (std::size_t l = 0; l < kLanes; ++l) v[l] = p[l];
-    return int32_to_f32(I32s::load_aligned(v));
-}
-
 // M rows of the tile `a` times the column tile at lane offset c0 of a panel (`records` its
 // first byte), over the depth chunk `depth`. TwoLevel: 4-bit codes with u8 sub-scales/offsets and
 // f32 super-scales/offsets per 8 blocks (gemm_packed.h); each block's scale and offset are then
@@ -253,12 +246,16 @@ void tile_q(const ATile& a, const std::uint8_t* records, const Depth& depth, std
         }
         F32s sw[2], mw[2];
         if constexpr (TwoLevel) {
+            // Word l: (sub-scale, sub-offset) of column l, then of column l + 16.
             const auto* header = reinterpret_cast<const float*>(records + b / detail::kSuperBlocks * super_span);
-            const std::uint8_t* sub = record + code_bytes;
+            const I32s subs = I32s::load_aligned(reinterpret_cast<const std::int32_t*>(record + code_bytes) + c0);
+            const I32s byte(0xFF);
             for (std::size_t v = 0; v < 2; ++v) {
                 const std::size_t j = c0 + v * (kPanel / 2);
-                sw[v] = F32s::load_aligned(header + j) * widen_u8(sub + j);
-                mw[v] = F32s::load_aligned(header + kPanel + j) * widen_u8(sub + kPanel + j);
+                const I32s sub_scale = (subs >> static_cast<int>(16 * v)) & byte;
+                const I32s sub_offset = (subs >> static_cast<int>(16 * v + 8)) & byte;
+                sw[v] = F32s::load_aligned(header + j) * int32_to_f32(sub_scale);
+                mw[v] = F32s::load_aligned(header + kPanel + j) * int32_to_f32(sub_offset);
             }
         } else {
             const auto* scales = reinterpret_cast<const float*>(record + code_bytes);
