@@ -795,7 +795,8 @@ KVFUSE_API kvfuse_status kvfuse_gemm(const kvfuse_packed_weights* weights, const
 typedef struct kvfuse_quantized_weights {
     size_t struct_size;    /* kvfuse_quantized_weights_init sets it */
     size_t out, in;        /* W is [out x in]; in must be a multiple of 32 */
-    int code_bits;         /* 8 (packed as KVFUSE_DTYPE_Q8_BLOCK32) or 4 (KVFUSE_DTYPE_Q4_BLOCK32) */
+    int code_bits;         /* 8 (packed as KVFUSE_DTYPE_Q8_BLOCK32) or 4 (KVFUSE_DTYPE_Q4_BLOCK32, or
+                              KVFUSE_DTYPE_Q4_SUPER256 with sub_scales below) */
     const uint8_t* codes;  /* out rows of in codes, one byte each, row stride codes_stride bytes */
     size_t codes_stride;   /* >= in */
     const float* scales;   /* out rows of in / 32, row stride block_stride floats */

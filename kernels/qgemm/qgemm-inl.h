@@ -1,6 +1,7 @@
 // Dense-layer product with block-quantized weights (gemm_packed.h: per 32 k of a row, 8- or
-// 4-bit codes u, a scale s and an offset m, w = s u - m) on the CPU's integer dot, written once
-// on the xsimd architecture (compiled per ISA; no include guard).
+// 4-bit codes u, a scale s and an offset m, w = s u - m; or the two-level 4-bit form, whose s and
+// m are f32 products of a per-256 super value and a per-32 u8 sub value) on the CPU's integer
+// dot, written once on the xsimd architecture (compiled per ISA; no include guard).
 //
 // Each row of A is quantized per block of 32 k to int8 with one scale d (q = round(a / d),
 // d = max|a| / 127; reference::quantize_activation_block is the definition), so that a block of
