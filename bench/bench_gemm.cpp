@@ -54,7 +54,8 @@ void gemm_bench(benchmark::State& state, kvfuse::Isa isa, kvfuse::Dtype dtype, S
     const std::vector<float> w = random_values(shape.out * shape.in, 2);
     std::vector<float> c(n * shape.out), c_blas(c.size());
     kvfuse::PackedWeights packed;
-    const bool quantized = dtype == kvfuse::Dtype::q4_block32 || dtype == kvfuse::Dtype::q8_block32;
+    const bool two_level = dtype == kvfuse::Dtype::q4_super256;
+    const bool quantized = two_level || dtype == kvfuse::Dtype::q4_block32 || dtype == kvfuse::Dtype::q8_block32;
     kvfuse::Status packing;
     if (quantized) {
         const int bits = dtype == kvfuse::Dtype::q8_block32 ? 8 : 4;
@@ -72,6 +73,20 @@ void gemm_bench(benchmark::State& state, kvfuse::Isa isa, kvfuse::Dtype dtype, S
         q.scales = scales.data();
         q.offsets = offsets.data();
         q.block_stride = shape.in / 32;
+        // Two-level (Q4_K's form): 6-bit sub-values, super values per 256 (a partial last one
+        // when `in` is not a multiple of 256).
+        const std::size_t supers = (shape.in / 32 + 7) / 8;
+        std::vector<std::uint8_t> subs(2 * shape.out * shape.in / 32);
+        for (auto& u : subs) u = static_cast<std::uint8_t>(rng() & 63u);
+        const std::vector<float> supers_scale = random_values(shape.out * supers, 6), supers_offset = random_values(shape.out * supers, 7);
+        if (two_level) {
+            q.scales = q.offsets = nullptr;
+            q.sub_scales = subs.data();
+            q.sub_offsets = subs.data() + shape.out * shape.in / 32;
+            q.super_scales = supers_scale.data();
+            q.super_offsets = supers_offset.data();
+            q.super_stride = supers;
+        }
         packing = kvfuse::PackedWeights::pack_quantized(q, packed);
     } else {
         packing = kvfuse::PackedWeights::pack(w.data(), shape.out, shape.in, 0, dtype, packed);
@@ -129,12 +144,13 @@ int main(int argc, char** argv) {
         for (std::size_t n : {512, 4096})
             for (const Shape& shape : kShapes)
                 for (kvfuse::Dtype dtype : {kvfuse::Dtype::f32, kvfuse::Dtype::bf16, kvfuse::Dtype::q8_block32,
-                                            kvfuse::Dtype::q4_block32})
+                                            kvfuse::Dtype::q4_block32, kvfuse::Dtype::q4_super256})
                     for (int threads : {1, 2}) {
                         const char* type = dtype == kvfuse::Dtype::f32    ? "f32"
                                            : dtype == kvfuse::Dtype::bf16 ? "bf16"
                                            : dtype == kvfuse::Dtype::q8_block32 ? "q8"
-                                                                                : "q4";
+                                           : dtype == kvfuse::Dtype::q4_block32 ? "q4"
+                                                                                : "q4k";
                         const std::string name = std::string("gemm/") + kvfuse::isa_name(isa) + "/" + type + "/" + shape.layer +
                                                  "/n:" + std::to_string(n) + "/out:" + std::to_string(shape.out) +
                                                  "/in:" + std::to_string(shape.in) + "/threads:" + std::to_string(threads);

@@ -117,10 +117,30 @@ kvfuse_status kvfuse_pack_quantized_weights(const kvfuse_quantized_weights* weig
         if (q.out > kMaxExtent || q.codes_stride > kMaxExtent || q.block_stride > kMaxExtent ||
             q.out - 1 > kMaxExtent / q.codes_stride || q.out - 1 > kMaxExtent / q.block_stride)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out * codes_stride is too large");
-        if (q.codes == nullptr || q.scales == nullptr || q.offsets == nullptr)
-            return fail(KVFUSE_ERROR_NULL_POINTER, "codes, scales and offsets are required");
-        if (auto s = check_aligned("scales", q.scales, alignof(float)); s != KVFUSE_OK) return s;
-        if (auto s = check_aligned("offsets", q.offsets, alignof(float)); s != KVFUSE_OK) return s;
+        if (q.sub_scales != nullptr) {  // the two-level form (V2)
+            const std::size_t supers = (blocks + kvfuse::detail::kSuperBlocks - 1) / kvfuse::detail::kSuperBlocks;
+            if (q.code_bits != 4)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the two-level form (sub_scales set) needs code_bits = 4, not " +
+                                                               std::to_string(q.code_bits));
+            if (q.scales != nullptr || q.offsets != nullptr)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                            "scales and offsets must be NULL when sub_scales is set (the two-level form)");
+            if (q.codes == nullptr || q.sub_offsets == nullptr || q.super_scales == nullptr || q.super_offsets == nullptr)
+                return fail(KVFUSE_ERROR_NULL_POINTER,
+                            "codes, sub_offsets, super_scales and super_offsets are required with sub_scales");
+            if (q.super_stride < supers)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "super_stride (" + std::to_string(q.super_stride) +
+                                                               ") must be >= ceil(in / 256) (" + std::to_string(supers) + ")");
+            if (q.super_stride > kMaxExtent || q.out - 1 > kMaxExtent / q.super_stride)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out * super_stride is too large");
+            if (auto s = check_aligned("super_scales", q.super_scales, alignof(float)); s != KVFUSE_OK) return s;
+            if (auto s = check_aligned("super_offsets", q.super_offsets, alignof(float)); s != KVFUSE_OK) return s;
+        } else {
+            if (q.codes == nullptr || q.scales == nullptr || q.offsets == nullptr)
+                return fail(KVFUSE_ERROR_NULL_POINTER, "codes, scales and offsets are required");
+            if (auto s = check_aligned("scales", q.scales, alignof(float)); s != KVFUSE_OK) return s;
+            if (auto s = check_aligned("offsets", q.offsets, alignof(float)); s != KVFUSE_OK) return s;
+        }
         const unsigned limit = 1u << q.code_bits;
         for (std::size_t j = 0; j < q.out; ++j)
             for (std::size_t k = 0; k < q.in; ++k)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `kvfuse make-model` end to end through the CLI: a small model in f32 and in bf16 is written,
 # described by `info`, and run by `run` (every method, text and pre-tokenized input) and
-# `generate`; an interrupted write leaves neither a partial model nor a temporary file.
+# `generate`; a Q4_K_M mix loads, runs and scores as its dequantized path does; an interrupted write leaves neither a partial model nor a temporary file.
 set -u
 kvfuse=$1
 scratch=$(mktemp -d)
@@ -42,6 +42,27 @@ for dtype in f32 bf16; do
         --question "5 6 7" --method a3 --repeat 1 -n 2 --no-store
     check "$dtype: generate" "$kvfuse" generate --model "$model" -p "once upon a time" -n 4
 done
+
+# llama.cpp's Q4_K_M mix (Q6_K for output and for attn_v / ffn_down of layers 0, 3, 6, 7 of 8):
+# it loads (Q4_K packed in its two-level form), runs, and its perplexity with int8 activations
+# stays within 0.5 % (perplexity_llamacpp's tolerance) of the dequantize-to-f32 path's.
+model="$scratch/q4_k_m.gguf"
+check "q4_k_m: make-model" "$kvfuse" make-model --out "$model" --dim 256 --layers 8 --heads 4 --kv-heads 2 --hidden 512 \
+    --vocab 512 --context 2048 --dtype q4_k_m --seed 3
+check "q4_k_m: info" "$kvfuse" info --model "$model"
+expect_in_output "q4_k_m: tensor types" "F32 x17 Q4_K x49 Q6_K x9"
+check "q4_k_m: run" "$kvfuse" run --model "$model" --chunk "$scratch/c1.txt" --chunk "$scratch/c2.txt" \
+    --question "what did the dog do" --method a3 --repeat 1 -n 2 --no-store
+head -c 20000 "$(dirname "$0")/../driver/data/tinystories_val.txt" > "$scratch/text.txt"
+ppl() { "$kvfuse" perplexity --model "$model" --file "$scratch/text.txt" --ctx 128 --max-windows 4 2>/dev/null | sed -n 's/^perplexity \([0-9.]*\) .*/\1/p'; }
+quantized=$(ppl)
+dequantized=$(KVFUSE_DEQUANTIZED_GEMM=1 ppl)
+if [[ -n "$quantized" && -n "$dequantized" ]] &&
+    awk -v q="$quantized" -v d="$dequantized" 'BEGIN { r = q / d - 1; exit !(r < 0.005 && r > -0.005) }'; then
+    echo "ok: q4_k_m: perplexity $quantized (int8 activations) vs $dequantized (dequantized)"
+else
+    echo "FAIL: q4_k_m: perplexity '$quantized' (int8 activations) vs '$dequantized' (dequantized)"; failures=$((failures + 1))
+fi
 
 # Interrupted while writing a 100 MB model: afterwards the name holds either nothing or a
 # complete model, and no temporary file is left either way.

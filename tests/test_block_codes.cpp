@@ -4,6 +4,7 @@
 // (tests/data/quants); a model of such a file holds its matrices packed.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -33,6 +34,24 @@ void expect_exact(GgmlType type, const std::uint8_t* blocks, std::size_t element
         ASSERT_LT(codes[k], 1u << bits) << what << " value " << k;
         const float got = scales[k / 32] * static_cast<float>(codes[k]) - offsets[k / 32];
         ASSERT_EQ(got, want[k]) << what << " value " << k;  // equal values (0 and -0 alike: d (q - 8) at q = 8)
+    }
+    if (type != GgmlType::q4_k) return;
+    // Q4_K's two-level form: the same codes, and super * sub (one f32 product, as the kernels
+    // compute it) the same scales and offsets bit for bit, so the same dequantized values.
+    std::vector<std::uint8_t> codes2(elements), sub_scales(elements / 32), sub_offsets(elements / 32);
+    std::vector<float> super_scales(elements / 256), super_offsets(elements / 256);
+    kvfuse::model::q4_k_two_level_codes(blocks, elements, codes2.data(), sub_scales.data(), sub_offsets.data(),
+                                        super_scales.data(), super_offsets.data());
+    ASSERT_EQ(codes2, codes) << what;
+    for (std::size_t b = 0; b < elements / 32; ++b) {
+        ASSERT_LT(sub_scales[b], 64u) << what;
+        ASSERT_LT(sub_offsets[b], 64u) << what;
+        const float scale = super_scales[b / 8] * static_cast<float>(sub_scales[b]);
+        const float offset = super_offsets[b / 8] * static_cast<float>(sub_offsets[b]);
+        ASSERT_EQ(std::memcmp(&scale, &scales[b], sizeof scale), 0) << what << " block " << b;
+        ASSERT_EQ(std::memcmp(&offset, &offsets[b], sizeof offset), 0) << what << " block " << b;
+        for (std::size_t k = 32 * b; k < 32 * b + 32; ++k)
+            ASSERT_EQ(scale * static_cast<float>(codes2[k]) - offset, want[k]) << what << " value " << k;
     }
 }
 

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "isa_test_support.h"
+#include "reference/f16_reference.h"
 #include "reference/gemm_reference.h"
 
 namespace {
@@ -37,10 +38,16 @@ struct QOperands {
     std::size_t lda, ldcodes, ldblocks, ldc;
     std::vector<float> a, c, scales, offsets;
     std::vector<std::uint8_t> codes;
+    // The two-level form (KVFUSE_DTYPE_Q4_SUPER256) when two_level: scales and offsets above are
+    // then the f32 products super * sub that define it (what the reference multiplies by).
+    bool two_level = false;
+    std::size_t ldsuper = 0;
+    std::vector<std::uint8_t> sub_scales, sub_offsets;
+    std::vector<float> super_scales, super_offsets;
 };
 
 QOperands make_operands(Shape s, int bits, std::uint32_t seed, std::size_t pad = 0) {
-    QOperands o{s, bits, s.in + pad, s.in + pad, s.in / 32 + pad, s.out + pad, {}, {}, {}, {}, {}};
+    QOperands o{s, bits, s.in + pad, s.in + pad, s.in / 32 + pad, s.out + pad, {}, {}, {}, {}, {}, false, 0, {}, {}, {}, {}};
     o.a = kvfuse::testing::random_floats(s.n * o.lda, seed);
     o.c = kvfuse::testing::random_floats(s.n * o.ldc, seed + 2);
     std::mt19937 rng(seed + 3);
@@ -55,6 +62,32 @@ QOperands make_operands(Shape s, int bits, std::uint32_t seed, std::size_t pad =
     return o;
 }
 
+// The same codes with two-level scales: per 32 a u8 sub-scale and sub-offset, per 256 f16-valued
+// super-scales (as Q4_K's d, dmin; some negative super-offsets, as Q4_1-like offsets are).
+QOperands make_two_level(Shape s, std::uint32_t seed, std::size_t pad = 0) {
+    QOperands o = make_operands(s, 4, seed, pad);
+    o.two_level = true;
+    const std::size_t blocks = s.in / 32, supers = (blocks + 7) / 8;
+    o.ldsuper = supers + pad;
+    std::mt19937 rng(seed + 7);
+    std::uniform_int_distribution<int> sub(0, 255);
+    std::uniform_real_distribution<float> super(-4e-4f, 4e-4f);
+    o.sub_scales.resize(s.out * o.ldblocks);
+    o.sub_offsets.resize(s.out * o.ldblocks);
+    for (auto& u : o.sub_scales) u = static_cast<std::uint8_t>(sub(rng));
+    for (auto& u : o.sub_offsets) u = static_cast<std::uint8_t>(sub(rng));
+    o.super_scales.resize(s.out * o.ldsuper);
+    o.super_offsets.resize(s.out * o.ldsuper);
+    for (auto& x : o.super_scales) x = kvfuse::reference::f16_to_f32(kvfuse::reference::f32_to_f16(std::fabs(super(rng))));
+    for (auto& x : o.super_offsets) x = kvfuse::reference::f16_to_f32(kvfuse::reference::f32_to_f16(super(rng)));
+    for (std::size_t j = 0; j < s.out; ++j)
+        for (std::size_t b = 0; b < blocks; ++b) {
+            o.scales[j * o.ldblocks + b] = o.super_scales[j * o.ldsuper + b / 8] * float(o.sub_scales[j * o.ldblocks + b]);
+            o.offsets[j * o.ldblocks + b] = o.super_offsets[j * o.ldsuper + b / 8] * float(o.sub_offsets[j * o.ldblocks + b]);
+        }
+    return o;
+}
+
 kvfuse_quantized_weights describe_weights(const QOperands& o) {
     kvfuse_quantized_weights q;
     kvfuse_quantized_weights_init(&q);
@@ -66,6 +99,14 @@ kvfuse_quantized_weights describe_weights(const QOperands& o) {
     q.scales = o.scales.data();
     q.offsets = o.offsets.data();
     q.block_stride = o.ldblocks;
+    if (o.two_level) {
+        q.scales = q.offsets = nullptr;
+        q.sub_scales = o.sub_scales.data();
+        q.sub_offsets = o.sub_offsets.data();
+        q.super_scales = o.super_scales.data();
+        q.super_offsets = o.super_offsets.data();
+        q.super_stride = o.ldsuper;
+    }
     return q;
 }
 
@@ -219,6 +260,31 @@ TEST_P(QGemmTest, NonFiniteActivationsGiveNan) {
     }
 }
 
+// Two-level weights (KVFUSE_DTYPE_Q4_SUPER256): against the reference over depths with whole and
+// partial super-blocks, and bit-identical to the one-level form given the same f32 products
+// (kvfuse.h promises it), whatever the thread count.
+TEST_P(QGemmTest, TwoLevelMatchesReferenceAndOneLevel) {
+    const Shape shapes[] = {{1, 1, 32},     {3, 17, 160},  {7, 33, 256},  {13, 70, 288},
+                            {49, 40, 544},  {1, 100, 1024}, {20, 64, 2816}, {97, 9, 96}};
+    std::uint32_t seed = 100;
+    for (const Shape& s : shapes)
+        for (std::size_t pad : {std::size_t{0}, std::size_t{3}}) {
+            const QOperands o = make_two_level(s, seed++, pad);
+            const float beta = seed % 2 == 0 ? 0.0f : 0.5f;
+            const int threads = seed % 3 == 0 ? 2 : 1;
+            const std::string what = "two-level " + describe(s, 4, beta, threads, pad);
+            check(o, beta, threads, what);
+            QOperands flat = o;
+            flat.two_level = false;
+            const PackedWeights two = pack(o), one = pack(flat);
+            ASSERT_EQ(two.dtype(), kvfuse::Dtype::q4_super256);
+            std::vector<float> got = o.c, want = o.c;
+            ASSERT_TRUE(kvfuse::gemm(two, o.a.data(), s.n, got.data(), beta, threads, o.lda, o.ldc).ok());
+            ASSERT_TRUE(kvfuse::gemm(one, o.a.data(), s.n, want.data(), beta, 1, o.lda, o.ldc).ok());
+            ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << what << ": differs from one-level";
+        }
+}
+
 TEST_P(QGemmTest, Int8SchemeNamesTheKernel) {
     const std::string scheme = kvfuse::gemm_int8_scheme();
     const std::string build = kvfuse::detail::active_kernel_build();
@@ -252,6 +318,53 @@ TEST(QGemmPacking, InfoAndExactWeights) {
             }
         }
     }
+}
+
+// The two-level form packs in 4.75 bits a weight and unpacks to the f32 products exactly.
+TEST(QGemmPacking, TwoLevelExactWeights) {
+    const QOperands o = make_two_level({1, 37, 288}, 15, 2);
+    const PackedWeights packed = pack(o);
+    EXPECT_EQ(packed.dtype(), kvfuse::Dtype::q4_super256);
+    for (std::size_t k : {0u, 31u, 255u, 256u, 287u}) {
+        std::vector<float> x(288, 0.0f), y(37);
+        x[k] = 1.0f;
+        ASSERT_TRUE(kvfuse::gemm(packed, x.data(), 1, y.data(), 0.0f, 1).ok());
+        for (std::size_t j = 0; j < 37; ++j) {
+            const double w = double(o.scales[j * o.ldblocks + k / 32]) * o.codes[j * o.ldcodes + k] - o.offsets[j * o.ldblocks + k / 32];
+            EXPECT_NEAR(y[j], w, 1e-6 * (std::fabs(w) + 1.0)) << "row " << j << " k " << k;
+        }
+    }
+}
+
+TEST(QGemmApi, RejectsBadTwoLevelArguments) {
+    const QOperands o = make_two_level({1, 3, 288}, 19);
+    const kvfuse_quantized_weights q = describe_weights(o);
+    kvfuse_packed_weights* h = nullptr;
+    auto expect = [&](kvfuse_quantized_weights bad, kvfuse_status status, const char* text) {
+        EXPECT_EQ(kvfuse_pack_quantized_weights(&bad, &h), status) << text;
+        EXPECT_EQ(h, nullptr);
+        EXPECT_NE(std::string(kvfuse_last_error()).find(text), std::string::npos) << kvfuse_last_error();
+    };
+    kvfuse_quantized_weights bad = q;
+    bad.code_bits = 8;
+    expect(bad, KVFUSE_ERROR_INVALID_ARGUMENT, "code_bits = 4");
+    bad = q;
+    bad.scales = o.scales.data();
+    expect(bad, KVFUSE_ERROR_INVALID_ARGUMENT, "must be NULL");
+    bad = q;
+    bad.super_stride = 1;  // 9 blocks need 2 super-blocks
+    expect(bad, KVFUSE_ERROR_INVALID_ARGUMENT, "super_stride");
+    bad = q;
+    bad.super_offsets = nullptr;
+    expect(bad, KVFUSE_ERROR_NULL_POINTER, "super_offsets");
+    bad = q;
+    bad.struct_size = KVFUSE_QUANTIZED_WEIGHTS_SIZE_V1;  // a V1 caller never has the two-level form
+    ASSERT_EQ(kvfuse_pack_quantized_weights(&bad, &h), KVFUSE_ERROR_NULL_POINTER);
+    ASSERT_EQ(kvfuse_pack_quantized_weights(&q, &h), KVFUSE_OK);
+    kvfuse_dtype dtype = KVFUSE_DTYPE_F32;
+    EXPECT_EQ(kvfuse_packed_weights_info(h, nullptr, nullptr, &dtype), KVFUSE_OK);
+    EXPECT_EQ(dtype, KVFUSE_DTYPE_Q4_SUPER256);
+    kvfuse_packed_weights_free(h);
 }
 
 TEST(QGemmApi, RejectsBadArguments) {

@@ -42,7 +42,7 @@ void add_make_model_command(CLI::App& app) {
     cmd->add_option("--vocab", o->spec.vocab, "vocabulary size (at least 259)")->capture_default_str();
     cmd->add_option("--context", o->spec.context, "context length")->capture_default_str();
     cmd->add_option("--rope-base", o->spec.rope_base, "RoPE frequency base")->capture_default_str();
-    cmd->add_option("--dtype", o->spec.dtype, "matrix storage: any type kvfuse reads (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ... q6_k, iq4_nl, iq4_xs; quantized by kvfuse's own quantizers); norms stay f32")->capture_default_str();
+    cmd->add_option("--dtype", o->spec.dtype, "matrix storage: any type kvfuse reads (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ... q6_k, iq4_nl, iq4_xs, or q4_k_m: llama.cpp's mix of q4_k and q6_k; quantized by kvfuse's own quantizers); norms stay f32")->capture_default_str();
     cmd->add_option("--seed", o->spec.seed, "seed of the weights (same seed, same file)")->check(CLI::NonNegativeNumber)->capture_default_str();
     cmd->add_flag("--force", o->force, "replace an existing file");
     cmd->callback([o] { g_exit_status = run(*o); });

@@ -128,6 +128,15 @@ std::uint32_t llama_file_type(GgmlType type) {
     }
 }
 
+// --dtype q4_k_m: llama.cpp's Q4_K_M mix (llama_tensor_get_type): Q4_K everywhere but Q6_K for
+// output.weight and for attn_v / ffn_down of the layers use_more_bits picks (the first and last
+// eighth, and every third between).
+constexpr const char* kQ4KMixName = "q4_k_m";
+constexpr std::uint32_t kQ4KMixFileType = 15;  // LLAMA_FTYPE_MOSTLY_Q4_K_M
+bool use_more_bits(int layer, int layers) {
+    return layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2;
+}
+
 struct TensorPlan {
     std::string name;
     std::vector<std::uint64_t> dims;  // ggml order: dims[0] is the input (contiguous) side
@@ -225,9 +234,10 @@ void validate(const RandomModelSpec& s) {
          "--vocab must be in [259, 16777216] (3 special and 256 byte tokens come first)");
     need(s.context >= 16 && s.context <= (1 << 24), "--context must be in [16, 16777216]");
     need(std::isfinite(s.rope_base) && s.rope_base > 1.0, "--rope-base must be a finite number above 1");
-    const TypeTraits* type = kvfuse::model::find_type_traits(s.dtype);
-    need(type != nullptr && type->supported(),
-         "--dtype must be one of " + kvfuse::model::supported_type_names() + ", not '" + s.dtype + "'");
+    const TypeTraits* type =
+        s.dtype == kQ4KMixName ? &kvfuse::model::type_traits(GgmlType::q4_k) : kvfuse::model::find_type_traits(s.dtype);
+    need(type != nullptr && type->supported(), "--dtype must be one of " + kvfuse::model::supported_type_names() + " or " +
+                                                   kQ4KMixName + ", not '" + s.dtype + "'");
     // Every matrix row (dim or hidden values) must be whole blocks of the type.
     need(s.dim % static_cast<int>(type->block_elements) == 0 && s.hidden % static_cast<int>(type->block_elements) == 0,
          std::string("--dtype ") + type->name + " stores rows in blocks of " + std::to_string(type->block_elements) +
@@ -247,30 +257,34 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     const std::uint64_t dim = static_cast<std::uint64_t>(spec.dim), hidden = static_cast<std::uint64_t>(spec.hidden),
                         vocab = static_cast<std::uint64_t>(spec.vocab),
                         kv = dim / static_cast<std::uint64_t>(spec.heads) * static_cast<std::uint64_t>(spec.kv_heads);
-    const TypeTraits* matrix_type = kvfuse::model::find_type_traits(spec.dtype);
+    const bool q4_k_mix = spec.dtype == kQ4KMixName;
+    const TypeTraits* matrix_type =
+        q4_k_mix ? &kvfuse::model::type_traits(GgmlType::q4_k) : kvfuse::model::find_type_traits(spec.dtype);
+    const TypeTraits* more_bits = q4_k_mix ? &kvfuse::model::type_traits(GgmlType::q6_k) : matrix_type;
     const TypeTraits* f32 = &kvfuse::model::type_traits(GgmlType::f32);
     // Matrices: normal with deviation 1/sqrt(fan_in), so a projection of an RMS-normalized row
     // keeps unit scale and activations stay finite through any depth. Embeddings: deviation 1,
     // the scale of the normalized states the layers add to the residual stream. Norms: 1.
     std::vector<TensorPlan> plan;
-    auto matrix = [&](const std::string& name, std::uint64_t in, std::uint64_t out) {
-        plan.push_back({name, {in, out}, matrix_type, static_cast<float>(1.0 / std::sqrt(static_cast<double>(in)))});
+    auto matrix = [&](const std::string& name, std::uint64_t in, std::uint64_t out, const TypeTraits* type) {
+        plan.push_back({name, {in, out}, type, static_cast<float>(1.0 / std::sqrt(static_cast<double>(in)))});
     };
     auto norm = [&](const std::string& name) { plan.push_back({name, {dim}, f32, 0.0f}); };
     plan.push_back({"token_embd.weight", {dim, vocab}, matrix_type, 1.0f});
     norm("output_norm.weight");
-    matrix("output.weight", dim, vocab);  // untied: tied unit-deviation embeddings would give sharp logits
+    matrix("output.weight", dim, vocab, more_bits);  // untied: tied unit-deviation embeddings would give sharp logits
     for (int l = 0; l < spec.layers; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";
+        const TypeTraits* mixed = use_more_bits(l, spec.layers) ? more_bits : matrix_type;
         norm(p + "attn_norm.weight");
-        matrix(p + "attn_q.weight", dim, dim);
-        matrix(p + "attn_k.weight", dim, kv);
-        matrix(p + "attn_v.weight", dim, kv);
-        matrix(p + "attn_output.weight", dim, dim);
+        matrix(p + "attn_q.weight", dim, dim, matrix_type);
+        matrix(p + "attn_k.weight", dim, kv, matrix_type);
+        matrix(p + "attn_v.weight", dim, kv, mixed);
+        matrix(p + "attn_output.weight", dim, dim, matrix_type);
         norm(p + "ffn_norm.weight");
-        matrix(p + "ffn_gate.weight", dim, hidden);
-        matrix(p + "ffn_up.weight", dim, hidden);
-        matrix(p + "ffn_down.weight", hidden, dim);
+        matrix(p + "ffn_gate.weight", dim, hidden, matrix_type);
+        matrix(p + "ffn_up.weight", dim, hidden, matrix_type);
+        matrix(p + "ffn_down.weight", hidden, dim, mixed);
     }
 
     kvfuse::model::GgufHeaderWriter header;
@@ -282,7 +296,7 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     header.add_string("general.name", name);
     header.add_string("general.description", "random weights for benchmarks and tests; it generates noise, not text");
     header.add_u32("general.alignment", static_cast<std::uint32_t>(kAlignment));
-    header.add_u32("general.file_type", llama_file_type(matrix_type->type));
+    header.add_u32("general.file_type", q4_k_mix ? kQ4KMixFileType : llama_file_type(matrix_type->type));
     header.add_u32("llama.context_length", static_cast<std::uint32_t>(spec.context));
     header.add_u32("llama.embedding_length", static_cast<std::uint32_t>(spec.dim));
     header.add_u32("llama.block_count", static_cast<std::uint32_t>(spec.layers));

@@ -103,4 +103,25 @@ void block32_codes(GgmlType type, const std::uint8_t* blocks, std::size_t elemen
     }
 }
 
+void q4_k_two_level_codes(const std::uint8_t* blocks, std::size_t elements, std::uint8_t* codes, std::uint8_t* sub_scales,
+                          std::uint8_t* sub_offsets, float* super_scales, float* super_offsets) {
+    const TypeTraits& traits = type_traits(GgmlType::q4_k);
+    const std::size_t count = elements / traits.block_elements;
+    for (std::size_t b = 0; b < count; ++b, blocks += traits.block_bytes) {
+        super_scales[b] = load_half(blocks);
+        super_offsets[b] = load_half(blocks + 2);
+        const std::uint8_t* q = blocks + 16;
+        for (int c = 0; c < 4; ++c, q += 32)
+            for (int half = 0; half < 2; ++half) {
+                const int sub = 2 * c + half;
+                int sc, mn;
+                quants::unpack_scale_min_k4(sub, blocks + 4, sc, mn);
+                sub_scales[8 * b + static_cast<std::size_t>(sub)] = static_cast<std::uint8_t>(sc);
+                sub_offsets[8 * b + static_cast<std::size_t>(sub)] = static_cast<std::uint8_t>(mn);
+                std::uint8_t* u = codes + 256 * b + 32 * static_cast<std::size_t>(sub);
+                for (int l = 0; l < 32; ++l) u[l] = static_cast<std::uint8_t>(half == 0 ? q[l] & 0xF : q[l] >> 4);
+            }
+    }
+}
+
 }  // namespace kvfuse::model

@@ -24,4 +24,12 @@ int block32_code_bits(GgmlType type);
 void block32_codes(GgmlType type, const std::uint8_t* blocks, std::size_t elements, std::uint8_t* codes, float* scales,
                    float* offsets);
 
+// Q4_K in the two-level form (KVFUSE_DTYPE_Q4_SUPER256, 4.75 bits a weight against the 6 of
+// the one-level one): one row of `elements` values (whole super-blocks of 256) as codes (one
+// byte per value), per 32 values the 6-bit sub-scale sc and sub-min mn, per 256 the super-block's
+// d and dmin (f16 values widened). d * sc and dmin * mn, one f32 product each, are exactly the
+// scales and offsets block32_codes gives, so both forms hold the dequantizer's values.
+void q4_k_two_level_codes(const std::uint8_t* blocks, std::size_t elements, std::uint8_t* codes, std::uint8_t* sub_scales,
+                          std::uint8_t* sub_offsets, float* super_scales, float* super_offsets);
+
 }  // namespace kvfuse::model

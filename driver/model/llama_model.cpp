@@ -34,8 +34,22 @@ std::vector<float> load_vector(const GgufFile& f, const std::string& name, std::
     return f.read_f32(t);
 }
 
+// The mapped file's pages under [data, data + bytes) (whole pages only) dropped from this
+// process's resident set once the tensor has been packed: they are clean file pages that are
+// read again from the page cache if anything touches them later.
+void release_pages(const std::uint8_t* data, std::uint64_t bytes) {
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    if (page == 0 || page > (1u << 30)) return;
+    const auto begin = (reinterpret_cast<std::uintptr_t>(data) + page - 1) / page * page;
+    const auto end = (reinterpret_cast<std::uintptr_t>(data) + static_cast<std::uintptr_t>(bytes)) / page * page;
+    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 // FNV-1a over the tensor bytes and shape-defining metadata: cheap, and any change of weights
-// or settings changes it, so stored chunks of another model never match.
+// or settings changes it, so stored chunks of another model never match. Each tensor's pages
+// are released once hashed: otherwise the whole file stays resident through the load, beside
+// the packed copies (peak RSS file + packed, not about the larger of the two); the tensors the
+// forward pass reads from the file fault back in from the page cache.
 std::string fingerprint_of(const GgufFile& f, const kvfuse::fusion::ModelShape& s) {
     std::uint64_t h = 1469598103934665603ull;
     auto mix = [&](const void* data, std::size_t bytes) {
@@ -45,6 +59,7 @@ std::string fingerprint_of(const GgufFile& f, const kvfuse::fusion::ModelShape& 
     for (const auto& t : f.tensors()) {
         mix(t.name.data(), t.name.size());
         mix(t.data, static_cast<std::size_t>(t.bytes));
+        release_pages(t.data, t.bytes);
     }
     mix(&s.rope.base, sizeof s.rope.base);
     mix(&s.rope.pairing, sizeof s.rope.pairing);
@@ -60,16 +75,6 @@ bool quantized_gemm_enabled() {
     return value == nullptr || std::strcmp(value, "1") != 0;
 }
 
-// The mapped file's pages under [data, data + bytes) (whole pages only) dropped from this
-// process's resident set once the tensor has been packed: they are clean file pages that are
-// read again from the page cache if anything touches them later.
-void release_pages(const std::uint8_t* data, std::uint64_t bytes) {
-    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
-    if (page == 0 || page > (1u << 30)) return;
-    const auto begin = (reinterpret_cast<std::uintptr_t>(data) + page - 1) / page * page;
-    const auto end = (reinterpret_cast<std::uintptr_t>(data) + static_cast<std::uintptr_t>(bytes)) / page * page;
-    if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
 
 }  // namespace
 
@@ -162,8 +167,9 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
 
 // F32 and BF16 matrices are packed once (the packed copy is the size of the file's; bf16 stays
 // bf16); the block types of block_codes.h are packed from their codes (no f32 copy, no
-// requantization: 6 bits a weight for 4-bit codes, 10 for 8-bit) for the int8 product, and their
-// file pages released; every other type stays in the mapped file in its stored form.
+// requantization: Q4_K in its two-level form, 4.75 bits a weight; other 4-bit codes 6, 8-bit 10)
+// for the int8 product, and their file pages released; every other type stays in the mapped
+// file in its stored form.
 LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t in, std::uint64_t out) {
     const GgufFile& f = *file_;
     const GgufTensor& t = f.require_tensor(name);
@@ -181,6 +187,32 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
         const std::vector<float> w = f.read_f32(t);
         status = kvfuse::PackedWeights::pack(w.data(), dense.out, dense.in, dense.in, kvfuse::Dtype::f32, dense.packed);
         resident_bytes_ += w.size() * sizeof(float);
+    } else if (t.type == GgmlType::q4_k && quantized_gemm_enabled()) {
+        // Q4_K's own two-level form (4.75 bits a weight), not the one-level 6.
+        const std::size_t blocks = dense.in / 32, supers = dense.in / 256;
+        std::vector<std::uint8_t> codes(dense.out * dense.in), sub_scales(dense.out * blocks), sub_offsets(dense.out * blocks);
+        std::vector<float> super_scales(dense.out * supers), super_offsets(dense.out * supers);
+        const std::size_t row_bytes = static_cast<std::size_t>(t.bytes / t.rows());
+        for (std::size_t r = 0; r < dense.out; ++r)
+            q4_k_two_level_codes(t.data + r * row_bytes, dense.in, codes.data() + r * dense.in, sub_scales.data() + r * blocks,
+                                 sub_offsets.data() + r * blocks, super_scales.data() + r * supers,
+                                 super_offsets.data() + r * supers);
+        kvfuse_quantized_weights q;
+        kvfuse_quantized_weights_init(&q);
+        q.out = dense.out;
+        q.in = dense.in;
+        q.code_bits = 4;
+        q.codes = codes.data();
+        q.codes_stride = dense.in;
+        q.block_stride = blocks;
+        q.sub_scales = sub_scales.data();
+        q.sub_offsets = sub_offsets.data();
+        q.super_scales = super_scales.data();
+        q.super_offsets = super_offsets.data();
+        q.super_stride = supers;
+        status = kvfuse::PackedWeights::pack_quantized(q, dense.packed);
+        resident_bytes_ += (dense.out + 31) / 32 * 32 * (dense.in / 2 + blocks * 2 + supers * 8);
+        if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
     } else if (const int bits = block32_code_bits(t.type); bits != 0 && quantized_gemm_enabled()) {
         const std::size_t blocks = dense.in / 32;
         std::vector<std::uint8_t> codes(dense.out * dense.in);

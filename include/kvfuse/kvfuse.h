@@ -170,6 +170,9 @@ typedef enum kvfuse_dtype {
                                     consecutive k of a row, 8-bit codes u, a scale s and an offset
                                     m, w = s u - m; every other call rejects it */
     KVFUSE_DTYPE_Q4_BLOCK32 = 4, /* the same with 4-bit codes */
+    KVFUSE_DTYPE_Q4_SUPER256 = 5, /* packed gemm weights only: 4-bit codes, per 32 k an 8-bit
+                                     sub-scale and sub-offset, per 256 k an f32 super-scale and
+                                     super-offset (Q4_K's form: 4.75 bits a weight) */
     KVFUSE_DTYPE_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_DTYPE_MAX_ENUM = 0x7fffffff
 } kvfuse_dtype;
@@ -793,15 +796,27 @@ KVFUSE_API kvfuse_status kvfuse_gemm(const kvfuse_packed_weights* weights, const
 typedef struct kvfuse_quantized_weights {
     size_t struct_size;    /* kvfuse_quantized_weights_init sets it */
     size_t out, in;        /* W is [out x in]; in must be a multiple of 32 */
-    int code_bits;         /* 8 (packed as KVFUSE_DTYPE_Q8_BLOCK32) or 4 (KVFUSE_DTYPE_Q4_BLOCK32) */
+    int code_bits;         /* 8 (packed as KVFUSE_DTYPE_Q8_BLOCK32) or 4 (KVFUSE_DTYPE_Q4_BLOCK32, or
+                              KVFUSE_DTYPE_Q4_SUPER256 with sub_scales below) */
     const uint8_t* codes;  /* out rows of in codes, one byte each, row stride codes_stride bytes */
     size_t codes_stride;   /* >= in */
     const float* scales;   /* out rows of in / 32, row stride block_stride floats */
     const float* offsets;  /* the same shape as scales */
     size_t block_stride;   /* >= in / 32 */
+    /* V2 (appended): the compact two-level form, used when sub_scales is set (code_bits 4,
+     * scales and offsets NULL; packed as KVFUSE_DTYPE_Q4_SUPER256): block b of row j has
+     * scale = super_scales[j][b / 8] * sub_scales[j][b] and offset = super_offsets[j][b / 8] *
+     * sub_offsets[j][b], each one f32 product (exact when the super value is an f16 one, as in
+     * Q4_K: 11 + 8 significant bits). Sub values share block_stride; super values super_stride. */
+    const uint8_t* sub_scales;
+    const uint8_t* sub_offsets;
+    const float* super_scales;  /* out rows of ceil(in / 256) */
+    const float* super_offsets;
+    size_t super_stride;        /* >= ceil(in / 256) */
 } kvfuse_quantized_weights;
 
-#define KVFUSE_QUANTIZED_WEIGHTS_SIZE_V1 sizeof(kvfuse_quantized_weights)
+#define KVFUSE_QUANTIZED_WEIGHTS_SIZE_V1 offsetof(kvfuse_quantized_weights, sub_scales)
+#define KVFUSE_QUANTIZED_WEIGHTS_SIZE_V2 sizeof(kvfuse_quantized_weights)
 
 KVFUSE_INLINE void kvfuse_quantized_weights_init(kvfuse_quantized_weights* w) {
     memset(w, 0, sizeof *w);
@@ -810,7 +825,8 @@ KVFUSE_INLINE void kvfuse_quantized_weights_init(kvfuse_quantized_weights* w) {
 
 /* Packs block-quantized W into a handle for kvfuse_gemm (exactly: no value is requantized). A
  * code >= 2^code_bits is an error. 4-bit codes take 6 bits a weight packed (4 + a float scale
- * and offset per 32), 8-bit 10. kvfuse_gemm then quantizes each row of A per block of 32 k to
+ * and offset per 32), 8-bit 10, the two-level form (sub_scales set) 4.75; its products are
+ * bit-identical to those of the one-level form with the same (f32 product) scales and offsets. kvfuse_gemm then quantizes each row of A per block of 32 k to
  * int8: d = max|a| / 127, q = round-to-nearest-even(a * (1 / d)) (d = 0: q = 0), and returns
  * C[i][j] = beta C[i][j] + sum over blocks of (s d (sum_k u q) - m d (sum_k q)), that is the
  * product of W with the dequantized activations d q, in f32 (the integer sums are exact). A

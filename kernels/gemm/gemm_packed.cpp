@@ -81,10 +81,11 @@ PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q) {
     PackedWeightsData w;
     w.out = q.out;
     w.in = q.in;
-    w.dtype = q.code_bits == 8 ? KVFUSE_DTYPE_Q8_BLOCK32 : KVFUSE_DTYPE_Q4_BLOCK32;
+    const bool two_level = q.sub_scales != nullptr;
+    w.dtype = two_level ? KVFUSE_DTYPE_Q4_SUPER256 : q.code_bits == 8 ? KVFUSE_DTYPE_Q8_BLOCK32 : KVFUSE_DTYPE_Q4_BLOCK32;
     w.panels = (q.out + kGemmPanel - 1) / kGemmPanel;
-    const std::size_t blocks = w.blocks(), record_bytes = w.record_bytes(), code_bytes = w.code_bytes();
-    w.data.reset(::operator new(w.panels * blocks * record_bytes, std::align_val_t{64}));
+    const std::size_t blocks = w.blocks(), code_bytes = w.code_bytes();
+    w.data.reset(::operator new(w.panels * w.panel_bytes(), std::align_val_t{64}));
     const auto panels = static_cast<std::ptrdiff_t>(w.panels);
     const bool eight = q.code_bits == 8;
 #if defined(KVFUSE_HAVE_OPENMP)
@@ -92,14 +93,12 @@ PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q) {
 #endif
     for (std::ptrdiff_t p = 0; p < panels; ++p) {
         const std::size_t first = static_cast<std::size_t>(p) * kGemmPanel;
+        auto* base = static_cast<std::uint8_t*>(w.data.get()) + static_cast<std::size_t>(p) * w.panel_bytes();
         for (std::size_t b = 0; b < blocks; ++b) {
-            std::uint8_t* record = static_cast<std::uint8_t*>(w.data.get()) + (static_cast<std::size_t>(p) * blocks + b) * record_bytes;
-            float scales[kGemmPanel], offsets[kGemmPanel];
+            std::uint8_t* record = base + w.record_offset(b);
             std::uint8_t codes[kGemmPanel][kQuantBlock];  // padding columns: zero codes, scale, offset
             for (std::size_t j = 0; j < kGemmPanel; ++j) {
                 const bool real = first + j < q.out;
-                scales[j] = real ? q.scales[(first + j) * q.block_stride + b] : 0.0f;
-                offsets[j] = real ? q.offsets[(first + j) * q.block_stride + b] : 0.0f;
                 for (std::size_t k = 0; k < kQuantBlock; ++k)
                     codes[j][k] = real ? q.codes[(first + j) * q.codes_stride + b * kQuantBlock + k] : 0;
             }
@@ -113,8 +112,32 @@ PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q) {
                                 static_cast<std::uint8_t>(codes[j][4 * g + t] | (codes[j + 16][4 * g + t] << 4));
                     }
                 }
-            std::memcpy(record + code_bytes, scales, sizeof scales);
-            std::memcpy(record + code_bytes + sizeof scales, offsets, sizeof offsets);
+            if (two_level) {
+                for (std::size_t j = 0; j < kGemmPanel; ++j) {
+                    const bool real = first + j < q.out;
+                    const std::size_t at = code_bytes + 4 * (j % 16) + 2 * (j / 16);
+                    record[at] = real ? q.sub_scales[(first + j) * q.block_stride + b] : 0;
+                    record[at + 1] = real ? q.sub_offsets[(first + j) * q.block_stride + b] : 0;
+                }
+                if (b % kSuperBlocks == 0) {
+                    float header[2 * kGemmPanel];
+                    for (std::size_t j = 0; j < kGemmPanel; ++j) {
+                        const bool real = first + j < q.out;
+                        header[j] = real ? q.super_scales[(first + j) * q.super_stride + b / kSuperBlocks] : 0.0f;
+                        header[kGemmPanel + j] = real ? q.super_offsets[(first + j) * q.super_stride + b / kSuperBlocks] : 0.0f;
+                    }
+                    std::memcpy(base + b / kSuperBlocks * w.super_span(), header, sizeof header);
+                }
+            } else {
+                float scales[kGemmPanel], offsets[kGemmPanel];
+                for (std::size_t j = 0; j < kGemmPanel; ++j) {
+                    const bool real = first + j < q.out;
+                    scales[j] = real ? q.scales[(first + j) * q.block_stride + b] : 0.0f;
+                    offsets[j] = real ? q.offsets[(first + j) * q.block_stride + b] : 0.0f;
+                }
+                std::memcpy(record + code_bytes, scales, sizeof scales);
+                std::memcpy(record + code_bytes + sizeof scales, offsets, sizeof offsets);
+            }
         }
     }
     return w;
@@ -137,8 +160,15 @@ void unpack_quantized_row(const PackedWeightsData& w, std::size_t j, std::uint8_
             }
             codes[b * kQuantBlock + k] = code;
         }
-        std::memcpy(scales + b, record + w.code_bytes() + col * sizeof(float), sizeof(float));
-        std::memcpy(offsets + b, record + w.code_bytes() + (kGemmPanel + col) * sizeof(float), sizeof(float));
+        if (w.two_level()) {
+            const float* header = w.super_header(p, b);
+            const std::size_t at = w.code_bytes() + 4 * (col % 16) + 2 * (col / 16);
+            scales[b] = header[col] * static_cast<float>(record[at]);
+            offsets[b] = header[kGemmPanel + col] * static_cast<float>(record[at + 1]);
+        } else {
+            std::memcpy(scales + b, record + w.code_bytes() + col * sizeof(float), sizeof(float));
+            std::memcpy(offsets + b, record + w.code_bytes() + (kGemmPanel + col) * sizeof(float), sizeof(float));
+        }
     }
 }
 

@@ -20,6 +20,13 @@
 //                  j + 16 in its high one, so that one load, a mask and a shift give two vectors
 //                  of columns (j.. and j + 16..) on every vector width (16, 8 or 4 lanes).
 //         Records are 1280 (8-bit) or 768 bytes (4-bit): 64-byte aligned.
+//   two-level 4-bit (KVFUSE_DTYPE_Q4_SUPER256, Q4_K's form): panel p holds, per super-block s
+//         of 8 blocks (256 k; the last may have fewer), a header of 32 f32 super-scales then 32
+//         f32 super-offsets, then the super-block's records: 4-bit codes as above, then 16
+//         32-bit words, word j < 16 holding bytes (sub-scale, sub-offset) of column j and then of
+//         column j + 16 (as the nibbles: one load, masks and shifts give both vectors), column j:
+//         scale = super_scale[j] * sub_scale[j], offset = super_offset[j] * sub_offset[j], one f32
+//         product each. Header 256 bytes, records 576: 4.75 bits a weight, 64-byte aligned.
 #pragma once
 
 #include <cstddef>
@@ -64,6 +71,10 @@ struct AlignedFree {
 
 // Consecutive k's sharing a scale and an offset in block-quantized weights.
 constexpr std::size_t kQuantBlock = 32;
+// Blocks per super-block of two-level weights (KVFUSE_DTYPE_Q4_SUPER256), and the bytes of a
+// super-block's header (32 f32 super-scales, 32 f32 super-offsets).
+constexpr std::size_t kSuperBlocks = 8;
+constexpr std::size_t kSuperHeaderBytes = 2 * kGemmPanel * sizeof(float);
 
 // A packed matrix: sizes, the packed type and the 64-byte aligned panels.
 struct PackedWeightsData {
@@ -71,14 +82,31 @@ struct PackedWeightsData {
     kvfuse_dtype dtype = KVFUSE_DTYPE_F32;
     std::unique_ptr<void, AlignedFree> data;
 
-    bool quantized() const { return dtype == KVFUSE_DTYPE_Q8_BLOCK32 || dtype == KVFUSE_DTYPE_Q4_BLOCK32; }
+    bool quantized() const {
+        return dtype == KVFUSE_DTYPE_Q8_BLOCK32 || dtype == KVFUSE_DTYPE_Q4_BLOCK32 || dtype == KVFUSE_DTYPE_Q4_SUPER256;
+    }
+    bool two_level() const { return dtype == KVFUSE_DTYPE_Q4_SUPER256; }
     int code_bits() const { return dtype == KVFUSE_DTYPE_Q8_BLOCK32 ? 8 : 4; }
     std::size_t blocks() const { return in / kQuantBlock; }
-    // Bytes of one block record of a quantized panel: the codes, then the scales and offsets.
+    std::size_t supers() const { return (blocks() + kSuperBlocks - 1) / kSuperBlocks; }
+    // Bytes of one block record of a quantized panel: the codes, then the scales and offsets
+    // (f32, or u8 sub-values for two-level weights).
     std::size_t code_bytes() const { return static_cast<std::size_t>(code_bits()) * kGemmPanel * kQuantBlock / 8; }
-    std::size_t record_bytes() const { return code_bytes() + 2 * kGemmPanel * sizeof(float); }
-    const std::uint8_t* record(std::size_t panel, std::size_t block) const {
-        return static_cast<const std::uint8_t*>(data.get()) + (panel * blocks() + block) * record_bytes();
+    std::size_t record_bytes() const { return code_bytes() + 2 * kGemmPanel * (two_level() ? 1 : sizeof(float)); }
+    // Bytes from one super-block's header to the next (two-level weights).
+    std::size_t super_span() const { return kSuperHeaderBytes + kSuperBlocks * record_bytes(); }
+    std::size_t panel_bytes() const { return blocks() * record_bytes() + (two_level() ? supers() * kSuperHeaderBytes : 0); }
+    const std::uint8_t* panel_base(std::size_t panel) const {
+        return static_cast<const std::uint8_t*>(data.get()) + panel * panel_bytes();
+    }
+    std::size_t record_offset(std::size_t block) const {
+        if (!two_level()) return block * record_bytes();
+        return block / kSuperBlocks * super_span() + kSuperHeaderBytes + block % kSuperBlocks * record_bytes();
+    }
+    const std::uint8_t* record(std::size_t panel, std::size_t block) const { return panel_base(panel) + record_offset(block); }
+    // The header (super-scales, then super-offsets) of the super-block holding `block`.
+    const float* super_header(std::size_t panel, std::size_t block) const {
+        return reinterpret_cast<const float*>(panel_base(panel) + block / kSuperBlocks * super_span());
     }
 
     // Elements of one packed panel: floats (f32) or uint32 pairs (bf16).
@@ -108,10 +136,12 @@ PackedWeightsData pack_weights(kvfuse_dtype src_dtype, const void* weights, std:
 void unpack_weight_row(const PackedWeightsData& w, std::size_t j, float* row);
 
 // Block-quantized W (kvfuse_quantized_weights, checked by the caller: in a multiple of 32,
-// codes below 2^code_bits) packed as above. Throws std::bad_alloc.
+// codes below 2^code_bits; two-level when sub_scales is set) packed as above. Throws
+// std::bad_alloc.
 PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q);
 
-// Row j of quantized W: its `in` codes and its in / 32 scales and offsets.
+// Row j of quantized W: its `in` codes and its in / 32 scales and offsets (two-level: each the
+// f32 product of the super and sub value, as the kernels compute it).
 void unpack_quantized_row(const PackedWeightsData& w, std::size_t j, std::uint8_t* codes, float* scales,
                           float* offsets);
 

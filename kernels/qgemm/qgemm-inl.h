@@ -1,6 +1,7 @@
 // Dense-layer product with block-quantized weights (gemm_packed.h: per 32 k of a row, 8- or
-// 4-bit codes u, a scale s and an offset m, w = s u - m) on the CPU's integer dot, written once
-// on the xsimd architecture (compiled per ISA; no include guard).
+// 4-bit codes u, a scale s and an offset m, w = s u - m; or the two-level 4-bit form, whose s and
+// m are f32 products of a per-256 super value and a per-32 u8 sub value) on the CPU's integer
+// dot, written once on the xsimd architecture (compiled per ISA; no include guard).
 //
 // Each row of A is quantized per block of 32 k to int8 with one scale d (q = round(a / d),
 // d = max|a| / 127; reference::quantize_activation_block is the definition), so that a block of
@@ -173,19 +174,26 @@ struct Depth {
     float* partial;  // kRows x 2 vectors
 };
 
-// M rows of the tile `a` times the column tile at lane offset c0 of a panel's records, over the
-// depth chunk `depth`.
-template <int Bits, std::size_t M>
+// M rows of the tile `a` times the column tile at lane offset c0 of a panel (`records` its
+// first byte), over the depth chunk `depth`. TwoLevel: 4-bit codes with u8 sub-scales/offsets and
+// f32 super-scales/offsets per 8 blocks (gemm_packed.h); each block's scale and offset are then
+// the f32 products the one-level form would store, so the sums are bit-identical to it.
+template <int Bits, bool TwoLevel, std::size_t M>
 void tile_q(const ATile& a, const std::uint8_t* records, const Depth& depth, std::size_t c0, const TileStore& s) {
+    static_assert(!TwoLevel || Bits == 4, "two-level weights have 4-bit codes");
     constexpr std::size_t code_bytes = static_cast<std::size_t>(Bits) * kPanel * kCodeBlock / 8;
-    constexpr std::size_t record_bytes = code_bytes + 2 * kPanel * sizeof(float);
+    constexpr std::size_t record_bytes = code_bytes + 2 * kPanel * (TwoLevel ? 1 : sizeof(float));
+    constexpr std::size_t super_span = detail::kSuperHeaderBytes + detail::kSuperBlocks * record_bytes;
     const I32s low_nibbles(0x0F0F0F0F), sign_bits(static_cast<std::int32_t>(0x80808080u));
     F32s acc[M][2];
     for (std::size_t i = 0; i < M; ++i)
         for (std::size_t v = 0; v < 2; ++v)
             acc[i][v] = depth.first ? F32s(0.0f) : F32s::load_aligned(depth.partial + (2 * i + v) * kLanes);
     for (std::size_t b = depth.first_block; b < depth.first_block + depth.blocks; ++b) {
-        const std::uint8_t* record = records + b * record_bytes;
+        const std::uint8_t* record =
+            TwoLevel ? records + b / detail::kSuperBlocks * super_span + detail::kSuperHeaderBytes +
+                           b % detail::kSuperBlocks * record_bytes
+                     : records + b * record_bytes;
         const std::int32_t* x = a.codes + b * kGroups * kRows;
         I32s dot[M][2];
         for (std::size_t i = 0; i < M; ++i) dot[i][0] = dot[i][1] = I32s(0);
@@ -235,9 +243,27 @@ void tile_q(const ATile& a, const std::uint8_t* records, const Depth& depth, std
                     dot[i][1] += back;
                 }
         }
-        const auto* scales = reinterpret_cast<const float*>(record + code_bytes);
-        const F32s sw[2] = {F32s::load_aligned(scales + c0), F32s::load_aligned(scales + c0 + kPanel / 2)};
-        const F32s mw[2] = {F32s::load_aligned(scales + kPanel + c0), F32s::load_aligned(scales + kPanel + c0 + kPanel / 2)};
+        F32s sw[2], mw[2];
+        if constexpr (TwoLevel) {
+            // Word l: (sub-scale, sub-offset) of column l, then of column l + 16.
+            const auto* header = reinterpret_cast<const float*>(records + b / detail::kSuperBlocks * super_span);
+            const I32s subs = I32s::load_aligned(reinterpret_cast<const std::int32_t*>(record + code_bytes) + c0);
+            const I32s byte(0xFF);
+            for (std::size_t v = 0; v < 2; ++v) {
+                const std::size_t j = c0 + v * (kPanel / 2);
+                const I32s sub_scale = (subs >> static_cast<int>(16 * v)) & byte;
+                const I32s sub_offset = (subs >> static_cast<int>(16 * v + 8)) & byte;
+                sw[v] = F32s::load_aligned(header + j) * int32_to_f32(sub_scale);
+                mw[v] = F32s::load_aligned(header + kPanel + j) * int32_to_f32(sub_offset);
+            }
+        } else {
+            const auto* scales = reinterpret_cast<const float*>(record + code_bytes);
+            for (std::size_t v = 0; v < 2; ++v) {
+                const std::size_t j = c0 + v * (kPanel / 2);
+                sw[v] = F32s::load_aligned(scales + j);
+                mw[v] = F32s::load_aligned(scales + kPanel + j);
+            }
+        }
         for (std::size_t i = 0; i < M; ++i) {
             const F32s d(a.scales[b * kRows + i]), dsum(a.sums[b * kRows + i]);
             for (std::size_t v = 0; v < 2; ++v) {
@@ -254,24 +280,24 @@ void tile_q(const ATile& a, const std::uint8_t* records, const Depth& depth, std
     }
 }
 
-template <int Bits, std::size_t M>
+template <int Bits, bool TwoLevel, std::size_t M>
 struct QTile {
     static void run(const ATile& a, const std::uint8_t* records, const Depth& depth, std::size_t c0, const TileStore& s) {
-        tile_q<Bits, M>(a, records, depth, c0, s);
+        tile_q<Bits, TwoLevel, M>(a, records, depth, c0, s);
     }
 };
-template <int Bits, std::size_t... M>
+template <int Bits, bool TwoLevel, std::size_t... M>
 constexpr auto make_tiles(std::index_sequence<M...>) {
-    return std::array{&QTile<Bits, M + 1>::run...};
+    return std::array{&QTile<Bits, TwoLevel, M + 1>::run...};
 }
 
 // One task's share of the product and what it reads and writes (gemm_packed.h).
 using Share = detail::GemmShare;
 using Problem = detail::GemmProblem;
 
-template <int Bits>
+template <int Bits, bool TwoLevel>
 void run_share(const Problem& p, const Share& share, std::int32_t* buffer) {
-    static constexpr auto tiles = make_tiles<Bits>(std::make_index_sequence<kRows>{});
+    static constexpr auto tiles = make_tiles<Bits, TwoLevel>(std::make_index_sequence<kRows>{});
     const detail::PackedWeightsData& w = p.w;
     const std::size_t blocks = w.blocks(), words = tile_words(blocks);
     alignas(64) float partial[kRowTiles * kRows * 2 * kLanes];  // 6 KiB on AVX-512
@@ -287,7 +313,7 @@ void run_share(const Problem& p, const Share& share, std::int32_t* buffer) {
                 const std::size_t first = col + v * (kPanel / 2);
                 store.cols[v] = first >= w.out ? 0 : std::min(kLanes, w.out - first);
             }
-            const std::uint8_t* records = w.record(panel, 0);
+            const std::uint8_t* records = w.panel_base(panel);
             for (std::size_t b0 = 0; b0 < blocks; b0 += kDepthBlocks) {
                 const std::size_t chunk = std::min(kDepthBlocks, blocks - b0);
                 for (std::size_t ri = 0; ri < rows; ri += kRows) {
@@ -315,9 +341,11 @@ struct QgemmTasks {
         if (share.row_begin >= share.row_end || share.tile_begin >= share.tile_end) return;
         std::int32_t* buffer = t.buffers + task * t.task_words;
         if (t.problem.w.dtype == KVFUSE_DTYPE_Q8_BLOCK32)
-            run_share<8>(t.problem, share, buffer);
+            run_share<8, false>(t.problem, share, buffer);
+        else if (t.problem.w.dtype == KVFUSE_DTYPE_Q4_SUPER256)
+            run_share<4, true>(t.problem, share, buffer);
         else
-            run_share<4>(t.problem, share, buffer);
+            run_share<4, false>(t.problem, share, buffer);
     }
 };
 
