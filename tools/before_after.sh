@@ -115,8 +115,9 @@ build_side() {
         -o "$work/before_after-$side" -L"$libdir" -lkvfuse -Wl,-rpath,"$libdir" ||
         die "compiling the harness against $side failed"
     # The binary must load this build's library, not an installed one.
-    ldd "$work/before_after-$side" | grep -q "$libdir/libkvfuse.so" ||
-        die "before_after-$side does not load $libdir/libkvfuse.so"
+    local loaded
+    loaded=$(ldd "$work/before_after-$side")
+    case "$loaded" in *"=> $libdir/libkvfuse.so"*) ;; *) die "before_after-$side does not load $libdir/libkvfuse.so" ;; esac
     printf '%s\n' "$ref" >"$work/before_after-$side.ref"
 }
 
