@@ -12,6 +12,19 @@ namespace {
 
 int rotary_dims_of(const kvfuse_rope_config& c) { return c.rotary_dims == 0 ? c.head_dim : c.rotary_dims; }
 
+// The frequency of pair i with the scaling applied (Llama 3.1's formulas), before any factor.
+double scaled_frequency(const kvfuse_rope_config& c, int pair) {
+    const double freq = 1.0 / std::pow(c.base, 2.0 * pair / rotary_dims_of(c));
+    if (c.scaling == KVFUSE_ROPE_SCALING_LINEAR) return freq / c.scaling_factor;
+    if (c.scaling != KVFUSE_ROPE_SCALING_LLAMA3) return freq;
+    const double wavelength = 2.0 * std::numbers::pi / freq;
+    if (wavelength < c.llama3_original_context / c.llama3_high_freq_factor) return freq;
+    if (wavelength > c.llama3_original_context / c.llama3_low_freq_factor) return freq / c.scaling_factor;
+    const double smooth = (c.llama3_original_context / wavelength - c.llama3_low_freq_factor) /
+                          (c.llama3_high_freq_factor - c.llama3_low_freq_factor);
+    return (1.0 - smooth) * freq / c.scaling_factor + smooth * freq;
+}
+
 // Index of the second element of pair i within a head.
 std::size_t partner(const kvfuse_rope_config& c, int pair) {
     return c.pairing == KVFUSE_ROPE_NEOX ? static_cast<std::size_t>(pair + rotary_dims_of(c) / 2)
@@ -34,16 +47,11 @@ void rotate_head(const kvfuse_rope_config& c, const double* in, double* out, std
 }  // namespace
 
 double rope_frequency(const kvfuse_rope_config& c, int pair) {
-    const double freq = 1.0 / std::pow(c.base, 2.0 * pair / rotary_dims_of(c));
-    if (c.scaling == KVFUSE_ROPE_SCALING_LINEAR) return freq / c.scaling_factor;
-    if (c.scaling != KVFUSE_ROPE_SCALING_LLAMA3) return freq;
-    const double wavelength = 2.0 * std::numbers::pi / freq;
-    if (wavelength < c.llama3_original_context / c.llama3_high_freq_factor) return freq;
-    if (wavelength > c.llama3_original_context / c.llama3_low_freq_factor) return freq / c.scaling_factor;
-    const double smooth = (c.llama3_original_context / wavelength - c.llama3_low_freq_factor) /
-                          (c.llama3_high_freq_factor - c.llama3_low_freq_factor);
-    return (1.0 - smooth) * freq / c.scaling_factor + smooth * freq;
+    // Llama 3.1 GGUF files: theta_i = pos * base^(-2i/d) / rope_freqs[i], after any scaling.
+    const double divisor = c.freq_factors != nullptr ? static_cast<double>(c.freq_factors[pair]) : 1.0;
+    return scaled_frequency(c, pair) / divisor;
 }
+
 
 void rope_rotate(const kvfuse_rope_config& c, kvfuse_dtype dtype, kvfuse_dtype src_dtype, const void* src,
                  const kvfuse::detail::KeyLayout& src_layout,

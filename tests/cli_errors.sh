@@ -65,7 +65,10 @@ mm() {  # the options to vary, then a valid small shape for the others
 expect_error "--out is required" "$kvfuse" make-model --dim 64
 expect_error "multiple of --heads" mm --heads 3 --kv-heads 1
 expect_error "multiple of --kv-heads" mm --kv-heads 3
-expect_error "must equal --dim" mm --head-dim 32
+expect_error "must be even" mm --head-dim 7
+expect_error "unless --head-dim gives the head size" mm --heads 3 --kv-heads 1 --dim 64
+expect_error "--arch must be llama, qwen2 or qwen3" mm --arch gemma
+expect_error "--chat-template must be llama3, chatml" mm --chat-template jinja
 expect_error "--dtype must be one of F32, F16" mm --dtype f8
 expect_error "--dtype Q4_K stores rows in blocks of 256 values" mm --dtype q4_k
 expect_error "--vocab must be in" mm --vocab 100

@@ -64,6 +64,48 @@ else
     echo "FAIL: q4_k_m: perplexity '$quantized' (int8 activations) vs '$dequantized' (dequantized)"; failures=$((failures + 1))
 fi
 
+# The other architectures and shapes: info reads what make-model wrote, run runs it.
+for variant in "qwen2:--arch qwen2" "qwen3:--arch qwen3 --head-dim 32" "llama:--rope-freqs --head-dim 24"; do
+    arch=${variant%%:*}; read -r -a extra <<< "${variant#*:}"
+    model="$scratch/$arch-variant.gguf"
+    check "$variant: make-model" "$kvfuse" make-model --out "$model" "${shape[@]}" "${extra[@]}" --seed 4
+    check "$variant: info" "$kvfuse" info --model "$model"
+    expect_in_output "$variant: info names the architecture" "$arch: 2 layers, dim 64, 4 heads"
+    check "$variant: run" "$kvfuse" run --model "$model" --chunk "$scratch/c1.txt" --question "what did the dog do" \
+        --method a3 --repeat 1 -n 2 --no-store
+done
+expect_in_output "llama with --head-dim 24 runs heads of 24" "head dim 24"
+
+# --chat end to end: each family's prompt is BOS, the user header, the chunks and question as
+# they sit in the text, then the end of the turn and the assistant header -- exactly what
+# tokenizing the template applied by hand gives (special tokens parsed).
+printf 'the cat sat on the mat' > "$scratch/chat1.txt"
+printf ' and the dog ran away' > "$scratch/chat2.txt"
+question=" what did the dog do"
+declare -A before=([llama3]=$'<|start_header_id|>user<|end_header_id|>\n\n' [chatml]=$'<|im_start|>user\n'
+                   [mistral]='[INST] ' [phi3]=$'<|user|>\n' [gemma]=$'<start_of_turn>user\n')
+declare -A after=([llama3]=$'<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n'
+                  [chatml]=$'<|im_end|>\n<|im_start|>assistant\n' [mistral]=' [/INST]'
+                  [phi3]=$'<|end|>\n<|assistant|>\n' [gemma]=$'<end_of_turn>\n<start_of_turn>model\n')
+for family in llama3 chatml mistral phi3 gemma; do
+    model="$scratch/chat-$family.gguf"
+    check "$family: make-model --chat-template" "$kvfuse" make-model --out "$model" "${shape[@]}" --chat-template "$family"
+    check "$family: tokenize the template applied by hand" "$kvfuse" tokenize --model "$model" \
+        "${before[$family]}$(cat "$scratch/chat1.txt")$(cat "$scratch/chat2.txt")$question${after[$family]}"
+    by_hand=$last_output
+    check "$family: run --chat --verbose-prompt" "$kvfuse" run --model "$model" --chat --verbose-prompt \
+        --chunk "$scratch/chat1.txt" --chunk "$scratch/chat2.txt" --question "$question" --method a3 --repeat 1 -n 2 --no-store
+    prompt=$(grep '^prompt tokens: ' <<< "$last_output")
+    if [[ "prompt tokens: $by_hand" == "$prompt" ]]; then
+        echo "ok: $family: --chat prompt equals the template applied by hand"
+    else
+        echo "FAIL: $family: --chat prompt '$prompt' differs from the template applied by hand '$by_hand'"
+        failures=$((failures + 1))
+    fi
+    # The markers are there as single control tokens (ids 508-511), not spelled out in bytes.
+    if [[ "$prompt" != *"51"[01]* ]]; then echo "FAIL: $family: no marker token in '$prompt'"; failures=$((failures + 1)); fi
+done
+
 # Interrupted while writing a 100 MB model: afterwards the name holds either nothing or a
 # complete model, and no temporary file is left either way.
 timeout -s INT 0.3 "$kvfuse" make-model --out "$scratch/big.gguf" --dim 512 --layers 8 --hidden 1536 --vocab 8000 >/dev/null 2>&1

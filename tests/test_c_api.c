@@ -363,7 +363,7 @@ static void check_struct_sizes(void) {
         kvfuse_rope_config config;
         float key[4] = {1, 0, 0, 0};
         kvfuse_rope_config_init(&config, 4);
-        config.struct_size = sizeof config - 8;
+        config.struct_size = KVFUSE_ROPE_CONFIG_SIZE_V1 + 4; /* between V1 and V2 */
         CHECK_REFUSED(kvfuse_rope_rotate_span(&config, KVFUSE_DTYPE_F32, key, 1, 1, 4, 1), KVFUSE_ERROR_STRUCT_SIZE,
                       "config->struct_size");
         CHECK(key[0] == 1.0f);

@@ -240,6 +240,204 @@ TEST_F(RandomModel, ForwardPassIsFiniteAndFusionMatchesFullPrefill) {
     }
 }
 
+// A straightforward forward pass in double, written from the published architectures (not
+// from the driver): RMSNorm, Q/K/V (+ qwen2 biases), qwen3 per-head RMSNorm of Q and K, RoPE
+// (llama interleaved pairs, qwen NeoX halves, rope_freqs divisors), causal GQA attention with
+// scale 1/sqrt(head_dim), SwiGLU; logits of every position.
+struct ScalarSpec {
+    std::string arch;
+    int dim, heads, kv_heads, head_dim, hidden, vocab, layers;
+    double base = 10000.0, epsilon = 1e-5;
+};
+
+std::vector<double> scalar_forward(const GgufFile& f, const ScalarSpec& s, const std::vector<std::int32_t>& tokens) {
+    const auto weights = [&](const std::string& name) {
+        const std::vector<float> w = f.read_f32(f.require_tensor(name));
+        return std::vector<double>(w.begin(), w.end());
+    };
+    const auto optional = [&](const std::string& name) {
+        return f.tensor(name) != nullptr ? weights(name) : std::vector<double>{};
+    };
+    const std::size_t T = tokens.size(), d = static_cast<std::size_t>(s.dim), D = static_cast<std::size_t>(s.head_dim),
+                      H = static_cast<std::size_t>(s.heads), Hkv = static_cast<std::size_t>(s.kv_heads);
+    auto matvec = [](const std::vector<double>& w, const std::vector<double>& x, std::size_t out) {
+        std::vector<double> y(out, 0.0);
+        const std::size_t in = x.size();
+        for (std::size_t o = 0; o < out; ++o)
+            for (std::size_t i = 0; i < in; ++i) y[o] += w[o * in + i] * x[i];
+        return y;
+    };
+    auto rms = [&](const double* x, const double* w, std::size_t n, double* out) {
+        double sum = 0;
+        for (std::size_t i = 0; i < n; ++i) sum += x[i] * x[i];
+        const double scale = 1.0 / std::sqrt(sum / static_cast<double>(n) + s.epsilon);
+        for (std::size_t i = 0; i < n; ++i) out[i] = x[i] * scale * w[i];
+    };
+    const std::vector<double> freqs = optional("rope_freqs.weight");
+    const bool neox = s.arch != "llama";
+    auto rope = [&](double* head, std::size_t pos) {
+        for (std::size_t i = 0; i < D / 2; ++i) {
+            double theta = static_cast<double>(pos) * std::pow(s.base, -2.0 * static_cast<double>(i) / static_cast<double>(D));
+            if (!freqs.empty()) theta /= freqs[i];
+            const std::size_t a = neox ? i : 2 * i, b = neox ? i + D / 2 : 2 * i + 1;
+            const double x1 = head[a], x2 = head[b];
+            head[a] = x1 * std::cos(theta) - x2 * std::sin(theta);
+            head[b] = x1 * std::sin(theta) + x2 * std::cos(theta);
+        }
+    };
+    const std::vector<double> embd = weights("token_embd.weight");
+    std::vector<std::vector<double>> h(T);
+    for (std::size_t t = 0; t < T; ++t) h[t].assign(embd.begin() + tokens[t] * d, embd.begin() + (tokens[t] + 1) * d);
+    for (int l = 0; l < s.layers; ++l) {
+        const std::string p = "blk." + std::to_string(l) + ".";
+        const auto attn_norm = weights(p + "attn_norm.weight"), wq = weights(p + "attn_q.weight"),
+                   wk = weights(p + "attn_k.weight"), wv = weights(p + "attn_v.weight"), wo = weights(p + "attn_output.weight"),
+                   ffn_norm = weights(p + "ffn_norm.weight"), wg = weights(p + "ffn_gate.weight"),
+                   wu = weights(p + "ffn_up.weight"), wd = weights(p + "ffn_down.weight");
+        const auto bq = optional(p + "attn_q.bias"), bk = optional(p + "attn_k.bias"), bv = optional(p + "attn_v.bias"),
+                   qn = optional(p + "attn_q_norm.weight"), kn = optional(p + "attn_k_norm.weight");
+        std::vector<std::vector<double>> q(T), k(T), v(T);
+        for (std::size_t t = 0; t < T; ++t) {
+            std::vector<double> x(d);
+            rms(h[t].data(), attn_norm.data(), d, x.data());
+            q[t] = matvec(wq, x, H * D);
+            k[t] = matvec(wk, x, Hkv * D);
+            v[t] = matvec(wv, x, Hkv * D);
+            for (std::size_t i = 0; i < bq.size(); ++i) q[t][i] += bq[i];
+            for (std::size_t i = 0; i < bk.size(); ++i) k[t][i] += bk[i];
+            for (std::size_t i = 0; i < bv.size(); ++i) v[t][i] += bv[i];
+            if (!qn.empty()) {
+                for (std::size_t hh = 0; hh < H; ++hh) rms(&q[t][hh * D], qn.data(), D, &q[t][hh * D]);
+                for (std::size_t hh = 0; hh < Hkv; ++hh) rms(&k[t][hh * D], kn.data(), D, &k[t][hh * D]);
+            }
+            for (std::size_t hh = 0; hh < H; ++hh) rope(&q[t][hh * D], t);
+            for (std::size_t hh = 0; hh < Hkv; ++hh) rope(&k[t][hh * D], t);
+        }
+        for (std::size_t t = 0; t < T; ++t) {
+            std::vector<double> attention(H * D, 0.0);
+            for (std::size_t hh = 0; hh < H; ++hh) {
+                const std::size_t g = hh / (H / Hkv);
+                std::vector<double> score(t + 1);
+                double top = -1e300;
+                for (std::size_t j = 0; j <= t; ++j) {
+                    double dot = 0;
+                    for (std::size_t e = 0; e < D; ++e) dot += q[t][hh * D + e] * k[j][g * D + e];
+                    score[j] = dot / std::sqrt(static_cast<double>(D));
+                    top = std::max(top, score[j]);
+                }
+                double total = 0;
+                for (double& x : score) total += (x = std::exp(x - top));
+                for (std::size_t j = 0; j <= t; ++j)
+                    for (std::size_t e = 0; e < D; ++e) attention[hh * D + e] += score[j] / total * v[j][g * D + e];
+            }
+            const auto out = matvec(wo, attention, d);
+            for (std::size_t i = 0; i < d; ++i) h[t][i] += out[i];
+            std::vector<double> x(d);
+            rms(h[t].data(), ffn_norm.data(), d, x.data());
+            auto gate = matvec(wg, x, static_cast<std::size_t>(s.hidden));
+            const auto up = matvec(wu, x, static_cast<std::size_t>(s.hidden));
+            for (std::size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
+            const auto down = matvec(wd, gate, d);
+            for (std::size_t i = 0; i < d; ++i) h[t][i] += down[i];
+        }
+    }
+    const auto out_norm = weights("output_norm.weight"), out_w = weights("output.weight");
+    std::vector<double> logits;
+    for (std::size_t t = 0; t < T; ++t) {
+        std::vector<double> x(d);
+        rms(h[t].data(), out_norm.data(), d, x.data());
+        const auto row = matvec(out_w, x, static_cast<std::size_t>(s.vocab));
+        logits.insert(logits.end(), row.begin(), row.end());
+    }
+    return logits;
+}
+
+// Each architecture make-model writes (llama with a head size other than dim / heads and Llama
+// 3.1's rope_freqs, qwen2 with biases, qwen3 with per-head norms and key_length) runs equal to
+// the scalar forward pass above, and the fusion identities hold on it: every row selected by A3
+// and full reuse at ratio 1 give the full prefill's logits.
+TEST_F(RandomModel, ArchitecturesMatchAScalarForwardPass) {
+    struct Case {
+        std::string arch, args;
+        int head_dim;
+    };
+    const std::vector<Case> cases = {
+        {"llama", "--head-dim 24 --rope-freqs --rope-base 500000", 24},
+        {"llama", "--rope-freqs", 16},
+        {"qwen2", "", 16},
+        {"qwen3", "--head-dim 24 --rope-base 1000000", 24},
+    };
+    int n = 0;
+    for (const Case& c : cases) {
+        const std::string name = c.arch + std::to_string(n++) + ".gguf";
+        ASSERT_EQ(make(name, "--arch " + c.arch + " --dim 64 --layers 3 --heads 4 --kv-heads 2 --hidden 160 --vocab 400 " +
+                                 "--context 4096 " + c.args), 0) << c.arch << " " << c.args;
+        const auto file = GgufFile::open(path(name));
+        const LlamaModel model(file);
+        EXPECT_EQ(model.architecture(), c.arch);
+        EXPECT_EQ(model.shape().head_dim, c.head_dim);
+        EXPECT_EQ(model.shape().rope.freq_factors.empty(), c.args.find("--rope-freqs") == std::string::npos);
+        std::mt19937 rng(static_cast<std::uint32_t>(n));
+        std::uniform_int_distribution<int> token(3, 399);
+        // A long prefix puts the chunks and question near position 1200: a missing rope_freqs
+        // divisor changes the angles of the middle band (wavelengths 2K-8K) by radians there.
+        Request r;
+        r.prefix = {model.bos()};
+        for (int k = 0; k < 1200; ++k) r.prefix.push_back(token(rng));
+        for (int k = 0; k < 2; ++k) {
+            TokenIds ids(6);
+            for (auto& t : ids) t = token(rng);
+            r.chunks.push_back(ids);
+        }
+        r.question.resize(4);
+        for (auto& t : r.question) t = token(rng);
+        std::vector<std::int32_t> all = r.prefix;
+        for (const auto& chunk : r.chunks) all.insert(all.end(), chunk.begin(), chunk.end());
+        all.insert(all.end(), r.question.begin(), r.question.end());
+
+        FusionOptions full;
+        full.method = Method::full;
+        const FusionRun run = run_request(model, r, {}, full);
+        const ScalarSpec spec{c.arch, 64, 4, 2, c.head_dim, 160, 400, 3,
+                              c.args.find("500000") != std::string::npos    ? 500000.0
+                              : c.args.find("1000000") != std::string::npos ? 1000000.0
+                                                                             : 10000.0};
+        const std::vector<double> expected = scalar_forward(*file, spec, all);
+        const std::size_t M = r.question.size(), V = 400, first = all.size() - M;
+        ASSERT_EQ(run.logits.size(), M * V);
+        double worst = 0;
+        for (std::size_t m = 0; m < M; ++m)
+            for (std::size_t v = 0; v < V; ++v) {
+                const double want = expected[(first + m) * V + v];
+                worst = std::max(worst, std::fabs(run.logits[m * V + v] - want));
+                ASSERT_NEAR(run.logits[m * V + v], want, 1e-4 * std::max(1.0, std::fabs(want))) << c.arch << " m=" << m << " v=" << v;
+            }
+        std::printf("%s %s: max |logit - scalar| %.2e\n", c.arch.c_str(), c.args.c_str(), worst);
+
+        std::vector<ChunkKv> stored;
+        std::vector<ChunkKvView> views;
+        for (const auto& chunk : r.chunks) stored.push_back(compute_chunk_kv(model, chunk));
+        for (const auto& chunk : stored) views.push_back(chunk.view());
+        FusionOptions every_row;
+        every_row.method = Method::a3;
+        every_row.ratio = 1.0;
+        EXPECT_EQ(run_request(model, r, views, every_row).logits, run.logits) << c.arch;
+    }
+}
+
+// make-model refuses what it cannot write; a chat template's markers become control tokens.
+TEST_F(RandomModel, ArchitectureOptionsAndChatMarkers) {
+    EXPECT_NE(make("bad_arch.gguf", kSmall + " --arch gemma"), 0);
+    EXPECT_NE(make("bad_head.gguf", kSmall + " --head-dim 7"), 0);
+    EXPECT_NE(make("bad_chat.gguf", kSmall + " --chat-template jinja"), 0);
+    EXPECT_EQ(make("chat.gguf", kSmall + " --chat-template chatml"), 0);
+    const LlamaModel chat(GgufFile::open(path("chat.gguf")));
+    const std::vector<std::int32_t> ids = chat.tokenizer().encode("<|im_start|>user\nhi<|im_end|>", true);
+    ASSERT_GE(ids.size(), 3u);
+    EXPECT_EQ(ids.front(), 398) << "the markers are the last ids, read as control tokens";
+    EXPECT_EQ(ids.back(), 399);
+}
+
 TEST_F(RandomModel, ReplacesAFileOnlyWhenForcedAndNeverLeavesTemporaries) {
     {
         std::ofstream(path("keep.gguf")) << "precious";

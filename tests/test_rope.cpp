@@ -219,6 +219,160 @@ TEST_P(RopeTest, ScalingMatchesReference) {
     }
 }
 
+// Llama 3.1-style factors: pair i's frequency over the llama3-scaled one (what llama.cpp's
+// converter writes as rope_freqs.weight), between 1 and scaling_factor.
+std::vector<float> llama31_factors(int rotary_dims, double base) {
+    RopeConfig plain;
+    plain.head_dim = rotary_dims;
+    plain.base = base;
+    RopeConfig scaled = plain;
+    scaled.scaling = RopeScaling::llama3;
+    scaled.scaling_factor = 8.0;
+    scaled.llama3_original_context = 64;  // so that small heads reach all three bands
+    const kvfuse_rope_config p = plain.to_c(), q = scaled.to_c();
+    std::vector<float> factors(static_cast<std::size_t>(rotary_dims / 2));
+    for (int i = 0; i < rotary_dims / 2; ++i)
+        factors[static_cast<std::size_t>(i)] =
+            static_cast<float>(kvfuse::reference::rope_frequency(p, i) / kvfuse::reference::rope_frequency(q, i));
+    return factors;
+}
+
+// Per-pair frequency factors (kvfuse_rope_config V2) on every shape, pairing and dtype: f32 in
+// place within the f32 bound, bf16 copies within the bf16 bound, against the reference.
+TEST_P(RopeTest, FreqFactorsMatchReference) {
+    std::uint32_t seed = 100;
+    for (const Shape& s : shapes())
+        for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved}) {
+            RopeConfig config = config_for(s, pairing);
+            config.freq_factors = llama31_factors(s.rotary_dims, config.base);
+            if (s.rotary_dims >= 4) {
+                ASSERT_GT(config.freq_factors.back(), 1.5f) << "the factors must matter";
+            }
+            const std::size_t stride = s.heads * s.head_dim + s.pad;
+            std::vector<float> keys = random_floats(stride * s.tokens, ++seed, 4.0f);
+            const std::vector<float> original = keys;
+            const auto deltas = random_deltas(s.tokens, seed);
+            ASSERT_TRUE(kvfuse::rope_rotate(config, keys.data(), s.tokens, s.heads, stride, deltas.data()).ok());
+            const auto exact = exact_rotation(config, original, stride, s.tokens, s.heads, deltas);
+            for (std::size_t t = 0; t < s.tokens; ++t)
+                for (std::size_t h = 0; h < s.heads; ++h) {
+                    const std::size_t at = t * stride + h * s.head_dim;
+                    float max_abs = 0.0f;
+                    for (int d = 0; d < s.head_dim; ++d) max_abs = std::max(max_abs, std::fabs(original[at + d]));
+                    for (int d = 0; d < s.head_dim; ++d)
+                        ASSERT_NEAR(keys[at + d], exact[at + d], 8 * kF32Eps * max_abs)
+                            << "D=" << s.head_dim << " rot=" << s.rotary_dims << " t=" << t << " d=" << d;
+                }
+
+            std::vector<kvfuse::bf16> half(original.size()), rotated(original.size());
+            ASSERT_TRUE(kvfuse::to_bf16(original.data(), half.data(), half.size()).ok());
+            ASSERT_TRUE(kvfuse::rope_rotate_span_copy(config, half.data(), stride, rotated.data(), stride, s.tokens, s.heads,
+                                                      deltas[0]).ok());
+            std::vector<kvfuse::bf16> expected(original.size());
+            kvfuse::reference::rope_rotate(config.to_c(), KVFUSE_DTYPE_BF16, half.data(), stride, expected.data(), stride,
+                                           s.tokens, s.heads, nullptr, deltas[0]);
+            double err2 = 0, ref2 = 0;
+            for (std::size_t t = 0; t < s.tokens; ++t)
+                for (std::size_t e = 0; e < s.heads * s.head_dim; ++e) {
+                    const double a = kvfuse::detail::bf16_bits_to_f32(rotated[t * stride + e].bits);
+                    const double b = kvfuse::detail::bf16_bits_to_f32(expected[t * stride + e].bits);
+                    err2 += (a - b) * (a - b);
+                    ref2 += b * b;
+                }
+            EXPECT_LE(std::sqrt(err2 / std::max(ref2, 1e-30)), kBf16RelativeL2Bound) << "D=" << s.head_dim;
+        }
+}
+
+// Factors equal to freq / llama3_freq rotate as llama3 scaling does (the two ways a Llama 3.1
+// model can say the same thing), and differ from no factors at all.
+TEST_P(RopeTest, FreqFactorsEqualTheirScaling) {
+    RopeConfig scaled;
+    scaled.head_dim = 64;
+    scaled.base = 500000.0;
+    scaled.scaling = RopeScaling::llama3;
+    scaled.scaling_factor = 8.0;
+    scaled.llama3_original_context = 64;
+    RopeConfig factored;
+    factored.head_dim = 64;
+    factored.base = 500000.0;
+    factored.freq_factors = llama31_factors(64, 500000.0);
+    const std::size_t tokens = 40, heads = 2, stride = heads * 64;
+    const auto keys = random_floats(stride * tokens, 9);
+    std::vector<std::int64_t> positions(tokens);
+    for (std::size_t t = 0; t < tokens; ++t) positions[t] = static_cast<std::int64_t>(t * 311);
+    std::vector<float> a(keys.size()), b(keys.size()), plain(keys.size());
+    ASSERT_TRUE(kvfuse::rope_rotate_copy(scaled, keys.data(), stride, a.data(), stride, tokens, heads, positions.data()).ok());
+    ASSERT_TRUE(kvfuse::rope_rotate_copy(factored, keys.data(), stride, b.data(), stride, tokens, heads, positions.data()).ok());
+    RopeConfig none = factored;
+    none.freq_factors.clear();
+    ASSERT_TRUE(kvfuse::rope_rotate_copy(none, keys.data(), stride, plain.data(), stride, tokens, heads, positions.data()).ok());
+    double differs = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        // The factor is rounded to f32 (relative 6e-8), times angles up to ~12000 radians.
+        ASSERT_NEAR(a[i], b[i], 2e-3) << i;
+        differs = std::max(differs, std::fabs(static_cast<double>(plain[i]) - b[i]));
+    }
+    EXPECT_GT(differs, 0.1);
+}
+
+// The plan and table caches key on the factors' values: the same array rewritten between calls
+// (positions in and beyond the per-position tables, and one span delta) must not reuse the
+// previous tables.
+TEST_P(RopeTest, CachedTablesFollowTheFactors) {
+    const std::size_t heads = 2, stride = heads * 32, tokens = 5;
+    std::vector<float> factors(16, 1.0f);
+    kvfuse_rope_config c;
+    kvfuse_rope_config_init(&c, 32);
+    c.freq_factors = factors.data();
+    const std::vector<std::int64_t> positions = {0, 7, 300, 40000, 40001};
+    for (float value : {1.0f, 4.0f, 1.0f, 0.5f}) {
+        std::fill(factors.begin(), factors.end(), value);
+        factors[3] = 2.0f * value;
+        const auto original = random_floats(stride * tokens, 13);
+        std::vector<float> keys = original, span = original;
+        ASSERT_EQ(kvfuse_rope_rotate(&c, KVFUSE_DTYPE_F32, keys.data(), tokens, heads, stride, positions.data()), KVFUSE_OK);
+        ASSERT_EQ(kvfuse_rope_rotate_span(&c, KVFUSE_DTYPE_F32, span.data(), tokens, heads, stride, 999), KVFUSE_OK);
+        std::vector<double> exact(original.size()), exact_span(original.size());
+        for (std::size_t t = 0; t < tokens; ++t)
+            for (std::size_t h = 0; h < heads; ++h) {
+                const std::size_t at = t * stride + h * 32;
+                kvfuse::reference::rope_rotate_head_exact(c, original.data() + at, positions[t], exact.data() + at);
+                kvfuse::reference::rope_rotate_head_exact(c, original.data() + at, 999, exact_span.data() + at);
+            }
+        for (std::size_t i = 0; i < keys.size(); ++i) {
+            ASSERT_NEAR(keys[i], exact[i], 8 * kF32Eps * 4) << "factor " << value << " i=" << i;
+            ASSERT_NEAR(span[i], exact_span[i], 8 * kF32Eps * 4) << "factor " << value << " i=" << i;
+        }
+    }
+}
+
+// A V1 caller's struct ends before freq_factors: whatever lies after it is never read. Bad
+// factors are refused with their index.
+TEST_P(RopeTest, FreqFactorsVersionAndValidation) {
+    struct {
+        kvfuse_rope_config config;
+    } padded;
+    kvfuse_rope_config_init(&padded.config, 8);
+    padded.config.freq_factors = reinterpret_cast<const float*>(std::uintptr_t{8});  // never dereferenced
+    padded.config.struct_size = KVFUSE_ROPE_CONFIG_SIZE_V1;
+    std::vector<float> keys = random_floats(8, 3), plain = keys;
+    ASSERT_EQ(kvfuse_rope_rotate_span(&padded.config, KVFUSE_DTYPE_F32, keys.data(), 1, 1, 8, 77), KVFUSE_OK);
+    kvfuse_rope_config v2;
+    kvfuse_rope_config_init(&v2, 8);
+    ASSERT_EQ(kvfuse_rope_rotate_span(&v2, KVFUSE_DTYPE_F32, plain.data(), 1, 1, 8, 77), KVFUSE_OK);
+    EXPECT_EQ(keys, plain);
+
+    for (float bad : {0.0f, -1.0f, std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+        std::vector<float> factors = {1.0f, 2.0f, bad, 1.0f};
+        v2.freq_factors = factors.data();
+        const kvfuse_status status = kvfuse_rope_rotate_span(&v2, KVFUSE_DTYPE_F32, keys.data(), 1, 1, 8, 1);
+        EXPECT_EQ(status, KVFUSE_ERROR_INVALID_ARGUMENT) << bad;
+        EXPECT_NE(std::string(kvfuse_last_error()).find("freq_factors[2]"), std::string::npos)
+            << kvfuse_last_error();
+    }
+    EXPECT_EQ(keys, plain);
+}
+
 TEST_P(RopeTest, RotatingBackReturnsTheInput) {
     for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved}) {
         const Shape s{128, 128, 8, 257, 0};

@@ -33,6 +33,7 @@ struct RunOptions {
     bool demo = false;
     bool pretokenized = false;
     bool chat = false;
+    bool verbose_prompt = false;
 };
 
 std::string read_file(const std::string& path) { return kvfuse::model::read_regular_file(path); }
@@ -99,23 +100,34 @@ int run(RunOptions& o) {
             // The seam rule: chunks and question tokenized as they sit in the whole prompt.
             std::vector<std::string> parts;
             for (const auto& file : o.chunk_files) parts.push_back(read_file(file));
-            parts.push_back(o.question);
-            std::vector<TokenIds> ids = loaded.tokenizer->encode_parts(parts, false);
-            request.question = std::move(ids.back());
-            ids.pop_back();
-            request.chunks = std::move(ids);
+            if (o.chat) {
+                chat_request_from_text(request, parts, o.question, *loaded.tokenizer);
+            } else {
+                parts.push_back(o.question);
+                std::vector<TokenIds> ids = loaded.tokenizer->encode_parts(parts, false);
+                request.question = std::move(ids.back());
+                ids.pop_back();
+                request.chunks = std::move(ids);
+            }
         }
         for (std::size_t c = 0; c < request.chunks.size(); ++c)
             if (request.chunks[c].empty()) throw std::invalid_argument(o.chunk_files[c] + ": the chunk is empty");
         if (request.question.empty()) throw std::invalid_argument("the question has no tokens");
     }
-    if (o.chat) wrap_in_chat_turn(request, *loaded.tokenizer);
+    if (o.chat && (o.demo || o.pretokenized)) wrap_in_chat_turn(request, *loaded.tokenizer);
     const std::size_t T = request.total_tokens(), M = request.question.size();
     const auto& shape = model.shape();
     if (shape.context > 0 && T > static_cast<std::size_t>(shape.context))
         throw std::invalid_argument("the prompt has " + std::to_string(T) + " tokens; the model's context is " +
                                     std::to_string(shape.context));
     std::printf("model: %s\n", loaded.description.c_str());
+    if (o.verbose_prompt) {
+        // The format of `kvfuse tokenize` (and llama-tokenize --ids), so the two compare directly.
+        const TokenIds prompt = request.full_prompt();
+        std::string line = "[";
+        for (std::size_t i = 0; i < prompt.size(); ++i) line += (i ? ", " : "") + std::to_string(prompt[i]);
+        std::printf("prompt tokens: %s]\n", line.c_str());
+    }
     std::printf("request: %zu chunks (%zu tokens), question %zu tokens, %zu tokens in all\n", request.chunks.size(),
                 T - M - request.prefix.size(), M, T);
 
@@ -211,6 +223,7 @@ void add_run_command(CLI::App& app) {
     cmd->add_option("--repeat", o->repeats, "timed runs per method (median reported)")->check(CLI::Range(1, 1000));
     cmd->add_flag("--demo", o->demo, "built-in example on the bundled model, every method");
     cmd->add_flag("--chat", o->chat, "put the request in the model's chat format (tokenizer.chat_template)");
+    cmd->add_flag("--verbose-prompt", o->verbose_prompt, "print the whole prompt's token ids (prefix, chunks, question) as `tokenize` does");
     cmd->add_flag("--pretokenized", o->pretokenized, "chunk files and --question hold token ids (comma or space separated)");
     cmd->callback([o] {
         if (!(o->fusion.ratio > 0.0)) throw std::invalid_argument("--ratio must be in (0, 1]");

@@ -141,9 +141,52 @@ struct TensorPlan {
     std::string name;
     std::vector<std::uint64_t> dims;  // ggml order: dims[0] is the input (contiguous) side
     const TypeTraits* type;
-    float stddev;  // 0: every value is 1 (norm weights)
+    float stddev;       // 0: every value is `mean` (norm weights)
+    float mean = 0.0f;  // added to every value
+    std::vector<float> values = {};  // when set, the tensor's values (rope_freqs)
     std::uint64_t offset = 0, bytes = 0;
 };
+
+// A template of each family: enough Jinja to be read as that family by model/chat_template.cpp
+// (and by llama.cpp's detection, which looks for the same markers), and its control tokens.
+struct ChatFamily {
+    const char* name;
+    const char* jinja;
+    std::vector<std::string> markers;
+};
+
+const std::vector<ChatFamily>& chat_families() {
+    static const std::vector<ChatFamily> families = {
+        {"llama3",
+         "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+         "{{ message['content'] | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+         "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+         {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"}},
+        {"chatml",
+         "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+         {"<|im_start|>", "<|im_end|>"}},
+        {"mistral",
+         "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}[INST] {{ message['content'] }} "
+         "[/INST]{% else %}{{ message['content'] }}{{ eos_token }}{% endif %}{% endfor %}",
+         {"[INST]", "[/INST]"}},
+        {"phi3",
+         "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n{% endfor %}"
+         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}",
+         {"<|user|>", "<|assistant|>", "<|end|>"}},
+        {"gemma",
+         "{{ bos_token }}{% for message in messages %}<start_of_turn>{{ message['role'] }}\n{{ message['content'] }}"
+         "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
+         {"<start_of_turn>", "<end_of_turn>"}},
+    };
+    return families;
+}
+
+const ChatFamily* find_chat_family(const std::string& name) {
+    for (const ChatFamily& f : chat_families())
+        if (name == f.name) return &f;
+    return nullptr;
+}
 
 // The temporary file is removed if the process is interrupted, so an aborted run leaves nothing
 // behind. The handler only calls unlink (async-signal-safe) and then dies of the same signal.
@@ -223,12 +266,15 @@ void validate(const RandomModelSpec& s) {
     need(s.kv_heads >= 1 && s.kv_heads <= s.heads, "--kv-heads must be in [1, heads]");
     need(s.heads % s.kv_heads == 0, "--heads (" + std::to_string(s.heads) + ") must be a multiple of --kv-heads (" +
                                         std::to_string(s.kv_heads) + ")");
-    need(s.dim % s.heads == 0, "--dim (" + std::to_string(s.dim) + ") must be a multiple of --heads (" + std::to_string(s.heads) + ")");
-    const int head_dim = s.dim / s.heads;
-    need(s.head_dim == 0 || s.head_dim == head_dim,
-         "--head-dim " + std::to_string(s.head_dim) + " x --heads " + std::to_string(s.heads) + " must equal --dim " +
-             std::to_string(s.dim) + " (the loader derives the head size as dim / heads)");
-    need(head_dim % 2 == 0, "the head size dim / heads = " + std::to_string(head_dim) + " must be even (RoPE rotates pairs)");
+    need(s.arch == "llama" || s.arch == "qwen2" || s.arch == "qwen3", "--arch must be llama, qwen2 or qwen3, not '" + s.arch + "'");
+    need(s.head_dim >= 0 && s.head_dim <= 4096, "--head-dim must be in [1, 4096] (0: dim / heads)");
+    need(s.head_dim != 0 || s.dim % s.heads == 0,
+         "--dim (" + std::to_string(s.dim) + ") must be a multiple of --heads (" + std::to_string(s.heads) +
+             ") unless --head-dim gives the head size");
+    const int head_dim = head_size(s);
+    need(head_dim % 2 == 0, "the head size " + std::to_string(head_dim) + " must be even (RoPE rotates pairs)");
+    need(s.chat_template.empty() || find_chat_family(s.chat_template) != nullptr,
+         "--chat-template must be llama3, chatml, mistral, phi3 or gemma, not '" + s.chat_template + "'");
     need(s.hidden >= 1 && s.hidden <= (1 << 20), "--hidden must be in [1, 1048576]");
     need(s.vocab >= kSpecialTokens + kByteTokens && s.vocab <= (1 << 24),
          "--vocab must be in [259, 16777216] (3 special and 256 byte tokens come first)");
@@ -239,10 +285,34 @@ void validate(const RandomModelSpec& s) {
     need(type != nullptr && type->supported(), "--dtype must be one of " + kvfuse::model::supported_type_names() + " or " +
                                                    kQ4KMixName + ", not '" + s.dtype + "'");
     // Every matrix row (dim or hidden values) must be whole blocks of the type.
-    need(s.dim % static_cast<int>(type->block_elements) == 0 && s.hidden % static_cast<int>(type->block_elements) == 0,
+    const int block = static_cast<int>(type->block_elements);
+    need(s.dim % block == 0 && s.hidden % block == 0 && s.heads * head_dim % block == 0,
          std::string("--dtype ") + type->name + " stores rows in blocks of " + std::to_string(type->block_elements) +
-             " values: --dim (" + std::to_string(s.dim) + ") and --hidden (" + std::to_string(s.hidden) +
-             ") must be multiples of it");
+             " values: --dim (" + std::to_string(s.dim) + "), --hidden (" + std::to_string(s.hidden) +
+             ") and heads x head size (" + std::to_string(s.heads * head_dim) + ") must be multiples of it");
+}
+
+int head_size(const RandomModelSpec& s) { return s.head_dim != 0 ? s.head_dim : s.dim / s.heads; }
+
+std::vector<float> llama31_rope_freqs(int rotary_dims, double base) {
+    // Llama 3.1's published scaling: wavelengths shorter than original_context / high_freq_factor
+    // keep their frequency, longer than original_context / low_freq_factor are divided by
+    // `factor`, the band between is blended; the divisor is the frequency over the scaled one.
+    constexpr double kFactor = 8.0, kLow = 1.0, kHigh = 4.0, kOriginal = 8192.0, kPi = 3.14159265358979323846;
+    std::vector<float> out(static_cast<std::size_t>(rotary_dims / 2));
+    for (int i = 0; i < rotary_dims / 2; ++i) {
+        const double freq = std::pow(base, -2.0 * i / rotary_dims);
+        const double wavelength = 2.0 * kPi / freq;
+        double scaled = freq;
+        if (wavelength > kOriginal / kLow) {
+            scaled = freq / kFactor;
+        } else if (wavelength >= kOriginal / kHigh) {
+            const double smooth = (kOriginal / wavelength - kLow) / (kHigh - kLow);
+            scaled = (1.0 - smooth) * freq / kFactor + smooth * freq;
+        }
+        out[static_cast<std::size_t>(i)] = static_cast<float>(freq / scaled);
+    }
+    return out;
 }
 
 RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::string& path, bool replace) {
@@ -254,9 +324,10 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     if (std::filesystem::exists(status) && !replace)
         throw std::invalid_argument(path + ": exists (use --force to replace it)");
 
+    const std::uint64_t head_dim = static_cast<std::uint64_t>(head_size(spec));
     const std::uint64_t dim = static_cast<std::uint64_t>(spec.dim), hidden = static_cast<std::uint64_t>(spec.hidden),
-                        vocab = static_cast<std::uint64_t>(spec.vocab),
-                        kv = dim / static_cast<std::uint64_t>(spec.heads) * static_cast<std::uint64_t>(spec.kv_heads);
+                        vocab = static_cast<std::uint64_t>(spec.vocab), q = head_dim * static_cast<std::uint64_t>(spec.heads),
+                        kv = head_dim * static_cast<std::uint64_t>(spec.kv_heads);
     const bool q4_k_mix = spec.dtype == kQ4KMixName;
     const TypeTraits* matrix_type =
         q4_k_mix ? &kvfuse::model::type_traits(GgmlType::q4_k) : kvfuse::model::find_type_traits(spec.dtype);
@@ -272,15 +343,28 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     auto norm = [&](const std::string& name) { plan.push_back({name, {dim}, f32, 0.0f}); };
     plan.push_back({"token_embd.weight", {dim, vocab}, matrix_type, 1.0f});
     norm("output_norm.weight");
+    if (spec.rope_freqs)
+        plan.push_back({"rope_freqs.weight", {head_dim / 2}, f32, 0.0f, 0.0f, llama31_rope_freqs(static_cast<int>(head_dim), spec.rope_base)});
     matrix("output.weight", dim, vocab, more_bits);  // untied: tied unit-deviation embeddings would give sharp logits
     for (int l = 0; l < spec.layers; ++l) {
         const std::string p = "blk." + std::to_string(l) + ".";
         const TypeTraits* mixed = use_more_bits(l, spec.layers) ? more_bits : matrix_type;
         norm(p + "attn_norm.weight");
-        matrix(p + "attn_q.weight", dim, dim, matrix_type);
+        matrix(p + "attn_q.weight", dim, q, matrix_type);
         matrix(p + "attn_k.weight", dim, kv, matrix_type);
         matrix(p + "attn_v.weight", dim, kv, mixed);
-        matrix(p + "attn_output.weight", dim, dim, matrix_type);
+        // Biases and per-head norms drawn around their neutral values (0 and 1), so that a
+        // loader that skipped them would compute something else.
+        if (spec.arch == "qwen2") {
+            plan.push_back({p + "attn_q.bias", {q}, f32, 0.5f});
+            plan.push_back({p + "attn_k.bias", {kv}, f32, 0.5f});
+            plan.push_back({p + "attn_v.bias", {kv}, f32, 0.5f});
+        }
+        if (spec.arch == "qwen3") {
+            plan.push_back({p + "attn_q_norm.weight", {head_dim}, f32, 0.3f, 1.0f});
+            plan.push_back({p + "attn_k_norm.weight", {head_dim}, f32, 0.3f, 1.0f});
+        }
+        matrix(p + "attn_output.weight", q, dim, matrix_type);
         norm(p + "ffn_norm.weight");
         matrix(p + "ffn_gate.weight", dim, hidden, matrix_type);
         matrix(p + "ffn_up.weight", dim, hidden, matrix_type);
@@ -288,27 +372,40 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     }
 
     kvfuse::model::GgufHeaderWriter header;
-    const Vocabulary vocabulary = make_vocabulary(spec.vocab);
+    Vocabulary vocabulary = make_vocabulary(spec.vocab);
+    const ChatFamily* chat = spec.chat_template.empty() ? nullptr : find_chat_family(spec.chat_template);
+    if (chat != nullptr) {
+        // The markers take the last ids, as control tokens (type 3).
+        if (vocabulary.pieces.size() < kSpecialTokens + kByteTokens + chat->markers.size())
+            throw std::invalid_argument("--vocab is too small for the chat template's tokens");
+        std::size_t id = vocabulary.pieces.size() - chat->markers.size();
+        for (const std::string& marker : chat->markers) {
+            vocabulary.pieces[id] = marker;
+            vocabulary.types[id] = 3;
+            ++id;
+        }
+    }
     char name[160];
-    std::snprintf(name, sizeof name, "kvfuse random llama %dx%d (seed %llu)", spec.layers, spec.dim,
+    std::snprintf(name, sizeof name, "kvfuse random %s %dx%d (seed %llu)", spec.arch.c_str(), spec.layers, spec.dim,
                   static_cast<unsigned long long>(spec.seed));
-    header.add_string("general.architecture", "llama");
+    const std::string a = spec.arch + ".";
+    header.add_string("general.architecture", spec.arch);
     header.add_string("general.name", name);
     header.add_string("general.description", "random weights for benchmarks and tests; it generates noise, not text");
     header.add_u32("general.alignment", static_cast<std::uint32_t>(kAlignment));
     header.add_u32("general.file_type", q4_k_mix ? kQ4KMixFileType : llama_file_type(matrix_type->type));
-    header.add_u32("llama.context_length", static_cast<std::uint32_t>(spec.context));
-    header.add_u32("llama.embedding_length", static_cast<std::uint32_t>(spec.dim));
-    header.add_u32("llama.block_count", static_cast<std::uint32_t>(spec.layers));
-    header.add_u32("llama.feed_forward_length", static_cast<std::uint32_t>(spec.hidden));
-    header.add_u32("llama.attention.head_count", static_cast<std::uint32_t>(spec.heads));
-    header.add_u32("llama.attention.head_count_kv", static_cast<std::uint32_t>(spec.kv_heads));
-    header.add_u32("llama.attention.key_length", static_cast<std::uint32_t>(dim / spec.heads));
-    header.add_u32("llama.attention.value_length", static_cast<std::uint32_t>(dim / spec.heads));
-    header.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    header.add_u32("llama.rope.dimension_count", static_cast<std::uint32_t>(dim / spec.heads));
-    header.add_f32("llama.rope.freq_base", static_cast<float>(spec.rope_base));
-    header.add_u32("llama.vocab_size", static_cast<std::uint32_t>(spec.vocab));
+    header.add_u32(a + "context_length", static_cast<std::uint32_t>(spec.context));
+    header.add_u32(a + "embedding_length", static_cast<std::uint32_t>(spec.dim));
+    header.add_u32(a + "block_count", static_cast<std::uint32_t>(spec.layers));
+    header.add_u32(a + "feed_forward_length", static_cast<std::uint32_t>(spec.hidden));
+    header.add_u32(a + "attention.head_count", static_cast<std::uint32_t>(spec.heads));
+    header.add_u32(a + "attention.head_count_kv", static_cast<std::uint32_t>(spec.kv_heads));
+    header.add_u32(a + "attention.key_length", static_cast<std::uint32_t>(head_dim));
+    header.add_u32(a + "attention.value_length", static_cast<std::uint32_t>(head_dim));
+    header.add_f32(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+    header.add_u32(a + "rope.dimension_count", static_cast<std::uint32_t>(head_dim));
+    header.add_f32(a + "rope.freq_base", static_cast<float>(spec.rope_base));
+    header.add_u32(a + "vocab_size", static_cast<std::uint32_t>(spec.vocab));
     header.add_string("tokenizer.ggml.model", "llama");
     header.add_strings("tokenizer.ggml.tokens", vocabulary.pieces);
     header.add_f32s("tokenizer.ggml.scores", vocabulary.scores);
@@ -316,6 +413,7 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
     header.add_u32("tokenizer.ggml.unknown_token_id", 0);
     header.add_u32("tokenizer.ggml.bos_token_id", 1);
     header.add_u32("tokenizer.ggml.eos_token_id", 2);
+    if (chat != nullptr) header.add_string("tokenizer.chat_template", chat->jinja);
 
     RandomModelInfo info;
     std::uint64_t offset = 0;
@@ -347,10 +445,14 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
         const std::size_t piece = 64 * t.type->block_elements, piece_bytes = 64 * t.type->block_bytes;
         for (std::uint64_t first = 0; first < elements; first += kBlock) {
             const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, elements - first));
-            if (t.stddev == 0.0f)
+            if (!t.values.empty()) {
+                std::copy(t.values.begin(), t.values.end(), values.begin());
+            } else if (t.stddev == 0.0f) {
                 std::fill(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(n), 1.0f);
-            else
+            } else {
                 fill_normal(stream, first, n, t.stddev, values.data());
+                for (std::size_t i = 0; i < n; ++i) values[i] += t.mean;
+            }
             stored.resize(n / t.type->block_elements * t.type->block_bytes);
             const QuantizeRow quantize = t.type->quantize_row;
 #pragma omp parallel for schedule(dynamic)

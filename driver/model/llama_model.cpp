@@ -81,8 +81,8 @@ bool quantized_gemm_enabled() {
 LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(file)) {
     const GgufFile& f = *file_;
     architecture_ = f.get_string("general.architecture");
-    if (architecture_ != "llama" && architecture_ != "mistral" && architecture_ != "qwen2")
-        throw GgufError(f.path() + ": architecture '" + architecture_ + "' is not supported (llama, mistral, qwen2 are)");
+    if (architecture_ != "llama" && architecture_ != "mistral" && architecture_ != "qwen2" && architecture_ != "qwen3")
+        throw GgufError(f.path() + ": architecture '" + architecture_ + "' is not supported (llama, mistral, qwen2, qwen3 are)");
     const std::string a = architecture_ + ".";
     // Every size is read as 64 bits and range-checked before it becomes an int, so that 2^32 + 5
     // layers cannot load as 5 nor a context of 2^32 as 0 ("no limit").
@@ -97,11 +97,21 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
     // rms_norm divides by sqrt(mean + epsilon): a NaN, infinite, negative or zero epsilon gives
     // NaN for some rows, and every logit after them.
     epsilon_ = static_cast<float>(f.get_float_in_or(a + "attention.layer_norm_rms_epsilon", 1e-5, 1e-30, 1.0));
-    if (shape_.dim % shape_.heads != 0 || shape_.heads % shape_.kv_heads != 0)
+    // The head size is attention.key_length where the file has it (Qwen3, Gemma, Mistral-Nemo:
+    // heads x head_dim need not be the embedding), else embedding / heads.
+    const bool has_key_length = f.has(a + "attention.key_length");
+    if (shape_.heads % shape_.kv_heads != 0 || (!has_key_length && shape_.dim % shape_.heads != 0))
         throw GgufError(f.path() + ": inconsistent model sizes: embedding " + std::to_string(shape_.dim) + ", " +
                         std::to_string(shape_.heads) + " heads, " + std::to_string(shape_.kv_heads) +
-                        " KV heads (heads must divide the embedding, KV heads the heads)");
-    shape_.head_dim = shape_.dim / shape_.heads;
+                        " KV heads (KV heads must divide the heads, and heads the embedding unless " + a +
+                        "attention.key_length gives the head size)");
+    shape_.head_dim = has_key_length ? static_cast<int>(f.get_uint_in(a + "attention.key_length", 1, 4096)) : shape_.dim / shape_.heads;
+    // Keys and values share the head size in every kernel here (and in every supported family).
+    const std::uint64_t value_length =
+        f.get_uint_in_or(a + "attention.value_length", static_cast<std::uint64_t>(shape_.head_dim), 1, 4096);
+    if (value_length != static_cast<std::uint64_t>(shape_.head_dim))
+        throw GgufError(f.path() + ": " + a + "attention.value_length (" + std::to_string(value_length) +
+                        ") differs from the key length (" + std::to_string(shape_.head_dim) + "): not supported");
     tokenizer_ = std::make_unique<Tokenizer>(f);
     shape_.vocab = static_cast<int>(tokenizer_->vocab_size());
 
@@ -110,7 +120,8 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
     shape_.rope.rotary_dims = static_cast<int>(f.get_uint_in_or(a + "rope.dimension_count", static_cast<std::uint64_t>(shape_.head_dim),
                                                                 1, static_cast<std::uint64_t>(shape_.head_dim)));
     shape_.rope.base = f.get_float_or(a + "rope.freq_base", 10000.0);
-    shape_.rope.pairing = architecture_ == "qwen2" ? kvfuse::RopePairing::neox : kvfuse::RopePairing::interleaved;
+    shape_.rope.pairing =
+        architecture_ == "qwen2" || architecture_ == "qwen3" ? kvfuse::RopePairing::neox : kvfuse::RopePairing::interleaved;
     const std::string scaling = f.has(a + "rope.scaling.type") ? f.get_string(a + "rope.scaling.type") : "none";
     if (scaling == "linear") {
         shape_.rope.scaling = kvfuse::RopeScaling::linear;
@@ -125,6 +136,20 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
     } else if (scaling != "none") {
         throw GgufError(f.path() + ": rope scaling '" + scaling + "' is not supported (none, linear, llama3 are)");
     }
+    // Llama 3.1/3.2 files carry their RoPE scaling as one divisor per rotated pair (llama.cpp's
+    // converter computes the llama3 formula into rope_freqs.weight). Read whenever present: a
+    // file with it must never run without it.
+    if (const GgufTensor* freqs = f.tensor("rope_freqs.weight"); freqs != nullptr) {
+        const std::uint64_t pairs = static_cast<std::uint64_t>(shape_.rope.rotary_dims) / 2;
+        if (freqs->type != GgmlType::f32 || freqs->dims.size() != 1 || freqs->dims[0] != pairs)
+            throw GgufError(f.path() + ": tensor rope_freqs.weight must be f32 with " + std::to_string(pairs) +
+                            " values (one per rotated pair of a head of " + std::to_string(shape_.rope.rotary_dims) +
+                            " rotary dims)");
+        if (shape_.rope.scaling == kvfuse::RopeScaling::llama3)
+            throw GgufError(f.path() + ": both rope_freqs.weight and " + a +
+                            "rope.scaling.type = llama3: the scaling would be applied twice");
+        shape_.rope.freq_factors = f.read_f32(*freqs);
+    }
     // The library is the one judge of a RoPE configuration (even rotary dims, base > 1, finite
     // positive factors, ...): one zero row rotated now, so that a model every command would
     // reject later is rejected at load, by `info` too.
@@ -137,7 +162,8 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
 
     // Before the weights are packed: packing releases the file pages of the tensors it copies.
     fingerprint_ = fingerprint_of(f, shape_);
-    const std::uint64_t d = static_cast<std::uint64_t>(shape_.dim), kv = shape_.kv_row(), ffn = static_cast<std::uint64_t>(ffn_),
+    const std::uint64_t d = static_cast<std::uint64_t>(shape_.dim), q = shape_.q_row(), kv = shape_.kv_row(),
+                        head = static_cast<std::uint64_t>(shape_.head_dim), ffn = static_cast<std::uint64_t>(ffn_),
                         vocab = static_cast<std::uint64_t>(shape_.vocab);
     embedding_ = &f.require_tensor("token_embd.weight");
     check_matrix_shape(f, *embedding_, d, vocab);
@@ -149,18 +175,28 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
         const std::string p = "blk." + std::to_string(l) + ".";
         Layer layer;
         layer.attn_norm = load_vector(f, p + "attn_norm.weight", d);
-        layer.wq = load_dense(p + "attn_q.weight", d, d);
+        layer.wq = load_dense(p + "attn_q.weight", d, q);
         layer.wk = load_dense(p + "attn_k.weight", d, kv);
         layer.wv = load_dense(p + "attn_v.weight", d, kv);
-        layer.wo = load_dense(p + "attn_output.weight", d, d);
+        layer.wo = load_dense(p + "attn_output.weight", q, d);
         layer.ffn_norm = load_vector(f, p + "ffn_norm.weight", d);
         layer.w_gate = load_dense(p + "ffn_gate.weight", d, ffn);
         layer.w_up = load_dense(p + "ffn_up.weight", d, ffn);
         layer.w_down = load_dense(p + "ffn_down.weight", ffn, d);
         // Qwen2 adds biases to the Q, K and V projections.
-        if (f.tensor(p + "attn_q.bias") != nullptr) layer.bq = load_vector(f, p + "attn_q.bias", d);
+        if (f.tensor(p + "attn_q.bias") != nullptr) layer.bq = load_vector(f, p + "attn_q.bias", q);
         if (f.tensor(p + "attn_k.bias") != nullptr) layer.bk = load_vector(f, p + "attn_k.bias", kv);
         if (f.tensor(p + "attn_v.bias") != nullptr) layer.bv = load_vector(f, p + "attn_v.bias", kv);
+        // Qwen3 normalises each query and key head (RMS over head_dim) before RoPE; only there.
+        const bool qk_norm = architecture_ == "qwen3";
+        for (const char* name : {"attn_q_norm.weight", "attn_k_norm.weight"})
+            if (!qk_norm && f.tensor(p + name) != nullptr)
+                throw GgufError(f.path() + ": tensor " + p + name + " is not part of architecture " + architecture_ +
+                                " (per-head Q/K norms are qwen3's)");
+        if (qk_norm) {
+            layer.q_norm = load_vector(f, p + "attn_q_norm.weight", head);
+            layer.k_norm = load_vector(f, p + "attn_k_norm.weight", head);
+        }
         layers_.push_back(std::move(layer));
     }
 }
@@ -274,7 +310,11 @@ std::string LlamaModel::describe() const {
 }
 
 void LlamaModel::rms_norm(const float* in, const std::vector<float>& weight, std::size_t n, float* out) const {
-    const std::size_t d = static_cast<std::size_t>(shape_.dim);
+    rms_norm_rows(in, weight, n, static_cast<std::size_t>(shape_.dim), out);
+}
+
+void LlamaModel::rms_norm_rows(const float* in, const std::vector<float>& weight, std::size_t n, std::size_t d,
+                               float* out) const {
     for (std::size_t r = 0; r < n; ++r) {
         const float* x = in + r * d;
         float sum = 0.0f;
@@ -310,6 +350,10 @@ void LlamaModel::project_qkv(int layer, const float* hidden, std::size_t n, cons
     add_bias(q, w.bq);
     add_bias(k, w.bk);
     add_bias(v, w.bv);
+    if (!w.q_norm.empty()) {
+        rms_norm_rows(q, w.q_norm, n * static_cast<std::size_t>(shape_.heads), w.q_norm.size(), q);
+        rms_norm_rows(k, w.k_norm, n * static_cast<std::size_t>(shape_.kv_heads), w.k_norm.size(), k);
+    }
     kvfuse::Status s = kvfuse::rope_rotate(shape_.rope, q, n, static_cast<std::size_t>(shape_.heads), shape_.q_row(), positions);
     if (s.ok()) s = kvfuse::rope_rotate(shape_.rope, k, n, static_cast<std::size_t>(shape_.kv_heads), shape_.kv_row(), positions);
     driver::throw_if_failed(s, "RoPE of the queries and keys");

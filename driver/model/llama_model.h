@@ -1,4 +1,5 @@
-// A llama-architecture model (llama, mistral, qwen2 with its Q/K/V biases) from a GGUF file. Dense
+// A llama-architecture model (llama incl. Llama 3.1's rope_freqs, mistral, qwen2 with its Q/K/V
+// biases, qwen3 with its per-head Q/K RMSNorm; head size from attention.key_length) from a GGUF file. Dense
 // weights: F32 and BF16 packed once for kvfuse_gemm (bf16 kept bf16); Q8_0, Q4_0, Q4_1, Q5_0,
 // Q5_1, Q4_K and Q5_K packed once from their codes (model/block_codes.h) for kvfuse_gemm's int8
 // product (KVFUSE_DEQUANTIZED_GEMM=1 turns that off); every other type stays in the mapped file
@@ -60,8 +61,11 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
         std::vector<float> attn_norm, ffn_norm;
         Dense wq, wk, wv, wo, w_gate, w_up, w_down;
         std::vector<float> bq, bk, bv;  // Qwen2's attention biases (empty when absent)
+        std::vector<float> q_norm, k_norm;  // Qwen3's per-head RMSNorm weights (head_dim each; empty when absent)
     };
     void rms_norm(const float* in, const std::vector<float>& weight, std::size_t n, float* out) const;
+    // n rows of d values each (in may equal out).
+    void rms_norm_rows(const float* in, const std::vector<float>& weight, std::size_t n, std::size_t d, float* out) const;
 
     std::shared_ptr<const GgufFile> file_;
     std::unique_ptr<Tokenizer> tokenizer_;

@@ -226,7 +226,15 @@ std::int32_t Tokenizer::find(std::string_view piece) const {
     return it == ids_.end() ? -1 : it->second;
 }
 
-std::vector<Tokenizer::Fragment> Tokenizer::partition(std::string_view text, bool parse_special) const {
+std::vector<Tokenizer::Fragment> Tokenizer::partition(std::string_view text, bool parse_special, const Ranges* special_in) const {
+    // A control or unknown token matched only wholly inside an allowed range (user-defined
+    // tokens are always text's own).
+    const auto allowed = [&](std::size_t i, std::size_t begin, std::size_t end) {
+        if (special_in == nullptr || types_[i] == kTokenUserDefined) return true;
+        for (const auto& [from, to] : *special_in)
+            if (begin >= from && end <= to) return true;
+        return false;
+    };
     std::vector<Fragment> fragments{{false, -1, 0, text.size()}};
     for (std::int32_t id : special_tokens_) {
         const std::size_t i = static_cast<std::size_t>(id);
@@ -240,7 +248,9 @@ std::vector<Tokenizer::Fragment> Tokenizer::partition(std::string_view text, boo
             }
             std::size_t begin = f.begin;
             while (begin < f.end) {
-                const std::size_t match = text.substr(0, f.end).find(marker, begin);
+                std::size_t match = text.substr(0, f.end).find(marker, begin);
+                while (match != std::string_view::npos && !allowed(i, match, match + marker.size()))
+                    match = text.substr(0, f.end).find(marker, match + 1);
                 if (match == std::string_view::npos) break;
                 if (match > begin) next.push_back({false, -1, begin, match});
                 next.push_back({true, id, match, match + marker.size()});
@@ -260,12 +270,12 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool parse_sp
 }
 
 std::vector<std::int32_t> Tokenizer::encode_impl(std::string_view text, bool parse_special, bool space_prefix,
-                                                 std::vector<std::size_t>* starts) const {
+                                                 std::vector<std::size_t>* starts, const Ranges* special_in) const {
     std::vector<std::int32_t> out;
     if (text.empty()) return out;
     // SentencePiece prefixes a space at the start and after each special token (llama.cpp).
     bool after_special = true;
-    for (const Fragment& f : partition(text, parse_special)) {
+    for (const Fragment& f : partition(text, parse_special, special_in)) {
         if (f.is_token) {
             out.push_back(f.token);
             if (starts) starts->push_back(f.begin);
@@ -316,15 +326,24 @@ std::vector<std::int32_t> Tokenizer::encode_impl(std::string_view text, bool par
 }
 
 std::vector<std::vector<std::int32_t>> Tokenizer::encode_parts(std::span<const std::string> parts, bool parse_special) const {
+    return encode_parts(parts, std::vector<bool>(parts.size(), parse_special));
+}
+
+std::vector<std::vector<std::int32_t>> Tokenizer::encode_parts(std::span<const std::string> parts,
+                                                                const std::vector<bool>& parse_special) const {
+    if (parse_special.size() != parts.size()) throw std::invalid_argument("encode_parts: one parse_special flag per part");
     std::string whole;
     std::vector<std::size_t> ends;
-    for (const std::string& part : parts) {
-        whole += part;
+    Ranges special_in;
+    bool any_special = false;
+    for (std::size_t p = 0; p < parts.size(); ++p) {
+        if (parse_special[p]) special_in.emplace_back(whole.size(), whole.size() + parts[p].size()), any_special = true;
+        whole += parts[p];
         ends.push_back(whole.size());
     }
     std::vector<std::vector<std::int32_t>> out(parts.size());
     std::vector<std::size_t> starts;
-    const std::vector<std::int32_t> ids = encode_impl(whole, parse_special, add_space_prefix_, &starts);
+    const std::vector<std::int32_t> ids = encode_impl(whole, any_special, add_space_prefix_, &starts, &special_in);
     const bool placed = starts.size() == ids.size() &&
                         std::none_of(starts.begin(), starts.end(), [](std::size_t s) { return s == SIZE_MAX; });
     if (placed) {
@@ -336,7 +355,7 @@ std::vector<std::vector<std::int32_t>> Tokenizer::encode_parts(std::span<const s
         return out;
     }
     for (std::size_t p = 0; p < parts.size(); ++p)
-        out[p] = encode_impl(parts[p], parse_special, add_space_prefix_ && p == 0, nullptr);
+        out[p] = encode_impl(parts[p], parse_special[p], add_space_prefix_ && p == 0, nullptr);
     return out;
 }
 

@@ -18,6 +18,7 @@
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "model/gguf.h"
@@ -52,6 +53,10 @@ class Tokenizer {
     // the text (an unknown-token fallback), each part is tokenized alone instead, parts after
     // the first without SentencePiece's leading space.
     std::vector<std::vector<std::int32_t>> encode_parts(std::span<const std::string> parts, bool parse_special) const;
+    // The same with special tokens parsed only inside the parts flagged (a chat turn's header
+    // and footer, never the user's documents between them).
+    std::vector<std::vector<std::int32_t>> encode_parts(std::span<const std::string> parts,
+                                                        const std::vector<bool>& parse_special) const;
     // Ids to text: byte tokens -> bytes, control and unknown tokens dropped.
     std::string decode(std::span<const std::int32_t> ids) const;
     std::string piece(std::int32_t id) const;
@@ -78,9 +83,11 @@ class Tokenizer {
         std::size_t begin, end;
     };
     void index();
-    std::vector<Fragment> partition(std::string_view text, bool parse_special) const;
+    // Byte ranges of the text where control tokens may be matched (null: everywhere).
+    using Ranges = std::vector<std::pair<std::size_t, std::size_t>>;
+    std::vector<Fragment> partition(std::string_view text, bool parse_special, const Ranges* special_in = nullptr) const;
     std::vector<std::int32_t> encode_impl(std::string_view text, bool parse_special, bool space_prefix,
-                                          std::vector<std::size_t>* starts) const;
+                                          std::vector<std::size_t>* starts, const Ranges* special_in = nullptr) const;
     void encode_sentencepiece(std::string_view text, std::vector<std::int32_t>& out) const;
     void encode_bpe(std::string_view text, std::vector<std::int32_t>& out) const;
     void encode_bpe_word(const std::string& word, std::vector<std::int32_t>& out) const;

@@ -205,9 +205,15 @@ typedef struct kvfuse_rope_config {
     double llama3_low_freq_factor;   /* llama3 only */
     double llama3_high_freq_factor;  /* llama3 only, > low */
     int32_t llama3_original_context; /* llama3 only, > 0 */
+    /* V2. NULL, or rotary_dims / 2 per-pair divisors, each finite and > 0: the frequency of pair
+     * i (after the scaling above) is divided by freq_factors[i] -- Llama 3.1/3.2 GGUF files store
+     * them as the tensor rope_freqs.weight. Read during each call only (the library keeps a copy
+     * of the values, not the pointer). */
+    const float* freq_factors;
 } kvfuse_rope_config;
 
-#define KVFUSE_ROPE_CONFIG_SIZE_V1 sizeof(kvfuse_rope_config)
+#define KVFUSE_ROPE_CONFIG_SIZE_V1 offsetof(kvfuse_rope_config, freq_factors)
+#define KVFUSE_ROPE_CONFIG_SIZE_V2 sizeof(kvfuse_rope_config)
 
 /* Defaults: rotary_dims = head_dim, base 10000, NeoX pairing, no scaling (llama3 fields set to
  * Llama 3.1's values so that switching scaling on is enough). */
@@ -223,6 +229,7 @@ KVFUSE_INLINE void kvfuse_rope_config_init(kvfuse_rope_config* config, int32_t h
     config->llama3_low_freq_factor = 1.0;
     config->llama3_high_freq_factor = 4.0;
     config->llama3_original_context = 8192;
+    config->freq_factors = NULL;
 }
 
 /* Rotates token t of keys[tokens x heads x head_dim] in place by deltas[t] positions.

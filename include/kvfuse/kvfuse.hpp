@@ -264,7 +264,10 @@ struct RopeConfig {
     double llama3_low_freq_factor = 1.0;
     double llama3_high_freq_factor = 4.0;
     int llama3_original_context = 8192;
+    // Empty, or rotary_dims / 2 divisors of the pairs' frequencies (Llama 3.1's rope_freqs).
+    std::vector<float> freq_factors;
 
+    // The C view; it points into freq_factors, so it is valid while this object is unchanged.
     kvfuse_rope_config to_c() const {
         kvfuse_rope_config c;
         kvfuse_rope_config_init(&c, head_dim);
@@ -276,6 +279,7 @@ struct RopeConfig {
         c.llama3_low_freq_factor = llama3_low_freq_factor;
         c.llama3_high_freq_factor = llama3_high_freq_factor;
         c.llama3_original_context = llama3_original_context;
+        c.freq_factors = freq_factors.empty() ? nullptr : freq_factors.data();
         return c;
     }
 };

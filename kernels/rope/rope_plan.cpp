@@ -33,12 +33,20 @@ bool validate_rope_config(const kvfuse_rope_config& c, std::string& why) {
         why = "llama3 scaling needs 0 < low_freq_factor < high_freq_factor and "
               "original_context > 0";
     } else {
+        if (c.freq_factors != nullptr)
+            for (int i = 0; i < rotary / 2; ++i)
+                if (!(c.freq_factors[i] > 0.0f) || !std::isfinite(c.freq_factors[i])) {
+                    why = "freq_factors[" + std::to_string(i) + "] (" + std::to_string(c.freq_factors[i]) +
+                          ") must be finite and > 0";
+                    return false;
+                }
         return true;
     }
     return false;
 }
 
-double rope_inv_freq(const kvfuse_rope_config& c, int rotary_dims, int pair) {
+namespace {
+double scaled_inv_freq(const kvfuse_rope_config& c, int rotary_dims, int pair) {
     const double freq = std::pow(c.base, -2.0 * pair / rotary_dims);
     switch (c.scaling) {
         case KVFUSE_ROPE_SCALING_LINEAR:
@@ -59,16 +67,36 @@ double rope_inv_freq(const kvfuse_rope_config& c, int rotary_dims, int pair) {
             return freq;
     }
 }
+}  // namespace
+
+double rope_inv_freq(const kvfuse_rope_config& c, int rotary_dims, int pair) {
+    const double freq = scaled_inv_freq(c, rotary_dims, pair);
+    return c.freq_factors == nullptr ? freq : freq / static_cast<double>(c.freq_factors[pair]);
+}
+
+bool same_rope_config(const kvfuse_rope_config& a, const kvfuse_rope_config& b) {
+    // Field by field: the struct has padding whose bytes a memcmp would read.
+    if (!(a.head_dim == b.head_dim && a.rotary_dims == b.rotary_dims && a.base == b.base && a.pairing == b.pairing &&
+          a.scaling == b.scaling && a.scaling_factor == b.scaling_factor &&
+          a.llama3_low_freq_factor == b.llama3_low_freq_factor && a.llama3_high_freq_factor == b.llama3_high_freq_factor &&
+          a.llama3_original_context == b.llama3_original_context))
+        return false;
+    if ((a.freq_factors == nullptr) != (b.freq_factors == nullptr)) return false;
+    if (a.freq_factors == nullptr || a.freq_factors == b.freq_factors) return true;
+    const int pairs = (a.rotary_dims == 0 ? a.head_dim : a.rotary_dims) / 2;
+    return std::equal(a.freq_factors, a.freq_factors + pairs, b.freq_factors);
+}
 
 namespace {
 
-bool same_config(const kvfuse_rope_config& a, const kvfuse_rope_config& b) {
-    // Field by field: the struct has padding whose bytes a memcmp would read.
-    return a.head_dim == b.head_dim && a.rotary_dims == b.rotary_dims && a.base == b.base &&
-           a.pairing == b.pairing && a.scaling == b.scaling && a.scaling_factor == b.scaling_factor &&
-           a.llama3_low_freq_factor == b.llama3_low_freq_factor &&
-           a.llama3_high_freq_factor == b.llama3_high_freq_factor &&
-           a.llama3_original_context == b.llama3_original_context;
+// A copy of config's factors in `store`, and config pointed at it.
+void own_factors(kvfuse_rope_config& config, std::vector<float>& store, int rotary_dims) {
+    if (config.freq_factors == nullptr) {
+        store.clear();
+        return;
+    }
+    if (config.freq_factors != store.data()) store.assign(config.freq_factors, config.freq_factors + rotary_dims / 2);
+    config.freq_factors = store.data();
 }
 
 RopePlan make_rope_plan(const kvfuse_rope_config& config) {
@@ -77,6 +105,7 @@ RopePlan make_rope_plan(const kvfuse_rope_config& config) {
     plan.id = next_id.fetch_add(1, std::memory_order_relaxed);
     plan.config = config;
     plan.rotary_dims = config.rotary_dims == 0 ? config.head_dim : config.rotary_dims;
+    own_factors(plan.config, plan.freq_factors, plan.rotary_dims);
     plan.inv_freq.resize(static_cast<std::size_t>(plan.rotary_dims / 2));
     for (int i = 0; i < plan.rotary_dims / 2; ++i)
         plan.inv_freq[static_cast<std::size_t>(i)] = rope_inv_freq(config, plan.rotary_dims, i);
@@ -95,13 +124,15 @@ const RopePlan& rope_plan_for(const kvfuse_rope_config& config) {
     ++clock;
     std::size_t oldest = 0;
     for (std::size_t i = 0; i < kPlans; ++i) {
-        if (cached[i].id != 0 && same_config(cached[i].config, config)) {
+        if (cached[i].id != 0 && same_rope_config(cached[i].config, config)) {
             last_use[i] = clock;
             return cached[i];
         }
         if (last_use[i] < last_use[oldest]) oldest = i;
     }
     cached[oldest] = make_rope_plan(config);
+    // The move kept the factors' buffer, but say so where it matters.
+    own_factors(cached[oldest].config, cached[oldest].freq_factors, cached[oldest].rotary_dims);
     last_use[oldest] = clock;
     return cached[oldest];
 }
@@ -225,13 +256,15 @@ const RopePositionSlot* RopePositionTables::prepare(const RopePlan& plan, kvfuse
     const kvfuse_dtype build_dtype = bf16 ? KVFUSE_DTYPE_BF16 : KVFUSE_DTYPE_F32;
     RopePositionSlot* slot = nullptr;
     for (RopePositionSlot& s : slots_)
-        if (!s.tables.empty() && same_config(s.config, plan.config) && s.bf16 == bf16 && s.heads == heads_key) slot = &s;
+        if (!s.tables.empty() && same_rope_config(s.config, plan.config) && s.bf16 == bf16 && s.heads == heads_key) slot = &s;
     if (slot == nullptr) {
         slot = &slots_[0];
         for (RopePositionSlot& s : slots_)
             if (s.last_use < slot->last_use) slot = &s;
         slot->tables.clear();
         slot->config = plan.config, slot->bf16 = bf16, slot->heads = heads_key;
+        slot->freq_factors.clear();
+        own_factors(slot->config, slot->freq_factors, plan.rotary_dims);
     }
     slot->last_use = ++clock_;
     if (slot->tables.size() <= static_cast<std::size_t>(highest)) slot->tables.resize(static_cast<std::size_t>(highest) + 1);

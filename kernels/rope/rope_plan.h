@@ -15,7 +15,10 @@ namespace kvfuse::detail {
 
 struct RopePlan {
     std::uint64_t id = 0;  // unique per distinct plan, so cached tables can tell plans apart
+    // config.freq_factors points into freq_factors below (never at the caller's memory):
+    // rope_plan_for sets it where the plan lives.
     kvfuse_rope_config config{};
+    std::vector<float> freq_factors;  // a copy of the caller's, rotary_dims / 2 values or empty
     int rotary_dims = 0;           // resolved (never 0)
     std::vector<double> inv_freq;  // theta_i after scaling, rotary_dims / 2 entries
     // Interleaved pairing with every dim rotating: a row of `heads` heads is one long run of
@@ -39,7 +42,11 @@ bool validate_rope_config(const kvfuse_rope_config& config, std::string& why);
 // layer with one configuration pays for the frequencies once.
 const RopePlan& rope_plan_for(const kvfuse_rope_config& config);
 
-// The frequency of pair i after scaling; shared by the plan and, independently written, the
+// Whether two validated configurations rotate alike: every field, and the frequency factors by
+// value (a caller may rewrite the array behind the same pointer).
+bool same_rope_config(const kvfuse_rope_config& a, const kvfuse_rope_config& b);
+
+// The frequency of pair i after scaling and the frequency factor; shared by the plan and, independently written, the
 // reference (reference/rope_reference.cpp re-derives it from the formulas).
 double rope_inv_freq(const kvfuse_rope_config& config, int rotary_dims, int pair);
 
@@ -126,7 +133,10 @@ class RopeTableCache {
 // swept whole, the head count, so an engine's queries, f32 keys and f16 cache share one kind.
 // Memory: about 0.5-1 KiB a position and kind for D = 128 (a 4K context: a few MiB a kind).
 struct RopePositionSlot {
-    kvfuse_rope_config config{};  // by value: plans of the same configuration on other threads have other ids
+    // By value: plans of the same configuration on other threads have other ids. config's
+    // freq_factors points into freq_factors.
+    kvfuse_rope_config config{};
+    std::vector<float> freq_factors;
     std::uint64_t last_use = 0;
     bool bf16 = false;
     std::size_t heads = 0;  // 0 unless the row is flattened
