@@ -388,26 +388,11 @@ void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, s
             else
                 return tile + t * stride + c;
         };
-        std::size_t c = begin;
-        // A whole tile: a fixed count of rows, fully unrolled (no per-row count checks).
-        if (rows == kTokenTile)
-            for (; c + kLanes <= end; c += kLanes) {
-                F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
-                for (std::size_t t = 0; t < kTokenTile; ++t) {
-                    F64s low, high;
-                    if constexpr (kType == KVFUSE_DTYPE_F32)
-                        widen_loaded(at(t, c), low, high);
-                    else
-                        widen(load_as_f32<kType, F32s>(at(t, c), 0), low, high);
-                    low_sum += low;
-                    high_sum += high;
-                }
-                low_sum.store_unaligned(sums + c);
-                high_sum.store_unaligned(sums + c + kHalf);
-            }
-        for (; c + kLanes <= end; c += kLanes) {
+        // One vector of columns summed over `count` rows (in row order, as the reference): a
+        // whole tile passes its count as a constant, so that loop is unrolled fully.
+        auto add_columns = [&](std::size_t c, auto count) {
             F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
-            for (std::size_t t = 0; t < rows; ++t) {
+            for (std::size_t t = 0; t < static_cast<std::size_t>(count); ++t) {
                 F64s low, high;
                 if constexpr (kType == KVFUSE_DTYPE_F32)
                     widen_loaded(at(t, c), low, high);
@@ -418,7 +403,11 @@ void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, s
             }
             low_sum.store_unaligned(sums + c);
             high_sum.store_unaligned(sums + c + kHalf);
-        }
+        };
+        std::size_t c = begin;
+        if (rows == kTokenTile)
+            for (; c + kLanes <= end; c += kLanes) add_columns(c, std::integral_constant<std::size_t, kTokenTile>{});
+        for (; c + kLanes <= end; c += kLanes) add_columns(c, rows);
         for (; c < end; ++c)
             for (std::size_t t = 0; t < rows; ++t) sums[c] += one_as_f32<kType>(at(t, c), 0);
     }
