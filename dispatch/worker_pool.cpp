@@ -28,8 +28,7 @@ bool WorkerPool::take(std::size_t& index) {
     return true;
 }
 
-void WorkerPool::finished(std::unique_lock<std::mutex>& lock) {
-    (void)lock;
+void WorkerPool::finished() {
     if (--running_ == 0 && next_ >= end_) job_done_.notify_all();
 }
 
@@ -56,7 +55,7 @@ void WorkerPool::run(std::size_t workers, void (*task)(void*, std::size_t), void
         lock.unlock();
         task(arg, index);
         lock.lock();
-        finished(lock);
+        finished();
     }
     job_done_.wait(lock, [this] { return next_ >= end_ && running_ == 0; });
     task_ = nullptr;
@@ -77,7 +76,7 @@ void WorkerPool::work() {
             lock.unlock();
             task(arg, index);
             lock.lock();
-            finished(lock);
+            finished();
         }
     }
 }

@@ -26,13 +26,11 @@ class WorkerPool {
     // a thread that cannot be started leaves its share to the others, never an error.
     void run(std::size_t workers, void (*task)(void*, std::size_t), void* arg);
 
-    std::size_t threads() const { return threads_.size(); }
-
    private:
     void start_threads(std::size_t wanted);
     void work();                            // a pool thread's loop
     bool take(std::size_t& index);          // the next index of the job in progress (mutex held)
-    void finished(std::unique_lock<std::mutex>& lock);
+    void finished();                        // an index taken has run (mutex held)
 
     std::mutex mutex_;
     std::condition_variable job_posted_, job_done_;

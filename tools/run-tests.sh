@@ -66,7 +66,7 @@ for l in $lanes; do
         aarch64)
             lane "AArch64 NEON (cross build, tests under qemu-aarch64; the library without OpenMP)"
             # KVFUSE_OPENMP=OFF here: the one lane that builds the library as an engine on
-            # libomp or its own pool would (std::thread workers, no OpenMP runtime needed).
+            # libomp or its own pool would (each context's own worker threads, no OpenMP runtime).
             build_and_test "$root/build/test-aarch64" -DCMAKE_BUILD_TYPE=Release \
                 -DCMAKE_TOOLCHAIN_FILE="$root/cmake/aarch64-linux-gnu.cmake" \
                 -DKVFUSE_BUILD_BENCH=OFF -DKVFUSE_BUILD_DRIVER=OFF -DKVFUSE_WITH_HWLOC=OFF -DKVFUSE_OPENMP=OFF
