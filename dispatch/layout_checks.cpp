@@ -82,6 +82,12 @@ kvfuse_status resolve_layout(const char* prefix, std::size_t index, const Layout
         return invalid("the pool of " + name("blocks_total") + " (" + std::to_string(f.blocks_total) +
                        ") blocks spans more bytes than memory can hold");
     const std::size_t first_block = f.token_offset / f.block_size, last_block = last.value() / f.block_size;
+    // The table holds an entry for every block up to the last one the call reads; a table that
+    // long must itself fit in memory before any entry is read.
+    if (!((CheckedSize(last_block) + 1) * sizeof(std::int32_t)).fits())
+        return invalid(name("block_table") + " would need " + std::to_string(last_block) + " + 1 entries (" +
+                       name("token_offset") + " + tokens over " + name("block_size") +
+                       "), more than memory can hold");
     for (std::size_t b = first_block; b <= last_block; ++b) {
         const std::int32_t entry = f.block_table[b];
         if (entry < 0 || static_cast<std::size_t>(entry) >= f.blocks_total)

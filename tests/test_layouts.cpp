@@ -543,6 +543,10 @@ TEST(RopeLayoutChecks, BadLayoutsAreRefusedNamingTheField) {
     a.dst_block_table = reinterpret_cast<const std::int32_t*>(reinterpret_cast<const char*>(paged.table.data()) + 1);
     refused(a, KVFUSE_ERROR_INVALID_ARGUMENT, "dst_block_table must be aligned");
     a = good;
+    a.dst_block_size = 1;  // one token a block: a table of 2^62 entries (2^64 bytes), refused before any is read
+    a.dst_token_offset = SIZE_MAX / 4;
+    refused(a, KVFUSE_ERROR_INVALID_ARGUMENT, "dst_block_table would need");
+    a = good;
     a.src = cache.data() + 3;  // inside the destination pool
     a.src_token_stride = 0;
     refused(a, KVFUSE_ERROR_INVALID_ARGUMENT, "overlap");
