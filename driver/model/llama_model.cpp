@@ -294,8 +294,8 @@ LlamaModel::Borrowed::~Borrowed() {
     try {
         model_.idle_workspaces_.push_back(std::move(workspace_));
     } catch (const std::bad_alloc&) {
-        // Not kept: the next call makes a new set. (The vector has room for every set there
-        // ever was but the newest, so this is only ever its first growth.)
+        // Not kept: a later call makes a new set. (Only a return that leaves more sets idle at
+        // once than ever before grows the vector.)
     }
 }
 
