@@ -228,20 +228,21 @@ class TimedModel : public FusionModel {
     std::string fingerprint() const override { return m_.fingerprint(); }
     std::int32_t bos() const override { return m_.bos(); }
     void embed(std::span<const std::int32_t> tokens, float* hidden) const override { m_.embed(tokens, hidden); }
-    void project_qkv(int layer, const float* hidden, std::size_t n, const std::int64_t* positions, float* q, float* k,
-                     float* v) const override {
+    void project_qkv(kvfuse::Context& context, int layer, const float* hidden, std::size_t n, const std::int64_t* positions,
+                     float* q, float* k, float* v) const override {
         const auto t0 = Clock::now();
-        m_.project_qkv(layer, hidden, n, positions, q, k, v);
+        m_.project_qkv(context, layer, hidden, n, positions, q, k, v);
         add(t0, 2.0 * n * dim() * static_cast<double>(shape().q_row() + 2 * shape().kv_row()));
     }
-    void finish_layer(int layer, const float* attention, std::size_t n, float* hidden) const override {
+    void finish_layer(kvfuse::Context& context, int layer, const float* attention, std::size_t n,
+                      float* hidden) const override {
         const auto t0 = Clock::now();
-        m_.finish_layer(layer, attention, n, hidden);
+        m_.finish_layer(context, layer, attention, n, hidden);
         add(t0, 2.0 * n * (static_cast<double>(shape().q_row()) * dim() + 3.0 * dim() * ffn_));
     }
-    void logits(const float* hidden, std::size_t n, float* out) const override {
+    void logits(kvfuse::Context& context, const float* hidden, std::size_t n, float* out) const override {
         const auto t0 = Clock::now();
-        m_.logits(hidden, n, out);
+        m_.logits(context, hidden, n, out);
         add(t0, 2.0 * n * dim() * shape().vocab);
     }
     void reset() const { seconds_ = flops_ = 0; }

@@ -11,14 +11,17 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "kvfuse/kvfuse.hpp"
 
 namespace kvfuse::driver {
 
-inline void throw_if_failed(const kvfuse::Status& status, const std::string& what) {
-    if (!status.ok()) throw std::runtime_error(what + ": " + status.message());
+// `what` is a view: a literal passed on every kernel call must not become a std::string (a heap
+// allocation past 15 characters) when the call succeeded.
+inline void throw_if_failed(const kvfuse::Status& status, std::string_view what) {
+    if (!status.ok()) throw std::runtime_error(std::string(what) + ": " + status.message());
 }
 
 // The value of a store::Result (moved out), or a runtime_error naming `what` and the store's

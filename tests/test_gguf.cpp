@@ -263,7 +263,8 @@ TEST(Gguf, Qwen2BiasesAreApplied) {
     model.embed(std::span<const std::int32_t>(&token, 1), hidden.data());
     std::vector<float> q(4), k(2), v(2);
     const std::int64_t position = 0;
-    model.project_qkv(0, hidden.data(), 1, &position, q.data(), k.data(), v.data());
+    kvfuse::Context context;  // the calling thread's default context
+    model.project_qkv(context, 0, hidden.data(), 1, &position, q.data(), k.data(), v.data());
     EXPECT_EQ(q, (std::vector<float>{1, 2, 3, 4}));
     EXPECT_EQ(k, (std::vector<float>{5, 6}));
     EXPECT_EQ(v, (std::vector<float>{7, 8}));

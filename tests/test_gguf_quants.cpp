@@ -277,8 +277,9 @@ TEST(GgufQuants, TiledProductsMatchTheDequantizedMatrix) {
     const std::size_t n = 5;
     const std::vector<float> x = weight_like(n * in, 12);
     std::vector<float> y(n * out, 0.0f), y_accumulated(n * out, 1.0f);
-    model.linear(x.data(), n, dense, y.data());
-    model.linear(x.data(), n, dense, y_accumulated.data(), 1.0f);
+    kvfuse::Context context;  // the calling thread's default context
+    model.linear(context, x.data(), n, dense, y.data());
+    model.linear(context, x.data(), n, dense, y_accumulated.data(), 1.0f);
     for (std::size_t r = 0; r < n; ++r)
         for (std::size_t o = 0; o < out; ++o) {
             double expected = 0.0, magnitude = 0.0;

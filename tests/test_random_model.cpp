@@ -164,7 +164,8 @@ TEST_F(RandomModel, EveryTypeIsTheF32ModelQuantized) {
         std::vector<float> hidden(256), logits(300);
         const std::int32_t token = 7;
         model.embed({&token, 1}, hidden.data());
-        model.logits(hidden.data(), 1, logits.data());
+        kvfuse::Context context;  // the calling thread's default context
+        model.logits(context, hidden.data(), 1, logits.data());
         for (float x : logits) ASSERT_TRUE(std::isfinite(x));
     }
     EXPECT_NE(make("partial.gguf", "--dim 64 --heads 4 --kv-heads 2 --hidden 160 --dtype q4_k"), 0);

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "fusion/fusion_model.h"
@@ -46,8 +47,8 @@ class TinyLlama : public kvfuse::fusion::FusionModel {
             for (int e = 0; e < s_.dim; ++e) hidden[t * s_.dim + e] = embedding_[static_cast<std::size_t>(tokens[t]) * s_.dim + e];
     }
 
-    void project_qkv(int layer, const float* hidden, std::size_t n, const std::int64_t* positions, float* q, float* k,
-                     float* v) const override {
+    void project_qkv(kvfuse::Context& context, int layer, const float* hidden, std::size_t n, const std::int64_t* positions,
+                     float* q, float* k, float* v) const override {
         const Layer& w = layers_[static_cast<std::size_t>(layer)];
         std::vector<float> x(s_.dim);
         for (std::size_t r = 0; r < n; ++r) {
@@ -56,11 +57,15 @@ class TinyLlama : public kvfuse::fusion::FusionModel {
             matvec(w.wk, x.data(), s_.dim, s_.kv_row(), k + r * s_.kv_row());
             matvec(w.wv, x.data(), s_.dim, s_.kv_row(), v + r * s_.kv_row());
         }
-        (void)kvfuse::rope_rotate(s_.rope, q, n, static_cast<std::size_t>(s_.heads), s_.q_row(), positions);
-        (void)kvfuse::rope_rotate(s_.rope, k, n, static_cast<std::size_t>(s_.kv_heads), s_.kv_row(), positions);
+        // On the caller's context, as an engine's model would (a failure would be a test bug:
+        // the shape is fixed and valid).
+        if (!kvfuse::rope_rotate(context, s_.rope, q, n, static_cast<std::size_t>(s_.heads), s_.q_row(), positions).ok() ||
+            !kvfuse::rope_rotate(context, s_.rope, k, n, static_cast<std::size_t>(s_.kv_heads), s_.kv_row(), positions).ok())
+            throw std::runtime_error("TinyLlama: RoPE failed");
     }
 
-    void finish_layer(int layer, const float* attention, std::size_t n, float* hidden) const override {
+    // Plain loops: no kernel call, so the context is not used.
+    void finish_layer(kvfuse::Context&, int layer, const float* attention, std::size_t n, float* hidden) const override {
         const Layer& w = layers_[static_cast<std::size_t>(layer)];
         std::vector<float> out(s_.dim), x(s_.dim), gate(24), up(24);
         for (std::size_t r = 0; r < n; ++r) {
@@ -76,7 +81,7 @@ class TinyLlama : public kvfuse::fusion::FusionModel {
         }
     }
 
-    void logits(const float* hidden, std::size_t n, float* out) const override {
+    void logits(kvfuse::Context&, const float* hidden, std::size_t n, float* out) const override {
         std::vector<float> x(s_.dim);
         for (std::size_t r = 0; r < n; ++r) {
             rms_norm(hidden + r * s_.dim, x.data());

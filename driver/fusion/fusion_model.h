@@ -34,16 +34,23 @@ class FusionModel {
     virtual std::string fingerprint() const = 0;
     virtual std::int32_t bos() const = 0;
 
-    // hidden[n x dim] = embeddings of tokens.
+    // hidden[n x dim] = embeddings of tokens (a table lookup: no kernel call).
     virtual void embed(std::span<const std::int32_t> tokens, float* hidden) const = 0;
+    // The calls below run every kvfuse kernel they use (the dense layers' GEMM, RoPE, ...) on
+    // `context`: the caller's thread count or parallel-for, its scratch. A context serves one
+    // call at a time (kvfuse.h), so callers running at once pass contexts of their own; an
+    // empty kvfuse::Context is the calling thread's default context. Implementations say
+    // whether calls on different contexts may overlap (the driver's LlamaModel: yes).
+    //
     // For n rows of hidden states (input of `layer`) at the given absolute positions:
     // q[n x H x D] and k[n x Hkv x D] after RoPE at those positions, v[n x Hkv x D].
-    virtual void project_qkv(int layer, const float* hidden, std::size_t n, const std::int64_t* positions,
-                             float* q, float* k, float* v) const = 0;
+    virtual void project_qkv(kvfuse::Context& context, int layer, const float* hidden, std::size_t n,
+                             const std::int64_t* positions, float* q, float* k, float* v) const = 0;
     // Completes the layer for n rows: hidden += Wo * attention; hidden += MLP(norm(hidden)).
-    virtual void finish_layer(int layer, const float* attention, std::size_t n, float* hidden) const = 0;
+    virtual void finish_layer(kvfuse::Context& context, int layer, const float* attention, std::size_t n,
+                              float* hidden) const = 0;
     // logits[n x vocab] of final hidden states (final norm and output matrix).
-    virtual void logits(const float* hidden, std::size_t n, float* out) const = 0;
+    virtual void logits(kvfuse::Context& context, const float* hidden, std::size_t n, float* out) const = 0;
 };
 
 }  // namespace kvfuse::fusion

@@ -384,6 +384,8 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
         throw std::invalid_argument("one stored cache is needed per chunk");
 
     run.kernels.prepare(o.threads);
+    // Every kernel call of the request's own thread (the model's layers included) runs on it.
+    kvfuse::Context& kernels = run.kernels.request();
     run.cache.reset(L, T, s.kv_row());
     run.selected.clear();
     run.rows_per_layer.clear();
@@ -441,7 +443,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
                              .budget = k_select,
                              .always = always,
                              .cache = run.cache,
-                             .kernels = run.kernels.request(),
+                             .kernels = kernels,
                              .wait_for_layer = [&loader](int layer) { loader.wait(layer); }};
 
     for (int l = 0; l < L; ++l) {
@@ -454,7 +456,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
                 resize_uninitialized(q, T * s.q_row());
                 resize_uninitialized(k, T * s.kv_row());
                 resize_uninitialized(v, T * s.kv_row());
-                model.project_qkv(l, hidden.data(), T, all_rows.data(), q.data(), k.data(), v.data());
+                model.project_qkv(kernels, l, hidden.data(), T, all_rows.data(), q.data(), k.data(), v.data());
                 run.times.full_layers += ms_since(t_layer);
                 context.layer = l;
                 context.hidden = hidden.data();
@@ -493,7 +495,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
             resize_uninitialized(q, n * s.q_row());
             resize_uninitialized(k, n * s.kv_row());
             resize_uninitialized(v, n * s.kv_row());
-            model.project_qkv(l, hidden.data(), n, rows.data(), q.data(), k.data(), v.data());
+            model.project_qkv(kernels, l, hidden.data(), n, rows.data(), q.data(), k.data(), v.data());
         }
         // Fresh rows replace the stored ones in this layer's cache.
         scatter_fresh_rows(run.cache, l, rows, k.data(), v.data());
@@ -511,11 +513,11 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
                     jv(j * s.kv_row()), ja(j * s.q_row());
                 gather_rows(check_hidden.data(), static_cast<std::size_t>(s.dim), joining, h.data());
                 for (int m = full_layers; m <= l; ++m) {
-                    model.project_qkv(m, h.data(), j, joining.data(), jq.data(), jk.data(), jv.data());
+                    model.project_qkv(kernels, m, h.data(), j, joining.data(), jq.data(), jk.data(), jv.data());
                     scatter_fresh_rows(run.cache, m, joining, jk.data(), jv.data());
                     if (m == l) break;  // at this layer they join the others below
-                    attend_cache(run.kernels.request(), s, jq.data(), joining, run.cache, m, ja.data());
-                    model.finish_layer(m, ja.data(), j, h.data());
+                    attend_cache(kernels, s, jq.data(), joining, run.cache, m, ja.data());
+                    model.finish_layer(kernels, m, ja.data(), j, h.data());
                     run.rows_per_layer[static_cast<std::size_t>(m)] += j;
                 }
                 // Merge the joiners (hidden, q) into the sorted row set.
@@ -538,8 +540,8 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
         }
         const std::size_t n_now = rows.size();
         resize_uninitialized(attention, n_now * s.q_row());
-        attend_cache(run.kernels.request(), s, q.data(), rows, run.cache, l, attention.data());
-        model.finish_layer(l, attention.data(), n_now, hidden.data());
+        attend_cache(kernels, s, q.data(), rows, run.cache, l, attention.data());
+        model.finish_layer(kernels, l, attention.data(), n_now, hidden.data());
         (l < full_layers ? run.times.full_layers : run.times.recompute) += ms_since(t_layer);
     }
 
@@ -547,7 +549,7 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     // The question rows are the last M rows still flowing.
     const auto t_logits = Clock::now();
     run.logits.resize(M * static_cast<std::size_t>(s.vocab));
-    model.logits(hidden.data() + (rows.size() - M) * s.dim, M, run.logits.data());
+    model.logits(kernels, hidden.data() + (rows.size() - M) * s.dim, M, run.logits.data());
     require_finite_logits(run.logits.data(), M, static_cast<std::size_t>(s.vocab));
     run.times.logits = ms_since(t_logits);
     std::size_t pushed = 0;
@@ -599,13 +601,13 @@ std::vector<std::int32_t> greedy_decode(const FusionModel& model, KvCache& cache
         model.embed(std::span<const std::int32_t>(&token, 1), hidden.data());
         const std::vector<std::int64_t> rows = {position};
         for (int l = 0; l < s.layers; ++l) {
-            model.project_qkv(l, hidden.data(), 1, rows.data(), q.data(), k.data(), v.data());
+            model.project_qkv(context, l, hidden.data(), 1, rows.data(), q.data(), k.data(), v.data());
             std::memcpy(cache.k_row(l, static_cast<std::size_t>(position)), k.data(), cache.row * sizeof(float));
             std::memcpy(cache.v_row(l, static_cast<std::size_t>(position)), v.data(), cache.row * sizeof(float));
             attend_cache(context, s, q.data(), rows, cache, l, attention.data());
-            model.finish_layer(l, attention.data(), 1, hidden.data());
+            model.finish_layer(context, l, attention.data(), 1, hidden.data());
         }
-        model.logits(hidden.data(), 1, logits.data());
+        model.logits(context, hidden.data(), 1, logits.data());
         require_finite_logits(logits.data(), 1, logits.size());
         token = static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
     }

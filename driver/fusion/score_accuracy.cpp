@@ -62,7 +62,7 @@ std::vector<ScoreAgreement> model_score_accuracy(const FusionModel& model, std::
     // [layer][precision], and all layers together.
     std::vector<std::array<Tally, 2>> per_layer(L);
     std::array<Tally, 2> all_layers;
-    KernelContexts kernels;  // OpenMP's default thread count, like the model's own calls
+    KernelContexts kernels;  // OpenMP's default thread count; the model's layers run on it too
     kernels.prepare(0);
     kvfuse::Context& context = kernels.request();
     for (const Request& r : requests) {
@@ -75,7 +75,7 @@ std::vector<ScoreAgreement> model_score_accuracy(const FusionModel& model, std::
             attention(T * s.q_row());
         model.embed(tokens, hidden.data());
         for (std::size_t l = 0; l < L; ++l) {
-            model.project_qkv(static_cast<int>(l), hidden.data(), T, rows.data(), q.data(), k.data(), v.data());
+            model.project_qkv(context, static_cast<int>(l), hidden.data(), T, rows.data(), q.data(), k.data(), v.data());
             const float* q_question = q.data() + (T - M) * s.q_row();
             const std::vector<float> reference = a3_relevance(context, s, q_question, M, k.data(), P, T, options.smoothing, ScoreKeys::f32);
             for (std::size_t p = 0; p < 2; ++p) {
@@ -84,7 +84,7 @@ std::vector<ScoreAgreement> model_score_accuracy(const FusionModel& model, std::
                 all_layers[p].add(reference, quantized, options.fraction);
             }
             attend_rows(context, s, q.data(), rows, k.data(), v.data(), T, s.kv_row(), attention.data());
-            model.finish_layer(static_cast<int>(l), attention.data(), T, hidden.data());
+            model.finish_layer(context, static_cast<int>(l), attention.data(), T, hidden.data());
         }
     }
     std::vector<ScoreAgreement> out;

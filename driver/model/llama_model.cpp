@@ -277,27 +277,57 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
     return dense;
 }
 
-void LlamaModel::linear(const float* x, std::size_t n, const Dense& w, float* y, float beta) const {
+LlamaModel::Borrowed::Borrowed(const LlamaModel& model) : model_(model) {
+    {
+        std::lock_guard lock(model_.workspaces_mutex_);
+        if (!model_.idle_workspaces_.empty()) {
+            workspace_ = std::move(model_.idle_workspaces_.back());
+            model_.idle_workspaces_.pop_back();
+            return;
+        }
+    }
+    workspace_ = std::make_unique<Workspace>();
+}
+
+LlamaModel::Borrowed::~Borrowed() {
+    std::lock_guard lock(model_.workspaces_mutex_);
+    try {
+        model_.idle_workspaces_.push_back(std::move(workspace_));
+    } catch (const std::bad_alloc&) {
+        // Not kept: a later call makes a new set. (Only a return that leaves more sets idle at
+        // once than ever before grows the vector.)
+    }
+}
+
+void LlamaModel::linear(kvfuse::Context& context, const float* x, std::size_t n, const Dense& w, float* y, float beta) const {
+    const Borrowed workspace(*this);
+    linear(context, x, n, w, y, beta, workspace->tile);
+}
+
+void LlamaModel::linear(kvfuse::Context& context, const float* x, std::size_t n, const Dense& w, float* y, float beta,
+                        std::vector<float>& tile_buffer) const {
     if (w.tensor == nullptr) {
-        driver::throw_if_failed(kvfuse::gemm(w.packed, x, n, y, beta), "matrix product");
+        driver::throw_if_failed(kvfuse::gemm(context, w.packed, x, n, y, beta), "matrix product");
         return;
     }
     // Dequantize a tile of rows (output features), pack it, multiply into the tile's columns of
     // Y. The packing costs about as much as the dequantization, both linear in the weights,
-    // against the product's n times as much work.
+    // against the product's n times as much work. (Packing makes a new handle per tile: the
+    // public API has no repacking into an existing one.)
     const std::size_t tile_rows = std::min(w.out, std::max<std::size_t>(16, kTileBytes / (w.in * sizeof(float))) / 16 * 16);
-    tile_.resize(tile_rows * w.in);
+    tile_buffer.resize(tile_rows * w.in);
     kvfuse::PackedWeights packed;
     for (std::size_t first = 0; first < w.out; first += tile_rows) {
         const std::size_t rows = std::min(tile_rows, w.out - first);
         const std::size_t row_bytes = static_cast<std::size_t>(w.tensor->bytes / w.tensor->rows());
         const DequantizeRow dequantize = w.tensor->traits->dequantize_row;
         const std::uint8_t* base = w.tensor->data + first * row_bytes;
-        float* tile = tile_.data();
+        float* tile = tile_buffer.data();
         const std::size_t in = w.in;
         for (std::size_t r = 0; r < rows; ++r) dequantize(base + r * row_bytes, tile + r * in, in);
         driver::throw_if_failed(kvfuse::PackedWeights::pack(tile, rows, in, in, kvfuse::Dtype::f32, packed), "packing a weight tile");
-        driver::throw_if_failed(kvfuse::gemm(packed, x, n, y + first, beta, 0, in, w.out), "matrix product (weight tile)");
+        driver::throw_if_failed(kvfuse::gemm(context, packed, x, n, y + first, beta, in, w.out),
+                                "matrix product (weight tile)");
     }
 }
 
@@ -333,15 +363,17 @@ void LlamaModel::embed(std::span<const std::int32_t> tokens, float* hidden) cons
     }
 }
 
-void LlamaModel::project_qkv(int layer, const float* hidden, std::size_t n, const std::int64_t* positions, float* q, float* k,
-                             float* v) const {
+void LlamaModel::project_qkv(kvfuse::Context& context, int layer, const float* hidden, std::size_t n,
+                             const std::int64_t* positions, float* q, float* k, float* v) const {
     const Layer& w = layers_[static_cast<std::size_t>(layer)];
     const std::size_t d = static_cast<std::size_t>(shape_.dim);
-    scratch_.resize(n * d);
-    rms_norm(hidden, w.attn_norm, n, scratch_.data());
-    linear(scratch_.data(), n, w.wq, q);
-    linear(scratch_.data(), n, w.wk, k);
-    linear(scratch_.data(), n, w.wv, v);
+    const Borrowed work(*this);
+    std::vector<float>& normed = work->normed;
+    normed.resize(n * d);
+    rms_norm(hidden, w.attn_norm, n, normed.data());
+    linear(context, normed.data(), n, w.wq, q, 0.0f, work->tile);
+    linear(context, normed.data(), n, w.wk, k, 0.0f, work->tile);
+    linear(context, normed.data(), n, w.wv, v, 0.0f, work->tile);
     // Biases before RoPE, as the reference implementations apply them.
     auto add_bias = [n](float* x, const std::vector<float>& bias) {
         for (std::size_t r = 0; r < n && !bias.empty(); ++r)
@@ -354,30 +386,37 @@ void LlamaModel::project_qkv(int layer, const float* hidden, std::size_t n, cons
         rms_norm_rows(q, w.q_norm, n * static_cast<std::size_t>(shape_.heads), w.q_norm.size(), q);
         rms_norm_rows(k, w.k_norm, n * static_cast<std::size_t>(shape_.kv_heads), w.k_norm.size(), k);
     }
-    kvfuse::Status s = kvfuse::rope_rotate(shape_.rope, q, n, static_cast<std::size_t>(shape_.heads), shape_.q_row(), positions);
-    if (s.ok()) s = kvfuse::rope_rotate(shape_.rope, k, n, static_cast<std::size_t>(shape_.kv_heads), shape_.kv_row(), positions);
+    kvfuse::Status s =
+        kvfuse::rope_rotate(context, shape_.rope, q, n, static_cast<std::size_t>(shape_.heads), shape_.q_row(), positions);
+    if (s.ok())
+        s = kvfuse::rope_rotate(context, shape_.rope, k, n, static_cast<std::size_t>(shape_.kv_heads), shape_.kv_row(), positions);
     driver::throw_if_failed(s, "RoPE of the queries and keys");
 }
 
-void LlamaModel::finish_layer(int layer, const float* attention, std::size_t n, float* hidden) const {
+void LlamaModel::finish_layer(kvfuse::Context& context, int layer, const float* attention, std::size_t n, float* hidden) const {
     const Layer& w = layers_[static_cast<std::size_t>(layer)];
     const std::size_t d = static_cast<std::size_t>(shape_.dim), ffn = static_cast<std::size_t>(ffn_);
-    linear(attention, n, w.wo, hidden, 1.0f);  // residual: hidden += attention * Wo^T
-    scratch_.resize(n * d);
-    rms_norm(hidden, w.ffn_norm, n, scratch_.data());
-    gate_.resize(n * ffn);
-    up_.resize(n * ffn);
-    linear(scratch_.data(), n, w.w_gate, gate_.data());
-    linear(scratch_.data(), n, w.w_up, up_.data());
-    for (std::size_t i = 0; i < n * ffn; ++i) gate_[i] = gate_[i] / (1.0f + std::exp(-gate_[i])) * up_[i];
-    linear(gate_.data(), n, w.w_down, hidden, 1.0f);
+    const Borrowed work(*this);
+    std::vector<float>& normed = work->normed;
+    std::vector<float>& gate = work->gate;
+    std::vector<float>& up = work->up;
+    linear(context, attention, n, w.wo, hidden, 1.0f, work->tile);  // residual: hidden += attention * Wo^T
+    normed.resize(n * d);
+    rms_norm(hidden, w.ffn_norm, n, normed.data());
+    gate.resize(n * ffn);
+    up.resize(n * ffn);
+    linear(context, normed.data(), n, w.w_gate, gate.data(), 0.0f, work->tile);
+    linear(context, normed.data(), n, w.w_up, up.data(), 0.0f, work->tile);
+    for (std::size_t i = 0; i < n * ffn; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    linear(context, gate.data(), n, w.w_down, hidden, 1.0f, work->tile);
 }
 
-void LlamaModel::logits(const float* hidden, std::size_t n, float* out) const {
+void LlamaModel::logits(kvfuse::Context& context, const float* hidden, std::size_t n, float* out) const {
     const std::size_t d = static_cast<std::size_t>(shape_.dim);
-    scratch_.resize(n * d);
-    rms_norm(hidden, output_norm_, n, scratch_.data());
-    linear(scratch_.data(), n, output_, out);
+    const Borrowed work(*this);
+    work->normed.resize(n * d);
+    rms_norm(hidden, output_norm_, n, work->normed.data());
+    linear(context, work->normed.data(), n, output_, out, 0.0f, work->tile);
 }
 
 }  // namespace kvfuse::model

@@ -5,12 +5,15 @@
 // product (KVFUSE_DEQUANTIZED_GEMM=1 turns that off); every other type stays in the mapped file
 // in its stored form, and each product dequantizes a bounded tile of rows into scratch and runs
 // kvfuse_gemm on it. Embedding rows are dequantized per token from the file.
-// RoPE and attention through kvfuse's public API. It
-// implements fusion::FusionModel, so the fusion pipeline and plain generation share one
-// forward pass. Not thread-safe: one request at a time per model (scratch buffers are reused).
+// RoPE and attention through kvfuse's public API, every kernel call on the kvfuse::Context the
+// caller passes. It implements fusion::FusionModel, so the fusion pipeline and plain generation
+// share one forward pass. Calls may overlap (requests on threads of their own) when each passes
+// a context of its own: each call borrows a set of working buffers from the model's idle ones,
+// kept across calls, so after warm-up a call allocates nothing of the model's.
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -31,10 +34,11 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
     std::int32_t bos() const override { return tokenizer_->bos(); }
 
     void embed(std::span<const std::int32_t> tokens, float* hidden) const override;
-    void project_qkv(int layer, const float* hidden, std::size_t n, const std::int64_t* positions, float* q, float* k,
-                     float* v) const override;
-    void finish_layer(int layer, const float* attention, std::size_t n, float* hidden) const override;
-    void logits(const float* hidden, std::size_t n, float* out) const override;
+    void project_qkv(kvfuse::Context& context, int layer, const float* hidden, std::size_t n, const std::int64_t* positions,
+                     float* q, float* k, float* v) const override;
+    void finish_layer(kvfuse::Context& context, int layer, const float* attention, std::size_t n,
+                      float* hidden) const override;
+    void logits(kvfuse::Context& context, const float* hidden, std::size_t n, float* out) const override;
 
     const Tokenizer& tokenizer() const { return *tokenizer_; }
     const GgufFile& file() const { return *file_; }
@@ -50,13 +54,34 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
         const GgufTensor* tensor = nullptr;
         std::size_t in = 0, out = 0;
     };
-    // Y[n x out] = X[n x in] * W^T (+ Y when beta = 1).
-    void linear(const float* x, std::size_t n, const Dense& w, float* y, float beta = 0.0f) const;
+    // Y[n x out] = X[n x in] * W^T (+ Y when beta = 1), on `context`.
+    void linear(kvfuse::Context& context, const float* x, std::size_t n, const Dense& w, float* y,
+                float beta = 0.0f) const;
     // Bytes of dense weights held in memory outside the mapped file (packed copies).
     std::size_t resident_weight_bytes() const { return resident_bytes_; }
 
    private:
     Dense load_dense(const std::string& name, std::uint64_t in, std::uint64_t out);
+    // One call's working buffers: normed rows, the MLP's gate and up, a dequantized weight tile.
+    struct Workspace {
+        std::vector<float> normed, gate, up, tile;
+    };
+    // A Workspace borrowed for one call: an idle one (or a new one when every set is in use,
+    // i.e. more calls overlap than ever before), given back when the call ends.
+    class Borrowed {
+       public:
+        explicit Borrowed(const LlamaModel& model);
+        ~Borrowed();
+        Borrowed(const Borrowed&) = delete;
+        Borrowed& operator=(const Borrowed&) = delete;
+        Workspace* operator->() const { return workspace_.get(); }
+
+       private:
+        const LlamaModel& model_;
+        std::unique_ptr<Workspace> workspace_;
+    };
+    void linear(kvfuse::Context& context, const float* x, std::size_t n, const Dense& w, float* y, float beta,
+                std::vector<float>& tile) const;
     struct Layer {
         std::vector<float> attn_norm, ffn_norm;
         Dense wq, wk, wv, wo, w_gate, w_up, w_down;
@@ -79,7 +104,8 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
     Dense output_;  // the output layer (token_embd when tied)
     std::vector<Layer> layers_;
     std::size_t resident_bytes_ = 0;
-    mutable std::vector<float> scratch_, gate_, up_, tile_;
+    mutable std::mutex workspaces_mutex_;
+    mutable std::vector<std::unique_ptr<Workspace>> idle_workspaces_;
 };
 
 }  // namespace kvfuse::model

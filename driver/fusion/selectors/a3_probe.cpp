@@ -27,7 +27,7 @@ Selection a3_probe(const SelectionContext& c) {
         c.wait_for_layer(m);
         // Written over by the main pass's fresh rows before it reads them; first, so that
         // scoring the fused cache reads the question's fresh keys.
-        if (m > l) c.model.project_qkv(m, hp.data(), n_p, always.data(), qp.data(), kp.data(), vp.data());
+        if (m > l) c.model.project_qkv(c.kernels, m, hp.data(), n_p, always.data(), qp.data(), kp.data(), vp.data());
         scatter_fresh_rows(c.cache, m, always, kp.data(), vp.data());
         if (m > l) {
             const std::vector<float> layer_score = a3_later_layer_relevance(c, m, qp.data(), kp.data(), n_p);
@@ -35,7 +35,7 @@ Selection a3_probe(const SelectionContext& c) {
         }
         if (m + 1 == L) break;  // the last layer's output is not needed
         attend_cache(c.kernels, s, qp.data(), always, c.cache, m, ap.data());
-        c.model.finish_layer(m, ap.data(), n_p, hp.data());
+        c.model.finish_layer(c.kernels, m, ap.data(), n_p, hp.data());
         out.extra_rows += n_p;
     }
     // One top-k per layer, one call; the union is recomputed.
