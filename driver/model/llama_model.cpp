@@ -365,12 +365,26 @@ void LlamaModel::finish_layer(int layer, const float* attention, std::size_t n, 
     linear(attention, n, w.wo, hidden, 1.0f);  // residual: hidden += attention * Wo^T
     scratch_.resize(n * d);
     rms_norm(hidden, w.ffn_norm, n, scratch_.data());
-    gate_.resize(n * ffn);
-    up_.resize(n * ffn);
-    linear(scratch_.data(), n, w.w_gate, gate_.data());
-    linear(scratch_.data(), n, w.w_up, up_.data());
-    for (std::size_t i = 0; i < n * ffn; ++i) gate_[i] = gate_[i] / (1.0f + std::exp(-gate_[i])) * up_[i];
-    linear(gate_.data(), n, w.w_down, hidden, 1.0f);
+    // The feed-forward a block of rows at a time: its two ffn-wide activations would otherwise be
+    // n x ffn floats each (2 x 235 MiB for 2K rows of an 8B model, more than its KV cache),
+    // memory that grows with the prompt but not with the model. Each row's result is the same
+    // either way (rows are independent); a block of ffn_rows still gives the GEMM enough rows
+    // to reuse each weight tile many times.
+    const std::size_t block = ffn_block_rows();
+    gate_.resize(std::min(n, block) * ffn);
+    up_.resize(std::min(n, block) * ffn);
+    for (std::size_t first = 0; first < n; first += block) {
+        const std::size_t rows = std::min(block, n - first);
+        linear(scratch_.data() + first * d, rows, w.w_gate, gate_.data());
+        linear(scratch_.data() + first * d, rows, w.w_up, up_.data());
+        for (std::size_t i = 0; i < rows * ffn; ++i) gate_[i] = gate_[i] / (1.0f + std::exp(-gate_[i])) * up_[i];
+        linear(gate_.data(), rows, w.w_down, hidden + first * d, 1.0f);
+    }
+}
+
+std::size_t LlamaModel::ffn_block_rows() const {
+    const std::size_t rows = ffn_block_bytes_ / (2 * static_cast<std::size_t>(ffn_) * sizeof(float));
+    return std::max<std::size_t>(1, rows >= 64 ? rows / 16 * 16 : rows);
 }
 
 void LlamaModel::logits(const float* hidden, std::size_t n, float* out) const {
