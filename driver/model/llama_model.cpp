@@ -84,6 +84,18 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
     if (architecture_ != "llama" && architecture_ != "mistral" && architecture_ != "qwen2" && architecture_ != "qwen3")
         throw GgufError(f.path() + ": architecture '" + architecture_ + "' is not supported (llama, mistral, qwen2, qwen3 are)");
     const std::string a = architecture_ + ".";
+    // Mixtral's files say "llama" too: refused for what they are, not for the dense feed-forward
+    // tensors they lack (experts stacked as ffn_*_exps, or one tensor per expert in older files,
+    // with the router ffn_gate_inp either way).
+    const std::uint64_t experts = f.has(a + "expert_count") ? f.get_uint_in(a + "expert_count", 0, std::numeric_limits<std::uint32_t>::max()) : 0;
+    const char* expert_tensor = nullptr;
+    for (const char* name : {"blk.0.ffn_gate_inp.weight", "blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight",
+                             "blk.0.ffn_down_exps.weight"})
+        if (expert_tensor == nullptr && f.tensor(name) != nullptr) expert_tensor = name;
+    if (experts > 0 || expert_tensor != nullptr)
+        throw GgufError(f.path() + ": mixture-of-experts models are not supported (architecture " + architecture_ + " with " +
+                        (experts > 0 ? a + "expert_count = " + std::to_string(experts) : std::string("tensor ") + expert_tensor) +
+                        "; Mixtral and other MoE files need expert routing, which kvfuse does not implement)");
     // Every size is read as 64 bits and range-checked before it becomes an int, so that 2^32 + 5
     // layers cannot load as 5 nor a context of 2^32 as 0 ("no limit").
     constexpr std::uint64_t kIntMax = std::numeric_limits<std::int32_t>::max();
