@@ -219,6 +219,25 @@ TEST(Gguf, ModelLoaderNamesMissingPieces) {
     }
 }
 
+// Mixtral's files are architecture "llama": refused as mixture-of-experts (by the key or by the
+// expert tensors alone), not with the missing dense tensor a plain llama load would report.
+TEST(Gguf, MixtureOfExpertsIsRefusedByName) {
+    std::string e = model_error(tiny_model("", [](GgufWriter& w) { w.add_u32("llama.expert_count", 8); }).bytes());
+    EXPECT_NE(e.find("mixture-of-experts models are not supported (architecture llama with llama.expert_count = 8"), std::string::npos) << e;
+    e = model_error(tiny_model("", [](GgufWriter& w) {
+                        w.add_tensor("blk.0.ffn_gate_exps.weight", {4, 8, 2}, 0, f32_bytes(std::vector<float>(64, 0.5f)));
+                    }).bytes());
+    EXPECT_NE(e.find("mixture-of-experts models are not supported (architecture llama with tensor blk.0.ffn_gate_exps.weight"),
+              std::string::npos)
+        << e;
+    e = model_error(tiny_model("", [](GgufWriter& w) {
+                        w.add_tensor("blk.0.ffn_gate_inp.weight", {4, 2}, 0, f32_bytes(std::vector<float>(8, 0.5f)));
+                    }).bytes());
+    EXPECT_NE(e.find("tensor blk.0.ffn_gate_inp.weight"), std::string::npos) << e;
+    // expert_count = 0 is a dense model.
+    EXPECT_EQ(model_error(tiny_model("", [](GgufWriter& w) { w.add_u32("llama.expert_count", 0); }).bytes()), "no error");
+}
+
 TEST(Gguf, OpenReportsFileProblems) {
     EXPECT_THROW(GgufFile::open("/nonexistent/model.gguf"), GgufError);
     const std::string path = ::testing::TempDir() + "tiny.gguf";

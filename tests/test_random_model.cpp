@@ -121,6 +121,50 @@ TEST_F(RandomModel, WeightsHaveTheAdvertisedScale) {
               file->read_f32(file->require_tensor("blk.1.attn_q.weight")));
 }
 
+// --random-codes: the quantized matrices are drawn as blocks (q4_k_m: Q4_K, Q6_K where llama.cpp's
+// mix puts it), with mean 0 and the deviation the normal weights would have; the same seed gives
+// the same bytes; any other type is refused; the model runs with finite logits.
+TEST_F(RandomModel, RandomCodesAreBlocksOfTheAdvertisedScale) {
+    const std::string shape = "--dim 256 --layers 8 --heads 4 --kv-heads 2 --hidden 512 --vocab 600 --dtype q4_k_m --random-codes";
+    ASSERT_EQ(make("a.gguf", shape), 0);
+    ASSERT_EQ(make("b.gguf", shape), 0);
+    EXPECT_EQ(read_bytes(path("a.gguf")), read_bytes(path("b.gguf")));
+    ASSERT_EQ(make("c.gguf", shape + " --seed 2"), 0);
+    EXPECT_NE(read_bytes(path("a.gguf")), read_bytes(path("c.gguf")));
+    const auto file = GgufFile::open(path("a.gguf"));
+    using kvfuse::model::GgmlType;
+    auto check = [&](const std::string& name, GgmlType type, double expected_std) {
+        const auto& t = file->require_tensor(name);
+        EXPECT_EQ(t.type, type) << name;
+        const std::vector<float> w = file->read_f32(t);
+        const double n = static_cast<double>(w.size());
+        // Uniform codes: the mean's standard error is sigma/sqrt(n); the deviation is set
+        // through a half-precision super-scale (relative error up to 2^-11, more when subnormal)
+        // and varies with the drawn sub-block scales.
+        EXPECT_LT(std::fabs(mean_of(w)), 5.0 * expected_std / std::sqrt(n) + 0.01 * expected_std) << name;
+        EXPECT_NEAR(std_of(w), expected_std, 0.05 * expected_std) << name;
+    };
+    check("token_embd.weight", GgmlType::q4_k, 1.0);
+    check("output.weight", GgmlType::q6_k, 1.0 / std::sqrt(256.0));
+    check("blk.0.attn_q.weight", GgmlType::q4_k, 1.0 / std::sqrt(256.0));
+    check("blk.0.attn_v.weight", GgmlType::q6_k, 1.0 / std::sqrt(256.0));  // layer 0: more bits
+    check("blk.1.attn_v.weight", GgmlType::q4_k, 1.0 / std::sqrt(256.0));
+    check("blk.0.ffn_down.weight", GgmlType::q6_k, 1.0 / std::sqrt(512.0));
+    check("blk.1.ffn_down.weight", GgmlType::q4_k, 1.0 / std::sqrt(512.0));
+    for (float x : file->read_f32(file->require_tensor("blk.0.ffn_norm.weight"))) ASSERT_EQ(x, 1.0f);
+    EXPECT_NE(file->read_f32(file->require_tensor("blk.0.attn_q.weight")),
+              file->read_f32(file->require_tensor("blk.1.attn_q.weight")));
+    const LlamaModel model(file);
+    std::vector<std::int32_t> tokens = {1, 17, 300, 5};
+    std::vector<float> hidden(tokens.size() * 256), logits(tokens.size() * 600);
+    model.embed(tokens, hidden.data());
+    kvfuse::Context context;  // the calling thread's default context
+    model.logits(context, hidden.data(), tokens.size(), logits.data());
+    for (float x : logits) ASSERT_TRUE(std::isfinite(x));
+    EXPECT_EQ(make("q6.gguf", "--dim 256 --layers 2 --heads 4 --kv-heads 2 --hidden 512 --vocab 600 --dtype q6_k --random-codes"), 0);
+    EXPECT_NE(make("q8.gguf", "--dim 256 --layers 2 --heads 4 --kv-heads 2 --hidden 512 --vocab 600 --dtype q8_0 --random-codes"), 0);
+}
+
 TEST_F(RandomModel, Bf16IsTheF32ModelRoundedToNearest) {
     ASSERT_EQ(make("f32.gguf", kSmall + " --dtype f32"), 0);
     ASSERT_EQ(make("bf16.gguf", kSmall + " --dtype bf16"), 0);
@@ -238,6 +282,46 @@ TEST_F(RandomModel, ForwardPassIsFiniteAndFusionMatchesFullPrefill) {
         a3.method = Method::a3;
         const FusionRun fused = run_request(model, r, views, a3);
         for (float x : fused.logits) ASSERT_TRUE(std::isfinite(x)) << dtype;
+    }
+}
+
+// Memory that grows with the prompt but not with the model stays bounded: the feed-forward runs
+// in blocks of rows (the same results whatever the block), and a run that wants only the cache
+// (compute_chunk_kv) computes no logits but the same cache.
+TEST_F(RandomModel, FeedForwardBlocksAndCacheOnlyRunsChangeNoResult) {
+    ASSERT_EQ(make("m.gguf", "--dim 256 --layers 3 --heads 4 --kv-heads 2 --hidden 512 --vocab 400 --dtype q4_k_m --random-codes"), 0);
+    LlamaModel model(GgufFile::open(path("m.gguf")));
+    std::mt19937 rng(5);
+    std::uniform_int_distribution<int> token(3, 399);
+    Request r;
+    r.prefix = {model.bos()};
+    r.question.resize(100);
+    for (auto& t : r.question) t = token(rng);
+    FusionOptions full;
+    full.method = Method::full;
+    const FusionRun one_block = run_request(model, r, {}, full);
+    ASSERT_GE(model.ffn_block_rows(), r.total_tokens());
+    model.set_ffn_block_bytes(7 * 2 * 512 * sizeof(float));  // blocks of 7 rows: 15 blocks, the last of 3
+    ASSERT_EQ(model.ffn_block_rows(), 7u);
+    const FusionRun blocks = run_request(model, r, {}, full);
+    EXPECT_EQ(blocks.logits, one_block.logits);
+    for (int l = 0; l < 3; ++l) {
+        EXPECT_EQ(blocks.cache.k[static_cast<std::size_t>(l)], one_block.cache.k[static_cast<std::size_t>(l)]);
+        EXPECT_EQ(blocks.cache.v[static_cast<std::size_t>(l)], one_block.cache.v[static_cast<std::size_t>(l)]);
+    }
+    FusionOptions cache_only = full;
+    cache_only.logits = false;
+    const FusionRun no_logits = run_request(model, r, {}, cache_only);
+    EXPECT_TRUE(no_logits.logits.empty());
+    for (int l = 0; l < 3; ++l) EXPECT_EQ(no_logits.cache.k[static_cast<std::size_t>(l)], one_block.cache.k[static_cast<std::size_t>(l)]);
+    // compute_chunk_kv is such a run: the chunk's rows of the full prefill's cache.
+    const ChunkKv chunk = compute_chunk_kv(model, r.question);
+    ASSERT_EQ(chunk.cache.tokens, r.question.size());
+    for (int l = 0; l < 3; ++l) {
+        const std::size_t row = one_block.cache.row;
+        const auto& k = one_block.cache.k[static_cast<std::size_t>(l)];
+        EXPECT_TRUE(std::equal(k.begin() + static_cast<std::ptrdiff_t>(row), k.begin() + static_cast<std::ptrdiff_t>(row * r.total_tokens()),
+                               chunk.cache.k[static_cast<std::size_t>(l)].begin()));
     }
 }
 

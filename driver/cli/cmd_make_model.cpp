@@ -20,10 +20,10 @@ int run(const MakeModelOptions& o) {
     const RandomModelInfo info = write_random_model(o.spec, o.out, o.force);
     const int head_dim = head_size(o.spec);
     std::printf("%s: %s, %d layers, dim %d, %d heads (%d KV, head dim %d), ffn %d, vocab %d, context %d, %s, "
-                "seed %llu: %.1f M parameters, %.1f MiB\n",
+                "seed %llu%s: %.1f M parameters, %.1f MiB\n",
                 o.out.c_str(), o.spec.arch.c_str(), o.spec.layers, o.spec.dim, o.spec.heads, o.spec.kv_heads, head_dim, o.spec.hidden,
                 o.spec.vocab, o.spec.context, o.spec.dtype.c_str(), static_cast<unsigned long long>(o.spec.seed),
-                static_cast<double>(info.parameters) / 1e6, static_cast<double>(info.bytes) / (1024.0 * 1024.0));
+                o.spec.random_codes ? ", random codes" : "", static_cast<double>(info.parameters) / 1e6, static_cast<double>(info.bytes) / (1024.0 * 1024.0));
     return 0;
 }
 
@@ -50,6 +50,9 @@ void add_make_model_command(CLI::App& app) {
     cmd->add_option("--chat-template", o->spec.chat_template,
                     "a tokenizer.chat_template of this family (llama3, chatml, mistral, phi3, gemma), its markers as control tokens");
     cmd->add_option("--dtype", o->spec.dtype, "matrix storage: any type kvfuse reads (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k ... q6_k, iq4_nl, iq4_xs, or q4_k_m: llama.cpp's mix of q4_k and q6_k; quantized by kvfuse's own quantizers); norms stay f32")->capture_default_str();
+    cmd->add_flag("--random-codes", o->spec.random_codes,
+                  "q4_k, q6_k, q4_k_m: draw the quantized blocks' codes and scales directly (uniform weights of the same "
+                  "deviation, a valid file of the type) instead of quantizing normal weights; fast enough for 8B shapes");
     cmd->add_option("--seed", o->spec.seed, "seed of the weights (same seed, same file)")->check(CLI::NonNegativeNumber)->capture_default_str();
     cmd->add_flag("--force", o->force, "replace an existing file");
     cmd->callback([o] { g_exit_status = run(*o); });

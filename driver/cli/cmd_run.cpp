@@ -159,8 +159,15 @@ int run(RunOptions& o) {
     }
     const double full_ms = median(full_times);
     const auto first_full = argmax_row(full.logits, M - 1, vocab);
-    KvCache full_decode = full.cache;
-    const auto full_tokens = greedy_decode(model, full_decode, first_full, o.tokens, kernels.request());
+    // Decoding extends full prefill's own cache, which then goes with the run's working buffers:
+    // the methods below compare with full.logits alone, so their runs hold one request cache
+    // beside the chunk caches, not three (a copy here doubled the 8B run's KV memory).
+    TokenIds full_tokens;
+    {
+        KvCache full_decode = std::move(full.cache);
+        full.buffers = {};
+        full_tokens = greedy_decode(model, full_decode, first_full, o.tokens, kernels.request());
+    }
     // A chat answer is shown up to the end of its turn.
     auto shown = [&](const TokenIds& tokens) { return loaded.detokenize(o.chat ? until_end_of_turn(tokens, *loaded.tokenizer) : tokens); };
     std::printf("\nfull prefill answer: %s\n", shown(full_tokens).c_str());

@@ -17,6 +17,7 @@
 
 #include "model/gguf_types.h"
 #include "model/gguf_writer.h"
+#include "cli/random_blocks.h"
 
 namespace kvfuse::cli {
 
@@ -27,17 +28,10 @@ using kvfuse::model::GgmlType;
 using kvfuse::model::TypeTraits;
 constexpr int kSpecialTokens = 3, kByteTokens = 256;
 
-// Weights come from a counter-based generator (splitmix64 at position i of a per-tensor stream,
-// then Box-Muller) rather than <random>: std::normal_distribution differs between standard
-// libraries, and a counter lets threads fill disjoint ranges with a result that does not
-// depend on the thread count. The same seed therefore gives the same file everywhere.
-std::uint64_t mix64(std::uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
+// Weights come from a counter-based generator (splitmix64, cli/random_blocks.h, at position i of
+// a per-tensor stream, then Box-Muller) rather than <random>: std::normal_distribution differs
+// between standard libraries, and a counter lets threads fill disjoint ranges with a result that
+// does not depend on the thread count. The same seed therefore gives the same file everywhere.
 std::uint64_t stream_seed(std::uint64_t seed, const std::string& tensor) {
     std::uint64_t h = 1469598103934665603ull;  // FNV-1a of the name: each tensor its own stream
     for (unsigned char ch : tensor) h = (h ^ ch) * 1099511628211ull;
@@ -284,6 +278,8 @@ void validate(const RandomModelSpec& s) {
         s.dtype == kQ4KMixName ? &kvfuse::model::type_traits(GgmlType::q4_k) : kvfuse::model::find_type_traits(s.dtype);
     need(type != nullptr && type->supported(), "--dtype must be one of " + kvfuse::model::supported_type_names() + " or " +
                                                    kQ4KMixName + ", not '" + s.dtype + "'");
+    need(!s.random_codes || can_draw_blocks(type->type),  // q4_k_m: its q4_k and q6_k both drawn
+         "--random-codes draws q4_k and q6_k blocks (and so q4_k_m), not " + s.dtype);
     // Every matrix row (dim or hidden values) must be whole blocks of the type.
     const int block = static_cast<int>(type->block_elements);
     need(s.dim % block == 0 && s.hidden % block == 0 && s.heads * head_dim % block == 0,
@@ -445,6 +441,17 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
         const std::size_t piece = 64 * t.type->block_elements, piece_bytes = 64 * t.type->block_bytes;
         for (std::uint64_t first = 0; first < elements; first += kBlock) {
             const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, elements - first));
+            stored.resize(n / t.type->block_elements * t.type->block_bytes);
+            if (spec.random_codes && t.values.empty() && t.stddev != 0.0f && can_draw_blocks(t.type->type)) {
+                const std::uint64_t first_block = first / t.type->block_elements;
+                const std::size_t blocks = n / t.type->block_elements;
+#pragma omp parallel for schedule(static)
+                for (std::size_t p = 0; p < (blocks + 63) / 64; ++p)
+                    draw_blocks(t.type->type, stream, first_block + 64 * p, std::min<std::size_t>(64, blocks - 64 * p), t.stddev,
+                                stored.data() + p * piece_bytes);
+                file.write(stored.data(), stored.size());
+                continue;
+            }
             if (!t.values.empty()) {
                 std::copy(t.values.begin(), t.values.end(), values.begin());
             } else if (t.stddev == 0.0f) {
@@ -453,7 +460,6 @@ RandomModelInfo write_random_model(const RandomModelSpec& spec, const std::strin
                 fill_normal(stream, first, n, t.stddev, values.data());
                 for (std::size_t i = 0; i < n; ++i) values[i] += t.mean;
             }
-            stored.resize(n / t.type->block_elements * t.type->block_bytes);
             const QuantizeRow quantize = t.type->quantize_row;
 #pragma omp parallel for schedule(dynamic)
             for (std::size_t p = 0; p < (n + piece - 1) / piece; ++p)

@@ -28,6 +28,10 @@ struct RandomModelSpec {
     std::string chat_template;
     std::string dtype = "f32";  // matrices in any type kvfuse reads ("f32", "bf16", "q4_k", ...); norms are always f32
     std::uint64_t seed = 1;
+    // Quantized matrices drawn as random blocks (cli/random_blocks.h: uniform codes, scales giving
+    // the same deviation) instead of the seed's normal weights run through the type table's
+    // quantizer: an 8B Q4_K_M file in the time the disk takes to write it. q4_k, q6_k, q4_k_m.
+    bool random_codes = false;
 };
 
 // Throws std::invalid_argument naming the first inconsistent or out-of-range setting.

@@ -260,6 +260,7 @@ ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t>
     alone.question.assign(chunk_tokens.begin(), chunk_tokens.end());
     FusionOptions full;
     full.method = Method::full;
+    full.logits = false;
     FusionRun run = run_request(model, alone, {}, full);
     ChunkKv out;
     out.start_position = 1;
@@ -548,9 +549,11 @@ void run_request(const FusionModel& model, const Request& request, std::span<con
     loader.finish();
     // The question rows are the last M rows still flowing.
     const auto t_logits = Clock::now();
-    run.logits.resize(M * static_cast<std::size_t>(s.vocab));
-    model.logits(kernels, hidden.data() + (rows.size() - M) * s.dim, M, run.logits.data());
-    require_finite_logits(run.logits.data(), M, static_cast<std::size_t>(s.vocab));
+    run.logits.resize(o.logits ? M * static_cast<std::size_t>(s.vocab) : 0);
+    if (o.logits) {
+        model.logits(kernels, hidden.data() + (rows.size() - M) * s.dim, M, run.logits.data());
+        require_finite_logits(run.logits.data(), M, static_cast<std::size_t>(s.vocab));
+    }
     run.times.logits = ms_since(t_logits);
     std::size_t pushed = 0;
     for (std::size_t n : run.rows_per_layer) pushed += n;

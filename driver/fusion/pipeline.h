@@ -107,6 +107,10 @@ struct FusionOptions {
     // Workers per kernel call (the driver's --threads): 0 = OpenMP's default at the time of the
     // call, as the calls without a context run. See KernelContexts.
     int threads = 0;
+    // false: no logits (FusionRun::logits left empty), for callers that want the cache alone:
+    // compute_chunk_kv runs a chunk as the question of a full prefill, and its logits would be
+    // chunk tokens x vocab floats (1 GiB for 2K tokens of a 128K vocabulary), all discarded.
+    bool logits = true;
 };
 
 // The kvfuse execution contexts (kvfuse.h) the pipeline's kernel calls run on, held as an engine

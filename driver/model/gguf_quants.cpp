@@ -183,20 +183,6 @@ float fit_iq4(const float* x, int n) {
     return best_scale;
 }
 
-void pack_scale_min_k4(const int* scales, const int* mins, std::uint8_t* q) {
-    std::memset(q, 0, 12);
-    for (int j = 0; j < 8; ++j) {
-        if (j < 4) {
-            q[j] = static_cast<std::uint8_t>(scales[j]);
-            q[j + 4] = static_cast<std::uint8_t>(mins[j]);
-        } else {
-            q[j + 4] = static_cast<std::uint8_t>((scales[j] & 0xF) | ((mins[j] & 0xF) << 4));
-            q[j - 4] |= static_cast<std::uint8_t>((scales[j] >> 4) << 6);
-            q[j] |= static_cast<std::uint8_t>((mins[j] >> 4) << 6);
-        }
-    }
-}
-
 // Sub-block scales and mins of a K block (scale ≥ 0, min ≥ 0 subtracted), fitted then stored
 // as `bits`-bit integers under two half super-scales. Returns the integer levels.
 struct KLevels {
@@ -242,6 +228,21 @@ void unpack_scale_min_k4(int j, const std::uint8_t* q, int& scale, int& min) {
     } else {
         scale = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
         min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// The inverse of unpack_scale_min_k4: eight pairs (each 0-63) into 12 bytes.
+void pack_scale_min_k4(const int* scales, const int* mins, std::uint8_t* q) {
+    std::memset(q, 0, 12);
+    for (int j = 0; j < 8; ++j) {
+        if (j < 4) {
+            q[j] = static_cast<std::uint8_t>(scales[j]);
+            q[j + 4] = static_cast<std::uint8_t>(mins[j]);
+        } else {
+            q[j + 4] = static_cast<std::uint8_t>((scales[j] & 0xF) | ((mins[j] & 0xF) << 4));
+            q[j - 4] |= static_cast<std::uint8_t>((scales[j] >> 4) << 6);
+            q[j] |= static_cast<std::uint8_t>((mins[j] >> 4) << 6);
+        }
     }
 }
 

@@ -29,5 +29,8 @@ KVFUSE_QUANT_PAIR(iq4_xs)
 // The K formats' eight 6-bit (scale, min) pairs in 12 bytes `q`: pair j (0-7). Also read by
 // model/block_codes.cpp, which repacks Q4_K / Q5_K for the quantized GEMM.
 void unpack_scale_min_k4(int j, const std::uint8_t* q, int& scale, int& min);
+// Packs eight (scale, min) pairs, each in [0, 63], into those 12 bytes (also used by
+// make-model's drawn blocks, cli/random_blocks.cpp).
+void pack_scale_min_k4(const int* scales, const int* mins, std::uint8_t* q);
 
 }  // namespace kvfuse::model::quants

@@ -84,6 +84,18 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
     if (architecture_ != "llama" && architecture_ != "mistral" && architecture_ != "qwen2" && architecture_ != "qwen3")
         throw GgufError(f.path() + ": architecture '" + architecture_ + "' is not supported (llama, mistral, qwen2, qwen3 are)");
     const std::string a = architecture_ + ".";
+    // Mixtral's files say "llama" too: refused for what they are, not for the dense feed-forward
+    // tensors they lack (experts stacked as ffn_*_exps, or one tensor per expert in older files,
+    // with the router ffn_gate_inp either way).
+    const std::uint64_t experts = f.has(a + "expert_count") ? f.get_uint_in(a + "expert_count", 0, std::numeric_limits<std::uint32_t>::max()) : 0;
+    const char* expert_tensor = nullptr;
+    for (const char* name : {"blk.0.ffn_gate_inp.weight", "blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight",
+                             "blk.0.ffn_down_exps.weight"})
+        if (expert_tensor == nullptr && f.tensor(name) != nullptr) expert_tensor = name;
+    if (experts > 0 || expert_tensor != nullptr)
+        throw GgufError(f.path() + ": mixture-of-experts models are not supported (architecture " + architecture_ + " with " +
+                        (experts > 0 ? a + "expert_count = " + std::to_string(experts) : std::string("tensor ") + expert_tensor) +
+                        "; Mixtral and other MoE files need expert routing, which kvfuse does not implement)");
     // Every size is read as 64 bits and range-checked before it becomes an int, so that 2^32 + 5
     // layers cannot load as 5 nor a context of 2^32 as 0 ("no limit").
     constexpr std::uint64_t kIntMax = std::numeric_limits<std::int32_t>::max();
@@ -403,12 +415,26 @@ void LlamaModel::finish_layer(kvfuse::Context& context, int layer, const float* 
     linear(context, attention, n, w.wo, hidden, 1.0f, work->tile);  // residual: hidden += attention * Wo^T
     normed.resize(n * d);
     rms_norm(hidden, w.ffn_norm, n, normed.data());
-    gate.resize(n * ffn);
-    up.resize(n * ffn);
-    linear(context, normed.data(), n, w.w_gate, gate.data(), 0.0f, work->tile);
-    linear(context, normed.data(), n, w.w_up, up.data(), 0.0f, work->tile);
-    for (std::size_t i = 0; i < n * ffn; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
-    linear(context, gate.data(), n, w.w_down, hidden, 1.0f, work->tile);
+    // The feed-forward a block of rows at a time: its two ffn-wide activations would otherwise be
+    // n x ffn floats each (2 x 235 MiB for 2K rows of an 8B model, more than its KV cache),
+    // memory that grows with the prompt but not with the model. Each row's result is the same
+    // either way (rows are independent); a block of ffn_rows still gives the GEMM enough rows
+    // to reuse each weight tile many times.
+    const std::size_t block = ffn_block_rows();
+    gate.resize(std::min(n, block) * ffn);
+    up.resize(std::min(n, block) * ffn);
+    for (std::size_t first = 0; first < n; first += block) {
+        const std::size_t rows = std::min(block, n - first);
+        linear(context, normed.data() + first * d, rows, w.w_gate, gate.data(), 0.0f, work->tile);
+        linear(context, normed.data() + first * d, rows, w.w_up, up.data(), 0.0f, work->tile);
+        for (std::size_t i = 0; i < rows * ffn; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+        linear(context, gate.data(), rows, w.w_down, hidden + first * d, 1.0f, work->tile);
+    }
+}
+
+std::size_t LlamaModel::ffn_block_rows() const {
+    const std::size_t rows = ffn_block_bytes_ / (2 * static_cast<std::size_t>(ffn_) * sizeof(float));
+    return std::max<std::size_t>(1, rows >= 64 ? rows / 16 * 16 : rows);
 }
 
 void LlamaModel::logits(kvfuse::Context& context, const float* hidden, std::size_t n, float* out) const {
