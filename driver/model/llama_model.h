@@ -1,7 +1,7 @@
 // A llama-architecture model (llama incl. Llama 3.1's rope_freqs, mistral, qwen2 with its Q/K/V
 // biases, qwen3 with its per-head Q/K RMSNorm; head size from attention.key_length) from a GGUF file. Dense
 // weights: F32 and BF16 packed once for kvfuse_gemm (bf16 kept bf16); Q8_0, Q4_0, Q4_1, Q5_0,
-// Q5_1, Q4_K and Q5_K packed once from their codes (model/block_codes.h) for kvfuse_gemm's int8
+// Q5_1, Q4_K, Q5_K and Q6_K packed once from their codes (model/block_codes.h) for kvfuse_gemm's int8
 // product (KVFUSE_DEQUANTIZED_GEMM=1 turns that off); every other type stays in the mapped file
 // in its stored form, and each product dequantizes a bounded tile of rows into scratch and runs
 // kvfuse_gemm on it. Embedding rows are dequantized per token from the file.
