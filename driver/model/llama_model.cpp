@@ -297,6 +297,7 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
         if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
     } else {
         dense.tensor = &t;
+        tiled_bytes_ += t.bytes;
     }
     if (!status.ok()) throw GgufError(f.path() + ": tensor " + name + " could not be packed: " + status.message());
     return dense;

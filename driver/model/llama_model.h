@@ -59,6 +59,9 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
                 float beta = 0.0f) const;
     // Bytes of dense weights held in memory outside the mapped file (packed copies).
     std::size_t resident_weight_bytes() const { return resident_bytes_; }
+    // Bytes of dense weights left in the mapped file and dequantized a tile at a time per product
+    // (types without a packed form; every type with KVFUSE_DEQUANTIZED_GEMM=1).
+    std::size_t tiled_weight_bytes() const { return tiled_bytes_; }
 
    private:
     Dense load_dense(const std::string& name, std::uint64_t in, std::uint64_t out);
@@ -104,6 +107,7 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
     Dense output_;  // the output layer (token_embd when tied)
     std::vector<Layer> layers_;
     std::size_t resident_bytes_ = 0;
+    std::size_t tiled_bytes_ = 0;
     mutable std::mutex workspaces_mutex_;
     mutable std::vector<std::unique_ptr<Workspace>> idle_workspaces_;
 };
