@@ -11,8 +11,8 @@
 //   measured after every iteration (median of the per-iteration ratios);
 //   bf16 rows: packed bf16 weights (activations rounded to bf16 by the kernel), against the same
 //   f32 peak and the same f32 OpenBLAS baseline.
-//   q4 / q8 rows: block-quantized weights (kvfuse_pack_quantized_weights, random 4- or 8-bit
-//   codes, the form Q4_K / Q8_0 GGUF tensors are packed in), activations quantized to int8 by
+//   q4 / q8 / q4k / q6k rows: block-quantized weights (kvfuse_pack_quantized_weights, random
+//   codes in the forms Q4_0, Q8_0, Q4_K (two-level) and Q6_K GGUF tensors are packed in), activations quantized to int8 by
 //   the kernel: GOP/s (2 per multiply-add, as GFLOP/s), pct_peak against the f32 FMA peak like
 //   the other rows, pct_int8_peak against the int8 dot peak of the ISA (bench/roofline.cpp:
 //   vpdpbusd where the CPU has VNNI, else pmaddubsw + pmaddwd), measured after every iteration.
@@ -54,11 +54,11 @@ void gemm_bench(benchmark::State& state, kvfuse::Isa isa, kvfuse::Dtype dtype, S
     const std::vector<float> w = random_values(shape.out * shape.in, 2);
     std::vector<float> c(n * shape.out), c_blas(c.size());
     kvfuse::PackedWeights packed;
-    const bool two_level = dtype == kvfuse::Dtype::q4_super256;
-    const bool quantized = two_level || dtype == kvfuse::Dtype::q4_block32 || dtype == kvfuse::Dtype::q8_block32;
+    const bool two_level = dtype == kvfuse::Dtype::q4_super256, six_bit = dtype == kvfuse::Dtype::q6_super256;
+    const bool quantized = two_level || six_bit || dtype == kvfuse::Dtype::q4_block32 || dtype == kvfuse::Dtype::q8_block32;
     kvfuse::Status packing;
     if (quantized) {
-        const int bits = dtype == kvfuse::Dtype::q8_block32 ? 8 : 4;
+        const int bits = dtype == kvfuse::Dtype::q8_block32 ? 8 : six_bit ? 6 : 4;
         std::vector<std::uint8_t> codes(shape.out * shape.in);
         std::mt19937 rng(3);
         for (auto& u : codes) u = static_cast<std::uint8_t>(rng() & ((1u << bits) - 1));
@@ -85,6 +85,17 @@ void gemm_bench(benchmark::State& state, kvfuse::Isa isa, kvfuse::Dtype dtype, S
             q.sub_offsets = subs.data() + shape.out * shape.in / 32;
             q.super_scales = supers_scale.data();
             q.super_offsets = supers_offset.data();
+            q.super_stride = supers;
+        }
+        // Q6_K's form: 6-bit codes, signed sub-scales per 16, super-scales per 256.
+        std::vector<std::int8_t> signed_subs(shape.out * shape.in / 16);
+        for (auto& x : signed_subs) x = static_cast<std::int8_t>(rng() & 0xFFu);
+        if (six_bit) {
+            q.scales = q.offsets = nullptr;
+            q.block_stride = 0;
+            q.signed_sub_scales = signed_subs.data();
+            q.signed_sub_stride = shape.in / 16;
+            q.super_scales = supers_scale.data();
             q.super_stride = supers;
         }
         packing = kvfuse::PackedWeights::pack_quantized(q, packed);
@@ -144,13 +155,15 @@ int main(int argc, char** argv) {
         for (std::size_t n : {512, 4096})
             for (const Shape& shape : kShapes)
                 for (kvfuse::Dtype dtype : {kvfuse::Dtype::f32, kvfuse::Dtype::bf16, kvfuse::Dtype::q8_block32,
-                                            kvfuse::Dtype::q4_block32, kvfuse::Dtype::q4_super256})
+                                            kvfuse::Dtype::q4_block32, kvfuse::Dtype::q4_super256,
+                                            kvfuse::Dtype::q6_super256})
                     for (int threads : {1, 2}) {
                         const char* type = dtype == kvfuse::Dtype::f32    ? "f32"
                                            : dtype == kvfuse::Dtype::bf16 ? "bf16"
                                            : dtype == kvfuse::Dtype::q8_block32 ? "q8"
                                            : dtype == kvfuse::Dtype::q4_block32 ? "q4"
-                                                                                : "q4k";
+                                           : dtype == kvfuse::Dtype::q4_super256 ? "q4k"
+                                                                                 : "q6k";
                         const std::string name = std::string("gemm/") + kvfuse::isa_name(isa) + "/" + type + "/" + shape.layer +
                                                  "/n:" + std::to_string(n) + "/out:" + std::to_string(shape.out) +
                                                  "/in:" + std::to_string(shape.in) + "/threads:" + std::to_string(threads);

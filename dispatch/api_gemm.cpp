@@ -101,8 +101,11 @@ kvfuse_status kvfuse_pack_quantized_weights(const kvfuse_quantized_weights* weig
         kvfuse_quantized_weights q;
         kvfuse_quantized_weights_init(&q);
         if (auto s = kvfuse::detail::read_struct("weights", weights, q); s != KVFUSE_OK) return s;
-        if (q.code_bits != 4 && q.code_bits != 8)
-            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "code_bits (" + std::to_string(q.code_bits) + ") must be 4 or 8");
+        if (q.code_bits != 4 && q.code_bits != 6 && q.code_bits != 8)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "code_bits (" + std::to_string(q.code_bits) + ") must be 4, 6 or 8");
+        if (q.signed_sub_scales != nullptr && q.code_bits != 6)
+            return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
+                        "signed_sub_scales (Q6_K's form) needs code_bits = 6, not " + std::to_string(q.code_bits));
         if (q.out == 0 || q.in == 0) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out and in must be > 0");
         if (q.in % kvfuse::detail::kQuantBlock != 0)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT,
@@ -111,13 +114,32 @@ kvfuse_status kvfuse_pack_quantized_weights(const kvfuse_quantized_weights* weig
         if (q.codes_stride < q.in)
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "codes_stride (" + std::to_string(q.codes_stride) +
                                                            ") must be >= in (" + std::to_string(q.in) + ")");
-        if (q.block_stride < blocks)
+        if (q.code_bits != 6 && q.block_stride < blocks)  // Q6_K's form has no per-32 values
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "block_stride (" + std::to_string(q.block_stride) +
                                                            ") must be >= in / 32 (" + std::to_string(blocks) + ")");
         if (q.out > kMaxExtent || q.codes_stride > kMaxExtent || q.block_stride > kMaxExtent ||
-            q.out - 1 > kMaxExtent / q.codes_stride || q.out - 1 > kMaxExtent / q.block_stride)
+            q.out - 1 > kMaxExtent / q.codes_stride || (q.block_stride != 0 && q.out - 1 > kMaxExtent / q.block_stride))
             return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out * codes_stride is too large");
-        if (q.sub_scales != nullptr) {  // the two-level form (V2)
+        if (q.code_bits == 6) {  // Q6_K's form (V3)
+            const std::size_t supers = (blocks + kvfuse::detail::kSuperBlocks - 1) / kvfuse::detail::kSuperBlocks;
+            if (q.scales != nullptr || q.offsets != nullptr || q.sub_scales != nullptr || q.sub_offsets != nullptr ||
+                q.super_offsets != nullptr)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "scales, offsets, sub_scales, sub_offsets and super_offsets "
+                                                           "must be NULL with code_bits = 6 (Q6_K's form)");
+            if (q.codes == nullptr || q.signed_sub_scales == nullptr || q.super_scales == nullptr)
+                return fail(KVFUSE_ERROR_NULL_POINTER,
+                            "codes, signed_sub_scales and super_scales are required with code_bits = 6 (a V3 struct)");
+            if (q.signed_sub_stride < 2 * blocks)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "signed_sub_stride (" + std::to_string(q.signed_sub_stride) +
+                                                               ") must be >= in / 16 (" + std::to_string(2 * blocks) + ")");
+            if (q.super_stride < supers)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "super_stride (" + std::to_string(q.super_stride) +
+                                                               ") must be >= ceil(in / 256) (" + std::to_string(supers) + ")");
+            if (q.super_stride > kMaxExtent || q.signed_sub_stride > kMaxExtent || q.out - 1 > kMaxExtent / q.super_stride ||
+                q.out - 1 > kMaxExtent / q.signed_sub_stride)
+                return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "out * super_stride or out * signed_sub_stride is too large");
+            if (auto s = check_aligned("super_scales", q.super_scales, alignof(float)); s != KVFUSE_OK) return s;
+        } else if (q.sub_scales != nullptr) {  // the two-level form (V2)
             const std::size_t supers = (blocks + kvfuse::detail::kSuperBlocks - 1) / kvfuse::detail::kSuperBlocks;
             if (q.code_bits != 4)
                 return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "the two-level form (sub_scales set) needs code_bits = 4, not " +

@@ -76,6 +76,16 @@ void qgemm_scalar(kvfuse_context& /*context*/, const kvfuse_packed_weights& pack
                   std::size_t lda, float beta, float* c, std::size_t ldc, std::size_t /*workers*/) {
     const PackedWeightsData& w = packed.weights;
     std::vector<std::uint8_t> codes(w.in);
+    if (w.six_bit()) {
+        std::vector<std::int8_t> subs(w.in / 16);
+        std::vector<float> supers(w.supers());
+        for (std::size_t j = 0; j < w.out; ++j) {
+            unpack_q6_row(w, j, codes.data(), subs.data(), supers.data());
+            reference::gemm_q6_super256(a, n, lda, codes.data(), w.in, subs.data(), subs.size(), supers.data(),
+                                        supers.size(), 1, w.in, beta, c + j, ldc);
+        }
+        return;
+    }
     std::vector<float> scales(w.blocks()), offsets(w.blocks());
     for (std::size_t j = 0; j < w.out; ++j) {
         unpack_quantized_row(w, j, codes.data(), scales.data(), offsets.data());

@@ -85,4 +85,28 @@ void gemm_quantized(const float* a, std::size_t n, std::size_t lda, const std::u
     }
 }
 
+void gemm_q6_super256(const float* a, std::size_t n, std::size_t lda, const std::uint8_t* codes, std::size_t ldcodes,
+                      const std::int8_t* sub_scales, std::size_t ldsub, const float* super_scales, std::size_t ldsuper,
+                      std::size_t out, std::size_t in, float beta, float* c, std::size_t ldc) {
+    std::vector<double> activations(in);
+    std::vector<std::int8_t> q(32);
+    for (std::size_t i = 0; i < n; ++i) {
+        for (std::size_t b = 0; b < in / 32; ++b) {
+            const float d = quantize_activation_block(a + i * lda + 32 * b, q.data());
+            for (std::size_t k = 0; k < 32; ++k) activations[32 * b + k] = static_cast<double>(d) * q[k];
+        }
+        for (std::size_t j = 0; j < out; ++j) {
+            double sum = 0.0;
+            for (std::size_t k = 0; k < in; ++k) {
+                const double w = static_cast<double>(super_scales[j * ldsuper + k / 256]) * sub_scales[j * ldsub + k / 16] *
+                                 (static_cast<int>(codes[j * ldcodes + k]) - 32);
+                sum += w * activations[k];
+            }
+            float& result = c[i * ldc + j];
+            result = beta == 0.0f ? static_cast<float>(sum)
+                                  : static_cast<float>(static_cast<double>(beta) * static_cast<double>(result) + sum);
+        }
+    }
+}
+
 }  // namespace kvfuse::reference

@@ -30,4 +30,11 @@ void gemm_quantized(const float* a, std::size_t n, std::size_t lda, const std::u
                     const float* scales, const float* offsets, std::size_t ldblocks, std::size_t out, std::size_t in,
                     float beta, float* c, std::size_t ldc);
 
+// The same with Q6_K-form W (KVFUSE_DTYPE_Q6_SUPER256): W[j][k] = super_scales[j][k/256] *
+// sub_scales[j][k/16] * (codes[j][k] - 32), codes below 64; row strides ldcodes bytes, ldsub
+// sub-scales, ldsuper super-scales. in is a multiple of 32.
+void gemm_q6_super256(const float* a, std::size_t n, std::size_t lda, const std::uint8_t* codes, std::size_t ldcodes,
+                      const std::int8_t* sub_scales, std::size_t ldsub, const float* super_scales, std::size_t ldsuper,
+                      std::size_t out, std::size_t in, float beta, float* c, std::size_t ldc);
+
 }  // namespace kvfuse::reference

@@ -55,6 +55,23 @@ void expect_exact(GgmlType type, const std::uint8_t* blocks, std::size_t element
     }
 }
 
+// Row `blocks` of Q6_K through q6_k_codes: super * sub (one f32 product, as kvfuse_gemm's scalar
+// reference forms it) times (u - 32) is the dequantizer's value bit for bit, and packed into
+// KVFUSE_DTYPE_Q6_SUPER256 the one-hot products give those values back.
+void expect_q6_exact(const std::uint8_t* blocks, std::size_t elements, const std::string& what) {
+    const auto& traits = kvfuse::model::type_traits(GgmlType::q6_k);
+    std::vector<float> want(elements), supers(elements / 256);
+    std::vector<std::uint8_t> codes(elements);
+    std::vector<std::int8_t> subs(elements / 16);
+    traits.dequantize_row(blocks, want.data(), elements);
+    kvfuse::model::q6_k_codes(blocks, elements, codes.data(), subs.data(), supers.data());
+    for (std::size_t k = 0; k < elements; ++k) {
+        ASSERT_LT(codes[k], 64u) << what << " value " << k;
+        const float got = supers[k / 256] * static_cast<float>(subs[k / 16]) * static_cast<float>(int(codes[k]) - 32);
+        ASSERT_EQ(std::memcmp(&got, &want[k], sizeof got), 0) << what << " value " << k << ": " << got << " vs " << want[k];
+    }
+}
+
 TEST(BlockCodes, OurQuantizersRowsAreExact) {
     const GgmlType types[] = {GgmlType::q8_0, GgmlType::q4_0, GgmlType::q4_1, GgmlType::q5_0,
                               GgmlType::q5_1, GgmlType::q4_k, GgmlType::q5_k};
@@ -71,9 +88,18 @@ TEST(BlockCodes, OurQuantizersRowsAreExact) {
         traits.quantize_row(x.data(), blocks.data(), elements);
         expect_exact(type, blocks.data(), elements, traits.name);
     }
+    const auto& traits = kvfuse::model::type_traits(GgmlType::q6_k);
+    std::vector<float> x(1024);
+    for (float& v : x) v = value(rng);
+    x[5] = 0.6f;
+    x[900] = -0.45f;
+    std::vector<std::uint8_t> blocks(*traits.row_bytes(x.size()));
+    traits.quantize_row(x.data(), blocks.data(), x.size());
+    expect_q6_exact(blocks.data(), x.size(), "q6_K");
 }
 
 TEST(BlockCodes, TypesWithoutBlock32Form) {
+    // (Q6_K has its own form, q6_k_codes, not the block-32 one.)
     for (GgmlType type : {GgmlType::f32, GgmlType::bf16, GgmlType::q2_k, GgmlType::q3_k, GgmlType::q6_k,
                           GgmlType::iq4_nl, GgmlType::iq4_xs})
         EXPECT_EQ(kvfuse::model::block32_code_bits(type), 0) << kvfuse::model::type_traits(type).name;
@@ -95,6 +121,25 @@ TEST(BlockCodes, LlamaCppFilesAreExact) {
         }
     }
     EXPECT_GT(checked, 20);
+}
+
+// Every Q6_K tensor of llama.cpp's files (the pure Q6_K model, and the Q4_K_M mix's), every row:
+// the codes hold the dequantizer's values exactly (test_gguf_quants checks the dequantizer
+// against the values llama.cpp's own package gives for these files).
+TEST(BlockCodes, LlamaCppQ6KFilesAreExact) {
+    int checked = 0;
+    for (const char* name : {"synth256-Q6_K.gguf", "synth256-Q4_K_M.gguf"}) {
+        const auto file = GgufFile::open(kData + "/" + name);
+        for (const auto& t : file->tensors()) {
+            if (t.type != GgmlType::q6_k) continue;
+            const std::size_t row_bytes = static_cast<std::size_t>(t.bytes / t.rows());
+            for (std::uint64_t r = 0; r < t.rows(); ++r)
+                expect_q6_exact(t.data + r * row_bytes, static_cast<std::size_t>(t.row_length()),
+                                std::string(name) + " " + t.name + " row " + std::to_string(r));
+            ++checked;
+        }
+    }
+    EXPECT_EQ(checked, 2);  // the test copies hold blk.0.ffn_down (Q6_K in the mix) and the pure file's two
 }
 
 // A Q4_0 model holds its matrices packed from the codes: 6 bits a weight for 4-bit codes.

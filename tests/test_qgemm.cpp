@@ -1,5 +1,5 @@
 // The dense-layer product with block-quantized weights (kvfuse_pack_quantized_weights, 4- and
-// 8-bit codes) on every kernel build (avx2 pmaddubsw, avx2_vnni / avx512_vnni vpdpbusd, avx512
+// 8-bit codes, the two-level Q4_K form and Q6_K's form) on every kernel build (avx2 pmaddubsw, avx2_vnni / avx512_vnni vpdpbusd, avx512
 // without VNNI, NEON sdot and its emulation) against reference::gemm_quantized: odd sizes around
 // every register block, panel and vector edge, strides, beta, one-row decode, thread counts
 // bit-identical, NaN / Inf activations, the codes and activations that would saturate
@@ -285,6 +285,184 @@ TEST_P(QGemmTest, TwoLevelMatchesReferenceAndOneLevel) {
         }
 }
 
+// ---- Q6_K's form (KVFUSE_DTYPE_Q6_SUPER256) ----
+//
+// Per block b the kernel adds float(D_b) * (super d) to an f32 sum, D_b the exact integer
+// sub0 sum_0 (u - 32) q + sub1 sum_1 (u - 32) q: one rounding of super d and one of the FMA per
+// block, so the tolerance of check() applies with the magnitude sum_b |super d D_b|.
+
+struct Q6Operands {
+    Shape s;
+    std::size_t lda, ldcodes, ldsub, ldsuper, ldc;
+    std::vector<float> a, c, super_scales;
+    std::vector<std::uint8_t> codes;
+    std::vector<std::int8_t> sub_scales;
+};
+
+// Random 6-bit codes, signed sub-scales over their whole range, f16-valued super-scales of both
+// signs (Q6_K's d is an f16; its sign is free).
+Q6Operands make_q6(Shape s, std::uint32_t seed, std::size_t pad = 0) {
+    Q6Operands o{s, s.in + pad, s.in + pad, s.in / 16 + pad, (s.in + 255) / 256 + pad, s.out + pad, {}, {}, {}, {}, {}};
+    o.a = kvfuse::testing::random_floats(s.n * o.lda, seed);
+    o.c = kvfuse::testing::random_floats(s.n * o.ldc, seed + 2);
+    std::mt19937 rng(seed + 3);
+    std::uniform_int_distribution<int> code(0, 63), sub(-128, 127);
+    std::uniform_real_distribution<float> super(-2e-4f, 2e-4f);
+    o.codes.resize(s.out * o.ldcodes);
+    for (auto& u : o.codes) u = static_cast<std::uint8_t>(code(rng));
+    o.sub_scales.resize(s.out * o.ldsub);
+    for (auto& x : o.sub_scales) x = static_cast<std::int8_t>(sub(rng));
+    o.super_scales.resize(s.out * o.ldsuper);
+    for (auto& x : o.super_scales) x = kvfuse::reference::f16_to_f32(kvfuse::reference::f32_to_f16(super(rng)));
+    return o;
+}
+
+kvfuse_quantized_weights describe_q6(const Q6Operands& o) {
+    kvfuse_quantized_weights q;
+    kvfuse_quantized_weights_init(&q);
+    q.out = o.s.out;
+    q.in = o.s.in;
+    q.code_bits = 6;
+    q.codes = o.codes.data();
+    q.codes_stride = o.ldcodes;
+    q.signed_sub_scales = o.sub_scales.data();
+    q.signed_sub_stride = o.ldsub;
+    q.super_scales = o.super_scales.data();
+    q.super_stride = o.ldsuper;
+    return q;
+}
+
+PackedWeights pack_q6(const Q6Operands& o) {
+    PackedWeights packed;
+    const kvfuse::Status s = PackedWeights::pack_quantized(describe_q6(o), packed);
+    EXPECT_TRUE(s.ok()) << s.message();
+    return packed;
+}
+
+double weight_q6(const Q6Operands& o, std::size_t j, std::size_t k) {
+    return double(o.super_scales[j * o.ldsuper + k / 256]) * o.sub_scales[j * o.ldsub + k / 16] *
+           (int(o.codes[j * o.ldcodes + k]) - 32);
+}
+
+double magnitude_q6(const Q6Operands& o, std::size_t i, std::size_t j) {
+    double total = 0.0;
+    std::int8_t q[32];
+    for (std::size_t b = 0; b < o.s.in / 32; ++b) {
+        const float d = kvfuse::reference::quantize_activation_block(o.a.data() + i * o.lda + 32 * b, q);
+        long block = 0;
+        for (std::size_t h = 0; h < 2; ++h) {
+            long dot = 0;
+            for (std::size_t k = 16 * h; k < 16 * h + 16; ++k) dot += (long{o.codes[j * o.ldcodes + 32 * b + k]} - 32) * q[k];
+            block += dot * o.sub_scales[j * o.ldsub + 2 * b + h];
+        }
+        total += std::fabs(double(o.super_scales[j * o.ldsuper + b / 8]) * d * double(block));
+    }
+    return total;
+}
+
+void check_q6(const Q6Operands& o, float beta, int threads, const std::string& what) {
+    const PackedWeights packed = pack_q6(o);
+    ASSERT_FALSE(packed.empty());
+    ASSERT_EQ(packed.dtype(), kvfuse::Dtype::q6_super256);
+    std::vector<float> got = o.c, want = o.c;
+    const kvfuse::Status s = kvfuse::gemm(packed, o.a.data(), o.s.n, got.data(), beta, threads, o.lda, o.ldc);
+    ASSERT_TRUE(s.ok()) << s.message();
+    kvfuse::reference::gemm_q6_super256(o.a.data(), o.s.n, o.lda, o.codes.data(), o.ldcodes, o.sub_scales.data(), o.ldsub,
+                                        o.super_scales.data(), o.ldsuper, o.s.out, o.s.in, beta, want.data(), o.ldc);
+    const double eps = std::numeric_limits<float>::epsilon();
+    const double blocks = double(o.s.in / 32);
+    for (std::size_t i = 0; i < o.s.n; ++i) {
+        for (std::size_t j = 0; j < o.s.out; ++j) {
+            const float g = got[i * o.ldc + j], r = want[i * o.ldc + j];
+            if (std::isnan(r)) {
+                ASSERT_TRUE(std::isnan(g)) << what << " (" << i << ", " << j << "): " << g << ", want NaN";
+                continue;
+            }
+            const double m = magnitude_q6(o, i, j) + (beta == 0.0f ? 0.0 : std::fabs(double(beta) * o.c[i * o.ldc + j]));
+            const double tolerance = (2 * blocks + 4) * eps * m + 1e-30;
+            ASSERT_LE(std::fabs(double(g) - r), tolerance) << what << " (" << i << ", " << j << "): got " << g << " want " << r;
+        }
+        for (std::size_t j = o.s.out; j < o.ldc; ++j)
+            ASSERT_EQ(std::memcmp(&got[i * o.ldc + j], &o.c[i * o.ldc + j], sizeof(float)), 0)
+                << what << ": padding column " << j << " of row " << i << " was written";
+    }
+}
+
+// Odd sizes around the register blocks (AVX2 2 rows, 32-register ISAs 3 of a 6-row tile), the
+// vector widths and a panel; depths of whole and partial super-blocks, past a depth chunk (16
+// blocks); strides, beta, threads.
+TEST_P(QGemmTest, Q6MatchesReference) {
+    const std::size_t rows[] = {1, 2, 3, 4, 5, 6, 7, 13, 49};
+    const std::size_t cols[] = {1, 4, 9, 16, 17, 32, 33, 70};
+    const std::size_t inner[] = {32, 64, 160, 256, 288, 544};
+    std::uint32_t seed = 300;
+    for (std::size_t n : rows)
+        for (std::size_t out : cols)
+            for (std::size_t in : inner) {
+                const Shape s{n, out, in};
+                const std::size_t pad = seed % 3 == 0 ? 5 : 0;
+                const float beta = seed % 4 == 0 ? 1.0f : (seed % 4 == 1 ? 0.0f : 0.5f);
+                const int threads = seed % 5 == 0 ? 2 : 1;
+                check_q6(make_q6(s, seed++, pad), beta, threads, "q6 " + describe(s, 6, beta, threads, pad));
+            }
+    for (const Shape s : {Shape{1, 100, 1024}, Shape{20, 64, 2816}, Shape{97, 40, 768}})
+        check_q6(make_q6(s, seed++, 1), 1.0f, 2, "q6 " + describe(s, 6, 1.0f, 2, 1));
+}
+
+// The sums the pmaddubsw copy keeps in s16: every code 0 (u - 32 = -32) or every code 63 (31)
+// with activations all +-1 (q = +-127): a half-lane sum reaches 8 * 32 * 127 = 32512, and the
+// sums of u q before the bias is taken off (8 * 63 * 127) do not fit s16 (they wrap and come
+// back). Sub-scales -128 and 127 give the largest |D|. Exact: every q is +-127, d = 1/127.
+TEST_P(QGemmTest, Q6ExtremeCodesAreExact) {
+    for (int u : {0, 63})
+        for (int sub : {-128, 127})
+            for (float sign : {1.0f, -1.0f}) {
+                Q6Operands o = make_q6({7, 40, 288}, 31);
+                for (auto& x : o.codes) x = static_cast<std::uint8_t>(u);
+                for (auto& x : o.sub_scales) x = static_cast<std::int8_t>(sub);
+                for (auto& x : o.a) x = sign;
+                const std::string what = "q6 extreme u=" + std::to_string(u) + " sub=" + std::to_string(sub);
+                check_q6(o, 0.0f, 1, what);
+                const PackedWeights packed = pack_q6(o);
+                std::vector<float> got(o.s.n * o.ldc);
+                ASSERT_TRUE(kvfuse::gemm(packed, o.a.data(), o.s.n, got.data(), 0.0f, 1, o.lda, o.ldc).ok());
+                for (std::size_t j = 0; j < o.s.out; ++j) {
+                    double want = 0.0;
+                    for (std::size_t k = 0; k < o.s.in; ++k) want += weight_q6(o, j, k) * sign;  // d q = +-1 within an ulp
+                    ASSERT_NEAR(got[j], want, 1e-5 * std::fabs(want) + 1e-7) << what << " column " << j;
+                }
+            }
+}
+
+// Bit-identical whatever the thread count; NaN / Inf rows give NaN and leave the others alone.
+TEST_P(QGemmTest, Q6ThreadsAndNonFinite) {
+    for (const Shape s : {Shape{70, 70, 256}, Shape{400, 50, 64}, Shape{3, 300, 512}, Shape{1, 1000, 256}}) {
+        const Q6Operands o = make_q6(s, static_cast<std::uint32_t>(s.n * 7 + s.out), 1);
+        const PackedWeights packed = pack_q6(o);
+        std::vector<float> one = o.c;
+        ASSERT_TRUE(kvfuse::gemm(packed, o.a.data(), s.n, one.data(), 1.0f, 1, o.lda, o.ldc).ok());
+        for (int threads : {0, 2, 3, 7}) {
+            std::vector<float> many = o.c;
+            ASSERT_TRUE(kvfuse::gemm(packed, o.a.data(), s.n, many.data(), 1.0f, threads, o.lda, o.ldc).ok());
+            ASSERT_EQ(std::memcmp(one.data(), many.data(), one.size() * sizeof(float)), 0)
+                << describe(s, 6, 1.0f, threads, 1) << ": differs from one thread";
+        }
+    }
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+    Q6Operands o = make_q6({9, 35, 256}, 41);
+    o.a[1 * o.lda + 40] = nan;
+    o.a[4 * o.lda + 0] = inf;
+    o.a[6 * o.lda + 255] = -inf;
+    for (std::size_t k = 32; k < 64; ++k) o.a[7 * o.lda + k] = 0.0f;
+    check_q6(o, 0.0f, 1, "q6 non-finite");
+    const PackedWeights packed = pack_q6(o);
+    std::vector<float> got(o.s.n * o.ldc);
+    ASSERT_TRUE(kvfuse::gemm(packed, o.a.data(), o.s.n, got.data(), 0.0f, 1, o.lda, o.ldc).ok());
+    for (std::size_t i = 0; i < o.s.n; ++i)
+        for (std::size_t j = 0; j < o.s.out; ++j)
+            EXPECT_EQ(std::isnan(got[i * o.ldc + j]), i == 1 || i == 4 || i == 6) << i << ", " << j;
+}
+
 TEST_P(QGemmTest, Int8SchemeNamesTheKernel) {
     const std::string scheme = kvfuse::gemm_int8_scheme();
     const std::string build = kvfuse::detail::active_kernel_build();
@@ -334,6 +512,63 @@ TEST(QGemmPacking, TwoLevelExactWeights) {
             EXPECT_NEAR(y[j], w, 1e-6 * (std::fabs(w) + 1.0)) << "row " << j << " k " << k;
         }
     }
+}
+
+// Q6_K's form packs in 6.625 bits a weight (the handle's bytes are not visible: the one-hot
+// products show every weight, which is exactly super * sub * (u - 32)).
+TEST(QGemmPacking, Q6ExactWeights) {
+    const Q6Operands o = make_q6({1, 37, 288}, 17, 2);
+    const PackedWeights packed = pack_q6(o);
+    EXPECT_EQ(packed.dtype(), kvfuse::Dtype::q6_super256);
+    EXPECT_EQ(packed.out(), 37u);
+    EXPECT_EQ(packed.in(), 288u);
+    for (std::size_t k : {0u, 15u, 16u, 31u, 100u, 255u, 256u, 287u}) {
+        std::vector<float> x(288, 0.0f), y(37);
+        x[k] = 1.0f;
+        ASSERT_TRUE(kvfuse::gemm(packed, x.data(), 1, y.data(), 0.0f, 1).ok());
+        for (std::size_t j = 0; j < 37; ++j) {
+            const double w = weight_q6(o, j, k);
+            EXPECT_NEAR(y[j], w, 1e-6 * (std::fabs(w) + 1e-3)) << "row " << j << " k " << k;
+        }
+    }
+}
+
+TEST(QGemmApi, RejectsBadQ6Arguments) {
+    Q6Operands o = make_q6({1, 3, 288}, 23);
+    const kvfuse_quantized_weights q = describe_q6(o);
+    kvfuse_packed_weights* h = nullptr;
+    auto expect = [&](kvfuse_quantized_weights bad, kvfuse_status status, const char* text) {
+        EXPECT_EQ(kvfuse_pack_quantized_weights(&bad, &h), status) << text;
+        EXPECT_EQ(h, nullptr);
+        EXPECT_NE(std::string(kvfuse_last_error()).find(text), std::string::npos) << kvfuse_last_error();
+    };
+    kvfuse_quantized_weights bad = q;
+    bad.code_bits = 4;
+    expect(bad, KVFUSE_ERROR_INVALID_ARGUMENT, "signed_sub_scales (Q6_K's form) needs code_bits = 6");
+    bad = q;
+    bad.signed_sub_stride = 17;  // 288 values need 18
+    expect(bad, KVFUSE_ERROR_INVALID_ARGUMENT, "signed_sub_stride");
+    bad = q;
+    bad.super_stride = 1;  // 9 blocks need 2 super-blocks
+    expect(bad, KVFUSE_ERROR_INVALID_ARGUMENT, "super_stride");
+    bad = q;
+    bad.super_scales = nullptr;
+    expect(bad, KVFUSE_ERROR_NULL_POINTER, "super_scales");
+    bad = q;
+    const float offsets[18] = {};
+    bad.super_offsets = offsets;
+    expect(bad, KVFUSE_ERROR_INVALID_ARGUMENT, "must be NULL");
+    bad = q;
+    bad.struct_size = KVFUSE_QUANTIZED_WEIGHTS_SIZE_V2;  // a V2 caller has no signed sub-scales
+    expect(bad, KVFUSE_ERROR_NULL_POINTER, "signed_sub_scales");
+    o.codes[2 * o.ldcodes + 100] = 64;
+    expect(describe_q6(o), KVFUSE_ERROR_INVALID_ARGUMENT, "codes[2][100] = 64");
+    o.codes[2 * o.ldcodes + 100] = 63;
+    ASSERT_EQ(kvfuse_pack_quantized_weights(&q, &h), KVFUSE_OK);
+    kvfuse_dtype dtype = KVFUSE_DTYPE_F32;
+    EXPECT_EQ(kvfuse_packed_weights_info(h, nullptr, nullptr, &dtype), KVFUSE_OK);
+    EXPECT_EQ(dtype, KVFUSE_DTYPE_Q6_SUPER256);
+    kvfuse_packed_weights_free(h);
 }
 
 TEST(QGemmApi, RejectsBadTwoLevelArguments) {

@@ -216,6 +216,38 @@ TEST_F(RandomModel, EveryTypeIsTheF32ModelQuantized) {
     EXPECT_NE(make("unknown.gguf", "--dim 64 --heads 4 --kv-heads 2 --hidden 160 --dtype q7_x"), 0);
 }
 
+// llama.cpp's Q4_K_M mix (Q4_K and Q6_K) loads with every matrix packed (Q4_K and Q6_K each in
+// its own compact form): nothing is left to dequantize a tile at a time, and the packed bytes are
+// those of the two forms (4.75 and 6.625 bits a weight, whole panels of 32 rows).
+TEST_F(RandomModel, Q4KMHoldsEveryMatrixPacked) {
+    ASSERT_EQ(make("q4_k_m.gguf", "--dim 256 --layers 2 --heads 4 --kv-heads 2 --hidden 512 --vocab 300 --context 256 "
+                                  "--seed 9 --dtype q4_k_m"),
+              0);
+    const auto file = GgufFile::open(path("q4_k_m.gguf"));
+    std::size_t q6_tensors = 0;
+    for (const auto& t : file->tensors()) q6_tensors += t.type == kvfuse::model::GgmlType::q6_k;
+    EXPECT_GT(q6_tensors, 0u);
+    const LlamaModel model(file);
+    EXPECT_EQ(model.tiled_weight_bytes(), 0u);
+    ::setenv("KVFUSE_DEQUANTIZED_GEMM", "1", 1);
+    const LlamaModel dequantized(file);
+    ::unsetenv("KVFUSE_DEQUANTIZED_GEMM");
+    EXPECT_GT(dequantized.tiled_weight_bytes(), 0u);
+    // The int8 products of both forms against the f32 products of the dequantized matrices.
+    std::vector<float> hidden(256), logits(300), want(300);
+    const std::int32_t token = 11;
+    model.embed({&token, 1}, hidden.data());
+    kvfuse::Context context;  // the calling thread's default context
+    model.logits(context, hidden.data(), 1, logits.data());
+    dequantized.logits(context, hidden.data(), 1, want.data());
+    double error = 0.0, norm = 0.0;
+    for (std::size_t v = 0; v < logits.size(); ++v) {
+        error += (double(logits[v]) - want[v]) * (double(logits[v]) - want[v]);
+        norm += double(want[v]) * want[v];
+    }
+    EXPECT_LT(std::sqrt(error / norm), 0.02);  // int8 activations: about 1 % per product
+}
+
 TEST_F(RandomModel, SameSeedSameBytesOtherSeedOtherWeights) {
     ASSERT_EQ(make("a.gguf", kSmall), 0);
     ASSERT_EQ(make("b.gguf", kSmall), 0);

@@ -124,4 +124,27 @@ void q4_k_two_level_codes(const std::uint8_t* blocks, std::size_t elements, std:
     }
 }
 
+void q6_k_codes(const std::uint8_t* blocks, std::size_t elements, std::uint8_t* codes, std::int8_t* sub_scales,
+                float* super_scales) {
+    const TypeTraits& traits = type_traits(GgmlType::q6_k);
+    const std::size_t count = elements / traits.block_elements;
+    for (std::size_t b = 0; b < count; ++b, blocks += traits.block_bytes) {
+        // 128 bytes of low nibbles, 64 of top-bit pairs, 16 int8 sub-scales, half d (gguf_quants.cpp):
+        // in half n of 128 values, value 32 c + l has its low nibble in ql[64 n + l + 32 (c & 1)]
+        // (the high one when c >= 2) and its top two bits in qh[32 n + l] at 2 c.
+        super_scales[b] = load_half(blocks + 208);
+        std::memcpy(sub_scales + 16 * b, blocks + 192, 16);
+        std::uint8_t* u = codes + 256 * b;
+        for (int n = 0; n < 2; ++n) {
+            const std::uint8_t* ql = blocks + 64 * n;
+            const std::uint8_t* qh = blocks + 128 + 32 * n;
+            for (int c = 0; c < 4; ++c)
+                for (int l = 0; l < 32; ++l) {
+                    const int nibble = c < 2 ? ql[l + 32 * (c & 1)] & 0xF : ql[l + 32 * (c & 1)] >> 4;
+                    u[128 * n + 32 * c + l] = static_cast<std::uint8_t>(nibble | ((qh[l] >> (2 * c)) & 3) << 4);
+                }
+        }
+    }
+}
+
 }  // namespace kvfuse::model

@@ -5,8 +5,9 @@
 //   Q5_0  u = q (5 bits in 8), s = d, m = 16 d         Q4_1 / Q5_1  s = d, m = -min
 //   Q4_K  u (4), s = d sc, m = dmin mn per sub-block   Q5_K  the same with 5-bit u in 8 bits
 // Every s and m is exact in f32 (a half times an integer of at most 8 bits), so the codes hold
-// exactly the dequantizer's values. Types with 16-value sub-blocks (Q2_K, Q3_K, Q6_K) and the
-// IQ4 grids have no such form: they stay on the dequantize-a-tile path.
+// exactly the dequantizer's values. Q6_K has a form of its own (q6_k_codes below,
+// KVFUSE_DTYPE_Q6_SUPER256); the other types with 16-value sub-blocks (Q2_K, Q3_K) and the IQ4
+// grids have none: they stay on the dequantize-a-tile path.
 #pragma once
 
 #include <cstddef>
@@ -31,5 +32,12 @@ void block32_codes(GgmlType type, const std::uint8_t* blocks, std::size_t elemen
 // scales and offsets block32_codes gives, so both forms hold the dequantizer's values.
 void q4_k_two_level_codes(const std::uint8_t* blocks, std::size_t elements, std::uint8_t* codes, std::uint8_t* sub_scales,
                           std::uint8_t* sub_offsets, float* super_scales, float* super_offsets);
+
+// Q6_K in its own form (KVFUSE_DTYPE_Q6_SUPER256): one row of `elements` values (whole
+// super-blocks of 256) as 6-bit codes u (one byte per value), per 16 values the signed sub-scale,
+// per 256 the super-block's d (an f16 value widened). The value is d * sub * (u - 32), which is
+// what the dequantizer computes (exact in f32: 11 + 8 + 6 significant bits).
+void q6_k_codes(const std::uint8_t* blocks, std::size_t elements, std::uint8_t* codes, std::int8_t* sub_scales,
+                float* super_scales);
 
 }  // namespace kvfuse::model

@@ -215,7 +215,8 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
 
 // F32 and BF16 matrices are packed once (the packed copy is the size of the file's; bf16 stays
 // bf16); the block types of block_codes.h are packed from their codes (no f32 copy, no
-// requantization: Q4_K in its two-level form, 4.75 bits a weight; other 4-bit codes 6, 8-bit 10)
+// requantization: Q4_K in its two-level form, 4.75 bits a weight; Q6_K in its own, 6.625; other
+// 4-bit codes 6, 8-bit 10)
 // for the int8 product, and their file pages released; every other type stays in the mapped
 // file in its stored form.
 LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t in, std::uint64_t out) {
@@ -261,6 +262,30 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
         status = kvfuse::PackedWeights::pack_quantized(q, dense.packed);
         resident_bytes_ += (dense.out + 31) / 32 * 32 * (dense.in / 2 + blocks * 2 + supers * 8);
         if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
+    } else if (t.type == GgmlType::q6_k && quantized_gemm_enabled()) {
+        // Q6_K's own form (6.625 bits a weight): codes, signed per-16 sub-scales, d per 256.
+        const std::size_t subs = dense.in / 16, supers = dense.in / 256;
+        std::vector<std::uint8_t> codes(dense.out * dense.in);
+        std::vector<std::int8_t> sub_scales(dense.out * subs);
+        std::vector<float> super_scales(dense.out * supers);
+        const std::size_t row_bytes = static_cast<std::size_t>(t.bytes / t.rows());
+        for (std::size_t r = 0; r < dense.out; ++r)
+            q6_k_codes(t.data + r * row_bytes, dense.in, codes.data() + r * dense.in, sub_scales.data() + r * subs,
+                       super_scales.data() + r * supers);
+        kvfuse_quantized_weights q;
+        kvfuse_quantized_weights_init(&q);
+        q.out = dense.out;
+        q.in = dense.in;
+        q.code_bits = 6;
+        q.codes = codes.data();
+        q.codes_stride = dense.in;
+        q.signed_sub_scales = sub_scales.data();
+        q.signed_sub_stride = subs;
+        q.super_scales = super_scales.data();
+        q.super_stride = supers;
+        status = kvfuse::PackedWeights::pack_quantized(q, dense.packed);
+        resident_bytes_ += (dense.out + 31) / 32 * 32 * (dense.in * 6 / 8 + subs + supers * 4);
+        if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
     } else if (const int bits = block32_code_bits(t.type); bits != 0 && quantized_gemm_enabled()) {
         const std::size_t blocks = dense.in / 32;
         std::vector<std::uint8_t> codes(dense.out * dense.in);
@@ -284,6 +309,7 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
         if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
     } else {
         dense.tensor = &t;
+        tiled_bytes_ += t.bytes;
     }
     if (!status.ok()) throw GgufError(f.path() + ": tensor " + name + " could not be packed: " + status.message());
     return dense;

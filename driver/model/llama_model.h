@@ -1,7 +1,7 @@
 // A llama-architecture model (llama incl. Llama 3.1's rope_freqs, mistral, qwen2 with its Q/K/V
 // biases, qwen3 with its per-head Q/K RMSNorm; head size from attention.key_length) from a GGUF file. Dense
 // weights: F32 and BF16 packed once for kvfuse_gemm (bf16 kept bf16); Q8_0, Q4_0, Q4_1, Q5_0,
-// Q5_1, Q4_K and Q5_K packed once from their codes (model/block_codes.h) for kvfuse_gemm's int8
+// Q5_1, Q4_K, Q5_K and Q6_K packed once from their codes (model/block_codes.h) for kvfuse_gemm's int8
 // product (KVFUSE_DEQUANTIZED_GEMM=1 turns that off); every other type stays in the mapped file
 // in its stored form, and each product dequantizes a bounded tile of rows into scratch and runs
 // kvfuse_gemm on it. Embedding rows are dequantized per token from the file.
@@ -66,6 +66,9 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
     std::size_t ffn_block_rows() const;
     // Bytes of dense weights held in memory outside the mapped file (packed copies).
     std::size_t resident_weight_bytes() const { return resident_bytes_; }
+    // Bytes of dense weights left in the mapped file and dequantized a tile at a time per product
+    // (types without a packed form; every type with KVFUSE_DEQUANTIZED_GEMM=1).
+    std::size_t tiled_weight_bytes() const { return tiled_bytes_; }
 
    private:
     Dense load_dense(const std::string& name, std::uint64_t in, std::uint64_t out);
@@ -111,6 +114,7 @@ class LlamaModel : public kvfuse::fusion::FusionModel {
     Dense output_;  // the output layer (token_embd when tied)
     std::vector<Layer> layers_;
     std::size_t resident_bytes_ = 0;
+    std::size_t tiled_bytes_ = 0;
     mutable std::mutex workspaces_mutex_;
     mutable std::vector<std::unique_ptr<Workspace>> idle_workspaces_;
     std::size_t ffn_block_bytes_ = std::size_t{28} << 20;

@@ -173,6 +173,9 @@ typedef enum kvfuse_dtype {
     KVFUSE_DTYPE_Q4_SUPER256 = 5, /* packed gemm weights only: 4-bit codes, per 32 k an 8-bit
                                      sub-scale and sub-offset, per 256 k an f32 super-scale and
                                      super-offset (Q4_K's form: 4.75 bits a weight) */
+    KVFUSE_DTYPE_Q6_SUPER256 = 6, /* packed gemm weights only: 6-bit codes u, w = super * sub *
+                                     (u - 32) with a signed 8-bit sub-scale per 16 k and an f32
+                                     super-scale per 256 k (Q6_K's form: 6.625 bits a weight) */
     KVFUSE_DTYPE_MIN_ENUM = -0x7fffffff - 1,
     KVFUSE_DTYPE_MAX_ENUM = 0x7fffffff
 } kvfuse_dtype;
@@ -797,14 +800,15 @@ KVFUSE_API kvfuse_status kvfuse_gemm(const kvfuse_packed_weights* weights, const
 
 /* Block-quantized weights (the block types of GGUF files: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K,
  * Q5_K all have this form exactly): W[j][k] = scales[j][b] * codes[j][k] - offsets[j][b] with
- * b = k / 32, integer codes in [0, 2^code_bits). kvfuse_gemm multiplies such weights with the
+ * b = k / 32, integer codes in [0, 2^code_bits); Q6_K has the V3 form below. kvfuse_gemm multiplies such weights with the
  * activations quantized to int8 (below) on the CPU's integer dot (VNNI vpdpbusd, pmaddubsw,
  * NEON sdot). */
 typedef struct kvfuse_quantized_weights {
     size_t struct_size;    /* kvfuse_quantized_weights_init sets it */
     size_t out, in;        /* W is [out x in]; in must be a multiple of 32 */
     int code_bits;         /* 8 (packed as KVFUSE_DTYPE_Q8_BLOCK32) or 4 (KVFUSE_DTYPE_Q4_BLOCK32, or
-                              KVFUSE_DTYPE_Q4_SUPER256 with sub_scales below) */
+                              KVFUSE_DTYPE_Q4_SUPER256 with sub_scales below), or 6 (V3:
+                              KVFUSE_DTYPE_Q6_SUPER256 with signed_sub_scales below) */
     const uint8_t* codes;  /* out rows of in codes, one byte each, row stride codes_stride bytes */
     size_t codes_stride;   /* >= in */
     const float* scales;   /* out rows of in / 32, row stride block_stride floats */
@@ -820,10 +824,19 @@ typedef struct kvfuse_quantized_weights {
     const float* super_scales;  /* out rows of ceil(in / 256) */
     const float* super_offsets;
     size_t super_stride;        /* >= ceil(in / 256) */
+    /* V3 (appended): Q6_K's form, used when code_bits is 6 (scales, offsets, sub_scales,
+     * sub_offsets and super_offsets NULL; packed as KVFUSE_DTYPE_Q6_SUPER256): W[j][k] =
+     * super_scales[j][k / 256] * signed_sub_scales[j][k / 16] * (codes[j][k] - 32), codes in
+     * [0, 64), the super value's product with a sub-scale one f32 product (exact for an f16
+     * super value, as in Q6_K: 11 + 8 bits) and its product with a code exact too (11 + 8 + 6
+     * bits fit f32's 24, since |sub| <= 128 and |u - 32| <= 32). */
+    const int8_t* signed_sub_scales; /* out rows of in / 16, row stride signed_sub_stride */
+    size_t signed_sub_stride;        /* >= in / 16 */
 } kvfuse_quantized_weights;
 
 #define KVFUSE_QUANTIZED_WEIGHTS_SIZE_V1 offsetof(kvfuse_quantized_weights, sub_scales)
-#define KVFUSE_QUANTIZED_WEIGHTS_SIZE_V2 sizeof(kvfuse_quantized_weights)
+#define KVFUSE_QUANTIZED_WEIGHTS_SIZE_V2 offsetof(kvfuse_quantized_weights, signed_sub_scales)
+#define KVFUSE_QUANTIZED_WEIGHTS_SIZE_V3 sizeof(kvfuse_quantized_weights)
 
 KVFUSE_INLINE void kvfuse_quantized_weights_init(kvfuse_quantized_weights* w) {
     memset(w, 0, sizeof *w);
@@ -838,7 +851,11 @@ KVFUSE_INLINE void kvfuse_quantized_weights_init(kvfuse_quantized_weights* w) {
  * C[i][j] = beta C[i][j] + sum over blocks of (s d (sum_k u q) - m d (sum_k q)), that is the
  * product of W with the dequantized activations d q, in f32 (the integer sums are exact). A
  * block of A holding a NaN or an infinity makes that row's outputs NaN. Results do not depend
- * on the thread count. */
+ * on the thread count.
+ * Q6_K's form (code_bits 6, 6.625 bits a weight packed; Q6_K's file has 6.5625) uses the same
+ * activations; per block of 32 the integer D = sub0 (sum_k u q - 32 sum_k q) + sub1 (the same
+ * over the block's second 16 k) is exact (|D| < 2^24), and the block adds float(D) * (super d)
+ * to the f32 sum. */
 KVFUSE_API kvfuse_status kvfuse_pack_quantized_weights(const kvfuse_quantized_weights* weights,
                                                        kvfuse_packed_weights** packed);
 

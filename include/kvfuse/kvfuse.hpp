@@ -202,6 +202,7 @@ enum class Dtype : int {
     q8_block32 = KVFUSE_DTYPE_Q8_BLOCK32,  // packed gemm weights only
     q4_block32 = KVFUSE_DTYPE_Q4_BLOCK32,
     q4_super256 = KVFUSE_DTYPE_Q4_SUPER256,
+    q6_super256 = KVFUSE_DTYPE_Q6_SUPER256,
 };
 
 inline Status to_bf16(const float* src, bf16* dst, std::size_t count) {

@@ -77,8 +77,66 @@ void unpack_weight_row(const PackedWeightsData& w, std::size_t j, float* row) {
     }
 }
 
+namespace {
+
+// Q6_K's form (gemm_packed.h): per panel and super-block the header of super-scales, per block
+// the low nibbles as 4-bit codes, the top two bits of groups 2h and 2h + 1 in one 64-byte row,
+// the signed sub-scales as 16 words.
+void pack_q6(const kvfuse_quantized_weights& q, PackedWeightsData& w) {
+    const std::size_t blocks = w.blocks(), code_bytes = w.code_bytes();
+    const auto panels = static_cast<std::ptrdiff_t>(w.panels);
+#if defined(KVFUSE_HAVE_OPENMP)
+#pragma omp parallel for schedule(static) if (q.out * q.in >= (std::size_t{1} << 20))
+#endif
+    for (std::ptrdiff_t p = 0; p < panels; ++p) {
+        const std::size_t first = static_cast<std::size_t>(p) * kGemmPanel;
+        auto* base = static_cast<std::uint8_t*>(w.data.get()) + static_cast<std::size_t>(p) * w.panel_bytes();
+        for (std::size_t b = 0; b < blocks; ++b) {
+            std::uint8_t* record = base + w.record_offset(b);
+            std::uint8_t codes[kGemmPanel][kQuantBlock];  // padding columns: zero codes and scales
+            for (std::size_t j = 0; j < kGemmPanel; ++j) {
+                const bool real = first + j < q.out;
+                for (std::size_t k = 0; k < kQuantBlock; ++k)
+                    codes[j][k] = real ? q.codes[(first + j) * q.codes_stride + b * kQuantBlock + k] : 0;
+            }
+            for (std::size_t g = 0; g < kQuantBlock / 4; ++g)
+                for (std::size_t t = 0; t < 4; ++t)
+                    for (std::size_t j = 0; j < kGemmPanel / 2; ++j) {
+                        const unsigned low = codes[j][4 * g + t], high = codes[j + 16][4 * g + t];
+                        record[g * 64 + 4 * j + t] = static_cast<std::uint8_t>((low & 0xF) | (high & 0xF) << 4);
+                        std::uint8_t& top = record[512 + g / 2 * 64 + 4 * j + t];
+                        if (g % 2 == 0) top = 0;
+                        top = static_cast<std::uint8_t>(top | ((low >> 4) | (high >> 4) << 2) << (4 * (g % 2)));
+                    }
+            for (std::size_t j = 0; j < kGemmPanel; ++j)
+                for (std::size_t half = 0; half < 2; ++half) {
+                    const bool real = first + j < q.out;
+                    const std::int8_t sub = real ? q.signed_sub_scales[(first + j) * q.signed_sub_stride + 2 * b + half] : 0;
+                    record[code_bytes + 4 * (j % 16) + 2 * (j / 16) + half] = static_cast<std::uint8_t>(sub);
+                }
+            if (b % kSuperBlocks == 0) {
+                float header[kGemmPanel];
+                for (std::size_t j = 0; j < kGemmPanel; ++j)
+                    header[j] = first + j < q.out ? q.super_scales[(first + j) * q.super_stride + b / kSuperBlocks] : 0.0f;
+                std::memcpy(base + b / kSuperBlocks * w.super_span(), header, sizeof header);
+            }
+        }
+    }
+}
+
+}  // namespace
+
 PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q) {
     PackedWeightsData w;
+    if (q.code_bits == 6) {
+        w.out = q.out;
+        w.in = q.in;
+        w.dtype = KVFUSE_DTYPE_Q6_SUPER256;
+        w.panels = (q.out + kGemmPanel - 1) / kGemmPanel;
+        w.data.reset(::operator new(w.panels * w.panel_bytes(), std::align_val_t{64}));
+        pack_q6(q, w);
+        return w;
+    }
     w.out = q.out;
     w.in = q.in;
     const bool two_level = q.sub_scales != nullptr;
@@ -169,6 +227,25 @@ void unpack_quantized_row(const PackedWeightsData& w, std::size_t j, std::uint8_
             std::memcpy(scales + b, record + w.code_bytes() + col * sizeof(float), sizeof(float));
             std::memcpy(offsets + b, record + w.code_bytes() + (kGemmPanel + col) * sizeof(float), sizeof(float));
         }
+    }
+}
+
+void unpack_q6_row(const PackedWeightsData& w, std::size_t j, std::uint8_t* codes, std::int8_t* sub_scales,
+                   float* super_scales) {
+    const std::size_t p = j / kGemmPanel, col = j % kGemmPanel;
+    for (std::size_t b = 0; b < w.blocks(); ++b) {
+        const std::uint8_t* record = w.record(p, b);
+        for (std::size_t k = 0; k < kQuantBlock; ++k) {
+            const std::size_t g = k / 4, t = k % 4;
+            const std::uint8_t pair = record[g * 64 + 4 * (col % 16) + t];
+            const std::uint8_t top = record[512 + g / 2 * 64 + 4 * (col % 16) + t];
+            const unsigned low = col < 16 ? pair & 0xFu : pair >> 4u;
+            const unsigned high = (top >> (4 * (g % 2) + 2 * (col / 16))) & 3u;
+            codes[b * kQuantBlock + k] = static_cast<std::uint8_t>(low | high << 4);
+        }
+        for (std::size_t half = 0; half < 2; ++half)
+            sub_scales[2 * b + half] = static_cast<std::int8_t>(record[w.code_bytes() + 4 * (col % 16) + 2 * (col / 16) + half]);
+        if (b % kSuperBlocks == 0) super_scales[b / kSuperBlocks] = w.super_header(p, b)[col];
     }
 }
 

@@ -27,6 +27,15 @@
 //         column j + 16 (as the nibbles: one load, masks and shifts give both vectors), column j:
 //         scale = super_scale[j] * sub_scale[j], offset = super_offset[j] * sub_offset[j], one f32
 //         product each. Header 256 bytes, records 576: 4.75 bits a weight, 64-byte aligned.
+//   Q6_K's form (KVFUSE_DTYPE_Q6_SUPER256): panel p holds, per super-block of 8 blocks, a header
+//         of 32 f32 super-scales, then the super-block's records of 832 bytes: the low four bits
+//         of the 6-bit codes as the 4-bit codes above (512 bytes), then their top two bits
+//         (256 bytes): byte 512 + h * 64 + 4 j + t, j < 16, holds those of column j at bits
+//         0-1 and of column j + 16 at bits 2-3 for group 2h, and the same at bits 4-5 / 6-7 for
+//         group 2h + 1, so a shift and a mask put them over the low nibbles' bits 4-5 for every
+//         vector width; then 16 words of signed sub-scales, word j < 16 holding the bytes (k 0-15,
+//         k 16-31) of column j and then of column j + 16. Header 128 bytes: 6.625 bits a weight
+//         (Q6_K 6.5625), 64-byte aligned.
 #pragma once
 
 #include <cstddef>
@@ -75,6 +84,11 @@ constexpr std::size_t kQuantBlock = 32;
 // super-block's header (32 f32 super-scales, 32 f32 super-offsets).
 constexpr std::size_t kSuperBlocks = 8;
 constexpr std::size_t kSuperHeaderBytes = 2 * kGemmPanel * sizeof(float);
+// Q6_K's form: its super-block header (32 f32 super-scales), its 16-value sub-blocks and the
+// bias of its 6-bit codes (w = super * sub * (u - 32)).
+constexpr std::size_t kQ6HeaderBytes = kGemmPanel * sizeof(float);
+constexpr std::size_t kQ6SubBlock = 16;
+constexpr int kQ6CodeBias = 32;
 
 // A packed matrix: sizes, the packed type and the 64-byte aligned panels.
 struct PackedWeightsData {
@@ -83,25 +97,30 @@ struct PackedWeightsData {
     std::unique_ptr<void, AlignedFree> data;
 
     bool quantized() const {
-        return dtype == KVFUSE_DTYPE_Q8_BLOCK32 || dtype == KVFUSE_DTYPE_Q4_BLOCK32 || dtype == KVFUSE_DTYPE_Q4_SUPER256;
+        return dtype == KVFUSE_DTYPE_Q8_BLOCK32 || dtype == KVFUSE_DTYPE_Q4_BLOCK32 || dtype == KVFUSE_DTYPE_Q4_SUPER256 ||
+               dtype == KVFUSE_DTYPE_Q6_SUPER256;
     }
     bool two_level() const { return dtype == KVFUSE_DTYPE_Q4_SUPER256; }
-    int code_bits() const { return dtype == KVFUSE_DTYPE_Q8_BLOCK32 ? 8 : 4; }
+    bool six_bit() const { return dtype == KVFUSE_DTYPE_Q6_SUPER256; }
+    // Records grouped in super-blocks of 8 behind a header (Q4_SUPER256, Q6_SUPER256).
+    bool super_blocked() const { return two_level() || six_bit(); }
+    std::size_t header_bytes() const { return two_level() ? kSuperHeaderBytes : six_bit() ? kQ6HeaderBytes : 0; }
+    int code_bits() const { return dtype == KVFUSE_DTYPE_Q8_BLOCK32 ? 8 : six_bit() ? 6 : 4; }
     std::size_t blocks() const { return in / kQuantBlock; }
     std::size_t supers() const { return (blocks() + kSuperBlocks - 1) / kSuperBlocks; }
     // Bytes of one block record of a quantized panel: the codes, then the scales and offsets
-    // (f32, or u8 sub-values for two-level weights).
+    // (f32, or u8 sub-values for two-level weights, or two s8 sub-scales per column for Q6).
     std::size_t code_bytes() const { return static_cast<std::size_t>(code_bits()) * kGemmPanel * kQuantBlock / 8; }
-    std::size_t record_bytes() const { return code_bytes() + 2 * kGemmPanel * (two_level() ? 1 : sizeof(float)); }
-    // Bytes from one super-block's header to the next (two-level weights).
-    std::size_t super_span() const { return kSuperHeaderBytes + kSuperBlocks * record_bytes(); }
-    std::size_t panel_bytes() const { return blocks() * record_bytes() + (two_level() ? supers() * kSuperHeaderBytes : 0); }
+    std::size_t record_bytes() const { return code_bytes() + 2 * kGemmPanel * (super_blocked() ? 1 : sizeof(float)); }
+    // Bytes from one super-block's header to the next (super-blocked weights).
+    std::size_t super_span() const { return header_bytes() + kSuperBlocks * record_bytes(); }
+    std::size_t panel_bytes() const { return blocks() * record_bytes() + supers() * header_bytes(); }
     const std::uint8_t* panel_base(std::size_t panel) const {
         return static_cast<const std::uint8_t*>(data.get()) + panel * panel_bytes();
     }
     std::size_t record_offset(std::size_t block) const {
-        if (!two_level()) return block * record_bytes();
-        return block / kSuperBlocks * super_span() + kSuperHeaderBytes + block % kSuperBlocks * record_bytes();
+        if (!super_blocked()) return block * record_bytes();
+        return block / kSuperBlocks * super_span() + header_bytes() + block % kSuperBlocks * record_bytes();
     }
     const std::uint8_t* record(std::size_t panel, std::size_t block) const { return panel_base(panel) + record_offset(block); }
     // The header (super-scales, then super-offsets) of the super-block holding `block`.
@@ -136,14 +155,20 @@ PackedWeightsData pack_weights(kvfuse_dtype src_dtype, const void* weights, std:
 void unpack_weight_row(const PackedWeightsData& w, std::size_t j, float* row);
 
 // Block-quantized W (kvfuse_quantized_weights, checked by the caller: in a multiple of 32,
-// codes below 2^code_bits; two-level when sub_scales is set) packed as above. Throws
+// codes below 2^code_bits; two-level when sub_scales is set, Q6_K's form when code_bits is 6)
+// packed as above. Throws
 // std::bad_alloc.
 PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q);
 
 // Row j of quantized W: its `in` codes and its in / 32 scales and offsets (two-level: each the
-// f32 product of the super and sub value, as the kernels compute it).
+// f32 product of the super and sub value, as the kernels compute it). Not for Q6_SUPER256.
 void unpack_quantized_row(const PackedWeightsData& w, std::size_t j, std::uint8_t* codes, float* scales,
                           float* offsets);
+
+// Row j of Q6_SUPER256 W: its `in` 6-bit codes, in / 16 signed sub-scales, ceil(in / 256)
+// super-scales.
+void unpack_q6_row(const PackedWeightsData& w, std::size_t j, std::uint8_t* codes, std::int8_t* sub_scales,
+                   float* super_scales);
 
 }  // namespace kvfuse::detail
 

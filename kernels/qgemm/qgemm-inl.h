@@ -1,7 +1,8 @@
 // Dense-layer product with block-quantized weights (gemm_packed.h: per 32 k of a row, 8- or
 // 4-bit codes u, a scale s and an offset m, w = s u - m; or the two-level 4-bit form, whose s and
-// m are f32 products of a per-256 super value and a per-32 u8 sub value) on the CPU's integer
-// dot, written once on the xsimd architecture (compiled per ISA; no include guard).
+// m are f32 products of a per-256 super value and a per-32 u8 sub value; or Q6_K's form, 6-bit
+// codes with a signed sub-scale per 16 k: tile_q6) on the CPU's integer dot, written once on the
+// xsimd architecture (compiled per ISA; no include guard).
 //
 // Each row of A is quantized per block of 32 k to int8 with one scale d (q = round(a / d),
 // d = max|a| / 127; reference::quantize_activation_block is the definition), so that a block of
@@ -125,6 +126,53 @@ void pack_tile(const float* a, std::size_t lda, std::size_t rows, std::size_t bl
             sums[b * kRows + i] = d * static_cast<float>(sum);
             qsums[b * kRows + i] = sum;
         }
+}
+
+// Q6_K's form: the pmaddubsw copy keeps each 16-value sub-block's sums in s16 (its codes u <= 63
+// give pairs of at most 2 * 63 * 127, but four groups of them overflow s16); the bias of the
+// codes, 32 sum q, is subtracted there before the words are widened, which brings each half
+// back to sum (u - 32) q over eight k's, at most 8 * 32 * 127 = 32512: exact, since s16 adds
+// wrap (what they held in between does not matter). The other copies sum in s32 and subtract
+// 32 sum q there.
+constexpr bool kQ6S16 = kMaddS16;
+// A row tile of A for Q6 weights is the same tile with, in place of the sums, per block and row
+// the correction of each sub-block: pmaddubsw copy, two s16 per word, -32 times the sum of q
+// over the k's of each half of a lane (bytes 0-1 and 2-3 of the four groups); else 32 sum q.
+struct Q6Tile {
+    const std::int32_t* codes;
+    const float* scales;
+    const std::int32_t* corrections[2];
+};
+
+Q6Tile q6_tile_view(const std::int32_t* base, std::size_t blocks) {
+    const std::size_t codes = blocks * kGroups * kRows, per = blocks * kRows;
+    return {base, reinterpret_cast<const float*>(base + codes), {base + codes + per, base + codes + 2 * per}};
+}
+
+void pack_tile_q6(const float* a, std::size_t lda, std::size_t rows, std::size_t blocks, std::int32_t* base) {
+    pack_tile(a, lda, rows, blocks, base);  // codes and scales; the sums are overwritten
+    const std::size_t codes = blocks * kGroups * kRows, per = blocks * kRows;
+    std::int32_t* corrections = base + codes + per;
+    for (std::size_t i = 0; i < kRows; ++i)
+        for (std::size_t b = 0; b < blocks; ++b)
+            for (std::size_t h = 0; h < 2; ++h) {
+                std::int32_t half_sums[2] = {0, 0};  // k's 0-1 and 2-3 of the sub-block's four groups
+                for (std::size_t g = 4 * h; g < 4 * h + 4; ++g) {
+                    std::int8_t q[4];
+                    std::memcpy(q, base + (b * kGroups + g) * kRows + i, 4);
+                    half_sums[0] += q[0] + q[1];
+                    half_sums[1] += q[2] + q[3];
+                }
+                std::int32_t word;
+                if constexpr (kQ6S16) {
+                    const auto low = static_cast<std::uint16_t>(-detail::kQ6CodeBias * half_sums[0]);
+                    const auto high = static_cast<std::uint16_t>(-detail::kQ6CodeBias * half_sums[1]);
+                    word = static_cast<std::int32_t>(static_cast<std::uint32_t>(low) | static_cast<std::uint32_t>(high) << 16);
+                } else {
+                    word = detail::kQ6CodeBias * (half_sums[0] + half_sums[1]);
+                }
+                corrections[h * per + b * kRows + i] = word;
+            }
 }
 
 // acc + the four u x q products of each lane (u the weights' codes as this copy holds them).
@@ -280,6 +328,97 @@ void tile_q(const ATile& a, const std::uint8_t* records, const Depth& depth, std
     }
 }
 
+// Rows of a Q6 register block: M rows need M x 2 f32 accumulators, block sums and sub-block
+// sums; three rows fit 32 registers, two 16 (a 6-row tile of A runs as two of three).
+constexpr std::size_t kQ6Rows = kVectorRegisters == 16 ? 2 : 3;
+
+// Rows [r0, r0 + M) of the tile `a` times the column tile at lane offset c0 of a Q6_SUPER256
+// panel (gemm_packed.h), over the depth chunk `depth`. Per block the integer
+// D = sub0 (sum u q - 32 sum q)_0 + sub1 (...)_1, |D| <= 2 * 128 * 16 * 32 * 127 < 2^24, is exact
+// in f32 on every copy; then acc += float(D) * (super d).
+template <std::size_t M>
+void tile_q6(const Q6Tile& a, std::size_t r0, const std::uint8_t* records, const Depth& depth, std::size_t c0, TileStore s) {
+    constexpr std::size_t low_bytes = kPanel * kCodeBlock / 2, code_bytes = 6 * kPanel * kCodeBlock / 8;
+    constexpr std::size_t record_bytes = code_bytes + 2 * kPanel;
+    constexpr std::size_t super_span = detail::kQ6HeaderBytes + detail::kSuperBlocks * record_bytes;
+    const I32s low_nibbles(0x0F0F0F0F), top_bits(0x30303030);
+    s.c += r0 * s.ldc;
+    float* partial = depth.partial + r0 * 2 * kLanes;
+    F32s acc[M][2];
+    for (std::size_t i = 0; i < M; ++i)
+        for (std::size_t v = 0; v < 2; ++v)
+            acc[i][v] = depth.first ? F32s(0.0f) : F32s::load_aligned(partial + (2 * i + v) * kLanes);
+    for (std::size_t b = depth.first_block; b < depth.first_block + depth.blocks; ++b) {
+        const std::uint8_t* super = records + b / detail::kSuperBlocks * super_span;
+        const std::uint8_t* record = super + detail::kQ6HeaderBytes + b % detail::kSuperBlocks * record_bytes;
+        const std::int32_t* x = a.codes + b * kGroups * kRows + r0;
+        // Word l: the sub-scales (k 0-15, k 16-31) of column l, then of column l + 16.
+        const I32s subs = I32s::load_aligned(reinterpret_cast<const std::int32_t*>(record + code_bytes) + c0);
+        I32s block[M][2];
+        for (std::size_t h = 0; h < 2; ++h) {
+            I32s part[M][2];
+            for (std::size_t i = 0; i < M; ++i) part[i][0] = part[i][1] = I32s(0);
+            for (std::size_t g = 4 * h; g < 4 * h + 4; ++g) {
+                const I32s raw = I32s::load_aligned(reinterpret_cast<const std::int32_t*>(record + g * 64 + 4 * c0));
+                const I32s top =
+                    I32s::load_aligned(reinterpret_cast<const std::int32_t*>(record + low_bytes + g / 2 * 64 + 4 * c0));
+                // Bits 4-5 of each code from bits 0-1 / 2-3 (even group) or 4-5 / 6-7 (odd) of its byte.
+                const I32s w[2] = {(raw & low_nibbles) | ((g % 2 == 0 ? top << 4 : top) & top_bits),
+                                   ((raw >> 4) & low_nibbles) | ((g % 2 == 0 ? top << 2 : top >> 2) & top_bits)};
+                for (std::size_t i = 0; i < M; ++i) {
+                    const I32s xi(x[g * kRows + i]);
+                    for (std::size_t v = 0; v < 2; ++v) {
+                        if constexpr (kQ6S16)
+                            add_to_s16(part[i][v], madd_quads_s16(w[v], xi));
+                        else
+                            part[i][v] = dot_quads(part[i][v], w[v], xi);  // u <= 63 is also an s8 for sdot
+                    }
+                }
+            }
+            I32s sub[2];
+            for (std::size_t v = 0; v < 2; ++v) sub[v] = signed_byte(subs, static_cast<int>(2 * v + h));
+            const std::int32_t* correction = a.corrections[h] + b * kRows + r0;
+            for (std::size_t i = 0; i < M; ++i) {
+                const I32s ci(correction[i]);
+                for (std::size_t v = 0; v < 2; ++v) {
+                    I32s t;
+                    if constexpr (kQ6S16) {
+                        add_to_s16(part[i][v], ci);
+                        t = madd_pairs(part[i][v], (sub[v] << 16) | (sub[v] & I32s(0xFFFF)));
+                    } else {
+                        t = (part[i][v] - ci) * sub[v];
+                    }
+                    block[i][v] = h == 0 ? t : block[i][v] + t;
+                }
+            }
+        }
+        const auto* header = reinterpret_cast<const float*>(super);
+        const F32s sw[2] = {F32s::load_aligned(header + c0), F32s::load_aligned(header + c0 + kPanel / 2)};
+        for (std::size_t i = 0; i < M; ++i) {
+            const F32s d(a.scales[b * kRows + r0 + i]);
+            for (std::size_t v = 0; v < 2; ++v) acc[i][v] = xsimd::fma(int32_to_f32(block[i][v]), sw[v] * d, acc[i][v]);
+        }
+    }
+    if (depth.last) {
+        store_tile<M>(acc, s);
+    } else {
+        for (std::size_t i = 0; i < M; ++i)
+            for (std::size_t v = 0; v < 2; ++v) acc[i][v].store_aligned(partial + (2 * i + v) * kLanes);
+    }
+}
+
+template <std::size_t M>
+struct Q6Block {
+    static void run(const Q6Tile& a, std::size_t r0, const std::uint8_t* records, const Depth& depth, std::size_t c0,
+                    const TileStore& s) {
+        tile_q6<M>(a, r0, records, depth, c0, s);
+    }
+};
+template <std::size_t... M>
+constexpr auto make_q6_blocks(std::index_sequence<M...>) {
+    return std::array{&Q6Block<M + 1>::run...};
+}
+
 template <int Bits, bool TwoLevel, std::size_t M>
 struct QTile {
     static void run(const ATile& a, const std::uint8_t* records, const Depth& depth, std::size_t c0, const TileStore& s) {
@@ -295,16 +434,22 @@ constexpr auto make_tiles(std::index_sequence<M...>) {
 using Share = detail::GemmShare;
 using Problem = detail::GemmProblem;
 
+// Bits 6: Q6_SUPER256 weights (tile_q6, each row tile in blocks of kQ6Rows rows).
 template <int Bits, bool TwoLevel>
 void run_share(const Problem& p, const Share& share, std::int32_t* buffer) {
-    static constexpr auto tiles = make_tiles<Bits, TwoLevel>(std::make_index_sequence<kRows>{});
+    static constexpr auto tiles = make_tiles<Bits == 6 ? 4 : Bits, TwoLevel>(std::make_index_sequence<kRows>{});
+    static constexpr auto q6_blocks = make_q6_blocks(std::make_index_sequence<kQ6Rows>{});
     const detail::PackedWeightsData& w = p.w;
     const std::size_t blocks = w.blocks(), words = tile_words(blocks);
     alignas(64) float partial[kRowTiles * kRows * 2 * kLanes];  // 6 KiB on AVX-512
     for (std::size_t r0 = share.row_begin; r0 < share.row_end; r0 += kRowBlock) {
         const std::size_t rows = std::min(kRowBlock, share.row_end - r0);
-        for (std::size_t ri = 0; ri < rows; ri += kRows)
-            pack_tile(p.a + (r0 + ri) * p.lda, p.lda, std::min(kRows, rows - ri), blocks, buffer + (ri / kRows) * words);
+        for (std::size_t ri = 0; ri < rows; ri += kRows) {
+            if constexpr (Bits == 6)
+                pack_tile_q6(p.a + (r0 + ri) * p.lda, p.lda, std::min(kRows, rows - ri), blocks, buffer + (ri / kRows) * words);
+            else
+                pack_tile(p.a + (r0 + ri) * p.lda, p.lda, std::min(kRows, rows - ri), blocks, buffer + (ri / kRows) * words);
+        }
         for (std::size_t t = share.tile_begin; t < share.tile_end; ++t) {
             const std::size_t panel = t / kTilesPerPanel, c0 = (t % kTilesPerPanel) * kLanes;
             const std::size_t col = panel * kPanel + c0;
@@ -319,8 +464,14 @@ void run_share(const Problem& p, const Share& share, std::int32_t* buffer) {
                 for (std::size_t ri = 0; ri < rows; ri += kRows) {
                     store.c = p.c + (r0 + ri) * p.ldc + col;
                     const Depth depth{b0, chunk, b0 == 0, b0 + chunk == blocks, partial + (ri / kRows) * kRows * 2 * kLanes};
-                    tiles[std::min(kRows, rows - ri) - 1](tile_view(buffer + (ri / kRows) * words, blocks), records, depth,
-                                                          c0, store);
+                    const std::size_t tile_rows = std::min(kRows, rows - ri);
+                    if constexpr (Bits == 6) {
+                        const Q6Tile a = q6_tile_view(buffer + (ri / kRows) * words, blocks);
+                        for (std::size_t r = 0; r < tile_rows; r += kQ6Rows)
+                            q6_blocks[std::min(kQ6Rows, tile_rows - r) - 1](a, r, records, depth, c0, store);
+                    } else {
+                        tiles[tile_rows - 1](tile_view(buffer + (ri / kRows) * words, blocks), records, depth, c0, store);
+                    }
                 }
             }
         }
@@ -344,6 +495,8 @@ struct QgemmTasks {
             run_share<8, false>(t.problem, share, buffer);
         else if (t.problem.w.dtype == KVFUSE_DTYPE_Q4_SUPER256)
             run_share<4, true>(t.problem, share, buffer);
+        else if (t.problem.w.dtype == KVFUSE_DTYPE_Q6_SUPER256)
+            run_share<6, false>(t.problem, share, buffer);
         else
             run_share<4, false>(t.problem, share, buffer);
     }
