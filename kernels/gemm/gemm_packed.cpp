@@ -79,6 +79,17 @@ void unpack_weight_row(const PackedWeightsData& w, std::size_t j, float* row) {
 
 namespace {
 
+// Block b's codes of the panel's columns first .. first + kGemmPanel - 1; columns past q.out
+// (the last panel's padding) get zero codes.
+void gather_block_codes(const kvfuse_quantized_weights& q, std::size_t first, std::size_t b,
+                        std::uint8_t (&codes)[kGemmPanel][kQuantBlock]) {
+    for (std::size_t j = 0; j < kGemmPanel; ++j) {
+        const bool real = first + j < q.out;
+        for (std::size_t k = 0; k < kQuantBlock; ++k)
+            codes[j][k] = real ? q.codes[(first + j) * q.codes_stride + b * kQuantBlock + k] : 0;
+    }
+}
+
 // Q6_K's form (gemm_packed.h): per panel and super-block the header of super-scales, per block
 // the low nibbles as 4-bit codes, the top two bits of groups 2h and 2h + 1 in one 64-byte row,
 // the signed sub-scales as 16 words.
@@ -94,11 +105,7 @@ void pack_q6(const kvfuse_quantized_weights& q, PackedWeightsData& w) {
         for (std::size_t b = 0; b < blocks; ++b) {
             std::uint8_t* record = base + w.record_offset(b);
             std::uint8_t codes[kGemmPanel][kQuantBlock];  // padding columns: zero codes and scales
-            for (std::size_t j = 0; j < kGemmPanel; ++j) {
-                const bool real = first + j < q.out;
-                for (std::size_t k = 0; k < kQuantBlock; ++k)
-                    codes[j][k] = real ? q.codes[(first + j) * q.codes_stride + b * kQuantBlock + k] : 0;
-            }
+            gather_block_codes(q, first, b, codes);
             for (std::size_t g = 0; g < kQuantBlock / 4; ++g)
                 for (std::size_t t = 0; t < 4; ++t)
                     for (std::size_t j = 0; j < kGemmPanel / 2; ++j) {
@@ -128,22 +135,20 @@ void pack_q6(const kvfuse_quantized_weights& q, PackedWeightsData& w) {
 
 PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q) {
     PackedWeightsData w;
-    if (q.code_bits == 6) {
-        w.out = q.out;
-        w.in = q.in;
-        w.dtype = KVFUSE_DTYPE_Q6_SUPER256;
-        w.panels = (q.out + kGemmPanel - 1) / kGemmPanel;
-        w.data.reset(::operator new(w.panels * w.panel_bytes(), std::align_val_t{64}));
-        pack_q6(q, w);
-        return w;
-    }
     w.out = q.out;
     w.in = q.in;
     const bool two_level = q.sub_scales != nullptr;
-    w.dtype = two_level ? KVFUSE_DTYPE_Q4_SUPER256 : q.code_bits == 8 ? KVFUSE_DTYPE_Q8_BLOCK32 : KVFUSE_DTYPE_Q4_BLOCK32;
+    w.dtype = q.code_bits == 6 ? KVFUSE_DTYPE_Q6_SUPER256
+              : two_level      ? KVFUSE_DTYPE_Q4_SUPER256
+              : q.code_bits == 8 ? KVFUSE_DTYPE_Q8_BLOCK32
+                                 : KVFUSE_DTYPE_Q4_BLOCK32;
     w.panels = (q.out + kGemmPanel - 1) / kGemmPanel;
-    const std::size_t blocks = w.blocks(), code_bytes = w.code_bytes();
     w.data.reset(::operator new(w.panels * w.panel_bytes(), std::align_val_t{64}));
+    if (q.code_bits == 6) {
+        pack_q6(q, w);
+        return w;
+    }
+    const std::size_t blocks = w.blocks(), code_bytes = w.code_bytes();
     const auto panels = static_cast<std::ptrdiff_t>(w.panels);
     const bool eight = q.code_bits == 8;
 #if defined(KVFUSE_HAVE_OPENMP)
@@ -155,11 +160,7 @@ PackedWeightsData pack_quantized_weights(const kvfuse_quantized_weights& q) {
         for (std::size_t b = 0; b < blocks; ++b) {
             std::uint8_t* record = base + w.record_offset(b);
             std::uint8_t codes[kGemmPanel][kQuantBlock];  // padding columns: zero codes, scale, offset
-            for (std::size_t j = 0; j < kGemmPanel; ++j) {
-                const bool real = first + j < q.out;
-                for (std::size_t k = 0; k < kQuantBlock; ++k)
-                    codes[j][k] = real ? q.codes[(first + j) * q.codes_stride + b * kQuantBlock + k] : 0;
-            }
+            gather_block_codes(q, first, b, codes);
             for (std::size_t g = 0; g < kQuantBlock / 4; ++g)
                 for (std::size_t t = 0; t < 4; ++t) {
                     if (eight) {
