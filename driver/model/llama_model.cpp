@@ -216,9 +216,8 @@ LlamaModel::LlamaModel(std::shared_ptr<const GgufFile> file) : file_(std::move(f
 // F32 and BF16 matrices are packed once (the packed copy is the size of the file's; bf16 stays
 // bf16); the block types of block_codes.h are packed from their codes (no f32 copy, no
 // requantization: Q4_K in its two-level form, 4.75 bits a weight; Q6_K in its own, 6.625; other
-// 4-bit codes 6, 8-bit 10)
-// for the int8 product, and their file pages released; every other type stays in the mapped
-// file in its stored form.
+// 4-bit codes 6, 8-bit 10) for the int8 product, and their file pages released; every other
+// type stays in the mapped file in its stored form.
 LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t in, std::uint64_t out) {
     const GgufFile& f = *file_;
     const GgufTensor& t = f.require_tensor(name);
@@ -228,6 +227,23 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
     dense.in = static_cast<std::size_t>(in);
     dense.out = static_cast<std::size_t>(out);
     kvfuse::Status status;
+    // The block types: their codes in the API's form, packed, then the file's pages let go (the
+    // embedding's stay: its rows are read from them per token).
+    const auto quantized_form = [&](int code_bits, const std::uint8_t* codes) {
+        kvfuse_quantized_weights q;
+        kvfuse_quantized_weights_init(&q);
+        q.out = dense.out;
+        q.in = dense.in;
+        q.code_bits = code_bits;
+        q.codes = codes;
+        q.codes_stride = dense.in;
+        return q;
+    };
+    const auto pack_codes = [&](const kvfuse_quantized_weights& q, std::size_t packed_bytes) {
+        status = kvfuse::PackedWeights::pack_quantized(q, dense.packed);
+        resident_bytes_ += packed_bytes;
+        if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
+    };
     if (t.type == GgmlType::bf16 && reinterpret_cast<std::uintptr_t>(t.data) % alignof(kvfuse::bf16) == 0) {
         status = kvfuse::PackedWeights::pack(reinterpret_cast<const kvfuse::bf16*>(t.data), dense.out, dense.in, dense.in,
                                              kvfuse::Dtype::bf16, dense.packed);
@@ -246,22 +262,14 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
             q4_k_two_level_codes(t.data + r * row_bytes, dense.in, codes.data() + r * dense.in, sub_scales.data() + r * blocks,
                                  sub_offsets.data() + r * blocks, super_scales.data() + r * supers,
                                  super_offsets.data() + r * supers);
-        kvfuse_quantized_weights q;
-        kvfuse_quantized_weights_init(&q);
-        q.out = dense.out;
-        q.in = dense.in;
-        q.code_bits = 4;
-        q.codes = codes.data();
-        q.codes_stride = dense.in;
+        kvfuse_quantized_weights q = quantized_form(4, codes.data());
         q.block_stride = blocks;
         q.sub_scales = sub_scales.data();
         q.sub_offsets = sub_offsets.data();
         q.super_scales = super_scales.data();
         q.super_offsets = super_offsets.data();
         q.super_stride = supers;
-        status = kvfuse::PackedWeights::pack_quantized(q, dense.packed);
-        resident_bytes_ += (dense.out + 31) / 32 * 32 * (dense.in / 2 + blocks * 2 + supers * 8);
-        if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
+        pack_codes(q, (dense.out + 31) / 32 * 32 * (dense.in / 2 + blocks * 2 + supers * 8));
     } else if (t.type == GgmlType::q6_k && quantized_gemm_enabled()) {
         // Q6_K's own form (6.625 bits a weight): codes, signed per-16 sub-scales, d per 256.
         const std::size_t subs = dense.in / 16, supers = dense.in / 256;
@@ -272,20 +280,12 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
         for (std::size_t r = 0; r < dense.out; ++r)
             q6_k_codes(t.data + r * row_bytes, dense.in, codes.data() + r * dense.in, sub_scales.data() + r * subs,
                        super_scales.data() + r * supers);
-        kvfuse_quantized_weights q;
-        kvfuse_quantized_weights_init(&q);
-        q.out = dense.out;
-        q.in = dense.in;
-        q.code_bits = 6;
-        q.codes = codes.data();
-        q.codes_stride = dense.in;
+        kvfuse_quantized_weights q = quantized_form(6, codes.data());
         q.signed_sub_scales = sub_scales.data();
         q.signed_sub_stride = subs;
         q.super_scales = super_scales.data();
         q.super_stride = supers;
-        status = kvfuse::PackedWeights::pack_quantized(q, dense.packed);
-        resident_bytes_ += (dense.out + 31) / 32 * 32 * (dense.in * 6 / 8 + subs + supers * 4);
-        if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
+        pack_codes(q, (dense.out + 31) / 32 * 32 * (dense.in * 6 / 8 + subs + supers * 4));
     } else if (const int bits = block32_code_bits(t.type); bits != 0 && quantized_gemm_enabled()) {
         const std::size_t blocks = dense.in / 32;
         std::vector<std::uint8_t> codes(dense.out * dense.in);
@@ -294,19 +294,11 @@ LlamaModel::Dense LlamaModel::load_dense(const std::string& name, std::uint64_t 
         for (std::size_t r = 0; r < dense.out; ++r)
             block32_codes(t.type, t.data + r * row_bytes, dense.in, codes.data() + r * dense.in, scales.data() + r * blocks,
                           offsets.data() + r * blocks);
-        kvfuse_quantized_weights q;
-        kvfuse_quantized_weights_init(&q);
-        q.out = dense.out;
-        q.in = dense.in;
-        q.code_bits = bits;
-        q.codes = codes.data();
-        q.codes_stride = dense.in;
+        kvfuse_quantized_weights q = quantized_form(bits, codes.data());
         q.scales = scales.data();
         q.offsets = offsets.data();
         q.block_stride = blocks;
-        status = kvfuse::PackedWeights::pack_quantized(q, dense.packed);
-        resident_bytes_ += (dense.out + 31) / 32 * 32 * (dense.in * static_cast<std::size_t>(bits) / 8 + blocks * 8);
-        if (status.ok() && &t != embedding_) release_pages(t.data, t.bytes);
+        pack_codes(q, (dense.out + 31) / 32 * 32 * (dense.in * static_cast<std::size_t>(bits) / 8 + blocks * 8));
     } else {
         dense.tensor = &t;
         tiled_bytes_ += t.bytes;
