@@ -135,14 +135,12 @@ double magnitude(const QOperands& o, std::size_t i, std::size_t j) {
     return total;
 }
 
-void check(const QOperands& o, float beta, int threads, const std::string& what) {
-    const PackedWeights packed = pack(o);
-    ASSERT_FALSE(packed.empty());
-    std::vector<float> got = o.c, want = o.c;
-    const kvfuse::Status s = kvfuse::gemm(packed, o.a.data(), o.s.n, got.data(), beta, threads, o.lda, o.ldc);
-    ASSERT_TRUE(s.ok()) << s.message();
-    kvfuse::reference::gemm_quantized(o.a.data(), o.s.n, o.lda, o.codes.data(), o.ldcodes, o.scales.data(),
-                                      o.offsets.data(), o.ldblocks, o.s.out, o.s.in, beta, want.data(), o.ldc);
+// got against want (the reference's C) for the operands `o` of either form: NaN where the
+// reference has NaN, else within the int8 product's rounding of the terms' magnitude (beta C
+// included); the padding columns past out untouched.
+template <class Operands, class Magnitude>
+void expect_reference_within_rounding(const Operands& o, const std::vector<float>& got, const std::vector<float>& want,
+                                      float beta, Magnitude magnitude_of, const std::string& what) {
     const double eps = std::numeric_limits<float>::epsilon();
     const double blocks = double(o.s.in / 32);
     for (std::size_t i = 0; i < o.s.n; ++i) {
@@ -152,7 +150,7 @@ void check(const QOperands& o, float beta, int threads, const std::string& what)
                 ASSERT_TRUE(std::isnan(g)) << what << " (" << i << ", " << j << "): " << g << ", want NaN";
                 continue;
             }
-            const double m = magnitude(o, i, j) + (beta == 0.0f ? 0.0 : std::fabs(double(beta) * o.c[i * o.ldc + j]));
+            const double m = magnitude_of(o, i, j) + (beta == 0.0f ? 0.0 : std::fabs(double(beta) * o.c[i * o.ldc + j]));
             const double tolerance = (2 * blocks + 4) * eps * m + 1e-30;
             ASSERT_LE(std::fabs(double(g) - r), tolerance) << what << " (" << i << ", " << j << "): got " << g << " want " << r;
         }
@@ -160,6 +158,17 @@ void check(const QOperands& o, float beta, int threads, const std::string& what)
             ASSERT_EQ(std::memcmp(&got[i * o.ldc + j], &o.c[i * o.ldc + j], sizeof(float)), 0)
                 << what << ": padding column " << j << " of row " << i << " was written";
     }
+}
+
+void check(const QOperands& o, float beta, int threads, const std::string& what) {
+    const PackedWeights packed = pack(o);
+    ASSERT_FALSE(packed.empty());
+    std::vector<float> got = o.c, want = o.c;
+    const kvfuse::Status s = kvfuse::gemm(packed, o.a.data(), o.s.n, got.data(), beta, threads, o.lda, o.ldc);
+    ASSERT_TRUE(s.ok()) << s.message();
+    kvfuse::reference::gemm_quantized(o.a.data(), o.s.n, o.lda, o.codes.data(), o.ldcodes, o.scales.data(),
+                                      o.offsets.data(), o.ldblocks, o.s.out, o.s.in, beta, want.data(), o.ldc);
+    expect_reference_within_rounding(o, got, want, beta, magnitude, what);
 }
 
 std::string describe(const Shape& s, int bits, float beta, int threads, std::size_t pad) {
@@ -369,23 +378,7 @@ void check_q6(const Q6Operands& o, float beta, int threads, const std::string& w
     ASSERT_TRUE(s.ok()) << s.message();
     kvfuse::reference::gemm_q6_super256(o.a.data(), o.s.n, o.lda, o.codes.data(), o.ldcodes, o.sub_scales.data(), o.ldsub,
                                         o.super_scales.data(), o.ldsuper, o.s.out, o.s.in, beta, want.data(), o.ldc);
-    const double eps = std::numeric_limits<float>::epsilon();
-    const double blocks = double(o.s.in / 32);
-    for (std::size_t i = 0; i < o.s.n; ++i) {
-        for (std::size_t j = 0; j < o.s.out; ++j) {
-            const float g = got[i * o.ldc + j], r = want[i * o.ldc + j];
-            if (std::isnan(r)) {
-                ASSERT_TRUE(std::isnan(g)) << what << " (" << i << ", " << j << "): " << g << ", want NaN";
-                continue;
-            }
-            const double m = magnitude_q6(o, i, j) + (beta == 0.0f ? 0.0 : std::fabs(double(beta) * o.c[i * o.ldc + j]));
-            const double tolerance = (2 * blocks + 4) * eps * m + 1e-30;
-            ASSERT_LE(std::fabs(double(g) - r), tolerance) << what << " (" << i << ", " << j << "): got " << g << " want " << r;
-        }
-        for (std::size_t j = o.s.out; j < o.ldc; ++j)
-            ASSERT_EQ(std::memcmp(&got[i * o.ldc + j], &o.c[i * o.ldc + j], sizeof(float)), 0)
-                << what << ": padding column " << j << " of row " << i << " was written";
-    }
+    expect_reference_within_rounding(o, got, want, beta, magnitude_q6, what);
 }
 
 // Odd sizes around the register blocks (AVX2 2 rows, 32-register ISAs 3 of a 6-row tile), the
