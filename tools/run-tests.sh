@@ -16,14 +16,27 @@ jobs=$(nproc)
 lanes=${KVFUSE_TEST_LANES:-native nonavx sanitize aarch64 fuzz}
 summary=()
 
-lane() { echo; echo "=== lane: $1 ==="; lane_start=$SECONDS; }
-passed() { summary+=("$1: passed in $(((SECONDS - lane_start) / 60)) min $(((SECONDS - lane_start) % 60)) s"); }
+minsec() { echo "$(($1 / 60)) min $(($1 % 60)) s"; }
+lane() { echo; echo "=== lane: $1 ==="; lane_start=$SECONDS; lane_split=""; }
+passed() { summary+=("$1: passed in $(minsec $((SECONDS - lane_start)))${lane_split}"); }
 
+# Builds and runs ctest; the lane's summary line gets the build / test split, and the lane's log
+# the ten slowest tests (where the next budget cut would come from).
 build_and_test() {  # build_dir, cmake args...
     local build=$1; shift
+    local start=$SECONDS
     cmake -S "$root" -B "$build" "$@" >/dev/null
     cmake --build "$build" -j "$jobs"
-    (cd "$build" && ctest -j "$jobs" --output-on-failure --timeout 900)
+    local built=$SECONDS
+    (cd "$build" && ctest -j "$jobs" --output-on-failure --timeout 900 --output-junit "$build/ctest-junit.xml")
+    lane_split+=" (build $(minsec $((built - start))), ctest $(minsec $((SECONDS - built))))"
+    echo "slowest tests of $build:"
+    python3 - "$build/ctest-junit.xml" <<'PY' || true
+import sys, xml.etree.ElementTree as ET
+cases = [(float(c.get("time", 0)), c.get("name")) for c in ET.parse(sys.argv[1]).iter("testcase")]
+for seconds, name in sorted(cases, reverse=True)[:10]:
+    print(f"  {seconds:7.1f} s  {name}")
+PY
 }
 
 for l in $lanes; do
