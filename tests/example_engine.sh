@@ -6,7 +6,7 @@
 # Usage: example_engine.sh build_dir examples_src
 # EXAMPLE_FLAGS (environment) is added to every compile and link: a sanitizer build passes its
 # -fsanitize flags, since a sanitized library needs the sanitizer runtime first in the program;
-# with them only the find_package build is made and run.
+# with them only the find_package build is made and run (two requests).
 set -euo pipefail
 build_dir=$1
 examples=$2
@@ -20,7 +20,11 @@ flags=${EXAMPLE_FLAGS:-}
 cmake -S "$examples" -B "$work/cmake-build" -DCMAKE_PREFIX_PATH="$work/prefix" \
     -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$flags" >/dev/null
 cmake --build "$work/cmake-build" >/dev/null
-LD_LIBRARY_PATH=$libdir "$work/cmake-build/fused_request"
+# Under the sanitizers two requests: the third (the first request's chunk order again) exists for
+# the allocation count of RoPE calls at positions seen before, which a sanitizer's malloc skips.
+requests=()
+if [[ -n $flags ]]; then requests=(--requests 2); fi
+LD_LIBRARY_PATH=$libdir "$work/cmake-build/fused_request" "${requests[@]}"
 echo "find_package build of examples/ ran"
 # Under the sanitizers the one build shows what they check (the code, not the packaging): the
 # pkg-config build adds minutes there and is built and run in every plain build.
