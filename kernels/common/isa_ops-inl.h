@@ -1,6 +1,7 @@
 // Vector operations xsimd 8.1 lacks, for the ISA being compiled: a comparison's lanes as bits,
 // compress (the selected lanes moved to the front, in lane order) into memory, the same widened
-// to int64, and a multiply-add rounded once on every ISA. Included by a kernel's -inl.h inside its ISA translation unit; everything lands in
+// to int64 or over a group of 64 lanes with their positions, and a multiply-add rounded once on
+// every ISA. Included by a kernel's -inl.h inside its ISA translation unit; everything lands in
 // that unit's kvfuse::<isa> anonymous namespace (see kernels/README.md), so no copy leaks into
 // another ISA. Each operation is a template on the batch, dispatched on its lane count: 16 is
 // AVX-512, 8 is AVX2; any other width (NEON, or a batch wider than the ISA) takes the portable
@@ -137,6 +138,61 @@ inline std::size_t compress_store_widened(xsimd::batch<std::uint32_t, A> v, unsi
     alignas(64) std::array<std::uint32_t, lanes> values;
     const std::size_t count = compress_store(v, bits, values.data());
     for (std::size_t j = 0; j < count && j < room; ++j) dst[j] = values[j];
+    return count;
+}
+
+// compress_store over a group of 64 float lanes held in 64 / lanes batches (lane j of the group
+// is lane j % lanes of v[j / lanes]): the lanes selected by `bits` (bit j = lane j) stored in
+// lane order at `values`, and their positions in the group plus `first` at `indices`; returns
+// how many. Callers leave a whole vector of room past the count at both.
+//
+// With AVX512-VBMI2 (the avx512_vbmi2 variant) the group's selection costs one byte compress
+// of the 64 positions (vpcompressb) instead of eight 32-bit compresses (values and indices of
+// four vectors): each 16 selected positions are widened, become indices by an add, and pick
+// their values by two two-register permutes and a blend. vpcompressd costs about as much as
+// three plain vector operations on Zen 4, so this halves the filter's time there.
+template <class A, std::size_t G>
+inline std::size_t compress_store_group(const std::array<xsimd::batch<float, A>, G>& v, std::uint64_t bits,
+                                        std::uint32_t first, float* values, std::uint32_t* indices) {
+    constexpr std::size_t lanes = xsimd::batch<float, A>::size;
+    static_assert(lanes * G == 64, "a group is 64 lanes");
+#if defined(__AVX512VBMI2__)
+    if constexpr (lanes == 16) {
+        struct Positions {
+            alignas(64) std::array<std::uint8_t, 64> byte{};
+            constexpr Positions() {
+                for (unsigned j = 0; j < 64; ++j) byte[j] = static_cast<std::uint8_t>(j);
+            }
+        };
+        static constexpr Positions kPositions{};
+        __m512i rest = _mm512_maskz_compress_epi8(static_cast<__mmask64>(bits),
+                                                  _mm512_load_si512(kPositions.byte.data()));
+        const auto count = static_cast<std::size_t>(std::popcount(bits));
+        const __m512i base = _mm512_set1_epi32(static_cast<int>(first));
+        const __m512i upper_half = _mm512_set1_epi32(32);  // positions 32..63: v[2], v[3]
+        for (std::size_t j = 0; j < count; j += 16) {
+            const __m512i p = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(rest));
+            rest = _mm512_alignr_epi32(_mm512_setzero_si512(), rest, 4);  // the next 16 positions
+            const __m512 low = _mm512_permutex2var_ps(v[0], p, v[1]);
+            const __m512 high = _mm512_permutex2var_ps(v[2], p, v[3]);
+            _mm512_storeu_ps(values + j, _mm512_mask_blend_ps(_mm512_test_epi32_mask(p, upper_half), low, high));
+            _mm512_storeu_si512(indices + j, _mm512_add_epi32(p, base));
+        }
+        return count;
+    }
+#endif
+    using U = xsimd::batch<std::uint32_t, A>;
+    alignas(64) std::array<std::uint32_t, lanes> lane_numbers;
+    for (std::size_t j = 0; j < lanes; ++j) lane_numbers[j] = static_cast<std::uint32_t>(j);
+    U index = U::load_aligned(lane_numbers.data()) + U(first);
+    constexpr std::uint64_t lane_mask = (std::uint64_t{1} << lanes) - 1;
+    std::size_t count = 0;
+    for (std::size_t g = 0; g < G; ++g) {
+        const auto b = static_cast<unsigned>((bits >> (g * lanes)) & lane_mask);
+        compress_store(v[g], b, values + count);
+        count += compress_store(index, b, indices + count);
+        index += U(static_cast<std::uint32_t>(lanes));
+    }
     return count;
 }
 

@@ -63,6 +63,10 @@ constexpr std::size_t kHistogramMinSet = 512;
 constexpr std::size_t kCandidatesPerBucket = 16;
 constexpr std::size_t kMinBuckets = 64;
 
+// The filter keeps scores a group of kGroup at a time (kGroupVectors vectors).
+constexpr std::size_t kGroup = 64;
+constexpr std::size_t kGroupVectors = kGroup / kLanes;
+
 inline U32s first_indices() {
     alignas(64) std::array<std::uint32_t, kLanes> lanes;
     for (std::size_t j = 0; j < kLanes; ++j) lanes[j] = static_cast<std::uint32_t>(j);
@@ -83,6 +87,19 @@ void filter(const float* x, std::size_t n, float lo, float hi, Candidates& c) {
     const F32s one_bit(std::bit_cast<float>(1u));
     U32s above_per_lane(0u);
     std::size_t i = 0;
+    // Groups of 64 scores: one compress of the group (isa_ops' compress_store_group), which
+    // on AVX512-VBMI2 is a single byte compress of the kept positions.
+    for (; i + kGroup <= n; i += kGroup) {
+        std::array<F32s, kGroupVectors> v;
+        std::uint64_t keep = 0;
+        for (std::size_t g = 0; g < kGroupVectors; ++g) {
+            v[g] = F32s::load_unaligned(x + i + g * kLanes);
+            keep |= static_cast<std::uint64_t>(lane_bits(v[g] >= vlo)) << (g * kLanes);
+            above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(v[g] > vhi, one_bit, F32s(0.0f)));
+        }
+        count += compress_store_group(v, keep, static_cast<std::uint32_t>(i), values + count, indices + count);
+    }
+    index += U32s(static_cast<std::uint32_t>(i));
     for (; i + kLanes <= n; i += kLanes) {
         const F32s v = F32s::load_unaligned(x + i);
         const unsigned keep = lane_bits(v >= vlo);
