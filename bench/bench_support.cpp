@@ -36,7 +36,8 @@ void run_side_by_side(benchmark::State& state, const std::function<void()>& kern
 
 void run_side_by_side_with_floor(benchmark::State& state, const std::function<void()>& kernel,
                                  const std::function<void()>& baseline, const std::function<void()>& floor,
-                                 double work_per_call, const std::string& unit, double unit_scale) {
+                                 double work_per_call, const std::string& unit, double unit_scale,
+                                 const std::function<void()>& warm) {
     using clock = std::chrono::steady_clock;
     std::vector<double> kernel_s, baseline_s, floor_s;
     for (auto _ : state) {
@@ -48,10 +49,12 @@ void run_side_by_side_with_floor(benchmark::State& state, const std::function<vo
         const auto t0 = clock::now();
         baseline();
         const auto t1 = clock::now();
+        if (warm) warm();
+        const auto t1_kernel = clock::now();
         kernel();
         const auto t2 = clock::now();
         baseline_s.push_back(std::chrono::duration<double>(t1 - t0).count());
-        kernel_s.push_back(std::chrono::duration<double>(t2 - t1).count());
+        kernel_s.push_back(std::chrono::duration<double>(t2 - t1_kernel).count());
         state.SetIterationTime(kernel_s.back());
     }
     const double k = median(kernel_s), b = median(baseline_s);

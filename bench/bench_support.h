@@ -29,10 +29,13 @@ void run_side_by_side(benchmark::State& state, const std::function<void()>& kern
 // The same, also timing `floor` (the least work any kernel must do, e.g. one pass over the
 // input and the output written once) in every iteration, before the baseline so that the
 // kernel still runs right after the baseline: adds floor_<unit> and `pct_floor` = median
-// floor time / median kernel time, in percent.
+// floor time / median kernel time, in percent. `warm` (optional) runs untimed between the
+// baseline and the kernel: e.g. the kernel itself, so that the timed call finds its input and
+// buffers in cache again after a baseline that evicted them.
 void run_side_by_side_with_floor(benchmark::State& state, const std::function<void()>& kernel,
                                  const std::function<void()>& baseline, const std::function<void()>& floor,
-                                 double work_per_call, const std::string& unit, double unit_scale);
+                                 double work_per_call, const std::string& unit, double unit_scale,
+                                 const std::function<void()>& warm = nullptr);
 
 // The two halves of a data-movement floor, at the best vector width of this CPU (cloned per
 // target: the benchmarks are built for the baseline ISA): every 32-bit word of `words` read

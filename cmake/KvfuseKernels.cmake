@@ -57,7 +57,14 @@ set(KVFUSE_VARIANT_FEATURE_avx512_bf16 avx512_bf16)
 set(KVFUSE_VARIANT_KERNELS_avx512_bf16 gemm)
 set(KVFUSE_VARIANT_FLAGS_avx512_bf16 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512bf16 -mavx2 -mfma -mf16c)
 set(KVFUSE_VARIANT_ARCH_avx512_bf16 "xsimd::avx512bw")
-set(_all_variants neon_dotprod avx2_vnni avx512_vnni avx512_bf16)
+# AVX512-VBMI2: vpcompressb, the top-k filter's positions of 64 scores compressed at once
+# (Ice Lake, Zen 4/5).
+set(KVFUSE_VARIANT_BASE_avx512_vbmi2 avx512)
+set(KVFUSE_VARIANT_FEATURE_avx512_vbmi2 avx512_vbmi2)
+set(KVFUSE_VARIANT_KERNELS_avx512_vbmi2 topk)
+set(KVFUSE_VARIANT_FLAGS_avx512_vbmi2 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vbmi2 -mavx2 -mfma -mf16c)
+set(KVFUSE_VARIANT_ARCH_avx512_vbmi2 "xsimd::avx512bw")
+set(_all_variants neon_dotprod avx2_vnni avx512_vnni avx512_bf16 avx512_vbmi2)
 
 include(CheckCXXCompilerFlag)
 set(_default_variants "")

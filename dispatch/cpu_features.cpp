@@ -46,6 +46,7 @@ void detect(kvfuse_cpu_features& f) {
         f.avx512bw = (ebx >> 30) & 1;
         f.avx512vl = (ebx >> 31) & 1;
         f.avx512_vnni = (ecx >> 11) & 1;
+        f.avx512_vbmi2 = (ecx >> 6) & 1;
         if (max_subleaf >= 1) {
             __cpuid_count(7, 1, eax, ebx, ecx, edx);
             f.avx_vnni = (eax >> 4) & 1;
@@ -55,7 +56,7 @@ void detect(kvfuse_cpu_features& f) {
     // Features whose registers the OS does not save are unusable: report them as absent.
     if (!f.os_saves_avx) f.avx2 = f.fma = f.f16c = f.avx_vnni = 0;
     if (!f.os_saves_avx512)
-        f.avx512f = f.avx512bw = f.avx512dq = f.avx512vl = f.avx512_vnni = f.avx512_bf16 = 0;
+        f.avx512f = f.avx512bw = f.avx512dq = f.avx512vl = f.avx512_vnni = f.avx512_bf16 = f.avx512_vbmi2 = 0;
 
     if (__get_cpuid_max(0x80000000u, nullptr) >= 0x80000004u) {
         unsigned words[12];

@@ -23,7 +23,7 @@ struct StructVersions;
         static constexpr const char* name = #type;                                  \
         static constexpr std::initializer_list<std::size_t> sizes = {__VA_ARGS__}; \
     }
-KVFUSE_STRUCT_VERSIONS(kvfuse_cpu_features, KVFUSE_CPU_FEATURES_SIZE_V1);
+KVFUSE_STRUCT_VERSIONS(kvfuse_cpu_features, KVFUSE_CPU_FEATURES_SIZE_V1, KVFUSE_CPU_FEATURES_SIZE_V2);
 KVFUSE_STRUCT_VERSIONS(kvfuse_rope_config, KVFUSE_ROPE_CONFIG_SIZE_V1, KVFUSE_ROPE_CONFIG_SIZE_V2);
 KVFUSE_STRUCT_VERSIONS(kvfuse_attention_args, KVFUSE_ATTENTION_ARGS_SIZE_V1, KVFUSE_ATTENTION_ARGS_SIZE_V2);
 KVFUSE_STRUCT_VERSIONS(kvfuse_rope_args, KVFUSE_ROPE_ARGS_SIZE_V1, KVFUSE_ROPE_ARGS_SIZE_V2);

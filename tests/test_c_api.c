@@ -385,6 +385,11 @@ static void check_struct_sizes(void) {
         CHECK(kvfuse_get_cpu_features(&features) == KVFUSE_OK);
         features.struct_size = 1;
         CHECK_REFUSED(kvfuse_get_cpu_features(&features), KVFUSE_ERROR_STRUCT_SIZE, "features->struct_size");
+        /* A caller built before avx512_vbmi2 (V1) gets the older fields, and that one stays untouched. */
+        memset(&features, 0x5a, sizeof features);
+        features.struct_size = KVFUSE_CPU_FEATURES_SIZE_V1;
+        CHECK(kvfuse_get_cpu_features(&features) == KVFUSE_OK);
+        CHECK(features.avx512_vbmi2 == 0x5a5a5a5a && (features.avx2 == 0 || features.avx2 == 1));
         kvfuse_tuning_init(&tuning);
         CHECK(kvfuse_get_tuning(&tuning) == KVFUSE_OK && tuning.attention_row_block > 0);
         tuning.struct_size = 0;

@@ -77,6 +77,7 @@ TEST(Dispatch, CpuFeaturesAgreeWithTheOperatingSystem) {
     EXPECT_EQ(f.avx512_vnni != 0, has("avx512_vnni"));
     EXPECT_EQ(f.avx_vnni != 0, has("avx_vnni"));
     EXPECT_EQ(f.avx512_bf16 != 0, has("avx512_bf16"));
+    EXPECT_EQ(f.avx512_vbmi2 != 0, has("avx512_vbmi2"));
 #elif defined(__aarch64__)
     EXPECT_EQ(f.neon != 0, has("asimd"));
     EXPECT_EQ(f.arm_dotprod != 0, has("asimddp"));
@@ -100,7 +101,7 @@ TEST(Dispatch, DefaultIsTheWidestIsaTheOperatingSystemReports) {
         expected = kvfuse::Isa::avx512;
         // The variants registered over avx512, in registration order, joined by '+'.
         std::string variants;
-        for (const char* v : {"avx512_vnni", "avx512_bf16"})
+        for (const char* v : {"avx512_vnni", "avx512_bf16", "avx512_vbmi2"})
             if (has({v})) variants += (variants.empty() ? "" : "+") + std::string(v);
         expected_build = variants.empty() ? "avx512" : variants;
     } else if (has({"avx2", "fma", "f16c"})) {

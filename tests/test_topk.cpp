@@ -128,6 +128,26 @@ TEST_P(TopkTest, BracketHistogramEdgeCases) {
     for (std::size_t k : {n / 100, n / 100 + 1, n / 7, n / 7 + 5}) check(steps, k, "many ties at the boundary");
 }
 
+// The filter keeps scores a group of 64 at a time (on AVX512-VBMI2 through one byte compress of
+// the kept positions, then 16 at a time): groups keeping every count from 0 to 64 (so 0 to 4
+// runs of 16), the group tail of whole vectors and the scalar tail after it, with the kept ones
+// at every position in their group.
+TEST_P(TopkTest, FilterGroupsKeepingEveryCount) {
+    std::mt19937 rng(13);
+    std::normal_distribution<float> normal;
+    for (std::size_t n : {std::size_t{64 * 130}, std::size_t{64 * 130 + 16 * 3 + 5}, std::size_t{64 * 200 + 23}}) {
+        std::vector<float> x(n);
+        std::size_t high = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            const std::size_t group = i / 64, lane = (i * 37 + group * 11) % 64;  // scattered in the group
+            const bool kept = lane < group % 65;
+            x[i] = kept ? 10.0f + normal(rng) : normal(rng);
+            high += kept;
+        }
+        for (std::size_t k : {high / 3, high, high + n / 50, n / 2, n - 7}) check(x, k, "groups of every count");
+    }
+}
+
 TEST_P(TopkTest, InfinitiesAndNaNs) {
     const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
     for (std::size_t n : {50, 9000}) {

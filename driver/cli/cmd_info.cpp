@@ -23,9 +23,9 @@ int run_info(const std::string& model_path, const PlacementCliOptions& placement
     const kvfuse::CpuFeatures f = kvfuse::cpu_features();
     std::printf("cpu: %s\n", f.brand[0] ? f.brand : "(unknown model)");
     std::printf("cpu features: avx2 %s, fma %s, f16c %s, avx512f %s, avx512bw %s, avx512dq %s, "
-                "avx512vl %s, avx512_vnni %s, avx512_bf16 %s, avx_vnni %s, neon %s, dotprod %s\n",
+                "avx512vl %s, avx512_vnni %s, avx512_bf16 %s, avx512_vbmi2 %s, avx_vnni %s, neon %s, dotprod %s\n",
                 yes_no(f.avx2), yes_no(f.fma), yes_no(f.f16c), yes_no(f.avx512f), yes_no(f.avx512bw),
-                yes_no(f.avx512dq), yes_no(f.avx512vl), yes_no(f.avx512_vnni), yes_no(f.avx512_bf16),
+                yes_no(f.avx512dq), yes_no(f.avx512vl), yes_no(f.avx512_vnni), yes_no(f.avx512_bf16), yes_no(f.avx512_vbmi2),
                 yes_no(f.avx_vnni), yes_no(f.neon), yes_no(f.arm_dotprod));
     std::printf("os saves vector state: avx %s, avx512 %s\n", yes_no(f.os_saves_avx), yes_no(f.os_saves_avx512));
     std::printf("%-8s %-9s %s\n", "isa", "compiled", "supported");

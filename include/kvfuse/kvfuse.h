@@ -147,9 +147,11 @@ typedef struct kvfuse_cpu_features {
     int os_saves_avx, os_saves_avx512;      /* XCR0 says the OS saves the vector state */
     int neon, arm_dotprod;
     char brand[64]; /* CPU model string, "" when unknown */
+    int avx512_vbmi2; /* (V2) byte compress: the top-k filter's variant */
 } kvfuse_cpu_features;
 
-#define KVFUSE_CPU_FEATURES_SIZE_V1 sizeof(kvfuse_cpu_features)
+#define KVFUSE_CPU_FEATURES_SIZE_V1 offsetof(kvfuse_cpu_features, avx512_vbmi2)
+#define KVFUSE_CPU_FEATURES_SIZE_V2 sizeof(kvfuse_cpu_features)
 
 KVFUSE_INLINE void kvfuse_cpu_features_init(kvfuse_cpu_features* features) {
     memset(features, 0, sizeof *features);

@@ -1,12 +1,14 @@
 // Vector operations xsimd 8.1 lacks, for the ISA being compiled: a comparison's lanes as bits,
 // compress (the selected lanes moved to the front, in lane order) into memory, the same widened
-// to int64, and a multiply-add rounded once on every ISA. Included by a kernel's -inl.h inside its ISA translation unit; everything lands in
+// to int64 or over a group of 64 lanes with their positions, and a multiply-add rounded once on
+// every ISA. Included by a kernel's -inl.h inside its ISA translation unit; everything lands in
 // that unit's kvfuse::<isa> anonymous namespace (see kernels/README.md), so no copy leaks into
 // another ISA. Each operation is a template on the batch, dispatched on its lane count: 16 is
 // AVX-512, 8 is AVX2; any other width (NEON, or a batch wider than the ISA) takes the portable
 // lane loop, so a kernel reads the same on every ISA.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <cstddef>
@@ -137,6 +139,138 @@ inline std::size_t compress_store_widened(xsimd::batch<std::uint32_t, A> v, unsi
     alignas(64) std::array<std::uint32_t, lanes> values;
     const std::size_t count = compress_store(v, bits, values.data());
     for (std::size_t j = 0; j < count && j < room; ++j) dst[j] = values[j];
+    return count;
+}
+
+// Groups of 64 lanes (64 / lanes batches; lane j of the group is lane j % lanes of batch
+// j / lanes), selected by a 64-bit mask (bit j = lane j). With AVX512-VBMI2 (the avx512_vbmi2
+// variant) a group's selection costs one byte compress of its 64 positions (vpcompressb)
+// instead of one 32-bit compress per batch and output: each 16 selected positions are then
+// widened, and become indices by an add or pick their values by two two-register permutes and
+// a blend. vpcompressd costs about as much as three plain vector operations on Zen 4, so the
+// top-k kernel takes a different route where this is cheap (kGroupCompressIsCheap).
+#if defined(__AVX512VBMI2__)
+template <class A>
+constexpr bool kGroupCompressIsCheap = xsimd::batch<float, A>::size == 16;
+
+// The positions (0..63) of the set bits of `bits`, in order, as the bytes of a vector.
+inline __m512i group_positions(std::uint64_t bits) {
+    struct Positions {
+        alignas(64) std::array<std::uint8_t, 64> byte{};
+        constexpr Positions() {
+            for (unsigned j = 0; j < 64; ++j) byte[j] = static_cast<std::uint8_t>(j);
+        }
+    };
+    static constexpr Positions kPositions{};
+    return _mm512_maskz_compress_epi8(static_cast<__mmask64>(bits), _mm512_load_si512(kPositions.byte.data()));
+}
+
+// The 16 lanes of a group of four batches at the positions p (32-bit lanes, each 0..63).
+inline __m512 group_lanes(const __m512 v0, const __m512 v1, const __m512 v2, const __m512 v3, __m512i p) {
+    const __m512 low = _mm512_permutex2var_ps(v0, p, v1);
+    const __m512 high = _mm512_permutex2var_ps(v2, p, v3);
+    return _mm512_mask_blend_ps(_mm512_test_epi32_mask(p, _mm512_set1_epi32(32)), low, high);
+}
+#else
+template <class A>
+constexpr bool kGroupCompressIsCheap = false;
+#endif
+
+template <class A>
+inline constexpr std::uint64_t kBatchBits = (std::uint64_t{1} << xsimd::batch<float, A>::size) - 1;
+
+// compress_store over a group: the selected lanes stored in lane order at `values` and their
+// positions in the group plus `first` at `indices`; returns how many. Callers leave a whole
+// vector of room past the count at both.
+template <class A, std::size_t G>
+inline std::size_t compress_store_group(const std::array<xsimd::batch<float, A>, G>& v, std::uint64_t bits,
+                                        std::uint32_t first, float* values, std::uint32_t* indices) {
+    constexpr std::size_t lanes = xsimd::batch<float, A>::size;
+    static_assert(lanes * G == 64, "a group is 64 lanes");
+#if defined(__AVX512VBMI2__)
+    if constexpr (lanes == 16) {
+        __m512i rest = group_positions(bits);
+        const auto count = static_cast<std::size_t>(std::popcount(bits));
+        const __m512i base = _mm512_set1_epi32(static_cast<int>(first));
+        for (std::size_t j = 0; j < count; j += 16) {
+            const __m512i p = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(rest));
+            rest = _mm512_alignr_epi32(_mm512_setzero_si512(), rest, 4);  // the next 16 positions
+            _mm512_storeu_ps(values + j, group_lanes(v[0], v[1], v[2], v[3], p));
+            _mm512_storeu_si512(indices + j, _mm512_add_epi32(p, base));
+        }
+        return count;
+    }
+#endif
+    using U = xsimd::batch<std::uint32_t, A>;
+    alignas(64) std::array<std::uint32_t, lanes> lane_numbers;
+    for (std::size_t j = 0; j < lanes; ++j) lane_numbers[j] = static_cast<std::uint32_t>(j);
+    U index = U::load_aligned(lane_numbers.data()) + U(first);
+    std::size_t count = 0;
+    for (std::size_t g = 0; g < G; ++g) {
+        const auto b = static_cast<unsigned>((bits >> (g * lanes)) & kBatchBits<A>);
+        compress_store(v[g], b, values + count);
+        count += compress_store(index, b, indices + count);
+        index += U(static_cast<std::uint32_t>(lanes));
+    }
+    return count;
+}
+
+// The same, values only.
+template <class A, std::size_t G>
+inline std::size_t compress_store_group(const std::array<xsimd::batch<float, A>, G>& v, std::uint64_t bits,
+                                        float* values) {
+    constexpr std::size_t lanes = xsimd::batch<float, A>::size;
+    static_assert(lanes * G == 64, "a group is 64 lanes");
+#if defined(__AVX512VBMI2__)
+    if constexpr (lanes == 16) {
+        __m512i rest = group_positions(bits);
+        const auto count = static_cast<std::size_t>(std::popcount(bits));
+        for (std::size_t j = 0; j < count; j += 16) {
+            const __m512i p = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(rest));
+            rest = _mm512_alignr_epi32(_mm512_setzero_si512(), rest, 4);
+            _mm512_storeu_ps(values + j, group_lanes(v[0], v[1], v[2], v[3], p));
+        }
+        return count;
+    }
+#endif
+    std::size_t count = 0;
+    for (std::size_t g = 0; g < G; ++g)
+        count += compress_store(v[g], static_cast<unsigned>((bits >> (g * lanes)) & kBatchBits<A>), values + count);
+    return count;
+}
+
+// The positions of a group's selected lanes plus `first`, as int64 in order, at most `room` of
+// them written at dst (whole vectors while there is room, masked stores near the end); returns
+// the count selected (which may exceed room).
+template <class A>
+inline std::size_t compress_positions_widened(std::uint64_t bits, std::uint64_t first, std::int64_t* dst,
+                                              std::size_t room) {
+    const auto count = static_cast<std::size_t>(std::popcount(bits));
+#if defined(__AVX512VBMI2__)
+    if constexpr (xsimd::batch<float, A>::size == 16) {
+        __m512i rest = group_positions(bits);
+        const __m512i base = _mm512_set1_epi64(static_cast<long long>(first));
+        for (std::size_t j = 0; j < count && j < room; j += 16) {
+            const __m128i p = _mm512_castsi512_si128(rest);
+            rest = _mm512_alignr_epi32(_mm512_setzero_si512(), rest, 4);
+            const __m512i low = _mm512_add_epi64(_mm512_cvtepu8_epi64(p), base);
+            const __m512i high = _mm512_add_epi64(_mm512_cvtepu8_epi64(_mm_srli_si128(p, 8)), base);
+            if (room - j >= 16) {
+                _mm512_storeu_si512(dst + j, low);
+                _mm512_storeu_si512(dst + j + 8, high);
+            } else {  // never beyond room nor the count
+                const std::size_t left = std::min(count - j, room - j);
+                const unsigned written = (1u << left) - 1u;
+                _mm512_mask_storeu_epi64(dst + j, static_cast<__mmask8>(written), low);
+                _mm512_mask_storeu_epi64(dst + j + 8, static_cast<__mmask8>(written >> 8), high);
+            }
+        }
+        return count;
+    }
+#endif
+    std::size_t written = 0;
+    for (std::uint64_t rest = bits; rest != 0 && written < room; rest &= rest - 1)
+        dst[written++] = static_cast<std::int64_t>(first + static_cast<std::uint64_t>(std::countr_zero(rest)));
     return count;
 }
 

@@ -13,9 +13,13 @@
 //    looked up among the candidates. Otherwise every score becomes a candidate and the
 //    selection is exact on all of them. 4. A last compress pass over the candidates writes the
 //    int64 indices of those ranked at or above the boundary straight into the result.
-// Candidates stay in index order, so the position-ordered result needs no sort. Where the time
-// goes (AVX-512, N = 131072, k = 15 %, scores not in L2): the filter pass about half, packing
-// the middle candidates a quarter, the output pass a fifth, the samples and histogram the rest.
+// Candidates stay in index order, so the position-ordered result needs no sort.
+// Where a group compress is cheap (AVX512-VBMI2: one vpcompressb picks the kept ones of 64
+// scores) and many scores are candidates (large k), steps 2 and 4 differ: the filter keeps only
+// the middle candidates' values, and the output pass reads the scores again, writing the
+// positions of those ranked at or above the boundary (select_from_scores).
+// Where the time goes (AVX-512, N = 131072, k = 15 %, perf): the filter pass about 40 %,
+// the output pass a fifth, packing the middle candidates, the samples and histogram the rest.
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -63,6 +67,17 @@ constexpr std::size_t kHistogramMinSet = 512;
 constexpr std::size_t kCandidatesPerBucket = 16;
 constexpr std::size_t kMinBuckets = 64;
 
+// Where a group compress is cheap (isa_ops' kGroupCompressIsCheap), the selection is taken
+// from the scores (select_from_scores) when more than this share of them is expected to be a
+// candidate (>= lo): AVX512-VBMI2 on Zen 4 at N = 131072, k = 50 % (candidates ~59 %) 0.8x the
+// time of the candidates' route; at k = 15 % (~20 %) and below that route is faster: its
+// output pass reads only the candidates, not all the scores again.
+constexpr double kFromScoresMinShare = 0.3;
+// Where a group compress is cheap, the filters keep scores a group of kGroup at a time
+// (kGroupVectors vectors); elsewhere a vector at a time (groups measured 4-6 % slower on AVX2).
+constexpr std::size_t kGroup = 64;
+constexpr std::size_t kGroupVectors = kGroup / kLanes;
+
 inline U32s first_indices() {
     alignas(64) std::array<std::uint32_t, kLanes> lanes;
     for (std::size_t j = 0; j < kLanes; ++j) lanes[j] = static_cast<std::uint32_t>(j);
@@ -83,6 +98,19 @@ void filter(const float* x, std::size_t n, float lo, float hi, Candidates& c) {
     const F32s one_bit(std::bit_cast<float>(1u));
     U32s above_per_lane(0u);
     std::size_t i = 0;
+    // Groups of 64 scores: one compress of the group (isa_ops' compress_store_group), which
+    // on AVX512-VBMI2 is a single byte compress of the kept positions.
+    for (; kGroupCompressIsCheap<Arch> && i + kGroup <= n; i += kGroup) {
+        std::array<F32s, kGroupVectors> v;
+        std::uint64_t keep = 0;
+        for (std::size_t g = 0; g < kGroupVectors; ++g) {
+            v[g] = F32s::load_unaligned(x + i + g * kLanes);
+            keep |= static_cast<std::uint64_t>(lane_bits(v[g] >= vlo)) << (g * kLanes);
+            above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(v[g] > vhi, one_bit, F32s(0.0f)));
+        }
+        count += compress_store_group(v, keep, static_cast<std::uint32_t>(i), values + count, indices + count);
+    }
+    index += U32s(static_cast<std::uint32_t>(i));
     for (; i + kLanes <= n; i += kLanes) {
         const F32s v = F32s::load_unaligned(x + i);
         const unsigned keep = lane_bits(v >= vlo);
@@ -143,6 +171,16 @@ std::size_t pack_between(const float* v, std::size_t n, float lo, float hi, floa
     const F32s one_bit(std::bit_cast<float>(1u));
     U32s above_per_lane(0u);
     std::size_t m = 0, i = 0;
+    for (; kGroupCompressIsCheap<Arch> && i + kGroup <= n; i += kGroup) {
+        std::array<F32s, kGroupVectors> x;
+        std::uint64_t keep = 0;
+        for (std::size_t g = 0; g < kGroupVectors; ++g) {
+            x[g] = F32s::load_unaligned(v + i + g * kLanes);
+            keep |= static_cast<std::uint64_t>(lane_bits((x[g] >= vlo) & (x[g] <= vhi))) << (g * kLanes);
+            above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(x[g] > vhi, one_bit, F32s(0.0f)));
+        }
+        m += compress_store_group(x, keep, out + m);
+    }
     for (; i + kLanes <= n; i += kLanes) {
         const F32s x = F32s::load_unaligned(v + i);
         above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(x > vhi, one_bit, F32s(0.0f)));
@@ -166,12 +204,13 @@ std::size_t pack_between(const float* v, std::size_t n, float lo, float hi, floa
 struct Boundary {
     float value;
     std::size_t ties;
+    std::size_t equal;  // how many of the set equal it (ties == equal: every one is taken)
 };
 
-// The boundary: the `need`-th best (1-based, 1 <= need <= middle count) of the candidates in
-// [lo, hi]. Candidates above hi are skipped.
+// The boundary: the `need`-th best (1-based, 1 <= need <= m) of the m candidates in [lo, hi]
+// that the caller packed into c.middle_values[0].
 //
-// The middle candidates are packed, then narrowed like the first bracket (Floyd and Rivest's
+// The middle candidates are narrowed like the first bracket (Floyd and Rivest's
 // selection): a strided sample of them brackets the boundary again, and one vector pass keeps
 // the ones inside; each round cuts a large middle (about 11 % of N at k = 15 %) to about a
 // quarter. A round whose bracket misses (the sample misled it) is undone. What is left goes to
@@ -179,10 +218,8 @@ struct Boundary {
 // boundary; an exact selection among that bucket's handful of scores finds the boundary.
 // (A histogram of the whole middle cost a dependent memory increment per candidate: a third
 // of the kernel's time at k = 15 %.)
-Boundary boundary_of(Candidates& c, float lo, float hi, std::size_t need, std::size_t sample_size) {
+Boundary boundary_of(Candidates& c, std::size_t m, float lo, float hi, std::size_t need, std::size_t sample_size) {
     std::array<float*, 2> set_values{c.middle_values[0].data(), c.middle_values[1].data()};
-    std::size_t above = 0;
-    std::size_t m = pack_between(c.values.data(), c.count, lo, hi, set_values[0], above);
     int current = 0;
     // Rounds of narrowing while the set is large enough to pay for a sample.
     const std::size_t round_sample = std::min(sample_size, kRoundSample);
@@ -261,9 +298,11 @@ Boundary boundary_of(Candidates& c, float lo, float hi, std::size_t need, std::s
     std::nth_element(values, nth, values + kept, std::greater<float>());
     // Those before nth are >= it; the ones equal to it are taken too.
     const float value = *nth;
-    std::size_t greater = 0;
+    std::size_t greater = 0, equal = 0;
     for (const float* v = values; v != nth; ++v) greater += *v > value;
-    return {value, need - greater};
+    // Every score equal to the boundary is in its bucket, so among the kept ones.
+    for (const float* v = values; v != values + kept; ++v) equal += *v == value;
+    return {value, need - greater, equal};
 }
 
 // The index of the `tie`-th (1-based) candidate equal to `value`, in index order.
@@ -313,6 +352,110 @@ std::size_t take_selected(const Candidates& c, float bv, std::uint32_t bi, bool 
     for (; i < c.count && taken < room; ++i)
         if (values[i] > bv || (i < ties_end && values[i] == bv)) out[taken++] = indices[i];
     return std::min(taken, room);
+}
+
+// The other route: the filter keeps every candidate's value and index, the output pass
+// compresses the selected candidates' indices. Returns how many numbers it wrote.
+std::size_t select_from_candidates(const float* x, std::size_t n, std::size_t k, float lo, float hi, std::int64_t* out,
+                                   Candidates& c, std::size_t sample_size) {
+    filter(x, n, lo, hi, c);
+    if (c.count < k || c.above_hi > k) {
+        // The sample misled us (rare): take every number as a candidate and select exactly.
+        lo = -std::numeric_limits<float>::infinity();
+        hi = std::numeric_limits<float>::infinity();
+        filter(x, n, lo, hi, c);
+    }
+    // Candidates are numbers (the filter drops NaN). Of the middle ones, in [lo, hi], the best
+    // `need` complete the scores above hi.
+    const std::size_t need = k - std::min(k, c.above_hi);
+    const std::size_t middle_count = c.count - c.above_hi;
+    std::size_t taken = 0;
+    if (need == 0) {
+        taken = take_selected(c, hi, 0, false, out, k);  // exactly the scores above hi
+    } else if (need <= middle_count) {
+        std::size_t above = 0;
+        const std::size_t m = pack_between(c.values.data(), c.count, lo, hi, c.middle_values[0].data(), above);
+        const Boundary boundary = boundary_of(c, m, lo, hi, need, sample_size);
+        taken = take_selected(c, boundary.value, index_of_tie(c, boundary.value, boundary.ties), true, out, k);
+    } else {
+        // Fewer numbers than k (only after the full-range retry): every number, then NaNs.
+        std::copy(c.indices.begin(), c.indices.begin() + static_cast<std::ptrdiff_t>(c.count), out);
+        taken = c.count;
+    }
+    return taken;
+}
+
+// The route where a group compress is cheap (kGroupCompressIsCheap: AVX512-VBMI2). The filter
+// keeps only the middle scores' values; once the boundary is known, one more pass over the
+// scores writes the selected positions straight into the result. That second read of the
+// scores (from L2) costs less than compressing every candidate's index in the filter and
+// again in the output pass, as the other route does.
+
+// Packs the scores in [lo, hi] (values only) into c.middle_values[0] and counts those above
+// hi (c.above_hi) and those >= lo (c.count). NaN is neither. Returns the count in [lo, hi].
+std::size_t filter_middle(const float* x, std::size_t n, float lo, float hi, Candidates& c) {
+    std::size_t above = 0;
+    const std::size_t m = pack_between(x, n, lo, hi, c.middle_values[0].data(), above);
+    c.above_hi = above;
+    c.count = above + m;
+    return m;
+}
+
+// The index of the `tie`-th (1-based) score equal to `value`, in index order (there is one).
+std::size_t index_of_tie_in_scores(const float* x, std::size_t n, float value, std::size_t tie) {
+    const F32s vv(value);
+    std::size_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+        unsigned equal = lane_bits(F32s::load_unaligned(x + i) == vv);
+        const auto here = static_cast<std::size_t>(std::popcount(equal));
+        if (here >= tie) {
+            for (; tie > 1; --tie) equal &= equal - 1;
+            return i + static_cast<std::size_t>(std::countr_zero(equal));
+        }
+        tie -= here;
+    }
+    for (;; ++i)
+        if (x[i] == value && --tie == 0) return i;
+}
+
+// Writes, in index order, the positions of the scores > bv and of those == bv below ties_end;
+// at most `room` of them. Returns how many.
+std::size_t take_from_scores(const float* x, std::size_t n, float bv, std::size_t ties_end, std::int64_t* out,
+                             std::size_t room) {
+    const F32s vb(bv);
+    std::size_t taken = 0, i = 0;
+    for (; kGroupCompressIsCheap<Arch> && i + kGroup <= n && taken < room; i += kGroup) {
+        std::uint64_t greater = 0, equal = 0;
+        for (std::size_t g = 0; g < kGroupVectors; ++g) {
+            const F32s v = F32s::load_unaligned(x + i + g * kLanes);
+            greater |= static_cast<std::uint64_t>(lane_bits(v > vb)) << (g * kLanes);
+            equal |= static_cast<std::uint64_t>(lane_bits(v == vb)) << (g * kLanes);
+        }
+        const std::uint64_t equal_taken = ties_end >= i + kGroup ? ~std::uint64_t{0}
+                                          : ties_end <= i        ? std::uint64_t{0}
+                                                                 : (std::uint64_t{1} << (ties_end - i)) - 1;
+        taken += compress_positions_widened<Arch>(greater | (equal & equal_taken), i, out + taken, room - taken);
+    }
+    for (; i < n && taken < room; ++i)
+        if (x[i] > bv || (i < ties_end && x[i] == bv)) out[taken++] = static_cast<std::int64_t>(i);
+    return std::min(taken, room);
+}
+
+// The selection on that route: filter, boundary, output; returns how many numbers it wrote.
+std::size_t select_from_scores(const float* x, std::size_t n, std::size_t k, float lo, float hi, std::int64_t* out,
+                               Candidates& c, std::size_t sample_size) {
+    std::size_t m = filter_middle(x, n, lo, hi, c);
+    if (c.count < k || c.above_hi > k) {  // the sample misled us (rare): every number a candidate
+        lo = -std::numeric_limits<float>::infinity();
+        hi = std::numeric_limits<float>::infinity();
+        m = filter_middle(x, n, lo, hi, c);
+    }
+    const std::size_t need = k - std::min(k, c.above_hi);
+    if (need == 0) return take_from_scores(x, n, hi, 0, out, k);  // exactly the scores above hi
+    if (need > m) return take_from_scores(x, n, -std::numeric_limits<float>::infinity(), n, out, k);  // every number
+    const Boundary b = boundary_of(c, m, lo, hi, need, sample_size);
+    const std::size_t ties_end = b.ties == b.equal ? n : index_of_tie_in_scores(x, n, b.value, b.ties) + 1;
+    return take_from_scores(x, n, b.value, ties_end, out, k);
 }
 
 // The value at descending rank `rank` (clamped) of sample[0, size): a quickselect whose
@@ -377,35 +520,23 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
         sampled += x[i] == x[i];
     }
     float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
+    double candidate_share = 1.0;  // of the scores expected >= lo
     if (sampled >= kMinBracketSample && n >= kMinBracketedScores) {
         const double expected = static_cast<double>(k) * sampled / n;
         const double margin = bracket_margin(expected);
         const double lo_rank = expected + margin, hi_rank = expected - margin;
         const std::array<float*, 3> scratch{sample + sample_room, sample + 2 * sample_room, sample + 3 * sample_room};
-        if (lo_rank < static_cast<double>(sampled)) lo = sample_rank(sample, sampled, static_cast<std::size_t>(lo_rank), scratch);
+        if (lo_rank < static_cast<double>(sampled)) {
+            lo = sample_rank(sample, sampled, static_cast<std::size_t>(lo_rank), scratch);
+            candidate_share = lo_rank / static_cast<double>(sampled);
+        }
         if (hi_rank >= 0.0) hi = sample_rank(sample, sampled, static_cast<std::size_t>(hi_rank), scratch);
     }
-    filter(x, n, lo, hi, c);
-    if (c.count < k || c.above_hi > k) {
-        // The sample misled us (rare): take every number as a candidate and select exactly.
-        lo = -std::numeric_limits<float>::infinity();
-        hi = std::numeric_limits<float>::infinity();
-        filter(x, n, lo, hi, c);
-    }
-    // Candidates are numbers (the filter drops NaN). Of the middle ones, in [lo, hi], the best
-    // `need` complete the scores above hi.
-    const std::size_t need = k - std::min(k, c.above_hi);
-    const std::size_t middle_count = c.count - c.above_hi;
     std::size_t taken = 0;
-    if (need == 0) {
-        taken = take_selected(c, hi, 0, false, out, k);  // exactly the scores above hi
-    } else if (need <= middle_count) {
-        const Boundary boundary = boundary_of(c, lo, hi, need, sample_size);
-        taken = take_selected(c, boundary.value, index_of_tie(c, boundary.value, boundary.ties), true, out, k);
+    if (kGroupCompressIsCheap<Arch> && candidate_share > kFromScoresMinShare) {
+        taken = select_from_scores(x, n, k, lo, hi, out, c, sample_size);
     } else {
-        // Fewer numbers than k (only after the full-range retry): every number, then NaNs.
-        std::copy(c.indices.begin(), c.indices.begin() + static_cast<std::ptrdiff_t>(c.count), out);
-        taken = c.count;
+        taken = select_from_candidates(x, n, k, lo, hi, out, c, sample_size);
     }
     // NaNs rank last, among themselves by index: the lowest-index ones fill what is left.
     std::vector<std::int64_t>& nans = c.nans;
