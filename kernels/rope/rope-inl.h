@@ -92,6 +92,60 @@ void neox_f32(const float* src, float* dst, std::size_t half, const RopeTable& t
     for (; i < half; ++i) rotate_pair(src[i], src[half + i], t.cos[i], t.sin[i], dst[i], dst[half + i]);
 }
 
+// `heads` NeoX heads of kVectors vectors B per half (every dim rotating), head h at
+// src + h * src_stride: the row's tables are loaded into registers once and kept across its heads
+// (a per-head call reloaded them for every head, and its loop and call cost more than the
+// rotation at D = 64). The FMA sequence of neox_f32_step, so the bits are the per-head path's.
+template <class B, std::size_t kVectors>
+void neox_f32_heads_fixed(const float* src, std::size_t src_stride, float* dst, std::size_t dst_stride,
+                          std::size_t heads, const RopeTable& t) {
+    constexpr std::size_t half = kVectors * B::size;
+    B c[kVectors], s[kVectors];
+    for (std::size_t v = 0; v < kVectors; ++v) {
+        c[v] = B::load_unaligned(t.cos.data() + v * B::size);
+        s[v] = B::load_unaligned(t.sin.data() + v * B::size);
+    }
+    for (std::size_t h = 0; h < heads; ++h) {
+        const float* x = src + h * src_stride;
+        float* y = dst + h * dst_stride;
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            const B x1 = B::load_unaligned(x + v * B::size);
+            const B x2 = B::load_unaligned(x + half + v * B::size);
+            fused_multiply_sub(x1, c[v], x2 * s[v]).store_unaligned(y + v * B::size);
+            fused_multiply_add(x1, s[v], x2 * c[v]).store_unaligned(y + half + v * B::size);
+        }
+    }
+}
+
+// The full vector first, else a narrower one with a fused multiply-add (AVX-512's ymm: D = 80 is
+// five of them); kVectors up to 8 (AVX2 at D = 128: the compiler keeps what registers allow).
+template <class B>
+bool neox_f32_heads_with(const float* src, std::size_t src_stride, float* dst, std::size_t dst_stride,
+                         std::size_t heads, std::size_t half, const RopeTable& t) {
+    if (half % B::size != 0) return false;
+    switch (half / B::size) {
+        case 1: neox_f32_heads_fixed<B, 1>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 2: neox_f32_heads_fixed<B, 2>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 3: neox_f32_heads_fixed<B, 3>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 4: neox_f32_heads_fixed<B, 4>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 5: neox_f32_heads_fixed<B, 5>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 6: neox_f32_heads_fixed<B, 6>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 8: neox_f32_heads_fixed<B, 8>(src, src_stride, dst, dst_stride, heads, t); return true;
+        default: return false;
+    }
+}
+
+// `heads` NeoX f32 heads of `half` pairs through neox_f32_heads_fixed; false where the half head
+// is no such number of vectors (the caller goes head by head).
+bool neox_f32_heads(const float* src, std::size_t src_stride, float* dst, std::size_t dst_stride, std::size_t heads,
+                    std::size_t half, const RopeTable& t) {
+    using Narrow = detail::narrower_fused_arch_t<Arch>;
+    if (neox_f32_heads_with<F32s>(src, src_stride, dst, dst_stride, heads, half, t)) return true;
+    if constexpr (!std::is_void_v<Narrow>)
+        return neox_f32_heads_with<xsimd::batch<float, Narrow>>(src, src_stride, dst, dst_stride, heads, half, t);
+    return false;
+}
+
 // `count` interleaved elements (even) with per-element tables cos2/sin2, from element `first` of
 // the tables (a chunk of a flattened row).
 void interleaved_f32(const float* src, float* dst, std::size_t count, const RopeTable& t, std::size_t first = 0) {
@@ -372,6 +426,10 @@ void rotate_row(const RopePlan& plan, const Element<kType>* src, std::size_t src
     if (plan.neox_small_heads() && src_head_stride == head_dim && dst_head_stride == head_dim &&
         neox_small_heads_row(plan, src, dst, heads, table, kType == KVFUSE_DTYPE_BF16))
         return;
+    if constexpr (kType == KVFUSE_DTYPE_F32)
+        if (!interleaved && rotary == head_dim &&
+            neox_f32_heads(src, src_head_stride, dst, dst_head_stride, heads, rotary / 2, table))
+            return;
     for (std::size_t h = 0; h < heads; ++h) {
         const T* s = src + h * src_head_stride;
         T* d = dst + h * dst_head_stride;
@@ -421,14 +479,17 @@ void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dty
     };
     const std::size_t row_elements = heads * static_cast<std::size_t>(plan.config.head_dim);
     const std::size_t head_dim = static_cast<std::size_t>(plan.config.head_dim);
-    const bool small_heads =
-        plan.neox_small_heads() && src_layout.head_stride == head_dim && dst_layout.head_stride == head_dim;
+    // NeoX with every dim rotating: a head's rotation does not depend on its token, so packed
+    // rows of one delta can be swept as one row of more heads.
+    const bool merge_rows = plan.config.pairing == KVFUSE_ROPE_NEOX && static_cast<std::size_t>(plan.rotary_dims) == head_dim &&
+                            src_layout.head_stride == head_dim && dst_layout.head_stride == head_dim;
     auto rotate_range = [&](std::size_t worker) {
         detail::RopeTableCache& tables = detail::context_rope_tables(context, worker);
         const std::size_t end = tokens * (worker + 1) / workers;
-        if (small_heads) {
-            // Heads this small make a row a few vectors: per-row work (finding the table, the
-            // addresses) cost more than the rotation. Runs of tokens with one delta whose rows
+        if (merge_rows) {
+            // Heads this small make a row a few vectors (D = 8: per-row work, finding the table and
+            // the addresses, cost more than the rotation), and at D = 64 a per-row call still
+            // showed. Runs of tokens with one delta whose rows
             // follow each other on both sides are swept as one row of heads.
             for (std::size_t t = tokens * worker / workers; t < end;) {
                 const std::int64_t d = deltas ? deltas[t] : delta;
