@@ -63,12 +63,16 @@ inline void rotate_bf16_pair(std::uint16_t* a, std::uint16_t* b, const std::uint
 // --- f32 --------------------------------------------------------------------------------------
 
 // Pairs [i, i + B::size) of a NeoX head with B the full or a narrower batch.
+// The tables come as plain pointers, read once by the caller: a store through dst may alias a
+// std::vector's own pointer as far as the compiler knows, so `t.cos.data()` inside the loop was
+// reloaded from memory after every store.
 template <class B>
-inline void neox_f32_step(const float* src, float* dst, std::size_t half, const RopeTable& t, std::size_t i) {
+inline void neox_f32_step(const float* src, float* dst, std::size_t half, const float* cos, const float* sin,
+                          std::size_t i) {
     const B x1 = B::load_unaligned(src + i);
     const B x2 = B::load_unaligned(src + half + i);
-    const B c = B::load_unaligned(t.cos.data() + i);
-    const B s = B::load_unaligned(t.sin.data() + i);
+    const B c = B::load_unaligned(cos + i);
+    const B s = B::load_unaligned(sin + i);
     fused_multiply_sub(x1, c, x2 * s).store_unaligned(dst + i);
     fused_multiply_add(x1, s, x2 * c).store_unaligned(dst + half + i);
 }
@@ -77,18 +81,20 @@ inline void neox_f32_step(const float* src, float* dst, std::size_t half, const 
 // narrower vector with the same fused operations, not on the scalar loop. Returns where it
 // stopped.
 template <class Narrow>
-std::size_t neox_f32_tail(const float* src, float* dst, std::size_t half, const RopeTable& t, std::size_t i) {
+std::size_t neox_f32_tail(const float* src, float* dst, std::size_t half, const float* cos, const float* sin,
+                          std::size_t i) {
     if constexpr (!std::is_void_v<Narrow>) {
         using B = xsimd::batch<float, Narrow>;
-        for (; i + B::size <= half; i += B::size) neox_f32_step<B>(src, dst, half, t, i);
+        for (; i + B::size <= half; i += B::size) neox_f32_step<B>(src, dst, half, cos, sin, i);
     }
     return i;
 }
 
 void neox_f32(const float* src, float* dst, std::size_t half, const RopeTable& t) {
+    const float *cos = t.cos.data(), *sin = t.sin.data();
     std::size_t i = 0;
-    for (; i + kLanes <= half; i += kLanes) neox_f32_step<F32s>(src, dst, half, t, i);
-    i = neox_f32_tail<detail::narrower_fused_arch_t<Arch>>(src, dst, half, t, i);
+    for (; i + kLanes <= half; i += kLanes) neox_f32_step<F32s>(src, dst, half, cos, sin, i);
+    i = neox_f32_tail<detail::narrower_fused_arch_t<Arch>>(src, dst, half, cos, sin, i);
     for (; i < half; ++i) rotate_pair(src[i], src[half + i], t.cos[i], t.sin[i], dst[i], dst[half + i]);
 }
 
@@ -149,11 +155,12 @@ bool neox_f32_heads(const float* src, std::size_t src_stride, float* dst, std::s
 // `count` interleaved elements (even) with per-element tables cos2/sin2, from element `first` of
 // the tables (a chunk of a flattened row).
 void interleaved_f32(const float* src, float* dst, std::size_t count, const RopeTable& t, std::size_t first = 0) {
+    const float *cos2 = t.cos2.data() + first, *sin2 = t.sin2.data() + first;  // see neox_f32_step
     std::size_t i = 0;
     for (; i + kLanes <= count; i += kLanes) {
         const F32s x = F32s::load_unaligned(src + i);
-        const F32s c = F32s::load_unaligned(t.cos2.data() + first + i);
-        const F32s s = F32s::load_unaligned(t.sin2.data() + first + i);
+        const F32s c = F32s::load_unaligned(cos2 + i);
+        const F32s s = F32s::load_unaligned(sin2 + i);
         fused_multiply_add(x, c, swap_pairs(x) * s).store_unaligned(dst + i);
     }
     for (; i < count; i += 2)
@@ -166,13 +173,14 @@ void interleaved_f32(const float* src, float* dst, std::size_t count, const Rope
 
 void interleaved_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t pairs,
                       const RopeTable& t, std::size_t first_pair = 0) {
+    const float *cos = t.cos.data() + first_pair, *sin = t.sin.data() + first_pair;  // see neox_f32_step
     std::size_t i = 0;
     for (; i + kLanes <= pairs; i += kLanes) {
         const U32s v = U32s::load_unaligned(reinterpret_cast<const std::uint32_t*>(src + 2 * i));
         const F32s even = xsimd::bitwise_cast<F32s>(v << 16);
         const F32s odd = xsimd::bitwise_cast<F32s>(v & U32s(0xffff0000u));
-        const F32s c = F32s::load_unaligned(t.cos.data() + first_pair + i);
-        const F32s s = F32s::load_unaligned(t.sin.data() + first_pair + i);
+        const F32s c = F32s::load_unaligned(cos + i);
+        const F32s s = F32s::load_unaligned(sin + i);
         const U32s out_even = round_to_bf16_high(fused_multiply_sub(even, c, odd * s));
         const U32s out_odd = round_to_bf16_high(fused_multiply_add(even, s, odd * c));
         ((out_even >> 16) | (out_odd & U32s(0xffff0000u)))
@@ -188,6 +196,8 @@ void neox_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half,
     // Lane j holds elements (2j, 2j+1) of the first half and (half+2j, half+2j+1) of the
     // second: even with even (pair 2j), odd with odd (pair 2j+1).
     const std::size_t lanes_total = half / 2;
+    const float *cos_even = t.cos_even.data(), *sin_even = t.sin_even.data();  // see neox_f32_step
+    const float *cos_odd = t.cos_odd.data(), *sin_odd = t.sin_odd.data();
     std::size_t j = 0;
     for (; j + kLanes <= lanes_total; j += kLanes) {
         const U32s a = U32s::load_unaligned(reinterpret_cast<const std::uint32_t*>(src + 2 * j));
@@ -197,10 +207,10 @@ void neox_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half,
         const F32s a_odd = xsimd::bitwise_cast<F32s>(a & U32s(0xffff0000u));
         const F32s b_even = xsimd::bitwise_cast<F32s>(b << 16);
         const F32s b_odd = xsimd::bitwise_cast<F32s>(b & U32s(0xffff0000u));
-        const F32s ce = F32s::load_unaligned(t.cos_even.data() + j);
-        const F32s se = F32s::load_unaligned(t.sin_even.data() + j);
-        const F32s co = F32s::load_unaligned(t.cos_odd.data() + j);
-        const F32s so = F32s::load_unaligned(t.sin_odd.data() + j);
+        const F32s ce = F32s::load_unaligned(cos_even + j);
+        const F32s se = F32s::load_unaligned(sin_even + j);
+        const F32s co = F32s::load_unaligned(cos_odd + j);
+        const F32s so = F32s::load_unaligned(sin_odd + j);
         const U32s a_even_out = round_to_bf16_high(fused_multiply_sub(a_even, ce, b_even * se));
         const U32s b_even_out = round_to_bf16_high(fused_multiply_add(a_even, se, b_even * ce));
         const U32s a_odd_out = round_to_bf16_high(fused_multiply_sub(a_odd, co, b_odd * so));
@@ -230,40 +240,42 @@ inline void rotate_f16_pair(std::uint16_t* a, std::uint16_t* b, const std::uint1
 }
 
 template <class B>
-inline void neox_f16_step(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const RopeTable& t,
-                          std::size_t i) {
+inline void neox_f16_step(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const float* cos,
+                          const float* sin, std::size_t i) {
     const B x1 = load_f16<B>(src + i);
     const B x2 = load_f16<B>(src + half + i);
-    const B c = B::load_unaligned(t.cos.data() + i);
-    const B s = B::load_unaligned(t.sin.data() + i);
+    const B c = B::load_unaligned(cos + i);
+    const B s = B::load_unaligned(sin + i);
     store_f16(dst + i, fused_multiply_sub(x1, c, x2 * s));
     store_f16(dst + half + i, fused_multiply_add(x1, s, x2 * c));
 }
 
 template <class Narrow>
-std::size_t neox_f16_tail(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const RopeTable& t,
-                          std::size_t i) {
+std::size_t neox_f16_tail(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const float* cos,
+                          const float* sin, std::size_t i) {
     if constexpr (!std::is_void_v<Narrow>) {
         using B = xsimd::batch<float, Narrow>;
-        for (; i + B::size <= half; i += B::size) neox_f16_step<B>(src, dst, half, t, i);
+        for (; i + B::size <= half; i += B::size) neox_f16_step<B>(src, dst, half, cos, sin, i);
     }
     return i;
 }
 
 void neox_f16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const RopeTable& t) {
+    const float *cos = t.cos.data(), *sin = t.sin.data();  // see neox_f32_step
     std::size_t i = 0;
-    for (; i + kLanes <= half; i += kLanes) neox_f16_step<F32s>(src, dst, half, t, i);
-    i = neox_f16_tail<detail::narrower_fused_arch_t<Arch>>(src, dst, half, t, i);
+    for (; i + kLanes <= half; i += kLanes) neox_f16_step<F32s>(src, dst, half, cos, sin, i);
+    i = neox_f16_tail<detail::narrower_fused_arch_t<Arch>>(src, dst, half, cos, sin, i);
     for (; i < half; ++i) rotate_f16_pair(dst + i, dst + half + i, src + i, src + half + i, t.cos[i], t.sin[i]);
 }
 
 void interleaved_f16(const std::uint16_t* src, std::uint16_t* dst, std::size_t count, const RopeTable& t,
                      std::size_t first = 0) {
+    const float *cos2 = t.cos2.data() + first, *sin2 = t.sin2.data() + first;  // see neox_f32_step
     std::size_t i = 0;
     for (; i + kLanes <= count; i += kLanes) {
         const F32s x = load_f16<F32s>(src + i);
-        const F32s c = F32s::load_unaligned(t.cos2.data() + first + i);
-        const F32s s = F32s::load_unaligned(t.sin2.data() + first + i);
+        const F32s c = F32s::load_unaligned(cos2 + i);
+        const F32s s = F32s::load_unaligned(sin2 + i);
         store_f16(dst + i, fused_multiply_add(x, c, swap_pairs(x) * s));
     }
     for (; i < count; i += 2)
