@@ -99,9 +99,11 @@ void neox_f32(const float* src, float* dst, std::size_t half, const RopeTable& t
 }
 
 // `heads` NeoX heads of kVectors vectors B per half (every dim rotating), head h at
-// src + h * src_stride: the row's tables are loaded into registers once and kept across its heads
-// (a per-head call reloaded them for every head, and its loop and call cost more than the
-// rotation at D = 64). The FMA sequence of neox_f32_step, so the bits are the per-head path's.
+// src + h * src_stride: the row's tables are loaded into registers once and kept across its heads.
+// The per-head path (a call per head, its tables read again for every vector) ran the L2 shape at
+// 58-85 % of copy on one thread; this loop at 170-195 % (bench_rope, Zen 4, D = 64, 80, 128).
+// The FMA sequence of neox_f32_step, so the bits are the per-head path's (test_rope
+// NeoxF32RowsMatchTheFmaFormulaBitForBit).
 template <class B, std::size_t kVectors>
 void neox_f32_heads_fixed(const float* src, std::size_t src_stride, float* dst, std::size_t dst_stride,
                           std::size_t heads, const RopeTable& t) {
