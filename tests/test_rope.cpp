@@ -492,6 +492,70 @@ TEST_P(RopeTest, NanAndInfPropagateWithinTheirPair) {
             }
 }
 
+// NeoX f32 with every dim rotating goes through a loop over a row's heads (and over runs of
+// tokens with one delta) that keeps the tables in registers. On every SIMD ISA it must give the
+// bits of the f32 formula the kernels share: cos/sin rounded once to f32, then
+// x1*c - x2*s and x1*s + x2*c each as a product and one FMA. Half heads of 1 to 8 vectors and
+// others (which take the per-head path), heads packed or apart, per-token deltas with runs and
+// one delta, in place and copied, NaN and Inf. (The scalar ISA is the double reference.)
+TEST_P(RopeTest, NeoxF32RowsMatchTheFmaFormulaBitForBit) {
+    if (GetParam().isa == kvfuse::Isa::scalar) GTEST_SKIP() << "the scalar ISA rotates in double";
+    std::uint32_t seed = 100;
+    for (int head_dim : {16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 256, 34})
+        for (std::size_t heads : {1u, 3u, 8u})
+            for (std::size_t pad : {0u, 5u})
+                for (bool per_token : {false, true}) {
+                    const std::size_t tokens = 9;
+                    const Shape s{head_dim, head_dim, heads, tokens, pad};
+                    const RopeConfig config = config_for(s, RopePairing::neox);
+                    const kvfuse_rope_config c = config.to_c();
+                    const std::size_t dims = static_cast<std::size_t>(head_dim), half = dims / 2;
+                    const std::size_t stride = heads * dims + pad, out_stride = heads * dims + 2 * pad + 1;
+                    std::vector<float> keys = random_floats(stride * tokens, ++seed, 4.0f);
+                    keys[3] = std::numeric_limits<float>::quiet_NaN();
+                    keys[stride + half + 1] = std::numeric_limits<float>::infinity();
+                    keys[keys.size() - 1 - pad] = -std::numeric_limits<float>::infinity();
+                    std::vector<std::int64_t> deltas = random_deltas(tokens, seed);
+                    if (!per_token) std::fill(deltas.begin(), deltas.end(), deltas[0]);
+                    std::vector<float> in_place = keys, copied(out_stride * tokens, 7.0f);
+                    if (per_token) {
+                        ASSERT_TRUE(kvfuse::rope_rotate(config, in_place.data(), tokens, heads, stride, deltas.data()).ok());
+                    } else {
+                        ASSERT_TRUE(kvfuse::rope_rotate_span(config, in_place.data(), tokens, heads, stride, deltas[0]).ok());
+                        ASSERT_TRUE(kvfuse::rope_rotate_span_copy(config, keys.data(), stride, copied.data(), out_stride,
+                                                                  tokens, heads, deltas[0])
+                                        .ok());
+                    }
+                    const auto same = [](float a, float b) {
+                        return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, sizeof a) == 0;
+                    };
+                    for (std::size_t t = 0; t < tokens; ++t)
+                        for (std::size_t i = 0; i < half; ++i) {
+                            const double angle = static_cast<double>(deltas[t]) *
+                                                 kvfuse::reference::rope_frequency(c, static_cast<int>(i));
+                            const float cs = static_cast<float>(std::cos(angle)), sn = static_cast<float>(std::sin(angle));
+                            for (std::size_t h = 0; h < heads; ++h) {
+                                const std::size_t at = t * stride + h * dims, out_at = t * out_stride + h * dims;
+                                const float x1 = keys[at + i], x2 = keys[at + half + i];
+                                const float o1 = std::fma(x1, cs, -(x2 * sn)), o2 = std::fma(x1, sn, x2 * cs);
+                                ASSERT_TRUE(same(in_place[at + i], o1) && same(in_place[at + half + i], o2))
+                                    << "D " << head_dim << " heads " << heads << " pad " << pad << " t " << t << " h " << h
+                                    << " pair " << i << ": " << in_place[at + i] << " vs " << o1;
+                                if (!per_token)
+                                    ASSERT_TRUE(same(copied[out_at + i], o1) && same(copied[out_at + half + i], o2))
+                                        << "copy: D " << head_dim << " heads " << heads << " t " << t << " h " << h;
+                            }
+                        }
+                    // Padding is never written.
+                    for (std::size_t t = 0; t < tokens; ++t)
+                        for (std::size_t p = heads * dims; p < stride; ++p)
+                            ASSERT_TRUE(same(in_place[t * stride + p], keys[t * stride + p]));
+                    if (!per_token)
+                        for (std::size_t t = 0; t < tokens; ++t)
+                            for (std::size_t p = heads * dims; p < out_stride; ++p) ASSERT_EQ(copied[t * out_stride + p], 7.0f);
+                }
+}
+
 TEST_P(RopeTest, InvalidArgumentsAreRefused) {
     RopeConfig config;
     config.head_dim = 8;

@@ -63,12 +63,16 @@ inline void rotate_bf16_pair(std::uint16_t* a, std::uint16_t* b, const std::uint
 // --- f32 --------------------------------------------------------------------------------------
 
 // Pairs [i, i + B::size) of a NeoX head with B the full or a narrower batch.
+// The tables come as plain pointers, read once by the caller: a store through dst may alias a
+// std::vector's own pointer as far as the compiler knows, so `t.cos.data()` inside the loop was
+// reloaded from memory after every store.
 template <class B>
-inline void neox_f32_step(const float* src, float* dst, std::size_t half, const RopeTable& t, std::size_t i) {
+inline void neox_f32_step(const float* src, float* dst, std::size_t half, const float* cos, const float* sin,
+                          std::size_t i) {
     const B x1 = B::load_unaligned(src + i);
     const B x2 = B::load_unaligned(src + half + i);
-    const B c = B::load_unaligned(t.cos.data() + i);
-    const B s = B::load_unaligned(t.sin.data() + i);
+    const B c = B::load_unaligned(cos + i);
+    const B s = B::load_unaligned(sin + i);
     fused_multiply_sub(x1, c, x2 * s).store_unaligned(dst + i);
     fused_multiply_add(x1, s, x2 * c).store_unaligned(dst + half + i);
 }
@@ -77,29 +81,88 @@ inline void neox_f32_step(const float* src, float* dst, std::size_t half, const 
 // narrower vector with the same fused operations, not on the scalar loop. Returns where it
 // stopped.
 template <class Narrow>
-std::size_t neox_f32_tail(const float* src, float* dst, std::size_t half, const RopeTable& t, std::size_t i) {
+std::size_t neox_f32_tail(const float* src, float* dst, std::size_t half, const float* cos, const float* sin,
+                          std::size_t i) {
     if constexpr (!std::is_void_v<Narrow>) {
         using B = xsimd::batch<float, Narrow>;
-        for (; i + B::size <= half; i += B::size) neox_f32_step<B>(src, dst, half, t, i);
+        for (; i + B::size <= half; i += B::size) neox_f32_step<B>(src, dst, half, cos, sin, i);
     }
     return i;
 }
 
 void neox_f32(const float* src, float* dst, std::size_t half, const RopeTable& t) {
+    const float *cos = t.cos.data(), *sin = t.sin.data();
     std::size_t i = 0;
-    for (; i + kLanes <= half; i += kLanes) neox_f32_step<F32s>(src, dst, half, t, i);
-    i = neox_f32_tail<detail::narrower_fused_arch_t<Arch>>(src, dst, half, t, i);
+    for (; i + kLanes <= half; i += kLanes) neox_f32_step<F32s>(src, dst, half, cos, sin, i);
+    i = neox_f32_tail<detail::narrower_fused_arch_t<Arch>>(src, dst, half, cos, sin, i);
     for (; i < half; ++i) rotate_pair(src[i], src[half + i], t.cos[i], t.sin[i], dst[i], dst[half + i]);
+}
+
+// `heads` NeoX heads of kVectors vectors B per half (every dim rotating), head h at
+// src + h * src_stride: the row's tables are loaded into registers once and kept across its heads.
+// The per-head path (a call per head, its tables read again for every vector) ran the L2 shape at
+// 58-85 % of copy on one thread; this loop at 170-195 % (bench_rope, Zen 4, D = 64, 80, 128).
+// The FMA sequence of neox_f32_step, so the bits are the per-head path's (test_rope
+// NeoxF32RowsMatchTheFmaFormulaBitForBit).
+template <class B, std::size_t kVectors>
+void neox_f32_heads_fixed(const float* src, std::size_t src_stride, float* dst, std::size_t dst_stride,
+                          std::size_t heads, const RopeTable& t) {
+    constexpr std::size_t half = kVectors * B::size;
+    B c[kVectors], s[kVectors];
+    for (std::size_t v = 0; v < kVectors; ++v) {
+        c[v] = B::load_unaligned(t.cos.data() + v * B::size);
+        s[v] = B::load_unaligned(t.sin.data() + v * B::size);
+    }
+    for (std::size_t h = 0; h < heads; ++h) {
+        const float* x = src + h * src_stride;
+        float* y = dst + h * dst_stride;
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            const B x1 = B::load_unaligned(x + v * B::size);
+            const B x2 = B::load_unaligned(x + half + v * B::size);
+            fused_multiply_sub(x1, c[v], x2 * s[v]).store_unaligned(y + v * B::size);
+            fused_multiply_add(x1, s[v], x2 * c[v]).store_unaligned(y + half + v * B::size);
+        }
+    }
+}
+
+// The full vector first, else a narrower one with a fused multiply-add (AVX-512's ymm: D = 80 is
+// five of them); kVectors up to 8 (AVX2 at D = 128: the compiler keeps what registers allow).
+template <class B>
+bool neox_f32_heads_with(const float* src, std::size_t src_stride, float* dst, std::size_t dst_stride,
+                         std::size_t heads, std::size_t half, const RopeTable& t) {
+    if (half % B::size != 0) return false;
+    switch (half / B::size) {
+        case 1: neox_f32_heads_fixed<B, 1>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 2: neox_f32_heads_fixed<B, 2>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 3: neox_f32_heads_fixed<B, 3>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 4: neox_f32_heads_fixed<B, 4>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 5: neox_f32_heads_fixed<B, 5>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 6: neox_f32_heads_fixed<B, 6>(src, src_stride, dst, dst_stride, heads, t); return true;
+        case 8: neox_f32_heads_fixed<B, 8>(src, src_stride, dst, dst_stride, heads, t); return true;
+        default: return false;
+    }
+}
+
+// `heads` NeoX f32 heads of `half` pairs through neox_f32_heads_fixed; false where the half head
+// is no such number of vectors (the caller goes head by head).
+bool neox_f32_heads(const float* src, std::size_t src_stride, float* dst, std::size_t dst_stride, std::size_t heads,
+                    std::size_t half, const RopeTable& t) {
+    using Narrow = detail::narrower_fused_arch_t<Arch>;
+    if (neox_f32_heads_with<F32s>(src, src_stride, dst, dst_stride, heads, half, t)) return true;
+    if constexpr (!std::is_void_v<Narrow>)
+        return neox_f32_heads_with<xsimd::batch<float, Narrow>>(src, src_stride, dst, dst_stride, heads, half, t);
+    return false;
 }
 
 // `count` interleaved elements (even) with per-element tables cos2/sin2, from element `first` of
 // the tables (a chunk of a flattened row).
 void interleaved_f32(const float* src, float* dst, std::size_t count, const RopeTable& t, std::size_t first = 0) {
+    const float *cos2 = t.cos2.data() + first, *sin2 = t.sin2.data() + first;  // see neox_f32_step
     std::size_t i = 0;
     for (; i + kLanes <= count; i += kLanes) {
         const F32s x = F32s::load_unaligned(src + i);
-        const F32s c = F32s::load_unaligned(t.cos2.data() + first + i);
-        const F32s s = F32s::load_unaligned(t.sin2.data() + first + i);
+        const F32s c = F32s::load_unaligned(cos2 + i);
+        const F32s s = F32s::load_unaligned(sin2 + i);
         fused_multiply_add(x, c, swap_pairs(x) * s).store_unaligned(dst + i);
     }
     for (; i < count; i += 2)
@@ -112,13 +175,14 @@ void interleaved_f32(const float* src, float* dst, std::size_t count, const Rope
 
 void interleaved_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t pairs,
                       const RopeTable& t, std::size_t first_pair = 0) {
+    const float *cos = t.cos.data() + first_pair, *sin = t.sin.data() + first_pair;  // see neox_f32_step
     std::size_t i = 0;
     for (; i + kLanes <= pairs; i += kLanes) {
         const U32s v = U32s::load_unaligned(reinterpret_cast<const std::uint32_t*>(src + 2 * i));
         const F32s even = xsimd::bitwise_cast<F32s>(v << 16);
         const F32s odd = xsimd::bitwise_cast<F32s>(v & U32s(0xffff0000u));
-        const F32s c = F32s::load_unaligned(t.cos.data() + first_pair + i);
-        const F32s s = F32s::load_unaligned(t.sin.data() + first_pair + i);
+        const F32s c = F32s::load_unaligned(cos + i);
+        const F32s s = F32s::load_unaligned(sin + i);
         const U32s out_even = round_to_bf16_high(fused_multiply_sub(even, c, odd * s));
         const U32s out_odd = round_to_bf16_high(fused_multiply_add(even, s, odd * c));
         ((out_even >> 16) | (out_odd & U32s(0xffff0000u)))
@@ -134,6 +198,8 @@ void neox_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half,
     // Lane j holds elements (2j, 2j+1) of the first half and (half+2j, half+2j+1) of the
     // second: even with even (pair 2j), odd with odd (pair 2j+1).
     const std::size_t lanes_total = half / 2;
+    const float *cos_even = t.cos_even.data(), *sin_even = t.sin_even.data();  // see neox_f32_step
+    const float *cos_odd = t.cos_odd.data(), *sin_odd = t.sin_odd.data();
     std::size_t j = 0;
     for (; j + kLanes <= lanes_total; j += kLanes) {
         const U32s a = U32s::load_unaligned(reinterpret_cast<const std::uint32_t*>(src + 2 * j));
@@ -143,10 +209,10 @@ void neox_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half,
         const F32s a_odd = xsimd::bitwise_cast<F32s>(a & U32s(0xffff0000u));
         const F32s b_even = xsimd::bitwise_cast<F32s>(b << 16);
         const F32s b_odd = xsimd::bitwise_cast<F32s>(b & U32s(0xffff0000u));
-        const F32s ce = F32s::load_unaligned(t.cos_even.data() + j);
-        const F32s se = F32s::load_unaligned(t.sin_even.data() + j);
-        const F32s co = F32s::load_unaligned(t.cos_odd.data() + j);
-        const F32s so = F32s::load_unaligned(t.sin_odd.data() + j);
+        const F32s ce = F32s::load_unaligned(cos_even + j);
+        const F32s se = F32s::load_unaligned(sin_even + j);
+        const F32s co = F32s::load_unaligned(cos_odd + j);
+        const F32s so = F32s::load_unaligned(sin_odd + j);
         const U32s a_even_out = round_to_bf16_high(fused_multiply_sub(a_even, ce, b_even * se));
         const U32s b_even_out = round_to_bf16_high(fused_multiply_add(a_even, se, b_even * ce));
         const U32s a_odd_out = round_to_bf16_high(fused_multiply_sub(a_odd, co, b_odd * so));
@@ -176,40 +242,42 @@ inline void rotate_f16_pair(std::uint16_t* a, std::uint16_t* b, const std::uint1
 }
 
 template <class B>
-inline void neox_f16_step(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const RopeTable& t,
-                          std::size_t i) {
+inline void neox_f16_step(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const float* cos,
+                          const float* sin, std::size_t i) {
     const B x1 = load_f16<B>(src + i);
     const B x2 = load_f16<B>(src + half + i);
-    const B c = B::load_unaligned(t.cos.data() + i);
-    const B s = B::load_unaligned(t.sin.data() + i);
+    const B c = B::load_unaligned(cos + i);
+    const B s = B::load_unaligned(sin + i);
     store_f16(dst + i, fused_multiply_sub(x1, c, x2 * s));
     store_f16(dst + half + i, fused_multiply_add(x1, s, x2 * c));
 }
 
 template <class Narrow>
-std::size_t neox_f16_tail(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const RopeTable& t,
-                          std::size_t i) {
+std::size_t neox_f16_tail(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const float* cos,
+                          const float* sin, std::size_t i) {
     if constexpr (!std::is_void_v<Narrow>) {
         using B = xsimd::batch<float, Narrow>;
-        for (; i + B::size <= half; i += B::size) neox_f16_step<B>(src, dst, half, t, i);
+        for (; i + B::size <= half; i += B::size) neox_f16_step<B>(src, dst, half, cos, sin, i);
     }
     return i;
 }
 
 void neox_f16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half, const RopeTable& t) {
+    const float *cos = t.cos.data(), *sin = t.sin.data();  // see neox_f32_step
     std::size_t i = 0;
-    for (; i + kLanes <= half; i += kLanes) neox_f16_step<F32s>(src, dst, half, t, i);
-    i = neox_f16_tail<detail::narrower_fused_arch_t<Arch>>(src, dst, half, t, i);
+    for (; i + kLanes <= half; i += kLanes) neox_f16_step<F32s>(src, dst, half, cos, sin, i);
+    i = neox_f16_tail<detail::narrower_fused_arch_t<Arch>>(src, dst, half, cos, sin, i);
     for (; i < half; ++i) rotate_f16_pair(dst + i, dst + half + i, src + i, src + half + i, t.cos[i], t.sin[i]);
 }
 
 void interleaved_f16(const std::uint16_t* src, std::uint16_t* dst, std::size_t count, const RopeTable& t,
                      std::size_t first = 0) {
+    const float *cos2 = t.cos2.data() + first, *sin2 = t.sin2.data() + first;  // see neox_f32_step
     std::size_t i = 0;
     for (; i + kLanes <= count; i += kLanes) {
         const F32s x = load_f16<F32s>(src + i);
-        const F32s c = F32s::load_unaligned(t.cos2.data() + first + i);
-        const F32s s = F32s::load_unaligned(t.sin2.data() + first + i);
+        const F32s c = F32s::load_unaligned(cos2 + i);
+        const F32s s = F32s::load_unaligned(sin2 + i);
         store_f16(dst + i, fused_multiply_add(x, c, swap_pairs(x) * s));
     }
     for (; i < count; i += 2)
@@ -372,6 +440,10 @@ void rotate_row(const RopePlan& plan, const Element<kType>* src, std::size_t src
     if (plan.neox_small_heads() && src_head_stride == head_dim && dst_head_stride == head_dim &&
         neox_small_heads_row(plan, src, dst, heads, table, kType == KVFUSE_DTYPE_BF16))
         return;
+    if constexpr (kType == KVFUSE_DTYPE_F32)
+        if (!interleaved && rotary == head_dim &&
+            neox_f32_heads(src, src_head_stride, dst, dst_head_stride, heads, rotary / 2, table))
+            return;
     for (std::size_t h = 0; h < heads; ++h) {
         const T* s = src + h * src_head_stride;
         T* d = dst + h * dst_head_stride;
@@ -421,14 +493,17 @@ void rotate_rows(kvfuse_context& context, const RopePlan& plan, kvfuse_dtype dty
     };
     const std::size_t row_elements = heads * static_cast<std::size_t>(plan.config.head_dim);
     const std::size_t head_dim = static_cast<std::size_t>(plan.config.head_dim);
-    const bool small_heads =
-        plan.neox_small_heads() && src_layout.head_stride == head_dim && dst_layout.head_stride == head_dim;
+    // NeoX with every dim rotating: a head's rotation does not depend on its token, so packed
+    // rows of one delta can be swept as one row of more heads.
+    const bool merge_rows = plan.config.pairing == KVFUSE_ROPE_NEOX && static_cast<std::size_t>(plan.rotary_dims) == head_dim &&
+                            src_layout.head_stride == head_dim && dst_layout.head_stride == head_dim;
     auto rotate_range = [&](std::size_t worker) {
         detail::RopeTableCache& tables = detail::context_rope_tables(context, worker);
         const std::size_t end = tokens * (worker + 1) / workers;
-        if (small_heads) {
-            // Heads this small make a row a few vectors: per-row work (finding the table, the
-            // addresses) cost more than the rotation. Runs of tokens with one delta whose rows
+        if (merge_rows) {
+            // Heads this small make a row a few vectors (D = 8: per-row work, finding the table and
+            // the addresses, cost more than the rotation), and at D = 64 a per-row call still
+            // showed. Runs of tokens with one delta whose rows
             // follow each other on both sides are swept as one row of heads.
             for (std::size_t t = tokens * worker / workers; t < end;) {
                 const std::int64_t d = deltas ? deltas[t] : delta;
