@@ -33,19 +33,30 @@
 // Own flags (before Google Benchmark's):
 //   --model=FILE       a GGUF model to use (else one is generated into a temporary directory;
 //                      also $KVFUSE_E2E_MODEL)
-//   --size=realistic|small   the generated shape: realistic = dim 1024, 16 layers, 16 heads,
+//   --size=realistic|small|1b   the generated shape: realistic = dim 1024, 16 layers, 16 heads,
 //                      4 KV heads, head dim 64, ffn 2816, vocab 32000 (default); small = dim
-//                      256, 16 layers, 4 heads, 1 KV head, ffn 704, vocab 8000 (quick runs)
-//   --dtype=f32|bf16   storage of the generated model's matrices (bf16: the dense layers run kvfuse_gemm's bf16 path)
+//                      256, 16 layers, 4 heads, 1 KV head, ffn 768 (a multiple of Q4_K's 256),
+//                      vocab 8000 (quick runs);
+//                      1b = Llama 3.2 1B's shape: dim 2048, 16 layers, 32 heads, 8 KV heads,
+//                      head dim 64, ffn 8192, vocab 128256 (1.24 G parameters)
+//   --dtype=f32|bf16|q4_k_m   storage of the generated model's matrices (bf16: the dense layers
+//                      run kvfuse_gemm's bf16 path; q4_k_m: llama.cpp's Q4_K/Q6_K mix, kept
+//                      compact, codes drawn directly by `make-model --random-codes`)
+//   --methods=LIST     only these variants (labels as in the tables: full, reuse, epic,
+//                      cacheblend, a3, a3-pipelined); full always runs (the x_full base)
 //   --contexts=LIST    document tokens per request, multiples of 512 (default 4096)
 //   --ratios=LIST      extra a3 ratios at the ratio-sweep context (default none, to keep the
 //                      default run to a few minutes; the sweep: --ratios=0.05,0.1,0.25,0.5)
 //   --ratio-context=N  where the ratio sweep runs (default 4096; it must be in --contexts)
 //   --rounds=N         rounds per context (default 3)
+// Counters of the whole run on every row: peak_rss_MiB (the process's peak resident set, chunk
+// cache computation included), model_file_MiB, kv_MiB (the request's fused cache plus the
+// chunk caches held in memory, f32 K and V and their int8/int4 keys).
 // Markdown tables of the results are printed to stderr at the end.
 #include <cblas.h>
 #include <omp.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -89,6 +100,7 @@ struct Config {
     std::vector<double> ratios;  // a3 at 0.15 always runs
     int ratio_context = 4096;
     int rounds = 3;
+    std::vector<std::string> methods;  // empty: every variant
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -131,7 +143,7 @@ Config parse_config(int& argc, char** argv) {
         const auto eq = arg.find('=');
         const std::string flag = arg.substr(0, eq), value = eq == std::string::npos ? "" : arg.substr(eq + 1);
         const bool ours = flag == "--model" || flag == "--size" || flag == "--dtype" || flag == "--contexts" ||
-                          flag == "--ratios" || flag == "--ratio-context" || flag == "--rounds";
+                          flag == "--ratios" || flag == "--ratio-context" || flag == "--rounds" || flag == "--methods";
         if (!ours) {
             argv[kept++] = argv[i];
             continue;
@@ -140,10 +152,11 @@ Config parse_config(int& argc, char** argv) {
         if (flag == "--model") {
             c.model = value;
         } else if (flag == "--size") {
-            if (value != "realistic" && value != "small") throw std::invalid_argument("--size must be realistic or small");
+            if (value != "realistic" && value != "small" && value != "1b")
+                throw std::invalid_argument("--size must be realistic, small or 1b");
             c.size = value;
         } else if (flag == "--dtype") {
-            if (value != "f32" && value != "bf16") throw std::invalid_argument("--dtype must be f32 or bf16");
+            if (value != "f32" && value != "bf16" && value != "q4_k_m") throw std::invalid_argument("--dtype must be f32, bf16 or q4_k_m");
             c.dtype = value;
         } else if (flag == "--contexts") {
             c.contexts.clear();
@@ -163,6 +176,11 @@ Config parse_config(int& argc, char** argv) {
             }
         } else if (flag == "--ratio-context") {
             c.ratio_context = parse_int(flag, value);
+        } else if (flag == "--methods") {
+            c.methods = split_list(value);
+            for (const std::string& m : c.methods)
+                if (m != "full" && m != "reuse" && m != "epic" && m != "cacheblend" && m != "a3" && m != "a3-pipelined")
+                    throw std::invalid_argument("--methods: unknown variant '" + m + "'");
         } else if (flag == "--rounds") {
             c.rounds = parse_int(flag, value);
             if (c.rounds > 100) throw std::invalid_argument("--rounds must be at most 100");
@@ -208,8 +226,14 @@ std::string generate_model(const Config& c, TempDir& dir) {
     dir.path = pattern;
     const std::string file = (dir.path / ("random-" + c.size + "-" + c.dtype + ".gguf")).string();
     std::vector<std::string> args = {KVFUSE_CLI, "make-model", "--out", file, "--dtype", c.dtype, "--seed", "1", "--context", "32768"};
+    // Uniform random weights quantized by the scale search would take minutes at 1B; drawn
+    // codes give the same layout and speed.
+    if (c.dtype == "q4_k_m") args.emplace_back("--random-codes");
     if (c.size == "small") {
-        for (const char* a : {"--dim", "256", "--layers", "16", "--heads", "4", "--kv-heads", "1", "--hidden", "704", "--vocab", "8000"})
+        for (const char* a : {"--dim", "256", "--layers", "16", "--heads", "4", "--kv-heads", "1", "--hidden", "768", "--vocab", "8000"})
+            args.emplace_back(a);
+    } else if (c.size == "1b") {
+        for (const char* a : {"--dim", "2048", "--layers", "16", "--heads", "32", "--kv-heads", "8", "--hidden", "8192", "--vocab", "128256"})
             args.emplace_back(a);
     } else {
         for (const char* a : {"--dim", "1024", "--layers", "16", "--heads", "16", "--kv-heads", "4", "--hidden", "2816", "--vocab", "32000"})
@@ -268,6 +292,7 @@ struct Fixture {
     const kvfuse::model::LlamaModel* llama = nullptr;
     std::unique_ptr<TimedModel> timed;
     std::string shape_text;
+    std::uintmax_t file_bytes = 0;
     std::vector<TokenIds> chunk_pool;  // chunk i of every request is chunk_pool[i]
     std::vector<ChunkKv> chunk_caches;
     TokenIds question;
@@ -362,6 +387,11 @@ void ttft_bench(benchmark::State& state, int context) {
                                      // The same with each layer's stored rows loaded on a thread of
                                      // its own while the layer before is computed.
                                      {"a3-pipelined", Method::a3, kMainRatio, true}};
+    if (!f.config.methods.empty())
+        std::erase_if(variants, [&](const Variant& v) {
+            return v.method != Method::full &&
+                   std::find(f.config.methods.begin(), f.config.methods.end(), v.label) == f.config.methods.end();
+        });
     if (context == f.config.ratio_context)
         for (double r : f.config.ratios) {
             char label[32];
@@ -474,6 +504,24 @@ void ttft_bench(benchmark::State& state, int context) {
     result.peak_gflops = update_peak(threads);
     state.counters["T"] = static_cast<double>(T);
     state.counters["threads"] = threads;
+    // Memory: the peak resident set against what a request must hold (the mapped model file,
+    // its KV): issue 15 asks peak RSS <= 1.3 x (file + KV) for quantized files.
+    struct rusage usage{};
+    ::getrusage(RUSAGE_SELF, &usage);
+    state.counters["peak_rss_MiB"] = static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB
+    state.counters["model_file_MiB"] = static_cast<double>(f.file_bytes) / (1024.0 * 1024.0);
+    auto cache_bytes = [](const KvCache& cache) {
+        return 2.0 * static_cast<double>(cache.k.size() * cache.tokens * cache.row * sizeof(float));
+    };
+    double kv_bytes = cache_bytes(serving.cache);
+    for (std::size_t c = 0; c < chunks; ++c) {
+        const ChunkKv& chunk = f.chunk_caches[c];
+        kv_bytes += cache_bytes(chunk.cache);
+        for (const QuantizedKeys& q : chunk.quantized)
+            kv_bytes += static_cast<double>(q.i8.size() + q.i4.size() +
+                                            (q.i8_scales.size() + q.i8_means.size() + q.i4_scales.size() + q.i4_means.size()) * sizeof(float));
+    }
+    state.counters["kv_MiB"] = kv_bytes / (1024.0 * 1024.0);
     state.counters["full_tokens_per_s"] = result.tokens_per_s;
     state.counters["dense_GFLOP/s"] = result.dense_gflops;
     state.counters["prefill_GFLOP/s"] = result.prefill_gflops;
@@ -519,6 +567,7 @@ int main(int argc, char** argv) {
         if (std::find(c.contexts.begin(), c.contexts.end(), c.ratio_context) == c.contexts.end() && !c.ratios.empty())
             std::fprintf(stderr, "bench_ttft: note: --ratio-context=%d is not in --contexts: no ratio sweep\n", c.ratio_context);
         fixture.path = c.model.empty() ? generate_model(c, fixture.temp) : c.model;
+        fixture.file_bytes = std::filesystem::file_size(fixture.path);
         fixture.loaded = load_model(fixture.path);
         // A generated model is removed as soon as it is loaded (the mapping keeps it readable),
         // so an interrupted or killed run leaves no gigabyte behind in the temporary directory.

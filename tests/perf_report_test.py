@@ -109,6 +109,25 @@ class PerfReportTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("Not in this run", self.report())
 
+    def test_weights_section(self):
+        """The weight-type table from ttft_weights_<type>.json (a real quick run: the small model
+        as Q4_K_M): file, prefill, a3, KV and peak RSS as the JSON has them; a run without the
+        files says so."""
+        result = run(self.results, self.out, "--no-charts")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        text = self.report()
+        self.assertIn("| weights | file MiB | full prefill ms | tokens/s | a3 TTFT ms | a3 x full | KV MiB | "
+                      "peak RSS MiB | RSS ÷ (file + KV) |", text)
+        get = lambda counter: self.counter("ttft_weights_q4_k_m.json", "ttft/ctx:512", counter)
+        rss, file_mib, kv = get("peak_rss_MiB"), get("model_file_MiB"), get("kv_MiB")
+        self.assertRegex(text, rf"\n\| q4_k_m \| [^|]+ \| [^|]+ \| [^|]+ \| [^|]+ \| {get('a3_x'):.2f} \| [^|]+ \| "
+                               rf"[^|]+ \| {rss / (file_mib + kv):.2f} \|")
+        os.remove(os.path.join(self.results, "ttft_weights_q4_k_m.json"))
+        result = run(self.results, self.out, "--no-charts")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("### By weight type", self.report())
+        self.assertRegex(self.report(), r"RSS ≤ 1\.3 × \(file \+ KV\) for a quantized file\.\n\nNot measured in this run\.")
+
     def test_serving_section(self):
         """The load test's table from serve_load.py's JSON; a run without it says so, and a
         file that is not serve_load output fails clearly."""

@@ -236,4 +236,43 @@ TEST(ModelContext, TwoRequestsAtOnceOnTwoContexts) {
     EXPECT_FALSE(failed.load()) << "a request run beside another differs from the same request alone";
 }
 
+// A chunk's cache computed on contexts the caller keeps (ChunkSource keeps one set for all its
+// chunks, prepared for --threads): the same cache and quantized keys, bit for bit, as on
+// contexts of its own; the contexts come back prepared for the thread count asked, and the
+// next chunk reuses them instead of making new ones.
+TEST(ModelContext, ChunksAreComputedOnTheCallersKeptContexts) {
+    const LoadedModel& m = bundled();
+    const FusionModel& model = *m.model;
+    const std::vector<std::int32_t> tokens = prompt(model, 121, 77);
+    const TokenIds chunk(tokens.begin() + 1, tokens.end());
+    const ChunkKv own = compute_chunk_kv(model, chunk);
+
+    KernelContexts kept;
+    EXPECT_EQ(kept.threads(), -1);
+    const ChunkKv first = compute_chunk_kv(model, chunk, kept, 1);
+    ASSERT_EQ(kept.threads(), 1) << "the contexts were not handed back prepared for 1 thread";
+    const kvfuse_context* made = kept.request().get();
+    ASSERT_NE(made, nullptr);
+    const ChunkKv second = compute_chunk_kv(model, chunk, kept, 1);
+    EXPECT_EQ(kept.request().get(), made) << "the second chunk made new contexts instead of reusing the kept ones";
+    const ChunkKv two_threads = compute_chunk_kv(model, chunk, kept, 2);
+    EXPECT_EQ(kept.threads(), 2);
+
+    for (const ChunkKv* c : {&first, &second, &two_threads}) {
+        EXPECT_EQ(c->start_position, own.start_position);
+        EXPECT_EQ(c->cache.k, own.cache.k);
+        EXPECT_EQ(c->cache.v, own.cache.v);
+        ASSERT_EQ(c->quantized.size(), own.quantized.size());
+        for (std::size_t l = 0; l < own.quantized.size(); ++l) {
+            EXPECT_EQ(c->quantized[l].i8, own.quantized[l].i8) << "layer " << l;
+            EXPECT_EQ(c->quantized[l].i8_scales, own.quantized[l].i8_scales) << "layer " << l;
+            EXPECT_EQ(c->quantized[l].i4, own.quantized[l].i4) << "layer " << l;
+            EXPECT_EQ(c->quantized[l].i4_means, own.quantized[l].i4_means) << "layer " << l;
+        }
+    }
+    // A failed computation (an empty chunk) leaves the kept contexts as they were.
+    EXPECT_THROW(compute_chunk_kv(model, TokenIds{}, kept, 2), std::invalid_argument);
+    EXPECT_EQ(kept.threads(), 2);
+}
+
 }  // namespace

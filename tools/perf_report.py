@@ -606,6 +606,34 @@ def read_ttft(results):
     return main, [by_context[k] for k in sorted(by_context)]
 
 
+WEIGHT_TYPES = ("f32", "bf16", "q4_k_m")
+
+
+def weights_section(results):
+    """The same request on one model shape stored as f32, bf16 and Q4_K_M weights (issue 15):
+    full prefill and a3 TTFT, the model file, the KV held and the peak resident set of each
+    run (ttft_weights_<type>.json, one bench_ttft process each)."""
+    rows, shapes = [], []
+    for dtype in WEIGHT_TYPES:
+        path = os.path.join(results, f"ttft_weights_{dtype}.json")
+        if not os.path.exists(path):
+            continue
+        bench = BenchFile(path)
+        if not bench.rows:
+            raise InputError(f"{path}: bench_ttft reported no result ({'; '.join(bench.skipped.values())})")
+        c = TtftContext(bench, next(iter(bench.rows)))
+        rss, file_mib, kv = (bench.need(c.name, k) for k in ("peak_rss_MiB", "model_file_MiB", "kv_MiB"))
+        a3 = [fmt(c.v("a3", "ms")), f"{c.x('a3'):.2f}"] if "a3" in c.methods else ["-", "-"]
+        rows.append([dtype, fmt(file_mib), fmt(c.v("full", "ms")), fmt(bench.need(c.name, "full_tokens_per_s"))] + a3 +
+                    [fmt(kv), fmt(rss), f"{rss / (file_mib + kv):.2f}"])
+        shapes.append(f"{dtype}: {c.row.get('label', '(not recorded)')}, T = {c.total}, {rounds_text(c.rounds)}")
+    if not rows:
+        return "Not measured in this run."
+    return (table(["weights", "file MiB", "full prefill ms", "tokens/s", "a3 TTFT ms", "a3 x full", "KV MiB",
+                   "peak RSS MiB", "RSS ÷ (file + KV)"], rows) +
+            "\n\nRuns: " + "; ".join(shapes) + ".")
+
+
 def ttft_main_table(c):
     rows = []
     for m in c.methods:
@@ -858,6 +886,7 @@ def build(results, template_path, out_dir, charts):
         "ttft_verdict": a3_verdict(main),
         "ratio_table": ratio_table(main),
         "context_tables": context_tables(contexts),
+        "weights_table": weights_section(results),
         "mode_note": ("**This is a quick pipeline check (`tools/report.sh --quick`): small shapes, the small model, "
                       "one or two repetitions. Its figures say nothing about performance.**\n\n"
                       if machine.get("mode") == "quick" else ""),

@@ -168,6 +168,7 @@ if [[ $quick -eq 1 ]]; then
     gbench bench_select 1 --benchmark_filter='(avx2|avx512|neon)/int8.*threads:1'
     ttft ttft_main 1 --size=small --contexts=1024 --ratios=0.05,0.5 --ratio-context=1024
     ttft ttft_context_a 1 --size=small --contexts=512,2048
+    ttft ttft_weights_q4_k_m 1 --size=small --dtype=q4_k_m --contexts=512 --methods=full,a3
 else
     # The scalar RoPE on the DRAM shapes takes minutes per call for a figure the L2 shapes give.
     gbench bench_rope 3 --benchmark_filter='-scalar/.*/dram'
@@ -189,6 +190,12 @@ else
     ttft ttft_context_a 3 --contexts=2048
     # One run for both: 16K's chunk caches extend 8K's instead of being computed again.
     ttft ttft_context_b 1 --contexts=8192,16384
+    # Weight types (issue 15): Llama 3.2 1B's shape as f32, bf16 and Q4_K_M, a process each (its
+    # own peak RSS); full prefill and a3 only, one round (a 4K full prefill of 1.2 G parameters
+    # takes tens of seconds in f32).
+    for weights in f32 bf16 q4_k_m; do
+        ttft "ttft_weights_$weights" 1 --size=1b --dtype="$weights" --contexts=4096 --methods=full,a3
+    done
 fi
 
 # Serving (issue 17): the loopback load test against `kvfuse serve`, every store, full and a3.

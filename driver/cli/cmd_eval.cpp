@@ -78,6 +78,7 @@ int run(const EvalCliOptions& o) {
     auto store = open_store(o.fusion);
     ChunkSource source(*loaded.model, store.get());
     source.set_streaming(!o.fusion.no_stream);
+    source.set_threads(o.fusion.placement.threads);
     std::fprintf(stderr, "kvfuse eval: %zu %s requests on %s; precomputing chunk caches...\n", requests.size(),
                  o.kind.c_str(), loaded.description.c_str());
     source.precompute(requests);

@@ -134,6 +134,7 @@ int run(RunOptions& o) {
     auto store = open_store(o.fusion);
     ChunkSource source(model, store.get());
     source.set_streaming(!o.fusion.no_stream);
+    source.set_threads(o.fusion.placement.threads);
     const std::size_t computed = source.precompute(std::span<const Request>(&request, 1));
     std::printf("chunk caches: %zu computed now, %zu already stored%s\n", computed, request.chunks.size() - computed,
                 store ? (" (" + store->location() + ")").c_str() : " (in memory, --no-store)");

@@ -48,6 +48,8 @@ void add_serve_command(CLI::App& app) {
             return;
         }
         if (!description.empty()) std::fprintf(stderr, "placement:\n%s", description.c_str());
+        // --threads is also each kernel call's workers, as in run and eval.
+        o->fusion.threads = placement->threads;
         g_exit_status = kvfuse::serve::serve(*o);
     });
 }

@@ -74,7 +74,7 @@ struct StreamedChunk final : LayerArrival {
 ChunkSource::ChunkSource(const FusionModel& model, kvfuse::store::ChunkBackend* store) : model_(model), store_(store) {}
 
 ChunkSource::Held ChunkSource::compute_and_store(std::span<const std::int32_t> tokens) {
-    auto computed = std::make_shared<ChunkKv>(compute_chunk_kv(model_, tokens));
+    auto computed = std::make_shared<ChunkKv>(compute_chunk_kv(model_, tokens, kernels_, threads_));
     if (store_ != nullptr) {
         const ModelShape& s = model_.shape();
         kvfuse::store::StoredChunk chunk;

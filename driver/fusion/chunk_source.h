@@ -27,6 +27,10 @@ class ChunkSource {
     void set_streaming(bool on) { streaming_ = on; }
     bool streaming() const { return streaming_; }
 
+    // Workers per kernel call when a chunk is computed (FusionOptions::threads, the driver's
+    // --threads; 0: OpenMP's default). The chunks' kernel contexts are kept across chunks.
+    void set_threads(int threads) { threads_ = threads; }
+
     struct Held {
         ChunkKvView view;
         std::shared_ptr<const void> owner;  // keeps the mapping or the computed cache alive
@@ -78,6 +82,8 @@ class ChunkSource {
     const FusionModel& model_;
     kvfuse::store::ChunkBackend* store_;
     bool streaming_ = true;
+    int threads_ = 0;
+    KernelContexts kernels_;  // compute_and_store's, kept warm across chunks
 };
 
 }  // namespace kvfuse::fusion

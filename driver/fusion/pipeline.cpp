@@ -254,6 +254,12 @@ ChunkKvView ChunkKv::view() const {
 }
 
 ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t> chunk_tokens) {
+    KernelContexts own;
+    return compute_chunk_kv(model, chunk_tokens, own, 0);
+}
+
+ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t> chunk_tokens, KernelContexts& kernels,
+                         int threads) {
     if (chunk_tokens.empty()) throw std::invalid_argument("a chunk must hold at least one token");
     Request alone;
     alone.prefix = {model.bos()};
@@ -261,7 +267,17 @@ ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t>
     FusionOptions full;
     full.method = Method::full;
     full.logits = false;
-    FusionRun run = run_request(model, alone, {}, full);
+    full.threads = threads;
+    FusionRun run;
+    run.kernels = std::move(kernels);
+    // Handed back however the run ends (moved from, `kernels` holds none: a throw would
+    // otherwise leave the caller to make them again).
+    struct GiveBack {
+        KernelContexts& to;
+        FusionRun& from;
+        ~GiveBack() { to = std::move(from.kernels); }
+    } give_back{kernels, run};
+    run_request(model, alone, {}, full, run);
     ChunkKv out;
     out.start_position = 1;
     const ModelShape& s = model.shape();

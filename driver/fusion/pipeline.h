@@ -137,6 +137,8 @@ class KernelContexts {
     // context.
     kvfuse::Context& request() { return request_; }
     kvfuse::Context& loader() { return loader_; }
+    // The `threads` of the last prepare(); -1 before the first.
+    int threads() const { return threads_; }
 
    private:
     int threads_ = -1;  // none created yet
@@ -250,7 +252,12 @@ struct ChunkKv {
 };
 
 // The chunk computed alone, after its own BOS (position 0), then the BOS row dropped: the
-// stored rows sit at positions 1..n.
+// stored rows sit at positions 1..n. Its kernel calls run on `kernels` (prepared for `threads`
+// workers a call, FusionOptions::threads), which a caller computing many chunks keeps, as a
+// request's FusionRun keeps its own, so the contexts' scratch and tables stay warm.
+ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t> chunk_tokens, KernelContexts& kernels,
+                         int threads);
+// The same on contexts of its own with OpenMP's default thread count (tests, one-off callers).
 ChunkKv compute_chunk_kv(const FusionModel& model, std::span<const std::int32_t> chunk_tokens);
 
 // Wall time of each stage of a request, in milliseconds. With pipelined loading, kv_load is

@@ -125,6 +125,7 @@ public:
           options_(options),
           metrics_(metrics) {
         source_.set_streaming(!options.no_stream);
+        source_.set_threads(options.fusion.threads);
     }
 
     const LoadedModel& loaded() const { return loaded_; }
