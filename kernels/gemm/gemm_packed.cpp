@@ -91,8 +91,8 @@ void gather_block_codes(const kvfuse_quantized_weights& q, std::size_t first, st
 }
 
 // Q6_K's form (gemm_packed.h): per panel and super-block the header of super-scales, per block
-// the low nibbles as 4-bit codes, the top two bits of groups 2h and 2h + 1 in one 64-byte row,
-// the signed sub-scales as 16 words.
+// and pair of groups three 64-byte rows of codes (the fourth vector's code spread over their top
+// bits), then the signed sub-scales as 16 words.
 void pack_q6(const kvfuse_quantized_weights& q, PackedWeightsData& w) {
     const std::size_t blocks = w.blocks(), code_bytes = w.code_bytes();
     const auto panels = static_cast<std::ptrdiff_t>(w.panels);
@@ -106,14 +106,14 @@ void pack_q6(const kvfuse_quantized_weights& q, PackedWeightsData& w) {
             std::uint8_t* record = base + w.record_offset(b);
             std::uint8_t codes[kGemmPanel][kQuantBlock];  // padding columns: zero codes and scales
             gather_block_codes(q, first, b, codes);
-            for (std::size_t g = 0; g < kQuantBlock / 4; ++g)
+            for (std::size_t pair = 0; pair < kQuantBlock / 8; ++pair)
                 for (std::size_t t = 0; t < 4; ++t)
                     for (std::size_t j = 0; j < kGemmPanel / 2; ++j) {
-                        const unsigned low = codes[j][4 * g + t], high = codes[j + 16][4 * g + t];
-                        record[g * 64 + 4 * j + t] = static_cast<std::uint8_t>((low & 0xF) | (high & 0xF) << 4);
-                        std::uint8_t& top = record[512 + g / 2 * 64 + 4 * j + t];
-                        if (g % 2 == 0) top = 0;
-                        top = static_cast<std::uint8_t>(top | ((low >> 4) | (high >> 4) << 2) << (4 * (g % 2)));
+                        const std::size_t even = 8 * pair + t, odd = even + 4;
+                        const unsigned last = codes[j + 16][odd];  // spread over the top bits of the other three
+                        const unsigned three[3] = {codes[j][even], codes[j][odd], codes[j + 16][even]};
+                        for (std::size_t r = 0; r < 3; ++r)
+                            record[pair * 192 + r * 64 + 4 * j + t] = static_cast<std::uint8_t>(three[r] | ((last >> (2 * r)) & 3u) << 6);
                     }
             for (std::size_t j = 0; j < kGemmPanel; ++j)
                 for (std::size_t half = 0; half < 2; ++half) {
@@ -237,12 +237,14 @@ void unpack_q6_row(const PackedWeightsData& w, std::size_t j, std::uint8_t* code
     for (std::size_t b = 0; b < w.blocks(); ++b) {
         const std::uint8_t* record = w.record(p, b);
         for (std::size_t k = 0; k < kQuantBlock; ++k) {
-            const std::size_t g = k / 4, t = k % 4;
-            const std::uint8_t pair = record[g * 64 + 4 * (col % 16) + t];
-            const std::uint8_t top = record[512 + g / 2 * 64 + 4 * (col % 16) + t];
-            const unsigned low = col < 16 ? pair & 0xFu : pair >> 4u;
-            const unsigned high = (top >> (4 * (g % 2) + 2 * (col / 16))) & 3u;
-            codes[b * kQuantBlock + k] = static_cast<std::uint8_t>(low | high << 4);
+            const std::size_t pair = k / 8, odd = k / 4 % 2, t = k % 4;
+            const std::uint8_t* bytes = record + pair * 192 + 4 * (col % 16) + t;  // rows at 0, 64, 128
+            unsigned code;
+            if (odd == 1 && col >= 16)
+                code = (bytes[0] >> 6) | (bytes[64] >> 6) << 2 | (bytes[128] >> 6) << 4;
+            else
+                code = bytes[(col >= 16 ? 128 : odd == 1 ? 64 : 0)] & 0x3Fu;
+            codes[b * kQuantBlock + k] = static_cast<std::uint8_t>(code);
         }
         for (std::size_t half = 0; half < 2; ++half)
             sub_scales[2 * b + half] = static_cast<std::int8_t>(record[w.code_bytes() + 4 * (col % 16) + 2 * (col / 16) + half]);

@@ -28,14 +28,15 @@
 //         scale = super_scale[j] * sub_scale[j], offset = super_offset[j] * sub_offset[j], one f32
 //         product each. Header 256 bytes, records 576: 4.75 bits a weight, 64-byte aligned.
 //   Q6_K's form (KVFUSE_DTYPE_Q6_SUPER256): panel p holds, per super-block of 8 blocks, a header
-//         of 32 f32 super-scales, then the super-block's records of 832 bytes: the low four bits
-//         of the 6-bit codes as the 4-bit codes above (512 bytes), then their top two bits
-//         (256 bytes): byte 512 + h * 64 + 4 j + t, j < 16, holds those of column j at bits
-//         0-1 and of column j + 16 at bits 2-3 for group 2h, and the same at bits 4-5 / 6-7 for
-//         group 2h + 1, so a shift and a mask put them over the low nibbles' bits 4-5 for every
-//         vector width; then 16 words of signed sub-scales, word j < 16 holding the bytes (k 0-15,
-//         k 16-31) of column j and then of column j + 16. Header 128 bytes: 6.625 bits a weight
-//         (Q6_K 6.5625), 64-byte aligned.
+//         of 32 f32 super-scales, then the super-block's records of 832 bytes: the 6-bit codes,
+//         per pair of groups (2h, 2h + 1) three 64-byte rows at h * 192 (768 bytes), byte
+//         r * 64 + 4 j + t, j < 16, of row r holding in bits 0-5 the code of column j, group 2h
+//         (r = 0), column j, group 2h + 1 (r = 1) or column j + 16, group 2h (r = 2), and in bits
+//         6-7 bits 2r, 2r + 1 of the code of column j + 16, group 2h + 1: a mask gives three
+//         vectors of codes, three shifts, masks and two ors the fourth, on every vector width;
+//         then 16 words of signed sub-scales, word j < 16 holding the bytes (k 0-15, k 16-31) of
+//         column j and then of column j + 16. Header 128 bytes: 6.625 bits a weight (Q6_K
+//         6.5625, its f16 super-scale here an f32), 64-byte aligned.
 #pragma once
 
 #include <cstddef>

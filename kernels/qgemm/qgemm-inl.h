@@ -338,10 +338,10 @@ constexpr std::size_t kQ6Rows = kVectorRegisters == 16 ? 2 : 3;
 // in f32 on every copy; then acc += float(D) * (super d).
 template <std::size_t M>
 void tile_q6(const Q6Tile& a, std::size_t r0, const std::uint8_t* records, const Depth& depth, std::size_t c0, TileStore s) {
-    constexpr std::size_t low_bytes = kPanel * kCodeBlock / 2, code_bytes = 6 * kPanel * kCodeBlock / 8;
+    constexpr std::size_t code_bytes = 6 * kPanel * kCodeBlock / 8;
     constexpr std::size_t record_bytes = code_bytes + 2 * kPanel;
     constexpr std::size_t super_span = detail::kQ6HeaderBytes + detail::kSuperBlocks * record_bytes;
-    const I32s low_nibbles(0x0F0F0F0F), top_bits(0x30303030);
+    const I32s six_bits(0x3F3F3F3F);
     s.c += r0 * s.ldc;
     float* partial = depth.partial + r0 * 2 * kLanes;
     F32s acc[M][2];
@@ -358,20 +358,24 @@ void tile_q6(const Q6Tile& a, std::size_t r0, const std::uint8_t* records, const
         for (std::size_t h = 0; h < 2; ++h) {
             I32s part[M][2];
             for (std::size_t i = 0; i < M; ++i) part[i][0] = part[i][1] = I32s(0);
-            for (std::size_t g = 4 * h; g < 4 * h + 4; ++g) {
-                const I32s raw = I32s::load_aligned(reinterpret_cast<const std::int32_t*>(record + g * 64 + 4 * c0));
-                const I32s top =
-                    I32s::load_aligned(reinterpret_cast<const std::int32_t*>(record + low_bytes + g / 2 * 64 + 4 * c0));
-                // Bits 4-5 of each code from bits 0-1 / 2-3 (even group) or 4-5 / 6-7 (odd) of its byte.
-                const I32s w[2] = {(raw & low_nibbles) | ((g % 2 == 0 ? top << 4 : top) & top_bits),
-                                   ((raw >> 4) & low_nibbles) | ((g % 2 == 0 ? top << 2 : top >> 2) & top_bits)};
-                for (std::size_t i = 0; i < M; ++i) {
-                    const I32s xi(x[g * kRows + i]);
-                    for (std::size_t v = 0; v < 2; ++v) {
-                        if constexpr (kQ6S16)
-                            add_to_s16(part[i][v], madd_quads_s16(w[v], xi));
-                        else
-                            part[i][v] = dot_quads(part[i][v], w[v], xi);  // u <= 63 is also an s8 for sdot
+            for (std::size_t pair = 2 * h; pair < 2 * h + 2; ++pair) {
+                // Rows r = 0, 1, 2 of the pair: the codes of (column c0.., group 2 pair), (c0..,
+                // 2 pair + 1), (c0 + 16.., 2 pair) in bits 0-5; bits 6-7 make (c0 + 16.., 2 pair + 1).
+                const auto* row = reinterpret_cast<const std::int32_t*>(record + pair * 192 + 4 * c0);
+                const I32s y0 = I32s::load_aligned(row), y1 = I32s::load_aligned(row + 16), y2 = I32s::load_aligned(row + 32);
+                const I32s w[2][2] = {{y0 & six_bits, y2 & six_bits},
+                                      {y1 & six_bits, ((y0 >> 6) & I32s(0x03030303)) | ((y1 >> 4) & I32s(0x0C0C0C0C)) |
+                                                          ((y2 >> 2) & I32s(0x30303030))}};
+                for (std::size_t odd = 0; odd < 2; ++odd) {
+                    const std::size_t g = 2 * pair + odd;
+                    for (std::size_t i = 0; i < M; ++i) {
+                        const I32s xi(x[g * kRows + i]);
+                        for (std::size_t v = 0; v < 2; ++v) {
+                            if constexpr (kQ6S16)
+                                add_to_s16(part[i][v], madd_quads_s16(w[odd][v], xi));
+                            else
+                                part[i][v] = dot_quads(part[i][v], w[odd][v], xi);  // u <= 63 is also an s8 for sdot
+                        }
                     }
                 }
             }
