@@ -130,14 +130,14 @@ void pack_tile(const float* a, std::size_t lda, std::size_t rows, std::size_t bl
 
 // Q6_K's form: the pmaddubsw copy keeps each 16-value sub-block's sums in s16 (its codes u <= 63
 // give pairs of at most 2 * 63 * 127, but four groups of them overflow s16); the bias of the
-// codes, 32 sum q, is subtracted there before the words are widened, which brings each half
-// back to sum (u - 32) q over eight k's, at most 8 * 32 * 127 = 32512: exact, since s16 adds
-// wrap (what they held in between does not matter). The other copies sum in s32 and subtract
-// 32 sum q there.
+// codes, 32 sum q, is where those s16 sums start, which brings each half to sum (u - 32) q over
+// eight k's, at most 8 * 32 * 127 = 32512, once the products are added: exact, since s16 adds
+// wrap (what they held in between does not matter). The other copies sum in s32, from -32 sum q.
 constexpr bool kQ6S16 = kMaddS16;
 // A row tile of A for Q6 weights is the same tile with, in place of the sums, per block and row
-// the correction of each sub-block: pmaddubsw copy, two s16 per word, -32 times the sum of q
-// over the k's of each half of a lane (bytes 0-1 and 2-3 of the four groups); else 32 sum q.
+// the correction of each sub-block, where its integer sums start: pmaddubsw copy, two s16 per
+// word, -32 times the sum of q over the k's of each half of a lane (bytes 0-1 and 2-3 of the four
+// groups); else -32 sum q.
 struct Q6Tile {
     const std::int32_t* codes;
     const float* scales;
@@ -169,7 +169,7 @@ void pack_tile_q6(const float* a, std::size_t lda, std::size_t rows, std::size_t
                     const auto high = static_cast<std::uint16_t>(-detail::kQ6CodeBias * half_sums[1]);
                     word = static_cast<std::int32_t>(static_cast<std::uint32_t>(low) | static_cast<std::uint32_t>(high) << 16);
                 } else {
-                    word = detail::kQ6CodeBias * (half_sums[0] + half_sums[1]);
+                    word = -detail::kQ6CodeBias * (half_sums[0] + half_sums[1]);
                 }
                 corrections[h * per + b * kRows + i] = word;
             }
@@ -330,7 +330,7 @@ void tile_q(const ATile& a, const std::uint8_t* records, const Depth& depth, std
 
 // Rows of a Q6 register block: M rows need M x 2 f32 accumulators, block sums and sub-block
 // sums; three rows fit 32 registers, two 16 (a 6-row tile of A runs as two of three).
-constexpr std::size_t kQ6Rows = kVectorRegisters == 16 ? 2 : 3;
+constexpr std::size_t kQ6Rows = kVectorRegisters == 16 ? 2 : 6;
 
 // Rows [r0, r0 + M) of the tile `a` times the column tile at lane offset c0 of a Q6_SUPER256
 // panel (gemm_packed.h), over the depth chunk `depth`. Per block the integer
@@ -355,9 +355,12 @@ void tile_q6(const Q6Tile& a, std::size_t r0, const std::uint8_t* records, const
         // Word l: the sub-scales (k 0-15, k 16-31) of column l, then of column l + 16.
         const I32s subs = I32s::load_aligned(reinterpret_cast<const std::int32_t*>(record + code_bytes) + c0);
         I32s block[M][2];
+#pragma GCC unroll 2
         for (std::size_t h = 0; h < 2; ++h) {
+            // The sub-block's sums start at its correction (the codes' bias times the sum of q).
+            const std::int32_t* correction = a.corrections[h] + b * kRows + r0;
             I32s part[M][2];
-            for (std::size_t i = 0; i < M; ++i) part[i][0] = part[i][1] = I32s(0);
+            for (std::size_t i = 0; i < M; ++i) part[i][0] = part[i][1] = I32s(correction[i]);
             for (std::size_t pair = 2 * h; pair < 2 * h + 2; ++pair) {
                 // Rows r = 0, 1, 2 of the pair: the codes of (column c0.., group 2 pair), (c0..,
                 // 2 pair + 1), (c0 + 16.., 2 pair) in bits 0-5; bits 6-7 make (c0 + 16.., 2 pair + 1).
@@ -381,17 +384,15 @@ void tile_q6(const Q6Tile& a, std::size_t r0, const std::uint8_t* records, const
             }
             I32s sub[2];
             for (std::size_t v = 0; v < 2; ++v) sub[v] = signed_byte(subs, static_cast<int>(2 * v + h));
-            const std::int32_t* correction = a.corrections[h] + b * kRows + r0;
+            if constexpr (kQ6S16)
+                for (std::size_t v = 0; v < 2; ++v) sub[v] = (sub[v] << 16) | (sub[v] & I32s(0xFFFF));
             for (std::size_t i = 0; i < M; ++i) {
-                const I32s ci(correction[i]);
                 for (std::size_t v = 0; v < 2; ++v) {
                     I32s t;
-                    if constexpr (kQ6S16) {
-                        add_to_s16(part[i][v], ci);
-                        t = madd_pairs(part[i][v], (sub[v] << 16) | (sub[v] & I32s(0xFFFF)));
-                    } else {
-                        t = (part[i][v] - ci) * sub[v];
-                    }
+                    if constexpr (kQ6S16)
+                        t = madd_pairs(part[i][v], sub[v]);
+                    else
+                        t = part[i][v] * sub[v];
                     block[i][v] = h == 0 ? t : block[i][v] + t;
                 }
             }
