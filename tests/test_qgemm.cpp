@@ -381,7 +381,7 @@ void check_q6(const Q6Operands& o, float beta, int threads, const std::string& w
     expect_reference_within_rounding(o, got, want, beta, magnitude_q6, what);
 }
 
-// Odd sizes around the register blocks (AVX2 2 rows, 32-register ISAs 3 of a 6-row tile), the
+// Odd sizes around the register blocks (AVX2 2 rows, 32-register ISAs a 6-row tile), the
 // vector widths and a panel; depths of whole and partial super-blocks, past a depth chunk (16
 // blocks); strides, beta, threads.
 TEST_P(QGemmTest, Q6MatchesReference) {
