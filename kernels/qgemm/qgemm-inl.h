@@ -107,27 +107,6 @@ float quantize_block(const float* x, std::int8_t* q) {
     return d;
 }
 
-// Rows [0, rows) of A (rows <= kRows) quantized into the tile at `base` (padding rows zero).
-void pack_tile(const float* a, std::size_t lda, std::size_t rows, std::size_t blocks, std::int32_t* base) {
-    const std::size_t codes = blocks * kGroups * kRows, per = blocks * kRows;
-    float* scales = reinterpret_cast<float*>(base + codes);
-    float* sums = reinterpret_cast<float*>(base + codes + per);
-    std::int32_t* qsums = base + codes + 2 * per;
-    for (std::size_t i = 0; i < kRows; ++i)
-        for (std::size_t b = 0; b < blocks; ++b) {
-            std::int8_t q[kCodeBlock] = {};
-            float d = 0.0f;
-            if (i < rows) d = quantize_block(a + i * lda + b * kCodeBlock, q);
-            std::int32_t sum = 0;
-            for (std::size_t k = 0; k < kCodeBlock; ++k) sum += q[k];
-            for (std::size_t g = 0; g < kGroups; ++g)
-                std::memcpy(base + (b * kGroups + g) * kRows + i, q + 4 * g, 4);
-            scales[b * kRows + i] = d;
-            sums[b * kRows + i] = d * static_cast<float>(sum);
-            qsums[b * kRows + i] = sum;
-        }
-}
-
 // Q6_K's form: the pmaddubsw copy keeps each 16-value sub-block's sums in s16 (its codes u <= 63
 // give pairs of at most 2 * 63 * 127, but four groups of them overflow s16); the bias of the
 // codes, 32 sum q, is where those s16 sums start, which brings each half to sum (u - 32) q over
@@ -149,30 +128,59 @@ Q6Tile q6_tile_view(const std::int32_t* base, std::size_t blocks) {
     return {base, reinterpret_cast<const float*>(base + codes), {base + codes + per, base + codes + 2 * per}};
 }
 
-void pack_tile_q6(const float* a, std::size_t lda, std::size_t rows, std::size_t blocks, std::int32_t* base) {
-    pack_tile(a, lda, rows, blocks, base);  // codes and scales; the sums are overwritten
+// The corrections of one block of a row: word h for the sub-block h (k 16 h .. 16 h + 15).
+void q6_corrections(const std::int8_t (&q)[kCodeBlock], std::int32_t (&words)[2]) {
+    for (std::size_t h = 0; h < 2; ++h) {
+        std::int32_t half_sums[2] = {0, 0};  // k's 0-1 and 2-3 of the sub-block's four groups
+        for (std::size_t g = 4 * h; g < 4 * h + 4; ++g) {
+            half_sums[0] += q[4 * g] + q[4 * g + 1];
+            half_sums[1] += q[4 * g + 2] + q[4 * g + 3];
+        }
+        if constexpr (kQ6S16) {
+            const auto low = static_cast<std::uint16_t>(-detail::kQ6CodeBias * half_sums[0]);
+            const auto high = static_cast<std::uint16_t>(-detail::kQ6CodeBias * half_sums[1]);
+            words[h] = static_cast<std::int32_t>(static_cast<std::uint32_t>(low) | static_cast<std::uint32_t>(high) << 16);
+        } else {
+            words[h] = -detail::kQ6CodeBias * (half_sums[0] + half_sums[1]);
+        }
+    }
+}
+
+// Rows [0, rows) of A (rows <= kRows) quantized into the tile at `base` (padding rows zero):
+// the codes and scales, then the sums of ATile, or with Q6 the corrections of Q6Tile, in one pass.
+template <bool Q6>
+void pack_rows(const float* a, std::size_t lda, std::size_t rows, std::size_t blocks, std::int32_t* base) {
     const std::size_t codes = blocks * kGroups * kRows, per = blocks * kRows;
-    std::int32_t* corrections = base + codes + per;
+    float* scales = reinterpret_cast<float*>(base + codes);
+    std::int32_t* sums = base + codes + per;  // f32 d sum q then sum q, or the two Q6 corrections
     for (std::size_t i = 0; i < kRows; ++i)
-        for (std::size_t b = 0; b < blocks; ++b)
-            for (std::size_t h = 0; h < 2; ++h) {
-                std::int32_t half_sums[2] = {0, 0};  // k's 0-1 and 2-3 of the sub-block's four groups
-                for (std::size_t g = 4 * h; g < 4 * h + 4; ++g) {
-                    std::int8_t q[4];
-                    std::memcpy(q, base + (b * kGroups + g) * kRows + i, 4);
-                    half_sums[0] += q[0] + q[1];
-                    half_sums[1] += q[2] + q[3];
-                }
-                std::int32_t word;
-                if constexpr (kQ6S16) {
-                    const auto low = static_cast<std::uint16_t>(-detail::kQ6CodeBias * half_sums[0]);
-                    const auto high = static_cast<std::uint16_t>(-detail::kQ6CodeBias * half_sums[1]);
-                    word = static_cast<std::int32_t>(static_cast<std::uint32_t>(low) | static_cast<std::uint32_t>(high) << 16);
-                } else {
-                    word = -detail::kQ6CodeBias * (half_sums[0] + half_sums[1]);
-                }
-                corrections[h * per + b * kRows + i] = word;
+        for (std::size_t b = 0; b < blocks; ++b) {
+            std::int8_t q[kCodeBlock] = {};
+            float d = 0.0f;
+            if (i < rows) d = quantize_block(a + i * lda + b * kCodeBlock, q);
+            for (std::size_t g = 0; g < kGroups; ++g)
+                std::memcpy(base + (b * kGroups + g) * kRows + i, q + 4 * g, 4);
+            scales[b * kRows + i] = d;
+            if constexpr (Q6) {
+                std::int32_t words[2];
+                q6_corrections(q, words);
+                sums[b * kRows + i] = words[0];
+                sums[per + b * kRows + i] = words[1];
+            } else {
+                std::int32_t sum = 0;
+                for (std::size_t k = 0; k < kCodeBlock; ++k) sum += q[k];
+                const float dsum = d * static_cast<float>(sum);
+                std::memcpy(sums + b * kRows + i, &dsum, sizeof dsum);
+                sums[per + b * kRows + i] = sum;
             }
+        }
+}
+
+void pack_tile(const float* a, std::size_t lda, std::size_t rows, std::size_t blocks, std::int32_t* base) {
+    pack_rows<false>(a, lda, rows, blocks, base);
+}
+void pack_tile_q6(const float* a, std::size_t lda, std::size_t rows, std::size_t blocks, std::int32_t* base) {
+    pack_rows<true>(a, lda, rows, blocks, base);
 }
 
 // acc + the four u x q products of each lane (u the weights' codes as this copy holds them).
