@@ -88,22 +88,35 @@ ATile tile_view(const std::int32_t* base, std::size_t blocks) {
             base + codes + 2 * per};
 }
 
-// One block of 32 activations quantized exactly as reference::quantize_activation_block.
+// One block of 32 activations quantized exactly as reference::quantize_activation_block, in
+// vectors: |x|, the max, x * (1 / d), round-half-even (the reference's nearbyint) and the clamp
+// are the same IEEE operations lane by lane.
+constexpr std::size_t kF32Lanes = F32s::size;
 float quantize_block(const float* x, std::int8_t* q) {
-    float amax = 0.0f;
-    bool finite = true;
-    for (std::size_t k = 0; k < kCodeBlock; ++k) {
-        finite = finite && std::isfinite(x[k]);
-        amax = std::max(amax, std::fabs(x[k]));
+    F32s amax(0.0f);
+    auto finite = xsimd::isfinite(F32s(0.0f));
+    for (std::size_t k = 0; k < kCodeBlock; k += kF32Lanes) {
+        const F32s v = F32s::load_unaligned(x + k);
+        finite = finite && xsimd::isfinite(v);
+        amax = xsimd::max(amax, xsimd::abs(v));
     }
-    if (!finite) {
+    if (!xsimd::all(finite)) {
         for (std::size_t k = 0; k < kCodeBlock; ++k) q[k] = 0;
         return std::numeric_limits<float>::quiet_NaN();
     }
-    const float d = amax / 127.0f;
-    const float inverse = d != 0.0f ? 1.0f / d : 0.0f;
-    for (std::size_t k = 0; k < kCodeBlock; ++k)
-        q[k] = static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(x[k] * inverse))));
+    alignas(64) float lanes[kF32Lanes];
+    amax.store_aligned(lanes);
+    float m = 0.0f;
+    for (float l : lanes) m = std::max(m, l);
+    const float d = m / 127.0f;
+    const F32s inverse(d != 0.0f ? 1.0f / d : 0.0f), limit(127.0f);
+    alignas(64) std::int32_t codes[kCodeBlock];
+    for (std::size_t k = 0; k < kCodeBlock; k += kF32Lanes) {
+        // Clamping before the rounding gives the reference's clamp after it (127 is an integer).
+        const F32s scaled = xsimd::max(-limit, xsimd::min(limit, F32s::load_unaligned(x + k) * inverse));
+        xsimd::nearbyint_as_int(scaled).store_aligned(codes + k);
+    }
+    for (std::size_t k = 0; k < kCodeBlock; ++k) q[k] = static_cast<std::int8_t>(codes[k]);
     return d;
 }
 
