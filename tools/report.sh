@@ -12,13 +12,13 @@
 #     --ttft-rounds N  every bench_ttft step runs N rounds instead of its budgeted number (1 to
 #                  time the steps, more for a longer and steadier run)
 #
-# Budget of the full run: about 25 minutes on a quiet 2-core VM (Zen 3 EPYC, AVX2), on top of
-# setup and build (about 4 minutes from scratch). Estimated from step times measured on a busy
-# machine (load average 5-7, wall times about 2x a quiet machine's; table in tools/README.md):
-# `kvfuse tune` under 1 minute; the kernel benchmarks about 4 (3-5 repetitions each);
-# bench_ttft about 18: the 8 x 512 + 32 request with every method and the ratio sweep, 3 rounds
-# (about 5.5), 2K with 3 rounds (about 1.5), 8K and 16K with 1 round (about 11: one 16K round
-# alone runs about 7 minutes, full prefill's attention growing with the square of the length).
+# Budget of the full run, measured on a 2-core Zen 4 VM (AVX-512) with a nice-19 CI run beside
+# it (docs/perf/raw/steps.tsv has each step's time): 52 minutes with setup and build.
+# `kvfuse tune` 9 s; the kernel benchmarks about 30 minutes (bench_gemm 8, bench_topk 6,
+# bench_rope 5, bench_attention 3, bench_quantize 2.5, bench_score 2, the rest 4); bench_ttft
+# about 10: the 8 x 512 + 32 request with every method and the ratio sweep, 3 rounds (3), 2K (1),
+# 8K and 16K with 1 round (6); the 1B shape by weight type (f32 3.5, bf16 2, Q4_K_M 1.3); the
+# serving load test 1.5.
 # Run it on a quiet machine: every other process on it shows up in the figures.
 #
 # Results: DIR/perf/raw/ keeps the run's raw JSON, logs, machine record and step times, next to
