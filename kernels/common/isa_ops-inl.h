@@ -171,6 +171,20 @@ inline __m512 group_lanes(const __m512 v0, const __m512 v1, const __m512 v2, con
     const __m512 high = _mm512_permutex2var_ps(v2, p, v3);
     return _mm512_mask_blend_ps(_mm512_test_epi32_mask(p, _mm512_set1_epi32(32)), low, high);
 }
+
+// Calls at(j, p) for each 16 selected positions p of the group (32-bit lanes, in order; the
+// last call's lanes past the count are zero), j being the output slot of the first of them;
+// returns the count selected.
+template <class At>
+inline std::size_t for_each_16_selected(std::uint64_t bits, At&& at) {
+    __m512i rest = group_positions(bits);
+    const auto count = static_cast<std::size_t>(std::popcount(bits));
+    for (std::size_t j = 0; j < count; j += 16) {
+        at(j, _mm512_cvtepu8_epi32(_mm512_castsi512_si128(rest)));
+        rest = _mm512_alignr_epi32(_mm512_setzero_si512(), rest, 4);  // the next 16 positions
+    }
+    return count;
+}
 #else
 template <class A>
 constexpr bool kGroupCompressIsCheap = false;
@@ -189,16 +203,11 @@ inline std::size_t compress_store_group(const std::array<xsimd::batch<float, A>,
     static_assert(lanes * G == 64, "a group is 64 lanes");
 #if defined(__AVX512VBMI2__)
     if constexpr (lanes == 16) {
-        __m512i rest = group_positions(bits);
-        const auto count = static_cast<std::size_t>(std::popcount(bits));
         const __m512i base = _mm512_set1_epi32(static_cast<int>(first));
-        for (std::size_t j = 0; j < count; j += 16) {
-            const __m512i p = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(rest));
-            rest = _mm512_alignr_epi32(_mm512_setzero_si512(), rest, 4);  // the next 16 positions
+        return for_each_16_selected(bits, [&](std::size_t j, __m512i p) {
             _mm512_storeu_ps(values + j, group_lanes(v[0], v[1], v[2], v[3], p));
             _mm512_storeu_si512(indices + j, _mm512_add_epi32(p, base));
-        }
-        return count;
+        });
     }
 #endif
     using U = xsimd::batch<std::uint32_t, A>;
@@ -222,16 +231,10 @@ inline std::size_t compress_store_group(const std::array<xsimd::batch<float, A>,
     constexpr std::size_t lanes = xsimd::batch<float, A>::size;
     static_assert(lanes * G == 64, "a group is 64 lanes");
 #if defined(__AVX512VBMI2__)
-    if constexpr (lanes == 16) {
-        __m512i rest = group_positions(bits);
-        const auto count = static_cast<std::size_t>(std::popcount(bits));
-        for (std::size_t j = 0; j < count; j += 16) {
-            const __m512i p = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(rest));
-            rest = _mm512_alignr_epi32(_mm512_setzero_si512(), rest, 4);
+    if constexpr (lanes == 16)
+        return for_each_16_selected(bits, [&](std::size_t j, __m512i p) {
             _mm512_storeu_ps(values + j, group_lanes(v[0], v[1], v[2], v[3], p));
-        }
-        return count;
-    }
+        });
 #endif
     std::size_t count = 0;
     for (std::size_t g = 0; g < G; ++g)
