@@ -42,10 +42,22 @@ void quantize_keys(kvfuse_dtype dtype, const void* keys, std::size_t tokens, std
     auto key = [&](std::size_t t, std::size_t e) {
         return element_as_f32(dtype, keys, layout.at(t, e / head_dim) + e % head_dim);
     };
-    std::vector<double> sum(row, 0.0);
+    // The mean of each column: its f32 sum in token order over the f32 token count; a column
+    // whose f32 sum is not finite (non-finite keys, or finite ones whose sum overflows f32) is
+    // summed again in double and rounded to f32 once, so only non-finite keys give a
+    // non-finite mean.
+    std::vector<float> sum(row, 0.0f);
     for (std::size_t t = 0; t < tokens; ++t)
         for (std::size_t e = 0; e < row; ++e) sum[e] += key(t, e);
-    for (std::size_t e = 0; e < row; ++e) means[e] = static_cast<float>(sum[e] / static_cast<double>(tokens));
+    for (std::size_t e = 0; e < row; ++e) {
+        if (std::isfinite(sum[e])) {
+            means[e] = sum[e] / static_cast<float>(tokens);
+            continue;
+        }
+        double wide = 0.0;
+        for (std::size_t t = 0; t < tokens; ++t) wide += key(t, e);
+        means[e] = static_cast<float>(wide / static_cast<double>(tokens));
+    }
     std::vector<float> centred(head_dim);
     for (std::size_t t = 0; t < tokens; ++t)
         for (std::size_t h = 0; h < heads; ++h) {

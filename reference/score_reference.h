@@ -17,8 +17,9 @@ float quantize_i8(const float* x, std::size_t n, std::int8_t* out);
 // Symmetric int4 of n values packed two per byte (low nibble first): scale = max|x| / 7.
 float quantize_i4(const float* x, std::size_t n, std::uint8_t* out);
 // kvfuse_quantize_keys_i8 (bits 8: int8 out, head_dim bytes per (token, head)) and _i4 (bits 4:
-// (head_dim + 1) / 2 packed bytes per (token, head)): each (head, dim)'s mean over tokens,
-// summed in double in token order, removed in f32, then quantize_i8 / quantize_i4 per
+// (head_dim + 1) / 2 packed bytes per (token, head)): each (head, dim)'s mean over tokens (its
+// f32 sum in token order divided by the f32 token count; a column whose f32 sum is not finite
+// is summed again in double), removed in f32, then quantize_i8 / quantize_i4 per
 // (token, head). The SIMD kernels (kernels/quantize/) match this bit for bit.
 // Keys of `dtype` (f32, bf16 or f16, token_stride in its elements) are widened exactly first.
 void quantize_keys(kvfuse_dtype dtype, const void* keys, std::size_t tokens, std::size_t heads, std::size_t head_dim,

@@ -5,7 +5,8 @@
 // machine's thread count), values exactly halfway between integers (round half to even), NaN
 // and infinities (NaN quantizes to +limit, an infinity makes its head's scale infinite: see
 // kvfuse.h), all-zero heads and subnormal heads, quotients a few ulps from half integers (the
-// kernels' multiply-by-reciprocal path and its fallback) and scales above 2^126.
+// kernels' multiply-by-reciprocal path and its fallback), scales above 2^126, and columns whose
+// f32 sum overflows (summed again in double).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -181,6 +182,26 @@ TEST_P(QuantizeIsaTest, NanAndInfinityMatchTheReference) {
         std::vector<float> x = make_keys(s, 3);
         for (std::size_t d = 0; d < head_dim; ++d) x[s.stride() + head_dim + d] = std::numeric_limits<float>::quiet_NaN();
         expect_rows_match(x, s);
+    }
+}
+
+// Finite keys so large that a column's f32 sum overflows (the f32 mean would be infinite): the
+// column is summed again in double, so its mean stays finite and the head quantizes as usual.
+TEST_P(QuantizeIsaTest, ColumnsWhoseF32SumOverflowsGetAFiniteMean) {
+    for (std::size_t head_dim : {3, 64, 130}) {
+        const Shape s{40, 2, head_dim, 1};
+        std::vector<float> keys = make_keys(s, 11);
+        // Column 1 of head 0 near FLT_MAX / 4 in every token: 40 of them overflow an f32 sum.
+        for (std::size_t t = 0; t < s.tokens; ++t)
+            keys[t * s.stride() + 1] = 8.5e37f * (1.0f + 0.001f * static_cast<float>(t % 5));
+        std::vector<float> means(s.heads * s.head_dim), scales(s.tokens * s.heads);
+        std::vector<std::int8_t> out(s.tokens * s.heads * s.head_dim);
+        ASSERT_EQ(kvfuse_quantize_keys_i8(keys.data(), s.tokens, s.heads, s.head_dim, s.stride(), out.data(),
+                                          scales.data(), means.data()),
+                  KVFUSE_OK);
+        EXPECT_TRUE(std::isfinite(means[1])) << means[1];
+        EXPECT_NEAR(means[1] / 8.5e37f, 1.002, 1e-6);
+        expect_keys_match(keys, s);
     }
 }
 

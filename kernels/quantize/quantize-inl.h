@@ -1,13 +1,15 @@
 // The int8 / int4 quantizers (kvfuse_quantize_keys_i8, _i4, kvfuse_quantize_rows_i8) written
 // once on the xsimd architecture, with intrinsics where xsimd 8.1 has no operation or not the
-// right one: int32 lanes narrowed to bytes, f32 widened to f64, a max / min whose NaN rule is
+// right one: int32 lanes narrowed to bytes, a max / min whose NaN rule is
 // std::fmax's, a horizontal max, and on NEON a correctly rounded division. Included once per ISA by a CMake-generated unit that
 // defines KVFUSE_ISA_NAMESPACE and KVFUSE_XSIMD_ARCH; no include guard on purpose (see rope-inl.h).
 //
 // Bit for bit the reference (reference::quantize_keys / quantize_rows_i8):
-// * the mean of each (head, dim) column is summed in double in token order (f32 -> f64 is exact,
-//   each lane adds its column's values in the reference's order) and divided in double, then
-//   rounded to f32 once; workers split the columns, never the tokens, so the order holds;
+// * the mean of each (head, dim) column is summed in f32 in token order (each lane adds its
+//   column's values in the reference's order) and divided by the f32 token count; workers split
+//   the columns, never the tokens, so the order holds; a column whose f32 sum is not finite is
+//   summed again in double, as the reference does (f32 sums: no f32 -> f64 widening, which
+//   took half the time of a whole call on Zen 4, where vcvtps2pd zmm issues every 2 cycles);
 // * max|x| ignores NaN (as std::fmax does) and a max is exact in any order;
 // * the integer is lrint(clamp(x / scale)) of a true IEEE division (`divide` below: never xsimd's
 //   NEON `/`, a reciprocal estimate); NaN quotients become +limit (std::fmin(limit, NaN) is limit),
@@ -40,7 +42,6 @@ namespace {
 
 using Arch = KVFUSE_XSIMD_ARCH;
 using F32s = xsimd::batch<float, Arch>;
-using F64s = xsimd::batch<double, Arch>;
 using I32s = xsimd::batch<std::int32_t, Arch>;
 constexpr std::size_t kLanes = F32s::size;
 // Values quantized together: 16 bytes of int8 (one 128-bit store), 8 bytes of packed int4.
@@ -49,7 +50,7 @@ constexpr std::size_t kPerChunk = kChunk / kLanes;
 static_assert(kChunk % kLanes == 0, "a chunk is a whole number of vectors");
 
 // Columns of the mean are given to workers in blocks of 64 floats (a 256-byte stretch of every
-// row, whole cache lines of the double sums).
+// row: whole cache lines of the keys and of the f32 sums).
 constexpr std::size_t kColumnBlock = 64;
 
 // --- the ISA-specific pieces ----------------------------------------------------------------
@@ -75,15 +76,6 @@ inline F32s max_skipping_nan(F32s best, F32s a) { return _mm512_max_ps(a, best);
 inline F32s clamp_nan_high(F32s v, F32s limit) { return _mm512_max_ps(_mm512_min_ps(v, limit), -limit); }
 // The largest lane of non-negative, non-NaN lanes.
 inline float reduce_max(F32s v) { return _mm512_reduce_max_ps(v); }
-inline void widen(F32s v, F64s& low, F64s& high) {
-    low = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-    high = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
-// kLanes floats at p widened by halves straight from memory (no shuffle of a loaded vector).
-inline void widen_loaded(const float* p, F64s& low, F64s& high) {
-    low = _mm512_cvtps_pd(_mm256_loadu_ps(p));
-    high = _mm512_cvtps_pd(_mm256_loadu_ps(p + 8));
-}
 #elif defined(__AVX2__)
 using Bytes16 = __m128i;
 inline Bytes16 narrow_to_bytes(const I32s* q) {
@@ -119,14 +111,6 @@ inline float reduce_max(F32s v) {
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
 }
-inline void widen(F32s v, F64s& low, F64s& high) {
-    low = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-    high = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-}
-inline void widen_loaded(const float* p, F64s& low, F64s& high) {
-    low = _mm256_cvtps_pd(_mm_loadu_ps(p));
-    high = _mm256_cvtps_pd(_mm_loadu_ps(p + 4));
-}
 #elif defined(__ARM_NEON)
 using Bytes16 = int8x16_t;
 inline Bytes16 narrow_to_bytes(const I32s* q) {
@@ -148,11 +132,6 @@ inline F32s divide(F32s a, F32s b) { return vdivq_f32(a, b); }
 inline F32s max_skipping_nan(F32s best, F32s a) { return vmaxnmq_f32(best, a); }
 inline F32s clamp_nan_high(F32s v, F32s limit) { return vmaxnmq_f32(vminnmq_f32(v, limit), -limit); }
 inline float reduce_max(F32s v) { return vmaxvq_f32(v); }
-inline void widen(F32s v, F64s& low, F64s& high) {
-    low = vcvt_f64_f32(vget_low_f32(v));
-    high = vcvt_high_f64_f32(v);
-}
-inline void widen_loaded(const float* p, F64s& low, F64s& high) { widen(vld1q_f32(p), low, high); }
 #else
 #error "quantize-inl.h: no byte narrowing for this ISA"
 #endif
@@ -238,12 +217,17 @@ void divided_chunks(const Element<kType>* x, const float* mean, std::size_t n, f
     }
 }
 
-// The same chunks from q = c * recip, recip = RN(1 / scale), no clamp; returns the largest
-// |q - round(q)| seen, which decides whether these integers are the reference's (below).
+// The same chunks from q = c * recip, recip = RN(1 / scale), no clamp; returns whether some
+// |q - round(q)| exceeded `near_half`, which decides whether these integers are the
+// reference's (below). The test is a lane mask ORed across the head (one mask register on
+// AVX-512), not a max reduced at the end of every head: that reduction was a chain of ~8
+// dependent instructions per 128-value head.
 template <int kBits, kvfuse_dtype kType, bool kCentred>
-float multiplied_chunks(const Element<kType>* x, const float* mean, std::size_t n, float recip, std::uint8_t* bytes) {
-    const F32s vrecip(recip);
-    F32s worst(0.0f);
+bool multiplied_chunks(const Element<kType>* x, const float* mean, std::size_t n, float recip, float near_half,
+                       std::uint8_t* bytes) {
+    using Mask = typename F32s::batch_bool_type;
+    const F32s vrecip(recip), vnear(near_half);
+    Mask near(false);
     std::size_t i = 0;
 #if defined(__AVX2__) && !defined(__AVX512F__)
     for (; i + 2 * kChunk <= n; i += 2 * kChunk) {
@@ -251,7 +235,7 @@ float multiplied_chunks(const Element<kType>* x, const float* mean, std::size_t 
         for (std::size_t k = 0; k < 2 * kPerChunk; ++k) {
             const F32s v = centred<kType, kCentred>(x, mean, i + k * kLanes) * vrecip;
             q[k] = xsimd::nearbyint_as_int(v);
-            worst = xsimd::max(worst, xsimd::abs(v - xsimd::to_float(q[k])));
+            near = near | (xsimd::abs(v - xsimd::to_float(q[k])) > vnear);
         }
         if constexpr (kBits == 8)
             store_wide_bytes(bytes + i, narrow_wide(q));
@@ -264,7 +248,7 @@ float multiplied_chunks(const Element<kType>* x, const float* mean, std::size_t 
         for (std::size_t k = 0; k < kPerChunk; ++k) {
             const F32s v = centred<kType, kCentred>(x, mean, i + k * kLanes) * vrecip;
             q[k] = xsimd::nearbyint_as_int(v);
-            worst = xsimd::max(worst, xsimd::abs(v - xsimd::to_float(q[k])));
+            near = near | (xsimd::abs(v - xsimd::to_float(q[k])) > vnear);
         }
         const Bytes16 b = narrow_to_bytes(q);
         if constexpr (kBits == 8)
@@ -272,7 +256,7 @@ float multiplied_chunks(const Element<kType>* x, const float* mean, std::size_t 
         else
             store_nibbles(bytes + i / 2, b);
     }
-    return reduce_max(worst);
+    return xsimd::any(near);
 }
 
 // max|c| of a head as the bits of |c| (ordered as integers; a NaN's bits exceed +inf's), so
@@ -337,7 +321,7 @@ float quantize_head(const Element<kType>* x, const float* mean, std::size_t n, v
     // 2^-15 below one half, in the check's terms: |v - round(v)| > 0.5 - 2^-15 may be a tie.
     constexpr float kNearHalf = 0.5f - 1.0f / 32768.0f;
     const bool multiply = !has_nan && scale >= std::numeric_limits<float>::min() && scale <= 0x1p126f;
-    if (!multiply || !(multiplied_chunks<kBits, kType, kCentred>(x, mean, n, 1.0f / scale, bytes) <= kNearHalf))
+    if (!multiply || multiplied_chunks<kBits, kType, kCentred>(x, mean, n, 1.0f / scale, kNearHalf, bytes))
         divided_chunks<kBits, kType, kCentred>(x, mean, n, scale, bytes);
     std::size_t i = n - n % kChunk;
     if constexpr (kBits == 8) {
@@ -364,17 +348,16 @@ std::size_t workers_for(const kvfuse_context& context, std::size_t values, std::
 }
 
 // Columns [begin, end) of the run of columns starting at element `run` of every token's row (a
-// packed row: all heads; else one head): f64 sums in token order, then one division. Tokens go
-// in tiles of kTokenTile rows read side by side, so that each vector of sums is loaded and
+// packed row: all heads; else one head): f32 sums in token order, then one f32 division. Tokens
+// go in tiles of kTokenTile rows read side by side, so that each vector of sums is loaded and
 // stored once per tile, not once per token.
 constexpr std::size_t kTokenTile = 8;
 // kPaged: the rows of a tile may sit in different blocks, addressed one by one; otherwise they
 // are token_stride apart from the tile's first (the addressing the compiler keeps in registers).
 template <kvfuse_dtype kType, bool kPaged>
 void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, std::size_t tokens, std::size_t run,
-                  std::size_t begin, std::size_t end, double* sums, float* means) {
-    for (std::size_t c = begin; c < end; ++c) sums[c] = 0.0;
-    constexpr std::size_t kHalf = F64s::size;
+                  std::size_t begin, std::size_t end, float* sums, float* means) {
+    for (std::size_t c = begin; c < end; ++c) sums[c] = 0.0f;
     const std::size_t stride = layout.token_stride;
     for (std::size_t t0 = 0; t0 < tokens; t0 += kTokenTile) {
         const std::size_t rows = std::min(tokens - t0, kTokenTile);
@@ -391,18 +374,9 @@ void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, s
         // One vector of columns summed over `count` rows (in row order, as the reference): a
         // whole tile passes its count as a constant, so that loop is unrolled fully.
         auto add_columns = [&](std::size_t c, auto count) {
-            F64s low_sum = F64s::load_unaligned(sums + c), high_sum = F64s::load_unaligned(sums + c + kHalf);
-            for (std::size_t t = 0; t < static_cast<std::size_t>(count); ++t) {
-                F64s low, high;
-                if constexpr (kType == KVFUSE_DTYPE_F32)
-                    widen_loaded(at(t, c), low, high);
-                else
-                    widen(load_as_f32<kType, F32s>(at(t, c), 0), low, high);
-                low_sum += low;
-                high_sum += high;
-            }
-            low_sum.store_unaligned(sums + c);
-            high_sum.store_unaligned(sums + c + kHalf);
+            F32s sum = F32s::load_unaligned(sums + c);
+            for (std::size_t t = 0; t < static_cast<std::size_t>(count); ++t) sum += load_as_f32<kType, F32s>(at(t, c), 0);
+            sum.store_unaligned(sums + c);
         };
         std::size_t c = begin;
         if (rows == kTokenTile)
@@ -411,7 +385,17 @@ void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, s
         for (; c < end; ++c)
             for (std::size_t t = 0; t < rows; ++t) sums[c] += one_as_f32<kType>(at(t, c), 0);
     }
-    for (std::size_t c = begin; c < end; ++c) means[c] = static_cast<float>(sums[c] / static_cast<double>(tokens));
+    const float count = static_cast<float>(tokens);
+    for (std::size_t c = begin; c < end; ++c) {
+        if (std::isfinite(sums[c])) {
+            means[c] = sums[c] / count;
+            continue;
+        }
+        // Rare (non-finite keys, or an f32 overflow): the reference's double sum of the column.
+        double wide = 0.0;
+        for (std::size_t t = 0; t < tokens; ++t) wide += one_as_f32<kType>(keys + layout.row(t) + run + c, 0);
+        means[c] = static_cast<float>(wide / static_cast<double>(tokens));
+    }
 }
 
 // Every token of `heads` heads at `layout`, workers splitting the tokens (rows: no mean; keys:
@@ -451,8 +435,8 @@ template <int kBits, kvfuse_dtype kType>
 void quantize_keys_of(kvfuse_context& context, const Element<kType>* keys, std::size_t tokens, std::size_t heads,
                       std::size_t head_dim, const detail::KeyLayout& layout, void* out, float* scales, float* means) {
     const std::size_t columns = heads * head_dim;
-    // The only memory: the f64 column sums, in the context's scratch (kept across calls).
-    auto* sums = static_cast<double*>(detail::context_scratch(context, columns * sizeof(double)));
+    // The only memory: the f32 column sums, in the context's scratch (kept across calls).
+    auto* sums = static_cast<float*>(detail::context_scratch(context, columns * sizeof(float)));
     // The columns are read in runs contiguous in every token's row: the whole row when the heads
     // are packed in it (one sweep over each row), else one run per head (head strides, paged).
     const bool packed = heads == 1 || layout.head_stride == head_dim;
