@@ -1,6 +1,7 @@
 #include "reference/score_reference.h"
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "kernels/common/relevance_segments.h"
@@ -8,12 +9,26 @@
 
 namespace kvfuse::reference {
 
+namespace {
+// x / scale as the quantizers compute it: x times the reciprocal of scale rounded to f32 once
+// (llama.cpp's quantizers do the same), or a true division when that reciprocal would not be a
+// normal f32 (scale 0, subnormal, above 2^126, infinite or NaN).
+struct Divider {
+    float scale, recip;
+    bool by_reciprocal;
+    explicit Divider(float s)
+        : scale(s), recip(1.0f / s), by_reciprocal(s >= std::numeric_limits<float>::min() && s <= 0x1p126f) {}
+    float operator()(float x) const { return by_reciprocal ? x * recip : x / scale; }
+};
+}  // namespace
+
 float quantize_i8(const float* x, std::size_t n, std::int8_t* out) {
     float max_abs = 0.0f;
     for (std::size_t i = 0; i < n; ++i) max_abs = std::fmax(max_abs, std::fabs(x[i]));
     const float scale = max_abs / 127.0f;
+    const Divider divide(scale);
     for (std::size_t i = 0; i < n; ++i)
-        out[i] = scale > 0.0f ? static_cast<std::int8_t>(std::lrint(std::fmax(-127.0f, std::fmin(127.0f, x[i] / scale)))) : 0;
+        out[i] = scale > 0.0f ? static_cast<std::int8_t>(std::lrint(std::fmax(-127.0f, std::fmin(127.0f, divide(x[i]))))) : 0;
     return scale;
 }
 
@@ -21,9 +36,10 @@ float quantize_i4(const float* x, std::size_t n, std::uint8_t* out) {
     float max_abs = 0.0f;
     for (std::size_t i = 0; i < n; ++i) max_abs = std::fmax(max_abs, std::fabs(x[i]));
     const float scale = max_abs / 7.0f;
+    const Divider divide(scale);
     for (std::size_t i = 0; i < (n + 1) / 2; ++i) out[i] = 0;
     for (std::size_t i = 0; i < n; ++i) {
-        const long q = scale > 0.0f ? std::lrint(std::fmax(-7.0f, std::fmin(7.0f, x[i] / scale))) : 0;
+        const long q = scale > 0.0f ? std::lrint(std::fmax(-7.0f, std::fmin(7.0f, divide(x[i])))) : 0;
         out[i / 2] = static_cast<std::uint8_t>(out[i / 2] | ((static_cast<unsigned>(q) & 15u) << (4 * (i % 2))));
     }
     return scale;

@@ -12,9 +12,12 @@ namespace kvfuse::reference {
 
 void a3_relevance(const kvfuse_relevance_args& args);
 
-// Symmetric int8 of n values: scale = max|x| / 127 (0 for an all-zero input), round to nearest.
+// Symmetric int8 of n values: scale = max|x| / 127 (0 for an all-zero input), q = x * RN(1 /
+// scale) (a true x / scale when 1 / scale would not be a normal f32) clamped to [-127, 127]
+// (NaN to 127) and rounded half to even.
 float quantize_i8(const float* x, std::size_t n, std::int8_t* out);
-// Symmetric int4 of n values packed two per byte (low nibble first): scale = max|x| / 7.
+// Symmetric int4 of n values packed two per byte (low nibble first): scale = max|x| / 7, q as
+// quantize_i8's within [-7, 7].
 float quantize_i4(const float* x, std::size_t n, std::uint8_t* out);
 // kvfuse_quantize_keys_i8 (bits 8: int8 out, head_dim bytes per (token, head)) and _i4 (bits 4:
 // (head_dim + 1) / 2 packed bytes per (token, head)): each (head, dim)'s mean over tokens (its

@@ -490,9 +490,11 @@ KVFUSE_API kvfuse_status kvfuse_topk_batched(const float* scores, size_t rows, s
  * contiguous), one scale per (token, KV head) and one mean per (KV head, dim). Each KV head's
  * mean over tokens is subtracted first: exact for softmax (it shifts every logit of a query
  * row by the same amount) and it removes the large shared components that would otherwise
- * dominate the int8 range. Then symmetric int8: scale = max|x| / 127, q = x / scale clamped to
- * [-127, 127] and rounded half to even (as lrint in the default rounding mode). A head of
- * zeros has scale 0 and quantizes to 0. Non-finite input never fails: max|x| ignores NaN; a
+ * dominate the int8 range (the mean: each column's f32 sum in token order over the f32 token
+ * count). Then symmetric int8: scale = max|x| / 127, q = x * (1 / scale) with the reciprocal
+ * rounded to f32 once (as llama.cpp's quantizers do; a true x / scale when 1 / scale is
+ * not a normal f32), clamped to [-127, 127] and rounded half to even (as lrint in the default
+ * rounding mode). A head of zeros has scale 0 and quantizes to 0. Non-finite input never fails: max|x| ignores NaN; a
  * value whose quotient is NaN (a NaN, or an infinity over an infinite scale) quantizes to +127;
  * an infinity gives its head an infinite scale (its finite values quantize to 0). Here a
  * non-finite key also makes its column's mean non-finite, so it reaches that column in every

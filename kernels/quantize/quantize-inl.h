@@ -11,11 +11,14 @@
 //   summed again in double, as the reference does (f32 sums: no f32 -> f64 widening, which
 //   took half the time of a whole call on Zen 4, where vcvtps2pd zmm issues every 2 cycles);
 // * max|x| ignores NaN (as std::fmax does) and a max is exact in any order;
-// * the integer is lrint(clamp(x / scale)) of a true IEEE division (`divide` below: never xsimd's
-//   NEON `/`, a reciprocal estimate); NaN quotients become +limit (std::fmin(limit, NaN) is limit),
-//   the clamp is exact, and the rounding is cvtps2dq / fcvtns: round half to even, as std::lrint
-//   in the default rounding mode. The fast path gets the same integers from x * (1 / scale)
-//   without a division; `quantize_head` proves when that holds and falls back when it may not;
+// * the integer is lrint(clamp(x * recip)), recip = RN(1 / scale) rounded once (llama.cpp's
+//   quantizers also multiply by the reciprocal), or lrint(clamp(x / scale)) of a true IEEE
+//   division (`divide` below: never xsimd's NEON `/`, a reciprocal estimate) when recip would not
+//   be a normal f32; NaN becomes +limit (std::fmin(limit, NaN) is limit), the clamp is exact and
+//   left out where it cannot act (`rounded_vectors`), and the rounding is cvtps2dq / fcvtns: round
+//   half to even, as std::lrint in the default rounding mode. (Until session 18 the contract was
+//   the division itself, reproduced through a per-value distance test and a fallback: six of
+//   the rounding loop's twelve instructions.);
 // * tails shorter than 16 values run the reference's scalar expression;
 // * bf16 and f16 input is widened exactly as it is loaded (half-inl.h: shift, vcvtph2ps, fcvtl),
 //   so every value is the f32 the reference widens it to.
@@ -76,6 +79,8 @@ inline F32s max_skipping_nan(F32s best, F32s a) { return _mm512_max_ps(a, best);
 inline F32s clamp_nan_high(F32s v, F32s limit) { return _mm512_max_ps(_mm512_min_ps(v, limit), -limit); }
 // The largest lane of non-negative, non-NaN lanes.
 inline float reduce_max(F32s v) { return _mm512_reduce_max_ps(v); }
+// The largest lane of non-negative int32 lanes.
+inline std::int32_t reduce_max_int(I32s v) { return _mm512_reduce_max_epi32(v); }
 #elif defined(__AVX2__)
 using Bytes16 = __m128i;
 inline Bytes16 narrow_to_bytes(const I32s* q) {
@@ -89,7 +94,7 @@ inline void store_nibbles(void* dst, Bytes16 b) {
     const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi16(0x00f0));
     _mm_storel_epi64(static_cast<__m128i*>(dst), _mm_packus_epi16(_mm_or_si128(low, high), _mm_setzero_si128()));
 }
-// 32 values at once (multiplied_chunks on AVX2): two packs and one permute per 32, not per 16.
+// 32 values at once (scaled_chunks on AVX2): two packs and one permute per 32, not per 16.
 using Bytes32 = __m256i;
 // 4 int32 vectors -> 32 int8 in order: the packs leave 4-byte groups q0a q1a q2a q3a | q0b ...
 inline Bytes32 narrow_wide(const I32s* q) {
@@ -110,6 +115,11 @@ inline float reduce_max(F32s v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+inline std::int32_t reduce_max_int(I32s v) {
+    __m128i m = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4e));
+    return _mm_cvtsi128_si32(_mm_max_epi32(m, _mm_shuffle_epi32(m, 0xb1)));
 }
 #elif defined(__ARM_NEON)
 using Bytes16 = int8x16_t;
@@ -132,6 +142,7 @@ inline F32s divide(F32s a, F32s b) { return vdivq_f32(a, b); }
 inline F32s max_skipping_nan(F32s best, F32s a) { return vmaxnmq_f32(best, a); }
 inline F32s clamp_nan_high(F32s v, F32s limit) { return vmaxnmq_f32(vminnmq_f32(v, limit), -limit); }
 inline float reduce_max(F32s v) { return vmaxvq_f32(v); }
+inline std::int32_t reduce_max_int(I32s v) { return vmaxvq_s32(v); }
 #else
 #error "quantize-inl.h: no byte narrowing for this ISA"
 #endif
@@ -188,55 +199,40 @@ KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE float max_abs(const Element<kType>* x, co
     return m;
 }
 
+// How a head's values are divided by its scale (the reference's Divider): x * recip, recip =
+// RN(1 / scale), when recip is a normal f32; a true division otherwise.
+enum class Scaling { multiply, divide };
+
 // The reference's expression for one value.
-inline long rounded_one(float c, float scale, float limit) {
-    return std::lrint(std::fmax(-limit, std::fmin(limit, c / scale)));
+inline long rounded_one(float c, float scale, float recip, Scaling scaling, float limit) {
+    const float v = scaling == Scaling::multiply ? c * recip : c / scale;
+    return std::lrint(std::fmax(-limit, std::fmin(limit, v)));
 }
 
-template <kvfuse_dtype kType, bool kCentred>
-inline Bytes16 rounded_chunk(const Element<kType>* x, const float* mean, std::size_t i, F32s scale, F32s limit) {
-    I32s q[kPerChunk];
-    for (std::size_t k = 0; k < kPerChunk; ++k) {
-        const F32s v = divide(centred<kType, kCentred>(x, mean, i + k * kLanes), scale);
-        q[k] = xsimd::nearbyint_as_int(clamp_nan_high(v, limit));
-    }
-    return narrow_to_bytes(q);
-}
-
-// Writes the chunks [0, n - n % kChunk) of one head by the reference's division.
-template <int kBits, kvfuse_dtype kType, bool kCentred>
-void divided_chunks(const Element<kType>* x, const float* mean, std::size_t n, float scale, std::uint8_t* bytes) {
-    constexpr float kLimit = kBits == 8 ? 127.0f : 7.0f;
-    const F32s vscale(scale), vlimit(kLimit);
-    for (std::size_t i = 0; i + kChunk <= n; i += kChunk) {
-        const Bytes16 b = rounded_chunk<kType, kCentred>(x, mean, i, vscale, vlimit);
-        if constexpr (kBits == 8)
-            store_bytes(bytes + i, b);
-        else
-            store_nibbles(bytes + i / 2, b);
+// kPerChunk vectors of a chunk scaled and rounded to int32. kClamp false: no clamp, which is
+// exact when the head holds no NaN and is multiplied: |c| <= max|c| and scale = RN(max / limit),
+// recip = RN(1 / scale), so |c * recip| <= limit (1 + 2^-22) < limit + 1/2, which rounds to at
+// most limit, as the clamp would.
+template <kvfuse_dtype kType, bool kCentred, Scaling kScaling, bool kClamp>
+inline void rounded_vectors(const Element<kType>* x, const float* mean, std::size_t i, F32s factor, F32s limit,
+                            I32s* q, std::size_t count) {
+    for (std::size_t k = 0; k < count; ++k) {
+        const F32s c = centred<kType, kCentred>(x, mean, i + k * kLanes);
+        F32s v = kScaling == Scaling::multiply ? c * factor : divide(c, factor);
+        if constexpr (kClamp) v = clamp_nan_high(v, limit);
+        q[k] = xsimd::nearbyint_as_int(v);
     }
 }
 
-// The same chunks from q = c * recip, recip = RN(1 / scale), no clamp; returns whether some
-// |q - round(q)| exceeded `near_half`, which decides whether these integers are the
-// reference's (below). The test is a lane mask ORed across the head (one mask register on
-// AVX-512), not a max reduced at the end of every head: that reduction was a chain of ~8
-// dependent instructions per 128-value head.
-template <int kBits, kvfuse_dtype kType, bool kCentred>
-bool multiplied_chunks(const Element<kType>* x, const float* mean, std::size_t n, float recip, float near_half,
-                       std::uint8_t* bytes) {
-    using Mask = typename F32s::batch_bool_type;
-    const F32s vrecip(recip), vnear(near_half);
-    Mask near(false);
+// Writes the chunks [0, n - n % kChunk) of one head (factor: recip to multiply, scale to divide).
+template <int kBits, kvfuse_dtype kType, bool kCentred, Scaling kScaling, bool kClamp>
+void scaled_chunks(const Element<kType>* x, const float* mean, std::size_t n, float factor, std::uint8_t* bytes) {
+    const F32s vfactor(factor), vlimit(kBits == 8 ? 127.0f : 7.0f);
     std::size_t i = 0;
 #if defined(__AVX2__) && !defined(__AVX512F__)
     for (; i + 2 * kChunk <= n; i += 2 * kChunk) {
         I32s q[2 * kPerChunk];
-        for (std::size_t k = 0; k < 2 * kPerChunk; ++k) {
-            const F32s v = centred<kType, kCentred>(x, mean, i + k * kLanes) * vrecip;
-            q[k] = xsimd::nearbyint_as_int(v);
-            near = near | (xsimd::abs(v - xsimd::to_float(q[k])) > vnear);
-        }
+        rounded_vectors<kType, kCentred, kScaling, kClamp>(x, mean, i, vfactor, vlimit, q, 2 * kPerChunk);
         if constexpr (kBits == 8)
             store_wide_bytes(bytes + i, narrow_wide(q));
         else
@@ -245,18 +241,13 @@ bool multiplied_chunks(const Element<kType>* x, const float* mean, std::size_t n
 #endif
     for (; i + kChunk <= n; i += kChunk) {
         I32s q[kPerChunk];
-        for (std::size_t k = 0; k < kPerChunk; ++k) {
-            const F32s v = centred<kType, kCentred>(x, mean, i + k * kLanes) * vrecip;
-            q[k] = xsimd::nearbyint_as_int(v);
-            near = near | (xsimd::abs(v - xsimd::to_float(q[k])) > vnear);
-        }
+        rounded_vectors<kType, kCentred, kScaling, kClamp>(x, mean, i, vfactor, vlimit, q, kPerChunk);
         const Bytes16 b = narrow_to_bytes(q);
         if constexpr (kBits == 8)
             store_bytes(bytes + i, b);
         else
             store_nibbles(bytes + i / 2, b);
     }
-    return xsimd::any(near);
 }
 
 // max|c| of a head as the bits of |c| (ordered as integers; a NaN's bits exceed +inf's), so
@@ -274,10 +265,8 @@ KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE std::uint32_t max_abs_bits(const Element<
         best0 = xsimd::max(best0, xsimd::bitwise_cast<I32s>(centred<kType, kCentred>(x, mean, i)) & magnitude);
         i += kLanes;
     }
-    alignas(64) std::int32_t lanes[kLanes];
-    xsimd::max(best0, best1).store_aligned(lanes);
-    std::uint32_t m = 0;
-    for (std::size_t k = 0; k < kLanes; ++k) m = std::max(m, static_cast<std::uint32_t>(lanes[k]));
+    // Every lane is a magnitude's bits, non-negative as an int32: a signed max is the unsigned one.
+    std::uint32_t m = static_cast<std::uint32_t>(reduce_max_int(xsimd::max(best0, best1)));
     for (; i < n; ++i) {
         float c = centred_one<kType, kCentred>(x, mean, i);
         std::uint32_t bits;
@@ -288,53 +277,66 @@ KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE std::uint32_t max_abs_bits(const Element<
 }
 
 // Quantizes one head whose max_abs_bits is `bits_of_max`; returns the scale; writes n int8
-// values (bits 8) or (n + 1) / 2 packed bytes (bits 4).
-//
-// Why x * recip gives the reference's integers (recip = RN(1 / scale), no NaN in the head,
-// scale in [FLT_MIN, 2^126] so that recip is a normal number): with q = c / scale exactly,
-// |c| <= max and scale = RN(max / limit), so |q| <= limit (1 + 2^-24) < 128. recip and the
-// product are each rounded once (relative error <= 2^-24 each; an underflowing product errs by
-// <= 2^-150), so |c * recip - q| < 2^-16 (1 + 2^-23) + 2^-150, and the reference's quotient
-// RN(q) is within 2^-17 of q. v -> lrint(clamp(v)) is constant between consecutive half
-// integers; so when c * recip is farther than 2^-15 from every half integer, q and RN(q) lie
-// strictly on the same side of each, and both round to the same integer, unclamped (|q| <
-// limit + 1/2, and the product is <= limit (1 + 2^-23) < limit + 1/2). If some value of the head
-// is within 2^-15 of a half integer (about 1 head in 120 on random data), the head is written
-// again by division.
+// values (bits 8) or (n + 1) / 2 packed bytes (bits 4). `scale` and `recip` are max|c| / limit
+// and 1 / that, computed for a group of heads at once (scales_of_group); a head holding NaN
+// recomputes them from std::fmax's max (NaN skipped), and its NaN values go to +limit by the
+// clamp, as std::fmin(limit, NaN) = limit in the reference.
 template <int kBits, kvfuse_dtype kType, bool kCentred>
-float quantize_head(const Element<kType>* x, const float* mean, std::size_t n, void* out, std::uint32_t bits_of_max) {
+float quantize_head(const Element<kType>* x, const float* mean, std::size_t n, void* out, std::uint32_t bits_of_max,
+                    float scale, float recip) {
     constexpr float kLimit = kBits == 8 ? 127.0f : 7.0f;
     constexpr std::uint32_t kInfBits = 0x7f800000u;
     const bool has_nan = bits_of_max > kInfBits;
-    float max_abs_value;
     if (has_nan) {
-        max_abs_value = max_abs<kType, kCentred>(x, mean, n);  // std::fmax's max, NaN skipped
-    } else {
-        std::memcpy(&max_abs_value, &bits_of_max, sizeof max_abs_value);
+        scale = max_abs<kType, kCentred>(x, mean, n) / kLimit;
+        recip = 1.0f / scale;
     }
-    const float scale = max_abs_value / kLimit;
     auto* bytes = static_cast<std::uint8_t*>(out);
     if (!(scale > 0.0f)) {
         std::memset(bytes, 0, kBits == 8 ? n : (n + 1) / 2);
         return scale;
     }
-    // 2^-15 below one half, in the check's terms: |v - round(v)| > 0.5 - 2^-15 may be a tie.
-    constexpr float kNearHalf = 0.5f - 1.0f / 32768.0f;
-    const bool multiply = !has_nan && scale >= std::numeric_limits<float>::min() && scale <= 0x1p126f;
-    if (!multiply || multiplied_chunks<kBits, kType, kCentred>(x, mean, n, 1.0f / scale, kNearHalf, bytes))
-        divided_chunks<kBits, kType, kCentred>(x, mean, n, scale, bytes);
+    const Scaling scaling =
+        scale >= std::numeric_limits<float>::min() && scale <= 0x1p126f ? Scaling::multiply : Scaling::divide;
+    if (scaling == Scaling::divide)
+        scaled_chunks<kBits, kType, kCentred, Scaling::divide, true>(x, mean, n, scale, bytes);
+    else if (has_nan)
+        scaled_chunks<kBits, kType, kCentred, Scaling::multiply, true>(x, mean, n, recip, bytes);
+    else
+        scaled_chunks<kBits, kType, kCentred, Scaling::multiply, false>(x, mean, n, recip, bytes);
     std::size_t i = n - n % kChunk;
     if constexpr (kBits == 8) {
         for (; i < n; ++i)
-            bytes[i] = static_cast<std::uint8_t>(static_cast<std::int8_t>(rounded_one(centred_one<kType, kCentred>(x, mean, i), scale, kLimit)));
+            bytes[i] = static_cast<std::uint8_t>(
+                static_cast<std::int8_t>(rounded_one(centred_one<kType, kCentred>(x, mean, i), scale, recip, scaling, kLimit)));
     } else {
         for (; i < n; i += 2) {
-            const long low = rounded_one(centred_one<kType, kCentred>(x, mean, i), scale, kLimit);
-            const long high = i + 1 < n ? rounded_one(centred_one<kType, kCentred>(x, mean, i + 1), scale, kLimit) : 0;
+            const long low = rounded_one(centred_one<kType, kCentred>(x, mean, i), scale, recip, scaling, kLimit);
+            const long high =
+                i + 1 < n ? rounded_one(centred_one<kType, kCentred>(x, mean, i + 1), scale, recip, scaling, kLimit) : 0;
             bytes[i / 2] = static_cast<std::uint8_t>((static_cast<unsigned>(low) & 15u) | ((static_cast<unsigned>(high) & 15u) << 4));
         }
     }
     return scale;
+}
+
+// Heads whose maxima are found first, then rounded (quantize_tokens); a whole number of vectors.
+constexpr std::size_t kHeadGroup = 16;
+static_assert(kHeadGroup % kLanes == 0, "a head group is a whole number of vectors");
+
+// scale = max|c| / limit and recip = 1 / scale for a group of heads, from the bits of their
+// maxima, kLanes heads per IEEE vector division (each lane rounded as the scalar division is):
+// two scalar divisions per head were a chain of ~25 cycles in front of every head's rounding.
+// Lanes of heads holding NaN come out NaN; quantize_head recomputes those.
+template <int kBits>
+void scales_of_group(const std::uint32_t* bits_of_max, float* scale, float* recip) {
+    const F32s limit(kBits == 8 ? 127.0f : 7.0f), one(1.0f);
+    for (std::size_t h = 0; h < kHeadGroup; h += kLanes) {
+        const F32s max_abs = xsimd::bitwise_cast<F32s>(I32s::load_aligned(reinterpret_cast<const std::int32_t*>(bits_of_max + h)));
+        const F32s s = divide(max_abs, limit);
+        s.store_aligned(scale + h);
+        divide(one, s).store_aligned(recip + h);
+    }
 }
 
 // --- whole calls ----------------------------------------------------------------------------
@@ -386,11 +388,11 @@ void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, s
             for (std::size_t t = 0; t < rows; ++t) sums[c] += one_as_f32<kType>(at(t, c), 0);
     }
     const float count = static_cast<float>(tokens);
-    for (std::size_t c = begin; c < end; ++c) {
-        if (std::isfinite(sums[c])) {
-            means[c] = sums[c] / count;
-            continue;
-        }
+    std::size_t c = begin;
+    for (; c + kLanes <= end; c += kLanes) divide(F32s::load_unaligned(sums + c), F32s(count)).store_unaligned(means + c);
+    for (; c < end; ++c) means[c] = sums[c] / count;
+    for (c = begin; c < end; ++c) {
+        if (std::isfinite(sums[c])) continue;
         // Rare (non-finite keys, or an f32 overflow): the reference's double sum of the column.
         double wide = 0.0;
         for (std::size_t t = 0; t < tokens; ++t) wide += one_as_f32<kType>(keys + layout.row(t) + run + c, 0);
@@ -408,9 +410,9 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
     const std::size_t head_bytes = kBits == 8 ? head_dim : (head_dim + 1) / 2;
     // The maxima of up to kHeadGroup heads first, then their rounding: the scale of a head is a
     // chain of max, reduce and divide, which the rounding of the same head would wait for.
-    constexpr std::size_t kHeadGroup = 16;
     auto quantize_range = [&](std::size_t worker) {
-        std::uint32_t bits_of_max[kHeadGroup];
+        alignas(64) std::uint32_t bits_of_max[kHeadGroup] = {};
+        alignas(64) float group_scale[kHeadGroup], group_recip[kHeadGroup];
         const std::size_t head_stride = layout.head_stride;
         for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t) {
             const Element<kType>* row = x + layout.row(t);
@@ -421,10 +423,11 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
                 for (std::size_t h = h0; h < h0 + group; ++h)
                     bits_of_max[h - h0] = max_abs_bits<kType, kCentred>(row + h * head_stride,
                                                                         kCentred ? means + h * head_dim : nullptr, head_dim);
+                scales_of_group<kBits>(bits_of_max, group_scale, group_recip);
                 for (std::size_t h = h0; h < h0 + group; ++h)
-                    row_scales[h] = quantize_head<kBits, kType, kCentred>(row + h * head_stride,
-                                                                          kCentred ? means + h * head_dim : nullptr,
-                                                                          head_dim, row_out + h * head_bytes, bits_of_max[h - h0]);
+                    row_scales[h] = quantize_head<kBits, kType, kCentred>(
+                        row + h * head_stride, kCentred ? means + h * head_dim : nullptr, head_dim,
+                        row_out + h * head_bytes, bits_of_max[h - h0], group_scale[h - h0], group_recip[h - h0]);
             }
         }
     };
