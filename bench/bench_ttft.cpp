@@ -103,6 +103,25 @@ struct Config {
     std::vector<std::string> methods;  // empty: every variant
 };
 
+// The variants every context runs (--methods picks among them by label; full always runs).
+struct Variant {
+    std::string label;
+    Method method;
+    double ratio;
+    bool pipelined = false;  // FusionOptions::pipelined_loading
+};
+
+std::vector<Variant> main_variants() {
+    return {{"full", Method::full, 1.0},
+            {"reuse", parse_method("reuse"), kMainRatio},
+            {"epic", parse_method("epic"), kMainRatio},
+            {"cacheblend", parse_method("cacheblend"), kMainRatio},
+            {"a3", Method::a3, kMainRatio},
+            // The same with each layer's stored rows loaded on a thread of its own while the
+            // layer before is computed.
+            {"a3-pipelined", Method::a3, kMainRatio, true}};
+}
+
 // ---------------------------------------------------------------------------------------------
 // Command line
 
@@ -178,8 +197,9 @@ Config parse_config(int& argc, char** argv) {
             c.ratio_context = parse_int(flag, value);
         } else if (flag == "--methods") {
             c.methods = split_list(value);
+            const std::vector<Variant> known = main_variants();
             for (const std::string& m : c.methods)
-                if (m != "full" && m != "reuse" && m != "epic" && m != "cacheblend" && m != "a3" && m != "a3-pipelined")
+                if (std::none_of(known.begin(), known.end(), [&](const Variant& v) { return v.label == m; }))
                     throw std::invalid_argument("--methods: unknown variant '" + m + "'");
         } else if (flag == "--rounds") {
             c.rounds = parse_int(flag, value);
@@ -320,13 +340,6 @@ void ensure_chunk_caches(Fixture& f, std::size_t count) {
 // ---------------------------------------------------------------------------------------------
 // Measurement
 
-struct Variant {
-    std::string label;
-    Method method;
-    double ratio;
-    bool pipelined = false;  // FusionOptions::pipelined_loading
-};
-
 struct VariantResult {
     Variant variant;
     double ttft_ms = 0, x_full = 0, recompute = 0, other_ms = 0;
@@ -379,14 +392,7 @@ void ttft_bench(benchmark::State& state, int context) {
     std::vector<ChunkKvView> views;
     for (std::size_t c = 0; c < chunks; ++c) views.push_back(f.chunk_caches[c].view());
 
-    std::vector<Variant> variants = {{"full", Method::full, 1.0},
-                                     {"reuse", parse_method("reuse"), kMainRatio},
-                                     {"epic", parse_method("epic"), kMainRatio},
-                                     {"cacheblend", parse_method("cacheblend"), kMainRatio},
-                                     {"a3", Method::a3, kMainRatio},
-                                     // The same with each layer's stored rows loaded on a thread of
-                                     // its own while the layer before is computed.
-                                     {"a3-pipelined", Method::a3, kMainRatio, true}};
+    std::vector<Variant> variants = main_variants();
     if (!f.config.methods.empty())
         std::erase_if(variants, [&](const Variant& v) {
             return v.method != Method::full &&
