@@ -2,13 +2,13 @@
 //
 // 1. A strided sample of scores (1024 by default; tuned) brackets the k-th largest value
 //    between lo and hi with a binomial margin (hi stays open when k is too small for one).
-// 2. One vector pass compress-stores, in index order, every score >= lo (values and indices)
-//    and counts the scores > hi. 3. If the bracket holds (count(> hi) <= k <= count(>= lo)), the
-//    middle candidates (those in [lo, hi]) are packed and, while many, bracketed again by a
-//    sample of their own; a histogram of what is left (an open hi is closed by the largest
-//    candidate) over about one bucket per 16 of them finds the bucket holding the
-//    boundary, and an exact selection among that bucket's handful of scores finds the
-//    boundary value (the middle sets carry values only: one compress per vector, not two) and
+// 2. One vector pass compress-stores, in index order, every score >= lo (values and indices).
+//    3. The middle candidates (those in [lo, hi]) are packed and the candidates > hi counted. If
+//    the bracket holds (count(> hi) <= k <= count(>= lo)), the middle candidates are, while
+//    many, bracketed again by a sample of their own; a histogram of what is left (an open hi
+//    is closed by the largest candidate) over about one bucket per 16 of them finds the bucket
+//    holding the boundary, and an exact selection among that bucket's handful of scores finds
+//    the boundary value (the middle sets carry values only: one compress per vector, not two) and
 //    how many of its equals are taken; the index of the last of those, in index order, is
 //    looked up among the candidates. Otherwise every score becomes a candidate and the
 //    selection is exact on all of them. 4. A last compress pass over the candidates writes the
@@ -84,19 +84,16 @@ inline U32s first_indices() {
     return U32s::load_aligned(lanes.data());
 }
 
-// Keeps scores >= lo (in index order) and counts scores > hi. NaN passes neither.
-void filter(const float* x, std::size_t n, float lo, float hi, Candidates& c) {
-    std::size_t count = 0, above = 0;
+// Keeps scores >= lo (in index order, values and indices). NaN passes not. The scores > hi are
+// counted afterwards, among the candidates only (pack_between): counting them here took a
+// second comparison per vector over all n scores.
+void filter(const float* x, std::size_t n, float lo, Candidates& c) {
+    std::size_t count = 0;
     float* values = c.values.data();
     std::uint32_t* indices = c.indices.data();
-    const F32s vlo(lo), vhi(hi);
+    const F32s vlo(lo);
     U32s index = first_indices();
     const U32s step(static_cast<std::uint32_t>(kLanes));
-    // Scores > hi are counted per lane in a vector (a second mask-to-bits transfer per vector
-    // would cost a third of the pass): the lanes of a select are bits, so 1 as a float's bits
-    // is an integer 1. A lane counts at most n / kLanes < 2^32.
-    const F32s one_bit(std::bit_cast<float>(1u));
-    U32s above_per_lane(0u);
     std::size_t i = 0;
     // Groups of 64 scores: one compress of the group (isa_ops' compress_store_group), which
     // on AVX512-VBMI2 is a single byte compress of the kept positions.
@@ -106,7 +103,6 @@ void filter(const float* x, std::size_t n, float lo, float hi, Candidates& c) {
         for (std::size_t g = 0; g < kGroupVectors; ++g) {
             v[g] = F32s::load_unaligned(x + i + g * kLanes);
             keep |= static_cast<std::uint64_t>(lane_bits(v[g] >= vlo)) << (g * kLanes);
-            above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(v[g] > vhi, one_bit, F32s(0.0f)));
         }
         count += compress_store_group(v, keep, static_cast<std::uint32_t>(i), values + count, indices + count);
     }
@@ -114,24 +110,16 @@ void filter(const float* x, std::size_t n, float lo, float hi, Candidates& c) {
     for (; i + kLanes <= n; i += kLanes) {
         const F32s v = F32s::load_unaligned(x + i);
         const unsigned keep = lane_bits(v >= vlo);
-        above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(v > vhi, one_bit, F32s(0.0f)));
         compress_store(v, keep, values + count);
         count += compress_store(index, keep, indices + count);
         index += step;
     }
-    // Summed through memory: xsimd's integer hadd for AVX-512 trips GCC 12's uninitialized
-    // warning inside its intrinsics.
-    alignas(64) std::array<std::uint32_t, kLanes> lane_counts;
-    above_per_lane.store_aligned(lane_counts.data());
-    for (const std::uint32_t lane : lane_counts) above += lane;
     for (; i < n; ++i) {
-        above += x[i] > hi;
         values[count] = x[i];
         indices[count] = static_cast<std::uint32_t>(i);
         count += x[i] >= lo;
     }
     c.count = count;
-    c.above_hi = above;
 }
 
 // One 64-bit key per (number, index) that orders like the contract of kvfuse_topk (larger
@@ -358,23 +346,27 @@ std::size_t take_selected(const Candidates& c, float bv, std::uint32_t bi, bool 
 // compresses the selected candidates' indices. Returns how many numbers it wrote.
 std::size_t select_from_candidates(const float* x, std::size_t n, std::size_t k, float lo, float hi, std::int64_t* out,
                                    Candidates& c, std::size_t sample_size) {
-    filter(x, n, lo, hi, c);
-    if (c.count < k || c.above_hi > k) {
+    filter(x, n, lo, c);
+    // The middle candidates, in [lo, hi], and the count of those above hi.
+    std::size_t above = 0;
+    std::size_t m = c.count >= k ? pack_between(c.values.data(), c.count, lo, hi, c.middle_values[0].data(), above) : 0;
+    if (c.count < k || above > k) {
         // The sample misled us (rare): take every number as a candidate and select exactly.
         lo = -std::numeric_limits<float>::infinity();
         hi = std::numeric_limits<float>::infinity();
-        filter(x, n, lo, hi, c);
+        filter(x, n, lo, c);
+        above = 0;
+        m = pack_between(c.values.data(), c.count, lo, hi, c.middle_values[0].data(), above);
     }
+    c.above_hi = above;
     // Candidates are numbers (the filter drops NaN). Of the middle ones, in [lo, hi], the best
     // `need` complete the scores above hi.
     const std::size_t need = k - std::min(k, c.above_hi);
-    const std::size_t middle_count = c.count - c.above_hi;
+    const std::size_t middle_count = m;
     std::size_t taken = 0;
     if (need == 0) {
         taken = take_selected(c, hi, 0, false, out, k);  // exactly the scores above hi
     } else if (need <= middle_count) {
-        std::size_t above = 0;
-        const std::size_t m = pack_between(c.values.data(), c.count, lo, hi, c.middle_values[0].data(), above);
         const Boundary boundary = boundary_of(c, m, lo, hi, need, sample_size);
         taken = take_selected(c, boundary.value, index_of_tie(c, boundary.value, boundary.ties), true, out, k);
     } else {
