@@ -41,6 +41,25 @@ inline unsigned lane_bits(xsimd::batch_bool<float, A> b) {
     return bits;
 }
 
+// One bit per lane of a group of comparisons (lane j of batch g -> bit g * lanes + j). On
+// AVX-512 the four 16-bit masks are joined in mask registers (kunpck), one transfer for the
+// group instead of one per batch plus shifts and ORs.
+template <class A, std::size_t G>
+inline std::uint64_t group_lane_bits(const std::array<xsimd::batch_bool<float, A>, G>& b) {
+    constexpr std::size_t lanes = xsimd::batch<float, A>::size;
+    static_assert(lanes * G <= 64, "at most 64 lanes");
+#if defined(__AVX512BW__)
+    if constexpr (lanes == 16 && G == 4) {
+        const __mmask32 low = _mm512_kunpackw(static_cast<__mmask16>(b[1]), static_cast<__mmask16>(b[0]));
+        const __mmask32 high = _mm512_kunpackw(static_cast<__mmask16>(b[3]), static_cast<__mmask16>(b[2]));
+        return _cvtmask64_u64(_mm512_kunpackd(high, low));
+    }
+#endif
+    std::uint64_t bits = 0;
+    for (std::size_t g = 0; g < G; ++g) bits |= static_cast<std::uint64_t>(lane_bits(b[g])) << (g * lanes);
+    return bits;
+}
+
 #if defined(__AVX2__)
 // For each 8-bit mask, the lane order that moves the kept lanes to the front: AVX2 has no
 // compress instruction, a permute through this 8 KiB table (L1-resident) stands in for it.

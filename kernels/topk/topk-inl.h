@@ -99,12 +99,13 @@ void filter(const float* x, std::size_t n, float lo, Candidates& c) {
     // on AVX512-VBMI2 is a single byte compress of the kept positions.
     for (; kGroupCompressIsCheap<Arch> && i + kGroup <= n; i += kGroup) {
         std::array<F32s, kGroupVectors> v;
-        std::uint64_t keep = 0;
+        std::array<xsimd::batch_bool<float, Arch>, kGroupVectors> kept;
         for (std::size_t g = 0; g < kGroupVectors; ++g) {
             v[g] = F32s::load_unaligned(x + i + g * kLanes);
-            keep |= static_cast<std::uint64_t>(lane_bits(v[g] >= vlo)) << (g * kLanes);
+            kept[g] = v[g] >= vlo;
         }
-        count += compress_store_group(v, keep, static_cast<std::uint32_t>(i), values + count, indices + count);
+        count += compress_store_group(v, group_lane_bits(kept), static_cast<std::uint32_t>(i), values + count,
+                                      indices + count);
     }
     index += U32s(static_cast<std::uint32_t>(i));
     for (; i + kLanes <= n; i += kLanes) {
@@ -162,14 +163,14 @@ std::size_t pack_between(const float* v, std::size_t n, float lo, float hi, floa
     std::size_t m = 0, i = 0;
     for (; kGroupCompressIsCheap<Arch> && i + kGroup <= n; i += kGroup) {
         std::array<F32s, kGroupVectors> x;
-        std::uint64_t keep = 0;
+        std::array<xsimd::batch_bool<float, Arch>, kGroupVectors> kept;
         for (std::size_t g = 0; g < kGroupVectors; ++g) {
             x[g] = F32s::load_unaligned(v + i + g * kLanes);
             const auto above_hi = x[g] > vhi;
-            keep |= static_cast<std::uint64_t>(lane_bits((x[g] >= vlo) & ~above_hi)) << (g * kLanes);
+            kept[g] = (x[g] >= vlo) & ~above_hi;
             above_per_lane += xsimd::bitwise_cast<U32s>(xsimd::select(above_hi, one_bit, F32s(0.0f)));
         }
-        m += compress_store_group(x, keep, out + m);
+        m += compress_store_group(x, group_lane_bits(kept), out + m);
     }
     for (; i + kLanes <= n; i += kLanes) {
         const F32s x = F32s::load_unaligned(v + i);
