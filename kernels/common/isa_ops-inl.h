@@ -243,24 +243,6 @@ inline std::size_t compress_store_group(const std::array<xsimd::batch<float, A>,
     return count;
 }
 
-// The same, values only.
-template <class A, std::size_t G>
-inline std::size_t compress_store_group(const std::array<xsimd::batch<float, A>, G>& v, std::uint64_t bits,
-                                        float* values) {
-    constexpr std::size_t lanes = xsimd::batch<float, A>::size;
-    static_assert(lanes * G == 64, "a group is 64 lanes");
-#if defined(__AVX512VBMI2__)
-    if constexpr (lanes == 16)
-        return for_each_16_selected(bits, [&](std::size_t j, __m512i p) {
-            _mm512_storeu_ps(values + j, group_lanes(v[0], v[1], v[2], v[3], p));
-        });
-#endif
-    std::size_t count = 0;
-    for (std::size_t g = 0; g < G; ++g)
-        count += compress_store(v[g], static_cast<unsigned>((bits >> (g * lanes)) & kBatchBits<A>), values + count);
-    return count;
-}
-
 // The positions of a group's selected lanes plus `first`, as int64 in order, at most `room` of
 // them written at dst (whole vectors while there is room, masked stores near the end); returns
 // the count selected (which may exceed room).
