@@ -15,6 +15,11 @@ setup.sh installs it), then `kvfuse serve` processes on free ports, and checks:
   evict      Redis under maxmemory + allkeys-lru evicting chunk values: every answer correct;
   outage     Redis killed and restarted during a run of requests: every answer correct (or,
              store_only, refused with a clear 503), hits again once Redis is back;
+  cluster    a 3-master Redis Cluster of its own: two servers through different nodes (one
+             with a seed list whose first host is down), chunks stored through one found
+             through the other; a chunk's slot migrated between reads (ASK, then MOVED, on
+             streamed and whole reads); a node killed: its chunks recomputed, the others hits,
+             every answer the cold one, store_only a 503;
   bad        malformed JSON, unknown method, ratio out of range, empty question, oversized body,
              over the context, unknown chunk id, wrong endpoint: 4xx with a message, serving on;
   storeonly  --store-only: a missing chunk is a 503, never computed; a request may override;
@@ -39,8 +44,8 @@ import urllib.error
 import urllib.request
 
 KVFUSE = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else None
-SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "stream", "evict", "outage", "bad", "storeonly", "storelimit", "queue", "shutdown",
-                             "startup"]
+SCENARIOS = sys.argv[2:] or ["fleet", "corrupt", "stream", "evict", "outage", "cluster", "bad", "storeonly", "storelimit", "queue",
+                             "shutdown", "startup"]
 TIMEOUT = 120  # seconds for any one HTTP answer (sanitizer builds are slow)
 
 CHUNKS = [
@@ -72,19 +77,20 @@ def free_port():
 class Redis:
     """A redis-server of our own on loopback, and a minimal RESP client (binary-safe)."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, *extra):
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             fail("redis-server is not installed (tools/setup.sh installs it: apt-get install redis-server)")
         self.workdir = workdir
         self.port = free_port()
+        self.extra = list(extra)
         self.process = None
         self.start()
 
     def start(self):
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.workdir, "--protected-mode", "yes"],
+             "--dir", self.workdir, "--protected-mode", "yes", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -463,6 +469,156 @@ def scenario_evict(workdir, redis, reference):
     finally:
         redis.command("CONFIG", "SET", "maxmemory", "0")
         check(server.stop() == 0, "evict server exit status")
+
+
+class RedisCluster:
+    """Three redis-server masters of our own on loopback (ports and bus ports free), slots split
+    in three with CLUSTER ADDSLOTSRANGE, joined with CLUSTER MEET. A node that goes down leaves
+    the others serving their slots (cluster-require-full-coverage no)."""
+
+    def __init__(self, workdir):
+        self.nodes = []
+        for i in range(3):
+            directory = os.path.join(workdir, "cluster-%d" % i)
+            os.makedirs(directory, exist_ok=True)
+            bus = free_port()
+            node = Redis(directory, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                         "--cluster-port", str(bus), "--cluster-node-timeout", "2000",
+                         "--cluster-require-full-coverage", "no")
+            node.bus = bus
+            self.nodes.append(node)
+        for node, (first, last) in zip(self.nodes, [(0, 5460), (5461, 10922), (10923, 16383)]):
+            node.command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            node.id = node.command("CLUSTER", "MYID").decode()
+        for node in self.nodes[1:]:
+            self.nodes[0].command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus)
+        deadline = time.time() + 30
+        while not all(self.ready(n) for n in self.nodes):
+            if time.time() > deadline:
+                fail("the Redis Cluster did not form: %s" % [n.command("CLUSTER", "INFO") for n in self.nodes])
+            time.sleep(0.05)
+
+    @staticmethod
+    def ready(node):
+        info = node.command("CLUSTER", "INFO").decode()
+        return "cluster_state:ok" in info and "cluster_known_nodes:3" in info and len(node.command("CLUSTER", "SLOTS")) == 3
+
+    def owner(self, slot, alive=None):
+        """The node that serves `slot` as the alive nodes (all by default) see it."""
+        for asking in alive or self.nodes:
+            for first, last, master, *_ in asking.command("CLUSTER", "SLOTS"):
+                if first <= slot <= last:
+                    return next(n for n in self.nodes if n.port == master[1])
+        fail("no node serves slot %d" % slot)
+
+    def keys(self, alive=None):
+        return sorted(k for n in (alive or self.nodes) for k in n.keys())
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+
+
+def scenario_cluster(workdir, redis, reference):
+    cluster = RedisCluster(workdir)
+    first, second, third = cluster.nodes
+    url = lambda node: "redis://127.0.0.1:%d" % node.port
+    servers = []
+    try:
+        # Two servers through different nodes: a (with a local cache) computes, b (Redis alone,
+        # streamed reads) and d (whole reads) read what a stored.
+        a = Server("cluster-a", workdir, "--store", url(first), "--local-cache", os.path.join(workdir, "cluster-cache-a"))
+        servers.append(a)
+        for i, body in enumerate(requests_set()):
+            check(a.complete(body)["tokens"] == reference[i], "cluster-a request %d differs from the cold answer" % i)
+        manifests = [k for k in cluster.keys() if k.endswith(":manifest")]
+        check(len(manifests) == len(CHUNKS), "one manifest per chunk in the cluster: %d" % len(manifests))
+        holders = [n for n in cluster.nodes if any(k.endswith(":manifest") for k in n.keys())]
+        check(len(holders) >= 2, "the chunks spread over the cluster's masters")
+        for node in cluster.nodes:  # every key on the node serving its slot, a chunk on one node
+            for k in node.keys():
+                check(cluster.owner(node.command("CLUSTER", "KEYSLOT", k)) is node, "key %s on a node not serving its slot" % k)
+        b = Server("cluster-b", workdir, "--store", url(third))
+        d = Server("cluster-d", workdir, "--store", url(second), "--no-stream")
+        servers += [b, d]
+        for server in (b, d):
+            for i, body in enumerate(requests_set()):
+                answer = server.complete(body)
+                check(answer["tokens"] == reference[i], "%s request %d differs from the cold answer" % (server.name, i))
+                if body["method"] != "full":
+                    check(all(c["hit"] for c in answer["chunks"]), "%s request %d: every chunk a hit" % (server.name, i))
+            check(server.metric("kvfuse_chunks_computed_total") == 0, "%s computed a chunk" % server.name)
+            # Zero redirects: the server's slots (CRC16 of the {digest} tag) are the cluster's own.
+            check(server.metric("kvfuse_store_redirects_total", '{tier="redis"}') == 0,
+                  "%s was redirected: its key slots are not the cluster's" % server.name)
+        # A seed list whose first host is down: the next one is asked.
+        c = Server("cluster-c", workdir, "--store", "redis://127.0.0.1:%d,127.0.0.1:%d" % (free_port(), second.port))
+        servers.append(c)
+        answer = c.complete(requests_set()[0])
+        check(answer["tokens"] == reference[0] and all(ch["hit"] for ch in answer["chunks"]), "seed list: hits, same answer")
+
+        # The slot of request 0's first chunk moves to another node while b and d read it: first
+        # half of its keys migrated (ASK for those), then all and the slot reassigned (MOVED).
+        body = requests_set()[0]
+        digest = a.complete(body)["chunks"][0]["id"]
+        keys = sorted(k for k in cluster.keys() if "{%s}" % digest in k)
+        slot = first.command("CLUSTER", "KEYSLOT", keys[0])
+        source = cluster.owner(slot)
+        target = next(n for n in cluster.nodes if n is not source)
+        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.id)
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.id)
+        moving = [k for k in keys if k.endswith(":manifest") or k.endswith(":layer:1") or k.endswith(":layer:3")]
+        source.command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *moving)
+        for server in (b, d):
+            before = server.metric("kvfuse_store_redirects_total", '{tier="redis"}')
+            answer = server.complete(body)
+            check(answer["tokens"] == reference[0] and all(ch["hit"] for ch in answer["chunks"]),
+                  "%s during the migration: a miss or another answer" % server.name)
+            check(server.metric("kvfuse_store_redirects_total", '{tier="redis"}') >= before + len(moving),
+                  "%s during the migration: ASK not followed" % server.name)
+        rest = [k for k in keys if k not in moving]
+        source.command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *rest)
+        for node in cluster.nodes:
+            node.command("CLUSTER", "SETSLOT", slot, "NODE", target.id)
+        check(sorted(target.keys("*{%s}*" % digest)) == keys, "every key of the chunk moved")
+        for server in (b, d):
+            before = server.metric("kvfuse_store_redirects_total", '{tier="redis"}')
+            for _ in range(2):
+                answer = server.complete(body)
+                check(answer["tokens"] == reference[0] and all(ch["hit"] for ch in answer["chunks"]),
+                      "%s after the migration: a miss or another answer" % server.name)
+            moved = server.metric("kvfuse_store_redirects_total", '{tier="redis"}') - before
+            check(moved >= 1, "%s after the migration: MOVED not seen" % server.name)
+            # The map was refreshed: a third read goes straight to the new owner.
+            server.complete(body)
+            check(server.metric("kvfuse_store_redirects_total", '{tier="redis"}') - before == moved,
+                  "%s keeps being redirected after MOVED (map not refreshed)" % server.name)
+
+        # A node killed: the chunks it held are misses, recomputed (and not stored: their slots
+        # have no node), the others' still hits; every answer the cold one; store_only a 503.
+        victim = cluster.owner(slot)
+        lost = {k.split("{")[1].split("}")[0] for k in victim.keys() if k.endswith(":manifest")}
+        victim.kill()
+        alive = [n for n in cluster.nodes if n is not victim]
+        for server in (b, d):
+            computed = server.metric("kvfuse_chunks_computed_total")
+            for i, body in enumerate(requests_set()):
+                answer = server.complete(body)
+                check(answer["tokens"] == reference[i], "%s with a node down: request %d differs" % (server.name, i))
+                if body["method"] != "full":
+                    for ch in answer["chunks"]:
+                        check(ch["hit"] == (ch["id"] not in lost),
+                              "%s with a node down: chunk %s hit=%s" % (server.name, ch["id"][:8], ch["hit"]))
+            check(server.metric("kvfuse_chunks_computed_total") > computed, "%s recomputed nothing" % server.name)
+            check(server.healthy(), "%s stopped serving with a node down" % server.name)
+        refused = b.complete(dict(requests_set()[0], store_only=True), expect=503)
+        check("store_only" in refused["error"]["message"], "store-only with a node down: %s" % refused)
+        print("  cluster: chunks on %d nodes, slot %d moved with %d keys, %d chunks lost with the killed node" %
+              (len(holders), slot, len(keys), len(lost)), flush=True)
+    finally:
+        statuses = [s.stop() for s in servers]
+        cluster.stop()
+        check(all(code == 0 for code in statuses), "cluster servers exit 0 on SIGTERM: %s" % statuses)
 
 
 def scenario_bad(workdir, redis, reference):

@@ -264,6 +264,33 @@ TEST(RedisUrl, ParsesHostPortAndDatabase) {
     ASSERT_TRUE(bare.ok());
     EXPECT_EQ(bare.value().port, 6379);
     EXPECT_EQ(bare.value().db, 0);
+    EXPECT_TRUE(bare.value().more_seeds.empty());
+}
+
+TEST(RedisUrl, ParsesAClusterSeedList) {
+    Result<RedisOptions> seeds = parse_redis_url("redis://a:7000,b,c.example:7002/0");
+    ASSERT_TRUE(seeds.ok()) << seeds.status().to_string();
+    EXPECT_EQ(seeds.value().host, "a");
+    EXPECT_EQ(seeds.value().port, 7000);
+    const std::vector<std::pair<std::string, int>> more = {{"b", 6379}, {"c.example", 7002}};
+    EXPECT_EQ(seeds.value().more_seeds, more);
+}
+
+// The slots Redis itself gives (CLUSTER KEYSLOT), and its hash tag rules.
+TEST(RedisClusterSlot, IsRedisCrc16OfTheHashTag) {
+    EXPECT_EQ(redis_cluster_slot("123456789"), 0x31C3);  // the CRC16-CCITT (XMODEM) check value
+    EXPECT_EQ(redis_cluster_slot("foo"), 12182);
+    EXPECT_EQ(redis_cluster_slot("somekey"), 11058);
+    EXPECT_EQ(redis_cluster_slot(""), 0);
+    EXPECT_EQ(redis_cluster_slot("{user1000}.following"), redis_cluster_slot("user1000"));
+    EXPECT_EQ(redis_cluster_slot("foo{bar}{zap}"), redis_cluster_slot("bar"));
+    EXPECT_EQ(redis_cluster_slot("foo{{bar}}zap"), redis_cluster_slot("{bar"));
+    EXPECT_NE(redis_cluster_slot("{}a"), redis_cluster_slot("{}b")) << "an empty tag: the whole key is hashed";
+    // Every key of one chunk is in one slot: its digest's.
+    const ChunkKey key = make_chunk_key("slot-test-model", std::vector<int32_t>{1, 2, 3});
+    const uint16_t slot = redis_cluster_slot(key.hex());
+    EXPECT_EQ(redis_cluster_slot(RedisChunkBackend::manifest_key(key)), slot);
+    for (uint32_t layer : {0u, 1u, 17u, 65535u}) EXPECT_EQ(redis_cluster_slot(RedisChunkBackend::layer_key(key, layer)), slot);
 }
 
 TEST(RedisUrl, RefusesWhatItCannotUseSayingWhy) {
@@ -273,6 +300,8 @@ TEST(RedisUrl, RefusesWhatItCannotUseSayingWhy) {
         {"redis://h:12x", "port"},         {"redis://h:", "no port"},
         {"redis://h:1/", "database"},      {"redis://h:1/x", "database"},
         {"redis://u:p@h:1", "credentials"},
+        {"redis://h:1,", "no host"},       {"redis://h:1,,k", "no host"},
+        {"redis://h:1,k:0", "port"},       {"redis://h:1,k:2/3", "database 0 only"},
     };
     for (const auto& [url, words] : cases) {
         Result<RedisOptions> parsed = parse_redis_url(url);

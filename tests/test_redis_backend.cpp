@@ -1,9 +1,12 @@
 // The Redis backend against a live redis-server that the test starts on a free loopback port
 // (absent: the test fails; tools/setup.sh installs it): round trip bit for bit, list, erase of
-// every key, TTL on every key, a second put skipped, tokens_of, reconnection after a restart.
+// every key, TTL on every key, a second put skipped, tokens_of, reconnection after a restart;
+// a 3-master Redis Cluster of its own: chunks put through one node read through another, a
+// node down a miss for its slots only (redirects: tests/serve_test.py, cluster).
 // Damage, eviction and outages under a running server: tests/serve_test.py.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <csignal>
 #include <cstdarg>
@@ -13,6 +16,7 @@
 #include <netinet/in.h>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <random>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -46,7 +50,8 @@ int free_port() {
 // A redis-server of the test's own, no persistence, loopback only.
 class RedisProcess {
 public:
-    explicit RedisProcess(std::string password = {}) : port_(free_port()), password_(std::move(password)) {}
+    explicit RedisProcess(std::string password = {}, std::vector<std::string> extra = {})
+        : port_(free_port()), password_(std::move(password)), extra_(std::move(extra)) {}
     ~RedisProcess() { stop(); }
 
     // False (with the reason in `why`) when redis-server cannot be started.
@@ -58,6 +63,7 @@ public:
             argv.push_back("--requirepass");
             argv.push_back(password_.c_str());
         }
+        for (const std::string& arg : extra_) argv.push_back(arg.c_str());
         argv.push_back(nullptr);
         posix_spawn_file_actions_t quiet;  // its start-up banner and warnings to /dev/null
         posix_spawn_file_actions_init(&quiet);
@@ -128,6 +134,7 @@ public:
 private:
     int port_;
     std::string password_;
+    std::vector<std::string> extra_;
     pid_t pid_ = -1;
 };
 
@@ -395,6 +402,135 @@ TEST_F(RedisBackendLive, TheTieredStreamWritesItsLocalCopyOnlyWhenComplete) {
         EXPECT_EQ(tiered.backend_stats()[0].hits, 1u);
     }
     std::filesystem::remove_all(dir);
+}
+
+TEST_F(RedisBackendLive, ASingleRedisIsNotACluster) {
+    RedisChunkBackend backend(options());
+    EXPECT_FALSE(backend.is_cluster());
+}
+
+// Three masters of a Redis Cluster of the test's own: slots split in three (ADDSLOTSRANGE),
+// joined by MEET, each node's cluster file in a directory of its own, removed at the end.
+class RedisClusterLive : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char pattern[] = "/tmp/kvfuse-redis-cluster-XXXXXX";
+        ASSERT_NE(::mkdtemp(pattern), nullptr);
+        directory_ = pattern;
+        const int ranges[3][2] = {{0, 5460}, {5461, 10922}, {10923, 16383}};
+        for (int i = 0; i < 3; ++i) {
+            const std::string dir = directory_ + "/" + std::to_string(i);
+            std::filesystem::create_directory(dir);
+            bus_[i] = free_port();
+            nodes_[i] = std::make_unique<RedisProcess>(
+                std::string(), std::vector<std::string>{"--cluster-enabled", "yes", "--dir", dir, "--cluster-port",
+                                                        std::to_string(bus_[i]), "--cluster-node-timeout", "2000"});
+            std::string why;
+            ASSERT_TRUE(nodes_[i]->start(&why)) << why;
+            freeReplyObject(nodes_[i]->command("CLUSTER ADDSLOTSRANGE %d %d", ranges[i][0], ranges[i][1]));
+        }
+        for (int i = 1; i < 3; ++i)
+            freeReplyObject(nodes_[0]->command("CLUSTER MEET 127.0.0.1 %d %d", nodes_[i]->port(), bus_[i]));
+        for (int tries = 0; tries < 600 && !formed(); ++tries) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        ASSERT_TRUE(formed()) << "the cluster did not form";
+    }
+    void TearDown() override {
+        for (auto& node : nodes_) node.reset();
+        std::filesystem::remove_all(directory_);
+    }
+    bool formed() {
+        for (auto& node : nodes_) {
+            redisReply* info = node->command("CLUSTER INFO");
+            const bool ok = info != nullptr && info->type == REDIS_REPLY_STRING &&
+                            std::string_view(info->str, info->len).find("cluster_state:ok") != std::string_view::npos &&
+                            std::string_view(info->str, info->len).find("cluster_known_nodes:3") != std::string_view::npos;
+            if (info != nullptr) freeReplyObject(info);
+            if (!ok) return false;
+        }
+        return true;
+    }
+    RedisOptions options(int node) {
+        RedisOptions o;
+        o.port = nodes_[node]->port();
+        o.retry_interval = std::chrono::milliseconds(50);
+        o.warning = [this](const Status& status) { warnings_.push_back(status.to_string()); };
+        return o;
+    }
+    // The nodes holding `key` (exactly one when it is stored, none after an erase).
+    std::vector<int> holders(const std::string& key) {
+        std::vector<int> out;
+        for (int i = 0; i < 3; ++i) {
+            if (nodes_[i]->integer("EXISTS %s", key) == 1) out.push_back(i);
+        }
+        return out;
+    }
+    std::string directory_;
+    int bus_[3] = {};
+    std::unique_ptr<RedisProcess> nodes_[3];
+    std::vector<std::string> warnings_;
+};
+
+TEST_F(RedisClusterLive, ChunksStoredThroughOneNodeAreFoundThroughAnother) {
+    RedisChunkBackend writer(options(0)), reader(options(2));
+    EXPECT_TRUE(writer.is_cluster());
+    std::vector<OwnedChunk> chunks;
+    for (uint64_t seed = 0; seed < 12; ++seed) chunks.push_back(make_chunk(100 + seed));
+    std::vector<int> per_node(3, 0);
+    for (const OwnedChunk& chunk : chunks) {
+        ASSERT_TRUE(writer.put(chunk.key, chunk.chunk).ok());
+        const std::vector<int> at = holders(RedisChunkBackend::manifest_key(chunk.key));
+        ASSERT_EQ(at.size(), 1u);
+        ++per_node[static_cast<size_t>(at[0])];
+        for (uint32_t l = 0; l < 4; ++l) EXPECT_EQ(holders(RedisChunkBackend::layer_key(chunk.key, l)), at) << "one chunk, one node";
+    }
+    EXPECT_EQ(std::count(per_node.begin(), per_node.end(), 0), 0) << "12 chunks on every one of the 3 masters";
+    for (const OwnedChunk& chunk : chunks) {
+        std::optional<ChunkView> view = reader.get(chunk.key);
+        ASSERT_TRUE(view.has_value());
+        const std::vector<std::byte> image = encode_chunk(chunk.key, chunk.chunk).value().image;
+        ASSERT_EQ(view->image().size(), image.size());
+        EXPECT_EQ(std::memcmp(view->image().data(), image.data(), image.size()), 0);
+    }
+    std::shared_ptr<ChunkStream> stream = reader.get_streamed(chunks[5].key);
+    std::optional<ChunkView> streamed = stream->wait_all();
+    ASSERT_TRUE(streamed.has_value());
+    const std::vector<std::byte> image = encode_chunk(chunks[5].key, chunks[5].chunk).value().image;
+    EXPECT_EQ(std::memcmp(streamed->image().data(), image.data(), image.size()), 0);
+    stream.reset();
+
+    Result<std::vector<ChunkDigest>> listed = reader.list();
+    ASSERT_TRUE(listed.ok()) << listed.status().to_string();
+    std::vector<ChunkDigest> expected;
+    for (const OwnedChunk& chunk : chunks) expected.push_back(chunk.key.digest);
+    std::sort(expected.begin(), expected.end());
+    EXPECT_EQ(listed.value(), expected) << "every master scanned, each chunk once";
+    EXPECT_EQ(reader.tokens_of(chunks[7].key.digest, "redis-test-model"), std::optional(chunks[7].key.tokens));
+    ASSERT_TRUE(reader.erase(chunks[3].key).ok());
+    EXPECT_TRUE(holders(RedisChunkBackend::manifest_key(chunks[3].key)).empty());
+    for (uint32_t l = 0; l < 4; ++l) EXPECT_TRUE(holders(RedisChunkBackend::layer_key(chunks[3].key, l)).empty());
+    EXPECT_FALSE(writer.get(chunks[3].key).has_value());
+    const BackendStats stats = reader.backend_stats()[0];
+    EXPECT_EQ(stats.redirects, 0u) << "the slot of every key is the cluster's own";
+    EXPECT_EQ(stats.hits, 12u + 2u);  // the gets, the stream, tokens_of's verifying get
+    EXPECT_TRUE(warnings_.empty()) << warnings_.front();
+}
+
+TEST_F(RedisClusterLive, ANodeDownIsAMissForItsSlotsOnly) {
+    RedisChunkBackend backend(options(0));
+    std::vector<OwnedChunk> chunks;
+    for (uint64_t seed = 0; seed < 12; ++seed) chunks.push_back(make_chunk(200 + seed));
+    for (const OwnedChunk& chunk : chunks) ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+    std::vector<bool> on_last;
+    for (const OwnedChunk& chunk : chunks) on_last.push_back(holders(RedisChunkBackend::manifest_key(chunk.key)) == std::vector<int>{2});
+    nodes_[2]->stop();
+    for (size_t i = 0; i < chunks.size(); ++i) {
+        EXPECT_EQ(backend.get(chunks[i].key).has_value(), !on_last[i]) << i;
+        std::shared_ptr<ChunkStream> stream = backend.get_streamed(chunks[i].key);
+        EXPECT_EQ(stream->wait_all().has_value(), !on_last[i]) << i;
+    }
+    EXPECT_GT(std::count(on_last.begin(), on_last.end(), true), 0) << "some chunks were on the node killed";
+    ASSERT_FALSE(warnings_.empty());
+    EXPECT_NE(warnings_.front().find(std::to_string(nodes_[2]->port())), std::string::npos) << warnings_.front();
 }
 
 TEST(RedisBackendAuth, APasswordOpensARedisThatRequiresOneAndItsAbsenceIsAClearRefusal) {

@@ -16,7 +16,7 @@ void add_serve_command(CLI::App& app) {
     cmd->add_option("--host", o->host, "address to listen on (default 127.0.0.1)");
     cmd->add_option("--port", o->port, "port (0: any free port, printed at start)")->check(CLI::Range(0, 65535));
     cmd->add_option("--store", o->store,
-                    "chunk store: a directory (default $XDG_CACHE_HOME/kvfuse/chunks) or redis://host[:port][/db] "
+                    "chunk store: a directory (default $XDG_CACHE_HOME/kvfuse/chunks), redis://host[:port][/db], or any node(s) of a Redis Cluster: redis://host:port[,host:port...] "
                     "(a password: KVFUSE_REDIS_PASSWORD in the environment)");
     cmd->add_option("--local-cache", o->local_cache, "with a redis:// store: a directory kept in front of it");
     cmd->add_option("--store-limit", o->store_limit,

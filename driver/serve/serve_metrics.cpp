@@ -92,6 +92,8 @@ std::string ServeMetrics::render(std::size_t queue_depth, std::size_t queue_capa
         {"kvfuse_store_read_bytes_total", "Chunk bytes read from a store tier.", &kvfuse::store::BackendStats::bytes_read},
         {"kvfuse_store_written_bytes_total", "Chunk bytes written to a store tier.",
          &kvfuse::store::BackendStats::bytes_written},
+        {"kvfuse_store_redirects_total", "Redis Cluster MOVED/ASK redirects followed.",
+         &kvfuse::store::BackendStats::redirects},
     };
     for (const Counter& counter : kCounters) {
         header(out, counter.name, "counter", counter.help);

@@ -236,6 +236,7 @@ struct BackendStats {
     uint64_t puts = 0;           // chunks written
     uint64_t bytes_read = 0;     // chunk bytes read by get()
     uint64_t bytes_written = 0;  // chunk bytes written by put()
+    uint64_t redirects = 0;      // Redis Cluster MOVED/ASK redirects followed
 };
 
 // A place chunks live: a directory (ChunkStore below), Redis (store/redis_backend.h), or a local

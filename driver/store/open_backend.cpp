@@ -29,6 +29,7 @@ Result<std::unique_ptr<ChunkBackend>> open_backend(std::string_view store, Backe
     redis.host = url.value().host;
     redis.port = url.value().port;
     redis.db = url.value().db;
+    redis.more_seeds = url.value().more_seeds;
     if (!redis.warning) redis.warning = options.directory.warning;
     if (redis.password.empty()) {
         if (const char* password = std::getenv("KVFUSE_REDIS_PASSWORD")) redis.password = password;

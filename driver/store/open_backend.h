@@ -1,6 +1,7 @@
 // Opens the backend a `--store` value names: a directory (the filesystem ChunkStore) or
-// redis://host[:port][/db] (RedisChunkBackend), the latter optionally behind a local directory
-// as a cache tier (TieredChunkBackend).
+// redis://host[:port][,host[:port]...][/db] (RedisChunkBackend: one Redis, or a Redis Cluster
+// through any of its nodes), the latter optionally behind a local directory as a cache tier
+// (TieredChunkBackend).
 #pragma once
 
 #include "store/chunk_store.h"
@@ -14,7 +15,7 @@ namespace kvfuse::store {
 
 struct BackendOptions {
     ChunkStoreOptions directory;  // for the directory and the local tier
-    RedisOptions redis;           // timeouts, TTL; host, port and db come from the URL
+    RedisOptions redis;           // timeouts, TTL; hosts, ports and db come from the URL
     // With a Redis URL: a directory kept in front of Redis (empty: none).
     std::filesystem::path local_cache;
 };

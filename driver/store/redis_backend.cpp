@@ -25,6 +25,7 @@ constexpr uint32_t kManifestVersion = 1;
 constexpr size_t kManifestFixedBytes = 8 + 4 + 4 + 8 + 8;
 constexpr size_t kManifestLayerBytes = 3 * 8;  // offset, bytes, XXH3 of the layer's bytes
 constexpr uint32_t kMaxLayers = 1u << 16;
+constexpr size_t kClusterSlots = 16384;
 
 std::string chunk_prefix(const ChunkKey& key) {
     char model[17];
@@ -152,7 +153,7 @@ Result<RedisOptions> parse_redis_url(std::string_view url) {
     const std::string text(url);
     auto invalid = [&](const std::string& why) {
         return Status(StatusCode::invalid_argument,
-                      "'" + text + "' is not a Redis URL (redis://host[:port][/db]): " + why);
+                      "'" + text + "' is not a Redis URL (redis://host[:port][,host[:port]...][/db]): " + why);
     };
     constexpr std::string_view kScheme = "redis://";
     if (!url.starts_with(kScheme)) return invalid("it does not start with redis://");
@@ -168,48 +169,101 @@ Result<RedisOptions> parse_redis_url(std::string_view url) {
         return invalid("credentials in the URL are not supported (set KVFUSE_REDIS_PASSWORD and, for an "
                        "ACL user, KVFUSE_REDIS_USER)");
     }
-    std::string_view port;
-    if (const size_t colon = url.rfind(':'); colon != std::string_view::npos) {
-        port = url.substr(colon + 1);
-        url = url.substr(0, colon);
-        if (port.empty()) return invalid("no port after ':'");
-    }
-    if (url.empty()) return invalid("no host");
-    options.host = std::string(url);
     auto number = [](std::string_view digits, int low, int high, int& out) {
         const char* end = digits.data() + digits.size();
         auto [ptr, error] = std::from_chars(digits.data(), end, out);
         return error == std::errc() && ptr == end && out >= low && out <= high;
     };
-    if (!port.empty() && !number(port, 1, 65535, options.port)) {
-        return invalid("port '" + std::string(port) + "' is not in 1..65535");
+    // host[:port], comma-separated: one node, or a cluster's seeds.
+    std::vector<std::pair<std::string, int>> hosts;
+    for (size_t start = 0;;) {
+        const size_t comma = url.find(',', start);
+        std::string_view host = url.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+        std::string_view port;
+        if (const size_t colon = host.rfind(':'); colon != std::string_view::npos) {
+            port = host.substr(colon + 1);
+            host = host.substr(0, colon);
+            if (port.empty()) return invalid("no port after ':'");
+        }
+        if (host.empty()) return invalid("no host");
+        int number_port = 6379;
+        if (!port.empty() && !number(port, 1, 65535, number_port)) {
+            return invalid("port '" + std::string(port) + "' is not in 1..65535");
+        }
+        hosts.emplace_back(std::string(host), number_port);
+        if (comma == std::string_view::npos) break;
+        start = comma + 1;
     }
+    options.host = hosts.front().first;
+    options.port = hosts.front().second;
+    options.more_seeds.assign(hosts.begin() + 1, hosts.end());
     if (!db.empty() && !number(db, 0, 1 << 20, options.db)) {
         return invalid("database '" + std::string(db) + "' is not a number >= 0");
+    }
+    if (!options.more_seeds.empty() && options.db != 0) {
+        return invalid("several hosts name a Redis Cluster, which has database 0 only");
     }
     return options;
 }
 
+uint16_t redis_cluster_slot(std::string_view key) {
+    if (const size_t open = key.find('{'); open != std::string_view::npos) {
+        const size_t close = key.find('}', open + 1);
+        if (close != std::string_view::npos && close > open + 1) key = key.substr(open + 1, close - open - 1);
+    }
+    uint16_t crc = 0;  // CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0
+    for (const char ch : key) {
+        crc = static_cast<uint16_t>(crc ^ (static_cast<uint16_t>(static_cast<uint8_t>(ch)) << 8));
+        for (int bit = 0; bit < 8; ++bit) {
+            crc = (crc & 0x8000) != 0 ? static_cast<uint16_t>((crc << 1) ^ 0x1021) : static_cast<uint16_t>(crc << 1);
+        }
+    }
+    return static_cast<uint16_t>(crc & (kClusterSlots - 1));
+}
+
 struct RedisChunkBackend::Impl {
-    RedisOptions options;
-    mutable std::mutex mutex;  // one connection, one command stream at a time
-    redisContext* context = nullptr;
-    // Idle connections of the streaming readers (each stream reads on one of its own, so that
-    // its layers do not wait behind other commands); at most kStreamPool kept.
+    // One Redis node: its main connection (commands under the lock) and the idle connections of
+    // the streaming readers (each stream reads on one of its own, so that its layers do not wait
+    // behind other commands; at most kStreamPool kept).
+    struct Node {
+        std::string host;
+        int port = 0;
+        redisContext* context = nullptr;
+        std::vector<redisContext*> stream_pool;
+        std::chrono::steady_clock::time_point next_connect{};
+        bool reported_down = false;
+    };
+    enum class Mode { unknown, single, cluster };
     static constexpr size_t kStreamPool = 4;
-    std::vector<redisContext*> stream_pool;
-    std::chrono::steady_clock::time_point next_connect{};
-    bool reported_down = false;
+
+    RedisOptions options;
+    mutable std::mutex mutex;  // every node's main connection, the map, the counters
+    // The seeds first (nodes[0]: the URL's first host, the only node of a single Redis), then
+    // the cluster's nodes as CLUSTER SLOTS or a redirect names them. Never shrinks: the Node
+    // objects stay where they are while stream readers use them.
+    std::vector<std::unique_ptr<Node>> nodes;
+    size_t seeds = 1;
+    Mode mode = Mode::unknown;  // asked of the first seed that answers (INFO cluster)
+    std::vector<int32_t> slot_owner = std::vector<int32_t>(kClusterSlots, -1);  // index in nodes
+    bool map_stale = true;
+    std::chrono::steady_clock::time_point next_refresh{};
     BackendStats stats;
 
     ~Impl() {
-        if (context != nullptr) redisFree(context);
-        for (redisContext* c : stream_pool) redisFree(c);
+        for (const auto& node : nodes) {
+            if (node->context != nullptr) redisFree(node->context);
+            for (redisContext* c : node->stream_pool) redisFree(c);
+        }
     }
 
     std::string location() const {
-        return "redis://" + options.host + ":" + std::to_string(options.port) + "/" +
-               std::to_string(options.db);
+        std::string hosts = options.host + ":" + std::to_string(options.port);
+        for (const auto& [host, port] : options.more_seeds) hosts += "," + host + ":" + std::to_string(port);
+        return "redis://" + hosts + "/" + std::to_string(options.db);
+    }
+
+    std::string location(const Node& node) const {
+        return "redis://" + node.host + ":" + std::to_string(node.port) + "/" + std::to_string(options.db);
     }
 
     void warn(const Status& status) const {
@@ -220,11 +274,23 @@ struct RedisChunkBackend::Impl {
         }
     }
 
-    // A new connection, set up (timeouts, AUTH, SELECT): "" and `c`, or the problem (and `c`
-    // whatever it got, for redisFree). Needs no lock: it reads only the options.
-    std::string open_context(redisContext*& c) const {
-        c = redisConnectWithTimeout(options.host.c_str(), options.port,
-                                                  to_timeval(options.connect_timeout));
+    // Under the lock: the index of host:port in nodes, added when new.
+    int32_t node_index(const std::string& host, int port) {
+        for (size_t i = 0; i < nodes.size(); ++i) {
+            if (nodes[i]->host == host && nodes[i]->port == port) return static_cast<int32_t>(i);
+        }
+        auto node = std::make_unique<Node>();
+        node->host = host;
+        node->port = port;
+        nodes.push_back(std::move(node));
+        return static_cast<int32_t>(nodes.size() - 1);
+    }
+
+    // A new connection to `node`, set up (timeouts, AUTH, SELECT): "" and `c`, or the problem
+    // (and `c` whatever it got, for redisFree). Needs no lock: it reads only the options and
+    // the node's address, which never change.
+    std::string open_context(const Node& node, redisContext*& c) const {
+        c = redisConnectWithTimeout(node.host.c_str(), node.port, to_timeval(options.connect_timeout));
         std::string problem;
         if (c == nullptr) {
             problem = "cannot allocate a connection";
@@ -266,75 +332,62 @@ struct RedisChunkBackend::Impl {
         return problem;
     }
 
-    // Under the lock. A connection, or an unavailable Status (reported once per outage).
-    Status connect() {
-        if (context != nullptr) return Status::success();
+    // Under the lock. A connection to `node`, or an unavailable Status (reported once per outage).
+    Status connect(Node& node) {
+        if (node.context != nullptr) return Status::success();
         const auto now = std::chrono::steady_clock::now();
-        if (now < next_connect) {
-            return {StatusCode::io_error, location() + ": unreachable (next retry within " +
+        if (now < node.next_connect) {
+            return {StatusCode::io_error, location(node) + ": unreachable (next retry within " +
                                               std::to_string(options.retry_interval.count()) +
                                               " ms)"};
         }
         redisContext* c = nullptr;
-        std::string problem = open_context(c);
+        std::string problem = open_context(node, c);
         if (!problem.empty()) {
             if (c != nullptr) redisFree(c);
-            next_connect = now + options.retry_interval;
+            node.next_connect = now + options.retry_interval;
             ++stats.unavailable;
-            Status status(StatusCode::io_error, location() + ": cannot connect: " + problem);
-            if (!reported_down) {
+            map_stale = true;  // a cluster may have moved this node's slots to a replica
+            Status status(StatusCode::io_error, location(node) + ": cannot connect: " + problem);
+            if (!node.reported_down) {
                 warn(Status(status.code(), status.message() +
                                                "; chunks are computed until it is back (retried "
                                                "every " +
                                                std::to_string(options.retry_interval.count()) +
                                                " ms)"));
-                reported_down = true;
+                node.reported_down = true;
             }
             return status;
         }
-        context = c;
-        if (reported_down) {
-            warn(Status(StatusCode::ok, location() + ": connected again"));
-            reported_down = false;
+        node.context = c;
+        if (node.reported_down) {
+            warn(Status(StatusCode::ok, location(node) + ": connected again"));
+            node.reported_down = false;
         }
         return Status::success();
     }
 
-    // Under the lock: the connection failed mid-command; the next call reconnects at once.
-    Status drop(const std::string& during) {
-        std::string why = context != nullptr && context->err != 0 ? context->errstr : "no reply";
-        if (context != nullptr) redisFree(context);
-        context = nullptr;
-        next_connect = {};
+    // Under the lock: the connection to `node` failed mid-command; the next call reconnects at once.
+    Status drop(Node& node, const std::string& during) {
+        std::string why = node.context != nullptr && node.context->err != 0 ? node.context->errstr : "no reply";
+        if (node.context != nullptr) redisFree(node.context);
+        node.context = nullptr;
+        node.next_connect = {};
         ++stats.unavailable;
-        Status status(StatusCode::io_error, location() + ": " + during + " failed: " + why);
-        if (!reported_down) {
+        map_stale = true;
+        Status status(StatusCode::io_error, location(node) + ": " + during + " failed: " + why);
+        if (!node.reported_down) {
             warn(Status(status.code(), status.message() + "; reconnecting"));
-            reported_down = true;
+            node.reported_down = true;
         }
         return status;
     }
 
-    // Under the lock: one command, argument by argument (binary-safe).
-    Result<Reply> command(std::initializer_list<std::string_view> args, const std::string& what) {
-        Status connected = connect();
-        if (!connected.ok()) return connected;
-        std::vector<const char*> argv;
-        std::vector<size_t> lengths;
-        for (std::string_view arg : args) {
-            argv.push_back(arg.data());
-            lengths.push_back(arg.size());
-        }
-        Reply reply(static_cast<redisReply*>(redisCommandArgv(
-            context, static_cast<int>(argv.size()), argv.data(), lengths.data())));
-        if (!reply) return drop(what);
-        return reply;
-    }
-
-    // Under the lock: several commands sent at once, their replies in order.
-    Result<std::vector<Reply>> pipeline(const std::vector<std::vector<std::string_view>>& commands,
-                                        const std::string& what) {
-        Status connected = connect();
+    // Under the lock: several commands sent to `node` at once (argument by argument,
+    // binary-safe), their replies in order.
+    Result<std::vector<Reply>> pipeline_on(Node& node, const std::vector<std::vector<std::string_view>>& commands,
+                                           const std::string& what) {
+        Status connected = connect(node);
         if (!connected.ok()) return connected;
         for (const auto& args : commands) {
             std::vector<const char*> argv;
@@ -343,16 +396,191 @@ struct RedisChunkBackend::Impl {
                 argv.push_back(arg.data());
                 lengths.push_back(arg.size());
             }
-            if (redisAppendCommandArgv(context, static_cast<int>(argv.size()), argv.data(),
+            if (redisAppendCommandArgv(node.context, static_cast<int>(argv.size()), argv.data(),
                                        lengths.data()) != REDIS_OK) {
-                return drop(what);
+                return drop(node, what);
             }
         }
         std::vector<Reply> replies;
         for (size_t i = 0; i < commands.size(); ++i) {
             void* raw = nullptr;
-            if (redisGetReply(context, &raw) != REDIS_OK || raw == nullptr) return drop(what);
+            if (redisGetReply(node.context, &raw) != REDIS_OK || raw == nullptr) return drop(node, what);
             replies.emplace_back(static_cast<redisReply*>(raw));
+        }
+        return replies;
+    }
+
+    // Under the lock: one command on `node`; after ASKING when `asking` (an ASK redirect to
+    // the node importing the key's slot).
+    Result<Reply> command_on(Node& node, const std::vector<std::string_view>& args, const std::string& what,
+                             bool asking = false) {
+        std::vector<std::vector<std::string_view>> commands;
+        if (asking) commands.push_back({"ASKING"});
+        commands.push_back(args);
+        Result<std::vector<Reply>> replies = pipeline_on(node, commands, what);
+        if (!replies.ok()) return replies.status();
+        return std::move(replies.value().back());
+    }
+
+    // Under the lock: one node or a cluster, asked once of the first seed that answers.
+    Status resolve_mode() {
+        if (mode != Mode::unknown) return Status::success();
+        Status last;
+        for (size_t i = 0; i < seeds; ++i) {
+            Result<Reply> info = command_on(*nodes[i], {"INFO", "cluster"}, "INFO cluster");
+            if (!info.ok()) {
+                last = info.status();
+                continue;
+            }
+            const redisReply* r = info.value().get();
+            // A Redis that refuses INFO (renamed by its operator) is taken for a single node.
+            if (r->type == REDIS_REPLY_STRING &&
+                std::string_view(r->str, r->len).find("cluster_enabled:1") != std::string_view::npos) {
+                mode = Mode::cluster;
+                refresh_slots();
+                return Status::success();
+            }
+            if (seeds > 1) {
+                warn(Status(StatusCode::invalid_argument,
+                            location(*nodes[i]) + " is not a Redis Cluster node: used alone, the other hosts ignored"));
+            }
+            std::swap(nodes[0], nodes[i]);  // a single Redis: nodes[0] serves every key
+            mode = Mode::single;
+            return Status::success();
+        }
+        return last;
+    }
+
+    // Under the lock: the slot map from CLUSTER SLOTS, asked of the connected nodes first, then
+    // of the others; when none answers, the old map stays and the next try waits a retry
+    // interval.
+    void refresh_slots() {
+        next_refresh = std::chrono::steady_clock::now() + options.retry_interval;
+        std::vector<Node*> order;
+        for (const auto& node : nodes) {
+            if (node->context != nullptr) order.push_back(node.get());
+        }
+        for (const auto& node : nodes) {
+            if (node->context == nullptr) order.push_back(node.get());
+        }
+        for (Node* asked : order) {
+            Result<Reply> slots = command_on(*asked, {"CLUSTER", "SLOTS"}, "CLUSTER SLOTS");
+            if (!slots.ok() || slots.value()->type != REDIS_REPLY_ARRAY) continue;
+            const redisReply* r = slots.value().get();
+            std::vector<int32_t> owner(kClusterSlots, -1);
+            bool readable = true;
+            // Each range: first slot, last slot, then the master [host, port, id, ...], then replicas.
+            for (size_t i = 0; i < r->elements && readable; ++i) {
+                const redisReply* range = r->element[i];
+                readable = range->type == REDIS_REPLY_ARRAY && range->elements >= 3 &&
+                           range->element[0]->type == REDIS_REPLY_INTEGER &&
+                           range->element[1]->type == REDIS_REPLY_INTEGER &&
+                           range->element[2]->type == REDIS_REPLY_ARRAY && range->element[2]->elements >= 2 &&
+                           range->element[2]->element[0]->type == REDIS_REPLY_STRING &&
+                           range->element[2]->element[1]->type == REDIS_REPLY_INTEGER;
+                if (!readable) break;
+                const long long first = range->element[0]->integer, last = range->element[1]->integer;
+                const long long port = range->element[2]->element[1]->integer;
+                readable = first >= 0 && first <= last && last < static_cast<long long>(kClusterSlots) && port > 0 &&
+                           port <= 65535;
+                if (!readable) break;
+                std::string host(range->element[2]->element[0]->str, range->element[2]->element[0]->len);
+                if (host.empty() || host == "?") host = asked->host;  // "the address you reached me at"
+                const int32_t index = node_index(host, static_cast<int>(port));
+                std::fill(owner.begin() + first, owner.begin() + last + 1, index);
+            }
+            if (!readable) {
+                warn(Status(StatusCode::io_error, location(*asked) + ": unreadable CLUSTER SLOTS reply"));
+                continue;
+            }
+            slot_owner = std::move(owner);
+            map_stale = false;
+            return;
+        }
+    }
+
+    // Under the lock: the node that serves `key` (its slot's owner in a cluster), or nullptr
+    // and the reason when none can be named now.
+    Node* route(std::string_view key, Status& why) {
+        if (Status resolved = resolve_mode(); !resolved.ok()) {
+            why = resolved;
+            return nullptr;
+        }
+        if (mode == Mode::single) return nodes[0].get();
+        if (map_stale && std::chrono::steady_clock::now() >= next_refresh) refresh_slots();
+        const uint16_t slot = redis_cluster_slot(key);
+        if (slot_owner[slot] < 0) {
+            ++stats.unavailable;
+            why = Status(StatusCode::io_error, location() + ": no node serves slot " + std::to_string(slot) +
+                                                   " (CLUSTER SLOTS)");
+            return nullptr;
+        }
+        return nodes[static_cast<size_t>(slot_owner[slot])].get();
+    }
+
+    // Under the lock: `reply` answered `args`; while it is a MOVED or an ASK redirect, the
+    // command again on the node it names (after ASKING for ASK), at most max_redirects times.
+    // MOVED also moves the slot in the map and has the whole map asked again.
+    Result<Reply> follow(Reply reply, const std::vector<std::string_view>& args, const std::string& what) {
+        for (uint32_t hops = 0;; ++hops) {
+            if (reply->type != REDIS_REPLY_ERROR) return reply;
+            const std::string error(reply->str, reply->len);
+            const bool moved = error.starts_with("MOVED "), ask = error.starts_with("ASK ");
+            if (!moved && !ask) return reply;
+            if (hops == options.max_redirects) {
+                ++stats.unavailable;
+                return Status(StatusCode::io_error, location() + ": " + what + ": more than " +
+                                                        std::to_string(options.max_redirects) +
+                                                        " redirects (last: " + error + ")");
+            }
+            // "MOVED <slot> <host>:<port>", "ASK <slot> <host>:<port>"
+            const size_t space = error.find(' ', moved ? 6 : 4), colon = error.rfind(':');
+            int slot = -1, port = 0;
+            const bool readable =
+                space != std::string::npos && colon != std::string::npos && colon > space + 1 &&
+                std::from_chars(error.data() + (moved ? 6 : 4), error.data() + space, slot).ec == std::errc() &&
+                std::from_chars(error.data() + colon + 1, error.data() + error.size(), port).ec == std::errc() &&
+                slot >= 0 && slot < static_cast<int>(kClusterSlots) && port > 0 && port <= 65535;
+            if (!readable) {
+                ++stats.unavailable;
+                return Status(StatusCode::io_error, location() + ": " + what + ": unreadable redirect: " + error);
+            }
+            ++stats.redirects;
+            const int32_t index = node_index(error.substr(space + 1, colon - space - 1), port);
+            if (moved) {
+                slot_owner[static_cast<size_t>(slot)] = index;
+                map_stale = true;
+            }
+            Result<Reply> again = command_on(*nodes[static_cast<size_t>(index)], args, what, /*asking=*/ask);
+            if (!again.ok()) return again.status();
+            reply = std::move(again).value();
+        }
+    }
+
+    // Under the lock: one command on the node serving its key (args[1]), redirects followed.
+    Result<Reply> command(std::initializer_list<std::string_view> list, const std::string& what) {
+        const std::vector<std::string_view> args(list);
+        Status why;
+        Node* node = route(args[1], why);
+        if (node == nullptr) return why;
+        Result<Reply> reply = command_on(*node, args, what);
+        if (!reply.ok()) return reply;
+        return follow(std::move(reply).value(), args, what);
+    }
+
+    // Under the lock: commands on keys of one slot (one chunk's) sent at once to the node
+    // serving it, their replies in order; a redirected one is followed on its own.
+    Result<std::vector<Reply>> pipeline(const std::vector<std::vector<std::string_view>>& commands,
+                                        const std::string& what) {
+        Status why;
+        Node* node = route(commands.front()[1], why);
+        if (node == nullptr) return why;
+        Result<std::vector<Reply>> replies = pipeline_on(*node, commands, what);
+        if (!replies.ok()) return replies;
+        for (size_t i = 0; i < commands.size(); ++i) {
+            Result<Reply> followed = follow(std::move(replies.value()[i]), commands[i], what);
+            if (!followed.ok()) return followed.status();
+            replies.value()[i] = std::move(followed).value();
         }
         return replies;
     }
@@ -364,12 +592,14 @@ struct RedisChunkBackend::Impl {
         Result<Reply> reply = command({"DEL", manifest}, "DEL");
         if (!reply.ok()) return reply.status();
         if (layers == 0) {
-            // Unknown layer count: every layer key of the chunk.
+            // Unknown layer count: every layer key of the chunk, on the node of its slot.
+            Status why;
+            Node* node = route(manifest, why);
+            if (node == nullptr) return why;
             std::string cursor = "0";
             const std::string pattern = chunk_prefix(key) + ":layer:*";
             do {
-                Result<Reply> scanned = command({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"},
-                                                "SCAN");
+                Result<Reply> scanned = command_on(*node, {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"}, "SCAN");
                 if (!scanned.ok()) return scanned.status();
                 const redisReply* r = scanned.value().get();
                 if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) break;
@@ -384,48 +614,51 @@ struct RedisChunkBackend::Impl {
         }
         std::vector<std::string> keys;
         for (uint32_t l = 0; l < layers; ++l) keys.push_back(layer_key(key, l));
-        std::vector<std::string_view> args = {"DEL"};
-        for (const std::string& k : keys) args.push_back(k);
-        Result<std::vector<Reply>> deleted = pipeline({args}, "DEL");
+        // One DEL a key: a DEL of several keys fails (TRYAGAIN) while their slot migrates.
+        std::vector<std::vector<std::string_view>> commands;
+        for (const std::string& k : keys) commands.push_back({"DEL", k});
+        Result<std::vector<Reply>> deleted = pipeline(commands, "DEL");
         return deleted.ok() ? Status::success() : deleted.status();
     }
 
-    // A streaming reader's connection: an idle one, or a new one (nullptr and the problem, as
-    // connect() reports it, when Redis cannot be reached now). `fresh` skips the pool.
-    redisContext* stream_connection(bool fresh, Status& problem) {
+    // A streaming reader's connection to `node`: an idle one, or a new one (nullptr and the
+    // problem, as connect() reports it, when the node cannot be reached now). `fresh` skips the
+    // pool.
+    redisContext* stream_connection(Node& node, bool fresh, Status& problem) {
         {
             std::lock_guard lock(mutex);
-            if (!fresh && !stream_pool.empty()) {
-                redisContext* c = stream_pool.back();
-                stream_pool.pop_back();
+            if (!fresh && !node.stream_pool.empty()) {
+                redisContext* c = node.stream_pool.back();
+                node.stream_pool.pop_back();
                 return c;
             }
-            if (std::chrono::steady_clock::now() < next_connect) {
+            if (std::chrono::steady_clock::now() < node.next_connect) {
                 ++stats.unavailable;
-                problem = Status(StatusCode::io_error, location() + ": unreachable (next retry within " +
+                problem = Status(StatusCode::io_error, location(node) + ": unreachable (next retry within " +
                                                            std::to_string(options.retry_interval.count()) + " ms)");
                 return nullptr;
             }
         }
         redisContext* c = nullptr;
-        const std::string why = open_context(c);
+        const std::string why = open_context(node, c);
         if (why.empty()) return c;
         if (c != nullptr) redisFree(c);
         std::lock_guard lock(mutex);
-        next_connect = std::chrono::steady_clock::now() + options.retry_interval;
+        node.next_connect = std::chrono::steady_clock::now() + options.retry_interval;
         ++stats.unavailable;
-        problem = Status(StatusCode::io_error, location() + ": cannot connect: " + why);
-        if (!reported_down) {
+        map_stale = true;
+        problem = Status(StatusCode::io_error, location(node) + ": cannot connect: " + why);
+        if (!node.reported_down) {
             warn(Status(problem.code(), problem.message() + "; chunks are computed until it is back"));
-            reported_down = true;
+            node.reported_down = true;
         }
         return nullptr;
     }
 
-    void return_stream_connection(redisContext* c) {
+    void return_stream_connection(Node& node, redisContext* c) {
         std::lock_guard lock(mutex);
-        if (stream_pool.size() < kStreamPool) {
-            stream_pool.push_back(c);
+        if (node.stream_pool.size() < kStreamPool) {
+            node.stream_pool.push_back(c);
         } else {
             redisFree(c);
         }
@@ -438,6 +671,7 @@ struct RedisChunkBackend::Impl {
     void stream_chunk(const ChunkKey& key, ChunkStream& stream) {
         const std::string manifest_name = manifest_key_of(key);
         redisContext* c = nullptr;
+        Node* node = nullptr;  // the node serving the chunk's slot
         auto miss = [&](Status why) {
             if (c != nullptr) redisFree(c);  // replies may be in flight: never back to the pool
             c = nullptr;
@@ -449,13 +683,14 @@ struct RedisChunkBackend::Impl {
         };
         auto unreachable = [&](const std::string& during) {
             const std::string why = c != nullptr && c->err != 0 ? c->errstr : "no reply";
-            Status status(StatusCode::io_error, location() + ": " + during + " failed: " + why);
+            Status status(StatusCode::io_error, location(*node) + ": " + during + " failed: " + why);
             {
                 std::lock_guard lock(mutex);
                 ++stats.unavailable;
-                if (!reported_down) {
+                map_stale = true;
+                if (!node->reported_down) {
                     warn(Status(status.code(), status.message() + "; read as a miss, reconnecting"));
-                    reported_down = true;
+                    node->reported_down = true;
                 }
             }
             miss(status);
@@ -476,12 +711,27 @@ struct RedisChunkBackend::Impl {
             const size_t lengths[2] = {3, name.size()};
             return Reply(static_cast<redisReply*>(redisCommandArgv(c, 2, argv, lengths)));
         };
+        // A MOVED or ASK answer (the chunk's slot is moving between cluster nodes): the key
+        // asked again of the node named, on that node's main connection.
+        auto follow_redirect = [&](Reply& value, std::string_view name) -> Status {
+            if (value->type != REDIS_REPLY_ERROR) return Status::success();
+            std::lock_guard lock(mutex);
+            Result<Reply> followed = follow(std::move(value), {"GET", name}, "GET");
+            if (!followed.ok()) return followed.status();
+            value = std::move(followed).value();
+            return Status::success();
+        };
 
         Status problem;
+        {
+            std::lock_guard lock(mutex);
+            node = route(manifest_name, problem);
+        }
+        if (node == nullptr) return miss(problem);
         Reply reply;
         // A pooled connection may have died with a Redis restart: one more try on a new one.
         for (bool fresh : {false, true}) {
-            c = stream_connection(fresh, problem);
+            c = stream_connection(*node, fresh, problem);
             if (c == nullptr) return miss(problem);
             reply = get(manifest_name);
             if (reply) break;
@@ -489,8 +739,9 @@ struct RedisChunkBackend::Impl {
             c = nullptr;
         }
         if (!reply) return unreachable("GET of the manifest");
+        if (Status followed = follow_redirect(reply, manifest_name); !followed.ok()) return miss(followed);
         if (reply->type == REDIS_REPLY_NIL) {
-            return_stream_connection(c);
+            return_stream_connection(*node, c);
             c = nullptr;
             return miss(Status(StatusCode::ok, manifest_name + ": absent"));
         }
@@ -542,9 +793,10 @@ struct RedisChunkBackend::Impl {
             if (stream.cancelled()) return miss(Status(StatusCode::ok, manifest_name + ": stream cancelled"));
             void* raw = nullptr;
             if (redisGetReply(c, &raw) != REDIS_OK || raw == nullptr) return unreachable("GET of layer " + std::to_string(l));
-            const Reply value(static_cast<redisReply*>(raw));
+            Reply value(static_cast<redisReply*>(raw));
             // The next GET goes out before this layer is checked and copied.
             if (!send_up_to(l + 1 + in_flight)) return unreachable("GET of the layers");
+            if (Status followed = follow_redirect(value, names[l]); !followed.ok()) return miss(followed);
             const Manifest::Layer& expected = manifest.layers[l];
             const std::string where = "layer " + std::to_string(l) + " (" + names[l] + ")";
             if (value->type == REDIS_REPLY_NIL)
@@ -562,7 +814,7 @@ struct RedisChunkBackend::Impl {
             if (l + 1 < layers) stream.publish_layers(l + 1);
         }
         seal_streamed_image(memory);
-        return_stream_connection(c);
+        return_stream_connection(*node, c);
         c = nullptr;
         {
             std::lock_guard lock(mutex);
@@ -587,14 +839,28 @@ std::shared_ptr<ChunkStream> RedisChunkBackend::get_streamed(const ChunkKey& key
 RedisChunkBackend::RedisChunkBackend(RedisOptions options) : impl_(std::make_unique<Impl>()) {
     impl_->options = std::move(options);
     std::lock_guard lock(impl_->mutex);
-    (void)impl_->connect();  // reported through the warning hook when it fails
+    impl_->node_index(impl_->options.host, impl_->options.port);
+    for (const auto& [host, port] : impl_->options.more_seeds) impl_->node_index(host, port);
+    impl_->seeds = impl_->nodes.size();
+    (void)impl_->resolve_mode();  // reported through the warning hook when no seed answers
 }
 
 RedisChunkBackend::~RedisChunkBackend() = default;
 
 bool RedisChunkBackend::available() {
     std::lock_guard lock(impl_->mutex);
-    return impl_->connect().ok();
+    if (!impl_->resolve_mode().ok()) return false;
+    if (impl_->mode == Impl::Mode::single) return impl_->connect(*impl_->nodes[0]).ok();
+    for (const auto& node : impl_->nodes) {
+        if (impl_->connect(*node).ok()) return true;
+    }
+    return false;
+}
+
+bool RedisChunkBackend::is_cluster() {
+    std::lock_guard lock(impl_->mutex);
+    (void)impl_->resolve_mode();
+    return impl_->mode == Impl::Mode::cluster;
 }
 
 std::optional<ChunkView> RedisChunkBackend::get(const ChunkKey& key) {
@@ -739,27 +1005,49 @@ Status RedisChunkBackend::erase(const ChunkKey& key) {
 }
 
 Result<std::vector<ChunkDigest>> RedisChunkBackend::list() {
-    std::lock_guard lock(impl_->mutex);
+    Impl& impl = *impl_;
+    std::lock_guard lock(impl.mutex);
+    if (Status resolved = impl.resolve_mode(); !resolved.ok()) return resolved;
+    // Every master of a cluster (a slot moving between two is scanned on both: duplicates dropped).
+    std::vector<Impl::Node*> masters;
+    if (impl.mode == Impl::Mode::single) {
+        masters.push_back(impl.nodes[0].get());
+    } else {
+        if (impl.map_stale) impl.refresh_slots();
+        std::vector<bool> owns(impl.nodes.size(), false);
+        for (const int32_t owner : impl.slot_owner) {
+            if (owner >= 0) owns[static_cast<size_t>(owner)] = true;
+        }
+        for (size_t i = 0; i < owns.size(); ++i) {
+            if (owns[i]) masters.push_back(impl.nodes[i].get());
+        }
+        if (masters.empty()) return Status(StatusCode::io_error, impl.location() + ": no cluster node serves a slot");
+    }
     std::vector<ChunkDigest> digests;
-    std::string cursor = "0";
     const std::string pattern = std::string(kKeyPrefix) + "*:manifest";
-    do {
-        Result<Reply> scanned = impl_->command({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"},
-                                               "SCAN");
-        if (!scanned.ok()) return scanned.status();
-        const redisReply* r = scanned.value().get();
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-            return Status(StatusCode::io_error, impl_->location() + ": unexpected SCAN reply");
-        }
-        cursor.assign(r->element[0]->str, r->element[0]->len);
-        for (size_t i = 0; i < r->element[1]->elements; ++i) {
-            std::string_view name(r->element[1]->element[i]->str, r->element[1]->element[i]->len);
-            // <prefix><16 hex>:{<64 hex>}:manifest
-            const size_t digest_at = kKeyPrefix.size() + 18;
-            if (name.size() < digest_at + 64) continue;
-            if (auto digest = parse_digest_hex(name.substr(digest_at, 64))) digests.push_back(*digest);
-        }
-    } while (cursor != "0");
+    for (Impl::Node* node : masters) {
+        std::string cursor = "0";
+        do {
+            Result<Reply> scanned = impl.command_on(*node, {"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"}, "SCAN");
+            if (!scanned.ok()) return scanned.status();
+            const redisReply* r = scanned.value().get();
+            if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+                return Status(StatusCode::io_error, impl.location(*node) + ": unexpected SCAN reply");
+            }
+            cursor.assign(r->element[0]->str, r->element[0]->len);
+            for (size_t i = 0; i < r->element[1]->elements; ++i) {
+                std::string_view name(r->element[1]->element[i]->str, r->element[1]->element[i]->len);
+                // <prefix><16 hex>:{<64 hex>}:manifest
+                const size_t digest_at = kKeyPrefix.size() + 18;
+                if (name.size() < digest_at + 64) continue;
+                if (auto digest = parse_digest_hex(name.substr(digest_at, 64))) digests.push_back(*digest);
+            }
+        } while (cursor != "0");
+    }
+    if (masters.size() > 1) {
+        std::sort(digests.begin(), digests.end());
+        digests.erase(std::unique(digests.begin(), digests.end()), digests.end());
+    }
     return digests;
 }
 

@@ -14,6 +14,14 @@
 // chunk's keys are deleted so that the recomputed chunk is stored again. Redis unreachable (down,
 // timed out, refusing commands) is a miss too; the backend reconnects when it comes back, trying
 // at most once per retry interval so that requests do not each wait for a connect timeout.
+//
+// Redis Cluster: a node that answers `cluster_enabled:1` to INFO cluster makes the backend a
+// cluster client (hiredis 0.14 is a single-node client, so the cluster logic is here): the slot
+// map from CLUSTER SLOTS, each key sent to the node owning its slot (CRC16 of the `{digest}`
+// tag, so one chunk is one node), a connection per node, MOVED (the slot's owner updated, the
+// map refreshed) and ASK (ASKING, then the command on the importing node) followed at most
+// max_redirects times per command. A node that cannot be reached is a miss for its slots only.
+// Guarantees and set-up: docs/SERVING.md ("Redis Cluster").
 #pragma once
 
 #include "store/chunk_store.h"
@@ -23,6 +31,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace kvfuse::store {
 
@@ -30,6 +40,11 @@ struct RedisOptions {
     std::string host = "127.0.0.1";
     int port = 6379;
     int db = 0;
+    // Further nodes to try, in order, after host:port when looking for the cluster (the URL's
+    // seed list: redis://h1:p1,h2:p2). Any reachable one that is a cluster node will do.
+    std::vector<std::pair<std::string, int>> more_seeds;
+    // MOVED/ASK redirects followed for one command before it is given up (a miss, or a failed put).
+    uint32_t max_redirects = 5;
     // AUTH after connecting when the password is not empty (user: Redis 6 ACL user, empty for
     // the default user). open_backend reads them from KVFUSE_REDIS_USER and
     // KVFUSE_REDIS_PASSWORD: never from the URL, which ends up in logs and process lists.
@@ -51,9 +66,14 @@ struct RedisOptions {
     std::function<void(const Status&)> warning;
 };
 
-// "redis://host[:port][/db]" (port 6379 and db 0 by default) into options; invalid_argument
-// naming what is wrong otherwise.
+// "redis://host[:port][,host[:port]...][/db]" (port 6379 and db 0 by default; more than one
+// host: a cluster's seed list, db 0 only) into options; invalid_argument naming what is wrong
+// otherwise.
 Result<RedisOptions> parse_redis_url(std::string_view url);
+
+// The Redis Cluster hash slot of a key: CRC16 (XMODEM) of the key, or of its hash tag (what
+// lies between the first '{' and the next '}', when that is not empty), modulo 16384.
+uint16_t redis_cluster_slot(std::string_view key);
 
 class RedisChunkBackend final : public ChunkBackend {
 public:
@@ -82,6 +102,8 @@ public:
 
     // True when a connection is up (or could be made now).
     bool available();
+    // True once a node answered that it is a Redis Cluster node.
+    bool is_cluster();
 
     // The keys of a chunk, for tests and tools.
     static std::string manifest_key(const ChunkKey& key);
