@@ -5,9 +5,11 @@ default: a chunk's later layers arrive while its earlier layers are computed) an
 redis-server on a free port and two `kvfuse serve` processes on one Redis with no local tier, so
 every request reads its chunks from Redis. The two servers are asked in turn, one request at a
 time; answers must be equal token for token. Prints medians (server-side TTFT and its kv_load).
+With --cluster: one server on a single Redis against one on a 3-master Redis Cluster of its own
+(both streamed), the same way.
 
   tools/stream_ttft.py --kvfuse build/driver/kvfuse [--model M.gguf] [--requests 15]
-                       [--chunks 4] [--chunk-chars 1500] [--method a3]
+                       [--chunks 4] [--chunk-chars 1500] [--method a3] [--cluster]
 Run it under `quiet` for figures worth quoting.
 """
 import argparse
@@ -30,6 +32,7 @@ def main():
     parser.add_argument("--chunk-chars", type=int, default=1500)
     parser.add_argument("--method", default="a3")
     parser.add_argument("--ratio", type=float, default=0.15)
+    parser.add_argument("--cluster", action="store_true", help="one Redis against a 3-master Redis Cluster")
     args = parser.parse_args()
     serve_test.KVFUSE = os.path.abspath(args.kvfuse)
     workdir = tempfile.mkdtemp(prefix="kvfuse-stream-ttft-")
@@ -41,10 +44,18 @@ def main():
     redis = serve_test.Redis(workdir)
     url = "redis://127.0.0.1:%d/0" % redis.port
     model = ["--model", args.model] if args.model else []
-    servers = {"streamed": serve_test.Server("stream-on", workdir, "--store", url, *model),
-               "whole (--no-stream)": serve_test.Server("stream-off", workdir, "--store", url, "--no-stream", *model)}
+    cluster = serve_test.RedisCluster(workdir) if args.cluster else None
+    if cluster:
+        servers = {"one Redis": serve_test.Server("single", workdir, "--store", url, *model),
+                   "3-master cluster": serve_test.Server("cluster", workdir, "--store",
+                                                         "redis://127.0.0.1:%d" % cluster.nodes[0].port, *model)}
+    else:
+        servers = {"streamed": serve_test.Server("stream-on", workdir, "--store", url, *model),
+                   "whole (--no-stream)": serve_test.Server("stream-off", workdir, "--store", url, "--no-stream", *model)}
     try:
-        first = servers["whole (--no-stream)"].complete(body)  # computes and stores every chunk
+        first = None
+        for server in servers.values():  # computes and stores every chunk (in each store)
+            first = server.complete(body)
         prompt_tokens = first["prompt_tokens"]
         ttft = {name: [] for name in servers}
         load = {name: [] for name in servers}
@@ -57,7 +68,7 @@ def main():
                 load[name].append(answer["stages"]["kv_load"])
         print("%d chunks, %d prompt tokens, method %s, %d requests each, medians:" %
               (args.chunks, prompt_tokens, args.method, args.requests))
-        print("| reads | TTFT ms | kv_load ms (waited) |")
+        print("| %s | TTFT ms | kv_load ms (waited) |" % ("store" if cluster else "reads"))
         print("|---|---:|---:|")
         for name in servers:
             print("| %s | %.1f | %.1f |" % (name, statistics.median(ttft[name]), statistics.median(load[name])))
@@ -65,6 +76,8 @@ def main():
         for server in servers.values():
             server.stop()
         redis.stop()
+        if cluster:
+            cluster.stop()
 
 
 if __name__ == "__main__":
