@@ -515,6 +515,60 @@ TEST_F(RedisClusterLive, ChunksStoredThroughOneNodeAreFoundThroughAnother) {
     EXPECT_TRUE(warnings_.empty()) << warnings_.front();
 }
 
+// A chunk's slot migrated from its node to another while it is read: ASK for the keys moved
+// (followed: the chunk whole, bit for bit), then MOVED once the slot is reassigned (followed,
+// the map updated: no redirect after); a client allowed no redirect gives up with a miss.
+TEST_F(RedisClusterLive, AMigratingSlotIsFollowedThroughAskThenMovedWithinTheBound) {
+    RedisChunkBackend backend(options(0));
+    RedisOptions no_redirect = options(1);
+    no_redirect.max_redirects = 0;
+    RedisChunkBackend bounded(no_redirect);
+    const OwnedChunk chunk = make_chunk(300);
+    ASSERT_TRUE(backend.put(chunk.key, chunk.chunk).ok());
+    const std::string manifest = RedisChunkBackend::manifest_key(chunk.key);
+    const int source = holders(manifest).at(0), target = (source + 1) % 3;
+    const long long slot = nodes_[0]->integer("CLUSTER KEYSLOT %s", manifest);
+    auto id = [&](int node) {
+        redisReply* reply = nodes_[node]->command("CLUSTER MYID");
+        std::string out = reply != nullptr && reply->type == REDIS_REPLY_STRING ? std::string(reply->str, reply->len) : "";
+        freeReplyObject(reply);
+        return out;
+    };
+    freeReplyObject(nodes_[target]->command("CLUSTER SETSLOT %lld IMPORTING %s", slot, id(source).c_str()));
+    freeReplyObject(nodes_[source]->command("CLUSTER SETSLOT %lld MIGRATING %s", slot, id(target).c_str()));
+    auto migrate = [&](const std::string& key) {
+        redisReply* reply = nodes_[source]->command("MIGRATE 127.0.0.1 %d %s 0 5000", nodes_[target]->port(), key.c_str());
+        ASSERT_NE(reply, nullptr);
+        EXPECT_EQ(reply->type, REDIS_REPLY_STATUS) << (reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+        freeReplyObject(reply);
+    };
+    migrate(manifest);
+    migrate(RedisChunkBackend::layer_key(chunk.key, 1));
+    const std::vector<std::byte> image = encode_chunk(chunk.key, chunk.chunk).value().image;
+    std::optional<ChunkView> view = backend.get(chunk.key);
+    ASSERT_TRUE(view.has_value()) << "ASK followed";
+    EXPECT_EQ(std::memcmp(view->image().data(), image.data(), image.size()), 0);
+    EXPECT_EQ(backend.backend_stats()[0].redirects, 2u) << "the manifest and layer 1";
+    std::optional<ChunkView> streamed = backend.get_streamed(chunk.key)->wait_all();
+    ASSERT_TRUE(streamed.has_value());
+    EXPECT_EQ(std::memcmp(streamed->image().data(), image.data(), image.size()), 0);
+    EXPECT_EQ(backend.backend_stats()[0].redirects, 4u);
+    EXPECT_FALSE(bounded.get(chunk.key).has_value()) << "no redirect allowed: a miss";
+    ASSERT_FALSE(warnings_.empty());
+    EXPECT_NE(warnings_.back().find("more than 0 redirects"), std::string::npos) << warnings_.back();
+
+    for (uint32_t l : {0u, 2u, 3u}) migrate(RedisChunkBackend::layer_key(chunk.key, l));
+    for (auto& node : nodes_) freeReplyObject(node->command("CLUSTER SETSLOT %lld NODE %s", slot, id(target).c_str()));
+    EXPECT_EQ(holders(manifest), std::vector<int>{target});
+    ASSERT_TRUE(backend.get(chunk.key).has_value()) << "MOVED followed";
+    const uint64_t after_moved = backend.backend_stats()[0].redirects;
+    EXPECT_GT(after_moved, 4u);
+    ASSERT_TRUE(backend.get(chunk.key).has_value());
+    ASSERT_TRUE(backend.get_streamed(chunk.key)->wait_all().has_value());
+    EXPECT_EQ(backend.backend_stats()[0].redirects, after_moved) << "the map was updated";
+    EXPECT_EQ(backend.backend_stats()[0].corrupt, 0u);
+}
+
 TEST_F(RedisClusterLive, ANodeDownIsAMissForItsSlotsOnly) {
     RedisChunkBackend backend(options(0));
     std::vector<OwnedChunk> chunks;

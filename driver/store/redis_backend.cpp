@@ -140,6 +140,15 @@ struct ReplyDeleter {
 };
 using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
 
+// An error reply other than WRONGTYPE (CLUSTERDOWN, LOADING, OOM, a redirect given up...):
+// Redis refused the command, the value is not known to be damaged. ok for any other reply.
+Status refusal(const redisReply* reply, const std::string& where) {
+    if (reply->type != REDIS_REPLY_ERROR) return Status::success();
+    const std::string_view error(reply->str, reply->len);
+    if (error.starts_with("WRONGTYPE")) return Status::success();
+    return Status(StatusCode::io_error, where + ": GET refused: " + std::string(error));
+}
+
 timeval to_timeval(std::chrono::milliseconds ms) {
     timeval tv{};
     tv.tv_sec = static_cast<time_t>(ms.count() / 1000);
@@ -529,9 +538,11 @@ struct RedisChunkBackend::Impl {
             if (!moved && !ask) return reply;
             if (hops == options.max_redirects) {
                 ++stats.unavailable;
-                return Status(StatusCode::io_error, location() + ": " + what + ": more than " +
+                Status status(StatusCode::io_error, location() + ": " + what + ": more than " +
                                                         std::to_string(options.max_redirects) +
                                                         " redirects (last: " + error + ")");
+                warn(status);
+                return status;
             }
             // "MOVED <slot> <host>:<port>", "ASK <slot> <host>:<port>"
             const size_t space = error.find(' ', moved ? 6 : 4), colon = error.rfind(':');
@@ -801,6 +812,14 @@ struct RedisChunkBackend::Impl {
             const std::string where = "layer " + std::to_string(l) + " (" + names[l] + ")";
             if (value->type == REDIS_REPLY_NIL)
                 return damaged(Status(StatusCode::corrupt, where + " is missing (evicted?)"), layers);
+            if (Status refused = refusal(value.get(), where); !refused.ok()) {
+                {
+                    std::lock_guard lock(mutex);
+                    ++stats.unavailable;
+                    warn(refused);
+                }
+                return miss(refused);
+            }
             if (value->type != REDIS_REPLY_STRING || value->len != expected.bytes)
                 return damaged(Status(StatusCode::corrupt,
                                       where + " is " +
@@ -924,6 +943,11 @@ std::optional<ChunkView> RedisChunkBackend::get(const ChunkKey& key) {
         const std::string where = "layer " + std::to_string(l) + " (" + names[l] + ")";
         if (value->type == REDIS_REPLY_NIL) {
             return damaged(Status(StatusCode::corrupt, where + " is missing (evicted?)"), layers);
+        }
+        if (Status refused = refusal(value, where); !refused.ok()) {
+            ++impl.stats.unavailable;
+            impl.warn(refused);
+            return miss();
         }
         if (value->type != REDIS_REPLY_STRING || value->len != expected.bytes) {
             return damaged(Status(StatusCode::corrupt,
