@@ -140,7 +140,7 @@ struct ReplyDeleter {
 };
 using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
 
-// An error reply other than WRONGTYPE (CLUSTERDOWN, LOADING, OOM, a redirect given up...):
+// An error reply other than WRONGTYPE (CLUSTERDOWN, LOADING, OOM, ...):
 // Redis refused the command, the value is not known to be damaged. ok for any other reply.
 Status refusal(const redisReply* reply, const std::string& where) {
     if (reply->type != REDIS_REPLY_ERROR) return Status::success();
