@@ -92,13 +92,18 @@ class Redis:
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.workdir, "--protected-mode", "yes", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 20
-        while time.time() < deadline:
+        # Counted in tries, not in wall time: a run paused by SIGSTOP (tools' `quiet` stops
+        # nice-19 processes) must not expire. Ours must answer, not another test's Redis that
+        # took the port meanwhile (ours then exits).
+        for _ in range(400):
+            if self.process.poll() is not None:
+                fail("redis-server exited at start (port %d taken?)" % self.port)
             try:
-                if self.command("PING") == "PONG":
+                if b"process_id:%d\r\n" % self.process.pid in self.command("INFO", "server"):
                     return
-            except OSError:
-                time.sleep(0.05)
+            except (OSError, RuntimeError):  # not listening yet, or LOADING
+                pass
+            time.sleep(0.05)
         fail("redis-server did not start on port %d" % self.port)
 
     def kill(self):
@@ -490,13 +495,26 @@ class RedisCluster:
         for node, (first, last) in zip(self.nodes, [(0, 5460), (5461, 10922), (10923, 16383)]):
             node.command("CLUSTER", "ADDSLOTSRANGE", first, last)
             node.id = node.command("CLUSTER", "MYID").decode()
+        self.settle()
+
+    def meet(self):
         for node in self.nodes[1:]:
             self.nodes[0].command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus)
-        deadline = time.time() + 30
-        while not all(self.ready(n) for n in self.nodes):
-            if time.time() > deadline:
-                fail("the Redis Cluster did not form: %s" % [n.command("CLUSTER", "INFO") for n in self.nodes])
+
+    def settle(self, alive=None):
+        """Waits until the nodes know all three, see the three slot ranges and say
+        cluster_state:ok (the `alive` ones, when given: cluster_state:ok). Counted in tries, not wall time, and MEET sent again now and then: a
+        run paused by SIGSTOP (`quiet`) can outlast a MEET's handshake, which Redis then drops,
+        or leave the nodes briefly in cluster_state:fail when they resume."""
+        for tries in range(801):
+            if alive and all(b"cluster_state:ok\r\n" in n.command("CLUSTER", "INFO") for n in alive):
+                return  # (once the dead node is marked failed, CLUSTER SLOTS may leave out its slots)
+            if not alive and all(self.ready(n) for n in self.nodes):
+                return
+            if tries % 40 == 0 and alive is None:
+                self.meet()  # to a known node: a handshake dropped as soon as its id is seen
             time.sleep(0.05)
+        fail("the Redis Cluster did not form: %s" % [n.command("CLUSTER", "INFO") for n in (alive or self.nodes)])
 
     @staticmethod
     def ready(node):
@@ -538,6 +556,7 @@ def scenario_cluster(workdir, redis, reference):
         for node in cluster.nodes:  # every key on the node serving its slot, a chunk on one node
             for k in node.keys():
                 check(cluster.owner(node.command("CLUSTER", "KEYSLOT", k)) is node, "key %s on a node not serving its slot" % k)
+        cluster.settle()
         b = Server("cluster-b", workdir, "--store", url(third))
         d = Server("cluster-d", workdir, "--store", url(second), "--no-stream")
         servers += [b, d]
@@ -561,6 +580,7 @@ def scenario_cluster(workdir, redis, reference):
         # half of its keys migrated (ASK for those), then all and the slot reassigned (MOVED).
         body = requests_set()[0]
         digest = a.complete(body)["chunks"][0]["id"]
+        cluster.settle()
         keys = sorted(k for k in cluster.keys() if "{%s}" % digest in k)
         slot = first.command("CLUSTER", "KEYSLOT", keys[0])
         source = cluster.owner(slot)
@@ -600,6 +620,7 @@ def scenario_cluster(workdir, redis, reference):
         lost = {k.split("{")[1].split("}")[0] for k in victim.keys() if k.endswith(":manifest")}
         victim.kill()
         alive = [n for n in cluster.nodes if n is not victim]
+        cluster.settle(alive)
         for server in (b, d):
             computed = server.metric("kvfuse_chunks_computed_total")
             for i, body in enumerate(requests_set()):

@@ -520,6 +520,7 @@ struct RedisChunkBackend::Impl {
         const uint16_t slot = redis_cluster_slot(key);
         if (slot_owner[slot] < 0) {
             ++stats.unavailable;
+            map_stale = true;  // a hole in the map (a cluster still forming): read again (rate-limited)
             why = Status(StatusCode::io_error, location() + ": no node serves slot " + std::to_string(slot) +
                                                    " (CLUSTER SLOTS)");
             return nullptr;
