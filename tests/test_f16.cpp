@@ -483,7 +483,8 @@ kvfuse::RelevanceArgs relevance_args(const RelevanceCase& c, const float* querie
 
 TEST_P(F16Test, RelevanceFromF16AndBf16KeysScoresThemDirectly) {
     const RelevanceCase cases[] = {{1, 1, 1, 1, 8},  {3, 20, 2, 1, 8},   {7, 131, 8, 4, 64}, {5, 77, 4, 2, 20},
-                                   {4, 40, 2, 1, 9}, {6, 33, 6, 3, 3},   {16, 513, 16, 2, 72}, {9, 70, 12, 4, 128}};
+                                   {4, 40, 2, 1, 9}, {6, 33, 6, 3, 3},   {16, 513, 16, 2, 72}, {9, 70, 12, 4, 128},
+                                   {3, 70, 4, 2, 40}, {2, 65, 4, 4, 97}};
     std::uint32_t seed = 900;
     for (const RelevanceCase& c : cases)
         for (kvfuse::Dtype dtype : {kvfuse::Dtype::f16, kvfuse::Dtype::bf16})

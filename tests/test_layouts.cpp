@@ -708,7 +708,8 @@ void check_quantized_relevance(const RelevanceShape& c, std::uint32_t seed) {
 }
 
 const RelevanceShape kRelevanceShapes[] = {{3, 50, 4, 2, 32}, {5, 77, 4, 2, 20}, {4, 131, 8, 4, 64},
-                                           {2, 9, 2, 1, 9},   {6, 33, 6, 3, 3},  {7, 70, 4, 1, 128}};
+                                           {2, 9, 2, 1, 9},   {6, 33, 6, 3, 3},  {7, 70, 4, 1, 128},
+                                           {3, 66, 4, 2, 80}, {2, 41, 2, 1, 97}};
 
 TEST_P(RelevanceLayoutTest, StridedAndPagedKeysAreThePackedCallBitForBit) {
     std::uint32_t seed = 300;

@@ -172,7 +172,9 @@ TEST_P(ScoreTest, VariantBuildIsChosenWhereTheCpuHasItsInstruction) {
 TEST_P(ScoreTest, MatchesReferenceFromF32AndInt8) {
     const Case cases[] = {{1, 1, 1, 1, 8},     {3, 20, 2, 1, 8},    {7, 131, 8, 4, 64}, {32, 300, 8, 8, 128},
                           {5, 77, 4, 2, 20},    {16, 513, 16, 2, 72}, {4, 40, 2, 1, 9},   {6, 33, 6, 3, 3},
-                          {9, 70, 12, 4, 128}};
+                          {9, 70, 12, 4, 128},
+                          // Head dims whose lanes end in a partial layout block (masked loads):
+                          {3, 70, 4, 2, 40},    {5, 66, 8, 2, 80},    {2, 65, 4, 4, 96},  {3, 67, 2, 1, 33}};
     std::uint32_t seed = 1;
     for (const Case& c : cases)
         for (Keys keys : {Keys::f32, Keys::i8, Keys::i4})
@@ -223,7 +225,9 @@ TEST_P(ScoreTest, EveryDotSchemeMatchesReference) {
     if (GetParam() == kvfuse::Isa::scalar) GTEST_SKIP() << "the scalar ISA is the reference";
     const Case cases[] = {{1, 2, 1, 1, 8}, {3, 20, 2, 1, 8},    {7, 131, 8, 4, 64}, {5, 77, 4, 2, 20},
                           {4, 40, 2, 1, 9}, {6, 33, 6, 3, 3},    {9, 70, 12, 4, 128}, {3, 45, 4, 2, 5},
-                          {2, 38, 2, 2, 7}, {16, 100, 16, 2, 72}, {4, 50, 4, 1, 130}};
+                          {2, 38, 2, 2, 7}, {16, 100, 16, 2, 72}, {4, 50, 4, 1, 130},
+                          // Lanes ending in a partial layout block (masked loads), every scheme:
+                          {3, 70, 4, 2, 40}, {5, 66, 8, 2, 80},   {2, 65, 4, 4, 96},  {3, 67, 2, 1, 33}, {2, 41, 2, 1, 97}};
     std::uint32_t seed = 100;
     for (const Case& c : cases)
         for (Keys keys : {Keys::i8, Keys::i4})

@@ -196,6 +196,20 @@ inline V dot_quads_u8s8(V acc, V keys, V queries) {
         return acc + emulated_dot_u8s8(keys, queries);
 }
 
+// Keeps x in a register up to this point (an empty asm that reads it). The score kernel's
+// register block reads its key vectors once per row; after the last row GCC 12 reused their
+// registers for that row's sums and copied the sums back and forth (six register moves per
+// 16 vpdpbusd on AVX-512). Read here at the end of each step, the keys keep their registers.
+template <class V>
+inline void keep_in_register(V x) {
+    auto r = static_cast<typename V::register_type>(x);
+#if defined(__AVX2__)
+    asm volatile("" : : "v"(r));
+#else
+    asm volatile("" : : "w"(r));
+#endif
+}
+
 // acc + per lane the four products s8 x s8 (`sdot`).
 template <class V>
 inline V dot_quads_s8s8(V acc, V keys, V queries) {
@@ -275,58 +289,106 @@ using BlockArch = xsimd::neon64;
 using Block = xsimd::batch<std::int32_t, BlockArch>;
 constexpr std::size_t kBlock = Block::size;
 
-// kBlock consecutive 32-bit lanes from memory of any type (f32 keys, int8 quads).
-inline Block load_lanes(const void* p) {
+// Each load below reads a fixed number of bytes at p, or, given `avail` (the bytes of the key
+// left from p) below that number, only those bytes and zeros after them: the last, partial block
+// of a key whose lanes are not a whole number of blocks (head_dim 8, 40, 80, ...), without
+// reading past the key. AVX-512 (BW, VL) loads it masked; AVX2 and NEON through a zeroed copy.
+constexpr std::size_t kWhole = ~std::size_t{0};
+template <std::size_t N>
+struct Prefix {  // N bytes: p's first min(avail, N), then zeros
+    alignas(16) unsigned char bytes[N] = {};
+    Prefix(const void* p, std::size_t avail) { std::memcpy(bytes, p, avail < N ? avail : N); }
+};
 #if defined(__AVX2__)
-    return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+inline __m128i load16(const void* p, std::size_t avail) {
+    if (avail >= 16) return _mm_loadu_si128(static_cast<const __m128i*>(p));
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    return _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << avail) - 1u), p);
 #else
-    return vreinterpretq_s32_u8(vld1q_u8(static_cast<const std::uint8_t*>(p)));
+    const Prefix<16> copy(p, avail);
+    return _mm_load_si128(reinterpret_cast<const __m128i*>(copy.bytes));
+#endif
+}
+inline __m128i load8(const void* p, std::size_t avail) {
+    if (avail >= 8) return _mm_loadl_epi64(static_cast<const __m128i*>(p));
+    return load16(p, avail);
+}
+inline __m256i load32(const void* p, std::size_t avail) {
+    if (avail >= 32) return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+    return _mm256_maskz_loadu_epi8(static_cast<__mmask32>((1u << avail) - 1u), p);
+#else
+    const Prefix<32> copy(p, avail);
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(copy.bytes));
+#endif
+}
+#else
+// NEON: the first min(avail, n) bytes at p (n <= 16), zero-padded (the short case only: the
+// loads below read whole blocks directly).
+inline uint8x16_t load_prefix16(const void* p, std::size_t n, std::size_t avail) {
+    const Prefix<16> copy(p, avail < n ? avail : n);
+    return vld1q_u8(copy.bytes);
+}
+#endif
+
+// kBlock consecutive 32-bit lanes from memory of any type (f32 keys, int8 quads).
+inline Block load_lanes(const void* p, std::size_t avail = kWhole) {
+#if defined(__AVX2__)
+    return load32(p, avail);
+#else
+    if (avail >= 16) return vreinterpretq_s32_u8(vld1q_u8(static_cast<const std::uint8_t*>(p)));
+    return vreinterpretq_s32_u8(load_prefix16(p, 16, avail));
 #endif
 }
 // 2 * kBlock int8 sign-extended to s16: the pairs lanes of an int8 key.
-inline Block load_s8_as_pairs(const std::int8_t* p) {
+inline Block load_s8_as_pairs(const std::int8_t* p, std::size_t avail = kWhole) {
 #if defined(__AVX2__)
-    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_cvtepi8_epi16(load16(p, avail));
 #else
-    return vreinterpretq_s32_s16(vmovl_s8(vld1_s8(p)));
+    const int8x8_t bytes = avail >= 8 ? vld1_s8(p) : vget_low_s8(vreinterpretq_s8_u8(load_prefix16(p, 8, avail)));
+    return vreinterpretq_s32_s16(vmovl_s8(bytes));
 #endif
 }
 // kBlock bytes, each zero-extended into its own lane.
-inline Block load_u8_as_lanes(const std::uint8_t* p) {
+inline Block load_u8_as_lanes(const std::uint8_t* p, std::size_t avail = kWhole) {
 #if defined(__AVX2__)
-    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_cvtepu8_epi32(load8(p, avail));
 #else
-    std::uint32_t word;
-    std::memcpy(&word, p, sizeof word);
+    std::uint32_t word = 0;
+    std::memcpy(&word, p, avail < 4 ? avail : 4);
     return vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vcreate_u8(word)))));
 #endif
 }
 // kBlock little-endian 16-bit words, each zero-extended into its own lane.
-inline Block load_u16_as_lanes(const std::uint8_t* p) {
+inline Block load_u16_as_lanes(const std::uint8_t* p, std::size_t avail = kWhole) {
 #if defined(__AVX2__)
-    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_cvtepu16_epi32(load16(p, avail));
 #else
-    return vreinterpretq_s32_u32(vmovl_u16(vreinterpret_u16_u8(vld1_u8(p))));
+    const uint8x8_t bytes = avail >= 8 ? vld1_u8(p) : vget_low_u8(load_prefix16(p, 8, avail));
+    return vreinterpretq_s32_u32(vmovl_u16(vreinterpret_u16_u8(bytes)));
 #endif
 }
 // kBlock f16 / bf16 values widened exactly, as the bits of f32 lanes.
-inline Block load_f16_as_lanes(const std::uint16_t* p) {
+inline Block load_f16_as_lanes(const std::uint16_t* p, std::size_t avail = kWhole) {
 #if defined(__AVX2__)
-    return _mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    return _mm256_castps_si256(_mm256_cvtph_ps(load16(p, avail)));
 #else
-    return vreinterpretq_s32_f32(vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))));
+    const uint8x8_t bytes = avail >= 8 ? vld1_u8(reinterpret_cast<const std::uint8_t*>(p)) : vget_low_u8(load_prefix16(p, 8, avail));
+    return vreinterpretq_s32_f32(vcvt_f32_f16(vreinterpret_f16_u8(bytes)));
 #endif
 }
-inline Block load_bf16_as_lanes(const std::uint16_t* p) {
+inline Block load_bf16_as_lanes(const std::uint16_t* p, std::size_t avail = kWhole) {
 #if defined(__AVX2__)
-    return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+    return _mm256_slli_epi32(_mm256_cvtepu16_epi32(load16(p, avail)), 16);
 #else
-    return vreinterpretq_s32_u32(vshll_n_u16(vld1_u16(p), 16));
+    const uint8x8_t bytes = avail >= 8 ? vld1_u8(reinterpret_cast<const std::uint8_t*>(p)) : vget_low_u8(load_prefix16(p, 8, avail));
+    return vreinterpretq_s32_u32(vshll_n_u16(vreinterpret_u16_u8(bytes), 16));
 #endif
 }
-// rows[r] lane c -> out[c * stride + r]: the block transposed into kBlock tile rows (32-byte
-// aligned on x86: stride and the block's first key are multiples of 8 lanes).
-inline void store_transposed(const Block (&rows)[kBlock], void* out, std::size_t stride) {
+// rows[r] lane c -> out[c * stride + r] for c < count: the block transposed into its first
+// `count` tile rows (32-byte aligned on x86: stride and the block's first key are multiples of
+// 8 lanes).
+inline void store_transposed(const Block (&rows)[kBlock], void* out, std::size_t stride, std::size_t count = kBlock) {
     auto* base = static_cast<std::int32_t*>(out);
 #if defined(__AVX2__)
     __m256i t[8], u[8];
@@ -340,19 +402,19 @@ inline void store_transposed(const Block (&rows)[kBlock], void* out, std::size_t
         u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]);  // c2 | c6
         u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]);  // c3 | c7
     }
-    for (int c = 0; c < 4; ++c) {
-        _mm256_store_si256(reinterpret_cast<__m256i*>(base + c * stride), _mm256_permute2x128_si256(u[c], u[c + 4], 0x20));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(base + (c + 4) * stride), _mm256_permute2x128_si256(u[c], u[c + 4], 0x31));
+    for (std::size_t c = 0; c < 4; ++c) {
+        if (c < count) _mm256_store_si256(reinterpret_cast<__m256i*>(base + c * stride), _mm256_permute2x128_si256(u[c], u[c + 4], 0x20));
+        if (c + 4 < count)
+            _mm256_store_si256(reinterpret_cast<__m256i*>(base + (c + 4) * stride), _mm256_permute2x128_si256(u[c], u[c + 4], 0x31));
     }
 #else
     const int32x4x2_t a = vtrnq_s32(rows[0], rows[1]), b = vtrnq_s32(rows[2], rows[3]);  // r0c0 r1c0 r0c2 r1c2, ...
-    vst1q_u8(reinterpret_cast<std::uint8_t*>(base), vreinterpretq_u8_s32(vcombine_s32(vget_low_s32(a.val[0]), vget_low_s32(b.val[0]))));
-    vst1q_u8(reinterpret_cast<std::uint8_t*>(base + stride),
-             vreinterpretq_u8_s32(vcombine_s32(vget_low_s32(a.val[1]), vget_low_s32(b.val[1]))));
-    vst1q_u8(reinterpret_cast<std::uint8_t*>(base + 2 * stride),
-             vreinterpretq_u8_s32(vcombine_s32(vget_high_s32(a.val[0]), vget_high_s32(b.val[0]))));
-    vst1q_u8(reinterpret_cast<std::uint8_t*>(base + 3 * stride),
-             vreinterpretq_u8_s32(vcombine_s32(vget_high_s32(a.val[1]), vget_high_s32(b.val[1]))));
+    const int32x4_t c[4] = {vcombine_s32(vget_low_s32(a.val[0]), vget_low_s32(b.val[0])),
+                            vcombine_s32(vget_low_s32(a.val[1]), vget_low_s32(b.val[1])),
+                            vcombine_s32(vget_high_s32(a.val[0]), vget_high_s32(b.val[0])),
+                            vcombine_s32(vget_high_s32(a.val[1]), vget_high_s32(b.val[1]))};
+    for (std::size_t i = 0; i < 4 && i < count; ++i)
+        vst1q_u8(reinterpret_cast<std::uint8_t*>(base + i * stride), vreinterpretq_u8_s32(c[i]));
 #endif
 }
 

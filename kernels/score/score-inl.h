@@ -105,30 +105,9 @@ constexpr std::size_t kMaxS16SumRows = (kVectorRegisters - kVectors - 2) / (2 * 
 constexpr bool is_quads(ScoreDot dot) { return dot != ScoreDot::pairs_s16; }
 constexpr bool is_unsigned_quads(ScoreDot dot) { return dot == ScoreDot::quads_u8s8_s16 || dot == ScoreDot::quads_u8s8; }
 
-// Two's-complement nibble -> int.
-inline std::int32_t nibble(unsigned v) { return static_cast<std::int32_t>(v & 15u) - static_cast<std::int32_t>((v & 8u) << 1); }
-
 inline std::uint32_t bytes_to_lane(std::uint32_t b0, std::uint32_t b1, std::uint32_t b2, std::uint32_t b3) {
     return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24);
 }
-
-// A packed int4 byte (two two's-complement nibbles) as two bytes of a quad lane: k + 8 for the
-// u8 schemes, k sign-extended for s8. One table load per byte instead of a dozen bit operations
-// per lane: the tile layout is a quarter of the int4 work otherwise.
-struct NibbleSpread {
-    std::uint16_t as_u8[256], as_s8[256];
-};
-constexpr NibbleSpread make_nibble_spread() {
-    NibbleSpread t{};
-    for (unsigned b = 0; b < 256; ++b) {
-        const unsigned lo = b & 15u, hi = b >> 4;
-        t.as_u8[b] = static_cast<std::uint16_t>((lo ^ 8u) | ((hi ^ 8u) << 8));
-        const unsigned lo_s8 = lo | ((lo & 8u) != 0 ? 0xf0u : 0u), hi_s8 = hi | ((hi & 8u) != 0 ? 0xf0u : 0u);
-        t.as_s8[b] = static_cast<std::uint16_t>(lo_s8 | (hi_s8 << 8));
-    }
-    return t;
-}
-constexpr NibbleSpread kNibbleSpread = make_nibble_spread();
 
 enum class Path { f32, int8, int4 };
 
@@ -137,53 +116,11 @@ struct Shape {
     std::size_t lanes;  // int paths: 32-bit lanes per key and per query row (D2 pairs or D4 quads)
 };
 
-// Element `at` of the f32 path's keys (resolved segment: typed_keys of keys_dtype, f32 included),
-// widened in place.
-inline float f32_key(const kvfuse_relevance_segment& g, std::size_t at) {
-    if (g.keys_dtype == KVFUSE_DTYPE_F16) return one_as_f32<KVFUSE_DTYPE_F16>(g.typed_keys, at);
-    if (g.keys_dtype == KVFUSE_DTYPE_BF16) return one_as_f32<KVFUSE_DTYPE_BF16>(g.typed_keys, at);
-    return one_as_f32<KVFUSE_DTYPE_F32>(g.typed_keys, at);
-}
-
 // What the u8 schemes add to each key so that it is non-negative: the dot then carries
 // offset * sum(q), which the query's correction takes back.
 inline std::int32_t key_offset(ScoreDot dot, Path path) {
     if (!is_unsigned_quads(dot)) return 0;
     return path == Path::int8 ? 128 : 8;
-}
-
-// Lanes [from, s.lanes) of the int key at element offset `key` of the segment's keys (one
-// (token, KV head), relevance_key_at), lane i at out[i * kTile]: the scalar encoding, for lanes
-// past the last whole block (below) and for ISAs without block code.
-// Dimensions past the head (the last pair or quad of an odd head_dim) meet zero query bytes, so
-// what they hold does not matter.
-void encode_key(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t key_offset_elements,
-                std::size_t from, std::int32_t* out) {
-    if (path == Path::int8) {
-        const std::int8_t* key = g.keys_i8 + key_offset_elements;
-        if (!is_quads(dot)) {
-            for (std::size_t i = from; i < s.lanes; ++i)
-                out[i * kTile] = pack_pair(key[2 * i], 2 * i + 1 < s.D ? key[2 * i + 1] : 0);
-            return;
-        }
-        // k + 128 is k with its top bit flipped.
-        const std::uint32_t flip = key_offset(dot, path) == 128 ? 0x80808080u : 0u;
-        auto byte = [&](std::size_t d) { return d < s.D ? static_cast<std::uint32_t>(static_cast<std::uint8_t>(key[d])) : 0u; };
-        for (std::size_t i = from; i < s.lanes; ++i)
-            out[i * kTile] = static_cast<std::int32_t>(bytes_to_lane(byte(4 * i), byte(4 * i + 1), byte(4 * i + 2), byte(4 * i + 3)) ^ flip);
-        return;
-    }
-    const std::uint8_t* key = g.keys_i4 + key_offset_elements;
-    if (!is_quads(dot)) {
-        for (std::size_t i = from; i < s.lanes; ++i) out[i * kTile] = pack_pair(nibble(key[i]), nibble(key[i] >> 4u));
-        return;
-    }
-    // Two packed bytes hold the four nibbles of one lane.
-    const std::uint16_t* spread = is_unsigned_quads(dot) ? kNibbleSpread.as_u8 : kNibbleSpread.as_s8;
-    const std::size_t full = s.D2 / 2;
-    for (std::size_t i = from; i < full; ++i)
-        out[i * kTile] = static_cast<std::int32_t>(spread[key[2 * i]] | (static_cast<std::uint32_t>(spread[key[2 * i + 1]]) << 16));
-    if (from <= full && full < s.lanes) out[full * kTile] = spread[key[2 * full]];
 }
 
 // ---- tile layout by blocks ----
@@ -193,33 +130,39 @@ void encode_key(const kvfuse_relevance_segment& g, const Shape& s, Path path, Sc
 // of the int8 call on AVX2 (the dot products themselves run a lane per broadcast). Instead,
 // square blocks of kBlock keys x kBlock lanes (isa_dot-inl.h): each key's lanes encoded by one
 // vector load (and a widening or a few bit operations), the block transposed in registers and
-// stored as kBlock tile rows. Lanes past the last whole block go the scalar way (encode_key).
+// stored as kBlock tile rows. The last block of a key whose lanes are not a whole number of
+// blocks (head_dim 8, 40, 80, ...) is loaded masked, zero past the key (isa_dot-inl.h), and
+// stores only the tile rows that exist: no lane is laid out one at a time.
 static_assert(kTile % kBlock == 0, "a tile is a whole number of blocks");
 
-// Lanes [i0, i0 + kBlock) of the key at element offset `key_at` (one (token, KV head)), encoded
-// as encode_key does. The caller keeps every byte read inside the key (block_lanes).
-inline Block encode_block(const kvfuse_relevance_segment& g, Path path, ScoreDot dot, std::size_t key_at, std::size_t i0) {
+// Lanes [i0, i0 + kBlock) of the key at element offset `key_at` (one (token, KV head)): f32
+// one dimension per lane; int8 pairs (two s16) or quads (four bytes, k + 128 for the u8
+// schemes); int4 pairs or quads (k + 8 for the u8 schemes, else k as s8). Only the key's own
+// bytes are read; lanes past the head hold zeros or offsets, which meet zero query lanes.
+inline Block encode_block(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::size_t key_at,
+                          std::size_t i0) {
     if (path == Path::f32) {
-        const std::size_t at = key_at + i0;
-        if (g.keys_dtype == KVFUSE_DTYPE_F16) return load_f16_as_lanes(static_cast<const std::uint16_t*>(g.typed_keys) + at);
-        if (g.keys_dtype == KVFUSE_DTYPE_BF16) return load_bf16_as_lanes(static_cast<const std::uint16_t*>(g.typed_keys) + at);
-        return load_lanes(static_cast<const float*>(g.typed_keys) + at);
+        const std::size_t at = key_at + i0, left = s.D - i0;
+        if (g.keys_dtype == KVFUSE_DTYPE_F16) return load_f16_as_lanes(static_cast<const std::uint16_t*>(g.typed_keys) + at, 2 * left);
+        if (g.keys_dtype == KVFUSE_DTYPE_BF16)
+            return load_bf16_as_lanes(static_cast<const std::uint16_t*>(g.typed_keys) + at, 2 * left);
+        return load_lanes(static_cast<const float*>(g.typed_keys) + at, 4 * left);
     }
     if (path == Path::int8) {
         const std::int8_t* key = g.keys_i8 + key_at;
-        if (!is_quads(dot)) return load_s8_as_pairs(key + 2 * i0);
-        const Block bytes = load_lanes(key + 4 * i0);
+        if (!is_quads(dot)) return load_s8_as_pairs(key + 2 * i0, s.D - 2 * i0);
+        const Block bytes = load_lanes(key + 4 * i0, s.D - 4 * i0);
         return key_offset(dot, path) == 128 ? bytes ^ Block(static_cast<std::int32_t>(0x80808080u)) : bytes;
     }
     const std::uint8_t* key = g.keys_i4 + key_at;
     if (!is_quads(dot)) {
         // One packed byte per lane: its low and high nibbles sign-extended into the two s16.
-        const Block b = load_u8_as_lanes(key + i0);
+        const Block b = load_u8_as_lanes(key + i0, s.D2 - i0);
         return (((b << 28) >> 28) & Block(0xFFFF)) | (((b << 24) >> 28) << 16);
     }
     // Two packed bytes per lane, nibble n moved to byte n: k + 8 (u8) is the nibble with its top
     // bit flipped; k as s8 is then (k + 8) + 0x78, top bit flipped (no carry between bytes).
-    const Block v = load_u16_as_lanes(key + 2 * i0);
+    const Block v = load_u16_as_lanes(key + 2 * i0, s.D2 - 2 * i0);
     Block w = (v | (v << 8)) & Block(0x00FF00FF);
     w = (w | (w << 4)) & Block(0x0F0F0F0F);
     const Block biased = w ^ Block(0x08080808);
@@ -241,15 +184,6 @@ inline void prefetch_token_keys(const kvfuse_relevance_segment& g, const Shape& 
     }
 }
 
-// How many leading lanes of every key encode_block may cover: whole blocks whose source bytes
-// all lie inside the key (f32: one lane per dimension).
-std::size_t block_lanes(const Shape& s, Path path, ScoreDot dot) {
-    const std::size_t inside = path == Path::f32    ? s.D
-                               : path == Path::int8 ? (is_quads(dot) ? s.D / 4 : s.D / 2)
-                                                    : (is_quads(dot) ? s.D2 / 2 : s.D2);
-    return inside / kBlock * kBlock;
-}
-
 // Lanes [lo, hi) of one KV head's tile as scratch, from the segment's keys first, first + 1, ...:
 // f32 -> D rows of kTile floats; int -> s.lanes rows of kTile lanes. Every other lane is zero
 // (past the end, or another segment's key: that segment fills it with its own queries).
@@ -258,9 +192,10 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
     // Where each of the tile's keys starts in the segment's keys (its layout: strides, pages).
     std::size_t key_at[kTile];
     for (std::size_t jj = lo; jj < hi; ++jj) key_at[jj] = detail::relevance_key_at(g, first + (jj - lo), kv);
-    const std::size_t blocked = block_lanes(s, path, dot);
+    // Tile rows: one per dimension (f32) or per lane; the last block may be partial.
+    const std::size_t tile_rows = path == Path::f32 ? s.D : s.lanes;
     for (std::size_t jj0 = 0; jj0 < kTile; jj0 += kBlock)
-        for (std::size_t i0 = 0; i0 < blocked; i0 += kBlock) {
+        for (std::size_t i0 = 0; i0 < tile_rows; i0 += kBlock) {
             Block rows[kBlock];
             for (std::size_t r = 0; r < kBlock; ++r) {
                 const std::size_t jj = jj0 + r;
@@ -269,7 +204,7 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
                     continue;
                 }
                 const std::size_t j = first + (jj - lo);
-                rows[r] = encode_block(g, path, dot, key_at[jj], i0);
+                rows[r] = encode_block(g, s, path, dot, key_at[jj], i0);
                 // This key's row of the next tile, a tile ahead: the keys stream from memory
                 // with a stride of Hkv rows, which the hardware prefetcher did not hide (half
                 // the layout time was waiting on these loads).
@@ -277,24 +212,11 @@ void layout_tile(const kvfuse_relevance_segment& g, const Shape& s, Path path, S
             }
             store_transposed(rows, path == Path::f32 ? static_cast<void*>(f32_tile + i0 * kTile + jj0)
                                                      : static_cast<void*>(int_tile + i0 * kTile + jj0),
-                             kTile);
+                             kTile, std::min(kBlock, tile_rows - i0));
         }
-    for (std::size_t jj = 0; jj < kTile; ++jj) {
-        const bool in = jj >= lo && jj < hi;
-        const std::size_t j = first + (jj - lo);  // meaningful only when `in`
-        if (path == Path::f32) {
-            // The key's address only when `in`: outside, j is meaningless and forming a pointer
-            // that far outside the keys is undefined behaviour (UBSan, found by fuzz_c_api).
-            const std::size_t at = in ? key_at[jj] : 0;
-            for (std::size_t d = blocked; d < s.D; ++d) f32_tile[d * kTile + jj] = in ? f32_key(g, at + d) : 0.0f;
-            continue;
-        }
-        key_scales[jj] = in ? g.key_scales[j * s.Hkv + kv] : 0.0f;
-        if (in)
-            encode_key(g, s, path, dot, key_at[jj], blocked, int_tile + jj);
-        else
-            for (std::size_t i = blocked; i < s.lanes; ++i) int_tile[i * kTile + jj] = 0;
-    }
+    if (path == Path::f32) return;
+    for (std::size_t jj = 0; jj < kTile; ++jj)
+        key_scales[jj] = jj >= lo && jj < hi ? g.key_scales[(first + (jj - lo)) * s.Hkv + kv] : 0.0f;
 }
 
 // Where query (row, head) rh = m * H + kv * group + h goes when queries are stored KV head by KV
@@ -305,21 +227,25 @@ inline std::size_t kv_major_row(const Shape& s, std::size_t rh) {
 }
 inline std::size_t kv_head_first_row(const Shape& s, std::size_t kv) { return kv * s.M * s.group; }
 
-// Every query (row, head) as s.lanes lanes (pairs or quads, zero past the head), and for the
-// u8 schemes its correction offset * sum(q). The lanes go KV head by KV head (kv_major_row),
+// Every query (row, head) as s.lanes lanes (pairs or quads, zero past the head), its scale, and
+// its correction: -offset * sum(q) for the u8 schemes (the dot's start value), else 0. Lanes,
+// scales and corrections go KV head by KV head (kv_major_row), so that a row block reads them
+// at consecutive indices (no per-block index arithmetic). The lanes go KV head by KV head,
 // so that the rows a tile multiplies are contiguous: in (row, head) order one KV head's rows lie H * lanes * 4 bytes apart, 8 KiB
 // at the benchmark shape, all in the same few L1 sets, and they evicted the tile (the int8
 // call ran at half the speed of the same loop on contiguous rows).
 void encode_queries(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::int32_t* all_lanes,
-                    std::int32_t* corrections) {
+                    std::int32_t* corrections, float* scales) {
     const std::int32_t offset = key_offset(dot, path);
     for (std::size_t rh = 0; rh < s.M * s.H; ++rh) {
-        std::int32_t* lanes = all_lanes + kv_major_row(s, rh) * s.lanes;
+        const std::size_t row = kv_major_row(s, rh);
+        std::int32_t* lanes = all_lanes + row * s.lanes;
         const std::int8_t* q = g.queries_i8 + rh * s.D;
         auto at = [&](std::size_t d) { return d < s.D ? q[d] : std::int8_t{0}; };
         std::int32_t sum = 0;
         for (std::size_t d = 0; d < s.D; ++d) sum += q[d];
-        corrections[rh] = offset * sum;
+        corrections[row] = -offset * sum;
+        scales[row] = g.query_scales[rh];
         for (std::size_t i = 0; i < s.lanes; ++i)
             lanes[i] =
                 is_quads(dot) ? static_cast<std::int32_t>(bytes_to_lane(static_cast<std::uint8_t>(at(4 * i)), static_cast<std::uint8_t>(at(4 * i + 1)),
@@ -343,12 +269,17 @@ inline void f32_block(const float* const* rows, const float* tile, std::size_t D
     }
 }
 
-// The same over `lanes` integer lanes with scheme kDot (no correction yet).
+// The same over `lanes` integer lanes with scheme kDot.
+// Row r's sums start at start[r] (the u8 schemes' correction). The sums are plain registers
+// (I32s::register_type) rather than xsimd batches: GCC 12 kept an array of batches in
+// registers only partly (register copies in the loop; every sum through the stack before and
+// after it once the sums started at the correction).
+using I32Reg = typename I32s::register_type;
 template <std::size_t R, ScoreDot kDot>
-inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile, std::size_t lanes,
-                      I32s (&acc)[kMaxRows][kVectors]) {
+inline void int_block(const std::int32_t* const* rows, const std::int32_t* start, const std::int32_t* tile, std::size_t lanes,
+                      I32Reg (&acc)[kMaxRows][kVectors]) {
     for (std::size_t r = 0; r < R; ++r)
-        for (std::size_t v = 0; v < kVectors; ++v) acc[r][v] = I32s(0);
+        for (std::size_t v = 0; v < kVectors; ++v) acc[r][v] = I32s(start[r]);
     if constexpr (kDot == ScoreDot::quads_u8s8_s16) {
         for (std::size_t first = 0; first < lanes; first += kStepsPerWidening) {
             const std::size_t last = std::min(lanes, first + kStepsPerWidening);
@@ -364,34 +295,40 @@ inline void int_block(const std::int32_t* const* rows, const std::int32_t* tile,
                 }
             }
             for (std::size_t r = 0; r < R; ++r)
-                for (std::size_t v = 0; v < kVectors; ++v) acc[r][v] += widen_s16_pairs(partial[r][v]);
+                for (std::size_t v = 0; v < kVectors; ++v) acc[r][v] = I32s(acc[r][v]) + widen_s16_pairs(partial[r][v]);
         }
         return;
     }
+    using Reg = I32Reg;
+    Reg (&sum)[kMaxRows][kVectors] = acc;
     for (std::size_t i = 0; i < lanes; ++i) {
-        I32s k[kVectors];
+        Reg k[kVectors];
         for (std::size_t v = 0; v < kVectors; ++v) k[v] = I32s::load_aligned(tile + i * kTile + v * kLanes);
         for (std::size_t r = 0; r < R; ++r) {
-            const I32s q(rows[r][i]);
+            const Reg q = I32s(rows[r][i]);
             for (std::size_t v = 0; v < kVectors; ++v) {
-                if constexpr (kDot == ScoreDot::pairs_s16)
-                    add_to(acc[r][v], madd_pairs(k[v], q));
-                else if constexpr (kDot == ScoreDot::quads_u8s8)
-                    acc[r][v] = dot_quads_u8s8(acc[r][v], k[v], q);
-                else
-                    acc[r][v] = dot_quads_s8s8(acc[r][v], k[v], q);
+                if constexpr (kDot == ScoreDot::pairs_s16) {
+                    I32s a = sum[r][v];
+                    add_to(a, madd_pairs(I32s(k[v]), I32s(q)));
+                    sum[r][v] = a;
+                } else if constexpr (kDot == ScoreDot::quads_u8s8) {
+                    sum[r][v] = dot_quads_u8s8(I32s(sum[r][v]), I32s(k[v]), I32s(q));
+                } else {
+                    sum[r][v] = dot_quads_s8s8(I32s(sum[r][v]), I32s(k[v]), I32s(q));
+                }
             }
         }
+        for (std::size_t v = 0; v < kVectors; ++v) keep_in_register(I32s(k[v]));
     }
 }
-
 
 // What one block of query rows needs besides the arguments: the tile and the encoded queries.
 struct Scratch {
     const float* f32_tile;
     const std::int32_t* int_tile;
     const float* key_scales;
-    // The segment's queries: f32, or encoded with their scales and corrections.
+    // The segment's queries: f32, or encoded with their scales and corrections (KV-major rows,
+    // as the lanes: encode_queries).
     const float* queries_f32;
     const float* query_scales;
     const std::int32_t* query_lanes;
@@ -452,19 +389,36 @@ inline void f32_rows(const Shape& s, std::size_t kv, std::size_t first_row, cons
     add_to_sums<R>(b, sums, [&](std::size_t r, std::size_t v, F32s total) { return total + acc[r][v]; });
 }
 
+// The rows' dots scaled and added to sums: per question row m (the block's rows of one m are
+// heads of one group), sum_r qs_r * dot_r in registers, then sums[m] += key_scale * that: one
+// multiply-add per (row, key vector) besides the conversion, and one per question row.
 template <std::size_t R, ScoreDot kDot>
 inline void int_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
-    const BlockRows b = block_rows<R>(s, scratch, kv, first_row);
+    const std::size_t row0 = kv_head_first_row(s, kv) + first_row;
     const std::int32_t* rows[kMaxRows];
-    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.query_lanes + (kv_head_first_row(s, kv) + first_row + r) * s.lanes;
-    I32s acc[kMaxRows][kVectors];
-    int_block<R, kDot>(rows, scratch.int_tile, s.lanes, acc);
-    F32s key_scales[kVectors];
+    for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.query_lanes + (row0 + r) * s.lanes;
+    I32Reg acc[kMaxRows][kVectors];
+    int_block<R, kDot>(rows, scratch.corrections + row0, scratch.int_tile, s.lanes, acc);
+    const float* query_scales = scratch.query_scales + row0;
+    const std::uint32_t* question = scratch.row_question + first_row;
+    F32s part[kVectors], key_scales[kVectors];
     for (std::size_t v = 0; v < kVectors; ++v) key_scales[v] = F32s::load_aligned(scratch.key_scales + v * kLanes);
-    add_to_sums<R>(b, sums, [&](std::size_t r, std::size_t v, F32s total) {
-        const I32s dot = is_unsigned_quads(kDot) ? acc[r][v] - I32s(scratch.corrections[b.rh[r]]) : acc[r][v];
-        return xsimd::fma(int32_to_f32(dot), key_scales[v] * F32s(scratch.query_scales[b.rh[r]]), total);
-    });
+    auto flush = [&](std::uint32_t m) {
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            float* at = sums + m * kTile + v * kLanes;
+            xsimd::fma(part[v], key_scales[v], F32s::load_aligned(at)).store_aligned(at);
+        }
+    };
+    // Unrolled, so that acc[r] is a register (a rolled loop indexes the sums through the stack).
+#pragma GCC unroll 8
+    for (std::size_t r = 0; r < R; ++r) {
+        const bool first_of_m = r == 0 || question[r] != question[r - 1];
+        if (r > 0 && first_of_m) flush(question[r - 1]);
+        const F32s qs(query_scales[r]);
+        for (std::size_t v = 0; v < kVectors; ++v)
+            part[v] = first_of_m ? int32_to_f32(I32s(acc[r][v])) * qs : xsimd::fma(int32_to_f32(I32s(acc[r][v])), qs, part[v]);
+    }
+    flush(question[R - 1]);
 }
 
 // The next tile's keys [from, to) of scratch.next_keys asked into L1; returns `to`. The int
@@ -594,7 +548,7 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     detail::ScratchLayout layout;
     ScratchBlock<kvfuse_relevance_segment> list_block;
     ScratchBlock<std::size_t> starts_block;
-    ScratchBlock<float> queries_f32_block, logits_block, inverse_total_block, column_block;
+    ScratchBlock<float> queries_f32_block, query_scales_block, logits_block, inverse_total_block, column_block;
     ScratchBlock<std::int32_t> query_lanes_block, corrections_block;
     ScratchBlock<std::uint32_t> row_question_block, row_head_block;
     list_block.add(layout, segment_count);
@@ -604,6 +558,7 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     } else {
         query_lanes_block.add(layout, segment_count * lanes_per_segment);
         corrections_block.add(layout, segment_count * rows_heads);
+        query_scales_block.add(layout, segment_count * rows_heads);
     }
     row_question_block.add(layout, rows_per_kv);
     row_head_block.add(layout, rows_per_kv);
@@ -629,6 +584,7 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     float* queries_f32 = queries_f32_block.at(base);
     std::int32_t* query_lanes = query_lanes_block.at(base);
     std::int32_t* corrections = corrections_block.at(base);
+    float* query_scales = query_scales_block.at(base);
     if (path == Path::f32) {
         for (std::size_t si = 0; si < segment_count; ++si)
             for (std::size_t rh = 0; rh < rows_heads; ++rh)
@@ -637,7 +593,7 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     } else {
         for (std::size_t si = 0; si < segment_count; ++si)
             encode_queries(segments.list[si], s, path, dot, query_lanes + si * lanes_per_segment,
-                           corrections + si * rows_heads);
+                           corrections + si * rows_heads, query_scales + si * rows_heads);
     }
 
     std::uint32_t* row_question = row_question_block.at(base);
@@ -698,8 +654,8 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
                         else
                             find_next_keys(ti + 1, 0);
                         scratch.queries_f32 = path == Path::f32 ? queries_f32 + si * rows_heads * s.D : nullptr;
-                        scratch.query_scales = g.query_scales;
                         if (path != Path::f32) {
+                            scratch.query_scales = query_scales + si * rows_heads;
                             scratch.query_lanes = query_lanes + si * lanes_per_segment;
                             scratch.corrections = corrections + si * rows_heads;
                         }
