@@ -393,7 +393,7 @@ inline void f32_rows(const Shape& s, std::size_t kv, std::size_t first_row, cons
 // heads of one group), sum_r qs_r * dot_r in registers, then sums[m] += key_scale * that: one
 // multiply-add per (row, key vector) besides the conversion, and one per question row.
 template <std::size_t R, ScoreDot kDot>
-inline void int_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
+[[gnu::always_inline]] inline void int_rows(const Shape& s, std::size_t kv, std::size_t first_row, const Scratch& scratch, float* sums) {
     const std::size_t row0 = kv_head_first_row(s, kv) + first_row;
     const std::int32_t* rows[kMaxRows];
     for (std::size_t r = 0; r < R; ++r) rows[r] = scratch.query_lanes + (row0 + r) * s.lanes;
