@@ -228,12 +228,11 @@ inline std::size_t kv_major_row(const Shape& s, std::size_t rh) {
 inline std::size_t kv_head_first_row(const Shape& s, std::size_t kv) { return kv * s.M * s.group; }
 
 // Every query (row, head) as s.lanes lanes (pairs or quads, zero past the head), its scale, and
-// its correction: -offset * sum(q) for the u8 schemes (the dot's start value), else 0. Lanes,
-// scales and corrections go KV head by KV head (kv_major_row), so that a row block reads them
-// at consecutive indices (no per-block index arithmetic). The lanes go KV head by KV head,
-// so that the rows a tile multiplies are contiguous: in (row, head) order one KV head's rows lie H * lanes * 4 bytes apart, 8 KiB
-// at the benchmark shape, all in the same few L1 sets, and they evicted the tile (the int8
-// call ran at half the speed of the same loop on contiguous rows).
+// its correction: -offset * sum(q) for the u8 schemes (the sums' start value), else 0. All three
+// go KV head by KV head (kv_major_row): a row block reads them at consecutive indices, and the
+// rows a tile multiplies are contiguous (in (row, head) order one KV head's rows lie
+// H * lanes * 4 bytes apart, 8 KiB at the benchmark shape, all in the same few L1 sets, and they
+// evicted the tile: the int8 call ran at half the speed of the same loop on contiguous rows).
 void encode_queries(const kvfuse_relevance_segment& g, const Shape& s, Path path, ScoreDot dot, std::int32_t* all_lanes,
                     std::int32_t* corrections, float* scales) {
     const std::int32_t offset = key_offset(dot, path);
