@@ -201,7 +201,8 @@ fi
 # Serving (issue 17): the loopback load test against `kvfuse serve`, every store, full and a3.
 # The make-model model (31.8 M parameters, f32) is long enough per request to carry signal; on
 # the bundled model a request is a few milliseconds. The model file stays in the build directory
-# (perf/raw/ is committed).
+# (perf/raw/ is committed); --force: a file left by an earlier run is written again (the same
+# seed gives the same weights), not an error that stops the report at its last steps.
 serve_load() {  # serve_load NAME [serve_load.py flags...]
     local name=$1
     shift
@@ -211,7 +212,7 @@ if [[ $quick -eq 1 ]]; then
     serve_load serve_bundled --stores fs,redis --clients 2 --requests 8 --pool 8
 else
     serve_model=$build/serve-load-model.gguf
-    step serve_model_file "$kvfuse" make-model --out "$serve_model" --dim 512 --layers 8 --heads 8 --kv-heads 4 \
+    step serve_model_file "$kvfuse" make-model --out "$serve_model" --force --dim 512 --layers 8 --heads 8 --kv-heads 4 \
         --hidden 1408 --vocab 8000 --context 4096
     serve_load serve_model --model "$serve_model" --clients 2 --requests 48 --pool 16
     serve_load serve_bundled --clients 4 --requests 100 --pool 32
