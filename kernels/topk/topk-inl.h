@@ -78,12 +78,6 @@ constexpr double kFromScoresMinShare = 0.3;
 constexpr std::size_t kGroup = 64;
 constexpr std::size_t kGroupVectors = kGroup / kLanes;
 
-inline U32s first_indices() {
-    alignas(64) std::array<std::uint32_t, kLanes> lanes;
-    for (std::size_t j = 0; j < kLanes; ++j) lanes[j] = static_cast<std::uint32_t>(j);
-    return U32s::load_aligned(lanes.data());
-}
-
 // Keeps scores >= lo (in index order, values and indices). NaN passes not. The scores > hi are
 // counted afterwards, among the candidates only (pack_between): counting them here took a
 // second comparison per vector over all n scores.
@@ -92,8 +86,6 @@ void filter(const float* x, std::size_t n, float lo, Candidates& c) {
     float* values = c.values.data();
     std::uint32_t* indices = c.indices.data();
     const F32s vlo(lo);
-    U32s index = first_indices();
-    const U32s step(static_cast<std::uint32_t>(kLanes));
     std::size_t i = 0;
     // Groups of 64 scores: one compress of the group (isa_ops' compress_store_group), which
     // on AVX512-VBMI2 is a single byte compress of the kept positions.
@@ -107,13 +99,14 @@ void filter(const float* x, std::size_t n, float lo, Candidates& c) {
         count += compress_store_group(v, group_lane_bits(kept), static_cast<std::uint32_t>(i), values + count,
                                       indices + count);
     }
-    index += U32s(static_cast<std::uint32_t>(i));
+    U32s first(static_cast<std::uint32_t>(i));
+    const U32s step(static_cast<std::uint32_t>(kLanes));
     for (; i + kLanes <= n; i += kLanes) {
         const F32s v = F32s::load_unaligned(x + i);
         const unsigned keep = lane_bits(v >= vlo);
         compress_store(v, keep, values + count);
-        count += compress_store(index, keep, indices + count);
-        index += step;
+        count += compress_store_positions(keep, first, indices + count);
+        first += step;
     }
     for (; i < n; ++i) {
         values[count] = x[i];
