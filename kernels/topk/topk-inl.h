@@ -145,6 +145,8 @@ struct Buckets {
 };
 
 float sample_rank(const float* sample, std::size_t size, std::size_t rank, std::array<float*, 3> scratch);
+void sample_bracket(const float* sample, std::size_t size, double lo_rank, double hi_rank, float& lo, float& hi,
+                    std::array<float*, 3> scratch);
 
 // Packs the numbers of v[0, n) in [lo, hi] (values only: the boundary is found by value, and
 // its index among the candidates afterwards) and counts those above hi. In [lo, hi] is taken as
@@ -210,8 +212,8 @@ Boundary boundary_of(Candidates& c, std::size_t m, float lo, float hi, std::size
         const double expected = static_cast<double>(need) * round_sample / m;
         const double margin = bracket_margin(expected);
         const double lo_rank = expected + margin, hi_rank = expected - margin;
-        const float new_lo = lo_rank < round_sample ? sample_rank(sample, round_sample, static_cast<std::size_t>(lo_rank), scratch) : lo;
-        const float new_hi = hi_rank >= 0.0 ? sample_rank(sample, round_sample, static_cast<std::size_t>(hi_rank), scratch) : hi;
+        float new_lo = lo, new_hi = hi;
+        sample_bracket(sample, round_sample, lo_rank, hi_rank, new_lo, new_hi, scratch);
         std::size_t new_above = 0;
         const std::size_t new_m = pack_between(values, m, new_lo, new_hi, set_values[1 - current], new_above);
         // Undone when the boundary is not inside (the sample misled us) or the set barely
@@ -357,7 +359,11 @@ std::size_t select_from_candidates(const float* x, std::size_t n, std::size_t k,
         taken = take_selected(c, hi, 0, false, out, k);  // exactly the scores above hi
     } else if (need <= middle_count) {
         const Boundary boundary = boundary_of(c, m, lo, hi, need, sample_size);
-        taken = take_selected(c, boundary.value, index_of_tie(c, boundary.value, boundary.ties), true, out, k);
+        // When every candidate equal to the boundary is taken (the usual case: one of them),
+        // no index bounds them, and the scan for the last one taken is skipped.
+        const std::uint32_t last_tie = boundary.ties == boundary.equal ? std::numeric_limits<std::uint32_t>::max()
+                                                                       : index_of_tie(c, boundary.value, boundary.ties);
+        taken = take_selected(c, boundary.value, last_tie, true, out, k);
     } else {
         // Fewer numbers than k (only after the full-range retry): every number, then NaNs.
         std::copy(c.indices.begin(), c.indices.begin() + static_cast<std::ptrdiff_t>(c.count), out);
@@ -479,6 +485,34 @@ float sample_rank(const float* sample, std::size_t size, std::size_t rank, std::
     return last[rank];
 }
 
+// The bracket's ends in a sample: lo = the value at descending rank lo_rank when that is below
+// `size` (else lo is left), hi = the value at rank hi_rank when that is >= 0 (else hi is left);
+// hi_rank < lo_rank. One quickselect over the whole sample: hi is selected among the values
+// above lo only (those are the ranks below lo's; a rank past them is lo itself).
+void sample_bracket(const float* sample, std::size_t size, double lo_rank, double hi_rank, float& lo, float& hi,
+                    std::array<float*, 3> scratch) {
+    if (lo_rank >= static_cast<double>(size)) {
+        if (hi_rank >= 0.0) hi = sample_rank(sample, size, static_cast<std::size_t>(hi_rank), scratch);
+        return;
+    }
+    lo = sample_rank(sample, size, static_cast<std::size_t>(lo_rank), scratch);
+    if (hi_rank < 0.0) return;
+    // The values above lo, into a scratch buffer (sample_rank leaves the other two to itself).
+    float* above = scratch[0];
+    const F32s vlo(lo);
+    std::size_t greater = 0, i = 0;
+    for (; i + kLanes <= size; i += kLanes) {
+        const F32s v = F32s::load_unaligned(sample + i);
+        greater += compress_store(v, lane_bits(v > vlo), above + greater);
+    }
+    for (; i < size; ++i) {
+        above[greater] = sample[i];
+        greater += sample[i] > lo;
+    }
+    const auto rank = static_cast<std::size_t>(hi_rank);
+    hi = rank < greater ? sample_rank(above, greater, rank, scratch) : lo;
+}
+
 // `c` was reserved for (n, k, sample_size) before the call (TopkScratch::reserve): no
 // resize below allocates, so the kernel may run inside a worker.
 void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order, std::int64_t* out,
@@ -510,11 +544,8 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
         const double margin = bracket_margin(expected);
         const double lo_rank = expected + margin, hi_rank = expected - margin;
         const std::array<float*, 3> scratch{sample + sample_room, sample + 2 * sample_room, sample + 3 * sample_room};
-        if (lo_rank < static_cast<double>(sampled)) {
-            lo = sample_rank(sample, sampled, static_cast<std::size_t>(lo_rank), scratch);
-            candidate_share = lo_rank / static_cast<double>(sampled);
-        }
-        if (hi_rank >= 0.0) hi = sample_rank(sample, sampled, static_cast<std::size_t>(hi_rank), scratch);
+        if (lo_rank < static_cast<double>(sampled)) candidate_share = lo_rank / static_cast<double>(sampled);
+        sample_bracket(sample, sampled, lo_rank, hi_rank, lo, hi, scratch);
     }
     std::size_t taken = 0;
     if (kGroupCompressIsCheap<Arch> && candidate_share > kFromScoresMinShare) {
