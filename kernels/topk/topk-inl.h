@@ -49,6 +49,8 @@ using Candidates = detail::TopkScratch;
 // (fewer give a margin wider than the bracket saves).
 constexpr std::size_t kMinBracketedScores = 4096;
 constexpr std::size_t kMinBracketSample = 64;
+// The sample's loads each miss a cache line (one per stride): prefetched this many samples ahead.
+constexpr std::size_t kSamplePrefetchAhead = 16;
 // A bracket around the expected rank r of the boundary in a sample: r +- (4 sqrt(r + 1) + 4),
 // four standard deviations of a binomial count (sqrt(r + 1) keeps a margin when r is small)
 // plus four samples, so that a miss (a full retry, or an undone round) stays rare; a miss
@@ -534,7 +536,11 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
     // the CPU held the next loads behind those stores (a chain of cache latencies, ~4 us of
     // a 30 us call at N = 131072).
     std::size_t slots = 0;
-    for (std::size_t i = 0; i < n && slots < sample_size; i += stride) sample[slots++] = x[i];
+    const std::size_t ahead = kSamplePrefetchAhead * stride;
+    for (std::size_t i = 0; i < n && slots < sample_size; i += stride) {
+        if (i + ahead < n) __builtin_prefetch(x + i + ahead);
+        sample[slots++] = x[i];
+    }
     const auto sampled =
         static_cast<std::size_t>(std::remove_if(sample, sample + slots, [](float v) { return v != v; }) - sample);
     float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
