@@ -101,14 +101,13 @@ void filter(const float* x, std::size_t n, float lo, Candidates& c) {
         count += compress_store_group(v, group_lane_bits(kept), static_cast<std::uint32_t>(i), values + count,
                                       indices + count);
     }
-    U32s first(static_cast<std::uint32_t>(i));
-    const U32s step(static_cast<std::uint32_t>(kLanes));
+    LanePositions<Arch> positions(static_cast<std::uint32_t>(i));
     for (; i + kLanes <= n; i += kLanes) {
         const F32s v = F32s::load_unaligned(x + i);
         const unsigned keep = lane_bits(v >= vlo);
         compress_store(v, keep, values + count);
-        count += compress_store_positions(keep, first, indices + count);
-        first += step;
+        count += compress_store_positions(keep, positions, indices + count);
+        positions.next();
     }
     for (; i < n; ++i) {
         values[count] = x[i];
