@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <cstring>
 #include <string>
 #include <limits>
@@ -145,6 +146,36 @@ TEST_P(TopkTest, FilterGroupsKeepingEveryCount) {
             high += kept;
         }
         for (std::size_t k : {high / 3, high, high + n / 50, n / 2, n - 7}) check(x, k, "groups of every count");
+    }
+}
+
+// The bracket's two ends come from one quickselect of the sample (hi among the sample values
+// above lo; a rank past them is lo itself), and the scan for the last tie taken is skipped when
+// every candidate equal to the boundary is taken: few distinct levels (the sample's ends often
+// equal, lo's value repeated), a boundary value repeated among distinct ones (a tie that is cut
+// or taken whole), NaN and infinities in the sample, and n not a multiple of any vector width.
+TEST_P(TopkTest, BracketEndsAndTiesAtTheBoundary) {
+    const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+    std::mt19937 rng(17);
+    std::normal_distribution<float> normal;
+    for (std::size_t n : {std::size_t{4096}, std::size_t{20011}, std::size_t{131072 + 13}}) {
+        std::vector<float> levels(n);
+        std::geometric_distribution<int> level(0.3);
+        for (float& v : levels) v = static_cast<float>(level(rng));
+        for (std::size_t k : {n / 100, n * 15 / 100, n / 2, n * 9 / 10}) check(levels, k, "few levels");
+        std::vector<float> repeated(n);
+        for (float& v : repeated) v = normal(rng);
+        std::vector<float> sorted = repeated;
+        std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+        const std::size_t k = n * 15 / 100;
+        const float boundary = sorted[k - 1];
+        for (std::size_t i = 5; i < n; i += 997) repeated[i] = boundary;  // equals on both sides of k
+        for (std::size_t kk : {k - 3, k, k + 2, k + 40}) check(repeated, kk, "boundary repeated");
+        std::vector<float> odd = repeated;
+        for (std::size_t i = 0; i < n; i += 61) odd[i] = nan;
+        for (std::size_t i = 7; i < n; i += 1009) odd[i] = inf;
+        for (std::size_t i = 11; i < n; i += 1013) odd[i] = -inf;
+        for (std::size_t kk : {std::size_t{1}, n / 20, k, n - n / 61 - 2, n - 5}) check(odd, kk, "NaN and infinities sampled");
     }
 }
 

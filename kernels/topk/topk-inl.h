@@ -20,6 +20,11 @@
 // positions of those ranked at or above the boundary (select_from_scores).
 // Where the time goes (AVX-512, N = 131072, k = 15 %, perf): the filter pass about 40 %,
 // the output pass a fifth, packing the middle candidates, the samples and histogram the rest.
+// AVX2 on Zen 3 (L2 512 KiB: "hot" scores come mostly from L3), perf: the filter half, the
+// output pass 13 %, packing the middle 11 %, the strided sample ~7 %, sample quickselects 4 %.
+// Packing the middle inside the filter (a third compress-store per vector of all n scores,
+// instead of one per vector of the ~20 % candidates) measured 1.42x the filter + packing time
+// there; prefetching the filter's scores did not help (the streamer keeps up).
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -49,6 +54,8 @@ using Candidates = detail::TopkScratch;
 // (fewer give a margin wider than the bracket saves).
 constexpr std::size_t kMinBracketedScores = 4096;
 constexpr std::size_t kMinBracketSample = 64;
+// The sample's loads each miss a cache line (one per stride): prefetched this many samples ahead.
+constexpr std::size_t kSamplePrefetchAhead = 16;
 // A bracket around the expected rank r of the boundary in a sample: r +- (4 sqrt(r + 1) + 4),
 // four standard deviations of a binomial count (sqrt(r + 1) keeps a margin when r is small)
 // plus four samples, so that a miss (a full retry, or an undone round) stays rare; a miss
@@ -78,12 +85,6 @@ constexpr double kFromScoresMinShare = 0.3;
 constexpr std::size_t kGroup = 64;
 constexpr std::size_t kGroupVectors = kGroup / kLanes;
 
-inline U32s first_indices() {
-    alignas(64) std::array<std::uint32_t, kLanes> lanes;
-    for (std::size_t j = 0; j < kLanes; ++j) lanes[j] = static_cast<std::uint32_t>(j);
-    return U32s::load_aligned(lanes.data());
-}
-
 // Keeps scores >= lo (in index order, values and indices). NaN passes not. The scores > hi are
 // counted afterwards, among the candidates only (pack_between): counting them here took a
 // second comparison per vector over all n scores.
@@ -92,8 +93,6 @@ void filter(const float* x, std::size_t n, float lo, Candidates& c) {
     float* values = c.values.data();
     std::uint32_t* indices = c.indices.data();
     const F32s vlo(lo);
-    U32s index = first_indices();
-    const U32s step(static_cast<std::uint32_t>(kLanes));
     std::size_t i = 0;
     // Groups of 64 scores: one compress of the group (isa_ops' compress_store_group), which
     // on AVX512-VBMI2 is a single byte compress of the kept positions.
@@ -107,13 +106,13 @@ void filter(const float* x, std::size_t n, float lo, Candidates& c) {
         count += compress_store_group(v, group_lane_bits(kept), static_cast<std::uint32_t>(i), values + count,
                                       indices + count);
     }
-    index += U32s(static_cast<std::uint32_t>(i));
+    LanePositions<Arch> positions(static_cast<std::uint32_t>(i));
     for (; i + kLanes <= n; i += kLanes) {
         const F32s v = F32s::load_unaligned(x + i);
         const unsigned keep = lane_bits(v >= vlo);
         compress_store(v, keep, values + count);
-        count += compress_store(index, keep, indices + count);
-        index += step;
+        count += compress_store_positions(keep, positions, indices + count);
+        positions.next();
     }
     for (; i < n; ++i) {
         values[count] = x[i];
@@ -152,6 +151,8 @@ struct Buckets {
 };
 
 float sample_rank(const float* sample, std::size_t size, std::size_t rank, std::array<float*, 3> scratch);
+void sample_bracket(const float* sample, std::size_t size, double lo_rank, double hi_rank, float& lo, float& hi,
+                    std::array<float*, 3> scratch);
 
 // Packs the numbers of v[0, n) in [lo, hi] (values only: the boundary is found by value, and
 // its index among the candidates afterwards) and counts those above hi. In [lo, hi] is taken as
@@ -217,8 +218,8 @@ Boundary boundary_of(Candidates& c, std::size_t m, float lo, float hi, std::size
         const double expected = static_cast<double>(need) * round_sample / m;
         const double margin = bracket_margin(expected);
         const double lo_rank = expected + margin, hi_rank = expected - margin;
-        const float new_lo = lo_rank < round_sample ? sample_rank(sample, round_sample, static_cast<std::size_t>(lo_rank), scratch) : lo;
-        const float new_hi = hi_rank >= 0.0 ? sample_rank(sample, round_sample, static_cast<std::size_t>(hi_rank), scratch) : hi;
+        float new_lo = lo, new_hi = hi;
+        sample_bracket(sample, round_sample, lo_rank, hi_rank, new_lo, new_hi, scratch);
         std::size_t new_above = 0;
         const std::size_t new_m = pack_between(values, m, new_lo, new_hi, set_values[1 - current], new_above);
         // Undone when the boundary is not inside (the sample misled us) or the set barely
@@ -364,7 +365,11 @@ std::size_t select_from_candidates(const float* x, std::size_t n, std::size_t k,
         taken = take_selected(c, hi, 0, false, out, k);  // exactly the scores above hi
     } else if (need <= middle_count) {
         const Boundary boundary = boundary_of(c, m, lo, hi, need, sample_size);
-        taken = take_selected(c, boundary.value, index_of_tie(c, boundary.value, boundary.ties), true, out, k);
+        // When every candidate equal to the boundary is taken (the usual case: one of them),
+        // no index bounds them, and the scan for the last one taken is skipped.
+        const std::uint32_t last_tie = boundary.ties == boundary.equal ? std::numeric_limits<std::uint32_t>::max()
+                                                                       : index_of_tie(c, boundary.value, boundary.ties);
+        taken = take_selected(c, boundary.value, last_tie, true, out, k);
     } else {
         // Fewer numbers than k (only after the full-range retry): every number, then NaNs.
         std::copy(c.indices.begin(), c.indices.begin() + static_cast<std::ptrdiff_t>(c.count), out);
@@ -486,6 +491,34 @@ float sample_rank(const float* sample, std::size_t size, std::size_t rank, std::
     return last[rank];
 }
 
+// The bracket's ends in a sample: lo = the value at descending rank lo_rank when that is below
+// `size` (else lo is left), hi = the value at rank hi_rank when that is >= 0 (else hi is left);
+// hi_rank < lo_rank. One quickselect over the whole sample: hi is selected among the values
+// above lo only (those are the ranks below lo's; a rank past them is lo itself).
+void sample_bracket(const float* sample, std::size_t size, double lo_rank, double hi_rank, float& lo, float& hi,
+                    std::array<float*, 3> scratch) {
+    if (lo_rank >= static_cast<double>(size)) {
+        if (hi_rank >= 0.0) hi = sample_rank(sample, size, static_cast<std::size_t>(hi_rank), scratch);
+        return;
+    }
+    lo = sample_rank(sample, size, static_cast<std::size_t>(lo_rank), scratch);
+    if (hi_rank < 0.0) return;
+    // The values above lo, into a scratch buffer (sample_rank leaves the other two to itself).
+    float* above = scratch[0];
+    const F32s vlo(lo);
+    std::size_t greater = 0, i = 0;
+    for (; i + kLanes <= size; i += kLanes) {
+        const F32s v = F32s::load_unaligned(sample + i);
+        greater += compress_store(v, lane_bits(v > vlo), above + greater);
+    }
+    for (; i < size; ++i) {
+        above[greater] = sample[i];
+        greater += sample[i] > lo;
+    }
+    const auto rank = static_cast<std::size_t>(hi_rank);
+    hi = rank < greater ? sample_rank(above, greater, rank, scratch) : lo;
+}
+
 // `c` was reserved for (n, k, sample_size) before the call (TopkScratch::reserve): no
 // resize below allocates, so the kernel may run inside a worker.
 void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order, std::int64_t* out,
@@ -507,7 +540,11 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
     // the CPU held the next loads behind those stores (a chain of cache latencies, ~4 us of
     // a 30 us call at N = 131072).
     std::size_t slots = 0;
-    for (std::size_t i = 0; i < n && slots < sample_size; i += stride) sample[slots++] = x[i];
+    const std::size_t ahead = kSamplePrefetchAhead * stride;
+    for (std::size_t i = 0; i < n && slots < sample_size; i += stride) {
+        if (i + ahead < n) __builtin_prefetch(x + i + ahead);
+        sample[slots++] = x[i];
+    }
     const auto sampled =
         static_cast<std::size_t>(std::remove_if(sample, sample + slots, [](float v) { return v != v; }) - sample);
     float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
@@ -517,11 +554,8 @@ void topk(const float* x, std::size_t n, std::size_t k, kvfuse_topk_order order,
         const double margin = bracket_margin(expected);
         const double lo_rank = expected + margin, hi_rank = expected - margin;
         const std::array<float*, 3> scratch{sample + sample_room, sample + 2 * sample_room, sample + 3 * sample_room};
-        if (lo_rank < static_cast<double>(sampled)) {
-            lo = sample_rank(sample, sampled, static_cast<std::size_t>(lo_rank), scratch);
-            candidate_share = lo_rank / static_cast<double>(sampled);
-        }
-        if (hi_rank >= 0.0) hi = sample_rank(sample, sampled, static_cast<std::size_t>(hi_rank), scratch);
+        if (lo_rank < static_cast<double>(sampled)) candidate_share = lo_rank / static_cast<double>(sampled);
+        sample_bracket(sample, sampled, lo_rank, hi_rank, lo, hi, scratch);
     }
     std::size_t taken = 0;
     if (kGroupCompressIsCheap<Arch> && candidate_share > kFromScoresMinShare) {
