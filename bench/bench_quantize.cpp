@@ -75,6 +75,9 @@ void quantize(benchmark::State& state, kvfuse::Isa isa, Kind kind, Shape shape, 
 void register_all() {
     const Shape shapes[] = {
         {128, 8, 128, "l2"},      // 512 KiB f32: in L2 on both sides, the kernel's compute ceiling
+        {2048, 8, 8, "l2"},       // the same bytes at head dims below or not a multiple of the
+        {256, 8, 64, "l2"},       // vector width and of the 16-value chunk (issue 16: head_dim
+        {205, 8, 80, "l2"},       // 8, 64, 80 beside 128 for every kernel)
         {2080, 8, 128, "l3"},     // 8.1 MiB f32: a request's keys (issue 14's 2080 keys)
         {32768, 8, 128, "dram"},  // 128 MiB f32: out of every cache
     };

@@ -411,6 +411,7 @@ void check_quantizers(kvfuse::Dtype dtype, const QuantizeShape& s, const std::ve
 
 std::vector<QuantizeShape> quantize_shapes() {
     return {{1, 1, 1, 0}, {3, 2, 7, 1}, {5, 1, 16, 0}, {17, 4, 33, 3}, {33, 8, 64, 0}, {9, 3, 128, 5}, {64, 8, 80, 0},
+            {12, 4, 8, 0}, {7, 2, 40, 1},
             // Above the worker threshold (64 K values).
             {300, 8, 64, 0}};
 }
