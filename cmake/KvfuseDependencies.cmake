@@ -2,7 +2,7 @@
 # can still use the architecture-independent headers from the host's /usr/include.
 find_path(KVFUSE_XSIMD_INCLUDE_DIR xsimd/xsimd.hpp PATHS /usr/include NO_CMAKE_FIND_ROOT_PATH)
 if(NOT KVFUSE_XSIMD_INCLUDE_DIR)
-  message(FATAL_ERROR "xsimd not found: install libxsimd-dev (scripts/setup.sh does)")
+  message(FATAL_ERROR "xsimd not found: install libxsimd-dev (tools/setup.sh does)")
 endif()
 add_library(kvfuse_xsimd INTERFACE)
 target_include_directories(kvfuse_xsimd SYSTEM INTERFACE $<BUILD_INTERFACE:${KVFUSE_XSIMD_INCLUDE_DIR}>)
