@@ -53,8 +53,8 @@ void tuned_vs_default(benchmark::State& state, int threads, const std::function<
     (void)kvfuse::tuner::apply(g_tuned);
 }
 
-void rope(benchmark::State& state) {
-    const std::size_t tokens = 8192, heads = 8, D = 128;
+void rope_of(benchmark::State& state, std::size_t tokens) {
+    const std::size_t heads = 8, D = 128;
     auto keys = random_floats(tokens * heads * D, 1);
     kvfuse::RopeConfig config;
     config.head_dim = static_cast<int>(D);
@@ -63,15 +63,8 @@ void rope(benchmark::State& state) {
         static_cast<double>(2 * keys.size() * sizeof(float)), "GB/s", 1e9);
 }
 
-void rope_small(benchmark::State& state) {
-    const std::size_t tokens = 64, heads = 8, D = 128;  // one chunk's worth: the thread threshold matters
-    auto keys = random_floats(tokens * heads * D, 1);
-    kvfuse::RopeConfig config;
-    config.head_dim = static_cast<int>(D);
-    tuned_vs_default(
-        state, 2, [&] { (void)kvfuse::rope_rotate_span(config, keys.data(), tokens, heads, heads * D, std::int64_t{3}); },
-        static_cast<double>(2 * keys.size() * sizeof(float)), "GB/s", 1e9);
-}
+void rope(benchmark::State& state) { rope_of(state, 8192); }
+void rope_small(benchmark::State& state) { rope_of(state, 64); }  // one chunk's worth: the thread threshold matters
 
 void topk(benchmark::State& state) {
     const std::size_t n = 131072, k = n * 15 / 100;
