@@ -130,9 +130,5 @@ int main(int argc, char** argv) {
         benchmark::kMillisecond);
     benchmark::AddCustomContext("tuning", kvfuse::profile_status());
     benchmark::AddCustomContext("kernel_isa", kvfuse::tuner::describe_kernel_isas());
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return kvfuse::bench::run_benchmarks(argc, argv);
 }
