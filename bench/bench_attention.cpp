@@ -166,9 +166,5 @@ int main(int argc, char** argv) {
                         b->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(5);
                     }
     }
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return kvfuse::bench::run_benchmarks(argc, argv);
 }

@@ -199,10 +199,7 @@ void register_all() {
 
 int main(int argc, char** argv) {
     register_all();
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
+    if (const int status = kvfuse::bench::run_benchmarks(argc, argv); status != 0) return status;
     if (std::getenv("KVFUSE_BENCH_DIR") == nullptr) fs::remove_all(bench_directory());
     return 0;
 }

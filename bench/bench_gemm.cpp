@@ -173,9 +173,5 @@ int main(int argc, char** argv) {
                             ->Iterations(n >= 4096 ? 3 : 7);
                     }
     }
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return kvfuse::bench::run_benchmarks(argc, argv);
 }

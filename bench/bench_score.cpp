@@ -129,9 +129,5 @@ int main(int argc, char** argv) {
                 ->Iterations(3);
         }
     }
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return kvfuse::bench::run_benchmarks(argc, argv);
 }

@@ -93,4 +93,12 @@ bool force_isa_or_skip(benchmark::State& state, int isa) {
     return true;
 }
 
+int run_benchmarks(int argc, char** argv) {
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}
+
 }  // namespace kvfuse::bench

@@ -65,4 +65,9 @@ using AlignedVector = std::vector<T, CacheLineAllocator<T>>;
 // Marks the ISA for a benchmark; returns false (and skips) when it cannot run here.
 bool force_isa_or_skip(benchmark::State& state, int isa);
 
+// The end of every benchmark program's main, once it has registered its benchmarks: Google
+// Benchmark's flags parsed, then the benchmarks they select run. Returns main's status: 1 (with
+// a message) for an unknown flag, before running anything; else 0.
+int run_benchmarks(int argc, char** argv);
+
 }  // namespace kvfuse::bench

@@ -82,9 +82,5 @@ int main(int argc, char** argv) {
             for (bool partial : {false, true}) add(isa, k, partial, false);
         for (std::size_t k : {n / 100, n * 5 / 100, n * 15 / 100, n / 2}) add(isa, k, false, true);
     }
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return kvfuse::bench::run_benchmarks(argc, argv);
 }

@@ -602,10 +602,7 @@ int main(int argc, char** argv) {
             ->Unit(benchmark::kSecond)
             ->Iterations(fixture.config.rounds);
     }
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
+    if (const int status = kvfuse::bench::run_benchmarks(argc, argv); status != 0) return status;
     print_tables(fixture);
     return 0;
 }

@@ -15,6 +15,7 @@
 
 #include "bench_support.h"
 #include "kvfuse/kvfuse.hpp"
+#include "tuning/int8_relevance.h"
 #include "tuning/tuner.h"
 
 namespace {
@@ -52,8 +53,8 @@ void tuned_vs_default(benchmark::State& state, int threads, const std::function<
     (void)kvfuse::tuner::apply(g_tuned);
 }
 
-void rope(benchmark::State& state) {
-    const std::size_t tokens = 8192, heads = 8, D = 128;
+void rope_of(benchmark::State& state, std::size_t tokens) {
+    const std::size_t heads = 8, D = 128;
     auto keys = random_floats(tokens * heads * D, 1);
     kvfuse::RopeConfig config;
     config.head_dim = static_cast<int>(D);
@@ -62,15 +63,8 @@ void rope(benchmark::State& state) {
         static_cast<double>(2 * keys.size() * sizeof(float)), "GB/s", 1e9);
 }
 
-void rope_small(benchmark::State& state) {
-    const std::size_t tokens = 64, heads = 8, D = 128;  // one chunk's worth: the thread threshold matters
-    auto keys = random_floats(tokens * heads * D, 1);
-    kvfuse::RopeConfig config;
-    config.head_dim = static_cast<int>(D);
-    tuned_vs_default(
-        state, 2, [&] { (void)kvfuse::rope_rotate_span(config, keys.data(), tokens, heads, heads * D, std::int64_t{3}); },
-        static_cast<double>(2 * keys.size() * sizeof(float)), "GB/s", 1e9);
-}
+void rope(benchmark::State& state) { rope_of(state, 8192); }
+void rope_small(benchmark::State& state) { rope_of(state, 64); }  // one chunk's worth: the thread threshold matters
 
 void topk(benchmark::State& state) {
     const std::size_t n = 131072, k = n * 15 / 100;
@@ -104,24 +98,8 @@ void attention(benchmark::State& state) {
 
 void score(benchmark::State& state) {
     const std::size_t T = 32768, H = 32, Hkv = 8, D = 128, M = 32;
-    const auto q = random_floats(M * H * D, 7), k = random_floats(T * Hkv * D, 8);
-    std::vector<std::int8_t> q8(q.size()), k8(k.size());
-    std::vector<float> qs(M * H), ks(T * Hkv), means(Hkv * D), out(T);
-    (void)kvfuse::quantize_rows_i8(q.data(), M, H, D, H * D, q8.data(), qs.data());
-    (void)kvfuse::quantize_keys_i8(k.data(), T, Hkv, D, Hkv * D, k8.data(), ks.data(), means.data());
-    kvfuse::RelevanceArgs a{};
-    a.question_rows = M;
-    a.candidates = T;
-    a.query_heads = H;
-    a.kv_heads = Hkv;
-    a.head_dim = D;
-    a.queries_i8 = q8.data();
-    a.query_scales = qs.data();
-    a.keys_i8 = k8.data();
-    a.key_scales = ks.data();
-    a.smoothing = 1;
-    a.out = out.data();
-    tuned_vs_default(state, 2, [&] { (void)kvfuse::a3_relevance(a); }, 2.0 * M * T * H * D, "GOP/s", 1e9);
+    const kvfuse::tuner::Int8Relevance relevance(random_floats(M * H * D, 7), M, random_floats(T * Hkv * D, 8), T, H, Hkv, D);
+    tuned_vs_default(state, 2, [&] { (void)kvfuse::a3_relevance(relevance.args); }, 2.0 * M * T * H * D, "GOP/s", 1e9);
 }
 
 }  // namespace
@@ -152,9 +130,5 @@ int main(int argc, char** argv) {
         benchmark::kMillisecond);
     benchmark::AddCustomContext("tuning", kvfuse::profile_status());
     benchmark::AddCustomContext("kernel_isa", kvfuse::tuner::describe_kernel_isas());
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return kvfuse::bench::run_benchmarks(argc, argv);
 }

@@ -9,6 +9,7 @@
 #include "dispatch/context.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/kernel_call.h"
 #include "dispatch/struct_versions.h"
 #include "kvfuse/kvfuse.h"
 
@@ -248,12 +249,10 @@ kvfuse_status kvfuse_ctx_sparse_attention(kvfuse_context* context, const kvfuse_
         kvfuse_attention_args_init(&args);
         if (auto s = kvfuse::detail::read_struct("args", caller_args, args); s != KVFUSE_OK) return s;
         if (const kvfuse_status status = check_attention(&args); status != KVFUSE_OK || args.rows == 0) return status;
-        kvfuse::detail::ContextCall call(context);
-        if (call.status() != KVFUSE_OK) return call.status();
-        const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status status = call.kernels(kernels); status != KVFUSE_OK) return status;
-        kernels->sparse_attention(call.context(), args);
-        return KVFUSE_OK;
+        return kvfuse::detail::with_kernels(context, [&](auto& call, const auto& kernels) {
+            kernels.sparse_attention(call.context(), args);
+            return KVFUSE_OK;
+        });
     });
 }
 

@@ -8,6 +8,7 @@
 #include "dispatch/context.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/kernel_call.h"
 #include "dispatch/struct_versions.h"
 #include "kernels/call_context.h"
 #include "kernels/gemm/gemm_packed.h"
@@ -49,18 +50,16 @@ kvfuse_status gemm_on_context(const char* name, kvfuse_context* context, const k
         const std::uintptr_t a_end = a_begin + ((n - 1) * lda + w.in) * sizeof(float);
         const std::uintptr_t c_end = c_begin + ((n - 1) * ldc + w.out) * sizeof(float);
         if (a_begin < c_end && c_begin < a_end) return fail(KVFUSE_ERROR_INVALID_ARGUMENT, "c must not overlap a");
-        kvfuse::detail::ContextCall call(context);
-        if (call.status() != KVFUSE_OK) return call.status();
-        const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
-        const std::size_t workers =
-            kvfuse::detail::gemm_workers(n, w.out, w.in, threads, kvfuse::detail::context_workers(call.context()));
-        try {
-            (w.quantized() ? kernels->qgemm : kernels->gemm)(call.context(), *weights, a, n, lda, beta, c, ldc, workers);
-        } catch (const std::bad_alloc&) {
-            return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "gemm's packed activations");
-        }
-        return KVFUSE_OK;
+        return kvfuse::detail::with_kernels(context, [&](auto& call, const auto& kernels) {
+            const std::size_t workers =
+                kvfuse::detail::gemm_workers(n, w.out, w.in, threads, kvfuse::detail::context_workers(call.context()));
+            try {
+                (w.quantized() ? kernels.qgemm : kernels.gemm)(call.context(), *weights, a, n, lda, beta, c, ldc, workers);
+            } catch (const std::bad_alloc&) {
+                return fail(KVFUSE_ERROR_OUT_OF_MEMORY, "gemm's packed activations");
+            }
+            return KVFUSE_OK;
+        });
     });
 }
 

@@ -6,6 +6,7 @@
 #include "dispatch/context.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/kernel_call.h"
 #include "dispatch/layout_checks.h"
 #include "dispatch/struct_versions.h"
 #include "kernels/rope/rope_plan.h"
@@ -43,14 +44,12 @@ kvfuse_status run_rotation(kvfuse_context* context, const kvfuse_rope_config& co
                            kvfuse_dtype src_dtype, const void* src, const KeyLayout& src_layout, void* dst,
                            const KeyLayout& dst_layout, std::size_t tokens, std::size_t heads,
                            const std::int64_t* deltas, std::int64_t delta) {
-    kvfuse::detail::ContextCall call(context);
-    if (call.status() != KVFUSE_OK) return call.status();
-    const kvfuse::detail::KernelTable* kernels = nullptr;
-    if (const kvfuse_status status = call.kernels(kernels); status != KVFUSE_OK) return status;
-    const kvfuse::detail::RopePlan& plan = kvfuse::detail::rope_plan_for(config);
-    kernels->rope_rotate(call.context(), plan, dtype, src_dtype, src, src_layout, dst, dst_layout, tokens, heads, deltas,
-                         delta);
-    return KVFUSE_OK;
+    return kvfuse::detail::with_kernels(context, [&](auto& call, const auto& kernels) {
+        const kvfuse::detail::RopePlan& plan = kvfuse::detail::rope_plan_for(config);
+        kernels.rope_rotate(call.context(), plan, dtype, src_dtype, src, src_layout, dst, dst_layout, tokens, heads, deltas,
+                            delta);
+        return KVFUSE_OK;
+    });
 }
 
 kvfuse_status rotate(kvfuse_context* context, const kvfuse_rope_config* caller_config, int dtype, const void* src, std::size_t src_stride, void* dst,

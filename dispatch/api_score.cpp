@@ -10,6 +10,7 @@
 #include "dispatch/context.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/kernel_call.h"
 #include "dispatch/layout_checks.h"
 #include "dispatch/struct_versions.h"
 #include "kernels/common/relevance_segments.h"
@@ -47,12 +48,10 @@ kvfuse_status check_float_pointers(std::initializer_list<std::pair<const char*, 
 kvfuse_status run_quantize_keys(kvfuse_context* context, kvfuse_dtype dtype, const void* keys, std::size_t tokens,
                                 std::size_t kv_heads, std::size_t head_dim, const kvfuse::detail::KeyLayout& layout,
                                 int bits, void* out, float* scales, float* means) {
-    kvfuse::detail::ContextCall call(context);
-    if (call.status() != KVFUSE_OK) return call.status();
-    const kvfuse::detail::KernelTable* kernels = nullptr;
-    if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
-    kernels->quantize_keys(call.context(), dtype, keys, tokens, kv_heads, head_dim, layout, bits, out, scales, means);
-    return KVFUSE_OK;
+    return kvfuse::detail::with_kernels(context, [&](auto& call, const auto& kernels) {
+        kernels.quantize_keys(call.context(), dtype, keys, tokens, kv_heads, head_dim, layout, bits, out, scales, means);
+        return KVFUSE_OK;
+    });
 }
 
 // Both key quantizers, any input type, through the kernel table on `context` (NULL: the calling
@@ -88,13 +87,11 @@ kvfuse_status quantize_rows(const char* name, kvfuse_context* context, int dtype
             return fail(KVFUSE_ERROR_NULL_POINTER, "x, out and scales are required");
         if (auto s = check_aligned("x", x, elem); s != KVFUSE_OK) return s;
         if (auto s = check_float_pointers({{"scales", scales}}); s != KVFUSE_OK) return s;
-        kvfuse::detail::ContextCall call(context);
-        if (call.status() != KVFUSE_OK) return call.status();
-        const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
-        kernels->quantize_rows(call.context(), static_cast<kvfuse_dtype>(dtype), x, rows, heads, head_dim, row_stride,
-                               out, scales);
-        return KVFUSE_OK;
+        return kvfuse::detail::with_kernels(context, [&](auto& call, const auto& kernels) {
+            kernels.quantize_rows(call.context(), static_cast<kvfuse_dtype>(dtype), x, rows, heads, head_dim, row_stride,
+                                  out, scales);
+            return KVFUSE_OK;
+        });
     });
 }
 
@@ -337,12 +334,10 @@ kvfuse_status kvfuse_ctx_a3_relevance(kvfuse_context* context, const kvfuse_rele
         if (auto s = kvfuse::detail::read_struct("args", caller_args, args); s != KVFUSE_OK) return s;
         const kvfuse_relevance_args* a = &args;
         if (const kvfuse_status s = check_relevance(a); s != KVFUSE_OK || a->candidates == a->question_rows) return s;
-        kvfuse::detail::ContextCall call(context);
-        if (call.status() != KVFUSE_OK) return call.status();
-        const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
-        kernels->relevance(call.context(), *a);
-        return KVFUSE_OK;
+        return kvfuse::detail::with_kernels(context, [&](auto& call, const auto& kernels) {
+            kernels.relevance(call.context(), *a);
+            return KVFUSE_OK;
+        });
     });
 }
 

@@ -14,6 +14,7 @@
 #include "kernels/topk/topk_scratch.h"
 #include "dispatch/dispatch.h"
 #include "dispatch/errors.h"
+#include "dispatch/kernel_call.h"
 #include "kvfuse/kvfuse.h"
 #include "reference/topk_reference.h"
 
@@ -96,16 +97,14 @@ kvfuse_status kvfuse_ctx_topk(kvfuse_context* context, const float* scores, size
         if (auto s = check_span("indices (min(k, n))", written, 1, 1, sizeof(std::int64_t)); s != KVFUSE_OK) return s;
         if (auto s = check_aligned("scores", scores, sizeof(float)); s != KVFUSE_OK) return s;
         if (auto s = check_aligned("indices", indices, sizeof(std::int64_t)); s != KVFUSE_OK) return s;
-        kvfuse::detail::ContextCall call(context);
-        if (call.status() != KVFUSE_OK) return call.status();
-        const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
-        if (const kvfuse_status s = select_rows(call, *kernels, scores, 1, n, n, k,
-                                                static_cast<kvfuse_topk_order>(order_value), indices, written);
-            s != KVFUSE_OK)
-            return s;
-        *count = written;
-        return KVFUSE_OK;
+        return kvfuse::detail::with_kernels(context, [&](auto& call, const auto& kernels) {
+            if (const kvfuse_status s = select_rows(call, kernels, scores, 1, n, n, k,
+                                                    static_cast<kvfuse_topk_order>(order_value), indices, written);
+                s != KVFUSE_OK)
+                return s;
+            *count = written;
+            return KVFUSE_OK;
+        });
     });
 }
 
@@ -126,12 +125,10 @@ kvfuse_status kvfuse_ctx_topk_batched(kvfuse_context* context, const float* scor
             return s;
         if (auto s = check_aligned("scores", scores, sizeof(float)); s != KVFUSE_OK) return s;
         if (auto s = check_aligned("indices", indices, sizeof(std::int64_t)); s != KVFUSE_OK) return s;
-        kvfuse::detail::ContextCall call(context);
-        if (call.status() != KVFUSE_OK) return call.status();
-        const kvfuse::detail::KernelTable* kernels = nullptr;
-        if (const kvfuse_status s = call.kernels(kernels); s != KVFUSE_OK) return s;
-        return select_rows(call, *kernels, scores, rows, n, row_stride, k, static_cast<kvfuse_topk_order>(order_value),
-                           indices, indices_stride);
+        return kvfuse::detail::with_kernels(context, [&](auto& call, const auto& kernels) {
+            return select_rows(call, kernels, scores, rows, n, row_stride, k, static_cast<kvfuse_topk_order>(order_value),
+                               indices, indices_stride);
+        });
     });
 }
 

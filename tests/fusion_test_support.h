@@ -40,4 +40,25 @@ inline std::vector<kvfuse::fusion::ChunkKvView> views(const std::vector<kvfuse::
     return out;
 }
 
+// The full prefill's own K/V cut at the chunks of `r`, as if they were the stored caches: fused
+// with them, any row set gives the full prefill's output (identity 2 of ALGORITHMS.md).
+inline std::vector<kvfuse::fusion::ChunkKvView> full_prefill_views(const kvfuse::fusion::FusionModel& model,
+                                                                   const kvfuse::fusion::Request& r,
+                                                                   const kvfuse::fusion::FusionRun& full) {
+    std::vector<kvfuse::fusion::ChunkKvView> out;
+    std::size_t offset = r.prefix.size();
+    for (const auto& c : r.chunks) {
+        kvfuse::fusion::ChunkKvView view;
+        view.start_position = static_cast<std::int64_t>(offset);
+        view.tokens = c.size();
+        for (int l = 0; l < model.shape().layers; ++l) {
+            view.k.push_back(full.cache.k[static_cast<std::size_t>(l)].data() + offset * full.cache.row);
+            view.v.push_back(full.cache.v[static_cast<std::size_t>(l)].data() + offset * full.cache.row);
+        }
+        out.push_back(view);
+        offset += c.size();
+    }
+    return out;
+}
+
 }  // namespace kvfuse::testing

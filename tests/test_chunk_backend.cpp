@@ -22,6 +22,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "random_chunk.h"
 #include "scratch_files.h"
 
 namespace {
@@ -42,34 +43,11 @@ void write_text(const std::filesystem::path& path, const std::string& text) { st
 using namespace kvfuse::store;
 namespace fs = std::filesystem;
 
-struct OwnedChunk {
-    ChunkKey key;
-    std::vector<std::vector<std::byte>> buffers;
-    StoredChunk chunk;
-};
+using kvfuse::testing::OwnedChunk;
 
+// An odd-sized extra section in every layer, so that layers are padded to the next 64-byte boundary.
 OwnedChunk make_chunk(uint64_t seed, uint32_t layers = 3, uint32_t tokens = 7) {
-    OwnedChunk owned;
-    std::vector<int32_t> ids;
-    for (uint32_t t = 0; t < tokens; ++t) ids.push_back(static_cast<int32_t>(seed * 131 + t));
-    owned.key = make_chunk_key("test-model", ids);
-    owned.chunk.layout = {layers, 2, 8, DType::f32};
-    owned.buffers.reserve(4 * layers);
-    std::mt19937_64 random(seed);
-    auto buffer = [&](size_t bytes) -> std::span<const std::byte> {
-        owned.buffers.emplace_back(bytes);
-        for (std::byte& b : owned.buffers.back()) b = static_cast<std::byte>(random());
-        return owned.buffers.back();
-    };
-    for (uint32_t l = 0; l < layers; ++l) {
-        LayerInput layer;
-        layer.keys = buffer(tokens * 2 * 8 * 4);
-        layer.values = buffer(tokens * 2 * 8 * 4);
-        // An odd-sized extra section, so that layers are padded to the next 64-byte boundary.
-        layer.extra_sections.push_back({"extra", DType::u8, {5 + l}, buffer(5 + l)});
-        owned.chunk.layers.push_back(std::move(layer));
-    }
-    return owned;
+    return kvfuse::testing::random_chunk("test-model", seed, 131, layers, tokens, 8, [](uint32_t l) { return 5 + l; });
 }
 
 ChunkStore open_directory(const fs::path& directory) {

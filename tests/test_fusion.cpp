@@ -26,6 +26,7 @@ using namespace kvfuse::fusion;
 
 using kvfuse::testing::make_request;
 using kvfuse::testing::stored_chunks;
+using kvfuse::testing::full_prefill_views;
 using kvfuse::testing::views;
 
 FusionRun run(const FusionModel& model, const Request& r, const std::vector<ChunkKvView>& chunks, Method m,
@@ -74,19 +75,7 @@ TEST_P(FusionIdentity, EveryRowSelectedEqualsFullPrefill) {
 TEST_P(FusionIdentity, FullPrefillKvAsStoredCachesEqualsFullPrefillForAnyRows) {
     const Request r = make_request({8, 11, 6, 9}, 4, 2);
     const FusionRun full = run(model, r, {}, Method::full);
-    std::vector<ChunkKvView> exact;
-    std::size_t offset = r.prefix.size();
-    for (const auto& c : r.chunks) {
-        ChunkKvView view;
-        view.start_position = static_cast<std::int64_t>(offset);
-        view.tokens = c.size();
-        for (int l = 0; l < model.shape().layers; ++l) {
-            view.k.push_back(full.cache.k[static_cast<std::size_t>(l)].data() + offset * full.cache.row);
-            view.v.push_back(full.cache.v[static_cast<std::size_t>(l)].data() + offset * full.cache.row);
-        }
-        exact.push_back(view);
-        offset += c.size();
-    }
+    const std::vector<ChunkKvView> exact = full_prefill_views(model, r, full);
     for (Method m : fused_methods())
         for (double ratio : {0.1, 0.3}) {
             const FusionRun fused = run(model, r, exact, m, ratio);

@@ -15,6 +15,7 @@
 
 #include "isa_test_support.h"
 #include "scratch_files.h"
+#include "tuning/int8_relevance.h"
 #include "reference/attention_reference.h"
 #include "reference/rope_reference.h"
 #include "reference/score_reference.h"
@@ -99,23 +100,11 @@ void expect_topk_matches_reference(const std::string& where) {
 
 void expect_relevance_matches_reference(const std::string& where) {
     const std::size_t T = 203, M = 7, H = 4, Hkv = 2, D = 40;
-    const auto q = kvfuse::testing::random_floats(M * H * D, 6), k = kvfuse::testing::random_floats(T * Hkv * D, 7);
-    std::vector<std::int8_t> q8(q.size()), k8(k.size());
-    std::vector<float> qs(M * H), ks(T * Hkv), means(Hkv * D), got(T - M), want(T - M);
-    ASSERT_EQ(kvfuse_quantize_rows_i8(q.data(), M, H, D, H * D, q8.data(), qs.data()), KVFUSE_OK);
-    ASSERT_EQ(kvfuse_quantize_keys_i8(k.data(), T, Hkv, D, Hkv * D, k8.data(), ks.data(), means.data()), KVFUSE_OK);
-    kvfuse_relevance_args a;
-    kvfuse_relevance_args_init(&a);
-    a.question_rows = M;
-    a.candidates = T;
-    a.query_heads = H;
-    a.kv_heads = Hkv;
-    a.head_dim = D;
-    a.queries_i8 = q8.data();
-    a.query_scales = qs.data();
-    a.keys_i8 = k8.data();
-    a.key_scales = ks.data();
-    a.smoothing = 1;
+    // The call the tuner times, at a small odd shape.
+    kvfuse::tuner::Int8Relevance relevance(kvfuse::testing::random_floats(M * H * D, 6), M,
+                                           kvfuse::testing::random_floats(T * Hkv * D, 7), T, H, Hkv, D);
+    std::vector<float> got(T - M), want(T - M);
+    kvfuse_relevance_args& a = relevance.args;
     a.out = want.data();
     kvfuse::reference::a3_relevance(a);
     a.out = got.data();

@@ -163,6 +163,19 @@ void set_src(kvfuse_rope_args& a, const void* base, const Pool& p) {
     a.src_blocks_total = p.table.empty() ? 0 : p.blocks_total;
     a.src_token_offset = p.offset;
 }
+// One kvfuse_rope_rotate_layout call's rows (tokens x heads of dtype, per-token deltas); the
+// caller says where they are (set_dst, set_src).
+kvfuse_rope_args rope_args(const kvfuse_rope_config& config, kvfuse_dtype dtype, std::size_t tokens, std::size_t heads,
+                           const std::int64_t* deltas) {
+    kvfuse_rope_args a;
+    kvfuse_rope_args_init(&a);
+    a.config = &config;
+    a.dtype = dtype;
+    a.tokens = tokens;
+    a.heads = heads;
+    a.deltas = deltas;
+    return a;
+}
 
 // ---- RoPE ----------------------------------------------------------------------------------
 
@@ -193,13 +206,7 @@ void check_rope_layouts(kvfuse_dtype dtype, const RopeShape& shape, kvfuse_rope_
     const Pool paged = make_pool(T, H, D, block_size, Kind::token_major, 5, seed + 3);
     std::vector<S> cache = pool_storage<S>(paged), want = pool_storage<S>(paged);
     scatter(paged, expected.data(), want);
-    kvfuse_rope_args a;
-    kvfuse_rope_args_init(&a);
-    a.config = &config;
-    a.dtype = dtype;
-    a.tokens = T;
-    a.heads = H;
-    a.deltas = deltas.data();
+    kvfuse_rope_args a = rope_args(config, dtype, T, H, deltas.data());
     set_dst(a, cache.data(), paged);
     a.src = stored.data();
     ASSERT_EQ(kvfuse_rope_rotate_layout(&a), KVFUSE_OK) << kvfuse_last_error();
@@ -222,13 +229,7 @@ void check_rope_layouts(kvfuse_dtype dtype, const RopeShape& shape, kvfuse_rope_
     const Pool hnd = make_pool(T, H, D, block_size, Kind::head_major, 2, seed + 4);
     std::vector<S> hnd_cache = pool_storage<S>(hnd), hnd_want = pool_storage<S>(hnd);
     scatter(hnd, next.data(), hnd_want);
-    kvfuse_rope_args between;
-    kvfuse_rope_args_init(&between);
-    between.config = &config;
-    between.dtype = dtype;
-    between.tokens = T;
-    between.heads = H;
-    between.deltas = deltas2.data();
+    kvfuse_rope_args between = rope_args(config, dtype, T, H, deltas2.data());
     set_dst(between, hnd_cache.data(), hnd);
     set_src(between, cache.data(), paged);
     ASSERT_EQ(kvfuse_rope_rotate_layout(&between), KVFUSE_OK) << kvfuse_last_error();
@@ -241,13 +242,7 @@ void check_rope_layouts(kvfuse_dtype dtype, const RopeShape& shape, kvfuse_rope_
     std::vector<S> rotated = stored;
     ASSERT_EQ(kvfuse_rope_rotate(&config, dtype, rotated.data(), T, H, row, deltas.data()), KVFUSE_OK);
     scatter(strided, rotated.data(), tensor_want);
-    kvfuse_rope_args strided_args;
-    kvfuse_rope_args_init(&strided_args);
-    strided_args.config = &config;
-    strided_args.dtype = dtype;
-    strided_args.tokens = T;
-    strided_args.heads = H;
-    strided_args.deltas = deltas.data();
+    kvfuse_rope_args strided_args = rope_args(config, dtype, T, H, deltas.data());
     set_dst(strided_args, tensor.data(), strided);
     ASSERT_EQ(kvfuse_rope_rotate_layout(&strided_args), KVFUSE_OK) << kvfuse_last_error();
     ASSERT_TRUE(same_bits(tensor, tensor_want)) << "strided heads in place differ from the packed call";
@@ -355,15 +350,9 @@ TEST_P(RopeLayoutTest, ConvertingCopyIsTheRotationThenTheConversion) {
                 const Pool paged = make_pool(T, H, D, 4, Kind::token_major, 3, seed + 2);
                 std::vector<float> cache32 = pool_storage<float>(paged), expect32 = pool_storage<float>(paged);
                 std::vector<std::uint16_t> cache16 = pool_storage<std::uint16_t>(paged), expect16 = pool_storage<std::uint16_t>(paged);
-                kvfuse_rope_args a;
-                kvfuse_rope_args_init(&a);
-                a.config = &config;
-                a.dtype = to;
+                kvfuse_rope_args a = rope_args(config, to, T, H, deltas.data());
                 a.convert = 1;
                 a.src_dtype = from;
-                a.tokens = T;
-                a.heads = H;
-                a.deltas = deltas.data();
                 set_dst(a, to == KVFUSE_DTYPE_F32 ? static_cast<void*>(cache32.data()) : cache16.data(), paged);
                 a.src = from == KVFUSE_DTYPE_F32 ? static_cast<const void*>(src32.data()) : src16.data();
                 ASSERT_EQ(kvfuse_rope_rotate_layout(&a), KVFUSE_OK) << kvfuse_last_error();

@@ -67,6 +67,7 @@ void register_test_methods() {
 
 using kvfuse::testing::make_request;
 using kvfuse::testing::stored_chunks;
+using kvfuse::testing::full_prefill_views;
 using kvfuse::testing::views;
 
 TEST(MethodRegistry, ARegisteredMethodIsEverywhereTheTableIsRead) {
@@ -146,19 +147,7 @@ TEST(MethodRegistry, ThePipelineRunsARegisteredSelector) {
     // it missed, so every layer pushes every row (the pipeline's bookkeeping). With stored
     // caches that are the full prefill's own K/V, the output is the full prefill's (identity 2
     // of ALGORITHMS.md), late joiners included.
-    std::vector<ChunkKvView> exact;
-    std::size_t offset = P;
-    for (const auto& c : r.chunks) {
-        ChunkKvView view;
-        view.start_position = static_cast<std::int64_t>(offset);
-        view.tokens = c.size();
-        for (int l = 0; l < model.shape().layers; ++l) {
-            view.k.push_back(full.cache.k[static_cast<std::size_t>(l)].data() + offset * full.cache.row);
-            view.v.push_back(full.cache.v[static_cast<std::size_t>(l)].data() + offset * full.cache.row);
-        }
-        exact.push_back(view);
-        offset += c.size();
-    }
+    const std::vector<ChunkKvView> exact = full_prefill_views(model, r, full);
     o.method = parse_method("test-all-join");
     const FusionRun all = run_request(model, r, exact, o);
     EXPECT_EQ(all.selected.size(), T - P - M);

@@ -29,6 +29,8 @@
 #include "store/tiered_backend.h"
 #include "store/redis_backend.h"
 
+#include "random_chunk.h"
+
 extern char** environ;
 
 namespace {
@@ -138,33 +140,10 @@ private:
     pid_t pid_ = -1;
 };
 
-struct OwnedChunk {
-    ChunkKey key;
-    std::vector<std::vector<std::byte>> buffers;
-    StoredChunk chunk;
-};
+using kvfuse::testing::OwnedChunk;
 
 OwnedChunk make_chunk(uint64_t seed, uint32_t layers = 4) {
-    OwnedChunk owned;
-    std::vector<int32_t> ids;
-    for (uint32_t t = 0; t < 9; ++t) ids.push_back(static_cast<int32_t>(seed * 1000 + t));
-    owned.key = make_chunk_key("redis-test-model", ids);
-    owned.chunk.layout = {layers, 2, 16, DType::f32};
-    owned.buffers.reserve(3 * layers);
-    std::mt19937_64 random(seed);
-    auto buffer = [&](size_t bytes) -> std::span<const std::byte> {
-        owned.buffers.emplace_back(bytes);
-        for (std::byte& b : owned.buffers.back()) b = static_cast<std::byte>(random());
-        return owned.buffers.back();
-    };
-    for (uint32_t l = 0; l < layers; ++l) {
-        LayerInput layer;
-        layer.keys = buffer(9 * 2 * 16 * 4);
-        layer.values = buffer(9 * 2 * 16 * 4);
-        layer.extra_sections.push_back({"extra", DType::u8, {3}, buffer(3)});
-        owned.chunk.layers.push_back(std::move(layer));
-    }
-    return owned;
+    return kvfuse::testing::random_chunk("redis-test-model", seed, 1000, layers, 9, 16, [](uint32_t) { return 3u; });
 }
 
 class RedisBackendLive : public ::testing::Test {

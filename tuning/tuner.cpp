@@ -15,6 +15,8 @@
 #include <stdexcept>
 #include <vector>
 
+#include "tuning/int8_relevance.h"
+
 namespace kvfuse::tuner {
 
 namespace {
@@ -158,32 +160,14 @@ struct AttentionWork {
 };
 
 struct ScoreWork {
-    std::vector<std::int8_t> q8, k8;
-    std::vector<float> qs, ks, means, out;
-    RelevanceArgs args{};
     std::size_t keys = 0, question_rows = 0;
-    ScoreWork(const Shapes& s, bool quick) {
-        const std::size_t H = s.heads, Hkv = s.kv_heads, D = s.head_dim;
-        keys = std::min<std::size_t>(s.context, quick ? 1024 : 8192);
-        question_rows = std::min<std::size_t>(32, keys);
-        const std::size_t M = question_rows;
-        const auto q = random_floats(M * H * D, 4), k = random_floats(keys * Hkv * D, 5);
-        q8.resize(q.size()), k8.resize(k.size()), qs.resize(M * H), ks.resize(keys * Hkv), means.resize(Hkv * D), out.resize(keys);
-        check(quantize_rows_i8(q.data(), M, H, D, H * D, q8.data(), qs.data()), "quantizing queries");
-        check(quantize_keys_i8(k.data(), keys, Hkv, D, Hkv * D, k8.data(), ks.data(), means.data()), "quantizing keys");
-        args.question_rows = M;
-        args.candidates = keys;
-        args.query_heads = H;
-        args.kv_heads = Hkv;
-        args.head_dim = D;
-        args.queries_i8 = q8.data();
-        args.query_scales = qs.data();
-        args.keys_i8 = k8.data();
-        args.key_scales = ks.data();
-        args.smoothing = 1;
-        args.out = out.data();
-    }
-    void run() const { check(a3_relevance(args), "scoring"); }
+    Int8Relevance relevance;
+    ScoreWork(const Shapes& s, bool quick)
+        : keys(std::min<std::size_t>(s.context, quick ? 1024 : 8192)),
+          question_rows(std::min<std::size_t>(32, keys)),
+          relevance(random_floats(question_rows * s.heads * s.head_dim, 4), question_rows,
+                    random_floats(keys * s.kv_heads * s.head_dim, 5), keys, s.heads, s.kv_heads, s.head_dim) {}
+    void run() const { check(a3_relevance(relevance.args), "scoring"); }
 };
 
 // Top-k over score sets that change from call to call: on one set called back to back the

@@ -125,12 +125,10 @@ void add_eval_command(CLI::App& app) {
         for (const auto& opt : cmd->get_options())
             if (opt->count() > 0 && !opt->get_lnames().empty())
                 o->command_line += " --" + opt->get_lnames().front() + (opt->get_expected_min() > 0 ? " " + opt->as<std::string>() : "");
-        std::string placement;
-        if (!apply_placement(o->fusion.placement, &placement)) {
+        if (!apply_placement_reporting_on_stderr(o->fusion.placement)) {
             g_exit_status = 2;
             return;
         }
-        if (!placement.empty()) std::fprintf(stderr, "placement:\n%s", placement.c_str());
         g_exit_status = run(*o);
     });
 }

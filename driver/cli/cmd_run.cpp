@@ -235,12 +235,10 @@ void add_run_command(CLI::App& app) {
     cmd->add_flag("--pretokenized", o->pretokenized, "chunk files and --question hold token ids (comma or space separated)");
     cmd->callback([o] {
         if (!(o->fusion.ratio > 0.0)) throw std::invalid_argument("--ratio must be in (0, 1]");
-        std::string placement;
-        if (!apply_placement(o->fusion.placement, &placement)) {
+        if (!apply_placement_reporting_on_stderr(o->fusion.placement)) {
             g_exit_status = 2;
             return;
         }
-        if (!placement.empty()) std::fprintf(stderr, "placement:\n%s", placement.c_str());
         g_exit_status = run(*o);
     });
 }

@@ -42,12 +42,10 @@ void add_serve_command(CLI::App& app) {
     add_placement_options(*cmd, *placement);
     cmd->callback([o, placement] {
         o->redis_connect_timeout = std::max(std::chrono::milliseconds(10), o->redis_command_timeout / 4);
-        std::string description;
-        if (!apply_placement(*placement, &description)) {
+        if (!apply_placement_reporting_on_stderr(*placement)) {
             g_exit_status = 2;
             return;
         }
-        if (!description.empty()) std::fprintf(stderr, "placement:\n%s", description.c_str());
         // --threads is also each kernel call's workers, as in run and eval.
         o->fusion.threads = placement->threads;
         g_exit_status = kvfuse::serve::serve(*o);

@@ -116,6 +116,13 @@ bool apply_placement(const PlacementCliOptions& options, std::string* descriptio
     return true;
 }
 
+bool apply_placement_reporting_on_stderr(const PlacementCliOptions& options) {
+    std::string description;
+    if (!apply_placement(options, &description)) return false;
+    if (!description.empty()) std::fprintf(stderr, "placement:\n%s", description.c_str());
+    return true;
+}
+
 std::vector<kvfuse::fusion::Request> story_requests(const std::string& path, const std::string& kind,
                                                     const kvfuse::fusion::LoadedModel& loaded,
                                                     kvfuse::fusion::StoryRequestOptions options) {

@@ -58,6 +58,9 @@ void add_placement_options(CLI::App& cmd, PlacementCliOptions& options);
 // Applies the options if any asks for placement; writes the placement to `description`.
 // Returns false (after printing the error) when placement fails.
 bool apply_placement(const PlacementCliOptions& options, std::string* description);
+// apply_placement for the commands that print results on stdout (run, eval, serve): the
+// placement, if any, goes to stderr as "placement:\n...".
+bool apply_placement_reporting_on_stderr(const PlacementCliOptions& options);
 
 // Opens the chunk store the options name (a directory or redis://host:port/db; null with
 // --no-store); throws with a clear message.

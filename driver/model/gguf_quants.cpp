@@ -211,6 +211,23 @@ KLevels fit_k_affine(const float* x, int subblocks, int subblock_size, int qmax,
     return k;
 }
 
+// Sub-block scales of a signed K block (Q3_K, Q6_K, IQ4_XS) stored as signed `bits`-bit
+// integers under one half super-scale, signed so that the scale of largest magnitude lands on
+// the lowest level. Returns the integer levels.
+struct KSignedLevels {
+    float d = 0.0f;
+    std::array<int, 16> level{};
+};
+
+KSignedLevels quantize_k_scales(const float* scales, int subblocks, int bits, std::uint8_t* d_field) {
+    const int lowest = -(1 << (bits - 1));
+    KSignedLevels k;
+    k.d = store_half(d_field, signed_absmax(scales, subblocks) / static_cast<float>(lowest));
+    for (int s = 0; s < subblocks; ++s)
+        k.level[static_cast<std::size_t>(s)] = k.d != 0.0f ? clamp_round(scales[s] / k.d, lowest, -lowest - 1) : 0;
+    return k;
+}
+
 // Every value of a sub-block rounded with its stored scale and min.
 void quantize_affine_values(const float* x, int n, float scale, float min, int qmax, int* q) {
     for (int i = 0; i < n; ++i) q[i] = scale > 0.0f ? clamp_round((x[i] + min) / scale, 0, qmax) : 0;
@@ -463,20 +480,19 @@ void quantize_q3_k(const float* in, std::uint8_t* blocks, std::size_t n) {
     for (std::size_t b = 0; b < n / 256; ++b, blocks += 110, in += 256) {
         float scales[16];
         for (int s = 0; s < 16; ++s) scales[s] = fit_symmetric(in + 16 * s, 16, -4, 3);
-        const float m = signed_absmax(scales, 16);
-        const float d = store_half(blocks + 108, m / -32.0f);
-        int levels[16];
-        for (int s = 0; s < 16; ++s) levels[s] = d != 0.0f ? clamp_round(scales[s] / d, -32, 31) : 0;
+        const KSignedLevels k = quantize_k_scales(scales, 16, 6, blocks + 108);
+        const float d = k.d;
         std::memset(blocks, 0, 108);
         std::uint8_t* packed = blocks + 96;
         for (int s = 0; s < 16; ++s) {
-            const int l = levels[s] + 32;
+            const int level = k.level[static_cast<std::size_t>(s)];
+            const int l = level + 32;
             if (s < 8)
                 packed[s] = static_cast<std::uint8_t>(l & 0xF);
             else
                 packed[s - 8] |= static_cast<std::uint8_t>((l & 0xF) << 4);
             packed[8 + s % 4] |= static_cast<std::uint8_t>((l >> 4) << (2 * (s / 4)));
-            const float dl = d * static_cast<float>(levels[s]);
+            const float dl = d * static_cast<float>(level);
             for (int i = 0; i < 16; ++i) {
                 const int q = (dl != 0.0f ? clamp_round(in[16 * s + i] / dl, -4, 3) : 0) + 4;
                 const int e = 16 * s + i, half = e / 128, j = (e % 128) / 32, pos = e % 32;
@@ -585,11 +601,11 @@ void quantize_q6_k(const float* in, std::uint8_t* blocks, std::size_t n) {
     for (std::size_t b = 0; b < n / 256; ++b, blocks += 210, in += 256) {
         float scales[16];
         for (int s = 0; s < 16; ++s) scales[s] = fit_symmetric(in + 16 * s, 16, -32, 31);
-        const float m = signed_absmax(scales, 16);
-        const float d = store_half(blocks + 208, m / -128.0f);
+        const KSignedLevels k = quantize_k_scales(scales, 16, 8, blocks + 208);
+        const float d = k.d;
         int q[256];
         for (int s = 0; s < 16; ++s) {
-            const int level = d != 0.0f ? clamp_round(scales[s] / d, -128, 127) : 0;
+            const int level = k.level[static_cast<std::size_t>(s)];
             blocks[192 + s] = static_cast<std::uint8_t>(static_cast<std::int8_t>(level));
             const float dl = d * static_cast<float>(level);
             for (int i = 0; i < 16; ++i) q[16 * s + i] = (dl != 0.0f ? clamp_round(in[16 * s + i] / dl, -32, 31) : 0) + 32;
@@ -630,12 +646,12 @@ void quantize_iq4_xs(const float* in, std::uint8_t* blocks, std::size_t n) {
     for (std::size_t b = 0; b < n / 256; ++b, blocks += 136, in += 256) {
         float scales[8];
         for (int s = 0; s < 8; ++s) scales[s] = fit_iq4(in + 32 * s, 32);
-        const float m = signed_absmax(scales, 8);
-        const float d = store_half(blocks, m / -32.0f);
+        const KSignedLevels k = quantize_k_scales(scales, 8, 6, blocks);
+        const float d = k.d;
         std::uint16_t scales_high = 0;
         std::memset(blocks + 4, 0, 4);
         for (int s = 0; s < 8; ++s) {
-            const int level = (d != 0.0f ? clamp_round(scales[s] / d, -32, 31) : 0) + 32;
+            const int level = k.level[static_cast<std::size_t>(s)] + 32;
             blocks[4 + s / 2] |= static_cast<std::uint8_t>((level & 0xF) << (4 * (s % 2)));
             scales_high = static_cast<std::uint16_t>(scales_high | ((level >> 4) << (2 * s)));
             const float dl = d * static_cast<float>(level - 32);

@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <optional>
 #include <queue>
 #include <stdexcept>
+#include <type_traits>
 
 #include "model/pretokenizer.h"
 
@@ -32,6 +34,59 @@ std::size_t char_length(std::string_view s, std::size_t at) {
     for (std::size_t k = 1; k < n; ++k)
         if ((static_cast<unsigned char>(s[at + k]) & 0xC0) != 0x80) return k;
     return n;
+}
+
+// The pair merging of both tokenizers: `text` cut into its UTF-8 characters, then, again and
+// again, the adjacent pair of pieces with the highest priority merged into one (on equal
+// priorities the leftmost), until no adjacent pair has one. `pair_priority(left, right)` (two
+// pieces that stand side by side in `text`) gives a std::optional, empty when the pair does not
+// merge. Calls `emit` with each piece left, in order.
+template <class PairPriority, class Emit>
+void merge_pairs(std::string_view text, PairPriority pair_priority, Emit emit) {
+    if (text.empty()) return;
+    // Symbols as a linked list of byte ranges, one UTF-8 character each to start with.
+    struct Symbol {
+        std::size_t begin, length;
+        int prev, next;
+    };
+    std::vector<Symbol> symbols;
+    for (std::size_t at = 0; at < text.size();) {
+        const std::size_t n = char_length(text, at);
+        symbols.push_back({at, n, static_cast<int>(symbols.size()) - 1, static_cast<int>(symbols.size()) + 1});
+        at += n;
+    }
+    symbols.back().next = -1;
+    using Priority = typename std::invoke_result_t<PairPriority&, std::string_view, std::string_view>::value_type;
+    struct Bigram {
+        int left, right;
+        Priority priority;
+        std::size_t length;
+        bool operator<(const Bigram& o) const { return priority < o.priority || (priority == o.priority && left > o.left); }
+    };
+    std::priority_queue<Bigram> queue;
+    auto view = [&](int i) { return text.substr(symbols[i].begin, symbols[i].length); };
+    auto try_pair = [&](int left, int right) {
+        if (left < 0 || right < 0) return;
+        if (const auto priority = pair_priority(view(left), view(right)))
+            queue.push({left, right, *priority, symbols[left].length + symbols[right].length});
+    };
+    for (std::size_t i = 1; i < symbols.size(); ++i) try_pair(static_cast<int>(i) - 1, static_cast<int>(i));
+    while (!queue.empty()) {
+        const Bigram b = queue.top();
+        queue.pop();
+        Symbol& left = symbols[b.left];
+        Symbol& right = symbols[b.right];
+        // Stale entry: one side was merged away or grew since it was queued.
+        if (left.length == 0 || right.length == 0 || left.length + right.length != b.length || left.next != b.right) continue;
+        left.length += right.length;
+        right.length = 0;
+        left.next = right.next;
+        if (right.next >= 0) symbols[right.next].prev = b.left;
+        try_pair(left.prev, b.left);
+        try_pair(b.left, left.next);
+    }
+    for (int i = 0; i != -1; i = symbols[i].next)
+        if (symbols[i].length != 0) emit(view(i));
 }
 
 std::string utf8_of(std::uint32_t cp) {
@@ -360,59 +415,21 @@ std::vector<std::vector<std::int32_t>> Tokenizer::encode_parts(std::span<const s
 }
 
 void Tokenizer::encode_sentencepiece(std::string_view normalized, std::vector<std::int32_t>& out) const {
-    if (normalized.empty()) return;
-    // Symbols as a linked list of byte ranges, one UTF-8 character each to start with.
-    struct Symbol {
-        std::size_t begin, length;
-        int prev, next;
+    // Best-scoring adjacent pair first.
+    auto score_of_pair = [&](std::string_view left, std::string_view right) -> std::optional<float> {
+        const std::string merged(left.data(), left.size() + right.size());  // side by side in `normalized`
+        auto it = ids_.find(merged);
+        if (it == ids_.end()) return std::nullopt;
+        return scores_[static_cast<std::size_t>(it->second)];
     };
-    std::vector<Symbol> symbols;
-    for (std::size_t at = 0; at < normalized.size();) {
-        const std::size_t n = char_length(normalized, at);
-        symbols.push_back({at, n, static_cast<int>(symbols.size()) - 1, static_cast<int>(symbols.size()) + 1});
-        at += n;
-    }
-    symbols.back().next = -1;
-    // Best-scoring adjacent pair first; on equal scores the leftmost.
-    struct Bigram {
-        int left, right;
-        float score;
-        std::size_t length;
-        bool operator<(const Bigram& o) const { return score < o.score || (score == o.score && left > o.left); }
-    };
-    std::priority_queue<Bigram> queue;
-    auto try_pair = [&](int left, int right) {
-        if (left < 0 || right < 0) return;
-        const std::string_view merged = normalized.substr(symbols[left].begin, symbols[left].length + symbols[right].length);
-        auto it = ids_.find(std::string(merged));
-        if (it == ids_.end()) return;
-        queue.push({left, right, scores_[static_cast<std::size_t>(it->second)], merged.size()});
-    };
-    for (std::size_t i = 1; i < symbols.size(); ++i) try_pair(static_cast<int>(i) - 1, static_cast<int>(i));
-    while (!queue.empty()) {
-        const Bigram b = queue.top();
-        queue.pop();
-        Symbol& left = symbols[b.left];
-        Symbol& right = symbols[b.right];
-        // Stale entry: one side was merged away or grew since it was queued.
-        if (left.length == 0 || right.length == 0 || left.length + right.length != b.length || left.next != b.right) continue;
-        left.length += right.length;
-        right.length = 0;
-        left.next = right.next;
-        if (right.next >= 0) symbols[right.next].prev = b.left;
-        try_pair(left.prev, b.left);
-        try_pair(b.left, left.next);
-    }
-    for (int i = 0; i != -1; i = symbols[i].next) {
-        const Symbol& s = symbols[i];
-        if (s.length == 0) continue;
-        const std::string piece(normalized.substr(s.begin, s.length));
+    merge_pairs(normalized, score_of_pair, [&](std::string_view merged_piece) {
+        const std::string piece(merged_piece);
         if (auto it = ids_.find(piece); it != ids_.end()) {
             out.push_back(it->second);
-            continue;
+            return;
         }
         for (unsigned char byte : piece) out.push_back(byte_token_[byte] >= 0 ? byte_token_[byte] : unknown_);
-    }
+    });
 }
 
 int Tokenizer::merge_rank(std::string_view left, std::string_view right) const {
@@ -439,50 +456,16 @@ void Tokenizer::encode_bpe_word(const std::string& word, std::vector<std::int32_
             return;
         }
     }
-    struct Symbol {
-        std::size_t begin, length;
-        int prev, next;
+    // Lowest merge rank first: the priority is the rank negated.
+    auto priority_of_pair = [&](std::string_view left, std::string_view right) -> std::optional<int> {
+        const int rank = merge_rank(left, right);
+        if (rank < 0) return std::nullopt;
+        return -rank;
     };
-    std::vector<Symbol> symbols;
-    for (std::size_t at = 0; at < word.size();) {
-        const std::size_t n = char_length(word, at);
-        symbols.push_back({at, n, static_cast<int>(symbols.size()) - 1, static_cast<int>(symbols.size()) + 1});
-        at += n;
-    }
-    symbols.back().next = -1;
-    // Lowest merge rank first; on equal ranks the leftmost.
-    struct Bigram {
-        int left, right, rank;
-        std::size_t length;
-        bool operator<(const Bigram& o) const { return rank > o.rank || (rank == o.rank && left > o.left); }
-    };
-    std::priority_queue<Bigram> queue;
-    auto view = [&](int i) { return std::string_view(word).substr(symbols[i].begin, symbols[i].length); };
-    auto try_pair = [&](int left, int right) {
-        if (left < 0 || right < 0) return;
-        const int rank = merge_rank(view(left), view(right));
-        if (rank >= 0) queue.push({left, right, rank, symbols[left].length + symbols[right].length});
-    };
-    for (std::size_t i = 1; i < symbols.size(); ++i) try_pair(static_cast<int>(i) - 1, static_cast<int>(i));
-    while (!queue.empty()) {
-        const Bigram b = queue.top();
-        queue.pop();
-        Symbol& left = symbols[b.left];
-        Symbol& right = symbols[b.right];
-        if (left.length == 0 || right.length == 0 || left.length + right.length != b.length || left.next != b.right) continue;
-        left.length += right.length;
-        right.length = 0;
-        left.next = right.next;
-        if (right.next >= 0) symbols[right.next].prev = b.left;
-        try_pair(left.prev, b.left);
-        try_pair(b.left, left.next);
-    }
-    for (int i = 0; i != -1; i = symbols[i].next) {
-        if (symbols[i].length == 0) continue;
-        const std::string_view piece = view(i);
+    merge_pairs(word, priority_of_pair, [&](std::string_view piece) {
         if (auto it = ids_.find(std::string(piece)); it != ids_.end()) {
             out.push_back(it->second);
-            continue;
+            return;
         }
         // Not a token (a vocabulary without every byte): each character alone if it is one,
         // else dropped, as llama.cpp.
@@ -491,7 +474,7 @@ void Tokenizer::encode_bpe_word(const std::string& word, std::vector<std::int32_
             if (auto it = ids_.find(std::string(piece.substr(at, n))); it != ids_.end()) out.push_back(it->second);
             at += n;
         }
-    }
+    });
 }
 
 std::string Tokenizer::piece(std::int32_t id) const {
