@@ -477,6 +477,7 @@ using RowsFn = void (*)(const Shape&, std::size_t, const Scratch&, float*);
 // the rows past the last whole block one at a time).
 constexpr std::size_t kStationaryLanes = 4;
 
+static_assert(kStationaryLanes <= 4, "stationary_dot sums at most four lanes");
 template <std::size_t L, ScoreDot kDot>
 [[gnu::always_inline]] inline void stationary_dot(const I32Reg (&k)[L][kVectors], const std::int32_t* q, std::int32_t start,
                                                   I32Reg (&acc)[kVectors]) {
@@ -489,6 +490,21 @@ template <std::size_t L, ScoreDot kDot>
             for (std::size_t v = 0; v < kVectors; ++v) add_to_s16(partial[v], madd_quads_s16(I32s(k[i][v]), qi));
         }
         for (std::size_t v = 0; v < kVectors; ++v) acc[v] = I32s(start) + widen_s16_pairs(partial[v]);
+        return;
+    }
+    if constexpr (kDot == ScoreDot::pairs_s16) {
+        // No key offset, so no correction (start is 0): the products summed as a tree.
+        I32s product[L][kVectors];
+        for (std::size_t i = 0; i < L; ++i) {
+            const I32s qi(q[i]);
+            for (std::size_t v = 0; v < kVectors; ++v) product[i][v] = madd_pairs(I32s(k[i][v]), qi);
+        }
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            if constexpr (L >= 2) add_to(product[0][v], product[1][v]);
+            if constexpr (L >= 4) add_to(product[2][v], product[3][v]);
+            if constexpr (L >= 3) add_to(product[0][v], product[2][v]);
+            acc[v] = product[0][v];
+        }
         return;
     }
     for (std::size_t v = 0; v < kVectors; ++v) acc[v] = I32s(start);
@@ -522,9 +538,7 @@ void kv_head_keys_in_registers(const Shape& s, std::size_t kv, const Scratch& sc
     for (std::size_t m = 0; m < s.M; ++m) {
         F32s part[kVectors];
         bool first = true;
-        for (std::size_t h = 0; h < s.group; ++h, ++row) {
-            I32Reg acc[kVectors];
-            stationary_dot<L, kDot>(k, lanes + row * L, starts[row], acc);
+        auto finish_row = [&](const I32Reg (&acc)[kVectors], std::size_t h) {
             const F32s qs(query_scales[row]);
             for (std::size_t v = 0; v < kVectors; ++v)
                 part[v] = first ? int32_to_f32(I32s(acc[v])) * qs : xsimd::fma(int32_to_f32(I32s(acc[v])), qs, part[v]);
@@ -537,6 +551,21 @@ void kv_head_keys_in_registers(const Shape& s, std::size_t kv, const Scratch& sc
                 }
                 first = true;
             }
+            ++row;
+        };
+        std::size_t h = 0;
+        // Two rows' dot products before either's epilogue: independent chains side by side.
+        for (; h + 2 <= s.group; h += 2) {
+            I32Reg acc0[kVectors], acc1[kVectors];
+            stationary_dot<L, kDot>(k, lanes + row * L, starts[row], acc0);
+            stationary_dot<L, kDot>(k, lanes + (row + 1) * L, starts[row + 1], acc1);
+            finish_row(acc0, h);
+            finish_row(acc1, h + 1);
+        }
+        if (h < s.group) {
+            I32Reg acc[kVectors];
+            stationary_dot<L, kDot>(k, lanes + row * L, starts[row], acc);
+            finish_row(acc, h);
         }
         std::size_t to = prefetched;
         for (due += scratch.next_key_count; due >= s.M; due -= s.M) ++to;
