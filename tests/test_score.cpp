@@ -174,7 +174,10 @@ TEST_P(ScoreTest, MatchesReferenceFromF32AndInt8) {
                           {5, 77, 4, 2, 20},    {16, 513, 16, 2, 72}, {4, 40, 2, 1, 9},   {6, 33, 6, 3, 3},
                           {9, 70, 12, 4, 128},
                           // Head dims whose lanes end in a partial layout block (masked loads):
-                          {3, 70, 4, 2, 40},    {5, 66, 8, 2, 80},    {2, 65, 4, 4, 96},  {3, 67, 2, 1, 33}};
+                          {3, 70, 4, 2, 40},    {5, 66, 8, 2, 80},    {2, 65, 4, 4, 96},  {3, 67, 2, 1, 33},
+                          // Small heads whose tile stays in registers (at most 4 lanes), a KV
+                          // head's rows not a whole number of register blocks, groups of 8 and 3:
+                          {5, 70, 16, 2, 8},    {7, 90, 12, 4, 16},   {3, 41, 6, 2, 5}};
     std::uint32_t seed = 1;
     for (const Case& c : cases)
         for (Keys keys : {Keys::f32, Keys::i8, Keys::i4})

@@ -292,7 +292,8 @@ constexpr std::size_t kBlock = Block::size;
 // Each load below reads a fixed number of bytes at p, or, given `avail` (the bytes of the key
 // left from p) below that number, only those bytes and zeros after them: the last, partial block
 // of a key whose lanes are not a whole number of blocks (head_dim 8, 40, 80, ...), without
-// reading past the key. AVX-512 (BW, VL) loads it masked; AVX2 and NEON through a zeroed copy.
+// reading past the key. AVX-512 (BW, VL) loads it masked; AVX2 whole 16- or 8-byte pieces, the
+// last < 8 bytes by scalar loads into a word; NEON through a zeroed copy.
 constexpr std::size_t kWhole = ~std::size_t{0};
 template <std::size_t N>
 struct Prefix {  // N bytes: p's first min(avail, N), then zeros
@@ -300,13 +301,46 @@ struct Prefix {  // N bytes: p's first min(avail, N), then zeros
     Prefix(const void* p, std::size_t avail) { std::memcpy(bytes, p, avail < N ? avail : N); }
 };
 #if defined(__AVX2__)
+#if !(defined(__AVX512BW__) && defined(__AVX512VL__))
+// The first n < 8 bytes at p as the low bytes of a word, zeros above: at most three scalar
+// loads (4, 2, 1 bytes). A copy through the stack instead (memcpy into a zeroed buffer, then a
+// vector load of it) stalls on store forwarding: at head dim 8 (int8 pairs, one 8-byte load
+// per key) that stall alone took about a third of the tile layout.
+inline std::uint64_t load_below8(const unsigned char* p, std::size_t n) {
+    std::uint64_t word = 0;
+    std::size_t at = 0;
+    if (n & 4) {
+        std::uint32_t part;
+        std::memcpy(&part, p, 4);
+        word = part;
+        at = 4;
+    }
+    if (n & 2) {
+        std::uint16_t part;
+        std::memcpy(&part, p + at, 2);
+        word |= static_cast<std::uint64_t>(part) << (8 * at);
+        at += 2;
+    }
+    if (n & 1) word |= static_cast<std::uint64_t>(p[at]) << (8 * at);
+    return word;
+}
+// Out of line: inlined into every load of the tile layout it made the whole-block loads of the
+// large head dims (128) about 5 % slower.
+[[gnu::noinline]] inline __m128i load_below16(const unsigned char* bytes, std::size_t avail) {
+    if (avail >= 8) {
+        std::uint64_t low;
+        std::memcpy(&low, bytes, 8);
+        return _mm_set_epi64x(static_cast<long long>(load_below8(bytes + 8, avail - 8)), static_cast<long long>(low));
+    }
+    return _mm_cvtsi64_si128(static_cast<long long>(load_below8(bytes, avail)));
+}
+#endif
 inline __m128i load16(const void* p, std::size_t avail) {
     if (avail >= 16) return _mm_loadu_si128(static_cast<const __m128i*>(p));
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
     return _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << avail) - 1u), p);
 #else
-    const Prefix<16> copy(p, avail);
-    return _mm_load_si128(reinterpret_cast<const __m128i*>(copy.bytes));
+    return load_below16(static_cast<const unsigned char*>(p), avail);
 #endif
 }
 inline __m128i load8(const void* p, std::size_t avail) {
@@ -318,8 +352,9 @@ inline __m256i load32(const void* p, std::size_t avail) {
 #if defined(__AVX512BW__) && defined(__AVX512VL__)
     return _mm256_maskz_loadu_epi8(static_cast<__mmask32>((1u << avail) - 1u), p);
 #else
-    const Prefix<32> copy(p, avail);
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(copy.bytes));
+    if (avail <= 16) return _mm256_zextsi128_si256(load16(p, avail));
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(static_cast<const __m128i*>(p))),
+                                   load16(static_cast<const unsigned char*>(p) + 16, avail - 16), 1);
 #endif
 }
 #else

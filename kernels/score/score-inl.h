@@ -342,6 +342,9 @@ struct Scratch {
     const char* const* next_keys;
     const float* const* next_scales;
     std::size_t next_key_count, next_key_bytes;
+    // Rows per register block (the tuned 2, 4 or 6): where the blocks end decides where the
+    // sums of a question row are flushed, which the small-head path below reproduces.
+    std::size_t block_rows;
 };
 
 // The rows first_row .. first_row + R - 1 of KV head kv: question row m and (row, head) index.
@@ -440,13 +443,17 @@ inline std::size_t prefetch_next_keys(const Scratch& scratch, std::size_t from, 
 template <std::size_t R, bool kF32, ScoreDot kDot>
 void kv_head_rows(const Shape& s, std::size_t kv, const Scratch& scratch, float* sums) {
     const std::size_t rows = s.M * s.group;
-    std::size_t row = 0, prefetched = 0;
+    std::size_t row = 0, prefetched = 0, due = 0;
     for (; row + R <= rows; row += R) {
         if constexpr (kF32)
             f32_rows<R>(s, kv, row, scratch, sums);
         else
             int_rows<R, kDot>(s, kv, row, scratch, sums);
-        prefetched = prefetch_next_keys(scratch, prefetched, (row + R) * scratch.next_key_count / rows);
+        // (row + R) * next_key_count / rows keys asked for by now, counted without a division
+        // (a 64-bit divide per block was a visible part of the small head dims' time).
+        std::size_t to = prefetched;
+        for (due += R * scratch.next_key_count; due >= rows; due -= rows) ++to;
+        prefetched = prefetch_next_keys(scratch, prefetched, to);
     }
     for (; row < rows; ++row) {
         if constexpr (kF32)
@@ -457,6 +464,140 @@ void kv_head_rows(const Shape& s, std::size_t kv, const Scratch& scratch, float*
 }
 
 using RowsFn = void (*)(const Shape&, std::size_t, const Scratch&, float*);
+
+// ---- small heads: the tile's keys held in registers ----
+//
+// A head of at most kStationaryLanes lanes (int8 pairs up to head dim 8, quads up to 16) is
+// the whole tile in L * kVectors registers: the keys are loaded once per KV head and the rows
+// stream past them one at a time, so there are no key loads, no per-block bookkeeping and no
+// runtime tests of which question row a block's row belongs to (at head dim 8 these cost more
+// than the dot products). The float epilogue is int_rows' to the bit: rows summed per question
+// row as qs_r * dot_r in row order, flushed into sums with the key scales where int_rows would
+// flush (the end of a question row's heads or of a register block of scratch.block_rows rows;
+// the rows past the last whole block one at a time).
+constexpr std::size_t kStationaryLanes = 4;
+
+static_assert(kStationaryLanes <= 4, "stationary_dot sums at most four lanes");
+template <std::size_t L, ScoreDot kDot>
+[[gnu::always_inline]] inline void stationary_dot(const I32Reg (&k)[L][kVectors], const std::int32_t* q, std::int32_t start,
+                                                  I32Reg (&acc)[kVectors]) {
+    if constexpr (kDot == ScoreDot::quads_u8s8_s16) {
+        static_assert(L <= kStepsPerWidening, "one widening per row");
+        I32s partial[kVectors];
+        for (std::size_t v = 0; v < kVectors; ++v) partial[v] = madd_quads_s16(I32s(k[0][v]), I32s(q[0]));
+        for (std::size_t i = 1; i < L; ++i) {
+            const I32s qi(q[i]);
+            for (std::size_t v = 0; v < kVectors; ++v) add_to_s16(partial[v], madd_quads_s16(I32s(k[i][v]), qi));
+        }
+        for (std::size_t v = 0; v < kVectors; ++v) acc[v] = I32s(start) + widen_s16_pairs(partial[v]);
+        return;
+    }
+    if constexpr (kDot == ScoreDot::pairs_s16) {
+        // No key offset, so no correction (start is 0): the products summed as a tree.
+        I32s product[L][kVectors];
+        for (std::size_t i = 0; i < L; ++i) {
+            const I32s qi(q[i]);
+            for (std::size_t v = 0; v < kVectors; ++v) product[i][v] = madd_pairs(I32s(k[i][v]), qi);
+        }
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            if constexpr (L >= 2) add_to(product[0][v], product[1][v]);
+            if constexpr (L >= 4) add_to(product[2][v], product[3][v]);
+            if constexpr (L >= 3) add_to(product[0][v], product[2][v]);
+            acc[v] = product[0][v];
+        }
+        return;
+    }
+    for (std::size_t v = 0; v < kVectors; ++v) acc[v] = I32s(start);
+    for (std::size_t i = 0; i < L; ++i) {
+        const I32s qi(q[i]);
+        for (std::size_t v = 0; v < kVectors; ++v) {
+            if constexpr (kDot == ScoreDot::pairs_s16) {
+                I32s a = acc[v];
+                add_to(a, madd_pairs(I32s(k[i][v]), qi));
+                acc[v] = a;
+            } else if constexpr (kDot == ScoreDot::quads_u8s8) {
+                acc[v] = dot_quads_u8s8(I32s(acc[v]), I32s(k[i][v]), qi);
+            } else {
+                acc[v] = dot_quads_s8s8(I32s(acc[v]), I32s(k[i][v]), qi);
+            }
+        }
+    }
+}
+
+template <std::size_t L, ScoreDot kDot>
+void kv_head_keys_in_registers(const Shape& s, std::size_t kv, const Scratch& scratch, float* sums) {
+    I32Reg k[L][kVectors];
+    for (std::size_t i = 0; i < L; ++i)
+        for (std::size_t v = 0; v < kVectors; ++v) k[i][v] = I32s::load_aligned(scratch.int_tile + i * kTile + v * kLanes);
+    const std::size_t row0 = kv_head_first_row(s, kv), rows = s.M * s.group, R = scratch.block_rows;
+    const std::size_t whole_blocks_end = rows - rows % R;  // rows from here are blocks of one
+    const std::int32_t* lanes = scratch.query_lanes + row0 * L;
+    const std::int32_t* starts = scratch.corrections + row0;
+    const float* query_scales = scratch.query_scales + row0;
+    std::size_t row = 0, in_block = 0, prefetched = 0, due = 0;
+    for (std::size_t m = 0; m < s.M; ++m) {
+        F32s part[kVectors];
+        bool first = true;
+        auto finish_row = [&](const I32Reg (&acc)[kVectors], std::size_t h) {
+            const F32s qs(query_scales[row]);
+            for (std::size_t v = 0; v < kVectors; ++v)
+                part[v] = first ? int32_to_f32(I32s(acc[v])) * qs : xsimd::fma(int32_to_f32(I32s(acc[v])), qs, part[v]);
+            first = false;
+            if (++in_block == R) in_block = 0;
+            if (h + 1 == s.group || in_block == 0 || row >= whole_blocks_end) {
+                for (std::size_t v = 0; v < kVectors; ++v) {
+                    float* at = sums + m * kTile + v * kLanes;
+                    xsimd::fma(part[v], F32s::load_aligned(scratch.key_scales + v * kLanes), F32s::load_aligned(at)).store_aligned(at);
+                }
+                first = true;
+            }
+            ++row;
+        };
+        std::size_t h = 0;
+        // Two rows' dot products before either's epilogue: independent chains side by side.
+        for (; h + 2 <= s.group; h += 2) {
+            I32Reg acc0[kVectors], acc1[kVectors];
+            stationary_dot<L, kDot>(k, lanes + row * L, starts[row], acc0);
+            stationary_dot<L, kDot>(k, lanes + (row + 1) * L, starts[row + 1], acc1);
+            finish_row(acc0, h);
+            finish_row(acc1, h + 1);
+        }
+        if (h < s.group) {
+            I32Reg acc[kVectors];
+            stationary_dot<L, kDot>(k, lanes + row * L, starts[row], acc);
+            finish_row(acc, h);
+        }
+        std::size_t to = prefetched;
+        for (due += scratch.next_key_count; due >= s.M; due -= s.M) ++to;
+        prefetched = prefetch_next_keys(scratch, prefetched, to);
+    }
+}
+
+template <ScoreDot kDot>
+RowsFn keys_in_registers_function(std::size_t lanes) {
+    switch (lanes) {
+        case 1:
+            return &kv_head_keys_in_registers<1, kDot>;
+        case 2:
+            return &kv_head_keys_in_registers<2, kDot>;
+        case 3:
+            return &kv_head_keys_in_registers<3, kDot>;
+        default:
+            return &kv_head_keys_in_registers<4, kDot>;
+    }
+}
+RowsFn keys_in_registers_function(ScoreDot dot, std::size_t lanes) {
+    switch (dot) {
+        case ScoreDot::quads_u8s8_s16:
+            return keys_in_registers_function<ScoreDot::quads_u8s8_s16>(lanes);
+        case ScoreDot::quads_u8s8:
+            return keys_in_registers_function<ScoreDot::quads_u8s8>(lanes);
+        case ScoreDot::quads_s8s8:
+            return keys_in_registers_function<ScoreDot::quads_s8s8>(lanes);
+        default:
+            return keys_in_registers_function<ScoreDot::pairs_s16>(lanes);
+    }
+}
 
 template <std::size_t R>
 RowsFn rows_function(Path path, ScoreDot dot) {
@@ -536,9 +677,10 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
     const float inv = 1.0f / std::sqrt(static_cast<float>(s.H * s.D));
     const std::size_t block_rows =
         dot == ScoreDot::quads_u8s8_s16 ? std::min<std::size_t>(tuning.score_query_rows, kMaxS16SumRows) : tuning.score_query_rows;
-    const RowsFn kv_head = block_rows == 6   ? rows_function<6>(path, dot)
-                           : block_rows == 2 ? rows_function<2>(path, dot)
-                                             : rows_function<4>(path, dot);
+    const RowsFn kv_head = path != Path::f32 && s.lanes <= kStationaryLanes ? keys_in_registers_function(dot, s.lanes)
+                           : block_rows == 6                                 ? rows_function<6>(path, dot)
+                           : block_rows == 2                                 ? rows_function<2>(path, dot)
+                                                                             : rows_function<4>(path, dot);
 
     // Everything the call needs, from the context's scratch, reserved before any worker runs.
     const std::size_t lanes_per_segment = s.M * s.H * s.lanes, rows_heads = s.M * s.H;
@@ -614,7 +756,8 @@ void relevance(kvfuse_context& context, const kvfuse_relevance_args& a) {
         float* key_scales = f32_tile + (f32_tile_floats + 15) / 16 * 16;
         float* sums = key_scales + kTile;
         std::int32_t* int_tile = worker_lanes_block.at(base) + w * worker_lanes;
-        Scratch scratch{f32_tile, int_tile, key_scales, nullptr, nullptr, nullptr, nullptr, row_question, row_head, nullptr, nullptr, 0, 0};
+        Scratch scratch{f32_tile, int_tile, key_scales, nullptr, nullptr, nullptr, nullptr, row_question, row_head, nullptr, nullptr, 0, 0,
+                        block_rows};
         const char* next_keys[kTile];
         const float* next_scales[kTile];
         scratch.next_keys = next_keys;
