@@ -181,18 +181,8 @@ inline F32s centred_partial(const Element<kType>* x, const float* mean, std::siz
     }
 }
 
-// GCC 12 for AArch64 stops with an internal compiler error (vect_transform_reduction,
-// tree-vect-loop.cc:7457) when it auto-vectorizes this function's scalar tail (the fmax reduction over
-// widened bf16 / f16; the body is intrinsics): loop
-// vectorization is switched off for it there (GCC 12 on AArch64 only; nothing else changes).
-#if defined(__aarch64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ == 12
-#define KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE __attribute__((optimize("no-tree-loop-vectorize")))
-#else
-#define KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE
-#endif
-
 template <kvfuse_dtype kType, bool kCentred>
-KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE float max_abs(const Element<kType>* x, const float* mean, std::size_t n) {
+float max_abs(const Element<kType>* x, const float* mean, std::size_t n) {
     // Two chains, so that compare + blend latency does not bound a head of 8 vectors.
     F32s best0(0.0f), best1(0.0f);
     std::size_t i = 0;
@@ -300,7 +290,7 @@ void scaled_chunks(const Element<kType>* x, const float* mean, std::size_t n, fl
 // max|c| of a head as the bits of |c| (ordered as integers; a NaN's bits exceed +inf's), so
 // that one integer max finds both the scale and whether the head holds a NaN.
 template <kvfuse_dtype kType, bool kCentred, bool kTail>
-KVFUSE_GCC12_AARCH64_NO_LOOP_VECTORIZE std::uint32_t max_abs_bits(const Element<kType>* x, const float* mean, std::size_t n) {
+std::uint32_t max_abs_bits(const Element<kType>* x, const float* mean, std::size_t n) {
     const I32s magnitude(0x7fffffff);
     I32s best0(0), best1(0);
     std::size_t i = 0;
