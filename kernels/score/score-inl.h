@@ -507,19 +507,15 @@ template <std::size_t L, ScoreDot kDot>
         }
         return;
     }
+    // The accumulating dots (VNNI, dotprod): from the correction, lane after lane.
     for (std::size_t v = 0; v < kVectors; ++v) acc[v] = I32s(start);
     for (std::size_t i = 0; i < L; ++i) {
         const I32s qi(q[i]);
         for (std::size_t v = 0; v < kVectors; ++v) {
-            if constexpr (kDot == ScoreDot::pairs_s16) {
-                I32s a = acc[v];
-                add_to(a, madd_pairs(I32s(k[i][v]), qi));
-                acc[v] = a;
-            } else if constexpr (kDot == ScoreDot::quads_u8s8) {
+            if constexpr (kDot == ScoreDot::quads_u8s8)
                 acc[v] = dot_quads_u8s8(I32s(acc[v]), I32s(k[i][v]), qi);
-            } else {
+            else
                 acc[v] = dot_quads_s8s8(I32s(acc[v]), I32s(k[i][v]), qi);
-            }
         }
     }
 }
