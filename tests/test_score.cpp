@@ -569,6 +569,35 @@ TEST_P(ScoreTest, SegmentsWithNanAndInfFollowTheReference) {
     }
 }
 
+// NaN and Inf in the quantized inputs' scales (a key's, a question row's) give what the
+// reference gives, on the small heads whose tile stays in registers (int8 D = 8, int4 D = 16)
+// as on the blocked path (D = 40): NaN where it is NaN, the same values elsewhere.
+TEST_P(ScoreTest, QuantizedScalesWithNanAndInfFollowTheReference) {
+    for (const Case& c : {Case{5, 70, 16, 2, 8}, Case{7, 90, 12, 4, 16}, Case{3, 70, 4, 2, 40}})
+        for (Keys keys : {Keys::i8, Keys::i4})
+            for (int which : {0, 1, 2}) {
+                Inputs in = make(c, 300 + static_cast<std::uint32_t>(which));
+                std::vector<float>& key_scales = keys == Keys::i8 ? in.ks : in.ks4;
+                if (which == 0) key_scales[9 * c.Hkv + 1] = NAN;  // one key of one KV head
+                if (which == 1) key_scales[40 * c.Hkv] = INFINITY;
+                if (which == 2) in.qs[1] = NAN;  // one (question row, head)
+                std::vector<float> got, want;
+                ASSERT_TRUE(kvfuse::a3_relevance(args_for(c, in, keys, true, got)).ok());
+                kvfuse::reference::a3_relevance(args_for(c, in, keys, true, want));
+                bool any_nan = false;
+                for (std::size_t j = 0; j < got.size(); ++j) {
+                    ASSERT_EQ(std::isnan(got[j]), std::isnan(want[j]))
+                        << "D=" << c.D << " keys=" << static_cast<int>(keys) << " case " << which << " j " << j;
+                    any_nan = any_nan || std::isnan(want[j]);
+                    if (!std::isnan(want[j])) {
+                        ASSERT_NEAR(got[j], want[j], 2e-4 * (1.0 + std::fabs(want[j])))
+                            << "D=" << c.D << " keys=" << static_cast<int>(keys) << " case " << which << " j " << j;
+                    }
+                }
+                EXPECT_TRUE(any_nan) << "D=" << c.D << " case " << which << ": the bad value must reach the output";
+            }
+}
+
 // What segments are for: chunks' keys kept in the frame they were computed in (their own
 // positions, their own mean removed), scored with the question's queries rotated into that
 // frame and the mean's logit as bias, give the relevance of the fused, re-rotated keys.
