@@ -893,7 +893,7 @@ void check_quantize_layouts(kvfuse_dtype dtype, std::uint32_t seed) {
     };
     for (const Shape& shape : {Shape{67, 3, 130}, Shape{41, 8, 20}, Shape{9, 1, 17}, Shape{30, 4, 8}})
         for (const Case& layout : layouts)
-            for (int threads : {1, 3}) {
+            for (int threads : {1, 2, 3}) {  // 2 and 3: heads split among workers where they divide, else tokens
                 const std::size_t T = shape.tokens, Hkv = shape.heads, D = shape.head_dim;
                 SCOPED_TRACE(std::string(layout.name) + ", dtype " + std::to_string(dtype) + ", " + std::to_string(T) + " x " +
                              std::to_string(Hkv) + " x " + std::to_string(D) + ", threads " + std::to_string(threads));

@@ -114,7 +114,9 @@ TEST_P(QuantizeIsaTest, OddShapesMatchTheReference) {
 // Above the kernel's threshold for workers: the means split by columns (3 x 130 = 390: blocks
 // of 64 and a partial one), the quantization by tokens, at odd thread counts.
 TEST_P(QuantizeIsaTest, CallsOnSeveralWorkersMatchTheReference) {
-    const Shape shapes[] = {{701, 3, 130, 3}, {1041, 8, 128, 0}, {257, 5, 17, 1}};
+    // 8 and 16 heads: split among 2 workers by heads (keys), 3 by tokens; head dim 8 a chunk of
+    // two heads at a time.
+    const Shape shapes[] = {{701, 3, 130, 3}, {1041, 8, 128, 0}, {257, 5, 17, 1}, {600, 16, 8, 1}};
     kvfuse::testing::at_thread_counts([&](int) {
         std::uint32_t seed = 100;
         for (const Shape& s : shapes) {
