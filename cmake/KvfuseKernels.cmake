@@ -51,10 +51,11 @@ set(KVFUSE_VARIANT_KERNELS_avx512_vnni score qgemm)
 set(KVFUSE_VARIANT_FLAGS_avx512_vnni -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512vnni -mavx2 -mfma -mf16c)
 set(KVFUSE_VARIANT_ARCH_avx512_vnni "xsimd::avx512bw")
 # AVX512-BF16: vdpbf16ps, a pair of bf16 products summed into each f32 lane (Cooper Lake,
-# Sapphire Rapids, Zen 4/5), for the dense layers' bf16 weights.
+# Sapphire Rapids, Zen 4/5), for the dense layers' bf16 weights; vcvtne2ps2bf16, two f32
+# vectors rounded to bf16 at once, for RoPE's bf16 output.
 set(KVFUSE_VARIANT_BASE_avx512_bf16 avx512)
 set(KVFUSE_VARIANT_FEATURE_avx512_bf16 avx512_bf16)
-set(KVFUSE_VARIANT_KERNELS_avx512_bf16 gemm)
+set(KVFUSE_VARIANT_KERNELS_avx512_bf16 gemm rope)
 set(KVFUSE_VARIANT_FLAGS_avx512_bf16 -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx512bf16 -mavx2 -mfma -mf16c)
 set(KVFUSE_VARIANT_ARCH_avx512_bf16 "xsimd::avx512bw")
 # AVX512-VBMI2: vpcompressb, the top-k filter's positions of 64 scores compressed at once

@@ -556,6 +556,56 @@ TEST_P(RopeTest, NeoxF32RowsMatchTheFmaFormulaBitForBit) {
                 }
 }
 
+// bf16 in and out, every dim rotating: on every SIMD build each output is the f32 FMA formula
+// of NeoxF32RowsMatchTheFmaFormulaBitForBit on the widened inputs, rounded to bf16 to nearest
+// even (detail::f32_to_bf16_bits), both pairings, small heads (in-vector path) and large. The
+// inputs include results that are subnormal (AVX512-BF16's vcvtne2ps2bf16 flushes those: the
+// kernel must round them in integers), f32 results exactly halfway between two bf16 values, NaN
+// and infinities.
+TEST_P(RopeTest, Bf16RowsRoundTheFmaFormulaToNearestEven) {
+    if (GetParam().isa == kvfuse::Isa::scalar) GTEST_SKIP() << "the scalar ISA rotates in double";
+    std::uint32_t seed = 300;
+    for (RopePairing pairing : {RopePairing::neox, RopePairing::interleaved})
+        for (int head_dim : {8, 16, 64, 128, 34})
+            for (std::size_t heads : {1u, 8u}) {
+                const std::size_t tokens = 5, dims = static_cast<std::size_t>(head_dim), stride = heads * dims;
+                const Shape s{head_dim, head_dim, heads, tokens, 0};
+                const RopeConfig config = config_for(s, pairing);
+                const kvfuse_rope_config c = config.to_c();
+                std::vector<float> values = random_floats(stride * tokens, ++seed, 4.0f);
+                std::mt19937 rng(seed);
+                for (std::size_t i = 0; i < values.size(); ++i) {
+                    if ((i / dims) % 3 == 1) values[i] *= 0x1p-130f;  // whole heads subnormal: inputs and results
+                    if (i % 11 == 2) values[i] = std::ldexp(static_cast<float>(rng() % 256 + 128), -7);  // exact in bf16
+                }
+                values[2] = std::numeric_limits<float>::quiet_NaN();
+                values[stride + 3] = std::numeric_limits<float>::infinity();
+                std::vector<kvfuse::bf16> keys(values.size());
+                ASSERT_TRUE(kvfuse::to_bf16(values.data(), keys.data(), values.size()).ok());
+                std::vector<float> widened(values.size());
+                ASSERT_TRUE(kvfuse::to_f32(keys.data(), widened.data(), widened.size()).ok());
+                const std::int64_t delta = 1 + static_cast<std::int64_t>(rng() % 5000);
+                std::vector<kvfuse::bf16> rotated = keys;
+                ASSERT_TRUE(kvfuse::rope_rotate_span(config, rotated.data(), tokens, heads, stride, delta).ok());
+                for (std::size_t t = 0; t < tokens; ++t)
+                    for (std::size_t h = 0; h < heads; ++h)
+                        for (std::size_t i = 0; i < dims / 2; ++i) {
+                            const double angle = static_cast<double>(delta) * kvfuse::reference::rope_frequency(c, static_cast<int>(i));
+                            const float cs = static_cast<float>(std::cos(angle)), sn = static_cast<float>(std::sin(angle));
+                            const std::size_t at = t * stride + h * dims;
+                            const std::size_t first = at + (pairing == RopePairing::neox ? i : 2 * i);
+                            const std::size_t second = at + (pairing == RopePairing::neox ? dims / 2 + i : 2 * i + 1);
+                            const float x1 = widened[first], x2 = widened[second];
+                            const std::uint16_t o1 = kvfuse::detail::f32_to_bf16_bits(std::fma(x1, cs, -(x2 * sn)));
+                            const std::uint16_t o2 = kvfuse::detail::f32_to_bf16_bits(std::fma(x1, sn, x2 * cs));
+                            ASSERT_EQ(rotated[first].bits, o1) << "D " << head_dim << " heads " << heads << " t " << t << " h "
+                                                               << h << " pair " << i << " x " << x1 << ", " << x2;
+                            ASSERT_EQ(rotated[second].bits, o2) << "D " << head_dim << " heads " << heads << " t " << t
+                                                                << " h " << h << " pair " << i;
+                        }
+            }
+}
+
 TEST_P(RopeTest, InvalidArgumentsAreRefused) {
     RopeConfig config;
     config.head_dim = 8;

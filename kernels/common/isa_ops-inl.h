@@ -341,5 +341,41 @@ inline B fused_multiply_sub(const B& x, const B& y, const B& z) {
     return xsimd::fms(x, y, z);
 }
 
+// bf16 round to nearest even of every lane, left in the top 16 bits. No NaN special case is
+// needed in RoPE: every NaN it can produce comes from a bf16 input (its payload has a bit set in
+// the top 7 mantissa bits, which arithmetic keeps) or from arithmetic (the default quiet NaN),
+// and adding 0x7fff to either cannot carry into the exponent, so NaN stays NaN.
+template <class A>
+inline xsimd::batch<std::uint32_t, A> round_to_bf16_high(xsimd::batch<float, A> v) {
+    using U = xsimd::batch<std::uint32_t, A>;
+    const U bits = xsimd::bitwise_cast<U>(v);
+    return bits + U(0x7fffu) + ((bits >> 16) & U(1u));
+}
+
+// Two f32 batches rounded to bf16 (to nearest even, as round_to_bf16_high) and interleaved: lane
+// j holds even[j] in its low 16 bits and odd[j] in its high 16 bits. With AVX512-BF16 one
+// vcvtne2ps2bf16 rounds both and one vpermw interleaves them, in place of eleven integer
+// operations; that instruction treats subnormal inputs as zero, so a batch holding one takes
+// the integer route (a normal f32 never rounds to a subnormal bf16: same exponent range). Its
+// NaN is the input's top half with the quiet bit set, the integer route's for the NaNs RoPE
+// produces (see round_to_bf16_high).
+template <class A>
+inline xsimd::batch<std::uint32_t, A> bf16_pairs(xsimd::batch<float, A> even, xsimd::batch<float, A> odd) {
+    using U = xsimd::batch<std::uint32_t, A>;
+#if defined(__AVX512BF16__)
+    if constexpr (xsimd::batch<float, A>::size == 16) {
+        constexpr int kSubnormal = 0x20;  // vfpclassps category: denormal, either sign
+        if ((_mm512_fpclass_ps_mask(even, kSubnormal) | _mm512_fpclass_ps_mask(odd, kSubnormal)) == 0) {
+            // Words 0-15: even's, 16-31: odd's; word 2j of the result is word j, 2j + 1 is 16 + j.
+            const __m512i rounded = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(odd, even));
+            const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                         22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+            return _mm512_permutexvar_epi16(interleave, rounded);
+        }
+    }
+#endif
+    return (round_to_bf16_high(even) >> 16) | (round_to_bf16_high(odd) & U(0xffff0000u));
+}
+
 }  // namespace
 }  // namespace kvfuse::KVFUSE_ISA_NAMESPACE

@@ -43,15 +43,6 @@ inline F32s swap_pairs(F32s v) {
     return xsimd::bitwise_cast<F32s>((wide << 32) | (wide >> 32));
 }
 
-// bf16 round to nearest even of every lane, left in the top 16 bits. No NaN special case is
-// needed here: every NaN this kernel can produce comes from a bf16 input (its payload has a
-// bit set in the top 7 mantissa bits, which arithmetic keeps) or from arithmetic (the default
-// quiet NaN), and adding 0x7fff to either cannot carry into the exponent, so NaN stays NaN.
-inline U32s round_to_bf16_high(F32s v) {
-    const U32s bits = xsimd::bitwise_cast<U32s>(v);
-    return bits + U32s(0x7fffu) + ((bits >> 16) & U32s(1u));
-}
-
 inline void rotate_bf16_pair(std::uint16_t* a, std::uint16_t* b, const std::uint16_t* sa,
                              const std::uint16_t* sb, float c, float s) {
     float o1, o2;
@@ -183,9 +174,7 @@ void interleaved_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t 
         const F32s odd = xsimd::bitwise_cast<F32s>(v & U32s(0xffff0000u));
         const F32s c = F32s::load_unaligned(cos + i);
         const F32s s = F32s::load_unaligned(sin + i);
-        const U32s out_even = round_to_bf16_high(fused_multiply_sub(even, c, odd * s));
-        const U32s out_odd = round_to_bf16_high(fused_multiply_add(even, s, odd * c));
-        ((out_even >> 16) | (out_odd & U32s(0xffff0000u)))
+        bf16_pairs(fused_multiply_sub(even, c, odd * s), fused_multiply_add(even, s, odd * c))
             .store_unaligned(reinterpret_cast<std::uint32_t*>(dst + 2 * i));
     }
     for (; i < pairs; ++i)
@@ -213,14 +202,9 @@ void neox_bf16(const std::uint16_t* src, std::uint16_t* dst, std::size_t half,
         const F32s se = F32s::load_unaligned(sin_even + j);
         const F32s co = F32s::load_unaligned(cos_odd + j);
         const F32s so = F32s::load_unaligned(sin_odd + j);
-        const U32s a_even_out = round_to_bf16_high(fused_multiply_sub(a_even, ce, b_even * se));
-        const U32s b_even_out = round_to_bf16_high(fused_multiply_add(a_even, se, b_even * ce));
-        const U32s a_odd_out = round_to_bf16_high(fused_multiply_sub(a_odd, co, b_odd * so));
-        const U32s b_odd_out = round_to_bf16_high(fused_multiply_add(a_odd, so, b_odd * co));
-        const U32s hi_mask(0xffff0000u);
-        ((a_even_out >> 16) | (a_odd_out & hi_mask))
+        bf16_pairs(fused_multiply_sub(a_even, ce, b_even * se), fused_multiply_sub(a_odd, co, b_odd * so))
             .store_unaligned(reinterpret_cast<std::uint32_t*>(dst + 2 * j));
-        ((b_even_out >> 16) | (b_odd_out & hi_mask))
+        bf16_pairs(fused_multiply_add(a_even, se, b_even * ce), fused_multiply_add(a_odd, so, b_odd * co))
             .store_unaligned(reinterpret_cast<std::uint32_t*>(dst + half + 2 * j));
     }
     for (std::size_t i = 2 * j; i < half; ++i)
@@ -346,11 +330,11 @@ void neox_small_heads_bf16(const std::uint16_t* src, std::uint16_t* dst, std::si
     for (; i + 2 * kLanes <= count; i += 2 * kLanes) {
         const U32s v = U32s::load_unaligned(reinterpret_cast<const std::uint32_t*>(src + i));
         const U32s a = xsimd::swizzle(v, firsts), b = xsimd::swizzle(v, seconds);
-        const U32s even = round_to_bf16_high(fused_multiply_add(xsimd::bitwise_cast<F32s>(a << 16), first_even,
-                                                                xsimd::bitwise_cast<F32s>(b << 16) * second_even));
-        const U32s odd = round_to_bf16_high(fused_multiply_add(xsimd::bitwise_cast<F32s>(a & high), first_odd,
-                                                               xsimd::bitwise_cast<F32s>(b & high) * second_odd));
-        ((even >> 16) | (odd & high)).store_unaligned(reinterpret_cast<std::uint32_t*>(dst + i));
+        bf16_pairs(fused_multiply_add(xsimd::bitwise_cast<F32s>(a << 16), first_even,
+                                      xsimd::bitwise_cast<F32s>(b << 16) * second_even),
+                   fused_multiply_add(xsimd::bitwise_cast<F32s>(a & high), first_odd,
+                                      xsimd::bitwise_cast<F32s>(b & high) * second_odd))
+            .store_unaligned(reinterpret_cast<std::uint32_t*>(dst + i));
     }
     for (; i < count; i += kHeadDim) neox_bf16(src + i, dst + i, kHeadDim / 2, t);
 }
