@@ -452,18 +452,28 @@ std::size_t index_of_tie_in_scores(const float* x, std::size_t n, float value, s
 std::size_t take_from_scores(const float* x, std::size_t n, float bv, std::size_t ties_end, std::int64_t* out,
                              std::size_t room) {
     const F32s vb(bv);
+    // The group's lanes passing `test`, as bits. One comparison a vector: >= before ties_end,
+    // > after it, both only in the group holding it (two comparisons a vector everywhere took
+    // 1.13x the time of the candidates' route at k = 15 %).
+    const auto group_bits = [&](std::size_t at, auto test) {
+        std::array<xsimd::batch_bool<float, Arch>, kGroupVectors> bits;
+        for (std::size_t g = 0; g < kGroupVectors; ++g) bits[g] = test(F32s::load_unaligned(x + at + g * kLanes));
+        return group_lane_bits(bits);
+    };
+    const auto at_least = [&](F32s v) { return v >= vb; };
+    const auto greater = [&](F32s v) { return v > vb; };
     std::size_t taken = 0, i = 0;
-    for (; kGroupCompressIsCheap<Arch> && i + kGroup <= n && taken < room; i += kGroup) {
-        std::uint64_t greater = 0, equal = 0;
-        for (std::size_t g = 0; g < kGroupVectors; ++g) {
-            const F32s v = F32s::load_unaligned(x + i + g * kLanes);
-            greater |= static_cast<std::uint64_t>(lane_bits(v > vb)) << (g * kLanes);
-            equal |= static_cast<std::uint64_t>(lane_bits(v == vb)) << (g * kLanes);
+    if constexpr (kGroupCompressIsCheap<Arch>) {
+        for (; i + kGroup <= std::min(n, ties_end) && taken < room; i += kGroup)
+            taken += compress_positions_widened<Arch>(group_bits(i, at_least), i, out + taken, room - taken);
+        if (i + kGroup <= n && i < ties_end && taken < room) {  // the group holding ties_end
+            const std::uint64_t equal_taken = (std::uint64_t{1} << (ties_end - i)) - 1;
+            taken += compress_positions_widened<Arch>(group_bits(i, greater) | (group_bits(i, at_least) & equal_taken), i,
+                                                      out + taken, room - taken);
+            i += kGroup;
         }
-        const std::uint64_t equal_taken = ties_end >= i + kGroup ? ~std::uint64_t{0}
-                                          : ties_end <= i        ? std::uint64_t{0}
-                                                                 : (std::uint64_t{1} << (ties_end - i)) - 1;
-        taken += compress_positions_widened<Arch>(greater | (equal & equal_taken), i, out + taken, room - taken);
+        for (; i + kGroup <= n && taken < room; i += kGroup)
+            taken += compress_positions_widened<Arch>(group_bits(i, greater), i, out + taken, room - taken);
     }
     for (; i < n && taken < room; ++i)
         if (x[i] > bv || (i < ties_end && x[i] == bv)) out[taken++] = static_cast<std::int64_t>(i);
