@@ -159,19 +159,23 @@ struct Buckets {
 // range of ranks counted by vector comparisons against the whole set, no data-dependent branch.
 // std::nth_element's comparisons on such a handful mispredict about every other time on fresh
 // scores (a caller between two calls retrains the predictor that learned the last call's).
-constexpr std::size_t kSmallSet = 2 * kLanes;
+// 32 on every ISA: two vectors on AVX-512, four on AVX2 (where the quickselect stopped at 32).
+constexpr std::size_t kSmallSet = 32;
 float rank_in_small_set(const float* v, std::size_t size, std::size_t rank) {
+    constexpr std::size_t vectors = kSmallSet / kLanes;
     alignas(64) std::array<float, kSmallSet> set;
     set.fill(std::numeric_limits<float>::quiet_NaN());  // compares false: counts nowhere
     std::copy(v, v + size, set.begin());
-    const F32s low = F32s::load_aligned(set.data()), high = F32s::load_aligned(set.data() + kLanes);
+    std::array<F32s, vectors> all;
+    for (std::size_t g = 0; g < vectors; ++g) all[g] = F32s::load_aligned(set.data() + g * kLanes);
     float value = set[0];
     for (std::size_t j = 0; j < size; ++j) {
         const F32s candidate(set[j]);
-        const auto greater = static_cast<std::size_t>(std::popcount(lane_bits(low > candidate)) +
-                                                      std::popcount(lane_bits(high > candidate)));
-        const auto equal = static_cast<std::size_t>(std::popcount(lane_bits(low == candidate)) +
-                                                    std::popcount(lane_bits(high == candidate)));
+        std::size_t greater = 0, equal = 0;
+        for (std::size_t g = 0; g < vectors; ++g) {
+            greater += static_cast<std::size_t>(std::popcount(lane_bits(all[g] > candidate)));
+            equal += static_cast<std::size_t>(std::popcount(lane_bits(all[g] == candidate)));
+        }
         value = greater <= rank && rank < greater + equal ? set[j] : value;
     }
     return value;
