@@ -84,6 +84,11 @@ constexpr double kFromScoresMinShare = 0.3;
 // (kGroupVectors vectors); elsewhere a vector at a time (groups measured 4-6 % slower on AVX2).
 constexpr std::size_t kGroup = 64;
 constexpr std::size_t kGroupVectors = kGroup / kLanes;
+// The output pass writes the caller's int64 result (157 KB at N = 131072, k = 15 %), which the
+// caller's own work between calls has usually pushed out of L2: its lines are prefetched for
+// writing this many results ahead (AVX512-VBMI2 on Zen 4 after a std::nth_element between
+// calls: take_selected 17.5-26 -> 16.6-21 k TSC ticks, no change hot).
+constexpr std::size_t kWriteAhead = 256;
 
 // Keeps scores >= lo (in index order, values and indices). NaN passes not. The scores > hi are
 // counted afterwards, among the candidates only (pack_between): counting them here took a
@@ -149,6 +154,32 @@ struct Buckets {
     // The number as the float's low bits (2^23 + b has the bits 0x4B000000 + b).
     static std::uint32_t number(float bucket) { return std::bit_cast<std::uint32_t>(bucket) - 0x4B000000u; }
 };
+
+// The value at descending rank `rank` (< size) of v[0, size), size <= kSmallSet: each value's
+// range of ranks counted by vector comparisons against the whole set, no data-dependent branch.
+// std::nth_element's comparisons on such a handful mispredict about every other time on fresh
+// scores (a caller between two calls retrains the predictor that learned the last call's).
+// 32 on every ISA: two vectors on AVX-512, four on AVX2 (where the quickselect stopped at 32).
+constexpr std::size_t kSmallSet = 32;
+float rank_in_small_set(const float* v, std::size_t size, std::size_t rank) {
+    constexpr std::size_t vectors = kSmallSet / kLanes;
+    alignas(64) std::array<float, kSmallSet> set;
+    set.fill(std::numeric_limits<float>::quiet_NaN());  // compares false: counts nowhere
+    std::copy(v, v + size, set.begin());
+    std::array<F32s, vectors> all;
+    for (std::size_t g = 0; g < vectors; ++g) all[g] = F32s::load_aligned(set.data() + g * kLanes);
+    float value = set[0];
+    for (std::size_t j = 0; j < size; ++j) {
+        const F32s candidate(set[j]);
+        std::size_t greater = 0, equal = 0;
+        for (std::size_t g = 0; g < vectors; ++g) {
+            greater += static_cast<std::size_t>(std::popcount(lane_bits(all[g] > candidate)));
+            equal += static_cast<std::size_t>(std::popcount(lane_bits(all[g] == candidate)));
+        }
+        value = greater <= rank && rank < greater + equal ? set[j] : value;
+    }
+    return value;
+}
 
 float sample_rank(const float* sample, std::size_t size, std::size_t rank, std::array<float*, 3> scratch);
 void sample_bracket(const float* sample, std::size_t size, double lo_rank, double hi_rank, float& lo, float& hi,
@@ -279,12 +310,17 @@ Boundary boundary_of(Candidates& c, std::size_t m, float lo, float hi, std::size
     } else {
         kept = m;
     }
-    float* const nth = values + (need - 1);
-    std::nth_element(values, nth, values + kept, std::greater<float>());
-    // Those before nth are >= it; the ones equal to it are taken too.
-    const float value = *nth;
+    float value;
+    if (kept <= kSmallSet) {
+        value = rank_in_small_set(values, kept, need - 1);
+    } else {
+        float* const nth = values + (need - 1);
+        std::nth_element(values, nth, values + kept, std::greater<float>());
+        value = *nth;
+    }
+    // The ones greater are all selected, the ones equal to it taken up to `need`.
     std::size_t greater = 0, equal = 0;
-    for (const float* v = values; v != nth; ++v) greater += *v > value;
+    for (const float* v = values; v != values + kept; ++v) greater += *v > value;
     // Every score equal to the boundary is in its bucket, so among the kept ones.
     for (const float* v = values; v != values + kept; ++v) equal += *v == value;
     return {value, need - greater, equal};
@@ -321,9 +357,11 @@ std::size_t take_selected(const Candidates& c, float bv, std::uint32_t bi, bool 
         take_equal ? static_cast<std::size_t>(std::upper_bound(indices, indices + c.count, bi) - indices) : 0;
     const F32s vb(bv);
     std::size_t taken = 0, i = 0;
-    for (; i + kLanes <= ties_end && taken < room; i += kLanes)
+    for (; i + kLanes <= ties_end && taken < room; i += kLanes) {
+        __builtin_prefetch(out + taken + kWriteAhead, 1);
         taken += compress_store_widened(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) >= vb),
                                      out + taken, room - taken);
+    }
     if (i < ties_end && i + kLanes <= c.count && taken < room) {  // the vector holding the boundary
         const F32s v = F32s::load_unaligned(values + i);
         const unsigned up_to_boundary = (1u << (ties_end - i)) - 1u;
@@ -331,9 +369,11 @@ std::size_t take_selected(const Candidates& c, float bv, std::uint32_t bi, bool 
         taken += compress_store_widened(U32s::load_unaligned(indices + i), keep, out + taken, room - taken);
         i += kLanes;
     }
-    for (; i + kLanes <= c.count && taken < room; i += kLanes)
+    for (; i + kLanes <= c.count && taken < room; i += kLanes) {
+        __builtin_prefetch(out + taken + kWriteAhead, 1);
         taken += compress_store_widened(U32s::load_unaligned(indices + i), lane_bits(F32s::load_unaligned(values + i) > vb),
                                      out + taken, room - taken);
+    }
     for (; i < c.count && taken < room; ++i)
         if (values[i] > bv || (i < ties_end && values[i] == bv)) out[taken++] = indices[i];
     return std::min(taken, room);
@@ -416,18 +456,28 @@ std::size_t index_of_tie_in_scores(const float* x, std::size_t n, float value, s
 std::size_t take_from_scores(const float* x, std::size_t n, float bv, std::size_t ties_end, std::int64_t* out,
                              std::size_t room) {
     const F32s vb(bv);
+    // The group's lanes passing `test`, as bits. One comparison a vector: >= before ties_end,
+    // > after it, both only in the group holding it (> and == on every vector: the whole call
+    // 1.09x the time at k = 50 %, Zen 4, hot).
+    const auto group_bits = [&](std::size_t at, auto test) {
+        std::array<xsimd::batch_bool<float, Arch>, kGroupVectors> bits;
+        for (std::size_t g = 0; g < kGroupVectors; ++g) bits[g] = test(F32s::load_unaligned(x + at + g * kLanes));
+        return group_lane_bits(bits);
+    };
+    const auto at_least = [&](F32s v) { return v >= vb; };
+    const auto greater = [&](F32s v) { return v > vb; };
     std::size_t taken = 0, i = 0;
-    for (; kGroupCompressIsCheap<Arch> && i + kGroup <= n && taken < room; i += kGroup) {
-        std::uint64_t greater = 0, equal = 0;
-        for (std::size_t g = 0; g < kGroupVectors; ++g) {
-            const F32s v = F32s::load_unaligned(x + i + g * kLanes);
-            greater |= static_cast<std::uint64_t>(lane_bits(v > vb)) << (g * kLanes);
-            equal |= static_cast<std::uint64_t>(lane_bits(v == vb)) << (g * kLanes);
+    if constexpr (kGroupCompressIsCheap<Arch>) {
+        for (; i + kGroup <= std::min(n, ties_end) && taken < room; i += kGroup)
+            taken += compress_positions_widened<Arch>(group_bits(i, at_least), i, out + taken, room - taken);
+        if (i + kGroup <= n && i < ties_end && taken < room) {  // the group holding ties_end
+            const std::uint64_t equal_taken = (std::uint64_t{1} << (ties_end - i)) - 1;
+            taken += compress_positions_widened<Arch>(group_bits(i, greater) | (group_bits(i, at_least) & equal_taken), i,
+                                                      out + taken, room - taken);
+            i += kGroup;
         }
-        const std::uint64_t equal_taken = ties_end >= i + kGroup ? ~std::uint64_t{0}
-                                          : ties_end <= i        ? std::uint64_t{0}
-                                                                 : (std::uint64_t{1} << (ties_end - i)) - 1;
-        taken += compress_positions_widened<Arch>(greater | (equal & equal_taken), i, out + taken, room - taken);
+        for (; i + kGroup <= n && taken < room; i += kGroup)
+            taken += compress_positions_widened<Arch>(group_bits(i, greater), i, out + taken, room - taken);
     }
     for (; i < n && taken < room; ++i)
         if (x[i] > bv || (i < ties_end && x[i] == bv)) out[taken++] = static_cast<std::int64_t>(i);
@@ -455,11 +505,14 @@ std::size_t select_from_scores(const float* x, std::size_t n, std::size_t k, flo
 // partition is branch-free, compress-storing the scores above and below the pivot into two of
 // the three scratch buffers that are not its input. std::nth_element's data-dependent
 // branches took 12 us on 1024 samples (2.4 us warm) right after a caller's own large
-// selection had retrained the branch predictor, the bracket's biggest cost in a pipeline.
+// selection had retrained the branch predictor, the bracket's biggest cost in a pipeline. The
+// last handful (kSmallSet) is ranked by rank_in_small_set, not std::nth_element, for the same
+// reason (the bracket's two quickselects: 4.2-4.7 -> 3.0-3.6 k TSC ticks after a std::nth_element
+// between calls, unchanged hot).
 float sample_rank(const float* sample, std::size_t size, std::size_t rank, std::array<float*, 3> scratch) {
     rank = std::min(rank, size - 1);
     const float* in = sample;
-    while (size > 4 * kLanes) {
+    while (size > kSmallSet) {
         float a = in[0], b = in[size / 2], c = in[size - 1];  // median of three as the pivot
         if (a > b) std::swap(a, b);
         const float pivot = std::max(a, std::min(b, c));
@@ -485,10 +538,7 @@ float sample_rank(const float* sample, std::size_t size, std::size_t rank, std::
             return pivot;  // among the scores equal to the pivot
         }
     }
-    float* last = scratch[0] == in ? scratch[1] : scratch[0];
-    std::copy(in, in + size, last);
-    std::nth_element(last, last + rank, last + size, std::greater<float>());
-    return last[rank];
+    return rank_in_small_set(in, size, rank);
 }
 
 // The bracket's ends in a sample: lo = the value at descending rank lo_rank when that is below
