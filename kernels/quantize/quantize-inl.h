@@ -377,6 +377,50 @@ void scales_of_group(const std::uint32_t* bits_of_max, float* scale, float* reci
     }
 }
 
+// --- heads held in registers ------------------------------------------------------------------
+//
+// A head of kVectors whole vectors (head dims 64 and 128 on AVX-512) is loaded and centred once:
+// its values stay in registers from the maximum to the rounding. The grouped path
+// (max_abs_bits, scales_of_group, quantize_head) loads every value and its mean twice and
+// subtracts twice; here the head's two divisions are scalar, their latency hidden behind the
+// neighbouring heads' loads. The same operations on every value, so the same bits: max of the
+// magnitude bits, scale = max / limit and recip = 1 / scale each rounded once, unclamped
+// multiply-round. A head that needs more (NaN, zero maximum, scale outside the multiplying
+// range) goes to quantize_head, which loads it again.
+template <int kBits, kvfuse_dtype kType, bool kCentred, std::size_t kVectors>
+[[gnu::always_inline]] inline float quantize_head_in_registers(const Element<kType>* x, const float* mean, void* out) {
+    static_assert((kVectors * kLanes) % kChunk == 0, "a whole number of chunks");
+    constexpr float kLimit = kBits == 8 ? 127.0f : 7.0f;
+    const I32s magnitude(0x7fffffff);
+    F32s c[kVectors];
+    I32s most[kVectors];
+    for (std::size_t j = 0; j < kVectors; ++j) {
+        c[j] = centred<kType, kCentred>(x, mean, j * kLanes);
+        most[j] = xsimd::bitwise_cast<I32s>(c[j]) & magnitude;
+    }
+    for (std::size_t n = kVectors; n > 1; n = (n + 1) / 2)
+        for (std::size_t j = 0; j < n / 2; ++j) most[j] = xsimd::max(most[j], most[j + (n + 1) / 2]);
+    const auto bits_of_max = static_cast<std::uint32_t>(reduce_max_int(most[0]));
+    float max_abs;
+    std::memcpy(&max_abs, &bits_of_max, sizeof max_abs);
+    const float scale = max_abs / kLimit;
+    const float recip = 1.0f / scale;
+    // NaN's bits exceed every number's: a NaN head's scale is NaN, which fails both tests.
+    if (!(scale >= std::numeric_limits<float>::min() && scale <= 0x1p126f))
+        return quantize_head<kBits, kType, kCentred, false>(x, mean, kVectors * kLanes, out, bits_of_max, scale, recip);
+    const F32s factor(recip);
+    auto* bytes = static_cast<std::uint8_t*>(out);
+    for (std::size_t k = 0; k < kVectors; k += kPerChunk) {
+        I32s q[kPerChunk];
+        for (std::size_t j = 0; j < kPerChunk; ++j) q[j] = xsimd::nearbyint_as_int(c[k + j] * factor);
+        if constexpr (kBits == 8)
+            store_bytes(bytes + k * kLanes, narrow_to_bytes(q));
+        else
+            store_nibbles(bytes + k * kLanes / 2, narrow_to_bytes(q));
+    }
+    return scale;
+}
+
 // --- heads shorter than a chunk, several to a chunk ------------------------------------------
 //
 // Head dims 4 and 8 (the bundled model's) with the heads packed in the row: one chunk holds
@@ -514,9 +558,10 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
     // partial chunk's branches and calls: with them, head dim 64 took 2-7 % longer (AVX2, Zen 3).
     // kSmallHead: the head dim (4 or 8) whose heads, packed in the row, go a chunk at a time
     // (quantize_small_heads_chunk); 0 for the general path only.
-    auto quantize_range = [&](std::size_t worker, auto tail, auto small_head) {
+    auto quantize_range = [&](std::size_t worker, auto tail, auto small_head, auto register_vectors) {
         constexpr bool kTail = decltype(tail)::value;
         constexpr std::size_t kSmallHead = decltype(small_head)::value;
+        constexpr std::size_t kRegisterVectors = decltype(register_vectors)::value;
         alignas(64) std::uint32_t bits_of_max[kHeadGroup] = {};
         alignas(64) float group_scale[kHeadGroup], group_recip[kHeadGroup];
         const std::size_t head_stride = layout.head_stride;
@@ -538,6 +583,12 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
                             row_out + h * head_bytes, bits_of_max[h - h0], group_scale[h - h0], group_recip[h - h0]);
                 }
             };
+            if constexpr (kRegisterVectors != 0) {
+                for (std::size_t h = 0; h < heads; ++h)
+                    row_scales[h] = quantize_head_in_registers<kBits, kType, kCentred, kRegisterVectors>(
+                        row + h * head_stride, kCentred ? means + h * head_dim : nullptr, row_out + h * head_bytes);
+                continue;
+            }
             std::size_t h = 0;
             if constexpr (kSmallHead != 0) {
                 constexpr std::size_t kHeadsPerChunk = kChunk / kSmallHead;
@@ -552,11 +603,29 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
     };
     using General = std::integral_constant<std::size_t, 0>;
     const bool packed_heads = heads == 1 || layout.head_stride == head_dim;
-    auto whole_chunks = [&](std::size_t worker) { quantize_range(worker, std::false_type{}, General{}); };
-    auto with_tail = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, General{}); };
-    auto heads_of_8 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 8>{}); };
-    auto heads_of_4 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 4>{}); };
-    if (head_dim % kChunk == 0)
+    auto whole_chunks = [&](std::size_t worker) { quantize_range(worker, std::false_type{}, General{}, General{}); };
+    auto with_tail = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, General{}, General{}); };
+    auto heads_of_8 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 8>{}, General{}); };
+    auto heads_of_4 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 4>{}, General{}); };
+    // Heads of kVectors whole vectors, whole chunks too (AVX-512: head dims 64, 80, 96, 128;
+    // AVX2: 32, 48, 64), held in registers (at most 8 of the 16 or 32).
+    bool ran = false;
+    auto in_registers = [&](auto vectors) {
+        constexpr std::size_t kVectors = decltype(vectors)::value;
+        if constexpr ((kVectors * kLanes) % kChunk == 0) {
+            if (ran || head_dim != kVectors * kLanes) return;
+            auto body = [&](std::size_t worker) { quantize_range(worker, std::false_type{}, General{}, vectors); };
+            detail::run_workers(context, workers, body);
+            ran = true;
+        }
+    };
+    in_registers(std::integral_constant<std::size_t, 4>{});
+    in_registers(std::integral_constant<std::size_t, 5>{});
+    in_registers(std::integral_constant<std::size_t, 6>{});
+    in_registers(std::integral_constant<std::size_t, 8>{});
+    if (ran)
+        return;
+    else if (head_dim % kChunk == 0)
         detail::run_workers(context, workers, whole_chunks);
     else if (head_dim == 8 && packed_heads)
         detail::run_workers(context, workers, heads_of_8);
