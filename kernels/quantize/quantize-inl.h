@@ -546,10 +546,12 @@ void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, s
 
 // Every token of `heads` heads at `layout`, workers splitting the tokens (rows: no mean; keys:
 // the means already known).
-template <int kBits, kvfuse_dtype kType, bool kCentred>
+// run(workers, body) runs body(w) for w in [0, workers) (keys: after their means pass); body
+// does nothing for w >= workers.
+template <int kBits, kvfuse_dtype kType, bool kCentred, class Run>
 void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, const detail::KeyLayout& layout,
                      std::size_t tokens, std::size_t heads, std::size_t head_dim, void* out, float* scales,
-                     const float* means) {
+                     const float* means, Run&& run) {
     const std::size_t workers = workers_for(context, tokens * heads * head_dim, tokens);
     const std::size_t head_bytes = kBits == 8 ? head_dim : (head_dim + 1) / 2;
     // The maxima of up to kHeadGroup heads first, then their rounding: the scale of a head is a
@@ -565,6 +567,7 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
         alignas(64) std::uint32_t bits_of_max[kHeadGroup] = {};
         alignas(64) float group_scale[kHeadGroup], group_recip[kHeadGroup];
         const std::size_t head_stride = layout.head_stride;
+        if (worker >= workers) return;
         for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t) {
             const Element<kType>* row = x + layout.row(t);
             auto* row_out = static_cast<std::uint8_t*>(out) + t * heads * head_bytes;
@@ -615,7 +618,7 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
         if constexpr ((kVectors * kLanes) % kChunk == 0) {
             if (ran || head_dim != kVectors * kLanes) return;
             auto body = [&](std::size_t worker) { quantize_range(worker, std::false_type{}, General{}, vectors); };
-            detail::run_workers(context, workers, body);
+            run(workers, body);
             ran = true;
         }
     };
@@ -626,13 +629,13 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
     if (ran)
         return;
     else if (head_dim % kChunk == 0)
-        detail::run_workers(context, workers, whole_chunks);
+        run(workers, whole_chunks);
     else if (head_dim == 8 && packed_heads)
-        detail::run_workers(context, workers, heads_of_8);
+        run(workers, heads_of_8);
     else if (head_dim == 4 && packed_heads)
-        detail::run_workers(context, workers, heads_of_4);
+        run(workers, heads_of_4);
     else
-        detail::run_workers(context, workers, with_tail);
+        run(workers, with_tail);
 }
 
 template <int kBits, kvfuse_dtype kType>
@@ -648,6 +651,7 @@ void quantize_keys_of(kvfuse_context& context, const Element<kType>* keys, std::
     const std::size_t blocks_per_run = (run_length + kColumnBlock - 1) / kColumnBlock, blocks = runs * blocks_per_run;
     const std::size_t mean_workers = workers_for(context, tokens * columns, blocks);
     auto mean_range = [&](std::size_t worker) {
+        if (worker >= mean_workers) return;
         const std::size_t first = blocks * worker / mean_workers, last = blocks * (worker + 1) / mean_workers;
         for (std::size_t r = first / blocks_per_run; r * blocks_per_run < last; ++r) {
             const std::size_t begin = (std::max(first, r * blocks_per_run) - r * blocks_per_run) * kColumnBlock;
@@ -660,8 +664,12 @@ void quantize_keys_of(kvfuse_context& context, const Element<kType>* keys, std::
                                            means + r * run_length);
         }
     };
-    detail::run_workers(context, mean_workers, mean_range);
-    quantize_tokens<kBits, kType, true>(context, keys, layout, tokens, heads, head_dim, out, scales, means);
+    // Both passes in one run of workers (one OpenMP region): the means, then every token.
+    quantize_tokens<kBits, kType, true>(context, keys, layout, tokens, heads, head_dim, out, scales, means,
+                                        [&](std::size_t workers, auto& body) {
+                                            detail::run_workers_in_two_phases(context, std::max(mean_workers, workers),
+                                                                              mean_range, body);
+                                        });
 }
 
 template <kvfuse_dtype kType>
@@ -689,15 +697,16 @@ void quantize_keys(kvfuse_context& context, kvfuse_dtype dtype, const void* keys
 void quantize_rows(kvfuse_context& context, kvfuse_dtype dtype, const void* x, std::size_t rows, std::size_t heads,
                    std::size_t head_dim, std::size_t row_stride, std::int8_t* out, float* scales) {
     const detail::KeyLayout layout = detail::KeyLayout::packed(row_stride, head_dim);
+    auto run = [&](std::size_t workers, auto& body) { detail::run_workers(context, workers, body); };
     if (dtype == KVFUSE_DTYPE_F32)
         quantize_tokens<8, KVFUSE_DTYPE_F32, false>(context, static_cast<const float*>(x), layout, rows, heads, head_dim,
-                                                    out, scales, nullptr);
+                                                    out, scales, nullptr, run);
     else if (dtype == KVFUSE_DTYPE_F16)
         quantize_tokens<8, KVFUSE_DTYPE_F16, false>(context, static_cast<const std::uint16_t*>(x), layout, rows, heads,
-                                                    head_dim, out, scales, nullptr);
+                                                    head_dim, out, scales, nullptr, run);
     else
         quantize_tokens<8, KVFUSE_DTYPE_BF16, false>(context, static_cast<const std::uint16_t*>(x), layout, rows, heads,
-                                                     head_dim, out, scales, nullptr);
+                                                     head_dim, out, scales, nullptr, run);
 }
 
 }  // namespace
