@@ -632,11 +632,14 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
     // AVX2: 32, 48, 64), held in registers (at most 8 of the 16 or 32). Not int4 heads of more
     // than 5 vectors: their rounding (7 operations a vector, 3 for int8) waits behind the head's
     // reduction and divisions and fills the scheduler; the grouped path is faster there
-    // (AVX-512 keys_i4 128x8x128, 1 thread: 1.12x the grouped path's time; 80: 0.95x).
+    // (AVX-512 keys_i4 128x8x128, 1 thread: 1.12x the grouped path's time; 80: 0.95x). Rows
+    // (no mean: the grouped path only loads each value twice) only on AVX-512, whose rounding
+    // also narrows four vectors at once: AVX2 rows 256x8x64 took 1.07-1.10x as long.
     bool ran = false;
     auto in_registers = [&](auto vectors) {
         constexpr std::size_t kVectors = decltype(vectors)::value;
-        if constexpr ((kVectors * kLanes) % kChunk == 0 && (kBits == 8 || kVectors <= 5)) {
+        constexpr bool kWorthIt = (kBits == 8 || kVectors <= 5) && (kCentred || kLanes == 16);
+        if constexpr ((kVectors * kLanes) % kChunk == 0 && kWorthIt) {
             if (ran || head_dim != kVectors * kLanes) return;
             auto body = [&](std::size_t worker) { quantize_range(worker, std::false_type{}, General{}, vectors); };
             run(workers, body);
