@@ -75,10 +75,19 @@ inline void store_nibbles(void* dst, Bytes16 b) {
 // dword permutation (the packs interleave the four vectors' quarters in each 128-bit lane):
 // 4 operations where four vpmovdb are 8 (Zen 4: vpmovdb zmm is 2 uops).
 constexpr std::size_t kWideVectors = 4;
-inline void store_wide_bytes(void* dst, const I32s* q) {
+inline __m512i narrow_wide(const I32s* q) {
     const __m512i packed = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
     const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    _mm512_storeu_si512(dst, _mm512_permutexvar_epi32(order, packed));
+    return _mm512_permutexvar_epi32(order, packed);
+}
+inline void store_wide_bytes(void* dst, const I32s* q) { _mm512_storeu_si512(dst, narrow_wide(q)); }
+// The same 64 values in [-7, 7] as 32 bytes of nibbles (store_nibbles' layout): value 2i in the
+// low nibble of byte i, 2i + 1 in the high, each 16-bit pair merged in place and then narrowed.
+inline void store_wide_nibbles(void* dst, const I32s* q) {
+    const __m512i b = narrow_wide(q);
+    const __m512i merged = _mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi16(0x000f)),
+                                           _mm512_and_si512(_mm512_srli_epi16(b, 4), _mm512_set1_epi16(0x00f0)));
+    _mm256_storeu_si256(static_cast<__m256i*>(dst), _mm512_cvtepi16_epi8(merged));
 }
 // IEEE division, rounded once (divps).
 inline F32s divide(F32s a, F32s b) { return a / b; }
@@ -421,12 +430,14 @@ template <int kBits, kvfuse_dtype kType, bool kCentred, std::size_t kVectors>
     auto* bytes = static_cast<std::uint8_t*>(out);
     std::size_t k = 0;
 #if defined(__AVX512F__)
-    if constexpr (kBits == 8)
-        for (; k + kWideVectors <= kVectors; k += kWideVectors) {
-            I32s q[kWideVectors];
-            for (std::size_t j = 0; j < kWideVectors; ++j) q[j] = xsimd::nearbyint_as_int(c[k + j] * factor);
+    for (; k + kWideVectors <= kVectors; k += kWideVectors) {
+        I32s q[kWideVectors];
+        for (std::size_t j = 0; j < kWideVectors; ++j) q[j] = xsimd::nearbyint_as_int(c[k + j] * factor);
+        if constexpr (kBits == 8)
             store_wide_bytes(bytes + k * kLanes, q);
-        }
+        else
+            store_wide_nibbles(bytes + k * kLanes / 2, q);
+    }
 #endif
     for (; k < kVectors; k += kPerChunk) {
         I32s q[kPerChunk];
@@ -630,15 +641,15 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
     auto heads_of_4 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 4>{}, General{}); };
     // Heads of kVectors whole vectors, whole chunks too (AVX-512: head dims 64, 80, 96, 128;
     // AVX2: 32, 48, 64), held in registers (at most 8 of the 16 or 32). Not int4 heads of more
-    // than 5 vectors: their rounding (7 operations a vector, 3 for int8) waits behind the head's
-    // reduction and divisions and fills the scheduler; the grouped path is faster there
-    // (AVX-512 keys_i4 128x8x128, 1 thread: 1.12x the grouped path's time; 80: 0.95x). Rows
-    // (no mean: the grouped path only loads each value twice) only on AVX-512, whose rounding
-    // also narrows four vectors at once: AVX2 rows 256x8x64 took 1.07-1.10x as long.
+    // than 5 vectors outside AVX-512: their rounding (7 operations a vector, 3 for int8) waits
+    // behind the head's reduction and divisions and fills the scheduler (AVX-512 keys_i4
+    // 128x8x128 took 1.12x the grouped path's time before store_wide_nibbles, 0.89x after).
+    // Rows (no mean: the grouped path only loads each value twice) only on AVX-512, whose
+    // rounding also narrows four vectors at once: AVX2 rows 256x8x64 took 1.07-1.10x as long.
     bool ran = false;
     auto in_registers = [&](auto vectors) {
         constexpr std::size_t kVectors = decltype(vectors)::value;
-        constexpr bool kWorthIt = (kBits == 8 || kVectors <= 5) && (kCentred || kLanes == 16);
+        constexpr bool kWorthIt = (kBits == 8 || kVectors <= 5 || kLanes == 16) && (kCentred || kLanes == 16);
         if constexpr ((kVectors * kLanes) % kChunk == 0 && kWorthIt) {
             if (ran || head_dim != kVectors * kLanes) return;
             auto body = [&](std::size_t worker) { quantize_range(worker, std::false_type{}, General{}, vectors); };
