@@ -160,6 +160,25 @@ void context_run(const kvfuse_context& context, std::size_t workers, void (*task
 #endif
 }
 
+void context_run_two_phases(const kvfuse_context& context, std::size_t workers, void (*first)(void*, std::size_t),
+                            void (*second)(void*, std::size_t), void* arg) {
+#if defined(KVFUSE_HAVE_OPENMP)
+    if (workers > 1 && context.parallel_for == nullptr) {
+#pragma omp parallel num_threads(static_cast<int>(workers))
+        {
+            const auto team = static_cast<std::size_t>(omp_get_num_threads());
+            const auto thread = static_cast<std::size_t>(omp_get_thread_num());
+            for (std::size_t w = thread; w < workers; w += team) first(arg, w);
+#pragma omp barrier
+            for (std::size_t w = thread; w < workers; w += team) second(arg, w);
+        }
+        return;
+    }
+#endif
+    context_run(context, workers, first, arg);
+    context_run(context, workers, second, arg);
+}
+
 void reserve_rope_tables(kvfuse_context& context, std::size_t workers, const RopePlan& plan, kvfuse_dtype dtype,
                          std::size_t heads) {
     while (context.rope_tables.size() < workers) context.rope_tables.push_back(std::make_unique<RopeTableCache>());

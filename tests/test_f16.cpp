@@ -431,15 +431,17 @@ TEST_P(F16Test, QuantizersFromF16AndBf16AreTheReference) {
 }
 
 TEST_P(F16Test, QuantizersWithNanInfAndSubnormalF16) {
-    const QuantizeShape s{12, 2, 40, 0};
-    const std::size_t stride = s.heads * s.head_dim;
-    std::vector<kvfuse::f16> x = to_f16_reference(random_floats(s.tokens * stride + 1, 77, 2.0f));
-    x[1 + 3].bits = 0x7e00;                     // NaN
-    x[1 + stride + 41].bits = 0x7c00;           // +Inf (head 1 of token 1)
-    x[1 + 2 * stride + 7].bits = 0xfd00;        // signalling NaN
-    for (std::size_t d = 0; d < s.head_dim; ++d) x[1 + 5 * stride + d].bits = static_cast<std::uint16_t>(d % 4);  // subnormal head
-    for (std::size_t d = 0; d < s.head_dim; ++d) x[1 + 6 * stride + d].bits = 0x8000;  // -0 head
-    check_quantizers(kvfuse::Dtype::f16, s, x);
+    for (std::size_t head_dim : {40, 64, 128}) {
+        const QuantizeShape s{12, 2, head_dim, 0};
+        const std::size_t stride = s.heads * s.head_dim;
+        std::vector<kvfuse::f16> x = to_f16_reference(random_floats(s.tokens * stride + 1, 77, 2.0f));
+        x[1 + 3].bits = 0x7e00;                     // NaN
+        x[1 + stride + head_dim + 1].bits = 0x7c00;  // +Inf (head 1 of token 1)
+        x[1 + 2 * stride + 7].bits = 0xfd00;        // signalling NaN
+        for (std::size_t d = 0; d < s.head_dim; ++d) x[1 + 5 * stride + d].bits = static_cast<std::uint16_t>(d % 4);  // subnormal head
+        for (std::size_t d = 0; d < s.head_dim; ++d) x[1 + 6 * stride + d].bits = 0x8000;  // -0 head
+        check_quantizers(kvfuse::Dtype::f16, s, x);
+    }
 }
 
 TEST_P(F16Test, QuantizerArgumentsAreChecked) {

@@ -891,7 +891,7 @@ void check_quantize_layouts(kvfuse_dtype dtype, std::uint32_t seed) {
     struct Shape {
         std::size_t tokens, heads, head_dim;
     };
-    for (const Shape& shape : {Shape{67, 3, 130}, Shape{41, 8, 20}, Shape{9, 1, 17}, Shape{30, 4, 8}})
+    for (const Shape& shape : {Shape{67, 3, 130}, Shape{41, 8, 20}, Shape{9, 1, 17}, Shape{30, 4, 8}, Shape{21, 4, 64}})
         for (const Case& layout : layouts)
             for (int threads : {1, 2, 3}) {  // 2 and 3: heads split among workers where they divide, else tokens
                 const std::size_t T = shape.tokens, Hkv = shape.heads, D = shape.head_dim;

@@ -100,7 +100,7 @@ using QuantizeIsaTest = IsaTest;
 
 TEST_P(QuantizeIsaTest, OddShapesMatchTheReference) {
     std::uint32_t seed = 1;
-    for (std::size_t head_dim : {1, 3, 4, 8, 12, 17, 24, 40, 64, 80, 128, 130})
+    for (std::size_t head_dim : {1, 3, 4, 8, 12, 17, 24, 32, 40, 48, 64, 80, 96, 128, 130})
         for (std::size_t heads : {1, 3, 8, 9})
             for (std::size_t tokens : {1, 2, 7, 33})
                 for (std::size_t pad : {0, 5}) {
@@ -116,7 +116,7 @@ TEST_P(QuantizeIsaTest, OddShapesMatchTheReference) {
 TEST_P(QuantizeIsaTest, CallsOnSeveralWorkersMatchTheReference) {
     // 8 and 16 heads: split among 2 workers by heads (keys), 3 by tokens; head dim 8 a chunk of
     // two heads at a time.
-    const Shape shapes[] = {{701, 3, 130, 3}, {1041, 8, 128, 0}, {257, 5, 17, 1}, {600, 16, 8, 1}};
+    const Shape shapes[] = {{701, 3, 130, 3}, {1041, 8, 128, 0}, {257, 5, 17, 1}, {600, 16, 8, 1}, {300, 8, 64, 2}, {205, 8, 80, 0}};
     kvfuse::testing::at_thread_counts([&](int) {
         std::uint32_t seed = 100;
         for (const Shape& s : shapes) {
@@ -130,7 +130,7 @@ TEST_P(QuantizeIsaTest, CallsOnSeveralWorkersMatchTheReference) {
 // Quotients exactly halfway between integers: scale is 1 when max|x| is the limit, so x / scale
 // is x and lrint rounds 0.5 to 0, -2.5 to -2, 3.5 to 4.
 TEST_P(QuantizeIsaTest, HalfwayValuesRoundToEven) {
-    for (std::size_t head_dim : {16, 32, 131}) {
+    for (std::size_t head_dim : {16, 32, 64, 128, 131}) {
         const Shape s{3, 2, head_dim, 0};
         std::vector<float> x(s.tokens * s.stride());
         for (std::size_t i = 0; i < x.size(); ++i) {
@@ -167,7 +167,7 @@ TEST_P(QuantizeIsaTest, NanAndInfinityMatchTheReference) {
     const float specials[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
                               -std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::quiet_NaN()};
     std::mt19937 rng(7);
-    for (std::size_t head_dim : {3, 4, 8, 17, 40, 64, 130}) {
+    for (std::size_t head_dim : {3, 4, 8, 17, 32, 40, 64, 96, 128, 130}) {
         const Shape s{9, 5, head_dim, 2};
         for (float special : specials) {
             std::vector<float> keys = make_keys(s, static_cast<std::uint32_t>(head_dim));
@@ -210,7 +210,7 @@ TEST_P(QuantizeIsaTest, ColumnsWhoseF32SumOverflowsGetAFiniteMean) {
 // All-zero heads (scale 0, every value 0), keys equal in every token (all zero once the mean is
 // removed), and subnormal heads (the scale underflows to 0 or is subnormal itself).
 TEST_P(QuantizeIsaTest, ZeroAndSubnormalHeadsMatchTheReference) {
-    for (std::size_t head_dim : {1, 4, 8, 17, 40, 64, 130}) {
+    for (std::size_t head_dim : {1, 4, 8, 17, 32, 40, 64, 96, 128, 130}) {
         const Shape s{5, 4, head_dim, 1};
         std::vector<float> x = make_keys(s, 11);
         for (std::size_t d = 0; d < head_dim; ++d) {
@@ -239,7 +239,7 @@ TEST_P(QuantizeIsaTest, QuotientsNextToHalfIntegersMatchTheReference) {
     std::mt19937 rng(23);
     std::uniform_real_distribution<float> unit(0.5f, 1.0f);
     std::uniform_int_distribution<int> ulps(-4, 4), step(-127, 126);
-    for (std::size_t head_dim : {4, 8, 16, 64, 128, 131}) {
+    for (std::size_t head_dim : {4, 8, 16, 32, 64, 80, 96, 128, 131}) {
         const Shape s{4, 6, head_dim, 0};
         std::vector<float> x(s.tokens * s.stride());
         for (std::size_t t = 0; t < s.tokens; ++t)

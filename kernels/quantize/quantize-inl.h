@@ -71,6 +71,24 @@ inline void store_nibbles(void* dst, Bytes16 b) {
     const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi16(0x00f0));
     _mm_storel_epi64(static_cast<__m128i*>(dst), _mm_packus_epi16(_mm_or_si128(low, high), _mm_setzero_si128()));
 }
+// 4 int32 vectors of values in [-127, 127] -> their 64 int8 values in order, by two packs and a
+// dword permutation (the packs interleave the four vectors' quarters in each 128-bit lane):
+// 4 operations where four vpmovdb are 8 (Zen 4: vpmovdb zmm is 2 uops).
+constexpr std::size_t kWideVectors = 4;
+inline __m512i narrow_wide(const I32s* q) {
+    const __m512i packed = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_epi32(order, packed);
+}
+inline void store_wide_bytes(void* dst, const I32s* q) { _mm512_storeu_si512(dst, narrow_wide(q)); }
+// The same 64 values in [-7, 7] as 32 bytes of nibbles (store_nibbles' layout): value 2i in the
+// low nibble of byte i, 2i + 1 in the high, each 16-bit pair merged in place and then narrowed.
+inline void store_wide_nibbles(void* dst, const I32s* q) {
+    const __m512i b = narrow_wide(q);
+    const __m512i merged = _mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi16(0x000f)),
+                                           _mm512_and_si512(_mm512_srli_epi16(b, 4), _mm512_set1_epi16(0x00f0)));
+    _mm256_storeu_si256(static_cast<__m256i*>(dst), _mm512_cvtepi16_epi8(merged));
+}
 // IEEE division, rounded once (divps).
 inline F32s divide(F32s a, F32s b) { return a / b; }
 // max(best, a) lane by lane, keeping best where a is NaN (best is never NaN), as std::fmax:
@@ -377,6 +395,61 @@ void scales_of_group(const std::uint32_t* bits_of_max, float* scale, float* reci
     }
 }
 
+// --- heads held in registers ------------------------------------------------------------------
+//
+// A head of kVectors whole vectors (head dims 64 and 128 on AVX-512) is loaded and centred once:
+// its values stay in registers from the maximum to the rounding. The grouped path
+// (max_abs_bits, scales_of_group, quantize_head) loads every value and its mean twice and
+// subtracts twice; here the head's two divisions are scalar, their latency hidden behind the
+// neighbouring heads' loads. The same operations on every value, so the same bits: max of the
+// magnitude bits, scale = max / limit and recip = 1 / scale each rounded once, unclamped
+// multiply-round. A head that needs more (NaN, zero maximum, scale outside the multiplying
+// range) goes to quantize_head, which loads it again.
+template <int kBits, kvfuse_dtype kType, bool kCentred, std::size_t kVectors>
+[[gnu::always_inline]] inline float quantize_head_in_registers(const Element<kType>* x, const float* mean, void* out) {
+    static_assert((kVectors * kLanes) % kChunk == 0, "a whole number of chunks");
+    constexpr float kLimit = kBits == 8 ? 127.0f : 7.0f;
+    const I32s magnitude(0x7fffffff);
+    F32s c[kVectors];
+    I32s most[kVectors];
+    for (std::size_t j = 0; j < kVectors; ++j) {
+        c[j] = centred<kType, kCentred>(x, mean, j * kLanes);
+        most[j] = xsimd::bitwise_cast<I32s>(c[j]) & magnitude;
+    }
+    for (std::size_t n = kVectors; n > 1; n = (n + 1) / 2)
+        for (std::size_t j = 0; j < n / 2; ++j) most[j] = xsimd::max(most[j], most[j + (n + 1) / 2]);
+    const auto bits_of_max = static_cast<std::uint32_t>(reduce_max_int(most[0]));
+    float max_abs;
+    std::memcpy(&max_abs, &bits_of_max, sizeof max_abs);
+    const float scale = max_abs / kLimit;
+    const float recip = 1.0f / scale;
+    // NaN's bits exceed every number's: a NaN head's scale is NaN, which fails both tests.
+    if (!(scale >= std::numeric_limits<float>::min() && scale <= 0x1p126f))
+        return quantize_head<kBits, kType, kCentred, false>(x, mean, kVectors * kLanes, out, bits_of_max, scale, recip);
+    const F32s factor(recip);
+    auto* bytes = static_cast<std::uint8_t*>(out);
+    std::size_t k = 0;
+#if defined(__AVX512F__)
+    for (; k + kWideVectors <= kVectors; k += kWideVectors) {
+        I32s q[kWideVectors];
+        for (std::size_t j = 0; j < kWideVectors; ++j) q[j] = xsimd::nearbyint_as_int(c[k + j] * factor);
+        if constexpr (kBits == 8)
+            store_wide_bytes(bytes + k * kLanes, q);
+        else
+            store_wide_nibbles(bytes + k * kLanes / 2, q);
+    }
+#endif
+    for (; k < kVectors; k += kPerChunk) {
+        I32s q[kPerChunk];
+        for (std::size_t j = 0; j < kPerChunk; ++j) q[j] = xsimd::nearbyint_as_int(c[k + j] * factor);
+        if constexpr (kBits == 8)
+            store_bytes(bytes + k * kLanes, narrow_to_bytes(q));
+        else
+            store_nibbles(bytes + k * kLanes / 2, narrow_to_bytes(q));
+    }
+    return scale;
+}
+
 // --- heads shorter than a chunk, several to a chunk ------------------------------------------
 //
 // Head dims 4 and 8 (the bundled model's) with the heads packed in the row: one chunk holds
@@ -502,10 +575,12 @@ void column_means(const Element<kType>* keys, const detail::KeyLayout& layout, s
 
 // Every token of `heads` heads at `layout`, workers splitting the tokens (rows: no mean; keys:
 // the means already known).
-template <int kBits, kvfuse_dtype kType, bool kCentred>
+// run(workers, body) runs body(w) for w in [0, workers) (keys: after their means pass); body
+// does nothing for w >= workers.
+template <int kBits, kvfuse_dtype kType, bool kCentred, class Run>
 void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, const detail::KeyLayout& layout,
                      std::size_t tokens, std::size_t heads, std::size_t head_dim, void* out, float* scales,
-                     const float* means) {
+                     const float* means, Run&& run) {
     const std::size_t workers = workers_for(context, tokens * heads * head_dim, tokens);
     const std::size_t head_bytes = kBits == 8 ? head_dim : (head_dim + 1) / 2;
     // The maxima of up to kHeadGroup heads first, then their rounding: the scale of a head is a
@@ -514,12 +589,14 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
     // partial chunk's branches and calls: with them, head dim 64 took 2-7 % longer (AVX2, Zen 3).
     // kSmallHead: the head dim (4 or 8) whose heads, packed in the row, go a chunk at a time
     // (quantize_small_heads_chunk); 0 for the general path only.
-    auto quantize_range = [&](std::size_t worker, auto tail, auto small_head) {
+    auto quantize_range = [&](std::size_t worker, auto tail, auto small_head, auto register_vectors) {
         constexpr bool kTail = decltype(tail)::value;
         constexpr std::size_t kSmallHead = decltype(small_head)::value;
+        constexpr std::size_t kRegisterVectors = decltype(register_vectors)::value;
         alignas(64) std::uint32_t bits_of_max[kHeadGroup] = {};
         alignas(64) float group_scale[kHeadGroup], group_recip[kHeadGroup];
         const std::size_t head_stride = layout.head_stride;
+        if (worker >= workers) return;
         for (std::size_t t = tokens * worker / workers; t < tokens * (worker + 1) / workers; ++t) {
             const Element<kType>* row = x + layout.row(t);
             auto* row_out = static_cast<std::uint8_t*>(out) + t * heads * head_bytes;
@@ -538,6 +615,12 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
                             row_out + h * head_bytes, bits_of_max[h - h0], group_scale[h - h0], group_recip[h - h0]);
                 }
             };
+            if constexpr (kRegisterVectors != 0) {
+                for (std::size_t h = 0; h < heads; ++h)
+                    row_scales[h] = quantize_head_in_registers<kBits, kType, kCentred, kRegisterVectors>(
+                        row + h * head_stride, kCentred ? means + h * head_dim : nullptr, row_out + h * head_bytes);
+                continue;
+            }
             std::size_t h = 0;
             if constexpr (kSmallHead != 0) {
                 constexpr std::size_t kHeadsPerChunk = kChunk / kSmallHead;
@@ -552,18 +635,42 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
     };
     using General = std::integral_constant<std::size_t, 0>;
     const bool packed_heads = heads == 1 || layout.head_stride == head_dim;
-    auto whole_chunks = [&](std::size_t worker) { quantize_range(worker, std::false_type{}, General{}); };
-    auto with_tail = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, General{}); };
-    auto heads_of_8 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 8>{}); };
-    auto heads_of_4 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 4>{}); };
-    if (head_dim % kChunk == 0)
-        detail::run_workers(context, workers, whole_chunks);
+    auto whole_chunks = [&](std::size_t worker) { quantize_range(worker, std::false_type{}, General{}, General{}); };
+    auto with_tail = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, General{}, General{}); };
+    auto heads_of_8 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 8>{}, General{}); };
+    auto heads_of_4 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 4>{}, General{}); };
+    // Heads of kVectors whole vectors, whole chunks too (AVX-512: head dims 64, 80, 96, 128;
+    // AVX2: 32, 48, 64), held in registers (at most 8 of the 16 or 32). Not int4 heads of more
+    // than 5 vectors outside AVX-512: their rounding (7 operations a vector, 3 for int8) waits
+    // behind the head's reduction and divisions and fills the scheduler (AVX-512 keys_i4
+    // 128x8x128 took 1.12x the grouped path's time before store_wide_nibbles, 0.89x after).
+    // Rows (no mean: the grouped path only loads each value twice) only on AVX-512, whose
+    // rounding also narrows four vectors at once: AVX2 rows 256x8x64 took 1.07-1.10x as long.
+    bool ran = false;
+    auto in_registers = [&](auto vectors) {
+        constexpr std::size_t kVectors = decltype(vectors)::value;
+        constexpr bool kWorthIt = (kBits == 8 || kVectors <= 5 || kLanes == 16) && (kCentred || kLanes == 16);
+        if constexpr ((kVectors * kLanes) % kChunk == 0 && kWorthIt) {
+            if (ran || head_dim != kVectors * kLanes) return;
+            auto body = [&](std::size_t worker) { quantize_range(worker, std::false_type{}, General{}, vectors); };
+            run(workers, body);
+            ran = true;
+        }
+    };
+    in_registers(std::integral_constant<std::size_t, 4>{});
+    in_registers(std::integral_constant<std::size_t, 5>{});
+    in_registers(std::integral_constant<std::size_t, 6>{});
+    in_registers(std::integral_constant<std::size_t, 8>{});
+    if (ran)
+        return;
+    else if (head_dim % kChunk == 0)
+        run(workers, whole_chunks);
     else if (head_dim == 8 && packed_heads)
-        detail::run_workers(context, workers, heads_of_8);
+        run(workers, heads_of_8);
     else if (head_dim == 4 && packed_heads)
-        detail::run_workers(context, workers, heads_of_4);
+        run(workers, heads_of_4);
     else
-        detail::run_workers(context, workers, with_tail);
+        run(workers, with_tail);
 }
 
 template <int kBits, kvfuse_dtype kType>
@@ -579,6 +686,7 @@ void quantize_keys_of(kvfuse_context& context, const Element<kType>* keys, std::
     const std::size_t blocks_per_run = (run_length + kColumnBlock - 1) / kColumnBlock, blocks = runs * blocks_per_run;
     const std::size_t mean_workers = workers_for(context, tokens * columns, blocks);
     auto mean_range = [&](std::size_t worker) {
+        if (worker >= mean_workers) return;
         const std::size_t first = blocks * worker / mean_workers, last = blocks * (worker + 1) / mean_workers;
         for (std::size_t r = first / blocks_per_run; r * blocks_per_run < last; ++r) {
             const std::size_t begin = (std::max(first, r * blocks_per_run) - r * blocks_per_run) * kColumnBlock;
@@ -591,8 +699,12 @@ void quantize_keys_of(kvfuse_context& context, const Element<kType>* keys, std::
                                            means + r * run_length);
         }
     };
-    detail::run_workers(context, mean_workers, mean_range);
-    quantize_tokens<kBits, kType, true>(context, keys, layout, tokens, heads, head_dim, out, scales, means);
+    // Both passes in one run of workers (one OpenMP region): the means, then every token.
+    quantize_tokens<kBits, kType, true>(context, keys, layout, tokens, heads, head_dim, out, scales, means,
+                                        [&](std::size_t workers, auto& body) {
+                                            detail::run_workers_in_two_phases(context, std::max(mean_workers, workers),
+                                                                              mean_range, body);
+                                        });
 }
 
 template <kvfuse_dtype kType>
@@ -620,15 +732,16 @@ void quantize_keys(kvfuse_context& context, kvfuse_dtype dtype, const void* keys
 void quantize_rows(kvfuse_context& context, kvfuse_dtype dtype, const void* x, std::size_t rows, std::size_t heads,
                    std::size_t head_dim, std::size_t row_stride, std::int8_t* out, float* scales) {
     const detail::KeyLayout layout = detail::KeyLayout::packed(row_stride, head_dim);
+    auto run = [&](std::size_t workers, auto& body) { detail::run_workers(context, workers, body); };
     if (dtype == KVFUSE_DTYPE_F32)
         quantize_tokens<8, KVFUSE_DTYPE_F32, false>(context, static_cast<const float*>(x), layout, rows, heads, head_dim,
-                                                    out, scales, nullptr);
+                                                    out, scales, nullptr, run);
     else if (dtype == KVFUSE_DTYPE_F16)
         quantize_tokens<8, KVFUSE_DTYPE_F16, false>(context, static_cast<const std::uint16_t*>(x), layout, rows, heads,
-                                                    head_dim, out, scales, nullptr);
+                                                    head_dim, out, scales, nullptr, run);
     else
         quantize_tokens<8, KVFUSE_DTYPE_BF16, false>(context, static_cast<const std::uint16_t*>(x), layout, rows, heads,
-                                                     head_dim, out, scales, nullptr);
+                                                     head_dim, out, scales, nullptr, run);
 }
 
 }  // namespace
