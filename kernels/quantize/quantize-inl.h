@@ -639,17 +639,18 @@ void quantize_tokens(const kvfuse_context& context, const Element<kType>* x, con
     auto with_tail = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, General{}, General{}); };
     auto heads_of_8 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 8>{}, General{}); };
     auto heads_of_4 = [&](std::size_t worker) { quantize_range(worker, std::true_type{}, std::integral_constant<std::size_t, 4>{}, General{}); };
-    // Heads of kVectors whole vectors, whole chunks too (AVX-512: head dims 64, 80, 96, 128;
-    // AVX2: 32, 48, 64), held in registers (at most 8 of the 16 or 32). Not int4 heads of more
-    // than 5 vectors outside AVX-512: their rounding (7 operations a vector, 3 for int8) waits
-    // behind the head's reduction and divisions and fills the scheduler (AVX-512 keys_i4
-    // 128x8x128 took 1.12x the grouped path's time before store_wide_nibbles, 0.89x after).
-    // Rows (no mean: the grouped path only loads each value twice) only on AVX-512, whose
-    // rounding also narrows four vectors at once: AVX2 rows 256x8x64 took 1.07-1.10x as long.
+    // Heads of kVectors whole vectors, whole chunks too (head dims 64, 80, 96, 128), held in
+    // registers (at most 8 of the 32), on AVX-512 only, whose rounding also narrows four
+    // vectors at once (store_wide_bytes / store_wide_nibbles; keys_i4 128x8x128 took 1.12x the
+    // grouped path's time before the latter, 0.89x after). On AVX2 (16 registers) the int4
+    // rounding of more than 5 vectors waits behind the head's reduction and divisions and fills
+    // the scheduler, rows (no mean: the grouped path loads each value only twice) 256x8x64 took
+    // 1.07-1.10x as long, and keys_i8 256x8x64 at 1 thread 1.05x (in-process, both orders,
+    // Zen 4 running AVX2): the grouped path stays there.
     bool ran = false;
     auto in_registers = [&](auto vectors) {
         constexpr std::size_t kVectors = decltype(vectors)::value;
-        constexpr bool kWorthIt = (kBits == 8 || kVectors <= 5 || kLanes == 16) && (kCentred || kLanes == 16);
+        constexpr bool kWorthIt = kLanes == 16;
         if constexpr ((kVectors * kLanes) % kChunk == 0 && kWorthIt) {
             if (ran || head_dim != kVectors * kLanes) return;
             auto body = [&](std::size_t worker) { quantize_range(worker, std::false_type{}, General{}, vectors); };
