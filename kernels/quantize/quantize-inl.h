@@ -237,6 +237,9 @@ float max_abs(const Element<kType>* x, const float* mean, std::size_t n) {
     return reduce_max(max_skipping_nan(best0, best1));
 }
 
+// Whether a head's values may be multiplied by the rounded reciprocal of its scale (a normal
+// scale up to 2^126, whose reciprocal is normal too) instead of divided by the scale. NaN: no.
+inline bool scale_multiplies(float scale) { return scale >= std::numeric_limits<float>::min() && scale <= 0x1p126f; }
 // How a head's values are divided by its scale (the reference's Divider): x * recip, recip =
 // RN(1 / scale), when recip is a normal f32; a true division otherwise.
 enum class Scaling { multiply, divide };
@@ -365,8 +368,7 @@ float quantize_head(const Element<kType>* x, const float* mean, std::size_t n, v
         std::memset(bytes, 0, kBits == 8 ? n : (n + 1) / 2);
         return scale;
     }
-    const Scaling scaling =
-        scale >= std::numeric_limits<float>::min() && scale <= 0x1p126f ? Scaling::multiply : Scaling::divide;
+    const Scaling scaling = scale_multiplies(scale) ? Scaling::multiply : Scaling::divide;
     if (scaling == Scaling::divide)
         scaled_chunks<kBits, kType, kCentred, kTail, Scaling::divide, true>(x, mean, n, scale, bytes);
     else if (has_nan)
@@ -397,7 +399,7 @@ void scales_of_group(const std::uint32_t* bits_of_max, float* scale, float* reci
 
 // --- heads held in registers ------------------------------------------------------------------
 //
-// A head of kVectors whole vectors (head dims 64 and 128 on AVX-512) is loaded and centred once:
+// A head of kVectors whole vectors (head dims 64, 80, 96, 128 on AVX-512) is loaded and centred once:
 // its values stay in registers from the maximum to the rounding. The grouped path
 // (max_abs_bits, scales_of_group, quantize_head) loads every value and its mean twice and
 // subtracts twice; here the head's two divisions are scalar, their latency hidden behind the
@@ -424,7 +426,7 @@ template <int kBits, kvfuse_dtype kType, bool kCentred, std::size_t kVectors>
     const float scale = max_abs / kLimit;
     const float recip = 1.0f / scale;
     // NaN's bits exceed every number's: a NaN head's scale is NaN, which fails both tests.
-    if (!(scale >= std::numeric_limits<float>::min() && scale <= 0x1p126f))
+    if (!scale_multiplies(scale))
         return quantize_head<kBits, kType, kCentred, false>(x, mean, kVectors * kLanes, out, bits_of_max, scale, recip);
     const F32s factor(recip);
     auto* bytes = static_cast<std::uint8_t*>(out);
